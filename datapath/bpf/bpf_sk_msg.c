@@ -1,0 +1,32 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
+/*
+ * sk_msg, attached to mb_sock_hash: every sendmsg on a spliced socket is
+ * queued straight onto the peer socket's receive side (BPF_F_INGRESS), so
+ * node-local app <-> sidecar bytes skip the TCP/IP stack and loopback.
+ */
+#include "lib/common.h"
+#include "lib/counters.h"
+#include "lib/sockmap.h"
+
+SEC("sk_msg")
+int mb_sk_msg(struct sk_msg_md *msg)
+{
+	struct mb_sock_key peer = {};
+	__u64 len = msg->size;
+	int verdict;
+
+	mb_peer_key_from_msg(msg, &peer);
+	verdict = bpf_msg_redirect_hash(msg, &mb_sock_hash, &peer, BPF_F_INGRESS);
+	if (verdict == SK_PASS) {
+		mb_count(MB_PROG_SK_MSG, MB_CNT_REDIRECTED, len);
+	} else {
+		/*
+		 * The peer is not in the sockhash (not established yet, or gone):
+		 * the helper says SK_DROP, but the message must still be sent,
+		 * so it takes the plain TCP path.
+		 */
+		mb_count(MB_PROG_SK_MSG, MB_CNT_MISS, 0);
+		verdict = SK_PASS;
+	}
+	return verdict;
+}

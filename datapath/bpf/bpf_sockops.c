@@ -1,0 +1,51 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
+/*
+ * sockops, attached to a pod's cgroup v2: on TCP establishment put
+ * node-local sockets whose pair policy allows it into mb_sock_hash, and
+ * hand a steered connect's original destination over to its source tuple.
+ */
+#include "lib/common.h"
+#include "lib/counters.h"
+#include "lib/config.h"
+#include "lib/sockmap.h"
+#include "lib/policy.h"
+#include "lib/capture.h"
+
+SEC("sockops")
+int mb_sockops(struct bpf_sock_ops *skops)
+{
+	struct mb_sock_key key = {};
+	int active;
+
+	switch (skops->op) {
+	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+		active = 1;
+		break;
+	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+		active = 0;
+		break;
+	default:
+		return 1;
+	}
+	if (skops->family != AF_INET && skops->family != AF_INET6)
+		return 1;
+
+	mb_key_from_sockops(skops, &key);
+	if (active)
+		mb_capture_established(skops, &key);
+
+	if (!mb_pair_is_local(&key)) {
+		mb_count(MB_PROG_SOCKOPS, MB_CNT_MISS, 0);
+		return 1;
+	}
+	if (!mb_policy_allows_splice(&key, active)) {
+		mb_count(MB_PROG_SOCKOPS, MB_CNT_FALLBACK, 0);
+		return 1;
+	}
+	if (bpf_sock_hash_update(skops, &mb_sock_hash, &key, BPF_ANY) == 0)
+		mb_count(MB_PROG_SOCKOPS, MB_CNT_REDIRECTED, 0);
+	else
+		mb_count(MB_PROG_SOCKOPS, MB_CNT_FALLBACK, 0);
+	/* sock_ops has no verdict here: 1 is "handled", as the ABI expects. */
+	return 1;
+}

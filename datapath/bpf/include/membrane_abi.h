@@ -1,0 +1,116 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
+/*
+ * ABI shared between the kernel programs and user space.
+ *
+ * Every struct here has a #[repr(C)] mirror in datapath/src/abi.rs with the
+ * same field order, explicit padding and a compile-time size assertion; the
+ * test `abi_matches_btf` checks the mirrors against the BTF that clang emits
+ * for these structs. Change both sides together.
+ *
+ * Conventions: IPv4 addresses live in ip[0] (network order, ip[1..3] zero);
+ * a v4-mapped IPv6 address (::ffff:a.b.c.d) is always normalised to IPv4 so
+ * that an AF_INET client and a dual-stack AF_INET6 listener produce matching
+ * keys. Ports are in host order.
+ */
+#ifndef MEMBRANE_ABI_H
+#define MEMBRANE_ABI_H
+
+#include <linux/types.h>
+
+#define MB_AF_INET 2
+#define MB_AF_INET6 10
+
+/* Key of the sockhash: one established TCP socket, seen from its own side. */
+struct mb_sock_key {
+	__u32 local_ip[4];
+	__u32 remote_ip[4];
+	__u16 local_port;
+	__u16 remote_port;
+	__u8 family; /* MB_AF_INET or MB_AF_INET6 after normalisation */
+	__u8 pad[3];
+};
+
+/* Index of a program's row in the counters array. */
+enum mb_prog_index {
+	MB_PROG_SOCKOPS = 0,
+	MB_PROG_SK_MSG = 1,
+	MB_PROG_CONNECT4 = 2,
+	MB_PROG_CONNECT6 = 3,
+	MB_PROG_GETSOCKOPT = 4,
+	MB_PROG_MAX = 8,
+};
+
+/*
+ * Per-program counters (one row per program, per CPU; user space sums CPUs).
+ *   sockops:    redirected = sockets inserted into the sockhash,
+ *               fallbacks  = local sockets left on the plain path (policy
+ *                            denied or stale, or the sockhash update failed),
+ *               misses     = established sockets that are not node-local.
+ *   sk_msg:     redirected/redirected_bytes = messages spliced to the peer,
+ *               fallbacks  = messages passed to TCP by choice,
+ *               misses     = peer socket not in the sockhash (plain path).
+ *   connect4/6: redirected = connects steered to the proxy,
+ *               fallbacks  = connects left alone (proxy's own, excluded),
+ *               misses     = capture disabled or not TCP.
+ *   getsockopt: redirected = SO_ORIGINAL_DST answered,
+ *               misses     = SO_ORIGINAL_DST asked for an unknown socket.
+ */
+struct mb_counters {
+	__u64 redirected;
+	__u64 redirected_bytes;
+	__u64 fallbacks;
+	__u64 misses;
+};
+
+/* mb_config.flags */
+#define MB_CFG_CAPTURE (1U << 0)        /* steer outbound connects to the proxy */
+#define MB_CFG_POLICY_ENFORCE (1U << 1) /* splice only pairs allowed at policy_revision */
+
+#define MB_UID_NONE 0xffffffffU
+
+/* The single row of the config array; written by the agent only. */
+struct mb_config {
+	__u32 flags;
+	__u32 policy_revision; /* current revision; older decisions are stale */
+	__u32 proxy_uid;       /* connects by this uid are the proxy's own; MB_UID_NONE = none */
+	__u32 proxy_mark;      /* connects from sockets with this SO_MARK are the proxy's own; 0 = none */
+	__u32 capture_ip4;     /* where outbound IPv4 connects go, network order (127.0.0.1) */
+	__u16 outbound_port;   /* proxy outbound capture port (15001) */
+	__u16 inbound_port;    /* proxy inbound capture port (15006), reserved */
+	__u32 pad[2];
+};
+
+/* An address and port (original destination, or a socket's source). */
+struct mb_addr_port {
+	__u32 ip[4];
+	__u16 port;
+	__u8 family;
+	__u8 pad;
+};
+
+/* Policy decision key: made once per socket pair at establish time. */
+struct mb_policy_key {
+	__u32 src_identity; /* identity of the connecting side; 0 = any source */
+	__u32 dst_identity; /* identity of the accepting side */
+	__u16 dport;        /* accepting side's port, host order; 0 = any port */
+	__u8 proto;         /* IPPROTO_TCP */
+	__u8 pad;
+};
+
+#define MB_VERDICT_ALLOW 1
+#define MB_VERDICT_DENY 2
+
+struct mb_policy_value {
+	__u32 revision; /* policy revision this decision was computed at */
+	__u8 verdict;   /* MB_VERDICT_* */
+	__u8 pad[3];
+};
+
+/* Key of the identity map: an endpoint address. */
+struct mb_ip_key {
+	__u32 ip[4];
+	__u8 family;
+	__u8 pad[3];
+};
+
+#endif /* MEMBRANE_ABI_H */

@@ -1,0 +1,222 @@
+//! `#[repr(C)]` mirrors of `bpf/include/membrane_abi.h`.
+//!
+//! Same field order as the C structs, padding spelled out, sizes asserted at
+//! compile time; the `abi_matches_btf` test compares them with the BTF that
+//! clang emitted into the embedded objects. This is the only module allowed
+//! to use `unsafe`: aya's `Pod` marker is an unsafe trait.
+#![allow(unsafe_code)]
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// `MB_AF_INET`: the address is IPv4, in `ip[0]`.
+pub const AF_INET: u8 = 2;
+/// `MB_AF_INET6`: the address is native IPv6.
+pub const AF_INET6: u8 = 10;
+
+/// Rows of the counters array (`enum mb_prog_index`).
+pub const PROG_SOCKOPS: u32 = 0;
+/// sk_msg row.
+pub const PROG_SK_MSG: u32 = 1;
+/// cgroup connect4 row.
+pub const PROG_CONNECT4: u32 = 2;
+/// cgroup connect6 row.
+pub const PROG_CONNECT6: u32 = 3;
+/// cgroup getsockopt row.
+pub const PROG_GETSOCKOPT: u32 = 4;
+/// Number of rows (`MB_PROG_MAX`).
+pub const PROG_MAX: u32 = 8;
+
+/// `MB_CFG_CAPTURE`: steer outbound connects to the proxy.
+pub const CFG_CAPTURE: u32 = 1 << 0;
+/// `MB_CFG_POLICY_ENFORCE`: splice only pairs allowed at the current revision.
+pub const CFG_POLICY_ENFORCE: u32 = 1 << 1;
+/// `MB_UID_NONE`: no proxy uid configured.
+pub const UID_NONE: u32 = u32::MAX;
+/// `MB_VERDICT_ALLOW`.
+pub const VERDICT_ALLOW: u8 = 1;
+/// `MB_VERDICT_DENY`.
+pub const VERDICT_DENY: u8 = 2;
+
+/// `struct mb_sock_key`: a sockhash key, the socket's own view.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MbSockKey {
+    /// Local address (network order words; IPv4 in `[0]`).
+    pub local_ip: [u32; 4],
+    /// Remote address.
+    pub remote_ip: [u32; 4],
+    /// Local port, host order.
+    pub local_port: u16,
+    /// Remote port, host order.
+    pub remote_port: u16,
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u8,
+    /// Explicit padding, zero.
+    pub pad: [u8; 3],
+}
+const _: () = assert!(size_of::<MbSockKey>() == 40);
+
+/// `struct mb_counters`: one program's counters (one CPU, or summed).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MbCounters {
+    /// Messages spliced / sockets inserted / connects steered / answers given.
+    pub redirected: u64,
+    /// Bytes spliced (sk_msg only).
+    pub redirected_bytes: u64,
+    /// Left on the plain path by choice or policy.
+    pub fallbacks: u64,
+    /// Nothing to do: peer not found, not local, unknown socket.
+    pub misses: u64,
+}
+const _: () = assert!(size_of::<MbCounters>() == 32);
+
+/// `struct mb_config`: the single row of the config array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MbConfig {
+    /// `CFG_*` flags.
+    pub flags: u32,
+    /// Current policy revision.
+    pub policy_revision: u32,
+    /// The proxy's uid, or `UID_NONE`.
+    pub proxy_uid: u32,
+    /// The proxy's SO_MARK, or 0.
+    pub proxy_mark: u32,
+    /// Capture address for IPv4, network order as stored in memory.
+    pub capture_ip4: u32,
+    /// Outbound capture port, host order.
+    pub outbound_port: u16,
+    /// Inbound capture port, host order (reserved).
+    pub inbound_port: u16,
+    /// Explicit padding, zero.
+    pub pad: [u32; 2],
+}
+const _: () = assert!(size_of::<MbConfig>() == 32);
+
+/// `struct mb_addr_port`: an address and a host-order port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct MbAddrPort {
+    /// Address words (IPv4 in `[0]`).
+    pub ip: [u32; 4],
+    /// Port, host order.
+    pub port: u16,
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u8,
+    /// Explicit padding, zero.
+    pub pad: u8,
+}
+const _: () = assert!(size_of::<MbAddrPort>() == 20);
+
+/// `struct mb_policy_key`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct MbPolicyKey {
+    /// Connecting side's identity; 0 = any.
+    pub src_identity: u32,
+    /// Accepting side's identity.
+    pub dst_identity: u32,
+    /// Accepting side's port, host order; 0 = any.
+    pub dport: u16,
+    /// IP protocol (6 = TCP).
+    pub proto: u8,
+    /// Explicit padding, zero.
+    pub pad: u8,
+}
+const _: () = assert!(size_of::<MbPolicyKey>() == 12);
+
+/// `struct mb_policy_value`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MbPolicyValue {
+    /// Revision the verdict was computed at.
+    pub revision: u32,
+    /// `VERDICT_ALLOW` or `VERDICT_DENY`.
+    pub verdict: u8,
+    /// Explicit padding, zero.
+    pub pad: [u8; 3],
+}
+const _: () = assert!(size_of::<MbPolicyValue>() == 8);
+
+/// `struct mb_ip_key`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct MbIpKey {
+    /// Address words (IPv4 in `[0]`).
+    pub ip: [u32; 4],
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u8,
+    /// Explicit padding, zero.
+    pub pad: [u8; 3],
+}
+const _: () = assert!(size_of::<MbIpKey>() == 20);
+
+// SAFETY: each type is #[repr(C)], made only of integers and integer arrays,
+// with every padding byte an explicit field (sizes asserted above), so any
+// bit pattern is valid and no uninitialised byte is ever read or written.
+unsafe impl aya::Pod for MbSockKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for MbCounters {}
+// SAFETY: as above.
+unsafe impl aya::Pod for MbConfig {}
+// SAFETY: as above.
+unsafe impl aya::Pod for MbAddrPort {}
+// SAFETY: as above.
+unsafe impl aya::Pod for MbPolicyKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for MbPolicyValue {}
+// SAFETY: as above.
+unsafe impl aya::Pod for MbIpKey {}
+
+/// Encode an address the way the kernel side normalises it: IPv4 and
+/// v4-mapped IPv6 as IPv4 in word 0, native IPv6 in all four words. Words
+/// hold the address bytes in network order, as the kernel stores them.
+pub fn encode_ip(ip: IpAddr) -> ([u32; 4], u8) {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    };
+    match ip {
+        IpAddr::V4(v4) => ([u32::from_ne_bytes(v4.octets()), 0, 0, 0], AF_INET),
+        IpAddr::V6(v6) => {
+            let o = v6.octets();
+            let w = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
+            ([w(0), w(4), w(8), w(12)], AF_INET6)
+        }
+    }
+}
+
+/// Decode an address encoded by [`encode_ip`] (or by the kernel programs).
+pub fn decode_ip(ip: [u32; 4], family: u8) -> IpAddr {
+    if family == AF_INET {
+        return IpAddr::V4(Ipv4Addr::from(ip[0].to_ne_bytes()));
+    }
+    let mut o = [0u8; 16];
+    for (i, w) in ip.iter().enumerate() {
+        o[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+    }
+    IpAddr::V6(Ipv6Addr::from(o))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v4_mapped_normalises_to_v4() {
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        let plain: IpAddr = "127.0.0.1".parse().unwrap();
+        assert_eq!(encode_ip(mapped), encode_ip(plain));
+        let (w, f) = encode_ip(plain);
+        assert_eq!(f, AF_INET);
+        assert_eq!(decode_ip(w, f), plain);
+        let v6: IpAddr = "fd00::1".parse().unwrap();
+        let (w, f) = encode_ip(v6);
+        assert_eq!(f, AF_INET6);
+        assert_eq!(decode_ip(w, f), v6);
+    }
+}

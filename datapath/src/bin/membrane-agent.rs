@@ -1,0 +1,148 @@
+//! `membrane-agent`: the node daemon's datapath half. Loads the embedded eBPF
+//! programs, attaches them to a pod's cgroup v2, pins them under a bpffs
+//! directory (so a restart keeps established splices), prints counters and
+//! spliced pairs, and detaches. The unix-socket API is later work.
+
+use std::{net::Ipv4Addr, path::PathBuf, thread, time::Duration};
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use membrane_datapath::{ensure_bpffs, Capture, Datapath, Settings, DEFAULT_BPFFS_DIR};
+
+/// Agent configuration: flags, with `MEMBRANE_*` environment fallbacks.
+#[derive(Parser, Debug)]
+#[command(name = "membrane-agent", about = "membrane eBPF datapath agent")]
+struct Config {
+    /// bpffs directory for pinned programs, maps and links.
+    #[arg(long, env = "MEMBRANE_BPFFS", default_value = DEFAULT_BPFFS_DIR, global = true)]
+    bpffs: PathBuf,
+    /// Unix socket for the agent API (reserved; not served yet).
+    #[arg(
+        long,
+        env = "MEMBRANE_AGENT_SOCKET",
+        default_value = "/var/run/membrane/agent.sock",
+        global = true
+    )]
+    socket: PathBuf,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+/// Per-cgroup attach options.
+#[derive(clap::Args, Debug)]
+struct AttachArgs {
+    /// The pod's cgroup v2 directory (never a hierarchy root).
+    #[arg(long, env = "MEMBRANE_CGROUP")]
+    cgroup: PathBuf,
+    /// Steer outbound connects to the proxy (iptables-free capture).
+    #[arg(long, env = "MEMBRANE_CAPTURE")]
+    capture: bool,
+    /// The proxy's outbound capture address.
+    #[arg(long, env = "MEMBRANE_PROXY_IP4", default_value = "127.0.0.1")]
+    proxy_ip4: Ipv4Addr,
+    /// The proxy's outbound capture port.
+    #[arg(long, env = "MEMBRANE_OUTBOUND_PORT", default_value_t = 15001)]
+    outbound_port: u16,
+    /// The proxy's uid: its connects are never steered.
+    #[arg(long, env = "MEMBRANE_PROXY_UID", default_value_t = 1337)]
+    proxy_uid: u32,
+    /// The SO_MARK the proxy sets on upstream sockets: never steered.
+    #[arg(long, env = "MEMBRANE_PROXY_MARK", default_value_t = 1337)]
+    proxy_mark: u32,
+    /// Splice only pairs with a current ALLOW in the policy map.
+    #[arg(long, env = "MEMBRANE_POLICY_ENFORCE")]
+    policy_enforce: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Load (if needed), attach to the cgroup, pin, and exit.
+    Attach(AttachArgs),
+    /// Attach, then print counters every interval until killed (pins stay).
+    Run {
+        #[command(flatten)]
+        attach: AttachArgs,
+        /// Seconds between counter prints.
+        #[arg(long, env = "MEMBRANE_INTERVAL", default_value_t = 5)]
+        interval: u64,
+    },
+    /// Detach from the cgroup; unpin everything when it was the last one.
+    Detach {
+        /// The pod's cgroup v2 directory.
+        #[arg(long, env = "MEMBRANE_CGROUP")]
+        cgroup: PathBuf,
+    },
+    /// Print per-program counters.
+    Counters,
+    /// List spliced socket pairs.
+    Pairs,
+}
+
+impl AttachArgs {
+    fn settings(&self) -> Settings {
+        Settings {
+            capture: self.capture.then_some(Capture {
+                proxy_ip4: self.proxy_ip4,
+                outbound_port: self.outbound_port,
+                proxy_uid: Some(self.proxy_uid),
+                proxy_mark: Some(self.proxy_mark),
+            }),
+            policy_enforce: self.policy_enforce,
+            policy_revision: 0,
+        }
+    }
+}
+
+fn print_counters(dp: &Datapath) -> Result<()> {
+    println!(
+        "{:<14} {:>12} {:>16} {:>10} {:>10}",
+        "program", "redirected", "redirected_bytes", "fallbacks", "misses"
+    );
+    for c in dp.counters()? {
+        println!(
+            "{:<14} {:>12} {:>16} {:>10} {:>10}",
+            c.program, c.redirected, c.redirected_bytes, c.fallbacks, c.misses
+        );
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let cfg = Config::parse();
+    let _reserved = &cfg.socket;
+    match &cfg.cmd {
+        Cmd::Attach(a) => {
+            ensure_bpffs(&cfg.bpffs)?;
+            Datapath::attach(&cfg.bpffs, &a.cgroup, &a.settings())
+                .with_context(|| format!("attach to {}", a.cgroup.display()))?;
+            println!(
+                "attached to {} (pinned under {})",
+                a.cgroup.display(),
+                cfg.bpffs.display()
+            );
+        }
+        Cmd::Run { attach, interval } => {
+            ensure_bpffs(&cfg.bpffs)?;
+            let dp = Datapath::attach(&cfg.bpffs, &attach.cgroup, &attach.settings())
+                .with_context(|| format!("attach to {}", attach.cgroup.display()))?;
+            loop {
+                print_counters(&dp)?;
+                thread::sleep(Duration::from_secs((*interval).max(1)));
+            }
+        }
+        Cmd::Detach { cgroup } => {
+            Datapath::open(&cfg.bpffs)?.detach(cgroup)?;
+            println!("detached from {}", cgroup.display());
+        }
+        Cmd::Counters => print_counters(&Datapath::open(&cfg.bpffs)?)?,
+        Cmd::Pairs => {
+            for (a, b) in Datapath::open(&cfg.bpffs)?.spliced_pairs()? {
+                println!(
+                    "{} -> {}  <=>  {} -> {}",
+                    a.local, a.remote, b.local, b.remote
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,325 @@
+//! `membrane-sockbench`: small TCP workloads for the datapath's privileged
+//! tests and `bench/sockmap.sh`: echo/sink/hello servers, a checksummed echo
+//! client, request/response latency and stream throughput clients, and a
+//! minimal capture proxy that asks the kernel for `SO_ORIGINAL_DST`.
+//! Servers print `READY` on stdout once listening. Loopback/netns use only.
+
+use std::{
+    io::{self, Read, Write},
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    os::fd::OwnedFd,
+    path::PathBuf,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage};
+
+#[derive(Parser)]
+#[command(about = "TCP workloads for membrane datapath tests and benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Echo every byte back, one thread per connection.
+    Echo {
+        #[arg(long)]
+        listen: SocketAddr,
+    },
+    /// Read and discard.
+    Sink {
+        #[arg(long)]
+        listen: SocketAddr,
+    },
+    /// Write "hello from <local addr>\n" to each connection and close it.
+    Hello {
+        #[arg(long)]
+        listen: SocketAddr,
+    },
+    /// Send pseudo-random bytes to an echo server and verify what comes back.
+    Client {
+        #[arg(long)]
+        connect: SocketAddr,
+        /// Bytes per round.
+        #[arg(long, default_value_t = 1 << 20)]
+        bytes: usize,
+        /// Write size.
+        #[arg(long, default_value_t = 16384)]
+        chunk: usize,
+        /// Rounds on the same connection.
+        #[arg(long, default_value_t = 1)]
+        rounds: u32,
+        /// Before each round after the first, wait (at most 20 s) for this file.
+        #[arg(long)]
+        gate: Option<PathBuf>,
+    },
+    /// Request/response latency against an echo server.
+    Rr {
+        #[arg(long)]
+        connect: SocketAddr,
+        #[arg(long, default_value_t = 1)]
+        size: usize,
+        #[arg(long, default_value_t = 20000)]
+        iters: u32,
+    },
+    /// Stream throughput into a sink.
+    Stream {
+        #[arg(long)]
+        connect: SocketAddr,
+        #[arg(long, default_value_t = 65536)]
+        write: usize,
+        #[arg(long, default_value_t = 2.0)]
+        secs: f64,
+    },
+    /// Accept, ask SO_ORIGINAL_DST, connect there with SO_MARK, reply
+    /// "proxy orig=<addr>\n" and relay the upstream's bytes.
+    CaptureProxy {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long, default_value_t = 1337)]
+        mark: u32,
+    },
+    /// Connect, read to the end, print what came.
+    Fetch {
+        #[arg(long)]
+        connect: SocketAddr,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Echo { listen } => serve(listen, |mut s| {
+            let mut r = s.try_clone()?;
+            io::copy(&mut r, &mut s)?;
+            Ok(())
+        }),
+        Cmd::Sink { listen } => serve(listen, |mut s| {
+            io::copy(&mut s, &mut io::sink())?;
+            Ok(())
+        }),
+        Cmd::Hello { listen } => serve(listen, |mut s| {
+            writeln!(s, "hello from {}", s.local_addr()?)?;
+            Ok(())
+        }),
+        Cmd::Client {
+            connect,
+            bytes,
+            chunk,
+            rounds,
+            gate,
+        } => client(connect, bytes, chunk, rounds, gate),
+        Cmd::Rr {
+            connect,
+            size,
+            iters,
+        } => rr(connect, size, iters),
+        Cmd::Stream {
+            connect,
+            write,
+            secs,
+        } => stream(connect, write, secs),
+        Cmd::CaptureProxy { listen, mark } => serve(listen, move |s| proxy_one(s, mark)),
+        Cmd::Fetch { connect } => {
+            let mut s = TcpStream::connect(connect)?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            print!("{out}");
+            Ok(())
+        }
+    }
+}
+
+fn serve<F>(listen: SocketAddr, handle: F) -> Result<()>
+where
+    F: Fn(TcpStream) -> Result<()> + Copy + Send + 'static,
+{
+    let l = TcpListener::bind(listen).with_context(|| format!("bind {listen}"))?;
+    println!("READY {}", l.local_addr()?);
+    io::stdout().flush()?;
+    for s in l.incoming() {
+        let s = s?;
+        s.set_nodelay(true)?;
+        thread::spawn(move || {
+            if let Err(e) = handle(s) {
+                eprintln!("connection: {e:#}");
+            }
+        });
+    }
+    Ok(())
+}
+
+/// FNV-1a, 64 bit: a checksum, not a MAC.
+fn fnv(mut h: u64, data: &[u8]) -> u64 {
+    for b in data {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x100_0000_01b3);
+    }
+    h
+}
+const FNV_INIT: u64 = 0xcbf2_9ce4_8422_2325;
+
+fn pattern(round: u32, len: usize) -> Vec<u8> {
+    // xorshift: cheap bytes that differ at every offset and round.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ u64::from(round + 1);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn client(
+    connect: SocketAddr,
+    bytes: usize,
+    chunk: usize,
+    rounds: u32,
+    gate: Option<PathBuf>,
+) -> Result<()> {
+    let s = TcpStream::connect(connect).with_context(|| format!("connect {connect}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    for round in 0..rounds {
+        if round > 0 {
+            if let Some(g) = &gate {
+                println!("WAITING round={round}");
+                io::stdout().flush()?;
+                let deadline = Instant::now() + Duration::from_secs(20);
+                while !g.exists() {
+                    if Instant::now() > deadline {
+                        bail!("gate {} never appeared", g.display());
+                    }
+                    thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+        let data = pattern(round, bytes);
+        let sent_hash = fnv(FNV_INIT, &data);
+        let mut w = s.try_clone()?;
+        let writer = thread::spawn(move || -> io::Result<()> {
+            for c in data.chunks(chunk.max(1)) {
+                w.write_all(c)?;
+            }
+            Ok(())
+        });
+        let mut r = &s;
+        let mut got = 0usize;
+        let mut h = FNV_INIT;
+        let mut buf = vec![0u8; 65536];
+        while got < bytes {
+            let n = r.read(&mut buf[..(bytes - got).min(65536)])?;
+            if n == 0 {
+                bail!("echo closed after {got} of {bytes} bytes");
+            }
+            h = fnv(h, &buf[..n]);
+            got += n;
+        }
+        writer
+            .join()
+            .map_err(|_| anyhow::anyhow!("writer panicked"))??;
+        if h != sent_hash {
+            bail!("MISMATCH round={round} sent={sent_hash:016x} recv={h:016x}");
+        }
+        println!("OK round={round} bytes={got} fnv={h:016x}");
+        io::stdout().flush()?;
+    }
+    s.shutdown(Shutdown::Both)?;
+    Ok(())
+}
+
+fn rr(connect: SocketAddr, size: usize, iters: u32) -> Result<()> {
+    let mut s = TcpStream::connect(connect)?;
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let req = vec![0x5au8; size];
+    let mut resp = vec![0u8; size];
+    let warmup = iters / 10;
+    let mut lat = Vec::with_capacity(iters as usize);
+    for i in 0..iters + warmup {
+        let t = Instant::now();
+        s.write_all(&req)?;
+        s.read_exact(&mut resp)?;
+        if i >= warmup {
+            lat.push(t.elapsed().as_nanos() as u64);
+        }
+    }
+    lat.sort_unstable();
+    let p = |q: f64| lat[((lat.len() as f64 - 1.0) * q) as usize] as f64 / 1000.0;
+    let mean = lat.iter().sum::<u64>() as f64 / lat.len() as f64 / 1000.0;
+    println!(
+        "{{\"size\":{size},\"iters\":{iters},\"p50_us\":{:.2},\"p99_us\":{:.2},\"mean_us\":{mean:.2}}}",
+        p(0.5),
+        p(0.99)
+    );
+    Ok(())
+}
+
+fn stream(connect: SocketAddr, write: usize, secs: f64) -> Result<()> {
+    let mut s = TcpStream::connect(connect)?;
+    let buf = vec![0xa5u8; write];
+    let start = Instant::now();
+    let dur = Duration::from_secs_f64(secs);
+    let mut total = 0u64;
+    while start.elapsed() < dur {
+        for _ in 0..64 {
+            s.write_all(&buf)?;
+            total += write as u64;
+        }
+    }
+    let el = start.elapsed().as_secs_f64();
+    println!(
+        "{{\"write\":{write},\"bytes\":{total},\"secs\":{el:.3},\"gbit_s\":{:.3}}}",
+        total as f64 * 8.0 / el / 1e9
+    );
+    Ok(())
+}
+
+fn original_dst(s: &TcpStream) -> Result<SocketAddr> {
+    let fam_v4 = match s.local_addr()? {
+        SocketAddr::V4(_) => true,
+        SocketAddr::V6(a) => a.ip().to_ipv4_mapped().is_some(),
+    };
+    if fam_v4 {
+        let sin = socket::getsockopt(s, sockopt::OriginalDst)
+            .context("getsockopt(SOL_IP, SO_ORIGINAL_DST)")?;
+        let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+        Ok(SocketAddr::from((ip, u16::from_be(sin.sin_port))))
+    } else {
+        let sin6 = socket::getsockopt(s, sockopt::Ip6tOriginalDst)
+            .context("getsockopt(SOL_IPV6, IP6T_SO_ORIGINAL_DST)")?;
+        let ip = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+        Ok(SocketAddr::from((ip, u16::from_be(sin6.sin6_port))))
+    }
+}
+
+fn proxy_one(mut s: TcpStream, mark: u32) -> Result<()> {
+    let orig = match original_dst(&s) {
+        Ok(a) => a,
+        Err(e) => {
+            writeln!(s, "proxy error={e:#}")?;
+            return Ok(());
+        }
+    };
+    writeln!(s, "proxy orig={orig}")?;
+    let family = if orig.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let fd: OwnedFd = socket::socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    socket::setsockopt(&fd, sockopt::Mark, &mark)?;
+    socket::connect(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &SockaddrStorage::from(orig),
+    )
+    .with_context(|| format!("upstream connect {orig}"))?;
+    let mut up = TcpStream::from(fd);
+    io::copy(&mut up, &mut s)?;
+    Ok(())
+}

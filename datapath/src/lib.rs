@@ -1,0 +1,688 @@
+//! membrane's eBPF datapath: the kernel programs (C, in `bpf/`, compiled by
+//! `build.rs` and embedded here) and the aya-based user space that loads
+//! them, attaches them to a pod's cgroup v2, pins them under a bpffs
+//! directory, programs their maps and reads their counters.
+//!
+//! It owns: the sockops/sk_msg splice of node-local TCP socket pairs, the
+//! iptables-free capture (cgroup connect4/6 + getsockopt `SO_ORIGINAL_DST`),
+//! the policy-decision maps the splice consults, and the per-program counters.
+//!
+//! It must never: attach to the root cgroup, load an object from a path at
+//! run time (the objects are embedded), let a splice skip an L3/L4 decision
+//! when enforcement is on, or leave state behind after [`Datapath::detach`]
+//! of the last cgroup.
+
+pub mod abi;
+mod sys;
+
+use std::{
+    collections::BTreeSet,
+    fs, io,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    maps::{Array, HashMap, Map, MapData, PerCpuArray, SockHash},
+    programs::{links::FdLink, CgroupAttachMode, CgroupSockAddr, CgroupSockopt, SkMsg, SockOps},
+    Ebpf, EbpfLoader,
+};
+
+use abi::{MbConfig, MbCounters, MbIpKey, MbPolicyKey, MbPolicyValue, MbSockKey};
+
+/// Default bpffs directory for pins.
+pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/membrane";
+
+/// The embedded kernel objects, one per attach point.
+mod objects {
+    pub(crate) static SOCKOPS: &[u8] =
+        aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sockops.o"));
+    pub(crate) static SK_MSG: &[u8] =
+        aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sk_msg.o"));
+    pub(crate) static CGROUP_CONNECT: &[u8] =
+        aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cgroup_connect.o"));
+    pub(crate) static CGROUP_SOCKOPT: &[u8] =
+        aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cgroup_sockopt.o"));
+}
+
+/// The embedded objects by name, for tooling and the BTF test.
+pub fn embedded_objects() -> [(&'static str, &'static [u8]); 4] {
+    [
+        ("sockops", objects::SOCKOPS),
+        ("sk_msg", objects::SK_MSG),
+        ("cgroup_connect", objects::CGROUP_CONNECT),
+        ("cgroup_sockopt", objects::CGROUP_SOCKOPT),
+    ]
+}
+
+const PROG_SOCKOPS: &str = "mb_sockops";
+const PROG_SK_MSG: &str = "mb_sk_msg";
+const PROG_CONNECT4: &str = "mb_connect4";
+const PROG_CONNECT6: &str = "mb_connect6";
+const PROG_GETSOCKOPT: &str = "mb_getsockopt";
+/// Cgroup programs, in attach order.
+const CGROUP_PROGS: [&str; 4] = [PROG_SOCKOPS, PROG_CONNECT4, PROG_CONNECT6, PROG_GETSOCKOPT];
+
+/// Errors of the datapath library.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The pin directory is not on a bpf filesystem.
+    #[error("{0}: not on a bpf filesystem (mount one: mount -t bpf bpf /sys/fs/bpf)")]
+    NotBpffs(PathBuf),
+    /// The cgroup path is not a cgroup v2 directory.
+    #[error("{0}: not a cgroup v2 directory")]
+    NotCgroup2(PathBuf),
+    /// Refused: the path is a cgroup v2 root.
+    #[error("{0}: is a cgroup v2 root; membrane attaches only to a pod's own cgroup")]
+    RootCgroup(PathBuf),
+    /// The running kernel cannot do what a program needs.
+    #[error("kernel lacks {feature}; the plain TCP path stays in use: {detail}")]
+    KernelFeature {
+        /// The missing feature, as a user would search for it.
+        feature: &'static str,
+        /// What the kernel said.
+        detail: String,
+    },
+    /// Nothing is pinned under the directory.
+    #[error("{0}: no membrane datapath is pinned here (run attach first)")]
+    NotAttached(PathBuf),
+    /// A map operation failed.
+    #[error("map {name}: {source}")]
+    Map {
+        /// The map's name.
+        name: &'static str,
+        /// The cause.
+        #[source]
+        source: aya::maps::MapError,
+    },
+    /// A program operation failed.
+    #[error("program {name}: {what}: {source}")]
+    Program {
+        /// The program's name.
+        name: &'static str,
+        /// The operation.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    /// A filesystem operation failed.
+    #[error("{path}: {what}: {source}")]
+    Io {
+        /// The path involved.
+        path: PathBuf,
+        /// The operation.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn io_err<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(io::Error) -> Error + 'a {
+    move |source| Error::Io {
+        path: path.to_path_buf(),
+        what,
+        source,
+    }
+}
+
+/// Outbound capture settings (`cgroup/connect4`, `cgroup/connect6`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Capture {
+    /// Where steered IPv4 connects go (IPv6 ones go to `::1`).
+    pub proxy_ip4: Ipv4Addr,
+    /// The proxy's outbound capture port.
+    pub outbound_port: u16,
+    /// Connects by this uid are the proxy's own and left alone.
+    pub proxy_uid: Option<u32>,
+    /// Connects from sockets with this `SO_MARK` are the proxy's own.
+    pub proxy_mark: Option<u32>,
+}
+
+impl Default for Capture {
+    fn default() -> Self {
+        Self {
+            proxy_ip4: Ipv4Addr::LOCALHOST,
+            outbound_port: 15001,
+            proxy_uid: Some(1337),
+            proxy_mark: Some(1337),
+        }
+    }
+}
+
+/// Settings the kernel programs read from `mb_config`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// Outbound capture, or `None` to leave connects alone.
+    pub capture: Option<Capture>,
+    /// Splice only pairs with a current ALLOW decision in the policy map.
+    pub policy_enforce: bool,
+    /// The current policy revision.
+    pub policy_revision: u32,
+}
+
+impl Settings {
+    fn to_abi(&self) -> MbConfig {
+        let mut cfg = MbConfig {
+            proxy_uid: abi::UID_NONE,
+            inbound_port: 15006,
+            policy_revision: self.policy_revision,
+            ..MbConfig::default()
+        };
+        if self.policy_enforce {
+            cfg.flags |= abi::CFG_POLICY_ENFORCE;
+        }
+        if let Some(c) = &self.capture {
+            cfg.flags |= abi::CFG_CAPTURE;
+            cfg.capture_ip4 = u32::from_ne_bytes(c.proxy_ip4.octets());
+            cfg.outbound_port = c.outbound_port;
+            cfg.proxy_uid = c.proxy_uid.unwrap_or(abi::UID_NONE);
+            cfg.proxy_mark = c.proxy_mark.unwrap_or(0);
+        }
+        cfg
+    }
+}
+
+/// One program's counters, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProgCounters {
+    /// Program name.
+    pub program: &'static str,
+    /// See `struct mb_counters` in `bpf/include/membrane_abi.h`.
+    pub redirected: u64,
+    /// Bytes redirected (sk_msg).
+    pub redirected_bytes: u64,
+    /// Left on the plain path by choice or policy.
+    pub fallbacks: u64,
+    /// Nothing to do.
+    pub misses: u64,
+}
+
+/// One side of a spliced connection as the sockhash holds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SockEntry {
+    /// The socket's local address.
+    pub local: SocketAddr,
+    /// Its peer's address.
+    pub remote: SocketAddr,
+}
+
+impl SockEntry {
+    fn from_key(k: &MbSockKey) -> Self {
+        Self {
+            local: SocketAddr::new(abi::decode_ip(k.local_ip, k.family), k.local_port),
+            remote: SocketAddr::new(abi::decode_ip(k.remote_ip, k.family), k.remote_port),
+        }
+    }
+}
+
+/// A pinned datapath under a bpffs directory. Cheap to open; every method
+/// works on the pins, so a restarted agent sees what an earlier one attached.
+#[derive(Clone, Debug)]
+pub struct Datapath {
+    dir: PathBuf,
+}
+
+impl Datapath {
+    /// The pin directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn maps_dir(&self) -> PathBuf {
+        self.dir.join("maps")
+    }
+    fn progs_dir(&self) -> PathBuf {
+        self.dir.join("progs")
+    }
+    fn links_dir(&self) -> PathBuf {
+        self.dir.join("links")
+    }
+
+    /// Open the datapath pinned under `dir` (e.g. after an agent restart).
+    pub fn open(dir: impl Into<PathBuf>) -> Result<Self> {
+        let dp = Self { dir: dir.into() };
+        if !dp.progs_dir().join(PROG_SK_MSG).exists() {
+            return Err(Error::NotAttached(dp.dir));
+        }
+        Ok(dp)
+    }
+
+    /// Load the programs if they are not pinned under `dir` yet, attach the
+    /// cgroup programs to `cgroup` (a cgroup v2 directory, never a root) and
+    /// write `settings`. Idempotent per cgroup. Everything is pinned, so the
+    /// attachment and established splices survive the caller's exit.
+    pub fn attach(dir: impl Into<PathBuf>, cgroup: &Path, settings: &Settings) -> Result<Self> {
+        let dp = Self { dir: dir.into() };
+        check_cgroup(cgroup)?;
+        for d in [
+            dp.dir.clone(),
+            dp.maps_dir(),
+            dp.progs_dir(),
+            dp.links_dir(),
+        ] {
+            fs::create_dir_all(&d).map_err(io_err(&d, "create pin directory"))?;
+        }
+        check_bpffs(&dp.dir)?;
+        if !dp.progs_dir().join(PROG_SK_MSG).exists() {
+            if let Err(e) = dp.load_and_pin() {
+                // Leave nothing half-loaded behind; the plain path stays.
+                let _ = dp.teardown();
+                return Err(e);
+            }
+        }
+        dp.set_settings(settings)?;
+
+        let cg_ino = fs::metadata(cgroup)
+            .map_err(io_err(cgroup, "stat cgroup"))?
+            .ino();
+        let link_dir = dp.links_dir().join(cg_ino.to_string());
+        fs::create_dir_all(&link_dir).map_err(io_err(&link_dir, "create link directory"))?;
+        let cg = fs::File::open(cgroup).map_err(io_err(cgroup, "open cgroup"))?;
+        for name in CGROUP_PROGS {
+            let pin = link_dir.join(name);
+            if pin.exists() {
+                continue;
+            }
+            if let Err(e) = dp.attach_cgroup_prog(name, &cg, &pin) {
+                // All or nothing per cgroup: unpinning detaches the others.
+                let _ = fs::remove_dir_all(&link_dir);
+                return Err(e);
+            }
+        }
+        Ok(dp)
+    }
+
+    /// Cgroup programs are attached with bpf_link (flags must be 0 there):
+    /// links always coexist with other programs on the same cgroup.
+    fn attach_cgroup_prog(&self, name: &'static str, cg: &fs::File, pin: &Path) -> Result<()> {
+        let prog_pin = self.progs_dir().join(name);
+        let perr = |what| move |source| Error::Program { name, what, source };
+        let link_pin_err = |e: aya::pin::PinError| Error::Io {
+            path: pin.to_path_buf(),
+            what: "pin link",
+            source: io::Error::other(e.to_string()),
+        };
+        match name {
+            PROG_SOCKOPS => {
+                let mut p = SockOps::from_pin(&prog_pin).map_err(perr("open pinned"))?;
+                let id = p
+                    .attach(cg, CgroupAttachMode::Single)
+                    .map_err(perr("attach to cgroup"))?;
+                let link = p.take_link(id).map_err(perr("take link"))?;
+                let link = FdLink::try_from(link)
+                    .map_err(|e| feature_error("BPF cgroup links (Linux 5.7+)", e))?;
+                link.pin(pin).map_err(link_pin_err)?;
+            }
+            PROG_CONNECT4 | PROG_CONNECT6 => {
+                let kind = if name == PROG_CONNECT4 {
+                    aya::programs::cgroup_sock_addr::CgroupSockAddrAttachType::Connect4
+                } else {
+                    aya::programs::cgroup_sock_addr::CgroupSockAddrAttachType::Connect6
+                };
+                let mut p =
+                    CgroupSockAddr::from_pin(&prog_pin, kind).map_err(perr("open pinned"))?;
+                let id = p
+                    .attach(cg, CgroupAttachMode::Single)
+                    .map_err(perr("attach to cgroup"))?;
+                let link = p.take_link(id).map_err(perr("take link"))?;
+                let link = FdLink::try_from(link)
+                    .map_err(|e| feature_error("BPF cgroup links (Linux 5.7+)", e))?;
+                link.pin(pin).map_err(link_pin_err)?;
+            }
+            _ => {
+                let p = CgroupSockopt::from_pin(
+                    &prog_pin,
+                    aya::programs::cgroup_sockopt::CgroupSockoptAttachType::Get,
+                )
+                .map_err(perr("open pinned"))?;
+                let fd = p.fd().map_err(perr("fd"))?;
+                sys::link_create_pinned(
+                    std::os::fd::AsFd::as_fd(fd),
+                    std::os::fd::AsFd::as_fd(cg),
+                    sys::BPF_CGROUP_GETSOCKOPT,
+                    0,
+                    pin,
+                )
+                .map_err(|e| feature_error("cgroup getsockopt hooks (Linux 5.3+)", e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Load the four embedded objects with their maps pinned by name under
+    /// `maps/`, pin each program under `progs/`, attach sk_msg to the sockhash.
+    fn load_and_pin(&self) -> Result<()> {
+        let maps_dir = self.maps_dir();
+        let load = |bytes: &[u8], feature: &'static str| -> Result<Ebpf> {
+            EbpfLoader::new()
+                .default_map_pin_directory(&maps_dir)
+                .load(bytes)
+                .map_err(|e| feature_error(feature, e))
+        };
+        let progs = self.progs_dir();
+        let pin = |name: &'static str| progs.join(name);
+        let pin_err = |name: &'static str| {
+            let path = progs.join(name);
+            move |e: aya::pin::PinError| Error::Io {
+                path,
+                what: "pin program",
+                source: io::Error::other(e.to_string()),
+            }
+        };
+
+        let mut ops = load(objects::SOCKOPS, "sockops programs and sockhash maps")?;
+        let p: &mut SockOps = prog_mut(&mut ops, PROG_SOCKOPS)?;
+        p.load()
+            .map_err(|e| feature_error("BPF_PROG_TYPE_SOCK_OPS", e))?;
+        p.pin(pin(PROG_SOCKOPS)).map_err(pin_err(PROG_SOCKOPS))?;
+
+        let mut msg = load(objects::SK_MSG, "sk_msg programs")?;
+        let sock_hash: SockHash<MapData, MbSockKey> = SockHash::try_from(
+            msg.take_map("mb_sock_hash")
+                .ok_or(Error::NotAttached(self.dir.clone()))?,
+        )
+        .map_err(|source| Error::Map {
+            name: "mb_sock_hash",
+            source,
+        })?;
+        let p: &mut SkMsg = prog_mut(&mut msg, PROG_SK_MSG)?;
+        p.load()
+            .map_err(|e| feature_error("BPF_PROG_TYPE_SK_MSG", e))?;
+        let id = p.attach(sock_hash.fd()).map_err(|source| Error::Program {
+            name: PROG_SK_MSG,
+            what: "attach to mb_sock_hash",
+            source,
+        })?;
+        // The attachment lives in the (pinned) map, not in this process:
+        // keep aya from detaching it when the link handle drops.
+        let link = p.take_link(id).map_err(|source| Error::Program {
+            name: PROG_SK_MSG,
+            what: "take link",
+            source,
+        })?;
+        std::mem::forget(link);
+        p.pin(pin(PROG_SK_MSG)).map_err(pin_err(PROG_SK_MSG))?;
+
+        let mut conn = load(objects::CGROUP_CONNECT, "cgroup sock_addr programs")?;
+        for name in [PROG_CONNECT4, PROG_CONNECT6] {
+            let p: &mut CgroupSockAddr = prog_mut(&mut conn, name)?;
+            p.load()
+                .map_err(|e| feature_error("cgroup connect4/connect6 hooks", e))?;
+            p.pin(pin(name)).map_err(pin_err(name))?;
+        }
+
+        let mut opt = load(objects::CGROUP_SOCKOPT, "cgroup sockopt programs")?;
+        let p: &mut CgroupSockopt = prog_mut(&mut opt, PROG_GETSOCKOPT)?;
+        p.load()
+            .map_err(|e| feature_error("cgroup getsockopt hooks (Linux 5.3+)", e))?;
+        p.pin(pin(PROG_GETSOCKOPT))
+            .map_err(pin_err(PROG_GETSOCKOPT))?;
+        Ok(())
+    }
+
+    fn map(&self, name: &'static str) -> Result<MapData> {
+        let path = self.maps_dir().join(name);
+        if !path.exists() {
+            return Err(Error::NotAttached(self.dir.clone()));
+        }
+        MapData::from_pin(&path).map_err(|source| Error::Map { name, source })
+    }
+
+    /// Write the settings the kernel programs read.
+    pub fn set_settings(&self, settings: &Settings) -> Result<()> {
+        let name = "mb_config";
+        let mut cfg: Array<MapData, MbConfig> = Array::try_from(Map::Array(self.map(name)?))
+            .map_err(|source| Error::Map { name, source })?;
+        cfg.set(0, settings.to_abi(), 0)
+            .map_err(|source| Error::Map { name, source })
+    }
+
+    /// Per-program counters summed over CPUs.
+    pub fn counters(&self) -> Result<Vec<ProgCounters>> {
+        let name = "mb_counters";
+        let arr: PerCpuArray<MapData, MbCounters> =
+            PerCpuArray::try_from(Map::PerCpuArray(self.map(name)?))
+                .map_err(|source| Error::Map { name, source })?;
+        let rows = [
+            (abi::PROG_SOCKOPS, PROG_SOCKOPS),
+            (abi::PROG_SK_MSG, PROG_SK_MSG),
+            (abi::PROG_CONNECT4, PROG_CONNECT4),
+            (abi::PROG_CONNECT6, PROG_CONNECT6),
+            (abi::PROG_GETSOCKOPT, PROG_GETSOCKOPT),
+        ];
+        let mut out = Vec::with_capacity(rows.len());
+        for (idx, program) in rows {
+            let per_cpu = arr
+                .get(&idx, 0)
+                .map_err(|source| Error::Map { name, source })?;
+            let mut c = ProgCounters {
+                program,
+                ..ProgCounters::default()
+            };
+            for v in per_cpu.iter() {
+                c.redirected += v.redirected;
+                c.redirected_bytes += v.redirected_bytes;
+                c.fallbacks += v.fallbacks;
+                c.misses += v.misses;
+            }
+            out.push(c);
+        }
+        Ok(out)
+    }
+
+    /// Counters of one program by name (`mb_sk_msg`, `mb_sockops`, ...).
+    pub fn counters_of(&self, program: &str) -> Result<ProgCounters> {
+        Ok(self
+            .counters()?
+            .into_iter()
+            .find(|c| c.program == program)
+            .unwrap_or_default())
+    }
+
+    /// Every socket in the sockhash.
+    pub fn sockets(&self) -> Result<Vec<SockEntry>> {
+        let name = "mb_sock_hash";
+        let hash: SockHash<MapData, MbSockKey> = SockHash::try_from(Map::SockHash(self.map(name)?))
+            .map_err(|source| Error::Map { name, source })?;
+        let mut out = Vec::new();
+        for key in hash.keys() {
+            let key = key.map_err(|source| Error::Map { name, source })?;
+            out.push(SockEntry::from_key(&key));
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Spliced pairs: both sockets of a connection are in the sockhash.
+    /// Each pair is listed once, as (connecting or lower, other) side.
+    pub fn spliced_pairs(&self) -> Result<Vec<(SockEntry, SockEntry)>> {
+        let socks: BTreeSet<SockEntry> = self.sockets()?.into_iter().collect();
+        Ok(socks
+            .iter()
+            .filter_map(|s| {
+                let peer = SockEntry {
+                    local: s.remote,
+                    remote: s.local,
+                };
+                (s < &peer && socks.contains(&peer)).then_some((*s, peer))
+            })
+            .collect())
+    }
+
+    /// Record an endpoint address's security identity (policy map input).
+    pub fn set_identity(&self, ip: IpAddr, identity: u32) -> Result<()> {
+        let name = "mb_identity";
+        let mut m: HashMap<MapData, MbIpKey, u32> =
+            HashMap::try_from(Map::HashMap(self.map(name)?))
+                .map_err(|source| Error::Map { name, source })?;
+        let (ip, family) = abi::encode_ip(ip);
+        let key = MbIpKey {
+            ip,
+            family,
+            pad: [0; 3],
+        };
+        m.insert(key, identity, 0)
+            .map_err(|source| Error::Map { name, source })
+    }
+
+    /// Record an L3/L4 decision for (source identity, destination identity,
+    /// TCP port) computed at `revision`. `src_identity` 0 = any source,
+    /// `dport` 0 = any port.
+    pub fn set_policy(
+        &self,
+        src_identity: u32,
+        dst_identity: u32,
+        dport: u16,
+        allow: bool,
+        revision: u32,
+    ) -> Result<()> {
+        let name = "mb_policy";
+        let mut m: HashMap<MapData, MbPolicyKey, MbPolicyValue> =
+            HashMap::try_from(Map::HashMap(self.map(name)?))
+                .map_err(|source| Error::Map { name, source })?;
+        let key = MbPolicyKey {
+            src_identity,
+            dst_identity,
+            dport,
+            proto: 6,
+            pad: 0,
+        };
+        let value = MbPolicyValue {
+            revision,
+            verdict: if allow {
+                abi::VERDICT_ALLOW
+            } else {
+                abi::VERDICT_DENY
+            },
+            pad: [0; 3],
+        };
+        m.insert(key, value, 0)
+            .map_err(|source| Error::Map { name, source })
+    }
+
+    /// Detach from `cgroup`. When no cgroup is left attached, unpin the
+    /// programs and maps too: the kernel then frees them and every spliced
+    /// socket returns to the plain TCP path.
+    pub fn detach(&self, cgroup: &Path) -> Result<()> {
+        let cg_ino = fs::metadata(cgroup)
+            .map_err(io_err(cgroup, "stat cgroup"))?
+            .ino();
+        let link_dir = self.links_dir().join(cg_ino.to_string());
+        if link_dir.exists() {
+            fs::remove_dir_all(&link_dir).map_err(io_err(&link_dir, "unpin links"))?;
+        }
+        let links = self.links_dir();
+        let any_left = fs::read_dir(&links)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false);
+        if !any_left {
+            self.teardown()?;
+        }
+        Ok(())
+    }
+
+    /// Unpin everything under the directory (links, programs, maps).
+    pub fn teardown(&self) -> Result<()> {
+        for d in [self.links_dir(), self.progs_dir(), self.maps_dir()] {
+            if d.exists() {
+                fs::remove_dir_all(&d).map_err(io_err(&d, "unpin"))?;
+            }
+        }
+        if self.dir.exists() {
+            fs::remove_dir(&self.dir).map_err(io_err(&self.dir, "remove pin directory"))?;
+        }
+        Ok(())
+    }
+}
+
+fn prog_mut<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let p = ebpf.program_mut(name).ok_or_else(|| Error::KernelFeature {
+        feature: "an embedded program",
+        detail: format!("{name} missing from the object"),
+    })?;
+    p.try_into().map_err(|source| Error::Program {
+        name,
+        what: "type",
+        source,
+    })
+}
+
+fn feature_error(feature: &'static str, e: impl std::fmt::Display) -> Error {
+    Error::KernelFeature {
+        feature,
+        detail: e.to_string(),
+    }
+}
+
+/// `statfs` magic numbers, from `linux/magic.h`.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+
+fn fs_magic(path: &Path) -> Result<i64> {
+    let st = nix::sys::statfs::statfs(path).map_err(|e| Error::Io {
+        path: path.to_path_buf(),
+        what: "statfs",
+        source: e.into(),
+    })?;
+    #[allow(clippy::unnecessary_cast)]
+    Ok(st.filesystem_type().0 as i64)
+}
+
+fn check_bpffs(dir: &Path) -> Result<()> {
+    if fs_magic(dir)? != BPF_FS_MAGIC {
+        return Err(Error::NotBpffs(dir.to_path_buf()));
+    }
+    Ok(())
+}
+
+/// A cgroup v2 directory that is not a hierarchy root (only non-root
+/// cgroups have `cgroup.type`).
+fn check_cgroup(path: &Path) -> Result<()> {
+    if fs_magic(path)? != CGROUP2_SUPER_MAGIC {
+        return Err(Error::NotCgroup2(path.to_path_buf()));
+    }
+    if !path.join("cgroup.type").exists() {
+        return Err(Error::RootCgroup(path.to_path_buf()));
+    }
+    Ok(())
+}
+
+/// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup` on unified
+/// hosts, `/sys/fs/cgroup/unified` on hybrid ones), from `/proc/self/mounts`.
+pub fn cgroup2_mount() -> Option<PathBuf> {
+    let mounts = fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let (_src, dst, kind) = (f.next()?, f.next()?, f.next()?);
+        (kind == "cgroup2").then(|| PathBuf::from(dst))
+    })
+}
+
+/// Mount a bpf filesystem at `/sys/fs/bpf` when `dir` is not on one yet.
+pub fn ensure_bpffs(dir: &Path) -> Result<()> {
+    let root = Path::new("/sys/fs/bpf");
+    let probe = if dir.exists() { dir } else { root };
+    if probe.exists() && fs_magic(probe)? == BPF_FS_MAGIC {
+        return Ok(());
+    }
+    nix::mount::mount(
+        Some("bpf"),
+        root,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|e| Error::Io {
+        path: root.to_path_buf(),
+        what: "mount bpffs",
+        source: e.into(),
+    })
+}

@@ -1,0 +1,109 @@
+//! The two raw `bpf(2)` commands aya 0.14 does not expose for our use:
+//! creating a cgroup link for a `cgroup/getsockopt` program and pinning it
+//! (aya's `CgroupSockoptLink` cannot be turned into a pinnable `FdLink`, and
+//! an unpinned link would detach when the agent exits). The only other
+//! module allowed `unsafe`, besides the `Pod` impls in `abi`.
+#![allow(unsafe_code)]
+
+use std::{
+    ffi::CString,
+    io,
+    os::{
+        fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+        unix::ffi::OsStrExt,
+    },
+    path::Path,
+};
+
+/// `BPF_OBJ_PIN` from `enum bpf_cmd`.
+const BPF_OBJ_PIN: libc::c_long = 6;
+/// `BPF_LINK_CREATE` from `enum bpf_cmd`.
+const BPF_LINK_CREATE: libc::c_long = 28;
+/// `BPF_CGROUP_GETSOCKOPT` from `enum bpf_attach_type`.
+pub const BPF_CGROUP_GETSOCKOPT: u32 = 21;
+
+/// The `link_create` member of `union bpf_attr`, zero-padded to the union's size.
+#[repr(C)]
+struct LinkCreateAttr {
+    prog_fd: u32,
+    target_fd: u32,
+    attach_type: u32,
+    flags: u32,
+    rest: [u8; 128],
+}
+const _: () = assert!(size_of::<LinkCreateAttr>() == 144);
+
+/// The `obj_pin` member of `union bpf_attr`, zero-padded to the union's size.
+#[repr(C)]
+struct ObjPinAttr {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+    path_fd: i32,
+    rest: [u8; 124],
+}
+const _: () = assert!(size_of::<ObjPinAttr>() == 144);
+
+/// Attach `prog` to `cgroup` with a new bpf_link of `attach_type` and pin the
+/// link at `pin`, so the attachment outlives this process.
+pub fn link_create_pinned(
+    prog: BorrowedFd<'_>,
+    cgroup: BorrowedFd<'_>,
+    attach_type: u32,
+    flags: u32,
+    pin: &Path,
+) -> io::Result<()> {
+    let mut attr = LinkCreateAttr {
+        prog_fd: fd_u32(prog)?,
+        target_fd: fd_u32(cgroup)?,
+        attach_type,
+        flags,
+        rest: [0; 128],
+    };
+    // SAFETY: `attr` is a live, fully initialised `union bpf_attr`-sized
+    // buffer for the duration of the call and the size passed matches it; the
+    // kernel only reads it. The returned value is a new fd or -1.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_CREATE,
+            &mut attr as *mut LinkCreateAttr,
+            size_of::<LinkCreateAttr>(),
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let raw = i32::try_from(ret).map_err(|_| io::Error::other("bpf_link_create: fd overflow"))?;
+    // SAFETY: a non-negative return from BPF_LINK_CREATE is a new fd that
+    // nothing else owns; OwnedFd closes it once the link is pinned.
+    let link = unsafe { OwnedFd::from_raw_fd(raw) };
+
+    let path = CString::new(pin.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "pin path contains NUL"))?;
+    let mut attr = ObjPinAttr {
+        pathname: path.as_ptr() as u64,
+        bpf_fd: fd_u32(link.as_fd())?,
+        file_flags: 0,
+        path_fd: 0,
+        rest: [0; 124],
+    };
+    // SAFETY: as above; `pathname` points at `path`, a NUL-terminated string
+    // that outlives the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_PIN,
+            &mut attr as *mut ObjPinAttr,
+            size_of::<ObjPinAttr>(),
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn fd_u32(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    u32::try_from(fd.as_raw_fd()).map_err(|_| io::Error::other("negative fd"))
+}
