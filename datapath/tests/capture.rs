@@ -1,0 +1,75 @@
+//! Privileged: iptables-free capture. An app in the pod cgroup connects to
+//! a "remote" service; cgroup connect4/6 steers it to the proxy on
+//! loopback:15001; the proxy's getsockopt(SO_ORIGINAL_DST) is answered by
+//! the cgroup getsockopt program with the real destination; the proxy's own
+//! upstream connect (SO_MARK 1337) is left alone. The namespace is new, so
+//! it has no netfilter rules at all.
+
+mod common;
+
+use common::Env;
+use membrane_datapath::{Capture, Settings};
+
+fn capture_settings() -> Settings {
+    Settings {
+        capture: Some(Capture {
+            proxy_uid: None,
+            proxy_mark: Some(1337),
+            ..Capture::default()
+        }),
+        ..Settings::default()
+    }
+}
+
+#[test]
+fn proxy_sees_original_destination_v4_and_v6() {
+    let mut env = Env::new();
+    env.add_pod_iface(&["10.77.0.1/24", "fd00:77::1/64"]);
+    env.server(&["hello", "--listen", "10.77.0.1:8080"]);
+    env.server(&["hello", "--listen", "[fd00:77::1]:8080"]);
+    // Before capture: the app reaches the service directly.
+    let direct = env.client(&["fetch", "--connect", "10.77.0.1:8080"]);
+    assert_eq!(direct, "hello from 10.77.0.1:8080\n");
+
+    let dp = env.attach(&capture_settings());
+    // Dual-stack proxy: IPv4 connects land on ::ffff:127.0.0.1, IPv6 on ::1.
+    env.server(&["capture-proxy", "--listen", "[::]:15001", "--mark", "1337"]);
+
+    let v4 = env.client(&["fetch", "--connect", "10.77.0.1:8080"]);
+    assert_eq!(
+        v4, "proxy orig=10.77.0.1:8080\nhello from 10.77.0.1:8080\n",
+        "IPv4 app connect went through the proxy, which saw the real destination"
+    );
+    let v6 = env.client(&["fetch", "--connect", "[fd00:77::1]:8080"]);
+    assert_eq!(
+        v6,
+        "proxy orig=[fd00:77::1]:8080\nhello from [fd00:77::1]:8080\n"
+    );
+
+    let c4 = dp.counters_of("mb_connect4").unwrap();
+    let c6 = dp.counters_of("mb_connect6").unwrap();
+    let so = dp.counters_of("mb_getsockopt").unwrap();
+    assert_eq!(c4.redirected, 1, "{c4:?}");
+    assert!(
+        c4.fallbacks >= 1,
+        "the proxy's own connect was left alone: {c4:?}"
+    );
+    assert_eq!(c6.redirected, 1, "{c6:?}");
+    assert_eq!(so.redirected, 2, "{so:?}");
+
+    // Loopback destinations are never captured.
+    env.server(&["hello", "--listen", "127.0.0.1:8081"]);
+    assert_eq!(
+        env.client(&["fetch", "--connect", "127.0.0.1:8081"]),
+        "hello from 127.0.0.1:8081\n"
+    );
+}
+
+#[test]
+fn without_capture_the_proxy_gets_no_original_destination() {
+    let mut env = Env::new();
+    env.attach(&Settings::default());
+    env.server(&["capture-proxy", "--listen", "127.0.0.1:15001"]);
+    let out = env.client(&["fetch", "--connect", "127.0.0.1:15001"]);
+    assert!(out.starts_with("proxy error="), "{out}");
+}

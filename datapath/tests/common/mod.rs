@@ -1,0 +1,231 @@
+//! Privileged test harness: each `Env` owns a network namespace, a cgroup v2
+//! child, a bpffs pin directory and the processes it spawned, and removes
+//! all of them on drop (also when the test fails). Nothing touches the root
+//! cgroup or a host interface: the programs attach to the child cgroup and
+//! all traffic stays inside the namespace.
+#![allow(dead_code)]
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use membrane_datapath::{cgroup2_mount, ensure_bpffs, Datapath, Settings};
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+pub const SOCKBENCH: &str = env!("CARGO_BIN_EXE_membrane-sockbench");
+pub const AGENT: &str = env!("CARGO_BIN_EXE_membrane-agent");
+
+/// Where to mount cgroup2 when the host has none mounted.
+const FALLBACK_CG2: &str = "/run/membrane-test-cgroup2";
+
+pub struct Env {
+    pub name: String,
+    pub netns: String,
+    pub cgroup: PathBuf,
+    pub bpffs: PathBuf,
+    children: Vec<Child>,
+}
+
+fn sh(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn cgroup_root() -> PathBuf {
+    if let Some(p) = cgroup2_mount() {
+        return p;
+    }
+    std::fs::create_dir_all(FALLBACK_CG2).unwrap();
+    sh(Command::new("mount").args(["-t", "cgroup2", "none", FALLBACK_CG2]));
+    PathBuf::from(FALLBACK_CG2)
+}
+
+impl Env {
+    pub fn new() -> Self {
+        let name = format!(
+            "membrane-test-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let cgroup = cgroup_root().join(&name);
+        let bpffs = PathBuf::from("/sys/fs/bpf").join(&name);
+        // Build the guard first so a failure below still cleans up.
+        let env = Env {
+            netns: name.clone(),
+            name,
+            cgroup,
+            bpffs,
+            children: Vec::new(),
+        };
+        ensure_bpffs(&env.bpffs).expect("bpffs");
+        std::fs::create_dir(&env.cgroup).expect("create test cgroup");
+        sh(Command::new("ip").args(["netns", "add", &env.netns]));
+        env.ip(&["link", "set", "lo", "up"]);
+        env
+    }
+
+    /// `ip -n NETNS ARGS...`
+    pub fn ip(&self, args: &[&str]) -> String {
+        sh(Command::new("ip").arg("-n").arg(&self.netns).args(args))
+    }
+
+    /// A "pod" interface with the given addresses (CIDR strings). A port-less
+    /// bridge: a virtual device every kernel here has (dummy and veth may be
+    /// modules that are not installed); local delivery does not need carrier.
+    pub fn add_pod_iface(&self, addrs: &[&str]) {
+        self.ip(&["link", "add", "mbpod0", "type", "bridge"]);
+        for a in addrs {
+            if a.contains(':') {
+                self.ip(&["addr", "add", a, "dev", "mbpod0", "nodad"]);
+            } else {
+                self.ip(&["addr", "add", a, "dev", "mbpod0"]);
+            }
+        }
+        self.ip(&["link", "set", "mbpod0", "up"]);
+    }
+
+    pub fn attach(&self, settings: &Settings) -> Datapath {
+        Datapath::attach(&self.bpffs, &self.cgroup, settings).expect("attach datapath")
+    }
+
+    /// A command that runs `bin args` inside the cgroup and the netns.
+    fn command(&self, bin: &str, args: &[&str]) -> Command {
+        let mut c = Command::new("sh");
+        c.arg("-c")
+            .arg(r#"cg="$1"; ns="$2"; shift 2; echo $$ > "$cg/cgroup.procs" && exec ip netns exec "$ns" "$@""#)
+            .arg("sh")
+            .arg(&self.cgroup)
+            .arg(&self.netns)
+            .arg(bin)
+            .args(args);
+        c
+    }
+
+    /// Start a sockbench server in the cgroup + netns; returns once it
+    /// printed READY.
+    pub fn server(&mut self, args: &[&str]) {
+        let mut child = self
+            .command(SOCKBENCH, args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn server");
+        let stdout = child.stdout.take().unwrap();
+        self.children.push(child);
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        assert!(
+            line.starts_with("READY"),
+            "server {args:?} did not start: {line:?}"
+        );
+    }
+
+    /// Run a sockbench client in the cgroup + netns to completion (30 s cap).
+    pub fn client(&self, args: &[&str]) -> String {
+        self.run_bounded(self.command(SOCKBENCH, args), Duration::from_secs(30))
+    }
+
+    /// Run a sockbench client in the netns but *outside* the test cgroup.
+    pub fn client_outside_cgroup(&self, args: &[&str]) -> String {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.netns, SOCKBENCH]).args(args);
+        self.run_bounded(c, Duration::from_secs(30))
+    }
+
+    /// Start a client that keeps running (e.g. with --gate); output via the
+    /// returned reader.
+    pub fn spawn_client(&mut self, args: &[&str]) -> BufReader<std::process::ChildStdout> {
+        let mut child = self
+            .command(SOCKBENCH, args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn client");
+        let out = BufReader::new(child.stdout.take().unwrap());
+        self.children.push(child);
+        out
+    }
+
+    fn run_bounded(&self, mut cmd: Command, limit: Duration) -> String {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(_status) = child.try_wait().unwrap() {
+                let out = child.wait_with_output().unwrap();
+                assert!(
+                    out.status.success(),
+                    "{cmd:?} failed: {}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                return String::from_utf8_lossy(&out.stdout).into_owned();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{cmd:?} did not finish within {limit:?}");
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Packets sent on the namespace's loopback interface so far.
+    pub fn lo_tx_packets(&self) -> u64 {
+        let out = sh(Command::new("ip").args([
+            "netns",
+            "exec",
+            &self.netns,
+            "cat",
+            "/sys/class/net/lo/statistics/tx_packets",
+        ]));
+        out.trim().parse().expect("tx_packets")
+    }
+
+    /// Programs attached to the test cgroup, as bpftool lists them.
+    pub fn cgroup_progs(&self) -> String {
+        sh(Command::new("bpftool")
+            .args(["cgroup", "show"])
+            .arg(&self.cgroup))
+    }
+
+    pub fn cgroup_path(&self) -> &Path {
+        &self.cgroup
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if let Ok(dp) = Datapath::open(&self.bpffs) {
+            let _ = dp.detach(&self.cgroup);
+        }
+        let _ = std::fs::remove_dir_all(&self.bpffs);
+        // A cgroup can only be removed once its processes are gone.
+        for _ in 0..100 {
+            if !self.cgroup.exists() || std::fs::remove_dir(&self.cgroup).is_ok() {
+                break;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .output();
+    }
+}
