@@ -1,1 +1,39 @@
-fn main(){}
+//! `membrane`: the operator CLI.
+//!
+//! Verbs: `policy validate` and `policy trace` (the policy engine, offline). It owns argument
+//! parsing, file reading and output formatting; all policy semantics live in
+//! `membrane-policy`.
+
+mod policy_cmd;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// membrane: Cilium-compatible L7 sidecar acceleration for service meshes.
+#[derive(Debug, Parser)]
+#[command(name = "membrane", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate and trace CiliumNetworkPolicy / CiliumClusterwideNetworkPolicy objects.
+    #[command(subcommand)]
+    Policy(policy_cmd::PolicyCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Policy(cmd) => policy_cmd::run(cmd),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("membrane: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,661 @@
+//! Resolution: from the rules that select an endpoint to its explicit per-direction policy.
+//!
+//! A [`ResolvedPolicy`] lists, per direction, each (protocol, ports) entry and under it every
+//! contributing rule with the exact remote identities it covers, whether it allows or
+//! denies, its L7 rules and the policy rule it came from. It is ordered and comparable, so
+//! consumers (xDS translation, BPF map programming) can diff two resolutions cheaply. The
+//! verdict functions here are the one implementation of Cilium's semantics that the proxy,
+//! the control plane and `membrane policy trace` all use:
+//! - a direction is under policy once any selecting rule has rules for it, and in default
+//!   deny unless every such rule set `enableDefaultDeny` off for it;
+//! - deny beats allow;
+//! - an L4 allow without L7 rules for a peer and port allows all of that port's HTTP for
+//!   that peer, even if another rule attaches HTTP rules to the same port;
+//! - otherwise, if HTTP rules apply, the request must match one of them.
+
+use crate::http::{HeaderAction, HttpRequest};
+use crate::identity::{Identity, IdentityInfo};
+use crate::labels::{LabelSet, SOURCE_RESERVED};
+use crate::rule::{
+    CompiledPolicy, CompiledRule, DirRule, Peer, PolicyKey, PortMatch, Proto, Subject, L7,
+};
+use crate::selector::Selector;
+use ipnet::IpNet;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::sync::Arc;
+
+/// Named container ports: name → port numbers.
+pub type NamedPorts = BTreeMap<String, BTreeSet<u16>>;
+
+/// An endpoint to resolve policy for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Its labels (pods carry `k8s:io.kubernetes.pod.namespace` and the cluster label).
+    pub labels: LabelSet,
+    /// Its own named ports (for ingress rules that name ports).
+    pub named_ports: NamedPorts,
+}
+
+/// Traffic direction, seen from the endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Direction {
+    /// Into the endpoint.
+    Ingress,
+    /// Out of the endpoint.
+    Egress,
+}
+
+/// The policy rule an entry came from.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RuleOrigin {
+    /// The policy object.
+    pub policy: PolicyKey,
+    /// Path of the rule element, e.g. `spec.ingress[0]`.
+    pub rule: String,
+}
+
+impl fmt::Display for RuleOrigin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {} {}",
+            self.policy.kind.as_str(),
+            self.policy,
+            self.rule
+        )
+    }
+}
+
+/// The remote identities a rule covers.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Remotes {
+    /// Every identity, present and future.
+    All,
+    /// Exactly these, sorted.
+    Set(Arc<[Identity]>),
+}
+
+impl Remotes {
+    /// Membership test.
+    pub fn contains(&self, id: Identity) -> bool {
+        match self {
+            Remotes::All => true,
+            Remotes::Set(s) => s.binary_search(&id).is_ok(),
+        }
+    }
+}
+
+/// One contributing rule under a port entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerEntry {
+    /// A deny rule.
+    pub deny: bool,
+    /// Who it covers.
+    pub remotes: Remotes,
+    /// Its L7 rules.
+    pub l7: L7,
+    /// Where it came from.
+    pub origin: RuleOrigin,
+    /// `authentication.mode` it requires, if any.
+    pub auth: Option<String>,
+    /// Peers of the rule the engine could not resolve (toFQDNs, toServices, ...).
+    pub unresolved: Vec<String>,
+    /// TLS/listener settings the rule carries.
+    pub notes: Vec<String>,
+}
+
+/// All rules for one (protocol, ports).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortEntry {
+    /// Protocol.
+    pub proto: Proto,
+    /// Ports.
+    pub ports: PortMatch,
+    /// Contributing rules, deny rules first.
+    pub rules: Vec<PeerEntry>,
+}
+
+impl PortEntry {
+    fn covers(&self, proto: Proto, port: u16) -> bool {
+        if !self.proto.covers(proto) {
+            return false;
+        }
+        match &self.ports {
+            PortMatch::Range(lo, hi) => (*lo..=*hi).contains(&port),
+            PortMatch::IcmpType(t) => u16::from(*t) == port,
+            PortMatch::Named(_) => false,
+        }
+    }
+}
+
+/// The resolved policy of one direction.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DirectionPolicy {
+    /// Some rule puts this direction under policy.
+    pub enforced: bool,
+    /// Traffic no rule allows is dropped (false only when every selecting rule turned
+    /// default deny off).
+    pub default_deny: bool,
+    /// Port entries, ordered by (protocol, ports).
+    pub entries: Vec<PortEntry>,
+    /// Policies that select the endpoint in this direction.
+    pub selected_by: Vec<PolicyKey>,
+}
+
+/// An endpoint's resolved policy.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResolvedPolicy {
+    /// Into the endpoint.
+    pub ingress: DirectionPolicy,
+    /// Out of the endpoint.
+    pub egress: DirectionPolicy,
+    /// Repository revision it was computed from.
+    pub revision: u64,
+}
+
+impl ResolvedPolicy {
+    /// The policy of one direction.
+    pub fn direction(&self, d: Direction) -> &DirectionPolicy {
+        match d {
+            Direction::Ingress => &self.ingress,
+            Direction::Egress => &self.egress,
+        }
+    }
+}
+
+/// Allowed or denied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Traffic passes.
+    Allowed,
+    /// Traffic is dropped (L3/L4) or answered 403 (L7).
+    Denied,
+}
+
+impl Verdict {
+    /// `allowed` / `denied`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Allowed => "allowed",
+            Verdict::Denied => "denied",
+        }
+    }
+}
+
+/// What a connection (remote identity, protocol, port) is subject to. Computed once per
+/// connection by the proxy; each request is then checked with [`ConnPolicy::check_http`].
+#[derive(Debug, Clone)]
+pub enum ConnPolicy<'a> {
+    /// No rule puts this direction under policy.
+    NotEnforced,
+    /// Dropped at L3/L4; `None` is default deny.
+    Denied(Option<&'a PeerEntry>),
+    /// Allowed with no L7 restriction, by this rule (`None`: default allow).
+    Allowed(Option<&'a PeerEntry>),
+    /// Allowed at L4; each request must match one of these rules' HTTP rules.
+    Http(Vec<&'a PeerEntry>),
+    /// Allowed at L4; L7 rules of a protocol the engine does not enforce apply.
+    UnenforcedL7(&'a PeerEntry),
+}
+
+/// The decision on one request.
+#[derive(Debug, Clone)]
+pub struct HttpDecision<'a> {
+    /// The verdict.
+    pub verdict: Verdict,
+    /// The rule that decided, if one did.
+    pub decided_by: Option<&'a PeerEntry>,
+    /// Index of the matching HTTP rule within it.
+    pub http_rule: Option<usize>,
+    /// Header changes the matching rule asks for.
+    pub header_actions: Vec<HeaderAction>,
+}
+
+impl<'a> ConnPolicy<'a> {
+    /// The L3/L4 verdict.
+    pub fn l4_verdict(&self) -> Verdict {
+        match self {
+            ConnPolicy::Denied(_) => Verdict::Denied,
+            _ => Verdict::Allowed,
+        }
+    }
+
+    /// True when requests on this connection need L7 inspection.
+    pub fn needs_http(&self) -> bool {
+        matches!(self, ConnPolicy::Http(_))
+    }
+
+    /// Decides one request.
+    pub fn check_http(&self, req: &HttpRequest<'_>) -> HttpDecision<'a> {
+        let simple = |verdict, by| HttpDecision {
+            verdict,
+            decided_by: by,
+            http_rule: None,
+            header_actions: vec![],
+        };
+        match self {
+            ConnPolicy::NotEnforced => simple(Verdict::Allowed, None),
+            ConnPolicy::Denied(by) => simple(Verdict::Denied, *by),
+            ConnPolicy::Allowed(by) => simple(Verdict::Allowed, *by),
+            ConnPolicy::UnenforcedL7(by) => simple(Verdict::Allowed, Some(*by)),
+            ConnPolicy::Http(entries) => {
+                for e in entries {
+                    if let L7::Http(rules) = &e.l7 {
+                        for (i, r) in rules.iter().enumerate() {
+                            if let Some(actions) = r.check(req) {
+                                return HttpDecision {
+                                    verdict: Verdict::Allowed,
+                                    decided_by: Some(e),
+                                    http_rule: Some(i),
+                                    header_actions: actions,
+                                };
+                            }
+                        }
+                    }
+                }
+                simple(Verdict::Denied, None)
+            }
+        }
+    }
+}
+
+impl DirectionPolicy {
+    /// What a connection from/to `remote` on (`proto`, `port`) is subject to. For ICMP,
+    /// `port` is the ICMP type.
+    pub fn connection(&self, remote: Identity, proto: Proto, port: u16) -> ConnPolicy<'_> {
+        if !self.enforced {
+            return ConnPolicy::NotEnforced;
+        }
+        let matching = || {
+            self.entries
+                .iter()
+                .filter(move |e| e.covers(proto, port))
+                .flat_map(|e| e.rules.iter())
+                .filter(move |r| r.remotes.contains(remote))
+        };
+        if let Some(d) = matching().find(|r| r.deny) {
+            return ConnPolicy::Denied(Some(d));
+        }
+        if let Some(a) = matching().find(|r| !r.deny && r.l7 == L7::None) {
+            return ConnPolicy::Allowed(Some(a));
+        }
+        let http: Vec<&PeerEntry> = matching()
+            .filter(|r| !r.deny && matches!(r.l7, L7::Http(_)))
+            .collect();
+        if !http.is_empty() {
+            return ConnPolicy::Http(http);
+        }
+        if let Some(u) = matching().find(|r| !r.deny && matches!(r.l7, L7::Unenforced(_))) {
+            return ConnPolicy::UnenforcedL7(u);
+        }
+        if self.default_deny {
+            ConnPolicy::Denied(None)
+        } else {
+            ConnPolicy::Allowed(None)
+        }
+    }
+
+    /// HTTP rules that could apply on (`proto`, `port`) to anyone; used to tell whether a
+    /// port needs the L7 proxy at all.
+    pub fn has_http_on(&self, proto: Proto, port: u16) -> bool {
+        self.entries
+            .iter()
+            .filter(|e| e.covers(proto, port))
+            .flat_map(|e| e.rules.iter())
+            .any(|r| matches!(r.l7, L7::Http(_)))
+    }
+}
+
+/// The identities known to the engine and, for each peer selector in use, the identities
+/// it selects. Sharing one set between all rules that use the same selector is what keeps
+/// resolution cheap.
+#[derive(Debug, Default)]
+pub struct SelectorCache {
+    identities: BTreeMap<Identity, IdentityInfo>,
+    cache: HashMap<Peer, Arc<[Identity]>>,
+}
+
+impl SelectorCache {
+    /// An empty universe with Cilium's reserved identities.
+    pub fn new() -> Self {
+        let mut c = SelectorCache::default();
+        for (n, name) in crate::identity::RESERVED {
+            c.identities
+                .insert(Identity(*n), IdentityInfo::reserved(name));
+        }
+        c
+    }
+
+    /// Adds or replaces an identity; returns the cached peers whose selection changed.
+    pub fn upsert_identity(&mut self, id: Identity, info: IdentityInfo) -> Vec<Peer> {
+        let old = self.identities.insert(id, info.clone());
+        let mut changed = Vec::new();
+        for (peer, set) in self.cache.iter_mut() {
+            let was = old.as_ref().is_some_and(|o| peer_matches(peer, o));
+            let is = peer_matches(peer, &info);
+            if was != is {
+                let mut v: Vec<Identity> = set.iter().copied().filter(|x| *x != id).collect();
+                if is {
+                    let pos = v.binary_search(&id).unwrap_or_else(|p| p);
+                    v.insert(pos, id);
+                }
+                *set = v.into();
+                changed.push(peer.clone());
+            }
+        }
+        changed
+    }
+
+    /// Removes an identity; returns the cached peers whose selection changed.
+    pub fn remove_identity(&mut self, id: Identity) -> Vec<Peer> {
+        if self.identities.remove(&id).is_none() {
+            return vec![];
+        }
+        let mut changed = Vec::new();
+        for (peer, set) in self.cache.iter_mut() {
+            if set.binary_search(&id).is_ok() {
+                *set = set
+                    .iter()
+                    .copied()
+                    .filter(|x| *x != id)
+                    .collect::<Vec<_>>()
+                    .into();
+                changed.push(peer.clone());
+            }
+        }
+        changed
+    }
+
+    /// What an identity stands for.
+    pub fn info(&self, id: Identity) -> Option<&IdentityInfo> {
+        self.identities.get(&id)
+    }
+
+    /// Every known identity.
+    pub fn identities(&self) -> impl Iterator<Item = (Identity, &IdentityInfo)> {
+        self.identities.iter().map(|(i, n)| (*i, n))
+    }
+
+    /// The identities `peer` selects, sorted.
+    pub fn select(&mut self, peer: &Peer) -> Arc<[Identity]> {
+        if let Some(s) = self.cache.get(peer) {
+            return s.clone();
+        }
+        let set: Arc<[Identity]> = self
+            .identities
+            .iter()
+            .filter(|(_, info)| peer_matches(peer, info))
+            .map(|(id, _)| *id)
+            .collect();
+        self.cache.insert(peer.clone(), set.clone());
+        set
+    }
+
+    /// Drops cached selections no rule uses any more.
+    pub fn retain(&mut self, keep: impl Fn(&Peer) -> bool) {
+        self.cache.retain(|p, _| keep(p));
+    }
+}
+
+/// Whether `peer` selects an identity.
+pub fn peer_matches(peer: &Peer, info: &IdentityInfo) -> bool {
+    match peer {
+        Peer::Labels(sel) => sel.matches(&info.labels),
+        Peer::Cidr(net) => match info.cidr {
+            Some(c) => net.contains(&c),
+            // The all-addresses prefix also selects the plain world identities, as Cilium
+            // treats 0.0.0.0/0 and ::/0 as the world entity.
+            None => net.prefix_len() == 0 && is_world(&info.labels, net),
+        },
+        Peer::Nodes(sel) => {
+            (info.labels.has_key(SOURCE_RESERVED, "remote-node")
+                || info.labels.has_key(SOURCE_RESERVED, "host"))
+                && sel.matches(&info.labels)
+        }
+        Peer::Unresolved(_) => false,
+    }
+}
+
+fn is_world(labels: &LabelSet, net: &IpNet) -> bool {
+    let fam = match net {
+        IpNet::V4(_) => "world-ipv4",
+        IpNet::V6(_) => "world-ipv6",
+    };
+    labels.has_key(SOURCE_RESERVED, "world") || labels.has_key(SOURCE_RESERVED, fam)
+}
+
+/// The set of policies in force. Policies are replaced whole, by key.
+#[derive(Debug, Clone, Default)]
+pub struct Repository {
+    policies: BTreeMap<PolicyKey, Arc<CompiledPolicy>>,
+    revision: u64,
+}
+
+impl Repository {
+    /// An empty repository.
+    pub fn new() -> Self {
+        Repository {
+            policies: BTreeMap::new(),
+            revision: 1,
+        }
+    }
+
+    /// Adds or replaces a policy; returns the one it replaced.
+    pub fn upsert(&mut self, p: Arc<CompiledPolicy>) -> Option<Arc<CompiledPolicy>> {
+        self.revision += 1;
+        self.policies.insert(p.key.clone(), p)
+    }
+
+    /// Removes a policy.
+    pub fn remove(&mut self, key: &PolicyKey) -> Option<Arc<CompiledPolicy>> {
+        let old = self.policies.remove(key);
+        if old.is_some() {
+            self.revision += 1;
+        }
+        old
+    }
+
+    /// Increases with every change.
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    /// The policies, ordered by key.
+    pub fn policies(&self) -> impl Iterator<Item = &Arc<CompiledPolicy>> {
+        self.policies.values()
+    }
+
+    /// A policy by key.
+    pub fn get(&self, key: &PolicyKey) -> Option<&Arc<CompiledPolicy>> {
+        self.policies.get(key)
+    }
+
+    /// Every CIDR prefix the policies name; each needs a CIDR identity in the ipcache.
+    pub fn cidr_prefixes(&self) -> BTreeSet<IpNet> {
+        let mut out = BTreeSet::new();
+        for p in self.policies.values() {
+            for r in &p.rules {
+                for d in r.ingress.iter().chain(r.egress.iter()) {
+                    for peer in &d.peers {
+                        if let Peer::Cidr(c) = peer {
+                            out.insert(*c);
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Resolves the policy of `ep`. `cluster_named_ports` resolves named ports in egress
+    /// rules (a destination's port names, cluster-wide, as Cilium does).
+    pub fn resolve(
+        &self,
+        ep: &Endpoint,
+        cache: &mut SelectorCache,
+        cluster_named_ports: &NamedPorts,
+    ) -> ResolvedPolicy {
+        let selecting: Vec<(&PolicyKey, &CompiledRule)> = self
+            .policies
+            .values()
+            .flat_map(|p| p.rules.iter().map(move |r| (&p.key, r)))
+            .filter(|(_, r)| subject_selects(&r.subject, &ep.labels))
+            .collect();
+        ResolvedPolicy {
+            ingress: resolve_direction(&selecting, Direction::Ingress, cache, &ep.named_ports),
+            egress: resolve_direction(&selecting, Direction::Egress, cache, cluster_named_ports),
+            revision: self.revision,
+        }
+    }
+}
+
+/// Whether a rule's subject selects an endpoint with these labels.
+pub fn subject_selects(subject: &Subject, labels: &LabelSet) -> bool {
+    match subject {
+        Subject::Endpoints(s) => s.matches(labels),
+        Subject::Nodes(s) => labels.has_key(SOURCE_RESERVED, "host") && s.matches(labels),
+    }
+}
+
+fn resolve_direction(
+    selecting: &[(&PolicyKey, &CompiledRule)],
+    dir: Direction,
+    cache: &mut SelectorCache,
+    named_ports: &NamedPorts,
+) -> DirectionPolicy {
+    let mut out = DirectionPolicy::default();
+    let mut requires: Vec<&Selector> = Vec::new();
+    for (key, r) in selecting {
+        let (has, dd, req) = match dir {
+            Direction::Ingress => (r.has_ingress, r.default_deny_ingress, &r.requires_ingress),
+            Direction::Egress => (r.has_egress, r.default_deny_egress, &r.requires_egress),
+        };
+        if has {
+            out.enforced = true;
+            out.default_deny |= dd;
+            if out.selected_by.last() != Some(*key) {
+                out.selected_by.push((*key).clone());
+            }
+        }
+        requires.extend(req.iter());
+    }
+    out.selected_by.sort();
+    out.selected_by.dedup();
+    if !out.enforced {
+        return out;
+    }
+    let mut entries: BTreeMap<(Proto, PortMatch), Vec<PeerEntry>> = BTreeMap::new();
+    for (key, r) in selecting {
+        let rules = match dir {
+            Direction::Ingress => &r.ingress,
+            Direction::Egress => &r.egress,
+        };
+        for d in rules {
+            let (remotes, unresolved) = remotes_of(d, &requires, cache);
+            let origin = RuleOrigin {
+                policy: (*key).clone(),
+                rule: d.path.clone(),
+            };
+            let mk = |l7: &L7, notes: &[String]| PeerEntry {
+                deny: d.deny,
+                remotes: remotes.clone(),
+                l7: l7.clone(),
+                origin: origin.clone(),
+                auth: d.auth.clone(),
+                unresolved: unresolved.clone(),
+                notes: notes.to_vec(),
+            };
+            if d.l4.is_empty() {
+                entries
+                    .entry((Proto::All, PortMatch::ALL))
+                    .or_default()
+                    .push(mk(&L7::None, &[]));
+                continue;
+            }
+            for l4 in &d.l4 {
+                let keys: Vec<PortMatch> = match &l4.ports {
+                    PortMatch::Named(n) => match named_ports.get(n) {
+                        Some(ports) if !ports.is_empty() => {
+                            ports.iter().map(|p| PortMatch::Range(*p, *p)).collect()
+                        }
+                        _ => vec![l4.ports.clone()],
+                    },
+                    other => vec![other.clone()],
+                };
+                for k in keys {
+                    entries
+                        .entry((l4.proto, k))
+                        .or_default()
+                        .push(mk(&l4.l7, &l4.notes));
+                }
+            }
+        }
+    }
+    out.entries = entries
+        .into_iter()
+        .map(|((proto, ports), mut rules)| {
+            rules.sort_by(|a, b| b.deny.cmp(&a.deny).then_with(|| a.origin.cmp(&b.origin)));
+            PortEntry {
+                proto,
+                ports,
+                rules,
+            }
+        })
+        .collect();
+    out
+}
+
+fn remotes_of(
+    d: &DirRule,
+    requires: &[&Selector],
+    cache: &mut SelectorCache,
+) -> (Remotes, Vec<String>) {
+    let unresolved: Vec<String> = d
+        .peers
+        .iter()
+        .filter_map(|p| {
+            if let Peer::Unresolved(s) = p {
+                Some(s.clone())
+            } else {
+                None
+            }
+        })
+        .collect();
+    // Requirements (fromRequires/toRequires) constrain label-selected peers of allow rules.
+    let constrain = |p: &Peer| -> Peer {
+        match p {
+            Peer::Labels(s) if !d.deny && !requires.is_empty() => {
+                let mut s = s.clone();
+                for r in requires {
+                    s = s.and(r);
+                }
+                Peer::Labels(s)
+            }
+            other => other.clone(),
+        }
+    };
+    if d.wildcard_peers {
+        if requires.is_empty() || d.deny {
+            return (Remotes::All, unresolved);
+        }
+        let p = constrain(&Peer::Labels(Selector::wildcard()));
+        return (Remotes::Set(cache.select(&p)), unresolved);
+    }
+    let mut sets: Vec<Arc<[Identity]>> = d
+        .peers
+        .iter()
+        .map(|p| cache.select(&constrain(p)))
+        .collect();
+    let remotes = match sets.len() {
+        0 => Remotes::Set(Arc::from(Vec::new())),
+        1 => Remotes::Set(sets.pop().unwrap_or_else(|| Arc::from(Vec::new()))),
+        _ => {
+            let mut all: Vec<Identity> = sets.iter().flat_map(|s| s.iter().copied()).collect();
+            all.sort();
+            all.dedup();
+            Remotes::Set(all.into())
+        }
+    };
+    (remotes, unresolved)
+}

@@ -1,0 +1,1529 @@
+//! Compiling a policy object into rules the engine evaluates, validating as Cilium does.
+//!
+//! Compilation and validation are one walk: every check names the field path it rejects
+//! (`spec.ingress[0].toPorts[0].ports[0].port`) and every accepted field becomes part of
+//! a [`CompiledRule`]. Namespace scoping happens here, once, exactly as Cilium's
+//! Kubernetes translation does it: a namespaced policy's endpointSelector is pinned to its
+//! namespace, and peer selectors that name no namespace are limited to it.
+
+use crate::http::CompiledHttpRule;
+use crate::labels::{self, SOURCE_ANY, SOURCE_K8S, SOURCE_RESERVED};
+use crate::model::{self, LabelSelector, PolicyDocument};
+use crate::selector::Selector;
+use ipnet::IpNet;
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// Cilium's limit on ports in one `toPorts` entry.
+pub const MAX_PORTS: usize = 40;
+/// Cilium's limit on ICMP fields in one `icmps` entry.
+pub const MAX_ICMP_FIELDS: usize = 40;
+/// The cluster name pods are labelled with when none is configured.
+pub const DEFAULT_CLUSTER: &str = "default";
+
+/// The two policy kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PolicyKind {
+    /// `CiliumNetworkPolicy` (namespaced).
+    Namespaced,
+    /// `CiliumClusterwideNetworkPolicy`.
+    Clusterwide,
+}
+
+impl PolicyKind {
+    /// The Kubernetes kind name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PolicyKind::Namespaced => "CiliumNetworkPolicy",
+            PolicyKind::Clusterwide => "CiliumClusterwideNetworkPolicy",
+        }
+    }
+
+    /// Parses a Kubernetes kind name.
+    pub fn from_kind(kind: &str) -> Option<Self> {
+        match kind {
+            "CiliumNetworkPolicy" => Some(PolicyKind::Namespaced),
+            "CiliumClusterwideNetworkPolicy" => Some(PolicyKind::Clusterwide),
+            _ => None,
+        }
+    }
+}
+
+/// Identifies a policy object: kind, namespace (none for cluster-wide) and name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PolicyKey {
+    /// Kind.
+    pub kind: PolicyKind,
+    /// Namespace, for namespaced policies.
+    pub namespace: Option<String>,
+    /// Name.
+    pub name: String,
+}
+
+impl fmt::Display for PolicyKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.namespace {
+            Some(ns) => write!(f, "{ns}/{}", self.name),
+            None => f.write_str(&self.name),
+        }
+    }
+}
+
+/// A rejected field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct FieldError {
+    /// Path from the object root, e.g. `spec.ingress[0].fromCIDRSet[0].except[1]`.
+    pub path: String,
+    /// What was found and what was expected.
+    pub message: String,
+}
+
+/// What a rule applies to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Subject {
+    /// Endpoints (pods) whose labels match.
+    Endpoints(Selector),
+    /// Nodes whose labels match (host policy).
+    Nodes(Selector),
+}
+
+/// A peer of a rule: who may (or may not) talk to the selected endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Peer {
+    /// Identities whose labels match (endpoints, entities).
+    Labels(Selector),
+    /// Addresses outside the cluster in this prefix.
+    Cidr(IpNet),
+    /// Nodes whose labels match.
+    Nodes(Selector),
+    /// A peer the engine cannot resolve to identities yet (toFQDNs, toServices, toGroups,
+    /// cidrGroupRef): it selects nothing, and traces say so.
+    Unresolved(String),
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Peer::Labels(s) => write!(f, "labels {s}"),
+            Peer::Cidr(c) => write!(f, "cidr {c}"),
+            Peer::Nodes(s) => write!(f, "nodes {s}"),
+            Peer::Unresolved(what) => f.write_str(what),
+        }
+    }
+}
+
+/// Transport protocol a port rule applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Proto {
+    /// Every protocol, ICMP included (a rule without toPorts).
+    All,
+    /// TCP, UDP and SCTP (`ANY` or no protocol).
+    Any,
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+    /// SCTP.
+    Sctp,
+    /// ICMP (IPv4).
+    Icmp,
+    /// ICMPv6.
+    Icmpv6,
+}
+
+impl Proto {
+    /// True if a rule for `self` covers a flow of protocol `flow`.
+    pub fn covers(self, flow: Proto) -> bool {
+        match self {
+            Proto::All => true,
+            Proto::Any => matches!(flow, Proto::Tcp | Proto::Udp | Proto::Sctp),
+            p => p == flow,
+        }
+    }
+
+    /// Name as Cilium prints it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Proto::All => "ALL",
+            Proto::Any => "ANY",
+            Proto::Tcp => "TCP",
+            Proto::Udp => "UDP",
+            Proto::Sctp => "SCTP",
+            Proto::Icmp => "ICMP",
+            Proto::Icmpv6 => "ICMPv6",
+        }
+    }
+
+    /// Parses a flow protocol name (case-insensitive).
+    pub fn parse_flow(s: &str) -> Option<Proto> {
+        match s.to_ascii_uppercase().as_str() {
+            "TCP" => Some(Proto::Tcp),
+            "UDP" => Some(Proto::Udp),
+            "SCTP" => Some(Proto::Sctp),
+            "ICMP" => Some(Proto::Icmp),
+            "ICMPV6" => Some(Proto::Icmpv6),
+            _ => None,
+        }
+    }
+}
+
+/// Which ports a port rule covers.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PortMatch {
+    /// An inclusive range; `0..=65535` is every port.
+    Range(u16, u16),
+    /// A named container port, resolved against the destination's named ports.
+    Named(String),
+    /// An ICMP type.
+    IcmpType(u8),
+}
+
+impl PortMatch {
+    /// Every port.
+    pub const ALL: PortMatch = PortMatch::Range(0, 65535);
+}
+
+impl fmt::Display for PortMatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PortMatch::Range(0, 65535) => f.write_str("*"),
+            PortMatch::Range(a, b) if a == b => write!(f, "{a}"),
+            PortMatch::Range(a, b) => write!(f, "{a}-{b}"),
+            PortMatch::Named(n) => f.write_str(n),
+            PortMatch::IcmpType(t) => write!(f, "type {t}"),
+        }
+    }
+}
+
+/// L7 rules attached to a port rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum L7 {
+    /// None: L4 only.
+    None,
+    /// HTTP rules, enforced by the proxy.
+    Http(Arc<[CompiledHttpRule]>),
+    /// Rules of a protocol the engine does not enforce (Kafka, DNS, a generic l7proto):
+    /// parsed and validated, named in traces.
+    Unenforced(String),
+}
+
+/// One (protocol, ports, L7) element of a rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct L4Rule {
+    /// Protocol.
+    pub proto: Proto,
+    /// Ports.
+    pub ports: PortMatch,
+    /// L7 rules on these ports.
+    pub l7: L7,
+    /// TLS or listener settings the proxy would need (terminatingTLS, serverNames, ...).
+    pub notes: Vec<String>,
+}
+
+/// One element of `ingress`, `ingressDeny`, `egress` or `egressDeny`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirRule {
+    /// Path of the element, e.g. `spec.ingress[0]`.
+    pub path: String,
+    /// A deny rule.
+    pub deny: bool,
+    /// Peers; empty with `wildcard_peers` false selects nobody.
+    pub peers: Vec<Peer>,
+    /// True when the rule names no L3 peer at all: it applies to every peer.
+    pub wildcard_peers: bool,
+    /// Port rules; empty means every port of every protocol.
+    pub l4: Vec<L4Rule>,
+    /// `authentication.mode`, when not `disabled`.
+    pub auth: Option<String>,
+}
+
+/// One compiled rule (`spec` or `specs[i]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompiledRule {
+    /// `spec` or `specs[i]`.
+    pub path: String,
+    /// What the rule applies to.
+    pub subject: Subject,
+    /// Ingress allow and deny rules.
+    pub ingress: Vec<DirRule>,
+    /// Egress allow and deny rules.
+    pub egress: Vec<DirRule>,
+    /// The rule has ingress or ingressDeny elements (it puts ingress under policy).
+    pub has_ingress: bool,
+    /// The rule has egress or egressDeny elements.
+    pub has_egress: bool,
+    /// Selecting an endpoint puts its ingress into default deny.
+    pub default_deny_ingress: bool,
+    /// Selecting an endpoint puts its egress into default deny.
+    pub default_deny_egress: bool,
+    /// fromRequires: constraints every ingress peer of a selected endpoint must meet.
+    pub requires_ingress: Vec<Selector>,
+    /// toRequires: constraints every egress peer of a selected endpoint must meet.
+    pub requires_egress: Vec<Selector>,
+}
+
+/// A validated, compiled policy object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompiledPolicy {
+    /// Which object.
+    pub key: PolicyKey,
+    /// Its rules.
+    pub rules: Vec<CompiledRule>,
+    /// Accepted oddities worth telling the user about (legacy fields, template placeholders).
+    pub warnings: Vec<FieldError>,
+}
+
+/// Compiles a parsed document. `namespace` is the effective namespace (the object's, or
+/// `default`) for namespaced policies and `None` for cluster-wide ones.
+pub fn compile(doc: &PolicyDocument, key: PolicyKey) -> Result<CompiledPolicy, Vec<FieldError>> {
+    let mut cx = Cx {
+        errors: Vec::new(),
+        warnings: Vec::new(),
+        namespace: key.namespace.clone(),
+        kind: key.kind,
+    };
+    if doc.description.is_some() {
+        cx.warnings.push(FieldError {
+            path: "description".into(),
+            message: "not a field of the cilium.io/v2 CRD (the API server drops it); use spec.description".into(),
+        });
+    }
+    if doc.api_version != "cilium.io/v2" {
+        cx.err(
+            "apiVersion",
+            format!(
+                "{:?} is not supported (expected \"cilium.io/v2\")",
+                doc.api_version
+            ),
+        );
+    }
+    if key.name.is_empty() {
+        cx.err("metadata.name", "must be set".into());
+    }
+    let mut specs: Vec<(String, &model::Rule)> = Vec::new();
+    if let Some(s) = &doc.spec {
+        specs.push(("spec".into(), s));
+    }
+    for (i, s) in doc.specs.iter().flatten().enumerate() {
+        specs.push((format!("specs[{i}]"), s));
+    }
+    if specs.is_empty() {
+        cx.err("spec", "the policy has no rules: set spec or specs".into());
+    }
+    let rules: Vec<CompiledRule> = specs.iter().filter_map(|(p, r)| cx.rule(p, r)).collect();
+    if cx.errors.is_empty() {
+        Ok(CompiledPolicy {
+            key,
+            rules,
+            warnings: cx.warnings,
+        })
+    } else {
+        Err(cx.errors)
+    }
+}
+
+struct Cx {
+    errors: Vec<FieldError>,
+    warnings: Vec<FieldError>,
+    namespace: Option<String>,
+    kind: PolicyKind,
+}
+
+/// The L3 peer fields of one ingress/egress element, gathered so allow and deny rules of
+/// both directions share one validation and compilation path.
+#[derive(Default)]
+struct PeerFields<'a> {
+    endpoints: Option<&'a Vec<LabelSelector>>,
+    requires: Option<&'a Vec<LabelSelector>>,
+    cidr: Option<&'a Vec<String>>,
+    cidr_set: Option<&'a Vec<model::CidrRule>>,
+    entities: Option<&'a Vec<String>>,
+    nodes: Option<&'a Vec<LabelSelector>>,
+    groups: Option<&'a Vec<model::Groups>>,
+    services: Option<&'a Vec<model::Service>>,
+    fqdns: Option<&'a Vec<model::FqdnSelector>>,
+}
+
+/// Port rules of either kind, borrowed.
+enum Ports<'a> {
+    Allow(&'a [model::PortRule]),
+    Deny(&'a [model::PortDenyRule]),
+}
+
+impl Cx {
+    fn err(&mut self, path: &str, message: String) {
+        self.errors.push(FieldError {
+            path: path.to_owned(),
+            message,
+        });
+    }
+
+    fn rule(&mut self, path: &str, r: &model::Rule) -> Option<CompiledRule> {
+        let before = self.errors.len();
+        let subject = match (&r.endpoint_selector, &r.node_selector) {
+            (Some(_), Some(_)) => {
+                self.err(
+                    path,
+                    "endpointSelector and nodeSelector are mutually exclusive: set exactly one"
+                        .into(),
+                );
+                None
+            }
+            (None, None) => {
+                self.err(
+                    path,
+                    "one of endpointSelector or nodeSelector is required".into(),
+                );
+                None
+            }
+            (Some(es), None) => {
+                self.selector(&format!("{path}.endpointSelector"), es)
+                    .map(|mut s| {
+                        if let Some(ns) = &self.namespace {
+                            // The policy's namespace always wins over one named in the selector.
+                            s.remove_key(SOURCE_K8S, labels::POD_NAMESPACE);
+                            s.add_match(SOURCE_K8S, labels::POD_NAMESPACE, ns);
+                        }
+                        Subject::Endpoints(s)
+                    })
+            }
+            (None, Some(ns)) => {
+                if self.kind == PolicyKind::Namespaced {
+                    self.err(
+                        &format!("{path}.nodeSelector"),
+                        "nodeSelector is only allowed in a CiliumClusterwideNetworkPolicy".into(),
+                    );
+                    None
+                } else {
+                    self.selector(&format!("{path}.nodeSelector"), ns)
+                        .map(Subject::Nodes)
+                }
+            }
+        };
+        let host_policy = matches!(subject, Some(Subject::Nodes(_)));
+        let matches_init = match &r.endpoint_selector {
+            Some(es) => self
+                .selector("", es)
+                .is_some_and(|s| s.has_key(SOURCE_RESERVED, "init")),
+            None => false,
+        };
+
+        let mut ingress = Vec::new();
+        let mut egress = Vec::new();
+        let mut requires_ingress = Vec::new();
+        let mut requires_egress = Vec::new();
+        for (i, e) in r.ingress.iter().flatten().enumerate() {
+            let p = format!("{path}.ingress[{i}]");
+            let peers = PeerFields {
+                endpoints: e.from_endpoints.as_ref(),
+                requires: e.from_requires.as_ref(),
+                cidr: e.from_cidr.as_ref(),
+                cidr_set: e.from_cidr_set.as_ref(),
+                entities: e.from_entities.as_ref(),
+                nodes: e.from_nodes.as_ref(),
+                groups: e.from_groups.as_ref(),
+                ..Default::default()
+            };
+            let ports = Ports::Allow(e.to_ports.as_deref().unwrap_or(&[]));
+            let auth = self.auth(&p, e.authentication.as_ref());
+            let dr = self.dir_rule(
+                &p,
+                true,
+                false,
+                &peers,
+                ports,
+                e.icmps.as_deref(),
+                auth,
+                host_policy,
+                matches_init,
+                &mut requires_ingress,
+            );
+            ingress.extend(dr);
+        }
+        for (i, e) in r.ingress_deny.iter().flatten().enumerate() {
+            let p = format!("{path}.ingressDeny[{i}]");
+            let peers = PeerFields {
+                endpoints: e.from_endpoints.as_ref(),
+                requires: e.from_requires.as_ref(),
+                cidr: e.from_cidr.as_ref(),
+                cidr_set: e.from_cidr_set.as_ref(),
+                entities: e.from_entities.as_ref(),
+                nodes: e.from_nodes.as_ref(),
+                groups: e.from_groups.as_ref(),
+                ..Default::default()
+            };
+            let ports = Ports::Deny(e.to_ports.as_deref().unwrap_or(&[]));
+            let dr = self.dir_rule(
+                &p,
+                true,
+                true,
+                &peers,
+                ports,
+                e.icmps.as_deref(),
+                None,
+                host_policy,
+                matches_init,
+                &mut requires_ingress,
+            );
+            ingress.extend(dr);
+        }
+        for (i, e) in r.egress.iter().flatten().enumerate() {
+            let p = format!("{path}.egress[{i}]");
+            let peers = PeerFields {
+                endpoints: e.to_endpoints.as_ref(),
+                requires: e.to_requires.as_ref(),
+                cidr: e.to_cidr.as_ref(),
+                cidr_set: e.to_cidr_set.as_ref(),
+                entities: e.to_entities.as_ref(),
+                nodes: e.to_nodes.as_ref(),
+                groups: e.to_groups.as_ref(),
+                services: e.to_services.as_ref(),
+                fqdns: e.to_fqdns.as_ref(),
+            };
+            let ports = Ports::Allow(e.to_ports.as_deref().unwrap_or(&[]));
+            let auth = self.auth(&p, e.authentication.as_ref());
+            let dr = self.dir_rule(
+                &p,
+                false,
+                false,
+                &peers,
+                ports,
+                e.icmps.as_deref(),
+                auth,
+                host_policy,
+                matches_init,
+                &mut requires_egress,
+            );
+            egress.extend(dr);
+        }
+        for (i, e) in r.egress_deny.iter().flatten().enumerate() {
+            let p = format!("{path}.egressDeny[{i}]");
+            let peers = PeerFields {
+                endpoints: e.to_endpoints.as_ref(),
+                requires: e.to_requires.as_ref(),
+                cidr: e.to_cidr.as_ref(),
+                cidr_set: e.to_cidr_set.as_ref(),
+                entities: e.to_entities.as_ref(),
+                nodes: e.to_nodes.as_ref(),
+                groups: e.to_groups.as_ref(),
+                services: e.to_services.as_ref(),
+                ..Default::default()
+            };
+            let ports = Ports::Deny(e.to_ports.as_deref().unwrap_or(&[]));
+            let dr = self.dir_rule(
+                &p,
+                false,
+                true,
+                &peers,
+                ports,
+                e.icmps.as_deref(),
+                None,
+                host_policy,
+                matches_init,
+                &mut requires_egress,
+            );
+            egress.extend(dr);
+        }
+        for (i, l) in r.labels.iter().flatten().enumerate() {
+            if l.key.is_empty() {
+                self.err(
+                    &format!("{path}.labels[{i}].key"),
+                    "must not be empty".into(),
+                );
+            }
+        }
+        let has_ingress = r.ingress.as_ref().is_some_and(|v| !v.is_empty())
+            || r.ingress_deny.as_ref().is_some_and(|v| !v.is_empty());
+        let has_egress = r.egress.as_ref().is_some_and(|v| !v.is_empty())
+            || r.egress_deny.as_ref().is_some_and(|v| !v.is_empty());
+        let dd = r.enable_default_deny.as_ref();
+        let default_deny_ingress = dd.and_then(|d| d.ingress).unwrap_or(has_ingress);
+        let default_deny_egress = dd.and_then(|d| d.egress).unwrap_or(has_egress);
+        if self.errors.len() > before {
+            return None;
+        }
+        Some(CompiledRule {
+            path: path.to_owned(),
+            subject: subject?,
+            ingress,
+            egress,
+            has_ingress,
+            has_egress,
+            default_deny_ingress,
+            default_deny_egress,
+            requires_ingress,
+            requires_egress,
+        })
+    }
+
+    fn auth(&mut self, path: &str, a: Option<&model::Authentication>) -> Option<String> {
+        let a = a?;
+        match a.mode.as_str() {
+            "disabled" => None,
+            "required" | "test-always-fail" => Some(a.mode.clone()),
+            other => {
+                self.err(
+                    &format!("{path}.authentication.mode"),
+                    format!("{other:?} is not one of disabled, required, test-always-fail"),
+                );
+                None
+            }
+        }
+    }
+
+    fn selector(&mut self, path: &str, s: &LabelSelector) -> Option<Selector> {
+        match Selector::compile(s) {
+            Ok(sel) => Some(sel),
+            Err(e) => {
+                if !path.is_empty() {
+                    self.err(path, e.to_string());
+                }
+                None
+            }
+        }
+    }
+
+    /// Cilium's scoping of peer selectors: a namespaced policy limits peers that name no
+    /// namespace to its own; a cluster-wide one limits them to pods (any namespace).
+    /// Reserved-label selectors are left alone for endpoint peers.
+    fn scope_peer(&self, mut s: Selector, is_requires: bool, matches_init: bool) -> Selector {
+        if !is_requires && s.has_source(SOURCE_RESERVED) {
+            return s;
+        }
+        if s.has_key(SOURCE_K8S, labels::POD_NAMESPACE)
+            || s.has_key(SOURCE_ANY, labels::POD_NAMESPACE)
+        {
+            return s;
+        }
+        match &self.namespace {
+            None => {
+                if !matches_init {
+                    s.add_exists(SOURCE_K8S, labels::POD_NAMESPACE);
+                }
+            }
+            Some(ns) => {
+                let names_ns_labels = s.has_key_prefix(SOURCE_K8S, labels::NAMESPACE_LABELS_PREFIX)
+                    || s.has_key_prefix(SOURCE_ANY, labels::NAMESPACE_LABELS_PREFIX);
+                if !names_ns_labels && !matches_init {
+                    s.add_match(SOURCE_K8S, labels::POD_NAMESPACE, ns);
+                }
+            }
+        }
+        s
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn dir_rule(
+        &mut self,
+        path: &str,
+        ingress: bool,
+        deny: bool,
+        f: &PeerFields<'_>,
+        ports: Ports<'_>,
+        icmps: Option<&[model::IcmpRule]>,
+        auth: Option<String>,
+        host_policy: bool,
+        matches_init: bool,
+        requires_out: &mut Vec<Selector>,
+    ) -> Option<DirRule> {
+        let before = self.errors.len();
+        let (pre, dir_word) = if ingress {
+            ("from", "ingress")
+        } else {
+            ("to", "egress")
+        };
+        let n = |v: Option<usize>| v.unwrap_or(0);
+        // Cilium refuses to combine L3 peer kinds in one element; fromRequires is a
+        // constraint, not a peer, so it combines with anything.
+        let members: [(&str, usize); 9] = [
+            ("Endpoints", n(f.endpoints.map(Vec::len))),
+            ("CIDR", n(f.cidr.map(Vec::len))),
+            ("CIDRSet", n(f.cidr_set.map(Vec::len))),
+            ("Entities", n(f.entities.map(Vec::len))),
+            ("Nodes", n(f.nodes.map(Vec::len))),
+            ("Groups", n(f.groups.map(Vec::len))),
+            ("Services", n(f.services.map(Vec::len))),
+            ("FQDNs", n(f.fqdns.map(Vec::len))),
+            ("", 0),
+        ];
+        let present: Vec<&str> = members
+            .iter()
+            .filter(|(_, c)| *c > 0)
+            .map(|(m, _)| *m)
+            .collect();
+        if present.len() > 1 {
+            self.err(
+                path,
+                format!(
+                    "combining {pre}{} and {pre}{} in one rule is not supported (Cilium refuses it): split them into separate rules",
+                    present[0], present[1]
+                ),
+            );
+        }
+        let port_count = match &ports {
+            Ports::Allow(p) => p.len(),
+            Ports::Deny(p) => p.len(),
+        };
+        if !ingress && f.services.is_some_and(|s| !s.is_empty()) && port_count > 0 {
+            self.err(
+                path,
+                "combining toServices and toPorts is not supported (Cilium refuses it)".into(),
+            );
+        }
+        let icmp_count = icmps.map_or(0, <[_]>::len);
+        if icmp_count > 0 && port_count > 0 {
+            self.err(
+                path,
+                "icmps may only be present without toPorts: define a separate rule for toPorts"
+                    .into(),
+            );
+        }
+
+        let mut peers = Vec::new();
+        for (i, s) in f.endpoints.into_iter().flatten().enumerate() {
+            if let Some(sel) = self.selector(&format!("{path}.{pre}Endpoints[{i}]"), s) {
+                peers.push(Peer::Labels(self.scope_peer(sel, false, matches_init)));
+            }
+        }
+        for (i, s) in f.requires.into_iter().flatten().enumerate() {
+            if let Some(sel) = self.selector(&format!("{path}.{pre}Requires[{i}]"), s) {
+                requires_out.push(self.scope_peer(sel, true, matches_init));
+            }
+        }
+        for (i, c) in f.cidr.into_iter().flatten().enumerate() {
+            match parse_cidr(c, true) {
+                Ok(net) => peers.push(Peer::Cidr(net)),
+                Err(_) if is_template_placeholder(c) => {
+                    self.warnings.push(FieldError {
+                        path: format!("{path}.{pre}CIDR[{i}]"),
+                        message: format!("{c:?} is an unrendered template placeholder, not an address: it selects nothing until rendered"),
+                    });
+                    peers.push(Peer::Unresolved(format!("placeholder {c}")));
+                }
+                Err(m) => self.err(&format!("{path}.{pre}CIDR[{i}]"), m),
+            }
+        }
+        for (i, c) in f.cidr_set.into_iter().flatten().enumerate() {
+            let p = format!("{path}.{pre}CIDRSet[{i}]");
+            match (&c.cidr, &c.cidr_group_ref) {
+                (Some(_), Some(_)) => {
+                    self.err(&p, "cidr and cidrGroupRef are mutually exclusive".into())
+                }
+                (None, None) => self.err(&p, "one of cidr or cidrGroupRef is required".into()),
+                (None, Some(g)) => {
+                    if !is_dns_label_path(g) {
+                        self.err(
+                            &format!("{p}.cidrGroupRef"),
+                            format!("{g:?} is not a valid CiliumCIDRGroup name"),
+                        );
+                    }
+                    peers.push(Peer::Unresolved(format!("cidrGroupRef {g}")));
+                }
+                (Some(cidr), None) => match parse_cidr(cidr, false) {
+                    Err(m) => self.err(&format!("{p}.cidr"), m),
+                    Ok(net) => {
+                        let mut excepts = Vec::new();
+                        for (j, e) in c.except.iter().flatten().enumerate() {
+                            match parse_cidr(e, false) {
+                                Err(m) => self.err(&format!("{p}.except[{j}]"), m),
+                                Ok(ex)
+                                    if !net.contains(&ex.network())
+                                        || ex.prefix_len() < net.prefix_len() =>
+                                {
+                                    self.err(
+                                        &format!("{p}.except[{j}]"),
+                                        format!("{e:?} is not inside the rule's cidr {cidr:?}"),
+                                    )
+                                }
+                                Ok(ex) => excepts.push(ex),
+                            }
+                        }
+                        for part in subtract(net, &excepts) {
+                            peers.push(Peer::Cidr(part));
+                        }
+                    }
+                },
+            }
+        }
+        for (i, e) in f.entities.into_iter().flatten().enumerate() {
+            match entity_selectors(e) {
+                Some(sels) => peers.extend(sels.into_iter().map(Peer::Labels)),
+                None => self.err(
+                    &format!("{path}.{pre}Entities[{i}]"),
+                    format!("{e:?} is not an entity (expected one of all, world, cluster, host, init, ingress, unmanaged, remote-node, health, none, kube-apiserver)"),
+                ),
+            }
+        }
+        for (i, s) in f.nodes.into_iter().flatten().enumerate() {
+            if let Some(sel) = self.selector(&format!("{path}.{pre}Nodes[{i}]"), s) {
+                peers.push(Peer::Nodes(sel));
+            }
+        }
+        for (i, g) in f.groups.into_iter().flatten().enumerate() {
+            if g.aws.is_none() {
+                self.err(
+                    &format!("{path}.{pre}Groups[{i}]"),
+                    "a group needs a provider (aws)".into(),
+                );
+            }
+            peers.push(Peer::Unresolved(format!(
+                "{pre}Groups[{i}] (cloud security groups)"
+            )));
+        }
+        for (i, s) in f.services.into_iter().flatten().enumerate() {
+            let p = format!("{path}.toServices[{i}]");
+            match (&s.k8s_service, &s.k8s_service_selector) {
+                (Some(_), Some(_)) => self.err(
+                    &p,
+                    "k8sService and k8sServiceSelector are mutually exclusive".into(),
+                ),
+                (None, None) => self.err(
+                    &p,
+                    "one of k8sService or k8sServiceSelector is required".into(),
+                ),
+                (Some(r), None) => {
+                    let ns = r
+                        .namespace
+                        .clone()
+                        .or_else(|| self.namespace.clone())
+                        .unwrap_or_default();
+                    peers.push(Peer::Unresolved(format!(
+                        "toServices {ns}/{}",
+                        r.service_name.as_deref().unwrap_or("")
+                    )));
+                }
+                (None, Some(sel)) => {
+                    self.selector(&format!("{p}.k8sServiceSelector.selector"), &sel.selector);
+                    peers.push(Peer::Unresolved(format!(
+                        "toServices selector {:?}",
+                        sel.selector.match_labels
+                    )));
+                }
+            }
+        }
+        for (i, q) in f.fqdns.into_iter().flatten().enumerate() {
+            let p = format!("{path}.toFQDNs[{i}]");
+            if let Some(name) = self.fqdn(&p, q) {
+                peers.push(Peer::Unresolved(format!("toFQDNs {name}")));
+            }
+        }
+        let wildcard_peers = present.is_empty() && f.requires.is_none_or(|r| r.is_empty());
+        // fromRequires alone (no peers) selects nobody on its own; with no L3 at all the
+        // element applies to every peer.
+        let wildcard_peers = wildcard_peers || (present.is_empty() && f.requires.is_some());
+
+        let mut l4 = Vec::new();
+        match ports {
+            Ports::Allow(list) => {
+                for (i, pr) in list.iter().enumerate() {
+                    let p = format!("{path}.toPorts[{i}]");
+                    self.port_rule(
+                        &p,
+                        ingress,
+                        host_policy,
+                        pr.ports.as_deref(),
+                        Some(pr),
+                        &mut l4,
+                    );
+                }
+            }
+            Ports::Deny(list) => {
+                for (i, pr) in list.iter().enumerate() {
+                    let p = format!("{path}.toPorts[{i}]");
+                    self.port_rule(&p, ingress, host_policy, pr.ports.as_deref(), None, &mut l4);
+                }
+            }
+        }
+        for (i, ic) in icmps.into_iter().flatten().enumerate() {
+            let p = format!("{path}.icmps[{i}]");
+            let fields = ic.fields.as_deref().unwrap_or(&[]);
+            if fields.len() > MAX_ICMP_FIELDS {
+                self.err(
+                    &format!("{p}.fields"),
+                    format!(
+                        "{} ICMP fields: at most {MAX_ICMP_FIELDS} are allowed",
+                        fields.len()
+                    ),
+                );
+            }
+            for (j, fl) in fields.iter().enumerate() {
+                let fp = format!("{p}.fields[{j}]");
+                let v6 = match fl.family.as_deref() {
+                    None | Some("") | Some("IPv4") => false,
+                    Some("IPv6") => true,
+                    Some(other) => {
+                        self.err(
+                            &format!("{fp}.family"),
+                            format!("{other:?} is not IPv4 or IPv6"),
+                        );
+                        continue;
+                    }
+                };
+                match icmp_type(&fl.icmp_type, v6) {
+                    Ok(t) => l4.push(L4Rule {
+                        proto: if v6 { Proto::Icmpv6 } else { Proto::Icmp },
+                        ports: PortMatch::IcmpType(t),
+                        l7: L7::None,
+                        notes: vec![],
+                    }),
+                    Err(m) => self.err(&format!("{fp}.type"), m),
+                }
+            }
+        }
+        let _ = dir_word;
+        if self.errors.len() > before {
+            return None;
+        }
+        Some(DirRule {
+            path: path.to_owned(),
+            deny,
+            peers,
+            wildcard_peers,
+            l4,
+            auth,
+        })
+    }
+
+    fn fqdn(&mut self, path: &str, q: &model::FqdnSelector) -> Option<String> {
+        match (&q.match_name, &q.match_pattern) {
+            (Some(_), Some(_)) => {
+                self.err(
+                    path,
+                    "matchName and matchPattern are mutually exclusive".into(),
+                );
+                None
+            }
+            (None, None) => {
+                self.err(path, "one of matchName or matchPattern is required".into());
+                None
+            }
+            (Some(n), None) => {
+                if !valid_dns(n, false) {
+                    self.err(
+                        &format!("{path}.matchName"),
+                        format!("{n:?} is not a valid DNS name"),
+                    );
+                    return None;
+                }
+                Some(n.clone())
+            }
+            (None, Some(p)) => {
+                if !valid_dns(p, true) {
+                    self.err(
+                        &format!("{path}.matchPattern"),
+                        format!("{p:?} is not a valid DNS name pattern"),
+                    );
+                    return None;
+                }
+                Some(p.clone())
+            }
+        }
+    }
+
+    fn port_rule(
+        &mut self,
+        path: &str,
+        ingress: bool,
+        host_policy: bool,
+        ports: Option<&[model::PortProtocol]>,
+        allow: Option<&model::PortRule>,
+        out: &mut Vec<L4Rule>,
+    ) {
+        let ports = ports.unwrap_or(&[]);
+        if ports.len() > MAX_PORTS {
+            self.err(
+                &format!("{path}.ports"),
+                format!(
+                    "{} ports: at most {MAX_PORTS} are allowed in one rule",
+                    ports.len()
+                ),
+            );
+            return;
+        }
+        let rules = allow.and_then(|a| a.rules.as_ref());
+        let has_rules = rules.is_some_and(|r| !l7_is_empty(r));
+        let has_dns = rules.is_some_and(|r| r.dns.as_ref().is_some_and(|d| !d.is_empty()));
+        let mut notes = Vec::new();
+        if let Some(a) = allow {
+            if ingress && has_dns {
+                self.err(
+                    &format!("{path}.rules.dns"),
+                    "DNS rules are not allowed on ingress".into(),
+                );
+            }
+            if host_policy && has_rules {
+                self.err(
+                    &format!("{path}.rules"),
+                    "host policies (nodeSelector) do not support L7 rules".into(),
+                );
+            }
+            let sni = a.server_names.as_deref().unwrap_or(&[]);
+            if !sni.is_empty() && has_rules && a.terminating_tls.is_none() {
+                self.err(
+                    &format!("{path}.serverNames"),
+                    "serverNames with L7 rules need terminatingTLS (the proxy cannot see inside TLS otherwise)".into(),
+                );
+            }
+            for (i, s) in sni.iter().enumerate() {
+                if s.is_empty() {
+                    self.err(
+                        &format!("{path}.serverNames[{i}]"),
+                        "empty server name is not allowed".into(),
+                    );
+                }
+            }
+            if !sni.is_empty() {
+                notes.push(format!("serverNames {}", sni.join(",")));
+            }
+            for (name, tls) in [
+                ("terminatingTLS", &a.terminating_tls),
+                ("originatingTLS", &a.originating_tls),
+            ] {
+                if let Some(t) = tls {
+                    if t.secret.name.is_empty() {
+                        self.err(
+                            &format!("{path}.{name}.secret.name"),
+                            "must not be empty".into(),
+                        );
+                    }
+                    notes.push(format!("{name} secret {}", t.secret.name));
+                }
+            }
+            if let Some(l) = &a.listener {
+                if ingress {
+                    self.err(
+                        &format!("{path}.listener"),
+                        format!("listener {:?} is not allowed on ingress", l.name),
+                    );
+                }
+                if has_rules {
+                    self.err(
+                        &format!("{path}.listener"),
+                        format!("listener {:?} is not allowed with L7 rules", l.name),
+                    );
+                }
+                if let Some(k) = &l.envoy_config.kind {
+                    if k != "CiliumEnvoyConfig" && k != "CiliumClusterwideEnvoyConfig" {
+                        self.err(
+                            &format!("{path}.listener.envoyConfig.kind"),
+                            format!(
+                                "{k:?} is not CiliumEnvoyConfig or CiliumClusterwideEnvoyConfig"
+                            ),
+                        );
+                    }
+                }
+                notes.push(format!("listener {}/{}", l.envoy_config.name, l.name));
+            }
+        }
+
+        let mut parsed = Vec::new();
+        let mut zero_port = false;
+        for (i, pp) in ports.iter().enumerate() {
+            let p = format!("{path}.ports[{i}]");
+            let proto = match pp.protocol.as_deref() {
+                None | Some("") | Some("ANY") => Proto::Any,
+                Some("TCP") => Proto::Tcp,
+                Some("UDP") => Proto::Udp,
+                Some("SCTP") => Proto::Sctp,
+                Some(other) => {
+                    self.err(
+                        &format!("{p}.protocol"),
+                        format!("{other:?} is not one of TCP, UDP, SCTP, ANY"),
+                    );
+                    continue;
+                }
+            };
+            let Some(pm) = self.port(&p, pp, has_dns) else {
+                continue;
+            };
+            if pm == PortMatch::ALL {
+                zero_port = true;
+            }
+            if has_rules && !has_dns && proto != Proto::Tcp {
+                self.err(
+                    &format!("{p}.protocol"),
+                    format!(
+                        "L7 rules apply only to TCP (found {}); only DNS rules may use UDP or ANY",
+                        proto.as_str()
+                    ),
+                );
+            }
+            parsed.push((proto, pm));
+        }
+        if ports.is_empty() {
+            parsed.push((Proto::Any, PortMatch::ALL));
+            if has_dns {
+                self.err(
+                    &format!("{path}.ports"),
+                    "DNS rules need port 53 to be listed".into(),
+                );
+            }
+        }
+        let l7 = match rules {
+            Some(r) if has_rules || r.l7.is_some() => {
+                if zero_port && has_rules {
+                    self.err(
+                        &format!("{path}.rules"),
+                        "L7 rules cannot be used when a port is 0 (every port)".into(),
+                    );
+                }
+                self.l7(&format!("{path}.rules"), r)
+            }
+            _ => L7::None,
+        };
+        for (proto, ports) in parsed {
+            out.push(L4Rule {
+                proto,
+                ports,
+                l7: l7.clone(),
+                notes: notes.clone(),
+            });
+        }
+    }
+
+    fn port(&mut self, path: &str, pp: &model::PortProtocol, has_dns: bool) -> Option<PortMatch> {
+        let s = pp.port.trim();
+        if s.is_empty() {
+            self.err(
+                &format!("{path}.port"),
+                "must be set (a port number, 0 for every port, or a port name)".into(),
+            );
+            return None;
+        }
+        if s.bytes().all(|b| b.is_ascii_digit()) {
+            let Ok(n) = s.parse::<u32>() else {
+                self.err(
+                    &format!("{path}.port"),
+                    format!("{s:?} is not a port number (0-65535)"),
+                );
+                return None;
+            };
+            if n > 65535 {
+                self.err(
+                    &format!("{path}.port"),
+                    format!("{n} is not a port number (0-65535)"),
+                );
+                return None;
+            }
+            let start = n as u16;
+            match pp.end_port {
+                None | Some(0) => Some(if start == 0 {
+                    PortMatch::ALL
+                } else {
+                    PortMatch::Range(start, start)
+                }),
+                Some(end) => {
+                    if has_dns && end > i64::from(start) {
+                        self.err(
+                            &format!("{path}.endPort"),
+                            "DNS rules do not support port ranges".into(),
+                        );
+                        return None;
+                    }
+                    if start == 0 {
+                        self.err(
+                            &format!("{path}.endPort"),
+                            "a range cannot start at port 0".into(),
+                        );
+                        return None;
+                    }
+                    if !(i64::from(start)..=65535).contains(&end) {
+                        self.err(
+                            &format!("{path}.endPort"),
+                            format!("{end} is not a valid end of a range starting at {start} (expected {start}-65535)"),
+                        );
+                        return None;
+                    }
+                    Some(PortMatch::Range(start, end as u16))
+                }
+            }
+        } else if is_iana_service_name(s) {
+            if pp.end_port.is_some_and(|e| e != 0) {
+                self.err(
+                    &format!("{path}.endPort"),
+                    format!("a range cannot start at the named port {s:?}"),
+                );
+                return None;
+            }
+            Some(PortMatch::Named(s.to_ascii_lowercase()))
+        } else {
+            self.err(
+                &format!("{path}.port"),
+                format!("{s:?} is not a port number or a port name"),
+            );
+            None
+        }
+    }
+
+    fn l7(&mut self, path: &str, r: &model::L7Rules) -> L7 {
+        let mut kinds = Vec::new();
+        let mut result = L7::None;
+        if let Some(http) = &r.http {
+            kinds.push("http");
+            let mut compiled = Vec::new();
+            for (i, h) in http.iter().enumerate() {
+                match CompiledHttpRule::compile(h) {
+                    Ok(c) => compiled.push(c),
+                    Err(e) => self.err(&format!("{path}.http[{i}].{}", e.field), e.message),
+                }
+            }
+            result = L7::Http(compiled.into());
+        }
+        if let Some(k) = &r.kafka {
+            kinds.push("kafka");
+            for (i, kr) in k.iter().enumerate() {
+                self.kafka(&format!("{path}.kafka[{i}]"), kr);
+            }
+            result = L7::Unenforced("kafka".into());
+        }
+        if let Some(d) = &r.dns {
+            kinds.push("dns");
+            for (i, q) in d.iter().enumerate() {
+                self.fqdn(&format!("{path}.dns[{i}]"), q);
+            }
+            result = L7::Unenforced("dns".into());
+        }
+        if r.l7.is_some() && r.l7proto.as_deref().is_none_or(str::is_empty) {
+            self.err(
+                &format!("{path}.l7"),
+                "l7 rules need l7proto to name their parser".into(),
+            );
+        }
+        if let Some(p) = r.l7proto.as_deref().filter(|p| !p.is_empty()) {
+            kinds.push("l7proto");
+            result = L7::Unenforced(format!("l7proto {p}"));
+        }
+        if kinds.len() > 1 {
+            self.err(
+                path,
+                format!(
+                    "one L7 protocol per port rule: found {}",
+                    kinds.join(" and ")
+                ),
+            );
+        }
+        result
+    }
+
+    fn kafka(&mut self, path: &str, k: &model::KafkaRule) {
+        const API_KEYS: &[&str] = &[
+            "produce",
+            "fetch",
+            "offsets",
+            "metadata",
+            "leaderandisr",
+            "stopreplica",
+            "updatemetadata",
+            "controlledshutdown",
+            "offsetcommit",
+            "offsetfetch",
+            "findcoordinator",
+            "joingroup",
+            "heartbeat",
+            "leavegroup",
+            "syncgroup",
+            "describegroups",
+            "listgroups",
+            "saslhandshake",
+            "apiversions",
+            "createtopics",
+            "deletetopics",
+        ];
+        if let Some(role) = k.role.as_deref().filter(|r| !r.is_empty()) {
+            if role != "produce" && role != "consume" {
+                self.err(
+                    &format!("{path}.role"),
+                    format!("{role:?} is not produce or consume"),
+                );
+            }
+            if k.api_key.as_deref().is_some_and(|a| !a.is_empty()) {
+                self.err(path, "role and apiKey are mutually exclusive".into());
+            }
+        }
+        if let Some(a) = k.api_key.as_deref().filter(|a| !a.is_empty()) {
+            if !API_KEYS.contains(&a.to_ascii_lowercase().as_str()) && a.parse::<i16>().is_err() {
+                self.err(
+                    &format!("{path}.apiKey"),
+                    format!("{a:?} is not a Kafka API key"),
+                );
+            }
+        }
+        if let Some(v) = k.api_version.as_deref().filter(|v| !v.is_empty()) {
+            if v.parse::<i16>().is_err() {
+                self.err(
+                    &format!("{path}.apiVersion"),
+                    format!("{v:?} is not a number"),
+                );
+            }
+        }
+        if let Some(t) = k.topic.as_deref().filter(|t| !t.is_empty()) {
+            let ok = t.len() <= 255
+                && t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+            if !ok {
+                self.err(
+                    &format!("{path}.topic"),
+                    format!("{t:?} is not a valid Kafka topic name"),
+                );
+            }
+        }
+    }
+}
+
+fn l7_is_empty(r: &model::L7Rules) -> bool {
+    r.http.as_ref().is_none_or(Vec::is_empty)
+        && r.kafka.as_ref().is_none_or(Vec::is_empty)
+        && r.dns.as_ref().is_none_or(Vec::is_empty)
+        && r.l7proto.as_deref().is_none_or(str::is_empty)
+}
+
+/// Label selectors for an entity, as Cilium maps entities to reserved labels. `None` for an
+/// unknown entity.
+pub fn entity_selectors(entity: &str) -> Option<Vec<Selector>> {
+    let reserved = |k: &str| Selector::with_label(SOURCE_RESERVED, k, "");
+    Some(match entity {
+        "all" => vec![Selector::wildcard()],
+        "world" => vec![
+            reserved("world"),
+            reserved("world-ipv4"),
+            reserved("world-ipv6"),
+        ],
+        "cluster" => vec![
+            reserved("host"),
+            reserved("remote-node"),
+            reserved("init"),
+            reserved("ingress"),
+            reserved("health"),
+            reserved("unmanaged"),
+            reserved("kube-apiserver"),
+            Selector::with_label(SOURCE_K8S, labels::POLICY_CLUSTER, DEFAULT_CLUSTER),
+        ],
+        "host" => vec![reserved("host")],
+        "remote-node" => vec![reserved("remote-node")],
+        "kube-apiserver" => vec![reserved("kube-apiserver")],
+        "ingress" => vec![reserved("ingress")],
+        "init" => vec![reserved("init")],
+        "health" => vec![reserved("health")],
+        "unmanaged" => vec![reserved("unmanaged")],
+        "none" => vec![],
+        _ => return None,
+    })
+}
+
+/// Parses a prefix; `allow_bare_ip` accepts an address as a host prefix (fromCIDR does,
+/// fromCIDRSet does not). Host bits must be zero, as Go's netip.ParsePrefix then Masked
+/// would not silently fix them for us.
+pub fn parse_cidr(s: &str, allow_bare_ip: bool) -> Result<IpNet, String> {
+    if let Ok(net) = s.parse::<IpNet>() {
+        return Ok(net.trunc());
+    }
+    if allow_bare_ip {
+        if let Ok(ip) = s.parse::<IpAddr>() {
+            return Ok(IpNet::from(ip));
+        }
+    }
+    Err(format!(
+        "{s:?} is not a CIDR prefix (expected e.g. 10.0.0.0/8 or 2001:db8::/32)"
+    ))
+}
+
+/// Test manifests carry placeholders such as `NODE_WITHOUT_CILIUM_IP/32` that their harness
+/// substitutes: an upper-case identifier, optionally with a prefix length.
+fn is_template_placeholder(s: &str) -> bool {
+    let name = s.split_once('/').map_or(s, |(n, len)| {
+        if len.bytes().all(|b| b.is_ascii_digit()) {
+            n
+        } else {
+            ""
+        }
+    });
+    name.len() >= 3
+        && name.bytes().next().is_some_and(|b| b.is_ascii_uppercase())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+        && name.contains('_')
+}
+
+/// `net` minus every prefix in `excepts`, as a minimal list of prefixes.
+pub fn subtract(net: IpNet, excepts: &[IpNet]) -> Vec<IpNet> {
+    let mut parts = vec![net];
+    for ex in excepts {
+        let mut next = Vec::new();
+        for p in parts {
+            if !p.contains(&ex.network()) && !ex.contains(&p.network()) {
+                next.push(p);
+            } else if ex.contains(&p) {
+                // fully excluded
+            } else {
+                // p strictly contains ex: split p in halves until ex is isolated.
+                let mut cur = p;
+                while cur.prefix_len() < ex.prefix_len() {
+                    let Ok(mut halves) = cur.subnets(cur.prefix_len() + 1) else {
+                        break;
+                    };
+                    let (Some(a), Some(b)) = (halves.next(), halves.next()) else {
+                        break;
+                    };
+                    if a.contains(&ex.network()) {
+                        next.push(b);
+                        cur = a;
+                    } else {
+                        next.push(a);
+                        cur = b;
+                    }
+                }
+            }
+        }
+        parts = next;
+    }
+    parts.sort();
+    parts
+}
+
+/// IANA service name syntax (RFC 6335): 1-15 characters of letters, digits and hyphens, at
+/// least one letter, no hyphen at either end or twice in a row.
+pub fn is_iana_service_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 15
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && s.bytes().any(|b| b.is_ascii_alphabetic())
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+        && !s.contains("--")
+}
+
+fn is_dns_label_path(s: &str) -> bool {
+    !s.is_empty()
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+}
+
+fn valid_dns(s: &str, pattern: bool) -> bool {
+    // The CRD's pattern: labels of [-a-zA-Z0-9_] (plus `*` in patterns), dot-separated,
+    // an optional trailing dot.
+    let body = s.strip_suffix('.').unwrap_or(s);
+    !body.is_empty()
+        && body.split('.').all(|l| {
+            !l.is_empty()
+                && l.bytes().all(|b| {
+                    b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || (pattern && b == b'*')
+                })
+        })
+}
+
+/// ICMP type names Cilium accepts, per family.
+const ICMP4_NAMES: &[(&str, u8)] = &[
+    ("EchoReply", 0),
+    ("DestinationUnreachable", 3),
+    ("Redirect", 5),
+    ("Echo", 8),
+    ("EchoRequest", 8),
+    ("RouterAdvertisement", 9),
+    ("RouterSelection", 10),
+    ("TimeExceeded", 11),
+    ("ParameterProblem", 12),
+    ("Timestamp", 13),
+    ("TimestampReply", 14),
+    ("Photuris", 40),
+    ("ExtendedEchoRequest", 42),
+    ("ExtendedEchoReply", 43),
+];
+const ICMP6_NAMES: &[(&str, u8)] = &[
+    ("DestinationUnreachable", 1),
+    ("PacketTooBig", 2),
+    ("TimeExceeded", 3),
+    ("ParameterProblem", 4),
+    ("EchoRequest", 128),
+    ("EchoReply", 129),
+    ("MulticastListenerQuery", 130),
+    ("MulticastListenerReport", 131),
+    ("MulticastListenerDone", 132),
+    ("RouterSolicitation", 133),
+    ("RouterAdvertisement", 134),
+    ("NeighborSolicitation", 135),
+    ("NeighborAdvertisement", 136),
+    ("RedirectMessage", 137),
+    ("RouterRenumbering", 138),
+    ("ICMPNodeInformationQuery", 139),
+    ("ICMPNodeInformationResponse", 140),
+    ("InverseNeighborDiscoverySolicitation", 141),
+    ("InverseNeighborDiscoveryAdvertisement", 142),
+    ("HomeAgentAddressDiscoveryRequest", 144),
+    ("HomeAgentAddressDiscoveryReply", 145),
+    ("MobilePrefixSolicitation", 146),
+    ("MobilePrefixAdvertisement", 147),
+    ("DuplicateAddressRequestCodeSuffix", 157),
+    ("DuplicateAddressConfirmationCodeSuffix", 158),
+    ("ExtendedEchoRequest", 160),
+    ("ExtendedEchoReply", 161),
+];
+
+fn icmp_type(t: &model::IntOrString, v6: bool) -> Result<u8, String> {
+    match t {
+        model::IntOrString::Int(n) => {
+            u8::try_from(*n).map_err(|_| format!("{n} is not an ICMP type (0-255)"))
+        }
+        model::IntOrString::String(s) => {
+            if let Ok(n) = s.parse::<u8>() {
+                return Ok(n);
+            }
+            let table = if v6 { ICMP6_NAMES } else { ICMP4_NAMES };
+            table
+                .iter()
+                .find(|(n, _)| n == s)
+                .map(|(_, t)| *t)
+                .ok_or_else(|| {
+                    format!(
+                        "{s:?} is not an ICMP{} type name or number",
+                        if v6 { "v6" } else { "" }
+                    )
+                })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidr_minus_excepts() {
+        let n: IpNet = "10.0.0.0/8".parse().unwrap();
+        let parts = subtract(n, &["10.96.0.0/12".parse().unwrap()]);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let covered = |a: IpAddr| parts.iter().any(|p| p.contains(&a));
+        assert!(covered(ip("10.0.0.1")));
+        assert!(covered(ip("10.255.255.255")));
+        assert!(!covered(ip("10.96.0.1")));
+        assert!(!covered(ip("10.111.255.255")));
+        assert!(covered(ip("10.112.0.0")));
+        assert_eq!(parts.len(), 4);
+        assert!(subtract(n, &[n]).is_empty());
+    }
+
+    #[test]
+    fn service_names() {
+        for ok in ["http", "http-alt", "h2c", "dns-tcp", "a1"] {
+            assert!(is_iana_service_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "8o8o8o8o8o8o8o8o",
+            "-http",
+            "http-",
+            "ht--tp",
+            "123",
+            "ht_tp",
+        ] {
+            assert!(!is_iana_service_name(bad), "{bad}");
+        }
+    }
+}

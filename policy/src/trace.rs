@@ -1,0 +1,420 @@
+//! `policy trace`: the verdict for one flow, and the rule that decided it, computed with the
+//! same resolution and checks the proxy enforces.
+
+use crate::engine::Engine;
+use crate::http::{HeaderSource, HttpRequest};
+use crate::identity::{Identity, IdentityError};
+use crate::ipcache::IpCache;
+use crate::labels::{self, Label, LabelSet, SOURCE_K8S};
+use crate::resolve::{ConnPolicy, Direction, Endpoint, NamedPorts, PeerEntry, Verdict};
+use crate::rule::{CompiledPolicy, Proto, DEFAULT_CLUSTER, L7};
+use serde::Serialize;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// One flow to trace.
+#[derive(Debug, Clone)]
+pub struct TraceRequest {
+    /// Source labels.
+    pub src: LabelSet,
+    /// Destination labels.
+    pub dst: LabelSet,
+    /// Source address (gives world peers their CIDR identity).
+    pub src_ip: Option<IpAddr>,
+    /// Destination address.
+    pub dst_ip: Option<IpAddr>,
+    /// Destination port (ICMP type for ICMP).
+    pub dport: u16,
+    /// Protocol.
+    pub proto: Proto,
+    /// Destination's named ports.
+    pub named_ports: NamedPorts,
+    /// HTTP request, if the flow is HTTP.
+    pub http: Option<TraceHttp>,
+}
+
+/// The HTTP part of a traced flow.
+#[derive(Debug, Clone, Default)]
+pub struct TraceHttp {
+    /// Method.
+    pub method: String,
+    /// Path with query.
+    pub path: String,
+    /// Host.
+    pub host: Option<String>,
+    /// Headers.
+    pub headers: Vec<(String, String)>,
+}
+
+/// The rule that decided, as printed by `trace -o json`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct DecidedBy {
+    /// `CiliumNetworkPolicy` or `CiliumClusterwideNetworkPolicy`.
+    pub kind: String,
+    /// `namespace/name` (or `name` for cluster-wide policies).
+    pub policy: String,
+    /// Path of the rule element, e.g. `spec.ingress[0]`.
+    pub rule: String,
+    /// Index of the rule element within its list.
+    pub rule_index: usize,
+    /// `ingress` or `egress`.
+    pub direction: String,
+    /// Index of the matching HTTP rule, when one decided.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_rule: Option<usize>,
+}
+
+/// The result.
+#[derive(Debug, Clone, Serialize)]
+pub struct TraceResult {
+    /// `allowed` or `denied`.
+    pub verdict: &'static str,
+    /// The deciding rule; `null` for default deny or when no policy applies.
+    pub decided_by: Option<DecidedBy>,
+    /// Human-readable account of the decision, one step per line.
+    pub explanation: String,
+    /// Parts of the verdict that depend on what the engine does not evaluate.
+    pub caveats: Vec<String>,
+}
+
+/// Errors from tracing.
+#[derive(Debug, thiserror::Error)]
+pub enum TraceError {
+    /// Identity allocation failed.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+}
+
+/// Adds the labels Cilium gives every pod, when `labels` describe a pod: a namespace
+/// (`default` if none is given) and the cluster name. Reserved identities are left alone.
+pub fn pod_labels(mut labels: LabelSet) -> LabelSet {
+    if labels.has_reserved() || labels.iter().any(|l| l.source == labels::SOURCE_CIDR) {
+        return labels;
+    }
+    if !labels.has_key(SOURCE_K8S, labels::POD_NAMESPACE) {
+        // A namespace given without a source is still the pod's namespace.
+        let ns = labels
+            .values("any", labels::POD_NAMESPACE)
+            .next()
+            .unwrap_or("default")
+            .to_owned();
+        labels.insert(Label::new(SOURCE_K8S, labels::POD_NAMESPACE, &ns));
+    }
+    if !labels.has_key(SOURCE_K8S, labels::POLICY_CLUSTER) {
+        labels.insert(Label::new(
+            SOURCE_K8S,
+            labels::POLICY_CLUSTER,
+            DEFAULT_CLUSTER,
+        ));
+    }
+    labels
+}
+
+fn is_endpoint(labels: &LabelSet) -> bool {
+    // Pods, and the host (host policies select it by node labels).
+    !labels.has_reserved() || labels.has_key(labels::SOURCE_RESERVED, "host")
+}
+
+fn origin_json(e: &PeerEntry, dir: Direction, http_rule: Option<usize>) -> DecidedBy {
+    let rule_index = e
+        .origin
+        .rule
+        .rsplit_once('[')
+        .and_then(|(_, r)| r.trim_end_matches(']').parse().ok())
+        .unwrap_or(0);
+    DecidedBy {
+        kind: e.origin.policy.kind.as_str().to_owned(),
+        policy: e.origin.policy.to_string(),
+        rule: e.origin.rule.clone(),
+        rule_index,
+        direction: match dir {
+            Direction::Ingress => "ingress".into(),
+            Direction::Egress => "egress".into(),
+        },
+        http_rule,
+    }
+}
+
+struct Side {
+    verdict: Verdict,
+    decided_by: Option<DecidedBy>,
+    lines: Vec<String>,
+}
+
+/// Traces one flow through `policies`.
+pub fn trace(
+    policies: &[Arc<CompiledPolicy>],
+    req: &TraceRequest,
+) -> Result<TraceResult, TraceError> {
+    let mut engine = Engine::default();
+    for p in policies {
+        engine.apply_policy(p.clone());
+    }
+    let src_labels = pod_labels(req.src.clone());
+    let dst_labels = pod_labels(req.dst.clone());
+    let mut lines = Vec::new();
+    let mut caveats = Vec::new();
+
+    // Register both ends so each sees the other's identity.
+    let src_ep = is_endpoint(&src_labels);
+    let dst_ep = is_endpoint(&dst_labels);
+    if src_ep {
+        engine.upsert_endpoint(
+            "source",
+            Endpoint {
+                labels: src_labels.clone(),
+                named_ports: NamedPorts::new(),
+            },
+        )?;
+    }
+    if dst_ep {
+        engine.upsert_endpoint(
+            "destination",
+            Endpoint {
+                labels: dst_labels.clone(),
+                named_ports: req.named_ports.clone(),
+            },
+        )?;
+    }
+    let mut ipcache = IpCache::new();
+    for (p, id) in engine.cidr_identities() {
+        ipcache.insert(*p, *id);
+    }
+    let peer_identity = |engine: &mut Engine,
+                         labels: &LabelSet,
+                         ip: Option<IpAddr>,
+                         name: &str|
+     -> Result<Identity, TraceError> {
+        if let Some(id) = engine.identity_of(name) {
+            return Ok(id);
+        }
+        // A world peer with an address takes the identity of the longest policy prefix
+        // that contains it, as the ipcache would give it.
+        if labels.has_key(labels::SOURCE_RESERVED, "world") {
+            if let Some(ip) = ip {
+                if let Some((_, id)) = ipcache.lookup_prefix(ip) {
+                    return Ok(id);
+                }
+            }
+        }
+        Ok(engine.ensure_identity(labels)?.0)
+    };
+    let src_id = peer_identity(&mut engine, &src_labels, req.src_ip, "source")?;
+    let dst_id = peer_identity(&mut engine, &dst_labels, req.dst_ip, "destination")?;
+    lines.push(format!("source {src_labels} (identity {src_id})"));
+    lines.push(format!(
+        "destination {dst_labels} (identity {dst_id}), {}/{}",
+        req.dport,
+        req.proto.as_str()
+    ));
+
+    let mut sides: Vec<(Direction, Side)> = Vec::new();
+    if src_ep {
+        if let Some(res) = engine.resolved("source") {
+            let conn = res.egress.connection(dst_id, req.proto, req.dport);
+            sides.push((
+                Direction::Egress,
+                side(Direction::Egress, &conn, req, &mut caveats),
+            ));
+            note_unresolved(&res.egress, req, &mut caveats);
+        }
+    } else {
+        lines.push("egress: the source is not an endpoint under policy here".into());
+    }
+    if dst_ep {
+        if let Some(res) = engine.resolved("destination") {
+            let conn = res.ingress.connection(src_id, req.proto, req.dport);
+            sides.push((
+                Direction::Ingress,
+                side(Direction::Ingress, &conn, req, &mut caveats),
+            ));
+            note_unresolved(&res.ingress, req, &mut caveats);
+        }
+    } else {
+        lines.push("ingress: the destination is not an endpoint under policy here".into());
+    }
+    for (_, s) in &sides {
+        lines.extend(s.lines.iter().cloned());
+    }
+    let denied = sides.iter().find(|(_, s)| s.verdict == Verdict::Denied);
+    let (verdict, decided_by) = match denied {
+        Some((_, s)) => (Verdict::Denied, s.decided_by.clone()),
+        None => {
+            // The destination's ingress decision is the more specific one when both allow.
+            let by = sides.iter().rev().find_map(|(_, s)| s.decided_by.clone());
+            (Verdict::Allowed, by)
+        }
+    };
+    caveats.sort();
+    caveats.dedup();
+    for c in &caveats {
+        lines.push(format!("caveat: {c}"));
+    }
+    lines.push(format!("verdict: {}", verdict.as_str()));
+    Ok(TraceResult {
+        verdict: verdict.as_str(),
+        decided_by,
+        explanation: lines.join("\n"),
+        caveats,
+    })
+}
+
+fn side(
+    dir: Direction,
+    conn: &ConnPolicy<'_>,
+    req: &TraceRequest,
+    caveats: &mut Vec<String>,
+) -> Side {
+    let d = match dir {
+        Direction::Ingress => "ingress",
+        Direction::Egress => "egress",
+    };
+    let mut lines = Vec::new();
+    let mk = |verdict, by: Option<&PeerEntry>, http: Option<usize>, lines: Vec<String>| Side {
+        verdict,
+        decided_by: by.map(|e| origin_json(e, dir, http)),
+        lines,
+    };
+    match conn {
+        ConnPolicy::NotEnforced => {
+            lines.push(format!(
+                "{d}: no policy selects this endpoint for {d}: allowed"
+            ));
+            mk(Verdict::Allowed, None, None, lines)
+        }
+        ConnPolicy::Denied(Some(e)) => {
+            lines.push(format!(
+                "{d}: denied by {} (deny rules win over allow rules)",
+                e.origin
+            ));
+            mk(Verdict::Denied, Some(e), None, lines)
+        }
+        ConnPolicy::Denied(None) => {
+            lines.push(format!(
+                "{d}: no rule allows this peer and port: denied (default deny)"
+            ));
+            mk(Verdict::Denied, None, None, lines)
+        }
+        ConnPolicy::Allowed(Some(e)) => {
+            lines.push(format!(
+                "{d}: allowed by {} (L3/L4, no L7 restriction)",
+                e.origin
+            ));
+            auth_caveat(e, caveats);
+            mk(Verdict::Allowed, Some(e), None, lines)
+        }
+        ConnPolicy::Allowed(None) => {
+            lines.push(format!(
+                "{d}: no rule matched and default deny is disabled: allowed"
+            ));
+            mk(Verdict::Allowed, None, None, lines)
+        }
+        ConnPolicy::UnenforcedL7(e) => {
+            if let L7::Unenforced(kind) = &e.l7 {
+                caveats.push(format!(
+                    "{kind} rules of {} apply at L7 and are not evaluated by trace",
+                    e.origin
+                ));
+            }
+            lines.push(format!("{d}: allowed at L4 by {}", e.origin));
+            mk(Verdict::Allowed, Some(e), None, lines)
+        }
+        ConnPolicy::Http(entries) => {
+            for e in entries {
+                if let L7::Http(rules) = &e.l7 {
+                    for r in rules.iter() {
+                        for s in r.secrets() {
+                            caveats.push(format!(
+                                "{} matches a header against secret {s}, which trace cannot read",
+                                e.origin
+                            ));
+                        }
+                    }
+                }
+            }
+            let Some(h) = &req.http else {
+                lines.push(format!(
+                    "{d}: allowed at L4; HTTP rules of {} apply to each request (give --http-method/--http-path to evaluate them)",
+                    entries.iter().map(|e| e.origin.to_string()).collect::<Vec<_>>().join(", ")
+                ));
+                return mk(Verdict::Allowed, entries.first().copied(), None, lines);
+            };
+            let headers: &Vec<(String, String)> = &h.headers;
+            let hreq = HttpRequest {
+                method: &h.method,
+                path: &h.path,
+                host: h.host.as_deref(),
+                headers: headers as &dyn HeaderSource,
+            };
+            let dec = conn.check_http(&hreq);
+            match (dec.verdict, dec.decided_by) {
+                (Verdict::Allowed, Some(e)) => {
+                    let idx = dec.http_rule.unwrap_or(0);
+                    let rule = match &e.l7 {
+                        L7::Http(r) => r.get(idx).map(|r| r.to_string()).unwrap_or_default(),
+                        _ => String::new(),
+                    };
+                    lines.push(format!(
+                        "{d}: {} {} allowed by {} http[{idx}] ({rule})",
+                        h.method, h.path, e.origin
+                    ));
+                    for a in &dec.header_actions {
+                        lines.push(format!("{d}: header action on mismatch: {a:?}"));
+                    }
+                    auth_caveat(e, caveats);
+                    mk(Verdict::Allowed, Some(e), Some(idx), lines)
+                }
+                _ => {
+                    lines.push(format!(
+                        "{d}: {} {} matches no HTTP rule of {}: denied (403)",
+                        h.method,
+                        h.path,
+                        entries
+                            .iter()
+                            .map(|e| e.origin.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                    mk(Verdict::Denied, entries.first().copied(), None, lines)
+                }
+            }
+        }
+    }
+}
+
+fn auth_caveat(e: &PeerEntry, caveats: &mut Vec<String>) {
+    if let Some(mode) = &e.auth {
+        caveats.push(format!(
+            "{} requires authentication mode {mode}, which trace does not perform",
+            e.origin
+        ));
+    }
+}
+
+fn note_unresolved(
+    dp: &crate::resolve::DirectionPolicy,
+    req: &TraceRequest,
+    caveats: &mut Vec<String>,
+) {
+    for e in &dp.entries {
+        let covers = e.proto.covers(req.proto)
+            && match &e.ports {
+                crate::rule::PortMatch::Range(lo, hi) => (*lo..=*hi).contains(&req.dport),
+                crate::rule::PortMatch::IcmpType(t) => u16::from(*t) == req.dport,
+                crate::rule::PortMatch::Named(n) => {
+                    caveats.push(format!(
+                        "named port {n:?} is not resolved (give --named-port {n}=PORT)"
+                    ));
+                    false
+                }
+            };
+        if !covers {
+            continue;
+        }
+        for r in &e.rules {
+            for u in &r.unresolved {
+                caveats.push(format!("{} selects peers by {u}, which is not resolved to identities here; the verdict may differ for such peers", r.origin));
+            }
+        }
+    }
+}
