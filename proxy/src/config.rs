@@ -1,0 +1,171 @@
+//! Command-line and environment configuration: one `Config` parsed once in `main`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// `membrane-proxy`: the L7 sidecar.
+#[derive(Debug, Parser)]
+#[command(name = "membrane-proxy", version, about = "membrane L7 sidecar proxy")]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Modes of operation.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The sidecar without a mesh: enforce a policy file on one listener in front of one upstream.
+    Standalone(Box<Config>),
+}
+
+/// How the proxy talks HTTP to the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 downstream goes upstream as HTTP/1.1, HTTP/2 as HTTP/2 (h2c prior knowledge).
+    /// gRPC needs this (trailers).
+    Match,
+    /// Always HTTP/1.1 upstream (as an Envoy cluster without http2_protocol_options).
+    Http1,
+}
+
+/// Everything `membrane-proxy standalone` is configured with.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Address to accept downstream connections on.
+    #[arg(long, env = "MEMBRANE_LISTEN")]
+    pub listen: SocketAddr,
+    /// Upstream (the endpoint's application) to forward to; its port is the policy's port.
+    #[arg(long, env = "MEMBRANE_UPSTREAM")]
+    pub upstream: SocketAddr,
+    /// CiliumNetworkPolicy / CiliumClusterwideNetworkPolicy files (YAML, several objects per file allowed).
+    #[arg(
+        long = "policy",
+        env = "MEMBRANE_POLICY",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub policy: Vec<PathBuf>,
+    /// The endpoint's labels, `source:key=value,...` (`k8s:app=backend`).
+    #[arg(long, env = "MEMBRANE_ENDPOINT_LABELS")]
+    pub endpoint_labels: String,
+    /// Static ipcache entries `CIDR=LABELS` (`10.0.0.0/8=k8s:org=empire`); longest prefix wins.
+    #[arg(long = "peer", env = "MEMBRANE_PEER", value_delimiter = ';')]
+    pub peer: Vec<String>,
+    /// Worker threads (1 = one current-thread runtime, as Envoy's `--concurrency 1`).
+    #[arg(long, env = "MEMBRANE_CONCURRENCY", default_value_t = 1)]
+    pub concurrency: usize,
+    /// Admin listener (Envoy-compatible subset).
+    #[arg(long, env = "MEMBRANE_ADMIN", default_value = "127.0.0.1:15000")]
+    pub admin: SocketAddr,
+    /// Prometheus listener (`/stats/prometheus`).
+    #[arg(long, env = "MEMBRANE_METRICS", default_value = "127.0.0.1:15020")]
+    pub metrics: SocketAddr,
+    /// Readiness listener (`/healthz/ready`).
+    #[arg(long, env = "MEMBRANE_HEALTH", default_value = "127.0.0.1:15021")]
+    pub health: SocketAddr,
+    /// Upstream HTTP protocol selection.
+    #[arg(long, env = "MEMBRANE_UPSTREAM_PROTOCOL", value_enum, default_value_t = UpstreamProtocol::Match)]
+    pub upstream_protocol: UpstreamProtocol,
+    /// Write a JSON-lines access log entry per request to stdout.
+    #[arg(long, env = "MEMBRANE_ACCESS_LOG", default_value_t = true, action = clap::ArgAction::Set)]
+    pub access_log: bool,
+    /// Merge repeated slashes in paths (`//a///b` → `/a/b`) before matching and forwarding.
+    #[arg(long, env = "MEMBRANE_MERGE_SLASHES", default_value_t = false, action = clap::ArgAction::Set)]
+    pub merge_slashes: bool,
+    /// Add `x-membrane-denied-by: <policy>` to denials (off: denials leak nothing).
+    #[arg(long, env = "MEMBRANE_DENY_DETAIL_HEADER", default_value_t = false, action = clap::ArgAction::Set)]
+    pub deny_detail_header: bool,
+    /// Time a client has to send the protocol preface and each request head (slowloris bound).
+    #[arg(long, env = "MEMBRANE_HEADER_READ_TIMEOUT", value_parser = parse_duration, default_value = "10s")]
+    pub header_read_timeout: Duration,
+    /// A downstream connection with no request in flight for this long is closed.
+    #[arg(long, env = "MEMBRANE_IDLE_TIMEOUT", value_parser = parse_duration, default_value = "300s")]
+    pub idle_timeout: Duration,
+    /// Maximum size of a request head (request line plus headers), bytes.
+    #[arg(long, env = "MEMBRANE_MAX_HEADER_BYTES", default_value_t = 60 * 1024)]
+    pub max_header_bytes: usize,
+    /// Maximum number of request headers (HTTP/1.1).
+    #[arg(long, env = "MEMBRANE_MAX_HEADERS", default_value_t = 100)]
+    pub max_headers: usize,
+    /// Maximum concurrent HTTP/2 streams per downstream connection.
+    #[arg(long, env = "MEMBRANE_MAX_CONCURRENT_STREAMS", default_value_t = 100)]
+    pub max_concurrent_streams: u32,
+    /// Maximum concurrent downstream connections; more are accepted and closed at once.
+    #[arg(long, env = "MEMBRANE_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// How long draining (SIGTERM) waits for in-flight connections before exiting.
+    #[arg(long, env = "MEMBRANE_DRAIN_TIMEOUT", value_parser = parse_duration, default_value = "5s")]
+    pub drain_timeout: Duration,
+    /// Timeout for connecting to the upstream.
+    #[arg(long, env = "MEMBRANE_CONNECT_TIMEOUT", value_parser = parse_duration, default_value = "1s")]
+    pub connect_timeout: Duration,
+    /// Log filter for diagnostics (stderr), `RUST_LOG` syntax.
+    #[arg(long, env = "MEMBRANE_LOG", default_value = "info")]
+    pub log: String,
+}
+
+/// Parses `250ms`, `10s`, `5m` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (expected e.g. 250ms, 10s, 5m)"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!(
+            "{s:?}: unknown unit {unit:?} (expected ms, s or m)"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("2h").is_err());
+        assert!(parse_duration("x").is_err());
+    }
+
+    #[test]
+    fn standalone_cli_parses() {
+        let cli = Cli::try_parse_from([
+            "membrane-proxy",
+            "standalone",
+            "--listen",
+            "127.0.0.1:1",
+            "--upstream",
+            "127.0.0.1:2",
+            "--policy",
+            "a.yaml",
+            "--policy",
+            "b.yaml",
+            "--endpoint-labels",
+            "k8s:app=backend",
+            "--peer",
+            "10.0.0.0/8=k8s:org=empire",
+            "--concurrency",
+            "2",
+        ])
+        .unwrap();
+        let Command::Standalone(c) = cli.command;
+        assert_eq!(c.policy.len(), 2);
+        assert_eq!(c.peer, vec!["10.0.0.0/8=k8s:org=empire".to_string()]);
+        assert_eq!(c.concurrency, 2);
+        assert_eq!(c.admin.port(), 15000);
+    }
+}

@@ -1,0 +1,162 @@
+//! membrane-proxy: the L7 sidecar. It owns the data path of one pod: accepting downstream
+//! connections, parsing HTTP/1.1 and HTTP/2 strictly, normalizing paths, asking the shared
+//! policy engine (`membrane-policy`) for a verdict per request, forwarding allowed requests
+//! over pooled upstream connections, and the operator endpoints (admin, metrics, readiness).
+//!
+//! It must never decide policy itself (verdicts come only from `membrane-policy`, through
+//! [`policy`]), never forward a request whose framing or path it could not read
+//! unambiguously, and never leak why a request was denied to the client (that goes to the
+//! access log).
+
+pub mod admin;
+pub mod body;
+pub mod config;
+pub mod h1guard;
+pub mod metrics;
+pub mod normalize;
+pub mod policy;
+pub mod server;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::admin::{AdminState, LogControl, Role};
+use crate::config::{Config, UpstreamProtocol};
+use crate::metrics::Metrics;
+use crate::policy::{Enforcer, PolicyHandle};
+use crate::server::{Settings, Shared};
+
+/// Where a started proxy actually listens (ports may have been 0).
+#[derive(Debug, Clone, Copy)]
+pub struct Addrs {
+    /// Downstream listener.
+    pub listen: SocketAddr,
+    /// Admin.
+    pub admin: SocketAddr,
+    /// Prometheus.
+    pub metrics: SocketAddr,
+    /// Readiness.
+    pub health: SocketAddr,
+}
+
+/// A running proxy: its addresses, policy handle, and the means to drain it.
+pub struct Running {
+    /// Bound addresses.
+    pub addrs: Addrs,
+    /// The policy in force; `store` a new snapshot to update it.
+    pub policy: PolicyHandle,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    admin: Arc<AdminState>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Binds every listener and starts serving on the current tokio runtime.
+pub async fn start(
+    cfg: &Config,
+    enforcer: Enforcer,
+    log_control: Option<LogControl>,
+) -> anyhow::Result<Running> {
+    let bind = |a: SocketAddr, what: &'static str| async move {
+        TcpListener::bind(a)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {a} ({what}): {e}"))
+    };
+    let listener = bind(cfg.listen, "--listen").await?;
+    let admin_l = bind(cfg.admin, "--admin").await?;
+    let metrics_l = bind(cfg.metrics, "--metrics").await?;
+    let health_l = bind(cfg.health, "--health").await?;
+    let addrs = Addrs {
+        listen: listener.local_addr()?,
+        admin: admin_l.local_addr()?,
+        metrics: metrics_l.local_addr()?,
+        health: health_l.local_addr()?,
+    };
+    let metrics = Arc::new(Metrics::new());
+    let policy = PolicyHandle::new(enforcer);
+    let settings = Settings {
+        upstream: cfg.upstream,
+        h2_upstream: cfg.upstream_protocol == UpstreamProtocol::Match,
+        access_log: cfg.access_log,
+        merge_slashes: cfg.merge_slashes,
+        deny_detail_header: cfg.deny_detail_header,
+        header_read_timeout: cfg.header_read_timeout,
+        idle_timeout: cfg.idle_timeout,
+        max_header_bytes: cfg.max_header_bytes,
+        max_headers: cfg.max_headers,
+        max_concurrent_streams: cfg.max_concurrent_streams,
+        max_connections: cfg.max_connections,
+    };
+    let shared = Arc::new(Shared::new(
+        settings,
+        policy.clone(),
+        metrics.clone(),
+        cfg.connect_timeout,
+    ));
+    let admin = Arc::new(AdminState {
+        listen: addrs.listen,
+        upstream: cfg.upstream,
+        admin: addrs.admin,
+        concurrency: cfg.concurrency,
+        endpoint_labels: cfg.endpoint_labels.clone(),
+        policy: policy.clone(),
+        metrics: metrics.clone(),
+        ready: Default::default(),
+        log_level: std::sync::Mutex::new(cfg.log.clone()),
+        log_control,
+        started: Instant::now(),
+        started_wall: SystemTime::now(),
+    });
+    let (tx, rx) = watch::channel(false);
+    let tasks = vec![
+        tokio::spawn(server::accept_loop(listener, shared, rx.clone())),
+        tokio::spawn(admin::serve(
+            admin_l,
+            Role::Admin,
+            admin.clone(),
+            rx.clone(),
+        )),
+        tokio::spawn(admin::serve(
+            metrics_l,
+            Role::Metrics,
+            admin.clone(),
+            rx.clone(),
+        )),
+        tokio::spawn(admin::serve(health_l, Role::Health, admin.clone(), rx)),
+    ];
+    admin.ready.store(true, Ordering::Relaxed);
+    tracing::info!(listen = %addrs.listen, upstream = %cfg.upstream, admin = %addrs.admin, "membrane-proxy started");
+    Ok(Running {
+        addrs,
+        policy,
+        metrics,
+        admin,
+        shutdown: tx,
+        tasks,
+    })
+}
+
+impl Running {
+    /// Graceful drain: readiness goes false, listeners close, open connections are asked to
+    /// finish (HTTP/1.1 `Connection: close` after the current response, HTTP/2 GOAWAY); waits
+    /// until they have or `timeout` passes.
+    pub async fn drain(self, timeout: Duration) {
+        self.admin.ready.store(false, Ordering::Relaxed);
+        let _ = self.shutdown.send(true);
+        let deadline = Instant::now() + timeout;
+        while self.metrics.active_connections() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for t in self.tasks {
+            t.abort();
+        }
+    }
+}

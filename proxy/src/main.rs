@@ -1,0 +1,87 @@
+//! `membrane-proxy` binary: parses the config, sets up logging and the runtime, runs until
+//! SIGTERM/SIGINT, then drains.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use membrane_proxy::config::{Cli, Command, Config};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{filter, reload, EnvFilter, Layer};
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let Command::Standalone(cfg) = cli.command;
+
+    // Access log: JSON lines on stdout. Diagnostics: JSON lines on stderr, filter reloadable
+    // from the admin `/logging` endpoint.
+    let diag_filter =
+        EnvFilter::try_new(&cfg.log).with_context(|| format!("--log {:?}", cfg.log))?;
+    let (diag_filter, reload_handle) = reload::Layer::new(diag_filter);
+    let access = tracing_subscriber::fmt::layer()
+        .json()
+        .flatten_event(true)
+        .with_current_span(false)
+        .with_span_list(false)
+        .with_writer(std::io::stdout)
+        .with_filter(filter::Targets::new().with_target("access", tracing::Level::INFO));
+    let diag = tracing_subscriber::fmt::layer()
+        .json()
+        .flatten_event(true)
+        .with_writer(std::io::stderr)
+        .with_filter(filter::filter_fn(|m| m.target() != "access"))
+        .with_filter(diag_filter);
+    tracing_subscriber::registry()
+        .with(access)
+        .with(diag)
+        .init();
+    let log_control: membrane_proxy::admin::LogControl = Arc::new(move |level: &str| {
+        let f = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        reload_handle.reload(f).map_err(|e| e.to_string())
+    });
+
+    let rt = if cfg.concurrency <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(cfg.concurrency)
+            .enable_all()
+            .build()?
+    };
+    rt.block_on(run(*cfg, log_control))
+}
+
+async fn run(cfg: Config, log_control: membrane_proxy::admin::LogControl) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let enforcer = membrane_proxy::policy::load(&cfg)?;
+    let running = membrane_proxy::start(&cfg, enforcer, Some(log_control)).await?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                // Reload: the last good policy stays in force when the new one is rejected.
+                match membrane_proxy::policy::load(&cfg) {
+                    Ok(e) => {
+                        running.policy.store(e);
+                        tracing::info!("policy reloaded");
+                    }
+                    Err(e) => {
+                        running.metrics.policy_reload_failed();
+                        tracing::error!(error = %format!("{e:#}"), "policy reload rejected; previous policy stays in force");
+                    }
+                }
+            }
+        }
+    }
+    tracing::info!("draining");
+    running.drain(cfg.drain_timeout).await;
+    tracing::info!("drained, exiting");
+    Ok(())
+}

@@ -1,0 +1,218 @@
+//! Prometheus metrics (served on `/stats/prometheus`) and the counters `/stats` reads.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// The verdict a request got.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum Verdict {
+    /// Allowed by policy and forwarded.
+    Allowed,
+    /// Denied by policy (403 / gRPC status 7).
+    Denied,
+    /// Rejected before policy: malformed or unnormalizable request (400).
+    Invalid,
+}
+
+/// Labels of `membrane_requests_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// Allowed, denied or invalid.
+    pub verdict: Verdict,
+    /// HTTP status code sent downstream.
+    pub code: u16,
+}
+
+/// All metrics of one proxy process.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: Histogram,
+    connections_active: Gauge,
+    connections_total: Counter,
+    connections_rejected: Counter,
+    upstream_errors: Counter,
+    // Plain mirrors for Envoy-style `/stats`, which wants totals by verdict.
+    allowed: AtomicU64,
+    denied: AtomicU64,
+    invalid: AtomicU64,
+    active: AtomicI64,
+    policy_reload_failures: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric under the `membrane` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("membrane");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "HTTP requests by verdict and response code",
+            requests.clone(),
+        );
+        let latency = Histogram::new(exponential_buckets(0.000_05, 2.0, 18));
+        registry.register(
+            "request_duration_seconds",
+            "Time from request head to response head",
+            latency.clone(),
+        );
+        let connections_active = Gauge::default();
+        registry.register(
+            "downstream_connections_active",
+            "Open downstream connections",
+            connections_active.clone(),
+        );
+        let connections_total = Counter::default();
+        registry.register(
+            "downstream_connections",
+            "Accepted downstream connections",
+            connections_total.clone(),
+        );
+        let connections_rejected = Counter::default();
+        registry.register(
+            "downstream_connections_overflow",
+            "Connections closed because max-connections was reached",
+            connections_rejected.clone(),
+        );
+        let upstream_errors = Counter::default();
+        registry.register(
+            "upstream_errors",
+            "Requests that failed upstream (502/504)",
+            upstream_errors.clone(),
+        );
+        let policy_reload_failures = Counter::default();
+        registry.register(
+            "policy_reload_failures",
+            "Policy updates rejected (the last good policy stays in force)",
+            policy_reload_failures.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            latency,
+            connections_active,
+            connections_total,
+            connections_rejected,
+            upstream_errors,
+            allowed: AtomicU64::new(0),
+            denied: AtomicU64::new(0),
+            invalid: AtomicU64::new(0),
+            active: AtomicI64::new(0),
+            policy_reload_failures,
+        }
+    }
+
+    /// Records a finished request (response head sent).
+    pub fn request(&self, verdict: Verdict, code: u16, elapsed: Duration) {
+        self.requests
+            .get_or_create(&RequestLabels { verdict, code })
+            .inc();
+        self.latency.observe(elapsed.as_secs_f64());
+        match verdict {
+            Verdict::Allowed => &self.allowed,
+            Verdict::Denied => &self.denied,
+            Verdict::Invalid => &self.invalid,
+        }
+        .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A downstream connection was accepted.
+    pub fn connection_opened(&self) {
+        self.connections_total.inc();
+        self.connections_active.inc();
+        self.active.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A downstream connection closed.
+    pub fn connection_closed(&self) {
+        self.connections_active.dec();
+        self.active.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// A connection was refused by the connection limit.
+    pub fn connection_overflow(&self) {
+        self.connections_rejected.inc();
+    }
+
+    /// The upstream could not be reached or failed mid-request.
+    pub fn upstream_error(&self) {
+        self.upstream_errors.inc();
+    }
+
+    /// A policy update was rejected.
+    pub fn policy_reload_failed(&self) {
+        self.policy_reload_failures.inc();
+    }
+
+    /// Open downstream connections now.
+    pub fn active_connections(&self) -> i64 {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Prometheus text exposition.
+    pub fn encode_prometheus(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Envoy `/stats` text format: `name: value` lines, sorted.
+    pub fn encode_envoy_stats(&self) -> String {
+        let rows = [
+            (
+                "http.inbound.downstream_cx_active",
+                self.active.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "http.inbound.downstream_cx_total",
+                self.connections_total.get().to_string(),
+            ),
+            (
+                "http.inbound.downstream_cx_overflow",
+                self.connections_rejected.get().to_string(),
+            ),
+            (
+                "http.inbound.rbac.allowed",
+                self.allowed.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "http.inbound.rbac.denied",
+                self.denied.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "http.inbound.downstream_rq_invalid",
+                self.invalid.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "cluster.inbound.upstream_rq_error",
+                self.upstream_errors.get().to_string(),
+            ),
+            (
+                "membrane.policy_reload_failures",
+                self.policy_reload_failures.get().to_string(),
+            ),
+        ];
+        let mut out = String::new();
+        for (k, v) in rows {
+            out.push_str(k);
+            out.push_str(": ");
+            out.push_str(&v);
+            out.push('\n');
+        }
+        out
+    }
+}

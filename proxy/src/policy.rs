@@ -1,0 +1,294 @@
+//! The one place the proxy meets the policy engine (`membrane-policy`): loading CNP files,
+//! the endpoint's identity, the static ipcache, and per-request HTTP checks. Everything the
+//! transport needs is behind [`Enforcer::check`]; the semantics are the engine's, not ours.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+
+/// The parts of a request a verdict depends on; `path` is normalized and includes the query.
+pub struct RequestView<'a> {
+    /// Method.
+    pub method: &'a str,
+    /// Normalized path plus `?query`, exactly as forwarded.
+    pub path: &'a str,
+    /// `:authority` or `Host`.
+    pub host: Option<&'a str>,
+    /// Request headers.
+    pub headers: &'a HeaderMap,
+}
+
+pub use membrane_policy::http::HeaderAction;
+
+/// The verdict for one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Forward, after applying the header actions.
+    Allow {
+        /// `namespace/name` and rule of the policy that allowed it.
+        decided_by: String,
+        /// Header changes to make before forwarding.
+        header_actions: Vec<HeaderAction>,
+    },
+    /// Answer 403 (or gRPC status 7).
+    Deny {
+        /// Why: the policy and rule, or "no rule matched".
+        decided_by: String,
+    },
+}
+
+/// A verdict with the remote identity it was computed for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked {
+    /// Numeric identity of the peer (ipcache lookup).
+    pub remote_identity: u32,
+    /// The verdict.
+    pub decision: Decision,
+}
+
+type CheckFn = dyn Fn(IpAddr, &RequestView<'_>) -> Checked + Send + Sync;
+
+/// One immutable policy snapshot, as enforced.
+pub struct Enforcer {
+    check: Box<CheckFn>,
+    summary: serde_json::Value,
+}
+
+impl Enforcer {
+    /// An enforcer from a decision function; used by tests of the transport, which need
+    /// verdicts independent of any policy file.
+    pub fn from_fn(
+        summary: serde_json::Value,
+        f: impl Fn(IpAddr, &RequestView<'_>) -> Checked + Send + Sync + 'static,
+    ) -> Self {
+        Enforcer {
+            check: Box::new(f),
+            summary,
+        }
+    }
+
+    /// The verdict for `req` from `peer`.
+    pub fn check(&self, peer: IpAddr, req: &RequestView<'_>) -> Checked {
+        (self.check)(peer, req)
+    }
+
+    /// What `/config_dump` shows about the loaded policy.
+    pub fn summary(&self) -> &serde_json::Value {
+        &self.summary
+    }
+}
+
+/// The current snapshot; swapping it is atomic, and a request loads it exactly once.
+#[derive(Clone)]
+pub struct PolicyHandle(Arc<ArcSwap<Enforcer>>);
+
+impl PolicyHandle {
+    /// Starts with `e` in force.
+    pub fn new(e: Enforcer) -> Self {
+        PolicyHandle(Arc::new(ArcSwap::from_pointee(e)))
+    }
+
+    /// The snapshot in force now.
+    pub fn load(&self) -> Arc<Enforcer> {
+        self.0.load_full()
+    }
+
+    /// Puts `e` in force for every request that starts from now on.
+    pub fn store(&self, e: Enforcer) {
+        self.0.store(Arc::new(e));
+    }
+}
+
+/// Applies header actions to the request about to be forwarded.
+pub fn apply_header_actions(h: &mut HeaderMap, actions: &[HeaderAction]) {
+    for a in actions {
+        match a {
+            HeaderAction::Log { name } => {
+                tracing::info!(target: "access", header = %name, "header mismatch (LOG)")
+            }
+            HeaderAction::Add { name, value } => {
+                if let (Ok(n), Ok(v)) = (
+                    HeaderName::from_bytes(name.as_bytes()),
+                    HeaderValue::from_str(value),
+                ) {
+                    h.append(n, v);
+                }
+            }
+            HeaderAction::Delete { name } => {
+                h.remove(name.as_str());
+            }
+            HeaderAction::Replace { name, value } => {
+                if let (Ok(n), Ok(v)) = (
+                    HeaderName::from_bytes(name.as_bytes()),
+                    HeaderValue::from_str(value),
+                ) {
+                    h.insert(n, v);
+                }
+            }
+        }
+    }
+}
+
+/// Why a policy could not be loaded; the message names the file and, for invalid objects,
+/// the object and field.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("{file}: {source}")]
+    Read {
+        /// Path.
+        file: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The file is not YAML/JSON.
+    #[error(transparent)]
+    Parse(#[from] membrane_policy::load::LoadError),
+    /// Objects in the files are invalid (one line per field error).
+    #[error("{0}")]
+    Invalid(String),
+    /// No policy object in any file.
+    #[error("{0}: no CiliumNetworkPolicy or CiliumClusterwideNetworkPolicy found")]
+    Empty(String),
+    /// `--endpoint-labels` or a `--peer` is malformed.
+    #[error("{what}: {message}")]
+    Arg {
+        /// Which flag and value.
+        what: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// Identity allocation failed.
+    #[error(transparent)]
+    Identity(#[from] membrane_policy::identity::IdentityError),
+}
+
+fn arg_err(what: impl Into<String>, message: impl std::fmt::Display) -> LoadError {
+    LoadError::Arg {
+        what: what.into(),
+        message: message.to_string(),
+    }
+}
+
+/// Parses a `--peer` prefix: a CIDR or a bare address (a host route).
+fn parse_prefix(text: &str) -> Option<ipnet::IpNet> {
+    text.parse::<ipnet::IpNet>()
+        .ok()
+        .or_else(|| text.parse::<IpAddr>().ok().map(ipnet::IpNet::from))
+}
+
+const ENDPOINT_ID: &str = "standalone";
+
+/// Loads the policy files named in `cfg`, resolves the ingress policy of the endpoint with
+/// `--endpoint-labels` on the upstream's port, and builds the static ipcache from `--peer`
+/// plus the policies' CIDR identities. Any invalid object rejects the whole load (so a
+/// reload never puts half a policy in force).
+pub fn load(cfg: &crate::config::Config) -> Result<Enforcer, LoadError> {
+    use membrane_policy::ipcache::IpCache;
+    use membrane_policy::resolve::Endpoint;
+    use membrane_policy::trace::pod_labels;
+    use membrane_policy::{Engine, LabelSet, Proto};
+
+    let mut engine = Engine::default();
+    let mut errors = Vec::new();
+    let mut policies = Vec::new();
+    for path in &cfg.policy {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+            file: file.clone(),
+            source,
+        })?;
+        for obj in membrane_policy::parse_file(&file, &text)? {
+            errors.extend(obj.error_lines());
+            if let Ok(p) = &obj.result {
+                policies.push(obj.describe());
+                engine.apply_policy(p.clone());
+            }
+        }
+    }
+    if !errors.is_empty() {
+        return Err(LoadError::Invalid(errors.join("\n")));
+    }
+    if policies.is_empty() {
+        let files: Vec<String> = cfg.policy.iter().map(|p| p.display().to_string()).collect();
+        return Err(LoadError::Empty(files.join(", ")));
+    }
+    let labels = LabelSet::parse(&cfg.endpoint_labels)
+        .map_err(|e| arg_err(format!("--endpoint-labels {:?}", cfg.endpoint_labels), e))?;
+    let labels = pod_labels(labels);
+    let (identity, _) = engine.upsert_endpoint(
+        ENDPOINT_ID,
+        Endpoint {
+            labels: labels.clone(),
+            named_ports: Default::default(),
+        },
+    )?;
+
+    let mut ipcache = IpCache::new();
+    for (prefix, id) in engine.cidr_identities() {
+        ipcache.insert(*prefix, *id);
+    }
+    let mut peers = Vec::new();
+    for peer in &cfg.peer {
+        let what = || format!("--peer {peer:?}");
+        let (cidr, peer_labels) = peer
+            .split_once('=')
+            .ok_or_else(|| arg_err(what(), "expected CIDR=LABELS"))?;
+        let prefix = parse_prefix(cidr.trim())
+            .ok_or_else(|| arg_err(what(), format!("{cidr:?} is not a CIDR or IP address")))?;
+        let peer_labels = LabelSet::parse(peer_labels).map_err(|e| arg_err(what(), e))?;
+        let (id, _) = engine.ensure_identity(&pod_labels(peer_labels))?;
+        ipcache.insert(prefix, id);
+        peers.push(serde_json::json!({"prefix": prefix.to_string(), "identity": id.0}));
+    }
+    let resolved = engine
+        .resolved(ENDPOINT_ID)
+        .ok_or_else(|| arg_err("--endpoint-labels", "endpoint was not resolved"))?;
+    let port = cfg.upstream.port();
+    let l7 = resolved.ingress.has_http_on(Proto::Tcp, port);
+    let summary = serde_json::json!({
+        "endpoint_labels": labels.to_string(),
+        "endpoint_identity": identity.0,
+        "port": port,
+        "l7": l7,
+        "policies": policies,
+        "ipcache": ipcache.entries().map(|(p, id)| serde_json::json!({"prefix": p.to_string(), "identity": id.0})).collect::<Vec<_>>(),
+        "peers": peers,
+    });
+    let check_ipcache = ipcache.clone();
+    let check = move |ip: IpAddr, req: &RequestView<'_>| {
+        let remote = check_ipcache.lookup(ip);
+        let conn = resolved.ingress.connection(remote, Proto::Tcp, port);
+        let dec = conn.check_http(&membrane_policy::http::HttpRequest {
+            method: req.method,
+            path: req.path,
+            host: req.host,
+            headers: req.headers,
+        });
+        let by = match (dec.decided_by, dec.http_rule) {
+            (Some(e), Some(i)) => format!("{} http[{i}]", e.origin),
+            (Some(e), None) => e.origin.to_string(),
+            (None, _) if dec.verdict == membrane_policy::Verdict::Denied => {
+                "no rule allows this request (default deny)".to_owned()
+            }
+            (None, _) => "not enforced".to_owned(),
+        };
+        let decision = match dec.verdict {
+            membrane_policy::Verdict::Allowed => Decision::Allow {
+                decided_by: by,
+                header_actions: dec.header_actions,
+            },
+            membrane_policy::Verdict::Denied => Decision::Deny { decided_by: by },
+        };
+        Checked {
+            remote_identity: remote.0,
+            decision,
+        }
+    };
+    Ok(Enforcer {
+        check: Box::new(check),
+        summary,
+    })
+}

@@ -1,0 +1,620 @@
+//! Downstream side: accept loop, protocol sniffing, per-connection limits, and the request
+//! pipeline (validate → normalize → enforce → forward).
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+
+use crate::body::{full, ResponseBody, WatchedBody};
+use crate::h1guard::H1Guard;
+use crate::metrics::{Metrics, Verdict};
+use crate::normalize::normalize_path;
+use crate::policy::{Decision, PolicyHandle, RequestView};
+use crate::upstream::Upstreams;
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Listener settings, resolved from the `Config`.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Upstream address (its port is the policy port).
+    pub upstream: SocketAddr,
+    /// Forward HTTP/2 as HTTP/2 (else always HTTP/1.1 upstream).
+    pub h2_upstream: bool,
+    /// Emit access-log entries.
+    pub access_log: bool,
+    /// Merge `//` in paths.
+    pub merge_slashes: bool,
+    /// Add a header naming the deciding policy to denials.
+    pub deny_detail_header: bool,
+    /// Slowloris bound on preface and request heads.
+    pub header_read_timeout: Duration,
+    /// Close connections idle this long.
+    pub idle_timeout: Duration,
+    /// Maximum request-head bytes.
+    pub max_header_bytes: usize,
+    /// Maximum request headers (HTTP/1.1).
+    pub max_headers: usize,
+    /// Maximum concurrent HTTP/2 streams per connection.
+    pub max_concurrent_streams: u32,
+    /// Maximum concurrent downstream connections.
+    pub max_connections: usize,
+}
+
+/// State shared by every connection of one listener.
+pub struct Shared {
+    /// Settings.
+    pub settings: Settings,
+    /// Current policy (swapped atomically; each request loads it once).
+    pub policy: PolicyHandle,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    upstreams: Upstreams,
+    connections: Arc<Semaphore>,
+}
+
+impl Shared {
+    /// Builds the listener state; upstream clients are created here (no I/O yet).
+    pub fn new(
+        settings: Settings,
+        policy: PolicyHandle,
+        metrics: Arc<Metrics>,
+        connect_timeout: Duration,
+    ) -> Self {
+        let upstreams = Upstreams::new(settings.upstream, connect_timeout);
+        let connections = Arc::new(Semaphore::new(settings.max_connections));
+        Shared {
+            settings,
+            policy,
+            metrics,
+            upstreams,
+            connections,
+        }
+    }
+}
+
+/// Accepts until `shutdown` turns true; each connection gets its own task.
+pub async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.wait_for(|s| *s) => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
+            shared.metrics.connection_overflow();
+            tracing::debug!(%peer, "max connections reached, closing");
+            drop(stream);
+            continue;
+        };
+        let shared = shared.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            shared.metrics.connection_opened();
+            serve_connection(stream, peer, &shared, shutdown).await;
+            shared.metrics.connection_closed();
+            drop(permit);
+        });
+    }
+}
+
+/// Per-connection bookkeeping for the idle timeout.
+struct ConnState {
+    peer: SocketAddr,
+    in_flight: AtomicUsize,
+    started: AtomicU64,
+}
+
+struct InFlight<'a>(&'a ConnState);
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn sniff(stream: &mut TcpStream) -> std::io::Result<Option<Bytes>> {
+    let mut buf = BytesMut::with_capacity(H2_PREFACE.len());
+    while buf.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&buf) {
+        if stream.read_buf(&mut buf).await? == 0 {
+            return Ok(None);
+        }
+    }
+    Ok(Some(buf.freeze()))
+}
+
+async fn serve_connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    shared: &Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let s = &shared.settings;
+    let prefix = match tokio::time::timeout(s.header_read_timeout, sniff(&mut stream)).await {
+        Ok(Ok(Some(p))) => p,
+        Ok(Ok(None)) | Ok(Err(_)) => return,
+        Err(_) => {
+            tracing::debug!(%peer, "no request within header read timeout");
+            return;
+        }
+    };
+    let is_h2 = prefix.starts_with(H2_PREFACE);
+    let state = Arc::new(ConnState {
+        peer,
+        in_flight: AtomicUsize::new(0),
+        started: AtomicU64::new(0),
+    });
+    let svc = {
+        let shared = shared.clone();
+        let state = state.clone();
+        service_fn(move |req| {
+            let shared = shared.clone();
+            let state = state.clone();
+            async move { Ok::<_, Infallible>(handle(&shared, &state, req).await) }
+        })
+    };
+
+    let mut idle = tokio::time::interval(s.idle_timeout);
+    idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    idle.tick().await;
+    let mut seen = 0u64;
+    let mut draining = false;
+
+    macro_rules! drive {
+        ($conn:expr) => {{
+            let mut conn = std::pin::pin!($conn);
+            loop {
+                tokio::select! {
+                    r = conn.as_mut() => {
+                        if let Err(e) = r {
+                            tracing::debug!(%peer, error = %e, "connection ended with error");
+                        }
+                        break;
+                    }
+                    _ = shutdown.wait_for(|s| *s), if !draining => {
+                        draining = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                    _ = idle.tick(), if !draining => {
+                        let now = state.started.load(Ordering::Relaxed);
+                        if now == seen && state.in_flight.load(Ordering::Relaxed) == 0 {
+                            tracing::debug!(%peer, "idle timeout");
+                            draining = true;
+                            conn.as_mut().graceful_shutdown();
+                        }
+                        seen = now;
+                    }
+                }
+            }
+        }};
+    }
+
+    if is_h2 {
+        let io = TokioIo::new(H1Guard::passthrough(stream, prefix));
+        let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        b.timer(TokioTimer::new())
+            .max_concurrent_streams(s.max_concurrent_streams)
+            .max_header_list_size(u32::try_from(s.max_header_bytes).unwrap_or(u32::MAX));
+        drive!(b.serve_connection(io, svc));
+    } else {
+        let io = TokioIo::new(H1Guard::new(stream, prefix, s.max_header_bytes));
+        let mut b = hyper::server::conn::http1::Builder::new();
+        b.timer(TokioTimer::new())
+            .header_read_timeout(s.header_read_timeout)
+            .max_header_size(s.max_header_bytes)
+            .max_headers(s.max_headers)
+            .max_buf_size(s.max_header_bytes.max(8192) + 8192);
+        drive!(b.serve_connection(io, svc).with_upgrades());
+    }
+}
+
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+fn local_reply(
+    status: StatusCode,
+    grpc: bool,
+    deny_detail: Option<&str>,
+) -> Response<ResponseBody> {
+    if grpc && status == StatusCode::FORBIDDEN {
+        // Trailers-only response: status in the headers of the only HEADERS frame.
+        let mut r = Response::new(full(Bytes::new()));
+        let h = r.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        h.insert("grpc-status", HeaderValue::from_static("7"));
+        h.insert("grpc-message", HeaderValue::from_static("Access denied"));
+        if let Some(d) = deny_detail.and_then(|d| HeaderValue::from_str(d).ok()) {
+            h.insert("x-membrane-denied-by", d);
+        }
+        return r;
+    }
+    let body: &'static [u8] = match status {
+        StatusCode::FORBIDDEN => b"Access denied\r\n",
+        StatusCode::BAD_REQUEST => b"Bad request\r\n",
+        StatusCode::METHOD_NOT_ALLOWED => b"Method not allowed\r\n",
+        StatusCode::SERVICE_UNAVAILABLE => b"Upstream unavailable\r\n",
+        _ => b"Upstream error\r\n",
+    };
+    let mut r = Response::new(full(Bytes::from_static(body)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    if let Some(d) = deny_detail.and_then(|d| HeaderValue::from_str(d).ok()) {
+        r.headers_mut().insert("x-membrane-denied-by", d);
+    }
+    r
+}
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1), keeping `te: trailers` (gRPC) and, for an
+/// upgrade, `connection: upgrade` + `upgrade`.
+fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+    let listed: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .filter(|n| !(keep_upgrade && n == header::UPGRADE))
+        .collect();
+    for n in listed {
+        h.remove(n);
+    }
+    for n in ["keep-alive", "proxy-connection", "transfer-encoding"] {
+        h.remove(n);
+    }
+    if keep_upgrade {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        h.remove(header::CONNECTION);
+        h.remove(header::UPGRADE);
+    }
+    let te_trailers = h
+        .get_all(header::TE)
+        .iter()
+        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    h.remove(header::TE);
+    if te_trailers {
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+fn wants_upgrade(req: &Request<Incoming>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+struct AccessEntry<'a> {
+    kind: &'static str,
+    peer: SocketAddr,
+    src_identity: u32,
+    method: &'a str,
+    path: &'a str,
+    host: &'a str,
+    status: u16,
+    decided_by: &'a str,
+    started: Instant,
+}
+
+fn access_log(e: &AccessEntry<'_>) {
+    tracing::info!(
+        target: "access",
+        r#type = e.kind,
+        src = %e.peer,
+        src_identity = e.src_identity,
+        method = e.method,
+        path = e.path,
+        host = e.host,
+        status = e.status,
+        decided_by = e.decided_by,
+        duration_us = e.started.elapsed().as_micros() as u64,
+    );
+}
+
+async fn handle(
+    shared: &Shared,
+    conn: &ConnState,
+    mut req: Request<Incoming>,
+) -> Response<ResponseBody> {
+    let started = Instant::now();
+    conn.started.fetch_add(1, Ordering::Relaxed);
+    conn.in_flight.fetch_add(1, Ordering::Relaxed);
+    let _in_flight = InFlight(conn);
+    let s = &shared.settings;
+    let grpc = is_grpc(req.headers());
+    let is_h2 = req.version() == Version::HTTP_2;
+
+    // The authority the client addressed: :authority for HTTP/2, Host for HTTP/1.1.
+    let host: Option<String> = if is_h2 {
+        req.uri().authority().map(|a| a.as_str().to_owned())
+    } else {
+        req.headers()
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+
+    let reject = |status: StatusCode,
+                  verdict: Verdict,
+                  why: &str,
+                  req: &Request<Incoming>,
+                  identity: u32| {
+        tracing::debug!(peer = %conn.peer, reason = why, "rejecting request");
+        let mut r = local_reply(status, grpc, None);
+        if !is_h2 && status == StatusCode::BAD_REQUEST {
+            // The client's framing or target was unreadable: do not trust the rest of its stream.
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        shared
+            .metrics
+            .request(verdict, status.as_u16(), started.elapsed());
+        if s.access_log {
+            access_log(&AccessEntry {
+                kind: "Denied",
+                peer: conn.peer,
+                src_identity: identity,
+                method: req.method().as_str(),
+                path: req.uri().path(),
+                host: host.as_deref().unwrap_or(""),
+                status: status.as_u16(),
+                decided_by: why,
+                started,
+            });
+        }
+        r
+    };
+
+    if req.method() == Method::CONNECT {
+        return reject(
+            StatusCode::METHOD_NOT_ALLOWED,
+            Verdict::Invalid,
+            "CONNECT",
+            &req,
+            0,
+        );
+    }
+    // HTTP/1.1 requires exactly one Host (RFC 9112 §3.2).
+    if req.version() == Version::HTTP_11 && req.headers().get_all(header::HOST).iter().count() != 1
+    {
+        return reject(
+            StatusCode::BAD_REQUEST,
+            Verdict::Invalid,
+            "missing or repeated Host",
+            &req,
+            0,
+        );
+    }
+    let path = match normalize_path(req.uri().path(), s.merge_slashes) {
+        Ok(p) => p.into_owned(),
+        Err(e) => {
+            return reject(
+                StatusCode::BAD_REQUEST,
+                Verdict::Invalid,
+                &e.to_string(),
+                &req,
+                0,
+            )
+        }
+    };
+    let path_and_query = match req.uri().query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+
+    // One policy snapshot for the whole request.
+    let policy = shared.policy.load();
+    let decision = policy.check(
+        peer_ip(conn.peer),
+        &RequestView {
+            method: req.method().as_str(),
+            path: &path_and_query,
+            host: host.as_deref(),
+            headers: req.headers(),
+        },
+    );
+    let src_identity = decision.remote_identity;
+    let (allowed_by, header_actions) = match decision.decision {
+        Decision::Deny { decided_by } => {
+            let detail = s.deny_detail_header.then_some(decided_by.as_str());
+            let r = local_reply(StatusCode::FORBIDDEN, grpc, detail);
+            shared
+                .metrics
+                .request(Verdict::Denied, 403, started.elapsed());
+            if s.access_log {
+                access_log(&AccessEntry {
+                    kind: "Denied",
+                    peer: conn.peer,
+                    src_identity,
+                    method: req.method().as_str(),
+                    path: &path_and_query,
+                    host: host.as_deref().unwrap_or(""),
+                    status: 403,
+                    decided_by: &decided_by,
+                    started,
+                });
+            }
+            return r;
+        }
+        Decision::Allow {
+            decided_by,
+            header_actions,
+        } => (decided_by, header_actions),
+    };
+    drop(policy);
+
+    // Rewrite the target: original authority (the connector dials the upstream regardless).
+    let authority = host
+        .as_deref()
+        .filter(|h| h.parse::<http::uri::Authority>().is_ok())
+        .map(str::to_owned)
+        .unwrap_or_else(|| s.upstream.to_string());
+    let uri = match Uri::builder()
+        .scheme("http")
+        .authority(authority)
+        .path_and_query(path_and_query.as_str())
+        .build()
+    {
+        Ok(u) => u,
+        Err(_) => {
+            return reject(
+                StatusCode::BAD_REQUEST,
+                Verdict::Invalid,
+                "unforwardable target",
+                &req,
+                src_identity,
+            )
+        }
+    };
+    let upgrade = wants_upgrade(&req);
+    let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    let method = parts.method.to_string();
+    parts.uri = uri;
+    strip_hop_by_hop(&mut parts.headers, upgrade);
+    crate::policy::apply_header_actions(&mut parts.headers, &header_actions);
+    let use_h2 = is_h2 && s.h2_upstream;
+    parts.version = if use_h2 {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
+    if use_h2 {
+        parts.headers.remove(header::HOST);
+    }
+    let body_failed = Arc::new(AtomicBool::new(false));
+    let body = if upgrade {
+        WatchedBody::empty()
+    } else {
+        WatchedBody::new(body, body_failed.clone())
+    };
+    let upstream_req = Request::from_parts(parts, body);
+    let client = if use_h2 {
+        &shared.upstreams.http2
+    } else {
+        &shared.upstreams.http1
+    };
+
+    if s.access_log {
+        access_log(&AccessEntry {
+            kind: "Request",
+            peer: conn.peer,
+            src_identity,
+            method: &method,
+            path: &path_and_query,
+            host: host.as_deref().unwrap_or(""),
+            status: 0,
+            decided_by: "",
+            started,
+        });
+    }
+    let mut resp = match client.request(upstream_req).await {
+        Ok(r) => r,
+        Err(e) => {
+            let status = if body_failed.load(Ordering::Relaxed) {
+                StatusCode::BAD_REQUEST
+            } else if e.is_connect() {
+                shared.metrics.upstream_error();
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                shared.metrics.upstream_error();
+                StatusCode::BAD_GATEWAY
+            };
+            tracing::debug!(peer = %conn.peer, error = %e, "upstream request failed");
+            let verdict = if status == StatusCode::BAD_REQUEST {
+                Verdict::Invalid
+            } else {
+                Verdict::Allowed
+            };
+            shared
+                .metrics
+                .request(verdict, status.as_u16(), started.elapsed());
+            let mut r = local_reply(status, grpc, None);
+            if !is_h2 && status == StatusCode::BAD_REQUEST {
+                r.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            return r;
+        }
+    };
+
+    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if switching {
+        if let Some(down) = downstream_upgrade {
+            let up = hyper::upgrade::on(&mut resp);
+            tokio::spawn(async move {
+                match tokio::try_join!(down, up) {
+                    Ok((d, u)) => {
+                        let mut d = TokioIo::new(d);
+                        let mut u = TokioIo::new(u);
+                        let _ = tokio::io::copy_bidirectional(&mut d, &mut u).await;
+                    }
+                    Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+                }
+            });
+        }
+    }
+    strip_hop_by_hop(resp.headers_mut(), switching);
+    let status = resp.status().as_u16();
+    shared
+        .metrics
+        .request(Verdict::Allowed, status, started.elapsed());
+    if s.access_log {
+        access_log(&AccessEntry {
+            kind: "Response",
+            peer: conn.peer,
+            src_identity,
+            method: &method,
+            path: &path_and_query,
+            host: host.as_deref().unwrap_or(""),
+            status,
+            decided_by: &allowed_by,
+            started,
+        });
+    }
+    resp.map(http_body_util::Either::Left)
+}
+
+/// The IP a connection's identity is looked up by.
+pub fn peer_ip(peer: SocketAddr) -> IpAddr {
+    match peer.ip() {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        ip => ip,
+    }
+}

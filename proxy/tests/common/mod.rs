@@ -1,0 +1,251 @@
+//! Shared harness: an in-test hyper backend, an in-process proxy on ephemeral ports, and
+//! helpers to drive real clients (curl, h2load) and raw sockets against it.
+#![allow(dead_code, missing_docs)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use clap::Parser;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use membrane_proxy::config::{Cli, Command, Config};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+pub const TEST_POLICY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/cnp-l7-test.yaml");
+
+/// The test policy with its port set to `port`, written to a fresh temp file.
+pub fn policy_file(port: u16) -> std::path::PathBuf {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let text = std::fs::read_to_string(TEST_POLICY)
+        .unwrap()
+        .replace("PORT", &port.to_string());
+    let path = std::env::temp_dir().join(format!(
+        "membrane-proxy-test-{}-{}.yaml",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+type BoxBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+/// The backend echoes what it received in `x-seen-*` headers and the body. A request with
+/// `content-type: application/grpc` gets the body back followed by trailers
+/// `grpc-status: 0`, `x-trailer: seen`. `Upgrade: echo` switches protocol and echoes bytes.
+async fn backend_handle(mut req: Request<Incoming>) -> Result<Response<BoxBody>, Infallible> {
+    let mut h = HeaderMap::new();
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
+    h.insert("x-seen-path", HeaderValue::from_str(&pq).unwrap());
+    h.insert(
+        "x-seen-method",
+        HeaderValue::from_str(req.method().as_str()).unwrap(),
+    );
+    h.insert(
+        "x-seen-version",
+        HeaderValue::from_str(&format!("{:?}", req.version())).unwrap(),
+    );
+    let host = req
+        .headers()
+        .get("host")
+        .map(|v| v.to_str().unwrap_or("").to_owned())
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+        .unwrap_or_default();
+    h.insert("x-seen-host", HeaderValue::from_str(&host).unwrap());
+    for name in ["x-added", "x-replaced", "te", "connection", "x-hop"] {
+        if let Some(v) = req.headers().get(name) {
+            h.insert(
+                http::HeaderName::from_bytes(format!("x-seen-{name}").as_bytes()).unwrap(),
+                v.clone(),
+            );
+        }
+    }
+    if req.headers().get("upgrade").is_some_and(|v| v == "echo") {
+        let on = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(up) = on.await {
+                let mut io = TokioIo::new(up);
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = io.read(&mut buf).await {
+                    if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        let mut r = Response::new(Full::new(Bytes::new()).boxed());
+        *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        r.headers_mut()
+            .insert("upgrade", HeaderValue::from_static("echo"));
+        r.headers_mut()
+            .insert("connection", HeaderValue::from_static("upgrade"));
+        return Ok(r);
+    }
+    let grpc = req
+        .headers()
+        .get("content-type")
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    let mut r = if grpc {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+        trailers.insert("x-trailer", HeaderValue::from_static("seen"));
+        let mut r = Response::new(
+            WithTrailers {
+                data: Some(body),
+                trailers: Some(trailers),
+            }
+            .boxed(),
+        );
+        r.headers_mut()
+            .insert("content-type", HeaderValue::from_static("application/grpc"));
+        r
+    } else {
+        Response::new(Full::new(body).boxed())
+    };
+    r.headers_mut().extend(h);
+    Ok(r)
+}
+
+/// Data then trailers: what a unary gRPC response looks like on the wire.
+struct WithTrailers {
+    data: Option<Bytes>,
+    trailers: Option<HeaderMap>,
+}
+
+impl hyper::body::Body for WithTrailers {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if let Some(d) = self.data.take() {
+            return std::task::Poll::Ready(Some(Ok(Frame::data(d))));
+        }
+        std::task::Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))))
+    }
+}
+
+pub async fn start_backend() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let _ = b
+                    .serve_connection_with_upgrades(TokioIo::new(s), service_fn(backend_handle))
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+pub struct Proxy {
+    pub running: membrane_proxy::Running,
+    pub backend: SocketAddr,
+}
+
+impl Proxy {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.running.addrs.listen, path)
+    }
+    pub fn addr(&self) -> SocketAddr {
+        self.running.addrs.listen
+    }
+}
+
+/// A `standalone` config for `backend` with ephemeral listeners plus `extra` flags.
+pub fn config(backend: SocketAddr, extra: &[&str]) -> Config {
+    let policy = policy_file(backend.port()).display().to_string();
+    let backend = backend.to_string();
+    let mut args = vec![
+        "membrane-proxy",
+        "standalone",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+        "--metrics",
+        "127.0.0.1:0",
+        "--health",
+        "127.0.0.1:0",
+        "--upstream",
+        &backend,
+        "--policy",
+        &policy,
+        "--endpoint-labels",
+        "k8s:app=backend",
+        "--access-log",
+        "false",
+    ];
+    args.extend_from_slice(extra);
+    let Command::Standalone(c) = Cli::try_parse_from(args).unwrap().command;
+    *c
+}
+
+pub async fn start_proxy_with(extra: &[&str]) -> Proxy {
+    let backend = start_backend().await;
+    let cfg = config(backend, extra);
+    let enforcer = membrane_proxy::policy::load(&cfg).expect("test policy loads");
+    let running = membrane_proxy::start(&cfg, enforcer, None).await.unwrap();
+    Proxy { running, backend }
+}
+
+pub async fn start_proxy() -> Proxy {
+    start_proxy_with(&[]).await
+}
+
+/// Runs curl with `args`; returns (status code, response headers, body).
+pub async fn curl(args: &[&str]) -> (u16, String, String) {
+    let out = tokio::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            "-D",
+            "/dev/stderr",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+        ])
+        .args(args)
+        .output()
+        .await
+        .expect("curl runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = stdout.rsplit_once('\n').unwrap_or(("", &stdout));
+    let headers = String::from_utf8_lossy(&out.stderr).to_lowercase();
+    (code.trim().parse().unwrap_or(0), headers, body.to_owned())
+}
+
+/// Sends raw bytes and reads until the proxy closes or `wait` passes; returns what came back.
+pub async fn raw(addr: SocketAddr, bytes: &[u8], wait: Duration) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(wait, s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
