@@ -809,10 +809,9 @@ impl Cx {
                 peers.push(Peer::Unresolved(format!("toFQDNs {name}")));
             }
         }
-        let wildcard_peers = present.is_empty() && f.requires.is_none_or(|r| r.is_empty());
-        // fromRequires alone (no peers) selects nobody on its own; with no L3 at all the
-        // element applies to every peer.
-        let wildcard_peers = wildcard_peers || (present.is_empty() && f.requires.is_some());
+        // An element that names no L3 peer but does name ports (or ICMP types) applies to
+        // every peer; one that names neither, like `ingress: [{}]`, selects nobody.
+        let wildcard_peers = present.is_empty() && (port_count > 0 || icmp_count > 0);
 
         let mut l4 = Vec::new();
         match ports {

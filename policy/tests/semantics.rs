@@ -1,0 +1,809 @@
+//! Table-driven tests of Cilium's policy semantics, written from Cilium's documentation:
+//! each case is a set of policies, a flow, and the verdict (and deciding rule) Cilium gives.
+
+use membrane_policy::labels::LabelSet;
+use membrane_policy::load::parse_file;
+use membrane_policy::rule::{CompiledPolicy, Proto};
+use membrane_policy::trace::{trace, TraceHttp, TraceRequest, TraceResult};
+use std::sync::Arc;
+
+fn policies(texts: &[&str]) -> Vec<Arc<CompiledPolicy>> {
+    texts
+        .iter()
+        .enumerate()
+        .flat_map(|(i, t)| {
+            parse_file(&format!("case{i}.yaml"), t)
+                .unwrap()
+                .into_iter()
+                .map(move |o| {
+                    o.result
+                        .unwrap_or_else(|e| panic!("policy {i} invalid: {e:?}"))
+                })
+        })
+        .collect()
+}
+
+struct Flow<'a> {
+    src: &'a str,
+    dst: &'a str,
+    port: u16,
+    proto: Proto,
+    src_ip: Option<&'a str>,
+    dst_ip: Option<&'a str>,
+    http: Option<(&'a str, &'a str)>,
+    host: Option<&'a str>,
+    headers: &'a [(&'a str, &'a str)],
+    named: &'a [(&'a str, u16)],
+}
+
+fn flow<'a>(src: &'a str, dst: &'a str, port: u16) -> Flow<'a> {
+    Flow {
+        src,
+        dst,
+        port,
+        proto: Proto::Tcp,
+        src_ip: None,
+        dst_ip: None,
+        http: None,
+        host: None,
+        headers: &[],
+        named: &[],
+    }
+}
+
+fn run(p: &[Arc<CompiledPolicy>], f: &Flow<'_>) -> TraceResult {
+    let req = TraceRequest {
+        src: LabelSet::parse(f.src).unwrap(),
+        dst: LabelSet::parse(f.dst).unwrap(),
+        src_ip: f.src_ip.map(|s| s.parse().unwrap()),
+        dst_ip: f.dst_ip.map(|s| s.parse().unwrap()),
+        dport: f.port,
+        proto: f.proto,
+        named_ports: f
+            .named
+            .iter()
+            .map(|(n, p)| (n.to_string(), [*p].into_iter().collect()))
+            .collect(),
+        http: f.http.map(|(m, path)| TraceHttp {
+            method: m.into(),
+            path: path.into(),
+            host: f.host.map(Into::into),
+            headers: f
+                .headers
+                .iter()
+                .map(|(n, v)| (n.to_ascii_lowercase(), v.to_string()))
+                .collect(),
+        }),
+    };
+    trace(p, &req).unwrap()
+}
+
+const DEATHSTAR: &str = "k8s:org=empire,k8s:class=deathstar";
+const TIEFIGHTER: &str = "k8s:org=empire,k8s:class=tiefighter";
+const XWING: &str = "k8s:org=alliance,k8s:class=xwing";
+
+const SW_L3L4: &str = include_str!("../../manifests/examples/starwars/sw_l3_l4_policy.yaml");
+const SW_L7: &str = include_str!("../../manifests/examples/starwars/sw_l3_l4_l7_policy.yaml");
+const SW_CIDR: &str = include_str!("../../manifests/examples/starwars/sw_egress_cidr_except.yaml");
+
+/// (case name, verdict, deciding "policy rule" or "" for none)
+fn check(name: &str, r: &TraceResult, verdict: &str, decided: &str) {
+    assert_eq!(r.verdict, verdict, "{name}: verdict\n{}", r.explanation);
+    let got = r
+        .decided_by
+        .as_ref()
+        .map(|d| format!("{} {}", d.policy, d.rule))
+        .unwrap_or_default();
+    assert_eq!(got, decided, "{name}: decided_by\n{}", r.explanation);
+}
+
+#[test]
+fn star_wars() {
+    let none = policies(&[]);
+    let l3 = policies(&[SW_L3L4]);
+    let l7 = policies(&[SW_L7]);
+    let post = Flow {
+        http: Some(("POST", "/v1/request-landing")),
+        ..flow(TIEFIGHTER, DEATHSTAR, 80)
+    };
+    let put = Flow {
+        http: Some(("PUT", "/v1/exhaust-port")),
+        ..flow(TIEFIGHTER, DEATHSTAR, 80)
+    };
+    let xwing_post = Flow {
+        http: Some(("POST", "/v1/request-landing")),
+        ..flow(XWING, DEATHSTAR, 80)
+    };
+    let cases: Vec<(&str, &[Arc<CompiledPolicy>], Flow, &str, &str)> = vec![
+        (
+            "no policy: tiefighter lands",
+            &none,
+            flow(TIEFIGHTER, DEATHSTAR, 80),
+            "allowed",
+            "",
+        ),
+        (
+            "no policy: xwing lands",
+            &none,
+            flow(XWING, DEATHSTAR, 80),
+            "allowed",
+            "",
+        ),
+        (
+            "L3/L4: tiefighter allowed",
+            &l3,
+            flow(TIEFIGHTER, DEATHSTAR, 80),
+            "allowed",
+            "default/rule1 spec.ingress[0]",
+        ),
+        (
+            "L3/L4: xwing denied",
+            &l3,
+            flow(XWING, DEATHSTAR, 80),
+            "denied",
+            "",
+        ),
+        (
+            "L3/L4: other port denied",
+            &l3,
+            flow(TIEFIGHTER, DEATHSTAR, 81),
+            "denied",
+            "",
+        ),
+        (
+            "L3/L4: UDP 80 denied",
+            &l3,
+            Flow {
+                proto: Proto::Udp,
+                ..flow(TIEFIGHTER, DEATHSTAR, 80)
+            },
+            "denied",
+            "",
+        ),
+        (
+            "L3/L4: any HTTP passes",
+            &l3,
+            Flow {
+                http: Some(("PUT", "/v1/exhaust-port")),
+                ..flow(TIEFIGHTER, DEATHSTAR, 80)
+            },
+            "allowed",
+            "default/rule1 spec.ingress[0]",
+        ),
+        (
+            "L3/L4: egress of the deathstar is not under policy",
+            &l3,
+            flow(DEATHSTAR, XWING, 80),
+            "allowed",
+            "",
+        ),
+        (
+            "L7: landing request allowed",
+            &l7,
+            post,
+            "allowed",
+            "default/rule1 spec.ingress[0]",
+        ),
+        (
+            "L7: exhaust port denied",
+            &l7,
+            put,
+            "denied",
+            "default/rule1 spec.ingress[0]",
+        ),
+        (
+            "L7: xwing still dropped at L3",
+            &l7,
+            xwing_post,
+            "denied",
+            "",
+        ),
+        (
+            "L7: path regex matches whole path only",
+            &l7,
+            Flow {
+                http: Some(("POST", "/v1/request-landing/../exhaust-port")),
+                ..flow(TIEFIGHTER, DEATHSTAR, 80)
+            },
+            "denied",
+            "default/rule1 spec.ingress[0]",
+        ),
+    ];
+    for (name, p, f, v, d) in cases {
+        check(name, &run(p, &f), v, d);
+    }
+    let r = run(
+        &l7,
+        &Flow {
+            http: Some(("PUT", "/v1/exhaust-port")),
+            ..flow(TIEFIGHTER, DEATHSTAR, 80)
+        },
+    );
+    let d = r.decided_by.unwrap();
+    assert_eq!(
+        (d.kind.as_str(), d.rule_index, d.direction.as_str()),
+        ("CiliumNetworkPolicy", 0, "ingress")
+    );
+}
+
+#[test]
+fn cidr_with_except() {
+    let p = policies(&[SW_CIDR]);
+    let world = "reserved:world";
+    let to = |ip: &'static str, port| Flow {
+        dst_ip: Some(ip),
+        ..flow(XWING, world, port)
+    };
+    check(
+        "inside cidr",
+        &run(&p, &to("10.1.2.3", 443)),
+        "allowed",
+        "default/xwing-egress spec.egress[0]",
+    );
+    check(
+        "edge of cidr",
+        &run(&p, &to("10.255.255.255", 443)),
+        "allowed",
+        "default/xwing-egress spec.egress[0]",
+    );
+    check("in except", &run(&p, &to("10.96.0.1", 443)), "denied", "");
+    check(
+        "end of except",
+        &run(&p, &to("10.111.255.255", 443)),
+        "denied",
+        "",
+    );
+    check(
+        "after except",
+        &run(&p, &to("10.112.0.1", 443)),
+        "allowed",
+        "default/xwing-egress spec.egress[0]",
+    );
+    check(
+        "outside cidr",
+        &run(&p, &to("192.168.1.1", 443)),
+        "denied",
+        "",
+    );
+    check("wrong port", &run(&p, &to("10.1.2.3", 80)), "denied", "");
+    // A pod's address is its pod identity, never a CIDR identity.
+    check(
+        "pods are not selected by CIDR",
+        &run(&p, &flow(XWING, DEATHSTAR, 443)),
+        "denied",
+        "",
+    );
+}
+
+const ALLOW_ALL_80: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: allow-all}
+spec:
+  endpointSelector: {matchLabels: {class: deathstar}}
+  ingress:
+  - fromEntities: [all]
+    toPorts: [{ports: [{port: "80", protocol: TCP}]}]
+"#;
+
+const DENY_XWING: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: deny-xwing}
+spec:
+  endpointSelector: {matchLabels: {class: deathstar}}
+  ingressDeny:
+  - fromEndpoints: [{matchLabels: {class: xwing}}]
+"#;
+
+#[test]
+fn deny_beats_allow() {
+    let p = policies(&[ALLOW_ALL_80, DENY_XWING]);
+    check(
+        "xwing denied by deny rule",
+        &run(&p, &flow(XWING, DEATHSTAR, 80)),
+        "denied",
+        "default/deny-xwing spec.ingressDeny[0]",
+    );
+    check(
+        "tiefighter allowed",
+        &run(&p, &flow(TIEFIGHTER, DEATHSTAR, 80)),
+        "allowed",
+        "default/allow-all spec.ingress[0]",
+    );
+    // Deny rules alone put the endpoint into default deny, as in Cilium.
+    let only_deny = policies(&[DENY_XWING]);
+    check(
+        "deny-only policy default-denies others",
+        &run(&only_deny, &flow(TIEFIGHTER, DEATHSTAR, 80)),
+        "denied",
+        "",
+    );
+}
+
+const L4_ONLY_TIE: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: l4-tie}
+spec:
+  endpointSelector: {matchLabels: {class: deathstar}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {class: tiefighter}}]
+    toPorts: [{ports: [{port: "80", protocol: TCP}]}]
+"#;
+
+const L4_ONLY_XWING: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: l4-xwing}
+spec:
+  endpointSelector: {matchLabels: {class: deathstar}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {class: xwing}}]
+    toPorts: [{ports: [{port: "80", protocol: TCP}]}]
+"#;
+
+#[test]
+fn l4_allow_and_l7_allow_merge_per_peer() {
+    let put = |src| Flow {
+        http: Some(("PUT", "/v1/exhaust-port")),
+        ..flow(src, DEATHSTAR, 80)
+    };
+    // Same peer and port: the L4-only rule opens all HTTP.
+    let merged = policies(&[SW_L7, L4_ONLY_TIE]);
+    check(
+        "L4+L7 same peer: all HTTP allowed",
+        &run(&merged, &put(TIEFIGHTER)),
+        "allowed",
+        "default/l4-tie spec.ingress[0]",
+    );
+    // Another peer's L4-only rule does not open L7 for the tiefighter.
+    let other = policies(&[SW_L7, L4_ONLY_XWING]);
+    check(
+        "L4 for another peer keeps L7",
+        &run(&other, &put(TIEFIGHTER)),
+        "denied",
+        "default/rule1 spec.ingress[0]",
+    );
+    check(
+        "that peer gets all HTTP",
+        &run(&other, &put(XWING)),
+        "allowed",
+        "default/l4-xwing spec.ingress[0]",
+    );
+}
+
+#[test]
+fn namespaces_scope_namespaced_policies() {
+    let p = policies(&[r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: same-ns, namespace: empire}
+spec:
+  endpointSelector: {matchLabels: {class: deathstar}}
+  ingress:
+  - fromEndpoints: [{}]
+"#]);
+    let ds = "k8s:class=deathstar,k8s:io.kubernetes.pod.namespace=empire";
+    let in_ns = "k8s:class=tiefighter,k8s:io.kubernetes.pod.namespace=empire";
+    let other_ns = "k8s:class=tiefighter,k8s:io.kubernetes.pod.namespace=rebels";
+    check(
+        "same namespace allowed",
+        &run(&p, &flow(in_ns, ds, 80)),
+        "allowed",
+        "empire/same-ns spec.ingress[0]",
+    );
+    check(
+        "other namespace denied",
+        &run(&p, &flow(other_ns, ds, 80)),
+        "denied",
+        "",
+    );
+    check(
+        "world denied",
+        &run(&p, &flow("reserved:world", ds, 80)),
+        "denied",
+        "",
+    );
+    // The policy does not select the same labels in another namespace.
+    let ds_other = "k8s:class=deathstar,k8s:io.kubernetes.pod.namespace=default";
+    check(
+        "endpoint in other namespace unaffected",
+        &run(&p, &flow("reserved:world", ds_other, 80)),
+        "allowed",
+        "",
+    );
+
+    let cross = policies(&[r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: cross, namespace: empire}
+spec:
+  endpointSelector: {matchLabels: {class: deathstar}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {"k8s:io.kubernetes.pod.namespace": rebels}}]
+"#]);
+    check(
+        "explicit namespace selects it",
+        &run(&cross, &flow(other_ns, ds, 80)),
+        "allowed",
+        "empire/cross spec.ingress[0]",
+    );
+    check(
+        "and only it",
+        &run(&cross, &flow(in_ns, ds, 80)),
+        "denied",
+        "",
+    );
+}
+
+#[test]
+fn clusterwide_peers_are_any_pod() {
+    let p = policies(&[r#"
+apiVersion: cilium.io/v2
+kind: CiliumClusterwideNetworkPolicy
+metadata: {name: ccnp}
+spec:
+  endpointSelector: {matchLabels: {class: deathstar}}
+  ingress:
+  - fromEndpoints: [{}]
+"#]);
+    let ds = "k8s:class=deathstar,k8s:io.kubernetes.pod.namespace=empire";
+    check(
+        "pod of any namespace",
+        &run(
+            &p,
+            &flow("k8s:a=b,k8s:io.kubernetes.pod.namespace=x", ds, 80),
+        ),
+        "allowed",
+        "ccnp spec.ingress[0]",
+    );
+    check(
+        "world is not a pod",
+        &run(&p, &flow("reserved:world", ds, 80)),
+        "denied",
+        "",
+    );
+    check(
+        "host is not a pod",
+        &run(&p, &flow("reserved:host", ds, 80)),
+        "denied",
+        "",
+    );
+}
+
+#[test]
+fn entities() {
+    let mk = |e: &str| {
+        format!(
+            "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: ent}}\nspec:\n  endpointSelector: {{matchLabels: {{class: deathstar}}}}\n  ingress:\n  - fromEntities: [{e}]\n"
+        )
+    };
+    let table: &[(&str, &str, Option<&str>, &str)] = &[
+        ("world", "reserved:world", Some("8.8.8.8"), "allowed"),
+        ("world", TIEFIGHTER, None, "denied"),
+        ("cluster", TIEFIGHTER, None, "allowed"),
+        ("cluster", "reserved:host", None, "allowed"),
+        ("cluster", "reserved:remote-node", None, "allowed"),
+        ("cluster", "reserved:world", Some("8.8.8.8"), "denied"),
+        ("host", "reserved:host", None, "allowed"),
+        ("host", "reserved:remote-node", None, "denied"),
+        ("remote-node", "reserved:remote-node", None, "allowed"),
+        ("kube-apiserver", "reserved:kube-apiserver", None, "allowed"),
+        ("health", "reserved:health", None, "allowed"),
+        ("all", "reserved:world", Some("1.2.3.4"), "allowed"),
+        ("all", XWING, None, "allowed"),
+        ("none", XWING, None, "denied"),
+    ];
+    for (entity, src, ip, want) in table {
+        let p = policies(&[&mk(entity)]);
+        let r = run(
+            &p,
+            &Flow {
+                src_ip: *ip,
+                ..flow(src, DEATHSTAR, 80)
+            },
+        );
+        assert_eq!(
+            r.verdict, *want,
+            "entity {entity} from {src}\n{}",
+            r.explanation
+        );
+    }
+}
+
+#[test]
+fn default_deny_per_direction_and_enable_default_deny() {
+    let ingress_only = policies(&[SW_L3L4]);
+    check(
+        "egress stays open",
+        &run(&ingress_only, &flow(DEATHSTAR, "reserved:world", 443)),
+        "allowed",
+        "",
+    );
+    let empty_rule = policies(&["apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: deny-all}\nspec:\n  endpointSelector: {}\n  ingress:\n  - {}\n"]);
+    check(
+        "ingress: [{}] denies all",
+        &run(&empty_rule, &flow(TIEFIGHTER, DEATHSTAR, 80)),
+        "denied",
+        "",
+    );
+    let empty_list = policies(&["apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: nothing}\nspec:\n  endpointSelector: {}\n  ingress: []\n"]);
+    check(
+        "ingress: [] enforces nothing",
+        &run(&empty_list, &flow(TIEFIGHTER, DEATHSTAR, 80)),
+        "allowed",
+        "",
+    );
+    let no_dd = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: no-default-deny}
+spec:
+  endpointSelector: {matchLabels: {class: deathstar}}
+  enableDefaultDeny: {ingress: false}
+  ingress:
+  - fromEndpoints: [{matchLabels: {org: empire}}]
+    toPorts:
+    - ports: [{port: "80", protocol: TCP}]
+      rules: {http: [{method: GET}]}
+"#;
+    let p = policies(&[no_dd]);
+    check(
+        "unmatched peer allowed",
+        &run(&p, &flow(XWING, DEATHSTAR, 9000)),
+        "allowed",
+        "",
+    );
+    let get = Flow {
+        http: Some(("GET", "/")),
+        ..flow(TIEFIGHTER, DEATHSTAR, 80)
+    };
+    let put = Flow {
+        http: Some(("PUT", "/")),
+        ..flow(TIEFIGHTER, DEATHSTAR, 80)
+    };
+    check(
+        "L7 still enforced: GET",
+        &run(&p, &get),
+        "allowed",
+        "default/no-default-deny spec.ingress[0]",
+    );
+    check(
+        "L7 still enforced: PUT",
+        &run(&p, &put),
+        "denied",
+        "default/no-default-deny spec.ingress[0]",
+    );
+    // A default-deny policy alongside wins.
+    let both = policies(&[no_dd, SW_L3L4]);
+    check(
+        "another rule's default deny applies",
+        &run(&both, &flow(XWING, DEATHSTAR, 9000)),
+        "denied",
+        "",
+    );
+}
+
+#[test]
+fn ports_named_ranges_protocols_icmp() {
+    let p = policies(&[r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: ports}
+spec:
+  endpointSelector: {matchLabels: {class: deathstar}}
+  ingress:
+  - toPorts: [{ports: [{port: "http-alt", protocol: TCP}]}]
+  - toPorts: [{ports: [{port: "8000", endPort: 8100, protocol: TCP}]}]
+  - toPorts: [{ports: [{port: "53"}]}]
+  - icmps: [{fields: [{type: EchoRequest}, {type: 128, family: IPv6}]}]
+"#]);
+    let named = Flow {
+        named: &[("http-alt", 9090)],
+        ..flow(TIEFIGHTER, DEATHSTAR, 9090)
+    };
+    check(
+        "named port resolved",
+        &run(&p, &named),
+        "allowed",
+        "default/ports spec.ingress[0]",
+    );
+    check(
+        "named port unresolved",
+        &run(&p, &flow(TIEFIGHTER, DEATHSTAR, 9090)),
+        "denied",
+        "",
+    );
+    check(
+        "range start",
+        &run(&p, &flow(TIEFIGHTER, DEATHSTAR, 8000)),
+        "allowed",
+        "default/ports spec.ingress[1]",
+    );
+    check(
+        "range end",
+        &run(&p, &flow(TIEFIGHTER, DEATHSTAR, 8100)),
+        "allowed",
+        "default/ports spec.ingress[1]",
+    );
+    check(
+        "past range",
+        &run(&p, &flow(TIEFIGHTER, DEATHSTAR, 8101)),
+        "denied",
+        "",
+    );
+    check(
+        "ANY covers UDP",
+        &run(
+            &p,
+            &Flow {
+                proto: Proto::Udp,
+                ..flow(TIEFIGHTER, DEATHSTAR, 53)
+            },
+        ),
+        "allowed",
+        "default/ports spec.ingress[2]",
+    );
+    check(
+        "ANY covers TCP",
+        &run(&p, &flow(TIEFIGHTER, DEATHSTAR, 53)),
+        "allowed",
+        "default/ports spec.ingress[2]",
+    );
+    check(
+        "ICMP echo",
+        &run(
+            &p,
+            &Flow {
+                proto: Proto::Icmp,
+                ..flow(TIEFIGHTER, DEATHSTAR, 8)
+            },
+        ),
+        "allowed",
+        "default/ports spec.ingress[3]",
+    );
+    check(
+        "ICMP other type",
+        &run(
+            &p,
+            &Flow {
+                proto: Proto::Icmp,
+                ..flow(TIEFIGHTER, DEATHSTAR, 13)
+            },
+        ),
+        "denied",
+        "",
+    );
+    check(
+        "ICMPv6 echo",
+        &run(
+            &p,
+            &Flow {
+                proto: Proto::Icmpv6,
+                ..flow(TIEFIGHTER, DEATHSTAR, 128)
+            },
+        ),
+        "allowed",
+        "default/ports spec.ingress[3]",
+    );
+}
+
+#[test]
+fn http_host_headers_and_query() {
+    let p = policies(&[r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: http}
+spec:
+  endpointSelector: {matchLabels: {class: deathstar}}
+  ingress:
+  - toPorts:
+    - ports: [{port: "80", protocol: TCP}]
+      rules:
+        http:
+        - method: GET
+          path: "/v1/.*"
+          host: "deathstar\\.empire\\.svc"
+          headers: ["X-Has-Force: true", "X-Token"]
+"#]);
+    let base = |host, headers| Flow {
+        http: Some(("GET", "/v1/status?x=1")),
+        host,
+        headers,
+        ..flow(TIEFIGHTER, DEATHSTAR, 80)
+    };
+    let good: &[(&str, &str)] = &[("X-Has-Force", "true"), ("x-token", "t")];
+    let wrong_value: &[(&str, &str)] = &[("X-Has-Force", "false"), ("x-token", "t")];
+    let missing: &[(&str, &str)] = &[("X-Has-Force", "true")];
+    check(
+        "all match",
+        &run(&p, &base(Some("deathstar.empire.svc"), good)),
+        "allowed",
+        "default/http spec.ingress[0]",
+    );
+    check(
+        "host mismatch",
+        &run(&p, &base(Some("evil.svc"), good)),
+        "denied",
+        "default/http spec.ingress[0]",
+    );
+    check(
+        "header value mismatch",
+        &run(&p, &base(Some("deathstar.empire.svc"), wrong_value)),
+        "denied",
+        "default/http spec.ingress[0]",
+    );
+    check(
+        "header missing",
+        &run(&p, &base(Some("deathstar.empire.svc"), missing)),
+        "denied",
+        "default/http spec.ingress[0]",
+    );
+}
+
+#[test]
+fn requires_and_expressions() {
+    let p = policies(&[r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: req}
+spec:
+  endpointSelector: {matchLabels: {class: deathstar}}
+  ingress:
+  - fromRequires: [{matchLabels: {env: prod}}]
+  - fromEndpoints:
+    - matchExpressions:
+      - {key: class, operator: NotIn, values: [xwing]}
+"#]);
+    check(
+        "meets requirement",
+        &run(
+            &p,
+            &flow("k8s:class=tiefighter,k8s:env=prod", DEATHSTAR, 80),
+        ),
+        "allowed",
+        "default/req spec.ingress[1]",
+    );
+    check(
+        "fails requirement",
+        &run(&p, &flow("k8s:class=tiefighter,k8s:env=dev", DEATHSTAR, 80)),
+        "denied",
+        "",
+    );
+    check(
+        "NotIn excludes",
+        &run(&p, &flow("k8s:class=xwing,k8s:env=prod", DEATHSTAR, 80)),
+        "denied",
+        "",
+    );
+}
+
+#[test]
+fn unresolvable_peers_are_called_out() {
+    let p = policies(&[r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: fqdn}
+spec:
+  endpointSelector: {matchLabels: {class: xwing}}
+  egress:
+  - toFQDNs: [{matchName: api.example.com}]
+    toPorts: [{ports: [{port: "443", protocol: TCP}]}]
+"#]);
+    let r = run(
+        &p,
+        &Flow {
+            dst_ip: Some("93.184.216.34"),
+            ..flow(XWING, "reserved:world", 443)
+        },
+    );
+    assert_eq!(r.verdict, "denied");
+    assert!(
+        r.caveats
+            .iter()
+            .any(|c| c.contains("toFQDNs api.example.com")),
+        "{:?}",
+        r.caveats
+    );
+}
