@@ -1,0 +1,74 @@
+//! Compiles Cilium's NPDS/NPHDS protos (our own rendering, in `proto/`) with
+//! Debian's `protoc`. Envoy's types are not regenerated: they map onto the
+//! pre-built `envoy-types` crate through `extern_path`, so an Envoy message
+//! inside a Cilium message is the very same Rust type the ADS server uses.
+//! `protoc` still needs Envoy's `.proto` files to resolve imports; those ship
+//! inside the `envoy-types` source package, which we locate in Cargo's
+//! registry (override with `MEMBRANE_ENVOY_PROTO_DIR`).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+/// Must match the `=` pin of `envoy-types` in the workspace `Cargo.toml`.
+const ENVOY_TYPES_DIR: &str = "envoy-types-0.7.7";
+
+fn envoy_proto_root() -> Result<PathBuf> {
+    println!("cargo:rerun-if-env-changed=MEMBRANE_ENVOY_PROTO_DIR");
+    if let Ok(dir) = std::env::var("MEMBRANE_ENVOY_PROTO_DIR") {
+        return Ok(PathBuf::from(dir));
+    }
+    let cargo_home = std::env::var("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|_| std::env::var("HOME").map(|h| Path::new(&h).join(".cargo")))
+        .context("neither CARGO_HOME nor HOME is set")?;
+    let src = cargo_home.join("registry").join("src");
+    let mut found = Vec::new();
+    for index in std::fs::read_dir(&src).with_context(|| format!("reading {}", src.display()))? {
+        let candidate = index?.path().join(ENVOY_TYPES_DIR).join("proto");
+        if candidate.is_dir() {
+            found.push(candidate);
+        }
+    }
+    found.sort();
+    match found.pop() {
+        Some(dir) => Ok(dir),
+        None => bail!(
+            "{ENVOY_TYPES_DIR}/proto not found under {}; set MEMBRANE_ENVOY_PROTO_DIR",
+            src.display()
+        ),
+    }
+}
+
+fn main() -> Result<()> {
+    let envoy = envoy_proto_root()?;
+    let includes: Vec<PathBuf> = vec![
+        PathBuf::from("proto"),
+        envoy.join("data-plane-api"),
+        envoy.join("googleapis"),
+        envoy.join("protoc-gen-validate"),
+        envoy.join("xds"),
+        envoy.join("cel-spec").join("proto"),
+    ];
+    let protos: Vec<PathBuf> = [
+        "proto/cilium/api/npds.proto",
+        "proto/cilium/api/nphds.proto",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .collect();
+    for p in &protos {
+        println!("cargo:rerun-if-changed={}", p.display());
+    }
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .extern_path(".envoy", "::envoy_types::pb::envoy")
+        .extern_path(".google", "::envoy_types::pb::google")
+        .extern_path(".xds", "::envoy_types::pb::xds")
+        .extern_path(".udpa", "::envoy_types::pb::udpa")
+        .extern_path(".validate", "::envoy_types::pb::validate")
+        .compile_protos(&protos, &includes)
+        .context("compiling cilium protos")?;
+    Ok(())
+}

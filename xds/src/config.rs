@@ -1,0 +1,38 @@
+//! `membrane-xds`'s one configuration, from flags with `MEMBRANE_*` env fallback.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// membrane's control plane: sources → identities → policy → xDS.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "membrane-xds", version)]
+pub struct Config {
+    /// Directory of Kubernetes-shaped YAML (CNP, CCNP, Pod, Namespace,
+    /// Service, EndpointSlice, Node), watched.
+    #[arg(long, env = "MEMBRANE_SOURCE_DIR")]
+    pub source_dir: Option<PathBuf>,
+    /// etcd endpoints (comma-separated). Not implemented yet: refused.
+    #[arg(long, env = "MEMBRANE_ETCD", value_delimiter = ',')]
+    pub etcd: Vec<String>,
+    /// Watch the Kubernetes API. Not implemented yet: refused.
+    #[arg(long, env = "MEMBRANE_KUBE")]
+    pub kube: bool,
+    /// Plaintext xDS gRPC listen address (port 0 picks one; the bound
+    /// address is printed on stdout).
+    #[arg(long, env = "MEMBRANE_GRPC_ADDR", default_value = "0.0.0.0:15010")]
+    pub grpc_addr: SocketAddr,
+    /// Debug and metrics HTTP listen address.
+    #[arg(long, env = "MEMBRANE_DEBUG_ADDR", default_value = "0.0.0.0:15014")]
+    pub debug_addr: SocketAddr,
+    /// How often the source directory is scanned, in milliseconds.
+    #[arg(long, env = "MEMBRANE_POLL_MS", default_value_t = 200)]
+    pub poll_ms: u64,
+    /// Largest source file accepted, in bytes.
+    #[arg(long, env = "MEMBRANE_MAX_FILE_BYTES", default_value_t = 4 << 20)]
+    pub max_file_bytes: u64,
+    /// Log filter (tracing `EnvFilter` syntax).
+    #[arg(long, env = "MEMBRANE_LOG", default_value = "info")]
+    pub log: String,
+}

@@ -1,0 +1,170 @@
+//! The reconcile loop: sources → translation → snapshot cache.
+//!
+//! Each tick scans the sources; when their good state changed, the whole
+//! state is translated (the policy engine inside re-resolves only what the
+//! change affects) and every snapshot is offered to the cache, which wakes
+//! only the streams whose snapshot content changed. A snapshot that fails
+//! translation or its consistency check is not published: the node keeps
+//! its previous one, and the failure shows in `/debug/sourcez` and metrics.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tracing::{info, warn};
+
+use crate::recorder::{Recorder, SourceLabel};
+use crate::snapshot::{SnapshotBuilder, SnapshotCache};
+use crate::source::dir::DirSource;
+use crate::translate::Translator;
+
+/// What one reconcile did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Snapshots whose content changed and were published.
+    pub published: usize,
+    /// Files rejected in this pass.
+    pub rejected: usize,
+    /// Translation errors in this pass.
+    pub translate_errors: usize,
+}
+
+/// Owns the sources and the translator; publishes into the cache.
+#[derive(Debug)]
+pub struct Controller {
+    source: Option<DirSource>,
+    translator: Translator,
+    cache: Arc<SnapshotCache>,
+    recorder: Arc<Recorder>,
+    status: Arc<Mutex<Value>>,
+    keys: BTreeSet<String>,
+    first: bool,
+}
+
+impl Controller {
+    /// A controller over an optional directory source.
+    pub fn new(
+        source: Option<DirSource>,
+        cache: Arc<SnapshotCache>,
+        recorder: Arc<Recorder>,
+        status: Arc<Mutex<Value>>,
+    ) -> Self {
+        Controller {
+            source,
+            translator: Translator::new(),
+            cache,
+            recorder,
+            status,
+            keys: BTreeSet::new(),
+            first: true,
+        }
+    }
+
+    /// Scans, translates and publishes once.
+    pub fn reconcile(&mut self) -> Reconciled {
+        let mut out = Reconciled::default();
+        let (changed, rejected) = match &mut self.source {
+            Some(s) => {
+                let r = s.scan();
+                (r.changed, r.rejected)
+            }
+            None => (false, Vec::new()),
+        };
+        out.rejected = rejected.len();
+        for _ in &rejected {
+            self.recorder
+                .metrics
+                .source_errors
+                .get_or_create(&SourceLabel {
+                    source: "dir".into(),
+                })
+                .inc();
+        }
+        if !changed && !self.first {
+            if !rejected.is_empty() {
+                self.update_status(&[], &rejected);
+            }
+            return out;
+        }
+        self.first = false;
+        let state = self
+            .source
+            .as_ref()
+            .map(DirSource::state)
+            .unwrap_or_default();
+        let t = self.translator.translate(&state);
+        let errors: Vec<String> = t.errors.iter().map(ToString::to_string).collect();
+        for e in &errors {
+            warn!(error = %e, "translation error; the affected node keeps its previous snapshot");
+            self.recorder.metrics.snapshot_errors.inc();
+        }
+        out.translate_errors = errors.len();
+        let failed: BTreeSet<String> = t
+            .errors
+            .iter()
+            .filter_map(|e| match e {
+                crate::translate::TranslateError::Snapshot { key, .. } => Some(key.clone()),
+                _ => None,
+            })
+            .collect();
+        let mut keys = BTreeSet::new();
+        for (key, snap) in t.snapshots {
+            keys.insert(key.clone());
+            if self.cache.set(&key, snap) {
+                out.published += 1;
+                self.recorder.metrics.snapshots.inc();
+            }
+        }
+        // Pods that went away: their sidecars get an empty snapshot (every
+        // resource removed) rather than keeping stale policy.
+        let gone: Vec<String> = self.keys.difference(&keys).cloned().collect();
+        for gone in gone {
+            if failed.contains(&gone) {
+                keys.insert(gone);
+                continue;
+            }
+            if let Ok(empty) = SnapshotBuilder::new().build() {
+                if self.cache.set(&gone, empty) {
+                    out.published += 1;
+                }
+            }
+        }
+        self.keys = keys;
+        info!(
+            published = out.published,
+            policies = state.policies.len(),
+            pods = state.pods.len(),
+            "reconciled"
+        );
+        self.update_status(&errors, &rejected);
+        out
+    }
+
+    fn update_status(&self, errors: &[String], rejected: &[String]) {
+        let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        *s = json!({
+            "source": self.source.as_ref().map(DirSource::status),
+            "last_rejections": rejected,
+            "translation_errors": errors,
+            "snapshots": self.cache.keys(),
+        });
+    }
+
+    /// Reconciles every `interval` until `shutdown` resolves.
+    pub async fn run(
+        mut self,
+        interval: Duration,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = tick.tick() => { self.reconcile(); }
+            }
+        }
+    }
+}

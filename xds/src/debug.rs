@@ -1,0 +1,167 @@
+//! The debug and metrics HTTP endpoint (15014): Istio-shaped `/debug/syncz`,
+//! `/debug/config_dump`, `/debug/adsz`, the flight recorder
+//! (`/debug/flightz`, `/debug/stalez`), source status and `/metrics`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use serde_json::{json, Value};
+
+use crate::node::cache_key;
+use crate::proto::{NetworkPolicy, NetworkPolicyHosts};
+use crate::recorder::Recorder;
+use crate::resource::{self, Resource};
+use crate::snapshot::SnapshotCache;
+
+/// What the debug endpoint reads.
+#[derive(Debug)]
+pub struct DebugState {
+    /// Published snapshots.
+    pub cache: Arc<SnapshotCache>,
+    /// The flight recorder and metrics.
+    pub recorder: Arc<Recorder>,
+    /// The sources' status (files loaded, files rejected and why), as JSON.
+    pub sources: Arc<Mutex<Value>>,
+}
+
+/// The HTTP routes.
+pub fn router(state: Arc<DebugState>) -> Router {
+    Router::new()
+        .route("/debug/syncz", get(syncz))
+        .route("/debug/adsz", get(adsz))
+        .route("/debug/config_dump", get(config_dump))
+        .route("/debug/flightz", get(flightz))
+        .route("/debug/stalez", get(stalez))
+        .route("/debug/sourcez", get(sourcez))
+        .route("/metrics", get(metrics))
+        .route("/ready", get(|| async { "ok\n" }))
+        .with_state(state)
+}
+
+async fn syncz(State(s): State<Arc<DebugState>>) -> Json<Vec<Value>> {
+    Json(s.recorder.syncz())
+}
+
+async fn adsz(State(s): State<Arc<DebugState>>) -> Json<Value> {
+    let clients: Vec<Value> = s
+        .recorder
+        .proxies()
+        .into_iter()
+        .filter(|p| p.connected)
+        .map(|p| {
+            json!({
+                "connectionId": p.connection_id,
+                "connectedAt": p.connected_at_ms,
+                "address": p.peer,
+                "node": p.node_id,
+                "snapshotKey": cache_key(&p.node_id),
+                "watches": p.watches,
+            })
+        })
+        .collect();
+    Json(json!({ "totalClients": clients.len(), "clients": clients }))
+}
+
+async fn flightz(
+    State(s): State<Arc<DebugState>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    match q.get("proxyID") {
+        Some(id) => match s.recorder.proxy(id) {
+            Some(p) => Json(p).into_response(),
+            None => (StatusCode::NOT_FOUND, format!("unknown proxy {id:?}\n")).into_response(),
+        },
+        None => Json(s.recorder.proxies()).into_response(),
+    }
+}
+
+async fn stalez(State(s): State<Arc<DebugState>>) -> Json<Value> {
+    let stale = s.recorder.stale();
+    Json(json!({ "stale": stale.len(), "proxies": stale }))
+}
+
+async fn sourcez(State(s): State<Arc<DebugState>>) -> Json<Value> {
+    Json(s.sources.lock().unwrap_or_else(|e| e.into_inner()).clone())
+}
+
+async fn metrics(State(s): State<Arc<DebugState>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.recorder.metrics.encode(),
+    )
+}
+
+fn describe(r: &Resource) -> String {
+    let t = r.body.type_url.as_str();
+    let text = match t {
+        resource::LISTENER => r.decode::<Listener>().map(|m| format!("{m:?}")),
+        resource::ROUTE => r.decode::<RouteConfiguration>().map(|m| format!("{m:?}")),
+        resource::CLUSTER => r.decode::<Cluster>().map(|m| format!("{m:?}")),
+        resource::ENDPOINT => r
+            .decode::<ClusterLoadAssignment>()
+            .map(|m| format!("{m:?}")),
+        resource::NETWORK_POLICY => r.decode::<NetworkPolicy>().map(|m| format!("{m:?}")),
+        resource::NETWORK_POLICY_HOSTS => {
+            r.decode::<NetworkPolicyHosts>().map(|m| format!("{m:?}"))
+        }
+        _ => Ok(format!("{} bytes", r.body.value.len())),
+    };
+    text.unwrap_or_else(|e| format!("undecodable: {e}"))
+}
+
+/// What the control plane holds for a proxy (its current snapshot) and what
+/// was sent and ACKed per type.
+async fn config_dump(
+    State(s): State<Arc<DebugState>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let Some(id) = q.get("proxyID") else {
+        return (StatusCode::BAD_REQUEST, "proxyID is required\n").into_response();
+    };
+    let key = cache_key(id);
+    let Some(snap) = s.cache.get(&key) else {
+        return (
+            StatusCode::NOT_FOUND,
+            format!("no snapshot for proxy {id:?} (key {key:?})\n"),
+        )
+            .into_response();
+    };
+    let record = s.recorder.proxy(id);
+    let mut types = serde_json::Map::new();
+    for t in snap.type_urls() {
+        let set = snap.resources(t).expect("listed type");
+        let tr = record.as_ref().and_then(|r| r.types.get(t));
+        types.insert(
+            t.to_string(),
+            json!({
+                "version": set.version,
+                "sent_version": tr.and_then(|x| x.sent_version.clone()),
+                "acked_version": tr.and_then(|x| x.acked_version.clone()),
+                "resources": set.items.values().map(|r| json!({
+                    "name": r.name,
+                    "version": format!("{:016x}", r.hash),
+                    "config": describe(r),
+                })).collect::<Vec<_>>(),
+            }),
+        );
+    }
+    Json(json!({
+        "proxy": id,
+        "snapshotKey": key,
+        "snapshotVersion": snap.version,
+        "types": types,
+    }))
+    .into_response()
+}

@@ -1,0 +1,29 @@
+//! `membrane-xds`: membrane's control plane.
+//!
+//! It owns the path from sources (a watched directory of Kubernetes-shaped
+//! YAML) through identities and resolved policy (the `membrane-policy` crate)
+//! to xDS resources, and serves them: Envoy ADS (SotW and delta) and Cilium's
+//! NPDS/NPHDS services over gRPC, plus the debug/metrics HTTP endpoint.
+//!
+//! It must never decide policy itself (verdict semantics belong to
+//! `membrane-policy`), never push configuration outside a published,
+//! consistency-checked snapshot, and never let bad input (a bad file, a NACK,
+//! a misbehaving client) replace good state or take the process down.
+
+pub mod config;
+pub mod controller;
+pub mod debug;
+pub mod node;
+pub mod recorder;
+pub mod resource;
+pub mod server;
+pub mod snapshot;
+pub mod source;
+pub mod stream;
+pub mod translate;
+
+/// Generated Cilium NPDS/NPHDS types and services (package `cilium`).
+#[allow(missing_docs, clippy::all)]
+pub mod proto {
+    tonic::include_proto!("cilium");
+}

@@ -1,0 +1,105 @@
+//! `membrane-xds`: the control plane binary. Wires the sources, the
+//! translator, the snapshot cache, the xDS gRPC server and the debug HTTP
+//! endpoint together; all logic lives in the library.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use membrane_xds::config::Config;
+use membrane_xds::controller::Controller;
+use membrane_xds::debug::{self, DebugState};
+use membrane_xds::recorder::Recorder;
+use membrane_xds::server::XdsServer;
+use membrane_xds::snapshot::SnapshotCache;
+use membrane_xds::source::dir::DirSource;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tracing::info;
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cfg = Config::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cfg.log).context("--log")?)
+        .with_writer(std::io::stderr)
+        .init();
+    if !cfg.etcd.is_empty() {
+        bail!("--etcd: the etcd source is not implemented yet");
+    }
+    if cfg.kube {
+        bail!("--kube: the Kubernetes source is not implemented yet");
+    }
+
+    let cache = Arc::new(SnapshotCache::new());
+    let recorder = Arc::new(Recorder::new());
+    let status = Arc::new(Mutex::new(serde_json::Value::Null));
+    let source = cfg
+        .source_dir
+        .as_ref()
+        .map(|d| DirSource::new(d, cfg.max_file_bytes));
+    let mut controller = Controller::new(source, cache.clone(), recorder.clone(), status.clone());
+    // Publish before serving, so the first clients get a snapshot at once.
+    controller.reconcile();
+
+    let grpc = TcpListener::bind(cfg.grpc_addr)
+        .await
+        .with_context(|| format!("binding --grpc-addr {}", cfg.grpc_addr))?;
+    let dbg = TcpListener::bind(cfg.debug_addr)
+        .await
+        .with_context(|| format!("binding --debug-addr {}", cfg.debug_addr))?;
+    let (grpc_addr, dbg_addr) = (grpc.local_addr()?, dbg.local_addr()?);
+    // Tests and scripts read the bound addresses from this line.
+    println!("membrane-xds listening grpc={grpc_addr} debug={dbg_addr}");
+    info!(%grpc_addr, %dbg_addr, "membrane-xds listening");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let server = XdsServer::new(cache.clone(), recorder.clone());
+    let grpc_task = tokio::spawn(
+        server
+            .router()
+            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), stopped(stop_rx.clone())),
+    );
+    let app = debug::router(Arc::new(DebugState {
+        cache,
+        recorder,
+        sources: status,
+    }));
+    let dbg_stop = stopped(stop_rx.clone());
+    let dbg_task =
+        tokio::spawn(async move { axum::serve(dbg, app).with_graceful_shutdown(dbg_stop).await });
+    let ctl_task =
+        tokio::spawn(controller.run(Duration::from_millis(cfg.poll_ms), stopped(stop_rx)));
+
+    shutdown_signal().await;
+    info!("shutting down");
+    let _ = stop_tx.send(true);
+    // Open xDS streams do not end on their own; bound the wait.
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        let _ = ctl_task.await;
+        let _ = dbg_task.await;
+        let _ = grpc_task.await;
+    })
+    .await;
+    Ok(())
+}

@@ -1,0 +1,367 @@
+//! The gRPC adapter: tonic services that drive one [`crate::stream`] state
+//! machine per stream from client requests and snapshot-cache updates.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::service::discovery::v3::{
+    aggregated_discovery_service_server::{
+        AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+    },
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, info, warn};
+
+use crate::node::cache_key;
+use crate::proto::network_policy_discovery_service_server::{
+    NetworkPolicyDiscoveryService, NetworkPolicyDiscoveryServiceServer,
+};
+use crate::proto::network_policy_hosts_discovery_service_server::{
+    NetworkPolicyHostsDiscoveryService, NetworkPolicyHostsDiscoveryServiceServer,
+};
+use crate::recorder::Recorder;
+use crate::resource::{NETWORK_POLICY, NETWORK_POLICY_HOSTS};
+use crate::snapshot::{Snapshot, SnapshotCache};
+use crate::stream::{DeltaStream, Outcome, Sent, SotwStream, Step, StreamError, Subscription};
+
+/// Responses buffered per stream before the sender waits for the client.
+const STREAM_BUFFER: usize = 16;
+
+/// A protocol (SotW or delta) the generic stream driver can run.
+trait Machine: Send + 'static {
+    type Req: Send + 'static;
+    type Resp: Send + 'static;
+    fn node_id(req: &Self::Req) -> Option<String>;
+    fn on_request(&mut self, req: &Self::Req) -> Result<Step<Self::Resp>, StreamError>;
+    fn on_snapshot(&mut self, snap: Arc<Snapshot>) -> Step<Self::Resp>;
+    fn watches(&self) -> BTreeMap<String, Subscription>;
+}
+
+impl Machine for SotwStream {
+    type Req = DiscoveryRequest;
+    type Resp = DiscoveryResponse;
+    fn node_id(req: &DiscoveryRequest) -> Option<String> {
+        req.node.as_ref().map(|n| n.id.clone())
+    }
+    fn on_request(
+        &mut self,
+        req: &DiscoveryRequest,
+    ) -> Result<Step<DiscoveryResponse>, StreamError> {
+        SotwStream::on_request(self, req)
+    }
+    fn on_snapshot(&mut self, snap: Arc<Snapshot>) -> Step<DiscoveryResponse> {
+        SotwStream::on_snapshot(self, snap)
+    }
+    fn watches(&self) -> BTreeMap<String, Subscription> {
+        self.status()
+            .into_iter()
+            .map(|(t, s)| (t, s.subscription))
+            .collect()
+    }
+}
+
+impl Machine for DeltaStream {
+    type Req = DeltaDiscoveryRequest;
+    type Resp = DeltaDiscoveryResponse;
+    fn node_id(req: &DeltaDiscoveryRequest) -> Option<String> {
+        req.node.as_ref().map(|n| n.id.clone())
+    }
+    fn on_request(
+        &mut self,
+        req: &DeltaDiscoveryRequest,
+    ) -> Result<Step<DeltaDiscoveryResponse>, StreamError> {
+        DeltaStream::on_request(self, req)
+    }
+    fn on_snapshot(&mut self, snap: Arc<Snapshot>) -> Step<DeltaDiscoveryResponse> {
+        DeltaStream::on_snapshot(self, snap)
+    }
+    fn watches(&self) -> BTreeMap<String, Subscription> {
+        self.subscriptions()
+    }
+}
+
+/// The xDS services, sharing one snapshot cache and one flight recorder.
+#[derive(Debug, Clone)]
+pub struct XdsServer {
+    cache: Arc<SnapshotCache>,
+    recorder: Arc<Recorder>,
+    next_conn: Arc<AtomicU64>,
+}
+
+type RespStream<T> = ReceiverStream<Result<T, Status>>;
+
+impl XdsServer {
+    /// Services over `cache`, recording into `recorder`.
+    pub fn new(cache: Arc<SnapshotCache>, recorder: Arc<Recorder>) -> Self {
+        XdsServer {
+            cache,
+            recorder,
+            next_conn: Arc::new(AtomicU64::new(1)),
+        }
+    }
+
+    /// A tonic router serving ADS, NPDS and NPHDS.
+    pub fn router(&self) -> tonic::transport::server::Router {
+        tonic::transport::Server::builder()
+            .add_service(AggregatedDiscoveryServiceServer::new(self.clone()))
+            .add_service(NetworkPolicyDiscoveryServiceServer::new(self.clone()))
+            .add_service(NetworkPolicyHostsDiscoveryServiceServer::new(self.clone()))
+    }
+
+    fn spawn<M: Machine>(
+        &self,
+        machine: M,
+        inbound: Streaming<M::Req>,
+        peer: Option<SocketAddr>,
+    ) -> RespStream<M::Resp>
+    where
+        M::Req: prost::Message + Default,
+    {
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let this = self.clone();
+        let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let peer = peer.map(|p| p.to_string()).unwrap_or_default();
+        tokio::spawn(async move { this.drive(machine, inbound, tx, id, peer).await });
+        ReceiverStream::new(rx)
+    }
+
+    async fn drive<M: Machine>(
+        self,
+        mut sm: M,
+        mut inbound: Streaming<M::Req>,
+        tx: mpsc::Sender<Result<M::Resp, Status>>,
+        id: u64,
+        peer: String,
+    ) where
+        M::Req: prost::Message + Default,
+    {
+        let first = match inbound.message().await {
+            Ok(Some(r)) => r,
+            _ => return,
+        };
+        let node = M::node_id(&first).unwrap_or_default();
+        if node.is_empty() {
+            let _ = tx
+                .send(Err(Status::invalid_argument(
+                    "the first request must carry node.id",
+                )))
+                .await;
+            return;
+        }
+        let conn = format!("{node}-{id}");
+        let key = cache_key(&node);
+        info!(node = %node, key = %key, peer = %peer, "xds stream opened");
+        self.recorder.connected(&node, &conn, &peer);
+        let mut snaps = self.cache.watch(&key);
+        let mut latest: Option<Arc<Snapshot>> = None;
+        let mut pending = Some(first);
+        loop {
+            let step = if let Some(req) = pending.take() {
+                match sm.on_request(&req) {
+                    Ok(step) => step,
+                    Err(e) => {
+                        warn!(node = %node, error = %e, "closing xds stream");
+                        let _ = tx.send(Err(Status::invalid_argument(e.to_string()))).await;
+                        break;
+                    }
+                }
+            } else {
+                tokio::select! {
+                    msg = inbound.message() => match msg {
+                        Ok(Some(req)) => { pending = Some(req); continue; }
+                        Ok(None) => break,
+                        Err(e) => { debug!(node = %node, error = %e, "xds stream ended"); break; }
+                    },
+                    changed = snaps.changed() => {
+                        if changed.is_err() { break; }
+                        let snap = snaps.borrow_and_update().clone();
+                        match snap {
+                            Some(s) => { latest = Some(s.clone()); sm.on_snapshot(s) }
+                            None => continue,
+                        }
+                    }
+                }
+            };
+            let watches = sm.watches();
+            if let Some(s) = &latest {
+                let versions: Vec<(String, String)> = watches
+                    .keys()
+                    .map(|t| (t.clone(), s.type_version(t)))
+                    .collect();
+                self.recorder.latest(&node, &versions, s.created);
+            }
+            self.recorder.watches(
+                &node,
+                watches
+                    .into_iter()
+                    .map(|(t, s)| (t, s.describe()))
+                    .collect(),
+            );
+            if !self.emit(&node, step, &tx).await {
+                break;
+            }
+        }
+        info!(node = %node, "xds stream closed");
+        self.recorder.disconnected(&node, &conn);
+    }
+
+    async fn emit<R>(
+        &self,
+        node: &str,
+        step: Step<R>,
+        tx: &mpsc::Sender<Result<R, Status>>,
+    ) -> bool {
+        for o in &step.outcomes {
+            match o {
+                Outcome::Nack {
+                    type_url,
+                    version,
+                    error,
+                    ..
+                } => warn!(node, type_url, version, error, "xds NACK"),
+                Outcome::Stale { type_url, nonce } => {
+                    debug!(node, type_url, nonce, "stale xds request ignored")
+                }
+                Outcome::Ack { .. } => {}
+            }
+            self.recorder.outcome(node, o);
+        }
+        for (sent, resp) in step.responses {
+            self.record_sent(node, &sent);
+            if tx.send(Ok(resp)).await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn record_sent(&self, node: &str, sent: &Sent) {
+        debug!(node, type_url = %sent.type_url, version = %sent.version, nonce = %sent.nonce, "xds push");
+        self.recorder.sent(node, sent);
+    }
+
+    fn fetch(&self, req: DiscoveryRequest, type_url: &str) -> Result<DiscoveryResponse, Status> {
+        let node = req.node.as_ref().map(|n| n.id.clone()).unwrap_or_default();
+        let snap = self
+            .cache
+            .get(&cache_key(&node))
+            .ok_or_else(|| Status::unavailable(format!("no snapshot yet for node {node:?}")))?;
+        let resources = snap
+            .resources(type_url)
+            .map(|set| {
+                set.items
+                    .values()
+                    .filter(|r| {
+                        req.resource_names.is_empty() || req.resource_names.contains(&r.name)
+                    })
+                    .map(|r| (*r.body).clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(DiscoveryResponse {
+            version_info: snap.type_version(type_url),
+            resources,
+            type_url: type_url.to_string(),
+            ..Default::default()
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for XdsServer {
+    type StreamAggregatedResourcesStream = RespStream<DiscoveryResponse>;
+    type DeltaAggregatedResourcesStream = RespStream<DeltaDiscoveryResponse>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let peer = request.remote_addr();
+        Ok(Response::new(self.spawn(
+            SotwStream::new(None),
+            request.into_inner(),
+            peer,
+        )))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let peer = request.remote_addr();
+        Ok(Response::new(self.spawn(
+            DeltaStream::new(None),
+            request.into_inner(),
+            peer,
+        )))
+    }
+}
+
+#[tonic::async_trait]
+impl NetworkPolicyDiscoveryService for XdsServer {
+    type DeltaNetworkPoliciesStream = RespStream<DeltaDiscoveryResponse>;
+    type StreamNetworkPoliciesStream = RespStream<DiscoveryResponse>;
+
+    async fn delta_network_policies(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaNetworkPoliciesStream>, Status> {
+        let peer = request.remote_addr();
+        let sm = DeltaStream::new(Some(NETWORK_POLICY));
+        Ok(Response::new(self.spawn(sm, request.into_inner(), peer)))
+    }
+
+    async fn stream_network_policies(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamNetworkPoliciesStream>, Status> {
+        let peer = request.remote_addr();
+        let sm = SotwStream::new(Some(NETWORK_POLICY));
+        Ok(Response::new(self.spawn(sm, request.into_inner(), peer)))
+    }
+
+    async fn fetch_network_policies(
+        &self,
+        request: Request<DiscoveryRequest>,
+    ) -> Result<Response<DiscoveryResponse>, Status> {
+        self.fetch(request.into_inner(), NETWORK_POLICY)
+            .map(Response::new)
+    }
+}
+
+#[tonic::async_trait]
+impl NetworkPolicyHostsDiscoveryService for XdsServer {
+    type StreamNetworkPolicyHostsStream = RespStream<DiscoveryResponse>;
+    type DeltaNetworkPolicyHostsStream = RespStream<DeltaDiscoveryResponse>;
+
+    async fn stream_network_policy_hosts(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamNetworkPolicyHostsStream>, Status> {
+        let peer = request.remote_addr();
+        let sm = SotwStream::new(Some(NETWORK_POLICY_HOSTS));
+        Ok(Response::new(self.spawn(sm, request.into_inner(), peer)))
+    }
+
+    async fn fetch_network_policy_hosts(
+        &self,
+        request: Request<DiscoveryRequest>,
+    ) -> Result<Response<DiscoveryResponse>, Status> {
+        self.fetch(request.into_inner(), NETWORK_POLICY_HOSTS)
+            .map(Response::new)
+    }
+
+    async fn delta_network_policy_hosts(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaNetworkPolicyHostsStream>, Status> {
+        let peer = request.remote_addr();
+        let sm = DeltaStream::new(Some(NETWORK_POLICY_HOSTS));
+        Ok(Response::new(self.spawn(sm, request.into_inner(), peer)))
+    }
+}

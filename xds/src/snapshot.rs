@@ -1,0 +1,444 @@
+//! Immutable, versioned snapshots and the per-node snapshot cache.
+//!
+//! A snapshot is everything one node (or the shared, non-sidecar group) may
+//! see, for every type. It is built whole, checked for consistency (every
+//! route, cluster and endpoint set a resource refers to is present) and only
+//! then published; streams never see a half-built state and nobody pushes
+//! ad hoc. Versions are content hashes, so an unchanged type keeps its
+//! version across rebuilds (and across control-plane replicas), and
+//! republishing an identical snapshot wakes no stream.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use envoy_types::pb::envoy::config::cluster::v3::{cluster::ClusterDiscoveryType, Cluster};
+use envoy_types::pb::envoy::config::listener::v3::{filter, Listener};
+use envoy_types::pb::envoy::config::route::v3::{
+    route::Action, route_action::ClusterSpecifier, RouteConfiguration,
+};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    http_connection_manager::RouteSpecifier, HttpConnectionManager,
+};
+use prost::Message;
+use thiserror::Error;
+use tokio::sync::watch;
+
+use crate::resource::{fnv1a, Resource, CLUSTER, ENDPOINT, LISTENER, ROUTE};
+
+const HCM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+
+/// Why a snapshot was not published.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum SnapshotError {
+    /// A resource refers to another resource the snapshot does not hold.
+    #[error("inconsistent snapshot: {kind} {name:?} refers to missing {missing_kind} {missing:?}")]
+    Dangling {
+        /// Referring resource's type (short name).
+        kind: &'static str,
+        /// Referring resource's name.
+        name: String,
+        /// Missing resource's type (short name).
+        missing_kind: &'static str,
+        /// Missing resource's name.
+        missing: String,
+    },
+    /// A resource in the snapshot does not decode as its declared type.
+    #[error("snapshot resource {name:?} of type {type_url} does not decode: {error}")]
+    Decode {
+        /// Resource name.
+        name: String,
+        /// Type URL.
+        type_url: String,
+        /// Decoder message.
+        error: String,
+    },
+    /// Two resources of one type share a name.
+    #[error("snapshot holds two {type_url} resources named {name:?}")]
+    Duplicate {
+        /// Type URL.
+        type_url: String,
+        /// Resource name.
+        name: String,
+    },
+}
+
+/// The resources of one type in a snapshot, with their version.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TypeResources {
+    /// Content hash of the whole set, as a hex string; the SotW `version_info`.
+    pub version: String,
+    /// Resources by name.
+    pub items: BTreeMap<String, Resource>,
+}
+
+/// An immutable set of resources for one node (or node group).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    types: BTreeMap<String, TypeResources>,
+    /// Content hash of every type's version.
+    pub version: String,
+    /// When the control plane built it (for convergence time).
+    pub created: SystemTime,
+}
+
+impl Snapshot {
+    /// The resources of `type_url` (empty set if none).
+    pub fn resources(&self, type_url: &str) -> Option<&TypeResources> {
+        self.types.get(type_url)
+    }
+
+    /// The version of `type_url` in this snapshot (the empty set has a version too).
+    pub fn type_version(&self, type_url: &str) -> String {
+        self.types
+            .get(type_url)
+            .map(|t| t.version.clone())
+            .unwrap_or_else(|| empty_version().to_string())
+    }
+
+    /// Every type URL this snapshot holds resources of.
+    pub fn type_urls(&self) -> impl Iterator<Item = &str> {
+        self.types.keys().map(String::as_str)
+    }
+
+    /// Checks that every reference resolves: listener → route config,
+    /// route → cluster, EDS cluster → load assignment.
+    pub fn check(&self) -> Result<(), SnapshotError> {
+        let has = |t: &str, n: &str| self.types.get(t).is_some_and(|r| r.items.contains_key(n));
+        let mut refs: Vec<(&'static str, String, &'static str, String)> = Vec::new();
+        if let Some(listeners) = self.types.get(LISTENER) {
+            for r in listeners.items.values() {
+                let l: Listener = decode(r)?;
+                for hcm in listener_hcms(&l, r)? {
+                    match hcm.route_specifier {
+                        Some(RouteSpecifier::Rds(rds)) => {
+                            refs.push(("listener", r.name.clone(), "route", rds.route_config_name))
+                        }
+                        Some(RouteSpecifier::RouteConfig(rc)) => {
+                            for c in route_clusters(&rc) {
+                                refs.push(("listener", r.name.clone(), "cluster", c));
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        if let Some(routes) = self.types.get(ROUTE) {
+            for r in routes.items.values() {
+                let rc: RouteConfiguration = decode(r)?;
+                for c in route_clusters(&rc) {
+                    refs.push(("route", r.name.clone(), "cluster", c));
+                }
+            }
+        }
+        if let Some(clusters) = self.types.get(CLUSTER) {
+            for r in clusters.items.values() {
+                let c: Cluster = decode(r)?;
+                // DiscoveryType::Eds = 3.
+                if let Some(ClusterDiscoveryType::Type(3)) = c.cluster_discovery_type {
+                    let service = c
+                        .eds_cluster_config
+                        .as_ref()
+                        .map(|e| e.service_name.clone())
+                        .filter(|s| !s.is_empty())
+                        .unwrap_or_else(|| c.name.clone());
+                    refs.push(("cluster", r.name.clone(), "endpoint", service));
+                }
+            }
+        }
+        for (kind, name, missing_kind, missing) in refs {
+            let t = match missing_kind {
+                "route" => ROUTE,
+                "cluster" => CLUSTER,
+                _ => ENDPOINT,
+            };
+            if !has(t, &missing) {
+                return Err(SnapshotError::Dangling {
+                    kind,
+                    name,
+                    missing_kind,
+                    missing,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+fn decode<M: Message + Default>(r: &Resource) -> Result<M, SnapshotError> {
+    r.decode().map_err(|e| SnapshotError::Decode {
+        name: r.name.clone(),
+        type_url: r.body.type_url.clone(),
+        error: e.to_string(),
+    })
+}
+
+fn listener_hcms(l: &Listener, r: &Resource) -> Result<Vec<HttpConnectionManager>, SnapshotError> {
+    let mut out = Vec::new();
+    let chains = l.filter_chains.iter().chain(l.default_filter_chain.iter());
+    let mut configs: Vec<&envoy_types::pb::google::protobuf::Any> = chains
+        .flat_map(|c| c.filters.iter())
+        .filter_map(|f| match &f.config_type {
+            Some(filter::ConfigType::TypedConfig(any)) => Some(any),
+            _ => None,
+        })
+        .collect();
+    if let Some(api) = l
+        .api_listener
+        .as_ref()
+        .and_then(|a| a.api_listener.as_ref())
+    {
+        configs.push(api);
+    }
+    for any in configs {
+        if any.type_url == HCM_TYPE {
+            let hcm = HttpConnectionManager::decode(any.value.as_slice()).map_err(|e| {
+                SnapshotError::Decode {
+                    name: r.name.clone(),
+                    type_url: HCM_TYPE.to_string(),
+                    error: e.to_string(),
+                }
+            })?;
+            out.push(hcm);
+        }
+    }
+    Ok(out)
+}
+
+fn route_clusters(rc: &RouteConfiguration) -> Vec<String> {
+    let mut out = Vec::new();
+    for vh in &rc.virtual_hosts {
+        for route in &vh.routes {
+            if let Some(Action::Route(ra)) = &route.action {
+                match &ra.cluster_specifier {
+                    Some(ClusterSpecifier::Cluster(c)) => out.push(c.clone()),
+                    Some(ClusterSpecifier::WeightedClusters(w)) => {
+                        out.extend(w.clusters.iter().map(|c| c.name.clone()))
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    out
+}
+
+fn empty_version() -> &'static str {
+    "0000000000000000"
+}
+
+/// Collects resources for one snapshot.
+#[derive(Debug, Default)]
+pub struct SnapshotBuilder {
+    types: BTreeMap<String, BTreeMap<String, Resource>>,
+    duplicate: Option<(String, String)>,
+}
+
+impl SnapshotBuilder {
+    /// An empty builder.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds one resource; its type is the type URL of its body.
+    pub fn add(&mut self, r: Resource) -> &mut Self {
+        let t = r.body.type_url.clone();
+        let name = r.name.clone();
+        if self
+            .types
+            .entry(t.clone())
+            .or_default()
+            .insert(name.clone(), r)
+            .is_some()
+            && self.duplicate.is_none()
+        {
+            self.duplicate = Some((t, name));
+        }
+        self
+    }
+
+    /// Seals the snapshot: computes versions and checks consistency.
+    pub fn build(self) -> Result<Snapshot, SnapshotError> {
+        if let Some((type_url, name)) = self.duplicate {
+            return Err(SnapshotError::Duplicate { type_url, name });
+        }
+        let mut types = BTreeMap::new();
+        let mut all = Vec::new();
+        for (t, items) in self.types {
+            let mut buf = Vec::new();
+            for (name, r) in &items {
+                buf.extend_from_slice(name.as_bytes());
+                buf.push(0);
+                buf.extend_from_slice(&r.hash.to_le_bytes());
+            }
+            let version = format!("{:016x}", fnv1a(&buf));
+            all.extend_from_slice(t.as_bytes());
+            all.extend_from_slice(version.as_bytes());
+            types.insert(t, TypeResources { version, items });
+        }
+        let snap = Snapshot {
+            types,
+            version: format!("{:016x}", fnv1a(&all)),
+            created: SystemTime::now(),
+        };
+        snap.check()?;
+        Ok(snap)
+    }
+}
+
+/// The latest snapshot per node key, with a watch per key so streams wake
+/// when their snapshot changes.
+#[derive(Debug, Default)]
+pub struct SnapshotCache {
+    nodes: Mutex<HashMap<String, watch::Sender<Option<Arc<Snapshot>>>>>,
+}
+
+impl SnapshotCache {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn sender(&self, key: &str) -> watch::Sender<Option<Arc<Snapshot>>> {
+        let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        nodes
+            .entry(key.to_string())
+            .or_insert_with(|| watch::channel(None).0)
+            .clone()
+    }
+
+    /// Publishes `snap` for `key`. Returns false (and wakes nobody) when the
+    /// content equals what is already published.
+    pub fn set(&self, key: &str, snap: Snapshot) -> bool {
+        let tx = self.sender(key);
+        tx.send_if_modified(|cur| {
+            if cur.as_ref().is_some_and(|c| c.version == snap.version) {
+                return false;
+            }
+            *cur = Some(Arc::new(snap));
+            true
+        })
+    }
+
+    /// The snapshot published for `key`, if any.
+    pub fn get(&self, key: &str) -> Option<Arc<Snapshot>> {
+        let nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        nodes.get(key).and_then(|tx| tx.borrow().clone())
+    }
+
+    /// Subscribes to `key`'s snapshots (the current one is marked seen only
+    /// once the caller borrows it).
+    pub fn watch(&self, key: &str) -> watch::Receiver<Option<Arc<Snapshot>>> {
+        let mut rx = self.sender(key).subscribe();
+        rx.mark_changed();
+        rx
+    }
+
+    /// Every key with a published snapshot.
+    pub fn keys(&self) -> Vec<String> {
+        let nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut keys: Vec<String> = nodes
+            .iter()
+            .filter(|(_, tx)| tx.borrow().is_some())
+            .map(|(k, _)| k.clone())
+            .collect();
+        keys.sort();
+        keys
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::EdsClusterConfig;
+    use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+    use envoy_types::pb::envoy::config::route::v3::{Route, RouteAction, VirtualHost};
+
+    fn eds_cluster(name: &str) -> Resource {
+        let c = Cluster {
+            name: name.into(),
+            cluster_discovery_type: Some(ClusterDiscoveryType::Type(3)),
+            eds_cluster_config: Some(EdsClusterConfig::default()),
+            ..Default::default()
+        };
+        Resource::new(CLUSTER, name, &c)
+    }
+
+    fn route_to(name: &str, cluster: &str) -> Resource {
+        let rc = RouteConfiguration {
+            name: name.into(),
+            virtual_hosts: vec![VirtualHost {
+                name: "vh".into(),
+                domains: vec!["*".into()],
+                routes: vec![Route {
+                    action: Some(Action::Route(RouteAction {
+                        cluster_specifier: Some(ClusterSpecifier::Cluster(cluster.into())),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        Resource::new(ROUTE, name, &rc)
+    }
+
+    fn cla(name: &str) -> Resource {
+        let c = ClusterLoadAssignment {
+            cluster_name: name.into(),
+            ..Default::default()
+        };
+        Resource::new(ENDPOINT, name, &c)
+    }
+
+    #[test]
+    fn consistency_check_rejects_dangling_references() {
+        let mut b = SnapshotBuilder::new();
+        b.add(route_to("r", "c"));
+        let err = b.build().unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("route \"r\" refers to missing cluster \"c\""),
+            "{err}"
+        );
+
+        let mut b = SnapshotBuilder::new();
+        b.add(route_to("r", "c")).add(eds_cluster("c"));
+        let err = b.build().unwrap_err();
+        assert!(err.to_string().contains("missing endpoint \"c\""), "{err}");
+
+        let mut b = SnapshotBuilder::new();
+        b.add(route_to("r", "c"))
+            .add(eds_cluster("c"))
+            .add(cla("c"));
+        assert!(b.build().is_ok());
+    }
+
+    #[test]
+    fn versions_are_content_hashes_and_identical_snapshots_wake_nobody() {
+        let build = |cluster: &str| {
+            let mut b = SnapshotBuilder::new();
+            b.add(eds_cluster(cluster)).add(cla(cluster));
+            b.build().unwrap()
+        };
+        let a = build("a");
+        let a2 = build("a");
+        let b = build("b");
+        assert_eq!(a.type_version(CLUSTER), a2.type_version(CLUSTER));
+        assert_ne!(a.type_version(CLUSTER), b.type_version(CLUSTER));
+        assert_eq!(a.type_version(LISTENER), empty_version());
+
+        let cache = SnapshotCache::new();
+        let mut rx = cache.watch("n");
+        assert!(cache.set("n", a));
+        assert!(rx.has_changed().unwrap());
+        rx.borrow_and_update();
+        assert!(!cache.set("n", a2), "same content must not republish");
+        assert!(!rx.has_changed().unwrap());
+        assert!(cache.set("n", b));
+        assert!(rx.has_changed().unwrap());
+        assert_eq!(cache.keys(), vec!["n".to_string()]);
+    }
+}

@@ -1,0 +1,730 @@
+//! The per-stream xDS protocol state machine, state of the world and delta.
+//!
+//! Pure: no I/O, no clock, no tasks. The server feeds it requests and
+//! snapshots and sends whatever responses it returns; the [`Outcome`]s it
+//! reports (ACK, NACK, stale request) go to the flight recorder.
+//!
+//! Protocol rules implemented (as Envoy's xDS protocol document defines them):
+//! - per type URL: a version and a nonce per response; a request whose
+//!   `response_nonce` is the last nonce sent ACKs (no `error_detail`) or
+//!   NACKs (with `error_detail`) that response; a request with an older nonce
+//!   is stale and ignored;
+//! - at most one response per type is in flight: a newer snapshot is sent
+//!   once the previous response is ACKed or NACKed;
+//! - a NACKed version is never resent; the next different snapshot is;
+//! - subscriptions: the first request with no names (or `*`) is a wildcard;
+//!   named subscriptions get exactly the named resources that exist;
+//! - removal: SotW responses are complete for the subscription (absence is
+//!   removal); delta responses list `removed_resources` explicitly.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+    Resource as DeltaResource,
+};
+use thiserror::Error;
+
+use crate::snapshot::Snapshot;
+
+/// A request the state machine refuses; the stream is closed with it.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum StreamError {
+    /// ADS requests must say which type they are about.
+    #[error("request without type_url on an aggregated stream")]
+    MissingTypeUrl,
+    /// Only the types the service serves may be requested.
+    #[error("type {found:?} is not served on this stream (expected {expected:?})")]
+    WrongType {
+        /// The type requested.
+        found: String,
+        /// The type the service serves.
+        expected: String,
+    },
+}
+
+/// What a client subscribed to, per type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Subscription {
+    /// Everything of the type.
+    Wildcard,
+    /// Only these names (possibly none).
+    Names(BTreeSet<String>),
+}
+
+impl Subscription {
+    fn wants(&self, name: &str) -> bool {
+        match self {
+            Subscription::Wildcard => true,
+            Subscription::Names(n) => n.contains(name),
+        }
+    }
+
+    /// The names, or `["*"]` for a wildcard (debug output).
+    pub fn describe(&self) -> Vec<String> {
+        match self {
+            Subscription::Wildcard => vec!["*".to_string()],
+            Subscription::Names(n) => n.iter().cloned().collect(),
+        }
+    }
+}
+
+/// What happened on a request, for the flight recorder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The client accepted `version` (response `nonce`).
+    Ack {
+        /// Type URL.
+        type_url: String,
+        /// Version accepted.
+        version: String,
+        /// Nonce of the accepted response.
+        nonce: String,
+    },
+    /// The client rejected the response with `nonce`, which carried `version`.
+    Nack {
+        /// Type URL.
+        type_url: String,
+        /// Version rejected.
+        version: String,
+        /// Nonce of the rejected response.
+        nonce: String,
+        /// The client's error message, verbatim.
+        error: String,
+    },
+    /// A request answering an older nonce; ignored.
+    Stale {
+        /// Type URL.
+        type_url: String,
+        /// The outdated nonce.
+        nonce: String,
+    },
+}
+
+/// A response the state machine wants sent, with what the recorder needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sent {
+    /// Type URL.
+    pub type_url: String,
+    /// Version sent (SotW `version_info`, delta `system_version_info`).
+    pub version: String,
+    /// Nonce of the response.
+    pub nonce: String,
+    /// Names of the resources sent.
+    pub names: Vec<String>,
+    /// Names removed (delta only).
+    pub removed: Vec<String>,
+}
+
+/// The result of one input to the state machine.
+#[derive(Debug, Default)]
+pub struct Step<R> {
+    /// What the request meant.
+    pub outcomes: Vec<Outcome>,
+    /// Responses to send, in order.
+    pub responses: Vec<(Sent, R)>,
+}
+
+#[derive(Debug, Clone)]
+struct SotwType {
+    subscription: Subscription,
+    /// Version, nonce and names of the last response sent.
+    sent: Option<(String, String, BTreeSet<String>)>,
+    in_flight: bool,
+    acked: Option<String>,
+    nacked: Option<String>,
+    /// The subscription changed since the last response.
+    dirty: bool,
+}
+
+/// State of one SotW stream (ADS or a single-type service such as NPDS).
+#[derive(Debug)]
+pub struct SotwStream {
+    /// The type a single-type service serves; `None` for ADS.
+    only_type: Option<String>,
+    nonce: u64,
+    types: BTreeMap<String, SotwType>,
+    snapshot: Option<Arc<Snapshot>>,
+}
+
+/// Per-type state exposed for debug output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TypeStatus {
+    /// What the client subscribed to.
+    pub subscription: Subscription,
+    /// Last version sent.
+    pub sent_version: Option<String>,
+    /// Last nonce sent.
+    pub sent_nonce: Option<String>,
+    /// Last version ACKed.
+    pub acked_version: Option<String>,
+    /// Last version NACKed.
+    pub nacked_version: Option<String>,
+}
+
+impl SotwStream {
+    /// A stream for ADS (`None`) or for a single-type service.
+    pub fn new(only_type: Option<&str>) -> Self {
+        SotwStream {
+            only_type: only_type.map(str::to_string),
+            nonce: 0,
+            types: BTreeMap::new(),
+            snapshot: None,
+        }
+    }
+
+    /// Per-type status, for `/debug/adsz`.
+    pub fn status(&self) -> BTreeMap<String, TypeStatus> {
+        self.types
+            .iter()
+            .map(|(t, s)| {
+                (
+                    t.clone(),
+                    TypeStatus {
+                        subscription: s.subscription.clone(),
+                        sent_version: s.sent.as_ref().map(|x| x.0.clone()),
+                        sent_nonce: s.sent.as_ref().map(|x| x.1.clone()),
+                        acked_version: s.acked.clone(),
+                        nacked_version: s.nacked.clone(),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// Handles one request from the client.
+    pub fn on_request(
+        &mut self,
+        req: &DiscoveryRequest,
+    ) -> Result<Step<DiscoveryResponse>, StreamError> {
+        let t = resolve_type(&self.only_type, &req.type_url)?;
+        let mut step = Step::default();
+        let first = !self.types.contains_key(&t);
+        let st = self.types.entry(t.clone()).or_insert_with(|| SotwType {
+            subscription: Subscription::Names(BTreeSet::new()),
+            sent: None,
+            in_flight: false,
+            acked: None,
+            nacked: None,
+            dirty: true,
+        });
+        if !req.response_nonce.is_empty() {
+            match &st.sent {
+                Some((version, nonce, _)) if *nonce == req.response_nonce => {
+                    st.in_flight = false;
+                    match &req.error_detail {
+                        Some(status) => {
+                            st.nacked = Some(version.clone());
+                            step.outcomes.push(Outcome::Nack {
+                                type_url: t.clone(),
+                                version: version.clone(),
+                                nonce: nonce.clone(),
+                                error: status.message.clone(),
+                            });
+                        }
+                        None => {
+                            st.acked = Some(req.version_info.clone());
+                            step.outcomes.push(Outcome::Ack {
+                                type_url: t.clone(),
+                                version: req.version_info.clone(),
+                                nonce: nonce.clone(),
+                            });
+                        }
+                    }
+                }
+                _ => {
+                    step.outcomes.push(Outcome::Stale {
+                        type_url: t,
+                        nonce: req.response_nonce.clone(),
+                    });
+                    return Ok(step);
+                }
+            }
+        }
+        let names = &req.resource_names;
+        let sub = if names.iter().any(|n| n == "*")
+            || (names.is_empty() && (first || st.subscription == Subscription::Wildcard))
+        {
+            Subscription::Wildcard
+        } else {
+            Subscription::Names(names.iter().cloned().collect())
+        };
+        if sub != st.subscription {
+            st.subscription = sub;
+            st.dirty = true;
+        }
+        if let Some(r) = self.respond(&t) {
+            step.responses.push(r);
+        }
+        Ok(step)
+    }
+
+    /// Handles a new snapshot for this stream's node.
+    pub fn on_snapshot(&mut self, snap: Arc<Snapshot>) -> Step<DiscoveryResponse> {
+        self.snapshot = Some(snap);
+        let mut step = Step::default();
+        let types: Vec<String> = self.types.keys().cloned().collect();
+        for t in types {
+            if let Some(r) = self.respond(&t) {
+                step.responses.push(r);
+            }
+        }
+        step
+    }
+
+    fn respond(&mut self, t: &str) -> Option<(Sent, DiscoveryResponse)> {
+        let snap = self.snapshot.clone()?;
+        let st = self.types.get_mut(t)?;
+        if st.in_flight {
+            return None;
+        }
+        let version = snap.type_version(t);
+        let unchanged = st.sent.as_ref().is_some_and(|s| s.0 == version);
+        if unchanged && !st.dirty {
+            return None;
+        }
+        if !st.dirty && st.nacked.as_deref() == Some(version.as_str()) {
+            return None;
+        }
+        let mut names = BTreeSet::new();
+        let mut resources = Vec::new();
+        if let Some(set) = snap.resources(t) {
+            for (name, r) in &set.items {
+                if st.subscription.wants(name) {
+                    names.insert(name.clone());
+                    resources.push((*r.body).clone());
+                }
+            }
+        }
+        self.nonce += 1;
+        let nonce = self.nonce.to_string();
+        st.sent = Some((version.clone(), nonce.clone(), names.clone()));
+        st.in_flight = true;
+        st.dirty = false;
+        let resp = DiscoveryResponse {
+            version_info: version.clone(),
+            resources,
+            type_url: t.to_string(),
+            nonce: nonce.clone(),
+            ..Default::default()
+        };
+        Some((
+            Sent {
+                type_url: t.to_string(),
+                version,
+                nonce,
+                names: names.into_iter().collect(),
+                removed: Vec::new(),
+            },
+            resp,
+        ))
+    }
+}
+
+fn resolve_type(only: &Option<String>, requested: &str) -> Result<String, StreamError> {
+    match (only, requested) {
+        (None, "") => Err(StreamError::MissingTypeUrl),
+        (None, t) => Ok(t.to_string()),
+        (Some(o), "") => Ok(o.clone()),
+        (Some(o), t) if o == t => Ok(o.clone()),
+        (Some(o), t) => Err(StreamError::WrongType {
+            found: t.to_string(),
+            expected: o.clone(),
+        }),
+    }
+}
+
+#[derive(Debug, Clone)]
+struct DeltaType {
+    wildcard: bool,
+    names: BTreeSet<String>,
+    /// What the client holds (name → version), as of its last ACK.
+    client: BTreeMap<String, String>,
+    /// Nonce and the client state the in-flight response would produce.
+    in_flight: Option<(String, String, BTreeMap<String, String>)>,
+    nacked: Option<String>,
+    dirty: bool,
+}
+
+/// State of one delta (incremental) stream.
+#[derive(Debug)]
+pub struct DeltaStream {
+    only_type: Option<String>,
+    nonce: u64,
+    types: BTreeMap<String, DeltaType>,
+    snapshot: Option<Arc<Snapshot>>,
+}
+
+impl DeltaStream {
+    /// A stream for delta ADS (`None`) or for a single-type delta service.
+    pub fn new(only_type: Option<&str>) -> Self {
+        DeltaStream {
+            only_type: only_type.map(str::to_string),
+            nonce: 0,
+            types: BTreeMap::new(),
+            snapshot: None,
+        }
+    }
+
+    /// Subscriptions per type, for `/debug/adsz`.
+    pub fn subscriptions(&self) -> BTreeMap<String, Subscription> {
+        self.types
+            .iter()
+            .map(|(t, s)| {
+                let sub = if s.wildcard {
+                    Subscription::Wildcard
+                } else {
+                    Subscription::Names(s.names.clone())
+                };
+                (t.clone(), sub)
+            })
+            .collect()
+    }
+
+    /// Handles one delta request.
+    pub fn on_request(
+        &mut self,
+        req: &DeltaDiscoveryRequest,
+    ) -> Result<Step<DeltaDiscoveryResponse>, StreamError> {
+        let t = resolve_type(&self.only_type, &req.type_url)?;
+        let mut step = Step::default();
+        let first = !self.types.contains_key(&t);
+        let st = self.types.entry(t.clone()).or_insert_with(|| DeltaType {
+            wildcard: false,
+            names: BTreeSet::new(),
+            client: BTreeMap::new(),
+            in_flight: None,
+            nacked: None,
+            dirty: true,
+        });
+        if first {
+            st.client = req
+                .initial_resource_versions
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            st.wildcard = req.resource_names_subscribe.is_empty();
+        }
+        if !req.response_nonce.is_empty() {
+            match st.in_flight.take() {
+                Some((nonce, version, after)) if nonce == req.response_nonce => {
+                    match &req.error_detail {
+                        Some(status) => {
+                            st.nacked = Some(version.clone());
+                            step.outcomes.push(Outcome::Nack {
+                                type_url: t.clone(),
+                                version,
+                                nonce,
+                                error: status.message.clone(),
+                            });
+                        }
+                        None => {
+                            st.client = after;
+                            step.outcomes.push(Outcome::Ack {
+                                type_url: t.clone(),
+                                version,
+                                nonce,
+                            });
+                        }
+                    }
+                }
+                other => {
+                    st.in_flight = other;
+                    step.outcomes.push(Outcome::Stale {
+                        type_url: t,
+                        nonce: req.response_nonce.clone(),
+                    });
+                    return Ok(step);
+                }
+            }
+        }
+        for n in &req.resource_names_subscribe {
+            if n == "*" {
+                st.wildcard = true;
+            } else {
+                st.names.insert(n.clone());
+            }
+            st.dirty = true;
+        }
+        for n in &req.resource_names_unsubscribe {
+            if n == "*" {
+                st.wildcard = false;
+            } else {
+                st.names.remove(n);
+                // The client forgets it; no removal needs to be sent.
+                st.client.remove(n);
+            }
+            st.dirty = true;
+        }
+        if let Some(r) = self.respond(&t) {
+            step.responses.push(r);
+        }
+        Ok(step)
+    }
+
+    /// Handles a new snapshot.
+    pub fn on_snapshot(&mut self, snap: Arc<Snapshot>) -> Step<DeltaDiscoveryResponse> {
+        self.snapshot = Some(snap);
+        let mut step = Step::default();
+        let types: Vec<String> = self.types.keys().cloned().collect();
+        for t in types {
+            if let Some(r) = self.respond(&t) {
+                step.responses.push(r);
+            }
+        }
+        step
+    }
+
+    fn respond(&mut self, t: &str) -> Option<(Sent, DeltaDiscoveryResponse)> {
+        let snap = self.snapshot.clone()?;
+        let st = self.types.get_mut(t)?;
+        if st.in_flight.is_some() {
+            return None;
+        }
+        let version = snap.type_version(t);
+        if !st.dirty && st.nacked.as_deref() == Some(version.as_str()) {
+            return None;
+        }
+        let mut after = st.client.clone();
+        let mut resources = Vec::new();
+        let mut names = Vec::new();
+        let empty = Default::default();
+        let items = snap.resources(t).map(|r| &r.items).unwrap_or(&empty);
+        for (name, r) in items {
+            if !(st.wildcard || st.names.contains(name)) {
+                continue;
+            }
+            let v = format!("{:016x}", r.hash);
+            if st.client.get(name) != Some(&v) {
+                resources.push(DeltaResource {
+                    name: name.clone(),
+                    version: v.clone(),
+                    resource: Some((*r.body).clone()),
+                    ..Default::default()
+                });
+                names.push(name.clone());
+                after.insert(name.clone(), v);
+            }
+        }
+        let removed: Vec<String> = st
+            .client
+            .keys()
+            .filter(|n| !items.contains_key(*n))
+            .cloned()
+            .collect();
+        for n in &removed {
+            after.remove(n);
+        }
+        st.dirty = false;
+        if resources.is_empty() && removed.is_empty() {
+            return None;
+        }
+        self.nonce += 1;
+        let nonce = self.nonce.to_string();
+        st.in_flight = Some((nonce.clone(), version.clone(), after));
+        let resp = DeltaDiscoveryResponse {
+            system_version_info: version.clone(),
+            resources,
+            type_url: t.to_string(),
+            removed_resources: removed.clone(),
+            nonce: nonce.clone(),
+            ..Default::default()
+        };
+        Some((
+            Sent {
+                type_url: t.to_string(),
+                version,
+                nonce,
+                names,
+                removed,
+            },
+            resp,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::NetworkPolicyHosts;
+    use crate::resource::{Resource, CLUSTER, NETWORK_POLICY_HOSTS};
+    use crate::snapshot::SnapshotBuilder;
+    use envoy_types::pb::google::rpc::Status;
+
+    fn snap(hosts: &[(u64, &str)]) -> Arc<Snapshot> {
+        let mut b = SnapshotBuilder::new();
+        for (id, ip) in hosts {
+            let h = NetworkPolicyHosts {
+                policy: *id,
+                host_addresses: vec![ip.to_string()],
+            };
+            b.add(Resource::new(NETWORK_POLICY_HOSTS, id.to_string(), &h));
+        }
+        Arc::new(b.build().unwrap())
+    }
+
+    fn req(names: &[&str], version: &str, nonce: &str, error: Option<&str>) -> DiscoveryRequest {
+        DiscoveryRequest {
+            type_url: NETWORK_POLICY_HOSTS.into(),
+            resource_names: names.iter().map(|s| s.to_string()).collect(),
+            version_info: version.into(),
+            response_nonce: nonce.into(),
+            error_detail: error.map(|m| Status {
+                code: 3,
+                message: m.into(),
+                details: vec![],
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn sotw_ack_nack_stale_and_one_in_flight() {
+        let mut s = SotwStream::new(None);
+        let s1 = snap(&[(256, "10.0.0.1"), (257, "10.0.0.2")]);
+        // No snapshot yet: the request is recorded, nothing is sent.
+        assert!(s
+            .on_request(&req(&[], "", "", None))
+            .unwrap()
+            .responses
+            .is_empty());
+        let step = s.on_snapshot(s1.clone());
+        assert_eq!(step.responses.len(), 1);
+        let (sent, resp) = &step.responses[0];
+        assert_eq!(resp.resources.len(), 2, "wildcard gets everything");
+        assert_eq!(resp.version_info, s1.type_version(NETWORK_POLICY_HOSTS));
+        let (v1, n1) = (sent.version.clone(), sent.nonce.clone());
+
+        // A newer snapshot while the first response is in flight waits.
+        let s2 = snap(&[(256, "10.0.0.1")]);
+        assert!(s.on_snapshot(s2.clone()).responses.is_empty());
+        // ACK of the first: the queued snapshot goes out, 257 removed by omission.
+        let step = s.on_request(&req(&[], &v1, &n1, None)).unwrap();
+        assert_eq!(
+            step.outcomes,
+            vec![Outcome::Ack {
+                type_url: NETWORK_POLICY_HOSTS.into(),
+                version: v1.clone(),
+                nonce: n1.clone()
+            }]
+        );
+        assert_eq!(step.responses.len(), 1);
+        assert_eq!(step.responses[0].1.resources.len(), 1);
+        let (v2, n2) = (
+            step.responses[0].0.version.clone(),
+            step.responses[0].0.nonce.clone(),
+        );
+        assert_ne!(n1, n2);
+
+        // A stale request (old nonce) is ignored entirely.
+        let step = s.on_request(&req(&["256"], &v1, &n1, None)).unwrap();
+        assert!(matches!(step.outcomes[..], [Outcome::Stale { .. }]));
+        assert!(step.responses.is_empty());
+
+        // NACK of v2: recorded with the client's error; v2 is not resent.
+        let step = s
+            .on_request(&req(&[], &v1, &n2, Some("bad regex")))
+            .unwrap();
+        assert_eq!(
+            step.outcomes,
+            vec![Outcome::Nack {
+                type_url: NETWORK_POLICY_HOSTS.into(),
+                version: v2.clone(),
+                nonce: n2.clone(),
+                error: "bad regex".into()
+            }]
+        );
+        assert!(step.responses.is_empty());
+        assert!(s.on_snapshot(s2).responses.is_empty());
+        let st = &s.status()[NETWORK_POLICY_HOSTS];
+        assert_eq!(st.acked_version.as_deref(), Some(v1.as_str()));
+        assert_eq!(st.nacked_version.as_deref(), Some(v2.as_str()));
+        // A fixed snapshot is sent.
+        let s3 = snap(&[(256, "10.0.0.9")]);
+        assert_eq!(s.on_snapshot(s3).responses.len(), 1);
+    }
+
+    #[test]
+    fn sotw_named_subscriptions_and_type_checks() {
+        let mut s = SotwStream::new(Some(NETWORK_POLICY_HOSTS));
+        s.on_snapshot(snap(&[(256, "a"), (257, "b")]));
+        let mut r = req(&["257", "999"], "", "", None);
+        r.type_url.clear(); // single-type services may omit it
+        let step = s.on_request(&r).unwrap();
+        let (sent, resp) = &step.responses[0];
+        assert_eq!(
+            sent.names,
+            vec!["257".to_string()],
+            "only existing named resources"
+        );
+        assert_eq!(resp.resources.len(), 1);
+        // Adding a name re-sends at the same version once ACKed.
+        let ack = req(&["256", "257"], &sent.version, &sent.nonce, None);
+        let step = s.on_request(&ack).unwrap();
+        assert_eq!(
+            step.responses[0].0.names,
+            vec!["256".to_string(), "257".to_string()]
+        );
+
+        let mut wrong = req(&[], "", "", None);
+        wrong.type_url = CLUSTER.into();
+        assert!(matches!(
+            s.on_request(&wrong),
+            Err(StreamError::WrongType { .. })
+        ));
+        let mut ads = SotwStream::new(None);
+        let mut none = req(&[], "", "", None);
+        none.type_url.clear();
+        assert_eq!(
+            ads.on_request(&none).unwrap_err(),
+            StreamError::MissingTypeUrl
+        );
+    }
+
+    #[test]
+    fn delta_sends_changes_and_removals_and_honours_nack() {
+        let mut d = DeltaStream::new(None);
+        d.on_snapshot(snap(&[(256, "a"), (257, "b")]));
+        let r = DeltaDiscoveryRequest {
+            type_url: NETWORK_POLICY_HOSTS.into(),
+            ..Default::default()
+        };
+        let step = d.on_request(&r).unwrap();
+        let (sent, resp) = &step.responses[0];
+        assert_eq!(resp.resources.len(), 2);
+        let ack = DeltaDiscoveryRequest {
+            type_url: NETWORK_POLICY_HOSTS.into(),
+            response_nonce: sent.nonce.clone(),
+            ..Default::default()
+        };
+        let step = d.on_request(&ack).unwrap();
+        assert!(matches!(step.outcomes[..], [Outcome::Ack { .. }]));
+        assert!(step.responses.is_empty(), "nothing changed");
+
+        // 256 changes, 257 goes away: only the difference is sent.
+        let step = d.on_snapshot(snap(&[(256, "c")]));
+        let (sent, resp) = &step.responses[0];
+        assert_eq!(sent.names, vec!["256".to_string()]);
+        assert_eq!(resp.removed_resources, vec!["257".to_string()]);
+        // NACK: the client keeps its old state, and the same content is not resent.
+        let nack = DeltaDiscoveryRequest {
+            type_url: NETWORK_POLICY_HOSTS.into(),
+            response_nonce: sent.nonce.clone(),
+            error_detail: Some(Status {
+                code: 3,
+                message: "no".into(),
+                details: vec![],
+            }),
+            ..Default::default()
+        };
+        let step = d.on_request(&nack).unwrap();
+        assert!(matches!(step.outcomes[..], [Outcome::Nack { .. }]));
+        assert!(step.responses.is_empty());
+        // Restoring the original content: nothing to send, the client has it.
+        assert!(d
+            .on_snapshot(snap(&[(256, "a"), (257, "b")]))
+            .responses
+            .is_empty());
+    }
+}

@@ -1,0 +1,629 @@
+//! Translation: cluster state → identities → resolved policy
+//! (`membrane-policy`) → snapshots of xDS resources, one per sidecar and one
+//! shared by every other client.
+//!
+//! The policy engine is kept across updates, so a change re-resolves only the
+//! endpoints it affects; the snapshot cache then republishes only the
+//! snapshots whose content changed.
+
+pub mod envoy;
+pub mod npds;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use membrane_policy::identity::Identity;
+use membrane_policy::labels::{
+    Label, LabelSet, NAMESPACE_LABELS_PREFIX, POD_NAMESPACE, POLICY_CLUSTER, POLICY_SERVICEACCOUNT,
+    SOURCE_K8S,
+};
+use membrane_policy::resolve::{Endpoint, NamedPorts};
+use membrane_policy::{CompiledPolicy, Engine, PolicyKey};
+use thiserror::Error;
+
+use crate::node::{pod_key, SHARED_KEY};
+use crate::proto::{NetworkPolicy, NetworkPolicyHosts};
+use crate::resource::{fnv1a, Resource, NETWORK_POLICY, NETWORK_POLICY_HOSTS};
+use crate::snapshot::{Snapshot, SnapshotBuilder, SnapshotError};
+use crate::source::{k8s, ClusterState};
+
+/// Why translation failed for part of the state.
+#[derive(Debug, Error)]
+pub enum TranslateError {
+    /// An address that is neither an IP nor a prefix.
+    #[error("address {0:?} is neither an IP address nor a CIDR prefix")]
+    Address(String),
+    /// Identity allocation failed.
+    #[error("pod {pod}: identity allocation failed: {error}")]
+    Identity {
+        /// `namespace/pod`.
+        pod: String,
+        /// The allocator's error.
+        error: String,
+    },
+    /// A snapshot failed its consistency check.
+    #[error("snapshot {key}: {error}")]
+    Snapshot {
+        /// Snapshot key.
+        key: String,
+        /// The check's error.
+        error: SnapshotError,
+    },
+}
+
+/// A pod as the translation sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EndpointModel {
+    /// `namespace/pod`.
+    pub id: String,
+    /// Pod name.
+    pub pod: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Numeric endpoint id for NPDS.
+    pub endpoint_id: u64,
+    /// Pod IPs, primary first.
+    pub ips: Vec<String>,
+    /// Declared TCP container ports.
+    pub tcp_ports: Vec<u16>,
+    /// Named container ports.
+    pub named_ports: NamedPorts,
+    /// Cilium labels.
+    pub labels: LabelSet,
+    /// Zone of its node, if known.
+    pub zone: Option<String>,
+}
+
+/// One backend of a service port.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Backend {
+    /// Address.
+    pub ip: String,
+    /// Target port.
+    pub port: u16,
+    /// Zone, for the EDS locality.
+    pub zone: Option<String>,
+}
+
+/// One service port and its backends.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServicePortModel {
+    /// Service port.
+    pub port: u16,
+    /// Backends.
+    pub backends: Vec<Backend>,
+}
+
+/// A service.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceModel {
+    /// Name.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Ports.
+    pub ports: Vec<ServicePortModel>,
+}
+
+impl ServiceModel {
+    /// `NAME.NAMESPACE.svc.cluster.local`.
+    pub fn host(&self) -> String {
+        format!("{}.{}.svc.cluster.local", self.name, self.namespace)
+    }
+}
+
+/// Cilium's labels for a pod: its own labels, namespace, namespace labels,
+/// service account and cluster, all with source `k8s`.
+pub fn pod_labels(pod: &k8s::Pod, ns_labels: Option<&BTreeMap<String, String>>) -> LabelSet {
+    let ns = pod.metadata.ns();
+    let mut l: Vec<Label> = pod
+        .metadata
+        .labels
+        .iter()
+        .map(|(k, v)| Label::new(SOURCE_K8S, k, v))
+        .collect();
+    l.push(Label::new(SOURCE_K8S, POD_NAMESPACE, ns));
+    l.push(Label::new(SOURCE_K8S, POLICY_CLUSTER, "default"));
+    l.push(Label::new(SOURCE_K8S, POLICY_SERVICEACCOUNT, "default"));
+    for (k, v) in ns_labels.into_iter().flatten() {
+        l.push(Label::new(
+            SOURCE_K8S,
+            &format!("{NAMESPACE_LABELS_PREFIX}{k}"),
+            v,
+        ));
+    }
+    LabelSet::from_labels(l)
+}
+
+fn endpoint_model(pod: &k8s::Pod, state: &ClusterState) -> EndpointModel {
+    let ns = pod.metadata.ns().to_string();
+    let ns_labels = state
+        .namespaces
+        .iter()
+        .find(|n| n.metadata.name == ns)
+        .map(|n| &n.metadata.labels);
+    let mut named = NamedPorts::new();
+    let mut tcp = Vec::new();
+    for c in &pod.spec.containers {
+        for p in &c.ports {
+            if let Some(n) = &p.name {
+                named.entry(n.clone()).or_default().insert(p.container_port);
+            }
+            if p.protocol.as_deref().unwrap_or("TCP") == "TCP" {
+                tcp.push(p.container_port);
+            }
+        }
+    }
+    tcp.sort_unstable();
+    tcp.dedup();
+    let zone = pod.spec.node_name.as_ref().and_then(|n| {
+        state
+            .nodes
+            .iter()
+            .find(|x| &x.metadata.name == n)
+            .and_then(|x| {
+                x.metadata
+                    .labels
+                    .get("topology.kubernetes.io/zone")
+                    .cloned()
+            })
+    });
+    let id = format!("{ns}/{}", pod.metadata.name);
+    EndpointModel {
+        // Cilium endpoint ids are 16-bit; a stable hash keeps them stable
+        // across restarts and replicas.
+        endpoint_id: fnv1a(id.as_bytes()) % 65535 + 1,
+        id,
+        pod: pod.metadata.name.clone(),
+        namespace: ns,
+        ips: pod.ips(),
+        tcp_ports: tcp,
+        named_ports: named,
+        labels: pod_labels(pod, ns_labels),
+        zone,
+    }
+}
+
+fn service_models(state: &ClusterState, eps: &[(EndpointModel, &k8s::Pod)]) -> Vec<ServiceModel> {
+    let mut out = Vec::new();
+    for svc in &state.services {
+        let ns = svc.metadata.ns();
+        let mut ports = Vec::new();
+        for sp in &svc.spec.ports {
+            let mut backends = BTreeSet::new();
+            if !svc.spec.selector.is_empty() {
+                for (ep, pod) in eps {
+                    if ep.namespace != ns
+                        || !svc
+                            .spec
+                            .selector
+                            .iter()
+                            .all(|(k, v)| pod.metadata.labels.get(k) == Some(v))
+                    {
+                        continue;
+                    }
+                    let target = match &sp.target_port {
+                        Some(serde_json::Value::Number(n)) => {
+                            n.as_u64().and_then(|n| u16::try_from(n).ok())
+                        }
+                        Some(serde_json::Value::String(name)) => ep
+                            .named_ports
+                            .get(name)
+                            .and_then(|s| s.iter().next().copied())
+                            .or_else(|| name.parse().ok()),
+                        _ => Some(sp.port),
+                    };
+                    if let (Some(port), Some(ip)) = (target, ep.ips.first()) {
+                        backends.insert(Backend {
+                            ip: ip.clone(),
+                            port,
+                            zone: ep.zone.clone(),
+                        });
+                    }
+                }
+            }
+            for slice in &state.slices {
+                let owner = slice.metadata.labels.get("kubernetes.io/service-name");
+                if slice.metadata.ns() != ns || owner != Some(&svc.metadata.name) {
+                    continue;
+                }
+                let port = slice
+                    .ports
+                    .iter()
+                    .find(|p| p.name == sp.name || slice.ports.len() == 1)
+                    .and_then(|p| p.port);
+                for e in &slice.endpoints {
+                    for a in &e.addresses {
+                        if let Some(port) = port {
+                            backends.insert(Backend {
+                                ip: a.clone(),
+                                port,
+                                zone: e.zone.clone(),
+                            });
+                        }
+                    }
+                }
+            }
+            ports.push(ServicePortModel {
+                port: sp.port,
+                backends: backends.into_iter().collect(),
+            });
+        }
+        out.push(ServiceModel {
+            name: svc.metadata.name.clone(),
+            namespace: ns.to_string(),
+            ports,
+        });
+    }
+    out
+}
+
+/// The result of one translation.
+#[derive(Debug, Default)]
+pub struct Translation {
+    /// Snapshot per cache key (`sidecar/NS/POD` and `shared`).
+    pub snapshots: BTreeMap<String, Snapshot>,
+    /// Parts that could not be translated; the previous snapshot of those
+    /// keys stays published.
+    pub errors: Vec<TranslateError>,
+}
+
+/// Keeps the policy engine between updates.
+#[derive(Debug, Default)]
+pub struct Translator {
+    engine: Engine,
+    policies: BTreeMap<PolicyKey, Arc<CompiledPolicy>>,
+    endpoints: BTreeMap<String, Endpoint>,
+}
+
+impl Translator {
+    /// A translator with an in-memory identity allocator.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Feeds the engine the differences from the last state.
+    fn sync_engine(
+        &mut self,
+        state: &ClusterState,
+        eps: &[(EndpointModel, &k8s::Pod)],
+        errors: &mut Vec<TranslateError>,
+    ) {
+        let mut want: BTreeMap<PolicyKey, Arc<CompiledPolicy>> = BTreeMap::new();
+        for p in &state.policies {
+            want.insert(p.key.clone(), p.clone());
+        }
+        let gone: Vec<PolicyKey> = self
+            .policies
+            .keys()
+            .filter(|k| !want.contains_key(*k))
+            .cloned()
+            .collect();
+        for k in gone {
+            self.engine.delete_policy(&k);
+            self.policies.remove(&k);
+        }
+        for (k, p) in want {
+            if self
+                .policies
+                .get(&k)
+                .is_some_and(|old| Arc::ptr_eq(old, &p))
+            {
+                continue;
+            }
+            self.engine.apply_policy(p.clone());
+            self.policies.insert(k, p);
+        }
+        let ids: BTreeSet<&str> = eps.iter().map(|(e, _)| e.id.as_str()).collect();
+        let gone: Vec<String> = self
+            .endpoints
+            .keys()
+            .filter(|k| !ids.contains(k.as_str()))
+            .cloned()
+            .collect();
+        for k in gone {
+            if let Err(e) = self.engine.remove_endpoint(&k) {
+                errors.push(TranslateError::Identity {
+                    pod: k.clone(),
+                    error: e.to_string(),
+                });
+            }
+            self.endpoints.remove(&k);
+        }
+        for (m, _) in eps {
+            let ep = Endpoint {
+                labels: m.labels.clone(),
+                named_ports: m.named_ports.clone(),
+            };
+            if self.endpoints.get(&m.id) == Some(&ep) {
+                continue;
+            }
+            match self.engine.upsert_endpoint(&m.id, ep.clone()) {
+                Ok(_) => {
+                    self.endpoints.insert(m.id.clone(), ep);
+                }
+                Err(e) => errors.push(TranslateError::Identity {
+                    pod: m.id.clone(),
+                    error: e.to_string(),
+                }),
+            }
+        }
+    }
+
+    /// Translates the whole state into snapshots.
+    pub fn translate(&mut self, state: &ClusterState) -> Translation {
+        let mut out = Translation::default();
+        let eps: Vec<(EndpointModel, &k8s::Pod)> = state
+            .pods
+            .iter()
+            .filter(|p| !p.ips().is_empty())
+            .map(|p| (endpoint_model(p, state), p))
+            .collect();
+        self.sync_engine(state, &eps, &mut out.errors);
+
+        // NPHDS: identity → addresses.
+        let mut hosts: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
+        for (m, _) in &eps {
+            if let Some(id) = self.engine.identity_of(&m.id) {
+                hosts
+                    .entry(u64::from(id.0))
+                    .or_default()
+                    .extend(m.ips.iter().cloned());
+            }
+        }
+        for (net, id) in self.engine.cidr_identities() {
+            hosts
+                .entry(u64::from(id.0))
+                .or_default()
+                .insert(net.to_string());
+        }
+        for n in &state.nodes {
+            for a in n.status.addresses.iter().filter(|a| a.kind == "InternalIP") {
+                hosts
+                    .entry(u64::from(Identity::HOST.0))
+                    .or_default()
+                    .insert(a.address.clone());
+            }
+        }
+        let hosts: BTreeMap<u64, Vec<String>> = hosts
+            .into_iter()
+            .map(|(k, v)| (k, v.into_iter().collect()))
+            .collect();
+        let nphds: Vec<Resource> = hosts
+            .iter()
+            .map(|(id, addrs)| {
+                let h = NetworkPolicyHosts {
+                    policy: *id,
+                    host_addresses: addrs.clone(),
+                };
+                Resource::new(NETWORK_POLICY_HOSTS, id.to_string(), &h)
+            })
+            .collect();
+
+        let services = service_models(state, &eps);
+        let cluster_named = self.engine.cluster_named_ports();
+        let mut shared = SnapshotBuilder::new();
+        for r in &nphds {
+            shared.add(r.clone());
+        }
+        let mut service_resources = Vec::new();
+        for s in &services {
+            service_resources.extend(envoy::service_clusters(s));
+        }
+        for r in &service_resources {
+            shared.add(r.clone());
+        }
+        for s in &services {
+            for r in envoy::grpc_listeners(s) {
+                shared.add(r);
+            }
+        }
+
+        for (m, _) in &eps {
+            let Some(resolved) = self.engine.resolved(&m.id) else {
+                continue;
+            };
+            let np = NetworkPolicy {
+                endpoint_ips: m.ips.clone(),
+                endpoint_id: m.endpoint_id,
+                ingress_per_port_policies: npds::direction(&resolved.ingress, &m.named_ports),
+                egress_per_port_policies: npds::direction(&resolved.egress, &cluster_named),
+            };
+            let npds_res = Resource::new(NETWORK_POLICY, m.ips[0].clone(), &np);
+            shared.add(npds_res.clone());
+            let key = pod_key(&m.namespace, &m.pod);
+            let mut b = SnapshotBuilder::new();
+            b.add(npds_res);
+            for r in &nphds {
+                b.add(r.clone());
+            }
+            for r in &service_resources {
+                b.add(r.clone());
+            }
+            match envoy::sidecar_inbound(m, &np, &hosts) {
+                Ok(rs) => {
+                    for r in rs {
+                        b.add(r);
+                    }
+                }
+                Err(e) => {
+                    out.errors.push(e);
+                    continue;
+                }
+            }
+            match b.build() {
+                Ok(s) => {
+                    out.snapshots.insert(key, s);
+                }
+                Err(error) => out.errors.push(TranslateError::Snapshot { key, error }),
+            }
+        }
+        match shared.build() {
+            Ok(s) => {
+                out.snapshots.insert(SHARED_KEY.to_string(), s);
+            }
+            Err(error) => out.errors.push(TranslateError::Snapshot {
+                key: SHARED_KEY.to_string(),
+                error,
+            }),
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resource::{LISTENER, ROUTE};
+    use crate::source::dir::parse;
+    use envoy_types::pb::envoy::config::listener::v3::{filter, Listener};
+    use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+        http_filter, HttpConnectionManager,
+    };
+    use prost::Message;
+
+    /// Cilium's Star Wars demo: deathstar, tiefighter, xwing and the L7 rule.
+    pub const STARWARS: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: deathstar-1, namespace: default, labels: {org: empire, class: deathstar}}
+spec: {containers: [{name: app, ports: [{containerPort: 80, name: http}]}]}
+status: {podIP: 10.0.0.5}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: tiefighter, namespace: default, labels: {org: empire, class: tiefighter}}
+status: {podIP: 10.0.0.6}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: xwing, namespace: default, labels: {org: alliance, class: xwing}}
+status: {podIP: 10.0.0.7}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: deathstar, namespace: default}
+spec: {selector: {org: empire, class: deathstar}, ports: [{port: 80, targetPort: http}]}
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: rule1, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {org: empire, class: deathstar}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {org: empire}}]
+    toPorts:
+    - ports: [{port: "80", protocol: TCP}]
+      rules:
+        http: [{method: POST, path: /v1/request-landing}]
+"#;
+
+    #[test]
+    fn starwars_l7_policy_becomes_npds_nphds_and_rbac() {
+        let state = parse("sw.yaml", STARWARS).unwrap().state;
+        let mut t = Translator::new();
+        let out = t.translate(&state);
+        assert!(out.errors.is_empty(), "{:?}", out.errors);
+        let shared = &out.snapshots[SHARED_KEY];
+
+        // NPHDS: each pod's identity maps to its IP.
+        let hosts: BTreeMap<String, NetworkPolicyHosts> = shared
+            .resources(NETWORK_POLICY_HOSTS)
+            .unwrap()
+            .items
+            .iter()
+            .map(|(k, r)| (k.clone(), r.decode().unwrap()))
+            .collect();
+        let id_of = |ip: &str| {
+            hosts
+                .values()
+                .find(|h| h.host_addresses == vec![ip.to_string()])
+                .map(|h| h.policy as u32)
+                .unwrap_or_else(|| panic!("no identity for {ip}: {hosts:?}"))
+        };
+        let (tie, xwing, death) = (id_of("10.0.0.6"), id_of("10.0.0.7"), id_of("10.0.0.5"));
+        assert!(tie >= 256 && xwing >= 256 && tie != xwing);
+
+        // NPDS for the deathstar: port 80/TCP, empire identities, POST landing.
+        let np: NetworkPolicy = shared.resources(NETWORK_POLICY).unwrap().items["10.0.0.5"]
+            .decode()
+            .unwrap();
+        assert_eq!(np.endpoint_ips, vec!["10.0.0.5".to_string()]);
+        let ingress = &np.ingress_per_port_policies;
+        assert_eq!(ingress.len(), 1, "{ingress:?}");
+        assert_eq!((ingress[0].port, ingress[0].protocol), (80, 0));
+        let rule = &ingress[0].rules[0];
+        let mut remotes = rule.remote_policies.clone();
+        remotes.sort();
+        let mut want = vec![tie, death];
+        want.sort();
+        assert_eq!(
+            remotes, want,
+            "org=empire selects deathstar and tiefighter, not xwing"
+        );
+        let Some(crate::proto::port_network_policy_rule::L7::HttpRules(http)) = &rule.l7 else {
+            panic!("no http rules: {rule:?}");
+        };
+        let names: Vec<&str> = http.http_rules[0]
+            .headers
+            .iter()
+            .map(|h| h.name.as_str())
+            .collect();
+        assert_eq!(names, vec![":method", ":path"]);
+        // The xwing is not under policy for ingress: allow-all on port 0.
+        let xw: NetworkPolicy = shared.resources(NETWORK_POLICY).unwrap().items["10.0.0.7"]
+            .decode()
+            .unwrap();
+        assert!(xw
+            .ingress_per_port_policies
+            .iter()
+            .all(|p| p.port == 0 && p.rules.is_empty()));
+
+        // Sidecar snapshot: listener on the pod IP:80 with RBAC allowing the
+        // tiefighter's address, not the xwing's.
+        let side = &out.snapshots["sidecar/default/deathstar-1"];
+        let l: Listener = side.resources(LISTENER).unwrap().items["inbound|80"]
+            .decode()
+            .unwrap();
+        let Some(filter::ConfigType::TypedConfig(any)) = &l.filter_chains[0].filters[0].config_type
+        else {
+            panic!()
+        };
+        let hcm = HttpConnectionManager::decode(any.value.as_slice()).unwrap();
+        let Some(http_filter::ConfigType::TypedConfig(rbac_any)) = &hcm.http_filters[0].config_type
+        else {
+            panic!()
+        };
+        let rbac = Rbac::decode(rbac_any.value.as_slice()).unwrap();
+        let text = format!("{rbac:?}");
+        assert!(
+            text.contains("10.0.0.6") && text.contains("10.0.0.5"),
+            "{text}"
+        );
+        assert!(!text.contains("10.0.0.7"), "{text}");
+        assert!(
+            text.contains("/v1/request-landing") && text.contains("POST"),
+            "{text}"
+        );
+        assert!(side
+            .resources(ROUTE)
+            .unwrap()
+            .items
+            .contains_key("inbound|80"));
+        // The service's EDS cluster points at the deathstar's named port.
+        let cla: envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment =
+            shared.resources(crate::resource::ENDPOINT).unwrap().items
+                ["outbound|80||deathstar.default.svc.cluster.local"]
+                .decode()
+                .unwrap();
+        assert_eq!(cla.endpoints[0].lb_endpoints.len(), 1);
+
+        // Translating the same state again publishes nothing new.
+        let again = t.translate(&state);
+        assert_eq!(
+            again.snapshots[SHARED_KEY].version,
+            out.snapshots[SHARED_KEY].version
+        );
+    }
+}

@@ -1,0 +1,174 @@
+//! A resolved policy (from `membrane-policy`) → Cilium NPDS `NetworkPolicy`.
+//!
+//! Pure encoding: every verdict rule was decided by the policy crate; this
+//! only writes it in NPDS's vocabulary.
+
+use envoy_types::pb::envoy::config::route::v3::{
+    header_matcher::HeaderMatchSpecifier, HeaderMatcher,
+};
+use envoy_types::pb::envoy::r#type::matcher::v3::{
+    string_matcher::MatchPattern, RegexMatcher, StringMatcher,
+};
+use membrane_policy::resolve::{DirectionPolicy, NamedPorts, PeerEntry, Remotes};
+use membrane_policy::rule::{PortMatch, Proto, L7};
+
+use crate::proto::{
+    header_match::MismatchAction, port_network_policy_rule, HeaderMatch, HttpNetworkPolicyRule,
+    HttpNetworkPolicyRules, PortNetworkPolicy, PortNetworkPolicyRule,
+};
+
+/// `SocketAddress.Protocol` values.
+const TCP: i32 = 0;
+const UDP: i32 = 1;
+
+fn regex_header(name: &str, re: &str) -> HeaderMatcher {
+    HeaderMatcher {
+        name: name.to_string(),
+        header_match_specifier: Some(HeaderMatchSpecifier::StringMatch(StringMatcher {
+            match_pattern: Some(MatchPattern::SafeRegex(RegexMatcher {
+                regex: re.to_string(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+fn http_rule(r: &membrane_policy::model::HttpRule) -> HttpNetworkPolicyRule {
+    let mut headers = Vec::new();
+    if let Some(m) = &r.method {
+        headers.push(regex_header(":method", m));
+    }
+    if let Some(p) = &r.path {
+        headers.push(regex_header(":path", p));
+    }
+    if let Some(h) = &r.host {
+        headers.push(regex_header(":authority", h));
+    }
+    for h in r.headers.iter().flatten() {
+        headers.push(match h.split_once(':') {
+            Some((name, value)) => super::envoy::exact_header(name.trim(), value.trim()),
+            None => HeaderMatcher {
+                name: h.trim().to_string(),
+                header_match_specifier: Some(HeaderMatchSpecifier::PresentMatch(true)),
+                ..Default::default()
+            },
+        });
+    }
+    let header_matches = r
+        .header_matches
+        .iter()
+        .flatten()
+        .map(|m| HeaderMatch {
+            name: m.name.clone(),
+            value: m.value.clone().unwrap_or_default(),
+            match_action: 0,
+            mismatch_action: match m.mismatch.as_deref() {
+                Some("LOG") => MismatchAction::ContinueOnMismatch,
+                Some("ADD") => MismatchAction::AddOnMismatch,
+                Some("DELETE") => MismatchAction::DeleteOnMismatch,
+                Some("REPLACE") => MismatchAction::ReplaceOnMismatch,
+                _ => MismatchAction::FailOnMismatch,
+            } as i32,
+            value_sds_secret: m
+                .secret
+                .as_ref()
+                .map(|s| match &s.namespace {
+                    Some(ns) => format!("{ns}/{}", s.name),
+                    None => s.name.clone(),
+                })
+                .unwrap_or_default(),
+        })
+        .collect();
+    HttpNetworkPolicyRule {
+        headers,
+        header_matches,
+    }
+}
+
+/// One rule; `None` when it covers no identity (NPDS's empty remote list
+/// would mean "everyone", the opposite).
+fn rule(p: &PeerEntry) -> Option<PortNetworkPolicyRule> {
+    let remote_policies = match &p.remotes {
+        Remotes::All => Vec::new(),
+        Remotes::Set(ids) if ids.is_empty() => return None,
+        Remotes::Set(ids) => ids.iter().map(|i| i.0).collect(),
+    };
+    let l7 = match &p.l7 {
+        L7::Http(rules) => Some(port_network_policy_rule::L7::HttpRules(
+            HttpNetworkPolicyRules {
+                http_rules: rules.iter().map(|r| http_rule(&r.source)).collect(),
+            },
+        )),
+        // Not enforced by the engine either: an L4 allow, as the engine decides.
+        L7::Unenforced(_) | L7::None => None,
+    };
+    Some(PortNetworkPolicyRule {
+        verdict: p
+            .deny
+            .then_some(port_network_policy_rule::Verdict::Deny(true)),
+        name: p.origin.to_string(),
+        remote_policies,
+        l7,
+        ..Default::default()
+    })
+}
+
+fn protocols(p: Proto) -> &'static [i32] {
+    match p {
+        Proto::Tcp => &[TCP],
+        Proto::Udp => &[UDP],
+        Proto::All | Proto::Any => &[TCP, UDP],
+        // NPDS carries TCP and UDP only; SCTP/ICMP are the datapath's.
+        _ => &[],
+    }
+}
+
+/// The per-port policies of one direction.
+pub fn direction(d: &DirectionPolicy, named: &NamedPorts) -> Vec<PortNetworkPolicy> {
+    let allow_all = |protocol| PortNetworkPolicy {
+        port: 0,
+        end_port: 0,
+        protocol,
+        rules: Vec::new(),
+    };
+    if !d.enforced {
+        return vec![allow_all(TCP), allow_all(UDP)];
+    }
+    let mut out = Vec::new();
+    for e in &d.entries {
+        let ranges: Vec<(u32, u32)> = match &e.ports {
+            PortMatch::Range(0, 65535) => vec![(0, 0)],
+            PortMatch::Range(lo, hi) if lo == hi => vec![(u32::from(*lo), 0)],
+            PortMatch::Range(lo, hi) => vec![(u32::from(*lo), u32::from(*hi))],
+            PortMatch::Named(n) => named
+                .get(n)
+                .into_iter()
+                .flatten()
+                .map(|p| (u32::from(*p), 0))
+                .collect(),
+            PortMatch::IcmpType(_) => Vec::new(),
+        };
+        let rules: Vec<PortNetworkPolicyRule> = e.rules.iter().filter_map(rule).collect();
+        if rules.is_empty() {
+            continue; // every rule covered nobody: nothing is allowed here
+        }
+        for proto in protocols(e.proto) {
+            for (port, end_port) in &ranges {
+                out.push(PortNetworkPolicy {
+                    port: *port,
+                    end_port: *end_port,
+                    protocol: *proto,
+                    rules: rules.clone(),
+                });
+            }
+        }
+    }
+    if !d.default_deny {
+        // Every selecting rule turned default deny off: what no rule denies passes.
+        out.push(allow_all(TCP));
+        out.push(allow_all(UDP));
+    }
+    out
+}
