@@ -14,14 +14,14 @@ deps:
 build: deps
 	$(CARGO) build --release --workspace --bins
 
-demo: build
+demo: deps
+	$(CARGO) build --release -p membrane-cli
 	./scripts/demo.sh
 
 test: deps
 	$(CARGO) build --workspace --bins
 	$(CARGO) nextest run --workspace --no-fail-fast
 	$(CARGO) test --workspace --doc
-	./scripts/corpus-check.sh
 
 lint:
 	$(CARGO) fmt --all -- --check
