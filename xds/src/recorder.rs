@@ -240,6 +240,8 @@ pub struct ProxyRecord {
     pub watches: BTreeMap<String, Vec<String>>,
     /// Per type URL.
     pub types: BTreeMap<String, TypeRecord>,
+    #[serde(skip)]
+    connected_at: Option<SystemTime>,
 }
 
 /// One line of the staleness report.
@@ -285,6 +287,7 @@ impl Recorder {
             connected_at_ms: 0,
             watches: BTreeMap::new(),
             types: BTreeMap::new(),
+            connected_at: None,
         });
         f(rec)
     }
@@ -296,7 +299,9 @@ impl Recorder {
             r.connection_id = connection_id.to_string();
             r.peer = peer.to_string();
             r.connected = true;
-            r.connected_at_ms = millis(SystemTime::now());
+            let now = SystemTime::now();
+            r.connected_at = Some(now);
+            r.connected_at_ms = millis(now);
         });
     }
 
@@ -316,8 +321,11 @@ impl Recorder {
     }
 
     /// A snapshot with these type versions became current for `node`.
+    /// Convergence is timed from the later of the build and the stream's
+    /// start: a proxy cannot converge before it connects.
     pub fn latest(&self, node: &str, versions: &[(String, String)], built: SystemTime) {
         self.with(node, |r| {
+            let built = r.connected_at.map_or(built, |c| c.max(built));
             for (t, v) in versions {
                 let tr = r.types.entry(t.clone()).or_default();
                 if tr.latest_version.as_deref() != Some(v.as_str()) {
