@@ -33,14 +33,14 @@ fn envoy_bin() -> PathBuf {
     Path::new(dir.trim()).join("_bin").join("envoy")
 }
 
-fn start_envoy(dir: &Path, xds: SocketAddr) -> (Guard, PathBuf) {
+fn start_envoy(dir: &Path, xds: SocketAddr, api_type: &str) -> (Guard, PathBuf) {
     let bootstrap = format!(
         r#"node: {{id: "{NODE}", cluster: deathstar.default}}
 admin:
   address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
 dynamic_resources:
   ads_config:
-    api_type: GRPC
+    api_type: {api_type}
     transport_api_version: V3
     grpc_services: [{{envoy_grpc: {{cluster_name: xds}}}}]
   lds_config: {{ads: {{}}, resource_api_version: V3}}
@@ -98,7 +98,7 @@ async fn envoy_enforces_starwars_l7_and_nacks_show_in_the_flight_recorder() {
     .unwrap();
 
     let xds = start_xds(&src);
-    let (_envoy, log) = start_envoy(tmp.path(), xds.grpc);
+    let (_envoy, log) = start_envoy(tmp.path(), xds.grpc, "GRPC");
     let sidecar: SocketAddr = format!("127.0.0.2:{port}").parse().unwrap();
     let tiefighter = "127.0.0.3".parse().unwrap();
     let xwing = "127.0.0.4".parse().unwrap();
@@ -201,4 +201,96 @@ async fn envoy_enforces_starwars_l7_and_nacks_show_in_the_flight_recorder() {
         },
     )
     .await;
+}
+
+/// Envoy's admin address, once it has written it.
+async fn envoy_admin(dir: &Path) -> SocketAddr {
+    eventually(Duration::from_secs(20), "envoy's admin address", || async {
+        std::fs::read_to_string(dir.join("admin.addr"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_over_delta_ads_follows_policy_changes_and_removals() {
+    let backend = start_backend().await;
+    let port = backend.port();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("cluster.yaml"), starwars_pods(port)).unwrap();
+    std::fs::write(
+        src.join("policy.yaml"),
+        starwars_l7(port, "/v1/request-landing"),
+    )
+    .unwrap();
+
+    let xds = start_xds(&src);
+    let (_envoy, _log) = start_envoy(tmp.path(), xds.grpc, "DELTA_GRPC");
+    let sidecar: SocketAddr = format!("127.0.0.2:{port}").parse().unwrap();
+    let tiefighter = "127.0.0.3".parse().unwrap();
+
+    eventually(
+        Duration::from_secs(30),
+        "envoy (delta) to serve the landing",
+        || async {
+            request(tiefighter, sidecar, "POST", "/v1/request-landing")
+                .await
+                .ok()
+                .filter(|(s, _)| *s == 200)
+        },
+    )
+    .await;
+    let (status, _) = request(tiefighter, sidecar, "PUT", "/v1/exhaust-port")
+        .await
+        .unwrap();
+    assert_eq!(status, 403);
+    let admin = envoy_admin(tmp.path()).await;
+    let cluster = "outbound|80||deathstar.default.svc.cluster.local";
+    let clusters = debug_get(admin, "/clusters").await;
+    assert!(clusters.contains(cluster), "{clusters}");
+
+    // Deleting the policy takes the deathstar out of policy: the PUT passes.
+    std::fs::remove_file(src.join("policy.yaml")).unwrap();
+    eventually(
+        Duration::from_secs(20),
+        "the PUT to pass without policy",
+        || async {
+            request(tiefighter, sidecar, "PUT", "/v1/exhaust-port")
+                .await
+                .ok()
+                .filter(|(s, _)| *s == 200)
+        },
+    )
+    .await;
+
+    // Deleting the Service removes its cluster: delta sends the removal.
+    let pods_only = starwars_pods(port);
+    let pods_only = pods_only
+        .split("---\napiVersion: v1\nkind: Service")
+        .next()
+        .unwrap();
+    std::fs::write(src.join("cluster.yaml"), pods_only).unwrap();
+    eventually(
+        Duration::from_secs(20),
+        "envoy to drop the service cluster",
+        || async {
+            let c = debug_get(admin, "/clusters").await;
+            (!c.contains(cluster)).then_some(())
+        },
+    )
+    .await;
+    let rec = debug_json(xds.debug, &format!("/debug/flightz?proxyID={NODE}")).await;
+    let cds = &rec["types"]["type.googleapis.com/envoy.config.cluster.v3.Cluster"]["history"];
+    assert!(
+        cds.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["event"] == "sent" && e["removed"] == 1),
+        "a delta response removed one cluster: {cds}"
+    );
+    let stalez = debug_json(xds.debug, "/debug/stalez").await;
+    assert_eq!(stalez["stale"], 0, "{stalez}");
 }
