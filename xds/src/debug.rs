@@ -56,15 +56,17 @@ async fn adsz(State(s): State<Arc<DebugState>>) -> Json<Value> {
         .recorder
         .proxies()
         .into_iter()
-        .filter(|p| p.connected)
-        .map(|p| {
-            json!({
-                "connectionId": p.connection_id,
-                "connectedAt": p.connected_at_ms,
-                "address": p.peer,
-                "node": p.node_id,
-                "snapshotKey": cache_key(&p.node_id),
-                "watches": p.watches,
+        .flat_map(|p| {
+            let node = p.node_id.clone();
+            p.connections.into_iter().map(move |(id, c)| {
+                json!({
+                    "connectionId": id,
+                    "connectedAt": c.connected_at_ms,
+                    "address": c.peer,
+                    "node": node,
+                    "snapshotKey": cache_key(&node),
+                    "watches": c.watches,
+                })
             })
         })
         .collect();

@@ -223,25 +223,48 @@ pub struct TypeRecord {
     latest_at: Option<SystemTime>,
 }
 
+/// One open stream of a proxy (a proxy may hold several: ADS, or NPDS and
+/// NPHDS side by side).
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnRecord {
+    /// Peer address.
+    pub peer: String,
+    /// When the stream opened, epoch ms.
+    pub connected_at_ms: u64,
+    /// Subscriptions on this stream by type URL (`*` = wildcard).
+    pub watches: BTreeMap<String, Vec<String>>,
+}
+
 /// Per proxy.
 #[derive(Debug, Clone, Serialize)]
 pub struct ProxyRecord {
     /// The node id.
     pub node_id: String,
-    /// The current (or last) stream.
-    pub connection_id: String,
-    /// Peer address.
-    pub peer: String,
-    /// Whether a stream is open.
+    /// Whether any stream is open.
     pub connected: bool,
-    /// When the current (or last) stream opened, epoch ms.
-    pub connected_at_ms: u64,
-    /// Subscriptions by type URL (`*` = wildcard).
+    /// Open streams by connection id.
+    pub connections: BTreeMap<String, ConnRecord>,
+    /// Subscriptions over all open streams, by type URL.
     pub watches: BTreeMap<String, Vec<String>>,
     /// Per type URL.
     pub types: BTreeMap<String, TypeRecord>,
     #[serde(skip)]
     connected_at: Option<SystemTime>,
+}
+
+impl ProxyRecord {
+    fn recompute(&mut self) {
+        self.connected = !self.connections.is_empty();
+        self.watches = BTreeMap::new();
+        for c in self.connections.values() {
+            for (t, w) in &c.watches {
+                let e = self.watches.entry(t.clone()).or_default();
+                e.extend(w.iter().cloned());
+                e.sort();
+                e.dedup();
+            }
+        }
+    }
 }
 
 /// One line of the staleness report.
@@ -281,10 +304,8 @@ impl Recorder {
         let mut p = self.proxies.lock().unwrap_or_else(|e| e.into_inner());
         let rec = p.entry(node.to_string()).or_insert_with(|| ProxyRecord {
             node_id: node.to_string(),
-            connection_id: String::new(),
-            peer: String::new(),
             connected: false,
-            connected_at_ms: 0,
+            connections: BTreeMap::new(),
             watches: BTreeMap::new(),
             types: BTreeMap::new(),
             connected_at: None,
@@ -296,12 +317,17 @@ impl Recorder {
     pub fn connected(&self, node: &str, connection_id: &str, peer: &str) {
         self.metrics.connected.inc();
         self.with(node, |r| {
-            r.connection_id = connection_id.to_string();
-            r.peer = peer.to_string();
-            r.connected = true;
             let now = SystemTime::now();
             r.connected_at = Some(now);
-            r.connected_at_ms = millis(now);
+            r.connections.insert(
+                connection_id.to_string(),
+                ConnRecord {
+                    peer: peer.to_string(),
+                    connected_at_ms: millis(now),
+                    watches: BTreeMap::new(),
+                },
+            );
+            r.recompute();
         });
     }
 
@@ -309,15 +335,19 @@ impl Recorder {
     pub fn disconnected(&self, node: &str, connection_id: &str) {
         self.metrics.connected.dec();
         self.with(node, |r| {
-            if r.connection_id == connection_id {
-                r.connected = false;
-            }
+            r.connections.remove(connection_id);
+            r.recompute();
         });
     }
 
-    /// The subscriptions of `node` are now `watches`.
-    pub fn watches(&self, node: &str, watches: BTreeMap<String, Vec<String>>) {
-        self.with(node, |r| r.watches = watches);
+    /// The subscriptions of stream `connection_id` of `node` are now `watches`.
+    pub fn watches(&self, node: &str, connection_id: &str, watches: BTreeMap<String, Vec<String>>) {
+        self.with(node, |r| {
+            if let Some(c) = r.connections.get_mut(connection_id) {
+                c.watches = watches;
+            }
+            r.recompute();
+        });
     }
 
     /// A snapshot with these type versions became current for `node`.
@@ -562,6 +592,7 @@ mod tests {
         r.connected(node, "c1", "127.0.0.1:1");
         r.watches(
             node,
+            "c1",
             BTreeMap::from([(NETWORK_POLICY.to_string(), vec!["*".into()])]),
         );
         r.latest(

@@ -197,6 +197,7 @@ impl XdsServer {
             }
             self.recorder.watches(
                 &node,
+                &conn,
                 watches
                     .into_iter()
                     .map(|(t, s)| (t, s.describe()))

@@ -1,0 +1,187 @@
+//! Cilium's own services over gRPC: an NPDS/NPHDS client (the generated tonic
+//! client, as a Cilium proxy or the node agent would use it) receives the
+//! Star Wars policy, follows a live policy change, and its NACK is recorded.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::google::rpc::Status;
+use membrane_xds::proto::network_policy_discovery_service_client::NetworkPolicyDiscoveryServiceClient;
+use membrane_xds::proto::network_policy_hosts_discovery_service_client::NetworkPolicyHostsDiscoveryServiceClient;
+use membrane_xds::proto::{port_network_policy_rule::L7, NetworkPolicy, NetworkPolicyHosts};
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
+
+use common::*;
+
+const AGENT: &str = "membrane-agent~node-1";
+
+fn req(version: &str, nonce: &str, error: Option<&str>, first: bool) -> DiscoveryRequest {
+    DiscoveryRequest {
+        node: first.then(|| Node {
+            id: AGENT.into(),
+            ..Default::default()
+        }),
+        version_info: version.into(),
+        response_nonce: nonce.into(),
+        error_detail: error.map(|m| Status {
+            code: 3,
+            message: m.into(),
+            details: vec![],
+        }),
+        ..Default::default()
+    }
+}
+
+async fn next(s: &mut Streaming<DiscoveryResponse>) -> DiscoveryResponse {
+    tokio::time::timeout(Duration::from_secs(10), s.message())
+        .await
+        .expect("response in time")
+        .expect("stream ok")
+        .expect("stream open")
+}
+
+fn policies(r: &DiscoveryResponse) -> Vec<NetworkPolicy> {
+    r.resources
+        .iter()
+        .map(|a| NetworkPolicy::decode(a.value.as_slice()).unwrap())
+        .collect()
+}
+
+fn http_rules_of(np: &NetworkPolicy) -> usize {
+    np.ingress_per_port_policies
+        .iter()
+        .flat_map(|p| &p.rules)
+        .filter_map(|r| match &r.l7 {
+            Some(L7::HttpRules(h)) => Some(h.http_rules.len()),
+            _ => None,
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn npds_and_nphds_clients_get_policy_follow_changes_and_nacks_are_recorded() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("cluster.yaml"), starwars_pods(8080)).unwrap();
+    std::fs::write(
+        tmp.path().join("policy.yaml"),
+        starwars_l7(8080, "/v1/request-landing"),
+    )
+    .unwrap();
+    let xds = start_xds(tmp.path());
+    let url = format!("http://{}", xds.grpc);
+
+    // NPHDS: every pod's identity with its address.
+    let mut hosts_client = NetworkPolicyHostsDiscoveryServiceClient::connect(url.clone())
+        .await
+        .unwrap();
+    let (htx, hrx) = mpsc::channel(8);
+    htx.send(req("", "", None, true)).await.unwrap();
+    let mut hs = hosts_client
+        .stream_network_policy_hosts(ReceiverStream::new(hrx))
+        .await
+        .unwrap()
+        .into_inner();
+    let r = next(&mut hs).await;
+    assert_eq!(r.type_url, "type.googleapis.com/cilium.NetworkPolicyHosts");
+    let mut addrs: Vec<String> = r
+        .resources
+        .iter()
+        .flat_map(|a| {
+            NetworkPolicyHosts::decode(a.value.as_slice())
+                .unwrap()
+                .host_addresses
+        })
+        .collect();
+    addrs.sort();
+    assert_eq!(addrs, vec!["127.0.0.2", "127.0.0.3", "127.0.0.4"]);
+
+    // NPDS: the deathstar's policy has the L7 rule on 8080.
+    let mut client = NetworkPolicyDiscoveryServiceClient::connect(url)
+        .await
+        .unwrap();
+    let (tx, rx) = mpsc::channel(8);
+    tx.send(req("", "", None, true)).await.unwrap();
+    let mut s = client
+        .stream_network_policies(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let r1 = next(&mut s).await;
+    let nps = policies(&r1);
+    let death = nps
+        .iter()
+        .find(|p| p.endpoint_ips == vec!["127.0.0.2".to_string()])
+        .expect("deathstar policy");
+    assert_eq!(death.ingress_per_port_policies[0].port, 8080);
+    assert_eq!(http_rules_of(death), 1);
+    tx.send(req(&r1.version_info, &r1.nonce, None, false))
+        .await
+        .unwrap();
+
+    // A live change: allow GET /v1/.* too. The client gets it pushed.
+    let changed = Instant::now();
+    let text = starwars_l7(8080, "/v1/request-landing").replace(
+        "          path: '/v1/request-landing'",
+        "          path: '/v1/request-landing'\n        - method: GET\n          path: '/v1/.*'",
+    );
+    assert_ne!(text, starwars_l7(8080, "/v1/request-landing"));
+    std::fs::write(tmp.path().join("policy.yaml"), text).unwrap();
+    let r2 = next(&mut s).await;
+    let took = changed.elapsed();
+    assert_ne!(r2.version_info, r1.version_info);
+    let death = policies(&r2)
+        .into_iter()
+        .find(|p| p.endpoint_ips == vec!["127.0.0.2".to_string()])
+        .unwrap();
+    assert_eq!(http_rules_of(&death), 2);
+    eprintln!("policy change reached the NPDS client in {took:?}");
+
+    // NACK it: the flight recorder and /debug/stalez carry our error.
+    tx.send(req(
+        &r1.version_info,
+        &r2.nonce,
+        Some("test: cannot apply"),
+        false,
+    ))
+    .await
+    .unwrap();
+    let nack = eventually(Duration::from_secs(10), "the NPDS NACK", || async {
+        let v = debug_json(xds.debug, &format!("/debug/flightz?proxyID={AGENT}")).await;
+        v["types"]["type.googleapis.com/cilium.NetworkPolicy"]["last_nack"]
+            .as_object()
+            .cloned()
+    })
+    .await;
+    assert_eq!(nack["error"], "test: cannot apply");
+    assert_eq!(nack["version"], r2.version_info.as_str());
+    let stalez = debug_json(xds.debug, "/debug/stalez").await;
+    assert!(stalez["proxies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["proxy"] == AGENT && p["nack_error"] == "test: cannot apply"));
+    let adsz = debug_json(xds.debug, "/debug/adsz").await;
+    assert!(adsz["totalClients"].as_u64().unwrap() >= 2, "{adsz}");
+
+    // The wrong type on a single-type stream is refused.
+    let (wtx, wrx) = mpsc::channel(1);
+    let mut wrong = req("", "", None, true);
+    wrong.type_url = "type.googleapis.com/envoy.config.cluster.v3.Cluster".into();
+    wtx.send(wrong).await.unwrap();
+    let mut ws = client
+        .stream_network_policies(ReceiverStream::new(wrx))
+        .await
+        .unwrap()
+        .into_inner();
+    let err = tokio::time::timeout(Duration::from_secs(10), ws.message())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+}
