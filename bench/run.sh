@@ -4,3 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 ./proxy.sh
+./sockmap.sh
