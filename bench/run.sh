@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 ./proxy.sh
+./policy.sh
 ./sockmap.sh
