@@ -26,7 +26,7 @@ pub enum PolicyCommand {
     /// Check policy files; exit 0 when every policy object is valid.
     Validate(ValidateArgs),
     /// Show whether a flow is allowed, and which rule decided.
-    Trace(TraceArgs),
+    Trace(Box<TraceArgs>),
 }
 
 #[derive(Debug, Args)]
@@ -92,7 +92,7 @@ pub struct TraceArgs {
 pub fn run(cmd: PolicyCommand) -> Result<ExitCode> {
     match cmd {
         PolicyCommand::Validate(a) => validate(a),
-        PolicyCommand::Trace(a) => trace_cmd(a),
+        PolicyCommand::Trace(a) => trace_cmd(*a),
     }
 }
 

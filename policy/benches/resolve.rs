@@ -139,11 +139,10 @@ fn resolve_all(input: &Input) -> Engine {
     for p in &input.policies {
         engine.apply_policy(p.clone());
     }
-    for (id, ep) in &input.endpoints {
-        engine
-            .upsert_endpoint(id, ep.clone())
-            .expect("identity allocation");
-    }
+    // An initial sync, as the control plane does it: every endpoint in one batch.
+    engine
+        .upsert_endpoints(input.endpoints.clone())
+        .expect("identity allocation");
     engine
 }
 

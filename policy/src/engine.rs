@@ -34,6 +34,9 @@ pub struct Engine<A: IdentityAllocator = MemoryAllocator> {
     endpoints: BTreeMap<EndpointId, EndpointState>,
     cidr_identities: BTreeMap<IpNet, Identity>,
     next_cidr: u32,
+    /// Every endpoint's named ports merged (egress named ports resolve against it); kept
+    /// up to date as endpoints come and go rather than rebuilt per resolution.
+    cluster_named: NamedPorts,
 }
 
 impl Default for Engine<MemoryAllocator> {
@@ -52,6 +55,7 @@ impl<A: IdentityAllocator> Engine<A> {
             endpoints: BTreeMap::new(),
             cidr_identities: BTreeMap::new(),
             next_cidr: Identity::MIN_LOCAL,
+            cluster_named: NamedPorts::new(),
         }
     }
 
@@ -105,42 +109,66 @@ impl<A: IdentityAllocator> Engine<A> {
         id: &str,
         endpoint: Endpoint,
     ) -> Result<(Identity, Vec<EndpointId>), IdentityError> {
-        let identity = self.allocator.allocate(&endpoint.labels)?;
+        let (ids, affected) = self.upsert_endpoints(vec![(id.to_owned(), endpoint)])?;
+        Ok((ids[0], affected))
+    }
+
+    /// Adds or updates many endpoints at once (an initial sync): identities are allocated
+    /// first, then every endpoint is resolved once. Returns their identities, in order,
+    /// and every endpoint re-resolved.
+    pub fn upsert_endpoints(
+        &mut self,
+        batch: Vec<(EndpointId, Endpoint)>,
+    ) -> Result<(Vec<Identity>, Vec<EndpointId>), IdentityError> {
+        let mut changed_peers = Vec::new();
+        let mut identities = Vec::with_capacity(batch.len());
         let mut affected = Vec::new();
-        if let Some(old) = self.endpoints.get(id) {
-            let old_labels = old.endpoint.labels.clone();
-            if old_labels != endpoint.labels {
-                self.release_labels(&old_labels, &mut affected)?;
+        let mut named_changed = false;
+        for (id, endpoint) in &batch {
+            let identity = self.allocator.allocate(&endpoint.labels)?;
+            if let Some(old) = self.endpoints.remove(id) {
+                named_changed |= old.endpoint.named_ports != endpoint.named_ports;
+                if old.endpoint.labels != endpoint.labels {
+                    changed_peers.extend(self.release_identity(&old.endpoint.labels)?);
+                } else {
+                    // Same labels: give back the reference taken above.
+                    self.allocator.release(&endpoint.labels)?;
+                }
             } else {
-                // Same labels: give back the reference taken above.
-                self.allocator.release(&endpoint.labels)?;
+                named_changed |= !endpoint.named_ports.is_empty();
             }
-        }
-        if self.cache.info(identity).is_none() {
-            let changed = self.cache.upsert_identity(
-                identity,
-                IdentityInfo {
-                    labels: endpoint.labels.clone(),
-                    cidr: None,
+            if self.cache.info(identity).is_none() {
+                changed_peers.extend(self.cache.upsert_identity(
+                    identity,
+                    IdentityInfo {
+                        labels: endpoint.labels.clone(),
+                        cidr: None,
+                    },
+                ));
+            }
+            identities.push(identity);
+            // A placeholder until resolved below, so peers and named ports see the endpoint.
+            self.endpoints.insert(
+                id.clone(),
+                EndpointState {
+                    endpoint: endpoint.clone(),
+                    identity,
+                    resolved: Arc::new(ResolvedPolicy::default()),
                 },
             );
-            affected.extend(self.reresolve_for_peers(&changed));
         }
-        let named = self.cluster_named_ports();
-        let resolved = Arc::new(self.repo.resolve(&endpoint, &mut self.cache, &named));
-        self.endpoints.insert(
-            id.to_owned(),
-            EndpointState {
-                endpoint,
-                identity,
-                resolved,
-            },
-        );
-        // Other endpoints' egress may depend on this endpoint's named ports.
-        affected.push(id.to_owned());
+        if named_changed {
+            self.rebuild_cluster_named_ports();
+        }
+        changed_peers.sort();
+        changed_peers.dedup();
+        affected.extend(self.reresolve_for_peers(&changed_peers));
+        let own: Vec<EndpointId> = batch.into_iter().map(|(id, _)| id).collect();
+        self.reresolve(&own);
+        affected.extend(own);
         affected.sort();
         affected.dedup();
-        Ok((identity, affected))
+        Ok((identities, affected))
     }
 
     /// Removes an endpoint; returns the endpoints re-resolved.
@@ -148,24 +176,35 @@ impl<A: IdentityAllocator> Engine<A> {
         let Some(old) = self.endpoints.remove(id) else {
             return Ok(vec![]);
         };
-        let mut affected = Vec::new();
-        self.release_labels(&old.endpoint.labels, &mut affected)?;
-        Ok(affected)
+        if !old.endpoint.named_ports.is_empty() {
+            self.rebuild_cluster_named_ports();
+        }
+        let changed = self.release_identity(&old.endpoint.labels)?;
+        Ok(self.reresolve_for_peers(&changed))
     }
 
-    fn release_labels(
-        &mut self,
-        labels: &LabelSet,
-        affected: &mut Vec<EndpointId>,
-    ) -> Result<(), IdentityError> {
+    /// Drops a reference to `labels`' identity; returns the peers whose selection changed
+    /// when that freed it.
+    fn release_identity(&mut self, labels: &LabelSet) -> Result<Vec<Peer>, IdentityError> {
         let id = self.allocator.lookup(labels);
         if self.allocator.release(labels)? {
             if let Some(id) = id {
-                let changed = self.cache.remove_identity(id);
-                affected.extend(self.reresolve_for_peers(&changed));
+                return Ok(self.cache.remove_identity(id));
             }
         }
-        Ok(())
+        Ok(vec![])
+    }
+
+    fn rebuild_cluster_named_ports(&mut self) {
+        let mut out: NamedPorts = BTreeMap::new();
+        for s in self.endpoints.values() {
+            for (n, ports) in &s.endpoint.named_ports {
+                out.entry(n.clone())
+                    .or_default()
+                    .extend(ports.iter().copied());
+            }
+        }
+        self.cluster_named = out;
     }
 
     /// Adds or replaces a policy; returns the endpoints re-resolved.
@@ -212,16 +251,8 @@ impl<A: IdentityAllocator> Engine<A> {
     }
 
     /// Named ports of every endpoint, merged: how egress named ports resolve.
-    pub fn cluster_named_ports(&self) -> NamedPorts {
-        let mut out: NamedPorts = BTreeMap::new();
-        for s in self.endpoints.values() {
-            for (n, ports) in &s.endpoint.named_ports {
-                out.entry(n.clone())
-                    .or_default()
-                    .extend(ports.iter().copied());
-            }
-        }
-        out
+    pub fn cluster_named_ports(&self) -> &NamedPorts {
+        &self.cluster_named
     }
 
     fn sync_cidr_identities(&mut self) -> Vec<EndpointId> {
@@ -307,11 +338,10 @@ impl<A: IdentityAllocator> Engine<A> {
     }
 
     fn reresolve(&mut self, ids: &[EndpointId]) {
-        let named = self.cluster_named_ports();
         for id in ids {
             if let Some(state) = self.endpoints.get(id) {
                 let ep = state.endpoint.clone();
-                let resolved = self.repo.resolve(&ep, &mut self.cache, &named);
+                let resolved = self.repo.resolve(&ep, &mut self.cache, &self.cluster_named);
                 if let Some(state) = self.endpoints.get_mut(id) {
                     if *state.resolved != resolved {
                         state.resolved = Arc::new(resolved);
@@ -333,4 +363,93 @@ impl<A: IdentityAllocator> Engine<A> {
 
 fn has_requires(r: &crate::rule::CompiledRule) -> bool {
     !r.requires_ingress.is_empty() || !r.requires_egress.is_empty()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::load::parse_file;
+    use crate::resolve::Verdict;
+    use crate::rule::Proto;
+
+    fn policy(text: &str) -> Arc<CompiledPolicy> {
+        parse_file("t.yaml", text)
+            .unwrap()
+            .remove(0)
+            .result
+            .unwrap()
+    }
+
+    fn ep(labels: &str) -> Endpoint {
+        Endpoint {
+            labels: crate::trace::pod_labels(LabelSet::parse(labels).unwrap()),
+            named_ports: NamedPorts::new(),
+        }
+    }
+
+    const ALLOW_FROM_CLIENT: &str = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: p}\nspec:\n  endpointSelector: {matchLabels: {app: server}}\n  ingress:\n  - fromEndpoints: [{matchLabels: {app: client}}]\n";
+
+    #[test]
+    fn changes_reresolve_only_what_they_affect() {
+        let mut e = Engine::default();
+        e.upsert_endpoints(vec![
+            ("server".into(), ep("k8s:app=server")),
+            ("other".into(), ep("k8s:app=other")),
+        ])
+        .unwrap();
+        let other_before = e.resolved("other").unwrap();
+        // A policy re-resolves the endpoints it selects, and only those.
+        assert_eq!(e.apply_policy(policy(ALLOW_FROM_CLIENT)), ["server"]);
+        assert!(
+            Arc::ptr_eq(&other_before, &e.resolved("other").unwrap()),
+            "untouched endpoint keeps its resolution"
+        );
+        // A client appearing later is a new identity the server's rule selects: the server is
+        // re-resolved and now admits it.
+        let (client_id, affected) = e.upsert_endpoint("client", ep("k8s:app=client")).unwrap();
+        assert!(affected.contains(&"server".to_string()), "{affected:?}");
+        assert!(!affected.contains(&"other".to_string()), "{affected:?}");
+        let server = e.resolved("server").unwrap();
+        assert_eq!(
+            server
+                .ingress
+                .connection(client_id, Proto::Tcp, 80)
+                .l4_verdict(),
+            Verdict::Allowed
+        );
+        // When the client goes away its identity is released and the server no longer lists it.
+        e.remove_endpoint("client").unwrap();
+        let server = e.resolved("server").unwrap();
+        assert_eq!(
+            server
+                .ingress
+                .connection(client_id, Proto::Tcp, 80)
+                .l4_verdict(),
+            Verdict::Denied
+        );
+        // Deleting the policy lifts enforcement.
+        assert_eq!(e.delete_policy(&policy(ALLOW_FROM_CLIENT).key), ["server"]);
+        assert!(!e.resolved("server").unwrap().ingress.enforced);
+    }
+
+    #[test]
+    fn cidr_identities_follow_the_policies() {
+        let mut e = Engine::default();
+        e.upsert_endpoint("server", ep("k8s:app=server")).unwrap();
+        let text = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: c}\nspec:\n  endpointSelector: {matchLabels: {app: server}}\n  ingress:\n  - fromCIDR: [10.0.0.0/8]\n";
+        e.apply_policy(policy(text));
+        let prefixes: Vec<String> = e.cidr_identities().keys().map(|p| p.to_string()).collect();
+        assert_eq!(prefixes, ["10.0.0.0/8"]);
+        let id = e.cidr_identities()[&"10.0.0.0/8".parse().unwrap()];
+        assert_eq!(
+            e.resolved("server")
+                .unwrap()
+                .ingress
+                .connection(id, Proto::Tcp, 22)
+                .l4_verdict(),
+            Verdict::Allowed
+        );
+        e.delete_policy(&policy(text).key);
+        assert!(e.cidr_identities().is_empty());
+    }
 }

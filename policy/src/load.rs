@@ -178,8 +178,7 @@ fn collect(file: &str, value: &serde_json::Value, out: &mut Vec<LoadedObject>) {
 
 /// serde's messages name Rust types; users wrote YAML.
 fn clean_serde_message(m: &str) -> String {
-    m.replace("unknown field", "unknown field")
-        .replace("invalid type: integer", "found a number")
+    m.replace("invalid type: integer", "found a number")
         .replace("invalid type: string", "found a string")
         .replace("invalid type: map", "found a map")
         .replace("invalid type: sequence", "found a list")

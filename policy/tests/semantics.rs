@@ -86,6 +86,15 @@ const SW_L3L4: &str = include_str!("../../manifests/examples/starwars/sw_l3_l4_p
 const SW_L7: &str = include_str!("../../manifests/examples/starwars/sw_l3_l4_l7_policy.yaml");
 const SW_CIDR: &str = include_str!("../../manifests/examples/starwars/sw_egress_cidr_except.yaml");
 
+/// One table row: name, policies, flow, verdict, deciding "policy rule" ("" for none).
+type Case<'a> = (
+    &'a str,
+    &'a [Arc<CompiledPolicy>],
+    Flow<'a>,
+    &'a str,
+    &'a str,
+);
+
 /// (case name, verdict, deciding "policy rule" or "" for none)
 fn check(name: &str, r: &TraceResult, verdict: &str, decided: &str) {
     assert_eq!(r.verdict, verdict, "{name}: verdict\n{}", r.explanation);
@@ -114,7 +123,7 @@ fn star_wars() {
         http: Some(("POST", "/v1/request-landing")),
         ..flow(XWING, DEATHSTAR, 80)
     };
-    let cases: Vec<(&str, &[Arc<CompiledPolicy>], Flow, &str, &str)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "no policy: tiefighter lands",
             &none,
