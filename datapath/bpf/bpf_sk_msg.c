@@ -7,15 +7,19 @@
 #include "lib/common.h"
 #include "lib/counters.h"
 #include "lib/sockmap.h"
+#include "lib/splice_hint.h"
 
 SEC("sk_msg")
 int mb_sk_msg(struct sk_msg_md *msg)
 {
 	struct mb_sock_key peer = {};
+	struct mb_sock_key self = {};
 	__u64 len = msg->size;
 	int verdict;
 
 	mb_peer_key_from_msg(msg, &peer);
+	mb_key_swap(&peer, &self);
+	mb_flow_note_send(&self, &peer, len);
 	verdict = bpf_msg_redirect_hash(msg, &mb_sock_hash, &peer, BPF_F_INGRESS);
 	if (verdict == SK_PASS) {
 		mb_count(MB_PROG_SK_MSG, MB_CNT_REDIRECTED, len);

@@ -10,11 +10,14 @@
 #include "lib/sockmap.h"
 #include "lib/policy.h"
 #include "lib/capture.h"
+#include "lib/splice_hint.h"
 
 SEC("sockops")
 int mb_sockops(struct bpf_sock_ops *skops)
 {
 	struct mb_sock_key key = {};
+	const struct mb_config *cfg;
+	__u16 service_port;
 	int active;
 
 	switch (skops->op) {
@@ -34,6 +37,9 @@ int mb_sockops(struct bpf_sock_ops *skops)
 	if (active)
 		mb_capture_established(skops, &key);
 
+	cfg = mb_config_get();
+	if (cfg && (cfg->flags & MB_CFG_NO_SPLICE))
+		return 1;
 	if (!mb_pair_is_local(&key)) {
 		mb_count(MB_PROG_SOCKOPS, MB_CNT_MISS, 0);
 		return 1;
@@ -42,10 +48,17 @@ int mb_sockops(struct bpf_sock_ops *skops)
 		mb_count(MB_PROG_SOCKOPS, MB_CNT_FALLBACK, 0);
 		return 1;
 	}
-	if (bpf_sock_hash_update(skops, &mb_sock_hash, &key, BPF_ANY) == 0)
-		mb_count(MB_PROG_SOCKOPS, MB_CNT_REDIRECTED, 0);
-	else
+	service_port = active ? key.remote_port : key.local_port;
+	if (mb_hint_says_plain(service_port)) {
 		mb_count(MB_PROG_SOCKOPS, MB_CNT_FALLBACK, 0);
+		return 1;
+	}
+	if (bpf_sock_hash_update(skops, &mb_sock_hash, &key, BPF_ANY) == 0) {
+		mb_flow_start(&key, service_port);
+		mb_count(MB_PROG_SOCKOPS, MB_CNT_REDIRECTED, 0);
+	} else {
+		mb_count(MB_PROG_SOCKOPS, MB_CNT_FALLBACK, 0);
+	}
 	/* sock_ops has no verdict here: 1 is "handled", as the ABI expects. */
 	return 1;
 }

@@ -30,6 +30,8 @@ pub const PROG_MAX: u32 = 8;
 pub const CFG_CAPTURE: u32 = 1 << 0;
 /// `MB_CFG_POLICY_ENFORCE`: splice only pairs allowed at the current revision.
 pub const CFG_POLICY_ENFORCE: u32 = 1 << 1;
+/// `MB_CFG_NO_SPLICE`: splice no new connection.
+pub const CFG_NO_SPLICE: u32 = 1 << 2;
 /// `MB_UID_NONE`: no proxy uid configured.
 pub const UID_NONE: u32 = u32::MAX;
 /// `MB_VERDICT_ALLOW`.
@@ -152,6 +154,21 @@ pub struct MbIpKey {
 }
 const _: () = assert!(size_of::<MbIpKey>() == 20);
 
+/// `struct mb_flow_state`: a spliced socket's send pattern.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MbFlowState {
+    /// Consecutive small sends with nothing received in between.
+    pub small_run: u32,
+    /// The accepting side's port, host order.
+    pub service_port: u16,
+    /// This flow already marked its service port.
+    pub hinted: u8,
+    /// Explicit padding, zero.
+    pub pad: u8,
+}
+const _: () = assert!(size_of::<MbFlowState>() == 8);
+
 // SAFETY: each type is #[repr(C)], made only of integers and integer arrays,
 // with every padding byte an explicit field (sizes asserted above), so any
 // bit pattern is valid and no uninitialised byte is ever read or written.
@@ -168,6 +185,8 @@ unsafe impl aya::Pod for MbPolicyKey {}
 unsafe impl aya::Pod for MbPolicyValue {}
 // SAFETY: as above.
 unsafe impl aya::Pod for MbIpKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for MbFlowState {}
 
 /// Encode an address the way the kernel side normalises it: IPv4 and
 /// v4-mapped IPv6 as IPv4 in word 0, native IPv6 in all four words. Words

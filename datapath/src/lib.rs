@@ -161,6 +161,9 @@ pub struct Settings {
     pub capture: Option<Capture>,
     /// Splice only pairs with a current ALLOW decision in the policy map.
     pub policy_enforce: bool,
+    /// Splice no new connection (the plain path, with programs attached;
+    /// established splices keep theirs). For benchmarks and kill switches.
+    pub no_splice: bool,
     /// The current policy revision.
     pub policy_revision: u32,
 }
@@ -175,6 +178,9 @@ impl Settings {
         };
         if self.policy_enforce {
             cfg.flags |= abi::CFG_POLICY_ENFORCE;
+        }
+        if self.no_splice {
+            cfg.flags |= abi::CFG_NO_SPLICE;
         }
         if let Some(c) = &self.capture {
             cfg.flags |= abi::CFG_CAPTURE;
@@ -563,6 +569,33 @@ impl Datapath {
         };
         m.insert(key, value, 0)
             .map_err(|source| Error::Map { name, source })
+    }
+
+    /// Service ports where a spliced flow streamed small writes (splicing
+    /// loses there), with the `CLOCK_MONOTONIC` ns when it was seen. New
+    /// connections to them stay on plain TCP for 60 s, then one re-probes.
+    pub fn plain_hints(&self) -> Result<Vec<(u16, u64)>> {
+        let name = "mb_port_hint";
+        let m: HashMap<MapData, u32, u64> = HashMap::try_from(Map::HashMap(self.map(name)?))
+            .map_err(|source| Error::Map { name, source })?;
+        let mut out = Vec::new();
+        for kv in m.iter() {
+            let (port, at) = kv.map_err(|source| Error::Map { name, source })?;
+            out.push((u16::try_from(port).unwrap_or(u16::MAX), at));
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    /// Forget a learned hint so the next connection to `port` is spliced.
+    pub fn clear_plain_hint(&self, port: u16) -> Result<()> {
+        let name = "mb_port_hint";
+        let mut m: HashMap<MapData, u32, u64> = HashMap::try_from(Map::HashMap(self.map(name)?))
+            .map_err(|source| Error::Map { name, source })?;
+        match m.remove(&u32::from(port)) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(Error::Map { name, source }),
+        }
     }
 
     /// Detach from `cgroup`. When no cgroup is left attached, unpin the

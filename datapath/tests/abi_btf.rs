@@ -55,6 +55,10 @@ fn rust_layouts() -> BTreeMap<&'static str, Layout> {
             layout!(MbPolicyValue, revision, verdict, pad),
         ),
         ("mb_ip_key", layout!(MbIpKey, ip, family, pad)),
+        (
+            "mb_flow_state",
+            layout!(MbFlowState, small_run, service_port, hinted, pad),
+        ),
     ])
 }
 

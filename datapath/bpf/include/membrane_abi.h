@@ -44,7 +44,8 @@ enum mb_prog_index {
  * Per-program counters (one row per program, per CPU; user space sums CPUs).
  *   sockops:    redirected = sockets inserted into the sockhash,
  *               fallbacks  = local sockets left on the plain path (policy
- *                            denied or stale, or the sockhash update failed),
+ *                            denied or stale, a learned "splice loses for
+ *                            this service" hint, or the update failed),
  *               misses     = established sockets that are not node-local.
  *   sk_msg:     redirected/redirected_bytes = messages spliced to the peer,
  *               fallbacks  = messages passed to TCP by choice,
@@ -65,6 +66,7 @@ struct mb_counters {
 /* mb_config.flags */
 #define MB_CFG_CAPTURE (1U << 0)        /* steer outbound connects to the proxy */
 #define MB_CFG_POLICY_ENFORCE (1U << 1) /* splice only pairs allowed at policy_revision */
+#define MB_CFG_NO_SPLICE (1U << 2)      /* splice no new connection (established ones keep theirs) */
 
 #define MB_UID_NONE 0xffffffffU
 
@@ -111,6 +113,18 @@ struct mb_ip_key {
 	__u32 ip[4];
 	__u8 family;
 	__u8 pad[3];
+};
+
+/*
+ * Per-socket send pattern, for the adaptive splice (lib/splice_hint.h).
+ * small_run counts this socket's consecutive small sends with nothing
+ * received in between; service_port is the accepting side's port.
+ */
+struct mb_flow_state {
+	__u32 small_run;
+	__u16 service_port;
+	__u8 hinted; /* this flow already marked its service port */
+	__u8 pad;
 };
 
 #endif /* MEMBRANE_ABI_H */

@@ -60,6 +60,22 @@ static __always_inline void mb_peer_key_from_msg(const struct sk_msg_md *msg,
 	key->remote_port = (__u16)msg->local_port;
 }
 
+/* The key of the other side of the same connection. */
+static __always_inline void mb_key_swap(const struct mb_sock_key *in, struct mb_sock_key *out)
+{
+	out->local_ip[0] = in->remote_ip[0];
+	out->local_ip[1] = in->remote_ip[1];
+	out->local_ip[2] = in->remote_ip[2];
+	out->local_ip[3] = in->remote_ip[3];
+	out->remote_ip[0] = in->local_ip[0];
+	out->remote_ip[1] = in->local_ip[1];
+	out->remote_ip[2] = in->local_ip[2];
+	out->remote_ip[3] = in->local_ip[3];
+	out->local_port = in->remote_port;
+	out->remote_port = in->local_port;
+	out->family = in->family;
+}
+
 /*
  * Both ends on this node: loopback, or a connection to one's own address
  * (a pod talking to its own pod IP). Other same-node pairs are a later map.

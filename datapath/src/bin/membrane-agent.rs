@@ -52,6 +52,9 @@ struct AttachArgs {
     /// Splice only pairs with a current ALLOW in the policy map.
     #[arg(long, env = "MEMBRANE_POLICY_ENFORCE")]
     policy_enforce: bool,
+    /// Splice no new connection (kill switch; benchmarks' "off").
+    #[arg(long, env = "MEMBRANE_NO_SPLICE")]
+    no_splice: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -88,6 +91,7 @@ impl AttachArgs {
                 proxy_mark: Some(self.proxy_mark),
             }),
             policy_enforce: self.policy_enforce,
+            no_splice: self.no_splice,
             policy_revision: 0,
         }
     }
@@ -134,7 +138,13 @@ fn main() -> Result<()> {
             Datapath::open(&cfg.bpffs)?.detach(cgroup)?;
             println!("detached from {}", cgroup.display());
         }
-        Cmd::Counters => print_counters(&Datapath::open(&cfg.bpffs)?)?,
+        Cmd::Counters => {
+            let dp = Datapath::open(&cfg.bpffs)?;
+            print_counters(&dp)?;
+            for (port, _) in dp.plain_hints()? {
+                println!("plain path learned for service port {port}");
+            }
+        }
         Cmd::Pairs => {
             for (a, b) in Datapath::open(&cfg.bpffs)?.spliced_pairs()? {
                 println!(

@@ -93,13 +93,21 @@ enum Cmd {
 
 fn main() -> Result<()> {
     match Cli::parse().cmd {
+        // 64 KiB buffers, as proxies use: io::copy's 8 KiB would make every
+        // echo a stream of small writes.
         Cmd::Echo { listen } => serve(listen, |mut s| {
-            let mut r = s.try_clone()?;
-            io::copy(&mut r, &mut s)?;
-            Ok(())
+            let mut buf = vec![0u8; 65536];
+            loop {
+                let n = s.read(&mut buf)?;
+                if n == 0 {
+                    return Ok(());
+                }
+                s.write_all(&buf[..n])?;
+            }
         }),
         Cmd::Sink { listen } => serve(listen, |mut s| {
-            io::copy(&mut s, &mut io::sink())?;
+            let mut buf = vec![0u8; 65536];
+            while s.read(&mut buf)? != 0 {}
             Ok(())
         }),
         Cmd::Hello { listen } => serve(listen, |mut s| {
