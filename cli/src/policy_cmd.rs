@@ -182,6 +182,9 @@ fn validate(a: ValidateArgs) -> Result<ExitCode> {
                 });
             }
             FileResult::Objects(objs) => {
+                if objs.is_empty() {
+                    lines.push(format!("{name}: warning: no CiliumNetworkPolicy or CiliumClusterwideNetworkPolicy objects"));
+                }
                 for o in objs {
                     let errs = o.error_lines();
                     ok &= errs.is_empty();

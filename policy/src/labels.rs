@@ -134,7 +134,9 @@ impl LabelSet {
         self.0.is_empty()
     }
 
-    /// Values of every label with `key` whose source matches `source` (`any` matches all).
+    /// Values of every label with `key` whose source matches `source`. `any` matches every
+    /// source on either side: a selector for `any:app` matches `k8s:app`, and a label given
+    /// as `app=x` (source `any`, as `policy trace` takes it) matches a selector for `k8s:app`.
     pub fn values<'a>(
         &'a self,
         source: &'a str,
@@ -142,7 +144,10 @@ impl LabelSet {
     ) -> impl Iterator<Item = &'a str> + 'a {
         self.0
             .iter()
-            .filter(move |l| l.key == key && (source == SOURCE_ANY || l.source == source))
+            .filter(move |l| {
+                l.key == key
+                    && (source == SOURCE_ANY || l.source == source || l.source == SOURCE_ANY)
+            })
             .map(|l| l.value.as_str())
     }
 
@@ -204,5 +209,7 @@ mod tests {
         assert_eq!(all, ["other", "web"]);
         assert_eq!(set.values("k8s", "app").collect::<Vec<_>>(), ["web"]);
         assert!(!set.has_key("reserved", "app"));
+        let bare = LabelSet::parse("org=empire").unwrap();
+        assert_eq!(bare.values("k8s", "org").collect::<Vec<_>>(), ["empire"]);
     }
 }

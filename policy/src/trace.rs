@@ -112,7 +112,8 @@ pub fn pod_labels(mut labels: LabelSet) -> LabelSet {
 
 fn is_endpoint(labels: &LabelSet) -> bool {
     // Pods, and the host (host policies select it by node labels).
-    !labels.has_reserved() || labels.has_key(labels::SOURCE_RESERVED, "host")
+    let cidr = labels.iter().any(|l| l.source == labels::SOURCE_CIDR);
+    (!labels.has_reserved() && !cidr) || labels.has_key(labels::SOURCE_RESERVED, "host")
 }
 
 fn origin_json(e: &PeerEntry, dir: Direction, http_rule: Option<usize>) -> DecidedBy {
@@ -188,13 +189,24 @@ pub fn trace(
         if let Some(id) = engine.identity_of(name) {
             return Ok(id);
         }
-        // A world peer with an address takes the identity of the longest policy prefix
-        // that contains it, as the ipcache would give it.
-        if labels.has_key(labels::SOURCE_RESERVED, "world") {
-            if let Some(ip) = ip {
+        // A world peer with an address (`--src-ip`, or a `cidr:` label) takes the identity
+        // of the longest policy prefix that contains it, as the ipcache would give it.
+        let cidr_label = labels
+            .iter()
+            .find(|l| l.source == labels::SOURCE_CIDR)
+            .and_then(|l| {
+                l.key
+                    .parse::<ipnet::IpNet>()
+                    .ok()
+                    .map(|n| n.network())
+                    .or_else(|| l.key.parse().ok())
+            });
+        if labels.has_key(labels::SOURCE_RESERVED, "world") || cidr_label.is_some() {
+            if let Some(ip) = ip.or(cidr_label) {
                 if let Some((_, id)) = ipcache.lookup_prefix(ip) {
                     return Ok(id);
                 }
+                return Ok(Identity::WORLD);
             }
         }
         Ok(engine.ensure_identity(labels)?.0)

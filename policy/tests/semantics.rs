@@ -218,6 +218,20 @@ fn star_wars() {
             "default/rule1 spec.ingress[0]",
         ),
     ];
+    // Labels without a source are `any:` labels and match `k8s:` selectors.
+    check(
+        "bare labels",
+        &run(
+            &l3,
+            &flow(
+                "org=empire,class=tiefighter",
+                "org=empire,class=deathstar",
+                80,
+            ),
+        ),
+        "allowed",
+        "default/rule1 spec.ingress[0]",
+    );
     for (name, p, f, v, d) in cases {
         check(name, &run(p, &f), v, d);
     }
