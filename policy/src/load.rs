@@ -136,7 +136,12 @@ fn collect(file: &str, value: &serde_json::Value, out: &mut Vec<LoadedObject>) {
     let result = match serde_path_to_error::deserialize::<_, PolicyDocument>(value) {
         Err(e) => {
             let path = e.path().to_string();
-            let message = clean_serde_message(&e.inner().to_string());
+            let mut message = clean_serde_message(&e.inner().to_string());
+            if path.contains("Deny[") && path.ends_with(".rules") {
+                message = format!(
+                    "L7 rules are not allowed in deny rules, which match ports only ({message})"
+                );
+            }
             Err(vec![FieldError {
                 path: if path == "." { "(object)".into() } else { path },
                 message,

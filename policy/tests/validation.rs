@@ -59,7 +59,7 @@ fn rejections_name_the_field() {
         (
             "spec: {endpointSelector: {}, ingressDeny: [{toPorts: [{ports: [{port: \"80\"}], rules: {http: [{}]}}]}]}",
             cnp,
-            "spec.ingressDeny[0].toPorts[0].rules: unknown field `rules`",
+            "spec.ingressDeny[0].toPorts[0].rules: L7 rules are not allowed in deny rules",
         ),
         (
             "spec: {endpointSelector: {}, ingress: [{toPorts: [{ports: [{port: \"80\", protocol: TCP}], rules: {http: [{path: \"/v1/(\"}]}}]}]}",
