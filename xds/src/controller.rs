@@ -108,9 +108,8 @@ impl Controller {
                 _ => None,
             })
             .collect();
-        let mut keys = BTreeSet::new();
+        let mut keys = t.keys.clone();
         for (key, snap) in t.snapshots {
-            keys.insert(key.clone());
             if self.cache.set(&key, snap) {
                 out.published += 1;
                 self.recorder.metrics.snapshots.inc();

@@ -75,7 +75,7 @@ pub struct TypeResources {
 /// An immutable set of resources for one node (or node group).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Snapshot {
-    types: BTreeMap<String, TypeResources>,
+    types: BTreeMap<String, Arc<TypeResources>>,
     /// Content hash of every type's version.
     pub version: String,
     /// When the control plane built it (for convergence time).
@@ -85,7 +85,7 @@ pub struct Snapshot {
 impl Snapshot {
     /// The resources of `type_url` (empty set if none).
     pub fn resources(&self, type_url: &str) -> Option<&TypeResources> {
-        self.types.get(type_url)
+        self.types.get(type_url).map(|t| &**t)
     }
 
     /// The version of `type_url` in this snapshot (the empty set has a version too).
@@ -228,10 +228,34 @@ fn empty_version() -> &'static str {
     "0000000000000000"
 }
 
+impl TypeResources {
+    /// A set with its content version, to share between snapshots (every
+    /// sidecar's snapshot holds the same NPHDS set, for example).
+    pub fn shared(items: impl IntoIterator<Item = Resource>) -> Arc<TypeResources> {
+        let items: BTreeMap<String, Resource> =
+            items.into_iter().map(|r| (r.name.clone(), r)).collect();
+        Arc::new(TypeResources {
+            version: set_version(&items),
+            items,
+        })
+    }
+}
+
+fn set_version(items: &BTreeMap<String, Resource>) -> String {
+    let mut buf = Vec::with_capacity(items.len() * 24);
+    for (name, r) in items {
+        buf.extend_from_slice(name.as_bytes());
+        buf.push(0);
+        buf.extend_from_slice(&r.hash.to_le_bytes());
+    }
+    format!("{:016x}", fnv1a(&buf))
+}
+
 /// Collects resources for one snapshot.
 #[derive(Debug, Default)]
 pub struct SnapshotBuilder {
     types: BTreeMap<String, BTreeMap<String, Resource>>,
+    sets: BTreeMap<String, Arc<TypeResources>>,
     duplicate: Option<(String, String)>,
 }
 
@@ -258,24 +282,44 @@ impl SnapshotBuilder {
         self
     }
 
+    /// Adds a shared set of `type_url` resources (merged with any resources
+    /// of that type added one by one).
+    pub fn add_set(&mut self, type_url: &str, set: Arc<TypeResources>) -> &mut Self {
+        self.sets.insert(type_url.to_string(), set);
+        self
+    }
+
     /// Seals the snapshot: computes versions and checks consistency.
-    pub fn build(self) -> Result<Snapshot, SnapshotError> {
+    pub fn build(mut self) -> Result<Snapshot, SnapshotError> {
         if let Some((type_url, name)) = self.duplicate {
             return Err(SnapshotError::Duplicate { type_url, name });
         }
-        let mut types = BTreeMap::new();
-        let mut all = Vec::new();
-        for (t, items) in self.types {
-            let mut buf = Vec::new();
-            for (name, r) in &items {
-                buf.extend_from_slice(name.as_bytes());
-                buf.push(0);
-                buf.extend_from_slice(&r.hash.to_le_bytes());
+        let mut types: BTreeMap<String, Arc<TypeResources>> = BTreeMap::new();
+        for (t, set) in std::mem::take(&mut self.sets) {
+            match self.types.get_mut(&t) {
+                Some(own) => {
+                    for (name, r) in &set.items {
+                        if own.insert(name.clone(), r.clone()).is_some() {
+                            return Err(SnapshotError::Duplicate {
+                                type_url: t,
+                                name: name.clone(),
+                            });
+                        }
+                    }
+                }
+                None => {
+                    types.insert(t, set);
+                }
             }
-            let version = format!("{:016x}", fnv1a(&buf));
+        }
+        for (t, items) in self.types {
+            let version = set_version(&items);
+            types.insert(t, Arc::new(TypeResources { version, items }));
+        }
+        let mut all = Vec::new();
+        for (t, set) in &types {
             all.extend_from_slice(t.as_bytes());
-            all.extend_from_slice(version.as_bytes());
-            types.insert(t, TypeResources { version, items });
+            all.extend_from_slice(set.version.as_bytes());
         }
         let snap = Snapshot {
             types,

@@ -31,14 +31,13 @@ use envoy_types::pb::envoy::config::listener::v3::{
     filter, ApiListener, Filter, FilterChain, Listener,
 };
 use envoy_types::pb::envoy::config::rbac::v3::{
-    permission, principal, rbac::Action, Permission, Policy, Principal, Rbac as RbacRules,
+    permission, principal, rbac::Action, Permission, Policy, Principal,
 };
 use envoy_types::pb::envoy::config::route::v3::{
     header_matcher::HeaderMatchSpecifier, route::Action as RouteActionKind,
     route_action::ClusterSpecifier, route_match::PathSpecifier, HeaderMatcher, Route, RouteAction,
     RouteConfiguration, RouteMatch, VirtualHost,
 };
-use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     http_connection_manager::RouteSpecifier, http_filter, HttpConnectionManager, HttpFilter, Rds,
@@ -301,14 +300,31 @@ pub fn rbac_filters(
     Ok(filters)
 }
 
+/// Wire-identical stand-ins for the HTTP RBAC filter config and
+/// `config.rbac.v3.RBAC` (same field numbers), with the policy map as a
+/// `BTreeMap`: prost encodes a `HashMap` in its random iteration order, which
+/// would make identical policies hash differently and wake every proxy on
+/// every rebuild. Only the fields we set are declared.
+#[derive(Clone, PartialEq, prost::Message)]
+struct CanonicalRbacFilter {
+    #[prost(message, optional, tag = "1")]
+    rules: Option<CanonicalRbac>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct CanonicalRbac {
+    #[prost(int32, tag = "1")]
+    action: i32,
+    #[prost(btree_map = "string, message", tag = "2")]
+    policies: BTreeMap<String, Policy>,
+}
+
 fn rbac_filter(name: &str, action: Action, policies: BTreeMap<String, Policy>) -> HttpFilter {
-    let rbac = Rbac {
-        rules: Some(RbacRules {
+    let rbac = CanonicalRbacFilter {
+        rules: Some(CanonicalRbac {
             action: action as i32,
-            policies: policies.into_iter().collect(),
-            ..Default::default()
+            policies,
         }),
-        ..Default::default()
     };
     HttpFilter {
         name: name.to_string(),

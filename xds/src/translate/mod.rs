@@ -23,8 +23,8 @@ use thiserror::Error;
 
 use crate::node::{pod_key, SHARED_KEY};
 use crate::proto::{NetworkPolicy, NetworkPolicyHosts};
-use crate::resource::{fnv1a, Resource, NETWORK_POLICY, NETWORK_POLICY_HOSTS};
-use crate::snapshot::{Snapshot, SnapshotBuilder, SnapshotError};
+use crate::resource::{fnv1a, Resource, CLUSTER, ENDPOINT, NETWORK_POLICY, NETWORK_POLICY_HOSTS};
+use crate::snapshot::{Snapshot, SnapshotBuilder, SnapshotError, TypeResources};
 use crate::source::{k8s, ClusterState};
 
 /// Why translation failed for part of the state.
@@ -261,8 +261,11 @@ fn service_models(state: &ClusterState, eps: &[(EndpointModel, &k8s::Pod)]) -> V
 /// The result of one translation.
 #[derive(Debug, Default)]
 pub struct Translation {
-    /// Snapshot per cache key (`sidecar/NS/POD` and `shared`).
+    /// Snapshots rebuilt because their inputs changed, per cache key
+    /// (`sidecar/NS/POD` and `shared`).
     pub snapshots: BTreeMap<String, Snapshot>,
+    /// Every key that should have a snapshot now (rebuilt or not).
+    pub keys: BTreeSet<String>,
     /// Parts that could not be translated; the previous snapshot of those
     /// keys stays published.
     pub errors: Vec<TranslateError>,
@@ -274,6 +277,9 @@ pub struct Translator {
     engine: Engine,
     policies: BTreeMap<PolicyKey, Arc<CompiledPolicy>>,
     endpoints: BTreeMap<String, Endpoint>,
+    /// Per sidecar key, a hash of everything its snapshot is built from;
+    /// unchanged inputs skip the rebuild.
+    inputs: BTreeMap<String, u64>,
 }
 
 impl Translator {
@@ -289,31 +295,10 @@ impl Translator {
         eps: &[(EndpointModel, &k8s::Pod)],
         errors: &mut Vec<TranslateError>,
     ) {
-        let mut want: BTreeMap<PolicyKey, Arc<CompiledPolicy>> = BTreeMap::new();
-        for p in &state.policies {
-            want.insert(p.key.clone(), p.clone());
-        }
-        let gone: Vec<PolicyKey> = self
-            .policies
-            .keys()
-            .filter(|k| !want.contains_key(*k))
-            .cloned()
-            .collect();
-        for k in gone {
-            self.engine.delete_policy(&k);
-            self.policies.remove(&k);
-        }
-        for (k, p) in want {
-            if self
-                .policies
-                .get(&k)
-                .is_some_and(|old| Arc::ptr_eq(old, &p))
-            {
-                continue;
-            }
-            self.engine.apply_policy(p.clone());
-            self.policies.insert(k, p);
-        }
+        // Endpoints first, then policies: a new identity re-resolves the
+        // endpoints whose rules select it, so adding pods under a large
+        // policy set one by one would be quadratic; a policy change
+        // re-resolves only the endpoints it selects.
         let ids: BTreeSet<&str> = eps.iter().map(|(e, _)| e.id.as_str()).collect();
         let gone: Vec<String> = self
             .endpoints
@@ -347,6 +332,31 @@ impl Translator {
                     error: e.to_string(),
                 }),
             }
+        }
+        let mut want: BTreeMap<PolicyKey, Arc<CompiledPolicy>> = BTreeMap::new();
+        for p in &state.policies {
+            want.insert(p.key.clone(), p.clone());
+        }
+        let gone: Vec<PolicyKey> = self
+            .policies
+            .keys()
+            .filter(|k| !want.contains_key(*k))
+            .cloned()
+            .collect();
+        for k in gone {
+            self.engine.delete_policy(&k);
+            self.policies.remove(&k);
+        }
+        for (k, p) in want {
+            if self
+                .policies
+                .get(&k)
+                .is_some_and(|old| Arc::ptr_eq(old, &p))
+            {
+                continue;
+            }
+            self.engine.apply_policy(p.clone());
+            self.policies.insert(k, p);
         }
     }
 
@@ -402,17 +412,21 @@ impl Translator {
 
         let services = service_models(state, &eps);
         let cluster_named = self.engine.cluster_named_ports();
-        let mut shared = SnapshotBuilder::new();
-        for r in &nphds {
-            shared.add(r.clone());
-        }
+        // Sets every snapshot shares, built once (Arc), not per sidecar.
+        let nphds = TypeResources::shared(nphds);
         let mut service_resources = Vec::new();
         for s in &services {
             service_resources.extend(envoy::service_clusters(s));
         }
-        for r in &service_resources {
-            shared.add(r.clone());
-        }
+        let (svc_clusters, svc_clas): (Vec<Resource>, Vec<Resource>) = service_resources
+            .into_iter()
+            .partition(|r| r.body.type_url == CLUSTER);
+        let svc_clusters = TypeResources::shared(svc_clusters);
+        let svc_clas = TypeResources::shared(svc_clas);
+        let mut shared = SnapshotBuilder::new();
+        shared.add_set(NETWORK_POLICY_HOSTS, nphds.clone());
+        shared.add_set(CLUSTER, svc_clusters.clone());
+        shared.add_set(ENDPOINT, svc_clas.clone());
         for s in &services {
             for r in envoy::grpc_listeners(s) {
                 shared.add(r);
@@ -427,19 +441,32 @@ impl Translator {
                 endpoint_ips: m.ips.clone(),
                 endpoint_id: m.endpoint_id,
                 ingress_per_port_policies: npds::direction(&resolved.ingress, &m.named_ports),
-                egress_per_port_policies: npds::direction(&resolved.egress, &cluster_named),
+                egress_per_port_policies: npds::direction(&resolved.egress, cluster_named),
             };
             let npds_res = Resource::new(NETWORK_POLICY, m.ips[0].clone(), &np);
             shared.add(npds_res.clone());
             let key = pod_key(&m.namespace, &m.pod);
+            out.keys.insert(key.clone());
+            let input = fnv1a(
+                format!(
+                    "{:x}|{:?}|{:?}|{}|{}|{}",
+                    npds_res.hash,
+                    m.ips,
+                    m.tcp_ports,
+                    nphds.version,
+                    svc_clusters.version,
+                    svc_clas.version
+                )
+                .as_bytes(),
+            );
+            if self.inputs.get(&key) == Some(&input) {
+                continue;
+            }
             let mut b = SnapshotBuilder::new();
             b.add(npds_res);
-            for r in &nphds {
-                b.add(r.clone());
-            }
-            for r in &service_resources {
-                b.add(r.clone());
-            }
+            b.add_set(NETWORK_POLICY_HOSTS, nphds.clone());
+            b.add_set(CLUSTER, svc_clusters.clone());
+            b.add_set(ENDPOINT, svc_clas.clone());
             match envoy::sidecar_inbound(m, &np, &hosts) {
                 Ok(rs) => {
                     for r in rs {
@@ -447,17 +474,24 @@ impl Translator {
                     }
                 }
                 Err(e) => {
+                    self.inputs.remove(&key);
                     out.errors.push(e);
                     continue;
                 }
             }
             match b.build() {
                 Ok(s) => {
+                    self.inputs.insert(key.clone(), input);
                     out.snapshots.insert(key, s);
                 }
-                Err(error) => out.errors.push(TranslateError::Snapshot { key, error }),
+                Err(error) => {
+                    self.inputs.remove(&key);
+                    out.errors.push(TranslateError::Snapshot { key, error });
+                }
             }
         }
+        self.inputs.retain(|k, _| out.keys.contains(k));
+        out.keys.insert(SHARED_KEY.to_string());
         match shared.build() {
             Ok(s) => {
                 out.snapshots.insert(SHARED_KEY.to_string(), s);
@@ -619,11 +653,19 @@ spec:
                 .unwrap();
         assert_eq!(cla.endpoints[0].lb_endpoints.len(), 1);
 
-        // Translating the same state again publishes nothing new.
+        // Translating the same state again, or in a fresh translator (another
+        // replica), yields the same versions: nothing is republished.
         let again = t.translate(&state);
+        let fresh = Translator::new().translate(&state);
         assert_eq!(
-            again.snapshots[SHARED_KEY].version,
-            out.snapshots[SHARED_KEY].version
+            again.snapshots.keys().collect::<Vec<_>>(),
+            vec![SHARED_KEY],
+            "unchanged sidecar inputs are not rebuilt"
         );
+        assert_eq!(again.keys, out.keys);
+        assert_eq!(again.snapshots[SHARED_KEY].version, shared.version);
+        for (key, snap) in &out.snapshots {
+            assert_eq!(fresh.snapshots[key].version, snap.version, "{key}");
+        }
     }
 }
