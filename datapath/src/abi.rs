@@ -91,8 +91,10 @@ pub struct MbConfig {
     pub outbound_port: u16,
     /// Inbound capture port, host order (reserved).
     pub inbound_port: u16,
+    /// How long a learned plain-path hint holds, seconds; 0 = 600.
+    pub hint_ttl_secs: u32,
     /// Explicit padding, zero.
-    pub pad: [u32; 2],
+    pub pad: u32,
 }
 const _: () = assert!(size_of::<MbConfig>() == 32);
 

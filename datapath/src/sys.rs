@@ -1,7 +1,10 @@
-//! The two raw `bpf(2)` commands aya 0.14 does not expose for our use:
+//! The raw `bpf(2)` commands aya 0.14 does not expose for our use:
 //! creating a cgroup link for a `cgroup/getsockopt` program and pinning it
 //! (aya's `CgroupSockoptLink` cannot be turned into a pinnable `FdLink`, and
-//! an unpinned link would detach when the agent exits). The only other
+//! an unpinned link would detach when the agent exits), and attaching the
+//! sk_msg program to the sockhash without a process-held link (aya's link
+//! keeps duplicated fds of the program and the map open, which would keep a
+//! torn-down map alive for as long as the agent runs). The only other
 //! module allowed `unsafe`, besides the `Pod` impls in `abi`.
 #![allow(unsafe_code)]
 
@@ -15,6 +18,10 @@ use std::{
     path::Path,
 };
 
+/// `BPF_PROG_ATTACH` from `enum bpf_cmd`.
+const BPF_PROG_ATTACH: libc::c_long = 8;
+/// `BPF_SK_MSG_VERDICT` from `enum bpf_attach_type`.
+pub const BPF_SK_MSG_VERDICT: u32 = 7;
 /// `BPF_OBJ_PIN` from `enum bpf_cmd`.
 const BPF_OBJ_PIN: libc::c_long = 6;
 /// `BPF_LINK_CREATE` from `enum bpf_cmd`.
@@ -43,6 +50,48 @@ struct ObjPinAttr {
     rest: [u8; 124],
 }
 const _: () = assert!(size_of::<ObjPinAttr>() == 144);
+
+/// The `prog_attach` member of `union bpf_attr`, zero-padded to the union's size.
+#[repr(C)]
+struct ProgAttachAttr {
+    target_fd: u32,
+    attach_bpf_fd: u32,
+    attach_type: u32,
+    attach_flags: u32,
+    rest: [u8; 128],
+}
+const _: () = assert!(size_of::<ProgAttachAttr>() == 144);
+
+/// Attach `prog` to the map `target` (e.g. sk_msg to a sockhash). The
+/// attachment lives in the map, not in this process.
+pub fn prog_attach(
+    prog: BorrowedFd<'_>,
+    target: BorrowedFd<'_>,
+    attach_type: u32,
+) -> io::Result<()> {
+    let mut attr = ProgAttachAttr {
+        target_fd: fd_u32(target)?,
+        attach_bpf_fd: fd_u32(prog)?,
+        attach_type,
+        attach_flags: 0,
+        rest: [0; 128],
+    };
+    // SAFETY: `attr` is a live, fully initialised `union bpf_attr`-sized
+    // buffer for the duration of the call and the size passed matches it;
+    // the kernel only reads it. Returns 0 or -1.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_ATTACH,
+            &mut attr as *mut ProgAttachAttr,
+            size_of::<ProgAttachAttr>(),
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
 
 /// Attach `prog` to `cgroup` with a new bpf_link of `attach_type` and pin the
 /// link at `pin`, so the attachment outlives this process.

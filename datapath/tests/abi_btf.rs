@@ -42,6 +42,7 @@ fn rust_layouts() -> BTreeMap<&'static str, Layout> {
                 capture_ip4,
                 outbound_port,
                 inbound_port,
+                hint_ttl_secs,
                 pad
             ),
         ),

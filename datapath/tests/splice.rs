@@ -5,6 +5,8 @@
 
 mod common;
 
+use std::io::BufRead;
+
 use common::Env;
 use membrane_datapath::Settings;
 
@@ -97,6 +99,29 @@ fn detach_restores_plain_path() {
     );
     assert!(env.cgroup_progs().contains("mb_sockops"));
 
+    // A connection established (and spliced) before the detach, idle across it.
+    let gate = std::env::temp_dir().join(format!("{}.gate", env.name));
+    let gate_s = gate.to_str().unwrap().to_owned();
+    let mut live = env.spawn_client(&[
+        "client",
+        "--connect",
+        "127.0.0.1:9000",
+        "--bytes",
+        BYTES,
+        "--chunk",
+        "16384",
+        "--rounds",
+        "2",
+        "--gate",
+        &gate_s,
+    ]);
+    let mut line = String::new();
+    live.read_line(&mut line).unwrap();
+    assert!(line.starts_with("OK round=0"), "{line}");
+    line.clear();
+    live.read_line(&mut line).unwrap();
+    assert!(line.starts_with("WAITING"), "{line}");
+
     dp.detach(env.cgroup_path()).unwrap();
     assert!(
         !env.cgroup_progs().contains("mb_"),
@@ -109,6 +134,19 @@ fn detach_restores_plain_path() {
         dp.dir().display()
     );
 
+    // The connection established before the detach goes on intact. It stays
+    // spliced until it closes: un-splicing a live socket would drop the
+    // redirected bytes it has not read yet (see Datapath::teardown).
+    std::fs::write(&gate, b"go").unwrap();
+    line.clear();
+    live.read_line(&mut line).unwrap();
+    let _ = std::fs::remove_file(&gate);
+    assert!(
+        line.starts_with("OK round=1 bytes=4194304"),
+        "after detach: {line}"
+    );
+
+    // New connections take the plain path.
     let lo_off = echo_once(&env, "127.0.0.1:9000");
     assert!(
         lo_off > PLAIN_MIN_LO_PACKETS,

@@ -79,7 +79,8 @@ struct mb_config {
 	__u32 capture_ip4;     /* where outbound IPv4 connects go, network order (127.0.0.1) */
 	__u16 outbound_port;   /* proxy outbound capture port (15001) */
 	__u16 inbound_port;    /* proxy inbound capture port (15006), reserved */
-	__u32 pad[2];
+	__u32 hint_ttl_secs;   /* how long a learned plain-path hint holds; 0 = 600 */
+	__u32 pad;
 };
 
 /* An address and port (original destination, or a socket's source). */

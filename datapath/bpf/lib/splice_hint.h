@@ -11,19 +11,22 @@
  * returning SK_PASS keeps the slower sk_msg send path, so the decision is
  * made per service at establish time: a spliced flow that streams small
  * writes marks its service port, and new connections to that port stay on
- * plain TCP for MB_HINT_TTL_NS, after which one is spliced again to re-probe.
+ * plain TCP for mb_config.hint_ttl_secs (600 s by default), after which one
+ * is spliced again to re-probe. The first connection of such a service stays
+ * spliced (and slower) for its life: sk_msg may not delete from a sockhash.
  */
 #ifndef MB_SPLICE_HINT_H
 #define MB_SPLICE_HINT_H
 
 #include "common.h"
+#include "config.h"
 
 /* A send below this size is "small" (16 KiB writes already win). */
 #define MB_SMALL_MSG 16384
 /* This many consecutive small sends without receiving = a small-write stream. */
 #define MB_SMALL_RUN_LIMIT 128
-/* How long a learned "do not splice" hint holds. */
-#define MB_HINT_TTL_NS (60ULL * 1000 * 1000 * 1000)
+/* How long a learned "do not splice" hint holds unless configured. */
+#define MB_HINT_TTL_DEFAULT_SECS 600
 
 /*
  * mb_flow: send pattern of each spliced socket.
@@ -62,8 +65,15 @@ static __always_inline int mb_hint_says_plain(__u16 service_port)
 {
 	__u32 port = service_port;
 	__u64 *marked = bpf_map_lookup_elem(&mb_port_hint, &port);
+	const struct mb_config *cfg;
+	__u64 ttl = MB_HINT_TTL_DEFAULT_SECS;
 
-	return marked && bpf_ktime_get_ns() - *marked < MB_HINT_TTL_NS;
+	if (!marked)
+		return 0;
+	cfg = mb_config_get();
+	if (cfg && cfg->hint_ttl_secs)
+		ttl = cfg->hint_ttl_secs;
+	return bpf_ktime_get_ns() - *marked < ttl * 1000000000ULL;
 }
 
 /* sockops: start tracking a socket that was just spliced. */

@@ -52,6 +52,9 @@ struct AttachArgs {
     /// Splice only pairs with a current ALLOW in the policy map.
     #[arg(long, env = "MEMBRANE_POLICY_ENFORCE")]
     policy_enforce: bool,
+    /// Seconds a learned "splicing loses for this service" hint holds.
+    #[arg(long, env = "MEMBRANE_HINT_TTL_SECS", default_value_t = 600)]
+    hint_ttl_secs: u32,
     /// Splice no new connection (kill switch; benchmarks' "off").
     #[arg(long, env = "MEMBRANE_NO_SPLICE")]
     no_splice: bool,
@@ -92,6 +95,7 @@ impl AttachArgs {
             }),
             policy_enforce: self.policy_enforce,
             no_splice: self.no_splice,
+            hint_ttl_secs: self.hint_ttl_secs,
             policy_revision: 0,
         }
     }
