@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")"
 ./proxy.sh
 ./policy.sh
+./xds.sh
 ./sockmap.sh
