@@ -114,7 +114,11 @@ class Ads:
         fail(f"timed out fetching {names}")
 
     def close(self):
+        """Half-close, then wait for the server to end the stream: it has then
+        processed every request we sent (the last ACK included)."""
         self.requests.put(None)
+        for _ in self.responses:
+            pass
         self.channel.close()
 
 

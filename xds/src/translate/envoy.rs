@@ -383,6 +383,10 @@ pub fn inbound_ports(ep: &EndpointModel, np: &NetworkPolicy) -> Vec<u16> {
     ports
 }
 
+/// RBAC filters already built in this translation, by (ingress policy
+/// hash, port). Valid for one set of identity addresses only.
+pub type RbacCache = std::collections::HashMap<(u64, u16), Vec<HttpFilter>>;
+
 /// Inbound listener, route and cluster per port of a sidecar's endpoint.
 ///
 /// Istio's explicit sidecar-ingress shape: the listener binds the pod IP on
@@ -391,15 +395,30 @@ pub fn sidecar_inbound(
     ep: &EndpointModel,
     np: &NetworkPolicy,
     hosts: &BTreeMap<u64, Vec<String>>,
+    cache: &mut RbacCache,
 ) -> Result<Vec<Resource>, TranslateError> {
     let Some(ip) = ep.ips.first() else {
         return Ok(Vec::new());
     };
+    // Endpoints under the same policy (replicas, a fleet-wide rule) share
+    // their RBAC filters: build them once per translation.
+    let mut ingress = Vec::new();
+    for p in &np.ingress_per_port_policies {
+        ingress.extend(p.encode_to_vec());
+    }
+    let policy_hash = crate::resource::fnv1a(&ingress);
     let mut out = Vec::new();
     for port in inbound_ports(ep, np) {
         let name = format!("inbound|{port}");
         let cluster = format!("inbound|{port}||");
-        let mut http_filters = rbac_filters(np, port, hosts)?;
+        let mut http_filters = match cache.get(&(policy_hash, port)) {
+            Some(f) => f.clone(),
+            None => {
+                let f = rbac_filters(np, port, hosts)?;
+                cache.insert((policy_hash, port), f.clone());
+                f
+            }
+        };
         http_filters.push(router_filter());
         let hcm = HttpConnectionManager {
             stat_prefix: format!("inbound_{port}"),

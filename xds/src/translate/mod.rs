@@ -433,6 +433,7 @@ impl Translator {
             }
         }
 
+        let mut rbac_cache = envoy::RbacCache::new();
         for (m, _) in &eps {
             let Some(resolved) = self.engine.resolved(&m.id) else {
                 continue;
@@ -467,7 +468,7 @@ impl Translator {
             b.add_set(NETWORK_POLICY_HOSTS, nphds.clone());
             b.add_set(CLUSTER, svc_clusters.clone());
             b.add_set(ENDPOINT, svc_clas.clone());
-            match envoy::sidecar_inbound(m, &np, &hosts) {
+            match envoy::sidecar_inbound(m, &np, &hosts, &mut rbac_cache) {
                 Ok(rs) => {
                     for r in rs {
                         b.add(r);
