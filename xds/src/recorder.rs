@@ -573,6 +573,57 @@ impl Recorder {
     }
 }
 
+/// The ADS debug type istiod serves and `istioctl proxy-status --xds-address`
+/// reads: one `envoy.service.status.v3.ClientConfig` per connected proxy.
+pub const DEBUG_SYNCZ: &str = "istio.io/debug/syncz";
+
+impl Recorder {
+    /// Every connected proxy as a `ClientConfig`, with one generic xDS config
+    /// per subscribed type: SYNCED (latest version ACKed), NOT_SENT, ERROR
+    /// (the proxy NACKed it) or STALE (sent, not ACKed yet).
+    pub fn client_configs(&self) -> Vec<envoy_types::pb::envoy::service::status::v3::ClientConfig> {
+        use envoy_types::pb::envoy::config::core::v3::Node;
+        use envoy_types::pb::envoy::service::status::v3::{
+            client_config::GenericXdsConfig, ClientConfig, ConfigStatus,
+        };
+        let p = self.proxies.lock().unwrap_or_else(|e| e.into_inner());
+        p.values()
+            .filter(|r| r.connected)
+            .map(|r| ClientConfig {
+                node: Some(Node {
+                    id: r.node_id.clone(),
+                    ..Default::default()
+                }),
+                generic_xds_configs: r
+                    .watches
+                    .keys()
+                    .map(|t| {
+                        let tr = r.types.get(t).cloned().unwrap_or_default();
+                        let status = if tr.sent_version.is_none() {
+                            ConfigStatus::NotSent
+                        } else if tr.last_nack.is_some() {
+                            ConfigStatus::Error
+                        } else if tr.acked_version.is_some()
+                            && tr.acked_version == tr.latest_version
+                        {
+                            ConfigStatus::Synced
+                        } else {
+                            ConfigStatus::Stale
+                        };
+                        GenericXdsConfig {
+                            type_url: t.clone(),
+                            version_info: tr.acked_version.or(tr.sent_version).unwrap_or_default(),
+                            config_status: status as i32,
+                            ..Default::default()
+                        }
+                    })
+                    .collect(),
+                ..Default::default()
+            })
+            .collect()
+    }
+}
+
 fn push(tr: &mut TypeRecord, e: Event) {
     if tr.history.len() == HISTORY {
         tr.history.pop_front();

@@ -24,10 +24,12 @@ use crate::proto::network_policy_discovery_service_server::{
 use crate::proto::network_policy_hosts_discovery_service_server::{
     NetworkPolicyHostsDiscoveryService, NetworkPolicyHostsDiscoveryServiceServer,
 };
-use crate::recorder::Recorder;
+use crate::recorder::{Recorder, DEBUG_SYNCZ};
 use crate::resource::{NETWORK_POLICY, NETWORK_POLICY_HOSTS};
 use crate::snapshot::{Snapshot, SnapshotCache};
 use crate::stream::{DeltaStream, Outcome, Sent, SotwStream, Step, StreamError, Subscription};
+use envoy_types::pb::google::protobuf::Any;
+use prost::Message;
 
 /// Responses buffered per stream before the sender waits for the client.
 const STREAM_BUFFER: usize = 16;
@@ -40,6 +42,12 @@ trait Machine: Send + 'static {
     fn on_request(&mut self, req: &Self::Req) -> Result<Step<Self::Resp>, StreamError>;
     fn on_snapshot(&mut self, snap: Arc<Snapshot>) -> Step<Self::Resp>;
     fn watches(&self) -> BTreeMap<String, Subscription>;
+    /// A response to a debug-type request, answered from the recorder
+    /// instead of a snapshot; `Some(None)` swallows the request (an ACK of
+    /// an earlier debug response).
+    fn debug(_req: &Self::Req, _rec: &Recorder, _n: u64) -> Option<Option<Self::Resp>> {
+        None
+    }
 }
 
 impl Machine for SotwStream {
@@ -63,7 +71,32 @@ impl Machine for SotwStream {
             .map(|(t, s)| (t, s.subscription))
             .collect()
     }
+    fn debug(req: &DiscoveryRequest, rec: &Recorder, n: u64) -> Option<Option<DiscoveryResponse>> {
+        if req.type_url != DEBUG_SYNCZ {
+            return None;
+        }
+        if !req.response_nonce.is_empty() {
+            return Some(None);
+        }
+        let resources = rec
+            .client_configs()
+            .iter()
+            .map(|c| Any {
+                type_url: CLIENT_CONFIG.to_string(),
+                value: c.encode_to_vec(),
+            })
+            .collect();
+        Some(Some(DiscoveryResponse {
+            version_info: n.to_string(),
+            resources,
+            type_url: DEBUG_SYNCZ.to_string(),
+            nonce: format!("debug-{n}"),
+            ..Default::default()
+        }))
+    }
 }
+
+const CLIENT_CONFIG: &str = "type.googleapis.com/envoy.service.status.v3.ClientConfig";
 
 impl Machine for DeltaStream {
     type Req = DeltaDiscoveryRequest;
@@ -160,8 +193,18 @@ impl XdsServer {
         let mut snaps = self.cache.watch(&key);
         let mut latest: Option<Arc<Snapshot>> = None;
         let mut pending = Some(first);
+        let mut debug_n = 0u64;
         loop {
             let step = if let Some(req) = pending.take() {
+                debug_n += 1;
+                if let Some(resp) = M::debug(&req, &self.recorder, debug_n) {
+                    if let Some(resp) = resp {
+                        if tx.send(Ok(resp)).await.is_err() {
+                            break;
+                        }
+                    }
+                    continue;
+                }
                 match sm.on_request(&req) {
                     Ok(step) => step,
                     Err(e) => {

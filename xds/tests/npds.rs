@@ -185,3 +185,89 @@ async fn npds_and_nphds_clients_get_policy_follow_changes_and_nacks_are_recorded
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
 }
+
+/// `istioctl proxy-status --xds-address` asks ADS for `istio.io/debug/syncz`
+/// and reads one `ClientConfig` per proxy with a status per type.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ads_debug_syncz_reports_synced_and_nacked_types_per_proxy() {
+    use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+    use envoy_types::pb::envoy::service::status::v3::{ClientConfig, ConfigStatus};
+
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("cluster.yaml"), starwars_pods(8080)).unwrap();
+    let xds = start_xds(tmp.path());
+    let url = format!("http://{}", xds.grpc);
+
+    // One proxy ACKs NPDS, another NACKs it.
+    let mut streams = Vec::new();
+    for (node, nack) in [("agent-good", false), ("agent-bad", true)] {
+        let mut client = NetworkPolicyDiscoveryServiceClient::connect(url.clone())
+            .await
+            .unwrap();
+        let (tx, rx) = mpsc::channel(8);
+        let mut first = req("", "", None, true);
+        first.node.as_mut().unwrap().id = node.into();
+        tx.send(first).await.unwrap();
+        let mut s = client
+            .stream_network_policies(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        let r = next(&mut s).await;
+        let error = nack.then_some("rejected");
+        tx.send(req(&r.version_info, &r.nonce, error, false))
+            .await
+            .unwrap();
+        streams.push((tx, s));
+    }
+    let ads = AggregatedDiscoveryServiceClient::connect(url)
+        .await
+        .unwrap();
+    let configs = eventually(Duration::from_secs(10), "both proxies' status", || {
+        let mut ads = ads.clone();
+        async move {
+            let (tx, rx) = mpsc::channel(1);
+            tx.send(DiscoveryRequest {
+                node: Some(Node {
+                    id: "istioctl".into(),
+                    ..Default::default()
+                }),
+                type_url: "istio.io/debug/syncz".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+            let mut s = ads
+                .stream_aggregated_resources(ReceiverStream::new(rx))
+                .await
+                .unwrap()
+                .into_inner();
+            let r = next(&mut s).await;
+            let configs: Vec<ClientConfig> = r
+                .resources
+                .iter()
+                .map(|a| ClientConfig::decode(a.value.as_slice()).unwrap())
+                .collect();
+            let status = |id: &str| {
+                configs
+                    .iter()
+                    .find(|c| c.node.as_ref().is_some_and(|n| n.id == id))
+                    .and_then(|c| c.generic_xds_configs.first())
+                    .map(|g| g.config_status)
+            };
+            (status("agent-good") == Some(ConfigStatus::Synced as i32)
+                && status("agent-bad") == Some(ConfigStatus::Error as i32))
+            .then_some(configs)
+        }
+    })
+    .await;
+    let good = configs
+        .iter()
+        .find(|c| c.node.as_ref().unwrap().id == "agent-good")
+        .unwrap();
+    assert_eq!(
+        good.generic_xds_configs[0].type_url,
+        "type.googleapis.com/cilium.NetworkPolicy"
+    );
+    drop(streams);
+}
