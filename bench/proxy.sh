@@ -111,29 +111,32 @@ run_wrk() { # port conns path [lua]
 run_h2load() { # port path [extra...]
   local port=$1 path=$2; shift 2
   local out
-  out=$(taskset -c "$LOAD_CORE" h2load -c 32 -m 10 -D "$DURATION" --warm-up-time=1 "$@" "http://127.0.0.1:$port$path")
+  out=$(taskset -c "$LOAD_CORE" h2load -c 32 -m 10 -D "$DURATION" "$@" "http://127.0.0.1:$port$path")
   echo "$out" >>"$TMP/raw.txt"
   echo "$out" | awk '/^finished in/ { gsub(",", "", $4); printf "%d\n", $4 }'
 }
 
+LOADAVG=$(cut -d' ' -f1-3 /proc/loadavg)
 declare -A R
 for target in nginx:$NGINX_PORT envoy:$ENVOY_PORT membrane:$MEMBRANE_PORT; do
   name=${target%%:*} port=${target##*:}
   read -r R[$name.allow1.rps] R[$name.allow1.p50] _ < <(run_wrk "$port" 1 /v1/x)
+  sampler=
   if [ "$name" != nginx ]; then
     # RSS under load: sampled in the middle of the 32-connection run.
-    pid=$([ "$name" = envoy ] && echo $ENVOY_PID || echo $MEMBRANE_PID)
+    if [ "$name" = envoy ]; then pid=$ENVOY_PID; else pid=$MEMBRANE_PID; fi
     ( sleep $((DURATION / 2)); rss_kib "$pid" >"$TMP/$name.rss" ) &
+    sampler=$!
   fi
   read -r R[$name.allow32.rps] R[$name.allow32.p50] _ < <(run_wrk "$port" 32 /v1/x)
-  wait
-  [ "$name" != nginx ] && R[$name.rss_load]=$(cat "$TMP/$name.rss")
-  if [ "$name" != nginx ]; then
+  if [ -n "$sampler" ]; then
+    wait "$sampler"
+    R[$name.rss_load]=$(cat "$TMP/$name.rss")
     read -r R[$name.deny32.rps] R[$name.deny32.p50] R[$name.deny32.non2xx] < <(run_wrk "$port" 32 /v1/exhaust-port "$TMP/put.lua")
     read -r R[$name.deny1.rps] R[$name.deny1.p50] _ < <(run_wrk "$port" 1 /v1/exhaust-port "$TMP/put.lua")
   fi
   h2port=$port
-  [ "$name" = nginx ] && h2port=18082
+  if [ "$name" = nginx ]; then h2port=18082; fi
   R[$name.h2.rps]=$(run_h2load "$h2port" /v1/x)
 done
 
@@ -175,7 +178,9 @@ ENVOY_VERSION=$("$ENVOY" --version 2>/dev/null | grep -o 'version: [^ ]*' | head
   echo "| RSS MiB under load (32 conns) | | $(mib "${R[envoy.rss_load]}") | $(mib "${R[membrane.rss_load]}") | $r_rss_load | ≤ 0.25 | $(verdict "$r_rss_load" '<=' 0.25) |"
   echo
   echo "Deny runs: every response was 403 (wrk non-2xx: Envoy ${R[envoy.deny32.non2xx]}, membrane ${R[membrane.deny32.non2xx]})."
-  echo "nginx direct h2c is nginx's own HTTP/2 listener (18082); the proxies forward h2c to nginx over HTTP/1.1."
+  echo "nginx direct h2c is nginx's own HTTP/2 listener (18082), which closes each connection after 1000"
+  echo "requests (keepalive_requests), so that ceiling is low; the proxies forward h2c to nginx over HTTP/1.1."
+  echo "Load average when the run started: $LOADAVG (other work on this machine skews absolute numbers; ratios are from the same run)."
 } >"$OUT"
 cat "$TMP/raw.txt"
 cat "$OUT"

@@ -133,7 +133,14 @@ pub async fn start(
         tokio::spawn(admin::serve(health_l, Role::Health, admin.clone(), rx)),
     ];
     admin.ready.store(true, Ordering::Relaxed);
-    tracing::info!(listen = %addrs.listen, upstream = %cfg.upstream, admin = %addrs.admin, "membrane-proxy started");
+    tracing::info!(
+        listen = %addrs.listen,
+        upstream = %cfg.upstream,
+        admin = %addrs.admin,
+        metrics = %addrs.metrics,
+        health = %addrs.health,
+        "membrane-proxy started"
+    );
     Ok(Running {
         addrs,
         policy,

@@ -1,0 +1,496 @@
+//! Operator-facing behaviour: the admin/metrics/readiness endpoints, policy swaps, and the
+//! real binary's access log, SIGTERM drain, SIGHUP reload and startup errors.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+async fn get(url: &str) -> (u16, String) {
+    let (code, _, body) = curl(&[url]).await;
+    (code, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_endpoints_have_envoy_shapes() {
+    let p = start_proxy().await;
+    let a = p.running.addrs;
+    assert_eq!(curl(&[&p.url("/v1/x")]).await.0, 200);
+    assert_eq!(
+        curl(&["-X", "PUT", &p.url("/v1/exhaust-port")]).await.0,
+        403
+    );
+
+    let (code, body) = get(&format!("http://{}/ready", a.admin)).await;
+    assert_eq!((code, body.as_str()), (200, "LIVE\n"));
+
+    let (code, body) = get(&format!("http://{}/config_dump", a.admin)).await;
+    assert_eq!(code, 200);
+    let dump: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let configs = dump["configs"].as_array().unwrap();
+    let types: Vec<&str> = configs
+        .iter()
+        .map(|c| c["@type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump",
+            "type.googleapis.com/envoy.admin.v3.ListenersConfigDump",
+            "type.googleapis.com/envoy.admin.v3.ClustersConfigDump",
+            "type.googleapis.com/envoy.admin.v3.RoutesConfigDump",
+        ]
+    );
+    let listener = &configs[1]["static_listeners"][0]["listener"];
+    assert_eq!(
+        listener["address"]["socket_address"]["port_value"],
+        a.listen.port()
+    );
+    let policy = &listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][0]
+        ["typed_config"]["value"];
+    assert_eq!(policy["port"], p.backend.port());
+    assert_eq!(policy["l7"], true);
+    assert_eq!(
+        policy["policies"][0],
+        "CiliumNetworkPolicy default/proxy-test"
+    );
+    let cluster = &configs[2]["static_clusters"][0]["cluster"];
+    assert_eq!(
+        cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+            ["socket_address"]["port_value"],
+        p.backend.port()
+    );
+
+    let (_, stats) = get(&format!("http://{}/stats", a.admin)).await;
+    assert!(stats.contains("http.inbound.rbac.allowed: 1\n"), "{stats}");
+    assert!(stats.contains("http.inbound.rbac.denied: 1\n"), "{stats}");
+    let (_, stats) = get(&format!("http://{}/stats?format=json", a.admin)).await;
+    let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    assert!(stats["stats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s["name"] == "http.inbound.rbac.denied" && s["value"] == 1));
+
+    let (_, info) = get(&format!("http://{}/server_info", a.admin)).await;
+    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(info["state"], "LIVE");
+    assert!(info["node"]["id"].as_str().unwrap().starts_with("sidecar~"));
+
+    let (_, l) = get(&format!("http://{}/listeners", a.admin)).await;
+    assert_eq!(l, format!("inbound::{}\n", a.listen));
+    let (_, c) = get(&format!("http://{}/clusters", a.admin)).await;
+    assert!(
+        c.contains(&format!("::{}::health_flags::healthy", p.backend)),
+        "{c}"
+    );
+    let (code, lg) = get(&format!("http://{}/logging", a.admin)).await;
+    assert_eq!(code, 200);
+    assert!(lg.starts_with("active loggers:"), "{lg}");
+    // In-process tests install no log control: changing the level is refused, not faked.
+    let (code, _, _) = curl(&[
+        "-X",
+        "POST",
+        &format!("http://{}/logging?level=debug", a.admin),
+    ])
+    .await;
+    assert_eq!(code, 501);
+
+    let (code, prom) = get(&format!("http://{}/stats/prometheus", a.metrics)).await;
+    assert_eq!(code, 200);
+    assert!(
+        prom.contains(r#"membrane_requests_total{verdict="Allowed",code="200"} 1"#),
+        "{prom}"
+    );
+    assert!(
+        prom.contains(r#"membrane_requests_total{verdict="Denied",code="403"} 1"#),
+        "{prom}"
+    );
+    assert!(
+        prom.contains("membrane_request_duration_seconds_count 2"),
+        "{prom}"
+    );
+    assert!(
+        prom.contains("membrane_downstream_connections_total 2"),
+        "{prom}"
+    );
+    // Each listener serves only its own endpoints.
+    assert_eq!(
+        get(&format!("http://{}/config_dump", a.metrics)).await.0,
+        404
+    );
+    assert_eq!(
+        get(&format!("http://{}/healthz/ready", a.health)).await.0,
+        200
+    );
+    assert_eq!(
+        get(&format!("http://{}/config_dump", a.health)).await.0,
+        404
+    );
+
+    // Draining flips readiness before connections close.
+    let admin = a.admin;
+    let health = a.health;
+    let drain = tokio::spawn(p.running.drain(Duration::from_secs(1)));
+    drain.await.unwrap();
+    assert_ne!(get(&format!("http://{admin}/ready")).await.0, 200);
+    assert_ne!(get(&format!("http://{health}/healthz/ready")).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_swap_applies_to_the_next_request_on_an_open_connection() {
+    let p = start_proxy().await;
+    let mut send = {
+        let s = tokio::net::TcpStream::connect(p.addr()).await.unwrap();
+        let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(s))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        send
+    };
+    let req = || {
+        http::Request::get("/v1/x")
+            .header("host", "a")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap()
+    };
+    assert_eq!(send.send_request(req()).await.unwrap().status(), 200);
+    // Same endpoint, a policy that allows only POST /v1/request-landing.
+    let strict =
+        std::env::temp_dir().join(format!("membrane-proxy-strict-{}.yaml", std::process::id()));
+    std::fs::write(
+        &strict,
+        std::fs::read_to_string(policy_file(p.backend.port()))
+            .unwrap()
+            .replace("        - method: GET\n          path: /v1/.*\n", ""),
+    )
+    .unwrap();
+    let mut cfg = config(p.backend, &[]);
+    cfg.policy = vec![strict];
+    p.running
+        .policy
+        .store(membrane_proxy::policy::load(&cfg).unwrap());
+    let resp = send.send_request(req()).await.unwrap();
+    assert_eq!(
+        resp.status(),
+        403,
+        "the open connection must see the new policy"
+    );
+}
+
+#[test]
+fn invalid_policy_and_labels_are_refused_with_a_precise_message() {
+    let bad = std::env::temp_dir().join(format!("membrane-proxy-bad-{}.yaml", std::process::id()));
+    std::fs::write(
+        &bad,
+        std::fs::read_to_string(TEST_POLICY)
+            .unwrap()
+            .replace("PORT", "99999"),
+    )
+    .unwrap();
+    let mut cfg = config("127.0.0.1:1".parse().unwrap(), &[]);
+    cfg.policy = vec![bad.clone()];
+    let err = membrane_proxy::policy::load(&cfg)
+        .err()
+        .expect("invalid policy refused")
+        .to_string();
+    assert!(err.contains(&bad.display().to_string()), "{err}");
+    assert!(
+        err.contains("CiliumNetworkPolicy default/proxy-test"),
+        "{err}"
+    );
+    assert!(
+        err.contains("spec.ingress[0].toPorts[0].ports[0].port"),
+        "{err}"
+    );
+
+    let mut cfg = config("127.0.0.1:1".parse().unwrap(), &[]);
+    cfg.peer = vec!["10.0.0.0/33=k8s:a=b".into()];
+    let err = membrane_proxy::policy::load(&cfg)
+        .err()
+        .expect("bad peer refused")
+        .to_string();
+    assert!(err.contains("--peer"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_get_identities_from_the_static_ipcache() {
+    // Only k8s:org=empire may land; loopback is that peer via --peer, else it is reserved:host.
+    let backend = start_backend().await;
+    let file =
+        std::env::temp_dir().join(format!("membrane-proxy-peer-{}.yaml", std::process::id()));
+    std::fs::write(
+        &file,
+        [
+            "apiVersion: cilium.io/v2",
+            "kind: CiliumNetworkPolicy",
+            "metadata: {name: empire-only, namespace: default}",
+            "spec:",
+            "  endpointSelector: {matchLabels: {app: backend}}",
+            "  ingress:",
+            "  - fromEndpoints: [{matchLabels: {org: empire}}]",
+            "    toPorts:",
+            "    - ports: [{port: \"PORT\", protocol: TCP}]",
+            "      rules: {http: [{method: GET}]}",
+        ]
+        .join("\n")
+        .replace("PORT", &backend.port().to_string()),
+    )
+    .unwrap();
+    let path = file.display().to_string();
+    for (peer, want) in [
+        (None, 403),
+        (Some("127.0.0.0/8=k8s:org=empire"), 200),
+        (Some("127.0.0.1=k8s:org=alliance"), 403),
+    ] {
+        let mut extra = vec!["--policy", path.as_str()];
+        if let Some(p) = peer {
+            extra.extend(["--peer", p]);
+        }
+        let mut cfg = config(backend, &[]);
+        cfg.policy = vec![file.clone()];
+        cfg.peer = peer.map(|p| vec![p.to_owned()]).unwrap_or_default();
+        let running =
+            membrane_proxy::start(&cfg, membrane_proxy::policy::load(&cfg).unwrap(), None)
+                .await
+                .unwrap();
+        let (code, _, _) = curl(&[&format!("http://{}/v1/x", running.addrs.listen)]).await;
+        assert_eq!(code, want, "peer {peer:?}");
+        running.drain(Duration::from_millis(100)).await;
+    }
+}
+
+/// The real binary, with its stdout (access log) and stderr (diagnostics) captured.
+struct Binary {
+    child: Child,
+    stdout: std::sync::mpsc::Receiver<String>,
+    listen: String,
+    admin: String,
+}
+
+fn spawn_binary(policy: &std::path::Path, backend: std::net::SocketAddr, extra: &[&str]) -> Binary {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_membrane-proxy"))
+        .args([
+            "standalone",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--metrics",
+            "127.0.0.1:0",
+        ])
+        .args([
+            "--health",
+            "127.0.0.1:0",
+            "--upstream",
+            &backend.to_string(),
+            "--endpoint-labels",
+            "k8s:app=backend",
+        ])
+        .arg("--policy")
+        .arg(policy)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("membrane-proxy starts");
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            if line.contains("membrane-proxy started") {
+                let _ = addr_tx.send(line.clone());
+            }
+            eprintln!("proxy: {line}");
+        }
+    });
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let started: serde_json::Value = serde_json::from_str(
+        &addr_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("startup log line"),
+    )
+    .unwrap();
+    Binary {
+        child,
+        stdout: rx,
+        listen: started["listen"].as_str().unwrap().to_owned(),
+        admin: started["admin"].as_str().unwrap().to_owned(),
+    }
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args(["-s", sig, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Some(s) = child.try_wait().unwrap() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_logs_json_access_entries_and_drains_on_sigterm() {
+    let backend = start_backend().await;
+    let mut b = spawn_binary(&policy_file(backend.port()), backend, &[]);
+    assert_eq!(curl(&[&format!("http://{}/v1/x", b.listen)]).await.0, 200);
+    assert_eq!(
+        curl(&["-X", "PUT", &format!("http://{}/v1/exhaust-port", b.listen)])
+            .await
+            .0,
+        403
+    );
+    let entries: Vec<serde_json::Value> = (0..3)
+        .map(|_| {
+            serde_json::from_str(&b.stdout.recv_timeout(Duration::from_secs(5)).unwrap()).unwrap()
+        })
+        .collect();
+    assert_eq!(entries[0]["type"], "Request");
+    assert_eq!(entries[1]["type"], "Response");
+    assert_eq!(entries[1]["status"], 200);
+    assert_eq!(entries[1]["method"], "GET");
+    assert_eq!(entries[1]["path"], "/v1/x");
+    assert_eq!(entries[1]["src_identity"], 1, "loopback is reserved:host");
+    assert!(
+        entries[1]["decided_by"]
+            .as_str()
+            .unwrap()
+            .contains("default/proxy-test"),
+        "{}",
+        entries[1]
+    );
+    assert_eq!(entries[2]["type"], "Denied");
+    assert_eq!(entries[2]["status"], 403);
+    assert_eq!(entries[2]["path"], "/v1/exhaust-port");
+
+    // A request in flight when SIGTERM arrives still completes; then the process exits 0.
+    let url = format!("http://{}/v1/slow", b.listen);
+    let slow = tokio::spawn(async move { curl(&["-H", "x-delay-ms: 700", &url]).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    signal(&b.child, "TERM");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        get(&format!("http://{}/ready", b.admin)).await.0,
+        0,
+        "admin closes while draining"
+    );
+    assert_eq!(slow.await.unwrap().0, 200, "in-flight request completed");
+    let status =
+        tokio::task::spawn_blocking(move || wait_exit(&mut b.child, Duration::from_secs(5)))
+            .await
+            .unwrap();
+    assert!(status.expect("exited after drain").success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_reloads_policy_on_sighup_and_keeps_the_last_good_one() {
+    let backend = start_backend().await;
+    let file = policy_file(backend.port());
+    let good = std::fs::read_to_string(&file).unwrap();
+    let mut b = spawn_binary(&file, backend, &["--access-log", "false"]);
+    let url = format!("http://{}/v1/x", b.listen);
+    assert_eq!(curl(&[&url]).await.0, 200);
+
+    std::fs::write(&file, "kind: CiliumNetworkPolicy\napiVersion: cilium.io/v2\nmetadata: {name: x}\nspec: {bogus: 1}\n").unwrap();
+    signal(&b.child, "HUP");
+    let admin = b.admin.clone();
+    let mut rejected = false;
+    for _ in 0..100 {
+        let (_, stats) = get(&format!("http://{admin}/stats")).await;
+        if stats.contains("membrane.policy_reload_failures: 1") {
+            rejected = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(rejected, "the invalid policy was not reported as rejected");
+    assert_eq!(
+        curl(&[&url]).await.0,
+        200,
+        "last good policy stays in force"
+    );
+
+    std::fs::write(
+        &file,
+        good.replace("        - method: GET\n          path: /v1/.*\n", ""),
+    )
+    .unwrap();
+    signal(&b.child, "HUP");
+    let mut denied = false;
+    for _ in 0..100 {
+        if curl(&[&url]).await.0 == 403 {
+            denied = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(denied, "the new policy never took effect");
+    signal(&b.child, "TERM");
+    let status =
+        tokio::task::spawn_blocking(move || wait_exit(&mut b.child, Duration::from_secs(5)))
+            .await
+            .unwrap();
+    assert!(status.expect("exited").success());
+}
+
+#[test]
+fn binary_refuses_an_invalid_policy_at_startup() {
+    let bad = std::env::temp_dir().join(format!(
+        "membrane-proxy-bad-start-{}.yaml",
+        std::process::id()
+    ));
+    std::fs::write(
+        &bad,
+        std::fs::read_to_string(TEST_POLICY)
+            .unwrap()
+            .replace("PORT", "99999"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_membrane-proxy"))
+        .args([
+            "standalone",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            "127.0.0.1:1",
+            "--endpoint-labels",
+            "k8s:app=backend",
+        ])
+        .args([
+            "--admin",
+            "127.0.0.1:0",
+            "--metrics",
+            "127.0.0.1:0",
+            "--health",
+            "127.0.0.1:0",
+        ])
+        .arg("--policy")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("spec.ingress[0].toPorts[0].ports[0].port"),
+        "{err}"
+    );
+}
