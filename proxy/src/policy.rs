@@ -49,10 +49,14 @@ pub struct Checked {
 }
 
 type CheckFn = dyn Fn(IpAddr, &RequestView<'_>) -> Checked + Send + Sync;
+type L4Fn = dyn Fn(IpAddr) -> Checked + Send + Sync;
 
 /// One immutable policy snapshot, as enforced.
 pub struct Enforcer {
     check: Box<CheckFn>,
+    /// Set when no HTTP rule applies to the port: connections are checked once at L3/L4 and
+    /// spliced opaquely.
+    l4: Option<Box<L4Fn>>,
     summary: serde_json::Value,
 }
 
@@ -65,8 +69,15 @@ impl Enforcer {
     ) -> Self {
         Enforcer {
             check: Box::new(f),
+            l4: None,
             summary,
         }
+    }
+
+    /// For an L4-only port, the connection verdict for `peer`; `None` when the port has HTTP
+    /// rules and every request must be checked.
+    pub fn check_l4(&self, peer: IpAddr) -> Option<Checked> {
+        self.l4.as_ref().map(|f| f(peer))
     }
 
     /// The verdict for `req` from `peer`.
@@ -257,6 +268,36 @@ pub fn load(cfg: &crate::config::Config) -> Result<Enforcer, LoadError> {
         "ipcache": ipcache.entries().map(|(p, id)| serde_json::json!({"prefix": p.to_string(), "identity": id.0})).collect::<Vec<_>>(),
         "peers": peers,
     });
+    let l4: Option<Box<L4Fn>> = if l7 {
+        None
+    } else {
+        let resolved = resolved.clone();
+        let ipcache = ipcache.clone();
+        Some(Box::new(move |ip: IpAddr| {
+            let remote = ipcache.lookup(ip);
+            let conn = resolved.ingress.connection(remote, Proto::Tcp, port);
+            let by = match &conn {
+                membrane_policy::ConnPolicy::Denied(Some(e))
+                | membrane_policy::ConnPolicy::Allowed(Some(e)) => e.origin.to_string(),
+                membrane_policy::ConnPolicy::UnenforcedL7(e) => e.origin.to_string(),
+                membrane_policy::ConnPolicy::NotEnforced => {
+                    "no policy selects this endpoint".to_owned()
+                }
+                _ => "default".to_owned(),
+            };
+            let decision = match conn.l4_verdict() {
+                membrane_policy::Verdict::Allowed => Decision::Allow {
+                    decided_by: by,
+                    header_actions: vec![],
+                },
+                membrane_policy::Verdict::Denied => Decision::Deny { decided_by: by },
+            };
+            Checked {
+                remote_identity: remote.0,
+                decision,
+            }
+        }))
+    };
     let check_ipcache = ipcache.clone();
     let check = move |ip: IpAddr, req: &RequestView<'_>| {
         let remote = check_ipcache.lookup(ip);
@@ -289,6 +330,7 @@ pub fn load(cfg: &crate::config::Config) -> Result<Enforcer, LoadError> {
     };
     Ok(Enforcer {
         check: Box::new(check),
+        l4,
         summary,
     })
 }

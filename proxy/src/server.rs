@@ -146,6 +146,53 @@ async fn sniff(stream: &mut TcpStream) -> std::io::Result<Option<Bytes>> {
     Ok(Some(buf.freeze()))
 }
 
+/// An L4-only port: one verdict per connection, then bytes are copied both ways unparsed.
+async fn splice(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    shared: &Shared,
+    checked: crate::policy::Checked,
+) {
+    let started = Instant::now();
+    if let Decision::Deny { decided_by } = &checked.decision {
+        tracing::debug!(%peer, decided_by, "L4 connection denied");
+        if shared.settings.access_log {
+            tracing::info!(
+                target: "access",
+                r#type = "Denied",
+                src = %peer,
+                src_identity = checked.remote_identity,
+                decided_by = decided_by.as_str(),
+                "L4"
+            );
+        }
+        return;
+    }
+    let mut upstream = match TcpStream::connect(shared.settings.upstream).await {
+        Ok(u) => u,
+        Err(e) => {
+            shared.metrics.upstream_error();
+            tracing::debug!(%peer, error = %e, "upstream connect failed");
+            return;
+        }
+    };
+    let _ = upstream.set_nodelay(true);
+    let copied = tokio::io::copy_bidirectional(&mut stream, &mut upstream).await;
+    if shared.settings.access_log {
+        let (up, down) = copied.unwrap_or_default();
+        tracing::info!(
+            target: "access",
+            r#type = "Response",
+            src = %peer,
+            src_identity = checked.remote_identity,
+            bytes_up = up,
+            bytes_down = down,
+            duration_us = started.elapsed().as_micros() as u64,
+            "L4"
+        );
+    }
+}
+
 async fn serve_connection(
     mut stream: TcpStream,
     peer: SocketAddr,
@@ -154,6 +201,10 @@ async fn serve_connection(
 ) {
     let _ = stream.set_nodelay(true);
     let s = &shared.settings;
+    let l4 = shared.policy.load().check_l4(peer_ip(peer));
+    if let Some(checked) = l4 {
+        return splice(stream, peer, shared, checked).await;
+    }
     let prefix = match tokio::time::timeout(s.header_read_timeout, sniff(&mut stream)).await {
         Ok(Ok(Some(p))) => p,
         Ok(Ok(None)) | Ok(Err(_)) => return,

@@ -494,3 +494,71 @@ fn binary_refuses_an_invalid_policy_at_startup() {
         "{err}"
     );
 }
+
+async fn tcp_echo() -> std::net::SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l4_only_ports_are_spliced_opaquely_after_one_verdict() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let echo = tcp_echo().await;
+    let file = std::env::temp_dir().join(format!("membrane-proxy-l4-{}.yaml", std::process::id()));
+    std::fs::write(
+        &file,
+        [
+            "apiVersion: cilium.io/v2",
+            "kind: CiliumNetworkPolicy",
+            "metadata: {name: l4-only, namespace: default}",
+            "spec:",
+            "  endpointSelector: {matchLabels: {app: backend}}",
+            "  ingress:",
+            "  - fromEndpoints: [{matchLabels: {org: empire}}]",
+            "    toPorts:",
+            "    - ports: [{port: \"PORT\", protocol: TCP}]",
+        ]
+        .join("\n")
+        .replace("PORT", &echo.port().to_string()),
+    )
+    .unwrap();
+    for (peer, allowed) in [
+        ("127.0.0.1=k8s:org=empire", true),
+        ("127.0.0.1=k8s:org=alliance", false),
+    ] {
+        let mut cfg = config(echo, &[]);
+        cfg.policy = vec![file.clone()];
+        cfg.peer = vec![peer.to_owned()];
+        let running =
+            membrane_proxy::start(&cfg, membrane_proxy::policy::load(&cfg).unwrap(), None)
+                .await
+                .unwrap();
+        let mut s = tokio::net::TcpStream::connect(running.addrs.listen)
+            .await
+            .unwrap();
+        // Not HTTP at all: an L4 port must not parse it.
+        let _ = s.write_all(b"\x00\x01 not http \r\n\r\n").await;
+        let mut buf = [0u8; 16];
+        let got = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf))
+            .await
+            .unwrap();
+        if allowed {
+            assert_eq!(&buf[..got.unwrap()], b"\x00\x01 not http \r\n\r\n");
+        } else {
+            assert!(
+                matches!(got, Ok(0) | Err(_)),
+                "denied peer got data: {got:?}"
+            );
+        }
+        running.drain(Duration::from_millis(100)).await;
+    }
+}
