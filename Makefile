@@ -15,7 +15,7 @@ build: deps
 	$(CARGO) build --release --workspace --bins
 
 demo: deps
-	$(CARGO) build --release -p membrane-cli
+	$(CARGO) build --release -p membrane-cli -p membrane-proxy
 	./scripts/demo.sh
 
 test: deps

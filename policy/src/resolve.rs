@@ -254,7 +254,8 @@ impl<'a> ConnPolicy<'a> {
                         }
                     }
                 }
-                simple(Verdict::Denied, None)
+                // No HTTP rule matched: the rule whose HTTP rules refused it decided.
+                simple(Verdict::Denied, entries.first().copied())
             }
         }
     }
