@@ -14,6 +14,7 @@ declare -A APT=(
   [curl]=curl
   [ip]=iproute2
   [etcd]=etcd-server
+  [openssl]=openssl
 )
 # Header-only packages, probed by a file they install.
 declare -A APT_FILES=(

@@ -23,6 +23,15 @@ pub struct Config {
     /// address is printed on stdout).
     #[arg(long, env = "MEMBRANE_GRPC_ADDR", default_value = "0.0.0.0:15010")]
     pub grpc_addr: SocketAddr,
+    /// TLS xDS gRPC listen address; served only with --tls-cert and --tls-key.
+    #[arg(long, env = "MEMBRANE_TLS_ADDR", default_value = "0.0.0.0:15012")]
+    pub tls_addr: SocketAddr,
+    /// PEM certificate chain for the TLS xDS port.
+    #[arg(long, env = "MEMBRANE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for the TLS xDS port.
+    #[arg(long, env = "MEMBRANE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Debug and metrics HTTP listen address.
     #[arg(long, env = "MEMBRANE_DEBUG_ADDR", default_value = "0.0.0.0:15014")]
     pub debug_addr: SocketAddr,

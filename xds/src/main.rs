@@ -17,6 +17,7 @@ use membrane_xds::source::dir::DirSource;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Identity, ServerTlsConfig};
 use tracing::info;
 
 async fn shutdown_signal() {
@@ -66,8 +67,27 @@ async fn main() -> Result<()> {
         .await
         .with_context(|| format!("binding --debug-addr {}", cfg.debug_addr))?;
     let (grpc_addr, dbg_addr) = (grpc.local_addr()?, dbg.local_addr()?);
+    let tls = match (&cfg.tls_cert, &cfg.tls_key) {
+        (Some(cert), Some(key)) => {
+            let cert =
+                std::fs::read(cert).with_context(|| format!("--tls-cert {}", cert.display()))?;
+            let key = std::fs::read(key).with_context(|| format!("--tls-key {}", key.display()))?;
+            let builder = tonic::transport::Server::builder()
+                .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
+                .context("TLS configuration")?;
+            let l = TcpListener::bind(cfg.tls_addr)
+                .await
+                .with_context(|| format!("binding --tls-addr {}", cfg.tls_addr))?;
+            Some((builder, l))
+        }
+        _ => None,
+    };
+    let tls_line = match &tls {
+        Some((_, l)) => format!(" tls={}", l.local_addr()?),
+        None => String::new(),
+    };
     // Tests and scripts read the bound addresses from this line.
-    println!("membrane-xds listening grpc={grpc_addr} debug={dbg_addr}");
+    println!("membrane-xds listening grpc={grpc_addr} debug={dbg_addr}{tls_line}");
     info!(%grpc_addr, %dbg_addr, "membrane-xds listening");
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -80,6 +100,13 @@ async fn main() -> Result<()> {
             .router()
             .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), stopped(stop_rx.clone())),
     );
+    let tls_task = tls.map(|(builder, l)| {
+        tokio::spawn(
+            server
+                .router_on(builder)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(l), stopped(stop_rx.clone())),
+        )
+    });
     let app = debug::router(Arc::new(DebugState {
         cache,
         recorder,
@@ -99,6 +126,9 @@ async fn main() -> Result<()> {
         let _ = ctl_task.await;
         let _ = dbg_task.await;
         let _ = grpc_task.await;
+        if let Some(t) = tls_task {
+            let _ = t.await;
+        }
     })
     .await;
     Ok(())

@@ -140,7 +140,15 @@ impl XdsServer {
 
     /// A tonic router serving ADS, NPDS and NPHDS.
     pub fn router(&self) -> tonic::transport::server::Router {
-        tonic::transport::Server::builder()
+        self.router_on(tonic::transport::Server::builder())
+    }
+
+    /// The same services on a configured server (TLS, limits).
+    pub fn router_on(
+        &self,
+        mut builder: tonic::transport::Server,
+    ) -> tonic::transport::server::Router {
+        builder
             .add_service(AggregatedDiscoveryServiceServer::new(self.clone()))
             .add_service(NetworkPolicyDiscoveryServiceServer::new(self.clone()))
             .add_service(NetworkPolicyHostsDiscoveryServiceServer::new(self.clone()))

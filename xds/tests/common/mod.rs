@@ -27,12 +27,20 @@ pub struct Xds {
     pub proc: Guard,
     pub grpc: SocketAddr,
     pub debug: SocketAddr,
+    pub tls: Option<SocketAddr>,
 }
 
 /// Starts the binary on loopback ephemeral ports, in its own process group.
 pub fn start_xds(source_dir: &std::path::Path) -> Xds {
+    start_xds_with(source_dir, &[])
+}
+
+/// [`start_xds`] with extra flags.
+pub fn start_xds_with(source_dir: &std::path::Path, extra: &[&std::ffi::OsStr]) -> Xds {
     let mut child = Command::new(env!("CARGO_BIN_EXE_membrane-xds"))
         .args(["--grpc-addr", "127.0.0.1:0", "--debug-addr", "127.0.0.1:0"])
+        .args(["--tls-addr", "127.0.0.1:0"])
+        .args(extra)
         .args(["--poll-ms", "50", "--log", "membrane_xds=debug"])
         .arg("--source-dir")
         .arg(source_dir)
@@ -54,10 +62,12 @@ pub fn start_xds(source_dir: &std::path::Path) -> Xds {
             .unwrap()
     };
     let (grpc, debug) = (field("grpc="), field("debug="));
+    let tls = line.contains("tls=").then(|| field("tls="));
     Xds {
         proc: Guard(child),
         grpc,
         debug,
+        tls,
     }
 }
 
