@@ -3,8 +3,9 @@
  * cgroup connect4/connect6, attached to a pod's cgroup v2: steer the app's
  * outbound TCP connects to the sidecar's outbound port (15001) on loopback
  * and remember where they were going, by socket cookie. No netfilter.
- * Left alone: loopback destinations, the proxy's own connects (by uid or by
- * SO_MARK), non-TCP sockets, and everything while capture is off.
+ * Left alone: loopback destinations, excluded ports and prefixes, the
+ * proxy's own connects (by uid or by SO_MARK), non-TCP sockets, and
+ * everything while capture is off.
  */
 #include "lib/common.h"
 #include "lib/counters.h"
@@ -64,7 +65,7 @@ int mb_connect4(struct bpf_sock_addr *ctx)
 	orig.ip[0] = ctx->user_ip4;
 	orig.port = bpf_ntohs((__u16)ctx->user_port);
 	orig.family = MB_AF_INET;
-	if (mb_addr_is_loopback(orig.ip, orig.family)) {
+	if (mb_addr_is_loopback(orig.ip, orig.family) || mb_capture_excluded(&orig)) {
 		mb_count(MB_PROG_CONNECT4, MB_CNT_FALLBACK, 0);
 		return 1;
 	}
@@ -90,7 +91,7 @@ int mb_connect6(struct bpf_sock_addr *ctx)
 	ip6[3] = ctx->user_ip6[3];
 	orig.family = mb_addr_set(orig.ip, AF_INET6, 0, ip6);
 	orig.port = bpf_ntohs((__u16)ctx->user_port);
-	if (mb_addr_is_loopback(orig.ip, orig.family)) {
+	if (mb_addr_is_loopback(orig.ip, orig.family) || mb_capture_excluded(&orig)) {
 		mb_count(MB_PROG_CONNECT6, MB_CNT_FALLBACK, 0);
 		return 1;
 	}

@@ -171,6 +171,31 @@ pub struct MbFlowState {
 }
 const _: () = assert!(size_of::<MbFlowState>() == 8);
 
+/// `struct mb_cidr_key`: an LPM-trie key for a prefix of either family.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct MbCidrKey {
+    /// 32 (the family word) + the prefix length.
+    pub prefixlen: u32,
+    /// `AF_INET` or `AF_INET6`, widened.
+    pub family: u32,
+    /// Address words (IPv4 in `[0]`).
+    pub ip: [u32; 4],
+}
+const _: () = assert!(size_of::<MbCidrKey>() == 24);
+
+/// The matched part of [`MbCidrKey`] (everything after `prefixlen`), as
+/// aya's `lpm_trie::Key<K>` wants it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct MbCidrData {
+    /// `AF_INET` or `AF_INET6`, widened.
+    pub family: u32,
+    /// Address words (IPv4 in `[0]`).
+    pub ip: [u32; 4],
+}
+const _: () = assert!(size_of::<aya::maps::lpm_trie::Key<MbCidrData>>() == size_of::<MbCidrKey>());
+
 // SAFETY: each type is #[repr(C)], made only of integers and integer arrays,
 // with every padding byte an explicit field (sizes asserted above), so any
 // bit pattern is valid and no uninitialised byte is ever read or written.
@@ -189,6 +214,10 @@ unsafe impl aya::Pod for MbPolicyValue {}
 unsafe impl aya::Pod for MbIpKey {}
 // SAFETY: as above.
 unsafe impl aya::Pod for MbFlowState {}
+// SAFETY: as above.
+unsafe impl aya::Pod for MbCidrKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for MbCidrData {}
 
 /// Encode an address the way the kernel side normalises it: IPv4 and
 /// v4-mapped IPv6 as IPv4 in word 0, native IPv6 in all four words. Words

@@ -25,12 +25,15 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, HashMap, Map, MapData, PerCpuArray, SockHash},
+    maps::{
+        lpm_trie::{Key, LpmTrie},
+        Array, HashMap, Map, MapData, PerCpuArray, SockHash,
+    },
     programs::{links::FdLink, CgroupAttachMode, CgroupSockAddr, CgroupSockopt, SkMsg, SockOps},
     Ebpf, EbpfLoader,
 };
 
-use abi::{MbConfig, MbCounters, MbIpKey, MbPolicyKey, MbPolicyValue, MbSockKey};
+use abi::{MbCidrData, MbConfig, MbCounters, MbIpKey, MbPolicyKey, MbPolicyValue, MbSockKey};
 
 /// Default bpffs directory for pins.
 pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/membrane";
@@ -142,6 +145,10 @@ pub struct Capture {
     pub proxy_uid: Option<u32>,
     /// Connects from sockets with this `SO_MARK` are the proxy's own.
     pub proxy_mark: Option<u32>,
+    /// Destination ports never captured (`excludeOutboundPorts`).
+    pub exclude_ports: Vec<u16>,
+    /// Destination prefixes never captured (`excludeOutboundIPRanges`).
+    pub exclude_cidrs: Vec<ipnet::IpNet>,
 }
 
 impl Default for Capture {
@@ -151,6 +158,8 @@ impl Default for Capture {
             outbound_port: 15001,
             proxy_uid: Some(1337),
             proxy_mark: Some(1337),
+            exclude_ports: Vec::new(),
+            exclude_cidrs: Vec::new(),
         }
     }
 }
@@ -445,8 +454,50 @@ impl Datapath {
         MapData::from_pin(&path).map_err(|source| Error::Map { name, source })
     }
 
-    /// Write the settings the kernel programs read.
+    /// Write the settings the kernel programs read: the config row and the
+    /// capture exclusions (replaced as a whole).
     pub fn set_settings(&self, settings: &Settings) -> Result<()> {
+        let (ports, cidrs) = settings
+            .capture
+            .as_ref()
+            .map(|c| (c.exclude_ports.as_slice(), c.exclude_cidrs.as_slice()))
+            .unwrap_or_default();
+
+        let name = "mb_cap_skip_port";
+        let mut m: HashMap<MapData, u32, u8> = HashMap::try_from(Map::HashMap(self.map(name)?))
+            .map_err(|source| Error::Map { name, source })?;
+        let old: Vec<u32> = m.keys().filter_map(|k| k.ok()).collect();
+        for k in old {
+            let _ = m.remove(&k);
+        }
+        for p in ports {
+            m.insert(u32::from(*p), 1, 0)
+                .map_err(|source| Error::Map { name, source })?;
+        }
+
+        let name = "mb_cap_skip_cidr";
+        let mut m: LpmTrie<MapData, MbCidrData, u8> =
+            LpmTrie::try_from(Map::LpmTrie(self.map(name)?))
+                .map_err(|source| Error::Map { name, source })?;
+        let old: Vec<Key<MbCidrData>> = m.keys().filter_map(|k| k.ok()).collect();
+        for k in old {
+            let _ = m.remove(&k);
+        }
+        for net in cidrs {
+            let (ip, family) = abi::encode_ip(net.network());
+            // A v4-mapped IPv6 prefix is stored as the IPv4 prefix it covers.
+            let plen = match (net, family) {
+                (ipnet::IpNet::V6(n), abi::AF_INET) => n.prefix_len().saturating_sub(96),
+                _ => net.prefix_len(),
+            };
+            let data = MbCidrData {
+                family: u32::from(family),
+                ip,
+            };
+            m.insert(&Key::new(32 + u32::from(plen), data), 1, 0)
+                .map_err(|source| Error::Map { name, source })?;
+        }
+
         let name = "mb_config";
         let mut cfg: Array<MapData, MbConfig> = Array::try_from(Map::Array(self.map(name)?))
             .map_err(|source| Error::Map { name, source })?;

@@ -66,6 +66,32 @@ fn proxy_sees_original_destination_v4_and_v6() {
 }
 
 #[test]
+fn excluded_ports_and_cidrs_are_not_captured() {
+    let mut env = Env::new();
+    env.add_pod_iface(&["10.77.0.1/24", "10.78.0.1/24"]);
+    env.server(&["hello", "--listen", "10.77.0.1:8080"]);
+    env.server(&["hello", "--listen", "10.77.0.1:8081"]);
+    env.server(&["hello", "--listen", "10.78.0.1:8080"]);
+    let mut settings = capture_settings();
+    if let Some(c) = settings.capture.as_mut() {
+        c.exclude_ports = vec![8081];
+        c.exclude_cidrs = vec!["10.78.0.0/16".parse().unwrap()];
+    }
+    let dp = env.attach(&settings);
+    env.server(&["capture-proxy", "--listen", "[::]:15001", "--mark", "1337"]);
+
+    let direct = |addr: &str| env.client(&["fetch", "--connect", addr]);
+    assert_eq!(direct("10.77.0.1:8081"), "hello from 10.77.0.1:8081\n");
+    assert_eq!(direct("10.78.0.1:8080"), "hello from 10.78.0.1:8080\n");
+    assert!(direct("10.77.0.1:8080").starts_with("proxy orig=10.77.0.1:8080\n"));
+    assert_eq!(dp.counters_of("mb_connect4").unwrap().redirected, 1);
+
+    // Settings are replaced as a whole: without exclusions, 8081 is captured.
+    dp.set_settings(&capture_settings()).unwrap();
+    assert!(direct("10.77.0.1:8081").starts_with("proxy orig=10.77.0.1:8081\n"));
+}
+
+#[test]
 fn without_capture_the_proxy_gets_no_original_destination() {
     let mut env = Env::new();
     env.attach(&Settings::default());

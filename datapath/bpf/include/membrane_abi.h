@@ -128,4 +128,14 @@ struct mb_flow_state {
 	__u8 pad;
 };
 
+/*
+ * LPM-trie key for an address prefix of either family: the family word is
+ * part of the matched data, so prefixlen = 32 + the CIDR's prefix length.
+ */
+struct mb_cidr_key {
+	__u32 prefixlen;
+	__u32 family; /* MB_AF_INET or MB_AF_INET6 */
+	__u32 ip[4];
+};
+
 #endif /* MEMBRANE_ABI_H */

@@ -39,6 +39,54 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } mb_orig_tp SEC(".maps");
 
+/*
+ * mb_cap_skip_port: outbound destination ports never captured (Istio's
+ * traffic.sidecar.istio.io/excludeOutboundPorts).
+ *   key:    __u32 destination port, host order
+ *   value:  __u8 1
+ *   writer: the agent, from the pod's settings (replaced as a whole).
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 256);
+	__type(key, __u32);
+	__type(value, __u8);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mb_cap_skip_port SEC(".maps");
+
+/*
+ * mb_cap_skip_cidr: outbound destination prefixes never captured
+ * (traffic.sidecar.istio.io/excludeOutboundIPRanges).
+ *   key:    struct mb_cidr_key (longest-prefix match; v4-mapped as IPv4)
+ *   value:  __u8 1
+ *   writer: the agent, from the pod's settings (replaced as a whole).
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 1024);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct mb_cidr_key);
+	__type(value, __u8);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mb_cap_skip_cidr SEC(".maps");
+
+/* 1 when the destination is excluded from capture by port or prefix. */
+static __always_inline int mb_capture_excluded(const struct mb_addr_port *dst)
+{
+	__u32 port = dst->port;
+	struct mb_cidr_key k = {};
+
+	if (bpf_map_lookup_elem(&mb_cap_skip_port, &port))
+		return 1;
+	k.prefixlen = 32 + (dst->family == MB_AF_INET ? 32 : 128);
+	k.family = dst->family;
+	k.ip[0] = dst->ip[0];
+	k.ip[1] = dst->ip[1];
+	k.ip[2] = dst->ip[2];
+	k.ip[3] = dst->ip[3];
+	return bpf_map_lookup_elem(&mb_cap_skip_cidr, &k) != 0;
+}
+
 /* Called from sockops on active establishment: cookie entry -> tuple entry. */
 static __always_inline void mb_capture_established(struct bpf_sock_ops *skops,
 						   const struct mb_sock_key *key)

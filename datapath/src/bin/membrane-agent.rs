@@ -49,6 +49,12 @@ struct AttachArgs {
     /// The SO_MARK the proxy sets on upstream sockets: never steered.
     #[arg(long, env = "MEMBRANE_PROXY_MARK", default_value_t = 1337)]
     proxy_mark: u32,
+    /// Destination ports never captured (comma-separated).
+    #[arg(long, env = "MEMBRANE_EXCLUDE_OUTBOUND_PORTS", value_delimiter = ',')]
+    exclude_outbound_ports: Vec<u16>,
+    /// Destination CIDRs never captured (comma-separated).
+    #[arg(long, env = "MEMBRANE_EXCLUDE_OUTBOUND_CIDRS", value_delimiter = ',')]
+    exclude_outbound_cidrs: Vec<ipnet::IpNet>,
     /// Splice only pairs with a current ALLOW in the policy map.
     #[arg(long, env = "MEMBRANE_POLICY_ENFORCE")]
     policy_enforce: bool,
@@ -87,11 +93,13 @@ enum Cmd {
 impl AttachArgs {
     fn settings(&self) -> Settings {
         Settings {
-            capture: self.capture.then_some(Capture {
+            capture: self.capture.then(|| Capture {
                 proxy_ip4: self.proxy_ip4,
                 outbound_port: self.outbound_port,
                 proxy_uid: Some(self.proxy_uid),
                 proxy_mark: Some(self.proxy_mark),
+                exclude_ports: self.exclude_outbound_ports.clone(),
+                exclude_cidrs: self.exclude_outbound_cidrs.clone(),
             }),
             policy_enforce: self.policy_enforce,
             no_splice: self.no_splice,
