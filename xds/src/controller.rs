@@ -167,3 +167,79 @@ impl Controller {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resource::{LISTENER, NETWORK_POLICY};
+
+    const PODS: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: deathstar-1, labels: {org: empire, class: deathstar}}
+spec: {containers: [{name: app, ports: [{containerPort: 80}]}]}
+status: {podIP: 10.0.0.5}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: tiefighter, labels: {org: empire, class: tiefighter}}
+status: {podIP: 10.0.0.6}
+"#;
+
+    #[test]
+    fn reconcile_publishes_empties_removed_pods_and_keeps_state_on_bad_files() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pods.yaml"), PODS).unwrap();
+        let cache = Arc::new(SnapshotCache::new());
+        let recorder = Arc::new(Recorder::new());
+        let status = Arc::new(Mutex::new(Value::Null));
+        let mut c = Controller::new(
+            Some(DirSource::new(dir.path(), 1 << 20)),
+            cache.clone(),
+            recorder.clone(),
+            status.clone(),
+        );
+        let r = c.reconcile();
+        assert_eq!(r.published, 3, "two sidecars and the shared snapshot");
+        let death = cache.get("sidecar/default/deathstar-1").unwrap();
+        assert!(death
+            .resources(LISTENER)
+            .is_some_and(|l| l.items.contains_key("inbound|80")));
+        assert_eq!(c.reconcile(), Reconciled::default(), "nothing changed");
+
+        // A bad file is rejected; nothing is republished.
+        std::fs::write(dir.path().join("bad.yaml"), "kind: Pod\nmetadata: {name: x}\nspec: {containers: [{ports: [{containerPort: eighty}]}]}\n").unwrap();
+        let r = c.reconcile();
+        assert_eq!((r.rejected, r.published), (1, 0));
+        let s = status.lock().unwrap().clone();
+        assert!(
+            s["last_rejections"][0]
+                .as_str()
+                .unwrap()
+                .contains("bad.yaml"),
+            "{s}"
+        );
+        assert!(recorder
+            .metrics
+            .encode()
+            .contains("membrane_xds_source_errors_total{source=\"dir\"} 1"));
+        assert!(Arc::ptr_eq(
+            &death,
+            &cache.get("sidecar/default/deathstar-1").unwrap()
+        ));
+
+        // The deathstar goes away: its sidecar gets an empty snapshot.
+        std::fs::write(
+            dir.path().join("pods.yaml"),
+            PODS.split("---").nth(1).unwrap(),
+        )
+        .unwrap();
+        let r = c.reconcile();
+        assert!(r.published >= 2, "{r:?}");
+        let gone = cache.get("sidecar/default/deathstar-1").unwrap();
+        assert!(gone.type_urls().next().is_none(), "every resource removed");
+        let shared = cache.get(crate::node::SHARED_KEY).unwrap();
+        let npds = &shared.resources(NETWORK_POLICY).unwrap().items;
+        assert_eq!(npds.keys().collect::<Vec<_>>(), vec!["10.0.0.6"]);
+    }
+}
