@@ -52,13 +52,16 @@ pub struct Resource {
     pub body: Arc<Any>,
     /// A content hash, used as the per-resource version in delta xDS.
     pub hash: u64,
+    /// The resources this one refers to (type URL, name), when its builder
+    /// declared them; the consistency check then need not decode it.
+    pub refs: Option<Arc<[(&'static str, String)]>>,
 }
 
 impl Resource {
     /// Encodes `msg` under `type_url`.
     pub fn new<M: Message>(type_url: &str, name: impl Into<String>, msg: &M) -> Self {
         let value = msg.encode_to_vec();
-        let hash = fnv1a(&value);
+        let hash = content_hash(&value);
         Resource {
             name: name.into(),
             body: Arc::new(Any {
@@ -66,7 +69,14 @@ impl Resource {
                 value,
             }),
             hash,
+            refs: None,
         }
+    }
+
+    /// Declares what this resource refers to (see [`Resource::refs`]).
+    pub fn with_refs(mut self, refs: Vec<(&'static str, String)>) -> Self {
+        self.refs = Some(refs.into());
+        self
     }
 
     /// Decodes the body back into `M` (debug output, consistency checks).
@@ -75,13 +85,9 @@ impl Resource {
     }
 }
 
-/// FNV-1a: a stable (process- and platform-independent) content hash, so
-/// versions survive restarts; a cryptographic hash is not needed here.
-pub fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
+/// XXH3: a fast content hash that is stable across processes, platforms and
+/// replicas, so versions survive restarts and two control planes agree; a
+/// cryptographic hash is not needed here.
+pub fn content_hash(bytes: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(bytes)
 }

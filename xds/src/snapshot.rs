@@ -24,7 +24,7 @@ use prost::Message;
 use thiserror::Error;
 use tokio::sync::watch;
 
-use crate::resource::{fnv1a, Resource, CLUSTER, ENDPOINT, LISTENER, ROUTE};
+use crate::resource::{content_hash, Resource, CLUSTER, ENDPOINT, LISTENER, ROUTE};
 
 const HCM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 
@@ -106,44 +106,19 @@ impl Snapshot {
     pub fn check(&self) -> Result<(), SnapshotError> {
         let has = |t: &str, n: &str| self.types.get(t).is_some_and(|r| r.items.contains_key(n));
         let mut refs: Vec<(&'static str, String, &'static str, String)> = Vec::new();
-        if let Some(listeners) = self.types.get(LISTENER) {
-            for r in listeners.items.values() {
-                let l: Listener = decode(r)?;
-                for hcm in listener_hcms(&l, r)? {
-                    match hcm.route_specifier {
-                        Some(RouteSpecifier::Rds(rds)) => {
-                            refs.push(("listener", r.name.clone(), "route", rds.route_config_name))
-                        }
-                        Some(RouteSpecifier::RouteConfig(rc)) => {
-                            for c in route_clusters(&rc) {
-                                refs.push(("listener", r.name.clone(), "cluster", c));
-                            }
-                        }
-                        _ => {}
-                    }
-                }
-            }
-        }
-        if let Some(routes) = self.types.get(ROUTE) {
-            for r in routes.items.values() {
-                let rc: RouteConfiguration = decode(r)?;
-                for c in route_clusters(&rc) {
-                    refs.push(("route", r.name.clone(), "cluster", c));
-                }
-            }
-        }
-        if let Some(clusters) = self.types.get(CLUSTER) {
-            for r in clusters.items.values() {
-                let c: Cluster = decode(r)?;
-                // DiscoveryType::Eds = 3.
-                if let Some(ClusterDiscoveryType::Type(3)) = c.cluster_discovery_type {
-                    let service = c
-                        .eds_cluster_config
-                        .as_ref()
-                        .map(|e| e.service_name.clone())
-                        .filter(|s| !s.is_empty())
-                        .unwrap_or_else(|| c.name.clone());
-                    refs.push(("cluster", r.name.clone(), "endpoint", service));
+        for t in [LISTENER, ROUTE, CLUSTER] {
+            let Some(set) = self.types.get(t) else {
+                continue;
+            };
+            for r in set.items.values() {
+                // Resources the translator built carry their references;
+                // anything else is decoded.
+                let found = match &r.refs {
+                    Some(explicit) => explicit.to_vec(),
+                    None => decoded_refs(t, r)?,
+                };
+                for (to, name) in found {
+                    refs.push((kind_word(t), r.name.clone(), kind_word(to), name));
                 }
             }
         }
@@ -164,6 +139,55 @@ impl Snapshot {
         }
         Ok(())
     }
+}
+
+fn kind_word(type_url: &str) -> &'static str {
+    match type_url {
+        LISTENER => "listener",
+        ROUTE => "route",
+        CLUSTER => "cluster",
+        _ => "endpoint",
+    }
+}
+
+/// The resources `r` (of type `t`) refers to, read from its encoded body:
+/// listener → route config (RDS) or clusters (inline routes), route →
+/// clusters, EDS cluster → load assignment.
+pub fn decoded_refs(t: &str, r: &Resource) -> Result<Vec<(&'static str, String)>, SnapshotError> {
+    let mut refs = Vec::new();
+    match t {
+        LISTENER => {
+            let l: Listener = decode(r)?;
+            for hcm in listener_hcms(&l, r)? {
+                match hcm.route_specifier {
+                    Some(RouteSpecifier::Rds(rds)) => refs.push((ROUTE, rds.route_config_name)),
+                    Some(RouteSpecifier::RouteConfig(rc)) => {
+                        refs.extend(route_clusters(&rc).into_iter().map(|c| (CLUSTER, c)))
+                    }
+                    _ => {}
+                }
+            }
+        }
+        ROUTE => {
+            let rc: RouteConfiguration = decode(r)?;
+            refs.extend(route_clusters(&rc).into_iter().map(|c| (CLUSTER, c)));
+        }
+        CLUSTER => {
+            let c: Cluster = decode(r)?;
+            // DiscoveryType::Eds = 3.
+            if let Some(ClusterDiscoveryType::Type(3)) = c.cluster_discovery_type {
+                let service = c
+                    .eds_cluster_config
+                    .as_ref()
+                    .map(|e| e.service_name.clone())
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or_else(|| c.name.clone());
+                refs.push((ENDPOINT, service));
+            }
+        }
+        _ => {}
+    }
+    Ok(refs)
 }
 
 fn decode<M: Message + Default>(r: &Resource) -> Result<M, SnapshotError> {
@@ -248,7 +272,7 @@ fn set_version(items: &BTreeMap<String, Resource>) -> String {
         buf.push(0);
         buf.extend_from_slice(&r.hash.to_le_bytes());
     }
-    format!("{:016x}", fnv1a(&buf))
+    format!("{:016x}", content_hash(&buf))
 }
 
 /// Collects resources for one snapshot.
@@ -323,7 +347,7 @@ impl SnapshotBuilder {
         }
         let snap = Snapshot {
             types,
-            version: format!("{:016x}", fnv1a(&all)),
+            version: format!("{:016x}", content_hash(&all)),
             created: SystemTime::now(),
         };
         snap.check()?;

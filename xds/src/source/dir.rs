@@ -240,7 +240,7 @@ impl DirSource {
             };
             let hash = result
                 .as_ref()
-                .map(|t| crate::resource::fnv1a(t.as_bytes()))
+                .map(|t| crate::resource::content_hash(t.as_bytes()))
                 .unwrap_or(0);
             let entry = self.files.entry(path.clone()).or_insert(Entry {
                 stamp,

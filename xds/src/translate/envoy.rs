@@ -406,7 +406,7 @@ pub fn sidecar_inbound(
     for p in &np.ingress_per_port_policies {
         ingress.extend(p.encode_to_vec());
     }
-    let policy_hash = crate::resource::fnv1a(&ingress);
+    let policy_hash = crate::resource::content_hash(&ingress);
     let mut out = Vec::new();
     for port in inbound_ports(ep, np) {
         let name = format!("inbound|{port}");
@@ -441,12 +441,11 @@ pub fn sidecar_inbound(
             }],
             ..Default::default()
         };
-        out.push(Resource::new(LISTENER, &name, &listener));
-        out.push(Resource::new(
-            ROUTE,
-            &name,
-            &route_to(&name, vec!["*".into()], &cluster),
-        ));
+        out.push(Resource::new(LISTENER, &name, &listener).with_refs(vec![(ROUTE, name.clone())]));
+        out.push(
+            Resource::new(ROUTE, &name, &route_to(&name, vec!["*".into()], &cluster))
+                .with_refs(vec![(CLUSTER, cluster.clone())]),
+        );
         let c = Cluster {
             name: cluster.clone(),
             cluster_discovery_type: Some(ClusterDiscoveryType::Type(0)), // STATIC
@@ -461,7 +460,7 @@ pub fn sidecar_inbound(
             }),
             ..Default::default()
         };
-        out.push(Resource::new(CLUSTER, &cluster, &c));
+        out.push(Resource::new(CLUSTER, &cluster, &c).with_refs(Vec::new()));
     }
     Ok(out)
 }
@@ -513,7 +512,7 @@ pub fn service_clusters(svc: &ServiceModel) -> Vec<Resource> {
             }),
             ..Default::default()
         };
-        out.push(Resource::new(CLUSTER, &name, &c));
+        out.push(Resource::new(CLUSTER, &name, &c).with_refs(vec![(ENDPOINT, name.clone())]));
         let mut by_zone: BTreeMap<Option<String>, Vec<(String, u16)>> = BTreeMap::new();
         for b in &p.backends {
             by_zone
@@ -558,7 +557,8 @@ pub fn grpc_listeners(svc: &ServiceModel) -> Vec<Resource> {
             }),
             ..Default::default()
         };
-        out.push(Resource::new(LISTENER, &name, &l));
+        let to = outbound_cluster(svc, p.port);
+        out.push(Resource::new(LISTENER, &name, &l).with_refs(vec![(CLUSTER, to)]));
     }
     out
 }

@@ -23,7 +23,9 @@ use thiserror::Error;
 
 use crate::node::{pod_key, SHARED_KEY};
 use crate::proto::{NetworkPolicy, NetworkPolicyHosts};
-use crate::resource::{fnv1a, Resource, CLUSTER, ENDPOINT, NETWORK_POLICY, NETWORK_POLICY_HOSTS};
+use crate::resource::{
+    content_hash, Resource, CLUSTER, ENDPOINT, NETWORK_POLICY, NETWORK_POLICY_HOSTS,
+};
 use crate::snapshot::{Snapshot, SnapshotBuilder, SnapshotError, TypeResources};
 use crate::source::{k8s, ClusterState};
 
@@ -172,7 +174,7 @@ fn endpoint_model(pod: &k8s::Pod, state: &ClusterState) -> EndpointModel {
     EndpointModel {
         // Cilium endpoint ids are 16-bit; a stable hash keeps them stable
         // across restarts and replicas.
-        endpoint_id: fnv1a(id.as_bytes()) % 65535 + 1,
+        endpoint_id: content_hash(id.as_bytes()) % 65535 + 1,
         id,
         pod: pod.metadata.name.clone(),
         namespace: ns,
@@ -448,7 +450,7 @@ impl Translator {
             shared.add(npds_res.clone());
             let key = pod_key(&m.namespace, &m.pod);
             out.keys.insert(key.clone());
-            let input = fnv1a(
+            let input = content_hash(
                 format!(
                     "{:x}|{:?}|{:?}|{}|{}|{}",
                     npds_res.hash,
@@ -653,6 +655,23 @@ spec:
                 .decode()
                 .unwrap();
         assert_eq!(cla.endpoints[0].lb_endpoints.len(), 1);
+
+        // The references the translator declares are exactly what the
+        // encoded resources say (the consistency check trusts them).
+        for snap in out.snapshots.values() {
+            for t in [LISTENER, ROUTE, crate::resource::CLUSTER] {
+                for r in snap
+                    .resources(t)
+                    .map(|s| s.items.values())
+                    .into_iter()
+                    .flatten()
+                {
+                    let declared = r.refs.as_ref().expect("translator declares refs");
+                    let decoded = crate::snapshot::decoded_refs(t, r).unwrap();
+                    assert_eq!(declared.to_vec(), decoded, "{t} {}", r.name);
+                }
+            }
+        }
 
         // Translating the same state again, or in a fresh translator (another
         // replica), yields the same versions: nothing is republished.
