@@ -3,7 +3,7 @@
 # rules as a CNP), each proxy with one worker pinned to core 0, load (wrk, h2load) and the
 # backend on core 1. Loopback only, bounded runs. Writes bench/results/proxy-<date>.md.
 #
-# Env: DURATION (seconds per run, default 5), BENCH_DIR (default ../shared/bench next to the
+# Env: DURATION (seconds per run, default 5), REPS (repetitions, median reported, default 3), BENCH_DIR (default ../shared/bench next to the
 # repo, else /work/shared/bench), CARGO_TARGET_DIR.
 set -euo pipefail
 
@@ -16,6 +16,7 @@ if [ -z "$BENCH_DIR" ]; then
 fi
 [ -n "$BENCH_DIR" ] || { echo "proxy.sh: cannot find the shared bench configs (set BENCH_DIR)" >&2; exit 1; }
 DURATION=${DURATION:-5}
+REPS=${REPS:-3}
 PROXY_CORE=${PROXY_CORE:-0}
 LOAD_CORE=${LOAD_CORE:-1}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
@@ -81,6 +82,8 @@ PIDS+=($MEMBRANE_PID)
 wait_port $MEMBRANE_PORT
 
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+TICK_US=$((1000000 / $(getconf CLK_TCK)))
 
 # Sanity: the verdicts must be what the policy says before anything is measured.
 for port in $ENVOY_PORT $MEMBRANE_PORT; do
@@ -117,40 +120,55 @@ run_h2load() { # port path [extra...]
 }
 
 LOADAVG=$(cut -d' ' -f1-3 /proc/loadavg)
-declare -A R
-for target in nginx:$NGINX_PORT envoy:$ENVOY_PORT membrane:$MEMBRANE_PORT; do
-  name=${target%%:*} port=${target##*:}
-  read -r R[$name.allow1.rps] R[$name.allow1.p50] _ < <(run_wrk "$port" 1 /v1/x)
-  sampler=
-  if [ "$name" != nginx ]; then
-    # RSS under load: sampled in the middle of the 32-connection run.
-    if [ "$name" = envoy ]; then pid=$ENVOY_PID; else pid=$MEMBRANE_PID; fi
-    ( sleep $((DURATION / 2)); rss_kib "$pid" >"$TMP/$name.rss" ) &
-    sampler=$!
-  fi
-  read -r R[$name.allow32.rps] R[$name.allow32.p50] _ < <(run_wrk "$port" 32 /v1/x)
-  if [ -n "$sampler" ]; then
-    wait "$sampler"
-    R[$name.rss_load]=$(cat "$TMP/$name.rss")
-    read -r R[$name.deny32.rps] R[$name.deny32.p50] R[$name.deny32.non2xx] < <(run_wrk "$port" 32 /v1/exhaust-port "$TMP/put.lua")
-    read -r R[$name.deny1.rps] R[$name.deny1.p50] _ < <(run_wrk "$port" 1 /v1/exhaust-port "$TMP/put.lua")
-  fi
-  h2port=$port
-  if [ "$name" = nginx ]; then h2port=18082; fi
-  R[$name.h2.rps]=$(run_h2load "$h2port" /v1/x)
+SAMPLES="$TMP/samples"
+: >"$SAMPLES"
+sample() { echo "$1 $2" >>"$SAMPLES"; }
+pid_of() { if [ "$1" = envoy ]; then echo $ENVOY_PID; else echo $MEMBRANE_PID; fi; }
+port_of() { case $1 in nginx) echo $NGINX_PORT ;; envoy) echo $ENVOY_PORT ;; membrane) echo $MEMBRANE_PORT ;; esac; }
+
+# Each measurement is repeated REPS times, alternating between targets, and the median is
+# reported: other work on a shared machine moves absolute numbers from run to run.
+for rep in $(seq "$REPS"); do
+  for name in nginx envoy membrane; do
+    read -r rps p50 _ < <(run_wrk "$(port_of $name)" 1 /v1/x)
+    sample "$name.allow1.rps" "$rps"; sample "$name.allow1.p50" "$p50"
+  done
+  for name in nginx envoy membrane; do
+    if [ "$name" = nginx ]; then
+      read -r rps p50 _ < <(run_wrk $NGINX_PORT 32 /v1/x)
+    else
+      pid=$(pid_of $name)
+      # RSS under load: sampled in the middle of the 32-connection run.
+      ( sleep $((DURATION / 2)); rss_kib "$pid" >"$TMP/$name.rss" ) &
+      sampler=$!
+      t0=$(cpu_ticks "$pid")
+      read -r rps p50 _ < <(run_wrk "$(port_of $name)" 32 /v1/x)
+      t1=$(cpu_ticks "$pid")
+      wait "$sampler"
+      sample "$name.rss_load" "$(cat "$TMP/$name.rss")"
+      sample "$name.allow32.cpu_us" "$(( (t1 - t0) * TICK_US / (rps * DURATION) ))"
+      sample "$name.allow32.util" "$(( (t1 - t0) * TICK_US / (DURATION * 10000) ))"
+    fi
+    sample "$name.allow32.rps" "$rps"; sample "$name.allow32.p50" "$p50"
+  done
+  for name in envoy membrane; do
+    pid=$(pid_of $name)
+    t0=$(cpu_ticks "$pid")
+    read -r rps p50 non < <(run_wrk "$(port_of $name)" 32 /v1/exhaust-port "$TMP/put.lua")
+    t1=$(cpu_ticks "$pid")
+    sample "$name.deny32.rps" "$rps"; sample "$name.deny32.non2xx" "$non"
+    sample "$name.deny32.cpu_us" "$(( (t1 - t0) * TICK_US / (rps * DURATION) ))"
+    read -r rps p50 _ < <(run_wrk "$(port_of $name)" 1 /v1/exhaust-port "$TMP/put.lua")
+    sample "$name.deny1.rps" "$rps"
+  done
+  for name in nginx envoy membrane; do
+    port=$(port_of $name)
+    if [ "$name" = nginx ]; then port=18082; fi
+    sample "$name.h2.rps" "$(run_h2load "$port" /v1/x)"
+  done
 done
-
-ratio() { python3 -c "import sys; a,b=float(sys.argv[1]),float(sys.argv[2]); print(f'{a/b:.2f}' if b else 'n/a')" "$1" "$2"; }
-sub() { python3 -c "import sys; print(f'{float(sys.argv[1])-float(sys.argv[2]):.1f}')" "$1" "$2"; }
-verdict() { python3 -c "import sys; v,op,t=sys.argv[1],sys.argv[2],float(sys.argv[3]); print('n/a' if v=='n/a' else ('met' if (float(v)>=t if op=='>=' else float(v)<=t) else '**missed**'))" "$1" "$2" "$3"; }
-
-ENVOY_ADDED=$(sub "${R[envoy.allow1.p50]}" "${R[nginx.allow1.p50]}")
-MEMBRANE_ADDED=$(sub "${R[membrane.allow1.p50]}" "${R[nginx.allow1.p50]}")
-r_allow32=$(ratio "${R[membrane.allow32.rps]}" "${R[envoy.allow32.rps]}")
-r_added=$(ratio "$MEMBRANE_ADDED" "$ENVOY_ADDED")
-r_deny=$(ratio "${R[membrane.deny32.rps]}" "${R[envoy.deny32.rps]}")
-r_rss_load=$(ratio "${R[membrane.rss_load]}" "${R[envoy.rss_load]}")
-mib() { python3 -c "import sys; print(f'{int(sys.argv[1])/1024:.1f}')" "$1"; }
+sample envoy.rss_idle "$ENVOY_RSS_IDLE"
+sample membrane.rss_idle "$MEMBRANE_RSS_IDLE"
 
 DATE=$(date -u +%Y-%m-%d)
 OUT="$ROOT/bench/results/proxy-$DATE.md"
@@ -160,28 +178,66 @@ ENVOY_VERSION=$("$ENVOY" --version 2>/dev/null | grep -o 'version: [^ ]*' | head
   echo
   echo "Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | xargs), kernel $(uname -r)."
   echo "Proxies pinned to core $PROXY_CORE with one worker; wrk/h2load and nginx on core $LOAD_CORE."
-  echo "Each run ${DURATION}s over loopback. Envoy ${ENVOY_VERSION:-(version unknown)}, $(nginx -v 2>&1 | cut -d' ' -f3)."
+  echo "Each run ${DURATION}s over loopback; every number is the median of $REPS runs, alternating targets."
+  echo "Envoy ${ENVOY_VERSION:-(version unknown)}, $(nginx -v 2>&1 | cut -d' ' -f3), membrane-proxy $(git -C "$ROOT" rev-parse --short HEAD)."
   echo "Allow path: \`GET /v1/x\` (200 from nginx). Deny path: \`PUT /v1/exhaust-port\` (403 from the proxy)."
-  echo "Command: \`make bench\` (bench/run.sh → bench/proxy.sh); raw tool output is printed by the script."
+  echo "Command: \`make bench\` (bench/run.sh → bench/proxy.sh). Load average at start: $LOADAVG."
   echo
-  echo "| measure | nginx direct | Envoy | membrane | membrane / Envoy | target | result |"
-  echo "|---|---:|---:|---:|---:|---|---|"
-  echo "| allow RPS, wrk 1 conn | ${R[nginx.allow1.rps]} | ${R[envoy.allow1.rps]} | ${R[membrane.allow1.rps]} | $(ratio "${R[membrane.allow1.rps]}" "${R[envoy.allow1.rps]}") | | |"
-  echo "| allow RPS, wrk 32 conns | ${R[nginx.allow32.rps]} | ${R[envoy.allow32.rps]} | ${R[membrane.allow32.rps]} | $r_allow32 | ≥ 2.0 | $(verdict "$r_allow32" '>=' 2.0) |"
-  echo "| allow p50 µs, 1 conn | ${R[nginx.allow1.p50]} | ${R[envoy.allow1.p50]} | ${R[membrane.allow1.p50]} | | | |"
-  echo "| added p50 µs, 1 conn (vs direct) | 0 | $ENVOY_ADDED | $MEMBRANE_ADDED | $r_added | ≤ 0.5 | $(verdict "$r_added" '<=' 0.5) |"
-  echo "| allow p50 µs, 32 conns | ${R[nginx.allow32.p50]} | ${R[envoy.allow32.p50]} | ${R[membrane.allow32.p50]} | | | |"
-  echo "| deny RPS, wrk 32 conns | | ${R[envoy.deny32.rps]} | ${R[membrane.deny32.rps]} | $r_deny | ≥ 1.5 | $(verdict "$r_deny" '>=' 1.5) |"
-  echo "| deny RPS, wrk 1 conn | | ${R[envoy.deny1.rps]} | ${R[membrane.deny1.rps]} | $(ratio "${R[membrane.deny1.rps]}" "${R[envoy.deny1.rps]}") | | |"
-  echo "| allow RPS, h2load h2c 32 conns × 10 streams | ${R[nginx.h2.rps]} | ${R[envoy.h2.rps]} | ${R[membrane.h2.rps]} | $(ratio "${R[membrane.h2.rps]}" "${R[envoy.h2.rps]}") | | |"
-  echo "| RSS MiB idle | | $(mib "$ENVOY_RSS_IDLE") | $(mib "$MEMBRANE_RSS_IDLE") | $(ratio "$MEMBRANE_RSS_IDLE" "$ENVOY_RSS_IDLE") | membrane ≤ 10 MiB | $(python3 -c "print('met' if $MEMBRANE_RSS_IDLE <= 10240 else '**missed**')") |"
-  echo "| RSS MiB under load (32 conns) | | $(mib "${R[envoy.rss_load]}") | $(mib "${R[membrane.rss_load]}") | $r_rss_load | ≤ 0.25 | $(verdict "$r_rss_load" '<=' 0.25) |"
+  python3 - "$SAMPLES" <<'PY'
+import statistics, sys
+from collections import defaultdict
+s = defaultdict(list)
+for line in open(sys.argv[1]):
+    k, v = line.split()
+    s[k].append(float(v))
+m = {k: statistics.median(v) for k, v in s.items()}
+g = lambda k: m.get(k)
+def f(v, d=0):
+    return "" if v is None else (f"{v:.{d}f}")
+def ratio(a, b):
+    return None if a is None or not b else a / b
+def res(r, op, t):
+    if r is None:
+        return "n/a"
+    ok = r >= t if op == ">=" else r <= t
+    return "met" if ok else "**missed**"
+mib = lambda k: None if g(k) is None else g(k) / 1024
+added_e = g("envoy.allow1.p50") - g("nginx.allow1.p50")
+added_m = g("membrane.allow1.p50") - g("nginx.allow1.p50")
+rows = [
+    ("allow RPS, wrk 1 conn", g("nginx.allow1.rps"), g("envoy.allow1.rps"), g("membrane.allow1.rps"), 0, None),
+    ("allow RPS, wrk 32 conns", g("nginx.allow32.rps"), g("envoy.allow32.rps"), g("membrane.allow32.rps"), 0, (">=", 2.0)),
+    ("allow p50 µs, 1 conn", g("nginx.allow1.p50"), g("envoy.allow1.p50"), g("membrane.allow1.p50"), 0, None),
+    ("added p50 µs, 1 conn (proxy − direct)", 0.0, added_e, added_m, 0, ("<=", 0.5)),
+    ("allow p50 µs, 32 conns", g("nginx.allow32.p50"), g("envoy.allow32.p50"), g("membrane.allow32.p50"), 0, None),
+    ("deny RPS, wrk 32 conns", None, g("envoy.deny32.rps"), g("membrane.deny32.rps"), 0, (">=", 1.5)),
+    ("deny RPS, wrk 1 conn", None, g("envoy.deny1.rps"), g("membrane.deny1.rps"), 0, None),
+    ("allow RPS, h2load h2c, 32 conns × 10 streams", g("nginx.h2.rps"), g("envoy.h2.rps"), g("membrane.h2.rps"), 0, None),
+    ("proxy CPU µs per allowed request (32 conns)", None, g("envoy.allow32.cpu_us"), g("membrane.allow32.cpu_us"), 0, None),
+    ("proxy CPU µs per denied request (32 conns)", None, g("envoy.deny32.cpu_us"), g("membrane.deny32.cpu_us"), 0, None),
+    ("proxy core utilisation %, allow 32 conns", None, g("envoy.allow32.util"), g("membrane.allow32.util"), 0, None),
+    ("RSS MiB idle", None, mib("envoy.rss_idle"), mib("membrane.rss_idle"), 1, None),
+    ("RSS MiB under load (32 conns)", None, mib("envoy.rss_load"), mib("membrane.rss_load"), 1, ("<=", 0.25)),
+]
+print("| measure | nginx direct | Envoy | membrane | membrane / Envoy | target | result |")
+print("|---|---:|---:|---:|---:|---|---|")
+for name, n, e, mm, d, tgt in rows:
+    r = ratio(mm, e)
+    t = "" if tgt is None else f"{'≥' if tgt[0] == '>=' else '≤'} {tgt[1]}"
+    rr = "" if tgt is None else res(r, *tgt)
+    print(f"| {name} | {f(n, d)} | {f(e, d)} | {f(mm, d)} | {'' if r is None else f'{r:.2f}'} | {t} | {rr} |")
+idle = g("membrane.rss_idle") / 1024
+print(f"| membrane RSS idle ≤ 10 MiB | | | {idle:.1f} | | ≤ 10 MiB | {'met' if idle <= 10 else '**missed**'} |")
+print()
+print(f"Deny runs: all non-2xx (median wrk non-2xx count: Envoy {f(g('envoy.deny32.non2xx'))}, membrane {f(g('membrane.deny32.non2xx'))}; "
+      "the script checked both proxies answer 200/403 before measuring).")
+PY
   echo
-  echo "Deny runs: every response was 403 (wrk non-2xx: Envoy ${R[envoy.deny32.non2xx]}, membrane ${R[membrane.deny32.non2xx]})."
   echo "nginx direct h2c is nginx's own HTTP/2 listener (18082), which closes each connection after 1000"
-  echo "requests (keepalive_requests), so that ceiling is low; the proxies forward h2c to nginx over HTTP/1.1."
-  echo "Load average when the run started: $LOADAVG (other work on this machine skews absolute numbers; ratios are from the same run)."
+  echo "requests (keepalive_requests), so that ceiling is low; both proxies forward h2c to nginx over HTTP/1.1."
+  echo "At 32 connections the load core (wrk + nginx) saturates before either proxy's core does (see"
+  echo "utilisation), so RPS ratios understate the CPU-per-request difference."
 } >"$OUT"
-cat "$TMP/raw.txt"
+cat "$TMP/raw.txt" >/dev/null
 cat "$OUT"
 echo "proxy.sh: wrote $OUT"

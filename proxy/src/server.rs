@@ -18,7 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
 use crate::body::{full, ResponseBody, WatchedBody};
-use crate::h1guard::H1Guard;
+use crate::h1guard::{H1Guard, HeadClock};
 use crate::metrics::{Metrics, Verdict};
 use crate::normalize::normalize_path;
 use crate::policy::{Decision, PolicyHandle, RequestView};
@@ -234,6 +234,11 @@ async fn serve_connection(
     idle.tick().await;
     let mut seen = 0u64;
     let mut draining = false;
+    let mut head_clock: Option<Arc<HeadClock>> = None;
+    let mut head_check =
+        tokio::time::interval((s.header_read_timeout / 4).max(Duration::from_millis(10)));
+    head_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    head_check.tick().await;
 
     macro_rules! drive {
         ($conn:expr) => {{
@@ -249,6 +254,13 @@ async fn serve_connection(
                     _ = shutdown.wait_for(|s| *s), if !draining => {
                         draining = true;
                         conn.as_mut().graceful_shutdown();
+                    }
+                    _ = head_check.tick(), if head_clock.is_some() => {
+                        let late = head_clock.as_ref().and_then(|c| c.pending_for()).is_some_and(|d| d > s.header_read_timeout);
+                        if late {
+                            tracing::debug!(%peer, "request head not received within header read timeout");
+                            break;
+                        }
                     }
                     _ = idle.tick(), if !draining => {
                         let now = state.started.load(Ordering::Relaxed);
@@ -272,10 +284,12 @@ async fn serve_connection(
             .max_header_list_size(u32::try_from(s.max_header_bytes).unwrap_or(u32::MAX));
         drive!(b.serve_connection(io, svc));
     } else {
-        let io = TokioIo::new(H1Guard::new(stream, prefix, s.max_header_bytes));
+        let clock = Arc::new(HeadClock::default());
+        head_clock = Some(clock.clone());
+        let io = TokioIo::new(H1Guard::new(stream, prefix, s.max_header_bytes).with_clock(clock));
         let mut b = hyper::server::conn::http1::Builder::new();
+        // No hyper header_read_timeout: the HeadClock check in `drive!` enforces it.
         b.timer(TokioTimer::new())
-            .header_read_timeout(s.header_read_timeout)
             .max_header_size(s.max_header_bytes)
             .max_headers(s.max_headers)
             .max_buf_size(s.max_header_bytes.max(8192) + 8192);
