@@ -142,6 +142,30 @@ async fn envoy_enforces_starwars_l7_and_nacks_show_in_the_flight_recorder() {
     assert_eq!(syncz["proxy_type"], "sidecar");
     let stalez = debug_json(xds.debug, "/debug/stalez").await;
     assert_eq!(stalez["stale"], 0, "{stalez}");
+    // What was sent to this proxy: its inbound listener with the RBAC rule.
+    let dump = debug_json(xds.debug, &format!("/debug/config_dump?proxyID={NODE}")).await;
+    let lds = &dump["types"]["type.googleapis.com/envoy.config.listener.v3.Listener"];
+    assert_eq!(lds["acked_version"], lds["version"], "{lds}");
+    let listener = lds["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == format!("inbound|{port}"))
+        .unwrap_or_else(|| panic!("no inbound|{port} in {lds}"));
+    assert!(
+        listener["config"].as_str().unwrap().contains("127.0.0.2"),
+        "{listener}"
+    );
+    let adsz = debug_json(xds.debug, "/debug/adsz").await;
+    let client = &adsz["clients"][0];
+    assert_eq!(client["node"], NODE, "{adsz}");
+    assert_eq!(client["snapshotKey"], "sidecar/default/deathstar-1");
+    assert!(
+        client["watches"]["type.googleapis.com/envoy.config.route.v3.RouteConfiguration"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!(format!("inbound|{port}")))
+    );
 
     // A path regex the policy engine's regex crate accepts but RE2 refuses
     // (RE2 caps repetition counts at 1000): Envoy NACKs the listener update.

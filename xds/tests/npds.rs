@@ -184,6 +184,24 @@ async fn npds_and_nphds_clients_get_policy_follow_changes_and_nacks_are_recorded
         .unwrap()
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+
+    // A first request without a node id is refused too, and the server
+    // keeps serving everyone else: the NPDS stream above still gets pushes.
+    let (ntx, nrx) = mpsc::channel(1);
+    ntx.send(DiscoveryRequest::default()).await.unwrap();
+    let mut ns = client
+        .stream_network_policies(ReceiverStream::new(nrx))
+        .await
+        .unwrap()
+        .into_inner();
+    let err = tokio::time::timeout(Duration::from_secs(10), ns.message())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(err.message().contains("node.id"), "{err}");
+    std::fs::write(tmp.path().join("policy.yaml"), starwars_l7(8080, "/v2/.*")).unwrap();
+    let r3 = next(&mut s).await;
+    assert_ne!(r3.version_info, r2.version_info);
 }
 
 /// `istioctl proxy-status --xds-address` asks ADS for `istio.io/debug/syncz`
