@@ -35,8 +35,9 @@ pub struct Config {
     /// Debug and metrics HTTP listen address.
     #[arg(long, env = "MEMBRANE_DEBUG_ADDR", default_value = "0.0.0.0:15014")]
     pub debug_addr: SocketAddr,
-    /// How often the source directory is scanned, in milliseconds.
-    #[arg(long, env = "MEMBRANE_POLL_MS", default_value_t = 200)]
+    /// How often the source directory is scanned regardless of file-system
+    /// events, in milliseconds (events trigger a scan at once).
+    #[arg(long, env = "MEMBRANE_POLL_MS", default_value_t = 1000)]
     pub poll_ms: u64,
     /// Largest source file accepted, in bytes.
     #[arg(long, env = "MEMBRANE_MAX_FILE_BYTES", default_value_t = 4 << 20)]

@@ -150,10 +150,13 @@ impl Controller {
         });
     }
 
-    /// Reconciles every `interval` until `shutdown` resolves.
+    /// Reconciles when `wake` fires (a file-system event) and at least every
+    /// `interval` (the fallback for events the watcher cannot see), until
+    /// `shutdown` resolves.
     pub async fn run(
         mut self,
         interval: Duration,
+        wake: Arc<tokio::sync::Notify>,
         shutdown: impl std::future::Future<Output = ()>,
     ) {
         let mut tick = tokio::time::interval(interval);
@@ -163,9 +166,35 @@ impl Controller {
             tokio::select! {
                 _ = &mut shutdown => return,
                 _ = tick.tick() => { self.reconcile(); }
+                _ = wake.notified() => {
+                    // Let a writer finish a burst of writes before reading.
+                    tokio::time::sleep(EVENT_SETTLE).await;
+                    self.reconcile();
+                }
             }
         }
     }
+}
+
+/// How long to wait after a file-system event before scanning.
+const EVENT_SETTLE: Duration = Duration::from_millis(5);
+
+/// Watches `dir` with inotify (via `notify`) and fires `wake` on every
+/// change. The returned watcher must be kept alive.
+pub fn watch_dir(
+    dir: &std::path::Path,
+    wake: Arc<tokio::sync::Notify>,
+) -> Result<notify::RecommendedWatcher, notify::Error> {
+    use notify::Watcher;
+    let mut w = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| match ev {
+        Ok(ev) => {
+            tracing::debug!(kind = ?ev.kind, paths = ?ev.paths, "source directory event");
+            wake.notify_one();
+        }
+        Err(e) => warn!(error = %e, "source directory watch error"),
+    })?;
+    w.watch(dir, notify::RecursiveMode::NonRecursive)?;
+    Ok(w)
 }
 
 #[cfg(test)]

@@ -115,8 +115,21 @@ async fn main() -> Result<()> {
     let dbg_stop = stopped(stop_rx.clone());
     let dbg_task =
         tokio::spawn(async move { axum::serve(dbg, app).with_graceful_shutdown(dbg_stop).await });
+    let wake = Arc::new(tokio::sync::Notify::new());
+    // File-system events make changes visible at once; polling stays as the
+    // fallback (and the only mechanism when the watcher cannot start).
+    let _watcher = match &cfg.source_dir {
+        Some(dir) => match membrane_xds::controller::watch_dir(dir, wake.clone()) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "no file-system watch; polling only");
+                None
+            }
+        },
+        None => None,
+    };
     let ctl_task =
-        tokio::spawn(controller.run(Duration::from_millis(cfg.poll_ms), stopped(stop_rx)));
+        tokio::spawn(controller.run(Duration::from_millis(cfg.poll_ms), wake, stopped(stop_rx)));
 
     shutdown_signal().await;
     info!("shutting down");

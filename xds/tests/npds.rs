@@ -73,7 +73,8 @@ async fn npds_and_nphds_clients_get_policy_follow_changes_and_nacks_are_recorded
         starwars_l7(8080, "/v1/request-landing"),
     )
     .unwrap();
-    let xds = start_xds(tmp.path());
+    // Polling effectively off: changes must arrive through file-system events.
+    let xds = start_xds_with(tmp.path(), &["--poll-ms".as_ref(), "600000".as_ref()]);
     let url = format!("http://{}", xds.grpc);
 
     // NPHDS: every pod's identity with its address.

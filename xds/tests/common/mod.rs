@@ -41,7 +41,12 @@ pub fn start_xds_with(source_dir: &std::path::Path, extra: &[&std::ffi::OsStr]) 
         .args(["--grpc-addr", "127.0.0.1:0", "--debug-addr", "127.0.0.1:0"])
         .args(["--tls-addr", "127.0.0.1:0"])
         .args(extra)
-        .args(["--poll-ms", "50", "--log", "membrane_xds=debug"])
+        .args(["--log", "membrane_xds=debug"])
+        .args(if extra.iter().any(|a| *a == "--poll-ms") {
+            &[][..]
+        } else {
+            &["--poll-ms", "50"][..]
+        })
         .arg("--source-dir")
         .arg(source_dir)
         .stdout(Stdio::piped())
