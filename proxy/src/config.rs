@@ -103,6 +103,13 @@ pub struct Config {
     /// Timeout for connecting to the upstream.
     #[arg(long, env = "MEMBRANE_CONNECT_TIMEOUT", value_parser = parse_duration, default_value = "1s")]
     pub connect_timeout: Duration,
+    /// Terminate TLS on the listener with this PEM certificate chain (with `--tls-key`);
+    /// ALPN offers h2 and http/1.1. Reloaded on SIGHUP.
+    #[arg(long, env = "MEMBRANE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `--tls-cert`.
+    #[arg(long, env = "MEMBRANE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Log filter for diagnostics (stderr), `RUST_LOG` syntax.
     #[arg(long, env = "MEMBRANE_LOG", default_value = "info")]
     pub log: String,

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod normalize;
 pub mod policy;
 pub mod server;
+pub mod tls;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -54,6 +55,8 @@ pub struct Running {
     pub policy: PolicyHandle,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// The serving certificate when the listener terminates TLS; `reload` re-reads its files.
+    pub tls: Option<Arc<tls::CertStore>>,
     admin: Arc<AdminState>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -95,11 +98,17 @@ pub async fn start(
         max_concurrent_streams: cfg.max_concurrent_streams,
         max_connections: cfg.max_connections,
     };
+    let cert_store = match (&cfg.tls_cert, &cfg.tls_key) {
+        (Some(c), Some(k)) => Some(Arc::new(tls::CertStore::load(c, k)?)),
+        _ => None,
+    };
+    let acceptor = cert_store.as_ref().map(|s| s.acceptor()).transpose()?;
     let shared = Arc::new(Shared::new(
         settings,
         policy.clone(),
         metrics.clone(),
         cfg.connect_timeout,
+        acceptor,
     ));
     let admin = Arc::new(AdminState {
         listen: addrs.listen,
@@ -145,6 +154,7 @@ pub async fn start(
         addrs,
         policy,
         metrics,
+        tls: cert_store,
         admin,
         shutdown: tx,
         tasks,

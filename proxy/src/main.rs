@@ -76,7 +76,13 @@ async fn run(cfg: Config, log_control: membrane_proxy::admin::LogControl) -> any
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => {
-                // Reload: the last good policy stays in force when the new one is rejected.
+                // Reload: the last good policy and certificate stay in force when new ones are rejected.
+                if let Some(store) = &running.tls {
+                    match store.reload() {
+                        Ok(()) => tracing::info!("TLS certificate reloaded"),
+                        Err(e) => tracing::error!(error = %e, "TLS certificate reload rejected; previous one stays in use"),
+                    }
+                }
                 match membrane_proxy::policy::load(&cfg) {
                     Ok(e) => {
                         running.policy.store(e);

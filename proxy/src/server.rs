@@ -13,7 +13,7 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
@@ -63,6 +63,7 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     upstreams: Upstreams,
     connections: Arc<Semaphore>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl Shared {
@@ -72,6 +73,7 @@ impl Shared {
         policy: PolicyHandle,
         metrics: Arc<Metrics>,
         connect_timeout: Duration,
+        tls: Option<tokio_rustls::TlsAcceptor>,
     ) -> Self {
         let upstreams = Upstreams::new(settings.upstream, connect_timeout);
         let connections = Arc::new(Semaphore::new(settings.max_connections));
@@ -81,6 +83,7 @@ impl Shared {
             metrics,
             upstreams,
             connections,
+            tls,
         }
     }
 }
@@ -136,7 +139,7 @@ impl Drop for InFlight<'_> {
     }
 }
 
-async fn sniff(stream: &mut TcpStream) -> std::io::Result<Option<Bytes>> {
+async fn sniff<I: AsyncRead + Unpin>(stream: &mut I) -> std::io::Result<Option<Bytes>> {
     let mut buf = BytesMut::with_capacity(H2_PREFACE.len());
     while buf.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&buf) {
         if stream.read_buf(&mut buf).await? == 0 {
@@ -194,17 +197,39 @@ async fn splice(
 }
 
 async fn serve_connection(
-    mut stream: TcpStream,
+    stream: TcpStream,
     peer: SocketAddr,
     shared: &Arc<Shared>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
-    let s = &shared.settings;
     let l4 = shared.policy.load().check_l4(peer_ip(peer));
     if let Some(checked) = l4 {
         return splice(stream, peer, shared, checked).await;
     }
+    match &shared.tls {
+        None => serve_http(stream, peer, shared, shutdown).await,
+        Some(acceptor) => {
+            let timeout = shared.settings.header_read_timeout;
+            match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => serve_http(tls, peer, shared, shutdown).await,
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            }
+        }
+    }
+}
+
+/// HTTP on an established (plain or TLS) stream: sniff HTTP/2 vs HTTP/1.1, then serve.
+async fn serve_http<I>(
+    mut stream: I,
+    peer: SocketAddr,
+    shared: &Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let s = &shared.settings;
     let prefix = match tokio::time::timeout(s.header_read_timeout, sniff(&mut stream)).await {
         Ok(Ok(Some(p))) => p,
         Ok(Ok(None)) | Ok(Err(_)) => return,
@@ -281,6 +306,9 @@ async fn serve_connection(
         let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         b.timer(TokioTimer::new())
             .max_concurrent_streams(s.max_concurrent_streams)
+            // h2's default lets each connection buffer 400 KiB of response data; with many
+            // connections that dominated RSS under load. Flow control still applies.
+            .max_send_buf_size(64 * 1024)
             .max_header_list_size(u32::try_from(s.max_header_bytes).unwrap_or(u32::MAX));
         drive!(b.serve_connection(io, svc));
     } else {
