@@ -167,6 +167,8 @@ for rep in $(seq "$REPS"); do
     sample "$name.h2.rps" "$(run_h2load "$port" /v1/x)"
   done
 done
+sample envoy.rss_after "$(rss_kib $ENVOY_PID)"
+sample membrane.rss_after "$(rss_kib $MEMBRANE_PID)"
 sample envoy.rss_idle "$ENVOY_RSS_IDLE"
 sample membrane.rss_idle "$MEMBRANE_RSS_IDLE"
 
@@ -217,7 +219,8 @@ rows = [
     ("proxy CPU µs per denied request (32 conns)", None, g("envoy.deny32.cpu_us"), g("membrane.deny32.cpu_us"), 0, None),
     ("proxy core utilisation %, allow 32 conns", None, g("envoy.allow32.util"), g("membrane.allow32.util"), 0, None),
     ("RSS MiB idle", None, mib("envoy.rss_idle"), mib("membrane.rss_idle"), 1, None),
-    ("RSS MiB under load (32 conns)", None, mib("envoy.rss_load"), mib("membrane.rss_load"), 1, ("<=", 0.25)),
+    ("RSS MiB under load (32 conns, sampled mid-run)", None, mib("envoy.rss_load"), mib("membrane.rss_load"), 1, ("<=", 0.25)),
+    ("RSS MiB idle again after all runs", None, mib("envoy.rss_after"), mib("membrane.rss_after"), 1, None),
 ]
 print("| measure | nginx direct | Envoy | membrane | membrane / Envoy | target | result |")
 print("|---|---:|---:|---:|---:|---|---|")

@@ -562,3 +562,37 @@ async fn l4_only_ports_are_spliced_opaquely_after_one_verdict() {
         running.drain(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_with_several_workers_serves_concurrent_clients() {
+    let backend = start_backend().await;
+    let mut b = spawn_binary(
+        &policy_file(backend.port()),
+        backend,
+        &["--concurrency", "2", "--access-log", "false"],
+    );
+    let out = tokio::process::Command::new("h2load")
+        .args([
+            "-n",
+            "400",
+            "-c",
+            "8",
+            "-m",
+            "4",
+            &format!("http://{}/v1/x", b.listen),
+        ])
+        .output()
+        .await
+        .expect("h2load runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("400 succeeded, 0 failed"), "{text}");
+    let (_, info) = get(&format!("http://{}/server_info", b.admin)).await;
+    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(info["command_line_options"]["concurrency"], 2);
+    signal(&b.child, "TERM");
+    let status =
+        tokio::task::spawn_blocking(move || wait_exit(&mut b.child, Duration::from_secs(5)))
+            .await
+            .unwrap();
+    assert!(status.expect("exited").success());
+}
