@@ -4,7 +4,7 @@
 # proxy, and translation of 10,000 rules for 1,000 endpoints (goal < 1 s).
 # Writes bench/results/xds-<date>.md.
 #
-# Env: XDS_BENCH_CLIENTS (1000), XDS_BENCH_ROUNDS (5), XDS_BENCH_POLL_MS (10), CARGO_TARGET_DIR.
+# Env: XDS_BENCH_CLIENTS (1000), XDS_BENCH_ROUNDS (5), XDS_BENCH_POLL_MS (1000, fallback poll), CARGO_TARGET_DIR.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
