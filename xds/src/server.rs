@@ -201,6 +201,7 @@ impl XdsServer {
         let mut snaps = self.cache.watch(&key);
         let mut latest: Option<Arc<Snapshot>> = None;
         let mut pending = Some(first);
+        let mut recorded: (BTreeMap<String, Subscription>, Option<String>) = Default::default();
         let mut debug_n = 0u64;
         loop {
             let step = if let Some(req) = pending.take() {
@@ -238,22 +239,29 @@ impl XdsServer {
                     }
                 }
             };
+            // The recorder is shared by every stream: tell it only what changed.
             let watches = sm.watches();
-            if let Some(s) = &latest {
-                let versions: Vec<(String, String)> = watches
-                    .keys()
-                    .map(|t| (t.clone(), s.type_version(t)))
-                    .collect();
-                self.recorder.latest(&node, &versions, s.created);
+            let snap_version = latest.as_ref().map(|s| s.version.clone());
+            if watches != recorded.0 || snap_version != recorded.1 {
+                if let Some(s) = &latest {
+                    let versions: Vec<(String, String)> = watches
+                        .keys()
+                        .map(|t| (t.clone(), s.type_version(t)))
+                        .collect();
+                    self.recorder.latest(&node, &versions, s.created);
+                }
+                if watches != recorded.0 {
+                    self.recorder.watches(
+                        &node,
+                        &conn,
+                        watches
+                            .iter()
+                            .map(|(t, s)| (t.clone(), s.describe()))
+                            .collect(),
+                    );
+                }
+                recorded = (watches, snap_version);
             }
-            self.recorder.watches(
-                &node,
-                &conn,
-                watches
-                    .into_iter()
-                    .map(|(t, s)| (t, s.describe()))
-                    .collect(),
-            );
             if !self.emit(&node, step, &tx).await {
                 break;
             }
