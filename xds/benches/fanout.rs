@@ -208,6 +208,12 @@ async fn fanout(report: &mut String) {
     let mut all = Vec::new();
     let mut per_round = Vec::new();
     for round in 1..=rounds {
+        // Anything still queued belongs to an earlier round.
+        for (c, old) in clients.iter_mut().zip(initial.iter_mut()) {
+            while let Ok((v, _)) = c.got.try_recv() {
+                *old = v;
+            }
+        }
         let t0 = Instant::now();
         std::fs::write(&policy, fleet_policy(round)).unwrap();
         let lat = Arc::new(Mutex::new(Vec::with_capacity(n)));

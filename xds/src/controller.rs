@@ -185,11 +185,25 @@ pub fn watch_dir(
     dir: &std::path::Path,
     wake: Arc<tokio::sync::Notify>,
 ) -> Result<notify::RecommendedWatcher, notify::Error> {
+    use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
     use notify::Watcher;
     let mut w = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| match ev {
         Ok(ev) => {
-            tracing::debug!(kind = ?ev.kind, paths = ?ev.paths, "source directory event");
-            wake.notify_one();
+            // Act when a write is complete (close after writing), or on
+            // creation, removal and renames (atomic replacement). A file
+            // being written (truncate, then data) must not be read half
+            // way: an empty policy file would briefly mean "no policy".
+            let complete = matches!(
+                ev.kind,
+                EventKind::Access(AccessKind::Close(AccessMode::Write))
+                    | EventKind::Create(_)
+                    | EventKind::Remove(_)
+                    | EventKind::Modify(ModifyKind::Name(_))
+            );
+            tracing::debug!(kind = ?ev.kind, paths = ?ev.paths, complete, "source directory event");
+            if complete {
+                wake.notify_one();
+            }
         }
         Err(e) => warn!(error = %e, "source directory watch error"),
     })?;

@@ -290,3 +290,51 @@ async fn ads_debug_syncz_reports_synced_and_nacked_types_per_proxy() {
     );
     drop(streams);
 }
+
+/// A policy file rewritten in place by a slow writer is read once the write
+/// is complete: proxies never see the half-written (empty) state, which
+/// would mean "no policy" for a moment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_being_written_is_not_read_half_way() {
+    use std::io::Write;
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("cluster.yaml"), starwars_pods(8080)).unwrap();
+    let policy = tmp.path().join("policy.yaml");
+    std::fs::write(&policy, starwars_l7(8080, "/v1/request-landing")).unwrap();
+    let xds = start_xds_with(tmp.path(), &["--poll-ms".as_ref(), "600000".as_ref()]);
+    let mut client = NetworkPolicyDiscoveryServiceClient::connect(format!("http://{}", xds.grpc))
+        .await
+        .unwrap();
+    let (tx, rx) = mpsc::channel(8);
+    tx.send(req("", "", None, true)).await.unwrap();
+    let mut s = client
+        .stream_network_policies(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let r1 = next(&mut s).await;
+    tx.send(req(&r1.version_info, &r1.nonce, None, false))
+        .await
+        .unwrap();
+
+    // Truncate, pause, then write the new policy and close.
+    let text = starwars_l7(8080, "/v2/request-landing");
+    let mut f = std::fs::File::create(&policy).unwrap();
+    f.flush().unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    f.write_all(text.as_bytes()).unwrap();
+    drop(f);
+
+    let r2 = next(&mut s).await;
+    let death = policies(&r2)
+        .into_iter()
+        .find(|p| p.endpoint_ips == vec!["127.0.0.2".to_string()])
+        .unwrap();
+    assert_eq!(
+        http_rules_of(&death),
+        1,
+        "the first push after the edit is the complete policy: {death:?}"
+    );
+    let path = format!("{death:?}");
+    assert!(path.contains("/v2/request-landing"), "{path}");
+}
