@@ -16,11 +16,14 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 (cd "$ROOT" && cargo bench -p membrane-xds --bench fanout --no-run -q)
 REPORT=$(mktemp)
 trap 'rm -f "$REPORT"' EXIT
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 (cd "$ROOT" && cargo bench -q -p membrane-xds --bench fanout) >"$REPORT"
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 {
   cat "$REPORT"
   echo
   echo "Run: \`bench/xds.sh\` on $(date -u +%Y-%m-%dT%H:%MZ), commit $(git -C "$ROOT" rev-parse --short HEAD)."
+  echo "Load average before/after (other work on the machine skews the latencies): $LOAD_BEFORE / $LOAD_AFTER."
 } >"$OUT"
 cat "$OUT"
 echo "xds.sh: wrote $OUT"
