@@ -467,3 +467,17 @@ async fn http2_client_sees_no_connection_specific_headers() {
     assert!(resp.headers().get("connection").is_none());
     let _ = Empty::<Bytes>::new();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deny_detail_header_is_opt_in() {
+    let p = start_proxy().await;
+    let (_, headers, _) = curl(&["-X", "PUT", &p.url("/v1/exhaust-port")]).await;
+    assert!(!headers.contains("x-membrane-denied-by"), "{headers}");
+    let p = start_proxy_with(&["--deny-detail-header", "true"]).await;
+    let (code, headers, _) = curl(&["-X", "PUT", &p.url("/v1/exhaust-port")]).await;
+    assert_eq!(code, 403);
+    assert!(
+        headers.contains("x-membrane-denied-by: ciliumnetworkpolicy default/proxy-test"),
+        "{headers}"
+    );
+}
