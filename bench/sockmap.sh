@@ -18,6 +18,8 @@ CPUS=${CPUS:-pinned unpinned}
 if [ -z "${MEMBRANE_BIN_DIR:-}" ]; then
   export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/membrane-target}
   cargo build --release -q -p membrane-datapath --bins
+  # The end-to-end cell needs the sidecar; skipped (and said so) without it.
+  cargo build --release -q -p membrane-proxy 2>/dev/null || true
   MEMBRANE_BIN_DIR=$CARGO_TARGET_DIR/release
 fi
 BIN=$MEMBRANE_BIN_DIR/membrane-sockbench
