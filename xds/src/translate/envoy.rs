@@ -108,7 +108,14 @@ fn cidr(addr: &str) -> Result<CidrRange, TranslateError> {
     })
 }
 
+/// OR of principals. Envoy rejects an empty set (`ids` needs at least one
+/// entry), so nobody-at-all is written as "not any".
 fn or_ids(ids: Vec<Principal>) -> Principal {
+    if ids.is_empty() {
+        return Principal {
+            identifier: Some(principal::Identifier::NotId(Box::new(any_principal()))),
+        };
+    }
     Principal {
         identifier: Some(principal::Identifier::OrIds(principal::Set { ids })),
     }
@@ -561,4 +568,43 @@ pub fn grpc_listeners(svc: &ServiceModel) -> Vec<Resource> {
         out.push(Resource::new(LISTENER, &name, &l).with_refs(vec![(CLUSTER, to)]));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn principals_for_identities_without_addresses_match_nobody_and_stay_valid() {
+        let none = BTreeMap::new();
+        let nobody = Principal {
+            identifier: Some(principal::Identifier::NotId(Box::new(any_principal()))),
+        };
+        // Identity 1 (host) with no known address: nobody, not an empty OR.
+        assert_eq!(principals(&[1], &none).unwrap(), nobody);
+        // world with no other identity known: everyone ("not nobody").
+        let world = principals(&[WORLD], &none).unwrap();
+        assert_eq!(
+            world,
+            Principal {
+                identifier: Some(principal::Identifier::OrIds(principal::Set {
+                    ids: vec![Principal {
+                        identifier: Some(principal::Identifier::NotId(Box::new(nobody.clone()))),
+                    }],
+                })),
+            }
+        );
+        // An empty remote list means any remote.
+        assert_eq!(principals(&[], &none).unwrap(), any_principal());
+        let hosts = BTreeMap::from([(
+            256u64,
+            vec!["10.0.0.6".to_string(), "10.1.0.0/16".to_string()],
+        )]);
+        let p = format!("{:?}", principals(&[256], &hosts).unwrap());
+        assert!(
+            p.contains("10.0.0.6") && p.contains("value: 32") && p.contains("value: 16"),
+            "{p}"
+        );
+        assert!(matches!(cidr("not-an-ip"), Err(TranslateError::Address(_))));
+    }
 }
