@@ -110,6 +110,16 @@ pub struct Config {
     /// PEM private key for `--tls-cert`.
     #[arg(long, env = "MEMBRANE_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Originate TLS to the upstream (ALPN http/1.1 or h2, as `--upstream-protocol` picks).
+    #[arg(long, env = "MEMBRANE_UPSTREAM_TLS", default_value_t = false, action = clap::ArgAction::Set, requires = "upstream_ca")]
+    pub upstream_tls: bool,
+    /// PEM trust anchors for the upstream's certificate.
+    #[arg(long, env = "MEMBRANE_UPSTREAM_CA")]
+    pub upstream_ca: Option<PathBuf>,
+    /// Name to verify the upstream's certificate against and send as SNI (and as HTTP/2
+    /// `:authority`); default: the request's own authority.
+    #[arg(long, env = "MEMBRANE_UPSTREAM_SERVER_NAME")]
+    pub upstream_server_name: Option<String>,
     /// Log filter for diagnostics (stderr), `RUST_LOG` syntax.
     #[arg(long, env = "MEMBRANE_LOG", default_value = "info")]
     pub log: String,

@@ -88,6 +88,8 @@ pub async fn start(
     let settings = Settings {
         upstream: cfg.upstream,
         h2_upstream: cfg.upstream_protocol == UpstreamProtocol::Match,
+        upstream_tls: cfg.upstream_tls,
+        upstream_server_name: cfg.upstream_server_name.clone(),
         access_log: cfg.access_log,
         merge_slashes: cfg.merge_slashes,
         deny_detail_header: cfg.deny_detail_header,
@@ -103,13 +105,21 @@ pub async fn start(
         _ => None,
     };
     let acceptor = cert_store.as_ref().map(|s| s.acceptor()).transpose()?;
+    let upstream_tls = match (&cfg.upstream_tls, &cfg.upstream_ca) {
+        (true, Some(ca)) => Some(upstream::UpstreamTls {
+            roots: Arc::new(upstream::load_roots(ca)?),
+        }),
+        (true, None) => anyhow::bail!("--upstream-tls needs --upstream-ca"),
+        _ => None,
+    };
     let shared = Arc::new(Shared::new(
         settings,
         policy.clone(),
         metrics.clone(),
         cfg.connect_timeout,
         acceptor,
-    ));
+        upstream_tls.as_ref(),
+    )?);
     let admin = Arc::new(AdminState {
         listen: addrs.listen,
         upstream: cfg.upstream,

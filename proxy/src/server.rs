@@ -33,6 +33,10 @@ pub struct Settings {
     pub upstream: SocketAddr,
     /// Forward HTTP/2 as HTTP/2 (else always HTTP/1.1 upstream).
     pub h2_upstream: bool,
+    /// Originate TLS to the upstream.
+    pub upstream_tls: bool,
+    /// Name the upstream's certificate is verified against (SNI), instead of the request's authority.
+    pub upstream_server_name: Option<String>,
     /// Emit access-log entries.
     pub access_log: bool,
     /// Merge `//` in paths.
@@ -74,17 +78,18 @@ impl Shared {
         metrics: Arc<Metrics>,
         connect_timeout: Duration,
         tls: Option<tokio_rustls::TlsAcceptor>,
-    ) -> Self {
-        let upstreams = Upstreams::new(settings.upstream, connect_timeout);
+        upstream_tls: Option<&crate::upstream::UpstreamTls>,
+    ) -> Result<Self, rustls::Error> {
+        let upstreams = Upstreams::new(settings.upstream, connect_timeout, upstream_tls)?;
         let connections = Arc::new(Semaphore::new(settings.max_connections));
-        Shared {
+        Ok(Shared {
             settings,
             policy,
             metrics,
             upstreams,
             connections,
             tls,
-        }
+        })
     }
 }
 
@@ -572,14 +577,19 @@ async fn handle(
     };
     drop(policy);
 
-    // Rewrite the target: original authority (the connector dials the upstream regardless).
-    let authority = host
+    // Rewrite the target: original authority (the connector dials the upstream regardless),
+    // or the configured TLS server name, which is what the upstream certificate must match.
+    let original_authority = host
         .as_deref()
         .filter(|h| h.parse::<http::uri::Authority>().is_ok())
         .map(str::to_owned)
         .unwrap_or_else(|| s.upstream.to_string());
+    let authority = match &s.upstream_server_name {
+        Some(name) => format!("{name}:{}", s.upstream.port()),
+        None => original_authority.clone(),
+    };
     let uri = match Uri::builder()
-        .scheme("http")
+        .scheme(if s.upstream_tls { "https" } else { "http" })
         .authority(authority)
         .path_and_query(path_and_query.as_str())
         .build()
@@ -610,6 +620,11 @@ async fn handle(
     };
     if use_h2 {
         parts.headers.remove(header::HOST);
+    } else if !parts.headers.contains_key(header::HOST) {
+        // HTTP/2 downstream to HTTP/1.1 upstream: :authority becomes Host.
+        if let Ok(v) = HeaderValue::from_str(&original_authority) {
+            parts.headers.insert(header::HOST, v);
+        }
     }
     let body_failed = Arc::new(AtomicBool::new(false));
     let body = if upgrade {

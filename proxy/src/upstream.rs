@@ -1,10 +1,12 @@
 //! The upstream side: pooled hyper clients that always dial the configured upstream address.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::Uri;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -50,34 +52,90 @@ impl tower_service::Service<Uri> for FixedConnector {
     }
 }
 
-/// The pooled client type forwarding uses.
-pub type UpstreamClient = Client<FixedConnector, WatchedBody>;
+/// The pooled client type forwarding uses: plain HTTP, or TLS when the URI scheme is https.
+pub type UpstreamClient = Client<HttpsConnector<FixedConnector>, WatchedBody>;
 
 /// Clients for each upstream protocol; both keep idle connections for reuse.
 #[derive(Clone)]
 pub struct Upstreams {
-    /// HTTP/1.1 (keep-alive pool).
+    /// HTTP/1.1 (keep-alive pool; ALPN http/1.1 over TLS).
     pub http1: UpstreamClient,
-    /// HTTP/2 with prior knowledge (one multiplexed connection per authority).
+    /// HTTP/2 with prior knowledge, or ALPN h2 over TLS (one multiplexed connection per authority).
     pub http2: UpstreamClient,
 }
 
+/// Upstream TLS origination settings.
+#[derive(Debug, Clone)]
+pub struct UpstreamTls {
+    /// Trust anchors for the upstream's certificate.
+    pub roots: Arc<rustls::RootCertStore>,
+}
+
+/// Loads PEM trust anchors for `--upstream-ca`.
+pub fn load_roots(path: &std::path::Path) -> Result<rustls::RootCertStore, crate::tls::TlsError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let err = |m: String| crate::tls::TlsError::Cert {
+        path: path.display().to_string(),
+        message: m,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(path).map_err(|e| err(e.to_string()))? {
+        roots
+            .add(c.map_err(|e| err(e.to_string()))?)
+            .map_err(|e| err(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(err("no CERTIFICATE block".into()));
+    }
+    Ok(roots)
+}
+
+/// ALPN is set by the connector builder (`enable_http1` / `enable_http2`).
+fn client_config(tls: Option<&UpstreamTls>) -> Result<rustls::ClientConfig, rustls::Error> {
+    let roots = tls
+        .map(|t| (*t.roots).clone())
+        .unwrap_or_else(rustls::RootCertStore::empty);
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(cfg)
+}
+
 impl Upstreams {
-    /// Builds both clients for `addr`.
-    pub fn new(addr: SocketAddr, connect_timeout: Duration) -> Self {
+    /// Builds both clients for `addr`. TLS is used for requests whose URI scheme is https
+    /// (the server sets it when `tls` is configured); without `tls` no request is https.
+    pub fn new(
+        addr: SocketAddr,
+        connect_timeout: Duration,
+        tls: Option<&UpstreamTls>,
+    ) -> Result<Self, rustls::Error> {
         let connector = FixedConnector::new(addr, connect_timeout);
+        let h1 = HttpsConnectorBuilder::new()
+            .with_tls_config(client_config(tls)?)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector.clone());
+        let h2 = HttpsConnectorBuilder::new()
+            .with_tls_config(client_config(tls)?)
+            .https_or_http()
+            .enable_http2()
+            .wrap_connector(connector);
         let http1 = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(1024)
-            .build(connector.clone());
+            .build(h1);
         let http2 = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .http2_only(true)
-            .build(connector);
-        Upstreams { http1, http2 }
+            .build(h2);
+        Ok(Upstreams { http1, http2 })
     }
 }

@@ -44,6 +44,82 @@ fn self_signed(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     (cert, key)
 }
 
+fn openssl(args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl runs");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA and a server certificate for `name` it signed (webpki refuses a CA certificate as a
+/// server's own); returns (ca cert, leaf cert, leaf key).
+fn ca_and_leaf(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let p = |f: &str| dir.join(f).display().to_string();
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=membrane test CA",
+        "-keyout",
+        &p("ca.key"),
+        "-out",
+        &p("ca.crt"),
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-subj",
+        &format!("/CN={name}"),
+        "-keyout",
+        &p("leaf.key"),
+        "-out",
+        &p("leaf.csr"),
+    ]);
+    std::fs::write(
+        dir.join("leaf.ext"),
+        format!("subjectAltName=DNS:{name}\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n"),
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &p("leaf.csr"),
+        "-CA",
+        &p("ca.crt"),
+        "-CAkey",
+        &p("ca.key"),
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        &p("leaf.ext"),
+        "-out",
+        &p("leaf.crt"),
+    ]);
+    (
+        dir.join("ca.crt"),
+        dir.join("leaf.crt"),
+        dir.join("leaf.key"),
+    )
+}
+
 fn tmpdir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("membrane-proxy-tls-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&d).unwrap();
@@ -160,4 +236,60 @@ async fn certificate_reload_takes_effect_and_a_bad_pair_is_rejected() {
         200
     );
     tokio::time::sleep(Duration::from_millis(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_tls_origination_with_alpn() {
+    let dir = tmpdir("origin");
+    let (ca, cert, key) = ca_and_leaf(&dir, "backend.test");
+    let backend = start_tls_backend(&cert, &key).await;
+    let ca = ca.display().to_string();
+    let cfg = config(
+        backend,
+        &[
+            "--upstream-tls",
+            "true",
+            "--upstream-ca",
+            &ca,
+            "--upstream-server-name",
+            "backend.test",
+        ],
+    );
+    let running = membrane_proxy::start(&cfg, membrane_proxy::policy::load(&cfg).unwrap(), None)
+        .await
+        .unwrap();
+    let url = format!("http://{}/v1/x", running.addrs.listen);
+    let (code, headers, _) = curl(&[&url]).await;
+    assert_eq!(code, 200, "{headers}");
+    assert!(headers.contains("x-seen-tls: true"), "{headers}");
+    assert!(headers.contains("x-seen-version: http/1.1"), "{headers}");
+    assert!(
+        headers.contains(&format!("x-seen-host: {}", running.addrs.listen)),
+        "Host kept: {headers}"
+    );
+    // h2c downstream becomes h2 over TLS (ALPN h2) upstream.
+    let (code, headers, _) = curl(&["--http2-prior-knowledge", &url]).await;
+    assert_eq!(code, 200, "{headers}");
+    assert!(headers.contains("x-seen-version: http/2.0"), "{headers}");
+    assert!(headers.contains("x-seen-tls: true"), "{headers}");
+
+    // An upstream whose certificate the CA does not vouch for is not talked to.
+    let (other, _, _) = ca_and_leaf(&tmpdir("origin-other"), "backend.test");
+    let other = other.display().to_string();
+    let cfg = config(
+        backend,
+        &[
+            "--upstream-tls",
+            "true",
+            "--upstream-ca",
+            &other,
+            "--upstream-server-name",
+            "backend.test",
+        ],
+    );
+    let untrusted = membrane_proxy::start(&cfg, membrane_proxy::policy::load(&cfg).unwrap(), None)
+        .await
+        .unwrap();
+    let (code, _, _) = curl(&[&format!("http://{}/v1/x", untrusted.addrs.listen)]).await;
+    assert_eq!(code, 503);
 }
