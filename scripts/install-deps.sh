@@ -13,6 +13,7 @@ declare -A APT=(
   [h2load]=nghttp2-client
   [curl]=curl
   [ip]=iproute2
+  [nft]=nftables
   [etcd]=etcd-server
   [openssl]=openssl
 )

@@ -61,6 +61,18 @@ pub struct Config {
     /// Admin listener (Envoy-compatible subset).
     #[arg(long, env = "MEMBRANE_ADMIN", default_value = "127.0.0.1:15000")]
     pub admin: SocketAddr,
+    /// Transparent inbound capture listener (Istio's 15006): connections redirected here by
+    /// iptables/nftables are delivered to `--capture-inbound-host` on the port the client
+    /// originally addressed (SO_ORIGINAL_DST), which is also the policy port.
+    #[arg(long, env = "MEMBRANE_CAPTURE_INBOUND")]
+    pub capture_inbound: Option<SocketAddr>,
+    /// Where captured inbound connections are delivered.
+    #[arg(
+        long,
+        env = "MEMBRANE_CAPTURE_INBOUND_HOST",
+        default_value = "127.0.0.1"
+    )]
+    pub capture_inbound_host: std::net::IpAddr,
     /// Prometheus listener (`/stats/prometheus`).
     #[arg(long, env = "MEMBRANE_METRICS", default_value = "127.0.0.1:15020")]
     pub metrics: SocketAddr,

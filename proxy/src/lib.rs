@@ -14,6 +14,7 @@ pub mod config;
 pub mod h1guard;
 pub mod metrics;
 pub mod normalize;
+pub mod orig_dst;
 pub mod policy;
 pub mod server;
 pub mod tls;
@@ -45,6 +46,8 @@ pub struct Addrs {
     pub metrics: SocketAddr,
     /// Readiness.
     pub health: SocketAddr,
+    /// Transparent inbound capture, when enabled.
+    pub capture_inbound: Option<SocketAddr>,
 }
 
 /// A running proxy: its addresses, policy handle, and the means to drain it.
@@ -77,7 +80,12 @@ pub async fn start(
     let admin_l = bind(cfg.admin, "--admin").await?;
     let metrics_l = bind(cfg.metrics, "--metrics").await?;
     let health_l = bind(cfg.health, "--health").await?;
+    let capture_l = match cfg.capture_inbound {
+        Some(a) => Some(bind(a, "--capture-inbound").await?),
+        None => None,
+    };
     let addrs = Addrs {
+        capture_inbound: capture_l.as_ref().map(|l| l.local_addr()).transpose()?,
         listen: listener.local_addr()?,
         admin: admin_l.local_addr()?,
         metrics: metrics_l.local_addr()?,
@@ -135,8 +143,25 @@ pub async fn start(
         started_wall: SystemTime::now(),
     });
     let (tx, rx) = watch::channel(false);
-    let tasks = vec![
-        tokio::spawn(server::accept_loop(listener, shared, rx.clone())),
+    let mut tasks = Vec::new();
+    if let Some(l) = capture_l {
+        let delivery = server::Delivery::OriginalPort {
+            host: cfg.capture_inbound_host,
+        };
+        tasks.push(tokio::spawn(server::accept_loop(
+            l,
+            shared.clone(),
+            rx.clone(),
+            delivery,
+        )));
+    }
+    tasks.extend([
+        tokio::spawn(server::accept_loop(
+            listener,
+            shared,
+            rx.clone(),
+            server::Delivery::Upstream,
+        )),
         tokio::spawn(admin::serve(
             admin_l,
             Role::Admin,
@@ -150,7 +175,7 @@ pub async fn start(
             rx.clone(),
         )),
         tokio::spawn(admin::serve(health_l, Role::Health, admin.clone(), rx)),
-    ];
+    ]);
     admin.ready.store(true, Ordering::Relaxed);
     tracing::info!(
         listen = %addrs.listen,

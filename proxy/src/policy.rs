@@ -48,14 +48,14 @@ pub struct Checked {
     pub decision: Decision,
 }
 
-type CheckFn = dyn Fn(IpAddr, &RequestView<'_>) -> Checked + Send + Sync;
-type L4Fn = dyn Fn(IpAddr) -> Checked + Send + Sync;
+type CheckFn = dyn Fn(IpAddr, u16, &RequestView<'_>) -> Checked + Send + Sync;
+type L4Fn = dyn Fn(IpAddr, u16) -> Option<Checked> + Send + Sync;
 
 /// One immutable policy snapshot, as enforced.
 pub struct Enforcer {
     check: Box<CheckFn>,
-    /// Set when no HTTP rule applies to the port: connections are checked once at L3/L4 and
-    /// spliced opaquely.
+    /// For ports without HTTP rules, the connection verdict: such connections are checked
+    /// once at L3/L4 and spliced opaquely.
     l4: Option<Box<L4Fn>>,
     summary: serde_json::Value,
 }
@@ -68,21 +68,21 @@ impl Enforcer {
         f: impl Fn(IpAddr, &RequestView<'_>) -> Checked + Send + Sync + 'static,
     ) -> Self {
         Enforcer {
-            check: Box::new(f),
+            check: Box::new(move |ip, _port, req| f(ip, req)),
             l4: None,
             summary,
         }
     }
 
-    /// For an L4-only port, the connection verdict for `peer`; `None` when the port has HTTP
-    /// rules and every request must be checked.
-    pub fn check_l4(&self, peer: IpAddr) -> Option<Checked> {
-        self.l4.as_ref().map(|f| f(peer))
+    /// For a port without HTTP rules, the connection verdict for `peer`; `None` when the
+    /// port has HTTP rules and every request must be checked.
+    pub fn check_l4(&self, peer: IpAddr, port: u16) -> Option<Checked> {
+        self.l4.as_ref().and_then(|f| f(peer, port))
     }
 
-    /// The verdict for `req` from `peer`.
-    pub fn check(&self, peer: IpAddr, req: &RequestView<'_>) -> Checked {
-        (self.check)(peer, req)
+    /// The verdict for `req` from `peer` to the endpoint's `port`.
+    pub fn check(&self, peer: IpAddr, port: u16, req: &RequestView<'_>) -> Checked {
+        (self.check)(peer, port, req)
     }
 
     /// What `/config_dump` shows about the loaded policy.
@@ -268,12 +268,13 @@ pub fn load(cfg: &crate::config::Config) -> Result<Enforcer, LoadError> {
         "ipcache": ipcache.entries().map(|(p, id)| serde_json::json!({"prefix": p.to_string(), "identity": id.0})).collect::<Vec<_>>(),
         "peers": peers,
     });
-    let l4: Option<Box<L4Fn>> = if l7 {
-        None
-    } else {
+    let l4: Option<Box<L4Fn>> = {
         let resolved = resolved.clone();
         let ipcache = ipcache.clone();
-        Some(Box::new(move |ip: IpAddr| {
+        Some(Box::new(move |ip: IpAddr, port: u16| {
+            if resolved.ingress.has_http_on(Proto::Tcp, port) {
+                return None;
+            }
             let remote = ipcache.lookup(ip);
             let conn = resolved.ingress.connection(remote, Proto::Tcp, port);
             let by = match &conn {
@@ -292,14 +293,14 @@ pub fn load(cfg: &crate::config::Config) -> Result<Enforcer, LoadError> {
                 },
                 membrane_policy::Verdict::Denied => Decision::Deny { decided_by: by },
             };
-            Checked {
+            Some(Checked {
                 remote_identity: remote.0,
                 decision,
-            }
+            })
         }))
     };
     let check_ipcache = ipcache.clone();
-    let check = move |ip: IpAddr, req: &RequestView<'_>| {
+    let check = move |ip: IpAddr, port: u16, req: &RequestView<'_>| {
         let remote = check_ipcache.lookup(ip);
         let conn = resolved.ingress.connection(remote, Proto::Tcp, port);
         let dec = conn.check_http(&membrane_policy::http::HttpRequest {

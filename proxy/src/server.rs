@@ -68,6 +68,9 @@ pub struct Shared {
     upstreams: Upstreams,
     connections: Arc<Semaphore>,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    connect_timeout: Duration,
+    upstream_tls: Option<crate::upstream::UpstreamTls>,
+    capture_upstreams: std::sync::Mutex<std::collections::HashMap<SocketAddr, Upstreams>>,
 }
 
 impl Shared {
@@ -89,7 +92,67 @@ impl Shared {
             upstreams,
             connections,
             tls,
+            connect_timeout,
+            upstream_tls: upstream_tls.cloned(),
+            capture_upstreams: Default::default(),
         })
+    }
+}
+
+/// Where a listener's connections are delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// To the configured upstream (`--upstream`).
+    Upstream,
+    /// Transparent inbound capture: to `host` on the port the client originally addressed
+    /// (read with SO_ORIGINAL_DST after an iptables/nftables REDIRECT); that port is also the
+    /// policy port.
+    OriginalPort {
+        /// Where the application listens (normally 127.0.0.1).
+        host: IpAddr,
+    },
+}
+
+/// Where one connection goes and the pooled clients that reach it.
+#[derive(Clone)]
+pub struct Route {
+    target: SocketAddr,
+    upstreams: Upstreams,
+}
+
+impl Shared {
+    fn route(&self, stream: &TcpStream, delivery: Delivery) -> Option<Route> {
+        match delivery {
+            Delivery::Upstream => Some(Route {
+                target: self.settings.upstream,
+                upstreams: self.upstreams.clone(),
+            }),
+            Delivery::OriginalPort { host } => {
+                let local = stream.local_addr().ok()?;
+                let orig = crate::orig_dst::original_dst(stream).unwrap_or(local);
+                if orig == local {
+                    // Not redirected: a client dialled the capture port itself. Forwarding it
+                    // would loop back here.
+                    return None;
+                }
+                let target = SocketAddr::new(host, orig.port());
+                let mut cache = self.capture_upstreams.lock().ok()?;
+                let upstreams = match cache.get(&target) {
+                    Some(u) => u.clone(),
+                    None => {
+                        let u = Upstreams::new(
+                            target,
+                            self.connect_timeout,
+                            self.upstream_tls.as_ref(),
+                        )
+                        .ok()?;
+                        cache.insert(target, u.clone());
+                        u
+                    }
+                };
+                Some(Route { target, upstreams })
+            }
+        }
     }
 }
 
@@ -98,6 +161,7 @@ pub async fn accept_loop(
     listener: TcpListener,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
+    delivery: Delivery,
 ) {
     loop {
         let accepted = tokio::select! {
@@ -119,11 +183,15 @@ pub async fn accept_loop(
             drop(stream);
             continue;
         };
+        let Some(route) = shared.route(&stream, delivery) else {
+            tracing::debug!(%peer, "no original destination, closing");
+            continue;
+        };
         let shared = shared.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             shared.metrics.connection_opened();
-            serve_connection(stream, peer, &shared, shutdown).await;
+            serve_connection(stream, peer, route, &shared, shutdown).await;
             shared.metrics.connection_closed();
             drop(permit);
         });
@@ -133,6 +201,7 @@ pub async fn accept_loop(
 /// Per-connection bookkeeping for the idle timeout.
 struct ConnState {
     peer: SocketAddr,
+    route: Route,
     in_flight: AtomicUsize,
     started: AtomicU64,
 }
@@ -158,6 +227,7 @@ async fn sniff<I: AsyncRead + Unpin>(stream: &mut I) -> std::io::Result<Option<B
 async fn splice(
     mut stream: TcpStream,
     peer: SocketAddr,
+    target: SocketAddr,
     shared: &Shared,
     checked: crate::policy::Checked,
 ) {
@@ -176,7 +246,7 @@ async fn splice(
         }
         return;
     }
-    let mut upstream = match TcpStream::connect(shared.settings.upstream).await {
+    let mut upstream = match TcpStream::connect(target).await {
         Ok(u) => u,
         Err(e) => {
             shared.metrics.upstream_error();
@@ -204,20 +274,24 @@ async fn splice(
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
+    route: Route,
     shared: &Arc<Shared>,
     shutdown: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
-    let l4 = shared.policy.load().check_l4(peer_ip(peer));
+    let l4 = shared
+        .policy
+        .load()
+        .check_l4(peer_ip(peer), route.target.port());
     if let Some(checked) = l4 {
-        return splice(stream, peer, shared, checked).await;
+        return splice(stream, peer, route.target, shared, checked).await;
     }
     match &shared.tls {
-        None => serve_http(stream, peer, shared, shutdown).await,
+        None => serve_http(stream, peer, route, shared, shutdown).await,
         Some(acceptor) => {
             let timeout = shared.settings.header_read_timeout;
             match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => serve_http(tls, peer, shared, shutdown).await,
+                Ok(Ok(tls)) => serve_http(tls, peer, route, shared, shutdown).await,
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
@@ -229,6 +303,7 @@ async fn serve_connection(
 async fn serve_http<I>(
     mut stream: I,
     peer: SocketAddr,
+    route: Route,
     shared: &Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) where
@@ -246,6 +321,7 @@ async fn serve_http<I>(
     let is_h2 = prefix.starts_with(H2_PREFACE);
     let state = Arc::new(ConnState {
         peer,
+        route,
         in_flight: AtomicUsize::new(0),
         started: AtomicU64::new(0),
     });
@@ -540,6 +616,7 @@ async fn handle(
     let policy = shared.policy.load();
     let decision = policy.check(
         peer_ip(conn.peer),
+        conn.route.target.port(),
         &RequestView {
             method: req.method().as_str(),
             path: &path_and_query,
@@ -583,9 +660,9 @@ async fn handle(
         .as_deref()
         .filter(|h| h.parse::<http::uri::Authority>().is_ok())
         .map(str::to_owned)
-        .unwrap_or_else(|| s.upstream.to_string());
+        .unwrap_or_else(|| conn.route.target.to_string());
     let authority = match &s.upstream_server_name {
-        Some(name) => format!("{name}:{}", s.upstream.port()),
+        Some(name) => format!("{name}:{}", conn.route.target.port()),
         None => original_authority.clone(),
     };
     let uri = match Uri::builder()
@@ -634,9 +711,9 @@ async fn handle(
     };
     let upstream_req = Request::from_parts(parts, body);
     let client = if use_h2 {
-        &shared.upstreams.http2
+        &conn.route.upstreams.http2
     } else {
-        &shared.upstreams.http1
+        &conn.route.upstreams.http1
     };
 
     if s.access_log {

@@ -1,0 +1,209 @@
+//! Transparent inbound capture, privileged: two network namespaces joined by a veth pair; in
+//! the server namespace nftables REDIRECTs tcp/8080 to the capture listener, the proxy reads
+//! the original destination (SO_ORIGINAL_DST), enforces the policy of port 8080 and delivers
+//! to the application on 127.0.0.1:8080. Cleans up its namespaces even on failure.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Env {
+    client: String,
+    server: String,
+    children: Vec<Child>,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for ns in [&self.client, &self.server] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn run(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn curl_in(ns: &str, extra: &[&str]) -> (String, String) {
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "curl",
+            "-s",
+            "--max-time",
+            "3",
+            "-w",
+            "\n%{http_code}",
+        ])
+        .args(extra)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.to_owned(), body.to_owned())
+}
+
+#[test]
+fn redirected_connections_get_the_policy_of_their_original_port() {
+    let id = std::process::id() % 100_000;
+    let (client, server) = (format!("mbr-c-{id}"), format!("mbr-s-{id}"));
+    let dir = std::env::temp_dir().join(format!("membrane-capture-{id}"));
+    std::fs::create_dir_all(dir.join("v1")).unwrap();
+    let mut env = Env {
+        client: client.clone(),
+        server: server.clone(),
+        children: vec![],
+        dir: dir.clone(),
+    };
+    let (vc, vs) = (format!("mvc{id}"), format!("mvs{id}"));
+    run(&["ip", "netns", "add", &client]);
+    run(&["ip", "netns", "add", &server]);
+    run(&[
+        "ip", "link", "add", &vc, "netns", &client, "type", "veth", "peer", "name", &vs, "netns",
+        &server,
+    ]);
+    for (ns, dev, addr) in [
+        (&client, &vc, "10.251.7.1/30"),
+        (&server, &vs, "10.251.7.2/30"),
+    ] {
+        run(&["ip", "-n", ns, "addr", "add", addr, "dev", dev]);
+        run(&["ip", "-n", ns, "link", "set", dev, "up"]);
+        run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+    }
+    let rules = dir.join("capture.nft");
+    std::fs::write(
+        &rules,
+        "table ip membrane_capture_test {\n  chain prerouting {\n    type nat hook prerouting priority dstnat;\n    tcp dport 8080 redirect to :15006\n  }\n}\n",
+    )
+    .unwrap();
+    run(&[
+        "ip",
+        "netns",
+        "exec",
+        &server,
+        "nft",
+        "-f",
+        rules.to_str().unwrap(),
+    ]);
+
+    // The application: a static file server on loopback only, reachable solely through the proxy.
+    std::fs::write(dir.join("v1/x"), "app-file\n").unwrap();
+    env.children.push(
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &server,
+                "python3",
+                "-m",
+                "http.server",
+                "8080",
+                "--bind",
+                "127.0.0.1",
+            ])
+            .arg("--directory")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let policy = dir.join("policy.yaml");
+    std::fs::write(
+        &policy,
+        [
+            "apiVersion: cilium.io/v2",
+            "kind: CiliumNetworkPolicy",
+            "metadata: {name: capture, namespace: default}",
+            "spec:",
+            "  endpointSelector: {matchLabels: {app: backend}}",
+            "  ingress:",
+            "  - fromEndpoints: [{matchLabels: {org: empire}}]",
+            "    toPorts:",
+            "    - ports: [{port: \"8080\", protocol: TCP}]",
+            "      rules: {http: [{method: GET, path: /v1/.*}]}",
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    env.children.push(
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &server,
+                env!("CARGO_BIN_EXE_membrane-proxy"),
+                "standalone",
+            ])
+            .args([
+                "--listen",
+                "127.0.0.1:15100",
+                "--upstream",
+                "127.0.0.1:8080",
+                "--capture-inbound",
+                "0.0.0.0:15006",
+            ])
+            .args([
+                "--admin",
+                "127.0.0.1:15000",
+                "--metrics",
+                "127.0.0.1:15020",
+                "--health",
+                "127.0.0.1:15021",
+            ])
+            .args([
+                "--endpoint-labels",
+                "k8s:app=backend",
+                "--peer",
+                "10.251.7.1=k8s:org=empire",
+                "--access-log",
+                "false",
+            ])
+            .arg("--policy")
+            .arg(&policy)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+
+    // The client addresses the application's port; the redirect sends it through the proxy.
+    let url = "http://10.251.7.2:8080/v1/x";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = (String::new(), String::new());
+    while Instant::now() < deadline {
+        last = curl_in(&client, &[url]);
+        if last.0 == "200" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        last,
+        ("200".to_owned(), "app-file\n".to_owned()),
+        "allowed request through capture"
+    );
+    let (code, body) = curl_in(&client, &["-X", "PUT", url]);
+    assert_eq!((code.as_str(), body.as_str()), ("403", "Access denied\r\n"));
+    let (code, _) = curl_in(&client, &["http://10.251.7.2:8080/admin"]);
+    assert_eq!(code, "403");
+    // Dialling the capture port itself is not a redirected connection: closed, not looped.
+    let (code, _) = curl_in(&client, &["http://10.251.7.2:15006/v1/x"]);
+    assert_eq!(code, "000");
+    drop(env);
+}
