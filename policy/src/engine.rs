@@ -8,11 +8,11 @@
 use crate::identity::{Identity, IdentityAllocator, IdentityError, IdentityInfo, MemoryAllocator};
 use crate::labels::LabelSet;
 use crate::resolve::{
-    subject_selects, Endpoint, NamedPorts, Repository, ResolvedPolicy, SelectorCache,
+    index_label, subject_selects, Endpoint, NamedPorts, Repository, ResolvedPolicy, SelectorCache,
 };
 use crate::rule::{CompiledPolicy, Peer, PolicyKey, Subject};
 use ipnet::IpNet;
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 /// An endpoint's id (e.g. `namespace/pod`).
@@ -37,7 +37,13 @@ pub struct Engine<A: IdentityAllocator = MemoryAllocator> {
     /// Every endpoint's named ports merged (egress named ports resolve against it); kept
     /// up to date as endpoints come and go rather than rebuilt per resolution.
     cluster_named: NamedPorts,
+    changes_since_sweep: u32,
+    /// (label key, value) → endpoints carrying it, to find the endpoints a rule selects.
+    ep_by_label: HashMap<(String, String), BTreeSet<EndpointId>>,
 }
+
+/// Policy changes between sweeps of unused selections from the selector cache.
+const SWEEP_EVERY: u32 = 256;
 
 impl Default for Engine<MemoryAllocator> {
     fn default() -> Self {
@@ -56,6 +62,8 @@ impl<A: IdentityAllocator> Engine<A> {
             cidr_identities: BTreeMap::new(),
             next_cidr: Identity::MIN_LOCAL,
             cluster_named: NamedPorts::new(),
+            changes_since_sweep: 0,
+            ep_by_label: HashMap::new(),
         }
     }
 
@@ -124,15 +132,28 @@ impl<A: IdentityAllocator> Engine<A> {
         let mut identities = Vec::with_capacity(batch.len());
         let mut affected = Vec::new();
         let mut named_changed = false;
+        let mut own: Vec<EndpointId> = Vec::with_capacity(batch.len());
+        let mut failure = None;
         for (id, endpoint) in &batch {
-            let identity = self.allocator.allocate(&endpoint.labels)?;
+            let identity = match self.allocator.allocate(&endpoint.labels) {
+                Ok(i) => i,
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            };
             if let Some(old) = self.endpoints.remove(id) {
+                self.index_endpoint(id, &old.endpoint.labels, false);
                 named_changed |= old.endpoint.named_ports != endpoint.named_ports;
-                if old.endpoint.labels != endpoint.labels {
-                    changed_peers.extend(self.release_identity(&old.endpoint.labels)?);
+                let released = if old.endpoint.labels != endpoint.labels {
+                    self.release_identity(&old.endpoint.labels)
+                        .map(|p| changed_peers.extend(p))
                 } else {
                     // Same labels: give back the reference taken above.
-                    self.allocator.release(&endpoint.labels)?;
+                    self.allocator.release(&endpoint.labels).map(|_| ())
+                };
+                if let Err(e) = released {
+                    failure = Some(e);
                 }
             } else {
                 named_changed |= !endpoint.named_ports.is_empty();
@@ -148,6 +169,7 @@ impl<A: IdentityAllocator> Engine<A> {
             }
             identities.push(identity);
             // A placeholder until resolved below, so peers and named ports see the endpoint.
+            self.index_endpoint(id, &endpoint.labels, true);
             self.endpoints.insert(
                 id.clone(),
                 EndpointState {
@@ -156,6 +178,10 @@ impl<A: IdentityAllocator> Engine<A> {
                     resolved: Arc::new(ResolvedPolicy::default()),
                 },
             );
+            own.push(id.clone());
+            if failure.is_some() {
+                break;
+            }
         }
         if named_changed {
             self.rebuild_cluster_named_ports();
@@ -163,8 +189,12 @@ impl<A: IdentityAllocator> Engine<A> {
         changed_peers.sort();
         changed_peers.dedup();
         affected.extend(self.reresolve_for_peers(&changed_peers));
-        let own: Vec<EndpointId> = batch.into_iter().map(|(id, _)| id).collect();
+        // Every endpoint taken in is resolved, even when a later one failed: a placeholder
+        // must never stand in as "no policy".
         self.reresolve(&own);
+        if let Some(e) = failure {
+            return Err(e);
+        }
         affected.extend(own);
         affected.sort();
         affected.dedup();
@@ -176,6 +206,7 @@ impl<A: IdentityAllocator> Engine<A> {
         let Some(old) = self.endpoints.remove(id) else {
             return Ok(vec![]);
         };
+        self.index_endpoint(id, &old.endpoint.labels, false);
         if !old.endpoint.named_ports.is_empty() {
             self.rebuild_cluster_named_ports();
         }
@@ -214,6 +245,23 @@ impl<A: IdentityAllocator> Engine<A> {
         let mut subjects = new_subjects;
         if let Some(old) = &old {
             subjects.extend(old.rules.iter().map(|r| r.subject.clone()));
+        }
+        let mut ids = self.sync_cidr_identities();
+        ids.extend(self.reresolve_selected(&subjects));
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+
+    /// Adds or replaces many policies at once (an initial sync): every endpoint any of them
+    /// selects is re-resolved once. Returns the endpoints re-resolved.
+    pub fn apply_policies(&mut self, policies: Vec<Arc<CompiledPolicy>>) -> Vec<EndpointId> {
+        let mut subjects = Vec::new();
+        for p in policies {
+            subjects.extend(p.rules.iter().map(|r| r.subject.clone()));
+            if let Some(old) = self.repo.upsert(p) {
+                subjects.extend(old.rules.iter().map(|r| r.subject.clone()));
+            }
         }
         let mut ids = self.sync_cidr_identities();
         ids.extend(self.reresolve_selected(&subjects));
@@ -277,63 +325,83 @@ impl<A: IdentityAllocator> Engine<A> {
                 changed.extend(self.cache.upsert_identity(id, IdentityInfo::cidr(p)));
             }
         }
-        // Peers no rule names any more need not be kept up to date.
-        let in_use: HashSet<Peer> = self
-            .repo
-            .policies()
-            .flat_map(|p| p.rules.iter())
-            .flat_map(|r| r.ingress.iter().chain(r.egress.iter()))
-            .flat_map(|d| d.peers.iter().cloned())
-            .collect();
-        self.cache
-            .retain(|p| in_use.contains(p) || matches!(p, Peer::Labels(_)));
+        self.changes_since_sweep += 1;
+        if self.changes_since_sweep >= SWEEP_EVERY {
+            // Selections no rule uses any more need not be kept up to date; sweeping now and
+            // then keeps a policy change from paying for every other policy's peers.
+            self.changes_since_sweep = 0;
+            let repo = &self.repo;
+            self.cache
+                .retain(|p| matches!(p, Peer::Labels(_)) || repo.peer_in_use(p));
+        }
         self.reresolve_for_peers(&changed)
     }
 
     fn reresolve_selected(&mut self, subjects: &[Subject]) -> Vec<EndpointId> {
-        let ids: Vec<EndpointId> = self
-            .endpoints
-            .iter()
-            .filter(|(_, s)| {
-                subjects
-                    .iter()
-                    .any(|sub| subject_selects(sub, &s.endpoint.labels))
+        // Subjects that require an exact label only need to look at endpoints carrying it.
+        let mut candidates: BTreeSet<&EndpointId> = BTreeSet::new();
+        let mut scan_all = false;
+        for sub in subjects {
+            match index_label(sub) {
+                Some(l) => candidates.extend(self.ep_by_label.get(&l).into_iter().flatten()),
+                None => scan_all = true,
+            }
+        }
+        let pool: Vec<&EndpointId> = if scan_all {
+            self.endpoints.keys().collect()
+        } else {
+            candidates.into_iter().collect()
+        };
+        let ids: Vec<EndpointId> = pool
+            .into_iter()
+            .filter(|id| {
+                self.endpoints.get(*id).is_some_and(|s| {
+                    subjects
+                        .iter()
+                        .any(|sub| subject_selects(sub, &s.endpoint.labels))
+                })
             })
-            .map(|(id, _)| id.clone())
+            .cloned()
             .collect();
         self.reresolve(&ids);
         ids
+    }
+
+    fn index_endpoint(&mut self, id: &str, labels: &LabelSet, add: bool) {
+        for l in labels.iter() {
+            let key = (l.key.clone(), l.value.clone());
+            if add {
+                self.ep_by_label
+                    .entry(key)
+                    .or_default()
+                    .insert(id.to_owned());
+            } else if let Some(set) = self.ep_by_label.get_mut(&key) {
+                set.remove(id);
+                if set.is_empty() {
+                    self.ep_by_label.remove(&key);
+                }
+            }
+        }
     }
 
     fn reresolve_for_peers(&mut self, changed: &[Peer]) -> Vec<EndpointId> {
         if changed.is_empty() {
             return vec![];
         }
-        let changed: HashSet<&Peer> = changed.iter().collect();
-        let literal: HashSet<&Peer> = self
-            .repo
-            .policies()
-            .flat_map(|p| p.rules.iter())
-            .flat_map(|r| r.ingress.iter().chain(r.egress.iter()))
-            .flat_map(|d| d.peers.iter())
-            .filter(|p| changed.contains(p))
-            .collect();
         // A changed selection no rule names literally is one narrowed by fromRequires or
         // toRequires; those only exist for endpoints selected by a rule with requirements.
-        let derived_changed = changed.len() > literal.len();
-        let subjects: Vec<Subject> = self
-            .repo
-            .policies()
-            .flat_map(|p| p.rules.iter())
-            .filter(|r| {
-                (derived_changed && has_requires(r))
-                    || r.ingress
-                        .iter()
-                        .chain(r.egress.iter())
-                        .any(|d| d.peers.iter().any(|p| literal.contains(p)))
-            })
-            .map(|r| r.subject.clone())
-            .collect();
+        let mut subjects = Vec::new();
+        let mut derived_changed = false;
+        for p in changed {
+            if self.repo.peer_in_use(p) {
+                subjects.extend(self.repo.subjects_using_peer(p));
+            } else {
+                derived_changed = true;
+            }
+        }
+        if derived_changed {
+            subjects.extend(self.repo.subjects_with_requires());
+        }
         self.reresolve_selected(&subjects)
     }
 
@@ -359,10 +427,6 @@ impl<A: IdentityAllocator> Engine<A> {
             .chain(self.cidr_identities.values().copied())
             .collect()
     }
-}
-
-fn has_requires(r: &crate::rule::CompiledRule) -> bool {
-    !r.requires_ingress.is_empty() || !r.requires_egress.is_empty()
 }
 
 #[cfg(test)]

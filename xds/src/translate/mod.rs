@@ -317,6 +317,9 @@ impl Translator {
             }
             self.endpoints.remove(&k);
         }
+        // Changed endpoints go to the engine in one batch: identities first, then one
+        // resolution each.
+        let mut batch = Vec::new();
         for (m, _) in eps {
             let ep = Endpoint {
                 labels: m.labels.clone(),
@@ -325,14 +328,25 @@ impl Translator {
             if self.endpoints.get(&m.id) == Some(&ep) {
                 continue;
             }
-            match self.engine.upsert_endpoint(&m.id, ep.clone()) {
-                Ok(_) => {
-                    self.endpoints.insert(m.id.clone(), ep);
+            batch.push((m.id.clone(), ep));
+        }
+        if !batch.is_empty() {
+            match self.engine.upsert_endpoints(batch.clone()) {
+                Ok(_) => self.endpoints.extend(batch),
+                Err(e) => {
+                    // The batch failed on allocation; retry one by one so the others land.
+                    for (id, ep) in batch {
+                        match self.engine.upsert_endpoint(&id, ep.clone()) {
+                            Ok(_) => {
+                                self.endpoints.insert(id, ep);
+                            }
+                            Err(e1) => errors.push(TranslateError::Identity {
+                                pod: id.clone(),
+                                error: format!("{e1} (batch: {e})"),
+                            }),
+                        }
+                    }
                 }
-                Err(e) => errors.push(TranslateError::Identity {
-                    pod: m.id.clone(),
-                    error: e.to_string(),
-                }),
             }
         }
         let mut want: BTreeMap<PolicyKey, Arc<CompiledPolicy>> = BTreeMap::new();
@@ -349,6 +363,8 @@ impl Translator {
             self.engine.delete_policy(&k);
             self.policies.remove(&k);
         }
+        // Changed policies go in one batch: each endpoint they select is re-resolved once.
+        let mut changed = Vec::new();
         for (k, p) in want {
             if self
                 .policies
@@ -357,8 +373,11 @@ impl Translator {
             {
                 continue;
             }
-            self.engine.apply_policy(p.clone());
+            changed.push(p.clone());
             self.policies.insert(k, p);
+        }
+        if !changed.is_empty() {
+            self.engine.apply_policies(changed);
         }
     }
 
