@@ -66,6 +66,12 @@ pub struct Config {
     /// originally addressed (SO_ORIGINAL_DST), which is also the policy port.
     #[arg(long, env = "MEMBRANE_CAPTURE_INBOUND")]
     pub capture_inbound: Option<SocketAddr>,
+    /// Transparent outbound capture listener (Istio's 15001): redirected connections go to
+    /// their original destination under the endpoint's egress policy. The proxy's own
+    /// upstream connections must be excluded from the redirect (e.g. by its uid, as Istio
+    /// does with 1337).
+    #[arg(long, env = "MEMBRANE_CAPTURE_OUTBOUND")]
+    pub capture_outbound: Option<SocketAddr>,
     /// Where captured inbound connections are delivered.
     #[arg(
         long,

@@ -48,6 +48,8 @@ pub struct Addrs {
     pub health: SocketAddr,
     /// Transparent inbound capture, when enabled.
     pub capture_inbound: Option<SocketAddr>,
+    /// Transparent outbound capture, when enabled.
+    pub capture_outbound: Option<SocketAddr>,
 }
 
 /// A running proxy: its addresses, policy handle, and the means to drain it.
@@ -84,7 +86,12 @@ pub async fn start(
         Some(a) => Some(bind(a, "--capture-inbound").await?),
         None => None,
     };
+    let capture_out_l = match cfg.capture_outbound {
+        Some(a) => Some(bind(a, "--capture-outbound").await?),
+        None => None,
+    };
     let addrs = Addrs {
+        capture_outbound: capture_out_l.as_ref().map(|l| l.local_addr()).transpose()?,
         capture_inbound: capture_l.as_ref().map(|l| l.local_addr()).transpose()?,
         listen: listener.local_addr()?,
         admin: admin_l.local_addr()?,
@@ -148,6 +155,15 @@ pub async fn start(
         let delivery = server::Delivery::OriginalPort {
             host: cfg.capture_inbound_host,
         };
+        tasks.push(tokio::spawn(server::accept_loop(
+            l,
+            shared.clone(),
+            rx.clone(),
+            delivery,
+        )));
+    }
+    if let Some(l) = capture_out_l {
+        let delivery = server::Delivery::OriginalDestination;
         tasks.push(tokio::spawn(server::accept_loop(
             l,
             shared.clone(),

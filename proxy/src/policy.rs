@@ -48,8 +48,10 @@ pub struct Checked {
     pub decision: Decision,
 }
 
-type CheckFn = dyn Fn(IpAddr, u16, &RequestView<'_>) -> Checked + Send + Sync;
-type L4Fn = dyn Fn(IpAddr, u16) -> Option<Checked> + Send + Sync;
+pub use membrane_policy::Direction;
+
+type CheckFn = dyn Fn(IpAddr, Direction, u16, &RequestView<'_>) -> Checked + Send + Sync;
+type L4Fn = dyn Fn(IpAddr, Direction, u16) -> Option<Checked> + Send + Sync;
 
 /// One immutable policy snapshot, as enforced.
 pub struct Enforcer {
@@ -68,21 +70,28 @@ impl Enforcer {
         f: impl Fn(IpAddr, &RequestView<'_>) -> Checked + Send + Sync + 'static,
     ) -> Self {
         Enforcer {
-            check: Box::new(move |ip, _port, req| f(ip, req)),
+            check: Box::new(move |ip, _dir, _port, req| f(ip, req)),
             l4: None,
             summary,
         }
     }
 
-    /// For a port without HTTP rules, the connection verdict for `peer`; `None` when the
-    /// port has HTTP rules and every request must be checked.
-    pub fn check_l4(&self, peer: IpAddr, port: u16) -> Option<Checked> {
-        self.l4.as_ref().and_then(|f| f(peer, port))
+    /// For a port without HTTP rules, the connection verdict; `None` when the port has HTTP
+    /// rules and every request must be checked. `remote` is the peer (ingress) or the
+    /// destination (egress); `port` is the endpoint's port (ingress) or the destination's.
+    pub fn check_l4(&self, remote: IpAddr, dir: Direction, port: u16) -> Option<Checked> {
+        self.l4.as_ref().and_then(|f| f(remote, dir, port))
     }
 
-    /// The verdict for `req` from `peer` to the endpoint's `port`.
-    pub fn check(&self, peer: IpAddr, port: u16, req: &RequestView<'_>) -> Checked {
-        (self.check)(peer, port, req)
+    /// The verdict for `req` (see [`Enforcer::check_l4`] for `remote`, `dir` and `port`).
+    pub fn check(
+        &self,
+        remote: IpAddr,
+        dir: Direction,
+        port: u16,
+        req: &RequestView<'_>,
+    ) -> Checked {
+        (self.check)(remote, dir, port, req)
     }
 
     /// What `/config_dump` shows about the loaded policy.
@@ -271,12 +280,13 @@ pub fn load(cfg: &crate::config::Config) -> Result<Enforcer, LoadError> {
     let l4: Option<Box<L4Fn>> = {
         let resolved = resolved.clone();
         let ipcache = ipcache.clone();
-        Some(Box::new(move |ip: IpAddr, port: u16| {
-            if resolved.ingress.has_http_on(Proto::Tcp, port) {
+        Some(Box::new(move |ip: IpAddr, dir: Direction, port: u16| {
+            let policy = resolved.direction(dir);
+            if policy.has_http_on(Proto::Tcp, port) {
                 return None;
             }
             let remote = ipcache.lookup(ip);
-            let conn = resolved.ingress.connection(remote, Proto::Tcp, port);
+            let conn = policy.connection(remote, Proto::Tcp, port);
             let by = match &conn {
                 membrane_policy::ConnPolicy::Denied(Some(e))
                 | membrane_policy::ConnPolicy::Allowed(Some(e)) => e.origin.to_string(),
@@ -300,9 +310,9 @@ pub fn load(cfg: &crate::config::Config) -> Result<Enforcer, LoadError> {
         }))
     };
     let check_ipcache = ipcache.clone();
-    let check = move |ip: IpAddr, port: u16, req: &RequestView<'_>| {
+    let check = move |ip: IpAddr, dir: Direction, port: u16, req: &RequestView<'_>| {
         let remote = check_ipcache.lookup(ip);
-        let conn = resolved.ingress.connection(remote, Proto::Tcp, port);
+        let conn = resolved.direction(dir).connection(remote, Proto::Tcp, port);
         let dec = conn.check_http(&membrane_policy::http::HttpRequest {
             method: req.method,
             path: req.path,

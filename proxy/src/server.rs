@@ -21,7 +21,7 @@ use crate::body::{full, ResponseBody, WatchedBody};
 use crate::h1guard::{H1Guard, HeadClock};
 use crate::metrics::{Metrics, Verdict};
 use crate::normalize::normalize_path;
-use crate::policy::{Decision, PolicyHandle, RequestView};
+use crate::policy::{Decision, Direction, PolicyHandle, RequestView};
 use crate::upstream::Upstreams;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -111,6 +111,9 @@ pub enum Delivery {
         /// Where the application listens (normally 127.0.0.1).
         host: IpAddr,
     },
+    /// Transparent outbound capture: to the original destination itself, under the
+    /// endpoint's egress policy (remote identity from the destination address).
+    OriginalDestination,
 }
 
 /// Where one connection goes and the pooled clients that reach it.
@@ -118,6 +121,18 @@ pub enum Delivery {
 pub struct Route {
     target: SocketAddr,
     upstreams: Upstreams,
+    dir: Direction,
+}
+
+impl Route {
+    /// The address whose identity the policy looks at: the peer for ingress, the
+    /// destination for egress.
+    fn remote(&self, peer: SocketAddr) -> IpAddr {
+        match self.dir {
+            Direction::Ingress => peer_ip(peer),
+            Direction::Egress => peer_ip(self.target),
+        }
+    }
 }
 
 impl Shared {
@@ -126,8 +141,9 @@ impl Shared {
             Delivery::Upstream => Some(Route {
                 target: self.settings.upstream,
                 upstreams: self.upstreams.clone(),
+                dir: Direction::Ingress,
             }),
-            Delivery::OriginalPort { host } => {
+            Delivery::OriginalPort { .. } | Delivery::OriginalDestination => {
                 let local = stream.local_addr().ok()?;
                 let orig = crate::orig_dst::original_dst(stream).unwrap_or(local);
                 if orig == local {
@@ -135,7 +151,12 @@ impl Shared {
                     // would loop back here.
                     return None;
                 }
-                let target = SocketAddr::new(host, orig.port());
+                let (target, dir) = match delivery {
+                    Delivery::OriginalPort { host } => {
+                        (SocketAddr::new(host, orig.port()), Direction::Ingress)
+                    }
+                    _ => (orig, Direction::Egress),
+                };
                 let mut cache = self.capture_upstreams.lock().ok()?;
                 let upstreams = match cache.get(&target) {
                     Some(u) => u.clone(),
@@ -150,7 +171,11 @@ impl Shared {
                         u
                     }
                 };
-                Some(Route { target, upstreams })
+                Some(Route {
+                    target,
+                    upstreams,
+                    dir,
+                })
             }
         }
     }
@@ -282,7 +307,7 @@ async fn serve_connection(
     let l4 = shared
         .policy
         .load()
-        .check_l4(peer_ip(peer), route.target.port());
+        .check_l4(route.remote(peer), route.dir, route.target.port());
     if let Some(checked) = l4 {
         return splice(stream, peer, route.target, shared, checked).await;
     }
@@ -615,7 +640,8 @@ async fn handle(
     // One policy snapshot for the whole request.
     let policy = shared.policy.load();
     let decision = policy.check(
-        peer_ip(conn.peer),
+        conn.route.remote(conn.peer),
+        conn.route.dir,
         conn.route.target.port(),
         &RequestView {
             method: req.method().as_str(),

@@ -1,7 +1,9 @@
-//! Transparent inbound capture, privileged: two network namespaces joined by a veth pair; in
-//! the server namespace nftables REDIRECTs tcp/8080 to the capture listener, the proxy reads
-//! the original destination (SO_ORIGINAL_DST), enforces the policy of port 8080 and delivers
-//! to the application on 127.0.0.1:8080. Cleans up its namespaces even on failure.
+//! Transparent capture, privileged: two network namespaces joined by a veth pair and an
+//! nftables REDIRECT. Inbound: the proxy reads the original destination (SO_ORIGINAL_DST),
+//! enforces the ingress policy of that port and delivers to the application on loopback.
+//! Outbound: the application's connection to a remote address is redirected to the proxy,
+//! which enforces the egress policy for that destination and connects to it (the proxy runs
+//! as uid 1337, which the redirect exempts). Namespaces are removed even on failure.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -205,5 +207,152 @@ fn redirected_connections_get_the_policy_of_their_original_port() {
     // Dialling the capture port itself is not a redirected connection: closed, not looped.
     let (code, _) = curl_in(&client, &["http://10.251.7.2:15006/v1/x"]);
     assert_eq!(code, "000");
+    drop(env);
+}
+
+#[test]
+fn redirected_outbound_connections_get_the_egress_policy_of_their_destination() {
+    let id = std::process::id() % 100_000;
+    let (app, remote) = (format!("mbr-a-{id}"), format!("mbr-r-{id}"));
+    let dir = std::env::temp_dir().join(format!("membrane-capture-out-{id}"));
+    std::fs::create_dir_all(dir.join("v1")).unwrap();
+    let mut env = Env {
+        client: remote.clone(),
+        server: app.clone(),
+        children: vec![],
+        dir: dir.clone(),
+    };
+    let (va, vr) = (format!("mva{id}"), format!("mvr{id}"));
+    run(&["ip", "netns", "add", &app]);
+    run(&["ip", "netns", "add", &remote]);
+    run(&[
+        "ip", "link", "add", &va, "netns", &app, "type", "veth", "peer", "name", &vr, "netns",
+        &remote,
+    ]);
+    for (ns, dev, addr) in [
+        (&app, &va, "10.251.9.1/30"),
+        (&remote, &vr, "10.251.9.2/30"),
+    ] {
+        run(&["ip", "-n", ns, "addr", "add", addr, "dev", dev]);
+        run(&["ip", "-n", ns, "link", "set", dev, "up"]);
+        run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+    }
+    let rules = dir.join("capture.nft");
+    std::fs::write(
+        &rules,
+        "table ip membrane_capture_test {\n  chain output {\n    type nat hook output priority -100;\n    meta skuid 1337 return\n    tcp dport 8080 redirect to :15001\n  }\n}\n",
+    )
+    .unwrap();
+    run(&[
+        "ip",
+        "netns",
+        "exec",
+        &app,
+        "nft",
+        "-f",
+        rules.to_str().unwrap(),
+    ]);
+    std::fs::write(dir.join("v1/x"), "remote-file\n").unwrap();
+    env.children.push(
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &remote,
+                "python3",
+                "-m",
+                "http.server",
+                "8080",
+                "--bind",
+                "10.251.9.2",
+            ])
+            .arg("--directory")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let policy = dir.join("policy.yaml");
+    std::fs::write(
+        &policy,
+        [
+            "apiVersion: cilium.io/v2",
+            "kind: CiliumNetworkPolicy",
+            "metadata: {name: egress, namespace: default}",
+            "spec:",
+            "  endpointSelector: {matchLabels: {app: client}}",
+            "  egress:",
+            "  - toCIDR: [10.251.9.2/32]",
+            "    toPorts:",
+            "    - ports: [{port: \"8080\", protocol: TCP}]",
+            "      rules: {http: [{method: GET, path: /v1/.*}]}",
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    // Readable by the unprivileged proxy.
+    run(&["chmod", "-R", "a+rX", dir.to_str().unwrap()]);
+    env.children.push(
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &app,
+                "setpriv",
+                "--reuid",
+                "1337",
+                "--regid",
+                "1337",
+                "--clear-groups",
+            ])
+            .arg(env!("CARGO_BIN_EXE_membrane-proxy"))
+            .args([
+                "standalone",
+                "--listen",
+                "127.0.0.1:15100",
+                "--upstream",
+                "127.0.0.1:9",
+            ])
+            .args(["--capture-outbound", "0.0.0.0:15001"])
+            .args([
+                "--admin",
+                "127.0.0.1:15000",
+                "--metrics",
+                "127.0.0.1:15020",
+                "--health",
+                "127.0.0.1:15021",
+            ])
+            .args([
+                "--endpoint-labels",
+                "k8s:app=client",
+                "--access-log",
+                "false",
+            ])
+            .arg("--policy")
+            .arg(&policy)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let url = "http://10.251.9.2:8080/v1/x";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = (String::new(), String::new());
+    while Instant::now() < deadline {
+        last = curl_in(&app, &[url]);
+        if last.0 == "200" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        last,
+        ("200".to_owned(), "remote-file\n".to_owned()),
+        "allowed egress through capture"
+    );
+    let (code, body) = curl_in(&app, &["-X", "PUT", url]);
+    assert_eq!((code.as_str(), body.as_str()), ("403", "Access denied\r\n"));
+    let (code, _) = curl_in(&app, &["http://10.251.9.2:8080/other"]);
+    assert_eq!(code, "403");
     drop(env);
 }
