@@ -41,6 +41,10 @@ pub struct AdminState {
     pub listen: SocketAddr,
     /// Upstream address.
     pub upstream: SocketAddr,
+    /// Inbound capture listener, if enabled.
+    pub capture_inbound: Option<SocketAddr>,
+    /// Outbound capture listener, if enabled.
+    pub capture_outbound: Option<SocketAddr>,
     /// Admin address.
     pub admin: SocketAddr,
     /// Worker threads.
@@ -158,11 +162,14 @@ fn route(role: Role, st: &AdminState, req: Request<Incoming>) -> Response<Full<B
         (Role::Admin, "/config_dump") => json_reply(&config_dump(st)),
         (Role::Admin, "/listeners") => {
             if query_param(&req, "format") == Some("json") {
-                json_reply(&json!({"listener_statuses": [
-                    {"name": "inbound", "local_address": socket_address(st.listen)}
-                ]}))
+                let statuses: Vec<_> = listeners(st)
+                    .into_iter()
+                    .map(|(name, a)| json!({"name": name, "local_address": socket_address(a)}))
+                    .collect();
+                json_reply(&json!({ "listener_statuses": statuses }))
             } else {
-                reply(StatusCode::OK, "text/plain", format!("inbound::{}\n", st.listen))
+                let text: String = listeners(st).into_iter().map(|(name, a)| format!("{name}::{a}\n")).collect();
+                reply(StatusCode::OK, "text/plain", text)
             }
         }
         (Role::Admin, "/clusters") => {
@@ -273,6 +280,52 @@ fn server_info(st: &AdminState, ready: bool) -> serde_json::Value {
     })
 }
 
+/// The proxy's listeners under the names Istio gives them.
+fn listeners(st: &AdminState) -> Vec<(&'static str, SocketAddr)> {
+    let mut v = vec![("inbound", st.listen)];
+    if let Some(a) = st.capture_inbound {
+        v.push(("virtualInbound", a));
+    }
+    if let Some(a) = st.capture_outbound {
+        v.push(("virtualOutbound", a));
+    }
+    v
+}
+
+fn listener_json(name: &str, addr: SocketAddr, policy: &serde_json::Value) -> serde_json::Value {
+    let mut l = json!({
+        "@type": "type.googleapis.com/envoy.config.listener.v3.Listener",
+        "name": name,
+        "address": socket_address(addr),
+        "filter_chains": [{"filters": [{
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": name,
+                "codec_type": "AUTO",
+                "rds": {"route_config_name": "inbound"},
+                "http_filters": [
+                    {
+                        "name": "membrane.l7policy",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/google.protobuf.Struct",
+                            "value": policy
+                        }
+                    },
+                    {
+                        "name": "envoy.filters.http.router",
+                        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
+                    }
+                ]
+            }
+        }]}]
+    });
+    if name != "inbound" {
+        l["use_original_dst"] = json!(true);
+    }
+    l
+}
+
 fn config_dump(st: &AdminState) -> serde_json::Value {
     let updated = humantime::format_rfc3339_seconds(st.started_wall).to_string();
     let policy = st.policy.load();
@@ -288,36 +341,10 @@ fn config_dump(st: &AdminState) -> serde_json::Value {
         },
         {
             "@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump",
-            "static_listeners": [{
-                "listener": {
-                    "@type": "type.googleapis.com/envoy.config.listener.v3.Listener",
-                    "name": "inbound",
-                    "address": socket_address(st.listen),
-                    "filter_chains": [{"filters": [{
-                        "name": "envoy.filters.network.http_connection_manager",
-                        "typed_config": {
-                            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                            "stat_prefix": "inbound",
-                            "codec_type": "AUTO",
-                            "rds": {"route_config_name": "inbound"},
-                            "http_filters": [
-                                {
-                                    "name": "membrane.l7policy",
-                                    "typed_config": {
-                                        "@type": "type.googleapis.com/google.protobuf.Struct",
-                                        "value": policy.summary()
-                                    }
-                                },
-                                {
-                                    "name": "envoy.filters.http.router",
-                                    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
-                                }
-                            ]
-                        }
-                    }]}]
-                },
+            "static_listeners": listeners(st).into_iter().map(|(name, addr)| json!({
+                "listener": listener_json(name, addr, policy.summary()),
                 "last_updated": updated
-            }]
+            })).collect::<Vec<_>>()
         },
         {
             "@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump",

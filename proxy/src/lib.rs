@@ -138,6 +138,8 @@ pub async fn start(
     let admin = Arc::new(AdminState {
         listen: addrs.listen,
         upstream: cfg.upstream,
+        capture_inbound: addrs.capture_inbound,
+        capture_outbound: addrs.capture_outbound,
         admin: addrs.admin,
         concurrency: cfg.concurrency,
         endpoint_labels: cfg.endpoint_labels.clone(),

@@ -596,3 +596,37 @@ async fn binary_with_several_workers_serves_concurrent_clients() {
             .unwrap();
     assert!(status.expect("exited").success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capture_listeners_appear_under_istio_names() {
+    let p = start_proxy_with(&[
+        "--capture-inbound",
+        "127.0.0.1:0",
+        "--capture-outbound",
+        "127.0.0.1:0",
+    ])
+    .await;
+    let a = p.running.addrs;
+    let (cin, cout) = (a.capture_inbound.unwrap(), a.capture_outbound.unwrap());
+    let (_, l) = get(&format!("http://{}/listeners", a.admin)).await;
+    assert_eq!(
+        l,
+        format!(
+            "inbound::{}\nvirtualInbound::{cin}\nvirtualOutbound::{cout}\n",
+            a.listen
+        )
+    );
+    let (_, dump) = get(&format!("http://{}/config_dump", a.admin)).await;
+    let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
+    let ls = dump["configs"][1]["static_listeners"].as_array().unwrap();
+    assert_eq!(ls.len(), 3);
+    assert_eq!(ls[2]["listener"]["name"], "virtualOutbound");
+    assert_eq!(ls[2]["listener"]["use_original_dst"], true);
+    assert_eq!(
+        ls[2]["listener"]["address"]["socket_address"]["port_value"],
+        cout.port()
+    );
+    // A direct (not redirected) connection to a capture port is closed, not forwarded.
+    let (code, _, _) = curl(&[&format!("http://{cin}/v1/x")]).await;
+    assert_eq!(code, 0);
+}
