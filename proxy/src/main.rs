@@ -27,12 +27,17 @@ fn real_main() -> anyhow::Result<()> {
     // Access log: JSON lines on stdout. Diagnostics: JSON lines on stderr, filter reloadable
     // from the admin `/logging` endpoint.
     // The access log is written by a background thread so a slow stdout consumer never
-    // blocks the event loop; if it falls 128k lines behind, lines are dropped, not requests.
-    let (access_writer, _access_guard) =
-        tracing_appender::non_blocking::NonBlockingBuilder::default()
-            .buffered_lines_limit(128 * 1024)
+    // blocks the event loop; if it falls 16k lines behind, lines are dropped, not requests.
+    // The thread and its buffer (resident from the start) exist only when the log is on.
+    let (access_writer, _access_guard) = if cfg.access_log {
+        let (w, g) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+            .buffered_lines_limit(16 * 1024)
             .lossy(true)
             .finish(std::io::stdout());
+        (Some(w), Some(g))
+    } else {
+        (None, None)
+    };
     let diag_filter =
         EnvFilter::try_new(&cfg.log).with_context(|| format!("--log {:?}", cfg.log))?;
     let (diag_filter, reload_handle) = reload::Layer::new(diag_filter);
@@ -41,7 +46,12 @@ fn real_main() -> anyhow::Result<()> {
         .flatten_event(true)
         .with_current_span(false)
         .with_span_list(false)
-        .with_writer(access_writer)
+        .with_writer(move || -> Box<dyn std::io::Write> {
+            match &access_writer {
+                Some(w) => Box::new(w.clone()),
+                None => Box::new(std::io::sink()),
+            }
+        })
         .with_filter(filter::Targets::new().with_target("access", tracing::Level::INFO));
     let diag = tracing_subscriber::fmt::layer()
         .json()
