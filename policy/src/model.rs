@@ -221,6 +221,11 @@ pub struct AwsGroup {
 }
 
 /// `ingress[]`.
+///
+/// The four element types (`ingress`, `ingressDeny`, `egress`, `egressDeny`) repeat their
+/// shared peer fields on purpose: serde's `flatten` cannot be combined with
+/// `deny_unknown_fields`, and strict unknown-field errors matter more here than brevity.
+/// `rule::Element` gives compilation one view of all four.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct IngressRule {

@@ -352,6 +352,138 @@ enum Ports<'a> {
     Deny(&'a [model::PortDenyRule]),
 }
 
+/// What compilation needs from each of the four kinds of rule element (`ingress`,
+/// `ingressDeny`, `egress`, `egressDeny`), so one walk serves them all.
+trait Element {
+    /// The list's field name.
+    const LIST: &'static str;
+    /// An ingress list.
+    const INGRESS: bool;
+    /// A deny list.
+    const DENY: bool;
+    fn peers(&self) -> PeerFields<'_>;
+    fn ports(&self) -> Ports<'_>;
+    fn icmps(&self) -> Option<&[model::IcmpRule]>;
+    fn authentication(&self) -> Option<&model::Authentication> {
+        None
+    }
+}
+
+impl Element for model::IngressRule {
+    const LIST: &'static str = "ingress";
+    const INGRESS: bool = true;
+    const DENY: bool = false;
+    fn peers(&self) -> PeerFields<'_> {
+        PeerFields {
+            endpoints: self.from_endpoints.as_ref(),
+            requires: self.from_requires.as_ref(),
+            cidr: self.from_cidr.as_ref(),
+            cidr_set: self.from_cidr_set.as_ref(),
+            entities: self.from_entities.as_ref(),
+            nodes: self.from_nodes.as_ref(),
+            groups: self.from_groups.as_ref(),
+            ..Default::default()
+        }
+    }
+    fn ports(&self) -> Ports<'_> {
+        Ports::Allow(self.to_ports.as_deref().unwrap_or(&[]))
+    }
+    fn icmps(&self) -> Option<&[model::IcmpRule]> {
+        self.icmps.as_deref()
+    }
+    fn authentication(&self) -> Option<&model::Authentication> {
+        self.authentication.as_ref()
+    }
+}
+
+impl Element for model::IngressDenyRule {
+    const LIST: &'static str = "ingressDeny";
+    const INGRESS: bool = true;
+    const DENY: bool = true;
+    fn peers(&self) -> PeerFields<'_> {
+        PeerFields {
+            endpoints: self.from_endpoints.as_ref(),
+            requires: self.from_requires.as_ref(),
+            cidr: self.from_cidr.as_ref(),
+            cidr_set: self.from_cidr_set.as_ref(),
+            entities: self.from_entities.as_ref(),
+            nodes: self.from_nodes.as_ref(),
+            groups: self.from_groups.as_ref(),
+            ..Default::default()
+        }
+    }
+    fn ports(&self) -> Ports<'_> {
+        Ports::Deny(self.to_ports.as_deref().unwrap_or(&[]))
+    }
+    fn icmps(&self) -> Option<&[model::IcmpRule]> {
+        self.icmps.as_deref()
+    }
+}
+
+impl Element for model::EgressRule {
+    const LIST: &'static str = "egress";
+    const INGRESS: bool = false;
+    const DENY: bool = false;
+    fn peers(&self) -> PeerFields<'_> {
+        PeerFields {
+            endpoints: self.to_endpoints.as_ref(),
+            requires: self.to_requires.as_ref(),
+            cidr: self.to_cidr.as_ref(),
+            cidr_set: self.to_cidr_set.as_ref(),
+            entities: self.to_entities.as_ref(),
+            nodes: self.to_nodes.as_ref(),
+            groups: self.to_groups.as_ref(),
+            services: self.to_services.as_ref(),
+            fqdns: self.to_fqdns.as_ref(),
+        }
+    }
+    fn ports(&self) -> Ports<'_> {
+        Ports::Allow(self.to_ports.as_deref().unwrap_or(&[]))
+    }
+    fn icmps(&self) -> Option<&[model::IcmpRule]> {
+        self.icmps.as_deref()
+    }
+    fn authentication(&self) -> Option<&model::Authentication> {
+        self.authentication.as_ref()
+    }
+}
+
+impl Element for model::EgressDenyRule {
+    const LIST: &'static str = "egressDeny";
+    const INGRESS: bool = false;
+    const DENY: bool = true;
+    fn peers(&self) -> PeerFields<'_> {
+        PeerFields {
+            endpoints: self.to_endpoints.as_ref(),
+            requires: self.to_requires.as_ref(),
+            cidr: self.to_cidr.as_ref(),
+            cidr_set: self.to_cidr_set.as_ref(),
+            entities: self.to_entities.as_ref(),
+            nodes: self.to_nodes.as_ref(),
+            groups: self.to_groups.as_ref(),
+            services: self.to_services.as_ref(),
+            ..Default::default()
+        }
+    }
+    fn ports(&self) -> Ports<'_> {
+        Ports::Deny(self.to_ports.as_deref().unwrap_or(&[]))
+    }
+    fn icmps(&self) -> Option<&[model::IcmpRule]> {
+        self.icmps.as_deref()
+    }
+}
+
+/// The compiled elements of one rule, and what their compilation shares.
+#[derive(Default)]
+struct ElementLists {
+    host_policy: bool,
+    matches_init: bool,
+    ingress: Vec<DirRule>,
+    egress: Vec<DirRule>,
+    requires_ingress: Vec<Selector>,
+    requires_egress: Vec<Selector>,
+}
+
 impl Cx {
     fn err(&mut self, path: &str, message: String) {
         self.errors.push(FieldError {
@@ -410,122 +542,22 @@ impl Cx {
             None => false,
         };
 
-        let mut ingress = Vec::new();
-        let mut egress = Vec::new();
-        let mut requires_ingress = Vec::new();
-        let mut requires_egress = Vec::new();
-        for (i, e) in r.ingress.iter().flatten().enumerate() {
-            let p = format!("{path}.ingress[{i}]");
-            let peers = PeerFields {
-                endpoints: e.from_endpoints.as_ref(),
-                requires: e.from_requires.as_ref(),
-                cidr: e.from_cidr.as_ref(),
-                cidr_set: e.from_cidr_set.as_ref(),
-                entities: e.from_entities.as_ref(),
-                nodes: e.from_nodes.as_ref(),
-                groups: e.from_groups.as_ref(),
-                ..Default::default()
-            };
-            let ports = Ports::Allow(e.to_ports.as_deref().unwrap_or(&[]));
-            let auth = self.auth(&p, e.authentication.as_ref());
-            let dr = self.dir_rule(
-                &p,
-                true,
-                false,
-                &peers,
-                ports,
-                e.icmps.as_deref(),
-                auth,
-                host_policy,
-                matches_init,
-                &mut requires_ingress,
-            );
-            ingress.extend(dr);
-        }
-        for (i, e) in r.ingress_deny.iter().flatten().enumerate() {
-            let p = format!("{path}.ingressDeny[{i}]");
-            let peers = PeerFields {
-                endpoints: e.from_endpoints.as_ref(),
-                requires: e.from_requires.as_ref(),
-                cidr: e.from_cidr.as_ref(),
-                cidr_set: e.from_cidr_set.as_ref(),
-                entities: e.from_entities.as_ref(),
-                nodes: e.from_nodes.as_ref(),
-                groups: e.from_groups.as_ref(),
-                ..Default::default()
-            };
-            let ports = Ports::Deny(e.to_ports.as_deref().unwrap_or(&[]));
-            let dr = self.dir_rule(
-                &p,
-                true,
-                true,
-                &peers,
-                ports,
-                e.icmps.as_deref(),
-                None,
-                host_policy,
-                matches_init,
-                &mut requires_ingress,
-            );
-            ingress.extend(dr);
-        }
-        for (i, e) in r.egress.iter().flatten().enumerate() {
-            let p = format!("{path}.egress[{i}]");
-            let peers = PeerFields {
-                endpoints: e.to_endpoints.as_ref(),
-                requires: e.to_requires.as_ref(),
-                cidr: e.to_cidr.as_ref(),
-                cidr_set: e.to_cidr_set.as_ref(),
-                entities: e.to_entities.as_ref(),
-                nodes: e.to_nodes.as_ref(),
-                groups: e.to_groups.as_ref(),
-                services: e.to_services.as_ref(),
-                fqdns: e.to_fqdns.as_ref(),
-            };
-            let ports = Ports::Allow(e.to_ports.as_deref().unwrap_or(&[]));
-            let auth = self.auth(&p, e.authentication.as_ref());
-            let dr = self.dir_rule(
-                &p,
-                false,
-                false,
-                &peers,
-                ports,
-                e.icmps.as_deref(),
-                auth,
-                host_policy,
-                matches_init,
-                &mut requires_egress,
-            );
-            egress.extend(dr);
-        }
-        for (i, e) in r.egress_deny.iter().flatten().enumerate() {
-            let p = format!("{path}.egressDeny[{i}]");
-            let peers = PeerFields {
-                endpoints: e.to_endpoints.as_ref(),
-                requires: e.to_requires.as_ref(),
-                cidr: e.to_cidr.as_ref(),
-                cidr_set: e.to_cidr_set.as_ref(),
-                entities: e.to_entities.as_ref(),
-                nodes: e.to_nodes.as_ref(),
-                groups: e.to_groups.as_ref(),
-                services: e.to_services.as_ref(),
-                ..Default::default()
-            };
-            let ports = Ports::Deny(e.to_ports.as_deref().unwrap_or(&[]));
-            let dr = self.dir_rule(
-                &p,
-                false,
-                true,
-                &peers,
-                ports,
-                e.icmps.as_deref(),
-                None,
-                host_policy,
-                matches_init,
-                &mut requires_egress,
-            );
-            egress.extend(dr);
-        }
+        let mut lists = ElementLists {
+            host_policy,
+            matches_init,
+            ..Default::default()
+        };
+        self.elements(path, r.ingress.as_deref(), &mut lists);
+        self.elements(path, r.ingress_deny.as_deref(), &mut lists);
+        self.elements(path, r.egress.as_deref(), &mut lists);
+        self.elements(path, r.egress_deny.as_deref(), &mut lists);
+        let ElementLists {
+            ingress,
+            egress,
+            requires_ingress,
+            requires_egress,
+            ..
+        } = lists;
         for (i, l) in r.labels.iter().flatten().enumerate() {
             if l.key.is_empty() {
                 self.err(
@@ -556,6 +588,36 @@ impl Cx {
             requires_ingress,
             requires_egress,
         })
+    }
+
+    /// Compiles every element of one of the four rule lists into `out`.
+    fn elements<E: Element>(&mut self, path: &str, list: Option<&[E]>, out: &mut ElementLists) {
+        for (i, e) in list.unwrap_or(&[]).iter().enumerate() {
+            let p = format!("{path}.{}[{i}]", E::LIST);
+            let auth = self.auth(&p, e.authentication());
+            let requires = if E::INGRESS {
+                &mut out.requires_ingress
+            } else {
+                &mut out.requires_egress
+            };
+            let compiled = self.dir_rule(
+                &p,
+                E::INGRESS,
+                E::DENY,
+                &e.peers(),
+                e.ports(),
+                e.icmps(),
+                auth,
+                out.host_policy,
+                out.matches_init,
+                requires,
+            );
+            if E::INGRESS {
+                out.ingress.extend(compiled);
+            } else {
+                out.egress.extend(compiled);
+            }
+        }
     }
 
     fn auth(&mut self, path: &str, a: Option<&model::Authentication>) -> Option<String> {
