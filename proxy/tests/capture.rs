@@ -291,7 +291,10 @@ fn redirected_outbound_connections_get_the_egress_policy_of_their_destination() 
         .join("\n"),
     )
     .unwrap();
-    // Readable by the unprivileged proxy.
+    // The unprivileged proxy must be able to read its files and execute its binary; the
+    // build's target directory may sit under a home directory it cannot enter (/root).
+    let binary = dir.join("membrane-proxy");
+    std::fs::copy(env!("CARGO_BIN_EXE_membrane-proxy"), &binary).unwrap();
     run(&["chmod", "-R", "a+rX", dir.to_str().unwrap()]);
     env.children.push(
         Command::new("ip")
@@ -306,7 +309,7 @@ fn redirected_outbound_connections_get_the_egress_policy_of_their_destination() 
                 "1337",
                 "--clear-groups",
             ])
-            .arg(env!("CARGO_BIN_EXE_membrane-proxy"))
+            .arg(&binary)
             .args([
                 "standalone",
                 "--listen",
