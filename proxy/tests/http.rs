@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -454,18 +454,29 @@ async fn upstream_down_is_503() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn http2_client_sees_no_connection_specific_headers() {
-    // An HTTP/1.1 upstream answers with hop-by-hop headers; they must not reach an h2 client
-    // (h2 clients reject them as malformed).
+async fn hop_by_hop_response_headers_are_not_forwarded() {
+    // The HTTP/1.1 upstream answers with `connection: x-hop`, `x-hop` and `keep-alive`; no
+    // client may see them, over HTTP/1.1 or HTTP/2 (where they would be malformed).
     let p = start_proxy_with(&["--upstream-protocol", "http1"]).await;
+    let (code, headers, _) = curl(&["-H", "x-send-hop: 1", &p.url("/v1/x")]).await;
+    assert_eq!(code, 200);
+    assert!(headers.contains("x-seen-path: /v1/x"), "{headers}");
+    for h in ["x-hop:", "keep-alive:", "connection: x-hop"] {
+        assert!(
+            !headers.contains(h),
+            "{h} forwarded over HTTP/1.1: {headers}"
+        );
+    }
     let mut send = h2_client(&p).await;
     let req = http::Request::get(format!("http://{}/v1/x", p.addr()))
+        .header("x-send-hop", "1")
         .body(Full::new(Bytes::new()))
         .unwrap();
     let resp = send.send_request(req).await.unwrap();
     assert_eq!(resp.status(), 200);
-    assert!(resp.headers().get("connection").is_none());
-    let _ = Empty::<Bytes>::new();
+    for h in ["connection", "x-hop", "keep-alive"] {
+        assert!(resp.headers().get(h).is_none(), "{h} forwarded over HTTP/2");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

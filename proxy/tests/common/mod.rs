@@ -92,6 +92,14 @@ async fn backend_handle(mut req: Request<Incoming>) -> Result<Response<BoxBody>,
             .insert("connection", HeaderValue::from_static("upgrade"));
         return Ok(r);
     }
+    if let Some(ms) = req
+        .headers()
+        .get("x-delay-ms")
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+    {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    let send_hop = req.headers().contains_key("x-send-hop");
     let grpc = req
         .headers()
         .get("content-type")
@@ -120,6 +128,15 @@ async fn backend_handle(mut req: Request<Incoming>) -> Result<Response<BoxBody>,
         Response::new(Full::new(body).boxed())
     };
     r.headers_mut().extend(h);
+    if send_hop {
+        // Hop-by-hop headers a proxy must not pass on: `connection` names `x-hop`.
+        r.headers_mut()
+            .insert("connection", HeaderValue::from_static("x-hop"));
+        r.headers_mut()
+            .insert("x-hop", HeaderValue::from_static("1"));
+        r.headers_mut()
+            .insert("keep-alive", HeaderValue::from_static("timeout=5"));
+    }
     Ok(r)
 }
 
