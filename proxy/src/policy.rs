@@ -42,8 +42,11 @@ pub enum Decision {
 /// A verdict with the remote identity it was computed for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checked {
-    /// Numeric identity of the peer (ipcache lookup).
+    /// Numeric identity of the remote side (ipcache lookup of the peer for ingress, of the
+    /// destination for egress).
     pub remote_identity: u32,
+    /// Numeric identity of the endpoint the policy is enforced for (0 when unknown).
+    pub local_identity: u32,
     /// The verdict.
     pub decision: Decision,
 }
@@ -305,6 +308,7 @@ pub fn load(cfg: &crate::config::Config) -> Result<Enforcer, LoadError> {
             };
             Some(Checked {
                 remote_identity: remote.0,
+                local_identity: identity.0,
                 decision,
             })
         }))
@@ -336,6 +340,7 @@ pub fn load(cfg: &crate::config::Config) -> Result<Enforcer, LoadError> {
         };
         Checked {
             remote_identity: remote.0,
+            local_identity: identity.0,
             decision,
         }
     };

@@ -522,7 +522,10 @@ fn wants_upgrade(req: &Request<Incoming>) -> bool {
 struct AccessEntry<'a> {
     kind: &'static str,
     peer: SocketAddr,
-    src_identity: u32,
+    /// Where the request goes (upstream or original destination).
+    dst: SocketAddr,
+    /// (source, destination) identities.
+    identities: (u32, u32),
     method: &'a str,
     path: &'a str,
     host: &'a str,
@@ -536,7 +539,9 @@ fn access_log(e: &AccessEntry<'_>) {
         target: "access",
         r#type = e.kind,
         src = %e.peer,
-        src_identity = e.src_identity,
+        dst = %e.dst,
+        src_identity = e.identities.0,
+        dst_identity = e.identities.1,
         method = e.method,
         path = e.path,
         host = e.host,
@@ -588,7 +593,8 @@ async fn handle(
             access_log(&AccessEntry {
                 kind: "Denied",
                 peer: conn.peer,
-                src_identity: identity,
+                dst: conn.route.target,
+                identities: (identity, 0),
                 method: req.method().as_str(),
                 path: req.uri().path(),
                 host: host.as_deref().unwrap_or(""),
@@ -651,6 +657,10 @@ async fn handle(
         },
     );
     let src_identity = decision.remote_identity;
+    let identities = match conn.route.dir {
+        Direction::Ingress => (decision.remote_identity, decision.local_identity),
+        Direction::Egress => (decision.local_identity, decision.remote_identity),
+    };
     let (allowed_by, header_actions) = match decision.decision {
         Decision::Deny { decided_by } => {
             let detail = s.deny_detail_header.then_some(decided_by.as_str());
@@ -662,7 +672,8 @@ async fn handle(
                 access_log(&AccessEntry {
                     kind: "Denied",
                     peer: conn.peer,
-                    src_identity,
+                    dst: conn.route.target,
+                    identities,
                     method: req.method().as_str(),
                     path: &path_and_query,
                     host: host.as_deref().unwrap_or(""),
@@ -746,7 +757,8 @@ async fn handle(
         access_log(&AccessEntry {
             kind: "Request",
             peer: conn.peer,
-            src_identity,
+            dst: conn.route.target,
+            identities,
             method: &method,
             path: &path_and_query,
             host: host.as_deref().unwrap_or(""),
@@ -810,7 +822,8 @@ async fn handle(
         access_log(&AccessEntry {
             kind: "Response",
             peer: conn.peer,
-            src_identity,
+            dst: conn.route.target,
+            identities,
             method: &method,
             path: &path_and_query,
             host: host.as_deref().unwrap_or(""),

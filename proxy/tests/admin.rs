@@ -371,6 +371,12 @@ async fn binary_logs_json_access_entries_and_drains_on_sigterm() {
     assert_eq!(entries[1]["path"], "/v1/x");
     assert_eq!(entries[1]["src_identity"], 1, "loopback is reserved:host");
     assert!(
+        entries[1]["dst_identity"].as_u64().unwrap() >= 256,
+        "endpoint identity: {}",
+        entries[1]
+    );
+    assert_eq!(entries[1]["dst"], backend.to_string());
+    assert!(
         entries[1]["decided_by"]
             .as_str()
             .unwrap()
