@@ -1,9 +1,11 @@
 //! `membrane`: the operator CLI.
 //!
-//! Verbs: `policy validate` and `policy trace` (the policy engine, offline). It owns argument
+//! Verbs: `policy validate` and `policy trace` (the policy engine, offline), and
+//! `bpf sockmap list` (the node's pinned datapath). It owns argument
 //! parsing, file reading and output formatting; all policy semantics live in
 //! `membrane-policy`.
 
+mod bpf_cmd;
 mod policy_cmd;
 
 use clap::{Parser, Subcommand};
@@ -22,12 +24,16 @@ enum Command {
     /// Validate and trace CiliumNetworkPolicy / CiliumClusterwideNetworkPolicy objects.
     #[command(subcommand)]
     Policy(policy_cmd::PolicyCommand),
+    /// Inspect the node's eBPF datapath.
+    #[command(subcommand)]
+    Bpf(bpf_cmd::BpfCommand),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Policy(cmd) => policy_cmd::run(cmd),
+        Command::Bpf(cmd) => bpf_cmd::run(cmd),
     };
     match result {
         Ok(code) => code,

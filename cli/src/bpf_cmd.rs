@@ -1,0 +1,70 @@
+//! `membrane bpf ...`: what the node's datapath holds, read from its pinned maps.
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use membrane_datapath::{Datapath, DEFAULT_BPFFS_DIR};
+use serde::Serialize;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use crate::policy_cmd::Output;
+
+#[derive(Debug, Subcommand)]
+pub enum BpfCommand {
+    /// The sockmap: app ↔ sidecar socket pairs spliced by sk_msg.
+    #[command(subcommand)]
+    Sockmap(SockmapCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SockmapCommand {
+    /// List the spliced socket pairs.
+    List(ListArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Where membrane-agent pinned the datapath.
+    #[arg(long, env = "MEMBRANE_BPFFS", default_value = DEFAULT_BPFFS_DIR)]
+    bpffs: PathBuf,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value = "text")]
+    output: Output,
+}
+
+#[derive(Debug, Serialize)]
+struct Pair {
+    a_local: String,
+    a_remote: String,
+    b_local: String,
+    b_remote: String,
+}
+
+pub fn run(cmd: BpfCommand) -> Result<ExitCode> {
+    let BpfCommand::Sockmap(SockmapCommand::List(a)) = cmd;
+    let dp = Datapath::open(&a.bpffs).with_context(|| format!("--bpffs {}", a.bpffs.display()))?;
+    let pairs: Vec<Pair> = dp
+        .spliced_pairs()
+        .context("reading the sockmap")?
+        .into_iter()
+        .map(|(x, y)| Pair {
+            a_local: x.local.to_string(),
+            a_remote: x.remote.to_string(),
+            b_local: y.local.to_string(),
+            b_remote: y.remote.to_string(),
+        })
+        .collect();
+    match a.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&pairs)?),
+        Output::Text => {
+            for p in &pairs {
+                println!(
+                    "{} -> {}  <=>  {} -> {}",
+                    p.a_local, p.a_remote, p.b_local, p.b_remote
+                );
+            }
+            println!("{} spliced pairs", pairs.len());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,136 @@
+//! `membrane bpf sockmap list` against a real datapath: attached to a cgroup of this test's
+//! own, with a connected socket pair inside a network namespace of its own (root only, as
+//! CI runs; everything is removed on drop, also when the test fails).
+
+use membrane_datapath::{cgroup2_mount, ensure_bpffs, Datapath, Settings};
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+struct Guard {
+    cgroup: PathBuf,
+    bpffs: PathBuf,
+    netns: String,
+    child: Option<Child>,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if let Ok(dp) = Datapath::open(&self.bpffs) {
+            let _ = dp.detach(&self.cgroup);
+        }
+        let _ = std::fs::remove_dir_all(&self.bpffs);
+        for _ in 0..100 {
+            if !self.cgroup.exists() || std::fs::remove_dir(&self.cgroup).is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .output();
+    }
+}
+
+// A server and a client in one process, connected over loopback, held open until killed.
+const PAIR: &str = r#"
+import socket, sys, time
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(1)
+cli = socket.create_connection(srv.getsockname())
+acc, _ = srv.accept()
+cli.sendall(b"x"); acc.recv(1)
+print(srv.getsockname()[1], flush=True)
+time.sleep(60)
+"#;
+
+#[test]
+fn sockmap_list_shows_the_spliced_pair() {
+    let name = format!("membrane-cli-test-{}", std::process::id());
+    let root = cgroup2_mount().expect("a cgroup2 mount");
+    let mut g = Guard {
+        cgroup: root.join(&name),
+        bpffs: PathBuf::from("/sys/fs/bpf").join(&name),
+        netns: name.clone(),
+        child: None,
+    };
+    ensure_bpffs(&g.bpffs).unwrap();
+    std::fs::create_dir(&g.cgroup).unwrap();
+    assert!(Command::new("ip")
+        .args(["netns", "add", &g.netns])
+        .status()
+        .unwrap()
+        .success());
+    assert!(Command::new("ip")
+        .args(["-n", &g.netns, "link", "set", "lo", "up"])
+        .status()
+        .unwrap()
+        .success());
+    Datapath::attach(&g.bpffs, &g.cgroup, &Settings::default()).unwrap();
+
+    // Join the cgroup first, then the netns, then run the pair.
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && exec ip netns exec {} python3 -c '{}'",
+        g.cgroup.display(),
+        g.netns,
+        PAIR
+    );
+    let mut child = Command::new("sh")
+        .args(["-c", &script])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    g.child = Some(child);
+    let port = line.trim().to_string();
+    assert!(port.parse::<u16>().is_ok(), "pair did not start: {line:?}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_membrane"))
+        .args([
+            "bpf",
+            "sockmap",
+            "list",
+            "-o",
+            "json",
+            "--bpffs",
+            g.bpffs.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pairs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let server = format!("127.0.0.1:{port}");
+    let found = pairs
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["a_local"] == server.as_str() || p["b_local"] == server.as_str());
+    assert!(found, "the pair on port {port} is not listed: {pairs}");
+}
+
+#[test]
+fn sockmap_list_without_a_datapath_says_so() {
+    let out = Command::new(env!("CARGO_BIN_EXE_membrane"))
+        .args([
+            "bpf",
+            "sockmap",
+            "list",
+            "--bpffs",
+            "/sys/fs/bpf/membrane-cli-test-absent",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no membrane datapath is pinned here"), "{err}");
+}
