@@ -18,10 +18,11 @@ demo: deps
 	$(CARGO) build --release -p membrane-cli -p membrane-proxy
 	./scripts/demo.sh
 
+# Doc tests first, so the run closes on nextest's summary of every test.
 test: deps
 	$(CARGO) build --workspace --bins
-	$(CARGO) nextest run --workspace --no-fail-fast
 	$(CARGO) test --workspace --doc
+	$(CARGO) nextest run --workspace --no-fail-fast
 
 lint:
 	$(CARGO) fmt --all -- --check
