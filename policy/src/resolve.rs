@@ -668,9 +668,12 @@ impl Repository {
 
 /// Whether a rule's subject selects an endpoint with these labels.
 pub fn subject_selects(subject: &Subject, labels: &LabelSet) -> bool {
+    // The host endpoint is policed only by host policies (nodeSelector); an endpointSelector,
+    // even `{}` in a cluster-wide policy, selects pods.
+    let host = labels.has_key(SOURCE_RESERVED, "host");
     match subject {
-        Subject::Endpoints(s) => s.matches(labels),
-        Subject::Nodes(s) => labels.has_key(SOURCE_RESERVED, "host") && s.matches(labels),
+        Subject::Endpoints(s) => !host && s.matches(labels),
+        Subject::Nodes(s) => host && s.matches(labels),
     }
 }
 

@@ -496,6 +496,57 @@ spec:
 }
 
 #[test]
+fn host_is_policed_by_node_selectors_only() {
+    let ccnp_all_pods = policies(&["apiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata: {name: pods}\nspec:\n  endpointSelector: {}\n  ingress: [{}]\n"]);
+    check(
+        "endpointSelector {} leaves the host alone",
+        &run(&ccnp_all_pods, &flow(XWING, "reserved:host", 22)),
+        "allowed",
+        "",
+    );
+    check(
+        "but selects pods",
+        &run(&ccnp_all_pods, &flow(XWING, DEATHSTAR, 22)),
+        "denied",
+        "",
+    );
+    let host = policies(&[r#"
+apiVersion: cilium.io/v2
+kind: CiliumClusterwideNetworkPolicy
+metadata: {name: host-fw}
+spec:
+  nodeSelector: {}
+  ingress:
+  - fromEntities: [cluster]
+    toPorts: [{ports: [{port: "22", protocol: TCP}]}]
+"#]);
+    check(
+        "host policy allows the cluster",
+        &run(&host, &flow(XWING, "reserved:host", 22)),
+        "allowed",
+        "host-fw spec.ingress[0]",
+    );
+    check(
+        "host policy denies the world",
+        &run(
+            &host,
+            &Flow {
+                src_ip: Some("8.8.8.8"),
+                ..flow("reserved:world", "reserved:host", 22)
+            },
+        ),
+        "denied",
+        "",
+    );
+    check(
+        "host policy does not select pods",
+        &run(&host, &flow("reserved:world", DEATHSTAR, 22)),
+        "allowed",
+        "",
+    );
+}
+
+#[test]
 fn entities() {
     let mk = |e: &str| {
         format!(
