@@ -6,11 +6,22 @@
  * Left alone: loopback destinations, excluded ports and prefixes, the
  * proxy's own connects (by uid or by SO_MARK), non-TCP sockets, and
  * everything while capture is off.
+ *
+ * Before any of that, with policy enforcement on, the L3/L4 decision for
+ * (pod identity, destination identity, destination port) is made on the
+ * destination the socket asked for; a TCP connect without a current ALLOW
+ * is refused (connect() fails with EPERM) and counted as refused. This
+ * holds for the proxy's own connects too: no path skips L3/L4 policy.
  */
 #include "lib/common.h"
 #include "lib/counters.h"
 #include "lib/config.h"
 #include "lib/capture.h"
+#include "lib/policy.h"
+
+/* Verdicts of a cgroup sock_addr program. */
+#define MB_CONNECT_REFUSE 0  /* the kernel fails connect() with EPERM */
+#define MB_CONNECT_PROCEED 1 /* the (possibly rewritten) connect goes on */
 
 #ifndef SOCK_STREAM
 #define SOCK_STREAM 1
@@ -54,26 +65,48 @@ static __always_inline void mb_remember(struct bpf_sock_addr *ctx, struct mb_add
 	mb_count(prog, MB_CNT_REDIRECTED, 0);
 }
 
+/* The L3/L4 verdict for a connect to `dst` (counted when refused). */
+static __always_inline int mb_connect_verdict(struct bpf_sock_addr *ctx, __u32 prog,
+					      const struct mb_config *cfg,
+					      const struct mb_addr_port *dst)
+{
+	/* The policy map holds TCP decisions only. */
+	if (ctx->type != SOCK_STREAM || mb_policy_allows_connect(cfg, dst))
+		return MB_CONNECT_PROCEED;
+	mb_count(prog, MB_CNT_REFUSED, 0);
+	return MB_CONNECT_REFUSE;
+}
+
+/* 1 when an allowed connect to `dst` is steered to the proxy (recorded). */
+static __always_inline int mb_steer(struct bpf_sock_addr *ctx, __u32 prog,
+				    const struct mb_config *cfg, struct mb_addr_port *dst)
+{
+	if (!mb_should_steer(ctx, prog, cfg))
+		return 0;
+	if (mb_addr_is_loopback(dst->ip, dst->family) || mb_capture_excluded(dst)) {
+		mb_count(prog, MB_CNT_FALLBACK, 0);
+		return 0;
+	}
+	mb_remember(ctx, dst, prog);
+	return 1;
+}
+
 SEC("cgroup/connect4")
 int mb_connect4(struct bpf_sock_addr *ctx)
 {
 	const struct mb_config *cfg = mb_config_get();
 	struct mb_addr_port orig = {};
+	int verdict;
 
-	if (!mb_should_steer(ctx, MB_PROG_CONNECT4, cfg) || !cfg)
-		return 1;
 	orig.ip[0] = ctx->user_ip4;
 	orig.port = bpf_ntohs((__u16)ctx->user_port);
 	orig.family = MB_AF_INET;
-	if (mb_addr_is_loopback(orig.ip, orig.family) || mb_capture_excluded(&orig)) {
-		mb_count(MB_PROG_CONNECT4, MB_CNT_FALLBACK, 0);
-		return 1;
+	verdict = mb_connect_verdict(ctx, MB_PROG_CONNECT4, cfg, &orig);
+	if (verdict == MB_CONNECT_PROCEED && cfg && mb_steer(ctx, MB_PROG_CONNECT4, cfg, &orig)) {
+		ctx->user_ip4 = cfg->capture_ip4;
+		ctx->user_port = bpf_htons(cfg->outbound_port);
 	}
-	mb_remember(ctx, &orig, MB_PROG_CONNECT4);
-	ctx->user_ip4 = cfg->capture_ip4;
-	ctx->user_port = bpf_htons(cfg->outbound_port);
-	/* 1 = let the (rewritten) connect proceed. */
-	return 1;
+	return verdict;
 }
 
 SEC("cgroup/connect6")
@@ -82,20 +115,17 @@ int mb_connect6(struct bpf_sock_addr *ctx)
 	const struct mb_config *cfg = mb_config_get();
 	struct mb_addr_port orig = {};
 	__u32 ip6[4];
+	int verdict;
 
-	if (!mb_should_steer(ctx, MB_PROG_CONNECT6, cfg) || !cfg)
-		return 1;
 	ip6[0] = ctx->user_ip6[0];
 	ip6[1] = ctx->user_ip6[1];
 	ip6[2] = ctx->user_ip6[2];
 	ip6[3] = ctx->user_ip6[3];
 	orig.family = mb_addr_set(orig.ip, AF_INET6, 0, ip6);
 	orig.port = bpf_ntohs((__u16)ctx->user_port);
-	if (mb_addr_is_loopback(orig.ip, orig.family) || mb_capture_excluded(&orig)) {
-		mb_count(MB_PROG_CONNECT6, MB_CNT_FALLBACK, 0);
-		return 1;
-	}
-	mb_remember(ctx, &orig, MB_PROG_CONNECT6);
+	verdict = mb_connect_verdict(ctx, MB_PROG_CONNECT6, cfg, &orig);
+	if (verdict != MB_CONNECT_PROCEED || !cfg || !mb_steer(ctx, MB_PROG_CONNECT6, cfg, &orig))
+		return verdict;
 	if (orig.family == MB_AF_INET) {
 		/* A dual-stack socket going to IPv4: the proxy at ::ffff:capture_ip4. */
 		ctx->user_ip6[0] = 0;
@@ -109,5 +139,5 @@ int mb_connect6(struct bpf_sock_addr *ctx)
 		ctx->user_ip6[3] = bpf_htonl(1);
 	}
 	ctx->user_port = bpf_htons(cfg->outbound_port);
-	return 1;
+	return verdict;
 }

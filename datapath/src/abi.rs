@@ -70,8 +70,10 @@ pub struct MbCounters {
     pub fallbacks: u64,
     /// Nothing to do: peer not found, not local, unknown socket.
     pub misses: u64,
+    /// Connects refused with EPERM by the L3/L4 policy (connect4/6 only).
+    pub refused: u64,
 }
-const _: () = assert!(size_of::<MbCounters>() == 32);
+const _: () = assert!(size_of::<MbCounters>() == 40);
 
 /// `struct mb_config`: the single row of the config array.
 #[repr(C)]
@@ -93,8 +95,8 @@ pub struct MbConfig {
     pub inbound_port: u16,
     /// How long a learned plain-path hint holds, seconds; 0 = 600.
     pub hint_ttl_secs: u32,
-    /// Explicit padding, zero.
-    pub pad: u32,
+    /// Identity of the pod that owns the cgroup (source of its connects); 0 = unknown.
+    pub pod_identity: u32,
 }
 const _: () = assert!(size_of::<MbConfig>() == 32);
 

@@ -169,8 +169,13 @@ impl Default for Capture {
 pub struct Settings {
     /// Outbound capture, or `None` to leave connects alone.
     pub capture: Option<Capture>,
-    /// Splice only pairs with a current ALLOW decision in the policy map.
+    /// Enforce the L3/L4 policy map: a connect without a current ALLOW
+    /// decision fails with EPERM, and only allowed pairs are spliced.
     pub policy_enforce: bool,
+    /// Identity of the pod that owns the cgroup: the source identity of its
+    /// connects in the connect-time policy decision. 0 = unknown (then only
+    /// "any source" decisions can match).
+    pub pod_identity: u32,
     /// How long a learned "splicing loses for this service" hint holds, in
     /// seconds; 0 = the kernel side's default (600).
     pub hint_ttl_secs: u32,
@@ -188,6 +193,7 @@ impl Settings {
             inbound_port: 15006,
             policy_revision: self.policy_revision,
             hint_ttl_secs: self.hint_ttl_secs,
+            pod_identity: self.pod_identity,
             ..MbConfig::default()
         };
         if self.policy_enforce {
@@ -220,6 +226,8 @@ pub struct ProgCounters {
     pub fallbacks: u64,
     /// Nothing to do.
     pub misses: u64,
+    /// Connects refused with EPERM by the L3/L4 policy (connect4/6).
+    pub refused: u64,
 }
 
 /// One side of a spliced connection as the sockhash holds it.
@@ -532,6 +540,7 @@ impl Datapath {
                 c.redirected_bytes += v.redirected_bytes;
                 c.fallbacks += v.fallbacks;
                 c.misses += v.misses;
+                c.refused += v.refused;
             }
             out.push(c);
         }

@@ -29,7 +29,14 @@ fn rust_layouts() -> BTreeMap<&'static str, Layout> {
         ),
         (
             "mb_counters",
-            layout!(MbCounters, redirected, redirected_bytes, fallbacks, misses),
+            layout!(
+                MbCounters,
+                redirected,
+                redirected_bytes,
+                fallbacks,
+                misses,
+                refused
+            ),
         ),
         (
             "mb_config",
@@ -43,7 +50,7 @@ fn rust_layouts() -> BTreeMap<&'static str, Layout> {
                 outbound_port,
                 inbound_port,
                 hint_ttl_secs,
-                pad
+                pod_identity
             ),
         ),
         ("mb_addr_port", layout!(MbAddrPort, ip, port, family, pad)),

@@ -1,6 +1,8 @@
-//! Privileged: policy-aware splice. With enforcement on, a pair is spliced
-//! only with an ALLOW decision at the current revision; a denied pair stays
-//! on the plain path, and bumping the revision invalidates old decisions.
+//! Privileged: L3/L4 policy at connect and establish time. With enforcement
+//! on, a connect from the pod without a current ALLOW for (pod identity,
+//! destination identity, port) fails with EPERM; an allowed one connects and
+//! is spliced; bumping the revision re-decides; a denied pair that reaches
+//! the pod from outside its cgroup is never spliced.
 
 mod common;
 
@@ -8,7 +10,10 @@ use common::Env;
 use membrane_datapath::Settings;
 
 const ID: u32 = 4242;
+const REFUSED: &str = "connect error kind=PermissionDenied errno=1\n";
+const OK: &str = "connect ok\n";
 
+/// Echo 2 MiB from inside the pod; returns the loopback packets it took.
 fn echo(env: &Env, port: u16) -> u64 {
     let before = env.lo_tx_packets();
     let addr = format!("127.0.0.1:{port}");
@@ -17,12 +22,21 @@ fn echo(env: &Env, port: u16) -> u64 {
     env.lo_tx_packets() - before
 }
 
+fn probe(env: &Env, addr: &str) -> String {
+    env.client(&["probe", "--connect", addr])
+}
+
+fn refused(dp: &membrane_datapath::Datapath, prog: &str) -> u64 {
+    dp.counters_of(prog).unwrap().refused
+}
+
 #[test]
-fn denied_pair_is_not_spliced_and_revision_bump_invalidates() {
+fn denied_flow_is_refused_allowed_is_spliced_revision_bump_redecides() {
     let mut env = Env::new();
     let mut settings = Settings {
         policy_enforce: true,
         policy_revision: 1,
+        pod_identity: ID,
         ..Settings::default()
     };
     let dp = env.attach(&settings);
@@ -33,6 +47,7 @@ fn denied_pair_is_not_spliced_and_revision_bump_invalidates() {
     env.server(&["echo", "--listen", "127.0.0.1:9002"]);
     env.server(&["echo", "--listen", "127.0.0.1:9003"]);
 
+    // Allowed: connects and is spliced (both sides in the sockhash).
     let lo = echo(&env, 9001);
     let ops = dp.counters_of("mb_sockops").unwrap();
     assert_eq!(
@@ -41,37 +56,96 @@ fn denied_pair_is_not_spliced_and_revision_bump_invalidates() {
         "allowed pair: {ops:?}"
     );
     assert!(lo < 40, "allowed pair spliced: {lo} packets");
+    assert_eq!(refused(&dp, "mb_connect4"), 0);
 
-    let lo = echo(&env, 9002);
+    // Denied: connect() fails with EPERM, counted, nothing established.
+    assert_eq!(probe(&env, "127.0.0.1:9002"), REFUSED);
+    assert_eq!(refused(&dp, "mb_connect4"), 1);
+    // No decision at all: refused too (fail closed).
+    assert_eq!(probe(&env, "127.0.0.1:9003"), REFUSED);
+    assert_eq!(refused(&dp, "mb_connect4"), 2);
     let ops = dp.counters_of("mb_sockops").unwrap();
     assert_eq!(
         (ops.redirected, ops.fallbacks),
-        (2, 2),
-        "denied pair: {ops:?}"
-    );
-    assert!(
-        lo > 50,
-        "denied pair stayed on the plain path: {lo} packets"
+        (2, 0),
+        "refused connects never establish: {ops:?}"
     );
 
-    // No decision at all: not spliced either (fail closed).
-    echo(&env, 9003);
-    assert_eq!(dp.counters_of("mb_sockops").unwrap().fallbacks, 4);
+    // The refusal is the policy's: without enforcement the same connect works.
+    settings.policy_enforce = false;
+    dp.set_settings(&settings).unwrap();
+    assert_eq!(probe(&env, "127.0.0.1:9002"), OK);
+    assert_eq!(refused(&dp, "mb_connect4"), 2);
+    settings.policy_enforce = true;
 
     // Revision 2 without new decisions: the ALLOW at revision 1 is stale.
     settings.policy_revision = 2;
     dp.set_settings(&settings).unwrap();
-    let lo = echo(&env, 9001);
-    let ops = dp.counters_of("mb_sockops").unwrap();
-    assert_eq!(
-        (ops.redirected, ops.fallbacks),
-        (2, 6),
-        "stale decision: {ops:?}"
-    );
-    assert!(lo > 50);
+    assert_eq!(probe(&env, "127.0.0.1:9001"), REFUSED);
+    assert_eq!(refused(&dp, "mb_connect4"), 3);
 
-    // Re-decided at revision 2: spliced again.
+    // Re-decided at revision 2: 9001 connects and is spliced again, and the
+    // formerly denied 9002, now allowed, connects.
     dp.set_policy(ID, ID, 9001, true, 2).unwrap();
+    dp.set_policy(ID, ID, 9002, true, 2).unwrap();
     assert!(echo(&env, 9001) < 40);
-    assert_eq!(dp.counters_of("mb_sockops").unwrap().redirected, 4);
+    assert_eq!(probe(&env, "127.0.0.1:9002"), OK);
+    assert_eq!(refused(&dp, "mb_connect4"), 3);
+    // A DENY at the current revision refuses an address that had an ALLOW.
+    dp.set_policy(ID, ID, 9001, false, 2).unwrap();
+    assert_eq!(probe(&env, "127.0.0.1:9001"), REFUSED);
+    assert_eq!(refused(&dp, "mb_connect4"), 4);
+}
+
+#[test]
+fn denied_ipv6_connect_is_refused() {
+    let mut env = Env::new();
+    let settings = Settings {
+        policy_enforce: true,
+        policy_revision: 7,
+        pod_identity: ID,
+        ..Settings::default()
+    };
+    let dp = env.attach(&settings);
+    dp.set_identity("::1".parse().unwrap(), ID).unwrap();
+    dp.set_policy(ID, ID, 9011, true, 7).unwrap();
+    dp.set_policy(ID, ID, 9012, false, 7).unwrap();
+    env.server(&["echo", "--listen", "[::1]:9011"]);
+    env.server(&["echo", "--listen", "[::1]:9012"]);
+
+    assert_eq!(probe(&env, "[::1]:9011"), OK);
+    assert_eq!(probe(&env, "[::1]:9012"), REFUSED);
+    assert_eq!(refused(&dp, "mb_connect6"), 1);
+    assert_eq!(refused(&dp, "mb_connect4"), 0);
+}
+
+#[test]
+fn denied_pair_from_outside_the_pod_is_not_spliced() {
+    // A client outside the pod's cgroup is not subject to its connect hook;
+    // the pod's accepting side must still not splice a denied pair.
+    let mut env = Env::new();
+    let settings = Settings {
+        policy_enforce: true,
+        policy_revision: 1,
+        pod_identity: ID,
+        ..Settings::default()
+    };
+    let dp = env.attach(&settings);
+    dp.set_identity("127.0.0.1".parse().unwrap(), ID).unwrap();
+    dp.set_policy(ID, ID, 9021, true, 1).unwrap();
+    dp.set_policy(ID, ID, 9022, false, 1).unwrap();
+    env.server(&["echo", "--listen", "127.0.0.1:9021"]);
+    env.server(&["echo", "--listen", "127.0.0.1:9022"]);
+
+    let run = |port: u16| {
+        let addr = format!("127.0.0.1:{port}");
+        let out = env.client_outside_cgroup(&["client", "--connect", &addr]);
+        assert!(out.contains("OK round=0"), "{out}");
+    };
+    run(9021);
+    let ops = dp.counters_of("mb_sockops").unwrap();
+    assert_eq!((ops.redirected, ops.fallbacks), (1, 0), "allowed: {ops:?}");
+    run(9022);
+    let ops = dp.counters_of("mb_sockops").unwrap();
+    assert_eq!((ops.redirected, ops.fallbacks), (1, 1), "denied: {ops:?}");
 }

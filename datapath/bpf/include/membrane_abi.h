@@ -52,7 +52,9 @@ enum mb_prog_index {
  *               misses     = peer socket not in the sockhash (plain path).
  *   connect4/6: redirected = connects steered to the proxy,
  *               fallbacks  = connects left alone (proxy's own, excluded),
- *               misses     = capture disabled or not TCP.
+ *               misses     = capture disabled or not TCP,
+ *               refused    = connects failed with EPERM because the L3/L4
+ *                            policy has no current ALLOW for the flow.
  *   getsockopt: redirected = SO_ORIGINAL_DST answered,
  *               misses     = SO_ORIGINAL_DST asked for an unknown socket.
  */
@@ -61,11 +63,12 @@ struct mb_counters {
 	__u64 redirected_bytes;
 	__u64 fallbacks;
 	__u64 misses;
+	__u64 refused; /* connect4/6 only; 0 for the other programs */
 };
 
 /* mb_config.flags */
 #define MB_CFG_CAPTURE (1U << 0)        /* steer outbound connects to the proxy */
-#define MB_CFG_POLICY_ENFORCE (1U << 1) /* splice only pairs allowed at policy_revision */
+#define MB_CFG_POLICY_ENFORCE (1U << 1) /* refuse connects, and splice no pair, without a current ALLOW */
 #define MB_CFG_NO_SPLICE (1U << 2)      /* splice no new connection (established ones keep theirs) */
 
 #define MB_UID_NONE 0xffffffffU
@@ -80,7 +83,7 @@ struct mb_config {
 	__u16 outbound_port;   /* proxy outbound capture port (15001) */
 	__u16 inbound_port;    /* proxy inbound capture port (15006), reserved */
 	__u32 hint_ttl_secs;   /* how long a learned plain-path hint holds; 0 = 600 */
-	__u32 pad;
+	__u32 pod_identity;    /* identity of the pod owning the cgroup: the source of its connects; 0 = unknown */
 };
 
 /* An address and port (original destination, or a socket's source). */

@@ -25,6 +25,7 @@ enum mb_counter_field {
 	MB_CNT_REDIRECTED,
 	MB_CNT_FALLBACK,
 	MB_CNT_MISS,
+	MB_CNT_REFUSED,
 };
 
 /* Per-CPU rows need no atomics: only this CPU writes its copy. */
@@ -44,6 +45,9 @@ static __always_inline void mb_count(__u32 prog, enum mb_counter_field field, __
 		break;
 	case MB_CNT_MISS:
 		c->misses++;
+		break;
+	case MB_CNT_REFUSED:
+		c->refused++;
 		break;
 	}
 }

@@ -29,9 +29,10 @@ struct {
  *   writer: the agent, from the policy engine's resolved verdicts; it bumps
  *           mb_config.policy_revision after rewriting, so decisions made at
  *           an older revision are never reused.
- * Only consulted when MB_CFG_POLICY_ENFORCE is set; then a pair without a
- * current ALLOW is not spliced (it stays on the plain path, where the proxy
- * and the L3/L4 datapath enforce).
+ * Only consulted when MB_CFG_POLICY_ENFORCE is set; then a flow without a
+ * current ALLOW (a DENY, a stale decision or none at all) is refused at
+ * connect time by connect4/6 (the connect fails with EPERM), and a pair
+ * without a current ALLOW is never spliced by sockops.
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -98,6 +99,23 @@ static __always_inline int mb_policy_allows_splice(const struct mb_sock_key *key
 		return mb_policy_verdict(local_id, remote_id, key->remote_port,
 					 cfg->policy_revision) == MB_VERDICT_ALLOW;
 	return mb_policy_verdict(remote_id, local_id, key->local_port, cfg->policy_revision) ==
+	       MB_VERDICT_ALLOW;
+}
+
+/*
+ * May the pod connect to this destination (the one the app asked for, before
+ * capture rewrites it)? The source is the pod itself: every socket in the
+ * pod's cgroup acts for it, and an unbound socket has no source address yet.
+ */
+static __always_inline int mb_policy_allows_connect(const struct mb_config *cfg,
+						    const struct mb_addr_port *dst)
+{
+	__u32 dst_id;
+
+	if (!cfg || !(cfg->flags & MB_CFG_POLICY_ENFORCE))
+		return 1;
+	dst_id = mb_identity_of(dst->ip, dst->family);
+	return mb_policy_verdict(cfg->pod_identity, dst_id, dst->port, cfg->policy_revision) ==
 	       MB_VERDICT_ALLOW;
 }
 

@@ -55,9 +55,13 @@ struct AttachArgs {
     /// Destination CIDRs never captured (comma-separated).
     #[arg(long, env = "MEMBRANE_EXCLUDE_OUTBOUND_CIDRS", value_delimiter = ',')]
     exclude_outbound_cidrs: Vec<ipnet::IpNet>,
-    /// Splice only pairs with a current ALLOW in the policy map.
+    /// Enforce the policy map: refuse connects (EPERM) and splice no pair
+    /// without a current ALLOW.
     #[arg(long, env = "MEMBRANE_POLICY_ENFORCE")]
     policy_enforce: bool,
+    /// Security identity of the pod owning the cgroup (source of its connects).
+    #[arg(long, env = "MEMBRANE_POD_IDENTITY", default_value_t = 0)]
+    pod_identity: u32,
     /// Seconds a learned "splicing loses for this service" hint holds.
     #[arg(long, env = "MEMBRANE_HINT_TTL_SECS", default_value_t = 600)]
     hint_ttl_secs: u32,
@@ -102,6 +106,7 @@ impl AttachArgs {
                 exclude_cidrs: self.exclude_outbound_cidrs.clone(),
             }),
             policy_enforce: self.policy_enforce,
+            pod_identity: self.pod_identity,
             no_splice: self.no_splice,
             hint_ttl_secs: self.hint_ttl_secs,
             policy_revision: 0,
@@ -111,13 +116,13 @@ impl AttachArgs {
 
 fn print_counters(dp: &Datapath) -> Result<()> {
     println!(
-        "{:<14} {:>12} {:>16} {:>10} {:>10}",
-        "program", "redirected", "redirected_bytes", "fallbacks", "misses"
+        "{:<14} {:>12} {:>16} {:>10} {:>10} {:>10}",
+        "program", "redirected", "redirected_bytes", "fallbacks", "misses", "refused"
     );
     for c in dp.counters()? {
         println!(
-            "{:<14} {:>12} {:>16} {:>10} {:>10}",
-            c.program, c.redirected, c.redirected_bytes, c.fallbacks, c.misses
+            "{:<14} {:>12} {:>16} {:>10} {:>10} {:>10}",
+            c.program, c.redirected, c.redirected_bytes, c.fallbacks, c.misses, c.refused
         );
     }
     Ok(())

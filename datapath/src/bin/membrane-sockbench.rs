@@ -89,6 +89,12 @@ enum Cmd {
         #[arg(long)]
         connect: SocketAddr,
     },
+    /// Only connect; print "connect ok" or "connect error kind=<ErrorKind>
+    /// errno=<n>" and exit 0 either way (for tests of refused connects).
+    Probe {
+        #[arg(long)]
+        connect: SocketAddr,
+    },
 }
 
 fn main() -> Result<()> {
@@ -132,6 +138,17 @@ fn main() -> Result<()> {
             secs,
         } => stream(connect, write, secs),
         Cmd::CaptureProxy { listen, mark } => serve(listen, move |s| proxy_one(s, mark)),
+        Cmd::Probe { connect } => {
+            match TcpStream::connect(connect) {
+                Ok(_) => println!("connect ok"),
+                Err(e) => println!(
+                    "connect error kind={:?} errno={}",
+                    e.kind(),
+                    e.raw_os_error().unwrap_or(0)
+                ),
+            }
+            Ok(())
+        }
         Cmd::Fetch { connect } => {
             let mut s = TcpStream::connect(connect)?;
             let mut out = String::new();
