@@ -29,7 +29,13 @@ fn main() -> Result<()> {
         other => bail!("no multiarch include dir known for target arch {other}"),
     };
 
-    for hook in ["sockops", "sk_msg", "cgroup_connect", "cgroup_sockopt"] {
+    for hook in [
+        "sockops",
+        "sk_msg",
+        "cgroup_connect",
+        "cgroup_sockopt",
+        "sk_lookup",
+    ] {
         let src = bpf_dir.join(format!("bpf_{hook}.c"));
         println!("cargo:rerun-if-changed={}", src.display());
         compile(&clang, &src, &out_dir.join(format!("{hook}.o")), multiarch)?;

@@ -2,7 +2,8 @@
 /*
  * sockops, attached to a pod's cgroup v2: on TCP establishment put
  * node-local sockets whose pair policy allows it into mb_sock_hash, and
- * hand a steered connect's original destination over to its source tuple.
+ * hand a steered connect's original destination over to its source tuple;
+ * on listen, remember the proxy's inbound listener (lib/inbound.h).
  */
 #include "lib/common.h"
 #include "lib/counters.h"
@@ -11,6 +12,7 @@
 #include "lib/policy.h"
 #include "lib/capture.h"
 #include "lib/splice_hint.h"
+#include "lib/inbound.h"
 
 SEC("sockops")
 int mb_sockops(struct bpf_sock_ops *skops)
@@ -27,6 +29,9 @@ int mb_sockops(struct bpf_sock_ops *skops)
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
 		active = 0;
 		break;
+	case BPF_SOCK_OPS_TCP_LISTEN_CB:
+		mb_inbound_listen(skops);
+		return 1;
 	default:
 		return 1;
 	}

@@ -23,15 +23,19 @@ pub const PROG_CONNECT4: u32 = 2;
 pub const PROG_CONNECT6: u32 = 3;
 /// cgroup getsockopt row.
 pub const PROG_GETSOCKOPT: u32 = 4;
+/// sk_lookup (inbound capture) row.
+pub const PROG_SK_LOOKUP: u32 = 5;
 /// Number of rows (`MB_PROG_MAX`).
 pub const PROG_MAX: u32 = 8;
 
 /// `MB_CFG_CAPTURE`: steer outbound connects to the proxy.
 pub const CFG_CAPTURE: u32 = 1 << 0;
-/// `MB_CFG_POLICY_ENFORCE`: splice only pairs allowed at the current revision.
+/// `MB_CFG_POLICY_ENFORCE`: refuse connects and splice no pair without a current ALLOW.
 pub const CFG_POLICY_ENFORCE: u32 = 1 << 1;
 /// `MB_CFG_NO_SPLICE`: splice no new connection.
 pub const CFG_NO_SPLICE: u32 = 1 << 2;
+/// `MB_CFG_CAPTURE_INBOUND`: hand inbound connections to the proxy's inbound port.
+pub const CFG_CAPTURE_INBOUND: u32 = 1 << 3;
 /// `MB_UID_NONE`: no proxy uid configured.
 pub const UID_NONE: u32 = u32::MAX;
 /// `MB_VERDICT_ALLOW`.
@@ -91,7 +95,7 @@ pub struct MbConfig {
     pub capture_ip4: u32,
     /// Outbound capture port, host order.
     pub outbound_port: u16,
-    /// Inbound capture port, host order (reserved).
+    /// Inbound capture port, host order.
     pub inbound_port: u16,
     /// How long a learned plain-path hint holds, seconds; 0 = 600.
     pub hint_ttl_secs: u32,

@@ -29,7 +29,9 @@ use aya::{
         lpm_trie::{Key, LpmTrie},
         Array, HashMap, Map, MapData, PerCpuArray, SockHash,
     },
-    programs::{links::FdLink, CgroupAttachMode, CgroupSockAddr, CgroupSockopt, SkMsg, SockOps},
+    programs::{
+        links::FdLink, CgroupAttachMode, CgroupSockAddr, CgroupSockopt, SkLookup, SkMsg, SockOps,
+    },
     Ebpf, EbpfLoader,
 };
 
@@ -48,15 +50,18 @@ mod objects {
         aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cgroup_connect.o"));
     pub(crate) static CGROUP_SOCKOPT: &[u8] =
         aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cgroup_sockopt.o"));
+    pub(crate) static SK_LOOKUP: &[u8] =
+        aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sk_lookup.o"));
 }
 
 /// The embedded objects by name, for tooling and the BTF test.
-pub fn embedded_objects() -> [(&'static str, &'static [u8]); 4] {
+pub fn embedded_objects() -> [(&'static str, &'static [u8]); 5] {
     [
         ("sockops", objects::SOCKOPS),
         ("sk_msg", objects::SK_MSG),
         ("cgroup_connect", objects::CGROUP_CONNECT),
         ("cgroup_sockopt", objects::CGROUP_SOCKOPT),
+        ("sk_lookup", objects::SK_LOOKUP),
     ]
 }
 
@@ -65,6 +70,7 @@ const PROG_SK_MSG: &str = "mb_sk_msg";
 const PROG_CONNECT4: &str = "mb_connect4";
 const PROG_CONNECT6: &str = "mb_connect6";
 const PROG_GETSOCKOPT: &str = "mb_getsockopt";
+const PROG_SK_LOOKUP: &str = "mb_sk_lookup";
 /// Cgroup programs, in attach order.
 const CGROUP_PROGS: [&str; 4] = [PROG_SOCKOPS, PROG_CONNECT4, PROG_CONNECT6, PROG_GETSOCKOPT];
 
@@ -184,13 +190,23 @@ pub struct Settings {
     pub no_splice: bool,
     /// The current policy revision.
     pub policy_revision: u32,
+    /// Inbound capture: connections from outside the pod to its addresses
+    /// are handed to the proxy's listener on `inbound_port` (needs
+    /// [`Datapath::attach_netns`] and a proxy that listens after attach).
+    pub capture_inbound: bool,
+    /// The proxy's inbound capture port; 0 = 15006.
+    pub inbound_port: u16,
 }
 
 impl Settings {
     fn to_abi(&self) -> MbConfig {
         let mut cfg = MbConfig {
             proxy_uid: abi::UID_NONE,
-            inbound_port: 15006,
+            inbound_port: if self.inbound_port == 0 {
+                15006
+            } else {
+                self.inbound_port
+            },
             policy_revision: self.policy_revision,
             hint_ttl_secs: self.hint_ttl_secs,
             pod_identity: self.pod_identity,
@@ -201,6 +217,9 @@ impl Settings {
         }
         if self.no_splice {
             cfg.flags |= abi::CFG_NO_SPLICE;
+        }
+        if self.capture_inbound {
+            cfg.flags |= abi::CFG_CAPTURE_INBOUND;
         }
         if let Some(c) = &self.capture {
             cfg.flags |= abi::CFG_CAPTURE;
@@ -451,6 +470,61 @@ impl Datapath {
             .map_err(|e| feature_error("cgroup getsockopt hooks (Linux 5.3+)", e))?;
         p.pin(pin(PROG_GETSOCKOPT))
             .map_err(pin_err(PROG_GETSOCKOPT))?;
+
+        let mut look = load(objects::SK_LOOKUP, "sk_lookup programs (Linux 5.9+)")?;
+        let p: &mut SkLookup = prog_mut(&mut look, PROG_SK_LOOKUP)?;
+        p.load()
+            .map_err(|e| feature_error("BPF_PROG_TYPE_SK_LOOKUP (Linux 5.9+)", e))?;
+        p.pin(pin(PROG_SK_LOOKUP))
+            .map_err(pin_err(PROG_SK_LOOKUP))?;
+        Ok(())
+    }
+
+    /// Attach inbound capture (sk_lookup) to the pod's network namespace
+    /// (`/run/netns/NAME` or `/proc/PID/ns/net`; never the host's). Pinned
+    /// under `links/netns-<inode>/`; idempotent. Effective while the
+    /// settings enable `capture_inbound`.
+    pub fn attach_netns(&self, netns: &Path) -> Result<()> {
+        let ino = fs::metadata(netns)
+            .map_err(io_err(netns, "stat netns"))?
+            .ino();
+        let host = Path::new("/proc/1/ns/net");
+        if fs::metadata(host).map(|m| m.ino()).ok() == Some(ino) {
+            return Err(Error::Io {
+                path: netns.to_path_buf(),
+                what: "attach to the host network namespace",
+                source: io::Error::from(io::ErrorKind::PermissionDenied),
+            });
+        }
+        let link_dir = self.links_dir().join(format!("netns-{ino}"));
+        let pin = link_dir.join(PROG_SK_LOOKUP);
+        if pin.exists() {
+            return Ok(());
+        }
+        fs::create_dir_all(&link_dir).map_err(io_err(&link_dir, "create link directory"))?;
+        let ns = fs::File::open(netns).map_err(io_err(netns, "open netns"))?;
+        let name = PROG_SK_LOOKUP;
+        let perr = |what| move |source| Error::Program { name, what, source };
+        let mut p = SkLookup::from_pin(self.progs_dir().join(name)).map_err(perr("open pinned"))?;
+        let id = p.attach(&ns).map_err(perr("attach to netns"))?;
+        let link = FdLink::from(p.take_link(id).map_err(perr("take link"))?);
+        link.pin(&pin).map_err(|e| Error::Io {
+            path: pin.clone(),
+            what: "pin link",
+            source: io::Error::other(e.to_string()),
+        })?;
+        Ok(())
+    }
+
+    /// Undo [`Datapath::attach_netns`]: unpinning the link detaches.
+    pub fn detach_netns(&self, netns: &Path) -> Result<()> {
+        let ino = fs::metadata(netns)
+            .map_err(io_err(netns, "stat netns"))?
+            .ino();
+        let link_dir = self.links_dir().join(format!("netns-{ino}"));
+        if link_dir.exists() {
+            fs::remove_dir_all(&link_dir).map_err(io_err(&link_dir, "unpin links"))?;
+        }
         Ok(())
     }
 
@@ -525,6 +599,7 @@ impl Datapath {
             (abi::PROG_CONNECT4, PROG_CONNECT4),
             (abi::PROG_CONNECT6, PROG_CONNECT6),
             (abi::PROG_GETSOCKOPT, PROG_GETSOCKOPT),
+            (abi::PROG_SK_LOOKUP, PROG_SK_LOOKUP),
         ];
         let mut out = Vec::with_capacity(rows.len());
         for (idx, program) in rows {

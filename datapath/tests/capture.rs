@@ -7,6 +7,8 @@
 
 mod common;
 
+use std::path::PathBuf;
+
 use common::Env;
 use membrane_datapath::{Capture, Settings};
 
@@ -98,4 +100,64 @@ fn without_capture_the_proxy_gets_no_original_destination() {
     env.server(&["capture-proxy", "--listen", "127.0.0.1:15001"]);
     let out = env.client(&["fetch", "--connect", "127.0.0.1:15001"]);
     assert!(out.starts_with("proxy error="), "{out}");
+}
+
+#[test]
+fn inbound_connections_reach_the_proxy_with_original_destination() {
+    let mut env = Env::new();
+    // .1 / ::1 are the pod's addresses; .2 / ::2 stand for a peer outside it.
+    env.add_pod_iface(&[
+        "10.77.0.1/24",
+        "10.77.0.2/24",
+        "fd00:77::1/64",
+        "fd00:77::2/64",
+    ]);
+    env.server(&["hello", "--listen", "10.77.0.1:8080"]);
+    env.server(&["hello", "--listen", "[fd00:77::1]:8080"]);
+    let settings = Settings {
+        capture_inbound: true,
+        ..Settings::default()
+    };
+    let dp = env.attach(&settings);
+    dp.attach_netns(&PathBuf::from("/run/netns").join(&env.netns))
+        .unwrap();
+    // No inbound listener yet: left alone.
+    assert_eq!(
+        from_outside(&env, "10.77.0.1:8080", "10.77.0.2"),
+        "hello from 10.77.0.1:8080\n"
+    );
+    // The proxy starts listening on 15006 in the pod: sockops remembers it.
+    env.server(&["capture-proxy", "--listen", "[::]:15006", "--mark", "1337"]);
+
+    assert_eq!(
+        from_outside(&env, "10.77.0.1:8080", "10.77.0.2"),
+        "proxy orig=10.77.0.1:8080\nhello from 10.77.0.1:8080\n",
+        "IPv4 inbound went through the proxy, which saw the real destination"
+    );
+    assert_eq!(
+        from_outside(&env, "[fd00:77::1]:8080", "fd00:77::2"),
+        "proxy orig=[fd00:77::1]:8080\nhello from [fd00:77::1]:8080\n"
+    );
+    let look = dp.counters_of("mb_sk_lookup").unwrap();
+    assert_eq!(look.redirected, 2, "{look:?}");
+    assert_eq!(dp.counters_of("mb_getsockopt").unwrap().redirected, 2);
+
+    // The pod talking to itself (as the proxy's upstream connect did) and
+    // loopback are not captured.
+    assert_eq!(
+        from_outside(&env, "10.77.0.1:8080", "10.77.0.1"),
+        "hello from 10.77.0.1:8080\n"
+    );
+    // Inbound capture off: the app's own listener again.
+    dp.set_settings(&Settings::default()).unwrap();
+    assert_eq!(
+        from_outside(&env, "10.77.0.1:8080", "10.77.0.2"),
+        "hello from 10.77.0.1:8080\n"
+    );
+    assert_eq!(dp.counters_of("mb_sk_lookup").unwrap().redirected, 2);
+}
+
+/// Fetch from the netns but outside the pod's cgroup, from a chosen address.
+fn from_outside(env: &Env, to: &str, from: &str) -> String {
+    env.client_outside_cgroup(&["fetch", "--connect", to, "--bind", from])
 }

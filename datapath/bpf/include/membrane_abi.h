@@ -37,6 +37,7 @@ enum mb_prog_index {
 	MB_PROG_CONNECT4 = 2,
 	MB_PROG_CONNECT6 = 3,
 	MB_PROG_GETSOCKOPT = 4,
+	MB_PROG_SK_LOOKUP = 5,
 	MB_PROG_MAX = 8,
 };
 
@@ -57,6 +58,11 @@ enum mb_prog_index {
  *                            policy has no current ALLOW for the flow.
  *   getsockopt: redirected = SO_ORIGINAL_DST answered,
  *               misses     = SO_ORIGINAL_DST asked for an unknown socket.
+ *   sk_lookup:  redirected = inbound connections handed to the proxy's
+ *                            inbound listener,
+ *               fallbacks  = connections left alone (loopback, pod to
+ *                            itself, the proxy's own ports),
+ *               misses     = inbound capture off, not TCP, no listener.
  */
 struct mb_counters {
 	__u64 redirected;
@@ -70,6 +76,7 @@ struct mb_counters {
 #define MB_CFG_CAPTURE (1U << 0)        /* steer outbound connects to the proxy */
 #define MB_CFG_POLICY_ENFORCE (1U << 1) /* refuse connects, and splice no pair, without a current ALLOW */
 #define MB_CFG_NO_SPLICE (1U << 2)      /* splice no new connection (established ones keep theirs) */
+#define MB_CFG_CAPTURE_INBOUND (1U << 3) /* hand inbound connections to the proxy's inbound port */
 
 #define MB_UID_NONE 0xffffffffU
 
@@ -81,7 +88,7 @@ struct mb_config {
 	__u32 proxy_mark;      /* connects from sockets with this SO_MARK are the proxy's own; 0 = none */
 	__u32 capture_ip4;     /* where outbound IPv4 connects go, network order (127.0.0.1) */
 	__u16 outbound_port;   /* proxy outbound capture port (15001) */
-	__u16 inbound_port;    /* proxy inbound capture port (15006), reserved */
+	__u16 inbound_port;    /* proxy inbound capture port (15006) */
 	__u32 hint_ttl_secs;   /* how long a learned plain-path hint holds; 0 = 600 */
 	__u32 pod_identity;    /* identity of the pod owning the cgroup: the source of its connects; 0 = unknown */
 };

@@ -37,6 +37,13 @@ struct AttachArgs {
     /// Steer outbound connects to the proxy (iptables-free capture).
     #[arg(long, env = "MEMBRANE_CAPTURE")]
     capture: bool,
+    /// The pod's network namespace (`/run/netns/NAME`, `/proc/PID/ns/net`):
+    /// hand inbound connections to the proxy's inbound port (sk_lookup).
+    #[arg(long, env = "MEMBRANE_INBOUND_NETNS")]
+    inbound_netns: Option<PathBuf>,
+    /// The proxy's inbound capture port.
+    #[arg(long, env = "MEMBRANE_INBOUND_PORT", default_value_t = 15006)]
+    inbound_port: u16,
     /// The proxy's outbound capture address.
     #[arg(long, env = "MEMBRANE_PROXY_IP4", default_value = "127.0.0.1")]
     proxy_ip4: Ipv4Addr,
@@ -95,6 +102,16 @@ enum Cmd {
 }
 
 impl AttachArgs {
+    fn attach(&self, bpffs: &std::path::Path) -> Result<Datapath> {
+        let dp = Datapath::attach(bpffs, &self.cgroup, &self.settings())
+            .with_context(|| format!("attach to {}", self.cgroup.display()))?;
+        if let Some(ns) = &self.inbound_netns {
+            dp.attach_netns(ns)
+                .with_context(|| format!("inbound capture in {}", ns.display()))?;
+        }
+        Ok(dp)
+    }
+
     fn settings(&self) -> Settings {
         Settings {
             capture: self.capture.then(|| Capture {
@@ -107,6 +124,8 @@ impl AttachArgs {
             }),
             policy_enforce: self.policy_enforce,
             pod_identity: self.pod_identity,
+            capture_inbound: self.inbound_netns.is_some(),
+            inbound_port: self.inbound_port,
             no_splice: self.no_splice,
             hint_ttl_secs: self.hint_ttl_secs,
             policy_revision: 0,
@@ -134,8 +153,7 @@ fn main() -> Result<()> {
     match &cfg.cmd {
         Cmd::Attach(a) => {
             ensure_bpffs(&cfg.bpffs)?;
-            Datapath::attach(&cfg.bpffs, &a.cgroup, &a.settings())
-                .with_context(|| format!("attach to {}", a.cgroup.display()))?;
+            a.attach(&cfg.bpffs)?;
             println!(
                 "attached to {} (pinned under {})",
                 a.cgroup.display(),
@@ -144,8 +162,7 @@ fn main() -> Result<()> {
         }
         Cmd::Run { attach, interval } => {
             ensure_bpffs(&cfg.bpffs)?;
-            let dp = Datapath::attach(&cfg.bpffs, &attach.cgroup, &attach.settings())
-                .with_context(|| format!("attach to {}", attach.cgroup.display()))?;
+            let dp = attach.attach(&cfg.bpffs)?;
             loop {
                 print_counters(&dp)?;
                 thread::sleep(Duration::from_secs((*interval).max(1)));

@@ -84,10 +84,12 @@ enum Cmd {
         #[arg(long, default_value_t = 1337)]
         mark: u32,
     },
-    /// Connect, read to the end, print what came.
+    /// Connect (from `--bind` if given), read to the end, print what came.
     Fetch {
         #[arg(long)]
         connect: SocketAddr,
+        #[arg(long)]
+        bind: Option<std::net::IpAddr>,
     },
     /// Only connect; print "connect ok" or "connect error kind=<ErrorKind>
     /// errno=<n>" and exit 0 either way (for tests of refused connects).
@@ -149,8 +151,11 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Fetch { connect } => {
-            let mut s = TcpStream::connect(connect)?;
+        Cmd::Fetch { connect, bind } => {
+            let mut s = match bind {
+                None => TcpStream::connect(connect)?,
+                Some(ip) => connect_from(ip, connect)?,
+            };
             let mut out = String::new();
             s.read_to_string(&mut out)?;
             print!("{out}");
@@ -303,6 +308,21 @@ fn stream(connect: SocketAddr, write: usize, secs: f64) -> Result<()> {
         total as f64 * 8.0 / el / 1e9
     );
     Ok(())
+}
+
+/// Connect from a chosen source address (any port).
+fn connect_from(ip: std::net::IpAddr, to: SocketAddr) -> Result<TcpStream> {
+    let family = if to.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let fd: OwnedFd = socket::socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+    socket::bind(raw, &SockaddrStorage::from(SocketAddr::new(ip, 0)))
+        .with_context(|| format!("bind {ip}"))?;
+    socket::connect(raw, &SockaddrStorage::from(to)).with_context(|| format!("connect {to}"))?;
+    Ok(TcpStream::from(fd))
 }
 
 fn original_dst(s: &TcpStream) -> Result<SocketAddr> {
