@@ -9,7 +9,7 @@
 pub mod envoy;
 pub mod npds;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use membrane_policy::identity::Identity;
@@ -17,7 +17,7 @@ use membrane_policy::labels::{
     Label, LabelSet, NAMESPACE_LABELS_PREFIX, POD_NAMESPACE, POLICY_CLUSTER, POLICY_SERVICEACCOUNT,
     SOURCE_K8S,
 };
-use membrane_policy::resolve::{Endpoint, NamedPorts};
+use membrane_policy::resolve::{Endpoint, NamedPorts, ResolvedPolicy};
 use membrane_policy::{CompiledPolicy, Engine, PolicyKey};
 use thiserror::Error;
 
@@ -273,7 +273,24 @@ pub struct Translation {
     pub errors: Vec<TranslateError>,
 }
 
-/// Keeps the policy engine between updates.
+/// One endpoint's NPDS resource as last translated, with what it was built
+/// from, so an endpoint the engine did not re-resolve is neither re-encoded
+/// nor re-hashed.
+#[derive(Debug)]
+struct NpdsEntry {
+    /// The engine's resolution it was built from. The engine hands out the
+    /// same `Arc` until it re-resolves the endpoint (see
+    /// `membrane_policy::Engine`); holding it keeps the pointer from being
+    /// reused, so pointer equality means "same resolution".
+    resolved: Arc<ResolvedPolicy>,
+    ips: Vec<String>,
+    endpoint_id: u64,
+    named_ports: NamedPorts,
+    np: Arc<NetworkPolicy>,
+    resource: Resource,
+}
+
+/// Keeps the policy engine, and what was built from it, between updates.
 #[derive(Debug, Default)]
 pub struct Translator {
     engine: Engine,
@@ -282,6 +299,15 @@ pub struct Translator {
     /// Per sidecar key, a hash of everything its snapshot is built from;
     /// unchanged inputs skip the rebuild.
     inputs: BTreeMap<String, u64>,
+    /// Per endpoint id, its NPDS resource. Encoding every endpoint's policy
+    /// on every change was most of a one-policy change's cost (about 190 of
+    /// 205 ms for 1,000 endpoints under 10,000 rules).
+    npds: HashMap<String, NpdsEntry>,
+    /// The cluster-wide named ports the NPDS cache was built with (egress
+    /// named ports resolve against them); a change empties the cache.
+    npds_named: NamedPorts,
+    /// Per identity, its NPHDS resource and the addresses it was built from.
+    nphds: HashMap<u64, (Vec<String>, Resource)>,
 }
 
 impl Translator {
@@ -381,6 +407,43 @@ impl Translator {
         }
     }
 
+    /// `m`'s NPDS resource: the cached one when neither its resolution nor
+    /// the endpoint fields NPDS carries changed, else encoded anew.
+    fn npds_for(
+        &mut self,
+        m: &EndpointModel,
+        resolved: Arc<ResolvedPolicy>,
+    ) -> (Arc<NetworkPolicy>, Resource) {
+        if let Some(e) = self.npds.get(&m.id) {
+            if Arc::ptr_eq(&e.resolved, &resolved)
+                && e.ips == m.ips
+                && e.endpoint_id == m.endpoint_id
+                && e.named_ports == m.named_ports
+            {
+                return (e.np.clone(), e.resource.clone());
+            }
+        }
+        let np = Arc::new(NetworkPolicy {
+            endpoint_ips: m.ips.clone(),
+            endpoint_id: m.endpoint_id,
+            ingress_per_port_policies: npds::direction(&resolved.ingress, &m.named_ports),
+            egress_per_port_policies: npds::direction(&resolved.egress, &self.npds_named),
+        });
+        let resource = Resource::new(NETWORK_POLICY, m.ips[0].clone(), &*np);
+        self.npds.insert(
+            m.id.clone(),
+            NpdsEntry {
+                resolved,
+                ips: m.ips.clone(),
+                endpoint_id: m.endpoint_id,
+                named_ports: m.named_ports.clone(),
+                np: np.clone(),
+                resource: resource.clone(),
+            },
+        );
+        (np, resource)
+    }
+
     /// Translates the whole state into snapshots.
     pub fn translate(&mut self, state: &ClusterState) -> Translation {
         let mut out = Translation::default();
@@ -422,17 +485,26 @@ impl Translator {
             .collect();
         let nphds: Vec<Resource> = hosts
             .iter()
-            .map(|(id, addrs)| {
-                let h = NetworkPolicyHosts {
-                    policy: *id,
-                    host_addresses: addrs.clone(),
-                };
-                Resource::new(NETWORK_POLICY_HOSTS, id.to_string(), &h)
+            .map(|(id, addrs)| match self.nphds.get(id) {
+                Some((built, r)) if built == addrs => r.clone(),
+                _ => {
+                    let h = NetworkPolicyHosts {
+                        policy: *id,
+                        host_addresses: addrs.clone(),
+                    };
+                    let r = Resource::new(NETWORK_POLICY_HOSTS, id.to_string(), &h);
+                    self.nphds.insert(*id, (addrs.clone(), r.clone()));
+                    r
+                }
             })
             .collect();
+        self.nphds.retain(|id, _| hosts.contains_key(id));
 
         let services = service_models(state, &eps);
-        let cluster_named = self.engine.cluster_named_ports();
+        if self.npds_named != *self.engine.cluster_named_ports() {
+            self.npds.clear();
+            self.npds_named = self.engine.cluster_named_ports().clone();
+        }
         // Sets every snapshot shares, built once (Arc), not per sidecar.
         let nphds = TypeResources::shared(nphds);
         let mut service_resources = Vec::new();
@@ -459,13 +531,7 @@ impl Translator {
             let Some(resolved) = self.engine.resolved(&m.id) else {
                 continue;
             };
-            let np = NetworkPolicy {
-                endpoint_ips: m.ips.clone(),
-                endpoint_id: m.endpoint_id,
-                ingress_per_port_policies: npds::direction(&resolved.ingress, &m.named_ports),
-                egress_per_port_policies: npds::direction(&resolved.egress, cluster_named),
-            };
-            let npds_res = Resource::new(NETWORK_POLICY, m.ips[0].clone(), &np);
+            let (np, npds_res) = self.npds_for(m, resolved);
             shared.add(npds_res.clone());
             let key = pod_key(&m.namespace, &m.pod);
             out.keys.insert(key.clone());
@@ -513,6 +579,7 @@ impl Translator {
             }
         }
         self.inputs.retain(|k, _| out.keys.contains(k));
+        self.npds.retain(|id, _| self.endpoints.contains_key(id));
         out.keys.insert(SHARED_KEY.to_string());
         match shared.build() {
             Ok(s) => {
@@ -705,6 +772,67 @@ spec:
         assert_eq!(again.snapshots[SHARED_KEY].version, shared.version);
         for (key, snap) in &out.snapshots {
             assert_eq!(fresh.snapshots[key].version, snap.version, "{key}");
+        }
+    }
+
+    #[test]
+    fn a_policy_change_reencodes_only_what_it_selects_and_matches_a_fresh_translation() {
+        let mut state = parse("sw.yaml", STARWARS).unwrap().state;
+        let mut t = Translator::new();
+        let before = t.translate(&state);
+        let npds_of =
+            |snap: &Snapshot, ip: &str| snap.resources(NETWORK_POLICY).unwrap().items[ip].clone();
+        let old_shared = &before.snapshots[SHARED_KEY];
+
+        // rule1 now allows PUT instead of POST: only the deathstar changes.
+        let edited = STARWARS.replace("method: POST", "method: PUT");
+        state.policies = parse("sw.yaml", &edited).unwrap().state.policies;
+        let after = t.translate(&state);
+        assert!(after.errors.is_empty(), "{:?}", after.errors);
+        let new_shared = &after.snapshots[SHARED_KEY];
+        let death: NetworkPolicy = npds_of(new_shared, "10.0.0.5").decode().unwrap();
+        assert!(format!("{death:?}").contains("PUT"), "{death:?}");
+        assert_ne!(
+            npds_of(new_shared, "10.0.0.5").hash,
+            npds_of(old_shared, "10.0.0.5").hash
+        );
+        // The tiefighter's resolution is untouched: its encoded resource is reused.
+        assert!(Arc::ptr_eq(
+            &npds_of(new_shared, "10.0.0.6").body,
+            &npds_of(old_shared, "10.0.0.6").body
+        ));
+        assert_eq!(
+            after.snapshots.keys().collect::<Vec<_>>(),
+            vec!["shared", "sidecar/default/deathstar-1"],
+            "only the deathstar's sidecar is rebuilt"
+        );
+        // What the caches produced is what a translator starting from scratch builds.
+        let fresh = Translator::new().translate(&state);
+        for (key, snap) in &after.snapshots {
+            assert_eq!(fresh.snapshots[key].version, snap.version, "{key}");
+        }
+
+        // A pod's address changes: its NPDS and the identities' NPHDS follow.
+        for p in &mut state.pods {
+            if p.metadata.name == "tiefighter" {
+                p.status.pod_ip = Some("10.0.0.9".into());
+            }
+        }
+        let moved = t.translate(&state);
+        let fresh = Translator::new().translate(&state);
+        let shared = &moved.snapshots[SHARED_KEY];
+        assert!(shared
+            .resources(NETWORK_POLICY)
+            .unwrap()
+            .items
+            .contains_key("10.0.0.9"));
+        // Every key's latest snapshot, as the cache would hold it, equals a fresh build.
+        let mut latest: BTreeMap<&String, &String> = BTreeMap::new();
+        for out in [&before, &after, &moved] {
+            latest.extend(out.snapshots.iter().map(|(k, s)| (k, &s.version)));
+        }
+        for (key, snap) in &fresh.snapshots {
+            assert_eq!(latest[key], &snap.version, "{key}");
         }
     }
 }
