@@ -46,12 +46,33 @@ pub struct Config {
         long = "policy",
         env = "MEMBRANE_POLICY",
         value_delimiter = ',',
-        required = true
+        required_unless_present = "xds_address",
+        conflicts_with = "xds_address"
     )]
     pub policy: Vec<PathBuf>,
-    /// The endpoint's labels, `source:key=value,...` (`k8s:app=backend`).
-    #[arg(long, env = "MEMBRANE_ENDPOINT_LABELS")]
-    pub endpoint_labels: String,
+    /// The endpoint's labels, `source:key=value,...` (`k8s:app=backend`). Not used with
+    /// `--xds-address` (the control plane knows the endpoint's identity).
+    #[arg(
+        long,
+        env = "MEMBRANE_ENDPOINT_LABELS",
+        required_unless_present = "xds_address"
+    )]
+    pub endpoint_labels: Option<String>,
+    /// Take the policy from membrane-xds (`http://HOST:15010`) over NPDS/NPHDS instead of
+    /// `--policy` files. Everything is denied and readiness is 503 until the first policy
+    /// arrives; while the control plane is away, the last good policy stays in force.
+    #[arg(long, env = "MEMBRANE_XDS_ADDRESS", requires = "node_id")]
+    pub xds_address: Option<String>,
+    /// Istio node id sent to the control plane, `sidecar~POD_IP~POD.NS~NS.svc.cluster.local`;
+    /// the policy enforced is the one for POD_IP.
+    #[arg(long, env = "MEMBRANE_NODE_ID", requires = "xds_address")]
+    pub node_id: Option<String>,
+    /// First reconnect delay to the control plane (doubles per failed attempt, with jitter).
+    #[arg(long, env = "MEMBRANE_XDS_BACKOFF_INITIAL", value_parser = parse_duration, default_value = "100ms")]
+    pub xds_backoff_initial: Duration,
+    /// Longest reconnect delay to the control plane.
+    #[arg(long, env = "MEMBRANE_XDS_BACKOFF_MAX", value_parser = parse_duration, default_value = "5s")]
+    pub xds_backoff_max: Duration,
     /// Static ipcache entries `CIDR=LABELS` (`10.0.0.0/8=k8s:org=empire`); longest prefix wins.
     #[arg(long = "peer", env = "MEMBRANE_PEER", value_delimiter = ';')]
     pub peer: Vec<String>,
@@ -202,5 +223,40 @@ mod tests {
         assert_eq!(c.peer, vec!["10.0.0.0/8=k8s:org=empire".to_string()]);
         assert_eq!(c.concurrency, 2);
         assert_eq!(c.admin.port(), 15000);
+    }
+
+    #[test]
+    fn xds_mode_replaces_policy_files() {
+        let base = [
+            "membrane-proxy",
+            "standalone",
+            "--listen",
+            "127.0.0.1:1",
+            "--upstream",
+            "127.0.0.1:2",
+        ];
+        let node = "sidecar~10.0.0.1~a.default~default.svc.cluster.local";
+        let with = |extra: &[&str]| {
+            Cli::try_parse_from(base.iter().chain(extra.iter()).copied()).map(|c| {
+                let Command::Standalone(c) = c.command;
+                c
+            })
+        };
+        let c = with(&["--xds-address", "http://127.0.0.1:15010", "--node-id", node]).unwrap();
+        assert_eq!(c.node_id.as_deref(), Some(node));
+        assert!(c.policy.is_empty() && c.endpoint_labels.is_none());
+        // A node id is required with xDS, and files and xDS do not mix.
+        assert!(with(&["--xds-address", "http://127.0.0.1:15010"]).is_err());
+        assert!(with(&[
+            "--xds-address",
+            "http://127.0.0.1:15010",
+            "--node-id",
+            node,
+            "--policy",
+            "a.yaml"
+        ])
+        .is_err());
+        // Without xDS, files and labels stay required.
+        assert!(with(&[]).is_err());
     }
 }

@@ -19,6 +19,7 @@ pub mod policy;
 pub mod server;
 pub mod tls;
 pub mod upstream;
+pub mod xds;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -142,7 +143,7 @@ pub async fn start(
         capture_outbound: addrs.capture_outbound,
         admin: addrs.admin,
         concurrency: cfg.concurrency,
-        endpoint_labels: cfg.endpoint_labels.clone(),
+        endpoint_labels: cfg.endpoint_labels.clone().unwrap_or_default(),
         policy: policy.clone(),
         metrics: metrics.clone(),
         ready: Default::default(),
@@ -192,9 +193,38 @@ pub async fn start(
             admin.clone(),
             rx.clone(),
         )),
-        tokio::spawn(admin::serve(health_l, Role::Health, admin.clone(), rx)),
+        tokio::spawn(admin::serve(
+            health_l,
+            Role::Health,
+            admin.clone(),
+            rx.clone(),
+        )),
     ]);
-    admin.ready.store(true, Ordering::Relaxed);
+    match (&cfg.xds_address, &cfg.node_id) {
+        (Some(address), Some(node_id)) => {
+            // Readiness waits for the first policy from the control plane.
+            let ready = admin.clone();
+            let stop = rx.clone();
+            tasks.extend(xds::spawn(
+                xds::XdsConfig {
+                    address: address.clone(),
+                    node_id: node_id.clone(),
+                    backoff_initial: cfg.xds_backoff_initial,
+                    backoff_max: cfg.xds_backoff_max,
+                },
+                policy.clone(),
+                metrics.clone(),
+                Box::new(move || {
+                    // A draining proxy stays unready.
+                    if !*stop.borrow() {
+                        ready.ready.store(true, Ordering::Relaxed);
+                    }
+                }),
+                rx.clone(),
+            )?);
+        }
+        _ => admin.ready.store(true, Ordering::Relaxed),
+    }
     tracing::info!(
         listen = %addrs.listen,
         upstream = %cfg.upstream,

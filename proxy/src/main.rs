@@ -83,7 +83,13 @@ fn real_main() -> anyhow::Result<()> {
 
 async fn run(cfg: Config, log_control: membrane_proxy::admin::LogControl) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let enforcer = membrane_proxy::policy::load(&cfg)?;
+    let xds = cfg.xds_address.is_some();
+    let enforcer = if xds {
+        // Deny everything until the control plane's first policy is in force.
+        membrane_proxy::policy::deny_all("no policy from the control plane yet")
+    } else {
+        membrane_proxy::policy::load(&cfg)?
+    };
     let running = membrane_proxy::start(&cfg, enforcer, Some(log_control)).await?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -99,6 +105,10 @@ async fn run(cfg: Config, log_control: membrane_proxy::admin::LogControl) -> any
                         Ok(()) => tracing::info!("TLS certificate reloaded"),
                         Err(e) => tracing::error!(error = %e, "TLS certificate reload rejected; previous one stays in use"),
                     }
+                }
+                if xds {
+                    tracing::info!("policy comes from xDS; SIGHUP reloads certificates only");
+                    continue;
                 }
                 match membrane_proxy::policy::load(&cfg) {
                     Ok(e) => {

@@ -238,8 +238,12 @@ pub fn load(cfg: &crate::config::Config) -> Result<Enforcer, LoadError> {
         let files: Vec<String> = cfg.policy.iter().map(|p| p.display().to_string()).collect();
         return Err(LoadError::Empty(files.join(", ")));
     }
-    let labels = LabelSet::parse(&cfg.endpoint_labels)
-        .map_err(|e| arg_err(format!("--endpoint-labels {:?}", cfg.endpoint_labels), e))?;
+    let text = cfg
+        .endpoint_labels
+        .as_deref()
+        .ok_or_else(|| arg_err("--endpoint-labels", "missing"))?;
+    let labels =
+        LabelSet::parse(text).map_err(|e| arg_err(format!("--endpoint-labels {text:?}"), e))?;
     let labels = pod_labels(labels);
     let (identity, _) = engine.upsert_endpoint(
         ENDPOINT_ID,
@@ -349,4 +353,702 @@ pub fn load(cfg: &crate::config::Config) -> Result<Enforcer, LoadError> {
         l4,
         summary,
     })
+}
+
+/// An enforcer that denies everything: in force before the first policy arrives from the
+/// control plane, so there is never an allow-all window.
+pub fn deny_all(why: &str) -> Enforcer {
+    let why = why.to_owned();
+    let summary = serde_json::json!({"source": "none", "state": why});
+    Enforcer::from_fn(summary, move |_ip, _req| Checked {
+        remote_identity: 0,
+        local_identity: 0,
+        decision: Decision::Deny {
+            decided_by: why.clone(),
+        },
+    })
+}
+
+/// Cilium's NPDS/NPHDS (as served by `membrane-xds`) → an [`Enforcer`]. HTTP rules are
+/// rebuilt as `membrane-policy` rules and compiled by the engine, so matching semantics
+/// are the engine's; what this module adds is NPDS's per-port rule selection.
+pub mod npds {
+    use std::collections::HashSet;
+    use std::net::IpAddr;
+
+    use envoy_types::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier;
+    use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
+    use membrane_policy::http::CompiledHttpRule;
+    use membrane_policy::identity::Identity;
+    use membrane_policy::ipcache::IpCache;
+    use membrane_policy::model::{HeaderMatch as ModelHeaderMatch, HttpRule};
+    use membrane_xds::proto::{
+        header_match::{MatchAction, MismatchAction},
+        port_network_policy_rule::{Verdict, L7},
+        HttpNetworkPolicyRule, NetworkPolicy, NetworkPolicyHosts, PortNetworkPolicy,
+        PortNetworkPolicyRule,
+    };
+
+    use super::{Checked, Decision, Direction, Enforcer, RequestView};
+
+    /// `SocketAddress.Protocol::TCP`; the proxy only carries TCP.
+    const TCP: i32 = 0;
+
+    /// Why an NPDS/NPHDS update could not be put in force; the message is the NACK's
+    /// `error_detail`, naming the resource and the field.
+    #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+    pub enum NpdsError {
+        /// A field of a `NetworkPolicy` cannot be enforced.
+        #[error("NetworkPolicy {endpoint}: {field}: {message}")]
+        Policy {
+            /// The policy's endpoint IPs.
+            endpoint: String,
+            /// Path of the field inside the message.
+            field: String,
+            /// What was found and what was expected.
+            message: String,
+        },
+        /// Two resources claim this endpoint.
+        #[error("{count} NetworkPolicy resources name endpoint {ip}; expected at most one")]
+        Ambiguous {
+            /// This proxy's address.
+            ip: IpAddr,
+            /// How many.
+            count: usize,
+        },
+        /// A `NetworkPolicyHosts` entry is malformed.
+        #[error("NetworkPolicyHosts policy={policy}: {message}")]
+        Hosts {
+            /// The identity of the entry.
+            policy: u64,
+            /// What is wrong.
+            message: String,
+        },
+    }
+
+    #[derive(Debug)]
+    struct Rule {
+        name: String,
+        deny: bool,
+        /// `None`: every remote identity.
+        remotes: Option<HashSet<u32>>,
+        /// `None`: L4 only (no HTTP restriction).
+        http: Option<Vec<CompiledHttpRule>>,
+    }
+
+    #[derive(Debug)]
+    struct Port {
+        lo: u16,
+        hi: u16,
+        rules: Vec<Rule>,
+    }
+
+    /// The translated policy of one endpoint.
+    #[derive(Debug, Default)]
+    struct Translated {
+        ingress: Vec<Port>,
+        egress: Vec<Port>,
+    }
+
+    /// NPHDS resources → the ipcache (identity per prefix); a bare address is a host route.
+    pub fn ipcache(hosts: &[NetworkPolicyHosts]) -> Result<IpCache, NpdsError> {
+        let mut c = IpCache::new();
+        for h in hosts {
+            let NetworkPolicyHosts {
+                policy,
+                host_addresses,
+            } = h;
+            let id = u32::try_from(*policy).map_err(|_| NpdsError::Hosts {
+                policy: *policy,
+                message: "identity does not fit in 32 bits".into(),
+            })?;
+            for (i, a) in host_addresses.iter().enumerate() {
+                let net = super::parse_prefix(a.trim()).ok_or_else(|| NpdsError::Hosts {
+                    policy: *policy,
+                    message: format!(
+                        "host_addresses[{i}]: {a:?} is not an IP address or CIDR prefix"
+                    ),
+                })?;
+                c.insert(net, Identity(id));
+            }
+        }
+        Ok(c)
+    }
+
+    fn header_rule(
+        r: &HttpNetworkPolicyRule,
+        err: &dyn Fn(String, String) -> NpdsError,
+        at: &str,
+    ) -> Result<CompiledHttpRule, NpdsError> {
+        let HttpNetworkPolicyRule {
+            headers,
+            header_matches,
+        } = r;
+        let mut rule = HttpRule {
+            method: None,
+            path: None,
+            host: None,
+            headers: None,
+            header_matches: None,
+        };
+        for (i, h) in headers.iter().enumerate() {
+            let field = format!("{at}.headers[{i}]");
+            if h.invert_match || h.treat_missing_header_as_empty {
+                return Err(err(
+                    field,
+                    "invert_match / treat_missing_header_as_empty are not supported".into(),
+                ));
+            }
+            let name = h.name.to_ascii_lowercase();
+            let pseudo = match name.as_str() {
+                ":method" => Some(&mut rule.method),
+                ":path" => Some(&mut rule.path),
+                ":authority" | "host" => Some(&mut rule.host),
+                _ => None,
+            };
+            let spec = &h.header_match_specifier;
+            let pattern = match spec {
+                Some(HeaderMatchSpecifier::StringMatch(m)) => m.match_pattern.as_ref(),
+                _ => None,
+            };
+            match (pseudo, pattern, spec) {
+                (Some(slot), Some(MatchPattern::SafeRegex(re)), _) => {
+                    if slot.is_some() {
+                        return Err(err(field, format!("{name} is matched twice")));
+                    }
+                    *slot = Some(re.regex.clone());
+                }
+                (None, Some(MatchPattern::Exact(v)), _) => rule
+                    .headers
+                    .get_or_insert_with(Vec::new)
+                    .push(format!("{}: {v}", h.name)),
+                (None, None, Some(HeaderMatchSpecifier::PresentMatch(true))) => rule
+                    .headers
+                    .get_or_insert_with(Vec::new)
+                    .push(h.name.clone()),
+                _ => {
+                    return Err(err(
+                        field,
+                        format!(
+                            "unsupported matcher for {:?} (expected a safe_regex on :method, \
+                             :path or :authority, or exact/present on other headers)",
+                            h.name
+                        ),
+                    ))
+                }
+            }
+        }
+        for (i, m) in header_matches.iter().enumerate() {
+            let field = format!("{at}.header_matches[{i}]");
+            if !m.value_sds_secret.is_empty() {
+                return Err(err(
+                    field,
+                    format!(
+                        "value_sds_secret {:?}: secrets are not supported",
+                        m.value_sds_secret
+                    ),
+                ));
+            }
+            if m.match_action != MatchAction::ContinueOnMatch as i32 {
+                return Err(err(
+                    field,
+                    format!(
+                        "match_action {} is not supported (expected CONTINUE_ON_MATCH)",
+                        m.match_action
+                    ),
+                ));
+            }
+            let mismatch = match MismatchAction::try_from(m.mismatch_action) {
+                Ok(MismatchAction::FailOnMismatch) => None,
+                Ok(MismatchAction::ContinueOnMismatch) => Some("LOG"),
+                Ok(MismatchAction::AddOnMismatch) => Some("ADD"),
+                Ok(MismatchAction::DeleteOnMismatch) => Some("DELETE"),
+                Ok(MismatchAction::ReplaceOnMismatch) => Some("REPLACE"),
+                Err(_) => {
+                    return Err(err(
+                        field,
+                        format!("unknown mismatch_action {}", m.mismatch_action),
+                    ))
+                }
+            };
+            rule.header_matches
+                .get_or_insert_with(Vec::new)
+                .push(ModelHeaderMatch {
+                    name: m.name.clone(),
+                    value: (!m.value.is_empty()).then(|| m.value.clone()),
+                    secret: None,
+                    mismatch: mismatch.map(str::to_owned),
+                });
+        }
+        CompiledHttpRule::compile(&rule).map_err(|e| err(format!("{at}.{}", e.field), e.message))
+    }
+
+    fn rule(
+        r: &PortNetworkPolicyRule,
+        err: &dyn Fn(String, String) -> NpdsError,
+        at: &str,
+    ) -> Result<Rule, NpdsError> {
+        let deny = match &r.verdict {
+            None => false,
+            Some(Verdict::Deny(d)) => *d,
+            Some(Verdict::PassPrecedence(_)) => {
+                return Err(err(
+                    format!("{at}.pass_precedence"),
+                    "pass verdicts are not supported".into(),
+                ))
+            }
+        };
+        if r.downstream_tls_context.is_some() || r.upstream_tls_context.is_some() {
+            return Err(err(
+                at.to_owned(),
+                "TLS contexts in NPDS are not supported".into(),
+            ));
+        }
+        let http = match &r.l7 {
+            None => None,
+            Some(L7::HttpRules(h)) => Some(
+                h.http_rules
+                    .iter()
+                    .enumerate()
+                    .map(|(k, hr)| header_rule(hr, err, &format!("{at}.http_rules[{k}]")))
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+            Some(L7::KafkaRules(_)) => {
+                return Err(err(
+                    format!("{at}.kafka_rules"),
+                    "Kafka rules are not supported by membrane-proxy".into(),
+                ))
+            }
+            Some(L7::L7Rules(_)) => {
+                return Err(err(
+                    format!("{at}.l7_rules"),
+                    "generic L7 rules are not supported by membrane-proxy".into(),
+                ))
+            }
+        };
+        Ok(Rule {
+            name: if r.name.is_empty() {
+                at.to_owned()
+            } else {
+                r.name.clone()
+            },
+            deny,
+            remotes: (!r.remote_policies.is_empty())
+                .then(|| r.remote_policies.iter().copied().collect()),
+            http,
+        })
+    }
+
+    fn ports(
+        list: &[PortNetworkPolicy],
+        err: &dyn Fn(String, String) -> NpdsError,
+        what: &str,
+    ) -> Result<Vec<Port>, NpdsError> {
+        let mut out = Vec::new();
+        for (i, p) in list.iter().enumerate() {
+            let at = format!("{what}[{i}]");
+            if p.protocol != TCP {
+                continue; // UDP (and anything else) never reaches an HTTP proxy
+            }
+            let port = |v: u32, f: &str| {
+                u16::try_from(v).map_err(|_| {
+                    err(
+                        format!("{at}.{f}"),
+                        format!("{v} is not a port number (0-65535)"),
+                    )
+                })
+            };
+            let lo = port(p.port, "port")?;
+            let (lo, hi) = match (lo, port(p.end_port, "end_port")?) {
+                (0, _) => (0, u16::MAX),
+                (lo, 0) => (lo, lo),
+                (lo, hi) if hi >= lo => (lo, hi),
+                (lo, hi) => {
+                    return Err(err(
+                        format!("{at}.end_port"),
+                        format!("{hi} is below port {lo}"),
+                    ))
+                }
+            };
+            let rules = p
+                .rules
+                .iter()
+                .enumerate()
+                .map(|(j, r)| rule(r, err, &format!("{at}.rules[{j}]")))
+                .collect::<Result<Vec<_>, _>>()?;
+            out.push(Port { lo, hi, rules });
+        }
+        Ok(out)
+    }
+
+    fn translate(np: &NetworkPolicy) -> Result<Translated, NpdsError> {
+        let NetworkPolicy {
+            endpoint_ips,
+            endpoint_id: _,
+            ingress_per_port_policies,
+            egress_per_port_policies,
+        } = np;
+        let endpoint = endpoint_ips.join(",");
+        let err = |field: String, message: String| NpdsError::Policy {
+            endpoint: endpoint.clone(),
+            field,
+            message,
+        };
+        Ok(Translated {
+            ingress: ports(ingress_per_port_policies, &err, "ingress_per_port_policies")?,
+            egress: ports(egress_per_port_policies, &err, "egress_per_port_policies")?,
+        })
+    }
+
+    impl Translated {
+        fn ports(&self, dir: Direction) -> &[Port] {
+            match dir {
+                Direction::Ingress => &self.ingress,
+                Direction::Egress => &self.egress,
+            }
+        }
+
+        fn matching(&self, dir: Direction, port: u16) -> impl Iterator<Item = &Rule> {
+            self.ports(dir)
+                .iter()
+                .filter(move |p| p.lo <= port && port <= p.hi)
+                .flat_map(|p| &p.rules)
+        }
+
+        fn has_http(&self, dir: Direction, port: u16) -> bool {
+            self.matching(dir, port).any(|r| r.http.is_some())
+        }
+
+        /// NPDS semantics: a matching deny rule wins; else an L4-only rule allows; else an
+        /// HTTP rule that matches the request allows; else default deny.
+        fn decide(
+            &self,
+            dir: Direction,
+            port: u16,
+            remote: u32,
+            req: Option<&RequestView<'_>>,
+        ) -> Decision {
+            let rules: Vec<&Rule> = self
+                .matching(dir, port)
+                .filter(|r| r.remotes.as_ref().is_none_or(|s| s.contains(&remote)))
+                .collect();
+            if let Some(r) = rules.iter().find(|r| r.deny) {
+                return Decision::Deny {
+                    decided_by: r.name.clone(),
+                };
+            }
+            if let Some(r) = rules.iter().find(|r| r.http.is_none()) {
+                return Decision::Allow {
+                    decided_by: r.name.clone(),
+                    header_actions: vec![],
+                };
+            }
+            if let Some(req) = req {
+                let hr = membrane_policy::http::HttpRequest {
+                    method: req.method,
+                    path: req.path,
+                    host: req.host,
+                    headers: req.headers,
+                };
+                for r in &rules {
+                    for (i, h) in r.http.iter().flatten().enumerate() {
+                        if let Some(actions) = h.check(&hr) {
+                            return Decision::Allow {
+                                decided_by: format!("{} http[{i}]", r.name),
+                                header_actions: actions,
+                            };
+                        }
+                    }
+                }
+            }
+            Decision::Deny {
+                decided_by: if rules.is_empty() {
+                    "no rule allows this peer on this port (default deny)".to_owned()
+                } else {
+                    "no rule allows this request (default deny)".to_owned()
+                },
+            }
+        }
+    }
+
+    /// Builds the enforcer for the endpoint at `pod_ip` from the NPDS resources (the one
+    /// whose `endpoint_ips` names `pod_ip`) and the NPHDS resources. With no policy for this
+    /// endpoint everything is denied. Any field that cannot be enforced exactly rejects the
+    /// whole update.
+    pub fn build(
+        pod_ip: IpAddr,
+        policies: &[NetworkPolicy],
+        hosts: &[NetworkPolicyHosts],
+        summary: serde_json::Value,
+    ) -> Result<Enforcer, NpdsError> {
+        let ipcache = ipcache(hosts)?;
+        let mine: Vec<&NetworkPolicy> = policies
+            .iter()
+            .filter(|p| {
+                p.endpoint_ips
+                    .iter()
+                    .any(|a| a.parse::<IpAddr>().ok() == Some(pod_ip))
+            })
+            .collect();
+        if mine.len() > 1 {
+            return Err(NpdsError::Ambiguous {
+                ip: pod_ip,
+                count: mine.len(),
+            });
+        }
+        // Validate every resource, not only ours: a NACK should not depend on which
+        // endpoint happened to read it.
+        for p in policies {
+            translate(p)?;
+        }
+        let found = !mine.is_empty();
+        let t = std::sync::Arc::new(match mine.first() {
+            Some(p) => translate(p)?,
+            None => Translated::default(),
+        });
+        let local = ipcache.lookup(pod_ip).0;
+        let mut summary = summary;
+        summary["endpoint_ip"] = pod_ip.to_string().into();
+        summary["endpoint_identity"] = local.into();
+        summary["endpoint_policy_found"] = found.into();
+        summary["ingress"] = describe(&t.ingress);
+        summary["egress"] = describe(&t.egress);
+        summary["ipcache"] = ipcache
+            .entries()
+            .map(|(p, id)| serde_json::json!({"prefix": p.to_string(), "identity": id.0}))
+            .collect();
+        let ipcache = std::sync::Arc::new(ipcache);
+        let (t4, c4) = (t.clone(), ipcache.clone());
+        let l4 = move |ip: IpAddr, dir: Direction, port: u16| {
+            if t4.has_http(dir, port) {
+                return None;
+            }
+            let remote = c4.lookup(ip).0;
+            Some(Checked {
+                remote_identity: remote,
+                local_identity: local,
+                decision: t4.decide(dir, port, remote, None),
+            })
+        };
+        let check = move |ip: IpAddr, dir: Direction, port: u16, req: &RequestView<'_>| {
+            let remote = ipcache.lookup(ip).0;
+            Checked {
+                remote_identity: remote,
+                local_identity: local,
+                decision: t.decide(dir, port, remote, Some(req)),
+            }
+        };
+        Ok(Enforcer {
+            check: Box::new(check),
+            l4: Some(Box::new(l4)),
+            summary,
+        })
+    }
+
+    fn describe(ports: &[Port]) -> serde_json::Value {
+        ports
+            .iter()
+            .map(|p| {
+                serde_json::json!({
+                    "ports": format!("{}-{}", p.lo, p.hi),
+                    "rules": p.rules.iter().map(|r| serde_json::json!({
+                        "name": r.name,
+                        "deny": r.deny,
+                        "remotes": r.remotes.as_ref().map(|s| { let mut v: Vec<_> = s.iter().copied().collect(); v.sort(); v }),
+                        "http": r.http.as_ref().map(|h| h.iter().map(|x| x.to_string()).collect::<Vec<_>>()),
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect()
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use envoy_types::pb::envoy::config::route::v3::HeaderMatcher;
+        use envoy_types::pb::envoy::r#type::matcher::v3::{RegexMatcher, StringMatcher};
+        use membrane_xds::proto::{HttpNetworkPolicyRules, NetworkPolicyHosts};
+
+        fn re(name: &str, re: &str) -> HeaderMatcher {
+            HeaderMatcher {
+                name: name.into(),
+                header_match_specifier: Some(HeaderMatchSpecifier::StringMatch(StringMatcher {
+                    match_pattern: Some(MatchPattern::SafeRegex(RegexMatcher {
+                        regex: re.into(),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }
+        }
+
+        fn http(method: &str, path: &str) -> HttpNetworkPolicyRule {
+            HttpNetworkPolicyRule {
+                headers: vec![re(":method", method), re(":path", path)],
+                header_matches: vec![],
+            }
+        }
+
+        fn rule(
+            remotes: &[u32],
+            deny: bool,
+            rules: Option<Vec<HttpNetworkPolicyRule>>,
+        ) -> PortNetworkPolicyRule {
+            PortNetworkPolicyRule {
+                name: format!("r{remotes:?}{deny}"),
+                remote_policies: remotes.to_vec(),
+                verdict: deny.then_some(Verdict::Deny(true)),
+                l7: rules.map(|r| L7::HttpRules(HttpNetworkPolicyRules { http_rules: r })),
+                ..Default::default()
+            }
+        }
+
+        fn port(port: u32, end_port: u32, rules: Vec<PortNetworkPolicyRule>) -> PortNetworkPolicy {
+            PortNetworkPolicy {
+                port,
+                end_port,
+                protocol: TCP,
+                rules,
+            }
+        }
+
+        fn enforcer(ports: Vec<PortNetworkPolicy>) -> Result<Enforcer, NpdsError> {
+            let np = NetworkPolicy {
+                endpoint_ips: vec!["10.0.0.1".into()],
+                endpoint_id: 1,
+                ingress_per_port_policies: ports,
+                egress_per_port_policies: vec![],
+            };
+            let hosts = [
+                NetworkPolicyHosts {
+                    policy: 100,
+                    host_addresses: vec!["10.0.0.3".into()],
+                },
+                NetworkPolicyHosts {
+                    policy: 200,
+                    host_addresses: vec!["10.0.0.4/32".into()],
+                },
+                NetworkPolicyHosts {
+                    policy: 300,
+                    host_addresses: vec!["10.0.0.1".into()],
+                },
+            ];
+            build(
+                "10.0.0.1".parse().unwrap(),
+                &[np],
+                &hosts,
+                serde_json::json!({}),
+            )
+        }
+
+        fn allowed(e: &Enforcer, from: &str, port: u16, method: &str, path: &str) -> bool {
+            let headers = http::HeaderMap::new();
+            let req = RequestView {
+                method,
+                path,
+                host: None,
+                headers: &headers,
+            };
+            let ip = from.parse().unwrap();
+            let c = match e.check_l4(ip, Direction::Ingress, port) {
+                Some(c) => c,
+                None => e.check(ip, Direction::Ingress, port, &req),
+            };
+            assert_eq!(c.local_identity, 300);
+            matches!(c.decision, Decision::Allow { .. })
+        }
+
+        #[test]
+        fn npds_rule_selection() {
+            let e = enforcer(vec![
+                port(
+                    80,
+                    0,
+                    vec![
+                        rule(
+                            &[100],
+                            false,
+                            Some(vec![http("POST", "/v1/request-landing")]),
+                        ),
+                        rule(&[200], true, None),
+                    ],
+                ),
+                port(9000, 9010, vec![rule(&[], false, None)]),
+                port(0, 0, vec![rule(&[200], false, None)]),
+            ])
+            .unwrap();
+            let table = [
+                // (from, port, method, path, allowed)
+                ("10.0.0.3", 80, "POST", "/v1/request-landing", true),
+                ("10.0.0.3", 80, "PUT", "/v1/exhaust-port", false),
+                ("10.0.0.3", 80, "POST", "/v1/request-landing-x", false),
+                // deny on 80 wins over the wildcard port's allow
+                ("10.0.0.4", 80, "POST", "/v1/request-landing", false),
+                // unknown peer: world, not in any set
+                ("10.9.9.9", 80, "POST", "/v1/request-landing", false),
+                // a range allows everyone at L4
+                ("10.9.9.9", 9005, "GET", "/", true),
+                ("10.9.9.9", 9011, "GET", "/", false),
+                // the wildcard port
+                ("10.0.0.4", 1234, "GET", "/", true),
+                ("10.0.0.3", 1234, "GET", "/", false),
+            ];
+            for (from, p, m, path, want) in table {
+                assert_eq!(
+                    allowed(&e, from, p, m, path),
+                    want,
+                    "{from} :{p} {m} {path}"
+                );
+            }
+        }
+
+        #[test]
+        fn no_policy_for_this_endpoint_denies_everything() {
+            let e = build("10.0.0.9".parse().unwrap(), &[], &[], serde_json::json!({})).unwrap();
+            let c = e
+                .check_l4("10.0.0.3".parse().unwrap(), Direction::Ingress, 80)
+                .unwrap();
+            assert!(matches!(c.decision, Decision::Deny { .. }));
+        }
+
+        #[test]
+        fn untranslatable_fields_are_named() {
+            let bad_regex = enforcer(vec![port(
+                80,
+                0,
+                vec![rule(&[100], false, Some(vec![http("POST", "/v1/(")]))],
+            )])
+            .err()
+            .unwrap()
+            .to_string();
+            assert!(bad_regex.starts_with("NetworkPolicy 10.0.0.1: ingress_per_port_policies[0].rules[0].http_rules[0].path: "), "{bad_regex}");
+            let mut kafka = rule(&[100], false, None);
+            kafka.l7 = Some(L7::KafkaRules(Default::default()));
+            let e = enforcer(vec![port(80, 0, vec![kafka])])
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(
+                e.contains("rules[0].kafka_rules: Kafka rules are not supported"),
+                "{e}"
+            );
+            let e = enforcer(vec![port(80, 70, vec![])])
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(
+                e.contains("ingress_per_port_policies[0].end_port: 70 is below port 80"),
+                "{e}"
+            );
+            let e = ipcache(&[NetworkPolicyHosts {
+                policy: 5,
+                host_addresses: vec!["nope".into()],
+            }])
+            .err()
+            .unwrap()
+            .to_string();
+            assert_eq!(e, "NetworkPolicyHosts policy=5: host_addresses[0]: \"nope\" is not an IP address or CIDR prefix");
+        }
+    }
 }

@@ -1,0 +1,387 @@
+//! membrane-proxy with its policy from a real `membrane-xds` process (NPDS + NPHDS): the
+//! Star Wars L7 policy is enforced for the deathstar's sidecar, live changes are followed,
+//! a policy the proxy cannot enforce is NACKed (visible in the control plane's flight
+//! recorder) while the last good one stays in force, enforcement survives the control
+//! plane's death, and readiness is 503 (everything denied) before the first policy.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use membrane_proxy::config::{Cli, Command as ProxyCommand};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpSocket;
+
+const DEATHSTAR: &str = "127.0.0.2";
+const NODE: &str = "sidecar~127.0.0.2~deathstar-1.default~default.svc.cluster.local";
+
+fn tiefighter() -> IpAddr {
+    "127.0.0.3".parse().unwrap()
+}
+fn xwing() -> IpAddr {
+    "127.0.0.4".parse().unwrap()
+}
+
+/// The `membrane-xds` binary, built (a no-op when fresh) into this test's own target dir:
+/// Cargo gives a test the paths of its own package's binaries only.
+fn xds_binary() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().unwrap();
+        // <target>/<profile>/deps/<test> → <target>/<profile>
+        let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+        let target = profile_dir.parent().unwrap();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args([
+            "build",
+            "--quiet",
+            "-p",
+            "membrane-xds",
+            "--bin",
+            "membrane-xds",
+        ])
+        .arg("--target-dir")
+        .arg(target)
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+        if profile_dir.file_name().unwrap() == "release" {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build");
+        assert!(status.success(), "building membrane-xds failed");
+        let bin = profile_dir.join("membrane-xds");
+        assert!(bin.exists(), "{} missing", bin.display());
+        bin
+    })
+    .clone()
+}
+
+/// A running `membrane-xds`, killed (by pid) and reaped on drop.
+struct Xds {
+    child: Child,
+    _stdout: BufReader<ChildStdout>,
+    grpc: SocketAddr,
+    debug: SocketAddr,
+}
+
+impl Drop for Xds {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_xds(dir: &Path, grpc: SocketAddr) -> Xds {
+    let mut child = Command::new(xds_binary())
+        .arg("--grpc-addr")
+        .arg(grpc.to_string())
+        .args(["--debug-addr", "127.0.0.1:0", "--poll-ms", "50"])
+        .arg("--source-dir")
+        .arg(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .expect("spawn membrane-xds");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("address line");
+    let field = |k: &str| -> SocketAddr {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(k))
+            .unwrap_or_else(|| panic!("no {k} in {line:?}"))
+            .parse()
+            .unwrap()
+    };
+    Xds {
+        grpc: field("grpc="),
+        debug: field("debug="),
+        child,
+        _stdout: stdout,
+    }
+}
+
+/// A loopback port nobody listens on right now.
+fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn pods(port: u16) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: deathstar-1, namespace: default, labels: {{org: empire, class: deathstar}}}}
+spec: {{containers: [{{name: app, ports: [{{containerPort: {port}, name: http}}]}}]}}
+status: {{podIP: {DEATHSTAR}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: tiefighter, namespace: default, labels: {{org: empire, class: tiefighter}}}}
+status: {{podIP: 127.0.0.3}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: xwing, namespace: default, labels: {{org: alliance, class: xwing}}}}
+status: {{podIP: 127.0.0.4}}
+"#
+    )
+}
+
+/// manifests/examples/starwars' L7 policy on `port`, with `extra` appended to its HTTP rules.
+fn cnp(port: u16, extra: &str) -> String {
+    format!(
+        r#"apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {{name: rule1, namespace: default}}
+spec:
+  description: "L7 policy to restrict access to specific HTTP call"
+  endpointSelector: {{matchLabels: {{org: empire, class: deathstar}}}}
+  ingress:
+  - fromEndpoints: [{{matchLabels: {{org: empire}}}}]
+    toPorts:
+    - ports: [{{port: "{port}", protocol: TCP}}]
+      rules:
+        http:
+        - method: POST
+          path: /v1/request-landing
+{extra}"#
+    )
+}
+
+const ALLOW_EXHAUST: &str = "        - method: PUT\n          path: /v1/exhaust-port\n";
+/// Valid for the control plane, but the proxy holds no secrets: it must NACK this.
+const SECRET_RULE: &str =
+    "        - method: GET\n          headerMatches: [{name: x-token, secret: {name: tok}}]\n";
+
+/// One HTTP/1.1 request from `src`; the status code.
+async fn status_from(src: IpAddr, dst: SocketAddr, method: &str, path: &str) -> u16 {
+    let sock = TcpSocket::new_v4().unwrap();
+    sock.bind(SocketAddr::new(src, 0)).unwrap();
+    let mut s = tokio::time::timeout(Duration::from_secs(5), sock.connect(dst))
+        .await
+        .expect("connect in time")
+        .expect("connect");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nhost: deathstar\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .expect("response in time")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("bad response {text:?}"))
+}
+
+async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let code = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|x| x.1)
+        .unwrap_or("")
+        .into();
+    (code, body)
+}
+
+/// Polls until `f` is true, for at most 10 s.
+async fn within_10s<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !f().await {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "timed out after 10s waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn start_proxy(backend: SocketAddr, xds: SocketAddr) -> membrane_proxy::Running {
+    let (backend, xds) = (backend.to_string(), format!("http://{xds}"));
+    let args = [
+        "membrane-proxy",
+        "standalone",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+        "--metrics",
+        "127.0.0.1:0",
+        "--health",
+        "127.0.0.1:0",
+        "--upstream",
+        &backend,
+        "--xds-address",
+        &xds,
+        "--node-id",
+        NODE,
+        "--xds-backoff-initial",
+        "50ms",
+        "--xds-backoff-max",
+        "300ms",
+        "--access-log",
+        "false",
+    ];
+    let ProxyCommand::Standalone(cfg) = Cli::try_parse_from(args).unwrap().command;
+    let deny = membrane_proxy::policy::deny_all("no policy from the control plane yet");
+    membrane_proxy::start(&cfg, deny, None).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn npds_policy_is_enforced_followed_and_kept_when_the_control_plane_dies() {
+    let backend = common::start_backend().await;
+    let port = backend.port();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("cluster.yaml"), pods(port)).unwrap();
+    std::fs::write(dir.path().join("policy.yaml"), cnp(port, "")).unwrap();
+
+    // The proxy starts first, with its control plane not up yet.
+    let grpc = free_port();
+    let proxy = start_proxy(backend, grpc).await;
+    let a = proxy.addrs;
+    assert_eq!(get(a.admin, "/ready").await.0, 503);
+    assert_eq!(get(a.health, "/healthz/ready").await.0, 503);
+    // Deny everything before the first policy, even what the policy will allow.
+    let landing = || status_from(tiefighter(), a.listen, "POST", "/v1/request-landing");
+    assert_eq!(landing().await, 403);
+
+    // The control plane comes up; the proxy reconnects and gets the Star Wars policy.
+    let xds = start_xds(dir.path(), grpc);
+    within_10s("readiness after the first policy", || async {
+        get(a.admin, "/ready").await.0 == 200
+    })
+    .await;
+    assert_eq!(get(a.health, "/healthz/ready").await.0, 200);
+    assert_eq!(landing().await, 200);
+    let exhaust = |src| status_from(src, a.listen, "PUT", "/v1/exhaust-port");
+    assert_eq!(exhaust(tiefighter()).await, 403);
+    // The xwing is no empire member: not even the landing.
+    assert_eq!(
+        status_from(xwing(), a.listen, "POST", "/v1/request-landing").await,
+        403
+    );
+    let (_, dump) = get(a.admin, "/config_dump").await;
+    assert!(dump.contains("\"npds_version\""), "{dump}");
+
+    // The control plane recorded our ACK.
+    let flight = format!("/debug/flightz?proxyID={NODE}");
+    let (code, body) = get(xds.debug, &flight).await;
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let npds = &v["types"]["type.googleapis.com/cilium.NetworkPolicy"];
+    assert!(npds["last_nack"].is_null(), "{body}");
+
+    // A live change: the exhaust port opens.
+    std::fs::write(dir.path().join("policy.yaml"), cnp(port, ALLOW_EXHAUST)).unwrap();
+    within_10s("the proxy to follow the live change", || async {
+        exhaust(tiefighter()).await == 200
+    })
+    .await;
+    assert_eq!(exhaust(xwing()).await, 403);
+
+    // The control plane dies: the last good policy stays in force, no allow-all window.
+    drop(xds);
+    for _ in 0..10 {
+        assert_eq!(landing().await, 200);
+        assert_eq!(exhaust(tiefighter()).await, 200);
+        assert_eq!(exhaust(xwing()).await, 403);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(get(a.admin, "/ready").await.0, 200);
+
+    // It comes back (same address) with the exhaust port closed again: followed after
+    // the reconnect.
+    std::fs::write(dir.path().join("policy.yaml"), cnp(port, "")).unwrap();
+    let _xds = start_xds(dir.path(), grpc);
+    within_10s("the proxy to reconnect and follow", || async {
+        exhaust(tiefighter()).await == 403
+    })
+    .await;
+    assert_eq!(landing().await, 200);
+    proxy.drain(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_the_proxy_cannot_enforce_is_nacked_and_the_last_good_one_stays() {
+    let backend = common::start_backend().await;
+    let port = backend.port();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("cluster.yaml"), pods(port)).unwrap();
+    std::fs::write(dir.path().join("policy.yaml"), cnp(port, "")).unwrap();
+    let xds = start_xds(dir.path(), "127.0.0.1:0".parse().unwrap());
+    let proxy = start_proxy(backend, xds.grpc).await;
+    let a = proxy.addrs;
+    within_10s("readiness", || async {
+        get(a.admin, "/ready").await.0 == 200
+    })
+    .await;
+    assert_eq!(
+        status_from(tiefighter(), a.listen, "POST", "/v1/request-landing").await,
+        200
+    );
+
+    // A rule with a secret (and the exhaust port opened alongside it).
+    std::fs::write(
+        dir.path().join("policy.yaml"),
+        cnp(port, &format!("{ALLOW_EXHAUST}{SECRET_RULE}")),
+    )
+    .unwrap();
+    let flight = format!("/debug/flightz?proxyID={NODE}");
+    let start = Instant::now();
+    let nack = loop {
+        let (_, body) = get(xds.debug, &flight).await;
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        let nack = &v["types"]["type.googleapis.com/cilium.NetworkPolicy"]["last_nack"];
+        if nack.is_object() {
+            break nack.clone();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no NACK recorded within 10s: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let error = nack["error"].as_str().unwrap();
+    assert!(
+        error.contains("ingress_per_port_policies[0].rules[0].http_rules[2].header_matches[0]")
+            && error.contains("value_sds_secret"),
+        "{error}"
+    );
+    // Nothing of the rejected update is in force: the exhaust port stays closed.
+    assert_eq!(
+        status_from(tiefighter(), a.listen, "PUT", "/v1/exhaust-port").await,
+        403
+    );
+    assert_eq!(
+        status_from(tiefighter(), a.listen, "POST", "/v1/request-landing").await,
+        200
+    );
+    assert_eq!(get(a.admin, "/ready").await.0, 200);
+    proxy.drain(Duration::from_secs(1)).await;
+}
