@@ -14,6 +14,7 @@
 //! - a port no rule covers gets an `ALLOW` filter without policies: deny all.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::cluster::v3::{
     cluster::{ClusterDiscoveryType, EdsClusterConfig, LbPolicy},
@@ -390,9 +391,25 @@ pub fn inbound_ports(ep: &EndpointModel, np: &NetworkPolicy) -> Vec<u16> {
     ports
 }
 
-/// RBAC filters already built in this translation, by (ingress policy
-/// hash, port). Valid for one set of identity addresses only.
-pub type RbacCache = std::collections::HashMap<(u64, u16), Vec<HttpFilter>>;
+/// Inbound pieces already built in this translation, shared by every
+/// sidecar that needs them. Valid for one set of identity addresses only.
+#[derive(Debug, Default)]
+pub struct InboundCache {
+    /// A listener's encoded `filter_chains` (the connection manager with its
+    /// RBAC filters, router and RDS name), by (ingress policy hash, port):
+    /// endpoints under the same policy (replicas, a fleet-wide rule) differ
+    /// only in the listener's name and address.
+    chains: std::collections::HashMap<(u64, u16), Arc<[u8]>>,
+    /// The route and cluster of a port, the same for every sidecar.
+    port: std::collections::HashMap<u16, [Resource; 2]>,
+}
+
+impl InboundCache {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
 
 /// Inbound listener, route and cluster per port of a sidecar's endpoint.
 ///
@@ -402,13 +419,13 @@ pub fn sidecar_inbound(
     ep: &EndpointModel,
     np: &NetworkPolicy,
     hosts: &BTreeMap<u64, Vec<String>>,
-    cache: &mut RbacCache,
+    cache: &mut InboundCache,
 ) -> Result<Vec<Resource>, TranslateError> {
     let Some(ip) = ep.ips.first() else {
         return Ok(Vec::new());
     };
     // Endpoints under the same policy (replicas, a fleet-wide rule) share
-    // their RBAC filters: build them once per translation.
+    // their RBAC filters and connection manager: build them once per translation.
     let mut ingress = Vec::new();
     for p in &np.ingress_per_port_policies {
         ingress.extend(p.encode_to_vec());
@@ -418,41 +435,69 @@ pub fn sidecar_inbound(
     for port in inbound_ports(ep, np) {
         let name = format!("inbound|{port}");
         let cluster = format!("inbound|{port}||");
-        let mut http_filters = match cache.get(&(policy_hash, port)) {
-            Some(f) => f.clone(),
+        let chains = match cache.chains.get(&(policy_hash, port)) {
+            Some(c) => c.clone(),
             None => {
-                let f = rbac_filters(np, port, hosts)?;
-                cache.insert((policy_hash, port), f.clone());
-                f
+                let mut http_filters = rbac_filters(np, port, hosts)?;
+                http_filters.push(router_filter());
+                let hcm = HttpConnectionManager {
+                    stat_prefix: format!("inbound_{port}"),
+                    route_specifier: Some(RouteSpecifier::Rds(Rds {
+                        config_source: Some(ads()),
+                        route_config_name: name.clone(),
+                    })),
+                    http_filters,
+                    ..Default::default()
+                };
+                let chains = Listener {
+                    filter_chains: vec![FilterChain {
+                        filters: vec![Filter {
+                            name: "envoy.filters.network.http_connection_manager".into(),
+                            config_type: Some(filter::ConfigType::TypedConfig(any(HCM_TYPE, &hcm))),
+                        }],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                };
+                let c: Arc<[u8]> = chains.encode_to_vec().into();
+                cache.chains.insert((policy_hash, port), c.clone());
+                c
             }
         };
-        http_filters.push(router_filter());
-        let hcm = HttpConnectionManager {
-            stat_prefix: format!("inbound_{port}"),
-            route_specifier: Some(RouteSpecifier::Rds(Rds {
-                config_source: Some(ads()),
-                route_config_name: name.clone(),
-            })),
-            http_filters,
-            ..Default::default()
-        };
-        let listener = Listener {
+        // The shared filter chains hold every allowed peer's address (20 KB
+        // for a fleet-wide rule over 1,000 pods); re-encoding them for each
+        // sidecar was most of a fleet-wide change's translation. Protobuf
+        // fields may be written in any order and prost writes them in field
+        // number order, so `name` (1) and `address` (2) followed by the
+        // encoded `filter_chains` (3) are byte for byte what prost would
+        // write for the whole listener (a test checks this).
+        let head = Listener {
             name: name.clone(),
             address: Some(socket(ip, u32::from(port))),
-            filter_chains: vec![FilterChain {
-                filters: vec![Filter {
-                    name: "envoy.filters.network.http_connection_manager".into(),
-                    config_type: Some(filter::ConfigType::TypedConfig(any(HCM_TYPE, &hcm))),
-                }],
-                ..Default::default()
-            }],
             ..Default::default()
         };
-        out.push(Resource::new(LISTENER, &name, &listener).with_refs(vec![(ROUTE, name.clone())]));
+        let mut value = Vec::with_capacity(head.encoded_len() + chains.len());
+        head.encode(&mut value)
+            .expect("a Vec grows to fit the encoding");
+        value.extend_from_slice(&chains);
         out.push(
-            Resource::new(ROUTE, &name, &route_to(&name, vec!["*".into()], &cluster))
-                .with_refs(vec![(CLUSTER, cluster.clone())]),
+            Resource {
+                name: name.clone(),
+                hash: crate::resource::content_hash(&value),
+                body: Arc::new(Any {
+                    type_url: LISTENER.to_string(),
+                    value,
+                }),
+                refs: None,
+            }
+            .with_refs(vec![(ROUTE, name.clone())]),
         );
+        if let Some(shared) = cache.port.get(&port) {
+            out.extend(shared.iter().cloned());
+            continue;
+        }
+        let route = Resource::new(ROUTE, &name, &route_to(&name, vec!["*".into()], &cluster))
+            .with_refs(vec![(CLUSTER, cluster.clone())]);
         let c = Cluster {
             name: cluster.clone(),
             cluster_discovery_type: Some(ClusterDiscoveryType::Type(0)), // STATIC
@@ -467,7 +512,12 @@ pub fn sidecar_inbound(
             }),
             ..Default::default()
         };
-        out.push(Resource::new(CLUSTER, &cluster, &c).with_refs(Vec::new()));
+        let pair = [
+            route,
+            Resource::new(CLUSTER, &cluster, &c).with_refs(Vec::new()),
+        ];
+        out.extend(pair.iter().cloned());
+        cache.port.insert(port, pair);
     }
     Ok(out)
 }
@@ -573,6 +623,50 @@ pub fn grpc_listeners(svc: &ServiceModel) -> Vec<Resource> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sidecar_listeners_encode_as_prost_would_and_share_chains_by_policy() {
+        let state = crate::source::dir::parse("sw.yaml", super::super::tests::STARWARS)
+            .unwrap()
+            .state;
+        let out = super::super::Translator::new().translate(&state);
+        assert!(out.errors.is_empty(), "{:?}", out.errors);
+        let snap = &out.snapshots["sidecar/default/deathstar-1"];
+        let r = &snap.resources(LISTENER).unwrap().items["inbound|80"];
+        let l: Listener = r.decode().unwrap();
+        assert_eq!(l.name, "inbound|80");
+        assert_eq!(l.filter_chains.len(), 1);
+        assert!(l.address.is_some());
+        assert_eq!(
+            l.encode_to_vec(),
+            r.body.value,
+            "the spliced encoding is prost's own"
+        );
+        assert_eq!(r.hash, crate::resource::content_hash(&r.body.value));
+
+        // Two endpoints under one policy: the chains are built once, the
+        // listeners differ only in their address.
+        let np = NetworkPolicy::default();
+        let ep = |ip: &str| EndpointModel {
+            id: format!("default/{ip}"),
+            pod: ip.into(),
+            namespace: "default".into(),
+            endpoint_id: 1,
+            ips: vec![ip.into()],
+            tcp_ports: vec![80],
+            named_ports: Default::default(),
+            labels: Default::default(),
+            zone: None,
+        };
+        let mut cache = InboundCache::new();
+        let a = sidecar_inbound(&ep("10.0.0.1"), &np, &BTreeMap::new(), &mut cache).unwrap();
+        let b = sidecar_inbound(&ep("10.0.0.2"), &np, &BTreeMap::new(), &mut cache).unwrap();
+        assert_eq!(cache.chains.len(), 1);
+        let (la, lb): (Listener, Listener) = (a[0].decode().unwrap(), b[0].decode().unwrap());
+        assert_eq!(la.filter_chains, lb.filter_chains);
+        assert_ne!(la.address, lb.address);
+        assert_eq!(lb.encode_to_vec(), b[0].body.value);
+    }
 
     #[test]
     fn principals_for_identities_without_addresses_match_nobody_and_stay_valid() {

@@ -526,7 +526,7 @@ impl Translator {
             }
         }
 
-        let mut rbac_cache = envoy::RbacCache::new();
+        let mut inbound_cache = envoy::InboundCache::new();
         for (m, _) in &eps {
             let Some(resolved) = self.engine.resolved(&m.id) else {
                 continue;
@@ -555,7 +555,7 @@ impl Translator {
             b.add_set(NETWORK_POLICY_HOSTS, nphds.clone());
             b.add_set(CLUSTER, svc_clusters.clone());
             b.add_set(ENDPOINT, svc_clas.clone());
-            match envoy::sidecar_inbound(m, &np, &hosts, &mut rbac_cache) {
+            match envoy::sidecar_inbound(m, &np, &hosts, &mut inbound_cache) {
                 Ok(rs) => {
                     for r in rs {
                         b.add(r);
