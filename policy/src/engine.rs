@@ -418,15 +418,6 @@ impl<A: IdentityAllocator> Engine<A> {
             }
         }
     }
-
-    /// Prefixes named by policies and the endpoints' identities, as ipcache input.
-    pub fn identities_in_use(&self) -> BTreeSet<Identity> {
-        self.endpoints
-            .values()
-            .map(|s| s.identity)
-            .chain(self.cidr_identities.values().copied())
-            .collect()
-    }
 }
 
 #[cfg(test)]

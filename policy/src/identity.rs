@@ -60,11 +60,6 @@ impl Identity {
     /// First node-local identity (CIDR identities).
     pub const MIN_LOCAL: u32 = 1 << 24;
 
-    /// True for the reserved numbers.
-    pub fn is_reserved(self) -> bool {
-        self.0 > 0 && self.0 < Self::MIN_CLUSTER
-    }
-
     /// The reserved identity whose label set is exactly one `reserved:` label, if any.
     pub fn reserved_for(labels: &LabelSet) -> Option<Identity> {
         if labels.len() != 1 {
