@@ -117,7 +117,9 @@ pub struct PortEntry {
 }
 
 impl PortEntry {
-    fn covers(&self, proto: Proto, port: u16) -> bool {
+    /// True if this entry applies to a flow of `proto` to `port` (the ICMP type for ICMP).
+    /// A named port nobody resolved covers nothing.
+    pub fn covers(&self, proto: Proto, port: u16) -> bool {
         if !self.proto.covers(proto) {
             return false;
         }

@@ -409,18 +409,12 @@ fn note_unresolved(
     caveats: &mut Vec<String>,
 ) {
     for e in &dp.entries {
-        let covers = e.proto.covers(req.proto)
-            && match &e.ports {
-                crate::rule::PortMatch::Range(lo, hi) => (*lo..=*hi).contains(&req.dport),
-                crate::rule::PortMatch::IcmpType(t) => u16::from(*t) == req.dport,
-                crate::rule::PortMatch::Named(n) => {
-                    caveats.push(format!(
-                        "named port {n:?} is not resolved (give --named-port {n}=PORT)"
-                    ));
-                    false
-                }
-            };
-        if !covers {
+        if let crate::rule::PortMatch::Named(n) = &e.ports {
+            caveats.push(format!(
+                "named port {n:?} is not resolved (give --named-port {n}=PORT)"
+            ));
+        }
+        if !e.covers(req.proto, req.dport) {
             continue;
         }
         for r in &e.rules {
