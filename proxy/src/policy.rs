@@ -373,7 +373,6 @@ pub fn deny_all(why: &str) -> Enforcer {
 /// rebuilt as `membrane-policy` rules and compiled by the engine, so matching semantics
 /// are the engine's; what this module adds is NPDS's per-port rule selection.
 pub mod npds {
-    use std::collections::HashSet;
     use std::net::IpAddr;
 
     use envoy_types::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier;
@@ -382,6 +381,11 @@ pub mod npds {
     use membrane_policy::identity::Identity;
     use membrane_policy::ipcache::IpCache;
     use membrane_policy::model::{HeaderMatch as ModelHeaderMatch, HttpRule};
+    use membrane_policy::resolve::{
+        ConnPolicy, DirectionPolicy, PeerEntry, PortEntry, Remotes, RuleOrigin,
+        Verdict as PolicyVerdict,
+    };
+    use membrane_policy::rule::{PolicyKey, PolicyKind, PortMatch, Proto, L7 as PolicyL7};
     use membrane_xds::proto::{
         header_match::{MatchAction, MismatchAction},
         port_network_policy_rule::{Verdict, L7},
@@ -426,28 +430,20 @@ pub mod npds {
         },
     }
 
-    #[derive(Debug)]
-    struct Rule {
-        name: String,
-        deny: bool,
-        /// `None`: every remote identity.
-        remotes: Option<HashSet<u32>>,
-        /// `None`: L4 only (no HTTP restriction).
-        http: Option<Vec<CompiledHttpRule>>,
+    fn deny_all_direction() -> DirectionPolicy {
+        DirectionPolicy {
+            enforced: true,
+            default_deny: true,
+            ..Default::default()
+        }
     }
 
+    /// The translated policy of one endpoint, in the policy engine's own form so that
+    /// verdicts come from its one implementation (`DirectionPolicy::connection`).
     #[derive(Debug)]
-    struct Port {
-        lo: u16,
-        hi: u16,
-        rules: Vec<Rule>,
-    }
-
-    /// The translated policy of one endpoint.
-    #[derive(Debug, Default)]
     struct Translated {
-        ingress: Vec<Port>,
-        egress: Vec<Port>,
+        ingress: DirectionPolicy,
+        egress: DirectionPolicy,
     }
 
     /// NPHDS resources → the ipcache (identity per prefix); a bare address is a host route.
@@ -587,7 +583,7 @@ pub mod npds {
         r: &PortNetworkPolicyRule,
         err: &dyn Fn(String, String) -> NpdsError,
         at: &str,
-    ) -> Result<Rule, NpdsError> {
+    ) -> Result<PeerEntry, NpdsError> {
         let deny = match &r.verdict {
             None => false,
             Some(Verdict::Deny(d)) => *d,
@@ -626,16 +622,38 @@ pub mod npds {
                 ))
             }
         };
-        Ok(Rule {
-            name: if r.name.is_empty() {
-                at.to_owned()
-            } else {
-                r.name.clone()
-            },
+        let remotes = if r.remote_policies.is_empty() {
+            Remotes::All
+        } else {
+            let mut ids: Vec<Identity> = r.remote_policies.iter().map(|i| Identity(*i)).collect();
+            ids.sort();
+            ids.dedup();
+            Remotes::Set(ids.into())
+        };
+        Ok(PeerEntry {
             deny,
-            remotes: (!r.remote_policies.is_empty())
-                .then(|| r.remote_policies.iter().copied().collect()),
-            http,
+            remotes,
+            l7: match http {
+                None => PolicyL7::None,
+                Some(rules) => PolicyL7::Http(rules.into()),
+            },
+            // NPDS carries only a rule name (membrane-xds writes the CNP origin there), not
+            // the policy key: the name goes in `rule`, which is what decisions report.
+            origin: RuleOrigin {
+                policy: PolicyKey {
+                    kind: PolicyKind::Namespaced,
+                    namespace: None,
+                    name: String::new(),
+                },
+                rule: if r.name.is_empty() {
+                    at.to_owned()
+                } else {
+                    r.name.clone()
+                },
+            },
+            auth: None,
+            unresolved: vec![],
+            notes: vec![],
         })
     }
 
@@ -643,7 +661,7 @@ pub mod npds {
         list: &[PortNetworkPolicy],
         err: &dyn Fn(String, String) -> NpdsError,
         what: &str,
-    ) -> Result<Vec<Port>, NpdsError> {
+    ) -> Result<DirectionPolicy, NpdsError> {
         let mut out = Vec::new();
         for (i, p) in list.iter().enumerate() {
             let at = format!("{what}[{i}]");
@@ -676,9 +694,23 @@ pub mod npds {
                 .enumerate()
                 .map(|(j, r)| rule(r, err, &format!("{at}.rules[{j}]")))
                 .collect::<Result<Vec<_>, _>>()?;
-            out.push(Port { lo, hi, rules });
+            let mut rules = rules;
+            // Deny rules first, as the engine orders them.
+            rules.sort_by_key(|r| !r.deny);
+            out.push(PortEntry {
+                proto: Proto::Tcp,
+                ports: PortMatch::Range(lo, hi),
+                rules,
+            });
         }
-        Ok(out)
+        // An NPDS resource for this endpoint is the whole policy of the direction: what it
+        // does not allow is denied.
+        Ok(DirectionPolicy {
+            enforced: true,
+            default_deny: true,
+            entries: out,
+            selected_by: vec![],
+        })
     }
 
     fn translate(np: &NetworkPolicy) -> Result<Translated, NpdsError> {
@@ -701,26 +733,20 @@ pub mod npds {
     }
 
     impl Translated {
-        fn ports(&self, dir: Direction) -> &[Port] {
+        fn direction(&self, dir: Direction) -> &DirectionPolicy {
             match dir {
                 Direction::Ingress => &self.ingress,
                 Direction::Egress => &self.egress,
             }
         }
 
-        fn matching(&self, dir: Direction, port: u16) -> impl Iterator<Item = &Rule> {
-            self.ports(dir)
-                .iter()
-                .filter(move |p| p.lo <= port && port <= p.hi)
-                .flat_map(|p| &p.rules)
-        }
-
         fn has_http(&self, dir: Direction, port: u16) -> bool {
-            self.matching(dir, port).any(|r| r.http.is_some())
+            self.direction(dir).has_http_on(Proto::Tcp, port)
         }
 
-        /// NPDS semantics: a matching deny rule wins; else an L4-only rule allows; else an
-        /// HTTP rule that matches the request allows; else default deny.
+        /// The engine's verdict for `remote` on `port` (and the request, when HTTP rules
+        /// apply): a matching deny wins, an L4-only allow allows, else an HTTP rule must
+        /// match, else default deny.
         fn decide(
             &self,
             dir: Direction,
@@ -728,45 +754,44 @@ pub mod npds {
             remote: u32,
             req: Option<&RequestView<'_>>,
         ) -> Decision {
-            let rules: Vec<&Rule> = self
-                .matching(dir, port)
-                .filter(|r| r.remotes.as_ref().is_none_or(|s| s.contains(&remote)))
-                .collect();
-            if let Some(r) = rules.iter().find(|r| r.deny) {
-                return Decision::Deny {
-                    decided_by: r.name.clone(),
-                };
-            }
-            if let Some(r) = rules.iter().find(|r| r.http.is_none()) {
-                return Decision::Allow {
-                    decided_by: r.name.clone(),
-                    header_actions: vec![],
-                };
-            }
-            if let Some(req) = req {
-                let hr = membrane_policy::http::HttpRequest {
+            let conn = self
+                .direction(dir)
+                .connection(Identity(remote), Proto::Tcp, port);
+            let denied_l4 = matches!(conn, ConnPolicy::Denied(None));
+            let dec = match req {
+                Some(req) => conn.check_http(&membrane_policy::http::HttpRequest {
                     method: req.method,
                     path: req.path,
                     host: req.host,
                     headers: req.headers,
-                };
-                for r in &rules {
-                    for (i, h) in r.http.iter().flatten().enumerate() {
-                        if let Some(actions) = h.check(&hr) {
-                            return Decision::Allow {
-                                decided_by: format!("{} http[{i}]", r.name),
-                                header_actions: actions,
-                            };
-                        }
-                    }
+                }),
+                None if conn.needs_http() => {
+                    // An L4 check on a port with HTTP rules for this peer: requests decide.
+                    return Decision::Deny {
+                        decided_by: "HTTP rules apply on this port".to_owned(),
+                    };
                 }
-            }
-            Decision::Deny {
-                decided_by: if rules.is_empty() {
+                None => conn.check_http(&membrane_policy::http::HttpRequest {
+                    method: "",
+                    path: "",
+                    host: None,
+                    headers: &http::HeaderMap::new(),
+                }),
+            };
+            let by = match (dec.decided_by, dec.http_rule) {
+                (Some(e), Some(i)) => format!("{} http[{i}]", e.origin.rule),
+                (Some(e), None) => e.origin.rule.clone(),
+                (None, _) if denied_l4 => {
                     "no rule allows this peer on this port (default deny)".to_owned()
-                } else {
-                    "no rule allows this request (default deny)".to_owned()
+                }
+                (None, _) => "no rule allows this request (default deny)".to_owned(),
+            };
+            match dec.verdict {
+                PolicyVerdict::Allowed => Decision::Allow {
+                    decided_by: by,
+                    header_actions: dec.header_actions,
                 },
+                PolicyVerdict::Denied => Decision::Deny { decided_by: by },
             }
         }
     }
@@ -804,7 +829,11 @@ pub mod npds {
         let found = !mine.is_empty();
         let t = std::sync::Arc::new(match mine.first() {
             Some(p) => translate(p)?,
-            None => Translated::default(),
+            // No policy names this endpoint: deny everything in both directions.
+            None => Translated {
+                ingress: deny_all_direction(),
+                egress: deny_all_direction(),
+            },
         });
         let local = ipcache.lookup(pod_ip).0;
         let mut summary = summary;
@@ -845,17 +874,23 @@ pub mod npds {
         })
     }
 
-    fn describe(ports: &[Port]) -> serde_json::Value {
-        ports
+    fn describe(dp: &DirectionPolicy) -> serde_json::Value {
+        dp.entries
             .iter()
-            .map(|p| {
+            .map(|e| {
                 serde_json::json!({
-                    "ports": format!("{}-{}", p.lo, p.hi),
-                    "rules": p.rules.iter().map(|r| serde_json::json!({
-                        "name": r.name,
+                    "ports": e.ports.to_string(),
+                    "rules": e.rules.iter().map(|r| serde_json::json!({
+                        "name": r.origin.rule,
                         "deny": r.deny,
-                        "remotes": r.remotes.as_ref().map(|s| { let mut v: Vec<_> = s.iter().copied().collect(); v.sort(); v }),
-                        "http": r.http.as_ref().map(|h| h.iter().map(|x| x.to_string()).collect::<Vec<_>>()),
+                        "remotes": match &r.remotes {
+                            Remotes::All => None,
+                            Remotes::Set(ids) => Some(ids.iter().map(|i| i.0).collect::<Vec<_>>()),
+                        },
+                        "http": match &r.l7 {
+                            PolicyL7::Http(h) => Some(h.iter().map(|x| x.to_string()).collect::<Vec<_>>()),
+                            _ => None,
+                        },
                     })).collect::<Vec<_>>(),
                 })
             })
