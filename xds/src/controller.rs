@@ -16,7 +16,7 @@ use tracing::{info, warn};
 
 use crate::recorder::{Recorder, SourceLabel};
 use crate::snapshot::{SnapshotBuilder, SnapshotCache};
-use crate::source::dir::DirSource;
+use crate::source::{ClusterState, Source};
 use crate::translate::Translator;
 
 /// What one reconcile did.
@@ -33,7 +33,7 @@ pub struct Reconciled {
 /// Owns the sources and the translator; publishes into the cache.
 #[derive(Debug)]
 pub struct Controller {
-    source: Option<DirSource>,
+    sources: Vec<Box<dyn Source>>,
     translator: Translator,
     cache: Arc<SnapshotCache>,
     recorder: Arc<Recorder>,
@@ -43,15 +43,15 @@ pub struct Controller {
 }
 
 impl Controller {
-    /// A controller over an optional directory source.
+    /// A controller over `sources` (none is valid: every pod gone).
     pub fn new(
-        source: Option<DirSource>,
+        sources: Vec<Box<dyn Source>>,
         cache: Arc<SnapshotCache>,
         recorder: Arc<Recorder>,
         status: Arc<Mutex<Value>>,
     ) -> Self {
         Controller {
-            source,
+            sources,
             translator: Translator::new(),
             cache,
             recorder,
@@ -64,23 +64,23 @@ impl Controller {
     /// Scans, translates and publishes once.
     pub fn reconcile(&mut self) -> Reconciled {
         let mut out = Reconciled::default();
-        let (changed, rejected) = match &mut self.source {
-            Some(s) => {
-                let r = s.scan();
-                (r.changed, r.rejected)
+        let mut changed = false;
+        let mut rejected = Vec::new();
+        for source in &mut self.sources {
+            let r = source.scan();
+            changed |= r.changed;
+            for _ in &r.rejected {
+                self.recorder
+                    .metrics
+                    .source_errors
+                    .get_or_create(&SourceLabel {
+                        source: source.name().into(),
+                    })
+                    .inc();
             }
-            None => (false, Vec::new()),
-        };
-        out.rejected = rejected.len();
-        for _ in &rejected {
-            self.recorder
-                .metrics
-                .source_errors
-                .get_or_create(&SourceLabel {
-                    source: "dir".into(),
-                })
-                .inc();
+            rejected.extend(r.rejected);
         }
+        out.rejected = rejected.len();
         if !changed && !self.first {
             if !rejected.is_empty() {
                 self.update_status(&[], &rejected);
@@ -88,11 +88,10 @@ impl Controller {
             return out;
         }
         self.first = false;
-        let state = self
-            .source
-            .as_ref()
-            .map(DirSource::state)
-            .unwrap_or_default();
+        let mut state = ClusterState::default();
+        for source in &self.sources {
+            state.extend(source.state());
+        }
         let t = self.translator.translate(&state);
         let errors: Vec<String> = t.errors.iter().map(ToString::to_string).collect();
         for e in &errors {
@@ -143,7 +142,7 @@ impl Controller {
     fn update_status(&self, errors: &[String], rejected: &[String]) {
         let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
         *s = json!({
-            "source": self.source.as_ref().map(DirSource::status),
+            "sources": self.sources.iter().map(|s| json!({"kind": s.name(), "status": s.status()})).collect::<Vec<_>>(),
             "last_rejections": rejected,
             "translation_errors": errors,
             "snapshots": self.cache.keys(),
@@ -237,7 +236,10 @@ status: {podIP: 10.0.0.6}
         let recorder = Arc::new(Recorder::new());
         let status = Arc::new(Mutex::new(Value::Null));
         let mut c = Controller::new(
-            Some(DirSource::new(dir.path(), 1 << 20)),
+            vec![Box::new(crate::source::dir::DirSource::new(
+                dir.path(),
+                1 << 20,
+            ))],
             cache.clone(),
             recorder.clone(),
             status.clone(),

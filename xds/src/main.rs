@@ -14,6 +14,7 @@ use membrane_xds::recorder::Recorder;
 use membrane_xds::server::XdsServer;
 use membrane_xds::snapshot::SnapshotCache;
 use membrane_xds::source::dir::DirSource;
+use membrane_xds::source::Source;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -52,11 +53,11 @@ async fn main() -> Result<()> {
     let cache = Arc::new(SnapshotCache::new());
     let recorder = Arc::new(Recorder::new());
     let status = Arc::new(Mutex::new(serde_json::Value::Null));
-    let source = cfg
-        .source_dir
-        .as_ref()
-        .map(|d| DirSource::new(d, cfg.max_file_bytes));
-    let mut controller = Controller::new(source, cache.clone(), recorder.clone(), status.clone());
+    let mut sources: Vec<Box<dyn Source>> = Vec::new();
+    if let Some(d) = &cfg.source_dir {
+        sources.push(Box::new(DirSource::new(d, cfg.max_file_bytes)));
+    }
+    let mut controller = Controller::new(sources, cache.clone(), recorder.clone(), status.clone());
     // Publish before serving, so the first clients get a snapshot at once.
     controller.reconcile();
 

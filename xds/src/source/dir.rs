@@ -22,7 +22,8 @@ use serde_json::{json, Value};
 use thiserror::Error;
 
 use super::k8s;
-use super::ClusterState;
+pub use super::ScanReport;
+use super::{ClusterState, Source};
 
 /// Why a file was rejected.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -160,15 +161,6 @@ struct Entry {
     error: Option<FileError>,
 }
 
-/// What a scan found.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct ScanReport {
-    /// The merged good state changed.
-    pub changed: bool,
-    /// Files rejected in this scan (newly or again after an edit).
-    pub rejected: Vec<String>,
-}
-
 /// A polled directory.
 #[derive(Debug)]
 pub struct DirSource {
@@ -194,9 +186,15 @@ impl DirSource {
             files: BTreeMap::new(),
         }
     }
+}
+
+impl Source for DirSource {
+    fn name(&self) -> &'static str {
+        "dir"
+    }
 
     /// Looks at the directory once.
-    pub fn scan(&mut self) -> ScanReport {
+    fn scan(&mut self) -> ScanReport {
         let mut report = ScanReport::default();
         let mut seen = Vec::new();
         let listing = match std::fs::read_dir(&self.dir) {
@@ -275,7 +273,7 @@ impl DirSource {
     }
 
     /// The merged state of every file's last good version.
-    pub fn state(&self) -> ClusterState {
+    fn state(&self) -> ClusterState {
         let mut s = ClusterState::default();
         for e in self.files.values() {
             if let Some(g) = &e.good {
@@ -292,7 +290,7 @@ impl DirSource {
     }
 
     /// Per file: loaded objects, and the current rejection if any.
-    pub fn status(&self) -> Value {
+    fn status(&self) -> Value {
         let files: Vec<Value> = self
             .files
             .iter()

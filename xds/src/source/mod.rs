@@ -1,5 +1,6 @@
-//! Sources of cluster state. Today: a watched directory of Kubernetes-shaped
-//! YAML (the embedded default). Each source yields a [`ClusterState`].
+//! Sources of cluster state: a watched directory of Kubernetes-shaped YAML
+//! (the embedded default) and the others behind the same [`Source`] trait.
+//! Each source yields a [`ClusterState`]; the controller merges them.
 
 pub mod dir;
 pub mod k8s;
@@ -7,6 +8,32 @@ pub mod k8s;
 use std::sync::Arc;
 
 use membrane_policy::CompiledPolicy;
+use serde_json::Value;
+
+/// A source of cluster state, polled by the controller.
+///
+/// `scan` must be cheap when nothing changed: sources that learn about
+/// changes asynchronously (watches) keep their latest good state behind a
+/// lock and report here whether it moved since the last scan.
+pub trait Source: Send + std::fmt::Debug {
+    /// A short name for metrics and status (`dir`, `etcd`, `kube`).
+    fn name(&self) -> &'static str;
+    /// Looks once; says whether the good state changed and what was rejected.
+    fn scan(&mut self) -> ScanReport;
+    /// The current good state.
+    fn state(&self) -> ClusterState;
+    /// What the source holds, and its current rejections, for `/debug/sourcez`.
+    fn status(&self) -> Value;
+}
+
+/// What a scan found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ScanReport {
+    /// The merged good state changed.
+    pub changed: bool,
+    /// Inputs rejected in this scan (newly or again after an edit).
+    pub rejected: Vec<String>,
+}
 
 /// Everything the sources know: the input of translation.
 #[derive(Debug, Clone, Default)]
@@ -23,4 +50,16 @@ pub struct ClusterState {
     pub slices: Vec<k8s::EndpointSlice>,
     /// Nodes.
     pub nodes: Vec<k8s::Node>,
+}
+
+impl ClusterState {
+    /// Adds everything in `other` to this state.
+    pub fn extend(&mut self, other: ClusterState) {
+        self.policies.extend(other.policies);
+        self.pods.extend(other.pods);
+        self.namespaces.extend(other.namespaces);
+        self.services.extend(other.services);
+        self.slices.extend(other.slices);
+        self.nodes.extend(other.nodes);
+    }
 }
