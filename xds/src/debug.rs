@@ -10,16 +10,11 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use envoy_types::pb::envoy::config::cluster::v3::Cluster;
-use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
-use envoy_types::pb::envoy::config::listener::v3::Listener;
-use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use serde_json::{json, Value};
 
+use crate::configdump;
 use crate::node::cache_key;
-use crate::proto::{NetworkPolicy, NetworkPolicyHosts};
 use crate::recorder::Recorder;
-use crate::resource::{self, Resource};
 use crate::snapshot::SnapshotCache;
 
 /// What the debug endpoint reads.
@@ -105,26 +100,10 @@ async fn metrics(State(s): State<Arc<DebugState>>) -> impl IntoResponse {
     )
 }
 
-fn describe(r: &Resource) -> String {
-    let t = r.body.type_url.as_str();
-    let text = match t {
-        resource::LISTENER => r.decode::<Listener>().map(|m| format!("{m:?}")),
-        resource::ROUTE => r.decode::<RouteConfiguration>().map(|m| format!("{m:?}")),
-        resource::CLUSTER => r.decode::<Cluster>().map(|m| format!("{m:?}")),
-        resource::ENDPOINT => r
-            .decode::<ClusterLoadAssignment>()
-            .map(|m| format!("{m:?}")),
-        resource::NETWORK_POLICY => r.decode::<NetworkPolicy>().map(|m| format!("{m:?}")),
-        resource::NETWORK_POLICY_HOSTS => {
-            r.decode::<NetworkPolicyHosts>().map(|m| format!("{m:?}"))
-        }
-        _ => Ok(format!("{} bytes", r.body.value.len())),
-    };
-    text.unwrap_or_else(|e| format!("undecodable: {e}"))
-}
-
-/// What the control plane holds for a proxy (its current snapshot) and what
-/// was sent and ACKed per type.
+/// What the control plane holds for a proxy (its current snapshot), as
+/// Envoy's `ConfigDump` JSON; versions are what was last sent to it.
+/// `format=membrane` instead lists every type with its snapshot, sent and
+/// ACKed versions and each resource's hash.
 async fn config_dump(
     State(s): State<Arc<DebugState>>,
     Query(q): Query<HashMap<String, String>>,
@@ -141,29 +120,48 @@ async fn config_dump(
             .into_response();
     };
     let record = s.recorder.proxy(id);
-    let mut types = serde_json::Map::new();
-    for t in snap.type_urls() {
-        let set = snap.resources(t).expect("listed type");
-        let tr = record.as_ref().and_then(|r| r.types.get(t));
-        types.insert(
-            t.to_string(),
-            json!({
-                "version": set.version,
-                "sent_version": tr.and_then(|x| x.sent_version.clone()),
-                "acked_version": tr.and_then(|x| x.acked_version.clone()),
-                "resources": set.items.values().map(|r| json!({
-                    "name": r.name,
-                    "version": format!("{:016x}", r.hash),
-                    "config": describe(r),
-                })).collect::<Vec<_>>(),
-            }),
-        );
+    let sent = |t: &str| {
+        record
+            .as_ref()
+            .and_then(|r| r.types.get(t))
+            .and_then(|x| x.sent_version.clone())
+    };
+    match q.get("format").map(String::as_str) {
+        None | Some("envoy") => Json(configdump::config_dump(&snap, |t| {
+            sent(t).unwrap_or_else(|| snap.type_version(t))
+        }))
+        .into_response(),
+        Some("membrane") => {
+            let mut types = serde_json::Map::new();
+            for t in snap.type_urls() {
+                let set = snap.resources(t).expect("listed type");
+                let tr = record.as_ref().and_then(|r| r.types.get(t));
+                types.insert(
+                    t.to_string(),
+                    json!({
+                        "version": set.version,
+                        "sent_version": tr.and_then(|x| x.sent_version.clone()),
+                        "acked_version": tr.and_then(|x| x.acked_version.clone()),
+                        "resources": set.items.values().map(|r| json!({
+                            "name": r.name,
+                            "version": format!("{:016x}", r.hash),
+                            "config": configdump::resource_json(r),
+                        })).collect::<Vec<_>>(),
+                    }),
+                );
+            }
+            Json(json!({
+                "proxy": id,
+                "snapshotKey": key,
+                "snapshotVersion": snap.version,
+                "types": types,
+            }))
+            .into_response()
+        }
+        Some(other) => (
+            StatusCode::BAD_REQUEST,
+            format!("format {other:?}: expected envoy or membrane\n"),
+        )
+            .into_response(),
     }
-    Json(json!({
-        "proxy": id,
-        "snapshotKey": key,
-        "snapshotVersion": snap.version,
-        "types": types,
-    }))
-    .into_response()
 }

@@ -11,6 +11,7 @@
 //! a misbehaving client) replace good state or take the process down.
 
 pub mod config;
+pub mod configdump;
 pub mod controller;
 pub mod debug;
 pub mod node;

@@ -142,20 +142,45 @@ async fn envoy_enforces_starwars_l7_and_nacks_show_in_the_flight_recorder() {
     assert_eq!(syncz["proxy_type"], "sidecar");
     let stalez = debug_json(xds.debug, "/debug/stalez").await;
     assert_eq!(stalez["stale"], 0, "{stalez}");
-    // What was sent to this proxy: its inbound listener with the RBAC rule.
+    // What was sent to this proxy, in Envoy's ConfigDump shape: the inbound
+    // listener is the very listener Envoy itself dumps, at the version
+    // Envoy reports for it.
     let dump = debug_json(xds.debug, &format!("/debug/config_dump?proxyID={NODE}")).await;
-    let lds = &dump["types"]["type.googleapis.com/envoy.config.listener.v3.Listener"];
-    assert_eq!(lds["acked_version"], lds["version"], "{lds}");
-    let listener = lds["resources"]
+    let ours = dumped_listener(&dump, &format!("inbound|{port}"));
+    let admin = envoy_admin(tmp.path()).await;
+    // Envoy answers chunked: let curl read it.
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10"])
+        .arg(format!(
+            "http://{admin}/config_dump?resource=dynamic_listeners"
+        ))
+        .output()
+        .expect("curl");
+    let envoys: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("envoy's config_dump: {e}: {out:?}"));
+    let theirs = envoys["configs"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|r| r["name"] == format!("inbound|{port}"))
-        .unwrap_or_else(|| panic!("no inbound|{port} in {lds}"));
-    assert!(
-        listener["config"].as_str().unwrap().contains("127.0.0.2"),
-        "{listener}"
+        .find(|l| l["name"] == format!("inbound|{port}"))
+        .unwrap_or_else(|| panic!("envoy has no inbound|{port}: {envoys}"));
+    assert_eq!(
+        ours["active_state"]["version_info"],
+        theirs["active_state"]["version_info"]
     );
+    assert_eq!(
+        ours["active_state"]["listener"], theirs["active_state"]["listener"],
+        "the control plane's dump and envoy's differ"
+    );
+    assert!(ours.to_string().contains("127.0.0.2"), "{ours}");
+    // The per-type view keeps sent and ACKed versions.
+    let dump = debug_json(
+        xds.debug,
+        &format!("/debug/config_dump?proxyID={NODE}&format=membrane"),
+    )
+    .await;
+    let lds = &dump["types"]["type.googleapis.com/envoy.config.listener.v3.Listener"];
+    assert_eq!(lds["acked_version"], lds["version"], "{lds}");
     let adsz = debug_json(xds.debug, "/debug/adsz").await;
     let client = &adsz["clients"][0];
     assert_eq!(client["node"], NODE, "{adsz}");
@@ -225,6 +250,18 @@ async fn envoy_enforces_starwars_l7_and_nacks_show_in_the_flight_recorder() {
         },
     )
     .await;
+}
+
+/// The `dynamic_listeners` entry named `name` of a ConfigDump.
+fn dumped_listener<'a>(dump: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    dump["configs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["@type"] == "type.googleapis.com/envoy.admin.v3.ListenersConfigDump")
+        .flat_map(|c| c["dynamic_listeners"].as_array().unwrap())
+        .find(|l| l["name"] == name)
+        .unwrap_or_else(|| panic!("no listener {name} in {dump}"))
 }
 
 /// Envoy's admin address, once it has written it.

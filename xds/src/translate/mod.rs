@@ -595,7 +595,7 @@ impl Translator {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::resource::{LISTENER, ROUTE};
     use crate::source::dir::parse;
