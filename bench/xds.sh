@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Control-plane benchmark (xds/benches/fanout.rs): one policy change reaching 1,000
 # connected ADS clients (p50/p99/max, goal p99 < 100 ms), server memory per connected
-# proxy, and translation of 10,000 rules for 1,000 endpoints (goal < 1 s).
+# proxy, translation of 10,000 rules for 1,000 endpoints (goal < 1 s), and a live policy
+# change followed by real membrane-proxy sidecars over xDS (bench/xds_live.py).
 # Writes bench/results/xds-<date>.md.
 #
-# Env: XDS_BENCH_CLIENTS (1000), XDS_BENCH_ROUNDS (5), XDS_BENCH_POLL_MS (1000, fallback poll), CARGO_TARGET_DIR.
+# Env: XDS_BENCH_CLIENTS (1000), XDS_BENCH_ROUNDS (5), XDS_BENCH_POLL_MS (1000, fallback poll),
+#      XDS_LIVE_PROXIES (50), XDS_LIVE_ROUNDS (20), CARGO_TARGET_DIR.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -14,10 +16,15 @@ OUT="$ROOT/bench/results/xds-$DATE.md"
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 (cd "$ROOT" && cargo bench -p membrane-xds --bench fanout --no-run -q)
+(cd "$ROOT" && cargo build -q --release -p membrane-xds -p membrane-proxy)
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 REPORT=$(mktemp)
 trap 'rm -f "$REPORT"' EXIT
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 (cd "$ROOT" && cargo bench -q -p membrane-xds --bench fanout) >"$REPORT"
+echo >>"$REPORT"
+python3 "$ROOT/bench/xds_live.py" --xds "$BIN/membrane-xds" --proxy "$BIN/membrane-proxy" \
+  --proxies "${XDS_LIVE_PROXIES:-50}" --rounds "${XDS_LIVE_ROUNDS:-20}" >>"$REPORT"
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 {
   cat "$REPORT"
