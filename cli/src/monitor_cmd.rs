@@ -163,7 +163,7 @@ fn text(e: &Event) -> String {
                 addr(&e.dst)
             )
         }
-        TYPE_LOST => format!("{head} Lost {} events (this monitor fell behind)", e.count),
+        TYPE_LOST => format!("{head} Lost {} events ({})", e.count, e.reason),
         other => format!("{head} {other} {}", e.reason),
     }
 }

@@ -154,7 +154,8 @@ impl Hub {
         subs.retain_mut(|s| {
             if s.lost > 0 {
                 let mut lost =
-                    serde_json::to_string(&Event::lost(&self.node, s.lost)).unwrap_or_default();
+                    serde_json::to_string(&Event::lost(&self.node, s.lost, "slow-subscriber"))
+                        .unwrap_or_default();
                 lost.push('\n');
                 match s.tx.try_send(lost) {
                     Ok(()) => s.lost = 0,

@@ -66,12 +66,15 @@ impl Event {
         self.kind == "policy-verdict" && self.verdict.as_deref() == Some("denied")
     }
 
-    /// A `lost` record: `n` events were skipped for a slow subscriber.
-    pub fn lost(node: &str, n: u64) -> Self {
+    /// A `lost` record: `n` events were skipped; `reason` says where
+    /// (`slow-subscriber`: this stream fell behind; `ring-buffer-full`: the
+    /// kernel had no room, every subscriber missed them).
+    pub fn lost(node: &str, n: u64, reason: &str) -> Self {
         Self {
             node: node.to_owned(),
             time: humantime::format_rfc3339_nanos(SystemTime::now()).to_string(),
             kind: TYPE_LOST.to_owned(),
+            reason: reason.to_owned(),
             count: n,
             ..Self::default()
         }

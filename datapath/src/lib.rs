@@ -761,6 +761,18 @@ impl Datapath {
         Ok(out)
     }
 
+    /// Records the kernel programs had no ring-buffer room for, since load.
+    pub fn events_lost(&self) -> Result<u64> {
+        let name = "mb_events_lost";
+        let arr: PerCpuArray<MapData, u64> =
+            PerCpuArray::try_from(Map::PerCpuArray(self.map(name)?))
+                .map_err(|source| Error::Map { name, source })?;
+        let per_cpu = arr
+            .get(&0, 0)
+            .map_err(|source| Error::Map { name, source })?;
+        Ok(per_cpu.iter().sum())
+    }
+
     /// The monitor event ring buffer. It has one consumer: the agent that
     /// opens it (see [`events::EventReader`]).
     pub fn events(&self) -> Result<events::EventReader> {

@@ -19,6 +19,22 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } mb_events SEC(".maps");
 
+/*
+ * mb_events_lost: per-CPU array, one row: records the ring buffer had no
+ * room for.
+ *   key:    __u32 0
+ *   value:  __u64 count
+ *   writer: every program that emits; the agent reads the sum and reports
+ *           increases to its subscribers as "lost" records.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mb_events_lost SEC(".maps");
+
 /* Kernel-only state of the sk_msg miss rate limit (one row per CPU). */
 struct mb_event_rl {
 	__u64 last_ns; /* when this CPU last emitted a miss record */
@@ -58,11 +74,18 @@ static __always_inline void mb_ip_copy(__u32 dst[4], const __u32 src[4])
  */
 static __noinline void mb_event_emit(struct mb_event *e)
 {
+	__u32 zero = 0;
+	__u64 *lost;
+
 	e->version = MB_EVENT_VERSION;
 	e->ts_ns = bpf_ktime_get_ns();
 	if (!e->count)
 		e->count = 1;
-	bpf_ringbuf_output(&mb_events, e, sizeof(*e), 0);
+	if (bpf_ringbuf_output(&mb_events, e, sizeof(*e), 0) == 0)
+		return;
+	lost = bpf_map_lookup_elem(&mb_events_lost, &zero);
+	if (lost)
+		*lost += 1;
 }
 
 /* A splice decision about one socket, seen from its own side. */

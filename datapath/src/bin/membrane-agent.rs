@@ -248,6 +248,7 @@ fn run(dp: &Datapath, socket: &Path, node: &str, interval: Duration) -> Result<(
                 "node": hub.node(),
                 "bpffs": dp.dir(),
                 "subscribers": hub.subscribers(),
+                "events_lost_in_kernel": dp.events_lost().ok(),
             });
             let fields = [
                 (
@@ -269,10 +270,23 @@ fn run(dp: &Datapath, socket: &Path, node: &str, interval: Duration) -> Result<(
     }
     println!("serving {} as node {node}", socket.display());
     let mut next_print = Instant::now();
+    let mut kernel_lost = dp.events_lost().unwrap_or(0);
     loop {
         if reader.wait(Duration::from_millis(200))? {
             for ev in reader.drain(node, 4096)? {
                 hub.publish(&ev);
+            }
+        }
+        // Records the kernel dropped for want of room: every subscriber
+        // missed them, so every subscriber is told.
+        if let Ok(n) = dp.events_lost() {
+            if n > kernel_lost {
+                hub.publish(&membrane_datapath::events::Event::lost(
+                    node,
+                    n - kernel_lost,
+                    "ring-buffer-full",
+                ));
+                kernel_lost = n;
             }
         }
         if Instant::now() >= next_print {
