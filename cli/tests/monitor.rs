@@ -112,12 +112,23 @@ impl Node {
             .spawn()
             .unwrap();
         self.children.push(child);
-        wait_for(|| self.socket().exists(), "the agent's socket");
+        wait_for(
+            || UnixStream::connect(self.socket()).is_ok(),
+            "the agent's socket",
+        );
         let dp = Datapath::open(&self.bpffs).unwrap();
         dp.set_identity("127.0.0.1".parse().unwrap(), SERVER)
             .unwrap();
         dp.set_policy(POD, SERVER, 9001, true, 0).unwrap();
         dp.set_policy(POD, SERVER, 9002, false, 0).unwrap();
+    }
+
+    /// SIGKILL the agents started so far (its socket file stays behind, stale).
+    fn kill_agents(&mut self) {
+        for mut c in self.children.drain(..) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     fn status(&self) -> serde_json::Value {
@@ -130,7 +141,7 @@ impl Node {
 
     fn wait_subscribers(&self, n: u64) {
         wait_for(
-            || self.socket().exists() && self.status()["subscribers"] == n,
+            || UnixStream::connect(self.socket()).is_ok() && self.status()["subscribers"] == n,
             "monitor subscriptions",
         );
     }
@@ -255,6 +266,35 @@ fn denied_connect_shows_up_in_monitor_even_when_started_before_the_agent() {
         .find(|c| c["program"] == "mb_connect4")
         .map(|c| c["refused"].clone());
     assert_eq!(refused, Some(serde_json::json!(1)), "{st}");
+}
+
+#[test]
+fn monitor_reconnects_to_a_restarted_agent() {
+    let mut node = Node::new();
+    node.start_agent("node-a");
+    let sock = node.socket();
+    let mon = monitor(&[
+        "--socket",
+        sock.to_str().unwrap(),
+        "--type",
+        "drop",
+        "--count",
+        "1",
+        "-o",
+        "json",
+    ]);
+    node.wait_subscribers(1);
+    node.kill_agents();
+    assert!(sock.exists(), "a killed agent leaves its socket file");
+    // The new agent replaces the stale socket; the monitor finds it again.
+    node.start_agent("node-a");
+    node.wait_subscribers(1);
+    assert_eq!(node.connect(9002), "eperm");
+    let (out, err) = finish(mon);
+    assert!(err.contains("closed the stream; reconnecting"), "{err}");
+    let evs = json_lines(&out);
+    assert_eq!(evs.len(), 1, "{out}");
+    assert_eq!(evs[0]["dst"], "127.0.0.1:9002");
 }
 
 #[test]
