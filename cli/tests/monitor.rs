@@ -257,6 +257,7 @@ fn denied_connect_shows_up_in_monitor_even_when_started_before_the_agent() {
     // The status request: attachments, settings and counters of this node.
     let st = node.status();
     assert_eq!(st["node"], "node-a");
+    assert_eq!(st["cgroup"], node.cgroup.to_str().unwrap());
     assert_eq!(st["settings"]["policy_enforce"], true);
     assert_eq!(st["attachments"].as_array().map(Vec::len), Some(1), "{st}");
     let refused = st["counters"]

@@ -72,6 +72,7 @@ static __always_inline void mb_remember(struct bpf_sock_addr *ctx, struct mb_add
 	e.family = orig->family;
 	e.cookie = cookie;
 	e.src_identity = cfg->pod_identity;
+	e.dst_identity = mb_identity_of(orig->ip, orig->family);
 	e.revision = cfg->policy_revision;
 	mb_ip_copy(e.dst_ip, orig->ip);
 	e.dst_port = orig->port;

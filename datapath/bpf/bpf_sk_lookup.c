@@ -20,6 +20,7 @@
 #include "lib/config.h"
 #include "lib/capture.h"
 #include "lib/inbound.h"
+#include "lib/policy.h"
 #include "lib/events.h"
 
 /* sk_lookup verdicts. */
@@ -97,6 +98,7 @@ int mb_sk_lookup(struct bpf_sk_lookup *ctx)
 	e.reason = MB_RSN_INBOUND;
 	e.prog = MB_PROG_SK_LOOKUP;
 	e.family = dst.family;
+	e.src_identity = mb_identity_of(src.ip, src.family);
 	e.dst_identity = cfg->pod_identity;
 	e.revision = cfg->policy_revision;
 	mb_ip_copy(e.src_ip, src.ip);

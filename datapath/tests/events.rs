@@ -97,7 +97,7 @@ fn verdicts_and_outbound_capture_are_reported() {
     let c = capture_for(&evs, "10.77.0.1:8080").unwrap();
     assert_eq!(c.reason, "outbound");
     assert_eq!(c.to.as_deref(), Some("127.0.0.1:15001"), "{c:?}");
-    assert_eq!(c.src_identity, POD);
+    assert_eq!((c.src_identity, c.dst_identity), (POD, SERVER));
     assert_eq!(
         c.cookie, v.cookie,
         "one socket: verdict and capture share the cookie"

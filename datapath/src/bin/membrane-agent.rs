@@ -236,17 +236,27 @@ fn node_name(flag: &Option<String>) -> String {
 
 /// Serve the API socket and fan the ring buffer out to its subscribers;
 /// print counters every `interval`. Runs until killed.
-fn run(dp: &Datapath, socket: &Path, node: &str, interval: Duration) -> Result<()> {
+fn run(
+    dp: &Datapath,
+    attach: &AttachArgs,
+    socket: &Path,
+    node: &str,
+    interval: Duration,
+) -> Result<()> {
     let mut reader = dp.events().context("open the monitor events ring buffer")?;
     let listener = api::bind(socket).with_context(|| format!("--socket {}", socket.display()))?;
     let hub = Arc::new(api::Hub::new(node, api::SUBSCRIBER_QUEUE));
     let status = {
         let dp = dp.clone();
         let hub = hub.clone();
+        let cgroup = attach.cgroup.clone();
+        let netns = attach.inbound_netns.clone();
         move || {
             let mut v = serde_json::json!({
                 "node": hub.node(),
                 "bpffs": dp.dir(),
+                "cgroup": cgroup,
+                "inbound_netns": netns,
                 "subscribers": hub.subscribers(),
                 "events_lost_in_kernel": dp.events_lost().ok(),
             });
@@ -327,6 +337,7 @@ fn main() -> Result<()> {
             let dp = attach.attach(&cfg.bpffs)?;
             run(
                 &dp,
+                attach,
                 &cfg.socket,
                 &node_name(&cfg.node),
                 Duration::from_secs((*interval).max(1)),
