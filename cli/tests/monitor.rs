@@ -173,18 +173,33 @@ fn wait_for(mut cond: impl FnMut() -> bool, what: &str) {
     }
 }
 
-fn monitor(args: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_membrane"))
-        .arg("monitor")
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+/// A running `membrane monitor`, killed on drop unless it was finished.
+struct Monitor(Option<Child>);
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn monitor(args: &[&str]) -> Monitor {
+    Monitor(Some(
+        Command::new(env!("CARGO_BIN_EXE_membrane"))
+            .arg("monitor")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    ))
 }
 
 /// Wait (bounded) for a monitor started with --count to finish; its stdout and stderr.
-fn finish(mut child: Child) -> (String, String) {
+fn finish(mut m: Monitor) -> (String, String) {
+    let mut child = m.0.take().unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while child.try_wait().unwrap().is_none() {
         if Instant::now() > deadline {
