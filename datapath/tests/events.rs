@@ -248,3 +248,69 @@ fn a_full_ring_buffer_counts_what_it_dropped() {
     }
     assert_eq!(read + lost, 3000, "read {read}, lost {lost}");
 }
+
+/// Kills a process started outside the harness's cgroup on drop.
+struct Outside(std::process::Child);
+impl Drop for Outside {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn sk_msg_misses_are_reported_rate_limited() {
+    // The app's socket is spliced, its peer (a server outside the pod's
+    // cgroup) is not: every send misses the peer and takes plain TCP.
+    let env = Env::new();
+    let dp = env.attach(&Settings::default());
+    let mut reader = dp.events().unwrap();
+    let mut server = Outside(
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &env.netns, common::SOCKBENCH])
+            .args(["echo", "--listen", "127.0.0.1:9301"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut ready = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.0.stdout.as_mut().unwrap()),
+        &mut ready,
+    )
+    .unwrap();
+    assert!(ready.starts_with("READY"), "{ready:?}");
+
+    let out = env.client(&[
+        "client",
+        "--connect",
+        "127.0.0.1:9301",
+        "--bytes",
+        "4194304",
+        "--chunk",
+        "1024",
+    ]);
+    assert!(out.contains("OK round=0"), "{out}");
+    let misses = dp.counters_of("mb_sk_msg").unwrap().misses;
+    assert!(misses >= 4096, "every 1 KiB send missed: {misses}");
+    let evs = collect(&mut reader, |e| {
+        e.iter()
+            .any(|e| e.program == "sk_msg" && e.reason == "no-peer")
+    });
+    // Give late records a moment, then count what came.
+    std::thread::sleep(Duration::from_millis(100));
+    let mut evs = evs;
+    evs.extend(reader.drain("node-a", 100_000).unwrap());
+    let records: Vec<&Event> = evs
+        .iter()
+        .filter(|e| e.program == "sk_msg" && e.reason == "no-peer")
+        .collect();
+    let folded: u64 = records.iter().map(|e| e.count).sum();
+    assert!(
+        (records.len() as u64) * 10 < misses,
+        "rate-limited: {} records for {misses} misses",
+        records.len()
+    );
+    assert!(folded <= misses && folded >= 1, "{folded} of {misses}");
+    assert_eq!(records[0].dst.as_deref(), Some("127.0.0.1:9301"));
+}
