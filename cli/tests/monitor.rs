@@ -100,6 +100,10 @@ impl Node {
 
     /// Start `membrane-agent run` with enforcement on; decisions: 9001 allowed, 9002 denied.
     fn start_agent(&mut self, node: &str) {
+        self.start_agent_with(node, &[]);
+    }
+
+    fn start_agent_with(&mut self, node: &str, extra: &[&str]) {
         let child = Command::new(agent_bin())
             .arg("--bpffs")
             .arg(&self.bpffs)
@@ -108,6 +112,7 @@ impl Node {
             .args(["--node", node, "run", "--interval", "3600", "--cgroup"])
             .arg(&self.cgroup)
             .args(["--policy-enforce", "--pod-identity", &POD.to_string()])
+            .args(extra)
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
@@ -146,12 +151,8 @@ impl Node {
         );
     }
 
-    /// Listen on `port` and connect to it from inside the pod (cgroup + netns); "ok" or
-    /// "eperm".
-    fn connect(&self, port: u16) -> String {
-        let script = format!(
-            "import socket\nl = socket.socket()\nl.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\nl.bind(('127.0.0.1', {port}))\nl.listen(1)\ns = socket.socket()\ntry:\n    s.connect(('127.0.0.1', {port}))\n    print('ok')\nexcept PermissionError:\n    print('eperm')\nexcept OSError as e:\n    print('error', e.errno)\n"
-        );
+    /// Run a python script inside the pod (cgroup + netns); its stdout, trimmed.
+    fn python(&self, script: &str) -> String {
         let out = Command::new("sh")
             .arg("-c")
             .arg(r#"echo $$ > "$1/cgroup.procs" && exec ip netns exec "$2" timeout 10 python3 -c "$3""#)
@@ -162,6 +163,15 @@ impl Node {
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// Listen on `port` and connect to it from inside the pod (cgroup + netns); "ok" or
+    /// "eperm".
+    fn connect(&self, port: u16) -> String {
+        let script = format!(
+            "import socket\nl = socket.socket()\nl.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\nl.bind(('127.0.0.1', {port}))\nl.listen(1)\ns = socket.socket()\ntry:\n    s.connect(('127.0.0.1', {port}))\n    print('ok')\nexcept PermissionError:\n    print('eperm')\nexcept OSError as e:\n    print('error', e.errno)\n"
+        );
+        self.python(&script)
     }
 }
 
@@ -282,6 +292,74 @@ fn denied_connect_shows_up_in_monitor_even_when_started_before_the_agent() {
         .find(|c| c["program"] == "mb_connect4")
         .map(|c| c["refused"].clone());
     assert_eq!(refused, Some(serde_json::json!(1)), "{st}");
+}
+
+#[test]
+fn allowed_captured_connect_shows_verdict_and_capture_with_the_original_destination() {
+    let mut node = Node::new();
+    for args in [
+        vec!["link", "add", "mbpod0", "type", "bridge"],
+        vec!["addr", "add", "10.77.0.1/24", "dev", "mbpod0"],
+        vec!["link", "set", "mbpod0", "up"],
+    ] {
+        let ok = Command::new("ip")
+            .args(["-n", &node.netns])
+            .args(&args)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "ip {args:?}");
+    }
+    node.start_agent_with("node-a", &["--capture", "--proxy-uid", "4294967294"]);
+    let dp = Datapath::open(&node.bpffs).unwrap();
+    dp.set_identity("10.77.0.1".parse().unwrap(), SERVER)
+        .unwrap();
+    dp.set_policy(POD, SERVER, 8080, true, 0).unwrap();
+    let sock = node.socket();
+    let sock = sock.to_str().unwrap();
+    let verdicts = monitor(&[
+        "--socket",
+        sock,
+        "--type",
+        "policy-verdict",
+        "--count",
+        "1",
+        "-o",
+        "json",
+    ]);
+    let captures = monitor(&[
+        "--socket", sock, "--type", "capture", "--count", "1", "-o", "json",
+    ]);
+    node.wait_subscribers(2);
+
+    // The "proxy" listens on the outbound capture port; the app connects to
+    // 10.77.0.1:8080, where nothing listens, and lands on the proxy.
+    let out = node.python(
+        "import socket\n\
+         p = socket.socket(); p.bind(('127.0.0.1', 15001)); p.listen(1)\n\
+         c = socket.create_connection(('10.77.0.1', 8080))\n\
+         a, _ = p.accept()\n\
+         print('proxy accepted', a.getsockname()[1])\n",
+    );
+    assert_eq!(out, "proxy accepted 15001");
+
+    let (out, _) = finish(verdicts);
+    let v = &json_lines(&out)[0];
+    assert_eq!(
+        (v["verdict"].as_str(), v["dst"].as_str()),
+        (Some("allowed"), Some("10.77.0.1:8080")),
+        "{v}"
+    );
+    let (out, _) = finish(captures);
+    let c = &json_lines(&out)[0];
+    assert_eq!(c["dst"], "10.77.0.1:8080", "the original destination: {c}");
+    assert_eq!(c["to"], "127.0.0.1:15001");
+    assert_eq!(c["reason"], "outbound");
+    assert_eq!(
+        (c["src_identity"].as_u64(), c["dst_identity"].as_u64()),
+        (Some(4242), Some(5151))
+    );
+    assert_eq!(c["cookie"], v["cookie"], "same socket");
 }
 
 #[test]
