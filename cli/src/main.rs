@@ -1,11 +1,13 @@
 //! `membrane`: the operator CLI.
 //!
-//! Verbs: `policy validate` and `policy trace` (the policy engine, offline), and
-//! `bpf sockmap list` (the node's pinned datapath). It owns argument
+//! Verbs: `policy validate` and `policy trace` (the policy engine, offline),
+//! `bpf sockmap list` (the node's pinned datapath), and `monitor` (the
+//! agents' event streams). It owns argument
 //! parsing, file reading and output formatting; all policy semantics live in
 //! `membrane-policy`.
 
 mod bpf_cmd;
+mod monitor_cmd;
 mod policy_cmd;
 
 use clap::{Parser, Subcommand};
@@ -27,6 +29,9 @@ enum Command {
     /// Inspect the node's eBPF datapath.
     #[command(subcommand)]
     Bpf(bpf_cmd::BpfCommand),
+    /// Stream datapath events (policy verdicts, drops, capture, splice
+    /// traces) from one or more agents.
+    Monitor(monitor_cmd::MonitorArgs),
 }
 
 fn main() -> ExitCode {
@@ -34,6 +39,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Policy(cmd) => policy_cmd::run(cmd),
         Command::Bpf(cmd) => bpf_cmd::run(cmd),
+        Command::Monitor(args) => monitor_cmd::run(args),
     };
     match result {
         Ok(code) => code,

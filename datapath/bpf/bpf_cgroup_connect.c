@@ -18,6 +18,7 @@
 #include "lib/config.h"
 #include "lib/capture.h"
 #include "lib/policy.h"
+#include "lib/events.h"
 
 /* Verdicts of a cgroup sock_addr program. */
 #define MB_CONNECT_REFUSE 0  /* the kernel fails connect() with EPERM */
@@ -57,22 +58,64 @@ static __always_inline int mb_should_steer(struct bpf_sock_addr *ctx, __u32 prog
 }
 
 static __always_inline void mb_remember(struct bpf_sock_addr *ctx, struct mb_addr_port *orig,
-					__u32 prog)
+					__u32 prog, const struct mb_config *cfg)
 {
 	__u64 cookie = bpf_get_socket_cookie(ctx);
+	struct mb_event e = {};
 
 	bpf_map_update_elem(&mb_orig_ck, &cookie, orig, BPF_ANY);
 	mb_count(prog, MB_CNT_REDIRECTED, 0);
+
+	e.type = MB_EVT_CAPTURE;
+	e.reason = MB_RSN_OUTBOUND;
+	e.prog = prog;
+	e.family = orig->family;
+	e.cookie = cookie;
+	e.src_identity = cfg->pod_identity;
+	e.dst_identity = mb_identity_of(orig->ip, orig->family);
+	e.revision = cfg->policy_revision;
+	mb_ip_copy(e.dst_ip, orig->ip);
+	e.dst_port = orig->port;
+	if (orig->family == MB_AF_INET)
+		e.to_ip[0] = cfg->capture_ip4;
+	else
+		e.to_ip[3] = bpf_htonl(1);
+	e.to_port = cfg->outbound_port;
+	mb_event_emit(&e);
 }
 
-/* The L3/L4 verdict for a connect to `dst` (counted when refused). */
+/* The L3/L4 verdict for a connect to `dst` (counted when refused, reported). */
 static __always_inline int mb_connect_verdict(struct bpf_sock_addr *ctx, __u32 prog,
 					      const struct mb_config *cfg,
 					      const struct mb_addr_port *dst)
 {
+	struct mb_event e = {};
+	__u32 dst_id = 0;
+	__u8 verdict;
+
 	/* The policy map holds TCP decisions only. */
-	if (ctx->type != SOCK_STREAM || mb_policy_allows_connect(cfg, dst))
+	if (ctx->type != SOCK_STREAM || !cfg || !(cfg->flags & MB_CFG_POLICY_ENFORCE))
 		return MB_CONNECT_PROCEED;
+	verdict = mb_policy_connect_verdict(cfg, dst, &dst_id);
+
+	e.type = MB_EVT_POLICY_VERDICT;
+	e.prog = prog;
+	e.family = dst->family;
+	e.cookie = bpf_get_socket_cookie(ctx);
+	e.src_identity = cfg->pod_identity;
+	e.dst_identity = dst_id;
+	e.revision = cfg->policy_revision;
+	mb_ip_copy(e.dst_ip, dst->ip);
+	e.dst_port = dst->port;
+	if (verdict == MB_VERDICT_ALLOW) {
+		e.verdict = MB_VERDICT_ALLOW;
+		e.reason = MB_RSN_POLICY_ALLOW;
+		mb_event_emit(&e);
+		return MB_CONNECT_PROCEED;
+	}
+	e.verdict = MB_VERDICT_DENY;
+	e.reason = verdict == MB_VERDICT_DENY ? MB_RSN_POLICY_DENY : MB_RSN_NO_DECISION;
+	mb_event_emit(&e);
 	mb_count(prog, MB_CNT_REFUSED, 0);
 	return MB_CONNECT_REFUSE;
 }
@@ -83,11 +126,11 @@ static __always_inline int mb_steer(struct bpf_sock_addr *ctx, __u32 prog,
 {
 	if (!mb_should_steer(ctx, prog, cfg))
 		return 0;
-	if (mb_addr_is_loopback(dst->ip, dst->family) || mb_capture_excluded(dst)) {
+	if (mb_addr_is_loopback(dst->ip, dst->family) || mb_capture_excluded(cfg, dst)) {
 		mb_count(prog, MB_CNT_FALLBACK, 0);
 		return 0;
 	}
-	mb_remember(ctx, dst, prog);
+	mb_remember(ctx, dst, prog, cfg);
 	return 1;
 }
 

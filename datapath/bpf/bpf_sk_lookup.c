@@ -11,13 +11,17 @@
  * connections from the pod to itself (source address = destination
  * address; this is also how the proxy's own connect to the app is not
  * captured again), and everything while inbound capture is off or no
- * listener is known.
+ * listener is known. Ports excluded by the pod's settings (mb_cap_in_port)
+ * are left alone too. Each connection handed over is reported as a capture
+ * event (lib/events.h).
  */
 #include "lib/common.h"
 #include "lib/counters.h"
 #include "lib/config.h"
 #include "lib/capture.h"
 #include "lib/inbound.h"
+#include "lib/policy.h"
+#include "lib/events.h"
 
 /* sk_lookup verdicts. */
 #define MB_SK_DROP 0
@@ -28,6 +32,7 @@ static __always_inline int mb_inbound_skip(const struct mb_config *cfg,
 					   const struct mb_addr_port *src)
 {
 	return dst->port == cfg->inbound_port || dst->port == cfg->outbound_port ||
+	       mb_inbound_port_skipped(cfg, dst->port) ||
 	       mb_addr_is_loopback(dst->ip, dst->family) ||
 	       mb_addr_is_loopback(src->ip, src->family) || mb_addr_eq(dst->ip, src->ip);
 }
@@ -38,6 +43,7 @@ int mb_sk_lookup(struct bpf_sk_lookup *ctx)
 	const struct mb_config *cfg = mb_config_get();
 	struct mb_addr_port dst = {}, src = {};
 	struct bpf_sock *sk = 0;
+	struct mb_event e = {};
 	__u32 l6[4], r6[4];
 	__u32 key;
 	/* Capture only ever picks a socket; it never drops a connection. */
@@ -87,5 +93,20 @@ int mb_sk_lookup(struct bpf_sk_lookup *ctx)
 	}
 	bpf_map_update_elem(&mb_orig_tp, &src, &dst, BPF_ANY);
 	mb_count(MB_PROG_SK_LOOKUP, MB_CNT_REDIRECTED, 0);
+
+	e.type = MB_EVT_CAPTURE;
+	e.reason = MB_RSN_INBOUND;
+	e.prog = MB_PROG_SK_LOOKUP;
+	e.family = dst.family;
+	e.src_identity = mb_identity_of(src.ip, src.family);
+	e.dst_identity = cfg->pod_identity;
+	e.revision = cfg->policy_revision;
+	mb_ip_copy(e.src_ip, src.ip);
+	e.src_port = src.port;
+	mb_ip_copy(e.dst_ip, dst.ip);
+	e.dst_port = dst.port;
+	mb_ip_copy(e.to_ip, dst.ip);
+	e.to_port = cfg->inbound_port;
+	mb_event_emit(&e);
 	return verdict;
 }

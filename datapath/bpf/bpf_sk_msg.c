@@ -8,6 +8,7 @@
 #include "lib/counters.h"
 #include "lib/sockmap.h"
 #include "lib/splice_hint.h"
+#include "lib/events.h"
 
 SEC("sk_msg")
 int mb_sk_msg(struct sk_msg_md *msg)
@@ -30,6 +31,7 @@ int mb_sk_msg(struct sk_msg_md *msg)
 		 * so it takes the plain TCP path.
 		 */
 		mb_count(MB_PROG_SK_MSG, MB_CNT_MISS, 0);
+		mb_event_msg_miss(&self);
 		verdict = SK_PASS;
 	}
 	return verdict;

@@ -13,6 +13,7 @@
 #include "lib/capture.h"
 #include "lib/splice_hint.h"
 #include "lib/inbound.h"
+#include "lib/events.h"
 
 SEC("sockops")
 int mb_sockops(struct bpf_sock_ops *skops)
@@ -43,26 +44,33 @@ int mb_sockops(struct bpf_sock_ops *skops)
 		mb_capture_established(skops, &key);
 
 	cfg = mb_config_get();
-	if (cfg && (cfg->flags & MB_CFG_NO_SPLICE))
+	if (cfg && (cfg->flags & MB_CFG_NO_SPLICE)) {
+		mb_event_splice(&key, MB_RSN_SPLICE_OFF, bpf_get_socket_cookie(skops));
 		return 1;
+	}
 	if (!mb_pair_is_local(&key)) {
 		mb_count(MB_PROG_SOCKOPS, MB_CNT_MISS, 0);
+		mb_event_splice(&key, MB_RSN_NOT_LOCAL, bpf_get_socket_cookie(skops));
 		return 1;
 	}
 	if (!mb_policy_allows_splice(&key, active)) {
 		mb_count(MB_PROG_SOCKOPS, MB_CNT_FALLBACK, 0);
+		mb_event_splice(&key, MB_RSN_SPLICE_POLICY, bpf_get_socket_cookie(skops));
 		return 1;
 	}
 	service_port = active ? key.remote_port : key.local_port;
 	if (mb_hint_says_plain(service_port)) {
 		mb_count(MB_PROG_SOCKOPS, MB_CNT_FALLBACK, 0);
+		mb_event_splice(&key, MB_RSN_SPLICE_HINT, bpf_get_socket_cookie(skops));
 		return 1;
 	}
 	if (bpf_sock_hash_update(skops, &mb_sock_hash, &key, BPF_ANY) == 0) {
 		mb_flow_start(&key, service_port);
 		mb_count(MB_PROG_SOCKOPS, MB_CNT_REDIRECTED, 0);
+		mb_event_splice(&key, MB_RSN_SPLICED, bpf_get_socket_cookie(skops));
 	} else {
 		mb_count(MB_PROG_SOCKOPS, MB_CNT_FALLBACK, 0);
+		mb_event_splice(&key, MB_RSN_SPLICE_FAIL, bpf_get_socket_cookie(skops));
 	}
 	/* sock_ops has no verdict here: 1 is "handled", as the ABI expects. */
 	return 1;

@@ -36,12 +36,123 @@ pub const CFG_POLICY_ENFORCE: u32 = 1 << 1;
 pub const CFG_NO_SPLICE: u32 = 1 << 2;
 /// `MB_CFG_CAPTURE_INBOUND`: hand inbound connections to the proxy's inbound port.
 pub const CFG_CAPTURE_INBOUND: u32 = 1 << 3;
+/// `MB_CFG_OUTBOUND_ONLY_LISTED`: capture only destinations in `mb_cap_incl_cidr`.
+pub const CFG_OUTBOUND_ONLY_LISTED: u32 = 1 << 4;
+/// `MB_CFG_INBOUND_ONLY_LISTED`: capture inbound only to ports in `mb_cap_in_port`.
+pub const CFG_INBOUND_ONLY_LISTED: u32 = 1 << 5;
 /// `MB_UID_NONE`: no proxy uid configured.
 pub const UID_NONE: u32 = u32::MAX;
 /// `MB_VERDICT_ALLOW`.
 pub const VERDICT_ALLOW: u8 = 1;
 /// `MB_VERDICT_DENY`.
 pub const VERDICT_DENY: u8 = 2;
+
+/// `MB_EVENT_VERSION`: the record layout this build reads.
+pub const EVENT_VERSION: u8 = 1;
+/// `MB_EVT_POLICY_VERDICT`.
+pub const EVT_POLICY_VERDICT: u8 = 1;
+/// `MB_EVT_CAPTURE`.
+pub const EVT_CAPTURE: u8 = 2;
+/// `MB_EVT_TRACE`.
+pub const EVT_TRACE: u8 = 3;
+
+/// `MB_RSN_*`: why an event happened, by value.
+pub const REASONS: [(u8, &str); 13] = [
+    (0, "none"),
+    (1, "policy-allowed"),
+    (2, "policy-denied"),
+    (3, "no-decision"),
+    (4, "outbound"),
+    (5, "inbound"),
+    (6, "spliced"),
+    (7, "not-local"),
+    (8, "splice-policy-denied"),
+    (9, "splice-hint-plain"),
+    (10, "sockhash-update-failed"),
+    (11, "no-peer"),
+    (12, "splice-off"),
+];
+
+/// `struct mb_event`: one monitor record from the `mb_events` ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MbEvent {
+    /// `EVENT_VERSION`.
+    pub version: u8,
+    /// `EVT_*`.
+    pub r#type: u8,
+    /// `MB_RSN_*` (see [`REASONS`]).
+    pub reason: u8,
+    /// Row index of the emitting program (`PROG_*`).
+    pub prog: u8,
+    /// `AF_INET` or `AF_INET6`, for every address in the record.
+    pub family: u8,
+    /// `VERDICT_*` for policy verdicts, else 0.
+    pub verdict: u8,
+    /// Capture: the proxy port the connection went to.
+    pub to_port: u16,
+    /// `CLOCK_MONOTONIC` ns.
+    pub ts_ns: u64,
+    /// Socket cookie, 0 when unknown.
+    pub cookie: u64,
+    /// Source identity.
+    pub src_identity: u32,
+    /// Destination identity.
+    pub dst_identity: u32,
+    /// Policy revision at the decision.
+    pub revision: u32,
+    /// Occurrences folded into this record (rate-limited ones), >= 1.
+    pub count: u32,
+    /// Source address (zero when not bound yet).
+    pub src_ip: [u32; 4],
+    /// The destination the connection asked for.
+    pub dst_ip: [u32; 4],
+    /// Capture: where it went instead.
+    pub to_ip: [u32; 4],
+    /// Source port, host order.
+    pub src_port: u16,
+    /// Destination port, host order.
+    pub dst_port: u16,
+    /// Explicit padding, zero.
+    pub pad: u32,
+}
+const _: () = assert!(size_of::<MbEvent>() == 96);
+
+impl MbEvent {
+    /// Decode a ring-buffer record; `None` when it is too short or of
+    /// another layout version.
+    pub fn from_bytes(b: &[u8]) -> Option<Self> {
+        if b.len() < size_of::<Self>() || b[0] != EVENT_VERSION {
+            return None;
+        }
+        let u16_at = |o: usize| u16::from_ne_bytes([b[o], b[o + 1]]);
+        // In bounds: the length was checked above.
+        let u32_at = |o: usize| u32::from_ne_bytes(b[o..o + 4].try_into().unwrap_or_default());
+        let u64_at = |o: usize| u64::from_ne_bytes(b[o..o + 8].try_into().unwrap_or_default());
+        let ip_at = |o: usize| [u32_at(o), u32_at(o + 4), u32_at(o + 8), u32_at(o + 12)];
+        Some(Self {
+            version: b[0],
+            r#type: b[1],
+            reason: b[2],
+            prog: b[3],
+            family: b[4],
+            verdict: b[5],
+            to_port: u16_at(6),
+            ts_ns: u64_at(8),
+            cookie: u64_at(16),
+            src_identity: u32_at(24),
+            dst_identity: u32_at(28),
+            revision: u32_at(32),
+            count: u32_at(36),
+            src_ip: ip_at(40),
+            dst_ip: ip_at(56),
+            to_ip: ip_at(72),
+            src_port: u16_at(88),
+            dst_port: u16_at(90),
+            pad: u32_at(92),
+        })
+    }
+}
 
 /// `struct mb_sock_key`: a sockhash key, the socket's own view.
 #[repr(C)]
@@ -224,6 +335,8 @@ unsafe impl aya::Pod for MbFlowState {}
 unsafe impl aya::Pod for MbCidrKey {}
 // SAFETY: as above.
 unsafe impl aya::Pod for MbCidrData {}
+// SAFETY: as above.
+unsafe impl aya::Pod for MbEvent {}
 
 /// Encode an address the way the kernel side normalises it: IPv4 and
 /// v4-mapped IPv6 as IPv4 in word 0, native IPv6 in all four words. Words

@@ -5,7 +5,9 @@
 //!
 //! It owns: the sockops/sk_msg splice of node-local TCP socket pairs, the
 //! iptables-free capture (cgroup connect4/6 + getsockopt `SO_ORIGINAL_DST`),
-//! the policy-decision maps the splice consults, and the per-program counters.
+//! the policy-decision maps the splice consults, the per-program counters,
+//! the monitor events ring buffer ([`events`]), Istio's capture annotations
+//! ([`istio`]) and the agent's unix-socket API ([`api`]).
 //!
 //! It must never: attach to the root cgroup, load an object from a path at
 //! run time (the objects are embedded), let a splice skip an L3/L4 decision
@@ -14,6 +16,9 @@
 //! [`Datapath::detach`] of the last cgroup.
 
 pub mod abi;
+pub mod api;
+pub mod events;
+pub mod istio;
 mod sys;
 
 use std::{
@@ -117,6 +122,9 @@ pub enum Error {
         #[source]
         source: aya::programs::ProgramError,
     },
+    /// Settings the maps cannot take; nothing was written.
+    #[error("invalid settings: {0}")]
+    Invalid(String),
     /// A filesystem operation failed.
     #[error("{path}: {what}: {source}")]
     Io {
@@ -141,7 +149,7 @@ fn io_err<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(io::Error) -> E
 }
 
 /// Outbound capture settings (`cgroup/connect4`, `cgroup/connect6`).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Capture {
     /// Where steered IPv4 connects go (IPv6 ones go to `::1`).
     pub proxy_ip4: Ipv4Addr,
@@ -155,6 +163,9 @@ pub struct Capture {
     pub exclude_ports: Vec<u16>,
     /// Destination prefixes never captured (`excludeOutboundIPRanges`).
     pub exclude_cidrs: Vec<ipnet::IpNet>,
+    /// Destination prefixes captured (`includeOutboundIPRanges`); `None` =
+    /// every destination (`*`). Exclusions win over inclusions.
+    pub include_cidrs: Option<Vec<ipnet::IpNet>>,
 }
 
 impl Default for Capture {
@@ -166,12 +177,35 @@ impl Default for Capture {
             proxy_mark: Some(1337),
             exclude_ports: Vec::new(),
             exclude_cidrs: Vec::new(),
+            include_cidrs: None,
         }
     }
 }
 
-/// Settings the kernel programs read from `mb_config`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// Which inbound destination ports sk_lookup hands to the proxy.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InboundPorts {
+    /// Every port but these (`includeInboundPorts: "*"` with
+    /// `excludeInboundPorts`).
+    AllExcept(Vec<u16>),
+    /// Only these ports (`includeInboundPorts` as a list).
+    Only(Vec<u16>),
+}
+
+impl Default for InboundPorts {
+    fn default() -> Self {
+        Self::AllExcept(Vec::new())
+    }
+}
+
+/// Entries the port-set maps hold (`max_entries` in `bpf/lib/*.h`).
+const MAX_PORTS: usize = 256;
+/// Entries the prefix maps hold.
+const MAX_CIDRS: usize = 1024;
+
+/// Settings the kernel programs read from `mb_config` and the capture maps.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Settings {
     /// Outbound capture, or `None` to leave connects alone.
     pub capture: Option<Capture>,
@@ -196,9 +230,38 @@ pub struct Settings {
     pub capture_inbound: bool,
     /// The proxy's inbound capture port; 0 = 15006.
     pub inbound_port: u16,
+    /// Inbound destination ports captured (with `capture_inbound`).
+    pub inbound_ports: InboundPorts,
 }
 
 impl Settings {
+    /// Check that the maps can hold the lists, before anything is written.
+    pub fn validate(&self) -> Result<()> {
+        let too_many = |what: &str, n: usize, max: usize| {
+            Err(Error::Invalid(format!(
+                "{what}: {n} entries, at most {max} fit"
+            )))
+        };
+        if let Some(c) = &self.capture {
+            if c.exclude_ports.len() > MAX_PORTS {
+                return too_many("excluded outbound ports", c.exclude_ports.len(), MAX_PORTS);
+            }
+            if c.exclude_cidrs.len() > MAX_CIDRS {
+                return too_many("excluded outbound ranges", c.exclude_cidrs.len(), MAX_CIDRS);
+            }
+            if let Some(inc) = &c.include_cidrs {
+                if inc.len() > MAX_CIDRS {
+                    return too_many("included outbound ranges", inc.len(), MAX_CIDRS);
+                }
+            }
+        }
+        let (InboundPorts::AllExcept(p) | InboundPorts::Only(p)) = &self.inbound_ports;
+        if p.len() > MAX_PORTS {
+            return too_many("inbound ports", p.len(), MAX_PORTS);
+        }
+        Ok(())
+    }
+
     fn to_abi(&self) -> MbConfig {
         let mut cfg = MbConfig {
             proxy_uid: abi::UID_NONE,
@@ -221,8 +284,14 @@ impl Settings {
         if self.capture_inbound {
             cfg.flags |= abi::CFG_CAPTURE_INBOUND;
         }
+        if matches!(self.inbound_ports, InboundPorts::Only(_)) {
+            cfg.flags |= abi::CFG_INBOUND_ONLY_LISTED;
+        }
         if let Some(c) = &self.capture {
             cfg.flags |= abi::CFG_CAPTURE;
+            if c.include_cidrs.is_some() {
+                cfg.flags |= abi::CFG_OUTBOUND_ONLY_LISTED;
+            }
             cfg.capture_ip4 = u32::from_ne_bytes(c.proxy_ip4.octets());
             cfg.outbound_port = c.outbound_port;
             cfg.proxy_uid = c.proxy_uid.unwrap_or(abi::UID_NONE);
@@ -233,7 +302,7 @@ impl Settings {
 }
 
 /// One program's counters, summed over CPUs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ProgCounters {
     /// Program name.
     pub program: &'static str,
@@ -305,6 +374,7 @@ impl Datapath {
     /// attachment and established splices survive the caller's exit.
     pub fn attach(dir: impl Into<PathBuf>, cgroup: &Path, settings: &Settings) -> Result<Self> {
         let dp = Self { dir: dir.into() };
+        settings.validate()?;
         check_cgroup(cgroup)?;
         for d in [
             dp.dir.clone(),
@@ -536,28 +606,63 @@ impl Datapath {
         MapData::from_pin(&path).map_err(|source| Error::Map { name, source })
     }
 
-    /// Write the settings the kernel programs read: the config row and the
-    /// capture exclusions (replaced as a whole).
+    /// Write the settings the kernel programs read: the capture sets
+    /// (replaced as a whole), then the config row that switches them on.
+    /// Settings the maps cannot hold are refused before anything is written.
     pub fn set_settings(&self, settings: &Settings) -> Result<()> {
-        let (ports, cidrs) = settings
-            .capture
-            .as_ref()
-            .map(|c| (c.exclude_ports.as_slice(), c.exclude_cidrs.as_slice()))
-            .unwrap_or_default();
+        settings.validate()?;
+        let empty = Capture {
+            exclude_ports: Vec::new(),
+            exclude_cidrs: Vec::new(),
+            include_cidrs: None,
+            ..Capture::default()
+        };
+        let c = settings.capture.as_ref().unwrap_or(&empty);
+        self.replace_ports("mb_cap_skip_port", &c.exclude_ports)?;
+        self.replace_cidrs("mb_cap_skip_cidr", &c.exclude_cidrs)?;
+        self.replace_cidrs(
+            "mb_cap_incl_cidr",
+            c.include_cidrs.as_deref().unwrap_or(&[]),
+        )?;
+        let (InboundPorts::AllExcept(p) | InboundPorts::Only(p)) = &settings.inbound_ports;
+        self.replace_ports("mb_cap_in_port", p)?;
 
-        let name = "mb_cap_skip_port";
+        let name = "mb_config";
+        let mut cfg: Array<MapData, MbConfig> = Array::try_from(Map::Array(self.map(name)?))
+            .map_err(|source| Error::Map { name, source })?;
+        cfg.set(0, settings.to_abi(), 0)
+            .map_err(|source| Error::Map { name, source })
+    }
+
+    fn replace_ports(&self, name: &'static str, ports: &[u16]) -> Result<()> {
         let mut m: HashMap<MapData, u32, u8> = HashMap::try_from(Map::HashMap(self.map(name)?))
             .map_err(|source| Error::Map { name, source })?;
         let old: Vec<u32> = m.keys().filter_map(|k| k.ok()).collect();
         for k in old {
-            let _ = m.remove(&k);
+            if !ports.contains(&u16::try_from(k).unwrap_or(0)) {
+                let _ = m.remove(&k);
+            }
         }
         for p in ports {
             m.insert(u32::from(*p), 1, 0)
                 .map_err(|source| Error::Map { name, source })?;
         }
+        Ok(())
+    }
 
-        let name = "mb_cap_skip_cidr";
+    fn read_ports(&self, name: &'static str) -> Result<Vec<u16>> {
+        let m: HashMap<MapData, u32, u8> = HashMap::try_from(Map::HashMap(self.map(name)?))
+            .map_err(|source| Error::Map { name, source })?;
+        let mut out: Vec<u16> = m
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter_map(|k| u16::try_from(k).ok())
+            .collect();
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    fn replace_cidrs(&self, name: &'static str, cidrs: &[ipnet::IpNet]) -> Result<()> {
         let mut m: LpmTrie<MapData, MbCidrData, u8> =
             LpmTrie::try_from(Map::LpmTrie(self.map(name)?))
                 .map_err(|source| Error::Map { name, source })?;
@@ -579,12 +684,102 @@ impl Datapath {
             m.insert(&Key::new(32 + u32::from(plen), data), 1, 0)
                 .map_err(|source| Error::Map { name, source })?;
         }
+        Ok(())
+    }
 
-        let name = "mb_config";
-        let mut cfg: Array<MapData, MbConfig> = Array::try_from(Map::Array(self.map(name)?))
+    fn read_cidrs(&self, name: &'static str) -> Result<Vec<ipnet::IpNet>> {
+        let m: LpmTrie<MapData, MbCidrData, u8> = LpmTrie::try_from(Map::LpmTrie(self.map(name)?))
             .map_err(|source| Error::Map { name, source })?;
-        cfg.set(0, settings.to_abi(), 0)
-            .map_err(|source| Error::Map { name, source })
+        let mut out = Vec::new();
+        for k in m.keys().filter_map(|k| k.ok()) {
+            let data = k.data();
+            let ip = abi::decode_ip(data.ip, u8::try_from(data.family).unwrap_or(0));
+            let plen = u8::try_from(k.prefix_len().saturating_sub(32)).unwrap_or(0);
+            if let Ok(net) = ipnet::IpNet::new(ip, plen) {
+                out.push(net);
+            }
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    /// The settings in force, read back from the maps (what
+    /// [`Datapath::set_settings`] last wrote).
+    pub fn settings(&self) -> Result<Settings> {
+        let name = "mb_config";
+        let arr: Array<MapData, MbConfig> = Array::try_from(Map::Array(self.map(name)?))
+            .map_err(|source| Error::Map { name, source })?;
+        let cfg = arr
+            .get(&0, 0)
+            .map_err(|source| Error::Map { name, source })?;
+        let some_id = |v: u32, none: u32| (v != none).then_some(v);
+        let capture = if cfg.flags & abi::CFG_CAPTURE != 0 {
+            Some(Capture {
+                proxy_ip4: Ipv4Addr::from(cfg.capture_ip4.to_ne_bytes()),
+                outbound_port: cfg.outbound_port,
+                proxy_uid: some_id(cfg.proxy_uid, abi::UID_NONE),
+                proxy_mark: some_id(cfg.proxy_mark, 0),
+                exclude_ports: self.read_ports("mb_cap_skip_port")?,
+                exclude_cidrs: self.read_cidrs("mb_cap_skip_cidr")?,
+                include_cidrs: if cfg.flags & abi::CFG_OUTBOUND_ONLY_LISTED != 0 {
+                    Some(self.read_cidrs("mb_cap_incl_cidr")?)
+                } else {
+                    None
+                },
+            })
+        } else {
+            None
+        };
+        let ports = self.read_ports("mb_cap_in_port")?;
+        Ok(Settings {
+            capture,
+            policy_enforce: cfg.flags & abi::CFG_POLICY_ENFORCE != 0,
+            pod_identity: cfg.pod_identity,
+            hint_ttl_secs: cfg.hint_ttl_secs,
+            no_splice: cfg.flags & abi::CFG_NO_SPLICE != 0,
+            policy_revision: cfg.policy_revision,
+            capture_inbound: cfg.flags & abi::CFG_CAPTURE_INBOUND != 0,
+            inbound_port: cfg.inbound_port,
+            inbound_ports: if cfg.flags & abi::CFG_INBOUND_ONLY_LISTED != 0 {
+                InboundPorts::Only(ports)
+            } else {
+                InboundPorts::AllExcept(ports)
+            },
+        })
+    }
+
+    /// What is attached under this directory: one entry per link directory
+    /// (`<cgroup inode>` or `netns-<inode>`).
+    pub fn attachments(&self) -> Result<Vec<String>> {
+        let links = self.links_dir();
+        let mut out: Vec<String> = fs::read_dir(&links)
+            .map_err(io_err(&links, "list links"))?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Records the kernel programs had no ring-buffer room for, since load.
+    pub fn events_lost(&self) -> Result<u64> {
+        let name = "mb_events_lost";
+        let arr: PerCpuArray<MapData, u64> =
+            PerCpuArray::try_from(Map::PerCpuArray(self.map(name)?))
+                .map_err(|source| Error::Map { name, source })?;
+        let per_cpu = arr
+            .get(&0, 0)
+            .map_err(|source| Error::Map { name, source })?;
+        Ok(per_cpu.iter().sum())
+    }
+
+    /// The monitor event ring buffer. It has one consumer: the agent that
+    /// opens it (see [`events::EventReader`]).
+    pub fn events(&self) -> Result<events::EventReader> {
+        let name = "mb_events";
+        let rb = aya::maps::RingBuf::try_from(Map::RingBuf(self.map(name)?))
+            .map_err(|source| Error::Map { name, source })?;
+        Ok(events::EventReader::new(rb))
     }
 
     /// Per-program counters summed over CPUs.

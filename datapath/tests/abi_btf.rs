@@ -11,7 +11,7 @@ type Layout = (usize, Vec<(&'static str, usize)>);
 fn rust_layouts() -> BTreeMap<&'static str, Layout> {
     macro_rules! layout {
         ($t:ty, $($f:ident),+) => {
-            (size_of::<$t>(), vec![$((stringify!($f), offset_of!($t, $f))),+])
+            (size_of::<$t>(), vec![$((stringify!($f).trim_start_matches("r#"), offset_of!($t, $f))),+])
         };
     }
     BTreeMap::from([
@@ -66,6 +66,31 @@ fn rust_layouts() -> BTreeMap<&'static str, Layout> {
         (
             "mb_flow_state",
             layout!(MbFlowState, small_run, service_port, hinted, pad),
+        ),
+        (
+            "mb_event",
+            layout!(
+                MbEvent,
+                version,
+                r#type,
+                reason,
+                prog,
+                family,
+                verdict,
+                to_port,
+                ts_ns,
+                cookie,
+                src_identity,
+                dst_identity,
+                revision,
+                count,
+                src_ip,
+                dst_ip,
+                to_ip,
+                src_port,
+                dst_port,
+                pad
+            ),
         ),
     ])
 }

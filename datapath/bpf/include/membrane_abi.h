@@ -77,6 +77,8 @@ struct mb_counters {
 #define MB_CFG_POLICY_ENFORCE (1U << 1) /* refuse connects, and splice no pair, without a current ALLOW */
 #define MB_CFG_NO_SPLICE (1U << 2)      /* splice no new connection (established ones keep theirs) */
 #define MB_CFG_CAPTURE_INBOUND (1U << 3) /* hand inbound connections to the proxy's inbound port */
+#define MB_CFG_OUTBOUND_ONLY_LISTED (1U << 4) /* capture only destinations in mb_cap_incl_cidr */
+#define MB_CFG_INBOUND_ONLY_LISTED (1U << 5)  /* capture inbound only to ports in mb_cap_in_port */
 
 #define MB_UID_NONE 0xffffffffU
 
@@ -146,6 +148,56 @@ struct mb_cidr_key {
 	__u32 prefixlen;
 	__u32 family; /* MB_AF_INET or MB_AF_INET6 */
 	__u32 ip[4];
+};
+
+/*
+ * Monitor events: fixed-size records in the mb_events ring buffer
+ * (lib/events.h), read by the agent and fanned out to `membrane monitor`.
+ * Emitted where a decision is made, once per connection, never per
+ * message on the spliced path (sk_msg reports only misses, rate-limited).
+ */
+#define MB_EVENT_VERSION 1
+
+/* mb_event.type */
+#define MB_EVT_POLICY_VERDICT 1 /* L3/L4 decision at connect (enforcement on) */
+#define MB_EVT_CAPTURE 2        /* a connection steered to the proxy (out or in) */
+#define MB_EVT_TRACE 3          /* splice decision at establish, sk_msg misses */
+
+/* mb_event.reason */
+#define MB_RSN_NONE 0
+#define MB_RSN_POLICY_ALLOW 1  /* verdict: a current ALLOW */
+#define MB_RSN_POLICY_DENY 2   /* verdict: a current DENY */
+#define MB_RSN_NO_DECISION 3   /* verdict: no decision at this revision (fail closed) */
+#define MB_RSN_OUTBOUND 4      /* capture: an app's connect to the outbound port */
+#define MB_RSN_INBOUND 5       /* capture: a peer's connection to the inbound port */
+#define MB_RSN_SPLICED 6       /* trace: socket inserted into the sockhash */
+#define MB_RSN_NOT_LOCAL 7     /* trace: not spliced, the peer is not on this node */
+#define MB_RSN_SPLICE_POLICY 8 /* trace: not spliced, the pair has no current ALLOW */
+#define MB_RSN_SPLICE_HINT 9   /* trace: not spliced, small-write hint for the service */
+#define MB_RSN_SPLICE_FAIL 10  /* trace: not spliced, the sockhash update failed */
+#define MB_RSN_NO_PEER 11      /* trace: sk_msg fell back, the peer is not in the sockhash */
+#define MB_RSN_SPLICE_OFF 12   /* trace: not spliced, splicing is switched off */
+
+struct mb_event {
+	__u8 version;  /* MB_EVENT_VERSION */
+	__u8 type;     /* MB_EVT_* */
+	__u8 reason;   /* MB_RSN_* */
+	__u8 prog;     /* enum mb_prog_index of the emitting program */
+	__u8 family;   /* MB_AF_INET or MB_AF_INET6, for every address below */
+	__u8 verdict;  /* MB_VERDICT_* for policy verdicts, else 0 */
+	__u16 to_port; /* capture: the proxy port the connection went to */
+	__u64 ts_ns;   /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
+	__u64 cookie;  /* socket cookie, 0 when unknown */
+	__u32 src_identity;
+	__u32 dst_identity;
+	__u32 revision; /* mb_config.policy_revision at the decision */
+	__u32 count;    /* occurrences folded into this record (rate-limited ones), >= 1 */
+	__u32 src_ip[4]; /* source, zero when not bound yet (at connect) */
+	__u32 dst_ip[4]; /* the destination the connection asked for */
+	__u32 to_ip[4];  /* capture: where it went instead */
+	__u16 src_port;
+	__u16 dst_port;
+	__u32 pad;
 };
 
 #endif /* MEMBRANE_ABI_H */

@@ -70,8 +70,27 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } mb_cap_skip_cidr SEC(".maps");
 
+/*
+ * mb_cap_incl_cidr: when mb_config has MB_CFG_OUTBOUND_ONLY_LISTED, only
+ * destinations in these prefixes are captured
+ * (traffic.sidecar.istio.io/includeOutboundIPRanges other than "*").
+ * Exclusions above still win over an inclusion.
+ *   key:    struct mb_cidr_key (longest-prefix match; v4-mapped as IPv4)
+ *   value:  __u8 1
+ *   writer: the agent, from the pod's settings (replaced as a whole).
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 1024);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct mb_cidr_key);
+	__type(value, __u8);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mb_cap_incl_cidr SEC(".maps");
+
 /* 1 when the destination is excluded from capture by port or prefix. */
-static __always_inline int mb_capture_excluded(const struct mb_addr_port *dst)
+static __always_inline int mb_capture_excluded(const struct mb_config *cfg,
+					       const struct mb_addr_port *dst)
 {
 	__u32 port = dst->port;
 	struct mb_cidr_key k = {};
@@ -84,7 +103,10 @@ static __always_inline int mb_capture_excluded(const struct mb_addr_port *dst)
 	k.ip[1] = dst->ip[1];
 	k.ip[2] = dst->ip[2];
 	k.ip[3] = dst->ip[3];
-	return bpf_map_lookup_elem(&mb_cap_skip_cidr, &k) != 0;
+	if (bpf_map_lookup_elem(&mb_cap_skip_cidr, &k))
+		return 1;
+	return (cfg->flags & MB_CFG_OUTBOUND_ONLY_LISTED) &&
+	       !bpf_map_lookup_elem(&mb_cap_incl_cidr, &k);
 }
 
 /* Called from sockops on active establishment: cookie entry -> tuple entry. */

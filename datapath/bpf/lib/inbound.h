@@ -27,6 +27,35 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } mb_inbound_listener SEC(".maps");
 
+/*
+ * mb_cap_in_port: inbound destination ports, read by sk_lookup. With
+ * MB_CFG_INBOUND_ONLY_LISTED the listed ports are the only ones captured
+ * (traffic.sidecar.istio.io/includeInboundPorts other than "*"); without
+ * it they are the ones never captured (excludeInboundPorts, plus the
+ * sidecar's own 15020/15021/15090 the agent always adds).
+ *   key:    __u32 destination port, host order
+ *   value:  __u8 1
+ *   writer: the agent, from the pod's settings (replaced as a whole).
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 256);
+	__type(key, __u32);
+	__type(value, __u8);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mb_cap_in_port SEC(".maps");
+
+/* 1 when inbound connections to `port` are left to the app's own listener. */
+static __always_inline int mb_inbound_port_skipped(const struct mb_config *cfg, __u16 port)
+{
+	__u32 k = port;
+	int listed = bpf_map_lookup_elem(&mb_cap_in_port, &k) != 0;
+
+	if (cfg->flags & MB_CFG_INBOUND_ONLY_LISTED)
+		return !listed;
+	return listed;
+}
+
 /* sockops, BPF_SOCK_OPS_TCP_LISTEN_CB: remember the proxy's inbound listener. */
 static __always_inline void mb_inbound_listen(struct bpf_sock_ops *skops)
 {

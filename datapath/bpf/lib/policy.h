@@ -103,20 +103,18 @@ static __always_inline int mb_policy_allows_splice(const struct mb_sock_key *key
 }
 
 /*
- * May the pod connect to this destination (the one the app asked for, before
- * capture rewrites it)? The source is the pod itself: every socket in the
- * pod's cgroup acts for it, and an unbound socket has no source address yet.
+ * The pod's connect to this destination (the one the app asked for, before
+ * capture rewrites it): the current verdict (MB_VERDICT_*, or 0 when there
+ * is none at this revision), with the destination's identity in *dst_id.
+ * The source is the pod itself: every socket in the pod's cgroup acts for
+ * it, and an unbound socket has no source address yet.
  */
-static __always_inline int mb_policy_allows_connect(const struct mb_config *cfg,
-						    const struct mb_addr_port *dst)
+static __always_inline __u8 mb_policy_connect_verdict(const struct mb_config *cfg,
+						      const struct mb_addr_port *dst,
+						      __u32 *dst_id)
 {
-	__u32 dst_id;
-
-	if (!cfg || !(cfg->flags & MB_CFG_POLICY_ENFORCE))
-		return 1;
-	dst_id = mb_identity_of(dst->ip, dst->family);
-	return mb_policy_verdict(cfg->pod_identity, dst_id, dst->port, cfg->policy_revision) ==
-	       MB_VERDICT_ALLOW;
+	*dst_id = mb_identity_of(dst->ip, dst->family);
+	return mb_policy_verdict(cfg->pod_identity, *dst_id, dst->port, cfg->policy_revision);
 }
 
 #endif /* MB_POLICY_H */

@@ -1,13 +1,24 @@
 //! `membrane-agent`: the node daemon's datapath half. Loads the embedded eBPF
 //! programs, attaches them to a pod's cgroup v2, pins them under a bpffs
 //! directory (so a restart keeps established splices), prints counters and
-//! spliced pairs, and detaches. The unix-socket API is later work.
+//! spliced pairs, and detaches. `run` also reads the monitor events ring
+//! buffer and serves the unix-socket API (status, event stream).
 
-use std::{net::Ipv4Addr, path::PathBuf, thread, time::Duration};
+use std::{
+    collections::BTreeMap,
+    net::Ipv4Addr,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    sync::Arc,
+    thread,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use membrane_datapath::{ensure_bpffs, Capture, Datapath, Settings, DEFAULT_BPFFS_DIR};
+use membrane_datapath::{
+    api, ensure_bpffs, istio, Capture, Datapath, InboundPorts, Settings, DEFAULT_BPFFS_DIR,
+};
 
 /// Agent configuration: flags, with `MEMBRANE_*` environment fallbacks.
 #[derive(Parser, Debug)]
@@ -16,14 +27,17 @@ struct Config {
     /// bpffs directory for pinned programs, maps and links.
     #[arg(long, env = "MEMBRANE_BPFFS", default_value = DEFAULT_BPFFS_DIR, global = true)]
     bpffs: PathBuf,
-    /// Unix socket for the agent API (reserved; not served yet).
+    /// Unix socket for the agent API and monitor events (`run` serves it).
     #[arg(
         long,
         env = "MEMBRANE_AGENT_SOCKET",
-        default_value = "/var/run/membrane/agent.sock",
+        default_value = api::DEFAULT_SOCKET,
         global = true
     )]
     socket: PathBuf,
+    /// Node name carried by every monitor event (default: the host name).
+    #[arg(long, env = "MEMBRANE_NODE_NAME", global = true)]
+    node: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -56,12 +70,28 @@ struct AttachArgs {
     /// The SO_MARK the proxy sets on upstream sockets: never steered.
     #[arg(long, env = "MEMBRANE_PROXY_MARK", default_value_t = 1337)]
     proxy_mark: u32,
-    /// Destination ports never captured (comma-separated).
-    #[arg(long, env = "MEMBRANE_EXCLUDE_OUTBOUND_PORTS", value_delimiter = ',')]
-    exclude_outbound_ports: Vec<u16>,
-    /// Destination CIDRs never captured (comma-separated).
-    #[arg(long, env = "MEMBRANE_EXCLUDE_OUTBOUND_CIDRS", value_delimiter = ',')]
-    exclude_outbound_cidrs: Vec<ipnet::IpNet>,
+    /// Destination ports never captured, comma-separated
+    /// (as `traffic.sidecar.istio.io/excludeOutboundPorts`).
+    #[arg(long, env = "MEMBRANE_EXCLUDE_OUTBOUND_PORTS")]
+    exclude_outbound_ports: Option<String>,
+    /// Destination CIDRs never captured (as `excludeOutboundIPRanges`).
+    #[arg(long, env = "MEMBRANE_EXCLUDE_OUTBOUND_CIDRS")]
+    exclude_outbound_cidrs: Option<String>,
+    /// Destination CIDRs captured, `*` = all (as `includeOutboundIPRanges`).
+    #[arg(long, env = "MEMBRANE_INCLUDE_OUTBOUND_CIDRS")]
+    include_outbound_cidrs: Option<String>,
+    /// Inbound ports never captured when all are (as `excludeInboundPorts`;
+    /// 15020, 15021 and 15090 always are).
+    #[arg(long, env = "MEMBRANE_EXCLUDE_INBOUND_PORTS")]
+    exclude_inbound_ports: Option<String>,
+    /// Inbound ports captured, `*` = all (as `includeInboundPorts`).
+    #[arg(long, env = "MEMBRANE_INCLUDE_INBOUND_PORTS")]
+    include_inbound_ports: Option<String>,
+    /// The pod's annotations in the downward API file format
+    /// (`key="value"` lines); its `traffic.sidecar.istio.io/*` capture
+    /// annotations override the flags above.
+    #[arg(long, env = "MEMBRANE_POD_ANNOTATIONS")]
+    pod_annotations: Option<PathBuf>,
     /// Enforce the policy map: refuse connects (EPERM) and splice no pair
     /// without a current ALLOW.
     #[arg(long, env = "MEMBRANE_POLICY_ENFORCE")]
@@ -102,9 +132,30 @@ enum Cmd {
 }
 
 impl AttachArgs {
-    fn attach(&self, bpffs: &std::path::Path) -> Result<Datapath> {
-        let dp = Datapath::attach(bpffs, &self.cgroup, &self.settings())
+    /// Attach; re-attaching an attached cgroup keeps it attached and says
+    /// which settings it changed, if any.
+    fn attach(&self, bpffs: &Path) -> Result<Datapath> {
+        let settings = self.settings()?;
+        let before = Datapath::open(bpffs).ok().map(|dp| {
+            let ino = std::fs::metadata(&self.cgroup).map(|m| m.ino()).ok();
+            let attached = dp
+                .attachments()
+                .map(|a| ino.is_some_and(|i| a.contains(&i.to_string())))
+                .unwrap_or(false);
+            (attached, dp.settings().ok())
+        });
+        let dp = Datapath::attach(bpffs, &self.cgroup, &settings)
             .with_context(|| format!("attach to {}", self.cgroup.display()))?;
+        if let Some((attached, old)) = before {
+            if attached {
+                println!("{}: already attached", self.cgroup.display());
+            }
+            if let Some(old) = old {
+                for line in settings_diff(&old, &settings) {
+                    println!("settings changed: {line}");
+                }
+            }
+        }
         if let Some(ns) = &self.inbound_netns {
             dp.attach_netns(ns)
                 .with_context(|| format!("inbound capture in {}", ns.display()))?;
@@ -112,15 +163,38 @@ impl AttachArgs {
         Ok(dp)
     }
 
-    fn settings(&self) -> Settings {
-        Settings {
+    /// The settings from the flags and the annotations file; every value
+    /// is checked before any is used.
+    fn settings(&self) -> Result<Settings> {
+        let mut annotations = BTreeMap::new();
+        for (key, flag) in [
+            (istio::EXCLUDE_OUTBOUND_PORTS, &self.exclude_outbound_ports),
+            (istio::EXCLUDE_OUTBOUND_RANGES, &self.exclude_outbound_cidrs),
+            (istio::INCLUDE_OUTBOUND_RANGES, &self.include_outbound_cidrs),
+            (istio::EXCLUDE_INBOUND_PORTS, &self.exclude_inbound_ports),
+            (istio::INCLUDE_INBOUND_PORTS, &self.include_inbound_ports),
+        ] {
+            if let Some(v) = flag {
+                annotations.insert(key.to_owned(), v.clone());
+            }
+        }
+        if let Some(file) = &self.pod_annotations {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("--pod-annotations {}", file.display()))?;
+            let parsed = istio::parse_downward_api(&text)
+                .with_context(|| format!("--pod-annotations {}", file.display()))?;
+            annotations.extend(parsed);
+        }
+        let capture_annotations = istio::CaptureAnnotations::parse(&annotations)?;
+        let mut s = Settings {
             capture: self.capture.then(|| Capture {
                 proxy_ip4: self.proxy_ip4,
                 outbound_port: self.outbound_port,
                 proxy_uid: Some(self.proxy_uid),
                 proxy_mark: Some(self.proxy_mark),
-                exclude_ports: self.exclude_outbound_ports.clone(),
-                exclude_cidrs: self.exclude_outbound_cidrs.clone(),
+                exclude_ports: Vec::new(),
+                exclude_cidrs: Vec::new(),
+                include_cidrs: None,
             }),
             policy_enforce: self.policy_enforce,
             pod_identity: self.pod_identity,
@@ -129,6 +203,105 @@ impl AttachArgs {
             no_splice: self.no_splice,
             hint_ttl_secs: self.hint_ttl_secs,
             policy_revision: 0,
+            inbound_ports: InboundPorts::default(),
+        };
+        capture_annotations.apply(&mut s);
+        Ok(s)
+    }
+}
+
+/// `field: old -> new` for each top-level setting that differs.
+fn settings_diff(old: &Settings, new: &Settings) -> Vec<String> {
+    let (Ok(serde_json::Value::Object(o)), Ok(serde_json::Value::Object(n))) =
+        (serde_json::to_value(old), serde_json::to_value(new))
+    else {
+        return Vec::new();
+    };
+    n.iter()
+        .filter(|(k, v)| o.get(*k) != Some(v))
+        .map(|(k, v)| {
+            let was = o.get(k).cloned().unwrap_or(serde_json::Value::Null);
+            format!("{k}: {was} -> {v}")
+        })
+        .collect()
+}
+
+fn node_name(flag: &Option<String>) -> String {
+    flag.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "localhost".to_owned())
+    })
+}
+
+/// Serve the API socket and fan the ring buffer out to its subscribers;
+/// print counters every `interval`. Runs until killed.
+fn run(
+    dp: &Datapath,
+    attach: &AttachArgs,
+    socket: &Path,
+    node: &str,
+    interval: Duration,
+) -> Result<()> {
+    let mut reader = dp.events().context("open the monitor events ring buffer")?;
+    let listener = api::bind(socket).with_context(|| format!("--socket {}", socket.display()))?;
+    let hub = Arc::new(api::Hub::new(node, api::SUBSCRIBER_QUEUE));
+    let status = {
+        let dp = dp.clone();
+        let hub = hub.clone();
+        let cgroup = attach.cgroup.clone();
+        let netns = attach.inbound_netns.clone();
+        move || {
+            let mut v = serde_json::json!({
+                "node": hub.node(),
+                "bpffs": dp.dir(),
+                "cgroup": cgroup,
+                "inbound_netns": netns,
+                "subscribers": hub.subscribers(),
+                "events_lost_in_kernel": dp.events_lost().ok(),
+            });
+            let fields = [
+                (
+                    "attachments",
+                    dp.attachments().map(|a| serde_json::json!(a)),
+                ),
+                ("settings", dp.settings().map(|s| serde_json::json!(s))),
+                ("counters", dp.counters().map(|c| serde_json::json!(c))),
+            ];
+            for (k, r) in fields {
+                v[k] = r.unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }));
+            }
+            v
+        }
+    };
+    {
+        let hub = hub.clone();
+        thread::spawn(move || api::serve(listener, hub, status));
+    }
+    println!("serving {} as node {node}", socket.display());
+    let mut next_print = Instant::now();
+    let mut kernel_lost = dp.events_lost().unwrap_or(0);
+    loop {
+        if reader.wait(Duration::from_millis(200))? {
+            for ev in reader.drain(node, 4096)? {
+                hub.publish(&ev);
+            }
+        }
+        // Records the kernel dropped for want of room: every subscriber
+        // missed them, so every subscriber is told.
+        if let Ok(n) = dp.events_lost() {
+            if n > kernel_lost {
+                hub.publish(&membrane_datapath::events::Event::lost(
+                    node,
+                    n - kernel_lost,
+                    "ring-buffer-full",
+                ));
+                kernel_lost = n;
+            }
+        }
+        if Instant::now() >= next_print {
+            print_counters(dp)?;
+            next_print = Instant::now() + interval;
         }
     }
 }
@@ -149,7 +322,6 @@ fn print_counters(dp: &Datapath) -> Result<()> {
 
 fn main() -> Result<()> {
     let cfg = Config::parse();
-    let _reserved = &cfg.socket;
     match &cfg.cmd {
         Cmd::Attach(a) => {
             ensure_bpffs(&cfg.bpffs)?;
@@ -163,10 +335,13 @@ fn main() -> Result<()> {
         Cmd::Run { attach, interval } => {
             ensure_bpffs(&cfg.bpffs)?;
             let dp = attach.attach(&cfg.bpffs)?;
-            loop {
-                print_counters(&dp)?;
-                thread::sleep(Duration::from_secs((*interval).max(1)));
-            }
+            run(
+                &dp,
+                attach,
+                &cfg.socket,
+                &node_name(&cfg.node),
+                Duration::from_secs((*interval).max(1)),
+            )?;
         }
         Cmd::Detach { cgroup } => {
             Datapath::open(&cfg.bpffs)?.detach(cgroup)?;

@@ -1,0 +1,316 @@
+//! Privileged: monitor events from the ring buffer, and Istio's capture
+//! exclusions. A refused connect is reported as a denied policy verdict; an
+//! allowed, captured one as an allowed verdict plus a capture record with
+//! the original destination; inbound capture is reported with the peer and
+//! honours the inbound port lists; outbound include ranges limit capture.
+
+mod common;
+
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use common::Env;
+use membrane_datapath::{events::Event, Capture, InboundPorts, Settings};
+
+const POD: u32 = 4242;
+const SERVER: u32 = 5151;
+
+/// Read events until `done` holds for what was read (5 s cap).
+fn collect(
+    reader: &mut membrane_datapath::events::EventReader,
+    done: impl Fn(&[Event]) -> bool,
+) -> Vec<Event> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut all = Vec::new();
+    while !done(&all) {
+        assert!(
+            Instant::now() < deadline,
+            "expected events did not arrive; got {all:#?}"
+        );
+        reader.wait(Duration::from_millis(100)).unwrap();
+        all.extend(reader.drain("node-a", 1024).unwrap());
+    }
+    all
+}
+
+fn verdict_for<'a>(evs: &'a [Event], dst: &str) -> Option<&'a Event> {
+    evs.iter()
+        .find(|e| e.kind == "policy-verdict" && e.dst.as_deref() == Some(dst))
+}
+
+fn capture_for<'a>(evs: &'a [Event], dst: &str) -> Option<&'a Event> {
+    evs.iter()
+        .find(|e| e.kind == "capture" && e.dst.as_deref() == Some(dst))
+}
+
+#[test]
+fn verdicts_and_outbound_capture_are_reported() {
+    let mut env = Env::new();
+    env.add_pod_iface(&["10.77.0.1/24"]);
+    env.server(&["hello", "--listen", "10.77.0.1:8080"]);
+    env.server(&["hello", "--listen", "10.77.0.1:8081"]);
+    let settings = Settings {
+        capture: Some(Capture {
+            proxy_uid: None,
+            ..Capture::default()
+        }),
+        policy_enforce: true,
+        policy_revision: 3,
+        pod_identity: POD,
+        ..Settings::default()
+    };
+    let dp = env.attach(&settings);
+    dp.set_identity("10.77.0.1".parse().unwrap(), SERVER)
+        .unwrap();
+    dp.set_policy(POD, SERVER, 8080, true, 3).unwrap();
+    dp.set_policy(POD, SERVER, 8081, false, 3).unwrap();
+    let mut reader = dp.events().unwrap();
+    env.server(&["capture-proxy", "--listen", "[::]:15001", "--mark", "1337"]);
+
+    // Denied: EPERM, and a denied verdict naming identities, port, revision.
+    let out = env.client(&["probe", "--connect", "10.77.0.1:8081"]);
+    assert_eq!(out, "connect error kind=PermissionDenied errno=1\n");
+    let evs = collect(&mut reader, |e| verdict_for(e, "10.77.0.1:8081").is_some());
+    let v = verdict_for(&evs, "10.77.0.1:8081").unwrap();
+    assert_eq!(v.verdict.as_deref(), Some("denied"), "{v:?}");
+    assert_eq!(v.reason, "policy-denied");
+    assert_eq!(
+        (v.src_identity, v.dst_identity, v.revision),
+        (POD, SERVER, 3)
+    );
+    assert_eq!(v.program, "connect4");
+    assert_eq!(v.node, "node-a");
+    assert!(v.is_drop());
+    assert!(
+        capture_for(&evs, "10.77.0.1:8081").is_none(),
+        "refused, not captured"
+    );
+
+    // Allowed and captured: the verdict, then the capture to the proxy.
+    let out = env.client(&["fetch", "--connect", "10.77.0.1:8080"]);
+    assert!(out.starts_with("proxy orig=10.77.0.1:8080\n"), "{out}");
+    let evs = collect(&mut reader, |e| capture_for(e, "10.77.0.1:8080").is_some());
+    let v = verdict_for(&evs, "10.77.0.1:8080").unwrap();
+    assert_eq!(v.verdict.as_deref(), Some("allowed"), "{v:?}");
+    let c = capture_for(&evs, "10.77.0.1:8080").unwrap();
+    assert_eq!(c.reason, "outbound");
+    assert_eq!(c.to.as_deref(), Some("127.0.0.1:15001"), "{c:?}");
+    assert_eq!((c.src_identity, c.dst_identity), (POD, SERVER));
+    assert_eq!(
+        c.cookie, v.cookie,
+        "one socket: verdict and capture share the cookie"
+    );
+    assert!(!c.time.is_empty());
+
+    // No decision at this revision: denied, said so.
+    let out = env.client(&["probe", "--connect", "10.77.0.1:9999"]);
+    assert_eq!(out, "connect error kind=PermissionDenied errno=1\n");
+    let evs = collect(&mut reader, |e| verdict_for(e, "10.77.0.1:9999").is_some());
+    assert_eq!(
+        verdict_for(&evs, "10.77.0.1:9999").unwrap().reason,
+        "no-decision"
+    );
+}
+
+#[test]
+fn splice_decisions_are_traced() {
+    let mut env = Env::new();
+    let dp = env.attach(&Settings::default());
+    let mut reader = dp.events().unwrap();
+    env.server(&["echo", "--listen", "127.0.0.1:9101"]);
+    let out = env.client(&["client", "--connect", "127.0.0.1:9101"]);
+    assert!(out.contains("OK round=0"), "{out}");
+    let spliced = |e: &[Event]| {
+        e.iter()
+            .filter(|e| e.kind == "trace" && e.reason == "spliced")
+            .count()
+    };
+    let evs = collect(&mut reader, |e| spliced(e) >= 2);
+    assert!(
+        evs.iter().any(|e| e.reason == "spliced"
+            && e.dst.as_deref() == Some("127.0.0.1:9101")
+            && e.program == "sockops"),
+        "{evs:#?}"
+    );
+}
+
+#[test]
+fn outbound_include_ranges_limit_capture() {
+    let mut env = Env::new();
+    env.add_pod_iface(&["10.77.0.1/24", "10.78.0.1/24"]);
+    env.server(&["hello", "--listen", "10.77.0.1:8080"]);
+    env.server(&["hello", "--listen", "10.78.0.1:8080"]);
+    let settings = Settings {
+        capture: Some(Capture {
+            proxy_uid: None,
+            include_cidrs: Some(vec!["10.77.0.0/24".parse().unwrap()]),
+            ..Capture::default()
+        }),
+        inbound_port: 15006,
+        ..Settings::default()
+    };
+    let dp = env.attach(&settings);
+    env.server(&["capture-proxy", "--listen", "[::]:15001", "--mark", "1337"]);
+    let fetch = |a: &str| env.client(&["fetch", "--connect", a]);
+    assert!(fetch("10.77.0.1:8080").starts_with("proxy orig=10.77.0.1:8080\n"));
+    assert_eq!(fetch("10.78.0.1:8080"), "hello from 10.78.0.1:8080\n");
+    assert_eq!(dp.settings().unwrap(), settings, "read back as written");
+}
+
+#[test]
+fn inbound_port_lists_choose_what_reaches_the_proxy() {
+    let mut env = Env::new();
+    env.add_pod_iface(&["10.77.0.1/24", "10.77.0.2/24"]);
+    env.server(&["hello", "--listen", "10.77.0.1:8080"]);
+    env.server(&["hello", "--listen", "10.77.0.1:8081"]);
+    let mut settings = Settings {
+        capture_inbound: true,
+        inbound_ports: InboundPorts::AllExcept(vec![8081, 15020, 15021, 15090]),
+        ..Settings::default()
+    };
+    let dp = env.attach(&settings);
+    dp.attach_netns(&PathBuf::from("/run/netns").join(&env.netns))
+        .unwrap();
+    let mut reader = dp.events().unwrap();
+    env.server(&["capture-proxy", "--listen", "[::]:15006", "--mark", "1337"]);
+    let from_outside =
+        |to: &str| env.client_outside_cgroup(&["fetch", "--connect", to, "--bind", "10.77.0.2"]);
+
+    assert_eq!(
+        from_outside("10.77.0.1:8080"),
+        "proxy orig=10.77.0.1:8080\nhello from 10.77.0.1:8080\n"
+    );
+    assert_eq!(
+        from_outside("10.77.0.1:8081"),
+        "hello from 10.77.0.1:8081\n",
+        "excluded inbound port reaches the app directly"
+    );
+    let evs = collect(&mut reader, |e| capture_for(e, "10.77.0.1:8080").is_some());
+    let c = capture_for(&evs, "10.77.0.1:8080").unwrap();
+    assert_eq!(c.reason, "inbound");
+    assert_eq!(c.program, "sk_lookup");
+    assert!(
+        c.src
+            .as_deref()
+            .is_some_and(|s| s.starts_with("10.77.0.2:")),
+        "{c:?}"
+    );
+    assert_eq!(c.to.as_deref(), Some("10.77.0.1:15006"));
+    assert!(capture_for(&evs, "10.77.0.1:8081").is_none());
+
+    // includeInboundPorts as a list: only 8081 now.
+    settings.inbound_ports = InboundPorts::Only(vec![8081]);
+    dp.set_settings(&settings).unwrap();
+    assert_eq!(
+        from_outside("10.77.0.1:8080"),
+        "hello from 10.77.0.1:8080\n"
+    );
+    assert_eq!(
+        from_outside("10.77.0.1:8081"),
+        "proxy orig=10.77.0.1:8081\nhello from 10.77.0.1:8081\n"
+    );
+    assert_eq!(dp.counters_of("mb_sk_lookup").unwrap().redirected, 2);
+}
+
+#[test]
+fn a_full_ring_buffer_counts_what_it_dropped() {
+    // 1500 loopback connections with nobody reading: 3000 splice records
+    // (both sides of each), more than the 256 KiB ring buffer holds. What
+    // was read plus what was counted lost must be exactly what was emitted.
+    let env = Env::new();
+    let dp = env.attach(&Settings::default());
+    let mut reader = dp.events().unwrap();
+    let script = "import socket\n\
+                  l = socket.socket(); l.bind(('127.0.0.1', 9201)); l.listen(64)\n\
+                  for _ in range(1500):\n\
+                  \x20   c = socket.create_connection(('127.0.0.1', 9201)); a, _ = l.accept(); a.close(); c.close()\n";
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(r#"echo $$ > "$1/cgroup.procs" && exec ip netns exec "$2" timeout 60 python3 -c "$3""#)
+        .arg("sh")
+        .arg(&env.cgroup)
+        .arg(&env.netns)
+        .arg(script)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let lost = dp.events_lost().unwrap();
+    assert!(lost > 0, "3000 records cannot all fit");
+    let mut read = 0u64;
+    loop {
+        let batch = reader.drain("n", 100_000).unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        read += batch.iter().filter(|e| e.reason == "spliced").count() as u64;
+    }
+    assert_eq!(read + lost, 3000, "read {read}, lost {lost}");
+}
+
+/// Kills a process started outside the harness's cgroup on drop.
+struct Outside(std::process::Child);
+impl Drop for Outside {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn sk_msg_misses_are_reported_rate_limited() {
+    // The app's socket is spliced, its peer (a server outside the pod's
+    // cgroup) is not: every send misses the peer and takes plain TCP.
+    let env = Env::new();
+    let dp = env.attach(&Settings::default());
+    let mut reader = dp.events().unwrap();
+    let mut server = Outside(
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &env.netns, common::SOCKBENCH])
+            .args(["echo", "--listen", "127.0.0.1:9301"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut ready = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.0.stdout.as_mut().unwrap()),
+        &mut ready,
+    )
+    .unwrap();
+    assert!(ready.starts_with("READY"), "{ready:?}");
+
+    let out = env.client(&[
+        "client",
+        "--connect",
+        "127.0.0.1:9301",
+        "--bytes",
+        "4194304",
+        "--chunk",
+        "1024",
+    ]);
+    assert!(out.contains("OK round=0"), "{out}");
+    let misses = dp.counters_of("mb_sk_msg").unwrap().misses;
+    assert!(misses >= 4096, "every 1 KiB send missed: {misses}");
+    let evs = collect(&mut reader, |e| {
+        e.iter()
+            .any(|e| e.program == "sk_msg" && e.reason == "no-peer")
+    });
+    // Give late records a moment, then count what came.
+    std::thread::sleep(Duration::from_millis(100));
+    let mut evs = evs;
+    evs.extend(reader.drain("node-a", 100_000).unwrap());
+    let records: Vec<&Event> = evs
+        .iter()
+        .filter(|e| e.program == "sk_msg" && e.reason == "no-peer")
+        .collect();
+    let folded: u64 = records.iter().map(|e| e.count).sum();
+    assert!(
+        (records.len() as u64) * 10 < misses,
+        "rate-limited: {} records for {misses} misses",
+        records.len()
+    );
+    assert!(folded <= misses && folded >= 1, "{folded} of {misses}");
+    assert_eq!(records[0].dst.as_deref(), Some("127.0.0.1:9301"));
+}
