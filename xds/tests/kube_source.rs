@@ -470,6 +470,20 @@ async fn kube_source_serves_policy_follows_watch_writes_status_and_relists() {
         let c = valid_condition(r);
         assert_eq!(c["status"], "True", "{c}");
     }
+    // The status written is one Cilium's CRD accepts: the invalid CNP with
+    // it checks against the CRD's schema.
+    let mut with_status = read_json("ciliumnetworkpolicies.json")["items"][1].clone();
+    assert_eq!(name_of(&with_status), "invalid-policy");
+    with_status["status"] = serde_json::from_str::<Value>(&invalid.body).unwrap()["status"].clone();
+    let f = tmp.path().join("invalid-with-status.json");
+    std::fs::write(&f, with_status.to_string()).unwrap();
+    let out = validate(&[f]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
     let sourcez = debug_json(xds.debug, "/debug/sourcez").await;
     let text = sourcez.to_string();
     assert!(
@@ -595,4 +609,39 @@ fn recorded_objects_are_valid_for_the_crds_and_kubernetes_schemas() {
         "{text}"
     );
     assert!(text.contains("CiliumNetworkPolicy default/rule1"), "{text}");
+}
+
+#[test]
+fn a_bad_kubeconfig_is_refused_naming_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kc = tmp.path().join("kubeconfig");
+    std::fs::write(&kc, "apiVersion: v1\nkind: Config\nclusters: {}\n").unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_membrane-xds"))
+        .args(["--grpc-addr", "127.0.0.1:0", "--debug-addr", "127.0.0.1:0"])
+        .arg("--kube")
+        .arg("--kubeconfig")
+        .arg(&kc)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("membrane-xds did not exit on a bad kubeconfig");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success());
+    assert!(
+        err.contains(&format!("kubeconfig {}", kc.display())),
+        "{err}"
+    );
 }

@@ -548,6 +548,12 @@ async fn watch_kind(
                 lock(&store).delete(kind, &to_value(o));
                 vec![]
             }
+            // 410 Gone is the API server's normal "relist": the watcher
+            // lists again on its own.
+            Err(watcher::Error::WatchError(st)) if st.code == 410 => {
+                info!(kind = k.kind, "watch expired (410 Gone); relisting");
+                continue;
+            }
             Err(e) => {
                 warn!(kind = k.kind, error = %e, "watch failed; retrying with backoff");
                 lock(&store).watch_errors.insert(kind, e.to_string());
