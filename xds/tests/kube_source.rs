@@ -4,7 +4,8 @@
 //! patches like the API server does, and records every request.
 //!
 //! Asserted: the Star Wars policy reaches a deathstar sidecar over NPDS; a
-//! watch MODIFIED event changes what is served; the invalid CNP gets a
+//! watch MODIFIED event changes what is served, ADDED and DELETED ones add
+//! and remove objects; the invalid CNP gets a
 //! `Valid=False` status patch naming its field, the valid policies
 //! `Valid=True`, each once; a 410 Gone forces a relist that keeps the state
 //! and drops what was deleted meanwhile. The recorded objects themselves are
@@ -142,7 +143,12 @@ impl FakeApi {
         a.rv += 1;
         let rv = a.rv.to_string();
         object["metadata"]["resourceVersion"] = json!(rv);
-        let items = &mut a.lists.get_mut(collection).unwrap().2;
+        let (list_kind, av, items) = a.lists.get_mut(collection).unwrap();
+        // Watch events carry kind and apiVersion, which core list items lack.
+        if object.get("kind").is_none() {
+            object["kind"] = json!(list_kind.trim_end_matches("List"));
+            object["apiVersion"] = json!(av.clone());
+        }
         let name = name_of(&object).to_string();
         let pos = items.iter().position(|i| name_of(i) == name);
         match kind {
@@ -511,13 +517,33 @@ async fn kube_source_serves_policy_follows_watch_writes_status_and_relists() {
     .await
     .unwrap();
 
-    // 410 Gone on the pods and CNP watches: both kinds are listed again.
-    // The tiefighter was deleted while the watch was down: the relist drops
-    // it; everything else keeps its state.
+    // ADDED and DELETED: a second x-wing arrives; the invalid CNP is
+    // deleted, and its rejection goes with it.
     eventually(Duration::from_secs(10), "the pods watch", || async {
         (api.watching(PODS) > 0).then_some(())
     })
     .await;
+    let mut xwing2 = read_json("pods.json")["items"][3].clone();
+    xwing2["metadata"]["name"] = json!("xwing-2");
+    xwing2["metadata"]["uid"] = json!("3f1c2a10-6b7e-4d2a-9c1e-5a6b7c8d9e15");
+    xwing2["status"]["podIP"] = json!("10.244.1.15");
+    xwing2["status"]["podIPs"] = json!([{"ip": "10.244.1.15"}]);
+    api.event(PODS, "ADDED", xwing2);
+    let invalid_obj = read_json("ciliumnetworkpolicies.json")["items"][1].clone();
+    api.event(CNPS, "DELETED", invalid_obj);
+    eventually(
+        Duration::from_secs(15),
+        "the ADDED pod and DELETED CNP",
+        || async {
+            let text = debug_json(xds.debug, "/debug/sourcez").await.to_string();
+            (text.contains("Pod default/xwing-2") && !text.contains("invalid-policy")).then_some(())
+        },
+    )
+    .await;
+
+    // 410 Gone on the pods and CNP watches: both kinds are listed again.
+    // The tiefighter was deleted while the watch was down: the relist drops
+    // it; everything else keeps its state.
     let (pod_lists, cnp_lists) = (api.lists_of(PODS), api.lists_of(CNPS));
     api.lock()
         .lists
@@ -545,7 +571,8 @@ async fn kube_source_serves_policy_follows_watch_writes_status_and_relists() {
     .await;
     let names = pods["objects"].to_string();
     assert!(!names.contains("tiefighter"), "{names}");
-    assert!(names.contains("default/xwing"), "{names}");
+    assert!(names.contains("default/xwing\""), "{names}");
+    assert!(names.contains("default/xwing-2"), "{names}");
 
     // The policy is still served as before, to a new stream too.
     let (_tx2, mut s2) = npds_stream(xds.grpc).await;
