@@ -14,6 +14,7 @@ use membrane_xds::recorder::Recorder;
 use membrane_xds::server::XdsServer;
 use membrane_xds::snapshot::SnapshotCache;
 use membrane_xds::source::dir::DirSource;
+#[cfg(feature = "kube")]
 use membrane_xds::source::kube::{self, KubeSource};
 use membrane_xds::source::Source;
 use tokio::net::TcpListener;
@@ -57,6 +58,11 @@ async fn main() -> Result<()> {
     }
     // The controller wakes on this: file-system events and watch events.
     let wake = Arc::new(tokio::sync::Notify::new());
+    #[cfg(not(feature = "kube"))]
+    if cfg.kube {
+        bail!("--kube: this membrane-xds was built without the `kube` feature");
+    }
+    #[cfg(feature = "kube")]
     if cfg.kube {
         let client = kube::client(cfg.kubeconfig.as_deref())
             .await

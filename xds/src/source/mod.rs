@@ -5,6 +5,7 @@
 
 pub mod dir;
 pub mod k8s;
+#[cfg(feature = "kube")]
 pub mod kube;
 
 use std::sync::Arc;
