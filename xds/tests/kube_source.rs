@@ -1,5 +1,5 @@
-//! `membrane-xds --kube` against a recorded Kubernetes API: a loopback HTTP
-//! server answers LIST and WATCH for the seven kinds with the objects in
+//! `membrane-xds --kube` against a recorded Kubernetes API: a loopback HTTPS
+//! server (its CA in the generated kubeconfig) answers LIST and WATCH for the seven kinds with the objects in
 //! `tests/data/kube/` (JSON as the API server sends it), takes status
 //! patches like the API server does, and records every request.
 //!
@@ -199,13 +199,79 @@ impl FakeApi {
         });
     }
 
-    async fn serve(self) -> std::net::SocketAddr {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
+    /// Serves HTTPS with `cert`/`key`, as an API server does.
+    async fn serve(self, cert: &Path, key: &Path) -> std::net::SocketAddr {
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let key = PrivateKeyDer::from_pem_file(key).unwrap();
+        let config = tokio_rustls::rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let l = TlsListener {
+            tcp,
+            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+        };
         let app = axum::Router::new().fallback(handle).with_state(self);
         tokio::spawn(async move { axum::serve(l, app).await });
         addr
     }
+}
+
+/// TCP plus a TLS handshake per connection (bounded in time).
+struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((s, peer)) = self.tcp.accept().await else {
+                continue;
+            };
+            let hs = tokio::time::timeout(Duration::from_secs(5), self.acceptor.accept(s));
+            if let Ok(Ok(tls)) = hs.await {
+                return (tls, peer);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}
+
+/// A CA, and a certificate for 127.0.0.1 it signed: (ca, cert, key).
+fn certificates(d: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    std::fs::write(
+        d.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    let ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+    for cmd in [
+        format!("req -x509 {ec} -days 1 -subj /CN=recorded-ca -keyout ca.key -out ca.pem"),
+        format!("req {ec} -subj /CN=kube-apiserver -keyout key.pem -out leaf.csr"),
+        "x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -extfile ext.cnf -out cert.pem".to_string(),
+    ] {
+        let out = std::process::Command::new("openssl")
+            .args(cmd.split(' '))
+            .current_dir(d)
+            .output()
+            .expect("openssl");
+        assert!(out.status.success(), "openssl {cmd}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    (d.join("ca.pem"), d.join("cert.pem"), d.join("key.pem"))
 }
 
 fn json_response(status: StatusCode, v: &Value) -> Response {
@@ -300,15 +366,16 @@ async fn handle(
     not_found()
 }
 
-fn kubeconfig(dir: &Path, addr: std::net::SocketAddr) -> PathBuf {
+fn kubeconfig(dir: &Path, addr: std::net::SocketAddr, ca: &Path) -> PathBuf {
     let p = dir.join("kubeconfig");
     std::fs::write(
         &p,
         format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: recorded\n  cluster:\n    server: http://{addr}\n\
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: recorded\n  cluster:\n    server: https://{addr}\n    certificate-authority: {}\n\
              users:\n- name: membrane\n  user:\n    token: recorded-token\n\
              contexts:\n- name: recorded\n  context:\n    cluster: recorded\n    user: membrane\n\
-             current-context: recorded\n"
+             current-context: recorded\n",
+            ca.display()
         ),
     )
     .unwrap();
@@ -402,9 +469,10 @@ fn valid_condition(r: &Recorded) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kube_source_serves_policy_follows_watch_writes_status_and_relists() {
     let api = FakeApi::load();
-    let addr = api.clone().serve().await;
     let tmp = tempfile::tempdir().unwrap();
-    let kc = kubeconfig(tmp.path(), addr);
+    let (ca, cert, key) = certificates(tmp.path());
+    let addr = api.clone().serve(&cert, &key).await;
+    let kc = kubeconfig(tmp.path(), addr, &ca);
     let empty = tmp.path().join("empty");
     std::fs::create_dir(&empty).unwrap();
     let xds = start_xds_with(

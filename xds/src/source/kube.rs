@@ -449,6 +449,9 @@ impl Drop for KubeSource {
 /// A client from `--kubeconfig` when given, else from the usual places
 /// (in-cluster service account, `KUBECONFIG`, `~/.kube/config`).
 pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, KubeError> {
+    // The client's TLS uses the process-wide rustls provider: make it ring
+    // whatever else the build enables (an error means one is installed).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let config = match kubeconfig {
         Some(p) => {
             let err = |message: String| KubeError::Kubeconfig {
