@@ -44,6 +44,8 @@ declare -A PIP=(
   [grpc]=grpcio
   # xds-protos installs the generated packages (no `xds_protos` module).
   [envoy.service.discovery.v3.ads_pb2_grpc]=xds-protos
+  # Offline schema checks of Kubernetes objects (scripts/k8s-validate.py).
+  [kubernetes_validate]=kubernetes-validate
 )
 pip_missing=()
 for mod in "${!PIP[@]}"; do

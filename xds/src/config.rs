@@ -16,9 +16,18 @@ pub struct Config {
     /// etcd endpoints (comma-separated). Not implemented yet: refused.
     #[arg(long, env = "MEMBRANE_ETCD", value_delimiter = ',')]
     pub etcd: Vec<String>,
-    /// Watch the Kubernetes API. Not implemented yet: refused.
+    /// Watch the Kubernetes API (CNP, CCNP, Pod, Namespace, Service,
+    /// EndpointSlice, Node) and write each policy's `Valid` condition back.
     #[arg(long, env = "MEMBRANE_KUBE")]
     pub kube: bool,
+    /// kubeconfig for --kube; without it: in-cluster, then KUBECONFIG, then
+    /// ~/.kube/config.
+    #[arg(long, env = "MEMBRANE_KUBECONFIG", requires = "kube")]
+    pub kubeconfig: Option<PathBuf>,
+    /// How long start-up waits for the first list of every kind before
+    /// serving what it has, in seconds.
+    #[arg(long, env = "MEMBRANE_KUBE_SYNC_SECS", default_value_t = 30)]
+    pub kube_sync_secs: u64,
     /// Plaintext xDS gRPC listen address (port 0 picks one; the bound
     /// address is printed on stdout).
     #[arg(long, env = "MEMBRANE_GRPC_ADDR", default_value = "0.0.0.0:15010")]

@@ -14,6 +14,8 @@ use membrane_xds::recorder::Recorder;
 use membrane_xds::server::XdsServer;
 use membrane_xds::snapshot::SnapshotCache;
 use membrane_xds::source::dir::DirSource;
+#[cfg(feature = "kube")]
+use membrane_xds::source::kube::{self, KubeSource};
 use membrane_xds::source::Source;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -46,9 +48,6 @@ async fn main() -> Result<()> {
     if !cfg.etcd.is_empty() {
         bail!("--etcd: the etcd source is not implemented yet");
     }
-    if cfg.kube {
-        bail!("--kube: the Kubernetes source is not implemented yet");
-    }
 
     let cache = Arc::new(SnapshotCache::new());
     let recorder = Arc::new(Recorder::new());
@@ -56,6 +55,27 @@ async fn main() -> Result<()> {
     let mut sources: Vec<Box<dyn Source>> = Vec::new();
     if let Some(d) = &cfg.source_dir {
         sources.push(Box::new(DirSource::new(d, cfg.max_file_bytes)));
+    }
+    // The controller wakes on this: file-system events and watch events.
+    let wake = Arc::new(tokio::sync::Notify::new());
+    #[cfg(not(feature = "kube"))]
+    if cfg.kube {
+        bail!("--kube: this membrane-xds was built without the `kube` feature");
+    }
+    #[cfg(feature = "kube")]
+    if cfg.kube {
+        let client = kube::client(cfg.kubeconfig.as_deref())
+            .await
+            .context("--kube")?;
+        let k = KubeSource::start(client, wake.clone());
+        // Serving before the first list would hand sidecars a partial view.
+        if !k.wait_synced(Duration::from_secs(cfg.kube_sync_secs)).await {
+            tracing::warn!(
+                secs = cfg.kube_sync_secs,
+                "Kubernetes kinds not all listed yet; serving what is known"
+            );
+        }
+        sources.push(Box::new(k));
     }
     let mut controller = Controller::new(sources, cache.clone(), recorder.clone(), status.clone());
     // Publish before serving, so the first clients get a snapshot at once.
@@ -116,7 +136,6 @@ async fn main() -> Result<()> {
     let dbg_stop = stopped(stop_rx.clone());
     let dbg_task =
         tokio::spawn(async move { axum::serve(dbg, app).with_graceful_shutdown(dbg_stop).await });
-    let wake = Arc::new(tokio::sync::Notify::new());
     // File-system events make changes visible at once; polling stays as the
     // fallback (and the only mechanism when the watcher cannot start).
     let _watcher = match &cfg.source_dir {

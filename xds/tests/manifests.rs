@@ -1,0 +1,152 @@
+//! The Kubernetes manifests in `manifests/kubernetes/`: valid for the
+//! Kubernetes API (offline, with kubernetes-validate), and in step with the
+//! code: the ClusterRole grants exactly what the Kubernetes source uses, and
+//! the Deployment's arguments are ones membrane-xds accepts.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use clap::Parser;
+use membrane_xds::config::Config;
+use membrane_xds::source::kube::KINDS;
+use serde::Deserialize;
+use serde_json::Value;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn manifests() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(root().join("manifests/kubernetes"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    v.sort();
+    v
+}
+
+fn objects() -> Vec<Value> {
+    let mut out = Vec::new();
+    for p in manifests() {
+        let text = std::fs::read_to_string(&p).unwrap();
+        for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+            out.push(Value::deserialize(doc).unwrap());
+        }
+    }
+    out
+}
+
+fn find<'a>(objs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    objs.iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+#[test]
+fn manifests_validate_against_the_kubernetes_schemas() {
+    let files = manifests();
+    let out = std::process::Command::new("python3")
+        .arg(root().join("scripts/k8s-validate.py"))
+        .args(["-k", "1.34.0"])
+        .args(&files)
+        .output()
+        .expect("run python3");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains(&format!("{} objects checked, 0 invalid", objects().len())),
+        "{text}"
+    );
+}
+
+#[test]
+fn cluster_role_grants_exactly_what_the_kube_source_uses() {
+    let objs = objects();
+    let role = find(&objs, "ClusterRole", "membrane-xds");
+    let mut granted = BTreeSet::new();
+    for rule in role["rules"].as_array().unwrap() {
+        for g in rule["apiGroups"].as_array().unwrap() {
+            for r in rule["resources"].as_array().unwrap() {
+                for v in rule["verbs"].as_array().unwrap() {
+                    granted.insert(format!(
+                        "{} {} {}",
+                        g.as_str().unwrap(),
+                        r.as_str().unwrap(),
+                        v.as_str().unwrap()
+                    ));
+                }
+            }
+        }
+    }
+    let mut needed = BTreeSet::new();
+    for k in &KINDS {
+        for verb in ["list", "watch"] {
+            needed.insert(format!("{} {} {verb}", k.group, k.plural));
+        }
+        if k.policy {
+            needed.insert(format!("{} {}/status patch", k.group, k.plural));
+        }
+    }
+    assert_eq!(granted, needed);
+    let binding = find(&objs, "ClusterRoleBinding", "membrane-xds");
+    assert_eq!(binding["subjects"][0]["name"], "membrane-xds");
+    assert_eq!(binding["subjects"][0]["namespace"], "membrane-system");
+}
+
+#[test]
+fn deployment_runs_the_kube_source_on_istio_ports_and_agent_is_privileged() {
+    let objs = objects();
+    let deploy = find(&objs, "Deployment", "membrane-xds");
+    let spec = &deploy["spec"]["template"]["spec"];
+    assert_eq!(spec["serviceAccountName"], "membrane-xds");
+    let c = &spec["containers"][0];
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    // The arguments are ones the binary accepts, and turn the source on.
+    let cfg = Config::try_parse_from(std::iter::once("membrane-xds").chain(args.iter().copied()))
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(cfg.kube);
+    assert_eq!(cfg.grpc_addr.port(), 15010);
+    assert_eq!(cfg.tls_addr.port(), 15012);
+    assert_eq!(cfg.debug_addr.port(), 15014);
+    let ports: BTreeSet<u64> = c["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["containerPort"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ports, BTreeSet::from([15010, 15012, 15014, 15017]));
+    let svc = find(&objs, "Service", "membrane-xds");
+    let targets: BTreeSet<&str> = svc["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["targetPort"].as_str().unwrap())
+        .collect();
+    let names: BTreeSet<&str> = c["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(targets, names, "every container port is reachable by name");
+
+    let ds = find(&objs, "DaemonSet", "membrane-agent");
+    let spec = &ds["spec"]["template"]["spec"];
+    assert_eq!(spec["hostNetwork"], true);
+    assert_eq!(spec["containers"][0]["securityContext"]["privileged"], true);
+    let host_paths: BTreeSet<&str> = spec["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v["hostPath"]["path"].as_str())
+        .collect();
+    assert!(host_paths.contains("/sys/fs/bpf"), "{host_paths:?}");
+    assert!(host_paths.contains("/sys/fs/cgroup"), "{host_paths:?}");
+}
