@@ -1,11 +1,14 @@
 //! `membrane`: the operator CLI.
 //!
-//! Verbs: `policy validate` and `policy trace` (the policy engine, offline), and
+//! Verbs: `policy validate` and `policy trace` (the policy engine, offline),
+//! `policy import|get|delete` and `etcd apply|delete|identities` (the
+//! cluster-wide store, etcd), and
 //! `bpf sockmap list` (the node's pinned datapath). It owns argument
 //! parsing, file reading and output formatting; all policy semantics live in
 //! `membrane-policy`.
 
 mod bpf_cmd;
+mod etcd_cmd;
 mod policy_cmd;
 
 use clap::{Parser, Subcommand};
@@ -24,6 +27,9 @@ enum Command {
     /// Validate and trace CiliumNetworkPolicy / CiliumClusterwideNetworkPolicy objects.
     #[command(subcommand)]
     Policy(policy_cmd::PolicyCommand),
+    /// Objects, identities and registrations in etcd (the cluster-wide store).
+    #[command(subcommand)]
+    Etcd(etcd_cmd::EtcdCommand),
     /// Inspect the node's eBPF datapath.
     #[command(subcommand)]
     Bpf(bpf_cmd::BpfCommand),
@@ -34,6 +40,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Policy(cmd) => policy_cmd::run(cmd),
         Command::Bpf(cmd) => bpf_cmd::run(cmd),
+        Command::Etcd(cmd) => etcd_cmd::run(cmd),
     };
     match result {
         Ok(code) => code,

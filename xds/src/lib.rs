@@ -13,6 +13,8 @@
 pub mod config;
 pub mod controller;
 pub mod debug;
+pub mod identity;
+pub mod kvstore;
 pub mod node;
 pub mod recorder;
 pub mod resource;

@@ -10,10 +10,13 @@ use clap::Parser;
 use membrane_xds::config::Config;
 use membrane_xds::controller::Controller;
 use membrane_xds::debug::{self, DebugState};
+use membrane_xds::identity::EtcdIdentities;
+use membrane_xds::kvstore;
 use membrane_xds::recorder::Recorder;
 use membrane_xds::server::XdsServer;
 use membrane_xds::snapshot::SnapshotCache;
 use membrane_xds::source::dir::DirSource;
+use membrane_xds::source::etcd::EtcdSource;
 use membrane_xds::source::Source;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -43,9 +46,6 @@ async fn main() -> Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cfg.log).context("--log")?)
         .with_writer(std::io::stderr)
         .init();
-    if !cfg.etcd.is_empty() {
-        bail!("--etcd: the etcd source is not implemented yet");
-    }
     if cfg.kube {
         bail!("--kube: the Kubernetes source is not implemented yet");
     }
@@ -53,11 +53,47 @@ async fn main() -> Result<()> {
     let cache = Arc::new(SnapshotCache::new());
     let recorder = Arc::new(Recorder::new());
     let status = Arc::new(Mutex::new(serde_json::Value::Null));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let wake = Arc::new(tokio::sync::Notify::new());
     let mut sources: Vec<Box<dyn Source>> = Vec::new();
     if let Some(d) = &cfg.source_dir {
         sources.push(Box::new(DirSource::new(d, cfg.max_file_bytes)));
     }
+    let mut identities = None;
+    let mut register_task = None;
+    if !cfg.etcd.is_empty() {
+        let client = kvstore::connect(&cfg.etcd).await.context("--etcd")?;
+        sources.push(Box::new(
+            EtcdSource::start(
+                client.clone(),
+                cfg.etcd.clone(),
+                wake.clone(),
+                Duration::from_secs(3),
+            )
+            .await,
+        ));
+        let replica = cfg.etcd_replica.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            format!("{}-{}", host.trim(), std::process::id())
+        });
+        let (reg_tx, reg_rx) = watch::channel(Default::default());
+        register_task = Some(tokio::spawn(kvstore::register(
+            client.clone(),
+            replica,
+            Duration::from_secs(cfg.etcd_lease_ttl),
+            reg_rx,
+            stop_rx.clone(),
+        )));
+        identities = Some(Box::new(EtcdIdentities::new(
+            kvstore::IdentityStore::new(client),
+            tokio::runtime::Handle::current(),
+            reg_tx,
+        )));
+    }
     let mut controller = Controller::new(sources, cache.clone(), recorder.clone(), status.clone());
+    if let Some(ids) = identities {
+        controller = controller.with_cluster_identities(ids);
+    }
     // Publish before serving, so the first clients get a snapshot at once.
     controller.reconcile();
 
@@ -91,7 +127,6 @@ async fn main() -> Result<()> {
     println!("membrane-xds listening grpc={grpc_addr} debug={dbg_addr}{tls_line}");
     info!(%grpc_addr, %dbg_addr, "membrane-xds listening");
 
-    let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
@@ -116,7 +151,6 @@ async fn main() -> Result<()> {
     let dbg_stop = stopped(stop_rx.clone());
     let dbg_task =
         tokio::spawn(async move { axum::serve(dbg, app).with_graceful_shutdown(dbg_stop).await });
-    let wake = Arc::new(tokio::sync::Notify::new());
     // File-system events make changes visible at once; polling stays as the
     // fallback (and the only mechanism when the watcher cannot start).
     let _watcher = match &cfg.source_dir {
@@ -141,6 +175,10 @@ async fn main() -> Result<()> {
         let _ = dbg_task.await;
         let _ = grpc_task.await;
         if let Some(t) = tls_task {
+            let _ = t.await;
+        }
+        // Revokes this replica's lease: its registrations go at once.
+        if let Some(t) = register_task {
             let _ = t.await;
         }
     })

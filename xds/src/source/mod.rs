@@ -3,6 +3,7 @@
 //! Each source yields a [`ClusterState`]; the controller merges them.
 
 pub mod dir;
+pub mod etcd;
 pub mod k8s;
 
 use std::sync::Arc;
