@@ -1,7 +1,8 @@
 //! `membrane-xds`: membrane's control plane.
 //!
 //! It owns the path from sources (a watched directory of Kubernetes-shaped
-//! YAML) through identities and resolved policy (the `membrane-policy` crate)
+//! YAML, etcd) through identities (process-local, or agreed cluster-wide in
+//! etcd) and resolved policy (the `membrane-policy` crate)
 //! to xDS resources, and serves them: Envoy ADS (SotW and delta) and Cilium's
 //! NPDS/NPHDS services over gRPC, plus the debug/metrics HTTP endpoint.
 //!

@@ -1,5 +1,6 @@
 //! Sources of cluster state: a watched directory of Kubernetes-shaped YAML
-//! (the embedded default) and the others behind the same [`Source`] trait.
+//! (the embedded default), etcd, and the others behind the same [`Source`]
+//! trait.
 //! Each source yields a [`ClusterState`]; the controller merges them.
 
 pub mod dir;
