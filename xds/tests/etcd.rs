@@ -289,7 +289,22 @@ async fn registrations_expire_with_the_lease_of_a_dead_replica() {
     })
     .await;
     assert_eq!(after["b"].len(), 3);
-    drop(b);
+
+    // Replica b is stopped (SIGTERM): it revokes its lease on the way out,
+    // so its entries go at once rather than after the TTL.
+    let mut b = b;
+    let pid = b.proc.0.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let exited = b.proc.0.wait().unwrap();
+    assert!(exited.success(), "{exited:?}");
+    assert!(
+        owners(&c).await.is_empty(),
+        "entries revoked with the lease on shutdown"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
