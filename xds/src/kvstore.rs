@@ -553,6 +553,8 @@ pub async fn register(
                 }
                 r = want.changed() => {
                     if r.is_err() {
+                        // The controller is gone: the process is stopping.
+                        let _ = within(limit, client.lease_revoke(lease)).await;
                         return;
                     }
                 }
