@@ -338,9 +338,34 @@ async fn etcd_down_keeps_the_last_snapshot_and_the_control_plane_recovers() {
         .contains("/v1/request-landing"));
     assert_eq!(identities(xds.debug).await, before);
 
-    // Back with the same data: changes flow again, and a new pod gets an
-    // identity.
+    // A pod appears (in the directory source) while etcd is down: it cannot
+    // get a cluster-wide identity, says so, and the others are untouched.
+    std::fs::write(
+        dir.path().join("awing.yaml"),
+        "kind: Pod\nmetadata: {name: awing, namespace: default, labels: {class: awing}}\nstatus: {podIP: 127.0.0.6}\n",
+    )
+    .unwrap();
+    eventually(LIMIT, "the awing's missing identity reported", || async {
+        let s = debug_json(xds.debug, "/debug/sourcez").await;
+        s["translation_errors"]
+            .to_string()
+            .contains("k8s:class=awing")
+            .then_some(())
+    })
+    .await;
+    assert_eq!(identities(xds.debug).await, before);
+
+    // Back with the same data: changes flow again, the awing gets its
+    // identity with no further change, and a new pod gets one too.
     etcd.restart();
+    eventually(LIMIT, "the awing's identity once etcd is back", || async {
+        let hosts = resources(xds.debug, NETWORK_POLICY_HOSTS).await;
+        hosts
+            .values()
+            .any(|h| h.contains("\"127.0.0.6\""))
+            .then_some(())
+    })
+    .await;
     let mut c = etcd.client().await;
     store(&mut c, &starwars_l7(80, "/v1/exhaust-port")).await;
     store(
