@@ -127,12 +127,16 @@ fn import_get_delete_round_trip_and_an_invalid_import_writes_nothing() {
         text(&out.stderr)
     );
 
-    // A valid import, then get in both formats.
-    let out = membrane(&etcd, &["policy", "import", &good, "--etcd", &etcd.url]);
+    // A valid import (the same object twice: the last one is stored), then
+    // get in both formats.
+    let out = membrane(
+        &etcd,
+        &["policy", "import", &good, &good, "--etcd", &etcd.url],
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(
         text(&out.stdout),
-        "stored CiliumNetworkPolicy empire/rule1\nstored CiliumClusterwideNetworkPolicy world-out\n"
+        "stored CiliumNetworkPolicy empire/rule1\nstored CiliumClusterwideNetworkPolicy world-out\n".repeat(2)
     );
     let out = membrane(&etcd, &["policy", "get", "empire/rule1", "-o", "json"]);
     assert!(out.status.success(), "{}", text(&out.stderr));

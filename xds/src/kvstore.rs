@@ -262,8 +262,16 @@ pub fn objects_from_file(
 }
 
 /// Writes `objects`, all in one transaction per 128 (etcd's limit), so a
-/// small import lands whole or not at all.
+/// small import lands whole or not at all. An object given twice is written
+/// once, in its last version (etcd refuses a key twice in one transaction).
 pub async fn put_objects(client: &mut Client, objects: &[StoredObject]) -> Result<(), KvError> {
+    let mut last: BTreeMap<&str, usize> = BTreeMap::new();
+    for (i, o) in objects.iter().enumerate() {
+        last.insert(&o.key, i);
+    }
+    let mut order: Vec<usize> = last.into_values().collect();
+    order.sort_unstable();
+    let objects: Vec<&StoredObject> = order.into_iter().map(|i| &objects[i]).collect();
     for chunk in objects.chunks(MAX_TXN_OPS) {
         let ops: Vec<TxnOp> = chunk
             .iter()
