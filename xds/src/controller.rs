@@ -6,6 +6,12 @@
 //! only the streams whose snapshot content changed. A snapshot that fails
 //! translation or its consistency check is not published: the node keeps
 //! its previous one, and the failure shows in `/debug/sourcez` and metrics.
+//!
+//! With cluster-wide identities (etcd), each pass first obtains the identity
+//! of every pod label set from [`ClusterIdentities`] and seeds the
+//! translator with them (the policy engine's allocator does no I/O); after
+//! translating, it hands over what was resolved for registration. A pass
+//! that could not number every label set is retried on the next tick.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
