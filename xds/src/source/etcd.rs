@@ -259,14 +259,22 @@ async fn list_and_watch(
     }
     listed.notify_one();
     wake.notify_one();
+    watch_from(client, inner, wake, revision + 1).await
+}
+
+/// Applies watch events from `start` on until the watch ends: `Ok` when it
+/// was cancelled or its revision compacted (list again), `Err` when the
+/// connection failed.
+async fn watch_from(
+    client: &mut Client,
+    inner: &Mutex<Inner>,
+    wake: &tokio::sync::Notify,
+    start: i64,
+) -> Result<(), String> {
     let mut stream = client
         .watch(
             OBJECTS,
-            Some(
-                WatchOptions::new()
-                    .with_prefix()
-                    .with_start_revision(revision + 1),
-            ),
+            Some(WatchOptions::new().with_prefix().with_start_revision(start)),
         )
         .await
         .map_err(|e| e.to_string())?;
@@ -350,6 +358,112 @@ impl Source for EtcdSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A real etcd on free loopback ports in a temp dir, killed on drop.
+    struct Etcd {
+        child: std::process::Child,
+        url: String,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Drop for Etcd {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    fn etcd() -> Etcd {
+        let port = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let (url, peer) = (
+            format!("http://127.0.0.1:{}", port()),
+            format!("http://127.0.0.1:{}", port()),
+        );
+        let child = std::process::Command::new("etcd")
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args(["--name", "t", "--listen-client-urls", &url])
+            .args(["--advertise-client-urls", &url, "--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("t={peer}")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn etcd (Debian etcd-server)");
+        Etcd {
+            child,
+            url,
+            _dir: dir,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_compacted_watch_revision_ends_the_watch_so_the_source_lists_again() {
+        let e = etcd();
+        let mut c = crate::kvstore::connect(std::slice::from_ref(&e.url))
+            .await
+            .unwrap();
+        let start = std::time::Instant::now();
+        while c.status().await.is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "etcd does not answer"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let key = "/membrane/objects/v1/Namespace/n1";
+        let v = r#"{"kind":"Namespace","metadata":{"name":"n1"}}"#;
+        let mut last = 0;
+        for _ in 0..3 {
+            last = c
+                .put(key, v, None)
+                .await
+                .unwrap()
+                .header()
+                .unwrap()
+                .revision();
+        }
+        c.compact(last, None).await.unwrap();
+        let inner = Mutex::new(Inner::default());
+        let wake = tokio::sync::Notify::new();
+        // A watch from before the compaction is refused: the caller lists again.
+        let r = tokio::time::timeout(
+            Duration::from_secs(10),
+            watch_from(&mut c, &inner, &wake, last - 1),
+        )
+        .await
+        .expect("the watch ends");
+        assert_eq!(r, Ok(()));
+        // A watch from the compaction point on sees new events.
+        let mut c2 = c.clone();
+        let watching = tokio::spawn(async move {
+            let inner = Mutex::new(Inner::default());
+            let wake = tokio::sync::Notify::new();
+            let _ = tokio::time::timeout(
+                Duration::from_secs(2),
+                watch_from(&mut c2, &inner, &wake, last + 1),
+            )
+            .await;
+            let n = lock(&inner).entries.len();
+            n
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        c.put(
+            "/membrane/objects/v1/Namespace/n2",
+            v.replace("n1", "n2"),
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(watching.await.unwrap(), 1);
+    }
 
     #[test]
     fn values_must_be_the_object_their_key_names() {
