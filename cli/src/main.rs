@@ -1,12 +1,14 @@
 //! `membrane`: the operator CLI.
 //!
 //! Verbs: `policy validate` and `policy trace` (the policy engine, offline),
-//! `bpf sockmap list` (the node's pinned datapath), and `monitor` (the
-//! agents' event streams). It owns argument
+//! `policy import|get|delete` and `etcd apply|delete|identities` (the
+//! cluster-wide store, etcd), `bpf sockmap list` (the node's pinned
+//! datapath), and `monitor` (the agents' event streams). It owns argument
 //! parsing, file reading and output formatting; all policy semantics live in
 //! `membrane-policy`.
 
 mod bpf_cmd;
+mod etcd_cmd;
 mod monitor_cmd;
 mod policy_cmd;
 
@@ -26,6 +28,9 @@ enum Command {
     /// Validate and trace CiliumNetworkPolicy / CiliumClusterwideNetworkPolicy objects.
     #[command(subcommand)]
     Policy(policy_cmd::PolicyCommand),
+    /// Objects, identities and registrations in etcd (the cluster-wide store).
+    #[command(subcommand)]
+    Etcd(etcd_cmd::EtcdCommand),
     /// Inspect the node's eBPF datapath.
     #[command(subcommand)]
     Bpf(bpf_cmd::BpfCommand),
@@ -40,6 +45,7 @@ fn main() -> ExitCode {
         Command::Policy(cmd) => policy_cmd::run(cmd),
         Command::Bpf(cmd) => bpf_cmd::run(cmd),
         Command::Monitor(args) => monitor_cmd::run(args),
+        Command::Etcd(cmd) => etcd_cmd::run(cmd),
     };
     match result {
         Ok(code) => code,

@@ -1,4 +1,4 @@
-//! `membrane policy validate|trace`.
+//! `membrane policy validate|trace` (offline) and `import|get|delete` (etcd).
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
@@ -27,6 +27,13 @@ pub enum PolicyCommand {
     Validate(ValidateArgs),
     /// Show whether a flow is allowed, and which rule decided.
     Trace(Box<TraceArgs>),
+    /// Validate policy files and store them in etcd (all or nothing).
+    Import(crate::etcd_cmd::ImportArgs),
+    /// Print policies stored in etcd.
+    Get(crate::etcd_cmd::GetArgs),
+    /// Remove a policy from etcd: `NAMESPACE/NAME`, or `NAME` for a
+    /// CiliumClusterwideNetworkPolicy.
+    Delete(crate::etcd_cmd::DeleteArgs),
 }
 
 #[derive(Debug, Args)]
@@ -93,6 +100,9 @@ pub fn run(cmd: PolicyCommand) -> Result<ExitCode> {
     match cmd {
         PolicyCommand::Validate(a) => validate(a),
         PolicyCommand::Trace(a) => trace_cmd(*a),
+        PolicyCommand::Import(a) => crate::etcd_cmd::import(a),
+        PolicyCommand::Get(a) => crate::etcd_cmd::get(a),
+        PolicyCommand::Delete(a) => crate::etcd_cmd::delete(a),
     }
 }
 

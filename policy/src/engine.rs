@@ -82,6 +82,12 @@ impl<A: IdentityAllocator> Engine<A> {
         &self.allocator
     }
 
+    /// The allocator, to feed it what it hands out (e.g. identities agreed
+    /// cluster-wide before a batch of endpoints is upserted).
+    pub fn allocator_mut(&mut self) -> &mut A {
+        &mut self.allocator
+    }
+
     /// Node-local identities of the CIDR prefixes policies name.
     pub fn cidr_identities(&self) -> &BTreeMap<IpNet, Identity> {
         &self.cidr_identities

@@ -13,9 +13,19 @@ pub struct Config {
     /// Service, EndpointSlice, Node), watched.
     #[arg(long, env = "MEMBRANE_SOURCE_DIR")]
     pub source_dir: Option<PathBuf>,
-    /// etcd endpoints (comma-separated). Not implemented yet: refused.
+    /// etcd endpoints (comma-separated, `http://host:port` or `host:port`):
+    /// objects under `/membrane/objects/v1/` are a source, identities are
+    /// allocated there cluster-wide, and resolved addresses are registered.
     #[arg(long, env = "MEMBRANE_ETCD", value_delimiter = ',')]
     pub etcd: Vec<String>,
+    /// TTL of this replica's etcd lease, in seconds: its registrations
+    /// expire this long after it stops renewing.
+    #[arg(long, env = "MEMBRANE_ETCD_LEASE_TTL", default_value_t = 15)]
+    pub etcd_lease_ttl: u64,
+    /// This replica's name in etcd registration keys (default: host name
+    /// and process id).
+    #[arg(long, env = "MEMBRANE_ETCD_REPLICA")]
+    pub etcd_replica: Option<String>,
     /// Watch the Kubernetes API (CNP, CCNP, Pod, Namespace, Service,
     /// EndpointSlice, Node) and write each policy's `Valid` condition back.
     #[arg(long, env = "MEMBRANE_KUBE")]

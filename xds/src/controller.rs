@@ -6,18 +6,26 @@
 //! only the streams whose snapshot content changed. A snapshot that fails
 //! translation or its consistency check is not published: the node keeps
 //! its previous one, and the failure shows in `/debug/sourcez` and metrics.
+//!
+//! With cluster-wide identities (etcd), each pass first obtains the identity
+//! of every pod label set from [`ClusterIdentities`] and seeds the
+//! translator with them (the policy engine's allocator does no I/O); after
+//! translating, it hands over what was resolved for registration. A pass
+//! that could not number every label set is retried on the next tick.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use tracing::{info, warn};
 
+use crate::identity::{ClusterAllocator, ClusterIdentities};
+use crate::kvstore::IpEntry;
 use crate::recorder::{Recorder, SourceLabel};
 use crate::snapshot::{SnapshotBuilder, SnapshotCache};
 use crate::source::{ClusterState, Source};
-use crate::translate::Translator;
+use crate::translate::{self, Translator};
 
 /// What one reconcile did.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -40,6 +48,11 @@ pub struct Controller {
     status: Arc<Mutex<Value>>,
     keys: BTreeSet<String>,
     first: bool,
+    /// Cluster-wide identities (etcd); `None`: the translator allocates.
+    identities: Option<Box<dyn ClusterIdentities>>,
+    /// The last pass could not get every identity: try again next tick
+    /// even if no source changed.
+    retry: bool,
 }
 
 impl Controller {
@@ -58,7 +71,17 @@ impl Controller {
             status,
             keys: BTreeSet::new(),
             first: true,
+            identities: None,
+            retry: false,
         }
+    }
+
+    /// Takes identities from `ids` (agreed cluster-wide) instead of
+    /// allocating them in process, and hands it what each pass resolved.
+    pub fn with_cluster_identities(mut self, ids: Box<dyn ClusterIdentities>) -> Self {
+        self.translator = Translator::with_allocator(ClusterAllocator::seeded());
+        self.identities = Some(ids);
+        self
     }
 
     /// Scans, translates and publishes once.
@@ -81,7 +104,7 @@ impl Controller {
             rejected.extend(r.rejected);
         }
         out.rejected = rejected.len();
-        if !changed && !self.first {
+        if !changed && !self.first && !self.retry {
             if !rejected.is_empty() {
                 self.update_status(&[], &rejected);
             }
@@ -92,8 +115,24 @@ impl Controller {
         for source in &self.sources {
             state.extend(source.state());
         }
+        let mut alloc_errors = Vec::new();
+        if let Some(ids) = &mut self.identities {
+            let mut want = translate::endpoint_labels(&state);
+            want.sort();
+            want.dedup();
+            let (got, errs) = ids.allocate(&want);
+            self.translator.seed_identities(got);
+            alloc_errors = errs;
+        }
+        self.retry = !alloc_errors.is_empty();
         let t = self.translator.translate(&state);
-        let errors: Vec<String> = t.errors.iter().map(ToString::to_string).collect();
+        if let Some(ids) = &mut self.identities {
+            ids.publish(registrations(&state, &self.translator));
+        }
+        let errors: Vec<String> = alloc_errors
+            .into_iter()
+            .chain(t.errors.iter().map(ToString::to_string))
+            .collect();
         for e in &errors {
             warn!(error = %e, "translation error; the affected node keeps its previous snapshot");
             self.recorder.metrics.snapshot_errors.inc();
@@ -173,6 +212,39 @@ impl Controller {
             }
         }
     }
+}
+
+/// What a pass resolved, for registration: every pod address with its
+/// endpoint's identity, and every node's internal addresses (the host
+/// identity, as NPHDS carries them).
+fn registrations(state: &ClusterState, t: &Translator) -> BTreeMap<String, IpEntry> {
+    let mut out = BTreeMap::new();
+    for p in &state.pods {
+        let name = format!("{}/{}", p.metadata.ns(), p.metadata.name);
+        let Some(id) = t.identity_of(&name) else {
+            continue;
+        };
+        for ip in p.ips() {
+            out.insert(
+                ip,
+                IpEntry {
+                    identity: id.0,
+                    kind: "endpoint".into(),
+                    name: name.clone(),
+                },
+            );
+        }
+    }
+    for n in &state.nodes {
+        for a in n.status.addresses.iter().filter(|a| a.kind == "InternalIP") {
+            out.entry(a.address.clone()).or_insert_with(|| IpEntry {
+                identity: membrane_policy::Identity::HOST.0,
+                kind: "node".into(),
+                name: n.metadata.name.clone(),
+            });
+        }
+    }
+    out
 }
 
 /// How long to wait after a file-system event before scanning.

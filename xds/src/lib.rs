@@ -1,7 +1,8 @@
 //! `membrane-xds`: membrane's control plane.
 //!
 //! It owns the path from sources (a watched directory of Kubernetes-shaped
-//! YAML) through identities and resolved policy (the `membrane-policy` crate)
+//! YAML, etcd) through identities (process-local, or agreed cluster-wide in
+//! etcd) and resolved policy (the `membrane-policy` crate)
 //! to xDS resources, and serves them: Envoy ADS (SotW and delta) and Cilium's
 //! NPDS/NPHDS services over gRPC, plus the debug/metrics HTTP endpoint.
 //!
@@ -14,6 +15,8 @@ pub mod config;
 pub mod configdump;
 pub mod controller;
 pub mod debug;
+pub mod identity;
+pub mod kvstore;
 pub mod node;
 pub mod recorder;
 pub mod resource;

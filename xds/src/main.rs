@@ -5,15 +5,18 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Parser;
 use membrane_xds::config::Config;
 use membrane_xds::controller::Controller;
 use membrane_xds::debug::{self, DebugState};
+use membrane_xds::identity::EtcdIdentities;
+use membrane_xds::kvstore;
 use membrane_xds::recorder::Recorder;
 use membrane_xds::server::XdsServer;
 use membrane_xds::snapshot::SnapshotCache;
 use membrane_xds::source::dir::DirSource;
+use membrane_xds::source::etcd::EtcdSource;
 #[cfg(feature = "kube")]
 use membrane_xds::source::kube::{self, KubeSource};
 use membrane_xds::source::Source;
@@ -45,22 +48,20 @@ async fn main() -> Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cfg.log).context("--log")?)
         .with_writer(std::io::stderr)
         .init();
-    if !cfg.etcd.is_empty() {
-        bail!("--etcd: the etcd source is not implemented yet");
-    }
 
     let cache = Arc::new(SnapshotCache::new());
     let recorder = Arc::new(Recorder::new());
     let status = Arc::new(Mutex::new(serde_json::Value::Null));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    // The controller wakes on this: file-system events and watch events.
+    let wake = Arc::new(tokio::sync::Notify::new());
     let mut sources: Vec<Box<dyn Source>> = Vec::new();
     if let Some(d) = &cfg.source_dir {
         sources.push(Box::new(DirSource::new(d, cfg.max_file_bytes)));
     }
-    // The controller wakes on this: file-system events and watch events.
-    let wake = Arc::new(tokio::sync::Notify::new());
     #[cfg(not(feature = "kube"))]
     if cfg.kube {
-        bail!("--kube: this membrane-xds was built without the `kube` feature");
+        anyhow::bail!("--kube: this membrane-xds was built without the `kube` feature");
     }
     #[cfg(feature = "kube")]
     if cfg.kube {
@@ -77,7 +78,41 @@ async fn main() -> Result<()> {
         }
         sources.push(Box::new(k));
     }
+    let mut identities = None;
+    let mut register_task = None;
+    if !cfg.etcd.is_empty() {
+        let client = kvstore::connect(&cfg.etcd).await.context("--etcd")?;
+        sources.push(Box::new(
+            EtcdSource::start(
+                client.clone(),
+                cfg.etcd.clone(),
+                wake.clone(),
+                Duration::from_secs(3),
+            )
+            .await,
+        ));
+        let replica = cfg.etcd_replica.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            format!("{}-{}", host.trim(), std::process::id())
+        });
+        let (reg_tx, reg_rx) = watch::channel(Default::default());
+        register_task = Some(tokio::spawn(kvstore::register(
+            client.clone(),
+            replica,
+            Duration::from_secs(cfg.etcd_lease_ttl),
+            reg_rx,
+            stop_rx.clone(),
+        )));
+        identities = Some(Box::new(EtcdIdentities::new(
+            kvstore::IdentityStore::new(client),
+            tokio::runtime::Handle::current(),
+            reg_tx,
+        )));
+    }
     let mut controller = Controller::new(sources, cache.clone(), recorder.clone(), status.clone());
+    if let Some(ids) = identities {
+        controller = controller.with_cluster_identities(ids);
+    }
     // Publish before serving, so the first clients get a snapshot at once.
     controller.reconcile();
 
@@ -111,7 +146,6 @@ async fn main() -> Result<()> {
     println!("membrane-xds listening grpc={grpc_addr} debug={dbg_addr}{tls_line}");
     info!(%grpc_addr, %dbg_addr, "membrane-xds listening");
 
-    let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
@@ -160,6 +194,10 @@ async fn main() -> Result<()> {
         let _ = dbg_task.await;
         let _ = grpc_task.await;
         if let Some(t) = tls_task {
+            let _ = t.await;
+        }
+        // Revokes this replica's lease: its registrations go at once.
+        if let Some(t) = register_task {
             let _ = t.await;
         }
     })

@@ -1,9 +1,10 @@
 //! Sources of cluster state: a watched directory of Kubernetes-shaped YAML
-//! (the embedded default), the Kubernetes API, and the others behind the
-//! same [`Source`] trait.
+//! (the embedded default), etcd, the Kubernetes API, and the others behind
+//! the same [`Source`] trait.
 //! Each source yields a [`ClusterState`]; the controller merges them.
 
 pub mod dir;
+pub mod etcd;
 pub mod k8s;
 #[cfg(feature = "kube")]
 pub mod kube;

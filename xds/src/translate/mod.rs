@@ -21,6 +21,7 @@ use membrane_policy::resolve::{Endpoint, NamedPorts, ResolvedPolicy};
 use membrane_policy::{CompiledPolicy, Engine, PolicyKey};
 use thiserror::Error;
 
+use crate::identity::ClusterAllocator;
 use crate::node::{pod_key, SHARED_KEY};
 use crate::proto::{NetworkPolicy, NetworkPolicyHosts};
 use crate::resource::{
@@ -291,9 +292,9 @@ struct NpdsEntry {
 }
 
 /// Keeps the policy engine, and what was built from it, between updates.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Translator {
-    engine: Engine,
+    engine: Engine<ClusterAllocator>,
     policies: BTreeMap<PolicyKey, Arc<CompiledPolicy>>,
     endpoints: BTreeMap<String, Endpoint>,
     /// Per sidecar key, a hash of everything its snapshot is built from;
@@ -310,10 +311,58 @@ pub struct Translator {
     nphds: HashMap<u64, (Vec<String>, Resource)>,
 }
 
+impl Default for Translator {
+    fn default() -> Self {
+        Self::with_allocator(ClusterAllocator::default())
+    }
+}
+
+/// The label set of every pod that gets an endpoint (pods with an address),
+/// in state order: what identities a translation of `state` needs.
+pub fn endpoint_labels(state: &ClusterState) -> Vec<LabelSet> {
+    state
+        .pods
+        .iter()
+        .filter(|p| !p.ips().is_empty())
+        .map(|p| {
+            let ns_labels = state
+                .namespaces
+                .iter()
+                .find(|n| n.metadata.name == p.metadata.ns())
+                .map(|n| &n.metadata.labels);
+            pod_labels(p, ns_labels)
+        })
+        .collect()
+}
+
 impl Translator {
     /// A translator with an in-memory identity allocator.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A translator whose identities come from `allocator` (seeded: agreed
+    /// cluster-wide, see [`crate::identity`]).
+    pub fn with_allocator(allocator: ClusterAllocator) -> Self {
+        Translator {
+            engine: Engine::new(allocator),
+            policies: BTreeMap::new(),
+            endpoints: BTreeMap::new(),
+            inputs: BTreeMap::new(),
+            npds: HashMap::new(),
+            npds_named: NamedPorts::new(),
+            nphds: HashMap::new(),
+        }
+    }
+
+    /// Feeds a seeded allocator identities agreed cluster-wide.
+    pub fn seed_identities(&mut self, ids: impl IntoIterator<Item = (LabelSet, Identity)>) {
+        self.engine.allocator_mut().seed(ids);
+    }
+
+    /// The identity the endpoint `namespace/pod` holds, if any.
+    pub fn identity_of(&self, endpoint: &str) -> Option<Identity> {
+        self.engine.identity_of(endpoint)
     }
 
     /// Feeds the engine the differences from the last state.

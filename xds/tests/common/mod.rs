@@ -224,3 +224,93 @@ spec:
 "#
     )
 }
+
+/// A real `etcd` (Debian `etcd-server`) on loopback ports of its own, with
+/// its data in a temp dir; killed (by pid) and reaped on drop.
+pub struct Etcd {
+    proc: Option<Guard>,
+    pub client_port: u16,
+    peer_port: u16,
+    pub dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Etcd {
+    /// Starts etcd and waits until it answers.
+    pub fn start() -> Etcd {
+        let mut e = Etcd {
+            proc: None,
+            client_port: free_port(),
+            peer_port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+        };
+        e.restart();
+        e
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    /// Kills the server (its data stays).
+    pub fn stop(&mut self) {
+        self.proc = None;
+    }
+
+    /// Starts the server again on the same ports and data.
+    pub fn restart(&mut self) {
+        self.stop();
+        let client = self.url();
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let log = std::fs::File::create(self.dir.path().join("etcd.log")).unwrap();
+        let child = Command::new("etcd")
+            .arg("--data-dir")
+            .arg(self.dir.path().join("data"))
+            .args(["--name", "test"])
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("test={peer}")])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .expect("spawn etcd (Debian etcd-server; scripts/install-deps.sh installs it)");
+        self.proc = Some(Guard(child));
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.client_port)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "etcd did not start: {}",
+                std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// A client (etcd answers once it has elected itself; retried briefly).
+    pub async fn client(&self) -> etcd_client::Client {
+        let start = Instant::now();
+        loop {
+            if let Ok(mut c) = membrane_xds::kvstore::connect(&[self.url()]).await {
+                if c.status().await.is_ok() {
+                    return c;
+                }
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "etcd does not answer"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
