@@ -54,9 +54,13 @@ fn xds_on(etcd: &Etcd, dir: &std::path::Path, extra: &[&str]) -> Xds {
     start_xds_with(dir, &args)
 }
 
-/// The shared snapshot's resources of `type_url`: name → debug text.
+/// The shared snapshot's resources of `type_url`: name → JSON text.
 async fn resources(debug: SocketAddr, type_url: &str) -> BTreeMap<String, String> {
-    let v = debug_json(debug, &format!("/debug/config_dump?proxyID={AGENT}")).await;
+    let v = debug_json(
+        debug,
+        &format!("/debug/config_dump?proxyID={AGENT}&format=membrane"),
+    )
+    .await;
     v["types"][type_url]["resources"]
         .as_array()
         .into_iter()
@@ -64,7 +68,7 @@ async fn resources(debug: SocketAddr, type_url: &str) -> BTreeMap<String, String
         .map(|r| {
             (
                 r["name"].as_str().unwrap().to_string(),
-                r["config"].as_str().unwrap().to_string(),
+                r["config"].to_string(),
             )
         })
         .collect()
