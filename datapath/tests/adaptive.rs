@@ -147,6 +147,15 @@ fn first_small_write_connection_leaves_the_splice_with_every_byte_in_order() {
     // The client had received nothing, so it left the sockhash: its later
     // writes no longer run sk_msg at all, they are plain TCP on lo.
     assert_eq!(stats.unspliced, 1, "{stats:?}");
+    // Only the stream's own small writes teach the service; the server's
+    // reply, which follows the client onto TCP, does not.
+    let hints: Vec<u16> = dp
+        .plain_hints()
+        .unwrap()
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect();
+    assert_eq!(hints, vec![9000]);
     let msg = dp.counters_of("mb_sk_msg").unwrap();
     assert!(
         msg.redirected >= 1,

@@ -151,13 +151,17 @@ static __always_inline void mb_flow_start(struct bpf_sock_ops *skops,
 	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_RTT_CB_FLAG);
 }
 
-/* sk_msg: switch this socket's sends to TCP for good, and mark its service. */
-static __always_inline void mb_flow_go_plain(struct mb_flow_state *st)
+/*
+ * sk_msg: switch this socket's sends to TCP for good; mark its service only
+ * when the reason is its own small-write stream (`learned`), not a peer that
+ * is closing or not in the sockhash yet.
+ */
+static __always_inline void mb_flow_go_plain(struct mb_flow_state *st, int learned)
 {
 	if (__sync_fetch_and_or(&st->plain, 1))
 		return;
 	mb_stat(MB_STAT_TO_TCP);
-	if (!st->hinted) {
+	if (learned && !st->hinted) {
 		__u32 port = st->service_port;
 		__u64 now = bpf_ktime_get_ns();
 
@@ -183,12 +187,12 @@ static __always_inline int mb_flow_note_send(const struct mb_sock_key *self,
 	if (len >= MB_SMALL_MSG) {
 		st->small_run = 0;
 	} else if (++st->small_run >= MB_SMALL_RUN_LIMIT) {
-		mb_flow_go_plain(st);
+		mb_flow_go_plain(st, 1);
 		return 0;
 	}
 	pst = bpf_map_lookup_elem(&mb_flow, peer);
 	if (!pst) {
-		mb_flow_go_plain(st);
+		mb_flow_go_plain(st, 0);
 		return 0;
 	}
 	pst->small_run = 0;
@@ -197,7 +201,7 @@ static __always_inline int mb_flow_note_send(const struct mb_sock_key *self,
 	 * the order that makes its removal from the sockhash safe (see top).
 	 */
 	if (mb_seq_add(&pst->rx_msgs, 1), mb_seq_load(&pst->plain)) {
-		mb_flow_go_plain(st);
+		mb_flow_go_plain(st, 0);
 		return 0;
 	}
 	return 1;
@@ -212,7 +216,7 @@ static __always_inline void mb_flow_note_miss(const struct mb_sock_key *self)
 	struct mb_flow_state *st = bpf_map_lookup_elem(&mb_flow, self);
 
 	if (st)
-		mb_flow_go_plain(st);
+		mb_flow_go_plain(st, 0);
 }
 
 /*
