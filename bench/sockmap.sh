@@ -10,7 +10,8 @@
 # medians; the load average is recorded at every phase.
 # Writes bench/results/sockmap-<date>.md (OUT=...).
 # Usage: bench/sockmap.sh [SECONDS_PER_STREAM] (root; builds release bins).
-# Knobs: REPS RR_ITERS RR_SIZES STREAM_WRITES FIRST_WRITES CPUS E2E_SECS E2E_CONNS.
+# Knobs: REPS RR_ITERS RR_SIZES STREAM_WRITES FIRST_WRITES CPUS E2E_SECS E2E_CONNS
+# (a single space skips a list); WRK_LOG=file keeps every wrk report.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-2}
@@ -167,9 +168,11 @@ NGINX
         # Warm-up: upstream connections, page cache, branch predictors.
         (in_pod unpinned taskset -c 1 wrk -t1 -c"$conns" -d1s http://127.0.0.1:15006/v1/x >/dev/null)
         out=$(in_pod unpinned taskset -c 1 wrk -t1 -c"$conns" -d"${E2E_SECS}s" --latency http://127.0.0.1:15006/v1/x)
+        [ -n "${WRK_LOG:-}" ] && echo "== $mode $conns $rep"$'\n'"$out" >>"$WRK_LOG"
         rps=$(echo "$out" | awk '/^Requests\/sec/ { print $2 }')
         p50=$(echo "$out" | awk '$1 == "50%" { v = $2; if (v ~ /ms$/) { sub(/ms$/, "", v); v *= 1000 } else if (v ~ /us$/) { sub(/us$/, "", v) } else if (v ~ /s$/) { sub(/s$/, "", v); v *= 1000000 }; print v }')
-        echo "pinned $mode e2e $conns $rep {\"rps\":${rps:-0},\"p50_us\":${p50:-0}}" >>"$RAW"
+        mean=$(echo "$out" | awk '$1 == "Latency" { v = $2; if (v ~ /ms$/) { sub(/ms$/, "", v); v *= 1000 } else if (v ~ /us$/) { sub(/us$/, "", v) } else if (v ~ /s$/) { sub(/s$/, "", v); v *= 1000000 }; print v; exit }')
+        echo "pinned $mode e2e $conns $rep {\"rps\":${rps:-0},\"p50_us\":${p50:-0},\"mean_us\":${mean:-0}}" >>"$RAW"
       done
       kill "$PROXY_PID" 2>/dev/null || true
       wait "$PROXY_PID" 2>/dev/null || true
@@ -193,7 +196,7 @@ for line in open(raw):
     pin, mode, kind, size, rep, js = line.split(" ", 5)
     d = json.loads(js)
     if kind == "e2e":
-        for sub, key in (("e2e_rps", "rps"), ("e2e_p50", "p50_us")):
+        for sub, key in (("e2e_rps", "rps"), ("e2e_p50", "p50_us"), ("e2e_mean", "mean_us")):
             cells.setdefault((sub, pin, int(size)), {}).setdefault(mode, {})[rep] = d[key]
         continue
     v = d["p50_us"] if kind == "rr" else d["gbit_s"]
@@ -214,7 +217,8 @@ lines = [f"# sockmap acceleration: on vs off ({kernel}, {cpus} CPUs)", "",
 names = {"rr": ("req/resp latency", "us p50", False), "stream": ("stream throughput", "Gbit/s", True),
          "first": ("first connection, stream", "Gbit/s", True),
          "e2e_rps": ("e2e sidecar RPS (conns)", "req/s", True),
-         "e2e_p50": ("e2e sidecar latency (conns)", "us p50", False)}
+         "e2e_p50": ("e2e sidecar latency (conns)", "us p50", False),
+         "e2e_mean": ("e2e sidecar mean latency (conns)", "us mean", False)}
 worst = None
 for (kind, pin, size), m in sorted(cells.items()):
     name, unit, higher_better = names[kind]
