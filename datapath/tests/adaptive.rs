@@ -162,7 +162,7 @@ fn first_small_write_connection_leaves_the_splice_with_every_byte_in_order() {
         "the first writes were spliced: {msg:?}"
     );
     assert!(
-        msg.redirected + msg.fallbacks + msg.misses < 1000,
+        msg.redirected + msg.fallbacks + msg.misses < 2000,
         "most of the 8192 writes must not pass through sk_msg: {msg:?}"
     );
     assert!(
