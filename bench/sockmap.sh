@@ -3,9 +3,15 @@
 # App and "sidecar" are membrane-sockbench processes in a private netns and a
 # private cgroup v2 child; "on" = membrane-agent attached to that cgroup, "off"
 # = detached. Request/response p50/p99 at 1 B, 1 KiB, 16 KiB and stream
-# throughput at 1/4/16/64 KiB writes, pinned to one core and unpinned.
-# Writes bench/results/sockmap-<date>.md with every cell as an on/off ratio.
+# throughput at 1/4/16/64 KiB writes, pinned to one core and unpinned, plus
+# the first connection of a fresh small-write service (FIRST_WRITES) and the
+# end-to-end sidecar cell. Every cell is reported as the median of per-rep
+# on/off ratios (each rep runs off then on back to back), next to the ratio of
+# medians; the load average is recorded at every phase.
+# Writes bench/results/sockmap-<date>.md (OUT=...).
 # Usage: bench/sockmap.sh [SECONDS_PER_STREAM] (root; builds release bins).
+# Knobs: REPS RR_ITERS RR_SIZES STREAM_WRITES FIRST_WRITES CPUS E2E_SECS E2E_CONNS
+# (a single space skips a list); WRK_LOG=file keeps every wrk report.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-2}
@@ -13,7 +19,10 @@ RR_ITERS=${RR_ITERS:-20000}
 REPS=${REPS:-3}
 RR_SIZES=${RR_SIZES:-1 1024 16384}
 STREAM_WRITES=${STREAM_WRITES:-1024 4096 16384 65536}
+FIRST_WRITES=${FIRST_WRITES:-1024 4096}
 CPUS=${CPUS:-pinned unpinned}
+E2E_SECS=${E2E_SECS:-5}
+E2E_CONNS=${E2E_CONNS:-1 32}
 # MEMBRANE_BIN_DIR: use already-built binaries instead of building them here.
 if [ -z "${MEMBRANE_BIN_DIR:-}" ]; then
   export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/membrane-target}
@@ -40,9 +49,11 @@ cleanup() {
   "$AGENT" --bpffs "$BPFFS" detach --cgroup "$CG" >/dev/null 2>&1 || true
   rmdir "$CG" 2>/dev/null || true
   ip netns del "$NS" 2>/dev/null || true
-  rm -f "$RAW" "$RAW.counters"
+  rm -f "$RAW" "$RAW.counters" "$RAW.load"
 }
+load() { echo "$1: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$RAW.load"; }
 trap cleanup EXIT
+trap "exit 130" INT TERM
 
 mkdir "$CG"
 ip netns add "$NS"
@@ -84,18 +95,39 @@ set_mode() {
   fi
 }
 
+# first_conn PIN MODE REP W: one stream to a service nobody connected to
+# before (fresh port, fresh sink), i.e. the connection that has to find out
+# by itself that it streams small writes.
+FIRST_SEQ=0
+first_conn() {
+  local pin=$1 mode=$2 rep=$3 w=$4 port spid
+  FIRST_SEQ=$((FIRST_SEQ + 1))
+  port=$((21000 + FIRST_SEQ))
+  in_pod "$pin" "$BIN" sink --listen "127.0.0.1:$port" >/dev/null & spid=$!
+  PIDS+=($spid)
+  sleep 0.2
+  echo "$pin $mode first $w $rep $(in_pod "$pin" "$BIN" stream --connect "127.0.0.1:$port" --write "$w" --secs "$SECS")" >>"$RAW"
+  kill "$spid" 2>/dev/null || true
+  wait "$spid" 2>/dev/null || true
+}
+
+load "start"
 for pin in $CPUS; do
   start_servers "$pin"
   for rep in $(seq "$REPS"); do
     for mode in off on; do
       set_mode "$mode"
       for size in $RR_SIZES; do
-        echo "$pin $mode rr $size $(in_pod "$pin" "$BIN" rr --connect 127.0.0.1:9000 --size "$size" --iters "$RR_ITERS")" >>"$RAW"
+        echo "$pin $mode rr $size $rep $(in_pod "$pin" "$BIN" rr --connect 127.0.0.1:9000 --size "$size" --iters "$RR_ITERS")" >>"$RAW"
       done
       for w in $STREAM_WRITES; do
-        echo "$pin $mode stream $w $(in_pod "$pin" "$BIN" stream --connect "127.0.0.1:$(sink_port "$w")" --write "$w" --secs "$SECS")" >>"$RAW"
+        echo "$pin $mode stream $w $rep $(in_pod "$pin" "$BIN" stream --connect "127.0.0.1:$(sink_port "$w")" --write "$w" --secs "$SECS")" >>"$RAW"
+      done
+      for w in $FIRST_WRITES; do
+        first_conn "$pin" "$mode" "$rep" "$w"
       done
     done
+    load "$pin rep $rep"
   done
 done
 # End to end: wrk -> membrane-proxy (the sidecar, standalone) -> nginx, all in
@@ -108,7 +140,7 @@ for d in ../shared/bench /work/shared/bench; do
   [ -z "$BENCH_DIR" ] && [ -f "$d/cnp-l7-bench.yaml" ] && BENCH_DIR=$d
 done
 if [ -x "$PROXY_BIN" ] && [ -n "$BENCH_DIR" ] && command -v nginx >/dev/null && command -v wrk >/dev/null; then
-  E2E_NOTE="wrk -t1 (core 1) -> membrane-proxy standalone --concurrency 1 (core 0) -> nginx (core 1), HTTP/1.1 GET /v1/x allowed by cnp-l7-bench.yaml"
+  E2E_NOTE="wrk -t1 (core 1) -> membrane-proxy standalone --concurrency 1 (core 0) -> nginx (core 1), HTTP/1.1 GET /v1/x allowed by cnp-l7-bench.yaml; ${E2E_SECS} s per cell after a 1 s warm-up on the same proxy process"
   NGX=$(mktemp -d)
   cat >"$NGX/nginx.conf" <<NGINX
 worker_processes 1;
@@ -132,61 +164,80 @@ NGINX
         (in_pod unpinned curl -s -m 1 -o /dev/null http://127.0.0.1:15006/v1/x) && break
         sleep 0.1
       done
-      for conns in 1 32; do
-        out=$(in_pod unpinned taskset -c 1 wrk -t1 -c"$conns" -d"${SECS}s" --latency http://127.0.0.1:15006/v1/x)
+      for conns in $E2E_CONNS; do
+        # Warm-up: upstream connections, page cache, branch predictors.
+        (in_pod unpinned taskset -c 1 wrk -t1 -c"$conns" -d1s http://127.0.0.1:15006/v1/x >/dev/null)
+        out=$(in_pod unpinned taskset -c 1 wrk -t1 -c"$conns" -d"${E2E_SECS}s" --latency http://127.0.0.1:15006/v1/x)
+        [ -n "${WRK_LOG:-}" ] && echo "== $mode $conns $rep"$'\n'"$out" >>"$WRK_LOG"
         rps=$(echo "$out" | awk '/^Requests\/sec/ { print $2 }')
         p50=$(echo "$out" | awk '$1 == "50%" { v = $2; if (v ~ /ms$/) { sub(/ms$/, "", v); v *= 1000 } else if (v ~ /us$/) { sub(/us$/, "", v) } else if (v ~ /s$/) { sub(/s$/, "", v); v *= 1000000 }; print v }')
-        echo "pinned $mode e2e $conns {\"rps\":${rps:-0},\"p50_us\":${p50:-0}}" >>"$RAW"
+        mean=$(echo "$out" | awk '$1 == "Latency" { v = $2; if (v ~ /ms$/) { sub(/ms$/, "", v); v *= 1000 } else if (v ~ /us$/) { sub(/us$/, "", v) } else if (v ~ /s$/) { sub(/s$/, "", v); v *= 1000000 }; print v; exit }')
+        echo "pinned $mode e2e $conns $rep {\"rps\":${rps:-0},\"p50_us\":${p50:-0},\"mean_us\":${mean:-0}}" >>"$RAW"
       done
       kill "$PROXY_PID" 2>/dev/null || true
       wait "$PROXY_PID" 2>/dev/null || true
     done
+    load "e2e rep $rep"
   done
 fi
 "$AGENT" --bpffs "$BPFFS" counters >"$RAW.counters" 2>&1 || true
 
 OUT=${OUT:-bench/results/sockmap-$(date -u +%Y-%m-%d).md}
-python3 - "$RAW" "$OUT" "$REPS" "$SECS" "$E2E_NOTE" <<'PY'
-import json, statistics, sys, platform, subprocess
-raw, out, reps, secs, e2e_note = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
+COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+git diff --quiet HEAD -- 2>/dev/null || COMMIT="$COMMIT (with uncommitted changes)"
+python3 - "$RAW" "$OUT" "$REPS" "$SECS" "$E2E_NOTE" "$COMMIT" <<'PY'
+import json, statistics, sys, platform, subprocess, datetime
+raw, out, reps, secs, e2e_note, commit = sys.argv[1:7]
 counters = open(raw + ".counters").read()
+loads = open(raw + ".load").read()
+# cells[(kind, pin, size)][mode][rep] = value
 cells = {}
 for line in open(raw):
-    pin, mode, kind, size, js = line.split(" ", 4)
+    pin, mode, kind, size, rep, js = line.split(" ", 5)
     d = json.loads(js)
     if kind == "e2e":
-        for sub, key in (("e2e_rps", "rps"), ("e2e_p50", "p50_us")):
-            cells.setdefault((sub, pin, int(size)), {}).setdefault(mode, []).append(d[key])
+        for sub, key in (("e2e_rps", "rps"), ("e2e_p50", "p50_us"), ("e2e_mean", "mean_us")):
+            cells.setdefault((sub, pin, int(size)), {}).setdefault(mode, {})[rep] = d[key]
         continue
     v = d["p50_us"] if kind == "rr" else d["gbit_s"]
-    cells.setdefault((kind, pin, int(size)), {}).setdefault(mode, []).append(v)
+    cells.setdefault((kind, pin, int(size)), {}).setdefault(mode, {})[rep] = v
 kernel = platform.release()
 cpus = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
+model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 lines = [f"# sockmap acceleration: on vs off ({kernel}, {cpus} CPUs)", "",
-         f"Same run, alternating off/on, median of {reps} repetitions; streams {secs} s each.",
-         "Ratio > 1 means acceleration on is better (lower latency / higher throughput).", "",
-         "The 'on runs' column lists every repetition in order: the first connection to a",
-         "service that streams small writes stays spliced (and slow) for its whole life;",
-         "it teaches the datapath to keep that service on plain TCP for later connections.", "",
-         "| workload | cpu | size | off | on | ratio on/off | on runs |", "|---|---|---|---|---|---|---|"]
+         f"{now}, commit {commit}, {model}.",
+         f"Each repetition runs off then on back to back; {reps} repetitions, streams {secs} s each.",
+         "'ratio' is the median of the per-repetition on/off ratios (> 1: acceleration on is",
+         "better: lower latency, higher throughput); 'ratio of medians' is median(on)/median(off).",
+         "'first connection' streams to a service port nobody used before (a fresh sink per",
+         "run): it is spliced at first and must switch itself to plain TCP.", "",
+         "| workload | cpu | size | off (median) | on (median) | ratio | ratio of medians | per-rep ratios |",
+         "|---|---|---|---|---|---|---|---|"]
+names = {"rr": ("req/resp latency", "us p50", False), "stream": ("stream throughput", "Gbit/s", True),
+         "first": ("first connection, stream", "Gbit/s", True),
+         "e2e_rps": ("e2e sidecar RPS (conns)", "req/s", True),
+         "e2e_p50": ("e2e sidecar latency (conns)", "us p50", False),
+         "e2e_mean": ("e2e sidecar mean latency (conns)", "us mean", False)}
 worst = None
 for (kind, pin, size), m in sorted(cells.items()):
-    off, on = statistics.median(m["off"]), statistics.median(m["on"])
-    if kind == "rr":
-        ratio, unit, name = off / on, "us p50", "req/resp latency"
-    elif kind == "e2e_p50":
-        ratio, unit, name = off / on if on else 0, "us p50", "e2e sidecar latency (conns)"
-    elif kind == "e2e_rps":
-        ratio, unit, name = on / off if off else 0, "req/s", "e2e sidecar RPS (conns)"
-    else:
-        ratio, unit, name = on / off, "Gbit/s", "stream throughput"
-    worst = ratio if worst is None else min(worst, ratio)
-    flag = "" if ratio >= 0.95 else " (LOSS)"
-    runs = " ".join(f"{v:.2f}" for v in m["on"])
+    name, unit, higher_better = names[kind]
+    pairs = [(m["off"][r], m["on"][r]) for r in sorted(m.get("on", {})) if r in m.get("off", {})]
+    def ratio(off, on):
+        if higher_better:
+            return on / off if off else 0.0
+        return off / on if on else 0.0
+    per = [ratio(o, n) for o, n in pairs]
+    off, on = statistics.median(m["off"].values()), statistics.median(m["on"].values())
+    r = statistics.median(per)
+    worst = r if worst is None else min(worst, r)
+    flag = "" if r >= 0.95 else " (LOSS)"
     sz = f"{size}" if kind.startswith("e2e") else f"{size} B"
-    lines.append(f"| {name} | {pin} | {sz} | {off:.2f} {unit} | {on:.2f} {unit} | {ratio:.2f}x{flag} | {runs} |")
+    lines.append(f"| {name} | {pin} | {sz} | {off:.2f} {unit} | {on:.2f} {unit} | {r:.2f}x{flag} "
+                 f"| {ratio(off, on):.2f}x | {' '.join(f'{x:.2f}' for x in per)} |")
 lines += ["", f"End to end: {e2e_note}.", "",
-          f"Worst cell (medians): {worst:.2f}x (target: no cell below 0.95x).", "",
+          f"Worst cell (median of per-rep ratios): {worst:.2f}x (target: no cell below 0.95x).", "",
+          "Load average (1/5/15 min) during the run:", "", "```", loads.rstrip(), "```", "",
           "Datapath counters at the end of the run:", "", "```", counters.rstrip(), "```"]
 open(out, "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))

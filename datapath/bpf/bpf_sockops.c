@@ -3,7 +3,9 @@
  * sockops, attached to a pod's cgroup v2: on TCP establishment put
  * node-local sockets whose pair policy allows it into mb_sock_hash, and
  * hand a steered connect's original destination over to its source tuple;
- * on listen, remember the proxy's inbound listener (lib/inbound.h).
+ * on listen, remember the proxy's inbound listener (lib/inbound.h); on
+ * the first RTT sample of a spliced socket that switched to TCP, take it
+ * out of the sockhash when that is safe (lib/splice_hint.h).
  */
 #include "lib/common.h"
 #include "lib/counters.h"
@@ -32,6 +34,10 @@ int mb_sockops(struct bpf_sock_ops *skops)
 		break;
 	case BPF_SOCK_OPS_TCP_LISTEN_CB:
 		mb_inbound_listen(skops);
+		return 1;
+	case BPF_SOCK_OPS_RTT_CB:
+		/* Only spliced sockets ask for it (mb_flow_start). */
+		mb_flow_maybe_unsplice(skops);
 		return 1;
 	default:
 		return 1;
@@ -65,7 +71,7 @@ int mb_sockops(struct bpf_sock_ops *skops)
 		return 1;
 	}
 	if (bpf_sock_hash_update(skops, &mb_sock_hash, &key, BPF_ANY) == 0) {
-		mb_flow_start(&key, service_port);
+		mb_flow_start(skops, &key, service_port);
 		mb_count(MB_PROG_SOCKOPS, MB_CNT_REDIRECTED, 0);
 		mb_event_splice(&key, MB_RSN_SPLICED, bpf_get_socket_cookie(skops));
 	} else {

@@ -285,8 +285,20 @@ pub struct MbFlowState {
     pub hinted: u8,
     /// Explicit padding, zero.
     pub pad: u8,
+    /// 1 once this socket's sends take plain TCP (never cleared).
+    pub plain: u64,
+    /// Messages the peer redirected into this socket's receive queue.
+    pub rx_msgs: u64,
 }
-const _: () = assert!(size_of::<MbFlowState>() == 8);
+const _: () = assert!(size_of::<MbFlowState>() == 24);
+
+/// `enum mb_splice_stat`, rows of `mb_splice_stats`: sockets whose sends
+/// switched from the splice to plain TCP.
+pub const STAT_TO_TCP: u32 = 0;
+/// Sockets taken out of the sockhash after switching to plain TCP.
+pub const STAT_UNSPLICED: u32 = 1;
+/// Sockets kept in the sockhash after switching (redirected bytes may be unread).
+pub const STAT_KEPT: u32 = 2;
 
 /// `struct mb_cidr_key`: an LPM-trie key for a prefix of either family.
 #[repr(C)]

@@ -318,6 +318,19 @@ pub struct ProgCounters {
     pub refused: u64,
 }
 
+/// Spliced sockets that stopped redirecting (`mb_splice_stats`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SpliceStats {
+    /// Sockets whose sends switched from the splice to plain TCP for good
+    /// (a small-write stream, or the peer left the sockhash).
+    pub switched_to_tcp: u64,
+    /// Of those, sockets taken out of the sockhash (plain TCP send path).
+    pub unspliced: u64,
+    /// Of those, sockets kept in the sockhash because their peer had
+    /// redirected bytes into them (sends still pass through sk_msg).
+    pub kept: u64,
+}
+
 /// One side of a spliced connection as the sockhash holds it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SockEntry {
@@ -815,6 +828,27 @@ impl Datapath {
             out.push(c);
         }
         Ok(out)
+    }
+
+    /// How many spliced sockets switched their sends to plain TCP, and of
+    /// those how many left the sockhash or had to stay in it, summed over
+    /// CPUs (see `lib/splice_hint.h`).
+    pub fn splice_stats(&self) -> Result<SpliceStats> {
+        let name = "mb_splice_stats";
+        let arr: PerCpuArray<MapData, u64> =
+            PerCpuArray::try_from(Map::PerCpuArray(self.map(name)?))
+                .map_err(|source| Error::Map { name, source })?;
+        let sum = |idx: u32| -> Result<u64> {
+            let per_cpu = arr
+                .get(&idx, 0)
+                .map_err(|source| Error::Map { name, source })?;
+            Ok(per_cpu.iter().sum())
+        };
+        Ok(SpliceStats {
+            switched_to_tcp: sum(abi::STAT_TO_TCP)?,
+            unspliced: sum(abi::STAT_UNSPLICED)?,
+            kept: sum(abi::STAT_KEPT)?,
+        })
     }
 
     /// Counters of one program by name (`mb_sk_msg`, `mb_sockops`, ...).

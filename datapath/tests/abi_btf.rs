@@ -65,7 +65,15 @@ fn rust_layouts() -> BTreeMap<&'static str, Layout> {
         ("mb_ip_key", layout!(MbIpKey, ip, family, pad)),
         (
             "mb_flow_state",
-            layout!(MbFlowState, small_run, service_port, hinted, pad),
+            layout!(
+                MbFlowState,
+                small_run,
+                service_port,
+                hinted,
+                pad,
+                plain,
+                rx_msgs
+            ),
         ),
         (
             "mb_event",

@@ -121,3 +121,123 @@ fn no_splice_switch_keeps_new_connections_plain() {
     assert_eq!(dp.counters_of("mb_sockops").unwrap().redirected, 0);
     assert_eq!(dp.counters_of("mb_sk_msg").unwrap().redirected, 0);
 }
+
+#[test]
+fn first_small_write_connection_leaves_the_splice_with_every_byte_in_order() {
+    let mut env = Env::new();
+    let dp = env.attach(&Settings::default());
+    env.server(&["digest", "--listen", "127.0.0.1:9000"]);
+
+    // 8 MiB of a known pattern in 1 KiB writes: 8192 sendmsg calls.
+    let before = env.lo_tx_packets();
+    let out = env.client(&[
+        "upload",
+        "--connect",
+        "127.0.0.1:9000",
+        "--bytes",
+        "8388608",
+        "--write",
+        "1024",
+    ]);
+    assert!(out.starts_with("OK bytes=8388608 "), "{out}");
+    let ops = dp.counters_of("mb_sockops").unwrap();
+    assert_eq!(ops.redirected, 2, "the connection was spliced: {ops:?}");
+    let stats = dp.splice_stats().unwrap();
+    assert!(stats.switched_to_tcp >= 1, "{stats:?}");
+    // The client had received nothing, so it left the sockhash: its later
+    // writes no longer run sk_msg at all, they are plain TCP on lo.
+    assert_eq!(stats.unspliced, 1, "{stats:?}");
+    // Only the stream's own small writes teach the service; the server's
+    // reply, which follows the client onto TCP, does not.
+    let hints: Vec<u16> = dp
+        .plain_hints()
+        .unwrap()
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect();
+    assert_eq!(hints, vec![9000]);
+    let msg = dp.counters_of("mb_sk_msg").unwrap();
+    assert!(
+        msg.redirected >= 1,
+        "the first writes were spliced: {msg:?}"
+    );
+    assert!(
+        msg.redirected + msg.fallbacks + msg.misses < 2000,
+        "most of the 8192 writes must not pass through sk_msg: {msg:?}"
+    );
+    assert!(
+        env.lo_tx_packets() - before > 100,
+        "the rest of the stream went over TCP"
+    );
+}
+
+#[test]
+fn switch_with_unread_spliced_bytes_keeps_order() {
+    let mut env = Env::new();
+    let dp = env.attach(&Settings::default());
+    // The server greets (so the client has received spliced bytes and must
+    // keep its psock) and reads only after 300 ms, so the spliced head of
+    // the stream is still queued unread when the TCP tail arrives.
+    env.server(&[
+        "digest",
+        "--listen",
+        "127.0.0.1:9000",
+        "--greet",
+        "--delay-ms",
+        "300",
+    ]);
+    let out = env.client(&[
+        "upload",
+        "--connect",
+        "127.0.0.1:9000",
+        "--bytes",
+        "8388608",
+        "--write",
+        "1024",
+        "--greet",
+    ]);
+    assert!(out.starts_with("OK bytes=8388608 "), "{out}");
+    let stats = dp.splice_stats().unwrap();
+    assert!(stats.switched_to_tcp >= 1, "{stats:?}");
+    assert_eq!(stats.unspliced, 0, "{stats:?}");
+    assert!(stats.kept >= 1, "{stats:?}");
+    let msg = dp.counters_of("mb_sk_msg").unwrap();
+    assert!(
+        msg.redirected >= 1 && msg.fallbacks > 7000,
+        "a spliced head, then the writes passed to TCP: {msg:?}"
+    );
+}
+
+#[test]
+fn request_response_and_large_writes_stay_spliced() {
+    let mut env = Env::new();
+    let dp = env.attach(&Settings::default());
+    env.server(&["echo", "--listen", "127.0.0.1:9001"]);
+    env.server(&["digest", "--listen", "127.0.0.1:9002"]);
+    env.client(&[
+        "rr",
+        "--connect",
+        "127.0.0.1:9001",
+        "--size",
+        "1024",
+        "--iters",
+        "2000",
+    ]);
+    let out = env.client(&[
+        "upload",
+        "--connect",
+        "127.0.0.1:9002",
+        "--bytes",
+        "8388608",
+        "--write",
+        "65536",
+    ]);
+    assert!(out.starts_with("OK bytes=8388608 "), "{out}");
+    let msg = dp.counters_of("mb_sk_msg").unwrap();
+    // rr: 2200 requests and 2200 responses (with warm-up); upload: 128
+    // writes (the digest reply is one more).
+    assert!(msg.redirected >= 4400 + 128, "{msg:?}");
+    assert_eq!((msg.fallbacks, msg.misses), (0, 0), "{msg:?}");
+    assert_eq!(dp.splice_stats().unwrap().switched_to_tcp, 0);
+    assert!(dp.plain_hints().unwrap().is_empty());
+}

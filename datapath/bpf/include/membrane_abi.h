@@ -132,12 +132,23 @@ struct mb_ip_key {
  * Per-socket send pattern, for the adaptive splice (lib/splice_hint.h).
  * small_run counts this socket's consecutive small sends with nothing
  * received in between; service_port is the accepting side's port.
+ * plain and rx_msgs are only changed with atomic operations.
  */
 struct mb_flow_state {
 	__u32 small_run;
 	__u16 service_port;
 	__u8 hinted; /* this flow already marked its service port */
 	__u8 pad;
+	__u64 plain;   /* 1: this socket's sends take plain TCP from now on; never cleared */
+	__u64 rx_msgs; /* messages the peer redirected into this socket's receive queue */
+};
+
+/* Index into mb_splice_stats (lib/splice_hint.h). */
+enum mb_splice_stat {
+	MB_STAT_TO_TCP = 0,    /* sockets whose sends switched from the splice to plain TCP */
+	MB_STAT_UNSPLICED = 1, /* of those, sockets taken out of the sockhash (no psock left) */
+	MB_STAT_KEPT = 2,      /* of those, sockets kept in it: redirected bytes may be unread */
+	MB_STAT_MAX = 4,
 };
 
 /*

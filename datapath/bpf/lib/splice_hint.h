@@ -2,24 +2,42 @@
 /*
  * Adaptive splice: redirect only where it wins.
  *
- * Measured (bench/sockmap.sh): sk_msg redirection wins for request/response
- * and for writes of 16 KiB and more, and loses for streams of small writes,
- * where plain TCP coalesces many writes into one skb and one receiver
- * wake-up while sk_msg pays an sk_msg allocation, a BPF run, a peer lock
- * and a wake-up per write. A socket cannot be taken out of the sockhash
- * safely mid-stream (its unread redirected data would be purged) and merely
- * returning SK_PASS keeps the slower sk_msg send path, so the decision is
- * made per service at establish time: a spliced flow that streams small
- * writes marks its service port, and new connections to that port stay on
- * plain TCP for mb_config.hint_ttl_secs (600 s by default), after which one
- * is spliced again to re-probe. The first connection of such a service stays
- * spliced (and slower) for its life: sk_msg may not delete from a sockhash.
+ * Measured (bench/sockmap.sh, ARCHITECTURE.md): sk_msg redirection wins for
+ * request/response and for writes of 16 KiB and more, and loses for streams
+ * of small writes: every redirected sendmsg pays an sk_msg allocation and
+ * copy, a BPF run, the peer's socket lock and a wake-up of the reader, and
+ * the reader gets one small message per recvmsg, where loopback TCP merges
+ * many writes into one skb and one wake-up.
+ *
+ * So a socket that sends MB_SMALL_RUN_LIMIT small messages in a row with
+ * nothing received switches its sends to plain TCP for the rest of its life
+ * (mb_flow_state.plain, never cleared), and marks its service port so new
+ * connections to it are not spliced at all for mb_config.hint_ttl_secs.
+ *
+ * Byte order across the switch: a redirect is queued on the peer's
+ * ingress_msg list synchronously, inside the sender's sendmsg, so every
+ * redirected byte is queued before the first byte sent by TCP. The reader
+ * (tcp_bpf_recvmsg) drains ingress_msg before it reads its TCP receive
+ * queue, and a socket never goes back from TCP to the redirect, so the peer
+ * sees the bytes in the order they were written.
+ *
+ * Leaving the sockhash: a switched socket still runs tcp_bpf_sendmsg (copy
+ * into an sk_msg, BPF run, then handing the pages to TCP) as long as it has
+ * a psock. Removing it from the sockhash drops the psock and with it every
+ * message still queued on its own ingress_msg, so sockops removes it (on
+ * the first RTT sample of its TCP traffic) only when its peer never
+ * redirected a message into it: rx_msgs == 0. The peer bumps rx_msgs
+ * atomically *before* it reads `plain` and redirects, and the switching
+ * socket sets `plain` atomically before sockops reads rx_msgs, so either
+ * the peer sees `plain` (and sends by TCP too) or sockops sees rx_msgs > 0
+ * (and keeps the socket). Nothing redirected can be dropped by the removal.
  */
 #ifndef MB_SPLICE_HINT_H
 #define MB_SPLICE_HINT_H
 
 #include "common.h"
 #include "config.h"
+#include "sockmap.h"
 
 /* A send below this size is "small" (16 KiB writes already win). */
 #define MB_SMALL_MSG 16384
@@ -34,8 +52,9 @@
  *   value:  struct mb_flow_state
  *   writer: bpf_sockops.c creates it (zeroed, with the service port) when
  *           the socket is spliced; bpf_sk_msg.c updates it on every send
- *           (own run++ or reset, and resets the peer's run: the peer just
- *           received). LRU: entries of closed sockets age out.
+ *           (own run++ or reset and `plain`; the peer's run reset and its
+ *           rx_msgs++). LRU: entries of closed sockets age out. A spliced
+ *           socket without an entry (evicted) sends by plain TCP.
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -60,6 +79,47 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } mb_port_hint SEC(".maps");
 
+/*
+ * mb_splice_stats: per-CPU array, MB_STAT_MAX rows of __u64.
+ *   key:    __u32 enum mb_splice_stat
+ *   value:  sockets counted (see membrane_abi.h)
+ *   writer: bpf_sk_msg.c (switches), bpf_sockops.c (removals); the agent
+ *           sums over CPUs.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MB_STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mb_splice_stats SEC(".maps");
+
+/*
+ * Fully ordered atomics for the handshake above: fetch forms (a plain
+ * BPF atomic add may be JITed without ordering on some architectures).
+ * The empty asm keeps the fetched value alive so clang emits BPF_FETCH.
+ */
+static __always_inline __u64 mb_seq_add(__u64 *p, __u64 v)
+{
+	__u64 old = __sync_fetch_and_add(p, v);
+
+	asm volatile("" : : "r"(old));
+	return old;
+}
+
+static __always_inline __u64 mb_seq_load(__u64 *p)
+{
+	return mb_seq_add(p, 0);
+}
+
+static __always_inline void mb_stat(__u32 stat)
+{
+	__u64 *v = bpf_map_lookup_elem(&mb_splice_stats, &stat);
+
+	if (v)
+		(*v)++;
+}
+
 /* sockops: 1 when a fresh hint says splicing this service loses. */
 static __always_inline int mb_hint_says_plain(__u16 service_port)
 {
@@ -76,38 +136,111 @@ static __always_inline int mb_hint_says_plain(__u16 service_port)
 	return bpf_ktime_get_ns() - *marked < ttl * 1000000000ULL;
 }
 
-/* sockops: start tracking a socket that was just spliced. */
-static __always_inline void mb_flow_start(const struct mb_sock_key *key, __u16 service_port)
+/*
+ * sockops: start tracking a socket that was just spliced, and ask for RTT
+ * callbacks: a spliced socket has no TCP traffic, so the first RTT sample
+ * comes only once its sends have switched to TCP (mb_flow_maybe_unsplice).
+ */
+static __always_inline void mb_flow_start(struct bpf_sock_ops *skops,
+					  const struct mb_sock_key *key, __u16 service_port)
 {
 	struct mb_flow_state st = {};
 
 	st.service_port = service_port;
 	bpf_map_update_elem(&mb_flow, key, &st, BPF_ANY);
+	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_RTT_CB_FLAG);
 }
 
-/* sk_msg: account one send of `len` bytes from `self` to `peer`. */
-static __always_inline void mb_flow_note_send(const struct mb_sock_key *self,
-					      const struct mb_sock_key *peer, __u64 len)
+/*
+ * sk_msg: switch this socket's sends to TCP for good; mark its service only
+ * when the reason is its own small-write stream (`learned`), not a peer that
+ * is closing or not in the sockhash yet.
+ */
+static __always_inline void mb_flow_go_plain(struct mb_flow_state *st, int learned)
 {
-	struct mb_flow_state *st = bpf_map_lookup_elem(&mb_flow, self);
-	struct mb_flow_state *pst = bpf_map_lookup_elem(&mb_flow, peer);
-
-	if (pst)
-		pst->small_run = 0;
-	if (!st)
+	if (__sync_fetch_and_or(&st->plain, 1))
 		return;
-	if (len >= MB_SMALL_MSG) {
-		st->small_run = 0;
-		return;
-	}
-	st->small_run++;
-	if (st->small_run >= MB_SMALL_RUN_LIMIT && !st->hinted) {
+	mb_stat(MB_STAT_TO_TCP);
+	if (learned && !st->hinted) {
 		__u32 port = st->service_port;
 		__u64 now = bpf_ktime_get_ns();
 
 		st->hinted = 1;
 		bpf_map_update_elem(&mb_port_hint, &port, &now, BPF_ANY);
 	}
+}
+
+/*
+ * sk_msg: account one send of `len` bytes from `self` to `peer`.
+ * Returns 1 when the message may be redirected to the peer, 0 when it must
+ * take plain TCP (and every later one from this socket will too).
+ */
+static __always_inline int mb_flow_note_send(const struct mb_sock_key *self,
+					     const struct mb_sock_key *peer, __u64 len)
+{
+	struct mb_flow_state *st = bpf_map_lookup_elem(&mb_flow, self);
+	struct mb_flow_state *pst;
+
+	/* Untracked (evicted) or already switched: TCP, never back. */
+	if (!st || *(volatile __u64 *)&st->plain)
+		return 0;
+	if (len >= MB_SMALL_MSG) {
+		st->small_run = 0;
+	} else if (++st->small_run >= MB_SMALL_RUN_LIMIT) {
+		mb_flow_go_plain(st, 1);
+		return 0;
+	}
+	pst = bpf_map_lookup_elem(&mb_flow, peer);
+	if (!pst) {
+		mb_flow_go_plain(st, 0);
+		return 0;
+	}
+	pst->small_run = 0;
+	/*
+	 * Announce the message to the peer first, then look at its switch:
+	 * the order that makes its removal from the sockhash safe (see top).
+	 */
+	if (mb_seq_add(&pst->rx_msgs, 1), mb_seq_load(&pst->plain)) {
+		mb_flow_go_plain(st, 0);
+		return 0;
+	}
+	return 1;
+}
+
+/*
+ * sk_msg: the peer is not in the sockhash (not yet, or no longer): this
+ * message takes TCP, so every later one must too.
+ */
+static __always_inline void mb_flow_note_miss(const struct mb_sock_key *self)
+{
+	struct mb_flow_state *st = bpf_map_lookup_elem(&mb_flow, self);
+
+	if (st)
+		mb_flow_go_plain(st, 0);
+}
+
+/*
+ * sockops RTT callback: a spliced socket is sending by TCP. Once it has
+ * switched, take it out of the sockhash if nothing was ever redirected
+ * into it (see top), and stop the callbacks either way.
+ */
+static __always_inline void mb_flow_maybe_unsplice(struct bpf_sock_ops *skops)
+{
+	struct mb_sock_key key = {};
+	struct mb_flow_state *st;
+
+	mb_key_from_sockops(skops, &key);
+	st = bpf_map_lookup_elem(&mb_flow, &key);
+	if (st && !*(volatile __u64 *)&st->plain)
+		return;
+	if (st) {
+		if (mb_seq_load(&st->rx_msgs) == 0 &&
+		    bpf_map_delete_elem(&mb_sock_hash, &key) == 0)
+			mb_stat(MB_STAT_UNSPLICED);
+		else
+			mb_stat(MB_STAT_KEPT);
+	}
+	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags & ~BPF_SOCK_OPS_RTT_CB_FLAG);
 }
 
 #endif /* MB_SPLICE_HINT_H */

@@ -317,6 +317,11 @@ fn print_counters(dp: &Datapath) -> Result<()> {
             c.program, c.redirected, c.redirected_bytes, c.fallbacks, c.misses, c.refused
         );
     }
+    let s = dp.splice_stats()?;
+    println!(
+        "sockets switched to plain TCP: {} (left the sockhash: {}, kept in it: {})",
+        s.switched_to_tcp, s.unspliced, s.kept
+    );
     Ok(())
 }
 

@@ -1,6 +1,6 @@
 //! `membrane-sockbench`: small TCP workloads for the datapath's privileged
-//! tests and `bench/sockmap.sh`: echo/sink/hello servers, a checksummed echo
-//! client, request/response latency and stream throughput clients, and a
+//! tests and `bench/sockmap.sh`: echo/sink/digest/hello servers, checksummed
+//! echo and upload clients, request/response latency and stream throughput clients, and a
 //! minimal capture proxy that asks the kernel for `SO_ORIGINAL_DST`.
 //! Servers print `READY` on stdout once listening. Loopback/netns use only.
 
@@ -36,6 +36,18 @@ enum Cmd {
         #[arg(long)]
         listen: SocketAddr,
     },
+    /// Read each connection to its end, then answer "GOT bytes=<n>
+    /// fnv=<hash>" for what came (the checksum side of `upload`).
+    Digest {
+        #[arg(long)]
+        listen: SocketAddr,
+        /// First send "HELLO\n" (so the client has received something).
+        #[arg(long)]
+        greet: bool,
+        /// Wait this long before reading (lets sent bytes pile up unread).
+        #[arg(long, default_value_t = 0)]
+        delay_ms: u64,
+    },
     /// Write "hello from <local addr>\n" to each connection and close it.
     Hello {
         #[arg(long)]
@@ -66,6 +78,19 @@ enum Cmd {
         size: usize,
         #[arg(long, default_value_t = 20000)]
         iters: u32,
+    },
+    /// Send a known pattern in writes of `--write` bytes to a `digest`
+    /// server and check that it received exactly those bytes, in order.
+    Upload {
+        #[arg(long)]
+        connect: SocketAddr,
+        #[arg(long, default_value_t = 8 << 20)]
+        bytes: usize,
+        #[arg(long, default_value_t = 1024)]
+        write: usize,
+        /// Expect the server's "HELLO\n" before sending.
+        #[arg(long)]
+        greet: bool,
     },
     /// Stream throughput into a sink.
     Stream {
@@ -118,6 +143,34 @@ fn main() -> Result<()> {
             while s.read(&mut buf)? != 0 {}
             Ok(())
         }),
+        Cmd::Digest {
+            listen,
+            greet,
+            delay_ms,
+        } => serve(listen, move |mut s| {
+            if greet {
+                s.write_all(b"HELLO\n")?;
+            }
+            thread::sleep(Duration::from_millis(delay_ms));
+            let mut buf = vec![0u8; 65536];
+            let (mut got, mut h) = (0u64, FNV_INIT);
+            loop {
+                let n = s.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                h = fnv(h, &buf[..n]);
+                got += n as u64;
+            }
+            writeln!(s, "GOT bytes={got} fnv={h:016x}")?;
+            Ok(())
+        }),
+        Cmd::Upload {
+            connect,
+            bytes,
+            write,
+            greet,
+        } => upload(connect, bytes, write, greet),
         Cmd::Hello { listen } => serve(listen, |mut s| {
             writeln!(s, "hello from {}", s.local_addr()?)?;
             Ok(())
@@ -260,6 +313,48 @@ fn client(
         io::stdout().flush()?;
     }
     s.shutdown(Shutdown::Both)?;
+    Ok(())
+}
+
+fn upload(connect: SocketAddr, bytes: usize, write: usize, greet: bool) -> Result<()> {
+    let mut s = TcpStream::connect(connect).with_context(|| format!("connect {connect}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    if greet {
+        let mut hello = [0u8; 6];
+        s.read_exact(&mut hello).context("read greeting")?;
+        if &hello != b"HELLO\n" {
+            bail!("unexpected greeting {hello:?}");
+        }
+    }
+    let data = pattern(0, bytes);
+    for c in data.chunks(write.max(1)) {
+        s.write_all(c)?;
+    }
+    s.shutdown(Shutdown::Write)?;
+    // A blocking read on a socket that is still in the sockhash returns
+    // EAGAIN when woken with nothing queued (tcp_bpf_recvmsg; here: the ACK
+    // of our FIN), so retry until the deadline rather than read_to_string.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 256];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => reply.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) && Instant::now() < deadline => {}
+            Err(e) => return Err(e).context("read digest"),
+        }
+    }
+    let reply = String::from_utf8_lossy(&reply);
+    let want = format!("GOT bytes={bytes} fnv={:016x}", fnv(FNV_INIT, &data));
+    if reply.trim_end() != want {
+        bail!("MISMATCH sent: {want:?} server: {:?}", reply.trim_end());
+    }
+    println!("OK {}", &want[4..]);
     Ok(())
 }
 
