@@ -18,6 +18,23 @@ pub struct RequestView<'a> {
     pub host: Option<&'a str>,
     /// Request headers.
     pub headers: &'a HeaderMap,
+    /// The server name the connection's TLS ClientHello indicated (`None`: plaintext, or
+    /// no SNI); rules with serverNames apply only when it is one of theirs.
+    pub sni: Option<&'a str>,
+}
+
+pub use membrane_policy::rule::{PortTls, TlsSource};
+
+/// What the policy says about a connection on a port whose rules carry serverNames or TLS
+/// contexts, once its ClientHello (if any) has been read.
+#[derive(Debug, Clone)]
+pub struct TlsPlan {
+    /// The connection verdict when no HTTP rules apply to it (`None`: each request is
+    /// checked).
+    pub l4: Option<Checked>,
+    /// The TLS contexts to apply: terminate with `terminating`, originate to the upstream
+    /// with `originating`.
+    pub tls: Option<Arc<PortTls>>,
 }
 
 pub use membrane_policy::http::HeaderAction;
@@ -55,6 +72,7 @@ pub use membrane_policy::Direction;
 
 type CheckFn = dyn Fn(IpAddr, Direction, u16, &RequestView<'_>) -> Checked + Send + Sync;
 type L4Fn = dyn Fn(IpAddr, Direction, u16) -> Option<Checked> + Send + Sync;
+type TlsFn = dyn Fn(IpAddr, Direction, u16, Option<&str>) -> Option<TlsPlan> + Send + Sync;
 
 /// One immutable policy snapshot, as enforced.
 pub struct Enforcer {
@@ -62,6 +80,9 @@ pub struct Enforcer {
     /// For ports without HTTP rules, the connection verdict: such connections are checked
     /// once at L3/L4 and spliced opaquely.
     l4: Option<Box<L4Fn>>,
+    /// For ports whose rules carry serverNames or TLS contexts, the plan for a connection
+    /// given its SNI; `None` for other ports.
+    tls: Option<Box<TlsFn>>,
     summary: serde_json::Value,
 }
 
@@ -75,6 +96,7 @@ impl Enforcer {
         Enforcer {
             check: Box::new(move |ip, _dir, _port, req| f(ip, req)),
             l4: None,
+            tls: None,
             summary,
         }
     }
@@ -84,6 +106,19 @@ impl Enforcer {
     /// destination (egress); `port` is the endpoint's port (ingress) or the destination's.
     pub fn check_l4(&self, remote: IpAddr, dir: Direction, port: u16) -> Option<Checked> {
         self.l4.as_ref().and_then(|f| f(remote, dir, port))
+    }
+
+    /// For a port whose rules carry serverNames or TLS contexts (so the ClientHello must
+    /// be read first), the plan for a connection that indicated `sni`; `None` for every
+    /// other port (see [`Enforcer::check_l4`] for `remote`, `dir` and `port`).
+    pub fn tls_plan(
+        &self,
+        remote: IpAddr,
+        dir: Direction,
+        port: u16,
+        sni: Option<&str>,
+    ) -> Option<TlsPlan> {
+        self.tls.as_ref().and_then(|f| f(remote, dir, port, sni))
     }
 
     /// The verdict for `req` (see [`Enforcer::check_l4`] for `remote`, `dir` and `port`).
@@ -101,6 +136,50 @@ impl Enforcer {
     pub fn summary(&self) -> &serde_json::Value {
         &self.summary
     }
+}
+
+/// The [`TlsPlan`] for `remote` on `port` with `sni`, or `None` when no rule on the port
+/// carries TLS settings. `origin` names the rule that decided.
+fn plan_tls(
+    dp: &membrane_policy::resolve::DirectionPolicy,
+    remote: membrane_policy::Identity,
+    local: u32,
+    port: u16,
+    sni: Option<&str>,
+    origin: impl Fn(&membrane_policy::resolve::PeerEntry) -> String,
+) -> Option<TlsPlan> {
+    use membrane_policy::{ConnPolicy, Proto};
+    if !dp.inspects_tls(Proto::Tcp, port) {
+        return None;
+    }
+    let conn = dp.connection_sni(remote, Proto::Tcp, port, sni);
+    let l4 = (!conn.needs_http()).then(|| {
+        let decision = match &conn {
+            ConnPolicy::Denied(by) => Decision::Deny {
+                decided_by: by.map(&origin).unwrap_or_else(|| {
+                    "no rule allows this peer on this port with this server name (default deny)"
+                        .to_owned()
+                }),
+            },
+            ConnPolicy::Allowed(Some(e)) | ConnPolicy::UnenforcedL7(e) => Decision::Allow {
+                decided_by: origin(e),
+                header_actions: vec![],
+            },
+            _ => Decision::Allow {
+                decided_by: "default".to_owned(),
+                header_actions: vec![],
+            },
+        };
+        Checked {
+            remote_identity: remote.0,
+            local_identity: local,
+            decision,
+        }
+    });
+    Some(TlsPlan {
+        l4,
+        tls: dp.tls_for(remote, Proto::Tcp, port, sni).cloned(),
+    })
 }
 
 /// The current snapshot; swapping it is atomic, and a request loads it exactly once.
@@ -289,7 +368,7 @@ pub fn load(cfg: &crate::config::Config) -> Result<Enforcer, LoadError> {
         let ipcache = ipcache.clone();
         Some(Box::new(move |ip: IpAddr, dir: Direction, port: u16| {
             let policy = resolved.direction(dir);
-            if policy.has_http_on(Proto::Tcp, port) {
+            if policy.has_http_on(Proto::Tcp, port) || policy.inspects_tls(Proto::Tcp, port) {
                 return None;
             }
             let remote = ipcache.lookup(ip);
@@ -317,10 +396,28 @@ pub fn load(cfg: &crate::config::Config) -> Result<Enforcer, LoadError> {
             })
         }))
     };
+    let tls: Box<TlsFn> = {
+        let resolved = resolved.clone();
+        let ipcache = ipcache.clone();
+        Box::new(
+            move |ip: IpAddr, dir: Direction, port: u16, sni: Option<&str>| {
+                plan_tls(
+                    resolved.direction(dir),
+                    ipcache.lookup(ip),
+                    identity.0,
+                    port,
+                    sni,
+                    |e| e.origin.to_string(),
+                )
+            },
+        )
+    };
     let check_ipcache = ipcache.clone();
     let check = move |ip: IpAddr, dir: Direction, port: u16, req: &RequestView<'_>| {
         let remote = check_ipcache.lookup(ip);
-        let conn = resolved.direction(dir).connection(remote, Proto::Tcp, port);
+        let conn = resolved
+            .direction(dir)
+            .connection_sni(remote, Proto::Tcp, port, req.sni);
         let dec = conn.check_http(&membrane_policy::http::HttpRequest {
             method: req.method,
             path: req.path,
@@ -351,6 +448,7 @@ pub fn load(cfg: &crate::config::Config) -> Result<Enforcer, LoadError> {
     Ok(Enforcer {
         check: Box::new(check),
         l4,
+        tls: Some(tls),
         summary,
     })
 }
@@ -654,6 +752,7 @@ pub mod npds {
             auth: None,
             unresolved: vec![],
             notes: vec![],
+            tls: None,
         })
     }
 
@@ -754,9 +853,12 @@ pub mod npds {
             remote: u32,
             req: Option<&RequestView<'_>>,
         ) -> Decision {
-            let conn = self
-                .direction(dir)
-                .connection(Identity(remote), Proto::Tcp, port);
+            let conn = self.direction(dir).connection_sni(
+                Identity(remote),
+                Proto::Tcp,
+                port,
+                req.and_then(|r| r.sni),
+            );
             let denied_l4 = matches!(conn, ConnPolicy::Denied(None));
             let dec = match req {
                 Some(req) => conn.check_http(&membrane_policy::http::HttpRequest {
@@ -849,7 +951,7 @@ pub mod npds {
         let ipcache = std::sync::Arc::new(ipcache);
         let (t4, c4) = (t.clone(), ipcache.clone());
         let l4 = move |ip: IpAddr, dir: Direction, port: u16| {
-            if t4.has_http(dir, port) {
+            if t4.has_http(dir, port) || t4.direction(dir).inspects_tls(Proto::Tcp, port) {
                 return None;
             }
             let remote = c4.lookup(ip).0;
@@ -859,6 +961,7 @@ pub mod npds {
                 decision: t4.decide(dir, port, remote, None),
             })
         };
+        let (tt, tc) = (t.clone(), ipcache.clone());
         let check = move |ip: IpAddr, dir: Direction, port: u16, req: &RequestView<'_>| {
             let remote = ipcache.lookup(ip).0;
             Checked {
@@ -867,9 +970,15 @@ pub mod npds {
                 decision: t.decide(dir, port, remote, Some(req)),
             }
         };
+        let tls = move |ip: IpAddr, dir: Direction, port: u16, sni: Option<&str>| {
+            super::plan_tls(tt.direction(dir), tc.lookup(ip), local, port, sni, |e| {
+                e.origin.rule.clone()
+            })
+        };
         Ok(Enforcer {
             check: Box::new(check),
             l4: Some(Box::new(l4)),
+            tls: Some(Box::new(tls)),
             summary,
         })
     }
@@ -984,6 +1093,7 @@ pub mod npds {
                 path,
                 host: None,
                 headers: &headers,
+                sni: None,
             };
             let ip = from.parse().unwrap();
             let c = match e.check_l4(ip, Direction::Ingress, port) {
