@@ -483,12 +483,14 @@ pub mod npds {
         ConnPolicy, DirectionPolicy, PeerEntry, PortEntry, Remotes, RuleOrigin,
         Verdict as PolicyVerdict,
     };
-    use membrane_policy::rule::{PolicyKey, PolicyKind, PortMatch, Proto, L7 as PolicyL7};
+    use membrane_policy::rule::{
+        PolicyKey, PolicyKind, PortMatch, PortTls, Proto, TlsSource, L7 as PolicyL7,
+    };
     use membrane_xds::proto::{
         header_match::{MatchAction, MismatchAction},
         port_network_policy_rule::{Verdict, L7},
         HttpNetworkPolicyRule, NetworkPolicy, NetworkPolicyHosts, PortNetworkPolicy,
-        PortNetworkPolicyRule,
+        PortNetworkPolicyRule, TlsContext,
     };
 
     use super::{Checked, Decision, Direction, Enforcer, RequestView};
@@ -692,12 +694,7 @@ pub mod npds {
                 ))
             }
         };
-        if r.downstream_tls_context.is_some() || r.upstream_tls_context.is_some() {
-            return Err(err(
-                at.to_owned(),
-                "TLS contexts in NPDS are not supported".into(),
-            ));
-        }
+        let tls = port_tls(r, err, at)?;
         let http = match &r.l7 {
             None => None,
             Some(L7::HttpRules(h)) => Some(
@@ -752,8 +749,114 @@ pub mod npds {
             auth: None,
             unresolved: vec![],
             notes: vec![],
-            tls: None,
+            tls,
         })
+    }
+
+    /// An NPDS `TLSContext` → where its material comes from: the PEM it carries, or else
+    /// the SDS secret it names (`namespace/name`, resolved in `--secrets-dir`).
+    fn tls_source(
+        ctx: &TlsContext,
+        downstream: bool,
+        err: &dyn Fn(String, String) -> NpdsError,
+        at: &str,
+    ) -> Result<TlsSource, NpdsError> {
+        let TlsContext {
+            trusted_ca,
+            certificate_chain,
+            private_key,
+            // The rule's own server_names decide which connections it applies to.
+            server_names: _,
+            validation_context_sds_secret,
+            tls_sds_secret,
+            // The proxy offers h2 and http/1.1 downstream and picks upstream by protocol.
+            alpn_protocols: _,
+        } = ctx;
+        if !trusted_ca.is_empty() || !certificate_chain.is_empty() || !private_key.is_empty() {
+            if downstream && (certificate_chain.is_empty() || private_key.is_empty()) {
+                return Err(err(
+                    at.to_owned(),
+                    "a downstream TLS context needs both certificate_chain and private_key".into(),
+                ));
+            }
+            if !downstream && trusted_ca.is_empty() {
+                return Err(err(
+                    format!("{at}.trusted_ca"),
+                    "an upstream TLS context needs trust anchors (TLS is never originated unverified)".into(),
+                ));
+            }
+            return Ok(TlsSource::Inline {
+                trusted_ca: trusted_ca.clone(),
+                certificate_chain: certificate_chain.clone(),
+                private_key: private_key.clone(),
+            });
+        }
+        let (field, name) = match (downstream, tls_sds_secret, validation_context_sds_secret) {
+            (true, n, _) if !n.is_empty() => ("tls_sds_secret", n),
+            (false, _, n) if !n.is_empty() => ("validation_context_sds_secret", n),
+            (_, a, _) if !a.is_empty() => ("tls_sds_secret", a),
+            (_, _, b) if !b.is_empty() => ("validation_context_sds_secret", b),
+            _ => {
+                return Err(err(
+                    at.to_owned(),
+                    "TLS context carries neither PEM material nor a secret name".into(),
+                ))
+            }
+        };
+        let (namespace, name) = match name.split_once('/') {
+            Some((ns, n)) if !ns.is_empty() && !n.is_empty() && !n.contains('/') => (ns, n),
+            None if !name.is_empty() => ("default", name.as_str()),
+            _ => {
+                return Err(err(
+                    format!("{at}.{field}"),
+                    format!("{name:?} is not a secret name (expected NAMESPACE/NAME)"),
+                ))
+            }
+        };
+        Ok(TlsSource::Secret {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            certificate: None,
+            private_key: None,
+            trusted_ca: None,
+        })
+    }
+
+    fn port_tls(
+        r: &PortNetworkPolicyRule,
+        err: &dyn Fn(String, String) -> NpdsError,
+        at: &str,
+    ) -> Result<Option<std::sync::Arc<PortTls>>, NpdsError> {
+        let terminating = r
+            .downstream_tls_context
+            .as_ref()
+            .map(|c| tls_source(c, true, err, &format!("{at}.downstream_tls_context")))
+            .transpose()?;
+        let originating = r
+            .upstream_tls_context
+            .as_ref()
+            .map(|c| tls_source(c, false, err, &format!("{at}.upstream_tls_context")))
+            .transpose()?;
+        for (i, n) in r.server_names.iter().enumerate() {
+            if n.is_empty() {
+                return Err(err(
+                    format!("{at}.server_names[{i}]"),
+                    "empty server name".into(),
+                ));
+            }
+        }
+        if r.server_names.is_empty() && terminating.is_none() && originating.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(std::sync::Arc::new(PortTls {
+            server_names: r
+                .server_names
+                .iter()
+                .map(|n| n.trim_end_matches('.').to_ascii_lowercase())
+                .collect(),
+            terminating,
+            originating,
+        })))
     }
 
     fn ports(
@@ -1000,6 +1103,11 @@ pub mod npds {
                             PolicyL7::Http(h) => Some(h.iter().map(|x| x.to_string()).collect::<Vec<_>>()),
                             _ => None,
                         },
+                        "tls": r.tls.as_ref().map(|t| serde_json::json!({
+                            "server_names": t.server_names,
+                            "terminating": t.terminating.as_ref().map(|s| s.to_string()),
+                            "originating": t.originating.as_ref().map(|s| s.to_string()),
+                        })),
                     })).collect::<Vec<_>>(),
                 })
             })
@@ -1146,6 +1254,85 @@ pub mod npds {
                     "{from} :{p} {m} {path}"
                 );
             }
+        }
+
+        #[test]
+        fn npds_tls_contexts_and_server_names() {
+            let mut terminate = rule(&[100], false, Some(vec![http("GET", "/.*")]));
+            terminate.server_names = vec!["A.test".into()];
+            terminate.downstream_tls_context = Some(TlsContext {
+                tls_sds_secret: "shop/front".into(),
+                ..Default::default()
+            });
+            terminate.upstream_tls_context = Some(TlsContext {
+                trusted_ca: "PEM".into(),
+                ..Default::default()
+            });
+            let mut sni_only = rule(&[], false, None);
+            sni_only.server_names = vec!["b.test".into()];
+            let e = enforcer(vec![
+                port(443, 0, vec![terminate]),
+                port(8443, 0, vec![sni_only]),
+            ])
+            .unwrap();
+            let peer: IpAddr = "10.0.0.3".parse().unwrap();
+            let plan = e
+                .tls_plan(peer, Direction::Ingress, 443, Some("a.test"))
+                .unwrap();
+            assert!(plan.l4.is_none(), "HTTP rules decide per request");
+            let tls = plan.tls.unwrap();
+            assert_eq!(
+                tls.terminating,
+                Some(TlsSource::Secret {
+                    namespace: "shop".into(),
+                    name: "front".into(),
+                    certificate: None,
+                    private_key: None,
+                    trusted_ca: None,
+                })
+            );
+            assert!(
+                matches!(&tls.originating, Some(TlsSource::Inline { trusted_ca, .. }) if trusted_ca == "PEM")
+            );
+            // Another SNI: the rule does not apply, so nothing allows the peer.
+            let plan = e
+                .tls_plan(peer, Direction::Ingress, 443, Some("c.test"))
+                .unwrap();
+            assert!(matches!(plan.l4.unwrap().decision, Decision::Deny { .. }));
+            // serverNames alone: an SNI check without termination.
+            let verdict = |sni| {
+                e.tls_plan("10.9.9.9".parse().unwrap(), Direction::Ingress, 8443, sni)
+                    .unwrap()
+                    .l4
+                    .unwrap()
+                    .decision
+            };
+            assert!(matches!(verdict(Some("b.test")), Decision::Allow { .. }));
+            assert!(matches!(verdict(Some("a.test")), Decision::Deny { .. }));
+            assert!(matches!(verdict(None), Decision::Deny { .. }));
+            // Ports without TLS rules are not inspected.
+            assert!(e.tls_plan(peer, Direction::Ingress, 80, None).is_none());
+            // Unusable contexts are NACKed with the field named.
+            let mut bad = rule(&[100], false, None);
+            bad.downstream_tls_context = Some(TlsContext {
+                certificate_chain: "PEM".into(),
+                ..Default::default()
+            });
+            let msg = enforcer(vec![port(443, 0, vec![bad])])
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(msg.contains("rules[0].downstream_tls_context: a downstream TLS context needs both certificate_chain and private_key"), "{msg}");
+            let mut bad = rule(&[100], false, None);
+            bad.upstream_tls_context = Some(TlsContext {
+                validation_context_sds_secret: "a/b/c".into(),
+                ..Default::default()
+            });
+            let msg = enforcer(vec![port(443, 0, vec![bad])])
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(msg.contains("upstream_tls_context.validation_context_sds_secret: \"a/b/c\" is not a secret name"), "{msg}");
         }
 
         #[test]
