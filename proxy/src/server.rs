@@ -219,8 +219,10 @@ impl Shared {
                 };
                 let u = Upstreams::new(route.target, self.connect_timeout, Some(&tls))
                     .map_err(|e| e.to_string())?;
-                // Material replaced since: its clients are dropped with it.
-                cache.retain(|(t, _), _| *t != route.target);
+                // Each secret change makes a new key; bound what old material can hold.
+                if cache.len() >= 256 {
+                    cache.clear();
+                }
                 cache.insert(key, u.clone());
                 u
             }

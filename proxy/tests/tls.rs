@@ -328,6 +328,18 @@ fn make_ca(dir: &Path, tag: &str) -> Ca {
 
 /// A server certificate signed by `ca` for `sans`, with `subject`; returns (cert, key).
 fn issue(dir: &Path, ca: &Ca, file: &str, subject: &str, sans: &[&str]) -> (PathBuf, PathBuf) {
+    issue_for(dir, ca, file, subject, sans, "serverAuth")
+}
+
+/// [`issue`] with the given extended key usage (`serverAuth` or `clientAuth`).
+fn issue_for(
+    dir: &Path,
+    ca: &Ca,
+    file: &str,
+    subject: &str,
+    sans: &[&str],
+    usage: &str,
+) -> (PathBuf, PathBuf) {
     let p = |ext: &str| dir.join(format!("{file}.{ext}")).display().to_string();
     openssl(&[
         "req",
@@ -347,7 +359,7 @@ fn issue(dir: &Path, ca: &Ca, file: &str, subject: &str, sans: &[&str]) -> (Path
     std::fs::write(
         p("ext"),
         format!(
-            "subjectAltName={}\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+            "subjectAltName={}\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage={usage}\n",
             san.join(",")
         ),
     )
@@ -744,6 +756,90 @@ spec:
             .await
             .0,
         0
+    );
+    running.drain(Duration::from_secs(1)).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminating_context_with_a_ca_requires_client_certificates() {
+    let dir = tmpdir("policy-mtls");
+    let secrets = dir.join("secrets");
+    std::fs::create_dir_all(&secrets).unwrap();
+    let front = make_ca(&dir, "front-ca");
+    let clients = make_ca(&dir, "client-ca");
+    let strangers = make_ca(&dir, "stranger-ca");
+    let (a_crt, a_key) = issue(&dir, &front, "a", "/CN=a.test", &["a.test"]);
+    let (c_crt, c_key) = issue_for(&dir, &clients, "c", "/CN=client", &["client"], "clientAuth");
+    let (s_crt, s_key) = issue_for(
+        &dir,
+        &strangers,
+        "s",
+        "/CN=stranger",
+        &["stranger"],
+        "clientAuth",
+    );
+    write_secret(
+        &secrets,
+        "a.yaml",
+        "a-cert",
+        &[
+            ("tls.crt", &a_crt),
+            ("tls.key", &a_key),
+            ("ca.crt", &clients.crt),
+        ],
+    );
+    let backend = start_backend().await;
+    let policy = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: mtls, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: backend}}
+  ingress:
+  - fromEntities: [all]
+    toPorts:
+    - ports: [{port: "PORT", protocol: TCP}]
+      terminatingTLS: {secret: {name: a-cert}}
+      rules: {http: [{method: GET, path: "/v1/.*"}]}
+"#;
+    let running = start_policy_proxy(backend, policy, &secrets).await;
+    let port = running.addrs.listen.port();
+    let (ca, resolve, url) = (
+        front.crt.display().to_string(),
+        format!("a.test:{port}:127.0.0.1"),
+        format!("https://a.test:{port}/v1/x"),
+    );
+    let with = |cert: Option<(&Path, &Path)>| {
+        let mut args: Vec<String> = vec![
+            "--cacert".into(),
+            ca.clone(),
+            "--resolve".into(),
+            resolve.clone(),
+        ];
+        if let Some((c, k)) = cert {
+            args.extend([
+                "--cert".into(),
+                c.display().to_string(),
+                "--key".into(),
+                k.display().to_string(),
+            ]);
+        }
+        args.push(url.clone());
+        async move {
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            curl(&refs).await
+        }
+    };
+    // No serverNames: any SNI; the backend here is plaintext (no originatingTLS).
+    let (code, h, _) = with(Some((&c_crt, &c_key))).await;
+    assert_eq!(code, 200, "{h}");
+    assert!(!h.contains("x-seen-tls"), "{h}");
+    assert_eq!(with(None).await.0, 0, "no client certificate");
+    assert_eq!(
+        with(Some((&s_crt, &s_key))).await.0,
+        0,
+        "certificate from another CA"
     );
     running.drain(Duration::from_secs(1)).await;
     let _ = std::fs::remove_dir_all(&dir);
