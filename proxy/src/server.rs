@@ -410,11 +410,19 @@ async fn serve_policy_tls(
     shutdown: watch::Receiver<bool>,
 ) {
     let timeout = shared.settings.header_read_timeout;
+    use crate::metrics::TlsRefusal;
+    let refuse = |reason| shared.metrics.tls_refused(reason);
     let hello =
         match tokio::time::timeout(timeout, crate::tls::peek_client_hello(&mut stream)).await {
             Ok(Ok(h)) => h,
-            Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "unreadable ClientHello"),
-            Err(_) => return tracing::debug!(%peer, "no ClientHello within header read timeout"),
+            Ok(Err(e)) => {
+                refuse(TlsRefusal::no_client_hello);
+                return tracing::debug!(%peer, error = %e, "unreadable ClientHello");
+            }
+            Err(_) => {
+                refuse(TlsRefusal::no_client_hello);
+                return tracing::debug!(%peer, "no ClientHello within header read timeout");
+            }
         };
     let (remote, port) = (route.remote(peer), route.target.port());
     let plan = shared
@@ -436,6 +444,7 @@ async fn serve_policy_tls(
                 ..
             },
         ) => {
+            refuse(TlsRefusal::denied);
             return splice(
                 stream,
                 peer,
@@ -444,7 +453,7 @@ async fn serve_policy_tls(
                 denied.clone(),
                 Bytes::new(),
             )
-            .await
+            .await;
         }
         Some(allowed) if terminating.is_none() && originating.is_none() => {
             // Admitted at L4 (serverNames only): bytes pass untouched.
@@ -458,7 +467,9 @@ async fn serve_policy_tls(
         Some(src) => match shared.originating(route, src, hello.sni.as_deref()) {
             Ok(r) => r,
             Err(e) => {
-                return tracing::error!(%peer, error = %e, "cannot originate TLS upstream; connection refused")
+                // The material's error is logged once by the secret store.
+                refuse(TlsRefusal::no_origination);
+                return tracing::debug!(%peer, error = %e, "cannot originate TLS upstream; connection refused");
             }
         },
         None => route,
@@ -468,19 +479,28 @@ async fn serve_policy_tls(
             let cfg = match shared.secrets.server_config(src) {
                 Ok(c) => c,
                 Err(e) => {
-                    return tracing::debug!(%peer, error = %e, "no certificate for this port; TLS handshake refused")
+                    refuse(TlsRefusal::no_certificate);
+                    return tracing::debug!(%peer, error = %e, "no certificate for this port; TLS handshake refused");
                 }
             };
             match tokio::time::timeout(timeout, crate::tls::accept_with(stream, cfg)).await {
                 Ok(Ok(tls)) => serve_http(tls, peer, route, sni, shared, shutdown).await,
-                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                Ok(Err(e)) => {
+                    refuse(TlsRefusal::handshake_failed);
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed")
+                }
+                Err(_) => {
+                    refuse(TlsRefusal::handshake_failed);
+                    tracing::debug!(%peer, "TLS handshake timed out")
+                }
             }
         }
         (Some(_), false) => {
+            refuse(TlsRefusal::plaintext);
             tracing::debug!(%peer, "plaintext on a port that terminates TLS; refused")
         }
         (None, true) => {
+            refuse(TlsRefusal::not_terminated);
             tracing::debug!(%peer, "TLS the policy must inspect or re-originate but does not terminate; refused")
         }
         (None, false) => serve_http(stream, peer, route, None, shared, shutdown).await,

@@ -497,16 +497,18 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policy_tls_terminates_by_sni_enforces_and_originates_verified() {
-    let dir = tmpdir("policy-sni");
+    // Removed on drop, also when the test fails.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
     let secrets = dir.join("secrets");
     std::fs::create_dir_all(&secrets).unwrap();
-    let front = make_ca(&dir, "front-ca");
-    let back = make_ca(&dir, "back-ca");
-    let other = make_ca(&dir, "other-ca");
-    let (a_crt, a_key) = issue(&dir, &front, "a", "/CN=a.test", &["a.test", "u.test"]);
-    let (b_crt, b_key) = issue(&dir, &front, "b", "/CN=b.test", &["b.test"]);
+    let front = make_ca(dir, "front-ca");
+    let back = make_ca(dir, "back-ca");
+    let other = make_ca(dir, "other-ca");
+    let (a_crt, a_key) = issue(dir, &front, "a", "/CN=a.test", &["a.test", "u.test"]);
+    let (b_crt, b_key) = issue(dir, &front, "b", "/CN=b.test", &["b.test"]);
     let (be_crt, be_key) = issue(
-        &dir,
+        dir,
         &back,
         "be",
         "/CN=backend",
@@ -585,33 +587,40 @@ async fn policy_tls_terminates_by_sni_enforces_and_originates_verified() {
     assert_eq!(curl(&[&format!("http://127.0.0.1:{port}/v1/x")]).await.0, 0);
     // Origination verifies the backend: a CA that did not sign it means no upstream.
     assert_eq!(get("u.test", "/v1/x", &[]).await.0, 503);
+    // Wrong SNI, no SNI and plaintext: no rule admits them.
+    let prom = running.metrics.encode_prometheus();
+    assert!(
+        prom.contains("membrane_tls_refused_total{reason=\"denied\"} 3"),
+        "{prom}"
+    );
     running.drain(Duration::from_secs(1)).await;
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policy_tls_certificates_reload_and_bad_secrets_keep_the_last_good_one() {
-    let dir = tmpdir("policy-reload");
+    // Removed on drop, also when the test fails.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
     let secrets = dir.join("secrets");
     std::fs::create_dir_all(&secrets).unwrap();
-    let front = make_ca(&dir, "front-ca");
-    let back = make_ca(&dir, "back-ca");
+    let front = make_ca(dir, "front-ca");
+    let back = make_ca(dir, "back-ca");
     let (g1_crt, g1_key) = issue(
-        &dir,
+        dir,
         &front,
         "g1",
         "/CN=a.test/O=gen1",
         &["a.test", "u.test"],
     );
     let (g2_crt, g2_key) = issue(
-        &dir,
+        dir,
         &front,
         "g2",
         "/CN=a.test/O=gen2",
         &["a.test", "u.test"],
     );
-    let (b_crt, b_key) = issue(&dir, &front, "b", "/CN=b.test", &["b.test"]);
-    let (be_crt, be_key) = issue(&dir, &back, "be", "/CN=backend", &["a.test", "b.test"]);
+    let (b_crt, b_key) = issue(dir, &front, "b", "/CN=b.test", &["b.test"]);
+    let (be_crt, be_key) = issue(dir, &back, "be", "/CN=backend", &["a.test", "b.test"]);
     write_secret(
         &secrets,
         "a.yaml",
@@ -704,16 +713,17 @@ async fn policy_tls_certificates_reload_and_bad_secrets_keep_the_last_good_one()
         "{errors:?}"
     );
     running.drain(Duration::from_secs(1)).await;
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_names_without_termination_check_the_client_hello_and_pass_tls_through() {
-    let dir = tmpdir("policy-passthrough");
+    // Removed on drop, also when the test fails.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
     let secrets = dir.join("secrets");
     std::fs::create_dir_all(&secrets).unwrap();
-    let back = make_ca(&dir, "back-ca");
-    let (be_crt, be_key) = issue(&dir, &back, "be", "/CN=backend", &["a.test", "c.test"]);
+    let back = make_ca(dir, "back-ca");
+    let (be_crt, be_key) = issue(dir, &back, "be", "/CN=backend", &["a.test", "c.test"]);
     let backend = start_tls_backend(&be_crt, &be_key).await;
     let policy = r#"
 apiVersion: cilium.io/v2
@@ -758,21 +768,22 @@ spec:
         0
     );
     running.drain(Duration::from_secs(1)).await;
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_terminating_context_with_a_ca_requires_client_certificates() {
-    let dir = tmpdir("policy-mtls");
+    // Removed on drop, also when the test fails.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
     let secrets = dir.join("secrets");
     std::fs::create_dir_all(&secrets).unwrap();
-    let front = make_ca(&dir, "front-ca");
-    let clients = make_ca(&dir, "client-ca");
-    let strangers = make_ca(&dir, "stranger-ca");
-    let (a_crt, a_key) = issue(&dir, &front, "a", "/CN=a.test", &["a.test"]);
-    let (c_crt, c_key) = issue_for(&dir, &clients, "c", "/CN=client", &["client"], "clientAuth");
+    let front = make_ca(dir, "front-ca");
+    let clients = make_ca(dir, "client-ca");
+    let strangers = make_ca(dir, "stranger-ca");
+    let (a_crt, a_key) = issue(dir, &front, "a", "/CN=a.test", &["a.test"]);
+    let (c_crt, c_key) = issue_for(dir, &clients, "c", "/CN=client", &["client"], "clientAuth");
     let (s_crt, s_key) = issue_for(
-        &dir,
+        dir,
         &strangers,
         "s",
         "/CN=stranger",
@@ -841,6 +852,10 @@ spec:
         0,
         "certificate from another CA"
     );
+    let prom = running.metrics.encode_prometheus();
+    assert!(
+        prom.contains("membrane_tls_refused_total{reason=\"handshake_failed\"} 2"),
+        "{prom}"
+    );
     running.drain(Duration::from_secs(1)).await;
-    let _ = std::fs::remove_dir_all(&dir);
 }
