@@ -88,6 +88,10 @@ pub struct TraceArgs {
     /// HTTP header `Name: value`; repeatable.
     #[arg(long = "http-header")]
     http_header: Vec<String>,
+    /// Server name the flow's TLS ClientHello indicates (rules with serverNames apply only
+    /// to TLS flows with one of their names).
+    #[arg(long = "tls-sni")]
+    tls_sni: Option<String>,
     /// A named port of the destination, `NAME=PORT`; repeatable.
     #[arg(long = "named-port")]
     named_port: Vec<String>,
@@ -356,6 +360,7 @@ fn trace_cmd(a: TraceArgs) -> Result<ExitCode> {
         proto,
         named_ports,
         http,
+        sni: a.tls_sni.clone(),
     };
     let result = trace(&policies, &req)?;
     match a.output {

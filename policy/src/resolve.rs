@@ -17,7 +17,7 @@ use crate::http::{HeaderAction, HttpRequest};
 use crate::identity::{Identity, IdentityInfo};
 use crate::labels::{LabelSet, SOURCE_RESERVED};
 use crate::rule::{
-    CompiledPolicy, CompiledRule, DirRule, Peer, PolicyKey, PortMatch, Proto, Subject, L7,
+    CompiledPolicy, CompiledRule, DirRule, Peer, PolicyKey, PortMatch, PortTls, Proto, Subject, L7,
 };
 use crate::selector::Selector;
 use ipnet::IpNet;
@@ -103,6 +103,16 @@ pub struct PeerEntry {
     pub unresolved: Vec<String>,
     /// TLS/listener settings the rule carries.
     pub notes: Vec<String>,
+    /// serverNames and TLS contexts of the rule's `toPorts` entry.
+    pub tls: Option<Arc<PortTls>>,
+}
+
+impl PeerEntry {
+    /// Whether the rule applies to a connection that indicated `sni` (`None`: no TLS or no
+    /// SNI). Only allow rules carry serverNames.
+    pub fn admits_sni(&self, sni: Option<&str>) -> bool {
+        self.tls.as_ref().is_none_or(|t| t.admits(sni))
+    }
 }
 
 /// All rules for one (protocol, ports).
@@ -264,9 +274,64 @@ impl<'a> ConnPolicy<'a> {
 }
 
 impl DirectionPolicy {
-    /// What a connection from/to `remote` on (`proto`, `port`) is subject to. For ICMP,
-    /// `port` is the ICMP type.
+    /// What a connection from/to `remote` on (`proto`, `port`) is subject to, for a layer
+    /// that cannot see TLS (rules with serverNames count as matching; the proxy narrows
+    /// them with [`DirectionPolicy::connection_sni`]). For ICMP, `port` is the ICMP type.
     pub fn connection(&self, remote: Identity, proto: Proto, port: u16) -> ConnPolicy<'_> {
+        self.connection_filtered(remote, proto, port, |_| true)
+    }
+
+    /// [`DirectionPolicy::connection`] for a connection whose TLS ClientHello indicated
+    /// `sni` (`None`: not TLS, or no SNI): allow rules with serverNames apply only when one
+    /// of their names was indicated (Cilium: with serverNames, TLS must be present).
+    pub fn connection_sni(
+        &self,
+        remote: Identity,
+        proto: Proto,
+        port: u16,
+        sni: Option<&str>,
+    ) -> ConnPolicy<'_> {
+        self.connection_filtered(remote, proto, port, |r| r.admits_sni(sni))
+    }
+
+    /// The TLS settings the proxy applies to a connection from/to `remote` on (`proto`,
+    /// `port`) that indicated `sni`: those of the first allow rule (in entry order) that
+    /// applies to it and carries a TLS context. `None`: no TLS context applies.
+    pub fn tls_for(
+        &self,
+        remote: Identity,
+        proto: Proto,
+        port: u16,
+        sni: Option<&str>,
+    ) -> Option<&Arc<PortTls>> {
+        self.entries
+            .iter()
+            .filter(|e| e.covers(proto, port))
+            .flat_map(|e| e.rules.iter())
+            .filter(|r| !r.deny && r.remotes.contains(remote) && r.admits_sni(sni))
+            .filter_map(|r| r.tls.as_ref())
+            .find(|t| t.terminating.is_some() || t.originating.is_some())
+    }
+
+    /// Whether any rule on (`proto`, `port`) carries serverNames or a TLS context, so the
+    /// proxy must read the TLS ClientHello before deciding.
+    pub fn inspects_tls(&self, proto: Proto, port: u16) -> bool {
+        self.enforced
+            && self
+                .entries
+                .iter()
+                .filter(|e| e.covers(proto, port))
+                .flat_map(|e| e.rules.iter())
+                .any(|r| r.tls.is_some())
+    }
+
+    fn connection_filtered(
+        &self,
+        remote: Identity,
+        proto: Proto,
+        port: u16,
+        admit: impl Fn(&PeerEntry) -> bool,
+    ) -> ConnPolicy<'_> {
         if !self.enforced {
             return ConnPolicy::NotEnforced;
         }
@@ -275,7 +340,7 @@ impl DirectionPolicy {
                 .iter()
                 .filter(move |e| e.covers(proto, port))
                 .flat_map(|e| e.rules.iter())
-                .filter(move |r| r.remotes.contains(remote))
+                .filter(|r| r.remotes.contains(remote) && admit(r))
         };
         if let Some(d) = matching().find(|r| r.deny) {
             return ConnPolicy::Denied(Some(d));
@@ -718,7 +783,7 @@ fn resolve_direction(
                 policy: (*key).clone(),
                 rule: d.path.clone(),
             };
-            let mk = |l7: &L7, notes: &[String]| PeerEntry {
+            let mk = |l7: &L7, notes: &[String], tls: &Option<Arc<PortTls>>| PeerEntry {
                 deny: d.deny,
                 remotes: remotes.clone(),
                 l7: l7.clone(),
@@ -726,12 +791,13 @@ fn resolve_direction(
                 auth: d.auth.clone(),
                 unresolved: unresolved.clone(),
                 notes: notes.to_vec(),
+                tls: tls.clone(),
             };
             if d.l4.is_empty() {
                 entries
                     .entry((Proto::All, PortMatch::ALL))
                     .or_default()
-                    .push(mk(&L7::None, &[]));
+                    .push(mk(&L7::None, &[], &None));
                 continue;
             }
             for l4 in &d.l4 {
@@ -748,7 +814,7 @@ fn resolve_direction(
                     entries
                         .entry((l4.proto, k))
                         .or_default()
-                        .push(mk(&l4.l7, &l4.notes));
+                        .push(mk(&l4.l7, &l4.notes, &l4.tls));
                 }
             }
         }
@@ -876,5 +942,102 @@ mod tests {
             "{matchLabels: {app: x}}",
         ));
         assert_eq!(names(&repo), ["has-tier", "not-y", "other-app", "everyone"]);
+    }
+
+    #[test]
+    fn server_names_and_tls_contexts_reach_the_resolved_policy() {
+        use crate::rule::TlsSource;
+        use crate::Engine;
+        let text = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: tls, namespace: shop}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingress:
+  - toPorts:
+    - ports: [{port: "443", protocol: TCP}]
+      serverNames: [A.example.com, "*.wild.example"]
+      terminatingTLS: {secret: {name: front}}
+      originatingTLS: {secret: {name: back, namespace: certs}, trustedCA: bundle.pem}
+      rules: {http: [{method: GET}]}
+  - toPorts:
+    - ports: [{port: "8443", protocol: TCP}]
+      serverNames: [b.example.com]
+"#;
+        let p = parse_file("t.yaml", text)
+            .unwrap()
+            .remove(0)
+            .result
+            .unwrap();
+        let mut engine = Engine::default();
+        engine.apply_policy(p);
+        let labels = crate::trace::pod_labels(
+            LabelSet::parse("k8s:app=web,k8s:io.kubernetes.pod.namespace=shop").unwrap(),
+        );
+        engine
+            .upsert_endpoint(
+                "web",
+                Endpoint {
+                    labels,
+                    named_ports: Default::default(),
+                },
+            )
+            .unwrap();
+        let r = engine.resolved("web").unwrap();
+        let world = Identity(2);
+        let ing = &r.ingress;
+        assert!(ing.inspects_tls(Proto::Tcp, 443) && ing.inspects_tls(Proto::Tcp, 8443));
+        assert!(!ing.inspects_tls(Proto::Tcp, 80));
+        let tls = ing
+            .tls_for(world, Proto::Tcp, 443, Some("a.example.com"))
+            .unwrap();
+        assert_eq!(
+            tls.terminating,
+            Some(TlsSource::Secret {
+                namespace: "shop".into(),
+                name: "front".into(),
+                certificate: None,
+                private_key: None,
+                trusted_ca: None,
+            })
+        );
+        assert!(matches!(
+            &tls.originating,
+            Some(TlsSource::Secret { namespace, trusted_ca: Some(ca), .. })
+                if namespace == "certs" && ca == "bundle.pem"
+        ));
+        // (port, sni, admitted): names are case-insensitive, `*.` matches one label, and
+        // without SNI (or without TLS) a rule with serverNames does not apply.
+        let table = [
+            (443, Some("A.EXAMPLE.COM"), true),
+            (443, Some("x.wild.example"), true),
+            (443, Some("x.y.wild.example"), false),
+            (443, Some("wild.example"), false),
+            (443, Some("c.example.com"), false),
+            (443, None, false),
+            (8443, Some("b.example.com"), true),
+            (8443, Some("a.example.com"), false),
+            (8443, None, false),
+        ];
+        for (port, sni, admitted) in table {
+            let c = ing.connection_sni(world, Proto::Tcp, port, sni);
+            assert_eq!(
+                c.l4_verdict() == Verdict::Allowed,
+                admitted,
+                "{port} {sni:?}: {c:?}"
+            );
+            // A layer that cannot see TLS lets the proxy decide.
+            assert_eq!(
+                ing.connection(world, Proto::Tcp, port).l4_verdict(),
+                Verdict::Allowed
+            );
+        }
+        assert!(ing
+            .tls_for(world, Proto::Tcp, 443, Some("c.example.com"))
+            .is_none());
+        assert!(ing
+            .tls_for(world, Proto::Tcp, 8443, Some("b.example.com"))
+            .is_none());
     }
 }

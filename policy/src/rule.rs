@@ -220,6 +220,83 @@ pub struct L4Rule {
     pub l7: L7,
     /// TLS or listener settings the proxy would need (terminatingTLS, serverNames, ...).
     pub notes: Vec<String>,
+    /// serverNames and TLS contexts of the `toPorts` entry, for the proxy.
+    pub tls: Option<Arc<PortTls>>,
+}
+
+/// Where a TLS context's certificate material comes from.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TlsSource {
+    /// Items of a Kubernetes Secret (`terminatingTLS`/`originatingTLS` in a policy, or a
+    /// secret name carried over NPDS). A key named explicitly must exist in the secret;
+    /// an omitted one uses Cilium's default name (`tls.crt`, `tls.key`, `ca.crt`), and the
+    /// default `ca.crt` is used only if the secret has it.
+    Secret {
+        /// Namespace (the policy's own when the reference names none).
+        namespace: String,
+        /// Secret name.
+        name: String,
+        /// Item holding the PEM certificate chain, when named.
+        certificate: Option<String>,
+        /// Item holding the PEM private key, when named.
+        private_key: Option<String>,
+        /// Item holding the PEM trust anchors, when named.
+        trusted_ca: Option<String>,
+    },
+    /// PEM material carried inline (NPDS `TLSContext`); empty strings are absent.
+    Inline {
+        /// Trust anchors.
+        trusted_ca: String,
+        /// Certificate chain.
+        certificate_chain: String,
+        /// Private key.
+        private_key: String,
+    },
+}
+
+impl fmt::Display for TlsSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TlsSource::Secret {
+                namespace, name, ..
+            } => write!(f, "secret {namespace}/{name}"),
+            TlsSource::Inline { .. } => f.write_str("inline TLS context"),
+        }
+    }
+}
+
+/// The TLS settings of one `toPorts` entry, as the proxy applies them.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PortTls {
+    /// Allowed SNI values (lowercase); empty admits any connection. A name may start with
+    /// `*.` to match exactly one more label.
+    pub server_names: Vec<String>,
+    /// The proxy terminates TLS with this certificate and key.
+    pub terminating: Option<TlsSource>,
+    /// The proxy originates TLS to the destination, verifying it against this CA.
+    pub originating: Option<TlsSource>,
+}
+
+impl PortTls {
+    /// Whether a connection presenting `sni` (`None`: no TLS or no SNI) is admitted: with
+    /// serverNames, TLS must be present and one of them must have been indicated.
+    pub fn admits(&self, sni: Option<&str>) -> bool {
+        if self.server_names.is_empty() {
+            return true;
+        }
+        let Some(sni) = sni else {
+            return false;
+        };
+        let sni = sni.trim_end_matches('.').to_ascii_lowercase();
+        self.server_names
+            .iter()
+            .any(|n| match n.strip_prefix("*.") {
+                Some(suffix) => sni
+                    .split_once('.')
+                    .is_some_and(|(first, rest)| !first.is_empty() && rest == suffix),
+                None => *n == sni,
+            })
+    }
 }
 
 /// One element of `ingress`, `ingressDeny`, `egress` or `egressDeny`.
@@ -928,6 +1005,7 @@ impl Cx {
                         ports: PortMatch::IcmpType(t),
                         l7: L7::None,
                         notes: vec![],
+                        tls: None,
                     }),
                     Err(m) => self.err(&format!("{fp}.type"), m),
                 }
@@ -1007,6 +1085,7 @@ impl Cx {
         let has_rules = rules.is_some_and(|r| !l7_is_empty(r));
         let has_dns = rules.is_some_and(|r| r.dns.as_ref().is_some_and(|d| !d.is_empty()));
         let mut notes = Vec::new();
+        let mut tls = None;
         if let Some(a) = allow {
             if ingress && has_dns {
                 self.err(
@@ -1038,19 +1117,60 @@ impl Cx {
             if !sni.is_empty() {
                 notes.push(format!("serverNames {}", sni.join(",")));
             }
-            for (name, tls) in [
+            let mut sources = [None, None];
+            for (slot, (name, ctx)) in sources.iter_mut().zip([
                 ("terminatingTLS", &a.terminating_tls),
                 ("originatingTLS", &a.originating_tls),
-            ] {
-                if let Some(t) = tls {
+            ]) {
+                if let Some(t) = ctx {
                     if t.secret.name.is_empty() {
                         self.err(
                             &format!("{path}.{name}.secret.name"),
                             "must not be empty".into(),
                         );
                     }
-                    notes.push(format!("{name} secret {}", t.secret.name));
+                    for (key, v) in [
+                        ("certificate", &t.certificate),
+                        ("privateKey", &t.private_key),
+                        ("trustedCA", &t.trusted_ca),
+                    ] {
+                        if v.as_deref() == Some("") {
+                            self.err(
+                                &format!("{path}.{name}.{key}"),
+                                "must not be empty when given (omit it for the default item)"
+                                    .into(),
+                            );
+                        }
+                    }
+                    // A reference that names no namespace means the policy's own
+                    // (`default` for cluster-wide policies).
+                    let namespace = t
+                        .secret
+                        .namespace
+                        .clone()
+                        .filter(|n| !n.is_empty())
+                        .or_else(|| self.namespace.clone())
+                        .unwrap_or_else(|| "default".to_owned());
+                    notes.push(format!("{name} secret {namespace}/{}", t.secret.name));
+                    *slot = Some(TlsSource::Secret {
+                        namespace,
+                        name: t.secret.name.clone(),
+                        certificate: t.certificate.clone(),
+                        private_key: t.private_key.clone(),
+                        trusted_ca: t.trusted_ca.clone(),
+                    });
                 }
+            }
+            let [terminating, originating] = sources;
+            if !sni.is_empty() || terminating.is_some() || originating.is_some() {
+                tls = Some(Arc::new(PortTls {
+                    server_names: sni
+                        .iter()
+                        .map(|n| n.trim_end_matches('.').to_ascii_lowercase())
+                        .collect(),
+                    terminating,
+                    originating,
+                }));
             }
             if let Some(l) = &a.listener {
                 if ingress {
@@ -1140,6 +1260,7 @@ impl Cx {
                 ports,
                 l7: l7.clone(),
                 notes: notes.clone(),
+                tls: tls.clone(),
             });
         }
     }

@@ -31,6 +31,9 @@ pub struct TraceRequest {
     pub named_ports: NamedPorts,
     /// HTTP request, if the flow is HTTP.
     pub http: Option<TraceHttp>,
+    /// The server name the flow's TLS ClientHello indicates (`None`: not TLS, or no SNI);
+    /// rules with serverNames apply only when it is one of theirs, as in the proxy.
+    pub sni: Option<String>,
 }
 
 /// The HTTP part of a traced flow.
@@ -223,7 +226,10 @@ pub fn trace(
     let mut sides: Vec<(Direction, Side)> = Vec::new();
     if src_ep {
         if let Some(res) = engine.resolved("source") {
-            let conn = res.egress.connection(dst_id, req.proto, req.dport);
+            let conn = res
+                .egress
+                .connection_sni(dst_id, req.proto, req.dport, req.sni.as_deref());
+            note_tls(&res.egress, "egress", dst_id, req, &mut lines);
             sides.push((
                 Direction::Egress,
                 side(Direction::Egress, &conn, req, &mut caveats),
@@ -235,7 +241,10 @@ pub fn trace(
     }
     if dst_ep {
         if let Some(res) = engine.resolved("destination") {
-            let conn = res.ingress.connection(src_id, req.proto, req.dport);
+            let conn = res
+                .ingress
+                .connection_sni(src_id, req.proto, req.dport, req.sni.as_deref());
+            note_tls(&res.ingress, "ingress", src_id, req, &mut lines);
             sides.push((
                 Direction::Ingress,
                 side(Direction::Ingress, &conn, req, &mut caveats),
@@ -390,6 +399,37 @@ fn side(
                     mk(Verdict::Denied, entries.first().copied(), None, lines)
                 }
             }
+        }
+    }
+}
+
+/// On a port whose rules carry serverNames or TLS contexts, says which SNI the flow was
+/// traced with and what the proxy does with its TLS.
+fn note_tls(
+    dp: &crate::resolve::DirectionPolicy,
+    d: &str,
+    remote: Identity,
+    req: &TraceRequest,
+    lines: &mut Vec<String>,
+) {
+    if !dp.inspects_tls(req.proto, req.dport) {
+        return;
+    }
+    let sni = req.sni.as_deref();
+    lines.push(match sni {
+        Some(s) => format!("{d}: TLS rules on this port; SNI {s:?}"),
+        None => format!(
+            "{d}: TLS rules on this port; traced without TLS SNI (rules with serverNames do not apply)"
+        ),
+    });
+    if let Some(t) = dp.tls_for(remote, req.proto, req.dport, sni) {
+        if let Some(src) = &t.terminating {
+            lines.push(format!("{d}: the proxy terminates TLS with {src}"));
+        }
+        if let Some(src) = &t.originating {
+            lines.push(format!(
+                "{d}: the proxy originates TLS, verifying the destination with {src}"
+            ));
         }
     }
 }

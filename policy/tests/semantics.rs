@@ -34,6 +34,7 @@ struct Flow<'a> {
     host: Option<&'a str>,
     headers: &'a [(&'a str, &'a str)],
     named: &'a [(&'a str, u16)],
+    sni: Option<&'a str>,
 }
 
 fn flow<'a>(src: &'a str, dst: &'a str, port: u16) -> Flow<'a> {
@@ -48,6 +49,7 @@ fn flow<'a>(src: &'a str, dst: &'a str, port: u16) -> Flow<'a> {
         host: None,
         headers: &[],
         named: &[],
+        sni: None,
     }
 }
 
@@ -64,6 +66,7 @@ fn run(p: &[Arc<CompiledPolicy>], f: &Flow<'_>) -> TraceResult {
             .iter()
             .map(|(n, p)| (n.to_string(), [*p].into_iter().collect()))
             .collect(),
+        sni: f.sni.map(Into::into),
         http: f.http.map(|(m, path)| TraceHttp {
             method: m.into(),
             path: path.into(),
@@ -880,4 +883,49 @@ spec:
         "{:?}",
         r.caveats
     );
+}
+
+#[test]
+fn server_names_restrict_rules_to_tls_with_those_names() {
+    // Cilium: with serverNames, TLS must be present and one of the names indicated.
+    let sni_rule = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: sni, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {org: empire, class: deathstar}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {org: empire}}]
+    toPorts:
+    - ports: [{port: "443", protocol: TCP}]
+      serverNames: [deathstar.example]
+      terminatingTLS: {secret: {name: ds-tls}}
+      rules: {http: [{method: GET, path: /v1/.*}]}
+"#;
+    let p = policies(&[sni_rule]);
+    let get = |sni| Flow {
+        http: Some(("GET", "/v1/x")),
+        sni,
+        ..flow(TIEFIGHTER, DEATHSTAR, 443)
+    };
+    let r = run(&p, &get(Some("DeathStar.example")));
+    check(
+        "admitted name",
+        &r,
+        "allowed",
+        "default/sni spec.ingress[0]",
+    );
+    assert!(
+        r.explanation
+            .contains("ingress: the proxy terminates TLS with secret default/ds-tls"),
+        "{}",
+        r.explanation
+    );
+    check(
+        "another name",
+        &run(&p, &get(Some("other.example"))),
+        "denied",
+        "",
+    );
+    check("no TLS", &run(&p, &get(None)), "denied", "");
 }

@@ -159,6 +159,14 @@ pub struct Config {
     /// `:authority`); default: the request's own authority.
     #[arg(long, env = "MEMBRANE_UPSTREAM_SERVER_NAME")]
     pub upstream_server_name: Option<String>,
+    /// Directory of Kubernetes `Secret` manifests (YAML/JSON; `data` base64, `stringData`
+    /// plain) that policies' `terminatingTLS` / `originatingTLS` name by namespace and
+    /// name. Re-scanned every `--secrets-poll-interval` and on SIGHUP.
+    #[arg(long, env = "MEMBRANE_SECRETS_DIR")]
+    pub secrets_dir: Option<PathBuf>,
+    /// How often `--secrets-dir` is checked for changed files.
+    #[arg(long, env = "MEMBRANE_SECRETS_POLL_INTERVAL", value_parser = parse_duration, default_value = "1s")]
+    pub secrets_poll_interval: Duration,
     /// Log filter for diagnostics (stderr), `RUST_LOG` syntax.
     #[arg(long, env = "MEMBRANE_LOG", default_value = "info")]
     pub log: String,

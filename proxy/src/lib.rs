@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod normalize;
 pub mod orig_dst;
 pub mod policy;
+pub mod secrets;
 pub mod server;
 pub mod tls;
 pub mod upstream;
@@ -63,6 +64,8 @@ pub struct Running {
     pub metrics: Arc<Metrics>,
     /// The serving certificate when the listener terminates TLS; `reload` re-reads its files.
     pub tls: Option<Arc<tls::CertStore>>,
+    /// Secrets for policy-driven TLS; `reload` re-scans `--secrets-dir`.
+    pub secrets: Arc<secrets::SecretStore>,
     admin: Arc<AdminState>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -124,10 +127,16 @@ pub async fn start(
     let upstream_tls = match (&cfg.upstream_tls, &cfg.upstream_ca) {
         (true, Some(ca)) => Some(upstream::UpstreamTls {
             roots: Arc::new(upstream::load_roots(ca)?),
+            client_cert: None,
         }),
         (true, None) => anyhow::bail!("--upstream-tls needs --upstream-ca"),
         _ => None,
     };
+    let (secrets, secret_errors) = secrets::SecretStore::new(cfg.secrets_dir.clone());
+    for e in &secret_errors {
+        tracing::error!(error = %e, "secret rejected");
+    }
+    let secrets = Arc::new(secrets);
     let shared = Arc::new(Shared::new(
         settings,
         policy.clone(),
@@ -135,6 +144,7 @@ pub async fn start(
         cfg.connect_timeout,
         acceptor,
         upstream_tls.as_ref(),
+        secrets.clone(),
     )?);
     let admin = Arc::new(AdminState {
         listen: addrs.listen,
@@ -154,6 +164,7 @@ pub async fn start(
     });
     let (tx, rx) = watch::channel(false);
     let mut tasks = Vec::new();
+    tasks.extend(secrets.spawn_watch(cfg.secrets_poll_interval, rx.clone()));
     if let Some(l) = capture_l {
         let delivery = server::Delivery::OriginalPort {
             host: cfg.capture_inbound_host,
@@ -238,6 +249,7 @@ pub async fn start(
         policy,
         metrics,
         tls: cert_store,
+        secrets,
         admin,
         shutdown: tx,
         tasks,

@@ -106,6 +106,9 @@ async fn run(cfg: Config, log_control: membrane_proxy::admin::LogControl) -> any
                         Err(e) => tracing::error!(error = %e, "TLS certificate reload rejected; previous one stays in use"),
                     }
                 }
+                for e in running.secrets.reload() {
+                    tracing::error!(error = %e, "secret rejected; previous content stays in use");
+                }
                 if xds {
                     tracing::info!("policy comes from xDS; SIGHUP reloads certificates only");
                     continue;

@@ -30,6 +30,33 @@ pub struct RequestLabels {
     pub code: u16,
 }
 
+/// Why a connection on a port with TLS rules was refused.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum TlsRefusal {
+    /// No (complete, valid) ClientHello or plaintext request in time.
+    no_client_hello,
+    /// The policy admits no rule for this peer with this SNI (or without TLS).
+    denied,
+    /// The rule's certificate was never usable.
+    no_certificate,
+    /// The TLS handshake with the client failed (e.g. a required client certificate).
+    handshake_failed,
+    /// Plaintext on a port that terminates TLS.
+    plaintext,
+    /// TLS on a port whose rules need to see inside it but do not terminate it.
+    not_terminated,
+    /// The rule's originating material (trusted CA) was never usable.
+    no_origination,
+}
+
+/// Labels of `membrane_tls_refused_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TlsRefusalLabels {
+    /// Why.
+    pub reason: TlsRefusal,
+}
+
 /// All metrics of one proxy process.
 pub struct Metrics {
     registry: Registry,
@@ -45,6 +72,7 @@ pub struct Metrics {
     invalid: AtomicU64,
     active: AtomicI64,
     policy_reload_failures: Counter,
+    tls_refused: Family<TlsRefusalLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -99,6 +127,12 @@ impl Metrics {
             "Policy updates rejected (the last good policy stays in force)",
             policy_reload_failures.clone(),
         );
+        let tls_refused = Family::<TlsRefusalLabels, Counter>::default();
+        registry.register(
+            "tls_refused",
+            "Connections refused on ports with TLS rules, by reason",
+            tls_refused.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -112,7 +146,15 @@ impl Metrics {
             invalid: AtomicU64::new(0),
             active: AtomicI64::new(0),
             policy_reload_failures,
+            tls_refused,
         }
+    }
+
+    /// A connection on a port with TLS rules was refused.
+    pub fn tls_refused(&self, reason: TlsRefusal) {
+        self.tls_refused
+            .get_or_create(&TlsRefusalLabels { reason })
+            .inc();
     }
 
     /// Records a finished request (response head sent).

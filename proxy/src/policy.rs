@@ -18,6 +18,23 @@ pub struct RequestView<'a> {
     pub host: Option<&'a str>,
     /// Request headers.
     pub headers: &'a HeaderMap,
+    /// The server name the connection's TLS ClientHello indicated (`None`: plaintext, or
+    /// no SNI); rules with serverNames apply only when it is one of theirs.
+    pub sni: Option<&'a str>,
+}
+
+pub use membrane_policy::rule::{PortTls, TlsSource};
+
+/// What the policy says about a connection on a port whose rules carry serverNames or TLS
+/// contexts, once its ClientHello (if any) has been read.
+#[derive(Debug, Clone)]
+pub struct TlsPlan {
+    /// The connection verdict when no HTTP rules apply to it (`None`: each request is
+    /// checked).
+    pub l4: Option<Checked>,
+    /// The TLS contexts to apply: terminate with `terminating`, originate to the upstream
+    /// with `originating`.
+    pub tls: Option<Arc<PortTls>>,
 }
 
 pub use membrane_policy::http::HeaderAction;
@@ -55,6 +72,7 @@ pub use membrane_policy::Direction;
 
 type CheckFn = dyn Fn(IpAddr, Direction, u16, &RequestView<'_>) -> Checked + Send + Sync;
 type L4Fn = dyn Fn(IpAddr, Direction, u16) -> Option<Checked> + Send + Sync;
+type TlsFn = dyn Fn(IpAddr, Direction, u16, Option<&str>) -> Option<TlsPlan> + Send + Sync;
 
 /// One immutable policy snapshot, as enforced.
 pub struct Enforcer {
@@ -62,6 +80,9 @@ pub struct Enforcer {
     /// For ports without HTTP rules, the connection verdict: such connections are checked
     /// once at L3/L4 and spliced opaquely.
     l4: Option<Box<L4Fn>>,
+    /// For ports whose rules carry serverNames or TLS contexts, the plan for a connection
+    /// given its SNI; `None` for other ports.
+    tls: Option<Box<TlsFn>>,
     summary: serde_json::Value,
 }
 
@@ -75,6 +96,7 @@ impl Enforcer {
         Enforcer {
             check: Box::new(move |ip, _dir, _port, req| f(ip, req)),
             l4: None,
+            tls: None,
             summary,
         }
     }
@@ -84,6 +106,19 @@ impl Enforcer {
     /// destination (egress); `port` is the endpoint's port (ingress) or the destination's.
     pub fn check_l4(&self, remote: IpAddr, dir: Direction, port: u16) -> Option<Checked> {
         self.l4.as_ref().and_then(|f| f(remote, dir, port))
+    }
+
+    /// For a port whose rules carry serverNames or TLS contexts (so the ClientHello must
+    /// be read first), the plan for a connection that indicated `sni`; `None` for every
+    /// other port (see [`Enforcer::check_l4`] for `remote`, `dir` and `port`).
+    pub fn tls_plan(
+        &self,
+        remote: IpAddr,
+        dir: Direction,
+        port: u16,
+        sni: Option<&str>,
+    ) -> Option<TlsPlan> {
+        self.tls.as_ref().and_then(|f| f(remote, dir, port, sni))
     }
 
     /// The verdict for `req` (see [`Enforcer::check_l4`] for `remote`, `dir` and `port`).
@@ -101,6 +136,50 @@ impl Enforcer {
     pub fn summary(&self) -> &serde_json::Value {
         &self.summary
     }
+}
+
+/// The [`TlsPlan`] for `remote` on `port` with `sni`, or `None` when no rule on the port
+/// carries TLS settings. `origin` names the rule that decided.
+fn plan_tls(
+    dp: &membrane_policy::resolve::DirectionPolicy,
+    remote: membrane_policy::Identity,
+    local: u32,
+    port: u16,
+    sni: Option<&str>,
+    origin: impl Fn(&membrane_policy::resolve::PeerEntry) -> String,
+) -> Option<TlsPlan> {
+    use membrane_policy::{ConnPolicy, Proto};
+    if !dp.inspects_tls(Proto::Tcp, port) {
+        return None;
+    }
+    let conn = dp.connection_sni(remote, Proto::Tcp, port, sni);
+    let l4 = (!conn.needs_http()).then(|| {
+        let decision = match &conn {
+            ConnPolicy::Denied(by) => Decision::Deny {
+                decided_by: by.map(&origin).unwrap_or_else(|| {
+                    "no rule allows this peer on this port with this server name (default deny)"
+                        .to_owned()
+                }),
+            },
+            ConnPolicy::Allowed(Some(e)) | ConnPolicy::UnenforcedL7(e) => Decision::Allow {
+                decided_by: origin(e),
+                header_actions: vec![],
+            },
+            _ => Decision::Allow {
+                decided_by: "default".to_owned(),
+                header_actions: vec![],
+            },
+        };
+        Checked {
+            remote_identity: remote.0,
+            local_identity: local,
+            decision,
+        }
+    });
+    Some(TlsPlan {
+        l4,
+        tls: dp.tls_for(remote, Proto::Tcp, port, sni).cloned(),
+    })
 }
 
 /// The current snapshot; swapping it is atomic, and a request loads it exactly once.
@@ -289,7 +368,7 @@ pub fn load(cfg: &crate::config::Config) -> Result<Enforcer, LoadError> {
         let ipcache = ipcache.clone();
         Some(Box::new(move |ip: IpAddr, dir: Direction, port: u16| {
             let policy = resolved.direction(dir);
-            if policy.has_http_on(Proto::Tcp, port) {
+            if policy.has_http_on(Proto::Tcp, port) || policy.inspects_tls(Proto::Tcp, port) {
                 return None;
             }
             let remote = ipcache.lookup(ip);
@@ -317,10 +396,28 @@ pub fn load(cfg: &crate::config::Config) -> Result<Enforcer, LoadError> {
             })
         }))
     };
+    let tls: Box<TlsFn> = {
+        let resolved = resolved.clone();
+        let ipcache = ipcache.clone();
+        Box::new(
+            move |ip: IpAddr, dir: Direction, port: u16, sni: Option<&str>| {
+                plan_tls(
+                    resolved.direction(dir),
+                    ipcache.lookup(ip),
+                    identity.0,
+                    port,
+                    sni,
+                    |e| e.origin.to_string(),
+                )
+            },
+        )
+    };
     let check_ipcache = ipcache.clone();
     let check = move |ip: IpAddr, dir: Direction, port: u16, req: &RequestView<'_>| {
         let remote = check_ipcache.lookup(ip);
-        let conn = resolved.direction(dir).connection(remote, Proto::Tcp, port);
+        let conn = resolved
+            .direction(dir)
+            .connection_sni(remote, Proto::Tcp, port, req.sni);
         let dec = conn.check_http(&membrane_policy::http::HttpRequest {
             method: req.method,
             path: req.path,
@@ -351,6 +448,7 @@ pub fn load(cfg: &crate::config::Config) -> Result<Enforcer, LoadError> {
     Ok(Enforcer {
         check: Box::new(check),
         l4,
+        tls: Some(tls),
         summary,
     })
 }
@@ -385,12 +483,14 @@ pub mod npds {
         ConnPolicy, DirectionPolicy, PeerEntry, PortEntry, Remotes, RuleOrigin,
         Verdict as PolicyVerdict,
     };
-    use membrane_policy::rule::{PolicyKey, PolicyKind, PortMatch, Proto, L7 as PolicyL7};
+    use membrane_policy::rule::{
+        PolicyKey, PolicyKind, PortMatch, PortTls, Proto, TlsSource, L7 as PolicyL7,
+    };
     use membrane_xds::proto::{
         header_match::{MatchAction, MismatchAction},
         port_network_policy_rule::{Verdict, L7},
         HttpNetworkPolicyRule, NetworkPolicy, NetworkPolicyHosts, PortNetworkPolicy,
-        PortNetworkPolicyRule,
+        PortNetworkPolicyRule, TlsContext,
     };
 
     use super::{Checked, Decision, Direction, Enforcer, RequestView};
@@ -594,12 +694,7 @@ pub mod npds {
                 ))
             }
         };
-        if r.downstream_tls_context.is_some() || r.upstream_tls_context.is_some() {
-            return Err(err(
-                at.to_owned(),
-                "TLS contexts in NPDS are not supported".into(),
-            ));
-        }
+        let tls = port_tls(r, err, at)?;
         let http = match &r.l7 {
             None => None,
             Some(L7::HttpRules(h)) => Some(
@@ -654,7 +749,114 @@ pub mod npds {
             auth: None,
             unresolved: vec![],
             notes: vec![],
+            tls,
         })
+    }
+
+    /// An NPDS `TLSContext` → where its material comes from: the PEM it carries, or else
+    /// the SDS secret it names (`namespace/name`, resolved in `--secrets-dir`).
+    fn tls_source(
+        ctx: &TlsContext,
+        downstream: bool,
+        err: &dyn Fn(String, String) -> NpdsError,
+        at: &str,
+    ) -> Result<TlsSource, NpdsError> {
+        let TlsContext {
+            trusted_ca,
+            certificate_chain,
+            private_key,
+            // The rule's own server_names decide which connections it applies to.
+            server_names: _,
+            validation_context_sds_secret,
+            tls_sds_secret,
+            // The proxy offers h2 and http/1.1 downstream and picks upstream by protocol.
+            alpn_protocols: _,
+        } = ctx;
+        if !trusted_ca.is_empty() || !certificate_chain.is_empty() || !private_key.is_empty() {
+            if downstream && (certificate_chain.is_empty() || private_key.is_empty()) {
+                return Err(err(
+                    at.to_owned(),
+                    "a downstream TLS context needs both certificate_chain and private_key".into(),
+                ));
+            }
+            if !downstream && trusted_ca.is_empty() {
+                return Err(err(
+                    format!("{at}.trusted_ca"),
+                    "an upstream TLS context needs trust anchors (TLS is never originated unverified)".into(),
+                ));
+            }
+            return Ok(TlsSource::Inline {
+                trusted_ca: trusted_ca.clone(),
+                certificate_chain: certificate_chain.clone(),
+                private_key: private_key.clone(),
+            });
+        }
+        let (field, name) = match (downstream, tls_sds_secret, validation_context_sds_secret) {
+            (true, n, _) if !n.is_empty() => ("tls_sds_secret", n),
+            (false, _, n) if !n.is_empty() => ("validation_context_sds_secret", n),
+            (_, a, _) if !a.is_empty() => ("tls_sds_secret", a),
+            (_, _, b) if !b.is_empty() => ("validation_context_sds_secret", b),
+            _ => {
+                return Err(err(
+                    at.to_owned(),
+                    "TLS context carries neither PEM material nor a secret name".into(),
+                ))
+            }
+        };
+        let (namespace, name) = match name.split_once('/') {
+            Some((ns, n)) if !ns.is_empty() && !n.is_empty() && !n.contains('/') => (ns, n),
+            None if !name.is_empty() => ("default", name.as_str()),
+            _ => {
+                return Err(err(
+                    format!("{at}.{field}"),
+                    format!("{name:?} is not a secret name (expected NAMESPACE/NAME)"),
+                ))
+            }
+        };
+        Ok(TlsSource::Secret {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            certificate: None,
+            private_key: None,
+            trusted_ca: None,
+        })
+    }
+
+    fn port_tls(
+        r: &PortNetworkPolicyRule,
+        err: &dyn Fn(String, String) -> NpdsError,
+        at: &str,
+    ) -> Result<Option<std::sync::Arc<PortTls>>, NpdsError> {
+        let terminating = r
+            .downstream_tls_context
+            .as_ref()
+            .map(|c| tls_source(c, true, err, &format!("{at}.downstream_tls_context")))
+            .transpose()?;
+        let originating = r
+            .upstream_tls_context
+            .as_ref()
+            .map(|c| tls_source(c, false, err, &format!("{at}.upstream_tls_context")))
+            .transpose()?;
+        for (i, n) in r.server_names.iter().enumerate() {
+            if n.is_empty() {
+                return Err(err(
+                    format!("{at}.server_names[{i}]"),
+                    "empty server name".into(),
+                ));
+            }
+        }
+        if r.server_names.is_empty() && terminating.is_none() && originating.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(std::sync::Arc::new(PortTls {
+            server_names: r
+                .server_names
+                .iter()
+                .map(|n| n.trim_end_matches('.').to_ascii_lowercase())
+                .collect(),
+            terminating,
+            originating,
+        })))
     }
 
     fn ports(
@@ -754,9 +956,12 @@ pub mod npds {
             remote: u32,
             req: Option<&RequestView<'_>>,
         ) -> Decision {
-            let conn = self
-                .direction(dir)
-                .connection(Identity(remote), Proto::Tcp, port);
+            let conn = self.direction(dir).connection_sni(
+                Identity(remote),
+                Proto::Tcp,
+                port,
+                req.and_then(|r| r.sni),
+            );
             let denied_l4 = matches!(conn, ConnPolicy::Denied(None));
             let dec = match req {
                 Some(req) => conn.check_http(&membrane_policy::http::HttpRequest {
@@ -849,7 +1054,7 @@ pub mod npds {
         let ipcache = std::sync::Arc::new(ipcache);
         let (t4, c4) = (t.clone(), ipcache.clone());
         let l4 = move |ip: IpAddr, dir: Direction, port: u16| {
-            if t4.has_http(dir, port) {
+            if t4.has_http(dir, port) || t4.direction(dir).inspects_tls(Proto::Tcp, port) {
                 return None;
             }
             let remote = c4.lookup(ip).0;
@@ -859,6 +1064,7 @@ pub mod npds {
                 decision: t4.decide(dir, port, remote, None),
             })
         };
+        let (tt, tc) = (t.clone(), ipcache.clone());
         let check = move |ip: IpAddr, dir: Direction, port: u16, req: &RequestView<'_>| {
             let remote = ipcache.lookup(ip).0;
             Checked {
@@ -867,9 +1073,15 @@ pub mod npds {
                 decision: t.decide(dir, port, remote, Some(req)),
             }
         };
+        let tls = move |ip: IpAddr, dir: Direction, port: u16, sni: Option<&str>| {
+            super::plan_tls(tt.direction(dir), tc.lookup(ip), local, port, sni, |e| {
+                e.origin.rule.clone()
+            })
+        };
         Ok(Enforcer {
             check: Box::new(check),
             l4: Some(Box::new(l4)),
+            tls: Some(Box::new(tls)),
             summary,
         })
     }
@@ -891,6 +1103,11 @@ pub mod npds {
                             PolicyL7::Http(h) => Some(h.iter().map(|x| x.to_string()).collect::<Vec<_>>()),
                             _ => None,
                         },
+                        "tls": r.tls.as_ref().map(|t| serde_json::json!({
+                            "server_names": t.server_names,
+                            "terminating": t.terminating.as_ref().map(|s| s.to_string()),
+                            "originating": t.originating.as_ref().map(|s| s.to_string()),
+                        })),
                     })).collect::<Vec<_>>(),
                 })
             })
@@ -984,6 +1201,7 @@ pub mod npds {
                 path,
                 host: None,
                 headers: &headers,
+                sni: None,
             };
             let ip = from.parse().unwrap();
             let c = match e.check_l4(ip, Direction::Ingress, port) {
@@ -1036,6 +1254,85 @@ pub mod npds {
                     "{from} :{p} {m} {path}"
                 );
             }
+        }
+
+        #[test]
+        fn npds_tls_contexts_and_server_names() {
+            let mut terminate = rule(&[100], false, Some(vec![http("GET", "/.*")]));
+            terminate.server_names = vec!["A.test".into()];
+            terminate.downstream_tls_context = Some(TlsContext {
+                tls_sds_secret: "shop/front".into(),
+                ..Default::default()
+            });
+            terminate.upstream_tls_context = Some(TlsContext {
+                trusted_ca: "PEM".into(),
+                ..Default::default()
+            });
+            let mut sni_only = rule(&[], false, None);
+            sni_only.server_names = vec!["b.test".into()];
+            let e = enforcer(vec![
+                port(443, 0, vec![terminate]),
+                port(8443, 0, vec![sni_only]),
+            ])
+            .unwrap();
+            let peer: IpAddr = "10.0.0.3".parse().unwrap();
+            let plan = e
+                .tls_plan(peer, Direction::Ingress, 443, Some("a.test"))
+                .unwrap();
+            assert!(plan.l4.is_none(), "HTTP rules decide per request");
+            let tls = plan.tls.unwrap();
+            assert_eq!(
+                tls.terminating,
+                Some(TlsSource::Secret {
+                    namespace: "shop".into(),
+                    name: "front".into(),
+                    certificate: None,
+                    private_key: None,
+                    trusted_ca: None,
+                })
+            );
+            assert!(
+                matches!(&tls.originating, Some(TlsSource::Inline { trusted_ca, .. }) if trusted_ca == "PEM")
+            );
+            // Another SNI: the rule does not apply, so nothing allows the peer.
+            let plan = e
+                .tls_plan(peer, Direction::Ingress, 443, Some("c.test"))
+                .unwrap();
+            assert!(matches!(plan.l4.unwrap().decision, Decision::Deny { .. }));
+            // serverNames alone: an SNI check without termination.
+            let verdict = |sni| {
+                e.tls_plan("10.9.9.9".parse().unwrap(), Direction::Ingress, 8443, sni)
+                    .unwrap()
+                    .l4
+                    .unwrap()
+                    .decision
+            };
+            assert!(matches!(verdict(Some("b.test")), Decision::Allow { .. }));
+            assert!(matches!(verdict(Some("a.test")), Decision::Deny { .. }));
+            assert!(matches!(verdict(None), Decision::Deny { .. }));
+            // Ports without TLS rules are not inspected.
+            assert!(e.tls_plan(peer, Direction::Ingress, 80, None).is_none());
+            // Unusable contexts are NACKed with the field named.
+            let mut bad = rule(&[100], false, None);
+            bad.downstream_tls_context = Some(TlsContext {
+                certificate_chain: "PEM".into(),
+                ..Default::default()
+            });
+            let msg = enforcer(vec![port(443, 0, vec![bad])])
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(msg.contains("rules[0].downstream_tls_context: a downstream TLS context needs both certificate_chain and private_key"), "{msg}");
+            let mut bad = rule(&[100], false, None);
+            bad.upstream_tls_context = Some(TlsContext {
+                validation_context_sds_secret: "a/b/c".into(),
+                ..Default::default()
+            });
+            let msg = enforcer(vec![port(443, 0, vec![bad])])
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(msg.contains("upstream_tls_context.validation_context_sds_secret: \"a/b/c\" is not a secret name"), "{msg}");
         }
 
         #[test]

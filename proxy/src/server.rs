@@ -71,6 +71,10 @@ pub struct Shared {
     connect_timeout: Duration,
     upstream_tls: Option<crate::upstream::UpstreamTls>,
     capture_upstreams: std::sync::Mutex<std::collections::HashMap<SocketAddr, Upstreams>>,
+    /// TLS material for policy-driven termination and origination.
+    secrets: Arc<crate::secrets::SecretStore>,
+    /// Pooled clients per (destination, originating TLS material).
+    origin_upstreams: std::sync::Mutex<std::collections::HashMap<(SocketAddr, u64), Upstreams>>,
 }
 
 impl Shared {
@@ -82,6 +86,7 @@ impl Shared {
         connect_timeout: Duration,
         tls: Option<tokio_rustls::TlsAcceptor>,
         upstream_tls: Option<&crate::upstream::UpstreamTls>,
+        secrets: Arc<crate::secrets::SecretStore>,
     ) -> Result<Self, rustls::Error> {
         let upstreams = Upstreams::new(settings.upstream, connect_timeout, upstream_tls)?;
         let connections = Arc::new(Semaphore::new(settings.max_connections));
@@ -95,6 +100,8 @@ impl Shared {
             connect_timeout,
             upstream_tls: upstream_tls.cloned(),
             capture_upstreams: Default::default(),
+            secrets,
+            origin_upstreams: Default::default(),
         })
     }
 }
@@ -122,6 +129,11 @@ pub struct Route {
     target: SocketAddr,
     upstreams: Upstreams,
     dir: Direction,
+    /// Requests go upstream over TLS.
+    https: bool,
+    /// Name the upstream certificate is verified against (and sent as SNI), instead of
+    /// the request's authority.
+    server_name: Option<Arc<str>>,
 }
 
 impl Route {
@@ -142,6 +154,8 @@ impl Shared {
                 target: self.settings.upstream,
                 upstreams: self.upstreams.clone(),
                 dir: Direction::Ingress,
+                https: self.settings.upstream_tls,
+                server_name: self.settings.upstream_server_name.as_deref().map(Arc::from),
             }),
             Delivery::OriginalPort { .. } | Delivery::OriginalDestination => {
                 let local = stream.local_addr().ok()?;
@@ -175,9 +189,50 @@ impl Shared {
                     target,
                     upstreams,
                     dir,
+                    https: self.settings.upstream_tls,
+                    server_name: self.settings.upstream_server_name.as_deref().map(Arc::from),
                 })
             }
         }
+    }
+
+    /// `route` re-pointed to originate TLS with the material of `src`, verifying the
+    /// upstream as `server_name` (the client's SNI) when given.
+    fn originating(
+        &self,
+        mut route: Route,
+        src: &crate::policy::TlsSource,
+        server_name: Option<&str>,
+    ) -> Result<Route, String> {
+        let material = self.secrets.client_tls(src).map_err(|e| e.to_string())?;
+        let key = (route.target, material.id);
+        let mut cache = self
+            .origin_upstreams
+            .lock()
+            .map_err(|_| "upstream cache poisoned".to_owned())?;
+        let upstreams = match cache.get(&key) {
+            Some(u) => u.clone(),
+            None => {
+                let tls = crate::upstream::UpstreamTls {
+                    roots: material.roots.clone(),
+                    client_cert: material.client_cert.clone(),
+                };
+                let u = Upstreams::new(route.target, self.connect_timeout, Some(&tls))
+                    .map_err(|e| e.to_string())?;
+                // Each secret change makes a new key; bound what old material can hold.
+                if cache.len() >= 256 {
+                    cache.clear();
+                }
+                cache.insert(key, u.clone());
+                u
+            }
+        };
+        route.upstreams = upstreams;
+        route.https = true;
+        if let Some(n) = server_name {
+            route.server_name = Some(Arc::from(n));
+        }
+        Ok(route)
     }
 }
 
@@ -227,6 +282,8 @@ pub async fn accept_loop(
 struct ConnState {
     peer: SocketAddr,
     route: Route,
+    /// SNI of the connection's TLS ClientHello, when it had one.
+    sni: Option<Arc<str>>,
     in_flight: AtomicUsize,
     started: AtomicU64,
 }
@@ -249,12 +306,13 @@ async fn sniff<I: AsyncRead + Unpin>(stream: &mut I) -> std::io::Result<Option<B
 }
 
 /// An L4-only port: one verdict per connection, then bytes are copied both ways unparsed.
-async fn splice(
-    mut stream: TcpStream,
+async fn splice<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
     peer: SocketAddr,
     target: SocketAddr,
     shared: &Shared,
     checked: crate::policy::Checked,
+    prefix: Bytes,
 ) {
     let started = Instant::now();
     if let Decision::Deny { decided_by } = &checked.decision {
@@ -280,6 +338,13 @@ async fn splice(
         }
     };
     let _ = upstream.set_nodelay(true);
+    if !prefix.is_empty() {
+        // Bytes read while looking for a ClientHello go first.
+        use tokio::io::AsyncWriteExt;
+        if upstream.write_all(&prefix).await.is_err() {
+            return;
+        }
+    }
     let copied = tokio::io::copy_bidirectional(&mut stream, &mut upstream).await;
     if shared.settings.access_log {
         let (up, down) = copied.unwrap_or_default();
@@ -304,23 +369,141 @@ async fn serve_connection(
     shutdown: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
-    let l4 = shared
-        .policy
-        .load()
-        .check_l4(route.remote(peer), route.dir, route.target.port());
+    let policy = shared.policy.load();
+    let (remote, port) = (route.remote(peer), route.target.port());
+    // A port whose rules carry serverNames or TLS contexts: the ClientHello decides.
+    if policy.tls_plan(remote, route.dir, port, None).is_some() {
+        drop(policy);
+        return serve_policy_tls(stream, peer, route, shared, shutdown).await;
+    }
+    let l4 = policy.check_l4(remote, route.dir, port);
+    drop(policy);
     if let Some(checked) = l4 {
-        return splice(stream, peer, route.target, shared, checked).await;
+        return splice(stream, peer, route.target, shared, checked, Bytes::new()).await;
     }
     match &shared.tls {
-        None => serve_http(stream, peer, route, shared, shutdown).await,
+        None => serve_http(stream, peer, route, None, shared, shutdown).await,
         Some(acceptor) => {
             let timeout = shared.settings.header_read_timeout;
             match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => serve_http(tls, peer, route, shared, shutdown).await,
+                Ok(Ok(tls)) => {
+                    let sni = tls.get_ref().1.server_name().map(Arc::from);
+                    serve_http(tls, peer, route, sni, shared, shutdown).await
+                }
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
         }
+    }
+}
+
+/// A connection on a port whose rules carry serverNames or TLS contexts: read the
+/// ClientHello (without answering it), let the policy decide with its SNI, then splice,
+/// terminate (with the rule's certificate) or serve plaintext HTTP, originating TLS
+/// upstream when the rule says so. TLS the policy needs but cannot get (no ClientHello,
+/// no usable certificate) refuses the connection; nothing falls back to plaintext.
+async fn serve_policy_tls(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    route: Route,
+    shared: &Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let timeout = shared.settings.header_read_timeout;
+    use crate::metrics::TlsRefusal;
+    let refuse = |reason| shared.metrics.tls_refused(reason);
+    let hello =
+        match tokio::time::timeout(timeout, crate::tls::peek_client_hello(&mut stream)).await {
+            Ok(Ok(h)) => h,
+            Ok(Err(e)) => {
+                refuse(TlsRefusal::no_client_hello);
+                return tracing::debug!(%peer, error = %e, "unreadable ClientHello");
+            }
+            Err(_) => {
+                refuse(TlsRefusal::no_client_hello);
+                return tracing::debug!(%peer, "no ClientHello within header read timeout");
+            }
+        };
+    let (remote, port) = (route.remote(peer), route.target.port());
+    let plan = shared
+        .policy
+        .load()
+        .tls_plan(remote, route.dir, port, hello.sni.as_deref());
+    let Some(plan) = plan else {
+        // The policy changed under us and no longer inspects TLS here: treat as denied
+        // rather than guess; the client retries under the new policy.
+        return;
+    };
+    let stream = crate::tls::Prefixed::new(stream, hello.prefix);
+    let terminating = plan.tls.as_ref().and_then(|t| t.terminating.as_ref());
+    let originating = plan.tls.as_ref().and_then(|t| t.originating.as_ref());
+    match &plan.l4 {
+        Some(
+            denied @ crate::policy::Checked {
+                decision: Decision::Deny { .. },
+                ..
+            },
+        ) => {
+            refuse(TlsRefusal::denied);
+            return splice(
+                stream,
+                peer,
+                route.target,
+                shared,
+                denied.clone(),
+                Bytes::new(),
+            )
+            .await;
+        }
+        Some(allowed) if terminating.is_none() && originating.is_none() => {
+            // Admitted at L4 (serverNames only): bytes pass untouched.
+            let (prefix, stream) = stream.into_parts();
+            return splice(stream, peer, route.target, shared, allowed.clone(), prefix).await;
+        }
+        _ => {}
+    }
+    let sni: Option<Arc<str>> = hello.sni.as_deref().map(Arc::from);
+    let route = match originating {
+        Some(src) => match shared.originating(route, src, hello.sni.as_deref()) {
+            Ok(r) => r,
+            Err(e) => {
+                // The material's error is logged once by the secret store.
+                refuse(TlsRefusal::no_origination);
+                return tracing::debug!(%peer, error = %e, "cannot originate TLS upstream; connection refused");
+            }
+        },
+        None => route,
+    };
+    match (terminating, hello.tls) {
+        (Some(src), true) => {
+            let cfg = match shared.secrets.server_config(src) {
+                Ok(c) => c,
+                Err(e) => {
+                    refuse(TlsRefusal::no_certificate);
+                    return tracing::debug!(%peer, error = %e, "no certificate for this port; TLS handshake refused");
+                }
+            };
+            match tokio::time::timeout(timeout, crate::tls::accept_with(stream, cfg)).await {
+                Ok(Ok(tls)) => serve_http(tls, peer, route, sni, shared, shutdown).await,
+                Ok(Err(e)) => {
+                    refuse(TlsRefusal::handshake_failed);
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed")
+                }
+                Err(_) => {
+                    refuse(TlsRefusal::handshake_failed);
+                    tracing::debug!(%peer, "TLS handshake timed out")
+                }
+            }
+        }
+        (Some(_), false) => {
+            refuse(TlsRefusal::plaintext);
+            tracing::debug!(%peer, "plaintext on a port that terminates TLS; refused")
+        }
+        (None, true) => {
+            refuse(TlsRefusal::not_terminated);
+            tracing::debug!(%peer, "TLS the policy must inspect or re-originate but does not terminate; refused")
+        }
+        (None, false) => serve_http(stream, peer, route, None, shared, shutdown).await,
     }
 }
 
@@ -329,6 +512,7 @@ async fn serve_http<I>(
     mut stream: I,
     peer: SocketAddr,
     route: Route,
+    sni: Option<Arc<str>>,
     shared: &Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) where
@@ -347,6 +531,7 @@ async fn serve_http<I>(
     let state = Arc::new(ConnState {
         peer,
         route,
+        sni,
         in_flight: AtomicUsize::new(0),
         started: AtomicU64::new(0),
     });
@@ -654,6 +839,7 @@ async fn handle(
             path: &path_and_query,
             host: host.as_deref(),
             headers: req.headers(),
+            sni: conn.sni.as_deref(),
         },
     );
     let src_identity = decision.remote_identity;
@@ -698,12 +884,12 @@ async fn handle(
         .filter(|h| h.parse::<http::uri::Authority>().is_ok())
         .map(str::to_owned)
         .unwrap_or_else(|| conn.route.target.to_string());
-    let authority = match &s.upstream_server_name {
+    let authority = match &conn.route.server_name {
         Some(name) => format!("{name}:{}", conn.route.target.port()),
         None => original_authority.clone(),
     };
     let uri = match Uri::builder()
-        .scheme(if s.upstream_tls { "https" } else { "http" })
+        .scheme(if conn.route.https { "https" } else { "http" })
         .authority(authority)
         .path_and_query(path_and_query.as_str())
         .build()

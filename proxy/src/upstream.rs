@@ -69,6 +69,8 @@ pub struct Upstreams {
 pub struct UpstreamTls {
     /// Trust anchors for the upstream's certificate.
     pub roots: Arc<rustls::RootCertStore>,
+    /// Client certificate presented to the upstream, if any.
+    pub client_cert: Option<Arc<rustls::sign::CertifiedKey>>,
 }
 
 /// Loads PEM trust anchors for `--upstream-ca`.
@@ -96,13 +98,17 @@ fn client_config(tls: Option<&UpstreamTls>) -> Result<rustls::ClientConfig, rust
     let roots = tls
         .map(|t| (*t.roots).clone())
         .unwrap_or_else(rustls::RootCertStore::empty);
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(cfg)
+    .with_root_certificates(roots);
+    Ok(match tls.and_then(|t| t.client_cert.clone()) {
+        Some(key) => {
+            builder.with_client_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(key)))
+        }
+        None => builder.with_no_client_auth(),
+    })
 }
 
 impl Upstreams {

@@ -359,3 +359,233 @@ fn redirected_outbound_connections_get_the_egress_policy_of_their_destination() 
     assert_eq!(code, "403");
     drop(env);
 }
+
+/// `openssl` with `args`, in `dir`; panics with its stderr on failure.
+fn openssl_in(dir: &std::path::Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA `name.crt`/`name.key` in `dir`, and a server certificate `leaf.crt`/`leaf.key`
+/// for DNS `host` signed by it.
+fn ca_and_server(dir: &std::path::Path, name: &str, leaf: &str, host: &str) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let (ca_crt, ca_key) = (format!("{name}.crt"), format!("{name}.key"));
+    let mut args = vec!["req", "-x509", "-days", "1", "-subj"];
+    let subj = format!("/CN={name}");
+    args.push(&subj);
+    args.extend(ec);
+    args.extend(["-keyout", &ca_key, "-out", &ca_crt]);
+    openssl_in(dir, &args);
+    let (csr, key, crt, ext) = (
+        format!("{leaf}.csr"),
+        format!("{leaf}.key"),
+        format!("{leaf}.crt"),
+        format!("{leaf}.ext"),
+    );
+    let subj = format!("/CN={host}");
+    let mut args = vec!["req", "-subj", &subj];
+    args.extend(ec);
+    args.extend(["-keyout", &key, "-out", &csr]);
+    openssl_in(dir, &args);
+    std::fs::write(
+        dir.join(&ext),
+        format!("subjectAltName=DNS:{host}\nextendedKeyUsage=serverAuth\n"),
+    )
+    .unwrap();
+    openssl_in(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca_crt,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            &ext,
+            "-out",
+            &crt,
+        ],
+    );
+}
+
+#[test]
+fn captured_egress_tls_is_terminated_inspected_and_reoriginated_verified() {
+    let id = std::process::id() % 100_000;
+    let (app, remote) = (format!("mbr-ta-{id}"), format!("mbr-tr-{id}"));
+    let dir = std::env::temp_dir().join(format!("membrane-capture-tls-{id}"));
+    std::fs::create_dir_all(dir.join("www/v1")).unwrap();
+    std::fs::create_dir_all(dir.join("secrets")).unwrap();
+    let mut env = Env {
+        client: remote.clone(),
+        server: app.clone(),
+        children: vec![],
+        dir: dir.clone(),
+    };
+    // The app trusts `front` (the inspection CA); the remote's certificate is from `back`.
+    ca_and_server(&dir, "front", "intercept", "remote.test");
+    ca_and_server(&dir, "back", "remote", "remote.test");
+    let pem = |f: &str| {
+        std::fs::read_to_string(dir.join(f))
+            .unwrap()
+            .lines()
+            .map(|l| format!("    {l}\n"))
+            .collect::<String>()
+    };
+    std::fs::write(
+        dir.join("secrets/tls.yaml"),
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: intercept, namespace: default}}\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}---\napiVersion: v1\nkind: Secret\nmetadata: {{name: remote-ca, namespace: default}}\nstringData:\n  ca.crt: |\n{}",
+            pem("intercept.crt"),
+            pem("intercept.key"),
+            pem("back.crt")
+        ),
+    )
+    .unwrap();
+    let (va, vr) = (format!("mta{id}"), format!("mtr{id}"));
+    run(&["ip", "netns", "add", &app]);
+    run(&["ip", "netns", "add", &remote]);
+    run(&[
+        "ip", "link", "add", &va, "netns", &app, "type", "veth", "peer", "name", &vr, "netns",
+        &remote,
+    ]);
+    for (ns, dev, addr) in [
+        (&app, &va, "10.251.10.1/30"),
+        (&remote, &vr, "10.251.10.2/30"),
+    ] {
+        run(&["ip", "-n", ns, "addr", "add", addr, "dev", dev]);
+        run(&["ip", "-n", ns, "link", "set", dev, "up"]);
+        run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+    }
+    let rules = dir.join("capture.nft");
+    std::fs::write(
+        &rules,
+        "table ip membrane_capture_test {\n  chain output {\n    type nat hook output priority -100;\n    meta skuid 1337 return\n    tcp dport 8443 redirect to :15001\n  }\n}\n",
+    )
+    .unwrap();
+    run(&[
+        "ip",
+        "netns",
+        "exec",
+        &app,
+        "nft",
+        "-f",
+        rules.to_str().unwrap(),
+    ]);
+    std::fs::write(dir.join("www/v1/x"), "remote-file\n").unwrap();
+    // A TLS server in the remote namespace serving www/ (openssl s_server -WWW).
+    env.children.push(
+        Command::new("ip")
+            .args(["netns", "exec", &remote, "openssl", "s_server", "-quiet"])
+            .args(["-accept", "10.251.10.2:8443", "-WWW"])
+            .arg("-cert")
+            .arg(dir.join("remote.crt"))
+            .arg("-key")
+            .arg(dir.join("remote.key"))
+            .current_dir(dir.join("www"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let policy = dir.join("policy.yaml");
+    std::fs::write(
+        &policy,
+        [
+            "apiVersion: cilium.io/v2",
+            "kind: CiliumNetworkPolicy",
+            "metadata: {name: egress-tls, namespace: default}",
+            "spec:",
+            "  endpointSelector: {matchLabels: {app: client}}",
+            "  egress:",
+            "  - toCIDR: [10.251.10.2/32]",
+            "    toPorts:",
+            "    - ports: [{port: \"8443\", protocol: TCP}]",
+            "      serverNames: [remote.test]",
+            "      terminatingTLS: {secret: {name: intercept}}",
+            "      originatingTLS: {secret: {name: remote-ca}}",
+            "      rules: {http: [{method: GET, path: /v1/.*}]}",
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    let binary = dir.join("membrane-proxy");
+    std::fs::copy(env!("CARGO_BIN_EXE_membrane-proxy"), &binary).unwrap();
+    run(&["chmod", "-R", "a+rX", dir.to_str().unwrap()]);
+    env.children.push(
+        Command::new("ip")
+            .args(["netns", "exec", &app, "setpriv", "--reuid", "1337"])
+            .args(["--regid", "1337", "--clear-groups"])
+            .arg(&binary)
+            .args(["standalone", "--listen", "127.0.0.1:15100"])
+            .args(["--upstream", "127.0.0.1:9"])
+            .args(["--capture-outbound", "0.0.0.0:15001"])
+            .args(["--admin", "127.0.0.1:15000", "--metrics", "127.0.0.1:15020"])
+            .args(["--health", "127.0.0.1:15021"])
+            .args([
+                "--endpoint-labels",
+                "k8s:app=client",
+                "--access-log",
+                "false",
+            ])
+            .arg("--secrets-dir")
+            .arg(dir.join("secrets"))
+            .arg("--policy")
+            .arg(&policy)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let front = dir.join("front.crt").display().to_string();
+    let https = |name: &str, extra: &[&str]| {
+        let resolve = format!("{name}:8443:10.251.10.2");
+        let url = format!("https://{name}:8443/v1/x");
+        // HTTP/1.1: `openssl s_server -WWW` speaks no HTTP/2 upstream.
+        let mut args = vec!["--http1.1", "--cacert", &front, "--resolve", &resolve];
+        args.extend_from_slice(extra);
+        args.push(&url);
+        curl_in(&app, &args)
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = (String::new(), String::new());
+    while Instant::now() < deadline {
+        last = https("remote.test", &[]);
+        if last.0 == "200" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The app sees the inspection certificate (it trusts only `front`), the proxy the
+    // remote's (verified against `back`), and the request passed the HTTP rules.
+    assert_eq!(
+        last,
+        ("200".to_owned(), "remote-file\n".to_owned()),
+        "allowed egress through TLS inspection"
+    );
+    let (code, body) = https("remote.test", &["-X", "PUT"]);
+    assert_eq!((code.as_str(), body.as_str()), ("403", "Access denied\r\n"));
+    // Another SNI to the same address: refused at the handshake.
+    assert_eq!(https("other.test", &["-k"]).0, "000");
+    drop(env);
+}

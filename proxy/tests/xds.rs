@@ -223,8 +223,16 @@ where
 }
 
 async fn start_proxy(backend: SocketAddr, xds: SocketAddr) -> membrane_proxy::Running {
+    start_proxy_with(backend, xds, &[]).await
+}
+
+async fn start_proxy_with(
+    backend: SocketAddr,
+    xds: SocketAddr,
+    extra: &[&str],
+) -> membrane_proxy::Running {
     let (backend, xds) = (backend.to_string(), format!("http://{xds}"));
-    let args = [
+    let mut args = vec![
         "membrane-proxy",
         "standalone",
         "--listen",
@@ -248,6 +256,7 @@ async fn start_proxy(backend: SocketAddr, xds: SocketAddr) -> membrane_proxy::Ru
         "--access-log",
         "false",
     ];
+    args.extend_from_slice(extra);
     let ProxyCommand::Standalone(cfg) = Cli::try_parse_from(args).unwrap().command;
     let deny = membrane_proxy::policy::deny_all("no policy from the control plane yet");
     membrane_proxy::start(&cfg, deny, None).await.unwrap()
@@ -383,5 +392,116 @@ async fn a_policy_the_proxy_cannot_enforce_is_nacked_and_the_last_good_one_stays
         200
     );
     assert_eq!(get(a.admin, "/ready").await.0, 200);
+    proxy.drain(Duration::from_secs(1)).await;
+}
+
+/// The L7 rule behind TLS: the control plane carries serverNames and the terminating
+/// secret's name over NPDS; the proxy takes the certificate from its own secrets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn npds_carried_tls_context_terminates_with_the_named_secret() {
+    let backend = common::start_backend().await;
+    let port = backend.port();
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("cluster.yaml"), pods(port)).unwrap();
+    let policy = format!(
+        r#"apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {{name: rule1, namespace: default}}
+spec:
+  endpointSelector: {{matchLabels: {{org: empire, class: deathstar}}}}
+  ingress:
+  - fromEndpoints: [{{matchLabels: {{org: empire}}}}]
+    toPorts:
+    - ports: [{{port: "{port}", protocol: TCP}}]
+      serverNames: [deathstar.test]
+      terminatingTLS: {{secret: {{name: deathstar-tls}}}}
+      rules:
+        http:
+        - method: POST
+          path: /v1/request-landing
+"#
+    );
+    std::fs::write(dir.path().join("policy.yaml"), policy).unwrap();
+    // A self-signed certificate for deathstar.test, as a Secret with stringData.
+    let (crt, key) = (secrets.path().join("c.pem"), secrets.path().join("k.pem"));
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=deathstar.test"])
+        .args(["-addext", "subjectAltName=DNS:deathstar.test", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&crt)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let indent = |p: &Path| {
+        std::fs::read_to_string(p)
+            .unwrap()
+            .lines()
+            .map(|l| format!("    {l}\n"))
+            .collect::<String>()
+    };
+    std::fs::write(
+        secrets.path().join("deathstar-tls.yaml"),
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: deathstar-tls, namespace: default}}\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}",
+            indent(&crt),
+            indent(&key)
+        ),
+    )
+    .unwrap();
+
+    let xds = start_xds(dir.path(), free_port());
+    let s = secrets.path().display().to_string();
+    let proxy = start_proxy_with(backend, xds.grpc, &["--secrets-dir", &s]).await;
+    let a = proxy.addrs;
+    within_10s("the first policy", || async {
+        get(a.admin, "/ready").await.0 == 200
+    })
+    .await;
+    let (c, lport) = (crt.display().to_string(), a.listen.port());
+    let curl_from = |src: &'static str, method: &'static str, path: &'static str| {
+        let c = c.clone();
+        async move {
+            common::curl(&[
+                "--interface",
+                src,
+                "--cacert",
+                &c,
+                "--resolve",
+                &format!("deathstar.test:{lport}:127.0.0.1"),
+                "-X",
+                method,
+                &format!("https://deathstar.test:{lport}{path}"),
+            ])
+            .await
+            .0
+        }
+    };
+    assert_eq!(
+        curl_from("127.0.0.3", "POST", "/v1/request-landing").await,
+        200
+    );
+    assert_eq!(curl_from("127.0.0.3", "PUT", "/v1/exhaust-port").await, 403);
+    // The xwing is not admitted: refused before any certificate is shown.
+    assert_eq!(
+        curl_from("127.0.0.4", "POST", "/v1/request-landing").await,
+        0
+    );
+    let (_, dump) = get(a.admin, "/config_dump").await;
+    assert!(dump.contains("secret default/deathstar-tls"), "{dump}");
+    assert!(dump.contains("deathstar.test"), "{dump}");
     proxy.drain(Duration::from_secs(1)).await;
 }

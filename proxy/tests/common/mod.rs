@@ -267,7 +267,8 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8], wait: Duration) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The same backend behind TLS (ALPN h2 and http/1.1); responses carry `x-seen-tls: true`.
+/// The same backend behind TLS (ALPN h2 and http/1.1); responses carry `x-seen-tls: true`
+/// and the SNI the client sent in `x-seen-sni`.
 pub async fn start_tls_backend(cert: &std::path::Path, key: &std::path::Path) -> SocketAddr {
     use rustls::pki_types::pem::PemObject;
     let chain: Vec<_> = rustls::pki_types::CertificateDer::pem_file_iter(cert)
@@ -297,11 +298,18 @@ pub async fn start_tls_backend(cert: &std::path::Path, key: &std::path::Path) ->
                 let Ok(tls) = acceptor.accept(s).await else {
                     return;
                 };
-                let svc = service_fn(|req| async move {
-                    let mut r = backend_handle(req).await?;
-                    r.headers_mut()
-                        .insert("x-seen-tls", HeaderValue::from_static("true"));
-                    Ok::<_, Infallible>(r)
+                let sni = tls.get_ref().1.server_name().unwrap_or("").to_owned();
+                let svc = service_fn(move |req| {
+                    let sni = sni.clone();
+                    async move {
+                        let mut r = backend_handle(req).await?;
+                        let h = r.headers_mut();
+                        h.insert("x-seen-tls", HeaderValue::from_static("true"));
+                        if let Ok(v) = HeaderValue::from_str(&sni) {
+                            h.insert("x-seen-sni", v);
+                        }
+                        Ok::<_, Infallible>(r)
+                    }
                 });
                 let b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                 let _ = b

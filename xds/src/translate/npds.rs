@@ -10,11 +10,11 @@ use envoy_types::pb::envoy::r#type::matcher::v3::{
     string_matcher::MatchPattern, RegexMatcher, StringMatcher,
 };
 use membrane_policy::resolve::{DirectionPolicy, NamedPorts, PeerEntry, Remotes};
-use membrane_policy::rule::{PortMatch, Proto, L7};
+use membrane_policy::rule::{PortMatch, Proto, TlsSource, L7};
 
 use crate::proto::{
     header_match::MismatchAction, port_network_policy_rule, HeaderMatch, HttpNetworkPolicyRule,
-    HttpNetworkPolicyRules, PortNetworkPolicy, PortNetworkPolicyRule,
+    HttpNetworkPolicyRules, PortNetworkPolicy, PortNetworkPolicyRule, TlsContext,
 };
 
 /// `SocketAddress.Protocol` values.
@@ -87,6 +87,42 @@ fn http_rule(r: &membrane_policy::model::HttpRule) -> HttpNetworkPolicyRule {
     }
 }
 
+/// A policy TLS context → NPDS: the secret by name (`namespace/name`), for the proxy to
+/// resolve from its own secrets; `downstream` names the certificate (`tls_sds_secret`),
+/// upstream the trust anchors (`validation_context_sds_secret`). Item-name overrides
+/// (`certificate`, `privateKey`, `trustedCA`) have no NPDS field: the proxy uses Cilium's
+/// default items.
+fn tls_context(src: &TlsSource, downstream: bool) -> TlsContext {
+    match src {
+        TlsSource::Secret {
+            namespace, name, ..
+        } => {
+            let name = format!("{namespace}/{name}");
+            if downstream {
+                TlsContext {
+                    tls_sds_secret: name,
+                    ..Default::default()
+                }
+            } else {
+                TlsContext {
+                    validation_context_sds_secret: name,
+                    ..Default::default()
+                }
+            }
+        }
+        TlsSource::Inline {
+            trusted_ca,
+            certificate_chain,
+            private_key,
+        } => TlsContext {
+            trusted_ca: trusted_ca.clone(),
+            certificate_chain: certificate_chain.clone(),
+            private_key: private_key.clone(),
+            ..Default::default()
+        },
+    }
+}
+
 /// One rule; `None` when it covers no identity (NPDS's empty remote list
 /// would mean "everyone", the opposite).
 fn rule(p: &PeerEntry) -> Option<PortNetworkPolicyRule> {
@@ -111,6 +147,21 @@ fn rule(p: &PeerEntry) -> Option<PortNetworkPolicyRule> {
         name: p.origin.to_string(),
         remote_policies,
         l7,
+        server_names: p
+            .tls
+            .as_ref()
+            .map(|t| t.server_names.clone())
+            .unwrap_or_default(),
+        downstream_tls_context: p
+            .tls
+            .as_ref()
+            .and_then(|t| t.terminating.as_ref())
+            .map(|s| tls_context(s, true)),
+        upstream_tls_context: p
+            .tls
+            .as_ref()
+            .and_then(|t| t.originating.as_ref())
+            .map(|s| tls_context(s, false)),
         ..Default::default()
     })
 }
