@@ -18,11 +18,18 @@ int mb_sk_msg(struct sk_msg_md *msg)
 	struct mb_sock_key peer = {};
 	struct mb_sock_key self = {};
 	__u64 len = msg->size;
-	int verdict;
+	int verdict, how;
 
 	mb_peer_key_from_msg(msg, &peer);
 	mb_key_swap(&peer, &self);
-	if (!mb_flow_note_send(&self, &peer, len)) {
+	how = mb_flow_note_send(&self, &peer, len);
+	if (how < 0) {
+		/* No spliced peer: this and every later message take TCP. */
+		mb_count(MB_PROG_SK_MSG, MB_CNT_MISS, 0);
+		mb_event_msg_miss(&self);
+		return SK_PASS;
+	}
+	if (how == 0) {
 		mb_count(MB_PROG_SK_MSG, MB_CNT_FALLBACK, 0);
 		return SK_PASS;
 	}

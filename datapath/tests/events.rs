@@ -259,9 +259,11 @@ impl Drop for Outside {
 }
 
 #[test]
-fn sk_msg_misses_are_reported_rate_limited() {
+fn an_sk_msg_miss_is_reported_and_the_socket_stays_on_tcp() {
     // The app's socket is spliced, its peer (a server outside the pod's
-    // cgroup) is not: every send misses the peer and takes plain TCP.
+    // cgroup) is not: the first send misses the peer, and that send and
+    // every later one take plain TCP (a miss switches the socket for good,
+    // so later bytes cannot overtake it).
     let env = Env::new();
     let dp = env.attach(&Settings::default());
     let mut reader = dp.events().unwrap();
@@ -291,8 +293,13 @@ fn sk_msg_misses_are_reported_rate_limited() {
         "1024",
     ]);
     assert!(out.contains("OK round=0"), "{out}");
-    let misses = dp.counters_of("mb_sk_msg").unwrap().misses;
-    assert!(misses >= 4096, "every 1 KiB send missed: {misses}");
+    let c = dp.counters_of("mb_sk_msg").unwrap();
+    let misses = c.misses;
+    assert!(misses >= 1, "the first send missed: {c:?}");
+    assert!(
+        misses + c.fallbacks + c.redirected <= 4096 + 16,
+        "every send ran sk_msg at most once: {c:?}"
+    );
     let evs = collect(&mut reader, |e| {
         e.iter()
             .any(|e| e.program == "sk_msg" && e.reason == "no-peer")
@@ -306,11 +313,8 @@ fn sk_msg_misses_are_reported_rate_limited() {
         .filter(|e| e.program == "sk_msg" && e.reason == "no-peer")
         .collect();
     let folded: u64 = records.iter().map(|e| e.count).sum();
-    assert!(
-        (records.len() as u64) * 10 < misses,
-        "rate-limited: {} records for {misses} misses",
-        records.len()
-    );
+    // Records are rate-limited per CPU; a miss not recorded is folded into
+    // the count of the next record.
     assert!(folded <= misses && folded >= 1, "{folded} of {misses}");
     assert_eq!(records[0].dst.as_deref(), Some("127.0.0.1:9301"));
 }

@@ -173,7 +173,9 @@ static __always_inline void mb_flow_go_plain(struct mb_flow_state *st, int learn
 /*
  * sk_msg: account one send of `len` bytes from `self` to `peer`.
  * Returns 1 when the message may be redirected to the peer, 0 when it must
- * take plain TCP (and every later one from this socket will too).
+ * take plain TCP (and every later one from this socket will too), and -1
+ * for the same when the reason is that the peer is not spliced at all (a
+ * miss, which the monitor reports).
  */
 static __always_inline int mb_flow_note_send(const struct mb_sock_key *self,
 					     const struct mb_sock_key *peer, __u64 len)
@@ -193,7 +195,7 @@ static __always_inline int mb_flow_note_send(const struct mb_sock_key *self,
 	pst = bpf_map_lookup_elem(&mb_flow, peer);
 	if (!pst) {
 		mb_flow_go_plain(st, 0);
-		return 0;
+		return -1;
 	}
 	pst->small_run = 0;
 	/*
