@@ -181,6 +181,9 @@ for rep in $(seq "$REPS"); do
   done
 done
 LOADAVG_END=$(cut -d' ' -f1-3 /proc/loadavg)
+# "Idle again" means after the proxies had time to settle: membrane trims its heap every 5 s
+# and Envoy's allocator releases memory over time; sample both after the same wait.
+sleep 11
 sample envoy.rss_after "$(rss_kib $ENVOY_PID)"
 sample membrane.rss_after "$(rss_kib $MEMBRANE_PID)"
 sample envoy.rss_idle "$ENVOY_RSS_IDLE"
@@ -261,7 +264,8 @@ PY
   echo "RSS under load is sampled during each 32-connection wrk run; from the second repetition on it"
   echo "follows the previous h2load run (320 concurrent streams, so up to 320 upstream HTTP/1.1"
   echo "connections): membrane keeps at most 64 of them idle and returns freed heap to the kernel"
-  echo "every 5 s; the first-repetition row is before any h2load run."
+  echo "every 5 s; the first-repetition row is before any h2load run. \"Idle again\" is sampled 11 s"
+  echo "after the last run (two of membrane's heap-trim periods), for both proxies."
   echo "CPU per request comes from the process's CPU ticks (10 ms) over each run; context switches"
   echo "are summed over every thread of the proxy process."
 } >"$OUT"
