@@ -75,6 +75,9 @@ pub async fn start(
     enforcer: Enforcer,
     log_control: Option<LogControl>,
 ) -> anyhow::Result<Running> {
+    if cfg.upstream_idle_timeout.is_zero() {
+        anyhow::bail!("--upstream-idle-timeout 0s: must be longer than 0s");
+    }
     let bind = |a: SocketAddr, what: &'static str| async move {
         TcpListener::bind(a)
             .await
@@ -121,9 +124,7 @@ pub async fn start(
             idle_timeout: cfg.upstream_idle_timeout,
         },
     };
-    if cfg.upstream_idle_timeout.is_zero() {
-        anyhow::bail!("--upstream-idle-timeout must be longer than 0s");
-    }
+
     let cert_store = match (&cfg.tls_cert, &cfg.tls_key) {
         (Some(c), Some(k)) => Some(Arc::new(tls::CertStore::load(c, k)?)),
         _ => None,

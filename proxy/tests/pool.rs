@@ -203,3 +203,17 @@ async fn h2_requests_share_one_upstream_connection_per_authority() {
     );
     p.drain(Duration::from_secs(1)).await;
 }
+
+#[tokio::test]
+async fn zero_upstream_idle_timeout_is_refused_by_name() {
+    let cfg = config(
+        "127.0.0.1:9".parse().unwrap(),
+        &["--upstream-idle-timeout", "0s"],
+    );
+    let enforcer = membrane_proxy::policy::load(&cfg).expect("test policy loads");
+    let err = match membrane_proxy::start(&cfg, enforcer, None).await {
+        Ok(_) => panic!("a zero upstream idle timeout was accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("--upstream-idle-timeout"), "{err}");
+}
