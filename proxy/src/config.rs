@@ -150,7 +150,7 @@ pub struct Config {
     #[arg(long, env = "MEMBRANE_UPSTREAM_IDLE_TIMEOUT", value_parser = parse_duration, default_value = "30s")]
     pub upstream_idle_timeout: Duration,
     /// How often the heap is checked for freed memory to return to the kernel (glibc
-    /// `malloc_trim` when at least 1 MiB is free); 0s: never.
+    /// `malloc_trim` when 1 MiB more than after the last trim is resident but unused); 0s: never.
     #[arg(long, env = "MEMBRANE_MEMORY_TRIM_INTERVAL", value_parser = parse_duration, default_value = "5s")]
     pub memory_trim_interval: Duration,
     /// Terminate TLS on the listener with this PEM certificate chain (with `--tls-key`);
