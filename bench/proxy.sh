@@ -83,6 +83,9 @@ wait_port $MEMBRANE_PORT
 
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# Context switches of every thread of a process (a request that makes the proxy sleep and
+# wake again costs one voluntary switch per wait).
+ctx_switches() { cat /proc/"$1"/task/*/status | awk '/ctxt_switches/ {n += $2} END {print n}'; }
 TICK_US=$((1000000 / $(getconf CLK_TCK)))
 
 # Sanity: the verdicts must be what the policy says before anything is measured.
@@ -130,7 +133,16 @@ port_of() { case $1 in nginx) echo $NGINX_PORT ;; envoy) echo $ENVOY_PORT ;; mem
 # reported: other work on a shared machine moves absolute numbers from run to run.
 for rep in $(seq "$REPS"); do
   for name in nginx envoy membrane; do
-    read -r rps p50 _ < <(run_wrk "$(port_of $name)" 1 /v1/x)
+    if [ "$name" = nginx ]; then
+      read -r rps p50 _ < <(run_wrk $NGINX_PORT 1 /v1/x)
+    else
+      pid=$(pid_of $name)
+      t0=$(cpu_ticks "$pid"); c0=$(ctx_switches "$pid")
+      read -r rps p50 _ < <(run_wrk "$(port_of $name)" 1 /v1/x)
+      t1=$(cpu_ticks "$pid"); c1=$(ctx_switches "$pid")
+      sample "$name.allow1.cpu_us" "$(( (t1 - t0) * TICK_US / (rps * DURATION) ))"
+      sample "$name.allow1.ctx" "$(python3 -c "print(($c1 - $c0) / ($rps * $DURATION))")"
+    fi
     sample "$name.allow1.rps" "$rps"; sample "$name.allow1.p50" "$p50"
   done
   for name in nginx envoy membrane; do
@@ -168,6 +180,10 @@ for rep in $(seq "$REPS"); do
     sample "$name.h2.rps" "$(run_h2load "$port" /v1/x)"
   done
 done
+LOADAVG_END=$(cut -d' ' -f1-3 /proc/loadavg)
+# "Idle again" means after the proxies had time to settle: membrane trims its heap every 5 s
+# and Envoy's allocator releases memory over time; sample both after the same wait.
+sleep 11
 sample envoy.rss_after "$(rss_kib $ENVOY_PID)"
 sample membrane.rss_after "$(rss_kib $MEMBRANE_PID)"
 sample envoy.rss_idle "$ENVOY_RSS_IDLE"
@@ -184,7 +200,8 @@ ENVOY_VERSION=$("$ENVOY" --version 2>/dev/null | grep -o 'version: [^ ]*' | head
   echo "Each run ${DURATION}s over loopback; every number is the median of $REPS runs, alternating targets."
   echo "Envoy ${ENVOY_VERSION:-(version unknown)}, $(nginx -v 2>&1 | cut -d' ' -f3), membrane-proxy $(git -C "$ROOT" rev-parse --short HEAD)."
   echo "Allow path: \`GET /v1/x\` (200 from nginx). Deny path: \`PUT /v1/exhaust-port\` (403 from the proxy)."
-  echo "Command: \`make bench\` (bench/run.sh → bench/proxy.sh). Load average at start: $LOADAVG."
+  echo "Command: \`make bench\` (bench/run.sh → bench/proxy.sh). Load average at start: $LOADAVG, at end: $LOADAVG_END."
+  echo "membrane-proxy upstream pool and heap: defaults (--upstream-max-idle 64, --upstream-idle-timeout 30s, --memory-trim-interval 5s)."
   echo
   python3 - "$SAMPLES" <<'PY'
 import statistics, sys
@@ -216,6 +233,8 @@ rows = [
     ("deny RPS, wrk 32 conns", None, g("envoy.deny32.rps"), g("membrane.deny32.rps"), 0, (">=", 1.5)),
     ("deny RPS, wrk 1 conn", None, g("envoy.deny1.rps"), g("membrane.deny1.rps"), 0, None),
     ("allow RPS, h2load h2c, 32 conns × 10 streams", g("nginx.h2.rps"), g("envoy.h2.rps"), g("membrane.h2.rps"), 0, None),
+    ("proxy CPU µs per allowed request (1 conn)", None, g("envoy.allow1.cpu_us"), g("membrane.allow1.cpu_us"), 0, None),
+    ("proxy context switches per allowed request (1 conn)", None, g("envoy.allow1.ctx"), g("membrane.allow1.ctx"), 2, None),
     ("proxy CPU µs per allowed request (32 conns)", None, g("envoy.allow32.cpu_us"), g("membrane.allow32.cpu_us"), 0, None),
     ("proxy CPU µs per denied request (32 conns)", None, g("envoy.deny32.cpu_us"), g("membrane.deny32.cpu_us"), 0, None),
     ("proxy core utilisation %, allow 32 conns", None, g("envoy.allow32.util"), g("membrane.allow32.util"), 0, None),
@@ -243,8 +262,12 @@ PY
   echo "Core utilisation shows whether a proxy's core was the bottleneck; below 100 %, the load core"
   echo "(wrk + nginx) saturated first and the RPS ratio understates the CPU-per-request difference."
   echo "RSS under load is sampled during each 32-connection wrk run; from the second repetition on it"
-  echo "includes the upstream HTTP/1.1 connections (~250) the previous h2load run (320 concurrent"
-  echo "streams) left pooled, and glibc keeps freed memory; the first-repetition row has no such residue."
+  echo "follows the previous h2load run (320 concurrent streams, so up to 320 upstream HTTP/1.1"
+  echo "connections): membrane keeps at most 64 of them idle and returns freed heap to the kernel"
+  echo "every 5 s; the first-repetition row is before any h2load run. \"Idle again\" is sampled 11 s"
+  echo "after the last run (two of membrane's heap-trim periods), for both proxies."
+  echo "CPU per request comes from the process's CPU ticks (10 ms) over each run; context switches"
+  echo "are summed over every thread of the proxy process."
 } >"$OUT"
 cat "$TMP/raw.txt" >/dev/null
 cat "$OUT"

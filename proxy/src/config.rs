@@ -142,6 +142,17 @@ pub struct Config {
     /// Timeout for connecting to the upstream.
     #[arg(long, env = "MEMBRANE_CONNECT_TIMEOUT", value_parser = parse_duration, default_value = "1s")]
     pub connect_timeout: Duration,
+    /// Idle upstream connections kept per upstream (HTTP/1.1: the upstream address; HTTP/2 and
+    /// TLS: each authority); one that becomes idle beyond this is closed. 0: no reuse.
+    #[arg(long, env = "MEMBRANE_UPSTREAM_MAX_IDLE", default_value_t = 64)]
+    pub upstream_max_idle: usize,
+    /// An idle upstream connection is closed after this long unused.
+    #[arg(long, env = "MEMBRANE_UPSTREAM_IDLE_TIMEOUT", value_parser = parse_duration, default_value = "30s")]
+    pub upstream_idle_timeout: Duration,
+    /// How often the heap is checked for freed memory to return to the kernel (glibc
+    /// `malloc_trim` when 1 MiB more than after the last trim is resident but unused); 0s: never.
+    #[arg(long, env = "MEMBRANE_MEMORY_TRIM_INTERVAL", value_parser = parse_duration, default_value = "5s")]
+    pub memory_trim_interval: Duration,
     /// Terminate TLS on the listener with this PEM certificate chain (with `--tls-key`);
     /// ALPN offers h2 and http/1.1. Reloaded on SIGHUP.
     #[arg(long, env = "MEMBRANE_TLS_CERT", requires = "tls_key")]

@@ -12,6 +12,7 @@ pub mod admin;
 pub mod body;
 pub mod config;
 pub mod h1guard;
+pub mod memory;
 pub mod metrics;
 pub mod normalize;
 pub mod orig_dst;
@@ -77,6 +78,9 @@ pub async fn start(
     enforcer: Enforcer,
     log_control: Option<LogControl>,
 ) -> anyhow::Result<Running> {
+    if cfg.upstream_idle_timeout.is_zero() {
+        anyhow::bail!("--upstream-idle-timeout 0s: must be longer than 0s");
+    }
     let bind = |a: SocketAddr, what: &'static str| async move {
         TcpListener::bind(a)
             .await
@@ -118,7 +122,12 @@ pub async fn start(
         max_headers: cfg.max_headers,
         max_concurrent_streams: cfg.max_concurrent_streams,
         max_connections: cfg.max_connections,
+        pool: upstream::PoolSettings {
+            max_idle_per_key: cfg.upstream_max_idle,
+            idle_timeout: cfg.upstream_idle_timeout,
+        },
     };
+
     let cert_store = match (&cfg.tls_cert, &cfg.tls_key) {
         (Some(c), Some(k)) => Some(Arc::new(tls::CertStore::load(c, k)?)),
         _ => None,
@@ -165,6 +174,12 @@ pub async fn start(
     let (tx, rx) = watch::channel(false);
     let mut tasks = Vec::new();
     tasks.extend(secrets.spawn_watch(cfg.secrets_poll_interval, rx.clone()));
+    if !cfg.memory_trim_interval.is_zero() {
+        tasks.push(tokio::spawn(memory::trim_loop(
+            cfg.memory_trim_interval,
+            rx.clone(),
+        )));
+    }
     if let Some(l) = capture_l {
         let delivery = server::Delivery::OriginalPort {
             host: cfg.capture_inbound_host,

@@ -55,6 +55,8 @@ pub struct Settings {
     pub max_concurrent_streams: u32,
     /// Maximum concurrent downstream connections.
     pub max_connections: usize,
+    /// Upstream connection pool bounds.
+    pub pool: crate::upstream::PoolSettings,
 }
 
 /// State shared by every connection of one listener.
@@ -88,7 +90,12 @@ impl Shared {
         upstream_tls: Option<&crate::upstream::UpstreamTls>,
         secrets: Arc<crate::secrets::SecretStore>,
     ) -> Result<Self, rustls::Error> {
-        let upstreams = Upstreams::new(settings.upstream, connect_timeout, upstream_tls)?;
+        let upstreams = Upstreams::new(
+            settings.upstream,
+            connect_timeout,
+            upstream_tls,
+            &settings.pool,
+        )?;
         let connections = Arc::new(Semaphore::new(settings.max_connections));
         Ok(Shared {
             settings,
@@ -179,6 +186,7 @@ impl Shared {
                             target,
                             self.connect_timeout,
                             self.upstream_tls.as_ref(),
+                            &self.settings.pool,
                         )
                         .ok()?;
                         cache.insert(target, u.clone());
@@ -217,8 +225,13 @@ impl Shared {
                     roots: material.roots.clone(),
                     client_cert: material.client_cert.clone(),
                 };
-                let u = Upstreams::new(route.target, self.connect_timeout, Some(&tls))
-                    .map_err(|e| e.to_string())?;
+                let u = Upstreams::new(
+                    route.target,
+                    self.connect_timeout,
+                    Some(&tls),
+                    &self.settings.pool,
+                )
+                .map_err(|e| e.to_string())?;
                 // Each secret change makes a new key; bound what old material can hold.
                 if cache.len() >= 256 {
                     cache.clear();
@@ -607,8 +620,10 @@ async fn serve_http<I>(
         head_clock = Some(clock.clone());
         let io = TokioIo::new(H1Guard::new(stream, prefix, s.max_header_bytes).with_clock(clock));
         let mut b = hyper::server::conn::http1::Builder::new();
-        // No hyper header_read_timeout: the HeadClock check in `drive!` enforces it.
+        // No hyper header_read_timeout (with a timer set it defaults to 30 s, costing a timer
+        // allocation and registration per request): the HeadClock check in `drive!` enforces it.
         b.timer(TokioTimer::new())
+            .header_read_timeout(None)
             .max_header_size(s.max_header_bytes)
             .max_headers(s.max_headers)
             .max_buf_size(s.max_header_bytes.max(8192) + 8192);
@@ -884,8 +899,13 @@ async fn handle(
         .filter(|h| h.parse::<http::uri::Authority>().is_ok())
         .map(str::to_owned)
         .unwrap_or_else(|| conn.route.target.to_string());
+    let use_h2 = is_h2 && s.h2_upstream;
+    // The URI's authority is also the upstream pool key. Plain HTTP/1.1 carries the client's
+    // authority in Host, so its URI names the address dialled: one bounded pool per upstream
+    // whatever Host values clients send. HTTP/2 (`:authority`) and TLS (SNI) need the name.
     let authority = match &conn.route.server_name {
         Some(name) => format!("{name}:{}", conn.route.target.port()),
+        None if !use_h2 && !conn.route.https => conn.route.target.to_string(),
         None => original_authority.clone(),
     };
     let uri = match Uri::builder()
@@ -912,7 +932,6 @@ async fn handle(
     parts.uri = uri;
     strip_hop_by_hop(&mut parts.headers, upgrade);
     crate::policy::apply_header_actions(&mut parts.headers, &header_actions);
-    let use_h2 = is_h2 && s.h2_upstream;
     parts.version = if use_h2 {
         Version::HTTP_2
     } else {

@@ -1,4 +1,10 @@
 //! The upstream side: pooled hyper clients that always dial the configured upstream address.
+//!
+//! The pools are bounded: each pool key (scheme and authority of the upstream request URI)
+//! keeps at most [`PoolSettings::max_idle_per_key`] idle connections; one that becomes idle
+//! beyond that is closed at once, and idle connections are closed after
+//! [`PoolSettings::idle_timeout`]. HTTP/2 multiplexes every request for one key over one
+//! connection.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -64,6 +70,26 @@ pub struct Upstreams {
     pub http2: UpstreamClient,
 }
 
+/// Bounds on the idle upstream connections each client keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolSettings {
+    /// Idle connections kept per pool key; further ones are closed when they become idle
+    /// (0: no reuse, every request dials).
+    pub max_idle_per_key: usize,
+    /// An idle connection is closed after this long unused (checked every `idle_timeout`, so
+    /// one may linger up to twice as long).
+    pub idle_timeout: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        PoolSettings {
+            max_idle_per_key: 64,
+            idle_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
 /// Upstream TLS origination settings.
 #[derive(Debug, Clone)]
 pub struct UpstreamTls {
@@ -112,12 +138,14 @@ fn client_config(tls: Option<&UpstreamTls>) -> Result<rustls::ClientConfig, rust
 }
 
 impl Upstreams {
-    /// Builds both clients for `addr`. TLS is used for requests whose URI scheme is https
-    /// (the server sets it when `tls` is configured); without `tls` no request is https.
+    /// Builds both clients for `addr`, pooled within `pool`. TLS is used for requests whose
+    /// URI scheme is https (the server sets it when `tls` is configured); without `tls` no
+    /// request is https.
     pub fn new(
         addr: SocketAddr,
         connect_timeout: Duration,
         tls: Option<&UpstreamTls>,
+        pool: &PoolSettings,
     ) -> Result<Self, rustls::Error> {
         let connector = FixedConnector::new(addr, connect_timeout);
         let h1 = HttpsConnectorBuilder::new()
@@ -133,13 +161,14 @@ impl Upstreams {
         let http1 = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(1024)
+            .pool_idle_timeout(pool.idle_timeout)
+            .pool_max_idle_per_host(pool.max_idle_per_key)
             .build(h1);
         let http2 = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_idle_timeout(pool.idle_timeout)
+            .pool_max_idle_per_host(pool.max_idle_per_key)
             .http2_only(true)
             .build(h2);
         Ok(Upstreams { http1, http2 })
