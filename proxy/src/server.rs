@@ -932,7 +932,10 @@ async fn handle(
     parts.uri = uri;
     strip_hop_by_hop(&mut parts.headers, upgrade);
     crate::policy::apply_header_actions(&mut parts.headers, &header_actions);
-    parts.version = if use_h2 {
+    // HTTP/2 over TLS: ALPN decides between h2 and HTTP/1.1 (the request goes out as
+    // HTTP/1.1 unless the connection negotiated h2; the client adds Host on HTTP/1.1).
+    let negotiate = use_h2 && conn.route.https;
+    parts.version = if use_h2 && !negotiate {
         Version::HTTP_2
     } else {
         Version::HTTP_11
@@ -952,7 +955,9 @@ async fn handle(
         WatchedBody::new(body, body_failed.clone())
     };
     let upstream_req = Request::from_parts(parts, body);
-    let client = if use_h2 {
+    let client = if negotiate {
+        &conn.route.upstreams.negotiated
+    } else if use_h2 {
         &conn.route.upstreams.http2
     } else {
         &conn.route.upstreams.http1

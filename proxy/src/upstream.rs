@@ -68,6 +68,10 @@ pub struct Upstreams {
     pub http1: UpstreamClient,
     /// HTTP/2 with prior knowledge, or ALPN h2 over TLS (one multiplexed connection per authority).
     pub http2: UpstreamClient,
+    /// Over TLS, offers ALPN `h2` and `http/1.1` and speaks what the upstream picks: HTTP/2
+    /// requests to an upstream that may not speak HTTP/2 (one that does not negotiate `h2`
+    /// gets HTTP/1.1 instead of an HTTP/2 preface it would never answer).
+    pub negotiated: UpstreamClient,
 }
 
 /// Bounds on the idle upstream connections each client keeps.
@@ -157,6 +161,11 @@ impl Upstreams {
             .with_tls_config(client_config(tls)?)
             .https_or_http()
             .enable_http2()
+            .wrap_connector(connector.clone());
+        let either = HttpsConnectorBuilder::new()
+            .with_tls_config(client_config(tls)?)
+            .https_or_http()
+            .enable_all_versions()
             .wrap_connector(connector);
         let http1 = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
@@ -171,6 +180,16 @@ impl Upstreams {
             .pool_max_idle_per_host(pool.max_idle_per_key)
             .http2_only(true)
             .build(h2);
-        Ok(Upstreams { http1, http2 })
+        let negotiated = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(pool.idle_timeout)
+            .pool_max_idle_per_host(pool.max_idle_per_key)
+            .build(either);
+        Ok(Upstreams {
+            http1,
+            http2,
+            negotiated,
+        })
     }
 }

@@ -273,6 +273,28 @@ async fn upstream_tls_origination_with_alpn() {
     assert!(headers.contains("x-seen-version: http/2.0"), "{headers}");
     assert!(headers.contains("x-seen-tls: true"), "{headers}");
 
+    // An upstream that does not negotiate h2 gets HTTP/1.1 from an h2 client, not an
+    // HTTP/2 preface it would never answer.
+    let h1_only = start_tls_backend_alpn(&cert, &key, &[b"http/1.1"]).await;
+    let cfg = config(
+        h1_only,
+        &[
+            "--upstream-tls",
+            "true",
+            "--upstream-ca",
+            &ca,
+            "--upstream-server-name",
+            "backend.test",
+        ],
+    );
+    let to_h1 = membrane_proxy::start(&cfg, membrane_proxy::policy::load(&cfg).unwrap(), None)
+        .await
+        .unwrap();
+    let url_h1 = format!("http://{}/v1/x", to_h1.addrs.listen);
+    let (code, headers, _) = curl(&["--max-time", "10", "--http2-prior-knowledge", &url_h1]).await;
+    assert_eq!(code, 200, "{headers}");
+    assert!(headers.contains("x-seen-version: http/1.1"), "{headers}");
+
     // An upstream whose certificate the CA does not vouch for is not talked to.
     let (other, _, _) = ca_and_leaf(&tmpdir("origin-other"), "backend.test");
     let other = other.display().to_string();

@@ -270,6 +270,15 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8], wait: Duration) -> String {
 /// The same backend behind TLS (ALPN h2 and http/1.1); responses carry `x-seen-tls: true`
 /// and the SNI the client sent in `x-seen-sni`.
 pub async fn start_tls_backend(cert: &std::path::Path, key: &std::path::Path) -> SocketAddr {
+    start_tls_backend_alpn(cert, key, &[b"h2", b"http/1.1"]).await
+}
+
+/// As [`start_tls_backend`], offering only the ALPN protocols `alpn`.
+pub async fn start_tls_backend_alpn(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    alpn: &[&[u8]],
+) -> SocketAddr {
     use rustls::pki_types::pem::PemObject;
     let chain: Vec<_> = rustls::pki_types::CertificateDer::pem_file_iter(cert)
         .unwrap()
@@ -284,7 +293,7 @@ pub async fn start_tls_backend(cert: &std::path::Path, key: &std::path::Path) ->
     .with_no_client_auth()
     .with_single_cert(chain, key)
     .unwrap();
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(cfg));
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
