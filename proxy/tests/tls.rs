@@ -238,26 +238,32 @@ async fn certificate_reload_takes_effect_and_a_bad_pair_is_rejected() {
     tokio::time::sleep(Duration::from_millis(1)).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn upstream_tls_origination_with_alpn() {
-    let dir = tmpdir("origin");
-    let (ca, cert, key) = ca_and_leaf(&dir, "backend.test");
-    let backend = start_tls_backend(&cert, &key).await;
-    let ca = ca.display().to_string();
+/// A standalone proxy originating TLS to `backend`, verified against `ca` as
+/// `backend.test`.
+async fn originating_proxy(backend: std::net::SocketAddr, ca: &str) -> membrane_proxy::Running {
     let cfg = config(
         backend,
         &[
             "--upstream-tls",
             "true",
             "--upstream-ca",
-            &ca,
+            ca,
             "--upstream-server-name",
             "backend.test",
         ],
     );
-    let running = membrane_proxy::start(&cfg, membrane_proxy::policy::load(&cfg).unwrap(), None)
+    membrane_proxy::start(&cfg, membrane_proxy::policy::load(&cfg).unwrap(), None)
         .await
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_tls_origination_with_alpn() {
+    let dir = tmpdir("origin");
+    let (ca, cert, key) = ca_and_leaf(&dir, "backend.test");
+    let backend = start_tls_backend(&cert, &key).await;
+    let ca = ca.display().to_string();
+    let running = originating_proxy(backend, &ca).await;
     let url = format!("http://{}/v1/x", running.addrs.listen);
     let (code, headers, _) = curl(&[&url]).await;
     assert_eq!(code, 200, "{headers}");
@@ -276,20 +282,7 @@ async fn upstream_tls_origination_with_alpn() {
     // An upstream that does not negotiate h2 gets HTTP/1.1 from an h2 client, not an
     // HTTP/2 preface it would never answer.
     let h1_only = start_tls_backend_alpn(&cert, &key, &[b"http/1.1"]).await;
-    let cfg = config(
-        h1_only,
-        &[
-            "--upstream-tls",
-            "true",
-            "--upstream-ca",
-            &ca,
-            "--upstream-server-name",
-            "backend.test",
-        ],
-    );
-    let to_h1 = membrane_proxy::start(&cfg, membrane_proxy::policy::load(&cfg).unwrap(), None)
-        .await
-        .unwrap();
+    let to_h1 = originating_proxy(h1_only, &ca).await;
     let url_h1 = format!("http://{}/v1/x", to_h1.addrs.listen);
     let (code, headers, _) = curl(&["--max-time", "10", "--http2-prior-knowledge", &url_h1]).await;
     assert_eq!(code, 200, "{headers}");
@@ -298,20 +291,7 @@ async fn upstream_tls_origination_with_alpn() {
     // An upstream whose certificate the CA does not vouch for is not talked to.
     let (other, _, _) = ca_and_leaf(&tmpdir("origin-other"), "backend.test");
     let other = other.display().to_string();
-    let cfg = config(
-        backend,
-        &[
-            "--upstream-tls",
-            "true",
-            "--upstream-ca",
-            &other,
-            "--upstream-server-name",
-            "backend.test",
-        ],
-    );
-    let untrusted = membrane_proxy::start(&cfg, membrane_proxy::policy::load(&cfg).unwrap(), None)
-        .await
-        .unwrap();
+    let untrusted = originating_proxy(backend, &other).await;
     let (code, _, _) = curl(&[&format!("http://{}/v1/x", untrusted.addrs.listen)]).await;
     assert_eq!(code, 503);
 }
