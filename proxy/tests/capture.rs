@@ -40,6 +40,24 @@ fn run(args: &[&str]) {
     );
 }
 
+/// Creates network namespaces `a` and `b` joined by a veth pair (devices `PREFIX_A{id}`,
+/// `PREFIX_B{id}`) with 10.251.NET.1/30 in `a` and 10.251.NET.2/30 in `b`, links and
+/// loopbacks up. `Env`'s drop removes the namespaces (and with them the pair).
+fn link(a: &str, b: &str, (pa, pb): (&str, &str), id: u32, net: u8) {
+    let (va, vb) = (format!("{pa}{id}"), format!("{pb}{id}"));
+    run(&["ip", "netns", "add", a]);
+    run(&["ip", "netns", "add", b]);
+    run(&[
+        "ip", "link", "add", &va, "netns", a, "type", "veth", "peer", "name", &vb, "netns", b,
+    ]);
+    for (ns, dev, host) in [(a, &va, 1), (b, &vb, 2)] {
+        let addr = format!("10.251.{net}.{host}/30");
+        run(&["ip", "-n", ns, "addr", "add", &addr, "dev", dev]);
+        run(&["ip", "-n", ns, "link", "set", dev, "up"]);
+        run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+    }
+}
+
 fn curl_in(ns: &str, extra: &[&str]) -> (String, String) {
     let out = Command::new("ip")
         .args([
@@ -73,21 +91,7 @@ fn redirected_connections_get_the_policy_of_their_original_port() {
         children: vec![],
         dir: dir.clone(),
     };
-    let (vc, vs) = (format!("mvc{id}"), format!("mvs{id}"));
-    run(&["ip", "netns", "add", &client]);
-    run(&["ip", "netns", "add", &server]);
-    run(&[
-        "ip", "link", "add", &vc, "netns", &client, "type", "veth", "peer", "name", &vs, "netns",
-        &server,
-    ]);
-    for (ns, dev, addr) in [
-        (&client, &vc, "10.251.7.1/30"),
-        (&server, &vs, "10.251.7.2/30"),
-    ] {
-        run(&["ip", "-n", ns, "addr", "add", addr, "dev", dev]);
-        run(&["ip", "-n", ns, "link", "set", dev, "up"]);
-        run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-    }
+    link(&client, &server, ("mvc", "mvs"), id, 7);
     let rules = dir.join("capture.nft");
     std::fs::write(
         &rules,
@@ -222,21 +226,7 @@ fn redirected_outbound_connections_get_the_egress_policy_of_their_destination() 
         children: vec![],
         dir: dir.clone(),
     };
-    let (va, vr) = (format!("mva{id}"), format!("mvr{id}"));
-    run(&["ip", "netns", "add", &app]);
-    run(&["ip", "netns", "add", &remote]);
-    run(&[
-        "ip", "link", "add", &va, "netns", &app, "type", "veth", "peer", "name", &vr, "netns",
-        &remote,
-    ]);
-    for (ns, dev, addr) in [
-        (&app, &va, "10.251.9.1/30"),
-        (&remote, &vr, "10.251.9.2/30"),
-    ] {
-        run(&["ip", "-n", ns, "addr", "add", addr, "dev", dev]);
-        run(&["ip", "-n", ns, "link", "set", dev, "up"]);
-        run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-    }
+    link(&app, &remote, ("mva", "mvr"), id, 9);
     let rules = dir.join("capture.nft");
     std::fs::write(
         &rules,
@@ -462,21 +452,7 @@ fn captured_egress_tls_is_terminated_inspected_and_reoriginated_verified() {
         ),
     )
     .unwrap();
-    let (va, vr) = (format!("mta{id}"), format!("mtr{id}"));
-    run(&["ip", "netns", "add", &app]);
-    run(&["ip", "netns", "add", &remote]);
-    run(&[
-        "ip", "link", "add", &va, "netns", &app, "type", "veth", "peer", "name", &vr, "netns",
-        &remote,
-    ]);
-    for (ns, dev, addr) in [
-        (&app, &va, "10.251.10.1/30"),
-        (&remote, &vr, "10.251.10.2/30"),
-    ] {
-        run(&["ip", "-n", ns, "addr", "add", addr, "dev", dev]);
-        run(&["ip", "-n", ns, "link", "set", dev, "up"]);
-        run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-    }
+    link(&app, &remote, ("mta", "mtr"), id, 10);
     let rules = dir.join("capture.nft");
     std::fs::write(
         &rules,
