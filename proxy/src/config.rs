@@ -79,6 +79,10 @@ pub struct Config {
     /// Worker threads (1 = one current-thread runtime, as Envoy's `--concurrency 1`).
     #[arg(long, env = "MEMBRANE_CONCURRENCY", default_value_t = 1)]
     pub concurrency: usize,
+    /// Before the event loop sleeps, poll for more work for up to this long (adaptive: off
+    /// after a poll that found nothing, on again once traffic is dense); 0us: never.
+    #[arg(long, env = "MEMBRANE_BUSY_POLL", value_parser = parse_duration, default_value = "50us")]
+    pub busy_poll: Duration,
     /// Admin listener (Envoy-compatible subset).
     #[arg(long, env = "MEMBRANE_ADMIN", default_value = "127.0.0.1:15000")]
     pub admin: SocketAddr,
@@ -183,7 +187,7 @@ pub struct Config {
     pub log: String,
 }
 
-/// Parses `250ms`, `10s`, `5m` or a bare number of seconds.
+/// Parses `50us`, `250ms`, `10s`, `5m` or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
@@ -192,13 +196,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     };
     let n: u64 = num
         .parse()
-        .map_err(|_| format!("{s:?} is not a duration (expected e.g. 250ms, 10s, 5m)"))?;
+        .map_err(|_| format!("{s:?} is not a duration (expected e.g. 50us, 250ms, 10s, 5m)"))?;
     match unit {
+        "us" => Ok(Duration::from_micros(n)),
         "ms" => Ok(Duration::from_millis(n)),
         "s" => Ok(Duration::from_secs(n)),
         "m" => Ok(Duration::from_secs(n * 60)),
         _ => Err(format!(
-            "{s:?}: unknown unit {unit:?} (expected ms, s or m)"
+            "{s:?}: unknown unit {unit:?} (expected us, ms, s or m)"
         )),
     }
 }
@@ -212,6 +217,7 @@ mod tests {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("50us"), Ok(Duration::from_micros(50)));
         assert!(parse_duration("2h").is_err());
         assert!(parse_duration("x").is_err());
     }

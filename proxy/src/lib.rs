@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod body;
+pub mod busypoll;
 pub mod config;
 pub mod h1guard;
 pub mod memory;

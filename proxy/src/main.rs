@@ -68,17 +68,55 @@ fn real_main() -> anyhow::Result<()> {
         reload_handle.reload(f).map_err(|e| e.to_string())
     });
 
-    let rt = if cfg.concurrency <= 1 {
+    let mut builder = if cfg.concurrency <= 1 {
         tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
     } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(cfg.concurrency)
-            .enable_all()
-            .build()?
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(cfg.concurrency);
+        b
+    };
+    builder.enable_all();
+    let rt = if cfg.busy_poll.is_zero() {
+        builder.build()?
+    } else {
+        build_busy_polling(builder, cfg.busy_poll)?
     };
     rt.block_on(run(*cfg, log_control))
+}
+
+/// A runtime whose event loop polls for up to `budget` before it sleeps (see `busypoll`).
+fn build_busy_polling(
+    mut builder: tokio::runtime::Builder,
+    budget: std::time::Duration,
+) -> anyhow::Result<tokio::runtime::Runtime> {
+    use membrane_proxy::busypoll::{epoll_fds, runtime_epoll, BusyPoll};
+    // The hooks are set before the runtime exists; its epoll descriptor is known after.
+    let slot: Arc<std::sync::OnceLock<Arc<BusyPoll>>> = Arc::default();
+    let (park, unpark) = (slot.clone(), slot.clone());
+    builder
+        .on_thread_park(move || {
+            if let Some(b) = park.get() {
+                b.before_park()
+            }
+        })
+        .on_thread_unpark(move || {
+            if let Some(b) = unpark.get() {
+                b.after_unpark()
+            }
+        });
+    let before = epoll_fds();
+    let rt = builder.build()?;
+    let created = epoll_fds().difference(&before).copied().collect();
+    match runtime_epoll(&created) {
+        Some(fd) => {
+            let _ = slot.set(BusyPoll::new(fd, budget));
+        }
+        None => tracing::warn!(
+            epoll_descriptors = created.len(),
+            "busy polling off: the runtime's epoll descriptor is not known"
+        ),
+    }
+    Ok(rt)
 }
 
 async fn run(cfg: Config, log_control: membrane_proxy::admin::LogControl) -> anyhow::Result<()> {

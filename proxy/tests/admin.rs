@@ -636,3 +636,85 @@ async fn capture_listeners_appear_under_istio_names() {
     let (code, _, _) = curl(&[&format!("http://{cin}/v1/x")]).await;
     assert_eq!(code, 0);
 }
+
+/// Voluntary context switches (sleeps) and CPU ticks of every thread of a process.
+fn sleeps_and_ticks(pid: u32) -> (u64, u64) {
+    let mut sleeps = 0;
+    let mut ticks = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        sleeps += status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .map_or(0, |v| v.trim().parse::<u64>().unwrap());
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        // utime and stime are fields 14 and 15; the name (field 2) ends with ')'.
+        let after_name = &stat[stat.rfind(')').map_or(0, |i| i + 2)..];
+        let f: Vec<&str> = after_name.split_whitespace().collect();
+        if f.len() > 12 {
+            ticks += f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+        }
+    }
+    (sleeps, ticks)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_busy_polls_while_traffic_is_dense_and_sleeps_when_idle() {
+    let backend = start_backend().await;
+    // A budget far above a loopback round trip, so the loop never has to sleep between
+    // the requests of one keep-alive client, even on a loaded machine.
+    let mut b = spawn_binary(
+        &policy_file(backend.port()),
+        backend,
+        &["--access-log", "false", "--busy-poll", "20ms"],
+    );
+    let pid = b.child.id();
+    let url = format!("http://{}/v1/x", b.listen);
+    assert_eq!(curl(&[&url]).await.0, 200);
+
+    // 400 requests back to back on one connection.
+    let urls: Vec<&str> = std::iter::repeat_n(url.as_str(), 400).collect();
+    let (s0, _) = sleeps_and_ticks(pid);
+    let out = tokio::process::Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}\n"])
+        .args(&urls)
+        .output()
+        .await
+        .unwrap();
+    let (s1, _) = sleeps_and_ticks(pid);
+    let codes = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(codes.lines().filter(|c| *c == "200").count(), 400);
+    // Without busy polling the loop sleeps twice per request (waiting for the request,
+    // then for the upstream's answer): about 800 sleeps.
+    assert!(
+        s1 - s0 < 200,
+        "{} sleeps for 400 back-to-back requests: the event loop did not busy-poll",
+        s1 - s0
+    );
+
+    // Idle: one budget is spun after the traffic stops, then the loop sleeps.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (_, t0) = sleeps_and_ticks(pid);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (_, t1) = sleeps_and_ticks(pid);
+    let ticks_per_sec = procfs_ticks_per_second();
+    assert!(
+        (t1 - t0) * 10 < ticks_per_sec,
+        "an idle proxy used {} of {ticks_per_sec} CPU ticks in one second: it kept spinning",
+        t1 - t0
+    );
+    let _ = b.child.kill();
+    let _ = b.child.wait();
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`).
+fn procfs_ticks_per_second() -> u64 {
+    let out = std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
