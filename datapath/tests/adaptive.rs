@@ -100,6 +100,32 @@ fn small_write_stream_service_is_learned_plain() {
         "0.1",
     ]);
     assert_eq!(dp.counters_of("mb_sockops").unwrap().redirected, 10);
+
+    // A one-way stream of 16 KiB writes counts as small too (spliced, its sender sleeps on
+    // the reader's socket lock once per message when the two run on different cores);
+    // 32 KiB writes stay spliced.
+    env.server(&["sink", "--listen", "127.0.0.1:9003"]);
+    for (write, secs) in [("32768", "0.2"), ("16384", "0.3")] {
+        env.client(&[
+            "stream",
+            "--connect",
+            "127.0.0.1:9003",
+            "--write",
+            write,
+            "--secs",
+            secs,
+        ]);
+        if write == "32768" {
+            assert_eq!(dp.plain_hints().unwrap(), vec![], "32 KiB writes learned plain");
+        }
+    }
+    let hints: Vec<u16> = dp
+        .plain_hints()
+        .unwrap()
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect();
+    assert_eq!(hints, vec![9003], "a 16 KiB-write stream is not learned plain");
 }
 
 #[test]
