@@ -31,7 +31,7 @@ ENVOY=$(python3 -c "import envoy,os;print(os.path.dirname(envoy.__file__))")/_bi
 MEMBRANE="$TARGET_DIR/release/membrane-proxy"
 
 NGINX_PORT=18080 ENVOY_PORT=18081 MEMBRANE_PORT=18083
-for port in $NGINX_PORT 18082 $ENVOY_PORT 19901 $MEMBRANE_PORT 19902 19903 19904; do
+for port in $NGINX_PORT 18082 $ENVOY_PORT 19901 $MEMBRANE_PORT 19902 19903 19904 18084 19905 19906 19907; do
   if ss -Hltn "sport = :$port" | grep -q .; then
     echo "proxy.sh: port $port is busy; is another benchmark running?" >&2
     exit 1
@@ -81,6 +81,18 @@ MEMBRANE_PID=$!
 PIDS+=($MEMBRANE_PID)
 wait_port $MEMBRANE_PORT
 
+# The same proxy with busy polling off (--busy-poll 0us), measured at one connection only:
+# what the event loop's polling before it sleeps buys, and what it costs in CPU.
+NOBP_PORT=18084
+taskset -c "$PROXY_CORE" "$MEMBRANE" standalone --listen 127.0.0.1:$NOBP_PORT \
+  --upstream 127.0.0.1:$NGINX_PORT --policy "$BENCH_DIR/cnp-l7-bench.yaml" \
+  --endpoint-labels k8s:app=backend --concurrency 1 --upstream-protocol http1 --access-log false \
+  --admin 127.0.0.1:19905 --metrics 127.0.0.1:19906 --health 127.0.0.1:19907 --log warn \
+  --busy-poll 0us >"$TMP/membrane-nobp.log" 2>&1 &
+NOBP_PID=$!
+PIDS+=($NOBP_PID)
+wait_port $NOBP_PORT
+
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 # Context switches of every thread of a process (a request that makes the proxy sleep and
@@ -126,13 +138,13 @@ LOADAVG=$(cut -d' ' -f1-3 /proc/loadavg)
 SAMPLES="$TMP/samples"
 : >"$SAMPLES"
 sample() { echo "$1 $2" >>"$SAMPLES"; }
-pid_of() { if [ "$1" = envoy ]; then echo $ENVOY_PID; else echo $MEMBRANE_PID; fi; }
-port_of() { case $1 in nginx) echo $NGINX_PORT ;; envoy) echo $ENVOY_PORT ;; membrane) echo $MEMBRANE_PORT ;; esac; }
+pid_of() { case $1 in envoy) echo $ENVOY_PID ;; membrane) echo $MEMBRANE_PID ;; nobp) echo $NOBP_PID ;; esac; }
+port_of() { case $1 in nginx) echo $NGINX_PORT ;; envoy) echo $ENVOY_PORT ;; membrane) echo $MEMBRANE_PORT ;; nobp) echo $NOBP_PORT ;; esac; }
 
 # Each measurement is repeated REPS times, alternating between targets, and the median is
 # reported: other work on a shared machine moves absolute numbers from run to run.
 for rep in $(seq "$REPS"); do
-  for name in nginx envoy membrane; do
+  for name in nginx envoy membrane nobp; do
     if [ "$name" = nginx ]; then
       read -r rps p50 _ < <(run_wrk $NGINX_PORT 1 /v1/x)
     else
@@ -201,7 +213,7 @@ ENVOY_VERSION=$("$ENVOY" --version 2>/dev/null | grep -o 'version: [^ ]*' | head
   echo "Envoy ${ENVOY_VERSION:-(version unknown)}, $(nginx -v 2>&1 | cut -d' ' -f3), membrane-proxy $(git -C "$ROOT" rev-parse --short HEAD)."
   echo "Allow path: \`GET /v1/x\` (200 from nginx). Deny path: \`PUT /v1/exhaust-port\` (403 from the proxy)."
   echo "Command: \`make bench\` (bench/run.sh → bench/proxy.sh). Load average at start: $LOADAVG, at end: $LOADAVG_END."
-  echo "membrane-proxy upstream pool and heap: defaults (--upstream-max-idle 64, --upstream-idle-timeout 30s, --memory-trim-interval 5s)."
+  echo "membrane-proxy upstream pool, heap and event loop: defaults (--upstream-max-idle 64, --upstream-idle-timeout 30s, --memory-trim-interval 5s, --busy-poll 50us); a second membrane-proxy with --busy-poll 0us is measured at one connection."
   echo
   python3 - "$SAMPLES" <<'PY'
 import statistics, sys
@@ -229,12 +241,16 @@ rows = [
     ("allow RPS, wrk 32 conns", g("nginx.allow32.rps"), g("envoy.allow32.rps"), g("membrane.allow32.rps"), 0, (">=", 2.0)),
     ("allow p50 µs, 1 conn", g("nginx.allow1.p50"), g("envoy.allow1.p50"), g("membrane.allow1.p50"), 0, None),
     ("added p50 µs, 1 conn (proxy − direct)", 0.0, added_e, added_m, 0, ("<=", 0.5)),
+    ("allow p50 µs, 1 conn, membrane with --busy-poll 0us", None, g("envoy.allow1.p50"), g("nobp.allow1.p50"), 0, None),
+    ("added p50 µs, 1 conn, membrane with --busy-poll 0us", None, added_e, g("nobp.allow1.p50") - g("nginx.allow1.p50"), 0, None),
     ("allow p50 µs, 32 conns", g("nginx.allow32.p50"), g("envoy.allow32.p50"), g("membrane.allow32.p50"), 0, None),
     ("deny RPS, wrk 32 conns", None, g("envoy.deny32.rps"), g("membrane.deny32.rps"), 0, (">=", 1.5)),
     ("deny RPS, wrk 1 conn", None, g("envoy.deny1.rps"), g("membrane.deny1.rps"), 0, None),
     ("allow RPS, h2load h2c, 32 conns × 10 streams", g("nginx.h2.rps"), g("envoy.h2.rps"), g("membrane.h2.rps"), 0, None),
     ("proxy CPU µs per allowed request (1 conn)", None, g("envoy.allow1.cpu_us"), g("membrane.allow1.cpu_us"), 0, None),
     ("proxy context switches per allowed request (1 conn)", None, g("envoy.allow1.ctx"), g("membrane.allow1.ctx"), 2, None),
+    ("proxy CPU µs per allowed request (1 conn), membrane with --busy-poll 0us", None, g("envoy.allow1.cpu_us"), g("nobp.allow1.cpu_us"), 0, None),
+    ("proxy context switches per allowed request (1 conn), --busy-poll 0us", None, g("envoy.allow1.ctx"), g("nobp.allow1.ctx"), 2, None),
     ("proxy CPU µs per allowed request (32 conns)", None, g("envoy.allow32.cpu_us"), g("membrane.allow32.cpu_us"), 0, None),
     ("proxy CPU µs per denied request (32 conns)", None, g("envoy.deny32.cpu_us"), g("membrane.deny32.cpu_us"), 0, None),
     ("proxy core utilisation %, allow 32 conns", None, g("envoy.allow32.util"), g("membrane.allow32.util"), 0, None),
