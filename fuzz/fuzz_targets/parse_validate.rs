@@ -69,12 +69,14 @@ fn resolve_one(policy: std::sync::Arc<membrane_policy::CompiledPolicy>, ns: &str
             path: "/",
             host: None,
             headers: &headers,
+            secrets: &membrane_policy::http::NoSecrets,
         },
         HttpRequest {
             method: "POST",
             path: "/private/x?y=1",
             host: Some("api.example.com"),
             headers: &headers,
+            secrets: &membrane_policy::http::NoSecrets,
         },
     ];
     for dir in [Direction::Ingress, Direction::Egress] {

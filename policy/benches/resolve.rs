@@ -188,6 +188,7 @@ fn bench(c: &mut Criterion) {
         path: "/api/v1/orders",
         host: Some("app0.ns0"),
         headers: &headers,
+        secrets: &membrane_policy::http::NoSecrets,
     };
     let conn = resolved
         .direction(Direction::Ingress)

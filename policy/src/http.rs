@@ -2,10 +2,19 @@
 //! whole value (the path includes the query), `headers` entries are `"Name"` (present) or
 //! `"Name: value"` (exact), and `headerMatches` compare a value and may carry an action to
 //! take on mismatch instead of denying.
+//!
+//! A `headerMatches` entry may take its value from a Kubernetes Secret. The engine reads
+//! no secrets: the caller passes a [`SecretResolver`] with each request, and the rules of
+//! what a secret means (exactly one data entry, usable as a header value, the inline
+//! `value` as fallback, constant-time comparison, values redacted wherever they are
+//! printed) live here, once.
 
 use crate::model::HttpRule;
 use regex::Regex;
+use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
 
 /// Regex size limit: generous for real policies, bounded so a hostile policy cannot make the
 /// proxy build an enormous automaton.
@@ -53,6 +62,202 @@ pub enum MismatchAction {
     Replace,
 }
 
+/// A Kubernetes Secret named by a `headerMatches` entry, its namespace resolved (a
+/// reference without one means the policy's; `default` for cluster-wide policies).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SecretName {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+impl fmt::Display for SecretName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A Secret's data: entry name → decoded value.
+pub type SecretData = BTreeMap<String, Vec<u8>>;
+
+/// Where the values of the secrets header matches name come from (the proxy: its secret
+/// store, which may change between requests).
+pub trait SecretResolver {
+    /// The data of Secret `name`, or `None` when no such Secret is known.
+    fn secret(&self, name: &SecretName) -> Option<Arc<SecretData>>;
+}
+
+/// A resolver that knows no secrets: a header match against a secret falls back to its
+/// inline `value`, or fails. For callers that cannot read secrets (`policy trace`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoSecrets;
+
+impl SecretResolver for NoSecrets {
+    fn secret(&self, _name: &SecretName) -> Option<Arc<SecretData>> {
+        None
+    }
+}
+
+/// Why a Secret cannot give a header match its value; the message names the secret (and
+/// the entry) but never shows a value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HeaderSecretError {
+    /// The resolver does not know the secret.
+    #[error("secret {0}: not found")]
+    NotFound(SecretName),
+    /// The secret does not hold exactly one data entry.
+    #[error("secret {secret}: has {count} data entries; a header match needs exactly one")]
+    EntryCount {
+        /// The secret.
+        secret: SecretName,
+        /// How many entries it has.
+        count: usize,
+    },
+    /// The one entry cannot be a header value.
+    #[error("secret {secret}: entry {entry:?}: {message}")]
+    InvalidValue {
+        /// The secret.
+        secret: SecretName,
+        /// The entry's name.
+        entry: String,
+        /// What is wrong (never the value itself).
+        message: String,
+    },
+}
+
+/// The value Secret `name` gives a header match: its only data entry, which must be a
+/// non-empty UTF-8 HTTP field value with no control characters and no surrounding
+/// whitespace (a trailing newline, common in secrets made from files, is refused rather
+/// than silently never matching). Anything else is an error, and the match treats the
+/// secret as unavailable.
+pub fn header_secret_value(
+    resolver: &dyn SecretResolver,
+    name: &SecretName,
+) -> Result<SecretValue, HeaderSecretError> {
+    let data = resolver
+        .secret(name)
+        .ok_or_else(|| HeaderSecretError::NotFound(name.clone()))?;
+    header_secret_from_data(name, data)
+}
+
+/// [`header_secret_value`] for data already at hand (a resolver that wants to report a
+/// secret it cannot use applies the same rules with this).
+pub fn header_secret_from_data(
+    name: &SecretName,
+    data: Arc<SecretData>,
+) -> Result<SecretValue, HeaderSecretError> {
+    let (entry, value) = match data.iter().next() {
+        Some((k, v)) if data.len() == 1 => (k, v),
+        _ => {
+            return Err(HeaderSecretError::EntryCount {
+                secret: name.clone(),
+                count: data.len(),
+            })
+        }
+    };
+    let invalid = |message: String| HeaderSecretError::InvalidValue {
+        secret: name.clone(),
+        entry: entry.clone(),
+        message,
+    };
+    let text = std::str::from_utf8(value).map_err(|_| invalid("not UTF-8 text".into()))?;
+    if text.is_empty() {
+        return Err(invalid("empty".into()));
+    }
+    if let Some(i) = text
+        .bytes()
+        .position(|b| (b < 0x20 && b != b'\t') || b == 0x7f)
+    {
+        return Err(invalid(format!(
+            "not a valid HTTP header value (control character at byte {i})"
+        )));
+    }
+    if text.starts_with([' ', '\t']) || text.ends_with([' ', '\t']) {
+        return Err(invalid(
+            "not a valid HTTP header value (leading or trailing whitespace)".into(),
+        ));
+    }
+    Ok(SecretValue(data))
+}
+
+/// A usable header-match secret: exactly one entry, valid as a header value.
+#[derive(Clone)]
+pub struct SecretValue(Arc<SecretData>);
+
+impl SecretValue {
+    /// The value.
+    pub fn as_str(&self) -> &str {
+        // Checked in `header_secret_value`: one entry, UTF-8.
+        self.0
+            .values()
+            .next()
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .unwrap_or("")
+    }
+}
+
+impl fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// A header value a mismatch action writes into the request. When it came from a secret
+/// it prints as `[redacted]` (Debug and Display); only [`ActionValue::as_str`] reveals it,
+/// for the request that is forwarded.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ActionValue {
+    value: String,
+    secret: bool,
+}
+
+impl ActionValue {
+    /// A value written in the policy itself.
+    pub fn literal(value: impl Into<String>) -> Self {
+        ActionValue {
+            value: value.into(),
+            secret: false,
+        }
+    }
+
+    /// A value taken from a secret.
+    pub fn secret(value: impl Into<String>) -> Self {
+        ActionValue {
+            value: value.into(),
+            secret: true,
+        }
+    }
+
+    /// The value to put in the request.
+    pub fn as_str(&self) -> &str {
+        &self.value
+    }
+
+    /// Whether it came from a secret (and so must never be logged).
+    pub fn is_secret(&self) -> bool {
+        self.secret
+    }
+}
+
+impl fmt::Display for ActionValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.secret {
+            true => f.write_str("[redacted]"),
+            false => f.write_str(&self.value),
+        }
+    }
+}
+
+impl fmt::Debug for ActionValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.secret {
+            true => f.write_str("[redacted]"),
+            false => fmt::Debug::fmt(&self.value, f),
+        }
+    }
+}
+
 /// A change a matched rule asks the proxy to make to the request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HeaderAction {
@@ -66,7 +271,7 @@ pub enum HeaderAction {
         /// Header name (lowercase).
         name: String,
         /// Value to add.
-        value: String,
+        value: ActionValue,
     },
     /// Remove every `name` header.
     Delete {
@@ -78,7 +283,7 @@ pub enum HeaderAction {
         /// Header name (lowercase).
         name: String,
         /// New value.
-        value: String,
+        value: ActionValue,
     },
 }
 
@@ -92,7 +297,7 @@ struct HeaderReq {
 struct HeaderMatchReq {
     name: String,
     value: Option<String>,
-    secret: Option<String>,
+    secret: Option<SecretName>,
     mismatch: MismatchAction,
 }
 
@@ -153,6 +358,8 @@ pub struct HttpRequest<'a> {
     pub host: Option<&'a str>,
     /// Header lookup.
     pub headers: &'a dyn HeaderSource,
+    /// Where secrets named by `headerMatches` are read, at the time of this request.
+    pub secrets: &'a dyn SecretResolver,
 }
 
 /// Header access for rule matching; names are passed lowercase.
@@ -176,8 +383,10 @@ impl HeaderSource for Vec<(String, String)> {
 }
 
 impl CompiledHttpRule {
-    /// Compiles and validates one rule.
-    pub fn compile(rule: &HttpRule) -> Result<Self, HttpRuleError> {
+    /// Compiles and validates one rule of a policy in `namespace` (`None`: cluster-wide),
+    /// which is where secrets named without a namespace are looked for (`default` for
+    /// cluster-wide policies).
+    pub fn compile(rule: &HttpRule, namespace: Option<&str>) -> Result<Self, HttpRuleError> {
         let re = |field: &str, v: &Option<String>| -> Result<Option<Regex>, HttpRuleError> {
             match v {
                 None => Ok(None),
@@ -228,19 +437,32 @@ impl CompiledHttpRule {
                     })
                 }
             };
-            if m.value.is_some() && m.secret.is_some() {
-                return Err(HttpRuleError {
-                    field: format!("headerMatches[{i}]"),
-                    message: "value and secret are mutually exclusive".into(),
-                });
-            }
+            // With both, `value` is what is matched while the secret is unavailable.
+            let secret = match &m.secret {
+                None => None,
+                Some(s) => {
+                    if s.name.is_empty() {
+                        return Err(HttpRuleError {
+                            field: format!("headerMatches[{i}].secret.name"),
+                            message: "must not be empty".into(),
+                        });
+                    }
+                    let namespace = s
+                        .namespace
+                        .as_deref()
+                        .filter(|n| !n.is_empty())
+                        .or(namespace)
+                        .unwrap_or("default");
+                    Some(SecretName {
+                        namespace: namespace.to_owned(),
+                        name: s.name.clone(),
+                    })
+                }
+            };
             header_matches.push(HeaderMatchReq {
                 name: m.name.to_ascii_lowercase(),
-                value: m.value.clone(),
-                secret: m.secret.as_ref().map(|s| match &s.namespace {
-                    Some(ns) => format!("{ns}/{}", s.name),
-                    None => s.name.clone(),
-                }),
+                value: m.value.clone().filter(|v| !v.is_empty()),
+                secret,
                 mismatch,
             });
         }
@@ -254,11 +476,15 @@ impl CompiledHttpRule {
         })
     }
 
-    /// Secrets this rule's header matches depend on (not resolvable by the policy engine).
-    pub fn secrets(&self) -> impl Iterator<Item = &str> {
-        self.header_matches
-            .iter()
-            .filter_map(|m| m.secret.as_deref())
+    /// Secrets this rule's header matches depend on (read through the request's
+    /// [`SecretResolver`]).
+    pub fn secrets(&self) -> impl Iterator<Item = &SecretName> {
+        self.header_matches.iter().filter_map(|m| m.secret.as_ref())
+    }
+
+    /// The secret of the `i`th `headerMatches` entry, if it names one.
+    pub fn header_match_secret(&self, i: usize) -> Option<&SecretName> {
+        self.header_matches.get(i).and_then(|m| m.secret.as_ref())
     }
 
     /// Tests a request. `Some(actions)` when the rule allows it (with any header actions a
@@ -292,18 +518,37 @@ impl CompiledHttpRule {
         }
         let mut actions = Vec::new();
         for m in &self.header_matches {
-            let ok = match (&m.value, &m.secret) {
-                (Some(v), _) => req
+            // The value to match: the secret's while it is usable, else the inline value;
+            // a secret that is unusable with no inline value fails the rule whatever the
+            // mismatch action (nothing could be added or compared), as Cilium's proxy does.
+            let secret = match &m.secret {
+                Some(name) => match header_secret_value(req.secrets, name) {
+                    Ok(v) => Some(v),
+                    Err(_) if m.value.is_some() => None,
+                    Err(_) => return None,
+                },
+                None => None,
+            };
+            let expected = match (&secret, &m.value) {
+                (Some(s), _) => Some(s.as_str()),
+                (None, Some(v)) => Some(v.as_str()),
+                (None, None) => None,
+            };
+            let ok = match expected {
+                // Constant time over the value, so timing does not reveal how much of a
+                // guess was right (its length is not hidden).
+                Some(v) => req
                     .headers
-                    .any_value(&m.name, &mut |got| got == v.as_bytes()),
-                // A secret's value is not known here: fail closed.
-                (None, Some(_)) => false,
-                (None, None) => req.headers.any_value(&m.name, &mut |_| true),
+                    .any_value(&m.name, &mut |got| bool::from(got.ct_eq(v.as_bytes()))),
+                None => req.headers.any_value(&m.name, &mut |_| true),
             };
             if ok {
                 continue;
             }
-            let value = m.value.clone().unwrap_or_default();
+            let value = || match &secret {
+                Some(s) => ActionValue::secret(s.as_str()),
+                None => ActionValue::literal(m.value.clone().unwrap_or_default()),
+            };
             match m.mismatch {
                 MismatchAction::Fail => return None,
                 MismatchAction::Log => actions.push(HeaderAction::Log {
@@ -311,14 +556,14 @@ impl CompiledHttpRule {
                 }),
                 MismatchAction::Add => actions.push(HeaderAction::Add {
                     name: m.name.clone(),
-                    value,
+                    value: value(),
                 }),
                 MismatchAction::Delete => actions.push(HeaderAction::Delete {
                     name: m.name.clone(),
                 }),
                 MismatchAction::Replace => actions.push(HeaderAction::Replace {
                     name: m.name.clone(),
-                    value,
+                    value: value(),
                 }),
             }
         }
@@ -352,17 +597,20 @@ mod tests {
         host: Option<&str>,
         headers: &[&str],
     ) -> CompiledHttpRule {
-        CompiledHttpRule::compile(&HttpRule {
-            method: method.map(Into::into),
-            path: path.map(Into::into),
-            host: host.map(Into::into),
-            headers: if headers.is_empty() {
-                None
-            } else {
-                Some(headers.iter().map(|s| s.to_string()).collect())
+        CompiledHttpRule::compile(
+            &HttpRule {
+                method: method.map(Into::into),
+                path: path.map(Into::into),
+                host: host.map(Into::into),
+                headers: if headers.is_empty() {
+                    None
+                } else {
+                    Some(headers.iter().map(|s| s.to_string()).collect())
+                },
+                header_matches: None,
             },
-            header_matches: None,
-        })
+            None,
+        )
         .unwrap()
     }
 
@@ -377,6 +625,7 @@ mod tests {
             path,
             host,
             headers,
+            secrets: &NoSecrets,
         }
     }
 
@@ -437,15 +686,18 @@ mod tests {
     #[test]
     fn header_match_mismatch_actions() {
         let mk = |mismatch: Option<&str>| {
-            CompiledHttpRule::compile(&HttpRule {
-                header_matches: Some(vec![HeaderMatch {
-                    name: "X-Env".into(),
-                    value: Some("prod".into()),
-                    secret: None,
-                    mismatch: mismatch.map(Into::into),
-                }]),
-                ..Default::default()
-            })
+            CompiledHttpRule::compile(
+                &HttpRule {
+                    header_matches: Some(vec![HeaderMatch {
+                        name: "X-Env".into(),
+                        value: Some("prod".into()),
+                        secret: None,
+                        mismatch: mismatch.map(Into::into),
+                    }]),
+                    ..Default::default()
+                },
+                None,
+            )
             .unwrap()
         };
         let wrong = vec![("x-env".to_string(), "dev".to_string())];
@@ -460,7 +712,7 @@ mod tests {
             mk(Some("REPLACE")).check(&req("GET", "/", None, &wrong)),
             Some(vec![HeaderAction::Replace {
                 name: "x-env".into(),
-                value: "prod".into()
+                value: ActionValue::literal("prod")
             }])
         );
         let right = vec![("x-env".to_string(), "prod".to_string())];
@@ -468,38 +720,345 @@ mod tests {
             mk(Some("ADD")).check(&req("GET", "/", None, &right)),
             Some(vec![])
         );
-        let e = CompiledHttpRule::compile(&HttpRule {
-            header_matches: Some(vec![HeaderMatch {
-                name: "x".into(),
-                value: None,
-                secret: None,
-                mismatch: Some("DROP".into()),
-            }]),
-            ..Default::default()
-        })
+        let e = CompiledHttpRule::compile(
+            &HttpRule {
+                header_matches: Some(vec![HeaderMatch {
+                    name: "x".into(),
+                    value: None,
+                    secret: None,
+                    mismatch: Some("DROP".into()),
+                }]),
+                ..Default::default()
+            },
+            None,
+        )
         .unwrap_err();
         assert_eq!(e.field, "headerMatches[0].mismatch");
     }
 
+    /// A resolver over a fixed map, as the proxy's secret store is at one instant.
+    struct Secrets(Vec<(SecretName, SecretData)>);
+
+    impl SecretResolver for Secrets {
+        fn secret(&self, name: &SecretName) -> Option<Arc<SecretData>> {
+            self.0
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, d)| Arc::new(d.clone()))
+        }
+    }
+
+    fn secret(ns: &str, name: &str, entries: &[(&str, &[u8])]) -> (SecretName, SecretData) {
+        (
+            SecretName {
+                namespace: ns.into(),
+                name: name.into(),
+            },
+            entries
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_vec()))
+                .collect(),
+        )
+    }
+
+    fn secret_rule(
+        namespace: Option<&str>,
+        secret_ns: Option<&str>,
+        value: Option<&str>,
+        mismatch: Option<&str>,
+    ) -> CompiledHttpRule {
+        CompiledHttpRule::compile(
+            &HttpRule {
+                header_matches: Some(vec![HeaderMatch {
+                    name: "X-Token".into(),
+                    value: value.map(Into::into),
+                    secret: Some(crate::model::SecretRef {
+                        name: "tok".into(),
+                        namespace: secret_ns.map(Into::into),
+                    }),
+                    mismatch: mismatch.map(Into::into),
+                }]),
+                ..Default::default()
+            },
+            namespace,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn header_match_against_a_secret() {
+        let good = secret("ns", "tok", &[("token", b"s3cret")]);
+        // (policy namespace, secret namespace, inline value, secrets known, header sent, allowed)
+        type Case<'a> = (
+            Option<&'a str>,
+            Option<&'a str>,
+            Option<&'a str>,
+            Vec<(SecretName, SecretData)>,
+            Option<&'a str>,
+            bool,
+        );
+        let table: Vec<Case<'_>> = vec![
+            (
+                Some("ns"),
+                None,
+                None,
+                vec![good.clone()],
+                Some("s3cret"),
+                true,
+            ),
+            (
+                Some("ns"),
+                None,
+                None,
+                vec![good.clone()],
+                Some("s3cret "),
+                false,
+            ),
+            (
+                Some("ns"),
+                None,
+                None,
+                vec![good.clone()],
+                Some("s3cre"),
+                false,
+            ),
+            (
+                Some("ns"),
+                None,
+                None,
+                vec![good.clone()],
+                Some("wrong!"),
+                false,
+            ),
+            (Some("ns"), None, None, vec![good.clone()], None, false),
+            // a reference without namespace means the policy's
+            (
+                Some("other"),
+                None,
+                None,
+                vec![good.clone()],
+                Some("s3cret"),
+                false,
+            ),
+            (
+                Some("other"),
+                Some("ns"),
+                None,
+                vec![good.clone()],
+                Some("s3cret"),
+                true,
+            ),
+            // cluster-wide: `default`
+            (
+                None,
+                None,
+                None,
+                vec![secret("default", "tok", &[("t", b"d")])],
+                Some("d"),
+                true,
+            ),
+            (None, None, None, vec![good.clone()], Some("s3cret"), false),
+            // missing, or not exactly one entry, or not a header value: the match fails
+            (Some("ns"), None, None, vec![], Some("s3cret"), false),
+            (
+                Some("ns"),
+                None,
+                None,
+                vec![secret("ns", "tok", &[])],
+                Some(""),
+                false,
+            ),
+            (
+                Some("ns"),
+                None,
+                None,
+                vec![secret("ns", "tok", &[("a", b"s3cret"), ("b", b"s3cret")])],
+                Some("s3cret"),
+                false,
+            ),
+            (
+                Some("ns"),
+                None,
+                None,
+                vec![secret("ns", "tok", &[("a", b"s3cret\n")])],
+                Some("s3cret"),
+                false,
+            ),
+            (
+                Some("ns"),
+                None,
+                None,
+                vec![secret("ns", "tok", &[("a", b"")])],
+                Some(""),
+                false,
+            ),
+            // the inline value stands in while the secret is unavailable, and only then
+            (
+                Some("ns"),
+                None,
+                Some("fallback"),
+                vec![],
+                Some("fallback"),
+                true,
+            ),
+            (
+                Some("ns"),
+                None,
+                Some("fallback"),
+                vec![],
+                Some("s3cret"),
+                false,
+            ),
+            (
+                Some("ns"),
+                None,
+                Some("fallback"),
+                vec![good.clone()],
+                Some("s3cret"),
+                true,
+            ),
+            (
+                Some("ns"),
+                None,
+                Some("fallback"),
+                vec![good.clone()],
+                Some("fallback"),
+                false,
+            ),
+        ];
+        for (i, (ns, secret_ns, value, known, sent, want)) in table.into_iter().enumerate() {
+            let r = secret_rule(ns, secret_ns, value, None);
+            let headers: Vec<(String, String)> = sent
+                .map(|v| vec![("x-token".to_string(), v.to_string())])
+                .unwrap_or_default();
+            let secrets = Secrets(known);
+            let got = r.check(&HttpRequest {
+                method: "GET",
+                path: "/",
+                host: None,
+                headers: &headers,
+                secrets: &secrets,
+            });
+            assert_eq!(got.is_some(), want, "case {i}");
+        }
+    }
+
+    #[test]
+    fn secret_values_in_mismatch_actions_are_redacted() {
+        let secrets = Secrets(vec![secret("ns", "tok", &[("token", b"s3cret")])]);
+        let wrong = vec![("x-token".to_string(), "guess".to_string())];
+        let check = |r: &CompiledHttpRule, secrets: &dyn SecretResolver| {
+            r.check(&HttpRequest {
+                method: "GET",
+                path: "/",
+                host: None,
+                headers: &wrong,
+                secrets,
+            })
+        };
+        let actions = check(
+            &secret_rule(Some("ns"), None, None, Some("REPLACE")),
+            &secrets,
+        )
+        .expect("REPLACE allows");
+        let HeaderAction::Replace { name, value } = &actions[0] else {
+            panic!("{actions:?}")
+        };
+        assert_eq!((name.as_str(), value.as_str()), ("x-token", "s3cret"));
+        assert!(value.is_secret());
+        let printed = format!("{actions:?} {value}");
+        assert!(!printed.contains("s3cret"), "{printed}");
+        assert!(printed.contains("[redacted]"), "{printed}");
+        // ADD with the secret unavailable and no inline value: nothing to add, so the
+        // rule does not match (the request is not forwarded without the header).
+        assert!(check(
+            &secret_rule(Some("ns"), None, None, Some("ADD")),
+            &NoSecrets
+        )
+        .is_none());
+        // ...with an inline value, that value is added, and it is not secret.
+        let actions = check(
+            &secret_rule(Some("ns"), None, Some("fallback"), Some("ADD")),
+            &NoSecrets,
+        )
+        .unwrap();
+        assert_eq!(
+            actions,
+            vec![HeaderAction::Add {
+                name: "x-token".into(),
+                value: ActionValue::literal("fallback")
+            }]
+        );
+        assert!(format!("{actions:?}").contains("fallback"));
+    }
+
+    #[test]
+    fn secret_problems_name_the_secret_not_the_value() {
+        let name = SecretName {
+            namespace: "ns".into(),
+            name: "tok".into(),
+        };
+        let e = |entries: &[(&str, &[u8])]| {
+            header_secret_value(&Secrets(vec![secret("ns", "tok", entries)]), &name)
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            header_secret_value(&NoSecrets, &name)
+                .unwrap_err()
+                .to_string(),
+            "secret ns/tok: not found"
+        );
+        assert_eq!(
+            e(&[("a", b"x"), ("b", b"y")]),
+            "secret ns/tok: has 2 data entries; a header match needs exactly one"
+        );
+        assert_eq!(
+            e(&[("token", b"abc\n")]),
+            "secret ns/tok: entry \"token\": not a valid HTTP header value (control character at byte 3)"
+        );
+        assert_eq!(
+            e(&[("token", b" abc")]),
+            "secret ns/tok: entry \"token\": not a valid HTTP header value (leading or trailing whitespace)"
+        );
+        assert_eq!(
+            e(&[("token", b"\xff")]),
+            "secret ns/tok: entry \"token\": not UTF-8 text"
+        );
+        let ok = header_secret_value(&Secrets(vec![secret("ns", "tok", &[("t", b"a b")])]), &name)
+            .unwrap();
+        assert_eq!(ok.as_str(), "a b");
+        assert_eq!(format!("{ok:?}"), "[redacted]");
+    }
+
     #[test]
     fn invalid_regex_is_rejected_with_its_field() {
-        let e = CompiledHttpRule::compile(&HttpRule {
-            path: Some("/v1/(".into()),
-            ..Default::default()
-        })
+        let e = CompiledHttpRule::compile(
+            &HttpRule {
+                path: Some("/v1/(".into()),
+                ..Default::default()
+            },
+            None,
+        )
         .unwrap_err();
         assert_eq!(e.field, "path");
         assert!(e.message.contains("not a valid RE2"), "{}", e.message);
         // Perl-only constructs RE2 refuses are refused here too.
-        assert!(CompiledHttpRule::compile(&HttpRule {
-            path: Some("/(?=x)".into()),
-            ..Default::default()
-        })
+        assert!(CompiledHttpRule::compile(
+            &HttpRule {
+                path: Some("/(?=x)".into()),
+                ..Default::default()
+            },
+            None
+        )
         .is_err());
-        assert!(CompiledHttpRule::compile(&HttpRule {
-            path: Some("(a)\\1".into()),
-            ..Default::default()
-        })
+        assert!(CompiledHttpRule::compile(
+            &HttpRule {
+                path: Some("(a)\\1".into()),
+                ..Default::default()
+            },
+            None
+        )
         .is_err());
     }
 }

@@ -1346,7 +1346,7 @@ impl Cx {
             kinds.push("http");
             let mut compiled = Vec::new();
             for (i, h) in http.iter().enumerate() {
-                match CompiledHttpRule::compile(h) {
+                match CompiledHttpRule::compile(h, self.namespace.as_deref()) {
                     Ok(c) => compiled.push(c),
                     Err(e) => self.err(&format!("{path}.http[{i}].{}", e.field), e.message),
                 }

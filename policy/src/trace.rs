@@ -2,7 +2,7 @@
 //! same resolution and checks the proxy enforces.
 
 use crate::engine::Engine;
-use crate::http::{HeaderSource, HttpRequest};
+use crate::http::{HeaderSource, HttpRequest, NoSecrets};
 use crate::identity::{Identity, IdentityError};
 use crate::ipcache::IpCache;
 use crate::labels::{self, Label, LabelSet, SOURCE_K8S};
@@ -346,7 +346,7 @@ fn side(
                     for r in rules.iter() {
                         for s in r.secrets() {
                             caveats.push(format!(
-                                "{} matches a header against secret {s}, which trace cannot read",
+                                "{} matches a header against secret {s}, which trace cannot read (its inline value, if any, is used instead)",
                                 e.origin
                             ));
                         }
@@ -366,6 +366,7 @@ fn side(
                 path: &h.path,
                 host: h.host.as_deref(),
                 headers: headers as &dyn HeaderSource,
+                secrets: &NoSecrets,
             };
             let dec = conn.check_http(&hreq);
             match (dec.verdict, dec.decided_by) {

@@ -21,7 +21,11 @@ pub struct RequestView<'a> {
     /// The server name the connection's TLS ClientHello indicated (`None`: plaintext, or
     /// no SNI); rules with serverNames apply only when it is one of theirs.
     pub sni: Option<&'a str>,
+    /// Where secrets named by `headerMatches` are read (the secret store as it is now).
+    pub secrets: &'a dyn SecretResolver,
 }
+
+pub use membrane_policy::http::{NoSecrets, SecretResolver};
 
 pub use membrane_policy::rule::{PortTls, TlsSource};
 
@@ -203,18 +207,29 @@ impl PolicyHandle {
     }
 }
 
-/// Applies header actions to the request about to be forwarded.
+/// Applies header actions to the request about to be forwarded. A value that came from a
+/// secret goes into the request and nowhere else: logs name the header only.
 pub fn apply_header_actions(h: &mut HeaderMap, actions: &[HeaderAction]) {
+    let header = |name: &str, value: &membrane_policy::http::ActionValue| {
+        match (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_bytes(value.as_str().as_bytes()),
+        ) {
+            (Ok(n), Ok(v)) => Some((n, v)),
+            _ => {
+                // `Display` of a secret value is "[redacted]".
+                tracing::warn!(header = %name, value = %value, "header action skipped: not a valid header");
+                None
+            }
+        }
+    };
     for a in actions {
         match a {
             HeaderAction::Log { name } => {
                 tracing::info!(target: "access", header = %name, "header mismatch (LOG)")
             }
             HeaderAction::Add { name, value } => {
-                if let (Ok(n), Ok(v)) = (
-                    HeaderName::from_bytes(name.as_bytes()),
-                    HeaderValue::from_str(value),
-                ) {
+                if let Some((n, v)) = header(name, value) {
                     h.append(n, v);
                 }
             }
@@ -222,10 +237,7 @@ pub fn apply_header_actions(h: &mut HeaderMap, actions: &[HeaderAction]) {
                 h.remove(name.as_str());
             }
             HeaderAction::Replace { name, value } => {
-                if let (Ok(n), Ok(v)) = (
-                    HeaderName::from_bytes(name.as_bytes()),
-                    HeaderValue::from_str(value),
-                ) {
+                if let Some((n, v)) = header(name, value) {
                     h.insert(n, v);
                 }
             }
@@ -423,6 +435,7 @@ pub fn load(cfg: &crate::config::Config) -> Result<Enforcer, LoadError> {
             path: req.path,
             host: req.host,
             headers: req.headers,
+            secrets: req.secrets,
         });
         let by = match (dec.decided_by, dec.http_rule) {
             (Some(e), Some(i)) => format!("{} http[{i}]", e.origin),
@@ -478,7 +491,9 @@ pub mod npds {
     use membrane_policy::http::CompiledHttpRule;
     use membrane_policy::identity::Identity;
     use membrane_policy::ipcache::IpCache;
-    use membrane_policy::model::{HeaderMatch as ModelHeaderMatch, HttpRule};
+    use membrane_policy::model::{
+        HeaderMatch as ModelHeaderMatch, HttpRule, SecretRef as ModelSecretRef,
+    };
     use membrane_policy::resolve::{
         ConnPolicy, DirectionPolicy, PeerEntry, PortEntry, Remotes, RuleOrigin,
         Verdict as PolicyVerdict,
@@ -489,7 +504,7 @@ pub mod npds {
     use membrane_xds::proto::{
         header_match::{MatchAction, MismatchAction},
         port_network_policy_rule::{Verdict, L7},
-        HttpNetworkPolicyRule, NetworkPolicy, NetworkPolicyHosts, PortNetworkPolicy,
+        HeaderMatch, HttpNetworkPolicyRule, NetworkPolicy, NetworkPolicyHosts, PortNetworkPolicy,
         PortNetworkPolicyRule, TlsContext,
     };
 
@@ -636,25 +651,40 @@ pub mod npds {
         }
         for (i, m) in header_matches.iter().enumerate() {
             let field = format!("{at}.header_matches[{i}]");
-            if !m.value_sds_secret.is_empty() {
+            let HeaderMatch {
+                name,
+                value,
+                match_action,
+                mismatch_action,
+                value_sds_secret,
+            } = m;
+            // `NAMESPACE/NAME` (a bare name means `default`), resolved per request from
+            // `--secrets-dir` by the same rules as in standalone mode.
+            let secret = if value_sds_secret.is_empty() {
+                None
+            } else {
+                let (namespace, secret_name) = secret_name(value_sds_secret).ok_or_else(|| {
+                    err(
+                        format!("{field}.value_sds_secret"),
+                        format!(
+                            "{value_sds_secret:?} is not a secret name (expected NAMESPACE/NAME)"
+                        ),
+                    )
+                })?;
+                Some(ModelSecretRef {
+                    name: secret_name.to_owned(),
+                    namespace: Some(namespace.to_owned()),
+                })
+            };
+            if *match_action != MatchAction::ContinueOnMatch as i32 {
                 return Err(err(
                     field,
                     format!(
-                        "value_sds_secret {:?}: secrets are not supported",
-                        m.value_sds_secret
+                        "match_action {match_action} is not supported (expected CONTINUE_ON_MATCH)"
                     ),
                 ));
             }
-            if m.match_action != MatchAction::ContinueOnMatch as i32 {
-                return Err(err(
-                    field,
-                    format!(
-                        "match_action {} is not supported (expected CONTINUE_ON_MATCH)",
-                        m.match_action
-                    ),
-                ));
-            }
-            let mismatch = match MismatchAction::try_from(m.mismatch_action) {
+            let mismatch = match MismatchAction::try_from(*mismatch_action) {
                 Ok(MismatchAction::FailOnMismatch) => None,
                 Ok(MismatchAction::ContinueOnMismatch) => Some("LOG"),
                 Ok(MismatchAction::AddOnMismatch) => Some("ADD"),
@@ -663,20 +693,31 @@ pub mod npds {
                 Err(_) => {
                     return Err(err(
                         field,
-                        format!("unknown mismatch_action {}", m.mismatch_action),
+                        format!("unknown mismatch_action {mismatch_action}"),
                     ))
                 }
             };
             rule.header_matches
                 .get_or_insert_with(Vec::new)
                 .push(ModelHeaderMatch {
-                    name: m.name.clone(),
-                    value: (!m.value.is_empty()).then(|| m.value.clone()),
-                    secret: None,
+                    name: name.clone(),
+                    value: (!value.is_empty()).then(|| value.clone()),
+                    secret,
                     mismatch: mismatch.map(str::to_owned),
                 });
         }
-        CompiledHttpRule::compile(&rule).map_err(|e| err(format!("{at}.{}", e.field), e.message))
+        // Every secret reference carries its namespace, so the policy namespace is moot.
+        CompiledHttpRule::compile(&rule, None)
+            .map_err(|e| err(format!("{at}.{}", e.field), e.message))
+    }
+
+    /// `NAMESPACE/NAME`, or a bare `NAME` in `default`, as membrane-xds names secrets.
+    fn secret_name(text: &str) -> Option<(&str, &str)> {
+        match text.split_once('/') {
+            Some((ns, n)) if !ns.is_empty() && !n.is_empty() && !n.contains('/') => Some((ns, n)),
+            None if !text.is_empty() => Some(("default", text)),
+            _ => None,
+        }
     }
 
     fn rule(
@@ -803,16 +844,12 @@ pub mod npds {
                 ))
             }
         };
-        let (namespace, name) = match name.split_once('/') {
-            Some((ns, n)) if !ns.is_empty() && !n.is_empty() && !n.contains('/') => (ns, n),
-            None if !name.is_empty() => ("default", name.as_str()),
-            _ => {
-                return Err(err(
-                    format!("{at}.{field}"),
-                    format!("{name:?} is not a secret name (expected NAMESPACE/NAME)"),
-                ))
-            }
-        };
+        let (namespace, name) = secret_name(name).ok_or_else(|| {
+            err(
+                format!("{at}.{field}"),
+                format!("{name:?} is not a secret name (expected NAMESPACE/NAME)"),
+            )
+        })?;
         Ok(TlsSource::Secret {
             namespace: namespace.to_owned(),
             name: name.to_owned(),
@@ -969,6 +1006,7 @@ pub mod npds {
                     path: req.path,
                     host: req.host,
                     headers: req.headers,
+                    secrets: req.secrets,
                 }),
                 None if conn.needs_http() => {
                     // An L4 check on a port with HTTP rules for this peer: requests decide.
@@ -981,6 +1019,7 @@ pub mod npds {
                     path: "",
                     host: None,
                     headers: &http::HeaderMap::new(),
+                    secrets: &membrane_policy::http::NoSecrets,
                 }),
             };
             let by = match (dec.decided_by, dec.http_rule) {
@@ -1117,6 +1156,7 @@ pub mod npds {
     #[cfg(test)]
     mod tests {
         use super::*;
+        use crate::policy::{apply_header_actions, NoSecrets, SecretResolver};
         use envoy_types::pb::envoy::config::route::v3::HeaderMatcher;
         use envoy_types::pb::envoy::r#type::matcher::v3::{RegexMatcher, StringMatcher};
         use membrane_xds::proto::{HttpNetworkPolicyRules, NetworkPolicyHosts};
@@ -1202,6 +1242,7 @@ pub mod npds {
                 host: None,
                 headers: &headers,
                 sni: None,
+                secrets: &NoSecrets,
             };
             let ip = from.parse().unwrap();
             let c = match e.check_l4(ip, Direction::Ingress, port) {
@@ -1333,6 +1374,94 @@ pub mod npds {
                 .unwrap()
                 .to_string();
             assert!(msg.contains("upstream_tls_context.validation_context_sds_secret: \"a/b/c\" is not a secret name"), "{msg}");
+        }
+
+        #[test]
+        fn npds_header_match_with_a_secret() {
+            use membrane_policy::http::{SecretData, SecretName};
+            struct One(SecretName, &'static str);
+            impl SecretResolver for One {
+                fn secret(&self, name: &SecretName) -> Option<std::sync::Arc<SecretData>> {
+                    (*name == self.0).then(|| {
+                        std::sync::Arc::new(SecretData::from([(
+                            "token".to_owned(),
+                            self.1.as_bytes().to_vec(),
+                        )]))
+                    })
+                }
+            }
+            let with_secret = |secret: &str, mismatch: MismatchAction| {
+                let mut r = http("GET", "/.*");
+                r.header_matches.push(HeaderMatch {
+                    name: "x-token".into(),
+                    value: String::new(),
+                    match_action: MatchAction::ContinueOnMatch as i32,
+                    mismatch_action: mismatch as i32,
+                    value_sds_secret: secret.into(),
+                });
+                enforcer(vec![port(80, 0, vec![rule(&[100], false, Some(vec![r]))])])
+            };
+            let e = with_secret("shop/api-token", MismatchAction::FailOnMismatch).unwrap();
+            let store = One(
+                SecretName {
+                    namespace: "shop".into(),
+                    name: "api-token".into(),
+                },
+                "s3cret",
+            );
+            let check = |e: &Enforcer, token: Option<&str>, secrets: &dyn SecretResolver| {
+                let mut headers = http::HeaderMap::new();
+                if let Some(t) = token {
+                    headers.insert("x-token", t.parse().unwrap());
+                }
+                let req = RequestView {
+                    method: "GET",
+                    path: "/",
+                    host: None,
+                    headers: &headers,
+                    sni: None,
+                    secrets,
+                };
+                e.check("10.0.0.3".parse().unwrap(), Direction::Ingress, 80, &req)
+                    .decision
+            };
+            assert!(matches!(
+                check(&e, Some("s3cret"), &store),
+                Decision::Allow { .. }
+            ));
+            assert!(matches!(
+                check(&e, Some("guess"), &store),
+                Decision::Deny { .. }
+            ));
+            assert!(matches!(check(&e, None, &store), Decision::Deny { .. }));
+            // The secret gone: the match fails even with the old value.
+            assert!(matches!(
+                check(&e, Some("s3cret"), &NoSecrets),
+                Decision::Deny { .. }
+            ));
+            // A bare name is in `default`.
+            let e = with_secret("api-token", MismatchAction::FailOnMismatch).unwrap();
+            assert!(matches!(
+                check(&e, Some("s3cret"), &store),
+                Decision::Deny { .. }
+            ));
+            // REPLACE puts the secret's value into the request.
+            let e = with_secret("shop/api-token", MismatchAction::ReplaceOnMismatch).unwrap();
+            let Decision::Allow { header_actions, .. } = check(&e, Some("guess"), &store) else {
+                panic!("REPLACE allows")
+            };
+            let mut h = http::HeaderMap::new();
+            h.insert("x-token", "guess".parse().unwrap());
+            apply_header_actions(&mut h, &header_actions);
+            assert_eq!(h.get_all("x-token").iter().collect::<Vec<_>>(), ["s3cret"]);
+            let msg = with_secret("a/b/c", MismatchAction::FailOnMismatch)
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(
+                msg.contains("http_rules[0].header_matches[0].value_sds_secret: \"a/b/c\" is not a secret name"),
+                "{msg}"
+            );
         }
 
         #[test]

@@ -1,6 +1,8 @@
-//! TLS material for policy-driven TLS (`terminatingTLS` / `originatingTLS`): Kubernetes
-//! `Secret` objects read from `--secrets-dir`, or PEM carried inline in an NPDS
-//! `TLSContext`, turned into rustls configurations.
+//! Secrets the policy refers to: TLS material for policy-driven TLS (`terminatingTLS` /
+//! `originatingTLS`), turned into rustls configurations, and the values `headerMatches`
+//! compare against (the store is the policy engine's `SecretResolver`). They are
+//! Kubernetes `Secret` objects read from `--secrets-dir`, or, for TLS, PEM carried inline
+//! in an NPDS `TLSContext`.
 //!
 //! The directory holds Secret manifests (YAML or JSON, several documents per file; `data`
 //! is base64, `stringData` plain). It is re-scanned on a timer and on SIGHUP; only files
@@ -10,6 +12,11 @@
 //! the new material is unusable the last good configuration stays in use (the error,
 //! naming the secret and the item, is logged once per change). A context that never had
 //! good material refuses handshakes: the proxy never falls back to plaintext.
+//!
+//! Header matches read the secret on every request, so a secret that appears or changes
+//! is enforced from the next request after the scan that sees it. A secret a header match
+//! cannot use (absent, not exactly one entry, not a header value) is logged once per
+//! version, naming the secret and never showing its value.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -19,6 +26,7 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use base64::Engine as _;
+use membrane_policy::http::{SecretData, SecretName, SecretResolver};
 use membrane_policy::rule::TlsSource;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -59,8 +67,10 @@ pub enum SecretError {
 /// One Secret's items, with a version that changes whenever they do.
 #[derive(Debug)]
 struct Secret {
-    items: BTreeMap<String, Vec<u8>>,
+    items: Arc<SecretData>,
     version: u64,
+    /// Whether a header match has checked this version (and logged it if unusable).
+    header_checked: std::sync::atomic::AtomicBool,
 }
 
 type SecretKey = (String, String);
@@ -98,6 +108,9 @@ pub struct SecretStore {
     servers: Mutex<HashMap<TlsSource, Cached<Arc<rustls::ServerConfig>>>>,
     clients: Mutex<HashMap<TlsSource, Cached<Arc<ClientTls>>>>,
     versions: AtomicU64,
+    /// Secrets header matches asked for and did not find, logged once until the next
+    /// scan changes the set of secrets.
+    missing_logged: Mutex<std::collections::HashSet<SecretName>>,
 }
 
 /// The version of a secret that does not exist (distinct from every real one).
@@ -118,6 +131,7 @@ impl SecretStore {
             servers: Mutex::default(),
             clients: Mutex::default(),
             versions: AtomicU64::new(1),
+            missing_logged: Mutex::default(),
         };
         let errors = store.reload();
         (store, errors)
@@ -184,16 +198,26 @@ impl SecretStore {
                     continue;
                 }
                 let secret = match old.get(key) {
-                    Some(s) if s.items == *items => s.clone(),
+                    Some(s) if *s.items == *items => s.clone(),
                     _ => Arc::new(Secret {
-                        items: items.clone(),
+                        items: Arc::new(items.clone()),
                         version: self.versions.fetch_add(1, Ordering::Relaxed),
+                        header_checked: Default::default(),
                     }),
                 };
                 next.insert(key.clone(), secret);
             }
         }
+        let changed = next.len() != old.len()
+            || next
+                .iter()
+                .any(|(k, s)| old.get(k).is_none_or(|o| o.version != s.version));
         self.secrets.store(Arc::new(next));
+        if changed {
+            if let Ok(mut m) = self.missing_logged.lock() {
+                m.clear();
+            }
+        }
         errors
     }
 
@@ -340,6 +364,42 @@ impl SecretStore {
                 client_cert,
             }))
         })
+    }
+}
+
+impl SecretResolver for SecretStore {
+    /// The secret as of the last scan. The first lookup of each version of a secret a
+    /// header match cannot use logs why (once), so a typo or a secret with a stray
+    /// newline shows up in the log rather than only as denied requests.
+    fn secret(&self, name: &SecretName) -> Option<Arc<SecretData>> {
+        let found = self
+            .secrets
+            .load()
+            .get(&(name.namespace.clone(), name.name.clone()))
+            .cloned();
+        match &found {
+            Some(s) => {
+                if !s.header_checked.swap(true, Ordering::Relaxed) {
+                    if let Err(e) =
+                        membrane_policy::http::header_secret_from_data(name, s.items.clone())
+                    {
+                        tracing::warn!(error = %e, "header match secret unusable; matches against it fail (or use their inline value)");
+                    }
+                }
+            }
+            None => {
+                if let Ok(mut logged) = self.missing_logged.lock() {
+                    if logged.insert(name.clone()) {
+                        let where_ = match &self.dir {
+                            Some(d) => format!("in --secrets-dir {}", d.display()),
+                            None => "(no --secrets-dir is configured)".to_owned(),
+                        };
+                        tracing::warn!(secret = %name, "header match secret not found {where_}; matches against it fail (or use their inline value)");
+                    }
+                }
+            }
+        }
+        found.map(|s| s.items.clone())
     }
 }
 

@@ -855,6 +855,7 @@ async fn handle(
             host: host.as_deref(),
             headers: req.headers(),
             sni: conn.sni.as_deref(),
+            secrets: &*shared.secrets,
         },
     );
     let src_identity = decision.remote_identity;

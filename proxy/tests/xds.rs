@@ -2,7 +2,8 @@
 //! Star Wars L7 policy is enforced for the deathstar's sidecar, live changes are followed,
 //! a policy the proxy cannot enforce is NACKed (visible in the control plane's flight
 //! recorder) while the last good one stays in force, enforcement survives the control
-//! plane's death, and readiness is 503 (everything denied) before the first policy.
+//! plane's death, readiness is 503 (everything denied) before the first policy, and
+//! header matches against a secret named over NPDS are checked against `--secrets-dir`.
 
 mod common;
 
@@ -158,12 +159,19 @@ spec:
 }
 
 const ALLOW_EXHAUST: &str = "        - method: PUT\n          path: /v1/exhaust-port\n";
-/// Valid for the control plane, but the proxy holds no secrets: it must NACK this.
-const SECRET_RULE: &str =
-    "        - method: GET\n          headerMatches: [{name: x-token, secret: {name: tok}}]\n";
+/// Valid for the control plane, but no Secret can be named `a/b`: the proxy must NACK it.
+const BAD_SECRET_RULE: &str =
+    "        - method: GET\n          headerMatches: [{name: x-token, secret: {name: a/b}}]\n";
+/// A header match against Secret `default/tok` (the policy's namespace).
+const SECRET_RULE: &str = "        - method: GET\n          path: /v1/secured\n          headerMatches: [{name: x-token, secret: {name: tok}}]\n";
 
 /// One HTTP/1.1 request from `src`; the status code.
 async fn status_from(src: IpAddr, dst: SocketAddr, method: &str, path: &str) -> u16 {
+    status_with(src, dst, method, path, "").await
+}
+
+/// [`status_from`] with `extra` header lines (each ending in CRLF).
+async fn status_with(src: IpAddr, dst: SocketAddr, method: &str, path: &str, extra: &str) -> u16 {
     let sock = TcpSocket::new_v4().unwrap();
     sock.bind(SocketAddr::new(src, 0)).unwrap();
     let mut s = tokio::time::timeout(Duration::from_secs(5), sock.connect(dst))
@@ -171,7 +179,7 @@ async fn status_from(src: IpAddr, dst: SocketAddr, method: &str, path: &str) -> 
         .expect("connect in time")
         .expect("connect");
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nhost: deathstar\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nhost: deathstar\r\n{extra}content-length: 0\r\nconnection: close\r\n\r\n"
     );
     s.write_all(req.as_bytes()).await.unwrap();
     let mut buf = Vec::new();
@@ -355,10 +363,10 @@ async fn a_policy_the_proxy_cannot_enforce_is_nacked_and_the_last_good_one_stays
         200
     );
 
-    // A rule with a secret (and the exhaust port opened alongside it).
+    // A rule with an impossible secret name (and the exhaust port opened alongside it).
     std::fs::write(
         dir.path().join("policy.yaml"),
-        cnp(port, &format!("{ALLOW_EXHAUST}{SECRET_RULE}")),
+        cnp(port, &format!("{ALLOW_EXHAUST}{BAD_SECRET_RULE}")),
     )
     .unwrap();
     let flight = format!("/debug/flightz?proxyID={NODE}");
@@ -378,8 +386,9 @@ async fn a_policy_the_proxy_cannot_enforce_is_nacked_and_the_last_good_one_stays
     };
     let error = nack["error"].as_str().unwrap();
     assert!(
-        error.contains("ingress_per_port_policies[0].rules[0].http_rules[2].header_matches[0]")
-            && error.contains("value_sds_secret"),
+        error.contains(
+            "ingress_per_port_policies[0].rules[0].http_rules[2].header_matches[0].value_sds_secret: \"default/a/b\" is not a secret name"
+        ),
         "{error}"
     );
     // Nothing of the rejected update is in force: the exhaust port stays closed.
@@ -503,5 +512,78 @@ spec:
     let (_, dump) = get(a.admin, "/config_dump").await;
     assert!(dump.contains("secret default/deathstar-tls"), "{dump}");
     assert!(dump.contains("deathstar.test"), "{dump}");
+    proxy.drain(Duration::from_secs(1)).await;
+}
+
+/// A header match against a secret: the control plane sends only its name
+/// (`value_sds_secret`), the proxy ACKs and compares with the value in its own
+/// `--secrets-dir`, following changes on disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn npds_header_match_secret_is_checked_against_the_secrets_dir() {
+    let backend = common::start_backend().await;
+    let port = backend.port();
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("cluster.yaml"), pods(port)).unwrap();
+    std::fs::write(dir.path().join("policy.yaml"), cnp(port, SECRET_RULE)).unwrap();
+    let write_secret = |value: &str| {
+        let tmp = secrets.path().join(".tok.tmp");
+        std::fs::write(
+            &tmp,
+            format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: tok, namespace: default}}\nstringData: {{token: {value}}}\n"),
+        )
+        .unwrap();
+        std::fs::rename(tmp, secrets.path().join("tok.yaml")).unwrap();
+    };
+    write_secret("first-token");
+    let xds = start_xds(dir.path(), free_port());
+    let s = secrets.path().display().to_string();
+    let proxy = start_proxy_with(
+        backend,
+        xds.grpc,
+        &["--secrets-dir", &s, "--secrets-poll-interval", "100ms"],
+    )
+    .await;
+    let a = proxy.addrs;
+    within_10s("the first policy", || async {
+        get(a.admin, "/ready").await.0 == 200
+    })
+    .await;
+    let (_, body) = get(xds.debug, &format!("/debug/flightz?proxyID={NODE}")).await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        v["types"]["type.googleapis.com/cilium.NetworkPolicy"]["last_nack"].is_null(),
+        "{body}"
+    );
+    let secured = |token: &'static str| {
+        let header = if token.is_empty() {
+            String::new()
+        } else {
+            format!("x-token: {token}\r\n")
+        };
+        async move { status_with(tiefighter(), a.listen, "GET", "/v1/secured", &header).await }
+    };
+    assert_eq!(secured("first-token").await, 200);
+    assert_eq!(secured("wrong-token").await, 403);
+    assert_eq!(secured("").await, 403);
+    // Still only for peers the rule admits.
+    assert_eq!(
+        status_with(
+            xwing(),
+            a.listen,
+            "GET",
+            "/v1/secured",
+            "x-token: first-token\r\n"
+        )
+        .await,
+        403
+    );
+    // The secret rotates on disk; no new policy is pushed.
+    write_secret("second-token");
+    within_10s("the rotated secret", || async {
+        secured("second-token").await == 200
+    })
+    .await;
+    assert_eq!(secured("first-token").await, 403);
     proxy.drain(Duration::from_secs(1)).await;
 }

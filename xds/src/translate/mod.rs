@@ -692,6 +692,39 @@ spec:
 "#;
 
     #[test]
+    fn header_match_secrets_are_named_with_their_namespace() {
+        // Everything in namespace `shop`: a secret reference without a namespace means the
+        // policy's, which the proxy cannot know, so NPDS always carries NAMESPACE/NAME.
+        let text = STARWARS.replace("namespace: default", "namespace: shop").replace(
+            "http: [{method: POST, path: /v1/request-landing}]",
+            "http: [{headerMatches: [{name: x-a, secret: {name: tok}}, {name: x-b, secret: {name: tok, namespace: vault}}, {name: x-c, value: v}]}]",
+        );
+        let state = parse("sw.yaml", &text).unwrap().state;
+        let out = Translator::new().translate(&state);
+        assert!(out.errors.is_empty(), "{:?}", out.errors);
+        let np: NetworkPolicy = out.snapshots[SHARED_KEY]
+            .resources(NETWORK_POLICY)
+            .unwrap()
+            .items["10.0.0.5"]
+            .decode()
+            .unwrap();
+        let Some(crate::proto::port_network_policy_rule::L7::HttpRules(http)) =
+            &np.ingress_per_port_policies[0].rules[0].l7
+        else {
+            panic!("no http rules: {np:?}");
+        };
+        let secrets: Vec<(&str, &str)> = http.http_rules[0]
+            .header_matches
+            .iter()
+            .map(|m| (m.name.as_str(), m.value_sds_secret.as_str()))
+            .collect();
+        assert_eq!(
+            secrets,
+            vec![("x-a", "shop/tok"), ("x-b", "vault/tok"), ("x-c", "")]
+        );
+    }
+
+    #[test]
     fn starwars_l7_policy_becomes_npds_nphds_and_rbac() {
         let state = parse("sw.yaml", STARWARS).unwrap().state;
         let mut t = Translator::new();

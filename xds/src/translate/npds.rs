@@ -35,7 +35,8 @@ fn regex_header(name: &str, re: &str) -> HeaderMatcher {
     }
 }
 
-fn http_rule(r: &membrane_policy::model::HttpRule) -> HttpNetworkPolicyRule {
+fn http_rule(compiled: &membrane_policy::http::CompiledHttpRule) -> HttpNetworkPolicyRule {
+    let r = &compiled.source;
     let mut headers = Vec::new();
     if let Some(m) = &r.method {
         headers.push(regex_header(":method", m));
@@ -60,7 +61,8 @@ fn http_rule(r: &membrane_policy::model::HttpRule) -> HttpNetworkPolicyRule {
         .header_matches
         .iter()
         .flatten()
-        .map(|m| HeaderMatch {
+        .enumerate()
+        .map(|(i, m)| HeaderMatch {
             name: m.name.clone(),
             value: m.value.clone().unwrap_or_default(),
             match_action: 0,
@@ -71,13 +73,11 @@ fn http_rule(r: &membrane_policy::model::HttpRule) -> HttpNetworkPolicyRule {
                 Some("REPLACE") => MismatchAction::ReplaceOnMismatch,
                 _ => MismatchAction::FailOnMismatch,
             } as i32,
-            value_sds_secret: m
-                .secret
-                .as_ref()
-                .map(|s| match &s.namespace {
-                    Some(ns) => format!("{ns}/{}", s.name),
-                    None => s.name.clone(),
-                })
+            // Always `namespace/name`: a reference without a namespace means the
+            // policy's, which the proxy could not know.
+            value_sds_secret: compiled
+                .header_match_secret(i)
+                .map(|s| s.to_string())
                 .unwrap_or_default(),
         })
         .collect();
@@ -134,7 +134,7 @@ fn rule(p: &PeerEntry) -> Option<PortNetworkPolicyRule> {
     let l7 = match &p.l7 {
         L7::Http(rules) => Some(port_network_policy_rule::L7::HttpRules(
             HttpNetworkPolicyRules {
-                http_rules: rules.iter().map(|r| http_rule(&r.source)).collect(),
+                http_rules: rules.iter().map(http_rule).collect(),
             },
         )),
         // Not enforced by the engine either: an L4 allow, as the engine decides.
