@@ -193,6 +193,17 @@ fn permissions(rule: &crate::proto::PortNetworkPolicyRule) -> Permission {
                 if m.mismatch_action != header_match::MismatchAction::FailOnMismatch as i32 {
                     continue;
                 }
+                if !m.value_sds_secret.is_empty() {
+                    // RBAC cannot read the secret (and its inline value applies only
+                    // while the secret is absent): this alternative never matches, rather
+                    // than degrading to a presence check that any value passes.
+                    all.push(Permission {
+                        rule: Some(permission::Rule::NotRule(Box::new(Permission {
+                            rule: Some(permission::Rule::Any(true)),
+                        }))),
+                    });
+                    continue;
+                }
                 let matcher = if m.value.is_empty() {
                     HeaderMatcher {
                         name: m.name.clone(),
@@ -666,6 +677,50 @@ mod tests {
         assert_eq!(la.filter_chains, lb.filter_chains);
         assert_ne!(la.address, lb.address);
         assert_eq!(lb.encode_to_vec(), b[0].body.value);
+    }
+
+    #[test]
+    fn a_header_match_against_a_secret_never_matches_in_rbac() {
+        use crate::proto::{
+            HeaderMatch, HttpNetworkPolicyRule, HttpNetworkPolicyRules, PortNetworkPolicyRule,
+        };
+        let rule = |value_sds_secret: &str| PortNetworkPolicyRule {
+            l7: Some(port_network_policy_rule::L7::HttpRules(
+                HttpNetworkPolicyRules {
+                    http_rules: vec![HttpNetworkPolicyRule {
+                        headers: vec![],
+                        header_matches: vec![HeaderMatch {
+                            name: "x-token".into(),
+                            value_sds_secret: value_sds_secret.into(),
+                            ..Default::default()
+                        }],
+                    }],
+                },
+            )),
+            ..Default::default()
+        };
+        let never = Permission {
+            rule: Some(permission::Rule::NotRule(Box::new(Permission {
+                rule: Some(permission::Rule::Any(true)),
+            }))),
+        };
+        let only = |p: Permission| match p.rule {
+            Some(permission::Rule::OrRules(or)) => match &or.rules[..] {
+                [Permission {
+                    rule: Some(permission::Rule::AndRules(and)),
+                }] => and.rules.clone(),
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(only(permissions(&rule("default/tok"))), vec![never]);
+        // Without a secret an empty value is a presence check.
+        let present = only(permissions(&rule("")));
+        assert!(
+            matches!(&present[..], [Permission { rule: Some(permission::Rule::Header(h)) }]
+                if h.header_match_specifier == Some(HeaderMatchSpecifier::PresentMatch(true))),
+            "{present:?}"
+        );
     }
 
     #[test]
