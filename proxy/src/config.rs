@@ -157,6 +157,10 @@ pub struct Config {
     /// `malloc_trim` when 1 MiB more than after the last trim is resident but unused); 0s: never.
     #[arg(long, env = "MEMBRANE_MEMORY_TRIM_INTERVAL", value_parser = parse_duration, default_value = "5s")]
     pub memory_trim_interval: Duration,
+    /// A due heap trim waits until no request is in flight and none has started for this
+    /// long, so it never competes with traffic; it then runs off the event loop.
+    #[arg(long, env = "MEMBRANE_MEMORY_TRIM_IDLE", value_parser = parse_duration, default_value = "1s")]
+    pub memory_trim_idle: Duration,
     /// Terminate TLS on the listener with this PEM certificate chain (with `--tls-key`);
     /// ALPN offers h2 and http/1.1. Reloaded on SIGHUP.
     #[arg(long, env = "MEMBRANE_TLS_CERT", requires = "tls_key")]

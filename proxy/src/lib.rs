@@ -176,8 +176,12 @@ pub async fn start(
     let mut tasks = Vec::new();
     tasks.extend(secrets.spawn_watch(cfg.secrets_poll_interval, rx.clone()));
     if !cfg.memory_trim_interval.is_zero() {
+        let (idle, trimmed) = (metrics.clone(), metrics.clone());
         tasks.push(tokio::spawn(memory::trim_loop(
             cfg.memory_trim_interval,
+            cfg.memory_trim_idle,
+            move || idle.idle_for(),
+            move || trimmed.heap_trimmed(),
             rx.clone(),
         )));
     }

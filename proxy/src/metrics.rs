@@ -1,7 +1,7 @@
 //! Prometheus metrics (served on `/stats/prometheus`) and the counters `/stats` reads.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
@@ -71,6 +71,12 @@ pub struct Metrics {
     denied: AtomicU64,
     invalid: AtomicU64,
     active: AtomicI64,
+    /// Requests between their head arriving and their response head leaving.
+    requests_in_flight: AtomicI64,
+    /// When the last request started, in ms since `epoch` (0: none yet).
+    last_request_ms: AtomicU64,
+    epoch: Instant,
+    heap_trims: Counter,
     policy_reload_failures: Counter,
     tls_refused: Family<TlsRefusalLabels, Counter>,
 }
@@ -127,6 +133,12 @@ impl Metrics {
             "Policy updates rejected (the last good policy stays in force)",
             policy_reload_failures.clone(),
         );
+        let heap_trims = Counter::default();
+        registry.register(
+            "heap_trims",
+            "Times freed heap memory was returned to the kernel",
+            heap_trims.clone(),
+        );
         let tls_refused = Family::<TlsRefusalLabels, Counter>::default();
         registry.register(
             "tls_refused",
@@ -145,6 +157,10 @@ impl Metrics {
             denied: AtomicU64::new(0),
             invalid: AtomicU64::new(0),
             active: AtomicI64::new(0),
+            requests_in_flight: AtomicI64::new(0),
+            last_request_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+            heap_trims,
             policy_reload_failures,
             tls_refused,
         }
@@ -169,6 +185,39 @@ impl Metrics {
             Verdict::Invalid => &self.invalid,
         }
         .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A request head arrived at `now`; the request is in flight until
+    /// [`Metrics::request_ended`].
+    pub fn request_started(&self, now: Instant) {
+        self.requests_in_flight.fetch_add(1, Ordering::Relaxed);
+        // +1 so that a request in the first millisecond is not "none yet".
+        let ms = now.saturating_duration_since(self.epoch).as_millis() as u64 + 1;
+        self.last_request_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// A request's response head left (or it was answered locally).
+    pub fn request_ended(&self) {
+        self.requests_in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// How long the proxy has been without traffic: `None` while a request is in flight,
+    /// else the time since the last request started (since start-up when none has).
+    pub fn idle_for(&self) -> Option<Duration> {
+        if self.requests_in_flight.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        let last = Duration::from_millis(
+            self.last_request_ms
+                .load(Ordering::Relaxed)
+                .saturating_sub(1),
+        );
+        Some(self.epoch.elapsed().saturating_sub(last))
+    }
+
+    /// Freed heap memory was returned to the kernel.
+    pub fn heap_trimmed(&self) {
+        self.heap_trims.inc();
     }
 
     /// A downstream connection was accepted.
@@ -220,6 +269,10 @@ impl Metrics {
                 self.active.load(Ordering::Relaxed).to_string(),
             ),
             (
+                "http.inbound.downstream_rq_active",
+                self.requests_in_flight.load(Ordering::Relaxed).to_string(),
+            ),
+            (
                 "http.inbound.downstream_cx_total",
                 self.connections_total.get().to_string(),
             ),
@@ -243,6 +296,7 @@ impl Metrics {
                 "cluster.inbound.upstream_rq_error",
                 self.upstream_errors.get().to_string(),
             ),
+            ("membrane.heap_trims", self.heap_trims.get().to_string()),
             (
                 "membrane.policy_reload_failures",
                 self.policy_reload_failures.get().to_string(),

@@ -301,10 +301,13 @@ struct ConnState {
     started: AtomicU64,
 }
 
-struct InFlight<'a>(&'a ConnState);
+/// A request in flight, on its connection (idle timeout) and in the process (the heap
+/// trim waits for none).
+struct InFlight<'a>(&'a ConnState, &'a Metrics);
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.1.request_ended();
     }
 }
 
@@ -759,7 +762,8 @@ async fn handle(
     let started = Instant::now();
     conn.started.fetch_add(1, Ordering::Relaxed);
     conn.in_flight.fetch_add(1, Ordering::Relaxed);
-    let _in_flight = InFlight(conn);
+    shared.metrics.request_started(started);
+    let _in_flight = InFlight(conn, &shared.metrics);
     let s = &shared.settings;
     let grpc = is_grpc(req.headers());
     let is_h2 = req.version() == Version::HTTP_2;
