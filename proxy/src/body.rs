@@ -68,7 +68,41 @@ impl Body for WatchedBody {
 }
 
 /// What the proxy answers downstream: the upstream's body, streamed, or a local reply.
-pub type ResponseBody = Either<Incoming, Full<Bytes>>;
+pub type ResponseBody = Either<UpstreamBody, Full<Bytes>>;
+
+/// An upstream response body, streamed, holding what must live as long as the exchange:
+/// for HTTP/2 upstreams, the mark that keeps its connection from counting as idle.
+pub struct UpstreamBody {
+    inner: Incoming,
+    _busy: Option<crate::upstream::H2Busy>,
+}
+
+impl UpstreamBody {
+    /// Wraps `inner`, holding `busy` until the body is done or dropped.
+    pub fn new(inner: Incoming, busy: Option<crate::upstream::H2Busy>) -> Self {
+        UpstreamBody { inner, _busy: busy }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 /// A local reply body.
 pub fn full(b: impl Into<Bytes>) -> ResponseBody {

@@ -153,6 +153,16 @@ pub struct Config {
     /// An idle upstream connection is closed after this long unused.
     #[arg(long, env = "MEMBRANE_UPSTREAM_IDLE_TIMEOUT", value_parser = parse_duration, default_value = "30s")]
     pub upstream_idle_timeout: Duration,
+    /// Upstream connections the HTTP/2 clients may hold in all (one per authority, so a
+    /// client cycling through authorities cannot make them without bound; Envoy's default
+    /// `max_connections`). Beyond it the least recently used idle one is closed; when all
+    /// are busy a request waits up to `--connect-timeout`, then gets 503.
+    #[arg(
+        long,
+        env = "MEMBRANE_UPSTREAM_H2_MAX_CONNECTIONS",
+        default_value_t = 1024
+    )]
+    pub upstream_h2_max_connections: usize,
     /// How often the heap is checked for freed memory to return to the kernel (glibc
     /// `malloc_trim` when 1 MiB more than after the last trim is resident but unused); 0s: never.
     #[arg(long, env = "MEMBRANE_MEMORY_TRIM_INTERVAL", value_parser = parse_duration, default_value = "5s")]

@@ -82,6 +82,9 @@ pub async fn start(
     if cfg.upstream_idle_timeout.is_zero() {
         anyhow::bail!("--upstream-idle-timeout 0s: must be longer than 0s");
     }
+    if cfg.upstream_h2_max_connections == 0 {
+        anyhow::bail!("--upstream-h2-max-connections 0: must be at least 1");
+    }
     let bind = |a: SocketAddr, what: &'static str| async move {
         TcpListener::bind(a)
             .await
@@ -123,6 +126,7 @@ pub async fn start(
         max_headers: cfg.max_headers,
         max_concurrent_streams: cfg.max_concurrent_streams,
         max_connections: cfg.max_connections,
+        h2_max_connections: cfg.upstream_h2_max_connections,
         pool: upstream::PoolSettings {
             max_idle_per_key: cfg.upstream_max_idle,
             idle_timeout: cfg.upstream_idle_timeout,

@@ -77,6 +77,7 @@ pub struct Metrics {
     last_request_ms: AtomicU64,
     epoch: Instant,
     heap_trims: Counter,
+    h2: crate::upstream::H2Counters,
     policy_reload_failures: Counter,
     tls_refused: Family<TlsRefusalLabels, Counter>,
 }
@@ -139,6 +140,22 @@ impl Metrics {
             "Times freed heap memory was returned to the kernel",
             heap_trims.clone(),
         );
+        let h2 = crate::upstream::H2Counters::default();
+        registry.register(
+            "upstream_cx_overflow",
+            "Requests refused (503) because every upstream HTTP/2 connection slot stayed busy",
+            h2.overflows.clone(),
+        );
+        registry.register(
+            "upstream_h2_evictions",
+            "Idle upstream HTTP/2 connections closed to make room for another authority",
+            h2.evictions.clone(),
+        );
+        registry.register(
+            "upstream_h2_connections",
+            "Upstream connections of the HTTP/2 clients (bounded by --upstream-h2-max-connections)",
+            h2.open.clone(),
+        );
         let tls_refused = Family::<TlsRefusalLabels, Counter>::default();
         registry.register(
             "tls_refused",
@@ -161,6 +178,7 @@ impl Metrics {
             last_request_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             heap_trims,
+            h2,
             policy_reload_failures,
             tls_refused,
         }
@@ -213,6 +231,11 @@ impl Metrics {
                 .saturating_sub(1),
         );
         Some(self.epoch.elapsed().saturating_sub(last))
+    }
+
+    /// The metrics the upstream HTTP/2 connection bound updates.
+    pub fn h2_limit_counters(&self) -> crate::upstream::H2Counters {
+        self.h2.clone()
     }
 
     /// Freed heap memory was returned to the kernel.
@@ -295,6 +318,18 @@ impl Metrics {
             (
                 "cluster.inbound.upstream_rq_error",
                 self.upstream_errors.get().to_string(),
+            ),
+            (
+                "cluster.inbound.upstream_cx_overflow",
+                self.h2.overflows.get().to_string(),
+            ),
+            (
+                "membrane.upstream_h2_evictions",
+                self.h2.evictions.get().to_string(),
+            ),
+            (
+                "membrane.upstream_h2_connections",
+                self.h2.open.get().to_string(),
             ),
             ("membrane.heap_trims", self.heap_trims.get().to_string()),
             (

@@ -17,7 +17,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
-use crate::body::{full, ResponseBody, WatchedBody};
+use crate::body::{full, ResponseBody, UpstreamBody, WatchedBody};
 use crate::h1guard::{H1Guard, HeadClock};
 use crate::metrics::{Metrics, Verdict};
 use crate::normalize::normalize_path;
@@ -57,6 +57,8 @@ pub struct Settings {
     pub max_connections: usize,
     /// Upstream connection pool bounds.
     pub pool: crate::upstream::PoolSettings,
+    /// Upstream connections the HTTP/2 clients may hold in all.
+    pub h2_max_connections: usize,
 }
 
 /// State shared by every connection of one listener.
@@ -68,6 +70,8 @@ pub struct Shared {
     /// Metrics.
     pub metrics: Arc<Metrics>,
     upstreams: Upstreams,
+    /// The bound on upstream HTTP/2 connections, shared by every client.
+    h2_limit: Arc<crate::upstream::H2Limit>,
     connections: Arc<Semaphore>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     connect_timeout: Duration,
@@ -90,11 +94,17 @@ impl Shared {
         upstream_tls: Option<&crate::upstream::UpstreamTls>,
         secrets: Arc<crate::secrets::SecretStore>,
     ) -> Result<Self, rustls::Error> {
+        let h2_limit = Arc::new(crate::upstream::H2Limit::new(
+            settings.h2_max_connections,
+            connect_timeout,
+            metrics.h2_limit_counters(),
+        ));
         let upstreams = Upstreams::new(
             settings.upstream,
             connect_timeout,
             upstream_tls,
             &settings.pool,
+            &h2_limit,
         )?;
         let connections = Arc::new(Semaphore::new(settings.max_connections));
         Ok(Shared {
@@ -102,6 +112,7 @@ impl Shared {
             policy,
             metrics,
             upstreams,
+            h2_limit,
             connections,
             tls,
             connect_timeout,
@@ -187,6 +198,7 @@ impl Shared {
                             self.connect_timeout,
                             self.upstream_tls.as_ref(),
                             &self.settings.pool,
+                            &self.h2_limit,
                         )
                         .ok()?;
                         cache.insert(target, u.clone());
@@ -230,6 +242,7 @@ impl Shared {
                     self.connect_timeout,
                     Some(&tls),
                     &self.settings.pool,
+                    &self.h2_limit,
                 )
                 .map_err(|e| e.to_string())?;
                 // Each secret change makes a new key; bound what old material can hold.
@@ -960,13 +973,10 @@ async fn handle(
         WatchedBody::new(body, body_failed.clone())
     };
     let upstream_req = Request::from_parts(parts, body);
-    let client = if negotiate {
-        &conn.route.upstreams.negotiated
-    } else if use_h2 {
-        &conn.route.upstreams.http2
-    } else {
-        &conn.route.upstreams.http1
-    };
+    // HTTP/2 clients' requests keep their connection busy until the response body ends,
+    // so the connection bound never closes one that is in use.
+    let h2_busy =
+        (negotiate || use_h2).then(|| conn.route.upstreams.h2_busy(negotiate, upstream_req.uri()));
 
     if s.access_log {
         access_log(&AccessEntry {
@@ -982,9 +992,18 @@ async fn handle(
             started,
         });
     }
-    let mut resp = match client.request(upstream_req).await {
+    let upstreams = &conn.route.upstreams;
+    let sent = if negotiate {
+        upstreams.negotiated.request(upstream_req).await
+    } else if use_h2 {
+        upstreams.http2.request(upstream_req).await
+    } else {
+        upstreams.http1.request(upstream_req).await
+    };
+    let mut resp = match sent {
         Ok(r) => r,
         Err(e) => {
+            let overloaded = is_h2_overflow(&e);
             let status = if body_failed.load(Ordering::Relaxed) {
                 StatusCode::BAD_REQUEST
             } else if e.is_connect() {
@@ -1007,6 +1026,11 @@ async fn handle(
             if !is_h2 && status == StatusCode::BAD_REQUEST {
                 r.headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            if overloaded {
+                // As Envoy marks a circuit breaker's overflow.
+                r.headers_mut()
+                    .insert("x-envoy-overloaded", HeaderValue::from_static("true"));
             }
             return r;
         }
@@ -1047,7 +1071,19 @@ async fn handle(
             started,
         });
     }
-    resp.map(http_body_util::Either::Left)
+    resp.map(|b| http_body_util::Either::Left(UpstreamBody::new(b, h2_busy)))
+}
+
+/// Whether an upstream request failed because every HTTP/2 connection slot was busy.
+fn is_h2_overflow(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.is::<crate::upstream::H2Overflow>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// The IP a connection's identity is looked up by.

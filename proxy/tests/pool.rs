@@ -1,6 +1,7 @@
 //! The upstream connection pool over real sockets: idle connections beyond
 //! `--upstream-max-idle` are closed, the ones kept are reused, HTTP/1.1 requests share one
-//! pool whatever their Host, and HTTP/2 requests share one connection per authority.
+//! pool whatever their Host, HTTP/2 requests share one connection per authority, and
+//! `--upstream-h2-max-connections` bounds those connections across authorities.
 
 mod common;
 
@@ -202,6 +203,148 @@ async fn h2_requests_share_one_upstream_connection_per_authority() {
         "one upstream HTTP/2 connection per authority"
     );
     p.drain(Duration::from_secs(1)).await;
+}
+
+/// An h2c client connection to the proxy.
+async fn h2_downstream(proxy: SocketAddr) -> hyper::client::conn::http2::SendRequest<Empty<Bytes>> {
+    let s = TcpStream::connect(proxy).await.unwrap();
+    let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(s))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    send
+}
+
+/// `GET http://{authority}{path}` over `send`; the status and the response headers.
+async fn h2_get(
+    send: &hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
+    authority: &str,
+    path: &str,
+) -> (u16, http::HeaderMap) {
+    let mut send = send.clone();
+    let req = Request::get(format!("http://{authority}{path}"))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    resp.into_body().collect().await.unwrap();
+    (status, headers)
+}
+
+fn stat(p: &membrane_proxy::Running, name: &str) -> u64 {
+    let stats = p.metrics.encode_envoy_stats();
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .unwrap_or_else(|| panic!("no {name} in {stats}"))
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_connections_across_authorities_are_bounded_least_recently_used_idle_first() {
+    let (backend, counts) = counting_backend(Arc::new(Barrier::new(1))).await;
+    let p = start(backend, &["--upstream-h2-max-connections", "2"]).await;
+    let send = h2_downstream(p.addrs.listen).await;
+    for authority in ["a.test", "b.test"] {
+        assert_eq!(h2_get(&send, authority, "/v1/x").await.0, 200);
+    }
+    assert_eq!((counts.accepted(), counts.closed()), (2, 0));
+    // A third authority: the least recently used idle connection (a) makes room.
+    assert_eq!(h2_get(&send, "c.test", "/v1/x").await.0, 200);
+    assert_eq!(counts.accepted(), 3);
+    assert_eq!(counts.wait_closed(1).await, 1);
+    assert_eq!(stat(&p, "membrane.upstream_h2_evictions"), 1);
+    // b is reused (no new connection) and becomes the most recently used ...
+    assert_eq!(h2_get(&send, "b.test", "/v1/x").await.0, 200);
+    assert_eq!(counts.accepted(), 3);
+    // ... so a, back again, takes c's place, not b's.
+    assert_eq!(h2_get(&send, "a.test", "/v1/x").await.0, 200);
+    assert_eq!(counts.accepted(), 4);
+    assert_eq!(counts.wait_closed(2).await, 2);
+    assert_eq!(h2_get(&send, "b.test", "/v1/x").await.0, 200);
+    assert_eq!(counts.accepted(), 4, "b's connection was kept");
+    // Cycling through many authorities never holds more than the bound.
+    for i in 0..20 {
+        assert_eq!(h2_get(&send, &format!("t{i}.test"), "/v1/x").await.0, 200);
+        assert_eq!(stat(&p, "membrane.upstream_h2_connections"), 2);
+    }
+    assert_eq!(counts.accepted(), 24);
+    // The evicted ones are closed at the backend too.
+    assert_eq!(counts.wait_closed(22).await, 22);
+    assert_eq!(stat(&p, "cluster.inbound.upstream_cx_overflow"), 0);
+    p.drain(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_every_h2_connection_busy_a_request_waits_then_gets_503() {
+    // `/v1/hold` answers once two are waiting: a held request keeps its connection busy.
+    let (backend, counts) = counting_backend(Arc::new(Barrier::new(2))).await;
+    let p = start(
+        backend,
+        &[
+            "--upstream-h2-max-connections",
+            "1",
+            "--connect-timeout",
+            "1s",
+        ],
+    )
+    .await;
+    let send = h2_downstream(p.addrs.listen).await;
+
+    // a is busy; a request for c waits for the slot and gets it once a is done.
+    let s = send.clone();
+    let held = tokio::spawn(async move { h2_get(&s, "a.test", "/v1/hold").await.0 });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let s = send.clone();
+    let waiting = tokio::spawn(async move { h2_get(&s, "c.test", "/v1/x").await.0 });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "c did not wait for the busy slot");
+    assert_eq!(counts.accepted(), 1);
+    // A second hold on a (same connection, multiplexed) releases both.
+    assert_eq!(h2_get(&send, "a.test", "/v1/hold").await.0, 200);
+    assert_eq!(held.await.unwrap(), 200);
+    assert_eq!(waiting.await.unwrap(), 200);
+    assert_eq!(counts.accepted(), 2);
+    assert_eq!(counts.wait_closed(1).await, 1, "a's connection made room");
+
+    // c is busy now and stays so past the wait: e is refused as Envoy refuses an
+    // overflowing circuit breaker.
+    let s = send.clone();
+    let held = tokio::spawn(async move { h2_get(&s, "c.test", "/v1/hold").await.0 });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    let (status, headers) = h2_get(&send, "e.test", "/v1/x").await;
+    assert_eq!(status, 503);
+    assert_eq!(
+        headers.get("x-envoy-overloaded").map(|v| v.as_bytes()),
+        Some(&b"true"[..])
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(stat(&p, "cluster.inbound.upstream_cx_overflow"), 1);
+    assert_eq!(counts.accepted(), 2, "no connection beyond the bound");
+    assert_eq!(h2_get(&send, "c.test", "/v1/hold").await.0, 200);
+    assert_eq!(held.await.unwrap(), 200);
+    p.drain(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn zero_h2_connection_bound_is_refused_by_name() {
+    let cfg = config(
+        "127.0.0.1:9".parse().unwrap(),
+        &["--upstream-h2-max-connections", "0"],
+    );
+    let enforcer = membrane_proxy::policy::load(&cfg).expect("test policy loads");
+    let err = match membrane_proxy::start(&cfg, enforcer, None).await {
+        Ok(_) => panic!("a zero connection bound was accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("--upstream-h2-max-connections"), "{err}");
 }
 
 #[tokio::test]
