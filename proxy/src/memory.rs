@@ -13,8 +13,8 @@
 //!
 //! A trim holds the allocator's locks for milliseconds, so it must not run while traffic
 //! flows: the check waits until no request is in flight and none has started for
-//! `--memory-trim-idle`, and both the measurement and the trim run on tokio's blocking
-//! pool, never on the event loop.
+//! `--memory-trim-idle`, and the trim itself runs on tokio's blocking pool, never on the
+//! event loop.
 //!
 //! This is the only module of the crate that uses `unsafe`: the two glibc calls, which take
 //! no pointers and have no preconditions.
@@ -73,41 +73,8 @@ pub fn trim() -> bool {
     false
 }
 
-/// What one heap check did.
-#[derive(Debug, Clone, Copy)]
-struct Checked {
-    free_before: usize,
-    /// The new floor: resident free memory after the trim, or the lower of the old floor
-    /// and what was found.
-    floor: usize,
-    trimmed: bool,
-    released: bool,
-}
-
-/// Measures the heap and trims it when the resident memory not in use has grown by at
-/// least [`TRIM_THRESHOLD`] over `floor`. Blocking: `mallinfo2` and `malloc_trim` take the
-/// allocator's locks and walk its free lists (a trim took 0.9–2.4 ms under load).
-fn check_and_trim(floor: usize) -> Checked {
-    let free = resident_free_bytes();
-    if free < floor + TRIM_THRESHOLD {
-        return Checked {
-            free_before: free,
-            floor: floor.min(free),
-            trimmed: false,
-            released: false,
-        };
-    }
-    let released = trim();
-    Checked {
-        free_before: free,
-        floor: resident_free_bytes(),
-        trimmed: true,
-        released,
-    }
-}
-
 /// Runs `f` on tokio's blocking pool (a thread it starts on demand and retires after a
-/// while idle), so the event loop never waits for the allocator's walk.
+/// while idle), so the event loop never waits for the allocator.
 async fn off_loop<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
     tokio::task::spawn_blocking(f).await.ok()
 }
@@ -117,11 +84,13 @@ async fn off_loop<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 /// after the last trim (at start: what was there then; anonymous memory that is not heap,
 /// such as thread stacks, stays in that floor).
 ///
-/// The check and the trim wait for quiet: `idle` says how long the proxy has had no
-/// request in flight and none starting (`None` while one is in flight), and they run only
-/// once that reaches `quiet`; then off the event loop ([`off_loop`]). Under constant
-/// traffic nothing is trimmed; the memory is returned after the burst. `trimmed` is called
-/// for each trim. Runs until `shutdown` turns true.
+/// Both wait for quiet: `idle` says how long the proxy has had no request in flight and
+/// none starting (`None` while one is in flight), and nothing happens until that reaches
+/// `quiet`. The measurement (`mallinfo2`, tens of microseconds) then runs in place, with
+/// no request to delay; a due trim (milliseconds, holding the allocator's locks) runs
+/// off the event loop ([`off_loop`]), so a request arriving meanwhile is served. Under
+/// constant traffic nothing is trimmed; the memory is returned after the burst. `trimmed`
+/// is called for each trim. Runs until `shutdown` turns true.
 pub async fn trim_loop(
     interval: Duration,
     quiet: Duration,
@@ -132,9 +101,7 @@ pub async fn trim_loop(
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
-    let Some(mut floor) = off_loop(resident_free_bytes).await else {
-        return;
-    };
+    let mut floor = resident_free_bytes();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -153,21 +120,24 @@ pub async fn trim_loop(
                 _ = shutdown.wait_for(|s| *s) => return,
             }
         }
+        let free = resident_free_bytes();
+        if free < floor + TRIM_THRESHOLD {
+            floor = floor.min(free);
+            continue;
+        }
         let started = Instant::now();
-        let Some(c) = off_loop(move || check_and_trim(floor)).await else {
+        let Some(released) = off_loop(trim).await else {
             return;
         };
-        floor = c.floor;
-        if c.trimmed {
-            trimmed();
-            tracing::debug!(
-                resident_free_before = c.free_before,
-                resident_free_after = c.floor,
-                released = c.released,
-                duration_us = started.elapsed().as_micros() as u64,
-                "heap trimmed"
-            );
-        }
+        floor = resident_free_bytes();
+        trimmed();
+        tracing::debug!(
+            resident_free_before = free,
+            resident_free_after = floor,
+            released,
+            duration_us = started.elapsed().as_micros() as u64,
+            "heap trimmed"
+        );
     }
 }
 
