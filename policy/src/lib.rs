@@ -4,7 +4,8 @@
 //! It owns the policy model ([`model`]), parsing and validation with field-precise errors
 //! ([`load`], [`rule`]), labels and selectors, identities and their allocation
 //! ([`identity`]), resolution of an endpoint's policy ([`resolve`]), incremental
-//! recomputation ([`engine`]), the ipcache ([`ipcache`]), HTTP rule matching ([`http`]) and
+//! recomputation ([`engine`]), the ipcache ([`ipcache`]), HTTP rule matching ([`http`]; the
+//! values of secrets come from a resolver the caller passes with each request) and
 //! tracing ([`trace`]).
 //!
 //! It must never do I/O: no files, sockets, async runtimes, protobuf or kernel maps. Text
