@@ -116,7 +116,11 @@ fn small_write_stream_service_is_learned_plain() {
             secs,
         ]);
         if write == "32768" {
-            assert_eq!(dp.plain_hints().unwrap(), vec![], "32 KiB writes learned plain");
+            assert_eq!(
+                dp.plain_hints().unwrap(),
+                vec![],
+                "32 KiB writes learned plain"
+            );
         }
     }
     let hints: Vec<u16> = dp
@@ -125,7 +129,11 @@ fn small_write_stream_service_is_learned_plain() {
         .into_iter()
         .map(|(p, _)| p)
         .collect();
-    assert_eq!(hints, vec![9003], "a 16 KiB-write stream is not learned plain");
+    assert_eq!(
+        hints,
+        vec![9003],
+        "a 16 KiB-write stream is not learned plain"
+    );
 }
 
 #[test]

@@ -303,7 +303,11 @@ fn an_sk_msg_miss_is_reported_and_the_socket_stays_on_tcp() {
     // The miss switched the socket, and taught nothing about the service: only a
     // socket's own small-write stream marks its service plain.
     assert!(dp.splice_stats().unwrap().switched_to_tcp >= 1);
-    assert_eq!(dp.plain_hints().unwrap(), vec![], "a miss marked the service");
+    assert_eq!(
+        dp.plain_hints().unwrap(),
+        vec![],
+        "a miss marked the service"
+    );
     let evs = collect(&mut reader, |e| {
         e.iter()
             .any(|e| e.program == "sk_msg" && e.reason == "no-peer")
