@@ -16,8 +16,8 @@
 //! `--memory-trim-idle`, and the trim itself runs on tokio's blocking pool, never on the
 //! event loop.
 //!
-//! This is the only module of the crate that uses `unsafe`: the two glibc calls, which take
-//! no pointers and have no preconditions.
+//! With `busypoll`, this is one of the two modules of the crate that use `unsafe`: the two
+//! glibc calls, which take no pointers and have no preconditions.
 #![allow(unsafe_code)]
 
 use std::time::{Duration, Instant};
