@@ -10,9 +10,13 @@ use std::io::BufRead;
 use common::Env;
 use membrane_datapath::Settings;
 
-/// 4 MiB each way in 16 KiB writes: on the plain path that is well over
+/// 4 MiB each way in 64 KiB writes: on the plain path that is well over
 /// 100 loopback packets (64 KiB MTU), spliced it is only the handshake/FIN.
 const BYTES: &str = "4194304";
+/// Writes of 32 KiB and more stay spliced in a one-way run; the client writes
+/// far ahead of the echo, and 128 smaller writes in a row would switch it to
+/// plain TCP (lib/splice_hint.h).
+const CHUNK: &str = "65536";
 const SPLICED_MAX_LO_PACKETS: u64 = 40;
 const PLAIN_MIN_LO_PACKETS: u64 = 100;
 
@@ -25,7 +29,7 @@ fn echo_once(env: &Env, connect: &str) -> u64 {
         "--bytes",
         BYTES,
         "--chunk",
-        "16384",
+        CHUNK,
     ]);
     assert!(
         out.contains("OK round=0 bytes=4194304"),
@@ -109,7 +113,7 @@ fn detach_restores_plain_path() {
         "--bytes",
         BYTES,
         "--chunk",
-        "16384",
+        CHUNK,
         "--rounds",
         "2",
         "--gate",
