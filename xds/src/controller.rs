@@ -199,6 +199,9 @@ impl Controller {
     ) {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first tick is immediate; the caller has just reconciled, and a pass now
+        // could read a file that a writer is in the middle of (truncated, not yet closed).
+        tick.tick().await;
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
