@@ -147,8 +147,18 @@ pub struct Settings {
 pub struct Webhook {
     settings: Settings,
     current: Arc<Current>,
-    seen: Mutex<(Vec<u8>, Vec<u8>)>,
+    seen: Mutex<Seen>,
     recorder: Arc<Recorder>,
+}
+
+/// What the files held at the last look, so that a change is acted on (and
+/// a bad state reported) once.
+#[derive(Debug, PartialEq, Eq)]
+enum Seen {
+    /// Certificate and key bytes.
+    Files(Vec<u8>, Vec<u8>),
+    /// A file could not be read (a Secret volume mid-update, a typo): why.
+    Unreadable(String),
 }
 
 impl Webhook {
@@ -160,7 +170,7 @@ impl Webhook {
         Ok(Webhook {
             settings,
             current: Arc::new(Current(RwLock::new(Arc::new(pair)))),
-            seen: Mutex::new((c, k)),
+            seen: Mutex::new(Seen::Files(c, k)),
             recorder,
         })
     }
@@ -169,16 +179,27 @@ impl Webhook {
     /// loads. `Ok(true)`: a new pair is served; `Ok(false)`: nothing
     /// changed. A bad pair is reported once per content change.
     pub fn reload(&self) -> Result<bool, CertError> {
-        let (c, k) = (read(&self.settings.cert)?, read(&self.settings.key)?);
+        let files = read(&self.settings.cert).and_then(|c| Ok((c, read(&self.settings.key)?)));
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        if seen.0 == c && seen.1 == k {
+        // Remembered even when bad, so one bad state is reported once; the
+        // next change is looked at again.
+        let (c, k) = match files {
+            Err(e) => {
+                let now = Seen::Unreadable(e.to_string());
+                if *seen == now {
+                    return Ok(false);
+                }
+                *seen = now;
+                return Err(e);
+            }
+            Ok((c, k)) => (c, k),
+        };
+        if matches!(&*seen, Seen::Files(sc, sk) if *sc == c && *sk == k) {
             return Ok(false);
         }
-        // Remembered even when bad, so one bad write is reported once; the
-        // next change is looked at again.
-        *seen = (c, k);
-        let pair = parse_pair(&self.settings.cert, &seen.0, &self.settings.key, &seen.1)?;
-        *self.current.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(pair);
+        let pair = parse_pair(&self.settings.cert, &c, &self.settings.key, &k);
+        *seen = Seen::Files(c, k);
+        *self.current.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(pair?);
         Ok(true)
     }
 

@@ -532,6 +532,12 @@ fn a_rotated_certificate_is_served_and_a_bad_one_keeps_the_last_good() {
     // Reported once per change, not once per check.
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(cert_errors(&hook), 2);
+    // Files that are not there (a volume mid-update, a wrong path): the same.
+    hook.switch_to("missing");
+    wait_until("missing files are reported", || cert_errors(&hook) >= 3);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(cert_errors(&hook), 3);
+    assert!(served_by(&hook, "v2"));
     // Fixed files are taken again.
     hook.switch_to("v1");
     wait_until("v1 is served again", || served_by(&hook, "v1"));
