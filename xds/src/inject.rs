@@ -335,6 +335,9 @@ fn decide(
             None,
         )
     };
+    if let Some(m) = meta.filter(|m| !m.is_object()) {
+        return unpatchable(format!("metadata is {}, not a map", short(m)));
+    }
     let annotations = meta.and_then(|m| field(m, "annotations"));
     let labels = meta.and_then(|m| field(m, "labels"));
     if let Some(a) = annotations {
@@ -675,6 +678,26 @@ mod tests {
 
     #[test]
     fn a_pod_that_cannot_take_the_sidecar_is_allowed_with_a_warning() {
+        for (meta, spec, want) in [
+            (json!("x"), app(), "metadata is \"x\", not a map"),
+            (
+                json!({"annotations": []}),
+                app(),
+                "metadata.annotations is [], not a map",
+            ),
+            (
+                json!({}),
+                json!({"containers": {}}),
+                "spec.containers is {}, not a list",
+            ),
+            (json!({}), json!({}), "the pod has no spec.containers"),
+        ] {
+            let r = run(&review_of(pod(meta, spec)), "/inject").unwrap();
+            assert_eq!(
+                r.outcome,
+                Outcome::NotPatchable(format!("{CONTAINER} not injected: {want}"))
+            );
+        }
         let spec = json!({"containers": [{"name": "app", "image": "x", "ports": [{"containerPort": 15021}]}]});
         let r = run(&review_of(pod(json!({"name": "a"}), spec)), "/inject").unwrap();
         let Outcome::NotPatchable(w) = &r.outcome else {
