@@ -51,6 +51,39 @@ pub struct Config {
     /// PEM private key for the TLS xDS port.
     #[arg(long, env = "MEMBRANE_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Sidecar-injection webhook (HTTPS, `POST /inject`) listen address;
+    /// served only with --webhook-cert and --webhook-key.
+    #[arg(long, env = "MEMBRANE_WEBHOOK_ADDR", default_value = "0.0.0.0:15017")]
+    pub webhook_addr: SocketAddr,
+    /// PEM certificate chain for the webhook (for the Service's DNS name,
+    /// e.g. `membrane-xds.membrane-system.svc`); re-read when it changes
+    /// and on SIGHUP.
+    #[arg(long, env = "MEMBRANE_WEBHOOK_CERT", requires = "webhook_key")]
+    pub webhook_cert: Option<PathBuf>,
+    /// PEM private key for --webhook-cert.
+    #[arg(long, env = "MEMBRANE_WEBHOOK_KEY", requires = "webhook_cert")]
+    pub webhook_key: Option<PathBuf>,
+    /// How often the webhook's certificate and key files are checked for
+    /// new content, in milliseconds.
+    #[arg(long, env = "MEMBRANE_WEBHOOK_CERT_POLL_MS", default_value_t = 1000)]
+    pub webhook_cert_poll_ms: u64,
+    /// Largest AdmissionReview the webhook accepts, in bytes.
+    #[arg(long, env = "MEMBRANE_WEBHOOK_MAX_BODY_BYTES", default_value_t = 8 << 20)]
+    pub webhook_max_body_bytes: usize,
+    /// Image of the injected `membrane-proxy` container (it must hold
+    /// `membrane-proxy` on its PATH).
+    #[arg(long, env = "MEMBRANE_SIDECAR_IMAGE", default_value = concat!("membrane:", env!("CARGO_PKG_VERSION")))]
+    pub sidecar_image: String,
+    /// Control plane the injected sidecar dials (plaintext xDS).
+    #[arg(
+        long,
+        env = "MEMBRANE_SIDECAR_XDS_ADDRESS",
+        default_value = "http://membrane-xds.membrane-system.svc:15010"
+    )]
+    pub sidecar_xds_address: String,
+    /// Istio revision written into injected pods' `sidecar.istio.io/status`.
+    #[arg(long, env = "MEMBRANE_INJECTION_REVISION", default_value = "default")]
+    pub injection_revision: String,
     /// Debug and metrics HTTP listen address.
     #[arg(long, env = "MEMBRANE_DEBUG_ADDR", default_value = "0.0.0.0:15014")]
     pub debug_addr: SocketAddr,

@@ -4,7 +4,8 @@
 //! YAML, etcd) through identities (process-local, or agreed cluster-wide in
 //! etcd) and resolved policy (the `membrane-policy` crate)
 //! to xDS resources, and serves them: Envoy ADS (SotW and delta) and Cilium's
-//! NPDS/NPHDS services over gRPC, plus the debug/metrics HTTP endpoint.
+//! NPDS/NPHDS services over gRPC, plus the debug/metrics HTTP endpoint and
+//! the sidecar-injection webhook.
 //!
 //! It must never decide policy itself (verdict semantics belong to
 //! `membrane-policy`), never push configuration outside a published,
@@ -16,6 +17,7 @@ pub mod configdump;
 pub mod controller;
 pub mod debug;
 pub mod identity;
+pub mod inject;
 pub mod kvstore;
 pub mod node;
 pub mod recorder;
@@ -25,6 +27,7 @@ pub mod snapshot;
 pub mod source;
 pub mod stream;
 pub mod translate;
+pub mod webhook;
 
 /// Generated Cilium NPDS/NPHDS types and services (package `cilium`).
 #[allow(missing_docs, clippy::all)]

@@ -11,6 +11,7 @@ use membrane_xds::config::Config;
 use membrane_xds::controller::Controller;
 use membrane_xds::debug::{self, DebugState};
 use membrane_xds::identity::EtcdIdentities;
+use membrane_xds::inject::Sidecar;
 use membrane_xds::kvstore;
 use membrane_xds::recorder::Recorder;
 use membrane_xds::server::XdsServer;
@@ -20,6 +21,7 @@ use membrane_xds::source::etcd::EtcdSource;
 #[cfg(feature = "kube")]
 use membrane_xds::source::kube::{self, KubeSource};
 use membrane_xds::source::Source;
+use membrane_xds::webhook::{self, Webhook};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -138,12 +140,40 @@ async fn main() -> Result<()> {
         }
         _ => None,
     };
-    let tls_line = match &tls {
+    let hook = match (&cfg.webhook_cert, &cfg.webhook_key) {
+        (Some(cert), Some(key)) => {
+            let settings = webhook::Settings {
+                cert: cert.clone(),
+                key: key.clone(),
+                poll: Duration::from_millis(cfg.webhook_cert_poll_ms.max(1)),
+                max_body_bytes: cfg.webhook_max_body_bytes,
+                sidecar: Sidecar {
+                    image: cfg.sidecar_image.clone(),
+                    xds_address: cfg.sidecar_xds_address.clone(),
+                    revision: cfg.injection_revision.clone(),
+                },
+            };
+            let wh =
+                Webhook::new(settings, recorder.clone()).context("--webhook-cert/--webhook-key")?;
+            let l = TcpListener::bind(cfg.webhook_addr)
+                .await
+                .with_context(|| format!("binding --webhook-addr {}", cfg.webhook_addr))?;
+            Some((Arc::new(wh), l))
+        }
+        _ => {
+            info!("injection webhook off: no --webhook-cert/--webhook-key given");
+            None
+        }
+    };
+    let mut extra_line = match &tls {
         Some((_, l)) => format!(" tls={}", l.local_addr()?),
         None => String::new(),
     };
+    if let Some((_, l)) = &hook {
+        extra_line.push_str(&format!(" webhook={}", l.local_addr()?));
+    }
     // Tests and scripts read the bound addresses from this line.
-    println!("membrane-xds listening grpc={grpc_addr} debug={dbg_addr}{tls_line}");
+    println!("membrane-xds listening grpc={grpc_addr} debug={dbg_addr}{extra_line}");
     info!(%grpc_addr, %dbg_addr, "membrane-xds listening");
 
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -160,6 +190,15 @@ async fn main() -> Result<()> {
             server
                 .router_on(builder)
                 .serve_with_incoming_shutdown(TcpListenerStream::new(l), stopped(stop_rx.clone())),
+        )
+    });
+    let hook_tasks = hook.map(|(wh, l)| {
+        (
+            tokio::spawn(webhook::watch_certificate(
+                wh.clone(),
+                stopped(stop_rx.clone()),
+            )),
+            tokio::spawn(webhook::serve(l, wh, stopped(stop_rx.clone()))),
         )
     });
     let app = debug::router(Arc::new(DebugState {
@@ -195,6 +234,10 @@ async fn main() -> Result<()> {
         let _ = grpc_task.await;
         if let Some(t) = tls_task {
             let _ = t.await;
+        }
+        if let Some((w, s)) = hook_tasks {
+            let _ = w.await;
+            let _ = s.await;
         }
         // Revokes this replica's lease: its registrations go at once.
         if let Some(t) = register_task {

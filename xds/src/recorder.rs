@@ -36,6 +36,14 @@ pub struct SourceLabel {
     pub source: String,
 }
 
+/// Label set: what the injection webhook did with one request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InjectLabel {
+    /// `injected`, `skipped`, `not_patchable` (allowed with a warning) or
+    /// `rejected` (HTTP 4xx: malformed input).
+    pub result: String,
+}
+
 /// The control plane's Prometheus metrics.
 #[derive(Debug)]
 pub struct Metrics {
@@ -57,6 +65,11 @@ pub struct Metrics {
     pub snapshot_errors: Counter,
     /// Source files rejected.
     pub source_errors: Family<SourceLabel, Counter>,
+    /// Injection webhook requests, by result.
+    pub injections: Family<InjectLabel, Counter>,
+    /// Webhook certificate/key pairs that failed to load (the last good
+    /// pair stays in use).
+    pub webhook_cert_errors: Counter,
     /// The registry they are registered in.
     pub registry: Registry,
 }
@@ -80,6 +93,8 @@ impl Metrics {
             snapshots: Counter::default(),
             snapshot_errors: Counter::default(),
             source_errors: Family::default(),
+            injections: Family::default(),
+            webhook_cert_errors: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("pushes", "xDS responses sent", m.pushes.clone());
@@ -110,6 +125,16 @@ impl Metrics {
             "source_errors",
             "Source objects rejected",
             m.source_errors.clone(),
+        );
+        registry.register(
+            "injections",
+            "Sidecar-injection webhook requests, by result",
+            m.injections.clone(),
+        );
+        registry.register(
+            "webhook_cert_errors",
+            "Webhook certificate/key pairs rejected (the last good pair stays)",
+            m.webhook_cert_errors.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -150,3 +150,89 @@ fn deployment_runs_the_kube_source_on_istio_ports_and_agent_is_privileged() {
     assert!(host_paths.contains("/sys/fs/bpf"), "{host_paths:?}");
     assert!(host_paths.contains("/sys/fs/cgroup"), "{host_paths:?}");
 }
+
+#[test]
+fn injection_webhook_reaches_the_webhook_port_of_membrane_xds() {
+    let objs = objects();
+    let deploy = find(&objs, "Deployment", "membrane-xds");
+    let c = &deploy["spec"]["template"]["spec"]["containers"][0];
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let cfg = Config::try_parse_from(std::iter::once("membrane-xds").chain(args.iter().copied()))
+        .unwrap();
+    assert_eq!(cfg.webhook_addr.port(), 15017);
+    let cert = cfg.webhook_cert.expect("the webhook is on");
+    let mount = c["volumeMounts"][0]["mountPath"].as_str().unwrap();
+    assert!(cert.starts_with(mount), "{cert:?} is not under {mount}");
+    // The sidecar dials the Service's plaintext xDS port by its DNS name.
+    let svc = find(&objs, "Service", "membrane-xds");
+    let port_of = |name: &str| {
+        svc["spec"]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["targetPort"] == name)
+            .unwrap_or_else(|| panic!("no Service port for {name}"))["port"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(
+        cfg.sidecar_xds_address,
+        format!(
+            "http://membrane-xds.membrane-system.svc:{}",
+            port_of("grpc-xds")
+        )
+    );
+    let webhook_port_name = c["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["containerPort"] == 15017)
+        .unwrap()["name"]
+        .as_str()
+        .unwrap();
+
+    let mwc = find(
+        &objs,
+        "MutatingWebhookConfiguration",
+        "membrane-sidecar-injector",
+    );
+    let hooks = mwc["webhooks"].as_array().unwrap();
+    let mut selected = BTreeSet::new();
+    for h in hooks {
+        let s = &h["clientConfig"]["service"];
+        assert_eq!(s["name"], "membrane-xds");
+        assert_eq!(s["namespace"], "membrane-system");
+        assert_eq!(s["path"], "/inject");
+        assert_eq!(s["port"].as_u64().unwrap(), port_of(webhook_port_name));
+        assert_eq!(h["sideEffects"], "None");
+        assert_eq!(h["admissionReviewVersions"], serde_json::json!(["v1"]));
+        let rule = &h["rules"][0];
+        assert_eq!(rule["operations"], serde_json::json!(["CREATE"]));
+        assert_eq!(rule["resources"], serde_json::json!(["pods"]));
+        let sel = &h["namespaceSelector"];
+        for (k, v) in sel["matchLabels"].as_object().into_iter().flatten() {
+            selected.insert(format!("{k}={}", v.as_str().unwrap()));
+        }
+        for e in sel["matchExpressions"].as_array().into_iter().flatten() {
+            if e["operator"] == "In" {
+                selected.insert(format!(
+                    "{}={}",
+                    e["key"].as_str().unwrap(),
+                    e["values"][0].as_str().unwrap()
+                ));
+            }
+        }
+    }
+    assert_eq!(
+        selected,
+        BTreeSet::from([
+            "istio-injection=enabled".to_string(),
+            "membrane-injection=enabled".to_string()
+        ])
+    );
+}

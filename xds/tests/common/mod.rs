@@ -28,6 +28,7 @@ pub struct Xds {
     pub grpc: SocketAddr,
     pub debug: SocketAddr,
     pub tls: Option<SocketAddr>,
+    pub webhook: Option<SocketAddr>,
 }
 
 /// Starts the binary on loopback ephemeral ports, in its own process group.
@@ -68,11 +69,13 @@ pub fn start_xds_with(source_dir: &std::path::Path, extra: &[&std::ffi::OsStr]) 
     };
     let (grpc, debug) = (field("grpc="), field("debug="));
     let tls = line.contains("tls=").then(|| field("tls="));
+    let webhook = line.contains("webhook=").then(|| field("webhook="));
     Xds {
         proc: Guard(child),
         grpc,
         debug,
         tls,
+        webhook,
     }
 }
 
@@ -312,5 +315,36 @@ impl Etcd {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+}
+
+/// A CA (`DIR/ca.pem`) and a server certificate it signed for
+/// `membrane-xds.test` and 127.0.0.1 (`DIR/cert.pem`, `DIR/key.pem`), made
+/// with openssl (webpki refuses a CA certificate used as the server's own).
+pub fn make_certs(dir: &std::path::Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=DNS:membrane-xds.test,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    let ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+    for args in [
+        format!("req -x509 {ec} -days 1 -subj /CN=membrane-test-ca -keyout ca.key -out ca.pem"),
+        format!("req {ec} -subj /CN=membrane-xds -keyout key.pem -out leaf.csr"),
+        "x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 \
+         -extfile ext.cnf -out cert.pem"
+            .to_string(),
+    ] {
+        let out = Command::new("openssl")
+            .args(args.split_whitespace())
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }

@@ -1,0 +1,727 @@
+//! Sidecar injection: an `admission.k8s.io/v1` AdmissionReview for a Pod in,
+//! the AdmissionReview to answer with out (the same `uid`, `allowed: true`
+//! and, when the pod gets a sidecar, a JSONPatch adding the `membrane-proxy`
+//! container and Istio's `sidecar.istio.io/status` annotation).
+//!
+//! No I/O here: `webhook.rs` serves this over HTTPS. It never denies a pod:
+//! a pod the rules skip, or one that cannot take the sidecar, is allowed
+//! unchanged (the latter with a warning the API server shows the client);
+//! only input that is not an AdmissionReview for a Pod is an error.
+//!
+//! Capture is done by the node's eBPF programs (membrane-agent honours the
+//! `traffic.sidecar.istio.io/*` annotations), so unlike Istio there is no
+//! init container and the sidecar needs no capability.
+
+use base64::Engine;
+use serde_json::{json, Map, Value};
+
+/// The injected container's name.
+pub const CONTAINER: &str = "membrane-proxy";
+/// Istio's annotation listing what was injected; its presence marks a pod as
+/// injected for istioctl and for this webhook.
+pub const STATUS_ANNOTATION: &str = "sidecar.istio.io/status";
+/// Istio's per-pod opt-out (label or annotation).
+pub const INJECT_KEY: &str = "sidecar.istio.io/inject";
+/// Tells kubectl which container `logs`/`exec` mean by default.
+pub const DEFAULT_CONTAINER_ANNOTATION: &str = "kubectl.kubernetes.io/default-container";
+/// The uid the sidecar runs as (Istio's `istio-proxy` uid; the datapath
+/// exempts its connections from capture).
+pub const PROXY_UID: i64 = 1337;
+/// Namespaces never injected, as Istio.
+pub const IGNORED_NAMESPACES: [&str; 4] = [
+    "kube-system",
+    "kube-public",
+    "kube-node-lease",
+    "local-path-storage",
+];
+/// The sidecar's own listener: `membrane-proxy standalone` requires one
+/// (`--listen`/`--upstream`); bound to loopback so only the pod reaches it.
+pub const PROXY_LISTEN_PORT: u16 = 15007;
+/// Ports the sidecar binds in the pod's network namespace, with the names
+/// its container declares: outbound and inbound capture (Istio's 15001 and
+/// 15006), merged metrics and readiness (named as Istio's own templates
+/// name 15020 and 15021).
+pub const PROXY_PORTS: [(u16, &str); 4] = [
+    (15001, "outbound"),
+    (15006, "inbound"),
+    (15020, "metrics"),
+    (15021, "health"),
+];
+
+/// What the injected container is made of (from `membrane-xds` flags).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sidecar {
+    /// Container image of membrane-proxy.
+    pub image: String,
+    /// The control plane the sidecar dials, `http://HOST:PORT`.
+    pub xds_address: String,
+    /// Istio revision recorded in the status annotation.
+    pub revision: String,
+}
+
+/// Why a request is not an AdmissionReview for a Pod (answered with 400).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ReviewError {
+    /// The body does not parse as JSON.
+    #[error("body is not JSON: {0}")]
+    NotJson(String),
+    /// apiVersion/kind are not `admission.k8s.io/v1` / `AdmissionReview`.
+    #[error(
+        "not an admission.k8s.io/v1 AdmissionReview: {field} is {found}, expected {expected:?}"
+    )]
+    NotAdmissionReview {
+        /// The field that differs.
+        field: &'static str,
+        /// What it holds (JSON).
+        found: String,
+        /// What it should hold.
+        expected: &'static str,
+    },
+    /// A required field of the request is missing or has the wrong type.
+    #[error("AdmissionReview {field}: {what}")]
+    BadRequest {
+        /// JSON path of the field.
+        field: &'static str,
+        /// What is wrong.
+        what: String,
+    },
+    /// The object under review is not a Pod.
+    #[error("AdmissionReview {field} is {found}, expected a Pod")]
+    NotPod {
+        /// JSON path of the field naming the kind.
+        field: &'static str,
+        /// What it holds.
+        found: String,
+    },
+    /// `/inject/KEY/VALUE/...` with a key that cannot be an environment
+    /// variable name.
+    #[error(
+        "path {path}: {key:?} is not an environment variable name (letters, digits, '_', '-', '.')"
+    )]
+    BadPathKey {
+        /// The request path.
+        path: String,
+        /// The offending key.
+        key: String,
+    },
+}
+
+/// What the webhook decided for a pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The sidecar is added by the patch.
+    Injected,
+    /// Allowed unchanged: the reason (a skip rule).
+    Skipped(String),
+    /// Allowed unchanged because the pod cannot take the sidecar: the
+    /// warning returned to the client.
+    NotPatchable(String),
+}
+
+/// The answer: the AdmissionReview to send back and what was decided.
+#[derive(Debug, Clone)]
+pub struct Reviewed {
+    /// `admission.k8s.io/v1` AdmissionReview with `response` set.
+    pub review: Value,
+    /// The decision, for logs and metrics.
+    pub outcome: Outcome,
+    /// `namespace/name` of the pod (the name may be a `generateName` prefix).
+    pub pod: String,
+}
+
+/// Environment variables Istio's `/inject/KEY/VALUE/...` path parameters
+/// set on the sidecar: `cluster` and `net` map to Istio's names, any other
+/// key is upper-cased; `--slash--` in a value stands for `/`; a trailing key
+/// without a value is ignored, as Istio does.
+pub fn path_env(path: &str) -> Result<Vec<(String, String)>, ReviewError> {
+    let rest = path
+        .strip_prefix("/inject")
+        .unwrap_or("")
+        .trim_start_matches('/')
+        .trim_end_matches('/');
+    if rest.is_empty() {
+        return Ok(Vec::new());
+    }
+    let parts: Vec<&str> = rest.split('/').collect();
+    let mut out = Vec::new();
+    for pair in parts.chunks_exact(2) {
+        let key = match pair[0] {
+            "cluster" => "ISTIO_META_CLUSTER_ID".to_string(),
+            "net" => "ISTIO_META_NETWORK".to_string(),
+            k => k.to_ascii_uppercase(),
+        };
+        let ok = !key.is_empty()
+            && !key.starts_with(|c: char| c.is_ascii_digit())
+            && key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+        if !ok {
+            return Err(ReviewError::BadPathKey {
+                path: path.to_string(),
+                key: pair[0].to_string(),
+            });
+        }
+        out.push((key, pair[1].replace("--slash--", "/")));
+    }
+    Ok(out)
+}
+
+fn field<'a>(v: &'a Value, key: &str) -> Option<&'a Value> {
+    v.get(key).filter(|x| !x.is_null())
+}
+
+/// Reviews one request body received on `path` (`/inject` or
+/// `/inject/KEY/VALUE/...`).
+pub fn review(body: &[u8], path: &str, sidecar: &Sidecar) -> Result<Reviewed, ReviewError> {
+    let env = path_env(path)?;
+    let doc: Value =
+        serde_json::from_slice(body).map_err(|e| ReviewError::NotJson(e.to_string()))?;
+    if !doc.is_object() {
+        return Err(ReviewError::NotAdmissionReview {
+            field: "the body",
+            found: short(&doc),
+            expected: "an object",
+        });
+    }
+    for (f, expected) in [
+        ("apiVersion", "admission.k8s.io/v1"),
+        ("kind", "AdmissionReview"),
+    ] {
+        let found = doc.get(f).unwrap_or(&Value::Null);
+        if found.as_str() != Some(expected) {
+            return Err(ReviewError::NotAdmissionReview {
+                field: f,
+                found: short(found),
+                expected,
+            });
+        }
+    }
+    let req = field(&doc, "request").ok_or(ReviewError::BadRequest {
+        field: "request",
+        what: "missing".into(),
+    })?;
+    let uid = match field(req, "uid") {
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        Some(v) if !v.is_string() => {
+            return Err(ReviewError::BadRequest {
+                field: "request.uid",
+                what: format!("{} is not a string", short(v)),
+            })
+        }
+        _ => {
+            return Err(ReviewError::BadRequest {
+                field: "request.uid",
+                what: "missing".into(),
+            })
+        }
+    };
+    if let Some(k) = field(req, "kind") {
+        let kind = (
+            k.get("group").and_then(Value::as_str).unwrap_or(""),
+            k.get("kind").and_then(Value::as_str),
+        );
+        if kind != ("", Some("Pod")) {
+            return Err(ReviewError::NotPod {
+                field: "request.kind",
+                found: short(k),
+            });
+        }
+    }
+    let pod = match field(req, "object") {
+        Some(o @ Value::Object(_)) => o,
+        Some(o) => {
+            return Err(ReviewError::NotPod {
+                field: "request.object",
+                found: short(o),
+            })
+        }
+        None => {
+            return Err(ReviewError::BadRequest {
+                field: "request.object",
+                what: "missing".into(),
+            })
+        }
+    };
+    if let Some(k) = field(pod, "kind") {
+        if k.as_str() != Some("Pod") {
+            return Err(ReviewError::NotPod {
+                field: "request.object.kind",
+                found: short(k),
+            });
+        }
+    }
+
+    let meta = field(pod, "metadata");
+    let str_at = |v: Option<&Value>, k: &str| {
+        v.and_then(|m| m.get(k))
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
+    let mut namespace = str_at(meta, "namespace");
+    if namespace.is_empty() {
+        namespace = str_at(Some(req), "namespace");
+    }
+    let mut name = str_at(meta, "name");
+    if name.is_empty() {
+        name = str_at(meta, "generateName");
+    }
+    let pod_name = format!("{namespace}/{name}");
+
+    let operation = str_at(Some(req), "operation");
+    let outcome_patch = if !operation.is_empty() && operation != "CREATE" {
+        (
+            Outcome::Skipped(format!("operation {operation}: only CREATE is injected")),
+            None,
+        )
+    } else {
+        decide(pod, meta, &namespace, sidecar, &env)
+    };
+    let (outcome, patch) = outcome_patch;
+    let mut response = json!({ "uid": uid, "allowed": true });
+    if let Some(p) = patch {
+        let bytes = serde_json::to_vec(&p).expect("a JSON value serializes");
+        response["patchType"] = json!("JSONPatch");
+        response["patch"] = json!(base64::engine::general_purpose::STANDARD.encode(bytes));
+    }
+    if let Outcome::NotPatchable(w) = &outcome {
+        response["warnings"] = json!([w]);
+    }
+    Ok(Reviewed {
+        review: json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "response": response,
+        }),
+        outcome,
+        pod: pod_name,
+    })
+}
+
+/// A value shown in an error, cut short.
+fn short(v: &Value) -> String {
+    let s = v.to_string();
+    if s.len() > 80 {
+        let mut end = 80;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}…", &s[..end])
+    } else {
+        s
+    }
+}
+
+/// Istio's reading of `sidecar.istio.io/inject`: these values turn
+/// injection off; anything else leaves the default (on).
+fn says_no(v: &str) -> bool {
+    matches!(
+        v.to_ascii_lowercase().as_str(),
+        "n" | "no" | "false" | "off"
+    )
+}
+
+fn decide(
+    pod: &Value,
+    meta: Option<&Value>,
+    namespace: &str,
+    sidecar: &Sidecar,
+    env: &[(String, String)],
+) -> (Outcome, Option<Value>) {
+    let skip = |why: String| (Outcome::Skipped(why), None);
+    let unpatchable = |why: String| {
+        (
+            Outcome::NotPatchable(format!("{CONTAINER} not injected: {why}")),
+            None,
+        )
+    };
+    if let Some(m) = meta.filter(|m| !m.is_object()) {
+        return unpatchable(format!("metadata is {}, not a map", short(m)));
+    }
+    let annotations = meta.and_then(|m| field(m, "annotations"));
+    let labels = meta.and_then(|m| field(m, "labels"));
+    if let Some(a) = annotations {
+        if !a.is_object() {
+            return unpatchable(format!("metadata.annotations is {}, not a map", short(a)));
+        }
+    }
+    let spec = field(pod, "spec");
+    let containers = match spec.and_then(|s| field(s, "containers")) {
+        Some(Value::Array(c)) => c,
+        Some(c) => return unpatchable(format!("spec.containers is {}, not a list", short(c))),
+        None => return unpatchable("the pod has no spec.containers".into()),
+    };
+    let names: Vec<&str> = containers
+        .iter()
+        .filter_map(|c| c.get("name").and_then(Value::as_str))
+        .collect();
+
+    // Idempotence first: a pod that has the sidecar, or says it was
+    // injected (by this webhook or by istiod), is left alone.
+    if names.contains(&CONTAINER) {
+        return skip(format!("already has a {CONTAINER} container"));
+    }
+    if annotations.is_some_and(|a| a.get(STATUS_ANNOTATION).is_some()) {
+        return skip(format!("already injected ({STATUS_ANNOTATION} is set)"));
+    }
+    if spec.and_then(|s| s.get("hostNetwork")) == Some(&Value::Bool(true)) {
+        return skip("hostNetwork: true".into());
+    }
+    if IGNORED_NAMESPACES.contains(&namespace) {
+        return skip(format!("namespace {namespace} is never injected"));
+    }
+    // Istio: the label wins over the annotation.
+    for (what, map) in [("label", labels), ("annotation", annotations)] {
+        if let Some(v) = map.and_then(|m| m.get(INJECT_KEY)).and_then(Value::as_str) {
+            if says_no(v) {
+                return skip(format!("{what} {INJECT_KEY}: {v:?}"));
+            }
+            break;
+        }
+    }
+
+    // The sidecar shares the pod's network namespace: an application port
+    // it needs would make one of the two fail to bind.
+    let mut taken = PROXY_PORTS.iter().map(|p| p.0).collect::<Vec<_>>();
+    taken.push(PROXY_LISTEN_PORT);
+    for (i, c) in containers.iter().enumerate() {
+        let cname = c.get("name").and_then(Value::as_str).unwrap_or("?");
+        for p in c
+            .get("ports")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let port = p.get("containerPort").and_then(Value::as_u64);
+            if let Some(port) = port.filter(|n| taken.iter().any(|t| u64::from(*t) == *n)) {
+                return unpatchable(format!(
+                    "spec.containers[{i}] ({cname}) declares port {port}, which {CONTAINER} needs"
+                ));
+            }
+        }
+    }
+
+    let upstream_port = containers
+        .iter()
+        .flat_map(|c| {
+            c.get("ports")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+        })
+        .find_map(|p| p.get("containerPort").and_then(Value::as_u64))
+        .unwrap_or(80);
+    let status = json!({
+        "initContainers": null,
+        "containers": [CONTAINER],
+        "volumes": null,
+        "imagePullSecrets": null,
+        "revision": sidecar.revision,
+    })
+    .to_string();
+    let mut add_annotations = vec![(STATUS_ANNOTATION.to_string(), Value::String(status))];
+    let has_default = annotations.is_some_and(|a| a.get(DEFAULT_CONTAINER_ANNOTATION).is_some());
+    if let (false, Some(first)) = (has_default, names.first()) {
+        add_annotations.push((
+            DEFAULT_CONTAINER_ANNOTATION.to_string(),
+            Value::String(first.to_string()),
+        ));
+    }
+
+    let mut ops = Vec::new();
+    match (meta, annotations) {
+        (None, _) => {
+            let map: Map<String, Value> = add_annotations.into_iter().collect();
+            ops.push(json!({"op": "add", "path": "/metadata", "value": {"annotations": map}}));
+        }
+        (Some(_), None) => {
+            let map: Map<String, Value> = add_annotations.into_iter().collect();
+            ops.push(json!({"op": "add", "path": "/metadata/annotations", "value": map}));
+        }
+        (Some(_), Some(_)) => {
+            for (k, v) in add_annotations {
+                ops.push(json!({
+                    "op": "add",
+                    "path": format!("/metadata/annotations/{}", pointer_escape(&k)),
+                    "value": v,
+                }));
+            }
+        }
+    }
+    ops.push(json!({
+        "op": "add",
+        "path": "/spec/containers/-",
+        "value": container(sidecar, env, upstream_port),
+    }));
+    (Outcome::Injected, Some(Value::Array(ops)))
+}
+
+/// RFC 6901: `~` → `~0`, `/` → `~1`.
+fn pointer_escape(s: &str) -> String {
+    s.replace('~', "~0").replace('/', "~1")
+}
+
+/// The `membrane-proxy` container: mesh mode (policy from the control plane
+/// under Istio's node id), capture listeners, metrics and readiness on the
+/// pod's address, unprivileged as uid 1337.
+fn container(sidecar: &Sidecar, env: &[(String, String)], upstream_port: u64) -> Value {
+    let field_env = |name: &str, path: &str| json!({"name": name, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": path}}});
+    let mut vars = vec![
+        field_env("POD_NAME", "metadata.name"),
+        field_env("POD_NAMESPACE", "metadata.namespace"),
+        field_env("POD_IP", "status.podIP"),
+    ];
+    vars.extend(env.iter().map(|(k, v)| json!({"name": k, "value": v})));
+    let ports: Vec<Value> = PROXY_PORTS
+        .iter()
+        .map(|(port, name)| json!({"containerPort": port, "name": name, "protocol": "TCP"}))
+        .collect();
+    json!({
+        "name": CONTAINER,
+        "image": sidecar.image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["membrane-proxy"],
+        "args": [
+            "standalone",
+            "--xds-address", sidecar.xds_address,
+            // Kubernetes expands $(VAR) from the container's env.
+            "--node-id", "sidecar~$(POD_IP)~$(POD_NAME).$(POD_NAMESPACE)~$(POD_NAMESPACE).svc.cluster.local",
+            "--capture-outbound", "0.0.0.0:15001",
+            "--capture-inbound", "0.0.0.0:15006",
+            "--metrics", "0.0.0.0:15020",
+            "--health", "0.0.0.0:15021",
+            "--listen", format!("127.0.0.1:{PROXY_LISTEN_PORT}"),
+            "--upstream", format!("127.0.0.1:{upstream_port}"),
+        ],
+        "env": vars,
+        "ports": ports,
+        "readinessProbe": {
+            "httpGet": {"path": "/healthz/ready", "port": 15021},
+            "initialDelaySeconds": 1,
+            "periodSeconds": 2,
+            "timeoutSeconds": 3,
+            "failureThreshold": 30,
+        },
+        "resources": {
+            "requests": {"cpu": "100m", "memory": "128Mi"},
+            "limits": {"cpu": "2", "memory": "1Gi"},
+        },
+        "securityContext": {
+            "runAsUser": PROXY_UID,
+            "runAsGroup": PROXY_UID,
+            "runAsNonRoot": true,
+            "privileged": false,
+            "allowPrivilegeEscalation": false,
+            "readOnlyRootFilesystem": true,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sidecar() -> Sidecar {
+        Sidecar {
+            image: "membrane/membrane-proxy:test".into(),
+            xds_address: "http://xds:15010".into(),
+            revision: "default".into(),
+        }
+    }
+
+    fn review_of(pod: Value) -> Value {
+        json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "u-1",
+                "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "namespace": "default",
+                "operation": "CREATE",
+                "object": pod,
+            }
+        })
+    }
+
+    fn run(doc: &Value, path: &str) -> Result<Reviewed, ReviewError> {
+        review(&serde_json::to_vec(doc).unwrap(), path, &sidecar())
+    }
+
+    fn patch_of(r: &Reviewed) -> Vec<Value> {
+        let b64 = r.review["response"]["patch"].as_str().expect("a patch");
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    fn pod(meta: Value, spec: Value) -> Value {
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec})
+    }
+
+    fn app() -> Value {
+        json!({"containers": [{"name": "app", "image": "nginx", "ports": [{"containerPort": 8080}]}]})
+    }
+
+    #[test]
+    fn path_parameters_become_sidecar_environment() {
+        assert_eq!(path_env("/inject").unwrap(), vec![]);
+        assert_eq!(path_env("/inject/").unwrap(), vec![]);
+        assert_eq!(
+            path_env("/inject/cluster/c1/net/n--slash--1/foo_bar/x/odd").unwrap(),
+            vec![
+                ("ISTIO_META_CLUSTER_ID".into(), "c1".into()),
+                ("ISTIO_META_NETWORK".into(), "n/1".into()),
+                ("FOO_BAR".into(), "x".into()),
+            ]
+        );
+        assert!(matches!(
+            path_env("/inject/a=b/c"),
+            Err(ReviewError::BadPathKey { .. })
+        ));
+    }
+
+    #[test]
+    fn a_plain_pod_gets_the_sidecar_and_the_status_annotation() {
+        let r = run(&review_of(pod(json!({"name": "web"}), app())), "/inject").unwrap();
+        assert_eq!(r.outcome, Outcome::Injected);
+        assert_eq!(r.pod, "default/web");
+        assert_eq!(r.review["response"]["uid"], "u-1");
+        assert_eq!(r.review["response"]["allowed"], true);
+        assert_eq!(r.review["response"]["patchType"], "JSONPatch");
+        let ops = patch_of(&r);
+        assert_eq!(ops[0]["path"], "/metadata/annotations");
+        let status: Value =
+            serde_json::from_str(ops[0]["value"][STATUS_ANNOTATION].as_str().unwrap()).unwrap();
+        assert_eq!(status["containers"], json!([CONTAINER]));
+        assert_eq!(ops[0]["value"][DEFAULT_CONTAINER_ANNOTATION], "app");
+        let c = &ops[1]["value"];
+        assert_eq!(ops[1]["path"], "/spec/containers/-");
+        assert_eq!(c["securityContext"]["runAsUser"], 1337);
+        let args: Vec<&str> = c["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        assert!(args
+            .windows(2)
+            .any(|w| w == ["--upstream", "127.0.0.1:8080"]));
+    }
+
+    #[test]
+    fn existing_annotations_get_escaped_keys() {
+        let r = run(
+            &review_of(pod(
+                json!({"name": "web", "annotations": {"a": "b"}}),
+                app(),
+            )),
+            "/inject",
+        )
+        .unwrap();
+        let ops = patch_of(&r);
+        assert_eq!(
+            ops[0]["path"],
+            "/metadata/annotations/sidecar.istio.io~1status"
+        );
+        assert_eq!(
+            ops[1]["path"],
+            "/metadata/annotations/kubectl.kubernetes.io~1default-container"
+        );
+    }
+
+    #[test]
+    fn skip_rules() {
+        let cases = [
+            (
+                json!({"name": "a", "annotations": {INJECT_KEY: "false"}}),
+                app(),
+            ),
+            (json!({"name": "a", "labels": {INJECT_KEY: "off"}}), app()),
+            (
+                json!({"name": "a", "annotations": {STATUS_ANNOTATION: "{}"}}),
+                app(),
+            ),
+            (
+                json!({"name": "a"}),
+                json!({"hostNetwork": true, "containers": [{"name": "app", "image": "x"}]}),
+            ),
+            (
+                json!({"name": "a"}),
+                json!({"containers": [{"name": "app", "image": "x"}, {"name": CONTAINER, "image": "y"}]}),
+            ),
+            (json!({"name": "a", "namespace": "kube-system"}), app()),
+        ];
+        for (meta, spec) in cases {
+            let r = run(&review_of(pod(meta.clone(), spec)), "/inject").unwrap();
+            assert!(
+                matches!(r.outcome, Outcome::Skipped(_)),
+                "{meta}: {:?}",
+                r.outcome
+            );
+            assert!(r.review["response"].get("patch").is_none());
+            assert_eq!(r.review["response"]["allowed"], true);
+        }
+        // The label wins over the annotation, as in Istio.
+        let r = run(
+            &review_of(pod(
+                json!({"name": "a", "labels": {INJECT_KEY: "true"}, "annotations": {INJECT_KEY: "false"}}),
+                app(),
+            )),
+            "/inject",
+        )
+        .unwrap();
+        assert_eq!(r.outcome, Outcome::Injected);
+    }
+
+    #[test]
+    fn a_pod_that_cannot_take_the_sidecar_is_allowed_with_a_warning() {
+        for (meta, spec, want) in [
+            (json!("x"), app(), "metadata is \"x\", not a map"),
+            (
+                json!({"annotations": []}),
+                app(),
+                "metadata.annotations is [], not a map",
+            ),
+            (
+                json!({}),
+                json!({"containers": {}}),
+                "spec.containers is {}, not a list",
+            ),
+            (json!({}), json!({}), "the pod has no spec.containers"),
+        ] {
+            let r = run(&review_of(pod(meta, spec)), "/inject").unwrap();
+            assert_eq!(
+                r.outcome,
+                Outcome::NotPatchable(format!("{CONTAINER} not injected: {want}"))
+            );
+        }
+        let spec = json!({"containers": [{"name": "app", "image": "x", "ports": [{"containerPort": 15021}]}]});
+        let r = run(&review_of(pod(json!({"name": "a"}), spec)), "/inject").unwrap();
+        let Outcome::NotPatchable(w) = &r.outcome else {
+            panic!("{:?}", r.outcome)
+        };
+        assert!(w.contains("port 15021"), "{w}");
+        assert_eq!(r.review["response"]["warnings"][0], json!(w));
+        assert!(r.review["response"].get("patch").is_none());
+    }
+
+    #[test]
+    fn malformed_input_names_what_is_wrong() {
+        let cases: [(&[u8], &str); 7] = [
+            (b"{", "body is not JSON"),
+            (br#"{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview"}"#, "apiVersion is \"admission.k8s.io/v1beta1\""),
+            (br#"{"apiVersion":"admission.k8s.io/v1","kind":"Pod"}"#, "kind is \"Pod\""),
+            (br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#, "request: missing"),
+            (br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"object":{}}}"#, "request.uid: missing"),
+            (br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"x","kind":{"group":"apps","version":"v1","kind":"Deployment"},"object":{}}}"#, "request.kind is"),
+            (br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"x","object":{"kind":"Service"}}}"#, "request.object.kind is \"Service\""),
+        ];
+        for (body, want) in cases {
+            let e = review(body, "/inject", &sidecar()).unwrap_err().to_string();
+            assert!(e.contains(want), "{e} lacks {want}");
+        }
+    }
+}
