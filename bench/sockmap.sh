@@ -20,7 +20,7 @@ REPS=${REPS:-3}
 RR_SIZES=${RR_SIZES:-1 1024 16384}
 STREAM_WRITES=${STREAM_WRITES:-1024 4096 16384 65536}
 FIRST_WRITES=${FIRST_WRITES:-1024 4096}
-CPUS=${CPUS:-pinned unpinned}
+CPUS=${CPUS:-pinned unpinned split}
 E2E_SECS=${E2E_SECS:-5}
 E2E_CONNS=${E2E_CONNS:-1 32}
 # MEMBRANE_BIN_DIR: use already-built binaries instead of building them here.
@@ -59,27 +59,32 @@ mkdir "$CG"
 ip netns add "$NS"
 ip -n "$NS" link set lo up
 
-# in_pod PIN CMD...: run CMD inside the cgroup and netns, pinned to CPU 0 when PIN=pinned.
+# in_pod PIN CMD...: run CMD inside the cgroup and netns, pinned to CPU 0 when PIN is
+# pinned or core0, to CPU 1 when core1, anywhere when unpinned.
 # It execs: call it in a subshell, $(...) or with &, never bare.
 in_pod() {
   local pin=$1; shift
   local tset=()
-  [ "$pin" = pinned ] && tset=(taskset -c 0)
+  case $pin in pinned | core0) tset=(taskset -c 0) ;; core1) tset=(taskset -c 1) ;; esac
   exec sh -c 'cg=$1; shift; echo $$ > "$cg/cgroup.procs" && exec "$@"' sh "$CG" \
     ip netns exec "$NS" "${tset[@]}" "$@"
 }
 
 sink_port() { echo $((20000 + $1 / 1024)); }
+# "split" places the two ends on different cores (client core 0, server core 1): the
+# cross-core case that "unpinned" reaches only by chance.
+client_cpu() { if [ "$1" = split ]; then echo core0; else echo "$1"; fi; }
+server_cpu() { if [ "$1" = split ]; then echo core1; else echo "$1"; fi; }
 
 start_servers() {
   local pin=$1
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   PIDS=()
-  in_pod "$pin" "$BIN" echo --listen 127.0.0.1:9000 >/dev/null & PIDS+=($!)
+  in_pod "$(server_cpu "$pin")" "$BIN" echo --listen 127.0.0.1:9000 >/dev/null & PIDS+=($!)
   # One sink (service) per write size: the splice decision is learned per
   # service port, and a service's write pattern is what it is.
   for w in $STREAM_WRITES; do
-    in_pod "$pin" "$BIN" sink --listen "127.0.0.1:$(sink_port "$w")" >/dev/null & PIDS+=($!)
+    in_pod "$(server_cpu "$pin")" "$BIN" sink --listen "127.0.0.1:$(sink_port "$w")" >/dev/null & PIDS+=($!)
   done
   sleep 0.3
 }
@@ -87,7 +92,7 @@ start_servers() {
 # "off" keeps the programs attached with splicing switched off (new
 # connections take plain TCP; sockops runs once per connection), so what the
 # datapath learned about services survives between the alternating runs.
-set_mode() {
+set_mode() { # on | off | aa (off again)
   if [ "$1" = on ]; then
     "$AGENT" --bpffs "$BPFFS" attach --cgroup "$CG" >/dev/null
   else
@@ -114,18 +119,27 @@ first_conn() {
 load "start"
 for pin in $CPUS; do
   start_servers "$pin"
+  cli=$(client_cpu "$pin")
   for rep in $(seq "$REPS"); do
-    for mode in off on; do
+    # Unpinned and split streams also run "off" a second time ("aa"): the ratio of two
+    # runs of the same datapath is the noise floor of the cell.
+    modes="off on"
+    [ "$pin" = pinned ] || modes="off on aa"
+    for mode in $modes; do
       set_mode "$mode"
-      for size in $RR_SIZES; do
-        echo "$pin $mode rr $size $rep $(in_pod "$pin" "$BIN" rr --connect 127.0.0.1:9000 --size "$size" --iters "$RR_ITERS")" >>"$RAW"
-      done
+      if [ "$mode" != aa ] && [ "$pin" != split ]; then
+        for size in $RR_SIZES; do
+          echo "$pin $mode rr $size $rep $(in_pod "$cli" "$BIN" rr --connect 127.0.0.1:9000 --size "$size" --iters "$RR_ITERS")" >>"$RAW"
+        done
+      fi
       for w in $STREAM_WRITES; do
-        echo "$pin $mode stream $w $rep $(in_pod "$pin" "$BIN" stream --connect "127.0.0.1:$(sink_port "$w")" --write "$w" --secs "$SECS")" >>"$RAW"
+        echo "$pin $mode stream $w $rep $(in_pod "$cli" "$BIN" stream --connect "127.0.0.1:$(sink_port "$w")" --write "$w" --secs "$SECS")" >>"$RAW"
       done
-      for w in $FIRST_WRITES; do
-        first_conn "$pin" "$mode" "$rep" "$w"
-      done
+      if [ "$mode" != aa ] && [ "$pin" != split ]; then
+        for w in $FIRST_WRITES; do
+          first_conn "$pin" "$mode" "$rep" "$w"
+        done
+      fi
     done
     load "$pin rep $rep"
   done
@@ -211,7 +225,11 @@ lines = [f"# sockmap acceleration: on vs off ({kernel}, {cpus} CPUs)", "",
          "'ratio' is the median of the per-repetition on/off ratios (> 1: acceleration on is",
          "better: lower latency, higher throughput); 'ratio of medians' is median(on)/median(off).",
          "'first connection' streams to a service port nobody used before (a fresh sink per",
-         "run): it is spliced at first and must switch itself to plain TCP.", "",
+         "run): it is spliced at first and must switch itself to plain TCP.",
+         "'split' runs the client on core 0 and the server on core 1 (the cross-core case);",
+         "unpinned and split streams also run 'off' a second time: the A/A control row is the",
+         "ratio of two runs of the same datapath, the noise floor of that cell; the 'on' column",
+         "of a control row holds the second 'off' run.", "",
          "| workload | cpu | size | off (median) | on (median) | ratio | ratio of medians | per-rep ratios |",
          "|---|---|---|---|---|---|---|---|"]
 names = {"rr": ("req/resp latency", "us p50", False), "stream": ("stream throughput", "Gbit/s", True),
@@ -222,19 +240,24 @@ names = {"rr": ("req/resp latency", "us p50", False), "stream": ("stream through
 worst = None
 for (kind, pin, size), m in sorted(cells.items()):
     name, unit, higher_better = names[kind]
-    pairs = [(m["off"][r], m["on"][r]) for r in sorted(m.get("on", {})) if r in m.get("off", {})]
     def ratio(off, on):
         if higher_better:
             return on / off if off else 0.0
         return off / on if on else 0.0
-    per = [ratio(o, n) for o, n in pairs]
-    off, on = statistics.median(m["off"].values()), statistics.median(m["on"].values())
-    r = statistics.median(per)
-    worst = r if worst is None else min(worst, r)
-    flag = "" if r >= 0.95 else " (LOSS)"
     sz = f"{size}" if kind.startswith("e2e") else f"{size} B"
-    lines.append(f"| {name} | {pin} | {sz} | {off:.2f} {unit} | {on:.2f} {unit} | {r:.2f}x{flag} "
-                 f"| {ratio(off, on):.2f}x | {' '.join(f'{x:.2f}' for x in per)} |")
+    for mode, label in (("on", name), ("aa", f"{name}, A/A control (off vs off again)")):
+        if mode not in m:
+            continue
+        pairs = [(m["off"][r], m[mode][r]) for r in sorted(m[mode]) if r in m["off"]]
+        per = [ratio(o, n) for o, n in pairs]
+        off, on = statistics.median(m["off"].values()), statistics.median(m[mode].values())
+        r = statistics.median(per)
+        flag = ""
+        if mode == "on":
+            worst = r if worst is None else min(worst, r)
+            flag = "" if r >= 0.95 else " (LOSS)"
+        lines.append(f"| {label} | {pin} | {sz} | {off:.2f} {unit} | {on:.2f} {unit} | {r:.2f}x{flag} "
+                     f"| {ratio(off, on):.2f}x | {' '.join(f'{x:.2f}' for x in per)} |")
 lines += ["", f"End to end: {e2e_note}.", "",
           f"Worst cell (median of per-rep ratios): {worst:.2f}x (target: no cell below 0.95x).", "",
           "Load average (1/5/15 min) during the run:", "", "```", loads.rstrip(), "```", "",
