@@ -39,6 +39,10 @@ int mb_sockops(struct bpf_sock_ops *skops)
 		/* Only spliced sockets ask for it (mb_flow_start). */
 		mb_flow_maybe_unsplice(skops);
 		return 1;
+	case BPF_SOCK_OPS_PARSE_HDR_OPT_CB:
+		/* Likewise: a spliced socket receiving TCP segments. */
+		mb_flow_reader_check(skops);
+		return 1;
 	default:
 		return 1;
 	}

@@ -151,7 +151,8 @@ static __always_inline void mb_flow_start(struct bpf_sock_ops *skops,
 
 	st.service_port = service_port;
 	bpf_map_update_elem(&mb_flow, key, &st, BPF_ANY);
-	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_RTT_CB_FLAG);
+	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_RTT_CB_FLAG |
+						 BPF_SOCK_OPS_PARSE_ALL_HDR_OPT_CB_FLAG);
 }
 
 /*
@@ -246,6 +247,61 @@ static __always_inline void mb_flow_maybe_unsplice(struct bpf_sock_ops *skops)
 			mb_stat(MB_STAT_KEPT);
 	}
 	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags & ~BPF_SOCK_OPS_RTT_CB_FLAG);
+}
+
+/*
+ * CO-RE: the one field of the kernel's tcp_sock read here; the loader
+ * relocates its offset from the running kernel's BTF.
+ */
+struct tcp_sock {
+	__u32 copied_seq;
+} __attribute__((preserve_access_index));
+
+/*
+ * sockops, on every TCP segment a spliced socket receives (there are none
+ * while both ends splice): the reading end of a pair whose sender switched
+ * to TCP leaves the sockhash once that is safe, so its reads stop paying
+ * tcp_bpf_recvmsg's detour for the rest of the connection.
+ *
+ * Safe means its ingress_msg queue is empty for good. The sender redirects
+ * nothing after its switch, and every message it redirected was queued
+ * before its first TCP byte was sent; tcp_bpf_recvmsg drains ingress_msg
+ * before it reads the TCP receive queue. So once the reader has read any
+ * TCP byte (bytes_received beyond what is still unread, rcv_nxt -
+ * copied_seq), its queue is empty and stays empty.
+ *
+ * The callbacks stop (flag cleared) once the socket leaves, or when it is
+ * the sender that switched (the RTT callback handles that side).
+ */
+static __always_inline void mb_flow_reader_check(struct bpf_sock_ops *skops)
+{
+	__u32 flags = skops->bpf_sock_ops_cb_flags & ~BPF_SOCK_OPS_PARSE_ALL_HDR_OPT_CB_FLAG;
+	struct mb_sock_key key = {};
+	struct mb_sock_key peer = {};
+	struct mb_flow_state *st, *pst;
+	struct bpf_sock *sk = skops->sk;
+	struct tcp_sock *tp;
+	__u32 unread;
+
+	mb_key_from_sockops(skops, &key);
+	st = bpf_map_lookup_elem(&mb_flow, &key);
+	if (!st || *(volatile __u64 *)&st->plain) {
+		bpf_sock_ops_cb_flags_set(skops, flags);
+		return;
+	}
+	mb_key_swap(&key, &peer);
+	pst = bpf_map_lookup_elem(&mb_flow, &peer);
+	if (!pst || !mb_seq_load(&pst->plain) || !sk)
+		return;
+	tp = bpf_skc_to_tcp_sock(sk);
+	if (!tp)
+		return;
+	unread = skops->rcv_nxt - tp->copied_seq;
+	if (skops->bytes_received <= unread)
+		return;
+	if (bpf_map_delete_elem(&mb_sock_hash, &key) == 0)
+		mb_stat(MB_STAT_UNSPLICED);
+	bpf_sock_ops_cb_flags_set(skops, flags);
 }
 
 #endif /* MB_SPLICE_HINT_H */
