@@ -70,42 +70,20 @@ fn write_secret(dir: &Path, file: &str, namespace: &str, name: &str, entries: &[
 }
 
 async fn start(backend: std::net::SocketAddr, dir: &Path) -> membrane_proxy::Running {
-    use clap::Parser;
     let policy = dir.join("policy.yaml");
     std::fs::write(&policy, POLICY.replace("PORT", &backend.port().to_string())).unwrap();
-    let (p, b, s) = (
-        policy.display().to_string(),
-        backend.to_string(),
-        dir.join("secrets").display().to_string(),
-    );
-    let args = [
-        "membrane-proxy",
-        "standalone",
-        "--listen",
-        "127.0.0.1:0",
-        "--admin",
-        "127.0.0.1:0",
-        "--metrics",
-        "127.0.0.1:0",
-        "--health",
-        "127.0.0.1:0",
-        "--upstream",
-        &b,
-        "--policy",
-        &p,
-        "--endpoint-labels",
+    let secrets = dir.join("secrets").display().to_string();
+    let cfg = common::config_for(
+        backend,
+        &policy,
         "k8s:app=backend,k8s:io.kubernetes.pod.namespace=shop",
-        "--access-log",
-        "false",
-        "--secrets-dir",
-        &s,
-        "--secrets-poll-interval",
-        "100ms",
-    ];
-    let membrane_proxy::config::Command::Standalone(cfg) =
-        membrane_proxy::config::Cli::try_parse_from(args)
-            .unwrap()
-            .command;
+        &[
+            "--secrets-dir",
+            &secrets,
+            "--secrets-poll-interval",
+            "100ms",
+        ],
+    );
     let enforcer = membrane_proxy::policy::load(&cfg).expect("policy loads");
     membrane_proxy::start(&cfg, enforcer, None).await.unwrap()
 }

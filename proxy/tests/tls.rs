@@ -410,45 +410,23 @@ async fn start_policy_proxy(
     policy: &str,
     secrets: &Path,
 ) -> membrane_proxy::Running {
-    use clap::Parser;
     let file = secrets
         .parent()
         .unwrap()
         .join(format!("policy-{}.yaml", backend.port()));
     std::fs::write(&file, policy.replace("PORT", &backend.port().to_string())).unwrap();
-    let (f, b, s) = (
-        file.display().to_string(),
-        backend.to_string(),
-        secrets.display().to_string(),
-    );
-    let args = [
-        "membrane-proxy",
-        "standalone",
-        "--listen",
-        "127.0.0.1:0",
-        "--admin",
-        "127.0.0.1:0",
-        "--metrics",
-        "127.0.0.1:0",
-        "--health",
-        "127.0.0.1:0",
-        "--upstream",
-        &b,
-        "--policy",
-        &f,
-        "--endpoint-labels",
+    let secrets = secrets.display().to_string();
+    let cfg = config_for(
+        backend,
+        &file,
         "k8s:app=backend",
-        "--access-log",
-        "false",
-        "--secrets-dir",
-        &s,
-        "--secrets-poll-interval",
-        "100ms",
-    ];
-    let membrane_proxy::config::Command::Standalone(cfg) =
-        membrane_proxy::config::Cli::try_parse_from(args)
-            .unwrap()
-            .command;
+        &[
+            "--secrets-dir",
+            &secrets,
+            "--secrets-poll-interval",
+            "100ms",
+        ],
+    );
     let enforcer = membrane_proxy::policy::load(&cfg).expect("policy loads");
     membrane_proxy::start(&cfg, enforcer, None).await.unwrap()
 }

@@ -195,7 +195,22 @@ impl Proxy {
 
 /// A `standalone` config for `backend` with ephemeral listeners plus `extra` flags.
 pub fn config(backend: SocketAddr, extra: &[&str]) -> Config {
-    let policy = policy_file(backend.port()).display().to_string();
+    config_for(
+        backend,
+        &policy_file(backend.port()),
+        "k8s:app=backend",
+        extra,
+    )
+}
+
+/// As [`config`], with the policy file `policy` and the endpoint's `labels`.
+pub fn config_for(
+    backend: SocketAddr,
+    policy: &std::path::Path,
+    labels: &str,
+    extra: &[&str],
+) -> Config {
+    let policy = policy.display().to_string();
     let backend = backend.to_string();
     let mut args = vec![
         "membrane-proxy",
@@ -213,7 +228,7 @@ pub fn config(backend: SocketAddr, extra: &[&str]) -> Config {
         "--policy",
         &policy,
         "--endpoint-labels",
-        "k8s:app=backend",
+        labels,
         "--access-log",
         "false",
     ];
