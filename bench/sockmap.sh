@@ -121,8 +121,8 @@ for pin in $CPUS; do
   start_servers "$pin"
   cli=$(client_cpu "$pin")
   for rep in $(seq "$REPS"); do
-    # Unpinned and split streams also run "off" a second time ("aa"): the ratio of two
-    # runs of the same datapath is the noise floor of the cell.
+    # Unpinned and split streams (and unpinned first connections) also run "off" a second
+    # time ("aa"): the ratio of two runs of the same datapath is the noise floor of the cell.
     modes="off on"
     [ "$pin" = pinned ] || modes="off on aa"
     for mode in $modes; do
@@ -135,7 +135,7 @@ for pin in $CPUS; do
       for w in $STREAM_WRITES; do
         echo "$pin $mode stream $w $rep $(in_pod "$cli" "$BIN" stream --connect "127.0.0.1:$(sink_port "$w")" --write "$w" --secs "$SECS")" >>"$RAW"
       done
-      if [ "$mode" != aa ] && [ "$pin" != split ]; then
+      if [ "$pin" != split ]; then
         for w in $FIRST_WRITES; do
           first_conn "$pin" "$mode" "$rep" "$w"
         done
@@ -227,7 +227,8 @@ lines = [f"# sockmap acceleration: on vs off ({kernel}, {cpus} CPUs)", "",
          "'first connection' streams to a service port nobody used before (a fresh sink per",
          "run): it is spliced at first and must switch itself to plain TCP.",
          "'split' runs the client on core 0 and the server on core 1 (the cross-core case);",
-         "unpinned and split streams also run 'off' a second time: the A/A control row is the",
+         "unpinned and split streams and unpinned first connections also run 'off' a second time:",
+         "the A/A control row is the",
          "ratio of two runs of the same datapath, the noise floor of that cell; the 'on' column",
          "of a control row holds the second 'off' run.", "",
          "| workload | cpu | size | off (median) | on (median) | ratio | ratio of medians | per-rep ratios |",
