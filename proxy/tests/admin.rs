@@ -271,6 +271,14 @@ struct Binary {
     admin: String,
 }
 
+/// A test that fails half way must not leave the proxy running.
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn spawn_binary(policy: &std::path::Path, backend: std::net::SocketAddr, extra: &[&str]) -> Binary {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_membrane-proxy"))
         .args([
@@ -666,7 +674,7 @@ async fn binary_busy_polls_while_traffic_is_dense_and_sleeps_when_idle() {
     let backend = start_backend().await;
     // A budget far above a loopback round trip, so the loop never has to sleep between
     // the requests of one keep-alive client, even on a loaded machine.
-    let mut b = spawn_binary(
+    let b = spawn_binary(
         &policy_file(backend.port()),
         backend,
         &["--access-log", "false", "--busy-poll", "20ms"],
@@ -706,8 +714,6 @@ async fn binary_busy_polls_while_traffic_is_dense_and_sleeps_when_idle() {
         "an idle proxy used {} of {ticks_per_sec} CPU ticks in one second: it kept spinning",
         t1 - t0
     );
-    let _ = b.child.kill();
-    let _ = b.child.wait();
 }
 
 /// Clock ticks per second (`getconf CLK_TCK`).
