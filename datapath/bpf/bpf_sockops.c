@@ -4,8 +4,8 @@
  * node-local sockets whose pair policy allows it into mb_sock_hash, and
  * hand a steered connect's original destination over to its source tuple;
  * on listen, remember the proxy's inbound listener (lib/inbound.h); on
- * the first RTT sample of a spliced socket that switched to TCP, take it
- * out of the sockhash when that is safe (lib/splice_hint.h).
+ * a TCP segment reaching a spliced socket (one end switched to TCP), take
+ * it out of the sockhash when that is safe (lib/splice_hint.h).
  */
 #include "lib/common.h"
 #include "lib/counters.h"
@@ -35,13 +35,9 @@ int mb_sockops(struct bpf_sock_ops *skops)
 	case BPF_SOCK_OPS_TCP_LISTEN_CB:
 		mb_inbound_listen(skops);
 		return 1;
-	case BPF_SOCK_OPS_RTT_CB:
-		/* Only spliced sockets ask for it (mb_flow_start). */
-		mb_flow_maybe_unsplice(skops);
-		return 1;
 	case BPF_SOCK_OPS_PARSE_HDR_OPT_CB:
-		/* Likewise: a spliced socket receiving TCP segments. */
-		mb_flow_reader_check(skops);
+		/* Only spliced sockets ask for it (mb_flow_start). */
+		mb_flow_segment(skops);
 		return 1;
 	default:
 		return 1;

@@ -28,7 +28,8 @@
  * into an sk_msg, BPF run, then handing the pages to TCP) as long as it has
  * a psock. Removing it from the sockhash drops the psock and with it every
  * message still queued on its own ingress_msg, so sockops removes it (on
- * the first RTT sample of its TCP traffic) only when its peer never
+ * the first TCP segment it receives, the ACK of its TCP bytes) only when
+ * its peer never
  * redirected a message into it: rx_msgs == 0. The peer bumps rx_msgs
  * atomically *before* it reads `plain` and redirects, and the switching
  * socket sets `plain` atomically before sockops reads rx_msgs, so either
@@ -140,9 +141,9 @@ static __always_inline int mb_hint_says_plain(__u16 service_port)
 }
 
 /*
- * sockops: start tracking a socket that was just spliced, and ask for RTT
- * callbacks: a spliced socket has no TCP traffic, so the first RTT sample
- * comes only once its sends have switched to TCP (mb_flow_maybe_unsplice).
+ * sockops: start tracking a socket that was just spliced, and ask for a
+ * callback per received TCP segment: a spliced pair exchanges none, so they
+ * start only once one end sends by TCP (mb_flow_segment).
  */
 static __always_inline void mb_flow_start(struct bpf_sock_ops *skops,
 					  const struct mb_sock_key *key, __u16 service_port)
@@ -151,7 +152,7 @@ static __always_inline void mb_flow_start(struct bpf_sock_ops *skops,
 
 	st.service_port = service_port;
 	bpf_map_update_elem(&mb_flow, key, &st, BPF_ANY);
-	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_RTT_CB_FLAG |
+	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags |
 						 BPF_SOCK_OPS_PARSE_ALL_HDR_OPT_CB_FLAG);
 }
 
@@ -226,30 +227,6 @@ static __always_inline void mb_flow_note_miss(const struct mb_sock_key *self)
 }
 
 /*
- * sockops RTT callback: a spliced socket is sending by TCP. Once it has
- * switched, take it out of the sockhash if nothing was ever redirected
- * into it (see top), and stop the callbacks either way.
- */
-static __always_inline void mb_flow_maybe_unsplice(struct bpf_sock_ops *skops)
-{
-	struct mb_sock_key key = {};
-	struct mb_flow_state *st;
-
-	mb_key_from_sockops(skops, &key);
-	st = bpf_map_lookup_elem(&mb_flow, &key);
-	if (st && !*(volatile __u64 *)&st->plain)
-		return;
-	if (st) {
-		if (mb_seq_load(&st->rx_msgs) == 0 &&
-		    bpf_map_delete_elem(&mb_sock_hash, &key) == 0)
-			mb_stat(MB_STAT_UNSPLICED);
-		else
-			mb_stat(MB_STAT_KEPT);
-	}
-	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags & ~BPF_SOCK_OPS_RTT_CB_FLAG);
-}
-
-/*
  * CO-RE: the one field of the kernel's tcp_sock read here; the loader
  * relocates its offset from the running kernel's BTF.
  */
@@ -259,21 +236,22 @@ struct tcp_sock {
 
 /*
  * sockops, on every TCP segment a spliced socket receives (there are none
- * while both ends splice): the reading end of a pair whose sender switched
- * to TCP leaves the sockhash once that is safe, so its reads stop paying
- * tcp_bpf_recvmsg's detour for the rest of the connection.
+ * while both ends splice). Either end of a pair that moved to TCP leaves
+ * the sockhash once that is safe, and the callbacks stop:
  *
- * Safe means its ingress_msg queue is empty for good. The sender redirects
- * nothing after its switch, and every message it redirected was queued
- * before its first TCP byte was sent; tcp_bpf_recvmsg drains ingress_msg
- * before it reads the TCP receive queue. So once the reader has read any
- * TCP byte (bytes_received beyond what is still unread, rcv_nxt -
- * copied_seq), its queue is empty and stays empty.
+ * - The end that switched (its sends take TCP, so it receives ACKs) leaves
+ *   if nothing was ever redirected into it (see top): removing it would
+ *   drop its unread spliced messages. Otherwise it stays ("kept").
  *
- * The callbacks stop (flag cleared) once the socket leaves, or when it is
- * the sender that switched (the RTT callback handles that side).
+ * - The reading end leaves once its ingress_msg queue is empty for good.
+ *   The sender redirects nothing after its switch, and every message it
+ *   redirected was queued before its first TCP byte was sent;
+ *   tcp_bpf_recvmsg drains ingress_msg before it reads the TCP receive
+ *   queue. So once the reader has read any TCP byte (bytes_received beyond
+ *   what is still unread, rcv_nxt - copied_seq), its queue is empty and
+ *   stays empty. Until then its reads take tcp_bpf_recvmsg's detour.
  */
-static __always_inline void mb_flow_reader_check(struct bpf_sock_ops *skops)
+static __always_inline void mb_flow_segment(struct bpf_sock_ops *skops)
 {
 	__u32 flags = skops->bpf_sock_ops_cb_flags & ~BPF_SOCK_OPS_PARSE_ALL_HDR_OPT_CB_FLAG;
 	struct mb_sock_key key = {};
@@ -285,7 +263,16 @@ static __always_inline void mb_flow_reader_check(struct bpf_sock_ops *skops)
 
 	mb_key_from_sockops(skops, &key);
 	st = bpf_map_lookup_elem(&mb_flow, &key);
-	if (!st || *(volatile __u64 *)&st->plain) {
+	if (!st) {
+		bpf_sock_ops_cb_flags_set(skops, flags);
+		return;
+	}
+	if (*(volatile __u64 *)&st->plain) {
+		if (mb_seq_load(&st->rx_msgs) == 0 &&
+		    bpf_map_delete_elem(&mb_sock_hash, &key) == 0)
+			mb_stat(MB_STAT_UNSPLICED);
+		else
+			mb_stat(MB_STAT_KEPT);
 		bpf_sock_ops_cb_flags_set(skops, flags);
 		return;
 	}
