@@ -289,8 +289,12 @@ pub struct MbFlowState {
     pub plain: u64,
     /// Messages the peer redirected into this socket's receive queue.
     pub rx_msgs: u64,
+    /// Bytes of the current run of small sends.
+    pub small_bytes: u32,
+    /// Explicit padding, zero.
+    pub pad2: u32,
 }
-const _: () = assert!(size_of::<MbFlowState>() == 24);
+const _: () = assert!(size_of::<MbFlowState>() == 32);
 
 /// `enum mb_splice_stat`, rows of `mb_splice_stats`: sockets whose sends
 /// switched from the splice to plain TCP.

@@ -72,7 +72,9 @@ fn rust_layouts() -> BTreeMap<&'static str, Layout> {
                 hinted,
                 pad,
                 plain,
-                rx_msgs
+                rx_msgs,
+                small_bytes,
+                pad2
             ),
         ),
         (

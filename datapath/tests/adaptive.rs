@@ -198,8 +198,10 @@ fn first_small_write_connection_leaves_the_splice_with_every_byte_in_order() {
         msg.redirected >= 1,
         "the first writes were spliced: {msg:?}"
     );
+    // The probe is 2 MiB (2048 of these writes); the switched client leaves
+    // the sockhash at the ACK of its first TCP bytes.
     assert!(
-        msg.redirected + msg.fallbacks + msg.misses < 2000,
+        msg.redirected + msg.fallbacks + msg.misses < 4096,
         "most of the 8192 writes must not pass through sk_msg: {msg:?}"
     );
     assert!(
@@ -242,8 +244,10 @@ fn switch_with_unread_spliced_bytes_keeps_order() {
     assert_eq!(stats.unspliced, 1, "{stats:?}");
     assert!(stats.kept >= 1, "{stats:?}");
     let msg = dp.counters_of("mb_sk_msg").unwrap();
+    // 8192 writes: a spliced head of 2 MiB (2048 writes), then the rest
+    // passed to TCP by the client's sk_msg, since the client stays.
     assert!(
-        msg.redirected >= 1 && msg.fallbacks > 7000,
+        msg.redirected >= 1 && msg.fallbacks > 6000,
         "a spliced head, then the writes passed to TCP: {msg:?}"
     );
 }

@@ -17,7 +17,7 @@ const OK: &str = "connect ok\n";
 fn echo(env: &Env, port: u16) -> u64 {
     let before = env.lo_tx_packets();
     let addr = format!("127.0.0.1:{port}");
-    // 64 KiB writes: a one-way run of 128 writes below 32 KiB switches to TCP.
+    // 64 KiB writes: a one-way run of 2 MiB in writes below 32 KiB switches to TCP.
     let out = env.client(&[
         "client",
         "--connect",

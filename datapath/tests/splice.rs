@@ -14,7 +14,7 @@ use membrane_datapath::Settings;
 /// 100 loopback packets (64 KiB MTU), spliced it is only the handshake/FIN.
 const BYTES: &str = "4194304";
 /// Writes of 32 KiB and more stay spliced in a one-way run; the client writes
-/// far ahead of the echo, and 128 smaller writes in a row would switch it to
+/// far ahead of the echo, and a 2 MiB run of smaller writes would switch it to
 /// plain TCP (lib/splice_hint.h).
 const CHUNK: &str = "65536";
 const SPLICED_MAX_LO_PACKETS: u64 = 40;

@@ -131,8 +131,9 @@ struct mb_ip_key {
 /*
  * Per-socket send pattern, for the adaptive splice (lib/splice_hint.h).
  * small_run counts this socket's consecutive small sends with nothing
- * received in between; service_port is the accepting side's port.
- * plain and rx_msgs are only changed with atomic operations.
+ * received in between and small_bytes their bytes; service_port is the
+ * accepting side's port. plain and rx_msgs are only changed with atomic
+ * operations.
  */
 struct mb_flow_state {
 	__u32 small_run;
@@ -141,6 +142,8 @@ struct mb_flow_state {
 	__u8 pad;
 	__u64 plain;   /* 1: this socket's sends take plain TCP from now on; never cleared */
 	__u64 rx_msgs; /* messages the peer redirected into this socket's receive queue */
+	__u32 small_bytes;
+	__u32 pad2;
 };
 
 /* Index into mb_splice_stats (lib/splice_hint.h). */

@@ -12,10 +12,24 @@
  * the reader holds while it copies (TCP's receive path queues to the backlog
  * instead): 16 KiB-write streams lose there (0.55x unpinned).
  *
- * So a socket that sends MB_SMALL_RUN_LIMIT small messages in a row with
- * nothing received switches its sends to plain TCP for the rest of its life
- * (mb_flow_state.plain, never cleared), and marks its service port so new
- * connections to it are not spliced at all for mb_config.hint_ttl_secs.
+ * So a socket whose run of small messages with nothing received reaches
+ * MB_SMALL_RUN_BYTES or MB_SMALL_RUN_LIMIT messages switches its sends to
+ * plain TCP for the rest of its life (mb_flow_state.plain, never cleared),
+ * and marks its service port so new connections to it are not spliced at
+ * all for mb_config.hint_ttl_secs.
+ *
+ * Why the probe is measured in bytes: when sender and reader share a core,
+ * the reader has not run yet when the sender switches, so every spliced
+ * byte is still queued, charged to the reader's receive memory. The first
+ * TCP segment then finds sk_rmem_alloc above sk_rcvbuf, and TCP prunes:
+ * tcp_clamp_window sets sk_rcvbuf to what is queued and clamps rcv_ssthresh
+ * to two segments. With 128 writes of 4 KiB (512 KiB queued) that left the
+ * reader a window smaller than plain TCP's autotuning reaches on loopback
+ * (1-3 MiB after a second), the sender was window-limited 30-60 % of the time
+ * (`ss -ti` rwnd_limited) and piled its writes up unsent, and the whole
+ * connection ran at 0.92-0.96x. A 2 MiB probe leaves the reader about the
+ * buffer autotuning would have grown: 0.98-1.00x (bench/sockmap.sh
+ * first-connection rows; ARCHITECTURE.md).
  *
  * Byte order across the switch: a redirect is queued on the peer's
  * ingress_msg list synchronously, inside the sender's sendmsg, so every
@@ -45,8 +59,13 @@
 
 /* A send below this size is "small" (32 KiB writes win on any cores). */
 #define MB_SMALL_MSG 32768
-/* This many consecutive small sends without receiving = a small-write stream. */
-#define MB_SMALL_RUN_LIMIT 128
+/*
+ * A run of small sends without receiving is a small-write stream once it
+ * carries this many bytes ...
+ */
+#define MB_SMALL_RUN_BYTES (2U << 20)
+/* ... or has this many sends (tiny writes: 1 KiB writes reach both at once). */
+#define MB_SMALL_RUN_LIMIT 2048
 /* How long a learned "do not splice" hint holds unless configured. */
 #define MB_HINT_TTL_DEFAULT_SECS 600
 
@@ -193,9 +212,14 @@ static __always_inline int mb_flow_note_send(const struct mb_sock_key *self,
 		return 0;
 	if (len >= MB_SMALL_MSG) {
 		st->small_run = 0;
-	} else if (++st->small_run >= MB_SMALL_RUN_LIMIT) {
-		mb_flow_go_plain(st, 1);
-		return 0;
+		st->small_bytes = 0;
+	} else {
+		st->small_bytes += len;
+		if (++st->small_run >= MB_SMALL_RUN_LIMIT ||
+		    st->small_bytes >= MB_SMALL_RUN_BYTES) {
+			mb_flow_go_plain(st, 1);
+			return 0;
+		}
 	}
 	pst = bpf_map_lookup_elem(&mb_flow, peer);
 	if (!pst) {
@@ -203,6 +227,7 @@ static __always_inline int mb_flow_note_send(const struct mb_sock_key *self,
 		return -1;
 	}
 	pst->small_run = 0;
+	pst->small_bytes = 0;
 	/*
 	 * Announce the message to the peer first, then look at its switch:
 	 * the order that makes its removal from the sockhash safe (see top).
