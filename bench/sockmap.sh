@@ -10,7 +10,7 @@
 # medians; the load average is recorded at every phase.
 # Writes bench/results/sockmap-<date>.md (OUT=...).
 # Usage: bench/sockmap.sh [SECONDS_PER_STREAM] (root; builds release bins).
-# Knobs: REPS RR_ITERS RR_SIZES STREAM_WRITES FIRST_WRITES CPUS E2E_SECS E2E_CONNS
+# Knobs: REPS RR_ITERS RR_SIZES STREAM_WRITES FIRST_WRITES GREET_WRITES CPUS E2E_SECS E2E_CONNS
 # (a single space skips a list); WRK_LOG=file keeps every wrk report.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +20,7 @@ REPS=${REPS:-3}
 RR_SIZES=${RR_SIZES:-1 1024 16384}
 STREAM_WRITES=${STREAM_WRITES:-1024 4096 16384 65536}
 FIRST_WRITES=${FIRST_WRITES:-1024 4096 16384}
+GREET_WRITES=${GREET_WRITES:-1024 4096 16384}
 CPUS=${CPUS:-pinned unpinned split}
 E2E_SECS=${E2E_SECS:-5}
 E2E_CONNS=${E2E_CONNS:-1 32}
@@ -100,18 +101,22 @@ set_mode() { # on | off | aa (off again)
   fi
 }
 
-# first_conn PIN MODE REP W: one stream to a service nobody connected to
-# before (fresh port, fresh sink), i.e. the connection that has to find out
-# by itself that it streams small writes.
+# first_conn PIN MODE REP W [greet]: one stream to a service nobody connected
+# to before (fresh port, fresh sink), i.e. the connection that has to find out
+# by itself that it streams small writes. With "greet" the sink speaks first
+# (a spliced message into the client, as a server greeting or an earlier
+# response would be), so the client's socket cannot leave the sockhash.
 FIRST_SEQ=0
 first_conn() {
-  local pin=$1 mode=$2 rep=$3 w=$4 port spid
+  local pin=$1 mode=$2 rep=$3 w=$4 greet=${5:-} port spid kind=first
+  local flag=()
+  [ -n "$greet" ] && flag=(--greet) && kind=greet
   FIRST_SEQ=$((FIRST_SEQ + 1))
   port=$((21000 + FIRST_SEQ))
-  in_pod "$pin" "$BIN" sink --listen "127.0.0.1:$port" >/dev/null & spid=$!
+  in_pod "$pin" "$BIN" sink --listen "127.0.0.1:$port" "${flag[@]}" >/dev/null & spid=$!
   PIDS+=($spid)
   sleep 0.2
-  echo "$pin $mode first $w $rep $(in_pod "$pin" "$BIN" stream --connect "127.0.0.1:$port" --write "$w" --secs "$SECS")" >>"$RAW"
+  echo "$pin $mode $kind $w $rep $(in_pod "$pin" "$BIN" stream --connect "127.0.0.1:$port" --write "$w" --secs "$SECS" "${flag[@]}")" >>"$RAW"
   kill "$spid" 2>/dev/null || true
   wait "$spid" 2>/dev/null || true
 }
@@ -138,6 +143,9 @@ for pin in $CPUS; do
       if [ "$pin" != split ]; then
         for w in $FIRST_WRITES; do
           first_conn "$pin" "$mode" "$rep" "$w"
+        done
+        for w in $GREET_WRITES; do
+          first_conn "$pin" "$mode" "$rep" "$w" greet
         done
       fi
     done
@@ -225,7 +233,9 @@ lines = [f"# sockmap acceleration: on vs off ({kernel}, {cpus} CPUs)", "",
          "'ratio' is the median of the per-repetition on/off ratios (> 1: acceleration on is",
          "better: lower latency, higher throughput); 'ratio of medians' is median(on)/median(off).",
          "'first connection' streams to a service port nobody used before (a fresh sink per",
-         "run): it is spliced at first and must switch itself to plain TCP.",
+         "run): it is spliced at first and must switch itself to plain TCP; 'after a server",
+         "greeting' the sink first sends 6 bytes, so the client has received a spliced message",
+         "and its socket stays in the sockhash after the switch ('kept').",
          "'split' runs the client on core 0 and the server on core 1 (the cross-core case);",
          "unpinned and split streams and unpinned first connections also run 'off' a second time:",
          "the A/A control row is the",
@@ -235,6 +245,7 @@ lines = [f"# sockmap acceleration: on vs off ({kernel}, {cpus} CPUs)", "",
          "|---|---|---|---|---|---|---|---|"]
 names = {"rr": ("req/resp latency", "us p50", False), "stream": ("stream throughput", "Gbit/s", True),
          "first": ("first connection, stream", "Gbit/s", True),
+         "greet": ("first connection after a server greeting, stream", "Gbit/s", True),
          "e2e_rps": ("e2e sidecar RPS (conns)", "req/s", True),
          "e2e_p50": ("e2e sidecar latency (conns)", "us p50", False),
          "e2e_mean": ("e2e sidecar mean latency (conns)", "us mean", False)}

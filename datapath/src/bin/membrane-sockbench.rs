@@ -35,6 +35,9 @@ enum Cmd {
     Sink {
         #[arg(long)]
         listen: SocketAddr,
+        /// First send "HELLO\n", as a server that speaks first does.
+        #[arg(long)]
+        greet: bool,
     },
     /// Read each connection to its end, then answer "GOT bytes=<n>
     /// fnv=<hash>" for what came (the checksum side of `upload`).
@@ -100,6 +103,9 @@ enum Cmd {
         write: usize,
         #[arg(long, default_value_t = 2.0)]
         secs: f64,
+        /// Read the sink's "HELLO\n" before streaming.
+        #[arg(long)]
+        greet: bool,
     },
     /// Accept, ask SO_ORIGINAL_DST, connect there with SO_MARK, reply
     /// "proxy orig=<addr>\n" and relay the upstream's bytes.
@@ -138,7 +144,10 @@ fn main() -> Result<()> {
                 s.write_all(&buf[..n])?;
             }
         }),
-        Cmd::Sink { listen } => serve(listen, |mut s| {
+        Cmd::Sink { listen, greet } => serve(listen, move |mut s| {
+            if greet {
+                s.write_all(b"HELLO\n")?;
+            }
             let mut buf = vec![0u8; 65536];
             while s.read(&mut buf)? != 0 {}
             Ok(())
@@ -191,7 +200,8 @@ fn main() -> Result<()> {
             connect,
             write,
             secs,
-        } => stream(connect, write, secs),
+            greet,
+        } => stream(connect, write, secs, greet),
         Cmd::CaptureProxy { listen, mark } => serve(listen, move |s| proxy_one(s, mark)),
         Cmd::Probe { connect } => {
             match TcpStream::connect(connect) {
@@ -316,15 +326,21 @@ fn client(
     Ok(())
 }
 
+/// Read a server's "HELLO\n".
+fn read_greeting(s: &mut TcpStream) -> Result<()> {
+    let mut hello = [0u8; 6];
+    s.read_exact(&mut hello).context("read greeting")?;
+    if &hello != b"HELLO\n" {
+        bail!("unexpected greeting {hello:?}");
+    }
+    Ok(())
+}
+
 fn upload(connect: SocketAddr, bytes: usize, write: usize, greet: bool) -> Result<()> {
     let mut s = TcpStream::connect(connect).with_context(|| format!("connect {connect}"))?;
     s.set_read_timeout(Some(Duration::from_secs(20)))?;
     if greet {
-        let mut hello = [0u8; 6];
-        s.read_exact(&mut hello).context("read greeting")?;
-        if &hello != b"HELLO\n" {
-            bail!("unexpected greeting {hello:?}");
-        }
+        read_greeting(&mut s)?;
     }
     let data = pattern(0, bytes);
     for c in data.chunks(write.max(1)) {
@@ -385,8 +401,11 @@ fn rr(connect: SocketAddr, size: usize, iters: u32) -> Result<()> {
     Ok(())
 }
 
-fn stream(connect: SocketAddr, write: usize, secs: f64) -> Result<()> {
+fn stream(connect: SocketAddr, write: usize, secs: f64, greet: bool) -> Result<()> {
     let mut s = TcpStream::connect(connect)?;
+    if greet {
+        read_greeting(&mut s)?;
+    }
     let buf = vec![0xa5u8; write];
     let start = Instant::now();
     let dur = Duration::from_secs_f64(secs);
