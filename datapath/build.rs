@@ -35,6 +35,7 @@ fn main() -> Result<()> {
         "cgroup_connect",
         "cgroup_sockopt",
         "sk_lookup",
+        "send_done",
     ] {
         let src = bpf_dir.join(format!("bpf_{hook}.c"));
         println!("cargo:rerun-if-changed={}", src.display());

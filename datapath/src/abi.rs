@@ -283,8 +283,8 @@ pub struct MbFlowState {
     pub service_port: u16,
     /// This flow already marked its service port.
     pub hinted: u8,
-    /// Explicit padding, zero.
-    pub pad: u8,
+    /// Switched, and had to wait in the sockhash for spliced bytes.
+    pub kept: u8,
     /// 1 once this socket's sends take plain TCP (never cleared).
     pub plain: u64,
     /// Messages the peer redirected into this socket's receive queue.
@@ -292,16 +292,18 @@ pub struct MbFlowState {
     /// Bytes of the current run of small sends.
     pub small_bytes: u32,
     /// Explicit padding, zero.
-    pub pad2: u32,
+    pub pad: u32,
+    /// This socket's cookie (its row in `mb_sending`).
+    pub cookie: u64,
 }
-const _: () = assert!(size_of::<MbFlowState>() == 32);
+const _: () = assert!(size_of::<MbFlowState>() == 40);
 
 /// `enum mb_splice_stat`, rows of `mb_splice_stats`: sockets whose sends
 /// switched from the splice to plain TCP.
 pub const STAT_TO_TCP: u32 = 0;
 /// Sockets taken out of the sockhash after switching to plain TCP.
 pub const STAT_UNSPLICED: u32 = 1;
-/// Sockets kept in the sockhash after switching (redirected bytes may be unread).
+/// Sockets that had to wait in the sockhash after switching (spliced bytes unread or on their way).
 pub const STAT_KEPT: u32 = 2;
 
 /// `struct mb_cidr_key`: an LPM-trie key for a prefix of either family.

@@ -35,7 +35,8 @@ use aya::{
         Array, HashMap, Map, MapData, PerCpuArray, SockHash,
     },
     programs::{
-        links::FdLink, CgroupAttachMode, CgroupSockAddr, CgroupSockopt, SkLookup, SkMsg, SockOps,
+        links::FdLink, BtfTracePoint, CgroupAttachMode, CgroupSockAddr, CgroupSockopt, SkLookup,
+        SkMsg, SockOps,
     },
     Ebpf, EbpfLoader,
 };
@@ -57,16 +58,19 @@ mod objects {
         aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cgroup_sockopt.o"));
     pub(crate) static SK_LOOKUP: &[u8] =
         aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sk_lookup.o"));
+    pub(crate) static SEND_DONE: &[u8] =
+        aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/send_done.o"));
 }
 
 /// The embedded objects by name, for tooling and the BTF test.
-pub fn embedded_objects() -> [(&'static str, &'static [u8]); 5] {
+pub fn embedded_objects() -> [(&'static str, &'static [u8]); 6] {
     [
         ("sockops", objects::SOCKOPS),
         ("sk_msg", objects::SK_MSG),
         ("cgroup_connect", objects::CGROUP_CONNECT),
         ("cgroup_sockopt", objects::CGROUP_SOCKOPT),
         ("sk_lookup", objects::SK_LOOKUP),
+        ("send_done", objects::SEND_DONE),
     ]
 }
 
@@ -76,6 +80,9 @@ const PROG_CONNECT4: &str = "mb_connect4";
 const PROG_CONNECT6: &str = "mb_connect6";
 const PROG_GETSOCKOPT: &str = "mb_getsockopt";
 const PROG_SK_LOOKUP: &str = "mb_sk_lookup";
+const PROG_SEND_DONE: &str = "mb_send_done";
+/// The tracepoint at the end of every sendmsg (BTF name without `btf_trace_`).
+const TP_SEND_DONE: &str = "sock_send_length";
 /// Cgroup programs, in attach order.
 const CGROUP_PROGS: [&str; 4] = [PROG_SOCKOPS, PROG_CONNECT4, PROG_CONNECT6, PROG_GETSOCKOPT];
 
@@ -326,8 +333,9 @@ pub struct SpliceStats {
     pub switched_to_tcp: u64,
     /// Of those, sockets taken out of the sockhash (plain TCP send path).
     pub unspliced: u64,
-    /// Of those, sockets kept in the sockhash because their peer had
-    /// redirected bytes into them (sends still pass through sk_msg).
+    /// Of those, sockets that had to wait in the sockhash for spliced bytes
+    /// of their peer (unread, or still on their way); their sends pass
+    /// through sk_msg meanwhile. Most leave later and count as unspliced too.
     pub kept: u64,
 }
 
@@ -560,6 +568,36 @@ impl Datapath {
             .map_err(|e| feature_error("BPF_PROG_TYPE_SK_LOOKUP (Linux 5.9+)", e))?;
         p.pin(pin(PROG_SK_LOOKUP))
             .map_err(pin_err(PROG_SK_LOOKUP))?;
+
+        // Optional: without it a switched socket that was ever redirected
+        // into stays in the sockhash (bpf/lib/sending.h); everything else works.
+        if let Err(e) = self.attach_send_done(&load) {
+            eprintln!("membrane-datapath: {e}");
+        }
+        Ok(())
+    }
+
+    /// Load, attach and pin (as a link under `progs/`) the BTF tracepoint
+    /// program that clears a socket's `mb_sending` mark when the sendmsg
+    /// that set it returns. Node-wide, not per cgroup: it returns at once
+    /// for sockets without a psock. Unpinned with everything else.
+    fn attach_send_done(&self, load: &dyn Fn(&[u8], &'static str) -> Result<Ebpf>) -> Result<()> {
+        let name = PROG_SEND_DONE;
+        let perr = |what| move |source| Error::Program { name, what, source };
+        let btf = aya::Btf::from_sys_fs()
+            .map_err(|e| feature_error("kernel BTF (/sys/kernel/btf/vmlinux)", e))?;
+        let mut obj = load(objects::SEND_DONE, "BTF tracepoint programs")?;
+        let p: &mut BtfTracePoint = prog_mut(&mut obj, name)?;
+        p.load(TP_SEND_DONE, &btf)
+            .map_err(|e| feature_error("BTF tracepoint sock:sock_send_length (Linux 6.4+)", e))?;
+        let id = p.attach().map_err(perr("attach"))?;
+        let link = FdLink::from(p.take_link(id).map_err(perr("take link"))?);
+        let pin = self.progs_dir().join(name);
+        link.pin(&pin).map_err(|e| Error::Io {
+            path: pin.clone(),
+            what: "pin link",
+            source: io::Error::other(e.to_string()),
+        })?;
         Ok(())
     }
 

@@ -70,11 +70,12 @@ fn rust_layouts() -> BTreeMap<&'static str, Layout> {
                 small_run,
                 service_port,
                 hinted,
-                pad,
+                kept,
                 plain,
                 rx_msgs,
                 small_bytes,
-                pad2
+                pad,
+                cookie
             ),
         ),
         (

@@ -214,9 +214,9 @@ fn first_small_write_connection_leaves_the_splice_with_every_byte_in_order() {
 fn switch_with_unread_spliced_bytes_keeps_order() {
     let mut env = Env::new();
     let dp = env.attach(&Settings::default());
-    // The server greets (so the client has received spliced bytes and must
-    // keep its psock) and reads only after 300 ms, so the spliced head of
-    // the stream is still queued unread when the TCP tail arrives.
+    // The server greets (a spliced message into the client) and reads only
+    // after 300 ms, so the spliced head of the stream is still queued unread
+    // when the TCP tail arrives.
     env.server(&[
         "digest",
         "--listen",
@@ -238,17 +238,52 @@ fn switch_with_unread_spliced_bytes_keeps_order() {
     assert!(out.starts_with("OK bytes=8388608 "), "{out}");
     let stats = dp.splice_stats().unwrap();
     assert!(stats.switched_to_tcp >= 1, "{stats:?}");
-    // The client stays (it had received the greeting); the server leaves only
-    // after it has read its queued spliced head and then bytes that came by
-    // TCP: leaving earlier would drop the head, and the digest would differ.
-    assert_eq!(stats.unspliced, 1, "{stats:?}");
-    assert!(stats.kept >= 1, "{stats:?}");
+    // The server leaves only after it has read its queued spliced head and
+    // then bytes that came by TCP: leaving earlier would drop the head, and
+    // the digest would differ. The client had read the greeting before it
+    // switched, and the server's sendmsg was long over: it leaves at once.
+    assert_eq!(stats.unspliced, 2, "{stats:?}");
     let msg = dp.counters_of("mb_sk_msg").unwrap();
-    // 8192 writes: a spliced head of 2 MiB (2048 writes), then the rest
-    // passed to TCP by the client's sk_msg, since the client stays.
+    // 8192 writes: a spliced head of 2 MiB (2048 writes), then TCP without
+    // sk_msg once the client has left.
     assert!(
-        msg.redirected >= 1 && msg.fallbacks > 6000,
-        "a spliced head, then the writes passed to TCP: {msg:?}"
+        msg.redirected >= 1 && msg.redirected + msg.fallbacks < 4096,
+        "a spliced head, then the writes went to TCP: {msg:?}"
+    );
+}
+
+#[test]
+fn switched_socket_waits_for_its_unread_spliced_bytes_then_leaves() {
+    let mut env = Env::new();
+    let dp = env.attach(&Settings::default());
+    env.server(&["digest", "--listen", "127.0.0.1:9000", "--greet"]);
+    // The client switches after its 2 MiB probe with the server's greeting
+    // still unread in its spliced queue: it must stay in the sockhash (leaving
+    // would drop the greeting, and the read below would time out) until it
+    // has read it, 4 MiB later, and then leave.
+    let out = env.client(&[
+        "upload",
+        "--connect",
+        "127.0.0.1:9000",
+        "--bytes",
+        "8388608",
+        "--write",
+        "1024",
+        "--greet",
+        "--greet-after",
+        "4194304",
+    ]);
+    assert!(out.starts_with("OK bytes=8388608 "), "{out}");
+    let stats = dp.splice_stats().unwrap();
+    assert!(stats.switched_to_tcp >= 1, "{stats:?}");
+    assert!(stats.kept >= 1, "the client had to wait: {stats:?}");
+    assert_eq!(stats.unspliced, 2, "then both left: {stats:?}");
+    let msg = dp.counters_of("mb_sk_msg").unwrap();
+    // Spliced head (2048 writes), writes passed to TCP while it waited
+    // (about 2048), then none through sk_msg.
+    assert!(
+        msg.fallbacks >= 1000 && msg.redirected + msg.fallbacks < 6144,
+        "the client's sk_msg stopped after it left: {msg:?}"
     );
 }
 

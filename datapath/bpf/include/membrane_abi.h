@@ -139,18 +139,19 @@ struct mb_flow_state {
 	__u32 small_run;
 	__u16 service_port;
 	__u8 hinted; /* this flow already marked its service port */
-	__u8 pad;
+	__u8 kept;   /* switched, and had to wait in the sockhash for spliced bytes */
 	__u64 plain;   /* 1: this socket's sends take plain TCP from now on; never cleared */
 	__u64 rx_msgs; /* messages the peer redirected into this socket's receive queue */
 	__u32 small_bytes;
-	__u32 pad2;
+	__u32 pad;
+	__u64 cookie; /* this socket's cookie: its row in mb_sending */
 };
 
 /* Index into mb_splice_stats (lib/splice_hint.h). */
 enum mb_splice_stat {
 	MB_STAT_TO_TCP = 0,    /* sockets whose sends switched from the splice to plain TCP */
 	MB_STAT_UNSPLICED = 1, /* of those, sockets taken out of the sockhash (no psock left) */
-	MB_STAT_KEPT = 2,      /* of those, sockets kept in it: redirected bytes may be unread */
+	MB_STAT_KEPT = 2,      /* of those, sockets that had to wait in it for spliced bytes */
 	MB_STAT_MAX = 4,
 };
 

@@ -39,22 +39,29 @@
  * sees the bytes in the order they were written.
  *
  * Leaving the sockhash: a switched socket still runs tcp_bpf_sendmsg (copy
- * into an sk_msg, BPF run, then handing the pages to TCP) as long as it has
- * a psock. Removing it from the sockhash drops the psock and with it every
- * message still queued on its own ingress_msg, so sockops removes it (on
- * the first TCP segment it receives, the ACK of its TCP bytes) only when
- * its peer never
- * redirected a message into it: rx_msgs == 0. The peer bumps rx_msgs
- * atomically *before* it reads `plain` and redirects, and the switching
- * socket sets `plain` atomically before sockops reads rx_msgs, so either
- * the peer sees `plain` (and sends by TCP too) or sockops sees rx_msgs > 0
- * (and keeps the socket). Nothing redirected can be dropped by the removal.
+ * into an sk_msg, BPF run, then handing the pages to TCP: 0.6-0.75x plain
+ * TCP for small writes) as long as it has a psock. Removing it from the
+ * sockhash frees the psock and with it every message still queued on its
+ * own ingress_msg, or still on its way there, so sockops removes it (on a
+ * TCP segment it receives, the ACKs of its TCP bytes) only when nothing
+ * spliced is or will be there:
+ *   - its peer never redirected a message into it (rx_msgs == 0). The peer
+ *     bumps rx_msgs atomically *before* it reads `plain` and redirects, and
+ *     the switching socket sets `plain` atomically before sockops reads
+ *     rx_msgs, so either the peer sees `plain` (and sends by TCP too) or
+ *     sockops sees rx_msgs > 0; or
+ *   - no redirect of the peer is on its way (the peer's mb_sending row is
+ *     clear, lib/sending.h: it is marked before the peer reads `plain`, by
+ *     the same argument) and its ingress_msg list is empty (read through
+ *     CO-RE). Until then it is "kept" and asks again on every segment.
+ * Nothing redirected can be dropped by the removal.
  */
 #ifndef MB_SPLICE_HINT_H
 #define MB_SPLICE_HINT_H
 
 #include "common.h"
 #include "config.h"
+#include "sending.h"
 #include "sockmap.h"
 
 /* A send below this size is "small" (32 KiB writes win on any cores). */
@@ -168,8 +175,11 @@ static __always_inline void mb_flow_start(struct bpf_sock_ops *skops,
 					  const struct mb_sock_key *key, __u16 service_port)
 {
 	struct mb_flow_state st = {};
+	struct mb_send_row row = {};
 
 	st.service_port = service_port;
+	st.cookie = bpf_get_socket_cookie(skops);
+	bpf_map_update_elem(&mb_sending, &st.cookie, &row, BPF_ANY);
 	bpf_map_update_elem(&mb_flow, key, &st, BPF_ANY);
 	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags |
 						 BPF_SOCK_OPS_PARSE_ALL_HDR_OPT_CB_FLAG);
@@ -206,6 +216,8 @@ static __always_inline int mb_flow_note_send(const struct mb_sock_key *self,
 {
 	struct mb_flow_state *st = bpf_map_lookup_elem(&mb_flow, self);
 	struct mb_flow_state *pst;
+	struct mb_send_row *row;
+	__u64 tid, was;
 
 	/* Untracked (evicted) or already switched: TCP, never back. */
 	if (!st || *(volatile __u64 *)&st->plain)
@@ -229,9 +241,18 @@ static __always_inline int mb_flow_note_send(const struct mb_sock_key *self,
 	pst->small_run = 0;
 	pst->small_bytes = 0;
 	/*
-	 * Announce the message to the peer first, then look at its switch:
-	 * the order that makes its removal from the sockhash safe (see top).
+	 * Mark this thread as inside a sendmsg on this socket (a fully ordered
+	 * compare-and-swap), then announce the message to the peer, then look
+	 * at its switch: the order that makes the peer's removal from the
+	 * sockhash safe (see top, and lib/sending.h).
 	 */
+	row = bpf_map_lookup_elem(&mb_sending, &st->cookie);
+	if (row) {
+		tid = bpf_get_current_pid_tgid();
+		was = __sync_val_compare_and_swap(&row->sender, 0, tid);
+		if (was != 0 && was != tid)
+			row->shared = 1;
+	}
 	if (mb_seq_add(&pst->rx_msgs, 1), mb_seq_load(&pst->plain)) {
 		mb_flow_go_plain(st, 0);
 		return 0;
@@ -252,12 +273,60 @@ static __always_inline void mb_flow_note_miss(const struct mb_sock_key *self)
 }
 
 /*
- * CO-RE: the one field of the kernel's tcp_sock read here; the loader
- * relocates its offset from the running kernel's BTF.
+ * CO-RE: the fields of the kernel's tcp_sock, sock and sk_psock read here;
+ * the loader relocates their offsets from the running kernel's BTF.
  */
 struct tcp_sock {
 	__u32 copied_seq;
 } __attribute__((preserve_access_index));
+
+struct sock___mb {
+	void *sk_user_data;
+} __attribute__((preserve_access_index));
+
+struct list_head___mb {
+	struct list_head___mb *next, *prev;
+};
+
+struct sk_psock___mb {
+	struct list_head___mb ingress_msg;
+} __attribute__((preserve_access_index));
+
+/* sk_user_data tags a psock pointer with this bit (include/net/sock.h). */
+#define MB_SK_USER_DATA_PSOCK 4UL
+#define MB_SK_USER_DATA_TAGS 7UL
+
+/*
+ * sockops, for a socket that switched: 1 when nothing spliced is queued for
+ * it or on its way to it, for good. Its peer redirects nothing new once it
+ * sees the switch (see top); a redirect the peer decided before that was
+ * made inside a sendmsg that marked the peer's mb_sending row first, so a
+ * clear row means it has been queued (lib/sending.h); and the psock's
+ * ingress_msg list is empty (the reader unlinks a message only once it has
+ * copied all of it). 0 when unsure.
+ */
+static __always_inline int mb_spliced_bytes_settled(struct mb_flow_state *pst,
+						     struct tcp_sock *tp)
+{
+	struct mb_send_row *row;
+	unsigned long ud, head;
+	void *next = 0;
+
+	if (!pst)
+		return 0;
+	row = bpf_map_lookup_elem(&mb_sending, &pst->cookie);
+	if (!row || mb_seq_load(&row->sender) != 0 || *(volatile __u64 *)&row->shared)
+		return 0;
+	ud = (unsigned long)((struct sock___mb *)tp)->sk_user_data;
+	if (!(ud & MB_SK_USER_DATA_PSOCK))
+		return 0;
+	head = (ud & ~MB_SK_USER_DATA_TAGS) +
+	       __builtin_preserve_field_info(((struct sk_psock___mb *)0)->ingress_msg,
+					     0 /* BPF_FIELD_BYTE_OFFSET */);
+	if (bpf_probe_read_kernel(&next, sizeof(next), (void *)head))
+		return 0;
+	return (unsigned long)next == head;
+}
 
 /*
  * sockops, on every TCP segment a spliced socket receives (there are none
@@ -288,25 +357,28 @@ static __always_inline void mb_flow_segment(struct bpf_sock_ops *skops)
 
 	mb_key_from_sockops(skops, &key);
 	st = bpf_map_lookup_elem(&mb_flow, &key);
-	if (!st) {
+	if (!st || !sk) {
 		bpf_sock_ops_cb_flags_set(skops, flags);
 		return;
 	}
-	if (*(volatile __u64 *)&st->plain) {
-		if (mb_seq_load(&st->rx_msgs) == 0 &&
-		    bpf_map_delete_elem(&mb_sock_hash, &key) == 0)
-			mb_stat(MB_STAT_UNSPLICED);
-		else
-			mb_stat(MB_STAT_KEPT);
-		bpf_sock_ops_cb_flags_set(skops, flags);
-		return;
-	}
-	mb_key_swap(&key, &peer);
-	pst = bpf_map_lookup_elem(&mb_flow, &peer);
-	if (!pst || !mb_seq_load(&pst->plain) || !sk)
-		return;
 	tp = bpf_skc_to_tcp_sock(sk);
 	if (!tp)
+		return;
+	mb_key_swap(&key, &peer);
+	pst = bpf_map_lookup_elem(&mb_flow, &peer);
+	if (*(volatile __u64 *)&st->plain) {
+		if (mb_seq_load(&st->rx_msgs) == 0 || mb_spliced_bytes_settled(pst, tp)) {
+			if (bpf_map_delete_elem(&mb_sock_hash, &key) == 0)
+				mb_stat(MB_STAT_UNSPLICED);
+			bpf_sock_ops_cb_flags_set(skops, flags);
+		} else if (!st->kept) {
+			/* Spliced bytes unread or on their way: ask again on the next segment. */
+			st->kept = 1;
+			mb_stat(MB_STAT_KEPT);
+		}
+		return;
+	}
+	if (!pst || !mb_seq_load(&pst->plain))
 		return;
 	unread = skops->rcv_nxt - tp->copied_seq;
 	if (skops->bytes_received <= unread)

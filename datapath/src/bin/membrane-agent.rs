@@ -319,7 +319,7 @@ fn print_counters(dp: &Datapath) -> Result<()> {
     }
     let s = dp.splice_stats()?;
     println!(
-        "sockets switched to plain TCP: {} (left the sockhash: {}, kept in it: {})",
+        "sockets switched to plain TCP: {} (left the sockhash: {}, waited in it for spliced bytes: {})",
         s.switched_to_tcp, s.unspliced, s.kept
     );
     Ok(())

@@ -94,6 +94,9 @@ enum Cmd {
         /// Expect the server's "HELLO\n" before sending.
         #[arg(long)]
         greet: bool,
+        /// With --greet: read the greeting only after sending this many bytes.
+        #[arg(long, default_value_t = 0)]
+        greet_after: usize,
     },
     /// Stream throughput into a sink.
     Stream {
@@ -179,7 +182,8 @@ fn main() -> Result<()> {
             bytes,
             write,
             greet,
-        } => upload(connect, bytes, write, greet),
+            greet_after,
+        } => upload(connect, bytes, write, greet, greet_after),
         Cmd::Hello { listen } => serve(listen, |mut s| {
             writeln!(s, "hello from {}", s.local_addr()?)?;
             Ok(())
@@ -336,15 +340,32 @@ fn read_greeting(s: &mut TcpStream) -> Result<()> {
     Ok(())
 }
 
-fn upload(connect: SocketAddr, bytes: usize, write: usize, greet: bool) -> Result<()> {
+fn upload(
+    connect: SocketAddr,
+    bytes: usize,
+    write: usize,
+    greet: bool,
+    greet_after: usize,
+) -> Result<()> {
     let mut s = TcpStream::connect(connect).with_context(|| format!("connect {connect}"))?;
     s.set_read_timeout(Some(Duration::from_secs(20)))?;
-    if greet {
+    let mut greeted = !greet;
+    if greet && greet_after == 0 {
         read_greeting(&mut s)?;
+        greeted = true;
     }
     let data = pattern(0, bytes);
+    let mut sent = 0;
     for c in data.chunks(write.max(1)) {
         s.write_all(c)?;
+        sent += c.len();
+        if !greeted && sent >= greet_after {
+            read_greeting(&mut s)?;
+            greeted = true;
+        }
+    }
+    if !greeted {
+        read_greeting(&mut s)?;
     }
     s.shutdown(Shutdown::Write)?;
     // A blocking read on a socket that is still in the sockhash returns

@@ -1,0 +1,34 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
+/*
+ * BTF tracepoint sock:sock_send_length, at the end of every sendmsg: the
+ * calling thread is no longer inside a sendmsg on this socket, and every
+ * redirect it made there is queued on the peer (lib/sending.h).
+ */
+#include "lib/common.h"
+#include "lib/sending.h"
+
+#include <bpf/bpf_tracing.h>
+
+/* CO-RE: the one field of the kernel's struct sock read here. */
+struct sock {
+	void *sk_user_data;
+} __attribute__((preserve_access_index));
+
+/* sk_user_data tags a psock pointer with this bit (include/net/sock.h). */
+#define MB_SK_USER_DATA_PSOCK 4UL
+
+SEC("tp_btf/sock_send_length")
+int BPF_PROG(mb_send_done, struct sock *sk, int ret, int flags)
+{
+	struct mb_send_row *row;
+	__u64 cookie;
+
+	/* Every sendmsg on the node comes here: leave sockets without a psock at once. */
+	if (!((unsigned long)sk->sk_user_data & MB_SK_USER_DATA_PSOCK))
+		return 0;
+	cookie = bpf_get_socket_cookie(sk);
+	row = bpf_map_lookup_elem(&mb_sending, &cookie);
+	if (row)
+		__sync_val_compare_and_swap(&row->sender, bpf_get_current_pid_tgid(), 0);
+	return 0;
+}
