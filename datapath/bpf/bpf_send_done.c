@@ -5,17 +5,12 @@
  * redirect it made there is queued on the peer (lib/sending.h).
  */
 #include "lib/common.h"
+#include "lib/psock.h"
 #include "lib/sending.h"
 
 #include <bpf/bpf_tracing.h>
 
-/* CO-RE: the one field of the kernel's struct sock read here. */
-struct sock {
-	void *sk_user_data;
-} __attribute__((preserve_access_index));
-
-/* sk_user_data tags a psock pointer with this bit (include/net/sock.h). */
-#define MB_SK_USER_DATA_PSOCK 4UL
+struct sock;
 
 SEC("tp_btf/sock_send_length")
 int BPF_PROG(mb_send_done, struct sock *sk, int ret, int flags)
@@ -24,7 +19,7 @@ int BPF_PROG(mb_send_done, struct sock *sk, int ret, int flags)
 	__u64 cookie;
 
 	/* Every sendmsg on the node comes here: leave sockets without a psock at once. */
-	if (!((unsigned long)sk->sk_user_data & MB_SK_USER_DATA_PSOCK))
+	if (!mb_psock_of(sk))
 		return 0;
 	cookie = bpf_get_socket_cookie(sk);
 	row = bpf_map_lookup_elem(&mb_sending, &cookie);

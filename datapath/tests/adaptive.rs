@@ -8,6 +8,24 @@ mod common;
 use common::Env;
 use membrane_datapath::Settings;
 
+/// Upload `bytes` of a known pattern in `write`-byte writes to a `digest`
+/// server at `addr` and check that it got exactly those bytes, in order.
+fn upload(env: &Env, addr: &str, bytes: usize, write: usize, extra: &[&str]) {
+    let (bytes, write) = (bytes.to_string(), write.to_string());
+    let mut args = vec![
+        "upload",
+        "--connect",
+        addr,
+        "--bytes",
+        &bytes,
+        "--write",
+        &write,
+    ];
+    args.extend_from_slice(extra);
+    let out = env.client(&args);
+    assert!(out.starts_with(&format!("OK bytes={bytes} ")), "{out}");
+}
+
 #[test]
 fn small_write_stream_service_is_learned_plain() {
     let mut env = Env::new();
@@ -164,16 +182,7 @@ fn first_small_write_connection_leaves_the_splice_with_every_byte_in_order() {
 
     // 8 MiB of a known pattern in 1 KiB writes: 8192 sendmsg calls.
     let before = env.lo_tx_packets();
-    let out = env.client(&[
-        "upload",
-        "--connect",
-        "127.0.0.1:9000",
-        "--bytes",
-        "8388608",
-        "--write",
-        "1024",
-    ]);
-    assert!(out.starts_with("OK bytes=8388608 "), "{out}");
+    upload(&env, "127.0.0.1:9000", 8388608, 1024, &[]);
     let ops = dp.counters_of("mb_sockops").unwrap();
     assert_eq!(ops.redirected, 2, "the connection was spliced: {ops:?}");
     let stats = dp.splice_stats().unwrap();
@@ -225,17 +234,7 @@ fn switch_with_unread_spliced_bytes_keeps_order() {
         "--delay-ms",
         "300",
     ]);
-    let out = env.client(&[
-        "upload",
-        "--connect",
-        "127.0.0.1:9000",
-        "--bytes",
-        "8388608",
-        "--write",
-        "1024",
-        "--greet",
-    ]);
-    assert!(out.starts_with("OK bytes=8388608 "), "{out}");
+    upload(&env, "127.0.0.1:9000", 16 << 20, 1024, &["--greet"]);
     let stats = dp.splice_stats().unwrap();
     assert!(stats.switched_to_tcp >= 1, "{stats:?}");
     // The server leaves only after it has read its queued spliced head and
@@ -244,10 +243,12 @@ fn switch_with_unread_spliced_bytes_keeps_order() {
     // switched, and the server's sendmsg was long over: it leaves at once.
     assert_eq!(stats.unspliced, 2, "{stats:?}");
     let msg = dp.counters_of("mb_sk_msg").unwrap();
-    // 8192 writes: a spliced head of 2 MiB (2048 writes), then TCP without
-    // sk_msg once the client has left.
+    // 16384 writes: a spliced head of 2 MiB (2048 writes), then TCP, through
+    // sk_msg only until the client's next received segment (how many writes
+    // that takes depends on the server's pace: thousands are seen), then
+    // without. Staying would pass all 14336 through sk_msg.
     assert!(
-        msg.redirected >= 1 && msg.redirected + msg.fallbacks < 4096,
+        msg.redirected >= 1 && msg.redirected + msg.fallbacks < 10_000,
         "a spliced head, then the writes went to TCP: {msg:?}"
     );
 }
@@ -259,30 +260,26 @@ fn switched_socket_waits_for_its_unread_spliced_bytes_then_leaves() {
     env.server(&["digest", "--listen", "127.0.0.1:9000", "--greet"]);
     // The client switches after its 2 MiB probe with the server's greeting
     // still unread in its spliced queue: it must stay in the sockhash (leaving
-    // would drop the greeting, and the read below would time out) until it
-    // has read it, 4 MiB later, and then leave.
-    let out = env.client(&[
-        "upload",
-        "--connect",
+    // would drop the greeting, and the read would time out) until it has
+    // read it, 4 MiB into the upload, and then leave.
+    upload(
+        &env,
         "127.0.0.1:9000",
-        "--bytes",
-        "8388608",
-        "--write",
-        "1024",
-        "--greet",
-        "--greet-after",
-        "4194304",
-    ]);
-    assert!(out.starts_with("OK bytes=8388608 "), "{out}");
+        16 << 20,
+        1024,
+        &["--greet", "--greet-after", "4194304"],
+    );
     let stats = dp.splice_stats().unwrap();
     assert!(stats.switched_to_tcp >= 1, "{stats:?}");
     assert!(stats.kept >= 1, "the client had to wait: {stats:?}");
     assert_eq!(stats.unspliced, 2, "then both left: {stats:?}");
     let msg = dp.counters_of("mb_sk_msg").unwrap();
-    // Spliced head (2048 writes), writes passed to TCP while it waited
-    // (about 2048), then none through sk_msg.
+    // 16384 writes: a spliced head (2048), then at least the 2048 writes up
+    // to the greeting's read passed to TCP by sk_msg while the client waited,
+    // a few thousand more until its next segment (4410 in all seen), then
+    // none: staying would pass all 14336.
     assert!(
-        msg.fallbacks >= 1000 && msg.redirected + msg.fallbacks < 6144,
+        msg.fallbacks >= 2000 && msg.redirected + msg.fallbacks < 12_000,
         "the client's sk_msg stopped after it left: {msg:?}"
     );
 }
@@ -302,16 +299,7 @@ fn request_response_and_large_writes_stay_spliced() {
         "--iters",
         "2000",
     ]);
-    let out = env.client(&[
-        "upload",
-        "--connect",
-        "127.0.0.1:9002",
-        "--bytes",
-        "8388608",
-        "--write",
-        "65536",
-    ]);
-    assert!(out.starts_with("OK bytes=8388608 "), "{out}");
+    upload(&env, "127.0.0.1:9002", 8388608, 65536, &[]);
     let msg = dp.counters_of("mb_sk_msg").unwrap();
     // rr: 2200 requests and 2200 responses (with warm-up); upload: 128
     // writes (the digest reply is one more).

@@ -61,6 +61,7 @@
 
 #include "common.h"
 #include "config.h"
+#include "psock.h"
 #include "sending.h"
 #include "sockmap.h"
 
@@ -273,28 +274,12 @@ static __always_inline void mb_flow_note_miss(const struct mb_sock_key *self)
 }
 
 /*
- * CO-RE: the fields of the kernel's tcp_sock, sock and sk_psock read here;
- * the loader relocates their offsets from the running kernel's BTF.
+ * CO-RE: the one field of the kernel's tcp_sock read here (the psock's in
+ * lib/psock.h); the loader relocates its offset from the running kernel's BTF.
  */
 struct tcp_sock {
 	__u32 copied_seq;
 } __attribute__((preserve_access_index));
-
-struct sock___mb {
-	void *sk_user_data;
-} __attribute__((preserve_access_index));
-
-struct list_head___mb {
-	struct list_head___mb *next, *prev;
-};
-
-struct sk_psock___mb {
-	struct list_head___mb ingress_msg;
-} __attribute__((preserve_access_index));
-
-/* sk_user_data tags a psock pointer with this bit (include/net/sock.h). */
-#define MB_SK_USER_DATA_PSOCK 4UL
-#define MB_SK_USER_DATA_TAGS 7UL
 
 /*
  * sockops, for a socket that switched: 1 when nothing spliced is queued for
@@ -309,23 +294,15 @@ static __always_inline int mb_spliced_bytes_settled(struct mb_flow_state *pst,
 						     struct tcp_sock *tp)
 {
 	struct mb_send_row *row;
-	unsigned long ud, head;
-	void *next = 0;
+	unsigned long psock;
 
 	if (!pst)
 		return 0;
 	row = bpf_map_lookup_elem(&mb_sending, &pst->cookie);
 	if (!row || mb_seq_load(&row->sender) != 0 || *(volatile __u64 *)&row->shared)
 		return 0;
-	ud = (unsigned long)((struct sock___mb *)tp)->sk_user_data;
-	if (!(ud & MB_SK_USER_DATA_PSOCK))
-		return 0;
-	head = (ud & ~MB_SK_USER_DATA_TAGS) +
-	       __builtin_preserve_field_info(((struct sk_psock___mb *)0)->ingress_msg,
-					     0 /* BPF_FIELD_BYTE_OFFSET */);
-	if (bpf_probe_read_kernel(&next, sizeof(next), (void *)head))
-		return 0;
-	return (unsigned long)next == head;
+	psock = mb_psock_of(tp);
+	return psock && mb_psock_ingress_empty(psock);
 }
 
 /*
