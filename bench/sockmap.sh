@@ -6,17 +6,21 @@
 # throughput at 1/4/16/64 KiB writes, pinned to one core and unpinned, plus
 # the first connection of a fresh small-write service (FIRST_WRITES) and the
 # end-to-end sidecar cell. Every cell is reported as the median of per-rep
-# on/off ratios (each rep runs off then on back to back), next to the ratio of
-# medians; the load average is recorded at every phase.
+# on/off ratios (each rep runs off and on back to back, the order turning
+# round every rep), with a distribution-free 95 % confidence interval of that
+# median and the ratio of medians; the load average is recorded at every phase.
 # Writes bench/results/sockmap-<date>.md (OUT=...).
 # Usage: bench/sockmap.sh [SECONDS_PER_STREAM] (root; builds release bins).
 # Knobs: REPS RR_ITERS RR_SIZES STREAM_WRITES FIRST_WRITES GREET_WRITES CPUS E2E_SECS E2E_CONNS
-# (a single space skips a list); WRK_LOG=file keeps every wrk report.
+# (a single space skips a list); NOISY_REPS (repetitions of the unpinned and split
+# phases, whose per-rep ratios scatter far more than pinned ones; default REPS);
+# WRK_LOG=file keeps every wrk report.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-2}
 RR_ITERS=${RR_ITERS:-20000}
 REPS=${REPS:-3}
+NOISY_REPS=${NOISY_REPS:-$REPS}
 RR_SIZES=${RR_SIZES:-1 1024 16384}
 STREAM_WRITES=${STREAM_WRITES:-1024 4096 16384 65536}
 FIRST_WRITES=${FIRST_WRITES:-1024 4096 16384}
@@ -125,11 +129,19 @@ load "start"
 for pin in $CPUS; do
   start_servers "$pin"
   cli=$(client_cpu "$pin")
-  for rep in $(seq "$REPS"); do
+  reps=$REPS
+  [ "$pin" = pinned ] || reps=$NOISY_REPS
+  for rep in $(seq "$reps"); do
     # Unpinned and split streams (and unpinned first connections) also run "off" a second
     # time ("aa"): the ratio of two runs of the same datapath is the noise floor of the cell.
+    # Even reps run the modes in reverse order, so a drift within a rep (a warming page
+    # cache, a neighbour's load) does not always favour the same mode.
     modes="off on"
     [ "$pin" = pinned ] || modes="off on aa"
+    if [ $((rep % 2)) = 0 ]; then
+      modes="on off"
+      [ "$pin" = pinned ] || modes="aa on off"
+    fi
     for mode in $modes; do
       set_mode "$mode"
       if [ "$mode" != aa ] && [ "$pin" != split ]; then
@@ -174,7 +186,9 @@ http { access_log off; server { listen 127.0.0.1:18080; location / { return 200 
 NGINX
   in_pod unpinned taskset -c 1 nginx -c "$NGX/nginx.conf" & PIDS+=($!)
   for rep in $(seq "$REPS"); do
-    for mode in off on; do
+    modes="off on"
+    if [ $((rep % 2)) = 0 ]; then modes="on off"; fi
+    for mode in $modes; do
       set_mode "$mode"
       in_pod unpinned taskset -c 0 "$PROXY_BIN" standalone --listen 127.0.0.1:15006 \
         --upstream 127.0.0.1:18080 --policy "$BENCH_DIR/cnp-l7-bench.yaml" \
@@ -207,9 +221,22 @@ fi
 OUT=${OUT:-bench/results/sockmap-$(date -u +%Y-%m-%d).md}
 COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 git diff --quiet HEAD -- 2>/dev/null || COMMIT="$COMMIT (with uncommitted changes)"
-python3 - "$RAW" "$OUT" "$REPS" "$SECS" "$E2E_NOTE" "$COMMIT" <<'PY'
-import json, statistics, sys, platform, subprocess, datetime
-raw, out, reps, secs, e2e_note, commit = sys.argv[1:7]
+python3 - "$RAW" "$OUT" "$REPS" "$NOISY_REPS" "$SECS" "$E2E_NOTE" "$COMMIT" <<'PY'
+import json, math, statistics, sys, platform, subprocess, datetime
+raw, out, reps, noisy_reps, secs, e2e_note, commit = sys.argv[1:8]
+
+
+def median_ci(xs, level=0.95):
+    """Distribution-free confidence interval of the median: the order statistics
+    x(k) and x(n+1-k) with the largest k whose binomial(n, 1/2) coverage is at
+    least `level`. None when n is too small for that coverage."""
+    xs, n = sorted(xs), len(xs)
+    best = None
+    for k in range(1, n // 2 + 1):
+        cover = 1 - 2 * sum(math.comb(n, i) for i in range(k)) / 2 ** n
+        if cover >= level:
+            best = (xs[k - 1], xs[n - k])
+    return best
 counters = open(raw + ".counters").read()
 loads = open(raw + ".load").read()
 # cells[(kind, pin, size)][mode][rep] = value
@@ -229,9 +256,12 @@ model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.sta
 now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 lines = [f"# sockmap acceleration: on vs off ({kernel}, {cpus} CPUs)", "",
          f"{now}, commit {commit}, {model}.",
-         f"Each repetition runs off then on back to back; {reps} repetitions, streams {secs} s each.",
+         f"Each repetition runs off and on back to back (even repetitions on first); {reps} repetitions",
+         f"pinned and end to end, {noisy_reps} unpinned and split; streams {secs} s each.",
          "'ratio' is the median of the per-repetition on/off ratios (> 1: acceleration on is",
-         "better: lower latency, higher throughput); 'ratio of medians' is median(on)/median(off).",
+         "better: lower latency, higher throughput), '95 % CI' a distribution-free 95 % confidence",
+         "interval of that median (order statistics; '-' below 6 repetitions); 'ratio of medians'",
+         "is median(on)/median(off).",
          "'first connection' streams to a service port nobody used before (a fresh sink per",
          "run): it is spliced at first and must switch itself to plain TCP; 'after a server",
          "greeting' the sink first sends 6 bytes, so the client has received a spliced message",
@@ -241,8 +271,8 @@ lines = [f"# sockmap acceleration: on vs off ({kernel}, {cpus} CPUs)", "",
          "the A/A control row is the",
          "ratio of two runs of the same datapath, the noise floor of that cell; the 'on' column",
          "of a control row holds the second 'off' run.", "",
-         "| workload | cpu | size | off (median) | on (median) | ratio | ratio of medians | per-rep ratios |",
-         "|---|---|---|---|---|---|---|---|"]
+         "| workload | cpu | size | off (median) | on (median) | ratio | 95 % CI | ratio of medians | per-rep ratios |",
+         "|---|---|---|---|---|---|---|---|---|"]
 names = {"rr": ("req/resp latency", "us p50", False), "stream": ("stream throughput", "Gbit/s", True),
          "first": ("first connection, stream", "Gbit/s", True),
          "greet": ("first connection after a server greeting, stream", "Gbit/s", True),
@@ -268,8 +298,10 @@ for (kind, pin, size), m in sorted(cells.items()):
         if mode == "on":
             worst = r if worst is None else min(worst, r)
             flag = "" if r >= 0.95 else " (LOSS)"
+        ci = median_ci(per)
+        ci = f"{ci[0]:.2f}-{ci[1]:.2f}" if ci else "-"
         lines.append(f"| {label} | {pin} | {sz} | {off:.2f} {unit} | {on:.2f} {unit} | {r:.2f}x{flag} "
-                     f"| {ratio(off, on):.2f}x | {' '.join(f'{x:.2f}' for x in per)} |")
+                     f"| {ci} | {ratio(off, on):.2f}x | {' '.join(f'{x:.2f}' for x in per)} |")
 lines += ["", f"End to end: {e2e_note}.", "",
           f"Worst cell (median of per-rep ratios): {worst:.2f}x (target: no cell below 0.95x).", "",
           "Load average (1/5/15 min) during the run:", "", "```", loads.rstrip(), "```", "",
