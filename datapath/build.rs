@@ -15,10 +15,18 @@ fn main() -> Result<()> {
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     let clang = env::var("MEMBRANE_CLANG").unwrap_or_else(|_| "clang-19".to_owned());
     println!("cargo:rerun-if-env-changed=MEMBRANE_CLANG");
-    println!("cargo:rerun-if-changed={}", bpf_dir.display());
+    // Paths relative to the package: cargo resolves them in whichever
+    // checkout builds next. Absolute ones would tie a target directory
+    // shared by two checkouts (CI's clone and a working tree) to the one
+    // that built last, and the other would keep its stale objects.
+    println!("cargo:rerun-if-changed=bpf");
     for sub in ["include", "lib"] {
         for entry in std::fs::read_dir(bpf_dir.join(sub))? {
-            println!("cargo:rerun-if-changed={}", entry?.path().display());
+            let name = entry?.file_name();
+            println!(
+                "cargo:rerun-if-changed=bpf/{sub}/{}",
+                name.to_string_lossy()
+            );
         }
     }
 
@@ -38,7 +46,7 @@ fn main() -> Result<()> {
         "send_done",
     ] {
         let src = bpf_dir.join(format!("bpf_{hook}.c"));
-        println!("cargo:rerun-if-changed={}", src.display());
+        println!("cargo:rerun-if-changed=bpf/bpf_{hook}.c");
         compile(&clang, &src, &out_dir.join(format!("{hook}.o")), multiarch)?;
     }
     Ok(())

@@ -285,6 +285,34 @@ fn switched_socket_waits_for_its_unread_spliced_bytes_then_leaves() {
 }
 
 #[test]
+fn concurrent_writers_across_the_switch_lose_nothing() {
+    let mut env = Env::new();
+    let dp = env.attach(&Settings::default());
+    // Four threads write 1 KiB at a time on one socket: one of them switches
+    // it while others may be between deciding a redirect and queueing it.
+    // Whichever end leaves the sockhash must not free a message still on its
+    // way (the server's count would come up short, or its read time out).
+    // With the greeting the client has been redirected into, so it can only
+    // leave through the mb_sending check as well. A fresh service each time:
+    // a learned one is not spliced at all.
+    for port in 9000..9006 {
+        let addr = format!("127.0.0.1:{port}");
+        let greet: &[&str] = if port % 2 == 1 { &["--greet"] } else { &[] };
+        let mut server = vec!["digest", "--listen", &addr];
+        server.extend_from_slice(greet);
+        env.server(&server);
+        let mut args = vec!["--writers", "4"];
+        args.extend_from_slice(greet);
+        upload(&env, &addr, 16 << 20, 1024, &args);
+    }
+    let stats = dp.splice_stats().unwrap();
+    assert!(
+        stats.switched_to_tcp >= 6,
+        "every connection switched: {stats:?}"
+    );
+}
+
+#[test]
 fn request_response_and_large_writes_stay_spliced() {
     let mut env = Env::new();
     let dp = env.attach(&Settings::default());

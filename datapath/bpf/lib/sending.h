@@ -11,9 +11,10 @@
  * sender's sk_msg marks its row with its thread before it decides to
  * redirect, and the end of that thread's sendmsg clears it. A switched
  * socket whose peer's row is clear has nothing of the peer's on its way
- * (lib/splice_hint.h). Two threads inside sendmsg on one socket at once
- * make the row `shared` for good, and its peer then stays in the sockhash,
- * which is always safe.
+ * (lib/splice_hint.h). Two threads inside sendmsg on one socket at once,
+ * or a switch to TCP while another thread's redirect is in flight, make the
+ * row `shared` for good, and its peer then stays in the sockhash, which is
+ * always safe.
  */
 #ifndef MB_SENDING_H
 #define MB_SENDING_H
@@ -29,12 +30,14 @@ struct mb_send_row {
  * mb_sending: one row per spliced socket.
  *   key:    __u64 socket cookie
  *   value:  struct mb_send_row
- *   writer: bpf_sockops.c creates the row when the socket is spliced;
- *           bpf_sk_msg.c sets `sender` (and `shared`); bpf_send_done.c
- *           clears `sender`. LRU: rows of closed sockets age out. Without
- *           the tracepoint program (kernel without BTF tracepoints) `sender`
- *           is never cleared, and a switched socket that was ever
- *           redirected into stays in the sockhash.
+ *   writer: bpf_sockops.c creates the row when the socket is spliced and
+ *           clears `sender` when it leaves the sockhash after its switch
+ *           (unless `shared`); bpf_sk_msg.c sets `sender` (and `shared`);
+ *           bpf_send_done.c clears `sender`. LRU: rows of closed sockets
+ *           age out. Without the tracepoint program (kernel without BTF
+ *           tracepoints) only the leaving clears it: a switched socket
+ *           that was ever redirected into, and the reader of a peer that
+ *           could not leave, stay in the sockhash.
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);

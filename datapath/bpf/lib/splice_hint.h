@@ -193,9 +193,25 @@ static __always_inline void mb_flow_start(struct bpf_sock_ops *skops,
  */
 static __always_inline void mb_flow_go_plain(struct mb_flow_state *st, int learned)
 {
+	struct mb_send_row *row;
+	__u64 was;
+
 	if (__sync_fetch_and_or(&st->plain, 1))
 		return;
 	mb_stat(MB_STAT_TO_TCP);
+	/*
+	 * Another thread's redirect may have been decided before this switch and
+	 * not be queued yet (its mark is in the row; sk_msg verdicts run under
+	 * the socket lock, so it is visible here). Then the row can only be
+	 * cleared by that sendmsg's end, never by this socket leaving the
+	 * sockhash (mb_sending_leave): shared, for good.
+	 */
+	row = bpf_map_lookup_elem(&mb_sending, &st->cookie);
+	if (row) {
+		was = mb_seq_load(&row->sender);
+		if (was != 0 && was != bpf_get_current_pid_tgid())
+			row->shared = 1;
+	}
 	if (learned && !st->hinted) {
 		__u32 port = st->service_port;
 		__u64 now = bpf_ktime_get_ns();
@@ -273,13 +289,8 @@ static __always_inline void mb_flow_note_miss(const struct mb_sock_key *self)
 		mb_flow_go_plain(st, 0);
 }
 
-/*
- * CO-RE: the one field of the kernel's tcp_sock read here (the psock's in
- * lib/psock.h); the loader relocates its offset from the running kernel's BTF.
- */
-struct tcp_sock {
-	__u32 copied_seq;
-} __attribute__((preserve_access_index));
+/* Only handed on to lib/psock.h, which reads it as a struct sock. */
+struct tcp_sock;
 
 /*
  * sockops, for a socket that switched: 1 when nothing spliced is queued for
@@ -306,6 +317,23 @@ static __always_inline int mb_spliced_bytes_settled(struct mb_flow_state *pst,
 }
 
 /*
+ * sockops, when a switched socket has left the sockhash: no sendmsg of it
+ * redirects any more, and the end of one that is still running (the one
+ * that switched, if it switched half-way through a long write) no longer
+ * clears its row (bpf_send_done.c skips sockets without a psock). Every
+ * redirect it made is queued already, unless another thread's was in
+ * flight when it switched (the row is shared then, mb_flow_go_plain): so
+ * clear the row, or its peer would wait for it for good.
+ */
+static __always_inline void mb_sending_leave(const struct mb_flow_state *st)
+{
+	struct mb_send_row *row = bpf_map_lookup_elem(&mb_sending, &st->cookie);
+
+	if (row && !*(volatile __u64 *)&row->shared)
+		__sync_lock_test_and_set(&row->sender, 0);
+}
+
+/*
  * sockops, on every TCP segment a spliced socket receives (there are none
  * while both ends splice). Either end of a pair that moved to TCP leaves
  * the sockhash once that is safe, and the callbacks stop:
@@ -314,13 +342,13 @@ static __always_inline int mb_spliced_bytes_settled(struct mb_flow_state *pst,
  *   if nothing was ever redirected into it (see top): removing it would
  *   drop its unread spliced messages. Otherwise it stays ("kept").
  *
- * - The reading end leaves once its ingress_msg queue is empty for good.
- *   The sender redirects nothing after its switch, and every message it
- *   redirected was queued before its first TCP byte was sent;
- *   tcp_bpf_recvmsg drains ingress_msg before it reads the TCP receive
- *   queue. So once the reader has read any TCP byte (bytes_received beyond
- *   what is still unread, rcv_nxt - copied_seq), its queue is empty and
- *   stays empty. Until then its reads take tcp_bpf_recvmsg's detour.
+ * - The reading end leaves once its ingress_msg queue is empty for good:
+ *   its peer has switched (it redirects nothing new), the peer's redirects
+ *   decided before the switch are all queued (its mb_sending row is clear),
+ *   and the reader has read them all (mb_spliced_bytes_settled). Until
+ *   then its reads take tcp_bpf_recvmsg's detour. (That the reader has read
+ *   a byte that came by TCP, after its peer switched, says as much only
+ *   when the peer has one writing thread.)
  */
 static __always_inline void mb_flow_segment(struct bpf_sock_ops *skops)
 {
@@ -330,7 +358,6 @@ static __always_inline void mb_flow_segment(struct bpf_sock_ops *skops)
 	struct mb_flow_state *st, *pst;
 	struct bpf_sock *sk = skops->sk;
 	struct tcp_sock *tp;
-	__u32 unread;
 
 	mb_key_from_sockops(skops, &key);
 	st = bpf_map_lookup_elem(&mb_flow, &key);
@@ -345,8 +372,10 @@ static __always_inline void mb_flow_segment(struct bpf_sock_ops *skops)
 	pst = bpf_map_lookup_elem(&mb_flow, &peer);
 	if (*(volatile __u64 *)&st->plain) {
 		if (mb_seq_load(&st->rx_msgs) == 0 || mb_spliced_bytes_settled(pst, tp)) {
-			if (bpf_map_delete_elem(&mb_sock_hash, &key) == 0)
+			if (bpf_map_delete_elem(&mb_sock_hash, &key) == 0) {
 				mb_stat(MB_STAT_UNSPLICED);
+				mb_sending_leave(st);
+			}
 			bpf_sock_ops_cb_flags_set(skops, flags);
 		} else if (!st->kept) {
 			/* Spliced bytes unread or on their way: ask again on the next segment. */
@@ -355,10 +384,7 @@ static __always_inline void mb_flow_segment(struct bpf_sock_ops *skops)
 		}
 		return;
 	}
-	if (!pst || !mb_seq_load(&pst->plain))
-		return;
-	unread = skops->rcv_nxt - tp->copied_seq;
-	if (skops->bytes_received <= unread)
+	if (!pst || !mb_seq_load(&pst->plain) || !mb_spliced_bytes_settled(pst, tp))
 		return;
 	if (bpf_map_delete_elem(&mb_sock_hash, &key) == 0)
 		mb_stat(MB_STAT_UNSPLICED);

@@ -97,6 +97,11 @@ enum Cmd {
         /// With --greet: read the greeting only after sending this many bytes.
         #[arg(long, default_value_t = 0)]
         greet_after: usize,
+        /// Threads writing on the one socket at once, each its share of the
+        /// bytes: the server must get them all; their order across threads
+        /// is the scheduler's, so only the count is checked.
+        #[arg(long, default_value_t = 1)]
+        writers: usize,
     },
     /// Stream throughput into a sink.
     Stream {
@@ -183,7 +188,8 @@ fn main() -> Result<()> {
             write,
             greet,
             greet_after,
-        } => upload(connect, bytes, write, greet, greet_after),
+            writers,
+        } => upload(connect, bytes, write, greet, greet_after, writers),
         Cmd::Hello { listen } => serve(listen, |mut s| {
             writeln!(s, "hello from {}", s.local_addr()?)?;
             Ok(())
@@ -346,7 +352,11 @@ fn upload(
     write: usize,
     greet: bool,
     greet_after: usize,
+    writers: usize,
 ) -> Result<()> {
+    if writers == 0 || (writers > 1 && greet_after > 0) {
+        bail!("--writers must be at least 1, and 1 with --greet-after");
+    }
     let mut s = TcpStream::connect(connect).with_context(|| format!("connect {connect}"))?;
     s.set_read_timeout(Some(Duration::from_secs(20)))?;
     let mut greeted = !greet;
@@ -355,13 +365,32 @@ fn upload(
         greeted = true;
     }
     let data = pattern(0, bytes);
-    let mut sent = 0;
-    for c in data.chunks(write.max(1)) {
-        s.write_all(c)?;
-        sent += c.len();
-        if !greeted && sent >= greet_after {
-            read_greeting(&mut s)?;
-            greeted = true;
+    if writers > 1 {
+        let share = bytes.div_ceil(writers);
+        let threads = data
+            .chunks(share.max(1))
+            .map(|part| {
+                let (mut w, part) = (s.try_clone()?, part.to_vec());
+                Ok(thread::spawn(move || -> io::Result<()> {
+                    for c in part.chunks(write.max(1)) {
+                        w.write_all(c)?;
+                    }
+                    Ok(())
+                }))
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        for t in threads {
+            t.join().map_err(|_| anyhow::anyhow!("writer panicked"))??;
+        }
+    } else {
+        let mut sent = 0;
+        for c in data.chunks(write.max(1)) {
+            s.write_all(c)?;
+            sent += c.len();
+            if !greeted && sent >= greet_after {
+                read_greeting(&mut s)?;
+                greeted = true;
+            }
         }
     }
     if !greeted {
@@ -388,6 +417,14 @@ fn upload(
     }
     let reply = String::from_utf8_lossy(&reply);
     let want = format!("GOT bytes={bytes} fnv={:016x}", fnv(FNV_INIT, &data));
+    if writers > 1 {
+        let want = format!("GOT bytes={bytes} ");
+        if !reply.starts_with(&want) {
+            bail!("MISMATCH sent: {want:?} server: {:?}", reply.trim_end());
+        }
+        println!("OK bytes={bytes} writers={writers}");
+        return Ok(());
+    }
     if reply.trim_end() != want {
         bail!("MISMATCH sent: {want:?} server: {:?}", reply.trim_end());
     }
