@@ -8,7 +8,7 @@ fn membrane() -> Command {
 }
 
 fn repo(p: &str) -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap())
         .join("..")
         .join(p)
         .display()

@@ -186,7 +186,7 @@ fn invalid_policy_and_labels_are_refused_with_a_precise_message() {
     let bad = std::env::temp_dir().join(format!("membrane-proxy-bad-{}.yaml", std::process::id()));
     std::fs::write(
         &bad,
-        std::fs::read_to_string(TEST_POLICY)
+        std::fs::read_to_string(test_policy())
             .unwrap()
             .replace("PORT", "99999"),
     )
@@ -474,7 +474,7 @@ fn binary_refuses_an_invalid_policy_at_startup() {
     ));
     std::fs::write(
         &bad,
-        std::fs::read_to_string(TEST_POLICY)
+        std::fs::read_to_string(test_policy())
             .unwrap()
             .replace("PORT", "99999"),
     )

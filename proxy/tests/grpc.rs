@@ -9,7 +9,9 @@ use std::process::{Child, Command, Stdio};
 
 use common::config;
 
-const PEER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/grpc_peer.py");
+fn peer() -> std::path::PathBuf {
+    common::package_path("tests/grpc_peer.py")
+}
 
 /// The grpcio server, stopped when dropped (its standard input closes).
 struct Server(Child);
@@ -24,7 +26,8 @@ impl Drop for Server {
 
 fn start_server() -> (Server, u16) {
     let mut child = Command::new("python3")
-        .args([PEER, "server"])
+        .arg(peer())
+        .arg("server")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -48,7 +51,8 @@ async fn grpcio_calls_pass_with_trailers_and_a_denied_call_is_permission_denied(
     let running = membrane_proxy::start(&cfg, enforcer, None).await.unwrap();
 
     let out = tokio::process::Command::new("python3")
-        .args([PEER, "client", &running.addrs.listen.to_string()])
+        .arg(peer())
+        .args(["client", &running.addrs.listen.to_string()])
         .output()
         .await
         .unwrap();

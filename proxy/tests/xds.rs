@@ -50,7 +50,7 @@ fn xds_binary() -> PathBuf {
         ])
         .arg("--target-dir")
         .arg(target)
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
+        .current_dir(std::env::var("CARGO_MANIFEST_DIR").unwrap());
         if profile_dir.file_name().unwrap() == "release" {
             cmd.arg("--release");
         }

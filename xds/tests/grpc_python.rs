@@ -13,7 +13,10 @@ use common::*;
 async fn python_grpc_xds_client_resolves_listener_cluster_and_calls_through_xds() {
     let tmp = tempfile::tempdir().unwrap();
     let xds = start_xds(tmp.path());
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/grpc_xds_client.py");
+    let script = format!(
+        "{}/tests/grpc_xds_client.py",
+        std::env::var("CARGO_MANIFEST_DIR").unwrap()
+    );
     let out = tokio::time::timeout(
         Duration::from_secs(90),
         tokio::task::spawn_blocking({

@@ -20,14 +20,14 @@ const IMAGE: &str = "registry.test/membrane:inject-test";
 const XDS: &str = "http://membrane-xds.test:15010";
 
 fn data(name: &str) -> Value {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    let p = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap())
         .join("tests/data/inject")
         .join(name);
     serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap()
 }
 
 fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+    PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("..")
 }
 
 /// A webhook-serving membrane-xds; `certs/` is a directory holding the

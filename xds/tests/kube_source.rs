@@ -36,7 +36,7 @@ use tonic::Streaming;
 use common::*;
 
 fn data_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/kube")
+    PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("tests/data/kube")
 }
 
 fn read_json(name: &str) -> Value {
@@ -657,7 +657,7 @@ async fn kube_source_serves_policy_follows_watch_writes_status_and_relists() {
 /// Runs scripts/k8s-validate.py (kubernetes-validate and jsonschema; see
 /// scripts/install-deps.sh) on `files`.
 fn validate(files: &[PathBuf]) -> std::process::Output {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("..");
     std::process::Command::new("python3")
         .arg(root.join("scripts/k8s-validate.py"))
         .arg("--crds")

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+    PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("..")
 }
 
 fn manifests() -> Vec<PathBuf> {

@@ -17,13 +17,22 @@ use membrane_proxy::config::{Cli, Command, Config};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-pub const TEST_POLICY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/cnp-l7-test.yaml");
+/// `rel` under this package, looked up when the test runs rather than baked in
+/// when it is built: a target directory shared by two checkouts (CI's clone and
+/// a working tree) would otherwise point one checkout's tests at the other's files.
+pub fn package_path(rel: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap()).join(rel)
+}
+
+pub fn test_policy() -> std::path::PathBuf {
+    package_path("tests/data/cnp-l7-test.yaml")
+}
 
 /// The test policy with its port set to `port`, written to a fresh temp file.
 pub fn policy_file(port: u16) -> std::path::PathBuf {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
-    let text = std::fs::read_to_string(TEST_POLICY)
+    let text = std::fs::read_to_string(test_policy())
         .unwrap()
         .replace("PORT", &port.to_string());
     let path = std::env::temp_dir().join(format!(
