@@ -16,7 +16,7 @@ build: deps
 
 demo: deps
 	$(CARGO) build --release -p membrane-cli -p membrane-proxy
-	./scripts/demo.sh
+	$(CARGO_TARGET_DIR)/release/membrane demo
 
 # Doc tests first, so the run closes on nextest's summary of every test.
 test: deps

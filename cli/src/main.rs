@@ -8,6 +8,7 @@
 //! `membrane-policy`.
 
 mod bpf_cmd;
+mod demo_cmd;
 mod etcd_cmd;
 mod monitor_cmd;
 mod policy_cmd;
@@ -37,6 +38,9 @@ enum Command {
     /// Stream datapath events (policy verdicts, drops, capture, splice
     /// traces) from one or more agents.
     Monitor(monitor_cmd::MonitorArgs),
+    /// The embedded default: Cilium's Star Wars scenario, step by step, with
+    /// the L7 step enforced live by membrane-proxy (as root).
+    Demo(demo_cmd::DemoArgs),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +50,7 @@ fn main() -> ExitCode {
         Command::Bpf(cmd) => bpf_cmd::run(cmd),
         Command::Monitor(args) => monitor_cmd::run(args),
         Command::Etcd(cmd) => etcd_cmd::run(cmd),
+        Command::Demo(args) => demo_cmd::run(args),
     };
     match result {
         Ok(code) => code,

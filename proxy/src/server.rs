@@ -166,7 +166,8 @@ impl Route {
 }
 
 impl Shared {
-    fn route(&self, stream: &TcpStream, delivery: Delivery) -> Option<Route> {
+    /// `listen_port`: the port of the listener that accepted `stream`.
+    fn route(&self, stream: &TcpStream, delivery: Delivery, listen_port: u16) -> Option<Route> {
         match delivery {
             Delivery::Upstream => Some(Route {
                 target: self.settings.upstream,
@@ -176,9 +177,13 @@ impl Shared {
                 server_name: self.settings.upstream_server_name.as_deref().map(Arc::from),
             }),
             Delivery::OriginalPort { .. } | Delivery::OriginalDestination => {
+                // A NAT redirect leaves the socket on the capture port and SO_ORIGINAL_DST
+                // names what the client dialled; the eBPF datapath's sk_lookup hands the
+                // connection over with that address as the socket's own (and answers
+                // SO_ORIGINAL_DST with it too).
                 let local = stream.local_addr().ok()?;
                 let orig = crate::orig_dst::original_dst(stream).unwrap_or(local);
-                if orig == local {
+                if orig.port() == listen_port {
                     // Not redirected: a client dialled the capture port itself. Forwarding it
                     // would loop back here.
                     return None;
@@ -269,6 +274,7 @@ pub async fn accept_loop(
     mut shutdown: watch::Receiver<bool>,
     delivery: Delivery,
 ) {
+    let listen_port = listener.local_addr().map_or(0, |a| a.port());
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -289,7 +295,7 @@ pub async fn accept_loop(
             drop(stream);
             continue;
         };
-        let Some(route) = shared.route(&stream, delivery) else {
+        let Some(route) = shared.route(&stream, delivery, listen_port) else {
             tracing::debug!(%peer, "no original destination, closing");
             continue;
         };

@@ -1,0 +1,85 @@
+//! `membrane demo`, the embedded default, as `make demo` runs it: the real
+//! binary; the live step (root) builds its mini-cluster and must leave
+//! nothing behind.
+
+use std::path::Path;
+use std::process::Command;
+
+fn demo(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_membrane"))
+        .arg("demo")
+        .args(args)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "membrane demo failed: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+/// The line of `out` that starts (after indentation) with `label`.
+fn line<'a>(out: &'a str, label: &str) -> &'a str {
+    out.lines()
+        .find(|l| l.trim_start().starts_with(label))
+        .unwrap_or_else(|| panic!("no line {label:?} in:\n{out}"))
+}
+
+#[test]
+fn the_scenario_step_by_step_from_the_policy_engine() {
+    let out = demo(&["--no-live"]);
+    let steps: Vec<&str> = out.lines().filter(|l| l.starts_with("== ")).collect();
+    assert_eq!(steps.len(), 5, "{out}");
+    // No policy, then the L3/L4 policy, then the L7 one.
+    let no_policy = out.split("== 3.").next().unwrap();
+    assert!(line(no_policy, "xwing      -> deathstar:80").contains("allowed"));
+    let l3 = out.split("== 3.").nth(1).unwrap();
+    assert!(
+        line(l3, "tiefighter -> deathstar:80").contains("allowed  (default/rule1 spec.ingress[0])")
+    );
+    assert!(line(l3, "xwing      -> deathstar:80 (dropped)").contains("denied   (default deny)"));
+    let l7 = out.split("== 4.").nth(1).unwrap();
+    assert!(line(l7, "tiefighter POST /v1/request-landing").contains("allowed"));
+    assert!(line(l7, "tiefighter PUT /v1/exhaust-port").contains("denied"));
+    assert!(line(l7, "xwing POST /v1/request-landing").contains("denied   (default deny)"));
+    assert!(
+        out.contains("PUT /v1/exhaust-port matches no HTTP rule"),
+        "{out}"
+    );
+}
+
+#[test]
+fn the_live_step_runs_a_mini_cluster_and_cleans_up() {
+    let out = demo(&[]);
+    let live = out.split("== 6. Live").nth(1).unwrap_or_else(|| {
+        panic!("the live step did not run (root, ip, curl, membrane-proxy):\n{out}")
+    });
+    // L7: the sidecar lands the tiefighter and refuses its PUT.
+    assert!(line(live, "tiefighter POST /v1/request-landing").ends_with("200 Ship landed"));
+    assert!(line(live, "tiefighter PUT /v1/exhaust-port").ends_with("403 Access denied"));
+    // L3/L4: the xwing's connect never leaves its pod.
+    assert!(line(live, "xwing POST /v1/request-landing").contains("no response"));
+    assert!(line(live, "datapath of xwing      connects").contains("refused 1,"));
+    assert!(line(live, "datapath of tiefighter connects").contains("refused 0,"));
+    assert!(line(live, "datapath of deathstar  connects").ends_with("handed to the sidecar 2"));
+    assert!(live.contains(r#""type":"Denied""#) && live.contains(r#""status":403"#));
+
+    let tag: String = live
+        .split_once("(membrane-demo-")
+        .map(|(_, rest)| rest.chars().take_while(char::is_ascii_digit).collect())
+        .expect("the step names its mini-cluster");
+    let tag = format!("membrane-demo-{tag}");
+    let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&netns.stdout).contains(&tag),
+        "namespaces left behind"
+    );
+    assert!(
+        !Path::new("/sys/fs/bpf").join(&tag).exists(),
+        "pins left behind"
+    );
+    let cg2 = membrane_datapath::cgroup2_mount().unwrap();
+    assert!(!cg2.join(&tag).exists(), "cgroups left behind");
+}
