@@ -642,11 +642,26 @@ impl Datapath {
         let ino = fs::metadata(netns)
             .map_err(io_err(netns, "stat netns"))?
             .ino();
+        self.detach_netns_inode(ino)
+    }
+
+    /// [`Datapath::detach_netns`] by the namespace's inode, for a namespace
+    /// that may be gone already (its link is defunct then, but still pinned).
+    /// Nothing attached is not an error.
+    pub fn detach_netns_inode(&self, ino: u64) -> Result<()> {
         let link_dir = self.links_dir().join(format!("netns-{ino}"));
         if link_dir.exists() {
             fs::remove_dir_all(&link_dir).map_err(io_err(&link_dir, "unpin links"))?;
         }
         Ok(())
+    }
+
+    /// Whether inbound capture is attached to the namespace with this inode.
+    pub fn netns_attached(&self, ino: u64) -> bool {
+        self.links_dir()
+            .join(format!("netns-{ino}"))
+            .join(PROG_SK_LOOKUP)
+            .exists()
     }
 
     fn map(&self, name: &'static str) -> Result<MapData> {

@@ -1,0 +1,232 @@
+//! Privileged: `membrane-cni` as a container runtime calls it (environment,
+//! configuration on stdin, result or error JSON on stdout) against a loaded
+//! datapath and a real network namespace.
+
+mod common;
+
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use common::Env;
+use membrane_datapath::{Datapath, Settings};
+use serde_json::{json, Value};
+
+const CNI: &str = env!("CARGO_BIN_EXE_membrane-cni");
+
+/// Exit success and stdout (parsed when not empty).
+fn cni(command: &str, envs: &[(&str, &str)], config: &Value) -> (bool, Option<Value>) {
+    let mut child = Command::new(CNI)
+        .env_clear()
+        .env("CNI_COMMAND", command)
+        .env("CNI_PATH", "/opt/cni/bin")
+        .envs(envs.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(config.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v = (!text.trim().is_empty()).then(|| serde_json::from_str(&text).unwrap());
+    (out.status.success(), v)
+}
+
+struct Pod {
+    netns: PathBuf,
+    state: PathBuf,
+    config: Value,
+}
+
+fn pod(env: &Env) -> Pod {
+    let state = std::env::temp_dir().join(format!("{}-cni", env.name));
+    let prev = json!({
+        "cniVersion": "1.0.0",
+        "interfaces": [{"name": "eth0", "mac": "0a:58:0a:f4:00:05", "sandbox": "/run/netns/x"}],
+        "ips": [{"address": "10.244.0.5/24", "gateway": "10.244.0.1", "interface": 0}],
+    });
+    Pod {
+        netns: PathBuf::from("/run/netns").join(&env.netns),
+        config: json!({
+            "cniVersion": "1.0.0",
+            "name": "k8s-pod-network",
+            "type": "membrane-cni",
+            "bpffs": env.bpffs,
+            "stateDir": state,
+            "excludeNamespaces": ["kube-system"],
+            "prevResult": prev,
+        }),
+        state,
+    }
+}
+
+fn ino(p: &Path) -> u64 {
+    std::fs::metadata(p).unwrap().ino()
+}
+
+#[test]
+fn add_check_del_wire_the_pod_namespace_into_the_datapath() {
+    let env = Env::new();
+    let dp = env.attach(&Settings {
+        capture_inbound: true,
+        ..Settings::default()
+    });
+    let p = pod(&env);
+    let netns = p.netns.to_str().unwrap();
+    let ids = [
+        ("CNI_CONTAINERID", "c0ffee"),
+        ("CNI_IFNAME", "eth0"),
+        ("CNI_NETNS", netns),
+        ("CNI_ARGS", "K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0"),
+    ];
+
+    let (ok, out) = cni("ADD", &ids, &p.config);
+    assert!(ok, "{out:?}");
+    // A chained plugin passes the previous result through.
+    assert_eq!(out.unwrap(), p.config["prevResult"]);
+    assert!(dp.netns_attached(ino(&p.netns)), "sk_lookup attached");
+    assert!(dp
+        .attachments()
+        .unwrap()
+        .contains(&format!("netns-{}", ino(&p.netns))));
+    // ADD again (a runtime retry) is harmless.
+    assert!(cni("ADD", &ids, &p.config).0);
+
+    let (ok, out) = cni("CHECK", &ids, &p.config);
+    assert!(ok && out.is_none(), "{out:?}");
+
+    // Someone unpinned the link: CHECK says so.
+    dp.detach_netns(&p.netns).unwrap();
+    let (ok, out) = cni("CHECK", &ids, &p.config);
+    assert!(!ok);
+    assert_eq!(out.unwrap()["code"], 100);
+    assert!(cni("ADD", &ids, &p.config).0);
+
+    // DEL detaches and forgets; twice is fine; DEL without CNI_NETNS too.
+    let (ok, out) = cni("DEL", &ids, &p.config);
+    assert!(ok && out.is_none(), "{out:?}");
+    assert!(!dp.netns_attached(ino(&p.netns)));
+    assert!(!p.state.join("c0ffee-eth0").exists());
+    assert!(cni("DEL", &ids, &p.config).0);
+    assert!(cni("DEL", &ids[..2], &p.config).0);
+
+    // A pod in an excluded namespace is passed through untouched.
+    let kube_system = [
+        ids[0],
+        ids[1],
+        ids[2],
+        ("CNI_ARGS", "K8S_POD_NAMESPACE=kube-system;K8S_POD_NAME=dns"),
+    ];
+    assert!(cni("ADD", &kube_system, &p.config).0);
+    assert!(!dp.netns_attached(ino(&p.netns)));
+
+    // GC forgets what the runtime no longer lists.
+    assert!(cni("ADD", &ids, &p.config).0);
+    let mut gc = p.config.clone();
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "other", "ifname": "eth0"}]);
+    assert!(cni("GC", &[], &gc).0);
+    assert!(!dp.netns_attached(ino(&p.netns)));
+    let _ = std::fs::remove_dir_all(&p.state);
+}
+
+#[test]
+fn version_status_and_errors_follow_the_spec() {
+    let env = Env::new();
+    let p = pod(&env);
+    let netns = p.netns.to_str().unwrap();
+    let ids = [
+        ("CNI_CONTAINERID", "c0ffee"),
+        ("CNI_IFNAME", "eth0"),
+        ("CNI_NETNS", netns),
+    ];
+
+    let (ok, out) = cni("VERSION", &[], &json!({"cniVersion": "0.4.0"}));
+    assert!(ok);
+    let out = out.unwrap();
+    assert_eq!(out["cniVersion"], "0.4.0");
+    assert!(out["supportedVersions"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("1.1.0")));
+
+    // The datapath is not loaded yet: not ready, and ADD asks to be retried
+    // rather than start the pod without capture.
+    let (ok, out) = cni("STATUS", &[], &p.config);
+    assert!(!ok);
+    assert_eq!(out.unwrap()["code"], 50);
+    let (ok, out) = cni("ADD", &ids, &p.config);
+    assert!(!ok);
+    let out = out.unwrap();
+    assert_eq!(out["code"], 11, "{out}");
+    assert_eq!(out["cniVersion"], "1.0.0");
+    assert!(out["details"]
+        .as_str()
+        .unwrap()
+        .contains(env.bpffs.to_str().unwrap()));
+
+    let _dp: Datapath = env.attach(&Settings::default());
+    assert!(cni("STATUS", &[], &p.config).0);
+
+    // Bad input: each names what was wrong.
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Value, u32);
+    let cases: Vec<Case> = vec![
+        ("ADD", ids[..2].to_vec(), p.config.clone(), 4),
+        (
+            "ADD",
+            ids.to_vec(),
+            json!({"cniVersion": "0.2.0", "name": "n", "type": "membrane-cni"}),
+            1,
+        ),
+        (
+            "ADD",
+            ids.to_vec(),
+            json!({"cniVersion": "1.0.0", "bpffs": "relative/dir"}),
+            7,
+        ),
+        (
+            "ADD",
+            ids.to_vec(),
+            json!({"cniVersion": "1.0.0", "excludeNamespaces": "kube-system"}),
+            7,
+        ),
+        (
+            "ADD",
+            vec![ids[0], ids[1], ("CNI_NETNS", "/run/netns/no-such-pod")],
+            p.config.clone(),
+            3,
+        ),
+        (
+            "ADD",
+            vec![("CNI_CONTAINERID", "../x"), ids[1], ids[2]],
+            p.config.clone(),
+            4,
+        ),
+        ("FROB", ids.to_vec(), p.config.clone(), 4),
+    ];
+    for (command, envs, config, code) in cases {
+        let (ok, out) = cni(command, &envs, &config);
+        assert!(!ok, "{command} {config}");
+        let out = out.unwrap();
+        assert_eq!(out["code"], code, "{command} {envs:?} {config}: {out}");
+        assert!(!out["msg"].as_str().unwrap().is_empty());
+    }
+    // Not JSON at all.
+    let mut child = Command::new(CNI)
+        .env("CNI_COMMAND", "ADD")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"{not json").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["code"], 6);
+    assert!(!p.state.exists(), "nothing recorded by failed calls");
+}
