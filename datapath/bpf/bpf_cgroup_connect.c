@@ -7,7 +7,10 @@
  * proxy's own connects (by uid or by SO_MARK), non-TCP sockets, and
  * everything while capture is off.
  *
- * Before any of that, with policy enforcement on, the L3/L4 decision for
+ * First, a connect to a service's address is rewritten to one of its
+ * backends (lib/service.h); a service without a backend is refused.
+ *
+ * Then, with policy enforcement on, the L3/L4 decision for
  * (pod identity, destination identity, destination port) is made on the
  * destination the socket asked for; a TCP connect without a current ALLOW
  * is refused (connect() fails with EPERM) and counted as refused. This
@@ -18,6 +21,7 @@
 #include "lib/config.h"
 #include "lib/capture.h"
 #include "lib/policy.h"
+#include "lib/service.h"
 #include "lib/events.h"
 
 /* Verdicts of a cgroup sock_addr program. */
@@ -134,6 +138,23 @@ static __always_inline int mb_steer(struct bpf_sock_addr *ctx, __u32 prog,
 	return 1;
 }
 
+/* Point a connect6 at `to` (an IPv4 address as v4-mapped). */
+static __always_inline void mb_connect6_to(struct bpf_sock_addr *ctx, const struct mb_addr_port *to)
+{
+	if (to->family == MB_AF_INET) {
+		ctx->user_ip6[0] = 0;
+		ctx->user_ip6[1] = 0;
+		ctx->user_ip6[2] = bpf_htonl(0x0000ffff);
+		ctx->user_ip6[3] = to->ip[0];
+	} else {
+		ctx->user_ip6[0] = to->ip[0];
+		ctx->user_ip6[1] = to->ip[1];
+		ctx->user_ip6[2] = to->ip[2];
+		ctx->user_ip6[3] = to->ip[3];
+	}
+	ctx->user_port = bpf_htons(to->port);
+}
+
 SEC("cgroup/connect4")
 int mb_connect4(struct bpf_sock_addr *ctx)
 {
@@ -144,6 +165,15 @@ int mb_connect4(struct bpf_sock_addr *ctx)
 	orig.ip[0] = ctx->user_ip4;
 	orig.port = bpf_ntohs((__u16)ctx->user_port);
 	orig.family = MB_AF_INET;
+	switch (mb_service_resolve(&orig, 0)) {
+	case MB_SVC_NO_BACKEND:
+		mb_count(MB_PROG_CONNECT4, MB_CNT_REFUSED, 0);
+		return MB_CONNECT_REFUSE;
+	case MB_SVC_BACKEND:
+		ctx->user_ip4 = orig.ip[0];
+		ctx->user_port = bpf_htons(orig.port);
+		break;
+	}
 	verdict = mb_connect_verdict(ctx, MB_PROG_CONNECT4, cfg, &orig);
 	if (verdict == MB_CONNECT_PROCEED && cfg && mb_steer(ctx, MB_PROG_CONNECT4, cfg, &orig)) {
 		ctx->user_ip4 = cfg->capture_ip4;
@@ -166,6 +196,14 @@ int mb_connect6(struct bpf_sock_addr *ctx)
 	ip6[3] = ctx->user_ip6[3];
 	orig.family = mb_addr_set(orig.ip, AF_INET6, 0, ip6);
 	orig.port = bpf_ntohs((__u16)ctx->user_port);
+	switch (mb_service_resolve(&orig, 1)) {
+	case MB_SVC_NO_BACKEND:
+		mb_count(MB_PROG_CONNECT6, MB_CNT_REFUSED, 0);
+		return MB_CONNECT_REFUSE;
+	case MB_SVC_BACKEND:
+		mb_connect6_to(ctx, &orig);
+		break;
+	}
 	verdict = mb_connect_verdict(ctx, MB_PROG_CONNECT6, cfg, &orig);
 	if (verdict != MB_CONNECT_PROCEED || !cfg || !mb_steer(ctx, MB_PROG_CONNECT6, cfg, &orig))
 		return verdict;

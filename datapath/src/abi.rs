@@ -230,6 +230,30 @@ pub struct MbAddrPort {
 }
 const _: () = assert!(size_of::<MbAddrPort>() == 20);
 
+/// `struct mb_svc_value`: a service frontend's backend set.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MbSvcValue {
+    /// Key of its backends in `mb_backend`.
+    pub backend_set: u32,
+    /// Backends in the set; 0 refuses connects.
+    pub count: u16,
+    /// Explicit padding, zero.
+    pub pad: u16,
+}
+const _: () = assert!(size_of::<MbSvcValue>() == 8);
+
+/// `struct mb_backend_key`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct MbBackendKey {
+    /// The set.
+    pub backend_set: u32,
+    /// `0 .. count`.
+    pub slot: u32,
+}
+const _: () = assert!(size_of::<MbBackendKey>() == 8);
+
 /// `struct mb_policy_key`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -341,6 +365,10 @@ unsafe impl aya::Pod for MbCounters {}
 unsafe impl aya::Pod for MbConfig {}
 // SAFETY: as above.
 unsafe impl aya::Pod for MbAddrPort {}
+// SAFETY: as above.
+unsafe impl aya::Pod for MbSvcValue {}
+// SAFETY: as above.
+unsafe impl aya::Pod for MbBackendKey {}
 // SAFETY: as above.
 unsafe impl aya::Pod for MbPolicyKey {}
 // SAFETY: as above.

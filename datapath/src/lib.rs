@@ -41,7 +41,10 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 
-use abi::{MbCidrData, MbConfig, MbCounters, MbIpKey, MbPolicyKey, MbPolicyValue, MbSockKey};
+use abi::{
+    MbAddrPort, MbBackendKey, MbCidrData, MbConfig, MbCounters, MbIpKey, MbPolicyKey,
+    MbPolicyValue, MbSockKey, MbSvcValue,
+};
 
 /// Default bpffs directory for pins.
 pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/membrane";
@@ -994,6 +997,119 @@ impl Datapath {
             .map_err(|source| Error::Map { name, source })
     }
 
+    /// Route new connects to `frontend` (a service's address and port) to
+    /// one of `backends`, chosen per connection (socket-level load
+    /// balancing in connect4/connect6). The new backend set is written in
+    /// full before the service points at it, and the old one deleted after,
+    /// so a connect sees one set or the other. No backends: connects to the
+    /// service are refused.
+    pub fn set_service(&self, frontend: SocketAddr, backends: &[SocketAddr]) -> Result<()> {
+        const SVC: &str = "mb_service";
+        const BE: &str = "mb_backend";
+        let count = u16::try_from(backends.len()).map_err(|_| {
+            Error::Invalid(format!(
+                "service {frontend}: {} backends, at most 65535",
+                backends.len()
+            ))
+        })?;
+        let mut svcs: HashMap<MapData, MbAddrPort, MbSvcValue> =
+            HashMap::try_from(Map::HashMap(self.map(SVC)?))
+                .map_err(|source| Error::Map { name: SVC, source })?;
+        let mut bes: HashMap<MapData, MbBackendKey, MbAddrPort> =
+            HashMap::try_from(Map::HashMap(self.map(BE)?))
+                .map_err(|source| Error::Map { name: BE, source })?;
+        let key = addr_port(frontend);
+        let old = svcs.get(&key, 0).ok();
+        // A set number no service uses: one past the highest in use.
+        let set = svcs
+            .iter()
+            .filter_map(|e| e.ok())
+            .map(|(_, v)| v.backend_set)
+            .max()
+            .map_or(1, |m| m.wrapping_add(1).max(1));
+        for (slot, b) in (0u32..).zip(backends) {
+            let k = MbBackendKey {
+                backend_set: set,
+                slot,
+            };
+            bes.insert(k, addr_port(*b), 0)
+                .map_err(|source| Error::Map { name: BE, source })?;
+        }
+        let value = MbSvcValue {
+            backend_set: set,
+            count,
+            pad: 0,
+        };
+        svcs.insert(key, value, 0)
+            .map_err(|source| Error::Map { name: SVC, source })?;
+        if let Some(old) = old {
+            for slot in 0..u32::from(old.count) {
+                let _ = bes.remove(&MbBackendKey {
+                    backend_set: old.backend_set,
+                    slot,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Stop balancing `frontend`: connects to it go where they are addressed.
+    /// Not a service is not an error.
+    pub fn delete_service(&self, frontend: SocketAddr) -> Result<()> {
+        const SVC: &str = "mb_service";
+        const BE: &str = "mb_backend";
+        let mut svcs: HashMap<MapData, MbAddrPort, MbSvcValue> =
+            HashMap::try_from(Map::HashMap(self.map(SVC)?))
+                .map_err(|source| Error::Map { name: SVC, source })?;
+        let mut bes: HashMap<MapData, MbBackendKey, MbAddrPort> =
+            HashMap::try_from(Map::HashMap(self.map(BE)?))
+                .map_err(|source| Error::Map { name: BE, source })?;
+        let key = addr_port(frontend);
+        let Ok(old) = svcs.get(&key, 0) else {
+            return Ok(());
+        };
+        svcs.remove(&key)
+            .map_err(|source| Error::Map { name: SVC, source })?;
+        for slot in 0..u32::from(old.count) {
+            let _ = bes.remove(&MbBackendKey {
+                backend_set: old.backend_set,
+                slot,
+            });
+        }
+        Ok(())
+    }
+
+    /// Every service frontend with its backends, sorted by frontend.
+    pub fn services(&self) -> Result<Vec<(SocketAddr, Vec<SocketAddr>)>> {
+        const SVC: &str = "mb_service";
+        const BE: &str = "mb_backend";
+        let svcs: HashMap<MapData, MbAddrPort, MbSvcValue> =
+            HashMap::try_from(Map::HashMap(self.map(SVC)?))
+                .map_err(|source| Error::Map { name: SVC, source })?;
+        let bes: HashMap<MapData, MbBackendKey, MbAddrPort> =
+            HashMap::try_from(Map::HashMap(self.map(BE)?))
+                .map_err(|source| Error::Map { name: BE, source })?;
+        let mut out = Vec::new();
+        for (k, v) in svcs.iter().filter_map(|e| e.ok()) {
+            let backends = (0..u32::from(v.count))
+                .filter_map(|slot| {
+                    bes.get(
+                        &MbBackendKey {
+                            backend_set: v.backend_set,
+                            slot,
+                        },
+                        0,
+                    )
+                    .ok()
+                })
+                .map(socket_addr)
+                .collect();
+            out.push((socket_addr(k), backends));
+        }
+        out.sort();
+        Ok(out)
+    }
+
     /// Service ports where a spliced flow streamed small writes (splicing
     /// loses there), with the `CLOCK_MONOTONIC` ns when it was seen. New
     /// connections to them stay on plain TCP for the hint TTL, then one
@@ -1067,6 +1183,21 @@ impl Datapath {
         }
         Ok(())
     }
+}
+
+/// A socket address as the kernel side keys it (see [`abi::encode_ip`]).
+fn addr_port(a: SocketAddr) -> MbAddrPort {
+    let (ip, family) = abi::encode_ip(a.ip());
+    MbAddrPort {
+        ip,
+        port: a.port(),
+        family,
+        pad: 0,
+    }
+}
+
+fn socket_addr(a: MbAddrPort) -> SocketAddr {
+    SocketAddr::new(abi::decode_ip(a.ip, a.family), a.port)
 }
 
 fn prog_mut<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T>

@@ -54,6 +54,8 @@ fn rust_layouts() -> BTreeMap<&'static str, Layout> {
             ),
         ),
         ("mb_addr_port", layout!(MbAddrPort, ip, port, family, pad)),
+        ("mb_svc_value", layout!(MbSvcValue, backend_set, count, pad)),
+        ("mb_backend_key", layout!(MbBackendKey, backend_set, slot)),
         (
             "mb_policy_key",
             layout!(MbPolicyKey, src_identity, dst_identity, dport, proto, pad),

@@ -121,6 +121,22 @@ struct mb_policy_value {
 	__u8 pad[3];
 };
 
+/*
+ * A service frontend (mb_service: key struct mb_addr_port, the service's
+ * address and port) names the set of its backends.
+ */
+struct mb_svc_value {
+	__u32 backend_set; /* key of its backends in mb_backend */
+	__u16 count;       /* backends in the set; 0: connects are refused */
+	__u16 pad;
+};
+
+/* One backend of a set (mb_backend: value struct mb_addr_port). */
+struct mb_backend_key {
+	__u32 backend_set;
+	__u32 slot; /* 0 .. count - 1 */
+};
+
 /* Key of the identity map: an endpoint address. */
 struct mb_ip_key {
 	__u32 ip[4];

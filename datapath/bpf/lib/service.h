@@ -1,0 +1,74 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
+/*
+ * Socket-level service load balancing: a connect to a service's address
+ * and port is rewritten, before the socket sends anything, to one of its
+ * backends, chosen at random per connection. Nothing is translated per
+ * packet, and the L3/L4 decision and the capture that follow see the
+ * backend (its identity is the one policy is about).
+ */
+#ifndef MB_SERVICE_H
+#define MB_SERVICE_H
+
+#include "common.h"
+
+/*
+ * mb_service: service frontends.
+ *   key:    struct mb_addr_port, the service address (IPv4 in ip[0], network
+ *           order) and port (host order), family MB_AF_INET / MB_AF_INET6
+ *   value:  struct mb_svc_value
+ *   writer: the agent (Datapath::set_service); read by connect4/connect6.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct mb_addr_port);
+	__type(value, struct mb_svc_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mb_service SEC(".maps");
+
+/*
+ * mb_backend: the backends of each set.
+ *   key:    struct mb_backend_key (set, slot)
+ *   value:  struct mb_addr_port, the backend's address and port
+ *   writer: the agent writes a new set in full before it points the
+ *           service at it, then deletes the old set, so a connect sees one
+ *           set or the other, never a mix.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct mb_backend_key);
+	__type(value, struct mb_addr_port);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mb_backend SEC(".maps");
+
+#define MB_SVC_NONE 0      /* not a service: connect as asked */
+#define MB_SVC_BACKEND 1   /* *dst is now the chosen backend */
+#define MB_SVC_NO_BACKEND 2 /* a service without a usable backend: refuse */
+
+/*
+ * The service `dst` addresses, if any, resolved to one of its backends:
+ * MB_SVC_BACKEND with *dst overwritten. `v6_ok`: the socket can reach an
+ * IPv6 backend (an IPv4 socket cannot).
+ */
+static __always_inline int mb_service_resolve(struct mb_addr_port *dst, int v6_ok)
+{
+	struct mb_backend_key bk = {};
+	struct mb_addr_port *be;
+	struct mb_svc_value *svc;
+
+	svc = bpf_map_lookup_elem(&mb_service, dst);
+	if (!svc)
+		return MB_SVC_NONE;
+	if (svc->count == 0)
+		return MB_SVC_NO_BACKEND;
+	bk.backend_set = svc->backend_set;
+	bk.slot = bpf_get_prandom_u32() % svc->count;
+	be = bpf_map_lookup_elem(&mb_backend, &bk);
+	if (!be || (be->family != MB_AF_INET && !v6_ok))
+		return MB_SVC_NO_BACKEND;
+	*dst = *be;
+	return MB_SVC_BACKEND;
+}
+
+#endif /* MB_SERVICE_H */

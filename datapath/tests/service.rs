@@ -1,0 +1,107 @@
+//! Privileged: socket-level service load balancing. A connect to a service
+//! address reaches one of its backends, chosen per connection; the L3/L4
+//! decision is made on the backend; a service without backends is refused.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+
+use common::Env;
+use membrane_datapath::Settings;
+
+const VIP: &str = "10.96.0.10:80";
+const B1: &str = "10.77.0.1:8080";
+const B2: &str = "10.77.0.2:8080";
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+/// Who answered `n` fetches of `to`.
+fn answers(env: &Env, to: &str, n: usize) -> BTreeSet<String> {
+    (0..n)
+        .map(|_| env.client(&["fetch", "--connect", to]).trim().to_owned())
+        .collect()
+}
+
+fn probes(env: &Env, to: &str, n: usize) -> BTreeSet<String> {
+    (0..n)
+        .map(|_| env.client(&["probe", "--connect", to]).trim().to_owned())
+        .collect()
+}
+
+#[test]
+fn connects_to_a_service_reach_its_backends() {
+    let mut env = Env::new();
+    env.add_pod_iface(&["10.77.0.1/24", "10.77.0.2/24"]);
+    env.server(&["hello", "--listen", B1]);
+    env.server(&["hello", "--listen", B2]);
+    let dp = env.attach(&Settings::default());
+
+    dp.set_service(addr(VIP), &[addr(B1), addr(B2)]).unwrap();
+    assert_eq!(
+        dp.services().unwrap(),
+        vec![(addr(VIP), vec![addr(B1), addr(B2)])]
+    );
+    // 40 connections, each to a backend chosen at random: both answer (all
+    // 40 on one side has probability 2^-39).
+    let both: BTreeSet<String> = [B1, B2].iter().map(|b| format!("hello from {b}")).collect();
+    assert_eq!(answers(&env, VIP, 40), both);
+    // A dual-stack socket addressing the service as v4-mapped IPv6 too.
+    assert!(both.is_superset(&answers(&env, "[::ffff:10.96.0.10]:80", 5)));
+
+    // New backends take effect for new connects; the old set is gone.
+    dp.set_service(addr(VIP), &[addr(B2)]).unwrap();
+    assert_eq!(
+        answers(&env, VIP, 10),
+        BTreeSet::from([format!("hello from {B2}")])
+    );
+    assert_eq!(dp.services().unwrap()[0].1, vec![addr(B2)]);
+
+    // No backend: refused at connect, before any packet.
+    dp.set_service(addr(VIP), &[]).unwrap();
+    let refused = probes(&env, VIP, 3);
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert!(
+        refused.iter().all(|p| p.ends_with("errno=1")),
+        "{refused:?}"
+    );
+
+    // Deleted: the address is just an address again (no route to it here).
+    dp.delete_service(addr(VIP)).unwrap();
+    assert!(dp.services().unwrap().is_empty());
+    let plain = probes(&env, VIP, 1);
+    assert!(plain.iter().all(|p| p.ends_with("errno=101")), "{plain:?}");
+    dp.delete_service(addr(VIP)).unwrap();
+}
+
+#[test]
+fn the_policy_decides_on_the_chosen_backend() {
+    let mut env = Env::new();
+    env.add_pod_iface(&["10.77.0.1/24", "10.77.0.2/24"]);
+    env.server(&["hello", "--listen", B1]);
+    env.server(&["hello", "--listen", B2]);
+    const POD: u32 = 200;
+    let dp = env.attach(&Settings {
+        policy_enforce: true,
+        pod_identity: POD,
+        policy_revision: 1,
+        ..Settings::default()
+    });
+    dp.set_identity("10.77.0.1".parse().unwrap(), 300).unwrap();
+    dp.set_identity("10.77.0.2".parse().unwrap(), 301).unwrap();
+    // Only the first backend's identity is allowed; the service address
+    // itself has no identity and no decision at all.
+    dp.set_policy(POD, 300, 8080, true, 1).unwrap();
+    dp.set_service(addr(VIP), &[addr(B1), addr(B2)]).unwrap();
+
+    let seen = probes(&env, VIP, 40);
+    assert!(seen.contains("connect ok"), "{seen:?}");
+    assert!(seen.iter().any(|p| p.ends_with("errno=1")), "{seen:?}");
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(
+        answers(&env, B1, 1),
+        BTreeSet::from([format!("hello from {B1}")])
+    );
+}
