@@ -3,15 +3,15 @@
 //! Steps 1-5 ask the policy engine about every request of the scenario (the
 //! policies are compiled into this binary, so the verb works from anywhere).
 //! Step 6 plays the L7 policy live on a mini-cluster of network namespaces
-//! and cgroups (see [`Cluster`]): the datapath refuses the xwing's connect,
-//! the deathstar's membrane-proxy sidecar (found next to this binary)
-//! lands the tiefighter and answers its PUT with 403. It needs root, `ip`
+//! and cgroups (see [`Cluster`]): two deathstar replicas behind a service
+//! address that each ship's datapath balances; the datapath refuses the
+//! xwing's connect, the deathstars' membrane-proxy sidecars (found next to
+//! this binary) land the tiefighter and answer its PUT with 403. It needs root, `ip`
 //! and `curl`, and says so and skips itself without them.
 //!
-//! Not yet the whole mini-cluster the design names: the datapath's policy
-//! maps are written here from the policy engine's verdicts rather than by
-//! the agent from the control plane, and the deathstar has one replica
-//! addressed directly (no service load balancing yet).
+//! Not yet the whole mini-cluster the design names: the datapath's maps
+//! (identities, L3/L4 decisions, the service) are written here from the
+//! policy engine's verdicts rather than by the agent from the control plane.
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -41,6 +41,10 @@ const L7: (&str, &str) = (
 const DEATHSTAR: &str = "k8s:org=empire,k8s:class=deathstar";
 const TIEFIGHTER: &str = "k8s:org=empire,k8s:class=tiefighter";
 const XWING: &str = "k8s:org=alliance,k8s:class=xwing";
+/// The deathstar service's address (a ClusterIP), balanced over its replicas.
+const SERVICE: &str = "10.96.0.10:80";
+/// Landing requests the tiefighter makes through the service in step 6.
+const LANDINGS: usize = 8;
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -185,10 +189,11 @@ struct Pod {
 
 /// Step 6: a mini-cluster on this machine. Every pod is a network namespace
 /// on a bridge (in a namespace of its own, the "node") and a cgroup with
-/// the eBPF datapath attached: the ships' connects are decided at L3/L4 by
-/// the datapath (policy maps written from the policy engine's verdicts),
-/// the deathstar's inbound connections are handed by sk_lookup to its
-/// membrane-proxy sidecar, which enforces the L7 rules. Everything it starts
+/// the eBPF datapath attached: the ships' connects to the deathstar service
+/// go to a replica chosen per connection and are decided at L3/L4 on it
+/// (maps written from the policy engine's verdicts); each deathstar's
+/// inbound connections are handed by sk_lookup to its membrane-proxy
+/// sidecar, which enforces the L7 rules. Everything it starts
 /// is stopped, detached and removed when it is dropped (failures included)
 /// or when SIGINT/SIGTERM arrives first.
 struct Cluster {
@@ -300,7 +305,7 @@ impl Cluster {
         let tag = format!("membrane-demo-{}", std::process::id());
         step(&format!(
             "6. Live: a mini-cluster ({tag}: a network namespace and a cgroup per pod, \
-             the eBPF datapath, the deathstar's sidecar)"
+             the eBPF datapath, two deathstar replicas with sidecars behind a service)"
         ));
         let cg2 = membrane_datapath::cgroup2_mount().context("no cgroup v2 mount")?;
         let state = Arc::new(Mutex::new(Teardown::default()));
@@ -329,25 +334,42 @@ impl Cluster {
                 identity,
             })
         };
-        let deathstar = pod("deathstar", DEATHSTAR, "10.200.0.10")?;
+        let deathstars = [
+            pod("deathstar-1", DEATHSTAR, "10.200.0.10")?,
+            pod("deathstar-2", DEATHSTAR, "10.200.0.11")?,
+        ];
         let ships = [
             pod("tiefighter", TIEFIGHTER, "10.200.0.2")?,
             pod("xwing", XWING, "10.200.0.3")?,
         ];
         c.node()?;
-        for p in std::iter::once(&deathstar).chain(&ships) {
+        for p in deathstars.iter().chain(&ships) {
             c.pod_network(p)?;
             let cg = c.cgroups.join(p.name);
             std::fs::create_dir(&cg).with_context(|| format!("create {}", cg.display()))?;
             c.undo().dirs.push(cg);
             println!(
-                "  pod {:<10} {:<12} identity {} ({})",
+                "  pod {:<11} {:<12} identity {} ({})",
                 p.name, p.ip, p.identity, p.labels
             );
         }
+        let backends: Vec<SocketAddr> = deathstars
+            .iter()
+            .map(|d| Ok(SocketAddr::new(d.ip.parse()?, 80)))
+            .collect::<Result<_>>()?;
+        let service: SocketAddr = SERVICE.parse()?;
+        println!(
+            "  service deathstar {service} -> {}",
+            backends
+                .iter()
+                .map(|b| b.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
 
-        // The ships: every connect decided at L3/L4 against the policy
-        // engine's verdicts for the L7 policy (its L3/L4 part), revision 1.
+        // The ships: connects to the service go to a replica chosen per
+        // connection, and are decided at L3/L4 on that replica against the
+        // policy engine's verdicts for the L7 policy (its L3/L4 part), revision 1.
         let l7 = compile_quietly(L7)?;
         for s in &ships {
             let allow = verdict_for(&l7, s.labels, None)?.verdict == "allowed";
@@ -360,60 +382,66 @@ impl Cluster {
                     ..Settings::default()
                 },
             )?;
-            dp.set_identity(deathstar.ip.parse()?, deathstar.identity)?;
-            dp.set_policy(s.identity, deathstar.identity, 80, allow, 1)?;
+            for d in &deathstars {
+                dp.set_identity(d.ip.parse()?, d.identity)?;
+            }
+            dp.set_policy(s.identity, deathstars[0].identity, 80, allow, 1)?;
+            dp.set_service(service, &backends)?;
             println!(
-                "  datapath of {:<10} connect to deathstar:80/TCP: {} (revision 1)",
+                "  datapath of {:<11} connect to deathstar:80/TCP: {} (revision 1)",
                 s.name,
                 if allow { "ALLOW" } else { "DENY" }
             );
         }
-        // The deathstar: inbound connections to its ports go to the sidecar.
-        let dp = c.attach(
-            &deathstar,
-            &Settings {
-                capture_inbound: true,
-                ..Settings::default()
-            },
-        )?;
-        dp.attach_netns(&PathBuf::from("/run/netns").join(c.ns(deathstar.name)))?;
-
+        // The deathstars: inbound connections to their ports go to the sidecar.
         let policy = c.dir.join(L7.0);
         std::fs::write(&policy, L7.1).with_context(|| format!("write {}", policy.display()))?;
         let me = std::env::current_exe()?;
         let me = me.to_str().context("this binary's path is not UTF-8")?;
-        c.spawn(
-            deathstar.name,
-            &[me, "demo", "--serve-deathstar", "0.0.0.0:80"],
-            None,
-        )?;
-        let log = c.dir.join("proxy.log");
         let peers: Vec<String> = ships
             .iter()
             .map(|s| format!("{}/32={}", s.ip, s.labels))
             .collect();
-        let mut sidecar = vec![
-            proxy.to_str().context("proxy path is not UTF-8")?,
-            "standalone",
-            "--listen",
-            "127.0.0.1:8080",
-            "--upstream",
-            "127.0.0.1:80",
-            "--capture-inbound",
-            "0.0.0.0:15006",
-            "--policy",
-            policy.to_str().context("temp path is not UTF-8")?,
-            "--endpoint-labels",
-            DEATHSTAR,
-        ];
-        for p in &peers {
-            sidecar.extend(["--peer", p.as_str()]);
+        for d in &deathstars {
+            let dp = c.attach(
+                d,
+                &Settings {
+                    capture_inbound: true,
+                    ..Settings::default()
+                },
+            )?;
+            dp.attach_netns(&PathBuf::from("/run/netns").join(c.ns(d.name)))?;
+            c.spawn(
+                d.name,
+                &[me, "demo", "--serve-deathstar", "0.0.0.0:80"],
+                None,
+            )?;
+            let log = c.dir.join(format!("{}.log", d.name));
+            let mut sidecar = vec![
+                proxy.to_str().context("proxy path is not UTF-8")?,
+                "standalone",
+                "--listen",
+                "127.0.0.1:8080",
+                "--upstream",
+                "127.0.0.1:80",
+                "--capture-inbound",
+                "0.0.0.0:15006",
+                "--policy",
+                policy.to_str().context("temp path is not UTF-8")?,
+                "--endpoint-labels",
+                DEATHSTAR,
+            ];
+            for p in &peers {
+                sidecar.extend(["--peer", p.as_str()]);
+            }
+            c.spawn(d.name, &sidecar, Some(&log))?;
         }
-        c.spawn(deathstar.name, &sidecar, Some(&log))?;
-        c.wait_ready(deathstar.name)?;
+        for d in &deathstars {
+            c.wait_ready(d.name)?;
+        }
 
         println!();
-        let url = |path| format!("http://{}:80{path}", deathstar.ip);
+        let url = |path| format!("http://{service}{path}");
         for (ship, method, path) in [
             (&ships[0], "POST", "/v1/request-landing"),
             (&ships[0], "PUT", "/v1/exhaust-port"),
@@ -425,23 +453,50 @@ impl Cluster {
                 c.request(ship.name, method, &url(path))?
             );
         }
+        for _ in 1..LANDINGS {
+            c.request(ships[0].name, "POST", &url("/v1/request-landing"))?;
+        }
+        let landed: Vec<String> = deathstars
+            .iter()
+            .map(|d| {
+                let log = std::fs::read_to_string(c.dir.join(format!("{}.log", d.name)))
+                    .unwrap_or_default();
+                let n = log
+                    .lines()
+                    .filter(|l| l.contains(r#""type":"Response""#) && l.contains(r#""status":200"#))
+                    .count();
+                format!("{} {n}", d.name)
+            })
+            .collect();
+        println!(
+            "  {LANDINGS} tiefighter landings through the service: {}",
+            landed.join(", ")
+        );
         println!();
         for (dp, cg) in &c.undo().attached {
             let name = cg.file_name().unwrap_or_default().to_string_lossy();
             let connect = dp.counters_of("mb_connect4")?;
             let lookup = dp.counters_of("mb_sk_lookup")?;
             println!(
-                "  datapath of {name:<10} connects refused {}, inbound connections handed to the sidecar {}",
+                "  datapath of {name:<11} connects refused {}, inbound connections handed to the sidecar {}",
                 connect.refused, lookup.redirected
             );
         }
-        println!("\n  verdicts in the access log of the deathstar's sidecar:");
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        for l in text
-            .lines()
-            .filter(|l| l.contains(r#""type":"Response""#) || l.contains(r#""type":"Denied""#))
-        {
-            println!("    {l}");
+        println!(
+            "\n  verdicts in the access logs of the deathstars' sidecars (first of each kind):"
+        );
+        let mut shown = Vec::new();
+        for d in &deathstars {
+            let text =
+                std::fs::read_to_string(c.dir.join(format!("{}.log", d.name))).unwrap_or_default();
+            for l in text.lines() {
+                for kind in [r#""type":"Response""#, r#""type":"Denied""#] {
+                    if l.contains(kind) && !shown.contains(&kind) {
+                        shown.push(kind);
+                        println!("    {l}");
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -566,16 +621,37 @@ impl Cluster {
             for c in &mut self.undo().children {
                 if let Some(status) = c.try_wait()? {
                     bail!(
-                        "a process of the live step exited early ({status}); sidecar log: {}",
-                        self.dir.join("proxy.log").display()
+                        "a process of the live step exited early ({status}){}",
+                        self.log_tails()
                     );
                 }
             }
             if Instant::now() > deadline {
-                bail!("the deathstar or its sidecar did not become ready in 10 s");
+                bail!(
+                    "{pod} or its sidecar did not become ready in 10 s{}",
+                    self.log_tails()
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// The last lines of every sidecar log, for an error (the logs go with
+    /// the teardown).
+    fn log_tails(&self) -> String {
+        let mut out = String::new();
+        for e in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+            let path = e.path();
+            if path.extension().is_some_and(|x| x == "log") {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                out.push_str(&format!("\n{}:", path.display()));
+                for l in &lines[lines.len().saturating_sub(5)..] {
+                    out.push_str(&format!("\n  {l}"));
+                }
+            }
+        }
+        out
     }
 
     /// One request from `pod`: the status code and the first line of the

@@ -20,6 +20,23 @@ fn demo(args: &[&str]) -> String {
     text
 }
 
+/// (connects refused, inbound connections handed to the sidecar) of a pod's datapath.
+fn counters(out: &str, pod: &str) -> (u64, u64) {
+    let l = out
+        .lines()
+        .find(|l| {
+            l.trim_start().starts_with(&format!("datapath of {pod} "))
+                && l.contains("connects refused")
+        })
+        .unwrap_or_else(|| panic!("no counters of {pod} in:\n{out}"));
+    let nums: Vec<u64> = l
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    // "datapath of deathstar-1 connects refused R, ... sidecar H": the last two numbers.
+    (nums[nums.len() - 2], nums[nums.len() - 1])
+}
+
 /// The line of `out` that starts (after indentation) with `label`.
 fn line<'a>(out: &'a str, label: &str) -> &'a str {
     out.lines()
@@ -61,9 +78,28 @@ fn the_live_step_runs_a_mini_cluster_and_cleans_up() {
     assert!(line(live, "tiefighter PUT /v1/exhaust-port").ends_with("403 Access denied"));
     // L3/L4: the xwing's connect never leaves its pod.
     assert!(line(live, "xwing POST /v1/request-landing").contains("no response"));
-    assert!(line(live, "datapath of xwing      connects").contains("refused 1,"));
-    assert!(line(live, "datapath of tiefighter connects").contains("refused 0,"));
-    assert!(line(live, "datapath of deathstar  connects").ends_with("handed to the sidecar 2"));
+    assert_eq!(counters(live, "xwing"), (1, 0));
+    assert_eq!(counters(live, "tiefighter"), (0, 0));
+    // The service: every landing reached a replica's sidecar (which one is
+    // chosen per connection), and so did the refused PUT.
+    let landings = line(live, "8 tiefighter landings through the service:");
+    let landed: u64 = landings
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .split(',')
+        .map(|part| {
+            part.split_whitespace()
+                .last()
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(landed, 8, "{landings}");
+    let (r1, h1) = counters(live, "deathstar-1");
+    let (r2, h2) = counters(live, "deathstar-2");
+    assert_eq!((r1, r2, h1 + h2), (0, 0, 9), "{live}");
     assert!(live.contains(r#""type":"Denied""#) && live.contains(r#""status":403"#));
 
     let tag: String = live
