@@ -14,6 +14,21 @@ pub enum BpfCommand {
     /// The sockmap: app ↔ sidecar socket pairs spliced by sk_msg.
     #[command(subcommand)]
     Sockmap(SockmapCommand),
+    /// Services balanced at connect: frontends and their backends.
+    #[command(subcommand)]
+    Lb(LbCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LbCommand {
+    /// List the services and their backends.
+    List(ListArgs),
+}
+
+#[derive(Debug, Serialize)]
+struct Service {
+    frontend: String,
+    backends: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -41,7 +56,41 @@ struct Pair {
 }
 
 pub fn run(cmd: BpfCommand) -> Result<ExitCode> {
-    let BpfCommand::Sockmap(SockmapCommand::List(a)) = cmd;
+    match cmd {
+        BpfCommand::Sockmap(SockmapCommand::List(a)) => sockmap_list(a),
+        BpfCommand::Lb(LbCommand::List(a)) => lb_list(a),
+    }
+}
+
+fn lb_list(a: ListArgs) -> Result<ExitCode> {
+    let dp = Datapath::open(&a.bpffs).with_context(|| format!("--bpffs {}", a.bpffs.display()))?;
+    let services: Vec<Service> = dp
+        .services()
+        .context("reading the service maps")?
+        .into_iter()
+        .map(|(f, b)| Service {
+            frontend: f.to_string(),
+            backends: b.iter().map(|x| x.to_string()).collect(),
+        })
+        .collect();
+    match a.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&services)?),
+        Output::Text => {
+            println!("{:<24} BACKEND", "SERVICE");
+            for s in &services {
+                if s.backends.is_empty() {
+                    println!("{:<24} (none: connects refused)", s.frontend);
+                }
+                for b in &s.backends {
+                    println!("{:<24} {b}", s.frontend);
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn sockmap_list(a: ListArgs) -> Result<ExitCode> {
     let dp = Datapath::open(&a.bpffs).with_context(|| format!("--bpffs {}", a.bpffs.display()))?;
     let pairs: Vec<Pair> = dp
         .spliced_pairs()

@@ -134,3 +134,60 @@ fn sockmap_list_without_a_datapath_says_so() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no membrane datapath is pinned here"), "{err}");
 }
+
+#[test]
+fn lb_list_shows_services_and_backends() {
+    let name = format!("membrane-cli-lb-{}", std::process::id());
+    let root = cgroup2_mount().expect("a cgroup2 mount");
+    let g = Guard {
+        cgroup: root.join(&name),
+        bpffs: PathBuf::from("/sys/fs/bpf").join(&name),
+        netns: name.clone(),
+        child: None,
+    };
+    ensure_bpffs(&g.bpffs).unwrap();
+    std::fs::create_dir(&g.cgroup).unwrap();
+    let dp = Datapath::attach(&g.bpffs, &g.cgroup, &Settings::default()).unwrap();
+    dp.set_service(
+        "10.96.0.10:80".parse().unwrap(),
+        &[
+            "10.0.1.5:8080".parse().unwrap(),
+            "[fd00::5]:8080".parse().unwrap(),
+        ],
+    )
+    .unwrap();
+    dp.set_service("[fd00::10]:443".parse().unwrap(), &[])
+        .unwrap();
+    let list = |format: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_membrane"))
+            .args(["bpf", "lb", "list", "-o", format, "--bpffs"])
+            .arg(&g.bpffs)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let json: serde_json::Value = serde_json::from_str(&list("json")).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!([
+            {"frontend": "10.96.0.10:80", "backends": ["10.0.1.5:8080", "[fd00::5]:8080"]},
+            {"frontend": "[fd00::10]:443", "backends": []},
+        ])
+    );
+    let text = list("text");
+    assert!(
+        text.contains("[fd00::10]:443") && text.contains("connects refused"),
+        "{text}"
+    );
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.starts_with("10.96.0.10:80"))
+            .count(),
+        2
+    );
+}

@@ -105,3 +105,36 @@ fn the_policy_decides_on_the_chosen_backend() {
         BTreeSet::from([format!("hello from {B1}")])
     );
 }
+
+#[test]
+fn the_agent_sets_lists_and_deletes_services() {
+    let env = Env::new();
+    env.attach(&Settings::default());
+    let agent = |args: &[&str]| {
+        let out = std::process::Command::new(common::AGENT)
+            .arg("--bpffs")
+            .arg(&env.bpffs)
+            .arg("service")
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, out) = agent(&["set", VIP, "--backend", B1, "--backend", B2]);
+    assert!(ok, "{out}");
+    let (ok, out) = agent(&["list"]);
+    assert!(ok);
+    assert_eq!(out.trim(), format!("{VIP} -> {B1}, {B2}"));
+    // A frontend without a port is refused before anything is written.
+    let (ok, out) = agent(&["set", "10.96.0.11", "--backend", B1]);
+    assert!(!ok);
+    assert!(out.contains("10.96.0.11"), "{out}");
+    assert_eq!(agent(&["list"]).1.lines().count(), 1);
+    let (ok, out) = agent(&["delete", VIP]);
+    assert!(ok, "{out}");
+    assert_eq!(agent(&["list"]).1.trim(), "");
+}

@@ -6,7 +6,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, SocketAddr},
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     sync::Arc,
@@ -129,6 +129,29 @@ enum Cmd {
     Counters,
     /// List spliced socket pairs.
     Pairs,
+    /// Services balanced at connect (socket-level load balancing).
+    #[command(subcommand)]
+    Service(ServiceCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum ServiceCmd {
+    /// Route new connects to FRONTEND to one of the backends (replaces the
+    /// service's backends; none: connects to it are refused).
+    Set {
+        /// The service's address and port, e.g. 10.96.0.10:80 or [fd00::10]:80.
+        frontend: SocketAddr,
+        /// A backend address and port; repeatable.
+        #[arg(long = "backend")]
+        backends: Vec<SocketAddr>,
+    },
+    /// Stop balancing FRONTEND.
+    Delete {
+        /// The service's address and port.
+        frontend: SocketAddr,
+    },
+    /// List the services and their backends.
+    List,
 }
 
 impl AttachArgs {
@@ -357,6 +380,29 @@ fn main() -> Result<()> {
             print_counters(&dp)?;
             for (port, _) in dp.plain_hints()? {
                 println!("plain path learned for service port {port}");
+            }
+        }
+        Cmd::Service(ServiceCmd::Set { frontend, backends }) => {
+            let dp = Datapath::open(&cfg.bpffs)?;
+            dp.set_service(*frontend, backends)
+                .with_context(|| format!("service {frontend}"))?;
+        }
+        Cmd::Service(ServiceCmd::Delete { frontend }) => {
+            Datapath::open(&cfg.bpffs)?
+                .delete_service(*frontend)
+                .with_context(|| format!("service {frontend}"))?;
+        }
+        Cmd::Service(ServiceCmd::List) => {
+            for (frontend, backends) in Datapath::open(&cfg.bpffs)?.services()? {
+                let list: Vec<String> = backends.iter().map(|b| b.to_string()).collect();
+                println!(
+                    "{frontend} -> {}",
+                    if list.is_empty() {
+                        "(no backend: refused)".into()
+                    } else {
+                        list.join(", ")
+                    }
+                );
             }
         }
         Cmd::Pairs => {
