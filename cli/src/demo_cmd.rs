@@ -456,21 +456,26 @@ impl Cluster {
         for _ in 1..LANDINGS {
             c.request(ships[0].name, "POST", &url("/v1/request-landing"))?;
         }
-        let landed: Vec<String> = deathstars
+        // Which replica served each landing, from the sidecars' access logs
+        // (a response's log line may come a moment after the response).
+        let landed = |d: &Pod| {
+            std::fs::read_to_string(c.dir.join(format!("{}.log", d.name)))
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains(r#""type":"Response""#) && l.contains(r#""status":200"#))
+                .count()
+        };
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while deathstars.iter().map(landed).sum::<usize>() < LANDINGS && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let per: Vec<String> = deathstars
             .iter()
-            .map(|d| {
-                let log = std::fs::read_to_string(c.dir.join(format!("{}.log", d.name)))
-                    .unwrap_or_default();
-                let n = log
-                    .lines()
-                    .filter(|l| l.contains(r#""type":"Response""#) && l.contains(r#""status":200"#))
-                    .count();
-                format!("{} {n}", d.name)
-            })
+            .map(|d| format!("{} {}", d.name, landed(d)))
             .collect();
         println!(
             "  {LANDINGS} tiefighter landings through the service: {}",
-            landed.join(", ")
+            per.join(", ")
         );
         println!();
         for (dp, cg) in &c.undo().attached {

@@ -230,3 +230,75 @@ fn version_status_and_errors_follow_the_spec() {
     assert_eq!(v["code"], 6);
     assert!(!p.state.exists(), "nothing recorded by failed calls");
 }
+
+fn installer(args: &[&str], dirs: &Path) -> (bool, String) {
+    let out = Command::new(CNI)
+        .env_remove("CNI_COMMAND")
+        .args(args)
+        .arg("--bin-dir")
+        .arg(dirs.join("bin"))
+        .arg("--conf-dir")
+        .arg(dirs.join("net.d"))
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[test]
+fn install_chains_the_plugin_into_the_primary_list_and_uninstall_takes_it_out() {
+    let dirs = tempfile::tempdir().unwrap();
+    let (bin, netd) = (dirs.path().join("bin"), dirs.path().join("net.d"));
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::create_dir_all(&netd).unwrap();
+
+    // Nothing to chain into yet: a clear error, nothing written.
+    let (ok, out) = installer(&["install"], dirs.path());
+    assert!(!ok);
+    assert!(
+        out.contains("no .conflist") && out.contains("net.d"),
+        "{out}"
+    );
+
+    let primary = json!({
+        "cniVersion": "1.0.0",
+        "name": "k8s-pod-network",
+        "plugins": [
+            {"type": "calico", "ipam": {"type": "calico-ipam"}},
+            {"type": "portmap", "capabilities": {"portMappings": true}},
+        ],
+    });
+    let other = json!({"cniVersion": "1.0.0", "name": "other", "plugins": [{"type": "bridge"}]});
+    std::fs::write(netd.join("10-calico.conflist"), primary.to_string()).unwrap();
+    std::fs::write(netd.join("99-other.conflist"), other.to_string()).unwrap();
+    let read = |name: &str| -> Value {
+        serde_json::from_slice(&std::fs::read(netd.join(name)).unwrap()).unwrap()
+    };
+
+    for _ in 0..2 {
+        let (ok, out) = installer(
+            &["install", "--exclude-namespace", "kube-system"],
+            dirs.path(),
+        );
+        assert!(ok, "{out}");
+        let list = read("10-calico.conflist");
+        let plugins = list["plugins"].as_array().unwrap();
+        assert_eq!(plugins.len(), 3, "installed once: {list}");
+        assert_eq!(plugins[..2], primary["plugins"].as_array().unwrap()[..]);
+        assert_eq!(plugins[2]["type"], "membrane-cni");
+        assert_eq!(plugins[2]["excludeNamespaces"], json!(["kube-system"]));
+        assert_eq!(list["name"], "k8s-pod-network");
+    }
+    assert_eq!(read("99-other.conflist"), other, "only the primary list");
+    let copied = std::fs::metadata(bin.join("membrane-cni")).unwrap();
+    assert_eq!(copied.mode() & 0o111, 0o111, "executable");
+    assert_eq!(copied.len(), std::fs::metadata(CNI).unwrap().len());
+
+    let (ok, out) = installer(&["uninstall"], dirs.path());
+    assert!(ok, "{out}");
+    assert_eq!(read("10-calico.conflist"), primary);
+    assert!(!bin.join("membrane-cni").exists());
+    assert!(installer(&["uninstall"], dirs.path()).0, "twice is fine");
+}

@@ -149,6 +149,26 @@ fn deployment_runs_the_kube_source_on_istio_ports_and_agent_is_privileged() {
         .collect();
     assert!(host_paths.contains("/sys/fs/bpf"), "{host_paths:?}");
     assert!(host_paths.contains("/sys/fs/cgroup"), "{host_paths:?}");
+    // The CNI plugin is installed by an init container onto the node's CNI paths.
+    let init = &spec["initContainers"][0];
+    assert_eq!(init["command"], serde_json::json!(["membrane-cni"]));
+    assert_eq!(init["args"][0], "install");
+    assert!(host_paths.contains("/opt/cni/bin") && host_paths.contains("/etc/cni/net.d"));
+    let mounted: BTreeSet<&str> = init["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["mountPath"].as_str().unwrap())
+        .collect();
+    for arg in init["args"].as_array().unwrap().iter().skip(1) {
+        let arg = arg.as_str().unwrap();
+        if let Some(dir) = arg
+            .strip_prefix("--bin-dir=")
+            .or_else(|| arg.strip_prefix("--conf-dir="))
+        {
+            assert!(mounted.contains(dir), "{dir} is mounted: {mounted:?}");
+        }
+    }
 }
 
 #[test]
