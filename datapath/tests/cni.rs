@@ -115,6 +115,10 @@ fn add_check_del_wire_the_pod_namespace_into_the_datapath() {
     assert!(!p.state.join("c0ffee-eth0").exists());
     assert!(cni("DEL", &ids, &p.config).0);
     assert!(cni("DEL", &ids[..2], &p.config).0);
+    // A damaged record does not block DEL for good.
+    std::fs::write(p.state.join("c0ffee-eth0"), "garbage").unwrap();
+    assert!(cni("DEL", &ids, &p.config).0);
+    assert!(!p.state.join("c0ffee-eth0").exists());
 
     // A pod in an excluded namespace is passed through untouched.
     let kube_system = [
@@ -126,8 +130,10 @@ fn add_check_del_wire_the_pod_namespace_into_the_datapath() {
     assert!(cni("ADD", &kube_system, &p.config).0);
     assert!(!dp.netns_attached(ino(&p.netns)));
 
-    // GC forgets what the runtime no longer lists.
+    // GC forgets what the runtime no longer lists (and nothing without a list).
     assert!(cni("ADD", &ids, &p.config).0);
+    assert!(cni("GC", &[], &p.config).0);
+    assert!(dp.netns_attached(ino(&p.netns)));
     let mut gc = p.config.clone();
     gc["cni.dev/valid-attachments"] = json!([{"containerID": "other", "ifname": "eth0"}]);
     assert!(cni("GC", &[], &gc).0);

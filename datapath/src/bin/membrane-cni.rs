@@ -287,8 +287,15 @@ fn del(cfg: &Config) -> Result<Option<Value>, CniError> {
 }
 
 fn forget(cfg: &Config, record: &Path) -> Result<(), CniError> {
-    let Some(ino) = recorded(record)? else {
-        return Ok(());
+    let ino = match recorded(record) {
+        Ok(Some(ino)) => ino,
+        Ok(None) => return Ok(()),
+        // A damaged record names no namespace: drop it rather than fail every
+        // DEL of the container for good (its link, if any, stays pinned).
+        Err(_) => {
+            let _ = fs::remove_file(record);
+            return Ok(());
+        }
     };
     // Without a datapath there is no link left to unpin.
     if let Ok(dp) = Datapath::open(&cfg.bpffs) {
@@ -340,10 +347,11 @@ fn status(cfg: &Config) -> Result<Option<Value>, CniError> {
 }
 
 /// GC (1.1): forget every recorded attachment the runtime no longer lists in
-/// `cni.dev/valid-attachments`.
+/// `cni.dev/valid-attachments` (without that list, nothing: an absent list
+/// is not "none is valid").
 fn gc(cfg: &Config) -> Result<Option<Value>, CniError> {
     let valid: Vec<String> = match cfg.raw.get("cni.dev/valid-attachments") {
-        None => Vec::new(),
+        None => return Ok(None),
         Some(Value::Array(a)) => a
             .iter()
             .map(|v| {
