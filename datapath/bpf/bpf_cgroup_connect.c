@@ -165,7 +165,7 @@ int mb_connect4(struct bpf_sock_addr *ctx)
 	orig.ip[0] = ctx->user_ip4;
 	orig.port = bpf_ntohs((__u16)ctx->user_port);
 	orig.family = MB_AF_INET;
-	switch (mb_service_resolve(&orig, 0)) {
+	switch (mb_service_resolve(ctx, &orig, 0)) {
 	case MB_SVC_NO_BACKEND:
 		mb_count(MB_PROG_CONNECT4, MB_CNT_REFUSED, 0);
 		return MB_CONNECT_REFUSE;
@@ -196,7 +196,7 @@ int mb_connect6(struct bpf_sock_addr *ctx)
 	ip6[3] = ctx->user_ip6[3];
 	orig.family = mb_addr_set(orig.ip, AF_INET6, 0, ip6);
 	orig.port = bpf_ntohs((__u16)ctx->user_port);
-	switch (mb_service_resolve(&orig, 1)) {
+	switch (mb_service_resolve(ctx, &orig, 1)) {
 	case MB_SVC_NO_BACKEND:
 		mb_count(MB_PROG_CONNECT6, MB_CNT_REFUSED, 0);
 		return MB_CONNECT_REFUSE;
@@ -221,4 +221,16 @@ int mb_connect6(struct bpf_sock_addr *ctx)
 	}
 	ctx->user_port = bpf_htons(cfg->outbound_port);
 	return verdict;
+}
+
+SEC("cgroup/getpeername4")
+int mb_getpeername4(struct bpf_sock_addr *ctx)
+{
+	return mb_service_peer(ctx, 0);
+}
+
+SEC("cgroup/getpeername6")
+int mb_getpeername6(struct bpf_sock_addr *ctx)
+{
+	return mb_service_peer(ctx, 1);
 }

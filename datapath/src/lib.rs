@@ -82,12 +82,21 @@ const PROG_SK_MSG: &str = "mb_sk_msg";
 const PROG_CONNECT4: &str = "mb_connect4";
 const PROG_CONNECT6: &str = "mb_connect6";
 const PROG_GETSOCKOPT: &str = "mb_getsockopt";
+const PROG_GETPEERNAME4: &str = "mb_getpeername4";
+const PROG_GETPEERNAME6: &str = "mb_getpeername6";
 const PROG_SK_LOOKUP: &str = "mb_sk_lookup";
 const PROG_SEND_DONE: &str = "mb_send_done";
 /// The tracepoint at the end of every sendmsg (BTF name without `btf_trace_`).
 const TP_SEND_DONE: &str = "sock_send_length";
 /// Cgroup programs, in attach order.
-const CGROUP_PROGS: [&str; 4] = [PROG_SOCKOPS, PROG_CONNECT4, PROG_CONNECT6, PROG_GETSOCKOPT];
+const CGROUP_PROGS: [&str; 6] = [
+    PROG_SOCKOPS,
+    PROG_CONNECT4,
+    PROG_CONNECT6,
+    PROG_GETSOCKOPT,
+    PROG_GETPEERNAME4,
+    PROG_GETPEERNAME6,
+];
 
 /// Errors of the datapath library.
 #[derive(Debug, thiserror::Error)]
@@ -429,6 +438,12 @@ impl Datapath {
             if pin.exists() {
                 continue;
             }
+            // Programs pinned by an earlier version lack the getpeername pair:
+            // that datapath keeps working without it until it is reloaded.
+            let later = [PROG_GETPEERNAME4, PROG_GETPEERNAME6];
+            if later.contains(&name) && !dp.progs_dir().join(name).exists() {
+                continue;
+            }
             if let Err(e) = dp.attach_cgroup_prog(name, &cg, &pin) {
                 // All or nothing per cgroup: unpinning detaches the others.
                 let _ = fs::remove_dir_all(&link_dir);
@@ -459,11 +474,13 @@ impl Datapath {
                     .map_err(|e| feature_error("BPF cgroup links (Linux 5.7+)", e))?;
                 link.pin(pin).map_err(link_pin_err)?;
             }
-            PROG_CONNECT4 | PROG_CONNECT6 => {
-                let kind = if name == PROG_CONNECT4 {
-                    aya::programs::cgroup_sock_addr::CgroupSockAddrAttachType::Connect4
-                } else {
-                    aya::programs::cgroup_sock_addr::CgroupSockAddrAttachType::Connect6
+            PROG_CONNECT4 | PROG_CONNECT6 | PROG_GETPEERNAME4 | PROG_GETPEERNAME6 => {
+                use aya::programs::cgroup_sock_addr::CgroupSockAddrAttachType as T;
+                let kind = match name {
+                    PROG_CONNECT4 => T::Connect4,
+                    PROG_CONNECT6 => T::Connect6,
+                    PROG_GETPEERNAME4 => T::GetPeerName4,
+                    _ => T::GetPeerName6,
                 };
                 let mut p =
                     CgroupSockAddr::from_pin(&prog_pin, kind).map_err(perr("open pinned"))?;
@@ -555,6 +572,12 @@ impl Datapath {
             let p: &mut CgroupSockAddr = prog_mut(&mut conn, name)?;
             p.load()
                 .map_err(|e| feature_error("cgroup connect4/connect6 hooks", e))?;
+            p.pin(pin(name)).map_err(pin_err(name))?;
+        }
+        for name in [PROG_GETPEERNAME4, PROG_GETPEERNAME6] {
+            let p: &mut CgroupSockAddr = prog_mut(&mut conn, name)?;
+            p.load()
+                .map_err(|e| feature_error("cgroup getpeername hooks (Linux 5.8+)", e))?;
             p.pin(pin(name)).map_err(pin_err(name))?;
         }
 

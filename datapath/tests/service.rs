@@ -76,6 +76,36 @@ fn connects_to_a_service_reach_its_backends() {
     dp.delete_service(addr(VIP)).unwrap();
 }
 
+/// Connects to `to` and prints what getpeername() says, from inside the pod.
+const PEER: &str = r#"
+import socket, sys
+host, port = sys.argv[1].rsplit(":", 1)
+s = socket.create_connection((host.strip("[]"), int(port)))
+print(s.getpeername()[:2])
+"#;
+
+#[test]
+fn the_app_sees_the_service_as_its_peer() {
+    let mut env = Env::new();
+    env.add_pod_iface(&["10.77.0.1/24"]);
+    env.server(&["hello", "--listen", B1]);
+    let dp = env.attach(&Settings::default());
+    dp.set_service(addr(VIP), &[addr(B1)]).unwrap();
+    // The connection goes to the backend; getpeername() names the service,
+    // for an IPv4 socket and for a dual-stack one addressing it v4-mapped.
+    assert_eq!(
+        env.run_in_pod("python3", &["-c", PEER, VIP]).trim(),
+        "('10.96.0.10', 80)"
+    );
+    let v6 = env.run_in_pod("python3", &["-c", PEER, "[::ffff:10.96.0.10]:80"]);
+    assert_eq!(v6.trim(), "('::ffff:10.96.0.10', 80)");
+    // A direct connect to the backend names the backend.
+    assert_eq!(
+        env.run_in_pod("python3", &["-c", PEER, B1]).trim(),
+        "('10.77.0.1', 8080)"
+    );
+}
+
 #[test]
 fn the_policy_decides_on_the_chosen_backend() {
     let mut env = Env::new();

@@ -4,7 +4,8 @@
  * and port is rewritten, before the socket sends anything, to one of its
  * backends, chosen at random per connection. Nothing is translated per
  * packet, and the L3/L4 decision and the capture that follow see the
- * backend (its identity is the one policy is about).
+ * backend (its identity is the one policy is about); getpeername() still
+ * names the service.
  */
 #ifndef MB_SERVICE_H
 #define MB_SERVICE_H
@@ -42,6 +43,22 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } mb_backend SEC(".maps");
 
+/*
+ * mb_lb_revnat: the service a translated socket connected to, by socket
+ * cookie, so getpeername() answers with the address the app asked for.
+ *   key:    __u64 socket cookie
+ *   value:  struct mb_addr_port, the service frontend
+ *   writer: connect4/connect6 when they translate; read by getpeername4/6.
+ *           LRU: entries of closed sockets age out.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct mb_addr_port);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mb_lb_revnat SEC(".maps");
+
 #define MB_SVC_NONE 0      /* not a service: connect as asked */
 #define MB_SVC_BACKEND 1   /* *dst is now the chosen backend */
 #define MB_SVC_NO_BACKEND 2 /* a service without a usable backend: refuse */
@@ -51,11 +68,13 @@ struct {
  * MB_SVC_BACKEND with *dst overwritten. `v6_ok`: the socket can reach an
  * IPv6 backend (an IPv4 socket cannot).
  */
-static __always_inline int mb_service_resolve(struct mb_addr_port *dst, int v6_ok)
+static __always_inline int mb_service_resolve(struct bpf_sock_addr *ctx, struct mb_addr_port *dst,
+					      int v6_ok)
 {
 	struct mb_backend_key bk = {};
 	struct mb_addr_port *be;
 	struct mb_svc_value *svc;
+	__u64 cookie;
 
 	svc = bpf_map_lookup_elem(&mb_service, dst);
 	if (!svc)
@@ -67,8 +86,43 @@ static __always_inline int mb_service_resolve(struct mb_addr_port *dst, int v6_o
 	be = bpf_map_lookup_elem(&mb_backend, &bk);
 	if (!be || (be->family != MB_AF_INET && !v6_ok))
 		return MB_SVC_NO_BACKEND;
+	cookie = bpf_get_socket_cookie(ctx);
+	bpf_map_update_elem(&mb_lb_revnat, &cookie, dst, BPF_ANY);
 	*dst = *be;
 	return MB_SVC_BACKEND;
+}
+
+/*
+ * getpeername4/6: a socket whose connect was translated names the service
+ * it connected to as its peer, not the backend. 1: the call goes on.
+ */
+static __always_inline int mb_service_peer(struct bpf_sock_addr *ctx, int v6)
+{
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	struct mb_addr_port *front = bpf_map_lookup_elem(&mb_lb_revnat, &cookie);
+
+	if (!front)
+		return 1;
+	if (!v6) {
+		if (front->family == MB_AF_INET) {
+			ctx->user_ip4 = front->ip[0];
+			ctx->user_port = bpf_htons(front->port);
+		}
+		return 1;
+	}
+	if (front->family == MB_AF_INET) {
+		ctx->user_ip6[0] = 0;
+		ctx->user_ip6[1] = 0;
+		ctx->user_ip6[2] = bpf_htonl(0x0000ffff);
+		ctx->user_ip6[3] = front->ip[0];
+	} else {
+		ctx->user_ip6[0] = front->ip[0];
+		ctx->user_ip6[1] = front->ip[1];
+		ctx->user_ip6[2] = front->ip[2];
+		ctx->user_ip6[3] = front->ip[3];
+	}
+	ctx->user_port = bpf_htons(front->port);
+	return 1;
 }
 
 #endif /* MB_SERVICE_H */

@@ -99,6 +99,11 @@ impl Env {
         Datapath::attach(&self.bpffs, &self.cgroup, settings).expect("attach datapath")
     }
 
+    /// Run `bin args` inside the cgroup and the netns (bounded); its stdout.
+    pub fn run_in_pod(&self, bin: &str, args: &[&str]) -> String {
+        self.run_bounded(self.command(bin, args), Duration::from_secs(30))
+    }
+
     /// A command that runs `bin args` inside the cgroup and the netns.
     fn command(&self, bin: &str, args: &[&str]) -> Command {
         let mut c = Command::new("sh");
