@@ -47,18 +47,26 @@ print(srv.getsockname()[1], flush=True)
 time.sleep(60)
 "#;
 
-#[test]
-fn sockmap_list_shows_the_spliced_pair() {
-    let name = format!("membrane-cli-test-{}", std::process::id());
+/// A cgroup of the test's own (and a pin directory) named `name`, with the
+/// datapath attached; everything goes when the guard is dropped.
+fn attached(name: &str) -> (Guard, Datapath) {
     let root = cgroup2_mount().expect("a cgroup2 mount");
-    let mut g = Guard {
-        cgroup: root.join(&name),
-        bpffs: PathBuf::from("/sys/fs/bpf").join(&name),
-        netns: name.clone(),
+    let g = Guard {
+        cgroup: root.join(name),
+        bpffs: PathBuf::from("/sys/fs/bpf").join(name),
+        netns: name.to_owned(),
         child: None,
     };
     ensure_bpffs(&g.bpffs).unwrap();
     std::fs::create_dir(&g.cgroup).unwrap();
+    let dp = Datapath::attach(&g.bpffs, &g.cgroup, &Settings::default()).unwrap();
+    (g, dp)
+}
+
+#[test]
+fn sockmap_list_shows_the_spliced_pair() {
+    let name = format!("membrane-cli-test-{}", std::process::id());
+    let (mut g, _dp) = attached(&name);
     assert!(Command::new("ip")
         .args(["netns", "add", &g.netns])
         .status()
@@ -69,7 +77,6 @@ fn sockmap_list_shows_the_spliced_pair() {
         .status()
         .unwrap()
         .success());
-    Datapath::attach(&g.bpffs, &g.cgroup, &Settings::default()).unwrap();
 
     // Join the cgroup first, then the netns, then run the pair.
     let script = format!(
@@ -137,17 +144,7 @@ fn sockmap_list_without_a_datapath_says_so() {
 
 #[test]
 fn lb_list_shows_services_and_backends() {
-    let name = format!("membrane-cli-lb-{}", std::process::id());
-    let root = cgroup2_mount().expect("a cgroup2 mount");
-    let g = Guard {
-        cgroup: root.join(&name),
-        bpffs: PathBuf::from("/sys/fs/bpf").join(&name),
-        netns: name.clone(),
-        child: None,
-    };
-    ensure_bpffs(&g.bpffs).unwrap();
-    std::fs::create_dir(&g.cgroup).unwrap();
-    let dp = Datapath::attach(&g.bpffs, &g.cgroup, &Settings::default()).unwrap();
+    let (g, dp) = attached(&format!("membrane-cli-lb-{}", std::process::id()));
     dp.set_service(
         "10.96.0.10:80".parse().unwrap(),
         &[

@@ -138,23 +138,6 @@ static __always_inline int mb_steer(struct bpf_sock_addr *ctx, __u32 prog,
 	return 1;
 }
 
-/* Point a connect6 at `to` (an IPv4 address as v4-mapped). */
-static __always_inline void mb_connect6_to(struct bpf_sock_addr *ctx, const struct mb_addr_port *to)
-{
-	if (to->family == MB_AF_INET) {
-		ctx->user_ip6[0] = 0;
-		ctx->user_ip6[1] = 0;
-		ctx->user_ip6[2] = bpf_htonl(0x0000ffff);
-		ctx->user_ip6[3] = to->ip[0];
-	} else {
-		ctx->user_ip6[0] = to->ip[0];
-		ctx->user_ip6[1] = to->ip[1];
-		ctx->user_ip6[2] = to->ip[2];
-		ctx->user_ip6[3] = to->ip[3];
-	}
-	ctx->user_port = bpf_htons(to->port);
-}
-
 SEC("cgroup/connect4")
 int mb_connect4(struct bpf_sock_addr *ctx)
 {
@@ -201,7 +184,7 @@ int mb_connect6(struct bpf_sock_addr *ctx)
 		mb_count(MB_PROG_CONNECT6, MB_CNT_REFUSED, 0);
 		return MB_CONNECT_REFUSE;
 	case MB_SVC_BACKEND:
-		mb_connect6_to(ctx, &orig);
+		mb_sock_addr_set6(ctx, &orig);
 		break;
 	}
 	verdict = mb_connect_verdict(ctx, MB_PROG_CONNECT6, cfg, &orig);

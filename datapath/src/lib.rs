@@ -88,6 +88,10 @@ const PROG_SK_LOOKUP: &str = "mb_sk_lookup";
 const PROG_SEND_DONE: &str = "mb_send_done";
 /// The tracepoint at the end of every sendmsg (BTF name without `btf_trace_`).
 const TP_SEND_DONE: &str = "sock_send_length";
+const MAP_SERVICE: &str = "mb_service";
+const MAP_BACKEND: &str = "mb_backend";
+type ServiceMap = HashMap<MapData, MbAddrPort, MbSvcValue>;
+type BackendMap = HashMap<MapData, MbBackendKey, MbAddrPort>;
 /// Cgroup programs, in attach order.
 const CGROUP_PROGS: [&str; 6] = [
     PROG_SOCKOPS,
@@ -1020,6 +1024,23 @@ impl Datapath {
             .map_err(|source| Error::Map { name, source })
     }
 
+    /// The service frontends and the backend sets, as typed maps.
+    fn service_maps(&self) -> Result<(ServiceMap, BackendMap)> {
+        let svcs = HashMap::try_from(Map::HashMap(self.map(MAP_SERVICE)?)).map_err(|source| {
+            Error::Map {
+                name: MAP_SERVICE,
+                source,
+            }
+        })?;
+        let bes = HashMap::try_from(Map::HashMap(self.map(MAP_BACKEND)?)).map_err(|source| {
+            Error::Map {
+                name: MAP_BACKEND,
+                source,
+            }
+        })?;
+        Ok((svcs, bes))
+    }
+
     /// Route new connects to `frontend` (a service's address and port) to
     /// one of `backends`, chosen per connection (socket-level load
     /// balancing in connect4/connect6). The new backend set is written in
@@ -1027,20 +1048,13 @@ impl Datapath {
     /// so a connect sees one set or the other. No backends: connects to the
     /// service are refused.
     pub fn set_service(&self, frontend: SocketAddr, backends: &[SocketAddr]) -> Result<()> {
-        const SVC: &str = "mb_service";
-        const BE: &str = "mb_backend";
         let count = u16::try_from(backends.len()).map_err(|_| {
             Error::Invalid(format!(
                 "service {frontend}: {} backends, at most 65535",
                 backends.len()
             ))
         })?;
-        let mut svcs: HashMap<MapData, MbAddrPort, MbSvcValue> =
-            HashMap::try_from(Map::HashMap(self.map(SVC)?))
-                .map_err(|source| Error::Map { name: SVC, source })?;
-        let mut bes: HashMap<MapData, MbBackendKey, MbAddrPort> =
-            HashMap::try_from(Map::HashMap(self.map(BE)?))
-                .map_err(|source| Error::Map { name: BE, source })?;
+        let (mut svcs, mut bes) = self.service_maps()?;
         let key = addr_port(frontend);
         let old = svcs.get(&key, 0).ok();
         // A set number no service uses: one past the highest in use.
@@ -1056,15 +1070,20 @@ impl Datapath {
                 slot,
             };
             bes.insert(k, addr_port(*b), 0)
-                .map_err(|source| Error::Map { name: BE, source })?;
+                .map_err(|source| Error::Map {
+                    name: MAP_BACKEND,
+                    source,
+                })?;
         }
         let value = MbSvcValue {
             backend_set: set,
             count,
             pad: 0,
         };
-        svcs.insert(key, value, 0)
-            .map_err(|source| Error::Map { name: SVC, source })?;
+        svcs.insert(key, value, 0).map_err(|source| Error::Map {
+            name: MAP_SERVICE,
+            source,
+        })?;
         if let Some(old) = old {
             for slot in 0..u32::from(old.count) {
                 let _ = bes.remove(&MbBackendKey {
@@ -1079,20 +1098,15 @@ impl Datapath {
     /// Stop balancing `frontend`: connects to it go where they are addressed.
     /// Not a service is not an error.
     pub fn delete_service(&self, frontend: SocketAddr) -> Result<()> {
-        const SVC: &str = "mb_service";
-        const BE: &str = "mb_backend";
-        let mut svcs: HashMap<MapData, MbAddrPort, MbSvcValue> =
-            HashMap::try_from(Map::HashMap(self.map(SVC)?))
-                .map_err(|source| Error::Map { name: SVC, source })?;
-        let mut bes: HashMap<MapData, MbBackendKey, MbAddrPort> =
-            HashMap::try_from(Map::HashMap(self.map(BE)?))
-                .map_err(|source| Error::Map { name: BE, source })?;
+        let (mut svcs, mut bes) = self.service_maps()?;
         let key = addr_port(frontend);
         let Ok(old) = svcs.get(&key, 0) else {
             return Ok(());
         };
-        svcs.remove(&key)
-            .map_err(|source| Error::Map { name: SVC, source })?;
+        svcs.remove(&key).map_err(|source| Error::Map {
+            name: MAP_SERVICE,
+            source,
+        })?;
         for slot in 0..u32::from(old.count) {
             let _ = bes.remove(&MbBackendKey {
                 backend_set: old.backend_set,
@@ -1104,14 +1118,7 @@ impl Datapath {
 
     /// Every service frontend with its backends, sorted by frontend.
     pub fn services(&self) -> Result<Vec<(SocketAddr, Vec<SocketAddr>)>> {
-        const SVC: &str = "mb_service";
-        const BE: &str = "mb_backend";
-        let svcs: HashMap<MapData, MbAddrPort, MbSvcValue> =
-            HashMap::try_from(Map::HashMap(self.map(SVC)?))
-                .map_err(|source| Error::Map { name: SVC, source })?;
-        let bes: HashMap<MapData, MbBackendKey, MbAddrPort> =
-            HashMap::try_from(Map::HashMap(self.map(BE)?))
-                .map_err(|source| Error::Map { name: BE, source })?;
+        let (svcs, bes) = self.service_maps()?;
         let mut out = Vec::new();
         for (k, v) in svcs.iter().filter_map(|e| e.ok()) {
             let backends = (0..u32::from(v.count))

@@ -92,6 +92,24 @@ static __always_inline int mb_service_resolve(struct bpf_sock_addr *ctx, struct 
 	return MB_SVC_BACKEND;
 }
 
+/* Set an IPv6 sock_addr context to `to` (an IPv4 address as v4-mapped). */
+static __always_inline void mb_sock_addr_set6(struct bpf_sock_addr *ctx,
+					      const struct mb_addr_port *to)
+{
+	if (to->family == MB_AF_INET) {
+		ctx->user_ip6[0] = 0;
+		ctx->user_ip6[1] = 0;
+		ctx->user_ip6[2] = bpf_htonl(0x0000ffff);
+		ctx->user_ip6[3] = to->ip[0];
+	} else {
+		ctx->user_ip6[0] = to->ip[0];
+		ctx->user_ip6[1] = to->ip[1];
+		ctx->user_ip6[2] = to->ip[2];
+		ctx->user_ip6[3] = to->ip[3];
+	}
+	ctx->user_port = bpf_htons(to->port);
+}
+
 /*
  * getpeername4/6: a socket whose connect was translated names the service
  * it connected to as its peer, not the backend. 1: the call goes on.
@@ -110,18 +128,7 @@ static __always_inline int mb_service_peer(struct bpf_sock_addr *ctx, int v6)
 		}
 		return 1;
 	}
-	if (front->family == MB_AF_INET) {
-		ctx->user_ip6[0] = 0;
-		ctx->user_ip6[1] = 0;
-		ctx->user_ip6[2] = bpf_htonl(0x0000ffff);
-		ctx->user_ip6[3] = front->ip[0];
-	} else {
-		ctx->user_ip6[0] = front->ip[0];
-		ctx->user_ip6[1] = front->ip[1];
-		ctx->user_ip6[2] = front->ip[2];
-		ctx->user_ip6[3] = front->ip[3];
-	}
-	ctx->user_port = bpf_htons(front->port);
+	mb_sock_addr_set6(ctx, front);
 	return 1;
 }
 
