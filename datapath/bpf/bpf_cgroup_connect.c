@@ -12,7 +12,8 @@
  *
  * Then, with policy enforcement on, the L3/L4 decision for
  * (pod identity, destination identity, destination port) is made on the
- * destination the socket asked for; a TCP connect without a current ALLOW
+ * destination the connect goes to (the chosen backend for a service); a
+ * TCP connect without a current ALLOW
  * is refused (connect() fails with EPERM) and counted as refused. This
  * holds for the proxy's own connects too: no path skips L3/L4 policy.
  */
@@ -124,6 +125,30 @@ static __always_inline int mb_connect_verdict(struct bpf_sock_addr *ctx, __u32 p
 	return MB_CONNECT_REFUSE;
 }
 
+/* A connect to a service with no usable backend: refused, counted, reported. */
+static __always_inline int mb_refuse_no_backend(struct bpf_sock_addr *ctx, __u32 prog,
+						const struct mb_config *cfg,
+						const struct mb_addr_port *svc)
+{
+	struct mb_event e = {};
+
+	e.type = MB_EVT_POLICY_VERDICT;
+	e.reason = MB_RSN_NO_BACKEND;
+	e.verdict = MB_VERDICT_DENY;
+	e.prog = prog;
+	e.family = svc->family;
+	e.cookie = bpf_get_socket_cookie(ctx);
+	if (cfg) {
+		e.src_identity = cfg->pod_identity;
+		e.revision = cfg->policy_revision;
+	}
+	mb_ip_copy(e.dst_ip, svc->ip);
+	e.dst_port = svc->port;
+	mb_event_emit(&e);
+	mb_count(prog, MB_CNT_REFUSED, 0);
+	return MB_CONNECT_REFUSE;
+}
+
 /* 1 when an allowed connect to `dst` is steered to the proxy (recorded). */
 static __always_inline int mb_steer(struct bpf_sock_addr *ctx, __u32 prog,
 				    const struct mb_config *cfg, struct mb_addr_port *dst)
@@ -150,8 +175,7 @@ int mb_connect4(struct bpf_sock_addr *ctx)
 	orig.family = MB_AF_INET;
 	switch (mb_service_resolve(ctx, &orig, 0)) {
 	case MB_SVC_NO_BACKEND:
-		mb_count(MB_PROG_CONNECT4, MB_CNT_REFUSED, 0);
-		return MB_CONNECT_REFUSE;
+		return mb_refuse_no_backend(ctx, MB_PROG_CONNECT4, cfg, &orig);
 	case MB_SVC_BACKEND:
 		ctx->user_ip4 = orig.ip[0];
 		ctx->user_port = bpf_htons(orig.port);
@@ -170,6 +194,7 @@ int mb_connect6(struct bpf_sock_addr *ctx)
 {
 	const struct mb_config *cfg = mb_config_get();
 	struct mb_addr_port orig = {};
+	struct mb_addr_port proxy = {};
 	__u32 ip6[4];
 	int verdict;
 
@@ -181,8 +206,7 @@ int mb_connect6(struct bpf_sock_addr *ctx)
 	orig.port = bpf_ntohs((__u16)ctx->user_port);
 	switch (mb_service_resolve(ctx, &orig, 1)) {
 	case MB_SVC_NO_BACKEND:
-		mb_count(MB_PROG_CONNECT6, MB_CNT_REFUSED, 0);
-		return MB_CONNECT_REFUSE;
+		return mb_refuse_no_backend(ctx, MB_PROG_CONNECT6, cfg, &orig);
 	case MB_SVC_BACKEND:
 		mb_sock_addr_set6(ctx, &orig);
 		break;
@@ -190,19 +214,16 @@ int mb_connect6(struct bpf_sock_addr *ctx)
 	verdict = mb_connect_verdict(ctx, MB_PROG_CONNECT6, cfg, &orig);
 	if (verdict != MB_CONNECT_PROCEED || !cfg || !mb_steer(ctx, MB_PROG_CONNECT6, cfg, &orig))
 		return verdict;
+	/* The proxy: at ::ffff:capture_ip4 for a dual-stack socket going to IPv4, else ::1. */
+	proxy.port = cfg->outbound_port;
 	if (orig.family == MB_AF_INET) {
-		/* A dual-stack socket going to IPv4: the proxy at ::ffff:capture_ip4. */
-		ctx->user_ip6[0] = 0;
-		ctx->user_ip6[1] = 0;
-		ctx->user_ip6[2] = bpf_htonl(0x0000ffff);
-		ctx->user_ip6[3] = cfg->capture_ip4;
+		proxy.family = MB_AF_INET;
+		proxy.ip[0] = cfg->capture_ip4;
 	} else {
-		ctx->user_ip6[0] = 0;
-		ctx->user_ip6[1] = 0;
-		ctx->user_ip6[2] = 0;
-		ctx->user_ip6[3] = bpf_htonl(1);
+		proxy.family = MB_AF_INET6;
+		proxy.ip[3] = bpf_htonl(1);
 	}
-	ctx->user_port = bpf_htons(cfg->outbound_port);
+	mb_sock_addr_set6(ctx, &proxy);
 	return verdict;
 }
 

@@ -57,7 +57,7 @@ pub const EVT_CAPTURE: u8 = 2;
 pub const EVT_TRACE: u8 = 3;
 
 /// `MB_RSN_*`: why an event happened, by value.
-pub const REASONS: [(u8, &str); 13] = [
+pub const REASONS: [(u8, &str); 14] = [
     (0, "none"),
     (1, "policy-allowed"),
     (2, "policy-denied"),
@@ -71,6 +71,7 @@ pub const REASONS: [(u8, &str); 13] = [
     (10, "sockhash-update-failed"),
     (11, "no-peer"),
     (12, "splice-off"),
+    (13, "no-backend"),
 ];
 
 /// `struct mb_event`: one monitor record from the `mb_events` ring buffer.

@@ -59,9 +59,18 @@ fn connects_to_a_service_reach_its_backends() {
     );
     assert_eq!(dp.services().unwrap()[0].1, vec![addr(B2)]);
 
-    // No backend: refused at connect, before any packet.
+    // No backend: refused at connect, before any packet, and reported.
     dp.set_service(addr(VIP), &[]).unwrap();
+    let mut events = dp.events().unwrap();
     let refused = probes(&env, VIP, 3);
+    events.wait(std::time::Duration::from_secs(2)).unwrap();
+    let seen = events.drain("node-a", 1024).unwrap();
+    assert!(
+        seen.iter().any(|e| e.kind == "policy-verdict"
+            && e.reason == "no-backend"
+            && e.dst.as_deref() == Some(VIP)),
+        "{seen:#?}"
+    );
     assert_eq!(refused.len(), 1, "{refused:?}");
     assert!(
         refused.iter().all(|p| p.ends_with("errno=1")),

@@ -208,6 +208,7 @@ struct mb_cidr_key {
 #define MB_RSN_SPLICE_FAIL 10  /* trace: not spliced, the sockhash update failed */
 #define MB_RSN_NO_PEER 11      /* trace: sk_msg fell back, the peer is not in the sockhash */
 #define MB_RSN_SPLICE_OFF 12   /* trace: not spliced, splicing is switched off */
+#define MB_RSN_NO_BACKEND 13   /* verdict: a service address without a usable backend */
 
 struct mb_event {
 	__u8 version;  /* MB_EVENT_VERSION */
