@@ -15,7 +15,11 @@
  * destination the connect goes to (the chosen backend for a service); a
  * TCP connect without a current ALLOW
  * is refused (connect() fails with EPERM) and counted as refused. This
- * holds for the proxy's own connects too: no path skips L3/L4 policy.
+ * holds for the proxy's own connects too, with one exception: the proxy's
+ * connect to one of the pod's own addresses (mb_pod_addr) delivers an
+ * inbound connection, already decided by the proxy under the pod's ingress
+ * policy, to the app inside the pod; it proceeds undecided and uncaptured
+ * (counted as a fallback).
  */
 #include "lib/common.h"
 #include "lib/counters.h"
@@ -125,6 +129,18 @@ static __always_inline int mb_connect_verdict(struct bpf_sock_addr *ctx, __u32 p
 	return MB_CONNECT_REFUSE;
 }
 
+/* 1 when this is the proxy delivering to the pod itself (counted). */
+static __always_inline int mb_proxy_delivers(struct bpf_sock_addr *ctx, __u32 prog,
+					     const struct mb_config *cfg,
+					     const struct mb_addr_port *dst)
+{
+	if (!cfg || ctx->type != SOCK_STREAM || !mb_is_proxy(ctx, cfg) ||
+	    !mb_is_pod_addr(dst->ip, dst->family))
+		return 0;
+	mb_count(prog, MB_CNT_FALLBACK, 0);
+	return 1;
+}
+
 /* A connect to a service with no usable backend: refused, counted, reported. */
 static __always_inline int mb_refuse_no_backend(struct bpf_sock_addr *ctx, __u32 prog,
 						const struct mb_config *cfg,
@@ -181,6 +197,8 @@ int mb_connect4(struct bpf_sock_addr *ctx)
 		ctx->user_port = bpf_htons(orig.port);
 		break;
 	}
+	if (mb_proxy_delivers(ctx, MB_PROG_CONNECT4, cfg, &orig))
+		return MB_CONNECT_PROCEED;
 	verdict = mb_connect_verdict(ctx, MB_PROG_CONNECT4, cfg, &orig);
 	if (verdict == MB_CONNECT_PROCEED && cfg && mb_steer(ctx, MB_PROG_CONNECT4, cfg, &orig)) {
 		ctx->user_ip4 = cfg->capture_ip4;
@@ -211,6 +229,8 @@ int mb_connect6(struct bpf_sock_addr *ctx)
 		mb_sock_addr_set6(ctx, &orig);
 		break;
 	}
+	if (mb_proxy_delivers(ctx, MB_PROG_CONNECT6, cfg, &orig))
+		return MB_CONNECT_PROCEED;
 	verdict = mb_connect_verdict(ctx, MB_PROG_CONNECT6, cfg, &orig);
 	if (verdict != MB_CONNECT_PROCEED || !cfg || !mb_steer(ctx, MB_PROG_CONNECT6, cfg, &orig))
 		return verdict;

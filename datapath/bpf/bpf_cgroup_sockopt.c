@@ -2,8 +2,13 @@
 /*
  * cgroup getsockopt, attached to a pod's cgroup v2: answer the proxy's
  * getsockopt(SOL_IP / SOL_IPV6, SO_ORIGINAL_DST) on an accepted socket with
- * the destination the app connected to (recorded by bpf_cgroup_connect.c),
- * as netfilter's conntrack would. Every other option passes untouched.
+ * the destination the app connected to, as netfilter's conntrack would.
+ * The answer comes only from the socket's own storage (mb_orig_sk, filled
+ * for a connection connect4/6 steered, lib/capture.h): a socket that was
+ * not steered there (a peer outside the pod that dialled a proxy port, an
+ * inbound connection sk_lookup handed over, whose local address already is
+ * the original destination) is not answered. Every other option passes
+ * untouched.
  */
 #include "lib/common.h"
 #include "lib/counters.h"
@@ -32,22 +37,32 @@ SEC("cgroup/getsockopt")
 int mb_getsockopt(struct bpf_sockopt *ctx)
 {
 	struct bpf_sock *sk = ctx->sk;
-	struct mb_addr_port key = {};
+	struct mb_sock_key key = {};
 	struct mb_addr_port *orig;
-	__u32 ip6[4];
+	__u32 l6[4], r6[4];
 
 	if (ctx->optname != MB_SO_ORIGINAL_DST ||
 	    (ctx->level != MB_SOL_IP && ctx->level != MB_SOL_IPV6) || !sk)
 		return 1;
 
-	/* The accepted socket's remote end is the app socket's source. */
-	ip6[0] = sk->dst_ip6[0];
-	ip6[1] = sk->dst_ip6[1];
-	ip6[2] = sk->dst_ip6[2];
-	ip6[3] = sk->dst_ip6[3];
-	key.family = mb_addr_set(key.ip, sk->family, sk->dst_ip4, ip6);
-	key.port = bpf_ntohs((__u16)sk->dst_port);
-	orig = bpf_map_lookup_elem(&mb_orig_tp, &key);
+	orig = bpf_sk_storage_get(&mb_orig_sk, sk, 0, 0);
+	if (!orig) {
+		/* Asked before sockops saw the socket established: claim it now. */
+		l6[0] = sk->src_ip6[0];
+		l6[1] = sk->src_ip6[1];
+		l6[2] = sk->src_ip6[2];
+		l6[3] = sk->src_ip6[3];
+		r6[0] = sk->dst_ip6[0];
+		r6[1] = sk->dst_ip6[1];
+		r6[2] = sk->dst_ip6[2];
+		r6[3] = sk->dst_ip6[3];
+		key.family = mb_addr_set(key.local_ip, sk->family, sk->src_ip4, l6);
+		mb_addr_set(key.remote_ip, sk->family, sk->dst_ip4, r6);
+		key.local_port = (__u16)sk->src_port;
+		key.remote_port = bpf_ntohs((__u16)sk->dst_port);
+		if (mb_capture_claim(sk, &key))
+			orig = bpf_sk_storage_get(&mb_orig_sk, sk, 0, 0);
+	}
 	if (!orig) {
 		mb_count(MB_PROG_GETSOCKOPT, MB_CNT_MISS, 0);
 		return 1;

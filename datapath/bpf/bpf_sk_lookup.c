@@ -4,21 +4,24 @@
  * outside the pod to any of the pod's addresses and ports is handed to the
  * proxy's inbound listener (15006) instead of the socket listening there.
  * The accepted socket keeps the original destination as its local address,
- * and the original destination is recorded by the client's address in
- * mb_orig_tp, so the cgroup getsockopt program answers SO_ORIGINAL_DST for
- * it as for outbound capture. No netfilter.
- * Left alone: non-TCP, loopback, connections to the proxy's own ports,
- * connections from the pod to itself (source address = destination
- * address; this is also how the proxy's own connect to the app is not
- * captured again), and everything while inbound capture is off or no
- * listener is known. Ports excluded by the pod's settings (mb_cap_in_port)
- * are left alone too. Each connection handed over is reported as a capture
- * event (lib/events.h).
+ * which is all the proxy needs: nothing is recorded for it (the getsockopt
+ * program answers SO_ORIGINAL_DST only for connects the pod steered).
+ * No netfilter.
+ * Left alone: non-TCP, loopback, connections to the proxy's own ports
+ * (the capture ports and mb_proxy_port), connections from the pod to itself
+ * (source address = destination address, which the kernel never accepts
+ * from outside; this is also how the proxy's delivery to the app on the
+ * pod's address is not captured again), and everything while inbound
+ * capture is off or no listener is known. Ports excluded by the pod's
+ * settings (mb_cap_in_port) are left alone too. Each connection handed over
+ * is reported as a capture event (lib/events.h).
+ * Dropped: a connection from outside the pod to the outbound capture port,
+ * which only the pod's own steered connects may reach (counted as refused
+ * and reported as a verdict with reason proxy-port).
  */
 #include "lib/common.h"
 #include "lib/counters.h"
 #include "lib/config.h"
-#include "lib/capture.h"
 #include "lib/inbound.h"
 #include "lib/policy.h"
 #include "lib/events.h"
@@ -37,6 +40,40 @@ static __always_inline int mb_inbound_skip(const struct mb_config *cfg,
 	       mb_addr_is_loopback(src->ip, src->family) || mb_addr_eq(dst->ip, src->ip);
 }
 
+/* 1 for a connection from outside the pod to the outbound capture port. */
+static __always_inline int mb_outbound_from_outside(const struct mb_config *cfg,
+						    const struct mb_addr_port *dst,
+						    const struct mb_addr_port *src)
+{
+	return (cfg->flags & MB_CFG_CAPTURE) && cfg->outbound_port != 0 &&
+	       dst->port == cfg->outbound_port && !mb_addr_is_loopback(dst->ip, dst->family) &&
+	       !mb_addr_is_loopback(src->ip, src->family) && !mb_addr_eq(dst->ip, src->ip);
+}
+
+/* Refuse it: counted, reported, and the verdict for the kernel. */
+static __always_inline int mb_refuse_outbound_port(const struct mb_config *cfg,
+						   const struct mb_addr_port *dst,
+						   const struct mb_addr_port *src)
+{
+	struct mb_event e = {};
+
+	mb_count(MB_PROG_SK_LOOKUP, MB_CNT_REFUSED, 0);
+	e.type = MB_EVT_POLICY_VERDICT;
+	e.reason = MB_RSN_PROXY_PORT;
+	e.verdict = MB_VERDICT_DENY;
+	e.prog = MB_PROG_SK_LOOKUP;
+	e.family = dst->family;
+	e.src_identity = mb_identity_of(src->ip, src->family);
+	e.dst_identity = cfg->pod_identity;
+	e.revision = cfg->policy_revision;
+	mb_ip_copy(e.src_ip, src->ip);
+	e.src_port = src->port;
+	mb_ip_copy(e.dst_ip, dst->ip);
+	e.dst_port = dst->port;
+	mb_event_emit(&e);
+	return MB_SK_DROP;
+}
+
 SEC("sk_lookup")
 int mb_sk_lookup(struct bpf_sk_lookup *ctx)
 {
@@ -46,12 +83,11 @@ int mb_sk_lookup(struct bpf_sk_lookup *ctx)
 	struct mb_event e = {};
 	__u32 l6[4], r6[4];
 	__u32 key;
-	/* Capture only ever picks a socket; it never drops a connection. */
+	/* Capture only picks a socket; the one drop is mb_refuse_outbound_port. */
 	int verdict = MB_SK_PASS;
 	long err;
 
-	if (!cfg || !(cfg->flags & MB_CFG_CAPTURE_INBOUND) || ctx->protocol != IPPROTO_TCP ||
-	    cfg->inbound_port == 0) {
+	if (!cfg || ctx->protocol != IPPROTO_TCP) {
 		mb_count(MB_PROG_SK_LOOKUP, MB_CNT_MISS, 0);
 		return verdict;
 	}
@@ -67,6 +103,14 @@ int mb_sk_lookup(struct bpf_sk_lookup *ctx)
 	dst.port = (__u16)ctx->local_port;
 	src.family = mb_addr_set(src.ip, ctx->family, ctx->remote_ip4, r6);
 	src.port = bpf_ntohs(ctx->remote_port);
+	if (mb_outbound_from_outside(cfg, &dst, &src)) {
+		verdict = mb_refuse_outbound_port(cfg, &dst, &src);
+		return verdict;
+	}
+	if (!(cfg->flags & MB_CFG_CAPTURE_INBOUND) || cfg->inbound_port == 0) {
+		mb_count(MB_PROG_SK_LOOKUP, MB_CNT_MISS, 0);
+		return verdict;
+	}
 	if (mb_inbound_skip(cfg, &dst, &src)) {
 		mb_count(MB_PROG_SK_LOOKUP, MB_CNT_FALLBACK, 0);
 		return verdict;
@@ -91,7 +135,6 @@ int mb_sk_lookup(struct bpf_sk_lookup *ctx)
 		mb_count(MB_PROG_SK_LOOKUP, MB_CNT_MISS, 0);
 		return verdict;
 	}
-	bpf_map_update_elem(&mb_orig_tp, &src, &dst, BPF_ANY);
 	mb_count(MB_PROG_SK_LOOKUP, MB_CNT_REDIRECTED, 0);
 
 	e.type = MB_EVT_CAPTURE;

@@ -48,6 +48,8 @@ int mb_sockops(struct bpf_sock_ops *skops)
 	mb_key_from_sockops(skops, &key);
 	if (active)
 		mb_capture_established(skops, &key);
+	else if (skops->sk)
+		mb_capture_claim(skops->sk, &key);
 
 	cfg = mb_config_get();
 	if (cfg && (cfg->flags & MB_CFG_NO_SPLICE)) {

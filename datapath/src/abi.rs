@@ -57,7 +57,7 @@ pub const EVT_CAPTURE: u8 = 2;
 pub const EVT_TRACE: u8 = 3;
 
 /// `MB_RSN_*`: why an event happened, by value.
-pub const REASONS: [(u8, &str); 14] = [
+pub const REASONS: [(u8, &str); 15] = [
     (0, "none"),
     (1, "policy-allowed"),
     (2, "policy-denied"),
@@ -72,6 +72,7 @@ pub const REASONS: [(u8, &str); 14] = [
     (11, "no-peer"),
     (12, "splice-off"),
     (13, "no-backend"),
+    (14, "proxy-port"),
 ];
 
 /// `struct mb_event`: one monitor record from the `mb_events` ring buffer.

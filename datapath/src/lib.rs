@@ -226,9 +226,19 @@ impl Default for InboundPorts {
 const MAX_PORTS: usize = 256;
 /// Entries the prefix maps hold.
 const MAX_CIDRS: usize = 1024;
+/// Entries `mb_proxy_port` holds.
+const MAX_PROXY_PORTS: usize = 64;
+/// Entries `mb_pod_addr` holds.
+const MAX_POD_ADDRS: usize = 16;
+
+/// The sidecar's own ports (Istio's): admin 15000, outbound and inbound
+/// capture 15001 and 15006, membrane-proxy's own listener 15007, merged
+/// metrics 15020, health 15021, Envoy's Prometheus 15090. Inbound capture
+/// never hands a connection to one of them to the proxy.
+pub const PROXY_PORTS: [u16; 7] = [15000, 15001, 15006, 15007, 15020, 15021, 15090];
 
 /// Settings the kernel programs read from `mb_config` and the capture maps.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Settings {
     /// Outbound capture, or `None` to leave connects alone.
     pub capture: Option<Capture>,
@@ -255,6 +265,32 @@ pub struct Settings {
     pub inbound_port: u16,
     /// Inbound destination ports captured (with `capture_inbound`).
     pub inbound_ports: InboundPorts,
+    /// The sidecar's own ports: never handed to the proxy by inbound capture,
+    /// whatever `inbound_ports` says (default [`PROXY_PORTS`]).
+    pub proxy_ports: Vec<u16>,
+    /// The pod's own addresses: the proxy's connects to them deliver inbound
+    /// connections to the app inside the pod and are not decided at L3/L4
+    /// as egress. Without them, with `policy_enforce`, the sidecar needs an
+    /// ALLOW from the pod to itself to deliver anything.
+    pub pod_addrs: Vec<IpAddr>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            capture: None,
+            policy_enforce: false,
+            pod_identity: 0,
+            hint_ttl_secs: 0,
+            no_splice: false,
+            policy_revision: 0,
+            capture_inbound: false,
+            inbound_port: 0,
+            inbound_ports: InboundPorts::default(),
+            proxy_ports: PROXY_PORTS.to_vec(),
+            pod_addrs: Vec::new(),
+        }
+    }
 }
 
 impl Settings {
@@ -281,6 +317,12 @@ impl Settings {
         let (InboundPorts::AllExcept(p) | InboundPorts::Only(p)) = &self.inbound_ports;
         if p.len() > MAX_PORTS {
             return too_many("inbound ports", p.len(), MAX_PORTS);
+        }
+        if self.proxy_ports.len() > MAX_PROXY_PORTS {
+            return too_many("proxy ports", self.proxy_ports.len(), MAX_PROXY_PORTS);
+        }
+        if self.pod_addrs.len() > MAX_POD_ADDRS {
+            return too_many("pod addresses", self.pod_addrs.len(), MAX_POD_ADDRS);
         }
         Ok(())
     }
@@ -633,9 +675,12 @@ impl Datapath {
 
     /// Attach inbound capture (sk_lookup) to the pod's network namespace
     /// (`/run/netns/NAME` or `/proc/PID/ns/net`; never the host's). Pinned
-    /// under `links/netns-<inode>/`; idempotent. Effective while the
-    /// settings enable `capture_inbound`.
-    pub fn attach_netns(&self, netns: &Path) -> Result<()> {
+    /// under `links/netns-cookie-<cookie>/`, by the namespace's cookie, which
+    /// no other namespace ever has (an inode number is reused once the
+    /// namespace is gone, and a pin by inode would make the next pod given
+    /// that number look attached). Idempotent. Effective while the settings
+    /// enable `capture_inbound`. Returns the cookie.
+    pub fn attach_netns(&self, netns: &Path) -> Result<NetnsCookie> {
         let ino = fs::metadata(netns)
             .map_err(io_err(netns, "stat netns"))?
             .ino();
@@ -647,10 +692,11 @@ impl Datapath {
                 source: io::Error::from(io::ErrorKind::PermissionDenied),
             });
         }
-        let link_dir = self.links_dir().join(format!("netns-{ino}"));
+        let cookie = netns_cookie(netns)?;
+        let link_dir = self.netns_link_dir(cookie);
         let pin = link_dir.join(PROG_SK_LOOKUP);
         if pin.exists() {
-            return Ok(());
+            return Ok(cookie);
         }
         fs::create_dir_all(&link_dir).map_err(io_err(&link_dir, "create link directory"))?;
         let ns = fs::File::open(netns).map_err(io_err(netns, "open netns"))?;
@@ -664,20 +710,32 @@ impl Datapath {
             what: "pin link",
             source: io::Error::other(e.to_string()),
         })?;
-        Ok(())
+        Ok(cookie)
+    }
+
+    fn netns_link_dir(&self, cookie: NetnsCookie) -> PathBuf {
+        self.links_dir().join(format!("netns-cookie-{}", cookie.0))
     }
 
     /// Undo [`Datapath::attach_netns`]: unpinning the link detaches.
     pub fn detach_netns(&self, netns: &Path) -> Result<()> {
-        let ino = fs::metadata(netns)
-            .map_err(io_err(netns, "stat netns"))?
-            .ino();
-        self.detach_netns_inode(ino)
+        self.detach_netns_cookie(netns_cookie(netns)?)
     }
 
-    /// [`Datapath::detach_netns`] by the namespace's inode, for a namespace
+    /// [`Datapath::detach_netns`] by the namespace's cookie, for a namespace
     /// that may be gone already (its link is defunct then, but still pinned).
     /// Nothing attached is not an error.
+    pub fn detach_netns_cookie(&self, cookie: NetnsCookie) -> Result<()> {
+        let link_dir = self.netns_link_dir(cookie);
+        if link_dir.exists() {
+            fs::remove_dir_all(&link_dir).map_err(io_err(&link_dir, "unpin links"))?;
+        }
+        Ok(())
+    }
+
+    /// Unpin a link an earlier version pinned by the namespace's inode
+    /// (`links/netns-<inode>/`), named by the record it left. Nothing there
+    /// is not an error.
     pub fn detach_netns_inode(&self, ino: u64) -> Result<()> {
         let link_dir = self.links_dir().join(format!("netns-{ino}"));
         if link_dir.exists() {
@@ -686,12 +744,9 @@ impl Datapath {
         Ok(())
     }
 
-    /// Whether inbound capture is attached to the namespace with this inode.
-    pub fn netns_attached(&self, ino: u64) -> bool {
-        self.links_dir()
-            .join(format!("netns-{ino}"))
-            .join(PROG_SK_LOOKUP)
-            .exists()
+    /// Whether inbound capture is attached to the namespace with this cookie.
+    pub fn netns_attached(&self, cookie: NetnsCookie) -> bool {
+        self.netns_link_dir(cookie).join(PROG_SK_LOOKUP).exists()
     }
 
     fn map(&self, name: &'static str) -> Result<MapData> {
@@ -722,6 +777,8 @@ impl Datapath {
         )?;
         let (InboundPorts::AllExcept(p) | InboundPorts::Only(p)) = &settings.inbound_ports;
         self.replace_ports("mb_cap_in_port", p)?;
+        self.replace_ports("mb_proxy_port", &settings.proxy_ports)?;
+        self.replace_addrs("mb_pod_addr", &settings.pod_addrs)?;
 
         let name = "mb_config";
         let mut cfg: Array<MapData, MbConfig> = Array::try_from(Map::Array(self.map(name)?))
@@ -744,6 +801,35 @@ impl Datapath {
                 .map_err(|source| Error::Map { name, source })?;
         }
         Ok(())
+    }
+
+    fn replace_addrs(&self, name: &'static str, addrs: &[IpAddr]) -> Result<()> {
+        let mut m: HashMap<MapData, MbIpKey, u8> = HashMap::try_from(Map::HashMap(self.map(name)?))
+            .map_err(|source| Error::Map { name, source })?;
+        let keys: Vec<MbIpKey> = addrs.iter().map(|a| ip_key(*a)).collect();
+        let old: Vec<MbIpKey> = m.keys().filter_map(|k| k.ok()).collect();
+        for k in old {
+            if !keys.contains(&k) {
+                let _ = m.remove(&k);
+            }
+        }
+        for k in keys {
+            m.insert(k, 1, 0)
+                .map_err(|source| Error::Map { name, source })?;
+        }
+        Ok(())
+    }
+
+    fn read_addrs(&self, name: &'static str) -> Result<Vec<IpAddr>> {
+        let m: HashMap<MapData, MbIpKey, u8> = HashMap::try_from(Map::HashMap(self.map(name)?))
+            .map_err(|source| Error::Map { name, source })?;
+        let mut out: Vec<IpAddr> = m
+            .keys()
+            .filter_map(|k| k.ok())
+            .map(|k| abi::decode_ip(k.ip, k.family))
+            .collect();
+        out.sort_unstable();
+        Ok(out)
     }
 
     fn read_ports(&self, name: &'static str) -> Result<Vec<u16>> {
@@ -841,11 +927,14 @@ impl Datapath {
             } else {
                 InboundPorts::AllExcept(ports)
             },
+            proxy_ports: self.read_ports("mb_proxy_port")?,
+            pod_addrs: self.read_addrs("mb_pod_addr")?,
         })
     }
 
     /// What is attached under this directory: one entry per link directory
-    /// (`<cgroup inode>` or `netns-<inode>`).
+    /// (`<cgroup inode>`, `netns-cookie-<cookie>`, or an earlier version's
+    /// `netns-<inode>`).
     pub fn attachments(&self) -> Result<Vec<String>> {
         let links = self.links_dir();
         let mut out: Vec<String> = fs::read_dir(&links)
@@ -979,13 +1068,7 @@ impl Datapath {
         let mut m: HashMap<MapData, MbIpKey, u32> =
             HashMap::try_from(Map::HashMap(self.map(name)?))
                 .map_err(|source| Error::Map { name, source })?;
-        let (ip, family) = abi::encode_ip(ip);
-        let key = MbIpKey {
-            ip,
-            family,
-            pad: [0; 3],
-        };
-        m.insert(key, identity, 0)
+        m.insert(ip_key(ip), identity, 0)
             .map_err(|source| Error::Map { name, source })
     }
 
@@ -1213,6 +1296,35 @@ impl Datapath {
         }
         Ok(())
     }
+}
+
+/// An address as the kernel side keys it (see [`abi::encode_ip`]).
+fn ip_key(ip: IpAddr) -> MbIpKey {
+    let (ip, family) = abi::encode_ip(ip);
+    MbIpKey {
+        ip,
+        family,
+        pad: [0; 3],
+    }
+}
+
+/// A network namespace's cookie (`SO_NETNS_COOKIE`): unique among every
+/// namespace the running kernel ever made, unlike its inode number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NetnsCookie(pub u64);
+
+impl std::fmt::Display for NetnsCookie {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// The cookie of the network namespace `netns` (`/run/netns/NAME` or
+/// `/proc/PID/ns/net`; Linux 5.14+).
+pub fn netns_cookie(netns: &Path) -> Result<NetnsCookie> {
+    sys::netns_cookie(netns)
+        .map(NetnsCookie)
+        .map_err(io_err(netns, "read the network namespace's cookie"))
 }
 
 /// A socket address as the kernel side keys it (see [`abi::encode_ip`]).

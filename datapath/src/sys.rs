@@ -156,3 +156,44 @@ pub fn link_create_pinned(
 fn fd_u32(fd: BorrowedFd<'_>) -> io::Result<u32> {
     u32::try_from(fd.as_raw_fd()).map_err(|_| io::Error::other("negative fd"))
 }
+
+/// `SO_NETNS_COOKIE` from `asm-generic/socket.h` (Linux 5.14+).
+const SO_NETNS_COOKIE: libc::c_int = 71;
+
+/// The cookie of the network namespace `netns` (a `/run/netns/NAME` or
+/// `/proc/PID/ns/net` file): asked of a socket made inside it, on a thread
+/// of its own that enters the namespace and ends (`setns` changes only the
+/// calling thread's namespace).
+pub fn netns_cookie(netns: &Path) -> io::Result<u64> {
+    let ns = std::fs::File::open(netns)?;
+    std::thread::scope(|s| {
+        s.spawn(|| -> io::Result<u64> {
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+            let sock = nix::sys::socket::socket(
+                nix::sys::socket::AddressFamily::Unix,
+                nix::sys::socket::SockType::Datagram,
+                nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+                None,
+            )?;
+            let mut cookie: u64 = 0;
+            let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+            // SAFETY: `cookie` and `len` are valid for the kernel to write
+            // `len` bytes; the fd is open for the call's duration.
+            let rc = unsafe {
+                libc::getsockopt(
+                    sock.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    SO_NETNS_COOKIE,
+                    (&mut cookie as *mut u64).cast(),
+                    &mut len,
+                )
+            };
+            if rc != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(cookie)
+        })
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("netns cookie thread panicked")))
+    })
+}

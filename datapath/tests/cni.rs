@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use common::Env;
-use membrane_datapath::{Datapath, Settings};
+use membrane_datapath::{Datapath, NetnsCookie, Settings};
 use serde_json::{json, Value};
 
 const CNI: &str = env!("CARGO_BIN_EXE_membrane-cni");
@@ -70,6 +70,10 @@ fn ino(p: &Path) -> u64 {
     std::fs::metadata(p).unwrap().ino()
 }
 
+fn cookie(p: &Path) -> NetnsCookie {
+    membrane_datapath::netns_cookie(p).unwrap()
+}
+
 #[test]
 fn add_check_del_wire_the_pod_namespace_into_the_datapath() {
     let env = Env::new();
@@ -90,11 +94,11 @@ fn add_check_del_wire_the_pod_namespace_into_the_datapath() {
     assert!(ok, "{out:?}");
     // A chained plugin passes the previous result through.
     assert_eq!(out.unwrap(), p.config["prevResult"]);
-    assert!(dp.netns_attached(ino(&p.netns)), "sk_lookup attached");
+    assert!(dp.netns_attached(cookie(&p.netns)), "sk_lookup attached");
     assert!(dp
         .attachments()
         .unwrap()
-        .contains(&format!("netns-{}", ino(&p.netns))));
+        .contains(&format!("netns-cookie-{}", cookie(&p.netns))));
     // ADD again (a runtime retry) is harmless.
     assert!(cni("ADD", &ids, &p.config).0);
 
@@ -111,7 +115,7 @@ fn add_check_del_wire_the_pod_namespace_into_the_datapath() {
     // DEL detaches and forgets; twice is fine; DEL without CNI_NETNS too.
     let (ok, out) = cni("DEL", &ids, &p.config);
     assert!(ok && out.is_none(), "{out:?}");
-    assert!(!dp.netns_attached(ino(&p.netns)));
+    assert!(!dp.netns_attached(cookie(&p.netns)));
     assert!(!p.state.join("c0ffee-eth0").exists());
     assert!(cni("DEL", &ids, &p.config).0);
     assert!(cni("DEL", &ids[..2], &p.config).0);
@@ -128,16 +132,108 @@ fn add_check_del_wire_the_pod_namespace_into_the_datapath() {
         ("CNI_ARGS", "K8S_POD_NAMESPACE=kube-system;K8S_POD_NAME=dns"),
     ];
     assert!(cni("ADD", &kube_system, &p.config).0);
-    assert!(!dp.netns_attached(ino(&p.netns)));
+    assert!(!dp.netns_attached(cookie(&p.netns)));
 
     // GC forgets what the runtime no longer lists (and nothing without a list).
     assert!(cni("ADD", &ids, &p.config).0);
     assert!(cni("GC", &[], &p.config).0);
-    assert!(dp.netns_attached(ino(&p.netns)));
+    assert!(dp.netns_attached(cookie(&p.netns)));
     let mut gc = p.config.clone();
     gc["cni.dev/valid-attachments"] = json!([{"containerID": "other", "ifname": "eth0"}]);
     assert!(cni("GC", &[], &gc).0);
-    assert!(!dp.netns_attached(ino(&p.netns)));
+    assert!(!dp.netns_attached(cookie(&p.netns)));
+    let _ = std::fs::remove_dir_all(&p.state);
+}
+
+/// Live (not defunct) sk_lookup links attached to the namespace with inode `ino`, as
+/// the kernel lists them (`bpftool link`): what is really attached, whatever the pins say.
+fn sk_lookup_links_on(ino: u64) -> usize {
+    let out = Command::new("bpftool")
+        .args(["-j", "link", "show"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "bpftool link show");
+    let links: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    links
+        .iter()
+        .filter(|l| l["type"] == "netns" && l["attach_type"] == "sk_lookup")
+        .filter(|l| l["netns_ino"].as_u64() == Some(ino))
+        .count()
+}
+
+/// A namespace of the test's own, removed on drop.
+struct Netns(String);
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+#[test]
+fn a_stale_pin_of_a_reused_namespace_inode_is_not_an_attachment() {
+    let env = Env::new();
+    let dp = env.attach(&Settings {
+        capture_inbound: true,
+        ..Settings::default()
+    });
+    let p = pod(&env);
+    let new_ns = Netns(format!("{}-new", env.netns));
+    assert!(Command::new("ip")
+        .args(["netns", "add", &new_ns.0])
+        .status()
+        .unwrap()
+        .success());
+    let new_path = PathBuf::from("/run/netns").join(&new_ns.0);
+    let new_ino = ino(&new_path);
+    let links = env.bpffs.join("links");
+
+    // What an old pod leaves when its namespace is gone and the inode number is reused
+    // by the next pod's: a link pinned under the number (attached to the old namespace,
+    // defunct now), and a record of the number.
+    dp.attach_netns(&p.netns).unwrap();
+    let old_pin = std::fs::read_dir(&links)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|d| {
+            d.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("netns-")
+        })
+        .expect("the old pod's link is pinned");
+    std::fs::rename(&old_pin, links.join(format!("netns-{new_ino}"))).unwrap();
+    let _ = Command::new("ip")
+        .args(["netns", "del", &env.netns])
+        .status();
+    std::fs::create_dir_all(&p.state).unwrap();
+    std::fs::write(p.state.join("c0ffee-eth0"), new_ino.to_string()).unwrap();
+
+    let netns = new_path.to_str().unwrap();
+    let ids = [
+        ("CNI_CONTAINERID", "c0ffee"),
+        ("CNI_IFNAME", "eth0"),
+        ("CNI_NETNS", netns),
+    ];
+    // The new pod has no inbound capture: CHECK must say so.
+    assert_eq!(sk_lookup_links_on(new_ino), 0);
+    let (ok, out) = cni("CHECK", &ids, &p.config);
+    assert!(!ok, "CHECK passed for a namespace without capture: {out:?}");
+    assert_eq!(out.unwrap()["code"], 100);
+
+    // ADD for a new pod in it really attaches, and then CHECK passes.
+    let new_pod = [("CNI_CONTAINERID", "d00d"), ids[1], ids[2]];
+    let (ok, out) = cni("ADD", &new_pod, &p.config);
+    assert!(ok, "{out:?}");
+    assert_eq!(
+        sk_lookup_links_on(new_ino),
+        1,
+        "ADD took a stale pin for an attachment"
+    );
+    let (ok, out) = cni("CHECK", &new_pod, &p.config);
+    assert!(ok && out.is_none(), "{out:?}");
+    assert!(cni("DEL", &new_pod, &p.config).0);
+    assert_eq!(sk_lookup_links_on(new_ino), 0, "DEL detached it");
     let _ = std::fs::remove_dir_all(&p.state);
 }
 

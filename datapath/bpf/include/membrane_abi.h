@@ -62,14 +62,16 @@ enum mb_prog_index {
  *                            inbound listener,
  *               fallbacks  = connections left alone (loopback, pod to
  *                            itself, the proxy's own ports),
- *               misses     = inbound capture off, not TCP, no listener.
+ *               misses     = inbound capture off, not TCP, no listener,
+ *               refused    = connections from outside the pod to the
+ *                            outbound capture port, dropped.
  */
 struct mb_counters {
 	__u64 redirected;
 	__u64 redirected_bytes;
 	__u64 fallbacks;
 	__u64 misses;
-	__u64 refused; /* connect4/6 only; 0 for the other programs */
+	__u64 refused; /* connect4/6 and sk_lookup; 0 for the other programs */
 };
 
 /* mb_config.flags */
@@ -209,6 +211,7 @@ struct mb_cidr_key {
 #define MB_RSN_NO_PEER 11      /* trace: sk_msg fell back, the peer is not in the sockhash */
 #define MB_RSN_SPLICE_OFF 12   /* trace: not spliced, splicing is switched off */
 #define MB_RSN_NO_BACKEND 13   /* verdict: a service address without a usable backend */
+#define MB_RSN_PROXY_PORT 14   /* verdict: a peer outside the pod dialled the outbound capture port */
 
 struct mb_event {
 	__u8 version;  /* MB_EVENT_VERSION */

@@ -45,11 +45,32 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } mb_cap_in_port SEC(".maps");
 
+/*
+ * mb_proxy_port: the sidecar's own ports (admin 15000, capture 15001 and
+ * 15006, its own listener 15007, metrics 15020, health 15021, Envoy's
+ * Prometheus 15090). sk_lookup never hands a connection to one of them to
+ * the proxy, whatever mb_cap_in_port says: the proxy would deliver it to
+ * the pod's address on that port, where the sidecar itself listens.
+ *   key:    __u32 port, host order
+ *   value:  __u8 1
+ *   writer: the agent, from the settings (replaced as a whole).
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__type(key, __u32);
+	__type(value, __u8);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mb_proxy_port SEC(".maps");
+
 /* 1 when inbound connections to `port` are left to the app's own listener. */
 static __always_inline int mb_inbound_port_skipped(const struct mb_config *cfg, __u16 port)
 {
 	__u32 k = port;
 	int listed = bpf_map_lookup_elem(&mb_cap_in_port, &k) != 0;
+
+	if (bpf_map_lookup_elem(&mb_proxy_port, &k))
+		return 1;
 
 	if (cfg->flags & MB_CFG_INBOUND_ONLY_LISTED)
 		return !listed;

@@ -105,6 +105,20 @@ struct AttachArgs {
     /// Splice no new connection (kill switch; benchmarks' "off").
     #[arg(long, env = "MEMBRANE_NO_SPLICE")]
     no_splice: bool,
+    /// The pod's own addresses, comma-separated: the proxy's connects to them
+    /// deliver inbound connections inside the pod and are not decided at
+    /// L3/L4 as egress (needed with --policy-enforce and inbound capture).
+    #[arg(long = "pod-ip", env = "MEMBRANE_POD_IPS", value_delimiter = ',')]
+    pod_ips: Vec<std::net::IpAddr>,
+    /// The sidecar's own ports, comma-separated: inbound capture never hands
+    /// a connection to one of them to the proxy.
+    #[arg(
+        long,
+        env = "MEMBRANE_PROXY_PORTS",
+        value_delimiter = ',',
+        default_value = "15000,15001,15006,15007,15020,15021,15090"
+    )]
+    proxy_ports: Vec<u16>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -227,6 +241,8 @@ impl AttachArgs {
             hint_ttl_secs: self.hint_ttl_secs,
             policy_revision: 0,
             inbound_ports: InboundPorts::default(),
+            proxy_ports: self.proxy_ports.clone(),
+            pod_addrs: self.pod_ips.clone(),
         };
         capture_annotations.apply(&mut s);
         Ok(s)

@@ -32,7 +32,7 @@ use std::{
     process::ExitCode,
 };
 
-use membrane_datapath::{Datapath, DEFAULT_BPFFS_DIR};
+use membrane_datapath::{Datapath, NetnsCookie, DEFAULT_BPFFS_DIR};
 use serde_json::{json, Value};
 
 /// The CNI spec versions this plugin speaks.
@@ -177,7 +177,8 @@ fn pod_namespace() -> Option<String> {
 }
 
 /// The file recording one attachment: `<state dir>/<container id>-<ifname>`,
-/// holding the namespace's inode.
+/// holding `cookie=<the namespace's cookie>` (an earlier version wrote the
+/// namespace's inode number alone).
 fn record_path(cfg: &Config, container: &str, ifname: &str) -> Result<PathBuf, CniError> {
     let ok = |s: &str| !s.is_empty() && !s.contains('/') && s != "." && s != "..";
     if !ok(container) || !ok(ifname) {
@@ -200,14 +201,32 @@ fn open_datapath(cfg: &Config, unavailable: u32) -> Result<Datapath, CniError> {
     })
 }
 
-fn netns_inode(netns: &str) -> Result<u64, CniError> {
-    fs::metadata(netns).map(|m| m.ino()).map_err(|e| {
+fn netns_cookie(netns: &str) -> Result<NetnsCookie, CniError> {
+    membrane_datapath::netns_cookie(Path::new(netns)).map_err(|e| {
         err(
             code::UNKNOWN_CONTAINER,
             "the container's network namespace cannot be opened",
             format!("CNI_NETNS={netns}: {e}"),
         )
     })
+}
+
+/// What a record names: the namespace by cookie, or (an earlier version's
+/// record) by inode number, which a later namespace may have been given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Recorded {
+    Cookie(NetnsCookie),
+    Inode(u64),
+}
+
+impl Recorded {
+    fn parse(text: &str) -> Option<Self> {
+        let t = text.trim();
+        match t.strip_prefix("cookie=") {
+            Some(c) => c.parse().ok().map(|c| Self::Cookie(NetnsCookie(c))),
+            None => t.parse().ok().map(Self::Inode),
+        }
+    }
 }
 
 fn io_error(what: &str, path: &Path, e: io::Error) -> CniError {
@@ -243,9 +262,9 @@ fn add(cfg: &Config) -> Result<Option<Value>, CniError> {
         return Ok(Some(add_result(cfg)));
     }
     let record = record_path(cfg, &container, &ifname)?;
-    let ino = netns_inode(&netns)?;
+    netns_cookie(&netns)?;
     let dp = open_datapath(cfg, code::TRY_AGAIN_LATER)?;
-    dp.attach_netns(Path::new(&netns)).map_err(|e| {
+    let cookie = dp.attach_netns(Path::new(&netns)).map_err(|e| {
         err(
             code::DATAPATH,
             "attaching inbound capture to the pod's network namespace failed",
@@ -254,18 +273,18 @@ fn add(cfg: &Config) -> Result<Option<Value>, CniError> {
     })?;
     fs::create_dir_all(&cfg.state_dir)
         .map_err(|e| io_error("cannot create the state directory", &cfg.state_dir, e))?;
-    if let Err(e) = fs::write(&record, ino.to_string()) {
+    if let Err(e) = fs::write(&record, format!("cookie={cookie}")) {
         // Undo, so the attachment is never unrecorded (DEL could not find it).
-        let _ = dp.detach_netns_inode(ino);
+        let _ = dp.detach_netns_cookie(cookie);
         return Err(io_error("cannot record the attachment", &record, e));
     }
     Ok(Some(add_result(cfg)))
 }
 
-/// The namespace inode an attachment was recorded with, if any.
-fn recorded(record: &Path) -> Result<Option<u64>, CniError> {
+/// The namespace an attachment was recorded with, if any.
+fn recorded(record: &Path) -> Result<Option<Recorded>, CniError> {
     match fs::read_to_string(record) {
-        Ok(s) => s.trim().parse().map(Some).map_err(|_| {
+        Ok(s) => Recorded::parse(&s).map(Some).ok_or_else(|| {
             err(
                 code::IO,
                 "the attachment record is damaged",
@@ -287,8 +306,8 @@ fn del(cfg: &Config) -> Result<Option<Value>, CniError> {
 }
 
 fn forget(cfg: &Config, record: &Path) -> Result<(), CniError> {
-    let ino = match recorded(record) {
-        Ok(Some(ino)) => ino,
+    let recorded = match recorded(record) {
+        Ok(Some(r)) => r,
         Ok(None) => return Ok(()),
         // A damaged record names no namespace: drop it rather than fail every
         // DEL of the container for good (its link, if any, stays pinned).
@@ -299,11 +318,15 @@ fn forget(cfg: &Config, record: &Path) -> Result<(), CniError> {
     };
     // Without a datapath there is no link left to unpin.
     if let Ok(dp) = Datapath::open(&cfg.bpffs) {
-        dp.detach_netns_inode(ino).map_err(|e| {
+        let done = match recorded {
+            Recorded::Cookie(c) => dp.detach_netns_cookie(c),
+            Recorded::Inode(ino) => dp.detach_netns_inode(ino),
+        };
+        done.map_err(|e| {
             err(
                 code::DATAPATH,
                 "detaching inbound capture failed",
-                format!("netns inode {ino}: {e}"),
+                format!("{recorded:?}: {e}"),
             )
         })?;
     }
@@ -324,14 +347,21 @@ fn check(cfg: &Config) -> Result<Option<Value>, CniError> {
         return Ok(None);
     }
     let record = record_path(cfg, &container, &ifname)?;
-    let ino = netns_inode(&netns)?;
+    let cookie = netns_cookie(&netns)?;
     let dp = open_datapath(cfg, code::NOT_ATTACHED)?;
     match recorded(&record)? {
-        Some(r) if r == ino && dp.netns_attached(ino) => Ok(None),
-        Some(r) if r != ino => Err(err(
+        Some(Recorded::Cookie(r)) if r == cookie && dp.netns_attached(cookie) => Ok(None),
+        Some(Recorded::Cookie(r)) if r != cookie => Err(err(
             code::NOT_ATTACHED,
             "the attachment was recorded for another network namespace",
-            format!("{}: inode {r}, CNI_NETNS inode {ino}", record.display()),
+            format!("{}: cookie {r}, CNI_NETNS cookie {cookie}", record.display()),
+        )),
+        // An inode number cannot tell this namespace from an earlier one
+        // that had the same number: ADD again to attach by cookie.
+        Some(Recorded::Inode(ino)) => Err(err(
+            code::NOT_ATTACHED,
+            "the attachment was recorded by namespace inode, which a later namespace can reuse; ADD again",
+            format!("{}: inode {ino}, CNI_NETNS={netns}", record.display()),
         )),
         _ => Err(err(
             code::NOT_ATTACHED,

@@ -212,7 +212,9 @@ fn main() -> Result<()> {
             secs,
             greet,
         } => stream(connect, write, secs, greet),
-        Cmd::CaptureProxy { listen, mark } => serve(listen, move |s| proxy_one(s, mark)),
+        Cmd::CaptureProxy { listen, mark } => {
+            serve(listen, move |s| proxy_one(s, listen.port(), mark))
+        }
         Cmd::Probe { connect } => {
             match TcpStream::connect(connect) {
                 Ok(_) => println!("connect ok"),
@@ -515,9 +517,15 @@ fn original_dst(s: &TcpStream) -> Result<SocketAddr> {
     }
 }
 
-fn proxy_one(mut s: TcpStream, mark: u32) -> Result<()> {
+/// As membrane-proxy: the answer to SO_ORIGINAL_DST (a steered outbound
+/// connect), else the socket's own address when it is not the listener's
+/// (an inbound connection sk_lookup handed over keeps its destination).
+fn proxy_one(mut s: TcpStream, listen_port: u16, mark: u32) -> Result<()> {
+    let local = s.local_addr()?;
+    let local = SocketAddr::new(local.ip().to_canonical(), local.port());
     let orig = match original_dst(&s) {
         Ok(a) => a,
+        Err(_) if local.port() != listen_port => local,
         Err(e) => {
             writeln!(s, "proxy error={e:#}")?;
             return Ok(());
