@@ -86,24 +86,32 @@ pub struct Config {
     /// Admin listener (Envoy-compatible subset).
     #[arg(long, env = "MEMBRANE_ADMIN", default_value = "127.0.0.1:15000")]
     pub admin: SocketAddr,
-    /// Transparent inbound capture listener (Istio's 15006): connections redirected here by
-    /// iptables/nftables are delivered to `--capture-inbound-host` on the port the client
-    /// originally addressed (SO_ORIGINAL_DST), which is also the policy port.
+    /// Transparent inbound capture listener (Istio's 15006): connections redirected here
+    /// (by the eBPF datapath's sk_lookup, or iptables/nftables) are delivered to their
+    /// original destination, the pod's address and the port the client dialled (read with
+    /// SO_ORIGINAL_DST after a NAT redirect), under the ingress policy of that port. The
+    /// app is reached as the client reached the pod, so a port it binds to localhost only
+    /// is never exposed. A connection to one of `--proxy-ports` is refused.
     #[arg(long, env = "MEMBRANE_CAPTURE_INBOUND")]
     pub capture_inbound: Option<SocketAddr>,
-    /// Transparent outbound capture listener (Istio's 15001): redirected connections go to
-    /// their original destination under the endpoint's egress policy. The proxy's own
-    /// upstream connections must be excluded from the redirect (e.g. by its uid, as Istio
-    /// does with 1337).
-    #[arg(long, env = "MEMBRANE_CAPTURE_OUTBOUND")]
-    pub capture_outbound: Option<SocketAddr>,
-    /// Where captured inbound connections are delivered.
+    /// Transparent outbound capture listeners (Istio's 15001), comma-separated: redirected
+    /// connections go to their original destination under the endpoint's egress policy;
+    /// a connection nobody redirected (no SO_ORIGINAL_DST answer) is refused. Bind them
+    /// to loopback (`127.0.0.1:15001,[::1]:15001`, where the eBPF datapath steers the
+    /// pod's IPv4 and IPv6 connects) so no peer can dial them; an IPv6 address the pod
+    /// does not have is skipped with a warning. The proxy's own upstream connections must
+    /// be excluded from the redirect (e.g. by its uid, as Istio does with 1337).
+    #[arg(long, env = "MEMBRANE_CAPTURE_OUTBOUND", value_delimiter = ',')]
+    pub capture_outbound: Vec<SocketAddr>,
+    /// The sidecar's own ports, comma-separated: capture never forwards to one of them
+    /// (with the ports this proxy binds, which are always included).
     #[arg(
         long,
-        env = "MEMBRANE_CAPTURE_INBOUND_HOST",
-        default_value = "127.0.0.1"
+        env = "MEMBRANE_PROXY_PORTS",
+        value_delimiter = ',',
+        default_value = "15000,15001,15006,15007,15020,15021,15090"
     )]
-    pub capture_inbound_host: std::net::IpAddr,
+    pub proxy_ports: Vec<u16>,
     /// Prometheus listener (`/stats/prometheus`).
     #[arg(long, env = "MEMBRANE_METRICS", default_value = "127.0.0.1:15020")]
     pub metrics: SocketAddr,

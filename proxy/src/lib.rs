@@ -52,7 +52,7 @@ pub struct Addrs {
     pub health: SocketAddr,
     /// Transparent inbound capture, when enabled.
     pub capture_inbound: Option<SocketAddr>,
-    /// Transparent outbound capture, when enabled.
+    /// Transparent outbound capture, when enabled (the first of its listeners).
     pub capture_outbound: Option<SocketAddr>,
 }
 
@@ -98,18 +98,40 @@ pub async fn start(
         Some(a) => Some(bind(a, "--capture-inbound").await?),
         None => None,
     };
-    let capture_out_l = match cfg.capture_outbound {
-        Some(a) => Some(bind(a, "--capture-outbound").await?),
-        None => None,
-    };
+    let mut capture_out_l = Vec::new();
+    for &a in &cfg.capture_outbound {
+        match TcpListener::bind(a).await {
+            Ok(l) => capture_out_l.push(l),
+            // A pod without IPv6 has no ::1; the datapath steers nothing there either.
+            Err(e) if a.is_ipv6() && e.kind() == std::io::ErrorKind::AddrNotAvailable => {
+                tracing::warn!(addr = %a, error = %e, "--capture-outbound: skipped, no such address in this network namespace");
+            }
+            Err(e) => anyhow::bail!("cannot listen on {a} (--capture-outbound): {e}"),
+        }
+    }
     let addrs = Addrs {
-        capture_outbound: capture_out_l.as_ref().map(|l| l.local_addr()).transpose()?,
+        capture_outbound: capture_out_l.first().map(|l| l.local_addr()).transpose()?,
         capture_inbound: capture_l.as_ref().map(|l| l.local_addr()).transpose()?,
         listen: listener.local_addr()?,
         admin: admin_l.local_addr()?,
         metrics: metrics_l.local_addr()?,
         health: health_l.local_addr()?,
     };
+    // Capture never forwards to the sidecar itself: the configured ports and every port
+    // bound here.
+    let mut proxy_ports = cfg.proxy_ports.clone();
+    proxy_ports.extend([
+        addrs.listen.port(),
+        addrs.admin.port(),
+        addrs.metrics.port(),
+        addrs.health.port(),
+    ]);
+    proxy_ports.extend(addrs.capture_inbound.map(|a| a.port()));
+    for l in &capture_out_l {
+        proxy_ports.push(l.local_addr()?.port());
+    }
+    proxy_ports.sort_unstable();
+    proxy_ports.dedup();
     let metrics = Arc::new(Metrics::new());
     let policy = PolicyHandle::new(enforcer);
     let settings = Settings {
@@ -126,6 +148,7 @@ pub async fn start(
         max_headers: cfg.max_headers,
         max_concurrent_streams: cfg.max_concurrent_streams,
         max_connections: cfg.max_connections,
+        proxy_ports,
         h2_max_connections: cfg.upstream_h2_max_connections,
         pool: upstream::PoolSettings {
             max_idle_per_key: cfg.upstream_max_idle,
@@ -190,23 +213,19 @@ pub async fn start(
         )));
     }
     if let Some(l) = capture_l {
-        let delivery = server::Delivery::OriginalPort {
-            host: cfg.capture_inbound_host,
-        };
         tasks.push(tokio::spawn(server::accept_loop(
             l,
             shared.clone(),
             rx.clone(),
-            delivery,
+            server::Delivery::CapturedInbound,
         )));
     }
-    if let Some(l) = capture_out_l {
-        let delivery = server::Delivery::OriginalDestination;
+    for l in capture_out_l {
         tasks.push(tokio::spawn(server::accept_loop(
             l,
             shared.clone(),
             rx.clone(),
-            delivery,
+            server::Delivery::CapturedOutbound,
         )));
     }
     tasks.extend([

@@ -57,6 +57,39 @@ pub struct TlsRefusalLabels {
     pub reason: TlsRefusal,
 }
 
+/// Which capture listener refused a connection.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum CaptureListener {
+    /// Inbound capture (15006).
+    inbound,
+    /// Outbound capture (15001).
+    outbound,
+}
+
+/// Why a capture listener refused a connection.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum CaptureRefusal {
+    /// Outbound: nobody answered SO_ORIGINAL_DST for it, so the pod's datapath (or NAT)
+    /// did not redirect it here: a client dialled the listener itself.
+    no_original_destination,
+    /// Outbound: the original destination is the listener itself or loopback, which
+    /// capture never redirects.
+    not_redirected,
+    /// The original destination is one of the sidecar's own ports.
+    proxy_port,
+}
+
+/// Labels of `membrane_capture_refused_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CaptureRefusalLabels {
+    /// The listener.
+    pub listener: CaptureListener,
+    /// Why.
+    pub reason: CaptureRefusal,
+}
+
 /// All metrics of one proxy process.
 pub struct Metrics {
     registry: Registry,
@@ -80,6 +113,7 @@ pub struct Metrics {
     h2: crate::upstream::H2Counters,
     policy_reload_failures: Counter,
     tls_refused: Family<TlsRefusalLabels, Counter>,
+    capture_refused: Family<CaptureRefusalLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -162,6 +196,12 @@ impl Metrics {
             "Connections refused on ports with TLS rules, by reason",
             tls_refused.clone(),
         );
+        let capture_refused = Family::<CaptureRefusalLabels, Counter>::default();
+        registry.register(
+            "capture_refused",
+            "Connections the capture listeners closed unforwarded, by listener and reason",
+            capture_refused.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -181,7 +221,15 @@ impl Metrics {
             h2,
             policy_reload_failures,
             tls_refused,
+            capture_refused,
         }
+    }
+
+    /// A capture listener closed a connection without forwarding it.
+    pub fn capture_refused(&self, listener: CaptureListener, reason: CaptureRefusal) {
+        self.capture_refused
+            .get_or_create(&CaptureRefusalLabels { listener, reason })
+            .inc();
     }
 
     /// A connection on a port with TLS rules was refused.

@@ -19,7 +19,7 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::body::{full, ResponseBody, UpstreamBody, WatchedBody};
 use crate::h1guard::{H1Guard, HeadClock};
-use crate::metrics::{Metrics, Verdict};
+use crate::metrics::{CaptureListener, CaptureRefusal, Metrics, Verdict};
 use crate::normalize::normalize_path;
 use crate::policy::{Decision, Direction, PolicyHandle, RequestView};
 use crate::upstream::Upstreams;
@@ -55,6 +55,8 @@ pub struct Settings {
     pub max_concurrent_streams: u32,
     /// Maximum concurrent downstream connections.
     pub max_connections: usize,
+    /// The sidecar's own ports: capture never forwards to one of them (sorted).
+    pub proxy_ports: Vec<u16>,
     /// Upstream connection pool bounds.
     pub pool: crate::upstream::PoolSettings,
     /// Upstream connections the HTTP/2 clients may hold in all.
@@ -129,16 +131,15 @@ impl Shared {
 pub enum Delivery {
     /// To the configured upstream (`--upstream`).
     Upstream,
-    /// Transparent inbound capture: to `host` on the port the client originally addressed
-    /// (read with SO_ORIGINAL_DST after an iptables/nftables REDIRECT); that port is also the
-    /// policy port.
-    OriginalPort {
-        /// Where the application listens (normally 127.0.0.1).
-        host: IpAddr,
-    },
-    /// Transparent outbound capture: to the original destination itself, under the
-    /// endpoint's egress policy (remote identity from the destination address).
-    OriginalDestination,
+    /// Transparent inbound capture: to the original destination itself (the pod's address
+    /// and the port the client dialled: the accepted socket's own address after sk_lookup,
+    /// SO_ORIGINAL_DST after a NAT redirect), under the ingress policy of that port, as
+    /// Istio does since 1.10. Never to one of the sidecar's own ports.
+    CapturedInbound,
+    /// Transparent outbound capture: to the original destination, under the endpoint's
+    /// egress policy (remote identity from the destination address). Only a connection
+    /// whose original destination the datapath (or NAT) answered for is forwarded.
+    CapturedOutbound,
 }
 
 /// Where one connection goes and the pooled clients that reach it.
@@ -166,59 +167,89 @@ impl Route {
 }
 
 impl Shared {
-    /// `listen_port`: the port of the listener that accepted `stream`.
-    fn route(&self, stream: &TcpStream, delivery: Delivery, listen_port: u16) -> Option<Route> {
-        match delivery {
-            Delivery::Upstream => Some(Route {
-                target: self.settings.upstream,
-                upstreams: self.upstreams.clone(),
-                dir: Direction::Ingress,
-                https: self.settings.upstream_tls,
-                server_name: self.settings.upstream_server_name.as_deref().map(Arc::from),
-            }),
-            Delivery::OriginalPort { .. } | Delivery::OriginalDestination => {
-                // A NAT redirect leaves the socket on the capture port and SO_ORIGINAL_DST
-                // names what the client dialled; the eBPF datapath's sk_lookup hands the
-                // connection over with that address as the socket's own (and answers
-                // SO_ORIGINAL_DST with it too).
-                let local = stream.local_addr().ok()?;
-                let orig = crate::orig_dst::original_dst(stream).unwrap_or(local);
-                if orig.port() == listen_port {
-                    // Not redirected: a client dialled the capture port itself. Forwarding it
-                    // would loop back here.
-                    return None;
-                }
-                let (target, dir) = match delivery {
-                    Delivery::OriginalPort { host } => {
-                        (SocketAddr::new(host, orig.port()), Direction::Ingress)
-                    }
-                    _ => (orig, Direction::Egress),
-                };
-                let mut cache = self.capture_upstreams.lock().ok()?;
-                let upstreams = match cache.get(&target) {
-                    Some(u) => u.clone(),
-                    None => {
-                        let u = Upstreams::new(
-                            target,
-                            self.connect_timeout,
-                            self.upstream_tls.as_ref(),
-                            &self.settings.pool,
-                            &self.h2_limit,
-                        )
-                        .ok()?;
-                        cache.insert(target, u.clone());
-                        u
-                    }
-                };
-                Some(Route {
-                    target,
-                    upstreams,
-                    dir,
+    /// Where `stream` goes, or why a capture listener refuses it.
+    fn route(&self, stream: &TcpStream, delivery: Delivery) -> Result<Route, CaptureRefusal> {
+        let (target, dir) = match delivery {
+            Delivery::Upstream => {
+                return Ok(Route {
+                    target: self.settings.upstream,
+                    upstreams: self.upstreams.clone(),
+                    dir: Direction::Ingress,
                     https: self.settings.upstream_tls,
                     server_name: self.settings.upstream_server_name.as_deref().map(Arc::from),
                 })
             }
-        }
+            Delivery::CapturedInbound => {
+                // sk_lookup hands the connection over with its destination as the socket's
+                // own address; a NAT redirect leaves the socket on the capture port and
+                // SO_ORIGINAL_DST names what the client dialled.
+                let local = stream
+                    .local_addr()
+                    .map_err(|_| CaptureRefusal::no_original_destination)?;
+                let orig = crate::orig_dst::original_dst(stream).unwrap_or(local);
+                let orig = SocketAddr::new(orig.ip().to_canonical(), orig.port());
+                // Dialled a sidecar port (this listener included: it would loop back
+                // here), or loopback, which inbound capture never hands over.
+                if self
+                    .settings
+                    .proxy_ports
+                    .binary_search(&orig.port())
+                    .is_ok()
+                {
+                    return Err(CaptureRefusal::proxy_port);
+                }
+                if orig.ip().is_loopback() || orig.ip().is_unspecified() {
+                    return Err(CaptureRefusal::not_redirected);
+                }
+                (orig, Direction::Ingress)
+            }
+            Delivery::CapturedOutbound => {
+                // Only a redirected connection has an original destination: the eBPF
+                // datapath answers for the sockets of connects it steered, NAT for the
+                // connections it rewrote. Anything else dialled this listener itself.
+                let orig = crate::orig_dst::original_dst(stream)
+                    .ok_or(CaptureRefusal::no_original_destination)?;
+                let orig = SocketAddr::new(orig.ip().to_canonical(), orig.port());
+                // Conntrack answers a connection it did not rewrite with the socket's own
+                // address; capture never steers a connect to loopback.
+                let local = stream
+                    .local_addr()
+                    .ok()
+                    .map(|a| SocketAddr::new(a.ip().to_canonical(), a.port()));
+                if orig.ip().is_loopback() || orig.ip().is_unspecified() || local == Some(orig) {
+                    return Err(CaptureRefusal::not_redirected);
+                }
+                (orig, Direction::Egress)
+            }
+        };
+        let upstreams = {
+            let mut cache = self
+                .capture_upstreams
+                .lock()
+                .map_err(|_| CaptureRefusal::no_original_destination)?;
+            match cache.get(&target) {
+                Some(u) => u.clone(),
+                None => {
+                    let u = Upstreams::new(
+                        target,
+                        self.connect_timeout,
+                        self.upstream_tls.as_ref(),
+                        &self.settings.pool,
+                        &self.h2_limit,
+                    )
+                    .map_err(|_| CaptureRefusal::no_original_destination)?;
+                    cache.insert(target, u.clone());
+                    u
+                }
+            }
+        };
+        Ok(Route {
+            target,
+            upstreams,
+            dir,
+            https: self.settings.upstream_tls,
+            server_name: self.settings.upstream_server_name.as_deref().map(Arc::from),
+        })
     }
 
     /// `route` re-pointed to originate TLS with the material of `src`, verifying the
@@ -274,7 +305,6 @@ pub async fn accept_loop(
     mut shutdown: watch::Receiver<bool>,
     delivery: Delivery,
 ) {
-    let listen_port = listener.local_addr().map_or(0, |a| a.port());
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -295,9 +325,17 @@ pub async fn accept_loop(
             drop(stream);
             continue;
         };
-        let Some(route) = shared.route(&stream, delivery, listen_port) else {
-            tracing::debug!(%peer, "no original destination, closing");
-            continue;
+        let route = match shared.route(&stream, delivery) {
+            Ok(r) => r,
+            Err(reason) => {
+                let listener = match delivery {
+                    Delivery::CapturedOutbound => CaptureListener::outbound,
+                    _ => CaptureListener::inbound,
+                };
+                shared.metrics.capture_refused(listener, reason);
+                tracing::info!(%peer, ?listener, ?reason, "capture refused a connection");
+                continue;
+            }
         };
         let shared = shared.clone();
         let shutdown = shutdown.clone();

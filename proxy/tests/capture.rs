@@ -1,6 +1,7 @@
 //! Transparent capture, privileged: two network namespaces joined by a veth pair and an
 //! nftables REDIRECT. Inbound: the proxy reads the original destination (SO_ORIGINAL_DST),
-//! enforces the ingress policy of that port and delivers to the application on loopback.
+//! enforces the ingress policy of that port and delivers to the application at that
+//! original destination (the pod's address), never to one of its own ports.
 //! Outbound: the application's connection to a remote address is redirected to the proxy,
 //! which enforces the egress policy for that destination and connects to it (the proxy runs
 //! as uid 1337, which the redirect exempts). Namespaces are removed even on failure.
@@ -95,7 +96,7 @@ fn redirected_connections_get_the_policy_of_their_original_port() {
     let rules = dir.join("capture.nft");
     std::fs::write(
         &rules,
-        "table ip membrane_capture_test {\n  chain prerouting {\n    type nat hook prerouting priority dstnat;\n    tcp dport 8080 redirect to :15006\n  }\n}\n",
+        "table ip membrane_capture_test {\n  chain prerouting {\n    type nat hook prerouting priority dstnat;\n    tcp dport { 8080, 15000 } redirect to :15006\n  }\n}\n",
     )
     .unwrap();
     run(&[
@@ -108,7 +109,8 @@ fn redirected_connections_get_the_policy_of_their_original_port() {
         rules.to_str().unwrap(),
     ]);
 
-    // The application: a static file server on loopback only, reachable solely through the proxy.
+    // The application: a static file server on every address; from outside the pod the
+    // redirect sends its port through the proxy.
     std::fs::write(dir.join("v1/x"), "app-file\n").unwrap();
     env.children.push(
         Command::new("ip")
@@ -121,7 +123,7 @@ fn redirected_connections_get_the_policy_of_their_original_port() {
                 "http.server",
                 "8080",
                 "--bind",
-                "127.0.0.1",
+                "0.0.0.0",
             ])
             .arg("--directory")
             .arg(&dir)
@@ -211,6 +213,17 @@ fn redirected_connections_get_the_policy_of_their_original_port() {
     // Dialling the capture port itself is not a redirected connection: closed, not looped.
     let (code, _) = curl_in(&client, &["http://10.251.7.2:15006/v1/x"]);
     assert_eq!(code, "000");
+    // A redirect of one of the sidecar's own ports (here the admin's) is refused, not
+    // forwarded to the sidecar.
+    let (code, body) = curl_in(&client, &["http://10.251.7.2:15000/config_dump"]);
+    assert_eq!(code, "000", "{body}");
+    let (_, metrics) = curl_in(&server, &["http://127.0.0.1:15020/stats/prometheus"]);
+    assert!(
+        metrics.contains(
+            "membrane_capture_refused_total{listener=\"inbound\",reason=\"proxy_port\"} 2"
+        ),
+        "the capture port and the admin port refused as the sidecar's own: {metrics}"
+    );
     drop(env);
 }
 

@@ -37,6 +37,13 @@ pub const IGNORED_NAMESPACES: [&str; 4] = [
 /// The sidecar's own listener: `membrane-proxy standalone` requires one
 /// (`--listen`/`--upstream`); bound to loopback so only the pod reaches it.
 pub const PROXY_LISTEN_PORT: u16 = 15007;
+/// The sidecar's outbound capture listeners: loopback only, where the eBPF
+/// datapath steers the pod's IPv4 and IPv6 connects, so no peer on the pod
+/// network can dial them.
+pub const CAPTURE_OUTBOUND: &str = "127.0.0.1:15001,[::1]:15001";
+/// The sidecar's inbound capture listener: on every address, as sk_lookup
+/// hands it connections to any of the pod's addresses.
+pub const CAPTURE_INBOUND: &str = "0.0.0.0:15006";
 /// Ports the sidecar binds in the pod's network namespace, with the names
 /// its container declares: outbound and inbound capture (Istio's 15001 and
 /// 15006), merged metrics and readiness (named as Istio's own templates
@@ -486,8 +493,8 @@ fn container(sidecar: &Sidecar, env: &[(String, String)], upstream_port: u64) ->
             "--xds-address", sidecar.xds_address,
             // Kubernetes expands $(VAR) from the container's env.
             "--node-id", "sidecar~$(POD_IP)~$(POD_NAME).$(POD_NAMESPACE)~$(POD_NAMESPACE).svc.cluster.local",
-            "--capture-outbound", "0.0.0.0:15001",
-            "--capture-inbound", "0.0.0.0:15006",
+            "--capture-outbound", CAPTURE_OUTBOUND,
+            "--capture-inbound", CAPTURE_INBOUND,
             "--metrics", "0.0.0.0:15020",
             "--health", "0.0.0.0:15021",
             "--listen", format!("127.0.0.1:{PROXY_LISTEN_PORT}"),

@@ -218,7 +218,11 @@ fn recorded_pods_get_a_valid_sidecar_and_istio_status() {
             arg_after(c, "--node-id"),
             "sidecar~$(POD_IP)~$(POD_NAME).$(POD_NAMESPACE)~$(POD_NAMESPACE).svc.cluster.local"
         );
-        assert_eq!(arg_after(c, "--capture-outbound"), "0.0.0.0:15001");
+        // Outbound capture on loopback only: a peer cannot dial it (issue 12).
+        assert_eq!(
+            arg_after(c, "--capture-outbound"),
+            "127.0.0.1:15001,[::1]:15001"
+        );
         assert_eq!(arg_after(c, "--capture-inbound"), "0.0.0.0:15006");
         assert_eq!(arg_after(c, "--health"), "0.0.0.0:15021");
         assert_eq!(arg_after(c, "--metrics"), "0.0.0.0:15020");
