@@ -403,10 +403,13 @@ impl Cluster {
             .map(|s| format!("{}/32={}", s.ip, s.labels))
             .collect();
         for d in &deathstars {
+            // The sidecar delivers to the pod's own address; its connect there is
+            // neither captured again nor an egress flow (mb_pod_addr).
             let dp = c.attach(
                 d,
                 &Settings {
                     capture_inbound: true,
+                    pod_addrs: vec![d.ip.parse()?],
                     ..Settings::default()
                 },
             )?;
