@@ -158,6 +158,8 @@ fn verdict_for(
             headers: Vec::new(),
         }),
         sni: None,
+        // The Star Wars policies carry HTTP rules only.
+        unenforced_l7: Default::default(),
     };
     Ok(trace(policies, &req)?)
 }

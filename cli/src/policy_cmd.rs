@@ -6,6 +6,7 @@ use membrane_policy::labels::LabelSet;
 use membrane_policy::load::{parse_file, LoadedObject};
 use membrane_policy::rule::{CompiledPolicy, Proto};
 use membrane_policy::trace::{trace, TraceHttp, TraceRequest};
+use membrane_policy::UnenforcedL7Mode;
 use serde::Serialize;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -95,6 +96,15 @@ pub struct TraceArgs {
     /// A named port of the destination, `NAME=PORT`; repeatable.
     #[arg(long = "named-port")]
     named_port: Vec<String>,
+    /// What Kafka, DNS and generic L7 rules (which membrane does not enforce) do:
+    /// `fail-closed` denies what only they would allow; `l4-only` allows it at L4 without
+    /// them. Trace with the setting the proxies and membrane-xds run with.
+    #[arg(
+        long = "unenforced-l7",
+        env = "MEMBRANE_UNENFORCED_L7",
+        default_value = "fail-closed"
+    )]
+    unenforced_l7: UnenforcedL7Mode,
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value = "text")]
     output: Output,
@@ -150,7 +160,7 @@ struct ValidateEntry {
     name: String,
     valid: bool,
     error: Option<String>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    /// Accepted, but worth knowing: legacy fields, L7 rules membrane does not enforce.
     warnings: Vec<String>,
 }
 
@@ -361,6 +371,7 @@ fn trace_cmd(a: TraceArgs) -> Result<ExitCode> {
         named_ports,
         http,
         sni: a.tls_sni.clone(),
+        unenforced_l7: a.unenforced_l7,
     };
     let result = trace(&policies, &req)?;
     match a.output {

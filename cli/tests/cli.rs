@@ -162,3 +162,124 @@ fn trace_refuses_bad_input_with_a_clear_error() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--dport: \"http\" is not a port number"));
 }
+
+const CORPUS_KAFKA: &str =
+    "../shared/corpus/cnp/cilium-cilium__examples__policies__getting-started__kafka.yaml";
+const CORPUS_DNS: &str = "../shared/corpus/cnp/cilium-cilium__cilium-cli__connectivity__builder__manifests__client-egress-node-local-dns.yaml";
+
+/// Kafka and DNS rules from the corpus are still accepted (exit 0), but `validate` says
+/// that membrane does not enforce them and what it does instead, in text and in JSON.
+#[test]
+fn validate_warns_about_unenforced_l7_rules() {
+    for (file, field) in [
+        (
+            CORPUS_KAFKA,
+            "spec.ingress[0].toPorts[0].rules.kafka: Kafka rules are not enforced by membrane",
+        ),
+        (
+            CORPUS_DNS,
+            ".rules.dns: DNS rules are not enforced by membrane",
+        ),
+    ] {
+        let out = membrane()
+            .args(["policy", "validate", &repo(file)])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{file}: {err}");
+        assert!(
+            err.contains("warning: ") && err.contains(field) && err.contains("fail closed"),
+            "{file}: {err}"
+        );
+        let out = membrane()
+            .args(["policy", "validate", "-o", "json", &repo(file)])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        for e in v.as_array().unwrap() {
+            assert_eq!(e["valid"], true, "{e}");
+            assert_eq!(e["error"], serde_json::Value::Null, "{e}");
+        }
+        let warned = v.as_array().unwrap().iter().any(|e| {
+            e["warnings"]
+                .as_array()
+                .is_some_and(|w| w.iter().any(|w| w.as_str().unwrap().contains(field)))
+        });
+        assert!(warned, "{file}: {v:#}");
+    }
+    // Objects without warnings still carry the key, as an empty list.
+    let out = membrane()
+        .args([
+            "policy",
+            "validate",
+            "-o",
+            "json",
+            &repo("manifests/examples/starwars/sw_l3_l4_policy.yaml"),
+        ])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["warnings"], serde_json::json!([]), "{v:#}");
+}
+
+/// `trace` gives the verdict the proxy enforces for a port whose only allow rule carries
+/// Kafka rules: denied by default, naming the rule and why; allowed at L4 only with
+/// `--unenforced-l7 l4-only`; a caveat either way.
+#[test]
+fn trace_unenforced_l7_fails_closed_unless_told_otherwise() {
+    let kafka = repo(CORPUS_KAFKA);
+    let args = [
+        "--policy",
+        &kafka,
+        "-s",
+        "k8s:app=empire-outpost",
+        "-d",
+        "k8s:app=kafka",
+        "--dport",
+        "9092",
+    ];
+    let closed = trace(&args);
+    assert_eq!(closed["verdict"], "denied", "{closed:#}");
+    assert_eq!(
+        closed["decided_by"]["policy"], "default/rule2",
+        "{closed:#}"
+    );
+    assert_eq!(
+        closed["decided_by"]["rule"], "spec.ingress[0]",
+        "{closed:#}"
+    );
+    let text = closed["explanation"].as_str().unwrap();
+    assert!(
+        text.contains("kafka rules are not enforced by membrane: denied (fail closed"),
+        "{text}"
+    );
+    assert!(
+        closed["caveats"][0]
+            .as_str()
+            .unwrap()
+            .contains("kafka rules of"),
+        "{closed:#}"
+    );
+    let mut l4 = args.to_vec();
+    l4.extend(["--unenforced-l7", "l4-only"]);
+    let open = trace(&l4);
+    assert_eq!(open["verdict"], "allowed", "{open:#}");
+    assert_eq!(open["decided_by"]["rule"], "spec.ingress[0]", "{open:#}");
+    assert!(
+        open["caveats"][0].as_str().unwrap().contains("l4-only"),
+        "{open:#}"
+    );
+    let bad = membrane()
+        .args(["policy", "trace", "-o", "json"])
+        .args(args)
+        .args(["--unenforced-l7", "allow"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("expected fail-closed or l4-only"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+}

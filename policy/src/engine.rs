@@ -9,6 +9,7 @@ use crate::identity::{Identity, IdentityAllocator, IdentityError, IdentityInfo, 
 use crate::labels::LabelSet;
 use crate::resolve::{
     index_label, subject_selects, Endpoint, NamedPorts, Repository, ResolvedPolicy, SelectorCache,
+    UnenforcedL7Mode,
 };
 use crate::rule::{CompiledPolicy, Peer, PolicyKey, Subject};
 use ipnet::IpNet;
@@ -65,6 +66,19 @@ impl<A: IdentityAllocator> Engine<A> {
             changes_since_sweep: 0,
             ep_by_label: HashMap::new(),
         }
+    }
+
+    /// Sets what rules of L7 protocols membrane does not enforce (Kafka, DNS, generic
+    /// `l7proto`) do, and re-resolves every endpoint under the new setting. The default,
+    /// [`UnenforcedL7Mode::FailClosed`], denies what only such rules would allow.
+    pub fn set_unenforced_l7(&mut self, mode: UnenforcedL7Mode) -> Vec<EndpointId> {
+        if self.repo.unenforced_l7() == mode {
+            return vec![];
+        }
+        self.repo.set_unenforced_l7(mode);
+        let ids: Vec<EndpointId> = self.endpoints.keys().cloned().collect();
+        self.reresolve(&ids);
+        ids
     }
 
     /// The policies in force.

@@ -16,10 +16,6 @@ use std::fmt;
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
-/// Regex size limit: generous for real policies, bounded so a hostile policy cannot make the
-/// proxy build an enormous automaton.
-const REGEX_SIZE_LIMIT: usize = 1 << 20;
-
 /// Errors from compiling an HTTP rule; `field` is relative to the rule.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {message}")]
@@ -28,23 +24,6 @@ pub struct HttpRuleError {
     pub field: String,
     /// What is wrong.
     pub message: String,
-}
-
-/// Compiles a regex that must match the whole input, as Cilium's proxy does.
-pub fn full_match_regex(pattern: &str) -> Result<Regex, String> {
-    regex::RegexBuilder::new(&format!("^(?:{pattern})$"))
-        .size_limit(REGEX_SIZE_LIMIT)
-        .build()
-        .map_err(|e| {
-            let detail = e.to_string();
-            let last = detail
-                .lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("")
-                .trim();
-            format!("{pattern:?} is not a valid RE2 regular expression ({last})")
-        })
 }
 
 /// What to do when a `headerMatches` entry does not match.
@@ -390,11 +369,11 @@ impl CompiledHttpRule {
         let re = |field: &str, v: &Option<String>| -> Result<Option<Regex>, HttpRuleError> {
             match v {
                 None => Ok(None),
-                Some(p) => full_match_regex(p)
+                Some(p) => crate::regexp::compile(p)
                     .map(Some)
-                    .map_err(|message| HttpRuleError {
+                    .map_err(|e| HttpRuleError {
                         field: field.to_owned(),
-                        message,
+                        message: e.to_string(),
                     }),
             }
         };

@@ -4,9 +4,9 @@
 //! It owns the policy model ([`model`]), parsing and validation with field-precise errors
 //! ([`load`], [`rule`]), labels and selectors, identities and their allocation
 //! ([`identity`]), resolution of an endpoint's policy ([`resolve`]), incremental
-//! recomputation ([`engine`]), the ipcache ([`ipcache`]), HTTP rule matching ([`http`]; the
-//! values of secrets come from a resolver the caller passes with each request) and
-//! tracing ([`trace`]).
+//! recomputation ([`engine`]), the ipcache ([`ipcache`]), user regexes ([`regexp`]),
+//! HTTP rule matching ([`http`]; the values of secrets come from a resolver the caller
+//! passes with each request) and tracing ([`trace`]).
 //!
 //! It must never do I/O: no files, sockets, async runtimes, protobuf or kernel maps. Text
 //! comes in, values go out; adapters (the CLI, the xDS server, the proxy, the datapath)
@@ -19,6 +19,7 @@ pub mod ipcache;
 pub mod labels;
 pub mod load;
 pub mod model;
+pub mod regexp;
 pub mod resolve;
 pub mod rule;
 pub mod selector;
@@ -29,6 +30,7 @@ pub use identity::{Identity, IdentityAllocator, MemoryAllocator};
 pub use labels::{Label, LabelSet};
 pub use load::{parse_file, LoadedObject};
 pub use resolve::{
-    ConnPolicy, Direction, Endpoint, Repository, ResolvedPolicy, SelectorCache, Verdict,
+    ConnPolicy, Direction, Endpoint, Repository, ResolvedPolicy, SelectorCache, UnenforcedL7Mode,
+    Verdict,
 };
 pub use rule::{CompiledPolicy, PolicyKey, PolicyKind, Proto};

@@ -141,6 +141,62 @@ impl PortEntry {
     }
 }
 
+/// What rules of an L7 protocol membrane does not enforce (Kafka, DNS, a generic
+/// `l7proto`) do for the peers and ports they cover. Cilium would send such traffic to a
+/// proxy that checks each message; membrane has none, so by default it refuses the
+/// traffic rather than let the rule become an L4 allow of everything on the port.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum UnenforcedL7Mode {
+    /// Denied (the default): the rule allows nothing, as if no message matched it.
+    #[default]
+    FailClosed,
+    /// Allowed at L4, without the L7 rules (an explicit setting, `l4-only`).
+    L4Only,
+}
+
+impl UnenforcedL7Mode {
+    /// The setting's name: `fail-closed` or `l4-only`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnenforcedL7Mode::FailClosed => "fail-closed",
+            UnenforcedL7Mode::L4Only => "l4-only",
+        }
+    }
+
+    /// What a rule with `kind` rules (`kafka`, `dns`, `l7proto NAME`) does under this
+    /// setting, as decisions and traces report it.
+    pub fn explain(self, kind: &str) -> String {
+        match self {
+            UnenforcedL7Mode::FailClosed => format!(
+                "{kind} rules are not enforced by membrane: denied (fail closed; the setting --unenforced-l7 l4-only allows such traffic at L4 without them)"
+            ),
+            UnenforcedL7Mode::L4Only => format!(
+                "{kind} rules are not enforced by membrane: allowed at L4 without them (--unenforced-l7 l4-only)"
+            ),
+        }
+    }
+}
+
+impl fmt::Display for UnenforcedL7Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for UnenforcedL7Mode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "fail-closed" => Ok(UnenforcedL7Mode::FailClosed),
+            "l4-only" => Ok(UnenforcedL7Mode::L4Only),
+            other => Err(format!(
+                "{other:?} is not an unenforced-L7 setting (expected fail-closed or l4-only)"
+            )),
+        }
+    }
+}
+
 /// The resolved policy of one direction.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DirectionPolicy {
@@ -153,6 +209,8 @@ pub struct DirectionPolicy {
     pub entries: Vec<PortEntry>,
     /// Policies that select the endpoint in this direction.
     pub selected_by: Vec<PolicyKey>,
+    /// What rules of L7 protocols membrane does not enforce do here.
+    pub unenforced_l7: UnenforcedL7Mode,
 }
 
 /// An endpoint's resolved policy.
@@ -207,8 +265,12 @@ pub enum ConnPolicy<'a> {
     Allowed(Option<&'a PeerEntry>),
     /// Allowed at L4; each request must match one of these rules' HTTP rules.
     Http(Vec<&'a PeerEntry>),
-    /// Allowed at L4; L7 rules of a protocol the engine does not enforce apply.
-    UnenforcedL7(&'a PeerEntry),
+    /// Denied: this allow rule's L7 rules are of a protocol membrane does not enforce, and
+    /// the setting is [`UnenforcedL7Mode::FailClosed`] (see [`ConnPolicy::note`]).
+    UnenforcedL7Denied(&'a PeerEntry),
+    /// Allowed at L4 without this rule's L7 rules, of a protocol membrane does not
+    /// enforce: the setting is [`UnenforcedL7Mode::L4Only`].
+    UnenforcedL7AllowedL4(&'a PeerEntry),
 }
 
 /// The decision on one request.
@@ -228,8 +290,26 @@ impl<'a> ConnPolicy<'a> {
     /// The L3/L4 verdict.
     pub fn l4_verdict(&self) -> Verdict {
         match self {
-            ConnPolicy::Denied(_) => Verdict::Denied,
-            _ => Verdict::Allowed,
+            ConnPolicy::Denied(_) | ConnPolicy::UnenforcedL7Denied(_) => Verdict::Denied,
+            ConnPolicy::NotEnforced
+            | ConnPolicy::Allowed(_)
+            | ConnPolicy::Http(_)
+            | ConnPolicy::UnenforcedL7AllowedL4(_) => Verdict::Allowed,
+        }
+    }
+
+    /// Why the verdict is what it is, beyond the rule that decided, when that matters to
+    /// whoever reads a denial or an allow: today, the handling of L7 rules membrane does
+    /// not enforce.
+    pub fn note(&self) -> Option<String> {
+        let (e, mode) = match self {
+            ConnPolicy::UnenforcedL7Denied(e) => (e, UnenforcedL7Mode::FailClosed),
+            ConnPolicy::UnenforcedL7AllowedL4(e) => (e, UnenforcedL7Mode::L4Only),
+            _ => return None,
+        };
+        match &e.l7 {
+            L7::Unenforced(kind) => Some(mode.explain(kind)),
+            _ => None,
         }
     }
 
@@ -250,7 +330,8 @@ impl<'a> ConnPolicy<'a> {
             ConnPolicy::NotEnforced => simple(Verdict::Allowed, None),
             ConnPolicy::Denied(by) => simple(Verdict::Denied, *by),
             ConnPolicy::Allowed(by) => simple(Verdict::Allowed, *by),
-            ConnPolicy::UnenforcedL7(by) => simple(Verdict::Allowed, Some(*by)),
+            ConnPolicy::UnenforcedL7Denied(by) => simple(Verdict::Denied, Some(*by)),
+            ConnPolicy::UnenforcedL7AllowedL4(by) => simple(Verdict::Allowed, Some(*by)),
             ConnPolicy::Http(entries) => {
                 for e in entries {
                     if let L7::Http(rules) = &e.l7 {
@@ -354,8 +435,14 @@ impl DirectionPolicy {
         if !http.is_empty() {
             return ConnPolicy::Http(http);
         }
+        // Checked after L4-only and HTTP allows: those would admit the peer in Cilium too
+        // (an L4 allow opens all of a port's L7), so only what this rule alone would admit
+        // is refused.
         if let Some(u) = matching().find(|r| !r.deny && matches!(r.l7, L7::Unenforced(_))) {
-            return ConnPolicy::UnenforcedL7(u);
+            return match self.unenforced_l7 {
+                UnenforcedL7Mode::FailClosed => ConnPolicy::UnenforcedL7Denied(u),
+                UnenforcedL7Mode::L4Only => ConnPolicy::UnenforcedL7AllowedL4(u),
+            };
         }
         if self.default_deny {
             ConnPolicy::Denied(None)
@@ -513,6 +600,8 @@ pub struct Repository {
     by_peer: HashMap<Peer, Vec<(PolicyKey, usize)>>,
     /// Rules with fromRequires/toRequires (they narrow other rules' peers).
     with_requires: BTreeSet<(PolicyKey, usize)>,
+    /// What rules of L7 protocols membrane does not enforce do.
+    unenforced_l7: UnenforcedL7Mode,
 }
 
 /// The exact label a subject is indexed by, if any.
@@ -725,11 +814,27 @@ impl Repository {
         cluster_named_ports: &NamedPorts,
     ) -> ResolvedPolicy {
         let selecting = self.selecting_rules(&ep.labels);
+        let mut ingress = resolve_direction(&selecting, Direction::Ingress, cache, &ep.named_ports);
+        let mut egress =
+            resolve_direction(&selecting, Direction::Egress, cache, cluster_named_ports);
+        ingress.unenforced_l7 = self.unenforced_l7;
+        egress.unenforced_l7 = self.unenforced_l7;
         ResolvedPolicy {
-            ingress: resolve_direction(&selecting, Direction::Ingress, cache, &ep.named_ports),
-            egress: resolve_direction(&selecting, Direction::Egress, cache, cluster_named_ports),
+            ingress,
+            egress,
             revision: self.revision,
         }
+    }
+
+    /// What rules of L7 protocols membrane does not enforce do in resolutions from now on
+    /// (default: [`UnenforcedL7Mode::FailClosed`]).
+    pub fn set_unenforced_l7(&mut self, mode: UnenforcedL7Mode) {
+        self.unenforced_l7 = mode;
+    }
+
+    /// The current unenforced-L7 setting.
+    pub fn unenforced_l7(&self) -> UnenforcedL7Mode {
+        self.unenforced_l7
     }
 }
 

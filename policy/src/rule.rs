@@ -204,8 +204,9 @@ pub enum L7 {
     None,
     /// HTTP rules, enforced by the proxy.
     Http(Arc<[CompiledHttpRule]>),
-    /// Rules of a protocol the engine does not enforce (Kafka, DNS, a generic l7proto):
-    /// parsed and validated, named in traces.
+    /// Rules of a protocol membrane does not enforce (`kafka`, `dns`, `l7proto NAME`):
+    /// parsed, validated and warned about; what they allow depends on the
+    /// [`crate::resolve::UnenforcedL7Mode`] (by default: nothing).
     Unenforced(String),
 }
 
@@ -1385,6 +1386,23 @@ impl Cx {
                     kinds.join(" and ")
                 ),
             );
+        } else if let L7::Unenforced(_) = &result {
+            // Cilium accepts these, and so does membrane; but nothing here checks their
+            // messages, so the user must learn what happens instead.
+            let (field, what) = match kinds[0] {
+                "kafka" => ("kafka", "Kafka rules".to_owned()),
+                "dns" => ("dns", "DNS rules".to_owned()),
+                _ => (
+                    "l7proto",
+                    format!("l7proto {:?} rules", r.l7proto.as_deref().unwrap_or("")),
+                ),
+            };
+            self.warnings.push(FieldError {
+                path: format!("{path}.{field}"),
+                message: format!(
+                    "{what} are not enforced by membrane: the peers and ports this rule covers are denied (fail closed) unless membrane runs with --unenforced-l7 l4-only, which allows them at L4 without the rules"
+                ),
+            });
         }
         result
     }

@@ -6,7 +6,9 @@ use crate::http::{HeaderSource, HttpRequest, NoSecrets};
 use crate::identity::{Identity, IdentityError};
 use crate::ipcache::IpCache;
 use crate::labels::{self, Label, LabelSet, SOURCE_K8S};
-use crate::resolve::{ConnPolicy, Direction, Endpoint, NamedPorts, PeerEntry, Verdict};
+use crate::resolve::{
+    ConnPolicy, Direction, Endpoint, NamedPorts, PeerEntry, UnenforcedL7Mode, Verdict,
+};
 use crate::rule::{CompiledPolicy, Proto, DEFAULT_CLUSTER, L7};
 use serde::Serialize;
 use std::net::IpAddr;
@@ -34,6 +36,9 @@ pub struct TraceRequest {
     /// The server name the flow's TLS ClientHello indicates (`None`: not TLS, or no SNI);
     /// rules with serverNames apply only when it is one of theirs, as in the proxy.
     pub sni: Option<String>,
+    /// What rules of L7 protocols membrane does not enforce do (as the proxy and the
+    /// control plane are configured).
+    pub unenforced_l7: UnenforcedL7Mode,
 }
 
 /// The HTTP part of a traced flow.
@@ -151,6 +156,7 @@ pub fn trace(
     req: &TraceRequest,
 ) -> Result<TraceResult, TraceError> {
     let mut engine = Engine::default();
+    engine.set_unenforced_l7(req.unenforced_l7);
     for p in policies {
         engine.apply_policy(p.clone());
     }
@@ -330,14 +336,20 @@ fn side(
             ));
             mk(Verdict::Allowed, None, None, lines)
         }
-        ConnPolicy::UnenforcedL7(e) => {
-            if let L7::Unenforced(kind) = &e.l7 {
-                caveats.push(format!(
-                    "{kind} rules of {} apply at L7 and are not evaluated by trace",
-                    e.origin
-                ));
-            }
-            lines.push(format!("{d}: allowed at L4 by {}", e.origin));
+        ConnPolicy::UnenforcedL7Denied(e) => {
+            let note = conn.note().unwrap_or_default();
+            lines.push(format!(
+                "{d}: denied: {} allows this peer and port only through its L7 rules; {note}",
+                e.origin
+            ));
+            unenforced_caveat(e, UnenforcedL7Mode::FailClosed, caveats);
+            mk(Verdict::Denied, Some(e), None, lines)
+        }
+        ConnPolicy::UnenforcedL7AllowedL4(e) => {
+            let note = conn.note().unwrap_or_default();
+            lines.push(format!("{d}: allowed at L4 by {}; {note}", e.origin));
+            unenforced_caveat(e, UnenforcedL7Mode::L4Only, caveats);
+            auth_caveat(e, caveats);
             mk(Verdict::Allowed, Some(e), None, lines)
         }
         ConnPolicy::Http(entries) => {
@@ -432,6 +444,19 @@ fn note_tls(
                 "{d}: the proxy originates TLS, verifying the destination with {src}"
             ));
         }
+    }
+}
+
+fn unenforced_caveat(e: &PeerEntry, mode: UnenforcedL7Mode, caveats: &mut Vec<String>) {
+    if let L7::Unenforced(kind) = &e.l7 {
+        let outcome = match mode {
+            UnenforcedL7Mode::FailClosed => "denies what only they would allow",
+            UnenforcedL7Mode::L4Only => "allows their peers and ports at L4 without them",
+        };
+        caveats.push(format!(
+            "{kind} rules of {} are not enforced by membrane; the setting {mode} {outcome}",
+            e.origin
+        ));
     }
 }
 

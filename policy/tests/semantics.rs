@@ -5,6 +5,7 @@ use membrane_policy::labels::LabelSet;
 use membrane_policy::load::parse_file;
 use membrane_policy::rule::{CompiledPolicy, Proto};
 use membrane_policy::trace::{trace, TraceHttp, TraceRequest, TraceResult};
+use membrane_policy::UnenforcedL7Mode;
 use std::sync::Arc;
 
 fn policies(texts: &[&str]) -> Vec<Arc<CompiledPolicy>> {
@@ -35,6 +36,7 @@ struct Flow<'a> {
     headers: &'a [(&'a str, &'a str)],
     named: &'a [(&'a str, u16)],
     sni: Option<&'a str>,
+    unenforced_l7: UnenforcedL7Mode,
 }
 
 fn flow<'a>(src: &'a str, dst: &'a str, port: u16) -> Flow<'a> {
@@ -50,6 +52,7 @@ fn flow<'a>(src: &'a str, dst: &'a str, port: u16) -> Flow<'a> {
         headers: &[],
         named: &[],
         sni: None,
+        unenforced_l7: UnenforcedL7Mode::default(),
     }
 }
 
@@ -67,6 +70,7 @@ fn run(p: &[Arc<CompiledPolicy>], f: &Flow<'_>) -> TraceResult {
             .map(|(n, p)| (n.to_string(), [*p].into_iter().collect()))
             .collect(),
         sni: f.sni.map(Into::into),
+        unenforced_l7: f.unenforced_l7,
         http: f.http.map(|(m, path)| TraceHttp {
             method: m.into(),
             path: path.into(),
@@ -928,4 +932,158 @@ spec:
         "",
     );
     check("no TLS", &run(&p, &get(None)), "denied", "");
+}
+
+const KAFKA: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: kafka}
+spec:
+  endpointSelector: {matchLabels: {class: deathstar}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {class: tiefighter}}]
+    toPorts:
+    - ports: [{port: "9092", protocol: TCP}]
+      rules:
+        kafka: [{role: produce, topic: deathstar-plans}]
+"#;
+
+const DNS: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: dns}
+spec:
+  endpointSelector: {matchLabels: {class: tiefighter}}
+  egress:
+  - toEndpoints: [{matchLabels: {k8s-app: kube-dns}}]
+    toPorts:
+    - ports: [{port: "53", protocol: ANY}]
+      rules:
+        dns: [{matchPattern: "*.cluster.local"}]
+"#;
+
+const L7PROTO: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: redis}
+spec:
+  endpointSelector: {matchLabels: {class: deathstar}}
+  enableDefaultDeny: {ingress: false}
+  ingress:
+  - fromEndpoints: [{matchLabels: {class: tiefighter}}]
+    toPorts:
+    - ports: [{port: "6379", protocol: TCP}]
+      rules:
+        l7proto: redis
+        l7: [{cmd: GET}]
+"#;
+
+const L4_9092_XWING: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: l4-9092}
+spec:
+  endpointSelector: {matchLabels: {class: deathstar}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {class: tiefighter}}]
+    toPorts:
+    - ports: [{port: "9092", protocol: TCP}]
+"#;
+
+/// Rules of an L7 protocol membrane does not enforce (Kafka, DNS, a generic l7proto) must
+/// not become an L4 allow: by default the peers and port they cover are denied, the rule
+/// is named and the reason given. An L4-only rule for the same peer and port still allows
+/// (an L4 allow opens all of a port's L7 in Cilium), and turning default deny off does not
+/// open what such a rule covers.
+#[test]
+fn unenforced_l7_rules_fail_closed() {
+    let kafka = policies(&[KAFKA]);
+    let r = run(&kafka, &flow(TIEFIGHTER, DEATHSTAR, 9092));
+    check(
+        "kafka: fail closed",
+        &r,
+        "denied",
+        "default/kafka spec.ingress[0]",
+    );
+    assert!(
+        r.explanation.contains("kafka rules") && r.explanation.contains("fail closed"),
+        "{}",
+        r.explanation
+    );
+    assert!(
+        r.caveats
+            .iter()
+            .any(|c| c.contains("kafka rules of") && c.contains("not enforced")),
+        "{:?}",
+        r.caveats
+    );
+    let dns = policies(&[DNS]);
+    let mut q = flow(TIEFIGHTER, "k8s:k8s-app=kube-dns", 53);
+    q.proto = Proto::Udp;
+    check(
+        "dns: fail closed",
+        &run(&dns, &q),
+        "denied",
+        "default/dns spec.egress[0]",
+    );
+    let redis = policies(&[L7PROTO]);
+    check(
+        "l7proto with default deny off: still denied",
+        &run(&redis, &flow(TIEFIGHTER, DEATHSTAR, 6379)),
+        "denied",
+        "default/redis spec.ingress[0]",
+    );
+    check(
+        "l7proto: other ports keep default allow",
+        &run(&redis, &flow(TIEFIGHTER, DEATHSTAR, 6380)),
+        "allowed",
+        "",
+    );
+    let merged = policies(&[KAFKA, L4_9092_XWING]);
+    check(
+        "an L4-only rule for the same peer and port allows",
+        &run(&merged, &flow(TIEFIGHTER, DEATHSTAR, 9092)),
+        "allowed",
+        "default/l4-9092 spec.ingress[0]",
+    );
+    check(
+        "other peers stay denied",
+        &run(&kafka, &flow(XWING, DEATHSTAR, 9092)),
+        "denied",
+        "",
+    );
+
+    // Only the explicit setting turns such rules into an L4 allow, and says so.
+    let l4 = |f: Flow<'static>| Flow {
+        unenforced_l7: UnenforcedL7Mode::L4Only,
+        ..f
+    };
+    let r = run(&kafka, &l4(flow(TIEFIGHTER, DEATHSTAR, 9092)));
+    check(
+        "kafka: l4-only",
+        &r,
+        "allowed",
+        "default/kafka spec.ingress[0]",
+    );
+    assert!(
+        r.caveats
+            .iter()
+            .any(|c| c.contains("kafka rules of") && c.contains("l4-only")),
+        "{:?}",
+        r.caveats
+    );
+    check(
+        "l4-only: other peers stay denied",
+        &run(&kafka, &l4(flow(XWING, DEATHSTAR, 9092))),
+        "denied",
+        "",
+    );
+    let mut q = l4(flow(TIEFIGHTER, "k8s:k8s-app=kube-dns", 53));
+    q.proto = Proto::Udp;
+    check(
+        "dns: l4-only",
+        &run(&dns, &q),
+        "allowed",
+        "default/dns spec.egress[0]",
+    );
 }

@@ -157,3 +157,94 @@ fn accepted_forms() {
         assert!(errs.is_empty(), "{spec}: {errs:?}");
     }
 }
+
+fn warnings(spec_yaml: &str) -> Vec<String> {
+    let text = format!(
+        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: p}}\n{spec_yaml}"
+    );
+    let objs = parse_file("t.yaml", &text).unwrap_or_else(|e| panic!("{e}"));
+    match &objs[0].result {
+        Ok(p) => p.warnings.iter().map(|w| w.to_string()).collect(),
+        Err(es) => panic!("{spec_yaml}: rejected: {es:?}"),
+    }
+}
+
+/// A user regex is one group, anchored at both ends: a pattern that closes the group early
+/// (`a)|(.*`) would otherwise make `^(?:a)|(.*)$`, which matches every value. Cilium (Go's
+/// RE2) rejects such a pattern as unbalanced; so must we, for every regex field.
+#[test]
+fn regexes_are_one_anchored_group() {
+    for field in ["method", "path", "host"] {
+        let spec = format!(
+            "spec: {{endpointSelector: {{}}, ingress: [{{toPorts: [{{ports: [{{port: \"80\", protocol: TCP}}], rules: {{http: [{{{field}: \"a)|(.*\"}}]}}}}]}}]}}"
+        );
+        let errs = errors(&spec, "CiliumNetworkPolicy");
+        let want = format!(
+            "spec.ingress[0].toPorts[0].rules.http[0].{field}: \"a)|(.*\" is not a valid RE2 regular expression"
+        );
+        assert!(
+            errs.iter()
+                .any(|e| e.contains(&want) && e.contains("unopened group")),
+            "{field}: wanted {want:?} (unopened group)\ngot: {errs:?}"
+        );
+    }
+    // Other ways of escaping the group are refused the same way.
+    for bad in ["GET)|(", "(GET", "GET)(?:", "\\"] {
+        let spec = format!(
+            "spec: {{endpointSelector: {{}}, ingress: [{{toPorts: [{{ports: [{{port: \"80\", protocol: TCP}}], rules: {{http: [{{method: {bad:?}}}]}}}}]}}]}}"
+        );
+        let errs = errors(&spec, "CiliumNetworkPolicy");
+        assert!(
+            errs.iter()
+                .any(|e| e.contains("http[0].method") && e.contains("not a valid RE2")),
+            "{bad}: {errs:?}"
+        );
+    }
+}
+
+/// A regex whose compiled program is larger than the limit is refused, and the error names
+/// the limit; patterns of real policies are far below it.
+#[test]
+fn regex_size_is_limited_and_the_limit_is_named() {
+    let spec = "spec: {endpointSelector: {}, ingress: [{toPorts: [{ports: [{port: \"80\", protocol: TCP}], rules: {http: [{path: \"/.{100}\"}]}}]}]}";
+    let errs = errors(spec, "CiliumNetworkPolicy");
+    let limit = membrane_policy::regexp::SIZE_LIMIT;
+    assert!(
+        errs.iter().any(
+            |e| e.contains("spec.ingress[0].toPorts[0].rules.http[0].path")
+                && e.contains(&format!("compiled size limit of {limit} bytes"))
+        ),
+        "{errs:?}"
+    );
+    // Long literal paths, alternations of methods and classes still fit.
+    let ok = "spec: {endpointSelector: {}, ingress: [{toPorts: [{ports: [{port: \"80\", protocol: TCP}], rules: {http: [{method: \"GET|POST|PUT|DELETE|PATCH|HEAD|OPTIONS\", path: \"/api/v[0-9]+/(users|groups|projects)/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}(/.*)?\"}]}}]}]}";
+    assert!(errors(ok, "CiliumNetworkPolicy").is_empty());
+}
+
+/// Kafka, DNS and generic L7 rules are accepted (Cilium accepts them) but each says that
+/// membrane does not enforce it and what happens instead.
+#[test]
+fn unenforced_l7_rules_are_accepted_with_a_warning() {
+    let cases = [
+        (
+            "spec: {endpointSelector: {}, egress: [{toPorts: [{ports: [{port: \"9092\", protocol: TCP}], rules: {kafka: [{role: produce, topic: t}]}}]}]}",
+            "spec.egress[0].toPorts[0].rules.kafka: Kafka rules are not enforced by membrane",
+        ),
+        (
+            "spec: {endpointSelector: {}, egress: [{toPorts: [{ports: [{port: \"53\", protocol: ANY}], rules: {dns: [{matchPattern: \"*\"}]}}]}]}",
+            "spec.egress[0].toPorts[0].rules.dns: DNS rules are not enforced by membrane",
+        ),
+        (
+            "spec: {endpointSelector: {}, ingress: [{toPorts: [{ports: [{port: \"6379\", protocol: TCP}], rules: {l7proto: redis, l7: [{cmd: get}]}}]}]}",
+            "spec.ingress[0].toPorts[0].rules.l7proto: l7proto \"redis\" rules are not enforced by membrane",
+        ),
+    ];
+    for (spec, want) in cases {
+        let w = warnings(spec);
+        assert!(
+            w.iter()
+                .any(|w| w.contains(want) && w.contains("denied (fail closed)")),
+            "{spec}\nwanted: {want}\ngot: {w:?}"
+        );
+    }
+}

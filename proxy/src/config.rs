@@ -73,6 +73,12 @@ pub struct Config {
     /// Longest reconnect delay to the control plane.
     #[arg(long, env = "MEMBRANE_XDS_BACKOFF_MAX", value_parser = parse_duration, default_value = "5s")]
     pub xds_backoff_max: Duration,
+    /// What Kafka, DNS and generic L7 rules in `--policy` files do (membrane does not
+    /// enforce them): `fail-closed` denies the peers and ports only they would allow;
+    /// `l4-only` allows those at L4 without the rules. With `--xds-address` the control
+    /// plane's setting applies (it sends such rules only when they must fail closed).
+    #[arg(long, env = "MEMBRANE_UNENFORCED_L7", default_value = "fail-closed")]
+    pub unenforced_l7: membrane_policy::UnenforcedL7Mode,
     /// Static ipcache entries `CIDR=LABELS` (`10.0.0.0/8=k8s:org=empire`); longest prefix wins.
     #[arg(long = "peer", env = "MEMBRANE_PEER", value_delimiter = ';')]
     pub peer: Vec<String>,

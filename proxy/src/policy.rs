@@ -152,38 +152,59 @@ fn plan_tls(
     sni: Option<&str>,
     origin: impl Fn(&membrane_policy::resolve::PeerEntry) -> String,
 ) -> Option<TlsPlan> {
-    use membrane_policy::{ConnPolicy, Proto};
+    use membrane_policy::Proto;
     if !dp.inspects_tls(Proto::Tcp, port) {
         return None;
     }
     let conn = dp.connection_sni(remote, Proto::Tcp, port, sni);
-    let l4 = (!conn.needs_http()).then(|| {
-        let decision = match &conn {
-            ConnPolicy::Denied(by) => Decision::Deny {
-                decided_by: by.map(&origin).unwrap_or_else(|| {
-                    "no rule allows this peer on this port with this server name (default deny)"
-                        .to_owned()
-                }),
-            },
-            ConnPolicy::Allowed(Some(e)) | ConnPolicy::UnenforcedL7(e) => Decision::Allow {
-                decided_by: origin(e),
-                header_actions: vec![],
-            },
-            _ => Decision::Allow {
-                decided_by: "default".to_owned(),
-                header_actions: vec![],
-            },
-        };
-        Checked {
-            remote_identity: remote.0,
-            local_identity: local,
-            decision,
-        }
+    let l4 = (!conn.needs_http()).then(|| Checked {
+        remote_identity: remote.0,
+        local_identity: local,
+        decision: conn_decision(
+            &conn,
+            &origin,
+            "no rule allows this peer on this port with this server name (default deny)",
+        ),
     });
     Some(TlsPlan {
         l4,
         tls: dp.tls_for(remote, Proto::Tcp, port, sni).cloned(),
     })
+}
+
+/// The connection verdict for a port without HTTP rules, naming the rule that decided
+/// (`origin`) with the engine's note, e.g. that Kafka rules membrane does not enforce
+/// denied it (`default_deny`: what a default denial says).
+fn conn_decision(
+    conn: &membrane_policy::ConnPolicy<'_>,
+    origin: &dyn Fn(&membrane_policy::resolve::PeerEntry) -> String,
+    default_deny: &str,
+) -> Decision {
+    use membrane_policy::ConnPolicy;
+    let by = match conn {
+        ConnPolicy::Denied(Some(e))
+        | ConnPolicy::Allowed(Some(e))
+        | ConnPolicy::UnenforcedL7Denied(e)
+        | ConnPolicy::UnenforcedL7AllowedL4(e) => named(conn, origin(e)),
+        ConnPolicy::Denied(None) => default_deny.to_owned(),
+        ConnPolicy::NotEnforced => "no policy selects this endpoint".to_owned(),
+        ConnPolicy::Allowed(None) | ConnPolicy::Http(_) => "default".to_owned(),
+    };
+    match conn.l4_verdict() {
+        membrane_policy::Verdict::Allowed => Decision::Allow {
+            decided_by: by,
+            header_actions: vec![],
+        },
+        membrane_policy::Verdict::Denied => Decision::Deny { decided_by: by },
+    }
+}
+
+/// `rule`, followed by the engine's note on the verdict when it has one.
+fn named(conn: &membrane_policy::ConnPolicy<'_>, rule: String) -> String {
+    match conn.note() {
+        Some(note) => format!("{rule}: {note}"),
+        None => rule,
+    }
 }
 
 /// The current snapshot; swapping it is atomic, and a request loads it exactly once.
@@ -306,6 +327,7 @@ pub fn load(cfg: &crate::config::Config) -> Result<Enforcer, LoadError> {
     use membrane_policy::{Engine, LabelSet, Proto};
 
     let mut engine = Engine::default();
+    engine.set_unenforced_l7(cfg.unenforced_l7);
     let mut errors = Vec::new();
     let mut policies = Vec::new();
     for path in &cfg.policy {
@@ -371,6 +393,7 @@ pub fn load(cfg: &crate::config::Config) -> Result<Enforcer, LoadError> {
         "endpoint_identity": identity.0,
         "port": port,
         "l7": l7,
+        "unenforced_l7": cfg.unenforced_l7.as_str(),
         "policies": policies,
         "ipcache": ipcache.entries().map(|(p, id)| serde_json::json!({"prefix": p.to_string(), "identity": id.0})).collect::<Vec<_>>(),
         "peers": peers,
@@ -385,26 +408,10 @@ pub fn load(cfg: &crate::config::Config) -> Result<Enforcer, LoadError> {
             }
             let remote = ipcache.lookup(ip);
             let conn = policy.connection(remote, Proto::Tcp, port);
-            let by = match &conn {
-                membrane_policy::ConnPolicy::Denied(Some(e))
-                | membrane_policy::ConnPolicy::Allowed(Some(e)) => e.origin.to_string(),
-                membrane_policy::ConnPolicy::UnenforcedL7(e) => e.origin.to_string(),
-                membrane_policy::ConnPolicy::NotEnforced => {
-                    "no policy selects this endpoint".to_owned()
-                }
-                _ => "default".to_owned(),
-            };
-            let decision = match conn.l4_verdict() {
-                membrane_policy::Verdict::Allowed => Decision::Allow {
-                    decided_by: by,
-                    header_actions: vec![],
-                },
-                membrane_policy::Verdict::Denied => Decision::Deny { decided_by: by },
-            };
             Some(Checked {
                 remote_identity: remote.0,
                 local_identity: identity.0,
-                decision,
+                decision: conn_decision(&conn, &|e| e.origin.to_string(), "default"),
             })
         }))
     };
@@ -439,7 +446,7 @@ pub fn load(cfg: &crate::config::Config) -> Result<Enforcer, LoadError> {
         });
         let by = match (dec.decided_by, dec.http_rule) {
             (Some(e), Some(i)) => format!("{} http[{i}]", e.origin),
-            (Some(e), None) => e.origin.to_string(),
+            (Some(e), None) => named(&conn, e.origin.to_string()),
             (None, _) if dec.verdict == membrane_policy::Verdict::Denied => {
                 "no rule allows this request (default deny)".to_owned()
             }
@@ -745,18 +752,21 @@ pub mod npds {
                     .map(|(k, hr)| header_rule(hr, err, &format!("{at}.http_rules[{k}]")))
                     .collect::<Result<Vec<_>, _>>()?,
             ),
-            Some(L7::KafkaRules(_)) => {
-                return Err(err(
-                    format!("{at}.kafka_rules"),
-                    "Kafka rules are not supported by membrane-proxy".into(),
-                ))
-            }
-            Some(L7::L7Rules(_)) => {
-                return Err(err(
-                    format!("{at}.l7_rules"),
-                    "generic L7 rules are not supported by membrane-proxy".into(),
-                ))
-            }
+            // Kafka and generic L7 rules are not enforced here: they become the engine's
+            // unenforced L7 rules, which fail closed (the rule allows nothing). membrane-xds
+            // sends them only when its setting is fail-closed; with `l4-only` it sends the
+            // rule without L7, an L4 allow.
+            Some(L7::KafkaRules(_)) => None,
+            Some(L7::L7Rules(_)) => None,
+        };
+        let unenforced = match &r.l7 {
+            Some(L7::KafkaRules(_)) => Some("kafka".to_owned()),
+            Some(L7::L7Rules(_)) => Some(match r.l7_proto.as_str() {
+                "" => "generic L7".to_owned(),
+                "dns" | "kafka" => r.l7_proto.clone(),
+                p => format!("l7proto {p}"),
+            }),
+            _ => None,
         };
         let remotes = if r.remote_policies.is_empty() {
             Remotes::All
@@ -769,9 +779,10 @@ pub mod npds {
         Ok(PeerEntry {
             deny,
             remotes,
-            l7: match http {
-                None => PolicyL7::None,
-                Some(rules) => PolicyL7::Http(rules.into()),
+            l7: match (http, unenforced) {
+                (Some(rules), _) => PolicyL7::Http(rules.into()),
+                (None, Some(kind)) => PolicyL7::Unenforced(kind),
+                (None, None) => PolicyL7::None,
             },
             // NPDS carries only a rule name (membrane-xds writes the CNP origin there), not
             // the policy key: the name goes in `rule`, which is what decisions report.
@@ -949,6 +960,9 @@ pub mod npds {
             default_deny: true,
             entries: out,
             selected_by: vec![],
+            // Fail closed whatever this proxy's --unenforced-l7: the control plane decides,
+            // and sends L7 rules it does not want enforced as L4 allows.
+            unenforced_l7: membrane_policy::UnenforcedL7Mode::FailClosed,
         })
     }
 
@@ -1024,7 +1038,7 @@ pub mod npds {
             };
             let by = match (dec.decided_by, dec.http_rule) {
                 (Some(e), Some(i)) => format!("{} http[{i}]", e.origin.rule),
-                (Some(e), None) => e.origin.rule.clone(),
+                (Some(e), None) => super::named(&conn, e.origin.rule.clone()),
                 (None, _) if denied_l4 => {
                     "no rule allows this peer on this port (default deny)".to_owned()
                 }
@@ -1140,6 +1154,10 @@ pub mod npds {
                         },
                         "http": match &r.l7 {
                             PolicyL7::Http(h) => Some(h.iter().map(|x| x.to_string()).collect::<Vec<_>>()),
+                            _ => None,
+                        },
+                        "unenforced_l7": match &r.l7 {
+                            PolicyL7::Unenforced(kind) => Some(kind.as_str()),
                             _ => None,
                         },
                         "tls": r.tls.as_ref().map(|t| serde_json::json!({
@@ -1473,6 +1491,78 @@ pub mod npds {
             assert!(matches!(c.decision, Decision::Deny { .. }));
         }
 
+        /// Kafka and generic L7 rules (membrane-xds sends them when its setting is
+        /// fail-closed) allow nothing here: the peer is denied on that port, and the
+        /// decision names the rule and why. An L4-only rule for the same peer and port
+        /// still allows; other peers and ports are unaffected.
+        #[test]
+        fn npds_unenforced_l7_rules_fail_closed() {
+            let mut kafka = rule(&[100], false, None);
+            kafka.name = "default/kafka spec.ingress[0]".into();
+            kafka.l7 = Some(L7::KafkaRules(Default::default()));
+            let mut redis = rule(&[100], false, None);
+            redis.l7_proto = "redis".into();
+            redis.l7 = Some(L7::L7Rules(Default::default()));
+            let e = enforcer(vec![
+                port(9092, 0, vec![kafka.clone()]),
+                port(6379, 0, vec![redis]),
+                port(80, 0, vec![rule(&[200], false, None)]),
+            ])
+            .expect("an update with Kafka and generic L7 rules is accepted");
+            let c = e
+                .check_l4("10.0.0.3".parse().unwrap(), Direction::Ingress, 9092)
+                .expect("no HTTP rules on 9092: a connection verdict");
+            match c.decision {
+                Decision::Deny { decided_by } => assert!(
+                    decided_by.starts_with("default/kafka spec.ingress[0]: kafka rules are not enforced by membrane: denied (fail closed"),
+                    "{decided_by}"
+                ),
+                other => panic!("{other:?}"),
+            }
+            assert!(!allowed(&e, "10.0.0.3", 9092, "GET", "/"));
+            assert!(!allowed(&e, "10.0.0.3", 6379, "GET", "/"));
+            assert!(allowed(&e, "10.0.0.4", 80, "GET", "/"));
+            assert!(!allowed(&e, "10.0.0.4", 9092, "GET", "/"));
+            let merged =
+                enforcer(vec![port(9092, 0, vec![kafka, rule(&[100], false, None)])]).unwrap();
+            assert!(allowed(&merged, "10.0.0.3", 9092, "GET", "/"));
+        }
+
+        /// A regex that closes the user's group early (`a)|(.*`) would make the anchored
+        /// pattern match every path: the update is refused, naming the field.
+        #[test]
+        fn npds_regex_must_be_one_group() {
+            let e = enforcer(vec![port(
+                80,
+                0,
+                vec![rule(&[100], false, Some(vec![http("GET", "/public)|(.*")]))],
+            )])
+            .err()
+            .expect("an unbalanced regex is refused")
+            .to_string();
+            assert!(
+                e.contains(
+                    "http_rules[0].path: \"/public)|(.*\" is not a valid RE2 regular expression"
+                ),
+                "{e}"
+            );
+            // The anchored form membrane-xds writes decodes to the same verdicts.
+            let ok = enforcer(vec![port(
+                80,
+                0,
+                vec![rule(
+                    &[100],
+                    false,
+                    Some(vec![http("^(?:GET)$", "^(?:/public|/v1/.*)$")]),
+                )],
+            )])
+            .unwrap();
+            assert!(allowed(&ok, "10.0.0.3", 80, "GET", "/public"));
+            assert!(allowed(&ok, "10.0.0.3", 80, "GET", "/v1/x"));
+            assert!(!allowed(&ok, "10.0.0.3", 80, "GET", "/admin"));
+            assert!(!allowed(&ok, "10.0.0.3", 80, "GET", "/public/x"));
+        }
+
         #[test]
         fn untranslatable_fields_are_named() {
             let bad_regex = enforcer(vec![port(
@@ -1484,16 +1574,6 @@ pub mod npds {
             .unwrap()
             .to_string();
             assert!(bad_regex.starts_with("NetworkPolicy 10.0.0.1: ingress_per_port_policies[0].rules[0].http_rules[0].path: "), "{bad_regex}");
-            let mut kafka = rule(&[100], false, None);
-            kafka.l7 = Some(L7::KafkaRules(Default::default()));
-            let e = enforcer(vec![port(80, 0, vec![kafka])])
-                .err()
-                .unwrap()
-                .to_string();
-            assert!(
-                e.contains("rules[0].kafka_rules: Kafka rules are not supported"),
-                "{e}"
-            );
             let e = enforcer(vec![port(80, 70, vec![])])
                 .err()
                 .unwrap()

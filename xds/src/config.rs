@@ -94,6 +94,11 @@ pub struct Config {
     /// Largest source file accepted, in bytes.
     #[arg(long, env = "MEMBRANE_MAX_FILE_BYTES", default_value_t = 4 << 20)]
     pub max_file_bytes: u64,
+    /// What Kafka, DNS and generic L7 rules (which no membrane proxy enforces) do:
+    /// `fail-closed` denies the peers and ports only they would allow; `l4-only` allows
+    /// those at L4 without the rules.
+    #[arg(long, env = "MEMBRANE_UNENFORCED_L7", default_value = "fail-closed")]
+    pub unenforced_l7: membrane_policy::UnenforcedL7Mode,
     /// Log filter (tracing `EnvFilter` syntax).
     #[arg(long, env = "MEMBRANE_LOG", default_value = "info")]
     pub log: String,

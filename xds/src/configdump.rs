@@ -183,7 +183,8 @@ mod tests {
             .collect();
         assert!(types.contains(&"type.googleapis.com/envoy.admin.v3.ListenersConfigDump"));
         assert!(
-            text.contains("\"/v1/request-landing\""),
+            // The path regex, in the anchored form the translation writes.
+            text.contains("\"^(?:/v1/request-landing)$\""),
             "the RBAC path rule is rendered: {text}"
         );
         assert!(text.contains("type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"));

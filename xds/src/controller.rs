@@ -53,6 +53,8 @@ pub struct Controller {
     /// The last pass could not get every identity: try again next tick
     /// even if no source changed.
     retry: bool,
+    /// Kept to configure a translator that replaces the first.
+    unenforced_l7: membrane_policy::UnenforcedL7Mode,
 }
 
 impl Controller {
@@ -73,6 +75,7 @@ impl Controller {
             first: true,
             identities: None,
             retry: false,
+            unenforced_l7: Default::default(),
         }
     }
 
@@ -80,7 +83,15 @@ impl Controller {
     /// allocating them in process, and hands it what each pass resolved.
     pub fn with_cluster_identities(mut self, ids: Box<dyn ClusterIdentities>) -> Self {
         self.translator = Translator::with_allocator(ClusterAllocator::seeded());
+        self.translator.set_unenforced_l7(self.unenforced_l7);
         self.identities = Some(ids);
+        self
+    }
+
+    /// Sets what Kafka, DNS and generic L7 rules do (`--unenforced-l7`).
+    pub fn with_unenforced_l7(mut self, mode: membrane_policy::UnenforcedL7Mode) -> Self {
+        self.unenforced_l7 = mode;
+        self.translator.set_unenforced_l7(mode);
         self
     }
 

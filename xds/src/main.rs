@@ -111,7 +111,8 @@ async fn main() -> Result<()> {
             reg_tx,
         )));
     }
-    let mut controller = Controller::new(sources, cache.clone(), recorder.clone(), status.clone());
+    let mut controller = Controller::new(sources, cache.clone(), recorder.clone(), status.clone())
+        .with_unenforced_l7(cfg.unenforced_l7);
     if let Some(ids) = identities {
         controller = controller.with_cluster_identities(ids);
     }

@@ -338,3 +338,66 @@ async fn a_file_being_written_is_not_read_half_way() {
     let path = format!("{death:?}");
     assert!(path.contains("/v2/request-landing"), "{path}");
 }
+
+/// The `membrane-xds` binary's `--unenforced-l7`: by default a Kafka rule reaches NPDS
+/// clients with its parser and no allowed message (fail closed), never as an L4 allow;
+/// only `l4-only` sends it without L7.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_rules_reach_npds_fail_closed_unless_the_binary_is_told_l4_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("cluster.yaml"), starwars_pods(8080)).unwrap();
+    std::fs::write(
+        tmp.path().join("policy.yaml"),
+        r#"apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: kafka, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {org: empire, class: deathstar}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {org: empire}}]
+    toPorts:
+    - ports: [{port: "9092", protocol: TCP}]
+      rules:
+        kafka: [{role: produce, topic: deathstar-plans}]
+"#,
+    )
+    .unwrap();
+    for (extra, fail_closed) in [
+        (&[][..], true),
+        (&["--unenforced-l7".as_ref(), "l4-only".as_ref()][..], false),
+    ] {
+        let xds = start_xds_with(tmp.path(), extra);
+        let mut client =
+            NetworkPolicyDiscoveryServiceClient::connect(format!("http://{}", xds.grpc))
+                .await
+                .unwrap();
+        let (tx, rx) = mpsc::channel(8);
+        tx.send(req("", "", None, true)).await.unwrap();
+        let mut s = client
+            .stream_network_policies(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        let nps = policies(&next(&mut s).await);
+        let death = nps
+            .iter()
+            .find(|p| p.endpoint_ips == vec!["127.0.0.2".to_string()])
+            .expect("deathstar policy");
+        let port = death
+            .ingress_per_port_policies
+            .iter()
+            .find(|p| p.port == 9092)
+            .unwrap_or_else(|| panic!("no 9092: {death:?}"));
+        for r in &port.rules {
+            if fail_closed {
+                assert!(
+                    matches!(&r.l7, Some(L7::L7Rules(l)) if l.l7_allow_rules.is_empty())
+                        && r.l7_proto == "kafka",
+                    "{r:?}"
+                );
+            } else {
+                assert_eq!((&r.l7, r.l7_proto.as_str()), (&None, ""), "{r:?}");
+            }
+        }
+    }
+}

@@ -327,9 +327,24 @@ impl Store {
         if !k.policy {
             return None;
         }
+        // Accepted with warnings (e.g. Kafka or DNS rules membrane does not enforce, and
+        // what it does instead): `kubectl describe` shows them in the Valid condition.
+        let warnings: Vec<String> = entry
+            .good
+            .iter()
+            .flat_map(|g| g.state.policies.iter())
+            .flat_map(|p| p.warnings.iter().map(ToString::to_string))
+            .collect();
         let (valid, message) = match error {
             Some(e) => (false, e),
-            None => (true, "policy is valid and in force".to_string()),
+            None if warnings.is_empty() => (true, "policy is valid and in force".to_string()),
+            None => (
+                true,
+                format!(
+                    "policy is valid and in force; warnings: {}",
+                    warnings.join("; ")
+                ),
+            ),
         };
         let body = condition_patch(v.get("status"), valid, &message, &now_rfc3339())?;
         Some(StatusPatch {
@@ -662,6 +677,27 @@ mod tests {
                 "ingress": [{"toPorts": [{"ports": [{"port": port}]}]}]
             }
         })
+    }
+
+    /// Kafka (or DNS, or l7proto) rules are accepted, and the Valid condition says that
+    /// membrane does not enforce them and what it does instead.
+    #[test]
+    fn unenforced_l7_rules_are_named_in_the_valid_condition() {
+        let mut s = Store::default();
+        let mut v = cnp("9092");
+        v["spec"]["ingress"][0]["toPorts"][0]["ports"][0]["protocol"] = json!("TCP");
+        v["spec"]["ingress"][0]["toPorts"][0]["rules"] =
+            json!({"kafka": [{"role": "produce", "topic": "deathstar-plans"}]});
+        let p = s.apply(CNP, v).expect("a verdict is written");
+        let c = &p.body["status"]["conditions"][0];
+        assert_eq!(c["status"], "True", "{c}");
+        let msg = c["message"].as_str().unwrap();
+        assert!(
+            msg.starts_with("policy is valid and in force; warnings: spec.ingress[0].toPorts[0].rules.kafka: Kafka rules are not enforced by membrane")
+                && msg.contains("fail closed"),
+            "{msg}"
+        );
+        assert_eq!(s.state().policies.len(), 1, "the policy is in force");
     }
 
     #[test]

@@ -176,11 +176,28 @@ fn header_permission(h: &HeaderMatcher) -> Permission {
     }
 }
 
-fn permissions(rule: &crate::proto::PortNetworkPolicyRule) -> Permission {
-    let Some(port_network_policy_rule::L7::HttpRules(http)) = &rule.l7 else {
-        return Permission {
+/// A permission nothing satisfies (RBAC has no literal "false").
+fn never() -> Permission {
+    Permission {
+        rule: Some(permission::Rule::NotRule(Box::new(Permission {
             rule: Some(permission::Rule::Any(true)),
-        };
+        }))),
+    }
+}
+
+fn permissions(rule: &crate::proto::PortNetworkPolicyRule) -> Permission {
+    let http = match &rule.l7 {
+        None => {
+            return Permission {
+                rule: Some(permission::Rule::Any(true)),
+            }
+        }
+        Some(port_network_policy_rule::L7::HttpRules(http)) => http,
+        // Kafka or generic L7 rules (membrane-xds sends them only to fail closed): the
+        // HTTP filter can check none of their messages, so the rule admits nothing.
+        Some(
+            port_network_policy_rule::L7::KafkaRules(_) | port_network_policy_rule::L7::L7Rules(_),
+        ) => return never(),
     };
     let alternatives = http
         .http_rules
@@ -197,11 +214,7 @@ fn permissions(rule: &crate::proto::PortNetworkPolicyRule) -> Permission {
                     // RBAC cannot read the secret (and its inline value applies only
                     // while the secret is absent): this alternative never matches, rather
                     // than degrading to a presence check that any value passes.
-                    all.push(Permission {
-                        rule: Some(permission::Rule::NotRule(Box::new(Permission {
-                            rule: Some(permission::Rule::Any(true)),
-                        }))),
-                    });
+                    all.push(never());
                     continue;
                 }
                 let matcher = if m.value.is_empty() {

@@ -9,6 +9,9 @@
 pub mod envoy;
 pub mod npds;
 
+#[cfg(test)]
+mod l7_tests;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
@@ -17,7 +20,7 @@ use membrane_policy::labels::{
     Label, LabelSet, NAMESPACE_LABELS_PREFIX, POD_NAMESPACE, POLICY_CLUSTER, POLICY_SERVICEACCOUNT,
     SOURCE_K8S,
 };
-use membrane_policy::resolve::{Endpoint, NamedPorts, ResolvedPolicy};
+use membrane_policy::resolve::{Endpoint, NamedPorts, ResolvedPolicy, UnenforcedL7Mode};
 use membrane_policy::{CompiledPolicy, Engine, PolicyKey};
 use thiserror::Error;
 
@@ -353,6 +356,16 @@ impl Translator {
             npds_named: NamedPorts::new(),
             nphds: HashMap::new(),
         }
+    }
+
+    /// Sets what Kafka, DNS and generic L7 rules (which no membrane proxy enforces) do:
+    /// fail closed (the default; the NPDS rule carries its parser and allows nothing) or
+    /// allow their peers and ports at L4 (`l4-only`; the NPDS rule has no L7).
+    pub fn set_unenforced_l7(&mut self, mode: UnenforcedL7Mode) {
+        self.engine.set_unenforced_l7(mode);
+        // Cached NPDS entries were encoded under the old setting; the endpoints were
+        // re-resolved, so their resolutions no longer match the cache anyway.
+        self.npds.clear();
     }
 
     /// Feeds a seeded allocator identities agreed cluster-wide.

@@ -9,24 +9,28 @@ use envoy_types::pb::envoy::config::route::v3::{
 use envoy_types::pb::envoy::r#type::matcher::v3::{
     string_matcher::MatchPattern, RegexMatcher, StringMatcher,
 };
-use membrane_policy::resolve::{DirectionPolicy, NamedPorts, PeerEntry, Remotes};
+use membrane_policy::resolve::{DirectionPolicy, NamedPorts, PeerEntry, Remotes, UnenforcedL7Mode};
 use membrane_policy::rule::{PortMatch, Proto, TlsSource, L7};
 
 use crate::proto::{
     header_match::MismatchAction, port_network_policy_rule, HeaderMatch, HttpNetworkPolicyRule,
-    HttpNetworkPolicyRules, PortNetworkPolicy, PortNetworkPolicyRule, TlsContext,
+    HttpNetworkPolicyRules, L7NetworkPolicyRules, PortNetworkPolicy, PortNetworkPolicyRule,
+    TlsContext,
 };
 
 /// `SocketAddress.Protocol` values.
 const TCP: i32 = 0;
 const UDP: i32 = 1;
 
+/// A `safe_regex` matcher for a user regex (already validated by the policy engine), in
+/// the anchored form the engine matches: Envoy's RE2 matches the whole value anyway, and
+/// a consumer that searches instead still decides as the engine does.
 fn regex_header(name: &str, re: &str) -> HeaderMatcher {
     HeaderMatcher {
         name: name.to_string(),
         header_match_specifier: Some(HeaderMatchSpecifier::StringMatch(StringMatcher {
             match_pattern: Some(MatchPattern::SafeRegex(RegexMatcher {
-                regex: re.to_string(),
+                regex: membrane_policy::regexp::anchored(re),
                 ..Default::default()
             })),
             ..Default::default()
@@ -125,20 +129,33 @@ fn tls_context(src: &TlsSource, downstream: bool) -> TlsContext {
 
 /// One rule; `None` when it covers no identity (NPDS's empty remote list
 /// would mean "everyone", the opposite).
-fn rule(p: &PeerEntry) -> Option<PortNetworkPolicyRule> {
+fn rule(p: &PeerEntry, unenforced: UnenforcedL7Mode) -> Option<PortNetworkPolicyRule> {
     let remote_policies = match &p.remotes {
         Remotes::All => Vec::new(),
         Remotes::Set(ids) if ids.is_empty() => return None,
         Remotes::Set(ids) => ids.iter().map(|i| i.0).collect(),
     };
+    let mut l7_proto = String::new();
     let l7 = match &p.l7 {
         L7::Http(rules) => Some(port_network_policy_rule::L7::HttpRules(
             HttpNetworkPolicyRules {
                 http_rules: rules.iter().map(http_rule).collect(),
             },
         )),
-        // Not enforced by the engine either: an L4 allow, as the engine decides.
-        L7::Unenforced(_) | L7::None => None,
+        // Kafka, DNS and generic L7 rules are enforced by no proxy of membrane's. Failing
+        // closed, the rule is sent with its parser named and no allowed message, which
+        // membrane-proxy and the RBAC translation read as "allows nothing"; without L7 it
+        // would be an L4 allow of the whole port. With `l4-only` that is what is wanted.
+        L7::Unenforced(kind) => match unenforced {
+            UnenforcedL7Mode::FailClosed => {
+                l7_proto = kind.strip_prefix("l7proto ").unwrap_or(kind).to_owned();
+                Some(port_network_policy_rule::L7::L7Rules(
+                    L7NetworkPolicyRules::default(),
+                ))
+            }
+            UnenforcedL7Mode::L4Only => None,
+        },
+        L7::None => None,
     };
     Some(PortNetworkPolicyRule {
         verdict: p
@@ -146,6 +163,7 @@ fn rule(p: &PeerEntry) -> Option<PortNetworkPolicyRule> {
             .then_some(port_network_policy_rule::Verdict::Deny(true)),
         name: p.origin.to_string(),
         remote_policies,
+        l7_proto,
         l7,
         server_names: p
             .tls
@@ -201,7 +219,11 @@ pub fn direction(d: &DirectionPolicy, named: &NamedPorts) -> Vec<PortNetworkPoli
                 .collect(),
             PortMatch::IcmpType(_) => Vec::new(),
         };
-        let rules: Vec<PortNetworkPolicyRule> = e.rules.iter().filter_map(rule).collect();
+        let rules: Vec<PortNetworkPolicyRule> = e
+            .rules
+            .iter()
+            .filter_map(|r| rule(r, d.unenforced_l7))
+            .collect();
         if rules.is_empty() {
             continue; // every rule covered nobody: nothing is allowed here
         }

@@ -1,0 +1,211 @@
+//! Standalone mode with a policy whose only rule for a port carries Kafka rules, which
+//! membrane does not enforce: the port is denied to that peer by default (the rule named,
+//! the reason given), and allowed at L4 only with `--unenforced-l7 l4-only`. Real
+//! sockets: a TCP echo upstream behind the proxy on loopback.
+
+mod common;
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use common::*;
+use membrane_proxy::policy::{Decision, Direction};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn tcp_echo() -> std::net::SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}
+
+/// Sends a Kafka-looking frame through the proxy; `Some(echo)` if the upstream answered.
+async fn exchange(listen: std::net::SocketAddr) -> Option<Vec<u8>> {
+    let mut s = tokio::net::TcpStream::connect(listen).await.unwrap();
+    let frame = b"\x00\x00\x00\x0c\x00\x00\x00\x07produce!";
+    let _ = s.write_all(frame).await;
+    let mut buf = [0u8; 64];
+    match tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf))
+        .await
+        .expect("the proxy answers or closes within 3s")
+    {
+        Ok(0) | Err(_) => None,
+        Ok(n) => Some(buf[..n].to_vec()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_rules_fail_closed_unless_l4_only_is_set() {
+    let echo = tcp_echo().await;
+    let file =
+        std::env::temp_dir().join(format!("membrane-proxy-kafka-{}.yaml", std::process::id()));
+    std::fs::write(
+        &file,
+        [
+            "apiVersion: cilium.io/v2",
+            "kind: CiliumNetworkPolicy",
+            "metadata: {name: kafka, namespace: default}",
+            "spec:",
+            "  endpointSelector: {matchLabels: {app: backend}}",
+            "  ingress:",
+            "  - fromEndpoints: [{matchLabels: {org: empire}}]",
+            "    toPorts:",
+            "    - ports: [{port: \"PORT\", protocol: TCP}]",
+            "      rules:",
+            "        kafka: [{role: produce, topic: deathstar-plans}]",
+        ]
+        .join("\n")
+        .replace("PORT", &echo.port().to_string()),
+    )
+    .unwrap();
+    let loopback: IpAddr = "127.0.0.1".parse().unwrap();
+    for (extra, allowed) in [
+        (&[][..], false),
+        (&["--unenforced-l7", "l4-only"][..], true),
+    ] {
+        let mut cfg = config(echo, extra);
+        cfg.policy = vec![file.clone()];
+        cfg.peer = vec!["127.0.0.1=k8s:org=empire".to_owned()];
+        let enforcer = membrane_proxy::policy::load(&cfg).unwrap();
+        let verdict = enforcer
+            .check_l4(loopback, Direction::Ingress, echo.port())
+            .expect("a port without HTTP rules gets a connection verdict")
+            .decision;
+        match (&verdict, allowed) {
+            (Decision::Deny { decided_by }, false) => assert!(
+                decided_by.contains("default/kafka spec.ingress[0]")
+                    && decided_by
+                        .contains("kafka rules are not enforced by membrane: denied (fail closed"),
+                "{decided_by}"
+            ),
+            (Decision::Allow { decided_by, .. }, true) => assert!(
+                decided_by.contains("default/kafka spec.ingress[0]")
+                    && decided_by.contains("l4-only"),
+                "{decided_by}"
+            ),
+            other => panic!("{extra:?}: {other:?}"),
+        }
+        let running = membrane_proxy::start(&cfg, enforcer, None).await.unwrap();
+        let got = exchange(running.addrs.listen).await;
+        if allowed {
+            assert!(got.is_some(), "l4-only: the upstream must answer");
+        } else {
+            assert_eq!(got, None, "fail closed: the upstream answered");
+        }
+        running.drain(Duration::from_millis(100)).await;
+    }
+    let _ = std::fs::remove_file(&file);
+}
+
+/// The control plane's translation decoded by the proxy, end to end: Kafka rules on a
+/// port reach the proxy as a rule that allows nothing (fail closed by default), and as an
+/// L4 allow only when membrane-xds runs with `l4-only`. User regexes arrive anchored and
+/// decide as the engine does.
+#[test]
+fn xds_translation_decoded_by_the_proxy_fails_closed() {
+    use membrane_policy::UnenforcedL7Mode;
+    use membrane_proxy::policy::{npds, NoSecrets, RequestView};
+    use membrane_xds::proto::{NetworkPolicy, NetworkPolicyHosts};
+    use membrane_xds::resource::{NETWORK_POLICY, NETWORK_POLICY_HOSTS};
+    use membrane_xds::translate::Translator;
+
+    let text = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: kafka-1, namespace: default, labels: {app: kafka}}
+status: {podIP: 10.0.0.5}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: outpost, namespace: default, labels: {app: empire-outpost}}
+status: {podIP: 10.0.0.6}
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: rule2, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: kafka}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: empire-outpost}}]
+    toPorts:
+    - ports: [{port: "9092", protocol: TCP}]
+      rules:
+        kafka: [{role: consume, topic: empire-announce}]
+  - fromEndpoints: [{matchLabels: {app: empire-outpost}}]
+    toPorts:
+    - ports: [{port: "80", protocol: TCP}]
+      rules:
+        http: [{method: GET, path: "/public|/v1/.*"}]
+"#;
+    let state = membrane_xds::source::dir::parse("cluster.yaml", text)
+        .unwrap()
+        .state;
+    let mut t = Translator::new();
+    let outpost: IpAddr = "10.0.0.6".parse().unwrap();
+    for (mode, allowed) in [
+        (UnenforcedL7Mode::FailClosed, false),
+        (UnenforcedL7Mode::L4Only, true),
+    ] {
+        t.set_unenforced_l7(mode);
+        let out = t.translate(&state);
+        assert!(out.errors.is_empty(), "{:?}", out.errors);
+        let shared = &out.snapshots[membrane_xds::node::SHARED_KEY];
+        let nps: Vec<NetworkPolicy> = shared
+            .resources(NETWORK_POLICY)
+            .unwrap()
+            .items
+            .values()
+            .map(|r| r.decode().unwrap())
+            .collect();
+        let hosts: Vec<NetworkPolicyHosts> = shared
+            .resources(NETWORK_POLICY_HOSTS)
+            .unwrap()
+            .items
+            .values()
+            .map(|r| r.decode().unwrap())
+            .collect();
+        let e = npds::build(
+            "10.0.0.5".parse().unwrap(),
+            &nps,
+            &hosts,
+            serde_json::json!({}),
+        )
+        .expect("the proxy accepts what membrane-xds sends");
+        let c = e
+            .check_l4(outpost, Direction::Ingress, 9092)
+            .expect("no HTTP rules on 9092");
+        match (&c.decision, allowed) {
+            (Decision::Deny { decided_by }, false) => assert!(
+                decided_by.contains("default/rule2 spec.ingress[0]")
+                    && decided_by.contains("kafka rules are not enforced by membrane"),
+                "{decided_by}"
+            ),
+            (Decision::Allow { .. }, true) => {}
+            other => panic!("{mode}: {other:?}"),
+        }
+        let headers = http::HeaderMap::new();
+        let get = |path: &str| {
+            let req = RequestView {
+                method: "GET",
+                path,
+                host: None,
+                headers: &headers,
+                sni: None,
+                secrets: &NoSecrets,
+            };
+            matches!(
+                e.check(outpost, Direction::Ingress, 80, &req).decision,
+                Decision::Allow { .. }
+            )
+        };
+        assert!(get("/public") && get("/v1/x"));
+        assert!(!get("/admin/public") && !get("/public/admin") && !get("/admin"));
+    }
+}
