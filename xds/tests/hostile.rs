@@ -6,10 +6,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,33 +37,6 @@ const RSS_BOUND_MIB: u64 = 192;
 /// Past this during the run the test stops at once: the unbounded
 /// recorder would otherwise take the machine's memory.
 const RSS_ABORT_MIB: u64 = 1024;
-
-/// Starts the binary quietly (errors only: 10,000 streams of info lines
-/// would drown the test's output) and returns it with its addresses.
-fn start(dir: &std::path::Path) -> (Guard, SocketAddr, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_membrane-xds"))
-        .args(["--grpc-addr", "127.0.0.1:0", "--debug-addr", "127.0.0.1:0"])
-        .args(["--tls-addr", "127.0.0.1:0", "--log", "error"])
-        .arg("--source-dir")
-        .arg(dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .process_group(0)
-        .spawn()
-        .expect("spawn membrane-xds");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let field = |k: &str| -> SocketAddr {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(k))
-            .unwrap_or_else(|| panic!("no {k} in {line:?}"))
-            .parse()
-            .unwrap()
-    };
-    (Guard(child), field("grpc="), field("debug="))
-}
 
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -151,8 +120,9 @@ async fn hostile_stream(
 async fn ten_thousand_hostile_streams_leave_memory_bounded() {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::write(tmp.path().join("cluster.yaml"), starwars_pods(8080)).unwrap();
-    let (proc, grpc, debug) = start(tmp.path());
-    let pid = proc.0.id();
+    // Errors only: 10,000 streams of info lines would drown the output.
+    let xds = launch::start_xds_env(tmp.path(), &[], &[], "error");
+    let (pid, grpc, debug) = (xds.proc.0.id(), xds.grpc, xds.debug);
     let base = rss_kib(pid);
     let url = format!("http://{grpc}");
     let channels: Vec<Channel> = {
