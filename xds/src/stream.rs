@@ -342,7 +342,7 @@ impl SotwStream {
                 _ => {
                     step.outcomes.push(Outcome::Stale {
                         type_url: t,
-                        nonce: req.response_nonce.clone(),
+                        nonce: clip(&req.response_nonce, text),
                     });
                     return Ok(step);
                 }
@@ -561,7 +561,7 @@ impl DeltaStream {
                     st.in_flight = other;
                     step.outcomes.push(Outcome::Stale {
                         type_url: t,
-                        nonce: req.response_nonce.clone(),
+                        nonce: clip(&req.response_nonce, text),
                     });
                     return Ok(step);
                 }
