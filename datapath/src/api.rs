@@ -9,21 +9,29 @@
 //! bounded queue drained by its own writer thread; when the queue is full
 //! the event is skipped for that subscriber and counted, and a `lost`
 //! record with the count goes out before its next event.
+//!
+//! Bounds ([`Limits`]): a request line longer than `max_request_bytes` or
+//! not complete within `request_timeout` (as a whole, not per read, so a
+//! client trickling bytes gains nothing) gets an error line and the
+//! connection is closed; past `max_clients` connections at once (monitor
+//! streams included) a new one gets an error line and is closed. Either
+//! way the other clients are served as before.
 
 use std::{
     fs,
-    io::{self, BufRead, BufReader, Write},
+    io::{self, Write},
     os::unix::{
         fs::{FileTypeExt, PermissionsExt},
         net::{UnixListener, UnixStream},
     },
     path::{Path, PathBuf},
     sync::{
-        mpsc::{sync_channel, Receiver, SyncSender, TrySendError},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError},
         Arc, Mutex,
     },
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use serde::{Deserialize, Serialize};
@@ -34,6 +42,55 @@ use crate::events::Event;
 pub const DEFAULT_SOCKET: &str = "/var/run/membrane/agent.sock";
 /// Events queued per subscriber before it starts losing them.
 pub const SUBSCRIBER_QUEUE: usize = 4096;
+
+/// What the socket server allows one client, and all of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest request line, newline excluded.
+    pub max_request_bytes: usize,
+    /// Connections served at once, monitor streams included.
+    pub max_clients: usize,
+    /// Time for the whole request line to arrive.
+    pub request_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        // A request is one short JSON object; 4 KiB leaves room for
+        // requests with arguments. 64 clients: a node's CLI calls and a
+        // few `membrane monitor` followers.
+        Limits {
+            max_request_bytes: 4096,
+            max_clients: 64,
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What the socket server refused, for the status reply.
+#[derive(Debug, Default)]
+pub struct ServeStats {
+    /// Connections open now.
+    pub clients: AtomicUsize,
+    /// Connections closed at once for being past `max_clients`.
+    pub refused_busy: AtomicU64,
+    /// Requests refused for being longer than `max_request_bytes`.
+    pub refused_too_long: AtomicU64,
+    /// Requests not complete within `request_timeout`.
+    pub timed_out: AtomicU64,
+}
+
+impl ServeStats {
+    /// The counters as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "clients": self.clients.load(Ordering::Relaxed),
+            "refused_busy": self.refused_busy.load(Ordering::Relaxed),
+            "refused_too_long": self.refused_too_long.load(Ordering::Relaxed),
+            "timed_out": self.timed_out.load(Ordering::Relaxed),
+        })
+    }
+}
 
 /// A client's request line.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -178,30 +235,139 @@ impl Hub {
     }
 }
 
-/// Accept connections on `listener` forever, one thread per client.
-/// `status` builds the reply to a status request.
+/// Accept connections on `listener` forever, one thread per client, within
+/// the default [`Limits`]. `status` builds the reply to a status request.
 pub fn serve<F>(listener: UnixListener, hub: Arc<Hub>, status: F)
 where
     F: Fn() -> serde_json::Value + Send + Sync + 'static,
 {
+    serve_with(
+        listener,
+        hub,
+        status,
+        Limits::default(),
+        Arc::new(ServeStats::default()),
+    )
+}
+
+/// [`serve`] within `limits`, counting refusals in `stats`.
+pub fn serve_with<F>(
+    listener: UnixListener,
+    hub: Arc<Hub>,
+    status: F,
+    limits: Limits,
+    stats: Arc<ServeStats>,
+) where
+    F: Fn() -> serde_json::Value + Send + Sync + 'static,
+{
     let status = Arc::new(status);
     for conn in listener.incoming() {
-        let Ok(conn) = conn else { continue };
-        let hub = hub.clone();
-        let status = status.clone();
+        let Ok(mut conn) = conn else { continue };
+        if stats.clients.load(Ordering::Relaxed) >= limits.max_clients {
+            stats.refused_busy.fetch_add(1, Ordering::Relaxed);
+            // One short line into an empty socket buffer; bounded anyway,
+            // since this is the accepting thread.
+            let _ = conn.set_write_timeout(Some(Duration::from_millis(100)));
+            let reply = serde_json::json!({
+                "error": format!("too many clients: the agent serves at most {} at once; try again", limits.max_clients)
+            });
+            let _ = writeln!(conn, "{reply}");
+            continue;
+        }
+        stats.clients.fetch_add(1, Ordering::Relaxed);
+        let (hub, status, stats) = (hub.clone(), status.clone(), stats.clone());
         thread::spawn(move || {
-            if let Err(e) = handle(conn, &hub, &*status) {
+            if let Err(e) = handle(conn, &hub, &*status, &limits, &stats) {
                 eprintln!("membrane-agent: api client: {e}");
             }
+            stats.clients.fetch_sub(1, Ordering::Relaxed);
         });
     }
 }
 
-fn handle(conn: UnixStream, hub: &Hub, status: &dyn Fn() -> serde_json::Value) -> io::Result<()> {
-    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut line = String::new();
-    BufReader::new(&conn).read_line(&mut line)?;
+/// Why no request line was read.
+enum LineError {
+    TooLong,
+    TimedOut,
+    Io(io::Error),
+}
+
+/// Reads one line of at most `max` bytes (newline excluded) within
+/// `timeout` in all; bytes after the newline are ignored.
+fn read_request_line(
+    conn: &UnixStream,
+    max: usize,
+    timeout: Duration,
+) -> Result<String, LineError> {
+    let deadline = Instant::now() + timeout;
+    let mut line = Vec::new();
+    let mut chunk = [0u8; 512];
+    let mut reader = conn;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(LineError::TimedOut);
+        }
+        conn.set_read_timeout(Some(left)).map_err(LineError::Io)?;
+        let n = match io::Read::read(&mut reader, &mut chunk) {
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(LineError::TimedOut)
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(LineError::Io(e)),
+        };
+        let got = &chunk[..n];
+        let end = got.iter().position(|b| *b == b'\n');
+        line.extend_from_slice(&got[..end.unwrap_or(n)]);
+        if line.len() > max {
+            return Err(LineError::TooLong);
+        }
+        if end.is_some() || n == 0 {
+            return Ok(String::from_utf8_lossy(&line).into_owned());
+        }
+    }
+}
+
+fn handle(
+    conn: UnixStream,
+    hub: &Hub,
+    status: &dyn Fn() -> serde_json::Value,
+    limits: &Limits,
+    stats: &ServeStats,
+) -> io::Result<()> {
+    let read = read_request_line(&conn, limits.max_request_bytes, limits.request_timeout);
     let mut out = conn;
+    let line = match read {
+        Ok(l) => l,
+        Err(LineError::Io(e)) => return Err(e),
+        Err(why) => {
+            let error = match why {
+                LineError::TooLong => {
+                    stats.refused_too_long.fetch_add(1, Ordering::Relaxed);
+                    format!(
+                        "request longer than {} bytes; expected one JSON line",
+                        limits.max_request_bytes
+                    )
+                }
+                _ => {
+                    stats.timed_out.fetch_add(1, Ordering::Relaxed);
+                    format!(
+                        "no complete request line within {:?}",
+                        limits.request_timeout
+                    )
+                }
+            };
+            let _ = out.set_write_timeout(Some(Duration::from_secs(1)));
+            writeln!(out, "{}", serde_json::json!({ "error": error }))?;
+            return Ok(());
+        }
+    };
     let req: Request = match serde_json::from_str(line.trim()) {
         Ok(r) => r,
         Err(e) => {
@@ -216,11 +382,32 @@ fn handle(conn: UnixStream, hub: &Hub, status: &dyn Fn() -> serde_json::Value) -
         Request::Status => writeln!(out, "{}", status()),
         Request::Monitor => {
             let rx = hub.subscribe();
-            // Ends when the client goes away (write error) or the hub drops us.
-            for line in rx {
-                out.write_all(line.as_bytes())?;
+            // A quiet node sends no event that would fail on a gone client,
+            // so its hang-up is looked for between events: a gone client
+            // must not hold one of the `max_clients` places.
+            let mut probe = out.try_clone()?;
+            probe.set_read_timeout(Some(Duration::from_millis(1)))?;
+            loop {
+                match rx.recv_timeout(Duration::from_secs(1)) {
+                    Ok(line) => out.write_all(line.as_bytes())?,
+                    Err(RecvTimeoutError::Disconnected) => return Ok(()),
+                    Err(RecvTimeoutError::Timeout) => {
+                        let mut b = [0u8; 64];
+                        match io::Read::read(&mut probe, &mut b) {
+                            Ok(0) => return Ok(()),
+                            Ok(_) => {}
+                            Err(e)
+                                if matches!(
+                                    e.kind(),
+                                    io::ErrorKind::WouldBlock
+                                        | io::ErrorKind::TimedOut
+                                        | io::ErrorKind::Interrupted
+                                ) => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
+                }
             }
-            Ok(())
         }
     }
 }
@@ -258,6 +445,27 @@ mod tests {
         drop(rx);
         hub.publish(&ev(6));
         assert_eq!(hub.subscribers(), 0, "a gone subscriber is dropped");
+    }
+
+    #[test]
+    fn overlong_lines_get_an_error_line() {
+        let dir = std::env::temp_dir().join(format!("membrane-api-long-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let path = dir.join("agent.sock");
+        let l = bind(&path).unwrap();
+        let limits = Limits {
+            max_request_bytes: 256,
+            ..Limits::default()
+        };
+        let hub = Arc::new(Hub::new("n1", 4));
+        let stats = Arc::new(ServeStats::default());
+        thread::spawn(move || serve_with(l, hub, || serde_json::json!({}), limits, stats));
+        let mut s = UnixStream::connect(&path).unwrap();
+        let w = s.write_all(&vec![b'a'; 64 << 10]);
+        let mut out = String::new();
+        let r = io::Read::read_to_string(&mut s, &mut out);
+        assert!(out.contains("longer than 256"), "{w:?} {r:?} {out:?}");
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -1,11 +1,17 @@
 //! Privileged: `membrane-agent attach` with Istio's capture annotations from
 //! a downward API file. The exclusions reach the maps and the traffic; a bad
 //! value is refused naming the annotation and the value, and the settings in
-//! force stay as they were; re-attaching says what it changed.
+//! force stay as they were; re-attaching says what it changed. And
+//! `membrane-agent run`'s unix socket against clients that send an endless
+//! line or hold every place: each is refused with an error line, and the
+//! agent keeps serving the others.
 
 mod common;
 
-use std::process::{Command, Output};
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use common::{Env, AGENT};
 use membrane_datapath::{Datapath, InboundPorts};
@@ -111,4 +117,143 @@ impl Drop for Cleanup {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
     }
+}
+
+/// Kills (by pid) and reaps the agent; declared after the `Env` so it goes
+/// first and the cgroup can be removed.
+struct Agent(Child);
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Sends `request` and reads the reply until the agent closes (at most 3 s);
+/// `None` when it kept the connection open and silent.
+fn ask(socket: &std::path::Path, request: &[u8]) -> Option<String> {
+    let mut s = UnixStream::connect(socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    // A refused line is not read to its end: writing the rest may fail.
+    let _ = s.write_all(request);
+    // The agent closes with the rest of a refused line unread, so the read
+    // after its reply may fail (ECONNRESET); the reply counts.
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && !out.is_empty() => break,
+            Err(_) => return None,
+        }
+    }
+    Some(String::from_utf8_lossy(&out).into_owned())
+}
+
+fn error_of(reply: &Option<String>) -> String {
+    let line = reply
+        .as_deref()
+        .unwrap_or_else(|| panic!("no reply: {reply:?}"));
+    let v: serde_json::Value =
+        serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+    v["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not an error: {v}"))
+        .to_owned()
+}
+
+#[test]
+fn api_socket_refuses_overlong_lines_and_clients_past_the_cap() {
+    let env = Env::new();
+    let socket = std::env::temp_dir().join(format!("{}.sock", env.name));
+    let _cleanup = Cleanup(socket.clone());
+    // Settings as environment variables, so an older agent still starts.
+    let _agent = Agent(
+        Command::new(AGENT)
+            .arg("--bpffs")
+            .arg(&env.bpffs)
+            .arg("--socket")
+            .arg(&socket)
+            .args(["--node", "n1", "run", "--interval", "3600", "--cgroup"])
+            .arg(&env.cgroup)
+            .env("MEMBRANE_AGENT_MAX_REQUEST_BYTES", "256")
+            .env("MEMBRANE_AGENT_MAX_CLIENTS", "2")
+            .env("MEMBRANE_AGENT_REQUEST_TIMEOUT_MS", "1000")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let start = Instant::now();
+    while UnixStream::connect(&socket).is_err() {
+        assert!(start.elapsed() < Duration::from_secs(10), "no agent socket");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = b"{\"request\":\"status\"}\n";
+
+    // 64 KiB without a newline: an error naming the limit, then closed.
+    let reply = ask(&socket, &vec![b'a'; 64 << 10]);
+    assert_eq!(
+        error_of(&reply),
+        "request longer than 256 bytes; expected one JSON line"
+    );
+    // The others are served as before.
+    let reply = ask(&socket, status).expect("status");
+    assert!(reply.contains("\"node\":\"n1\""), "{reply}");
+
+    // A line trickled a byte every 300 ms: cut at the 1 s deadline for the
+    // whole line, however often bytes come.
+    let mut slow = UnixStream::connect(&socket).unwrap();
+    slow.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let start = Instant::now();
+    let mut answer = Vec::new();
+    while start.elapsed() < Duration::from_secs(5) {
+        if slow.write_all(b" ").is_err() {
+            break;
+        }
+        let mut chunk = [0u8; 512];
+        match slow.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => break,
+        }
+    }
+    let took = start.elapsed();
+    assert!(
+        took < Duration::from_secs(3),
+        "still reading after {took:?}"
+    );
+    assert_eq!(
+        error_of(&Some(String::from_utf8_lossy(&answer).into_owned())),
+        "no complete request line within 1s"
+    );
+
+    // Two monitor streams take both places; a third client is told so.
+    let mut monitors = Vec::new();
+    for _ in 0..2 {
+        let mut m = UnixStream::connect(&socket).unwrap();
+        m.write_all(b"{\"request\":\"monitor\"}\n").unwrap();
+        monitors.push(m);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let reply = ask(&socket, status);
+    assert_eq!(
+        error_of(&reply),
+        "too many clients: the agent serves at most 2 at once; try again"
+    );
+    drop(monitors);
+    let start = Instant::now();
+    let status_reply = loop {
+        let r = ask(&socket, status).expect("status");
+        if !r.contains("too many clients") || start.elapsed() > Duration::from_secs(5) {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let v: serde_json::Value = serde_json::from_str(status_reply.trim()).unwrap();
+    assert_eq!(v["api"]["refused_too_long"], 1, "{v}");
+    // At least the one above; retries while the agent noticed are too.
+    assert!(v["api"]["refused_busy"].as_u64().unwrap() >= 1, "{v}");
 }

@@ -2,8 +2,13 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Parser;
+
+use crate::listener::ConnLimits;
+use crate::recorder::Limits;
+use crate::stream::StreamLimits;
 
 /// membrane's control plane: sources → identities → policy → xDS.
 #[derive(Debug, Clone, Parser)]
@@ -102,4 +107,85 @@ pub struct Config {
     /// Log filter (tracing `EnvFilter` syntax).
     #[arg(long, env = "MEMBRANE_LOG", default_value = "info")]
     pub log: String,
+    /// Proxy records the flight recorder keeps in all; beyond it the one
+    /// disconnected longest is dropped.
+    #[arg(long, env = "MEMBRANE_RECORDER_MAX_NODES", default_value_t = 16_384,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub recorder_max_nodes: u64,
+    /// Events the flight recorder keeps per proxy, over all types.
+    #[arg(long, env = "MEMBRANE_RECORDER_EVENTS_PER_NODE", default_value_t = 64,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub recorder_events_per_node: u64,
+    /// How long a proxy's record is kept after its last stream closed, in
+    /// seconds.
+    #[arg(
+        long,
+        env = "MEMBRANE_RECORDER_DISCONNECTED_TTL_SECS",
+        default_value_t = 300
+    )]
+    pub recorder_disconnected_ttl_secs: u64,
+    /// Longest client text kept or logged (NACK `error_detail`, echoed
+    /// versions), in bytes; the rest is cut with a marker.
+    #[arg(long, env = "MEMBRANE_XDS_MAX_TEXT_BYTES", default_value_t = 1024,
+          value_parser = clap::value_parser!(u64).range(64..))]
+    pub xds_max_text_bytes: u64,
+    /// Resource names one xDS stream may subscribe to per type.
+    #[arg(long, env = "MEMBRANE_XDS_MAX_NAMES_PER_TYPE", default_value_t = 65_536,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub xds_max_names_per_type: u64,
+    /// Longest `node.id` accepted, in bytes.
+    #[arg(long, env = "MEMBRANE_XDS_MAX_NODE_ID_BYTES", default_value_t = 1024,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub xds_max_node_id_bytes: u64,
+    /// Connections the injection webhook holds at once; more are closed.
+    #[arg(long, env = "MEMBRANE_WEBHOOK_MAX_CONNECTIONS", default_value_t = 256,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub webhook_max_connections: u64,
+    /// Connections the debug endpoint holds at once; more are closed.
+    #[arg(long, env = "MEMBRANE_DEBUG_MAX_CONNECTIONS", default_value_t = 64,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub debug_max_connections: u64,
+    /// Time the webhook and debug listeners give a client for a TLS
+    /// handshake and for each request head, in milliseconds.
+    #[arg(long, env = "MEMBRANE_HTTP_HEAD_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub http_head_timeout_ms: u64,
+    /// Time the webhook gives a client for a request body, in milliseconds.
+    #[arg(long, env = "MEMBRANE_HTTP_BODY_TIMEOUT_MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub http_body_timeout_ms: u64,
+}
+
+impl Config {
+    /// What the flight recorder keeps at most.
+    pub fn recorder_limits(&self) -> Limits {
+        Limits {
+            max_nodes: self.recorder_max_nodes as usize,
+            events_per_node: self.recorder_events_per_node as usize,
+            max_text_bytes: self.xds_max_text_bytes as usize,
+            disconnected_ttl: Duration::from_secs(self.recorder_disconnected_ttl_secs),
+        }
+    }
+
+    /// What one xDS stream may make the server hold.
+    pub fn stream_limits(&self) -> StreamLimits {
+        StreamLimits {
+            max_names_per_type: self.xds_max_names_per_type as usize,
+            max_text_bytes: self.xds_max_text_bytes as usize,
+            max_node_id_bytes: self.xds_max_node_id_bytes as usize,
+        }
+    }
+
+    /// The bounds of the webhook (`webhook`) or debug listener.
+    pub fn conn_limits(&self, webhook: bool) -> ConnLimits {
+        ConnLimits {
+            max_connections: if webhook {
+                self.webhook_max_connections
+            } else {
+                self.debug_max_connections
+            } as usize,
+            head_timeout: Duration::from_millis(self.http_head_timeout_ms),
+            body_timeout: Duration::from_millis(self.http_body_timeout_ms),
+        }
+    }
 }

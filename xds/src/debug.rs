@@ -1,6 +1,7 @@
 //! The debug and metrics HTTP endpoint (15014): Istio-shaped `/debug/syncz`,
 //! `/debug/config_dump`, `/debug/adsz`, the flight recorder
 //! (`/debug/flightz`, `/debug/stalez`), source status and `/metrics`.
+//! [`serve`] runs it within a connection cap and a request-head deadline.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,6 +14,7 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 
 use crate::configdump;
+use crate::listener::{self, ConnLimits, Gate};
 use crate::node::cache_key;
 use crate::recorder::Recorder;
 use crate::snapshot::SnapshotCache;
@@ -164,4 +166,17 @@ async fn config_dump(
         )
             .into_response(),
     }
+}
+
+/// Serves [`router`] on `listener` until `stop`: HTTP/1.1, at most
+/// `limits.max_connections` at once, each request head within
+/// `limits.head_timeout` (the routes read no body).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<DebugState>,
+    limits: ConnLimits,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let gate = Gate::new("debug", limits.max_connections, state.recorder.clone());
+    listener::serve_http(listener, router(state), limits, gate, stop).await
 }

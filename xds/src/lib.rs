@@ -19,6 +19,7 @@ pub mod debug;
 pub mod identity;
 pub mod inject;
 pub mod kvstore;
+pub mod listener;
 pub mod node;
 pub mod recorder;
 pub mod resource;

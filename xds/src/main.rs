@@ -13,6 +13,7 @@ use membrane_xds::debug::{self, DebugState};
 use membrane_xds::identity::EtcdIdentities;
 use membrane_xds::inject::Sidecar;
 use membrane_xds::kvstore;
+use membrane_xds::listener;
 use membrane_xds::recorder::Recorder;
 use membrane_xds::server::XdsServer;
 use membrane_xds::snapshot::SnapshotCache;
@@ -24,7 +25,6 @@ use membrane_xds::source::Source;
 use membrane_xds::webhook::{self, Webhook};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Identity, ServerTlsConfig};
 use tracing::info;
 
@@ -52,7 +52,7 @@ async fn main() -> Result<()> {
         .init();
 
     let cache = Arc::new(SnapshotCache::new());
-    let recorder = Arc::new(Recorder::new());
+    let recorder = Arc::new(Recorder::with_limits(cfg.recorder_limits()));
     let status = Arc::new(Mutex::new(serde_json::Value::Null));
     let (stop_tx, stop_rx) = watch::channel(false);
     // The controller wakes on this: file-system events and watch events.
@@ -148,6 +148,7 @@ async fn main() -> Result<()> {
                 key: key.clone(),
                 poll: Duration::from_millis(cfg.webhook_cert_poll_ms.max(1)),
                 max_body_bytes: cfg.webhook_max_body_bytes,
+                limits: cfg.conn_limits(true),
                 sidecar: Sidecar {
                     image: cfg.sidecar_image.clone(),
                     xds_address: cfg.sidecar_xds_address.clone(),
@@ -180,17 +181,17 @@ async fn main() -> Result<()> {
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let server = XdsServer::new(cache.clone(), recorder.clone());
+    let server = XdsServer::new(cache.clone(), recorder.clone()).with_limits(cfg.stream_limits());
     let grpc_task = tokio::spawn(
         server
             .router()
-            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), stopped(stop_rx.clone())),
+            .serve_with_incoming_shutdown(listener::nodelay(grpc), stopped(stop_rx.clone())),
     );
     let tls_task = tls.map(|(builder, l)| {
         tokio::spawn(
             server
                 .router_on(builder)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(l), stopped(stop_rx.clone())),
+                .serve_with_incoming_shutdown(listener::nodelay(l), stopped(stop_rx.clone())),
         )
     });
     let hook_tasks = hook.map(|(wh, l)| {
@@ -202,14 +203,17 @@ async fn main() -> Result<()> {
             tokio::spawn(webhook::serve(l, wh, stopped(stop_rx.clone()))),
         )
     });
-    let app = debug::router(Arc::new(DebugState {
+    let dbg_state = Arc::new(DebugState {
         cache,
         recorder,
         sources: status,
-    }));
-    let dbg_stop = stopped(stop_rx.clone());
-    let dbg_task =
-        tokio::spawn(async move { axum::serve(dbg, app).with_graceful_shutdown(dbg_stop).await });
+    });
+    let dbg_task = tokio::spawn(debug::serve(
+        dbg,
+        dbg_state,
+        cfg.conn_limits(false),
+        stopped(stop_rx.clone()),
+    ));
     // File-system events make changes visible at once; polling stays as the
     // fallback (and the only mechanism when the watcher cannot start).
     let _watcher = match &cfg.source_dir {

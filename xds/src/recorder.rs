@@ -2,11 +2,17 @@
 //! back, and which proxies are stale, since when and why.
 //!
 //! One record per proxy (node id), kept across reconnects so that history
-//! survives a flapping connection; per type a bounded history of events.
+//! survives a flapping connection, with a bounded history of events.
+//!
+//! Every client can make a record, so everything kept is bounded (see
+//! [`Limits`]): a disconnected proxy's record expires, the number of
+//! records is capped (the longest-disconnected goes first), each record
+//! keeps a bounded number of events, client text is cut, and only the
+//! types this server serves are recorded.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -16,11 +22,36 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 
-use crate::resource::{short_name, CLUSTER, ENDPOINT, LISTENER, ROUTE};
-use crate::stream::{Outcome, Sent};
+use crate::resource::{short_name, ALL_TYPES, CLUSTER, ENDPOINT, LISTENER, ROUTE};
+use crate::stream::{clip, Outcome, Sent};
 
-/// How many events per proxy and type the recorder keeps.
-pub const HISTORY: usize = 64;
+/// What the recorder keeps at most. Worst case, with every record held by
+/// a connected proxy that NACKs with the longest text: `max_nodes` ×
+/// (`events_per_node` + 6 last NACKs) × (`max_text_bytes` + ~200 bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Records kept in all. A new proxy beyond it evicts the record
+    /// disconnected longest; with none disconnected it is served but not
+    /// recorded (counted).
+    pub max_nodes: usize,
+    /// Events kept per proxy over all its types; the oldest goes first.
+    pub events_per_node: usize,
+    /// Longest client text kept (NACK errors, echoed versions).
+    pub max_text_bytes: usize,
+    /// How long a proxy's record outlives its last stream.
+    pub disconnected_ttl: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_nodes: 16_384,
+            events_per_node: 64,
+            max_text_bytes: 1024,
+            disconnected_ttl: Duration::from_secs(300),
+        }
+    }
+}
 
 /// Label set: the xDS type, short name (`lds`, `npds`, …).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -34,6 +65,20 @@ pub struct TypeLabel {
 pub struct SourceLabel {
     /// Source name (`dir`).
     pub source: String,
+}
+
+/// Label set: why a request or connection was refused.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// A fixed short name (`unknown_type`, `too_many_names`, …).
+    pub reason: String,
+}
+
+/// Label set: one of the control plane's listeners.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabel {
+    /// `webhook` or `debug`.
+    pub listener: String,
 }
 
 /// Label set: what the injection webhook did with one request.
@@ -70,6 +115,17 @@ pub struct Metrics {
     /// Webhook certificate/key pairs that failed to load (the last good
     /// pair stays in use).
     pub webhook_cert_errors: Counter,
+    /// xDS requests refused (the stream is closed), by reason.
+    pub refused_requests: Family<ReasonLabel, Counter>,
+    /// Proxy records held by the flight recorder.
+    pub recorder_nodes: Gauge,
+    /// Proxy records dropped: expired, evicted for room, or never made
+    /// because every record belonged to a connected proxy.
+    pub recorder_evictions: Family<ReasonLabel, Counter>,
+    /// Connections closed at once because the listener was at its cap.
+    pub connections_refused: Family<ListenerLabel, Counter>,
+    /// Connections closed for sending a request head or body too slowly.
+    pub connections_timed_out: Family<ListenerLabel, Counter>,
     /// The registry they are registered in.
     pub registry: Registry,
 }
@@ -95,6 +151,11 @@ impl Metrics {
             source_errors: Family::default(),
             injections: Family::default(),
             webhook_cert_errors: Counter::default(),
+            refused_requests: Family::default(),
+            recorder_nodes: Gauge::default(),
+            recorder_evictions: Family::default(),
+            connections_refused: Family::default(),
+            connections_timed_out: Family::default(),
             registry: Registry::default(),
         };
         registry.register("pushes", "xDS responses sent", m.pushes.clone());
@@ -135,6 +196,31 @@ impl Metrics {
             "webhook_cert_errors",
             "Webhook certificate/key pairs rejected (the last good pair stays)",
             m.webhook_cert_errors.clone(),
+        );
+        registry.register(
+            "refused_requests",
+            "xDS requests refused (stream closed), by reason",
+            m.refused_requests.clone(),
+        );
+        registry.register(
+            "recorder_nodes",
+            "Proxy records held by the flight recorder",
+            m.recorder_nodes.clone(),
+        );
+        registry.register(
+            "recorder_evictions",
+            "Proxy records dropped by the flight recorder, by reason",
+            m.recorder_evictions.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections closed at once because the listener was at its cap",
+            m.connections_refused.clone(),
+        );
+        registry.register(
+            "connections_timed_out",
+            "Connections closed for a request head or body sent too slowly",
+            m.connections_timed_out.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -199,11 +285,21 @@ pub enum Event {
         version: String,
         /// Nonce.
         nonce: String,
-        /// The proxy's error, verbatim.
+        /// The proxy's error, cut to [`Limits::max_text_bytes`].
         error: String,
         /// Epoch ms.
         at_ms: u64,
     },
+}
+
+impl Event {
+    fn at_ms(&self) -> u64 {
+        match self {
+            Event::Sent { at_ms, .. } | Event::Ack { at_ms, .. } | Event::Nack { at_ms, .. } => {
+                *at_ms
+            }
+        }
+    }
 }
 
 /// A NACK kept for the staleness report.
@@ -213,7 +309,7 @@ pub struct NackRecord {
     pub version: String,
     /// Nonce.
     pub nonce: String,
-    /// The proxy's error, verbatim.
+    /// The proxy's error, cut to [`Limits::max_text_bytes`].
     pub error: String,
     /// Epoch ms.
     pub at_ms: u64,
@@ -240,7 +336,7 @@ pub struct TypeRecord {
     pub acked_at_ms: Option<u64>,
     /// The last NACK, if it is newer than the last ACK.
     pub last_nack: Option<NackRecord>,
-    /// Bounded history, oldest first.
+    /// History, oldest first (bounded per proxy over all types).
     pub history: VecDeque<Event>,
     #[serde(skip)]
     sent_at: Option<SystemTime>,
@@ -275,6 +371,12 @@ pub struct ProxyRecord {
     pub types: BTreeMap<String, TypeRecord>,
     #[serde(skip)]
     connected_at: Option<SystemTime>,
+    /// Since when no stream is open (the key of [`Records::idle`]).
+    #[serde(skip)]
+    idle_since: Option<Instant>,
+    /// Events in all `types`' histories.
+    #[serde(skip)]
+    events: usize,
 }
 
 impl ProxyRecord {
@@ -311,31 +413,137 @@ pub struct Staleness {
     pub nack_error: Option<String>,
 }
 
+/// The records, and the disconnected ones ordered by when they became so.
+#[derive(Debug, Default)]
+struct Records {
+    by_node: BTreeMap<String, ProxyRecord>,
+    idle: BTreeSet<(Instant, String)>,
+}
+
 /// The flight recorder.
 #[derive(Debug, Default)]
 pub struct Recorder {
-    proxies: Mutex<BTreeMap<String, ProxyRecord>>,
+    records: Mutex<Records>,
+    limits: Limits,
     /// Metrics updated alongside.
     pub metrics: Metrics,
 }
 
+fn known(type_url: &str) -> bool {
+    ALL_TYPES.contains(&type_url)
+}
+
 impl Recorder {
-    /// An empty recorder with fresh metrics.
+    /// An empty recorder with fresh metrics and the default limits.
     pub fn new() -> Self {
         Self::default()
     }
 
-    fn with<R>(&self, node: &str, f: impl FnOnce(&mut ProxyRecord) -> R) -> R {
-        let mut p = self.proxies.lock().unwrap_or_else(|e| e.into_inner());
-        let rec = p.entry(node.to_string()).or_insert_with(|| ProxyRecord {
-            node_id: node.to_string(),
-            connected: false,
-            connections: BTreeMap::new(),
-            watches: BTreeMap::new(),
-            types: BTreeMap::new(),
-            connected_at: None,
-        });
-        f(rec)
+    /// An empty recorder keeping at most `limits`.
+    pub fn with_limits(limits: Limits) -> Self {
+        Recorder {
+            limits,
+            ..Self::default()
+        }
+    }
+
+    /// What this recorder keeps at most.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Records> {
+        let mut r = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        self.expire(&mut r, Instant::now());
+        r
+    }
+
+    /// Drops the records disconnected for longer than the TTL.
+    fn expire(&self, r: &mut Records, now: Instant) {
+        while let Some((since, node)) = r.idle.first().cloned() {
+            if now.saturating_duration_since(since) < self.limits.disconnected_ttl {
+                break;
+            }
+            r.idle.pop_first();
+            r.by_node.remove(&node);
+            self.evicted("expired");
+        }
+        self.metrics.recorder_nodes.set(r.by_node.len() as i64);
+    }
+
+    fn evicted(&self, reason: &str) {
+        self.metrics
+            .recorder_evictions
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    /// Runs `f` on `node`'s record, made if needed and if there is room;
+    /// `None` when there is none (every record is a connected proxy's).
+    fn with<R>(&self, node: &str, f: impl FnOnce(&mut ProxyRecord) -> R) -> Option<R> {
+        self.with_record(node, true, f)
+    }
+
+    fn with_record<R>(
+        &self,
+        node: &str,
+        create: bool,
+        f: impl FnOnce(&mut ProxyRecord) -> R,
+    ) -> Option<R> {
+        let mut guard = self.lock();
+        let r = &mut *guard;
+        let now = Instant::now();
+        if !r.by_node.contains_key(node) {
+            if !create {
+                return None;
+            }
+            if r.by_node.len() >= self.limits.max_nodes {
+                let Some((_, oldest)) = r.idle.pop_first() else {
+                    self.evicted("full");
+                    return None;
+                };
+                r.by_node.remove(&oldest);
+                self.evicted("capacity");
+            }
+            r.by_node.insert(
+                node.to_string(),
+                ProxyRecord {
+                    node_id: node.to_string(),
+                    connected: false,
+                    connections: BTreeMap::new(),
+                    watches: BTreeMap::new(),
+                    types: BTreeMap::new(),
+                    connected_at: None,
+                    idle_since: Some(now),
+                    events: 0,
+                },
+            );
+            r.idle.insert((now, node.to_string()));
+            self.metrics.recorder_nodes.set(r.by_node.len() as i64);
+        }
+        let rec = r.by_node.get_mut(node).expect("made above");
+        let out = f(rec);
+        // Keep the idle index in step with the record's connections.
+        match (rec.connections.is_empty(), rec.idle_since) {
+            (true, None) => {
+                rec.idle_since = Some(now);
+                r.idle.insert((now, node.to_string()));
+            }
+            (false, Some(since)) => {
+                rec.idle_since = None;
+                r.idle.remove(&(since, node.to_string()));
+            }
+            _ => {}
+        }
+        Some(out)
+    }
+
+    /// Expires records as of `now` (tests; otherwise every access does).
+    pub fn expire_at(&self, now: Instant) {
+        let mut r = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        self.expire(&mut r, now);
     }
 
     /// A stream for `node` opened.
@@ -359,7 +567,7 @@ impl Recorder {
     /// The stream `connection_id` of `node` closed.
     pub fn disconnected(&self, node: &str, connection_id: &str) {
         self.metrics.connected.dec();
-        self.with(node, |r| {
+        self.with_record(node, false, |r| {
             r.connections.remove(connection_id);
             r.recompute();
         });
@@ -367,6 +575,7 @@ impl Recorder {
 
     /// The subscriptions of stream `connection_id` of `node` are now `watches`.
     pub fn watches(&self, node: &str, connection_id: &str, watches: BTreeMap<String, Vec<String>>) {
+        let watches = watches.into_iter().filter(|(t, _)| known(t)).collect();
         self.with(node, |r| {
             if let Some(c) = r.connections.get_mut(connection_id) {
                 c.watches = watches;
@@ -381,7 +590,7 @@ impl Recorder {
     pub fn latest(&self, node: &str, versions: &[(String, String)], built: SystemTime) {
         self.with(node, |r| {
             let built = r.connected_at.map_or(built, |c| c.max(built));
-            for (t, v) in versions {
+            for (t, v) in versions.iter().filter(|(t, _)| known(t)) {
                 let tr = r.types.entry(t.clone()).or_default();
                 if tr.latest_version.as_deref() != Some(v.as_str()) {
                     tr.latest_version = Some(v.clone());
@@ -394,8 +603,12 @@ impl Recorder {
 
     /// A response went out.
     pub fn sent(&self, node: &str, s: &Sent) {
+        if !known(&s.type_url) {
+            return;
+        }
         self.metrics.pushes.get_or_create(&label(&s.type_url)).inc();
         let now = SystemTime::now();
+        let cap = self.limits.events_per_node;
         self.with(node, |r| {
             let tr = r.types.entry(s.type_url.clone()).or_default();
             tr.sent_version = Some(s.version.clone());
@@ -403,7 +616,9 @@ impl Recorder {
             tr.sent_at = Some(now);
             tr.sent_at_ms = Some(millis(now));
             push(
-                tr,
+                r,
+                &s.type_url,
+                cap,
                 Event::Sent {
                     version: s.version.clone(),
                     nonce: s.nonce.clone(),
@@ -418,12 +633,21 @@ impl Recorder {
     /// The proxy answered.
     pub fn outcome(&self, node: &str, o: &Outcome) {
         let now = SystemTime::now();
+        // The stream already cut the text to the same limit and marked it;
+        // the room for its marker keeps a second cut from cutting the cut.
+        let cap = self.limits.events_per_node;
+        let text = self.limits.max_text_bytes + 64;
         match o {
+            Outcome::Ack { type_url, .. }
+            | Outcome::Nack { type_url, .. }
+            | Outcome::Stale { type_url, .. }
+                if !known(type_url) => {}
             Outcome::Ack {
                 type_url,
                 version,
                 nonce,
             } => {
+                let version = &clip(version, text);
                 let l = label(type_url);
                 self.metrics.acks.get_or_create(&l).inc();
                 self.with(node, |r| {
@@ -448,7 +672,9 @@ impl Recorder {
                     tr.acked_at_ms = Some(millis(now));
                     tr.last_nack = None;
                     push(
-                        tr,
+                        r,
+                        type_url,
+                        cap,
                         Event::Ack {
                             version: version.clone(),
                             nonce: nonce.clone(),
@@ -464,6 +690,7 @@ impl Recorder {
                 nonce,
                 error,
             } => {
+                let error = &clip(error, text);
                 self.metrics.nacks.get_or_create(&label(type_url)).inc();
                 self.with(node, |r| {
                     let tr = r.types.entry(type_url.clone()).or_default();
@@ -474,7 +701,9 @@ impl Recorder {
                         at_ms: millis(now),
                     });
                     push(
-                        tr,
+                        r,
+                        type_url,
+                        cap,
                         Event::Nack {
                             version: version.clone(),
                             nonce: nonce.clone(),
@@ -490,21 +719,19 @@ impl Recorder {
 
     /// Every proxy's record.
     pub fn proxies(&self) -> Vec<ProxyRecord> {
-        let p = self.proxies.lock().unwrap_or_else(|e| e.into_inner());
-        p.values().cloned().collect()
+        self.lock().by_node.values().cloned().collect()
     }
 
     /// One proxy's record.
     pub fn proxy(&self, node: &str) -> Option<ProxyRecord> {
-        let p = self.proxies.lock().unwrap_or_else(|e| e.into_inner());
-        p.get(node).cloned()
+        self.lock().by_node.get(node).cloned()
     }
 
     /// Which proxies are stale (latest version not ACKed), since when, why.
     pub fn stale(&self) -> Vec<Staleness> {
-        let p = self.proxies.lock().unwrap_or_else(|e| e.into_inner());
+        let p = self.lock();
         let mut out = Vec::new();
-        for rec in p.values() {
+        for rec in p.by_node.values() {
             for (t, tr) in &rec.types {
                 let Some(latest) = &tr.latest_version else {
                     continue;
@@ -549,8 +776,9 @@ impl Recorder {
 
     /// Istio's `SyncStatus` list (`/debug/syncz`): nonces sent and ACKed per type.
     pub fn syncz(&self) -> Vec<serde_json::Value> {
-        let p = self.proxies.lock().unwrap_or_else(|e| e.into_inner());
-        p.values()
+        let p = self.lock();
+        p.by_node
+            .values()
             .filter(|r| r.connected)
             .map(|r| {
                 let mut o = serde_json::Map::new();
@@ -611,8 +839,9 @@ impl Recorder {
         use envoy_types::pb::envoy::service::status::v3::{
             client_config::GenericXdsConfig, ClientConfig, ConfigStatus,
         };
-        let p = self.proxies.lock().unwrap_or_else(|e| e.into_inner());
-        p.values()
+        let p = self.lock();
+        p.by_node
+            .values()
             .filter(|r| r.connected)
             .map(|r| ClientConfig {
                 node: Some(Node {
@@ -649,11 +878,27 @@ impl Recorder {
     }
 }
 
-fn push(tr: &mut TypeRecord, e: Event) {
-    if tr.history.len() == HISTORY {
-        tr.history.pop_front();
+/// Appends to `type_url`'s history; at the proxy's cap the oldest event
+/// of any type goes.
+fn push(r: &mut ProxyRecord, type_url: &str, cap: usize, e: Event) {
+    while r.events >= cap.max(1) {
+        let oldest = r
+            .types
+            .values_mut()
+            .filter(|t| !t.history.is_empty())
+            .min_by_key(|t| t.history.front().map(Event::at_ms));
+        match oldest {
+            Some(t) => {
+                t.history.pop_front();
+                r.events -= 1;
+            }
+            None => break,
+        }
     }
-    tr.history.push_back(e);
+    if let Some(tr) = r.types.get_mut(type_url) {
+        tr.history.push_back(e);
+        r.events += 1;
+    }
 }
 
 #[cfg(test)]
@@ -724,5 +969,88 @@ mod tests {
             text.contains("membrane_xds_convergence_seconds_count{type=\"npds\"} 1"),
             "{text}"
         );
+    }
+
+    fn nack(t: &str, n: &str, error: &str) -> Outcome {
+        Outcome::Nack {
+            type_url: t.into(),
+            version: "v1".into(),
+            nonce: n.into(),
+            error: error.into(),
+        }
+    }
+
+    #[test]
+    fn records_are_bounded_cut_and_expire() {
+        let limits = Limits {
+            max_nodes: 3,
+            events_per_node: 4,
+            max_text_bytes: 100,
+            disconnected_ttl: Duration::from_secs(60),
+        };
+        let r = Recorder::with_limits(limits);
+        // Three proxies come and go, in order a, b, c; d is connected.
+        for n in ["a", "b", "c"] {
+            r.connected(n, "c1", "peer");
+            r.disconnected(n, "c1");
+        }
+        r.connected("b", "c2", "peer"); // b is back: not evictable
+        r.connected("d", "c1", "peer");
+        let nodes =
+            |r: &Recorder| -> Vec<String> { r.proxies().into_iter().map(|p| p.node_id).collect() };
+        assert_eq!(nodes(&r), ["b", "c", "d"], "a (disconnected longest) went");
+        r.connected("e", "c1", "peer");
+        assert_eq!(nodes(&r), ["b", "d", "e"], "then c");
+        // All connected now: a new proxy is served but not recorded.
+        r.connected("f", "c1", "peer");
+        assert!(r.proxy("f").is_none());
+        let text = r.metrics.encode();
+        assert!(
+            text.contains("membrane_xds_recorder_evictions_total{reason=\"capacity\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("membrane_xds_recorder_evictions_total{reason=\"full\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("membrane_xds_recorder_nodes 3"), "{text}");
+
+        // Per proxy: at most 4 events over all types, the oldest go first;
+        // NACK text is cut with a marker; unknown types leave no trace.
+        for i in 0..5 {
+            r.outcome(
+                "d",
+                &nack(NETWORK_POLICY, &i.to_string(), &"x".repeat(5000)),
+            );
+        }
+        r.outcome("d", &nack("type.googleapis.com/evil", "9", "y"));
+        let d = r.proxy("d").unwrap();
+        assert_eq!(d.types.len(), 1, "{:?}", d.types.keys());
+        let h = &d.types[NETWORK_POLICY].history;
+        assert_eq!(h.len(), 4);
+        let Event::Nack { nonce, error, .. } = &h[0] else {
+            panic!("{h:?}")
+        };
+        assert_eq!(nonce, "1", "nonce 0 was the oldest");
+        // Cut at the limit plus the room left for a marker the stream added.
+        assert_eq!(
+            error,
+            &format!("{}... [4836 more bytes cut]", "x".repeat(164))
+        );
+        let last = d.types[NETWORK_POLICY].last_nack.as_ref().unwrap();
+        assert_eq!(last.error.len(), error.len());
+
+        // Disconnected records expire after the TTL; connected ones stay.
+        r.disconnected("d", "c1");
+        r.expire_at(Instant::now() + Duration::from_secs(61));
+        assert_eq!(nodes(&r), ["b", "e"]);
+        r.disconnected("b", "c2");
+        r.disconnected("e", "c1");
+        r.expire_at(Instant::now() + Duration::from_secs(61));
+        assert!(nodes(&r).is_empty());
+        assert!(r
+            .metrics
+            .encode()
+            .contains("membrane_xds_recorder_evictions_total{reason=\"expired\"} 3"));
     }
 }

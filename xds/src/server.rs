@@ -24,10 +24,13 @@ use crate::proto::network_policy_discovery_service_server::{
 use crate::proto::network_policy_hosts_discovery_service_server::{
     NetworkPolicyHostsDiscoveryService, NetworkPolicyHostsDiscoveryServiceServer,
 };
-use crate::recorder::{Recorder, DEBUG_SYNCZ};
+use crate::recorder::{ReasonLabel, Recorder, DEBUG_SYNCZ};
 use crate::resource::{NETWORK_POLICY, NETWORK_POLICY_HOSTS};
 use crate::snapshot::{Snapshot, SnapshotCache};
-use crate::stream::{DeltaStream, Outcome, Sent, SotwStream, Step, StreamError, Subscription};
+use crate::stream::{
+    check_node_id, DeltaStream, Outcome, Sent, SotwStream, Step, StreamError, StreamLimits,
+    Subscription,
+};
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 
@@ -124,6 +127,7 @@ pub struct XdsServer {
     cache: Arc<SnapshotCache>,
     recorder: Arc<Recorder>,
     next_conn: Arc<AtomicU64>,
+    limits: StreamLimits,
 }
 
 type RespStream<T> = ReceiverStream<Result<T, Status>>;
@@ -135,7 +139,34 @@ impl XdsServer {
             cache,
             recorder,
             next_conn: Arc::new(AtomicU64::new(1)),
+            limits: StreamLimits::default(),
         }
+    }
+
+    /// The same services with these per-stream limits.
+    pub fn with_limits(mut self, limits: StreamLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    fn sotw(&self, only_type: Option<&str>) -> SotwStream {
+        SotwStream::new(only_type).with_limits(self.limits)
+    }
+
+    fn delta(&self, only_type: Option<&str>) -> DeltaStream {
+        DeltaStream::new(only_type).with_limits(self.limits)
+    }
+
+    /// Counts a refused request and closes the stream with its reason.
+    async fn refuse<R>(&self, e: &StreamError, tx: &mpsc::Sender<Result<R, Status>>) {
+        self.recorder
+            .metrics
+            .refused_requests
+            .get_or_create(&ReasonLabel {
+                reason: e.reason().to_string(),
+            })
+            .inc();
+        let _ = tx.send(Err(Status::invalid_argument(e.to_string()))).await;
     }
 
     /// A tonic router serving ADS, NPDS and NPHDS.
@@ -194,6 +225,12 @@ impl XdsServer {
                 .await;
             return;
         }
+        // Before the id is logged or recorded anywhere.
+        if let Err(e) = check_node_id(&node, &self.limits) {
+            warn!(peer = %peer, error = %e, "refusing xds stream");
+            self.refuse(&e, &tx).await;
+            return;
+        }
         let conn = format!("{node}-{id}");
         let key = cache_key(&node);
         info!(node = %node, key = %key, peer = %peer, "xds stream opened");
@@ -218,7 +255,7 @@ impl XdsServer {
                     Ok(step) => step,
                     Err(e) => {
                         warn!(node = %node, error = %e, "closing xds stream");
-                        let _ = tx.send(Err(Status::invalid_argument(e.to_string()))).await;
+                        self.refuse(&e, &tx).await;
                         break;
                     }
                 }
@@ -343,7 +380,7 @@ impl AggregatedDiscoveryService for XdsServer {
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
         let peer = request.remote_addr();
         Ok(Response::new(self.spawn(
-            SotwStream::new(None),
+            self.sotw(None),
             request.into_inner(),
             peer,
         )))
@@ -355,7 +392,7 @@ impl AggregatedDiscoveryService for XdsServer {
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
         let peer = request.remote_addr();
         Ok(Response::new(self.spawn(
-            DeltaStream::new(None),
+            self.delta(None),
             request.into_inner(),
             peer,
         )))
@@ -372,7 +409,7 @@ impl NetworkPolicyDiscoveryService for XdsServer {
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaNetworkPoliciesStream>, Status> {
         let peer = request.remote_addr();
-        let sm = DeltaStream::new(Some(NETWORK_POLICY));
+        let sm = self.delta(Some(NETWORK_POLICY));
         Ok(Response::new(self.spawn(sm, request.into_inner(), peer)))
     }
 
@@ -381,7 +418,7 @@ impl NetworkPolicyDiscoveryService for XdsServer {
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamNetworkPoliciesStream>, Status> {
         let peer = request.remote_addr();
-        let sm = SotwStream::new(Some(NETWORK_POLICY));
+        let sm = self.sotw(Some(NETWORK_POLICY));
         Ok(Response::new(self.spawn(sm, request.into_inner(), peer)))
     }
 
@@ -404,7 +441,7 @@ impl NetworkPolicyHostsDiscoveryService for XdsServer {
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamNetworkPolicyHostsStream>, Status> {
         let peer = request.remote_addr();
-        let sm = SotwStream::new(Some(NETWORK_POLICY_HOSTS));
+        let sm = self.sotw(Some(NETWORK_POLICY_HOSTS));
         Ok(Response::new(self.spawn(sm, request.into_inner(), peer)))
     }
 
@@ -421,7 +458,7 @@ impl NetworkPolicyHostsDiscoveryService for XdsServer {
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaNetworkPolicyHostsStream>, Status> {
         let peer = request.remote_addr();
-        let sm = DeltaStream::new(Some(NETWORK_POLICY_HOSTS));
+        let sm = self.delta(Some(NETWORK_POLICY_HOSTS));
         Ok(Response::new(self.spawn(sm, request.into_inner(), peer)))
     }
 }

@@ -26,7 +26,58 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 };
 use thiserror::Error;
 
+use crate::resource::ALL_TYPES;
 use crate::snapshot::Snapshot;
+
+/// What one stream may make the server hold. Every field is something a
+/// client chooses; without a bound one stream could make the server keep
+/// as much as it cares to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamLimits {
+    /// Resource names a stream may subscribe to per type (delta
+    /// subscriptions accumulate across requests).
+    pub max_names_per_type: usize,
+    /// Longest client text kept or logged (NACK `error_detail`, echoed
+    /// versions); the rest is cut with a marker saying how much.
+    pub max_text_bytes: usize,
+    /// Longest `node.id` accepted (Istio's ids are a few hundred bytes).
+    pub max_node_id_bytes: usize,
+}
+
+impl Default for StreamLimits {
+    fn default() -> Self {
+        StreamLimits {
+            max_names_per_type: 65_536,
+            max_text_bytes: 1024,
+            max_node_id_bytes: 1024,
+        }
+    }
+}
+
+/// `text` cut to at most `max` bytes (on a character boundary), with a
+/// marker naming how many bytes were cut; unchanged when it fits.
+pub fn clip(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... [{} more bytes cut]", &text[..end], text.len() - end)
+}
+
+/// Refuses a `node.id` longer than the limit (it keys the flight recorder
+/// and appears in every log line of the stream).
+pub fn check_node_id(id: &str, limits: &StreamLimits) -> Result<(), StreamError> {
+    if id.len() > limits.max_node_id_bytes {
+        return Err(StreamError::NodeIdTooLong {
+            len: id.len(),
+            max: limits.max_node_id_bytes,
+        });
+    }
+    Ok(())
+}
 
 /// A request the state machine refuses; the stream is closed with it.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -42,6 +93,46 @@ pub enum StreamError {
         /// The type the service serves.
         expected: String,
     },
+    /// An aggregated stream asked for a type this server does not serve.
+    /// Closing the stream (as Cilium's xDS server does) rather than
+    /// ignoring it tells a misconfigured client what is wrong, and nothing
+    /// is kept for the type.
+    #[error("type {type_url:?} is not served; served types: {served}")]
+    UnknownType {
+        /// The type requested, cut to a readable length.
+        type_url: String,
+        /// The types this server serves.
+        served: String,
+    },
+    /// A subscription named more resources than the limit.
+    #[error("subscription to {type_url} names more than {max} resources")]
+    TooManyNames {
+        /// Type URL.
+        type_url: String,
+        /// The limit.
+        max: usize,
+    },
+    /// The node id is longer than the limit.
+    #[error("node.id is {len} bytes, longer than the {max} allowed")]
+    NodeIdTooLong {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+}
+
+impl StreamError {
+    /// A short, fixed name for the refusal (a metric label).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            StreamError::MissingTypeUrl => "missing_type_url",
+            StreamError::WrongType { .. } => "wrong_type",
+            StreamError::UnknownType { .. } => "unknown_type",
+            StreamError::TooManyNames { .. } => "too_many_names",
+            StreamError::NodeIdTooLong { .. } => "node_id_too_long",
+        }
+    }
 }
 
 /// What a client subscribed to, per type.
@@ -90,7 +181,8 @@ pub enum Outcome {
         version: String,
         /// Nonce of the rejected response.
         nonce: String,
-        /// The client's error message, verbatim.
+        /// The client's error message, cut to
+        /// [`StreamLimits::max_text_bytes`].
         error: String,
     },
     /// A request answering an older nonce; ignored.
@@ -143,6 +235,7 @@ struct SotwType {
 pub struct SotwStream {
     /// The type a single-type service serves; `None` for ADS.
     only_type: Option<String>,
+    limits: StreamLimits,
     nonce: u64,
     types: BTreeMap<String, SotwType>,
     snapshot: Option<Arc<Snapshot>>,
@@ -168,10 +261,17 @@ impl SotwStream {
     pub fn new(only_type: Option<&str>) -> Self {
         SotwStream {
             only_type: only_type.map(str::to_string),
+            limits: StreamLimits::default(),
             nonce: 0,
             types: BTreeMap::new(),
             snapshot: None,
         }
+    }
+
+    /// The same stream with these limits.
+    pub fn with_limits(mut self, limits: StreamLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Per-type status, for `/debug/adsz`.
@@ -199,6 +299,11 @@ impl SotwStream {
         req: &DiscoveryRequest,
     ) -> Result<Step<DiscoveryResponse>, StreamError> {
         let t = resolve_type(&self.only_type, &req.type_url)?;
+        let max = self.limits.max_names_per_type;
+        if req.resource_names.len() > max {
+            return Err(StreamError::TooManyNames { type_url: t, max });
+        }
+        let text = self.limits.max_text_bytes;
         let mut step = Step::default();
         let first = !self.types.contains_key(&t);
         let st = self.types.entry(t.clone()).or_insert_with(|| SotwType {
@@ -220,14 +325,15 @@ impl SotwStream {
                                 type_url: t.clone(),
                                 version: version.clone(),
                                 nonce: nonce.clone(),
-                                error: status.message.clone(),
+                                error: clip(&status.message, text),
                             });
                         }
                         None => {
-                            st.acked = Some(req.version_info.clone());
+                            let echoed = clip(&req.version_info, text);
+                            st.acked = Some(echoed.clone());
                             step.outcomes.push(Outcome::Ack {
                                 type_url: t.clone(),
-                                version: req.version_info.clone(),
+                                version: echoed,
                                 nonce: nonce.clone(),
                             });
                         }
@@ -236,7 +342,7 @@ impl SotwStream {
                 _ => {
                     step.outcomes.push(Outcome::Stale {
                         type_url: t,
-                        nonce: req.response_nonce.clone(),
+                        nonce: clip(&req.response_nonce, text),
                     });
                     return Ok(step);
                 }
@@ -325,11 +431,15 @@ impl SotwStream {
 fn resolve_type(only: &Option<String>, requested: &str) -> Result<String, StreamError> {
     match (only, requested) {
         (None, "") => Err(StreamError::MissingTypeUrl),
-        (None, t) => Ok(t.to_string()),
+        (None, t) if ALL_TYPES.contains(&t) => Ok(t.to_string()),
+        (None, t) => Err(StreamError::UnknownType {
+            type_url: clip(t, 256),
+            served: ALL_TYPES.join(", "),
+        }),
         (Some(o), "") => Ok(o.clone()),
         (Some(o), t) if o == t => Ok(o.clone()),
         (Some(o), t) => Err(StreamError::WrongType {
-            found: t.to_string(),
+            found: clip(t, 256),
             expected: o.clone(),
         }),
     }
@@ -351,6 +461,7 @@ struct DeltaType {
 #[derive(Debug)]
 pub struct DeltaStream {
     only_type: Option<String>,
+    limits: StreamLimits,
     nonce: u64,
     types: BTreeMap<String, DeltaType>,
     snapshot: Option<Arc<Snapshot>>,
@@ -361,10 +472,17 @@ impl DeltaStream {
     pub fn new(only_type: Option<&str>) -> Self {
         DeltaStream {
             only_type: only_type.map(str::to_string),
+            limits: StreamLimits::default(),
             nonce: 0,
             types: BTreeMap::new(),
             snapshot: None,
         }
+    }
+
+    /// The same stream with these limits.
+    pub fn with_limits(mut self, limits: StreamLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Subscriptions per type, for `/debug/adsz`.
@@ -388,6 +506,16 @@ impl DeltaStream {
         req: &DeltaDiscoveryRequest,
     ) -> Result<Step<DeltaDiscoveryResponse>, StreamError> {
         let t = resolve_type(&self.only_type, &req.type_url)?;
+        let max = self.limits.max_names_per_type;
+        let text = self.limits.max_text_bytes;
+        let known = self.types.get(&t).map_or(0, |st| st.names.len());
+        // Checked before anything changes: a refused request leaves the
+        // stream's state as it was.
+        if known + req.resource_names_subscribe.len() > max
+            || req.initial_resource_versions.len() > max
+        {
+            return Err(StreamError::TooManyNames { type_url: t, max });
+        }
         let mut step = Step::default();
         let first = !self.types.contains_key(&t);
         let st = self.types.entry(t.clone()).or_insert_with(|| DeltaType {
@@ -416,7 +544,7 @@ impl DeltaStream {
                                 type_url: t.clone(),
                                 version,
                                 nonce,
-                                error: status.message.clone(),
+                                error: clip(&status.message, text),
                             });
                         }
                         None => {
@@ -433,7 +561,7 @@ impl DeltaStream {
                     st.in_flight = other;
                     step.outcomes.push(Outcome::Stale {
                         type_url: t,
-                        nonce: req.response_nonce.clone(),
+                        nonce: clip(&req.response_nonce, text),
                     });
                     return Ok(step);
                 }
@@ -679,6 +807,81 @@ mod tests {
         assert_eq!(
             ads.on_request(&none).unwrap_err(),
             StreamError::MissingTypeUrl
+        );
+    }
+
+    #[test]
+    fn unknown_types_are_refused_and_leave_no_state() {
+        let mut s = SotwStream::new(None);
+        let mut r = req(&[], "", "", None);
+        r.type_url = "type.googleapis.com/no.Such".into();
+        let e = s.on_request(&r).unwrap_err();
+        assert_eq!(e.reason(), "unknown_type");
+        assert!(
+            e.to_string()
+                .contains("\"type.googleapis.com/no.Such\" is not served"),
+            "{e}"
+        );
+        assert!(s.status().is_empty(), "nothing kept for the type");
+        let mut d = DeltaStream::new(None);
+        let dr = DeltaDiscoveryRequest {
+            type_url: "x".repeat(10_000),
+            ..Default::default()
+        };
+        let e = d.on_request(&dr).unwrap_err();
+        assert!(e.to_string().len() < 1_000, "the type URL is cut: {e}");
+        assert!(d.subscriptions().is_empty());
+    }
+
+    #[test]
+    fn nack_text_is_cut_with_a_marker_and_names_are_bounded() {
+        let limits = StreamLimits {
+            max_names_per_type: 3,
+            max_text_bytes: 16,
+            max_node_id_bytes: 8,
+        };
+        let mut s = SotwStream::new(None).with_limits(limits);
+        s.on_snapshot(snap(&[(256, "a")]));
+        let step = s.on_request(&req(&[], "", "", None)).unwrap();
+        let sent = step.responses[0].0.clone();
+        let long = "é".repeat(1000); // 2000 bytes, cut on a character boundary
+        let step = s
+            .on_request(&req(&[], "", &sent.nonce, Some(&long)))
+            .unwrap();
+        let Outcome::Nack { error, .. } = &step.outcomes[0] else {
+            panic!("{:?}", step.outcomes)
+        };
+        assert_eq!(
+            error,
+            &format!("{}... [1984 more bytes cut]", "é".repeat(8))
+        );
+        assert_eq!(
+            s.on_request(&req(&["1", "2", "3", "4"], "", "", None))
+                .unwrap_err()
+                .reason(),
+            "too_many_names"
+        );
+        // Delta subscriptions accumulate: the sum is bounded.
+        let mut d = DeltaStream::new(None).with_limits(limits);
+        let sub = |names: &[&str]| DeltaDiscoveryRequest {
+            type_url: NETWORK_POLICY_HOSTS.into(),
+            resource_names_subscribe: names.iter().map(|n| n.to_string()).collect(),
+            ..Default::default()
+        };
+        d.on_request(&sub(&["1", "2"])).unwrap();
+        d.on_request(&sub(&["3"])).unwrap();
+        assert_eq!(
+            d.on_request(&sub(&["4"])).unwrap_err().reason(),
+            "too_many_names"
+        );
+        assert_eq!(
+            d.subscriptions()[NETWORK_POLICY_HOSTS],
+            Subscription::Names(["1", "2", "3"].iter().map(|n| n.to_string()).collect())
+        );
+        assert!(check_node_id("12345678", &limits).is_ok());
+        assert_eq!(
+            check_node_id("123456789", &limits).unwrap_err().to_string(),
+            "node.id is 9 bytes, longer than the 8 allowed"
         );
     }
 

@@ -7,6 +7,9 @@
 //! swap) and on SIGHUP; a pair that does not load (unreadable, not PEM, key
 //! not matching the certificate) is logged and counted, and the last good
 //! pair keeps serving.
+//!
+//! The listener is bounded as `listener.rs` describes: a connection cap,
+//! and deadlines for the handshake, each request head and the body.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -28,10 +31,8 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
 use crate::inject::{self, Outcome, Sidecar};
+use crate::listener::{ConnLimits, Gate};
 use crate::recorder::{InjectLabel, Recorder};
-
-/// How long a client has for the TLS handshake and for each request head.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a certificate/key pair was not taken.
 #[derive(Debug, thiserror::Error)]
@@ -137,6 +138,8 @@ pub struct Settings {
     pub poll: Duration,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// Connection cap and read deadlines.
+    pub limits: ConnLimits,
     /// The container injected.
     pub sidecar: Sidecar,
 }
@@ -149,6 +152,7 @@ pub struct Webhook {
     current: Arc<Current>,
     seen: Mutex<Seen>,
     recorder: Arc<Recorder>,
+    gate: Gate,
 }
 
 /// What the files held at the last look, so that a change is acted on (and
@@ -167,7 +171,9 @@ impl Webhook {
     pub fn new(settings: Settings, recorder: Arc<Recorder>) -> Result<Self, CertError> {
         let (c, k) = (read(&settings.cert)?, read(&settings.key)?);
         let pair = parse_pair(&settings.cert, &c, &settings.key, &k)?;
+        let gate = Gate::new("webhook", settings.limits.max_connections, recorder.clone());
         Ok(Webhook {
+            gate,
             settings,
             current: Arc::new(Current(RwLock::new(Arc::new(pair)))),
             seen: Mutex::new(Seen::Files(c, k)),
@@ -257,7 +263,22 @@ impl Webhook {
             );
         }
         let max = self.settings.max_body_bytes;
-        let body = match Limited::new(req.into_body(), max).collect().await {
+        let limit = self.settings.limits.body_timeout;
+        let read = tokio::time::timeout(limit, Limited::new(req.into_body(), max).collect());
+        let Ok(read) = read.await else {
+            self.count("rejected");
+            self.gate.timed_out();
+            let mut r = text(
+                StatusCode::REQUEST_TIMEOUT,
+                &format!("request body not received within {limit:?}"),
+            );
+            r.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+            return r;
+        };
+        let body = match read {
             Ok(b) => b.to_bytes(),
             Err(e) => {
                 self.count("rejected");
@@ -353,30 +374,24 @@ pub async fn watch_certificate(wh: Arc<Webhook>, stop: impl std::future::Future<
 }
 
 /// Serves HTTPS on `listener` until `stop`; each connection gets its own
-/// task (a slow handshake holds up no one else).
+/// task (a slow handshake holds up no one else), up to the cap.
 pub async fn serve(
     listener: TcpListener,
     wh: Arc<Webhook>,
     stop: impl std::future::Future<Output = ()>,
 ) {
     let acceptor = wh.acceptor();
+    let gate = wh.gate.clone();
     tokio::pin!(stop);
     loop {
-        let (tcp, peer) = tokio::select! {
+        let (tcp, peer, permit) = tokio::select! {
             _ = &mut stop => return,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // Out of descriptors and the like: back off, keep serving.
-                    warn!(error = %e, "webhook accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
+            c = gate.accept(&listener) => c,
         };
-        let (acceptor, wh) = (acceptor.clone(), wh.clone());
+        let (acceptor, wh, gate) = (acceptor.clone(), wh.clone(), gate.clone());
         tokio::spawn(async move {
-            if let Err(e) = connection(acceptor, wh, tcp, peer).await {
+            let _permit = permit;
+            if let Err(e) = connection(acceptor, wh, tcp, peer, &gate).await {
                 debug!(%peer, error = %e, "webhook connection ended");
             }
         });
@@ -388,18 +403,28 @@ async fn connection(
     wh: Arc<Webhook>,
     tcp: tokio::net::TcpStream,
     peer: SocketAddr,
+    gate: &Gate,
 ) -> anyhow::Result<()> {
-    let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
-        .await
-        .map_err(|_| anyhow::anyhow!("TLS handshake from {peer} timed out"))??;
+    let head = wh.settings.limits.head_timeout;
+    let Ok(tls) = tokio::time::timeout(head, acceptor.accept(tcp)).await else {
+        gate.timed_out();
+        anyhow::bail!("TLS handshake from {peer} not done within {head:?}");
+    };
+    let tls = tls?;
     let svc = hyper::service::service_fn(move |req| {
         let wh = wh.clone();
         async move { Ok::<_, Infallible>(wh.handle(req).await) }
     });
-    hyper::server::conn::http1::Builder::new()
+    let served = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(HANDSHAKE_TIMEOUT)
+        .header_read_timeout(head)
         .serve_connection(TokioIo::new(tls), svc)
-        .await?;
+        .await;
+    if let Err(e) = served {
+        if e.is_timeout() {
+            gate.timed_out();
+        }
+        return Err(e.into());
+    }
     Ok(())
 }

@@ -38,6 +38,20 @@ struct Config {
     /// Node name carried by every monitor event (default: the host name).
     #[arg(long, env = "MEMBRANE_NODE_NAME", global = true)]
     node: Option<String>,
+    /// Longest request line the API socket accepts, in bytes; a longer one
+    /// gets an error line and the connection is closed.
+    #[arg(long, env = "MEMBRANE_AGENT_MAX_REQUEST_BYTES", default_value_t = 4096,
+          value_parser = clap::value_parser!(u64).range(64..), global = true)]
+    api_max_request_bytes: u64,
+    /// Clients the API socket serves at once (monitor streams included);
+    /// more get an error line and are closed.
+    #[arg(long, env = "MEMBRANE_AGENT_MAX_CLIENTS", default_value_t = 64,
+          value_parser = clap::value_parser!(u64).range(1..), global = true)]
+    api_max_clients: u64,
+    /// Time a client has to send its whole request line, in milliseconds.
+    #[arg(long, env = "MEMBRANE_AGENT_REQUEST_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..), global = true)]
+    api_request_timeout_ms: u64,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -279,15 +293,18 @@ fn run(
     dp: &Datapath,
     attach: &AttachArgs,
     socket: &Path,
+    limits: api::Limits,
     node: &str,
     interval: Duration,
 ) -> Result<()> {
     let mut reader = dp.events().context("open the monitor events ring buffer")?;
     let listener = api::bind(socket).with_context(|| format!("--socket {}", socket.display()))?;
     let hub = Arc::new(api::Hub::new(node, api::SUBSCRIBER_QUEUE));
+    let stats = Arc::new(api::ServeStats::default());
     let status = {
         let dp = dp.clone();
         let hub = hub.clone();
+        let stats = stats.clone();
         let cgroup = attach.cgroup.clone();
         let netns = attach.inbound_netns.clone();
         move || {
@@ -297,6 +314,7 @@ fn run(
                 "cgroup": cgroup,
                 "inbound_netns": netns,
                 "subscribers": hub.subscribers(),
+                "api": stats.json(),
                 "events_lost_in_kernel": dp.events_lost().ok(),
             });
             let fields = [
@@ -315,7 +333,7 @@ fn run(
     };
     {
         let hub = hub.clone();
-        thread::spawn(move || api::serve(listener, hub, status));
+        thread::spawn(move || api::serve_with(listener, hub, status, limits, stats));
     }
     println!("serving {} as node {node}", socket.display());
     let mut next_print = Instant::now();
@@ -379,10 +397,16 @@ fn main() -> Result<()> {
         Cmd::Run { attach, interval } => {
             ensure_bpffs(&cfg.bpffs)?;
             let dp = attach.attach(&cfg.bpffs)?;
+            let limits = api::Limits {
+                max_request_bytes: cfg.api_max_request_bytes as usize,
+                max_clients: cfg.api_max_clients as usize,
+                request_timeout: Duration::from_millis(cfg.api_request_timeout_ms),
+            };
             run(
                 &dp,
                 attach,
                 &cfg.socket,
+                limits,
                 &node_name(&cfg.node),
                 Duration::from_secs((*interval).max(1)),
             )?;

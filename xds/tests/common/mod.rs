@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod launch;
+
 use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::process::CommandExt;
