@@ -20,6 +20,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tracing::{info, warn};
 
+use crate::auth::Workloads;
 use crate::identity::{ClusterAllocator, ClusterIdentities};
 use crate::kvstore::IpEntry;
 use crate::recorder::{Recorder, SourceLabel};
@@ -53,6 +54,8 @@ pub struct Controller {
     /// The last pass could not get every identity: try again next tick
     /// even if no source changed.
     retry: bool,
+    /// The pods mTLS clients are checked against, replaced every pass.
+    workloads: Option<Arc<Workloads>>,
 }
 
 impl Controller {
@@ -73,7 +76,15 @@ impl Controller {
             first: true,
             identities: None,
             retry: false,
+            workloads: None,
         }
+    }
+
+    /// Keeps `workloads` (what the mTLS xDS port checks node ids against)
+    /// equal to the pods of the merged state.
+    pub fn with_workloads(mut self, workloads: Arc<Workloads>) -> Self {
+        self.workloads = Some(workloads);
+        self
     }
 
     /// Takes identities from `ids` (agreed cluster-wide) instead of
@@ -114,6 +125,9 @@ impl Controller {
         let mut state = ClusterState::default();
         for source in &self.sources {
             state.extend(source.state());
+        }
+        if let Some(w) = &self.workloads {
+            w.update(&state);
         }
         let mut alloc_errors = Vec::new();
         if let Some(ids) = &mut self.identities {

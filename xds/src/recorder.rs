@@ -44,6 +44,13 @@ pub struct InjectLabel {
     pub result: String,
 }
 
+/// Label set: why an mTLS xDS client was refused.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthLabel {
+    /// [`crate::auth::AuthError::reason`].
+    pub reason: String,
+}
+
 /// The control plane's Prometheus metrics.
 #[derive(Debug)]
 pub struct Metrics {
@@ -70,6 +77,8 @@ pub struct Metrics {
     /// Webhook certificate/key pairs that failed to load (the last good
     /// pair stays in use).
     pub webhook_cert_errors: Counter,
+    /// mTLS xDS requests refused (PERMISSION_DENIED), by reason.
+    pub auth_denied: Family<AuthLabel, Counter>,
     /// The registry they are registered in.
     pub registry: Registry,
 }
@@ -95,6 +104,7 @@ impl Metrics {
             source_errors: Family::default(),
             injections: Family::default(),
             webhook_cert_errors: Counter::default(),
+            auth_denied: Family::default(),
             registry: Registry::default(),
         };
         registry.register("pushes", "xDS responses sent", m.pushes.clone());
@@ -135,6 +145,11 @@ impl Metrics {
             "webhook_cert_errors",
             "Webhook certificate/key pairs rejected (the last good pair stays)",
             m.webhook_cert_errors.clone(),
+        );
+        registry.register(
+            "auth_denied",
+            "mTLS xDS requests refused: certificate or node id not acceptable, by reason",
+            m.auth_denied.clone(),
         );
         Metrics { registry, ..m }
     }

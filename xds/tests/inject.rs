@@ -569,6 +569,7 @@ fn the_webhook_is_off_without_a_certificate_and_bad_files_stop_startup() {
     std::fs::write(dir.path().join("bad.pem"), "garbage\n").unwrap();
     let bad = dir.path().join("bad.pem");
     let out = Command::new(env!("CARGO_BIN_EXE_membrane-xds"))
+        .arg("--plaintext-xds")
         .args(["--grpc-addr", "127.0.0.1:0", "--debug-addr", "127.0.0.1:0"])
         .args(["--webhook-addr", "127.0.0.1:0"])
         .arg("--webhook-cert")
