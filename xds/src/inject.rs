@@ -48,6 +48,17 @@ pub const PROXY_PORTS: [(u16, &str); 4] = [
     (15021, "health"),
 ];
 
+/// Where the sidecar's workload certificate is mounted, in Istio's legacy
+/// layout: `cert-chain.pem`, `key.pem`, `root-cert.pem`.
+pub const CERTS_DIR: &str = "/etc/certs";
+
+/// The Secret holding the workload certificate of pods running as
+/// `service_account` (in the pod's namespace), as Istio's legacy
+/// `istio.SERVICE_ACCOUNT`; `membrane cert issue --secret` writes it.
+pub fn cert_secret_name(service_account: &str) -> String {
+    format!("membrane.{service_account}")
+}
+
 /// What the injected container is made of (from `membrane-xds` flags).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sidecar {

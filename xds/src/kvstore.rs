@@ -33,6 +33,9 @@ use serde_json::Value;
 use thiserror::Error;
 use tracing::{info, warn};
 
+/// The etcd client type [`connect`] returns.
+pub use etcd_client::Client as EtcdClient;
+
 /// Every key membrane writes starts with this.
 pub const ROOT: &str = "/membrane/";
 /// Objects the etcd source reads.
