@@ -284,6 +284,9 @@ pub struct Etcd {
     pub client_port: u16,
     peer_port: u16,
     pub dir: tempfile::TempDir,
+    /// TLS on the client port: (server certificate, key, client CA); client
+    /// certificates are then required (`--client-cert-auth`).
+    pub tls: Option<[std::path::PathBuf; 3]>,
 }
 
 fn free_port() -> u16 {
@@ -297,19 +300,31 @@ fn free_port() -> u16 {
 impl Etcd {
     /// Starts etcd and waits until it answers.
     pub fn start() -> Etcd {
+        Self::start_with(None)
+    }
+
+    /// Starts etcd serving clients over TLS only, requiring a client
+    /// certificate that chains to `ca`.
+    pub fn start_tls(cert: &std::path::Path, key: &std::path::Path, ca: &std::path::Path) -> Etcd {
+        Self::start_with(Some([cert.into(), key.into(), ca.into()]))
+    }
+
+    fn start_with(tls: Option<[std::path::PathBuf; 3]>) -> Etcd {
         let mut e = Etcd {
             proc: None,
             client_port: free_port(),
             peer_port: free_port(),
             dir: tempfile::tempdir().unwrap(),
+            tls,
         };
         e.restart();
         e
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` (`https://` with TLS).
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
     /// Kills the server (its data stays).
@@ -323,7 +338,20 @@ impl Etcd {
         let client = self.url();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let log = std::fs::File::create(self.dir.path().join("etcd.log")).unwrap();
+        let mut tls_args: Vec<&std::ffi::OsStr> = Vec::new();
+        if let Some([cert, key, ca]) = &self.tls {
+            tls_args.extend([
+                "--cert-file".as_ref(),
+                cert.as_os_str(),
+                "--key-file".as_ref(),
+                key.as_os_str(),
+                "--trusted-ca-file".as_ref(),
+                ca.as_os_str(),
+                "--client-cert-auth".as_ref(),
+            ]);
+        }
         let child = Command::new("etcd")
+            .args(&tls_args)
             .arg("--data-dir")
             .arg(self.dir.path().join("data"))
             .args(["--name", "test"])
@@ -351,9 +379,17 @@ impl Etcd {
 
     /// A client (etcd answers once it has elected itself; retried briefly).
     pub async fn client(&self) -> etcd_client::Client {
+        self.client_tls(None).await
+    }
+
+    /// [`Etcd::client`] over TLS with `tls`.
+    pub async fn client_tls(
+        &self,
+        tls: Option<&membrane_xds::kvstore::EtcdTls>,
+    ) -> etcd_client::Client {
         let start = Instant::now();
         loop {
-            if let Ok(mut c) = membrane_xds::kvstore::connect(&[self.url()]).await {
+            if let Ok(mut c) = membrane_xds::kvstore::connect_tls(&[self.url()], tls).await {
                 if c.status().await.is_ok() {
                     return c;
                 }
