@@ -311,6 +311,31 @@ mod tests {
             "a.yaml"
         ])
         .is_err());
+        // mTLS: a workload pair needs the CA that verifies the control plane, and the
+        // pair goes together.
+        let x = "https://xds:15012";
+        let c = with(&[
+            "--xds-address",
+            x,
+            "--node-id",
+            node,
+            "--xds-ca",
+            "ca.pem",
+            "--xds-cert",
+            "c.pem",
+            "--xds-key",
+            "k.pem",
+        ])
+        .unwrap();
+        assert_eq!(c.xds_cert_poll, Duration::from_secs(5));
+        let refused = |extra: &[&str]| {
+            let mut a = vec!["--xds-address", x, "--node-id", node];
+            a.extend_from_slice(extra);
+            with(&a).is_err()
+        };
+        assert!(refused(&["--xds-cert", "c.pem", "--xds-key", "k.pem"]));
+        assert!(refused(&["--xds-ca", "ca.pem", "--xds-cert", "c.pem"]));
+        assert!(refused(&["--xds-ca", "ca.pem", "--xds-key", "k.pem"]));
         // Without xDS, files and labels stay required.
         assert!(with(&[]).is_err());
     }

@@ -422,6 +422,37 @@ mod tests {
         assert!(pod_ip("sidecar~not-an-ip~a.b~b.svc.cluster.local").is_err());
     }
 
+    #[tokio::test]
+    async fn an_address_and_tls_settings_that_do_not_fit_are_refused_at_start() {
+        let cfg = |address: &str, tls: bool| XdsConfig {
+            address: address.into(),
+            node_id: "sidecar~10.0.0.1~a.default~default.svc.cluster.local".into(),
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(1),
+            tls: tls.then(|| XdsTls {
+                ca: "ca.pem".into(),
+                identity: None,
+                poll: Duration::from_secs(1),
+            }),
+        };
+        for (address, tls, says) in [
+            ("https://xds:15012", false, "needs --xds-ca"),
+            ("http://xds:15010", true, "need an https:// address"),
+        ] {
+            let (_tx, rx) = watch::channel(false);
+            let err = spawn(
+                cfg(address, tls),
+                PolicyHandle::new(crate::policy::deny_all("test")),
+                Arc::new(Metrics::new()),
+                Box::new(|| {}),
+                rx,
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains(says), "{address}: {err}");
+        }
+    }
+
     #[test]
     fn backoff_grows_is_capped_and_jittered() {
         let cfg = XdsConfig {
