@@ -174,7 +174,8 @@ def main():
         write_atomic(pol, policy(port, False))
 
         xds = subprocess.Popen(
-            [a.xds, "--source-dir", src, "--grpc-addr", "127.0.0.1:0",
+            # Plaintext xDS, opted in: a trusted loopback-only bench.
+            [a.xds, "--source-dir", src, "--plaintext-xds", "--grpc-addr", "127.0.0.1:0",
              "--debug-addr", "127.0.0.1:0", "--poll-ms", "600000", "--log", "warn"],
             stdout=subprocess.PIPE, text=True)
         procs.append(xds)

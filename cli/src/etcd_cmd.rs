@@ -13,12 +13,34 @@ use std::process::ExitCode;
 const CNP: &str = "CiliumNetworkPolicy";
 const CCNP: &str = "CiliumClusterwideNetworkPolicy";
 
-/// Where etcd is.
+/// Where etcd is, and how to reach it.
 #[derive(Debug, Args)]
 pub struct EtcdArgs {
-    /// etcd endpoints, comma-separated (`http://host:port` or `host:port`).
+    /// etcd endpoints, comma-separated (`http://host:port` or `host:port`;
+    /// `https://host:port` with --etcd-ca).
     #[arg(long, env = "MEMBRANE_ETCD", value_delimiter = ',', required = true)]
     etcd: Vec<String>,
+    /// PEM CA bundle etcd's server certificate must chain to; turns on TLS.
+    #[arg(long, env = "MEMBRANE_ETCD_CA")]
+    etcd_ca: Option<PathBuf>,
+    /// PEM client certificate for an etcd started with --client-cert-auth.
+    #[arg(long, env = "MEMBRANE_ETCD_CERT", requires_all = ["etcd_key", "etcd_ca"])]
+    etcd_cert: Option<PathBuf>,
+    /// PEM private key for --etcd-cert.
+    #[arg(long, env = "MEMBRANE_ETCD_KEY", requires = "etcd_cert")]
+    etcd_key: Option<PathBuf>,
+}
+
+impl EtcdArgs {
+    /// A client for these endpoints, over TLS when --etcd-ca is given.
+    async fn connect(&self) -> Result<kvstore::EtcdClient, kvstore::KvError> {
+        let tls = kvstore::EtcdTls::from_flags(
+            self.etcd_ca.as_deref(),
+            self.etcd_cert.as_deref(),
+            self.etcd_key.as_deref(),
+        )?;
+        kvstore::connect_tls(&self.etcd, tls.as_ref()).await
+    }
 }
 
 /// `policy import`.
@@ -135,7 +157,7 @@ fn store(files: &[PathBuf], allowed: &[&str], etcd: &EtcdArgs) -> Result<ExitCod
         return Ok(ExitCode::from(1));
     };
     runtime()?.block_on(async {
-        let mut c = kvstore::connect(&etcd.etcd).await?;
+        let mut c = etcd.connect().await?;
         kvstore::put_objects(&mut c, &objects).await
     })?;
     for o in &objects {
@@ -166,7 +188,7 @@ fn policy_key(target: &str, cluster_wide: bool) -> Result<String> {
 pub fn get(a: GetArgs) -> Result<ExitCode> {
     let rt = runtime()?;
     let values: Vec<Value> = rt.block_on(async {
-        let mut c = kvstore::connect(&a.etcd.etcd).await?;
+        let mut c = a.etcd.connect().await?;
         let mut kvs = Vec::new();
         match &a.target {
             Some(t) => {
@@ -212,7 +234,7 @@ pub fn get(a: GetArgs) -> Result<ExitCode> {
 
 fn delete_key(key: &str, what: &str, etcd: &EtcdArgs) -> Result<ExitCode> {
     let found = runtime()?.block_on(async {
-        let mut c = kvstore::connect(&etcd.etcd).await?;
+        let mut c = etcd.connect().await?;
         kvstore::delete(&mut c, key).await
     })?;
     if found {
@@ -257,7 +279,7 @@ pub fn run(cmd: EtcdCommand) -> Result<ExitCode> {
         }
         EtcdCommand::Identities { etcd } => {
             let ids = runtime()?.block_on(async {
-                let mut c = kvstore::connect(&etcd.etcd).await?;
+                let mut c = etcd.connect().await?;
                 kvstore::list_identities(&mut c).await
             })?;
             for (n, labels) in ids {

@@ -8,6 +8,7 @@
 //! `membrane-policy`.
 
 mod bpf_cmd;
+mod cert_cmd;
 mod demo_cmd;
 mod etcd_cmd;
 mod monitor_cmd;
@@ -32,6 +33,10 @@ enum Command {
     /// Objects, identities and registrations in etcd (the cluster-wide store).
     #[command(subcommand)]
     Etcd(etcd_cmd::EtcdCommand),
+    /// Workload certificates for the control plane's mTLS port (Istio's
+    /// legacy Secret layout).
+    #[command(subcommand)]
+    Cert(cert_cmd::CertCommand),
     /// Inspect the node's eBPF datapath.
     #[command(subcommand)]
     Bpf(bpf_cmd::BpfCommand),
@@ -48,6 +53,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Policy(cmd) => policy_cmd::run(cmd),
         Command::Bpf(cmd) => bpf_cmd::run(cmd),
+        Command::Cert(cmd) => cert_cmd::run(cmd),
         Command::Monitor(args) => monitor_cmd::run(args),
         Command::Etcd(cmd) => etcd_cmd::run(cmd),
         Command::Demo(args) => demo_cmd::run(args),

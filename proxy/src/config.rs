@@ -58,11 +58,27 @@ pub struct Config {
         required_unless_present = "xds_address"
     )]
     pub endpoint_labels: Option<String>,
-    /// Take the policy from membrane-xds (`http://HOST:15010`) over NPDS/NPHDS instead of
-    /// `--policy` files. Everything is denied and readiness is 503 until the first policy
-    /// arrives; while the control plane is away, the last good policy stays in force.
+    /// Take the policy from membrane-xds over NPDS/NPHDS instead of `--policy` files:
+    /// `https://HOST:15012` (mTLS, with --xds-ca, --xds-cert and --xds-key) or, on a trusted
+    /// local path only, plaintext `http://HOST:15010`. Everything is denied and readiness
+    /// is 503 until the first policy arrives; while the control plane is away, the last
+    /// good policy stays in force.
     #[arg(long, env = "MEMBRANE_XDS_ADDRESS", requires = "node_id")]
     pub xds_address: Option<String>,
+    /// PEM CA bundle the control plane's certificate must chain to (https:// addresses).
+    #[arg(long, env = "MEMBRANE_XDS_CA", requires = "xds_address")]
+    pub xds_ca: Option<PathBuf>,
+    /// PEM workload certificate (SPIFFE id `spiffe://DOMAIN/ns/NS/sa/SA` in its URI SAN)
+    /// presented to the control plane; Istio's layout mounts it at /etc/certs/cert-chain.pem.
+    /// Re-read when it changes: the stream reconnects with the new pair.
+    #[arg(long, env = "MEMBRANE_XDS_CERT", requires_all = ["xds_key", "xds_ca"])]
+    pub xds_cert: Option<PathBuf>,
+    /// PEM private key for --xds-cert (/etc/certs/key.pem).
+    #[arg(long, env = "MEMBRANE_XDS_KEY", requires = "xds_cert")]
+    pub xds_key: Option<PathBuf>,
+    /// How often --xds-ca/--xds-cert/--xds-key are checked for new content.
+    #[arg(long, env = "MEMBRANE_XDS_CERT_POLL", value_parser = parse_duration, default_value = "5s")]
+    pub xds_cert_poll: Duration,
     /// Istio node id sent to the control plane, `sidecar~POD_IP~POD.NS~NS.svc.cluster.local`;
     /// the policy enforced is the one for POD_IP.
     #[arg(long, env = "MEMBRANE_NODE_ID", requires = "xds_address")]
@@ -309,6 +325,31 @@ mod tests {
             "a.yaml"
         ])
         .is_err());
+        // mTLS: a workload pair needs the CA that verifies the control plane, and the
+        // pair goes together.
+        let x = "https://xds:15012";
+        let c = with(&[
+            "--xds-address",
+            x,
+            "--node-id",
+            node,
+            "--xds-ca",
+            "ca.pem",
+            "--xds-cert",
+            "c.pem",
+            "--xds-key",
+            "k.pem",
+        ])
+        .unwrap();
+        assert_eq!(c.xds_cert_poll, Duration::from_secs(5));
+        let refused = |extra: &[&str]| {
+            let mut a = vec!["--xds-address", x, "--node-id", node];
+            a.extend_from_slice(extra);
+            with(&a).is_err()
+        };
+        assert!(refused(&["--xds-cert", "c.pem", "--xds-key", "k.pem"]));
+        assert!(refused(&["--xds-ca", "ca.pem", "--xds-cert", "c.pem"]));
+        assert!(refused(&["--xds-ca", "ca.pem", "--xds-key", "k.pem"]));
         // Without xDS, files and labels stay required.
         assert!(with(&[]).is_err());
     }

@@ -265,6 +265,11 @@ pub async fn start(
                     node_id: node_id.clone(),
                     backoff_initial: cfg.xds_backoff_initial,
                     backoff_max: cfg.xds_backoff_max,
+                    tls: cfg.xds_ca.as_ref().map(|ca| xds::XdsTls {
+                        ca: ca.clone(),
+                        identity: cfg.xds_cert.clone().zip(cfg.xds_key.clone()),
+                        poll: cfg.xds_cert_poll,
+                    }),
                 },
                 policy.clone(),
                 metrics.clone(),

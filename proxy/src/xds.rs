@@ -4,8 +4,15 @@
 //! NACKs it with the translation error and keeps the last good policy. Streams reconnect
 //! with exponential backoff and jitter; while the control plane is away the last good
 //! policy stays in force. Translation itself is [`crate::policy::npds`]'s.
+//!
+//! Over `https://` the client speaks mTLS: it verifies the control plane's certificate
+//! against `--xds-ca` and presents the workload certificate (`--xds-cert/--xds-key`). The
+//! files are read for every connection and checked every `--xds-cert-poll`; when any of
+//! them changes (a rotated Secret), the stream ends and reconnects with the new pair, so a
+//! certificate is replaced before it expires without a restart.
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -39,6 +46,42 @@ pub enum XdsError {
     /// The control plane address is not a URI.
     #[error("--xds-address {0:?}: {1}")]
     Address(String, String),
+    /// The address and the TLS settings do not fit together.
+    #[error("--xds-address {0:?}: {1}")]
+    Tls(String, &'static str),
+}
+
+/// mTLS to the control plane.
+#[derive(Debug, Clone)]
+pub struct XdsTls {
+    /// PEM CA bundle the control plane's certificate must chain to.
+    pub ca: PathBuf,
+    /// PEM workload certificate chain and key presented to the control plane.
+    pub identity: Option<(PathBuf, PathBuf)>,
+    /// How often the files are checked for new content.
+    pub poll: Duration,
+}
+
+/// The bytes of the TLS files one connection was made with.
+#[derive(PartialEq, Eq)]
+struct TlsFiles {
+    ca: Vec<u8>,
+    identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl XdsTls {
+    fn read(&self) -> Result<TlsFiles, String> {
+        let read = |flag: &str, p: &PathBuf| {
+            std::fs::read(p).map_err(|e| format!("{flag} {}: {e}", p.display()))
+        };
+        Ok(TlsFiles {
+            ca: read("--xds-ca", &self.ca)?,
+            identity: match &self.identity {
+                Some((c, k)) => Some((read("--xds-cert", c)?, read("--xds-key", k)?)),
+                None => None,
+            },
+        })
+    }
 }
 
 /// What the client is configured with.
@@ -52,6 +95,8 @@ pub struct XdsConfig {
     pub backoff_initial: Duration,
     /// Reconnect delay ceiling.
     pub backoff_max: Duration,
+    /// mTLS settings, required for (and only for) an `https://` address.
+    pub tls: Option<XdsTls>,
 }
 
 /// The pod IP inside an Istio node id.
@@ -109,6 +154,21 @@ pub fn spawn(
     let pod_ip = pod_ip(&cfg.node_id)?;
     tonic::transport::Endpoint::from_shared(cfg.address.clone())
         .map_err(|e| XdsError::Address(cfg.address.clone(), e.to_string()))?;
+    match (cfg.address.starts_with("https://"), &cfg.tls) {
+        (true, None) => {
+            return Err(XdsError::Tls(
+                cfg.address.clone(),
+                "an https:// control plane needs --xds-ca (and --xds-cert/--xds-key)",
+            ))
+        }
+        (false, Some(_)) => {
+            return Err(XdsError::Tls(
+                cfg.address.clone(),
+                "--xds-ca/--xds-cert/--xds-key need an https:// address",
+            ))
+        }
+        _ => {}
+    }
     let shared = Arc::new(Shared {
         cfg,
         pod_ip,
@@ -167,10 +227,24 @@ async fn subscribe(s: Arc<Shared>, kind: Kind) {
 
 /// One stream, from connect to its end. `Ok(true)` when at least one response arrived.
 async fn session(s: &Shared, kind: Kind) -> Result<bool, Box<dyn std::error::Error + Send + Sync>> {
-    let channel = tonic::transport::Endpoint::from_shared(s.cfg.address.clone())?
-        .connect_timeout(Duration::from_secs(2))
-        .connect()
-        .await?;
+    let mut endpoint = tonic::transport::Endpoint::from_shared(s.cfg.address.clone())?
+        .connect_timeout(Duration::from_secs(2));
+    // The files this connection is made with: read now, so a rotated pair is used by the
+    // next connection, and compared while it lasts.
+    let files = match &s.cfg.tls {
+        Some(tls) => {
+            let f = tls.read()?;
+            let mut c = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(&f.ca));
+            if let Some((cert, key)) = &f.identity {
+                c = c.identity(tonic::transport::Identity::from_pem(cert, key));
+            }
+            endpoint = endpoint.tls_config(c)?;
+            Some((tls.clone(), f))
+        }
+        None => None,
+    };
+    let channel = endpoint.connect().await?;
     let (tx, rx) = mpsc::channel(4);
     let last_version = {
         let a = s.accepted.lock().unwrap_or_else(|e| e.into_inner());
@@ -205,10 +279,35 @@ async fn session(s: &Shared, kind: Kind) -> Result<bool, Box<dyn std::error::Err
     .into_inner();
     tracing::info!(type_url = kind.type_url(), address = %s.cfg.address, "xDS stream open");
     let mut got_one = false;
-    while let Some(resp) = stream.message().await? {
-        got_one = true;
-        let reply = apply(s, kind, &resp);
-        tx.send(reply).await?;
+    let rotated = async {
+        match &files {
+            Some((tls, used)) => loop {
+                tokio::time::sleep(tls.poll).await;
+                // A half-written file reads differently too: the reconnect then fails and
+                // is retried with backoff, the last good policy staying in force.
+                if tls.read().as_ref().ok() != Some(used) {
+                    return;
+                }
+            },
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(rotated);
+    loop {
+        tokio::select! {
+            msg = stream.message() => match msg? {
+                Some(resp) => {
+                    got_one = true;
+                    let reply = apply(s, kind, &resp);
+                    tx.send(reply).await?;
+                }
+                None => break,
+            },
+            _ = &mut rotated => {
+                tracing::info!(type_url = kind.type_url(), "xDS certificate files changed; reconnecting with them");
+                break;
+            }
+        }
     }
     Ok(got_one)
 }
@@ -323,6 +422,37 @@ mod tests {
         assert!(pod_ip("sidecar~not-an-ip~a.b~b.svc.cluster.local").is_err());
     }
 
+    #[tokio::test]
+    async fn an_address_and_tls_settings_that_do_not_fit_are_refused_at_start() {
+        let cfg = |address: &str, tls: bool| XdsConfig {
+            address: address.into(),
+            node_id: "sidecar~10.0.0.1~a.default~default.svc.cluster.local".into(),
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(1),
+            tls: tls.then(|| XdsTls {
+                ca: "ca.pem".into(),
+                identity: None,
+                poll: Duration::from_secs(1),
+            }),
+        };
+        for (address, tls, says) in [
+            ("https://xds:15012", false, "needs --xds-ca"),
+            ("http://xds:15010", true, "need an https:// address"),
+        ] {
+            let (_tx, rx) = watch::channel(false);
+            let err = spawn(
+                cfg(address, tls),
+                PolicyHandle::new(crate::policy::deny_all("test")),
+                Arc::new(Metrics::new()),
+                Box::new(|| {}),
+                rx,
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains(says), "{address}: {err}");
+        }
+    }
+
     #[test]
     fn backoff_grows_is_capped_and_jittered() {
         let cfg = XdsConfig {
@@ -330,6 +460,7 @@ mod tests {
             node_id: String::new(),
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
+            tls: None,
         };
         for _ in 0..50 {
             let d0 = backoff(&cfg, 0);

@@ -67,6 +67,7 @@ fn xds_binary() -> PathBuf {
 struct Xds {
     child: Child,
     _stdout: BufReader<ChildStdout>,
+    /// The xDS address: plaintext, or mTLS when started without --plaintext-xds.
     grpc: SocketAddr,
     debug: SocketAddr,
 }
@@ -78,10 +79,15 @@ impl Drop for Xds {
     }
 }
 
+/// The control plane with plaintext xDS on `grpc`, explicitly opted in (a trusted local
+/// path).
 fn start_xds(dir: &Path, grpc: SocketAddr) -> Xds {
+    start_xds_args(dir, &["--plaintext-xds", "--grpc-addr", &grpc.to_string()])
+}
+
+fn start_xds_args(dir: &Path, args: &[&str]) -> Xds {
     let mut child = Command::new(xds_binary())
-        .arg("--grpc-addr")
-        .arg(grpc.to_string())
+        .args(args)
         .args(["--debug-addr", "127.0.0.1:0", "--poll-ms", "50"])
         .arg("--source-dir")
         .arg(dir)
@@ -101,7 +107,11 @@ fn start_xds(dir: &Path, grpc: SocketAddr) -> Xds {
             .unwrap()
     };
     Xds {
-        grpc: field("grpc="),
+        grpc: field(if line.contains("grpc=") {
+            "grpc="
+        } else {
+            "tls="
+        }),
         debug: field("debug="),
         child,
         _stdout: stdout,
@@ -239,7 +249,12 @@ async fn start_proxy_with(
     xds: SocketAddr,
     extra: &[&str],
 ) -> membrane_proxy::Running {
-    let (backend, xds) = (backend.to_string(), format!("http://{xds}"));
+    let scheme = if extra.contains(&"--xds-ca") {
+        "https"
+    } else {
+        "http"
+    };
+    let (backend, xds) = (backend.to_string(), format!("{scheme}://{xds}"));
     let mut args = vec![
         "membrane-proxy",
         "standalone",
@@ -585,5 +600,163 @@ async fn npds_header_match_secret_is_checked_against_the_secrets_dir() {
     })
     .await;
     assert_eq!(secured("first-token").await, 403);
+    proxy.drain(Duration::from_secs(1)).await;
+}
+
+/// Runs openssl in `dir`.
+fn openssl(dir: &Path, args: &str) {
+    let out = Command::new("openssl")
+        .args(args.split_whitespace())
+        .current_dir(dir)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA (`ca.pem`) in `dir`, and a certificate it signed: `NAME.pem`/`NAME.key` with
+/// subjectAltName `san`.
+fn issue(dir: &Path, name: &str, san: &str) {
+    let ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+    if !dir.join("ca.pem").exists() {
+        openssl(
+            dir,
+            &format!("req -x509 {ec} -days 1 -subj /CN=test-ca -keyout ca.key -out ca.pem"),
+        );
+    }
+    std::fs::write(
+        dir.join(format!("{name}.ext")),
+        format!("subjectAltName={san}\nbasicConstraints=CA:FALSE\n"),
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &format!("req {ec} -subj /CN={name} -keyout {name}.key -out {name}.csr"),
+    );
+    openssl(
+        dir,
+        &format!(
+            "x509 -req -in {name}.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 \
+             -extfile {name}.ext -out {name}.pem"
+        ),
+    );
+}
+
+/// Puts `NAME`'s pair where the proxy reads its workload certificate, each file replaced
+/// atomically (as a Secret volume update swaps its files).
+fn install(dir: &Path, name: &str) {
+    for (from, to) in [
+        (format!("{name}.pem"), "cert-chain.pem"),
+        (format!("{name}.key"), "key.pem"),
+    ] {
+        let tmp = dir.join(format!("{to}.new"));
+        std::fs::copy(dir.join(from), &tmp).unwrap();
+        std::fs::rename(&tmp, dir.join("certs").join(to)).unwrap();
+    }
+}
+
+async fn denied(debug: SocketAddr, reason: &str) -> u64 {
+    let (_, m) = get(debug, "/metrics").await;
+    m.lines()
+        .find_map(|l| {
+            l.strip_prefix(&format!(
+                "membrane_xds_auth_denied_total{{reason=\"{reason}\"}} "
+            ))
+        })
+        .map(|n| n.trim().parse().unwrap())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_to_the_control_plane_follows_rotated_workload_certificates() {
+    let backend = common::start_backend().await;
+    let port = backend.port();
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    let pki = dir.path().join("pki");
+    std::fs::create_dir_all(src.clone()).unwrap();
+    std::fs::create_dir_all(pki.join("certs")).unwrap();
+    // deathstar-1 runs as service account `deathstar`.
+    let pods = pods(port).replacen(
+        "spec: {containers",
+        "spec: {serviceAccountName: deathstar, containers",
+        1,
+    );
+    std::fs::write(src.join("cluster.yaml"), pods).unwrap();
+    std::fs::write(src.join("policy.yaml"), cnp(port, "")).unwrap();
+    issue(&pki, "server", "IP:127.0.0.1");
+    issue(
+        &pki,
+        "deathstar",
+        "URI:spiffe://cluster.local/ns/default/sa/deathstar",
+    );
+    issue(
+        &pki,
+        "xwing",
+        "URI:spiffe://cluster.local/ns/default/sa/xwing",
+    );
+    let p = |f: &str| pki.join(f).to_str().unwrap().to_string();
+    let xds = start_xds_args(
+        &src,
+        &[
+            "--tls-addr",
+            "127.0.0.1:0",
+            "--tls-cert",
+            &p("server.pem"),
+            "--tls-key",
+            &p("server.key"),
+            "--ca-cert",
+            &p("ca.pem"),
+        ],
+    );
+
+    // The sidecar starts with the wrong workload's certificate: refused, nothing allowed.
+    install(&pki, "xwing");
+    let (ca, cert, key) = (p("ca.pem"), p("certs/cert-chain.pem"), p("certs/key.pem"));
+    let tls = [
+        "--xds-ca",
+        &ca,
+        "--xds-cert",
+        &cert,
+        "--xds-key",
+        &key,
+        "--xds-cert-poll",
+        "100ms",
+    ];
+    let proxy = start_proxy_with(backend, xds.grpc, &tls).await;
+    let a = proxy.addrs;
+    within_10s(
+        "the control plane to refuse the xwing certificate",
+        || async { denied(xds.debug, "service_account").await >= 1 },
+    )
+    .await;
+    let landing = || status_from(tiefighter(), a.listen, "POST", "/v1/request-landing");
+    assert_eq!(landing().await, 403);
+    assert_eq!(get(a.admin, "/ready").await.0, 503);
+
+    // The Secret is rotated to deathstar's own certificate: picked up without a restart.
+    install(&pki, "deathstar");
+    within_10s("the policy over mTLS after the rotation", || async {
+        get(a.admin, "/ready").await.0 == 200
+    })
+    .await;
+    assert_eq!(landing().await, 200);
+    assert_eq!(
+        status_from(tiefighter(), a.listen, "PUT", "/v1/exhaust-port").await,
+        403
+    );
+
+    // Rotated again (to a pair the control plane refuses): the open stream is replaced by
+    // a connection with the new pair, which is refused; the last good policy stays.
+    let before = denied(xds.debug, "service_account").await;
+    install(&pki, "xwing");
+    within_10s("a new connection with the rotated pair", || async {
+        denied(xds.debug, "service_account").await > before
+    })
+    .await;
+    assert_eq!(landing().await, 200);
     proxy.drain(Duration::from_secs(1)).await;
 }

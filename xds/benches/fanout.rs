@@ -150,7 +150,9 @@ async fn fanout(report: &mut String) {
     std::fs::write(&policy, fleet_policy(0)).unwrap();
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_membrane-xds"))
+        // Plaintext xDS, opted in: a loopback-only benchmark.
         .args([
+            "--plaintext-xds",
             "--grpc-addr",
             "127.0.0.1:0",
             "--debug-addr",

@@ -27,6 +27,16 @@ pub struct Config {
     /// expire this long after it stops renewing.
     #[arg(long, env = "MEMBRANE_ETCD_LEASE_TTL", default_value_t = 15)]
     pub etcd_lease_ttl: u64,
+    /// PEM CA bundle that etcd's server certificate must chain to; turns on
+    /// TLS to etcd (endpoints become `https://`).
+    #[arg(long, env = "MEMBRANE_ETCD_CA")]
+    pub etcd_ca: Option<PathBuf>,
+    /// PEM client certificate presented to etcd (`--client-cert-auth`).
+    #[arg(long, env = "MEMBRANE_ETCD_CERT", requires_all = ["etcd_key", "etcd_ca"])]
+    pub etcd_cert: Option<PathBuf>,
+    /// PEM private key for --etcd-cert.
+    #[arg(long, env = "MEMBRANE_ETCD_KEY", requires = "etcd_cert")]
+    pub etcd_key: Option<PathBuf>,
     /// This replica's name in etcd registration keys (default: host name
     /// and process id).
     #[arg(long, env = "MEMBRANE_ETCD_REPLICA")]
@@ -43,19 +53,43 @@ pub struct Config {
     /// serving what it has, in seconds.
     #[arg(long, env = "MEMBRANE_KUBE_SYNC_SECS", default_value_t = 30)]
     pub kube_sync_secs: u64,
-    /// Plaintext xDS gRPC listen address (port 0 picks one; the bound
-    /// address is printed on stdout).
-    #[arg(long, env = "MEMBRANE_GRPC_ADDR", default_value = "0.0.0.0:15010")]
+    /// Also serve xDS over plaintext gRPC on --grpc-addr. Unauthenticated:
+    /// a client there is whoever its node id says, and other ids get the
+    /// shared snapshot (every endpoint's policy and the whole ipcache), so
+    /// it is a trusted local path (the embedded default, tests), off unless
+    /// asked for and on loopback unless --grpc-addr says otherwise.
+    #[arg(long, env = "MEMBRANE_PLAINTEXT_XDS")]
+    pub plaintext_xds: bool,
+    /// Plaintext xDS gRPC listen address, served only with --plaintext-xds
+    /// (port 0 picks one; the bound address is printed on stdout).
+    #[arg(
+        long,
+        env = "MEMBRANE_GRPC_ADDR",
+        default_value = "127.0.0.1:15010",
+        requires = "plaintext_xds"
+    )]
     pub grpc_addr: SocketAddr,
-    /// TLS xDS gRPC listen address; served only with --tls-cert and --tls-key.
+    /// mTLS xDS gRPC listen address (Istio's 15012), served with --tls-cert,
+    /// --tls-key and --ca-cert: the default, authenticated path.
     #[arg(long, env = "MEMBRANE_TLS_ADDR", default_value = "0.0.0.0:15012")]
     pub tls_addr: SocketAddr,
-    /// PEM certificate chain for the TLS xDS port.
-    #[arg(long, env = "MEMBRANE_TLS_CERT", requires = "tls_key")]
+    /// PEM certificate chain of the control plane for the mTLS xDS port
+    /// (its SAN must hold the name clients dial, e.g.
+    /// `membrane-xds.membrane-system.svc`). Read once at start.
+    #[arg(long, env = "MEMBRANE_TLS_CERT", requires_all = ["tls_key", "ca_cert"])]
     pub tls_cert: Option<PathBuf>,
-    /// PEM private key for the TLS xDS port.
+    /// PEM private key for --tls-cert.
     #[arg(long, env = "MEMBRANE_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// PEM bundle of the CA certificates client certificates must chain to
+    /// on the mTLS xDS port (a client without a valid one is refused in the
+    /// handshake).
+    #[arg(long, env = "MEMBRANE_CA_CERT", requires = "tls_cert")]
+    pub ca_cert: Option<PathBuf>,
+    /// SPIFFE trust domain of workload certificates: a client's URI SAN must
+    /// be `spiffe://DOMAIN/ns/NAMESPACE/sa/SERVICE_ACCOUNT`.
+    #[arg(long, env = "MEMBRANE_TRUST_DOMAIN", default_value = "cluster.local")]
+    pub trust_domain: String,
     /// Sidecar-injection webhook (HTTPS, `POST /inject`) listen address;
     /// served only with --webhook-cert and --webhook-key.
     #[arg(long, env = "MEMBRANE_WEBHOOK_ADDR", default_value = "0.0.0.0:15017")]
@@ -79,18 +113,21 @@ pub struct Config {
     /// `membrane-proxy` on its PATH).
     #[arg(long, env = "MEMBRANE_SIDECAR_IMAGE", default_value = concat!("membrane:", env!("CARGO_PKG_VERSION")))]
     pub sidecar_image: String,
-    /// Control plane the injected sidecar dials (plaintext xDS).
+    /// Control plane the injected sidecar dials: the mTLS port, with the
+    /// pod's certificate from the mounted `membrane.SERVICE_ACCOUNT` Secret.
     #[arg(
         long,
         env = "MEMBRANE_SIDECAR_XDS_ADDRESS",
-        default_value = "http://membrane-xds.membrane-system.svc:15010"
+        default_value = "https://membrane-xds.membrane-system.svc:15012"
     )]
     pub sidecar_xds_address: String,
     /// Istio revision written into injected pods' `sidecar.istio.io/status`.
     #[arg(long, env = "MEMBRANE_INJECTION_REVISION", default_value = "default")]
     pub injection_revision: String,
-    /// Debug and metrics HTTP listen address.
-    #[arg(long, env = "MEMBRANE_DEBUG_ADDR", default_value = "0.0.0.0:15014")]
+    /// Debug and metrics HTTP listen address. Bound elsewhere than
+    /// loopback, only `/metrics` and `/ready` answer remote clients: the
+    /// per-proxy views (config dumps, syncz, adsz, flightz, ...) answer 403.
+    #[arg(long, env = "MEMBRANE_DEBUG_ADDR", default_value = "127.0.0.1:15014")]
     pub debug_addr: SocketAddr,
     /// How often the source directory is scanned regardless of file-system
     /// events, in milliseconds (events trigger a scan at once).
@@ -187,5 +224,40 @@ impl Config {
             head_timeout: Duration::from_millis(self.http_head_timeout_ms),
             body_timeout: Duration::from_millis(self.http_body_timeout_ms),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unauthenticated_listeners_are_loopback_and_plaintext_is_opt_in() {
+        let c = Config::try_parse_from(["membrane-xds"]).unwrap();
+        assert!(!c.plaintext_xds, "plaintext xDS must be asked for");
+        assert_eq!(c.grpc_addr, "127.0.0.1:15010".parse().unwrap());
+        assert_eq!(c.debug_addr, "127.0.0.1:15014".parse().unwrap());
+        assert_eq!(c.tls_addr, "0.0.0.0:15012".parse().unwrap());
+        assert_eq!(c.trust_domain, "cluster.local");
+        assert!(
+            c.sidecar_xds_address.starts_with("https://")
+                && c.sidecar_xds_address.ends_with(":15012")
+        );
+        // An address for the plaintext port without asking for it is a mistake.
+        let e =
+            Config::try_parse_from(["membrane-xds", "--grpc-addr", "0.0.0.0:15010"]).unwrap_err();
+        assert!(e.to_string().contains("--plaintext-xds"), "{e}");
+        // mTLS needs the CA that client certificates chain to.
+        let e = Config::try_parse_from(["membrane-xds", "--tls-cert", "c", "--tls-key", "k"])
+            .unwrap_err();
+        assert!(e.to_string().contains("--ca-cert"), "{e}");
+        let c = Config::try_parse_from([
+            "membrane-xds",
+            "--plaintext-xds",
+            "--grpc-addr",
+            "0.0.0.0:0",
+        ])
+        .unwrap();
+        assert!(c.plaintext_xds);
     }
 }

@@ -20,6 +20,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tracing::{info, warn};
 
+use crate::auth::Workloads;
 use crate::identity::{ClusterAllocator, ClusterIdentities};
 use crate::kvstore::IpEntry;
 use crate::recorder::{Recorder, SourceLabel};
@@ -55,6 +56,8 @@ pub struct Controller {
     retry: bool,
     /// Kept to configure a translator that replaces the first.
     unenforced_l7: membrane_policy::UnenforcedL7Mode,
+    /// The pods mTLS clients are checked against, replaced every pass.
+    workloads: Option<Arc<Workloads>>,
 }
 
 impl Controller {
@@ -76,7 +79,15 @@ impl Controller {
             identities: None,
             retry: false,
             unenforced_l7: Default::default(),
+            workloads: None,
         }
+    }
+
+    /// Keeps `workloads` (what the mTLS xDS port checks node ids against)
+    /// equal to the pods of the merged state.
+    pub fn with_workloads(mut self, workloads: Arc<Workloads>) -> Self {
+        self.workloads = Some(workloads);
+        self
     }
 
     /// Takes identities from `ids` (agreed cluster-wide) instead of
@@ -125,6 +136,9 @@ impl Controller {
         let mut state = ClusterState::default();
         for source in &self.sources {
             state.extend(source.state());
+        }
+        if let Some(w) = &self.workloads {
+            w.update(&state);
         }
         let mut alloc_errors = Vec::new();
         if let Some(ids) = &mut self.identities {

@@ -2,12 +2,21 @@
 //! `/debug/config_dump`, `/debug/adsz`, the flight recorder
 //! (`/debug/flightz`, `/debug/stalez`), source status and `/metrics`.
 //! [`serve`] runs it within a connection cap and a request-head deadline.
+//!
+//! The views of proxies and sources disclose every pod's policy and the
+//! ipcache, and nothing on this port is authenticated: they answer loopback
+//! peers only (403 otherwise), whatever address the listener is bound to.
+//! `/metrics` and `/ready` answer anyone. The router must be served with
+//! `into_make_service_with_connect_info::<SocketAddr>()`; without the peer
+//! address every view is refused.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use axum::extract::{Query, State};
+use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -32,16 +41,38 @@ pub struct DebugState {
 
 /// The HTTP routes.
 pub fn router(state: Arc<DebugState>) -> Router {
-    Router::new()
+    let local = Router::new()
         .route("/debug/syncz", get(syncz))
         .route("/debug/adsz", get(adsz))
         .route("/debug/config_dump", get(config_dump))
         .route("/debug/flightz", get(flightz))
         .route("/debug/stalez", get(stalez))
         .route("/debug/sourcez", get(sourcez))
+        .layer(middleware::from_fn(loopback_only));
+    Router::new()
+        .merge(local)
         .route("/metrics", get(metrics))
         .route("/ready", get(|| async { "ok\n" }))
         .with_state(state)
+}
+
+/// Refuses (403) a request whose peer is not a loopback address.
+async fn loopback_only(req: Request, next: Next) -> Response {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    match peer {
+        Some(a) if a.ip().to_canonical().is_loopback() => next.run(req).await,
+        _ => {
+            tracing::warn!(peer = ?peer, path = %req.uri().path(), "debug view refused to a non-loopback client");
+            (
+                StatusCode::FORBIDDEN,
+                "this debug view answers loopback clients only\n",
+            )
+                .into_response()
+        }
+    }
 }
 
 async fn syncz(State(s): State<Arc<DebugState>>) -> Json<Vec<Value>> {

@@ -55,12 +55,29 @@ pub const PROXY_PORTS: [(u16, &str); 4] = [
     (15021, "health"),
 ];
 
+/// Where the sidecar's workload certificate is mounted, in Istio's legacy
+/// layout: `cert-chain.pem`, `key.pem`, `root-cert.pem`.
+pub const CERTS_DIR: &str = "/etc/certs";
+
+/// The Secret holding the workload certificate of pods running as
+/// `service_account` (in the pod's namespace), as Istio's legacy
+/// `istio.SERVICE_ACCOUNT`; `membrane cert issue --secret` writes it.
+pub fn cert_secret_name(service_account: &str) -> String {
+    format!("membrane.{service_account}")
+}
+
+/// The injected volume holding the workload certificate Secret.
+pub const CERTS_VOLUME: &str = "membrane-certs";
+
 /// What the injected container is made of (from `membrane-xds` flags).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sidecar {
     /// Container image of membrane-proxy.
     pub image: String,
-    /// The control plane the sidecar dials, `http://HOST:PORT`.
+    /// The control plane the sidecar dials: `https://HOST:15012` (mTLS with
+    /// the pod's workload certificate, mounted from Secret
+    /// `membrane.SERVICE_ACCOUNT`) or a plaintext `http://` address (no
+    /// certificate mounted).
     pub xds_address: String,
     /// Istio revision recorded in the status annotation.
     pub revision: String,
@@ -408,6 +425,30 @@ fn decide(
         }
     }
 
+    // mTLS to the control plane: the pod's service account's certificate.
+    let mtls = sidecar.xds_address.starts_with("https://");
+    let volumes = spec.and_then(|s| field(s, "volumes"));
+    if mtls {
+        match volumes {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(v)) => {
+                if v.iter()
+                    .any(|x| x.get("name").and_then(Value::as_str) == Some(CERTS_VOLUME))
+                {
+                    return unpatchable(format!(
+                        "spec.volumes already has a volume named {CERTS_VOLUME}"
+                    ));
+                }
+            }
+            Some(v) => return unpatchable(format!("spec.volumes is {}, not a list", short(v))),
+        }
+    }
+    let service_account = spec
+        .and_then(|s| field(s, "serviceAccountName"))
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .unwrap_or("default");
+
     let upstream_port = containers
         .iter()
         .flat_map(|c| {
@@ -421,7 +462,7 @@ fn decide(
     let status = json!({
         "initContainers": null,
         "containers": [CONTAINER],
-        "volumes": null,
+        "volumes": if mtls { json!([CERTS_VOLUME]) } else { Value::Null },
         "imagePullSecrets": null,
         "revision": sidecar.revision,
     })
@@ -458,8 +499,22 @@ fn decide(
     ops.push(json!({
         "op": "add",
         "path": "/spec/containers/-",
-        "value": container(sidecar, env, upstream_port),
+        "value": container(sidecar, env, upstream_port, mtls),
     }));
+    if mtls {
+        // Fails closed: without the Secret the pod does not start (rather
+        // than run a sidecar that cannot authenticate).
+        let volume = json!({
+            "name": CERTS_VOLUME,
+            "secret": {"secretName": cert_secret_name(service_account)},
+        });
+        ops.push(match volumes {
+            Some(Value::Array(_)) => {
+                json!({"op": "add", "path": "/spec/volumes/-", "value": volume})
+            }
+            _ => json!({"op": "add", "path": "/spec/volumes", "value": [volume]}),
+        });
+    }
     (Outcome::Injected, Some(Value::Array(ops)))
 }
 
@@ -471,7 +526,7 @@ fn pointer_escape(s: &str) -> String {
 /// The `membrane-proxy` container: mesh mode (policy from the control plane
 /// under Istio's node id), capture listeners, metrics and readiness on the
 /// pod's address, unprivileged as uid 1337.
-fn container(sidecar: &Sidecar, env: &[(String, String)], upstream_port: u64) -> Value {
+fn container(sidecar: &Sidecar, env: &[(String, String)], upstream_port: u64, mtls: bool) -> Value {
     let field_env = |name: &str, path: &str| json!({"name": name, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": path}}});
     let mut vars = vec![
         field_env("POD_NAME", "metadata.name"),
@@ -483,7 +538,7 @@ fn container(sidecar: &Sidecar, env: &[(String, String)], upstream_port: u64) ->
         .iter()
         .map(|(port, name)| json!({"containerPort": port, "name": name, "protocol": "TCP"}))
         .collect();
-    json!({
+    let mut c = json!({
         "name": CONTAINER,
         "image": sidecar.image,
         "imagePullPolicy": "IfNotPresent",
@@ -523,7 +578,23 @@ fn container(sidecar: &Sidecar, env: &[(String, String)], upstream_port: u64) ->
             "capabilities": {"drop": ["ALL"]},
         },
         "terminationMessagePolicy": "FallbackToLogsOnError",
-    })
+    });
+    if mtls {
+        // Istio's legacy layout; the proxy re-reads rotated files.
+        if let Some(args) = c["args"].as_array_mut() {
+            for (flag, file) in [
+                ("--xds-ca", "root-cert.pem"),
+                ("--xds-cert", "cert-chain.pem"),
+                ("--xds-key", "key.pem"),
+            ] {
+                args.push(json!(flag));
+                args.push(json!(format!("{CERTS_DIR}/{file}")));
+            }
+        }
+        c["volumeMounts"] =
+            json!([{"name": CERTS_VOLUME, "mountPath": CERTS_DIR, "readOnly": true}]);
+    }
+    c
 }
 
 #[cfg(test)]
@@ -533,7 +604,7 @@ mod tests {
     fn sidecar() -> Sidecar {
         Sidecar {
             image: "membrane/membrane-proxy:test".into(),
-            xds_address: "http://xds:15010".into(),
+            xds_address: "https://xds:15012".into(),
             revision: "default".into(),
         }
     }
@@ -616,6 +687,16 @@ mod tests {
         assert!(args
             .windows(2)
             .any(|w| w == ["--upstream", "127.0.0.1:8080"]));
+        assert!(args
+            .windows(2)
+            .any(|w| w == ["--xds-cert", "/etc/certs/cert-chain.pem"]));
+        assert_eq!(c["volumeMounts"][0]["mountPath"], CERTS_DIR);
+        // No serviceAccountName: the `default` account's Secret.
+        assert_eq!(
+            ops[2],
+            json!({"op": "add", "path": "/spec/volumes", "value": [
+                {"name": CERTS_VOLUME, "secret": {"secretName": "membrane.default"}}]})
+        );
     }
 
     #[test]

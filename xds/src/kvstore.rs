@@ -33,6 +33,9 @@ use serde_json::Value;
 use thiserror::Error;
 use tracing::{info, warn};
 
+/// The etcd client type [`connect`] returns.
+pub use etcd_client::Client as EtcdClient;
+
 /// Every key membrane writes starts with this.
 pub const ROOT: &str = "/membrane/";
 /// Objects the etcd source reads.
@@ -83,17 +86,92 @@ pub enum KvError {
     /// An object cannot be stored.
     #[error("{0}")]
     Object(String),
+    /// A TLS file cannot be read, or an endpoint does not fit TLS.
+    #[error("etcd TLS: {0}")]
+    Tls(String),
 }
 
-/// Connects to `endpoints` (`http://host:port` or `host:port`). The channel
-/// is lazy: an unreachable etcd makes operations fail, not this call.
+/// TLS to etcd: the CA bundle its server certificate must chain to and,
+/// for a server started with `--client-cert-auth`, the client's pair.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdTls {
+    /// PEM CA bundle.
+    pub ca: std::path::PathBuf,
+    /// PEM client certificate chain and private key.
+    pub client: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+impl EtcdTls {
+    /// From the `--etcd-ca/--etcd-cert/--etcd-key` flags: `None` without a CA.
+    pub fn from_flags(
+        ca: Option<&std::path::Path>,
+        cert: Option<&std::path::Path>,
+        key: Option<&std::path::Path>,
+    ) -> Result<Option<Self>, KvError> {
+        match (ca, cert, key) {
+            (None, None, None) => Ok(None),
+            (Some(ca), None, None) => Ok(Some(EtcdTls {
+                ca: ca.to_path_buf(),
+                client: None,
+            })),
+            (Some(ca), Some(c), Some(k)) => Ok(Some(EtcdTls {
+                ca: ca.to_path_buf(),
+                client: Some((c.to_path_buf(), k.to_path_buf())),
+            })),
+            _ => Err(KvError::Tls(
+                "--etcd-cert and --etcd-key go together, and need --etcd-ca".into(),
+            )),
+        }
+    }
+
+    fn options(&self) -> Result<etcd_client::TlsOptions, KvError> {
+        let read = |flag: &str, p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| KvError::Tls(format!("{flag} {}: {e}", p.display())))
+        };
+        let mut o = etcd_client::TlsOptions::new().ca_certificate(
+            etcd_client::Certificate::from_pem(read("--etcd-ca", &self.ca)?),
+        );
+        if let Some((cert, key)) = &self.client {
+            o = o.identity(etcd_client::Identity::from_pem(
+                read("--etcd-cert", cert)?,
+                read("--etcd-key", key)?,
+            ));
+        }
+        Ok(o)
+    }
+}
+
+/// Connects to `endpoints` (`http://host:port` or `host:port`) in
+/// plaintext. The channel is lazy: an unreachable etcd makes operations
+/// fail, not this call.
 pub async fn connect(endpoints: &[String]) -> Result<Client, KvError> {
-    let opts = ConnectOptions::new()
+    connect_tls(endpoints, None).await
+}
+
+/// [`connect`], over TLS when `tls` is given: endpoints are then
+/// `https://host:port` or `host:port`, and the server's certificate must
+/// chain to the CA and name the host dialled.
+pub async fn connect_tls(endpoints: &[String], tls: Option<&EtcdTls>) -> Result<Client, KvError> {
+    let mut opts = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(2))
         // HTTP/2 pings find a dead server under an idle watch.
         .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
         .with_keep_alive_while_idle(true);
-    Ok(Client::connect(endpoints, Some(opts)).await?)
+    let mut urls = endpoints.to_vec();
+    if let Some(tls) = tls {
+        opts = opts.with_tls(tls.options()?);
+        for u in &mut urls {
+            if u.starts_with("http://") {
+                return Err(KvError::Tls(format!(
+                    "endpoint {u}: plaintext URL with --etcd-ca; use https://"
+                )));
+            }
+            if !u.starts_with("https://") {
+                *u = format!("https://{u}");
+            }
+        }
+    }
+    Ok(Client::connect(urls, Some(opts)).await?)
 }
 
 /// Runs `f` with a deadline.

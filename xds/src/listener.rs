@@ -133,7 +133,12 @@ pub async fn serve_http(
             _ = &mut stop => return,
             c = gate.accept(&listener) => c,
         };
-        let (svc, gate) = (TowerToHyperService::new(app.clone()), gate.clone());
+        // The peer address goes with every request: the debug views answer
+        // loopback peers only (debug.rs).
+        let app = app
+            .clone()
+            .layer(axum::Extension(axum::extract::ConnectInfo(peer)));
+        let (svc, gate) = (TowerToHyperService::new(app), gate.clone());
         tokio::spawn(async move {
             let _permit = permit;
             let served = hyper::server::conn::http1::Builder::new()

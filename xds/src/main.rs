@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use membrane_xds::auth::{Authorizer, Workloads};
 use membrane_xds::config::Config;
 use membrane_xds::controller::Controller;
 use membrane_xds::debug::{self, DebugState};
@@ -25,7 +26,7 @@ use membrane_xds::source::Source;
 use membrane_xds::webhook::{self, Webhook};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tonic::transport::{Identity, ServerTlsConfig};
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tracing::info;
 
 async fn shutdown_signal() {
@@ -50,6 +51,18 @@ async fn main() -> Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cfg.log).context("--log")?)
         .with_writer(std::io::stderr)
         .init();
+    if !cfg.plaintext_xds && cfg.tls_cert.is_none() {
+        anyhow::bail!(
+            "no xDS listener: give --tls-cert, --tls-key and --ca-cert (mTLS on --tls-addr, \
+             the authenticated default) and/or --plaintext-xds (unauthenticated, on \
+             --grpc-addr, loopback by default)"
+        );
+    }
+    let etcd_tls = kvstore::EtcdTls::from_flags(
+        cfg.etcd_ca.as_deref(),
+        cfg.etcd_cert.as_deref(),
+        cfg.etcd_key.as_deref(),
+    )?;
 
     let cache = Arc::new(SnapshotCache::new());
     let recorder = Arc::new(Recorder::with_limits(cfg.recorder_limits()));
@@ -83,7 +96,9 @@ async fn main() -> Result<()> {
     let mut identities = None;
     let mut register_task = None;
     if !cfg.etcd.is_empty() {
-        let client = kvstore::connect(&cfg.etcd).await.context("--etcd")?;
+        let client = kvstore::connect_tls(&cfg.etcd, etcd_tls.as_ref())
+            .await
+            .context("--etcd")?;
         sources.push(Box::new(
             EtcdSource::start(
                 client.clone(),
@@ -111,29 +126,45 @@ async fn main() -> Result<()> {
             reg_tx,
         )));
     }
+    let workloads = Arc::new(Workloads::new());
     let mut controller = Controller::new(sources, cache.clone(), recorder.clone(), status.clone())
-        .with_unenforced_l7(cfg.unenforced_l7);
+        .with_unenforced_l7(cfg.unenforced_l7)
+        .with_workloads(workloads.clone());
     if let Some(ids) = identities {
         controller = controller.with_cluster_identities(ids);
     }
     // Publish before serving, so the first clients get a snapshot at once.
     controller.reconcile();
 
-    let grpc = TcpListener::bind(cfg.grpc_addr)
-        .await
-        .with_context(|| format!("binding --grpc-addr {}", cfg.grpc_addr))?;
+    let grpc = match cfg.plaintext_xds {
+        true => Some(
+            TcpListener::bind(cfg.grpc_addr)
+                .await
+                .with_context(|| format!("binding --grpc-addr {}", cfg.grpc_addr))?,
+        ),
+        false => None,
+    };
     let dbg = TcpListener::bind(cfg.debug_addr)
         .await
         .with_context(|| format!("binding --debug-addr {}", cfg.debug_addr))?;
-    let (grpc_addr, dbg_addr) = (grpc.local_addr()?, dbg.local_addr()?);
-    let tls = match (&cfg.tls_cert, &cfg.tls_key) {
-        (Some(cert), Some(key)) => {
+    let dbg_addr = dbg.local_addr()?;
+    let tls = match (&cfg.tls_cert, &cfg.tls_key, &cfg.ca_cert) {
+        (Some(cert), Some(key), Some(ca)) => {
             let cert =
                 std::fs::read(cert).with_context(|| format!("--tls-cert {}", cert.display()))?;
             let key = std::fs::read(key).with_context(|| format!("--tls-key {}", key.display()))?;
+            let ca = std::fs::read(ca).with_context(|| format!("--ca-cert {}", ca.display()))?;
+            // A client certificate is required and must chain to `ca`
+            // (webpki also checks its validity period); who it names is
+            // checked per request (auth.rs).
             let builder = tonic::transport::Server::builder()
-                .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
-                .context("TLS configuration")?;
+                .tls_config(
+                    ServerTlsConfig::new()
+                        .identity(Identity::from_pem(cert, key))
+                        .client_ca_root(Certificate::from_pem(ca))
+                        .client_auth_optional(false),
+                )
+                .context("mTLS configuration (--tls-cert/--tls-key/--ca-cert)")?;
             let l = TcpListener::bind(cfg.tls_addr)
                 .await
                 .with_context(|| format!("binding --tls-addr {}", cfg.tls_addr))?;
@@ -167,29 +198,36 @@ async fn main() -> Result<()> {
             None
         }
     };
-    let mut extra_line = match &tls {
-        Some((_, l)) => format!(" tls={}", l.local_addr()?),
-        None => String::new(),
-    };
+    let mut extra_line = String::new();
+    if let Some(l) = &grpc {
+        extra_line.push_str(&format!(" grpc={}", l.local_addr()?));
+    }
+    if let Some((_, l)) = &tls {
+        extra_line.push_str(&format!(" tls={}", l.local_addr()?));
+    }
     if let Some((_, l)) = &hook {
         extra_line.push_str(&format!(" webhook={}", l.local_addr()?));
     }
     // Tests and scripts read the bound addresses from this line.
-    println!("membrane-xds listening grpc={grpc_addr} debug={dbg_addr}{extra_line}");
-    info!(%grpc_addr, %dbg_addr, "membrane-xds listening");
+    println!("membrane-xds listening debug={dbg_addr}{extra_line}");
+    info!(%dbg_addr, listeners = %extra_line.trim(), "membrane-xds listening");
 
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
     let server = XdsServer::new(cache.clone(), recorder.clone()).with_limits(cfg.stream_limits());
-    let grpc_task = tokio::spawn(
-        server
-            .router()
-            .serve_with_incoming_shutdown(listener::nodelay(grpc), stopped(stop_rx.clone())),
-    );
+    let grpc_task = grpc.map(|l| {
+        tokio::spawn(
+            server
+                .router()
+                .serve_with_incoming_shutdown(listener::nodelay(l), stopped(stop_rx.clone())),
+        )
+    });
+    let authorizer = Arc::new(Authorizer::new(cfg.trust_domain.clone(), workloads));
     let tls_task = tls.map(|(builder, l)| {
         tokio::spawn(
             server
+                .with_auth(authorizer)
                 .router_on(builder)
                 .serve_with_incoming_shutdown(listener::nodelay(l), stopped(stop_rx.clone())),
         )
@@ -236,7 +274,9 @@ async fn main() -> Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
         let _ = ctl_task.await;
         let _ = dbg_task.await;
-        let _ = grpc_task.await;
+        if let Some(t) = grpc_task {
+            let _ = t.await;
+        }
         if let Some(t) = tls_task {
             let _ = t.await;
         }

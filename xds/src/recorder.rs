@@ -89,6 +89,13 @@ pub struct InjectLabel {
     pub result: String,
 }
 
+/// Label set: why an mTLS xDS client was refused.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthLabel {
+    /// [`crate::auth::AuthError::reason`].
+    pub reason: String,
+}
+
 /// The control plane's Prometheus metrics.
 #[derive(Debug)]
 pub struct Metrics {
@@ -126,6 +133,8 @@ pub struct Metrics {
     pub connections_refused: Family<ListenerLabel, Counter>,
     /// Connections closed for sending a request head or body too slowly.
     pub connections_timed_out: Family<ListenerLabel, Counter>,
+    /// mTLS xDS requests refused (PERMISSION_DENIED), by reason.
+    pub auth_denied: Family<AuthLabel, Counter>,
     /// The registry they are registered in.
     pub registry: Registry,
 }
@@ -156,6 +165,7 @@ impl Metrics {
             recorder_evictions: Family::default(),
             connections_refused: Family::default(),
             connections_timed_out: Family::default(),
+            auth_denied: Family::default(),
             registry: Registry::default(),
         };
         registry.register("pushes", "xDS responses sent", m.pushes.clone());
@@ -221,6 +231,11 @@ impl Metrics {
             "connections_timed_out",
             "Connections closed for a request head or body sent too slowly",
             m.connections_timed_out.clone(),
+        );
+        registry.register(
+            "auth_denied",
+            "mTLS xDS requests refused: certificate or node id not acceptable, by reason",
+            m.auth_denied.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -1,5 +1,12 @@
 //! The gRPC adapter: tonic services that drive one [`crate::stream`] state
 //! machine per stream from client requests and snapshot-cache updates.
+//!
+//! The same services run on two listeners. On the plaintext one (a trusted
+//! local path, off unless asked for) a node id is taken at its word. On the
+//! mTLS one ([`XdsServer::with_auth`]) every request is refused with
+//! PERMISSION_DENIED unless the client certificate's SPIFFE id may be the
+//! pod its node id names ([`crate::auth`]); such a client watches only its
+//! own pod's snapshot, never the shared one, and gets no debug types.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -17,6 +24,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
+use crate::auth::{AuthError, Authorizer, SpiffeId};
 use crate::node::cache_key;
 use crate::proto::network_policy_discovery_service_server::{
     NetworkPolicyDiscoveryService, NetworkPolicyDiscoveryServiceServer,
@@ -24,7 +32,7 @@ use crate::proto::network_policy_discovery_service_server::{
 use crate::proto::network_policy_hosts_discovery_service_server::{
     NetworkPolicyHostsDiscoveryService, NetworkPolicyHostsDiscoveryServiceServer,
 };
-use crate::recorder::{ReasonLabel, Recorder, DEBUG_SYNCZ};
+use crate::recorder::{AuthLabel, ReasonLabel, Recorder, DEBUG_SYNCZ};
 use crate::resource::{NETWORK_POLICY, NETWORK_POLICY_HOSTS};
 use crate::snapshot::{Snapshot, SnapshotCache};
 use crate::stream::{
@@ -128,6 +136,8 @@ pub struct XdsServer {
     recorder: Arc<Recorder>,
     next_conn: Arc<AtomicU64>,
     limits: StreamLimits,
+    /// Set on the mTLS listener: who may be which node.
+    auth: Option<Arc<Authorizer>>,
 }
 
 type RespStream<T> = ReceiverStream<Result<T, Status>>;
@@ -140,6 +150,7 @@ impl XdsServer {
             recorder,
             next_conn: Arc::new(AtomicU64::new(1)),
             limits: StreamLimits::default(),
+            auth: None,
         }
     }
 
@@ -169,6 +180,61 @@ impl XdsServer {
         let _ = tx.send(Err(Status::invalid_argument(e.to_string()))).await;
     }
 
+    /// The same services for the mTLS listener: every request must come
+    /// with a client certificate whose SPIFFE id `auth` accepts for the
+    /// node id presented.
+    pub fn with_auth(&self, auth: Arc<Authorizer>) -> Self {
+        XdsServer {
+            auth: Some(auth),
+            ..self.clone()
+        }
+    }
+
+    /// The peer's workload identity on the mTLS listener (`None` on the
+    /// plaintext one); a refusal is logged and counted.
+    fn authenticate<T>(&self, request: &Request<T>) -> Result<Option<SpiffeId>, Status> {
+        let Some(auth) = &self.auth else {
+            return Ok(None);
+        };
+        let certs = request.peer_certs();
+        match auth.peer(certs.as_ref().map(|c| c.as_slice())) {
+            Ok(id) => Ok(Some(id)),
+            Err(e) => {
+                let peer = request
+                    .remote_addr()
+                    .map(|p| p.to_string())
+                    .unwrap_or_default();
+                Err(self.deny(&e, "", &peer))
+            }
+        }
+    }
+
+    /// The snapshot key `node` may watch: on the mTLS listener only its own
+    /// pod's, after checking the node id against the peer's identity.
+    fn key_for(&self, node: &str, who: Option<&SpiffeId>, peer: &str) -> Result<String, Status> {
+        match (&self.auth, who) {
+            (Some(auth), Some(who)) => auth
+                .authorize(node, who)
+                .map_err(|e| self.deny(&e, node, peer)),
+            // Unreachable by construction (authenticate runs first); refuse
+            // rather than fall back to the shared snapshot.
+            (Some(_), None) => Err(self.deny(&AuthError::NoCertificate, node, peer)),
+            (None, _) => Ok(cache_key(node)),
+        }
+    }
+
+    fn deny(&self, e: &AuthError, node: &str, peer: &str) -> Status {
+        warn!(node, peer, reason = e.reason(), error = %e, "xds request refused");
+        self.recorder
+            .metrics
+            .auth_denied
+            .get_or_create(&AuthLabel {
+                reason: e.reason().into(),
+            })
+            .inc();
+        Status::permission_denied(e.to_string())
+    }
+
     /// A tonic router serving ADS, NPDS and NPHDS.
     pub fn router(&self) -> tonic::transport::server::Router {
         self.router_on(tonic::transport::Server::builder())
@@ -190,6 +256,7 @@ impl XdsServer {
         machine: M,
         inbound: Streaming<M::Req>,
         peer: Option<SocketAddr>,
+        who: Option<SpiffeId>,
     ) -> RespStream<M::Resp>
     where
         M::Req: prost::Message + Default,
@@ -198,7 +265,7 @@ impl XdsServer {
         let this = self.clone();
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let peer = peer.map(|p| p.to_string()).unwrap_or_default();
-        tokio::spawn(async move { this.drive(machine, inbound, tx, id, peer).await });
+        tokio::spawn(async move { this.drive(machine, inbound, tx, id, peer, who).await });
         ReceiverStream::new(rx)
     }
 
@@ -209,6 +276,7 @@ impl XdsServer {
         tx: mpsc::Sender<Result<M::Resp, Status>>,
         id: u64,
         peer: String,
+        who: Option<SpiffeId>,
     ) where
         M::Req: prost::Message + Default,
     {
@@ -231,8 +299,14 @@ impl XdsServer {
             self.refuse(&e, &tx).await;
             return;
         }
+        let key = match self.key_for(&node, who.as_ref(), &peer) {
+            Ok(k) => k,
+            Err(status) => {
+                let _ = tx.send(Err(status)).await;
+                return;
+            }
+        };
         let conn = format!("{node}-{id}");
-        let key = cache_key(&node);
         info!(node = %node, key = %key, peer = %peer, "xds stream opened");
         self.recorder.connected(&node, &conn, &peer);
         let mut snaps = self.cache.watch(&key);
@@ -243,7 +317,12 @@ impl XdsServer {
         loop {
             let step = if let Some(req) = pending.take() {
                 debug_n += 1;
-                if let Some(resp) = M::debug(&req, &self.recorder, debug_n) {
+                // Debug types describe every client: not for workloads.
+                let debug = match who {
+                    None => M::debug(&req, &self.recorder, debug_n),
+                    Some(_) => None,
+                };
+                if let Some(resp) = debug {
                     if let Some(resp) = resp {
                         if tx.send(Ok(resp)).await.is_err() {
                             break;
@@ -342,11 +421,22 @@ impl XdsServer {
         self.recorder.sent(node, sent);
     }
 
-    fn fetch(&self, req: DiscoveryRequest, type_url: &str) -> Result<DiscoveryResponse, Status> {
+    fn fetch(
+        &self,
+        request: Request<DiscoveryRequest>,
+        type_url: &str,
+    ) -> Result<DiscoveryResponse, Status> {
+        let who = self.authenticate(&request)?;
+        let peer = request
+            .remote_addr()
+            .map(|p| p.to_string())
+            .unwrap_or_default();
+        let req = request.into_inner();
         let node = req.node.as_ref().map(|n| n.id.clone()).unwrap_or_default();
+        let key = self.key_for(&node, who.as_ref(), &peer)?;
         let snap = self
             .cache
-            .get(&cache_key(&node))
+            .get(&key)
             .ok_or_else(|| Status::unavailable(format!("no snapshot yet for node {node:?}")))?;
         let resources = snap
             .resources(type_url)
@@ -378,11 +468,13 @@ impl AggregatedDiscoveryService for XdsServer {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let who = self.authenticate(&request)?;
         let peer = request.remote_addr();
         Ok(Response::new(self.spawn(
             self.sotw(None),
             request.into_inner(),
             peer,
+            who,
         )))
     }
 
@@ -390,11 +482,13 @@ impl AggregatedDiscoveryService for XdsServer {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let who = self.authenticate(&request)?;
         let peer = request.remote_addr();
         Ok(Response::new(self.spawn(
             self.delta(None),
             request.into_inner(),
             peer,
+            who,
         )))
     }
 }
@@ -408,26 +502,27 @@ impl NetworkPolicyDiscoveryService for XdsServer {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaNetworkPoliciesStream>, Status> {
+        let who = self.authenticate(&request)?;
         let peer = request.remote_addr();
         let sm = self.delta(Some(NETWORK_POLICY));
-        Ok(Response::new(self.spawn(sm, request.into_inner(), peer)))
+        Ok(Response::new(self.spawn(sm, request.into_inner(), peer, who)))
     }
 
     async fn stream_network_policies(
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamNetworkPoliciesStream>, Status> {
+        let who = self.authenticate(&request)?;
         let peer = request.remote_addr();
         let sm = self.sotw(Some(NETWORK_POLICY));
-        Ok(Response::new(self.spawn(sm, request.into_inner(), peer)))
+        Ok(Response::new(self.spawn(sm, request.into_inner(), peer, who)))
     }
 
     async fn fetch_network_policies(
         &self,
         request: Request<DiscoveryRequest>,
     ) -> Result<Response<DiscoveryResponse>, Status> {
-        self.fetch(request.into_inner(), NETWORK_POLICY)
-            .map(Response::new)
+        self.fetch(request, NETWORK_POLICY).map(Response::new)
     }
 }
 
@@ -440,25 +535,26 @@ impl NetworkPolicyHostsDiscoveryService for XdsServer {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamNetworkPolicyHostsStream>, Status> {
+        let who = self.authenticate(&request)?;
         let peer = request.remote_addr();
         let sm = self.sotw(Some(NETWORK_POLICY_HOSTS));
-        Ok(Response::new(self.spawn(sm, request.into_inner(), peer)))
+        Ok(Response::new(self.spawn(sm, request.into_inner(), peer, who)))
     }
 
     async fn fetch_network_policy_hosts(
         &self,
         request: Request<DiscoveryRequest>,
     ) -> Result<Response<DiscoveryResponse>, Status> {
-        self.fetch(request.into_inner(), NETWORK_POLICY_HOSTS)
-            .map(Response::new)
+        self.fetch(request, NETWORK_POLICY_HOSTS).map(Response::new)
     }
 
     async fn delta_network_policy_hosts(
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaNetworkPolicyHostsStream>, Status> {
+        let who = self.authenticate(&request)?;
         let peer = request.remote_addr();
         let sm = self.delta(Some(NETWORK_POLICY_HOSTS));
-        Ok(Response::new(self.spawn(sm, request.into_inner(), peer)))
+        Ok(Response::new(self.spawn(sm, request.into_inner(), peer, who)))
     }
 }

@@ -1,7 +1,9 @@
 //! The etcd source and cluster-wide identities against a real etcd on
 //! loopback: what is stored is served, bad values and an unreachable etcd
 //! leave the last good state in force, two control planes agree on
-//! identities, and a replica's registrations expire with its lease.
+//! identities, a replica's registrations expire with its lease, and an
+//! etcd that requires TLS client certificates is read with --etcd-ca,
+//! --etcd-cert and --etcd-key.
 
 mod common;
 
@@ -393,4 +395,41 @@ async fn etcd_down_keeps_the_last_snapshot_and_the_control_plane_recovers() {
         before,
         "identities survive the restart"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_over_tls_with_a_client_certificate_is_a_source() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::new(&tmp.path().join("pki"), "etcd-ca");
+    let (sc, sk) = pki.issue("etcd-server", "IP:127.0.0.1", Validity::Days(1));
+    let (cc, ck) = pki.issue(
+        "xds-client",
+        "URI:spiffe://cluster.local/ns/membrane-system/sa/membrane-xds",
+        Validity::Days(1),
+    );
+    let etcd = Etcd::start_tls(&sc, &sk, &pki.ca);
+    let tls = kvstore::EtcdTls {
+        ca: pki.ca.clone(),
+        client: Some((cc.clone(), ck.clone())),
+    };
+    let mut c = etcd.client_tls(Some(&tls)).await;
+    store(&mut c, &pods(&[0, 1, 2])).await;
+    let src = tmp.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let (ca, cc, ck) = (
+        pki.ca.to_str().unwrap().to_string(),
+        cc.to_str().unwrap().to_string(),
+        ck.to_str().unwrap().to_string(),
+    );
+    let xds = xds_on(
+        &etcd,
+        &src,
+        &["--etcd-ca", &ca, "--etcd-cert", &cc, "--etcd-key", &ck],
+    );
+    eventually(
+        LIMIT,
+        "the pods stored in etcd (TLS) to be served",
+        || async { (identities(xds.debug).await.len() == 3).then_some(()) },
+    )
+    .await;
 }

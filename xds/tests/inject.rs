@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use common::*;
 
 const IMAGE: &str = "registry.test/membrane:inject-test";
-const XDS: &str = "http://membrane-xds.test:15010";
+const XDS: &str = "https://membrane-xds.test:15012";
 
 fn data(name: &str) -> Value {
     let p = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap())
@@ -214,6 +214,28 @@ fn recorded_pods_get_a_valid_sidecar_and_istio_status() {
         assert_eq!(c["command"], json!(["membrane-proxy"]));
         assert_eq!(args(c)[0], "standalone");
         assert_eq!(arg_after(c, "--xds-address"), XDS);
+        // mTLS with the service account's certificate, Istio's legacy layout.
+        assert_eq!(arg_after(c, "--xds-ca"), "/etc/certs/root-cert.pem");
+        assert_eq!(arg_after(c, "--xds-cert"), "/etc/certs/cert-chain.pem");
+        assert_eq!(arg_after(c, "--xds-key"), "/etc/certs/key.pem");
+        assert_eq!(
+            c["volumeMounts"],
+            json!([{"name": "membrane-certs", "mountPath": "/etc/certs", "readOnly": true}])
+        );
+        let sa = review["request"]["object"]["spec"]["serviceAccountName"]
+            .as_str()
+            .unwrap_or("default");
+        let vols = pod["spec"]["volumes"].as_array().expect("volumes");
+        let certs = vols
+            .iter()
+            .find(|v| v["name"] == "membrane-certs")
+            .expect("the certificate volume");
+        assert_eq!(certs["secret"]["secretName"], format!("membrane.{sa}"));
+        // The pod's own volumes stay.
+        let own = review["request"]["object"]["spec"]["volumes"]
+            .as_array()
+            .map_or(0, Vec::len);
+        assert_eq!(vols.len(), own + 1, "{name}");
         assert_eq!(
             arg_after(c, "--node-id"),
             "sidecar~$(POD_IP)~$(POD_NAME).$(POD_NAMESPACE)~$(POD_NAMESPACE).svc.cluster.local"
@@ -284,7 +306,7 @@ fn recorded_pods_get_a_valid_sidecar_and_istio_status() {
             serde_json::from_str(ann["sidecar.istio.io/status"].as_str().unwrap()).unwrap();
         assert_eq!(
             status,
-            json!({"initContainers": null, "containers": ["membrane-proxy"], "volumes": null,
+            json!({"initContainers": null, "containers": ["membrane-proxy"], "volumes": ["membrane-certs"],
                    "imagePullSecrets": null, "revision": "default"})
         );
         assert_eq!(
@@ -573,6 +595,7 @@ fn the_webhook_is_off_without_a_certificate_and_bad_files_stop_startup() {
     std::fs::write(dir.path().join("bad.pem"), "garbage\n").unwrap();
     let bad = dir.path().join("bad.pem");
     let out = Command::new(env!("CARGO_BIN_EXE_membrane-xds"))
+        .arg("--plaintext-xds")
         .args(["--grpc-addr", "127.0.0.1:0", "--debug-addr", "127.0.0.1:0"])
         .args(["--webhook-addr", "127.0.0.1:0"])
         .arg("--webhook-cert")

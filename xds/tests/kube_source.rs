@@ -712,6 +712,7 @@ fn a_bad_kubeconfig_is_refused_naming_the_file() {
     let kc = tmp.path().join("kubeconfig");
     std::fs::write(&kc, "apiVersion: v1\nkind: Config\nclusters: {}\n").unwrap();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_membrane-xds"))
+        .arg("--plaintext-xds")
         .args(["--grpc-addr", "127.0.0.1:0", "--debug-addr", "127.0.0.1:0"])
         .arg("--kube")
         .arg("--kubeconfig")

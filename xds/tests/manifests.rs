@@ -112,8 +112,14 @@ fn deployment_runs_the_kube_source_on_istio_ports_and_agent_is_privileged() {
     let cfg = Config::try_parse_from(std::iter::once("membrane-xds").chain(args.iter().copied()))
         .unwrap_or_else(|e| panic!("{args:?}: {e}"));
     assert!(cfg.kube);
-    assert_eq!(cfg.grpc_addr.port(), 15010);
+    // mTLS only: no unauthenticated xDS in a cluster.
+    assert!(!cfg.plaintext_xds, "{args:?}");
     assert_eq!(cfg.tls_addr.port(), 15012);
+    let mount = c["volumeMounts"][0]["mountPath"].as_str().unwrap();
+    for f in [&cfg.tls_cert, &cfg.tls_key, &cfg.ca_cert] {
+        let f = f.as_ref().expect("mTLS is configured");
+        assert!(f.starts_with(mount), "{f:?} is not under {mount}");
+    }
     assert_eq!(cfg.debug_addr.port(), 15014);
     let ports: BTreeSet<u64> = c["ports"]
         .as_array()
@@ -121,7 +127,7 @@ fn deployment_runs_the_kube_source_on_istio_ports_and_agent_is_privileged() {
         .iter()
         .map(|p| p["containerPort"].as_u64().unwrap())
         .collect();
-    assert_eq!(ports, BTreeSet::from([15010, 15012, 15014, 15017]));
+    assert_eq!(ports, BTreeSet::from([15012, 15014, 15017]));
     let svc = find(&objs, "Service", "membrane-xds");
     let targets: BTreeSet<&str> = svc["spec"]["ports"]
         .as_array()
@@ -188,7 +194,7 @@ fn injection_webhook_reaches_the_webhook_port_of_membrane_xds() {
     let cert = cfg.webhook_cert.expect("the webhook is on");
     let mount = c["volumeMounts"][0]["mountPath"].as_str().unwrap();
     assert!(cert.starts_with(mount), "{cert:?} is not under {mount}");
-    // The sidecar dials the Service's plaintext xDS port by its DNS name.
+    // The sidecar dials the Service's mTLS xDS port by its DNS name.
     let svc = find(&objs, "Service", "membrane-xds");
     let port_of = |name: &str| {
         svc["spec"]["ports"]
@@ -203,8 +209,8 @@ fn injection_webhook_reaches_the_webhook_port_of_membrane_xds() {
     assert_eq!(
         cfg.sidecar_xds_address,
         format!(
-            "http://membrane-xds.membrane-system.svc:{}",
-            port_of("grpc-xds")
+            "https://membrane-xds.membrane-system.svc:{}",
+            port_of("https-xds")
         )
     );
     let webhook_port_name = c["ports"]

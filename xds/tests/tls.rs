@@ -1,10 +1,10 @@
 //! xDS over TLS (15012 in production): a client that trusts the server's CA
-//! gets NPHDS over rustls; a plaintext client on the TLS port gets nothing.
+//! and presents a workload certificate gets NPHDS over rustls; a plaintext
+//! client on the TLS port gets nothing. (tests/mtls.rs: who is refused.)
 
 mod common;
 
 use std::ffi::OsStr;
-use std::process::Command;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
@@ -12,14 +12,15 @@ use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 use common::*;
 
 fn request() -> DiscoveryRequest {
     DiscoveryRequest {
         node: Some(Node {
-            id: "tls-client".into(),
+            // tiefighter runs as the `default` service account.
+            id: "sidecar~127.0.0.3~tiefighter.default~default.svc.cluster.local".into(),
             ..Default::default()
         }),
         type_url: "type.googleapis.com/cilium.NetworkPolicyHosts".into(),
@@ -30,78 +31,9 @@ fn request() -> DiscoveryRequest {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ads_over_tls_serves_a_client_that_trusts_the_certificate() {
     let tmp = tempfile::tempdir().unwrap();
-    // A CA and a server certificate it signed (webpki refuses a CA
-    // certificate used as the server's own).
-    let d = tmp.path();
-    let (ca, cert, key) = (d.join("ca.pem"), d.join("cert.pem"), d.join("key.pem"));
-    std::fs::write(
-        d.join("ext.cnf"),
-        "subjectAltName=DNS:membrane-xds.test,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
-    )
-    .unwrap();
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    for args in [
-        vec!["req", "-x509"]
-            .into_iter()
-            .chain(ec)
-            .chain([
-                "-days",
-                "1",
-                "-subj",
-                "/CN=membrane-test-ca",
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.pem",
-            ])
-            .collect::<Vec<_>>(),
-        vec!["req"]
-            .into_iter()
-            .chain(ec)
-            .chain([
-                "-subj",
-                "/CN=membrane-xds",
-                "-keyout",
-                "key.pem",
-                "-out",
-                "leaf.csr",
-            ])
-            .collect(),
-        vec![
-            "x509",
-            "-req",
-            "-in",
-            "leaf.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "1",
-            "-extfile",
-            "ext.cnf",
-            "-out",
-            "cert.pem",
-        ],
-    ] {
-        let out = Command::new("openssl")
-            .args(&args)
-            .current_dir(d)
-            .output()
-            .expect("openssl");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    let pki = Pki::new(&tmp.path().join("pki"), "membrane-test-ca");
+    let (ca, cert, key) = (&pki.ca, &pki.server_cert, &pki.server_key);
+    let (wcert, wkey) = pki.workload("tiefighter", "default", "default");
     let src = tmp.path().join("src");
     std::fs::create_dir(&src).unwrap();
     std::fs::write(src.join("cluster.yaml"), starwars_pods(8080)).unwrap();
@@ -112,12 +44,18 @@ async fn ads_over_tls_serves_a_client_that_trusts_the_certificate() {
             cert.as_os_str(),
             OsStr::new("--tls-key"),
             key.as_os_str(),
+            OsStr::new("--ca-cert"),
+            ca.as_os_str(),
         ],
     );
     let tls = xds.tls.expect("the TLS port is served");
 
     let tls_config = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(std::fs::read(&ca).unwrap()))
+        .ca_certificate(Certificate::from_pem(std::fs::read(ca).unwrap()))
+        .identity(Identity::from_pem(
+            std::fs::read(&wcert).unwrap(),
+            std::fs::read(&wkey).unwrap(),
+        ))
         .domain_name("membrane-xds.test");
     let channel = Channel::from_shared(format!("https://{tls}"))
         .unwrap()

@@ -68,6 +68,10 @@ pub struct PodSpec {
     /// Containers.
     #[serde(default)]
     pub containers: Vec<Container>,
+    /// The pod's service account (Kubernetes defaults it to `default`);
+    /// the workload identity an mTLS xDS client must present.
+    #[serde(default)]
+    pub service_account_name: Option<String>,
 }
 
 /// One pod IP.
@@ -103,6 +107,16 @@ pub struct Pod {
 }
 
 impl Pod {
+    /// The service account the pod runs as: `spec.serviceAccountName`,
+    /// `default` when unset (as the API server fills it in).
+    pub fn service_account(&self) -> &str {
+        self.spec
+            .service_account_name
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .unwrap_or("default")
+    }
+
     /// Every IP, primary first, deduplicated.
     pub fn ips(&self) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();

@@ -33,15 +33,80 @@ pub struct Xds {
     pub webhook: Option<SocketAddr>,
 }
 
-/// Starts the binary on loopback ephemeral ports, in its own process group.
+/// Starts the binary on loopback ephemeral ports, in its own process group,
+/// with the plaintext xDS port explicitly opted in (the trusted local path
+/// these tests speak).
 pub fn start_xds(source_dir: &std::path::Path) -> Xds {
     start_xds_with(source_dir, &[])
 }
 
 /// [`start_xds`] with extra flags.
 pub fn start_xds_with(source_dir: &std::path::Path, extra: &[&std::ffi::OsStr]) -> Xds {
+    let mut args: Vec<&std::ffi::OsStr> = vec![
+        "--plaintext-xds".as_ref(),
+        "--grpc-addr".as_ref(),
+        "127.0.0.1:0".as_ref(),
+    ];
+    args.extend_from_slice(extra);
+    let (proc, line) = launch(source_dir, &args);
+    let field = |k: &str| field_of(&line, k);
+    let (grpc, debug) = (field("grpc="), field("debug="));
+    let tls = line.contains("tls=").then(|| field("tls="));
+    let webhook = line.contains("webhook=").then(|| field("webhook="));
+    Xds {
+        proc,
+        grpc,
+        debug,
+        tls,
+        webhook,
+    }
+}
+
+/// A running `membrane-xds` serving xDS over mTLS only (no plaintext port).
+pub struct XdsMtls {
+    pub proc: Guard,
+    pub debug: SocketAddr,
+    pub tls: SocketAddr,
+    /// The address line it printed.
+    pub line: String,
+}
+
+/// Starts the binary with mTLS on a loopback port (`--tls-cert`,
+/// `--tls-key`, `--ca-cert` from `pki`) and without `--plaintext-xds`.
+pub fn start_xds_mtls(
+    source_dir: &std::path::Path,
+    pki: &Pki,
+    extra: &[&std::ffi::OsStr],
+) -> XdsMtls {
+    let mut args: Vec<&std::ffi::OsStr> = vec![
+        "--tls-cert".as_ref(),
+        pki.server_cert.as_os_str(),
+        "--tls-key".as_ref(),
+        pki.server_key.as_os_str(),
+        "--ca-cert".as_ref(),
+        pki.ca.as_os_str(),
+    ];
+    args.extend_from_slice(extra);
+    let (proc, line) = launch(source_dir, &args);
+    XdsMtls {
+        proc,
+        debug: field_of(&line, "debug="),
+        tls: field_of(&line, "tls="),
+        line,
+    }
+}
+
+fn field_of(line: &str, k: &str) -> SocketAddr {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(k))
+        .unwrap_or_else(|| panic!("no {k} in {line:?}"))
+        .parse()
+        .unwrap()
+}
+
+fn launch(source_dir: &std::path::Path, extra: &[&std::ffi::OsStr]) -> (Guard, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_membrane-xds"))
-        .args(["--grpc-addr", "127.0.0.1:0", "--debug-addr", "127.0.0.1:0"])
+        .args(["--debug-addr", "127.0.0.1:0"])
         .args(["--tls-addr", "127.0.0.1:0"])
         .args(extra)
         .args(["--log", "membrane_xds=debug"])
@@ -62,23 +127,7 @@ pub fn start_xds_with(source_dir: &std::path::Path, extra: &[&std::ffi::OsStr]) 
     BufReader::new(stdout)
         .read_line(&mut line)
         .expect("read address line");
-    let field = |k: &str| -> SocketAddr {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(k))
-            .unwrap_or_else(|| panic!("no {k} in {line:?}"))
-            .parse()
-            .unwrap()
-    };
-    let (grpc, debug) = (field("grpc="), field("debug="));
-    let tls = line.contains("tls=").then(|| field("tls="));
-    let webhook = line.contains("webhook=").then(|| field("webhook="));
-    Xds {
-        proc: Guard(child),
-        grpc,
-        debug,
-        tls,
-        webhook,
-    }
+    (Guard(child), line)
 }
 
 /// One HTTP/1.1 request from `src` to `dst`; returns (status, body).
@@ -237,6 +286,9 @@ pub struct Etcd {
     pub client_port: u16,
     peer_port: u16,
     pub dir: tempfile::TempDir,
+    /// TLS on the client port: (server certificate, key, client CA); client
+    /// certificates are then required (`--client-cert-auth`).
+    pub tls: Option<[std::path::PathBuf; 3]>,
 }
 
 fn free_port() -> u16 {
@@ -250,19 +302,31 @@ fn free_port() -> u16 {
 impl Etcd {
     /// Starts etcd and waits until it answers.
     pub fn start() -> Etcd {
+        Self::start_with(None)
+    }
+
+    /// Starts etcd serving clients over TLS only, requiring a client
+    /// certificate that chains to `ca`.
+    pub fn start_tls(cert: &std::path::Path, key: &std::path::Path, ca: &std::path::Path) -> Etcd {
+        Self::start_with(Some([cert.into(), key.into(), ca.into()]))
+    }
+
+    fn start_with(tls: Option<[std::path::PathBuf; 3]>) -> Etcd {
         let mut e = Etcd {
             proc: None,
             client_port: free_port(),
             peer_port: free_port(),
             dir: tempfile::tempdir().unwrap(),
+            tls,
         };
         e.restart();
         e
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` (`https://` with TLS).
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
     /// Kills the server (its data stays).
@@ -276,7 +340,20 @@ impl Etcd {
         let client = self.url();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let log = std::fs::File::create(self.dir.path().join("etcd.log")).unwrap();
+        let mut tls_args: Vec<&std::ffi::OsStr> = Vec::new();
+        if let Some([cert, key, ca]) = &self.tls {
+            tls_args.extend([
+                "--cert-file".as_ref(),
+                cert.as_os_str(),
+                "--key-file".as_ref(),
+                key.as_os_str(),
+                "--trusted-ca-file".as_ref(),
+                ca.as_os_str(),
+                "--client-cert-auth".as_ref(),
+            ]);
+        }
         let child = Command::new("etcd")
+            .args(&tls_args)
             .arg("--data-dir")
             .arg(self.dir.path().join("data"))
             .args(["--name", "test"])
@@ -304,9 +381,17 @@ impl Etcd {
 
     /// A client (etcd answers once it has elected itself; retried briefly).
     pub async fn client(&self) -> etcd_client::Client {
+        self.client_tls(None).await
+    }
+
+    /// [`Etcd::client`] over TLS with `tls`.
+    pub async fn client_tls(
+        &self,
+        tls: Option<&membrane_xds::kvstore::EtcdTls>,
+    ) -> etcd_client::Client {
         let start = Instant::now();
         loop {
-            if let Ok(mut c) = membrane_xds::kvstore::connect(&[self.url()]).await {
+            if let Ok(mut c) = membrane_xds::kvstore::connect_tls(&[self.url()], tls).await {
                 if c.status().await.is_ok() {
                     return c;
                 }
@@ -348,5 +433,165 @@ pub fn make_certs(dir: &std::path::Path) {
             "openssl {args}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+}
+
+/// A test PKI made with the openssl CLI: a CA (`ca.pem`), the control
+/// plane's certificate for `membrane-xds.test` and 127.0.0.1, and workload
+/// certificates issued on demand (`openssl ca`, so validity dates can be set,
+/// expired ones included).
+pub struct Pki {
+    pub dir: std::path::PathBuf,
+    pub ca: std::path::PathBuf,
+    pub ca_key: std::path::PathBuf,
+    pub server_cert: std::path::PathBuf,
+    pub server_key: std::path::PathBuf,
+}
+
+/// How long an issued certificate is valid.
+#[derive(Clone, Copy, Debug)]
+pub enum Validity {
+    /// From now for this many days.
+    Days(u32),
+    /// 2020-01-01 to 2020-01-02: long expired.
+    Expired,
+}
+
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Pki {
+    /// A new CA named `name` in `dir` (created), and the server certificate.
+    pub fn new(dir: &std::path::Path, name: &str) -> Pki {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("index.txt"), "").unwrap();
+        std::fs::write(dir.join("serial"), "1000\n").unwrap();
+        std::fs::write(
+            dir.join("ca.cnf"),
+            "[ca]\ndefault_ca = test\n[test]\ndatabase = index.txt\nnew_certs_dir = .\n\
+             serial = serial\ndefault_md = sha256\npolicy = any\nunique_subject = no\n\
+             [any]\ncommonName = supplied\n",
+        )
+        .unwrap();
+        openssl(
+            dir,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                &format!("/CN={name}"),
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+            ],
+        );
+        let mut pki = Pki {
+            dir: dir.to_path_buf(),
+            ca: dir.join("ca.pem"),
+            ca_key: dir.join("ca.key"),
+            server_cert: Default::default(),
+            server_key: Default::default(),
+        };
+        let (c, k) = pki.issue(
+            "membrane-xds",
+            "DNS:membrane-xds.test,IP:127.0.0.1",
+            Validity::Days(1),
+        );
+        (pki.server_cert, pki.server_key) = (c, k);
+        pki
+    }
+
+    /// A leaf certificate with subjectAltName `san` (openssl syntax, e.g.
+    /// `URI:spiffe://cluster.local/ns/default/sa/x`), as `NAME.pem` and
+    /// `NAME.key`.
+    pub fn issue(
+        &self,
+        name: &str,
+        san: &str,
+        validity: Validity,
+    ) -> (std::path::PathBuf, std::path::PathBuf) {
+        let d = &self.dir;
+        std::fs::write(
+            d.join(format!("{name}.ext")),
+            format!(
+                "subjectAltName={san}\nbasicConstraints=CA:FALSE\n\
+                 keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth,clientAuth\n"
+            ),
+        )
+        .unwrap();
+        let (key, csr, cert) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+        );
+        openssl(
+            d,
+            &[
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-subj",
+                &format!("/CN={name}"),
+                "-keyout",
+                &key,
+                "-out",
+                &csr,
+            ],
+        );
+        let ext = format!("{name}.ext");
+        let mut args = vec![
+            "ca", "-batch", "-notext", "-config", "ca.cnf", "-cert", "ca.pem", "-keyfile",
+            "ca.key", "-in", &csr, "-out", &cert, "-extfile", &ext,
+        ];
+        let days;
+        match validity {
+            Validity::Days(n) => {
+                days = n.to_string();
+                args.extend(["-days", &days]);
+            }
+            Validity::Expired => args.extend([
+                "-startdate",
+                "20200101000000Z",
+                "-enddate",
+                "20200102000000Z",
+            ]),
+        }
+        openssl(d, &args);
+        (d.join(cert), d.join(key))
+    }
+
+    /// A workload certificate for `spiffe://cluster.local/ns/NS/sa/SA`.
+    pub fn workload(
+        &self,
+        name: &str,
+        ns: &str,
+        sa: &str,
+    ) -> (std::path::PathBuf, std::path::PathBuf) {
+        self.issue(
+            name,
+            &format!("URI:spiffe://cluster.local/ns/{ns}/sa/{sa}"),
+            Validity::Days(1),
+        )
     }
 }

@@ -1,0 +1,306 @@
+//! xDS over mTLS (15012): the authenticated default. A sidecar whose
+//! workload certificate (SPIFFE id in the URI SAN) may be the pod its node id
+//! names gets that pod's policy and nothing else; every other client is
+//! refused: no certificate, a certificate of another CA, an expired one, one
+//! without a SPIFFE id or of another trust domain, and a valid one presented
+//! with another pod's node id. Certificates are real, made with openssl.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use membrane_xds::proto::network_policy_discovery_service_client::NetworkPolicyDiscoveryServiceClient;
+use membrane_xds::proto::NetworkPolicy;
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+use common::*;
+
+const NPDS: &str = "type.googleapis.com/cilium.NetworkPolicy";
+
+/// The Star Wars pods with service accounts: deathstar-1 runs as
+/// `deathstar`, xwing as `xwing`, tiefighter as `default` (none given).
+fn pods() -> String {
+    r#"apiVersion: v1
+kind: Pod
+metadata: {name: deathstar-1, namespace: default, labels: {org: empire, class: deathstar}}
+spec: {serviceAccountName: deathstar, containers: [{name: app, ports: [{containerPort: 8080}]}]}
+status: {podIP: 127.0.0.2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: tiefighter, namespace: default, labels: {org: empire, class: tiefighter}}
+status: {podIP: 127.0.0.3}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: xwing, namespace: default, labels: {org: alliance, class: xwing}}
+spec: {serviceAccountName: xwing}
+status: {podIP: 127.0.0.4}
+"#
+    .into()
+}
+
+fn node_id(ip: &str, pod: &str) -> String {
+    format!("sidecar~{ip}~{pod}.default~default.svc.cluster.local")
+}
+
+const DEATHSTAR: (&str, &str) = ("127.0.0.2", "deathstar-1");
+const XWING: (&str, &str) = ("127.0.0.4", "xwing");
+
+async fn channel(
+    ca: &Path,
+    identity: Option<(&Path, &Path)>,
+    addr: std::net::SocketAddr,
+) -> Result<Channel, String> {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(std::fs::read(ca).unwrap()))
+        .domain_name("membrane-xds.test");
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(Identity::from_pem(
+            std::fs::read(cert).unwrap(),
+            std::fs::read(key).unwrap(),
+        ));
+    }
+    Channel::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .map_err(|e| format!("connect: {e:?}"))
+}
+
+/// The first NPDS response for `node`, or why there is none (a transport
+/// error, or the gRPC status).
+async fn first_npds(
+    ca: &Path,
+    identity: Option<(&Path, &Path)>,
+    addr: std::net::SocketAddr,
+    node: &str,
+) -> Result<DiscoveryResponse, String> {
+    let ch = channel(ca, identity, addr).await?;
+    let (tx, rx) = mpsc::channel(1);
+    tx.send(DiscoveryRequest {
+        node: Some(Node {
+            id: node.into(),
+            ..Default::default()
+        }),
+        type_url: NPDS.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let fut = async {
+        let mut s = NetworkPolicyDiscoveryServiceClient::new(ch)
+            .stream_network_policies(ReceiverStream::new(rx))
+            .await
+            .map_err(|e| format!("{:?}: {}", e.code(), e.message()))?
+            .into_inner();
+        match s.message().await {
+            Ok(Some(r)) => Ok(r),
+            Ok(None) => Err("stream ended".to_string()),
+            Err(e) => Err(format!("{:?}: {}", e.code(), e.message())),
+        }
+    };
+    let r = tokio::time::timeout(Duration::from_secs(10), fut)
+        .await
+        .map_err(|_| "no answer in 10s".to_string())?;
+    drop(tx);
+    if let Err(e) = &r {
+        eprintln!("{node}: refused: {e}");
+    }
+    r
+}
+
+fn endpoint_ips(r: &DiscoveryResponse) -> Vec<String> {
+    let mut ips: Vec<String> = r
+        .resources
+        .iter()
+        .flat_map(|a| {
+            NetworkPolicy::decode(a.value.as_slice())
+                .unwrap()
+                .endpoint_ips
+        })
+        .collect();
+    ips.sort();
+    ips
+}
+
+fn setup() -> (tempfile::TempDir, Pki, XdsMtls) {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("cluster.yaml"), pods()).unwrap();
+    std::fs::write(
+        src.join("policy.yaml"),
+        starwars_l7(8080, "/v1/request-landing"),
+    )
+    .unwrap();
+    let pki = Pki::new(&tmp.path().join("pki"), "membrane-test-ca");
+    let xds = start_xds_mtls(&src, &pki, &[]);
+    (tmp, pki, xds)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workload_certificate_gets_its_own_pods_policy_and_nothing_else() {
+    let (_tmp, pki, xds) = setup();
+    assert!(
+        !xds.line.contains("grpc="),
+        "no plaintext xDS without --plaintext-xds: {}",
+        xds.line
+    );
+    let (cert, key) = pki.workload("deathstar", "default", "deathstar");
+    let me = Some((cert.as_path(), key.as_path()));
+    let r = first_npds(&pki.ca, me, xds.tls, &node_id(DEATHSTAR.0, DEATHSTAR.1))
+        .await
+        .expect("deathstar's sidecar is served");
+    assert_eq!(
+        endpoint_ips(&r),
+        vec!["127.0.0.2".to_string()],
+        "only deathstar-1's own NetworkPolicy"
+    );
+
+    // The same certificate under a non-sidecar id would have been the
+    // shared snapshot (every endpoint's policy) on the plaintext port.
+    let err = first_npds(&pki.ca, me, xds.tls, "membrane-agent~node-1")
+        .await
+        .unwrap_err();
+    assert!(err.starts_with("PermissionDenied"), "{err}");
+
+    // Debug types (every client's config) are not answered either.
+    let ch = channel(&pki.ca, me, xds.tls).await.unwrap();
+    let (tx, rx) = mpsc::channel(2);
+    tx.send(DiscoveryRequest {
+        node: Some(Node {
+            id: node_id(DEATHSTAR.0, DEATHSTAR.1),
+            ..Default::default()
+        }),
+        type_url: "istio.io/debug/syncz".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut s = AggregatedDiscoveryServiceClient::new(ch)
+        .stream_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    if let Ok(Ok(Some(r))) = tokio::time::timeout(Duration::from_secs(2), s.message()).await {
+        assert!(
+            r.resources.is_empty(),
+            "syncz over mTLS disclosed {} client configs",
+            r.resources.len()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_without_an_acceptable_certificate_or_node_id_are_refused() {
+    let (tmp, pki, xds) = setup();
+    let ds = node_id(DEATHSTAR.0, DEATHSTAR.1);
+    let ca = pki.ca.clone();
+
+    // No client certificate: the handshake fails.
+    let err = first_npds(&ca, None, xds.tls, &ds).await.unwrap_err();
+    assert!(
+        !err.starts_with("PermissionDenied"),
+        "handshake, not RPC: {err}"
+    );
+
+    // A valid-looking certificate from a CA the control plane does not trust.
+    let rogue = Pki::new(&tmp.path().join("rogue"), "rogue-ca");
+    let (c, k) = rogue.workload("deathstar", "default", "deathstar");
+    let err = first_npds(&ca, Some((&c, &k)), xds.tls, &ds)
+        .await
+        .unwrap_err();
+    assert!(
+        !err.starts_with("PermissionDenied"),
+        "handshake, not RPC: {err}"
+    );
+
+    // Expired.
+    let (c, k) = pki.issue(
+        "expired",
+        "URI:spiffe://cluster.local/ns/default/sa/deathstar",
+        Validity::Expired,
+    );
+    let err = first_npds(&ca, Some((&c, &k)), xds.tls, &ds)
+        .await
+        .unwrap_err();
+    assert!(
+        !err.starts_with("PermissionDenied"),
+        "handshake, not RPC: {err}"
+    );
+
+    let mut denied = Vec::new();
+    // A certificate without a SPIFFE id (a DNS name only).
+    let (c, k) = pki.issue("dns-only", "DNS:deathstar.default.svc", Validity::Days(1));
+    denied.push(("no SPIFFE id", c, k, ds.clone(), "URI SAN"));
+    // Another trust domain.
+    let (c, k) = pki.issue(
+        "other-domain",
+        "URI:spiffe://evil.example/ns/default/sa/deathstar",
+        Validity::Days(1),
+    );
+    denied.push(("other trust domain", c, k, ds.clone(), "trust domain"));
+    // xwing's valid certificate with deathstar's node id.
+    let (c, k) = pki.workload("xwing", "default", "xwing");
+    denied.push(("another pod's node id", c, k, ds.clone(), "service account"));
+    // deathstar's certificate with its pod name but another IP.
+    let (c, k) = pki.workload("deathstar", "default", "deathstar");
+    denied.push((
+        "wrong IP",
+        c.clone(),
+        k.clone(),
+        node_id(XWING.0, DEATHSTAR.1),
+        "is not an IP of pod default/deathstar-1",
+    ));
+    // A pod that does not exist.
+    denied.push((
+        "unknown pod",
+        c,
+        k,
+        node_id(DEATHSTAR.0, "deathstar-9"),
+        "no pod default/deathstar-9",
+    ));
+    for (what, c, k, node, says) in &denied {
+        let err = first_npds(&ca, Some((c, k)), xds.tls, node)
+            .await
+            .expect_err(what);
+        assert!(
+            err.starts_with("PermissionDenied") && err.contains(says),
+            "{what}: {err}"
+        );
+    }
+    // xwing is still served as itself.
+    let (c, k) = pki.workload("xwing2", "default", "xwing");
+    let r = first_npds(&ca, Some((&c, &k)), xds.tls, &node_id(XWING.0, XWING.1))
+        .await
+        .expect("xwing as itself");
+    assert!(endpoint_ips(&r).iter().all(|ip| ip == "127.0.0.4"));
+
+    // Refusals are counted by reason.
+    let metrics = debug_get(xds.debug, "/metrics").await;
+    for reason in [
+        "no_spiffe_id",
+        "trust_domain",
+        "service_account",
+        "ip",
+        "unknown_pod",
+    ] {
+        assert!(
+            metrics.contains(&format!(
+                "membrane_xds_auth_denied_total{{reason=\"{reason}\"}} 1"
+            )),
+            "{reason}: {metrics}"
+        );
+    }
+}
