@@ -6,7 +6,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
@@ -16,7 +16,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 
 use crate::metrics::Metrics;
 use crate::policy::PolicyHandle;
@@ -67,17 +67,44 @@ pub struct AdminState {
     pub started_wall: SystemTime,
 }
 
+/// Bounds on each operator listener: these ports answer the kubelet and scrapers, so a
+/// client that connects and dribbles must not keep them (or the proxy's memory) busy.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Concurrent connections; more are accepted and closed at once.
+    pub max_connections: usize,
+    /// Time to send each request head.
+    pub header_read_timeout: Duration,
+    /// Longest a connection lives, keep-alive included (bounds slow bodies and readers).
+    pub connection_timeout: Duration,
+}
+
 /// Serves `role` on `listener` until shutdown.
 pub async fn serve(
     listener: TcpListener,
     role: Role,
     state: Arc<AdminState>,
+    limits: Limits,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
     loop {
-        let (stream, _) = tokio::select! {
-            a = listener.accept() => match a { Ok(x) => x, Err(_) => continue },
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
             _ = shutdown.wait_for(|s| *s) => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, ?role, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, ?role, "operator listener full, closing");
+            continue;
         };
         let state = state.clone();
         tokio::spawn(async move {
@@ -87,8 +114,15 @@ pub async fn serve(
             });
             let mut b = hyper::server::conn::http1::Builder::new();
             b.timer(TokioTimer::new())
-                .header_read_timeout(std::time::Duration::from_secs(10));
-            let _ = b.serve_connection(TokioIo::new(stream), svc).await;
+                .header_read_timeout(limits.header_read_timeout);
+            let conn = b.serve_connection(TokioIo::new(stream), svc);
+            if tokio::time::timeout(limits.connection_timeout, conn)
+                .await
+                .is_err()
+            {
+                tracing::debug!(%peer, ?role, "operator connection timed out");
+            }
+            drop(permit);
         });
     }
 }

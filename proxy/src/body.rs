@@ -1,7 +1,8 @@
 //! Body wrappers: streaming passthrough, no buffering.
 
+use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -10,19 +11,46 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
+/// Why a request body ended early, as recorded by [`WatchedBody`].
+pub mod failure {
+    /// The body is fine (so far).
+    pub const NONE: u8 = 0;
+    /// The client broke it (bad chunk, reset): 400.
+    pub const CLIENT: u8 = 1;
+    /// It did not arrive within the request timeout: 408.
+    pub const TIMEOUT: u8 = 2;
+}
+
+/// The request body did not arrive within `--request-timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("request body not received within the request timeout")]
+pub struct RequestTimeout;
+
 /// A downstream request body on its way upstream that remembers whether the *client* broke
-/// it (bad chunk, reset), so a failed upstream exchange can be answered 400 rather than 502.
+/// it (bad chunk, reset) or was too slow, so a failed upstream exchange can be answered 400
+/// or 408 rather than 502. Past its deadline it fails, which aborts the upstream request.
 pub struct WatchedBody {
     inner: Option<Incoming>,
-    failed: Arc<AtomicBool>,
+    failed: Arc<AtomicU8>,
+    deadline: Option<tokio::time::Instant>,
+    /// Armed only once the body has had to wait, so a body that arrives with its head
+    /// (the common case) costs no timer.
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl WatchedBody {
-    /// Wraps `inner`; `failed` is set when it yields an error.
-    pub fn new(inner: Incoming, failed: Arc<AtomicBool>) -> Self {
+    /// Wraps `inner`; `failed` records why it ended early (see [`failure`]); past `deadline`
+    /// it fails with [`RequestTimeout`].
+    pub fn new(
+        inner: Incoming,
+        failed: Arc<AtomicU8>,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Self {
         WatchedBody {
             inner: Some(inner),
             failed,
+            deadline,
+            sleep: None,
         }
     }
 
@@ -30,29 +58,45 @@ impl WatchedBody {
     pub fn empty() -> Self {
         WatchedBody {
             inner: None,
-            failed: Arc::new(AtomicBool::new(false)),
+            failed: Arc::new(AtomicU8::new(failure::NONE)),
+            deadline: None,
+            sleep: None,
         }
     }
 }
 
 impl Body for WatchedBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
         match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Err(e))) => {
-                this.failed.store(true, Ordering::Relaxed);
-                Poll::Ready(Some(Err(e)))
+                this.failed.store(failure::CLIENT, Ordering::Relaxed);
+                Poll::Ready(Some(Err(e.into())))
             }
-            other => other,
+            Poll::Ready(other) => Poll::Ready(other.map(|r| r.map_err(Into::into))),
+            Poll::Pending => {
+                let Some(deadline) = this.deadline else {
+                    return Poll::Pending;
+                };
+                let sleep = this
+                    .sleep
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                this.failed.store(failure::TIMEOUT, Ordering::Relaxed);
+                this.inner = None;
+                Poll::Ready(Some(Err(Box::new(RequestTimeout))))
+            }
         }
     }
 
@@ -75,12 +119,21 @@ pub type ResponseBody = Either<UpstreamBody, Full<Bytes>>;
 pub struct UpstreamBody {
     inner: Incoming,
     _busy: Option<crate::upstream::H2Busy>,
+    _in_flight: Option<crate::server::InFlight>,
 }
 
 impl UpstreamBody {
-    /// Wraps `inner`, holding `busy` until the body is done or dropped.
-    pub fn new(inner: Incoming, busy: Option<crate::upstream::H2Busy>) -> Self {
-        UpstreamBody { inner, _busy: busy }
+    /// Wraps `inner`, holding `busy` and `in_flight` until the body is done or dropped.
+    pub(crate) fn new(
+        inner: Incoming,
+        busy: Option<crate::upstream::H2Busy>,
+        in_flight: Option<crate::server::InFlight>,
+    ) -> Self {
+        UpstreamBody {
+            inner,
+            _busy: busy,
+            _in_flight: in_flight,
+        }
     }
 }
 

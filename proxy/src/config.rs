@@ -158,6 +158,39 @@ pub struct Config {
     /// A downstream connection with no request in flight for this long is closed.
     #[arg(long, env = "MEMBRANE_IDLE_TIMEOUT", value_parser = parse_duration, default_value = "300s")]
     pub idle_timeout: Duration,
+    /// Time a whole request (head and body) has to arrive, counted from its head
+    /// (Envoy's `request_timeout`); a request still incomplete then is answered 408 or reset
+    /// and its upstream request aborted. 0s: no limit (long client-streaming RPCs), leaving
+    /// `--stream-idle-timeout` as the only bound.
+    #[arg(long, env = "MEMBRANE_REQUEST_TIMEOUT", value_parser = parse_duration, default_value = "300s")]
+    pub request_timeout: Duration,
+    /// A request whose connection moves no byte in either direction for this long is cut
+    /// off with its upstream exchange (Envoy's `stream_idle_timeout`): a stalled body, a
+    /// client that stops reading its response, an idle upgrade tunnel.
+    #[arg(long, env = "MEMBRANE_STREAM_IDLE_TIMEOUT", value_parser = parse_duration, default_value = "300s")]
+    pub stream_idle_timeout: Duration,
+    /// Upgrade protocols tunnelled after a 101 (as Envoy's `upgrade_configs`), compared with
+    /// the first token of `Upgrade`, case-insensitively. Any other `Upgrade` is removed and the
+    /// request forwarded as plain HTTP. `h2c` is refused: the HTTP/2 requests inside the tunnel
+    /// would bypass the HTTP rules (clients use prior knowledge instead).
+    #[arg(
+        long,
+        env = "MEMBRANE_UPGRADE_TYPES",
+        value_delimiter = ',',
+        default_value = "websocket"
+    )]
+    pub upgrade_types: Vec<String>,
+    /// Maximum concurrent connections on each operator listener (admin, metrics, health);
+    /// more are accepted and closed at once.
+    #[arg(long, env = "MEMBRANE_ADMIN_MAX_CONNECTIONS", default_value_t = 64)]
+    pub admin_max_connections: usize,
+    /// Time a client of an operator listener has to send each request head.
+    #[arg(long, env = "MEMBRANE_ADMIN_HEADER_READ_TIMEOUT", value_parser = parse_duration, default_value = "10s")]
+    pub admin_header_read_timeout: Duration,
+    /// Longest an operator-listener connection lives, keep-alive included: bounds a slow
+    /// request body or a client that stops reading (operator exchanges are small and quick).
+    #[arg(long, env = "MEMBRANE_ADMIN_CONNECTION_TIMEOUT", value_parser = parse_duration, default_value = "60s")]
+    pub admin_connection_timeout: Duration,
     /// Maximum size of a request head (request line plus headers), bytes.
     #[arg(long, env = "MEMBRANE_MAX_HEADER_BYTES", default_value_t = 60 * 1024)]
     pub max_header_bytes: usize,
@@ -231,6 +264,150 @@ pub struct Config {
     pub log: String,
 }
 
+/// A setting the proxy cannot run with, found before anything is bound.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// A value outside what the setting can mean.
+    #[error("{flag} {value}: {expected}")]
+    Invalid {
+        /// The command-line flag.
+        flag: &'static str,
+        /// What was given.
+        value: String,
+        /// What would be accepted.
+        expected: &'static str,
+    },
+}
+
+/// Longest accepted duration: timers far beyond it overflow tokio's clock arithmetic.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+impl Config {
+    /// Checks every setting that would panic or misbehave at run time (a zero interval
+    /// panics tokio's timers, a zero limit refuses everything), naming the flag.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |flag, value: String, expected| {
+            Err(ConfigError::Invalid {
+                flag,
+                value,
+                expected,
+            })
+        };
+        let durations: [(&'static str, Duration, bool); 12] = [
+            // (flag, value, zero allowed)
+            ("--header-read-timeout", self.header_read_timeout, false),
+            ("--idle-timeout", self.idle_timeout, false),
+            ("--request-timeout", self.request_timeout, true),
+            ("--stream-idle-timeout", self.stream_idle_timeout, false),
+            ("--connect-timeout", self.connect_timeout, false),
+            ("--upstream-idle-timeout", self.upstream_idle_timeout, false),
+            ("--secrets-poll-interval", self.secrets_poll_interval, false),
+            ("--xds-backoff-initial", self.xds_backoff_initial, false),
+            ("--xds-backoff-max", self.xds_backoff_max, false),
+            (
+                "--admin-header-read-timeout",
+                self.admin_header_read_timeout,
+                false,
+            ),
+            (
+                "--admin-connection-timeout",
+                self.admin_connection_timeout,
+                false,
+            ),
+            ("--drain-timeout", self.drain_timeout, true),
+        ];
+        for (flag, d, zero_ok) in durations {
+            if d.is_zero() && !zero_ok {
+                return invalid(flag, "0s".into(), "must be longer than 0s");
+            }
+            if d > MAX_DURATION {
+                return invalid(flag, format!("{d:?}"), "must be at most 365 days");
+            }
+        }
+        for (flag, d) in [
+            ("--memory-trim-interval", self.memory_trim_interval),
+            ("--memory-trim-idle", self.memory_trim_idle),
+            ("--busy-poll", self.busy_poll),
+        ] {
+            if d > MAX_DURATION {
+                return invalid(flag, format!("{d:?}"), "must be at most 365 days");
+            }
+        }
+        if self.xds_backoff_max < self.xds_backoff_initial {
+            return invalid(
+                "--xds-backoff-max",
+                format!("{:?}", self.xds_backoff_max),
+                "must not be shorter than --xds-backoff-initial",
+            );
+        }
+        let counts: [(&'static str, usize); 6] = [
+            ("--max-connections", self.max_connections),
+            ("--max-headers", self.max_headers),
+            (
+                "--max-concurrent-streams",
+                self.max_concurrent_streams as usize,
+            ),
+            ("--concurrency", self.concurrency),
+            (
+                "--upstream-h2-max-connections",
+                self.upstream_h2_max_connections,
+            ),
+            ("--admin-max-connections", self.admin_max_connections),
+        ];
+        for (flag, n) in counts {
+            if n == 0 {
+                return invalid(flag, "0".into(), "must be at least 1");
+            }
+        }
+        // The semaphores' and hyper's own ceilings.
+        if self.max_connections > tokio::sync::Semaphore::MAX_PERMITS
+            || self.admin_max_connections > tokio::sync::Semaphore::MAX_PERMITS
+        {
+            return invalid(
+                "--max-connections",
+                self.max_connections.to_string(),
+                "is beyond what a semaphore can count",
+            );
+        }
+        if self.max_header_bytes < 1024 || self.max_header_bytes > 16 << 20 {
+            return invalid(
+                "--max-header-bytes",
+                self.max_header_bytes.to_string(),
+                "must be between 1024 and 16777216",
+            );
+        }
+        if self.concurrency > 1024 {
+            return invalid(
+                "--concurrency",
+                self.concurrency.to_string(),
+                "must be at most 1024",
+            );
+        }
+        for t in &self.upgrade_types {
+            let t = t.trim();
+            if t.eq_ignore_ascii_case("h2c") {
+                return invalid(
+                    "--upgrade-types",
+                    t.to_owned(),
+                    "h2c cannot be tunnelled: the HTTP/2 requests inside would bypass the HTTP rules",
+                );
+            }
+            if t.is_empty()
+                || !t
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+            {
+                return invalid(
+                    "--upgrade-types",
+                    t.to_owned(),
+                    "must be protocol names (tokens)",
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Parses `50us`, `250ms`, `10s`, `5m` or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -245,7 +422,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "us" => Ok(Duration::from_micros(n)),
         "ms" => Ok(Duration::from_millis(n)),
         "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
+        "m" => n
+            .checked_mul(60)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("{s:?} is too long")),
         _ => Err(format!(
             "{s:?}: unknown unit {unit:?} (expected us, ms, s or m)"
         )),

@@ -6,17 +6,26 @@
 //! length and continues), repeated `Content-Length`. This guard sits between the socket and
 //! hyper, holds back each request head until it is complete, validates it and tracks the body's
 //! framing so it knows where the next head starts. A bad head is replaced by bytes hyper's
-//! parser always rejects, so hyper answers `400 Bad Request` and closes; a bad chunked body
-//! becomes a read error, so the request is never completed upstream.
+//! parser always rejects, so hyper answers `400 Bad Request` and closes. A bad chunked body
+//! found in the same read as its head replaces that head the same way, so nothing of the
+//! request reaches the upstream; found later, it becomes a read error and the request is
+//! never completed upstream.
+//!
+//! After a request that may switch protocols (`Upgrade:` or CONNECT) the guard holds the
+//! rest of the stream back until the handler decides ([`crate::connwatch::ConnWatch`]): only
+//! when a 101 is sent do the bytes pass unchecked; otherwise checking resumes with them.
 //!
 //! Written by hand: no crate offers a streaming validator that composes with hyper's own I/O.
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::connwatch::ConnWatch;
 
 /// A framing rule a request head or chunked body broke.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -42,10 +51,18 @@ pub enum Violation {
     /// A Content-Length that is not a decimal number.
     #[error("invalid Content-Length")]
     InvalidCl,
-    /// Transfer-Encoding whose final coding is not `chunked`.
-    #[error("Transfer-Encoding not ending in chunked")]
+    /// Transfer-Encoding other than exactly one `chunked` (a repeated `chunked` and other
+    /// codings included: the proxy forwards bodies decoded, so another coding would change
+    /// what the body means).
+    #[error("Transfer-Encoding other than a single chunked")]
     BadTe,
-    /// A malformed chunk size line or chunk terminator.
+    /// Transfer-Encoding in an HTTP/1.0 request (RFC 9112 §6.1: faulty framing).
+    #[error("Transfer-Encoding in an HTTP/1.0 request")]
+    Http10Te,
+    /// `Content_Length` or `Transfer_Encoding`: CGI-style servers fold `_` into `-`.
+    #[error("framing header name spelled with an underscore")]
+    AmbiguousName,
+    /// A malformed chunk size line, chunk extension, chunk terminator or trailer field.
     #[error("malformed chunked body")]
     BadChunk,
 }
@@ -55,8 +72,8 @@ pub enum Violation {
 pub struct Framing {
     /// Body length: `Some(n)` fixed, `None` chunked.
     pub body: Body,
-    /// The connection switches protocol after this request if the upstream agrees; scanning
-    /// stops there.
+    /// The connection may switch protocol after this request (`Upgrade:` or CONNECT): the
+    /// bytes after it wait for the handler's verdict.
     pub upgrade: bool,
 }
 
@@ -85,8 +102,9 @@ pub fn validate_head(head: &[u8]) -> Result<Framing, Violation> {
         .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
     let request_line = lines.next().unwrap_or_default();
     let is_connect = request_line.starts_with(b"CONNECT ");
+    let http10 = request_line.ends_with(b" HTTP/1.0");
     let mut cl: Option<u64> = None;
-    let mut te: Option<Vec<u8>> = None;
+    let mut te: Option<&[u8]> = None;
     let mut upgrade = is_connect;
     for line in lines {
         if line.is_empty() {
@@ -113,32 +131,60 @@ pub fn validate_head(head: &[u8]) -> Result<Framing, Violation> {
                 .ok_or(Violation::InvalidCl)?;
             cl = Some(n);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            let all = te.get_or_insert_with(Vec::new);
-            if !all.is_empty() {
-                all.push(b',');
+            // One line, one coding, `chunked`: anything else is refused rather than
+            // interpreted (a repeated or second coding means something else to someone).
+            if te.is_some() || !value.eq_ignore_ascii_case(b"chunked") {
+                return Err(Violation::BadTe);
             }
-            all.extend_from_slice(value);
+            te = Some(value);
         } else if name.eq_ignore_ascii_case(b"upgrade") {
             upgrade = true;
+        } else if framing_alias(name) {
+            return Err(Violation::AmbiguousName);
         }
     }
     let body = match (cl, te) {
+        (_, Some(_)) if http10 => return Err(Violation::Http10Te),
         (Some(_), Some(_)) => return Err(Violation::ClAndTe),
-        (None, Some(te)) => {
-            let last = te
-                .rsplit(|&b| b == b',')
-                .next()
-                .map(trim)
-                .unwrap_or_default();
-            if !last.eq_ignore_ascii_case(b"chunked") {
-                return Err(Violation::BadTe);
-            }
-            Body::Chunked
-        }
+        (None, Some(_)) => Body::Chunked,
         (Some(n), None) => Body::Fixed(n),
         (None, None) => Body::Fixed(0),
     };
     Ok(Framing { body, upgrade })
+}
+
+/// `Content_Length` / `Transfer_Encoding` (any case): read as the framing header by servers
+/// that map header names to variables (CGI, WSGI, PHP), ignored by the rest.
+fn framing_alias(name: &[u8]) -> bool {
+    fn folded_eq(name: &[u8], want: &[u8]) -> bool {
+        name.len() == want.len()
+            && name.contains(&b'_')
+            && name
+                .iter()
+                .zip(want)
+                .all(|(&a, &b)| a.to_ascii_lowercase() == b || (a == b'_' && b == b'-'))
+    }
+    folded_eq(name, b"content-length") || folded_eq(name, b"transfer-encoding")
+}
+
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// One trailer field line (without CRLF): `name: value`, a token name, no control bytes, and
+/// not a field that frames or routes the message (RFC 9110 §6.5.1).
+fn valid_trailer(line: &[u8]) -> bool {
+    let Some(colon) = line.iter().position(|&b| b == b':') else {
+        return false;
+    };
+    let (name, value) = (&line[..colon], &line[colon + 1..]);
+    !name.is_empty()
+        && name.iter().all(|&b| is_tchar(b))
+        && !value.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f)
+        && !framing_alias(name)
+        && !["content-length", "transfer-encoding", "host", "trailer"]
+            .iter()
+            .any(|f| name.eq_ignore_ascii_case(f.as_bytes()))
 }
 
 fn trim(v: &[u8]) -> &[u8] {
@@ -155,13 +201,25 @@ fn trim(v: &[u8]) -> &[u8] {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Chunk {
-    Size { digits: u8, size: u64 },
-    Ext { size: u64 },
-    SizeLf { size: u64 },
+    Size {
+        digits: u8,
+        size: u64,
+    },
+    /// Whitespace after the size: only more whitespace or `;` may follow.
+    SizeWs {
+        size: u64,
+    },
+    Ext {
+        size: u64,
+    },
+    SizeLf {
+        size: u64,
+    },
     Data(u64),
     DataCr,
     DataLf,
     TrailerStart,
+    /// A trailer field line, collected in `head` until its CRLF.
     TrailerLine,
     TrailerLf,
     FinalLf,
@@ -172,56 +230,13 @@ enum State {
     Head,
     Fixed(u64),
     Chunked(Chunk),
-    /// After an upgrade (or a head too large for us to hold: hyper answers 431 itself).
+    /// After a request that may switch protocols: later bytes are held, unchecked, until
+    /// the handler's verdict.
+    AwaitUpgrade,
+    /// After a 101 (or a head too large for us to hold: hyper answers 431 itself).
     Passthrough,
     /// A violation was found; the connection reads as closed from here.
     Poisoned,
-}
-
-/// When the request head currently being received started, so the connection can enforce
-/// the header read timeout with one coarse timer instead of hyper's per-request timer (which
-/// re-arms tokio's timer on every request and costs an eventfd wake-up each time).
-#[derive(Debug)]
-pub struct HeadClock {
-    epoch: std::time::Instant,
-    /// Milliseconds since `epoch` + 1 at which the pending head began; 0: none pending.
-    since: std::sync::atomic::AtomicU64,
-}
-
-impl Default for HeadClock {
-    fn default() -> Self {
-        HeadClock {
-            epoch: std::time::Instant::now(),
-            since: Default::default(),
-        }
-    }
-}
-
-impl HeadClock {
-    fn now(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64 + 1
-    }
-
-    /// How long the pending head has been arriving, if one is.
-    pub fn pending_for(&self) -> Option<std::time::Duration> {
-        use std::sync::atomic::Ordering;
-        match self.since.load(Ordering::Relaxed) {
-            0 => None,
-            t => Some(std::time::Duration::from_millis(
-                self.now().saturating_sub(t),
-            )),
-        }
-    }
-
-    fn update(&self, partial_head: bool) {
-        use std::sync::atomic::Ordering;
-        let cur = self.since.load(Ordering::Relaxed);
-        if partial_head && cur == 0 {
-            self.since.store(self.now(), Ordering::Relaxed);
-        } else if !partial_head && cur != 0 {
-            self.since.store(0, Ordering::Relaxed);
-        }
-    }
 }
 
 /// Bytes hyper's parser rejects in any position of a request head (NUL is not a token char).
@@ -237,9 +252,12 @@ pin_project_lite::pin_project! {
         upgrade_after_body: bool,
         head: Vec<u8>,
         out: BytesMut,
+        held: BytesMut,
         max_head: usize,
         violation: Option<Violation>,
-        clock: Option<std::sync::Arc<HeadClock>>,
+        // The violation's bytes replaced a head: hyper answers 400, then sees EOF.
+        rejected: bool,
+        watch: Arc<ConnWatch>,
     }
 }
 
@@ -253,15 +271,17 @@ impl<T> H1Guard<T> {
             upgrade_after_body: false,
             head: Vec::new(),
             out: BytesMut::new(),
+            held: BytesMut::new(),
             max_head,
             violation: None,
-            clock: None,
+            rejected: false,
+            watch: Default::default(),
         }
     }
 
-    /// Records head arrival times in `clock` (see [`HeadClock`]).
-    pub fn with_clock(mut self, clock: std::sync::Arc<HeadClock>) -> Self {
-        self.clock = Some(clock);
+    /// Shares head timing, progress and the upgrade verdict through `watch`.
+    pub fn with_watch(mut self, watch: Arc<ConnWatch>) -> Self {
+        self.watch = watch;
         self
     }
 
@@ -271,6 +291,11 @@ impl<T> H1Guard<T> {
         g.state = State::Passthrough;
         g
     }
+
+    /// The violation that stopped this connection, if one did.
+    pub fn violation(&self) -> Option<Violation> {
+        self.violation
+    }
 }
 
 struct Scan<'a> {
@@ -278,14 +303,20 @@ struct Scan<'a> {
     upgrade_after_body: &'a mut bool,
     head: &'a mut Vec<u8>,
     out: &'a mut BytesMut,
+    held: &'a mut BytesMut,
     max_head: usize,
     violation: &'a mut Option<Violation>,
+    rejected: &'a mut bool,
+    watch: &'a ConnWatch,
+    /// Where in `out` the head of the request being scanned starts, when that head came in
+    /// this same read (so hyper has not seen it yet and it can still be withdrawn).
+    head_at: Option<usize>,
 }
 
 impl Scan<'_> {
     fn after_body(&mut self) {
         *self.state = if *self.upgrade_after_body {
-            State::Passthrough
+            State::AwaitUpgrade
         } else {
             State::Head
         };
@@ -296,17 +327,29 @@ impl Scan<'_> {
         *self.violation = Some(v);
         *self.state = State::Poisoned;
         self.head.clear();
-        if in_head {
-            self.out.extend_from_slice(REJECT);
+        if !in_head {
+            // A bad body whose head is still ours: withdraw the head, so not one byte of
+            // the request reaches the upstream.
+            match self.head_at.take() {
+                Some(at) => self.out.truncate(at),
+                None => return,
+            }
         }
+        self.out.extend_from_slice(REJECT);
+        *self.rejected = true;
     }
 
     fn feed(&mut self, data: &[u8]) {
+        self.head_at = None;
         let mut i = 0;
         while i < data.len() {
             match *self.state {
                 State::Passthrough => {
                     self.out.extend_from_slice(&data[i..]);
+                    return;
+                }
+                State::AwaitUpgrade => {
+                    self.held.extend_from_slice(&data[i..]);
                     return;
                 }
                 State::Poisoned => return,
@@ -329,9 +372,15 @@ impl Scan<'_> {
                     {
                         match validate_head(self.head) {
                             Ok(f) => {
+                                self.head_at = Some(self.out.len());
                                 self.out.extend_from_slice(self.head);
                                 self.head.clear();
                                 *self.upgrade_after_body = f.upgrade;
+                                if f.upgrade {
+                                    // Before hyper can see the head, so the handler's verdict
+                                    // always finds the gate waiting.
+                                    self.watch.hold_for_upgrade();
+                                }
                                 match f.body {
                                     Body::Fixed(0) => self.after_body(),
                                     Body::Fixed(n) => *self.state = State::Fixed(n),
@@ -386,26 +435,45 @@ impl Scan<'_> {
                                 })
                             }
                         }
-                        (Chunk::Size { digits, size }, b';' | b' ' | b'\t') if digits > 0 => {
+                        (Chunk::Size { digits, size }, b';') if digits > 0 => {
                             Some(Chunk::Ext { size })
+                        }
+                        (Chunk::Size { digits, size }, b' ' | b'\t') if digits > 0 => {
+                            Some(Chunk::SizeWs { size })
                         }
                         (Chunk::Size { digits, size }, b'\r') if digits > 0 => {
                             Some(Chunk::SizeLf { size })
                         }
                         (Chunk::Size { .. }, _) => None,
+                        (Chunk::SizeWs { size }, b' ' | b'\t') => Some(Chunk::SizeWs { size }),
+                        (Chunk::SizeWs { size }, b';') => Some(Chunk::Ext { size }),
+                        (Chunk::SizeWs { .. }, _) => None,
                         (Chunk::Ext { size }, b'\r') => Some(Chunk::SizeLf { size }),
-                        (Chunk::Ext { .. }, b'\n' | 0) => None,
-                        (Chunk::Ext { size }, _) => Some(Chunk::Ext { size }),
+                        // Extension text: visible characters, spaces, tabs and obs-text only.
+                        (Chunk::Ext { size }, b'\t' | 0x20..=0x7e | 0x80..=0xff) => {
+                            Some(Chunk::Ext { size })
+                        }
+                        (Chunk::Ext { .. }, _) => None,
                         (Chunk::SizeLf { size: 0 }, b'\n') => Some(Chunk::TrailerStart),
                         (Chunk::SizeLf { size }, b'\n') => Some(Chunk::Data(size)),
                         (Chunk::DataCr, b'\r') => Some(Chunk::DataLf),
                         (Chunk::DataLf, b'\n') => Some(Chunk::Size { digits: 0, size: 0 }),
                         (Chunk::TrailerStart, b'\r') => Some(Chunk::FinalLf),
-                        (Chunk::TrailerStart | Chunk::TrailerLine, b'\n' | 0) => None,
-                        (Chunk::TrailerStart, b' ' | b'\t') => None,
+                        (Chunk::TrailerStart, _) if is_tchar(b) => {
+                            self.head.push(b);
+                            Some(Chunk::TrailerLine)
+                        }
+                        (Chunk::TrailerStart, _) => None,
                         (Chunk::TrailerLine, b'\r') => Some(Chunk::TrailerLf),
-                        (Chunk::TrailerStart | Chunk::TrailerLine, _) => Some(Chunk::TrailerLine),
-                        (Chunk::TrailerLf, b'\n') => Some(Chunk::TrailerStart),
+                        (Chunk::TrailerLine, b'\n' | 0) => None,
+                        (Chunk::TrailerLine, _) if self.head.len() < self.max_head => {
+                            self.head.push(b);
+                            Some(Chunk::TrailerLine)
+                        }
+                        (Chunk::TrailerLf, b'\n') if valid_trailer(self.head) => {
+                            self.head.clear();
+                            Some(Chunk::TrailerStart)
+                        }
                         (Chunk::FinalLf, b'\n') => {
                             self.after_body();
                             continue;
@@ -439,15 +507,37 @@ impl<T: AsyncRead> AsyncRead for H1Guard<T> {
             match *this.state {
                 State::Poisoned => {
                     return match this.violation {
-                        Some(v @ Violation::BadChunk) => {
+                        Some(v) if !*this.rejected => {
                             Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, *v)))
                         }
                         _ => Poll::Ready(Ok(())),
                     };
                 }
                 State::Passthrough if this.prefix.is_empty() => {
-                    return this.inner.poll_read(cx, buf)
+                    let before = buf.filled().len();
+                    ready!(this.inner.as_mut().poll_read(cx, buf))?;
+                    if buf.filled().len() > before {
+                        this.watch.moved();
+                    }
+                    return Poll::Ready(Ok(()));
                 }
+                State::AwaitUpgrade => match this.watch.poll_gate(cx.waker()) {
+                    // Nothing more is read until the handler has decided.
+                    crate::connwatch::Gate::Waiting => return Poll::Pending,
+                    crate::connwatch::Gate::Upgraded => {
+                        *this.state = State::Passthrough;
+                        let held = this.held.split().freeze();
+                        this.out.extend_from_slice(&held);
+                        continue;
+                    }
+                    crate::connwatch::Gate::Refused => {
+                        this.watch.clear_gate();
+                        *this.state = State::Head;
+                        // Checked as if just read: the next loop feeds them.
+                        *this.prefix = this.held.split().freeze();
+                        continue;
+                    }
+                },
                 _ => {}
             }
             let mut scan = Scan {
@@ -455,12 +545,18 @@ impl<T: AsyncRead> AsyncRead for H1Guard<T> {
                 upgrade_after_body: this.upgrade_after_body,
                 head: this.head,
                 out: this.out,
+                held: this.held,
                 max_head: *this.max_head,
                 violation: this.violation,
+                rejected: this.rejected,
+                watch: this.watch,
+                head_at: None,
             };
             if !this.prefix.is_empty() {
                 let p = std::mem::take(this.prefix);
                 scan.feed(&p);
+                this.watch
+                    .head_partial(matches!(*this.state, State::Head) && !this.head.is_empty());
                 continue;
             }
             // Uninitialized: zeroing 8 KiB per read showed up in profiles.
@@ -470,17 +566,17 @@ impl<T: AsyncRead> AsyncRead for H1Guard<T> {
             let got = rb.filled();
             if got.is_empty() {
                 // EOF: hand hyper whatever partial head there is; it reports it.
-                if !scan.head.is_empty() {
+                if !scan.head.is_empty() && matches!(*scan.state, State::Head) {
                     let h = std::mem::take(scan.head);
                     scan.out.extend_from_slice(&h);
                     continue;
                 }
                 return Poll::Ready(Ok(()));
             }
+            this.watch.moved();
             scan.feed(got);
-            if let Some(c) = this.clock.as_ref() {
-                c.update(matches!(*this.state, State::Head) && !this.head.is_empty());
-            }
+            this.watch
+                .head_partial(matches!(*this.state, State::Head) && !this.head.is_empty());
         }
     }
 }
@@ -491,14 +587,24 @@ impl<T: AsyncWrite> AsyncWrite for H1Guard<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.project().inner.poll_write(cx, buf)
+        let this = self.project();
+        let r = this.inner.poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            this.watch.moved();
+        }
+        r
     }
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.project().inner.poll_write_vectored(cx, bufs)
+        let this = self.project();
+        let r = this.inner.poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            this.watch.moved();
+        }
+        r
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
@@ -528,8 +634,7 @@ mod tests {
         );
         let ok = validate_head(b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n").unwrap();
         assert_eq!(ok.body, Body::Fixed(5));
-        let ok =
-            validate_head(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n").unwrap();
+        let ok = validate_head(b"POST / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n").unwrap();
         assert_eq!(ok.body, Body::Chunked);
         let ok =
             validate_head(b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n")
@@ -572,6 +677,30 @@ mod tests {
                 b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
                 Violation::BadTe,
             ),
+            (
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+                Violation::BadTe,
+            ),
+            (
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, chunked\r\n\r\n",
+                Violation::BadTe,
+            ),
+            (
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+                Violation::BadTe,
+            ),
+            (
+                b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+                Violation::Http10Te,
+            ),
+            (
+                b"POST / HTTP/1.1\r\nContent_Length: 5\r\n\r\n",
+                Violation::AmbiguousName,
+            ),
+            (
+                b"POST / HTTP/1.1\r\ntransfer_encoding: chunked\r\n\r\n",
+                Violation::AmbiguousName,
+            ),
         ];
         for (head, want) in bad {
             assert_eq!(
@@ -583,25 +712,31 @@ mod tests {
         }
     }
 
-    async fn through(input: &[u8], byte_at_a_time: bool) -> (Vec<u8>, Option<io::ErrorKind>) {
-        let (mut client, server) = tokio::io::duplex(1 << 16);
-        let input = input.to_vec();
-        let writer = tokio::spawn(async move {
-            use tokio::io::AsyncWriteExt;
-            if byte_at_a_time {
-                for b in input {
-                    client.write_all(&[b]).await.unwrap();
-                }
-            } else {
-                client.write_all(&input).await.unwrap();
+    /// Yields its input one byte per read, so every byte is a separate read for the guard.
+    struct OneByte<'a>(&'a [u8]);
+    impl AsyncRead for OneByte<'_> {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            if let Some((&b, rest)) = self.0.split_first() {
+                buf.put_slice(&[b]);
+                self.0 = rest;
             }
-            client.shutdown().await.unwrap();
-            client
-        });
-        let mut g = H1Guard::new(server, Bytes::new(), 8192);
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    async fn through(input: &[u8], byte_at_a_time: bool) -> (Vec<u8>, Option<io::ErrorKind>) {
         let mut out = Vec::new();
-        let err = g.read_to_end(&mut out).await.err().map(|e| e.kind());
-        drop(writer.await.unwrap());
+        let err = if byte_at_a_time {
+            let mut g = H1Guard::new(OneByte(input), Bytes::new(), 8192);
+            g.read_to_end(&mut out).await.err().map(|e| e.kind())
+        } else {
+            let mut g = H1Guard::new(input, Bytes::new(), 8192);
+            g.read_to_end(&mut out).await.err().map(|e| e.kind())
+        };
         (out, err)
     }
 
@@ -628,23 +763,88 @@ POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3;x=y\r\nabc\r\n0\r\nT: v\
     }
 
     #[tokio::test]
-    async fn bad_chunk_is_a_read_error() {
+    async fn bad_chunk_is_refused_before_its_head_or_is_a_read_error() {
         for body in [
             &b"zz\r\n"[..],
             b"3\r\nabcX",
             b"\r\n",
             b"3\nabc\r\n",
             b"0\r\n x\r\n\r\n",
+            b"0_2e\r\n\r\n",
+            b"5 \r\nhello\r\n0\r\n\r\n",
+            b"5;a\x01\r\nhello\r\n0\r\n\r\n",
+            b"5\rXhello\r\n0\r\n\r\n",
+            b"0 x\r\n\r\n",
+            b"0\r\nXT\r\n\r\n",
+            b"0\r\nContent-Length: 5\r\n\r\n",
+            b"0\r\nX: a\x01\r\n\r\n",
         ] {
-            let mut input = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+            let mut input = b"GET /a HTTP/1.1\r\n\r\n".to_vec();
+            input.extend_from_slice(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n");
             input.extend_from_slice(body);
-            let (_, err) = through(&input, false).await;
-            assert_eq!(
-                err,
-                Some(io::ErrorKind::InvalidData),
-                "{}",
-                String::from_utf8_lossy(body)
-            );
+            let what = String::from_utf8_lossy(body);
+            // In one read: the bad request's head is withdrawn; the request before it stays.
+            let (out, err) = through(&input, false).await;
+            assert_eq!(err, None, "{what}");
+            let mut want = b"GET /a HTTP/1.1\r\n\r\n".to_vec();
+            want.extend_from_slice(REJECT);
+            assert_eq!(out, want, "{what}");
+            // Byte by byte the head is already hyper's: a read error ends the body.
+            let (_, err) = through(&input, true).await;
+            assert_eq!(err, Some(io::ErrorKind::InvalidData), "{what}");
         }
+    }
+
+    #[tokio::test]
+    async fn valid_chunk_extensions_and_trailers_pass() {
+        let input: &[u8] = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n\
+5 ;a=\"b c\"\r\nhello\r\n0;z\r\nX-T: v\r\nY: w\r\n\r\n";
+        for slow in [false, true] {
+            let (out, err) = through(input, slow).await;
+            assert_eq!((out.as_slice(), err), (input, None));
+        }
+    }
+
+    /// Drives a guard over `input` (one read) with `watch`, returning what hyper would read
+    /// before the guard blocks or ends.
+    fn drain_ready(g: &mut H1Guard<&[u8]>) -> (Vec<u8>, bool) {
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let mut out = Vec::new();
+        loop {
+            let mut b = [0u8; 256];
+            let mut rb = ReadBuf::new(&mut b);
+            match Pin::new(&mut *g).poll_read(&mut cx, &mut rb) {
+                Poll::Ready(Ok(())) if rb.filled().is_empty() => return (out, true),
+                Poll::Ready(Ok(())) => out.extend_from_slice(rb.filled()),
+                Poll::Ready(Err(_)) => return (out, true),
+                Poll::Pending => return (out, false),
+            }
+        }
+    }
+
+    #[test]
+    fn upgrade_request_holds_the_rest_until_the_verdict() {
+        let first: &[u8] = b"GET / HTTP/1.1\r\nUpgrade: x\r\n\r\n";
+        let second: &[u8] =
+            b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        let input = [first, second].concat();
+        // Refused (no 101): the bytes after it are checked, and this one is rejected.
+        let watch = Arc::new(ConnWatch::default());
+        let mut g = H1Guard::new(&input[..], Bytes::new(), 8192).with_watch(watch.clone());
+        let (out, done) = drain_ready(&mut g);
+        assert_eq!((out.as_slice(), done), (first, false));
+        watch.upgrade_decided(false);
+        let (out, _) = drain_ready(&mut g);
+        assert_eq!(out, REJECT);
+        assert_eq!(g.violation(), Some(Violation::ClAndTe));
+        // Upgraded (101 sent): the same bytes are the tunnel's, unchecked.
+        let watch = Arc::new(ConnWatch::default());
+        let mut g = H1Guard::new(&input[..], Bytes::new(), 8192).with_watch(watch.clone());
+        let (out, _) = drain_ready(&mut g);
+        assert_eq!(out, first);
+        watch.upgrade_decided(true);
+        let (out, _) = drain_ready(&mut g);
+        assert_eq!(out, second);
     }
 }

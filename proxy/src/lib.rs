@@ -12,6 +12,7 @@ pub mod admin;
 pub mod body;
 pub mod busypoll;
 pub mod config;
+pub mod connwatch;
 pub mod h1guard;
 pub mod memory;
 pub mod metrics;
@@ -79,12 +80,7 @@ pub async fn start(
     enforcer: Enforcer,
     log_control: Option<LogControl>,
 ) -> anyhow::Result<Running> {
-    if cfg.upstream_idle_timeout.is_zero() {
-        anyhow::bail!("--upstream-idle-timeout 0s: must be longer than 0s");
-    }
-    if cfg.upstream_h2_max_connections == 0 {
-        anyhow::bail!("--upstream-h2-max-connections 0: must be at least 1");
-    }
+    cfg.validate()?;
     let bind = |a: SocketAddr, what: &'static str| async move {
         TcpListener::bind(a)
             .await
@@ -144,6 +140,13 @@ pub async fn start(
         deny_detail_header: cfg.deny_detail_header,
         header_read_timeout: cfg.header_read_timeout,
         idle_timeout: cfg.idle_timeout,
+        request_timeout: (!cfg.request_timeout.is_zero()).then_some(cfg.request_timeout),
+        stream_idle_timeout: cfg.stream_idle_timeout,
+        upgrade_types: cfg
+            .upgrade_types
+            .iter()
+            .map(|t| t.trim().to_ascii_lowercase())
+            .collect(),
         max_header_bytes: cfg.max_header_bytes,
         max_headers: cfg.max_headers,
         max_concurrent_streams: cfg.max_concurrent_streams,
@@ -228,6 +231,11 @@ pub async fn start(
             server::Delivery::CapturedOutbound,
         )));
     }
+    let limits = admin::Limits {
+        max_connections: cfg.admin_max_connections,
+        header_read_timeout: cfg.admin_header_read_timeout,
+        connection_timeout: cfg.admin_connection_timeout,
+    };
     tasks.extend([
         tokio::spawn(server::accept_loop(
             listener,
@@ -239,18 +247,21 @@ pub async fn start(
             admin_l,
             Role::Admin,
             admin.clone(),
+            limits,
             rx.clone(),
         )),
         tokio::spawn(admin::serve(
             metrics_l,
             Role::Metrics,
             admin.clone(),
+            limits,
             rx.clone(),
         )),
         tokio::spawn(admin::serve(
             health_l,
             Role::Health,
             admin.clone(),
+            limits,
             rx.clone(),
         )),
     ]);

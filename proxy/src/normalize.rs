@@ -26,6 +26,10 @@ pub enum NormalizeError {
     /// The path is neither `*` nor starts with `/`.
     #[error("path does not start with '/'")]
     NotAbsolute,
+    /// A segment that is `.` or `..` once its `;parameters` are removed (`/a/..;/b`):
+    /// Tomcat and Spring resolve it as a dot segment, nginx and most others as a name.
+    #[error("dot segment with path parameters")]
+    DotSegmentParameters,
 }
 
 fn is_unreserved(b: u8) -> bool {
@@ -68,7 +72,9 @@ pub fn normalize_path(path: &str, merge_slashes: bool) -> Result<Cow<'_, str>, N
     }
 
     // Pass 1: percent-decoding of unreserved characters; other escapes kept, hex upper-cased.
-    let mut decoded = String::with_capacity(path.len());
+    // Bytes, not chars: the path may hold UTF-8 (pushing each byte as a char would re-encode
+    // it as Latin-1). Only ASCII is added or removed, so the result stays valid UTF-8.
+    let mut decoded: Vec<u8> = Vec::with_capacity(path.len());
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
@@ -84,25 +90,35 @@ pub fn normalize_path(path: &str, merge_slashes: bool) -> Result<Cow<'_, str>, N
             match v {
                 b'/' | b'\\' => return Err(NormalizeError::EncodedSeparator),
                 0..=0x1f | 0x7f => return Err(NormalizeError::EncodedControl),
-                _ if is_unreserved(v) => decoded.push(v as char),
+                _ if is_unreserved(v) => decoded.push(v),
                 _ => {
-                    decoded.push('%');
-                    decoded.push(char::from(b"0123456789ABCDEF"[usize::from(h)]));
-                    decoded.push(char::from(b"0123456789ABCDEF"[usize::from(l)]));
+                    decoded.push(b'%');
+                    decoded.push(b"0123456789ABCDEF"[usize::from(h)]);
+                    decoded.push(b"0123456789ABCDEF"[usize::from(l)]);
                 }
             }
             i += 3;
         } else {
-            decoded.push(char::from(b));
+            decoded.push(b);
             i += 1;
         }
     }
+    let decoded = String::from_utf8(decoded).map_err(|_| NormalizeError::BadEscape)?;
 
     // Pass 2: remove dot segments (RFC 3986 §5.2.4), segment by segment.
     let trailing_slash =
         decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/..");
     let mut out: Vec<&str> = Vec::new();
     for seg in decoded.split('/').skip(1) {
+        // Servlet containers strip `;params` from each segment before resolving dot segments;
+        // other servers keep them as part of the name. Only a segment that is a dot segment
+        // without its parameters reads differently, so that one is refused and every other
+        // segment is matched and forwarded as sent.
+        if let Some((name, _)) = seg.split_once(';') {
+            if name == "." || name == ".." {
+                return Err(NormalizeError::DotSegmentParameters);
+            }
+        }
         match seg {
             "." => {}
             ".." => {
@@ -153,6 +169,10 @@ mod tests {
             ("/.well-known/x", false, "/.well-known/x"),
             ("/a/..b", false, "/a/..b"),
             ("*", false, "*"),
+            ("/a;x/../b", false, "/b"),
+            ("/a/..x;/b", false, "/a/..x;/b"),
+            ("/a/b;jsessionid=1", false, "/a/b;jsessionid=1"),
+            ("/caf%c3%a9/\u{e9}/./x", false, "/caf%C3%A9/\u{e9}/x"),
         ];
         for (input, merge, want) in ok {
             assert_eq!(
@@ -172,6 +192,14 @@ mod tests {
             ("/a%2", NormalizeError::BadEscape),
             ("/a\\..\\b", NormalizeError::Backslash),
             ("a/b", NormalizeError::NotAbsolute),
+            ("/public/..;/admin", NormalizeError::DotSegmentParameters),
+            ("/public/..;x=1/admin", NormalizeError::DotSegmentParameters),
+            ("/public/.;/admin", NormalizeError::DotSegmentParameters),
+            (
+                "/public/%2e%2e;/admin",
+                NormalizeError::DotSegmentParameters,
+            ),
+            ("/public/..;", NormalizeError::DotSegmentParameters),
         ];
         for (input, want) in bad {
             assert_eq!(normalize_path(input, false), Err(want.clone()), "{input}");

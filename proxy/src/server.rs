@@ -3,22 +3,23 @@
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
-use crate::body::{full, ResponseBody, UpstreamBody, WatchedBody};
-use crate::h1guard::{H1Guard, HeadClock};
+use crate::body::{failure, full, ResponseBody, UpstreamBody, WatchedBody};
+use crate::connwatch::{ConnWatch, UpgradeVerdict};
+use crate::h1guard::H1Guard;
 use crate::metrics::{CaptureListener, CaptureRefusal, Metrics, Verdict};
 use crate::normalize::normalize_path;
 use crate::policy::{Decision, Direction, PolicyHandle, RequestView};
@@ -47,6 +48,12 @@ pub struct Settings {
     pub header_read_timeout: Duration,
     /// Close connections idle this long.
     pub idle_timeout: Duration,
+    /// A request (head and body) must have arrived this long after its head; `None`: no limit.
+    pub request_timeout: Option<Duration>,
+    /// A connection with a request in flight (or a tunnel) that moves no byte this long is cut.
+    pub stream_idle_timeout: Duration,
+    /// Upgrade protocols tunnelled after a 101, lower-case.
+    pub upgrade_types: Arc<[String]>,
     /// Maximum request-head bytes.
     pub max_header_bytes: usize,
     /// Maximum request headers (HTTP/1.1).
@@ -348,20 +355,26 @@ pub async fn accept_loop(
     }
 }
 
-/// Per-connection bookkeeping for the idle timeout.
-struct ConnState {
+/// Per-connection bookkeeping for the idle and stream timeouts.
+pub(crate) struct ConnState {
     peer: SocketAddr,
     route: Route,
     /// SNI of the connection's TLS ClientHello, when it had one.
     sni: Option<Arc<str>>,
     in_flight: AtomicUsize,
     started: AtomicU64,
+    /// Shared with the connection's I/O guard.
+    watch: Arc<ConnWatch>,
+    /// HTTP/1 (the guard holds the stream after an upgrade request for the handler's verdict).
+    http1: bool,
+    /// The upgrade tunnel, if one was opened: the connection (and its slot) lasts as long.
+    tunnel: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
-/// A request in flight, on its connection (idle timeout) and in the process (the heap
-/// trim waits for none).
-struct InFlight<'a>(&'a ConnState, &'a Metrics);
-impl Drop for InFlight<'_> {
+/// A request in flight, on its connection (idle and stream timeouts) and in the process (the
+/// heap trim waits for none), until its response body ends.
+pub(crate) struct InFlight(Arc<ConnState>, Arc<Metrics>);
+impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.1.request_ended();
@@ -601,12 +614,16 @@ async fn serve_http<I>(
         }
     };
     let is_h2 = prefix.starts_with(H2_PREFACE);
+    let watch = Arc::new(ConnWatch::default());
     let state = Arc::new(ConnState {
         peer,
         route,
         sni,
         in_flight: AtomicUsize::new(0),
         started: AtomicU64::new(0),
+        watch: watch.clone(),
+        http1: !is_h2,
+        tunnel: Default::default(),
     });
     let svc = {
         let shared = shared.clone();
@@ -614,7 +631,7 @@ async fn serve_http<I>(
         service_fn(move |req| {
             let shared = shared.clone();
             let state = state.clone();
-            async move { Ok::<_, Infallible>(handle(&shared, &state, req).await) }
+            async move { Ok::<_, Infallible>(handle(&shared, state, req).await) }
         })
     };
 
@@ -623,11 +640,18 @@ async fn serve_http<I>(
     idle.tick().await;
     let mut seen = 0u64;
     let mut draining = false;
-    let mut head_clock: Option<Arc<HeadClock>> = None;
+    let mut idle_progress = watch.progress();
     let mut head_check =
         tokio::time::interval((s.header_read_timeout / 4).max(Duration::from_millis(10)));
     head_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     head_check.tick().await;
+    // Stream idle: a connection with a request in flight that moved no byte in either
+    // direction between two ticks is cut, with its upstream exchange (a stalled body, a
+    // client that stopped reading). One coarse interval per connection, not a timer per request.
+    let mut stream_check = tokio::time::interval(s.stream_idle_timeout);
+    stream_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    stream_check.tick().await;
+    let mut stream_progress = watch.progress();
 
     macro_rules! drive {
         ($conn:expr) => {{
@@ -644,21 +668,38 @@ async fn serve_http<I>(
                         draining = true;
                         conn.as_mut().graceful_shutdown();
                     }
-                    _ = head_check.tick(), if head_clock.is_some() => {
-                        let late = head_clock.as_ref().and_then(|c| c.pending_for()).is_some_and(|d| d > s.header_read_timeout);
+                    _ = head_check.tick(), if state.http1 => {
+                        let late = watch.head_pending_for().is_some_and(|d| d > s.header_read_timeout);
                         if late {
                             tracing::debug!(%peer, "request head not received within header read timeout");
                             break;
                         }
                     }
-                    _ = idle.tick(), if !draining => {
+                    _ = stream_check.tick() => {
+                        let now = watch.progress();
+                        if now == stream_progress && state.in_flight.load(Ordering::Relaxed) > 0 {
+                            tracing::debug!(%peer, "stream idle timeout");
+                            break;
+                        }
+                        stream_progress = now;
+                    }
+                    _ = idle.tick() => {
                         let now = state.started.load(Ordering::Relaxed);
-                        if now == seen && state.in_flight.load(Ordering::Relaxed) == 0 {
+                        let progress = watch.progress();
+                        if draining {
+                            // Asked to finish, yet nothing moved for a whole period (a
+                            // response the client does not read): give up on it.
+                            if progress == idle_progress {
+                                tracing::debug!(%peer, "draining connection stalled");
+                                break;
+                            }
+                        } else if now == seen && state.in_flight.load(Ordering::Relaxed) == 0 {
                             tracing::debug!(%peer, "idle timeout");
                             draining = true;
                             conn.as_mut().graceful_shutdown();
                         }
                         seen = now;
+                        idle_progress = progress;
                     }
                 }
             }
@@ -666,7 +707,7 @@ async fn serve_http<I>(
     }
 
     if is_h2 {
-        let io = TokioIo::new(H1Guard::passthrough(stream, prefix));
+        let io = TokioIo::new(H1Guard::passthrough(stream, prefix).with_watch(watch.clone()));
         let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         b.timer(TokioTimer::new())
             .max_concurrent_streams(s.max_concurrent_streams)
@@ -676,18 +717,23 @@ async fn serve_http<I>(
             .max_header_list_size(u32::try_from(s.max_header_bytes).unwrap_or(u32::MAX));
         drive!(b.serve_connection(io, svc));
     } else {
-        let clock = Arc::new(HeadClock::default());
-        head_clock = Some(clock.clone());
-        let io = TokioIo::new(H1Guard::new(stream, prefix, s.max_header_bytes).with_clock(clock));
+        let io = TokioIo::new(
+            H1Guard::new(stream, prefix, s.max_header_bytes).with_watch(watch.clone()),
+        );
         let mut b = hyper::server::conn::http1::Builder::new();
         // No hyper header_read_timeout (with a timer set it defaults to 30 s, costing a timer
-        // allocation and registration per request): the HeadClock check in `drive!` enforces it.
+        // allocation and registration per request): the ConnWatch check in `drive!` enforces it.
         b.timer(TokioTimer::new())
             .header_read_timeout(None)
             .max_header_size(s.max_header_bytes)
             .max_headers(s.max_headers)
             .max_buf_size(s.max_header_bytes.max(8192) + 8192);
         drive!(b.serve_connection(io, svc).with_upgrades());
+    }
+    // An upgraded connection lives on as its tunnel: it keeps its slot until that ends.
+    let tunnel = state.tunnel.lock().ok().and_then(|mut t| t.take());
+    if let Some(t) = tunnel {
+        let _ = t.await;
     }
 }
 
@@ -813,20 +859,36 @@ fn access_log(e: &AccessEntry<'_>) {
 
 async fn handle(
     shared: &Shared,
-    conn: &ConnState,
+    conn_arc: Arc<ConnState>,
     mut req: Request<Incoming>,
 ) -> Response<ResponseBody> {
     let started = Instant::now();
+    let conn = &*conn_arc;
     conn.started.fetch_add(1, Ordering::Relaxed);
     conn.in_flight.fetch_add(1, Ordering::Relaxed);
     shared.metrics.request_started(started);
-    let _in_flight = InFlight(conn, &shared.metrics);
+    // Moved into the response body when there is one, so the request counts as in flight
+    // (for the idle and stream timeouts) until its response has been sent.
+    let mut in_flight = Some(InFlight(conn_arc.clone(), shared.metrics.clone()));
     let s = &shared.settings;
     let grpc = is_grpc(req.headers());
     let is_h2 = req.version() == Version::HTTP_2;
+    // The HTTP/1 guard holds back everything after a request that may switch protocols
+    // until this handler decides; any return but a 101 resumes its checking.
+    let verdict = UpgradeVerdict::new(
+        (conn.http1
+            && (req.method() == Method::CONNECT || req.headers().contains_key(header::UPGRADE)))
+        .then_some(&*conn.watch),
+    );
 
-    // The authority the client addressed: :authority for HTTP/2, Host for HTTP/1.1.
-    let host: Option<String> = if is_h2 {
+    if is_h2 && req.uri().authority().is_some() {
+        // :authority is the target (RFC 9113 §8.3.1); a Host header beside it is not what
+        // the policy matches, so it must not be what an HTTP/1.1 upstream routes on either.
+        req.headers_mut().remove(header::HOST);
+    }
+    // The authority the client addressed: :authority for HTTP/2 (Host without one), Host
+    // for HTTP/1.
+    let host: Option<String> = if is_h2 && req.uri().authority().is_some() {
         req.uri().authority().map(|a| a.as_str().to_owned())
     } else {
         req.headers()
@@ -876,9 +938,10 @@ async fn handle(
             0,
         );
     }
-    // HTTP/1.1 requires exactly one Host (RFC 9112 §3.2).
-    if req.version() == Version::HTTP_11 && req.headers().get_all(header::HOST).iter().count() != 1
-    {
+    // HTTP/1.1 requires exactly one Host (RFC 9112 §3.2); none may have two (which one
+    // would the upstream read?).
+    let hosts = req.headers().get_all(header::HOST).iter().count();
+    if hosts > 1 || (req.version() == Version::HTTP_11 && hosts != 1) {
         return reject(
             StatusCode::BAD_REQUEST,
             Verdict::Invalid,
@@ -987,12 +1050,15 @@ async fn handle(
             )
         }
     };
-    let upgrade = wants_upgrade(&req);
+    // Only listed protocols are tunnelled; any other Upgrade is removed below (with the
+    // Connection tokens) and the request goes upstream as plain HTTP.
+    let upgrade = wants_upgrade(&req) && upgrade_allowed(req.headers(), &s.upgrade_types);
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     let method = parts.method.to_string();
     parts.uri = uri;
     strip_hop_by_hop(&mut parts.headers, upgrade);
+    canonical_content_length(&mut parts.headers);
     crate::policy::apply_header_actions(&mut parts.headers, &header_actions);
     // HTTP/2 over TLS: ALPN decides between h2 and HTTP/1.1 (the request goes out as
     // HTTP/1.1 unless the connection negotiated h2; the client adds Host on HTTP/1.1).
@@ -1004,17 +1070,33 @@ async fn handle(
     };
     if use_h2 {
         parts.headers.remove(header::HOST);
-    } else if !parts.headers.contains_key(header::HOST) {
-        // HTTP/2 downstream to HTTP/1.1 upstream: :authority becomes Host.
+    } else if is_h2 || !parts.headers.contains_key(header::HOST) {
+        // HTTP/2 downstream to HTTP/1.1 upstream: the authority the policy matched becomes Host.
         if let Ok(v) = HeaderValue::from_str(&original_authority) {
             parts.headers.insert(header::HOST, v);
         }
     }
-    let body_failed = Arc::new(AtomicBool::new(false));
+    if !use_h2
+        && !upgrade
+        && !body.is_end_stream()
+        && body.size_hint().exact().is_none()
+        && !parts.headers.contains_key(header::CONTENT_LENGTH)
+    {
+        // A body of unknown length goes upstream chunked, whatever the method: hyper's client
+        // would otherwise drop it from a GET, changing what the request means.
+        parts.headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+    }
+    let body_failed = Arc::new(AtomicU8::new(failure::NONE));
     let body = if upgrade {
         WatchedBody::empty()
     } else {
-        WatchedBody::new(body, body_failed.clone())
+        let deadline = s
+            .request_timeout
+            .map(|t| tokio::time::Instant::from_std(started) + t);
+        WatchedBody::new(body, body_failed.clone(), deadline)
     };
     let upstream_req = Request::from_parts(parts, body);
     // HTTP/2 clients' requests keep their connection busy until the response body ends,
@@ -1048,17 +1130,23 @@ async fn handle(
         Ok(r) => r,
         Err(e) => {
             let overloaded = is_h2_overflow(&e);
-            let status = if body_failed.load(Ordering::Relaxed) {
-                StatusCode::BAD_REQUEST
-            } else if e.is_connect() {
-                shared.metrics.upstream_error();
-                StatusCode::SERVICE_UNAVAILABLE
-            } else {
-                shared.metrics.upstream_error();
-                StatusCode::BAD_GATEWAY
+            let status = match body_failed.load(Ordering::Relaxed) {
+                failure::CLIENT => StatusCode::BAD_REQUEST,
+                failure::TIMEOUT => StatusCode::REQUEST_TIMEOUT,
+                _ if e.is_connect() => {
+                    shared.metrics.upstream_error();
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+                _ => {
+                    shared.metrics.upstream_error();
+                    StatusCode::BAD_GATEWAY
+                }
             };
             tracing::debug!(peer = %conn.peer, error = %e, "upstream request failed");
-            let verdict = if status == StatusCode::BAD_REQUEST {
+            let verdict = if matches!(
+                status,
+                StatusCode::BAD_REQUEST | StatusCode::REQUEST_TIMEOUT
+            ) {
                 Verdict::Invalid
             } else {
                 Verdict::Allowed
@@ -1067,7 +1155,12 @@ async fn handle(
                 .metrics
                 .request(verdict, status.as_u16(), started.elapsed());
             let mut r = local_reply(status, grpc, None);
-            if !is_h2 && status == StatusCode::BAD_REQUEST {
+            if !is_h2
+                && matches!(
+                    status,
+                    StatusCode::BAD_REQUEST | StatusCode::REQUEST_TIMEOUT
+                )
+            {
                 r.headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
@@ -1082,19 +1175,31 @@ async fn handle(
 
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     if switching {
-        if let Some(down) = downstream_upgrade {
-            let up = hyper::upgrade::on(&mut resp);
-            tokio::spawn(async move {
-                match tokio::try_join!(down, up) {
-                    Ok((d, u)) => {
-                        let mut d = TokioIo::new(d);
-                        let mut u = TokioIo::new(u);
-                        let _ = tokio::io::copy_bidirectional(&mut d, &mut u).await;
-                    }
-                    Err(e) => tracing::debug!(error = %e, "upgrade failed"),
-                }
-            });
+        let Some(down) = downstream_upgrade else {
+            // A 101 nobody asked for (the Upgrade was removed, or HTTP/2): passing it on
+            // would leave client and upstream disagreeing about the protocol.
+            shared.metrics.upstream_error();
+            shared
+                .metrics
+                .request(Verdict::Allowed, 502, started.elapsed());
+            tracing::debug!(peer = %conn.peer, "upstream switched protocols unasked");
+            return local_reply(StatusCode::BAD_GATEWAY, grpc, None);
+        };
+        let up = hyper::upgrade::on(&mut resp);
+        let watch = conn.watch.clone();
+        let idle = s.stream_idle_timeout;
+        let tunnel = tokio::spawn(async move {
+            match tokio::try_join!(down, up) {
+                Ok((d, u)) => tunnel(d, u, &watch, idle).await,
+                Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+            }
+        });
+        if let Ok(mut t) = conn.tunnel.lock() {
+            *t = Some(tunnel);
         }
+        verdict.upgraded();
+    } else {
+        drop(verdict);
     }
     strip_hop_by_hop(resp.headers_mut(), switching);
     let status = resp.status().as_u16();
@@ -1115,7 +1220,71 @@ async fn handle(
             started,
         });
     }
-    resp.map(|b| http_body_util::Either::Left(UpstreamBody::new(b, h2_busy)))
+    resp.map(|b| http_body_util::Either::Left(UpstreamBody::new(b, h2_busy, in_flight.take())))
+}
+
+/// Copies an upgraded connection both ways until either side closes or no byte moves for
+/// `idle` (the downstream side's reads and writes both go through the guard, which counts
+/// them in `watch`).
+async fn tunnel(
+    down: hyper::upgrade::Upgraded,
+    up: hyper::upgrade::Upgraded,
+    watch: &ConnWatch,
+    idle: Duration,
+) {
+    let mut d = TokioIo::new(down);
+    let mut u = TokioIo::new(up);
+    let copy = tokio::io::copy_bidirectional(&mut d, &mut u);
+    let mut copy = std::pin::pin!(copy);
+    let mut tick = tokio::time::interval(idle);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    let mut seen = watch.progress();
+    loop {
+        tokio::select! {
+            _ = copy.as_mut() => return,
+            _ = tick.tick() => {
+                let now = watch.progress();
+                if now == seen {
+                    tracing::debug!("upgrade tunnel idle timeout");
+                    return;
+                }
+                seen = now;
+            }
+        }
+    }
+}
+
+/// Whether the request's one `Upgrade` value names a protocol in `allowed` (its first
+/// token, without version, compared case-insensitively, as Envoy's `upgrade_configs`).
+fn upgrade_allowed(h: &HeaderMap, allowed: &[String]) -> bool {
+    let mut values = h.get_all(header::UPGRADE).iter();
+    let (Some(v), None) = (values.next(), values.next()) else {
+        return false;
+    };
+    let Ok(v) = v.to_str() else {
+        return false;
+    };
+    // `websocket`, `WebSocket/13`; a list offers several, which we do not choose between.
+    if v.contains(',') {
+        return false;
+    }
+    let name = v.split('/').next().unwrap_or("").trim();
+    !name.eq_ignore_ascii_case("h2c") && allowed.iter().any(|a| a.eq_ignore_ascii_case(name))
+}
+
+/// `Content-Length: 010` goes upstream as `10`: some parsers read leading zeros as octal.
+/// (The guard has already refused anything but digits.)
+fn canonical_content_length(h: &mut HeaderMap) {
+    let Some(v) = h.get(header::CONTENT_LENGTH) else {
+        return;
+    };
+    let b = v.as_bytes();
+    if b.len() > 1 && b[0] == b'0' {
+        if let Some(n) = v.to_str().ok().and_then(|t| t.trim().parse::<u64>().ok()) {
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        }
+    }
 }
 
 /// Whether an upstream request failed because every HTTP/2 connection slot was busy.

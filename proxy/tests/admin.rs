@@ -724,3 +724,158 @@ fn procfs_ticks_per_second() -> u64 {
         .unwrap();
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_and_absurd_settings_are_refused_at_start_naming_the_flag() {
+    let backend = start_backend().await;
+    for (flag, value) in [
+        ("--idle-timeout", "0s"),
+        ("--header-read-timeout", "0s"),
+        ("--connect-timeout", "0s"),
+        ("--stream-idle-timeout", "0s"),
+        ("--secrets-poll-interval", "0s"),
+        ("--idle-timeout", "1000000000m"),
+        ("--max-connections", "0"),
+        ("--max-headers", "0"),
+        ("--max-header-bytes", "0"),
+        ("--max-concurrent-streams", "0"),
+        ("--concurrency", "0"),
+        ("--admin-max-connections", "0"),
+        ("--admin-header-read-timeout", "0s"),
+        ("--admin-connection-timeout", "0s"),
+    ] {
+        let cfg = config(backend, &[flag, value]);
+        let r =
+            membrane_proxy::start(&cfg, membrane_proxy::policy::load(&cfg).unwrap(), None).await;
+        let err = r
+            .err()
+            .unwrap_or_else(|| panic!("{flag} {value} was accepted"));
+        assert!(err.to_string().contains(flag), "{flag} {value}: {err}");
+    }
+}
+
+#[test]
+fn binary_refuses_a_zero_idle_timeout_naming_the_flag() {
+    use std::io::Read;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_membrane-proxy"))
+        .args([
+            "standalone",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            "127.0.0.1:1",
+        ])
+        .args([
+            "--endpoint-labels",
+            "k8s:app=backend",
+            "--admin",
+            "127.0.0.1:0",
+        ])
+        .args(["--metrics", "127.0.0.1:0", "--health", "127.0.0.1:0"])
+        .args(["--idle-timeout", "0s", "--policy"])
+        .arg(test_policy())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Bounded: a proxy that accepts the setting runs until killed.
+    let status = wait_exit(&mut child, Duration::from_secs(10));
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let mut err = String::new();
+    let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "started with --idle-timeout 0s: {err}"
+    );
+    assert!(err.contains("--idle-timeout"), "{err}");
+}
+
+/// Connects and sends `bytes`; true if the listener closed the connection within `d`.
+async fn cut_within(addr: std::net::SocketAddr, bytes: &[u8], d: Duration) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _ = s.write_all(bytes).await;
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + d;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_listeners_cap_connections_and_cut_slow_clients() {
+    use tokio::io::AsyncWriteExt;
+    let p = start_proxy_with(&[
+        "--admin-max-connections",
+        "2",
+        "--admin-header-read-timeout",
+        "300ms",
+        "--admin-connection-timeout",
+        "1s",
+    ])
+    .await;
+    let a = p.running.addrs;
+    for addr in [a.admin, a.metrics, a.health] {
+        // A head that never ends, and a body that never ends: both cut off.
+        assert!(
+            cut_within(
+                addr,
+                b"GET /ready HTTP/1.1\r\nHost: x\r\nX-Slow: ",
+                Duration::from_secs(3)
+            )
+            .await,
+            "{addr}: slow head kept"
+        );
+        assert!(
+            cut_within(
+                addr,
+                b"POST /logging HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nabc",
+                Duration::from_secs(4)
+            )
+            .await,
+            "{addr}: slow body kept"
+        );
+        // Two slots: a third concurrent connection is closed at once.
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(b"GET /ready HTTP/1.1\r\nHost: x\r\n")
+                .await
+                .unwrap();
+            held.push(s);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            cut_within(
+                addr,
+                b"GET /ready HTTP/1.1\r\nHost: x\r\n\r\n",
+                Duration::from_millis(250)
+            )
+            .await,
+            "{addr}: a third connection was kept beyond the cap"
+        );
+        drop(held);
+        // Once the slots are free, the listener serves again.
+        let mut ok = false;
+        for _ in 0..40 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let path = if addr == a.metrics {
+                "/stats/prometheus"
+            } else {
+                "/healthz/ready"
+            };
+            if curl(&[&format!("http://{addr}{path}")]).await.0 == 200 {
+                ok = true;
+                break;
+            }
+        }
+        assert!(ok, "{addr}: not serving after the slow clients left");
+    }
+}

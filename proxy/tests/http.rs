@@ -192,7 +192,7 @@ impl EndHint for hyper::body::Incoming {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrade_is_tunnelled_when_allowed_and_denied_otherwise() {
-    let p = start_proxy().await;
+    let p = start_proxy_with(&["--upgrade-types", "echo"]).await;
     let mut s = TcpStream::connect(p.addr()).await.unwrap();
     s.write_all(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
         .await
@@ -491,4 +491,60 @@ async fn deny_detail_header_is_opt_in() {
         headers.contains("x-membrane-denied-by: ciliumnetworkpolicy default/proxy-test"),
         "{headers}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dot_segments_with_path_parameters_are_refused() {
+    let p = start_proxy().await;
+    // Tomcat and Spring drop `;params` from each segment before resolving dot segments, so
+    // `/v1/..;/admin` is `/admin` to them while it looked like `/v1/...` to the policy.
+    for sent in [
+        "/v1/..;/admin",
+        "/v1/..;x=1/admin",
+        "/v1/.;/x",
+        "/v1/%2e%2e;/admin",
+        "/v1/a/..;",
+    ] {
+        let (code, headers, _) = curl(&["--path-as-is", &p.url(sent)]).await;
+        assert_eq!(code, 400, "{sent}: {headers}");
+        assert!(!headers.contains("x-seen-path"), "{sent}: forwarded");
+    }
+    // Parameters on ordinary segments are left alone.
+    let (code, headers, _) = curl(&["--path-as-is", &p.url("/v1/a;jsessionid=1/b")]).await;
+    assert_eq!(code, 200, "{headers}");
+    assert!(
+        headers.contains("x-seen-path: /v1/a;jsessionid=1/b\r\n"),
+        "{headers}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_to_http1_host_is_the_authority_matched() {
+    let p = start_proxy_with(&["--upstream-protocol", "http1"]).await;
+    let mut send = h2_client(&p).await;
+    let req = http::Request::get(format!("http://{}/v1/x", p.addr()))
+        .header("host", "evil.example")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()["x-seen-host"],
+        p.addr().to_string().as_str(),
+        "the upstream got a Host other than the :authority the policy saw"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http10_second_host_is_refused() {
+    let p = start_proxy().await;
+    let out = raw(
+        p.addr(),
+        b"GET /v1/x HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n",
+        Duration::from_secs(3),
+    )
+    .await;
+    // hyper answers an HTTP/1.0 request in HTTP/1.0.
+    assert!(out.starts_with("HTTP/1.0 400"), "{out}");
+    assert!(!out.to_lowercase().contains("x-seen-path"), "{out}");
 }
