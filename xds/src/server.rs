@@ -505,7 +505,12 @@ impl NetworkPolicyDiscoveryService for XdsServer {
         let who = self.authenticate(&request)?;
         let peer = request.remote_addr();
         let sm = self.delta(Some(NETWORK_POLICY));
-        Ok(Response::new(self.spawn(sm, request.into_inner(), peer, who)))
+        Ok(Response::new(self.spawn(
+            sm,
+            request.into_inner(),
+            peer,
+            who,
+        )))
     }
 
     async fn stream_network_policies(
@@ -515,7 +520,12 @@ impl NetworkPolicyDiscoveryService for XdsServer {
         let who = self.authenticate(&request)?;
         let peer = request.remote_addr();
         let sm = self.sotw(Some(NETWORK_POLICY));
-        Ok(Response::new(self.spawn(sm, request.into_inner(), peer, who)))
+        Ok(Response::new(self.spawn(
+            sm,
+            request.into_inner(),
+            peer,
+            who,
+        )))
     }
 
     async fn fetch_network_policies(
@@ -538,7 +548,12 @@ impl NetworkPolicyHostsDiscoveryService for XdsServer {
         let who = self.authenticate(&request)?;
         let peer = request.remote_addr();
         let sm = self.sotw(Some(NETWORK_POLICY_HOSTS));
-        Ok(Response::new(self.spawn(sm, request.into_inner(), peer, who)))
+        Ok(Response::new(self.spawn(
+            sm,
+            request.into_inner(),
+            peer,
+            who,
+        )))
     }
 
     async fn fetch_network_policy_hosts(
@@ -555,6 +570,11 @@ impl NetworkPolicyHostsDiscoveryService for XdsServer {
         let who = self.authenticate(&request)?;
         let peer = request.remote_addr();
         let sm = self.delta(Some(NETWORK_POLICY_HOSTS));
-        Ok(Response::new(self.spawn(sm, request.into_inner(), peer, who)))
+        Ok(Response::new(self.spawn(
+            sm,
+            request.into_inner(),
+            peer,
+            who,
+        )))
     }
 }
