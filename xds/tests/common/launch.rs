@@ -18,7 +18,8 @@ pub fn start_xds_env(
     log: &str,
 ) -> Xds {
     let mut child = Command::new(env!("CARGO_BIN_EXE_membrane-xds"))
-        .args(["--grpc-addr", "127.0.0.1:0", "--debug-addr", "127.0.0.1:0"])
+        .args(["--plaintext-xds", "--grpc-addr", "127.0.0.1:0"])
+        .args(["--debug-addr", "127.0.0.1:0"])
         .args(["--tls-addr", "127.0.0.1:0", "--log", log])
         .args(args)
         .arg("--source-dir")
