@@ -34,48 +34,16 @@ fi
 # h1_guard inputs: one control byte (read split, merge-slashes), then the bytes.
 h1_corpus="$work/h1_guard"
 mkdir -p "$h1_corpus"
+# Each seed: the control byte, then the request with CRLF line ends (printf %b reads the escapes).
 seed() { printf '%b' "$2" >"$h1_corpus/$1"; }
-seed get 'GET /v1/x HTTP/1.1
-Host: a
-
-'
-seed chunked 'POST / HTTP/1.1
-Host: a
-Transfer-Encoding: chunked
-
-5;a=b
-hello
-0
-X-T: v
-
-'
-seed pipelined 'POST / HTTP/1.1
-Content-Length: 3
-
-abcGET /b HTTP/1.1
-
-'
-seed clte 'POST / HTTP/1.1
-Content-Length: 4
-Transfer-Encoding: chunked
-
-0
-
-'
-seed upgrade 'GET / HTTP/1.1
-Upgrade: websocket
-Connection: upgrade
-
-POST / HTTP/1.1
-
-'
-seed badchunk '	POST / HTTP/1.1
-Transfer-Encoding: chunked
-
-0_2e
-
-'
-seed path '/public/..;/admin/%2e%2e/./x//y'
+seed get '\x00GET /v1/x HTTP/1.1\r\nHost: a\r\n\r\n'
+seed chunked '\x01POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5;a=b\r\nhello\r\n0\r\nX-T: v\r\n\r\n'
+seed pipelined '\x02POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabcGET /b HTTP/1.1\r\nHost: a\r\n\r\n'
+seed clte '\x03POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n'
+seed upgrade '\x04GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\nPOST / HTTP/1.1\r\n\r\n'
+seed badchunk '\x05POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0_2e\r\n\r\n'
+seed bareline '\x06GET / HTTP/1.1\nHost: a\n\n'
+seed path '\x07/public/..;/admin/%2e%2e/./x//y'
 
 cd "$root/fuzz"
 for target in parse_validate h1_guard; do
