@@ -1,4 +1,3 @@
-
 use super::*;
 use crate::policy::{apply_header_actions, NoSecrets, SecretResolver};
 use envoy_types::pb::envoy::config::route::v3::HeaderMatcher;
