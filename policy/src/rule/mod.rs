@@ -4,8 +4,9 @@
 //! (`spec.ingress[0].toPorts[0].ports[0].port`) and every accepted field becomes part of
 //! a [`CompiledRule`]. Namespace scoping happens here, once, exactly as Cilium's
 //! Kubernetes translation does it: a namespaced policy's endpointSelector is pinned to its
-//! namespace, and peer selectors that name no namespace are limited to it.//!
-//! Rooms: [`compile`](self::compile) walks a document's rules and their elements
+//! namespace, and peer selectors that name no namespace are limited to it.
+//!
+//! Rooms: [`compile()`] walks a document's rules and their elements
 //! (`compile.rs`), each element kind seen through one trait (`element.rs`); an element's
 //! L3 peers (`peers.rs`, with CIDR peers in `cidr.rs`), its ports and ICMP fields
 //! (`ports.rs`) and the L7 rules and TLS settings of its port rules (`l7.rs`); DNS and
