@@ -11,17 +11,19 @@
 //!
 //! Not yet the whole mini-cluster the design names: the datapath's maps
 //! (identities, L3/L4 decisions, the service) are written here from the
-//! policy engine's verdicts rather than by the agent from the control plane.
+//! policy engine's resolved policies (through `membrane_datapath::policy_map`)
+//! rather than by the agent from the control plane.
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use membrane_datapath::policy_map::{self, PolicyEnd};
 use membrane_datapath::{Datapath, Settings};
-use membrane_policy::identity::{IdentityAllocator, MemoryAllocator};
 use membrane_policy::labels::LabelSet;
 use membrane_policy::load::parse_file;
 use membrane_policy::resolve::NamedPorts;
 use membrane_policy::rule::{CompiledPolicy, Proto};
-use membrane_policy::trace::{trace, TraceHttp, TraceRequest, TraceResult};
+use membrane_policy::trace::{pod_labels, trace, TraceHttp, TraceRequest, TraceResult};
+use membrane_policy::{Endpoint, Engine};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -100,7 +102,7 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
     )?;
 
     step("5. Why: the full trace of the denied PUT");
-    let r = verdict_for(&l7, TIEFIGHTER, exhaust)?;
+    let r = trace_for(&l7, TIEFIGHTER, exhaust)?;
     println!("{}", r.explanation);
 
     if a.no_live {
@@ -138,7 +140,9 @@ fn compile_quietly((file, text): (&str, &str)) -> Result<Vec<Arc<CompiledPolicy>
     Ok(out)
 }
 
-fn verdict_for(
+/// What the policy engine says about one request of a ship to the deathstar,
+/// with its explanation.
+fn trace_for(
     policies: &[Arc<CompiledPolicy>],
     src: &str,
     http: Option<(&str, &str)>,
@@ -171,7 +175,7 @@ fn ask(
     src: &str,
     http: Option<(&str, &str)>,
 ) -> Result<()> {
-    let r = verdict_for(policies, src, http)?;
+    let r = trace_for(policies, src, http)?;
     let why = match (&r.decided_by, r.verdict) {
         (Some(d), _) => format!("{} {}", d.policy, d.rule),
         (None, "denied") => "default deny".into(),
@@ -325,10 +329,16 @@ impl Cluster {
             c.undo().dirs.push(d.clone());
         }
 
-        // Identities as the control plane allocates them, one per label set.
-        let mut ids = MemoryAllocator::new();
+        // The policy engine as the control plane runs it: the L7 policy, and
+        // every pod an endpoint with an identity, one per label set.
+        let mut engine = Engine::default();
+        engine.apply_policies(compile_quietly(L7)?);
         let mut pod = |name, labels: &'static str, ip| -> Result<Pod> {
-            let identity = ids.allocate(&LabelSet::parse(labels)?)?.0;
+            let endpoint = Endpoint {
+                labels: pod_labels(LabelSet::parse(labels)?),
+                named_ports: NamedPorts::new(),
+            };
+            let identity = engine.upsert_endpoint(name, endpoint)?.0 .0;
             Ok(Pod {
                 name,
                 labels,
@@ -370,11 +380,30 @@ impl Cluster {
         );
 
         // The ships: connects to the service go to a replica chosen per
-        // connection, and are decided at L3/L4 on that replica against the
-        // policy engine's verdicts for the L7 policy (its L3/L4 part), revision 1.
-        let l7 = compile_quietly(L7)?;
+        // connection, and are decided at L3/L4 on that replica by the map
+        // entries the datapath derives from the engine's resolved policies
+        // (the L3/L4 part of the L7 policy), revision 1.
+        let end = |p: &Pod| -> Result<_> {
+            let policy = engine
+                .resolved(p.name)
+                .with_context(|| format!("{} has no resolved policy", p.name))?;
+            Ok((membrane_policy::Identity(p.identity), policy))
+        };
+        let (deathstar_id, deathstar_policy) = end(&deathstars[0])?;
         for s in &ships {
-            let allow = verdict_for(&l7, s.labels, None)?.verdict == "allowed";
+            let (ship_id, ship_policy) = end(s)?;
+            let entry = policy_map::tcp_entry(
+                PolicyEnd {
+                    identity: ship_id,
+                    policy: &ship_policy,
+                },
+                PolicyEnd {
+                    identity: deathstar_id,
+                    policy: &deathstar_policy,
+                },
+                80,
+            );
+            let allow = entry.allow;
             let dp = c.attach(
                 s,
                 &Settings {
@@ -387,7 +416,7 @@ impl Cluster {
             for d in &deathstars {
                 dp.set_identity(d.ip.parse()?, d.identity)?;
             }
-            dp.set_policy(s.identity, deathstars[0].identity, 80, allow, 1)?;
+            dp.set_policy_entry(&entry, 1)?;
             dp.set_service(service, &backends)?;
             println!(
                 "  datapath of {:<11} connect to deathstar:80/TCP: {} (revision 1)",

@@ -2,6 +2,7 @@
 //! namespace's cookie.
 
 use super::*;
+use crate::loader::PROG_SK_LOOKUP;
 
 impl Datapath {
     /// Attach inbound capture (sk_lookup) to the pod's network namespace

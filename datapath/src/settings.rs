@@ -2,6 +2,7 @@
 //! their round trip through the `mb_config` row and the capture maps.
 
 use super::*;
+use crate::maps::ip_key;
 
 /// Outbound capture settings (`cgroup/connect4`, `cgroup/connect6`).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]

@@ -2,6 +2,11 @@
 
 use super::*;
 
+const MAP_SERVICE: &str = "mb_service";
+const MAP_BACKEND: &str = "mb_backend";
+type ServiceMap = HashMap<MapData, MbAddrPort, MbSvcValue>;
+type BackendMap = HashMap<MapData, MbBackendKey, MbAddrPort>;
+
 impl Datapath {
     /// The service frontends and the backend sets, as typed maps.
     fn service_maps(&self) -> Result<(ServiceMap, BackendMap)> {
