@@ -33,11 +33,11 @@ use std::time::{Duration, Instant};
 
 const L3_L4: (&str, &str) = (
     "sw_l3_l4_policy.yaml",
-    include_str!("../../manifests/examples/starwars/sw_l3_l4_policy.yaml"),
+    include_str!("../../../manifests/examples/starwars/sw_l3_l4_policy.yaml"),
 );
 const L7: (&str, &str) = (
     "sw_l3_l4_l7_policy.yaml",
-    include_str!("../../manifests/examples/starwars/sw_l3_l4_l7_policy.yaml"),
+    include_str!("../../../manifests/examples/starwars/sw_l3_l4_l7_policy.yaml"),
 );
 
 const DEATHSTAR: &str = "k8s:org=empire,k8s:class=deathstar";
