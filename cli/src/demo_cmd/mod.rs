@@ -31,6 +31,11 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod cluster;
+mod pods;
+
+use cluster::Cluster;
+
 const L3_L4: (&str, &str) = (
     "sw_l3_l4_policy.yaml",
     include_str!("../../../manifests/examples/starwars/sw_l3_l4_policy.yaml"),
@@ -184,11 +189,6 @@ fn ask(
     println!("  {label:<52} {:<8} ({why})", r.verdict);
     Ok(())
 }
-
-mod cluster;
-mod pods;
-
-use cluster::Cluster;
 
 /// The deathstar's API as the scenario's service answers it: POST
 /// /v1/request-landing lands, PUT /v1/exhaust-port explodes, GET says it is
