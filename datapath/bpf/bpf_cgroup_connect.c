@@ -1,8 +1,12 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
 /*
- * cgroup connect4/connect6, attached to a pod's cgroup v2: steer the app's
- * outbound TCP connects to the sidecar's outbound port (15001) on loopback
- * and remember where they were going, by socket cookie. No netfilter.
+ * The cgroup sock_addr programs, attached to a pod's cgroup v2:
+ *   mb_connect4, mb_connect6          (cgroup/connect4, cgroup/connect6)
+ *   mb_getpeername4, mb_getpeername6  (cgroup/getpeername4, cgroup/getpeername6)
+ *
+ * connect4/connect6 steer the app's outbound TCP connects to the sidecar's
+ * outbound port (15001) on loopback and remember where they were going, by
+ * socket cookie. No netfilter.
  * Left alone: loopback destinations, excluded ports and prefixes, the
  * proxy's own connects (by uid or by SO_MARK), non-TCP sockets, and
  * everything while capture is off.
@@ -20,6 +24,10 @@
  * inbound connection, already decided by the proxy under the pod's ingress
  * policy, to the app inside the pod; it proceeds undecided and uncaptured
  * (counted as a fallback).
+ *
+ * getpeername4/getpeername6: a socket whose connect went to a service's
+ * backend names the service address as its peer, not the backend, so the
+ * app sees the address it connected to (lib/service.h, mb_service_peer).
  */
 #include "lib/common.h"
 #include "lib/counters.h"

@@ -3,13 +3,13 @@
  * sk_msg, attached to mb_sock_hash: every sendmsg on a spliced socket is
  * queued straight onto the peer socket's receive side (BPF_F_INGRESS), so
  * node-local app <-> sidecar bytes skip the TCP/IP stack and loopback;
- * except where splicing loses (streams of small writes, lib/splice_hint.h),
+ * except where splicing loses (streams of small writes, lib/flow_switch.h),
  * which switch to plain TCP for good.
  */
 #include "lib/common.h"
 #include "lib/counters.h"
 #include "lib/sockmap.h"
-#include "lib/splice_hint.h"
+#include "lib/flow_switch.h"
 #include "lib/events.h"
 
 SEC("sk_msg")

@@ -5,7 +5,7 @@
  * hand a steered connect's original destination over to its source tuple;
  * on listen, remember the proxy's inbound listener (lib/inbound.h); on
  * a TCP segment reaching a spliced socket (one end switched to TCP), take
- * it out of the sockhash when that is safe (lib/splice_hint.h).
+ * it out of the sockhash when that is safe (lib/unsplice.h).
  */
 #include "lib/common.h"
 #include "lib/counters.h"
@@ -13,7 +13,9 @@
 #include "lib/sockmap.h"
 #include "lib/policy.h"
 #include "lib/capture.h"
-#include "lib/splice_hint.h"
+#include "lib/port_hint.h"
+#include "lib/flow_switch.h"
+#include "lib/unsplice.h"
 #include "lib/inbound.h"
 #include "lib/events.h"
 

@@ -94,7 +94,7 @@ impl Datapath {
 
     /// How many spliced sockets switched their sends to plain TCP, and of
     /// those how many left the sockhash or had to stay in it, summed over
-    /// CPUs (see `lib/splice_hint.h`).
+    /// CPUs (see `lib/flow_switch.h` and `lib/unsplice.h`).
     pub fn splice_stats(&self) -> Result<SpliceStats> {
         let name = "mb_splice_stats";
         let arr: PerCpuArray<MapData, u64> =

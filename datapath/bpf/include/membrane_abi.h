@@ -147,7 +147,7 @@ struct mb_ip_key {
 };
 
 /*
- * Per-socket send pattern, for the adaptive splice (lib/splice_hint.h).
+ * Per-socket send pattern, for the adaptive splice (lib/flow_switch.h).
  * small_run counts this socket's consecutive small sends with nothing
  * received in between and small_bytes their bytes; service_port is the
  * accepting side's port. plain and rx_msgs are only changed with atomic
@@ -165,7 +165,7 @@ struct mb_flow_state {
 	__u64 cookie; /* this socket's cookie: its row in mb_sending */
 };
 
-/* Index into mb_splice_stats (lib/splice_hint.h). */
+/* Index into mb_splice_stats (lib/flow_switch.h). */
 enum mb_splice_stat {
 	MB_STAT_TO_TCP = 0,    /* sockets whose sends switched from the splice to plain TCP */
 	MB_STAT_UNSPLICED = 1, /* of those, sockets taken out of the sockhash (no psock left) */

@@ -11,7 +11,7 @@
  * sender's sk_msg marks its row with its thread before it decides to
  * redirect, and the end of that thread's sendmsg clears it. A switched
  * socket whose peer's row is clear has nothing of the peer's on its way
- * (lib/splice_hint.h). Two threads inside sendmsg on one socket at once,
+ * (lib/unsplice.h). Two threads inside sendmsg on one socket at once,
  * or a switch to TCP while another thread's redirect is in flight, make the
  * row `shared` for good, and its peer then stays in the sockhash, which is
  * always safe.

@@ -1,5 +1,5 @@
 //! The splice's maps: the sockhash of spliced sockets and the learned plain-TCP port
-//! hints; see `bpf/lib/sockmap.h` and `bpf/lib/splice_hint.h`.
+//! hints; see `bpf/lib/sockmap.h` and `bpf/lib/port_hint.h`.
 
 use super::*;
 

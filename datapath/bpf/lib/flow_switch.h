@@ -16,7 +16,9 @@
  * MB_SMALL_RUN_BYTES or MB_SMALL_RUN_LIMIT messages switches its sends to
  * plain TCP for the rest of its life (mb_flow_state.plain, never cleared),
  * and marks its service port so new connections to it are not spliced at
- * all for mb_config.hint_ttl_secs.
+ * all for mb_config.hint_ttl_secs (lib/port_hint.h). How a switched socket
+ * then leaves the sockhash without dropping spliced bytes is
+ * lib/unsplice.h.
  *
  * Why the probe is measured in bytes: when sender and reader share a core,
  * the reader has not run yet when the sender switches, so every spliced
@@ -37,33 +39,14 @@
  * (tcp_bpf_recvmsg) drains ingress_msg before it reads its TCP receive
  * queue, and a socket never goes back from TCP to the redirect, so the peer
  * sees the bytes in the order they were written.
- *
- * Leaving the sockhash: a switched socket still runs tcp_bpf_sendmsg (copy
- * into an sk_msg, BPF run, then handing the pages to TCP: 0.6-0.75x plain
- * TCP for small writes) as long as it has a psock. Removing it from the
- * sockhash frees the psock and with it every message still queued on its
- * own ingress_msg, or still on its way there, so sockops removes it (on a
- * TCP segment it receives, the ACKs of its TCP bytes) only when nothing
- * spliced is or will be there:
- *   - its peer never redirected a message into it (rx_msgs == 0). The peer
- *     bumps rx_msgs atomically *before* it reads `plain` and redirects, and
- *     the switching socket sets `plain` atomically before sockops reads
- *     rx_msgs, so either the peer sees `plain` (and sends by TCP too) or
- *     sockops sees rx_msgs > 0; or
- *   - no redirect of the peer is on its way (the peer's mb_sending row is
- *     clear, lib/sending.h: it is marked before the peer reads `plain`, by
- *     the same argument) and its ingress_msg list is empty (read through
- *     CO-RE). Until then it is "kept" and asks again on every segment.
- * Nothing redirected can be dropped by the removal.
  */
-#ifndef MB_SPLICE_HINT_H
-#define MB_SPLICE_HINT_H
+#ifndef MB_FLOW_SWITCH_H
+#define MB_FLOW_SWITCH_H
 
 #include "common.h"
 #include "config.h"
-#include "psock.h"
+#include "port_hint.h"
 #include "sending.h"
-#include "sockmap.h"
 
 /* A send below this size is "small" (32 KiB writes win on any cores). */
 #define MB_SMALL_MSG 32768
@@ -74,9 +57,6 @@
 #define MB_SMALL_RUN_BYTES (2U << 20)
 /* ... or has this many sends (tiny writes: 1 KiB writes reach both at once). */
 #define MB_SMALL_RUN_LIMIT 2048
-/* How long a learned "do not splice" hint holds unless configured. */
-#define MB_HINT_TTL_DEFAULT_SECS 600
-
 /*
  * mb_flow: send pattern of each spliced socket.
  *   key:    struct mb_sock_key, the socket's own view (as in mb_sock_hash)
@@ -96,21 +76,6 @@ struct {
 } mb_flow SEC(".maps");
 
 /*
- * mb_port_hint: services where splicing was seen to lose.
- *   key:    __u32 service (accepting side) port, host order
- *   value:  __u64 bpf_ktime_get_ns() when a small-write stream was seen
- *   writer: bpf_sk_msg.c; read by bpf_sockops.c; the agent may delete
- *           entries (to force a re-probe) and lists them.
- */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 4096);
-	__type(key, __u32);
-	__type(value, __u64);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} mb_port_hint SEC(".maps");
-
-/*
  * mb_splice_stats: per-CPU array, MB_STAT_MAX rows of __u64.
  *   key:    __u32 enum mb_splice_stat
  *   value:  sockets counted (see membrane_abi.h)
@@ -126,7 +91,7 @@ struct {
 } mb_splice_stats SEC(".maps");
 
 /*
- * Fully ordered atomics for the handshake above: fetch forms (a plain
+ * Fully ordered atomics for the handshake with sockops (lib/unsplice.h): fetch forms (a plain
  * BPF atomic add may be JITed without ordering on some architectures).
  * The empty asm keeps the fetched value alive so clang emits BPF_FETCH.
  */
@@ -149,22 +114,6 @@ static __always_inline void mb_stat(__u32 stat)
 
 	if (v)
 		(*v)++;
-}
-
-/* sockops: 1 when a fresh hint says splicing this service loses. */
-static __always_inline int mb_hint_says_plain(__u16 service_port)
-{
-	__u32 port = service_port;
-	__u64 *marked = bpf_map_lookup_elem(&mb_port_hint, &port);
-	const struct mb_config *cfg;
-	__u64 ttl = MB_HINT_TTL_DEFAULT_SECS;
-
-	if (!marked)
-		return 0;
-	cfg = mb_config_get();
-	if (cfg && cfg->hint_ttl_secs)
-		ttl = cfg->hint_ttl_secs;
-	return bpf_ktime_get_ns() - *marked < ttl * 1000000000ULL;
 }
 
 /*
@@ -213,11 +162,8 @@ static __always_inline void mb_flow_go_plain(struct mb_flow_state *st, int learn
 			row->shared = 1;
 	}
 	if (learned && !st->hinted) {
-		__u32 port = st->service_port;
-		__u64 now = bpf_ktime_get_ns();
-
 		st->hinted = 1;
-		bpf_map_update_elem(&mb_port_hint, &port, &now, BPF_ANY);
+		mb_port_hint_learn(st->service_port);
 	}
 }
 
@@ -261,7 +207,7 @@ static __always_inline int mb_flow_note_send(const struct mb_sock_key *self,
 	 * Mark this thread as inside a sendmsg on this socket (a fully ordered
 	 * compare-and-swap), then announce the message to the peer, then look
 	 * at its switch: the order that makes the peer's removal from the
-	 * sockhash safe (see top, and lib/sending.h).
+	 * sockhash safe (lib/unsplice.h, and lib/sending.h).
 	 */
 	row = bpf_map_lookup_elem(&mb_sending, &st->cookie);
 	if (row) {
@@ -289,106 +235,4 @@ static __always_inline void mb_flow_note_miss(const struct mb_sock_key *self)
 		mb_flow_go_plain(st, 0);
 }
 
-/* Only handed on to lib/psock.h, which reads it as a struct sock. */
-struct tcp_sock;
-
-/*
- * sockops, for a socket that switched: 1 when nothing spliced is queued for
- * it or on its way to it, for good. Its peer redirects nothing new once it
- * sees the switch (see top); a redirect the peer decided before that was
- * made inside a sendmsg that marked the peer's mb_sending row first, so a
- * clear row means it has been queued (lib/sending.h); and the psock's
- * ingress_msg list is empty (the reader unlinks a message only once it has
- * copied all of it). 0 when unsure.
- */
-static __always_inline int mb_spliced_bytes_settled(struct mb_flow_state *pst,
-						     struct tcp_sock *tp)
-{
-	struct mb_send_row *row;
-	unsigned long psock;
-
-	if (!pst)
-		return 0;
-	row = bpf_map_lookup_elem(&mb_sending, &pst->cookie);
-	if (!row || mb_seq_load(&row->sender) != 0 || *(volatile __u64 *)&row->shared)
-		return 0;
-	psock = mb_psock_of(tp);
-	return psock && mb_psock_ingress_empty(psock);
-}
-
-/*
- * sockops, when a switched socket has left the sockhash: no sendmsg of it
- * redirects any more, and the end of one that is still running (the one
- * that switched, if it switched half-way through a long write) no longer
- * clears its row (bpf_send_done.c skips sockets without a psock). Every
- * redirect it made is queued already, unless another thread's was in
- * flight when it switched (the row is shared then, mb_flow_go_plain): so
- * clear the row, or its peer would wait for it for good.
- */
-static __always_inline void mb_sending_leave(const struct mb_flow_state *st)
-{
-	struct mb_send_row *row = bpf_map_lookup_elem(&mb_sending, &st->cookie);
-
-	if (row && !*(volatile __u64 *)&row->shared)
-		__sync_lock_test_and_set(&row->sender, 0);
-}
-
-/*
- * sockops, on every TCP segment a spliced socket receives (there are none
- * while both ends splice). Either end of a pair that moved to TCP leaves
- * the sockhash once that is safe, and the callbacks stop:
- *
- * - The end that switched (its sends take TCP, so it receives ACKs) leaves
- *   if nothing was ever redirected into it (see top): removing it would
- *   drop its unread spliced messages. Otherwise it stays ("kept").
- *
- * - The reading end leaves once its ingress_msg queue is empty for good:
- *   its peer has switched (it redirects nothing new), the peer's redirects
- *   decided before the switch are all queued (its mb_sending row is clear),
- *   and the reader has read them all (mb_spliced_bytes_settled). Until
- *   then its reads take tcp_bpf_recvmsg's detour. (That the reader has read
- *   a byte that came by TCP, after its peer switched, says as much only
- *   when the peer has one writing thread.)
- */
-static __always_inline void mb_flow_segment(struct bpf_sock_ops *skops)
-{
-	__u32 flags = skops->bpf_sock_ops_cb_flags & ~BPF_SOCK_OPS_PARSE_ALL_HDR_OPT_CB_FLAG;
-	struct mb_sock_key key = {};
-	struct mb_sock_key peer = {};
-	struct mb_flow_state *st, *pst;
-	struct bpf_sock *sk = skops->sk;
-	struct tcp_sock *tp;
-
-	mb_key_from_sockops(skops, &key);
-	st = bpf_map_lookup_elem(&mb_flow, &key);
-	if (!st || !sk) {
-		bpf_sock_ops_cb_flags_set(skops, flags);
-		return;
-	}
-	tp = bpf_skc_to_tcp_sock(sk);
-	if (!tp)
-		return;
-	mb_key_swap(&key, &peer);
-	pst = bpf_map_lookup_elem(&mb_flow, &peer);
-	if (*(volatile __u64 *)&st->plain) {
-		if (mb_seq_load(&st->rx_msgs) == 0 || mb_spliced_bytes_settled(pst, tp)) {
-			if (bpf_map_delete_elem(&mb_sock_hash, &key) == 0) {
-				mb_stat(MB_STAT_UNSPLICED);
-				mb_sending_leave(st);
-			}
-			bpf_sock_ops_cb_flags_set(skops, flags);
-		} else if (!st->kept) {
-			/* Spliced bytes unread or on their way: ask again on the next segment. */
-			st->kept = 1;
-			mb_stat(MB_STAT_KEPT);
-		}
-		return;
-	}
-	if (!pst || !mb_seq_load(&pst->plain) || !mb_spliced_bytes_settled(pst, tp))
-		return;
-	if (bpf_map_delete_elem(&mb_sock_hash, &key) == 0)
-		mb_stat(MB_STAT_UNSPLICED);
-	bpf_sock_ops_cb_flags_set(skops, flags);
-}
-
-#endif /* MB_SPLICE_HINT_H */
+#endif /* MB_FLOW_SWITCH_H */
