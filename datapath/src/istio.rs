@@ -1,5 +1,5 @@
 //! Istio's capture annotations (`traffic.sidecar.istio.io/*`) turned into
-//! [`Settings`]: which outbound destinations and inbound ports the sidecar
+//! [`DatapathSettings`]: which outbound destinations and inbound ports the sidecar
 //! captures. Same meaning as Istio's iptables setup:
 //!
 //! - `includeOutboundIPRanges`: prefixes captured; `*` = all (the default),
@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 
 use ipnet::IpNet;
 
-use crate::{InboundPorts, Settings};
+use crate::{DatapathSettings, InboundPorts};
 
 /// Annotation prefix.
 pub const PREFIX: &str = "traffic.sidecar.istio.io/";
@@ -152,7 +152,7 @@ impl CaptureAnnotations {
 
     /// Apply to settings: outbound lists to the capture (when capture is
     /// on), inbound ports always (the always-excluded ones included).
-    pub fn apply(&self, s: &mut Settings) {
+    pub fn apply(&self, s: &mut DatapathSettings) {
         if let Some(c) = s.capture.as_mut() {
             if let Some(p) = &self.exclude_outbound_ports {
                 c.exclude_ports = p.clone();
@@ -240,11 +240,11 @@ mod tests {
         CaptureAnnotations::parse(&m)
     }
 
-    fn captured() -> Settings {
-        Settings {
+    fn captured() -> DatapathSettings {
+        DatapathSettings {
             capture: Some(Capture::default()),
             capture_inbound: true,
-            ..Settings::default()
+            ..DatapathSettings::default()
         }
     }
 

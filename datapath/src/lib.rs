@@ -38,7 +38,11 @@ pub use bpffs::{cgroup2_mount, ensure_bpffs};
 pub use loader::embedded_objects;
 pub use maps::splice::SockEntry;
 pub use netns::{netns_cookie, NetnsCookie};
-pub use settings::{Capture, InboundPorts, Settings};
+pub use settings::{Capture, DatapathSettings, InboundPorts};
+
+/// The former name of [`DatapathSettings`], kept while the test files (edited in parallel
+/// in issue 13) move to the new name.
+pub type Settings = DatapathSettings;
 pub use stats::{ProgCounters, SpliceStats};
 
 use std::{

@@ -67,7 +67,11 @@ impl Datapath {
     /// cgroup programs to `cgroup` (a cgroup v2 directory, never a root) and
     /// write `settings`. Idempotent per cgroup. Everything is pinned, so the
     /// attachment and established splices survive the caller's exit.
-    pub fn attach(dir: impl Into<PathBuf>, cgroup: &Path, settings: &Settings) -> Result<Self> {
+    pub fn attach(
+        dir: impl Into<PathBuf>,
+        cgroup: &Path,
+        settings: &DatapathSettings,
+    ) -> Result<Self> {
         let dp = Self { dir: dir.into() };
         settings.validate()?;
         check_cgroup(cgroup)?;

@@ -70,9 +70,10 @@ const MAX_POD_ADDRS: usize = 16;
 /// never hands a connection to one of them to the proxy.
 pub const PROXY_PORTS: [u16; 7] = [15000, 15001, 15006, 15007, 15020, 15021, 15090];
 
-/// Settings the kernel programs read from `mb_config` and the capture maps.
+/// What a pod's datapath is set to: the settings the kernel programs read from `mb_config`
+/// and the capture maps.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct Settings {
+pub struct DatapathSettings {
     /// Outbound capture, or `None` to leave connects alone.
     pub capture: Option<Capture>,
     /// Enforce the L3/L4 policy map: a connect without a current ALLOW
@@ -108,7 +109,7 @@ pub struct Settings {
     pub pod_addrs: Vec<IpAddr>,
 }
 
-impl Default for Settings {
+impl Default for DatapathSettings {
     fn default() -> Self {
         Self {
             capture: None,
@@ -126,7 +127,7 @@ impl Default for Settings {
     }
 }
 
-impl Settings {
+impl DatapathSettings {
     /// Check that the maps can hold the lists, before anything is written.
     pub fn validate(&self) -> Result<()> {
         let too_many = |what: &str, n: usize, max: usize| {
@@ -203,7 +204,7 @@ impl Datapath {
     /// Write the settings the kernel programs read: the capture sets
     /// (replaced as a whole), then the config row that switches them on.
     /// Settings the maps cannot hold are refused before anything is written.
-    pub fn set_settings(&self, settings: &Settings) -> Result<()> {
+    pub fn set_settings(&self, settings: &DatapathSettings) -> Result<()> {
         settings.validate()?;
         let empty = Capture {
             exclude_ports: Vec::new(),
@@ -330,7 +331,7 @@ impl Datapath {
 
     /// The settings in force, read back from the maps (what
     /// [`Datapath::set_settings`] last wrote).
-    pub fn settings(&self) -> Result<Settings> {
+    pub fn settings(&self) -> Result<DatapathSettings> {
         let name = "mb_config";
         let arr: Array<MapData, MbConfig> = Array::try_from(Map::Array(self.map(name)?))
             .map_err(|source| Error::Map { name, source })?;
@@ -356,7 +357,7 @@ impl Datapath {
             None
         };
         let ports = self.read_ports("mb_cap_in_port")?;
-        Ok(Settings {
+        Ok(DatapathSettings {
             capture,
             policy_enforce: cfg.flags & abi::CFG_POLICY_ENFORCE != 0,
             pod_identity: cfg.pod_identity,

@@ -174,7 +174,7 @@ async fn main() -> Result<()> {
     };
     let hook = match (&cfg.webhook_cert, &cfg.webhook_key) {
         (Some(cert), Some(key)) => {
-            let settings = webhook::Settings {
+            let settings = webhook::InjectSettings {
                 cert: cert.clone(),
                 key: key.clone(),
                 poll: Duration::from_millis(cfg.webhook_cert_poll_ms.max(1)),

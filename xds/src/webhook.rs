@@ -127,9 +127,9 @@ impl ResolvesServerCert for Current {
     }
 }
 
-/// What the webhook is configured with.
+/// What the sidecar-injection webhook is configured with.
 #[derive(Debug, Clone)]
-pub struct Settings {
+pub struct InjectSettings {
     /// PEM certificate chain.
     pub cert: PathBuf,
     /// PEM private key.
@@ -148,7 +148,7 @@ pub struct Settings {
 /// held at the last look.
 #[derive(Debug)]
 pub struct Webhook {
-    settings: Settings,
+    settings: InjectSettings,
     current: Arc<Current>,
     seen: Mutex<Seen>,
     recorder: Arc<Recorder>,
@@ -168,7 +168,7 @@ enum Seen {
 impl Webhook {
     /// Loads the pair; a bad pair at start-up is an error (there is no
     /// last good one to keep).
-    pub fn new(settings: Settings, recorder: Arc<Recorder>) -> Result<Self, CertError> {
+    pub fn new(settings: InjectSettings, recorder: Arc<Recorder>) -> Result<Self, CertError> {
         let (c, k) = (read(&settings.cert)?, read(&settings.key)?);
         let pair = parse_pair(&settings.cert, &c, &settings.key, &k)?;
         let gate = Gate::new("webhook", settings.limits.max_connections, recorder.clone());

@@ -224,11 +224,11 @@ impl Cluster {
             let allow = entry.allow;
             let dp = c.attach(
                 s,
-                &Settings {
+                &DatapathSettings {
                     policy_enforce: true,
                     pod_identity: s.identity,
                     policy_revision: 1,
-                    ..Settings::default()
+                    ..DatapathSettings::default()
                 },
             )?;
             for d in &deathstars {
@@ -256,10 +256,10 @@ impl Cluster {
             // neither captured again nor an egress flow (mb_pod_addr).
             let dp = c.attach(
                 d,
-                &Settings {
+                &DatapathSettings {
                     capture_inbound: true,
                     pod_addrs: vec![d.ip.parse()?],
-                    ..Settings::default()
+                    ..DatapathSettings::default()
                 },
             )?;
             dp.attach_netns(&PathBuf::from("/run/netns").join(c.ns(d.name)))?;

@@ -58,7 +58,7 @@ impl Cluster {
     }
 
     /// The datapath of pod `p`, attached to its cgroup (pins of its own).
-    pub(super) fn attach(&self, p: &Pod, settings: &Settings) -> Result<Datapath> {
+    pub(super) fn attach(&self, p: &Pod, settings: &DatapathSettings) -> Result<Datapath> {
         let cg = self.cgroups.join(p.name);
         let pins = PathBuf::from("/sys/fs/bpf").join(&self.tag).join(p.name);
         let dp = Datapath::attach(pins, &cg, settings)

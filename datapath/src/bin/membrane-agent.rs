@@ -17,7 +17,7 @@ use std::{
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use membrane_datapath::{
-    api, ensure_bpffs, istio, Capture, Datapath, InboundPorts, Settings, DEFAULT_BPFFS_DIR,
+    api, ensure_bpffs, istio, Capture, Datapath, DatapathSettings, InboundPorts, DEFAULT_BPFFS_DIR,
 };
 
 /// Agent configuration: flags, with `MEMBRANE_*` environment fallbacks.
@@ -216,7 +216,7 @@ impl AttachArgs {
 
     /// The settings from the flags and the annotations file; every value
     /// is checked before any is used.
-    fn settings(&self) -> Result<Settings> {
+    fn settings(&self) -> Result<DatapathSettings> {
         let mut annotations = BTreeMap::new();
         for (key, flag) in [
             (istio::EXCLUDE_OUTBOUND_PORTS, &self.exclude_outbound_ports),
@@ -237,7 +237,7 @@ impl AttachArgs {
             annotations.extend(parsed);
         }
         let capture_annotations = istio::CaptureAnnotations::parse(&annotations)?;
-        let mut s = Settings {
+        let mut s = DatapathSettings {
             capture: self.capture.then(|| Capture {
                 proxy_ip4: self.proxy_ip4,
                 outbound_port: self.outbound_port,
@@ -264,7 +264,7 @@ impl AttachArgs {
 }
 
 /// `field: old -> new` for each top-level setting that differs.
-fn settings_diff(old: &Settings, new: &Settings) -> Vec<String> {
+fn settings_diff(old: &DatapathSettings, new: &DatapathSettings) -> Vec<String> {
     let (Ok(serde_json::Value::Object(o)), Ok(serde_json::Value::Object(n))) =
         (serde_json::to_value(old), serde_json::to_value(new))
     else {
