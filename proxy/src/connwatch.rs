@@ -8,7 +8,7 @@
 //! time (the benchmark saw it).
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
@@ -137,11 +137,11 @@ impl ConnWatch {
 
 /// Held by the handler of a request that may upgrade: reports "refused" when dropped unless
 /// [`UpgradeVerdict::upgraded`] was called, so every early return resumes the guard.
-pub struct UpgradeVerdict<'a>(Option<&'a ConnWatch>);
+pub struct UpgradeVerdict(Option<Arc<ConnWatch>>);
 
-impl<'a> UpgradeVerdict<'a> {
+impl UpgradeVerdict {
     /// For a request the guard holds the stream after (`watch` is `None` on HTTP/2).
-    pub fn new(watch: Option<&'a ConnWatch>) -> Self {
+    pub fn new(watch: Option<Arc<ConnWatch>>) -> Self {
         UpgradeVerdict(watch)
     }
 
@@ -153,7 +153,7 @@ impl<'a> UpgradeVerdict<'a> {
     }
 }
 
-impl Drop for UpgradeVerdict<'_> {
+impl Drop for UpgradeVerdict {
     fn drop(&mut self) {
         if let Some(w) = self.0.take() {
             w.upgrade_decided(false);

@@ -12,10 +12,7 @@ use membrane_policy::ipcache::IpCache;
 use membrane_policy::model::{
     HeaderMatch as ModelHeaderMatch, HttpRule, SecretRef as ModelSecretRef,
 };
-use membrane_policy::resolve::{
-    ConnPolicy, DirectionPolicy, PeerEntry, PortEntry, Remotes, RuleOrigin,
-    Verdict as PolicyVerdict,
-};
+use membrane_policy::resolve::{DirectionPolicy, PeerEntry, PortEntry, Remotes, RuleOrigin};
 use membrane_policy::rule::{
     PolicyKey, PolicyKind, PortMatch, PortTls, Proto, TlsSource, L7 as PolicyL7,
 };
@@ -26,7 +23,7 @@ use membrane_xds::proto::{
     PortNetworkPolicyRule, TlsContext,
 };
 
-use super::{Checked, Decision, Direction, Enforcer, RequestView};
+use super::{Enforcer, Source};
 
 /// `SocketAddress.Protocol::TCP`; the proxy only carries TCP.
 const TCP: i32 = 0;
@@ -492,75 +489,6 @@ fn translate(np: &NetworkPolicy) -> Result<Translated, NpdsError> {
     })
 }
 
-impl Translated {
-    fn direction(&self, dir: Direction) -> &DirectionPolicy {
-        match dir {
-            Direction::Ingress => &self.ingress,
-            Direction::Egress => &self.egress,
-        }
-    }
-
-    fn has_http(&self, dir: Direction, port: u16) -> bool {
-        self.direction(dir).has_http_on(Proto::Tcp, port)
-    }
-
-    /// The engine's verdict for `remote` on `port` (and the request, when HTTP rules
-    /// apply): a matching deny wins, an L4-only allow allows, else an HTTP rule must
-    /// match, else default deny.
-    fn decide(
-        &self,
-        dir: Direction,
-        port: u16,
-        remote: u32,
-        req: Option<&RequestView<'_>>,
-    ) -> Decision {
-        let conn = self.direction(dir).connection_sni(
-            Identity(remote),
-            Proto::Tcp,
-            port,
-            req.and_then(|r| r.sni),
-        );
-        let denied_l4 = matches!(conn, ConnPolicy::Denied(None));
-        let dec = match req {
-            Some(req) => conn.check_http(&membrane_policy::http::HttpRequest {
-                method: req.method,
-                path: req.path,
-                host: req.host,
-                headers: req.headers,
-                secrets: req.secrets,
-            }),
-            None if conn.needs_http() => {
-                // An L4 check on a port with HTTP rules for this peer: requests decide.
-                return Decision::Deny {
-                    decided_by: "HTTP rules apply on this port".to_owned(),
-                };
-            }
-            None => conn.check_http(&membrane_policy::http::HttpRequest {
-                method: "",
-                path: "",
-                host: None,
-                headers: &http::HeaderMap::new(),
-                secrets: &membrane_policy::http::NoSecrets,
-            }),
-        };
-        let by = match (dec.decided_by, dec.http_rule) {
-            (Some(e), Some(i)) => format!("{} http[{i}]", e.origin.rule),
-            (Some(e), None) => super::named(&conn, e.origin.rule.clone()),
-            (None, _) if denied_l4 => {
-                "no rule allows this peer on this port (default deny)".to_owned()
-            }
-            (None, _) => "no rule allows this request (default deny)".to_owned(),
-        };
-        match dec.verdict {
-            PolicyVerdict::Allowed => Decision::Allow {
-                decided_by: by,
-                header_actions: dec.header_actions,
-            },
-            PolicyVerdict::Denied => Decision::Deny { decided_by: by },
-        }
-    }
-}
-
 /// Builds the enforcer for the endpoint at `pod_ip` from the NPDS resources (the one
 /// whose `endpoint_ips` names `pod_ip`) and the NPHDS resources. With no policy for this
 /// endpoint everything is denied. Any field that cannot be enforced exactly rejects the
@@ -592,14 +520,14 @@ pub fn build(
         translate(p)?;
     }
     let found = !mine.is_empty();
-    let t = std::sync::Arc::new(match mine.first() {
+    let t = match mine.first() {
         Some(p) => translate(p)?,
         // No policy names this endpoint: deny everything in both directions.
         None => Translated {
             ingress: deny_all_direction(),
             egress: deny_all_direction(),
         },
-    });
+    };
     let local = ipcache.lookup(pod_ip).0;
     let mut summary = summary;
     summary["endpoint_ip"] = pod_ip.to_string().into();
@@ -611,37 +539,12 @@ pub fn build(
         .entries()
         .map(|(p, id)| serde_json::json!({"prefix": p.to_string(), "identity": id.0}))
         .collect();
-    let ipcache = std::sync::Arc::new(ipcache);
-    let (t4, c4) = (t.clone(), ipcache.clone());
-    let l4 = move |ip: IpAddr, dir: Direction, port: u16| {
-        if t4.has_http(dir, port) || t4.direction(dir).inspects_tls(Proto::Tcp, port) {
-            return None;
-        }
-        let remote = c4.lookup(ip).0;
-        Some(Checked {
-            remote_identity: remote,
-            local_identity: local,
-            decision: t4.decide(dir, port, remote, None),
-        })
-    };
-    let (tt, tc) = (t.clone(), ipcache.clone());
-    let check = move |ip: IpAddr, dir: Direction, port: u16, req: &RequestView<'_>| {
-        let remote = ipcache.lookup(ip).0;
-        Checked {
-            remote_identity: remote,
-            local_identity: local,
-            decision: t.decide(dir, port, remote, Some(req)),
-        }
-    };
-    let tls = move |ip: IpAddr, dir: Direction, port: u16, sni: Option<&str>| {
-        super::plan_tls(tt.direction(dir), tc.lookup(ip), local, port, sni, |e| {
-            e.origin.rule.clone()
-        })
-    };
     Ok(Enforcer {
-        check: Box::new(check),
-        l4: Some(Box::new(l4)),
-        tls: Some(Box::new(tls)),
+        ingress: t.ingress,
+        egress: t.egress,
+        ipcache,
+        local,
+        source: Source::Npds,
         summary,
     })
 }

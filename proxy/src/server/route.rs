@@ -1,7 +1,15 @@
 //! Where a connection goes: the configured upstream, or (capture) the original
 //! destination the datapath reports, and the pooled clients that reach it.
 
-use super::*;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+
+use super::{peer_ip, Shared};
+use crate::metrics::CaptureRefusal;
+use crate::policy::Direction;
+use crate::upstream::Upstreams;
 
 /// Where a listener's connections are delivered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,6 +1,13 @@
 //! HTTP/1.1 upgrades: which are allowed, and the opaque tunnel after a 101.
 
-use super::*;
+use std::time::Duration;
+
+use http::header::{self, HeaderMap};
+use http::{Request, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use crate::connwatch::ConnWatch;
 
 pub(super) fn wants_upgrade(req: &Request<Incoming>) -> bool {
     req.version() == Version::HTTP_11

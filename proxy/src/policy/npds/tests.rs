@@ -1,5 +1,7 @@
 use super::*;
-use crate::policy::{apply_header_actions, NoSecrets, SecretResolver};
+use crate::policy::{
+    apply_header_actions, Decision, Direction, NoSecrets, RequestView, SecretResolver,
+};
 use envoy_types::pb::envoy::config::route::v3::HeaderMatcher;
 use envoy_types::pb::envoy::r#type::matcher::v3::{RegexMatcher, StringMatcher};
 use membrane_xds::proto::{HttpNetworkPolicyRules, NetworkPolicyHosts};
