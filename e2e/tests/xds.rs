@@ -5,6 +5,8 @@
 //! plane's death, readiness is 503 (everything denied) before the first policy, and
 //! header matches against a secret named over NPDS are checked against `--secrets-dir`.
 
+// The sidecar's own test harness (an echo backend, curl), shared rather than copied.
+#[path = "../../proxy/tests/common/mod.rs"]
 mod common;
 
 use std::io::{BufRead, BufReader};

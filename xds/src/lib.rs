@@ -31,8 +31,6 @@ pub mod stream;
 pub mod translate;
 pub mod webhook;
 
-/// Generated Cilium NPDS/NPHDS types and services (package `cilium`).
-#[allow(missing_docs, clippy::all)]
-pub mod proto {
-    tonic::include_proto!("cilium");
-}
+/// Generated Cilium NPDS/NPHDS types and services (package `cilium`), from the one copy
+/// in `membrane-api`.
+pub use membrane_api::proto;

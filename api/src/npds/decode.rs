@@ -1,9 +1,17 @@
-//! Cilium's NPDS/NPHDS (as served by `membrane-xds`) → an [`Enforcer`](super::Enforcer).
-//! HTTP rules are rebuilt as `membrane-policy` rules and compiled by the engine, so matching
-//! semantics are the engine's; what this module adds is NPDS's per-port rule selection.
+//! Cilium's NPDS/NPHDS (as served by `membrane-xds`) → the policy engine's values: an
+//! endpoint's [`ResolvedPolicy`] and the [`IpCache`]. HTTP rules are rebuilt as
+//! `membrane-policy` rules and compiled by the engine, so matching semantics are the
+//! engine's; what this module adds is NPDS's per-port rule selection. The inverse of
+//! [`super::encode`], and tested against it.
 
 use std::net::IpAddr;
 
+use crate::proto::{
+    header_match::{MatchAction, MismatchAction},
+    port_network_policy_rule::{Verdict, L7},
+    HeaderMatch, HttpNetworkPolicyRule, NetworkPolicy, NetworkPolicyHosts, PortNetworkPolicy,
+    PortNetworkPolicyRule, TlsContext,
+};
 use envoy_types::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier;
 use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
 use membrane_policy::http::CompiledHttpRule;
@@ -13,28 +21,18 @@ use membrane_policy::model::{
     HeaderMatch as ModelHeaderMatch, HttpRule, SecretRef as ModelSecretRef,
 };
 use membrane_policy::resolve::{
-    ConnPolicy, DirectionPolicy, PeerEntry, PortEntry, Remotes, RuleOrigin,
-    Verdict as PolicyVerdict,
+    DirectionPolicy, PeerEntry, PortEntry, Remotes, ResolvedPolicy, RuleOrigin,
 };
 use membrane_policy::rule::{
     PolicyKey, PolicyKind, PortMatch, PortTls, Proto, TlsSource, L7 as PolicyL7,
 };
-use membrane_xds::proto::{
-    header_match::{MatchAction, MismatchAction},
-    port_network_policy_rule::{Verdict, L7},
-    HeaderMatch, HttpNetworkPolicyRule, NetworkPolicy, NetworkPolicyHosts, PortNetworkPolicy,
-    PortNetworkPolicyRule, TlsContext,
-};
 
-use super::{Checked, Decision, Direction, Enforcer, RequestView};
-
-/// `SocketAddress.Protocol::TCP`; the proxy only carries TCP.
-const TCP: i32 = 0;
+use super::TCP;
 
 /// Why an NPDS/NPHDS update could not be put in force; the message is the NACK's
 /// `error_detail`, naming the resource and the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum NpdsError {
+pub enum DecodeError {
     /// A field of a `NetworkPolicy` cannot be enforced.
     #[error("NetworkPolicy {endpoint}: {field}: {message}")]
     Policy {
@@ -71,28 +69,36 @@ fn deny_all_direction() -> DirectionPolicy {
     }
 }
 
-/// The translated policy of one endpoint, in the policy engine's own form so that
-/// verdicts come from its one implementation (`DirectionPolicy::connection`).
-#[derive(Debug)]
-struct Translated {
-    ingress: DirectionPolicy,
-    egress: DirectionPolicy,
+/// The policy of an endpoint no `NetworkPolicy` names: everything denied, both ways.
+pub fn deny_all() -> ResolvedPolicy {
+    ResolvedPolicy {
+        ingress: deny_all_direction(),
+        egress: deny_all_direction(),
+        revision: 0,
+    }
+}
+
+/// Parses a host address: a CIDR prefix or a bare address (a host route).
+fn parse_prefix(text: &str) -> Option<ipnet::IpNet> {
+    text.parse::<ipnet::IpNet>()
+        .ok()
+        .or_else(|| text.parse::<IpAddr>().ok().map(ipnet::IpNet::from))
 }
 
 /// NPHDS resources → the ipcache (identity per prefix); a bare address is a host route.
-pub fn ipcache(hosts: &[NetworkPolicyHosts]) -> Result<IpCache, NpdsError> {
+pub fn ipcache(hosts: &[NetworkPolicyHosts]) -> Result<IpCache, DecodeError> {
     let mut c = IpCache::new();
     for h in hosts {
         let NetworkPolicyHosts {
             policy,
             host_addresses,
         } = h;
-        let id = u32::try_from(*policy).map_err(|_| NpdsError::Hosts {
+        let id = u32::try_from(*policy).map_err(|_| DecodeError::Hosts {
             policy: *policy,
             message: "identity does not fit in 32 bits".into(),
         })?;
         for (i, a) in host_addresses.iter().enumerate() {
-            let net = super::parse_prefix(a.trim()).ok_or_else(|| NpdsError::Hosts {
+            let net = parse_prefix(a.trim()).ok_or_else(|| DecodeError::Hosts {
                 policy: *policy,
                 message: format!("host_addresses[{i}]: {a:?} is not an IP address or CIDR prefix"),
             })?;
@@ -104,9 +110,9 @@ pub fn ipcache(hosts: &[NetworkPolicyHosts]) -> Result<IpCache, NpdsError> {
 
 fn header_rule(
     r: &HttpNetworkPolicyRule,
-    err: &dyn Fn(String, String) -> NpdsError,
+    err: &dyn Fn(String, String) -> DecodeError,
     at: &str,
-) -> Result<CompiledHttpRule, NpdsError> {
+) -> Result<CompiledHttpRule, DecodeError> {
     let HttpNetworkPolicyRule {
         headers,
         header_matches,
@@ -235,9 +241,9 @@ fn secret_name(text: &str) -> Option<(&str, &str)> {
 
 fn rule(
     r: &PortNetworkPolicyRule,
-    err: &dyn Fn(String, String) -> NpdsError,
+    err: &dyn Fn(String, String) -> DecodeError,
     at: &str,
-) -> Result<PeerEntry, NpdsError> {
+) -> Result<PeerEntry, DecodeError> {
     let deny = match &r.verdict {
         None => false,
         Some(Verdict::Deny(d)) => *d,
@@ -316,9 +322,9 @@ fn rule(
 fn tls_source(
     ctx: &TlsContext,
     downstream: bool,
-    err: &dyn Fn(String, String) -> NpdsError,
+    err: &dyn Fn(String, String) -> DecodeError,
     at: &str,
-) -> Result<TlsSource, NpdsError> {
+) -> Result<TlsSource, DecodeError> {
     let TlsContext {
         trusted_ca,
         certificate_chain,
@@ -379,9 +385,9 @@ fn tls_source(
 
 fn port_tls(
     r: &PortNetworkPolicyRule,
-    err: &dyn Fn(String, String) -> NpdsError,
+    err: &dyn Fn(String, String) -> DecodeError,
     at: &str,
-) -> Result<Option<std::sync::Arc<PortTls>>, NpdsError> {
+) -> Result<Option<std::sync::Arc<PortTls>>, DecodeError> {
     let terminating = r
         .downstream_tls_context
         .as_ref()
@@ -416,9 +422,9 @@ fn port_tls(
 
 fn ports(
     list: &[PortNetworkPolicy],
-    err: &dyn Fn(String, String) -> NpdsError,
+    err: &dyn Fn(String, String) -> DecodeError,
     what: &str,
-) -> Result<DirectionPolicy, NpdsError> {
+) -> Result<DirectionPolicy, DecodeError> {
     let mut out = Vec::new();
     for (i, p) in list.iter().enumerate() {
         let at = format!("{what}[{i}]");
@@ -445,13 +451,12 @@ fn ports(
                 ))
             }
         };
-        let rules = p
+        let mut rules = p
             .rules
             .iter()
             .enumerate()
             .map(|(j, r)| rule(r, err, &format!("{at}.rules[{j}]")))
             .collect::<Result<Vec<_>, _>>()?;
-        let mut rules = rules;
         // Deny rules first, as the engine orders them.
         rules.sort_by_key(|r| !r.deny);
         out.push(PortEntry {
@@ -473,7 +478,11 @@ fn ports(
     })
 }
 
-fn translate(np: &NetworkPolicy) -> Result<Translated, NpdsError> {
+/// One `NetworkPolicy` → the endpoint's policy, both directions, in the engine's own form
+/// so that verdicts come from its one implementation (`DirectionPolicy::connection`).
+/// What it does not allow is denied; a field that cannot be enforced exactly is an error
+/// naming it.
+pub fn network_policy(np: &NetworkPolicy) -> Result<ResolvedPolicy, DecodeError> {
     let NetworkPolicy {
         endpoint_ips,
         endpoint_id: _,
@@ -481,202 +490,65 @@ fn translate(np: &NetworkPolicy) -> Result<Translated, NpdsError> {
         egress_per_port_policies,
     } = np;
     let endpoint = endpoint_ips.join(",");
-    let err = |field: String, message: String| NpdsError::Policy {
+    let err = |field: String, message: String| DecodeError::Policy {
         endpoint: endpoint.clone(),
         field,
         message,
     };
-    Ok(Translated {
+    Ok(ResolvedPolicy {
         ingress: ports(ingress_per_port_policies, &err, "ingress_per_port_policies")?,
         egress: ports(egress_per_port_policies, &err, "egress_per_port_policies")?,
+        // NPDS carries no revision; the xDS version is the update's.
+        revision: 0,
     })
 }
 
-impl Translated {
-    fn direction(&self, dir: Direction) -> &DirectionPolicy {
-        match dir {
-            Direction::Ingress => &self.ingress,
-            Direction::Egress => &self.egress,
-        }
-    }
-
-    fn has_http(&self, dir: Direction, port: u16) -> bool {
-        self.direction(dir).has_http_on(Proto::Tcp, port)
-    }
-
-    /// The engine's verdict for `remote` on `port` (and the request, when HTTP rules
-    /// apply): a matching deny wins, an L4-only allow allows, else an HTTP rule must
-    /// match, else default deny.
-    fn decide(
-        &self,
-        dir: Direction,
-        port: u16,
-        remote: u32,
-        req: Option<&RequestView<'_>>,
-    ) -> Decision {
-        let conn = self.direction(dir).connection_sni(
-            Identity(remote),
-            Proto::Tcp,
-            port,
-            req.and_then(|r| r.sni),
-        );
-        let denied_l4 = matches!(conn, ConnPolicy::Denied(None));
-        let dec = match req {
-            Some(req) => conn.check_http(&membrane_policy::http::HttpRequest {
-                method: req.method,
-                path: req.path,
-                host: req.host,
-                headers: req.headers,
-                secrets: req.secrets,
-            }),
-            None if conn.needs_http() => {
-                // An L4 check on a port with HTTP rules for this peer: requests decide.
-                return Decision::Deny {
-                    decided_by: "HTTP rules apply on this port".to_owned(),
-                };
-            }
-            None => conn.check_http(&membrane_policy::http::HttpRequest {
-                method: "",
-                path: "",
-                host: None,
-                headers: &http::HeaderMap::new(),
-                secrets: &membrane_policy::http::NoSecrets,
-            }),
-        };
-        let by = match (dec.decided_by, dec.http_rule) {
-            (Some(e), Some(i)) => format!("{} http[{i}]", e.origin.rule),
-            (Some(e), None) => super::named(&conn, e.origin.rule.clone()),
-            (None, _) if denied_l4 => {
-                "no rule allows this peer on this port (default deny)".to_owned()
-            }
-            (None, _) => "no rule allows this request (default deny)".to_owned(),
-        };
-        match dec.verdict {
-            PolicyVerdict::Allowed => Decision::Allow {
-                decided_by: by,
-                header_actions: dec.header_actions,
-            },
-            PolicyVerdict::Denied => Decision::Deny { decided_by: by },
-        }
-    }
+/// What the endpoint at one address enforces, decoded from a whole NPDS + NPHDS state.
+#[derive(Debug)]
+pub struct Decoded {
+    /// Its policy; [`deny_all`] when no resource names the endpoint.
+    pub policy: ResolvedPolicy,
+    /// Address → identity, from NPHDS.
+    pub ipcache: IpCache,
+    /// Whether a `NetworkPolicy` named the endpoint.
+    pub found: bool,
 }
 
-/// Builds the enforcer for the endpoint at `pod_ip` from the NPDS resources (the one
-/// whose `endpoint_ips` names `pod_ip`) and the NPHDS resources. With no policy for this
-/// endpoint everything is denied. Any field that cannot be enforced exactly rejects the
-/// whole update.
-pub fn build(
-    pod_ip: IpAddr,
+/// Decodes the policy of the endpoint at `ip` (the `NetworkPolicy` whose `endpoint_ips`
+/// names it) and the ipcache. With no policy for this endpoint everything is denied. Any
+/// field that cannot be enforced exactly, in any resource, rejects the whole update.
+pub fn endpoint(
+    ip: IpAddr,
     policies: &[NetworkPolicy],
     hosts: &[NetworkPolicyHosts],
-    summary: serde_json::Value,
-) -> Result<Enforcer, NpdsError> {
+) -> Result<Decoded, DecodeError> {
     let ipcache = ipcache(hosts)?;
     let mine: Vec<&NetworkPolicy> = policies
         .iter()
         .filter(|p| {
             p.endpoint_ips
                 .iter()
-                .any(|a| a.parse::<IpAddr>().ok() == Some(pod_ip))
+                .any(|a| a.parse::<IpAddr>().ok() == Some(ip))
         })
         .collect();
     if mine.len() > 1 {
-        return Err(NpdsError::Ambiguous {
-            ip: pod_ip,
+        return Err(DecodeError::Ambiguous {
+            ip,
             count: mine.len(),
         });
     }
     // Validate every resource, not only ours: a NACK should not depend on which
     // endpoint happened to read it.
     for p in policies {
-        translate(p)?;
+        network_policy(p)?;
     }
-    let found = !mine.is_empty();
-    let t = std::sync::Arc::new(match mine.first() {
-        Some(p) => translate(p)?,
-        // No policy names this endpoint: deny everything in both directions.
-        None => Translated {
-            ingress: deny_all_direction(),
-            egress: deny_all_direction(),
-        },
-    });
-    let local = ipcache.lookup(pod_ip).0;
-    let mut summary = summary;
-    summary["endpoint_ip"] = pod_ip.to_string().into();
-    summary["endpoint_identity"] = local.into();
-    summary["endpoint_policy_found"] = found.into();
-    summary["ingress"] = describe(&t.ingress);
-    summary["egress"] = describe(&t.egress);
-    summary["ipcache"] = ipcache
-        .entries()
-        .map(|(p, id)| serde_json::json!({"prefix": p.to_string(), "identity": id.0}))
-        .collect();
-    let ipcache = std::sync::Arc::new(ipcache);
-    let (t4, c4) = (t.clone(), ipcache.clone());
-    let l4 = move |ip: IpAddr, dir: Direction, port: u16| {
-        if t4.has_http(dir, port) || t4.direction(dir).inspects_tls(Proto::Tcp, port) {
-            return None;
-        }
-        let remote = c4.lookup(ip).0;
-        Some(Checked {
-            remote_identity: remote,
-            local_identity: local,
-            decision: t4.decide(dir, port, remote, None),
-        })
+    let policy = match mine.first() {
+        Some(p) => network_policy(p)?,
+        None => deny_all(),
     };
-    let (tt, tc) = (t.clone(), ipcache.clone());
-    let check = move |ip: IpAddr, dir: Direction, port: u16, req: &RequestView<'_>| {
-        let remote = ipcache.lookup(ip).0;
-        Checked {
-            remote_identity: remote,
-            local_identity: local,
-            decision: t.decide(dir, port, remote, Some(req)),
-        }
-    };
-    let tls = move |ip: IpAddr, dir: Direction, port: u16, sni: Option<&str>| {
-        super::plan_tls(tt.direction(dir), tc.lookup(ip), local, port, sni, |e| {
-            e.origin.rule.clone()
-        })
-    };
-    Ok(Enforcer {
-        check: Box::new(check),
-        l4: Some(Box::new(l4)),
-        tls: Some(Box::new(tls)),
-        summary,
+    Ok(Decoded {
+        policy,
+        ipcache,
+        found: !mine.is_empty(),
     })
 }
-
-fn describe(dp: &DirectionPolicy) -> serde_json::Value {
-    dp.entries
-            .iter()
-            .map(|e| {
-                serde_json::json!({
-                    "ports": e.ports.to_string(),
-                    "rules": e.rules.iter().map(|r| serde_json::json!({
-                        "name": r.origin.rule,
-                        "deny": r.deny,
-                        "remotes": match &r.remotes {
-                            Remotes::All => None,
-                            Remotes::Set(ids) => Some(ids.iter().map(|i| i.0).collect::<Vec<_>>()),
-                        },
-                        "http": match &r.l7 {
-                            PolicyL7::Http(h) => Some(h.iter().map(|x| x.to_string()).collect::<Vec<_>>()),
-                            _ => None,
-                        },
-                        "unenforced_l7": match &r.l7 {
-                            PolicyL7::Unenforced(kind) => Some(kind.as_str()),
-                            _ => None,
-                        },
-                        "tls": r.tls.as_ref().map(|t| serde_json::json!({
-                            "server_names": t.server_names,
-                            "terminating": t.terminating.as_ref().map(|s| s.to_string()),
-                            "originating": t.originating.as_ref().map(|s| s.to_string()),
-                        })),
-                    })).collect::<Vec<_>>(),
-                })
-            })
-            .collect()
-}
-
-#[cfg(test)]
-mod tests;
