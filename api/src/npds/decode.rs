@@ -426,6 +426,7 @@ fn ports(
     what: &str,
 ) -> Result<DirectionPolicy, DecodeError> {
     let mut out = Vec::new();
+    let mut default_deny = true;
     for (i, p) in list.iter().enumerate() {
         let at = format!("{what}[{i}]");
         if p.protocol != TCP {
@@ -457,6 +458,23 @@ fn ports(
             .enumerate()
             .map(|(j, r)| rule(r, err, &format!("{at}.rules[{j}]")))
             .collect::<Result<Vec<_>, _>>()?;
+        if rules.is_empty() && (lo, hi) == (0, u16::MAX) {
+            // Every port, every remote, every request: what membrane-xds sends for a
+            // direction no rule selects the endpoint for, and for the remainder of a
+            // direction whose default deny is off. That is the engine's default deny off:
+            // what no rule denies passes, and the other entries' HTTP rules still apply.
+            default_deny = false;
+            continue;
+        }
+        if rules.is_empty() {
+            // An empty list matches every remote and request (NPDS's semantics): as a
+            // rule, one with no remotes, verdict or L7 named, an L4 allow of everyone.
+            rules.push(rule(
+                &PortNetworkPolicyRule::default(),
+                err,
+                &format!("{at}.rules"),
+            )?);
+        }
         // Deny rules first, as the engine orders them.
         rules.sort_by_key(|r| !r.deny);
         out.push(PortEntry {
@@ -466,10 +484,10 @@ fn ports(
         });
     }
     // An NPDS resource for this endpoint is the whole policy of the direction: what it
-    // does not allow is denied.
+    // does not allow is denied, unless it allows everything on every port.
     Ok(DirectionPolicy {
         enforced: true,
-        default_deny: true,
+        default_deny,
         entries: out,
         selected_by: vec![],
         // Fail closed whatever this proxy's --unenforced-l7: the control plane decides,

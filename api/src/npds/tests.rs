@@ -74,3 +74,28 @@ fn hosts_become_the_ipcache() {
     assert_eq!(c.lookup("10.2.9.9".parse().unwrap()), Identity(256));
     assert_eq!(c.lookup("10.3.0.1".parse().unwrap()), Identity::WORLD);
 }
+
+/// What membrane-xds sends for a direction no rule selects the endpoint for (every port,
+/// no rule) allows everything; a port with an empty rule list allows everyone on it.
+#[test]
+fn empty_rule_lists_allow() {
+    let all = PortNetworkPolicy::default();
+    let d = decode::network_policy(&np("10.0.0.1", vec![all])).unwrap();
+    let conn = d.ingress.connection(Identity::WORLD, Proto::Tcp, 1234);
+    assert_eq!(conn.l4_verdict(), Verdict::Allowed);
+    // Egress carried nothing: denied.
+    let conn = d.egress.connection(Identity::WORLD, Proto::Tcp, 1234);
+    assert_eq!(conn.l4_verdict(), Verdict::Denied);
+    let one = PortNetworkPolicy {
+        port: 80,
+        ..Default::default()
+    };
+    let d = decode::network_policy(&np("10.0.0.1", vec![one])).unwrap();
+    let verdict = |port| {
+        d.ingress
+            .connection(Identity(4242), Proto::Tcp, port)
+            .l4_verdict()
+    };
+    assert_eq!(verdict(80), Verdict::Allowed);
+    assert_eq!(verdict(81), Verdict::Denied);
+}
