@@ -1,68 +1,156 @@
-//! `membrane-xds`: the control plane binary. Wires the sources, the
-//! translator, the snapshot cache, the xDS gRPC server and the debug HTTP
-//! endpoint together; all logic lives in the library.
+//! The control plane as one call: [`start`] wires the sources, the translator, the
+//! snapshot cache, the xDS gRPC server, the debug HTTP endpoint and the injection webhook
+//! together from a [`Config`] and serves on the current tokio runtime, until
+//! [`Running::shutdown`]. The `membrane-xds` binary is this plus flags, logging and
+//! signals; tests run the same wiring in-process.
 
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
-use clap::Parser;
-use membrane_xds::auth::{Authorizer, Workloads};
-use membrane_xds::config::Config;
-use membrane_xds::controller::Controller;
-use membrane_xds::debug::{self, DebugState};
-use membrane_xds::identity::EtcdIdentities;
-use membrane_xds::inject::Sidecar;
-use membrane_xds::kvstore;
-use membrane_xds::listener;
-use membrane_xds::recorder::Recorder;
-use membrane_xds::server::XdsServer;
-use membrane_xds::snapshot::SnapshotCache;
-use membrane_xds::source::dir::DirSource;
-use membrane_xds::source::etcd::EtcdSource;
-#[cfg(feature = "kube")]
-use membrane_xds::source::kube::{self, KubeSource};
-use membrane_xds::source::Source;
-use membrane_xds::webhook::{self, Webhook};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tracing::info;
 
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
+use crate::auth::{Authorizer, Workloads};
+use crate::config::Config;
+use crate::controller::Controller;
+use crate::debug::{self, DebugState};
+use crate::identity::EtcdIdentities;
+use crate::inject::Sidecar;
+use crate::kvstore;
+use crate::listener;
+use crate::recorder::Recorder;
+use crate::server::XdsServer;
+use crate::snapshot::SnapshotCache;
+use crate::source::dir::DirSource;
+use crate::source::etcd::EtcdSource;
+#[cfg(feature = "kube")]
+use crate::source::kube::{self, KubeSource};
+use crate::source::Source;
+use crate::webhook::{self, Webhook};
+
+/// Why the control plane could not start; each names the flag at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// Neither xDS listener was asked for.
+    #[error(
+        "no xDS listener: give --tls-cert, --tls-key and --ca-cert (mTLS on --tls-addr, \
+         the authenticated default) and/or --plaintext-xds (unauthenticated, on \
+         --grpc-addr, loopback by default)"
+    )]
+    NoListener,
+    /// `--etcd-ca/--etcd-cert/--etcd-key` do not fit together.
+    #[error(transparent)]
+    EtcdTls(kvstore::KvError),
+    /// `--kube` in a build without the Kubernetes source.
+    #[error("--kube: this membrane-xds was built without the `kube` feature")]
+    NoKube,
+    /// The Kubernetes client could not be set up.
+    #[cfg(feature = "kube")]
+    #[error("--kube")]
+    Kube(#[source] kube::KubeError),
+    /// etcd could not be reached.
+    #[error("--etcd")]
+    Etcd(#[source] kvstore::KvError),
+    /// A listener could not be bound.
+    #[error("binding {flag} {addr}")]
+    Bind {
+        /// The flag naming the address.
+        flag: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A certificate or key file could not be read.
+    #[error("{flag} {}", path.display())]
+    Read {
+        /// The flag naming the file.
+        flag: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The xDS server's mTLS configuration was refused.
+    #[error("mTLS configuration (--tls-cert/--tls-key/--ca-cert)")]
+    Tls(#[source] tonic::transport::Error),
+    /// The webhook's certificate could not be loaded.
+    #[error("--webhook-cert/--webhook-key")]
+    Webhook(#[source] webhook::CertError),
+    /// A bound listener has no local address.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+impl AppError {
+    fn bind(flag: &'static str, addr: SocketAddr, source: std::io::Error) -> Self {
+        AppError::Bind { flag, addr, source }
     }
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
-    let cfg = Config::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cfg.log).context("--log")?)
-        .with_writer(std::io::stderr)
-        .init();
+fn read(flag: &'static str, path: &Path) -> Result<Vec<u8>, AppError> {
+    std::fs::read(path).map_err(|source| AppError::Read {
+        flag,
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Where the started control plane listens (ports may have been 0).
+#[derive(Debug, Clone, Copy)]
+pub struct Addrs {
+    /// Debug and metrics HTTP.
+    pub debug: SocketAddr,
+    /// Plaintext xDS (`--plaintext-xds`).
+    pub grpc: Option<SocketAddr>,
+    /// mTLS xDS.
+    pub tls: Option<SocketAddr>,
+    /// The injection webhook.
+    pub webhook: Option<SocketAddr>,
+}
+
+/// A started control plane.
+pub struct Running {
+    /// Its bound addresses.
+    pub addrs: Addrs,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    _watcher: Option<notify::RecommendedWatcher>,
+}
+
+impl Running {
+    /// Stops every task; open xDS streams do not end on their own, so the wait is
+    /// bounded (5 s).
+    pub async fn shutdown(self) {
+        info!("shutting down");
+        let _ = self.stop.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            for t in self.tasks {
+                let _ = t.await;
+            }
+        })
+        .await;
+    }
+}
+
+/// Binds every listener `cfg` asks for and starts serving on the current tokio runtime.
+pub async fn start(cfg: &Config) -> Result<Running, AppError> {
     if !cfg.plaintext_xds && cfg.tls_cert.is_none() {
-        anyhow::bail!(
-            "no xDS listener: give --tls-cert, --tls-key and --ca-cert (mTLS on --tls-addr, \
-             the authenticated default) and/or --plaintext-xds (unauthenticated, on \
-             --grpc-addr, loopback by default)"
-        );
+        return Err(AppError::NoListener);
     }
     let etcd_tls = kvstore::EtcdTls::from_flags(
         cfg.etcd_ca.as_deref(),
         cfg.etcd_cert.as_deref(),
         cfg.etcd_key.as_deref(),
-    )?;
+    )
+    .map_err(AppError::EtcdTls)?;
 
     let cache = Arc::new(SnapshotCache::new());
     let recorder = Arc::new(Recorder::with_limits(cfg.recorder_limits()));
@@ -76,13 +164,13 @@ async fn main() -> Result<()> {
     }
     #[cfg(not(feature = "kube"))]
     if cfg.kube {
-        anyhow::bail!("--kube: this membrane-xds was built without the `kube` feature");
+        return Err(AppError::NoKube);
     }
     #[cfg(feature = "kube")]
     if cfg.kube {
         let client = kube::client(cfg.kubeconfig.as_deref())
             .await
-            .context("--kube")?;
+            .map_err(AppError::Kube)?;
         let k = KubeSource::start(client, wake.clone());
         // Serving before the first list would hand sidecars a partial view.
         if !k.wait_synced(Duration::from_secs(cfg.kube_sync_secs)).await {
@@ -98,7 +186,7 @@ async fn main() -> Result<()> {
     if !cfg.etcd.is_empty() {
         let client = kvstore::connect_tls(&cfg.etcd, etcd_tls.as_ref())
             .await
-            .context("--etcd")?;
+            .map_err(AppError::Etcd)?;
         sources.push(Box::new(
             EtcdSource::start(
                 client.clone(),
@@ -140,20 +228,19 @@ async fn main() -> Result<()> {
         true => Some(
             TcpListener::bind(cfg.grpc_addr)
                 .await
-                .with_context(|| format!("binding --grpc-addr {}", cfg.grpc_addr))?,
+                .map_err(|e| AppError::bind("--grpc-addr", cfg.grpc_addr, e))?,
         ),
         false => None,
     };
     let dbg = TcpListener::bind(cfg.debug_addr)
         .await
-        .with_context(|| format!("binding --debug-addr {}", cfg.debug_addr))?;
-    let dbg_addr = dbg.local_addr()?;
+        .map_err(|e| AppError::bind("--debug-addr", cfg.debug_addr, e))?;
+    let debug_addr = dbg.local_addr()?;
     let tls = match (&cfg.tls_cert, &cfg.tls_key, &cfg.ca_cert) {
         (Some(cert), Some(key), Some(ca)) => {
-            let cert =
-                std::fs::read(cert).with_context(|| format!("--tls-cert {}", cert.display()))?;
-            let key = std::fs::read(key).with_context(|| format!("--tls-key {}", key.display()))?;
-            let ca = std::fs::read(ca).with_context(|| format!("--ca-cert {}", ca.display()))?;
+            let cert = read("--tls-cert", cert)?;
+            let key = read("--tls-key", key)?;
+            let ca = read("--ca-cert", ca)?;
             // A client certificate is required and must chain to `ca`
             // (webpki also checks its validity period); who it names is
             // checked per request (auth.rs).
@@ -164,10 +251,10 @@ async fn main() -> Result<()> {
                         .client_ca_root(Certificate::from_pem(ca))
                         .client_auth_optional(false),
                 )
-                .context("mTLS configuration (--tls-cert/--tls-key/--ca-cert)")?;
+                .map_err(AppError::Tls)?;
             let l = TcpListener::bind(cfg.tls_addr)
                 .await
-                .with_context(|| format!("binding --tls-addr {}", cfg.tls_addr))?;
+                .map_err(|e| AppError::bind("--tls-addr", cfg.tls_addr, e))?;
             Some((builder, l))
         }
         _ => None,
@@ -186,11 +273,10 @@ async fn main() -> Result<()> {
                     revision: cfg.injection_revision.clone(),
                 },
             };
-            let wh =
-                Webhook::new(settings, recorder.clone()).context("--webhook-cert/--webhook-key")?;
+            let wh = Webhook::new(settings, recorder.clone()).map_err(AppError::Webhook)?;
             let l = TcpListener::bind(cfg.webhook_addr)
                 .await
-                .with_context(|| format!("binding --webhook-addr {}", cfg.webhook_addr))?;
+                .map_err(|e| AppError::bind("--webhook-addr", cfg.webhook_addr, e))?;
             Some((Arc::new(wh), l))
         }
         _ => {
@@ -198,39 +284,31 @@ async fn main() -> Result<()> {
             None
         }
     };
-    let mut extra_line = String::new();
-    if let Some(l) = &grpc {
-        extra_line.push_str(&format!(" grpc={}", l.local_addr()?));
-    }
-    if let Some((_, l)) = &tls {
-        extra_line.push_str(&format!(" tls={}", l.local_addr()?));
-    }
-    if let Some((_, l)) = &hook {
-        extra_line.push_str(&format!(" webhook={}", l.local_addr()?));
-    }
-    // Tests and scripts read the bound addresses from this line.
-    println!("membrane-xds listening debug={dbg_addr}{extra_line}");
-    info!(%dbg_addr, listeners = %extra_line.trim(), "membrane-xds listening");
+    let addrs = Addrs {
+        debug: debug_addr,
+        grpc: grpc.as_ref().map(TcpListener::local_addr).transpose()?,
+        tls: tls.as_ref().map(|(_, l)| l.local_addr()).transpose()?,
+        webhook: hook.as_ref().map(|(_, l)| l.local_addr()).transpose()?,
+    };
 
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
     let server = XdsServer::new(cache.clone(), recorder.clone()).with_limits(cfg.stream_limits());
+    // A server that fails has logged why; shutdown only waits for it.
     let grpc_task = grpc.map(|l| {
-        tokio::spawn(
-            server
-                .router()
-                .serve_with_incoming_shutdown(listener::nodelay(l), stopped(stop_rx.clone())),
-        )
+        let serve = server
+            .router()
+            .serve_with_incoming_shutdown(listener::nodelay(l), stopped(stop_rx.clone()));
+        tokio::spawn(async move { drop(serve.await) })
     });
     let authorizer = Arc::new(Authorizer::new(cfg.trust_domain.clone(), workloads));
     let tls_task = tls.map(|(builder, l)| {
-        tokio::spawn(
-            server
-                .with_auth(authorizer)
-                .router_on(builder)
-                .serve_with_incoming_shutdown(listener::nodelay(l), stopped(stop_rx.clone())),
-        )
+        let serve = server
+            .with_auth(authorizer)
+            .router_on(builder)
+            .serve_with_incoming_shutdown(listener::nodelay(l), stopped(stop_rx.clone()));
+        tokio::spawn(async move { drop(serve.await) })
     });
     let hook_tasks = hook.map(|(wh, l)| {
         (
@@ -255,7 +333,7 @@ async fn main() -> Result<()> {
     // File-system events make changes visible at once; polling stays as the
     // fallback (and the only mechanism when the watcher cannot start).
     let _watcher = match &cfg.source_dir {
-        Some(dir) => match membrane_xds::controller::watch_dir(dir, wake.clone()) {
+        Some(dir) => match crate::controller::watch_dir(dir, wake.clone()) {
             Ok(w) => Some(w),
             Err(e) => {
                 tracing::warn!(dir = %dir.display(), error = %e, "no file-system watch; polling only");
@@ -266,29 +344,18 @@ async fn main() -> Result<()> {
     };
     let ctl_task =
         tokio::spawn(controller.run(Duration::from_millis(cfg.poll_ms), wake, stopped(stop_rx)));
-
-    shutdown_signal().await;
-    info!("shutting down");
-    let _ = stop_tx.send(true);
-    // Open xDS streams do not end on their own; bound the wait.
-    let _ = tokio::time::timeout(Duration::from_secs(5), async {
-        let _ = ctl_task.await;
-        let _ = dbg_task.await;
-        if let Some(t) = grpc_task {
-            let _ = t.await;
-        }
-        if let Some(t) = tls_task {
-            let _ = t.await;
-        }
-        if let Some((w, s)) = hook_tasks {
-            let _ = w.await;
-            let _ = s.await;
-        }
-        // Revokes this replica's lease: its registrations go at once.
-        if let Some(t) = register_task {
-            let _ = t.await;
-        }
+    let mut tasks = vec![ctl_task, dbg_task];
+    tasks.extend(grpc_task);
+    tasks.extend(tls_task);
+    if let Some((w, s)) = hook_tasks {
+        tasks.extend([w, s]);
+    }
+    // Last: revokes this replica's lease, so its registrations go at once.
+    tasks.extend(register_task);
+    Ok(Running {
+        addrs,
+        stop: stop_tx,
+        tasks,
+        _watcher,
     })
-    .await;
-    Ok(())
 }

@@ -12,6 +12,7 @@
 //! consistency-checked snapshot, and never let bad input (a bad file, a NACK,
 //! a misbehaving client) replace good state or take the process down.
 
+pub mod app;
 pub mod auth;
 pub mod config;
 pub mod configdump;
