@@ -5,7 +5,8 @@
 #
 # parse_validate (policy parser/resolver) is seeded from /work/shared/corpus/cnp (override
 # with FUZZ_SEED_DIR); h1_guard (the sidecar's HTTP/1 framing guard and path normalization)
-# from a few well-formed and smuggling-shaped requests written below. Each runs with
+# from a few well-formed and smuggling-shaped requests written below; npds_decode (the
+# sidecar's NPDS/NPHDS decoder, membrane-api) from an empty corpus. Each runs with
 # `cargo +nightly fuzz run TARGET` for SECONDS; the script exits non-zero if libFuzzer finds
 # a crash, the crashing input left under fuzz/artifacts/TARGET/.
 set -euo pipefail
@@ -45,8 +46,11 @@ seed badchunk '\x05POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\
 seed bareline '\x06GET / HTTP/1.1\nHost: a\n\n'
 seed path '\x07/public/..;/admin/%2e%2e/./x//y'
 
+# npds_decode inputs: protobuf bytes; libFuzzer finds the field tags from nothing.
+mkdir -p "$work/npds_decode"
+
 cd "$root/fuzz"
-for target in parse_validate h1_guard; do
+for target in parse_validate h1_guard npds_decode; do
     cargo +nightly fuzz build "$target"
     # libFuzzer exits non-zero on a crash, leak or timeout; set -e turns that into ours.
     cargo +nightly fuzz run "$target" "$work/$target" -- \

@@ -15,24 +15,19 @@ static SEQ: AtomicU32 = AtomicU32::new(0);
 const POD: u32 = 4242;
 const SERVER: u32 = 5151;
 
-/// `membrane-agent` is built next to `membrane` by a workspace build; build it when a
-/// package-only run did not.
+/// `membrane-agent`, a binary of another package (membrane-datapath), so Cargo gives this
+/// test no `CARGO_BIN_EXE_` for it: a workspace build (`make test`'s `cargo build
+/// --workspace --bins`, or any `cargo test`/`nextest run --workspace`, which builds the
+/// datapath's binaries for its own tests) puts it next to `membrane`. Building it from
+/// inside the test would race the build that runs the test, so a missing binary is an
+/// error that says how to get it.
 fn agent_bin() -> PathBuf {
     let bin = Path::new(env!("CARGO_BIN_EXE_membrane")).with_file_name("membrane-agent");
-    if !bin.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        let ok = Command::new(cargo)
-            .args([
-                "build",
-                "-p",
-                "membrane-datapath",
-                "--bin",
-                "membrane-agent",
-            ])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok && bin.exists(), "{} could not be built", bin.display());
-    }
+    assert!(
+        bin.exists(),
+        "{} missing: build the workspace's binaries first (cargo build --workspace --bins)",
+        bin.display()
+    );
     bin
 }
 

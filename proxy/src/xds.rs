@@ -19,9 +19,9 @@ use std::time::Duration;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use envoy_types::pb::google::rpc::Status;
-use membrane_xds::proto::network_policy_discovery_service_client::NetworkPolicyDiscoveryServiceClient;
-use membrane_xds::proto::network_policy_hosts_discovery_service_client::NetworkPolicyHostsDiscoveryServiceClient;
-use membrane_xds::proto::{NetworkPolicy, NetworkPolicyHosts};
+use membrane_api::proto::network_policy_discovery_service_client::NetworkPolicyDiscoveryServiceClient;
+use membrane_api::proto::network_policy_hosts_discovery_service_client::NetworkPolicyHostsDiscoveryServiceClient;
+use membrane_api::proto::{NetworkPolicy, NetworkPolicyHosts};
 use prost::Message;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -29,10 +29,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::metrics::Metrics;
 use crate::policy::{npds, PolicyHandle};
 
-/// NPDS type URL.
-pub const NPDS_TYPE: &str = "type.googleapis.com/cilium.NetworkPolicy";
-/// NPHDS type URL.
-pub const NPHDS_TYPE: &str = "type.googleapis.com/cilium.NetworkPolicyHosts";
+/// NPDS and NPHDS type URLs, defined with the protos.
+pub use membrane_api::type_url::{NETWORK_POLICY as NPDS_TYPE, NETWORK_POLICY_HOSTS as NPHDS_TYPE};
 
 /// gRPC status code INVALID_ARGUMENT, carried in a NACK's `error_detail`.
 const INVALID_ARGUMENT: i32 = 3;

@@ -229,9 +229,9 @@ impl Pod {
     fn sidecar(&mut self, policy: &str) {
         let capture = [
             "--capture-outbound",
-            membrane_xds::inject::CAPTURE_OUTBOUND,
+            membrane_api::sidecar::CAPTURE_OUTBOUND,
             "--capture-inbound",
-            membrane_xds::inject::CAPTURE_INBOUND,
+            membrane_api::sidecar::CAPTURE_INBOUND,
         ];
         let file = self.dir.join("policy.yaml");
         std::fs::write(&file, policy).unwrap();

@@ -11,16 +11,12 @@
 use std::sync::OnceLock;
 use std::time::SystemTime;
 
+use membrane_api::descriptors::{CILIUM as CILIUM_DESCRIPTORS, ENVOY as ENVOY_DESCRIPTORS};
 use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
 use serde_json::{json, Map, Value};
 
 use crate::resource::{self, Resource};
 use crate::snapshot::Snapshot;
-
-static ENVOY_DESCRIPTORS: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/envoy_descriptors.bin"));
-static CILIUM_DESCRIPTORS: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/cilium_descriptors.bin"));
 
 /// Envoy's and Cilium's message descriptors, decoded once on first use.
 pub fn pool() -> Result<&'static DescriptorPool, String> {

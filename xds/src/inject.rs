@@ -37,13 +37,8 @@ pub const IGNORED_NAMESPACES: [&str; 4] = [
 /// The sidecar's own listener: `membrane-proxy standalone` requires one
 /// (`--listen`/`--upstream`); bound to loopback so only the pod reaches it.
 pub const PROXY_LISTEN_PORT: u16 = 15007;
-/// The sidecar's outbound capture listeners: loopback only, where the eBPF
-/// datapath steers the pod's IPv4 and IPv6 connects, so no peer on the pod
-/// network can dial them.
-pub const CAPTURE_OUTBOUND: &str = "127.0.0.1:15001,[::1]:15001";
-/// The sidecar's inbound capture listener: on every address, as sk_lookup
-/// hands it connections to any of the pod's addresses.
-pub const CAPTURE_INBOUND: &str = "0.0.0.0:15006";
+/// The sidecar's capture listeners, as the sidecar's tests use them too.
+pub use membrane_api::sidecar::{CAPTURE_INBOUND, CAPTURE_OUTBOUND};
 /// Ports the sidecar binds in the pod's network namespace, with the names
 /// its container declares: outbound and inbound capture (Istio's 15001 and
 /// 15006), merged metrics and readiness (named as Istio's own templates

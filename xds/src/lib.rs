@@ -12,6 +12,7 @@
 //! consistency-checked snapshot, and never let bad input (a bad file, a NACK,
 //! a misbehaving client) replace good state or take the process down.
 
+pub mod app;
 pub mod auth;
 pub mod config;
 pub mod configdump;
@@ -31,8 +32,6 @@ pub mod stream;
 pub mod translate;
 pub mod webhook;
 
-/// Generated Cilium NPDS/NPHDS types and services (package `cilium`).
-#[allow(missing_docs, clippy::all)]
-pub mod proto {
-    tonic::include_proto!("cilium");
-}
+/// Generated Cilium NPDS/NPHDS types and services (package `cilium`), from the one copy
+/// in `membrane-api`.
+pub use membrane_api::proto;

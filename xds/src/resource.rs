@@ -13,10 +13,8 @@ pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfigur
 pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 /// Envoy `ClusterLoadAssignment` (EDS).
 pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
-/// Cilium `NetworkPolicy` (NPDS), one per endpoint, named by endpoint IP.
-pub const NETWORK_POLICY: &str = "type.googleapis.com/cilium.NetworkPolicy";
-/// Cilium `NetworkPolicyHosts` (NPHDS), one per identity, named by the identity in decimal.
-pub const NETWORK_POLICY_HOSTS: &str = "type.googleapis.com/cilium.NetworkPolicyHosts";
+/// Cilium `NetworkPolicy` (NPDS) and `NetworkPolicyHosts` (NPHDS), defined with the protos.
+pub use membrane_api::type_url::{NETWORK_POLICY, NETWORK_POLICY_HOSTS};
 
 /// Every type this server knows, in the order Envoy wants them applied
 /// (clusters before endpoints, listeners before routes).

@@ -47,7 +47,7 @@ fn arg_err(what: impl Into<String>, message: impl std::fmt::Display) -> LoadErro
 }
 
 /// Parses a `--peer` prefix: a CIDR or a bare address (a host route).
-pub(super) fn parse_prefix(text: &str) -> Option<ipnet::IpNet> {
+fn parse_prefix(text: &str) -> Option<ipnet::IpNet> {
     text.parse::<ipnet::IpNet>()
         .ok()
         .or_else(|| text.parse::<IpAddr>().ok().map(ipnet::IpNet::from))

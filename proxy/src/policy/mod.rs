@@ -18,7 +18,6 @@ pub use enforcer::{Enforcer, Source};
 pub use headers::apply_header_actions;
 pub use load::{deny_all, load, LoadError};
 // The NPDS path parses NPHDS prefixes as `--peer` does.
-use load::parse_prefix;
 
 /// The parts of a request a verdict depends on; `path` is normalized and includes the query.
 pub struct RequestView<'a> {

@@ -7,7 +7,6 @@
 //! snapshots whose content changed.
 
 pub mod envoy;
-pub mod npds;
 
 #[cfg(test)]
 mod l7_tests;
@@ -485,12 +484,13 @@ impl Translator {
                 return (e.np.clone(), e.resource.clone());
             }
         }
-        let np = Arc::new(NetworkPolicy {
-            endpoint_ips: m.ips.clone(),
-            endpoint_id: m.endpoint_id,
-            ingress_per_port_policies: npds::direction(&resolved.ingress, &m.named_ports),
-            egress_per_port_policies: npds::direction(&resolved.egress, &self.npds_named),
-        });
+        let np = Arc::new(membrane_api::npds::encode::network_policy(
+            m.ips.clone(),
+            m.endpoint_id,
+            &resolved,
+            &m.named_ports,
+            &self.npds_named,
+        ));
         let resource = Resource::new(NETWORK_POLICY, m.ips[0].clone(), &*np);
         self.npds.insert(
             m.id.clone(),

@@ -2,9 +2,20 @@ use super::*;
 use crate::policy::{
     apply_header_actions, Decision, Direction, NoSecrets, RequestView, SecretResolver,
 };
+use envoy_types::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier;
 use envoy_types::pb::envoy::config::route::v3::HeaderMatcher;
+use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
 use envoy_types::pb::envoy::r#type::matcher::v3::{RegexMatcher, StringMatcher};
-use membrane_xds::proto::{HttpNetworkPolicyRules, NetworkPolicyHosts};
+use membrane_api::proto::{
+    header_match::{MatchAction, MismatchAction},
+    port_network_policy_rule::{Verdict, L7},
+    HeaderMatch, HttpNetworkPolicyRule, HttpNetworkPolicyRules, PortNetworkPolicy,
+    PortNetworkPolicyRule, TlsContext,
+};
+use membrane_policy::rule::TlsSource;
+
+/// `SocketAddress.Protocol::TCP`.
+const TCP: i32 = 0;
 
 fn re(name: &str, re: &str) -> HeaderMatcher {
     HeaderMatcher {

@@ -1,7 +1,8 @@
 //! A resolved policy (from `membrane-policy`) → Cilium NPDS `NetworkPolicy`.
 //!
 //! Pure encoding: every verdict rule was decided by the policy crate; this
-//! only writes it in NPDS's vocabulary.
+//! only writes it in NPDS's vocabulary. [`super::decode`] reads it back, and
+//! the two are tested against each other.
 
 use envoy_types::pb::envoy::config::route::v3::{
     header_matcher::HeaderMatchSpecifier, HeaderMatcher,
@@ -9,18 +10,29 @@ use envoy_types::pb::envoy::config::route::v3::{
 use envoy_types::pb::envoy::r#type::matcher::v3::{
     string_matcher::MatchPattern, RegexMatcher, StringMatcher,
 };
-use membrane_policy::resolve::{DirectionPolicy, NamedPorts, PeerEntry, Remotes, UnenforcedL7Mode};
+use membrane_policy::resolve::{
+    DirectionPolicy, NamedPorts, PeerEntry, Remotes, ResolvedPolicy, UnenforcedL7Mode,
+};
 use membrane_policy::rule::{PortMatch, Proto, TlsSource, L7};
 
+use super::{TCP, UDP};
 use crate::proto::{
     header_match::MismatchAction, port_network_policy_rule, HeaderMatch, HttpNetworkPolicyRule,
-    HttpNetworkPolicyRules, L7NetworkPolicyRules, PortNetworkPolicy, PortNetworkPolicyRule,
-    TlsContext,
+    HttpNetworkPolicyRules, L7NetworkPolicyRules, NetworkPolicy, PortNetworkPolicy,
+    PortNetworkPolicyRule, TlsContext,
 };
 
-/// `SocketAddress.Protocol` values.
-const TCP: i32 = 0;
-const UDP: i32 = 1;
+/// An `exact` matcher on a header's value.
+fn exact_header(name: &str, value: &str) -> HeaderMatcher {
+    HeaderMatcher {
+        name: name.to_string(),
+        header_match_specifier: Some(HeaderMatchSpecifier::StringMatch(StringMatcher {
+            match_pattern: Some(MatchPattern::Exact(value.to_string())),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
 
 /// A `safe_regex` matcher for a user regex (already validated by the policy engine), in
 /// the anchored form the engine matches: Envoy's RE2 matches the whole value anyway, and
@@ -53,7 +65,7 @@ fn http_rule(compiled: &membrane_policy::http::CompiledHttpRule) -> HttpNetworkP
     }
     for h in r.headers.iter().flatten() {
         headers.push(match h.split_once(':') {
-            Some((name, value)) => super::envoy::exact_header(name.trim(), value.trim()),
+            Some((name, value)) => exact_header(name.trim(), value.trim()),
             None => HeaderMatcher {
                 name: h.trim().to_string(),
                 header_match_specifier: Some(HeaderMatchSpecifier::PresentMatch(true)),
@@ -244,4 +256,22 @@ pub fn direction(d: &DirectionPolicy, named: &NamedPorts) -> Vec<PortNetworkPoli
         out.push(allow_all(UDP));
     }
     out
+}
+
+/// The `NetworkPolicy` of one endpoint: its addresses and id, and both directions of its
+/// resolved policy. Named ports resolve against `ingress_named` (the endpoint's own
+/// container ports) and `egress_named` (the peers', cluster-wide).
+pub fn network_policy(
+    endpoint_ips: Vec<String>,
+    endpoint_id: u64,
+    policy: &ResolvedPolicy,
+    ingress_named: &NamedPorts,
+    egress_named: &NamedPorts,
+) -> NetworkPolicy {
+    NetworkPolicy {
+        endpoint_ips,
+        endpoint_id,
+        ingress_per_port_policies: direction(&policy.ingress, ingress_named),
+        egress_per_port_policies: direction(&policy.egress, egress_named),
+    }
 }

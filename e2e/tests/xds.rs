@@ -1,17 +1,17 @@
-//! membrane-proxy with its policy from a real `membrane-xds` process (NPDS + NPHDS): the
+//! membrane-proxy with its policy from a real `membrane-xds` (in-process; NPDS + NPHDS): the
 //! Star Wars L7 policy is enforced for the deathstar's sidecar, live changes are followed,
 //! a policy the proxy cannot enforce is NACKed (visible in the control plane's flight
 //! recorder) while the last good one stays in force, enforcement survives the control
 //! plane's death, readiness is 503 (everything denied) before the first policy, and
 //! header matches against a secret named over NPDS are checked against `--secrets-dir`.
 
+// The sidecar's own test harness (an echo backend, curl), shared rather than copied.
+#[path = "../../proxy/tests/common/mod.rs"]
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr};
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -29,53 +29,23 @@ fn xwing() -> IpAddr {
     "127.0.0.4".parse().unwrap()
 }
 
-/// The `membrane-xds` binary, built (a no-op when fresh) into this test's own target dir:
-/// Cargo gives a test the paths of its own package's binaries only.
-fn xds_binary() -> PathBuf {
-    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().unwrap();
-        // <target>/<profile>/deps/<test> → <target>/<profile>
-        let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-        let target = profile_dir.parent().unwrap();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args([
-            "build",
-            "--quiet",
-            "-p",
-            "membrane-xds",
-            "--bin",
-            "membrane-xds",
-        ])
-        .arg("--target-dir")
-        .arg(target)
-        .current_dir(std::env::var("CARGO_MANIFEST_DIR").unwrap());
-        if profile_dir.file_name().unwrap() == "release" {
-            cmd.arg("--release");
-        }
-        let status = cmd.status().expect("run cargo build");
-        assert!(status.success(), "building membrane-xds failed");
-        let bin = profile_dir.join("membrane-xds");
-        assert!(bin.exists(), "{} missing", bin.display());
-        bin
-    })
-    .clone()
-}
-
-/// A running `membrane-xds`, killed (by pid) and reaped on drop.
+/// A control plane (`membrane_xds::app`, the binary's own wiring) running in this process
+/// on a runtime and thread of its own: dropping it ends everything it runs, listeners and
+/// open streams alike, as the death of its process would.
 struct Xds {
-    child: Child,
-    _stdout: BufReader<ChildStdout>,
     /// The xDS address: plaintext, or mTLS when started without --plaintext-xds.
     grpc: SocketAddr,
     debug: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Drop for Xds {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -86,35 +56,43 @@ fn start_xds(dir: &Path, grpc: SocketAddr) -> Xds {
 }
 
 fn start_xds_args(dir: &Path, args: &[&str]) -> Xds {
-    let mut child = Command::new(xds_binary())
-        .args(args)
-        .args(["--debug-addr", "127.0.0.1:0", "--poll-ms", "50"])
-        .arg("--source-dir")
-        .arg(dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .expect("spawn membrane-xds");
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).expect("address line");
-    let field = |k: &str| -> SocketAddr {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(k))
-            .unwrap_or_else(|| panic!("no {k} in {line:?}"))
-            .parse()
-            .unwrap()
-    };
+    let dir = dir.to_str().unwrap();
+    let mut argv = vec!["membrane-xds"];
+    argv.extend_from_slice(args);
+    argv.extend([
+        "--debug-addr",
+        "127.0.0.1:0",
+        "--poll-ms",
+        "50",
+        "--source-dir",
+        dir,
+    ]);
+    let cfg = membrane_xds::config::Config::try_parse_from(argv).unwrap();
+    let (addrs_tx, addrs_rx) = std::sync::mpsc::channel();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let running = membrane_xds::app::start(&cfg)
+                .await
+                .expect("membrane-xds starts");
+            addrs_tx.send(running.addrs).unwrap();
+            let _ = stopped.await;
+            drop(running);
+        });
+        // No graceful shutdown: the runtime goes with every task and socket on it.
+        rt.shutdown_timeout(Duration::from_secs(5));
+    });
+    let addrs = addrs_rx.recv().expect("membrane-xds started");
     Xds {
-        grpc: field(if line.contains("grpc=") {
-            "grpc="
-        } else {
-            "tls="
-        }),
-        debug: field("debug="),
-        child,
-        _stdout: stdout,
+        grpc: addrs.grpc.or(addrs.tls).expect("an xDS listener"),
+        debug: addrs.debug,
+        stop: Some(stop),
+        thread: Some(thread),
     }
 }
 

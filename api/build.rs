@@ -1,12 +1,14 @@
 //! Compiles Cilium's NPDS/NPHDS protos (our own rendering, in `proto/`) with
-//! Debian's `protoc`. Envoy's types are not regenerated: they map onto the
+//! Debian's `protoc`, for every crate that speaks them (the control plane
+//! serves them, the sidecar subscribes to them). Envoy's types are not regenerated: they map onto the
 //! pre-built `envoy-types` crate through `extern_path`, so an Envoy message
 //! inside a Cilium message is the very same Rust type the ADS server uses.
 //! `protoc` still needs Envoy's `.proto` files to resolve imports; those ship
 //! inside the `envoy-types` source package, which we locate in Cargo's
 //! registry (override with `MEMBRANE_ENVOY_PROTO_DIR`). Its pre-built file
 //! descriptor set and ours for the Cilium protos are embedded too: they
-//! drive the proto3 JSON of `/debug/config_dump`.
+//! drive the proto3 JSON of membrane-xds's `/debug/config_dump` (a binary
+//! that does not use them, the proxy, does not link them).
 
 use std::path::{Path, PathBuf};
 

@@ -1,0 +1,34 @@
+//! `membrane-api`: the wire formats membrane's binaries speak to each other, in one crate
+//! that producers and consumers both depend on (as `linkerd2-proxy-api` sits between
+//! linkerd's proxy and its controller).
+//!
+//! It owns Cilium's NPDS/NPHDS protos and their generated types and services
+//! ([`proto`]), their type URLs ([`type_url`]), both directions of the conversion between
+//! the policy engine's resolved policy and NPDS ([`npds::encode`], [`npds::decode`]), and the
+//! constants the control plane's sidecar injection and the sidecar must agree on
+//! ([`sidecar`]).
+//!
+//! It depends on `membrane-policy` (whose values it converts), prost and tonic (and
+//! `envoy-types`, whose messages Cilium's embed), and never on a binary's crate: the
+//! control plane (`membrane-xds`) and the sidecar (`membrane-proxy`) depend on it, never on
+//! each other. No I/O here.
+
+pub mod npds;
+pub mod sidecar;
+pub mod type_url;
+
+/// Generated Cilium NPDS/NPHDS types and services (package `cilium`).
+#[allow(missing_docs, clippy::all)]
+pub mod proto {
+    tonic::include_proto!("cilium");
+}
+
+/// Protobuf file descriptor sets of the wire formats, for rendering them as proto3 JSON
+/// (membrane-xds's `/debug/config_dump`). A binary that does not refer to them does not
+/// link them.
+pub mod descriptors {
+    /// Envoy's API, as `envoy-types` ships it.
+    pub static ENVOY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/envoy_descriptors.bin"));
+    /// The Cilium protos of [`crate::proto`].
+    pub static CILIUM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/cilium_descriptors.bin"));
+}
