@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what `make test`, `make demo` and `make bench` need, only when it is missing.
+# Installs what `make test`, `make demo`, `make bench` and the presubmit (.ci/run) need,
+# only when it is missing.
 # Idempotent; runs as root on a fresh Debian machine (CI) or a developer's.
 set -euo pipefail
 
@@ -55,3 +56,15 @@ if [ ${#pip_missing[@]} -gt 0 ]; then
   echo "install-deps: pip install ${pip_missing[*]}"
   python3 -m pip install -q "${pip_missing[@]}"
 fi
+
+# Cargo tools from crates.io, built from source (locked versions). cargo-deny takes
+# about four minutes to build on two cores, once; later runs find it installed.
+declare -A CARGO_TOOLS=(
+  [cargo-deny]=cargo-deny
+)
+for cmd in "${!CARGO_TOOLS[@]}"; do
+  if ! command -v "$cmd" >/dev/null 2>&1; then
+    echo "install-deps: cargo install --locked ${CARGO_TOOLS[$cmd]}"
+    cargo install --locked "${CARGO_TOOLS[$cmd]}"
+  fi
+done

@@ -128,7 +128,7 @@ fn detach_restores_plain_path() {
 
     dp.detach(env.cgroup_path()).unwrap();
     assert!(
-        !env.cgroup_progs().contains("mb_"),
+        env.programs_detached(),
         "programs still attached: {}",
         env.cgroup_progs()
     );

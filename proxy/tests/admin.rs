@@ -399,14 +399,31 @@ async fn binary_logs_json_access_entries_and_drains_on_sigterm() {
     // A request in flight when SIGTERM arrives still completes; then the process exits 0.
     let url = format!("http://{}/v1/slow", b.listen);
     let slow = tokio::spawn(async move { curl(&["-H", "x-delay-ms: 700", &url]).await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stats = format!("http://{}/stats", b.admin);
+    let mut in_flight = false;
+    for _ in 0..250 {
+        if get(&stats)
+            .await
+            .1
+            .contains("http.inbound.downstream_rq_active: 1")
+        {
+            in_flight = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(in_flight, "the slow request never arrived");
     signal(&b.child, "TERM");
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(
-        get(&format!("http://{}/ready", b.admin)).await.0,
-        0,
-        "admin closes while draining"
-    );
+    let ready = format!("http://{}/ready", b.admin);
+    let mut closed = false;
+    for _ in 0..250 {
+        if get(&ready).await.0 == 0 {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(closed, "admin closes while draining");
     assert_eq!(slow.await.unwrap().0, 200, "in-flight request completed");
     let status =
         tokio::task::spawn_blocking(move || wait_exit(&mut b.child, Duration::from_secs(5)))

@@ -5,10 +5,11 @@
 
 mod common;
 
+use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,14 +22,32 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Barrier;
 
-/// Connections the backend accepted and saw closed.
+/// Connections the backend accepted and saw closed, the requests that arrived, and which
+/// connections carried each authority's requests.
 #[derive(Default)]
 struct Counts {
     accepted: AtomicUsize,
     closed: AtomicUsize,
+    requests: AtomicUsize,
+    carriers: Mutex<HashMap<String, HashSet<usize>>>,
 }
 
 impl Counts {
+    /// The connections (numbered in accept order) that carried requests for `authority`.
+    fn carriers(&self, authority: &str) -> HashSet<usize> {
+        let carriers = self.carriers.lock().unwrap();
+        carriers.get(authority).cloned().unwrap_or_default()
+    }
+    /// Waits (bounded) until `n` requests have arrived (answered or held).
+    async fn wait_requests(&self, n: usize) -> usize {
+        for _ in 0..500 {
+            if self.requests.load(Ordering::SeqCst) >= n {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.requests.load(Ordering::SeqCst)
+    }
     fn accepted(&self) -> usize {
         self.accepted.load(Ordering::SeqCst)
     }
@@ -60,12 +79,26 @@ async fn counting_backend(barrier: Arc<Barrier>) -> (SocketAddr, Arc<Counts>) {
             let Ok((s, _)) = l.accept().await else {
                 continue;
             };
-            c.accepted.fetch_add(1, Ordering::SeqCst);
+            let conn = c.accepted.fetch_add(1, Ordering::SeqCst);
             let c = c.clone();
             let barrier = barrier.clone();
             tokio::spawn(async move {
+                let counts = c.clone();
                 let svc = service_fn(move |req: Request<Incoming>| {
                     let barrier = barrier.clone();
+                    let authority = req
+                        .uri()
+                        .authority()
+                        .map(|a| a.to_string())
+                        .or_else(|| {
+                            let host = req.headers().get(http::header::HOST)?;
+                            host.to_str().ok().map(str::to_owned)
+                        })
+                        .unwrap_or_default();
+                    if let Ok(mut carriers) = counts.carriers.lock() {
+                        carriers.entry(authority).or_default().insert(conn);
+                    }
+                    counts.requests.fetch_add(1, Ordering::SeqCst);
                     async move {
                         if req.uri().path() == "/v1/hold" {
                             barrier.wait().await;
@@ -197,10 +230,22 @@ async fn h2_requests_share_one_upstream_connection_per_authority() {
     for r in reqs {
         assert_eq!(r.await.unwrap(), 200);
     }
+    // Every request of an authority rode one connection, and the two differ.
+    let (a, b) = (counts.carriers("a.test"), counts.carriers("b.test"));
     assert_eq!(
-        counts.accepted(),
-        2,
-        "one upstream HTTP/2 connection per authority"
+        (a.len(), b.len()),
+        (1, 1),
+        "one upstream HTTP/2 connection per authority: a.test on {a:?}, b.test on {b:?}"
+    );
+    assert!(a.is_disjoint(&b), "a.test on {a:?}, b.test on {b:?}");
+    // hyper-util's pool may dial one more in a narrow race (a request's checkout waits just
+    // before the first connection lands, its connect starts just after); that connection
+    // carries nothing and is closed as soon as it is up, so it is no second connection in use.
+    let spare = counts.accepted() - 2;
+    assert_eq!(
+        counts.wait_closed(spare).await,
+        spare,
+        "a spare connection stayed open"
     );
     p.drain(Duration::from_secs(1)).await;
 }
@@ -296,7 +341,7 @@ async fn with_every_h2_connection_busy_a_request_waits_then_gets_503() {
     // a is busy; a request for c waits for the slot and gets it once a is done.
     let s = send.clone();
     let held = tokio::spawn(async move { h2_get(&s, "a.test", "/v1/hold").await.0 });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(counts.wait_requests(1).await, 1, "a's hold never arrived");
     let s = send.clone();
     let waiting = tokio::spawn(async move { h2_get(&s, "c.test", "/v1/x").await.0 });
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -313,7 +358,7 @@ async fn with_every_h2_connection_busy_a_request_waits_then_gets_503() {
     // overflowing circuit breaker.
     let s = send.clone();
     let held = tokio::spawn(async move { h2_get(&s, "c.test", "/v1/hold").await.0 });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(counts.wait_requests(4).await, 4, "c's hold never arrived");
     let started = std::time::Instant::now();
     let (status, headers) = h2_get(&send, "e.test", "/v1/x").await;
     assert_eq!(status, 503);

@@ -678,8 +678,7 @@ async fn policy_tls_certificates_reload_and_bad_secrets_keep_the_last_good_one()
         "a-cert",
         &[("tls.crt", &g1_crt), ("tls.key", &g2_key)],
     );
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    assert!(served_subject(port, "a.test").await.contains("gen2"));
+    subject_becomes("gen2").await;
     std::fs::write(secrets.join("a.yaml"), "kind: Secret\nmetadata: [oops\n").unwrap();
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert!(served_subject(port, "a.test").await.contains("gen2"));

@@ -221,6 +221,21 @@ pub async fn start(cfg: &Config) -> Result<Running, AppError> {
     if let Some(ids) = identities {
         controller = controller.with_cluster_identities(ids);
     }
+    // File-system events make changes visible at once; polling stays as the
+    // fallback (and the only mechanism when the watcher cannot start). Watched before
+    // the first pass: a change written after that pass read the directory, but before
+    // the watch existed, would otherwise wait for the next poll (it fires `wake`,
+    // which keeps the event until the controller runs).
+    let _watcher = match &cfg.source_dir {
+        Some(dir) => match crate::controller::watch_dir(dir, wake.clone()) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "no file-system watch; polling only");
+                None
+            }
+        },
+        None => None,
+    };
     // Publish before serving, so the first clients get a snapshot at once.
     controller.reconcile();
 
@@ -330,18 +345,6 @@ pub async fn start(cfg: &Config) -> Result<Running, AppError> {
         cfg.conn_limits(false),
         stopped(stop_rx.clone()),
     ));
-    // File-system events make changes visible at once; polling stays as the
-    // fallback (and the only mechanism when the watcher cannot start).
-    let _watcher = match &cfg.source_dir {
-        Some(dir) => match crate::controller::watch_dir(dir, wake.clone()) {
-            Ok(w) => Some(w),
-            Err(e) => {
-                tracing::warn!(dir = %dir.display(), error = %e, "no file-system watch; polling only");
-                None
-            }
-        },
-        None => None,
-    };
     let ctl_task =
         tokio::spawn(controller.run(Duration::from_millis(cfg.poll_ms), wake, stopped(stop_rx)));
     let mut tasks = vec![ctl_task, dbg_task];

@@ -42,6 +42,21 @@ fn sh(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Polls `cond` every 10 ms until it holds or `limit` has passed; whether it held. For
+/// conditions that become true asynchronously: wait on the condition, not on a moment.
+pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn cgroup_root() -> PathBuf {
     if let Some(p) = cgroup2_mount() {
         return p;
@@ -205,6 +220,15 @@ impl Env {
         sh(Command::new("bpftool")
             .args(["cgroup", "show"])
             .arg(&self.cgroup))
+    }
+
+    /// Whether none of our programs is attached to the test cgroup, waiting a few seconds
+    /// for it: the kernel releases a link unpinned from bpffs from a work queue
+    /// (`bpf_link_put` defers), so a check made right after a detach races the release.
+    pub fn programs_detached(&self) -> bool {
+        wait_until(Duration::from_secs(5), || {
+            !self.cgroup_progs().contains("mb_")
+        })
     }
 
     pub fn cgroup_path(&self) -> &Path {

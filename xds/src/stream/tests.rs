@@ -1,8 +1,12 @@
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+use envoy_types::pb::google::rpc::Status;
+
 use super::*;
 use crate::proto::NetworkPolicyHosts;
 use crate::resource::{Resource, CLUSTER, NETWORK_POLICY_HOSTS};
-use crate::snapshot::SnapshotBuilder;
-use envoy_types::pb::google::rpc::Status;
+use crate::snapshot::{Snapshot, SnapshotBuilder};
 
 fn snap(hosts: &[(u64, &str)]) -> Arc<Snapshot> {
     let mut b = SnapshotBuilder::new();

@@ -1,0 +1,220 @@
+//! The state-of-the-world variant: every response carries the whole
+//! subscription, absence is removal, and ACK/NACK are by nonce per type.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+
+use super::{clip, resolve_type, Outcome, Sent, Step, StreamError, StreamLimits, Subscription};
+use crate::snapshot::Snapshot;
+
+#[derive(Debug, Clone)]
+struct SotwType {
+    subscription: Subscription,
+    /// Version, nonce and names of the last response sent.
+    sent: Option<(String, String, BTreeSet<String>)>,
+    in_flight: bool,
+    acked: Option<String>,
+    nacked: Option<String>,
+    /// The subscription changed since the last response.
+    dirty: bool,
+}
+
+/// State of one SotW stream (ADS or a single-type service such as NPDS).
+#[derive(Debug)]
+pub struct SotwStream {
+    /// The type a single-type service serves; `None` for ADS.
+    only_type: Option<String>,
+    limits: StreamLimits,
+    nonce: u64,
+    types: BTreeMap<String, SotwType>,
+    snapshot: Option<Arc<Snapshot>>,
+}
+
+/// Per-type state exposed for debug output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TypeStatus {
+    /// What the client subscribed to.
+    pub subscription: Subscription,
+    /// Last version sent.
+    pub sent_version: Option<String>,
+    /// Last nonce sent.
+    pub sent_nonce: Option<String>,
+    /// Last version ACKed.
+    pub acked_version: Option<String>,
+    /// Last version NACKed.
+    pub nacked_version: Option<String>,
+}
+
+impl SotwStream {
+    /// A stream for ADS (`None`) or for a single-type service.
+    pub fn new(only_type: Option<&str>) -> Self {
+        SotwStream {
+            only_type: only_type.map(str::to_string),
+            limits: StreamLimits::default(),
+            nonce: 0,
+            types: BTreeMap::new(),
+            snapshot: None,
+        }
+    }
+
+    /// The same stream with these limits.
+    pub fn with_limits(mut self, limits: StreamLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Per-type status, for `/debug/adsz`.
+    pub fn status(&self) -> BTreeMap<String, TypeStatus> {
+        self.types
+            .iter()
+            .map(|(t, s)| {
+                (
+                    t.clone(),
+                    TypeStatus {
+                        subscription: s.subscription.clone(),
+                        sent_version: s.sent.as_ref().map(|x| x.0.clone()),
+                        sent_nonce: s.sent.as_ref().map(|x| x.1.clone()),
+                        acked_version: s.acked.clone(),
+                        nacked_version: s.nacked.clone(),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// Handles one request from the client.
+    pub fn on_request(
+        &mut self,
+        req: &DiscoveryRequest,
+    ) -> Result<Step<DiscoveryResponse>, StreamError> {
+        let t = resolve_type(&self.only_type, &req.type_url)?;
+        let max = self.limits.max_names_per_type;
+        if req.resource_names.len() > max {
+            return Err(StreamError::TooManyNames { type_url: t, max });
+        }
+        let text = self.limits.max_text_bytes;
+        let mut step = Step::default();
+        let first = !self.types.contains_key(&t);
+        let st = self.types.entry(t.clone()).or_insert_with(|| SotwType {
+            subscription: Subscription::Names(BTreeSet::new()),
+            sent: None,
+            in_flight: false,
+            acked: None,
+            nacked: None,
+            dirty: true,
+        });
+        if !req.response_nonce.is_empty() {
+            match &st.sent {
+                Some((version, nonce, _)) if *nonce == req.response_nonce => {
+                    st.in_flight = false;
+                    match &req.error_detail {
+                        Some(status) => {
+                            st.nacked = Some(version.clone());
+                            step.outcomes.push(Outcome::Nack {
+                                type_url: t.clone(),
+                                version: version.clone(),
+                                nonce: nonce.clone(),
+                                error: clip(&status.message, text),
+                            });
+                        }
+                        None => {
+                            let echoed = clip(&req.version_info, text);
+                            st.acked = Some(echoed.clone());
+                            step.outcomes.push(Outcome::Ack {
+                                type_url: t.clone(),
+                                version: echoed,
+                                nonce: nonce.clone(),
+                            });
+                        }
+                    }
+                }
+                _ => {
+                    step.outcomes.push(Outcome::Stale {
+                        type_url: t,
+                        nonce: clip(&req.response_nonce, text),
+                    });
+                    return Ok(step);
+                }
+            }
+        }
+        let names = &req.resource_names;
+        let sub = if names.iter().any(|n| n == "*")
+            || (names.is_empty() && (first || st.subscription == Subscription::Wildcard))
+        {
+            Subscription::Wildcard
+        } else {
+            Subscription::Names(names.iter().cloned().collect())
+        };
+        if sub != st.subscription {
+            st.subscription = sub;
+            st.dirty = true;
+        }
+        if let Some(r) = self.respond(&t) {
+            step.responses.push(r);
+        }
+        Ok(step)
+    }
+
+    /// Handles a new snapshot for this stream's node.
+    pub fn on_snapshot(&mut self, snap: Arc<Snapshot>) -> Step<DiscoveryResponse> {
+        self.snapshot = Some(snap);
+        let mut step = Step::default();
+        let types: Vec<String> = self.types.keys().cloned().collect();
+        for t in types {
+            if let Some(r) = self.respond(&t) {
+                step.responses.push(r);
+            }
+        }
+        step
+    }
+
+    fn respond(&mut self, t: &str) -> Option<(Sent, DiscoveryResponse)> {
+        let snap = self.snapshot.clone()?;
+        let st = self.types.get_mut(t)?;
+        if st.in_flight {
+            return None;
+        }
+        let version = snap.type_version(t);
+        let unchanged = st.sent.as_ref().is_some_and(|s| s.0 == version);
+        if unchanged && !st.dirty {
+            return None;
+        }
+        if !st.dirty && st.nacked.as_deref() == Some(version.as_str()) {
+            return None;
+        }
+        let mut names = BTreeSet::new();
+        let mut resources = Vec::new();
+        if let Some(set) = snap.resources(t) {
+            for (name, r) in &set.items {
+                if st.subscription.wants(name) {
+                    names.insert(name.clone());
+                    resources.push((*r.body).clone());
+                }
+            }
+        }
+        self.nonce += 1;
+        let nonce = self.nonce.to_string();
+        st.sent = Some((version.clone(), nonce.clone(), names.clone()));
+        st.in_flight = true;
+        st.dirty = false;
+        let resp = DiscoveryResponse {
+            version_info: version.clone(),
+            resources,
+            type_url: t.to_string(),
+            nonce: nonce.clone(),
+            ..Default::default()
+        };
+        Some((
+            Sent {
+                type_url: t.to_string(),
+                version,
+                nonce,
+                names: names.into_iter().collect(),
+                removed: Vec::new(),
+            },
+            resp,
+        ))
+    }
+}
