@@ -253,25 +253,13 @@ impl axum::serve::Listener for TlsListener {
 
 /// A CA, and a certificate for 127.0.0.1 it signed: (ca, cert, key).
 fn certificates(d: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    std::fs::write(
-        d.join("ext.cnf"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
-    )
-    .unwrap();
-    let ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
-    for cmd in [
-        format!("req -x509 {ec} -days 1 -subj /CN=recorded-ca -keyout ca.key -out ca.pem"),
-        format!("req {ec} -subj /CN=kube-apiserver -keyout key.pem -out leaf.csr"),
-        "x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -extfile ext.cnf -out cert.pem".to_string(),
-    ] {
-        let out = std::process::Command::new("openssl")
-            .args(cmd.split(' '))
-            .current_dir(d)
-            .output()
-            .expect("openssl");
-        assert!(out.status.success(), "openssl {cmd}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    (d.join("ca.pem"), d.join("cert.pem"), d.join("key.pem"))
+    let ca = Ca::new("recorded-ca", &d.join("ca.pem"), &d.join("ca.key"));
+    let leaf = ca.issue(
+        &Leaf::new("kube-apiserver").san("IP:127.0.0.1"),
+        &d.join("cert.pem"),
+        &d.join("key.pem"),
+    );
+    (ca.files.cert.clone(), leaf.cert, leaf.key)
 }
 
 fn json_response(status: StatusCode, v: &Value) -> Response {
@@ -490,7 +478,7 @@ async fn kube_source_serves_policy_follows_watch_writes_status_and_relists() {
         .all(|r| r.authorization == "Bearer recorded-token"));
 
     // The deathstar's sidecar gets the L7 rule of the Star Wars policy.
-    let (tx, mut s) = npds_stream(xds.grpc).await;
+    let (tx, mut s) = npds_stream(xds.grpc()).await;
     let r1 = next(&mut s).await;
     let rules = deathstar_http(&r1);
     assert_eq!(rules.len(), 1, "{rules:?}");
@@ -558,7 +546,7 @@ async fn kube_source_serves_policy_follows_watch_writes_status_and_relists() {
         String::from_utf8_lossy(&out.stdout)
     );
 
-    let sourcez = debug_json(xds.debug, "/debug/sourcez").await;
+    let sourcez = debug_json(xds.debug(), "/debug/sourcez").await;
     let text = sourcez.to_string();
     assert!(
         text.contains("CiliumNetworkPolicy default/invalid-policy"),
@@ -603,7 +591,7 @@ async fn kube_source_serves_policy_follows_watch_writes_status_and_relists() {
         Duration::from_secs(15),
         "the ADDED pod and DELETED CNP",
         || async {
-            let text = debug_json(xds.debug, "/debug/sourcez").await.to_string();
+            let text = debug_json(xds.debug(), "/debug/sourcez").await.to_string();
             (text.contains("Pod default/xwing-2") && !text.contains("invalid-policy")).then_some(())
         },
     )
@@ -626,7 +614,7 @@ async fn kube_source_serves_policy_follows_watch_writes_status_and_relists() {
     })
     .await;
     let pods = eventually(Duration::from_secs(15), "the relisted pods", || async {
-        let v = debug_json(xds.debug, "/debug/sourcez").await;
+        let v = debug_json(xds.debug(), "/debug/sourcez").await;
         let kinds = v["sources"]
             .as_array()?
             .iter()
@@ -643,7 +631,7 @@ async fn kube_source_serves_policy_follows_watch_writes_status_and_relists() {
     assert!(names.contains("default/xwing-2"), "{names}");
 
     // The policy is still served as before, to a new stream too.
-    let (_tx2, mut s2) = npds_stream(xds.grpc).await;
+    let (_tx2, mut s2) = npds_stream(xds.grpc()).await;
     let r3 = next(&mut s2).await;
     assert_eq!(deathstar_http(&r3), deathstar_http(&r2));
 

@@ -82,8 +82,8 @@ fn debug_env() -> [(&'static str, &'static str); 2] {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn debug_listener_closes_connections_past_its_cap() {
     let tmp = tempfile::tempdir().unwrap();
-    let xds = launch::start_xds_env(tmp.path(), &[], &debug_env(), "membrane_xds=debug");
-    let dbg = xds.debug;
+    let xds = start_xds_env(tmp.path(), &[], &debug_env(), "membrane_xds=debug");
+    let dbg = xds.debug();
     // Three idle connections fill the listener; a fourth is closed at once
     // without an answer.
     let mut held = Vec::new();
@@ -117,9 +117,9 @@ async fn debug_listener_closes_connections_past_its_cap() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn debug_listener_cuts_a_slow_request_head() {
     let tmp = tempfile::tempdir().unwrap();
-    let xds = launch::start_xds_env(tmp.path(), &[], &debug_env(), "membrane_xds=debug");
+    let xds = start_xds_env(tmp.path(), &[], &debug_env(), "membrane_xds=debug");
     // A head trickled a byte every 300 ms is cut at the 1 s deadline.
-    let mut slow = TcpStream::connect(xds.debug).await.unwrap();
+    let mut slow = TcpStream::connect(xds.debug()).await.unwrap();
     let cut = trickle(
         &mut slow,
         "GET /ready HTTP/1.1\r\nx-slow: ",
@@ -130,7 +130,7 @@ async fn debug_listener_cuts_a_slow_request_head() {
     let (after, _) = cut.expect("the slow head is still being read after 6 s");
     assert!(after < Duration::from_secs(3), "cut after {after:?}");
     // Still serving, and the cut is counted.
-    let text = debug_get(xds.debug, "/metrics").await;
+    let text = debug_get(xds.debug(), "/metrics").await;
     assert_eq!(
         metric(
             &text,
@@ -163,7 +163,7 @@ impl Webhook {
             OsStr::new("--webhook-key"),
             key.as_os_str(),
         ];
-        let xds = launch::start_xds_env(&src, &args, env, "membrane_xds=debug");
+        let xds = start_xds_env(&src, &args, env, "membrane_xds=debug");
         let mut roots = rustls::RootCertStore::empty();
         for c in CertificateDer::pem_file_iter(certs.join("ca.pem")).unwrap() {
             roots.add(c.unwrap()).unwrap();
@@ -182,7 +182,7 @@ impl Webhook {
     }
 
     fn addr(&self) -> SocketAddr {
-        self.xds.webhook.expect("webhook served")
+        self.xds.webhook().expect("webhook served")
     }
 
     async fn connect(&self) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
@@ -219,7 +219,7 @@ async fn webhook_closes_connections_past_its_cap() {
     drop(held);
     tokio::time::sleep(Duration::from_millis(200)).await;
     hook.connect().await.expect("room again");
-    let text = debug_get(hook.xds.debug, "/metrics").await;
+    let text = debug_get(hook.xds.debug(), "/metrics").await;
     assert_eq!(
         metric(
             &text,
@@ -263,7 +263,7 @@ async fn webhook_answers_a_slow_body_with_408() {
     let (after, answer) = cut.expect("the slow body is still being read after 6 s");
     assert!(after < Duration::from_secs(4), "body cut after {after:?}");
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
-    let text = debug_get(hook.xds.debug, "/metrics").await;
+    let text = debug_get(hook.xds.debug(), "/metrics").await;
     assert_eq!(
         metric(
             &text,
