@@ -161,14 +161,6 @@ fn sk_lookup_links_on(ino: u64) -> usize {
         .count()
 }
 
-/// A namespace of the test's own, removed on drop.
-struct Netns(String);
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
 #[test]
 fn a_stale_pin_of_a_reused_namespace_inode_is_not_an_attachment() {
     let env = Env::new();
@@ -177,13 +169,8 @@ fn a_stale_pin_of_a_reused_namespace_inode_is_not_an_attachment() {
         ..Settings::default()
     });
     let p = pod(&env);
-    let new_ns = Netns(format!("{}-new", env.netns));
-    assert!(Command::new("ip")
-        .args(["netns", "add", &new_ns.0])
-        .status()
-        .unwrap()
-        .success());
-    let new_path = PathBuf::from("/run/netns").join(&new_ns.0);
+    let new_ns = membrane_test_support::Netns::add(&format!("{}-new", env.netns));
+    let new_path = new_ns.path();
     let new_ino = ino(&new_path);
     let links = env.bpffs.join("links");
 

@@ -249,15 +249,6 @@ fn a_full_ring_buffer_counts_what_it_dropped() {
     assert_eq!(read + lost, 3000, "read {read}, lost {lost}");
 }
 
-/// Kills a process started outside the harness's cgroup on drop.
-struct Outside(std::process::Child);
-impl Drop for Outside {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn an_sk_msg_miss_is_reported_and_the_socket_stays_on_tcp() {
     // The app's socket is spliced, its peer (a server outside the pod's
@@ -267,7 +258,8 @@ fn an_sk_msg_miss_is_reported_and_the_socket_stays_on_tcp() {
     let env = Env::new();
     let dp = env.attach(&Settings::default());
     let mut reader = dp.events().unwrap();
-    let mut server = Outside(
+    // Started outside the harness's cgroup, so the harness does not own it.
+    let mut server = membrane_test_support::ChildGuard(
         std::process::Command::new("ip")
             .args(["netns", "exec", &env.netns, common::SOCKBENCH])
             .args(["echo", "--listen", "127.0.0.1:9301"])
