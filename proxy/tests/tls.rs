@@ -7,117 +7,28 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::*;
+use membrane_test_support::pki::{self, Ca, Leaf, Usage};
 
-/// A self-signed certificate for `name`, made with the openssl CLI.
+/// A self-signed certificate for `name`.
 fn self_signed(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-    let cert = dir.join(format!("{name}.crt"));
-    let key = dir.join(format!("{name}.key"));
-    let ok = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "1",
-        ])
-        .args([
-            "-subj",
-            &format!("/CN={name}"),
-            "-addext",
-            &format!("subjectAltName=DNS:{name}"),
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl runs");
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
+    let f = pki::self_signed(
+        &Leaf::new(name).dns(&[name]),
+        &dir.join(format!("{name}.crt")),
+        &dir.join(format!("{name}.key")),
     );
-    (cert, key)
-}
-
-fn openssl(args: &[&str]) {
-    let out = std::process::Command::new("openssl")
-        .args(args)
-        .output()
-        .expect("openssl runs");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    (f.cert, f.key)
 }
 
 /// A CA and a server certificate for `name` it signed (webpki refuses a CA certificate as a
 /// server's own); returns (ca cert, leaf cert, leaf key).
 fn ca_and_leaf(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
-    let p = |f: &str| dir.join(f).display().to_string();
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=membrane test CA",
-        "-keyout",
-        &p("ca.key"),
-        "-out",
-        &p("ca.crt"),
-    ]);
-    openssl(&[
-        "req",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-subj",
-        &format!("/CN={name}"),
-        "-keyout",
-        &p("leaf.key"),
-        "-out",
-        &p("leaf.csr"),
-    ]);
-    std::fs::write(
-        dir.join("leaf.ext"),
-        format!("subjectAltName=DNS:{name}\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n"),
-    )
-    .unwrap();
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        &p("leaf.csr"),
-        "-CA",
-        &p("ca.crt"),
-        "-CAkey",
-        &p("ca.key"),
-        "-CAcreateserial",
-        "-days",
-        "1",
-        "-extfile",
-        &p("leaf.ext"),
-        "-out",
-        &p("leaf.crt"),
-    ]);
-    (
-        dir.join("ca.crt"),
-        dir.join("leaf.crt"),
-        dir.join("leaf.key"),
-    )
+    let ca = Ca::new("membrane test CA", &dir.join("ca.crt"), &dir.join("ca.key"));
+    let leaf = ca.issue(
+        &Leaf::new(name).dns(&[name]).usage(Usage::Server),
+        &dir.join("leaf.crt"),
+        &dir.join("leaf.key"),
+    );
+    (ca.files.cert.clone(), leaf.cert, leaf.key)
 }
 
 fn tmpdir(tag: &str) -> PathBuf {
@@ -299,108 +210,51 @@ async fn upstream_tls_origination_with_alpn() {
 // ---- Policy-driven TLS: terminatingTLS / originatingTLS / serverNames from the policy,
 // certificates from Kubernetes Secret manifests in --secrets-dir.
 
-/// A test CA.
-struct Ca {
-    crt: PathBuf,
-    key: PathBuf,
-}
-
+/// A test CA `DIR/TAG.crt`, `DIR/TAG.key`.
 fn make_ca(dir: &Path, tag: &str) -> Ca {
-    let crt = dir.join(format!("{tag}.crt"));
-    let key = dir.join(format!("{tag}.key"));
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-days",
-        "1",
-        "-subj",
-        &format!("/CN=membrane test CA {tag}"),
-        "-keyout",
-        &key.display().to_string(),
-        "-out",
-        &crt.display().to_string(),
-    ]);
-    Ca { crt, key }
+    Ca::new(
+        &format!("membrane test CA {tag}"),
+        &dir.join(format!("{tag}.crt")),
+        &dir.join(format!("{tag}.key")),
+    )
 }
 
 /// A server certificate signed by `ca` for `sans`, with `subject`; returns (cert, key).
 fn issue(dir: &Path, ca: &Ca, file: &str, subject: &str, sans: &[&str]) -> (PathBuf, PathBuf) {
-    issue_for(dir, ca, file, subject, sans, "serverAuth")
+    issue_for(dir, ca, file, subject, sans, Usage::Server)
 }
 
-/// [`issue`] with the given extended key usage (`serverAuth` or `clientAuth`).
+/// [`issue`] with the given extended key usage.
 fn issue_for(
     dir: &Path,
     ca: &Ca,
     file: &str,
     subject: &str,
     sans: &[&str],
-    usage: &str,
+    usage: Usage,
 ) -> (PathBuf, PathBuf) {
-    let p = |ext: &str| dir.join(format!("{file}.{ext}")).display().to_string();
-    openssl(&[
-        "req",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-subj",
-        subject,
-        "-keyout",
-        &p("key"),
-        "-out",
-        &p("csr"),
-    ]);
-    let san: Vec<String> = sans.iter().map(|s| format!("DNS:{s}")).collect();
-    std::fs::write(
-        p("ext"),
-        format!(
-            "subjectAltName={}\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage={usage}\n",
-            san.join(",")
-        ),
-    )
-    .unwrap();
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        &p("csr"),
-        "-CA",
-        &ca.crt.display().to_string(),
-        "-CAkey",
-        &ca.key.display().to_string(),
-        "-CAcreateserial",
-        "-days",
-        "1",
-        "-extfile",
-        &p("ext"),
-        "-out",
-        &p("crt"),
-    ]);
-    (
-        dir.join(format!("{file}.crt")),
-        dir.join(format!("{file}.key")),
-    )
+    let f = ca.issue(
+        &Leaf::new(subject).dns(sans).usage(usage),
+        &dir.join(format!("{file}.crt")),
+        &dir.join(format!("{file}.key")),
+    );
+    (f.cert, f.key)
 }
 
 /// Writes a Kubernetes Secret manifest `file` (namespace default) with base64 `data`.
 fn write_secret(dir: &Path, file: &str, name: &str, items: &[(&str, &Path)]) {
-    use base64::Engine as _;
-    let mut text = format!("apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  namespace: default\ntype: kubernetes.io/tls\ndata:\n");
-    for (k, path) in items {
-        let b = base64::engine::general_purpose::STANDARD.encode(std::fs::read(path).unwrap());
-        text.push_str(&format!("  {k}: {b}\n"));
-    }
-    // Write then rename, as a controller would, so the poller never sees half a file.
-    let tmp = dir.join(format!(".{file}.tmp"));
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(tmp, dir.join(file)).unwrap();
+    let data: Vec<(&str, Vec<u8>)> = items
+        .iter()
+        .map(|(k, p)| (*k, std::fs::read(p).unwrap()))
+        .collect();
+    let entries: Vec<(&str, &[u8])> = data.iter().map(|(k, v)| (*k, v.as_slice())).collect();
+    common::write_secret(
+        dir,
+        file,
+        ("default", name),
+        Some("kubernetes.io/tls"),
+        &entries,
+    );
 }
 
 /// A proxy in front of `backend` enforcing `policy` (PORT = the backend's port), with
@@ -415,20 +269,7 @@ async fn start_policy_proxy(
         .unwrap()
         .join(format!("policy-{}.yaml", backend.port()));
     std::fs::write(&file, policy.replace("PORT", &backend.port().to_string())).unwrap();
-    let secrets = secrets.display().to_string();
-    let cfg = config_for(
-        backend,
-        &file,
-        "k8s:app=backend",
-        &[
-            "--secrets-dir",
-            &secrets,
-            "--secrets-poll-interval",
-            "100ms",
-        ],
-    );
-    let enforcer = membrane_proxy::policy::load(&cfg).expect("policy loads");
-    membrane_proxy::start(&cfg, enforcer, None).await.unwrap()
+    start_with_secrets(backend, &file, "k8s:app=backend", secrets).await
 }
 
 /// The subject of the certificate the proxy serves for `sni`, as `openssl s_client` sees
@@ -510,18 +351,18 @@ async fn policy_tls_terminates_by_sni_enforces_and_originates_verified() {
         &secrets,
         "back.yaml",
         "backend-ca",
-        &[("ca.crt", &back.crt)],
+        &[("ca.crt", &back.files.cert)],
     );
     write_secret(
         &secrets,
         "other.yaml",
         "other-ca",
-        &[("ca.crt", &other.crt)],
+        &[("ca.crt", &other.files.cert)],
     );
     let backend = start_tls_backend(&be_crt, &be_key).await;
     let running = start_policy_proxy(backend, SNI_POLICY, &secrets).await;
     let port = running.addrs.listen.port();
-    let ca = front.crt.display().to_string();
+    let ca = front.files.cert.display().to_string();
     let get = |name: &'static str, path: &'static str, extra: &'static [&'static str]| {
         let ca = ca.clone();
         async move {
@@ -611,12 +452,12 @@ async fn policy_tls_certificates_reload_and_bad_secrets_keep_the_last_good_one()
         &secrets,
         "back.yaml",
         "backend-ca",
-        &[("ca.crt", &back.crt)],
+        &[("ca.crt", &back.files.cert)],
     );
     let backend = start_tls_backend(&be_crt, &be_key).await;
     let running = start_policy_proxy(backend, SNI_POLICY, &secrets).await;
     let port = running.addrs.listen.port();
-    let ca = front.crt.display().to_string();
+    let ca = front.files.cert.display().to_string();
     let status = |name: &'static str| {
         let ca = ca.clone();
         async move {
@@ -719,7 +560,7 @@ spec:
 "#;
     let running = start_policy_proxy(backend, policy, &secrets).await;
     let port = running.addrs.listen.port();
-    let ca = back.crt.display().to_string();
+    let ca = back.files.cert.display().to_string();
     let get = |name: &str| {
         let ca = ca.clone();
         let name = name.to_owned();
@@ -761,14 +602,14 @@ async fn a_terminating_context_with_a_ca_requires_client_certificates() {
     let clients = make_ca(dir, "client-ca");
     let strangers = make_ca(dir, "stranger-ca");
     let (a_crt, a_key) = issue(dir, &front, "a", "/CN=a.test", &["a.test"]);
-    let (c_crt, c_key) = issue_for(dir, &clients, "c", "/CN=client", &["client"], "clientAuth");
+    let (c_crt, c_key) = issue_for(dir, &clients, "c", "/CN=client", &["client"], Usage::Client);
     let (s_crt, s_key) = issue_for(
         dir,
         &strangers,
         "s",
         "/CN=stranger",
         &["stranger"],
-        "clientAuth",
+        Usage::Client,
     );
     write_secret(
         &secrets,
@@ -777,7 +618,7 @@ async fn a_terminating_context_with_a_ca_requires_client_certificates() {
         &[
             ("tls.crt", &a_crt),
             ("tls.key", &a_key),
-            ("ca.crt", &clients.crt),
+            ("ca.crt", &clients.files.cert),
         ],
     );
     let backend = start_backend().await;
@@ -797,7 +638,7 @@ spec:
     let running = start_policy_proxy(backend, policy, &secrets).await;
     let port = running.addrs.listen.port();
     let (ca, resolve, url) = (
-        front.crt.display().to_string(),
+        front.files.cert.display().to_string(),
         format!("a.test:{port}:127.0.0.1"),
         format!("https://a.test:{port}/v1/x"),
     );

@@ -70,6 +70,20 @@ impl Drop for Netns {
     }
 }
 
+/// Runs curl inside the namespace `ns` (`-s --max-time 3`, then `args`); returns (status
+/// code, body). A connection that fails gives status `000`.
+pub fn curl_in(ns: &str, args: &[&str]) -> (String, String) {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "curl", "-s", "--max-time", "3"])
+        .args(["-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("curl in {ns}: {e}"));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.to_owned(), body.to_owned())
+}
+
 /// Joins `a` and `b` with a veth pair (`dev_a` in `a`, `dev_b` in `b`), gives them
 /// `addr_a` and `addr_b` (CIDR strings) and brings both up. Deleting either namespace
 /// deletes the pair.

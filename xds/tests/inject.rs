@@ -49,18 +49,13 @@ impl Hook {
             certs.join("current/cert.pem"),
             certs.join("current/key.pem"),
         );
-        let mut args: Vec<&OsStr> = vec![
-            OsStr::new("--webhook-addr"),
-            OsStr::new("127.0.0.1:0"),
-            OsStr::new("--webhook-cert"),
-            cert.as_os_str(),
-            OsStr::new("--webhook-key"),
-            key.as_os_str(),
+        let mut args = webhook_args(&cert, &key);
+        args.extend([
             OsStr::new("--sidecar-image"),
             OsStr::new(IMAGE),
             OsStr::new("--sidecar-xds-address"),
             OsStr::new(XDS),
-        ];
+        ]);
         args.extend(extra.iter().map(OsStr::new));
         let xds = start_xds_with(&src, &args);
         assert!(xds.webhook().is_some(), "the webhook is served");

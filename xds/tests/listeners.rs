@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::ffi::OsStr;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -155,14 +154,7 @@ impl Webhook {
         let src = dir.path().join("src");
         std::fs::create_dir(&src).unwrap();
         let (cert, key) = (certs.join("cert.pem"), certs.join("key.pem"));
-        let args: Vec<&OsStr> = vec![
-            OsStr::new("--webhook-addr"),
-            OsStr::new("127.0.0.1:0"),
-            OsStr::new("--webhook-cert"),
-            cert.as_os_str(),
-            OsStr::new("--webhook-key"),
-            key.as_os_str(),
-        ];
+        let args = webhook_args(&cert, &key);
         let xds = start_xds_env(&src, &args, env, "membrane_xds=debug");
         let mut roots = rustls::RootCertStore::empty();
         for c in CertificateDer::pem_file_iter(certs.join("ca.pem")).unwrap() {

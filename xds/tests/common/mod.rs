@@ -70,6 +70,18 @@ pub fn start_xds_env(source_dir: &Path, args: &[&OsStr], env: &[(&str, &str)], l
     membrane_test_support::xds::spawn(cmd, source_dir)
 }
 
+/// The flags that serve the injection webhook on loopback port 0 with `cert` and `key`.
+pub fn webhook_args<'a>(cert: &'a Path, key: &'a Path) -> Vec<&'a OsStr> {
+    vec![
+        OsStr::new("--webhook-addr"),
+        OsStr::new("127.0.0.1:0"),
+        OsStr::new("--webhook-cert"),
+        cert.as_os_str(),
+        OsStr::new("--webhook-key"),
+        key.as_os_str(),
+    ]
+}
+
 /// One HTTP/1.1 request from `src` to `dst`; returns (status, body).
 pub async fn request(
     src: IpAddr,
