@@ -280,17 +280,8 @@ fn redirected_outbound_connections_get_the_egress_policy_of_their_destination() 
     run(&["chmod", "-R", "a+rX", dir.to_str().unwrap()]);
     env.keep(
         Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &app,
-                "setpriv",
-                "--reuid",
-                "1337",
-                "--regid",
-                "1337",
-                "--clear-groups",
-            ])
+            .args(["netns", "exec", &app])
+            .args(sandbox::AS_SIDECAR)
             .arg(&binary)
             .args([
                 "standalone",
@@ -437,8 +428,8 @@ fn captured_egress_tls_is_terminated_inspected_and_reoriginated_verified() {
     run(&["chmod", "-R", "a+rX", dir.to_str().unwrap()]);
     env.keep(
         Command::new("ip")
-            .args(["netns", "exec", &app, "setpriv", "--reuid", "1337"])
-            .args(["--regid", "1337", "--clear-groups"])
+            .args(["netns", "exec", &app])
+            .args(sandbox::AS_SIDECAR)
             .arg(&binary)
             .args(["standalone", "--listen", "127.0.0.1:15100"])
             .args(["--upstream", "127.0.0.1:9"])

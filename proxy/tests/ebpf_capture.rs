@@ -217,16 +217,8 @@ impl Pod {
             format!("{}.1/32=k8s:org=empire", self.subnet()),
             format!("{}.3/32=k8s:role=ops", self.subnet()),
         );
-        let mut cmd: Vec<&str> = vec![
-            "setpriv",
-            "--reuid",
-            "1337",
-            "--regid",
-            "1337",
-            "--clear-groups",
-            bin.to_str().unwrap(),
-            "standalone",
-        ];
+        let mut cmd: Vec<&str> = sandbox::AS_SIDECAR.to_vec();
+        cmd.extend([bin.to_str().unwrap(), "standalone"]);
         cmd.extend(capture);
         cmd.extend([
             "--admin",

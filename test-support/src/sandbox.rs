@@ -70,6 +70,17 @@ impl Drop for Netns {
     }
 }
 
+/// The command prefix that runs a program as the sidecar's uid and gid (1337, which the
+/// capture exempts), with no supplementary groups.
+pub const AS_SIDECAR: [&str; 6] = [
+    "setpriv",
+    "--reuid",
+    "1337",
+    "--regid",
+    "1337",
+    "--clear-groups",
+];
+
 /// Runs curl inside the namespace `ns` (`-s --max-time 3`, then `args`); returns (status
 /// code, body). A connection that fails gives status `000`.
 pub fn curl_in(ns: &str, args: &[&str]) -> (String, String) {

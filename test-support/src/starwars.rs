@@ -35,6 +35,13 @@ pub fn l7(port: u16, path: &str) -> String {
     text
 }
 
+/// Writes a file source for the mini-cluster into `dir`: `cluster.yaml` ([`pods`] with the
+/// app on `port`) and `policy.yaml` ([`l7`] on `port` allowing `POST /v1/request-landing`).
+pub fn write_source(dir: &std::path::Path, port: u16) {
+    std::fs::write(dir.join("cluster.yaml"), pods(port)).unwrap();
+    std::fs::write(dir.join("policy.yaml"), l7(port, "/v1/request-landing")).unwrap();
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -90,12 +90,7 @@ async fn envoy_enforces_starwars_l7_and_nacks_show_in_the_flight_recorder() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
     std::fs::create_dir(&src).unwrap();
-    std::fs::write(src.join("cluster.yaml"), starwars::pods(port)).unwrap();
-    std::fs::write(
-        src.join("policy.yaml"),
-        starwars::l7(port, "/v1/request-landing"),
-    )
-    .unwrap();
+    starwars::write_source(&src, port);
 
     let xds = start_xds(&src);
     let (_envoy, log) = start_envoy(tmp.path(), xds.grpc(), "GRPC");
@@ -281,12 +276,7 @@ async fn envoy_over_delta_ads_follows_policy_changes_and_removals() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
     std::fs::create_dir(&src).unwrap();
-    std::fs::write(src.join("cluster.yaml"), starwars::pods(port)).unwrap();
-    std::fs::write(
-        src.join("policy.yaml"),
-        starwars::l7(port, "/v1/request-landing"),
-    )
-    .unwrap();
+    starwars::write_source(&src, port);
 
     let xds = start_xds(&src);
     let (_envoy, _log) = start_envoy(tmp.path(), xds.grpc(), "DELTA_GRPC");

@@ -97,14 +97,21 @@ async fn deathstar_policy(debug: SocketAddr) -> String {
         .unwrap_or_default()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stored_policy_is_served_bad_values_keep_the_last_good_and_delete_removes_it() {
+/// etcd holding three pods and the Star Wars L7 policy, a client of it, and the control
+/// plane on it (with its source directory).
+async fn starwars_in_etcd() -> (Etcd, etcd_client::Client, tempfile::TempDir, Xds) {
     let etcd = Etcd::start();
     let mut c = etcd_client(&etcd).await;
     store(&mut c, &pods(&[0, 1, 2])).await;
     store(&mut c, &starwars::l7(80, "/v1/request-landing")).await;
     let dir = tempfile::tempdir().unwrap();
     let xds = xds_on(&etcd, dir.path(), &[]);
+    (etcd, c, dir, xds)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_policy_is_served_bad_values_keep_the_last_good_and_delete_removes_it() {
+    let (_etcd, mut c, _dir, xds) = starwars_in_etcd().await;
 
     // Served from etcd alone: the L7 rule reaches the deathstar's NPDS.
     eventually(LIMIT, "the etcd policy in NPDS", || async {
@@ -315,12 +322,7 @@ async fn registrations_expire_with_the_lease_of_a_dead_replica() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_down_keeps_the_last_snapshot_and_the_control_plane_recovers() {
-    let mut etcd = Etcd::start();
-    let mut c = etcd_client(&etcd).await;
-    store(&mut c, &pods(&[0, 1, 2])).await;
-    store(&mut c, &starwars::l7(80, "/v1/request-landing")).await;
-    let dir = tempfile::tempdir().unwrap();
-    let xds = xds_on(&etcd, dir.path(), &[]);
+    let (mut etcd, _c, dir, xds) = starwars_in_etcd().await;
     eventually(LIMIT, "the etcd policy in NPDS", || async {
         deathstar_policy(xds.debug())
             .await

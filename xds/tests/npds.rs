@@ -67,12 +67,7 @@ fn http_rules_of(np: &NetworkPolicy) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn npds_and_nphds_clients_get_policy_follow_changes_and_nacks_are_recorded() {
     let tmp = tempfile::tempdir().unwrap();
-    std::fs::write(tmp.path().join("cluster.yaml"), starwars::pods(8080)).unwrap();
-    std::fs::write(
-        tmp.path().join("policy.yaml"),
-        starwars::l7(8080, "/v1/request-landing"),
-    )
-    .unwrap();
+    starwars::write_source(tmp.path(), 8080);
     // Polling effectively off: changes must arrive through file-system events.
     let xds = start_xds_with(tmp.path(), &["--poll-ms".as_ref(), "600000".as_ref()]);
     let url = format!("http://{}", xds.grpc());
@@ -298,9 +293,8 @@ async fn ads_debug_syncz_reports_synced_and_nacked_types_per_proxy() {
 async fn a_file_being_written_is_not_read_half_way() {
     use std::io::Write;
     let tmp = tempfile::tempdir().unwrap();
-    std::fs::write(tmp.path().join("cluster.yaml"), starwars::pods(8080)).unwrap();
+    starwars::write_source(tmp.path(), 8080);
     let policy = tmp.path().join("policy.yaml");
-    std::fs::write(&policy, starwars::l7(8080, "/v1/request-landing")).unwrap();
     let xds = start_xds_with(tmp.path(), &["--poll-ms".as_ref(), "600000".as_ref()]);
     let mut client = NetworkPolicyDiscoveryServiceClient::connect(format!("http://{}", xds.grpc()))
         .await
