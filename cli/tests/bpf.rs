@@ -2,37 +2,26 @@
 //! own, with a connected socket pair inside a network namespace of its own (root only, as
 //! CI runs; everything is removed on drop, also when the test fails).
 
-use membrane_datapath::{cgroup2_mount, ensure_bpffs, Datapath, Settings};
+use membrane_datapath::{ensure_bpffs, Datapath, DatapathSettings};
+use membrane_test_support::{Cgroup, ChildGuard, Netns, PinDir};
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
+/// The test's own cgroup and pin directory, and the namespace and process a test adds.
 struct Guard {
-    cgroup: PathBuf,
-    bpffs: PathBuf,
-    netns: String,
-    child: Option<Child>,
+    child: Option<ChildGuard>,
+    // Torn down after `Drop for Guard` detached the datapath, in this order.
+    pins: PinDir,
+    cg: Cgroup,
+    netns: Option<Netns>,
 }
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        if let Some(c) = &mut self.child {
-            let _ = c.kill();
-            let _ = c.wait();
+        self.child = None;
+        if let Ok(dp) = Datapath::open(&self.pins.path) {
+            let _ = dp.detach(&self.cg.path);
         }
-        if let Ok(dp) = Datapath::open(&self.bpffs) {
-            let _ = dp.detach(&self.cgroup);
-        }
-        let _ = std::fs::remove_dir_all(&self.bpffs);
-        for _ in 0..100 {
-            if !self.cgroup.exists() || std::fs::remove_dir(&self.cgroup).is_ok() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.netns])
-            .output();
     }
 }
 
@@ -50,16 +39,15 @@ time.sleep(60)
 /// A cgroup of the test's own (and a pin directory) named `name`, with the
 /// datapath attached; everything goes when the guard is dropped.
 fn attached(name: &str) -> (Guard, Datapath) {
-    let root = cgroup2_mount().expect("a cgroup2 mount");
+    let pins = PinDir::new(name);
+    ensure_bpffs(pins.path()).unwrap();
     let g = Guard {
-        cgroup: root.join(name),
-        bpffs: PathBuf::from("/sys/fs/bpf").join(name),
-        netns: name.to_owned(),
         child: None,
+        pins,
+        cg: Cgroup::create(name),
+        netns: None,
     };
-    ensure_bpffs(&g.bpffs).unwrap();
-    std::fs::create_dir(&g.cgroup).unwrap();
-    let dp = Datapath::attach(&g.bpffs, &g.cgroup, &Settings::default()).unwrap();
+    let dp = Datapath::attach(&g.pins.path, &g.cg.path, &DatapathSettings::default()).unwrap();
     (g, dp)
 }
 
@@ -67,22 +55,13 @@ fn attached(name: &str) -> (Guard, Datapath) {
 fn sockmap_list_shows_the_spliced_pair() {
     let name = format!("membrane-cli-test-{}", std::process::id());
     let (mut g, _dp) = attached(&name);
-    assert!(Command::new("ip")
-        .args(["netns", "add", &g.netns])
-        .status()
-        .unwrap()
-        .success());
-    assert!(Command::new("ip")
-        .args(["-n", &g.netns, "link", "set", "lo", "up"])
-        .status()
-        .unwrap()
-        .success());
+    let netns = g.netns.insert(Netns::add(&name)).name.clone();
 
     // Join the cgroup first, then the netns, then run the pair.
     let script = format!(
         "echo $$ > {}/cgroup.procs && exec ip netns exec {} python3 -c '{}'",
-        g.cgroup.display(),
-        g.netns,
+        g.cg.path.display(),
+        netns,
         PAIR
     );
     let mut child = Command::new("sh")
@@ -94,7 +73,7 @@ fn sockmap_list_shows_the_spliced_pair() {
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    g.child = Some(child);
+    g.child = Some(ChildGuard(child));
     let port = line.trim().to_string();
     assert!(port.parse::<u16>().is_ok(), "pair did not start: {line:?}");
 
@@ -106,7 +85,7 @@ fn sockmap_list_shows_the_spliced_pair() {
             "-o",
             "json",
             "--bpffs",
-            g.bpffs.to_str().unwrap(),
+            g.pins.path.to_str().unwrap(),
         ])
         .output()
         .unwrap();
@@ -158,7 +137,7 @@ fn lb_list_shows_services_and_backends() {
     let list = |format: &str| {
         let out = Command::new(env!("CARGO_BIN_EXE_membrane"))
             .args(["bpf", "lb", "list", "-o", format, "--bpffs"])
-            .arg(&g.bpffs)
+            .arg(&g.pins.path)
             .output()
             .unwrap();
         assert!(

@@ -4,9 +4,10 @@
 //! with `--client-cert-auth` (certificates from `membrane cert`).
 
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
+
+use membrane_test_support::Etcd;
 use std::time::{Duration, Instant};
 
 fn membrane(args: &[&str]) -> Output {
@@ -131,55 +132,20 @@ fn issue_writes_the_istio_layout_with_the_spiffe_id() {
     );
 }
 
-/// etcd serving TLS only, requiring client certificates; killed on drop.
-struct Etcd {
-    child: Child,
-    url: String,
-    dir: tempfile::TempDir,
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn etcd_verbs_speak_tls_with_a_client_certificate() {
     let tmp = tempfile::tempdir().unwrap();
     let p = tmp.path();
     issue(p, "server", "kube-system", "etcd", &["--ip", "127.0.0.1"]);
     issue(p, "client", "membrane-system", "membrane", &[]);
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("https://127.0.0.1:{}", free_port());
-    let peer = format!("http://127.0.0.1:{}", free_port());
     let srv = p.join("server");
-    let child = Command::new("etcd")
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .args(["--name", "test", "--listen-client-urls", &url])
-        .args(["--advertise-client-urls", &url, "--listen-peer-urls", &peer])
-        .args(["--initial-advertise-peer-urls", &peer])
-        .args(["--initial-cluster", &format!("test={peer}")])
-        .args(["--cert-file", s(&srv.join("cert-chain.pem"))])
-        .args(["--key-file", s(&srv.join("key.pem"))])
-        .args(["--trusted-ca-file", s(&srv.join("root-cert.pem"))])
-        .arg("--client-cert-auth")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .expect("spawn etcd");
-    let etcd = Etcd { child, url, dir };
+    // etcd serving TLS only, requiring client certificates; killed on drop.
+    let etcd = Etcd::start_tls(
+        &srv.join("cert-chain.pem"),
+        &srv.join("key.pem"),
+        &srv.join("root-cert.pem"),
+    );
+    let url = etcd.url();
     let cli = p.join("client");
     let (ca, cert, key) = (
         cli.join("root-cert.pem"),
@@ -196,7 +162,7 @@ fn etcd_verbs_speak_tls_with_a_client_certificate() {
     ];
     let with = |verb: &[&str], tls: &[&str]| {
         let mut a = verb.to_vec();
-        a.extend(["--etcd", etcd.url.as_str()]);
+        a.extend(["--etcd", url.as_str()]);
         a.extend_from_slice(tls);
         membrane(&a)
     };
@@ -221,7 +187,7 @@ fn etcd_verbs_speak_tls_with_a_client_certificate() {
         !out.status.success(),
         "no client certificate must be refused"
     );
-    let plain = etcd.url.replace("https://", "http://");
+    let plain = url.replace("https://", "http://");
     let out = membrane(&["policy", "get", "empire/rule1", "--etcd", &plain]);
     assert!(!out.status.success(), "plaintext must be refused");
     // http:// with --etcd-ca is a configuration error, said so.

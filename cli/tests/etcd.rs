@@ -1,71 +1,29 @@
 //! `membrane policy import|get|delete` and `membrane etcd ...` against a real
 //! etcd (Debian `etcd-server`) on loopback, started and killed by the test.
 
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
+
+use membrane_test_support::Etcd;
 use std::time::{Duration, Instant};
 
-/// etcd on free loopback ports with its data in a temp dir; killed (by pid)
-/// and reaped on drop.
-struct Etcd {
-    child: Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+/// The shared etcd launcher's server, once the CLI gets answers from it.
+fn start_etcd() -> Etcd {
+    let e = Etcd::start();
+    let start = Instant::now();
+    while !membrane(&e, &["etcd", "identities"]).status.success() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "etcd does not answer"
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-impl Etcd {
-    fn start() -> Etcd {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("http://127.0.0.1:{}", free_port());
-        let peer = format!("http://127.0.0.1:{}", free_port());
-        let child = Command::new("etcd")
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .args(["--name", "test", "--listen-client-urls", &url])
-            .args(["--advertise-client-urls", &url, "--listen-peer-urls", &peer])
-            .args(["--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("test={peer}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .expect("spawn etcd (Debian etcd-server; scripts/install-deps.sh installs it)");
-        let e = Etcd {
-            child,
-            url,
-            _dir: dir,
-        };
-        let start = Instant::now();
-        while !membrane(&e, &["etcd", "identities"]).status.success() {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "etcd does not answer"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        e
-    }
+    e
 }
 
 fn membrane(etcd: &Etcd, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_membrane"))
         .args(args)
-        .env("MEMBRANE_ETCD", &etcd.url)
+        .env("MEMBRANE_ETCD", etcd.url())
         .output()
         .unwrap()
 }
@@ -79,7 +37,7 @@ const CCNP: &str = "apiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPoli
 
 #[test]
 fn import_get_delete_round_trip_and_an_invalid_import_writes_nothing() {
-    let etcd = Etcd::start();
+    let etcd = start_etcd();
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("good.yaml");
     std::fs::write(&good, format!("{CNP}---\n{CCNP}")).unwrap();
@@ -131,7 +89,7 @@ fn import_get_delete_round_trip_and_an_invalid_import_writes_nothing() {
     // get in both formats.
     let out = membrane(
         &etcd,
-        &["policy", "import", &good, &good, "--etcd", &etcd.url],
+        &["policy", "import", &good, &good, "--etcd", &etcd.url()],
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(
@@ -178,7 +136,7 @@ fn import_get_delete_round_trip_and_an_invalid_import_writes_nothing() {
 
 #[test]
 fn etcd_apply_registers_pods_and_nodes_and_delete_removes_them() {
-    let etcd = Etcd::start();
+    let etcd = start_etcd();
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("cluster.yaml");
     std::fs::write(

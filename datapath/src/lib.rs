@@ -40,9 +40,6 @@ pub use maps::splice::SockEntry;
 pub use netns::{netns_cookie, NetnsCookie};
 pub use settings::{Capture, DatapathSettings, InboundPorts};
 
-/// The former name of [`DatapathSettings`], kept while the test files (edited in parallel
-/// in issue 13) move to the new name.
-pub type Settings = DatapathSettings;
 pub use stats::{ProgCounters, SpliceStats};
 
 use std::{

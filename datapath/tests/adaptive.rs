@@ -6,7 +6,7 @@
 mod common;
 
 use common::Env;
-use membrane_datapath::Settings;
+use membrane_datapath::DatapathSettings;
 
 /// Upload `bytes` of a known pattern in `write`-byte writes to a `digest`
 /// server at `addr` and check that it got exactly those bytes, in order.
@@ -29,7 +29,7 @@ fn upload(env: &Env, addr: &str, bytes: usize, write: usize, extra: &[&str]) {
 #[test]
 fn small_write_stream_service_is_learned_plain() {
     let mut env = Env::new();
-    let dp = env.attach(&Settings::default());
+    let dp = env.attach(&DatapathSettings::default());
     env.server(&["sink", "--listen", "127.0.0.1:9000"]);
     env.server(&["sink", "--listen", "127.0.0.1:9002"]);
     env.server(&["echo", "--listen", "127.0.0.1:9001"]);
@@ -157,9 +157,9 @@ fn small_write_stream_service_is_learned_plain() {
 #[test]
 fn no_splice_switch_keeps_new_connections_plain() {
     let mut env = Env::new();
-    let dp = env.attach(&Settings {
+    let dp = env.attach(&DatapathSettings {
         no_splice: true,
-        ..Settings::default()
+        ..DatapathSettings::default()
     });
     env.server(&["echo", "--listen", "127.0.0.1:9000"]);
     let out = env.client(&[
@@ -177,7 +177,7 @@ fn no_splice_switch_keeps_new_connections_plain() {
 #[test]
 fn first_small_write_connection_leaves_the_splice_with_every_byte_in_order() {
     let mut env = Env::new();
-    let dp = env.attach(&Settings::default());
+    let dp = env.attach(&DatapathSettings::default());
     env.server(&["digest", "--listen", "127.0.0.1:9000"]);
 
     // 8 MiB of a known pattern in 1 KiB writes: 8192 sendmsg calls.
@@ -222,7 +222,7 @@ fn first_small_write_connection_leaves_the_splice_with_every_byte_in_order() {
 #[test]
 fn switch_with_unread_spliced_bytes_keeps_order() {
     let mut env = Env::new();
-    let dp = env.attach(&Settings::default());
+    let dp = env.attach(&DatapathSettings::default());
     // The server greets (a spliced message into the client) and reads only
     // after 300 ms, so the spliced head of the stream is still queued unread
     // when the TCP tail arrives.
@@ -256,7 +256,7 @@ fn switch_with_unread_spliced_bytes_keeps_order() {
 #[test]
 fn switched_socket_waits_for_its_unread_spliced_bytes_then_leaves() {
     let mut env = Env::new();
-    let dp = env.attach(&Settings::default());
+    let dp = env.attach(&DatapathSettings::default());
     env.server(&["digest", "--listen", "127.0.0.1:9000", "--greet"]);
     // The client switches after its 2 MiB probe with the server's greeting
     // still unread in its spliced queue: it must stay in the sockhash (leaving
@@ -287,7 +287,7 @@ fn switched_socket_waits_for_its_unread_spliced_bytes_then_leaves() {
 #[test]
 fn concurrent_writers_across_the_switch_lose_nothing() {
     let mut env = Env::new();
-    let dp = env.attach(&Settings::default());
+    let dp = env.attach(&DatapathSettings::default());
     // Four threads write 1 KiB at a time on one socket: one of them switches
     // it while others may be between deciding a redirect and queueing it.
     // Whichever end leaves the sockhash must not free a message still on its
@@ -315,7 +315,7 @@ fn concurrent_writers_across_the_switch_lose_nothing() {
 #[test]
 fn request_response_and_large_writes_stay_spliced() {
     let mut env = Env::new();
-    let dp = env.attach(&Settings::default());
+    let dp = env.attach(&DatapathSettings::default());
     env.server(&["echo", "--listen", "127.0.0.1:9001"]);
     env.server(&["digest", "--listen", "127.0.0.1:9002"]);
     env.client(&[

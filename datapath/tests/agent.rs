@@ -10,11 +10,12 @@ mod common;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Env, AGENT};
 use membrane_datapath::{Datapath, InboundPorts};
+use membrane_test_support::ChildGuard;
 
 fn agent(env: &Env, args: &[&str]) -> Output {
     let annotations = annotations_path(env);
@@ -119,16 +120,6 @@ impl Drop for Cleanup {
     }
 }
 
-/// Kills (by pid) and reaps the agent; declared after the `Env` so it goes
-/// first and the cgroup can be removed.
-struct Agent(Child);
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Sends `request` and reads the reply until the agent closes (at most 3 s);
 /// `None` when it kept the connection open and silent.
 fn ask(socket: &std::path::Path, request: &[u8]) -> Option<String> {
@@ -168,8 +159,9 @@ fn api_socket_refuses_overlong_lines_and_clients_past_the_cap() {
     let env = Env::new();
     let socket = std::env::temp_dir().join(format!("{}.sock", env.name));
     let _cleanup = Cleanup(socket.clone());
-    // Settings as environment variables, so an older agent still starts.
-    let _agent = Agent(
+    // DatapathSettings as environment variables, so an older agent still starts.
+    // Declared after the `Env` so it goes first and the cgroup can be removed.
+    let _agent = ChildGuard(
         Command::new(AGENT)
             .arg("--bpffs")
             .arg(&env.bpffs)

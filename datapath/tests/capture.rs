@@ -10,16 +10,16 @@ mod common;
 use std::path::PathBuf;
 
 use common::Env;
-use membrane_datapath::{Capture, Settings};
+use membrane_datapath::{Capture, DatapathSettings};
 
-fn capture_settings() -> Settings {
-    Settings {
+fn capture_settings() -> DatapathSettings {
+    DatapathSettings {
         capture: Some(Capture {
             proxy_uid: None,
             proxy_mark: Some(1337),
             ..Capture::default()
         }),
-        ..Settings::default()
+        ..DatapathSettings::default()
     }
 }
 
@@ -88,7 +88,7 @@ fn excluded_ports_and_cidrs_are_not_captured() {
     assert!(direct("10.77.0.1:8080").starts_with("proxy orig=10.77.0.1:8080\n"));
     assert_eq!(dp.counters_of("mb_connect4").unwrap().redirected, 1);
 
-    // Settings are replaced as a whole: without exclusions, 8081 is captured.
+    // DatapathSettings are replaced as a whole: without exclusions, 8081 is captured.
     dp.set_settings(&capture_settings()).unwrap();
     assert!(direct("10.77.0.1:8081").starts_with("proxy orig=10.77.0.1:8081\n"));
 }
@@ -96,7 +96,7 @@ fn excluded_ports_and_cidrs_are_not_captured() {
 #[test]
 fn without_capture_the_proxy_gets_no_original_destination() {
     let mut env = Env::new();
-    env.attach(&Settings::default());
+    env.attach(&DatapathSettings::default());
     env.server(&["capture-proxy", "--listen", "127.0.0.1:15001"]);
     let out = env.client(&["fetch", "--connect", "127.0.0.1:15001"]);
     assert!(out.starts_with("proxy error="), "{out}");
@@ -114,9 +114,9 @@ fn inbound_connections_reach_the_proxy_with_original_destination() {
     ]);
     env.server(&["hello", "--listen", "10.77.0.1:8080"]);
     env.server(&["hello", "--listen", "[fd00:77::1]:8080"]);
-    let settings = Settings {
+    let settings = DatapathSettings {
         capture_inbound: true,
-        ..Settings::default()
+        ..DatapathSettings::default()
     };
     let dp = env.attach(&settings);
     dp.attach_netns(&PathBuf::from("/run/netns").join(&env.netns))
@@ -150,7 +150,7 @@ fn inbound_connections_reach_the_proxy_with_original_destination() {
         "hello from 10.77.0.1:8080\n"
     );
     // Inbound capture off: the app's own listener again.
-    dp.set_settings(&Settings::default()).unwrap();
+    dp.set_settings(&DatapathSettings::default()).unwrap();
     assert_eq!(
         from_outside(&env, "10.77.0.1:8080", "10.77.0.2"),
         "hello from 10.77.0.1:8080\n"

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use common::Env;
-use membrane_datapath::{Datapath, NetnsCookie, Settings};
+use membrane_datapath::{Datapath, DatapathSettings, NetnsCookie};
 use serde_json::{json, Value};
 
 const CNI: &str = env!("CARGO_BIN_EXE_membrane-cni");
@@ -77,9 +77,9 @@ fn cookie(p: &Path) -> NetnsCookie {
 #[test]
 fn add_check_del_wire_the_pod_namespace_into_the_datapath() {
     let env = Env::new();
-    let dp = env.attach(&Settings {
+    let dp = env.attach(&DatapathSettings {
         capture_inbound: true,
-        ..Settings::default()
+        ..DatapathSettings::default()
     });
     let p = pod(&env);
     let netns = p.netns.to_str().unwrap();
@@ -161,29 +161,16 @@ fn sk_lookup_links_on(ino: u64) -> usize {
         .count()
 }
 
-/// A namespace of the test's own, removed on drop.
-struct Netns(String);
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
 #[test]
 fn a_stale_pin_of_a_reused_namespace_inode_is_not_an_attachment() {
     let env = Env::new();
-    let dp = env.attach(&Settings {
+    let dp = env.attach(&DatapathSettings {
         capture_inbound: true,
-        ..Settings::default()
+        ..DatapathSettings::default()
     });
     let p = pod(&env);
-    let new_ns = Netns(format!("{}-new", env.netns));
-    assert!(Command::new("ip")
-        .args(["netns", "add", &new_ns.0])
-        .status()
-        .unwrap()
-        .success());
-    let new_path = PathBuf::from("/run/netns").join(&new_ns.0);
+    let new_ns = membrane_test_support::Netns::add(&format!("{}-new", env.netns));
+    let new_path = new_ns.path();
     let new_ino = ino(&new_path);
     let links = env.bpffs.join("links");
 
@@ -272,7 +259,7 @@ fn version_status_and_errors_follow_the_spec() {
         .unwrap()
         .contains(env.bpffs.to_str().unwrap()));
 
-    let _dp: Datapath = env.attach(&Settings::default());
+    let _dp: Datapath = env.attach(&DatapathSettings::default());
     assert!(cni("STATUS", &[], &p.config).0);
 
     // Bad input: each names what was wrong.

@@ -12,7 +12,7 @@ use std::{
 };
 
 use common::Env;
-use membrane_datapath::{events::Event, Capture, InboundPorts, Settings};
+use membrane_datapath::{events::Event, Capture, DatapathSettings, InboundPorts};
 
 const POD: u32 = 4242;
 const SERVER: u32 = 5151;
@@ -51,7 +51,7 @@ fn verdicts_and_outbound_capture_are_reported() {
     env.add_pod_iface(&["10.77.0.1/24"]);
     env.server(&["hello", "--listen", "10.77.0.1:8080"]);
     env.server(&["hello", "--listen", "10.77.0.1:8081"]);
-    let settings = Settings {
+    let settings = DatapathSettings {
         capture: Some(Capture {
             proxy_uid: None,
             ..Capture::default()
@@ -59,7 +59,7 @@ fn verdicts_and_outbound_capture_are_reported() {
         policy_enforce: true,
         policy_revision: 3,
         pod_identity: POD,
-        ..Settings::default()
+        ..DatapathSettings::default()
     };
     let dp = env.attach(&settings);
     dp.set_identity("10.77.0.1".parse().unwrap(), SERVER)
@@ -117,7 +117,7 @@ fn verdicts_and_outbound_capture_are_reported() {
 #[test]
 fn splice_decisions_are_traced() {
     let mut env = Env::new();
-    let dp = env.attach(&Settings::default());
+    let dp = env.attach(&DatapathSettings::default());
     let mut reader = dp.events().unwrap();
     env.server(&["echo", "--listen", "127.0.0.1:9101"]);
     let out = env.client(&["client", "--connect", "127.0.0.1:9101"]);
@@ -142,14 +142,14 @@ fn outbound_include_ranges_limit_capture() {
     env.add_pod_iface(&["10.77.0.1/24", "10.78.0.1/24"]);
     env.server(&["hello", "--listen", "10.77.0.1:8080"]);
     env.server(&["hello", "--listen", "10.78.0.1:8080"]);
-    let settings = Settings {
+    let settings = DatapathSettings {
         capture: Some(Capture {
             proxy_uid: None,
             include_cidrs: Some(vec!["10.77.0.0/24".parse().unwrap()]),
             ..Capture::default()
         }),
         inbound_port: 15006,
-        ..Settings::default()
+        ..DatapathSettings::default()
     };
     let dp = env.attach(&settings);
     env.server(&["capture-proxy", "--listen", "[::]:15001", "--mark", "1337"]);
@@ -165,10 +165,10 @@ fn inbound_port_lists_choose_what_reaches_the_proxy() {
     env.add_pod_iface(&["10.77.0.1/24", "10.77.0.2/24"]);
     env.server(&["hello", "--listen", "10.77.0.1:8080"]);
     env.server(&["hello", "--listen", "10.77.0.1:8081"]);
-    let mut settings = Settings {
+    let mut settings = DatapathSettings {
         capture_inbound: true,
         inbound_ports: InboundPorts::AllExcept(vec![8081, 15020, 15021, 15090]),
-        ..Settings::default()
+        ..DatapathSettings::default()
     };
     let dp = env.attach(&settings);
     dp.attach_netns(&PathBuf::from("/run/netns").join(&env.netns))
@@ -220,7 +220,7 @@ fn a_full_ring_buffer_counts_what_it_dropped() {
     // (both sides of each), more than the 256 KiB ring buffer holds. What
     // was read plus what was counted lost must be exactly what was emitted.
     let env = Env::new();
-    let dp = env.attach(&Settings::default());
+    let dp = env.attach(&DatapathSettings::default());
     let mut reader = dp.events().unwrap();
     let script = "import socket\n\
                   l = socket.socket(); l.bind(('127.0.0.1', 9201)); l.listen(64)\n\
@@ -249,15 +249,6 @@ fn a_full_ring_buffer_counts_what_it_dropped() {
     assert_eq!(read + lost, 3000, "read {read}, lost {lost}");
 }
 
-/// Kills a process started outside the harness's cgroup on drop.
-struct Outside(std::process::Child);
-impl Drop for Outside {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn an_sk_msg_miss_is_reported_and_the_socket_stays_on_tcp() {
     // The app's socket is spliced, its peer (a server outside the pod's
@@ -265,9 +256,10 @@ fn an_sk_msg_miss_is_reported_and_the_socket_stays_on_tcp() {
     // every later one take plain TCP (a miss switches the socket for good,
     // so later bytes cannot overtake it).
     let env = Env::new();
-    let dp = env.attach(&Settings::default());
+    let dp = env.attach(&DatapathSettings::default());
     let mut reader = dp.events().unwrap();
-    let mut server = Outside(
+    // Started outside the harness's cgroup, so the harness does not own it.
+    let mut server = membrane_test_support::ChildGuard(
         std::process::Command::new("ip")
             .args(["netns", "exec", &env.netns, common::SOCKBENCH])
             .args(["echo", "--listen", "127.0.0.1:9301"])

@@ -7,7 +7,7 @@
 mod common;
 
 use common::Env;
-use membrane_datapath::Settings;
+use membrane_datapath::DatapathSettings;
 
 const ID: u32 = 4242;
 const REFUSED: &str = "connect error kind=PermissionDenied errno=1\n";
@@ -42,11 +42,11 @@ fn refused(dp: &membrane_datapath::Datapath, prog: &str) -> u64 {
 #[test]
 fn denied_flow_is_refused_allowed_is_spliced_revision_bump_redecides() {
     let mut env = Env::new();
-    let mut settings = Settings {
+    let mut settings = DatapathSettings {
         policy_enforce: true,
         policy_revision: 1,
         pod_identity: ID,
-        ..Settings::default()
+        ..DatapathSettings::default()
     };
     let dp = env.attach(&settings);
     dp.set_identity("127.0.0.1".parse().unwrap(), ID).unwrap();
@@ -109,11 +109,11 @@ fn denied_flow_is_refused_allowed_is_spliced_revision_bump_redecides() {
 #[test]
 fn denied_ipv6_connect_is_refused() {
     let mut env = Env::new();
-    let settings = Settings {
+    let settings = DatapathSettings {
         policy_enforce: true,
         policy_revision: 7,
         pod_identity: ID,
-        ..Settings::default()
+        ..DatapathSettings::default()
     };
     let dp = env.attach(&settings);
     dp.set_identity("::1".parse().unwrap(), ID).unwrap();
@@ -133,11 +133,11 @@ fn denied_pair_from_outside_the_pod_is_not_spliced() {
     // A client outside the pod's cgroup is not subject to its connect hook;
     // the pod's accepting side must still not splice a denied pair.
     let mut env = Env::new();
-    let settings = Settings {
+    let settings = DatapathSettings {
         policy_enforce: true,
         policy_revision: 1,
         pod_identity: ID,
-        ..Settings::default()
+        ..DatapathSettings::default()
     };
     let dp = env.attach(&settings);
     dp.set_identity("127.0.0.1".parse().unwrap(), ID).unwrap();

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 
 use common::Env;
-use membrane_datapath::Settings;
+use membrane_datapath::DatapathSettings;
 
 const VIP: &str = "10.96.0.10:80";
 const B1: &str = "10.77.0.1:8080";
@@ -37,7 +37,7 @@ fn connects_to_a_service_reach_its_backends() {
     env.add_pod_iface(&["10.77.0.1/24", "10.77.0.2/24"]);
     env.server(&["hello", "--listen", B1]);
     env.server(&["hello", "--listen", B2]);
-    let dp = env.attach(&Settings::default());
+    let dp = env.attach(&DatapathSettings::default());
 
     dp.set_service(addr(VIP), &[addr(B1), addr(B2)]).unwrap();
     assert_eq!(
@@ -98,7 +98,7 @@ fn the_app_sees_the_service_as_its_peer() {
     let mut env = Env::new();
     env.add_pod_iface(&["10.77.0.1/24"]);
     env.server(&["hello", "--listen", B1]);
-    let dp = env.attach(&Settings::default());
+    let dp = env.attach(&DatapathSettings::default());
     dp.set_service(addr(VIP), &[addr(B1)]).unwrap();
     // The connection goes to the backend; getpeername() names the service,
     // for an IPv4 socket and for a dual-stack one addressing it v4-mapped.
@@ -122,11 +122,11 @@ fn the_policy_decides_on_the_chosen_backend() {
     env.server(&["hello", "--listen", B1]);
     env.server(&["hello", "--listen", B2]);
     const POD: u32 = 200;
-    let dp = env.attach(&Settings {
+    let dp = env.attach(&DatapathSettings {
         policy_enforce: true,
         pod_identity: POD,
         policy_revision: 1,
-        ..Settings::default()
+        ..DatapathSettings::default()
     });
     dp.set_identity("10.77.0.1".parse().unwrap(), 300).unwrap();
     dp.set_identity("10.77.0.2".parse().unwrap(), 301).unwrap();
@@ -148,7 +148,7 @@ fn the_policy_decides_on_the_chosen_backend() {
 #[test]
 fn the_agent_sets_lists_and_deletes_services() {
     let env = Env::new();
-    env.attach(&Settings::default());
+    env.attach(&DatapathSettings::default());
     let agent = |args: &[&str]| {
         let out = std::process::Command::new(common::AGENT)
             .arg("--bpffs")

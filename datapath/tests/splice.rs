@@ -8,14 +8,14 @@ mod common;
 use std::io::BufRead;
 
 use common::Env;
-use membrane_datapath::Settings;
+use membrane_datapath::DatapathSettings;
 
 /// 4 MiB each way in 64 KiB writes: on the plain path that is well over
 /// 100 loopback packets (64 KiB MTU), spliced it is only the handshake/FIN.
 const BYTES: &str = "4194304";
 /// Writes of 32 KiB and more stay spliced in a one-way run; the client writes
 /// far ahead of the echo, and a 2 MiB run of smaller writes would switch it to
-/// plain TCP (lib/splice_hint.h).
+/// plain TCP (lib/flow_switch.h).
 const CHUNK: &str = "65536";
 const SPLICED_MAX_LO_PACKETS: u64 = 40;
 const PLAIN_MIN_LO_PACKETS: u64 = 100;
@@ -43,7 +43,7 @@ fn assert_spliced(listen: &str, connect: &str, pod_addrs: &[&str]) {
     if !pod_addrs.is_empty() {
         env.add_pod_iface(pod_addrs);
     }
-    let dp = env.attach(&Settings::default());
+    let dp = env.attach(&DatapathSettings::default());
     env.server(&["echo", "--listen", listen]);
 
     let lo = echo_once(&env, connect);
@@ -94,7 +94,7 @@ fn splices_over_pod_ip_v4_and_v6() {
 #[test]
 fn detach_restores_plain_path() {
     let mut env = Env::new();
-    let dp = env.attach(&Settings::default());
+    let dp = env.attach(&DatapathSettings::default());
     env.server(&["echo", "--listen", "127.0.0.1:9000"]);
     let lo_on = echo_once(&env, "127.0.0.1:9000");
     assert!(
@@ -161,7 +161,7 @@ fn detach_restores_plain_path() {
 #[test]
 fn sockets_outside_the_cgroup_are_not_spliced() {
     let mut env = Env::new();
-    let dp = env.attach(&Settings::default());
+    let dp = env.attach(&DatapathSettings::default());
     env.server(&["echo", "--listen", "127.0.0.1:9000"]);
     // The server is in the cgroup (its socket is spliced) but the client is
     // not: the pair is never complete, so nothing may be redirected.

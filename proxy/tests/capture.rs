@@ -7,77 +7,65 @@
 //! as uid 1337, which the redirect exempts). Namespaces are removed even on failure.
 
 use std::process::{Child, Command, Stdio};
+
+use membrane_test_support::pki::{Ca, Leaf, Usage};
+use membrane_test_support::{sandbox, ChildGuard, Netns};
 use std::time::{Duration, Instant};
 
 struct Env {
-    client: String,
-    server: String,
-    children: Vec<Child>,
+    children: Vec<ChildGuard>,
+    nets: Vec<Netns>,
     dir: std::path::PathBuf,
+}
+
+impl Env {
+    /// Keeps `child` running until the environment is dropped.
+    fn keep(&mut self, child: Child) {
+        self.children.push(ChildGuard(child));
+    }
 }
 
 impl Drop for Env {
     fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for ns in [&self.client, &self.server] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
+        // Processes first, then the namespaces (and with them the veth pair), then files.
+        self.children.clear();
+        self.nets.clear();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
 fn run(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    membrane_test_support::process::run_args(args);
 }
 
 /// Creates network namespaces `a` and `b` joined by a veth pair (devices `PREFIX_A{id}`,
 /// `PREFIX_B{id}`) with 10.251.NET.1/30 in `a` and 10.251.NET.2/30 in `b`, links and
-/// loopbacks up. `Env`'s drop removes the namespaces (and with them the pair).
-fn link(a: &str, b: &str, (pa, pb): (&str, &str), id: u32, net: u8) {
+/// loopbacks up; dropping the returned guards removes the namespaces (and the pair).
+fn link(a: &str, b: &str, (pa, pb): (&str, &str), id: u32, net: u8) -> [Netns; 2] {
+    let (na, nb) = (Netns::add(a), Netns::add(b));
     let (va, vb) = (format!("{pa}{id}"), format!("{pb}{id}"));
-    run(&["ip", "netns", "add", a]);
-    run(&["ip", "netns", "add", b]);
-    run(&[
-        "ip", "link", "add", &va, "netns", a, "type", "veth", "peer", "name", &vb, "netns", b,
-    ]);
-    for (ns, dev, host) in [(a, &va, 1), (b, &vb, 2)] {
-        let addr = format!("10.251.{net}.{host}/30");
-        run(&["ip", "-n", ns, "addr", "add", &addr, "dev", dev]);
-        run(&["ip", "-n", ns, "link", "set", dev, "up"]);
-        run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+    let (aa, ab) = (format!("10.251.{net}.1/30"), format!("10.251.{net}.2/30"));
+    sandbox::veth(&na, &va, &aa, &nb, &vb, &ab);
+    [na, nb]
+}
+
+/// Repeats `curl` (every 100 ms, for at most 10 s) until it answers 200, while the sidecar
+/// and the redirect come up; returns the last answer.
+fn until_200(mut curl: impl FnMut() -> (String, String)) -> (String, String) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = (String::new(), String::new());
+    while Instant::now() < deadline {
+        last = curl();
+        if last.0 == "200" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
+    last
 }
 
 fn curl_in(ns: &str, extra: &[&str]) -> (String, String) {
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            ns,
-            "curl",
-            "-s",
-            "--max-time",
-            "3",
-            "-w",
-            "\n%{http_code}",
-        ])
-        .args(extra)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-    (code.to_owned(), body.to_owned())
+    sandbox::curl_in(ns, extra)
 }
 
 #[test]
@@ -87,12 +75,12 @@ fn redirected_connections_get_the_policy_of_their_original_port() {
     let dir = std::env::temp_dir().join(format!("membrane-capture-{id}"));
     std::fs::create_dir_all(dir.join("v1")).unwrap();
     let mut env = Env {
-        client: client.clone(),
-        server: server.clone(),
         children: vec![],
+        nets: vec![],
         dir: dir.clone(),
     };
-    link(&client, &server, ("mvc", "mvs"), id, 7);
+    env.nets
+        .extend(link(&client, &server, ("mvc", "mvs"), id, 7));
     let rules = dir.join("capture.nft");
     std::fs::write(
         &rules,
@@ -112,7 +100,7 @@ fn redirected_connections_get_the_policy_of_their_original_port() {
     // The application: a static file server on every address; from outside the pod the
     // redirect sends its port through the proxy.
     std::fs::write(dir.join("v1/x"), "app-file\n").unwrap();
-    env.children.push(
+    env.keep(
         Command::new("ip")
             .args([
                 "netns",
@@ -150,7 +138,7 @@ fn redirected_connections_get_the_policy_of_their_original_port() {
         .join("\n"),
     )
     .unwrap();
-    env.children.push(
+    env.keep(
         Command::new("ip")
             .args([
                 "netns",
@@ -192,15 +180,7 @@ fn redirected_connections_get_the_policy_of_their_original_port() {
 
     // The client addresses the application's port; the redirect sends it through the proxy.
     let url = "http://10.251.7.2:8080/v1/x";
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut last = (String::new(), String::new());
-    while Instant::now() < deadline {
-        last = curl_in(&client, &[url]);
-        if last.0 == "200" {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let last = until_200(|| curl_in(&client, &[url]));
     assert_eq!(
         last,
         ("200".to_owned(), "app-file\n".to_owned()),
@@ -234,12 +214,11 @@ fn redirected_outbound_connections_get_the_egress_policy_of_their_destination() 
     let dir = std::env::temp_dir().join(format!("membrane-capture-out-{id}"));
     std::fs::create_dir_all(dir.join("v1")).unwrap();
     let mut env = Env {
-        client: remote.clone(),
-        server: app.clone(),
         children: vec![],
+        nets: vec![],
         dir: dir.clone(),
     };
-    link(&app, &remote, ("mva", "mvr"), id, 9);
+    env.nets.extend(link(&app, &remote, ("mva", "mvr"), id, 9));
     let rules = dir.join("capture.nft");
     std::fs::write(
         &rules,
@@ -256,7 +235,7 @@ fn redirected_outbound_connections_get_the_egress_policy_of_their_destination() 
         rules.to_str().unwrap(),
     ]);
     std::fs::write(dir.join("v1/x"), "remote-file\n").unwrap();
-    env.children.push(
+    env.keep(
         Command::new("ip")
             .args([
                 "netns",
@@ -299,19 +278,10 @@ fn redirected_outbound_connections_get_the_egress_policy_of_their_destination() 
     let binary = dir.join("membrane-proxy");
     std::fs::copy(env!("CARGO_BIN_EXE_membrane-proxy"), &binary).unwrap();
     run(&["chmod", "-R", "a+rX", dir.to_str().unwrap()]);
-    env.children.push(
+    env.keep(
         Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &app,
-                "setpriv",
-                "--reuid",
-                "1337",
-                "--regid",
-                "1337",
-                "--clear-groups",
-            ])
+            .args(["netns", "exec", &app])
+            .args(sandbox::AS_SIDECAR)
             .arg(&binary)
             .args([
                 "standalone",
@@ -342,15 +312,7 @@ fn redirected_outbound_connections_get_the_egress_policy_of_their_destination() 
             .unwrap(),
     );
     let url = "http://10.251.9.2:8080/v1/x";
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut last = (String::new(), String::new());
-    while Instant::now() < deadline {
-        last = curl_in(&app, &[url]);
-        if last.0 == "200" {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let last = until_200(|| curl_in(&app, &[url]));
     assert_eq!(
         last,
         ("200".to_owned(), "remote-file\n".to_owned()),
@@ -363,72 +325,15 @@ fn redirected_outbound_connections_get_the_egress_policy_of_their_destination() 
     drop(env);
 }
 
-/// `openssl` with `args`, in `dir`; panics with its stderr on failure.
-fn openssl_in(dir: &std::path::Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// A CA `name.crt`/`name.key` in `dir`, and a server certificate `leaf.crt`/`leaf.key`
 /// for DNS `host` signed by it.
 fn ca_and_server(dir: &std::path::Path, name: &str, leaf: &str, host: &str) {
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    let (ca_crt, ca_key) = (format!("{name}.crt"), format!("{name}.key"));
-    let mut args = vec!["req", "-x509", "-days", "1", "-subj"];
-    let subj = format!("/CN={name}");
-    args.push(&subj);
-    args.extend(ec);
-    args.extend(["-keyout", &ca_key, "-out", &ca_crt]);
-    openssl_in(dir, &args);
-    let (csr, key, crt, ext) = (
-        format!("{leaf}.csr"),
-        format!("{leaf}.key"),
-        format!("{leaf}.crt"),
-        format!("{leaf}.ext"),
-    );
-    let subj = format!("/CN={host}");
-    let mut args = vec!["req", "-subj", &subj];
-    args.extend(ec);
-    args.extend(["-keyout", &key, "-out", &csr]);
-    openssl_in(dir, &args);
-    std::fs::write(
-        dir.join(&ext),
-        format!("subjectAltName=DNS:{host}\nextendedKeyUsage=serverAuth\n"),
-    )
-    .unwrap();
-    openssl_in(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            &ca_crt,
-            "-CAkey",
-            &ca_key,
-            "-CAcreateserial",
-            "-days",
-            "1",
-            "-extfile",
-            &ext,
-            "-out",
-            &crt,
-        ],
+    let file = |stem: &str, ext: &str| dir.join(format!("{stem}.{ext}"));
+    let ca = Ca::new(name, &file(name, "crt"), &file(name, "key"));
+    ca.issue(
+        &Leaf::new(host).dns(&[host]).usage(Usage::Server),
+        &file(leaf, "crt"),
+        &file(leaf, "key"),
     );
 }
 
@@ -440,9 +345,8 @@ fn captured_egress_tls_is_terminated_inspected_and_reoriginated_verified() {
     std::fs::create_dir_all(dir.join("www/v1")).unwrap();
     std::fs::create_dir_all(dir.join("secrets")).unwrap();
     let mut env = Env {
-        client: remote.clone(),
-        server: app.clone(),
         children: vec![],
+        nets: vec![],
         dir: dir.clone(),
     };
     // The app trusts `front` (the inspection CA); the remote's certificate is from `back`.
@@ -465,7 +369,7 @@ fn captured_egress_tls_is_terminated_inspected_and_reoriginated_verified() {
         ),
     )
     .unwrap();
-    link(&app, &remote, ("mta", "mtr"), id, 10);
+    env.nets.extend(link(&app, &remote, ("mta", "mtr"), id, 10));
     let rules = dir.join("capture.nft");
     std::fs::write(
         &rules,
@@ -483,7 +387,7 @@ fn captured_egress_tls_is_terminated_inspected_and_reoriginated_verified() {
     ]);
     std::fs::write(dir.join("www/v1/x"), "remote-file\n").unwrap();
     // A TLS server in the remote namespace serving www/ (openssl s_server -WWW).
-    env.children.push(
+    env.keep(
         Command::new("ip")
             .args(["netns", "exec", &remote, "openssl", "s_server", "-quiet"])
             .args(["-accept", "10.251.10.2:8443", "-WWW"])
@@ -522,10 +426,10 @@ fn captured_egress_tls_is_terminated_inspected_and_reoriginated_verified() {
     let binary = dir.join("membrane-proxy");
     std::fs::copy(env!("CARGO_BIN_EXE_membrane-proxy"), &binary).unwrap();
     run(&["chmod", "-R", "a+rX", dir.to_str().unwrap()]);
-    env.children.push(
+    env.keep(
         Command::new("ip")
-            .args(["netns", "exec", &app, "setpriv", "--reuid", "1337"])
-            .args(["--regid", "1337", "--clear-groups"])
+            .args(["netns", "exec", &app])
+            .args(sandbox::AS_SIDECAR)
             .arg(&binary)
             .args(["standalone", "--listen", "127.0.0.1:15100"])
             .args(["--upstream", "127.0.0.1:9"])
@@ -556,15 +460,7 @@ fn captured_egress_tls_is_terminated_inspected_and_reoriginated_verified() {
         args.push(&url);
         curl_in(&app, &args)
     };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut last = (String::new(), String::new());
-    while Instant::now() < deadline {
-        last = https("remote.test", &[]);
-        if last.0 == "200" {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let last = until_200(|| https("remote.test", &[]));
     // The app sees the inspection certificate (it trusts only `front`), the proxy the
     // remote's (verified against `back`), and the request passed the HTTP rules.
     assert_eq!(

@@ -6,10 +6,11 @@
 //! whose addresses stand for other pods. Namespaces, cgroup and pins are removed on drop.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use membrane_datapath::{Capture, Datapath, InboundPorts, Settings};
+use membrane_datapath::{Capture, Datapath, DatapathSettings, InboundPorts};
+use membrane_test_support::{sandbox, Cgroup, ChildGuard, Netns, PinDir};
 
 /// The pod's address; the peer namespace has .1 (`org=empire`) and .3 (`role=ops`).
 const NET: &str = "10.252";
@@ -21,44 +22,27 @@ struct Pod {
     cgroup: PathBuf,
     bpffs: PathBuf,
     dir: PathBuf,
-    children: Vec<Child>,
+    children: Vec<ChildGuard>,
     dp: Option<Datapath>,
+    // Torn down after `Drop for Pod` detached the datapath: pins, cgroup, namespaces.
+    _pins: PinDir,
+    cg: Cgroup,
+    nets: [Netns; 2],
 }
 
 impl Drop for Pod {
     fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.children.clear();
         if let Some(dp) = &self.dp {
-            let _ = dp.detach_netns(&PathBuf::from("/run/netns").join(&self.pod));
+            let _ = dp.detach_netns(&self.nets[0].path());
             let _ = dp.detach(&self.cgroup);
-        }
-        let _ = std::fs::remove_dir_all(&self.bpffs);
-        for _ in 0..100 {
-            if !self.cgroup.exists() || std::fs::remove_dir(&self.cgroup).is_ok() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        for ns in [&self.pod, &self.peer] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
 fn run(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    membrane_test_support::process::run_args(args);
 }
 
 /// The ingress policy of the pod (`app=backend`): the empire may GET /v1/.* on 8080;
@@ -81,8 +65,8 @@ spec:
 /// process but the sidecar (uid 1337), inbound capture but for the sidecar's own
 /// metrics/health ports; L3/L4 enforcement as asked, with no decision at all for the
 /// pod's connects (so the sidecar's own delivery to the pod's address must not need one).
-fn settings(pod_ip: std::net::IpAddr, enforce: bool) -> Settings {
-    Settings {
+fn settings(pod_ip: std::net::IpAddr, enforce: bool) -> DatapathSettings {
+    DatapathSettings {
         capture: Some(Capture {
             proxy_uid: Some(1337),
             proxy_mark: None,
@@ -96,7 +80,7 @@ fn settings(pod_ip: std::net::IpAddr, enforce: bool) -> Settings {
             membrane_datapath::istio::ALWAYS_EXCLUDED_INBOUND.to_vec(),
         ),
         pod_addrs: vec![pod_ip],
-        ..Settings::default()
+        ..DatapathSettings::default()
     }
 }
 
@@ -116,36 +100,32 @@ impl Pod {
     fn new(tag: &str, net: u8) -> Pod {
         let id = std::process::id() % 100_000;
         let name = format!("mbe{tag}-{id}");
-        let cg2 = membrane_datapath::cgroup2_mount().expect("a cgroup v2 mount");
+        let pins = PinDir::new(&name);
+        let cg = Cgroup::create(&name);
+        membrane_datapath::ensure_bpffs(pins.path()).unwrap();
+        let nets = [
+            Netns::add(&format!("{name}-pod")),
+            Netns::add(&format!("{name}-peer")),
+        ];
+        let (va, vb) = (format!("mep{tag}{id}"), format!("mer{tag}{id}"));
+        let (pod_addr, peer_addr) = (format!("{NET}.{net}.2/24"), format!("{NET}.{net}.1/24"));
+        sandbox::veth(&nets[0], &va, &pod_addr, &nets[1], &vb, &peer_addr);
+        nets[1].ip(&["addr", "add", &format!("{NET}.{net}.3/24"), "dev", &vb]);
         let mut p = Pod {
-            pod: format!("{name}-pod"),
-            peer: format!("{name}-peer"),
+            pod: nets[0].name.clone(),
+            peer: nets[1].name.clone(),
             ip: format!("{NET}.{net}.2"),
-            cgroup: cg2.join(&name),
-            bpffs: PathBuf::from("/sys/fs/bpf").join(&name),
+            cgroup: cg.path.clone(),
+            bpffs: pins.path.clone(),
             dir: std::env::temp_dir().join(&name),
             children: Vec::new(),
             dp: None,
+            _pins: pins,
+            cg,
+            nets,
         };
         std::fs::create_dir_all(p.dir.join("v1")).unwrap();
         std::fs::write(p.dir.join("v1/x"), "app-file\n").unwrap();
-        std::fs::create_dir(&p.cgroup).unwrap();
-        membrane_datapath::ensure_bpffs(&p.bpffs).unwrap();
-        run(&["ip", "netns", "add", &p.pod]);
-        run(&["ip", "netns", "add", &p.peer]);
-        let (va, vb) = (format!("mep{tag}{id}"), format!("mer{tag}{id}"));
-        run(&[
-            "ip", "link", "add", &va, "netns", &p.pod, "type", "veth", "peer", "name", &vb,
-            "netns", &p.peer,
-        ]);
-        for (ns, dev, hosts) in [(&p.pod, &va, &[2][..]), (&p.peer, &vb, &[1, 3][..])] {
-            for h in hosts {
-                let addr = format!("{NET}.{net}.{h}/24");
-                run(&["ip", "-n", ns, "addr", "add", &addr, "dev", dev]);
-            }
-            run(&["ip", "-n", ns, "link", "set", dev, "up"]);
-            run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-        }
         // The proxy (uid 1337) must read its files and execute its binary.
         std::fs::copy(
             env!("CARGO_BIN_EXE_membrane-proxy"),
@@ -156,8 +136,7 @@ impl Pod {
         let ip: std::net::IpAddr = p.ip.parse().unwrap();
         let dp = Datapath::attach(&p.bpffs, &p.cgroup, &settings(ip, false)).unwrap();
         dp.set_identity(ip, 4242).unwrap();
-        dp.attach_netns(&PathBuf::from("/run/netns").join(&p.pod))
-            .unwrap();
+        dp.attach_netns(&p.nets[0].path()).unwrap();
         p.dp = Some(dp);
         let dir = p.dir.to_str().unwrap().to_owned();
         let log = p.dir.join("app.log");
@@ -208,12 +187,9 @@ impl Pod {
             Some(p) => Stdio::from(std::fs::File::create(p).unwrap()),
             None => Stdio::null(),
         };
-        let child = Command::new("sh")
-            .arg("-c")
-            .arg(r#"echo $$ > "$1/cgroup.procs" && ns="$2" && shift 2 && exec ip netns exec "$ns" "$@""#)
-            .arg("sh")
-            .arg(&self.cgroup)
-            .arg(&self.pod)
+        let child = self
+            .cg
+            .command("ip", &["netns", "exec", &self.pod])
             .args(cmd)
             .args(more)
             .stdin(Stdio::null())
@@ -221,7 +197,7 @@ impl Pod {
             .stderr(out(log))
             .spawn()
             .unwrap();
-        self.children.push(child);
+        self.children.push(ChildGuard(child));
     }
 
     /// membrane-proxy in the pod, as uid 1337, with the injector's listeners and
@@ -241,16 +217,8 @@ impl Pod {
             format!("{}.1/32=k8s:org=empire", self.subnet()),
             format!("{}.3/32=k8s:role=ops", self.subnet()),
         );
-        let mut cmd: Vec<&str> = vec![
-            "setpriv",
-            "--reuid",
-            "1337",
-            "--regid",
-            "1337",
-            "--clear-groups",
-            bin.to_str().unwrap(),
-            "standalone",
-        ];
+        let mut cmd: Vec<&str> = sandbox::AS_SIDECAR.to_vec();
+        cmd.extend([bin.to_str().unwrap(), "standalone"]);
         cmd.extend(capture);
         cmd.extend([
             "--admin",
@@ -297,15 +265,9 @@ impl Pod {
     /// curl from the peer, from address `.1` or `.3`: (status code, body).
     fn curl(&self, from: &str, args: &[&str]) -> (String, String) {
         let src = format!("{}{from}", self.subnet());
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.peer, "curl", "-s", "--max-time", "3"])
-            .args(["--interface", &src, "-w", "\n%{http_code}"])
-            .args(args)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-        (code.to_owned(), body.to_owned())
+        let mut all = vec!["--interface", &src];
+        all.extend_from_slice(args);
+        sandbox::curl_in(&self.peer, &all)
     }
 
     /// The sidecar's and the app's logs, for a failure message.

@@ -56,36 +56,20 @@ fn tmpdir(tag: &str) -> PathBuf {
 
 /// Writes Secret `namespace/name` with `entries` (base64 `data`) as `file`, atomically.
 fn write_secret(dir: &Path, file: &str, namespace: &str, name: &str, entries: &[(&str, &str)]) {
-    use base64::Engine as _;
-    let mut text = format!(
-        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  namespace: {namespace}\ndata:\n"
-    );
-    for (k, v) in entries {
-        let b = base64::engine::general_purpose::STANDARD.encode(v);
-        text.push_str(&format!("  {k}: {b}\n"));
-    }
-    let tmp = dir.join(format!(".{file}.tmp"));
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(tmp, dir.join(file)).unwrap();
+    let entries: Vec<(&str, &[u8])> = entries.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
+    common::write_secret(dir, file, (namespace, name), None, &entries);
 }
 
 async fn start(backend: std::net::SocketAddr, dir: &Path) -> membrane_proxy::Running {
     let policy = dir.join("policy.yaml");
     std::fs::write(&policy, POLICY.replace("PORT", &backend.port().to_string())).unwrap();
-    let secrets = dir.join("secrets").display().to_string();
-    let cfg = common::config_for(
+    common::start_with_secrets(
         backend,
         &policy,
         "k8s:app=backend,k8s:io.kubernetes.pod.namespace=shop",
-        &[
-            "--secrets-dir",
-            &secrets,
-            "--secrets-poll-interval",
-            "100ms",
-        ],
-    );
-    let enforcer = membrane_proxy::policy::load(&cfg).expect("policy loads");
-    membrane_proxy::start(&cfg, enforcer, None).await.unwrap()
+        &dir.join("secrets"),
+    )
+    .await
 }
 
 /// GET `path` with `header` (if any); returns the status code and response headers, and

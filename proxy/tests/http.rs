@@ -334,18 +334,6 @@ async fn header_size_limit_gives_431() {
     assert_eq!(code, 200);
 }
 
-async fn closed_within(s: &mut TcpStream, d: Duration) -> bool {
-    let mut buf = [0u8; 1024];
-    let deadline = tokio::time::Instant::now() + d;
-    loop {
-        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return true,
-            Ok(Ok(_)) => continue,
-            Err(_) => return false,
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_headers_are_cut_off() {
     let p = start_proxy_with(&["--header-read-timeout", "300ms"]).await;
@@ -439,11 +427,11 @@ async fn h2_concurrent_stream_limit_is_advertised() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_down_is_503() {
     let p = start_proxy().await;
-    // A port nothing listens on: bind, note, drop.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    // A port nothing listens on: bound and held (never listening, so connects are refused)
+    // for the whole test, so no other test can take it meanwhile.
+    let held = tokio::net::TcpSocket::new_v4().unwrap();
+    held.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let dead = held.local_addr().unwrap();
     let cfg = config(dead, &[]);
     let running = membrane_proxy::start(&cfg, membrane_proxy::policy::load(&cfg).unwrap(), None)
         .await

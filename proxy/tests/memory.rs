@@ -7,16 +7,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn stat(p: &Proxy, name: &str) -> u64 {
-    let stats = p.running.metrics.encode_envoy_stats();
-    stats
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
-        .unwrap_or_else(|| panic!("no {name} in {stats}"))
-        .parse()
-        .unwrap()
-}
-
 /// Leaves about 16 MB of freed, resident heap memory that only a trim returns: small
 /// blocks (below the mmap threshold) written so their pages are resident, freed under a
 /// block that pins the heap's top. Returns the pin.
@@ -41,11 +31,11 @@ async fn no_trim_while_a_request_is_in_flight_then_one_when_quiet() {
     let url = p.url("/v1/slow");
     let slow = tokio::spawn(async move { curl(&["-H", "x-delay-ms: 2500", &url]).await });
     let deadline = Instant::now() + Duration::from_secs(5);
-    while stat(&p, "http.inbound.downstream_rq_active") != 1 {
+    while stat(&p.running, "http.inbound.downstream_rq_active") != 1 {
         assert!(Instant::now() < deadline, "the slow request never arrived");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let trims_before = stat(&p, "membrane.heap_trims");
+    let trims_before = stat(&p.running, "membrane.heap_trims");
     let pin = leave_freed_heap();
     let free = membrane_proxy::memory::resident_free_bytes();
     assert!(
@@ -55,15 +45,15 @@ async fn no_trim_while_a_request_is_in_flight_then_one_when_quiet() {
 
     // Twenty check intervals pass with the request in flight: no trim.
     tokio::time::sleep(Duration::from_millis(2000)).await;
-    assert_eq!(stat(&p, "http.inbound.downstream_rq_active"), 1);
-    assert_eq!(stat(&p, "membrane.heap_trims"), trims_before);
+    assert_eq!(stat(&p.running, "http.inbound.downstream_rq_active"), 1);
+    assert_eq!(stat(&p.running, "membrane.heap_trims"), trims_before);
 
     // The request finishes; after the quiet period the trim runs.
     let (code, headers, _) = slow.await.unwrap();
     assert_eq!(code, 200, "{headers}");
-    assert_eq!(stat(&p, "http.inbound.downstream_rq_active"), 0);
+    assert_eq!(stat(&p.running, "http.inbound.downstream_rq_active"), 0);
     let deadline = Instant::now() + Duration::from_secs(5);
-    while stat(&p, "membrane.heap_trims") == trims_before {
+    while stat(&p.running, "membrane.heap_trims") == trims_before {
         assert!(
             Instant::now() < deadline,
             "no trim after the traffic stopped"

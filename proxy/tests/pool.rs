@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::config;
+use common::{config, stat};
 use http::{Request, Response};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
@@ -275,16 +275,6 @@ async fn h2_get(
     let headers = resp.headers().clone();
     resp.into_body().collect().await.unwrap();
     (status, headers)
-}
-
-fn stat(p: &membrane_proxy::Running, name: &str) -> u64 {
-    let stats = p.metrics.encode_envoy_stats();
-    stats
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
-        .unwrap_or_else(|| panic!("no {name} in {stats}"))
-        .parse()
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -65,7 +65,7 @@ fn status_from(ns: &Netns, src: &str, url: &str) -> String {
 fn a_non_loopback_debug_listener_serves_config_dumps_to_loopback_only() {
     let ns = Netns::new();
     let tmp = tempfile::tempdir().unwrap();
-    std::fs::write(tmp.path().join("cluster.yaml"), starwars_pods(8080)).unwrap();
+    std::fs::write(tmp.path().join("cluster.yaml"), starwars::pods(8080)).unwrap();
     let mut child = Command::new("ip")
         .args(["netns", "exec", &ns.0])
         .arg(env!("CARGO_BIN_EXE_membrane-xds"))
@@ -84,7 +84,7 @@ fn a_non_loopback_debug_listener_serves_config_dumps_to_loopback_only() {
     )
     .unwrap();
     // `ip netns exec` execs the binary: this pid is membrane-xds'.
-    let _xds = Guard(child);
+    let _xds = ChildGuard(child);
     let port = line
         .split_whitespace()
         .find_map(|w| w.strip_prefix("debug="))

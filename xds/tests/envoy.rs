@@ -33,7 +33,7 @@ fn envoy_bin() -> PathBuf {
     Path::new(dir.trim()).join("_bin").join("envoy")
 }
 
-fn start_envoy(dir: &Path, xds: SocketAddr, api_type: &str) -> (Guard, PathBuf) {
+fn start_envoy(dir: &Path, xds: SocketAddr, api_type: &str) -> (ChildGuard, PathBuf) {
     let bootstrap = format!(
         r#"node: {{id: "{NODE}", cluster: deathstar.default}}
 admin:
@@ -80,7 +80,7 @@ static_resources:
         .process_group(0)
         .spawn()
         .expect("spawn envoy");
-    (Guard(child), log)
+    (ChildGuard(child), log)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -90,15 +90,10 @@ async fn envoy_enforces_starwars_l7_and_nacks_show_in_the_flight_recorder() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
     std::fs::create_dir(&src).unwrap();
-    std::fs::write(src.join("cluster.yaml"), starwars_pods(port)).unwrap();
-    std::fs::write(
-        src.join("policy.yaml"),
-        starwars_l7(port, "/v1/request-landing"),
-    )
-    .unwrap();
+    starwars::write_source(&src, port);
 
     let xds = start_xds(&src);
-    let (_envoy, log) = start_envoy(tmp.path(), xds.grpc, "GRPC");
+    let (_envoy, log) = start_envoy(tmp.path(), xds.grpc(), "GRPC");
     let sidecar: SocketAddr = format!("127.0.0.2:{port}").parse().unwrap();
     let tiefighter = "127.0.0.3".parse().unwrap();
     let xwing = "127.0.0.4".parse().unwrap();
@@ -131,7 +126,7 @@ async fn envoy_enforces_starwars_l7_and_nacks_show_in_the_flight_recorder() {
 
     // The control plane saw every type ACKed and nothing is stale.
     let syncz = eventually(Duration::from_secs(10), "syncz to show ACKs", || async {
-        let v = debug_json(xds.debug, "/debug/syncz").await;
+        let v = debug_json(xds.debug(), "/debug/syncz").await;
         let p = v.as_array()?.iter().find(|p| p["proxy"] == NODE)?.clone();
         (p.get("listener_acked").is_some()
             && p["listener_acked"] == p["listener_sent"]
@@ -140,12 +135,12 @@ async fn envoy_enforces_starwars_l7_and_nacks_show_in_the_flight_recorder() {
     })
     .await;
     assert_eq!(syncz["proxy_type"], "sidecar");
-    let stalez = debug_json(xds.debug, "/debug/stalez").await;
+    let stalez = debug_json(xds.debug(), "/debug/stalez").await;
     assert_eq!(stalez["stale"], 0, "{stalez}");
     // What was sent to this proxy, in Envoy's ConfigDump shape: the inbound
     // listener is the very listener Envoy itself dumps, at the version
     // Envoy reports for it.
-    let dump = debug_json(xds.debug, &format!("/debug/config_dump?proxyID={NODE}")).await;
+    let dump = debug_json(xds.debug(), &format!("/debug/config_dump?proxyID={NODE}")).await;
     let ours = dumped_listener(&dump, &format!("inbound|{port}"));
     let admin = envoy_admin(tmp.path()).await;
     // Envoy answers chunked: let curl read it.
@@ -175,13 +170,13 @@ async fn envoy_enforces_starwars_l7_and_nacks_show_in_the_flight_recorder() {
     assert!(ours.to_string().contains("127.0.0.2"), "{ours}");
     // The per-type view keeps sent and ACKed versions.
     let dump = debug_json(
-        xds.debug,
+        xds.debug(),
         &format!("/debug/config_dump?proxyID={NODE}&format=membrane"),
     )
     .await;
     let lds = &dump["types"]["type.googleapis.com/envoy.config.listener.v3.Listener"];
     assert_eq!(lds["acked_version"], lds["version"], "{lds}");
-    let adsz = debug_json(xds.debug, "/debug/adsz").await;
+    let adsz = debug_json(xds.debug(), "/debug/adsz").await;
     let client = &adsz["clients"][0];
     assert_eq!(client["node"], NODE, "{adsz}");
     assert_eq!(client["snapshotKey"], "sidecar/default/deathstar-1");
@@ -194,12 +189,12 @@ async fn envoy_enforces_starwars_l7_and_nacks_show_in_the_flight_recorder() {
 
     // A path regex the policy engine's regex crate accepts but RE2 refuses
     // (RE2 caps repetition counts at 1000): Envoy NACKs the listener update.
-    std::fs::write(src.join("policy.yaml"), starwars_l7(port, "/v1/x{1001}")).unwrap();
+    std::fs::write(src.join("policy.yaml"), starwars::l7(port, "/v1/x{1001}")).unwrap();
     let nack = eventually(
         Duration::from_secs(20),
         "a NACK in the flight recorder",
         || async {
-            let v = debug_json(xds.debug, &format!("/debug/flightz?proxyID={NODE}")).await;
+            let v = debug_json(xds.debug(), &format!("/debug/flightz?proxyID={NODE}")).await;
             v["types"]["type.googleapis.com/envoy.config.listener.v3.Listener"]["last_nack"]
                 .as_object()
                 .cloned()
@@ -210,7 +205,7 @@ async fn envoy_enforces_starwars_l7_and_nacks_show_in_the_flight_recorder() {
     assert!(error.contains(RE2_ERROR), "Envoy's own error: {error}");
     let envoy_log = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(envoy_log.contains(RE2_ERROR), "envoy log: {envoy_log}");
-    let stalez = debug_json(xds.debug, "/debug/stalez").await;
+    let stalez = debug_json(xds.debug(), "/debug/stalez").await;
     let stale = stalez["proxies"].as_array().unwrap();
     assert!(
         stale.iter().any(|s| s["proxy"] == NODE
@@ -219,7 +214,7 @@ async fn envoy_enforces_starwars_l7_and_nacks_show_in_the_flight_recorder() {
                 .is_some_and(|e| e.contains(RE2_ERROR))),
         "{stalez}"
     );
-    let metrics = debug_get(xds.debug, "/metrics").await;
+    let metrics = debug_get(xds.debug(), "/metrics").await;
     assert!(
         metrics.contains("membrane_xds_nacks_total{type=\"lds\"}"),
         "{metrics}"
@@ -238,14 +233,14 @@ async fn envoy_enforces_starwars_l7_and_nacks_show_in_the_flight_recorder() {
     // Fixing the policy converges again: nothing stale.
     std::fs::write(
         src.join("policy.yaml"),
-        starwars_l7(port, "/v1/request-landing"),
+        starwars::l7(port, "/v1/request-landing"),
     )
     .unwrap();
     eventually(
         Duration::from_secs(20),
         "the proxy to ACK the fixed policy",
         || async {
-            let v = debug_json(xds.debug, "/debug/stalez").await;
+            let v = debug_json(xds.debug(), "/debug/stalez").await;
             (v["stale"] == 0).then_some(())
         },
     )
@@ -281,15 +276,10 @@ async fn envoy_over_delta_ads_follows_policy_changes_and_removals() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
     std::fs::create_dir(&src).unwrap();
-    std::fs::write(src.join("cluster.yaml"), starwars_pods(port)).unwrap();
-    std::fs::write(
-        src.join("policy.yaml"),
-        starwars_l7(port, "/v1/request-landing"),
-    )
-    .unwrap();
+    starwars::write_source(&src, port);
 
     let xds = start_xds(&src);
-    let (_envoy, _log) = start_envoy(tmp.path(), xds.grpc, "DELTA_GRPC");
+    let (_envoy, _log) = start_envoy(tmp.path(), xds.grpc(), "DELTA_GRPC");
     let sidecar: SocketAddr = format!("127.0.0.2:{port}").parse().unwrap();
     let tiefighter = "127.0.0.3".parse().unwrap();
 
@@ -328,7 +318,7 @@ async fn envoy_over_delta_ads_follows_policy_changes_and_removals() {
     .await;
 
     // Deleting the Service removes its cluster: delta sends the removal.
-    let pods_only = starwars_pods(port);
+    let pods_only = starwars::pods(port);
     let pods_only = pods_only
         .split("---\napiVersion: v1\nkind: Service")
         .next()
@@ -343,7 +333,7 @@ async fn envoy_over_delta_ads_follows_policy_changes_and_removals() {
         },
     )
     .await;
-    let rec = debug_json(xds.debug, &format!("/debug/flightz?proxyID={NODE}")).await;
+    let rec = debug_json(xds.debug(), &format!("/debug/flightz?proxyID={NODE}")).await;
     let cds = &rec["types"]["type.googleapis.com/envoy.config.cluster.v3.Cluster"]["history"];
     assert!(
         cds.as_array()
@@ -352,6 +342,6 @@ async fn envoy_over_delta_ads_follows_policy_changes_and_removals() {
             .any(|e| e["event"] == "sent" && e["removed"] == 1),
         "a delta response removed one cluster: {cds}"
     );
-    let stalez = debug_json(xds.debug, "/debug/stalez").await;
+    let stalez = debug_json(xds.debug(), "/debug/stalez").await;
     assert_eq!(stalez["stale"], 0, "{stalez}");
 }

@@ -97,18 +97,25 @@ async fn deathstar_policy(debug: SocketAddr) -> String {
         .unwrap_or_default()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stored_policy_is_served_bad_values_keep_the_last_good_and_delete_removes_it() {
+/// etcd holding three pods and the Star Wars L7 policy, a client of it, and the control
+/// plane on it (with its source directory).
+async fn starwars_in_etcd() -> (Etcd, etcd_client::Client, tempfile::TempDir, Xds) {
     let etcd = Etcd::start();
-    let mut c = etcd.client().await;
+    let mut c = etcd_client(&etcd).await;
     store(&mut c, &pods(&[0, 1, 2])).await;
-    store(&mut c, &starwars_l7(80, "/v1/request-landing")).await;
+    store(&mut c, &starwars::l7(80, "/v1/request-landing")).await;
     let dir = tempfile::tempdir().unwrap();
     let xds = xds_on(&etcd, dir.path(), &[]);
+    (etcd, c, dir, xds)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_policy_is_served_bad_values_keep_the_last_good_and_delete_removes_it() {
+    let (_etcd, mut c, _dir, xds) = starwars_in_etcd().await;
 
     // Served from etcd alone: the L7 rule reaches the deathstar's NPDS.
     eventually(LIMIT, "the etcd policy in NPDS", || async {
-        deathstar_policy(xds.debug)
+        deathstar_policy(xds.debug())
             .await
             .contains("/v1/request-landing")
             .then_some(())
@@ -125,7 +132,7 @@ async fn stored_policy_is_served_bad_values_keep_the_last_good_and_delete_remove
     });
     c.put(key.as_str(), bad.to_string(), None).await.unwrap();
     let rejection = eventually(LIMIT, "the rejection in sourcez", || async {
-        let s = debug_json(xds.debug, "/debug/sourcez").await;
+        let s = debug_json(xds.debug(), "/debug/sourcez").await;
         s["sources"]
             .as_array()?
             .iter()
@@ -143,12 +150,12 @@ async fn stored_policy_is_served_bad_values_keep_the_last_good_and_delete_remove
         )),
         "{rejection}"
     );
-    let metrics = debug_get(xds.debug, "/metrics").await;
+    let metrics = debug_get(xds.debug(), "/metrics").await;
     assert!(
         metrics.contains("membrane_xds_source_errors_total{source=\"etcd\"} 1"),
         "{metrics}"
     );
-    assert!(deathstar_policy(xds.debug)
+    assert!(deathstar_policy(xds.debug())
         .await
         .contains("/v1/request-landing"));
 
@@ -162,21 +169,21 @@ async fn stored_policy_is_served_bad_values_keep_the_last_good_and_delete_remove
     .await
     .unwrap();
     eventually(LIMIT, "the name mismatch reported", || async {
-        let s = debug_json(xds.debug, "/debug/sourcez").await;
+        let s = debug_json(xds.debug(), "/debug/sourcez").await;
         s.to_string()
             .contains("metadata.name: \\\"ywing\\\" does not match the key (xwing)")
             .then_some(())
     })
     .await;
     assert!(
-        identities(xds.debug).await.contains_key("127.0.0.4"),
+        identities(xds.debug()).await.contains_key("127.0.0.4"),
         "the xwing stays"
     );
 
     // Deleting the key removes the policy from what is served.
     assert!(kvstore::delete(&mut c, &key).await.unwrap());
     eventually(LIMIT, "the policy gone from NPDS", || async {
-        let p = deathstar_policy(xds.debug).await;
+        let p = deathstar_policy(xds.debug()).await;
         (!p.is_empty() && !p.contains("request-landing")).then_some(())
     })
     .await;
@@ -185,7 +192,7 @@ async fn stored_policy_is_served_bad_values_keep_the_last_good_and_delete_remove
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_control_planes_agree_on_identities_whatever_order_they_see_pods() {
     let etcd = Etcd::start();
-    let mut c = etcd.client().await;
+    let mut c = etcd_client(&etcd).await;
 
     // Two allocators racing over the same label sets in opposite orders.
     let sets: Vec<LabelSet> = (0..12)
@@ -228,12 +235,12 @@ async fn two_control_planes_agree_on_identities_whatever_order_they_see_pods() {
     let xa = xds_on(&etcd, da.path(), &[]);
     let xb = xds_on(&etcd, db.path(), &[]);
     let ids_a = eventually(LIMIT, "replica A's identities", || async {
-        let m = identities(xa.debug).await;
+        let m = identities(xa.debug()).await;
         (m.len() == 3).then_some(m)
     })
     .await;
     let ids_b = eventually(LIMIT, "replica B's identities", || async {
-        let m = identities(xb.debug).await;
+        let m = identities(xb.debug()).await;
         (m.len() == 3).then_some(m)
     })
     .await;
@@ -246,7 +253,7 @@ async fn two_control_planes_agree_on_identities_whatever_order_they_see_pods() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registrations_expire_with_the_lease_of_a_dead_replica() {
     let etcd = Etcd::start();
-    let mut c = etcd.client().await;
+    let mut c = etcd_client(&etcd).await;
     store(&mut c, &pods(&[0, 1, 2])).await;
     let dir = tempfile::tempdir().unwrap();
     let a = xds_on(
@@ -280,7 +287,7 @@ async fn registrations_expire_with_the_lease_of_a_dead_replica() {
     })
     .await;
     assert_eq!(both["a"], both["b"], "same addresses, same identities");
-    let served = identities(a.debug).await;
+    let served = identities(a.debug()).await;
     for e in &both["a"] {
         let (ip, id) = e.split_once('=').unwrap();
         assert_eq!(served[ip], id, "registered what NPHDS serves");
@@ -315,34 +322,29 @@ async fn registrations_expire_with_the_lease_of_a_dead_replica() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_down_keeps_the_last_snapshot_and_the_control_plane_recovers() {
-    let mut etcd = Etcd::start();
-    let mut c = etcd.client().await;
-    store(&mut c, &pods(&[0, 1, 2])).await;
-    store(&mut c, &starwars_l7(80, "/v1/request-landing")).await;
-    let dir = tempfile::tempdir().unwrap();
-    let xds = xds_on(&etcd, dir.path(), &[]);
+    let (mut etcd, _c, dir, xds) = starwars_in_etcd().await;
     eventually(LIMIT, "the etcd policy in NPDS", || async {
-        deathstar_policy(xds.debug)
+        deathstar_policy(xds.debug())
             .await
             .contains("/v1/request-landing")
             .then_some(())
     })
     .await;
-    let before = identities(xds.debug).await;
+    let before = identities(xds.debug()).await;
 
     etcd.stop();
     eventually(LIMIT, "the lost etcd reported", || async {
-        let s = debug_json(xds.debug, "/debug/sourcez").await;
+        let s = debug_json(xds.debug(), "/debug/sourcez").await;
         s["last_rejections"]
             .to_string()
             .contains("unreachable, the last good state stays in force")
             .then_some(())
     })
     .await;
-    assert!(deathstar_policy(xds.debug)
+    assert!(deathstar_policy(xds.debug())
         .await
         .contains("/v1/request-landing"));
-    assert_eq!(identities(xds.debug).await, before);
+    assert_eq!(identities(xds.debug()).await, before);
 
     // A pod appears (in the directory source) while etcd is down: it cannot
     // get a cluster-wide identity, says so, and the others are untouched.
@@ -352,28 +354,28 @@ async fn etcd_down_keeps_the_last_snapshot_and_the_control_plane_recovers() {
     )
     .unwrap();
     eventually(LIMIT, "the awing's missing identity reported", || async {
-        let s = debug_json(xds.debug, "/debug/sourcez").await;
+        let s = debug_json(xds.debug(), "/debug/sourcez").await;
         s["translation_errors"]
             .to_string()
             .contains("k8s:class=awing")
             .then_some(())
     })
     .await;
-    assert_eq!(identities(xds.debug).await, before);
+    assert_eq!(identities(xds.debug()).await, before);
 
     // Back with the same data: changes flow again, the awing gets its
     // identity with no further change, and a new pod gets one too.
     etcd.restart();
     eventually(LIMIT, "the awing's identity once etcd is back", || async {
-        let hosts = resources(xds.debug, NETWORK_POLICY_HOSTS).await;
+        let hosts = resources(xds.debug(), NETWORK_POLICY_HOSTS).await;
         hosts
             .values()
             .any(|h| h.contains("\"127.0.0.6\""))
             .then_some(())
     })
     .await;
-    let mut c = etcd.client().await;
-    store(&mut c, &starwars_l7(80, "/v1/exhaust-port")).await;
+    let mut c = etcd_client(&etcd).await;
+    store(&mut c, &starwars::l7(80, "/v1/exhaust-port")).await;
     store(
         &mut c,
         "kind: Pod\nmetadata: {name: ywing, namespace: default, labels: {class: ywing}}\nstatus: {podIP: 127.0.0.5}\n",
@@ -383,15 +385,15 @@ async fn etcd_down_keeps_the_last_snapshot_and_the_control_plane_recovers() {
         LIMIT,
         "the new policy and pod after the restart",
         || async {
-            let p = deathstar_policy(xds.debug).await;
-            let hosts = resources(xds.debug, NETWORK_POLICY_HOSTS).await;
+            let p = deathstar_policy(xds.debug()).await;
+            let hosts = resources(xds.debug(), NETWORK_POLICY_HOSTS).await;
             (p.contains("/v1/exhaust-port") && hosts.values().any(|h| h.contains("\"127.0.0.5\"")))
                 .then_some(())
         },
     )
     .await;
     assert_eq!(
-        identities(xds.debug).await,
+        identities(xds.debug()).await,
         before,
         "identities survive the restart"
     );
@@ -412,7 +414,7 @@ async fn etcd_over_tls_with_a_client_certificate_is_a_source() {
         ca: pki.ca.clone(),
         client: Some((cc.clone(), ck.clone())),
     };
-    let mut c = etcd.client_tls(Some(&tls)).await;
+    let mut c = etcd_client_tls(&etcd, Some(&tls)).await;
     store(&mut c, &pods(&[0, 1, 2])).await;
     let src = tmp.path().join("src");
     std::fs::create_dir(&src).unwrap();
@@ -429,7 +431,7 @@ async fn etcd_over_tls_with_a_client_certificate_is_a_source() {
     eventually(
         LIMIT,
         "the pods stored in etcd (TLS) to be served",
-        || async { (identities(xds.debug).await.len() == 3).then_some(()) },
+        || async { (identities(xds.debug()).await.len() == 3).then_some(()) },
     )
     .await;
 }

@@ -20,7 +20,7 @@ async fn python_grpc_xds_client_resolves_listener_cluster_and_calls_through_xds(
     let out = tokio::time::timeout(
         Duration::from_secs(90),
         tokio::task::spawn_blocking({
-            let addr = xds.grpc.to_string();
+            let addr = xds.grpc().to_string();
             let dir = tmp.path().to_path_buf();
             move || {
                 Command::new("python3")
@@ -48,7 +48,7 @@ async fn python_grpc_xds_client_resolves_listener_cluster_and_calls_through_xds(
     }
     // The flight recorder saw the raw client ACK all three types.
     let rec = debug_json(
-        xds.debug,
+        xds.debug(),
         "/debug/flightz?proxyID=membrane-test-grpc-client",
     )
     .await;

@@ -119,10 +119,10 @@ async fn hostile_stream(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_hostile_streams_leave_memory_bounded() {
     let tmp = tempfile::tempdir().unwrap();
-    std::fs::write(tmp.path().join("cluster.yaml"), starwars_pods(8080)).unwrap();
+    std::fs::write(tmp.path().join("cluster.yaml"), starwars::pods(8080)).unwrap();
     // Errors only: 10,000 streams of info lines would drown the output.
-    let xds = launch::start_xds_env(tmp.path(), &[], &[], "error");
-    let (pid, grpc, debug) = (xds.proc.0.id(), xds.grpc, xds.debug);
+    let xds = start_xds_env(tmp.path(), &[], &[], "error");
+    let (pid, grpc, debug) = (xds.proc.0.id(), xds.grpc(), xds.debug());
     let base = rss_kib(pid);
     let url = format!("http://{grpc}");
     let channels: Vec<Channel> = {

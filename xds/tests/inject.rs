@@ -49,21 +49,16 @@ impl Hook {
             certs.join("current/cert.pem"),
             certs.join("current/key.pem"),
         );
-        let mut args: Vec<&OsStr> = vec![
-            OsStr::new("--webhook-addr"),
-            OsStr::new("127.0.0.1:0"),
-            OsStr::new("--webhook-cert"),
-            cert.as_os_str(),
-            OsStr::new("--webhook-key"),
-            key.as_os_str(),
+        let mut args = webhook_args(&cert, &key);
+        args.extend([
             OsStr::new("--sidecar-image"),
             OsStr::new(IMAGE),
             OsStr::new("--sidecar-xds-address"),
             OsStr::new(XDS),
-        ];
+        ]);
         args.extend(extra.iter().map(OsStr::new));
         let xds = start_xds_with(&src, &args);
-        assert!(xds.webhook.is_some(), "the webhook is served");
+        assert!(xds.webhook().is_some(), "the webhook is served");
         Hook { xds, dir }
     }
 
@@ -87,7 +82,7 @@ impl Hook {
         std::fs::write(&f, body).unwrap();
         let url = format!(
             "https://127.0.0.1:{}{path}",
-            self.xds.webhook.unwrap().port()
+            self.xds.webhook().unwrap().port()
         );
         let out = Command::new("curl")
             .args(["-sS", "--max-time", "10", "-w", "\n%{http_code}"])
@@ -416,7 +411,7 @@ fn skip_rules_and_idempotence_answer_allowed_without_a_patch() {
     assert!(w.contains("declares port 15021"), "{w}");
 
     let metrics = Command::new("curl")
-        .args(["-sS", &format!("http://{}/metrics", hook.xds.debug)])
+        .args(["-sS", &format!("http://{}/metrics", hook.xds.debug())])
         .output()
         .unwrap();
     let metrics = String::from_utf8_lossy(&metrics.stdout);
@@ -487,7 +482,7 @@ fn served_by(hook: &Hook, version: &str) -> bool {
     let review = data("deployment-pod.json").to_string();
     let url = format!(
         "https://127.0.0.1:{}/inject",
-        hook.xds.webhook.unwrap().port()
+        hook.xds.webhook().unwrap().port()
     );
     Command::new("curl")
         .args(["-sS", "-o", "/dev/null", "--max-time", "5", "--fail"])
@@ -519,7 +514,7 @@ fn wait_until(what: &str, f: impl Fn() -> bool) {
 
 fn cert_errors(hook: &Hook) -> u64 {
     let out = Command::new("curl")
-        .args(["-sS", &format!("http://{}/metrics", hook.xds.debug)])
+        .args(["-sS", &format!("http://{}/metrics", hook.xds.debug())])
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout)
@@ -573,6 +568,9 @@ fn a_rotated_certificate_is_served_and_a_bad_one_keeps_the_last_good() {
 fn sighup_reloads_the_certificate_at_once() {
     // Checks every hour: only the signal can explain a reload.
     let hook = Hook::start(&["--webhook-cert-poll-ms", "3600000"]);
+    // The hourly check also runs once at startup: let it pass before v2 appears.
+    hook.xds
+        .wait_for_log("webhook certificate unchanged", Duration::from_secs(10));
     make_certs(&hook.dir.path().join("certs/v2"));
     hook.switch_to("v2");
     std::thread::sleep(Duration::from_millis(300));
@@ -590,7 +588,7 @@ fn sighup_reloads_the_certificate_at_once() {
 fn the_webhook_is_off_without_a_certificate_and_bad_files_stop_startup() {
     let dir = tempfile::tempdir().unwrap();
     let xds = start_xds(dir.path());
-    assert!(xds.webhook.is_none());
+    assert!(xds.webhook().is_none());
 
     std::fs::write(dir.path().join("bad.pem"), "garbage\n").unwrap();
     let bad = dir.path().join("bad.pem");

@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::ffi::OsStr;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -82,8 +81,8 @@ fn debug_env() -> [(&'static str, &'static str); 2] {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn debug_listener_closes_connections_past_its_cap() {
     let tmp = tempfile::tempdir().unwrap();
-    let xds = launch::start_xds_env(tmp.path(), &[], &debug_env(), "membrane_xds=debug");
-    let dbg = xds.debug;
+    let xds = start_xds_env(tmp.path(), &[], &debug_env(), "membrane_xds=debug");
+    let dbg = xds.debug();
     // Three idle connections fill the listener; a fourth is closed at once
     // without an answer.
     let mut held = Vec::new();
@@ -130,9 +129,9 @@ async fn debug_listener_closes_connections_past_its_cap() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn debug_listener_cuts_a_slow_request_head() {
     let tmp = tempfile::tempdir().unwrap();
-    let xds = launch::start_xds_env(tmp.path(), &[], &debug_env(), "membrane_xds=debug");
+    let xds = start_xds_env(tmp.path(), &[], &debug_env(), "membrane_xds=debug");
     // A head trickled a byte every 300 ms is cut at the 1 s deadline.
-    let mut slow = TcpStream::connect(xds.debug).await.unwrap();
+    let mut slow = TcpStream::connect(xds.debug()).await.unwrap();
     let cut = trickle(
         &mut slow,
         "GET /ready HTTP/1.1\r\nx-slow: ",
@@ -143,7 +142,7 @@ async fn debug_listener_cuts_a_slow_request_head() {
     let (after, _) = cut.expect("the slow head is still being read after 6 s");
     assert!(after < Duration::from_secs(3), "cut after {after:?}");
     // Still serving, and the cut is counted.
-    let text = debug_get(xds.debug, "/metrics").await;
+    let text = debug_get(xds.debug(), "/metrics").await;
     assert_eq!(
         metric(
             &text,
@@ -168,15 +167,8 @@ impl Webhook {
         let src = dir.path().join("src");
         std::fs::create_dir(&src).unwrap();
         let (cert, key) = (certs.join("cert.pem"), certs.join("key.pem"));
-        let args: Vec<&OsStr> = vec![
-            OsStr::new("--webhook-addr"),
-            OsStr::new("127.0.0.1:0"),
-            OsStr::new("--webhook-cert"),
-            cert.as_os_str(),
-            OsStr::new("--webhook-key"),
-            key.as_os_str(),
-        ];
-        let xds = launch::start_xds_env(&src, &args, env, "membrane_xds=debug");
+        let args = webhook_args(&cert, &key);
+        let xds = start_xds_env(&src, &args, env, "membrane_xds=debug");
         let mut roots = rustls::RootCertStore::empty();
         for c in CertificateDer::pem_file_iter(certs.join("ca.pem")).unwrap() {
             roots.add(c.unwrap()).unwrap();
@@ -195,7 +187,7 @@ impl Webhook {
     }
 
     fn addr(&self) -> SocketAddr {
-        self.xds.webhook.expect("webhook served")
+        self.xds.webhook().expect("webhook served")
     }
 
     async fn connect(&self) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
@@ -241,7 +233,7 @@ async fn webhook_closes_connections_past_its_cap() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let text = debug_get(hook.xds.debug, "/metrics").await;
+    let text = debug_get(hook.xds.debug(), "/metrics").await;
     assert_eq!(
         metric(
             &text,
@@ -285,7 +277,7 @@ async fn webhook_answers_a_slow_body_with_408() {
     let (after, answer) = cut.expect("the slow body is still being read after 6 s");
     assert!(after < Duration::from_secs(4), "body cut after {after:?}");
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
-    let text = debug_get(hook.xds.debug, "/metrics").await;
+    let text = debug_get(hook.xds.debug(), "/metrics").await;
     assert_eq!(
         metric(
             &text,

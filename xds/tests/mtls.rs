@@ -134,14 +134,14 @@ fn endpoint_ips(r: &DiscoveryResponse) -> Vec<String> {
     ips
 }
 
-fn setup() -> (tempfile::TempDir, Pki, XdsMtls) {
+fn setup() -> (tempfile::TempDir, Pki, Xds) {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
     std::fs::create_dir(&src).unwrap();
     std::fs::write(src.join("cluster.yaml"), pods()).unwrap();
     std::fs::write(
         src.join("policy.yaml"),
-        starwars_l7(8080, "/v1/request-landing"),
+        starwars::l7(8080, "/v1/request-landing"),
     )
     .unwrap();
     let pki = Pki::new(&tmp.path().join("pki"), "membrane-test-ca");
@@ -159,9 +159,14 @@ async fn a_workload_certificate_gets_its_own_pods_policy_and_nothing_else() {
     );
     let (cert, key) = pki.workload("deathstar", "default", "deathstar");
     let me = Some((cert.as_path(), key.as_path()));
-    let r = first_npds(&pki.ca, me, xds.tls, &node_id(DEATHSTAR.0, DEATHSTAR.1))
-        .await
-        .expect("deathstar's sidecar is served");
+    let r = first_npds(
+        &pki.ca,
+        me,
+        xds.tls().unwrap(),
+        &node_id(DEATHSTAR.0, DEATHSTAR.1),
+    )
+    .await
+    .expect("deathstar's sidecar is served");
     assert_eq!(
         endpoint_ips(&r),
         vec!["127.0.0.2".to_string()],
@@ -170,13 +175,13 @@ async fn a_workload_certificate_gets_its_own_pods_policy_and_nothing_else() {
 
     // The same certificate under a non-sidecar id would have been the
     // shared snapshot (every endpoint's policy) on the plaintext port.
-    let err = first_npds(&pki.ca, me, xds.tls, "membrane-agent~node-1")
+    let err = first_npds(&pki.ca, me, xds.tls().unwrap(), "membrane-agent~node-1")
         .await
         .unwrap_err();
     assert!(err.starts_with("PermissionDenied"), "{err}");
 
     // Debug types (every client's config) are not answered either.
-    let ch = channel(&pki.ca, me, xds.tls).await.unwrap();
+    let ch = channel(&pki.ca, me, xds.tls().unwrap()).await.unwrap();
     let (tx, rx) = mpsc::channel(2);
     tx.send(DiscoveryRequest {
         node: Some(Node {
@@ -209,7 +214,9 @@ async fn clients_without_an_acceptable_certificate_or_node_id_are_refused() {
     let ca = pki.ca.clone();
 
     // No client certificate: the handshake fails.
-    let err = first_npds(&ca, None, xds.tls, &ds).await.unwrap_err();
+    let err = first_npds(&ca, None, xds.tls().unwrap(), &ds)
+        .await
+        .unwrap_err();
     assert!(
         !err.starts_with("PermissionDenied"),
         "handshake, not RPC: {err}"
@@ -218,7 +225,7 @@ async fn clients_without_an_acceptable_certificate_or_node_id_are_refused() {
     // A valid-looking certificate from a CA the control plane does not trust.
     let rogue = Pki::new(&tmp.path().join("rogue"), "rogue-ca");
     let (c, k) = rogue.workload("deathstar", "default", "deathstar");
-    let err = first_npds(&ca, Some((&c, &k)), xds.tls, &ds)
+    let err = first_npds(&ca, Some((&c, &k)), xds.tls().unwrap(), &ds)
         .await
         .unwrap_err();
     assert!(
@@ -232,7 +239,7 @@ async fn clients_without_an_acceptable_certificate_or_node_id_are_refused() {
         "URI:spiffe://cluster.local/ns/default/sa/deathstar",
         Validity::Expired,
     );
-    let err = first_npds(&ca, Some((&c, &k)), xds.tls, &ds)
+    let err = first_npds(&ca, Some((&c, &k)), xds.tls().unwrap(), &ds)
         .await
         .unwrap_err();
     assert!(
@@ -272,7 +279,7 @@ async fn clients_without_an_acceptable_certificate_or_node_id_are_refused() {
         "no pod default/deathstar-9",
     ));
     for (what, c, k, node, says) in &denied {
-        let err = first_npds(&ca, Some((c, k)), xds.tls, node)
+        let err = first_npds(&ca, Some((c, k)), xds.tls().unwrap(), node)
             .await
             .expect_err(what);
         assert!(
@@ -282,13 +289,18 @@ async fn clients_without_an_acceptable_certificate_or_node_id_are_refused() {
     }
     // xwing is still served as itself.
     let (c, k) = pki.workload("xwing2", "default", "xwing");
-    let r = first_npds(&ca, Some((&c, &k)), xds.tls, &node_id(XWING.0, XWING.1))
-        .await
-        .expect("xwing as itself");
+    let r = first_npds(
+        &ca,
+        Some((&c, &k)),
+        xds.tls().unwrap(),
+        &node_id(XWING.0, XWING.1),
+    )
+    .await
+    .expect("xwing as itself");
     assert!(endpoint_ips(&r).iter().all(|ip| ip == "127.0.0.4"));
 
     // Refusals are counted by reason.
-    let metrics = debug_get(xds.debug, "/metrics").await;
+    let metrics = debug_get(xds.debug(), "/metrics").await;
     for reason in [
         "no_spiffe_id",
         "trust_domain",

@@ -67,15 +67,10 @@ fn http_rules_of(np: &NetworkPolicy) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn npds_and_nphds_clients_get_policy_follow_changes_and_nacks_are_recorded() {
     let tmp = tempfile::tempdir().unwrap();
-    std::fs::write(tmp.path().join("cluster.yaml"), starwars_pods(8080)).unwrap();
-    std::fs::write(
-        tmp.path().join("policy.yaml"),
-        starwars_l7(8080, "/v1/request-landing"),
-    )
-    .unwrap();
+    starwars::write_source(tmp.path(), 8080);
     // Polling effectively off: changes must arrive through file-system events.
     let xds = start_xds_with(tmp.path(), &["--poll-ms".as_ref(), "600000".as_ref()]);
-    let url = format!("http://{}", xds.grpc);
+    let url = format!("http://{}", xds.grpc());
 
     // NPHDS: every pod's identity with its address.
     let mut hosts_client = NetworkPolicyHostsDiscoveryServiceClient::connect(url.clone())
@@ -127,11 +122,11 @@ async fn npds_and_nphds_clients_get_policy_follow_changes_and_nacks_are_recorded
 
     // A live change: allow GET /v1/.* too. The client gets it pushed.
     let changed = Instant::now();
-    let text = starwars_l7(8080, "/v1/request-landing").replace(
+    let text = starwars::l7(8080, "/v1/request-landing").replace(
         "          path: '/v1/request-landing'",
         "          path: '/v1/request-landing'\n        - method: GET\n          path: '/v1/.*'",
     );
-    assert_ne!(text, starwars_l7(8080, "/v1/request-landing"));
+    assert_ne!(text, starwars::l7(8080, "/v1/request-landing"));
     std::fs::write(tmp.path().join("policy.yaml"), text).unwrap();
     let r2 = next(&mut s).await;
     let took = changed.elapsed();
@@ -153,7 +148,7 @@ async fn npds_and_nphds_clients_get_policy_follow_changes_and_nacks_are_recorded
     .await
     .unwrap();
     let nack = eventually(Duration::from_secs(10), "the NPDS NACK", || async {
-        let v = debug_json(xds.debug, &format!("/debug/flightz?proxyID={AGENT}")).await;
+        let v = debug_json(xds.debug(), &format!("/debug/flightz?proxyID={AGENT}")).await;
         v["types"]["type.googleapis.com/cilium.NetworkPolicy"]["last_nack"]
             .as_object()
             .cloned()
@@ -161,13 +156,13 @@ async fn npds_and_nphds_clients_get_policy_follow_changes_and_nacks_are_recorded
     .await;
     assert_eq!(nack["error"], "test: cannot apply");
     assert_eq!(nack["version"], r2.version_info.as_str());
-    let stalez = debug_json(xds.debug, "/debug/stalez").await;
+    let stalez = debug_json(xds.debug(), "/debug/stalez").await;
     assert!(stalez["proxies"]
         .as_array()
         .unwrap()
         .iter()
         .any(|p| p["proxy"] == AGENT && p["nack_error"] == "test: cannot apply"));
-    let adsz = debug_json(xds.debug, "/debug/adsz").await;
+    let adsz = debug_json(xds.debug(), "/debug/adsz").await;
     assert!(adsz["totalClients"].as_u64().unwrap() >= 2, "{adsz}");
 
     // The wrong type on a single-type stream is refused.
@@ -200,7 +195,7 @@ async fn npds_and_nphds_clients_get_policy_follow_changes_and_nacks_are_recorded
         .unwrap()
         .unwrap_err();
     assert!(err.message().contains("node.id"), "{err}");
-    std::fs::write(tmp.path().join("policy.yaml"), starwars_l7(8080, "/v2/.*")).unwrap();
+    std::fs::write(tmp.path().join("policy.yaml"), starwars::l7(8080, "/v2/.*")).unwrap();
     let r3 = next(&mut s).await;
     assert_ne!(r3.version_info, r2.version_info);
 }
@@ -213,9 +208,9 @@ async fn ads_debug_syncz_reports_synced_and_nacked_types_per_proxy() {
     use envoy_types::pb::envoy::service::status::v3::{ClientConfig, ConfigStatus};
 
     let tmp = tempfile::tempdir().unwrap();
-    std::fs::write(tmp.path().join("cluster.yaml"), starwars_pods(8080)).unwrap();
+    std::fs::write(tmp.path().join("cluster.yaml"), starwars::pods(8080)).unwrap();
     let xds = start_xds(tmp.path());
-    let url = format!("http://{}", xds.grpc);
+    let url = format!("http://{}", xds.grpc());
 
     // One proxy ACKs NPDS, another NACKs it.
     let mut streams = Vec::new();
@@ -298,11 +293,10 @@ async fn ads_debug_syncz_reports_synced_and_nacked_types_per_proxy() {
 async fn a_file_being_written_is_not_read_half_way() {
     use std::io::Write;
     let tmp = tempfile::tempdir().unwrap();
-    std::fs::write(tmp.path().join("cluster.yaml"), starwars_pods(8080)).unwrap();
+    starwars::write_source(tmp.path(), 8080);
     let policy = tmp.path().join("policy.yaml");
-    std::fs::write(&policy, starwars_l7(8080, "/v1/request-landing")).unwrap();
     let xds = start_xds_with(tmp.path(), &["--poll-ms".as_ref(), "600000".as_ref()]);
-    let mut client = NetworkPolicyDiscoveryServiceClient::connect(format!("http://{}", xds.grpc))
+    let mut client = NetworkPolicyDiscoveryServiceClient::connect(format!("http://{}", xds.grpc()))
         .await
         .unwrap();
     let (tx, rx) = mpsc::channel(8);
@@ -318,7 +312,7 @@ async fn a_file_being_written_is_not_read_half_way() {
         .unwrap();
 
     // Truncate, pause, then write the new policy and close.
-    let text = starwars_l7(8080, "/v2/request-landing");
+    let text = starwars::l7(8080, "/v2/request-landing");
     let mut f = std::fs::File::create(&policy).unwrap();
     f.flush().unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -345,7 +339,7 @@ async fn a_file_being_written_is_not_read_half_way() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_rules_reach_npds_fail_closed_unless_the_binary_is_told_l4_only() {
     let tmp = tempfile::tempdir().unwrap();
-    std::fs::write(tmp.path().join("cluster.yaml"), starwars_pods(8080)).unwrap();
+    std::fs::write(tmp.path().join("cluster.yaml"), starwars::pods(8080)).unwrap();
     std::fs::write(
         tmp.path().join("policy.yaml"),
         r#"apiVersion: cilium.io/v2
@@ -368,7 +362,7 @@ spec:
     ] {
         let xds = start_xds_with(tmp.path(), extra);
         let mut client =
-            NetworkPolicyDiscoveryServiceClient::connect(format!("http://{}", xds.grpc))
+            NetworkPolicyDiscoveryServiceClient::connect(format!("http://{}", xds.grpc()))
                 .await
                 .unwrap();
         let (tx, rx) = mpsc::channel(8);

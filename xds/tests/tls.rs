@@ -36,7 +36,7 @@ async fn ads_over_tls_serves_a_client_that_trusts_the_certificate() {
     let (wcert, wkey) = pki.workload("tiefighter", "default", "default");
     let src = tmp.path().join("src");
     std::fs::create_dir(&src).unwrap();
-    std::fs::write(src.join("cluster.yaml"), starwars_pods(8080)).unwrap();
+    std::fs::write(src.join("cluster.yaml"), starwars::pods(8080)).unwrap();
     let xds = start_xds_with(
         &src,
         &[
@@ -48,7 +48,7 @@ async fn ads_over_tls_serves_a_client_that_trusts_the_certificate() {
             ca.as_os_str(),
         ],
     );
-    let tls = xds.tls.expect("the TLS port is served");
+    let tls = xds.tls().expect("the TLS port is served");
 
     let tls_config = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(std::fs::read(ca).unwrap()))

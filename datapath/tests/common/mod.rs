@@ -1,98 +1,63 @@
 //! Privileged test harness: each `Env` owns a network namespace, a cgroup v2
-//! child, a bpffs pin directory and the processes it spawned, and removes
-//! all of them on drop (also when the test fails). Nothing touches the root
-//! cgroup or a host interface: the programs attach to the child cgroup and
-//! all traffic stays inside the namespace.
+//! child, a bpffs pin directory (the guards of `membrane-test-support`) and the
+//! processes it spawned, and removes all of them on drop (also when the test
+//! fails). Nothing touches the root cgroup or a host interface: the programs
+//! attach to the child cgroup and all traffic stays inside the namespace.
 #![allow(dead_code)]
 
 use std::{
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
+    process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
-use membrane_datapath::{cgroup2_mount, ensure_bpffs, Datapath, Settings};
-
-static SEQ: AtomicU32 = AtomicU32::new(0);
+use membrane_datapath::{ensure_bpffs, Datapath, DatapathSettings};
+use membrane_test_support::{run, unique_name, Cgroup, ChildGuard, Netns, PinDir};
 
 pub const SOCKBENCH: &str = env!("CARGO_BIN_EXE_membrane-sockbench");
 pub const AGENT: &str = env!("CARGO_BIN_EXE_membrane-agent");
-
-/// Where to mount cgroup2 when the host has none mounted.
-const FALLBACK_CG2: &str = "/run/membrane-test-cgroup2";
 
 pub struct Env {
     pub name: String,
     pub netns: String,
     pub cgroup: PathBuf,
     pub bpffs: PathBuf,
-    children: Vec<Child>,
+    children: Vec<ChildGuard>,
+    // Torn down after `Drop for Env` detached the programs, in this order: pins,
+    // cgroup (its processes are gone by then), namespace.
+    pins: PinDir,
+    cg: Cgroup,
+    ns: Netns,
 }
 
 fn sh(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Polls `cond` every 10 ms until it holds or `limit` has passed; whether it held. For
-/// conditions that become true asynchronously: wait on the condition, not on a moment.
-pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn cgroup_root() -> PathBuf {
-    if let Some(p) = cgroup2_mount() {
-        return p;
-    }
-    std::fs::create_dir_all(FALLBACK_CG2).unwrap();
-    sh(Command::new("mount").args(["-t", "cgroup2", "none", FALLBACK_CG2]));
-    PathBuf::from(FALLBACK_CG2)
+    run(cmd)
 }
 
 impl Env {
     pub fn new() -> Self {
-        let name = format!(
-            "membrane-test-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        );
-        let cgroup = cgroup_root().join(&name);
-        let bpffs = PathBuf::from("/sys/fs/bpf").join(&name);
-        // Build the guard first so a failure below still cleans up.
-        let env = Env {
-            netns: name.clone(),
+        let name = unique_name();
+        let pins = PinDir::new(&name);
+        ensure_bpffs(pins.path()).expect("bpffs");
+        let cg = Cgroup::create(&name);
+        let ns = Netns::add(&name);
+        Env {
+            netns: ns.name.clone(),
+            cgroup: cg.path.clone(),
+            bpffs: pins.path.clone(),
             name,
-            cgroup,
-            bpffs,
             children: Vec::new(),
-        };
-        ensure_bpffs(&env.bpffs).expect("bpffs");
-        std::fs::create_dir(&env.cgroup).expect("create test cgroup");
-        sh(Command::new("ip").args(["netns", "add", &env.netns]));
-        env.ip(&["link", "set", "lo", "up"]);
-        env
+            pins,
+            cg,
+            ns,
+        }
     }
 
     /// `ip -n NETNS ARGS...`
     pub fn ip(&self, args: &[&str]) -> String {
-        sh(Command::new("ip").arg("-n").arg(&self.netns).args(args))
+        self.ns.ip(args)
     }
 
     /// A "pod" interface with the given addresses (CIDR strings). A port-less
@@ -110,7 +75,7 @@ impl Env {
         self.ip(&["link", "set", "mbpod0", "up"]);
     }
 
-    pub fn attach(&self, settings: &Settings) -> Datapath {
+    pub fn attach(&self, settings: &DatapathSettings) -> Datapath {
         Datapath::attach(&self.bpffs, &self.cgroup, settings).expect("attach datapath")
     }
 
@@ -121,14 +86,8 @@ impl Env {
 
     /// A command that runs `bin args` inside the cgroup and the netns.
     fn command(&self, bin: &str, args: &[&str]) -> Command {
-        let mut c = Command::new("sh");
-        c.arg("-c")
-            .arg(r#"cg="$1"; ns="$2"; shift 2; echo $$ > "$cg/cgroup.procs" && exec ip netns exec "$ns" "$@""#)
-            .arg("sh")
-            .arg(&self.cgroup)
-            .arg(&self.netns)
-            .arg(bin)
-            .args(args);
+        let mut c = self.cg.command("ip", &["netns", "exec", &self.netns, bin]);
+        c.args(args);
         c
     }
 
@@ -142,7 +101,7 @@ impl Env {
             .spawn()
             .expect("spawn server");
         let stdout = child.stdout.take().unwrap();
-        self.children.push(child);
+        self.children.push(ChildGuard(child));
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line).unwrap();
         assert!(
@@ -158,8 +117,8 @@ impl Env {
 
     /// Run a sockbench client in the netns but *outside* the test cgroup.
     pub fn client_outside_cgroup(&self, args: &[&str]) -> String {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.netns, SOCKBENCH]).args(args);
+        let mut c = self.ns.exec(SOCKBENCH);
+        c.args(args);
         self.run_bounded(c, Duration::from_secs(30))
     }
 
@@ -172,7 +131,7 @@ impl Env {
             .spawn()
             .expect("spawn client");
         let out = BufReader::new(child.stdout.take().unwrap());
-        self.children.push(child);
+        self.children.push(ChildGuard(child));
         out
     }
 
@@ -226,9 +185,16 @@ impl Env {
     /// for it: the kernel releases a link unpinned from bpffs from a work queue
     /// (`bpf_link_put` defers), so a check made right after a detach races the release.
     pub fn programs_detached(&self) -> bool {
-        wait_until(Duration::from_secs(5), || {
-            !self.cgroup_progs().contains("mb_")
-        })
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if !self.cgroup_progs().contains("mb_") {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
     }
 
     pub fn cgroup_path(&self) -> &Path {
@@ -238,23 +204,9 @@ impl Env {
 
 impl Drop for Env {
     fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.children.clear();
         if let Ok(dp) = Datapath::open(&self.bpffs) {
             let _ = dp.detach(&self.cgroup);
         }
-        let _ = std::fs::remove_dir_all(&self.bpffs);
-        // A cgroup can only be removed once its processes are gone.
-        for _ in 0..100 {
-            if !self.cgroup.exists() || std::fs::remove_dir(&self.cgroup).is_ok() {
-                break;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.netns])
-            .output();
     }
 }

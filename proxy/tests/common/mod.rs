@@ -202,6 +202,19 @@ impl Proxy {
     }
 }
 
+/// The proxy's own listeners (traffic, admin, metrics, health) on loopback port 0: the
+/// proxy binds them and reports the addresses (`Running::addrs`, or the binary's log).
+pub const LOOPBACK_LISTENERS: [&str; 8] = [
+    "--listen",
+    "127.0.0.1:0",
+    "--admin",
+    "127.0.0.1:0",
+    "--metrics",
+    "127.0.0.1:0",
+    "--health",
+    "127.0.0.1:0",
+];
+
 /// A `standalone` config for `backend` with ephemeral listeners plus `extra` flags.
 pub fn config(backend: SocketAddr, extra: &[&str]) -> Config {
     config_for(
@@ -221,17 +234,9 @@ pub fn config_for(
 ) -> Config {
     let policy = policy.display().to_string();
     let backend = backend.to_string();
-    let mut args = vec![
-        "membrane-proxy",
-        "standalone",
-        "--listen",
-        "127.0.0.1:0",
-        "--admin",
-        "127.0.0.1:0",
-        "--metrics",
-        "127.0.0.1:0",
-        "--health",
-        "127.0.0.1:0",
+    let mut args = vec!["membrane-proxy", "standalone"];
+    args.extend(LOOPBACK_LISTENERS);
+    args.extend([
         "--upstream",
         &backend,
         "--policy",
@@ -240,7 +245,7 @@ pub fn config_for(
         labels,
         "--access-log",
         "false",
-    ];
+    ]);
     args.extend_from_slice(extra);
     let Command::Standalone(c) = Cli::try_parse_from(args).unwrap().command;
     *c
@@ -352,4 +357,80 @@ pub async fn start_tls_backend_alpn(
         }
     });
     addr
+}
+
+/// True if the peer closed `s` (or the connection failed) within `d`; what it sent meanwhile
+/// is read and dropped.
+pub async fn closed_within(s: &mut TcpStream, d: Duration) -> bool {
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + d;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// The Envoy-style stat `name` of a running proxy.
+pub fn stat(p: &membrane_proxy::Running, name: &str) -> u64 {
+    let stats = p.metrics.encode_envoy_stats();
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .unwrap_or_else(|| panic!("no {name} in {stats}"))
+        .parse()
+        .unwrap()
+}
+
+/// A proxy for `backend` enforcing the policy file `policy` for an endpoint with `labels`,
+/// with Secrets from `secrets` polled every 100ms.
+pub async fn start_with_secrets(
+    backend: SocketAddr,
+    policy: &std::path::Path,
+    labels: &str,
+    secrets: &std::path::Path,
+) -> membrane_proxy::Running {
+    let secrets = secrets.display().to_string();
+    let cfg = config_for(
+        backend,
+        policy,
+        labels,
+        &[
+            "--secrets-dir",
+            &secrets,
+            "--secrets-poll-interval",
+            "100ms",
+        ],
+    );
+    let enforcer = membrane_proxy::policy::load(&cfg).expect("policy loads");
+    membrane_proxy::start(&cfg, enforcer, None).await.unwrap()
+}
+
+/// Writes a Kubernetes Secret manifest `file` (Secret `namespace/name`, of `kind` if given)
+/// with `entries` as base64 `data`: written then renamed, as a controller would, so the
+/// poller never sees half a file.
+pub fn write_secret(
+    dir: &std::path::Path,
+    file: &str,
+    (namespace, name): (&str, &str),
+    kind: Option<&str>,
+    entries: &[(&str, &[u8])],
+) {
+    use base64::Engine as _;
+    let mut text = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  namespace: {namespace}\n"
+    );
+    if let Some(k) = kind {
+        text.push_str(&format!("type: {k}\n"));
+    }
+    text.push_str("data:\n");
+    for (k, v) in entries {
+        let b = base64::engine::general_purpose::STANDARD.encode(v);
+        text.push_str(&format!("  {k}: {b}\n"));
+    }
+    let tmp = dir.join(format!(".{file}.tmp"));
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(tmp, dir.join(file)).unwrap();
 }

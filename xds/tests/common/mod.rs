@@ -1,84 +1,43 @@
-//! Helpers shared by the integration tests: the real `membrane-xds` binary,
-//! raw HTTP/1.1 over loopback, and process guards that kill what they start.
+//! Helpers shared by the xds integration tests: the real `membrane-xds` binary (launched
+//! through `membrane-test-support`, which reads back the ports it bound), raw HTTP/1.1 over
+//! loopback, the control plane's test PKI, and an etcd client for the shared etcd launcher.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
-pub mod launch;
-
-use std::io::{BufRead, BufReader};
+use std::ffi::OsStr;
 use std::net::{IpAddr, SocketAddr};
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+pub use membrane_test_support::pki::{Ca, Leaf, Validity};
+pub use membrane_test_support::xds::Xds;
+pub use membrane_test_support::{eventually, starwars, ChildGuard, Etcd};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket};
 
-/// Kills (by pid) and reaps the child on drop.
-pub struct Guard(pub Child);
+const BIN: &str = env!("CARGO_BIN_EXE_membrane-xds");
 
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A running `membrane-xds`.
-pub struct Xds {
-    pub proc: Guard,
-    pub grpc: SocketAddr,
-    pub debug: SocketAddr,
-    pub tls: Option<SocketAddr>,
-    pub webhook: Option<SocketAddr>,
-}
-
-/// Starts the binary on loopback ephemeral ports, in its own process group,
-/// with the plaintext xDS port explicitly opted in (the trusted local path
-/// these tests speak).
-pub fn start_xds(source_dir: &std::path::Path) -> Xds {
+/// Starts the binary on loopback ephemeral ports, in its own process group, with the
+/// plaintext xDS port explicitly opted in (the trusted local path these tests speak).
+pub fn start_xds(source_dir: &Path) -> Xds {
     start_xds_with(source_dir, &[])
 }
 
-/// [`start_xds`] with extra flags.
-pub fn start_xds_with(source_dir: &std::path::Path, extra: &[&std::ffi::OsStr]) -> Xds {
-    let mut args: Vec<&std::ffi::OsStr> = vec![
-        "--plaintext-xds".as_ref(),
-        "--grpc-addr".as_ref(),
-        "127.0.0.1:0".as_ref(),
-    ];
+/// [`start_xds`] with extra flags; `--log membrane_xds=debug`, and `--poll-ms 50` unless
+/// `extra` sets it.
+pub fn start_xds_with(source_dir: &Path, extra: &[&OsStr]) -> Xds {
+    let mut args: Vec<&OsStr> = membrane_test_support::xds::PLAINTEXT
+        .iter()
+        .map(OsStr::new)
+        .collect();
     args.extend_from_slice(extra);
-    let (proc, line) = launch(source_dir, &args);
-    let field = |k: &str| field_of(&line, k);
-    let (grpc, debug) = (field("grpc="), field("debug="));
-    let tls = line.contains("tls=").then(|| field("tls="));
-    let webhook = line.contains("webhook=").then(|| field("webhook="));
-    Xds {
-        proc,
-        grpc,
-        debug,
-        tls,
-        webhook,
-    }
+    launch(source_dir, &args)
 }
 
-/// A running `membrane-xds` serving xDS over mTLS only (no plaintext port).
-pub struct XdsMtls {
-    pub proc: Guard,
-    pub debug: SocketAddr,
-    pub tls: SocketAddr,
-    /// The address line it printed.
-    pub line: String,
-}
-
-/// Starts the binary with mTLS on a loopback port (`--tls-cert`,
-/// `--tls-key`, `--ca-cert` from `pki`) and without `--plaintext-xds`.
-pub fn start_xds_mtls(
-    source_dir: &std::path::Path,
-    pki: &Pki,
-    extra: &[&std::ffi::OsStr],
-) -> XdsMtls {
-    let mut args: Vec<&std::ffi::OsStr> = vec![
+/// Starts the binary with mTLS on a loopback port (`--tls-cert`, `--tls-key`, `--ca-cert`
+/// from `pki`) and without `--plaintext-xds`.
+pub fn start_xds_mtls(source_dir: &Path, pki: &Pki, extra: &[&OsStr]) -> Xds {
+    let mut args: Vec<&OsStr> = vec![
         "--tls-cert".as_ref(),
         pki.server_cert.as_os_str(),
         "--tls-key".as_ref(),
@@ -87,47 +46,40 @@ pub fn start_xds_mtls(
         pki.ca.as_os_str(),
     ];
     args.extend_from_slice(extra);
-    let (proc, line) = launch(source_dir, &args);
-    XdsMtls {
-        proc,
-        debug: field_of(&line, "debug="),
-        tls: field_of(&line, "tls="),
-        line,
+    launch(source_dir, &args)
+}
+
+fn launch(source_dir: &Path, extra: &[&OsStr]) -> Xds {
+    let mut cmd = membrane_test_support::xds::command(BIN);
+    cmd.args(extra).args(["--log", "membrane_xds=debug"]);
+    if !extra.iter().any(|a| *a == "--poll-ms") {
+        cmd.args(["--poll-ms", "50"]);
     }
+    membrane_test_support::xds::spawn(cmd, source_dir)
 }
 
-fn field_of(line: &str, k: &str) -> SocketAddr {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(k))
-        .unwrap_or_else(|| panic!("no {k} in {line:?}"))
-        .parse()
-        .unwrap()
+/// Settings given as `MEMBRANE_*` variables reach a new binary and are ignored by an older
+/// one, so a test can run against both: the plaintext binary with `args`, `env` and
+/// `--log log` (no `--poll-ms`).
+pub fn start_xds_env(source_dir: &Path, args: &[&OsStr], env: &[(&str, &str)], log: &str) -> Xds {
+    let mut cmd = membrane_test_support::xds::command(BIN);
+    cmd.args(membrane_test_support::xds::PLAINTEXT)
+        .args(["--log", log])
+        .args(args)
+        .envs(env.iter().copied());
+    membrane_test_support::xds::spawn(cmd, source_dir)
 }
 
-fn launch(source_dir: &std::path::Path, extra: &[&std::ffi::OsStr]) -> (Guard, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_membrane-xds"))
-        .args(["--debug-addr", "127.0.0.1:0"])
-        .args(["--tls-addr", "127.0.0.1:0"])
-        .args(extra)
-        .args(["--log", "membrane_xds=debug"])
-        .args(if extra.iter().any(|a| *a == "--poll-ms") {
-            &[][..]
-        } else {
-            &["--poll-ms", "50"][..]
-        })
-        .arg("--source-dir")
-        .arg(source_dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .process_group(0)
-        .spawn()
-        .expect("spawn membrane-xds");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("read address line");
-    (Guard(child), line)
+/// The flags that serve the injection webhook on loopback port 0 with `cert` and `key`.
+pub fn webhook_args<'a>(cert: &'a Path, key: &'a Path) -> Vec<&'a OsStr> {
+    vec![
+        OsStr::new("--webhook-addr"),
+        OsStr::new("127.0.0.1:0"),
+        OsStr::new("--webhook-cert"),
+        cert.as_os_str(),
+        OsStr::new("--webhook-key"),
+        key.as_os_str(),
+    ]
 }
 
 /// One HTTP/1.1 request from `src` to `dst`; returns (status, body).
@@ -211,383 +163,86 @@ pub async fn start_backend() -> SocketAddr {
     addr
 }
 
-/// Polls `f` until it returns `Some`, for at most `limit`.
-pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
+/// A client of the shared etcd launcher's server, through the control plane's own connect
+/// (etcd answers once it has elected itself; retried briefly).
+pub async fn etcd_client(etcd: &Etcd) -> etcd_client::Client {
+    etcd_client_tls(etcd, None).await
+}
+
+/// [`etcd_client`] over TLS with `tls`.
+pub async fn etcd_client_tls(
+    etcd: &Etcd,
+    tls: Option<&membrane_xds::kvstore::EtcdTls>,
+) -> etcd_client::Client {
     let start = Instant::now();
     loop {
-        if let Some(v) = f().await {
-            return v;
+        if let Ok(mut c) = membrane_xds::kvstore::connect_tls(&[etcd.url()], tls).await {
+            if c.status().await.is_ok() {
+                return c;
+            }
         }
         assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
+            start.elapsed() < Duration::from_secs(20),
+            "etcd does not answer"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
-/// The Star Wars mini-cluster: deathstar at `127.0.0.2` (its app on
-/// 127.0.0.1:`port`), tiefighter at 127.0.0.3, xwing at 127.0.0.4.
-pub fn starwars_pods(port: u16) -> String {
-    format!(
-        r#"apiVersion: v1
-kind: Pod
-metadata: {{name: deathstar-1, namespace: default, labels: {{org: empire, class: deathstar}}}}
-spec: {{containers: [{{name: app, ports: [{{containerPort: {port}, name: http}}]}}]}}
-status: {{podIP: 127.0.0.2}}
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: tiefighter, namespace: default, labels: {{org: empire, class: tiefighter}}}}
-status: {{podIP: 127.0.0.3}}
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: xwing, namespace: default, labels: {{org: alliance, class: xwing}}}}
-status: {{podIP: 127.0.0.4}}
----
-apiVersion: v1
-kind: Service
-metadata: {{name: deathstar, namespace: default}}
-spec: {{selector: {{org: empire, class: deathstar}}, ports: [{{port: 80, targetPort: http}}]}}
-"#
-    )
-}
-
-/// Cilium's Star Wars L7 policy on `port`; `path` is the landing path regex.
-pub fn starwars_l7(port: u16, path: &str) -> String {
-    format!(
-        r#"apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {{name: rule1, namespace: default}}
-spec:
-  description: "L7 policy to restrict access to specific HTTP call"
-  endpointSelector: {{matchLabels: {{org: empire, class: deathstar}}}}
-  ingress:
-  - fromEndpoints: [{{matchLabels: {{org: empire}}}}]
-    toPorts:
-    - ports: [{{port: "{port}", protocol: TCP}}]
-      rules:
-        http:
-        - method: POST
-          path: '{path}'
-"#
-    )
-}
-
-/// A real `etcd` (Debian `etcd-server`) on loopback ports of its own, with
-/// its data in a temp dir; killed (by pid) and reaped on drop.
-pub struct Etcd {
-    proc: Option<Guard>,
-    pub client_port: u16,
-    peer_port: u16,
-    pub dir: tempfile::TempDir,
-    /// TLS on the client port: (server certificate, key, client CA); client
-    /// certificates are then required (`--client-cert-auth`).
-    pub tls: Option<[std::path::PathBuf; 3]>,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-impl Etcd {
-    /// Starts etcd and waits until it answers.
-    pub fn start() -> Etcd {
-        Self::start_with(None)
-    }
-
-    /// Starts etcd serving clients over TLS only, requiring a client
-    /// certificate that chains to `ca`.
-    pub fn start_tls(cert: &std::path::Path, key: &std::path::Path, ca: &std::path::Path) -> Etcd {
-        Self::start_with(Some([cert.into(), key.into(), ca.into()]))
-    }
-
-    fn start_with(tls: Option<[std::path::PathBuf; 3]>) -> Etcd {
-        let mut e = Etcd {
-            proc: None,
-            client_port: free_port(),
-            peer_port: free_port(),
-            dir: tempfile::tempdir().unwrap(),
-            tls,
-        };
-        e.restart();
-        e
-    }
-
-    /// `http://127.0.0.1:PORT` (`https://` with TLS).
-    pub fn url(&self) -> String {
-        let scheme = if self.tls.is_some() { "https" } else { "http" };
-        format!("{scheme}://127.0.0.1:{}", self.client_port)
-    }
-
-    /// Kills the server (its data stays).
-    pub fn stop(&mut self) {
-        self.proc = None;
-    }
-
-    /// Starts the server again on the same ports and data.
-    pub fn restart(&mut self) {
-        self.stop();
-        let client = self.url();
-        let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let log = std::fs::File::create(self.dir.path().join("etcd.log")).unwrap();
-        let mut tls_args: Vec<&std::ffi::OsStr> = Vec::new();
-        if let Some([cert, key, ca]) = &self.tls {
-            tls_args.extend([
-                "--cert-file".as_ref(),
-                cert.as_os_str(),
-                "--key-file".as_ref(),
-                key.as_os_str(),
-                "--trusted-ca-file".as_ref(),
-                ca.as_os_str(),
-                "--client-cert-auth".as_ref(),
-            ]);
-        }
-        let child = Command::new("etcd")
-            .args(&tls_args)
-            .arg("--data-dir")
-            .arg(self.dir.path().join("data"))
-            .args(["--name", "test"])
-            .args(["--listen-client-urls", &client])
-            .args(["--advertise-client-urls", &client])
-            .args(["--listen-peer-urls", &peer])
-            .args(["--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("test={peer}")])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .expect("spawn etcd (Debian etcd-server; scripts/install-deps.sh installs it)");
-        self.proc = Some(Guard(child));
-        let start = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", self.client_port)).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "etcd did not start: {}",
-                std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// A client (etcd answers once it has elected itself; retried briefly).
-    pub async fn client(&self) -> etcd_client::Client {
-        self.client_tls(None).await
-    }
-
-    /// [`Etcd::client`] over TLS with `tls`.
-    pub async fn client_tls(
-        &self,
-        tls: Option<&membrane_xds::kvstore::EtcdTls>,
-    ) -> etcd_client::Client {
-        let start = Instant::now();
-        loop {
-            if let Ok(mut c) = membrane_xds::kvstore::connect_tls(&[self.url()], tls).await {
-                if c.status().await.is_ok() {
-                    return c;
-                }
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "etcd does not answer"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-/// A CA (`DIR/ca.pem`) and a server certificate it signed for
-/// `membrane-xds.test` and 127.0.0.1 (`DIR/cert.pem`, `DIR/key.pem`), made
-/// with openssl (webpki refuses a CA certificate used as the server's own).
-pub fn make_certs(dir: &std::path::Path) {
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(
-        dir.join("ext.cnf"),
-        "subjectAltName=DNS:membrane-xds.test,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
-    )
-    .unwrap();
-    let ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
-    for args in [
-        format!("req -x509 {ec} -days 1 -subj /CN=membrane-test-ca -keyout ca.key -out ca.pem"),
-        format!("req {ec} -subj /CN=membrane-xds -keyout key.pem -out leaf.csr"),
-        "x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 \
-         -extfile ext.cnf -out cert.pem"
-            .to_string(),
-    ] {
-        let out = Command::new("openssl")
-            .args(args.split_whitespace())
-            .current_dir(dir)
-            .output()
-            .expect("openssl");
-        assert!(
-            out.status.success(),
-            "openssl {args}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-}
-
-/// A test PKI made with the openssl CLI: a CA (`ca.pem`), the control
-/// plane's certificate for `membrane-xds.test` and 127.0.0.1, and workload
-/// certificates issued on demand (`openssl ca`, so validity dates can be set,
-/// expired ones included).
-pub struct Pki {
-    pub dir: std::path::PathBuf,
-    pub ca: std::path::PathBuf,
-    pub ca_key: std::path::PathBuf,
-    pub server_cert: std::path::PathBuf,
-    pub server_key: std::path::PathBuf,
-}
-
-/// How long an issued certificate is valid.
-#[derive(Clone, Copy, Debug)]
-pub enum Validity {
-    /// From now for this many days.
-    Days(u32),
-    /// 2020-01-01 to 2020-01-02: long expired.
-    Expired,
-}
-
-fn openssl(dir: &std::path::Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
+/// A CA (`DIR/ca.pem`) and a server certificate it signed for `membrane-xds.test` and
+/// 127.0.0.1 (`DIR/cert.pem`, `DIR/key.pem`).
+pub fn make_certs(dir: &Path) {
+    let ca = Ca::new("membrane-test-ca", &dir.join("ca.pem"), &dir.join("ca.key"));
+    ca.issue(
+        &Leaf::new("membrane-xds").san("DNS:membrane-xds.test,IP:127.0.0.1"),
+        &dir.join("cert.pem"),
+        &dir.join("key.pem"),
     );
+}
+
+/// The control plane's test PKI: a CA (`ca.pem`), the control plane's certificate for
+/// `membrane-xds.test` and 127.0.0.1, and workload certificates issued on demand.
+pub struct Pki {
+    pub dir: PathBuf,
+    pub ca: PathBuf,
+    pub ca_key: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    authority: Ca,
 }
 
 impl Pki {
     /// A new CA named `name` in `dir` (created), and the server certificate.
-    pub fn new(dir: &std::path::Path, name: &str) -> Pki {
-        std::fs::create_dir_all(dir).unwrap();
-        std::fs::write(dir.join("index.txt"), "").unwrap();
-        std::fs::write(dir.join("serial"), "1000\n").unwrap();
-        std::fs::write(
-            dir.join("ca.cnf"),
-            "[ca]\ndefault_ca = test\n[test]\ndatabase = index.txt\nnew_certs_dir = .\n\
-             serial = serial\ndefault_md = sha256\npolicy = any\nunique_subject = no\n\
-             [any]\ncommonName = supplied\n",
-        )
-        .unwrap();
-        openssl(
+    pub fn new(dir: &Path, name: &str) -> Pki {
+        let authority = Ca::in_dir(dir, "ca", name);
+        let server = authority.issue_in(
             dir,
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-days",
-                "2",
-                "-subj",
-                &format!("/CN={name}"),
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.pem",
-            ],
-        );
-        let mut pki = Pki {
-            dir: dir.to_path_buf(),
-            ca: dir.join("ca.pem"),
-            ca_key: dir.join("ca.key"),
-            server_cert: Default::default(),
-            server_key: Default::default(),
-        };
-        let (c, k) = pki.issue(
             "membrane-xds",
-            "DNS:membrane-xds.test,IP:127.0.0.1",
-            Validity::Days(1),
+            &Leaf::new("membrane-xds").san("DNS:membrane-xds.test,IP:127.0.0.1"),
         );
-        (pki.server_cert, pki.server_key) = (c, k);
-        pki
+        Pki {
+            dir: dir.to_path_buf(),
+            ca: authority.files.cert.clone(),
+            ca_key: authority.files.key.clone(),
+            server_cert: server.cert,
+            server_key: server.key,
+            authority,
+        }
     }
 
     /// A leaf certificate with subjectAltName `san` (openssl syntax, e.g.
-    /// `URI:spiffe://cluster.local/ns/default/sa/x`), as `NAME.pem` and
-    /// `NAME.key`.
-    pub fn issue(
-        &self,
-        name: &str,
-        san: &str,
-        validity: Validity,
-    ) -> (std::path::PathBuf, std::path::PathBuf) {
-        let d = &self.dir;
-        std::fs::write(
-            d.join(format!("{name}.ext")),
-            format!(
-                "subjectAltName={san}\nbasicConstraints=CA:FALSE\n\
-                 keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth,clientAuth\n"
-            ),
-        )
-        .unwrap();
-        let (key, csr, cert) = (
-            format!("{name}.key"),
-            format!("{name}.csr"),
-            format!("{name}.pem"),
+    /// `URI:spiffe://cluster.local/ns/default/sa/x`), as `NAME.pem` and `NAME.key`.
+    pub fn issue(&self, name: &str, san: &str, validity: Validity) -> (PathBuf, PathBuf) {
+        let f = self.authority.issue_in(
+            &self.dir,
+            name,
+            &Leaf::new(name).san(san).validity(validity),
         );
-        openssl(
-            d,
-            &[
-                "req",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-subj",
-                &format!("/CN={name}"),
-                "-keyout",
-                &key,
-                "-out",
-                &csr,
-            ],
-        );
-        let ext = format!("{name}.ext");
-        let mut args = vec![
-            "ca", "-batch", "-notext", "-config", "ca.cnf", "-cert", "ca.pem", "-keyfile",
-            "ca.key", "-in", &csr, "-out", &cert, "-extfile", &ext,
-        ];
-        let days;
-        match validity {
-            Validity::Days(n) => {
-                days = n.to_string();
-                args.extend(["-days", &days]);
-            }
-            Validity::Expired => args.extend([
-                "-startdate",
-                "20200101000000Z",
-                "-enddate",
-                "20200102000000Z",
-            ]),
-        }
-        openssl(d, &args);
-        (d.join(cert), d.join(key))
+        (f.cert, f.key)
     }
 
     /// A workload certificate for `spiffe://cluster.local/ns/NS/sa/SA`.
-    pub fn workload(
-        &self,
-        name: &str,
-        ns: &str,
-        sa: &str,
-    ) -> (std::path::PathBuf, std::path::PathBuf) {
+    pub fn workload(&self, name: &str, ns: &str, sa: &str) -> (PathBuf, PathBuf) {
         self.issue(
             name,
             &format!("URI:spiffe://cluster.local/ns/{ns}/sa/{sa}"),
