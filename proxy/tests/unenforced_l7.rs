@@ -12,20 +12,6 @@ use common::*;
 use membrane_proxy::policy::{Decision, Direction};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-async fn tcp_echo() -> std::net::SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
-    addr
-}
-
 /// Sends a Kafka-looking frame through the proxy; `Some(echo)` if the upstream answered.
 async fn exchange(listen: std::net::SocketAddr) -> Option<Vec<u8>> {
     let mut s = tokio::net::TcpStream::connect(listen).await.unwrap();
