@@ -38,7 +38,7 @@ use crate::admin::{AdminState, LogControl, Role};
 use crate::config::{Config, UpstreamProtocol};
 use crate::metrics::Metrics;
 use crate::policy::{Enforcer, PolicyHandle};
-use crate::server::{Settings, Shared};
+use crate::server::{ListenerSettings, Shared};
 
 /// Where a started proxy actually listens (ports may have been 0).
 #[derive(Debug, Clone, Copy)]
@@ -130,7 +130,7 @@ pub async fn start(
     proxy_ports.dedup();
     let metrics = Arc::new(Metrics::new());
     let policy = PolicyHandle::new(enforcer);
-    let settings = Settings {
+    let settings = ListenerSettings {
         upstream: cfg.upstream,
         h2_upstream: cfg.upstream_protocol == UpstreamProtocol::Match,
         upstream_tls: cfg.upstream_tls,

@@ -27,7 +27,7 @@ pub use route::{Delivery, Route};
 
 /// Listener settings, resolved from the `Config`.
 #[derive(Debug, Clone)]
-pub struct Settings {
+pub struct ListenerSettings {
     /// Upstream address (its port is the policy port).
     pub upstream: SocketAddr,
     /// Forward HTTP/2 as HTTP/2 (else always HTTP/1.1 upstream).
@@ -70,8 +70,8 @@ pub struct Settings {
 
 /// State shared by every connection of one listener.
 pub struct Shared {
-    /// Settings.
-    pub settings: Settings,
+    /// What the listener was configured with.
+    pub settings: ListenerSettings,
     /// Current policy (swapped atomically; each request loads it once).
     pub policy: PolicyHandle,
     /// Metrics.
@@ -93,7 +93,7 @@ pub struct Shared {
 impl Shared {
     /// Builds the listener state; upstream clients are created here (no I/O yet).
     pub fn new(
-        settings: Settings,
+        settings: ListenerSettings,
         policy: PolicyHandle,
         metrics: Arc<Metrics>,
         connect_timeout: Duration,

@@ -33,7 +33,7 @@ use hyper::body::Incoming;
 use tower::util::Oneshot;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 
-use super::{ConnState, InFlight, Settings};
+use super::{ConnState, InFlight, ListenerSettings};
 use crate::body::ResponseBody;
 use crate::connwatch::UpgradeVerdict;
 use crate::policy::HeaderAction;
@@ -232,7 +232,7 @@ pub(crate) type Stack = Recover<
 >;
 
 /// The request stack for a connection of a listener with settings `s`.
-pub(crate) fn stack(s: &Settings) -> Stack {
+pub(crate) fn stack(s: &ListenerSettings) -> Stack {
     ServiceBuilder::new()
         .layer(RecoverLayer::new(s.deny_detail_header))
         .layer(AccessLogLayer::new(s.access_log))
