@@ -68,6 +68,52 @@ fn curl_in(ns: &str, extra: &[&str]) -> (String, String) {
     sandbox::curl_in(ns, extra)
 }
 
+/// Who runs the sidecar.
+enum RunAs<'a> {
+    /// This test's own build of the binary, as root (inbound capture needs no uid).
+    Root,
+    /// A copy of the binary the sidecar's uid can read and execute (outbound capture
+    /// tells the proxy's own connections apart by that uid).
+    Sidecar(&'a std::path::Path),
+}
+
+/// The sidecar in namespace `ns`, standalone, with the sidecar's usual ports (listener
+/// 15100, admin 15000, metrics 15020, health 15021), its access log off, the policy in
+/// `policy`, and `capture` (the capture listener flag and address) plus `extra` flags.
+fn sidecar(
+    ns: &str,
+    run_as: RunAs<'_>,
+    upstream: &str,
+    capture: [&str; 2],
+    labels: &str,
+    extra: &[&str],
+    policy: &std::path::Path,
+) -> std::process::Child {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns]);
+    match run_as {
+        RunAs::Root => cmd.arg(env!("CARGO_BIN_EXE_membrane-proxy")),
+        RunAs::Sidecar(binary) => cmd.args(sandbox::AS_SIDECAR).arg(binary),
+    };
+    cmd.args([
+        "standalone",
+        "--listen",
+        "127.0.0.1:15100",
+        "--upstream",
+        upstream,
+    ])
+    .args(capture)
+    .args(["--admin", "127.0.0.1:15000", "--metrics", "127.0.0.1:15020"])
+    .args(["--health", "127.0.0.1:15021", "--endpoint-labels", labels])
+    .args(["--access-log", "false"])
+    .args(extra)
+    .arg("--policy")
+    .arg(policy)
+    .stdout(Stdio::null())
+    .spawn()
+    .unwrap()
+}
+
 #[test]
 fn redirected_connections_get_the_policy_of_their_original_port() {
     let id = std::process::id() % 100_000;
@@ -138,45 +184,15 @@ fn redirected_connections_get_the_policy_of_their_original_port() {
         .join("\n"),
     )
     .unwrap();
-    env.keep(
-        Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &server,
-                env!("CARGO_BIN_EXE_membrane-proxy"),
-                "standalone",
-            ])
-            .args([
-                "--listen",
-                "127.0.0.1:15100",
-                "--upstream",
-                "127.0.0.1:8080",
-                "--capture-inbound",
-                "0.0.0.0:15006",
-            ])
-            .args([
-                "--admin",
-                "127.0.0.1:15000",
-                "--metrics",
-                "127.0.0.1:15020",
-                "--health",
-                "127.0.0.1:15021",
-            ])
-            .args([
-                "--endpoint-labels",
-                "k8s:app=backend",
-                "--peer",
-                "10.251.7.1=k8s:org=empire",
-                "--access-log",
-                "false",
-            ])
-            .arg("--policy")
-            .arg(&policy)
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    env.keep(sidecar(
+        &server,
+        RunAs::Root,
+        "127.0.0.1:8080",
+        ["--capture-inbound", "0.0.0.0:15006"],
+        "k8s:app=backend",
+        &["--peer", "10.251.7.1=k8s:org=empire"],
+        &policy,
+    ));
 
     // The client addresses the application's port; the redirect sends it through the proxy.
     let url = "http://10.251.7.2:8080/v1/x";
@@ -278,39 +294,15 @@ fn redirected_outbound_connections_get_the_egress_policy_of_their_destination() 
     let binary = dir.join("membrane-proxy");
     std::fs::copy(env!("CARGO_BIN_EXE_membrane-proxy"), &binary).unwrap();
     run(&["chmod", "-R", "a+rX", dir.to_str().unwrap()]);
-    env.keep(
-        Command::new("ip")
-            .args(["netns", "exec", &app])
-            .args(sandbox::AS_SIDECAR)
-            .arg(&binary)
-            .args([
-                "standalone",
-                "--listen",
-                "127.0.0.1:15100",
-                "--upstream",
-                "127.0.0.1:9",
-            ])
-            .args(["--capture-outbound", "0.0.0.0:15001"])
-            .args([
-                "--admin",
-                "127.0.0.1:15000",
-                "--metrics",
-                "127.0.0.1:15020",
-                "--health",
-                "127.0.0.1:15021",
-            ])
-            .args([
-                "--endpoint-labels",
-                "k8s:app=client",
-                "--access-log",
-                "false",
-            ])
-            .arg("--policy")
-            .arg(&policy)
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    env.keep(sidecar(
+        &app,
+        RunAs::Sidecar(&binary),
+        "127.0.0.1:9",
+        ["--capture-outbound", "0.0.0.0:15001"],
+        "k8s:app=client",
+        &[],
+        &policy,
+    ));
     let url = "http://10.251.9.2:8080/v1/x";
     let last = until_200(|| curl_in(&app, &[url]));
     assert_eq!(
@@ -426,30 +418,16 @@ fn captured_egress_tls_is_terminated_inspected_and_reoriginated_verified() {
     let binary = dir.join("membrane-proxy");
     std::fs::copy(env!("CARGO_BIN_EXE_membrane-proxy"), &binary).unwrap();
     run(&["chmod", "-R", "a+rX", dir.to_str().unwrap()]);
-    env.keep(
-        Command::new("ip")
-            .args(["netns", "exec", &app])
-            .args(sandbox::AS_SIDECAR)
-            .arg(&binary)
-            .args(["standalone", "--listen", "127.0.0.1:15100"])
-            .args(["--upstream", "127.0.0.1:9"])
-            .args(["--capture-outbound", "0.0.0.0:15001"])
-            .args(["--admin", "127.0.0.1:15000", "--metrics", "127.0.0.1:15020"])
-            .args(["--health", "127.0.0.1:15021"])
-            .args([
-                "--endpoint-labels",
-                "k8s:app=client",
-                "--access-log",
-                "false",
-            ])
-            .arg("--secrets-dir")
-            .arg(dir.join("secrets"))
-            .arg("--policy")
-            .arg(&policy)
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let secrets = dir.join("secrets");
+    env.keep(sidecar(
+        &app,
+        RunAs::Sidecar(&binary),
+        "127.0.0.1:9",
+        ["--capture-outbound", "0.0.0.0:15001"],
+        "k8s:app=client",
+        &["--secrets-dir", secrets.to_str().unwrap()],
+        &policy,
+    ));
     let front = dir.join("front.crt").display().to_string();
     let https = |name: &str, extra: &[&str]| {
         let resolve = format!("{name}:8443:10.251.10.2");
