@@ -83,18 +83,51 @@ static_resources:
     (ChildGuard(child), log)
 }
 
+/// The Star Wars mini-cluster behind Envoy: a backend on `port`, the file source in
+/// `src` (under `tmp`), the control plane, and Envoy fed by it over `api_type` (`GRPC` or
+/// `DELTA_GRPC`) as the deathstar's sidecar at `sidecar`.
+struct Mesh {
+    port: u16,
+    tmp: tempfile::TempDir,
+    src: PathBuf,
+    xds: Xds,
+    envoy: ChildGuard,
+    log: PathBuf,
+    sidecar: SocketAddr,
+}
+
+impl Mesh {
+    async fn start(api_type: &str) -> Mesh {
+        let port = start_backend().await.port();
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        starwars::write_source(&src, port);
+        let xds = start_xds(&src);
+        let (envoy, log) = start_envoy(tmp.path(), xds.grpc(), api_type);
+        Mesh {
+            port,
+            tmp,
+            src,
+            xds,
+            envoy,
+            log,
+            sidecar: format!("127.0.0.2:{port}").parse().unwrap(),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_enforces_starwars_l7_and_nacks_show_in_the_flight_recorder() {
-    let backend = start_backend().await;
-    let port = backend.port();
-    let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    std::fs::create_dir(&src).unwrap();
-    starwars::write_source(&src, port);
-
-    let xds = start_xds(&src);
-    let (_envoy, log) = start_envoy(tmp.path(), xds.grpc(), "GRPC");
-    let sidecar: SocketAddr = format!("127.0.0.2:{port}").parse().unwrap();
+    let Mesh {
+        port,
+        tmp,
+        src,
+        xds,
+        envoy: _envoy,
+        log,
+        sidecar,
+    } = Mesh::start("GRPC").await;
     let tiefighter = "127.0.0.3".parse().unwrap();
     let xwing = "127.0.0.4".parse().unwrap();
 
@@ -271,16 +304,15 @@ async fn envoy_admin(dir: &Path) -> SocketAddr {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_over_delta_ads_follows_policy_changes_and_removals() {
-    let backend = start_backend().await;
-    let port = backend.port();
-    let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    std::fs::create_dir(&src).unwrap();
-    starwars::write_source(&src, port);
-
-    let xds = start_xds(&src);
-    let (_envoy, _log) = start_envoy(tmp.path(), xds.grpc(), "DELTA_GRPC");
-    let sidecar: SocketAddr = format!("127.0.0.2:{port}").parse().unwrap();
+    let Mesh {
+        port,
+        tmp,
+        src,
+        xds,
+        envoy: _envoy,
+        sidecar,
+        ..
+    } = Mesh::start("DELTA_GRPC").await;
     let tiefighter = "127.0.0.3".parse().unwrap();
 
     eventually(
