@@ -46,6 +46,31 @@ async fn next(s: &mut Streaming<DiscoveryResponse>) -> DiscoveryResponse {
         .expect("stream open")
 }
 
+type NpdsClient = NetworkPolicyDiscoveryServiceClient<tonic::transport::Channel>;
+
+/// An NPDS stream to the control plane at `url`, opened with `first`: the client (for more
+/// streams on its connection), the request sender and the response stream.
+async fn npds_stream(
+    url: String,
+    first: DiscoveryRequest,
+) -> (
+    NpdsClient,
+    mpsc::Sender<DiscoveryRequest>,
+    Streaming<DiscoveryResponse>,
+) {
+    let mut client = NetworkPolicyDiscoveryServiceClient::connect(url)
+        .await
+        .unwrap();
+    let (tx, rx) = mpsc::channel(8);
+    tx.send(first).await.unwrap();
+    let s = client
+        .stream_network_policies(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    (client, tx, s)
+}
+
 fn policies(r: &DiscoveryResponse) -> Vec<NetworkPolicy> {
     r.resources
         .iter()
@@ -98,16 +123,7 @@ async fn npds_and_nphds_clients_get_policy_follow_changes_and_nacks_are_recorded
     assert_eq!(addrs, vec!["127.0.0.2", "127.0.0.3", "127.0.0.4"]);
 
     // NPDS: the deathstar's policy has the L7 rule on 8080.
-    let mut client = NetworkPolicyDiscoveryServiceClient::connect(url)
-        .await
-        .unwrap();
-    let (tx, rx) = mpsc::channel(8);
-    tx.send(req("", "", None, true)).await.unwrap();
-    let mut s = client
-        .stream_network_policies(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let (mut client, tx, mut s) = npds_stream(url, req("", "", None, true)).await;
     let r1 = next(&mut s).await;
     let nps = policies(&r1);
     let death = nps
@@ -215,18 +231,9 @@ async fn ads_debug_syncz_reports_synced_and_nacked_types_per_proxy() {
     // One proxy ACKs NPDS, another NACKs it.
     let mut streams = Vec::new();
     for (node, nack) in [("agent-good", false), ("agent-bad", true)] {
-        let mut client = NetworkPolicyDiscoveryServiceClient::connect(url.clone())
-            .await
-            .unwrap();
-        let (tx, rx) = mpsc::channel(8);
         let mut first = req("", "", None, true);
         first.node.as_mut().unwrap().id = node.into();
-        tx.send(first).await.unwrap();
-        let mut s = client
-            .stream_network_policies(ReceiverStream::new(rx))
-            .await
-            .unwrap()
-            .into_inner();
+        let (_client, tx, mut s) = npds_stream(url.clone(), first).await;
         let r = next(&mut s).await;
         let error = nack.then_some("rejected");
         tx.send(req(&r.version_info, &r.nonce, error, false))
@@ -296,16 +303,8 @@ async fn a_file_being_written_is_not_read_half_way() {
     starwars::write_source(tmp.path(), 8080);
     let policy = tmp.path().join("policy.yaml");
     let xds = start_xds_with(tmp.path(), &["--poll-ms".as_ref(), "600000".as_ref()]);
-    let mut client = NetworkPolicyDiscoveryServiceClient::connect(format!("http://{}", xds.grpc()))
-        .await
-        .unwrap();
-    let (tx, rx) = mpsc::channel(8);
-    tx.send(req("", "", None, true)).await.unwrap();
-    let mut s = client
-        .stream_network_policies(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let (_client, tx, mut s) =
+        npds_stream(format!("http://{}", xds.grpc()), req("", "", None, true)).await;
     let r1 = next(&mut s).await;
     tx.send(req(&r1.version_info, &r1.nonce, None, false))
         .await
@@ -361,17 +360,8 @@ spec:
         (&["--unenforced-l7".as_ref(), "l4-only".as_ref()][..], false),
     ] {
         let xds = start_xds_with(tmp.path(), extra);
-        let mut client =
-            NetworkPolicyDiscoveryServiceClient::connect(format!("http://{}", xds.grpc()))
-                .await
-                .unwrap();
-        let (tx, rx) = mpsc::channel(8);
-        tx.send(req("", "", None, true)).await.unwrap();
-        let mut s = client
-            .stream_network_policies(ReceiverStream::new(rx))
-            .await
-            .unwrap()
-            .into_inner();
+        let (_client, _tx, mut s) =
+            npds_stream(format!("http://{}", xds.grpc()), req("", "", None, true)).await;
         let nps = policies(&next(&mut s).await);
         let death = nps
             .iter()
