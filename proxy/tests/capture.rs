@@ -68,6 +68,29 @@ fn curl_in(ns: &str, extra: &[&str]) -> (String, String) {
     sandbox::curl_in(ns, extra)
 }
 
+/// Loads the nftables `table` in namespace `ns` (written to `dir/capture.nft` first).
+fn nft(ns: &str, dir: &std::path::Path, table: &str) {
+    let rules = dir.join("capture.nft");
+    std::fs::write(&rules, table).unwrap();
+    run(&[
+        "ip",
+        "netns",
+        "exec",
+        ns,
+        "nft",
+        "-f",
+        rules.to_str().unwrap(),
+    ]);
+}
+
+/// Outbound capture as an iptables-style init sets it up: TCP to `port` from every uid but the
+/// sidecar's (1337) is redirected to the outbound listener, 15001.
+fn outbound_capture(port: u16) -> String {
+    format!(
+        "table ip membrane_capture_test {{\n  chain output {{\n    type nat hook output priority -100;\n    meta skuid 1337 return\n    tcp dport {port} redirect to :15001\n  }}\n}}\n"
+    )
+}
+
 /// Who runs the sidecar.
 enum RunAs<'a> {
     /// This test's own build of the binary, as root (inbound capture needs no uid).
@@ -127,21 +150,11 @@ fn redirected_connections_get_the_policy_of_their_original_port() {
     };
     env.nets
         .extend(link(&client, &server, ("mvc", "mvs"), id, 7));
-    let rules = dir.join("capture.nft");
-    std::fs::write(
-        &rules,
-        "table ip membrane_capture_test {\n  chain prerouting {\n    type nat hook prerouting priority dstnat;\n    tcp dport { 8080, 15000 } redirect to :15006\n  }\n}\n",
-    )
-    .unwrap();
-    run(&[
-        "ip",
-        "netns",
-        "exec",
+    nft(
         &server,
-        "nft",
-        "-f",
-        rules.to_str().unwrap(),
-    ]);
+        &dir,
+        "table ip membrane_capture_test {\n  chain prerouting {\n    type nat hook prerouting priority dstnat;\n    tcp dport { 8080, 15000 } redirect to :15006\n  }\n}\n",
+    );
 
     // The application: a static file server on every address; from outside the pod the
     // redirect sends its port through the proxy.
@@ -235,21 +248,7 @@ fn redirected_outbound_connections_get_the_egress_policy_of_their_destination() 
         dir: dir.clone(),
     };
     env.nets.extend(link(&app, &remote, ("mva", "mvr"), id, 9));
-    let rules = dir.join("capture.nft");
-    std::fs::write(
-        &rules,
-        "table ip membrane_capture_test {\n  chain output {\n    type nat hook output priority -100;\n    meta skuid 1337 return\n    tcp dport 8080 redirect to :15001\n  }\n}\n",
-    )
-    .unwrap();
-    run(&[
-        "ip",
-        "netns",
-        "exec",
-        &app,
-        "nft",
-        "-f",
-        rules.to_str().unwrap(),
-    ]);
+    nft(&app, &dir, &outbound_capture(8080));
     std::fs::write(dir.join("v1/x"), "remote-file\n").unwrap();
     env.keep(
         Command::new("ip")
@@ -362,21 +361,7 @@ fn captured_egress_tls_is_terminated_inspected_and_reoriginated_verified() {
     )
     .unwrap();
     env.nets.extend(link(&app, &remote, ("mta", "mtr"), id, 10));
-    let rules = dir.join("capture.nft");
-    std::fs::write(
-        &rules,
-        "table ip membrane_capture_test {\n  chain output {\n    type nat hook output priority -100;\n    meta skuid 1337 return\n    tcp dport 8443 redirect to :15001\n  }\n}\n",
-    )
-    .unwrap();
-    run(&[
-        "ip",
-        "netns",
-        "exec",
-        &app,
-        "nft",
-        "-f",
-        rules.to_str().unwrap(),
-    ]);
+    nft(&app, &dir, &outbound_capture(8443));
     std::fs::write(dir.join("www/v1/x"), "remote-file\n").unwrap();
     // A TLS server in the remote namespace serving www/ (openssl s_server -WWW).
     env.keep(
