@@ -4,13 +4,19 @@
 
 use super::*;
 
+/// A temporary directory (removed on drop, also when the test fails) with an empty
+/// `secrets/` for `--secrets-dir`; the directory and the secrets path.
+fn secrets_dir() -> (tempfile::TempDir, std::path::PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let secrets = tmp.path().join("secrets");
+    std::fs::create_dir_all(&secrets).unwrap();
+    (tmp, secrets)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policy_tls_terminates_by_sni_enforces_and_originates_verified() {
-    // Removed on drop, also when the test fails.
-    let tmp = tempfile::tempdir().unwrap();
+    let (tmp, secrets) = secrets_dir();
     let dir = tmp.path();
-    let secrets = dir.join("secrets");
-    std::fs::create_dir_all(&secrets).unwrap();
     let front = make_ca(dir, "front-ca");
     let back = make_ca(dir, "back-ca");
     let other = make_ca(dir, "other-ca");
@@ -107,11 +113,8 @@ async fn policy_tls_terminates_by_sni_enforces_and_originates_verified() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policy_tls_certificates_reload_and_bad_secrets_keep_the_last_good_one() {
-    // Removed on drop, also when the test fails.
-    let tmp = tempfile::tempdir().unwrap();
+    let (tmp, secrets) = secrets_dir();
     let dir = tmp.path();
-    let secrets = dir.join("secrets");
-    std::fs::create_dir_all(&secrets).unwrap();
     let front = make_ca(dir, "front-ca");
     let back = make_ca(dir, "back-ca");
     let (g1_crt, g1_key) = issue(
@@ -225,11 +228,8 @@ async fn policy_tls_certificates_reload_and_bad_secrets_keep_the_last_good_one()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_names_without_termination_check_the_client_hello_and_pass_tls_through() {
-    // Removed on drop, also when the test fails.
-    let tmp = tempfile::tempdir().unwrap();
+    let (tmp, secrets) = secrets_dir();
     let dir = tmp.path();
-    let secrets = dir.join("secrets");
-    std::fs::create_dir_all(&secrets).unwrap();
     let back = make_ca(dir, "back-ca");
     let (be_crt, be_key) = issue(dir, &back, "be", "/CN=backend", &["a.test", "c.test"]);
     let backend = start_tls_backend(&be_crt, &be_key).await;
@@ -280,11 +280,8 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_terminating_context_with_a_ca_requires_client_certificates() {
-    // Removed on drop, also when the test fails.
-    let tmp = tempfile::tempdir().unwrap();
+    let (tmp, secrets) = secrets_dir();
     let dir = tmp.path();
-    let secrets = dir.join("secrets");
-    std::fs::create_dir_all(&secrets).unwrap();
     let front = make_ca(dir, "front-ca");
     let clients = make_ca(dir, "client-ca");
     let strangers = make_ca(dir, "stranger-ca");
