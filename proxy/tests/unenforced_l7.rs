@@ -30,34 +30,18 @@ async fn exchange(listen: std::net::SocketAddr) -> Option<Vec<u8>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_rules_fail_closed_unless_l4_only_is_set() {
     let echo = tcp_echo().await;
-    let file =
-        std::env::temp_dir().join(format!("membrane-proxy-kafka-{}.yaml", std::process::id()));
-    std::fs::write(
-        &file,
-        [
-            "apiVersion: cilium.io/v2",
-            "kind: CiliumNetworkPolicy",
-            "metadata: {name: kafka, namespace: default}",
-            "spec:",
-            "  endpointSelector: {matchLabels: {app: backend}}",
-            "  ingress:",
-            "  - fromEndpoints: [{matchLabels: {org: empire}}]",
-            "    toPorts:",
-            "    - ports: [{port: \"PORT\", protocol: TCP}]",
-            "      rules:",
-            "        kafka: [{role: produce, topic: deathstar-plans}]",
-        ]
-        .join("\n")
-        .replace("PORT", &echo.port().to_string()),
-    )
-    .unwrap();
+    let file = empire_policy(
+        "kafka",
+        echo.port(),
+        "\n        kafka: [{role: produce, topic: deathstar-plans}]",
+    );
     let loopback: IpAddr = "127.0.0.1".parse().unwrap();
     for (extra, allowed) in [
         (&[][..], false),
         (&["--unenforced-l7", "l4-only"][..], true),
     ] {
         let mut cfg = config(echo, extra);
-        cfg.policy = vec![file.clone()];
+        cfg.policy = vec![file.path().to_path_buf()];
         cfg.peer = vec!["127.0.0.1=k8s:org=empire".to_owned()];
         let enforcer = membrane_proxy::policy::load(&cfg).unwrap();
         let verdict = enforcer
@@ -87,5 +71,4 @@ async fn kafka_rules_fail_closed_unless_l4_only_is_set() {
         }
         running.drain(Duration::from_millis(100)).await;
     }
-    let _ = std::fs::remove_file(&file);
 }

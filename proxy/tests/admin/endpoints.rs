@@ -210,27 +210,8 @@ fn invalid_policy_and_labels_are_refused_with_a_precise_message() {
 async fn peers_get_identities_from_the_static_ipcache() {
     // Only k8s:org=empire may land; loopback is that peer via --peer, else it is reserved:host.
     let backend = start_backend().await;
-    let file =
-        std::env::temp_dir().join(format!("membrane-proxy-peer-{}.yaml", std::process::id()));
-    std::fs::write(
-        &file,
-        [
-            "apiVersion: cilium.io/v2",
-            "kind: CiliumNetworkPolicy",
-            "metadata: {name: empire-only, namespace: default}",
-            "spec:",
-            "  endpointSelector: {matchLabels: {app: backend}}",
-            "  ingress:",
-            "  - fromEndpoints: [{matchLabels: {org: empire}}]",
-            "    toPorts:",
-            "    - ports: [{port: \"PORT\", protocol: TCP}]",
-            "      rules: {http: [{method: GET}]}",
-        ]
-        .join("\n")
-        .replace("PORT", &backend.port().to_string()),
-    )
-    .unwrap();
-    let path = file.display().to_string();
+    let file = empire_policy("empire-only", backend.port(), " {http: [{method: GET}]}");
+    let path = file.path().display().to_string();
     for (peer, want) in [
         (None, 403),
         (Some("127.0.0.0/8=k8s:org=empire"), 200),
@@ -241,7 +222,7 @@ async fn peers_get_identities_from_the_static_ipcache() {
             extra.extend(["--peer", p]);
         }
         let mut cfg = config(backend, &[]);
-        cfg.policy = vec![file.clone()];
+        cfg.policy = vec![file.path().to_path_buf()];
         cfg.peer = peer.map(|p| vec![p.to_owned()]).unwrap_or_default();
         let running =
             membrane_proxy::start(&cfg, membrane_proxy::policy::load(&cfg).unwrap(), None)
@@ -257,30 +238,13 @@ async fn peers_get_identities_from_the_static_ipcache() {
 async fn l4_only_ports_are_spliced_opaquely_after_one_verdict() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let echo = tcp_echo().await;
-    let file = std::env::temp_dir().join(format!("membrane-proxy-l4-{}.yaml", std::process::id()));
-    std::fs::write(
-        &file,
-        [
-            "apiVersion: cilium.io/v2",
-            "kind: CiliumNetworkPolicy",
-            "metadata: {name: l4-only, namespace: default}",
-            "spec:",
-            "  endpointSelector: {matchLabels: {app: backend}}",
-            "  ingress:",
-            "  - fromEndpoints: [{matchLabels: {org: empire}}]",
-            "    toPorts:",
-            "    - ports: [{port: \"PORT\", protocol: TCP}]",
-        ]
-        .join("\n")
-        .replace("PORT", &echo.port().to_string()),
-    )
-    .unwrap();
+    let file = empire_policy("l4-only", echo.port(), "");
     for (peer, allowed) in [
         ("127.0.0.1=k8s:org=empire", true),
         ("127.0.0.1=k8s:org=alliance", false),
     ] {
         let mut cfg = config(echo, &[]);
-        cfg.policy = vec![file.clone()];
+        cfg.policy = vec![file.path().to_path_buf()];
         cfg.peer = vec![peer.to_owned()];
         let running =
             membrane_proxy::start(&cfg, membrane_proxy::policy::load(&cfg).unwrap(), None)

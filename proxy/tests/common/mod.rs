@@ -169,6 +169,31 @@ impl hyper::body::Body for WithTrailers {
     }
 }
 
+/// A CiliumNetworkPolicy `name` for the pods labelled `app: backend`: ingress from
+/// `org: empire` on `port`/TCP with `rules` (what follows `rules:` in YAML, inline or as
+/// indented lines; empty for an L4-only port). Written to a temporary file, removed on
+/// drop.
+pub fn empire_policy(name: &str, port: u16, rules: &str) -> tempfile::NamedTempFile {
+    let file = tempfile::Builder::new().suffix(".yaml").tempfile().unwrap();
+    let mut text = [
+        "apiVersion: cilium.io/v2",
+        "kind: CiliumNetworkPolicy",
+        &format!("metadata: {{name: {name}, namespace: default}}"),
+        "spec:",
+        "  endpointSelector: {matchLabels: {app: backend}}",
+        "  ingress:",
+        "  - fromEndpoints: [{matchLabels: {org: empire}}]",
+        "    toPorts:",
+        &format!("    - ports: [{{port: \"{port}\", protocol: TCP}}]"),
+    ]
+    .join("\n");
+    if !rules.is_empty() {
+        text.push_str(&format!("\n      rules:{rules}"));
+    }
+    std::fs::write(file.path(), text).unwrap();
+    file
+}
+
 /// A TCP echo server on loopback (a non-HTTP upstream); its address.
 pub async fn tcp_echo() -> std::net::SocketAddr {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
