@@ -142,6 +142,24 @@ fn ask(socket: &std::path::Path, request: &[u8]) -> Option<String> {
     Some(String::from_utf8_lossy(&out).into_owned())
 }
 
+/// [`ask`] again every 20 ms until `done` holds for the reply, for at most 5 s; the last
+/// reply. The agent frees a client's place a moment after the client closes, so a client
+/// told "too many clients; try again" does so.
+fn ask_until(
+    socket: &std::path::Path,
+    request: &[u8],
+    done: impl Fn(Option<&str>) -> bool,
+) -> Option<String> {
+    let start = Instant::now();
+    loop {
+        let r = ask(socket, request);
+        if done(r.as_deref()) || start.elapsed() > Duration::from_secs(5) {
+            return r;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn error_of(reply: &Option<String>) -> String {
     let line = reply
         .as_deref()
@@ -192,14 +210,10 @@ fn api_socket_refuses_overlong_lines_and_clients_past_the_cap() {
     // The others are served as before. The clients just gone (the start-up probes, the
     // overlong line) hold their places until the agent has seen them close, a moment
     // later: a client told "too many clients; try again" asks again (bounded).
-    let start = Instant::now();
-    let reply = loop {
-        let r = ask(&socket, status).expect("status");
-        if !r.contains("too many clients") || start.elapsed() > Duration::from_secs(5) {
-            break r;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let reply = ask_until(&socket, status, |r| {
+        r.is_some_and(|r| !r.contains("too many clients"))
+    })
+    .expect("status");
     assert!(reply.contains("\"node\":\"n1\""), "{reply}");
 
     // A line trickled a byte every 300 ms: cut at the 1 s deadline for the
@@ -240,29 +254,18 @@ fn api_socket_refuses_overlong_lines_and_clients_past_the_cap() {
     }
     // The agent takes a place when it accepts a client, and a client that just left frees
     // its own a moment after closing: ask until the monitors are seen (bounded).
-    let start = Instant::now();
-    let reply = loop {
-        let r = ask(&socket, status);
-        if r.as_deref().is_some_and(|r| r.contains("too many clients"))
-            || start.elapsed() > Duration::from_secs(5)
-        {
-            break r;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let reply = ask_until(&socket, status, |r| {
+        r.is_some_and(|r| r.contains("too many clients"))
+    });
     assert_eq!(
         error_of(&reply),
         "too many clients: the agent serves at most 2 at once; try again"
     );
     drop(monitors);
-    let start = Instant::now();
-    let status_reply = loop {
-        let r = ask(&socket, status).expect("status");
-        if !r.contains("too many clients") || start.elapsed() > Duration::from_secs(5) {
-            break r;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status_reply = ask_until(&socket, status, |r| {
+        r.is_some_and(|r| !r.contains("too many clients"))
+    })
+    .expect("status");
     let v: serde_json::Value = serde_json::from_str(status_reply.trim()).unwrap();
     assert_eq!(v["api"]["refused_too_long"], 1, "{v}");
     // At least the one above; retries while the agent noticed are too.

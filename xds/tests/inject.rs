@@ -9,7 +9,7 @@ mod common;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine;
 use serde_json::{json, Value};
@@ -501,15 +501,14 @@ fn served_by(hook: &Hook, version: &str) -> bool {
         .success()
 }
 
+/// Polls `f` every 100 ms, for at most 15 s (the shared bounded wait).
 fn wait_until(what: &str, f: impl Fn() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "timed out: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    membrane_test_support::wait_until(
+        Duration::from_secs(15),
+        Duration::from_millis(100),
+        what,
+        || f().then_some(()),
+    )
 }
 
 fn cert_errors(hook: &Hook) -> u64 {

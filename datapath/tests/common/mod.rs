@@ -181,20 +181,16 @@ impl Env {
             .arg(&self.cgroup))
     }
 
-    /// Whether none of our programs is attached to the test cgroup, waiting a few seconds
-    /// for it: the kernel releases a link unpinned from bpffs from a work queue
-    /// (`bpf_link_put` defers), so a check made right after a detach races the release.
-    pub fn programs_detached(&self) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            if !self.cgroup_progs().contains("mb_") {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
+    /// Waits (at most 5 s) until none of our programs is attached to the test cgroup: the
+    /// kernel releases a link unpinned from bpffs from a work queue (`bpf_link_put`
+    /// defers), so a check made right after a detach races the release.
+    pub fn wait_detached(&self) {
+        membrane_test_support::wait_until(
+            Duration::from_secs(5),
+            Duration::from_millis(10),
+            "no mb_ program left on the test cgroup",
+            || (!self.cgroup_progs().contains("mb_")).then_some(()),
+        )
     }
 
     pub fn cgroup_path(&self) -> &Path {

@@ -13,7 +13,7 @@ mod npds;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Parser;
 use membrane_proxy::config::{Cli, Command as ProxyCommand};
@@ -184,20 +184,17 @@ async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     (code, body)
 }
 
-/// Polls until `f` is true, for at most 10 s.
+/// Polls until `f` is true, for at most 10 s (the shared bounded wait).
 async fn within_10s<F, Fut>(what: &str, mut f: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let start = Instant::now();
-    while !f().await {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "timed out after 10s waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    membrane_test_support::eventually(Duration::from_secs(10), what, || {
+        let done = f();
+        async move { done.await.then_some(()) }
+    })
+    .await
 }
 
 async fn start_proxy(backend: SocketAddr, xds: SocketAddr) -> membrane_proxy::Running {
