@@ -81,6 +81,7 @@ fn main() -> Result<()> {
     let protos: Vec<PathBuf> = [
         "proto/cilium/api/npds.proto",
         "proto/cilium/api/nphds.proto",
+        "proto/membrane/agent/v1/agent.proto",
     ]
     .iter()
     .map(PathBuf::from)

@@ -13,6 +13,7 @@
 //! control plane (`membrane-xds`) and the sidecar (`membrane-proxy`) depend on it, never on
 //! each other. No I/O here.
 
+pub mod agent;
 pub mod npds;
 pub mod sidecar;
 pub mod type_url;

@@ -5,3 +5,10 @@
 pub const NETWORK_POLICY: &str = "type.googleapis.com/cilium.NetworkPolicy";
 /// Cilium `NetworkPolicyHosts` (NPHDS), one per identity, named by the identity in decimal.
 pub const NETWORK_POLICY_HOSTS: &str = "type.googleapis.com/cilium.NetworkPolicyHosts";
+
+/// membrane's node-agent `Endpoint`, one per pod of the agent's node, named `NAMESPACE/POD`.
+pub const AGENT_ENDPOINT: &str = "type.googleapis.com/membrane.agent.v1.Endpoint";
+/// membrane's node-agent `Service`, one per frontend, named `NAMESPACE/NAME:PORT/PROTOCOL`.
+pub const AGENT_SERVICE: &str = "type.googleapis.com/membrane.agent.v1.Service";
+/// membrane's node registry `Node`, one per node, named by the node's name.
+pub const AGENT_NODE: &str = "type.googleapis.com/membrane.agent.v1.Node";

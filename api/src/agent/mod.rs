@@ -1,0 +1,10 @@
+//! The node agent's resources (`membrane.agent.v1`, `proto/membrane/agent/v1/agent.proto`):
+//! what membrane-xds serves `membrane-agent` so that it keeps the kernel's maps equal to
+//! what the cluster says — the node's endpoints with their L3/L4 policy as map entries,
+//! the services, the node registry. The ipcache is Cilium's `NetworkPolicyHosts`.
+
+/// Generated node-agent types (package `membrane.agent.v1`).
+#[allow(missing_docs, clippy::all)]
+pub mod proto {
+    tonic::include_proto!("membrane.agent.v1");
+}
