@@ -15,7 +15,7 @@ static SEQ: AtomicU32 = AtomicU32::new(0);
 const POD: u32 = 4242;
 const SERVER: u32 = 5151;
 
-/// `membrane-agent`, a binary of another package (membrane-datapath), so Cargo gives this
+/// `membrane-agent`, a binary of another package (membrane-agent), so Cargo gives this
 /// test no `CARGO_BIN_EXE_` for it: a workspace build (`make test`'s `cargo build
 /// --workspace --bins`, or any `cargo test`/`nextest run --workspace`, which builds the
 /// datapath's binaries for its own tests) puts it next to `membrane`. Building it from

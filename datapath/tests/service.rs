@@ -150,7 +150,7 @@ fn the_agent_sets_lists_and_deletes_services() {
     let env = Env::new();
     env.attach(&DatapathSettings::default());
     let agent = |args: &[&str]| {
-        let out = std::process::Command::new(common::AGENT)
+        let out = std::process::Command::new(&*common::AGENT)
             .arg("--bpffs")
             .arg(&env.bpffs)
             .arg("service")
