@@ -84,9 +84,9 @@ fn fan_in_events(node: Arc<Mutex<Node>>, hub: Arc<Hub>) {
         let dirs = lock(&node).endpoint_dirs();
         readers.retain(|d, _| dirs.contains(d));
         for d in dirs {
-            if !readers.contains_key(&d) {
-                if let Ok(r) = Datapath::open(&d).and_then(|dp| dp.events()) {
-                    readers.insert(d, r);
+            if let std::collections::btree_map::Entry::Vacant(slot) = readers.entry(d) {
+                if let Ok(r) = Datapath::open(slot.key()).and_then(|dp| dp.events()) {
+                    slot.insert(r);
                 }
             }
         }

@@ -41,9 +41,9 @@ pub enum NodeError {
         endpoint: String,
         /// The step.
         what: &'static str,
-        /// The cause.
+        /// The cause (boxed: the datapath's error is large).
         #[source]
-        source: membrane_datapath::Error,
+        source: Box<membrane_datapath::Error>,
     },
     /// The state directory could not be read or written.
     #[error(transparent)]
@@ -147,7 +147,7 @@ fn dp_err<'a>(
     move |source| NodeError::Datapath {
         endpoint: endpoint.to_owned(),
         what,
-        source,
+        source: Box::new(source),
     }
 }
 
@@ -349,7 +349,7 @@ impl Node {
                 }
             }
         }
-        let record: BTreeMap<String, (String, Vec<u8>)> = self.held[&kind]
+        let record: store::Bodies = self.held[&kind]
             .iter()
             .map(|(n, (v, b, _))| (n.clone(), (v.clone(), b.clone())))
             .collect();

@@ -46,6 +46,9 @@ pub enum StoreError {
 
 type Result<T> = std::result::Result<T, StoreError>;
 
+/// Resources of one type by name: (version, protobuf body).
+pub type Bodies = BTreeMap<String, (String, Vec<u8>)>;
+
 /// One held resource as stored: its version and protobuf body.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Stored {
@@ -205,7 +208,7 @@ impl Store {
     }
 
     /// The resources of `kind` recorded, if any were ever.
-    pub fn resources(&self, kind: Kind) -> Result<Option<BTreeMap<String, (String, Vec<u8>)>>> {
+    pub fn resources(&self, kind: Kind) -> Result<Option<Bodies>> {
         let path = self.xds_file(kind);
         let bytes = match fs::read(&path) {
             Ok(b) => b,

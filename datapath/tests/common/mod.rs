@@ -220,3 +220,20 @@ impl Drop for Env {
         }
     }
 }
+
+/// A TCP rule of the endpoint's policy map.
+pub fn tcp(
+    direction: membrane_datapath::policy_map::Direction,
+    remote_identity: u32,
+    lo: u16,
+    hi: u16,
+    verdict: membrane_datapath::policy_map::MapVerdict,
+) -> membrane_datapath::policy_map::PolicyRule {
+    membrane_datapath::policy_map::PolicyRule {
+        direction,
+        remote_identity,
+        proto: 6,
+        ports: (lo, hi),
+        verdict,
+    }
+}
