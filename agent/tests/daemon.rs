@@ -112,6 +112,53 @@ fn pods_registered_by_cni_are_enforced_from_the_control_plane() {
     assert_eq!(status["control_plane"]["connected"], true, "{status:#}");
     assert_eq!(status["endpoints"], 2, "{status:#}");
 
+    // The CLI over the same socket: JSON as the agent answers, tables by default.
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(common::sibling("membrane"))
+            .args(args)
+            .arg("--socket")
+            .arg(node.socket())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "membrane {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let json: Value =
+        serde_json::from_str(&cli(&["bpf", "policy", "get", CLIENT, "-o", "json"])).unwrap();
+    assert_eq!(json, client_map);
+    let table = cli(&["bpf", "policy", "get", CLIENT]);
+    let row = table
+        .lines()
+        .find(|l| l.contains(&server_id.to_string()) && l.contains("8080"))
+        .unwrap_or_else(|| panic!("no row for the server on 8080:\n{table}"));
+    assert!(
+        row.to_lowercase().contains("egress") && row.to_lowercase().contains("allow"),
+        "{table}"
+    );
+    let eps = cli(&["endpoint", "list"]);
+    assert!(
+        eps.contains(CLIENT) && eps.contains(SERVER) && eps.contains("enforcing"),
+        "{eps}"
+    );
+    let ids = cli(&["identity", "list"]);
+    assert!(ids.contains("10.201.0.2/32"), "{ids}");
+    let st = cli(&["status"]);
+    assert!(
+        st.contains("control_plane.connected") && st.contains("true"),
+        "{st}"
+    );
+    let missing = std::process::Command::new(common::sibling("membrane"))
+        .args(["endpoint", "get", "default/nope", "--socket"])
+        .arg(node.socket())
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no endpoint default/nope"));
+
     let pins = node.bpffs().join("endpoints/default_server");
     assert!(pins.exists());
     let (ok, out) = node.cni("DEL", "server");
