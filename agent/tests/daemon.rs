@@ -295,6 +295,7 @@ fn agent_restart_under_load_fails_no_request_and_never_lets_the_denied_flow_thro
             break v;
         }
     };
+    eprintln!("load through 3 agent restarts: {last}");
     assert_eq!(last["failed"], 0, "{last}");
     assert_eq!(last["leaked"], 0, "{last}");
     assert!(last["denied"].as_u64().unwrap() > 0, "{last}");
