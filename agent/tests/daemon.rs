@@ -107,6 +107,21 @@ fn pods_registered_by_cni_are_enforced_from_the_control_plane() {
     let client = node.pods.iter().find(|p| p.name == "client").unwrap();
     assert_eq!(client.connect("10.201.0.2:8080"), "ok");
     assert_eq!(client.connect("10.201.0.2:9090"), "eperm");
+    // Ingress, decided in the server's network namespace: the client's address carries
+    // the client's identity, admitted on 8080 only.
+    assert_eq!(client.connect_outside_cgroup("10.201.0.2:8080"), "ok");
+    assert_ne!(client.connect_outside_cgroup("10.201.0.2:9090"), "ok");
+    // The service, balanced at connect to the server's 8080, as the control plane says.
+    let services = wait_until(LIMIT, EVERY, "the service", || {
+        let s = node.ask(&Request::ServiceList);
+        (!s.as_array().unwrap().is_empty()).then_some(s)
+    });
+    assert_eq!(services[0]["frontend"], "10.96.0.10:80", "{services:#}");
+    assert_eq!(
+        services[0]["backends"][0], "10.201.0.2:8080",
+        "{services:#}"
+    );
+    assert_eq!(client.connect("10.96.0.10:80"), "ok");
 
     let status = node.ask(&Request::Status);
     assert_eq!(status["control_plane"]["connected"], true, "{status:#}");
@@ -143,6 +158,11 @@ fn pods_registered_by_cni_are_enforced_from_the_control_plane() {
     assert!(
         eps.contains(CLIENT) && eps.contains(SERVER) && eps.contains("enforcing"),
         "{eps}"
+    );
+    let svc = cli(&["service", "list"]);
+    assert!(
+        svc.contains("default/server:80/TCP") && svc.contains("10.201.0.2:8080"),
+        "{svc}"
     );
     let ids = cli(&["identity", "list"]);
     assert!(ids.contains("10.201.0.2/32"), "{ids}");
