@@ -7,6 +7,7 @@
 //! - Fail-static: membrane-xds killed, the maps stay and connects are still decided; a
 //!   policy edit made meanwhile arrives when it is back, and the resync writes nothing
 //!   that did not change.
+//! - `monitor` on the daemon's socket merges the endpoints' event rings.
 //! - Agent restart under load: a client hammers the server through a SIGKILL of the agent
 //!   and a new agent's adoption; no request fails and the denied flow is never let
 //!   through.
@@ -189,6 +190,42 @@ fn pods_registered_by_cni_are_enforced_from_the_control_plane() {
     let list = node.ask(&Request::EndpointList);
     assert_eq!(list.as_array().unwrap().len(), 1, "{list:#}");
     node.kill_agent();
+}
+
+#[test]
+fn monitor_merges_every_endpoints_events() {
+    use std::io::Write;
+    let (node, _xds) = setup(&[8080]);
+    let mut stream = std::os::unix::net::UnixStream::connect(node.socket()).unwrap();
+    writeln!(stream, "{}", serde_json::json!({"request": "monitor"})).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut lines = BufReader::new(stream);
+    let client = node.pods.iter().find(|p| p.name == "client").unwrap();
+    // A denied connect from the client is reported by the client's endpoint, with the
+    // node's name, through the daemon's one socket.
+    let ev = wait_until(
+        LIMIT,
+        EVERY,
+        "the client's denied connect in the monitor",
+        || {
+            assert_eq!(client.connect("10.201.0.2:9090"), "eperm");
+            let mut line = String::new();
+            while lines.read_line(&mut line).is_ok_and(|n| n > 0) {
+                let ev: Value = serde_json::from_str(line.trim()).unwrap();
+                line.clear();
+                if ev["type"] == "policy-verdict"
+                    && ev["verdict"] == "denied"
+                    && ev["dst"].as_str().is_some_and(|d| d.ends_with(":9090"))
+                {
+                    return Some(ev);
+                }
+            }
+            None
+        },
+    );
+    assert_eq!(ev["node"], "node-1", "{ev}");
 }
 
 #[test]
