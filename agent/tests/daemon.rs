@@ -229,7 +229,27 @@ fn monitor_merges_every_endpoints_events() {
 }
 
 #[test]
-fn a_registration_without_a_cgroup_or_pod_name_is_refused_naming_it() {
+fn cni_add_without_cgroup_path_or_pod_name_fails_naming_it_and_del_without_an_agent_succeeds() {
+    // No agent needed: these are refused before it is asked.
+    let mut node = Node::new();
+    node.two_pods("client", "server");
+    let no_cgroup = |c: &mut Value| {
+        c.as_object_mut().unwrap().remove("runtimeConfig");
+    };
+    let args = "K8S_POD_NAMESPACE=default;K8S_POD_NAME=client";
+    let (ok, out) = node.cni_with("ADD", "client", no_cgroup, args);
+    assert!(!ok && out.contains("runtimeConfig.cgroupPath"), "{out}");
+    let (ok, out) = node.cni_with("ADD", "client", |_| {}, "K8S_POD_NAMESPACE=default");
+    assert!(!ok && out.contains("K8S_POD_NAME"), "{out}");
+    // No agent listening: ADD is "try again later", DEL has nothing to undo.
+    let (ok, out) = node.cni("ADD", "client");
+    assert!(!ok && out.contains("\"code\":11"), "{out}");
+    let (ok, out) = node.cni("DEL", "client");
+    assert!(ok, "{out}");
+}
+
+#[test]
+fn a_registration_with_a_bad_name_is_refused_naming_it_and_changes_nothing() {
     let (node, _xds) = setup(&[8080]);
     let bad = membrane_datapath::api::Registration {
         namespace: "Default".into(),

@@ -339,8 +339,24 @@ impl Node {
     /// Runs `membrane-cni` COMMAND for pod `name` (namespace `default`); its stdout and
     /// whether it succeeded.
     pub fn cni(&self, command: &str, name: &str) -> (bool, String) {
+        self.cni_with(
+            command,
+            name,
+            |_| {},
+            &format!("K8S_POD_NAMESPACE=default;K8S_POD_NAME={name}"),
+        )
+    }
+
+    /// [`Node::cni`] with the configuration edited by `edit` and `CNI_ARGS` given.
+    pub fn cni_with(
+        &self,
+        command: &str,
+        name: &str,
+        edit: impl FnOnce(&mut serde_json::Value),
+        cni_args: &str,
+    ) -> (bool, String) {
         let pod = self.pods.iter().find(|p| p.name == name).expect("pod");
-        let conf = serde_json::json!({
+        let mut conf = serde_json::json!({
             "cniVersion": "1.0.0",
             "name": "test",
             "type": "membrane-cni",
@@ -349,16 +365,14 @@ impl Node {
             "prevResult": {"cniVersion": "1.0.0", "interfaces": [{"name": "eth0"}],
                            "ips": [{"address": format!("{}/24", pod.ip), "interface": 0}]},
         });
+        edit(&mut conf);
         let mut child = Command::new(sibling("membrane-cni"))
             .env("CNI_COMMAND", command)
             .env("CNI_CONTAINERID", format!("ctr-{name}"))
             .env("CNI_NETNS", pod.ns.path())
             .env("CNI_IFNAME", "eth0")
             .env("CNI_PATH", "/opt/cni/bin")
-            .env(
-                "CNI_ARGS",
-                format!("K8S_POD_NAMESPACE=default;K8S_POD_NAME={name}"),
-            )
+            .env("CNI_ARGS", cni_args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
