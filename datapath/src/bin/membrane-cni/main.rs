@@ -528,6 +528,10 @@ struct InstallArgs {
     /// The plugin's `excludeNamespaces` field; repeatable.
     #[arg(long = "exclude-namespace")]
     exclude_namespaces: Vec<String>,
+    /// The node daemon's socket: pods are registered with it (`agentSocket`, and the
+    /// `cgroupPath` capability so that the runtime passes each pod's cgroup).
+    #[arg(long)]
+    agent_socket: Option<PathBuf>,
 }
 
 const PLUGIN_TYPE: &str = "membrane-cni";
@@ -588,12 +592,16 @@ fn install(a: &InstallArgs) -> Result<(), String> {
         ));
     };
     let (mut list, mode) = read_conflist(primary)?;
-    let entry = json!({
+    let mut entry = json!({
         "type": PLUGIN_TYPE,
         "bpffs": a.bpffs,
         "stateDir": DEFAULT_STATE_DIR,
         "excludeNamespaces": a.exclude_namespaces,
     });
+    if let Some(socket) = &a.agent_socket {
+        entry["agentSocket"] = json!(socket);
+        entry["capabilities"] = json!({"cgroupPath": true});
+    }
     let plugins = list["plugins"]
         .as_array_mut()
         .expect("checked by read_conflist");
