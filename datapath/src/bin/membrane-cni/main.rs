@@ -22,7 +22,20 @@
 //! `bpffs` (the agent's pin directory, default `/sys/fs/bpf/membrane`),
 //! `stateDir` (default `/var/run/membrane/cni`), `excludeNamespaces`
 //! (Kubernetes namespaces whose pods are left alone, as Istio's CNI plugin
-//! has it; the namespace comes from `CNI_ARGS`' `K8S_POD_NAMESPACE`).
+//! has it; the namespace comes from `CNI_ARGS`' `K8S_POD_NAMESPACE`),
+//! `agentSocket` and `cgroupRoot` (below).
+//!
+//! With `agentSocket` (the node daemon's socket, `membrane-agent run --xds-address`),
+//! ADD registers the pod with the daemon instead of attaching anything itself: its
+//! namespace and name (`CNI_ARGS`' `K8S_POD_NAMESPACE`/`K8S_POD_NAME`), its network
+//! namespace, its addresses (the previous plugin's `ips`) and its cgroup. A runtime tells a
+//! CNI plugin no cgroup unless asked: the plugin reads the CNI conventions' `cgroupPath`
+//! capability (`runtimeConfig.cgroupPath`, declared with `"capabilities":
+//! {"cgroupPath": true}`), a path under `cgroupRoot` (default: the cgroup2 mount); without
+//! it ADD fails naming it (a pod is never started unenforced). The daemon attaches and
+//! programs the pod's datapath before ADD returns. DEL unregisters it by container and
+//! interface; DEL with no daemon listening succeeds (the daemon forgets, when it starts,
+//! every recorded pod whose network namespace is gone).
 
 use std::{
     env, fs,
@@ -32,7 +45,12 @@ use std::{
     process::ExitCode,
 };
 
-use membrane_datapath::{Datapath, NetnsCookie, DEFAULT_BPFFS_DIR};
+use membrane_datapath::{api, Datapath, NetnsCookie, DEFAULT_BPFFS_DIR};
+
+mod agent;
+mod install;
+use agent::{check_registered, register, unregister};
+use install::{install, uninstall, Installer};
 use serde_json::{json, Value};
 
 /// The CNI spec versions this plugin speaks.
@@ -77,6 +95,8 @@ struct Config {
     bpffs: PathBuf,
     state_dir: PathBuf,
     exclude_namespaces: Vec<String>,
+    agent_socket: Option<PathBuf>,
+    cgroup_root: PathBuf,
     prev_result: Option<Value>,
     raw: Value,
 }
@@ -142,11 +162,20 @@ impl Config {
                 ))
             }
         };
+        let agent_socket = match obj.get("agentSocket") {
+            None => None,
+            Some(_) => Some(path("agentSocket", "")?),
+        };
+        let cg2 =
+            membrane_datapath::cgroup2_mount().unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup"));
+        let cgroup_root = path("cgroupRoot", &cg2.to_string_lossy())?;
         Ok(Config {
             version,
             bpffs,
             state_dir,
             exclude_namespaces,
+            agent_socket,
+            cgroup_root,
             prev_result: obj.get("prevResult").cloned(),
             raw: raw.clone(),
         })
@@ -167,13 +196,18 @@ fn env_var(name: &str) -> Result<String, CniError> {
     }
 }
 
-/// `K8S_POD_NAMESPACE` from `CNI_ARGS` (`KEY=VALUE;KEY=VALUE`).
-fn pod_namespace() -> Option<String> {
+/// `KEY` from `CNI_ARGS` (`KEY=VALUE;KEY=VALUE`).
+fn cni_arg(key: &str) -> Option<String> {
     env::var("CNI_ARGS").ok()?.split(';').find_map(|kv| {
         kv.split_once('=')
-            .filter(|(k, _)| *k == "K8S_POD_NAMESPACE")
+            .filter(|(k, _)| *k == key)
             .map(|(_, v)| v.to_owned())
     })
+}
+
+/// `K8S_POD_NAMESPACE` from `CNI_ARGS`.
+fn pod_namespace() -> Option<String> {
+    cni_arg("K8S_POD_NAMESPACE")
 }
 
 /// The file recording one attachment: `<state dir>/<container id>-<ifname>`,
@@ -261,6 +295,10 @@ fn add(cfg: &Config) -> Result<Option<Value>, CniError> {
     if excluded(cfg) {
         return Ok(Some(add_result(cfg)));
     }
+    if let Some(socket) = &cfg.agent_socket {
+        netns_cookie(&netns)?;
+        return register(cfg, socket, container, ifname, netns);
+    }
     let record = record_path(cfg, &container, &ifname)?;
     netns_cookie(&netns)?;
     let dp = open_datapath(cfg, code::TRY_AGAIN_LATER)?;
@@ -300,6 +338,9 @@ fn recorded(record: &Path) -> Result<Option<Recorded>, CniError> {
 fn del(cfg: &Config) -> Result<Option<Value>, CniError> {
     let container = env_var("CNI_CONTAINERID")?;
     let ifname = env_var("CNI_IFNAME")?;
+    if let Some(socket) = &cfg.agent_socket {
+        return unregister(socket, container, ifname);
+    }
     let record = record_path(cfg, &container, &ifname)?;
     forget(cfg, &record)?;
     Ok(None)
@@ -345,6 +386,9 @@ fn check(cfg: &Config) -> Result<Option<Value>, CniError> {
     let netns = env_var("CNI_NETNS")?;
     if excluded(cfg) {
         return Ok(None);
+    }
+    if let Some(socket) = &cfg.agent_socket {
+        return check_registered(socket);
     }
     let record = record_path(cfg, &container, &ifname)?;
     let cookie = netns_cookie(&netns)?;
@@ -455,139 +499,6 @@ fn run(command: &str, input: &[u8]) -> Result<Option<Value>, (String, CniError)>
         )),
     }
     .map_err(fail)
-}
-
-/// `membrane-cni install|uninstall`: how the plugin gets onto a node.
-#[derive(Debug, clap::Parser)]
-#[command(
-    name = "membrane-cni",
-    about = "membrane's CNI plugin, and its installer"
-)]
-enum Installer {
-    /// Copy this binary into the CNI binary directory and chain the plugin
-    /// into the primary network configuration list.
-    Install(InstallArgs),
-    /// Take the plugin out of every configuration list and the binary out
-    /// of the CNI binary directory.
-    Uninstall(InstallArgs),
-}
-
-#[derive(Debug, clap::Args)]
-struct InstallArgs {
-    /// The node's CNI binary directory (skipped when not given).
-    #[arg(long)]
-    bin_dir: Option<PathBuf>,
-    /// The node's CNI configuration directory.
-    #[arg(long, default_value = "/etc/cni/net.d")]
-    conf_dir: PathBuf,
-    /// The plugin's `bpffs` field.
-    #[arg(long, default_value = DEFAULT_BPFFS_DIR)]
-    bpffs: PathBuf,
-    /// The plugin's `excludeNamespaces` field; repeatable.
-    #[arg(long = "exclude-namespace")]
-    exclude_namespaces: Vec<String>,
-}
-
-const PLUGIN_TYPE: &str = "membrane-cni";
-
-/// Write `bytes` to `path` through a temporary file in the same directory
-/// and a rename, so a runtime reading it never sees half a file.
-fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), String> {
-    use std::os::unix::fs::PermissionsExt;
-    let tmp = path.with_extension("membrane-tmp");
-    fs::write(&tmp, bytes).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))
-        .and_then(|()| fs::rename(&tmp, path))
-        .map_err(|e| {
-            let _ = fs::remove_file(&tmp);
-            format!("{}: {e}", path.display())
-        })
-}
-
-/// The network configuration lists in `dir`, by name.
-fn conflists(dir: &Path) -> Result<Vec<PathBuf>, String> {
-    let mut out: Vec<PathBuf> = fs::read_dir(dir)
-        .map_err(|e| format!("{}: {e}", dir.display()))?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "conflist"))
-        .collect();
-    out.sort();
-    Ok(out)
-}
-
-fn read_conflist(path: &Path) -> Result<(Value, u32), String> {
-    let meta = fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let text = fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let v: Value = serde_json::from_slice(&text).map_err(|e| {
-        format!(
-            "{}: not a JSON network configuration list: {e}",
-            path.display()
-        )
-    })?;
-    if !v.get("plugins").is_some_and(Value::is_array) {
-        return Err(format!("{}: has no \"plugins\" list", path.display()));
-    }
-    Ok((v, meta.mode() & 0o7777))
-}
-
-fn install(a: &InstallArgs) -> Result<(), String> {
-    if let Some(bin_dir) = &a.bin_dir {
-        let me = env::current_exe().map_err(|e| format!("this binary: {e}"))?;
-        let bytes = fs::read(&me).map_err(|e| format!("{}: {e}", me.display()))?;
-        write_atomically(&bin_dir.join(PLUGIN_TYPE), &bytes, 0o755)?;
-    }
-    let lists = conflists(&a.conf_dir)?;
-    let Some(primary) = lists.first() else {
-        return Err(format!(
-            "{}: no .conflist network configuration; the node's primary CNI plugin must \
-             install one first (a single-plugin .conf cannot be chained)",
-            a.conf_dir.display()
-        ));
-    };
-    let (mut list, mode) = read_conflist(primary)?;
-    let entry = json!({
-        "type": PLUGIN_TYPE,
-        "bpffs": a.bpffs,
-        "stateDir": DEFAULT_STATE_DIR,
-        "excludeNamespaces": a.exclude_namespaces,
-    });
-    let plugins = list["plugins"]
-        .as_array_mut()
-        .expect("checked by read_conflist");
-    plugins.retain(|p| p.get("type").and_then(Value::as_str) != Some(PLUGIN_TYPE));
-    plugins.push(entry);
-    let text = serde_json::to_vec_pretty(&list).map_err(|e| e.to_string())?;
-    write_atomically(primary, &text, mode)?;
-    println!("membrane-cni chained into {}", primary.display());
-    Ok(())
-}
-
-fn uninstall(a: &InstallArgs) -> Result<(), String> {
-    for path in conflists(&a.conf_dir)? {
-        let Ok((mut list, mode)) = read_conflist(&path) else {
-            continue;
-        };
-        let plugins = list["plugins"]
-            .as_array_mut()
-            .expect("checked by read_conflist");
-        let before = plugins.len();
-        plugins.retain(|p| p.get("type").and_then(Value::as_str) != Some(PLUGIN_TYPE));
-        if plugins.len() != before {
-            let text = serde_json::to_vec_pretty(&list).map_err(|e| e.to_string())?;
-            write_atomically(&path, &text, mode)?;
-            println!("membrane-cni taken out of {}", path.display());
-        }
-    }
-    if let Some(bin_dir) = &a.bin_dir {
-        match fs::remove_file(bin_dir.join(PLUGIN_TYPE)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                return Err(format!("{}: {e}", bin_dir.join(PLUGIN_TYPE).display()))
-            }
-            _ => {}
-        }
-    }
-    Ok(())
 }
 
 fn main() -> ExitCode {
