@@ -1,7 +1,8 @@
 //! membrane-proxy: the L7 sidecar. It owns the data path of one pod: accepting downstream
 //! connections, parsing HTTP/1.1 and HTTP/2 strictly, normalizing paths, asking the shared
 //! policy engine (`membrane-policy`) for a verdict per request, forwarding allowed requests
-//! over pooled upstream connections, and the operator endpoints (admin, metrics, readiness).
+//! over pooled upstream connections, the operator endpoints (admin, metrics, readiness), and
+//! its own replacement by a new process without a failed request ([`handover`]).
 //!
 //! It must never decide policy itself (verdicts come only from `membrane-policy`, through
 //! [`policy`]), never forward a request whose framing or path it could not read

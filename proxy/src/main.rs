@@ -121,7 +121,7 @@ fn build_busy_polling(
 }
 
 async fn run(cfg: Config, log_control: membrane_proxy::admin::LogControl) -> anyhow::Result<()> {
-    use membrane_proxy::{handover, listeners::Sockets};
+    use membrane_proxy::handover;
     use tokio::signal::unix::{signal, SignalKind};
     let xds = cfg.xds_address.is_some();
     // The policy is read before a running proxy is asked for its sockets: a successor
@@ -132,63 +132,7 @@ async fn run(cfg: Config, log_control: membrane_proxy::admin::LogControl) -> any
     } else {
         membrane_proxy::policy::load(&cfg)?
     };
-    let predecessor = match &cfg.handover_socket {
-        Some(path) => handover::connect(path).await?,
-        None => None,
-    };
-    let (mut running, predecessor) = match predecessor {
-        None => {
-            let sockets = Sockets::bind(&cfg).await?;
-            let r = membrane_proxy::start_on(&cfg, enforcer, Some(log_control), sockets, 0).await?;
-            (r, None)
-        }
-        Some((p, inherited)) => {
-            handover::check_same_proxy(p.pid, &inherited, cfg.listen)?;
-            tracing::info!(
-                predecessor = p.pid,
-                epoch = p.epoch + 1,
-                sockets = inherited.len(),
-                "taking the listeners over"
-            );
-            let sockets = Sockets::take_over(&cfg, inherited).await?;
-            let r =
-                membrane_proxy::start_on(&cfg, enforcer, Some(log_control), sockets, p.epoch + 1)
-                    .await?;
-            if xds {
-                // Serving with the deny-all placeholder would fail requests the predecessor
-                // still serves right: wait for the control plane's policy (the predecessor
-                // serves meanwhile; if this process is stopped, it simply goes on).
-                tracing::info!(
-                    "waiting for the first policy from the control plane before taking over"
-                );
-                r.policy_ready().await;
-            }
-            (r, Some(p))
-        }
-    };
-    let mut server = match &cfg.handover_socket {
-        Some(path) => Some(handover::Server::listen(
-            path,
-            running.handover_offer(),
-            running.shutdown_signal(),
-        )?),
-        None => None,
-    };
-    running.serve();
-    if let Some(p) = predecessor {
-        let pid = p.pid;
-        match p.drain().await {
-            Ok(()) => tracing::info!(
-                predecessor = pid,
-                epoch = running.epoch(),
-                "serving; the predecessor drains"
-            ),
-            // It went away on its own: nothing to drain, and this process serves anyway.
-            Err(e) => {
-                tracing::warn!(predecessor = pid, error = %e, "serving; the predecessor did not confirm its drain")
-            }
-        }
-    }
+    let (running, mut server) = handover::start(&cfg, enforcer, Some(log_control)).await?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;

@@ -26,8 +26,10 @@ use tokio::task::JoinHandle;
 
 use crate::listeners::{Inherited, Role};
 
+mod startup;
 mod wire;
 
+pub use startup::start;
 use wire::{Conn, Described, Message, MAX_SOCKETS, VERSION};
 
 /// Why a handover could not happen.
