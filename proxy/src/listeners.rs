@@ -236,3 +236,33 @@ impl Sockets {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inherited(role: Role, addr: SocketAddr, fd: OwnedFd) -> Inherited {
+        Inherited { role, addr, fd }
+    }
+
+    #[tokio::test]
+    async fn a_socket_that_is_not_what_it_was_said_to_be_is_refused() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let fd = || l.as_fd().try_clone_to_owned().unwrap();
+        adopt(inherited(Role::Listen, addr, fd())).unwrap();
+
+        let elsewhere: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let e = adopt(inherited(Role::Admin, elsewhere, fd())).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("inherited --admin socket for 127.0.0.1:1: it is bound to"),
+            "{e}"
+        );
+
+        // A connected socket is no listener.
+        let conn = std::net::TcpStream::connect(addr).unwrap();
+        let e = adopt(inherited(Role::Listen, addr, OwnedFd::from(conn))).unwrap_err();
+        assert!(e.to_string().contains("not a listening socket"), "{e}");
+    }
+}

@@ -381,3 +381,6 @@ async fn offer_to(stream: UnixStream, offer: &Offer) -> Result<u32, HandoverErro
         other => Err(unexpected("drain", &other)),
     }
 }
+
+#[cfg(test)]
+mod tests;
