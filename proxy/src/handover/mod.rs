@@ -138,6 +138,8 @@ pub async fn connect(path: &Path) -> Result<Option<(Predecessor, Vec<Inherited>)
             })
         }
     };
+    // Whoever listens on the path hands over the sockets this process will serve on.
+    check_peer(&stream, "running proxy")?;
     let mut conn = Conn::new(stream);
     let hello = Message::Hello {
         version: VERSION,
@@ -313,8 +315,9 @@ async fn serve(
     }
 }
 
-/// One successor's handover: its pid once it serves and asks for the drain.
-async fn offer_to(stream: UnixStream, offer: &Offer) -> Result<u32, HandoverError> {
+/// Refuses a peer (`who`) that is neither root nor of this process's uid: only the proxy's
+/// own user may take its sockets, or hand it sockets to serve on.
+fn check_peer(stream: &UnixStream, who: &str) -> Result<(), HandoverError> {
     let cred =
         rustix::net::sockopt::socket_peercred(stream.as_fd()).map_err(|e| HandoverError::Io {
             doing: "reading the peer credentials of",
@@ -325,13 +328,19 @@ async fn offer_to(stream: UnixStream, offer: &Offer) -> Result<u32, HandoverErro
     if cred.uid != me && !cred.uid.is_root() {
         return Err(HandoverError::Protocol {
             what: format!(
-                "refused pid {}: uid {} is neither root nor this process's uid {}",
+                "refused {who} pid {}: uid {} is neither root nor this process's uid {}",
                 cred.pid.as_raw_nonzero(),
                 cred.uid.as_raw(),
                 me.as_raw()
             ),
         });
     }
+    Ok(())
+}
+
+/// One successor's handover: its pid once it serves and asks for the drain.
+async fn offer_to(stream: UnixStream, offer: &Offer) -> Result<u32, HandoverError> {
+    check_peer(&stream, "successor")?;
     let mut conn = Conn::new(stream);
     let pid = match answer(&mut conn, "hello").await?.0 {
         Message::Hello { version, pid } if version == VERSION => pid,

@@ -134,3 +134,49 @@ fn only_the_proxy_with_the_same_listen_address_is_taken_over() {
     // A proxy that offers no --listen socket is not one to replace.
     assert!(check_same_proxy(1, &[], addr).is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_uid_gets_no_socket_even_through_an_open_file_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("h.sock");
+    let listen = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (_stop_tx, stop) = watch::channel(false);
+    let _server = Server::listen(&path, offer(&[(Role::Listen, &listen)]), stop).unwrap();
+    // Open the path to everyone, so that only the peer check stands in the way.
+    let open = |p: &Path, mode| std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode));
+    open(dir.path(), 0o755).unwrap();
+    open(&path, 0o666).unwrap();
+    // nobody (65534) says hello and reads what comes back: the connection closes (or is
+    // reset) unanswered.
+    let script = "import socket,sys\n\
+        s=socket.socket(socket.AF_UNIX)\n\
+        s.connect(sys.argv[1])\n\
+        s.sendall(b'{\"op\":\"hello\",\"version\":1,\"pid\":1}\\n')\n\
+        try: d=s.recv(65536)\n\
+        except ConnectionResetError: d=b''\n\
+        print('answered' if d else 'closed')\n";
+    let out = tokio::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+            script,
+        ])
+        .arg(&path)
+        .output()
+        .await
+        .expect("setpriv runs (the test needs root)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.trim(), "closed");
+    // The proxy's own uid still gets the sockets.
+    let (_, inherited) = connect(&path).await.unwrap().expect("still offered");
+    assert_eq!(inherited.len(), 1);
+}
