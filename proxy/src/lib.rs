@@ -106,7 +106,12 @@ pub async fn start_on(
     epoch: u64,
 ) -> anyhow::Result<Running> {
     cfg.validate()?;
-    let handover_sockets = sockets.duplicate()?;
+    // Kept for a successor only: a duplicate keeps its socket listening (queueing) after
+    // the accept loop has closed its copy, which a drain without successor must not do.
+    let handover_sockets = match cfg.handover_socket {
+        Some(_) => sockets.duplicate()?,
+        None => Vec::new(),
+    };
     let listeners::Sockets {
         listen: listener,
         admin: admin_l,
@@ -372,8 +377,9 @@ impl Running {
         self.epoch
     }
 
-    /// What this process offers a successor: its listening sockets and its epoch. Each
-    /// call hands out the duplicates kept for it; a second call offers none.
+    /// What this process offers a successor: its listening sockets (kept with
+    /// `--handover-socket` only) and its epoch. Each call hands out the duplicates kept for
+    /// it; a second call offers none.
     pub fn handover_offer(&mut self) -> handover::Offer {
         handover::Offer {
             epoch: self.epoch,
