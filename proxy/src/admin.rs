@@ -65,6 +65,9 @@ pub struct AdminState {
     pub started: Instant,
     /// Wall-clock start, for `last_updated`.
     pub started_wall: SystemTime,
+    /// Hot restart: this process's restart epoch (0, or its predecessor's plus one), and
+    /// whether it serves a handover socket.
+    pub restart: (u64, bool),
 }
 
 /// Bounds on each operator listener: these ports answer the kubelet and scrapers, so a
@@ -302,11 +305,12 @@ fn server_info(st: &AdminState, ready: bool) -> serde_json::Value {
     json!({
         "version": format!("membrane-proxy/{}", env!("CARGO_PKG_VERSION")),
         "state": if ready { "LIVE" } else { "DRAINING" },
-        "hot_restart_version": "disabled",
+        "hot_restart_version": if st.restart.1 { "membrane.handover.v1" } else { "disabled" },
         "command_line_options": {
             "concurrency": st.concurrency,
             "mode": "Serve",
-            "base_id": "0"
+            "base_id": "0",
+            "restart_epoch": st.restart.0
         },
         "node": node(st),
         "uptime_current_epoch": up,

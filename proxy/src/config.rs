@@ -203,9 +203,22 @@ pub struct Config {
     /// Maximum concurrent downstream connections; more are accepted and closed at once.
     #[arg(long, env = "MEMBRANE_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
-    /// How long draining (SIGTERM) waits for in-flight connections before exiting.
+    /// How long draining (SIGTERM, or after handing the listeners to a new process) waits
+    /// for in-flight connections before exiting.
     #[arg(long, env = "MEMBRANE_DRAIN_TIMEOUT", value_parser = parse_duration, default_value = "5s")]
     pub drain_timeout: Duration,
+    /// Hot restart (upgrades without a failed request): serve this unix socket (mode 0600;
+    /// root and this uid only) so that a new membrane-proxy started with the same flag
+    /// takes every listening socket over (SCM_RIGHTS, matched by role and address; the
+    /// connections queued on them are not lost). The new process starts serving once it
+    /// has its policy (with --xds-address: the control plane's first), then the old one
+    /// stops accepting, answers each HTTP/1.1 keep-alive connection's next request with
+    /// `Connection: close` (HTTP/2: GOAWAY), finishes within --drain-timeout and exits
+    /// 0. A new process that fails to start leaves the old one serving. No socket there
+    /// (or a stale one): a fresh start. Its restart epoch is in the admin /server_info.
+    /// Off by default, so that two proxies on one host never take each other over.
+    #[arg(long, env = "MEMBRANE_HANDOVER_SOCKET")]
+    pub handover_socket: Option<PathBuf>,
     /// Timeout for connecting to the upstream.
     #[arg(long, env = "MEMBRANE_CONNECT_TIMEOUT", value_parser = parse_duration, default_value = "1s")]
     pub connect_timeout: Duration,

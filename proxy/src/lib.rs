@@ -1,7 +1,8 @@
 //! membrane-proxy: the L7 sidecar. It owns the data path of one pod: accepting downstream
 //! connections, parsing HTTP/1.1 and HTTP/2 strictly, normalizing paths, asking the shared
 //! policy engine (`membrane-policy`) for a verdict per request, forwarding allowed requests
-//! over pooled upstream connections, and the operator endpoints (admin, metrics, readiness).
+//! over pooled upstream connections, the operator endpoints (admin, metrics, readiness), and
+//! its own replacement by a new process without a failed request ([`handover`]).
 //!
 //! It must never decide policy itself (verdicts come only from `membrane-policy`, through
 //! [`policy`]), never forward a request whose framing or path it could not read
@@ -14,6 +15,8 @@ pub mod busypoll;
 pub mod config;
 pub mod connwatch;
 pub mod h1guard;
+pub mod handover;
+pub mod listeners;
 pub mod memory;
 pub mod metrics;
 pub mod normalize;
@@ -30,7 +33,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -70,7 +72,12 @@ pub struct Running {
     /// Secrets for policy-driven TLS; `reload` re-scans `--secrets-dir`.
     pub secrets: Arc<secrets::SecretStore>,
     admin: Arc<AdminState>,
+    shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
+    accepting: watch::Sender<bool>,
+    policy_ready: watch::Receiver<bool>,
+    handover_sockets: Vec<listeners::Inherited>,
+    epoch: u64,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -81,30 +88,38 @@ pub async fn start(
     log_control: Option<LogControl>,
 ) -> anyhow::Result<Running> {
     cfg.validate()?;
-    let bind = |a: SocketAddr, what: &'static str| async move {
-        TcpListener::bind(a)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {a} ({what}): {e}"))
+    let sockets = listeners::Sockets::bind(cfg).await?;
+    let running = start_on(cfg, enforcer, log_control, sockets, 0).await?;
+    running.serve();
+    Ok(running)
+}
+
+/// Starts the proxy on `sockets` (bound, or taken over from the process of restart epoch
+/// `epoch - 1`) without accepting a connection yet: [`Running::serve`] opens the
+/// listeners, once the caller knows this process should serve (a successor first waits for
+/// its policy, see [`Running::policy_ready`]).
+pub async fn start_on(
+    cfg: &Config,
+    enforcer: Enforcer,
+    log_control: Option<LogControl>,
+    sockets: listeners::Sockets,
+    epoch: u64,
+) -> anyhow::Result<Running> {
+    cfg.validate()?;
+    // Kept for a successor only: a duplicate keeps its socket listening (queueing) after
+    // the accept loop has closed its copy, which a drain without successor must not do.
+    let handover_sockets = match cfg.handover_socket {
+        Some(_) => sockets.duplicate()?,
+        None => Vec::new(),
     };
-    let listener = bind(cfg.listen, "--listen").await?;
-    let admin_l = bind(cfg.admin, "--admin").await?;
-    let metrics_l = bind(cfg.metrics, "--metrics").await?;
-    let health_l = bind(cfg.health, "--health").await?;
-    let capture_l = match cfg.capture_inbound {
-        Some(a) => Some(bind(a, "--capture-inbound").await?),
-        None => None,
-    };
-    let mut capture_out_l = Vec::new();
-    for &a in &cfg.capture_outbound {
-        match TcpListener::bind(a).await {
-            Ok(l) => capture_out_l.push(l),
-            // A pod without IPv6 has no ::1; the datapath steers nothing there either.
-            Err(e) if a.is_ipv6() && e.kind() == std::io::ErrorKind::AddrNotAvailable => {
-                tracing::warn!(addr = %a, error = %e, "--capture-outbound: skipped, no such address in this network namespace");
-            }
-            Err(e) => anyhow::bail!("cannot listen on {a} (--capture-outbound): {e}"),
-        }
-    }
+    let listeners::Sockets {
+        listen: listener,
+        admin: admin_l,
+        metrics: metrics_l,
+        health: health_l,
+        capture_inbound: capture_l,
+        capture_outbound: capture_out_l,
+    } = sockets;
     let addrs = Addrs {
         capture_outbound: capture_out_l.first().map(|l| l.local_addr()).transpose()?,
         capture_inbound: capture_l.as_ref().map(|l| l.local_addr()).transpose()?,
@@ -201,8 +216,13 @@ pub async fn start(
         log_control,
         started: Instant::now(),
         started_wall: SystemTime::now(),
+        restart: (epoch, cfg.handover_socket.is_some()),
     });
     let (tx, rx) = watch::channel(false);
+    let (accepting, open) = watch::channel(false);
+    // Every accept loop waits for `serve`: a process that takes listeners over accepts
+    // nothing before it can serve it as well as its predecessor would.
+    let gated = |f| gate(open.clone(), rx.clone(), f);
     let mut tasks = Vec::new();
     tasks.extend(secrets.spawn_watch(cfg.secrets_poll_interval, rx.clone()));
     if !cfg.memory_trim_interval.is_zero() {
@@ -216,20 +236,20 @@ pub async fn start(
         )));
     }
     if let Some(l) = capture_l {
-        tasks.push(tokio::spawn(server::accept_loop(
+        tasks.push(tokio::spawn(gated(Box::pin(server::accept_loop(
             l,
             shared.clone(),
             rx.clone(),
             server::Delivery::CapturedInbound,
-        )));
+        )))));
     }
     for l in capture_out_l {
-        tasks.push(tokio::spawn(server::accept_loop(
+        tasks.push(tokio::spawn(gated(Box::pin(server::accept_loop(
             l,
             shared.clone(),
             rx.clone(),
             server::Delivery::CapturedOutbound,
-        )));
+        )))));
     }
     let limits = admin::Limits {
         max_connections: cfg.admin_max_connections,
@@ -237,34 +257,35 @@ pub async fn start(
         connection_timeout: cfg.admin_connection_timeout,
     };
     tasks.extend([
-        tokio::spawn(server::accept_loop(
+        tokio::spawn(gated(Box::pin(server::accept_loop(
             listener,
-            shared,
+            shared.clone(),
             rx.clone(),
             server::Delivery::Upstream,
-        )),
-        tokio::spawn(admin::serve(
+        )))),
+        tokio::spawn(gated(Box::pin(admin::serve(
             admin_l,
             Role::Admin,
             admin.clone(),
             limits,
             rx.clone(),
-        )),
-        tokio::spawn(admin::serve(
+        )))),
+        tokio::spawn(gated(Box::pin(admin::serve(
             metrics_l,
             Role::Metrics,
             admin.clone(),
             limits,
             rx.clone(),
-        )),
-        tokio::spawn(admin::serve(
+        )))),
+        tokio::spawn(gated(Box::pin(admin::serve(
             health_l,
             Role::Health,
             admin.clone(),
             limits,
             rx.clone(),
-        )),
+        )))),
     ]);
+    let (policy_ready_tx, policy_ready) = watch::channel(false);
     match (&cfg.xds_address, &cfg.node_id) {
         (Some(address), Some(node_id)) => {
             // Readiness waits for the first policy from the control plane.
@@ -285,6 +306,7 @@ pub async fn start(
                 policy.clone(),
                 metrics.clone(),
                 Box::new(move || {
+                    policy_ready_tx.send_replace(true);
                     // A draining proxy stays unready.
                     if !*stop.borrow() {
                         ready.ready.store(true, Ordering::Relaxed);
@@ -293,7 +315,10 @@ pub async fn start(
                 rx.clone(),
             )?);
         }
-        _ => admin.ready.store(true, Ordering::Relaxed),
+        _ => {
+            policy_ready_tx.send_replace(true);
+            admin.ready.store(true, Ordering::Relaxed)
+        }
     }
     tracing::info!(
         listen = %addrs.listen,
@@ -301,6 +326,7 @@ pub async fn start(
         admin = %addrs.admin,
         metrics = %addrs.metrics,
         health = %addrs.health,
+        restart_epoch = epoch,
         "membrane-proxy started"
     );
     Ok(Running {
@@ -310,12 +336,72 @@ pub async fn start(
         tls: cert_store,
         secrets,
         admin,
+        shared,
         shutdown: tx,
+        accepting,
+        policy_ready,
+        handover_sockets,
+        epoch,
         tasks,
     })
 }
 
+/// Runs `f` once `open` turns true; nothing if `shutdown` comes first.
+async fn gate(
+    mut open: watch::Receiver<bool>,
+    mut shutdown: watch::Receiver<bool>,
+    f: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+) {
+    tokio::select! {
+        r = open.wait_for(|o| *o) => if r.is_err() { return },
+        _ = shutdown.wait_for(|s| *s) => return,
+    }
+    f.await
+}
+
 impl Running {
+    /// Starts accepting on every listener (after [`start_on`]; [`start`] does it itself).
+    pub fn serve(&self) {
+        self.accepting.send_replace(true);
+    }
+
+    /// Resolves once the proxy has a policy to enforce: at once with policy files; with
+    /// `--xds-address`, when the control plane's first one is in force.
+    pub async fn policy_ready(&self) {
+        let mut ready = self.policy_ready.clone();
+        let _ = ready.wait_for(|r| *r).await;
+    }
+
+    /// This process's restart epoch: 0, or its predecessor's plus one.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// What this process offers a successor: its listening sockets (kept with
+    /// `--handover-socket` only) and its epoch. Each call hands out the duplicates kept for
+    /// it; a second call offers none.
+    pub fn handover_offer(&mut self) -> handover::Offer {
+        handover::Offer {
+            epoch: self.epoch,
+            sockets: std::mem::take(&mut self.handover_sockets),
+        }
+    }
+
+    /// A receiver that turns true when the proxy drains (for tasks beside it).
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    /// Drain after a successor took the listeners over: as [`Running::drain`], except that
+    /// an idle HTTP/1.1 connection is not closed at once (its client would race the close
+    /// with its next request, since it does not know the process is going) but answers that
+    /// request with `Connection: close`; only connections idle through all of `timeout`
+    /// are closed at its end.
+    pub async fn drain_after_handover(self, timeout: Duration) {
+        self.shared.close_lazily();
+        self.drain(timeout).await
+    }
+
     /// Graceful drain: readiness goes false, listeners close, open connections are asked to
     /// finish (HTTP/1.1 `Connection: close` after the current response, HTTP/2 GOAWAY); waits
     /// until they have or `timeout` passes.

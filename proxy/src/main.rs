@@ -1,5 +1,6 @@
-//! `membrane-proxy` binary: parses the config, sets up logging and the runtime, runs until
-//! SIGTERM/SIGINT, then drains.
+//! `membrane-proxy` binary: parses the config, sets up logging and the runtime, takes the
+//! listeners over from a running proxy when there is one (`--handover-socket`), runs until
+//! SIGTERM/SIGINT or until a successor takes the listeners over, then drains.
 
 use std::sync::Arc;
 
@@ -120,22 +121,32 @@ fn build_busy_polling(
 }
 
 async fn run(cfg: Config, log_control: membrane_proxy::admin::LogControl) -> anyhow::Result<()> {
+    use membrane_proxy::handover;
     use tokio::signal::unix::{signal, SignalKind};
     let xds = cfg.xds_address.is_some();
+    // The policy is read before a running proxy is asked for its sockets: a successor
+    // whose policy is refused leaves its predecessor alone.
     let enforcer = if xds {
         // Deny everything until the control plane's first policy is in force.
         membrane_proxy::policy::deny_all("no policy from the control plane yet")
     } else {
         membrane_proxy::policy::load(&cfg)?
     };
-    let running = membrane_proxy::start(&cfg, enforcer, Some(log_control)).await?;
+    let (running, mut server) = handover::start(&cfg, enforcer, Some(log_control)).await?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
-    loop {
+    let handed_over = loop {
+        let successor = async {
+            match server.as_mut() {
+                Some(s) => s.handed_over().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            _ = term.recv() => break None,
+            _ = int.recv() => break None,
+            pid = successor => break Some(pid),
             _ = hup.recv() => {
                 // Reload: the last good policy and certificate stay in force when new ones are rejected.
                 if let Some(store) = &running.tls {
@@ -163,9 +174,20 @@ async fn run(cfg: Config, log_control: membrane_proxy::admin::LogControl) -> any
                 }
             }
         }
+    };
+    if let Some(s) = server {
+        s.close();
     }
-    tracing::info!("draining");
-    running.drain(cfg.drain_timeout).await;
+    match handed_over {
+        Some(successor) => {
+            tracing::info!(successor, "handed over; draining");
+            running.drain_after_handover(cfg.drain_timeout).await;
+        }
+        None => {
+            tracing::info!("draining");
+            running.drain(cfg.drain_timeout).await;
+        }
+    }
     tracing::info!("drained, exiting");
     Ok(())
 }

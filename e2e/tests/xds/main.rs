@@ -3,11 +3,13 @@
 //! a policy the proxy cannot enforce is NACKed (visible in the control plane's flight
 //! recorder) while the last good one stays in force, enforcement survives the control
 //! plane's death, readiness is 503 (everything denied) before the first policy, and
-//! header matches against a secret named over NPDS are checked against `--secrets-dir`.
+//! header matches against a secret named over NPDS are checked against `--secrets-dir`;
+//! a sidecar upgraded (hot restart) takes over only once it has its policy.
 
 // The sidecar's own test harness (an echo backend, curl), shared rather than copied.
 #[path = "../../../proxy/tests/common/mod.rs"]
 mod common;
+mod handover;
 mod mtls;
 mod npds;
 

@@ -3,7 +3,7 @@
 //! per-connection timeouts (header read, idle, stream idle, draining).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -61,6 +61,7 @@ pub(super) async fn serve_http<I>(
         watch: watch.clone(),
         http1: !is_h2,
         tunnel: Default::default(),
+        closing: AtomicBool::new(false),
     });
     let svc = HttpService::new(state.clone());
 
@@ -95,7 +96,14 @@ pub(super) async fn serve_http<I>(
                     }
                     _ = shutdown.wait_for(|s| *s), if !draining => {
                         draining = true;
-                        conn.as_mut().graceful_shutdown();
+                        if state.http1 && shared.lazy_close.load(Ordering::Relaxed) {
+                            // Its client will send again on this connection (a successor
+                            // has the listener): closing it now would race that request,
+                            // so the next response carries `Connection: close`.
+                            state.closing.store(true, Ordering::Relaxed);
+                        } else {
+                            conn.as_mut().graceful_shutdown();
+                        }
                     }
                     _ = head_check.tick(), if state.http1 => {
                         let late = watch.head_pending_for().is_some_and(|d| d > s.header_read_timeout);

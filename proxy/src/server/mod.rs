@@ -5,7 +5,7 @@
 //! holds what they share: the listener's settings and state, and each connection's.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -88,6 +88,9 @@ pub struct Shared {
     secrets: Arc<crate::secrets::SecretStore>,
     /// Pooled clients per (destination, originating TLS material).
     origin_upstreams: std::sync::Mutex<std::collections::HashMap<(SocketAddr, u64), Upstreams>>,
+    /// Draining after a handover: HTTP/1.1 connections close after their next response
+    /// rather than at once (see `Running::drain_after_handover`).
+    lazy_close: AtomicBool,
 }
 
 impl Shared {
@@ -127,7 +130,15 @@ impl Shared {
             capture_upstreams: Default::default(),
             secrets,
             origin_upstreams: Default::default(),
+            lazy_close: AtomicBool::new(false),
         })
+    }
+
+    /// From now on a drain closes each HTTP/1.1 connection after its next response
+    /// (`Connection: close`) instead of closing idle ones at once: the clients of listeners
+    /// handed to a successor keep sending on their connections until told to reconnect.
+    pub fn close_lazily(&self) {
+        self.lazy_close.store(true, Ordering::Relaxed);
     }
 }
 
@@ -148,6 +159,8 @@ pub(crate) struct ConnState {
     http1: bool,
     /// The upgrade tunnel, if one was opened: the connection (and its slot) lasts as long.
     tunnel: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// HTTP/1: the connection is draining lazily; the next response says `Connection: close`.
+    closing: AtomicBool,
 }
 
 /// A request in flight, on its connection (idle and stream timeouts) and in the process (the

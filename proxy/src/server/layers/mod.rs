@@ -264,10 +264,45 @@ impl HttpService {
 impl hyper::service::Service<Request<Incoming>> for HttpService {
     type Response = Response<ResponseBody>;
     type Error = Infallible;
-    type Future = Oneshot<Stack, Exchange>;
+    type Future = CloseAfter<Oneshot<Stack, Exchange>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let close = self.conn.closing.load(std::sync::atomic::Ordering::Relaxed);
         // The layers hold only settings, so a clone per request costs no allocation.
-        self.stack.clone().oneshot(Exchange::new(req, &self.conn))
+        CloseAfter {
+            inner: self.stack.clone().oneshot(Exchange::new(req, &self.conn)),
+            close,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response future; `close`: the connection is draining lazily (HTTP/1.1 after a
+    /// handover), so the response tells the client to reconnect, and hyper closes the
+    /// connection once it is sent.
+    pub(crate) struct CloseAfter<F> {
+        #[pin]
+        inner: F,
+        close: bool,
+    }
+}
+
+impl<F> std::future::Future for CloseAfter<F>
+where
+    F: std::future::Future<Output = Result<Response<ResponseBody>, Infallible>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut out = std::task::ready!(this.inner.poll(cx));
+        if let Ok(resp) = &mut out {
+            // Not on a 101: the connection is the tunnel's now.
+            if *this.close && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+                resp.headers_mut()
+                    .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+            }
+        }
+        Poll::Ready(out)
     }
 }
