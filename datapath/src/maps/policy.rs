@@ -151,8 +151,8 @@ impl Datapath {
                 None => strays.push(k),
             }
         }
-        // Entries no writer of this version makes would stay in force unseen: they go
-        // first (a miss denies, so this only narrows).
+        // Entries no writer of this version makes (a verdict or prefix it does not know)
+        // would stay in force unseen by the diff: they go first.
         for k in strays {
             m.remove(&k).map_err(map_err(POLICY))?;
         }
