@@ -7,7 +7,7 @@
  * which is all the proxy needs: nothing is recorded for it (the getsockopt
  * program answers SO_ORIGINAL_DST only for connects the pod steered).
  * No netfilter.
- * Left alone: non-TCP, loopback, connections to the proxy's own ports
+ * Capture leaves alone: non-TCP, loopback, connections to the proxy's own ports
  * (the capture ports and mb_proxy_port), connections from the pod to itself
  * (source address = destination address, which the kernel never accepts
  * from outside; this is also how the proxy's delivery to the app on the
@@ -168,8 +168,13 @@ int mb_sk_lookup(struct bpf_sk_lookup *ctx)
 	src.family = mb_addr_set(src.ip, ctx->family, ctx->remote_ip4, r6);
 	src.port = bpf_ntohs(ctx->remote_port);
 	verdict = mb_ingress_verdict(cfg, ctx->protocol, &dst, &src);
-	if (verdict == MB_SK_DROP || ctx->protocol != IPPROTO_TCP)
+	if (verdict == MB_SK_DROP)
 		return verdict;
+	/* Capture is TCP only. */
+	if (ctx->protocol != IPPROTO_TCP) {
+		mb_count(MB_PROG_SK_LOOKUP, MB_CNT_MISS, 0);
+		return verdict;
+	}
 	if (mb_outbound_from_outside(cfg, &dst, &src)) {
 		verdict = mb_refuse_outbound_port(cfg, &dst, &src);
 		return verdict;

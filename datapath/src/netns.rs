@@ -1,5 +1,5 @@
-//! Inbound capture per network namespace: the sk_lookup link pinned by the
-//! namespace's cookie.
+//! sk_lookup per network namespace (inbound capture and the ingress policy): the link
+//! pinned by the namespace's cookie.
 
 use super::*;
 use crate::loader::PROG_SK_LOOKUP;
@@ -10,8 +10,10 @@ impl Datapath {
     /// under `links/netns-cookie-<cookie>/`, by the namespace's cookie, which
     /// no other namespace ever has (an inode number is reused once the
     /// namespace is gone, and a pin by inode would make the next pod given
-    /// that number look attached). Idempotent. Effective while the settings
-    /// enable `capture_inbound`. Returns the cookie.
+    /// that number look attached). Idempotent. Captures while the settings
+    /// enable `capture_inbound`, and decides the pod's ingress policy while
+    /// they enable `policy_enforce` (either alone is a reason to attach).
+    /// Returns the cookie.
     pub fn attach_netns(&self, netns: &Path) -> Result<NetnsCookie> {
         let ino = fs::metadata(netns)
             .map_err(io_err(netns, "stat netns"))?

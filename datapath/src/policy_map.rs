@@ -91,6 +91,16 @@ pub enum PolicyMapError {
         /// What is wrong with it.
         problem: String,
     },
+    /// The policy needs more map entries than the map holds.
+    #[error("policy of {rules} rules needs {entries} map entries (port blocks); the map holds {capacity}")]
+    TooLarge {
+        /// Rules given.
+        rules: usize,
+        /// Entries they need.
+        entries: usize,
+        /// The map's size.
+        capacity: usize,
+    },
     /// Two rules of one (direction, protocol, identity) cover the same port.
     #[error("policy rules {first} ({first_rule}) and {second} ({second_rule}) overlap: one (direction, protocol, identity) has one verdict per port")]
     Overlap {

@@ -68,7 +68,19 @@ fn policy_syncs_as_diffs_and_reads_back() {
     let err = dp.sync_policy(&bad).unwrap_err();
     assert!(matches!(err, Error::Policy(_)), "{err}");
     assert!(err.to_string().contains("overlap"), "{err}");
-    assert_eq!(dp.policy_rules().unwrap(), sorted(second));
+    assert_eq!(dp.policy_rules().unwrap(), sorted(second.clone()));
+
+    // More port blocks than the map holds (600 identities x 30 blocks for 1-65534):
+    // refused before anything is written.
+    let huge: Vec<PolicyRule> = (1000..1600)
+        .map(|id| tcp(Egress, id, 1, 65534, Allow))
+        .collect();
+    let err = dp.sync_policy(&huge).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "policy of 600 rules needs 18000 map entries (port blocks); the map holds 16384"
+    );
+    assert_eq!(dp.policy_rules().unwrap(), sorted(second.clone()));
 
     let report = dp.sync_policy(&[]).unwrap();
     assert_eq!(report.removed, 18);

@@ -13,7 +13,7 @@ use crate::policy_map::{
     self,
     diff::{self, MapOp},
     ports::PortPrefix,
-    Direction, MapKey, MapVerdict, PolicyRule, SyncReport,
+    Direction, MapKey, MapVerdict, PolicyMapError, PolicyRule, SyncReport,
 };
 
 const POLICY: &str = "mb_policy";
@@ -102,6 +102,13 @@ fn ipcache_key(net: IpNet) -> Key<MbCidrData> {
     Key::new(32 + u32::from(net.prefix_len()), data)
 }
 
+/// The map's size. While a sync runs the map holds the old entries beside the new ones;
+/// when both do not fit, an insert fails part way, which leaves a state where every flow
+/// has its old verdict or its new one (each step of the plan does), and the error.
+fn capacity(data: &MapData, name: &'static str) -> Result<usize> {
+    Ok(data.info().map_err(map_err(name))?.max_entries() as usize)
+}
+
 /// Wait until every BPF program running now has returned: `membarrier(GLOBAL)` is an RCU
 /// grace period, and the programs run inside RCU read-side sections. Where the kernel
 /// refuses it (nohz_full CPUs) the phases follow each other without the wait; the window
@@ -139,7 +146,18 @@ impl Datapath {
     pub fn sync_policy(&self, rules: &[PolicyRule]) -> Result<SyncReport> {
         policy_map::validate(rules)?;
         let desired = policy_map::entries(rules);
-        let mut m = self.policy_trie()?;
+        let data = self.map(POLICY)?;
+        let capacity = capacity(&data, POLICY)?;
+        if desired.len() > capacity {
+            return Err(PolicyMapError::TooLarge {
+                rules: rules.len(),
+                entries: desired.len(),
+                capacity,
+            }
+            .into());
+        }
+        let mut m: LpmTrie<MapData, MbPolicyData, MbPolicyValue> =
+            LpmTrie::try_from(Map::LpmTrie(data)).map_err(map_err(POLICY))?;
         let mut current = BTreeMap::new();
         let mut strays = Vec::new();
         for kv in m.iter() {
@@ -151,8 +169,8 @@ impl Datapath {
                 None => strays.push(k),
             }
         }
-        // Entries no writer of this version makes would stay in force unseen: they go
-        // first (a miss denies, so this only narrows).
+        // Entries no writer of this version makes (a verdict or prefix it does not know)
+        // would stay in force unseen by the diff: they go first.
         for k in strays {
             m.remove(&k).map_err(map_err(POLICY))?;
         }
@@ -209,7 +227,16 @@ impl Datapath {
                 }
             }
         }
-        let mut m = self.ipcache_trie()?;
+        let data = self.map(IPCACHE)?;
+        let capacity = capacity(&data, IPCACHE)?;
+        if desired.len() > capacity {
+            return Err(Error::InvalidIpcache(format!(
+                "{} prefixes; the map holds {capacity}",
+                desired.len()
+            )));
+        }
+        let mut m: LpmTrie<MapData, MbCidrData, u32> =
+            LpmTrie::try_from(Map::LpmTrie(data)).map_err(map_err(IPCACHE))?;
         let current: BTreeMap<IpNet, u32> = self.ipcache()?.into_iter().collect();
         let (ops, report) = diff::plan_ipcache(&current, &desired);
         for op in ops {
