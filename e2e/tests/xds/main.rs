@@ -8,6 +8,7 @@
 // The sidecar's own test harness (an echo backend, curl), shared rather than copied.
 #[path = "../../../proxy/tests/common/mod.rs"]
 mod common;
+mod etcd_cluster;
 mod load;
 mod mtls;
 mod npds;
