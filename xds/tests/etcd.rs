@@ -480,3 +480,39 @@ async fn a_client_of_three_members_keeps_working_with_any_one_of_them_killed() {
         }
     }
 }
+
+/// A control plane that starts while etcd is down (a restart during an etcd outage)
+/// publishes nothing until it has listed etcd: a snapshot from the directory alone would
+/// hand every client that connects (sidecars and agents resyncing after the restart among
+/// them) a state without etcd's policies, and they would put it in force.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_control_plane_started_while_etcd_is_down_publishes_nothing_until_it_listed() {
+    let mut etcd = Etcd::start();
+    let mut c = etcd_client(&etcd).await;
+    store(&mut c, &starwars::l7(80, "/v1/request-landing")).await;
+    drop(c);
+    etcd.stop();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("pods.yaml"), pods(&[0, 1, 2])).unwrap();
+    let xds = xds_on(&etcd, dir.path(), &[]);
+    xds.wait_for_log(
+        "etcd not listed yet; publishing no snapshot until it is",
+        LIMIT,
+    );
+    xds.wait_for_log("source not read yet; publishing nothing until it is", LIMIT);
+    let s = debug_json(xds.debug(), "/debug/sourcez").await;
+    assert_eq!(s["snapshots"], serde_json::json!([]), "{s}");
+
+    etcd.restart();
+    eventually(
+        LIMIT,
+        "the etcd policy in NPDS once etcd is listed",
+        || async {
+            deathstar_policy(xds.debug())
+                .await
+                .contains("/v1/request-landing")
+                .then_some(())
+        },
+    )
+    .await;
+}
