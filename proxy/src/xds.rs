@@ -4,7 +4,7 @@
 //! [`PolicyHandle`], and ACKs it, or NACKs it with the translation error and keeps the last
 //! good policy. The streams reconnect together with exponential backoff and jitter; while
 //! the control plane is away the last good policy stays in force, and after a reconnect
-//! the new control plane's first NPDS and NPHDS go in force together ([`resync`] says
+//! the new control plane's first NPDS and NPHDS go in force together (`xds/resync.rs` says
 //! why). Translation itself is [`crate::policy::npds`]'s.
 //!
 //! Over `https://` the client speaks mTLS: it verifies the control plane's certificate
