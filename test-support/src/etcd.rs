@@ -17,6 +17,7 @@
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::process::ChildGuard;
@@ -91,13 +92,22 @@ impl Etcd {
         e
     }
 
-    /// Starts a cluster of `n` members (plaintext) and returns once every member serves
-    /// clients, which etcd does only once the cluster has a leader. Member `i` listens on
-    /// `127.X.Y.(i+1)`, X.Y from this process's pid.
+    /// Starts a cluster of `n` (at most 8) members (plaintext) and returns once every
+    /// member serves clients, which etcd does only once the cluster has a leader. Member
+    /// `i` listens on `127.X.Y.(B+i)`, X.Y from this process's pid, B from how many
+    /// clusters it started before.
     pub fn cluster(n: usize) -> Vec<Etcd> {
+        // Clusters of one process (tests sharing a binary under `cargo test`) take turns
+        // through the last octet.
+        static CLUSTERS: AtomicUsize = AtomicUsize::new(0);
         let pid = std::process::id();
         let net = format!("127.{}.{}", 100 + (pid >> 8) % 150, pid % 256);
-        let ips: Vec<String> = (1..=n).map(|i| format!("{net}.{i}")).collect();
+        let base = 1 + CLUSTERS.fetch_add(1, Ordering::Relaxed) * 8;
+        assert!(
+            n <= 8 && base + n < 255,
+            "too many etcd clusters in one process"
+        );
+        let ips: Vec<String> = (0..n).map(|i| format!("{net}.{}", base + i)).collect();
         let initial_cluster = ips
             .iter()
             .enumerate()
@@ -114,7 +124,7 @@ impl Etcd {
                     name: format!("m{i}"),
                     ip: ip.clone(),
                     initial_cluster: initial_cluster.clone(),
-                    token: format!("membrane-test-{pid}"),
+                    token: format!("membrane-test-{pid}-{base}"),
                 }),
                 dir: tempfile::tempdir().unwrap(),
                 tls: None,
