@@ -1,9 +1,11 @@
 //! The xDS client: subscribes to `membrane-xds` for this proxy's NPDS
-//! (`cilium.NetworkPolicy`) and NPHDS (`cilium.NetworkPolicyHosts`) over two gRPC streams,
-//! puts each accepted update in force atomically through [`PolicyHandle`], and ACKs it, or
-//! NACKs it with the translation error and keeps the last good policy. Streams reconnect
-//! with exponential backoff and jitter; while the control plane is away the last good
-//! policy stays in force. Translation itself is [`crate::policy::npds`]'s.
+//! (`cilium.NetworkPolicy`) and NPHDS (`cilium.NetworkPolicyHosts`) over two gRPC streams
+//! on one connection, puts each accepted update in force atomically through
+//! [`PolicyHandle`], and ACKs it, or NACKs it with the translation error and keeps the last
+//! good policy. The streams reconnect together with exponential backoff and jitter; while
+//! the control plane is away the last good policy stays in force, and after a reconnect
+//! the new control plane's first NPDS and NPHDS go in force together (`xds/resync.rs` says
+//! why). Translation itself is [`crate::policy::npds`]'s.
 //!
 //! Over `https://` the client speaks mTLS: it verifies the control plane's certificate
 //! against `--xds-ca` and presents the workload certificate (`--xds-cert/--xds-key`). The
@@ -13,27 +15,25 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
-use envoy_types::pb::google::rpc::Status;
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use membrane_api::proto::network_policy_discovery_service_client::NetworkPolicyDiscoveryServiceClient;
 use membrane_api::proto::network_policy_hosts_discovery_service_client::NetworkPolicyHostsDiscoveryServiceClient;
-use membrane_api::proto::{NetworkPolicy, NetworkPolicyHosts};
-use prost::Message;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::metrics::Metrics;
-use crate::policy::{npds, PolicyHandle};
+use crate::policy::PolicyHandle;
+
+mod resync;
+
+use resync::{Accepted, Session, Target};
 
 /// NPDS and NPHDS type URLs, defined with the protos.
 pub use membrane_api::type_url::{NETWORK_POLICY as NPDS_TYPE, NETWORK_POLICY_HOSTS as NPHDS_TYPE};
-
-/// gRPC status code INVALID_ARGUMENT, carried in a NACK's `error_detail`.
-const INVALID_ARGUMENT: i32 = 3;
 
 /// Errors starting the client.
 #[derive(Debug, thiserror::Error)]
@@ -108,19 +108,11 @@ pub fn pod_ip(node_id: &str) -> Result<IpAddr, XdsError> {
     }
 }
 
-/// The last accepted resources of each type, with their versions.
-#[derive(Default)]
-struct Accepted {
-    npds: Option<(String, Vec<NetworkPolicy>)>,
-    nphds: Option<(String, Vec<NetworkPolicyHosts>)>,
-}
-
 struct Shared {
     cfg: XdsConfig,
-    pod_ip: IpAddr,
+    target: Target,
     policy: PolicyHandle,
     metrics: Arc<Metrics>,
-    accepted: Mutex<Accepted>,
     /// Called once both types have been accepted for the first time.
     on_ready: Box<dyn Fn() + Send + Sync>,
 }
@@ -138,9 +130,16 @@ impl Kind {
             Kind::Nphds => NPHDS_TYPE,
         }
     }
+
+    fn other(self) -> Kind {
+        match self {
+            Kind::Npds => Kind::Nphds,
+            Kind::Nphds => Kind::Npds,
+        }
+    }
 }
 
-/// Starts both subscriptions on the current runtime; they run until `shutdown` turns true.
+/// Starts the subscription on the current runtime; it runs until `shutdown` turns true.
 /// `on_ready` runs after the first NPDS and NPHDS updates are in force.
 pub fn spawn(
     cfg: XdsConfig,
@@ -167,26 +166,25 @@ pub fn spawn(
         }
         _ => {}
     }
-    let shared = Arc::new(Shared {
-        cfg,
+    let target = Target {
         pod_ip,
+        address: cfg.address.clone(),
+        node_id: cfg.node_id.clone(),
+    };
+    let shared = Shared {
+        cfg,
+        target,
         policy,
         metrics,
-        accepted: Mutex::new(Accepted::default()),
         on_ready,
-    });
-    Ok([Kind::Npds, Kind::Nphds]
-        .into_iter()
-        .map(|k| {
-            let (s, mut stop) = (shared.clone(), shutdown.clone());
-            tokio::spawn(async move {
-                tokio::select! {
-                    _ = subscribe(s, k) => {}
-                    _ = stop.wait_for(|v| *v) => {}
-                }
-            })
-        })
-        .collect())
+    };
+    let mut stop = shutdown;
+    Ok(vec![tokio::spawn(async move {
+        tokio::select! {
+            _ = subscribe(shared) => {}
+            _ = stop.wait_for(|v| *v) => {}
+        }
+    })])
 }
 
 /// Delay before reconnect attempt `attempt` (0-based): exponential, capped, with jitter in
@@ -200,21 +198,19 @@ fn backoff(cfg: &XdsConfig, attempt: u32) -> Duration {
     half + half.mul_f64(fastrand::f64())
 }
 
-async fn subscribe(s: Arc<Shared>, kind: Kind) {
+async fn subscribe(s: Shared) {
+    let mut accepted = Accepted::default();
     let mut attempt = 0u32;
     loop {
-        match session(&s, kind).await {
+        match session(&s, &mut accepted).await {
             Ok(got_one) => {
                 if got_one {
                     attempt = 0;
                 }
-                tracing::warn!(
-                    type_url = kind.type_url(),
-                    "xDS stream closed; reconnecting"
-                );
+                tracing::warn!("xDS streams closed; reconnecting");
             }
             Err(e) => {
-                tracing::warn!(type_url = kind.type_url(), error = %e, "xDS stream failed; last good policy stays in force")
+                tracing::warn!(error = %e, "xDS streams failed; last good policy stays in force")
             }
         }
         let d = backoff(&s.cfg, attempt);
@@ -223,8 +219,12 @@ async fn subscribe(s: Arc<Shared>, kind: Kind) {
     }
 }
 
-/// One stream, from connect to its end. `Ok(true)` when at least one response arrived.
-async fn session(s: &Shared, kind: Kind) -> Result<bool, Box<dyn std::error::Error + Send + Sync>> {
+/// One session: a connection carrying both streams, from connect to the end of either.
+/// `Ok(true)` when at least one response arrived.
+async fn session(
+    s: &Shared,
+    accepted: &mut Accepted,
+) -> Result<bool, Box<dyn std::error::Error + Send + Sync>> {
     let mut endpoint = tonic::transport::Endpoint::from_shared(s.cfg.address.clone())?
         .connect_timeout(Duration::from_secs(2));
     // The files this connection is made with: read now, so a rotated pair is used by the
@@ -242,40 +242,33 @@ async fn session(s: &Shared, kind: Kind) -> Result<bool, Box<dyn std::error::Err
         }
         None => None,
     };
+    // Both streams on one connection: one control plane process answers both.
     let channel = endpoint.connect().await?;
-    let (tx, rx) = mpsc::channel(4);
-    let last_version = {
-        let a = s.accepted.lock().unwrap_or_else(|e| e.into_inner());
-        match kind {
-            Kind::Npds => a.npds.as_ref().map(|x| x.0.clone()),
-            Kind::Nphds => a.nphds.as_ref().map(|x| x.0.clone()),
-        }
-    };
-    tx.send(DiscoveryRequest {
-        node: Some(Node {
-            id: s.cfg.node_id.clone(),
+    let open = |kind: Kind| {
+        let (tx, rx) = mpsc::channel(4);
+        let first = DiscoveryRequest {
+            node: Some(Node {
+                id: s.cfg.node_id.clone(),
+                ..Default::default()
+            }),
+            version_info: accepted.version(kind).unwrap_or_default().to_owned(),
+            type_url: kind.type_url().into(),
             ..Default::default()
-        }),
-        version_info: last_version.unwrap_or_default(),
-        type_url: kind.type_url().into(),
-        ..Default::default()
-    })
-    .await?;
-    let requests = ReceiverStream::new(rx);
-    let mut stream = match kind {
-        Kind::Npds => {
-            NetworkPolicyDiscoveryServiceClient::new(channel)
-                .stream_network_policies(requests)
-                .await?
-        }
-        Kind::Nphds => {
-            NetworkPolicyHostsDiscoveryServiceClient::new(channel)
-                .stream_network_policy_hosts(requests)
-                .await?
-        }
-    }
-    .into_inner();
-    tracing::info!(type_url = kind.type_url(), address = %s.cfg.address, "xDS stream open");
+        };
+        tx.try_send(first).expect("a new channel has room");
+        (tx, ReceiverStream::new(rx))
+    };
+    let (npds_tx, npds_rx) = open(Kind::Npds);
+    let (nphds_tx, nphds_rx) = open(Kind::Nphds);
+    let mut npds_stream = NetworkPolicyDiscoveryServiceClient::new(channel.clone())
+        .stream_network_policies(npds_rx)
+        .await?
+        .into_inner();
+    let mut nphds_stream = NetworkPolicyHostsDiscoveryServiceClient::new(channel)
+        .stream_network_policy_hosts(nphds_rx)
+        .await?
+        .into_inner();
+    tracing::info!(address = %s.cfg.address, "xDS streams open");
     let mut got_one = false;
     let rotated = async {
         match &files {
@@ -291,119 +284,42 @@ async fn session(s: &Shared, kind: Kind) -> Result<bool, Box<dyn std::error::Err
         }
     };
     tokio::pin!(rotated);
+    let mut state = Session::default();
     loop {
-        tokio::select! {
-            msg = stream.message() => match msg? {
-                Some(resp) => {
-                    got_one = true;
-                    let reply = apply(s, kind, &resp);
-                    tx.send(reply).await?;
-                }
-                None => break,
-            },
+        let (kind, msg) = tokio::select! {
+            m = npds_stream.message() => (Kind::Npds, m?),
+            m = nphds_stream.message() => (Kind::Nphds, m?),
             _ = &mut rotated => {
-                tracing::info!(type_url = kind.type_url(), "xDS certificate files changed; reconnecting with them");
+                tracing::info!("xDS certificate files changed; reconnecting with them");
                 break;
+            }
+        };
+        let Some(resp) = msg else {
+            tracing::warn!(
+                type_url = kind.type_url(),
+                "xDS stream ended by the control plane"
+            );
+            break;
+        };
+        got_one = true;
+        let step = state.on_response(accepted, &s.target, kind, &resp);
+        if let Some(e) = step.enforce {
+            s.policy.store(e);
+        }
+        if step.rejected.is_some() {
+            s.metrics.policy_reload_failed();
+        }
+        if step.became_ready {
+            (s.on_ready)();
+        }
+        for (k, r) in step.replies {
+            match k {
+                Kind::Npds => npds_tx.send(r).await?,
+                Kind::Nphds => nphds_tx.send(r).await?,
             }
         }
     }
     Ok(got_one)
-}
-
-fn decode<M: Message + Default>(resp: &DiscoveryResponse, kind: Kind) -> Result<Vec<M>, String> {
-    resp.resources
-        .iter()
-        .enumerate()
-        .map(|(i, a)| {
-            if a.type_url != kind.type_url() {
-                return Err(format!(
-                    "resources[{i}]: type {:?}, expected {:?}",
-                    a.type_url,
-                    kind.type_url()
-                ));
-            }
-            M::decode(a.value.as_slice()).map_err(|e| format!("resources[{i}]: {e}"))
-        })
-        .collect()
-}
-
-/// Translates and, if valid, puts the update in force; returns the ACK or NACK to send.
-fn apply(s: &Shared, kind: Kind, resp: &DiscoveryResponse) -> DiscoveryRequest {
-    let mut a = s.accepted.lock().unwrap_or_else(|e| e.into_inner());
-    let was_ready = a.npds.is_some() && a.nphds.is_some();
-    let result: Result<(), String> = (|| {
-        let (policies, hosts) = match kind {
-            Kind::Npds => (
-                decode::<NetworkPolicy>(resp, kind)?,
-                a.nphds.as_ref().map(|x| x.1.clone()).unwrap_or_default(),
-            ),
-            Kind::Nphds => {
-                let hosts = decode::<NetworkPolicyHosts>(resp, kind)?;
-                npds::ipcache(&hosts).map_err(|e| e.to_string())?;
-                match &a.npds {
-                    Some((_, p)) => (p.clone(), hosts),
-                    None => {
-                        // Nothing to enforce yet: remember the hosts for the first policy.
-                        a.nphds = Some((resp.version_info.clone(), hosts));
-                        return Ok(());
-                    }
-                }
-            }
-        };
-        let versions = |k: Kind| match (k, &a) {
-            (Kind::Npds, a) => a.npds.as_ref().map(|x| x.0.clone()),
-            (Kind::Nphds, a) => a.nphds.as_ref().map(|x| x.0.clone()),
-        };
-        let (npds_v, nphds_v) = match kind {
-            Kind::Npds => (Some(resp.version_info.clone()), versions(Kind::Nphds)),
-            Kind::Nphds => (versions(Kind::Npds), Some(resp.version_info.clone())),
-        };
-        let summary = serde_json::json!({
-            "source": "xds",
-            "xds_address": s.cfg.address,
-            "node_id": s.cfg.node_id,
-            "npds_version": npds_v,
-            "nphds_version": nphds_v,
-        });
-        let e = npds::build(s.pod_ip, &policies, &hosts, summary).map_err(|e| e.to_string())?;
-        s.policy.store(e);
-        match kind {
-            Kind::Npds => a.npds = Some((resp.version_info.clone(), policies)),
-            Kind::Nphds => a.nphds = Some((resp.version_info.clone(), hosts)),
-        }
-        Ok(())
-    })();
-    let last_good = match kind {
-        Kind::Npds => a.npds.as_ref().map(|x| x.0.clone()),
-        Kind::Nphds => a.nphds.as_ref().map(|x| x.0.clone()),
-    };
-    let now_ready = a.npds.is_some() && a.nphds.is_some();
-    drop(a);
-    let error_detail = match result {
-        Ok(()) => {
-            tracing::info!(type_url = kind.type_url(), version = %resp.version_info, "xDS update in force (ACK)");
-            None
-        }
-        Err(message) => {
-            s.metrics.policy_reload_failed();
-            tracing::error!(type_url = kind.type_url(), version = %resp.version_info, error = %message, "xDS update rejected (NACK); last good policy stays in force");
-            Some(Status {
-                code: INVALID_ARGUMENT,
-                message,
-                details: vec![],
-            })
-        }
-    };
-    if now_ready && !was_ready {
-        (s.on_ready)();
-    }
-    DiscoveryRequest {
-        version_info: last_good.unwrap_or_default(),
-        response_nonce: resp.nonce.clone(),
-        type_url: kind.type_url().into(),
-        error_detail,
-        ..Default::default()
-    }
 }
 
 #[cfg(test)]

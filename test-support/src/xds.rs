@@ -4,15 +4,19 @@
 //!
 //! The binary's path comes from the caller (`env!("CARGO_BIN_EXE_membrane-xds")` in the
 //! xds crate's tests), since only the package that builds a binary is told where it is.
+//!
+//! A control plane can be killed (SIGKILL, as a crash or an OOM kill would) and started
+//! again with the same flags on the addresses it bound before ([`Xds::kill`],
+//! [`Xds::restart`]): clients hold its address, as they hold a Service's.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::poll::wait_until;
 use crate::process::ChildGuard;
@@ -34,9 +38,27 @@ pub const PLAINTEXT: [&str; 3] = ["--plaintext-xds", "--grpc-addr", "127.0.0.1:0
 /// source_dir` last, and returns once it printed its addresses. Its log (stderr) is passed
 /// on to the test's stderr and kept for [`Xds::wait_for_log`].
 pub fn spawn(mut cmd: Command, source_dir: &Path) -> Xds {
+    cmd.arg("--source-dir").arg(source_dir);
+    let program = cmd.get_program().to_owned();
+    let args: Vec<OsString> = cmd.get_args().map(OsStr::to_owned).collect();
+    let log = Arc::new(Mutex::new(String::new()));
+    let (proc, line, _) = launch(cmd, &log);
+    Xds {
+        proc,
+        line,
+        log,
+        program,
+        args,
+    }
+}
+
+/// Spawns `cmd` with its stderr passed on and kept in `log`; the first stdout line (empty
+/// when the process exits first) and the thread copying its stderr, which ends with it.
+fn launch(
+    mut cmd: Command,
+    log: &Arc<Mutex<String>>,
+) -> (ChildGuard, String, std::thread::JoinHandle<()>) {
     let mut child = cmd
-        .arg("--source-dir")
-        .arg(source_dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
@@ -45,10 +67,9 @@ pub fn spawn(mut cmd: Command, source_dir: &Path) -> Xds {
     let stdout = child.stdout.take().expect("stdout");
     let stderr = child.stderr.take().expect("stderr");
     let proc = ChildGuard(child);
-    let log = Arc::new(Mutex::new(String::new()));
     let kept = log.clone();
     // Ends when the process does (its stderr closes).
-    std::thread::spawn(move || {
+    let logger = std::thread::spawn(move || {
         for l in BufReader::new(stderr).lines().map_while(Result::ok) {
             eprintln!("{l}");
             let mut k = kept.lock().unwrap();
@@ -60,8 +81,11 @@ pub fn spawn(mut cmd: Command, source_dir: &Path) -> Xds {
     BufReader::new(stdout)
         .read_line(&mut line)
         .expect("read address line");
-    Xds { proc, line, log }
+    (proc, line, logger)
 }
+
+/// How often [`Xds::restart`] tries again when one of its ports was taken meanwhile.
+const RESTART_ATTEMPTS: u32 = 20;
 
 /// A running `membrane-xds`, killed (by pid) and reaped on drop.
 #[derive(Debug)]
@@ -71,6 +95,8 @@ pub struct Xds {
     /// The address line it printed.
     pub line: String,
     log: Arc<Mutex<String>>,
+    program: OsString,
+    args: Vec<OsString>,
 }
 
 impl Xds {
@@ -113,6 +139,58 @@ impl Xds {
         wait_until(limit, Duration::from_millis(20), needle, || {
             self.log.lock().unwrap().contains(needle).then_some(())
         })
+    }
+
+    /// Kills the process with SIGKILL (no shutdown: open streams break, leases are not
+    /// revoked) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.proc.0.kill();
+        let _ = self.proc.0.wait();
+    }
+
+    /// Kills the process if it still runs, then starts it again with the same flags, every
+    /// listener on the address the last run bound; returns once it listens. If another
+    /// process took one of those ports meanwhile, it retries for a bounded time, then
+    /// panics naming the port.
+    pub fn restart(&mut self) {
+        self.kill();
+        let mut args = self.args.clone();
+        for (flag, key) in [
+            ("--grpc-addr", "grpc"),
+            ("--debug-addr", "debug"),
+            ("--tls-addr", "tls"),
+            ("--webhook-addr", "webhook"),
+        ] {
+            let (Some(i), Some(bound)) = (args.iter().position(|a| a == flag), self.addr(key))
+            else {
+                continue;
+            };
+            if let Some(v) = args.get_mut(i + 1) {
+                *v = bound.to_string().into();
+            }
+        }
+        let start = Instant::now();
+        for attempt in 1.. {
+            let mut cmd = Command::new(&self.program);
+            cmd.args(&args);
+            let before = self.log.lock().unwrap().len();
+            let (proc, line, logger) = launch(cmd, &self.log);
+            if !line.is_empty() {
+                self.proc = proc;
+                self.line = line;
+                return;
+            }
+            let _ = logger.join();
+            let log = self.log.lock().unwrap()[before..].to_owned();
+            assert!(
+                log.contains("Address already in use")
+                    && attempt < RESTART_ATTEMPTS
+                    && start.elapsed() < Duration::from_secs(30),
+                "membrane-xds did not restart on {:?}: {log}",
+                self.line
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
     }
 
     /// The injection webhook's address, when it is enabled.

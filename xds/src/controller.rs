@@ -50,6 +50,8 @@ pub struct Controller {
     status: Arc<Mutex<Value>>,
     keys: BTreeSet<String>,
     first: bool,
+    /// A pass found a source that has not read its input yet (logged once).
+    waiting: bool,
     /// Cluster-wide identities (etcd); `None`: the translator allocates.
     identities: Option<Box<dyn ClusterIdentities>>,
     /// The last pass could not get every identity: try again next tick
@@ -77,6 +79,7 @@ impl Controller {
             status,
             keys: BTreeSet::new(),
             first: true,
+            waiting: false,
             identities: None,
             retry: false,
             unenforced_l7: Default::default(),
@@ -127,6 +130,19 @@ impl Controller {
             rejected.extend(r.rejected);
         }
         out.rejected = rejected.len();
+        if let Some(s) = self.sources.iter().find(|s| !s.synced()) {
+            // Nothing is published from a partial state; the source wakes the
+            // controller when it has read its input.
+            if !self.waiting {
+                info!(
+                    source = s.name(),
+                    "source not read yet; publishing nothing until it is"
+                );
+                self.waiting = true;
+            }
+            self.update_status(&[], &rejected);
+            return out;
+        }
         if !changed && !self.first && !self.retry {
             if !rejected.is_empty() {
                 self.update_status(&[], &rejected);

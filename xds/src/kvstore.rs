@@ -29,6 +29,7 @@ use thiserror::Error;
 /// The etcd client type [`connect`] returns.
 pub use etcd_client::Client as EtcdClient;
 
+mod failover;
 mod identity;
 mod objects;
 mod registry;
@@ -146,7 +147,8 @@ impl EtcdTls {
 
 /// Connects to `endpoints` (`http://host:port` or `host:port`) in
 /// plaintext. The channel is lazy: an unreachable etcd makes operations
-/// fail, not this call.
+/// fail, not this call. Requests go to one endpoint at a time and fail over
+/// to the next when it cannot serve them (`kvstore/failover.rs`).
 pub async fn connect(endpoints: &[String]) -> Result<Client, KvError> {
     connect_tls(endpoints, None).await
 }
@@ -174,7 +176,7 @@ pub async fn connect_tls(endpoints: &[String], tls: Option<&EtcdTls>) -> Result<
             }
         }
     }
-    Ok(Client::connect(urls, Some(opts)).await?)
+    Ok(Client::connect_with_balanced_channel(urls, Some(opts), failover::Builder).await?)
 }
 
 /// Runs `f` with a deadline.

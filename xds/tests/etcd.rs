@@ -435,3 +435,84 @@ async fn etcd_over_tls_with_a_client_certificate_is_a_source() {
     )
     .await;
 }
+
+/// One client given a three-member cluster's endpoints answers on the first try while any
+/// one member is dead (the leader included, whose death costs the cluster an election):
+/// requests move on to a member that can serve them, writes made meanwhile are kept, and
+/// a restarted member catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_of_three_members_keeps_working_with_any_one_of_them_killed() {
+    let mut members = Etcd::cluster(3);
+    let urls: Vec<String> = members.iter().map(Etcd::url).collect();
+    let mut c = kvstore::connect(&urls).await.unwrap();
+    let mut ids = IdentityStore::new(c.clone());
+    let mut known = BTreeMap::new();
+    for (down, member) in members.iter_mut().enumerate() {
+        member.stop();
+        for i in 0..10 {
+            let key = format!("{}test/{down}/{i}", kvstore::ROOT);
+            // Longer than etcd's own deadline for a proposal the dead leader took with it
+            // (about 7 s here), after which it answers UNAVAILABLE and the client moves on.
+            kvstore::within(Duration::from_secs(20), c.put(key.as_str(), "v", None))
+                .await
+                .unwrap_or_else(|e| panic!("put {key} with member {down} down: {e}"));
+            assert_eq!(kvstore::list(&mut c, &key).await.unwrap().len(), 1);
+        }
+        let labels = LabelSet::parse(&format!("k8s:app=down-{down}")).unwrap();
+        let id = ids
+            .allocate(&labels)
+            .await
+            .unwrap_or_else(|e| panic!("identity with member {down} down: {e}"));
+        known.insert(id, labels.to_string());
+        member.restart();
+        // Caught up: it answers a linearizable read of everything written without it.
+        let mut alone = kvstore::connect(&[member.url()]).await.unwrap();
+        let prefix = format!("{}test/{down}/", kvstore::ROOT);
+        eventually(LIMIT, "the restarted member to catch up", || {
+            let (mut a, p) = (alone.clone(), prefix.clone());
+            async move { (kvstore::list(&mut a, &p).await.ok()?.len() == 10).then_some(()) }
+        })
+        .await;
+        alone = kvstore::connect(&urls).await.unwrap();
+        let all = kvstore::list_identities(&mut alone).await.unwrap();
+        for (id, l) in &known {
+            assert_eq!(all.get(&id.0), Some(l), "{all:?}");
+        }
+    }
+}
+
+/// A control plane that starts while etcd is down (a restart during an etcd outage)
+/// publishes nothing until it has listed etcd: a snapshot from the directory alone would
+/// hand every client that connects (sidecars and agents resyncing after the restart among
+/// them) a state without etcd's policies, and they would put it in force.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_control_plane_started_while_etcd_is_down_publishes_nothing_until_it_listed() {
+    let mut etcd = Etcd::start();
+    let mut c = etcd_client(&etcd).await;
+    store(&mut c, &starwars::l7(80, "/v1/request-landing")).await;
+    drop(c);
+    etcd.stop();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("pods.yaml"), pods(&[0, 1, 2])).unwrap();
+    let xds = xds_on(&etcd, dir.path(), &[]);
+    xds.wait_for_log(
+        "etcd not listed yet; publishing no snapshot until it is",
+        LIMIT,
+    );
+    xds.wait_for_log("source not read yet; publishing nothing until it is", LIMIT);
+    let s = debug_json(xds.debug(), "/debug/sourcez").await;
+    assert_eq!(s["snapshots"], serde_json::json!([]), "{s}");
+
+    etcd.restart();
+    eventually(
+        LIMIT,
+        "the etcd policy in NPDS once etcd is listed",
+        || async {
+            deathstar_policy(xds.debug())
+                .await
+                .contains("/v1/request-landing")
+                .then_some(())
+        },
+    )
+    .await;
+}

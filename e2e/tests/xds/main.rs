@@ -9,9 +9,12 @@
 // The sidecar's own test harness (an echo backend, curl), shared rather than copied.
 #[path = "../../../proxy/tests/common/mod.rs"]
 mod common;
+mod etcd_cluster;
 mod handover;
+mod load;
 mod mtls;
 mod npds;
+mod restart;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;

@@ -137,7 +137,8 @@ impl EtcdSource {
     /// Starts the list-and-watch task on the current runtime; `wake` fires
     /// on every change. Waits up to `first_list` for the first listing, so
     /// the first snapshot already holds what etcd has (an unreachable etcd
-    /// only delays start-up by that much).
+    /// only delays start-up by that much; until it is listed the source is
+    /// not [`Source::synced`] and no snapshot is published).
     pub async fn start(
         client: Client,
         endpoints: Vec<String>,
@@ -159,7 +160,7 @@ impl EtcdSource {
         {
             warn!(
                 ?endpoints,
-                "etcd not listed yet; serving without its objects until it is"
+                "etcd not listed yet; publishing no snapshot until it is"
             );
         }
         EtcdSource {
@@ -328,6 +329,10 @@ impl Source for EtcdSource {
             s.extend(c.state.clone());
         }
         s
+    }
+
+    fn synced(&self) -> bool {
+        self.lock().lists > 0
     }
 
     fn status(&self) -> Value {

@@ -28,6 +28,13 @@ pub trait Source: Send + std::fmt::Debug {
     fn state(&self) -> ClusterState;
     /// What the source holds, and its current rejections, for `/debug/sourcez`.
     fn status(&self) -> Value;
+    /// Whether the source has read its input once. Until every source has, the
+    /// controller publishes nothing: a partial state (pods without the policies etcd
+    /// holds) would be put in force by every sidecar that connects, among them those
+    /// reconnecting to a restarted control plane with a good policy in force.
+    fn synced(&self) -> bool {
+        true
+    }
 }
 
 /// What a scan found.
