@@ -5,12 +5,12 @@
 use std::path::Path;
 use std::process::Command;
 
+/// The binary under test: this build's, or `MEMBRANE_DEMO_BIN` (an installed
+/// release, with membrane-proxy, membrane-xds and membrane-cni beside it).
 fn demo(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_membrane"))
-        .arg("demo")
-        .args(args)
-        .output()
-        .unwrap();
+    let bin = std::env::var_os("MEMBRANE_DEMO_BIN")
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_membrane").into());
+    let out = Command::new(bin).arg("demo").args(args).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
@@ -67,12 +67,59 @@ fn the_scenario_step_by_step_from_the_policy_engine() {
     );
 }
 
+/// The pids of the processes whose command line mentions `needle`.
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let pid = e.file_name().to_string_lossy().into_owned();
+        if !pid.chars().all(|c| c.is_ascii_digit()) {
+            continue;
+        }
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(needle) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// The milliseconds of a step-7 line "POD enforces it N ms after the edit (the request at M ms ...".
+fn enforced_after(step: &str, pod: &str) -> (u64, u64) {
+    let l = line(step, &format!("{pod} "));
+    let num = |after: &str| -> u64 {
+        l.split_once(after)
+            .unwrap_or_else(|| panic!("no {after:?} in {l:?}"))
+            .1
+            .trim_start()
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    (num("enforces it"), num("the request at"))
+}
+
 #[test]
 fn the_live_step_runs_a_mini_cluster_and_cleans_up() {
     let out = demo(&[]);
     let live = out.split("== 6. Live").nth(1).unwrap_or_else(|| {
-        panic!("the live step did not run (root, ip, curl, membrane-proxy):\n{out}")
+        panic!(
+            "the live step did not run (root, ip, curl, membrane-proxy, membrane-xds, membrane-cni):\n{out}"
+        )
     });
+    let (live, edit) = live
+        .split_once("== 7.")
+        .unwrap_or_else(|| panic!("no step 7 in:\n{out}"));
+    // The control plane serves the sidecars; every pod came up through membrane-cni ADD.
+    assert!(line(
+        live,
+        "membrane-xds on node-1 serving xDS at http://10.200.0.1:15010"
+    )
+    .contains("watching"));
+    for pod in ["deathstar-1", "deathstar-2", "tiefighter", "xwing"] {
+        assert!(line(live, &format!("pod {pod} ")).ends_with("membrane-cni ADD done"));
+    }
     // L7: the sidecar lands the tiefighter and refuses its PUT.
     assert!(line(live, "tiefighter POST /v1/request-landing").ends_with("200 Ship landed"));
     assert!(line(live, "tiefighter PUT /v1/exhaust-port").ends_with("403 Access denied"));
@@ -102,6 +149,19 @@ fn the_live_step_runs_a_mini_cluster_and_cleans_up() {
     assert_eq!((r1, r2, h1 + h2), (0, 0, 9), "{live}");
     assert!(live.contains(r#""type":"Denied""#) && live.contains(r#""status":403"#));
 
+    // Step 7: the edited policy reached both sidecars through the control
+    // plane, each after a request that still got the old verdict; the PUT
+    // now reaches the deathstar.
+    for pod in ["deathstar-1", "deathstar-2"] {
+        let (new, old) = enforced_after(edit, pod);
+        assert!(old <= new, "{edit}");
+        assert!(line(edit, &format!("{pod} "))
+            .ends_with("still got 403 Access denied; now 503 Panic: deathstar exploded)"));
+    }
+    assert!(
+        line(edit, "tiefighter PUT /v1/exhaust-port").ends_with("503 Panic: deathstar exploded")
+    );
+
     let tag: String = live
         .split_once("(membrane-demo-")
         .map(|(_, rest)| rest.chars().take_while(char::is_ascii_digit).collect())
@@ -118,4 +178,14 @@ fn the_live_step_runs_a_mini_cluster_and_cleans_up() {
     );
     let cg2 = membrane_datapath::cgroup2_mount().unwrap();
     assert!(!cg2.join(&tag).exists(), "cgroups left behind");
+    assert!(
+        !std::env::temp_dir().join(&tag).exists(),
+        "the source directory and the CNI records left behind"
+    );
+    // membrane-xds is gone too (a pod's processes went with its cgroup).
+    assert_eq!(
+        processes_mentioning(&tag),
+        Vec::<String>::new(),
+        "processes left behind"
+    );
 }

@@ -1,5 +1,6 @@
-//! Step 6's mini-cluster: its pods, what it made (to undo once), and the scenario it plays.
+//! Step 6's mini-cluster: its pods, what it made (to undo once), and how it is set up.
 
+use super::control::CniCall;
 use super::pods::is_root;
 use super::*;
 
@@ -11,15 +12,17 @@ pub(super) struct Pod {
     pub(super) identity: u32,
 }
 
-/// Step 6: a mini-cluster on this machine. Every pod is a network namespace
-/// on a bridge (in a namespace of its own, the "node") and a cgroup with
-/// the eBPF datapath attached: the ships' connects to the deathstar service
-/// go to a replica chosen per connection and are decided at L3/L4 on it
-/// (maps written from the policy engine's verdicts); each deathstar's
-/// inbound connections are handed by sk_lookup to its membrane-proxy
-/// sidecar, which enforces the L7 rules. Everything it starts
-/// is stopped, detached and removed when it is dropped (failures included)
-/// or when SIGINT/SIGTERM arrives first.
+/// Step 6: a mini-cluster on this machine. The "node" is a network namespace
+/// holding a bridge and the control plane (membrane-xds, fed by a source
+/// directory); every pod is a network namespace on that bridge and a cgroup
+/// with the eBPF datapath attached, wired in by `membrane-cni ADD`: the
+/// ships' connects to the deathstar service go to a replica chosen per
+/// connection and are decided at L3/L4 on it (maps written from the policy
+/// engine's verdicts); each deathstar's inbound connections are handed by
+/// sk_lookup to its membrane-proxy sidecar, which enforces the L7 rules it
+/// gets over xDS. Everything it starts is stopped, DEL'd, detached and
+/// removed when it is dropped (failures included) or when SIGINT/SIGTERM
+/// arrives first.
 pub(super) struct Cluster {
     pub(super) tag: String,
     pub(super) cgroups: PathBuf,
@@ -31,6 +34,8 @@ pub(super) struct Cluster {
 #[derive(Default)]
 pub(super) struct Teardown {
     pub(super) children: Vec<Child>,
+    /// Pods wired in by `membrane-cni ADD`, to DEL (before their datapath goes).
+    pub(super) cni: Vec<CniCall>,
     pub(super) attached: Vec<(Datapath, PathBuf)>,
     pub(super) netns: Vec<String>,
     pub(super) dirs: Vec<PathBuf>,
@@ -43,6 +48,9 @@ impl Teardown {
             let _ = c.wait();
         }
         self.children.clear();
+        for call in self.cni.drain(..).rev() {
+            let _ = call.run("DEL");
+        }
         for (dp, cg) in self.attached.drain(..) {
             for ns in &self.netns {
                 let _ = dp.detach_netns(&PathBuf::from("/run/netns").join(ns));
@@ -93,18 +101,34 @@ fn teardown_on_signal(state: Arc<Mutex<Teardown>>) -> Result<()> {
 
 pub(super) const NODE_BRIDGE: &str = "10.200.0.1/24";
 
+/// The binaries the live step runs, found beside this one (where `cargo build`
+/// and a release install leave them all).
+pub(super) struct Bins {
+    pub(super) proxy: PathBuf,
+    pub(super) xds: PathBuf,
+    pub(super) cni: PathBuf,
+}
+
 impl Cluster {
-    /// The sidecar binary, or why step 6 cannot run here.
-    pub(super) fn prerequisites() -> std::result::Result<PathBuf, String> {
-        let proxy = std::env::current_exe()
-            .map_err(|e| format!("cannot find this binary: {e}"))?
-            .with_file_name("membrane-proxy");
-        if !proxy.is_file() {
-            return Err(format!(
-                "the live step needs membrane-proxy beside this binary ({})",
-                proxy.display()
-            ));
-        }
+    /// The binaries the live step runs, or why it cannot run here.
+    pub(super) fn prerequisites() -> std::result::Result<Bins, String> {
+        let me = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
+        let beside = |name: &str| {
+            let p = me.with_file_name(name);
+            if p.is_file() {
+                Ok(p)
+            } else {
+                Err(format!(
+                    "the live step needs {name} beside this binary ({})",
+                    p.display()
+                ))
+            }
+        };
+        let bins = Bins {
+            proxy: beside("membrane-proxy")?,
+            xds: beside("membrane-xds")?,
+            cni: beside("membrane-cni")?,
+        };
         if !is_root() {
             return Err("the live step needs root (network namespaces, cgroups, eBPF)".into());
         }
@@ -122,14 +146,15 @@ impl Cluster {
         if membrane_datapath::cgroup2_mount().is_none() {
             return Err("the live step needs a cgroup v2 mount".into());
         }
-        Ok(proxy)
+        Ok(bins)
     }
 
-    pub(super) fn run(proxy: &Path) -> Result<()> {
+    pub(super) fn run(bins: &Bins) -> Result<()> {
         let tag = format!("membrane-demo-{}", std::process::id());
         step(&format!(
-            "6. Live: a mini-cluster ({tag}: a network namespace and a cgroup per pod, \
-             the eBPF datapath, two deathstar replicas with sidecars behind a service)"
+            "6. Live: a mini-cluster ({tag}: membrane-xds fed by a directory of Kubernetes \
+             YAML, a network namespace and a cgroup per pod wired in by membrane-cni, the \
+             eBPF datapath, two deathstar replicas with sidecars fed over xDS behind a service)"
         ));
         let cg2 = membrane_datapath::cgroup2_mount().context("no cgroup v2 mount")?;
         let state = Arc::new(Mutex::new(Teardown::default()));
@@ -142,7 +167,8 @@ impl Cluster {
         };
         let bpf = PathBuf::from("/sys/fs/bpf").join(&c.tag);
         membrane_datapath::ensure_bpffs(&bpf)?;
-        for d in [&c.dir, &c.cgroups, &bpf] {
+        let source = c.dir.join("source");
+        for d in [&c.dir, &source, &c.cgroups, &bpf] {
             std::fs::create_dir(d).with_context(|| format!("create {}", d.display()))?;
             c.undo().dirs.push(d.clone());
         }
@@ -172,30 +198,45 @@ impl Cluster {
             pod("tiefighter", TIEFIGHTER, "10.200.0.2")?,
             pod("xwing", XWING, "10.200.0.3")?,
         ];
+        let service: SocketAddr = SERVICE.parse()?;
+
+        // The control plane on the node, fed as a cluster's is: the objects
+        // `kubectl get -o yaml` would show, in a watched directory.
         c.node()?;
+        source::write_source(
+            &source,
+            &source::cluster_yaml(&deathstars, &ships, service)?,
+            L7.1,
+        )?;
+        let xds = c.start_xds(bins, &source)?;
+        println!(
+            "  membrane-xds on {} serving xDS at {xds}, watching {}:",
+            source::NODE,
+            source.display()
+        );
+        println!(
+            "    {}: Pods {}, Service deathstar {service}, its EndpointSlice, Node {}",
+            source::CLUSTER_FILE,
+            deathstars
+                .iter()
+                .chain(&ships)
+                .map(|p| p.name)
+                .collect::<Vec<_>>()
+                .join(", "),
+            source::NODE
+        );
+        println!("    {}: {}", source::POLICY_FILE, L7.0);
+
         for p in deathstars.iter().chain(&ships) {
             c.pod_network(p)?;
             let cg = c.cgroups.join(p.name);
             std::fs::create_dir(&cg).with_context(|| format!("create {}", cg.display()))?;
             c.undo().dirs.push(cg);
-            println!(
-                "  pod {:<11} {:<12} identity {} ({})",
-                p.name, p.ip, p.identity, p.labels
-            );
         }
         let backends: Vec<SocketAddr> = deathstars
             .iter()
             .map(|d| Ok(SocketAddr::new(d.ip.parse()?, 80)))
             .collect::<Result<_>>()?;
-        let service: SocketAddr = SERVICE.parse()?;
-        println!(
-            "  service deathstar {service} -> {}",
-            backends
-                .iter()
-                .map(|b| b.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
 
         // The ships: connects to the service go to a replica chosen per
         // connection, and are decided at L3/L4 on that replica by the map
@@ -208,6 +249,7 @@ impl Cluster {
             Ok((membrane_policy::Identity(p.identity), policy))
         };
         let (deathstar_id, deathstar_policy) = end(&deathstars[0])?;
+        let mut verdicts = Vec::new();
         for s in &ships {
             let (ship_id, ship_policy) = end(s)?;
             let entry = policy_map::tcp_entry(
@@ -221,7 +263,6 @@ impl Cluster {
                 },
                 80,
             );
-            let allow = entry.allow;
             let dp = c.attach(
                 s,
                 &DatapathSettings {
@@ -236,25 +277,13 @@ impl Cluster {
             }
             dp.set_policy_entry(&entry, 1)?;
             dp.set_service(service, &backends)?;
-            println!(
-                "  datapath of {:<11} connect to deathstar:80/TCP: {} (revision 1)",
-                s.name,
-                if allow { "ALLOW" } else { "DENY" }
-            );
+            verdicts.push(entry.allow);
         }
         // The deathstars: inbound connections to their ports go to the sidecar.
-        let policy = c.dir.join(L7.0);
-        std::fs::write(&policy, L7.1).with_context(|| format!("write {}", policy.display()))?;
-        let me = std::env::current_exe()?;
-        let me = me.to_str().context("this binary's path is not UTF-8")?;
-        let peers: Vec<String> = ships
-            .iter()
-            .map(|s| format!("{}/32={}", s.ip, s.labels))
-            .collect();
         for d in &deathstars {
             // The sidecar delivers to the pod's own address; its connect there is
             // neither captured again nor an egress flow (mb_pod_addr).
-            let dp = c.attach(
+            c.attach(
                 d,
                 &DatapathSettings {
                     capture_inbound: true,
@@ -262,99 +291,55 @@ impl Cluster {
                     ..DatapathSettings::default()
                 },
             )?;
-            dp.attach_netns(&PathBuf::from("/run/netns").join(c.ns(d.name)))?;
+        }
+        // Every pod as the container runtime brings it up: network, then the
+        // chained membrane-cni ADD.
+        for p in deathstars.iter().chain(&ships) {
+            c.cni_add(bins, p)?;
+            println!(
+                "  pod {:<11} {:<12} identity {} ({}), membrane-cni ADD done",
+                p.name, p.ip, p.identity, p.labels
+            );
+        }
+        println!(
+            "  service deathstar {service} -> {}",
+            backends
+                .iter()
+                .map(|b| b.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        for (s, allow) in ships.iter().zip(&verdicts) {
+            println!(
+                "  datapath of {:<11} connect to deathstar:80/TCP: {} (revision 1)",
+                s.name,
+                if *allow { "ALLOW" } else { "DENY" }
+            );
+        }
+        let me = std::env::current_exe()?;
+        let me = me.to_str().context("this binary's path is not UTF-8")?;
+        for d in &deathstars {
             c.spawn(
                 d.name,
                 &[me, "demo", "--serve-deathstar", "0.0.0.0:80"],
                 None,
             )?;
-            let log = c.dir.join(format!("{}.log", d.name));
-            let mut sidecar = vec![
-                proxy.to_str().context("proxy path is not UTF-8")?,
-                "standalone",
-                "--listen",
-                "127.0.0.1:8080",
-                "--upstream",
-                "127.0.0.1:80",
-                "--capture-inbound",
-                "0.0.0.0:15006",
-                "--policy",
-                policy.to_str().context("temp path is not UTF-8")?,
-                "--endpoint-labels",
-                DEATHSTAR,
-            ];
-            for p in &peers {
-                sidecar.extend(["--peer", p.as_str()]);
-            }
-            c.spawn(d.name, &sidecar, Some(&log))?;
+            c.start_sidecar(bins, d, &xds)?;
         }
+        // Ready means the sidecar has its first policy from the control plane.
         for d in &deathstars {
             c.wait_ready(d.name)?;
         }
+        println!(
+            "  sidecars of {} ready: policy and peer identities from membrane-xds",
+            deathstars
+                .iter()
+                .map(|d| d.name)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
 
-        println!();
-        let url = |path| format!("http://{service}{path}");
-        for (ship, method, path) in [
-            (&ships[0], "POST", "/v1/request-landing"),
-            (&ships[0], "PUT", "/v1/exhaust-port"),
-            (&ships[1], "POST", "/v1/request-landing"),
-        ] {
-            let label = format!("{} {method} {path}", ship.name);
-            println!(
-                "  {label:<40} {}",
-                c.request(ship.name, method, &url(path))?
-            );
-        }
-        for _ in 1..LANDINGS {
-            c.request(ships[0].name, "POST", &url("/v1/request-landing"))?;
-        }
-        // Which replica served each landing, from the sidecars' access logs
-        // (a response's log line may come a moment after the response).
-        let landed = |d: &Pod| {
-            std::fs::read_to_string(c.dir.join(format!("{}.log", d.name)))
-                .unwrap_or_default()
-                .lines()
-                .filter(|l| l.contains(r#""type":"Response""#) && l.contains(r#""status":200"#))
-                .count()
-        };
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while deathstars.iter().map(landed).sum::<usize>() < LANDINGS && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let per: Vec<String> = deathstars
-            .iter()
-            .map(|d| format!("{} {}", d.name, landed(d)))
-            .collect();
-        println!(
-            "  {LANDINGS} tiefighter landings through the service: {}",
-            per.join(", ")
-        );
-        println!();
-        for (dp, cg) in &c.undo().attached {
-            let name = cg.file_name().unwrap_or_default().to_string_lossy();
-            let connect = dp.counters_of("mb_connect4")?;
-            let lookup = dp.counters_of("mb_sk_lookup")?;
-            println!(
-                "  datapath of {name:<11} connects refused {}, inbound connections handed to the sidecar {}",
-                connect.refused, lookup.redirected
-            );
-        }
-        println!(
-            "\n  verdicts in the access logs of the deathstars' sidecars (first of each kind):"
-        );
-        let mut shown = Vec::new();
-        for d in &deathstars {
-            let text =
-                std::fs::read_to_string(c.dir.join(format!("{}.log", d.name))).unwrap_or_default();
-            for l in text.lines() {
-                for kind in [r#""type":"Response""#, r#""type":"Denied""#] {
-                    if l.contains(kind) && !shown.contains(&kind) {
-                        shown.push(kind);
-                        println!("    {l}");
-                    }
-                }
-            }
-        }
-        Ok(())
+        c.play(&deathstars, &ships, service)?;
+        c.edit_policy(&deathstars, &ships[0], &source)
     }
 }

@@ -2,12 +2,16 @@
 //!
 //! Steps 1-5 ask the policy engine about every request of the scenario (the
 //! policies are compiled into this binary, so the verb works from anywhere).
-//! Step 6 plays the L7 policy live on a mini-cluster of network namespaces
-//! and cgroups (see [`Cluster`]): two deathstar replicas behind a service
-//! address that each ship's datapath balances; the datapath refuses the
-//! xwing's connect, the deathstars' membrane-proxy sidecars (found next to
-//! this binary) land the tiefighter and answer its PUT with 403. It needs root, `ip`
-//! and `curl`, and says so and skips itself without them.
+//! Step 6 plays the L7 policy live on a mini-cluster run as a cluster runs
+//! it (see [`Cluster`]): membrane-xds on the node reading a directory of
+//! Kubernetes YAML (the pods, the deathstar service, the node, the policy),
+//! the pods brought up through `membrane-cni ADD`, two deathstar replicas
+//! behind a service address that each ship's datapath balances, and the
+//! deathstars' membrane-proxy sidecars fed over xDS under Istio node ids. The
+//! datapath refuses the xwing's connect, the sidecars land the tiefighter and
+//! answer its PUT with 403. Step 7 edits the policy file live and times its
+//! arrival at each sidecar. The binaries are found next to this one. It needs
+//! root, `ip` and `curl`, and says so and skips itself without them.
 //!
 //! Not yet the whole mini-cluster the design names: the datapath's maps
 //! (identities, L3/L4 decisions, the service) are written here from the
@@ -32,7 +36,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 mod cluster;
+mod control;
 mod pods;
+mod scenario;
+mod source;
 
 use cluster::Cluster;
 
@@ -115,7 +122,7 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
     }
     match Cluster::prerequisites() {
         Err(why) => step(&format!("6. (skipped: {why})")),
-        Ok(proxy) => Cluster::run(&proxy)?,
+        Ok(bins) => Cluster::run(&bins)?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,173 @@
+//! What the mini-cluster shows: the scenario's requests through the service
+//! (step 6) and a policy edited live in the control plane's source (step 7).
+
+use super::cluster::{Cluster, Pod};
+use super::*;
+
+impl Cluster {
+    /// Step 6's requests: each request and what it got, where the landings
+    /// landed, the datapaths' counters and the sidecars' verdicts.
+    pub(super) fn play(
+        &self,
+        deathstars: &[Pod],
+        ships: &[Pod],
+        service: SocketAddr,
+    ) -> Result<()> {
+        println!();
+        let url = |path| format!("http://{service}{path}");
+        for (ship, method, path) in [
+            (&ships[0], "POST", "/v1/request-landing"),
+            (&ships[0], "PUT", "/v1/exhaust-port"),
+            (&ships[1], "POST", "/v1/request-landing"),
+        ] {
+            let label = format!("{} {method} {path}", ship.name);
+            println!(
+                "  {label:<40} {}",
+                self.request(ship.name, method, &url(path))?
+            );
+        }
+        for _ in 1..LANDINGS {
+            self.request(ships[0].name, "POST", &url("/v1/request-landing"))?;
+        }
+        // Which replica served each landing, from the sidecars' access logs
+        // (a response's log line may come a moment after the response).
+        let landed = |d: &Pod| {
+            std::fs::read_to_string(self.dir.join(format!("{}.log", d.name)))
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains(r#""type":"Response""#) && l.contains(r#""status":200"#))
+                .count()
+        };
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while deathstars.iter().map(landed).sum::<usize>() < LANDINGS && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let per: Vec<String> = deathstars
+            .iter()
+            .map(|d| format!("{} {}", d.name, landed(d)))
+            .collect();
+        println!(
+            "  {LANDINGS} tiefighter landings through the service: {}",
+            per.join(", ")
+        );
+        println!();
+        for (dp, cg) in &self.undo().attached {
+            let name = cg.file_name().unwrap_or_default().to_string_lossy();
+            let connect = dp.counters_of("mb_connect4")?;
+            let lookup = dp.counters_of("mb_sk_lookup")?;
+            println!(
+            "  datapath of {name:<11} connects refused {}, inbound connections handed to the sidecar {}",
+            connect.refused, lookup.redirected
+        );
+        }
+        println!(
+            "\n  verdicts in the access logs of the deathstars' sidecars (first of each kind):"
+        );
+        let mut shown = Vec::new();
+        for d in deathstars {
+            let text = std::fs::read_to_string(self.dir.join(format!("{}.log", d.name)))
+                .unwrap_or_default();
+            for l in text.lines() {
+                for kind in [r#""type":"Response""#, r#""type":"Denied""#] {
+                    if l.contains(kind) && !shown.contains(&kind) {
+                        shown.push(kind);
+                        println!("    {l}");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Step 7: the policy edited live where the control plane reads it, the
+    /// time from the edit until each deathstar's sidecar enforces it (the
+    /// tiefighter's PUT, polled request by request, stops getting 403), and
+    /// the new verdict through the service.
+    pub(super) fn edit_policy(
+        &self,
+        deathstars: &[Pod],
+        tiefighter: &Pod,
+        source: &Path,
+    ) -> Result<()> {
+        step(&format!(
+            "7. A live policy edit: {} in membrane-xds's source now also allows PUT /v1/exhaust-port",
+            source::POLICY_FILE
+        ));
+        let put = |ip: &str| {
+            self.request(
+                tiefighter.name,
+                "PUT",
+                &format!("http://{ip}/v1/exhaust-port"),
+            )
+        };
+        let mut before = Vec::new();
+        for d in deathstars {
+            let got = put(d.ip)?;
+            if !got.starts_with("403") {
+                bail!(
+                    "{} answered the PUT with {got:?} before the edit, expected 403",
+                    d.name
+                );
+            }
+            before.push(got);
+        }
+        let edited = source::l7_allowing_exhaust_port()?;
+        source::replace_file(source, source::POLICY_FILE, &edited)?;
+        let edit = Instant::now();
+        println!(
+            "  rewrote {} (one rename, as kubectl apply changes an object)",
+            source.join(source::POLICY_FILE).display()
+        );
+        // Each replica polled on its own thread, so neither's requests delay
+        // the other's measurement; the time of the last request that still
+        // got the old verdict bounds the measurement from below.
+        let limit = Duration::from_secs(15);
+        let watch = |d: &Pod, before: &str| -> Result<(u128, u128, String)> {
+            let mut last_old = 0;
+            loop {
+                let got = put(d.ip)?;
+                let at = edit.elapsed();
+                if got != before {
+                    return Ok((last_old, at.as_millis(), got));
+                }
+                if at > limit {
+                    bail!(
+                        "{} still enforced the old policy {} s after the edit{}",
+                        d.name,
+                        limit.as_secs(),
+                        self.log_tails()
+                    );
+                }
+                last_old = at.as_millis();
+            }
+        };
+        let seen: Vec<Result<(u128, u128, String)>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = deathstars
+                .iter()
+                .zip(&before)
+                .map(|(d, b)| scope.spawn(move || watch(d, b)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("a poller panicked")))
+                })
+                .collect()
+        });
+        for ((d, before), seen) in deathstars.iter().zip(&before).zip(seen) {
+            let (last_old, new, got) = seen?;
+            println!(
+                "  {:<11} enforces it {new:>4} ms after the edit (the request at {last_old} ms still got {before}; now {got})",
+                d.name
+            );
+        }
+        let url = format!("http://{SERVICE}/v1/exhaust-port");
+        println!(
+            "  {:<40} {}",
+            format!("{} PUT /v1/exhaust-port", tiefighter.name),
+            self.request(tiefighter.name, "PUT", &url)?
+        );
+        Ok(())
+    }
+}
