@@ -6,6 +6,7 @@
 
 use super::cluster::Pod;
 use super::*;
+use membrane_xds::inject;
 use serde_json::{json, Value};
 
 /// The node every pod of the mini-cluster runs on (`spec.nodeName`, and the
@@ -33,20 +34,38 @@ fn k8s_labels(labels: &str) -> Value {
     Value::Object(map)
 }
 
-fn pod_object(p: &Pod, serves_http: bool) -> Value {
-    let ports = if serves_http {
-        json!([{"name": "http", "containerPort": 80, "protocol": "TCP"}])
-    } else {
-        json!([])
-    };
+/// A pod as the API server holds it. The deathstars (`injected`) serve HTTP on
+/// a port named `http` and carry what sidecar injection leaves on a pod (the
+/// sidecar container and Istio's status annotation), which is how the control
+/// plane knows their inbound connections go to a sidecar.
+fn pod_object(p: &Pod, injected: bool) -> Value {
+    let mut containers = vec![json!({"name": "app", "ports": []})];
+    let mut annotations = json!({});
+    if injected {
+        containers[0]["ports"] = json!([{"name": "http", "containerPort": 80, "protocol": "TCP"}]);
+        containers.push(json!({"name": inject::CONTAINER, "image": "membrane-proxy"}));
+        let status = json!({
+            "initContainers": null,
+            "containers": [inject::CONTAINER],
+            "volumes": null,
+            "imagePullSecrets": null,
+            "revision": "default",
+        });
+        annotations[inject::STATUS_ANNOTATION] = Value::String(status.to_string());
+    }
     json!({
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": p.name, "namespace": "default", "labels": k8s_labels(p.labels)},
+        "metadata": {
+            "name": p.name,
+            "namespace": "default",
+            "labels": k8s_labels(p.labels),
+            "annotations": annotations,
+        },
         "spec": {
             "nodeName": NODE,
             "serviceAccountName": "default",
-            "containers": [{"name": "app", "ports": ports}],
+            "containers": containers,
         },
         "status": {"podIP": p.ip, "podIPs": [{"ip": p.ip}]},
     })
@@ -189,6 +208,11 @@ mod tests {
         assert_eq!(docs[0]["metadata"]["labels"]["class"], "deathstar");
         assert_eq!(docs[1]["metadata"]["labels"]["org"], "alliance");
         assert_eq!(docs[1]["spec"]["nodeName"], NODE);
+        // Only the deathstars look injected.
+        assert!(docs[0]["metadata"]["annotations"][inject::STATUS_ANNOTATION].is_string());
+        assert!(docs[1]["metadata"]["annotations"]
+            .get(inject::STATUS_ANNOTATION)
+            .is_none());
         assert_eq!(docs[2]["spec"]["clusterIP"], "10.96.0.10");
         assert_eq!(docs[3]["endpoints"][0]["addresses"][0], "10.200.0.10");
     }
