@@ -17,6 +17,9 @@ pub enum BpfCommand {
     /// Services balanced at connect: frontends and their backends.
     #[command(subcommand)]
     Lb(LbCommand),
+    /// An endpoint's L3/L4 policy map, read back from the kernel by the node agent.
+    #[command(subcommand)]
+    Policy(crate::agent_cmd::PolicyMapCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -59,6 +62,7 @@ pub fn run(cmd: BpfCommand) -> Result<ExitCode> {
     match cmd {
         BpfCommand::Sockmap(SockmapCommand::List(a)) => sockmap_list(a),
         BpfCommand::Lb(LbCommand::List(a)) => lb_list(a),
+        BpfCommand::Policy(c) => crate::agent_cmd::policy_map(c),
     }
 }
 

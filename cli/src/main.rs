@@ -3,10 +3,12 @@
 //! Verbs: `policy validate` and `policy trace` (the policy engine, offline),
 //! `policy import|get|delete` and `etcd apply|delete|identities` (the
 //! cluster-wide store, etcd), `bpf sockmap list` (the node's pinned
-//! datapath), and `monitor` (the agents' event streams). It owns argument
+//! datapath), `monitor` (the agents' event streams), and `status`, `endpoint`,
+//! `identity`, `service` and `bpf policy get` (the node agent, over its socket). It owns argument
 //! parsing, file reading and output formatting; all policy semantics live in
 //! `membrane-policy`.
 
+mod agent_cmd;
 mod bpf_cmd;
 mod cert_cmd;
 mod demo_cmd;
@@ -43,6 +45,17 @@ enum Command {
     /// Stream datapath events (policy verdicts, drops, capture, splice
     /// traces) from one or more agents.
     Monitor(monitor_cmd::MonitorArgs),
+    /// The node agent: control plane connection, versions in force, endpoints.
+    Status(agent_cmd::AgentArgs),
+    /// The node's endpoints, as the node agent enforces them.
+    #[command(subcommand)]
+    Endpoint(agent_cmd::EndpointCommand),
+    /// Security identities of addresses and prefixes (the node's ipcache).
+    #[command(subcommand)]
+    Identity(agent_cmd::IdentityCommand),
+    /// Services the node agent balances at connect.
+    #[command(subcommand)]
+    Service(agent_cmd::ServiceCommand),
     /// The embedded default: Cilium's Star Wars scenario, step by step, with
     /// the L7 step enforced live by membrane-proxy (as root).
     Demo(demo_cmd::DemoArgs),
@@ -57,6 +70,10 @@ fn main() -> ExitCode {
         Command::Monitor(args) => monitor_cmd::run(args),
         Command::Etcd(cmd) => etcd_cmd::run(cmd),
         Command::Demo(args) => demo_cmd::run(args),
+        Command::Status(a) => agent_cmd::status(a),
+        Command::Endpoint(c) => agent_cmd::endpoint(c),
+        Command::Identity(c) => agent_cmd::identity(c),
+        Command::Service(c) => agent_cmd::service(c),
     };
     match result {
         Ok(code) => code,

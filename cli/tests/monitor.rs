@@ -3,6 +3,7 @@
 //! only, as CI runs). Two agents stand in for two nodes. Everything (agents, monitors,
 //! cgroups, pins, namespaces, sockets) is removed on drop, also when a test fails.
 
+use membrane_datapath::policy_map::{Direction, MapVerdict, PolicyRule};
 use membrane_datapath::{cgroup2_mount, ensure_bpffs, Datapath};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -15,7 +16,18 @@ static SEQ: AtomicU32 = AtomicU32::new(0);
 const POD: u32 = 4242;
 const SERVER: u32 = 5151;
 
-/// `membrane-agent`, a binary of another package (membrane-datapath), so Cargo gives this
+/// The pod's egress rule for TCP connects to SERVER on `port`.
+fn egress(port: u16, verdict: MapVerdict) -> PolicyRule {
+    PolicyRule {
+        direction: Direction::Egress,
+        remote_identity: SERVER,
+        proto: 6,
+        ports: (port, port),
+        verdict,
+    }
+}
+
+/// `membrane-agent`, a binary of another package (membrane-agent), so Cargo gives this
 /// test no `CARGO_BIN_EXE_` for it: a workspace build (`make test`'s `cargo build
 /// --workspace --bins`, or any `cargo test`/`nextest run --workspace`, which builds the
 /// datapath's binaries for its own tests) puts it next to `membrane`. Building it from
@@ -117,10 +129,13 @@ impl Node {
             "the agent's socket",
         );
         let dp = Datapath::open(&self.bpffs).unwrap();
-        dp.set_identity("127.0.0.1".parse().unwrap(), SERVER)
+        dp.sync_ipcache(&[("127.0.0.1/32".parse().unwrap(), SERVER)])
             .unwrap();
-        dp.set_policy(POD, SERVER, 9001, true, 0).unwrap();
-        dp.set_policy(POD, SERVER, 9002, false, 0).unwrap();
+        dp.sync_policy(&[
+            egress(9001, MapVerdict::Allow),
+            egress(9002, MapVerdict::Deny),
+        ])
+        .unwrap();
     }
 
     /// SIGKILL the agents started so far (its socket file stays behind, stale).
@@ -307,9 +322,9 @@ fn allowed_captured_connect_shows_verdict_and_capture_with_the_original_destinat
     }
     node.start_agent_with("node-a", &["--capture", "--proxy-uid", "4294967294"]);
     let dp = Datapath::open(&node.bpffs).unwrap();
-    dp.set_identity("10.77.0.1".parse().unwrap(), SERVER)
+    dp.sync_ipcache(&[("10.77.0.1/32".parse().unwrap(), SERVER)])
         .unwrap();
-    dp.set_policy(POD, SERVER, 8080, true, 0).unwrap();
+    dp.sync_policy(&[egress(8080, MapVerdict::Allow)]).unwrap();
     let sock = node.socket();
     let sock = sock.to_str().unwrap();
     let verdicts = monitor(&[

@@ -14,10 +14,10 @@
  * First, a connect to a service's address is rewritten to one of its
  * backends (lib/service.h); a service without a backend is refused.
  *
- * Then, with policy enforcement on, the L3/L4 decision for
- * (pod identity, destination identity, destination port) is made on the
- * destination the connect goes to (the chosen backend for a service); a
- * TCP connect without a current ALLOW
+ * Then, with policy enforcement on, the endpoint's egress policy decides
+ * (protocol, destination identity, destination port) on the destination the
+ * connect goes to (the chosen backend for a service): a TCP, UDP or SCTP
+ * connect its verdict does not allow (DENY, or no entry)
  * is refused (connect() fails with EPERM) and counted as refused. This
  * holds for the proxy's own connects too, with one exception: the proxy's
  * connect to one of the pod's own addresses (mb_pod_addr) delivers an
@@ -101,19 +101,26 @@ static __always_inline void mb_remember(struct bpf_sock_addr *ctx, struct mb_add
 	mb_event_emit(&e);
 }
 
-/* The L3/L4 verdict for a connect to `dst` (counted when refused, reported). */
+/* 1 for the protocols the policy map decides (TCP, UDP, SCTP). */
+static __always_inline int mb_policy_proto(__u32 proto)
+{
+	return proto == IPPROTO_TCP || proto == IPPROTO_UDP || proto == IPPROTO_SCTP;
+}
+
+/* The endpoint's egress verdict for a connect to `dst` (counted when refused, reported). */
 static __always_inline int mb_connect_verdict(struct bpf_sock_addr *ctx, __u32 prog,
 					      const struct mb_config *cfg,
 					      const struct mb_addr_port *dst)
 {
 	struct mb_event e = {};
-	__u32 dst_id = 0;
+	__u32 proto = ctx->protocol;
+	__u32 dst_id;
 	__u8 verdict;
 
-	/* The policy map holds TCP decisions only. */
-	if (ctx->type != SOCK_STREAM || !cfg || !(cfg->flags & MB_CFG_POLICY_ENFORCE))
+	if (!cfg || !(cfg->flags & MB_CFG_POLICY_ENFORCE) || !mb_policy_proto(proto))
 		return MB_CONNECT_PROCEED;
-	verdict = mb_policy_connect_verdict(cfg, dst, &dst_id);
+	dst_id = mb_identity_of(dst->ip, dst->family);
+	verdict = mb_policy_lookup(MB_DIR_EGRESS, (__u8)proto, dst_id, dst->port);
 
 	e.type = MB_EVT_POLICY_VERDICT;
 	e.prog = prog;
@@ -124,7 +131,7 @@ static __always_inline int mb_connect_verdict(struct bpf_sock_addr *ctx, __u32 p
 	e.revision = cfg->policy_revision;
 	mb_ip_copy(e.dst_ip, dst->ip);
 	e.dst_port = dst->port;
-	if (verdict == MB_VERDICT_ALLOW) {
+	if (mb_verdict_allows(verdict)) {
 		e.verdict = MB_VERDICT_ALLOW;
 		e.reason = MB_RSN_POLICY_ALLOW;
 		mb_event_emit(&e);

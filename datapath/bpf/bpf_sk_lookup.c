@@ -18,6 +18,15 @@
  * Dropped: a connection from outside the pod to the outbound capture port,
  * which only the pod's own steered connects may reach (counted as refused
  * and reported as a verdict with reason proxy-port).
+ *
+ * Ingress policy, with MB_CFG_POLICY_ENFORCE: before any capture, a TCP
+ * connection (or UDP datagram) from outside the pod is looked up in the
+ * endpoint's policy map as (INGRESS, protocol, identity of the remote
+ * address, local port); one it does not allow is dropped (SK_DROP: TCP
+ * answers the SYN with a reset), counted as refused and reported. Not
+ * decided: loopback, and connections from the pod's own addresses
+ * (mb_pod_addr, or source = destination): the sidecar delivering to the
+ * app. So the program is also attached for policy alone, without capture.
  */
 #include "lib/common.h"
 #include "lib/counters.h"
@@ -74,6 +83,60 @@ static __always_inline int mb_refuse_outbound_port(const struct mb_config *cfg,
 	return MB_SK_DROP;
 }
 
+/* 1 when the connection comes from the pod itself (not an ingress flow). */
+static __always_inline int mb_from_inside(const struct mb_addr_port *dst,
+					  const struct mb_addr_port *src)
+{
+	return mb_addr_is_loopback(src->ip, src->family) || mb_addr_eq(dst->ip, src->ip) ||
+	       mb_is_pod_addr(src->ip, src->family);
+}
+
+/*
+ * The endpoint's ingress verdict for this connection: MB_SK_PASS to go on
+ * (capture decides next), MB_SK_DROP when the policy does not allow it.
+ * TCP verdicts are reported once per connection; UDP ones, made per
+ * datagram, only when dropped.
+ */
+static __always_inline int mb_ingress_verdict(const struct mb_config *cfg, __u32 proto,
+					      const struct mb_addr_port *dst,
+					      const struct mb_addr_port *src)
+{
+	struct mb_event e = {};
+	__u32 src_id;
+	__u8 verdict;
+	int allowed;
+
+	if (!(cfg->flags & MB_CFG_POLICY_ENFORCE) || mb_from_inside(dst, src))
+		return MB_SK_PASS;
+	src_id = mb_identity_of(src->ip, src->family);
+	verdict = mb_policy_lookup(MB_DIR_INGRESS, (__u8)proto, src_id, dst->port);
+	allowed = mb_verdict_allows(verdict);
+	if (!allowed)
+		mb_count(MB_PROG_SK_LOOKUP, MB_CNT_REFUSED, 0);
+	if (allowed && proto != IPPROTO_TCP)
+		return MB_SK_PASS;
+
+	e.type = MB_EVT_POLICY_VERDICT;
+	e.prog = MB_PROG_SK_LOOKUP;
+	e.family = dst->family;
+	e.src_identity = src_id;
+	e.dst_identity = cfg->pod_identity;
+	e.revision = cfg->policy_revision;
+	mb_ip_copy(e.src_ip, src->ip);
+	e.src_port = src->port;
+	mb_ip_copy(e.dst_ip, dst->ip);
+	e.dst_port = dst->port;
+	if (allowed) {
+		e.verdict = MB_VERDICT_ALLOW;
+		e.reason = MB_RSN_POLICY_ALLOW;
+	} else {
+		e.verdict = MB_VERDICT_DENY;
+		e.reason = verdict == MB_VERDICT_DENY ? MB_RSN_POLICY_DENY : MB_RSN_NO_DECISION;
+	}
+	mb_event_emit(&e);
+	return allowed ? MB_SK_PASS : MB_SK_DROP;
+}
+
 SEC("sk_lookup")
 int mb_sk_lookup(struct bpf_sk_lookup *ctx)
 {
@@ -83,11 +146,12 @@ int mb_sk_lookup(struct bpf_sk_lookup *ctx)
 	struct mb_event e = {};
 	__u32 l6[4], r6[4];
 	__u32 key;
-	/* Capture only picks a socket; the one drop is mb_refuse_outbound_port. */
+	/* Capture only picks a socket; drops are the ingress policy's and
+	 * mb_refuse_outbound_port's. */
 	int verdict = MB_SK_PASS;
 	long err;
 
-	if (!cfg || ctx->protocol != IPPROTO_TCP) {
+	if (!cfg || (ctx->protocol != IPPROTO_TCP && ctx->protocol != IPPROTO_UDP)) {
 		mb_count(MB_PROG_SK_LOOKUP, MB_CNT_MISS, 0);
 		return verdict;
 	}
@@ -103,6 +167,9 @@ int mb_sk_lookup(struct bpf_sk_lookup *ctx)
 	dst.port = (__u16)ctx->local_port;
 	src.family = mb_addr_set(src.ip, ctx->family, ctx->remote_ip4, r6);
 	src.port = bpf_ntohs(ctx->remote_port);
+	verdict = mb_ingress_verdict(cfg, ctx->protocol, &dst, &src);
+	if (verdict == MB_SK_DROP || ctx->protocol != IPPROTO_TCP)
+		return verdict;
 	if (mb_outbound_from_outside(cfg, &dst, &src)) {
 		verdict = mb_refuse_outbound_port(cfg, &dst, &src);
 		return verdict;

@@ -46,6 +46,17 @@ pub const UID_NONE: u32 = u32::MAX;
 pub const VERDICT_ALLOW: u8 = 1;
 /// `MB_VERDICT_DENY`.
 pub const VERDICT_DENY: u8 = 2;
+/// `MB_VERDICT_REDIRECT`: allowed at L3/L4, the sidecar decides L7.
+pub const VERDICT_REDIRECT: u8 = 3;
+/// `MB_DIR_INGRESS`.
+pub const DIR_INGRESS: u8 = 0;
+/// `MB_DIR_EGRESS`.
+pub const DIR_EGRESS: u8 = 1;
+/// `MB_POLICY_PREFIX_STATIC`: the `mb_policy` key bits always matched in
+/// full (identity, direction, protocol); the port's prefix bits follow.
+pub const POLICY_PREFIX_STATIC: u32 = 48;
+/// `MB_ID_WORLD`: the identity of an address the ipcache does not know.
+pub const ID_WORLD: u32 = 2;
 
 /// `MB_EVENT_VERSION`: the record layout this build reads.
 pub const EVENT_VERSION: u8 = 1;
@@ -187,7 +198,8 @@ pub struct MbCounters {
     pub fallbacks: u64,
     /// Nothing to do: peer not found, not local, unknown socket.
     pub misses: u64,
-    /// Connects refused with EPERM by the L3/L4 policy (connect4/6 only).
+    /// Connects refused with EPERM by the egress policy (connect4/6), connections
+    /// dropped by the ingress policy or for the outbound port (sk_lookup).
     pub refused: u64,
 }
 const _: () = assert!(size_of::<MbCounters>() == 40);
@@ -198,7 +210,7 @@ const _: () = assert!(size_of::<MbCounters>() == 40);
 pub struct MbConfig {
     /// `CFG_*` flags.
     pub flags: u32,
-    /// Current policy revision.
+    /// Revision of the policy `mb_policy` holds (reported in events, never checked).
     pub policy_revision: u32,
     /// The proxy's uid, or `UID_NONE`.
     pub proxy_uid: u32,
@@ -256,35 +268,50 @@ pub struct MbBackendKey {
 }
 const _: () = assert!(size_of::<MbBackendKey>() == 8);
 
-/// `struct mb_policy_key`.
+/// `struct mb_policy_key`: an LPM-trie key of an endpoint's policy map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct MbPolicyKey {
-    /// Connecting side's identity; 0 = any.
-    pub src_identity: u32,
-    /// Accepting side's identity.
-    pub dst_identity: u32,
-    /// Accepting side's port, host order; 0 = any.
-    pub dport: u16,
-    /// IP protocol (6 = TCP).
+    /// `POLICY_PREFIX_STATIC` + the port's prefix bits (0..=16).
+    pub prefixlen: u32,
+    /// The remote's identity; 0 = any.
+    pub identity: u32,
+    /// `DIR_INGRESS` or `DIR_EGRESS`.
+    pub direction: u8,
+    /// IP protocol number.
     pub proto: u8,
-    /// Explicit padding, zero.
-    pub pad: u8,
+    /// The accepting side's port, network order.
+    pub dport: u16,
 }
 const _: () = assert!(size_of::<MbPolicyKey>() == 12);
+
+/// The matched part of [`MbPolicyKey`] (everything after `prefixlen`), as
+/// aya's `lpm_trie::Key<K>` wants it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct MbPolicyData {
+    /// The remote's identity; 0 = any.
+    pub identity: u32,
+    /// `DIR_INGRESS` or `DIR_EGRESS`.
+    pub direction: u8,
+    /// IP protocol number.
+    pub proto: u8,
+    /// The accepting side's port, network order.
+    pub dport: u16,
+}
+const _: () =
+    assert!(size_of::<aya::maps::lpm_trie::Key<MbPolicyData>>() == size_of::<MbPolicyKey>());
 
 /// `struct mb_policy_value`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MbPolicyValue {
-    /// Revision the verdict was computed at.
-    pub revision: u32,
-    /// `VERDICT_ALLOW` or `VERDICT_DENY`.
+    /// `VERDICT_ALLOW`, `VERDICT_DENY` or `VERDICT_REDIRECT`.
     pub verdict: u8,
     /// Explicit padding, zero.
     pub pad: [u8; 3],
 }
-const _: () = assert!(size_of::<MbPolicyValue>() == 8);
+const _: () = assert!(size_of::<MbPolicyValue>() == 4);
 
 /// `struct mb_ip_key`.
 #[repr(C)]
@@ -375,6 +402,8 @@ unsafe impl aya::Pod for MbBackendKey {}
 unsafe impl aya::Pod for MbPolicyKey {}
 // SAFETY: as above.
 unsafe impl aya::Pod for MbPolicyValue {}
+// SAFETY: as above.
+unsafe impl aya::Pod for MbPolicyData {}
 // SAFETY: as above.
 unsafe impl aya::Pod for MbIpKey {}
 // SAFETY: as above.

@@ -1,9 +1,12 @@
 //! The agent's unix-socket API (`/var/run/membrane/agent.sock`).
 //!
-//! Protocol: the client sends one JSON line, `{"request":"status"}` or
-//! `{"request":"monitor"}`. `status` gets one JSON object back and the
-//! connection is closed. `monitor` gets newline-delimited JSON
-//! [`Event`](crate::events::Event)s until either side closes.
+//! Protocol: the client sends one JSON line, `{"request":"status"}`,
+//! `{"request":"monitor"}` or one of the node daemon's requests ([`Request`]:
+//! membrane-cni's `register`/`unregister`, the CLI's endpoint, identity,
+//! service and policy queries). Every request but `monitor` gets one JSON
+//! object back and the connection is closed. `monitor` gets newline-delimited
+//! JSON [`Event`](crate::events::Event)s until either side closes. The socket
+//! is the node's root-only door (mode 0600): registrations come only from it.
 //!
 //! Fan-out never blocks the ring-buffer reader: each subscriber has a
 //! bounded queue drained by its own writer thread; when the queue is full
@@ -100,9 +103,55 @@ pub enum Request {
     Status,
     /// The event stream.
     Monitor,
+    /// membrane-cni ADD: a pod on this node to enforce (node daemon only).
+    Register(Registration),
+    /// membrane-cni DEL: forget the pod that container's interface belongs to.
+    Unregister {
+        /// The runtime's container id (`CNI_CONTAINERID`).
+        container_id: String,
+        /// The pod's interface (`CNI_IFNAME`).
+        ifname: String,
+    },
+    /// The node's endpoints.
+    EndpointList,
+    /// One endpoint, `NAMESPACE/POD`.
+    EndpointGet {
+        /// `NAMESPACE/POD`.
+        endpoint: String,
+    },
+    /// The ipcache: prefix -> identity.
+    IdentityList,
+    /// The service frontends and their backends.
+    ServiceList,
+    /// One endpoint's policy map, read back from the kernel.
+    PolicyGet {
+        /// `NAMESPACE/POD`.
+        endpoint: String,
+    },
 }
 
-/// Bind the API socket at `path` with mode 0660. A socket file nobody
+/// A pod registered with the node daemon by membrane-cni ADD.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registration {
+    /// The pod's namespace (`K8S_POD_NAMESPACE`).
+    pub namespace: String,
+    /// The pod's name (`K8S_POD_NAME`).
+    pub pod: String,
+    /// The runtime's container id (`CNI_CONTAINERID`): DEL names the pod by it.
+    pub container_id: String,
+    /// The pod's interface (`CNI_IFNAME`).
+    pub ifname: String,
+    /// The pod's network namespace (`CNI_NETNS`).
+    pub netns: PathBuf,
+    /// The pod's cgroup v2 directory (absolute), from the runtime's `cgroupPath`.
+    pub cgroup: PathBuf,
+    /// The pod's addresses, from the previous plugin's result.
+    #[serde(default)]
+    pub ips: Vec<std::net::IpAddr>,
+}
+
+/// Bind the API socket at `path` with mode 0600 (root only: it takes pod
+/// registrations). A socket file nobody
 /// answers on (left by an agent that died) is replaced; a live one, or a
 /// file that is not a socket, is an error. The socket is bound under a
 /// temporary name and renamed into place, so it never exists at `path`
@@ -143,13 +192,36 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
     ));
     let _ = fs::remove_file(&tmp);
     let listener = UnixListener::bind(&tmp)?;
-    let placed = fs::set_permissions(&tmp, fs::Permissions::from_mode(0o660))
+    let placed = fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600))
         .and_then(|()| fs::rename(&tmp, path));
     if let Err(e) = placed {
         let _ = fs::remove_file(&tmp);
         return Err(e);
     }
     Ok(listener)
+}
+
+/// Sends one request to the agent at `socket` and reads its one-line JSON reply, each
+/// within `timeout`. A reply with an `error` field is returned as it is: the caller says
+/// what failed.
+pub fn request(socket: &Path, req: &Request, timeout: Duration) -> io::Result<serde_json::Value> {
+    let mut conn = UnixStream::connect(socket)?;
+    conn.set_read_timeout(Some(timeout))?;
+    conn.set_write_timeout(Some(timeout))?;
+    let line = serde_json::to_string(req).map_err(io::Error::other)?;
+    writeln!(conn, "{line}")?;
+    let mut reply = String::new();
+    io::BufRead::read_line(&mut io::BufReader::new(&conn), &mut reply)?;
+    serde_json::from_str(reply.trim()).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{}: reply {:?} is not JSON: {e}",
+                socket.display(),
+                reply.trim()
+            ),
+        )
+    })
 }
 
 struct Subscriber {
@@ -250,7 +322,8 @@ where
     )
 }
 
-/// [`serve`] within `limits`, counting refusals in `stats`.
+/// [`serve`] within `limits`, counting refusals in `stats`. Only `status`
+/// and `monitor` are served; the node daemon's requests get an error line.
 pub fn serve_with<F>(
     listener: UnixListener,
     hub: Arc<Hub>,
@@ -260,7 +333,26 @@ pub fn serve_with<F>(
 ) where
     F: Fn() -> serde_json::Value + Send + Sync + 'static,
 {
-    let status = Arc::new(status);
+    let handler = move |req: Request| match req {
+        Request::Status => status(),
+        other => serde_json::json!({
+            "error": format!("{other:?}: this agent serves one cgroup; run `membrane-agent run --node NAME --xds-address URL` for the node daemon's requests")
+        }),
+    };
+    serve_requests(listener, hub, handler, limits, stats)
+}
+
+/// [`serve_with`] with every request but `monitor` answered by `handler`.
+pub fn serve_requests<F>(
+    listener: UnixListener,
+    hub: Arc<Hub>,
+    handler: F,
+    limits: Limits,
+    stats: Arc<ServeStats>,
+) where
+    F: Fn(Request) -> serde_json::Value + Send + Sync + 'static,
+{
+    let status = Arc::new(handler);
     for conn in listener.incoming() {
         let Ok(mut conn) = conn else { continue };
         if stats.clients.load(Ordering::Relaxed) >= limits.max_clients {
@@ -337,7 +429,7 @@ fn read_request_line(
 fn handle(
     conn: UnixStream,
     hub: &Hub,
-    status: &dyn Fn() -> serde_json::Value,
+    handler: &dyn Fn(Request) -> serde_json::Value,
     limits: &Limits,
     stats: &ServeStats,
 ) -> io::Result<()> {
@@ -372,14 +464,13 @@ fn handle(
         Ok(r) => r,
         Err(e) => {
             let reply = serde_json::json!({
-                "error": format!("bad request {:?}: {e}; expected {{\"request\":\"status\"}} or {{\"request\":\"monitor\"}}", line.trim())
+                "error": format!("bad request {:?}: {e}; expected e.g. {{\"request\":\"status\"}} or {{\"request\":\"monitor\"}}", line.trim())
             });
             writeln!(out, "{reply}")?;
             return Ok(());
         }
     };
     match req {
-        Request::Status => writeln!(out, "{}", status()),
         Request::Monitor => {
             let rx = hub.subscribe();
             // A quiet node sends no event that would fail on a gone client,
@@ -409,6 +500,7 @@ fn handle(
                 }
             }
         }
+        other => writeln!(out, "{}", handler(other)),
     }
 }
 
@@ -448,6 +540,61 @@ mod tests {
     }
 
     #[test]
+    fn requests_are_one_json_object_tagged_by_request() {
+        let reg = Request::Register(Registration {
+            namespace: "default".into(),
+            pod: "web".into(),
+            container_id: "c1".into(),
+            ifname: "eth0".into(),
+            netns: "/run/netns/x".into(),
+            cgroup: "/sys/fs/cgroup/x".into(),
+            ips: vec!["10.0.0.1".parse().unwrap()],
+        });
+        let line = serde_json::to_string(&reg).unwrap();
+        assert!(
+            line.starts_with(r#"{"request":"register","namespace":"default""#),
+            "{line}"
+        );
+        assert_eq!(serde_json::from_str::<Request>(&line).unwrap(), reg);
+        let get: Request =
+            serde_json::from_str(r#"{"request":"policy-get","endpoint":"default/web"}"#).unwrap();
+        assert_eq!(
+            get,
+            Request::PolicyGet {
+                endpoint: "default/web".into()
+            }
+        );
+        assert!(serde_json::from_str::<Request>(r#"{"request":"register"}"#).is_err());
+    }
+
+    #[test]
+    fn a_single_cgroup_agent_refuses_the_daemons_requests_with_an_error_line() {
+        let dir = std::env::temp_dir().join(format!("membrane-api-req-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let path = dir.join("agent.sock");
+        let l = bind(&path).unwrap();
+        let hub = Arc::new(Hub::new("n1", 4));
+        let stats = Arc::new(ServeStats::default());
+        thread::spawn(move || {
+            serve_with(
+                l,
+                hub,
+                || serde_json::json!({"node": "n1"}),
+                Limits::default(),
+                stats,
+            )
+        });
+        let t = Duration::from_secs(5);
+        assert_eq!(request(&path, &Request::Status, t).unwrap()["node"], "n1");
+        let r = request(&path, &Request::EndpointList, t).unwrap();
+        assert!(
+            r["error"].as_str().unwrap().contains("--xds-address"),
+            "{r}"
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn overlong_lines_get_an_error_line() {
         let dir = std::env::temp_dir().join(format!("membrane-api-long-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
@@ -475,7 +622,7 @@ mod tests {
         let path = dir.join("agent.sock");
         let l = bind(&path).unwrap();
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o660);
+        assert_eq!(mode, 0o600);
         assert_eq!(
             bind(&path).unwrap_err().kind(),
             io::ErrorKind::AddrInUse,

@@ -18,8 +18,8 @@
 //! Rooms: `loader` (the embedded objects; load, pin, attach and detach), `bpffs` (the
 //! pin directory layout, bpffs and cgroup checks, teardown), `maps` (the policy, service
 //! and splice maps), `stats` (counters and the event ring), `settings`, `netns` (sk_lookup
-//! per network namespace) and [`policy_map`] (the policy engine's resolved policy as
-//! `mb_policy` entries). Each room holds one `impl Datapath` block.
+//! per network namespace) and [`policy_map`] (an endpoint's policy rules as `mb_policy`
+//! entries, and the order a change is applied in). Each room holds one `impl Datapath` block.
 
 pub mod abi;
 pub mod api;
@@ -35,6 +35,8 @@ mod stats;
 mod sys;
 
 pub use bpffs::{cgroup2_mount, ensure_bpffs};
+/// The prefix type of [`Datapath::sync_ipcache`], re-exported for callers without `ipnet`.
+pub use ipnet::IpNet;
 pub use loader::embedded_objects;
 pub use maps::splice::SockEntry;
 pub use netns::{netns_cookie, NetnsCookie};
@@ -63,8 +65,7 @@ use aya::{
 };
 
 use abi::{
-    MbAddrPort, MbBackendKey, MbCidrData, MbConfig, MbCounters, MbIpKey, MbPolicyKey,
-    MbPolicyValue, MbSockKey, MbSvcValue,
+    MbAddrPort, MbBackendKey, MbCidrData, MbConfig, MbCounters, MbIpKey, MbSockKey, MbSvcValue,
 };
 
 /// Default bpffs directory for pins.
@@ -116,6 +117,12 @@ pub enum Error {
     /// Settings the maps cannot take; nothing was written.
     #[error("invalid settings: {0}")]
     Invalid(String),
+    /// An ipcache the map cannot take; nothing was written.
+    #[error("invalid ipcache: {0}")]
+    InvalidIpcache(String),
+    /// A policy the policy map cannot take; nothing was written.
+    #[error(transparent)]
+    Policy(#[from] policy_map::PolicyMapError),
     /// A filesystem operation failed.
     #[error("{path}: {what}: {source}")]
     Io {

@@ -1,177 +1,421 @@
-//! From the policy engine's resolved policy to `mb_policy` entries.
+//! An endpoint's L3/L4 policy as its kernel policy map holds it, and the ipcache.
 //!
-//! The connect hooks and sockops decide a TCP connection at L3/L4 with one entry keyed by
-//! (source identity, destination identity, port); see `bpf/lib/policy.h`. An entry allows
-//! when both ends' policies do: the source's egress and the destination's ingress, each
-//! read off the engine's [`ResolvedPolicy`] with [`ConnPolicy::l4_verdict`], the verdict
-//! `membrane policy trace` gives without an HTTP request. What only the proxy can see stays
-//! the proxy's: a port whose rules restrict HTTP is allowed here and decided per request
-//! there, and so is one whose allow rules name TLS server names (the kernel sees no
-//! ClientHello).
+//! One datapath pin directory is one endpoint. Its `mb_policy` (see `bpf/lib/policy.h`) is
+//! an LPM trie keyed by (remote identity, direction, protocol, port prefix) → ALLOW, DENY
+//! or REDIRECT (allowed here, the sidecar decides L7). The control plane sends the policy
+//! as [`PolicyRule`]s (`membrane.agent.v1.PolicyEntry`): a port range each, never two
+//! overlapping ranges for one (direction, protocol, identity); a range is stored as the
+//! few aligned port blocks that cover it ([`ports`]). The kernel looks a flow (remote
+//! identity R, port P) up as the longest prefix for (R, P); if none, for (0 = any
+//! identity, P); if none, the flow is denied. `mb_identity`, the ipcache, maps address
+//! prefixes to identities (longest prefix; a miss is `reserved:world`, 2).
 //!
-//! Nothing here touches a map: [`Datapath::set_policy_entry`](crate::Datapath::set_policy_entry)
-//! writes an entry at a revision.
+//! ## Changing a policy without a wrong verdict
 //!
-//! [`ConnPolicy::l4_verdict`]: membrane_policy::ConnPolicy::l4_verdict
+//! [`Datapath::sync_policy`](crate::Datapath::sync_policy) validates the whole new policy
+//! (nothing is written when it is bad), reads the map, and applies only the difference,
+//! in four phases ([`diff::plan`]):
+//!
+//! 1. upserts of identity-specific entries (new keys, and keys whose verdict changes),
+//! 2. upserts of any-identity entries,
+//! 3. deletes of any-identity entries the new policy lacks,
+//! 4. deletes of identity-specific entries the new policy lacks.
+//!
+//! Why every lookup in between gives the old policy's verdict or the new one's, for every
+//! flow (R, P). Within one (direction, protocol, identity) the blocks of one policy never
+//! overlap, so each policy has at most one block covering P there; call them old(R) /
+//! new(R) and old(0) / new(0). During the sync the map holds, per key, the old verdict,
+//! the new one, or (phases 3 and 4 only) nothing, and a key present with the old verdict
+//! but not in the new policy is old-only.
+//! - A lookup that hits for R takes the longest present block covering P. If it is a new
+//!   key already written, it is new(R), and the new policy's verdict is its value. If it
+//!   holds an old value, it is old(R) (the only old block covering P): the old verdict.
+//! - A lookup that misses R and hits 0: through phases 1–3 every old R key is still
+//!   present, so old(R) does not exist; from phase 2 on every new R key is present, so
+//!   new(R) does not exist either. In phase 1 the 0 entries are the old ones: the old
+//!   verdict. In phases 2 and 3 both policies fall through to 0, and the 0 entries give
+//!   old(0) or new(0) by the argument above. In phase 4 the 0 entries are exactly the
+//!   new policy's, and a miss for R means new(R) does not exist: the new verdict.
+//! - A lookup that misses both: some phase where neither policy covers P, or the miss
+//!   falls in a state argued above: DENY, both policies' verdict.
+//!
+//! Any other order opens a window. Deleting an identity-specific DENY before the
+//! any-identity ALLOW under it is replaced lets the flow through while both policies deny
+//! it; writing an any-identity entry before the identity-specific ones of the new policy
+//! shows the new wildcard to a flow the new policy decides by identity.
+//!
+//! The kernel's two lookups are not one atomic step: a program that misses R just before
+//! phase 2 and looks 0 up just after would mix phases. So between phases 1 and 2 and
+//! between 3 and 4 the agent waits for every running BPF program to finish (an RCU grace
+//! period, forced by rewriting the `mb_sync_barrier` map-in-map slot, for which the kernel
+//! itself waits). A lookup pair then spans at most phases 2–3, where the R entries are
+//! fixed, or lies within one phase.
+//!
+//! The ipcache changes the same way ([`diff::plan_ipcache`]): upserts longest prefix first,
+//! then deletes shortest prefix first, so an address resolves to its old identity or its
+//! new one, never to a prefix in between.
+//!
+//! Nothing here touches a map; `maps/policy.rs` does.
 
-use crate::abi::{self, MbPolicyKey, MbPolicyValue};
+pub mod diff;
+pub mod ports;
+
+use std::collections::BTreeMap;
+
+use membrane_api::agent::proto;
 use membrane_policy::{Identity, Proto, ResolvedPolicy, Verdict};
+use serde::Serialize;
 
-/// One end of a connection as the policy engine resolved it.
-#[derive(Debug, Clone, Copy)]
-pub struct PolicyEnd<'a> {
-    /// The endpoint's security identity.
-    pub identity: Identity,
-    /// Its resolved policy.
-    pub policy: &'a ResolvedPolicy,
+use ports::PortPrefix;
+
+/// Errors of the policy-map encoding: input the map cannot take.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PolicyMapError {
+    /// A field of a control-plane entry holds a value out of its range.
+    #[error("policy entry: {field}: {value} {problem}")]
+    Field {
+        /// The entry's field.
+        field: &'static str,
+        /// The value found.
+        value: String,
+        /// What was expected.
+        problem: &'static str,
+    },
+    /// A rule of a policy is invalid on its own.
+    #[error("policy rule {index} ({rule}): {problem}")]
+    Rule {
+        /// The rule's position in the input.
+        index: usize,
+        /// The rule, as `direction proto/ports from identity`.
+        rule: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// Two rules of one (direction, protocol, identity) cover the same port.
+    #[error("policy rules {first} ({first_rule}) and {second} ({second_rule}) overlap: one (direction, protocol, identity) has one verdict per port")]
+    Overlap {
+        /// The earlier rule's position.
+        first: usize,
+        /// The earlier rule.
+        first_rule: String,
+        /// The later rule's position.
+        second: usize,
+        /// The later rule.
+        second_rule: String,
+    },
 }
 
-/// One `mb_policy` entry: the L3/L4 verdict for TCP connections from one identity to
-/// another on one port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct PolicyEntry {
-    /// The connecting endpoint's identity; 0 is any source.
-    pub src_identity: u32,
-    /// The destination's identity.
-    pub dst_identity: u32,
-    /// The destination port; 0 is any port.
-    pub dport: u16,
-    /// Allowed (else refused at connect time and never spliced).
-    pub allow: bool,
+/// Which way a connection goes, seen from the endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// Connections into the endpoint (decided in sk_lookup; sockops' passive side).
+    Ingress,
+    /// Connections the endpoint makes (decided at connect; sockops' active side).
+    Egress,
 }
 
-impl PolicyEntry {
-    /// The map key (`struct mb_policy_key`); the protocol is always TCP.
-    pub fn key(&self) -> MbPolicyKey {
-        MbPolicyKey {
-            src_identity: self.src_identity,
-            dst_identity: self.dst_identity,
-            dport: self.dport,
-            proto: 6,
-            pad: 0,
-        }
+/// What the map says about a flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MapVerdict {
+    /// Allowed.
+    Allow,
+    /// Denied (as is a flow no entry covers).
+    Deny,
+    /// Allowed at L3/L4; the port has L7 rules only the sidecar can decide.
+    Redirect,
+}
+
+/// One rule of an endpoint's policy: (direction, remote identity, protocol, port range) →
+/// verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub struct PolicyRule {
+    /// Which way.
+    pub direction: Direction,
+    /// The remote's security identity; 0 = any identity.
+    pub remote_identity: u32,
+    /// IANA protocol number: 6 (TCP), 17 (UDP) or 132 (SCTP).
+    pub proto: u8,
+    /// Inclusive port range; (1, 65535) = every port.
+    pub ports: (u16, u16),
+    /// The verdict.
+    pub verdict: MapVerdict,
+}
+
+impl std::fmt::Display for PolicyRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let dir = match self.direction {
+            Direction::Ingress => "ingress from",
+            Direction::Egress => "egress to",
+        };
+        let who = match self.remote_identity {
+            0 => "any identity".to_owned(),
+            id => format!("identity {id}"),
+        };
+        let (lo, hi) = self.ports;
+        let ports = if lo == hi {
+            lo.to_string()
+        } else {
+            format!("{lo}-{hi}")
+        };
+        write!(
+            f,
+            "{dir} {who} {}/{ports}: {:?}",
+            proto_name(self.proto),
+            self.verdict
+        )
     }
+}
 
-    /// The map value (`struct mb_policy_value`) for a decision computed at `revision`.
-    pub fn value(&self, revision: u32) -> MbPolicyValue {
-        MbPolicyValue {
-            revision,
-            verdict: if self.allow {
-                abi::VERDICT_ALLOW
-            } else {
-                abi::VERDICT_DENY
+fn proto_name(p: u8) -> String {
+    match p {
+        6 => "TCP".into(),
+        17 => "UDP".into(),
+        132 => "SCTP".into(),
+        other => format!("protocol {other}"),
+    }
+}
+
+/// The protocols the map decides.
+pub const PROTOCOLS: [u8; 3] = [6, 17, 132];
+
+/// What a sync changed, counted in map entries (port blocks), not rules.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct SyncReport {
+    /// Entries written that were not there.
+    pub added: usize,
+    /// Entries whose value changed.
+    pub changed: usize,
+    /// Entries deleted.
+    pub removed: usize,
+}
+
+impl TryFrom<&proto::PolicyEntry> for PolicyRule {
+    type Error = PolicyMapError;
+
+    /// Convert a control-plane entry; `end_port` 0 means the single port `port`.
+    fn try_from(e: &proto::PolicyEntry) -> Result<Self, Self::Error> {
+        let proto::PolicyEntry {
+            direction,
+            remote_identity,
+            protocol,
+            port,
+            end_port,
+            verdict,
+        } = *e;
+        let field = |field, value: &dyn std::fmt::Display, problem| PolicyMapError::Field {
+            field,
+            value: value.to_string(),
+            problem,
+        };
+        let direction = match proto::Direction::try_from(direction) {
+            Ok(proto::Direction::Ingress) => Direction::Ingress,
+            Ok(proto::Direction::Egress) => Direction::Egress,
+            Err(_) => {
+                return Err(field(
+                    "direction",
+                    &direction,
+                    "is not INGRESS (0) or EGRESS (1)",
+                ))
+            }
+        };
+        let verdict = match proto::Verdict::try_from(verdict) {
+            Ok(proto::Verdict::Allow) => MapVerdict::Allow,
+            Ok(proto::Verdict::Deny) => MapVerdict::Deny,
+            Ok(proto::Verdict::Redirect) => MapVerdict::Redirect,
+            Ok(proto::Verdict::Unspecified) | Err(_) => {
+                return Err(field(
+                    "verdict",
+                    &verdict,
+                    "is not ALLOW (1), DENY (2) or REDIRECT (3)",
+                ))
+            }
+        };
+        let proto = match u8::try_from(protocol) {
+            Ok(p) if PROTOCOLS.contains(&p) => p,
+            _ => {
+                return Err(field(
+                    "protocol",
+                    &protocol,
+                    "is not TCP (6), UDP (17) or SCTP (132)",
+                ))
+            }
+        };
+        let lo = match u16::try_from(port) {
+            Ok(p) if p >= 1 => p,
+            _ => return Err(field("port", &port, "is not a port (1..=65535)")),
+        };
+        let hi = match end_port {
+            0 => lo,
+            p => match u16::try_from(p) {
+                Ok(p) if p >= lo => p,
+                _ => {
+                    return Err(field(
+                        "end_port",
+                        &end_port,
+                        "is not a port from `port` to 65535",
+                    ))
+                }
             },
-            pad: [0; 3],
-        }
+        };
+        Ok(PolicyRule {
+            direction,
+            remote_identity,
+            proto,
+            ports: (lo, hi),
+            verdict,
+        })
     }
 }
 
-/// The entry for TCP connections from `src` to `dst` on `dport`.
-pub fn tcp_entry(src: PolicyEnd<'_>, dst: PolicyEnd<'_>, dport: u16) -> PolicyEntry {
-    let egress = src
-        .policy
-        .egress
-        .connection(dst.identity, Proto::Tcp, dport)
-        .l4_verdict();
-    let ingress = dst
-        .policy
-        .ingress
-        .connection(src.identity, Proto::Tcp, dport)
-        .l4_verdict();
-    PolicyEntry {
-        src_identity: src.identity.0,
-        dst_identity: dst.identity.0,
-        dport,
-        allow: egress == Verdict::Allowed && ingress == Verdict::Allowed,
+/// One key of the policy map: a port block of one (direction, protocol, identity).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MapKey {
+    /// Which way.
+    pub direction: Direction,
+    /// IANA protocol number.
+    pub proto: u8,
+    /// The remote's identity; 0 = any.
+    pub identity: u32,
+    /// The port block.
+    pub ports: PortPrefix,
+}
+
+/// One key space of the map: (direction, protocol, remote identity).
+type Space = (Direction, u8, u32);
+
+/// Check a whole policy: every rule's protocol known and range ordered, non-empty and
+/// without port 0; no two rules of one (direction, protocol, identity) overlapping.
+pub fn validate(rules: &[PolicyRule]) -> Result<(), PolicyMapError> {
+    let mut by_space: BTreeMap<Space, Vec<(u16, u16, usize)>> = BTreeMap::new();
+    for (index, r) in rules.iter().enumerate() {
+        let bad = |problem: String| PolicyMapError::Rule {
+            index,
+            rule: r.to_string(),
+            problem,
+        };
+        if !PROTOCOLS.contains(&r.proto) {
+            return Err(bad(format!(
+                "protocol {} is not TCP (6), UDP (17) or SCTP (132)",
+                r.proto
+            )));
+        }
+        let (lo, hi) = r.ports;
+        if lo == 0 {
+            return Err(bad(
+                "port 0 is never a connection's port; ranges start at 1".into(),
+            ));
+        }
+        if lo > hi {
+            return Err(bad(format!(
+                "port range {lo}-{hi} is empty (start after end)"
+            )));
+        }
+        by_space
+            .entry((r.direction, r.proto, r.remote_identity))
+            .or_default()
+            .push((lo, hi, index));
     }
+    for ranges in by_space.values_mut() {
+        ranges.sort();
+        for w in ranges.windows(2) {
+            let ((_, a_hi, a), (b_lo, _, b)) = (w[0], w[1]);
+            if b_lo <= a_hi {
+                let (first, second) = (a.min(b), a.max(b));
+                return Err(PolicyMapError::Overlap {
+                    first,
+                    first_rule: rules[first].to_string(),
+                    second,
+                    second_rule: rules[second].to_string(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The map entries of a validated policy.
+pub fn entries(rules: &[PolicyRule]) -> BTreeMap<MapKey, MapVerdict> {
+    let mut out = BTreeMap::new();
+    for r in rules {
+        for p in ports::range_to_prefixes(r.ports.0, r.ports.1) {
+            let key = MapKey {
+                direction: r.direction,
+                proto: r.proto,
+                identity: r.remote_identity,
+                ports: p,
+            };
+            out.insert(key, r.verdict);
+        }
+    }
+    out
+}
+
+/// Rules back from map entries: adjacent blocks of one (direction, protocol, identity) with
+/// the same verdict merge into one range (so two adjacent rules with one verdict read back
+/// as one, which decides every flow the same way). Sorted by direction, protocol, identity
+/// and port.
+pub fn rules_of(entries: &BTreeMap<MapKey, MapVerdict>) -> Vec<PolicyRule> {
+    let mut by_space: BTreeMap<Space, Vec<(PortPrefix, MapVerdict)>> = BTreeMap::new();
+    for (k, v) in entries {
+        by_space
+            .entry((k.direction, k.proto, k.identity))
+            .or_default()
+            .push((k.ports, *v));
+    }
+    let mut out = Vec::new();
+    for ((direction, proto, remote_identity), blocks) in by_space {
+        for (ports, verdict) in ports::merge_ranges(blocks) {
+            out.push(PolicyRule {
+                direction,
+                remote_identity,
+                proto,
+                ports,
+                verdict,
+            });
+        }
+    }
+    out
+}
+
+/// The rule for one flow of a resolved policy, read off the engine with
+/// [`ConnPolicy::l4_verdict`](membrane_policy::ConnPolicy::l4_verdict): a port whose rules
+/// restrict HTTP is a REDIRECT (the sidecar decides each request), another allowed one
+/// ALLOW, a denied one DENY. `None` for a protocol the map does not decide (only TCP, UDP
+/// and SCTP). For callers that program single flows from an engine they hold (the demo);
+/// the agent gets whole policies from the control plane.
+pub fn l4_rule(
+    policy: &ResolvedPolicy,
+    direction: Direction,
+    remote: Identity,
+    proto: Proto,
+    port: u16,
+) -> Option<PolicyRule> {
+    let proto_number = match proto {
+        Proto::Tcp => 6,
+        Proto::Udp => 17,
+        Proto::Sctp => 132,
+        _ => return None,
+    };
+    let side = match direction {
+        Direction::Ingress => &policy.ingress,
+        Direction::Egress => &policy.egress,
+    };
+    let conn = side.connection(remote, proto, port);
+    let verdict = match conn.l4_verdict() {
+        Verdict::Denied => MapVerdict::Deny,
+        Verdict::Allowed if conn.needs_http() => MapVerdict::Redirect,
+        Verdict::Allowed => MapVerdict::Allow,
+    };
+    Some(PolicyRule {
+        direction,
+        remote_identity: remote.0,
+        proto: proto_number,
+        ports: (port, port),
+        verdict,
+    })
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use membrane_policy::labels::LabelSet;
-    use membrane_policy::resolve::NamedPorts;
-    use membrane_policy::trace::pod_labels;
-    use membrane_policy::{parse_file, Endpoint, Engine};
-
-    const L3_L4: &str = include_str!("../../manifests/examples/starwars/sw_l3_l4_policy.yaml");
-    const L7: &str = include_str!("../../manifests/examples/starwars/sw_l3_l4_l7_policy.yaml");
-
-    /// An engine with the Star Wars pods and the policies of `yaml`.
-    fn starwars(yaml: &str) -> Engine {
-        let mut engine = Engine::default();
-        for o in parse_file("starwars.yaml", yaml).unwrap() {
-            engine.apply_policy(o.result.unwrap());
-        }
-        for (name, labels) in [
-            ("deathstar", "k8s:org=empire,k8s:class=deathstar"),
-            ("tiefighter", "k8s:org=empire,k8s:class=tiefighter"),
-            ("xwing", "k8s:org=alliance,k8s:class=xwing"),
-        ] {
-            let endpoint = Endpoint {
-                labels: pod_labels(LabelSet::parse(labels).unwrap()),
-                named_ports: NamedPorts::new(),
-            };
-            engine.upsert_endpoint(name, endpoint).unwrap();
-        }
-        engine
-    }
-
-    fn entry(engine: &Engine, src: &str, dst: &str, dport: u16) -> PolicyEntry {
-        let (src_policy, dst_policy) =
-            (engine.resolved(src).unwrap(), engine.resolved(dst).unwrap());
-        tcp_entry(
-            PolicyEnd {
-                identity: engine.identity_of(src).unwrap(),
-                policy: &src_policy,
-            },
-            PolicyEnd {
-                identity: engine.identity_of(dst).unwrap(),
-                policy: &dst_policy,
-            },
-            dport,
-        )
-    }
-
-    #[test]
-    fn the_l3_l4_policy_admits_only_the_empire_on_port_80() {
-        let e = starwars(L3_L4);
-        assert!(entry(&e, "tiefighter", "deathstar", 80).allow);
-        assert!(!entry(&e, "xwing", "deathstar", 80).allow);
-        assert!(!entry(&e, "tiefighter", "deathstar", 81).allow);
-        // No policy selects the ships: nothing restricts connections to them.
-        assert!(entry(&e, "deathstar", "xwing", 80).allow);
-    }
-
-    #[test]
-    fn l7_rules_are_left_to_the_proxy() {
-        let e = starwars(L7);
-        let t = entry(&e, "tiefighter", "deathstar", 80);
-        assert!(t.allow);
-        assert_eq!(t.src_identity, e.identity_of("tiefighter").unwrap().0);
-        assert_eq!(t.dst_identity, e.identity_of("deathstar").unwrap().0);
-        assert!(!entry(&e, "xwing", "deathstar", 80).allow);
-    }
-
-    #[test]
-    fn entries_encode_as_the_kernel_reads_them() {
-        let allow = PolicyEntry {
-            src_identity: 0,
-            dst_identity: 300,
-            dport: 80,
-            allow: true,
-        };
-        let k = allow.key();
-        assert_eq!(
-            (k.src_identity, k.dst_identity, k.dport, k.proto),
-            (0, 300, 80, 6)
-        );
-        let v = allow.value(7);
-        assert_eq!((v.revision, v.verdict), (7, abi::VERDICT_ALLOW));
-        let deny = PolicyEntry {
-            allow: false,
-            ..allow
-        };
-        assert_eq!(deny.value(7).verdict, abi::VERDICT_DENY);
-    }
-}
+mod tests;

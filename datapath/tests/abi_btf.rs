@@ -58,12 +58,9 @@ fn rust_layouts() -> BTreeMap<&'static str, Layout> {
         ("mb_backend_key", layout!(MbBackendKey, backend_set, slot)),
         (
             "mb_policy_key",
-            layout!(MbPolicyKey, src_identity, dst_identity, dport, proto, pad),
+            layout!(MbPolicyKey, prefixlen, identity, direction, proto, dport),
         ),
-        (
-            "mb_policy_value",
-            layout!(MbPolicyValue, revision, verdict, pad),
-        ),
+        ("mb_policy_value", layout!(MbPolicyValue, verdict, pad)),
         ("mb_ip_key", layout!(MbIpKey, ip, family, pad)),
         (
             "mb_flow_state",

@@ -19,7 +19,7 @@ use membrane_test_support::ChildGuard;
 
 fn agent(env: &Env, args: &[&str]) -> Output {
     let annotations = annotations_path(env);
-    Command::new(AGENT)
+    Command::new(&*AGENT)
         .arg("--bpffs")
         .arg(&env.bpffs)
         .args([
@@ -180,7 +180,7 @@ fn api_socket_refuses_overlong_lines_and_clients_past_the_cap() {
     // DatapathSettings as environment variables, so an older agent still starts.
     // Declared after the `Env` so it goes first and the cgroup can be removed.
     let _agent = ChildGuard(
-        Command::new(AGENT)
+        Command::new(&*AGENT)
             .arg("--bpffs")
             .arg(&env.bpffs)
             .arg("--socket")

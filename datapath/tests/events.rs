@@ -12,6 +12,7 @@ use std::{
 };
 
 use common::Env;
+use membrane_datapath::policy_map::{Direction, MapVerdict};
 use membrane_datapath::{events::Event, Capture, DatapathSettings, InboundPorts};
 
 const POD: u32 = 4242;
@@ -62,10 +63,13 @@ fn verdicts_and_outbound_capture_are_reported() {
         ..DatapathSettings::default()
     };
     let dp = env.attach(&settings);
-    dp.set_identity("10.77.0.1".parse().unwrap(), SERVER)
+    dp.sync_ipcache(&[("10.77.0.1/32".parse().unwrap(), SERVER)])
         .unwrap();
-    dp.set_policy(POD, SERVER, 8080, true, 3).unwrap();
-    dp.set_policy(POD, SERVER, 8081, false, 3).unwrap();
+    dp.sync_policy(&[
+        common::tcp(Direction::Egress, SERVER, 8080, 8080, MapVerdict::Allow),
+        common::tcp(Direction::Egress, SERVER, 8081, 8081, MapVerdict::Deny),
+    ])
+    .unwrap();
     let mut reader = dp.events().unwrap();
     env.server(&["capture-proxy", "--listen", "[::]:15001", "--mark", "1337"]);
 

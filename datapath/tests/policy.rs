@@ -1,12 +1,13 @@
 //! Privileged: L3/L4 policy at connect and establish time. With enforcement
-//! on, a connect from the pod without a current ALLOW for (pod identity,
-//! destination identity, port) fails with EPERM; an allowed one connects and
-//! is spliced; bumping the revision re-decides; a denied pair that reaches
-//! the pod from outside its cgroup is never spliced.
+//! on, a connect from the pod that its egress policy does not allow for
+//! (destination identity, port) fails with EPERM; an allowed one connects and
+//! is spliced (both sides' policies allow it); a new policy re-decides; a
+//! denied pair that reaches the pod from outside its cgroup is never spliced.
 
 mod common;
 
-use common::Env;
+use common::{tcp, Env};
+use membrane_datapath::policy_map::{Direction::*, MapVerdict::*};
 use membrane_datapath::DatapathSettings;
 
 const ID: u32 = 4242;
@@ -40,7 +41,7 @@ fn refused(dp: &membrane_datapath::Datapath, prog: &str) -> u64 {
 }
 
 #[test]
-fn denied_flow_is_refused_allowed_is_spliced_revision_bump_redecides() {
+fn denied_flow_is_refused_allowed_is_spliced_new_policy_redecides() {
     let mut env = Env::new();
     let mut settings = DatapathSettings {
         policy_enforce: true,
@@ -49,9 +50,16 @@ fn denied_flow_is_refused_allowed_is_spliced_revision_bump_redecides() {
         ..DatapathSettings::default()
     };
     let dp = env.attach(&settings);
-    dp.set_identity("127.0.0.1".parse().unwrap(), ID).unwrap();
-    dp.set_policy(ID, ID, 9001, true, 1).unwrap();
-    dp.set_policy(ID, ID, 9002, false, 1).unwrap();
+    dp.sync_ipcache(&[("127.0.0.1/32".parse().unwrap(), ID)])
+        .unwrap();
+    // The pod talks to itself: its egress decides the connect and the active
+    // side's splice, its ingress the passive side's.
+    dp.sync_policy(&[
+        tcp(Egress, ID, 9001, 9001, Allow),
+        tcp(Ingress, ID, 9001, 9001, Allow),
+        tcp(Egress, ID, 9002, 9002, Deny),
+    ])
+    .unwrap();
     env.server(&["echo", "--listen", "127.0.0.1:9001"]);
     env.server(&["echo", "--listen", "127.0.0.1:9002"]);
     env.server(&["echo", "--listen", "127.0.0.1:9003"]);
@@ -86,22 +94,27 @@ fn denied_flow_is_refused_allowed_is_spliced_revision_bump_redecides() {
     assert_eq!(probe(&env, "127.0.0.1:9002"), OK);
     assert_eq!(refused(&dp, "mb_connect4"), 2);
     settings.policy_enforce = true;
-
-    // Revision 2 without new decisions: the ALLOW at revision 1 is stale.
-    settings.policy_revision = 2;
     dp.set_settings(&settings).unwrap();
+
+    // An empty policy: nothing is allowed any more.
+    let report = dp.sync_policy(&[]).unwrap();
+    assert_eq!((report.added, report.removed), (0, 3), "{report:?}");
     assert_eq!(probe(&env, "127.0.0.1:9001"), REFUSED);
     assert_eq!(refused(&dp, "mb_connect4"), 3);
 
-    // Re-decided at revision 2: 9001 connects and is spliced again, and the
-    // formerly denied 9002, now allowed, connects.
-    dp.set_policy(ID, ID, 9001, true, 2).unwrap();
-    dp.set_policy(ID, ID, 9002, true, 2).unwrap();
+    // A new policy: 9001 connects and is spliced again, and the formerly
+    // denied 9002, now allowed (as part of a range), connects.
+    dp.sync_policy(&[
+        tcp(Egress, ID, 9001, 9002, Allow),
+        tcp(Ingress, ID, 9001, 9001, Allow),
+    ])
+    .unwrap();
     assert!(echo(&env, 9001) < 40);
     assert_eq!(probe(&env, "127.0.0.1:9002"), OK);
     assert_eq!(refused(&dp, "mb_connect4"), 3);
-    // A DENY at the current revision refuses an address that had an ALLOW.
-    dp.set_policy(ID, ID, 9001, false, 2).unwrap();
+    // A DENY refuses an address that had an ALLOW.
+    dp.sync_policy(&[tcp(Egress, ID, 9001, 9001, Deny)])
+        .unwrap();
     assert_eq!(probe(&env, "127.0.0.1:9001"), REFUSED);
     assert_eq!(refused(&dp, "mb_connect4"), 4);
 }
@@ -116,9 +129,13 @@ fn denied_ipv6_connect_is_refused() {
         ..DatapathSettings::default()
     };
     let dp = env.attach(&settings);
-    dp.set_identity("::1".parse().unwrap(), ID).unwrap();
-    dp.set_policy(ID, ID, 9011, true, 7).unwrap();
-    dp.set_policy(ID, ID, 9012, false, 7).unwrap();
+    dp.sync_ipcache(&[("::1/128".parse().unwrap(), ID)])
+        .unwrap();
+    dp.sync_policy(&[
+        tcp(Egress, ID, 9011, 9011, Allow),
+        tcp(Egress, ID, 9012, 9012, Deny),
+    ])
+    .unwrap();
     env.server(&["echo", "--listen", "[::1]:9011"]);
     env.server(&["echo", "--listen", "[::1]:9012"]);
 
@@ -140,9 +157,14 @@ fn denied_pair_from_outside_the_pod_is_not_spliced() {
         ..DatapathSettings::default()
     };
     let dp = env.attach(&settings);
-    dp.set_identity("127.0.0.1".parse().unwrap(), ID).unwrap();
-    dp.set_policy(ID, ID, 9021, true, 1).unwrap();
-    dp.set_policy(ID, ID, 9022, false, 1).unwrap();
+    dp.sync_ipcache(&[("127.0.0.1/32".parse().unwrap(), ID)])
+        .unwrap();
+    // The accepting side decides by its ingress policy.
+    dp.sync_policy(&[
+        tcp(Ingress, ID, 9021, 9021, Allow),
+        tcp(Ingress, ID, 9022, 9022, Deny),
+    ])
+    .unwrap();
     env.server(&["echo", "--listen", "127.0.0.1:9021"]);
     env.server(&["echo", "--listen", "127.0.0.1:9022"]);
 

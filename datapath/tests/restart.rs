@@ -11,7 +11,7 @@ use common::{Env, AGENT};
 use membrane_datapath::Datapath;
 
 fn agent(env: &Env, args: &[&str]) -> String {
-    let out = Command::new(AGENT)
+    let out = Command::new(&*AGENT)
         .arg("--bpffs")
         .arg(&env.bpffs)
         .args(args)

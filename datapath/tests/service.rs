@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 
 use common::Env;
+use membrane_datapath::policy_map::{Direction, MapVerdict};
 use membrane_datapath::DatapathSettings;
 
 const VIP: &str = "10.96.0.10:80";
@@ -128,11 +129,21 @@ fn the_policy_decides_on_the_chosen_backend() {
         policy_revision: 1,
         ..DatapathSettings::default()
     });
-    dp.set_identity("10.77.0.1".parse().unwrap(), 300).unwrap();
-    dp.set_identity("10.77.0.2".parse().unwrap(), 301).unwrap();
+    dp.sync_ipcache(&[
+        ("10.77.0.1/32".parse().unwrap(), 300),
+        ("10.77.0.2/32".parse().unwrap(), 301),
+    ])
+    .unwrap();
     // Only the first backend's identity is allowed; the service address
-    // itself has no identity and no decision at all.
-    dp.set_policy(POD, 300, 8080, true, 1).unwrap();
+    // itself has no identity (world) and no decision at all.
+    dp.sync_policy(&[common::tcp(
+        Direction::Egress,
+        300,
+        8080,
+        8080,
+        MapVerdict::Allow,
+    )])
+    .unwrap();
     dp.set_service(addr(VIP), &[addr(B1), addr(B2)]).unwrap();
 
     let seen = probes(&env, VIP, 40);
@@ -150,7 +161,7 @@ fn the_agent_sets_lists_and_deletes_services() {
     let env = Env::new();
     env.attach(&DatapathSettings::default());
     let agent = |args: &[&str]| {
-        let out = std::process::Command::new(common::AGENT)
+        let out = std::process::Command::new(&*common::AGENT)
             .arg("--bpffs")
             .arg(&env.bpffs)
             .arg("service")

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use membrane_datapath::policy_map::{Direction, MapVerdict, PolicyRule};
 use membrane_datapath::{Capture, Datapath, DatapathSettings, InboundPorts};
 use membrane_test_support::{sandbox, Cgroup, ChildGuard, Netns, PinDir};
 
@@ -135,7 +136,7 @@ impl Pod {
         run(&["chmod", "-R", "a+rX", p.dir.to_str().unwrap()]);
         let ip: std::net::IpAddr = p.ip.parse().unwrap();
         let dp = Datapath::attach(&p.bpffs, &p.cgroup, &settings(ip, false)).unwrap();
-        dp.set_identity(ip, 4242).unwrap();
+        dp.sync_ipcache(&[(ip.into(), 4242)]).unwrap();
         dp.attach_netns(&p.nets[0].path()).unwrap();
         p.dp = Some(dp);
         let dir = p.dir.to_str().unwrap().to_owned();
@@ -397,7 +398,17 @@ fn inbound_capture_delivers_to_the_pod_address_and_never_to_the_sidecar() {
 
     // With L3/L4 enforcement on and no decision for the pod's own connects, the
     // sidecar's delivery to the pod's address is neither refused nor captured again.
+    // Inbound connections are decided in the kernel too (sk_lookup): the pod's ingress
+    // policy sends every port to the sidecar.
     let ip = pod.ip.parse().unwrap();
+    let to_sidecar = PolicyRule {
+        direction: Direction::Ingress,
+        remote_identity: 0,
+        proto: 6,
+        ports: (1, 65535),
+        verdict: MapVerdict::Redirect,
+    };
+    pod.dp().sync_policy(&[to_sidecar]).unwrap();
     pod.dp().set_settings(&settings(ip, true)).unwrap();
     assert_eq!(
         pod.curl(".1", &[&at(8080, "/v1/x")]),

@@ -249,20 +249,31 @@ impl Cluster {
             Ok((membrane_policy::Identity(p.identity), policy))
         };
         let (deathstar_id, deathstar_policy) = end(&deathstars[0])?;
+        let ipcache: Vec<(IpNet, u32)> = deathstars
+            .iter()
+            .map(|d| Ok((IpNet::from(d.ip.parse::<std::net::IpAddr>()?), d.identity)))
+            .collect::<Result<_>>()?;
         let mut verdicts = Vec::new();
         for s in &ships {
             let (ship_id, ship_policy) = end(s)?;
-            let entry = policy_map::tcp_entry(
-                PolicyEnd {
-                    identity: ship_id,
-                    policy: &ship_policy,
+            let rule = |policy, direction, remote| {
+                policy_map::l4_rule(policy, direction, remote, Proto::Tcp, 80)
+                    .context("TCP is a protocol the policy map decides")
+            };
+            let egress = rule(&ship_policy, Direction::Egress, deathstar_id)?;
+            let ingress = rule(&deathstar_policy, Direction::Ingress, ship_id)?;
+            // Only the ships' datapaths enforce here, so the ship's egress rule carries
+            // both ends' verdicts: allowed when its egress and the deathstar's ingress
+            // both allow at L3/L4.
+            let allow = egress.verdict != MapVerdict::Deny && ingress.verdict != MapVerdict::Deny;
+            let entry = PolicyRule {
+                verdict: if allow {
+                    MapVerdict::Allow
+                } else {
+                    MapVerdict::Deny
                 },
-                PolicyEnd {
-                    identity: deathstar_id,
-                    policy: &deathstar_policy,
-                },
-                80,
-            );
+                ..egress
+            };
             let dp = c.attach(
                 s,
                 &DatapathSettings {
@@ -272,12 +283,10 @@ impl Cluster {
                     ..DatapathSettings::default()
                 },
             )?;
-            for d in &deathstars {
-                dp.set_identity(d.ip.parse()?, d.identity)?;
-            }
-            dp.set_policy_entry(&entry, 1)?;
+            dp.sync_ipcache(&ipcache)?;
+            dp.sync_policy(&[entry])?;
             dp.set_service(service, &backends)?;
-            verdicts.push(entry.allow);
+            verdicts.push(allow);
         }
         // The deathstars: inbound connections to their ports go to the sidecar.
         for d in &deathstars {

@@ -20,8 +20,8 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use membrane_datapath::policy_map::{self, PolicyEnd};
-use membrane_datapath::{Datapath, DatapathSettings};
+use membrane_datapath::policy_map::{self, Direction, MapVerdict, PolicyRule};
+use membrane_datapath::{Datapath, DatapathSettings, IpNet};
 use membrane_policy::labels::LabelSet;
 use membrane_policy::load::parse_file;
 use membrane_policy::resolve::NamedPorts;

@@ -54,8 +54,8 @@ enum mb_prog_index {
  *   connect4/6: redirected = connects steered to the proxy,
  *               fallbacks  = connects left alone (proxy's own, excluded),
  *               misses     = capture disabled or not TCP,
- *               refused    = connects failed with EPERM because the L3/L4
- *                            policy has no current ALLOW for the flow.
+ *               refused    = connects failed with EPERM because the
+ *                            endpoint's egress policy denies the flow.
  *   getsockopt: redirected = SO_ORIGINAL_DST answered,
  *               misses     = SO_ORIGINAL_DST asked for an unknown socket.
  *   sk_lookup:  redirected = inbound connections handed to the proxy's
@@ -63,8 +63,9 @@ enum mb_prog_index {
  *               fallbacks  = connections left alone (loopback, pod to
  *                            itself, the proxy's own ports),
  *               misses     = inbound capture off, not TCP, no listener,
- *               refused    = connections from outside the pod to the
- *                            outbound capture port, dropped.
+ *               refused    = connections dropped: from outside the pod to
+ *                            the outbound capture port, or denied by the
+ *                            endpoint's ingress policy.
  */
 struct mb_counters {
 	__u64 redirected;
@@ -76,7 +77,7 @@ struct mb_counters {
 
 /* mb_config.flags */
 #define MB_CFG_CAPTURE (1U << 0)        /* steer outbound connects to the proxy */
-#define MB_CFG_POLICY_ENFORCE (1U << 1) /* refuse connects, and splice no pair, without a current ALLOW */
+#define MB_CFG_POLICY_ENFORCE (1U << 1) /* decide connects (egress, connect4/6) and incoming connections (ingress, sk_lookup) with mb_policy; splice no pair it denies */
 #define MB_CFG_NO_SPLICE (1U << 2)      /* splice no new connection (established ones keep theirs) */
 #define MB_CFG_CAPTURE_INBOUND (1U << 3) /* hand inbound connections to the proxy's inbound port */
 #define MB_CFG_OUTBOUND_ONLY_LISTED (1U << 4) /* capture only destinations in mb_cap_incl_cidr */
@@ -87,7 +88,7 @@ struct mb_counters {
 /* The single row of the config array; written by the agent only. */
 struct mb_config {
 	__u32 flags;
-	__u32 policy_revision; /* current revision; older decisions are stale */
+	__u32 policy_revision; /* revision of the policy mb_policy holds; reported in events, never checked */
 	__u32 proxy_uid;       /* connects by this uid are the proxy's own; MB_UID_NONE = none */
 	__u32 proxy_mark;      /* connects from sockets with this SO_MARK are the proxy's own; 0 = none */
 	__u32 capture_ip4;     /* where outbound IPv4 connects go, network order (127.0.0.1) */
@@ -105,23 +106,41 @@ struct mb_addr_port {
 	__u8 pad;
 };
 
-/* Policy decision key: made once per socket pair at establish time. */
+/*
+ * Key of an endpoint's policy map (mb_policy, an LPM trie): everything but
+ * the port is always matched in full, the port by its first (prefixlen -
+ * MB_POLICY_PREFIX_STATIC) bits, so a port range is a handful of keys (at
+ * most 30). dport is in network order so that its high bits come first, as
+ * the trie compares bytes.
+ */
 struct mb_policy_key {
-	__u32 src_identity; /* identity of the connecting side; 0 = any source */
-	__u32 dst_identity; /* identity of the accepting side */
-	__u16 dport;        /* accepting side's port, host order; 0 = any port */
-	__u8 proto;         /* IPPROTO_TCP */
-	__u8 pad;
+	__u32 prefixlen; /* MB_POLICY_PREFIX_STATIC + port prefix bits (0..16) */
+	__u32 identity;  /* the remote's security identity; 0 = any identity */
+	__u8 direction;  /* MB_DIR_INGRESS or MB_DIR_EGRESS (of the endpoint) */
+	__u8 proto;      /* IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP */
+	__u16 dport;     /* the accepting side's port, network order */
 };
+
+/* identity, direction and proto: the bits every key matches in full. */
+#define MB_POLICY_PREFIX_STATIC 48
+#define MB_POLICY_PREFIX_FULL (MB_POLICY_PREFIX_STATIC + 16)
+
+#define MB_DIR_INGRESS 0
+#define MB_DIR_EGRESS 1
 
 #define MB_VERDICT_ALLOW 1
 #define MB_VERDICT_DENY 2
+#define MB_VERDICT_REDIRECT 3 /* allowed at L3/L4; the sidecar decides L7 */
 
 struct mb_policy_value {
-	__u32 revision; /* policy revision this decision was computed at */
-	__u8 verdict;   /* MB_VERDICT_* */
+	__u8 verdict; /* MB_VERDICT_* */
 	__u8 pad[3];
 };
+
+/* Security identities with a fixed meaning (as Cilium numbers them). */
+#define MB_ID_UNKNOWN 0
+#define MB_ID_HOST 1
+#define MB_ID_WORLD 2 /* an address the ipcache does not know */
 
 /*
  * A service frontend (mb_service: key struct mb_addr_port, the service's
@@ -139,7 +158,7 @@ struct mb_backend_key {
 	__u32 slot; /* 0 .. count - 1 */
 };
 
-/* Key of the identity map: an endpoint address. */
+/* An exact address (mb_pod_addr). */
 struct mb_ip_key {
 	__u32 ip[4];
 	__u8 family;
@@ -174,7 +193,8 @@ enum mb_splice_stat {
 };
 
 /*
- * LPM-trie key for an address prefix of either family: the family word is
+ * LPM-trie key for an address prefix of either family (the ipcache
+ * mb_identity, the capture prefixes): the family word is
  * part of the matched data, so prefixlen = 32 + the CIDR's prefix length.
  */
 struct mb_cidr_key {
@@ -198,14 +218,14 @@ struct mb_cidr_key {
 
 /* mb_event.reason */
 #define MB_RSN_NONE 0
-#define MB_RSN_POLICY_ALLOW 1  /* verdict: a current ALLOW */
-#define MB_RSN_POLICY_DENY 2   /* verdict: a current DENY */
-#define MB_RSN_NO_DECISION 3   /* verdict: no decision at this revision (fail closed) */
+#define MB_RSN_POLICY_ALLOW 1  /* verdict: an ALLOW or REDIRECT entry */
+#define MB_RSN_POLICY_DENY 2   /* verdict: a DENY entry */
+#define MB_RSN_NO_DECISION 3   /* verdict: no entry for the flow (denied) */
 #define MB_RSN_OUTBOUND 4      /* capture: an app's connect to the outbound port */
 #define MB_RSN_INBOUND 5       /* capture: a peer's connection to the inbound port */
 #define MB_RSN_SPLICED 6       /* trace: socket inserted into the sockhash */
 #define MB_RSN_NOT_LOCAL 7     /* trace: not spliced, the peer is not on this node */
-#define MB_RSN_SPLICE_POLICY 8 /* trace: not spliced, the pair has no current ALLOW */
+#define MB_RSN_SPLICE_POLICY 8 /* trace: not spliced, this side's policy denies the pair */
 #define MB_RSN_SPLICE_HINT 9   /* trace: not spliced, small-write hint for the service */
 #define MB_RSN_SPLICE_FAIL 10  /* trace: not spliced, the sockhash update failed */
 #define MB_RSN_NO_PEER 11      /* trace: sk_msg fell back, the peer is not in the sockhash */
@@ -225,7 +245,7 @@ struct mb_event {
 	__u64 cookie;  /* socket cookie, 0 when unknown */
 	__u32 src_identity;
 	__u32 dst_identity;
-	__u32 revision; /* mb_config.policy_revision at the decision */
+	__u32 revision; /* mb_config.policy_revision at the decision (informational) */
 	__u32 count;    /* occurrences folded into this record (rate-limited ones), >= 1 */
 	__u32 src_ip[4]; /* source, zero when not bound yet (at connect) */
 	__u32 dst_ip[4]; /* the destination the connection asked for */

@@ -1,49 +1,242 @@
-//! The L3/L4 policy maps: `mb_identity` (address → identity) and `mb_policy` (verdict per
-//! source identity, destination identity and port); see `bpf/lib/policy.h`.
+//! The endpoint's L3/L4 policy maps: `mb_identity` (the ipcache, address prefix →
+//! identity) and `mb_policy` (the endpoint's policy, LPM on the port); see
+//! `bpf/lib/policy.h`. Both change only by diffs, in the order
+//! [`policy_map`](crate::policy_map) explains.
+
+use std::collections::BTreeMap;
+
+use ipnet::IpNet;
 
 use super::*;
-use crate::policy_map::PolicyEntry;
+use crate::abi::{MbPolicyData, MbPolicyValue};
+use crate::policy_map::{
+    self,
+    diff::{self, MapOp},
+    ports::PortPrefix,
+    Direction, MapKey, MapVerdict, PolicyRule, SyncReport,
+};
+
+const POLICY: &str = "mb_policy";
+const IPCACHE: &str = "mb_identity";
+
+fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> Error {
+    move |source| Error::Map { name, source }
+}
+
+/// The kernel key of a policy-map entry.
+fn policy_key(k: &MapKey) -> Key<MbPolicyData> {
+    let data = MbPolicyData {
+        identity: k.identity,
+        direction: match k.direction {
+            Direction::Ingress => abi::DIR_INGRESS,
+            Direction::Egress => abi::DIR_EGRESS,
+        },
+        proto: k.proto,
+        dport: k.ports.port.to_be(),
+    };
+    Key::new(abi::POLICY_PREFIX_STATIC + u32::from(k.ports.bits), data)
+}
+
+fn verdict_value(v: MapVerdict) -> MbPolicyValue {
+    MbPolicyValue {
+        verdict: match v {
+            MapVerdict::Allow => abi::VERDICT_ALLOW,
+            MapVerdict::Deny => abi::VERDICT_DENY,
+            MapVerdict::Redirect => abi::VERDICT_REDIRECT,
+        },
+        pad: [0; 3],
+    }
+}
+
+/// A kernel entry read back; `None` for one no writer of this version makes.
+fn map_entry(k: &Key<MbPolicyData>, v: &MbPolicyValue) -> Option<(MapKey, MapVerdict)> {
+    let d = k.data();
+    let bits = u8::try_from(k.prefix_len().checked_sub(abi::POLICY_PREFIX_STATIC)?).ok()?;
+    let direction = match d.direction {
+        abi::DIR_INGRESS => Direction::Ingress,
+        abi::DIR_EGRESS => Direction::Egress,
+        _ => return None,
+    };
+    let verdict = match v.verdict {
+        abi::VERDICT_ALLOW => MapVerdict::Allow,
+        abi::VERDICT_DENY => MapVerdict::Deny,
+        abi::VERDICT_REDIRECT => MapVerdict::Redirect,
+        _ => return None,
+    };
+    (bits <= 16).then_some((
+        MapKey {
+            direction,
+            proto: d.proto,
+            identity: d.identity,
+            ports: PortPrefix {
+                port: u16::from_be(d.dport),
+                bits,
+            },
+        },
+        verdict,
+    ))
+}
+
+/// An ipcache prefix as the kernel keys it: v4-mapped IPv6 prefixes (/96 and longer) as
+/// the IPv4 prefix they cover, host bits cleared.
+fn ipcache_net(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(n) if n.prefix_len() >= 96 => match n.network().to_ipv4_mapped() {
+            Some(v4) => IpNet::V4(
+                ipnet::Ipv4Net::new(v4, n.prefix_len() - 96)
+                    .expect("a /96../128 v4-mapped prefix is a valid IPv4 prefix")
+                    .trunc(),
+            ),
+            None => IpNet::V6(n.trunc()),
+        },
+        other => other.trunc(),
+    }
+}
+
+fn ipcache_key(net: IpNet) -> Key<MbCidrData> {
+    let (ip, family) = abi::encode_ip(net.network());
+    let data = MbCidrData {
+        family: u32::from(family),
+        ip,
+    };
+    Key::new(32 + u32::from(net.prefix_len()), data)
+}
+
+/// Wait until every BPF program running now has returned: `membarrier(GLOBAL)` is an RCU
+/// grace period, and the programs run inside RCU read-side sections. Where the kernel
+/// refuses it (nohz_full CPUs) the phases follow each other without the wait; the window
+/// left is one program's two consecutive map lookups.
+fn wait_for_running_programs() {
+    let _ = rustix::thread::membarrier(rustix::thread::MembarrierCommand::Global);
+}
 
 impl Datapath {
-    /// Record an endpoint address's security identity (policy map input).
-    pub fn set_identity(&self, ip: IpAddr, identity: u32) -> Result<()> {
-        let name = "mb_identity";
-        let mut m: HashMap<MapData, MbIpKey, u32> =
-            HashMap::try_from(Map::HashMap(self.map(name)?))
-                .map_err(|source| Error::Map { name, source })?;
-        m.insert(ip_key(ip), identity, 0)
-            .map_err(|source| Error::Map { name, source })
+    fn policy_trie(&self) -> Result<LpmTrie<MapData, MbPolicyData, MbPolicyValue>> {
+        LpmTrie::try_from(Map::LpmTrie(self.map(POLICY)?)).map_err(map_err(POLICY))
     }
 
-    /// Record an L3/L4 decision for (source identity, destination identity,
-    /// TCP port) computed at `revision`. `src_identity` 0 = any source,
-    /// `dport` 0 = any port.
-    pub fn set_policy(
-        &self,
-        src_identity: u32,
-        dst_identity: u32,
-        dport: u16,
-        allow: bool,
-        revision: u32,
-    ) -> Result<()> {
-        self.set_policy_entry(
-            &PolicyEntry {
-                src_identity,
-                dst_identity,
-                dport,
-                allow,
-            },
-            revision,
-        )
+    fn ipcache_trie(&self) -> Result<LpmTrie<MapData, MbCidrData, u32>> {
+        LpmTrie::try_from(Map::LpmTrie(self.map(IPCACHE)?)).map_err(map_err(IPCACHE))
     }
 
-    /// Record an entry [`policy_map`] computed, at `revision`.
-    pub fn set_policy_entry(&self, entry: &PolicyEntry, revision: u32) -> Result<()> {
-        let name = "mb_policy";
-        let mut m: HashMap<MapData, MbPolicyKey, MbPolicyValue> =
-            HashMap::try_from(Map::HashMap(self.map(name)?))
-                .map_err(|source| Error::Map { name, source })?;
-        m.insert(entry.key(), entry.value(revision), 0)
-            .map_err(|source| Error::Map { name, source })
+    fn policy_entries(&self) -> Result<BTreeMap<MapKey, MapVerdict>> {
+        let m = self.policy_trie()?;
+        let mut out = BTreeMap::new();
+        for kv in m.iter() {
+            let (k, v) = kv.map_err(map_err(POLICY))?;
+            if let Some((k, v)) = map_entry(&k, &v) {
+                out.insert(k, v);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Make the endpoint's policy map hold exactly `rules` (see
+    /// [`policy_map`](crate::policy_map)). The whole input is validated first; on an
+    /// error nothing is written. Then only the difference to what the map holds is
+    /// written, in an order where no connection is decided by anything but the old
+    /// policy or the new one. Reports the entries (port blocks) changed.
+    pub fn sync_policy(&self, rules: &[PolicyRule]) -> Result<SyncReport> {
+        policy_map::validate(rules)?;
+        let desired = policy_map::entries(rules);
+        let mut m = self.policy_trie()?;
+        let mut current = BTreeMap::new();
+        let mut strays = Vec::new();
+        for kv in m.iter() {
+            let (k, v) = kv.map_err(map_err(POLICY))?;
+            match map_entry(&k, &v) {
+                Some((k, v)) => {
+                    current.insert(k, v);
+                }
+                None => strays.push(k),
+            }
+        }
+        // Entries no writer of this version makes would stay in force unseen: they go
+        // first (a miss denies, so this only narrows).
+        for k in strays {
+            m.remove(&k).map_err(map_err(POLICY))?;
+        }
+        let plan = diff::plan(&current, &desired);
+        // Writes since the last wait, per phase: a program must never see phase 1's and
+        // phase 2's (or 3's and 4's) maps in its two lookups.
+        let mut since_wait = [false; 4];
+        for (i, ops) in plan.phases.iter().enumerate() {
+            if ops.is_empty() {
+                continue;
+            }
+            if (i >= 1 && since_wait[0]) || (i == 3 && (since_wait[1] || since_wait[2])) {
+                wait_for_running_programs();
+                since_wait = [false; 4];
+            }
+            for op in ops {
+                match op {
+                    MapOp::Upsert(k, v) => m
+                        .insert(&policy_key(k), verdict_value(*v), 0)
+                        .map_err(map_err(POLICY))?,
+                    MapOp::Delete(k) => m.remove(&policy_key(k)).map_err(map_err(POLICY))?,
+                }
+            }
+            since_wait[i] = true;
+        }
+        Ok(plan.report)
+    }
+
+    /// The rules the endpoint's policy map holds, adjacent port blocks of one verdict
+    /// merged back into ranges.
+    pub fn policy_rules(&self) -> Result<Vec<PolicyRule>> {
+        Ok(policy_map::rules_of(&self.policy_entries()?))
+    }
+
+    /// Make the ipcache hold exactly `entries` (prefix → identity): upserts longest
+    /// prefix first, then deletes shortest prefix first, so an address resolves to its
+    /// old identity or its new one throughout. v4-mapped IPv6 prefixes are stored as IPv4
+    /// and host bits are cleared; a prefix given twice with two identities, or identity
+    /// 0, is refused before anything is written.
+    pub fn sync_ipcache(&self, entries: &[(IpNet, u32)]) -> Result<SyncReport> {
+        let mut desired = BTreeMap::new();
+        for &(net, id) in entries {
+            let key = ipcache_net(net);
+            if id == 0 {
+                return Err(Error::InvalidIpcache(format!(
+                    "{net}: identity 0 is not an identity (reserved:world is 2)"
+                )));
+            }
+            if let Some(other) = desired.insert(key, id) {
+                if other != id {
+                    return Err(Error::InvalidIpcache(format!(
+                        "{key} given twice, with identities {other} and {id}"
+                    )));
+                }
+            }
+        }
+        let mut m = self.ipcache_trie()?;
+        let current: BTreeMap<IpNet, u32> = self.ipcache()?.into_iter().collect();
+        let (ops, report) = diff::plan_ipcache(&current, &desired);
+        for op in ops {
+            match op {
+                MapOp::Upsert(net, id) => m
+                    .insert(&ipcache_key(net), id, 0)
+                    .map_err(map_err(IPCACHE))?,
+                MapOp::Delete(net) => m.remove(&ipcache_key(net)).map_err(map_err(IPCACHE))?,
+            }
+        }
+        Ok(report)
+    }
+
+    /// The ipcache: every prefix and its identity, sorted by prefix.
+    pub fn ipcache(&self) -> Result<Vec<(IpNet, u32)>> {
+        let m = self.ipcache_trie()?;
+        let mut out = Vec::new();
+        for kv in m.iter() {
+            let (k, id) = kv.map_err(map_err(IPCACHE))?;
+            let data = k.data();
+            let ip = abi::decode_ip(data.ip, u8::try_from(data.family).unwrap_or(0));
+            let plen = u8::try_from(k.prefix_len().saturating_sub(32)).unwrap_or(0);
+            if let Ok(net) = IpNet::new(ip, plen) {
+                out.push((net, id));
+            }
+        }
+        out.sort_unstable();
+        Ok(out)
     }
 }

@@ -17,7 +17,21 @@ use membrane_datapath::{ensure_bpffs, Datapath, DatapathSettings};
 use membrane_test_support::{run, unique_name, Cgroup, ChildGuard, Netns, PinDir};
 
 pub const SOCKBENCH: &str = env!("CARGO_BIN_EXE_membrane-sockbench");
-pub const AGENT: &str = env!("CARGO_BIN_EXE_membrane-agent");
+/// `membrane-agent`, a binary of another package (membrane-agent), so Cargo gives these
+/// tests no `CARGO_BIN_EXE_` for it: a workspace build (`make test`'s `cargo build
+/// --workspace --bins`, `cargo nextest run --workspace`, or `cargo build -p
+/// membrane-agent`) puts it next to `membrane-sockbench`. A missing binary is an error
+/// that says how to get it (building it from inside the test would race the build that
+/// runs the test).
+pub static AGENT: std::sync::LazyLock<PathBuf> = std::sync::LazyLock::new(|| {
+    let bin = Path::new(SOCKBENCH).with_file_name("membrane-agent");
+    assert!(
+        bin.exists(),
+        "{} missing: build it first (cargo build -p membrane-agent)",
+        bin.display()
+    );
+    bin
+});
 
 pub struct Env {
     pub name: String,
@@ -204,5 +218,22 @@ impl Drop for Env {
         if let Ok(dp) = Datapath::open(&self.bpffs) {
             let _ = dp.detach(&self.cgroup);
         }
+    }
+}
+
+/// A TCP rule of the endpoint's policy map.
+pub fn tcp(
+    direction: membrane_datapath::policy_map::Direction,
+    remote_identity: u32,
+    lo: u16,
+    hi: u16,
+    verdict: membrane_datapath::policy_map::MapVerdict,
+) -> membrane_datapath::policy_map::PolicyRule {
+    membrane_datapath::policy_map::PolicyRule {
+        direction,
+        remote_identity,
+        proto: 6,
+        ports: (lo, hi),
+        verdict,
     }
 }

@@ -22,7 +22,20 @@
 //! `bpffs` (the agent's pin directory, default `/sys/fs/bpf/membrane`),
 //! `stateDir` (default `/var/run/membrane/cni`), `excludeNamespaces`
 //! (Kubernetes namespaces whose pods are left alone, as Istio's CNI plugin
-//! has it; the namespace comes from `CNI_ARGS`' `K8S_POD_NAMESPACE`).
+//! has it; the namespace comes from `CNI_ARGS`' `K8S_POD_NAMESPACE`),
+//! `agentSocket` and `cgroupRoot` (below).
+//!
+//! With `agentSocket` (the node daemon's socket, `membrane-agent run --xds-address`),
+//! ADD registers the pod with the daemon instead of attaching anything itself: its
+//! namespace and name (`CNI_ARGS`' `K8S_POD_NAMESPACE`/`K8S_POD_NAME`), its network
+//! namespace, its addresses (the previous plugin's `ips`) and its cgroup. A runtime tells a
+//! CNI plugin no cgroup unless asked: the plugin reads the CNI conventions' `cgroupPath`
+//! capability (`runtimeConfig.cgroupPath`, declared with `"capabilities":
+//! {"cgroupPath": true}`), a path under `cgroupRoot` (default: the cgroup2 mount); without
+//! it ADD fails naming it (a pod is never started unenforced). The daemon attaches and
+//! programs the pod's datapath before ADD returns. DEL unregisters it by container and
+//! interface; DEL with no daemon listening succeeds (the daemon forgets, when it starts,
+//! every recorded pod whose network namespace is gone).
 
 use std::{
     env, fs,
@@ -32,7 +45,10 @@ use std::{
     process::ExitCode,
 };
 
-use membrane_datapath::{Datapath, NetnsCookie, DEFAULT_BPFFS_DIR};
+use membrane_datapath::{api, Datapath, NetnsCookie, DEFAULT_BPFFS_DIR};
+
+mod agent;
+use agent::{check_registered, register, unregister};
 use serde_json::{json, Value};
 
 /// The CNI spec versions this plugin speaks.
@@ -77,6 +93,8 @@ struct Config {
     bpffs: PathBuf,
     state_dir: PathBuf,
     exclude_namespaces: Vec<String>,
+    agent_socket: Option<PathBuf>,
+    cgroup_root: PathBuf,
     prev_result: Option<Value>,
     raw: Value,
 }
@@ -142,11 +160,20 @@ impl Config {
                 ))
             }
         };
+        let agent_socket = match obj.get("agentSocket") {
+            None => None,
+            Some(_) => Some(path("agentSocket", "")?),
+        };
+        let cg2 =
+            membrane_datapath::cgroup2_mount().unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup"));
+        let cgroup_root = path("cgroupRoot", &cg2.to_string_lossy())?;
         Ok(Config {
             version,
             bpffs,
             state_dir,
             exclude_namespaces,
+            agent_socket,
+            cgroup_root,
             prev_result: obj.get("prevResult").cloned(),
             raw: raw.clone(),
         })
@@ -167,13 +194,18 @@ fn env_var(name: &str) -> Result<String, CniError> {
     }
 }
 
-/// `K8S_POD_NAMESPACE` from `CNI_ARGS` (`KEY=VALUE;KEY=VALUE`).
-fn pod_namespace() -> Option<String> {
+/// `KEY` from `CNI_ARGS` (`KEY=VALUE;KEY=VALUE`).
+fn cni_arg(key: &str) -> Option<String> {
     env::var("CNI_ARGS").ok()?.split(';').find_map(|kv| {
         kv.split_once('=')
-            .filter(|(k, _)| *k == "K8S_POD_NAMESPACE")
+            .filter(|(k, _)| *k == key)
             .map(|(_, v)| v.to_owned())
     })
+}
+
+/// `K8S_POD_NAMESPACE` from `CNI_ARGS`.
+fn pod_namespace() -> Option<String> {
+    cni_arg("K8S_POD_NAMESPACE")
 }
 
 /// The file recording one attachment: `<state dir>/<container id>-<ifname>`,
@@ -261,6 +293,10 @@ fn add(cfg: &Config) -> Result<Option<Value>, CniError> {
     if excluded(cfg) {
         return Ok(Some(add_result(cfg)));
     }
+    if let Some(socket) = &cfg.agent_socket {
+        netns_cookie(&netns)?;
+        return register(cfg, socket, container, ifname, netns);
+    }
     let record = record_path(cfg, &container, &ifname)?;
     netns_cookie(&netns)?;
     let dp = open_datapath(cfg, code::TRY_AGAIN_LATER)?;
@@ -300,6 +336,9 @@ fn recorded(record: &Path) -> Result<Option<Recorded>, CniError> {
 fn del(cfg: &Config) -> Result<Option<Value>, CniError> {
     let container = env_var("CNI_CONTAINERID")?;
     let ifname = env_var("CNI_IFNAME")?;
+    if let Some(socket) = &cfg.agent_socket {
+        return unregister(socket, container, ifname);
+    }
     let record = record_path(cfg, &container, &ifname)?;
     forget(cfg, &record)?;
     Ok(None)
@@ -345,6 +384,9 @@ fn check(cfg: &Config) -> Result<Option<Value>, CniError> {
     let netns = env_var("CNI_NETNS")?;
     if excluded(cfg) {
         return Ok(None);
+    }
+    if let Some(socket) = &cfg.agent_socket {
+        return check_registered(socket);
     }
     let record = record_path(cfg, &container, &ifname)?;
     let cookie = netns_cookie(&netns)?;

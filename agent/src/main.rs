@@ -1,8 +1,9 @@
-//! `membrane-agent`: the node daemon's datapath half. Loads the embedded eBPF
-//! programs, attaches them to a pod's cgroup v2, pins them under a bpffs
-//! directory (so a restart keeps established splices), prints counters and
-//! spliced pairs, and detaches. `run` also reads the monitor events ring
-//! buffer and serves the unix-socket API (status, event stream).
+//! `membrane-agent`: the node daemon. `run --node NAME --xds-address URL` is the daemon
+//! fed by membrane-xds ([`membrane_agent::daemon`]). Without `--xds-address` it serves one
+//! cgroup a person names, as before: loads the embedded eBPF programs, attaches them to
+//! the cgroup, pins them under a bpffs directory (so a restart keeps established
+//! splices), prints counters and spliced pairs, and detaches; `run --cgroup` also reads
+//! the monitor events ring buffer and serves the unix-socket API (status, event stream).
 
 use std::{
     collections::BTreeMap,
@@ -16,6 +17,8 @@ use std::{
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use membrane_agent::daemon::{self, DaemonConfig};
+use membrane_agent::xds::{XdsConfig, XdsTls};
 use membrane_datapath::{
     api, ensure_bpffs, istio, Capture, Datapath, DatapathSettings, InboundPorts, DEFAULT_BPFFS_DIR,
 };
@@ -59,9 +62,10 @@ struct Config {
 /// Per-cgroup attach options.
 #[derive(clap::Args, Debug)]
 struct AttachArgs {
-    /// The pod's cgroup v2 directory (never a hierarchy root).
+    /// The pod's cgroup v2 directory (never a hierarchy root); required except for the
+    /// node daemon (`run --xds-address`).
     #[arg(long, env = "MEMBRANE_CGROUP")]
-    cgroup: PathBuf,
+    cgroup: Option<PathBuf>,
     /// Steer outbound connects to the proxy (iptables-free capture).
     #[arg(long, env = "MEMBRANE_CAPTURE")]
     capture: bool,
@@ -135,14 +139,55 @@ struct AttachArgs {
     proxy_ports: Vec<u16>,
 }
 
+/// The node daemon's options (`run --xds-address`).
+#[derive(clap::Args, Debug)]
+struct DaemonArgs {
+    /// membrane-xds (`http://HOST:PORT`, or `https://` with --xds-ca): run as the node
+    /// daemon, fed by the control plane, instead of serving one --cgroup.
+    #[arg(long, env = "MEMBRANE_XDS_ADDRESS")]
+    xds_address: Option<String>,
+    /// PEM CA bundle the control plane's certificate must chain to (https).
+    #[arg(long, env = "MEMBRANE_XDS_CA")]
+    xds_ca: Option<PathBuf>,
+    /// PEM certificate chain presented to the control plane (with --xds-key).
+    #[arg(long, env = "MEMBRANE_XDS_CERT", requires = "xds_key")]
+    xds_cert: Option<PathBuf>,
+    /// PEM private key of --xds-cert.
+    #[arg(long, env = "MEMBRANE_XDS_KEY", requires = "xds_cert")]
+    xds_key: Option<PathBuf>,
+    /// How often the TLS files are checked for new content, in milliseconds.
+    #[arg(long, env = "MEMBRANE_XDS_CERT_POLL_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    xds_cert_poll_ms: u64,
+    /// First reconnect delay, in milliseconds (doubles per failed attempt, jittered).
+    #[arg(long, env = "MEMBRANE_XDS_BACKOFF_MS", default_value_t = 200,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    xds_backoff_ms: u64,
+    /// Reconnect delay ceiling, in milliseconds.
+    #[arg(long, env = "MEMBRANE_XDS_BACKOFF_MAX_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    xds_backoff_max_ms: u64,
+    /// The daemon's state directory: registrations and the resources in force, adopted
+    /// by the next agent.
+    #[arg(
+        long,
+        env = "MEMBRANE_AGENT_STATE_DIR",
+        default_value = "/var/run/membrane/agent"
+    )]
+    state_dir: PathBuf,
+}
+
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Load (if needed), attach to the cgroup, pin, and exit.
     Attach(AttachArgs),
-    /// Attach, then print counters every interval until killed (pins stay).
+    /// The node daemon fed by membrane-xds (with --xds-address); else attach to one
+    /// cgroup, then print counters every interval until killed (pins stay).
     Run {
         #[command(flatten)]
         attach: AttachArgs,
+        #[command(flatten)]
+        daemon: DaemonArgs,
         /// Seconds between counter prints.
         #[arg(long, env = "MEMBRANE_INTERVAL", default_value_t = 5)]
         interval: u64,
@@ -183,23 +228,30 @@ enum ServiceCmd {
 }
 
 impl AttachArgs {
+    fn cgroup(&self) -> Result<&Path> {
+        self.cgroup
+            .as_deref()
+            .context("--cgroup is required (the pod's cgroup v2 directory), unless `run` is given --xds-address")
+    }
+
     /// Attach; re-attaching an attached cgroup keeps it attached and says
     /// which settings it changed, if any.
     fn attach(&self, bpffs: &Path) -> Result<Datapath> {
         let settings = self.settings()?;
+        let cgroup = self.cgroup()?;
         let before = Datapath::open(bpffs).ok().map(|dp| {
-            let ino = std::fs::metadata(&self.cgroup).map(|m| m.ino()).ok();
+            let ino = std::fs::metadata(cgroup).map(|m| m.ino()).ok();
             let attached = dp
                 .attachments()
                 .map(|a| ino.is_some_and(|i| a.contains(&i.to_string())))
                 .unwrap_or(false);
             (attached, dp.settings().ok())
         });
-        let dp = Datapath::attach(bpffs, &self.cgroup, &settings)
-            .with_context(|| format!("attach to {}", self.cgroup.display()))?;
+        let dp = Datapath::attach(bpffs, cgroup, &settings)
+            .with_context(|| format!("attach to {}", cgroup.display()))?;
         if let Some((attached, old)) = before {
             if attached {
-                println!("{}: already attached", self.cgroup.display());
+                println!("{}: already attached", cgroup.display());
             }
             if let Some(old) = old {
                 for line in settings_diff(&old, &settings) {
@@ -382,6 +434,14 @@ fn print_counters(dp: &Datapath) -> Result<()> {
     Ok(())
 }
 
+fn limits(cfg: &Config) -> api::Limits {
+    api::Limits {
+        max_request_bytes: cfg.api_max_request_bytes as usize,
+        max_clients: cfg.api_max_clients as usize,
+        request_timeout: Duration::from_millis(cfg.api_request_timeout_ms),
+    }
+}
+
 fn main() -> Result<()> {
     let cfg = Config::parse();
     match &cfg.cmd {
@@ -390,23 +450,52 @@ fn main() -> Result<()> {
             a.attach(&cfg.bpffs)?;
             println!(
                 "attached to {} (pinned under {})",
-                a.cgroup.display(),
+                a.cgroup()?.display(),
                 cfg.bpffs.display()
             );
         }
-        Cmd::Run { attach, interval } => {
+        Cmd::Run {
+            daemon: d,
+            attach: _,
+            interval: _,
+        } if d.xds_address.is_some() => {
+            tracing_subscriber::fmt()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_env("MEMBRANE_LOG")
+                        .unwrap_or_else(|_| "info".into()),
+                )
+                .init();
+            let xds = XdsConfig {
+                address: d.xds_address.clone().unwrap_or_default(),
+                node: node_name(&cfg.node),
+                backoff_initial: Duration::from_millis(d.xds_backoff_ms),
+                backoff_max: Duration::from_millis(d.xds_backoff_max_ms.max(d.xds_backoff_ms)),
+                tls: d.xds_ca.clone().map(|ca| XdsTls {
+                    ca,
+                    identity: d.xds_cert.clone().zip(d.xds_key.clone()),
+                    poll: Duration::from_millis(d.xds_cert_poll_ms),
+                }),
+            };
+            daemon::run(DaemonConfig {
+                bpffs: cfg.bpffs.clone(),
+                state_dir: d.state_dir.clone(),
+                socket: cfg.socket.clone(),
+                limits: limits(&cfg),
+                xds,
+            })?;
+        }
+        Cmd::Run {
+            attach, interval, ..
+        } => {
             ensure_bpffs(&cfg.bpffs)?;
             let dp = attach.attach(&cfg.bpffs)?;
-            let limits = api::Limits {
-                max_request_bytes: cfg.api_max_request_bytes as usize,
-                max_clients: cfg.api_max_clients as usize,
-                request_timeout: Duration::from_millis(cfg.api_request_timeout_ms),
-            };
             run(
                 &dp,
                 attach,
                 &cfg.socket,
-                limits,
+                limits(&cfg),
                 &node_name(&cfg.node),
                 Duration::from_secs((*interval).max(1)),
             )?;

@@ -1,0 +1,146 @@
+//! The node daemon (`membrane-agent run --node NAME --xds-address URL`): opens the state
+//! directory, adopts the endpoints recorded there, serves the agent socket (membrane-cni's
+//! registrations, the CLI's queries, monitor events from every endpoint's ring buffer) and
+//! runs the xDS client until killed.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use anyhow::Context;
+use membrane_datapath::api::{self, Hub, Request};
+use membrane_datapath::{ensure_bpffs, Datapath};
+use tokio::sync::watch;
+
+use crate::node::Node;
+use crate::store::Store;
+use crate::xds::{self, XdsConfig};
+
+/// What the daemon runs with.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    /// bpffs directory; endpoints are pinned under `endpoints/` in it.
+    pub bpffs: PathBuf,
+    /// The state directory.
+    pub state_dir: PathBuf,
+    /// The agent socket.
+    pub socket: PathBuf,
+    /// The socket's bounds.
+    pub limits: api::Limits,
+    /// The control plane.
+    pub xds: XdsConfig,
+}
+
+fn lock(node: &Mutex<Node>) -> std::sync::MutexGuard<'_, Node> {
+    node.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Answers one socket request (every one but `monitor`).
+pub fn handle(node: &Mutex<Node>, req: Request) -> serde_json::Value {
+    let error = |e: &dyn std::fmt::Display| serde_json::json!({ "error": e.to_string() });
+    let mut n = lock(node);
+    match req {
+        Request::Status => n.status(),
+        Request::Monitor => error(&"monitor is a stream"),
+        Request::Register(reg) => {
+            let who = format!("{}/{}", reg.namespace, reg.pod);
+            match n.register(reg) {
+                Ok(c) => {
+                    tracing::info!(endpoint = %who, changes = ?c, "endpoint registered");
+                    serde_json::json!({ "registered": who, "changes": c })
+                }
+                Err(e) => {
+                    tracing::error!(endpoint = %who, error = %e, "registration failed");
+                    error(&e)
+                }
+            }
+        }
+        Request::Unregister {
+            container_id,
+            ifname,
+        } => match n.unregister(&container_id, &ifname) {
+            Ok(key) => {
+                tracing::info!(endpoint = ?key, %container_id, "endpoint unregistered");
+                serde_json::json!({ "unregistered": key })
+            }
+            Err(e) => error(&e),
+        },
+        Request::EndpointList => n.endpoints(),
+        Request::EndpointGet { endpoint } => n.endpoint(&endpoint).unwrap_or_else(|e| error(&e)),
+        Request::IdentityList => n.identities(),
+        Request::ServiceList => n.services(),
+        Request::PolicyGet { endpoint } => n.policy(&endpoint).unwrap_or_else(|e| error(&e)),
+    }
+}
+
+/// Reads every endpoint's monitor ring buffer and publishes its events; the set of
+/// endpoints is looked up again on every round, so new pods' events appear.
+fn fan_in_events(node: Arc<Mutex<Node>>, hub: Arc<Hub>) {
+    let mut readers: BTreeMap<PathBuf, membrane_datapath::events::EventReader> = BTreeMap::new();
+    let name = lock(&node).name().to_owned();
+    loop {
+        let dirs = lock(&node).endpoint_dirs();
+        readers.retain(|d, _| dirs.contains(d));
+        for d in dirs {
+            if let std::collections::btree_map::Entry::Vacant(slot) = readers.entry(d) {
+                if let Ok(r) = Datapath::open(slot.key()).and_then(|dp| dp.events()) {
+                    slot.insert(r);
+                }
+            }
+        }
+        for r in readers.values_mut() {
+            if let Ok(evs) = r.drain(&name, 4096) {
+                for ev in evs {
+                    hub.publish(&ev);
+                }
+            }
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Runs the daemon until killed.
+pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
+    cfg.xds.check()?;
+    ensure_bpffs(&cfg.bpffs)?;
+    let (node, warnings) = Node::open(&cfg.xds.node, &cfg.bpffs, Store::new(&cfg.state_dir))
+        .with_context(|| format!("--state-dir {}", cfg.state_dir.display()))?;
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    let node = Arc::new(Mutex::new(node));
+    for line in lock(&node).adopt() {
+        tracing::info!("{line}");
+    }
+    let listener =
+        api::bind(&cfg.socket).with_context(|| format!("--socket {}", cfg.socket.display()))?;
+    let hub = Arc::new(Hub::new(&cfg.xds.node, api::SUBSCRIBER_QUEUE));
+    {
+        let (node, hub) = (node.clone(), hub.clone());
+        let stats = Arc::new(api::ServeStats::default());
+        let limits = cfg.limits;
+        thread::spawn(move || {
+            api::serve_requests(listener, hub, move |req| handle(&node, req), limits, stats)
+        });
+    }
+    {
+        let (node, hub) = (node.clone(), hub.clone());
+        thread::spawn(move || fan_in_events(node, hub));
+    }
+    println!(
+        "serving {} as node {} (control plane {})",
+        cfg.socket.display(),
+        cfg.xds.node,
+        cfg.xds.address
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("start the tokio runtime")?;
+    let (_stop, stop_rx) = watch::channel(false);
+    rt.block_on(xds::run(cfg.xds, node, stop_rx));
+    Ok(())
+}

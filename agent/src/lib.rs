@@ -1,0 +1,20 @@
+//! `membrane-agent`: the node daemon. It learns the node's endpoints, identities
+//! (ipcache), per-endpoint L3/L4 policy and services from membrane-xds and keeps the
+//! kernel's maps equal to them; membrane-cni registers pods with it over the agent socket.
+//!
+//! Rooms: [`resources`] (the control plane's resources, decoded and checked), [`store`]
+//! (the state directory a restarted agent adopts the node from), [`node`] (registrations,
+//! resources in force, programming each endpoint's datapath as a diff), [`xds`] (the delta
+//! ADS client, fail-static) and [`daemon`] (the socket, the event fan-in, the wiring).
+//! The single-cgroup commands of the binary (`attach`, `run --cgroup`, ...) stay in the
+//! binary.
+//!
+//! It must never: write a map entry that did not come from the control plane's resources
+//! (a pod it knows nothing about gets no allow entry), flush or re-attach an endpoint that
+//! is already attached, or apply part of a response it NACKs.
+
+pub mod daemon;
+pub mod node;
+pub mod resources;
+pub mod store;
+pub mod xds;

@@ -1,0 +1,307 @@
+//! The order a map change is applied in, so that no lookup sees a verdict (or an
+//! identity) that is neither the old state's nor the new one's; the reasoning is in the
+//! [parent module](super)'s docs.
+
+use std::collections::BTreeMap;
+
+use ipnet::IpNet;
+
+use super::{MapKey, MapVerdict, SyncReport};
+
+/// One write to a map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MapOp<K, V> {
+    /// Insert the key or replace its value.
+    Upsert(K, V),
+    /// Remove the key.
+    Delete(K),
+}
+
+/// A policy-map change in its four phases, applied in order, with every running BPF
+/// program waited for between phases 1 and 2 and between 3 and 4.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PolicyPlan {
+    /// Identity-specific upserts, any-identity upserts, any-identity deletes,
+    /// identity-specific deletes.
+    pub phases: [Vec<MapOp<MapKey, MapVerdict>>; 4],
+    /// What the plan changes, in entries.
+    pub report: SyncReport,
+}
+
+/// The ordered difference from `current` to `desired` (both as the map holds them).
+pub fn plan(
+    current: &BTreeMap<MapKey, MapVerdict>,
+    desired: &BTreeMap<MapKey, MapVerdict>,
+) -> PolicyPlan {
+    let mut p = PolicyPlan::default();
+    for (k, v) in desired {
+        let phase = if k.identity != 0 { 0 } else { 1 };
+        match current.get(k) {
+            Some(old) if old == v => continue,
+            Some(_) => p.report.changed += 1,
+            None => p.report.added += 1,
+        }
+        p.phases[phase].push(MapOp::Upsert(*k, *v));
+    }
+    for k in current.keys() {
+        if desired.contains_key(k) {
+            continue;
+        }
+        let phase = if k.identity == 0 { 2 } else { 3 };
+        p.report.removed += 1;
+        p.phases[phase].push(MapOp::Delete(*k));
+    }
+    p
+}
+
+/// An ipcache change: upserts longest prefix first, then deletes shortest prefix first.
+pub fn plan_ipcache(
+    current: &BTreeMap<IpNet, u32>,
+    desired: &BTreeMap<IpNet, u32>,
+) -> (Vec<MapOp<IpNet, u32>>, SyncReport) {
+    let mut report = SyncReport::default();
+    let mut upserts = Vec::new();
+    for (net, id) in desired {
+        match current.get(net) {
+            Some(old) if old == id => continue,
+            Some(_) => report.changed += 1,
+            None => report.added += 1,
+        }
+        upserts.push((*net, *id));
+    }
+    upserts.sort_by_key(|(net, _)| std::cmp::Reverse(net.prefix_len()));
+    let mut deletes: Vec<IpNet> = current
+        .keys()
+        .filter(|n| !desired.contains_key(n))
+        .copied()
+        .collect();
+    report.removed = deletes.len();
+    deletes.sort_by_key(|n| n.prefix_len());
+    let ops = upserts
+        .into_iter()
+        .map(|(n, id)| MapOp::Upsert(n, id))
+        .chain(deletes.into_iter().map(MapOp::Delete))
+        .collect();
+    (ops, report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{entries, Direction, PolicyRule};
+    use super::*;
+
+    /// The kernel's lookup (`mb_policy_lookup` + `mb_verdict_allows`) over a model map:
+    /// longest block for (R, P), else for (0, P), else denied.
+    fn allows(map: &BTreeMap<MapKey, MapVerdict>, remote: u32, port: u16) -> bool {
+        let lookup = |id: u32| {
+            map.iter()
+                .filter(|(k, _)| {
+                    let (lo, hi) = k.ports.range();
+                    k.identity == id
+                        && k.direction == Direction::Egress
+                        && k.proto == 6
+                        && (lo..=hi).contains(&port)
+                })
+                .max_by_key(|(k, _)| k.ports.bits)
+                .map(|(_, v)| *v)
+        };
+        let v = lookup(remote).or_else(|| if remote != 0 { lookup(0) } else { None });
+        matches!(v, Some(MapVerdict::Allow | MapVerdict::Redirect))
+    }
+
+    fn rule(id: u32, lo: u16, hi: u16, verdict: MapVerdict) -> PolicyRule {
+        PolicyRule {
+            direction: Direction::Egress,
+            remote_identity: id,
+            proto: 6,
+            ports: (lo, hi),
+            verdict,
+        }
+    }
+
+    /// Applies the plan from `old` to `new` one write at a time, its phases in `order`, and
+    /// checks every flow after each write: its verdict must be the old policy's or the new
+    /// one's. Returns the first flow that saw anything else.
+    fn first_wrong_verdict(
+        old: &[PolicyRule],
+        new: &[PolicyRule],
+        order: [usize; 4],
+    ) -> Option<String> {
+        let (cur, want) = (entries(old), entries(new));
+        let flows: Vec<(u32, u16)> = [7, 8, 9]
+            .into_iter()
+            .flat_map(|id| (75..=100).map(move |p| (id, p)))
+            .collect();
+        let verdicts = |m: &BTreeMap<_, _>| {
+            flows
+                .iter()
+                .map(|&(r, p)| allows(m, r, p))
+                .collect::<Vec<_>>()
+        };
+        let (before, after) = (verdicts(&cur), verdicts(&want));
+        let plan = plan(&cur, &want);
+        let mut map = cur.clone();
+        for op in order.iter().flat_map(|&i| &plan.phases[i]) {
+            match *op {
+                MapOp::Upsert(k, v) => map.insert(k, v),
+                MapOp::Delete(k) => map.remove(&k),
+            };
+            for (i, &(r, p)) in flows.iter().enumerate() {
+                let now = allows(&map, r, p);
+                if now != before[i] && now != after[i] {
+                    return Some(format!(
+                        "flow identity {r} port {p}: {now} after {op:?}, policies say {} then {}",
+                        before[i], after[i]
+                    ));
+                }
+            }
+        }
+        assert_eq!(map, want, "the plan does not end at the new policy");
+        None
+    }
+
+    fn check_every_state(old: &[PolicyRule], new: &[PolicyRule]) {
+        if let Some(wrong) = first_wrong_verdict(old, new, [0, 1, 2, 3]) {
+            panic!("{wrong}");
+        }
+    }
+
+    #[test]
+    fn another_order_shows_a_wrong_verdict() {
+        use MapVerdict::*;
+        // Both deny identity 7 on port 80; the old by an identity-specific DENY over an
+        // any-identity ALLOW.
+        let old = [rule(0, 80, 80, Allow), rule(7, 80, 80, Deny)];
+        let new = [rule(0, 80, 80, Deny)];
+        assert!(first_wrong_verdict(&old, &new, [3, 2, 1, 0]).is_some());
+        assert!(first_wrong_verdict(&new, &old, [1, 0, 2, 3]).is_some());
+        assert!(first_wrong_verdict(&old, &new, [0, 1, 2, 3]).is_none());
+        assert!(first_wrong_verdict(&new, &old, [0, 1, 2, 3]).is_none());
+    }
+
+    #[test]
+    fn every_intermediate_state_is_old_or_new() {
+        use MapVerdict::*;
+        let a = vec![
+            rule(0, 80, 90, Allow),
+            rule(7, 80, 83, Deny),
+            rule(8, 95, 100, Allow),
+        ];
+        let b = vec![
+            rule(0, 80, 85, Deny),
+            rule(0, 86, 99, Redirect),
+            rule(7, 80, 81, Allow),
+            rule(7, 82, 84, Deny),
+            rule(9, 75, 79, Allow),
+        ];
+        let c = vec![rule(0, 1, 65535, Allow)];
+        let d: Vec<PolicyRule> = vec![];
+        let e = vec![rule(7, 1, 65535, Deny), rule(0, 80, 80, Allow)];
+        for (old, new) in [
+            (&a, &b),
+            (&b, &a),
+            (&a, &c),
+            (&c, &e),
+            (&e, &c),
+            (&e, &d),
+            (&d, &a),
+            (&b, &e),
+        ] {
+            check_every_state(old, new);
+        }
+    }
+
+    #[test]
+    fn plan_orders_phases_and_counts() {
+        use MapVerdict::*;
+        let old = entries(&[
+            rule(0, 80, 80, Allow),
+            rule(7, 81, 81, Deny),
+            rule(8, 82, 82, Allow),
+        ]);
+        let new = entries(&[
+            rule(0, 80, 80, Deny),
+            rule(7, 81, 81, Allow),
+            rule(9, 83, 83, Allow),
+        ]);
+        let p = plan(&old, &new);
+        assert_eq!(
+            p.report,
+            SyncReport {
+                added: 1,
+                changed: 2,
+                removed: 1
+            }
+        );
+        let ids = |ph: &Vec<MapOp<MapKey, MapVerdict>>| {
+            ph.iter()
+                .map(|op| match op {
+                    MapOp::Upsert(k, _) | MapOp::Delete(k) => k.identity,
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ids(&p.phases[0]), vec![7, 9]);
+        assert_eq!(ids(&p.phases[1]), vec![0]);
+        assert!(p.phases[2].is_empty());
+        assert_eq!(ids(&p.phases[3]), vec![8]);
+        assert_eq!(plan(&new, &new), PolicyPlan::default());
+    }
+
+    /// Longest-prefix identity of an address over a model ipcache (world = 2 on a miss).
+    fn identity(map: &BTreeMap<IpNet, u32>, ip: std::net::IpAddr) -> u32 {
+        map.iter()
+            .filter(|(n, _)| n.contains(&ip))
+            .max_by_key(|(n, _)| n.prefix_len())
+            .map_or(2, |(_, id)| *id)
+    }
+
+    #[test]
+    fn ipcache_changes_show_old_or_new_identity() {
+        let net = |s: &str| s.parse::<IpNet>().unwrap();
+        let old: BTreeMap<IpNet, u32> = [
+            (net("10.0.0.0/8"), 100),
+            (net("10.1.2.3/32"), 300),
+            (net("10.1.0.0/16"), 200),
+        ]
+        .into();
+        let new: BTreeMap<IpNet, u32> = [
+            (net("10.0.0.0/8"), 101),
+            (net("10.1.0.0/16"), 201),
+            (net("10.1.2.0/24"), 250),
+            (net("10.1.2.4/32"), 400),
+        ]
+        .into();
+        let addrs: Vec<std::net::IpAddr> =
+            ["10.1.2.3", "10.1.2.4", "10.1.3.1", "10.2.0.1", "11.0.0.1"]
+                .iter()
+                .map(|a| a.parse().unwrap())
+                .collect();
+        for (from, to) in [(&old, &new), (&new, &old)] {
+            let (ops, _) = plan_ipcache(from, to);
+            let mut map = from.clone();
+            for op in &ops {
+                match *op {
+                    MapOp::Upsert(n, id) => map.insert(n, id),
+                    MapOp::Delete(n) => map.remove(&n),
+                };
+                for a in &addrs {
+                    let now = identity(&map, *a);
+                    assert!(
+                        now == identity(from, *a) || now == identity(to, *a),
+                        "{a}: identity {now} after {op:?}"
+                    );
+                }
+            }
+            assert_eq!(&map, to);
+        }
+        let (_, report) = plan_ipcache(&old, &new);
+        assert_eq!(
+            report,
+            SyncReport {
+                added: 2,
+                changed: 2,
+                removed: 1
+            }
+        );
+    }
+}
