@@ -18,6 +18,9 @@ use crate::node::Node;
 use crate::store::Store;
 use crate::xds::{self, XdsConfig};
 
+/// How often endpoints whose programming failed are programmed again.
+const RETRY_EVERY: Duration = Duration::from_secs(10);
+
 /// What the daemon runs with.
 #[derive(Debug, Clone)]
 pub struct DaemonConfig {
@@ -128,6 +131,15 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     {
         let (node, hub) = (node.clone(), hub.clone());
         thread::spawn(move || fan_in_events(node, hub));
+    }
+    {
+        let node = node.clone();
+        thread::spawn(move || loop {
+            thread::sleep(RETRY_EVERY);
+            for line in lock(&node).retry_failed() {
+                tracing::warn!("{line}");
+            }
+        });
     }
     println!(
         "serving {} as node {} (control plane {})",

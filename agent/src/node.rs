@@ -245,6 +245,24 @@ impl Node {
         out
     }
 
+    /// Programs again every endpoint whose last pass failed (a transient kernel error must
+    /// not leave it behind until the control plane's next change). Returns one line each.
+    pub fn retry_failed(&mut self) -> Vec<String> {
+        let failed: Vec<String> = self
+            .states
+            .iter()
+            .filter(|(k, s)| s.error.is_some() && self.regs.contains_key(*k))
+            .map(|(k, _)| k.clone())
+            .collect();
+        failed
+            .into_iter()
+            .map(|k| match self.program(&k) {
+                Ok(c) => format!("{k}: programmed on retry, changes {c:?}"),
+                Err(e) => format!("{k}: retry failed: {e}"),
+            })
+            .collect()
+    }
+
     /// membrane-cni ADD: records the pod and attaches and programs its datapath. A pod
     /// registered again (ADD retried) is programmed as a diff. On failure nothing of it
     /// stays (the runtime retries ADD).

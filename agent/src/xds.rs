@@ -42,6 +42,9 @@ pub enum XdsError {
     /// The address and the TLS settings do not fit together.
     #[error("--xds-address {0:?}: {1}")]
     Tls(String, &'static str),
+    /// The node name is not a Kubernetes node name.
+    #[error("--node {0:?}: not a Kubernetes node name (lowercase letters, digits, '-' and '.')")]
+    Node(String),
 }
 
 /// mTLS to the control plane.
@@ -94,6 +97,16 @@ pub struct XdsConfig {
 impl XdsConfig {
     /// Checks the address and the TLS settings fit together.
     pub fn check(&self) -> Result<(), XdsError> {
+        let n = &self.node;
+        let valid = !n.is_empty()
+            && n.len() <= 253
+            && n.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+            && !n.starts_with(['-', '.'])
+            && !n.ends_with(['-', '.']);
+        if !valid {
+            return Err(XdsError::Node(n.clone()));
+        }
         tonic::transport::Endpoint::from_shared(self.address.clone())
             .map_err(|e| XdsError::Address(self.address.clone(), e.to_string()))?;
         match (self.address.starts_with("https://"), &self.tls) {
@@ -320,6 +333,13 @@ mod tests {
             assert!(err.contains(says), "{address}: {err}");
         }
         assert_eq!(cfg("http://x:1", false).node_id(), "membrane-agent~node-1");
+        let mut bad = cfg("http://x:1", false);
+        bad.node = "Node_1".into();
+        assert!(bad
+            .check()
+            .unwrap_err()
+            .to_string()
+            .contains("--node \"Node_1\""));
     }
 
     #[test]

@@ -107,10 +107,77 @@ fn pods_registered_by_cni_are_enforced_from_the_control_plane() {
     let client = node.pods.iter().find(|p| p.name == "client").unwrap();
     assert_eq!(client.connect("10.201.0.2:8080"), "ok");
     assert_eq!(client.connect("10.201.0.2:9090"), "eperm");
+    // Ingress, decided in the server's network namespace: the client's address carries
+    // the client's identity, admitted on 8080 only.
+    assert_eq!(client.connect_outside_cgroup("10.201.0.2:8080"), "ok");
+    assert_ne!(client.connect_outside_cgroup("10.201.0.2:9090"), "ok");
+    // The service, balanced at connect to the server's 8080, as the control plane says.
+    let services = wait_until(LIMIT, EVERY, "the service", || {
+        let s = node.ask(&Request::ServiceList);
+        (!s.as_array().unwrap().is_empty()).then_some(s)
+    });
+    assert_eq!(services[0]["frontend"], "10.96.0.10:80", "{services:#}");
+    assert_eq!(
+        services[0]["backends"][0], "10.201.0.2:8080",
+        "{services:#}"
+    );
+    assert_eq!(client.connect("10.96.0.10:80"), "ok");
 
     let status = node.ask(&Request::Status);
     assert_eq!(status["control_plane"]["connected"], true, "{status:#}");
     assert_eq!(status["endpoints"], 2, "{status:#}");
+
+    // The CLI over the same socket: JSON as the agent answers, tables by default.
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(common::sibling("membrane"))
+            .args(args)
+            .arg("--socket")
+            .arg(node.socket())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "membrane {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let json: Value =
+        serde_json::from_str(&cli(&["bpf", "policy", "get", CLIENT, "-o", "json"])).unwrap();
+    assert_eq!(json, client_map);
+    let table = cli(&["bpf", "policy", "get", CLIENT]);
+    let row = table
+        .lines()
+        .find(|l| l.contains(&server_id.to_string()) && l.contains("8080"))
+        .unwrap_or_else(|| panic!("no row for the server on 8080:\n{table}"));
+    assert!(
+        row.to_lowercase().contains("egress") && row.to_lowercase().contains("allow"),
+        "{table}"
+    );
+    let eps = cli(&["endpoint", "list"]);
+    assert!(
+        eps.contains(CLIENT) && eps.contains(SERVER) && eps.contains("enforcing"),
+        "{eps}"
+    );
+    let svc = cli(&["service", "list"]);
+    assert!(
+        svc.contains("default/server:80/TCP") && svc.contains("10.201.0.2:8080"),
+        "{svc}"
+    );
+    let ids = cli(&["identity", "list"]);
+    assert!(ids.contains("10.201.0.2/32"), "{ids}");
+    let st = cli(&["status"]);
+    assert!(
+        st.contains("control_plane.connected") && st.contains("true"),
+        "{st}"
+    );
+    let missing = std::process::Command::new(common::sibling("membrane"))
+        .args(["endpoint", "get", "default/nope", "--socket"])
+        .arg(node.socket())
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no endpoint default/nope"));
 
     let pins = node.bpffs().join("endpoints/default_server");
     assert!(pins.exists());
@@ -248,6 +315,7 @@ fn agent_restart_under_load_fails_no_request_and_never_lets_the_denied_flow_thro
             break v;
         }
     };
+    eprintln!("load through 3 agent restarts: {last}");
     assert_eq!(last["failed"], 0, "{last}");
     assert_eq!(last["leaked"], 0, "{last}");
     assert!(last["denied"].as_u64().unwrap() > 0, "{last}");

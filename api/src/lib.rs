@@ -4,8 +4,9 @@
 //!
 //! It owns Cilium's NPDS/NPHDS protos and their generated types and services
 //! ([`proto`]), their type URLs ([`type_url`]), both directions of the conversion between
-//! the policy engine's resolved policy and NPDS ([`npds::encode`], [`npds::decode`]), and the
-//! constants the control plane's sidecar injection and the sidecar must agree on
+//! the policy engine's resolved policy and NPDS ([`npds::encode`], [`npds::decode`]), the
+//! node agent's resources and the policy map entries they carry, from the same resolution
+//! ([`agent`], [`agent::policy`]), and the constants the control plane's sidecar injection and the sidecar must agree on
 //! ([`sidecar`]).
 //!
 //! It depends on `membrane-policy` (whose values it converts), prost and tonic (and

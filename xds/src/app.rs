@@ -317,7 +317,10 @@ pub async fn start(cfg: &Config) -> Result<Running, AppError> {
             .serve_with_incoming_shutdown(listener::nodelay(l), stopped(stop_rx.clone()));
         tokio::spawn(async move { drop(serve.await) })
     });
-    let authorizer = Arc::new(Authorizer::new(cfg.trust_domain.clone(), workloads));
+    let (agent_ns, agent_sa) = &cfg.agent_service_account;
+    let authorizer = Arc::new(
+        Authorizer::new(cfg.trust_domain.clone(), workloads).with_agent_account(agent_ns, agent_sa),
+    );
     let tls_task = tls.map(|(builder, l)| {
         let serve = server
             .with_auth(authorizer)

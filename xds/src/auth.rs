@@ -8,6 +8,15 @@
 //! run as that service account and own the id's IP. A client that passes
 //! gets its own pod's snapshot key, never the shared snapshot.
 //!
+//! A node agent presents `membrane-agent~NODE` with the certificate of the
+//! agents' service account (`spiffe://DOMAIN/ns/kube-system/sa/membrane-agent`
+//! by default, `--agent-service-account`), and gets that node's snapshot.
+//! As with Cilium's agent, whose service account may read every node's
+//! endpoints, the certificate authorises the role, not one node: every agent
+//! of a DaemonSet runs as the same service account. Any other workload's
+//! certificate is refused for an agent id, and the agents' certificate for a
+//! sidecar id (no pod runs as it).
+//!
 //! No I/O here; the gRPC adapter (`server.rs`) calls it, the controller
 //! keeps [`Workloads`] current.
 
@@ -18,7 +27,7 @@ use std::sync::RwLock;
 use thiserror::Error;
 use x509_parser::extensions::GeneralName;
 
-use crate::node::{pod_key, IstioNode};
+use crate::node::{agent_key, agent_node, pod_key, IstioNode};
 use crate::source::ClusterState;
 
 /// Why a client of the mTLS port is refused.
@@ -47,7 +56,7 @@ pub enum AuthError {
         expected: String,
     },
     /// The node id is not an Istio sidecar id.
-    #[error("{why}; an authenticated client must present its sidecar id sidecar~POD_IP~POD.NAMESPACE~NAMESPACE.svc.cluster.local")]
+    #[error("{why}; an authenticated client must present its sidecar id sidecar~POD_IP~POD.NAMESPACE~NAMESPACE.svc.cluster.local, or a node agent membrane-agent~NODE")]
     NodeId {
         /// The node id.
         id: String,
@@ -65,6 +74,16 @@ pub enum AuthError {
         spiffe: String,
         /// The certificate's namespace.
         cert_ns: String,
+    },
+    /// A node agent's id with a certificate that is not the agents'.
+    #[error("node id {id:?} is a node agent's, but the client certificate {spiffe} is not the agents' service account {expected}")]
+    AgentAccount {
+        /// The node id.
+        id: String,
+        /// The certificate's SPIFFE id.
+        spiffe: String,
+        /// The agents' SPIFFE id.
+        expected: String,
     },
     /// The node id's pod is not known to the control plane.
     #[error("node id {id:?}: no pod {pod} is known to the control plane")]
@@ -112,6 +131,7 @@ impl AuthError {
             AuthError::TrustDomain { .. } => "trust_domain",
             AuthError::NodeId { .. } => "node_id",
             AuthError::Namespace { .. } => "namespace",
+            AuthError::AgentAccount { .. } => "agent_account",
             AuthError::UnknownPod { .. } => "unknown_pod",
             AuthError::ServiceAccount { .. } => "service_account",
             AuthError::Ip { .. } => "ip",
@@ -231,20 +251,55 @@ impl Workloads {
     }
 }
 
+/// The service account node agents run as by default (`NAMESPACE/NAME`).
+pub const DEFAULT_AGENT_ACCOUNT: &str = "kube-system/membrane-agent";
+
 /// Decides whether an authenticated peer may be the node it claims to be.
 #[derive(Debug)]
 pub struct Authorizer {
     trust_domain: String,
     workloads: std::sync::Arc<Workloads>,
+    /// The node agents' service account: (namespace, name).
+    agent_account: (String, String),
 }
 
 impl Authorizer {
-    /// Accepts SPIFFE ids of `trust_domain` for the pods in `workloads`.
+    /// Accepts SPIFFE ids of `trust_domain` for the pods in `workloads`, and
+    /// node agents running as [`DEFAULT_AGENT_ACCOUNT`].
     pub fn new(trust_domain: impl Into<String>, workloads: std::sync::Arc<Workloads>) -> Self {
+        let (ns, sa) = DEFAULT_AGENT_ACCOUNT
+            .split_once('/')
+            .unwrap_or(("kube-system", "membrane-agent"));
         Authorizer {
             trust_domain: trust_domain.into(),
             workloads,
+            agent_account: (ns.to_string(), sa.to_string()),
         }
+    }
+
+    /// Node agents run as the service account `namespace`/`name` instead.
+    pub fn with_agent_account(mut self, namespace: &str, name: &str) -> Self {
+        self.agent_account = (namespace.to_string(), name.to_string());
+        self
+    }
+
+    /// A node agent's id (`membrane-agent~NODE`) may be presented by the
+    /// agents' service account only; it watches that node's snapshot.
+    fn authorize_agent(
+        &self,
+        node_id: &str,
+        node: &str,
+        peer: &SpiffeId,
+    ) -> Result<String, AuthError> {
+        let (ns, sa) = &self.agent_account;
+        if &peer.namespace != ns || &peer.service_account != sa {
+            return Err(AuthError::AgentAccount {
+                id: node_id.to_string(),
+                spiffe: peer.uri(),
+                expected: format!("spiffe://{}/ns/{ns}/sa/{sa}", self.trust_domain),
+            });
+        }
+        Ok(agent_key(node))
     }
 
     /// The peer's identity from its verified certificate chain (leaf first).
@@ -264,8 +319,12 @@ impl Authorizer {
     }
 
     /// Checks `node_id` against `peer` and the known pods; returns the
-    /// snapshot key the client may watch (its own pod's).
+    /// snapshot key the client may watch (its own pod's, or a node agent's
+    /// node's).
     pub fn authorize(&self, node_id: &str, peer: &SpiffeId) -> Result<String, AuthError> {
+        if let Some(node) = agent_node(node_id) {
+            return self.authorize_agent(node_id, node, peer);
+        }
         let node = IstioNode::parse(node_id).map_err(|e| AuthError::NodeId {
             id: node_id.to_string(),
             why: e.to_string(),
@@ -406,6 +465,31 @@ status: {podIP: 10.0.0.4}
             ),
             "node_id"
         );
+        // Node agents: the agents' service account only, for any node name.
+        let agent =
+            SpiffeId::parse("spiffe://cluster.local/ns/kube-system/sa/membrane-agent").unwrap();
+        assert_eq!(
+            a.authorize("membrane-agent~node-1", &agent),
+            Ok("agent/node-1".into())
+        );
+        assert_eq!(reason("membrane-agent~node-1".into(), &ds), "agent_account");
+        let elsewhere =
+            SpiffeId::parse("spiffe://cluster.local/ns/default/sa/membrane-agent").unwrap();
+        assert_eq!(
+            reason("membrane-agent~node-1".into(), &elsewhere),
+            "agent_account"
+        );
+        assert_eq!(
+            reason(id("10.0.0.2", "deathstar-1", "default"), &agent),
+            "namespace"
+        );
+        let custom = authorizer().with_agent_account("membrane", "agent");
+        let theirs = SpiffeId::parse("spiffe://cluster.local/ns/membrane/sa/agent").unwrap();
+        assert_eq!(
+            custom.authorize("membrane-agent~n", &theirs),
+            Ok("agent/n".into())
+        );
+        assert!(custom.authorize("membrane-agent~n", &agent).is_err());
         let msg = a
             .authorize(&id("10.0.0.4", "xwing", "default"), &ds)
             .unwrap_err()

@@ -90,6 +90,16 @@ pub struct Config {
     /// be `spiffe://DOMAIN/ns/NAMESPACE/sa/SERVICE_ACCOUNT`.
     #[arg(long, env = "MEMBRANE_TRUST_DOMAIN", default_value = "cluster.local")]
     pub trust_domain: String,
+    /// The service account node agents run as (`NAMESPACE/NAME`): on the
+    /// mTLS port only its certificate may present a node agent's id
+    /// `membrane-agent~NODE`.
+    #[arg(
+        long,
+        env = "MEMBRANE_AGENT_SERVICE_ACCOUNT",
+        default_value = crate::auth::DEFAULT_AGENT_ACCOUNT,
+        value_parser = parse_account
+    )]
+    pub agent_service_account: (String, String),
     /// Sidecar-injection webhook (HTTPS, `POST /inject`) listen address;
     /// served only with --webhook-cert and --webhook-key.
     #[arg(long, env = "MEMBRANE_WEBHOOK_ADDR", default_value = "0.0.0.0:15017")]
@@ -227,6 +237,18 @@ impl Config {
     }
 }
 
+/// `NAMESPACE/NAME` of a service account.
+fn parse_account(s: &str) -> Result<(String, String), String> {
+    match s.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok((ns.to_string(), name.to_string()))
+        }
+        _ => Err(format!(
+            "{s:?} is not a service account: expected NAMESPACE/NAME (e.g. kube-system/membrane-agent)"
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,6 +260,14 @@ mod tests {
         assert_eq!(c.grpc_addr, "127.0.0.1:15010".parse().unwrap());
         assert_eq!(c.debug_addr, "127.0.0.1:15014".parse().unwrap());
         assert_eq!(c.tls_addr, "0.0.0.0:15012".parse().unwrap());
+        assert_eq!(
+            c.agent_service_account,
+            ("kube-system".to_string(), "membrane-agent".to_string())
+        );
+        let err = Config::try_parse_from(["membrane-xds", "--agent-service-account", "agent"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("NAMESPACE/NAME"), "{err}");
         assert_eq!(c.trust_domain, "cluster.local");
         assert!(
             c.sidecar_xds_address.starts_with("https://")

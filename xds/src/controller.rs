@@ -23,6 +23,7 @@ use tracing::{info, warn};
 use crate::auth::Workloads;
 use crate::identity::{ClusterAllocator, ClusterIdentities};
 use crate::kvstore::IpEntry;
+use crate::node::AGENT_KEY_PREFIX;
 use crate::recorder::{Recorder, SourceLabel};
 use crate::snapshot::{SnapshotBuilder, SnapshotCache};
 use crate::source::{ClusterState, Source};
@@ -172,6 +173,11 @@ impl Controller {
             })
             .collect();
         let mut keys = t.keys.clone();
+        // First what agents of nodes without endpoints get, so that an agent
+        // whose node just lost its last endpoint moves to the new one.
+        if let Some(template) = t.agent_template {
+            out.published += self.cache.set_default(AGENT_KEY_PREFIX, template);
+        }
         for (key, snap) in t.snapshots {
             if self.cache.set(&key, snap) {
                 out.published += 1;
@@ -179,11 +185,16 @@ impl Controller {
             }
         }
         // Pods that went away: their sidecars get an empty snapshot (every
-        // resource removed) rather than keeping stale policy.
+        // resource removed) rather than keeping stale policy. Nodes that went
+        // away: their agents get what an agent of an unknown node gets.
         let gone: Vec<String> = self.keys.difference(&keys).cloned().collect();
         for gone in gone {
             if failed.contains(&gone) {
                 keys.insert(gone);
+                continue;
+            }
+            if gone.starts_with(AGENT_KEY_PREFIX) {
+                out.published += usize::from(self.cache.follow_default(&gone));
                 continue;
             }
             if let Ok(empty) = SnapshotBuilder::new().build() {

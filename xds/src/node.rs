@@ -1,4 +1,5 @@
-//! Istio node ids: `TYPE~IP~POD.NAMESPACE~NAMESPACE.svc.cluster.local`.
+//! Node ids: Istio's `TYPE~IP~POD.NAMESPACE~NAMESPACE.svc.cluster.local` for
+//! sidecars, `membrane-agent~NODE` for node agents, and the snapshot key each gets.
 
 use std::net::IpAddr;
 
@@ -92,13 +93,49 @@ impl IstioNode {
 }
 
 /// The snapshot-cache key for a node: sidecars get their own snapshot
-/// (`sidecar/NAMESPACE/POD`); every other client (proxyless gRPC, the agent,
-/// tools) shares the mesh-wide snapshot [`SHARED_KEY`].
+/// (`sidecar/NAMESPACE/POD`), node agents their node's (`agent/NODE`, see
+/// [`agent_node`]); every other client (proxyless gRPC, tools) shares the
+/// mesh-wide snapshot [`SHARED_KEY`].
 pub fn cache_key(node_id: &str) -> String {
+    if let Some(node) = agent_node(node_id) {
+        return agent_key(node);
+    }
     match IstioNode::parse(node_id) {
         Ok(n) if n.kind == "sidecar" => pod_key(&n.namespace, &n.pod),
         _ => SHARED_KEY.to_string(),
     }
+}
+
+/// The node id prefix of a node agent: `membrane-agent~NODE_NAME`.
+pub const AGENT_ID_PREFIX: &str = "membrane-agent~";
+
+/// The prefix of the node agents' cache keys (`agent/NODE`).
+pub const AGENT_KEY_PREFIX: &str = "agent/";
+
+/// The node a node agent's id names: `membrane-agent~NODE` with NODE a
+/// Kubernetes node name (a DNS subdomain: lowercase letters, digits, `-` and
+/// `.`, at most 253 bytes). `None` for any other id; a malformed agent id is
+/// no agent's and gets the shared snapshot, as before agents had their own.
+pub fn agent_node(node_id: &str) -> Option<&str> {
+    let name = node_id.strip_prefix(AGENT_ID_PREFIX)?;
+    let valid = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && !name.starts_with(['-', '.'])
+        && !name.ends_with(['-', '.']);
+    valid.then_some(name)
+}
+
+/// The cache key of a node's agent.
+pub fn agent_key(node: &str) -> String {
+    format!("{AGENT_KEY_PREFIX}{node}")
+}
+
+/// The node id a node's agent presents.
+pub fn agent_id(node: &str) -> String {
+    format!("{AGENT_ID_PREFIX}{node}")
 }
 
 /// The cache key of a pod's sidecar.
@@ -144,5 +181,26 @@ mod tests {
             "sidecar/default/deathstar-1"
         );
         assert_eq!(cache_key("grpc-client"), SHARED_KEY);
+    }
+
+    #[test]
+    fn agents_get_their_nodes_key_and_malformed_agent_ids_the_shared_one() {
+        assert_eq!(cache_key("membrane-agent~node-1"), "agent/node-1");
+        assert_eq!(
+            cache_key(&agent_id("ip-10-0-0-1.ec2.internal")),
+            "agent/ip-10-0-0-1.ec2.internal"
+        );
+        assert_eq!(agent_node("membrane-agent~node-1"), Some("node-1"));
+        for bad in [
+            "membrane-agent~",
+            "membrane-agent~Node1",
+            "membrane-agent~a/b",
+            "membrane-agent~-a",
+            "membrane-agent~a~b",
+            "agent~node-1",
+        ] {
+            assert_eq!(agent_node(bad), None, "{bad}");
+            assert_eq!(cache_key(bad), SHARED_KEY, "{bad}");
+        }
     }
 }

@@ -16,15 +16,21 @@ pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.Cluster
 /// Cilium `NetworkPolicy` (NPDS) and `NetworkPolicyHosts` (NPHDS), defined with the protos.
 pub use membrane_api::type_url::{NETWORK_POLICY, NETWORK_POLICY_HOSTS};
 
+/// The node agent's `Endpoint`, `Service` and `Node` (membrane.agent.v1).
+pub use membrane_api::type_url::{AGENT_ENDPOINT, AGENT_NODE, AGENT_SERVICE};
+
 /// Every type this server knows, in the order Envoy wants them applied
 /// (clusters before endpoints, listeners before routes).
-pub const ALL_TYPES: [&str; 6] = [
+pub const ALL_TYPES: [&str; 9] = [
     CLUSTER,
     ENDPOINT,
     LISTENER,
     ROUTE,
     NETWORK_POLICY,
     NETWORK_POLICY_HOSTS,
+    AGENT_ENDPOINT,
+    AGENT_SERVICE,
+    AGENT_NODE,
 ];
 
 /// A short, stable name for a type URL (`cds`, `eds`, …) for metrics and debug output.
@@ -36,6 +42,9 @@ pub fn short_name(type_url: &str) -> &'static str {
         ENDPOINT => "eds",
         NETWORK_POLICY => "npds",
         NETWORK_POLICY_HOSTS => "nphds",
+        AGENT_ENDPOINT => "agent_endpoint",
+        AGENT_SERVICE => "agent_service",
+        AGENT_NODE => "agent_node",
         _ => "other",
     }
 }

@@ -289,6 +289,14 @@ impl SnapshotBuilder {
         Self::default()
     }
 
+    /// A builder that starts with every type of `snap` (the sets are shared, not copied).
+    pub fn from_snapshot(snap: &Snapshot) -> Self {
+        SnapshotBuilder {
+            sets: snap.types.clone(),
+            ..Self::default()
+        }
+    }
+
     /// Adds one resource; its type is the type URL of its body.
     pub fn add(&mut self, r: Resource) -> &mut Self {
         let t = r.body.type_url.clone();
@@ -357,9 +365,46 @@ impl SnapshotBuilder {
 
 /// The latest snapshot per node key, with a watch per key so streams wake
 /// when their snapshot changes.
+///
+/// A key prefix may have a default ([`SnapshotCache::set_default`]): a key of
+/// that prefix with no snapshot of its own gets it, and follows it until one
+/// is published for the key. The node agents use it: an agent of a node the
+/// sources do not know yet, or that runs no endpoint, gets what every agent
+/// gets (services, nodes, the ipcache) without the translation having to know
+/// every node name a client may present.
 #[derive(Debug, Default)]
 pub struct SnapshotCache {
-    nodes: Mutex<HashMap<String, watch::Sender<Option<Arc<Snapshot>>>>>,
+    nodes: Mutex<Nodes>,
+}
+
+#[derive(Debug, Default)]
+struct Nodes {
+    senders: HashMap<String, watch::Sender<Option<Arc<Snapshot>>>>,
+    /// Per key prefix, its default snapshot.
+    defaults: BTreeMap<String, Arc<Snapshot>>,
+    /// Keys showing their prefix's default rather than a snapshot of their own.
+    following: std::collections::HashSet<String>,
+}
+
+impl Nodes {
+    fn default_for(&self, key: &str) -> Option<Arc<Snapshot>> {
+        self.defaults
+            .iter()
+            .find(|(prefix, _)| key.starts_with(prefix.as_str()))
+            .map(|(_, s)| s.clone())
+    }
+}
+
+/// Replaces what `tx` holds with `snap`, waking its watchers, unless the
+/// content is the same.
+fn offer(tx: &watch::Sender<Option<Arc<Snapshot>>>, snap: Arc<Snapshot>) -> bool {
+    tx.send_if_modified(|cur| {
+        if cur.as_ref().is_some_and(|c| c.version == snap.version) {
+            return false;
+        }
+        *cur = Some(snap);
+        true
+    })
 }
 
 impl SnapshotCache {
@@ -368,31 +413,78 @@ impl SnapshotCache {
         Self::default()
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, Nodes> {
+        self.nodes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn sender(&self, key: &str) -> watch::Sender<Option<Arc<Snapshot>>> {
-        let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
-        nodes
-            .entry(key.to_string())
-            .or_insert_with(|| watch::channel(None).0)
-            .clone()
+        let mut nodes = self.lock();
+        if let Some(tx) = nodes.senders.get(key) {
+            return tx.clone();
+        }
+        let initial = nodes.default_for(key);
+        if initial.is_some() {
+            nodes.following.insert(key.to_string());
+        }
+        let tx = watch::channel(initial).0;
+        nodes.senders.insert(key.to_string(), tx.clone());
+        tx
     }
 
     /// Publishes `snap` for `key`. Returns false (and wakes nobody) when the
     /// content equals what is already published.
     pub fn set(&self, key: &str, snap: Snapshot) -> bool {
-        let tx = self.sender(key);
-        tx.send_if_modified(|cur| {
-            if cur.as_ref().is_some_and(|c| c.version == snap.version) {
-                return false;
-            }
-            *cur = Some(Arc::new(snap));
-            true
-        })
+        let mut nodes = self.lock();
+        nodes.following.remove(key);
+        let tx = nodes
+            .senders
+            .entry(key.to_string())
+            .or_insert_with(|| watch::channel(None).0);
+        offer(tx, Arc::new(snap))
     }
 
-    /// The snapshot published for `key`, if any.
+    /// Makes `snap` the default of every key starting with `prefix`: keys
+    /// with no snapshot of their own (or following the default) get it now.
+    /// Returns how many keys changed.
+    pub fn set_default(&self, prefix: &str, snap: Snapshot) -> usize {
+        let snap = Arc::new(snap);
+        let mut nodes = self.lock();
+        nodes.defaults.insert(prefix.to_string(), snap.clone());
+        let mut changed = 0;
+        let Nodes {
+            senders, following, ..
+        } = &mut *nodes;
+        for (key, tx) in senders.iter() {
+            if !key.starts_with(prefix) {
+                continue;
+            }
+            if following.contains(key) || tx.borrow().is_none() {
+                following.insert(key.clone());
+                changed += usize::from(offer(tx, snap.clone()));
+            }
+        }
+        changed
+    }
+
+    /// Makes `key` follow its prefix's default again (its own snapshot went
+    /// away). Returns false when nothing changed or there is no default.
+    pub fn follow_default(&self, key: &str) -> bool {
+        let tx = self.sender(key);
+        let mut nodes = self.lock();
+        let Some(snap) = nodes.default_for(key) else {
+            return false;
+        };
+        nodes.following.insert(key.to_string());
+        offer(&tx, snap)
+    }
+
+    /// The snapshot published for `key` (or its prefix's default), if any.
     pub fn get(&self, key: &str) -> Option<Arc<Snapshot>> {
-        let nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
-        nodes.get(key).and_then(|tx| tx.borrow().clone())
+        let nodes = self.lock();
+        match nodes.senders.get(key) {
+            Some(tx) => tx.borrow().clone(),
+            None => nodes.default_for(key),
+        }
     }
 
     /// Subscribes to `key`'s snapshots (the current one is marked seen only
@@ -405,8 +497,9 @@ impl SnapshotCache {
 
     /// Every key with a published snapshot.
     pub fn keys(&self) -> Vec<String> {
-        let nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        let nodes = self.lock();
         let mut keys: Vec<String> = nodes
+            .senders
             .iter()
             .filter(|(_, tx)| tx.borrow().is_some())
             .map(|(k, _)| k.clone())
@@ -508,5 +601,60 @@ mod tests {
         assert!(cache.set("n", b));
         assert!(rx.has_changed().unwrap());
         assert_eq!(cache.keys(), vec!["n".to_string()]);
+    }
+
+    #[test]
+    fn keys_without_a_snapshot_follow_their_prefixs_default() {
+        let build = |cluster: &str| {
+            let mut b = SnapshotBuilder::new();
+            b.add(eds_cluster(cluster)).add(cla(cluster));
+            b.build().unwrap()
+        };
+        let cache = SnapshotCache::new();
+        let mut early = cache.watch("agent/early");
+        assert!(cache.get("agent/x").is_none());
+        assert_eq!(
+            cache.set_default("agent/", build("d1")),
+            1,
+            "the early watcher"
+        );
+        assert!(early.has_changed().unwrap());
+        let d1 = early.borrow_and_update().clone().unwrap();
+        assert!(d1.resources(CLUSTER).unwrap().items.contains_key("d1"));
+        // A key nobody published: the default, for get and for a new watcher.
+        assert_eq!(cache.get("agent/x").unwrap().version, d1.version);
+        let late = cache.watch("agent/late");
+        assert_eq!(late.borrow().as_ref().unwrap().version, d1.version);
+        assert!(cache.get("sidecar/x").is_none(), "other prefixes have none");
+
+        // A key of its own stops following; a new default moves only the others.
+        assert!(cache.set("agent/early", build("own")));
+        assert_eq!(
+            cache.set_default("agent/", build("d2")),
+            1,
+            "agent/late only"
+        );
+        let own = cache.get("agent/early").unwrap();
+        assert!(own.resources(CLUSTER).unwrap().items.contains_key("own"));
+        assert!(cache
+            .get("agent/late")
+            .unwrap()
+            .resources(CLUSTER)
+            .unwrap()
+            .items
+            .contains_key("d2"));
+        // Its own snapshot gone, it follows the default again.
+        assert!(cache.follow_default("agent/early"));
+        assert!(cache
+            .get("agent/early")
+            .unwrap()
+            .resources(CLUSTER)
+            .unwrap()
+            .items
+            .contains_key("d2"));
+        assert!(
+            !cache.follow_default("sidecar/x"),
+            "no default for that prefix"
+        );
     }
 }

@@ -3,7 +3,9 @@
 //! names gets that pod's policy and nothing else; every other client is
 //! refused: no certificate, a certificate of another CA, an expired one, one
 //! without a SPIFFE id or of another trust domain, and a valid one presented
-//! with another pod's node id. Certificates are real, made with openssl.
+//! with another pod's node id. A node agent's id (`membrane-agent~NODE`) is
+//! served to the agents' service account only, and that certificate is no
+//! sidecar's. Certificates are real, made with openssl.
 
 mod common;
 
@@ -205,6 +207,44 @@ async fn a_workload_certificate_gets_its_own_pods_policy_and_nothing_else() {
             r.resources.len()
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_agent_is_served_with_the_agents_certificate_only() {
+    let (_tmp, pki, xds) = setup();
+    let addr = xds.tls().unwrap();
+    let (cert, key) = pki.workload("agent", "kube-system", "membrane-agent");
+    let agent = Some((cert.as_path(), key.as_path()));
+
+    // Allowed: the agent's snapshot, which holds every endpoint's NPDS (no pod
+    // here names a node, so none of its own) and its own types.
+    let r = first_npds(&pki.ca, agent, addr, "membrane-agent~node-1")
+        .await
+        .expect("the agent is served");
+    assert_eq!(
+        endpoint_ips(&r),
+        vec!["127.0.0.2", "127.0.0.3", "127.0.0.4"]
+    );
+
+    // Refused: the same certificate as a sidecar (no pod runs as the agents'
+    // account), and the agents' account name in another namespace.
+    let err = first_npds(&pki.ca, agent, addr, &node_id(DEATHSTAR.0, DEATHSTAR.1))
+        .await
+        .unwrap_err();
+    assert!(err.starts_with("PermissionDenied"), "{err}");
+    let (c, k) = pki.workload("impostor", "default", "membrane-agent");
+    let err = first_npds(&pki.ca, Some((&c, &k)), addr, "membrane-agent~node-1")
+        .await
+        .unwrap_err();
+    assert!(
+        err.starts_with("PermissionDenied") && err.contains("kube-system/sa/membrane-agent"),
+        "{err}"
+    );
+    let metrics = debug_get(xds.debug(), "/metrics").await;
+    assert!(
+        metrics.contains("reason=\"agent_account\""),
+        "the refusal is counted: {metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -126,6 +126,18 @@ impl Pod {
         assert_eq!(line.trim(), "READY", "server in {}", self.name);
     }
 
+    /// One connect from the pod's network namespace but outside its cgroup (so not
+    /// decided by the pod's egress policy): `ok` or the failure's text.
+    pub fn connect_outside_cgroup(&self, addr: &str) -> String {
+        let out = self
+            .ns
+            .exec("python3")
+            .args(["-c", CONNECT_PY, addr])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
     /// One connect from the pod to `addr`: `ok`, `eperm`, or another failure's text.
     pub fn connect(&self, addr: &str) -> String {
         let out = self
@@ -390,9 +402,9 @@ impl Drop for Node {
 }
 
 /// The cluster the tests' source directory describes: `client` and `server` on node-1,
-/// the server's app on 8080 (allowed to the client) and 9090 (allowed to nobody); the
-/// client may reach the server on 8080 only (egress), the server admits the client on
-/// 8080 only (ingress).
+/// the server's app on 8080 (allowed to the client) and 9090 (allowed to nobody), and the
+/// service `server` (10.96.0.10:80 -> 8080); the client may reach the server on 8080 only
+/// (egress), the server admits the client on 8080 only (ingress).
 pub const CLUSTER: &str = r#"
 apiVersion: v1
 kind: Pod
@@ -405,6 +417,11 @@ kind: Pod
 metadata: {name: server, namespace: default, labels: {app: server}}
 spec: {nodeName: node-1, containers: [{name: app, ports: [{containerPort: 8080, name: http}]}]}
 status: {podIP: 10.201.0.2}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: server, namespace: default}
+spec: {clusterIP: 10.96.0.10, selector: {app: server}, ports: [{port: 80, targetPort: http}]}
 "#;
 
 /// The policy: egress of the client and ingress of the server, TCP PORTS.

@@ -3,7 +3,11 @@
 //! client configs).
 
 use super::{ProxyRecord, Recorder, Staleness};
-use crate::resource::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
+use crate::node::agent_node;
+use crate::resource::{
+    AGENT_ENDPOINT, AGENT_NODE, AGENT_SERVICE, CLUSTER, ENDPOINT, LISTENER, NETWORK_POLICY_HOSTS,
+    ROUTE,
+};
 
 impl Recorder {
     /// Every proxy's record.
@@ -77,6 +81,25 @@ impl Recorder {
                 if kind == "sidecar" || kind == "router" {
                     o.insert("proxy_type".into(), kind.into());
                 }
+                // Node agents beside the sidecars: which node, and what each of
+                // their types was last sent and ACKed at (the ACK is what the
+                // agent enforces).
+                if let Some(node) = agent_node(&r.node_id) {
+                    o.insert("proxy_type".into(), "agent".into());
+                    o.insert("node_name".into(), node.into());
+                    for (t, prefix) in [
+                        (AGENT_ENDPOINT, "agent_endpoint"),
+                        (AGENT_SERVICE, "agent_service"),
+                        (AGENT_NODE, "agent_node"),
+                        (NETWORK_POLICY_HOSTS, "ipcache"),
+                    ] {
+                        if let Some(tr) = r.types.get(t) {
+                            if let Some(v) = &tr.acked_version {
+                                o.insert(format!("{prefix}_acked_version"), v.clone().into());
+                            }
+                        }
+                    }
+                }
                 o.insert(
                     "istio_version".into(),
                     concat!("membrane-", env!("CARGO_PKG_VERSION")).into(),
@@ -133,8 +156,13 @@ impl Recorder {
             .values()
             .filter(|r| r.connected)
             .map(|r| ClientConfig {
+                // A node agent says so where istioctl shows the client's
+                // build (the node id names it too: membrane-agent~NODE).
                 node: Some(Node {
                     id: r.node_id.clone(),
+                    user_agent_name: agent_node(&r.node_id)
+                        .map(|_| "membrane-agent".to_string())
+                        .unwrap_or_default(),
                     ..Default::default()
                 }),
                 generic_xds_configs: r

@@ -237,11 +237,26 @@ pub struct NodeStatus {
     pub addresses: Vec<NodeAddress>,
 }
 
+/// `Node.spec`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeSpec {
+    /// The node's pod CIDR (the first of `podCIDRs`).
+    #[serde(default, rename = "podCIDR")]
+    pub pod_cidr: Option<String>,
+    /// The node's pod CIDRs (one per address family).
+    #[serde(default, rename = "podCIDRs")]
+    pub pod_cidrs: Vec<String>,
+}
+
 /// A Node.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 pub struct Node {
     /// Metadata.
     pub metadata: Meta,
+    /// Spec (pod CIDRs).
+    #[serde(default)]
+    pub spec: NodeSpec,
     /// Status.
     #[serde(default)]
     pub status: NodeStatus,

@@ -6,6 +6,7 @@
 //! endpoints it affects; the snapshot cache then republishes only the
 //! snapshots whose content changed.
 
+pub mod agent;
 pub mod envoy;
 
 #[cfg(test)]
@@ -95,6 +96,8 @@ pub struct Backend {
 pub struct ServicePortModel {
     /// Service port.
     pub port: u16,
+    /// `TCP` (the default), `UDP` or `SCTP`, as the Service spells it.
+    pub protocol: String,
     /// Backends.
     pub backends: Vec<Backend>,
 }
@@ -106,6 +109,8 @@ pub struct ServiceModel {
     pub name: String,
     /// Namespace.
     pub namespace: String,
+    /// `spec.clusterIP`, when it has one (not headless: `None` or empty).
+    pub cluster_ip: Option<String>,
     /// Ports.
     pub ports: Vec<ServicePortModel>,
 }
@@ -251,12 +256,18 @@ fn service_models(state: &ClusterState, eps: &[(EndpointModel, &k8s::Pod)]) -> V
             }
             ports.push(ServicePortModel {
                 port: sp.port,
+                protocol: sp.protocol.clone().unwrap_or_else(|| "TCP".into()),
                 backends: backends.into_iter().collect(),
             });
         }
         out.push(ServiceModel {
             name: svc.metadata.name.clone(),
             namespace: ns.to_string(),
+            cluster_ip: svc
+                .spec
+                .cluster_ip
+                .clone()
+                .filter(|ip| !ip.is_empty() && ip != "None"),
             ports,
         });
     }
@@ -274,6 +285,9 @@ pub struct Translation {
     /// Parts that could not be translated; the previous snapshot of those
     /// keys stays published.
     pub errors: Vec<TranslateError>,
+    /// What an agent of a node with no endpoint (`agent/NODE` not in `keys`)
+    /// is served; `None` when it could not be built (the last one stays).
+    pub agent_template: Option<Snapshot>,
 }
 
 /// One endpoint's NPDS resource as last translated, with what it was built
@@ -311,6 +325,8 @@ pub struct Translator {
     npds_named: NamedPorts,
     /// Per identity, its NPHDS resource and the addresses it was built from.
     nphds: HashMap<u64, (Vec<String>, Resource)>,
+    /// What the node agents' snapshots were built from.
+    agents: agent::AgentCache,
 }
 
 impl Default for Translator {
@@ -354,6 +370,7 @@ impl Translator {
             npds: HashMap::new(),
             npds_named: NamedPorts::new(),
             nphds: HashMap::new(),
+            agents: agent::AgentCache::default(),
         }
     }
 
@@ -645,6 +662,7 @@ impl Translator {
         out.keys.insert(SHARED_KEY.to_string());
         match shared.build() {
             Ok(s) => {
+                self.translate_agents(state, &eps, &services, &s, &mut out);
                 out.snapshots.insert(SHARED_KEY.to_string(), s);
             }
             Err(error) => out.errors.push(TranslateError::Snapshot {
