@@ -4,25 +4,26 @@ use super::control::CniCall;
 use super::pods::is_root;
 use super::*;
 
-/// A pod of the mini-cluster: its labels, address and identity.
+/// A pod of the mini-cluster: its labels and address.
 pub(super) struct Pod {
     pub(super) name: &'static str,
     pub(super) labels: &'static str,
     pub(super) ip: &'static str,
-    pub(super) identity: u32,
 }
 
-/// Step 6: a mini-cluster on this machine. The "node" is a network namespace
-/// holding a bridge and the control plane (membrane-xds, fed by a source
-/// directory); every pod is a network namespace on that bridge and a cgroup
-/// with the eBPF datapath attached, wired in by `membrane-cni ADD`: the
-/// ships' connects to the deathstar service go to a replica chosen per
-/// connection and are decided at L3/L4 on it (maps written from the policy
-/// engine's verdicts); each deathstar's inbound connections are handed by
-/// sk_lookup to its membrane-proxy sidecar, which enforces the L7 rules it
-/// gets over xDS. Everything it starts is stopped, DEL'd, detached and
-/// removed when it is dropped (failures included) or when SIGINT/SIGTERM
-/// arrives first.
+/// Step 6: a mini-cluster on this machine, run as a cluster runs it. The
+/// "node" is a network namespace holding a bridge, the control plane
+/// (membrane-xds, fed by a source directory of Kubernetes YAML) and the node
+/// agent (fed by the control plane); every pod is a network namespace on that
+/// bridge and a cgroup, registered with the agent by `membrane-cni ADD`. The
+/// agent attaches the eBPF datapath to each pod and programs its maps from
+/// the control plane's resources: the ships' connects to the deathstar
+/// service go to a replica chosen per connection, the deathstars' ingress is
+/// decided at sk_lookup and their allowed inbound connections handed to
+/// their membrane-proxy sidecar, which enforces the L7 rules it gets over
+/// xDS. The demo writes no map entry. Everything it starts is DEL'd,
+/// stopped and removed when it is dropped (failures included) or when
+/// SIGINT/SIGTERM arrives first.
 pub(super) struct Cluster {
     pub(super) tag: String,
     pub(super) cgroups: PathBuf,
@@ -33,39 +34,35 @@ pub(super) struct Cluster {
 /// What the mini-cluster made, in the order it was made, to be undone once.
 #[derive(Default)]
 pub(super) struct Teardown {
-    pub(super) children: Vec<Child>,
-    /// Pods wired in by `membrane-cni ADD`, to DEL (before their datapath goes).
+    /// Pods registered by `membrane-cni ADD`, to DEL while the agent still
+    /// runs (it detaches and unpins them).
     pub(super) cni: Vec<CniCall>,
-    pub(super) attached: Vec<(Datapath, PathBuf)>,
+    /// The node agent (step 8 replaces it).
+    pub(super) agent: Option<Child>,
+    pub(super) children: Vec<Child>,
     pub(super) netns: Vec<String>,
     pub(super) dirs: Vec<PathBuf>,
 }
 
 impl Teardown {
     pub(super) fn run(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        self.children.clear();
         for call in self.cni.drain(..).rev() {
             let _ = call.run("DEL");
         }
-        for (dp, cg) in self.attached.drain(..) {
-            for ns in &self.netns {
-                let _ = dp.detach_netns(&PathBuf::from("/run/netns").join(ns));
-            }
-            let _ = dp.detach(&cg);
-            let _ = std::fs::remove_dir(dp.dir());
-            let _ = std::fs::remove_dir(&cg);
+        for c in self.agent.iter_mut().chain(&mut self.children) {
+            let _ = c.kill();
+            let _ = c.wait();
         }
+        self.agent = None;
+        self.children.clear();
         for ns in self.netns.drain(..).rev() {
             let _ = Command::new("ip")
                 .args(["netns", "del", &ns])
                 .stderr(Stdio::null())
                 .status();
         }
-        // Innermost first: the cgroup and bpffs roots, the temp directory.
+        // Innermost first: the cgroups, the bpffs root (what an endpoint the
+        // agent could not DEL left pinned goes with it), the temp directory.
         for d in self.dirs.drain(..).rev() {
             let _ = std::fs::remove_dir_all(&d).or_else(|_| std::fs::remove_dir(&d));
         }
@@ -107,6 +104,7 @@ pub(super) struct Bins {
     pub(super) proxy: PathBuf,
     pub(super) xds: PathBuf,
     pub(super) cni: PathBuf,
+    pub(super) agent: PathBuf,
 }
 
 impl Cluster {
@@ -128,11 +126,12 @@ impl Cluster {
             proxy: beside("membrane-proxy")?,
             xds: beside("membrane-xds")?,
             cni: beside("membrane-cni")?,
+            agent: beside("membrane-agent")?,
         };
         if !is_root() {
             return Err("the live step needs root (network namespaces, cgroups, eBPF)".into());
         }
-        for tool in ["ip", "curl"] {
+        for tool in ["ip", "curl", "nsenter", "setpriv"] {
             let found = Command::new(tool)
                 .arg("-V")
                 .stdout(Stdio::null())
@@ -153,8 +152,9 @@ impl Cluster {
         let tag = format!("membrane-demo-{}", std::process::id());
         step(&format!(
             "6. Live: a mini-cluster ({tag}: membrane-xds fed by a directory of Kubernetes \
-             YAML, a network namespace and a cgroup per pod wired in by membrane-cni, the \
-             eBPF datapath, two deathstar replicas with sidecars fed over xDS behind a service)"
+             YAML, the node agent fed by membrane-xds programming the eBPF datapath, a network \
+             namespace and a cgroup per pod registered by membrane-cni, two deathstar replicas \
+             with sidecars fed over xDS behind a service)"
         ));
         let cg2 = membrane_datapath::cgroup2_mount().context("no cgroup v2 mount")?;
         let state = Arc::new(Mutex::new(Teardown::default()));
@@ -165,38 +165,21 @@ impl Cluster {
             tag,
             state,
         };
-        let bpf = PathBuf::from("/sys/fs/bpf").join(&c.tag);
-        membrane_datapath::ensure_bpffs(&bpf)?;
+        membrane_datapath::ensure_bpffs(&c.bpffs())?;
         let source = c.dir.join("source");
-        for d in [&c.dir, &source, &c.cgroups, &bpf] {
+        for d in [&c.dir, &source, &c.cgroups, &c.bpffs()] {
             std::fs::create_dir(d).with_context(|| format!("create {}", d.display()))?;
             c.undo().dirs.push(d.clone());
         }
 
-        // The policy engine as the control plane runs it: the L7 policy, and
-        // every pod an endpoint with an identity, one per label set.
-        let mut engine = Engine::default();
-        engine.apply_policies(compile_quietly(L7)?);
-        let mut pod = |name, labels: &'static str, ip| -> Result<Pod> {
-            let endpoint = Endpoint {
-                labels: pod_labels(LabelSet::parse(labels)?),
-                named_ports: NamedPorts::new(),
-            };
-            let identity = engine.upsert_endpoint(name, endpoint)?.0 .0;
-            Ok(Pod {
-                name,
-                labels,
-                ip,
-                identity,
-            })
-        };
+        let pod = |name, labels, ip| Pod { name, labels, ip };
         let deathstars = [
-            pod("deathstar-1", DEATHSTAR, "10.200.0.10")?,
-            pod("deathstar-2", DEATHSTAR, "10.200.0.11")?,
+            pod("deathstar-1", DEATHSTAR, "10.200.0.10"),
+            pod("deathstar-2", DEATHSTAR, "10.200.0.11"),
         ];
         let ships = [
-            pod("tiefighter", TIEFIGHTER, "10.200.0.2")?,
-            pod("xwing", XWING, "10.200.0.3")?,
+            pod("tiefighter", TIEFIGHTER, "10.200.0.2"),
+            pod("xwing", XWING, "10.200.0.3"),
         ];
         let service: SocketAddr = SERVICE.parse()?;
 
@@ -226,105 +209,34 @@ impl Cluster {
             source::NODE
         );
         println!("    {}: {}", source::POLICY_FILE, L7.0);
+        let pid = c.start_agent(bins, &xds)?;
+        println!(
+            "  membrane-agent run --node {} --xds-address {xds} (pid {pid}), pins under {}",
+            source::NODE,
+            c.bpffs().display()
+        );
 
+        // Every pod as the container runtime brings it up: its network (the
+        // interface plugin's part), then the chained membrane-cni ADD, which
+        // registers it with the agent; the agent attaches the datapath and
+        // programs it before answering.
         for p in deathstars.iter().chain(&ships) {
             c.pod_network(p)?;
             let cg = c.cgroups.join(p.name);
             std::fs::create_dir(&cg).with_context(|| format!("create {}", cg.display()))?;
             c.undo().dirs.push(cg);
-        }
-        let backends: Vec<SocketAddr> = deathstars
-            .iter()
-            .map(|d| Ok(SocketAddr::new(d.ip.parse()?, 80)))
-            .collect::<Result<_>>()?;
-
-        // The ships: connects to the service go to a replica chosen per
-        // connection, and are decided at L3/L4 on that replica by the map
-        // entries the datapath derives from the engine's resolved policies
-        // (the L3/L4 part of the L7 policy), revision 1.
-        let end = |p: &Pod| -> Result<_> {
-            let policy = engine
-                .resolved(p.name)
-                .with_context(|| format!("{} has no resolved policy", p.name))?;
-            Ok((membrane_policy::Identity(p.identity), policy))
-        };
-        let (deathstar_id, deathstar_policy) = end(&deathstars[0])?;
-        let ipcache: Vec<(IpNet, u32)> = deathstars
-            .iter()
-            .map(|d| Ok((IpNet::from(d.ip.parse::<std::net::IpAddr>()?), d.identity)))
-            .collect::<Result<_>>()?;
-        let mut verdicts = Vec::new();
-        for s in &ships {
-            let (ship_id, ship_policy) = end(s)?;
-            let rule = |policy, direction, remote| {
-                policy_map::l4_rule(policy, direction, remote, Proto::Tcp, 80)
-                    .context("TCP is a protocol the policy map decides")
-            };
-            let egress = rule(&ship_policy, Direction::Egress, deathstar_id)?;
-            let ingress = rule(&deathstar_policy, Direction::Ingress, ship_id)?;
-            // Only the ships' datapaths enforce here, so the ship's egress rule carries
-            // both ends' verdicts: allowed when its egress and the deathstar's ingress
-            // both allow at L3/L4.
-            let allow = egress.verdict != MapVerdict::Deny && ingress.verdict != MapVerdict::Deny;
-            let entry = PolicyRule {
-                verdict: if allow {
-                    MapVerdict::Allow
-                } else {
-                    MapVerdict::Deny
-                },
-                ..egress
-            };
-            let dp = c.attach(
-                s,
-                &DatapathSettings {
-                    policy_enforce: true,
-                    pod_identity: s.identity,
-                    policy_revision: 1,
-                    ..DatapathSettings::default()
-                },
-            )?;
-            dp.sync_ipcache(&ipcache)?;
-            dp.sync_policy(&[entry])?;
-            dp.set_service(service, &backends)?;
-            verdicts.push(allow);
-        }
-        // The deathstars: inbound connections to their ports go to the sidecar.
-        for d in &deathstars {
-            // The sidecar delivers to the pod's own address; its connect there is
-            // neither captured again nor an egress flow (mb_pod_addr).
-            c.attach(
-                d,
-                &DatapathSettings {
-                    capture_inbound: true,
-                    pod_addrs: vec![d.ip.parse()?],
-                    ..DatapathSettings::default()
-                },
-            )?;
-        }
-        // Every pod as the container runtime brings it up: network, then the
-        // chained membrane-cni ADD.
-        for p in deathstars.iter().chain(&ships) {
             c.cni_add(bins, p)?;
             println!(
-                "  pod {:<11} {:<12} identity {} ({}), membrane-cni ADD done",
-                p.name, p.ip, p.identity, p.labels
+                "  pod {:<11} {:<12} ({}): membrane-cni ADD registered it with the agent",
+                p.name, p.ip, p.labels
             );
         }
-        println!(
-            "  service deathstar {service} -> {}",
-            backends
-                .iter()
-                .map(|b| b.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        for (s, allow) in ships.iter().zip(&verdicts) {
-            println!(
-                "  datapath of {:<11} connect to deathstar:80/TCP: {} (revision 1)",
-                s.name,
-                if *allow { "ALLOW" } else { "DENY" }
-            );
-        }
+        c.wait_programmed(deathstars.len() + ships.len())?;
+        println!("\n  $ membrane endpoint list");
+        c.show(&["endpoint", "list"])?;
+        println!("  $ membrane service list");
+        c.show(&["service", "list"])?;
+
         let me = std::env::current_exe()?;
         let me = me.to_str().context("this binary's path is not UTF-8")?;
         for d in &deathstars {
@@ -349,6 +261,7 @@ impl Cluster {
         );
 
         c.play(&deathstars, &ships, service)?;
-        c.edit_policy(&deathstars, &ships[0], &source)
+        c.edit_policy(&deathstars, &ships[0], &source)?;
+        c.restart_agent(bins, &xds, &ships[0])
     }
 }

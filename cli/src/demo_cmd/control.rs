@@ -1,6 +1,7 @@
 //! The parts of the mini-cluster a cluster runs for it: the control plane
 //! (membrane-xds on the node, reading the source directory), the CNI plugin
-//! the container runtime calls for each pod, and the sidecars fed over xDS.
+//! the container runtime calls for each pod, and the sidecars fed over xDS
+//! (the node agent is `agent.rs`).
 
 use super::cluster::{Bins, Cluster, Pod};
 use super::source::NODE_IP;
@@ -95,17 +96,19 @@ impl Cluster {
 
     /// Pod `p` wired in as a container runtime does it: its network exists (the
     /// interface plugin's part, [`Cluster::pod_network`]), then the chained
-    /// `membrane-cni ADD` attaches the datapath's inbound capture to its
-    /// namespace. Undone by DEL in the teardown.
+    /// `membrane-cni ADD` registers it with the node agent (namespace, name,
+    /// network namespace, addresses, and the cgroup the runtime passes through
+    /// the `cgroupPath` capability). Undone by DEL in the teardown.
     pub(super) fn cni_add(&self, bins: &Bins, p: &Pod) -> Result<()> {
         let netns = PathBuf::from("/run/netns").join(self.ns(p.name));
         let netns = netns.to_str().context("netns path is not UTF-8")?;
-        let pins = PathBuf::from("/sys/fs/bpf").join(&self.tag).join(p.name);
         let config = json!({
             "cniVersion": "1.0.0",
             "name": "membrane-demo",
             "type": "membrane-cni",
-            "bpffs": pins,
+            "agentSocket": self.agent_socket(),
+            "capabilities": {"cgroupPath": true},
+            "runtimeConfig": {"cgroupPath": self.cgroups.join(p.name)},
             "stateDir": self.dir.join("cni"),
             "prevResult": {
                 "cniVersion": "1.0.0",
@@ -145,7 +148,7 @@ impl Cluster {
         Ok(())
     }
 
-    /// Deathstar `d`'s membrane-proxy sidecar, in its pod, taking its policy
+    /// Deathstar `d`'s membrane-proxy sidecar, in its pod as uid 1337, taking its policy
     /// and the peers' identities from the control plane at `xds` under
     /// Istio's node id for the pod.
     pub(super) fn start_sidecar(&self, bins: &Bins, d: &Pod, xds: &str) -> Result<()> {
@@ -155,9 +158,16 @@ impl Cluster {
         );
         let log = self.dir.join(format!("{}.log", d.name));
         let proxy = bins.proxy.to_str().context("proxy path is not UTF-8")?;
+        // As Istio runs it: uid 1337, which the datapath's outbound capture
+        // leaves alone (the sidecar's own connects, to the control plane and
+        // upstream, are never steered back to it).
         self.spawn(
             d.name,
             &[
+                "setpriv",
+                "--reuid=1337",
+                "--regid=1337",
+                "--clear-groups",
                 proxy,
                 "standalone",
                 "--listen",

@@ -51,14 +51,18 @@ impl Cluster {
             per.join(", ")
         );
         println!();
-        for (dp, cg) in &self.undo().attached {
-            let name = cg.file_name().unwrap_or_default().to_string_lossy();
+        // The counters of each pod's datapath, read from the pins the agent
+        // made: the xwing's connect is not refused at its own egress (no
+        // policy selects it) but at the deathstar's ingress, where sk_lookup
+        // drops it.
+        for p in ships.iter().chain(deathstars) {
+            let dp = Datapath::open(self.pins_of(p)?)?;
             let connect = dp.counters_of("mb_connect4")?;
             let lookup = dp.counters_of("mb_sk_lookup")?;
             println!(
-            "  datapath of {name:<11} connects refused {}, inbound connections handed to the sidecar {}",
-            connect.refused, lookup.redirected
-        );
+                "  datapath of {:<11} connects refused {}, inbound connections refused {}, handed to the sidecar {}",
+                p.name, connect.refused, lookup.refused, lookup.redirected
+            );
         }
         println!(
             "\n  verdicts in the access logs of the deathstars' sidecars (first of each kind):"
@@ -119,11 +123,13 @@ impl Cluster {
             source.join(source::POLICY_FILE).display()
         );
         // Each replica polled on its own thread, so neither's requests delay
-        // the other's measurement; the time of the last request that still
-        // got the old verdict bounds the measurement from below.
+        // the other's measurement. The time is that of the first response
+        // with the new verdict (an upper bound); that of the last response
+        // still with the old one, if any came after the edit, bounds it from
+        // below.
         let limit = Duration::from_secs(15);
-        let watch = |d: &Pod, before: &str| -> Result<(u128, u128, String)> {
-            let mut last_old = 0;
+        let watch = |d: &Pod, before: &str| -> Result<(Option<u128>, u128, String)> {
+            let mut last_old = None;
             loop {
                 let got = put(d.ip)?;
                 let at = edit.elapsed();
@@ -138,10 +144,10 @@ impl Cluster {
                         self.log_tails()
                     );
                 }
-                last_old = at.as_millis();
+                last_old = Some(at.as_millis());
             }
         };
-        let seen: Vec<Result<(u128, u128, String)>> = std::thread::scope(|scope| {
+        let seen: Vec<Result<(Option<u128>, u128, String)>> = std::thread::scope(|scope| {
             let handles: Vec<_> = deathstars
                 .iter()
                 .zip(&before)
@@ -157,8 +163,12 @@ impl Cluster {
         });
         for ((d, before), seen) in deathstars.iter().zip(&before).zip(seen) {
             let (last_old, new, got) = seen?;
+            let old = match last_old {
+                Some(t) => format!("{before} until a response at {t} ms"),
+                None => format!("{before} before the edit, not after"),
+            };
             println!(
-                "  {:<11} enforces it {new:>4} ms after the edit (the request at {last_old} ms still got {before}; now {got})",
+                "  {:<11} enforces it {new:>4} ms after the edit ({old}; now {got})",
                 d.name
             );
         }

@@ -186,12 +186,7 @@ mod tests {
 
     #[test]
     fn the_cluster_is_kubernetes_yaml_the_labels_without_their_source() {
-        let pod = |name, labels, ip| Pod {
-            name,
-            labels,
-            ip,
-            identity: 0,
-        };
+        let pod = |name, labels, ip| Pod { name, labels, ip };
         let y = cluster_yaml(
             &[pod("deathstar-1", DEATHSTAR, "10.200.0.10")],
             &[pod("xwing", XWING, "10.200.0.3")],
