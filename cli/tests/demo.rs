@@ -167,19 +167,30 @@ fn the_live_step_runs_a_mini_cluster_and_cleans_up() {
     assert_eq!((c1, c2, r1 + r2, h1 + h2), (0, 0, 1, 9), "{live}");
     assert!(live.contains(r#""type":"Denied""#) && live.contains(r#""status":403"#));
 
-    // Step 7: the edited policy reached both sidecars through the control
-    // plane, each after a request that still got the old verdict; the PUT
-    // now reaches the deathstar.
-    for pod in ["deathstar-1", "deathstar-2"] {
-        // Printed in ms (the demo itself gives up after 15 s).
-        enforced_after(edit, pod);
-        let l = line(edit, &format!("{pod} "));
-        assert!(l.contains("(403 Access denied "), "{l}");
-        assert!(l.ends_with("; now 503 Panic: deathstar exploded)"), "{l}");
+    // Step 7: each edited policy reached both deathstars through the control
+    // plane: first the sidecars' L7 rules (the PUT now reaches the
+    // deathstar), then the agent's kernel maps and the sidecars (the xwing's
+    // connection is no longer refused, and it lands).
+    let (put, alliance) = edit
+        .split_once("edit 2:")
+        .unwrap_or_else(|| panic!("no second edit in:\n{edit}"));
+    for (part, before, after) in [
+        (
+            put,
+            "(403 Access denied ",
+            "; now 503 Panic: deathstar exploded)",
+        ),
+        (alliance, "(no response ", "; now 200 Ship landed)"),
+    ] {
+        for pod in ["deathstar-1", "deathstar-2"] {
+            // Printed in ms (the demo itself gives up after 15 s).
+            enforced_after(part, pod);
+            let l = line(part, &format!("{pod} "));
+            assert!(l.contains(before) && l.ends_with(after), "{l}");
+        }
     }
-    assert!(
-        line(edit, "tiefighter PUT /v1/exhaust-port").ends_with("503 Panic: deathstar exploded")
-    );
+    assert!(line(put, "tiefighter PUT /v1/exhaust-port").ends_with("503 Panic: deathstar exploded"));
+    assert!(line(alliance, "xwing POST /v1/request-landing").ends_with("200 Ship landed"));
 
     // Step 8: the agent was killed and a new one adopted the endpoints while
     // the tiefighter kept landing: not one landing failed.

@@ -261,7 +261,7 @@ impl Cluster {
         );
 
         c.play(&deathstars, &ships, service)?;
-        c.edit_policy(&deathstars, &ships[0], &source)?;
+        c.edit_policy(&deathstars, &ships, &source)?;
         c.restart_agent(bins, &xds, &ships[0])
     }
 }

@@ -83,43 +83,61 @@ impl Cluster {
         Ok(())
     }
 
-    /// Step 7: the policy edited live where the control plane reads it, the
-    /// time from the edit until each deathstar's sidecar enforces it (the
-    /// tiefighter's PUT, polled request by request, stops getting 403), and
-    /// the new verdict through the service.
+    /// Step 7: the policy edited live where the control plane reads it,
+    /// twice: first the sidecars' L7 rules (the tiefighter's PUT is allowed),
+    /// then who may connect at all (the Alliance too: the agent's kernel maps
+    /// and the sidecars). Each edit is timed until every deathstar enforces it.
     pub(super) fn edit_policy(
         &self,
         deathstars: &[Pod],
-        tiefighter: &Pod,
+        ships: &[Pod],
         source: &Path,
     ) -> Result<()> {
         step(&format!(
-            "7. A live policy edit: {} in membrane-xds's source now also allows PUT /v1/exhaust-port",
+            "7. Live policy edits: {} in membrane-xds's source rewritten, timed until enforced",
             source::POLICY_FILE
         ));
-        let put = |ip: &str| {
-            self.request(
-                tiefighter.name,
-                "PUT",
-                &format!("http://{ip}/v1/exhaust-port"),
-            )
-        };
+        let put = source::l7_allowing_exhaust_port()?;
+        self.timed_edit(
+            "edit 1: also allow PUT /v1/exhaust-port (the sidecars' L7 rules)",
+            source,
+            &put,
+            deathstars,
+            (&ships[0], "PUT", "/v1/exhaust-port"),
+        )?;
+        self.timed_edit(
+            "edit 2: admit the Alliance too (the agent's kernel maps, then the sidecars)",
+            source,
+            &source::admitting_the_alliance(&put)?,
+            deathstars,
+            (&ships[1], "POST", "/v1/request-landing"),
+        )
+    }
+
+    /// One live edit: `text` replaces the policy file, and `request` is
+    /// polled at each deathstar until its answer changes; the time from the
+    /// edit to that answer is printed, then the request through the service.
+    fn timed_edit(
+        &self,
+        title: &str,
+        source: &Path,
+        text: &str,
+        deathstars: &[Pod],
+        (ship, method, path): (&Pod, &str, &str),
+    ) -> Result<()> {
+        println!("  {title}");
+        let ask = |ip: &str| self.request(ship.name, method, &format!("http://{ip}{path}"));
+        // What an answer is, for "did it change": the status code, or "no"
+        // for no response (whose text carries a varying time).
+        let kind = |a: &str| a.split_whitespace().next().unwrap_or("").to_owned();
         let mut before = Vec::new();
         for d in deathstars {
-            let got = put(d.ip)?;
-            if !got.starts_with("403") {
-                bail!(
-                    "{} answered the PUT with {got:?} before the edit, expected 403",
-                    d.name
-                );
-            }
-            before.push(got);
+            before.push(ask(d.ip)?);
         }
-        let edited = source::l7_allowing_exhaust_port()?;
-        source::replace_file(source, source::POLICY_FILE, &edited)?;
+        source::replace_file(source, source::POLICY_FILE, text)?;
         let edit = Instant::now();
         println!(
-            "  rewrote {} (one rename, as kubectl apply changes an object)",
+            "    rewrote {} (one rename, as kubectl apply changes an object)",
             source.join(source::POLICY_FILE).display()
         );
         // Each replica polled on its own thread, so neither's requests delay
@@ -131,9 +149,9 @@ impl Cluster {
         let watch = |d: &Pod, before: &str| -> Result<(Option<u128>, u128, String)> {
             let mut last_old = None;
             loop {
-                let got = put(d.ip)?;
+                let got = ask(d.ip)?;
                 let at = edit.elapsed();
-                if got != before {
+                if kind(&got) != kind(before) {
                     return Ok((last_old, at.as_millis(), got));
                 }
                 if at > limit {
@@ -163,20 +181,25 @@ impl Cluster {
         });
         for ((d, before), seen) in deathstars.iter().zip(&before).zip(seen) {
             let (last_old, new, got) = seen?;
+            let before = if kind(before) == "no" {
+                "no response"
+            } else {
+                before
+            };
             let old = match last_old {
                 Some(t) => format!("{before} until a response at {t} ms"),
                 None => format!("{before} before the edit, not after"),
             };
             println!(
-                "  {:<11} enforces it {new:>4} ms after the edit ({old}; now {got})",
+                "    {:<11} enforces it {new:>4} ms after the edit ({old}; now {got})",
                 d.name
             );
         }
-        let url = format!("http://{SERVICE}/v1/exhaust-port");
+        let url = format!("http://{SERVICE}{path}");
         println!(
-            "  {:<40} {}",
-            format!("{} PUT /v1/exhaust-port", tiefighter.name),
-            self.request(tiefighter.name, "PUT", &url)?
+            "    {:<38} {}",
+            format!("{} {method} {path}", ship.name),
+            self.request(ship.name, method, &url)?
         );
         Ok(())
     }

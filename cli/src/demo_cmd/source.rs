@@ -161,12 +161,29 @@ pub(super) fn l7_allowing_exhaust_port() -> Result<String> {
     ))
 }
 
+/// `policy` with the Alliance admitted beside the Empire (a second
+/// `fromEndpoints` selector): the live edit of step 7 that changes who may
+/// connect, so the agent's kernel maps change with the sidecars' rules.
+pub(super) fn admitting_the_alliance(policy: &str) -> Result<String> {
+    let empire = "    - matchLabels:\n        org: empire\n";
+    if !policy.contains(empire) {
+        bail!(
+            "{}: the Star Wars manifest changed shape (no {empire:?})",
+            L7.0
+        );
+    }
+    Ok(policy.replace(
+        empire,
+        &format!("{empire}    - matchLabels:\n        org: alliance\n"),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn the_edited_policy_adds_exactly_the_put_rule_and_is_valid() {
+    fn the_edited_policies_add_the_put_rule_then_the_alliance() {
         let edited = l7_allowing_exhaust_port().unwrap();
         let added: Vec<&str> = edited
             .lines()
@@ -182,6 +199,18 @@ mod tests {
         let policies = compile_quietly((L7.0, &edited)).unwrap();
         let r = trace_for(&policies, TIEFIGHTER, Some(("PUT", "/v1/exhaust-port"))).unwrap();
         assert_eq!(r.verdict, "allowed");
+        let both = admitting_the_alliance(&edited).unwrap();
+        let policies = compile_quietly((L7.0, &both)).unwrap();
+        let landing = Some(("POST", "/v1/request-landing"));
+        assert_eq!(
+            trace_for(&policies, XWING, landing).unwrap().verdict,
+            "allowed"
+        );
+        let policies = compile_quietly((L7.0, &edited)).unwrap();
+        assert_eq!(
+            trace_for(&policies, XWING, landing).unwrap().verdict,
+            "denied"
+        );
     }
 
     #[test]
