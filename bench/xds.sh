@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Control-plane benchmark (xds/benches/fanout.rs): one policy change reaching 1,000
 # connected ADS clients (p50/p99/max, goal p99 < 100 ms), server memory per connected
-# proxy, translation of 10,000 rules for 1,000 endpoints (goal < 1 s), and a live policy
+# proxy, translation of 10,000 rules for 1,000 endpoints (goal < 1 s), one policy change
+# reaching every node agent and sidecar of 100 simulated nodes (issue 14), and a live policy
 # change followed by real membrane-proxy sidecars over xDS (bench/xds_live.py).
 # Writes bench/results/xds-<date>.md.
 #
 # Env: XDS_BENCH_CLIENTS (1000), XDS_BENCH_ROUNDS (5), XDS_BENCH_POLL_MS (1000, fallback poll),
-#      XDS_LIVE_PROXIES (50), XDS_LIVE_ROUNDS (20), CARGO_TARGET_DIR.
+#      XDS_BENCH_NODES (100), XDS_BENCH_NODE_PODS (10), XDS_BENCH_ONLY (nodes: that part
+#      alone), XDS_LIVE_PROXIES (50), XDS_LIVE_ROUNDS (20), CARGO_TARGET_DIR.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)

@@ -4,8 +4,8 @@
 //!
 //! Rooms: [`resources`] (the control plane's resources, decoded and checked), [`store`]
 //! (the state directory a restarted agent adopts the node from), [`node`] (registrations,
-//! resources in force, programming each endpoint's datapath as a diff), [`xds`] (the delta
-//! ADS client, fail-static) and [`daemon`] (the socket, the event fan-in, the wiring).
+//! resources in force, programming each endpoint's datapath as a diff), `views` (what the
+//! socket answers about them), [`xds`] (the delta ADS client, fail-static) and [`daemon`] (the socket, the event fan-in, the wiring).
 //! The single-cgroup commands of the binary (`attach`, `run --cgroup`, ...) stay in the
 //! binary.
 //!
@@ -17,4 +17,5 @@ pub mod daemon;
 pub mod node;
 pub mod resources;
 pub mod store;
+mod views;
 pub mod xds;

@@ -7,9 +7,11 @@
 //! - Fail-static: membrane-xds killed, the maps stay and connects are still decided; a
 //!   policy edit made meanwhile arrives when it is back, and the resync writes nothing
 //!   that did not change.
-//! - Agent restart under load: a client hammers the server through a SIGKILL of the agent
-//!   and a new agent's adoption; no request fails and the denied flow is never let
-//!   through.
+//! - `monitor` on the daemon's socket merges the endpoints' event rings.
+//! - Agent restart under load: a client hammers the server through four SIGKILLs of the
+//!   agent and new agents' adoption (the last one without the recorded resources, so the
+//!   control plane's full state is applied as a diff); no request fails, the denied flow
+//!   is never let through, and no adoption writes a map entry.
 
 mod common;
 
@@ -192,7 +194,63 @@ fn pods_registered_by_cni_are_enforced_from_the_control_plane() {
 }
 
 #[test]
-fn a_registration_without_a_cgroup_or_pod_name_is_refused_naming_it() {
+fn monitor_merges_every_endpoints_events() {
+    use std::io::Write;
+    let (node, _xds) = setup(&[8080]);
+    let mut stream = std::os::unix::net::UnixStream::connect(node.socket()).unwrap();
+    writeln!(stream, "{}", serde_json::json!({"request": "monitor"})).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut lines = BufReader::new(stream);
+    let client = node.pods.iter().find(|p| p.name == "client").unwrap();
+    // A denied connect from the client is reported by the client's endpoint, with the
+    // node's name, through the daemon's one socket.
+    let ev = wait_until(
+        LIMIT,
+        EVERY,
+        "the client's denied connect in the monitor",
+        || {
+            assert_eq!(client.connect("10.201.0.2:9090"), "eperm");
+            let mut line = String::new();
+            while lines.read_line(&mut line).is_ok_and(|n| n > 0) {
+                let ev: Value = serde_json::from_str(line.trim()).unwrap();
+                line.clear();
+                if ev["type"] == "policy-verdict"
+                    && ev["verdict"] == "denied"
+                    && ev["dst"].as_str().is_some_and(|d| d.ends_with(":9090"))
+                {
+                    return Some(ev);
+                }
+            }
+            None
+        },
+    );
+    assert_eq!(ev["node"], "node-1", "{ev}");
+}
+
+#[test]
+fn cni_add_without_cgroup_path_or_pod_name_fails_naming_it_and_del_without_an_agent_succeeds() {
+    // No agent needed: these are refused before it is asked.
+    let mut node = Node::new();
+    node.two_pods("client", "server");
+    let no_cgroup = |c: &mut Value| {
+        c.as_object_mut().unwrap().remove("runtimeConfig");
+    };
+    let args = "K8S_POD_NAMESPACE=default;K8S_POD_NAME=client";
+    let (ok, out) = node.cni_with("ADD", "client", no_cgroup, args);
+    assert!(!ok && out.contains("runtimeConfig.cgroupPath"), "{out}");
+    let (ok, out) = node.cni_with("ADD", "client", |_| {}, "K8S_POD_NAMESPACE=default");
+    assert!(!ok && out.contains("K8S_POD_NAME"), "{out}");
+    // No agent listening: ADD is "try again later", DEL has nothing to undo.
+    let (ok, out) = node.cni("ADD", "client");
+    assert!(!ok && out.contains("\"code\":11"), "{out}");
+    let (ok, out) = node.cni("DEL", "client");
+    assert!(ok, "{out}");
+}
+
+#[test]
+fn a_registration_with_a_bad_name_is_refused_naming_it_and_changes_nothing() {
     let (node, _xds) = setup(&[8080]);
     let bad = membrane_datapath::api::Registration {
         namespace: "Default".into(),
@@ -287,13 +345,22 @@ fn agent_restart_under_load_fails_no_request_and_never_lets_the_denied_flow_thro
     let ok_before = next()["ok"].as_u64().unwrap();
     assert!(ok_before > 0);
 
-    for round in 0..3 {
+    for round in 0..4 {
         node.kill_agent();
         // Requests keep flowing with no agent at all.
         let mid = next()["ok"].as_u64().unwrap();
+        if round == 3 {
+            // The last agent also lost the resources it recorded (not the registrations):
+            // the control plane sends the full state, applied as a diff to the pins.
+            std::fs::remove_dir_all(node.state_dir().join("xds")).unwrap();
+        }
         node.start_agent(&xds.url());
-        wait_until(LIMIT, EVERY, "the new agent connected", || {
-            (node.ask(&Request::Status)["control_plane"]["connected"] == true).then_some(())
+        wait_until(LIMIT, EVERY, "the new agent connected and resynced", || {
+            let st = node.ask(&Request::Status);
+            (st["control_plane"]["connected"] == true
+                && st["resources"]["Endpoint"].as_u64() == Some(2)
+                && st["resources"]["NetworkPolicyHosts"].as_u64() > Some(0))
+            .then_some(())
         });
         for e in [CLIENT, SERVER] {
             let st = node.endpoint(e);
@@ -315,7 +382,7 @@ fn agent_restart_under_load_fails_no_request_and_never_lets_the_denied_flow_thro
             break v;
         }
     };
-    eprintln!("load through 3 agent restarts: {last}");
+    eprintln!("load through 4 agent restarts: {last}");
     assert_eq!(last["failed"], 0, "{last}");
     assert_eq!(last["leaked"], 0, "{last}");
     assert!(last["denied"].as_u64().unwrap() > 0, "{last}");

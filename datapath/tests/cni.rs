@@ -385,6 +385,21 @@ fn install_chains_the_plugin_into_the_primary_list_and_uninstall_takes_it_out() 
     assert_eq!(copied.mode() & 0o111, 0o111, "executable");
     assert_eq!(copied.len(), std::fs::metadata(CNI).unwrap().len());
 
+    // With the node daemon: pods are registered with it, and the runtime is asked for
+    // their cgroup.
+    let (ok, out) = installer(
+        &["install", "--agent-socket", "/var/run/membrane/agent.sock"],
+        dirs.path(),
+    );
+    assert!(ok, "{out}");
+    let list = read("10-calico.conflist");
+    let entry = &list["plugins"][2];
+    assert_eq!(
+        entry["agentSocket"], "/var/run/membrane/agent.sock",
+        "{list}"
+    );
+    assert_eq!(entry["capabilities"], json!({"cgroupPath": true}), "{list}");
+
     let (ok, out) = installer(&["uninstall"], dirs.path());
     assert!(ok, "{out}");
     assert_eq!(read("10-calico.conflist"), primary);

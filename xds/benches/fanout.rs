@@ -5,10 +5,14 @@
 //!    client's receipt (it ACKs at once), p50/p99/max over several changes;
 //! 2. memory per connected proxy: the server's RSS before/after connecting;
 //! 3. translation of R rules for E endpoints, in process: full and after a
-//!    one-policy change.
+//!    one-policy change;
+//! 4. one policy change → every node agent and sidecar of a cluster of
+//!    simulated nodes has it (issue 14, [`nodes`]).
 //!
 //! Prints a Markdown report on stdout. Env: XDS_BENCH_CLIENTS (1000),
-//! XDS_BENCH_ROUNDS (5), XDS_BENCH_POLL_MS (1000, the fallback poll).
+//! XDS_BENCH_ROUNDS (5), XDS_BENCH_POLL_MS (1000, the fallback poll),
+//! XDS_BENCH_NODES (100), XDS_BENCH_NODE_PODS (10), XDS_BENCH_ONLY (`nodes`: that
+//! part alone).
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
@@ -98,6 +102,37 @@ fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
+/// The real `membrane-xds` on `dir` (plaintext xDS, opted in: a loopback-only
+/// benchmark), and its gRPC address.
+fn spawn_xds(dir: &std::path::Path, poll: usize) -> (std::process::Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_membrane-xds"))
+        .args([
+            "--plaintext-xds",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--debug-addr",
+            "127.0.0.1:0",
+            "--log",
+            "warn",
+        ])
+        .args(["--poll-ms", &poll.to_string()])
+        .arg("--source-dir")
+        .arg(dir)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn membrane-xds");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("grpc="))
+        .expect("grpc address")
+        .to_string();
+    (child, addr)
+}
+
 struct Client {
     /// Versions received, with the receipt time.
     got: mpsc::UnboundedReceiver<(String, Instant)>,
@@ -149,32 +184,7 @@ async fn fanout(report: &mut String) {
     let policy = dir.path().join("fleet.yaml");
     std::fs::write(&policy, fleet_policy(0)).unwrap();
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_membrane-xds"))
-        // Plaintext xDS, opted in: a loopback-only benchmark.
-        .args([
-            "--plaintext-xds",
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--debug-addr",
-            "127.0.0.1:0",
-            "--log",
-            "warn",
-        ])
-        .args(["--poll-ms", &poll.to_string()])
-        .arg("--source-dir")
-        .arg(dir.path())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn membrane-xds");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("grpc="))
-        .expect("grpc address")
-        .to_string();
+    let (mut child, addr) = spawn_xds(dir.path(), poll);
     let pid = child.id();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss_before = rss_kib(pid);
@@ -333,6 +343,10 @@ fn translation(report: &mut String) {
     );
 }
 
+// Beside this file rather than in benches/, where Cargo would take it for a bench target.
+#[path = "fanout/nodes.rs"]
+mod nodes;
+
 fn main() {
     // `cargo bench` passes `--bench`; nothing else is accepted.
     if std::env::args().any(|a| a == "--list") {
@@ -354,11 +368,14 @@ fn main() {
             .map(|n| n.get())
             .unwrap_or(1)
     );
-    translation(&mut report);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(fanout(&mut report));
+    if std::env::var("XDS_BENCH_ONLY").as_deref() != Ok("nodes") {
+        translation(&mut report);
+        rt.block_on(fanout(&mut report));
+    }
+    rt.block_on(nodes::nodes(&mut report));
     print!("{report}");
 }

@@ -155,8 +155,46 @@ fn deployment_runs_the_kube_source_on_istio_ports_and_agent_is_privileged() {
         .collect();
     assert!(host_paths.contains("/sys/fs/bpf"), "{host_paths:?}");
     assert!(host_paths.contains("/sys/fs/cgroup"), "{host_paths:?}");
+    // The node daemon: fed by the mTLS port as its node, with the certificate of the
+    // account the control plane serves node agents to, and pods registered over its socket.
+    let env: std::collections::BTreeMap<&str, &serde_json::Value> = spec["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap(), e))
+        .collect();
+    assert_eq!(
+        env["MEMBRANE_XDS_ADDRESS"]["value"],
+        "https://membrane-xds.membrane-system.svc:15012"
+    );
+    assert_eq!(
+        env["MEMBRANE_NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"],
+        "spec.nodeName"
+    );
+    let account = format!(
+        "--agent-service-account={}/{}",
+        ds["metadata"]["namespace"].as_str().unwrap(),
+        spec["serviceAccountName"].as_str().unwrap()
+    );
+    let xds = find(&objs, "Deployment", "membrane-xds");
+    assert!(
+        xds["spec"]["template"]["spec"]["containers"][0]["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a.as_str() == Some(account.as_str())),
+        "membrane-xds is told the agents' account {account}"
+    );
     // The CNI plugin is installed by an init container onto the node's CNI paths.
     let init = &spec["initContainers"][0];
+    assert!(
+        init["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a.as_str() == Some("--agent-socket=/var/run/membrane/agent.sock")),
+        "pods are registered with the agent"
+    );
     assert_eq!(init["command"], serde_json::json!(["membrane-cni"]));
     assert_eq!(init["args"][0], "install");
     assert!(host_paths.contains("/opt/cni/bin") && host_paths.contains("/etc/cni/net.d"));

@@ -43,27 +43,52 @@ pub struct Xds {
 impl Xds {
     /// Starts it on `addr` (port 0: any) reading `source`.
     pub fn start(source: &Path, addr: &str) -> Xds {
+        Xds::start_with(source, addr, &[])
+    }
+
+    /// [`Xds::start`] serving mTLS instead, with this server certificate and client CA.
+    pub fn start_tls(source: &Path, cert: &Path, key: &Path, ca: &Path) -> Xds {
+        let flags = [
+            "--tls-addr",
+            "127.0.0.1:0",
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+            "--ca-cert",
+            ca.to_str().unwrap(),
+        ];
+        Xds::start_with(source, "", &flags)
+    }
+
+    fn start_with(source: &Path, addr: &str, extra: &[&str]) -> Xds {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .unwrap();
-        let cfg = membrane_xds::config::Config::parse_from([
+        let mut args = vec![
             "membrane-xds",
             "--source-dir",
             source.to_str().unwrap(),
-            "--plaintext-xds",
-            "--grpc-addr",
-            addr,
             "--debug-addr",
             "127.0.0.1:0",
             "--poll-ms",
             "100",
-        ]);
+        ];
+        if extra.is_empty() {
+            args.extend(["--plaintext-xds", "--grpc-addr", addr]);
+        }
+        args.extend_from_slice(extra);
+        let cfg = membrane_xds::config::Config::parse_from(args);
         let running = rt
             .block_on(membrane_xds::app::start(&cfg))
             .expect("start membrane-xds");
-        let addr = running.addrs.grpc.expect("plaintext xDS address");
+        let addr = running
+            .addrs
+            .grpc
+            .or(running.addrs.tls)
+            .expect("an xDS address");
         Xds {
             rt: Some(rt),
             running: Some(running),
@@ -288,6 +313,11 @@ impl Node {
     /// Starts `membrane-agent run --node node-1 --xds-address URL`; returns once its
     /// socket answers.
     pub fn start_agent(&mut self, xds_url: &str) {
+        self.start_agent_with(xds_url, &[]);
+    }
+
+    /// [`Node::start_agent`] with more flags.
+    pub fn start_agent_with(&mut self, xds_url: &str, extra: &[&str]) {
         let log = std::fs::File::options()
             .create(true)
             .append(true)
@@ -302,6 +332,7 @@ impl Node {
             .args(["--xds-backoff-ms", "50", "--xds-backoff-max-ms", "500"])
             .arg("--state-dir")
             .arg(self.state_dir())
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -339,8 +370,24 @@ impl Node {
     /// Runs `membrane-cni` COMMAND for pod `name` (namespace `default`); its stdout and
     /// whether it succeeded.
     pub fn cni(&self, command: &str, name: &str) -> (bool, String) {
+        self.cni_with(
+            command,
+            name,
+            |_| {},
+            &format!("K8S_POD_NAMESPACE=default;K8S_POD_NAME={name}"),
+        )
+    }
+
+    /// [`Node::cni`] with the configuration edited by `edit` and `CNI_ARGS` given.
+    pub fn cni_with(
+        &self,
+        command: &str,
+        name: &str,
+        edit: impl FnOnce(&mut serde_json::Value),
+        cni_args: &str,
+    ) -> (bool, String) {
         let pod = self.pods.iter().find(|p| p.name == name).expect("pod");
-        let conf = serde_json::json!({
+        let mut conf = serde_json::json!({
             "cniVersion": "1.0.0",
             "name": "test",
             "type": "membrane-cni",
@@ -349,16 +396,14 @@ impl Node {
             "prevResult": {"cniVersion": "1.0.0", "interfaces": [{"name": "eth0"}],
                            "ips": [{"address": format!("{}/24", pod.ip), "interface": 0}]},
         });
+        edit(&mut conf);
         let mut child = Command::new(sibling("membrane-cni"))
             .env("CNI_COMMAND", command)
             .env("CNI_CONTAINERID", format!("ctr-{name}"))
             .env("CNI_NETNS", pod.ns.path())
             .env("CNI_IFNAME", "eth0")
             .env("CNI_PATH", "/opt/cni/bin")
-            .env(
-                "CNI_ARGS",
-                format!("K8S_POD_NAMESPACE=default;K8S_POD_NAME={name}"),
-            )
+            .env("CNI_ARGS", cni_args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()

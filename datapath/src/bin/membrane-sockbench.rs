@@ -136,6 +136,23 @@ enum Cmd {
         #[arg(long)]
         connect: SocketAddr,
     },
+    /// Connect to every target in turn, round after round, and print one line
+    /// per round: its start and end (CLOCK_MONOTONIC, ns) and a letter per
+    /// target: `A` connected, `R` refused by the peer (ECONNREFUSED: no
+    /// listener, or a reset), `D` refused locally (EPERM: the connect hook's
+    /// policy), `E` anything else. Stops after `--rounds` rounds (0: no
+    /// limit), after `--secs`, or (with `--until-stdin-closes`) when stdin closes.
+    Probes {
+        /// `tcp:ADDR`, `udp:ADDR`, or `tcp:ADDR@SOURCE_IP` (bound to that source).
+        #[arg(long = "target", required = true)]
+        targets: Vec<String>,
+        #[arg(long, default_value_t = 0)]
+        rounds: u64,
+        #[arg(long, default_value_t = 120.0)]
+        secs: f64,
+        #[arg(long)]
+        until_stdin_closes: bool,
+    },
 }
 
 fn main() -> Result<()> {
@@ -226,6 +243,12 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Probes {
+            targets,
+            rounds,
+            secs,
+            until_stdin_closes,
+        } => probes(&targets, rounds, secs, until_stdin_closes),
         Cmd::Fetch { connect, bind } => {
             let mut s = match bind {
                 None => TcpStream::connect(connect)?,
@@ -485,6 +508,115 @@ fn stream(connect: SocketAddr, write: usize, secs: f64, greet: bool) -> Result<(
 }
 
 /// Connect from a chosen source address (any port).
+/// One target of `probes`.
+struct Target {
+    udp: bool,
+    to: SocketAddr,
+    from: Option<std::net::IpAddr>,
+}
+
+fn parse_target(t: &str) -> Result<Target> {
+    let (proto, rest) = t
+        .split_once(':')
+        .with_context(|| format!("target {t:?}: expected tcp:ADDR or udp:ADDR"))?;
+    let udp = match proto {
+        "tcp" => false,
+        "udp" => true,
+        other => bail!("target {t:?}: protocol {other:?} is not tcp or udp"),
+    };
+    let (to, from) = match rest.split_once('@') {
+        Some((to, from)) => (
+            to,
+            Some(
+                from.parse()
+                    .with_context(|| format!("target {t:?}: source"))?,
+            ),
+        ),
+        None => (rest, None),
+    };
+    let to = to
+        .parse()
+        .with_context(|| format!("target {t:?}: address"))?;
+    Ok(Target { udp, to, from })
+}
+
+fn probe_letter(r: Result<()>) -> char {
+    let Err(e) = r else { return 'A' };
+    let errno = e
+        .chain()
+        .find_map(|c| {
+            c.downcast_ref::<io::Error>()
+                .and_then(|e| e.raw_os_error())
+                .or_else(|| c.downcast_ref::<nix::Error>().map(|e| *e as i32))
+        })
+        .unwrap_or(0);
+    match errno {
+        libc::ECONNREFUSED => 'R',
+        libc::EPERM => 'D',
+        _ => 'E',
+    }
+}
+
+fn probe_once(t: &Target) -> Result<()> {
+    if t.udp {
+        let bind = match (t.from, t.to) {
+            (Some(ip), _) => SocketAddr::new(ip, 0),
+            (None, SocketAddr::V4(_)) => "0.0.0.0:0".parse()?,
+            (None, SocketAddr::V6(_)) => "[::]:0".parse()?,
+        };
+        std::net::UdpSocket::bind(bind)?.connect(t.to)?;
+        return Ok(());
+    }
+    match t.from {
+        Some(ip) => connect_from(ip, t.to).map(drop),
+        None => TcpStream::connect_timeout(&t.to, Duration::from_secs(5))
+            .map(drop)
+            .map_err(Into::into),
+    }
+}
+
+fn monotonic_ns() -> Result<u64> {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)?;
+    Ok(t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+}
+
+fn probes(targets: &[String], rounds: u64, secs: f64, until_stdin_closes: bool) -> Result<()> {
+    let targets: Vec<Target> = targets
+        .iter()
+        .map(|t| parse_target(t))
+        .collect::<Result<_>>()?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if until_stdin_closes {
+        let stdin_closed = stop.clone();
+        thread::spawn(move || {
+            let _ = io::copy(&mut io::stdin(), &mut io::sink());
+            stdin_closed.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+    }
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let mut out = io::stdout().lock();
+    let mut n = 0;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed)
+        && Instant::now() < deadline
+        && (rounds == 0 || n < rounds)
+    {
+        let start = monotonic_ns()?;
+        let line: String = targets
+            .iter()
+            .map(|t| probe_letter(probe_once(t)))
+            .collect();
+        let end = monotonic_ns()?;
+        if writeln!(out, "{start} {end} {line}")
+            .and_then(|()| out.flush())
+            .is_err()
+        {
+            break;
+        }
+        n += 1;
+    }
+    Ok(())
+}
+
 fn connect_from(ip: std::net::IpAddr, to: SocketAddr) -> Result<TcpStream> {
     let family = if to.is_ipv4() {
         AddressFamily::Inet

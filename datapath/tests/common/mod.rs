@@ -149,6 +149,27 @@ impl Env {
         out
     }
 
+    /// Start a client that runs until its stdin closes (drop the returned
+    /// stdin), in the cgroup + netns; output via the returned reader.
+    pub fn spawn_client_piped(
+        &mut self,
+        args: &[&str],
+    ) -> (
+        std::process::ChildStdin,
+        BufReader<std::process::ChildStdout>,
+    ) {
+        let mut child = self
+            .command(SOCKBENCH, args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn client");
+        let stdin = child.stdin.take().unwrap();
+        let out = BufReader::new(child.stdout.take().unwrap());
+        self.children.push(ChildGuard(child));
+        (stdin, out)
+    }
+
     fn run_bounded(&self, mut cmd: Command, limit: Duration) -> String {
         let mut child = cmd
             .stdout(Stdio::piped())

@@ -270,3 +270,66 @@ fn a_policy_change_reencodes_only_what_it_selects_and_matches_a_fresh_translatio
         assert_eq!(latest[key], &snap.version, "{key}");
     }
 }
+
+#[test]
+fn agent_snapshots_are_rebuilt_only_for_what_changed() {
+    use crate::resource::AGENT_ENDPOINT;
+    // Everyone on node-1, the xwing on node-2.
+    let text = STARWARS
+        .replace(
+            "status: {podIP: 10.0.0.7}",
+            "spec: {nodeName: node-2}\nstatus: {podIP: 10.0.0.7}",
+        )
+        .replace(
+            "status: {podIP: 10.0.0.6}",
+            "spec: {nodeName: node-1}\nstatus: {podIP: 10.0.0.6}",
+        )
+        .replace(
+            "spec: {containers: [{name: app, ports: [{containerPort: 80, name: http}]}]}",
+            "spec: {nodeName: node-1, containers: [{name: app, ports: [{containerPort: 80, name: http}]}]}",
+        );
+    let state = parse("sw.yaml", &text).unwrap().state;
+    let mut t = Translator::new();
+    let first = t.translate(&state);
+    assert!(first.errors.is_empty(), "{:?}", first.errors);
+    assert!(first.agent_template.is_some());
+    let one = &first.snapshots["agent/node-1"];
+    let names: Vec<&String> = one
+        .resources(AGENT_ENDPOINT)
+        .unwrap()
+        .items
+        .keys()
+        .collect();
+    assert_eq!(names, ["default/deathstar-1", "default/tiefighter"]);
+    let tie = one.resources(AGENT_ENDPOINT).unwrap().items["default/tiefighter"].clone();
+
+    // Nothing changed: no agent snapshot is rebuilt.
+    let again = t.translate(&state);
+    assert!(
+        !again.snapshots.keys().any(|k| k.starts_with("agent/")),
+        "{:?}",
+        again.snapshots.keys()
+    );
+    assert!(again.keys.contains("agent/node-1") && again.keys.contains("agent/node-2"));
+
+    // A policy edit selecting the deathstar only: node-1's snapshot is rebuilt with a new
+    // deathstar and the very same tiefighter resource (not re-encoded).
+    let edited = parse("sw.yaml", &text.replace("/v1/request-landing", "/v2/.*"))
+        .unwrap()
+        .state;
+    let third = t.translate(&edited);
+    let one = &third.snapshots["agent/node-1"];
+    let items = &one.resources(AGENT_ENDPOINT).unwrap().items;
+    assert!(std::sync::Arc::ptr_eq(
+        &items["default/tiefighter"].body,
+        &tie.body
+    ));
+    assert_ne!(
+        items["default/deathstar-1"].hash,
+        first.snapshots["agent/node-1"]
+            .resources(AGENT_ENDPOINT)
+            .unwrap()
+            .items["default/deathstar-1"]
+            .hash
+    );
+}
