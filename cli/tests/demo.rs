@@ -1,6 +1,8 @@
 //! `membrane demo`, the embedded default, as `make demo` runs it: the real
-//! binary; the live step (root) builds its mini-cluster and must leave
-//! nothing behind.
+//! binary; the live steps (root) run the mini-cluster with the control plane,
+//! the node agent, membrane-cni and the sidecars, edit the policy live, restart
+//! the agent under load without a failed landing, and must leave nothing
+//! behind.
 
 use std::path::Path;
 use std::process::Command;
