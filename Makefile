@@ -15,7 +15,7 @@ build: deps
 	$(CARGO) build --release --workspace --bins
 
 demo: deps
-	$(CARGO) build --release -p membrane-cli -p membrane-proxy
+	$(CARGO) build --release -p membrane-cli -p membrane-proxy -p membrane-xds -p membrane-datapath -p membrane-agent
 	$(CARGO_TARGET_DIR)/release/membrane demo
 
 # Doc tests first, so the run closes on nextest's summary of every test.

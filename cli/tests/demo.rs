@@ -1,16 +1,19 @@
 //! `membrane demo`, the embedded default, as `make demo` runs it: the real
-//! binary; the live step (root) builds its mini-cluster and must leave
-//! nothing behind.
+//! binary; the live steps (root) run the mini-cluster with the control plane,
+//! the node agent, membrane-cni and the sidecars, edit the policy live, restart
+//! the agent under load without a failed landing, and must leave nothing
+//! behind.
 
 use std::path::Path;
 use std::process::Command;
 
+/// The binary under test: this build's, or `MEMBRANE_DEMO_BIN` (an installed
+/// release, with membrane-proxy, membrane-xds, membrane-cni and membrane-agent
+/// beside it).
 fn demo(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_membrane"))
-        .arg("demo")
-        .args(args)
-        .output()
-        .unwrap();
+    let bin = std::env::var_os("MEMBRANE_DEMO_BIN")
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_membrane").into());
+    let out = Command::new(bin).arg("demo").args(args).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
@@ -20,8 +23,9 @@ fn demo(args: &[&str]) -> String {
     text
 }
 
-/// (connects refused, inbound connections handed to the sidecar) of a pod's datapath.
-fn counters(out: &str, pod: &str) -> (u64, u64) {
+/// (connects refused, inbound connections refused, inbound connections handed to the
+/// sidecar) of a pod's datapath.
+fn counters(out: &str, pod: &str) -> (u64, u64, u64) {
     let l = out
         .lines()
         .find(|l| {
@@ -33,8 +37,10 @@ fn counters(out: &str, pod: &str) -> (u64, u64) {
         .split(|c: char| !c.is_ascii_digit())
         .filter_map(|w| w.parse().ok())
         .collect();
-    // "datapath of deathstar-1 connects refused R, ... sidecar H": the last two numbers.
-    (nums[nums.len() - 2], nums[nums.len() - 1])
+    // "datapath of deathstar-1 connects refused R, inbound connections refused I,
+    // handed to the sidecar H": the last three numbers.
+    let n = nums.len();
+    (nums[n - 3], nums[n - 2], nums[n - 1])
 }
 
 /// The line of `out` that starts (after indentation) with `label`.
@@ -67,19 +73,80 @@ fn the_scenario_step_by_step_from_the_policy_engine() {
     );
 }
 
+/// The pids of the processes whose command line mentions `needle`.
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let pid = e.file_name().to_string_lossy().into_owned();
+        if !pid.chars().all(|c| c.is_ascii_digit()) {
+            continue;
+        }
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(needle) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// The milliseconds of a step-7 line "POD enforces it N ms after the edit (...".
+fn enforced_after(step: &str, pod: &str) -> u64 {
+    let l = line(step, &format!("{pod} "));
+    l.split_once("enforces it")
+        .unwrap_or_else(|| panic!("no time in {l:?}"))
+        .1
+        .trim_start()
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap_or_else(|e| panic!("{l:?}: {e}"))
+}
+
 #[test]
 fn the_live_step_runs_a_mini_cluster_and_cleans_up() {
     let out = demo(&[]);
     let live = out.split("== 6. Live").nth(1).unwrap_or_else(|| {
-        panic!("the live step did not run (root, ip, curl, membrane-proxy):\n{out}")
+        panic!(
+            "the live step did not run (root, ip, curl, nsenter, membrane-proxy, membrane-xds, \
+             membrane-cni, membrane-agent):\n{out}"
+        )
     });
+    let (live, rest) = live
+        .split_once("== 7.")
+        .unwrap_or_else(|| panic!("no step 7 in:\n{out}"));
+    let (edit, restart) = rest
+        .split_once("== 8.")
+        .unwrap_or_else(|| panic!("no step 8 in:\n{out}"));
+    // The control plane feeds the agent and the sidecars; every pod came up
+    // through membrane-cni ADD, and the agent enforces the control plane's
+    // policy on each.
+    assert!(line(
+        live,
+        "membrane-xds on node-1 serving xDS at http://10.200.0.1:15010"
+    )
+    .contains("watching"));
+    assert!(line(
+        live,
+        "membrane-agent run --node node-1 --xds-address http://10.200.0.1:15010"
+    )
+    .contains("pins under"));
+    for pod in ["deathstar-1", "deathstar-2", "tiefighter", "xwing"] {
+        assert!(line(live, &format!("pod {pod} "))
+            .ends_with("membrane-cni ADD registered it with the agent"));
+        let row = line(live, &format!("default/{pod} "));
+        assert!(row.ends_with("enforcing"), "{row}");
+        let sidecar = pod.starts_with("deathstar");
+        assert!(row.contains(&format!(" {sidecar} ")), "{row}");
+    }
     // L7: the sidecar lands the tiefighter and refuses its PUT.
     assert!(line(live, "tiefighter POST /v1/request-landing").ends_with("200 Ship landed"));
     assert!(line(live, "tiefighter PUT /v1/exhaust-port").ends_with("403 Access denied"));
-    // L3/L4: the xwing's connect never leaves its pod.
+    // L3/L4: the xwing's connection is refused at the deathstar's ingress
+    // (sk_lookup), never handed to a sidecar; nothing refuses the tiefighter.
     assert!(line(live, "xwing POST /v1/request-landing").contains("no response"));
-    assert_eq!(counters(live, "xwing"), (1, 0));
-    assert_eq!(counters(live, "tiefighter"), (0, 0));
+    assert_eq!(counters(live, "xwing"), (0, 0, 0));
+    assert_eq!(counters(live, "tiefighter"), (0, 0, 0));
     // The service: every landing reached a replica's sidecar (which one is
     // chosen per connection), and so did the refused PUT.
     let landings = line(live, "8 tiefighter landings through the service:");
@@ -97,10 +164,51 @@ fn the_live_step_runs_a_mini_cluster_and_cleans_up() {
         })
         .sum();
     assert_eq!(landed, 8, "{landings}");
-    let (r1, h1) = counters(live, "deathstar-1");
-    let (r2, h2) = counters(live, "deathstar-2");
-    assert_eq!((r1, r2, h1 + h2), (0, 0, 9), "{live}");
+    let (c1, r1, h1) = counters(live, "deathstar-1");
+    let (c2, r2, h2) = counters(live, "deathstar-2");
+    assert_eq!((c1, c2, r1 + r2, h1 + h2), (0, 0, 1, 9), "{live}");
     assert!(live.contains(r#""type":"Denied""#) && live.contains(r#""status":403"#));
+
+    // Step 7: each edited policy reached both deathstars through the control
+    // plane: first the sidecars' L7 rules (the PUT now reaches the
+    // deathstar), then the agent's kernel maps and the sidecars (the xwing's
+    // connection is no longer refused, and it lands).
+    let (put, alliance) = edit
+        .split_once("edit 2:")
+        .unwrap_or_else(|| panic!("no second edit in:\n{edit}"));
+    for (part, before, after) in [
+        (
+            put,
+            "(403 Access denied ",
+            "; now 503 Panic: deathstar exploded)",
+        ),
+        (alliance, "(no response ", "; now 200 Ship landed)"),
+    ] {
+        for pod in ["deathstar-1", "deathstar-2"] {
+            // Printed in ms (the demo itself gives up after 15 s).
+            enforced_after(part, pod);
+            let l = line(part, &format!("{pod} "));
+            assert!(l.contains(before) && l.ends_with(after), "{l}");
+        }
+    }
+    assert!(line(put, "tiefighter PUT /v1/exhaust-port").ends_with("503 Panic: deathstar exploded"));
+    assert!(line(alliance, "xwing POST /v1/request-landing").ends_with("200 Ship landed"));
+
+    // Step 8: the agent was killed and a new one adopted the endpoints while
+    // the tiefighter kept landing: not one landing failed.
+    assert!(line(restart, "membrane-agent pid").contains("killed (SIGKILL)"));
+    assert!(line(restart, "the new agent adopted 4 endpoints").contains("pins"));
+    let across = restart
+        .lines()
+        .find(|l| l.contains("tiefighter landings across the restart"))
+        .unwrap_or_else(|| panic!("no landing count in:\n{restart}"));
+    let nums: Vec<u64> = across
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let (total, landed, failed) = (nums[0], nums[1], nums[2]);
+    assert_eq!((landed, failed), (total, 0), "{across}");
+    assert!(total >= 30, "{across}");
 
     let tag: String = live
         .split_once("(membrane-demo-")
@@ -118,4 +226,14 @@ fn the_live_step_runs_a_mini_cluster_and_cleans_up() {
     );
     let cg2 = membrane_datapath::cgroup2_mount().unwrap();
     assert!(!cg2.join(&tag).exists(), "cgroups left behind");
+    assert!(
+        !std::env::temp_dir().join(&tag).exists(),
+        "the source directory and the CNI records left behind"
+    );
+    // membrane-xds is gone too (a pod's processes went with its cgroup).
+    assert_eq!(
+        processes_mentioning(&tag),
+        Vec::<String>::new(),
+        "processes left behind"
+    );
 }

@@ -1,5 +1,5 @@
 //! What the mini-cluster does to and in its pods: the node and pod network namespaces,
-//! datapath attachment, processes inside a pod, readiness and requests, and teardown on
+//! processes inside a pod, readiness and requests, and teardown on
 //! drop.
 
 use super::cluster::{Cluster, Pod, Teardown, NODE_BRIDGE};
@@ -55,16 +55,6 @@ impl Cluster {
         let addr = format!("{}/24", p.ip);
         self.ip(&["-n", &ns, "addr", "add", &addr, "dev", "eth0"])?;
         self.ip(&["-n", &ns, "link", "set", "eth0", "up"])
-    }
-
-    /// The datapath of pod `p`, attached to its cgroup (pins of its own).
-    pub(super) fn attach(&self, p: &Pod, settings: &DatapathSettings) -> Result<Datapath> {
-        let cg = self.cgroups.join(p.name);
-        let pins = PathBuf::from("/sys/fs/bpf").join(&self.tag).join(p.name);
-        let dp = Datapath::attach(pins, &cg, settings)
-            .with_context(|| format!("attach the datapath to {}", cg.display()))?;
-        self.undo().attached.push((dp.clone(), cg));
-        Ok(dp)
     }
 
     /// `cmd` started in pod `pod` (its cgroup and namespace); `sh` and `ip

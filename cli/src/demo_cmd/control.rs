@@ -1,0 +1,187 @@
+//! The parts of the mini-cluster a cluster runs for it: the control plane
+//! (membrane-xds on the node, reading the source directory), the CNI plugin
+//! the container runtime calls for each pod, and the sidecars fed over xDS
+//! (the node agent is `agent.rs`).
+
+use super::cluster::{Bins, Cluster, Pod};
+use super::source::NODE_IP;
+use super::*;
+use serde_json::{json, Value};
+use std::sync::mpsc;
+
+/// Where membrane-xds serves plaintext xDS: the node's bridge address, which
+/// every pod reaches (a pod's own loopback is its own).
+pub(super) const XDS_PORT: u16 = 15010;
+
+/// A `membrane-cni` call the teardown repeats as DEL.
+#[derive(Debug, Clone)]
+pub(super) struct CniCall {
+    pub(super) bin: PathBuf,
+    pub(super) env: Vec<(&'static str, String)>,
+    pub(super) config: String,
+}
+
+impl CniCall {
+    /// Runs the plugin with `command`: its stdout, or its error result as an error.
+    pub(super) fn run(&self, command: &str) -> Result<String> {
+        let mut child = Command::new(&self.bin)
+            .env_clear()
+            .env("CNI_COMMAND", command)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("run {}", self.bin.display()))?;
+        child
+            .stdin
+            .take()
+            .context("membrane-cni stdin")?
+            .write_all(self.config.as_bytes())?;
+        let out = child.wait_with_output()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !out.status.success() {
+            // The spec's error result: {"code", "msg", "details"}.
+            let why = serde_json::from_str::<Value>(&text)
+                .ok()
+                .map(|v| format!("code {}: {}: {}", v["code"], v["msg"], v["details"]))
+                .unwrap_or(text);
+            bail!("membrane-cni {command}: {why}");
+        }
+        Ok(text)
+    }
+}
+
+impl Cluster {
+    /// The control plane, in the node's namespace, reading `source`; its URL
+    /// for the sidecars and the agent.
+    pub(super) fn start_xds(&self, bins: &Bins, source: &Path) -> Result<String> {
+        let grpc = format!("{NODE_IP}:{XDS_PORT}");
+        let log = self.dir.join("membrane-xds.log");
+        let err =
+            std::fs::File::create(&log).with_context(|| format!("create {}", log.display()))?;
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.ns("node")])
+            .arg(&bins.xds)
+            .arg("--source-dir")
+            .arg(source)
+            .args(["--plaintext-xds", "--grpc-addr", &grpc])
+            .args(["--debug-addr", "127.0.0.1:15014"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(err))
+            .spawn()
+            .with_context(|| format!("start {}", bins.xds.display()))?;
+        let stdout = child.stdout.take().context("membrane-xds stdout")?;
+        self.undo().children.push(child);
+        // It prints one line when its listeners are bound; a thread reads it so
+        // that a control plane that never gets there is an error, not a hang.
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(line) if line.contains(&format!("grpc={grpc}")) => {}
+            Ok(line) => bail!(
+                "membrane-xds did not start (it printed {:?}){}",
+                line.trim(),
+                self.log_tails()
+            ),
+            Err(_) => bail!("membrane-xds did not start in 20 s{}", self.log_tails()),
+        }
+        Ok(format!("http://{grpc}"))
+    }
+
+    /// Pod `p` wired in as a container runtime does it: its network exists (the
+    /// interface plugin's part, [`Cluster::pod_network`]), then the chained
+    /// `membrane-cni ADD` registers it with the node agent (namespace, name,
+    /// network namespace, addresses, and the cgroup the runtime passes through
+    /// the `cgroupPath` capability). Undone by DEL in the teardown.
+    pub(super) fn cni_add(&self, bins: &Bins, p: &Pod) -> Result<()> {
+        let netns = PathBuf::from("/run/netns").join(self.ns(p.name));
+        let netns = netns.to_str().context("netns path is not UTF-8")?;
+        let config = json!({
+            "cniVersion": "1.0.0",
+            "name": "membrane-demo",
+            "type": "membrane-cni",
+            "agentSocket": self.agent_socket(),
+            "capabilities": {"cgroupPath": true},
+            "runtimeConfig": {"cgroupPath": self.cgroups.join(p.name)},
+            "stateDir": self.dir.join("cni"),
+            "prevResult": {
+                "cniVersion": "1.0.0",
+                "interfaces": [{"name": "eth0", "sandbox": netns}],
+                "ips": [{"address": format!("{}/24", p.ip), "gateway": NODE_IP, "interface": 0}],
+            },
+        });
+        let call = CniCall {
+            bin: bins.cni.clone(),
+            env: vec![
+                ("CNI_CONTAINERID", format!("{}-{}", self.tag, p.name)),
+                ("CNI_NETNS", netns.to_owned()),
+                ("CNI_IFNAME", "eth0".to_owned()),
+                (
+                    "CNI_ARGS",
+                    format!("K8S_POD_NAMESPACE=default;K8S_POD_NAME={}", p.name),
+                ),
+                (
+                    "CNI_PATH",
+                    bins.cni
+                        .parent()
+                        .unwrap_or(Path::new("/"))
+                        .display()
+                        .to_string(),
+                ),
+            ],
+            config: config.to_string(),
+        };
+        // Recorded first: a failed ADD is undone by DEL as a runtime would.
+        self.undo().cni.push(call.clone());
+        let out = call.run("ADD")?;
+        let result: Value = serde_json::from_str(&out)
+            .with_context(|| format!("membrane-cni ADD printed no result: {out:?}"))?;
+        if result["ips"] != config["prevResult"]["ips"] {
+            bail!("membrane-cni ADD changed the pod's addresses: {out}");
+        }
+        Ok(())
+    }
+
+    /// Deathstar `d`'s membrane-proxy sidecar, in its pod as uid 1337, taking its policy
+    /// and the peers' identities from the control plane at `xds` under
+    /// Istio's node id for the pod.
+    pub(super) fn start_sidecar(&self, bins: &Bins, d: &Pod, xds: &str) -> Result<()> {
+        let node_id = format!(
+            "sidecar~{}~{}.default~default.svc.cluster.local",
+            d.ip, d.name
+        );
+        let log = self.dir.join(format!("{}.log", d.name));
+        let proxy = bins.proxy.to_str().context("proxy path is not UTF-8")?;
+        // As Istio runs it: uid 1337, which the datapath's outbound capture
+        // leaves alone (the sidecar's own connects, to the control plane and
+        // upstream, are never steered back to it).
+        self.spawn(
+            d.name,
+            &[
+                "setpriv",
+                "--reuid=1337",
+                "--regid=1337",
+                "--clear-groups",
+                proxy,
+                "standalone",
+                "--listen",
+                "127.0.0.1:8080",
+                "--upstream",
+                "127.0.0.1:80",
+                "--capture-inbound",
+                "0.0.0.0:15006",
+                "--xds-address",
+                xds,
+                "--node-id",
+                &node_id,
+            ],
+            Some(&log),
+        )
+    }
+}

@@ -1,0 +1,243 @@
+//! The mini-cluster as the control plane reads it: Kubernetes-shaped YAML in
+//! membrane-xds's watched source directory (the Pods with their labels, IPs and
+//! node, the deathstar Service with its EndpointSlice, the Node, and the policy),
+//! written as `kubectl get -o yaml` would show them, so the demo's control plane
+//! is fed exactly as a cluster's would be.
+
+use super::cluster::Pod;
+use super::*;
+use membrane_xds::inject;
+use serde_json::{json, Value};
+
+/// The node every pod of the mini-cluster runs on (`spec.nodeName`, and the
+/// agent's `--node`).
+pub(super) const NODE: &str = "node-1";
+/// The node's address: the bridge in the node namespace, where the control
+/// plane listens and the pods' gateway.
+pub(super) const NODE_IP: &str = "10.200.0.1";
+/// The pods' network, as the Node's `spec.podCIDRs` says.
+const POD_CIDR: &str = "10.200.0.0/24";
+/// The file in the source directory holding the CiliumNetworkPolicy.
+pub(super) const POLICY_FILE: &str = "policy.yaml";
+/// The file holding the Pods, the Service, its EndpointSlice and the Node.
+pub(super) const CLUSTER_FILE: &str = "cluster.yaml";
+
+/// `k8s:org=empire,k8s:class=deathstar` as Kubernetes metadata labels.
+fn k8s_labels(labels: &str) -> Value {
+    let map: serde_json::Map<String, Value> = labels
+        .split(',')
+        .filter_map(|l| {
+            let (k, v) = l.strip_prefix("k8s:").unwrap_or(l).split_once('=')?;
+            Some((k.to_owned(), Value::String(v.to_owned())))
+        })
+        .collect();
+    Value::Object(map)
+}
+
+/// A pod as the API server holds it. The deathstars (`injected`) serve HTTP on
+/// a port named `http` and carry what sidecar injection leaves on a pod (the
+/// sidecar container and Istio's status annotation), which is how the control
+/// plane knows their inbound connections go to a sidecar.
+fn pod_object(p: &Pod, injected: bool) -> Value {
+    let mut containers = vec![json!({"name": "app", "ports": []})];
+    let mut annotations = json!({});
+    if injected {
+        containers[0]["ports"] = json!([{"name": "http", "containerPort": 80, "protocol": "TCP"}]);
+        containers.push(json!({"name": inject::CONTAINER, "image": "membrane-proxy"}));
+        let status = json!({
+            "initContainers": null,
+            "containers": [inject::CONTAINER],
+            "volumes": null,
+            "imagePullSecrets": null,
+            "revision": "default",
+        });
+        annotations[inject::STATUS_ANNOTATION] = Value::String(status.to_string());
+    }
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": p.name,
+            "namespace": "default",
+            "labels": k8s_labels(p.labels),
+            "annotations": annotations,
+        },
+        "spec": {
+            "nodeName": NODE,
+            "serviceAccountName": "default",
+            "containers": containers,
+        },
+        "status": {"podIP": p.ip, "podIPs": [{"ip": p.ip}]},
+    })
+}
+
+/// Every object of the mini-cluster but the policy, one YAML document each.
+pub(super) fn cluster_yaml(
+    deathstars: &[Pod],
+    ships: &[Pod],
+    service: SocketAddr,
+) -> Result<String> {
+    let mut objects: Vec<Value> = deathstars.iter().map(|d| pod_object(d, true)).collect();
+    objects.extend(ships.iter().map(|s| pod_object(s, false)));
+    objects.push(json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "deathstar", "namespace": "default"},
+        "spec": {
+            "clusterIP": service.ip().to_string(),
+            "selector": k8s_labels(DEATHSTAR),
+            "ports": [{"name": "http", "port": service.port(), "targetPort": "http", "protocol": "TCP"}],
+        },
+    }));
+    objects.push(json!({
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": "deathstar-1xq7z",
+            "namespace": "default",
+            "labels": {"kubernetes.io/service-name": "deathstar"},
+        },
+        "addressType": "IPv4",
+        "endpoints": deathstars.iter().map(|d| json!({
+            "addresses": [d.ip],
+            "conditions": {"ready": true},
+            "nodeName": NODE,
+            "targetRef": {"kind": "Pod", "namespace": "default", "name": d.name},
+        })).collect::<Vec<_>>(),
+        "ports": [{"name": "http", "port": 80, "protocol": "TCP"}],
+    }));
+    objects.push(json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": NODE},
+        "spec": {"podCIDR": POD_CIDR, "podCIDRs": [POD_CIDR]},
+        "status": {"addresses": [
+            {"type": "InternalIP", "address": NODE_IP},
+            {"type": "Hostname", "address": NODE},
+        ]},
+    }));
+    let mut out = String::new();
+    for o in &objects {
+        out.push_str("---\n");
+        out.push_str(&serde_yaml_ng::to_string(o).context("render a cluster object as YAML")?);
+    }
+    Ok(out)
+}
+
+/// Writes the source directory `dir` (created by the caller): the cluster and
+/// the policy `policy`.
+pub(super) fn write_source(dir: &Path, cluster: &str, policy: &str) -> Result<()> {
+    replace_file(dir, CLUSTER_FILE, cluster)?;
+    replace_file(dir, POLICY_FILE, policy)
+}
+
+/// Replaces `dir/name` with `text` in one rename, as `kubectl apply` changes an
+/// object in one step: the watcher never reads half a file (it would reject
+/// it, keeping the last good version, and the demo's timing would include
+/// that detour). The temporary file sits beside the directory, not in it, so
+/// the watcher never sees it.
+pub(super) fn replace_file(dir: &Path, name: &str, text: &str) -> Result<()> {
+    let parent = dir.parent().context("the source directory has no parent")?;
+    let tmp = parent.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text).with_context(|| format!("write {}", tmp.display()))?;
+    let to = dir.join(name);
+    std::fs::rename(&tmp, &to)
+        .with_context(|| format!("rename {} to {}", tmp.display(), to.display()))
+}
+
+/// The L7 policy with a second HTTP rule allowing `PUT /v1/exhaust-port`: the
+/// live edit of step 7.
+pub(super) fn l7_allowing_exhaust_port() -> Result<String> {
+    let landing = "          path: \"/v1/request-landing\"\n";
+    if !L7.1.contains(landing) {
+        bail!(
+            "{}: the Star Wars manifest changed shape (no {landing:?})",
+            L7.0
+        );
+    }
+    Ok(L7.1.replace(
+        landing,
+        &format!("{landing}        - method: \"PUT\"\n          path: \"/v1/exhaust-port\"\n"),
+    ))
+}
+
+/// `policy` with the Alliance admitted beside the Empire (a second
+/// `fromEndpoints` selector): the live edit of step 7 that changes who may
+/// connect, so the agent's kernel maps change with the sidecars' rules.
+pub(super) fn admitting_the_alliance(policy: &str) -> Result<String> {
+    let empire = "    - matchLabels:\n        org: empire\n";
+    if !policy.contains(empire) {
+        bail!(
+            "{}: the Star Wars manifest changed shape (no {empire:?})",
+            L7.0
+        );
+    }
+    Ok(policy.replace(
+        empire,
+        &format!("{empire}    - matchLabels:\n        org: alliance\n"),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_edited_policies_add_the_put_rule_then_the_alliance() {
+        let edited = l7_allowing_exhaust_port().unwrap();
+        let added: Vec<&str> = edited
+            .lines()
+            .filter(|l| !L7.1.lines().any(|o| o == *l))
+            .collect();
+        assert_eq!(
+            added,
+            [
+                "        - method: \"PUT\"",
+                "          path: \"/v1/exhaust-port\""
+            ]
+        );
+        let policies = compile_quietly((L7.0, &edited)).unwrap();
+        let r = trace_for(&policies, TIEFIGHTER, Some(("PUT", "/v1/exhaust-port"))).unwrap();
+        assert_eq!(r.verdict, "allowed");
+        let both = admitting_the_alliance(&edited).unwrap();
+        let policies = compile_quietly((L7.0, &both)).unwrap();
+        let landing = Some(("POST", "/v1/request-landing"));
+        assert_eq!(
+            trace_for(&policies, XWING, landing).unwrap().verdict,
+            "allowed"
+        );
+        let policies = compile_quietly((L7.0, &edited)).unwrap();
+        assert_eq!(
+            trace_for(&policies, XWING, landing).unwrap().verdict,
+            "denied"
+        );
+    }
+
+    #[test]
+    fn the_cluster_is_kubernetes_yaml_the_labels_without_their_source() {
+        let pod = |name, labels, ip| Pod { name, labels, ip };
+        let y = cluster_yaml(
+            &[pod("deathstar-1", DEATHSTAR, "10.200.0.10")],
+            &[pod("xwing", XWING, "10.200.0.3")],
+            SERVICE.parse().unwrap(),
+        )
+        .unwrap();
+        let docs: Vec<Value> = y
+            .split("---\n")
+            .filter(|d| !d.trim().is_empty())
+            .map(|d| serde_yaml_ng::from_str(d).unwrap())
+            .collect();
+        let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+        assert_eq!(kinds, ["Pod", "Pod", "Service", "EndpointSlice", "Node"]);
+        assert_eq!(docs[0]["metadata"]["labels"]["class"], "deathstar");
+        assert_eq!(docs[1]["metadata"]["labels"]["org"], "alliance");
+        assert_eq!(docs[1]["spec"]["nodeName"], NODE);
+        // Only the deathstars look injected.
+        assert!(docs[0]["metadata"]["annotations"][inject::STATUS_ANNOTATION].is_string());
+        assert!(docs[1]["metadata"]["annotations"]
+            .get(inject::STATUS_ANNOTATION)
+            .is_none());
+        assert_eq!(docs[2]["spec"]["clusterIP"], "10.96.0.10");
+        assert_eq!(docs[3]["endpoints"][0]["addresses"][0], "10.200.0.10");
+    }
+}
