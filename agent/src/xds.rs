@@ -12,9 +12,9 @@
 //!
 //! Over `https://` the client speaks mTLS (`--xds-ca`, `--xds-cert/--xds-key`); the files
 //! are read for every connection and polled, and a change ends the stream so the next one
-//! uses the new pair.
+//! uses the new pair. Connecting, the TLS files and the backoff are `membrane_xds_client`'s,
+//! shared with the sidecar's client.
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -36,48 +36,16 @@ const INVALID_ARGUMENT: i32 = 3;
 /// Bad client settings, found before connecting.
 #[derive(Debug, thiserror::Error)]
 pub enum XdsError {
-    /// The control plane address is not a URI.
-    #[error("--xds-address {0:?}: {1}")]
-    Address(String, String),
-    /// The address and the TLS settings do not fit together.
-    #[error("--xds-address {0:?}: {1}")]
-    Tls(String, &'static str),
+    /// The address and the TLS settings are not usable.
+    #[error(transparent)]
+    Client(#[from] membrane_xds_client::ClientError),
     /// The node name is not a Kubernetes node name.
     #[error("--node {0:?}: not a Kubernetes node name (lowercase letters, digits, '-' and '.')")]
     Node(String),
 }
 
-/// mTLS to the control plane.
-#[derive(Debug, Clone)]
-pub struct XdsTls {
-    /// PEM CA bundle the control plane's certificate must chain to.
-    pub ca: PathBuf,
-    /// PEM certificate chain and key presented to the control plane.
-    pub identity: Option<(PathBuf, PathBuf)>,
-    /// How often the files are checked for new content.
-    pub poll: Duration,
-}
-
-#[derive(PartialEq, Eq)]
-struct TlsFiles {
-    ca: Vec<u8>,
-    identity: Option<(Vec<u8>, Vec<u8>)>,
-}
-
-impl XdsTls {
-    fn read(&self) -> Result<TlsFiles, String> {
-        let read = |flag: &str, p: &PathBuf| {
-            std::fs::read(p).map_err(|e| format!("{flag} {}: {e}", p.display()))
-        };
-        Ok(TlsFiles {
-            ca: read("--xds-ca", &self.ca)?,
-            identity: match &self.identity {
-                Some((c, k)) => Some((read("--xds-cert", c)?, read("--xds-key", k)?)),
-                None => None,
-            },
-        })
-    }
-}
+/// mTLS to the control plane, as every client of membrane-xds configures it.
+pub use membrane_xds_client::XdsTls;
 
 /// What the client is configured with.
 #[derive(Debug, Clone)]
@@ -107,36 +75,16 @@ impl XdsConfig {
         if !valid {
             return Err(XdsError::Node(n.clone()));
         }
-        tonic::transport::Endpoint::from_shared(self.address.clone())
-            .map_err(|e| XdsError::Address(self.address.clone(), e.to_string()))?;
-        match (self.address.starts_with("https://"), &self.tls) {
-            (true, None) => Err(XdsError::Tls(
-                self.address.clone(),
-                "an https:// control plane needs --xds-ca (and --xds-cert/--xds-key)",
-            )),
-            (false, Some(_)) => Err(XdsError::Tls(
-                self.address.clone(),
-                "--xds-ca/--xds-cert/--xds-key need an https:// address",
-            )),
-            _ => Ok(()),
-        }
+        Ok(membrane_xds_client::check(
+            &self.address,
+            self.tls.as_ref(),
+        )?)
     }
 
     /// The node id the agent presents.
     pub fn node_id(&self) -> String {
         format!("membrane-agent~{}", self.node)
     }
-}
-
-/// Delay before reconnect attempt `attempt` (0-based): exponential, capped, jittered in
-/// [d/2, d] so that a restarted control plane is not hit by every agent at once.
-pub fn backoff(cfg: &XdsConfig, attempt: u32) -> Duration {
-    let exp = cfg
-        .backoff_initial
-        .saturating_mul(1u32 << attempt.min(16))
-        .min(cfg.backoff_max);
-    let half = exp / 2;
-    half + half.mul_f64(fastrand::f64())
 }
 
 /// Runs the subscription until `shutdown` turns true.
@@ -160,7 +108,7 @@ pub async fn run(cfg: XdsConfig, node: Arc<Mutex<Node>>, mut shutdown: watch::Re
                 tracing::warn!(address = %cfg.address, error = %e, "xDS stream failed; the maps keep their contents")
             }
         }
-        let d = backoff(&cfg, attempt);
+        let d = membrane_xds_client::backoff(cfg.backoff_initial, cfg.backoff_max, attempt);
         attempt = attempt.saturating_add(1);
         tokio::select! {
             _ = tokio::time::sleep(d) => {}
@@ -177,22 +125,9 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// One stream, from connect to its end. `Ok(true)` when at least one response arrived.
 async fn session(cfg: &XdsConfig, node: &Mutex<Node>) -> Result<bool, BoxError> {
-    let mut endpoint = tonic::transport::Endpoint::from_shared(cfg.address.clone())?
-        .connect_timeout(Duration::from_secs(2));
-    let files = match &cfg.tls {
-        Some(tls) => {
-            let f = tls.read()?;
-            let mut c = tonic::transport::ClientTlsConfig::new()
-                .ca_certificate(tonic::transport::Certificate::from_pem(&f.ca));
-            if let Some((cert, key)) = &f.identity {
-                c = c.identity(tonic::transport::Identity::from_pem(cert, key));
-            }
-            endpoint = endpoint.tls_config(c)?;
-            Some((tls.clone(), f))
-        }
-        None => None,
-    };
-    let channel = endpoint.connect().await?;
+    // The TLS files are read now, so a rotated pair is used by the next connection.
+    let conn = membrane_xds_client::connect(&cfg.address, cfg.tls.as_ref()).await?;
+    let channel = conn.channel.clone();
     let (tx, rx) = mpsc::channel(8);
     for kind in Kind::ALL {
         let held = lock(node).held_versions(kind);
@@ -213,17 +148,7 @@ async fn session(cfg: &XdsConfig, node: &Mutex<Node>) -> Result<bool, BoxError> 
         .into_inner();
     lock(node).xds.connected = true;
     tracing::info!(address = %cfg.address, node_id = %cfg.node_id(), "xDS stream open");
-    let rotated = async {
-        match &files {
-            Some((tls, used)) => loop {
-                tokio::time::sleep(tls.poll).await;
-                if tls.read().as_ref().ok() != Some(used) {
-                    return;
-                }
-            },
-            None => std::future::pending().await,
-        }
-    };
+    let rotated = conn.rotated();
     tokio::pin!(rotated);
     let mut got_one = false;
     loop {
@@ -340,18 +265,5 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("--node \"Node_1\""));
-    }
-
-    #[test]
-    fn backoff_grows_is_capped_and_jittered() {
-        let c = cfg("http://x:1", false);
-        for _ in 0..50 {
-            let d0 = backoff(&c, 0);
-            assert!(d0 >= Duration::from_millis(50) && d0 <= Duration::from_millis(100));
-            let d30 = backoff(&c, 30);
-            assert!(d30 >= Duration::from_millis(2500) && d30 <= Duration::from_secs(5));
-        }
-        let spread: std::collections::HashSet<_> = (0..20).map(|_| backoff(&c, 5)).collect();
-        assert!(spread.len() > 1, "no jitter");
     }
 }

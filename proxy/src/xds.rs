@@ -12,9 +12,10 @@
 //! files are read for every connection and checked every `--xds-cert-poll`; when any of
 //! them changes (a rotated Secret), the stream ends and reconnects with the new pair, so a
 //! certificate is replaced before it expires without a restart.
+//! Connecting, the TLS files and the backoff are `membrane_xds_client`'s, shared with the
+//! node agent's client.
 
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,46 +42,13 @@ pub enum XdsError {
     /// The node id is not Istio's `sidecar~IP~POD.NS~NS.svc.cluster.local`.
     #[error("--node-id {0:?}: expected sidecar~POD_IP~POD.NAMESPACE~NAMESPACE.svc.cluster.local")]
     NodeId(String),
-    /// The control plane address is not a URI.
-    #[error("--xds-address {0:?}: {1}")]
-    Address(String, String),
-    /// The address and the TLS settings do not fit together.
-    #[error("--xds-address {0:?}: {1}")]
-    Tls(String, &'static str),
+    /// The address and the TLS settings are not usable.
+    #[error(transparent)]
+    Client(#[from] membrane_xds_client::ClientError),
 }
 
-/// mTLS to the control plane.
-#[derive(Debug, Clone)]
-pub struct XdsTls {
-    /// PEM CA bundle the control plane's certificate must chain to.
-    pub ca: PathBuf,
-    /// PEM workload certificate chain and key presented to the control plane.
-    pub identity: Option<(PathBuf, PathBuf)>,
-    /// How often the files are checked for new content.
-    pub poll: Duration,
-}
-
-/// The bytes of the TLS files one connection was made with.
-#[derive(PartialEq, Eq)]
-struct TlsFiles {
-    ca: Vec<u8>,
-    identity: Option<(Vec<u8>, Vec<u8>)>,
-}
-
-impl XdsTls {
-    fn read(&self) -> Result<TlsFiles, String> {
-        let read = |flag: &str, p: &PathBuf| {
-            std::fs::read(p).map_err(|e| format!("{flag} {}: {e}", p.display()))
-        };
-        Ok(TlsFiles {
-            ca: read("--xds-ca", &self.ca)?,
-            identity: match &self.identity {
-                Some((c, k)) => Some((read("--xds-cert", c)?, read("--xds-key", k)?)),
-                None => None,
-            },
-        })
-    }
-}
+/// mTLS to the control plane, as every client of membrane-xds configures it.
+pub use membrane_xds_client::XdsTls;
 
 /// What the client is configured with.
 #[derive(Debug, Clone)]
@@ -149,23 +117,7 @@ pub fn spawn(
     shutdown: watch::Receiver<bool>,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>, XdsError> {
     let pod_ip = pod_ip(&cfg.node_id)?;
-    tonic::transport::Endpoint::from_shared(cfg.address.clone())
-        .map_err(|e| XdsError::Address(cfg.address.clone(), e.to_string()))?;
-    match (cfg.address.starts_with("https://"), &cfg.tls) {
-        (true, None) => {
-            return Err(XdsError::Tls(
-                cfg.address.clone(),
-                "an https:// control plane needs --xds-ca (and --xds-cert/--xds-key)",
-            ))
-        }
-        (false, Some(_)) => {
-            return Err(XdsError::Tls(
-                cfg.address.clone(),
-                "--xds-ca/--xds-cert/--xds-key need an https:// address",
-            ))
-        }
-        _ => {}
-    }
+    membrane_xds_client::check(&cfg.address, cfg.tls.as_ref())?;
     let target = Target {
         pod_ip,
         address: cfg.address.clone(),
@@ -187,17 +139,6 @@ pub fn spawn(
     })])
 }
 
-/// Delay before reconnect attempt `attempt` (0-based): exponential, capped, with jitter in
-/// [d/2, d] so a restarted control plane is not hit by every proxy at once.
-fn backoff(cfg: &XdsConfig, attempt: u32) -> Duration {
-    let exp = cfg
-        .backoff_initial
-        .saturating_mul(1u32 << attempt.min(16))
-        .min(cfg.backoff_max);
-    let half = exp / 2;
-    half + half.mul_f64(fastrand::f64())
-}
-
 async fn subscribe(s: Shared) {
     let mut accepted = Accepted::default();
     let mut attempt = 0u32;
@@ -213,7 +154,7 @@ async fn subscribe(s: Shared) {
                 tracing::warn!(error = %e, "xDS streams failed; last good policy stays in force")
             }
         }
-        let d = backoff(&s.cfg, attempt);
+        let d = membrane_xds_client::backoff(s.cfg.backoff_initial, s.cfg.backoff_max, attempt);
         attempt = attempt.saturating_add(1);
         tokio::time::sleep(d).await;
     }
@@ -225,25 +166,11 @@ async fn session(
     s: &Shared,
     accepted: &mut Accepted,
 ) -> Result<bool, Box<dyn std::error::Error + Send + Sync>> {
-    let mut endpoint = tonic::transport::Endpoint::from_shared(s.cfg.address.clone())?
-        .connect_timeout(Duration::from_secs(2));
-    // The files this connection is made with: read now, so a rotated pair is used by the
-    // next connection, and compared while it lasts.
-    let files = match &s.cfg.tls {
-        Some(tls) => {
-            let f = tls.read()?;
-            let mut c = tonic::transport::ClientTlsConfig::new()
-                .ca_certificate(tonic::transport::Certificate::from_pem(&f.ca));
-            if let Some((cert, key)) = &f.identity {
-                c = c.identity(tonic::transport::Identity::from_pem(cert, key));
-            }
-            endpoint = endpoint.tls_config(c)?;
-            Some((tls.clone(), f))
-        }
-        None => None,
-    };
+    // Read now, so a rotated pair is used by the next connection, and compared while the
+    // connection lasts.
+    let conn = membrane_xds_client::connect(&s.cfg.address, s.cfg.tls.as_ref()).await?;
     // Both streams on one connection: one control plane process answers both.
-    let channel = endpoint.connect().await?;
+    let channel = conn.channel.clone();
     let open = |kind: Kind| {
         let (tx, rx) = mpsc::channel(4);
         let first = DiscoveryRequest {
@@ -270,19 +197,7 @@ async fn session(
         .into_inner();
     tracing::info!(address = %s.cfg.address, "xDS streams open");
     let mut got_one = false;
-    let rotated = async {
-        match &files {
-            Some((tls, used)) => loop {
-                tokio::time::sleep(tls.poll).await;
-                // A half-written file reads differently too: the reconnect then fails and
-                // is retried with backoff, the last good policy staying in force.
-                if tls.read().as_ref().ok() != Some(used) {
-                    return;
-                }
-            },
-            None => std::future::pending().await,
-        }
-    };
+    let rotated = conn.rotated();
     tokio::pin!(rotated);
     let mut state = Session::default();
     loop {
@@ -365,26 +280,5 @@ mod tests {
             .to_string();
             assert!(err.contains(says), "{address}: {err}");
         }
-    }
-
-    #[test]
-    fn backoff_grows_is_capped_and_jittered() {
-        let cfg = XdsConfig {
-            address: String::new(),
-            node_id: String::new(),
-            backoff_initial: Duration::from_millis(100),
-            backoff_max: Duration::from_secs(5),
-            tls: None,
-        };
-        for _ in 0..50 {
-            let d0 = backoff(&cfg, 0);
-            assert!(d0 >= Duration::from_millis(50) && d0 <= Duration::from_millis(100));
-            let d3 = backoff(&cfg, 3);
-            assert!(d3 >= Duration::from_millis(400) && d3 <= Duration::from_millis(800));
-            let d30 = backoff(&cfg, 30);
-            assert!(d30 >= Duration::from_millis(2500) && d30 <= Duration::from_secs(5));
-        }
-        let spread: std::collections::HashSet<_> = (0..20).map(|_| backoff(&cfg, 5)).collect();
-        assert!(spread.len() > 1, "no jitter");
     }
 }
