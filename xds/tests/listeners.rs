@@ -141,16 +141,24 @@ async fn debug_listener_cuts_a_slow_request_head() {
     .await;
     let (after, _) = cut.expect("the slow head is still being read after 6 s");
     assert!(after < Duration::from_secs(3), "cut after {after:?}");
-    // Still serving, and the cut is counted.
-    let text = debug_get(xds.debug(), "/metrics").await;
-    assert_eq!(
+    // Still serving, and the cut is counted. The count is taken when the connection's
+    // task ends, just after the socket closed, so the client can see the close first.
+    let counted = |text: &str| {
         metric(
-            &text,
-            "membrane_xds_connections_timed_out_total{listener=\"debug\"}"
-        ),
-        1,
-        "{text}"
-    );
+            text,
+            "membrane_xds_connections_timed_out_total{listener=\"debug\"}",
+        )
+    };
+    let text = membrane_test_support::eventually(
+        Duration::from_secs(5),
+        "the cut counted in /metrics",
+        || async {
+            let text = debug_get(xds.debug(), "/metrics").await;
+            (counted(&text) >= 1).then_some(text)
+        },
+    )
+    .await;
+    assert_eq!(counted(&text), 1, "{text}");
 }
 
 struct Webhook {
