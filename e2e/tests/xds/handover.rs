@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::load::request;
 use super::*;
 
 /// The deathstar's sidecar as `start_proxy_with` configures it, on `listeners`, with the
@@ -59,37 +60,6 @@ async fn epoch(admin: SocketAddr) -> u64 {
 
 fn deny_all() -> membrane_proxy::policy::Enforcer {
     membrane_proxy::policy::deny_all("no policy from the control plane yet")
-}
-
-/// One request from `src` on a connection of its own: its status, or what went wrong.
-async fn request(src: IpAddr, dst: SocketAddr, method: &str, path: &str) -> Result<u16, String> {
-    let exchange = async {
-        let sock = TcpSocket::new_v4().map_err(|e| e.to_string())?;
-        sock.bind(SocketAddr::new(src, 0))
-            .map_err(|e| e.to_string())?;
-        let mut s = sock
-            .connect(dst)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        let req = format!(
-            "{method} {path} HTTP/1.1\r\nhost: deathstar\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-        );
-        s.write_all(req.as_bytes())
-            .await
-            .map_err(|e| format!("write: {e}"))?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf)
-            .await
-            .map_err(|e| format!("read: {e}"))?;
-        let text = String::from_utf8_lossy(&buf);
-        text.split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| format!("bad response {text:?}"))
-    };
-    tokio::time::timeout(Duration::from_secs(5), exchange)
-        .await
-        .map_err(|_| "no response within 5s".to_owned())?
 }
 
 /// The Star Wars verdicts, asked over and over: the tiefighter lands (200) and may not

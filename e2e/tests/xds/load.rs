@@ -130,7 +130,12 @@ impl Load {
 
 /// One HTTP/1.1 request from `src` on a connection of its own: the status code, or what
 /// went wrong.
-async fn request(src: IpAddr, dst: SocketAddr, method: &str, path: &str) -> Result<u16, String> {
+pub(crate) async fn request(
+    src: IpAddr,
+    dst: SocketAddr,
+    method: &str,
+    path: &str,
+) -> Result<u16, String> {
     let sock = TcpSocket::new_v4().map_err(|e| e.to_string())?;
     sock.bind(SocketAddr::new(src, 0))
         .map_err(|e| format!("bind: {e}"))?;
