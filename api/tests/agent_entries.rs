@@ -176,17 +176,9 @@ fn entries_decide_as_the_engine_and_the_sidecar_for_generated_policies() {
     let peers = named(&[("http", &[80])]);
     let (mut seen_redirect, mut seen_specific, mut seen_sctp) = (0, 0, 0);
     for seed in 0..300u64 {
-        let mut g = Gen {
-            rng: fastrand::Rng::with_seed(seed),
-            extended: true,
-        };
-        let texts: Vec<String> = (0..g.rng.usize(1..3))
-            .map(|i| g.policy(&format!("p{i}")))
-            .collect();
-        let mode = match g.rng.bool() {
-            true => UnenforcedL7Mode::FailClosed,
-            false => UnenforcedL7Mode::L4Only,
-        };
+        let mut g = Gen::seeded(seed, true);
+        let texts = g.policies();
+        let mode = g.mode();
         let (p, remotes) = resolve(&texts, mode, own.clone());
         let entries = policy_entries(&p, &own, &peers);
         let what = format!("seed {seed} ({mode:?})\n{}", texts.join("---\n"));
@@ -258,13 +250,8 @@ fn a_wrong_entry_is_noticed() {
     let peers = named(&[("http", &[80])]);
     let mut mutated = 0;
     for seed in 0..40u64 {
-        let mut g = Gen {
-            rng: fastrand::Rng::with_seed(seed),
-            extended: true,
-        };
-        let texts: Vec<String> = (0..g.rng.usize(1..3))
-            .map(|i| g.policy(&format!("p{i}")))
-            .collect();
+        let mut g = Gen::seeded(seed, true);
+        let texts = g.policies();
         let (p, remotes) = resolve(&texts, UnenforcedL7Mode::FailClosed, own.clone());
         let entries = policy_entries(&p, &own, &peers);
         for i in 0..entries.len() {

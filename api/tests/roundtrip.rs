@@ -13,7 +13,7 @@ use membrane_api::npds::{decode, encode};
 use membrane_api::proto::NetworkPolicy;
 use membrane_policy::http::HttpRequest;
 use membrane_policy::resolve::{DirectionPolicy, NamedPorts, ResolvedPolicy};
-use membrane_policy::{Direction, Identity, Proto, UnenforcedL7Mode};
+use membrane_policy::{Direction, Identity, Proto};
 use prost::Message;
 
 /// `p` through the encoder, the wire bytes and the decoder.
@@ -94,17 +94,9 @@ fn same_verdicts(
 fn decode_of_encode_decides_as_the_generated_policy() {
     let mut seen_http = 0;
     for seed in 0..300u64 {
-        let mut g = Gen {
-            rng: fastrand::Rng::with_seed(seed),
-            extended: false,
-        };
-        let texts: Vec<String> = (0..g.rng.usize(1..3))
-            .map(|i| g.policy(&format!("p{i}")))
-            .collect();
-        let mode = match g.rng.bool() {
-            true => UnenforcedL7Mode::FailClosed,
-            false => UnenforcedL7Mode::L4Only,
-        };
+        let mut g = Gen::seeded(seed, false);
+        let texts = g.policies();
+        let mode = g.mode();
         let (orig, remotes) = resolve(&texts, mode, NamedPorts::new());
         seen_http += usize::from(
             PORTS

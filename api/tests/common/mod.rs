@@ -41,6 +41,29 @@ pub struct Gen {
 }
 
 impl Gen {
+    /// The generator of one test case.
+    pub fn seeded(seed: u64, extended: bool) -> Self {
+        Gen {
+            rng: fastrand::Rng::with_seed(seed),
+            extended,
+        }
+    }
+
+    /// One or two policies, named `p0`, `p1`.
+    pub fn policies(&mut self) -> Vec<String> {
+        (0..self.rng.usize(1..3))
+            .map(|i| self.policy(&format!("p{i}")))
+            .collect()
+    }
+
+    /// Either way of treating L7 rules nothing enforces.
+    pub fn mode(&mut self) -> UnenforcedL7Mode {
+        match self.rng.bool() {
+            true => UnenforcedL7Mode::FailClosed,
+            false => UnenforcedL7Mode::L4Only,
+        }
+    }
+
     pub fn pick<'a>(&mut self, from: &[&'a str]) -> &'a str {
         from[self.rng.usize(..from.len())]
     }
