@@ -63,7 +63,6 @@ pub mod ports;
 use std::collections::BTreeMap;
 
 use membrane_api::agent::proto;
-use membrane_policy::{Identity, Proto, ResolvedPolicy, Verdict};
 use serde::Serialize;
 
 use ports::PortPrefix;
@@ -387,44 +386,6 @@ pub fn rules_of(entries: &BTreeMap<MapKey, MapVerdict>) -> Vec<PolicyRule> {
         }
     }
     out
-}
-
-/// The rule for one flow of a resolved policy, read off the engine with
-/// [`ConnPolicy::l4_verdict`](membrane_policy::ConnPolicy::l4_verdict): a port whose rules
-/// restrict HTTP is a REDIRECT (the sidecar decides each request), another allowed one
-/// ALLOW, a denied one DENY. `None` for a protocol the map does not decide (only TCP, UDP
-/// and SCTP). For callers that program single flows from an engine they hold (the demo);
-/// the agent gets whole policies from the control plane.
-pub fn l4_rule(
-    policy: &ResolvedPolicy,
-    direction: Direction,
-    remote: Identity,
-    proto: Proto,
-    port: u16,
-) -> Option<PolicyRule> {
-    let proto_number = match proto {
-        Proto::Tcp => 6,
-        Proto::Udp => 17,
-        Proto::Sctp => 132,
-        _ => return None,
-    };
-    let side = match direction {
-        Direction::Ingress => &policy.ingress,
-        Direction::Egress => &policy.egress,
-    };
-    let conn = side.connection(remote, proto, port);
-    let verdict = match conn.l4_verdict() {
-        Verdict::Denied => MapVerdict::Deny,
-        Verdict::Allowed if conn.needs_http() => MapVerdict::Redirect,
-        Verdict::Allowed => MapVerdict::Allow,
-    };
-    Some(PolicyRule {
-        direction,
-        remote_identity: remote.0,
-        proto: proto_number,
-        ports: (port, port),
-        verdict,
-    })
 }
 
 #[cfg(test)]

@@ -1,11 +1,4 @@
 use super::*;
-use membrane_policy::labels::LabelSet;
-use membrane_policy::resolve::NamedPorts;
-use membrane_policy::trace::pod_labels;
-use membrane_policy::{parse_file, Endpoint, Engine};
-
-const L3_L4: &str = include_str!("../../../manifests/examples/starwars/sw_l3_l4_policy.yaml");
-const L7: &str = include_str!("../../../manifests/examples/starwars/sw_l3_l4_l7_policy.yaml");
 
 fn rule(
     direction: Direction,
@@ -150,76 +143,4 @@ fn rules_read_back_as_written() {
         rules_of(&entries(&split)),
         vec![rule(Egress, 7, 6, 80, 90, Allow)]
     );
-}
-
-/// An engine with the Star Wars pods and the policies of `yaml`.
-fn starwars(yaml: &str) -> Engine {
-    let mut engine = Engine::default();
-    for o in parse_file("starwars.yaml", yaml).unwrap() {
-        engine.apply_policy(o.result.unwrap());
-    }
-    for (name, labels) in [
-        ("deathstar", "k8s:org=empire,k8s:class=deathstar"),
-        ("tiefighter", "k8s:org=empire,k8s:class=tiefighter"),
-        ("xwing", "k8s:org=alliance,k8s:class=xwing"),
-    ] {
-        let endpoint = Endpoint {
-            labels: pod_labels(LabelSet::parse(labels).unwrap()),
-            named_ports: NamedPorts::new(),
-        };
-        engine.upsert_endpoint(name, endpoint).unwrap();
-    }
-    engine
-}
-
-fn verdict(
-    engine: &Engine,
-    pod: &str,
-    direction: Direction,
-    remote: &str,
-    port: u16,
-) -> MapVerdict {
-    let policy = engine.resolved(pod).unwrap();
-    let remote = engine.identity_of(remote).unwrap();
-    let r = l4_rule(&policy, direction, remote, Proto::Tcp, port).unwrap();
-    assert_eq!(
-        (r.remote_identity, r.proto, r.ports),
-        (remote.0, 6, (port, port))
-    );
-    r.verdict
-}
-
-#[test]
-fn engine_verdicts_become_rules() {
-    let e = starwars(L3_L4);
-    use Direction::*;
-    assert_eq!(
-        verdict(&e, "deathstar", Ingress, "tiefighter", 80),
-        MapVerdict::Allow
-    );
-    assert_eq!(
-        verdict(&e, "deathstar", Ingress, "xwing", 80),
-        MapVerdict::Deny
-    );
-    assert_eq!(
-        verdict(&e, "deathstar", Ingress, "tiefighter", 81),
-        MapVerdict::Deny
-    );
-    // No policy selects the ships: nothing restricts their egress.
-    assert_eq!(
-        verdict(&e, "xwing", Egress, "deathstar", 80),
-        MapVerdict::Allow
-    );
-    // HTTP rules: allowed here, the sidecar decides each request.
-    let e = starwars(L7);
-    assert_eq!(
-        verdict(&e, "deathstar", Ingress, "tiefighter", 80),
-        MapVerdict::Redirect
-    );
-    assert_eq!(
-        verdict(&e, "deathstar", Ingress, "xwing", 80),
-        MapVerdict::Deny
-    );
-    let policy = e.resolved("deathstar").unwrap();
-    assert!(l4_rule(&policy, Ingress, Identity(2), Proto::Icmp, 8).is_none());
 }
