@@ -126,8 +126,10 @@ pub struct MbEvent {
     pub src_port: u16,
     /// Destination port, host order.
     pub dst_port: u16,
+    /// `IPPROTO_*` of the flow; 0 when the emitter did not know.
+    pub proto: u8,
     /// Explicit padding, zero.
-    pub pad: u32,
+    pub pad: [u8; 3],
 }
 const _: () = assert!(size_of::<MbEvent>() == 96);
 
@@ -162,10 +164,97 @@ impl MbEvent {
             to_ip: ip_at(72),
             src_port: u16_at(88),
             dst_port: u16_at(90),
-            pad: u32_at(92),
+            proto: b[92],
+            pad: [b[93], b[94], b[95]],
         })
     }
 }
+
+/// `MB_PROG_FROM_CONTAINER`: tc ingress of a pod's host veth (packets the pod sends).
+pub const PROG_FROM_CONTAINER: u8 = 8;
+/// `MB_PROG_TO_CONTAINER`: tc egress of a pod's host veth (packets to the pod).
+pub const PROG_TO_CONTAINER: u8 = 9;
+/// `MB_PROG_FROM_OVERLAY`: tc ingress of the VXLAN device.
+pub const PROG_FROM_OVERLAY: u8 = 10;
+/// `MB_PROG_FROM_NETDEV`: tc ingress of the underlay device.
+pub const PROG_FROM_NETDEV: u8 = 11;
+/// `MB_PROG_TO_NETDEV`: tc egress of the underlay device.
+pub const PROG_TO_NETDEV: u8 = 12;
+/// `MB_EVT_DROP`: a packet dropped by the packet path, with its reason.
+pub const EVT_DROP: u8 = 4;
+/// `MB_MARK_MAGIC_MASK` / `MB_MARK_MAGIC_IDENTITY`: `skb->mark` carries a source identity.
+pub const MARK_MAGIC_MASK: u32 = 0x0F00;
+/// See [`MARK_MAGIC_MASK`].
+pub const MARK_MAGIC_IDENTITY: u32 = 0x0F00;
+/// `MB_OVERLAY_NATIVE`: no encapsulation.
+pub const OVERLAY_NATIVE: u8 = 0;
+/// `MB_OVERLAY_VXLAN`: kernel VXLAN collect_md device, VNI = source identity.
+pub const OVERLAY_VXLAN: u8 = 1;
+/// `MB_OVERLAY_GENEVE`: Geneve in BPF, VNI = source identity.
+pub const OVERLAY_GENEVE: u8 = 2;
+/// `MB_LB_RANDOM`.
+pub const LB_RANDOM: u8 = 0;
+/// `MB_LB_MAGLEV`.
+pub const LB_MAGLEV: u8 = 1;
+/// `MB_NODE_F_POLICY`: enforce endpoints' L3/L4 policy on packets.
+pub const NODE_F_POLICY: u32 = 1;
+/// `MB_NODE_F_TRACE`: a trace event per packet per observation point.
+pub const NODE_F_TRACE: u32 = 2;
+
+/// `struct mb_node_config`: the single row of the node's `mb_node_config`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MbNodeConfig {
+    /// `NODE_F_*`.
+    pub flags: u32,
+    /// This node's underlay IPv4, network order.
+    pub node_ip4: u32,
+    /// The underlay device.
+    pub underlay_ifindex: u32,
+    /// The VXLAN collect_md device (vxlan mode), else 0.
+    pub overlay_ifindex: u32,
+    /// MTU of the underlay device.
+    pub underlay_mtu: u16,
+    /// `OVERLAY_*`.
+    pub overlay: u8,
+    /// `LB_*`.
+    pub lb_algorithm: u8,
+    /// The underlay device's MAC.
+    pub underlay_mac: [u8; 6],
+    /// Explicit padding, zero.
+    pub pad: [u8; 2],
+}
+const _: () = assert!(size_of::<MbNodeConfig>() == 28);
+
+/// `struct mb_ipcache_value`: a prefix's identity and tunnel endpoint.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MbIpcacheValue {
+    /// Security identity.
+    pub identity: u32,
+    /// Remote node's underlay IPv4, network order; 0 = route natively.
+    pub tunnel_ip4: u32,
+}
+const _: () = assert!(size_of::<MbIpcacheValue>() == 8);
+
+/// `struct mb_endpoint_value`: a local pod, by each of its addresses.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MbEndpointValue {
+    /// Host-side veth ifindex (node namespace).
+    pub ifindex: u32,
+    /// The pod's security identity.
+    pub identity: u32,
+    /// The agent's endpoint number, unique on the node.
+    pub endpoint_id: u16,
+    /// The pod's interface MAC.
+    pub mac: [u8; 6],
+    /// The host-side veth's MAC.
+    pub node_mac: [u8; 6],
+    /// Explicit padding, zero.
+    pub pad: u16,
+}
+const _: () = assert!(size_of::<MbEndpointValue>() == 24);
 
 /// `struct mb_sock_key`: a sockhash key, the socket's own view.
 #[repr(C)]
@@ -414,6 +503,12 @@ unsafe impl aya::Pod for MbCidrKey {}
 unsafe impl aya::Pod for MbCidrData {}
 // SAFETY: as above.
 unsafe impl aya::Pod for MbEvent {}
+// SAFETY: as above.
+unsafe impl aya::Pod for MbNodeConfig {}
+// SAFETY: as above.
+unsafe impl aya::Pod for MbIpcacheValue {}
+// SAFETY: as above.
+unsafe impl aya::Pod for MbEndpointValue {}
 
 /// Encode an address the way the kernel side normalises it: IPv4 and
 /// v4-mapped IPv6 as IPv4 in word 0, native IPv6 in all four words. Words

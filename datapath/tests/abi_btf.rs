@@ -99,6 +99,7 @@ fn rust_layouts() -> BTreeMap<&'static str, Layout> {
                 to_ip,
                 src_port,
                 dst_port,
+                proto,
                 pad
             ),
         ),

@@ -252,7 +252,102 @@ struct mb_event {
 	__u32 to_ip[4];  /* capture: where it went instead */
 	__u16 src_port;
 	__u16 dst_port;
-	__u32 pad;
+	__u8 proto;  /* IPPROTO_* of the flow; 0 when the emitter did not know (version 1 records before the tc programs) */
+	__u8 pad[3];
+};
+
+
+/*
+ * ---- The packet path (tc) ----
+ *
+ * Node-wide maps, pinned under the node's pin directory (<root>/node/maps),
+ * shared by the tc programs on every pod's host-side veth (bpf_lxc.c), on the
+ * VXLAN device (bpf_overlay.c) and on the underlay device (bpf_host.c).
+ * Per-endpoint state stays in the endpoint's own pin directory: a pod's tc
+ * programs are loaded per endpoint and use its mb_policy, mb_config and
+ * mb_events, so the socket hooks and the packet path read the same policy.
+ */
+
+/* tc programs, as struct mb_event.prog (after enum mb_prog_index; they have
+ * no row in mb_counters: the packet path counts in mb_tc_stats). */
+#define MB_PROG_FROM_CONTAINER 8 /* host veth, tc ingress: packets the pod sends */
+#define MB_PROG_TO_CONTAINER 9   /* host veth, tc egress: packets to the pod */
+#define MB_PROG_FROM_OVERLAY 10  /* VXLAN device, tc ingress: decapsulated packets */
+#define MB_PROG_FROM_NETDEV 11   /* underlay device, tc ingress */
+#define MB_PROG_TO_NETDEV 12     /* underlay device, tc egress */
+
+/* mb_event.type for the packet path */
+#define MB_EVT_DROP 4 /* a packet dropped, with its reason (mb_event.reason) */
+/* MB_EVT_TRACE (3) is also emitted by the tc programs: a packet seen at the
+ * observation point mb_event.prog (with MB_NODE_F_TRACE only). */
+
+/*
+ * Reasons of the packet path, by owner so that parallel work never collides:
+ *   20-39 policy and conntrack (bpf_lxc.c, lib/conntrack.h, lib/tc_policy.h),
+ *   40-59 service load balancing (lib/lb.h),
+ *   60-79 overlay, routing and MTU (lib/encap.h, lib/geneve.h, bpf_overlay.c, bpf_host.c).
+ * Each is defined next to the code that drops for it, and named in
+ * datapath/src/abi.rs REASONS.
+ */
+
+/* skb->mark carrying a source security identity from one program to the
+ * next on this node (the overlay's decapsulation to the pod's to-container):
+ * magic in bits 8-11, identity bits 0-15 in mark bits 16-31, identity bits
+ * 16-23 in mark bits 0-7. */
+#define MB_MARK_MAGIC_MASK 0x0F00
+#define MB_MARK_MAGIC_IDENTITY 0x0F00
+
+/* mb_node_config.overlay */
+#define MB_OVERLAY_NATIVE 0 /* no encapsulation: the underlay routes pod CIDRs */
+#define MB_OVERLAY_VXLAN 1  /* kernel VXLAN device in collect_md mode, VNI = source identity */
+#define MB_OVERLAY_GENEVE 2 /* Geneve built and parsed in BPF, VNI = source identity */
+
+/* mb_node_config.lb_algorithm */
+#define MB_LB_RANDOM 0
+#define MB_LB_MAGLEV 1
+
+/* mb_node_config.flags */
+#define MB_NODE_F_POLICY 1U  /* enforce endpoints' L3/L4 policy on packets */
+#define MB_NODE_F_TRACE 2U   /* emit a trace event per packet at each observation point (debug) */
+
+/* The single row of mb_node_config (array); written by the agent only. */
+struct mb_node_config {
+	__u32 flags;            /* MB_NODE_F_* */
+	__u32 node_ip4;         /* this node's underlay IPv4, network order */
+	__u32 underlay_ifindex; /* the underlay device (Geneve and NodePort) */
+	__u32 overlay_ifindex;  /* the VXLAN collect_md device (vxlan mode), else 0 */
+	__u16 underlay_mtu;     /* MTU of the underlay device */
+	__u8 overlay;           /* MB_OVERLAY_* */
+	__u8 lb_algorithm;      /* MB_LB_* */
+	__u8 underlay_mac[6];   /* the underlay device's MAC */
+	__u8 pad[2];
+};
+
+/*
+ * Value of the node-wide ipcache mb_ipcache (LPM trie, key struct
+ * mb_cidr_key): the identity of a prefix and, for a prefix inside a remote
+ * node's pod CIDR, that node's underlay address. Written by the agent
+ * (NPHDS identities joined with the Node resources' pod CIDRs); read by every
+ * tc program. A miss is world (2) with no tunnel endpoint.
+ */
+struct mb_ipcache_value {
+	__u32 identity;
+	__u32 tunnel_ip4; /* remote node's underlay IPv4, network order; 0 = route natively */
+};
+
+/*
+ * Value of mb_endpoints (hash, key struct mb_ip_key): a pod of this node by
+ * each of its addresses. Written by the agent when it attaches an endpoint;
+ * read by the tc programs to deliver to a local pod (redirect to its host
+ * veth) and to know a packet's local endpoint.
+ */
+struct mb_endpoint_value {
+	__u32 ifindex;     /* host-side veth, in the node's network namespace */
+	__u32 identity;    /* the pod's security identity */
+	__u16 endpoint_id; /* the agent's number for the endpoint, unique on the node */
+	__u8 mac[6];       /* the pod's interface MAC */
+	__u8 node_mac[6];  /* the host-side veth's MAC */
+	__u16 pad;
 };
 
 #endif /* MEMBRANE_ABI_H */
