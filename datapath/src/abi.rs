@@ -8,6 +8,9 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+mod lb;
+pub use lb::*;
+
 /// `MB_AF_INET`: the address is IPv4, in `ip[0]`.
 pub const AF_INET: u8 = 2;
 /// `MB_AF_INET6`: the address is native IPv6.

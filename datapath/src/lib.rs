@@ -26,6 +26,7 @@ pub mod api;
 mod bpffs;
 pub mod events;
 pub mod istio;
+pub mod lb;
 mod loader;
 mod maps;
 mod netns;
@@ -123,6 +124,9 @@ pub enum Error {
     /// A policy the policy map cannot take; nothing was written.
     #[error(transparent)]
     Policy(#[from] policy_map::PolicyMapError),
+    /// Services the service maps cannot take, or a service map failed.
+    #[error(transparent)]
+    Lb(#[from] lb::LbError),
     /// A filesystem operation failed.
     #[error("{path}: {what}: {source}")]
     Io {
