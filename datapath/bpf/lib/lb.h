@@ -16,9 +16,11 @@
  * Entry points (return: MB_LB_CONTINUE = go on with the packet, translated
  * or not; < 0 = drop with reason -ret; > 0 = a tc verdict to return, the
  * packet was redirected):
- *   mb_lb_from_container: pod → frontend, before policy (policy sees the
- *                         backend); hairpin replies.
+ *   mb_lb_from_container: pod → frontend, before conntrack and policy
+ *                         (they see the backend).
  *   mb_lb_to_container:   replies toward a client pod, after conntrack.
+ *   mb_lb_reply_from_container (lib/nodeport.h): a pod's replies to a
+ *                         hairpin or NodePort flow, after conntrack.
  *   mb_lb_nodeport (lib/nodeport.h): the underlay's ingress.
  */
 #ifndef MB_LB_H
@@ -416,23 +418,19 @@ static __always_inline int mb_lb_rev_apply(struct __sk_buff *skb, struct mb_lb_p
  * A pod's packet to a ClusterIP frontend: DNAT to the flow's backend.
  * Hairpin (the backend is the sender itself): the source becomes the
  * frontend address too, or the pod would drop a packet from itself; the
- * pod's reply comes back here and is translated both ways.
+ * pod's reply comes back through its from-container and is translated
+ * both ways there (mb_lb_reply_from_container, lib/nodeport.h).
  */
-static __always_inline int mb_lb_from_container(struct __sk_buff *skb, __u32 node_ip4)
+static __always_inline int mb_lb_from_container(struct __sk_buff *skb)
 {
 	struct mb_lb_svc_key key = {};
 	struct mb_lb_svc_value *svc;
 	struct mb_lb_flow f;
 	struct mb_lb_pkt p = {};
-	struct mb_lb_rev *rv;
 	int fresh, ret;
 
 	if (mb_lb_parse4(skb, &p) < 0)
 		return MB_LB_CONTINUE;
-	rv = bpf_map_lookup_elem(&mb_lb_rev, &p.t);
-	if (rv && (rv->flags & MB_LB_FLOW_SNAT) && !(rv->flags & MB_LB_FLOW_NODEPORT))
-		return mb_lb_rev_apply(skb, &p, rv, node_ip4);
-
 	key.ip[0] = p.t.daddr[0];
 	key.port = p.t.dport;
 	key.proto = p.t.proto;

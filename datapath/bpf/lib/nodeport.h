@@ -5,7 +5,7 @@
  *   - A local backend (in mb_endpoints): DNAT, delivered straight to the
  *     pod's host veth; the client's address is kept, and the pod's replies
  *     get node_ip4:NodePort back as their source in from-container
- *     (mb_lb_nodeport_reply), which sends them out by a FIB lookup (a
+ *     (mb_lb_reply_from_container), which sends them out by a FIB lookup (a
  *     packet from the node's own address would be a martian if routed).
  *   - A remote backend: DNAT and SNAT to node_ip4 (the client's port when
  *     free toward that backend, else a random one), so the reply comes back
@@ -148,11 +148,15 @@ static __always_inline int mb_lb_nodeport(struct __sk_buff *skb, __u32 node_ip4)
 }
 
 /*
- * from-container: a local backend's reply to a NodePort client gets
- * node_ip4:NodePort as its source and leaves by the FIB (the kernel would
- * take a packet from its own address for a martian).
+ * from-container, after conntrack: a pod's reply to a flow translated both
+ * ways. Hairpin (the pod reached itself through its service): source and
+ * destination back to the frontend and the pod, routed normally. A local
+ * NodePort backend's reply to an outside client: node_ip4:NodePort as its
+ * source, sent out by the FIB (routed normally, a packet from the node's
+ * own address would be a martian). Plain ClusterIP replies are left to
+ * the client's to-container.
  */
-static __always_inline int mb_lb_nodeport_reply(struct __sk_buff *skb, __u32 node_ip4)
+static __always_inline int mb_lb_reply_from_container(struct __sk_buff *skb, __u32 node_ip4)
 {
 	struct mb_lb_pkt p = {};
 	struct mb_lb_rev *rv;
@@ -161,7 +165,15 @@ static __always_inline int mb_lb_nodeport_reply(struct __sk_buff *skb, __u32 nod
 	if (mb_lb_parse4(skb, &p) < 0)
 		return MB_LB_CONTINUE;
 	rv = bpf_map_lookup_elem(&mb_lb_rev, &p.t);
-	if (!rv || !(rv->flags & MB_LB_FLOW_NODEPORT) || (rv->flags & MB_LB_FLOW_SNAT))
+	if (!rv)
+		return MB_LB_CONTINUE;
+	if (!(rv->flags & MB_LB_FLOW_NODEPORT)) {
+		if (!(rv->flags & MB_LB_FLOW_SNAT))
+			return MB_LB_CONTINUE;
+		return mb_lb_rev_apply(skb, &p, rv, node_ip4);
+	}
+	/* A remote backend's replies arrive on the underlay, never here. */
+	if (rv->flags & MB_LB_FLOW_SNAT)
 		return MB_LB_CONTINUE;
 	ret = mb_lb_rev_apply(skb, &p, rv, node_ip4);
 	return ret < 0 ? ret : mb_lb_fib_redirect(skb, &p);
