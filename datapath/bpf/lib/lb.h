@@ -13,9 +13,10 @@
  * untouched (the maps take IPv6 frontends for the socket LB's sake, tc does
  * not translate them yet). Checksums are fixed incrementally.
  *
- * Entry points (return: MB_LB_CONTINUE = go on with the packet, translated
- * or not; < 0 = drop with reason -ret; > 0 = a tc verdict to return, the
- * packet was redirected):
+ * Entry points (return: MB_LB_CONTINUE = go on, untouched;
+ * MB_LB_TRANSLATED = go on, the packet was rewritten (parse it again);
+ * < 0 = drop with reason -ret; other values = the tc verdict to return,
+ * the packet was redirected):
  *   mb_lb_from_container: pod → frontend, before conntrack and policy
  *                         (they see the backend).
  *   mb_lb_to_container:   replies toward a client pod, after conntrack.
@@ -42,6 +43,7 @@
 #define MB_DROP_LB_REWRITE 44     /* the packet could not be rewritten */
 
 #define MB_LB_CONTINUE 0
+#define MB_LB_TRANSLATED 256 /* beyond every TC_ACT_* value */
 
 /*
  * mb_lb_svc: frontends.
@@ -409,9 +411,9 @@ static __always_inline int mb_lb_rev_apply(struct __sk_buff *skb, struct mb_lb_p
 		return MB_LB_CONTINUE; /* the service is gone: nothing to answer as */
 	ip = front->ip[0] ? front->ip[0] : node_ip4;
 	ret = mb_lb_rewrite(skb, p, 0, ip, front->port);
-	if (ret < 0 || !(rv->flags & MB_LB_FLOW_SNAT))
-		return ret;
-	return mb_lb_rewrite(skb, p, 1, rv->client_ip, rv->client_port);
+	if (ret == MB_LB_CONTINUE && (rv->flags & MB_LB_FLOW_SNAT))
+		ret = mb_lb_rewrite(skb, p, 1, rv->client_ip, rv->client_port);
+	return ret < 0 ? ret : MB_LB_TRANSLATED;
 }
 
 /*
@@ -453,9 +455,9 @@ static __always_inline int mb_lb_from_container(struct __sk_buff *skb)
 			return ret;
 	}
 	ret = mb_lb_rewrite(skb, &p, 1, f.backend_ip[0], f.backend_port);
-	if (ret < 0 || !(f.flags & MB_LB_FLOW_SNAT))
-		return ret;
-	return mb_lb_rewrite(skb, &p, 0, f.snat_ip, f.snat_port);
+	if (ret == MB_LB_CONTINUE && (f.flags & MB_LB_FLOW_SNAT))
+		ret = mb_lb_rewrite(skb, &p, 0, f.snat_ip, f.snat_port);
+	return ret < 0 ? ret : MB_LB_TRANSLATED;
 }
 
 /*
