@@ -19,8 +19,8 @@
  * Size of a Maglev lookup table (entries, a prime). A table costs
  * MB_LB_MAGLEV_M * 4 bytes = 16 KiB per service, only on a node in Maglev
  * mode (the map does not preallocate): 10,000 services take 160 MiB (a
- * NodePort shares its service's table unless it is external-traffic-local,
- * which needs a table of the local backends). 16381, Cilium's default,
+ * NodePort written with its service shares its table, unless it is
+ * external-traffic-local: that one has a table of the local backends). 16381, Cilium's default,
  * would take 640 MiB. Maglev's disruption stays near the ideal while a
  * service has at most M / 100 (~40) backends.
  */

@@ -141,6 +141,28 @@ struct Want {
     front: MbAddrPort,
 }
 
+/// Numbers in use, and a cursor for the next free one (it only moves
+/// forward within a sync, so allocating many is linear, not quadratic).
+struct Ids {
+    used: BTreeSet<u32>,
+    next: u32,
+}
+
+impl Ids {
+    fn new(used: BTreeSet<u32>) -> Self {
+        Self { used, next: 1 }
+    }
+
+    /// The lowest free number from the cursor on (never 0).
+    fn alloc(&mut self) -> u32 {
+        while self.next == 0 || self.used.contains(&self.next) {
+            self.next = self.next.wrapping_add(1);
+        }
+        self.used.insert(self.next);
+        self.next
+    }
+}
+
 /// The addresses of this node's pods (`mb_endpoints`), for NodePorts with
 /// external traffic local. No map (a node datapath without endpoints yet):
 /// none.
@@ -257,27 +279,25 @@ pub fn sync_services(dir: &Path, services: &[LbService], maglev_mode: bool) -> R
     let current: BTreeMap<MbLbSvcKey, MbLbSvcValue> = m.svc.iter().filter_map(|e| e.ok()).collect();
     let sets_before: BTreeSet<u32> = current.values().map(|v| v.slot_set).collect();
     let mut next_set = sets_before.iter().max().copied().unwrap_or(0);
-    let mut used_rnat: BTreeSet<u32> = m.rnat.keys().filter_map(|k| k.ok()).collect();
+    let mut rnat_ids = Ids::new(m.rnat.keys().filter_map(|k| k.ok()).collect());
 
     // 1. New backends, under ids nothing uses.
-    let mut taken: BTreeSet<u32> = by_id.keys().copied().collect();
-    let mut free_id = 1u32;
+    let mut backend_ids = Ids::new(by_id.keys().copied().collect());
     for addr in want.values().flat_map(|w| &w.backends) {
         if ids.contains_key(addr) {
             continue;
         }
-        while taken.contains(&free_id) {
-            free_id += 1;
-        }
-        taken.insert(free_id);
+        let id = backend_ids.alloc();
         m.backends
-            .insert(free_id, backend_value(*addr), 0)
+            .insert(id, backend_value(*addr), 0)
             .map_err(map_err(MAP_BACKENDS))?;
-        ids.insert(*addr, free_id);
+        ids.insert(*addr, id);
     }
 
     // 2. Each new or changed frontend: its slot set (and Maglev row) in
     // full, its reverse NAT entry, then the frontend itself.
+    let mut written: BTreeMap<(Vec<u32>, u16), u32> = BTreeMap::new();
+    let maglev_rows: BTreeSet<u32> = m.maglev.keys().filter_map(|k| k.ok()).collect();
     for (key, w) in &want {
         let old = current.get(key);
         if let Some(v) = old {
@@ -290,14 +310,22 @@ pub fn sync_services(dir: &Path, services: &[LbService], maglev_mode: bool) -> R
                 && have.iter().zip(&w.backends).all(|(h, b)| *h == Some(*b));
             let maglev_ok = v.flags & LB_F_MAGLEV == 0
                 || w.backends.is_empty()
-                || m.maglev.get(&v.slot_set, 0).is_ok();
+                || maglev_rows.contains(&v.slot_set);
             if same_backends && maglev_ok && v.flags == w.flags && v.node_port == w.node_port {
                 continue;
             }
         }
+        let bids: Vec<u32> = w.backends.iter().map(|b| ids[b]).collect();
+        let maglev_flag = w.flags & LB_F_MAGLEV;
+        // A NodePort written with its ClusterIP (same backends) shares its
+        // set and table: half the memory for the common case.
+        if let Some(set) = written.get(&(bids.clone(), maglev_flag)) {
+            switch(&mut m, key, w, *set, &bids, old, &mut rnat_ids, &mut report)?;
+            continue;
+        }
         next_set = next_set.wrapping_add(1).max(1);
         let set = next_set;
-        let bids: Vec<u32> = w.backends.iter().map(|b| ids[b]).collect();
+        written.insert((bids.clone(), maglev_flag), set);
         for (slot, id) in (0u32..).zip(&bids) {
             m.slots
                 .insert(
@@ -320,28 +348,7 @@ pub fn sync_services(dir: &Path, services: &[LbService], maglev_mode: bool) -> R
             }
             m.maglev.insert(set, row, 0).map_err(map_err(MAP_MAGLEV))?;
         }
-        let rev_nat_id = match old {
-            Some(v) => v.rev_nat_id,
-            None => {
-                let id = (1u32..).find(|i| !used_rnat.contains(i)).unwrap_or(1);
-                used_rnat.insert(id);
-                m.rnat.insert(id, w.front, 0).map_err(map_err(MAP_RNAT))?;
-                id
-            }
-        };
-        let value = MbLbSvcValue {
-            count: bids.len() as u32,
-            slot_set: set,
-            rev_nat_id,
-            flags: w.flags,
-            node_port: w.node_port,
-        };
-        m.svc.insert(*key, value, 0).map_err(map_err(MAP_SVC))?;
-        if old.is_some() {
-            report.changed += 1;
-        } else {
-            report.added += 1;
-        }
+        switch(&mut m, key, w, set, &bids, old, &mut rnat_ids, &mut report)?;
     }
 
     // 3. Frontends no longer wanted, then their reverse NAT entries.
@@ -378,6 +385,43 @@ pub fn sync_services(dir: &Path, services: &[LbService], maglev_mode: bool) -> R
         m.backends.remove(id).map_err(map_err(MAP_BACKENDS))?;
     }
     Ok(report)
+}
+
+/// Point frontend `key` at the complete slot set `set` (its reverse NAT
+/// entry first, when it is new).
+#[allow(clippy::too_many_arguments)]
+fn switch(
+    m: &mut Maps,
+    key: &MbLbSvcKey,
+    w: &Want,
+    set: u32,
+    bids: &[u32],
+    old: Option<&MbLbSvcValue>,
+    rnat_ids: &mut Ids,
+    report: &mut SyncReport,
+) -> Result<()> {
+    let rev_nat_id = match old {
+        Some(v) => v.rev_nat_id,
+        None => {
+            let id = rnat_ids.alloc();
+            m.rnat.insert(id, w.front, 0).map_err(map_err(MAP_RNAT))?;
+            id
+        }
+    };
+    let value = MbLbSvcValue {
+        count: bids.len() as u32,
+        slot_set: set,
+        rev_nat_id,
+        flags: w.flags,
+        node_port: w.node_port,
+    };
+    m.svc.insert(*key, value, 0).map_err(map_err(MAP_SVC))?;
+    if old.is_some() {
+        report.changed += 1;
+    } else {
+        report.added += 1;
+    }
+    Ok(())
 }
 
 /// The services the maps hold, sorted: each ClusterIP frontend with its
