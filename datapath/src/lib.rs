@@ -40,6 +40,7 @@ mod sys;
 pub use bpffs::{cgroup2_mount, ensure_bpffs};
 /// The prefix type of [`Datapath::sync_ipcache`], re-exported for callers without `ipnet`.
 pub use ipnet::IpNet;
+pub use lb::LbService;
 pub use loader::embedded_objects;
 pub use maps::splice::SockEntry;
 pub use netns::{netns_cookie, NetnsCookie};

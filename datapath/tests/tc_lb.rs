@@ -59,7 +59,10 @@ fn progs(n: &TcNode, i: usize) -> (SchedClassifier, SchedClassifier) {
 fn send(from: &SchedClassifier, proto: u8, client: SocketAddr, dst: SocketAddr) -> SocketAddr {
     let (rc, out) = run(from, &frame(proto, client, dst), 0);
     assert_eq!(rc, PASS, "{client} -> {dst}: verdict");
-    assert!(checksums_ok(&out), "{client} -> {dst}: checksums after DNAT");
+    assert!(
+        checksums_ok(&out),
+        "{client} -> {dst}: checksums after DNAT"
+    );
     let (src, to) = addrs(&out);
     assert_eq!(src, client, "the source stays the client's");
     to
@@ -130,7 +133,11 @@ fn maglev_picks_the_backend_of_the_rust_table() {
         let client = sa(&format!("{CLIENT}:{}", 42000 + i * 7));
         let t = tuple(UDP, client, sa(VIP));
         let want = sorted[table[maglev::flow_hash(&t) as usize % LB_MAGLEV_M]];
-        assert_eq!(send(&from, UDP, client, sa(VIP)), want, "flow from {client}");
+        assert_eq!(
+            send(&from, UDP, client, sa(VIP)),
+            want,
+            "flow from {client}"
+        );
         seen.insert(want);
     }
     assert_eq!(seen.len(), 3, "48 flows over 3 backends reached {seen:?}");
@@ -235,7 +242,10 @@ fn services_read_back_and_invalid_input_changes_nothing() {
     for (bad, needle) in [
         (service("10.96.0.30:80", 1, &[B2]), "protocol 1"),
         (service("10.96.0.30:0", TCP, &[B2]), "port"),
-        (service("10.96.0.30:80", TCP, &["[fd00::1]:80"]), "address family"),
+        (
+            service("10.96.0.30:80", TCP, &["[fd00::1]:80"]),
+            "address family",
+        ),
         (service(VIP, UDP, &[B3]), "listed twice"),
         (
             LbService {

@@ -76,17 +76,56 @@ impl Node {
         let host_mac = format!("02:00:00:00:01:{id:02x}");
         let pod_mac = format!("02:00:00:00:00:{id:02x}");
         sh(Command::new("ip").args([
-            "link", "add", &host, "netns", &self.ns.name, "address", &host_mac, "type", "veth",
-            "peer", "name", "eth0", "netns", &env.netns, "address", &pod_mac,
+            "link",
+            "add",
+            &host,
+            "netns",
+            &self.ns.name,
+            "address",
+            &host_mac,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &env.netns,
+            "address",
+            &pod_mac,
         ]));
         self.ns.ip(&["link", "set", &host, "up"]);
-        self.ns.ip(&["route", "add", &format!("{ip}/32"), "dev", &host]);
+        self.ns
+            .ip(&["route", "add", &format!("{ip}/32"), "dev", &host]);
         for args in [
             vec!["addr", "add", &format!("{ip}/32"), "dev", "eth0"],
             vec!["link", "set", "eth0", "up"],
-            vec!["route", "add", "169.254.1.1", "dev", "eth0", "scope", "link"],
-            vec!["route", "add", "default", "via", "169.254.1.1", "dev", "eth0"],
-            vec!["neigh", "add", "169.254.1.1", "lladdr", &host_mac, "dev", "eth0"],
+            vec![
+                "route",
+                "add",
+                "169.254.1.1",
+                "dev",
+                "eth0",
+                "scope",
+                "link",
+            ],
+            vec![
+                "route",
+                "add",
+                "default",
+                "via",
+                "169.254.1.1",
+                "dev",
+                "eth0",
+            ],
+            vec![
+                "neigh",
+                "add",
+                "169.254.1.1",
+                "lladdr",
+                &host_mac,
+                "dev",
+                "eth0",
+            ],
         ] {
             env.ip(&args);
         }
@@ -124,13 +163,19 @@ fn netns_path(name: &str) -> PathBuf {
 
 /// A UDP server in namespace `ns` on `port` answering every datagram with `name`, until
 /// `stop`; returns once it is bound.
-fn udp_answerer(ns: PathBuf, port: u16, name: &'static str, stop: Arc<AtomicBool>) -> thread::JoinHandle<()> {
+fn udp_answerer(
+    ns: PathBuf,
+    port: u16,
+    name: &'static str,
+    stop: Arc<AtomicBool>,
+) -> thread::JoinHandle<()> {
     let (bound, ready) = mpsc::channel();
     let h = thread::spawn(move || {
         let f = std::fs::File::open(&ns).expect("open netns");
         nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
         let sock = UdpSocket::bind(("0.0.0.0", port)).expect("bind answerer");
-        sock.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
         bound.send(()).unwrap();
         let mut buf = [0u8; 64];
         while !stop.load(Ordering::Relaxed) {
@@ -197,5 +242,9 @@ fn udp_clusterip_without_connect_is_answered_by_both_backends_as_the_frontend() 
         assert_eq!(*from, vip, "an answer came from {from}, not the frontend");
     }
     let names: BTreeSet<&str> = answers.iter().map(|(_, n)| n.as_str()).collect();
-    assert_eq!(names, BTreeSet::from(["b2", "b3"]), "24 flows reached {names:?}");
+    assert_eq!(
+        names,
+        BTreeSet::from(["b2", "b3"]),
+        "24 flows reached {names:?}"
+    );
 }

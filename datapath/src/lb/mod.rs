@@ -6,6 +6,7 @@
 //! the socket LB never sees: UDP without connect, NodePort, the host.
 
 pub mod maglev;
+mod node;
 mod sync;
 
 use std::{
