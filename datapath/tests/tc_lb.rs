@@ -266,3 +266,65 @@ fn services_read_back_and_invalid_input_changes_nothing() {
     assert_eq!(n.node.sync_services(&[]).expect("empty").removed, 3);
     assert!(n.node.lb_services().expect("read back").is_empty());
 }
+
+#[test]
+fn policy_decides_on_the_backend_and_replies_still_pass_conntrack() {
+    use membrane_datapath::{
+        policy_map::{Direction, MapVerdict, PolicyRule},
+        IpcacheEntry,
+    };
+    // An enforcing client allowed to reach identity 1002 (B2) on UDP 5353 only.
+    let mut n = TcNode::new(true);
+    n.add(1, 1001, &[CLIENT], true);
+    n.add(2, 1002, &["10.0.0.2"], false);
+    n.add(3, 1003, &["10.0.0.3"], false);
+    let ipc: Vec<IpcacheEntry> = [
+        ("10.0.0.1/32", 1001),
+        ("10.0.0.2/32", 1002),
+        ("10.0.0.3/32", 1003),
+    ]
+    .iter()
+    .map(|(p, id)| IpcacheEntry {
+        prefix: p.parse().unwrap(),
+        identity: *id,
+        tunnel: None,
+    })
+    .collect();
+    n.node.sync_ipcache(&ipc).expect("ipcache");
+    n.eps[0]
+        .dp
+        .sync_policy(&[PolicyRule {
+            direction: Direction::Egress,
+            remote_identity: 1002,
+            proto: UDP,
+            ports: (5353, 5353),
+            verdict: MapVerdict::Allow,
+        }])
+        .expect("policy");
+    n.node
+        .sync_services(&[service(VIP, UDP, &[B2, B3])])
+        .expect("sync");
+    let (from, to) = progs(&n, 0);
+    let (mut allowed, mut denied) = (0, 0);
+    for i in 0..32 {
+        let c = sa(&format!("{CLIENT}:{}", 47000 + i));
+        let (rc, out) = run(&from, &frame(UDP, c, sa(VIP)), 0);
+        let (_, backend) = addrs(&out);
+        if backend == sa(B2) {
+            assert_eq!(rc, PASS, "flow from {c} to the allowed backend");
+            allowed += 1;
+            // The reply is the flow's (conntrack) and comes from the frontend.
+            let (rc, out) = run(&to, &frame(UDP, sa(B2), c), 0);
+            assert_eq!(rc, PASS, "reply to {c}");
+            assert_eq!(addrs(&out), (sa(VIP), c));
+        } else {
+            assert_eq!(backend, sa(B3), "flow from {c}");
+            assert_eq!(rc, DROP, "flow from {c} to a backend policy denies");
+            denied += 1;
+        }
+    }
+    assert!(
+        allowed > 0 && denied > 0,
+        "{allowed} allowed, {denied} denied"
+    );
+}
