@@ -248,3 +248,112 @@ fn udp_clusterip_without_connect_is_answered_by_both_backends_as_the_frontend() 
         "24 flows reached {names:?}"
     );
 }
+
+/// A TCP server in namespace `ns` on `port` that answers each connection with `name` and
+/// closes it, until `stop`; returns once it listens.
+fn tcp_answerer(
+    ns: PathBuf,
+    port: u16,
+    name: &'static str,
+    stop: Arc<AtomicBool>,
+) -> thread::JoinHandle<()> {
+    let (bound, ready) = mpsc::channel();
+    let h = thread::spawn(move || {
+        let f = std::fs::File::open(&ns).expect("open netns");
+        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        let l = std::net::TcpListener::bind(("0.0.0.0", port)).expect("listen");
+        l.set_nonblocking(true).unwrap();
+        bound.send(()).unwrap();
+        while !stop.load(Ordering::Relaxed) {
+            match l.accept() {
+                Ok((mut s, _)) => {
+                    use std::io::Write;
+                    let _ = s.write_all(name.as_bytes());
+                }
+                Err(_) => thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    });
+    ready.recv().expect("answerer listening");
+    h
+}
+
+#[test]
+fn the_nodes_own_tcp_connections_to_a_clusterip_reach_both_backends() {
+    use std::io::Read;
+    let mut node = Node::new();
+    let b2_ns = netns_path(&node.add_pod(2).env.netns);
+    let b3_ns = netns_path(&node.add_pod(3).env.netns);
+    // The node's address and the service device: the service range routed to a device
+    // without ARP (this kernel has no dummy module: one end of a veth pair, ARP off), with
+    // the node's address as the source.
+    node.ns.ip(&[
+        "link", "add", "mbsvc", "type", "veth", "peer", "name", "mbsvc1",
+    ]);
+    node.ns.ip(&["link", "set", "mbsvc", "arp", "off", "up"]);
+    node.ns.ip(&["link", "set", "mbsvc1", "up"]);
+    node.ns
+        .ip(&["addr", "add", "192.168.50.1/32", "dev", "mbsvc"]);
+    node.ns.ip(&[
+        "route",
+        "add",
+        "10.96.0.0/16",
+        "dev",
+        "mbsvc",
+        "src",
+        "192.168.50.1",
+    ]);
+    let settings = node.dp.settings().expect("settings");
+    node.dp
+        .set_settings(&NodeSettings {
+            node_ip4: "192.168.50.1".parse().unwrap(),
+            ..settings
+        })
+        .expect("node address");
+    let dev = in_netns(&node.ns.path(), || nix::net::if_::if_nametoindex("mbsvc")).expect("mbsvc");
+    let dp = node.dp.clone();
+    in_netns(&node.ns.path(), || dp.attach_service_device(dev)).expect("attach service device");
+    let vip = sa("10.96.0.20:8080");
+    node.dp
+        .sync_services(&[LbService {
+            frontend: vip,
+            proto: lb_common::TCP,
+            node_port: 0,
+            external_local: false,
+            backends: vec![sa("10.0.0.2:8080"), sa("10.0.0.3:8080")],
+        }])
+        .expect("sync services");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let servers = [
+        tcp_answerer(b2_ns, 8080, "b2", stop.clone()),
+        tcp_answerer(b3_ns, 8080, "b3", stop.clone()),
+    ];
+    let answers: Vec<(SocketAddr, String)> = in_netns(&node.ns.path(), || {
+        (0..24)
+            .map(|i| {
+                let mut s = std::net::TcpStream::connect_timeout(&vip, Duration::from_secs(3))
+                    .unwrap_or_else(|e| panic!("connection {i} to {vip}: {e}"));
+                s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+                let mut text = String::new();
+                s.read_to_string(&mut text)
+                    .unwrap_or_else(|e| panic!("connection {i}: {e}"));
+                (s.peer_addr().unwrap(), text)
+            })
+            .collect()
+    });
+    stop.store(true, Ordering::Relaxed);
+    for s in servers {
+        s.join().expect("answerer");
+    }
+    for (peer, _) in &answers {
+        assert_eq!(*peer, vip);
+    }
+    let names: BTreeSet<&str> = answers.iter().map(|(_, n)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        BTreeSet::from(["b2", "b3"]),
+        "24 connections reached {names:?}"
+    );
+    in_netns(&node.ns.path(), || node.dp.detach_service_device(dev)).expect("detach");
+}

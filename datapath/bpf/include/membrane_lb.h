@@ -11,6 +11,9 @@
 
 #include <linux/types.h>
 
+/* The service device's tc egress (bpf_svc.c), as struct mb_event.prog. */
+#define MB_PROG_TO_SERVICE 13
+
 /* mb_lb_svc_key.scope */
 #define MB_LB_SCOPE_CLUSTER 0  /* ClusterIP: the frontend address and port */
 #define MB_LB_SCOPE_NODEPORT 1 /* NodePort: address zero = this node's node_ip4 */
@@ -81,7 +84,7 @@ struct mb_lb_tuple {
 
 /* mb_lb_flow.flags and mb_lb_rev.flags */
 #define MB_LB_FLOW_SNAT 1U     /* the source was translated too (remote NodePort backend, hairpin) */
-#define MB_LB_FLOW_NODEPORT 2U /* entered through a NodePort */
+#define MB_LB_FLOW_EXTERNAL 2U /* the client is no pod of this node (underlay, host): replies leave by the FIB */
 
 /* Value of mb_lb_flows: where a flow went, remembered for its life. */
 struct mb_lb_flow {

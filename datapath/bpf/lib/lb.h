@@ -472,7 +472,7 @@ static __always_inline int mb_lb_to_container(struct __sk_buff *skb, __u32 node_
 	if (mb_lb_parse4(skb, &p) < 0)
 		return MB_LB_CONTINUE;
 	rv = bpf_map_lookup_elem(&mb_lb_rev, &p.t);
-	if (!rv || (rv->flags & (MB_LB_FLOW_SNAT | MB_LB_FLOW_NODEPORT)))
+	if (!rv || (rv->flags & (MB_LB_FLOW_SNAT | MB_LB_FLOW_EXTERNAL)))
 		return MB_LB_CONTINUE;
 	return mb_lb_rev_apply(skb, &p, rv, node_ip4);
 }

@@ -14,6 +14,8 @@ pub const RSN_LB_NO_ROUTE: u8 = 43;
 /// `MB_DROP_LB_REWRITE`: the packet could not be rewritten.
 pub const RSN_LB_REWRITE: u8 = 44;
 
+/// `MB_PROG_TO_SERVICE`: tc egress of the node's service device (`bpf_svc.c`).
+pub const PROG_TO_SERVICE: u8 = 13;
 /// `MB_LB_SCOPE_CLUSTER`: a ClusterIP frontend (address and port).
 pub const LB_SCOPE_CLUSTER: u8 = 0;
 /// `MB_LB_SCOPE_NODEPORT`: a NodePort frontend (address zero = the node's `node_ip4`).
@@ -26,8 +28,8 @@ pub const LB_F_EXT_LOCAL: u16 = 1;
 pub const LB_F_MAGLEV: u16 = 2;
 /// `MB_LB_FLOW_SNAT`: the flow's source was translated too.
 pub const LB_FLOW_SNAT: u8 = 1;
-/// `MB_LB_FLOW_NODEPORT`: the flow entered through a NodePort.
-pub const LB_FLOW_NODEPORT: u8 = 2;
+/// `MB_LB_FLOW_EXTERNAL`: the client is no pod of this node (underlay, host).
+pub const LB_FLOW_EXTERNAL: u8 = 2;
 
 /// `struct mb_lb_svc_key`: one frontend.
 #[repr(C)]

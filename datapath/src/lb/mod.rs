@@ -5,6 +5,7 @@
 //! [`maglev`] computes the lookup tables. The kernel side translates what
 //! the socket LB never sees: UDP without connect, NodePort, the host.
 
+mod host;
 pub mod maglev;
 mod node;
 mod sync;
