@@ -357,3 +357,56 @@ fn the_nodes_own_tcp_connections_to_a_clusterip_reach_both_backends() {
     );
     in_netns(&node.ns.path(), || node.dp.detach_service_device(dev)).expect("detach");
 }
+
+#[test]
+fn nodeport_from_a_client_outside_the_node_is_answered_by_both_backends() {
+    let mut node = Node::new();
+    let b2_ns = netns_path(&node.add_pod(2).env.netns);
+    let b3_ns = netns_path(&node.add_pod(3).env.netns);
+    let client = Netns::add(&format!("{}-client", unique_name()));
+    membrane_test_support::sandbox::veth(
+        &node.ns,
+        "under0",
+        "192.168.50.1/24",
+        &client,
+        "eth0",
+        "192.168.50.2/24",
+    );
+    let settings = node.dp.settings().expect("settings");
+    node.dp
+        .set_settings(&NodeSettings {
+            node_ip4: "192.168.50.1".parse().unwrap(),
+            ..settings
+        })
+        .expect("node address");
+    let dp = node.dp.clone();
+    in_netns(&node.ns.path(), || dp.attach_underlay("under0")).expect("attach underlay");
+    node.dp
+        .sync_services(&[LbService {
+            frontend: sa("10.96.0.10:53"),
+            proto: UDP,
+            node_port: 30053,
+            external_local: false,
+            backends: vec![sa("10.0.0.2:5353"), sa("10.0.0.3:5353")],
+        }])
+        .expect("sync services");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let servers = [
+        udp_answerer(b2_ns, 5353, "b2", stop.clone()),
+        udp_answerer(b3_ns, 5353, "b3", stop.clone()),
+    ];
+    let np = sa("192.168.50.1:30053");
+    let answers = ask(client.path(), np, 24);
+    stop.store(true, Ordering::Relaxed);
+    for s in servers {
+        s.join().expect("answerer");
+    }
+    for (from, _) in &answers {
+        assert_eq!(*from, np, "an answer came from {from}, not the NodePort");
+    }
+    let names: BTreeSet<&str> = answers.iter().map(|(_, n)| n.as_str()).collect();
+    assert_eq!(names, BTreeSet::from(["b2", "b3"]), "24 flows reached {names:?}");
+    let dp = node.dp.clone();
+    in_netns(&node.ns.path(), || dp.detach_underlay()).expect("detach underlay");
+}
