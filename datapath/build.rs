@@ -46,6 +46,8 @@ fn main() -> Result<()> {
         "send_done",
         "node",
         "lxc",
+        "overlay",
+        "host",
         "svc",
     ] {
         let src = bpf_dir.join(format!("bpf_{hook}.c"));

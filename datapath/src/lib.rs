@@ -145,6 +145,9 @@ pub enum Error {
     /// Services the service maps cannot take, or a service map failed.
     #[error(transparent)]
     Lb(#[from] lb::LbError),
+    /// A network device could not be read, created or changed.
+    #[error("network device {0}")]
+    Device(String),
     /// A filesystem operation failed.
     #[error("{path}: {what}: {source}")]
     Io {

@@ -23,12 +23,16 @@ pub(crate) mod objects {
         aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/node.o"));
     /// A pod's tc programs (one instance per endpoint).
     pub(crate) static LXC: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lxc.o"));
+    pub(crate) static OVERLAY: &[u8] =
+        aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/overlay.o"));
+    pub(crate) static HOST: &[u8] =
+        aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/host.o"));
     /// The service device's tc program (the node's own traffic to ClusterIPs).
     pub(crate) static SVC: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/svc.o"));
 }
 
 /// The embedded objects by name, for tooling and the BTF test.
-pub fn embedded_objects() -> [(&'static str, &'static [u8]); 9] {
+pub fn embedded_objects() -> [(&'static str, &'static [u8]); 11] {
     [
         ("sockops", objects::SOCKOPS),
         ("sk_msg", objects::SK_MSG),
@@ -38,6 +42,8 @@ pub fn embedded_objects() -> [(&'static str, &'static [u8]); 9] {
         ("send_done", objects::SEND_DONE),
         ("node", objects::NODE),
         ("lxc", objects::LXC),
+        ("overlay", objects::OVERLAY),
+        ("host", objects::HOST),
         ("svc", objects::SVC),
     ]
 }
