@@ -325,3 +325,49 @@ fn three_nodes_full_mesh_over_geneve() {
 fn three_nodes_full_mesh_over_vxlan() {
     three_nodes_full_mesh(Overlay::Vxlan);
 }
+
+/// Setting a node up again changes nothing; a device squatting on the VXLAN device's
+/// name is refused, not replaced; teardown leaves no pin and no VXLAN device.
+#[test]
+fn setup_is_idempotent_refuses_a_foreign_device_and_tears_down() {
+    use membrane_datapath::node::{device, VXLAN_DEVICE};
+    use tc_common::in_netns;
+
+    let c = Cluster::new(1, Overlay::Vxlan, false);
+    let n = &c.nodes[0];
+    let ns = n.ns.path();
+    let vxlan = in_netns(&ns, || device(VXLAN_DEVICE)).expect("mb_vxlan");
+    assert_eq!(vxlan.mtu, 1450, "the pods' MTU");
+    let links = || {
+        let mut v: Vec<String> = std::fs::read_dir(n.node.dir().join("links"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let before = links();
+    in_netns(&ns, || {
+        n.node.setup_overlay().expect("setup again");
+        n.node.attach_underlay(&n.ul).expect("attach again");
+    });
+    assert_eq!(links(), before, "no second attachment");
+    let s = n.node.settings().unwrap();
+    assert_eq!(s.overlay_ifindex, vxlan.ifindex);
+
+    // Another device by that name: an error naming it, the settings untouched.
+    in_netns(&ns, || n.node.teardown_overlay()).expect("teardown overlay");
+    assert!(
+        in_netns(&ns, || device(VXLAN_DEVICE)).is_err(),
+        "mb_vxlan deleted"
+    );
+    n.ns.ip(&["link", "add", VXLAN_DEVICE, "type", "bridge"]);
+    let err = in_netns(&ns, || n.node.setup_overlay()).expect_err("a bridge is no VXLAN device");
+    assert!(err.to_string().contains(VXLAN_DEVICE), "{err}");
+    assert_eq!(n.node.settings().unwrap(), s);
+    n.ns.ip(&["link", "del", VXLAN_DEVICE]);
+
+    in_netns(&ns, || n.node.setup_overlay()).expect("set up anew");
+    n.node.teardown().expect("teardown");
+    assert!(!n.node.dir().exists(), "no pin left");
+}
