@@ -11,7 +11,9 @@ use std::{fs::File, net::IpAddr, path::Path};
 
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 use membrane_datapath::{
-    events::Event, Datapath, DatapathSettings, LocalEndpoint, NodeDatapath, NodeSettings,
+    events::Event,
+    policy_map::{Direction, MapVerdict, PolicyRule},
+    Datapath, DatapathSettings, IpcacheEntry, LocalEndpoint, NodeDatapath, NodeSettings, TcStat,
 };
 use membrane_test_support::PinDir;
 
@@ -21,6 +23,32 @@ use crate::common::Env;
 pub const PASS: u32 = 0;
 /// `TC_ACT_SHOT` / `TCX_DROP`.
 pub const DROP: u32 = 2;
+
+/// A rule of an endpoint's policy.
+pub fn rule(
+    direction: Direction,
+    remote_identity: u32,
+    proto: u8,
+    lo: u16,
+    hi: u16,
+    verdict: MapVerdict,
+) -> PolicyRule {
+    PolicyRule {
+        direction,
+        remote_identity,
+        proto,
+        ports: (lo, hi),
+        verdict,
+    }
+}
+
+/// Packets of one reason's row (0 = forwarded).
+pub fn stat(stats: &[TcStat], reason: u8) -> u64 {
+    stats
+        .iter()
+        .find(|s| s.reason == reason)
+        .map_or(0, |s| s.packets)
+}
 
 /// Run `f` on a thread inside the network namespace at `ns` (a thread's namespace is its
 /// own: the test's other threads stay where they are).
@@ -113,6 +141,27 @@ impl TcNode {
             env,
         });
         self.eps.len() - 1
+    }
+}
+
+impl TcNode {
+    /// Make the node ipcache (and every endpoint's own `mb_identity`, which the socket
+    /// hooks read) hold `entries`: prefix → identity, no tunnels.
+    pub fn ipcache(&self, entries: &[(&str, u32)]) {
+        let e: Vec<IpcacheEntry> = entries
+            .iter()
+            .map(|(p, id)| IpcacheEntry {
+                prefix: p.parse().unwrap(),
+                identity: *id,
+                tunnel: None,
+            })
+            .collect();
+        self.node.sync_ipcache(&e).expect("sync node ipcache");
+        let pairs: Vec<(membrane_datapath::IpNet, u32)> =
+            e.iter().map(|e| (e.prefix, e.identity)).collect();
+        for ep in &self.eps {
+            ep.dp.sync_ipcache(&pairs).expect("sync endpoint ipcache");
+        }
     }
 }
 
