@@ -15,7 +15,7 @@ use membrane_datapath::{
     policy_map::{Direction, MapVerdict, PolicyRule},
     Datapath, DatapathSettings, IpcacheEntry, LocalEndpoint, NodeDatapath, NodeSettings, TcStat,
 };
-use membrane_test_support::PinDir;
+use membrane_test_support::{Netns, PinDir};
 
 use crate::common::Env;
 
@@ -75,12 +75,18 @@ pub struct TcEndpoint {
 }
 
 /// A node with endpoints. Field order is drop order: endpoints (and their namespaces)
-/// first, then the node's pins.
+/// first, then the node's namespace and pins.
 pub struct TcNode {
     pub eps: Vec<TcEndpoint>,
+    /// With [`TcNode::routed`]: the node's own namespace, where the host veths live and
+    /// routes to the pods; otherwise each host veth lives in its endpoint's namespace.
+    pub node_ns: Option<Netns>,
     pub node: NodeDatapath,
     _pins: PinDir,
 }
+
+/// The node side's address on every host veth (the pods' gateway, on-link).
+pub const GATEWAY: &str = "169.254.1.1";
 
 impl TcNode {
     /// A node with `policy` enforcement (MB_NODE_F_POLICY) and no endpoint yet.
@@ -97,9 +103,28 @@ impl TcNode {
         .expect("load node");
         TcNode {
             eps: Vec::new(),
+            node_ns: None,
             node,
             _pins: pins,
         }
+    }
+
+    /// A node whose pods are real network namespaces routed by a node namespace: each
+    /// pod's `eth0` has its /32 and a default route via [`GATEWAY`] on-link, each host veth
+    /// has the gateway as a /32 and the node routes the pod's /32 to it.
+    pub fn routed(policy: bool) -> Self {
+        let mut n = Self::new(policy);
+        let ns = Netns::add(&format!("{}-n", membrane_test_support::unique_name()));
+        membrane_test_support::run(std::process::Command::new("ip").args([
+            "netns",
+            "exec",
+            &ns.name,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ]));
+        n.node_ns = Some(ns);
+        n
     }
 
     /// Add endpoint `id` with `identity` and addresses `ips`, its own enforcement switch
@@ -112,11 +137,32 @@ impl TcNode {
             ..DatapathSettings::default()
         });
         let host = format!("h{id}");
-        let peer = format!("p{id}");
-        env.ip(&["link", "add", &host, "type", "veth", "peer", "name", &peer]);
-        env.ip(&["link", "set", &host, "up"]);
-        env.ip(&["link", "set", &peer, "up"]);
-        let ns = Path::new("/run/netns").join(&env.netns);
+        let ns = match &self.node_ns {
+            None => {
+                let peer = format!("p{id}");
+                env.ip(&["link", "add", &host, "type", "veth", "peer", "name", &peer]);
+                env.ip(&["link", "set", &host, "up"]);
+                env.ip(&["link", "set", &peer, "up"]);
+                Path::new("/run/netns").join(&env.netns)
+            }
+            Some(node) => {
+                node.ip(&[
+                    "link", "add", &host, "type", "veth", "peer", "name", "eth0", "netns",
+                    &env.netns,
+                ]);
+                node.ip(&["addr", "add", &format!("{GATEWAY}/32"), "dev", &host]);
+                node.ip(&["link", "set", &host, "up"]);
+                env.ip(&["link", "set", "eth0", "up"]);
+                for ip in ips {
+                    let plen = if ip.contains(':') { 128 } else { 32 };
+                    node.ip(&["route", "add", &format!("{ip}/{plen}"), "dev", &host]);
+                    env.ip(&["addr", "add", &format!("{ip}/{plen}"), "dev", "eth0"]);
+                }
+                env.ip(&["route", "add", GATEWAY, "dev", "eth0", "scope", "link"]);
+                env.ip(&["route", "add", "default", "via", GATEWAY, "dev", "eth0"]);
+                node.path()
+            }
+        };
         let ifindex = in_netns(&ns, || nix::net::if_::if_nametoindex(host.as_str()))
             .expect("host veth ifindex");
         let ep = LocalEndpoint {
