@@ -253,12 +253,15 @@ fn ingress_policy_decides_by_the_vni_over_geneve() {
 
 /// A pod whose MTU is the underlay's (misconfigured: 50 bytes too big for the tunnel)
 /// sends a DF datagram that fits its link but not the tunnel: the node answers with ICMP
-/// "fragmentation needed", and the pod's kernel learns the path MTU of 1450.
+/// "fragmentation needed", which the pod's to-container lets in as related to the pod's
+/// flow (policy enforced), and the pod's kernel learns the path MTU of 1450.
 fn too_big_is_refused_with_the_mtu(overlay: Overlay) {
-    let mut c = Cluster::new(2, overlay, false);
+    let mut c = Cluster::new(2, overlay, true);
     let a = c.add_pod(0, TIEFIGHTER, Some(overlay_cluster::UNDERLAY_MTU));
     let b = c.add_pod(1, DEATHSTAR, None);
     c.finish(&[]);
+    c.policy(a, &[rule(Egress, DEATHSTAR, 17, 5353)]);
+    c.policy(b, &[rule(Ingress, TIEFIGHTER, 17, 5353)]);
     let server = c.pods[b].ip.to_string();
     c.serve(b, &["python3", "-c", UDP_ECHO, "5353"]);
 
@@ -336,6 +339,8 @@ fn setup_is_idempotent_refuses_a_foreign_device_and_tears_down() {
     let c = Cluster::new(1, Overlay::Vxlan, false);
     let n = &c.nodes[0];
     let ns = n.ns.path();
+    let err = in_netns(&ns, || n.node.attach_underlay("nosuchdev")).expect_err("no device");
+    assert!(err.to_string().contains("nosuchdev"), "{err}");
     let vxlan = in_netns(&ns, || device(VXLAN_DEVICE)).expect("mb_vxlan");
     assert_eq!(vxlan.mtu, 1450, "the pods' MTU");
     let links = || {
