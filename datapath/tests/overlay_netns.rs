@@ -19,11 +19,12 @@ const TIEFIGHTER: u32 = 1001;
 const XWING: u32 = 1002;
 const DEATHSTAR: u32 = 1003;
 
-/// A UDP echo server on the port in argv[1].
+/// A UDP echo server on the port in argv[1] (IPv6 socket: IPv4 and IPv6 alike).
 const UDP_ECHO: &str = r#"
 import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind(("0.0.0.0", int(sys.argv[1])))
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+s.bind(("::", int(sys.argv[1])))
 print("READY", flush=True)
 while True:
     d, a = s.recvfrom(65535)
@@ -33,7 +34,7 @@ while True:
 /// Send argv[3] datagrams of 1 KiB to argv[1]:argv[2], count the exact echoes.
 const UDP_CLIENT: &str = r#"
 import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET, socket.SOCK_DGRAM)
 s.settimeout(2)
 ok = 0
 for i in range(int(sys.argv[3])):
@@ -317,6 +318,28 @@ fn three_nodes_full_mesh(overlay: Overlay) {
             );
         }
     }
+}
+
+/// Pods' IPv6 between nodes, inside the IPv4 tunnel.
+fn ipv6_pods_talk(overlay: Overlay) {
+    let mut c = Cluster::new(2, overlay, false);
+    let a = c.add_pod(0, TIEFIGHTER, None);
+    let b = c.add_pod(1, DEATHSTAR, None);
+    c.finish(&[]);
+    c.serve(b, &["python3", "-c", UDP_ECHO, "5353"]);
+    let server = c.pods[b].ip6.expect("IPv6 in overlay modes").to_string();
+    let out = c.exec(a, &["python3", "-c", UDP_CLIENT, &server, "5353", "10"]);
+    assert!(out.contains("udp ok=10"), "{overlay}: UDP over IPv6: {out}");
+}
+
+#[test]
+fn ipv6_pods_talk_over_geneve() {
+    ipv6_pods_talk(Overlay::Geneve);
+}
+
+#[test]
+fn ipv6_pods_talk_over_vxlan() {
+    ipv6_pods_talk(Overlay::Vxlan);
 }
 
 #[test]
