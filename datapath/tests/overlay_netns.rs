@@ -393,6 +393,11 @@ fn setup_is_idempotent_refuses_a_foreign_device_and_tears_down() {
     let err = in_netns(&ns, || n.node.setup_overlay()).expect_err("a bridge is no VXLAN device");
     assert!(err.to_string().contains(VXLAN_DEVICE), "{err}");
     assert_eq!(n.node.settings().unwrap(), s);
+    in_netns(&ns, || n.node.teardown_overlay()).expect("teardown overlay");
+    assert!(
+        in_netns(&ns, || device(VXLAN_DEVICE)).is_ok(),
+        "not ours: left alone"
+    );
     n.ns.ip(&["link", "del", VXLAN_DEVICE]);
 
     in_netns(&ns, || n.node.setup_overlay()).expect("set up anew");
