@@ -329,6 +329,14 @@ fn a_pod_that_spoofs_its_source_gets_nowhere_and_detach_restores_the_plain_path(
     );
     assert_eq!(tcx_progs(&node_ns, "h2"), ON_VETH);
     assert!(udp_echo(&a_ns, "10.1.0.11:53"));
+    // Tearing an endpoint's pin directory down detaches its tc programs too.
+    n.eps[1].dp.teardown().unwrap();
+    membrane_test_support::wait_until(
+        Duration::from_secs(5),
+        Duration::from_millis(20),
+        "the tcx links on h2 are released",
+        || tcx_progs(&node_ns, "h2").is_empty().then_some(()),
+    );
 }
 
 #[test]
