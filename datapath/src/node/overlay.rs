@@ -104,9 +104,7 @@ pub fn ensure_vxlan_device(underlay_mtu: u16) -> Result<u32> {
                 .ok_or_else(|| Error::Device(format!("{dev}: gone right after its creation")))?
         }
     };
-    let external = link.vxlan.contains(&InfoVxlan::CollectMetadata(true));
-    let port = link.vxlan.contains(&InfoVxlan::Port(VXLAN_PORT));
-    if link.kind != Some(InfoKind::Vxlan) || !external || !port {
+    if !is_our_vxlan(&link) {
         return Err(Error::Device(format!(
             "{dev} exists but is not a collect_md (external) VXLAN device on port \
              {VXLAN_PORT}: kind {:?}",
@@ -250,13 +248,24 @@ impl NodeDatapath {
         self.attach_node_prog(&prog, PROG_FROM_OVERLAY, "overlay", VXLAN_DEVICE)
     }
 
-    /// Detach `mb_from_overlay` and delete the VXLAN device, if there is one.
+    /// Detach `mb_from_overlay` and delete the VXLAN device, if there is one (a device of
+    /// that name that is not a collect_md VXLAN device is not ours and stays).
     pub fn teardown_overlay(&self) -> Result<()> {
         self.remove_links("overlay", None)?;
         let dev = VXLAN_DEVICE;
         if let Some(link) = netlink::link_by_name(dev).map_err(netlink_err("read device", dev))? {
-            netlink::del_link(link.index).map_err(netlink_err("delete VXLAN device", dev))?;
+            if is_our_vxlan(&link) {
+                netlink::del_link(link.index).map_err(netlink_err("delete VXLAN device", dev))?;
+            }
         }
         Ok(())
     }
+}
+
+/// A collect_md (external) VXLAN device on [`VXLAN_PORT`]: what [`ensure_vxlan_device`]
+/// makes.
+fn is_our_vxlan(link: &netlink::Link) -> bool {
+    link.kind == Some(InfoKind::Vxlan)
+        && link.vxlan.contains(&InfoVxlan::CollectMetadata(true))
+        && link.vxlan.contains(&InfoVxlan::Port(VXLAN_PORT))
 }
