@@ -46,6 +46,7 @@ fn main() -> Result<()> {
         "send_done",
         "node",
         "lxc",
+        "svc",
     ] {
         let src = bpf_dir.join(format!("bpf_{hook}.c"));
         println!("cargo:rerun-if-changed=bpf/bpf_{hook}.c");

@@ -23,10 +23,12 @@ pub(crate) mod objects {
         aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/node.o"));
     /// A pod's tc programs (one instance per endpoint).
     pub(crate) static LXC: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lxc.o"));
+    /// The service device's tc program (the node's own traffic to ClusterIPs).
+    pub(crate) static SVC: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/svc.o"));
 }
 
 /// The embedded objects by name, for tooling and the BTF test.
-pub fn embedded_objects() -> [(&'static str, &'static [u8]); 8] {
+pub fn embedded_objects() -> [(&'static str, &'static [u8]); 9] {
     [
         ("sockops", objects::SOCKOPS),
         ("sk_msg", objects::SK_MSG),
@@ -36,6 +38,7 @@ pub fn embedded_objects() -> [(&'static str, &'static [u8]); 8] {
         ("send_done", objects::SEND_DONE),
         ("node", objects::NODE),
         ("lxc", objects::LXC),
+        ("svc", objects::SVC),
     ]
 }
 

@@ -18,7 +18,7 @@
 //! packet counters).
 
 mod conntrack;
-mod endpoint;
+pub(crate) mod endpoint;
 mod ipcache;
 
 pub use conntrack::{CtEntry, CtState, TcStat};
