@@ -19,7 +19,6 @@
 //! failed connection is counted and reported (the target is zero).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::rc::Rc;
 
 use anyhow::{Context, Result};
 use membrane_datapath::policy_map::{Direction, MapVerdict, PolicyRule};
@@ -183,7 +182,7 @@ struct MbLb {
 }
 
 impl MbLb {
-    fn new() -> Result<Rc<MbLb>> {
+    fn new() -> Result<MbLb> {
         let bed = bed("mb")?;
         let mut mb = MbNode::load(
             &bed.node,
@@ -217,14 +216,14 @@ impl MbLb {
             .dp
             .sync_policy(&[rule(Direction::Ingress, CLIENT_ID)])
             .context("backend policy")?;
-        Ok(Rc::new(MbLb { mb, bed }))
+        Ok(MbLb { mb, bed })
     }
 }
 
 /// Through membrane's tc load balancer (`via_service`) or to the backend's address on the
 /// same node.
 struct Mb {
-    lb: Rc<MbLb>,
+    lb: MbLb,
     via_service: bool,
 }
 
@@ -297,15 +296,18 @@ impl Cell {
 /// Runs the benchmark and writes its page.
 pub fn run(a: &Args) -> Result<()> {
     let mut r = Report::new("ClusterIP connection rate: tc load balancer vs direct vs iptables");
-    let lb = MbLb::new()?;
+    // The two membrane variants get a node each: a connection to the backend's address
+    // from a client port an earlier ClusterIP connection used is answered with the
+    // service's address (its reverse-NAT state outlives the aborted connection), so the
+    // two must not share conntrack and LB state (reported with issue 15).
     let mut variants: Vec<Box<dyn Variant>> = vec![
         Box::new(Direct(bed("dir")?)),
         Box::new(Mb {
-            lb: lb.clone(),
+            lb: MbLb::new()?,
             via_service: true,
         }),
         Box::new(Mb {
-            lb,
+            lb: MbLb::new()?,
             via_service: false,
         }),
     ];
