@@ -27,7 +27,7 @@ use membrane_datapath::policy_map::{Direction, MapVerdict, PolicyRule};
 use membrane_datapath::{IpNet, IpcacheEntry, NodeSettings};
 use membrane_test_support::sandbox::{unique_name, Netns};
 
-use crate::mbnode::{udp_frame, MbNode};
+use crate::mbnode::{udp_frame, Endpoint, MbNode};
 
 use crate::report::{median, num, ratio, reps, Report};
 use crate::{argv, iptables, topo, worker_json, Common};
@@ -197,27 +197,119 @@ impl Mb {
             .context("sync the endpoint's policy")?;
         Ok(())
     }
+}
 
-    /// BPF_PROG_TEST_RUN of `prog` on `frame`, `repeat` times: the kernel's ns per run;
-    /// an error unless the program dropped it.
-    fn test_run(&self, prog: &str, frame: &[u8], repeat: u32) -> Result<f64> {
-        let p = self.mb.eps[0].prog(prog)?;
-        let mut out = vec![0u8; frame.len() + 256];
-        let r = p
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                repeat,
-                ..TestRunOptions::default()
-            })
-            .with_context(|| format!("BPF_PROG_TEST_RUN of {prog}"))?;
-        if r.return_value != TC_ACT_SHOT {
-            bail!(
-                "{prog} returned {} for the denied packet, not a drop",
-                r.return_value
-            );
+/// BPF_PROG_TEST_RUN of endpoint `ep`'s `prog` on `frame`, `repeat` times: the kernel's
+/// ns per run; an error unless the program dropped it.
+fn test_run(ep: &Endpoint, prog: &str, frame: &[u8], repeat: u32) -> Result<f64> {
+    let p = ep.prog(prog)?;
+    let mut out = vec![0u8; frame.len() + 256];
+    let r = p
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            repeat,
+            ..TestRunOptions::default()
+        })
+        .with_context(|| format!("BPF_PROG_TEST_RUN of {prog}"))?;
+    if r.return_value != TC_ACT_SHOT {
+        bail!(
+            "{prog} returned {} for the denied packet, not a drop",
+            r.return_value
+        );
+    }
+    Ok(r.duration.as_nanos() as f64)
+}
+
+/// The test-run node: one endpoint per (rule count, direction), each with its own policy
+/// map holding that many rules, on one node whose ipcache holds every rule's remote (the
+/// ipcache's size is the node's, whatever one endpoint's rule count), so the repetitions
+/// can interleave the rule counts and a drift in the machine's load spreads over all.
+struct TestRuns {
+    /// (rule count, direction, endpoint index, program, frame)
+    cells: Vec<(usize, Direction, usize, &'static str, Vec<u8>)>,
+    mb: MbNode,
+    _pods: Vec<topo::Pod>,
+    _node: Netns,
+}
+
+impl TestRuns {
+    fn new(rules: &[usize]) -> Result<TestRuns> {
+        let node = topo::node(&format!("{}-tr", unique_name()));
+        let mut mb = MbNode::load(
+            &node,
+            &NodeSettings {
+                policy: true,
+                ..NodeSettings::default()
+            },
+        )?;
+        let host = |ip: Ipv4Addr, identity| IpcacheEntry {
+            prefix: IpNet::from(IpAddr::V4(ip)),
+            identity,
+            tunnel: None,
+        };
+        let max = rules.iter().copied().max().unwrap_or(1);
+        let mut cache: Vec<IpcacheEntry> = (0..max.saturating_sub(1))
+            .map(|i| host(iptables::rule_source(i), rule_identity(i)))
+            .collect();
+        cache.push(host(CLIENT_IP, CLIENT_ID));
+        let (mut cells, mut pods) = (Vec::new(), Vec::new());
+        for (k, &n) in rules.iter().enumerate() {
+            for (d, direction) in [Direction::Ingress, Direction::Egress]
+                .into_iter()
+                .enumerate()
+            {
+                let j = 2 * k + d;
+                let ip = Ipv4Addr::new(10, 1, 1, 10 + j as u8);
+                let pod =
+                    topo::routed_pod(&node, &format!("{}-{j}", node.name), &format!("lxt{j}"), ip);
+                let e = mb.attach(&pod, 10 + j as u16, TARGET_ID)?;
+                mb.eps[e]
+                    .dp
+                    .sync_policy(&mb_rules(n, direction))
+                    .with_context(|| format!("sync {n} {direction:?} rules"))?;
+                cache.push(host(ip, TARGET_ID));
+                let (prog, frame) = match direction {
+                    Direction::Ingress => (
+                        "mb_to_container",
+                        udp_frame([2, 0, 0, 0, 0, 9], pod.mac, CLIENT_IP, ip, 40000, PORT),
+                    ),
+                    Direction::Egress => (
+                        "mb_from_container",
+                        udp_frame(pod.mac, pod.host_mac, ip, CLIENT_IP, 40000, PORT),
+                    ),
+                };
+                cells.push((n, direction, e, prog, frame));
+                pods.push(pod);
+            }
         }
-        Ok(r.duration.as_nanos() as f64)
+        mb.node
+            .sync_ipcache(&cache)
+            .context("sync the node ipcache")?;
+        Ok(TestRuns {
+            cells,
+            mb,
+            _pods: pods,
+            _node: node,
+        })
+    }
+
+    /// One repetition of every cell, in `order`: (rule count, direction, ns per run).
+    fn rep(&self, repeat: u32, reverse: bool) -> Result<Vec<(usize, Direction, f64)>> {
+        let mut idx: Vec<usize> = (0..self.cells.len()).collect();
+        if reverse {
+            idx.reverse();
+        }
+        let mut out = Vec::new();
+        for i in idx {
+            let (n, direction, e, prog, frame) = &self.cells[i];
+            out.push((
+                *n,
+                *direction,
+                test_run(&self.mb.eps[*e], prog, frame, repeat)?,
+            ));
+        }
+        Ok(out)
     }
 }
 
@@ -239,41 +331,28 @@ impl Variant for Mb {
 /// Runs the benchmark and writes its page.
 pub fn run(a: &Args) -> Result<()> {
     let mut r = Report::new("Packet-path policy: per-packet cost vs iptables");
-    let mb = Mb::new()?;
-    let target = &mb.mb.eps[0].ep;
-    // To the pod from the client (ingress); from the pod to the client (egress).
-    let inbound = udp_frame(
-        [2, 0, 0, 0, 0, 9],
-        target.mac,
-        CLIENT_IP,
-        TARGET_IP,
-        40000,
-        PORT,
-    );
-    let outbound = udp_frame(
-        target.mac,
-        target.node_mac,
-        TARGET_IP,
-        CLIENT_IP,
-        40000,
-        PORT,
-    );
     let repeat = u32::try_from(a.repeat).context("--repeat")?;
-    // test_runs[rule count] = (ingress ns per rep, egress ns per rep)
-    let mut test_runs = Vec::new();
-    for &n in &a.rules {
-        let (mut ingress, mut egress) = (Vec::new(), Vec::new());
-        mb.sync(n, Direction::Ingress)?;
-        for _ in 0..a.common.reps {
-            ingress.push(mb.test_run("mb_to_container", &inbound, repeat)?);
+    let tr = TestRuns::new(&a.rules)?;
+    // ns[(rule count, direction)] = per-rep ns
+    let mut ns: std::collections::BTreeMap<(usize, Direction), Vec<f64>> = Default::default();
+    for rep in 0..a.common.reps {
+        for (n, d, v) in tr.rep(repeat, rep % 2 == 1)? {
+            ns.entry((n, d)).or_default().push(v);
         }
-        mb.sync(n, Direction::Egress)?;
-        for _ in 0..a.common.reps {
-            egress.push(mb.test_run("mb_from_container", &outbound, repeat)?);
-        }
-        eprintln!("policy: {n} rules: test_run ingress {ingress:?} egress {egress:?} ns");
-        test_runs.push((n, ingress, egress));
     }
+    drop(tr);
+    let test_runs: Vec<(usize, Vec<f64>, Vec<f64>)> = a
+        .rules
+        .iter()
+        .map(|&n| {
+            let get = |d| ns.get(&(n, d)).cloned().unwrap_or_default();
+            (n, get(Direction::Ingress), get(Direction::Egress))
+        })
+        .collect();
+    for (n, i, e) in &test_runs {
+        eprintln!("policy: {n} rules: test_run ingress {i:?} egress {e:?} ns");
+    }
+    let mb = Mb::new()?;
     let mut variants: Vec<Box<dyn Variant>> = vec![Box::new(mb)];
     let mut versions = Vec::new();
     for b in iptables::Backend::ALL {
