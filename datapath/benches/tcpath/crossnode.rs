@@ -9,7 +9,11 @@
 //! - `native`, `vxlan`, `geneve`: the tc programs on the pods' veths (and the overlay
 //!   and underlay devices), the node ipcache naming the remote pod's node as its tunnel
 //!   endpoint; native routing keeps the plain routes, the overlays need none. Pods get
-//!   the MTU the mode leaves them (underlay − 50 with an overlay).
+//!   the MTU the mode leaves them (underlay − 50 with an overlay). These need the
+//!   overlay (branch i15-overlay, not merged here: merged with i15-lb its
+//!   `mb_from_container` does not load); they are commit fdae960 on i15-bench-overlay,
+//!   which measured `bench/results/tc-crossnode-2026-12-07.md`, and join this file
+//!   once both are integrated.
 
 use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
