@@ -7,3 +7,6 @@ cd "$(dirname "$0")"
 ./policy.sh
 ./xds.sh
 ./sockmap.sh
+./tcpath.sh policy
+./tcpath.sh clusterip
+./tcpath.sh crossnode
