@@ -269,3 +269,16 @@ fn is_our_vxlan(link: &netlink::Link) -> bool {
         && link.vxlan.contains(&InfoVxlan::CollectMetadata(true))
         && link.vxlan.contains(&InfoVxlan::Port(VXLAN_PORT))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pods_lose_the_tunnel_headers_from_their_mtu_only_under_an_overlay() {
+        assert_eq!(pod_mtu(Overlay::Vxlan, 1500), 1450);
+        assert_eq!(pod_mtu(Overlay::Geneve, 9000), 8950);
+        assert_eq!(pod_mtu(Overlay::Native, 1500), 1500);
+        assert_eq!(pod_mtu(Overlay::Geneve, 40), 0, "never wraps");
+    }
+}
