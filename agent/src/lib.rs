@@ -4,7 +4,8 @@
 //!
 //! Rooms: [`resources`] (the control plane's resources, decoded and checked), [`store`]
 //! (the state directory a restarted agent adopts the node from), [`packet`] (what the
-//! packet path is fed: the node ipcache with tunnel endpoints, native routes), [`node`] (registrations,
+//! packet path is fed: the node ipcache with tunnel endpoints, native routes), [`tc`] and `tc_sync` (the node's packet path:
+//! flags, the node pin directory, tc per endpoint, node ipcache and routes), [`node`] (registrations,
 //! resources in force, programming each endpoint's datapath as a diff), `views` (what the
 //! socket answers about them), [`xds`] (the delta ADS client, fail-static) and [`daemon`] (the socket, the event fan-in, the wiring).
 //! The single-cgroup commands of the binary (`attach`, `run --cgroup`, ...) stay in the
@@ -19,5 +20,7 @@ pub mod node;
 pub mod packet;
 pub mod resources;
 pub mod store;
+pub mod tc;
+mod tc_sync;
 mod views;
 pub mod xds;

@@ -128,6 +128,10 @@ pub enum Request {
         /// `NAMESPACE/POD`.
         endpoint: String,
     },
+    /// The packet path's conntrack table.
+    CtList,
+    /// The packet path's counters: forwards and drops by reason.
+    TcStats,
 }
 
 /// A pod registered with the node daemon by membrane-cni ADD.

@@ -1,0 +1,172 @@
+//! A node as a network namespace, for the packet path: the agent runs inside it (entered
+//! with `nsenter --net`, keeping the host's bpffs and cgroup mounts, as the demo runs it),
+//! membrane-xds in-process but with its listener bound inside it, an underlay device
+//! (`ul0`, a dummy holding the node's address), and pods on routed veths: the pod's `eth0`
+//! with a /32, its default route via the gateway 169.254.1.1 on-link, the host veth
+//! `lxcN` in the node holding that gateway, and the node's route to the pod's /32 on it.
+//! The pods are registered through the real membrane-cni ADD with the previous result a
+//! veth plugin gives: the host veth without `sandbox`, the pod's interface with it.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use membrane_test_support::{run, wait_until, Cgroup, ChildGuard, Netns};
+
+use super::{Node, Pod, Xds, AGENT};
+
+/// The pods' gateway, on every host veth.
+pub const GATEWAY: &str = "169.254.1.1";
+
+/// A node namespace with the agent's files (its [`Node`]) and pods on routed veths.
+pub struct TcNode {
+    /// The agent's files and pods (its own `pods` hold the namespaces and cgroups).
+    pub node: Node,
+    /// The node's network namespace.
+    pub ns: Netns,
+    /// The node's underlay address (on `ul0`).
+    pub ip: String,
+    /// Host veth per pod name.
+    pub veths: Vec<(String, String)>,
+}
+
+impl TcNode {
+    /// A node namespace with the underlay address `ip` (a /24 on the dummy `ul0`), IPv4
+    /// forwarding on.
+    pub fn new(ip: &str) -> TcNode {
+        let node = Node::new();
+        let ns = Netns::add(&format!("{}-node", node.name));
+        ns.ip(&["link", "add", "ul0", "type", "dummy"]);
+        ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "ul0"]);
+        ns.ip(&["link", "set", "ul0", "up"]);
+        run(ns
+            .exec("sysctl")
+            .args(["-q", "-w", "net.ipv4.ip_forward=1"]));
+        TcNode {
+            node,
+            ns,
+            ip: ip.into(),
+            veths: Vec::new(),
+        }
+    }
+
+    /// membrane-xds reading this node's source directory, its listener bound on the node
+    /// namespace's loopback (the agent inside reaches it there).
+    pub fn xds(&self) -> Xds {
+        let path = self.ns.path();
+        let source = self.node.source();
+        std::thread::spawn(move || {
+            let f = std::fs::File::open(&path).expect("open the node namespace");
+            nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            Xds::start(&source, "127.0.0.1:0")
+        })
+        .join()
+        .expect("start membrane-xds in the node namespace")
+    }
+
+    /// A pod `name` at `ip` on a routed veth; returns its host veth's name.
+    pub fn pod(&mut self, name: &str, ip: &str) -> String {
+        let n = format!("{}-{name}", self.node.name);
+        let pod = Pod {
+            name: name.into(),
+            ip: ip.into(),
+            cg: Cgroup::create(&n),
+            ns: Netns::add(&n),
+            children: Vec::new(),
+        };
+        let veth = format!("lxc{}", self.veths.len());
+        run(Command::new("ip").args([
+            "-n", &self.ns.name, "link", "add", &veth, "type", "veth", "peer", "name", "eth0",
+            "netns", &pod.ns.name,
+        ]));
+        self.ns.ip(&["addr", "add", &format!("{GATEWAY}/32"), "dev", &veth]);
+        self.ns.ip(&["link", "set", &veth, "up"]);
+        self.ns.ip(&["route", "add", &format!("{ip}/32"), "dev", &veth]);
+        pod.ns.ip(&["addr", "add", &format!("{ip}/32"), "dev", "eth0"]);
+        pod.ns.ip(&["link", "set", "eth0", "up"]);
+        pod.ns.ip(&["route", "add", "default", "via", GATEWAY, "dev", "eth0", "onlink"]);
+        self.node.pods.push(pod);
+        self.veths.push((name.into(), veth.clone()));
+        veth
+    }
+
+    /// Starts the agent inside the node namespace (`extra` flags after `run`); returns
+    /// once its socket answers.
+    pub fn start_agent(&mut self, xds_url: &str, extra: &[&str]) {
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(self.node.dir.path().join("agent.log"))
+            .unwrap();
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", self.ns.path().display()))
+            .arg(AGENT)
+            .arg("--bpffs")
+            .arg(self.node.bpffs())
+            .arg("--socket")
+            .arg(self.node.socket())
+            .args(["--node", "node-1", "run", "--xds-address", xds_url])
+            .args(["--xds-backoff-ms", "50", "--xds-backoff-max-ms", "500"])
+            .arg("--state-dir")
+            .arg(self.node.state_dir())
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn membrane-agent");
+        self.node.agent = Some(ChildGuard(child));
+        wait_until(
+            Duration::from_secs(20),
+            Duration::from_millis(50),
+            "the agent's socket",
+            || self.node.try_ask(&membrane_datapath::api::Request::Status).ok(),
+        );
+    }
+
+    /// `membrane-cni ADD` for pod `name`, its previous result naming its host veth.
+    pub fn cni_add(&self, name: &str) -> (bool, String) {
+        let veth = self.veth(name);
+        let pod = self.node.pods.iter().find(|p| p.name == name).expect("pod");
+        let netns = pod.ns.path();
+        let pod_mac = run(pod.ns.exec("cat").arg("/sys/class/net/eth0/address"));
+        self.node.cni_with(
+            "ADD",
+            name,
+            |conf| {
+                conf["prevResult"]["interfaces"] = serde_json::json!([
+                    {"name": veth},
+                    {"name": "eth0", "mac": pod_mac.trim(), "sandbox": netns},
+                ]);
+                conf["prevResult"]["ips"][0]["address"] =
+                    serde_json::json!(format!("{}/32", pod.ip));
+            },
+            &format!("K8S_POD_NAMESPACE=default;K8S_POD_NAME={name}"),
+        )
+    }
+
+    /// The host veth of pod `name`.
+    pub fn veth(&self, name: &str) -> String {
+        self.veths
+            .iter()
+            .find(|(p, _)| p == name)
+            .map(|(_, v)| v.clone())
+            .expect("pod")
+    }
+
+    /// `ip ARGS` in the node namespace; its stdout.
+    pub fn ip(&self, args: &[&str]) -> String {
+        self.ns.ip(args)
+    }
+
+    /// `ping -c 1 -W 1 DST` from pod `name`: whether a reply came.
+    pub fn ping(&self, name: &str, dst: &str) -> bool {
+        let pod = self.node.pods.iter().find(|p| p.name == name).expect("pod");
+        pod.ns
+            .exec("ping")
+            .args(["-c", "1", "-W", "1", "-q", dst])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    }
+}
