@@ -44,6 +44,8 @@ fn main() -> Result<()> {
         "cgroup_sockopt",
         "sk_lookup",
         "send_done",
+        "node",
+        "lxc",
     ] {
         let src = bpf_dir.join(format!("bpf_{hook}.c"));
         println!("cargo:rerun-if-changed=bpf/bpf_{hook}.c");

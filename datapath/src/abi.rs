@@ -8,6 +8,9 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+mod tc;
+pub use tc::*;
+
 /// `MB_AF_INET`: the address is IPv4, in `ip[0]`.
 pub const AF_INET: u8 = 2;
 /// `MB_AF_INET6`: the address is native IPv6.
@@ -68,7 +71,7 @@ pub const EVT_CAPTURE: u8 = 2;
 pub const EVT_TRACE: u8 = 3;
 
 /// `MB_RSN_*`: why an event happened, by value.
-pub const REASONS: [(u8, &str); 15] = [
+pub const REASONS: [(u8, &str); 25] = [
     (0, "none"),
     (1, "policy-allowed"),
     (2, "policy-denied"),
@@ -84,6 +87,16 @@ pub const REASONS: [(u8, &str); 15] = [
     (12, "splice-off"),
     (13, "no-backend"),
     (14, "proxy-port"),
+    (20, "spoofed-source"),
+    (21, "policy-deny-packet"),
+    (22, "no-policy-packet"),
+    (23, "malformed-packet"),
+    (24, "unsupported-l3"),
+    (25, "unsupported-l4"),
+    (26, "ipv6-ext-headers"),
+    (27, "fragment"),
+    (28, "ct-no-flow"),
+    (29, "ct-create-failed"),
 ];
 
 /// `struct mb_event`: one monitor record from the `mb_events` ring buffer.

@@ -27,12 +27,17 @@ pub struct Event {
     pub node: String,
     /// When, RFC 3339 UTC with nanoseconds.
     pub time: String,
-    /// `policy-verdict`, `capture`, `trace`, or `lost` (a subscriber fell
-    /// behind; `count` events were skipped).
+    /// `policy-verdict`, `capture`, `trace`, `drop` (a packet the packet path
+    /// dropped), or `lost` (a subscriber fell behind; `count` events were skipped).
     #[serde(rename = "type")]
     pub kind: String,
-    /// Emitting program: `connect4`, `connect6`, `sockops`, `sk_msg`, `sk_lookup`.
+    /// Emitting program: `connect4`, `connect6`, `sockops`, `sk_msg`, `sk_lookup`,
+    /// or a packet-path observation point: `from-container`, `to-container`,
+    /// `from-overlay`, `from-netdev`, `to-netdev`.
     pub program: String,
+    /// IP protocol number of the flow; 0 when the emitter did not know.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub proto: u8,
     /// Policy verdicts: `allowed` or `denied`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub verdict: Option<String>,
@@ -60,10 +65,16 @@ pub struct Event {
     pub count: u64,
 }
 
+fn is_zero(v: &u8) -> bool {
+    *v == 0
+}
+
 impl Event {
-    /// True for a verdict that refused a connection: what `--type drop` shows.
+    /// True for a verdict that refused a connection or a dropped packet:
+    /// what `--type drop` shows.
     pub fn is_drop(&self) -> bool {
-        self.kind == "policy-verdict" && self.verdict.as_deref() == Some("denied")
+        (self.kind == "policy-verdict" && self.verdict.as_deref() == Some("denied"))
+            || self.kind == "drop"
     }
 
     /// A `lost` record: `n` events were skipped; `reason` says where
@@ -87,6 +98,7 @@ impl Event {
             abi::EVT_POLICY_VERDICT => "policy-verdict",
             abi::EVT_CAPTURE => "capture",
             abi::EVT_TRACE => "trace",
+            abi::EVT_DROP => "drop",
             _ => "unknown",
         };
         let program = match u32::from(e.prog) {
@@ -96,7 +108,14 @@ impl Event {
             abi::PROG_CONNECT6 => "connect6",
             abi::PROG_GETSOCKOPT => "getsockopt",
             abi::PROG_SK_LOOKUP => "sk_lookup",
-            _ => "unknown",
+            _ => match e.prog {
+                abi::PROG_FROM_CONTAINER => "from-container",
+                abi::PROG_TO_CONTAINER => "to-container",
+                abi::PROG_FROM_OVERLAY => "from-overlay",
+                abi::PROG_FROM_NETDEV => "from-netdev",
+                abi::PROG_TO_NETDEV => "to-netdev",
+                _ => "unknown",
+            },
         };
         let reason = abi::REASONS
             .iter()
@@ -111,6 +130,7 @@ impl Event {
             time: humantime::format_rfc3339_nanos(wall(e.ts_ns)).to_string(),
             kind: kind.to_owned(),
             program: program.to_owned(),
+            proto: e.proto,
             verdict: match e.verdict {
                 abi::VERDICT_ALLOW => Some("allowed".to_owned()),
                 abi::VERDICT_DENY => Some("denied".to_owned()),

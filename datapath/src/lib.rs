@@ -20,6 +20,7 @@
 //! and splice maps), `stats` (counters and the event ring), `settings`, `netns` (sk_lookup
 //! per network namespace) and [`policy_map`] (an endpoint's policy rules as `mb_policy`
 //! entries, and the order a change is applied in). Each room holds one `impl Datapath` block.
+//! [`node`] is the node-wide packet path (tc): [`NodeDatapath`] and each pod's tc programs.
 
 pub mod abi;
 pub mod api;
@@ -29,6 +30,7 @@ pub mod istio;
 mod loader;
 mod maps;
 mod netns;
+pub mod node;
 pub mod policy_map;
 mod settings;
 mod stats;
@@ -40,6 +42,10 @@ pub use ipnet::IpNet;
 pub use loader::embedded_objects;
 pub use maps::splice::SockEntry;
 pub use netns::{netns_cookie, NetnsCookie};
+pub use node::{
+    CtEntry, CtState, IpcacheEntry, LbAlgorithm, LocalEndpoint, NodeDatapath, NodeSettings,
+    Overlay, TcStat,
+};
 pub use settings::{Capture, DatapathSettings, InboundPorts};
 
 pub use stats::{ProgCounters, SpliceStats};
@@ -110,6 +116,17 @@ pub enum Error {
         name: &'static str,
         /// The operation.
         what: &'static str,
+        /// The cause.
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    /// Attaching a program to a network device failed.
+    #[error("program {program}: attach to device {device}: {source}")]
+    DeviceAttach {
+        /// The program.
+        program: &'static str,
+        /// The device, by name.
+        device: String,
         /// The cause.
         #[source]
         source: aya::programs::ProgramError,

@@ -5,7 +5,7 @@ use super::*;
 use crate::bpffs::{check_bpffs, check_cgroup};
 
 /// The embedded kernel objects, one per attach point.
-mod objects {
+pub(crate) mod objects {
     pub(crate) static SOCKOPS: &[u8] =
         aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sockops.o"));
     pub(crate) static SK_MSG: &[u8] =
@@ -18,10 +18,15 @@ mod objects {
         aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sk_lookup.o"));
     pub(crate) static SEND_DONE: &[u8] =
         aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/send_done.o"));
+    /// The node-wide maps of the packet path (no programs).
+    pub(crate) static NODE: &[u8] =
+        aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/node.o"));
+    /// A pod's tc programs (one instance per endpoint).
+    pub(crate) static LXC: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lxc.o"));
 }
 
 /// The embedded objects by name, for tooling and the BTF test.
-pub fn embedded_objects() -> [(&'static str, &'static [u8]); 6] {
+pub fn embedded_objects() -> [(&'static str, &'static [u8]); 8] {
     [
         ("sockops", objects::SOCKOPS),
         ("sk_msg", objects::SK_MSG),
@@ -29,6 +34,8 @@ pub fn embedded_objects() -> [(&'static str, &'static [u8]); 6] {
         ("cgroup_sockopt", objects::CGROUP_SOCKOPT),
         ("sk_lookup", objects::SK_LOOKUP),
         ("send_done", objects::SEND_DONE),
+        ("node", objects::NODE),
+        ("lxc", objects::LXC),
     ]
 }
 

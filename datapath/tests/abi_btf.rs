@@ -103,6 +103,61 @@ fn rust_layouts() -> BTreeMap<&'static str, Layout> {
                 pad
             ),
         ),
+        (
+            "mb_node_config",
+            layout!(
+                MbNodeConfig,
+                flags,
+                node_ip4,
+                underlay_ifindex,
+                overlay_ifindex,
+                underlay_mtu,
+                overlay,
+                lb_algorithm,
+                underlay_mac,
+                pad
+            ),
+        ),
+        (
+            "mb_ipcache_value",
+            layout!(MbIpcacheValue, identity, tunnel_ip4),
+        ),
+        (
+            "mb_endpoint_value",
+            layout!(
+                MbEndpointValue,
+                ifindex,
+                identity,
+                endpoint_id,
+                mac,
+                node_mac,
+                pad
+            ),
+        ),
+        ("mb_tc_stat", layout!(MbTcStat, packets, bytes)),
+        (
+            "mb_lxc_config",
+            layout!(MbLxcConfig, ifindex, identity, endpoint_id, pad),
+        ),
+        (
+            "mb_ct_key",
+            layout!(
+                MbCtKey,
+                src_ip,
+                dst_ip,
+                src_port,
+                dst_port,
+                endpoint_id,
+                proto,
+                family,
+                dir,
+                pad
+            ),
+        ),
+        (
+            "mb_ct_value",
+            layout!(MbCtValue, expires_ns, packets, bytes, identity, state, flags, verdict, pad),
+        ),
     ])
 }
 

@@ -350,4 +350,84 @@ struct mb_endpoint_value {
 	__u16 pad;
 };
 
+/*
+ * ---- Policy and conntrack on the pod's host veth (bpf_lxc.c) ----
+ */
+
+/* Reasons 20-39 (lib/tc_policy.h, lib/conntrack.h, bpf_lxc.c). Row 0 of
+ * mb_tc_stats (MB_RSN_NONE) counts forwarded packets. */
+#define MB_RSN_SPOOFED 20          /* drop: source address not the endpoint's own */
+#define MB_RSN_TC_POLICY_DENY 21   /* drop: new flow, a DENY entry */
+#define MB_RSN_TC_NO_POLICY 22     /* drop: new flow, no entry covers it */
+#define MB_RSN_MALFORMED 23        /* drop: headers truncated or inconsistent */
+#define MB_RSN_UNSUPPORTED_L3 24   /* drop (policy on): not IPv4, IPv6 or ARP */
+#define MB_RSN_UNSUPPORTED_L4 25   /* drop (policy on): not TCP, UDP, SCTP, ICMP, ICMPv6 */
+#define MB_RSN_IPV6_EXTHDR 26      /* drop: an IPv6 extension header chain too long to walk */
+#define MB_RSN_FRAGMENT 27         /* drop (policy on): a non-first fragment (no ports to decide by) */
+#define MB_RSN_CT_NO_FLOW 28       /* drop (policy on): a reply-only packet (echo reply, ICMP error) of no known flow */
+#define MB_RSN_CT_CREATE 29        /* drop: the conntrack entry of an allowed flow could not be written */
+#define MB_RSN_TC_MAX 256          /* rows of mb_tc_stats: one per reason of any owner */
+
+/* Packets and bytes of one row of mb_tc_stats (per CPU). */
+struct mb_tc_stat {
+	__u64 packets;
+	__u64 bytes;
+};
+
+/*
+ * The endpoint's own row for its tc programs (mb_lxc, an array of one in
+ * the endpoint's pin directory), written by NodeDatapath::attach_endpoint
+ * before the programs are attached.
+ */
+struct mb_lxc_config {
+	__u32 ifindex;     /* the host-side veth */
+	__u32 identity;    /* the pod's security identity */
+	__u16 endpoint_id; /* mb_endpoint_value.endpoint_id of the pod's addresses */
+	__u16 pad;
+};
+
+/* Conntrack key: a flow as its first packet went (initiator -> responder),
+ * scoped to one endpoint and its direction, so that the two endpoints of a
+ * pod-to-pod flow on one node each keep and decide their own entry. ICMP
+ * echo: src_port = identifier, dst_port = 0 (a reply is the reverse). */
+struct mb_ct_key {
+	__u32 src_ip[4];
+	__u32 dst_ip[4];
+	__u16 src_port;    /* host order */
+	__u16 dst_port;    /* host order */
+	__u16 endpoint_id; /* the endpoint whose policy allowed the flow */
+	__u8 proto;        /* IPPROTO_* */
+	__u8 family;       /* MB_AF_INET or MB_AF_INET6 */
+	__u8 dir;          /* MB_DIR_EGRESS: the pod opened it; MB_DIR_INGRESS: a peer did */
+	__u8 pad[3];
+};
+
+/* mb_ct_value.state */
+#define MB_CT_NEW 0         /* TCP: SYN seen, no reply yet; other protocols: no reply yet */
+#define MB_CT_ESTABLISHED 1 /* TCP: both directions seen and an ACK without SYN; others: a reply seen */
+#define MB_CT_CLOSING 2     /* TCP: FIN in both directions, or RST */
+
+/* mb_ct_value.flags */
+#define MB_CT_F_SEEN_REPLY 1U
+#define MB_CT_F_FIN_FWD 2U
+#define MB_CT_F_FIN_REV 4U
+#define MB_CT_F_RST 8U
+
+/* Lifetimes, seconds (Cilium's defaults). */
+#define MB_CT_LIFETIME_TCP_SYN 60
+#define MB_CT_LIFETIME_TCP_EST 21600
+#define MB_CT_LIFETIME_CLOSING 10
+#define MB_CT_LIFETIME_NONTCP 60
+
+struct mb_ct_value {
+	__u64 expires_ns; /* CLOCK_MONOTONIC (bpf_ktime_get_ns); later lookups treat the entry as gone */
+	__u64 packets;    /* both directions */
+	__u64 bytes;
+	__u32 identity;   /* the remote's identity when the flow was decided */
+	__u8 state;       /* MB_CT_* */
+	__u8 flags;       /* MB_CT_F_* */
+	__u8 verdict;     /* MB_VERDICT_* that allowed it; 0 = policy not enforced then */
+	__u8 pad;
+};
+
 #endif /* MEMBRANE_ABI_H */

@@ -79,7 +79,7 @@ fn map_entry(k: &Key<MbPolicyData>, v: &MbPolicyValue) -> Option<(MapKey, MapVer
 
 /// An ipcache prefix as the kernel keys it: v4-mapped IPv6 prefixes (/96 and longer) as
 /// the IPv4 prefix they cover, host bits cleared.
-fn ipcache_net(net: IpNet) -> IpNet {
+pub(crate) fn ipcache_net(net: IpNet) -> IpNet {
     match net {
         IpNet::V6(n) if n.prefix_len() >= 96 => match n.network().to_ipv4_mapped() {
             Some(v4) => IpNet::V4(
@@ -93,7 +93,7 @@ fn ipcache_net(net: IpNet) -> IpNet {
     }
 }
 
-fn ipcache_key(net: IpNet) -> Key<MbCidrData> {
+pub(crate) fn ipcache_key(net: IpNet) -> Key<MbCidrData> {
     let (ip, family) = abi::encode_ip(net.network());
     let data = MbCidrData {
         family: u32::from(family),
@@ -105,7 +105,7 @@ fn ipcache_key(net: IpNet) -> Key<MbCidrData> {
 /// The map's size. While a sync runs the map holds the old entries beside the new ones;
 /// when both do not fit, an insert fails part way, which leaves a state where every flow
 /// has its old verdict or its new one (each step of the plan does), and the error.
-fn capacity(data: &MapData, name: &'static str) -> Result<usize> {
+pub(crate) fn capacity(data: &MapData, name: &'static str) -> Result<usize> {
     Ok(data.info().map_err(map_err(name))?.max_entries() as usize)
 }
 

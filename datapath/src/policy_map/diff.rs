@@ -55,10 +55,12 @@ pub fn plan(
 }
 
 /// An ipcache change: upserts longest prefix first, then deletes shortest prefix first.
-pub fn plan_ipcache(
-    current: &BTreeMap<IpNet, u32>,
-    desired: &BTreeMap<IpNet, u32>,
-) -> (Vec<MapOp<IpNet, u32>>, SyncReport) {
+/// Generic over the value: the endpoint's `mb_identity` maps a prefix to an identity, the
+/// node's `mb_ipcache` to an identity and a tunnel endpoint.
+pub fn plan_ipcache<V: Copy + PartialEq>(
+    current: &BTreeMap<IpNet, V>,
+    desired: &BTreeMap<IpNet, V>,
+) -> (Vec<MapOp<IpNet, V>>, SyncReport) {
     let mut report = SyncReport::default();
     let mut upserts = Vec::new();
     for (net, id) in desired {

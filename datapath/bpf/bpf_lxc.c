@@ -1,0 +1,219 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
+/*
+ * The packet path of one pod, on the node side of its veth pair (tcx):
+ *
+ *   mb_from_container (tc ingress of the host veth): what the pod sends.
+ *     The source must be one of the endpoint's own addresses (a pod must
+ *     not borrow another's identity); the destination's identity comes from
+ *     the node ipcache; conntrack lets later packets and replies of known
+ *     flows through; a flow's first packet is decided by the endpoint's
+ *     EGRESS policy.
+ *   mb_to_container (tc egress of the host veth): what goes to the pod.
+ *     The source identity is the one the overlay carried in skb->mark, or
+ *     the ipcache's; replies of the pod's own flows pass; a flow's first
+ *     packet is decided by the endpoint's INGRESS policy. REDIRECT passes:
+ *     inside the pod, sk_lookup hands the connection to the sidecar with
+ *     its original destination, and the sidecar decides L7.
+ *
+ * One instance per endpoint: loaded with the endpoint's mb_policy,
+ * mb_config, mb_events and mb_lxc (its pin directory) and the node's maps
+ * (mb_node_config, mb_ipcache, mb_endpoints, mb_ct, mb_tc_stats). Nothing
+ * is dropped by policy unless the node's MB_NODE_F_POLICY and the
+ * endpoint's MB_CFG_POLICY_ENFORCE are both set; spoofed and malformed
+ * packets are always dropped.
+ */
+#include "lib/tc_policy.h"
+
+/* Count a forwarded packet and let the kernel carry on. */
+static __always_inline int mb_lxc_pass(const struct mb_pkt *p)
+{
+	mb_tc_count(MB_RSN_NONE, p->len);
+	return TC_ACT_OK;
+}
+
+/*
+ * Forward a packet the pod sent and policy allowed. Encapsulation toward
+ * another node (lib/encap.h, by the tunnel endpoint of the destination's
+ * ipcache entry) goes here, after policy; without it the kernel routes the
+ * packet: native routing.
+ */
+static __always_inline int mb_lxc_to_network(struct __sk_buff *skb, const struct mb_pkt *p)
+{
+	(void)skb;
+	return mb_lxc_pass(p);
+}
+
+/*
+ * Conntrack and policy for one parsed IP packet at endpoint `lxc`, seen on
+ * `side` (MB_DIR_EGRESS: the pod sent it; MB_DIR_INGRESS: it goes to the
+ * pod). Returns 0 to forward, or the reason to drop.
+ */
+static __always_inline int mb_lxc_decide(const struct mb_pkt *p, const struct mb_lxc_config *lxc,
+					 __u8 side, __u8 prog, __u32 src_id, __u32 dst_id,
+					 int enforce)
+{
+	__u32 remote_id = side == MB_DIR_EGRESS ? dst_id : src_id;
+	__u64 now = bpf_ktime_get_ns();
+	struct mb_ct_value *v = 0;
+	__u8 verdict = 0;
+	int hit;
+
+	switch (p->kind) {
+	case MB_PKT_ICMP_ERROR:
+		/* Related: the quoted packet went the other way through this
+		 * same endpoint (the pod sent what an error to it quotes). */
+		hit = mb_ct_lookup(&p->inner, lxc->endpoint_id,
+				   side == MB_DIR_EGRESS ? MB_DIR_INGRESS : MB_DIR_EGRESS, &v, now);
+		return hit || !enforce ? 0 : MB_RSN_CT_NO_FLOW;
+	case MB_PKT_ECHO_REPLY:
+		hit = mb_ct_lookup(&p->t, lxc->endpoint_id, side, &v, now);
+		if (hit == MB_CT_HIT_REPLY && v) {
+			mb_ct_update(v, p->t.proto, 0, 1, p->len, now);
+			return 0;
+		}
+		return enforce ? MB_RSN_CT_NO_FLOW : 0;
+	case MB_PKT_FLOW:
+	case MB_PKT_ECHO_REQ:
+		hit = mb_ct_lookup(&p->t, lxc->endpoint_id, side, &v, now);
+		if (hit && v) {
+			mb_ct_update(v, p->t.proto, p->tcp_flags, hit == MB_CT_HIT_REPLY, p->len,
+				     now);
+			return 0;
+		}
+		break;
+	case MB_PKT_ICMP_OTHER:
+		break;
+	default:
+		return 0;
+	}
+
+	/* A new flow (or an ICMP message that opens none). */
+	if (enforce) {
+		verdict = mb_policy_lookup(side, p->t.proto, remote_id, mb_pkt_policy_port(p));
+		mb_tc_verdict_event(p, prog, src_id, dst_id, verdict);
+		if (!mb_verdict_allows(verdict))
+			return verdict == MB_VERDICT_DENY ? MB_RSN_TC_POLICY_DENY
+							  : MB_RSN_TC_NO_POLICY;
+	}
+	if (p->kind == MB_PKT_ICMP_OTHER)
+		return 0;
+	if (mb_ct_create(&p->t, lxc->endpoint_id, side, p->tcp_flags, remote_id, verdict, p->len,
+			 now) &&
+	    enforce)
+		/* Its replies would be decided as new flows of the other side. */
+		return MB_RSN_CT_CREATE;
+	return 0;
+}
+
+/* Reasons that drop only while policy is enforced (they mean "cannot be
+ * decided"); the others drop always. */
+static __always_inline int mb_lxc_undecidable(const struct mb_pkt *p)
+{
+	switch (p->kind) {
+	case MB_PKT_FRAGMENT:
+		return MB_RSN_FRAGMENT;
+	case MB_PKT_UNKNOWN_L4:
+		return MB_RSN_UNSUPPORTED_L4;
+	case MB_PKT_UNKNOWN_L3:
+		return MB_RSN_UNSUPPORTED_L3;
+	}
+	return 0;
+}
+
+SEC("classifier")
+int mb_from_container(struct __sk_buff *skb)
+{
+	const struct mb_endpoint_value *ep;
+	const struct mb_lxc_config *lxc;
+	struct mb_pkt p = {};
+	__u32 zero = 0, dst_id;
+	int enforce, rc;
+	__u32 flags;
+
+	lxc = bpf_map_lookup_elem(&mb_lxc, &zero);
+	rc = mb_parse(skb, &p);
+	if (!lxc || !lxc->endpoint_id)
+		return mb_lxc_pass(&p);
+	if (rc)
+		return mb_tc_drop(&p, MB_PROG_FROM_CONTAINER, rc, lxc->identity, 0);
+	if (p.kind == MB_PKT_PASS)
+		return mb_lxc_pass(&p);
+	enforce = mb_tc_enforcing();
+	rc = mb_lxc_undecidable(&p);
+	if (rc && p.kind == MB_PKT_UNKNOWN_L3)
+		return enforce ? mb_tc_drop(&p, MB_PROG_FROM_CONTAINER, rc, lxc->identity, 0)
+			       : mb_lxc_pass(&p);
+
+	/* Anti-spoofing: only the endpoint's own addresses may be a source. */
+	ep = mb_endpoint_lookup(p.t.src_ip, p.t.family);
+	if (!ep || ep->endpoint_id != lxc->endpoint_id)
+		return mb_tc_drop(&p, MB_PROG_FROM_CONTAINER, MB_RSN_SPOOFED, lxc->identity, 0);
+
+	/* Service translation (lib/lb.h) goes here, before the destination's
+	 * identity is looked up: policy and conntrack see the backend. */
+
+	dst_id = mb_ipcache_identity(p.t.dst_ip, p.t.family);
+	flags = mb_node_flags();
+	if (flags & MB_NODE_F_TRACE)
+		mb_tc_trace(&p, MB_PROG_FROM_CONTAINER, ep->identity, dst_id);
+	if (rc)
+		return enforce ? mb_tc_drop(&p, MB_PROG_FROM_CONTAINER, rc, ep->identity, dst_id)
+			       : mb_lxc_to_network(skb, &p);
+	rc = mb_lxc_decide(&p, lxc, MB_DIR_EGRESS, MB_PROG_FROM_CONTAINER, ep->identity, dst_id,
+			   enforce);
+	if (rc)
+		return mb_tc_drop(&p, MB_PROG_FROM_CONTAINER, rc, ep->identity, dst_id);
+	return mb_lxc_to_network(skb, &p);
+}
+
+/* The source identity an earlier program on this node carried in the mark
+ * (layout in membrane_abi.h), or 0. */
+static __always_inline __u32 mb_mark_identity(__u32 mark)
+{
+	if ((mark & MB_MARK_MAGIC_MASK) != MB_MARK_MAGIC_IDENTITY)
+		return 0;
+	return (mark >> 16) | ((mark & 0xff) << 16);
+}
+
+SEC("classifier")
+int mb_to_container(struct __sk_buff *skb)
+{
+	const struct mb_lxc_config *lxc;
+	struct mb_pkt p = {};
+	__u32 zero = 0, src_id;
+	int enforce, rc;
+
+	lxc = bpf_map_lookup_elem(&mb_lxc, &zero);
+	src_id = mb_mark_identity(skb->mark);
+	if (src_id)
+		/* Read once: nothing after this hop may take it for its own. */
+		skb->mark = 0;
+	rc = mb_parse(skb, &p);
+	if (!lxc || !lxc->endpoint_id)
+		return mb_lxc_pass(&p);
+	if (rc)
+		return mb_tc_drop(&p, MB_PROG_TO_CONTAINER, rc, src_id, lxc->identity);
+	if (p.kind == MB_PKT_PASS)
+		return mb_lxc_pass(&p);
+	enforce = mb_tc_enforcing();
+	rc = mb_lxc_undecidable(&p);
+	if (rc && p.kind == MB_PKT_UNKNOWN_L3)
+		return enforce ? mb_tc_drop(&p, MB_PROG_TO_CONTAINER, rc, src_id, lxc->identity)
+			       : mb_lxc_pass(&p);
+	if (!src_id)
+		src_id = mb_ipcache_identity(p.t.src_ip, p.t.family);
+	if (mb_node_flags() & MB_NODE_F_TRACE)
+		mb_tc_trace(&p, MB_PROG_TO_CONTAINER, src_id, lxc->identity);
+	if (rc)
+		return enforce ? mb_tc_drop(&p, MB_PROG_TO_CONTAINER, rc, src_id, lxc->identity)
+			       : mb_lxc_pass(&p);
+	rc = mb_lxc_decide(&p, lxc, MB_DIR_INGRESS, MB_PROG_TO_CONTAINER, src_id, lxc->identity,
+			   enforce);
+	if (rc)
+		return mb_tc_drop(&p, MB_PROG_TO_CONTAINER, rc, src_id, lxc->identity);
+
+	/* Reverse service translation toward a client pod (lib/lb.h) goes
+	 * here: after conntrack, which keyed the flow by the backend as
+	 * from-container saw it after translation. */
+	return mb_lxc_pass(&p);
+}

@@ -1,0 +1,158 @@
+//! Harness of the packet-path tests: a node pin directory beside endpoint pin
+//! directories (each an `Env`: netns + cgroup + bpffs dir, cleaned up on drop), host
+//! veths inside the test's own network namespace, and crafted frames for
+//! `BPF_PROG_TEST_RUN`. Nothing touches a host interface: the tc programs attach to
+//! veths that exist only in the test namespace, from a thread that entered it.
+#![allow(dead_code)]
+
+pub mod packet;
+
+use std::{fs::File, net::IpAddr, path::Path};
+
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
+use membrane_datapath::{
+    events::Event, Datapath, DatapathSettings, LocalEndpoint, NodeDatapath, NodeSettings,
+};
+use membrane_test_support::PinDir;
+
+use crate::common::Env;
+
+/// `TC_ACT_OK` / `TCX_PASS`.
+pub const PASS: u32 = 0;
+/// `TC_ACT_SHOT` / `TCX_DROP`.
+pub const DROP: u32 = 2;
+
+/// Run `f` on a thread inside the network namespace at `ns` (a thread's namespace is its
+/// own: the test's other threads stay where they are).
+pub fn in_netns<T: Send>(ns: &Path, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let file = File::open(ns).expect("open netns");
+            nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            f()
+        })
+        .join()
+        .expect("netns thread")
+    })
+}
+
+/// One endpoint: its `Env` (pin dir, cgroup, netns), its host veth in that netns, and its
+/// tc programs opened from their pins for test runs.
+pub struct TcEndpoint {
+    pub ep: LocalEndpoint,
+    pub dp: Datapath,
+    from: SchedClassifier,
+    to: SchedClassifier,
+    pub env: Env,
+}
+
+/// A node with endpoints. Field order is drop order: endpoints (and their namespaces)
+/// first, then the node's pins.
+pub struct TcNode {
+    pub eps: Vec<TcEndpoint>,
+    pub node: NodeDatapath,
+    _pins: PinDir,
+}
+
+impl TcNode {
+    /// A node with `policy` enforcement (MB_NODE_F_POLICY) and no endpoint yet.
+    pub fn new(policy: bool) -> Self {
+        let pins = PinDir::new(&format!("{}-node", membrane_test_support::unique_name()));
+        membrane_datapath::ensure_bpffs(pins.path()).expect("bpffs");
+        let node = NodeDatapath::load(
+            pins.path(),
+            &NodeSettings {
+                policy,
+                ..NodeSettings::default()
+            },
+        )
+        .expect("load node");
+        TcNode {
+            eps: Vec::new(),
+            node,
+            _pins: pins,
+        }
+    }
+
+    /// Add endpoint `id` with `identity` and addresses `ips`, its own enforcement switch
+    /// `enforce` (MB_CFG_POLICY_ENFORCE), attached to a host veth `h<id>` in its netns.
+    pub fn add(&mut self, id: u16, identity: u32, ips: &[&str], enforce: bool) -> usize {
+        let env = Env::new();
+        let dp = env.attach(&DatapathSettings {
+            policy_enforce: enforce,
+            pod_identity: identity,
+            ..DatapathSettings::default()
+        });
+        let host = format!("h{id}");
+        let peer = format!("p{id}");
+        env.ip(&["link", "add", &host, "type", "veth", "peer", "name", &peer]);
+        env.ip(&["link", "set", &host, "up"]);
+        env.ip(&["link", "set", &peer, "up"]);
+        let ns = Path::new("/run/netns").join(&env.netns);
+        let ifindex = in_netns(&ns, || nix::net::if_::if_nametoindex(host.as_str()))
+            .expect("host veth ifindex");
+        let ep = LocalEndpoint {
+            id,
+            ifindex,
+            ips: ips.iter().map(|s| s.parse::<IpAddr>().unwrap()).collect(),
+            identity,
+            mac: [2, 0, 0, 0, 0, id as u8],
+            node_mac: [2, 0, 0, 0, 1, id as u8],
+        };
+        let node = self.node.clone();
+        in_netns(&ns, || node.attach_endpoint(&dp, &ep)).expect("attach endpoint");
+        let from = SchedClassifier::from_pin(dp.dir().join("progs/mb_from_container"))
+            .expect("open from-container");
+        let to = SchedClassifier::from_pin(dp.dir().join("progs/mb_to_container"))
+            .expect("open to-container");
+        self.eps.push(TcEndpoint {
+            ep,
+            dp,
+            from,
+            to,
+            env,
+        });
+        self.eps.len() - 1
+    }
+}
+
+impl TcEndpoint {
+    /// Run `mb_from_container` on `frame` (the pod sends it); the program's return value.
+    pub fn send(&self, frame: &[u8]) -> u32 {
+        run(&self.from, frame, 0)
+    }
+
+    /// Run `mb_to_container` on `frame` with `skb->mark = mark`.
+    pub fn deliver_marked(&self, frame: &[u8], mark: u32) -> u32 {
+        run(&self.to, frame, mark)
+    }
+
+    /// Run `mb_to_container` on `frame` (it goes to the pod).
+    pub fn deliver(&self, frame: &[u8]) -> u32 {
+        run(&self.to, frame, 0)
+    }
+
+    /// Every event the endpoint's ring buffer holds now.
+    pub fn events(&self) -> Vec<Event> {
+        let mut r = self.dp.events().expect("events reader");
+        r.drain("test", 10_000).expect("drain events")
+    }
+}
+
+/// `sizeof(struct __sk_buff)` on the kernels this runs on; `mark` is at offset 8.
+const SKB_CTX: usize = 192;
+
+fn run(p: &SchedClassifier, frame: &[u8], mark: u32) -> u32 {
+    let mut ctx = [0u8; SKB_CTX];
+    ctx[8..12].copy_from_slice(&mark.to_ne_bytes());
+    let mut out = vec![0u8; frame.len() + 256];
+    let r = p
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            ..TestRunOptions::default()
+        })
+        .expect("BPF_PROG_TEST_RUN");
+    r.return_value
+}
