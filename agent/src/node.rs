@@ -495,7 +495,7 @@ impl Node {
                 changes.policy = (r.added, r.changed, r.removed);
             }
             // The ipcache the packet path uses too (NPHDS joined with the nodes).
-            if let Some(entries) = self.identities() {
+            if let Some(entries) = self.joined_identities() {
                 let r = dp
                     .sync_ipcache(&entries)
                     .map_err(dp_err(key, "sync the ipcache"))?;

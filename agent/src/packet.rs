@@ -74,19 +74,19 @@ pub fn tunnel_for(
 
 /// The node ipcache of node `me` (see the module docs): `identities` (NPHDS, checked: one
 /// identity per prefix), `nodes` (the node registry) and `own` (this node's addresses
-/// besides those its Node resource lists, e.g. `--node-ip`). Sorted by prefix.
+/// besides those its Node resource lists, e.g. `--node-ip`). Without `tunnels` (native
+/// routing: the underlay routes pod CIDRs) no entry has a tunnel endpoint and the other
+/// nodes' pod CIDRs are no entries of their own. Sorted by prefix.
 pub fn node_ipcache(
     identities: &[(IpNet, u32)],
     nodes: &BTreeMap<String, NodeSpec>,
     me: &str,
     own: &[IpAddr],
+    tunnels: bool,
 ) -> Vec<IpcacheEntry> {
     let mut out: BTreeMap<IpNet, (u32, Option<Ipv4Addr>)> = BTreeMap::new();
-    for node in nodes
-        .iter()
-        .filter(|(n, _)| n.as_str() != me)
-        .map(|(_, n)| n)
-    {
+    let others = nodes.iter().filter(|(n, _)| n.as_str() != me && tunnels);
+    for node in others.map(|(_, n)| n) {
         let Some(tunnel) = tunnel_endpoint(node) else {
             continue;
         };
@@ -95,7 +95,8 @@ pub fn node_ipcache(
         }
     }
     for (prefix, id) in identities {
-        out.insert(*prefix, (*id, tunnel_for(prefix, nodes, me)));
+        let tunnel = tunnel_for(prefix, nodes, me).filter(|_| tunnels);
+        out.insert(*prefix, (*id, tunnel));
     }
     // Node addresses last: the other nodes', then this node's own, which win.
     for (_, node) in nodes.iter().filter(|(n, _)| n.as_str() != me) {
@@ -216,6 +217,7 @@ mod tests {
             &nodes,
             "node-1",
             &["172.16.0.1".parse().unwrap()],
+            true,
         );
         let want = vec![
             entry("10.0.1.7/32", 300, None),
@@ -236,7 +238,7 @@ mod tests {
 
         // Seen from node-2: node-1's pod is tunnelled, its own are not, the roles of the
         // node addresses swap.
-        let got = node_ipcache(&identities, &nodes, "node-2", &[]);
+        let got = node_ipcache(&identities, &nodes, "node-2", &[], true);
         let find = |p: &str| got.iter().find(|e| e.prefix == p.parse().unwrap()).cloned();
         assert_eq!(
             find("10.0.1.7/32"),
@@ -253,9 +255,20 @@ mod tests {
         );
 
         // No node registry: NPHDS as it is.
-        let alone = node_ipcache(&identities, &BTreeMap::new(), "node-1", &[]);
+        let alone = node_ipcache(&identities, &BTreeMap::new(), "node-1", &[], true);
         assert_eq!(alone.len(), identities.len());
         assert!(alone.iter().all(|e| e.tunnel.is_none()));
+
+        // Native routing: the same identities, no tunnel, no pod CIDR entries.
+        let native = node_ipcache(&identities, &nodes, "node-1", &[], false);
+        assert!(native.iter().all(|e| e.tunnel.is_none()), "{native:?}");
+        assert!(native.iter().all(|e| e.identity != WORLD), "{native:?}");
+        assert_eq!(
+            native
+                .iter()
+                .find(|e| e.prefix == "10.0.2.5/32".parse().unwrap()),
+            Some(&entry("10.0.2.5/32", 301, None))
+        );
     }
 
     #[test]

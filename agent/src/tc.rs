@@ -193,7 +193,11 @@ impl PacketPath {
     /// when they differ from the pinned row.
     pub fn start(args: &PacketArgs, bpffs: &Path) -> Result<PacketPath> {
         args.check()?;
-        let underlay = args.underlay_device.as_deref().map(Device::lookup).transpose()?;
+        let underlay = args
+            .underlay_device
+            .as_deref()
+            .map(Device::lookup)
+            .transpose()?;
         let node_ip4 = match (args.node_ip, &underlay) {
             (Some(ip), _) => ip,
             (None, Some(d)) => d.ipv4.ok_or_else(|| TcError::Device {
@@ -218,11 +222,17 @@ impl PacketPath {
         let dir = node_dir(bpffs);
         let dp = match NodeDatapath::open(&dir) {
             Ok(dp) => dp,
-            Err(_) => NodeDatapath::load(&dir, &NodeSettings {
-                overlay: Overlay::Native,
-                ..settings.clone()
-            })
-            .map_err(dp_err(format!("load the node datapath under {}", dir.display())))?,
+            Err(_) => NodeDatapath::load(
+                &dir,
+                &NodeSettings {
+                    overlay: Overlay::Native,
+                    ..settings.clone()
+                },
+            )
+            .map_err(dp_err(format!(
+                "load the node datapath under {}",
+                dir.display()
+            )))?,
         };
         let mut p = PacketPath {
             dp,
@@ -247,7 +257,11 @@ impl PacketPath {
 
     /// The pod's tc programs on its host veth `host_ifname` as `ep`, attached only when
     /// the pins or the endpoints map differ from it (returns whether it wrote).
-    pub fn attach(&self, endpoint: &membrane_datapath::Datapath, ep: &LocalEndpoint) -> Result<bool> {
+    pub fn attach(
+        &self,
+        endpoint: &membrane_datapath::Datapath,
+        ep: &LocalEndpoint,
+    ) -> Result<bool> {
         let held = self
             .dp
             .endpoints()
@@ -271,7 +285,10 @@ impl PacketPath {
     /// The endpoint id of a pod on host veth `ifindex`: the one the endpoints map gives
     /// it already (an adopted pod keeps its number), else the lowest one free.
     pub fn endpoint_id(&self, ifindex: u32) -> Result<u16> {
-        let held = self.dp.endpoints().map_err(dp_err("read the endpoints map"))?;
+        let held = self
+            .dp
+            .endpoints()
+            .map_err(dp_err("read the endpoints map"))?;
         if let Some(e) = held.iter().find(|e| e.ifindex == ifindex) {
             return Ok(e.id);
         }
@@ -343,7 +360,14 @@ pub fn installed_routes() -> Result<BTreeMap<ipnet::IpNet, IpAddr>> {
     let mut out = BTreeMap::new();
     for family in ["-4", "-6"] {
         let o = std::process::Command::new("ip")
-            .args([family, "-j", "route", "show", "proto", &ROUTE_PROTO.to_string()])
+            .args([
+                family,
+                "-j",
+                "route",
+                "show",
+                "proto",
+                &ROUTE_PROTO.to_string(),
+            ])
             .output()
             .map_err(|e| TcError::Route(format!("run ip: {e}")))?;
         if !o.status.success() {
@@ -457,7 +481,10 @@ mod tests {
         );
         assert_eq!(p.node_ip, Some("192.168.0.1".parse().unwrap()));
         // Native routing needs no underlay device.
-        assert_eq!(parse(&["--overlay", "native"]).unwrap().overlay, Overlay::Native);
+        assert_eq!(
+            parse(&["--overlay", "native"]).unwrap().overlay,
+            Overlay::Native
+        );
     }
 
     #[test]
@@ -465,7 +492,10 @@ mod tests {
         let e = parse(&[]).unwrap_err();
         assert!(e.contains("--overlay vxlan needs --underlay-device"), "{e}");
         let e = parse(&["--overlay", "geneve"]).unwrap_err();
-        assert!(e.contains("--overlay geneve needs --underlay-device"), "{e}");
+        assert!(
+            e.contains("--overlay geneve needs --underlay-device"),
+            "{e}"
+        );
         let e = parse(&["--overlay", "gre", "--underlay-device", "eth1"]).unwrap_err();
         assert!(e.contains("gre"), "{e}");
         let e = parse(&["--lb-algorithm", "hash", "--overlay", "native"]).unwrap_err();
@@ -478,8 +508,17 @@ mod tests {
 
     #[test]
     fn macs_and_endpoint_rows() {
-        assert_eq!(parse_mac("02:0a:ff:00:01:9c"), Some([2, 10, 255, 0, 1, 156]));
-        for bad in ["", "02:0a:ff:00:01", "02:0a:ff:00:01:9c:00", "2:0a:ff:00:01:9c", "zz:0a:ff:00:01:9c"] {
+        assert_eq!(
+            parse_mac("02:0a:ff:00:01:9c"),
+            Some([2, 10, 255, 0, 1, 156])
+        );
+        for bad in [
+            "",
+            "02:0a:ff:00:01",
+            "02:0a:ff:00:01:9c:00",
+            "2:0a:ff:00:01:9c",
+            "zz:0a:ff:00:01:9c",
+        ] {
             assert_eq!(parse_mac(bad), None, "{bad:?}");
         }
         let v = serde_json::json!({
@@ -493,12 +532,21 @@ mod tests {
             (veth.kind.as_deref(), veth.ipv4, veth.mtu),
             (Some("veth"), Some("10.0.1.254".parse().unwrap()), 1450)
         );
-        assert_eq!(Device::from_ip_json("x", &serde_json::json!({"mtu": 1})), None);
+        assert_eq!(
+            Device::from_ip_json("x", &serde_json::json!({"mtu": 1})),
+            None
+        );
         let ips: Vec<IpAddr> = vec!["10.0.1.5".parse().unwrap(), "10.0.1.5".parse().unwrap()];
         let ep = local_endpoint(3, &veth, &ips, None, Some("02:00:00:00:00:05"));
         assert_eq!(ep.identity, INIT_IDENTITY, "undescribed pods are init");
         assert_eq!((ep.id, ep.ifindex, ep.ips.len()), (3, 7, 1));
-        assert_eq!((ep.mac, ep.node_mac), ([2, 0, 0, 0, 0, 5], [2, 0, 0, 0, 0, 7]));
-        assert_eq!(local_endpoint(3, &veth, &ips, Some(300), None).identity, 300);
+        assert_eq!(
+            (ep.mac, ep.node_mac),
+            ([2, 0, 0, 0, 0, 5], [2, 0, 0, 0, 0, 7])
+        );
+        assert_eq!(
+            local_endpoint(3, &veth, &ips, Some(300), None).identity,
+            300
+        );
     }
 }

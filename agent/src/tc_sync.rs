@@ -65,8 +65,12 @@ impl Node {
             .map(std::net::IpAddr::V4)
             .into_iter()
             .collect();
+        let tunnels = self
+            .packet
+            .as_ref()
+            .is_some_and(|p| p.settings.overlay != Overlay::Native);
         Some(
-            packet::node_ipcache(&identities, &self.nodes(), &self.name, &own)
+            packet::node_ipcache(&identities, &self.nodes(), &self.name, &own, tunnels)
                 .into_iter()
                 .map(|e| IpcacheEntry {
                     prefix: e.prefix,
@@ -79,7 +83,7 @@ impl Node {
 
     /// The identities every endpoint's socket-hook ipcache holds: the node ipcache's,
     /// so that the socket-level and the packet-level decisions see the same identities.
-    pub(crate) fn identities(&self) -> Option<Vec<(IpNet, u32)>> {
+    pub(crate) fn joined_identities(&self) -> Option<Vec<(IpNet, u32)>> {
         Some(
             self.node_ipcache()?
                 .into_iter()
@@ -155,10 +159,9 @@ impl Node {
         };
         let mut c = NodeChanges::default();
         if let Some(entries) = self.node_ipcache() {
-            let r = p
-                .dp
-                .sync_ipcache(&entries)
-                .map_err(|e| format!("node ipcache: {e}"))?;
+            let r =
+                p.dp.sync_ipcache(&entries)
+                    .map_err(|e| format!("node ipcache: {e}"))?;
             c.ipcache = (r.added, r.changed, r.removed);
         }
         if p.settings.overlay == Overlay::Native && self.held.contains_key(&Kind::Node) {

@@ -279,7 +279,10 @@ pub fn tc(cmd: TcCommand) -> Result<ExitCode> {
     let TcCommand::Stats(a) = cmd;
     let v = ask(&a.socket, &Request::TcStats)?;
     print(a.output, &v, |v| {
-        println!("{:>6} {:<32} {:>12} {:>14}", "REASON", "NAME", "PACKETS", "BYTES");
+        println!(
+            "{:>6} {:<32} {:>12} {:>14}",
+            "REASON", "NAME", "PACKETS", "BYTES"
+        );
         for r in v["stats"].as_array().into_iter().flatten() {
             println!(
                 "{:>6} {:<32} {:>12} {:>14}",

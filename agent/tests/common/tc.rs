@@ -1,7 +1,7 @@
 //! A node as a network namespace, for the packet path: the agent runs inside it (entered
 //! with `nsenter --net`, keeping the host's bpffs and cgroup mounts, as the demo runs it),
 //! membrane-xds in-process but with its listener bound inside it, an underlay device
-//! (`ul0`, a dummy holding the node's address), and pods on routed veths: the pod's `eth0`
+//! (`ul0`, one end of a veth pair, holding the node's address), and pods on routed veths: the pod's `eth0`
 //! with a /32, its default route via the gateway 169.254.1.1 on-link, the host veth
 //! `lxcN` in the node holding that gateway, and the node's route to the pod's /32 on it.
 //! The pods are registered through the real membrane-cni ADD with the previous result a
@@ -35,8 +35,10 @@ impl TcNode {
     pub fn new(ip: &str) -> TcNode {
         let node = Node::new();
         let ns = Netns::add(&format!("{}-node", node.name));
-        ns.ip(&["link", "add", "ul0", "type", "dummy"]);
+        // This kernel has no dummy devices: a veth pair whose far end stays unused.
+        ns.ip(&["link", "add", "ul0", "type", "veth", "peer", "name", "ul0p"]);
         ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "ul0"]);
+        ns.ip(&["link", "set", "ul0p", "up"]);
         ns.ip(&["link", "set", "ul0", "up"]);
         run(ns
             .exec("sysctl")
@@ -75,15 +77,30 @@ impl TcNode {
         };
         let veth = format!("lxc{}", self.veths.len());
         run(Command::new("ip").args([
-            "-n", &self.ns.name, "link", "add", &veth, "type", "veth", "peer", "name", "eth0",
-            "netns", &pod.ns.name,
+            "-n",
+            &self.ns.name,
+            "link",
+            "add",
+            &veth,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &pod.ns.name,
         ]));
-        self.ns.ip(&["addr", "add", &format!("{GATEWAY}/32"), "dev", &veth]);
+        self.ns
+            .ip(&["addr", "add", &format!("{GATEWAY}/32"), "dev", &veth]);
         self.ns.ip(&["link", "set", &veth, "up"]);
-        self.ns.ip(&["route", "add", &format!("{ip}/32"), "dev", &veth]);
-        pod.ns.ip(&["addr", "add", &format!("{ip}/32"), "dev", "eth0"]);
+        self.ns
+            .ip(&["route", "add", &format!("{ip}/32"), "dev", &veth]);
+        pod.ns
+            .ip(&["addr", "add", &format!("{ip}/32"), "dev", "eth0"]);
         pod.ns.ip(&["link", "set", "eth0", "up"]);
-        pod.ns.ip(&["route", "add", "default", "via", GATEWAY, "dev", "eth0", "onlink"]);
+        pod.ns.ip(&[
+            "route", "add", "default", "via", GATEWAY, "dev", "eth0", "onlink",
+        ]);
         self.node.pods.push(pod);
         self.veths.push((name.into(), veth.clone()));
         veth
@@ -118,7 +135,11 @@ impl TcNode {
             Duration::from_secs(20),
             Duration::from_millis(50),
             "the agent's socket",
-            || self.node.try_ask(&membrane_datapath::api::Request::Status).ok(),
+            || {
+                self.node
+                    .try_ask(&membrane_datapath::api::Request::Status)
+                    .ok()
+            },
         );
     }
 
@@ -157,16 +178,18 @@ impl TcNode {
         self.ns.ip(args)
     }
 
-    /// `ping -c 1 -W 1 DST` from pod `name`: whether a reply came.
-    pub fn ping(&self, name: &str, dst: &str) -> bool {
+    /// One UDP datagram from pod `name` (in its cgroup) to `dst` (`IP:PORT`) on an
+    /// unconnected socket: no socket hook decides it, only the packet path.
+    pub fn udp_send(&self, name: &str, dst: &str) {
         let pod = self.node.pods.iter().find(|p| p.name == name).expect("pod");
-        pod.ns
-            .exec("ping")
-            .args(["-c", "1", "-W", "1", "-q", dst])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+        let (host, port) = dst.rsplit_once(':').expect("IP:PORT");
+        let py = "import socket,sys; socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\
+                  .sendto(b'x', (sys.argv[1], int(sys.argv[2])))";
+        let ok = pod
+            .command("python3", &["-c", py, host, port])
             .status()
             .map(|s| s.success())
-            .unwrap_or(false)
+            .unwrap_or(false);
+        assert!(ok, "send a datagram from {name}");
     }
 }
