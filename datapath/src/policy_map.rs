@@ -144,9 +144,11 @@ pub struct PolicyRule {
     pub direction: Direction,
     /// The remote's security identity; 0 = any identity.
     pub remote_identity: u32,
-    /// IANA protocol number: 6 (TCP), 17 (UDP) or 132 (SCTP).
+    /// IANA protocol number: 6 (TCP), 17 (UDP), 132 (SCTP), or 1 (ICMP) / 58 (ICMPv6),
+    /// which only the packet path decides (the socket hooks see no ICMP).
     pub proto: u8,
-    /// Inclusive port range; (1, 65535) = every port.
+    /// Inclusive port range; (1, 65535) = every port. For ICMP and ICMPv6: the message
+    /// types a flow may open with (echo request: 8, 128), as Cilium's ICMP rules match.
     pub ports: (u16, u16),
     /// The verdict.
     pub verdict: MapVerdict,
@@ -182,12 +184,15 @@ fn proto_name(p: u8) -> String {
         6 => "TCP".into(),
         17 => "UDP".into(),
         132 => "SCTP".into(),
+        1 => "ICMP".into(),
+        58 => "ICMPv6".into(),
         other => format!("protocol {other}"),
     }
 }
 
-/// The protocols the map decides.
-pub const PROTOCOLS: [u8; 3] = [6, 17, 132];
+/// The protocols the map decides: TCP, UDP, SCTP (sockets and packets), ICMP and ICMPv6
+/// (packets only, the "port" being the message type).
+pub const PROTOCOLS: [u8; 5] = [6, 17, 132, 1, 58];
 
 /// What a sync changed, counted in map entries (port blocks), not rules.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -247,7 +252,7 @@ impl TryFrom<&proto::PolicyEntry> for PolicyRule {
                 return Err(field(
                     "protocol",
                     &protocol,
-                    "is not TCP (6), UDP (17) or SCTP (132)",
+                    "is not TCP (6), UDP (17), SCTP (132), ICMP (1) or ICMPv6 (58)",
                 ))
             }
         };
@@ -306,7 +311,7 @@ pub fn validate(rules: &[PolicyRule]) -> Result<(), PolicyMapError> {
         };
         if !PROTOCOLS.contains(&r.proto) {
             return Err(bad(format!(
-                "protocol {} is not TCP (6), UDP (17) or SCTP (132)",
+                "protocol {} is not TCP (6), UDP (17), SCTP (132), ICMP (1) or ICMPv6 (58)",
                 r.proto
             )));
         }

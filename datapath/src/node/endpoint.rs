@@ -76,13 +76,18 @@ impl NodeDatapath {
     /// namespace (the ifindex is resolved there).
     pub fn attach_endpoint(&self, endpoint: &Datapath, ep: &LocalEndpoint) -> Result<()> {
         ep.validate()?;
-        let ifname = nix::net::if_::if_indextoname(ep.ifindex).map_err(|e| {
-            Error::Invalid(format!(
-                "endpoint {}: ifindex {}: no such device in this network namespace ({e})",
-                ep.id, ep.ifindex
-            ))
-        })?;
-        let ifname = ifname.to_string_lossy().into_owned();
+        // An unknown index comes back as an error or (nix 0.32) as an empty name.
+        let ifname = nix::net::if_::if_indextoname(ep.ifindex)
+            .ok()
+            .map(|n| n.to_string_lossy().into_owned())
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "endpoint {}: ifindex {}: no such device in this network namespace",
+                    ep.id, ep.ifindex
+                ))
+            })?;
+        self.check_addresses(ep)?;
         if !endpoint.progs_dir().join(PROG_FROM_CONTAINER).exists()
             || !endpoint.progs_dir().join(PROG_TO_CONTAINER).exists()
         {
@@ -104,6 +109,7 @@ impl NodeDatapath {
         self.write_endpoint(ep)?;
 
         let link_dir = tc_link_dir(endpoint, ep.ifindex);
+        remove_other_tc_links(endpoint, &link_dir)?;
         fs::create_dir_all(&link_dir).map_err(io_err(&link_dir, "create link directory"))?;
         for (prog, kind, pin) in [
             (PROG_FROM_CONTAINER, TcAttachType::Ingress, "ingress"),
@@ -123,6 +129,22 @@ impl NodeDatapath {
         Ok(())
     }
 
+    /// Refuse an address another endpoint holds (before anything is written).
+    fn check_addresses(&self, ep: &LocalEndpoint) -> Result<()> {
+        let m = self.endpoints_map()?;
+        for ip in &ep.ips {
+            if let Ok(other) = m.get(&ip_key(*ip), 0) {
+                if other.endpoint_id != ep.id {
+                    return Err(Error::Invalid(format!(
+                        "endpoint {}: address {ip} belongs to endpoint {}",
+                        ep.id, other.endpoint_id
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Write `ep`'s addresses into `mb_endpoints`: new ones first, then the addresses
     /// the same endpoint id held before and no longer has are removed.
     fn write_endpoint(&self, ep: &LocalEndpoint) -> Result<()> {
@@ -136,18 +158,6 @@ impl NodeDatapath {
             pad: 0,
         };
         let keep: Vec<MbIpKey> = ep.ips.iter().map(|ip| ip_key(*ip)).collect();
-        for k in &keep {
-            if let Ok(other) = m.get(k, 0) {
-                if other.endpoint_id != ep.id {
-                    return Err(Error::Invalid(format!(
-                        "endpoint {}: address {} belongs to endpoint {}",
-                        ep.id,
-                        abi::decode_ip(k.ip, k.family),
-                        other.endpoint_id
-                    )));
-                }
-            }
-        }
         for k in &keep {
             m.insert(k, value, 0).map_err(map_err(ENDPOINTS))?;
         }
@@ -238,6 +248,23 @@ impl NodeDatapath {
         }
         Ok(())
     }
+}
+
+/// The endpoint's host veth changed (the pod's network was set up again): the links on
+/// the old device go, so one endpoint is attached to one device.
+fn remove_other_tc_links(endpoint: &Datapath, keep: &Path) -> Result<()> {
+    let links = endpoint.links_dir();
+    let Ok(dir) = fs::read_dir(&links) else {
+        return Ok(());
+    };
+    for e in dir.filter_map(|e| e.ok()) {
+        let path = e.path();
+        let is_tc = e.file_name().to_string_lossy().starts_with("tc-");
+        if is_tc && path != keep {
+            fs::remove_dir_all(&path).map_err(io_err(&path, "unpin stale tc links"))?;
+        }
+    }
+    Ok(())
 }
 
 /// Attach a pinned tc program to `ifname` with a tcx link (last in the device's chain)

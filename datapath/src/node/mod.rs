@@ -380,3 +380,45 @@ impl NodeDatapath {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_unknown_ones_are_refused() {
+        for o in [Overlay::Native, Overlay::Vxlan, Overlay::Geneve] {
+            assert_eq!(o.to_string().parse::<Overlay>().unwrap(), o);
+        }
+        for a in [LbAlgorithm::Random, LbAlgorithm::Maglev] {
+            assert_eq!(a.to_string().parse::<LbAlgorithm>().unwrap(), a);
+        }
+        let err = "ipip".parse::<Overlay>().unwrap_err().to_string();
+        assert!(
+            err.contains("\"ipip\": expected native, vxlan or geneve"),
+            "{err}"
+        );
+        let err = "rr".parse::<LbAlgorithm>().unwrap_err().to_string();
+        assert!(err.contains("\"rr\": expected random or maglev"), "{err}");
+    }
+
+    #[test]
+    fn settings_survive_the_kernel_encoding() {
+        let s = NodeSettings {
+            node_ip4: "192.0.2.7".parse().unwrap(),
+            underlay_ifindex: 3,
+            overlay_ifindex: 9,
+            underlay_mtu: 1450,
+            underlay_mac: [2, 0, 0, 0, 0, 7],
+            overlay: Overlay::Vxlan,
+            lb_algorithm: LbAlgorithm::Maglev,
+            policy: true,
+            trace: false,
+        };
+        let c = s.to_abi();
+        assert_eq!(c.flags, abi::NODE_F_POLICY);
+        assert_eq!(c.node_ip4.to_ne_bytes(), [192, 0, 2, 7]);
+        assert_eq!(NodeSettings::from_abi(&c).unwrap(), s);
+        assert!(NodeSettings::default().validate().is_ok());
+    }
+}

@@ -58,8 +58,8 @@ fn control_plane_entries_convert_or_name_the_bad_field() {
         (entry(egress, 6, 80, 80, 0), "verdict: 0 is not ALLOW"),
         (entry(egress, 6, 80, 80, 9), "verdict: 9 is not ALLOW"),
         (
-            entry(egress, 1, 80, 80, allow),
-            "protocol: 1 is not TCP (6), UDP (17) or SCTP (132)",
+            entry(egress, 47, 80, 80, allow),
+            "protocol: 47 is not TCP (6), UDP (17), SCTP (132), ICMP (1) or ICMPv6 (58)",
         ),
         (entry(egress, 6, 0, 80, allow), "port: 0 is not a port"),
         (

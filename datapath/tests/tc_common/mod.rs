@@ -11,9 +11,11 @@ use std::{fs::File, net::IpAddr, path::Path};
 
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 use membrane_datapath::{
-    events::Event, Datapath, DatapathSettings, LocalEndpoint, NodeDatapath, NodeSettings,
+    events::Event,
+    policy_map::{Direction, MapVerdict, PolicyRule},
+    Datapath, DatapathSettings, IpcacheEntry, LocalEndpoint, NodeDatapath, NodeSettings, TcStat,
 };
-use membrane_test_support::PinDir;
+use membrane_test_support::{Netns, PinDir};
 
 use crate::common::Env;
 
@@ -21,6 +23,32 @@ use crate::common::Env;
 pub const PASS: u32 = 0;
 /// `TC_ACT_SHOT` / `TCX_DROP`.
 pub const DROP: u32 = 2;
+
+/// A rule of an endpoint's policy.
+pub fn rule(
+    direction: Direction,
+    remote_identity: u32,
+    proto: u8,
+    lo: u16,
+    hi: u16,
+    verdict: MapVerdict,
+) -> PolicyRule {
+    PolicyRule {
+        direction,
+        remote_identity,
+        proto,
+        ports: (lo, hi),
+        verdict,
+    }
+}
+
+/// Packets of one reason's row (0 = forwarded).
+pub fn stat(stats: &[TcStat], reason: u8) -> u64 {
+    stats
+        .iter()
+        .find(|s| s.reason == reason)
+        .map_or(0, |s| s.packets)
+}
 
 /// Run `f` on a thread inside the network namespace at `ns` (a thread's namespace is its
 /// own: the test's other threads stay where they are).
@@ -47,12 +75,18 @@ pub struct TcEndpoint {
 }
 
 /// A node with endpoints. Field order is drop order: endpoints (and their namespaces)
-/// first, then the node's pins.
+/// first, then the node's namespace and pins.
 pub struct TcNode {
     pub eps: Vec<TcEndpoint>,
+    /// With [`TcNode::routed`]: the node's own namespace, where the host veths live and
+    /// routes to the pods; otherwise each host veth lives in its endpoint's namespace.
+    pub node_ns: Option<Netns>,
     pub node: NodeDatapath,
     _pins: PinDir,
 }
+
+/// The node side's address on every host veth (the pods' gateway, on-link).
+pub const GATEWAY: &str = "169.254.1.1";
 
 impl TcNode {
     /// A node with `policy` enforcement (MB_NODE_F_POLICY) and no endpoint yet.
@@ -69,9 +103,28 @@ impl TcNode {
         .expect("load node");
         TcNode {
             eps: Vec::new(),
+            node_ns: None,
             node,
             _pins: pins,
         }
+    }
+
+    /// A node whose pods are real network namespaces routed by a node namespace: each
+    /// pod's `eth0` has its /32 and a default route via [`GATEWAY`] on-link, each host veth
+    /// has the gateway as a /32 and the node routes the pod's /32 to it.
+    pub fn routed(policy: bool) -> Self {
+        let mut n = Self::new(policy);
+        let ns = Netns::add(&format!("{}-n", membrane_test_support::unique_name()));
+        membrane_test_support::run(std::process::Command::new("ip").args([
+            "netns",
+            "exec",
+            &ns.name,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ]));
+        n.node_ns = Some(ns);
+        n
     }
 
     /// Add endpoint `id` with `identity` and addresses `ips`, its own enforcement switch
@@ -84,11 +137,32 @@ impl TcNode {
             ..DatapathSettings::default()
         });
         let host = format!("h{id}");
-        let peer = format!("p{id}");
-        env.ip(&["link", "add", &host, "type", "veth", "peer", "name", &peer]);
-        env.ip(&["link", "set", &host, "up"]);
-        env.ip(&["link", "set", &peer, "up"]);
-        let ns = Path::new("/run/netns").join(&env.netns);
+        let ns = match &self.node_ns {
+            None => {
+                let peer = format!("p{id}");
+                env.ip(&["link", "add", &host, "type", "veth", "peer", "name", &peer]);
+                env.ip(&["link", "set", &host, "up"]);
+                env.ip(&["link", "set", &peer, "up"]);
+                Path::new("/run/netns").join(&env.netns)
+            }
+            Some(node) => {
+                node.ip(&[
+                    "link", "add", &host, "type", "veth", "peer", "name", "eth0", "netns",
+                    &env.netns,
+                ]);
+                node.ip(&["addr", "add", &format!("{GATEWAY}/32"), "dev", &host]);
+                node.ip(&["link", "set", &host, "up"]);
+                env.ip(&["link", "set", "eth0", "up"]);
+                for ip in ips {
+                    let plen = if ip.contains(':') { 128 } else { 32 };
+                    node.ip(&["route", "add", &format!("{ip}/{plen}"), "dev", &host]);
+                    env.ip(&["addr", "add", &format!("{ip}/{plen}"), "dev", "eth0"]);
+                }
+                env.ip(&["route", "add", GATEWAY, "dev", "eth0", "scope", "link"]);
+                env.ip(&["route", "add", "default", "via", GATEWAY, "dev", "eth0"]);
+                node.path()
+            }
+        };
         let ifindex = in_netns(&ns, || nix::net::if_::if_nametoindex(host.as_str()))
             .expect("host veth ifindex");
         let ep = LocalEndpoint {
@@ -113,6 +187,27 @@ impl TcNode {
             env,
         });
         self.eps.len() - 1
+    }
+}
+
+impl TcNode {
+    /// Make the node ipcache (and every endpoint's own `mb_identity`, which the socket
+    /// hooks read) hold `entries`: prefix → identity, no tunnels.
+    pub fn ipcache(&self, entries: &[(&str, u32)]) {
+        let e: Vec<IpcacheEntry> = entries
+            .iter()
+            .map(|(p, id)| IpcacheEntry {
+                prefix: p.parse().unwrap(),
+                identity: *id,
+                tunnel: None,
+            })
+            .collect();
+        self.node.sync_ipcache(&e).expect("sync node ipcache");
+        let pairs: Vec<(membrane_datapath::IpNet, u32)> =
+            e.iter().map(|e| (e.prefix, e.identity)).collect();
+        for ep in &self.eps {
+            ep.dp.sync_ipcache(&pairs).expect("sync endpoint ipcache");
+        }
     }
 }
 
