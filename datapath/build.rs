@@ -46,6 +46,8 @@ fn main() -> Result<()> {
         "send_done",
         "node",
         "lxc",
+        "overlay",
+        "host",
     ] {
         let src = bpf_dir.join(format!("bpf_{hook}.c"));
         println!("cargo:rerun-if-changed=bpf/bpf_{hook}.c");

@@ -17,6 +17,7 @@ declare -A APT=(
   [nft]=nftables
   [etcd]=etcd-server
   [openssl]=openssl
+  [tshark]=tshark
 )
 # Header-only packages, probed by a file they install.
 declare -A APT_FILES=(

@@ -23,6 +23,7 @@
  * packets are always dropped.
  */
 #include "lib/tc_policy.h"
+#include "lib/encap.h"
 
 /* Count a forwarded packet and let the kernel carry on. */
 static __always_inline int mb_lxc_pass(const struct mb_pkt *p)
@@ -32,15 +33,31 @@ static __always_inline int mb_lxc_pass(const struct mb_pkt *p)
 }
 
 /*
- * Forward a packet the pod sent and policy allowed. Encapsulation toward
- * another node (lib/encap.h, by the tunnel endpoint of the destination's
- * ipcache entry) goes here, after policy; without it the kernel routes the
- * packet: native routing.
+ * Forward a packet the pod sent and policy allowed. Toward another node's
+ * pod (the destination's ipcache entry names its node: tunnel_ip4) in an
+ * overlay mode it is encapsulated with the pod's identity in the VNI and
+ * sent (lib/encap.h); else the kernel routes it: native routing.
  */
-static __always_inline int mb_lxc_to_network(struct __sk_buff *skb, const struct mb_pkt *p)
+static __always_inline int mb_lxc_to_network(struct __sk_buff *skb, const struct mb_pkt *p,
+					     __u32 src_id, __u32 dst_id, __u32 tunnel_ip4)
 {
-	(void)skb;
-	return mb_lxc_pass(p);
+	const struct mb_node_config *cfg;
+	struct mb_l3 l3 = {};
+
+	if (!tunnel_ip4)
+		return mb_lxc_pass(p);
+	cfg = mb_node_config_get();
+	if (!cfg || cfg->overlay == MB_OVERLAY_NATIVE)
+		return mb_lxc_pass(p);
+	mb_ip_copy(l3.src, p->t.src_ip);
+	mb_ip_copy(l3.dst, p->t.dst_ip);
+	l3.sport = p->t.src_port;
+	l3.dport = p->t.dst_port;
+	l3.family = p->t.family;
+	l3.proto = p->t.proto;
+	l3.src_identity = src_id;
+	l3.dst_identity = dst_id;
+	return mb_encap_to_remote(skb, cfg, tunnel_ip4, &l3, MB_PROG_FROM_CONTAINER);
 }
 
 /*
@@ -123,6 +140,8 @@ static __always_inline int mb_lxc_undecidable(const struct mb_pkt *p)
 SEC("classifier")
 int mb_from_container(struct __sk_buff *skb)
 {
+	const struct mb_ipcache_value *dst;
+	__u32 tunnel_ip4;
 	const struct mb_endpoint_value *ep;
 	const struct mb_lxc_config *lxc;
 	struct mb_pkt p = {};
@@ -152,18 +171,20 @@ int mb_from_container(struct __sk_buff *skb)
 	/* Service translation (lib/lb.h) goes here, before the destination's
 	 * identity is looked up: policy and conntrack see the backend. */
 
-	dst_id = mb_ipcache_identity(p.t.dst_ip, p.t.family);
+	dst = mb_ipcache_lookup(p.t.dst_ip, p.t.family);
+	dst_id = dst ? dst->identity : MB_ID_WORLD;
+	tunnel_ip4 = dst ? dst->tunnel_ip4 : 0;
 	flags = mb_node_flags();
 	if (flags & MB_NODE_F_TRACE)
 		mb_tc_trace(&p, MB_PROG_FROM_CONTAINER, ep->identity, dst_id);
 	if (rc)
 		return enforce ? mb_tc_drop(&p, MB_PROG_FROM_CONTAINER, rc, ep->identity, dst_id)
-			       : mb_lxc_to_network(skb, &p);
+			       : mb_lxc_to_network(skb, &p, ep->identity, dst_id, tunnel_ip4);
 	rc = mb_lxc_decide(&p, lxc, MB_DIR_EGRESS, MB_PROG_FROM_CONTAINER, ep->identity, dst_id,
 			   enforce);
 	if (rc)
 		return mb_tc_drop(&p, MB_PROG_FROM_CONTAINER, rc, ep->identity, dst_id);
-	return mb_lxc_to_network(skb, &p);
+	return mb_lxc_to_network(skb, &p, ep->identity, dst_id, tunnel_ip4);
 }
 
 /* The source identity an earlier program on this node carried in the mark

@@ -71,7 +71,7 @@ pub const EVT_CAPTURE: u8 = 2;
 pub const EVT_TRACE: u8 = 3;
 
 /// `MB_RSN_*`: why an event happened, by value.
-pub const REASONS: [(u8, &str); 25] = [
+pub const REASONS: [(u8, &str); 38] = [
     (0, "none"),
     (1, "policy-allowed"),
     (2, "policy-denied"),
@@ -97,6 +97,19 @@ pub const REASONS: [(u8, &str); 25] = [
     (27, "fragment"),
     (28, "ct-no-flow"),
     (29, "ct-create-failed"),
+    (60, "geneve-short"),
+    (61, "geneve-version"),
+    (62, "geneve-options-length"),
+    (63, "geneve-protocol"),
+    (64, "geneve-control"),
+    (65, "no-local-endpoint"),
+    (66, "overlay-inner-malformed"),
+    (67, "decap-failed"),
+    (68, "overlay-no-tunnel-key"),
+    (70, "frag-needed"),
+    (71, "too-big"),
+    (72, "encap-failed"),
+    (73, "no-overlay-device"),
 ];
 
 /// `struct mb_event`: one monitor record from the `mb_events` ring buffer.

@@ -23,10 +23,14 @@ pub(crate) mod objects {
         aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/node.o"));
     /// A pod's tc programs (one instance per endpoint).
     pub(crate) static LXC: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lxc.o"));
+    pub(crate) static OVERLAY: &[u8] =
+        aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/overlay.o"));
+    pub(crate) static HOST: &[u8] =
+        aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/host.o"));
 }
 
 /// The embedded objects by name, for tooling and the BTF test.
-pub fn embedded_objects() -> [(&'static str, &'static [u8]); 8] {
+pub fn embedded_objects() -> [(&'static str, &'static [u8]); 10] {
     [
         ("sockops", objects::SOCKOPS),
         ("sk_msg", objects::SK_MSG),
@@ -36,6 +40,8 @@ pub fn embedded_objects() -> [(&'static str, &'static [u8]); 8] {
         ("send_done", objects::SEND_DONE),
         ("node", objects::NODE),
         ("lxc", objects::LXC),
+        ("overlay", objects::OVERLAY),
+        ("host", objects::HOST),
     ]
 }
 

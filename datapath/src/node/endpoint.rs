@@ -269,7 +269,7 @@ fn remove_other_tc_links(endpoint: &Datapath, keep: &Path) -> Result<()> {
 
 /// Attach a pinned tc program to `ifname` with a tcx link (last in the device's chain)
 /// and pin the link, so the attachment outlives this process.
-fn attach_tcx(
+pub(crate) fn attach_tcx(
     prog_pin: &Path,
     name: &'static str,
     ifname: &str,

@@ -20,8 +20,14 @@
 mod conntrack;
 mod endpoint;
 mod ipcache;
+mod netlink;
+mod overlay;
 
 pub use conntrack::{CtEntry, CtState, TcStat};
+pub use overlay::{
+    device, ensure_vxlan_device, pod_mtu, Device, ENCAP_OVERHEAD, GENEVE_PORT, VXLAN_DEVICE,
+    VXLAN_PORT,
+};
 
 use std::{
     fmt, fs,

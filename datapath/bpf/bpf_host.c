@@ -1,0 +1,89 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
+/*
+ * The node's underlay device, tc ingress: what arrives at the node from
+ * other nodes and the outside.
+ *
+ * Geneve (geneve mode): a UDP datagram to this node's address (node_ip4)
+ * and port 6081 is validated (version 0, lengths, options inside the
+ * packet, inner protocol Ethernet, no control packet or critical option),
+ * stripped of its outer headers and inner Ethernet header in one
+ * bpf_skb_adjust_room, and delivered to the local pod that has its inner
+ * destination, with the VNI (the source pod's identity) in skb->mark for
+ * the pod's to-container (lib/encap.h). A bad one is dropped with its
+ * reason (lib/geneve.h), counted and reported: nothing else on this node
+ * listens on 6081 (this kernel has no geneve module).
+ *
+ * Everything else passes untouched (TC_ACT_OK): the node's own traffic,
+ * VXLAN (the kernel's VXLAN device decapsulates it), natively routed pod
+ * traffic (the kernel routes it to the pod's host veth, whose
+ * to-container finds the source identity in the ipcache).
+ */
+#include "lib/common.h"
+#include "lib/encap.h"
+
+/* Decapsulate and deliver the Geneve packet whose UDP header is at l4
+ * (`outer`: the outer packet, for the events of a bad one). */
+static __always_inline int mb_from_geneve(struct __sk_buff *skb, const struct mb_node_config *cfg,
+					  __u32 l4, struct mb_l3 *outer)
+{
+	const struct mb_endpoint_value *ep;
+	struct mb_l3 l3 = {};
+	__u32 vni = 0, inner = 0;
+	__u64 flags = 0;
+	__be16 proto;
+	int ret;
+
+	ret = mb_geneve_parse(skb, l4, &vni, &inner);
+	if (ret)
+		return mb_overlay_drop(skb, ret, MB_PROG_FROM_NETDEV, outer);
+	outer->src_identity = vni;
+	if (bpf_skb_load_bytes(skb, inner + 12, &proto, sizeof(proto)) < 0 ||
+	    mb_l3_parse(skb, inner + ETH_HLEN, proto, &l3) < 0)
+		return mb_overlay_drop(skb, MB_RSN_INNER_MALFORMED, MB_PROG_FROM_NETDEV, outer);
+	l3.src_identity = vni;
+	ep = mb_local_endpoint(&l3);
+	if (!ep)
+		return mb_overlay_drop(skb, MB_RSN_NO_LOCAL_ENDPOINT, MB_PROG_FROM_NETDEV, &l3);
+	l3.dst_identity = ep->identity;
+	if (cfg->flags & MB_NODE_F_TRACE)
+		mb_overlay_trace(MB_PROG_FROM_NETDEV, &l3);
+	if (proto == bpf_htons(ETH_P_IPV6))
+		flags = MB_ADJ_ROOM_DECAP_L3_IPV6;
+	/* Outer IPv4, UDP, Geneve with its options and the inner Ethernet
+	 * header go; the outer Ethernet header stays and is rewritten. */
+	if (bpf_skb_adjust_room(skb, -(__s32)inner, BPF_ADJ_ROOM_MAC, flags) < 0)
+		return mb_overlay_drop(skb, MB_RSN_DECAP_FAILED, MB_PROG_FROM_NETDEV, &l3);
+	ret = mb_deliver_local(skb, ep, proto, vni);
+	if (ret < 0)
+		return mb_overlay_drop(skb, MB_RSN_DECAP_FAILED, MB_PROG_FROM_NETDEV, &l3);
+	return ret;
+}
+
+SEC("classifier")
+int mb_from_netdev(struct __sk_buff *skb)
+{
+	const struct mb_node_config *cfg;
+	struct mb_l3 outer = {};
+	struct iphdr ip;
+	__u32 l4;
+
+	cfg = mb_node_config_get();
+	if (!cfg || skb->protocol != bpf_htons(ETH_P_IP))
+		return TC_ACT_OK;
+	if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) < 0 || ip.ihl < 5)
+		return TC_ACT_OK;
+
+	/*
+	 * Service translation of what arrives from outside (NodePort, lib/lb.h)
+	 * belongs here: before the tunnel decision, on the outer packet.
+	 */
+
+	if (cfg->overlay != MB_OVERLAY_GENEVE || ip.protocol != IPPROTO_UDP ||
+	    ip.daddr != cfg->node_ip4 || (ip.frag_off & bpf_htons(0x3fff)))
+		return TC_ACT_OK;
+	l4 = ETH_HLEN + ip.ihl * 4;
+	if (mb_l3_parse(skb, ETH_HLEN, skb->protocol, &outer) < 0 ||
+	    outer.dport != MB_GENEVE_PORT)
+		return TC_ACT_OK;
+	return mb_from_geneve(skb, cfg, l4, &outer);
+}

@@ -1,0 +1,361 @@
+//! A cluster of network namespaces for the overlay tests: an underlay (a bridge in a
+//! namespace of its own) joining node namespaces (192.168.100.N/24 on `ulN`), each node
+//! with the packet path loaded from its own pin directory (underlay program, VXLAN device
+//! in vxlan mode), and pods (10.N.0.M/32) on routed veths (`lxcM` in the node, `eth0` in
+//! the pod, the pod's default route via 169.254.1.1 on the link), attached with
+//! `NodeDatapath::attach_endpoint`. Every node's ipcache knows every pod and its node.
+//! Everything is removed on drop: pods (processes, pins), nodes (pins, namespaces),
+//! the underlay. Nothing touches a host interface.
+#![allow(dead_code)]
+
+use std::{
+    io::{BufRead, BufReader, Read},
+    net::{IpAddr, Ipv4Addr},
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use membrane_datapath::{
+    ensure_bpffs,
+    node::{device, ensure_vxlan_device, pod_mtu},
+    policy_map::PolicyRule,
+    Datapath, DatapathSettings, IpcacheEntry, LocalEndpoint, NodeDatapath, NodeSettings, Overlay,
+};
+use membrane_test_support::{run, unique_name, ChildGuard, Netns, PinDir};
+
+use crate::{common::Env, tc_common::in_netns};
+
+/// The underlay's MTU (veth default).
+pub const UNDERLAY_MTU: u16 = 1500;
+
+pub struct Pod {
+    children: Vec<ChildGuard>,
+    pub dp: Datapath,
+    pub ep: LocalEndpoint,
+    pub ip: Ipv4Addr,
+    pub node: usize,
+    pub identity: u32,
+    pub env: Env,
+}
+
+pub struct Node {
+    pub node: NodeDatapath,
+    pub ip: Ipv4Addr,
+    /// The underlay device's name in the node.
+    pub ul: String,
+    pods: u8,
+    _pins: PinDir,
+    pub ns: Netns,
+}
+
+/// Field order is drop order: pods, nodes, then the underlay.
+pub struct Cluster {
+    pub pods: Vec<Pod>,
+    pub nodes: Vec<Node>,
+    pub overlay: Overlay,
+    policy: bool,
+    underlay: Netns,
+}
+
+fn mac_str(m: [u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+impl Cluster {
+    /// `nodes` nodes in `overlay` mode; `policy`: nodes enforce L3/L4 policy on packets.
+    pub fn new(nodes: u8, overlay: Overlay, policy: bool) -> Cluster {
+        let underlay = Netns::add(&unique_name());
+        underlay.ip(&["link", "add", "br0", "type", "bridge"]);
+        underlay.ip(&["link", "set", "br0", "up"]);
+        let mut c = Cluster {
+            pods: Vec::new(),
+            nodes: Vec::new(),
+            overlay,
+            policy,
+            underlay,
+        };
+        for i in 1..=nodes {
+            c.add_node(i);
+        }
+        c
+    }
+
+    fn add_node(&mut self, i: u8) {
+        let ns = Netns::add(&unique_name());
+        let ul = format!("ul{i}");
+        let port = format!("p{i}");
+        run(Command::new("ip").args([
+            "link",
+            "add",
+            &ul,
+            "netns",
+            &ns.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &port,
+            "netns",
+            &self.underlay.name,
+        ]));
+        self.underlay
+            .ip(&["link", "set", &port, "master", "br0", "up"]);
+        let ip = Ipv4Addr::new(192, 168, 100, i);
+        ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", &ul]);
+        ns.ip(&["link", "set", &ul, "up"]);
+        run(ns.exec("sysctl").args(["-qw", "net.ipv4.ip_forward=1"]));
+
+        let pins = PinDir::new(&unique_name());
+        ensure_bpffs(pins.path()).expect("bpffs");
+        let (overlay, policy) = (self.overlay, self.policy);
+        let dir = pins.path().join("node");
+        let node = in_netns(&ns.path(), || {
+            let dev = device(&ul).expect("underlay device");
+            let overlay_ifindex = match overlay {
+                Overlay::Vxlan => ensure_vxlan_device(dev.mtu).expect("VXLAN device"),
+                _ => 0,
+            };
+            let settings = NodeSettings {
+                node_ip4: ip,
+                underlay_ifindex: dev.ifindex,
+                overlay_ifindex,
+                underlay_mtu: dev.mtu,
+                underlay_mac: dev.mac,
+                overlay,
+                policy,
+                ..NodeSettings::default()
+            };
+            let node = NodeDatapath::load(&dir, &settings).expect("load node");
+            node.attach_underlay(&ul).expect("attach underlay");
+            node.setup_overlay().expect("set up overlay");
+            node
+        });
+        self.nodes.push(Node {
+            node,
+            ip,
+            ul,
+            pods: 0,
+            _pins: pins,
+            ns,
+        });
+    }
+
+    /// A pod on node `node` (0-based) with `identity`; its interface's MTU is the one the
+    /// overlay calls for unless `mtu` says otherwise. Returns its index.
+    pub fn add_pod(&mut self, node: usize, identity: u32, mtu: Option<u16>) -> usize {
+        let n = &mut self.nodes[node];
+        n.pods += 1;
+        let j = n.pods;
+        let ip = Ipv4Addr::new(10, node as u8 + 1, 0, j);
+        let env = Env::new();
+        let dp = env.attach(&DatapathSettings {
+            policy_enforce: self.policy,
+            pod_identity: identity,
+            ..DatapathSettings::default()
+        });
+        let lxc = format!("lxc{j}");
+        run(Command::new("ip").args([
+            "link", "add", &lxc, "netns", &n.ns.name, "type", "veth", "peer", "name", "eth0",
+            "netns", &env.netns,
+        ]));
+        let mtu = mtu
+            .unwrap_or(pod_mtu(self.overlay, UNDERLAY_MTU))
+            .to_string();
+        env.ip(&["link", "set", "eth0", "mtu", &mtu, "up"]);
+        env.ip(&["addr", "add", &format!("{ip}/32"), "dev", "eth0"]);
+        n.ns.ip(&["link", "set", &lxc, "up"]);
+        let pod_dev = in_netns(&env_path(&env), || device("eth0")).expect("pod eth0");
+        let host_dev = in_netns(&n.ns.path(), || device(&lxc)).expect("host veth");
+        env.ip(&[
+            "route",
+            "add",
+            "169.254.1.1",
+            "dev",
+            "eth0",
+            "scope",
+            "link",
+        ]);
+        env.ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            "169.254.1.1",
+            "dev",
+            "eth0",
+        ]);
+        env.ip(&[
+            "neigh",
+            "add",
+            "169.254.1.1",
+            "lladdr",
+            &mac_str(host_dev.mac),
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ]);
+        n.ns.ip(&["route", "add", &format!("{ip}/32"), "dev", &lxc]);
+        n.ns.ip(&[
+            "neigh",
+            "add",
+            &ip.to_string(),
+            "lladdr",
+            &mac_str(pod_dev.mac),
+            "dev",
+            &lxc,
+            "nud",
+            "permanent",
+        ]);
+        let ep = LocalEndpoint {
+            id: u16::from(j),
+            ifindex: host_dev.ifindex,
+            ips: vec![IpAddr::V4(ip)],
+            identity,
+            mac: pod_dev.mac,
+            node_mac: host_dev.mac,
+        };
+        let nd = n.node.clone();
+        in_netns(&n.ns.path(), || nd.attach_endpoint(&dp, &ep)).expect("attach endpoint");
+        self.pods.push(Pod {
+            children: Vec::new(),
+            dp,
+            ep,
+            ip,
+            node,
+            identity,
+            env,
+        });
+        self.pods.len() - 1
+    }
+
+    /// Every node's ipcache: every pod, with its node's address as tunnel endpoint when it
+    /// is another node's; `overrides` replace a pod's identity on one node's ipcache
+    /// (node index, pod index, identity). Native mode: pod CIDRs routed via their nodes.
+    pub fn finish(&self, overrides: &[(usize, usize, u32)]) {
+        for (i, n) in self.nodes.iter().enumerate() {
+            let entries: Vec<IpcacheEntry> = self
+                .pods
+                .iter()
+                .enumerate()
+                .map(|(k, p)| IpcacheEntry {
+                    prefix: format!("{}/32", p.ip).parse().unwrap(),
+                    identity: overrides
+                        .iter()
+                        .find(|(on, pod, _)| *on == i && *pod == k)
+                        .map_or(p.identity, |(_, _, id)| *id),
+                    tunnel: (p.node != i).then_some(self.nodes[p.node].ip),
+                })
+                .collect();
+            n.node.sync_ipcache(&entries).expect("sync ipcache");
+            if self.overlay == Overlay::Native {
+                for (j, other) in self.nodes.iter().enumerate() {
+                    if j != i {
+                        let cidr = format!("10.{}.0.0/24", j + 1);
+                        n.ns.ip(&["route", "replace", &cidr, "via", &other.ip.to_string()]);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Set pod `p`'s policy rules.
+    pub fn policy(&self, p: usize, rules: &[PolicyRule]) {
+        self.pods[p].dp.sync_policy(rules).expect("sync policy");
+    }
+
+    /// Run `argv` in pod `p`'s namespace (outside its cgroup: the socket hooks stay out of
+    /// it, only the packet path decides), bounded; its stdout.
+    pub fn exec(&self, p: usize, argv: &[&str]) -> String {
+        let mut c = Command::new("timeout");
+        c.args(["30", "ip", "netns", "exec", &self.pods[p].env.netns])
+            .args(argv);
+        let out = c.output().expect("run in pod");
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    }
+
+    /// Start `argv` in pod `p`'s namespace; returns once it printed a line starting with
+    /// READY on stdout. Killed when the cluster drops.
+    pub fn serve(&mut self, p: usize, argv: &[&str]) {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.pods[p].env.netns])
+            .args(argv)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn server");
+        let stdout = child.stdout.take().unwrap();
+        self.pods[p].children.push(ChildGuard(child));
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        assert!(
+            line.starts_with("READY"),
+            "server {argv:?} did not start: {line:?}"
+        );
+    }
+
+    /// Start tshark on node `n`'s underlay device with capture filter `filter`, printing
+    /// `fields` of the first `count` packets; returns once it is capturing.
+    pub fn tshark(&self, n: usize, filter: &str, fields: &[&str], count: usize) -> Capture {
+        let node = &self.nodes[n];
+        let mut c = Command::new("ip");
+        c.args([
+            "netns",
+            "exec",
+            &node.ns.name,
+            "tshark",
+            "-n",
+            "-l",
+            "-i",
+            &node.ul,
+        ])
+        .args(["-f", filter, "-c", &count.to_string(), "-a", "duration:30"])
+        .args(["-T", "fields"]);
+        for f in fields {
+            c.args(["-e", f]);
+        }
+        let mut child = c
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn tshark (apt-get install tshark)");
+        // Drained for as long as tshark runs (a closed pipe would kill it); the first
+        // "Capturing on" line says the capture has started.
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("Capturing on") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        let guard = ChildGuard(child);
+        rx.recv_timeout(Duration::from_secs(20))
+            .expect("tshark did not start capturing within 20 s");
+        Capture { child: guard }
+    }
+}
+
+/// A running tshark.
+pub struct Capture {
+    child: ChildGuard,
+}
+
+impl Capture {
+    /// Wait for tshark to stop (its count reached, or 30 s) and return its lines.
+    pub fn lines(mut self) -> Vec<String> {
+        let mut out = String::new();
+        if let Some(mut stdout) = self.child.0.stdout.take() {
+            let _ = stdout.read_to_string(&mut out);
+        }
+        out.lines().map(str::to_owned).collect()
+    }
+}
+
+fn env_path(env: &Env) -> std::path::PathBuf {
+    std::path::Path::new("/run/netns").join(&env.netns)
+}

@@ -1,0 +1,327 @@
+//! Pods on different nodes for real, in network namespaces (`overlay_cluster`): TCP and UDP
+//! between pods over VXLAN, Geneve and native routing, with tshark on the underlay
+//! decoding the tunnel and the VNI = the sending pod's identity; the receiving node's
+//! ingress policy deciding by the identity in the VNI, not by its ipcache; a packet too
+//! big for the underlay answered with ICMP "fragmentation needed" and the MTU; three
+//! nodes in a full mesh.
+
+mod common;
+mod overlay_cluster;
+mod tc_common;
+
+use membrane_datapath::{
+    policy_map::{Direction::*, MapVerdict, PolicyRule},
+    Overlay,
+};
+use overlay_cluster::Cluster;
+
+const TIEFIGHTER: u32 = 1001;
+const XWING: u32 = 1002;
+const DEATHSTAR: u32 = 1003;
+
+/// A UDP echo server on the port in argv[1].
+const UDP_ECHO: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+print("READY", flush=True)
+while True:
+    d, a = s.recvfrom(65535)
+    s.sendto(d, a)
+"#;
+
+/// Send argv[3] datagrams of 1 KiB to argv[1]:argv[2], count the exact echoes.
+const UDP_CLIENT: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(2)
+ok = 0
+for i in range(int(sys.argv[3])):
+    msg = b"datagram %d " % i + b"x" * 1000
+    s.sendto(msg, (sys.argv[1], int(sys.argv[2])))
+    try:
+        d, a = s.recvfrom(65535)
+        if d == msg and a[0] == sys.argv[1]:
+            ok += 1
+    except socket.timeout:
+        pass
+print("udp ok=%d" % ok)
+"#;
+
+/// Connect to argv[1]:argv[2] (3 s), send a line, print what the echo sent back.
+const TCP_PROBE: &str = r#"
+import socket, sys
+s = socket.socket()
+s.settimeout(3)
+try:
+    s.connect((sys.argv[1], int(sys.argv[2])))
+    s.sendall(b"hello\n")
+    print("tcp connected", s.recv(16))
+except Exception as e:
+    print("tcp failed", e)
+"#;
+
+/// With DF (IP_PMTUDISC_DO), send argv[3]-byte datagrams to argv[1]:argv[2] until the
+/// kernel refuses one as too big for the path (an ICMP error came back), at most 3 s;
+/// print the path MTU it learned.
+const PMTU_PROBE: &str = r#"
+import socket, sys, time, errno
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_IP, 10, 2)  # IP_MTU_DISCOVER = IP_PMTUDISC_DO
+s.connect((sys.argv[1], int(sys.argv[2])))
+end = time.time() + 3
+while time.time() < end:
+    try:
+        s.send(b"x" * int(sys.argv[3]))
+    except OSError as e:
+        if e.errno == errno.EMSGSIZE:
+            print("too big, path mtu=%d" % s.getsockopt(socket.IPPROTO_IP, 14))  # IP_MTU
+            sys.exit(0)
+    time.sleep(0.05)
+print("never refused")
+"#;
+
+const SOCKBENCH: &str = env!("CARGO_BIN_EXE_membrane-sockbench");
+
+fn rule(
+    direction: membrane_datapath::policy_map::Direction,
+    id: u32,
+    proto: u8,
+    port: u16,
+) -> PolicyRule {
+    PolicyRule {
+        direction,
+        remote_identity: id,
+        proto,
+        ports: if port == 0 {
+            (1, u16::MAX)
+        } else {
+            (port, port)
+        },
+        verdict: MapVerdict::Allow,
+    }
+}
+
+/// The tunnel headers tshark decodes, by mode: (capture filter, VNI field).
+fn tunnel(overlay: Overlay) -> (&'static str, &'static str) {
+    match overlay {
+        Overlay::Vxlan => ("udp port 4789", "vxlan.vni"),
+        Overlay::Geneve => ("udp port 6081", "geneve.vni"),
+        Overlay::Native => ("tcp port 8080", "ip.proto"),
+    }
+}
+
+/// Two nodes, a pod on each: TCP (1 MiB echoed and checksummed) and UDP (20 datagrams
+/// echoed) from node 1's pod to node 2's, and what the underlay carried.
+fn pods_on_two_nodes_talk(overlay: Overlay) {
+    let mut c = Cluster::new(2, overlay, false);
+    let a = c.add_pod(0, TIEFIGHTER, None);
+    let b = c.add_pod(1, DEATHSTAR, None);
+    c.finish(&[]);
+    let server = c.pods[b].ip.to_string();
+    c.serve(
+        b,
+        &[SOCKBENCH, "echo", "--listen", &format!("{server}:8080")],
+    );
+    c.serve(b, &["python3", "-c", UDP_ECHO, "5353"]);
+
+    let (filter, vni) = tunnel(overlay);
+    let capture = c.tshark(0, filter, &[vni, "ip.src", "ip.dst"], 6);
+    let out = c.exec(
+        a,
+        &[SOCKBENCH, "client", "--connect", &format!("{server}:8080")],
+    );
+    assert!(
+        out.contains("OK round=0 bytes=1048576"),
+        "{overlay}: TCP echo: {out}"
+    );
+    let out = c.exec(a, &["python3", "-c", UDP_CLIENT, &server, "5353", "20"]);
+    assert!(out.contains("udp ok=20"), "{overlay}: UDP echo: {out}");
+
+    // tshark prints Geneve's VNI in hex and VXLAN's in decimal: both as decimal here.
+    let lines: Vec<String> = capture
+        .lines()
+        .into_iter()
+        .map(|l| match l.split_once('\t') {
+            Some((v, rest)) if v.starts_with("0x") => {
+                format!("{}\t{rest}", u32::from_str_radix(&v[2..], 16).unwrap_or(0))
+            }
+            _ => l,
+        })
+        .collect();
+    let (pa, pb) = (c.pods[a].ip, c.pods[b].ip);
+    let (na, nb) = (c.nodes[0].ip, c.nodes[1].ip);
+    if overlay == Overlay::Native {
+        // The pods' own packets on the wire, no outer header.
+        assert!(
+            lines.iter().any(|l| l == &format!("6\t{pa}\t{pb}")),
+            "native: pod to pod unencapsulated, got {lines:?}"
+        );
+        return;
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l == &format!("{TIEFIGHTER}\t{na},{pa}\t{nb},{pb}")),
+        "{overlay}: VNI = the sender's identity {TIEFIGHTER} from {na} ({pa}), got {lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l == &format!("{DEATHSTAR}\t{nb},{pb}\t{na},{pa}")),
+        "{overlay}: the replies carry {DEATHSTAR}, got {lines:?}"
+    );
+}
+
+#[test]
+fn pods_on_two_nodes_talk_over_vxlan() {
+    pods_on_two_nodes_talk(Overlay::Vxlan);
+}
+
+#[test]
+fn pods_on_two_nodes_talk_over_geneve() {
+    pods_on_two_nodes_talk(Overlay::Geneve);
+}
+
+#[test]
+fn pods_on_two_nodes_talk_by_native_routing() {
+    pods_on_two_nodes_talk(Overlay::Native);
+}
+
+/// The deathstar (node 2) admits tiefighters on 8080. Node 2's ipcache says the xwing's
+/// address is a tiefighter (an ipcache that would allow it), yet the xwing is dropped:
+/// node 2 decides by the identity the VNI carries.
+fn ingress_policy_decides_by_the_vni(overlay: Overlay) {
+    let mut c = Cluster::new(2, overlay, true);
+    let tie = c.add_pod(0, TIEFIGHTER, None);
+    let xw = c.add_pod(0, XWING, None);
+    let ds = c.add_pod(1, DEATHSTAR, None);
+    c.finish(&[(1, xw, TIEFIGHTER)]);
+    for p in [tie, xw] {
+        c.policy(p, &[rule(Egress, 0, 6, 0)]);
+    }
+    c.policy(ds, &[rule(Ingress, TIEFIGHTER, 6, 8080)]);
+    let server = c.pods[ds].ip.to_string();
+    c.serve(
+        ds,
+        &[SOCKBENCH, "echo", "--listen", &format!("{server}:8080")],
+    );
+
+    let out = c.exec(tie, &["python3", "-c", TCP_PROBE, &server, "8080"]);
+    assert!(
+        out.contains("tcp connected b'hello\\n'"),
+        "{overlay}: tiefighter lands: {out}"
+    );
+    let out = c.exec(xw, &["python3", "-c", TCP_PROBE, &server, "8080"]);
+    assert!(
+        out.contains("tcp failed"),
+        "{overlay}: xwing must be dropped: {out}"
+    );
+
+    let events = c.pods[ds]
+        .dp
+        .events()
+        .expect("events")
+        .drain("test", 1000)
+        .unwrap();
+    let drop = events
+        .iter()
+        .find(|e| e.is_drop() && e.program == "to-container")
+        .unwrap_or_else(|| panic!("{overlay}: no drop at the deathstar, got {events:?}"));
+    assert_eq!(
+        drop.src_identity, XWING,
+        "{overlay}: the VNI's identity, not the ipcache's"
+    );
+    assert_eq!(drop.dst_identity, DEATHSTAR);
+    assert!(
+        events
+            .iter()
+            .all(|e| !(e.is_drop() && e.src_identity == TIEFIGHTER)),
+        "{overlay}: the tiefighter was never dropped: {events:?}"
+    );
+}
+
+#[test]
+fn ingress_policy_decides_by_the_vni_over_vxlan() {
+    ingress_policy_decides_by_the_vni(Overlay::Vxlan);
+}
+
+#[test]
+fn ingress_policy_decides_by_the_vni_over_geneve() {
+    ingress_policy_decides_by_the_vni(Overlay::Geneve);
+}
+
+/// A pod whose MTU is the underlay's (misconfigured: 50 bytes too big for the tunnel)
+/// sends a DF datagram that fits its link but not the tunnel: the node answers with ICMP
+/// "fragmentation needed", and the pod's kernel learns the path MTU of 1450.
+fn too_big_is_refused_with_the_mtu(overlay: Overlay) {
+    let mut c = Cluster::new(2, overlay, false);
+    let a = c.add_pod(0, TIEFIGHTER, Some(overlay_cluster::UNDERLAY_MTU));
+    let b = c.add_pod(1, DEATHSTAR, None);
+    c.finish(&[]);
+    let server = c.pods[b].ip.to_string();
+    c.serve(b, &["python3", "-c", UDP_ECHO, "5353"]);
+
+    // 1460 bytes of UDP payload: a 1488-byte IP packet.
+    let out = c.exec(a, &["python3", "-c", PMTU_PROBE, &server, "5353", "1460"]);
+    assert!(out.contains("too big, path mtu=1450"), "{overlay}: {out}");
+    let stats = c.nodes[0].node.tc_stats().expect("stats");
+    assert!(
+        stats
+            .iter()
+            .any(|s| s.name == "frag-needed" && s.packets >= 1),
+        "{overlay}: counted, got {stats:?}"
+    );
+    // What fits the tunnel still goes through.
+    let out = c.exec(a, &["python3", "-c", UDP_CLIENT, &server, "5353", "5"]);
+    assert!(out.contains("udp ok=5"), "{overlay}: {out}");
+}
+
+#[test]
+fn too_big_over_geneve_is_refused_with_the_mtu() {
+    too_big_is_refused_with_the_mtu(Overlay::Geneve);
+}
+
+#[test]
+fn too_big_over_vxlan_is_refused_with_the_mtu() {
+    too_big_is_refused_with_the_mtu(Overlay::Vxlan);
+}
+
+/// Three nodes, a pod on each, every pod reaching the two others over UDP and TCP.
+fn three_nodes_full_mesh(overlay: Overlay) {
+    let mut c = Cluster::new(3, overlay, false);
+    let pods: Vec<usize> = (0..3)
+        .map(|n| c.add_pod(n, 2000 + n as u32, None))
+        .collect();
+    c.finish(&[]);
+    for &p in &pods {
+        let ip = c.pods[p].ip.to_string();
+        c.serve(p, &["python3", "-c", UDP_ECHO, "5353"]);
+        c.serve(p, &[SOCKBENCH, "echo", "--listen", &format!("{ip}:8080")]);
+    }
+    for &from in &pods {
+        for &to in pods.iter().filter(|&&t| t != from) {
+            let dst = c.pods[to].ip.to_string();
+            let out = c.exec(from, &["python3", "-c", UDP_CLIENT, &dst, "5353", "5"]);
+            assert!(
+                out.contains("udp ok=5"),
+                "{overlay}: pod {from} to {to}: {out}"
+            );
+            let out = c.exec(from, &["python3", "-c", TCP_PROBE, &dst, "8080"]);
+            assert!(
+                out.contains("tcp connected"),
+                "{overlay}: pod {from} to {to}: {out}"
+            );
+        }
+    }
+}
+
+#[test]
+fn three_nodes_full_mesh_over_geneve() {
+    three_nodes_full_mesh(Overlay::Geneve);
+}
+
+#[test]
+fn three_nodes_full_mesh_over_vxlan() {
+    three_nodes_full_mesh(Overlay::Vxlan);
+}
