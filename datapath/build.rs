@@ -48,6 +48,7 @@ fn main() -> Result<()> {
         "lxc",
         "overlay",
         "host",
+        "svc",
     ] {
         let src = bpf_dir.join(format!("bpf_{hook}.c"));
         println!("cargo:rerun-if-changed=bpf/bpf_{hook}.c");

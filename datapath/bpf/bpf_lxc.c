@@ -15,6 +15,11 @@
  *     inside the pod, sk_lookup hands the connection to the sidecar with
  *     its original destination, and the sidecar decides L7.
  *
+ * Services (lib/lb.h, lib/nodeport.h): from-container translates a packet
+ * to a ClusterIP frontend to its backend before conntrack and policy, and a
+ * pod's replies to hairpin and NodePort flows back after them;
+ * to-container gives replies to a client pod the frontend as their source.
+ *
  * One instance per endpoint: loaded with the endpoint's mb_policy,
  * mb_config, mb_events and mb_lxc (its pin directory) and the node's maps
  * (mb_node_config, mb_ipcache, mb_endpoints, mb_ct, mb_tc_stats). Nothing
@@ -24,6 +29,7 @@
  */
 #include "lib/tc_policy.h"
 #include "lib/encap.h"
+#include "lib/nodeport.h"
 
 /* Count a forwarded packet and let the kernel carry on. */
 static __always_inline int mb_lxc_pass(const struct mb_pkt *p)
@@ -141,12 +147,13 @@ SEC("classifier")
 int mb_from_container(struct __sk_buff *skb)
 {
 	const struct mb_ipcache_value *dst;
+	const struct mb_node_config *cfg;
 	__u32 tunnel_ip4;
 	const struct mb_endpoint_value *ep;
 	const struct mb_lxc_config *lxc;
 	struct mb_pkt p = {};
 	__u32 zero = 0, dst_id;
-	int enforce, rc;
+	int enforce, rc, lb;
 	__u32 flags;
 
 	lxc = bpf_map_lookup_elem(&mb_lxc, &zero);
@@ -168,8 +175,16 @@ int mb_from_container(struct __sk_buff *skb)
 	if (!ep || ep->endpoint_id != lxc->endpoint_id)
 		return mb_tc_drop(&p, MB_PROG_FROM_CONTAINER, MB_RSN_SPOOFED, lxc->identity, 0);
 
-	/* Service translation (lib/lb.h) goes here, before the destination's
-	 * identity is looked up: policy and conntrack see the backend. */
+	/* Service translation (lib/lb.h), before the destination's identity is
+	 * looked up: policy and conntrack see the backend. */
+	lb = mb_lb_from_container(skb);
+	if (lb < 0)
+		return mb_tc_drop(&p, MB_PROG_FROM_CONTAINER, -lb, ep->identity, 0);
+	if (lb == MB_LB_TRANSLATED) {
+		lb = mb_parse(skb, &p);
+		if (lb)
+			return mb_tc_drop(&p, MB_PROG_FROM_CONTAINER, lb, ep->identity, 0);
+	}
 
 	dst = mb_ipcache_lookup(p.t.dst_ip, p.t.family);
 	dst_id = dst ? dst->identity : MB_ID_WORLD;
@@ -184,6 +199,26 @@ int mb_from_container(struct __sk_buff *skb)
 			   enforce);
 	if (rc)
 		return mb_tc_drop(&p, MB_PROG_FROM_CONTAINER, rc, ep->identity, dst_id);
+
+	/* A reply of a hairpin or NodePort flow, translated back now that
+	 * conntrack matched it as it was sent (lib/nodeport.h). */
+	cfg = mb_node_config_get();
+	lb = mb_lb_reply_from_container(skb, cfg ? cfg->node_ip4 : 0);
+	if (lb < 0)
+		return mb_tc_drop(&p, MB_PROG_FROM_CONTAINER, -lb, ep->identity, dst_id);
+	if (lb == MB_LB_TRANSLATED) {
+		lb = mb_parse(skb, &p);
+		if (lb)
+			return mb_tc_drop(&p, MB_PROG_FROM_CONTAINER, lb, ep->identity, dst_id);
+		/* The reply's destination may be another now (reverse SNAT):
+		 * where it goes is looked up again (merge of lb and overlay). */
+		dst = mb_ipcache_lookup(p.t.dst_ip, p.t.family);
+		tunnel_ip4 = dst ? dst->tunnel_ip4 : 0;
+	} else if (lb != MB_LB_CONTINUE) {
+		/* Sent out by the FIB: forwarded. */
+		mb_tc_count(MB_RSN_NONE, p.len);
+		return lb;
+	}
 	return mb_lxc_to_network(skb, &p, ep->identity, dst_id, tunnel_ip4);
 }
 
@@ -233,8 +268,11 @@ int mb_to_container(struct __sk_buff *skb)
 	if (rc)
 		return mb_tc_drop(&p, MB_PROG_TO_CONTAINER, rc, src_id, lxc->identity);
 
-	/* Reverse service translation toward a client pod (lib/lb.h) goes
-	 * here: after conntrack, which keyed the flow by the backend as
-	 * from-container saw it after translation. */
+	/* Reverse service translation toward a client pod (lib/lb.h): after
+	 * conntrack, which keyed the flow by the backend as from-container saw
+	 * it after translation. */
+	rc = mb_lb_to_container(skb, 0);
+	if (rc < 0)
+		return mb_tc_drop(&p, MB_PROG_TO_CONTAINER, -rc, src_id, lxc->identity);
 	return mb_lxc_pass(&p);
 }

@@ -8,3 +8,4 @@
  */
 #include "lib/node.h"
 #include "lib/conntrack.h"
+#include "lib/lb.h"

@@ -8,7 +8,9 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+mod lb;
 mod tc;
+pub use lb::*;
 pub use tc::*;
 
 /// `MB_AF_INET`: the address is IPv4, in `ip[0]`.
@@ -71,7 +73,7 @@ pub const EVT_CAPTURE: u8 = 2;
 pub const EVT_TRACE: u8 = 3;
 
 /// `MB_RSN_*`: why an event happened, by value.
-pub const REASONS: [(u8, &str); 38] = [
+pub const REASONS: [(u8, &str); 43] = [
     (0, "none"),
     (1, "policy-allowed"),
     (2, "policy-denied"),
@@ -97,6 +99,11 @@ pub const REASONS: [(u8, &str); 38] = [
     (27, "fragment"),
     (28, "ct-no-flow"),
     (29, "ct-create-failed"),
+    (40, "lb-no-backend"),
+    (41, "lb-backend-gone"),
+    (42, "lb-no-snat-port"),
+    (43, "lb-no-route"),
+    (44, "lb-rewrite-failed"),
     (60, "geneve-short"),
     (61, "geneve-version"),
     (62, "geneve-options-length"),

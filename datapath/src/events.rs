@@ -114,6 +114,7 @@ impl Event {
                 abi::PROG_FROM_OVERLAY => "from-overlay",
                 abi::PROG_FROM_NETDEV => "from-netdev",
                 abi::PROG_TO_NETDEV => "to-netdev",
+                abi::PROG_TO_SERVICE => "to-service",
                 _ => "unknown",
             },
         };

@@ -27,6 +27,7 @@ pub mod api;
 mod bpffs;
 pub mod events;
 pub mod istio;
+pub mod lb;
 mod loader;
 mod maps;
 mod netns;
@@ -39,6 +40,7 @@ mod sys;
 pub use bpffs::{cgroup2_mount, ensure_bpffs};
 /// The prefix type of [`Datapath::sync_ipcache`], re-exported for callers without `ipnet`.
 pub use ipnet::IpNet;
+pub use lb::LbService;
 pub use loader::embedded_objects;
 pub use maps::splice::SockEntry;
 pub use netns::{netns_cookie, NetnsCookie};
@@ -143,6 +145,9 @@ pub enum Error {
     /// A network device could not be read, created or changed.
     #[error("network device {0}")]
     Device(String),
+    /// Services the service maps cannot take, or a service map failed.
+    #[error(transparent)]
+    Lb(#[from] lb::LbError),
     /// A filesystem operation failed.
     #[error("{path}: {what}: {source}")]
     Io {

@@ -27,10 +27,12 @@ pub(crate) mod objects {
         aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/overlay.o"));
     pub(crate) static HOST: &[u8] =
         aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/host.o"));
+    /// The service device's tc program (the node's own traffic to ClusterIPs).
+    pub(crate) static SVC: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/svc.o"));
 }
 
 /// The embedded objects by name, for tooling and the BTF test.
-pub fn embedded_objects() -> [(&'static str, &'static [u8]); 10] {
+pub fn embedded_objects() -> [(&'static str, &'static [u8]); 11] {
     [
         ("sockops", objects::SOCKOPS),
         ("sk_msg", objects::SK_MSG),
@@ -42,6 +44,7 @@ pub fn embedded_objects() -> [(&'static str, &'static [u8]); 10] {
         ("lxc", objects::LXC),
         ("overlay", objects::OVERLAY),
         ("host", objects::HOST),
+        ("svc", objects::SVC),
     ]
 }
 

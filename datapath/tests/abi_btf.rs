@@ -158,6 +158,40 @@ fn rust_layouts() -> BTreeMap<&'static str, Layout> {
             "mb_ct_value",
             layout!(MbCtValue, expires_ns, packets, bytes, identity, state, flags, verdict, pad),
         ),
+        (
+            "mb_lb_svc_key",
+            layout!(MbLbSvcKey, ip, port, proto, scope, family, pad),
+        ),
+        (
+            "mb_lb_svc_value",
+            layout!(MbLbSvcValue, count, slot_set, rev_nat_id, flags, node_port),
+        ),
+        ("mb_lb_slot_key", layout!(MbLbSlotKey, slot_set, slot)),
+        ("mb_lb_backend", layout!(MbLbBackend, ip, port, family, pad)),
+        ("mb_lb_maglev_row", layout!(MbLbMaglevRow, backend_id)),
+        (
+            "mb_lb_tuple",
+            layout!(MbLbTuple, saddr, daddr, sport, dport, proto, family, pad),
+        ),
+        (
+            "mb_lb_flow",
+            layout!(
+                MbLbFlow,
+                backend_ip,
+                backend_port,
+                family,
+                flags,
+                backend_id,
+                rev_nat_id,
+                snat_ip,
+                snat_port,
+                pad
+            ),
+        ),
+        (
+            "mb_lb_rev",
+            layout!(MbLbRev, rev_nat_id, client_ip, client_port, flags, pad),
+        ),
     ])
 }
 

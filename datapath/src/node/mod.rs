@@ -18,7 +18,7 @@
 //! packet counters).
 
 mod conntrack;
-mod endpoint;
+pub(crate) mod endpoint;
 mod ipcache;
 mod netlink;
 mod overlay;

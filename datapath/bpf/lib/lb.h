@@ -1,0 +1,480 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
+/*
+ * Service load balancing per packet, for what the socket LB (lib/service.h,
+ * cgroup connect4/6) never sees: UDP datagrams sent without connect, traffic
+ * from other nodes and the host, NodePort from outside. The first packet of
+ * a flow to a frontend picks a backend (at random, or by Maglev: a hash of
+ * the 5-tuple into the service's lookup table, so every node with the same
+ * backends picks the same one); the flow remembers it (backend address
+ * included, so removing the backend from the service never moves or breaks
+ * the flow), and its replies get the frontend back as their source.
+ *
+ * IPv4 TCP and UDP are translated; fragments, other protocols and IPv6 pass
+ * untouched (the maps take IPv6 frontends for the socket LB's sake, tc does
+ * not translate them yet). Checksums are fixed incrementally.
+ *
+ * Entry points (return: MB_LB_CONTINUE = go on, untouched;
+ * MB_LB_TRANSLATED = go on, the packet was rewritten (parse it again);
+ * < 0 = drop with reason -ret; other values = the tc verdict to return,
+ * the packet was redirected):
+ *   mb_lb_from_container: pod → frontend, before conntrack and policy
+ *                         (they see the backend).
+ *   mb_lb_to_container:   replies toward a client pod, after conntrack.
+ *   mb_lb_reply_from_container (lib/nodeport.h): a pod's replies to a
+ *                         hairpin or NodePort flow, after conntrack.
+ *   mb_lb_nodeport (lib/nodeport.h): the underlay's ingress.
+ */
+#ifndef MB_LB_H
+#define MB_LB_H
+
+#include <stddef.h>
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <linux/pkt_cls.h>
+
+#include "common.h"
+#include "../include/membrane_lb.h"
+
+/* Drop reasons of service load balancing (40-59, membrane_abi.h). */
+#define MB_DROP_LB_NO_BACKEND 40  /* the frontend has no backend (or no local one) */
+#define MB_DROP_LB_BACKEND_GONE 41 /* a slot names a backend the map no longer has */
+#define MB_DROP_LB_NO_SNAT_PORT 42 /* NodePort: no free source port toward the backend */
+#define MB_DROP_LB_NO_ROUTE 43    /* NodePort: no route to the backend or the client */
+#define MB_DROP_LB_REWRITE 44     /* the packet could not be rewritten */
+
+#define MB_LB_CONTINUE 0
+#define MB_LB_TRANSLATED 256 /* beyond every TC_ACT_* value */
+
+/*
+ * mb_lb_svc: frontends.
+ *   key:    struct mb_lb_svc_key (address, port, protocol, scope); NodePort
+ *           frontends have address zero: any packet to this node's
+ *           node_ip4 and that port. No wildcard otherwise.
+ *   value:  struct mb_lb_svc_value (slot count, slot set, reverse NAT id,
+ *           flags)
+ *   writer: the agent (NodeDatapath::sync_services): a frontend is switched
+ *           to a new slot set only once that set (and its Maglev row) is
+ *           complete; the old set is deleted after.
+ *   readers: from-container, from-netdev.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 32768);
+	__type(key, struct mb_lb_svc_key);
+	__type(value, struct mb_lb_svc_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mb_lb_svc SEC(".maps");
+
+/*
+ * mb_lb_slots: the backends of a slot set, slot by slot.
+ *   key:    struct mb_lb_slot_key (slot set, slot 0 .. count - 1)
+ *   value:  __u32 backend id (mb_lb_backends)
+ *   writer: the agent, a set in full before any frontend names it.
+ *   readers: random selection.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct mb_lb_slot_key);
+	__type(value, __u32);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mb_lb_slots SEC(".maps");
+
+/*
+ * mb_lb_backends: every backend of every service, once.
+ *   key:    __u32 backend id (never 0), stable while the backend exists
+ *   value:  struct mb_lb_backend (address, port)
+ *   writer: the agent, before a slot names it; deleted once no slot does.
+ *   readers: selection of a new flow's backend (established flows keep
+ *           the address in mb_lb_flows and never look here).
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, struct mb_lb_backend);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mb_lb_backends SEC(".maps");
+
+/*
+ * mb_lb_rnat: reverse NAT, what replies carry as their source.
+ *   key:    __u32 reverse NAT id of a frontend (stable for its life)
+ *   value:  struct mb_addr_port, the frontend; address zero (NodePort) =
+ *           this node's node_ip4
+ *   writer: the agent, before the frontend names it.
+ *   readers: reverse translation of replies.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 32768);
+	__type(key, __u32);
+	__type(value, struct mb_addr_port);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mb_lb_rnat SEC(".maps");
+
+/*
+ * mb_lb_maglev: Maglev lookup tables, one per slot set of a service in
+ * Maglev mode (size and memory: MB_LB_MAGLEV_M in membrane_lb.h).
+ *   key:    __u32 slot set
+ *   value:  struct mb_lb_maglev_row, a backend id per table entry, computed
+ *           by the agent (datapath/src/lb/maglev.rs) from the backends'
+ *           addresses, so every node computes the same table
+ *   writer: the agent, with the slot set, before the frontend names it.
+ *   readers: selection, entry mb_lb_hash(tuple) % MB_LB_MAGLEV_M.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 32768);
+	__type(key, __u32);
+	__type(value, struct mb_lb_maglev_row);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mb_lb_maglev SEC(".maps");
+
+/*
+ * mb_lb_flows: per-flow memory of the backend (LRU).
+ *   key:    struct mb_lb_tuple, the flow as the client sends it (to the
+ *           frontend)
+ *   value:  struct mb_lb_flow: backend address and port, its id, the
+ *           frontend's reverse NAT id, the source translation if any
+ *   writer: from-container and from-netdev on a flow's first packet.
+ *   readers: the same, on every later packet. Entries of ended flows age
+ *           out (LRU); a flow idle long enough to be evicted picks again.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 131072);
+	__type(key, struct mb_lb_tuple);
+	__type(value, struct mb_lb_flow);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mb_lb_flows SEC(".maps");
+
+/*
+ * mb_lb_rev: reverse translation of replies (LRU).
+ *   key:    struct mb_lb_tuple, a reply as the backend sends it (backend →
+ *           client, or backend → node address and SNAT port)
+ *   value:  struct mb_lb_rev: reverse NAT id (the new source), the client
+ *           (the new destination when the source was translated too)
+ *   writer: with mb_lb_flows. With MB_LB_FLOW_SNAT the key doubles as the
+ *           source-port reservation (inserted only when free).
+ *   readers: to-container (plain replies to a pod), from-container
+ *           (hairpin and local NodePort backends' replies), from-netdev
+ *           (remote NodePort backends' replies).
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 131072);
+	__type(key, struct mb_lb_tuple);
+	__type(value, struct mb_lb_rev);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mb_lb_rev SEC(".maps");
+
+/* A parsed IPv4 TCP/UDP packet: its tuple and where to rewrite it. */
+struct mb_lb_pkt {
+	struct mb_lb_tuple t;
+	__u32 l4_off;
+	__u32 csum_off;
+};
+
+static __always_inline __u32 mb_lb_rol(__u32 x, int r)
+{
+	return (x << r) | (x >> (32 - r));
+}
+
+/* One MurmurHash3 round; the same in datapath/src/lb/maglev.rs. */
+static __always_inline __u32 mb_lb_mix(__u32 h, __u32 k)
+{
+	k *= 0xcc9e2d51;
+	k = mb_lb_rol(k, 15);
+	k *= 0x1b873593;
+	h ^= k;
+	h = mb_lb_rol(h, 13);
+	return h * 5 + 0xe6546b64;
+}
+
+/*
+ * The flow hash Maglev indexes with: MurmurHash3's rounds over the address
+ * words (as stored: network order bytes), the ports and the protocol.
+ * Mirrored by membrane_datapath::lb::flow_hash; a test checks they agree.
+ */
+static __always_inline __u32 mb_lb_hash(const struct mb_lb_tuple *t)
+{
+	__u32 h = 0x6d62; /* seed */
+
+	h = mb_lb_mix(h, t->saddr[0]);
+	h = mb_lb_mix(h, t->saddr[1]);
+	h = mb_lb_mix(h, t->saddr[2]);
+	h = mb_lb_mix(h, t->saddr[3]);
+	h = mb_lb_mix(h, t->daddr[0]);
+	h = mb_lb_mix(h, t->daddr[1]);
+	h = mb_lb_mix(h, t->daddr[2]);
+	h = mb_lb_mix(h, t->daddr[3]);
+	h = mb_lb_mix(h, ((__u32)t->sport << 16) | t->dport);
+	h = mb_lb_mix(h, t->proto);
+	h ^= 40;
+	h ^= h >> 16;
+	h *= 0x85ebca6b;
+	h ^= h >> 13;
+	h *= 0xc2b2ae35;
+	h ^= h >> 16;
+	return h;
+}
+
+/* Parse an IPv4 TCP or UDP packet behind an Ethernet header; -1: not one (or a fragment). */
+static __always_inline int mb_lb_parse4(struct __sk_buff *skb, struct mb_lb_pkt *p)
+{
+	struct iphdr ip;
+	__u16 ports[2];
+
+	if (skb->protocol != bpf_htons(ETH_P_IP))
+		return -1;
+	if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) < 0)
+		return -1;
+	/* Fragments carry no ports after the first: not translated. */
+	if (ip.ihl < 5 || (ip.frag_off & bpf_htons(0x3fff)))
+		return -1;
+	if (ip.protocol != IPPROTO_TCP && ip.protocol != IPPROTO_UDP)
+		return -1;
+	p->l4_off = ETH_HLEN + ip.ihl * 4;
+	if (bpf_skb_load_bytes(skb, p->l4_off, ports, sizeof(ports)) < 0)
+		return -1;
+	p->csum_off = p->l4_off + (ip.protocol == IPPROTO_TCP ? 16 : 6);
+	p->t.saddr[0] = ip.saddr;
+	p->t.daddr[0] = ip.daddr;
+	p->t.sport = bpf_ntohs(ports[0]);
+	p->t.dport = bpf_ntohs(ports[1]);
+	p->t.proto = ip.protocol;
+	p->t.family = MB_AF_INET;
+	return 0;
+}
+
+/* L4 checksum flags: a UDP checksum of zero means "none" and stays zero. */
+static __always_inline __u64 mb_lb_l4_flags(const struct mb_lb_pkt *p)
+{
+	return p->t.proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+}
+
+/* Rewrite the source (dst = 0) or destination (dst = 1) address and port. */
+static __always_inline int mb_lb_rewrite(struct __sk_buff *skb, struct mb_lb_pkt *p, int dst,
+					 __u32 ip, __u16 port)
+{
+	__u32 ip_off = ETH_HLEN + (dst ? offsetof(struct iphdr, daddr) : offsetof(struct iphdr, saddr));
+	__u32 old_ip = dst ? p->t.daddr[0] : p->t.saddr[0];
+	__u16 old_port = bpf_htons(dst ? p->t.dport : p->t.sport);
+	__u16 new_port = bpf_htons(port);
+
+	if (old_ip != ip) {
+		if (bpf_l4_csum_replace(skb, p->csum_off, old_ip, ip,
+					mb_lb_l4_flags(p) | BPF_F_PSEUDO_HDR | sizeof(ip)) < 0 ||
+		    bpf_l3_csum_replace(skb, ETH_HLEN + offsetof(struct iphdr, check), old_ip, ip,
+					sizeof(ip)) < 0 ||
+		    bpf_skb_store_bytes(skb, ip_off, &ip, sizeof(ip), 0) < 0)
+			return -MB_DROP_LB_REWRITE;
+	}
+	if (old_port != new_port) {
+		if (bpf_l4_csum_replace(skb, p->csum_off, old_port, new_port,
+					mb_lb_l4_flags(p) | sizeof(new_port)) < 0 ||
+		    bpf_skb_store_bytes(skb, p->l4_off + (dst ? 2 : 0), &new_port, sizeof(new_port),
+					0) < 0)
+			return -MB_DROP_LB_REWRITE;
+	}
+	if (dst) {
+		p->t.daddr[0] = ip;
+		p->t.dport = port;
+	} else {
+		p->t.saddr[0] = ip;
+		p->t.sport = port;
+	}
+	return MB_LB_CONTINUE;
+}
+
+/* A new flow's backend id: the Maglev entry of its hash, or a random slot. */
+static __always_inline int mb_lb_select(const struct mb_lb_svc_value *svc,
+					const struct mb_lb_tuple *t, __u32 *id)
+{
+	struct mb_lb_slot_key sk = {};
+	struct mb_lb_maglev_row *row;
+	__u32 set = svc->slot_set;
+	__u32 *bid, idx;
+
+	if (svc->count == 0)
+		return -MB_DROP_LB_NO_BACKEND;
+	if (svc->flags & MB_LB_F_MAGLEV) {
+		row = bpf_map_lookup_elem(&mb_lb_maglev, &set);
+		if (row) {
+			idx = mb_lb_hash(t) % MB_LB_MAGLEV_M;
+			/* The verifier tracks no bounds through %: state it
+			 * where the compiler cannot fold the check away. */
+			asm volatile("" : "+r"(idx));
+			if (idx >= MB_LB_MAGLEV_M)
+				return -MB_DROP_LB_BACKEND_GONE;
+			*id = row->backend_id[idx];
+			return *id ? MB_LB_CONTINUE : -MB_DROP_LB_BACKEND_GONE;
+		}
+		/* No row (the agent writes one with the set): fall back to random. */
+	}
+	sk.slot_set = set;
+	sk.slot = bpf_get_prandom_u32() % svc->count;
+	bid = bpf_map_lookup_elem(&mb_lb_slots, &sk);
+	if (!bid)
+		return -MB_DROP_LB_BACKEND_GONE;
+	*id = *bid;
+	return MB_LB_CONTINUE;
+}
+
+/*
+ * The flow's remembered backend, or a new one chosen for it (remembered
+ * here, without its reverse entry: the caller adds that).
+ */
+static __always_inline int mb_lb_flow_get(const struct mb_lb_svc_value *svc,
+					  const struct mb_lb_tuple *t, struct mb_lb_flow *out,
+					  int *fresh)
+{
+	struct mb_lb_flow *f = bpf_map_lookup_elem(&mb_lb_flows, t);
+	struct mb_lb_backend *be;
+	__u32 id = 0;
+	int ret;
+
+	*fresh = 0;
+	if (f) {
+		*out = *f;
+		return MB_LB_CONTINUE;
+	}
+	if (!svc)
+		return -MB_DROP_LB_NO_BACKEND;
+	ret = mb_lb_select(svc, t, &id);
+	if (ret < 0)
+		return ret;
+	be = bpf_map_lookup_elem(&mb_lb_backends, &id);
+	if (!be || be->family != MB_AF_INET)
+		return -MB_DROP_LB_BACKEND_GONE;
+	__builtin_memset(out, 0, sizeof(*out));
+	out->backend_ip[0] = be->ip[0];
+	out->backend_port = be->port;
+	out->family = MB_AF_INET;
+	out->backend_id = id;
+	out->rev_nat_id = svc->rev_nat_id;
+	*fresh = 1;
+	return MB_LB_CONTINUE;
+}
+
+/* The reply tuple of a flow translated to `f`: backend → (SNAT address or client). */
+static __always_inline void mb_lb_reply_tuple(const struct mb_lb_tuple *t,
+					      const struct mb_lb_flow *f, struct mb_lb_tuple *r)
+{
+	__builtin_memset(r, 0, sizeof(*r));
+	r->saddr[0] = f->backend_ip[0];
+	r->sport = f->backend_port;
+	if (f->flags & MB_LB_FLOW_SNAT) {
+		r->daddr[0] = f->snat_ip;
+		r->dport = f->snat_port;
+	} else {
+		r->daddr[0] = t->saddr[0];
+		r->dport = t->sport;
+	}
+	r->proto = t->proto;
+	r->family = MB_AF_INET;
+}
+
+/* Remember a new flow and how its replies translate back. */
+static __always_inline int mb_lb_flow_commit(const struct mb_lb_tuple *t,
+					     const struct mb_lb_flow *f, __u64 rev_flags)
+{
+	struct mb_lb_tuple r;
+	struct mb_lb_rev rv = {};
+
+	mb_lb_reply_tuple(t, f, &r);
+	rv.rev_nat_id = f->rev_nat_id;
+	rv.client_ip = t->saddr[0];
+	rv.client_port = t->sport;
+	rv.flags = f->flags;
+	/* SNAT: the reverse entry is the port reservation, taken only if free. */
+	if (bpf_map_update_elem(&mb_lb_rev, &r, &rv,
+				(f->flags & MB_LB_FLOW_SNAT) ? rev_flags : BPF_ANY) < 0)
+		return -MB_DROP_LB_NO_SNAT_PORT;
+	bpf_map_update_elem(&mb_lb_flows, t, f, BPF_ANY);
+	return MB_LB_CONTINUE;
+}
+
+/* Translate a reply back: its source becomes the frontend; with SNAT its destination the client. */
+static __always_inline int mb_lb_rev_apply(struct __sk_buff *skb, struct mb_lb_pkt *p,
+					   const struct mb_lb_rev *rv, __u32 node_ip4)
+{
+	struct mb_addr_port *front;
+	__u32 rid = rv->rev_nat_id;
+	__u32 ip;
+	int ret;
+
+	front = bpf_map_lookup_elem(&mb_lb_rnat, &rid);
+	if (!front)
+		return MB_LB_CONTINUE; /* the service is gone: nothing to answer as */
+	ip = front->ip[0] ? front->ip[0] : node_ip4;
+	ret = mb_lb_rewrite(skb, p, 0, ip, front->port);
+	if (ret == MB_LB_CONTINUE && (rv->flags & MB_LB_FLOW_SNAT))
+		ret = mb_lb_rewrite(skb, p, 1, rv->client_ip, rv->client_port);
+	return ret < 0 ? ret : MB_LB_TRANSLATED;
+}
+
+/*
+ * A pod's packet to a ClusterIP frontend: DNAT to the flow's backend.
+ * Hairpin (the backend is the sender itself): the source becomes the
+ * frontend address too, or the pod would drop a packet from itself; the
+ * pod's reply comes back through its from-container and is translated
+ * both ways there (mb_lb_reply_from_container, lib/nodeport.h).
+ */
+static __always_inline int mb_lb_from_container(struct __sk_buff *skb)
+{
+	struct mb_lb_svc_key key = {};
+	struct mb_lb_svc_value *svc;
+	struct mb_lb_flow f;
+	struct mb_lb_pkt p = {};
+	int fresh, ret;
+
+	if (mb_lb_parse4(skb, &p) < 0)
+		return MB_LB_CONTINUE;
+	key.ip[0] = p.t.daddr[0];
+	key.port = p.t.dport;
+	key.proto = p.t.proto;
+	key.scope = MB_LB_SCOPE_CLUSTER;
+	key.family = MB_AF_INET;
+	svc = bpf_map_lookup_elem(&mb_lb_svc, &key);
+	if (!svc && !bpf_map_lookup_elem(&mb_lb_flows, &p.t))
+		return MB_LB_CONTINUE;
+	ret = mb_lb_flow_get(svc, &p.t, &f, &fresh);
+	if (ret < 0)
+		return ret;
+	if (fresh) {
+		if (f.backend_ip[0] == p.t.saddr[0]) {
+			f.flags |= MB_LB_FLOW_SNAT;
+			f.snat_ip = p.t.daddr[0];
+			f.snat_port = p.t.sport;
+		}
+		ret = mb_lb_flow_commit(&p.t, &f, BPF_ANY);
+		if (ret < 0)
+			return ret;
+	}
+	ret = mb_lb_rewrite(skb, &p, 1, f.backend_ip[0], f.backend_port);
+	if (ret == MB_LB_CONTINUE && (f.flags & MB_LB_FLOW_SNAT))
+		ret = mb_lb_rewrite(skb, &p, 0, f.snat_ip, f.snat_port);
+	return ret < 0 ? ret : MB_LB_TRANSLATED;
+}
+
+/*
+ * A packet about to reach a pod: a reply from a backend of a flow this
+ * node translated gets the frontend back as its source.
+ */
+static __always_inline int mb_lb_to_container(struct __sk_buff *skb, __u32 node_ip4)
+{
+	struct mb_lb_pkt p = {};
+	struct mb_lb_rev *rv;
+
+	if (mb_lb_parse4(skb, &p) < 0)
+		return MB_LB_CONTINUE;
+	rv = bpf_map_lookup_elem(&mb_lb_rev, &p.t);
+	if (!rv || (rv->flags & (MB_LB_FLOW_SNAT | MB_LB_FLOW_EXTERNAL)))
+		return MB_LB_CONTINUE;
+	return mb_lb_rev_apply(skb, &p, rv, node_ip4);
+}
+
+#endif /* MB_LB_H */
