@@ -52,7 +52,14 @@ pub fn handle(node: &Mutex<Node>, req: Request) -> serde_json::Value {
         Request::Monitor => error(&"monitor is a stream"),
         Request::Register(reg) => {
             let who = format!("{}/{}", reg.namespace, reg.pod);
-            match n.register(reg) {
+            let done = n.register(reg);
+            if done.is_ok() {
+                // NodePorts with external traffic local follow this node's endpoints.
+                if let Err(e) = n.sync_packet_path() {
+                    tracing::warn!(endpoint = %who, "node-wide packet path: {e}");
+                }
+            }
+            match done {
                 Ok(c) => {
                     tracing::info!(endpoint = %who, changes = ?c, "endpoint registered");
                     serde_json::json!({ "registered": who, "changes": c })
@@ -88,7 +95,16 @@ pub fn handle(node: &Mutex<Node>, req: Request) -> serde_json::Value {
 fn fan_in_events(node: Arc<Mutex<Node>>, hub: Arc<Hub>) {
     let mut readers: BTreeMap<PathBuf, membrane_datapath::events::EventReader> = BTreeMap::new();
     let name = lock(&node).name().to_owned();
+    // The node-wide programs' ring (overlay and underlay devices), beside the endpoints'.
+    let mut node_events = lock(&node).packet.as_ref().and_then(|p| p.dp.events().ok());
     loop {
+        if let Some(r) = node_events.as_mut() {
+            if let Ok(evs) = r.drain(&name, 4096) {
+                for ev in evs {
+                    hub.publish(&ev);
+                }
+            }
+        }
         let dirs = lock(&node).endpoint_dirs();
         readers.retain(|d, _| dirs.contains(d));
         for d in dirs {

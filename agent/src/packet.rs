@@ -17,7 +17,9 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::IpNet;
 
-use crate::resources::NodeSpec;
+use membrane_datapath::LbService;
+
+use crate::resources::{NodeSpec, ServiceSpec};
 
 /// Cilium's reserved identity `host`: this node.
 pub const HOST: u32 = 1;
@@ -136,6 +138,30 @@ pub fn native_routes(nodes: &BTreeMap<String, NodeSpec>, me: &str) -> Vec<(IpNet
         .collect();
     out.sort();
     out.dedup_by_key(|(c, _)| *c);
+    out
+}
+
+/// The tc load balancer's services from the Service resources: TCP and UDP frontends (the
+/// maps take those two), each with its node port and traffic policy, backends sorted
+/// (every node builds the same Maglev table). Sorted by frontend.
+pub fn lb_services(services: &[ServiceSpec]) -> Vec<LbService> {
+    let mut out: Vec<LbService> = services
+        .iter()
+        .filter(|s| matches!(s.protocol, 6 | 17))
+        .map(|s| {
+            let mut backends = s.backends.clone();
+            backends.sort_unstable();
+            backends.dedup();
+            LbService {
+                frontend: s.frontend,
+                proto: s.protocol,
+                node_port: s.node_port,
+                external_local: s.external_local,
+                backends,
+            }
+        })
+        .collect();
+    out.sort();
     out
 }
 
@@ -291,5 +317,49 @@ mod tests {
         assert!(native_routes(&nodes, "node-2")
             .iter()
             .all(|(c, _)| c.to_string() != "10.0.2.0/24"));
+    }
+
+    #[test]
+    fn services_become_the_tc_load_balancers_frontends() {
+        let svc = |fe: &str, proto: u8, node_port: u16, local: bool, bes: &[&str]| ServiceSpec {
+            frontend: fe.parse().unwrap(),
+            protocol: proto,
+            backends: bes.iter().map(|b| b.parse().unwrap()).collect(),
+            node_port,
+            external_local: local,
+        };
+        let got = lb_services(&[
+            svc("10.96.0.11:53", 17, 30053, false, &["10.0.2.2:53"]),
+            svc(
+                "10.96.0.10:80",
+                6,
+                30080,
+                true,
+                &["10.0.2.2:80", "10.0.1.2:80", "10.0.2.2:80"],
+            ),
+            // SCTP: the tc maps take TCP and UDP only.
+            svc("10.96.0.12:9", 132, 0, false, &["10.0.1.2:9"]),
+            svc("10.96.0.13:80", 6, 0, false, &[]),
+        ]);
+        let frontends: Vec<String> = got.iter().map(|s| s.frontend.to_string()).collect();
+        assert_eq!(
+            frontends,
+            ["10.96.0.10:80", "10.96.0.11:53", "10.96.0.13:80"]
+        );
+        assert_eq!(
+            (got[0].proto, got[0].node_port, got[0].external_local),
+            (6, 30080, true)
+        );
+        let bes: Vec<String> = got[0].backends.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            bes,
+            ["10.0.1.2:80", "10.0.2.2:80"],
+            "sorted, duplicates once"
+        );
+        assert_eq!((got[1].proto, got[1].node_port), (17, 30053));
+        assert!(
+            got[2].backends.is_empty(),
+            "no backend: kept, the datapath drops"
+        );
     }
 }

@@ -219,40 +219,40 @@ impl PacketPath {
             policy: args.tc_policy,
             trace: false,
         };
+        let mut settings = settings;
+        if args.overlay == Overlay::Vxlan {
+            // The settings name the VXLAN device, so it exists before they are written
+            // (kept as it is when an earlier agent made it).
+            settings.overlay_ifindex =
+                membrane_datapath::node::ensure_vxlan_device(settings.underlay_mtu)
+                    .map_err(dp_err("create the VXLAN device"))?;
+        }
         let dir = node_dir(bpffs);
         let dp = match NodeDatapath::open(&dir) {
             Ok(dp) => dp,
-            Err(_) => NodeDatapath::load(
-                &dir,
-                &NodeSettings {
-                    overlay: Overlay::Native,
-                    ..settings.clone()
-                },
-            )
-            .map_err(dp_err(format!(
+            Err(_) => NodeDatapath::load(&dir, &settings).map_err(dp_err(format!(
                 "load the node datapath under {}",
                 dir.display()
             )))?,
         };
-        let mut p = PacketPath {
+        if dp.settings().ok().as_ref() != Some(&settings) {
+            dp.set_settings(&settings)
+                .map_err(dp_err("write the node settings"))?;
+        }
+        // The device programs, idempotently: pinned links an earlier agent left stay.
+        if let Some(d) = &underlay {
+            dp.attach_underlay(&d.name)
+                .map_err(dp_err(format!("attach to the underlay device {}", d.name)))?;
+        }
+        dp.setup_overlay()
+            .map_err(dp_err(format!("set up the {} overlay", args.overlay)))?;
+        let settings = dp.settings().map_err(dp_err("read the node settings"))?;
+        Ok(PacketPath {
             dp,
             args: args.clone(),
             settings,
             underlay,
-        };
-        p.setup_devices()?;
-        if p.dp.settings().ok().as_ref() != Some(&p.settings) {
-            p.dp.set_settings(&p.settings)
-                .map_err(dp_err("write the node settings"))?;
-        }
-        Ok(p)
-    }
-
-    /// The overlay device (vxlan) and the underlay's programs: set up by the overlay's
-    /// own code, idempotently (an existing device and pinned links are kept).
-    fn setup_devices(&mut self) -> Result<()> {
-        let _ = &self.underlay;
-        Ok(())
+        })
     }
 
     /// The pod's tc programs on its host veth `host_ifname` as `ep`, attached only when

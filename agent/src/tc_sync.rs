@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::node::{ipcache_of, Node, NodeError};
 use crate::packet;
-use crate::resources::{EndpointSpec, Kind, NodeSpec, Spec};
+use crate::resources::{EndpointSpec, Kind, NodeSpec, ServiceSpec, Spec};
 use crate::tc::{self, TcError};
 
 type Result<T> = std::result::Result<T, NodeError>;
@@ -164,6 +164,19 @@ impl Node {
                     .map_err(|e| format!("node ipcache: {e}"))?;
             c.ipcache = (r.added, r.changed, r.removed);
         }
+        if let Some(held) = self.held.get(&Kind::Service) {
+            let services: Vec<ServiceSpec> = held
+                .values()
+                .filter_map(|(_, _, s)| match s {
+                    Spec::Service(s) => Some(s.clone()),
+                    _ => None,
+                })
+                .collect();
+            let r =
+                p.dp.sync_services(&packet::lb_services(&services))
+                    .map_err(|e| format!("tc load balancer: {e}"))?;
+            c.services = r.added + r.changed + r.removed;
+        }
         if p.settings.overlay == Overlay::Native && self.held.contains_key(&Kind::Node) {
             let routes = packet::native_routes(&self.nodes(), &self.name);
             c.routes = tc::sync_routes(&routes).map_err(|e| e.to_string())?;
@@ -221,6 +234,19 @@ impl Node {
             "lb_algorithm": s.lb_algorithm.to_string(),
             "tc_policy": s.policy,
             "tc_endpoints": endpoints.map_err(|e| e.to_string()).unwrap_or_default(),
+            "lb_services": p.dp.lb_services().map(|svcs| {
+                svcs.iter()
+                    .map(|s| {
+                        serde_json::json!({
+                            "frontend": s.frontend,
+                            "proto": s.proto,
+                            "node_port": s.node_port,
+                            "external_local": s.external_local,
+                            "backends": s.backends,
+                        })
+                    })
+                    .collect::<Vec<_>>()
+            }).unwrap_or_default(),
             "last_changes": self.node_changes,
         })
     }

@@ -58,6 +58,15 @@ kind: Pod
 metadata: {name: remote, namespace: default, labels: {app: remote}}
 spec: {nodeName: node-2}
 status: {podIP: 10.203.0.5}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: server, namespace: default}
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.20
+  selector: {app: server}
+  ports: [{port: 80, targetPort: 8080, nodePort: 30080}]
 "#;
 
 fn setup(overlay: &str) -> (TcNode, common::Xds) {
@@ -256,4 +265,37 @@ fn endpoints_get_tc_and_the_node_ipcache_from_the_control_plane() {
         !n.node.bpffs().join("endpoints/default_client").exists(),
         "the client's pins (and so its tc links) are gone"
     );
+}
+
+#[test]
+fn vxlan_mode_tunnels_to_the_pods_node_and_balances_services_in_tc() {
+    let (n, _xds) = setup("vxlan");
+    let st = n.node.ask(&Request::Status);
+    let pp = &st["packet_path"];
+    assert_eq!(pp["overlay"], "vxlan", "{st}");
+    // The collect_md device, made by the agent in the node's namespace.
+    let dev = n.ip(&["-d", "link", "show", "mb_vxlan"]);
+    assert!(dev.contains("external"), "{dev}");
+    // Another node's pod goes to that node's address; its pod CIDR too (world).
+    let c = ipcache(&n);
+    assert_eq!(row(&c, "10.203.0.5/32")["tunnel"], "192.168.77.2");
+    let cidr = row(&c, "10.203.0.0/24");
+    assert_eq!(
+        (cidr["identity"].as_u64(), cidr["tunnel"].as_str()),
+        (Some(2), Some("192.168.77.2"))
+    );
+    assert!(
+        row(&c, "10.202.0.2/32")["tunnel"].is_null(),
+        "local pods are not tunnelled"
+    );
+    // No native routes in overlay mode.
+    assert!(n.ip(&["route", "show", "proto", "77"]).trim().is_empty());
+    // The service, with its node port, in the tc load balancer.
+    let lb = pp["lb_services"].as_array().unwrap();
+    let svc = lb
+        .iter()
+        .find(|s| s["frontend"] == "10.96.0.20:80")
+        .unwrap_or_else(|| panic!("{lb:?}"));
+    assert_eq!(svc["node_port"], 30080);
+    assert_eq!(svc["backends"], serde_json::json!(["10.202.0.2:8080"]));
 }

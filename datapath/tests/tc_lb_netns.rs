@@ -406,7 +406,11 @@ fn nodeport_from_a_client_outside_the_node_is_answered_by_both_backends() {
         assert_eq!(*from, np, "an answer came from {from}, not the NodePort");
     }
     let names: BTreeSet<&str> = answers.iter().map(|(_, n)| n.as_str()).collect();
-    assert_eq!(names, BTreeSet::from(["b2", "b3"]), "24 flows reached {names:?}");
+    assert_eq!(
+        names,
+        BTreeSet::from(["b2", "b3"]),
+        "24 flows reached {names:?}"
+    );
     let dp = node.dp.clone();
     in_netns(&node.ns.path(), || dp.detach_underlay()).expect("detach underlay");
 }

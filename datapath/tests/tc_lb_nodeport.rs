@@ -67,7 +67,9 @@ fn node() -> (TcNode, SchedClassifier) {
             ..s
         })
         .expect("node address");
-    n.node.load_overlay_programs().expect("load underlay program");
+    n.node
+        .load_overlay_programs()
+        .expect("load underlay program");
     let p = SchedClassifier::from_pin(n.node.dir().join("progs/mb_from_netdev"))
         .expect("mb_from_netdev");
     (n, p)
@@ -100,7 +102,11 @@ fn nodeport_to_a_local_backend_is_delivered_to_its_veth_and_answered_as_the_node
     });
     assert_eq!(rc, REDIRECT, "redirected to the pod's veth");
     assert!(checksums_ok(&out));
-    assert_eq!(addrs(&out), (client, sa("10.0.0.2:8080")), "client kept, backend as destination");
+    assert_eq!(
+        addrs(&out),
+        (client, sa("10.0.0.2:8080")),
+        "client kept, backend as destination"
+    );
     assert_eq!(dst_mac(&out), n.eps[0].ep.mac);
 
     // The pod's reply: from the NodePort, out by the FIB (the client is on-link).
@@ -173,7 +179,11 @@ fn external_traffic_local_picks_only_local_backends_and_drops_without_one() {
         .collect();
     assert_eq!(seen, BTreeSet::from([sa("10.0.0.2:5353")]));
     let (rc, _) = in_netns(&u.ns.path(), || {
-        run(&from_netdev, &frame(UDP, sa(&format!("{CLIENT}:43000")), np_addr(54)), u.ifindex)
+        run(
+            &from_netdev,
+            &frame(UDP, sa(&format!("{CLIENT}:43000")), np_addr(54)),
+            u.ifindex,
+        )
     });
     assert_eq!(rc, DROP, "no local backend");
     let row = n
@@ -198,14 +208,22 @@ fn a_clusterip_routed_in_from_the_underlay_is_translated() {
         .expect("sync");
     let client = sa(&format!("{CLIENT}:44000"));
     let (rc, out) = in_netns(&u.ns.path(), || {
-        run(&from_netdev, &frame(TCP, client, sa("10.96.0.30:80")), u.ifindex)
+        run(
+            &from_netdev,
+            &frame(TCP, client, sa("10.96.0.30:80")),
+            u.ifindex,
+        )
     });
     assert_eq!(rc, REDIRECT);
     assert_eq!(addrs(&out), (client, sa("10.0.0.3:8080")));
     assert_eq!(dst_mac(&out), n.eps[1].ep.mac);
     // Not a frontend: untouched.
     let (rc, out) = in_netns(&u.ns.path(), || {
-        run(&from_netdev, &frame(TCP, client, sa("10.96.0.31:80")), u.ifindex)
+        run(
+            &from_netdev,
+            &frame(TCP, client, sa("10.96.0.31:80")),
+            u.ifindex,
+        )
     });
     assert_eq!(rc, lb_common::PASS);
     assert_eq!(addrs(&out), (client, sa("10.96.0.31:80")));
