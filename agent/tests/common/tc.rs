@@ -27,19 +27,38 @@ pub struct TcNode {
     pub ip: String,
     /// Host veth per pod name.
     pub veths: Vec<(String, String)>,
+    /// The node's name in the cluster (`--node`).
+    pub cluster_name: String,
 }
 
 impl TcNode {
     /// A node namespace with the underlay address `ip` (a /24 on the dummy `ul0`), IPv4
     /// forwarding on.
     pub fn new(ip: &str) -> TcNode {
+        let n = TcNode::bare(ip, "node-1");
+        // This kernel has no dummy devices: a veth pair whose far end stays unused.
+        n.ns.ip(&["link", "add", "ul0", "type", "veth", "peer", "name", "ul0p"]);
+        n.ns.ip(&["link", "set", "ul0p", "up"]);
+        n.underlay_up();
+        n
+    }
+
+    /// Two nodes, `node-1` at `ip1` and `node-2` at `ip2`, their `ul0` the two ends of
+    /// one veth pair: the underlay between them.
+    pub fn pair(ip1: &str, ip2: &str) -> (TcNode, TcNode) {
+        let (a, b) = (TcNode::bare(ip1, "node-1"), TcNode::bare(ip2, "node-2"));
+        run(Command::new("ip").args([
+            "link", "add", "ul0", "netns", &a.ns.name, "type", "veth", "peer", "name", "ul0",
+            "netns", &b.ns.name,
+        ]));
+        a.underlay_up();
+        b.underlay_up();
+        (a, b)
+    }
+
+    fn bare(ip: &str, cluster_name: &str) -> TcNode {
         let node = Node::new();
         let ns = Netns::add(&format!("{}-node", node.name));
-        // This kernel has no dummy devices: a veth pair whose far end stays unused.
-        ns.ip(&["link", "add", "ul0", "type", "veth", "peer", "name", "ul0p"]);
-        ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "ul0"]);
-        ns.ip(&["link", "set", "ul0p", "up"]);
-        ns.ip(&["link", "set", "ul0", "up"]);
         run(ns
             .exec("sysctl")
             .args(["-q", "-w", "net.ipv4.ip_forward=1"]));
@@ -48,18 +67,32 @@ impl TcNode {
             ns,
             ip: ip.into(),
             veths: Vec::new(),
+            cluster_name: cluster_name.into(),
         }
+    }
+
+    fn underlay_up(&self) {
+        self.ns
+            .ip(&["addr", "add", &format!("{}/24", self.ip), "dev", "ul0"]);
+        self.ns.ip(&["link", "set", "ul0", "up"]);
     }
 
     /// membrane-xds reading this node's source directory, its listener bound on the node
     /// namespace's loopback (the agent inside reaches it there).
     pub fn xds(&self) -> Xds {
+        self.xds_on("127.0.0.1:0")
+    }
+
+    /// [`TcNode::xds`] listening on `addr` of the node namespace (its underlay address:
+    /// the other nodes' agents reach it).
+    pub fn xds_on(&self, addr: &str) -> Xds {
         let path = self.ns.path();
         let source = self.node.source();
+        let addr = addr.to_owned();
         std::thread::spawn(move || {
             let f = std::fs::File::open(&path).expect("open the node namespace");
             nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-            Xds::start(&source, "127.0.0.1:0")
+            Xds::start(&source, &addr)
         })
         .join()
         .expect("start membrane-xds in the node namespace")
@@ -121,7 +154,13 @@ impl TcNode {
             .arg(self.node.bpffs())
             .arg("--socket")
             .arg(self.node.socket())
-            .args(["--node", "node-1", "run", "--xds-address", xds_url])
+            .args([
+                "--node",
+                &self.cluster_name,
+                "run",
+                "--xds-address",
+                xds_url,
+            ])
             .args(["--xds-backoff-ms", "50", "--xds-backoff-max-ms", "500"])
             .arg("--state-dir")
             .arg(self.node.state_dir())
