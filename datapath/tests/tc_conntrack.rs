@@ -96,7 +96,11 @@ fn tcp_handshake_data_and_fin_both_ways() {
     // A peer's own SYN to the pod is a new flow of the ingress policy: denied.
     assert_eq!(ep.deliver(&tcp(PEER, POD, 80, 40001, SYN)), DROP);
     let stats = n.node.tc_stats().unwrap();
-    assert_eq!(stat(&stats, 0), 8, "{stats:?}");
+    assert_eq!(
+        stat(&stats, 0),
+        7,
+        "seven packets of the connection: {stats:?}"
+    );
     assert_eq!(stat(&stats, abi::RSN_TC_NO_POLICY), 1, "{stats:?}");
 }
 

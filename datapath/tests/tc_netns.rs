@@ -55,7 +55,8 @@ impl Servers {
                 let f = std::fs::File::open(&ns).unwrap();
                 nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
                 let deadline = Instant::now() + Duration::from_secs(120);
-                let addr: SocketAddr = format!("0.0.0.0:{port}").parse().unwrap();
+                // [::] takes IPv4 too (v4-mapped): one socket per port for both.
+                let addr: SocketAddr = format!("[::]:{port}").parse().unwrap();
                 if is_udp {
                     let s = UdpSocket::bind(addr).unwrap();
                     s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
@@ -121,7 +122,8 @@ fn tcp_echo(ns: &Path, to: &str) -> bool {
 fn udp_echo(ns: &Path, to: &str) -> bool {
     let to: SocketAddr = to.parse().unwrap();
     in_netns(ns, || {
-        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        let any = if to.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" };
+        let s = UdpSocket::bind(any).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
         s.send_to(b"ping", to).unwrap();
         let mut buf = [0u8; 16];
@@ -327,4 +329,62 @@ fn a_pod_that_spoofs_its_source_gets_nowhere_and_detach_restores_the_plain_path(
     );
     assert_eq!(tcx_progs(&node_ns, "h2"), ON_VETH);
     assert!(udp_echo(&a_ns, "10.1.0.11:53"));
+    // Tearing an endpoint's pin directory down detaches its tc programs too.
+    n.eps[1].dp.teardown().unwrap();
+    membrane_test_support::wait_until(
+        Duration::from_secs(5),
+        Duration::from_millis(20),
+        "the tcx links on h2 are released",
+        || tcx_progs(&node_ns, "h2").is_empty().then_some(()),
+    );
+}
+
+#[test]
+fn ipv6_flows_pass_and_drop_and_neighbour_discovery_gets_through() {
+    let mut n = TcNode::routed(true);
+    n.add(1, A_ID, &[A, "fd00:1::10"], true);
+    n.add(2, B_ID, &[B, "fd00:1::11"], true);
+    n.ipcache(&[
+        ("10.1.0.10/32", A_ID),
+        ("fd00:1::10/128", A_ID),
+        ("10.1.0.11/32", B_ID),
+        ("fd00:1::11/128", B_ID),
+    ]);
+    n.eps[0]
+        .dp
+        .sync_policy(&[
+            rule(Egress, B_ID, TCP, 80, 81, Allow),
+            rule(Egress, B_ID, UDP, 53, 53, Allow),
+        ])
+        .unwrap();
+    n.eps[1]
+        .dp
+        .sync_policy(&[
+            rule(Ingress, A_ID, TCP, 80, 80, Allow),
+            rule(Ingress, A_ID, UDP, 53, 53, Allow),
+        ])
+        .unwrap();
+    let (a_ns, b_ns) = (
+        Path::new("/run/netns").join(&n.eps[0].env.netns),
+        Path::new("/run/netns").join(&n.eps[1].env.netns),
+    );
+    let _servers = Servers::start(b_ns, &[80, 81], &[53]);
+    assert!(tcp_echo(&a_ns, "[fd00:1::11]:80"), "tcp6 80");
+    assert!(udp_echo(&a_ns, "[fd00:1::11]:53"), "udp6 53");
+    assert!(!tcp_echo(&a_ns, "[fd00:1::11]:81"), "tcp6 81: B's ingress");
+    // The same over IPv4 through the same sockets.
+    assert!(tcp_echo(&a_ns, "10.1.0.11:80"), "tcp 80");
+    let b_ev = n.eps[1].events();
+    assert!(
+        b_ev.iter().any(|e| e.kind == "drop"
+            && e.program == "to-container"
+            && e.dst.as_deref() == Some("[fd00:1::11]:81")),
+        "{b_ev:#?}"
+    );
+    let stats = n.node.tc_stats().unwrap();
+    assert_eq!(
+        stat(&stats, abi::RSN_SPOOFED),
+        0,
+        "ND is not spoofing: {stats:?}"
+    );
 }

@@ -224,7 +224,6 @@ fn endpoints_attach_idempotently_follow_their_veth_and_refuse_bad_input() {
     // The pod's veth is replaced: attaching to the new one moves the links.
     e.env
         .ip(&["link", "add", "h1b", "type", "veth", "peer", "name", "p1b"]);
-    e.env.ip(&["link", "set", "h1b", "up"]);
     let ifindex = in_netns(&ns, || nix::net::if_::if_nametoindex("h1b")).unwrap();
     let moved = LocalEndpoint {
         ifindex,

@@ -330,3 +330,57 @@ fn trace_events_only_with_the_trace_flag() {
         .collect();
     assert_eq!(traces, ["from-container", "to-container"]);
 }
+
+#[test]
+fn no_packet_sees_a_verdict_neither_policy_gives_while_the_policy_changes() {
+    // The identity-specific DENY sits over an any-identity ALLOW in both policies, with
+    // different blocks: the diff's order must never expose the ALLOW under a DENY.
+    let p1 = [
+        rule(Egress, PEER_ID, TCP, 80, 80, Deny),
+        rule(Egress, 0, TCP, 1, 65535, Allow),
+    ];
+    let p2 = [
+        rule(Egress, PEER_ID, TCP, 80, 81, Deny),
+        rule(Egress, 0, TCP, 1, 1000, Allow),
+    ];
+    let n = one_pod(&p1);
+    let ep = &n.eps[0];
+    // Flows both policies decide alike: (destination, port, verdict).
+    let stable = [
+        (PEER, 80, DROP),
+        (OTHER, 80, PASS),
+        (OTHER, 500, PASS),
+        (PEER, 500, PASS),
+    ];
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (checked, wrong) = std::thread::scope(|s| {
+        let dp = ep.dp.clone();
+        let done = &done;
+        s.spawn(move || {
+            for i in 0..300 {
+                dp.sync_policy(if i % 2 == 0 { &p2 } else { &p1 })
+                    .expect("flip");
+            }
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+        let (mut checked, mut wrong) = (0u64, Vec::new());
+        let mut sport = 1024u16;
+        while !done.load(std::sync::atomic::Ordering::Relaxed) {
+            for (dst, port, want) in stable {
+                sport = sport.wrapping_add(1).max(1024);
+                let got = ep.send(&tcp(POD, dst, sport, port, SYN));
+                checked += 1;
+                if got != want {
+                    wrong.push((dst, port, got));
+                }
+            }
+        }
+        (checked, wrong)
+    });
+    assert!(
+        wrong.is_empty(),
+        "{} of {checked} packets got a wrong verdict: {wrong:?}",
+        wrong.len()
+    );
+    assert!(checked > 100, "only {checked} packets ran during the flips");
+}

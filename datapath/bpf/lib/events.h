@@ -9,7 +9,8 @@
  * mb_events: ring buffer of struct mb_event records (membrane_abi.h).
  *   writer: connect4/6 (policy verdicts, outbound capture), sk_lookup
  *           (inbound capture), sockops (splice decisions), sk_msg (misses,
- *           rate-limited). One consumer: the agent's `run` loop, which
+ *           rate-limited), the endpoint's tc programs (packet drops, verdicts
+ *           on new flows, per-packet traces with MB_NODE_F_TRACE). One consumer: the agent's `run` loop, which
  *           fans the records out to its socket's subscribers. When the
  *           buffer is full a record is dropped, never waited for.
  */

@@ -19,7 +19,9 @@
  *   writer: the agent, from the control plane's ipcache (upserts longest
  *           prefix first, then deletes shortest prefix first: a lookup
  *           sees the old or the new identity of an address, never a third).
- *   reader: connect4/6, sk_lookup, sockops (the remote's identity).
+ *   reader: connect4/6, sk_lookup, sockops (the remote's identity). The
+ *           packet path reads the node's ipcache instead (mb_ipcache,
+ *           lib/node.h), which the agent fills with the same identities.
  * An address no prefix covers is MB_ID_WORLD (reserved:world), as in Cilium.
  */
 struct {
@@ -42,10 +44,14 @@ struct {
  *   writer: the agent, from the control plane's EndpointPolicy, as diffs
  *           (datapath/src/policy_map.rs orders them so that no lookup ever
  *           sees a verdict that is neither the old policy's nor the new).
- *   reader: connect4/6 (egress), sk_lookup (ingress), sockops (splice).
+ *   reader: connect4/6 (egress), sk_lookup (ingress), sockops (splice), and
+ *           the endpoint's tc programs (bpf_lxc.c: a flow's first packet,
+ *           egress at from-container, ingress at to-container; ICMP and
+ *           ICMPv6 keys there carry the message type as the port).
  * Lookup for remote identity R and port P: the longest prefix for (R, P);
  * if none, the longest for (0, P); if none, DENY. Only consulted when
- * MB_CFG_POLICY_ENFORCE is set.
+ * MB_CFG_POLICY_ENFORCE is set (the tc programs also need the node's
+ * MB_NODE_F_POLICY).
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
@@ -72,7 +78,8 @@ static __always_inline __u32 mb_identity_of(const __u32 ip[4], __u8 family)
 	return id ? *id : MB_ID_WORLD;
 }
 
-/* The verdict (MB_VERDICT_*, or 0 when no entry covers the flow). */
+/* The verdict (MB_VERDICT_*, or 0 when no entry covers the flow): the one
+ * lookup both the socket hooks and the packet path decide with. */
 static __always_inline __u8 mb_policy_lookup(__u8 direction, __u8 proto, __u32 remote_id,
 					     __u16 port)
 {

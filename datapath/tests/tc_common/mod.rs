@@ -87,6 +87,8 @@ pub struct TcNode {
 
 /// The node side's address on every host veth (the pods' gateway, on-link).
 pub const GATEWAY: &str = "169.254.1.1";
+/// The node side's IPv6 link-local address on every host veth (the pods' IPv6 gateway).
+pub const GATEWAY6: &str = "fe80::1/64";
 
 impl TcNode {
     /// A node with `policy` enforcement (MB_NODE_F_POLICY) and no endpoint yet.
@@ -122,6 +124,7 @@ impl TcNode {
             "sysctl",
             "-qw",
             "net.ipv4.ip_forward=1",
+            "net.ipv6.conf.all.forwarding=1",
         ]));
         n.node_ns = Some(ns);
         n
@@ -140,9 +143,10 @@ impl TcNode {
         let ns = match &self.node_ns {
             None => {
                 let peer = format!("p{id}");
+                // Left down: test runs need no carrier, and a link that is up sends
+                // IPv6 neighbour discovery and MLD through the programs, which would
+                // make the counters' exact values racy.
                 env.ip(&["link", "add", &host, "type", "veth", "peer", "name", &peer]);
-                env.ip(&["link", "set", &host, "up"]);
-                env.ip(&["link", "set", &peer, "up"]);
                 Path::new("/run/netns").join(&env.netns)
             }
             Some(node) => {
@@ -154,12 +158,26 @@ impl TcNode {
                 node.ip(&["link", "set", &host, "up"]);
                 env.ip(&["link", "set", "eth0", "up"]);
                 for ip in ips {
-                    let plen = if ip.contains(':') { 128 } else { 32 };
-                    node.ip(&["route", "add", &format!("{ip}/{plen}"), "dev", &host]);
-                    env.ip(&["addr", "add", &format!("{ip}/{plen}"), "dev", "eth0"]);
+                    if ip.contains(':') {
+                        let ip = format!("{ip}/128");
+                        node.ip(&["-6", "route", "add", &ip, "dev", &host]);
+                        env.ip(&["addr", "add", &ip, "dev", "eth0", "nodad"]);
+                    } else {
+                        let ip = format!("{ip}/32");
+                        node.ip(&["route", "add", &ip, "dev", &host]);
+                        env.ip(&["addr", "add", &ip, "dev", "eth0"]);
+                    }
                 }
                 env.ip(&["route", "add", GATEWAY, "dev", "eth0", "scope", "link"]);
                 env.ip(&["route", "add", "default", "via", GATEWAY, "dev", "eth0"]);
+                if ips.iter().any(|ip| ip.contains(':')) {
+                    // IPv6: the gateway is the host veth's link-local address, found
+                    // by neighbour discovery through the programs.
+                    node.ip(&["addr", "add", GATEWAY6, "dev", &host, "nodad"]);
+                    env.ip(&[
+                        "-6", "route", "add", "default", "via", "fe80::1", "dev", "eth0",
+                    ]);
+                }
                 node.path()
             }
         };
