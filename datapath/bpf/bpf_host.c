@@ -13,6 +13,11 @@
  * reason (lib/geneve.h), counted and reported: nothing else on this node
  * listens on 6081 (this kernel has no geneve module).
  *
+ * Services (lib/nodeport.h), first: a packet to a NodePort on node_ip4 or
+ * to a ClusterIP routed here is translated to a backend (a local one's
+ * veth, or out by the FIB with the node's address as source), a remote
+ * backend's reply to such a flow translated back.
+ *
  * Everything else passes untouched (TC_ACT_OK): the node's own traffic,
  * VXLAN (the kernel's VXLAN device decapsulates it), natively routed pod
  * traffic (the kernel routes it to the pod's host veth, whose
@@ -20,6 +25,7 @@
  */
 #include "lib/common.h"
 #include "lib/encap.h"
+#include "lib/nodeport.h"
 
 /* Decapsulate and deliver the Geneve packet whose UDP header is at l4
  * (`outer`: the outer packet, for the events of a bad one). */
@@ -66,6 +72,7 @@ int mb_from_netdev(struct __sk_buff *skb)
 	struct mb_l3 outer = {};
 	struct iphdr ip;
 	__u32 l4;
+	int lb;
 
 	cfg = mb_node_config_get();
 	if (!cfg || skb->protocol != bpf_htons(ETH_P_IP))
@@ -74,9 +81,23 @@ int mb_from_netdev(struct __sk_buff *skb)
 		return TC_ACT_OK;
 
 	/*
-	 * Service translation of what arrives from outside (NodePort, lib/lb.h)
-	 * belongs here: before the tunnel decision, on the outer packet.
+	 * Services for clients outside the node (lib/nodeport.h): NodePort,
+	 * ClusterIPs routed here, and remote backends' replies to flows this
+	 * node translated; before the tunnel decision, on the outer packet.
 	 */
+	lb = mb_lb_from_netdev(skb, cfg->node_ip4);
+	if (lb < 0) {
+		mb_l3_parse(skb, ETH_HLEN, skb->protocol, &outer);
+		return mb_overlay_drop(skb, -lb, MB_PROG_FROM_NETDEV, &outer);
+	}
+	if (lb == MB_LB_TRANSLATED)
+		/* A reply to the node itself, its source the frontend again. */
+		return TC_ACT_OK;
+	if (lb != MB_LB_CONTINUE) {
+		/* Redirected to a local backend or out by the FIB. */
+		mb_tc_count(MB_RSN_NONE, skb->len);
+		return lb;
+	}
 
 	if (cfg->overlay != MB_OVERLAY_GENEVE || ip.protocol != IPPROTO_UDP ||
 	    ip.daddr != cfg->node_ip4 || (ip.frag_off & bpf_htons(0x3fff)))

@@ -44,7 +44,7 @@ static __always_inline int mb_lxc_pass(const struct mb_pkt *p)
  * overlay mode it is encapsulated with the pod's identity in the VNI and
  * sent (lib/encap.h); else the kernel routes it: native routing.
  */
-static __noinline int mb_lxc_to_network(struct __sk_buff *skb, const struct mb_pkt *p,
+static __always_inline int mb_lxc_to_network(struct __sk_buff *skb, const struct mb_pkt *p,
 					     __u32 src_id, __u32 dst_id, __u32 tunnel_ip4)
 {
 	const struct mb_node_config *cfg;
@@ -143,24 +143,11 @@ static __always_inline int mb_lxc_undecidable(const struct mb_pkt *p)
 	return 0;
 }
 
-/* The service translations as calls of their own: with the overlay's
- * encapsulation beside them, inlining both into from-container takes its
- * stack past the verifier's 512 bytes (merge of lb and overlay). */
-static __noinline int mb_lxc_lb_from_container(struct __sk_buff *skb)
-{
-	return mb_lb_from_container(skb);
-}
-
-static __noinline int mb_lxc_lb_reply(struct __sk_buff *skb, __u32 node_ip4)
-{
-	return mb_lb_reply_from_container(skb, node_ip4);
-}
-
 SEC("classifier")
 int mb_from_container(struct __sk_buff *skb)
 {
-	const struct mb_ipcache_value *dst;
 	const struct mb_node_config *cfg;
+	const struct mb_ipcache_value *dst;
 	__u32 tunnel_ip4;
 	const struct mb_endpoint_value *ep;
 	const struct mb_lxc_config *lxc;
@@ -190,7 +177,7 @@ int mb_from_container(struct __sk_buff *skb)
 
 	/* Service translation (lib/lb.h), before the destination's identity is
 	 * looked up: policy and conntrack see the backend. */
-	lb = mb_lxc_lb_from_container(skb);
+	lb = mb_lb_from_container(skb);
 	if (lb < 0)
 		return mb_tc_drop(&p, MB_PROG_FROM_CONTAINER, -lb, ep->identity, 0);
 	if (lb == MB_LB_TRANSLATED) {
@@ -216,15 +203,13 @@ int mb_from_container(struct __sk_buff *skb)
 	/* A reply of a hairpin or NodePort flow, translated back now that
 	 * conntrack matched it as it was sent (lib/nodeport.h). */
 	cfg = mb_node_config_get();
-	lb = mb_lxc_lb_reply(skb, cfg ? cfg->node_ip4 : 0);
+	lb = mb_lb_reply_from_container(skb, cfg ? cfg->node_ip4 : 0);
 	if (lb < 0)
 		return mb_tc_drop(&p, MB_PROG_FROM_CONTAINER, -lb, ep->identity, dst_id);
 	if (lb == MB_LB_TRANSLATED) {
 		lb = mb_parse(skb, &p);
 		if (lb)
 			return mb_tc_drop(&p, MB_PROG_FROM_CONTAINER, lb, ep->identity, dst_id);
-		/* The reply's destination may be another now (reverse SNAT):
-		 * where it goes is looked up again (merge of lb and overlay). */
 		dst = mb_ipcache_lookup(p.t.dst_ip, p.t.family);
 		tunnel_ip4 = dst ? dst->tunnel_ip4 : 0;
 	} else if (lb != MB_LB_CONTINUE) {

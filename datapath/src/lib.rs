@@ -142,12 +142,12 @@ pub enum Error {
     /// A policy the policy map cannot take; nothing was written.
     #[error(transparent)]
     Policy(#[from] policy_map::PolicyMapError),
-    /// A network device could not be read, created or changed.
-    #[error("network device {0}")]
-    Device(String),
     /// Services the service maps cannot take, or a service map failed.
     #[error(transparent)]
     Lb(#[from] lb::LbError),
+    /// A network device could not be read, created or changed.
+    #[error("network device {0}")]
+    Device(String),
     /// A filesystem operation failed.
     #[error("{path}: {what}: {source}")]
     Io {

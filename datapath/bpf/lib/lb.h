@@ -42,6 +42,13 @@
 #define MB_DROP_LB_NO_ROUTE 43    /* NodePort: no route to the backend or the client */
 #define MB_DROP_LB_REWRITE 44     /* the packet could not be rewritten */
 
+/*
+ * The entry points and the larger steps have stack frames of their own
+ * (not inlined): the calling programs' frames and the translation's would
+ * not fit 512 bytes together. `unused`: a program may not need every one.
+ */
+#define MB_LB_SUBPROG static __noinline __attribute__((unused))
+
 #define MB_LB_CONTINUE 0
 #define MB_LB_TRANSLATED 256 /* beyond every TC_ACT_* value */
 
@@ -198,18 +205,29 @@ static __always_inline __u32 mb_lb_mix(__u32 h, __u32 k)
  * words (as stored: network order bytes), the ports and the protocol.
  * Mirrored by membrane_datapath::lb::flow_hash; a test checks they agree.
  */
-static __always_inline __u32 mb_lb_hash(const struct mb_lb_tuple *t)
+MB_LB_SUBPROG __u32 mb_lb_hash(const struct mb_lb_tuple *t)
 {
 	__u32 h = 0x6d62; /* seed */
 
+	/* The compiler barriers keep each word's load next to its round:
+	 * hoisted together, the loads spill (this runs deep in a call chain,
+	 * where the stack is short). */
 	h = mb_lb_mix(h, t->saddr[0]);
+	asm volatile("" ::: "memory");
 	h = mb_lb_mix(h, t->saddr[1]);
+	asm volatile("" ::: "memory");
 	h = mb_lb_mix(h, t->saddr[2]);
+	asm volatile("" ::: "memory");
 	h = mb_lb_mix(h, t->saddr[3]);
+	asm volatile("" ::: "memory");
 	h = mb_lb_mix(h, t->daddr[0]);
+	asm volatile("" ::: "memory");
 	h = mb_lb_mix(h, t->daddr[1]);
+	asm volatile("" ::: "memory");
 	h = mb_lb_mix(h, t->daddr[2]);
+	asm volatile("" ::: "memory");
 	h = mb_lb_mix(h, t->daddr[3]);
+	asm volatile("" ::: "memory");
 	h = mb_lb_mix(h, ((__u32)t->sport << 16) | t->dport);
 	h = mb_lb_mix(h, t->proto);
 	h ^= 40;
@@ -256,7 +274,7 @@ static __always_inline __u64 mb_lb_l4_flags(const struct mb_lb_pkt *p)
 }
 
 /* Rewrite the source (dst = 0) or destination (dst = 1) address and port. */
-static __always_inline int mb_lb_rewrite(struct __sk_buff *skb, struct mb_lb_pkt *p, int dst,
+MB_LB_SUBPROG int mb_lb_rewrite(struct __sk_buff *skb, struct mb_lb_pkt *p, int dst,
 					 __u32 ip, __u16 port)
 {
 	__u32 ip_off = ETH_HLEN + (dst ? offsetof(struct iphdr, daddr) : offsetof(struct iphdr, saddr));
@@ -290,8 +308,8 @@ static __always_inline int mb_lb_rewrite(struct __sk_buff *skb, struct mb_lb_pkt
 }
 
 /* A new flow's backend id: the Maglev entry of its hash, or a random slot. */
-static __always_inline int mb_lb_select(const struct mb_lb_svc_value *svc,
-					const struct mb_lb_tuple *t, __u32 *id)
+MB_LB_SUBPROG int mb_lb_select(const struct mb_lb_svc_value *svc, const struct mb_lb_tuple *t,
+			       __u32 *id)
 {
 	struct mb_lb_slot_key sk = {};
 	struct mb_lb_maglev_row *row;
@@ -323,26 +341,38 @@ static __always_inline int mb_lb_select(const struct mb_lb_svc_value *svc,
 	return MB_LB_CONTINUE;
 }
 
+/* mb_lb_flow_get's answers besides drops. */
+#define MB_LB_FLOW_KNOWN 0 /* a flow seen before: its backend */
+#define MB_LB_FLOW_NONE 1  /* no flow and no frontend: not a service's */
+#define MB_LB_FLOW_NEW 2   /* a new flow to a frontend: a backend chosen */
+
 /*
- * The flow's remembered backend, or a new one chosen for it (remembered
- * here, without its reverse entry: the caller adds that).
+ * The flow's remembered backend, or a new one chosen for it if it goes to
+ * the frontend (key_ip, the tuple's port and protocol, scope). A new flow
+ * is not remembered yet: the caller commits it with its reverse entry.
  */
-static __always_inline int mb_lb_flow_get(const struct mb_lb_svc_value *svc,
-					  const struct mb_lb_tuple *t, struct mb_lb_flow *out,
-					  int *fresh)
+MB_LB_SUBPROG int mb_lb_flow_get(const struct mb_lb_tuple *t, __u32 key_ip, __u32 scope,
+				 struct mb_lb_flow *out)
 {
 	struct mb_lb_flow *f = bpf_map_lookup_elem(&mb_lb_flows, t);
+	struct mb_lb_svc_value *svc;
+	struct mb_lb_svc_key key = {};
 	struct mb_lb_backend *be;
 	__u32 id = 0;
 	int ret;
 
-	*fresh = 0;
 	if (f) {
 		*out = *f;
-		return MB_LB_CONTINUE;
+		return MB_LB_FLOW_KNOWN;
 	}
+	key.ip[0] = key_ip;
+	key.port = t->dport;
+	key.proto = t->proto;
+	key.scope = scope;
+	key.family = MB_AF_INET;
+	svc = bpf_map_lookup_elem(&mb_lb_svc, &key);
 	if (!svc)
-		return -MB_DROP_LB_NO_BACKEND;
+		return MB_LB_FLOW_NONE;
 	ret = mb_lb_select(svc, t, &id);
 	if (ret < 0)
 		return ret;
@@ -355,8 +385,7 @@ static __always_inline int mb_lb_flow_get(const struct mb_lb_svc_value *svc,
 	out->family = MB_AF_INET;
 	out->backend_id = id;
 	out->rev_nat_id = svc->rev_nat_id;
-	*fresh = 1;
-	return MB_LB_CONTINUE;
+	return MB_LB_FLOW_NEW;
 }
 
 /* The reply tuple of a flow translated to `f`: backend → (SNAT address or client). */
@@ -378,7 +407,7 @@ static __always_inline void mb_lb_reply_tuple(const struct mb_lb_tuple *t,
 }
 
 /* Remember a new flow and how its replies translate back. */
-static __always_inline int mb_lb_flow_commit(const struct mb_lb_tuple *t,
+MB_LB_SUBPROG int mb_lb_flow_commit(const struct mb_lb_tuple *t,
 					     const struct mb_lb_flow *f, __u64 rev_flags)
 {
 	struct mb_lb_tuple r;
@@ -398,7 +427,7 @@ static __always_inline int mb_lb_flow_commit(const struct mb_lb_tuple *t,
 }
 
 /* Translate a reply back: its source becomes the frontend; with SNAT its destination the client. */
-static __always_inline int mb_lb_rev_apply(struct __sk_buff *skb, struct mb_lb_pkt *p,
+MB_LB_SUBPROG int mb_lb_rev_apply(struct __sk_buff *skb, struct mb_lb_pkt *p,
 					   const struct mb_lb_rev *rv, __u32 node_ip4)
 {
 	struct mb_addr_port *front;
@@ -423,28 +452,18 @@ static __always_inline int mb_lb_rev_apply(struct __sk_buff *skb, struct mb_lb_p
  * pod's reply comes back through its from-container and is translated
  * both ways there (mb_lb_reply_from_container, lib/nodeport.h).
  */
-static __always_inline int mb_lb_from_container(struct __sk_buff *skb)
+MB_LB_SUBPROG int mb_lb_from_container(struct __sk_buff *skb)
 {
-	struct mb_lb_svc_key key = {};
-	struct mb_lb_svc_value *svc;
-	struct mb_lb_flow f;
 	struct mb_lb_pkt p = {};
-	int fresh, ret;
+	struct mb_lb_flow f;
+	int ret;
 
 	if (mb_lb_parse4(skb, &p) < 0)
 		return MB_LB_CONTINUE;
-	key.ip[0] = p.t.daddr[0];
-	key.port = p.t.dport;
-	key.proto = p.t.proto;
-	key.scope = MB_LB_SCOPE_CLUSTER;
-	key.family = MB_AF_INET;
-	svc = bpf_map_lookup_elem(&mb_lb_svc, &key);
-	if (!svc && !bpf_map_lookup_elem(&mb_lb_flows, &p.t))
-		return MB_LB_CONTINUE;
-	ret = mb_lb_flow_get(svc, &p.t, &f, &fresh);
-	if (ret < 0)
-		return ret;
-	if (fresh) {
+	ret = mb_lb_flow_get(&p.t, p.t.daddr[0], MB_LB_SCOPE_CLUSTER, &f);
+	if (ret < 0 || ret == MB_LB_FLOW_NONE)
+		return ret < 0 ? ret : MB_LB_CONTINUE;
+	if (ret == MB_LB_FLOW_NEW) {
 		if (f.backend_ip[0] == p.t.saddr[0]) {
 			f.flags |= MB_LB_FLOW_SNAT;
 			f.snat_ip = p.t.daddr[0];
@@ -464,7 +483,7 @@ static __always_inline int mb_lb_from_container(struct __sk_buff *skb)
  * A packet about to reach a pod: a reply from a backend of a flow this
  * node translated gets the frontend back as its source.
  */
-static __always_inline int mb_lb_to_container(struct __sk_buff *skb, __u32 node_ip4)
+MB_LB_SUBPROG int mb_lb_to_container(struct __sk_buff *skb, __u32 node_ip4)
 {
 	struct mb_lb_pkt p = {};
 	struct mb_lb_rev *rv;

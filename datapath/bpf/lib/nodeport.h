@@ -36,7 +36,7 @@
  * Send a translated packet out where the FIB routes its destination; a
  * destination on this node goes on up the stack (MB_LB_TRANSLATED).
  */
-static __always_inline int mb_lb_fib_redirect(struct __sk_buff *skb, const struct mb_lb_pkt *p)
+MB_LB_SUBPROG int mb_lb_fib_redirect(struct __sk_buff *skb, const struct mb_lb_pkt *p)
 {
 	struct bpf_fib_lookup fib = {};
 	struct bpf_redir_neigh nh = {};
@@ -103,27 +103,23 @@ static __always_inline int mb_lb_snat_commit(const struct mb_lb_tuple *t, struct
 }
 
 /*
- * A client that is no local pod to a frontend in `scope` (key built from
- * the packet): DNAT (plus SNAT for an underlay client and a remote
- * backend, `snat`), then delivered to the local backend's veth or sent out
- * by the FIB. MB_LB_CONTINUE when it is no frontend's.
+ * A client that is no local pod to a frontend (key_ip, the packet's port
+ * and protocol, scope): DNAT (plus SNAT for an underlay client and a
+ * remote backend, `snat`), then delivered to the local backend's veth or
+ * sent out by the FIB. MB_LB_CONTINUE when it is no frontend's.
  */
-static __always_inline int mb_lb_external(struct __sk_buff *skb, struct mb_lb_pkt *p,
-					  struct mb_lb_svc_key *key, __u32 node_ip4, int snat)
+MB_LB_SUBPROG int mb_lb_external(struct __sk_buff *skb, struct mb_lb_pkt *p, __u32 key_ip,
+				 __u32 scope, __u32 node_ip4, int snat)
 {
 	struct mb_endpoint_value *ep;
-	struct mb_lb_svc_value *svc;
 	struct mb_lb_flow f;
-	int fresh, ret;
+	int ret;
 
-	svc = bpf_map_lookup_elem(&mb_lb_svc, key);
-	if (!svc && !bpf_map_lookup_elem(&mb_lb_flows, &p->t))
-		return MB_LB_CONTINUE;
-	ret = mb_lb_flow_get(svc, &p->t, &f, &fresh);
-	if (ret < 0)
-		return ret;
+	ret = mb_lb_flow_get(&p->t, key_ip, scope, &f);
+	if (ret < 0 || ret == MB_LB_FLOW_NONE)
+		return ret < 0 ? ret : MB_LB_CONTINUE;
 	ep = mb_lb_local_endpoint(f.backend_ip[0]);
-	if (fresh) {
+	if (ret == MB_LB_FLOW_NEW) {
 		f.flags |= MB_LB_FLOW_EXTERNAL;
 		if (ep || !snat)
 			ret = mb_lb_flow_commit(&p->t, &f, BPF_ANY);
@@ -151,9 +147,8 @@ static __always_inline int mb_lb_external(struct __sk_buff *skb, struct mb_lb_pk
  * host: its source, then up the stack), or a client's packet to a
  * NodePort (node_ip4) or to a ClusterIP routed to this node.
  */
-static __always_inline int mb_lb_from_netdev(struct __sk_buff *skb, __u32 node_ip4)
+MB_LB_SUBPROG int mb_lb_from_netdev(struct __sk_buff *skb, __u32 node_ip4)
 {
-	struct mb_lb_svc_key key = {};
 	struct mb_lb_pkt p = {};
 	struct mb_lb_rev *rv;
 	int ret;
@@ -168,15 +163,9 @@ static __always_inline int mb_lb_from_netdev(struct __sk_buff *skb, __u32 node_i
 				return ret;
 			return mb_lb_fib_redirect(skb, &p);
 		}
-		key.scope = MB_LB_SCOPE_NODEPORT;
-	} else {
-		key.ip[0] = p.t.daddr[0];
-		key.scope = MB_LB_SCOPE_CLUSTER;
+		return mb_lb_external(skb, &p, 0, MB_LB_SCOPE_NODEPORT, node_ip4, 1);
 	}
-	key.port = p.t.dport;
-	key.proto = p.t.proto;
-	key.family = MB_AF_INET;
-	return mb_lb_external(skb, &p, &key, node_ip4, 1);
+	return mb_lb_external(skb, &p, p.t.daddr[0], MB_LB_SCOPE_CLUSTER, node_ip4, 1);
 }
 
 /*
@@ -185,19 +174,13 @@ static __always_inline int mb_lb_from_netdev(struct __sk_buff *skb, __u32 node_i
  * replies come back through the backend's from-container (local backend)
  * or the underlay (remote backend) and are delivered to the host.
  */
-static __always_inline int mb_lb_from_host(struct __sk_buff *skb, __u32 node_ip4)
+MB_LB_SUBPROG int mb_lb_from_host(struct __sk_buff *skb, __u32 node_ip4)
 {
-	struct mb_lb_svc_key key = {};
 	struct mb_lb_pkt p = {};
 
 	if (mb_lb_parse4(skb, &p) < 0)
 		return MB_LB_CONTINUE;
-	key.ip[0] = p.t.daddr[0];
-	key.port = p.t.dport;
-	key.proto = p.t.proto;
-	key.scope = MB_LB_SCOPE_CLUSTER;
-	key.family = MB_AF_INET;
-	return mb_lb_external(skb, &p, &key, node_ip4, 0);
+	return mb_lb_external(skb, &p, p.t.daddr[0], MB_LB_SCOPE_CLUSTER, node_ip4, 0);
 }
 
 /*
@@ -209,7 +192,7 @@ static __always_inline int mb_lb_from_host(struct __sk_buff *skb, __u32 node_ip4
  * own address would be a martian; one to the host goes up the stack).
  * Plain ClusterIP replies are left to the client's to-container.
  */
-static __always_inline int mb_lb_reply_from_container(struct __sk_buff *skb, __u32 node_ip4)
+MB_LB_SUBPROG int mb_lb_reply_from_container(struct __sk_buff *skb, __u32 node_ip4)
 {
 	struct mb_lb_pkt p = {};
 	struct mb_lb_rev *rv;

@@ -307,7 +307,7 @@ static __always_inline void mb_tc_event_fill(struct mb_event *e, const struct mb
 }
 
 /* A per-packet trace record (MB_NODE_F_TRACE only). */
-static __noinline void mb_tc_trace(const struct mb_pkt *p, __u8 prog, __u32 src_id,
+static __always_inline void mb_tc_trace(const struct mb_pkt *p, __u8 prog, __u32 src_id,
 					__u32 dst_id)
 {
 	struct mb_event e = {};
@@ -318,7 +318,7 @@ static __noinline void mb_tc_trace(const struct mb_pkt *p, __u8 prog, __u32 src_
 }
 
 /* A new flow's policy verdict, as the socket hooks report theirs. */
-static __noinline void mb_tc_verdict_event(const struct mb_pkt *p, __u8 prog, __u32 src_id,
+static __always_inline void mb_tc_verdict_event(const struct mb_pkt *p, __u8 prog, __u32 src_id,
 						__u32 dst_id, __u8 verdict)
 {
 	struct mb_event e = {};
@@ -335,11 +335,8 @@ static __noinline void mb_tc_verdict_event(const struct mb_pkt *p, __u8 prog, __
 	mb_event_emit(&e);
 }
 
-/* Count, report and drop. The event functions are calls of their own (not
- * inlined): their 96-byte event would otherwise sit in every caller's frame,
- * which the service translation and encapsulation need (merge of lb and
- * overlay). */
-static __noinline int mb_tc_drop(const struct mb_pkt *p, __u8 prog, __u8 reason,
+/* Count, report and drop. */
+static __always_inline int mb_tc_drop(const struct mb_pkt *p, __u8 prog, __u8 reason,
 				      __u32 src_id, __u32 dst_id)
 {
 	struct mb_event e = {};

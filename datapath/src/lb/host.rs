@@ -1,21 +1,15 @@
 //! The node's own traffic to ClusterIPs: `bpf_svc.c` on the tc egress of a
-//! device the agent routes the service range to (a dummy device, with the
-//! node's address as the route's source). Loaded with the node's maps (its
-//! `mb_events` is the node's ring buffer, created beside them), its link
+//! device the agent routes the service range to (without ARP, e.g. a dummy
+//! device, with the node's address as the route's source). Loaded as the other node-wide
+//! programs are (the node's maps, the node's event ring), its link
 //! pinned under the node's `links/svc-<ifindex>`, so an agent restart keeps
 //! it.
 
 use std::fs;
 
-use aya::{
-    programs::{SchedClassifier, TcAttachType},
-    EbpfLoader,
-};
+use aya::programs::TcAttachType;
 
-use crate::{
-    feature_error, io_err, loader::prog_mut, node::endpoint::attach_tcx, Error, NodeDatapath,
-    Result,
-};
+use crate::{io_err, node::endpoint::attach_tcx, Error, NodeDatapath, Result};
 
 /// The service device's program (`bpf_svc.c`).
 pub(crate) const PROG_TO_SERVICE: &str = "mb_to_service";
@@ -32,21 +26,7 @@ impl NodeDatapath {
             ))
         })?;
         let ifname = ifname.to_string_lossy().into_owned();
-        let prog_pin = self.progs_dir().join(PROG_TO_SERVICE);
-        if !prog_pin.exists() {
-            let mut obj = EbpfLoader::new()
-                .default_map_pin_directory(self.maps_dir())
-                .load(crate::loader::objects::SVC)
-                .map_err(|e| feature_error("tc programs (BPF_PROG_TYPE_SCHED_CLS)", e))?;
-            let p: &mut SchedClassifier = prog_mut(&mut obj, PROG_TO_SERVICE)?;
-            p.load()
-                .map_err(|e| feature_error("tc programs (BPF_PROG_TYPE_SCHED_CLS)", e))?;
-            p.pin(&prog_pin).map_err(|e| Error::Io {
-                path: prog_pin.clone(),
-                what: "pin program",
-                source: std::io::Error::other(e.to_string()),
-            })?;
-        }
+        let prog_pin = self.load_node_prog(crate::loader::objects::SVC, PROG_TO_SERVICE)?;
         let link = self.links_dir().join(format!("svc-{ifindex}"));
         if link.exists() {
             return Ok(());

@@ -124,7 +124,7 @@ impl NodeDatapath {
 
     /// Load a node-wide tc object once: the node's maps from `maps/`, its event ring under
     /// `events/`; the program pinned under `progs/`. Returns the program's pin.
-    fn load_node_prog(&self, bytes: &[u8], name: &'static str) -> Result<PathBuf> {
+    pub(crate) fn load_node_prog(&self, bytes: &[u8], name: &'static str) -> Result<PathBuf> {
         let pin = self.progs_dir().join(name);
         if pin.exists() {
             return Ok(pin);
