@@ -19,11 +19,12 @@ const TIEFIGHTER: u32 = 1001;
 const XWING: u32 = 1002;
 const DEATHSTAR: u32 = 1003;
 
-/// A UDP echo server on the port in argv[1].
+/// A UDP echo server on the port in argv[1] (IPv6 socket: IPv4 and IPv6 alike).
 const UDP_ECHO: &str = r#"
 import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind(("0.0.0.0", int(sys.argv[1])))
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+s.bind(("::", int(sys.argv[1])))
 print("READY", flush=True)
 while True:
     d, a = s.recvfrom(65535)
@@ -33,7 +34,7 @@ while True:
 /// Send argv[3] datagrams of 1 KiB to argv[1]:argv[2], count the exact echoes.
 const UDP_CLIENT: &str = r#"
 import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET, socket.SOCK_DGRAM)
 s.settimeout(2)
 ok = 0
 for i in range(int(sys.argv[3])):
@@ -253,12 +254,15 @@ fn ingress_policy_decides_by_the_vni_over_geneve() {
 
 /// A pod whose MTU is the underlay's (misconfigured: 50 bytes too big for the tunnel)
 /// sends a DF datagram that fits its link but not the tunnel: the node answers with ICMP
-/// "fragmentation needed", and the pod's kernel learns the path MTU of 1450.
+/// "fragmentation needed", which the pod's to-container lets in as related to the pod's
+/// flow (policy enforced), and the pod's kernel learns the path MTU of 1450.
 fn too_big_is_refused_with_the_mtu(overlay: Overlay) {
-    let mut c = Cluster::new(2, overlay, false);
+    let mut c = Cluster::new(2, overlay, true);
     let a = c.add_pod(0, TIEFIGHTER, Some(overlay_cluster::UNDERLAY_MTU));
     let b = c.add_pod(1, DEATHSTAR, None);
     c.finish(&[]);
+    c.policy(a, &[rule(Egress, DEATHSTAR, 17, 5353)]);
+    c.policy(b, &[rule(Ingress, TIEFIGHTER, 17, 5353)]);
     let server = c.pods[b].ip.to_string();
     c.serve(b, &["python3", "-c", UDP_ECHO, "5353"]);
 
@@ -316,6 +320,28 @@ fn three_nodes_full_mesh(overlay: Overlay) {
     }
 }
 
+/// Pods' IPv6 between nodes, inside the IPv4 tunnel.
+fn ipv6_pods_talk(overlay: Overlay) {
+    let mut c = Cluster::new(2, overlay, false);
+    let a = c.add_pod(0, TIEFIGHTER, None);
+    let b = c.add_pod(1, DEATHSTAR, None);
+    c.finish(&[]);
+    c.serve(b, &["python3", "-c", UDP_ECHO, "5353"]);
+    let server = c.pods[b].ip6.expect("IPv6 in overlay modes").to_string();
+    let out = c.exec(a, &["python3", "-c", UDP_CLIENT, &server, "5353", "10"]);
+    assert!(out.contains("udp ok=10"), "{overlay}: UDP over IPv6: {out}");
+}
+
+#[test]
+fn ipv6_pods_talk_over_geneve() {
+    ipv6_pods_talk(Overlay::Geneve);
+}
+
+#[test]
+fn ipv6_pods_talk_over_vxlan() {
+    ipv6_pods_talk(Overlay::Vxlan);
+}
+
 #[test]
 fn three_nodes_full_mesh_over_geneve() {
     three_nodes_full_mesh(Overlay::Geneve);
@@ -324,4 +350,52 @@ fn three_nodes_full_mesh_over_geneve() {
 #[test]
 fn three_nodes_full_mesh_over_vxlan() {
     three_nodes_full_mesh(Overlay::Vxlan);
+}
+
+/// Setting a node up again changes nothing; a device squatting on the VXLAN device's
+/// name is refused, not replaced; teardown leaves no pin and no VXLAN device.
+#[test]
+fn setup_is_idempotent_refuses_a_foreign_device_and_tears_down() {
+    use membrane_datapath::node::{device, VXLAN_DEVICE};
+    use tc_common::in_netns;
+
+    let c = Cluster::new(1, Overlay::Vxlan, false);
+    let n = &c.nodes[0];
+    let ns = n.ns.path();
+    let err = in_netns(&ns, || n.node.attach_underlay("nosuchdev")).expect_err("no device");
+    assert!(err.to_string().contains("nosuchdev"), "{err}");
+    let vxlan = in_netns(&ns, || device(VXLAN_DEVICE)).expect("mb_vxlan");
+    assert_eq!(vxlan.mtu, 1450, "the pods' MTU");
+    let links = || {
+        let mut v: Vec<String> = std::fs::read_dir(n.node.dir().join("links"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let before = links();
+    in_netns(&ns, || {
+        n.node.setup_overlay().expect("setup again");
+        n.node.attach_underlay(&n.ul).expect("attach again");
+    });
+    assert_eq!(links(), before, "no second attachment");
+    let s = n.node.settings().unwrap();
+    assert_eq!(s.overlay_ifindex, vxlan.ifindex);
+
+    // Another device by that name: an error naming it, the settings untouched.
+    in_netns(&ns, || n.node.teardown_overlay()).expect("teardown overlay");
+    assert!(
+        in_netns(&ns, || device(VXLAN_DEVICE)).is_err(),
+        "mb_vxlan deleted"
+    );
+    n.ns.ip(&["link", "add", VXLAN_DEVICE, "type", "bridge"]);
+    let err = in_netns(&ns, || n.node.setup_overlay()).expect_err("a bridge is no VXLAN device");
+    assert!(err.to_string().contains(VXLAN_DEVICE), "{err}");
+    assert_eq!(n.node.settings().unwrap(), s);
+    n.ns.ip(&["link", "del", VXLAN_DEVICE]);
+
+    in_netns(&ns, || n.node.setup_overlay()).expect("set up anew");
+    n.node.teardown().expect("teardown");
+    assert!(!n.node.dir().exists(), "no pin left");
 }

@@ -362,7 +362,9 @@ impl NodeDatapath {
     /// Unpin the node directory (links, programs, maps). Endpoints' tc programs still
     /// attached keep the maps they hold alive, so detach the endpoints first.
     pub fn teardown(&self) -> Result<()> {
-        for d in [self.links_dir(), self.progs_dir(), self.maps_dir()] {
+        // events/: the overlay programs' ring (node/overlay.rs).
+        let events = self.dir.join("events");
+        for d in [self.links_dir(), self.progs_dir(), self.maps_dir(), events] {
             if d.exists() {
                 fs::remove_dir_all(&d).map_err(io_err(&d, "unpin"))?;
             }

@@ -10,7 +10,7 @@
 
 use std::{
     io::{BufRead, BufReader, Read},
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     process::{Command, Stdio},
     sync::mpsc,
     time::Duration,
@@ -34,6 +34,8 @@ pub struct Pod {
     pub dp: Datapath,
     pub ep: LocalEndpoint,
     pub ip: Ipv4Addr,
+    /// fd00:N::M in the overlay modes (the underlay is IPv4: no native IPv6 here).
+    pub ip6: Option<Ipv6Addr>,
     pub node: usize,
     pub identity: u32,
     pub env: Env,
@@ -211,10 +213,54 @@ impl Cluster {
             "nud",
             "permanent",
         ]);
+        let mut ips = vec![IpAddr::V4(ip)];
+        let ip6 = (self.overlay != Overlay::Native)
+            .then(|| Ipv6Addr::new(0xfd00, node as u16 + 1, 0, 0, 0, 0, 0, u16::from(j)));
+        if let Some(ip6) = ip6 {
+            // The pod's default route via a link-local gateway its host veth answers for.
+            env.ip(&[
+                "-6",
+                "addr",
+                "add",
+                &format!("{ip6}/128"),
+                "dev",
+                "eth0",
+                "nodad",
+            ]);
+            env.ip(&[
+                "-6",
+                "neigh",
+                "add",
+                "fe80::1",
+                "lladdr",
+                &mac_str(host_dev.mac),
+                "dev",
+                "eth0",
+                "nud",
+                "permanent",
+            ]);
+            env.ip(&[
+                "-6", "route", "add", "default", "via", "fe80::1", "dev", "eth0",
+            ]);
+            n.ns.ip(&["-6", "route", "add", &format!("{ip6}/128"), "dev", &lxc]);
+            n.ns.ip(&[
+                "-6",
+                "neigh",
+                "add",
+                &ip6.to_string(),
+                "lladdr",
+                &mac_str(pod_dev.mac),
+                "dev",
+                &lxc,
+                "nud",
+                "permanent",
+            ]);
+            ips.push(IpAddr::V6(ip6));
+        }
         let ep = LocalEndpoint {
             id: u16::from(j),
             ifindex: host_dev.ifindex,
-            ips: vec![IpAddr::V4(ip)],
+            ips,
             identity,
             mac: pod_dev.mac,
             node_mac: host_dev.mac,
@@ -226,6 +272,7 @@ impl Cluster {
             dp,
             ep,
             ip,
+            ip6,
             node,
             identity,
             env,
@@ -238,19 +285,23 @@ impl Cluster {
     /// (node index, pod index, identity). Native mode: pod CIDRs routed via their nodes.
     pub fn finish(&self, overrides: &[(usize, usize, u32)]) {
         for (i, n) in self.nodes.iter().enumerate() {
-            let entries: Vec<IpcacheEntry> = self
-                .pods
-                .iter()
-                .enumerate()
-                .map(|(k, p)| IpcacheEntry {
-                    prefix: format!("{}/32", p.ip).parse().unwrap(),
-                    identity: overrides
-                        .iter()
-                        .find(|(on, pod, _)| *on == i && *pod == k)
-                        .map_or(p.identity, |(_, _, id)| *id),
-                    tunnel: (p.node != i).then_some(self.nodes[p.node].ip),
-                })
-                .collect();
+            let mut entries = Vec::new();
+            for (k, p) in self.pods.iter().enumerate() {
+                let identity = overrides
+                    .iter()
+                    .find(|(on, pod, _)| *on == i && *pod == k)
+                    .map_or(p.identity, |(_, _, id)| *id);
+                let tunnel = (p.node != i).then_some(self.nodes[p.node].ip);
+                let mut prefixes = vec![format!("{}/32", p.ip)];
+                prefixes.extend(p.ip6.map(|a| format!("{a}/128")));
+                for prefix in prefixes {
+                    entries.push(IpcacheEntry {
+                        prefix: prefix.parse().unwrap(),
+                        identity,
+                        tunnel,
+                    });
+                }
+            }
             n.node.sync_ipcache(&entries).expect("sync ipcache");
             if self.overlay == Overlay::Native {
                 for (j, other) in self.nodes.iter().enumerate() {
