@@ -5,7 +5,8 @@
 //! - a pod on node-1 reaches a pod on node-2 over VXLAN or Geneve (the ipcache's tunnel
 //!   endpoint, the identity in the VNI) or natively (the agents' routes);
 //! - a datagram the receiving pod's ingress policy does not admit is dropped by node-2's
-//!   to-container, and node-2's monitor shows it with both identities;
+//!   to-container, and node-2's monitor shows it with both identities; tshark on the
+//!   underlay decodes VXLAN / Geneve with the VNI = the sending pod's identity;
 //! - each agent killed and restarted under a bounded loop of cross-node connections: no
 //!   allowed connection fails and the denied one is never let through.
 
@@ -152,6 +153,34 @@ fn two_nodes(overlay: &str) {
         "both identities in {text}"
     );
     assert_eq!(ev["node"], "node-2", "{text}");
+
+    // On the wire, tshark decodes the tunnel and its VNI is the xwing's identity.
+    if let Some((filter, vni)) = match overlay {
+        "vxlan" => Some(("udp dst port 4789", "vxlan.vni")),
+        "geneve" => Some(("udp dst port 6081", "geneve.vni")),
+        _ => None,
+    } {
+        let fields = n2.tshark(filter, &[vni, "ip.src", "ip.dst"], || {
+            n1.udp_send("xwing", "10.203.0.2:5353");
+        });
+        // tshark prints Geneve's VNI in hex, VXLAN's in decimal.
+        let decoded = fields[0].strip_prefix("0x").map_or_else(
+            || fields[0].parse().ok(),
+            |h| u64::from_str_radix(h, 16).ok(),
+        );
+        assert_eq!(
+            decoded,
+            Some(xwing_id),
+            "{overlay}: tshark fields {fields:?}"
+        );
+        // Outer and inner addresses, comma-separated.
+        assert!(
+            fields.len() == 3
+                && fields[1] == "192.168.78.1,10.202.0.3"
+                && fields[2] == "192.168.78.2,10.203.0.2",
+            "{overlay}: tshark fields {fields:?}"
+        );
+    }
 
     // Each agent killed and started again while the client keeps connecting across the
     // nodes: the pinned programs and maps enforce throughout.

@@ -231,4 +231,59 @@ impl TcNode {
             .unwrap_or(false);
         assert!(ok, "send a datagram from {name}");
     }
+
+    /// The first `fields` of the first packet on the node's `ul0` matching the capture
+    /// `filter`, decoded by tshark, once `send` has run after the capture started (at most
+    /// 20 s: `-a duration`).
+    pub fn tshark(&self, filter: &str, fields: &[&str], send: impl Fn()) -> Vec<String> {
+        let mut c = self.ns.exec("tshark");
+        c.args([
+            "-n",
+            "-l",
+            "-i",
+            "ul0",
+            "-f",
+            filter,
+            "-c",
+            "1",
+            "-a",
+            "duration:20",
+        ])
+        .args(["-T", "fields"]);
+        for f in fields {
+            c.args(["-e", f]);
+        }
+        let mut child = ChildGuard(
+            c.stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn tshark"),
+        );
+        // Its "Capturing on" line says the capture runs; the pipe is drained until it
+        // exits (a closed pipe would kill it).
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.0.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if line.contains("Capturing on") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(20))
+            .expect("tshark did not start capturing within 20 s");
+        send();
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut child.0.stdout.take().unwrap(), &mut out).unwrap();
+        out.lines()
+            .next()
+            .unwrap_or_default()
+            .split('\t')
+            .map(str::to_owned)
+            .collect()
+    }
 }
