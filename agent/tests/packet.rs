@@ -222,6 +222,34 @@ fn endpoints_get_tc_and_the_node_ipcache_from_the_control_plane() {
     );
     let dropped = drops(&n);
     assert!(dropped >= 1, "{}", n.node.ask(&Request::TcStats));
+    // The operator's view of the same: the CLI over the agent's socket.
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(common::sibling("membrane"))
+            .args(args)
+            .arg("--socket")
+            .arg(n.node.socket())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "membrane {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let ct = cli(&["bpf", "ct", "list"]);
+    assert!(
+        ct.lines()
+            .any(|l| l.contains("10.202.0.2:8080") && l.contains("egress")),
+        "{ct}"
+    );
+    let stats = cli(&["bpf", "tc", "stats"]);
+    assert!(stats.lines().any(|l| l.contains("forwarded")), "{stats}");
+    let status = cli(&["status"]);
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("packet_path.overlay") && l.ends_with("native")),
+        "{status}"
+    );
+    let ids = cli(&["identity", "list"]);
+    assert!(ids.lines().next().unwrap().contains("TUNNEL"), "{ids}");
 
     // A restart adopts: no endpoint write, the links and the routes stay.
     let before = n.ip(&["-d", "link", "show", "dev", &n.veth("client")]);
