@@ -16,6 +16,7 @@ use tokio::sync::watch;
 
 use crate::node::Node;
 use crate::store::Store;
+use crate::tc::{PacketArgs, PacketPath};
 use crate::xds::{self, XdsConfig};
 
 /// How often endpoints whose programming failed are programmed again.
@@ -34,6 +35,8 @@ pub struct DaemonConfig {
     pub limits: api::Limits,
     /// The control plane.
     pub xds: XdsConfig,
+    /// The packet path (tc): overlay, underlay, load balancing, tc policy.
+    pub packet: PacketArgs,
 }
 
 fn lock(node: &Mutex<Node>) -> std::sync::MutexGuard<'_, Node> {
@@ -49,7 +52,14 @@ pub fn handle(node: &Mutex<Node>, req: Request) -> serde_json::Value {
         Request::Monitor => error(&"monitor is a stream"),
         Request::Register(reg) => {
             let who = format!("{}/{}", reg.namespace, reg.pod);
-            match n.register(reg) {
+            let done = n.register(reg);
+            if done.is_ok() {
+                // NodePorts with external traffic local follow this node's endpoints.
+                if let Err(e) = n.sync_packet_path() {
+                    tracing::warn!(endpoint = %who, "node-wide packet path: {e}");
+                }
+            }
+            match done {
                 Ok(c) => {
                     tracing::info!(endpoint = %who, changes = ?c, "endpoint registered");
                     serde_json::json!({ "registered": who, "changes": c })
@@ -75,6 +85,8 @@ pub fn handle(node: &Mutex<Node>, req: Request) -> serde_json::Value {
         Request::IdentityList => n.identities(),
         Request::ServiceList => n.services(),
         Request::PolicyGet { endpoint } => n.policy(&endpoint).unwrap_or_else(|e| error(&e)),
+        Request::CtList => n.conntrack(),
+        Request::TcStats => n.tc_stats(),
     }
 }
 
@@ -83,7 +95,16 @@ pub fn handle(node: &Mutex<Node>, req: Request) -> serde_json::Value {
 fn fan_in_events(node: Arc<Mutex<Node>>, hub: Arc<Hub>) {
     let mut readers: BTreeMap<PathBuf, membrane_datapath::events::EventReader> = BTreeMap::new();
     let name = lock(&node).name().to_owned();
+    // The node-wide programs' ring (overlay and underlay devices), beside the endpoints'.
+    let mut node_events = lock(&node).packet.as_ref().and_then(|p| p.dp.events().ok());
     loop {
+        if let Some(r) = node_events.as_mut() {
+            if let Ok(evs) = r.drain(&name, 4096) {
+                for ev in evs {
+                    hub.publish(&ev);
+                }
+            }
+        }
         let dirs = lock(&node).endpoint_dirs();
         readers.retain(|d, _| dirs.contains(d));
         for d in dirs {
@@ -107,15 +128,30 @@ fn fan_in_events(node: Arc<Mutex<Node>>, hub: Arc<Hub>) {
 /// Runs the daemon until killed.
 pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     cfg.xds.check()?;
+    cfg.packet.check()?;
     ensure_bpffs(&cfg.bpffs)?;
-    let (node, warnings) = Node::open(&cfg.xds.node, &cfg.bpffs, Store::new(&cfg.state_dir))
+    let (mut node, warnings) = Node::open(&cfg.xds.node, &cfg.bpffs, Store::new(&cfg.state_dir))
         .with_context(|| format!("--state-dir {}", cfg.state_dir.display()))?;
     for w in warnings {
         tracing::warn!("{w}");
     }
+    // The node pin directory first (adopted as it is when an earlier agent made it), so
+    // that adopted endpoints find their tc programs' node maps.
+    let packet = PacketPath::start(&cfg.packet, &cfg.bpffs).context("the packet path")?;
+    tracing::info!(
+        overlay = %packet.settings.overlay,
+        node_ip = %packet.settings.node_ip4,
+        pins = %packet.dp.dir().display(),
+        "packet path ready"
+    );
+    node.set_packet_path(packet);
     let node = Arc::new(Mutex::new(node));
     for line in lock(&node).adopt() {
         tracing::info!("{line}");
+    }
+    match lock(&node).sync_packet_path() {
+        Ok(c) => tracing::info!(changes = ?c, "node-wide packet path adopted"),
+        Err(e) => tracing::warn!("node-wide packet path: {e}"),
     }
     let listener =
         api::bind(&cfg.socket).with_context(|| format!("--socket {}", cfg.socket.display()))?;

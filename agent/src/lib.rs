@@ -3,7 +3,9 @@
 //! kernel's maps equal to them; membrane-cni registers pods with it over the agent socket.
 //!
 //! Rooms: [`resources`] (the control plane's resources, decoded and checked), [`store`]
-//! (the state directory a restarted agent adopts the node from), [`node`] (registrations,
+//! (the state directory a restarted agent adopts the node from), [`packet`] (what the
+//! packet path is fed: the node ipcache with tunnel endpoints, native routes), [`tc`] and `tc_sync` (the node's packet path:
+//! flags, the node pin directory, tc per endpoint, node ipcache and routes), [`node`] (registrations,
 //! resources in force, programming each endpoint's datapath as a diff), `views` (what the
 //! socket answers about them), [`xds`] (the delta ADS client, fail-static) and [`daemon`] (the socket, the event fan-in, the wiring).
 //! The single-cgroup commands of the binary (`attach`, `run --cgroup`, ...) stay in the
@@ -15,7 +17,10 @@
 
 pub mod daemon;
 pub mod node;
+pub mod packet;
 pub mod resources;
 pub mod store;
+pub mod tc;
+mod tc_sync;
 mod views;
 pub mod xds;

@@ -167,6 +167,9 @@ struct DaemonArgs {
     #[arg(long, env = "MEMBRANE_XDS_BACKOFF_MAX_MS", default_value_t = 10_000,
           value_parser = clap::value_parser!(u64).range(1..))]
     xds_backoff_max_ms: u64,
+    /// The packet path (tc).
+    #[command(flatten)]
+    packet: membrane_agent::tc::PacketArgs,
     /// The daemon's state directory: registrations and the resources in force, adopted
     /// by the next agent.
     #[arg(
@@ -484,6 +487,7 @@ fn main() -> Result<()> {
                 socket: cfg.socket.clone(),
                 limits: limits(&cfg),
                 xds,
+                packet: d.packet.clone(),
             })?;
         }
         Cmd::Run {

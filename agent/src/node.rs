@@ -76,6 +76,8 @@ pub struct Changes {
     pub services: usize,
     /// Attachments made (cgroup, netns).
     pub attached: usize,
+    /// The packet path's tc programs attached or its endpoints-map row rewritten.
+    pub tc: bool,
 }
 
 impl Changes {
@@ -92,6 +94,7 @@ impl Changes {
             + sum(self.ipcache)
             + self.services
             + self.attached
+            + usize::from(self.tc)
     }
 }
 
@@ -136,6 +139,10 @@ pub struct Node {
     pub(crate) regs: BTreeMap<String, Registration>,
     pub(crate) held: BTreeMap<Kind, Held>,
     pub(crate) states: BTreeMap<String, EndpointState>,
+    /// The node's packet path (tc), when the daemon runs it.
+    pub(crate) packet: Option<crate::tc::PacketPath>,
+    /// The node-wide writes of the last packet-path pass.
+    pub(crate) node_changes: crate::tc_sync::NodeChanges,
     /// The control-plane connection.
     pub xds: XdsState,
 }
@@ -187,10 +194,18 @@ impl Node {
                 regs,
                 held,
                 states: BTreeMap::new(),
+                packet: None,
+                node_changes: Default::default(),
                 xds: XdsState::default(),
             },
             warnings,
         ))
+    }
+
+    /// Runs the node's packet path: endpoints programmed from now on get their tc
+    /// programs, and the node-wide maps are kept with the resources.
+    pub fn set_packet_path(&mut self, p: crate::tc::PacketPath) {
+        self.packet = Some(p);
     }
 
     /// The node's name.
@@ -310,6 +325,9 @@ impl Node {
     fn forget(&mut self, key: &str) -> Result<()> {
         let dir = self.endpoint_dir(key);
         if let Ok(dp) = Datapath::open(&dir) {
+            if let Some(reg) = self.regs.get(key) {
+                self.forget_tc(key, reg, &dp)?;
+            }
             dp.teardown().map_err(dp_err(key, "unpin"))?;
         } else if dir.exists() {
             let _ = fs::remove_dir_all(&dir);
@@ -352,8 +370,8 @@ impl Node {
                 .into_iter()
                 .filter(|k| self.regs.contains_key(k))
                 .collect(),
-            Kind::Hosts | Kind::Service => self.regs.keys().cloned().collect(),
-            Kind::Node => Vec::new(),
+            // Node: the joined ipcache (node addresses, tunnel endpoints) changes too.
+            Kind::Hosts | Kind::Service | Kind::Node => self.regs.keys().cloned().collect(),
         };
         let mut out = BTreeMap::new();
         let mut first_error = None;
@@ -365,6 +383,11 @@ impl Node {
                 Err(e) => {
                     first_error.get_or_insert(e.to_string());
                 }
+            }
+        }
+        if kind != Kind::Endpoint {
+            if let Err(e) = self.sync_packet_path() {
+                first_error.get_or_insert(e);
             }
         }
         let record: store::Bodies = self.held[&kind]
@@ -471,8 +494,8 @@ impl Node {
                     .map_err(dp_err(key, "sync the policy map"))?;
                 changes.policy = (r.added, r.changed, r.removed);
             }
-            if let Some(hosts) = self.held.get(&Kind::Hosts) {
-                let entries = ipcache_of(hosts).unwrap_or_default();
+            // The ipcache the packet path uses too (NPHDS joined with the nodes).
+            if let Some(entries) = self.joined_identities() {
                 let r = dp
                     .sync_ipcache(&entries)
                     .map_err(dp_err(key, "sync the ipcache"))?;
@@ -482,6 +505,8 @@ impl Node {
                 changes.services =
                     sync_services(&dp, svcs).map_err(dp_err(key, "sync services"))?;
             }
+            // Last: the packet path attaches with the policy map already written.
+            changes.tc = self.program_tc(key, &reg, spec.flatten(), &dp)?;
             Ok(())
         })();
         let applied = spec.map(|s| s.map(|s| s.revision));

@@ -100,15 +100,20 @@ pub struct ServiceSpec {
     pub protocol: u8,
     /// The ready backends.
     pub backends: Vec<SocketAddr>,
+    /// The node port every node answers on (0 = none).
+    pub node_port: u16,
+    /// NodePort traffic only to this node's backends (`externalTrafficPolicy: Local`).
+    pub external_local: bool,
 }
 
-/// One node of the cluster.
+/// One node of the cluster, checked.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct NodeSpec {
-    /// InternalIP addresses.
-    pub addresses: Vec<String>,
+    /// InternalIP addresses, in the order the node lists them (the first IPv4 one is its
+    /// tunnel endpoint).
+    pub addresses: Vec<IpAddr>,
     /// Pod CIDRs.
-    pub pod_cidrs: Vec<String>,
+    pub pod_cidrs: Vec<IpNet>,
 }
 
 /// A decoded, checked resource of any kind.
@@ -158,10 +163,7 @@ pub fn decode(kind: Kind, name: &str, body: &[u8]) -> Result<Spec, ResourceError
                     n.name
                 )));
             }
-            Ok(Spec::Node(NodeSpec {
-                addresses: n.addresses,
-                pod_cidrs: n.pod_cidrs,
-            }))
+            node(&n).map(Spec::Node).map_err(fail)
         }
     }
 }
@@ -221,6 +223,29 @@ fn hosts(h: &NetworkPolicyHosts) -> Result<Vec<(IpNet, u32)>, String> {
         .collect()
 }
 
+fn node(n: &proto::Node) -> Result<NodeSpec, String> {
+    let addresses = n
+        .addresses
+        .iter()
+        .enumerate()
+        .map(|(i, a)| ip(&format!("addresses[{i}]"), a))
+        .collect::<Result<Vec<_>, _>>()?;
+    let pod_cidrs = n
+        .pod_cidrs
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            c.parse::<IpNet>()
+                .map(|net| net.trunc())
+                .map_err(|_| format!("pod_cidrs[{i}]: {c:?} is not a prefix (ADDRESS/LENGTH)"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(NodeSpec {
+        addresses,
+        pod_cidrs,
+    })
+}
+
 fn service(s: &proto::Service) -> Result<ServiceSpec, String> {
     let port = |field: &str, p: u32| {
         u16::try_from(p)
@@ -249,10 +274,16 @@ fn service(s: &proto::Service) -> Result<ServiceSpec, String> {
             ))
         })
         .collect::<Result<Vec<_>, String>>()?;
+    let node_port = match s.node_port {
+        0 => 0,
+        p => port("node_port", p)?,
+    };
     Ok(ServiceSpec {
         frontend,
         protocol,
         backends,
+        node_port,
+        external_local: s.external_traffic_local,
     })
 }
 
@@ -337,6 +368,28 @@ mod tests {
         };
         let e = decode(Kind::Service, "default/s:80/TCP", &s.encode_to_vec()).unwrap_err();
         assert!(e.to_string().contains("backends[0].port: 70000"), "{e}");
+        let s = proto::Service {
+            backends: vec![],
+            node_port: 65536,
+            ..s
+        };
+        let e = decode(Kind::Service, "default/s:80/TCP", &s.encode_to_vec()).unwrap_err();
+        assert!(e.to_string().contains("node_port: 65536"), "{e}");
+
+        let n = proto::Node {
+            name: "n1".into(),
+            addresses: vec!["10.10.0.1".into()],
+            pod_cidrs: vec!["10.0.1.0/24".into(), "10.0.2.0".into()],
+        };
+        let e = decode(Kind::Node, "n1", &n.encode_to_vec()).unwrap_err();
+        assert!(e.to_string().contains("pod_cidrs[1]: \"10.0.2.0\""), "{e}");
+        let n = proto::Node {
+            addresses: vec!["node-1".into()],
+            pod_cidrs: vec![],
+            ..n
+        };
+        let e = decode(Kind::Node, "n1", &n.encode_to_vec()).unwrap_err();
+        assert!(e.to_string().contains("addresses[0]"), "{e}");
     }
 
     #[test]

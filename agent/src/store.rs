@@ -251,6 +251,8 @@ mod tests {
             netns: "/run/netns/x".into(),
             cgroup: "/sys/fs/cgroup/x".into(),
             ips: vec!["10.0.0.1".parse().unwrap()],
+            host_ifname: Some("lxc1".into()),
+            mac: Some("02:00:00:00:00:01".into()),
         };
         store.save_registration(&reg).unwrap();
         let (regs, damaged) = store.registrations().unwrap();

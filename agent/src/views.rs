@@ -22,6 +22,7 @@ impl Node {
             "control_plane": self.xds,
             "endpoints": self.regs.len(),
             "resources": Kind::ALL.iter().map(|k| (k.name(), self.held.get(k).map(|h| h.len()))).collect::<BTreeMap<_, _>>(),
+            "packet_path": self.packet_status(),
         })
     }
 
@@ -87,8 +88,24 @@ impl Node {
     }
 
     /// `membrane identity list`: the ipcache, read back from an endpoint's map (every
-    /// endpoint holds the same), else as received.
+    /// endpoint holds the same), else as received. With the packet path, each row also
+    /// names its tunnel endpoint (the node ipcache read back).
     pub fn identities(&self) -> serde_json::Value {
+        if let Some(Ok(entries)) = self.packet.as_ref().map(|p| p.dp.ipcache()) {
+            if self.held.contains_key(&Kind::Hosts) {
+                let rows: Vec<serde_json::Value> = entries
+                    .iter()
+                    .map(|e| {
+                        serde_json::json!({
+                            "prefix": e.prefix.to_string(),
+                            "identity": e.identity,
+                            "tunnel": e.tunnel,
+                        })
+                    })
+                    .collect();
+                return serde_json::json!({ "source": "kernel", "entries": rows });
+            }
+        }
         let from_kernel = self
             .regs
             .keys()

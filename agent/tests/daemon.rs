@@ -260,6 +260,8 @@ fn a_registration_with_a_bad_name_is_refused_naming_it_and_changes_nothing() {
         netns: "/run/netns/nope".into(),
         cgroup: "/sys/fs/cgroup/nope".into(),
         ips: vec![],
+        host_ifname: None,
+        mac: None,
     };
     let reply = node.ask(&Request::Register(bad));
     let e = reply["error"].as_str().unwrap_or_default();

@@ -1,4 +1,5 @@
-//! `membrane status|endpoint|identity|service` and `membrane bpf policy get`: what the node
+//! `membrane status|endpoint|identity|service` and `membrane bpf policy get|ct list|tc
+//! stats`: what the node
 //! daemon (`membrane-agent run --xds-address`) enforces, asked over its socket. Tables by
 //! default, the daemon's JSON with `-o json`.
 
@@ -62,6 +63,20 @@ pub enum PolicyMapCommand {
         #[command(flatten)]
         args: AgentArgs,
     },
+}
+
+/// `membrane bpf ct ...`.
+#[derive(Debug, Subcommand)]
+pub enum CtCommand {
+    /// The tracked flows: endpoint, direction, tuple, state, remote identity, counters.
+    List(AgentArgs),
+}
+
+/// `membrane bpf tc ...`.
+#[derive(Debug, Subcommand)]
+pub enum TcCommand {
+    /// Packets and bytes forwarded and dropped, by reason, summed over CPUs.
+    Stats(AgentArgs),
 }
 
 fn ask(socket: &Path, req: &Request) -> Result<Value> {
@@ -165,9 +180,14 @@ pub fn identity(cmd: IdentityCommand) -> Result<ExitCode> {
     let IdentityCommand::List(a) = cmd;
     let v = ask(&a.socket, &Request::IdentityList)?;
     print(a.output, &v, |v| {
-        println!("{:<44} IDENTITY", "PREFIX");
+        println!("{:<44} {:<10} TUNNEL", "PREFIX", "IDENTITY");
         for e in v["entries"].as_array().into_iter().flatten() {
-            println!("{:<44} {}", cell(&e["prefix"]), cell(&e["identity"]));
+            println!(
+                "{:<44} {:<10} {}",
+                cell(&e["prefix"]),
+                cell(&e["identity"]),
+                cell(&e["tunnel"])
+            );
         }
     })
 }
@@ -224,6 +244,52 @@ pub fn policy_map(cmd: PolicyMapCommand) -> Result<ExitCode> {
                 cell(&r["proto"]),
                 ports,
                 cell(&r["verdict"])
+            );
+        }
+    })
+}
+
+/// `membrane bpf ct list`.
+pub fn ct(cmd: CtCommand) -> Result<ExitCode> {
+    let CtCommand::List(a) = cmd;
+    let v = ask(&a.socket, &Request::CtList)?;
+    print(a.output, &v, |v| {
+        println!(
+            "{:>4} {:<8} {:>5} {:<44} {:<12} {:>9} {:>8} {:>10}",
+            "EP", "DIR", "PROTO", "FLOW", "STATE", "REMOTE-ID", "PACKETS", "BYTES"
+        );
+        for e in v["entries"].as_array().into_iter().flatten() {
+            println!(
+                "{:>4} {:<8} {:>5} {:<44} {:<12} {:>9} {:>8} {:>10}",
+                cell(&e["endpoint_id"]),
+                cell(&e["direction"]).to_ascii_lowercase(),
+                cell(&e["proto"]),
+                format!("{} -> {}", cell(&e["src"]), cell(&e["dst"])),
+                cell(&e["state"]),
+                cell(&e["remote_identity"]),
+                cell(&e["packets"]),
+                cell(&e["bytes"])
+            );
+        }
+    })
+}
+
+/// `membrane bpf tc stats`.
+pub fn tc(cmd: TcCommand) -> Result<ExitCode> {
+    let TcCommand::Stats(a) = cmd;
+    let v = ask(&a.socket, &Request::TcStats)?;
+    print(a.output, &v, |v| {
+        println!(
+            "{:>6} {:<32} {:>12} {:>14}",
+            "REASON", "NAME", "PACKETS", "BYTES"
+        );
+        for r in v["stats"].as_array().into_iter().flatten() {
+            println!(
+                "{:>6} {:<32} {:>12} {:>14}",
+                cell(&r["reason"]),
+                cell(&r["name"]),
+                cell(&r["packets"]),
+                cell(&r["bytes"])
             );
         }
     })

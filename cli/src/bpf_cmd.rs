@@ -20,6 +20,12 @@ pub enum BpfCommand {
     /// An endpoint's L3/L4 policy map, read back from the kernel by the node agent.
     #[command(subcommand)]
     Policy(crate::agent_cmd::PolicyMapCommand),
+    /// The packet path's conntrack table (tc), read by the node agent.
+    #[command(subcommand)]
+    Ct(crate::agent_cmd::CtCommand),
+    /// The packet path's counters: forwards and drops by reason, read by the node agent.
+    #[command(subcommand)]
+    Tc(crate::agent_cmd::TcCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -63,6 +69,8 @@ pub fn run(cmd: BpfCommand) -> Result<ExitCode> {
         BpfCommand::Sockmap(SockmapCommand::List(a)) => sockmap_list(a),
         BpfCommand::Lb(LbCommand::List(a)) => lb_list(a),
         BpfCommand::Policy(c) => crate::agent_cmd::policy_map(c),
+        BpfCommand::Ct(c) => crate::agent_cmd::ct(c),
+        BpfCommand::Tc(c) => crate::agent_cmd::tc(c),
     }
 }
 

@@ -128,6 +128,10 @@ pub enum Request {
         /// `NAMESPACE/POD`.
         endpoint: String,
     },
+    /// The packet path's conntrack table.
+    CtList,
+    /// The packet path's counters: forwards and drops by reason.
+    TcStats,
 }
 
 /// A pod registered with the node daemon by membrane-cni ADD.
@@ -148,6 +152,16 @@ pub struct Registration {
     /// The pod's addresses, from the previous plugin's result.
     #[serde(default)]
     pub ips: Vec<std::net::IpAddr>,
+    /// The pod's host-side interface in the node's network namespace (the previous
+    /// result's interface without `sandbox`): the node daemon attaches the packet path
+    /// (tc) to it. None: the previous plugin reported none (a registration of an earlier
+    /// plugin, or a topology without a host-side veth); the socket hooks still enforce.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_ifname: Option<String>,
+    /// The MAC of the pod's interface (`CNI_IFNAME` in the previous result), as
+    /// `aa:bb:cc:dd:ee:ff`, for the packet path's delivery to the pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
 }
 
 /// Bind the API socket at `path` with mode 0600 (root only: it takes pod
@@ -549,6 +563,8 @@ mod tests {
             netns: "/run/netns/x".into(),
             cgroup: "/sys/fs/cgroup/x".into(),
             ips: vec!["10.0.0.1".parse().unwrap()],
+            host_ifname: None,
+            mac: None,
         });
         let line = serde_json::to_string(&reg).unwrap();
         assert!(

@@ -80,6 +80,21 @@ apiVersion: v1
 kind: Service
 metadata: {name: deathstar, namespace: default}
 spec: {clusterIP: 10.96.0.10, selector: {class: deathstar}, ports: [{port: 80, targetPort: http}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: deathstar-np, namespace: default}
+spec:
+  type: NodePort
+  externalTrafficPolicy: Local
+  clusterIP: 10.96.0.11
+  selector: {class: deathstar}
+  ports: [{port: 80, targetPort: http, nodePort: 30080}, {port: 53, protocol: UDP, targetPort: 53, nodePort: 30053}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: stale-node-port, namespace: default}
+spec: {clusterIP: 10.96.0.12, selector: {class: deathstar}, ports: [{port: 80, nodePort: 30081}]}
 "#;
 
 fn cluster(tie_node: &str) -> String {
@@ -326,6 +341,24 @@ async fn agents_get_their_nodes_endpoints_follow_edits_and_moves_and_keep_the_la
         backends,
         BTreeSet::from([("10.0.1.2".into(), 80), ("10.0.2.2".into(), 80)])
     );
+    assert_eq!((svc.node_port, svc.external_traffic_local), (0, false));
+    // Type NodePort: every port carries its node port and the traffic policy.
+    let np: Service = one
+        .get(AGENT_SERVICE, "default/deathstar-np:80/TCP")
+        .unwrap();
+    assert_eq!((np.node_port, np.external_traffic_local), (30080, true));
+    let np_udp: Service = one
+        .get(AGENT_SERVICE, "default/deathstar-np:53/UDP")
+        .unwrap();
+    assert_eq!(
+        (np_udp.node_port, np_udp.protocol, np_udp.backends.len()),
+        (30053, 17, 2)
+    );
+    // A ClusterIP service's stray nodePort opens nothing (Kubernetes ignores it too).
+    let plain: Service = one
+        .get(AGENT_SERVICE, "default/stale-node-port:80/TCP")
+        .unwrap();
+    assert_eq!(plain.node_port, 0);
     let n1: membrane_api::agent::proto::Node = one.get(AGENT_NODE, "node-1").unwrap();
     assert_eq!(
         (n1.addresses, n1.pod_cidrs),

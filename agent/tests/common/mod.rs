@@ -6,6 +6,8 @@
 //! processes first, then the pins, the cgroups and the namespaces.
 #![allow(dead_code)]
 
+pub mod tc;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -332,6 +334,13 @@ impl Node {
             .args(["--xds-backoff-ms", "50", "--xds-backoff-max-ms", "500"])
             .arg("--state-dir")
             .arg(self.state_dir())
+            // These nodes have no underlay (the agent runs in the test's own network
+            // namespace): native routing, so no overlay device is made.
+            .args(if extra.contains(&"--overlay") {
+                &[][..]
+            } else {
+                &["--overlay", "native"][..]
+            })
             .args(extra)
             .stdout(Stdio::null())
             .stderr(log)
@@ -393,7 +402,8 @@ impl Node {
             "type": "membrane-cni",
             "agentSocket": self.socket(),
             "runtimeConfig": {"cgroupPath": pod.cg.path},
-            "prevResult": {"cniVersion": "1.0.0", "interfaces": [{"name": "eth0"}],
+            "prevResult": {"cniVersion": "1.0.0",
+                           "interfaces": [{"name": "eth0", "sandbox": pod.ns.path()}],
                            "ips": [{"address": format!("{}/24", pod.ip), "interface": 0}]},
         });
         edit(&mut conf);

@@ -47,6 +47,9 @@ impl Cluster {
             .args(["--node", source::NODE])
             .arg("run")
             .args(["--xds-address", xds])
+            // One node, its pods on a bridge: no underlay to encapsulate over, and no
+            // host veth per pod for the packet path's tc programs.
+            .args(["--overlay", "native"])
             .arg("--state-dir")
             .arg(self.dir.join("agent"))
             .stdin(Stdio::null())

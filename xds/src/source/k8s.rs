@@ -156,6 +156,10 @@ pub struct ServicePort {
     /// `TCP` (default).
     #[serde(default)]
     pub protocol: Option<String>,
+    /// The port every node answers on for this service port (types `NodePort` and
+    /// `LoadBalancer`; Kubernetes allocates it, a file source spells it out).
+    #[serde(default)]
+    pub node_port: Option<u16>,
 }
 
 /// `Service.spec`.
@@ -171,6 +175,13 @@ pub struct ServiceSpec {
     /// Cluster IP.
     #[serde(default, rename = "clusterIP")]
     pub cluster_ip: Option<String>,
+    /// `ClusterIP` (default), `NodePort`, `LoadBalancer` or `ExternalName`.
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    /// `Cluster` (default) or `Local`: NodePort traffic only to backends on the node
+    /// that received it.
+    #[serde(default)]
+    pub external_traffic_policy: Option<String>,
 }
 
 /// A Service.

@@ -156,6 +156,8 @@ pub fn service_resources(s: &ServiceModel) -> Vec<Resource> {
                         port: u32::from(b.port),
                     })
                     .collect(),
+                node_port: u32::from(p.node_port),
+                external_traffic_local: s.external_local,
             };
             let name = format!("{}/{}:{}/{proto_name}", s.namespace, s.name, p.port);
             Resource::new(AGENT_SERVICE, name, &msg)

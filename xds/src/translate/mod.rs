@@ -100,6 +100,8 @@ pub struct ServicePortModel {
     pub protocol: String,
     /// Backends.
     pub backends: Vec<Backend>,
+    /// The node port (0 = none): only for services of type `NodePort` or `LoadBalancer`.
+    pub node_port: u16,
 }
 
 /// A service.
@@ -113,6 +115,8 @@ pub struct ServiceModel {
     pub cluster_ip: Option<String>,
     /// Ports.
     pub ports: Vec<ServicePortModel>,
+    /// `spec.externalTrafficPolicy: Local` on a service with node ports.
+    pub external_local: bool,
 }
 
 impl ServiceModel {
@@ -194,10 +198,18 @@ fn endpoint_model(pod: &k8s::Pod, state: &ClusterState) -> EndpointModel {
     }
 }
 
+/// Whether a Service of `spec.type` `kind` opens node ports (Kubernetes: `NodePort`, and
+/// `LoadBalancer` unless `allocateLoadBalancerNodePorts` is false, which then leaves
+/// `nodePort` unset, so the port's own field decides).
+fn has_node_ports(kind: Option<&str>) -> bool {
+    matches!(kind, Some("NodePort" | "LoadBalancer"))
+}
+
 fn service_models(state: &ClusterState, eps: &[(EndpointModel, &k8s::Pod)]) -> Vec<ServiceModel> {
     let mut out = Vec::new();
     for svc in &state.services {
         let ns = svc.metadata.ns();
+        let node_ports = has_node_ports(svc.spec.kind.as_deref());
         let mut ports = Vec::new();
         for sp in &svc.spec.ports {
             let mut backends = BTreeSet::new();
@@ -258,6 +270,7 @@ fn service_models(state: &ClusterState, eps: &[(EndpointModel, &k8s::Pod)]) -> V
                 port: sp.port,
                 protocol: sp.protocol.clone().unwrap_or_else(|| "TCP".into()),
                 backends: backends.into_iter().collect(),
+                node_port: sp.node_port.filter(|_| node_ports).unwrap_or(0),
             });
         }
         out.push(ServiceModel {
@@ -269,6 +282,8 @@ fn service_models(state: &ClusterState, eps: &[(EndpointModel, &k8s::Pod)]) -> V
                 .clone()
                 .filter(|ip| !ip.is_empty() && ip != "None"),
             ports,
+            external_local: node_ports
+                && svc.spec.external_traffic_policy.as_deref() == Some("Local"),
         });
     }
     out

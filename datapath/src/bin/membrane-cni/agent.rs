@@ -75,6 +75,11 @@ pub(crate) fn register(
                 .collect()
         })
         .unwrap_or_default();
+    let (host_ifname, mac) = cfg
+        .prev_result
+        .as_ref()
+        .map(|r| veth_of(r, &ifname))
+        .unwrap_or_default();
     let reg = api::Registration {
         namespace,
         pod,
@@ -83,9 +88,42 @@ pub(crate) fn register(
         netns: PathBuf::from(netns),
         cgroup,
         ips,
+        host_ifname,
+        mac,
     };
     ask_agent(socket, &api::Request::Register(reg), code::DATAPATH)?;
     Ok(Some(add_result(cfg)))
+}
+
+/// The pod's host-side interface and the MAC of its own interface `ifname`, from the
+/// previous plugin's result: `interfaces` lists host-side interfaces without `sandbox`
+/// and the pod's with it. The host-side one is the last without `sandbox` (the bridge
+/// plugin lists its bridge first, then the veth; ptp lists only the veth), so a bridge
+/// is never taken for the pod's veth when both are there.
+pub(crate) fn veth_of(prev: &Value, ifname: &str) -> (Option<String>, Option<String>) {
+    let interfaces = prev
+        .get("interfaces")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let in_sandbox = |i: &Value| {
+        i.get("sandbox")
+            .and_then(Value::as_str)
+            .is_some_and(|s| !s.is_empty())
+    };
+    let name = |i: &Value| i.get("name").and_then(Value::as_str).map(str::to_owned);
+    let host = interfaces
+        .iter()
+        .filter(|i| !in_sandbox(i))
+        .filter_map(name)
+        .next_back();
+    let mac = interfaces
+        .iter()
+        .find(|i| in_sandbox(i) && name(i).as_deref() == Some(ifname))
+        .and_then(|i| i.get("mac").and_then(Value::as_str))
+        .filter(|m| !m.is_empty())
+        .map(str::to_owned);
+    (host, mac)
 }
 
 /// DEL with `agentSocket`.
@@ -120,4 +158,37 @@ pub(crate) fn check_registered(socket: &Path) -> Result<Option<Value>, CniError>
         code::NOT_ATTACHED,
     )?;
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_host_veth_is_the_last_interface_outside_the_sandbox() {
+        // What the bridge plugin reports: bridge, host veth, pod interface.
+        let bridge = json!({"interfaces": [
+            {"name": "cni0", "mac": "02:00:00:00:00:01"},
+            {"name": "veth1234", "mac": "02:00:00:00:00:02"},
+            {"name": "eth0", "mac": "02:00:00:00:00:03", "sandbox": "/run/netns/p"},
+        ]});
+        assert_eq!(
+            veth_of(&bridge, "eth0"),
+            (Some("veth1234".into()), Some("02:00:00:00:00:03".into()))
+        );
+        // ptp: the pod's interface first, then the host veth.
+        let ptp = json!({"interfaces": [
+            {"name": "eth0", "mac": "0a:00:00:00:00:03", "sandbox": "/run/netns/p"},
+            {"name": "veth9", "mac": "0a:00:00:00:00:02", "sandbox": ""},
+        ]});
+        assert_eq!(
+            veth_of(&ptp, "eth0"),
+            (Some("veth9".into()), Some("0a:00:00:00:00:03".into()))
+        );
+        // Another interface name, or no host side at all: nothing is made up.
+        assert_eq!(veth_of(&ptp, "net1"), (Some("veth9".into()), None));
+        let pod_only = json!({"interfaces": [{"name": "eth0", "sandbox": "/run/netns/p"}]});
+        assert_eq!(veth_of(&pod_only, "eth0"), (None, None));
+        assert_eq!(veth_of(&json!({}), "eth0"), (None, None));
+    }
 }

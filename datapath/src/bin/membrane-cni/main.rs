@@ -28,7 +28,9 @@
 //! With `agentSocket` (the node daemon's socket, `membrane-agent run --xds-address`),
 //! ADD registers the pod with the daemon instead of attaching anything itself: its
 //! namespace and name (`CNI_ARGS`' `K8S_POD_NAMESPACE`/`K8S_POD_NAME`), its network
-//! namespace, its addresses (the previous plugin's `ips`) and its cgroup. A runtime tells a
+//! namespace, its addresses (the previous plugin's `ips`), its host-side interface (the
+//! previous result's interface without `sandbox`: the daemon attaches the packet path's tc
+//! programs to it) with the pod interface's MAC, and its cgroup. A runtime tells a
 //! CNI plugin no cgroup unless asked: the plugin reads the CNI conventions' `cgroupPath`
 //! capability (`runtimeConfig.cgroupPath`, declared with `"capabilities":
 //! {"cgroupPath": true}`), a path under `cgroupRoot` (default: the cgroup2 mount); without
