@@ -328,3 +328,33 @@ fn policy_decides_on_the_backend_and_replies_still_pass_conntrack() {
         "{allowed} allowed, {denied} denied"
     );
 }
+
+#[test]
+fn a_direct_flow_on_a_port_a_service_flow_used_keeps_the_backend_as_its_replies_source() {
+    // The client's port first carries a service flow, then (the connection gone, its
+    // memory not yet aged out) a flow straight to the backend it was translated to.
+    let n = node();
+    n.node
+        .sync_services(&[service(VIP, UDP, &[B2, B3])])
+        .expect("sync");
+    let (from, to) = progs(&n, 0);
+    let client = sa("10.0.0.1:41000");
+    let backend = send(&from, UDP, client, sa(VIP));
+    let (_, out) = run(&to, &frame(UDP, backend, client), 0);
+    assert_eq!(addrs(&out), (sa(VIP), client), "the service flow's reply");
+
+    assert_eq!(send(&from, UDP, client, backend), backend, "direct: untouched");
+    let (rc, out) = run(&to, &frame(UDP, backend, client), 0);
+    assert_eq!(rc, PASS);
+    assert_eq!(
+        addrs(&out),
+        (backend, client),
+        "a direct flow's reply must come from the address the client dialled"
+    );
+
+    // The port goes back to the service: translated again, replies from the frontend.
+    let again = send(&from, UDP, client, sa(VIP));
+    assert!([sa(B2), sa(B3)].contains(&again), "went to {again}");
+    let (_, out) = run(&to, &frame(UDP, again, client), 0);
+    assert_eq!(addrs(&out), (sa(VIP), client), "the new service flow's reply");
+}

@@ -446,6 +446,47 @@ MB_LB_SUBPROG int mb_lb_rev_apply(struct __sk_buff *skb, struct mb_lb_pkt *p,
 }
 
 /*
+ * A pod's packet straight to an address (no frontend, no remembered flow).
+ * If an earlier flow from the same client port went to a frontend and was
+ * translated to exactly this address, its memory is stale: the client now
+ * talks to the backend itself, and the replies of this flow must keep the
+ * backend as their source. Without this, a port reused after a service flow
+ * ended (RST, or LRU memory outliving the connection) saw its direct replies
+ * rewritten to the frontend and the connection hung. Both the reverse entry
+ * and the forward memory go, so a later flow to the frontend from that port
+ * chooses afresh and writes its reverse entry again.
+ */
+MB_LB_SUBPROG void mb_lb_forget_stale(const struct mb_lb_tuple *t)
+{
+	struct mb_lb_tuple r = {};
+	struct mb_addr_port *front;
+	struct mb_lb_rev *rv;
+	__u32 rid;
+
+	r.saddr[0] = t->daddr[0];
+	r.sport = t->dport;
+	r.daddr[0] = t->saddr[0];
+	r.dport = t->sport;
+	r.proto = t->proto;
+	r.family = t->family;
+	rv = bpf_map_lookup_elem(&mb_lb_rev, &r);
+	/* SNAT entries are port reservations of other clients' flows: not ours. */
+	if (!rv || (rv->flags & (MB_LB_FLOW_SNAT | MB_LB_FLOW_EXTERNAL)) ||
+	    rv->client_ip != t->saddr[0] || rv->client_port != t->sport)
+		return;
+	rid = rv->rev_nat_id;
+	front = bpf_map_lookup_elem(&mb_lb_rnat, &rid);
+	if (front && front->ip[0]) {
+		struct mb_lb_tuple fwd = *t;
+
+		fwd.daddr[0] = front->ip[0];
+		fwd.dport = front->port;
+		bpf_map_delete_elem(&mb_lb_flows, &fwd);
+	}
+	bpf_map_delete_elem(&mb_lb_rev, &r);
+}
+
+/*
  * A pod's packet to a ClusterIP frontend: DNAT to the flow's backend.
  * Hairpin (the backend is the sender itself): the source becomes the
  * frontend address too, or the pod would drop a packet from itself; the
@@ -461,8 +502,12 @@ MB_LB_SUBPROG int mb_lb_from_container(struct __sk_buff *skb)
 	if (mb_lb_parse4(skb, &p) < 0)
 		return MB_LB_CONTINUE;
 	ret = mb_lb_flow_get(&p.t, p.t.daddr[0], MB_LB_SCOPE_CLUSTER, &f);
-	if (ret < 0 || ret == MB_LB_FLOW_NONE)
-		return ret < 0 ? ret : MB_LB_CONTINUE;
+	if (ret == MB_LB_FLOW_NONE) {
+		mb_lb_forget_stale(&p.t);
+		return MB_LB_CONTINUE;
+	}
+	if (ret < 0)
+		return ret;
 	if (ret == MB_LB_FLOW_NEW) {
 		if (f.backend_ip[0] == p.t.saddr[0]) {
 			f.flags |= MB_LB_FLOW_SNAT;
