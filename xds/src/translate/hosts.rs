@@ -4,10 +4,10 @@
 //! their CIDR identities, the same for everyone. Node addresses (each node's InternalIPs)
 //! depend on who asks, as in Cilium: a node's own addresses are `reserved:host` (1) on that
 //! node and `reserved:remote-node` (6) everywhere else. The cluster-wide view (the shared
-//! snapshot, and so the node agents', which put their own node's addresses back to host
-//! themselves) has every node address as remote-node; the sidecars of a pod on node N get
-//! N's view, with N's addresses as host, so that N's kubelet probes reach them as the host
-//! that allow-localhost lets in.
+//! snapshot, what a client of no known node gets) has every node address as remote-node;
+//! node N's agent and the sidecars of the pods on N get N's view, with N's addresses as
+//! host, so that N's kubelet probes reach its pods as the host that allow-localhost lets
+//! in, in the kernel and in the sidecar alike.
 
 use super::*;
 
@@ -144,19 +144,11 @@ impl Translator {
             map,
             set: TypeResources::shared(items),
         };
-        // A view per node that runs a pod of this pass (only those have sidecars to serve).
-        let mut nodes = HashMap::new();
-        for (_, pod) in eps {
-            let Some(name) = pod.spec.node_name.as_deref() else {
-                continue;
-            };
-            if nodes.contains_key(name) {
-                continue;
-            }
-            if let Some(own) = node_addrs.get(name) {
-                nodes.insert(name.to_owned(), node_view(&shared, own));
-            }
-        }
+        // A view per node: its sidecars' and its agent's.
+        let nodes = node_addrs
+            .iter()
+            .map(|(name, own)| ((*name).to_owned(), node_view(&shared, own)))
+            .collect();
         Hosts { shared, nodes }
     }
 }

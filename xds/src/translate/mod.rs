@@ -646,7 +646,7 @@ impl Translator {
         out.keys.insert(SHARED_KEY.to_string());
         match shared.build() {
             Ok(s) => {
-                self.translate_agents(state, &eps, &services, &s, &mut out);
+                self.translate_agents(state, &eps, &services, &s, &hosts, &mut out);
                 out.snapshots.insert(SHARED_KEY.to_string(), s);
             }
             Err(error) => out.errors.push(TranslateError::Snapshot {

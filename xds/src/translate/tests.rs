@@ -382,24 +382,30 @@ fn node_addresses_are_the_host_on_their_node_and_remote_nodes_elsewhere() {
             .collect()
     };
     let addrs = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    // Cluster-wide (and so the agents'): every node is a remote node.
+    // Cluster-wide: every node is a remote node.
     let shared = BTreeMap::from([(6, addrs(&["10.10.0.1", "10.10.0.2"]))]);
     assert_eq!(view(SHARED_KEY), shared);
-    assert_eq!(
-        view("agent/node-1"),
-        shared,
-        "the agent puts its own back itself"
-    );
-    // A sidecar's view: its own node is the host.
-    assert_eq!(
-        view("sidecar/default/deathstar-1"),
-        BTreeMap::from([(1, addrs(&["10.10.0.1"])), (6, addrs(&["10.10.0.2"]))])
-    );
-    assert_eq!(
-        view("sidecar/default/xwing"),
-        BTreeMap::from([(1, addrs(&["10.10.0.2"])), (6, addrs(&["10.10.0.1"]))])
-    );
+    // A node's view, its agent's and its sidecars': its own addresses are the host.
+    let node_1 = BTreeMap::from([(1, addrs(&["10.10.0.1"])), (6, addrs(&["10.10.0.2"]))]);
+    let node_2 = BTreeMap::from([(1, addrs(&["10.10.0.2"])), (6, addrs(&["10.10.0.1"]))]);
+    assert_eq!(view("sidecar/default/deathstar-1"), node_1);
+    assert_eq!(view("agent/node-1"), node_1);
+    assert_eq!(view("sidecar/default/xwing"), node_2);
+    assert_eq!(view("agent/node-2"), node_2);
     assert_eq!(view("sidecar/default/tiefighter"), shared, "no node yet");
+    assert_eq!(
+        out.agent_template
+            .as_ref()
+            .unwrap()
+            .resources(NETWORK_POLICY_HOSTS)
+            .unwrap()
+            .version,
+        out.snapshots[SHARED_KEY]
+            .resources(NETWORK_POLICY_HOSTS)
+            .unwrap()
+            .version,
+        "an agent of a node not listed gets the cluster-wide view"
+    );
     // The RBAC a stock Envoy gets: allow-localhost admits the deathstar's own node only.
     let side = &out.snapshots["sidecar/default/deathstar-1"];
     let l: Listener = side.resources(LISTENER).unwrap().items["inbound|80"]
