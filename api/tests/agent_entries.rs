@@ -14,7 +14,7 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{resolve, Gen};
+use common::{localhost_setting, resolve, Gen};
 use membrane_api::agent::policy::{policy_entries, resolve_named, PROTOCOLS};
 use membrane_api::agent::proto::{Direction as PbDirection, PolicyEntry, Verdict};
 use membrane_api::npds::{decode, encode};
@@ -179,9 +179,13 @@ fn entries_decide_as_the_engine_and_the_sidecar_for_generated_policies() {
         let mut g = Gen::seeded(seed, true);
         let texts = g.policies();
         let mode = g.mode();
-        let (p, remotes) = resolve(&texts, mode, own.clone());
+        let localhost = localhost_setting(seed);
+        let (p, remotes) = resolve(&texts, mode, localhost, own.clone());
         let entries = policy_entries(&p, &own, &peers);
-        let what = format!("seed {seed} ({mode:?})\n{}", texts.join("---\n"));
+        let what = format!(
+            "seed {seed} ({mode:?}, allow-localhost {localhost})\n{}",
+            texts.join("---\n")
+        );
         well_formed(&entries, &what);
         let wrong = disagreements(&p, &entries, &entries, &remotes, &own, &peers);
         assert!(wrong.is_empty(), "{what}\n{}", wrong.join("\n"));
@@ -252,7 +256,12 @@ fn a_wrong_entry_is_noticed() {
     for seed in 0..40u64 {
         let mut g = Gen::seeded(seed, true);
         let texts = g.policies();
-        let (p, remotes) = resolve(&texts, UnenforcedL7Mode::FailClosed, own.clone());
+        let (p, remotes) = resolve(
+            &texts,
+            UnenforcedL7Mode::FailClosed,
+            localhost_setting(seed),
+            own.clone(),
+        );
         let entries = policy_entries(&p, &own, &peers);
         for i in 0..entries.len() {
             let e = &entries[i];

@@ -8,12 +8,12 @@
 
 mod common;
 
-use common::{resolve, Gen, Tok};
+use common::{localhost_setting, resolve, Gen, Tok};
 use membrane_api::npds::{decode, encode};
 use membrane_api::proto::NetworkPolicy;
 use membrane_policy::http::HttpRequest;
 use membrane_policy::resolve::{DirectionPolicy, NamedPorts, ResolvedPolicy};
-use membrane_policy::{Direction, Identity, Proto};
+use membrane_policy::{ConnPolicy, Direction, Identity, Proto};
 use prost::Message;
 
 /// `p` through the encoder, the wire bytes and the decoder.
@@ -92,29 +92,51 @@ fn same_verdicts(
 
 #[test]
 fn decode_of_encode_decides_as_the_generated_policy() {
-    let mut seen_http = 0;
+    let (mut seen_http, mut seen_localhost, mut seen_host_rules) = (0, 0, 0);
     for seed in 0..300u64 {
         let mut g = Gen::seeded(seed, false);
         let texts = g.policies();
         let mode = g.mode();
-        let (orig, remotes) = resolve(&texts, mode, NamedPorts::new());
+        let localhost = localhost_setting(seed);
+        let (orig, remotes) = resolve(&texts, mode, localhost, NamedPorts::new());
         seen_http += usize::from(
             PORTS
                 .iter()
                 .any(|p| orig.ingress.has_http_on(Proto::Tcp, *p)),
+        );
+        // allow-localhost letting the host in on some port, and, on another case, rules
+        // naming the host deciding it on a port while the setting is on.
+        seen_localhost += usize::from(PORTS.iter().any(|p| {
+            matches!(
+                orig.ingress.connection(Identity::HOST, Proto::Tcp, *p),
+                ConnPolicy::AllowedLocalhost
+            )
+        }));
+        seen_host_rules += usize::from(
+            orig.ingress.allow_localhost
+                && PORTS
+                    .iter()
+                    .any(|p| orig.ingress.names_remote_on(Identity::HOST, Proto::Tcp, *p)),
         );
         let decoded = round_trip(&orig);
         same_verdicts(
             &orig,
             &decoded,
             &remotes,
-            &format!("seed {seed} ({mode:?})\n{}", texts.join("---\n")),
+            &format!(
+                "seed {seed} ({mode:?}, allow-localhost {localhost})\n{}",
+                texts.join("---\n")
+            ),
         );
     }
     // The generator must reach the interesting part: HTTP rules on a port.
     assert!(
         seen_http > 50,
         "only {seen_http} of 300 policies had HTTP rules"
+    );
+    assert!(
+        seen_localhost > 50 && seen_host_rules > 20,
+        "allow-localhost decided in {seen_localhost} and rules naming the host under it in {seen_host_rules} of 300 cases"
     );
 }
 

@@ -6,7 +6,7 @@ use membrane_policy::labels::LabelSet;
 use membrane_policy::load::{parse_file, LoadedObject};
 use membrane_policy::rule::{CompiledPolicy, Proto};
 use membrane_policy::trace::{trace, TraceHttp, TraceRequest};
-use membrane_policy::UnenforcedL7Mode;
+use membrane_policy::{AllowLocalhost, UnenforcedL7Mode};
 use serde::Serialize;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -105,6 +105,15 @@ pub struct TraceArgs {
         default_value = "fail-closed"
     )]
     unenforced_l7: UnenforcedL7Mode,
+    /// Cilium's allow-localhost: `auto` (the default) and `always` let the node's own
+    /// traffic (reserved:host) reach an endpoint on any port no rule naming the host
+    /// covers; `policy` requires a rule. Trace with the setting membrane-xds runs with.
+    #[arg(
+        long = "allow-localhost",
+        env = "MEMBRANE_ALLOW_LOCALHOST",
+        default_value = "auto"
+    )]
+    allow_localhost: AllowLocalhost,
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value = "text")]
     output: Output,
@@ -372,6 +381,7 @@ fn trace_cmd(a: TraceArgs) -> Result<ExitCode> {
         http,
         sni: a.tls_sni.clone(),
         unenforced_l7: a.unenforced_l7,
+        allow_localhost: a.allow_localhost,
     };
     let result = trace(&policies, &req)?;
     match a.output {

@@ -223,6 +223,50 @@ fn validate_warns_about_unenforced_l7_rules() {
     assert_eq!(v[0]["warnings"], serde_json::json!([]), "{v:#}");
 }
 
+/// `trace` of the node's own traffic (`reserved:host`) to a pod whose policy does not name
+/// the host: allowed by allow-localhost (the default), said so in text and JSON; denied by
+/// default deny with `--allow-localhost policy`; a bad value is refused naming it.
+#[test]
+fn trace_allow_localhost_lets_the_host_in_unless_told_policy() {
+    let l3 = repo("manifests/examples/starwars/sw_l3_l4_policy.yaml");
+    let args = [
+        "--policy",
+        &l3,
+        "-s",
+        "reserved:host",
+        "-d",
+        "k8s:org=empire,k8s:class=deathstar",
+        "--dport",
+        "15021/TCP",
+    ];
+    let open = trace(&args);
+    assert_eq!(open["verdict"], "allowed", "{open:#}");
+    assert_eq!(open["decided_by"], serde_json::Value::Null, "{open:#}");
+    assert_eq!(open["decided_by_setting"], "allow-localhost", "{open:#}");
+    let text = open["explanation"].as_str().unwrap();
+    assert!(
+        text.contains("ingress: allowed by allow-localhost"),
+        "{text}"
+    );
+    let mut policy = args.to_vec();
+    policy.extend(["--allow-localhost", "policy"]);
+    let shut = trace(&policy);
+    assert_eq!(shut["verdict"], "denied", "{shut:#}");
+    assert_eq!(shut.get("decided_by_setting"), None, "{shut:#}");
+    let bad = membrane()
+        .args(["policy", "trace", "-o", "json"])
+        .args(args)
+        .args(["--allow-localhost", "sometimes"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("expected auto, always or policy"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+}
+
 /// `trace` gives the verdict the proxy enforces for a port whose only allow rule carries
 /// Kafka rules: denied by default, naming the rule and why; allowed at L4 only with
 /// `--unenforced-l7 l4-only`; a caveat either way.

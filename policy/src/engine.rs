@@ -8,8 +8,8 @@
 use crate::identity::{Identity, IdentityAllocator, IdentityError, IdentityInfo, MemoryAllocator};
 use crate::labels::LabelSet;
 use crate::resolve::{
-    index_label, subject_selects, Endpoint, NamedPorts, Repository, ResolvedPolicy, SelectorCache,
-    UnenforcedL7Mode,
+    index_label, subject_selects, AllowLocalhost, Endpoint, NamedPorts, Repository, ResolvedPolicy,
+    SelectorCache, UnenforcedL7Mode,
 };
 use crate::rule::{CompiledPolicy, Peer, PolicyKey, Subject};
 use ipnet::IpNet;
@@ -76,6 +76,21 @@ impl<A: IdentityAllocator> Engine<A> {
             return vec![];
         }
         self.repo.set_unenforced_l7(mode);
+        let ids: Vec<EndpointId> = self.endpoints.keys().cloned().collect();
+        self.reresolve(&ids);
+        ids
+    }
+
+    /// Sets Cilium's `allow-localhost` (whether the node's own traffic reaches endpoints
+    /// without a rule naming the host) and re-resolves every endpoint under the new
+    /// setting; returns the endpoints re-resolved (none when the host's treatment is
+    /// unchanged, as from `auto` to `always`).
+    pub fn set_allow_localhost(&mut self, setting: AllowLocalhost) -> Vec<EndpointId> {
+        let before = self.repo.allow_localhost();
+        self.repo.set_allow_localhost(setting);
+        if before.allows_host() == setting.allows_host() {
+            return vec![];
+        }
         let ids: Vec<EndpointId> = self.endpoints.keys().cloned().collect();
         self.reresolve(&ids);
         ids

@@ -30,7 +30,7 @@ pub use identity::{Identity, IdentityAllocator, MemoryAllocator};
 pub use labels::{Label, LabelSet};
 pub use load::{parse_file, LoadedObject};
 pub use resolve::{
-    ConnPolicy, Direction, Endpoint, Repository, ResolvedPolicy, SelectorCache, UnenforcedL7Mode,
-    Verdict,
+    AllowLocalhost, ConnPolicy, Direction, Endpoint, Repository, ResolvedPolicy, SelectorCache,
+    UnenforcedL7Mode, Verdict,
 };
 pub use rule::{CompiledPolicy, PolicyKey, PolicyKind, Proto};

@@ -7,7 +7,8 @@ use crate::identity::{Identity, IdentityError};
 use crate::ipcache::IpCache;
 use crate::labels::{self, Label, LabelSet, SOURCE_K8S};
 use crate::resolve::{
-    ConnPolicy, Direction, Endpoint, NamedPorts, PeerEntry, UnenforcedL7Mode, Verdict,
+    AllowLocalhost, ConnPolicy, Direction, Endpoint, NamedPorts, PeerEntry, UnenforcedL7Mode,
+    Verdict,
 };
 use crate::rule::{CompiledPolicy, Proto, DEFAULT_CLUSTER, L7};
 use serde::Serialize;
@@ -39,6 +40,9 @@ pub struct TraceRequest {
     /// What rules of L7 protocols membrane does not enforce do (as the proxy and the
     /// control plane are configured).
     pub unenforced_l7: UnenforcedL7Mode,
+    /// Whether the host reaches endpoints without a rule naming it (as the control plane
+    /// and the proxy are configured).
+    pub allow_localhost: AllowLocalhost,
 }
 
 /// The HTTP part of a traced flow.
@@ -77,8 +81,12 @@ pub struct DecidedBy {
 pub struct TraceResult {
     /// `allowed` or `denied`.
     pub verdict: &'static str,
-    /// The deciding rule; `null` for default deny or when no policy applies.
+    /// The deciding rule; `null` for default deny, when no policy applies, or when a
+    /// setting decided.
     pub decided_by: Option<DecidedBy>,
+    /// The setting that decided instead of a rule: `allow-localhost` (the host let in).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decided_by_setting: Option<&'static str>,
     /// Human-readable account of the decision, one step per line.
     pub explanation: String,
     /// Parts of the verdict that depend on what the engine does not evaluate.
@@ -147,6 +155,7 @@ fn origin_json(e: &PeerEntry, dir: Direction, http_rule: Option<usize>) -> Decid
 struct Side {
     verdict: Verdict,
     decided_by: Option<DecidedBy>,
+    setting: Option<&'static str>,
     lines: Vec<String>,
 }
 
@@ -157,6 +166,7 @@ pub fn trace(
 ) -> Result<TraceResult, TraceError> {
     let mut engine = Engine::default();
     engine.set_unenforced_l7(req.unenforced_l7);
+    engine.set_allow_localhost(req.allow_localhost);
     for p in policies {
         engine.apply_policy(p.clone());
     }
@@ -264,12 +274,13 @@ pub fn trace(
         lines.extend(s.lines.iter().cloned());
     }
     let denied = sides.iter().find(|(_, s)| s.verdict == Verdict::Denied);
-    let (verdict, decided_by) = match denied {
-        Some((_, s)) => (Verdict::Denied, s.decided_by.clone()),
+    let (verdict, decided_by, setting) = match denied {
+        Some((_, s)) => (Verdict::Denied, s.decided_by.clone(), None),
         None => {
             // The destination's ingress decision is the more specific one when both allow.
             let by = sides.iter().rev().find_map(|(_, s)| s.decided_by.clone());
-            (Verdict::Allowed, by)
+            let setting = sides.iter().rev().find_map(|(_, s)| s.setting);
+            (Verdict::Allowed, by, setting)
         }
     };
     caveats.sort();
@@ -281,6 +292,7 @@ pub fn trace(
     Ok(TraceResult {
         verdict: verdict.as_str(),
         decided_by,
+        decided_by_setting: setting,
         explanation: lines.join("\n"),
         caveats,
     })
@@ -300,6 +312,7 @@ fn side(
     let mk = |verdict, by: Option<&PeerEntry>, http: Option<usize>, lines: Vec<String>| Side {
         verdict,
         decided_by: by.map(|e| origin_json(e, dir, http)),
+        setting: None,
         lines,
     };
     match conn {
@@ -335,6 +348,17 @@ fn side(
                 "{d}: no rule matched and default deny is disabled: allowed"
             ));
             mk(Verdict::Allowed, None, None, lines)
+        }
+        ConnPolicy::AllowedLocalhost => {
+            lines.push(format!(
+                "{d}: allowed by allow-localhost (setting {}): no rule naming the host covers this port, and {}",
+                req.allow_localhost,
+                AllowLocalhost::explain()
+            ));
+            Side {
+                setting: Some("allow-localhost"),
+                ..mk(Verdict::Allowed, None, None, lines)
+            }
         }
         ConnPolicy::UnenforcedL7Denied(e) => {
             let note = conn.note().unwrap_or_default();

@@ -95,6 +95,12 @@ pub struct Config {
     /// plane's setting applies (it sends such rules only when they must fail closed).
     #[arg(long, env = "MEMBRANE_UNENFORCED_L7", default_value = "fail-closed")]
     pub unenforced_l7: membrane_policy::UnenforcedL7Mode,
+    /// Cilium's allow-localhost for `--policy` files: `auto` (the default) and `always` let
+    /// the node's own traffic (`reserved:host`) in on any port no rule naming the host
+    /// covers; `policy` requires a rule. With `--xds-address` the control plane's setting
+    /// applies (NPDS carries the host's allowance as rules).
+    #[arg(long, env = "MEMBRANE_ALLOW_LOCALHOST", default_value = "auto")]
+    pub allow_localhost: membrane_policy::AllowLocalhost,
     /// Static ipcache entries `CIDR=LABELS` (`10.0.0.0/8=k8s:org=empire`); longest prefix wins.
     #[arg(long = "peer", env = "MEMBRANE_PEER", value_delimiter = ';')]
     pub peer: Vec<String>,

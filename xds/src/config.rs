@@ -151,6 +151,13 @@ pub struct Config {
     /// those at L4 without the rules.
     #[arg(long, env = "MEMBRANE_UNENFORCED_L7", default_value = "fail-closed")]
     pub unenforced_l7: membrane_policy::UnenforcedL7Mode,
+    /// Cilium's allow-localhost: `auto` (the default; `always` under Kubernetes, which
+    /// every membrane source describes) and `always` let the node's own traffic
+    /// (`reserved:host`: kubelet probes) reach a pod on every port no rule naming the host
+    /// covers; `policy` requires a rule. Carried in NPDS (as rules for identity 1) and in
+    /// the agents' policy entries.
+    #[arg(long, env = "MEMBRANE_ALLOW_LOCALHOST", default_value = "auto")]
+    pub allow_localhost: membrane_policy::AllowLocalhost,
     /// Log filter (tracing `EnvFilter` syntax).
     #[arg(long, env = "MEMBRANE_LOG", default_value = "info")]
     pub log: String,

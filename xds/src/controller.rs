@@ -59,6 +59,8 @@ pub struct Controller {
     retry: bool,
     /// Kept to configure a translator that replaces the first.
     unenforced_l7: membrane_policy::UnenforcedL7Mode,
+    /// Likewise.
+    allow_localhost: membrane_policy::AllowLocalhost,
     /// The pods mTLS clients are checked against, replaced every pass.
     workloads: Option<Arc<Workloads>>,
 }
@@ -83,6 +85,7 @@ impl Controller {
             identities: None,
             retry: false,
             unenforced_l7: Default::default(),
+            allow_localhost: Default::default(),
             workloads: None,
         }
     }
@@ -99,6 +102,7 @@ impl Controller {
     pub fn with_cluster_identities(mut self, ids: Box<dyn ClusterIdentities>) -> Self {
         self.translator = Translator::with_allocator(ClusterAllocator::seeded());
         self.translator.set_unenforced_l7(self.unenforced_l7);
+        self.translator.set_allow_localhost(self.allow_localhost);
         self.identities = Some(ids);
         self
     }
@@ -107,6 +111,14 @@ impl Controller {
     pub fn with_unenforced_l7(mut self, mode: membrane_policy::UnenforcedL7Mode) -> Self {
         self.unenforced_l7 = mode;
         self.translator.set_unenforced_l7(mode);
+        self
+    }
+
+    /// Sets Cilium's allow-localhost (`--allow-localhost`): whether the node's own traffic
+    /// reaches pods without a rule naming the host.
+    pub fn with_allow_localhost(mut self, setting: membrane_policy::AllowLocalhost) -> Self {
+        self.allow_localhost = setting;
+        self.translator.set_allow_localhost(setting);
         self
     }
 
@@ -270,8 +282,9 @@ impl Controller {
 }
 
 /// What a pass resolved, for registration: every pod address with its
-/// endpoint's identity, and every node's internal addresses (the host
-/// identity, as NPHDS carries them).
+/// endpoint's identity, and every node's internal addresses (remote-node,
+/// as the cluster-wide NPHDS carries them: a node's own addresses are the
+/// host only on that node).
 fn registrations(state: &ClusterState, t: &Translator) -> BTreeMap<String, IpEntry> {
     let mut out = BTreeMap::new();
     for p in &state.pods {
@@ -293,7 +306,7 @@ fn registrations(state: &ClusterState, t: &Translator) -> BTreeMap<String, IpEnt
     for n in &state.nodes {
         for a in n.status.addresses.iter().filter(|a| a.kind == "InternalIP") {
             out.entry(a.address.clone()).or_insert_with(|| IpEntry {
-                identity: membrane_policy::Identity::HOST.0,
+                identity: membrane_policy::Identity::REMOTE_NODE.0,
                 kind: "node".into(),
                 name: n.metadata.name.clone(),
             });

@@ -109,7 +109,8 @@ fn intervals(d: &DirectionPolicy, proto: Proto) -> Vec<(u32, u32)> {
 }
 
 /// Identities the engine decides alike, grouped by which rules name them: the rules' remote
-/// sets are all the engine reads of an identity, so one member speaks for the class.
+/// sets are all the engine reads of an identity, so one member speaks for the class. Under
+/// allow-localhost the host is read apart (`reserved:host` itself), so it is a class alone.
 fn identity_classes(d: &DirectionPolicy) -> Vec<Vec<Identity>> {
     let sets: Vec<&[Identity]> = d
         .entries
@@ -131,9 +132,17 @@ fn identity_classes(d: &DirectionPolicy) -> Vec<Vec<Identity>> {
     }
     let mut classes: BTreeMap<Vec<usize>, Vec<Identity>> = BTreeMap::new();
     for (id, signature) in member_of {
+        if d.allow_localhost && id == Identity::HOST {
+            continue; // in a class of its own, below
+        }
         classes.entry(signature).or_default().push(id);
     }
-    classes.into_values().collect()
+    let mut out: Vec<Vec<Identity>> = classes.into_values().collect();
+    if d.allow_localhost {
+        // allow-localhost decides the host apart from any identity the rules name alike.
+        out.push(vec![Identity::HOST]);
+    }
+    out
 }
 
 /// An identity no rule names (the lowest such number): the engine decides it as it would

@@ -493,6 +493,9 @@ fn ports(
         // Fail closed whatever this proxy's --unenforced-l7: the control plane decides,
         // and sends L7 rules it does not want enforced as L4 allows.
         unenforced_l7: membrane_policy::UnenforcedL7Mode::FailClosed,
+        // Likewise: membrane-xds sends the host's allowance (allow-localhost) as rules
+        // for identity 1 on the ports no other rule names the host on.
+        allow_localhost: false,
     })
 }
 

@@ -14,6 +14,7 @@ use membrane_policy::resolve::{
     DirectionPolicy, NamedPorts, PeerEntry, Remotes, ResolvedPolicy, UnenforcedL7Mode,
 };
 use membrane_policy::rule::{PortMatch, Proto, TlsSource, L7};
+use membrane_policy::Identity;
 
 use super::{TCP, UDP};
 use crate::proto::{
@@ -206,6 +207,79 @@ fn protocols(p: Proto) -> &'static [i32] {
     }
 }
 
+/// The ports of an entry as NPDS writes them: `(port, end_port)`, `(0, 0)` for every port,
+/// `end_port` 0 for a single port; a named port resolves against `named` (unresolved: none).
+fn npds_ranges(ports: &PortMatch, named: &NamedPorts) -> Vec<(u32, u32)> {
+    match ports {
+        PortMatch::Range(0, 65535) => vec![(0, 0)],
+        PortMatch::Range(lo, hi) if lo == hi => vec![(u32::from(*lo), 0)],
+        PortMatch::Range(lo, hi) => vec![(u32::from(*lo), u32::from(*hi))],
+        PortMatch::Named(n) => named
+            .get(n)
+            .into_iter()
+            .flatten()
+            .map(|p| (u32::from(*p), 0))
+            .collect(),
+        PortMatch::IcmpType(_) => Vec::new(),
+    }
+}
+
+/// The rule name the host's allowance carries (decisions and RBAC policies show it).
+pub const ALLOW_LOCALHOST_RULE: &str = "allow-localhost";
+
+/// The engine's allow-localhost in NPDS's vocabulary, which has no such setting: an L4
+/// allow for identity 1 (`reserved:host`) on every port range, per protocol, that no rule
+/// naming the host covers. On the ports a rule names the host, the rules alone decide, as
+/// in the engine ([`DirectionPolicy::localhost_allows`]).
+fn localhost_ports(d: &DirectionPolicy, named: &NamedPorts) -> Vec<PortNetworkPolicy> {
+    let mut out = Vec::new();
+    for protocol in [TCP, UDP] {
+        let mut covered: Vec<(u32, u32)> = d
+            .entries
+            .iter()
+            .filter(|e| protocols(e.proto).contains(&protocol))
+            .filter(|e| e.rules.iter().any(|r| r.remotes.contains(Identity::HOST)))
+            .flat_map(|e| npds_ranges(&e.ports, named))
+            .map(|(lo, hi)| match (lo, hi) {
+                (0, _) => (0, 65535),
+                (lo, 0) => (lo, lo),
+                (lo, hi) => (lo, hi),
+            })
+            .collect();
+        covered.sort_unstable();
+        // Port 0 is never connected to; the gaps are taken within 1..=65535.
+        let mut next = 1u32;
+        let mut gaps = Vec::new();
+        for (lo, hi) in covered {
+            if lo > next {
+                gaps.push((next, lo - 1));
+            }
+            next = next.max(hi + 1);
+        }
+        if next <= 65535 {
+            gaps.push((next, 65535));
+        }
+        for (lo, hi) in gaps {
+            let (port, end_port) = match (lo, hi) {
+                (1, 65535) => (0, 0),
+                (lo, hi) if lo == hi => (lo, 0),
+                (lo, hi) => (lo, hi),
+            };
+            out.push(PortNetworkPolicy {
+                port,
+                end_port,
+                protocol,
+                rules: vec![PortNetworkPolicyRule {
+                    name: ALLOW_LOCALHOST_RULE.to_owned(),
+                    remote_policies: vec![Identity::HOST.0],
+                    ..Default::default()
+                }],
+            });
+        }
+    }
+    out
+}
+
 /// The per-port policies of one direction.
 pub fn direction(d: &DirectionPolicy, named: &NamedPorts) -> Vec<PortNetworkPolicy> {
     let allow_all = |protocol| PortNetworkPolicy {
@@ -219,18 +293,7 @@ pub fn direction(d: &DirectionPolicy, named: &NamedPorts) -> Vec<PortNetworkPoli
     }
     let mut out = Vec::new();
     for e in &d.entries {
-        let ranges: Vec<(u32, u32)> = match &e.ports {
-            PortMatch::Range(0, 65535) => vec![(0, 0)],
-            PortMatch::Range(lo, hi) if lo == hi => vec![(u32::from(*lo), 0)],
-            PortMatch::Range(lo, hi) => vec![(u32::from(*lo), u32::from(*hi))],
-            PortMatch::Named(n) => named
-                .get(n)
-                .into_iter()
-                .flatten()
-                .map(|p| (u32::from(*p), 0))
-                .collect(),
-            PortMatch::IcmpType(_) => Vec::new(),
-        };
+        let ranges = npds_ranges(&e.ports, named);
         let rules: Vec<PortNetworkPolicyRule> = e
             .rules
             .iter()
@@ -251,9 +314,12 @@ pub fn direction(d: &DirectionPolicy, named: &NamedPorts) -> Vec<PortNetworkPoli
         }
     }
     if !d.default_deny {
-        // Every selecting rule turned default deny off: what no rule denies passes.
+        // Every selecting rule turned default deny off: what no rule denies passes, the
+        // host included.
         out.push(allow_all(TCP));
         out.push(allow_all(UDP));
+    } else if d.allow_localhost {
+        out.extend(localhost_ports(d, named));
     }
     out
 }

@@ -99,3 +99,66 @@ fn empty_rule_lists_allow() {
     assert_eq!(verdict(80), Verdict::Allowed);
     assert_eq!(verdict(81), Verdict::Denied);
 }
+
+/// allow-localhost in NPDS: an L4 allow for identity 1 on the port ranges no rule naming
+/// the host covers, per protocol; nothing when the setting is `policy`.
+#[test]
+fn allow_localhost_is_sent_as_host_rules_around_the_ports_rules_name_the_host_on() {
+    use super::encode;
+    use crate::proto::PortNetworkPolicyRule;
+    use membrane_policy::resolve::{Endpoint, NamedPorts};
+    use membrane_policy::{AllowLocalhost, Engine, LabelSet};
+    let text = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: p}\nspec:\n  endpointSelector: {}\n  ingress:\n  - fromEntities: [host]\n    toPorts:\n    - ports: [{port: \"80\", protocol: TCP}]\n      rules: {http: [{method: GET}]}\n";
+    let named = NamedPorts::new();
+    let encoded = |setting| {
+        let mut engine = Engine::default();
+        engine.set_allow_localhost(setting);
+        for o in membrane_policy::parse_file("p.yaml", text).unwrap() {
+            engine.apply_policy(o.result.unwrap());
+        }
+        let labels = membrane_policy::trace::pod_labels(LabelSet::parse("k8s:app=x").unwrap());
+        let ep = Endpoint {
+            labels,
+            named_ports: named.clone(),
+        };
+        engine.upsert_endpoint("default/x", ep).unwrap();
+        let p = engine.resolved("default/x").unwrap();
+        encode::direction(&p.ingress, &named)
+    };
+    let host_rule = PortNetworkPolicyRule {
+        name: encode::ALLOW_LOCALHOST_RULE.into(),
+        remote_policies: vec![1],
+        ..Default::default()
+    };
+    let hosts = |ports: &[PortNetworkPolicy]| -> Vec<(u32, u32, i32)> {
+        ports
+            .iter()
+            .filter(|p| p.rules == [host_rule.clone()])
+            .map(|p| (p.port, p.end_port, p.protocol))
+            .collect()
+    };
+    let on = encoded(AllowLocalhost::Auto);
+    assert_eq!(on.len(), 4, "the HTTP rule's port and three host ranges");
+    assert_eq!(
+        hosts(&on),
+        [
+            (1, 79, super::TCP),
+            (81, 65535, super::TCP),
+            (0, 0, super::UDP)
+        ]
+    );
+    let off = encoded(AllowLocalhost::Policy);
+    assert!(hosts(&off).is_empty());
+    assert_eq!(off.len(), 1);
+    // The sidecar decides as the engine: the host's GETs on 80 go through the HTTP rule,
+    // any other port is open to it.
+    let d = decode::network_policy(&np("10.0.0.1", on)).unwrap();
+    let conn = d.ingress.connection(Identity::HOST, Proto::Tcp, 80);
+    assert!(conn.needs_http());
+    let conn = d.ingress.connection(Identity::HOST, Proto::Tcp, 8080);
+    assert_eq!(conn.l4_verdict(), Verdict::Allowed);
+    let conn = d
+        .ingress
+        .connection(Identity::REMOTE_NODE, Proto::Tcp, 8080);
+    assert_eq!(conn.l4_verdict(), Verdict::Denied);
+}

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use membrane_policy::http::{SecretData, SecretName, SecretResolver};
 use membrane_policy::resolve::{Endpoint, NamedPorts, ResolvedPolicy};
-use membrane_policy::{Engine, Identity, LabelSet, UnenforcedL7Mode};
+use membrane_policy::{AllowLocalhost, Engine, Identity, LabelSet, UnenforcedL7Mode};
 
 /// Labels of a pod `app=APP` in namespace `default`.
 pub fn pod(app: &str) -> LabelSet {
@@ -210,15 +210,27 @@ impl Gen {
     }
 }
 
+/// The allow-localhost setting of generated case `seed`: one in three `policy` (the host a
+/// peer like any other), else the default, which lets the host in; from the seed, not the
+/// generator, so the draws of every seed stay as they were.
+pub fn localhost_setting(seed: u64) -> AllowLocalhost {
+    match seed % 3 {
+        0 => AllowLocalhost::Policy,
+        _ => AllowLocalhost::Auto,
+    }
+}
+
 /// Loads `texts` into an engine with endpoint `app=a` and peers `app=b|c|d`; the resolved
-/// policy of the endpoint and the identities to ask about.
+/// policy of the endpoint and the identities to ask about (the host among them).
 pub fn resolve(
     texts: &[String],
     mode: UnenforcedL7Mode,
+    allow_localhost: AllowLocalhost,
     named_ports: NamedPorts,
 ) -> (Arc<ResolvedPolicy>, Vec<Identity>) {
     let mut engine = Engine::default();
     engine.set_unenforced_l7(mode);
+    engine.set_allow_localhost(allow_localhost);
     for (i, text) in texts.iter().enumerate() {
         for obj in membrane_policy::parse_file(&format!("p{i}.yaml"), text).unwrap() {
             match &obj.result {
@@ -266,7 +278,8 @@ pub fn match_labels(v: &serde_yaml_ng::Value, out: &mut Vec<BTreeMap<String, Str
 /// Every policy of the corpus (`shared/corpus/cnp`, 200 files) that the engine accepts,
 /// resolved for an endpoint carrying the labels its `endpointSelector` asks for (and the
 /// named port `http` = 80, 8080), with peers carrying every label set the file names:
-/// `check(what, resolved, remotes)` for each; returns how many were enforced in a direction.
+/// `check(what, resolved, remotes)` for each, under the default allow-localhost (the host
+/// let in where no rule names it); returns how many were enforced in a direction.
 pub fn for_each_corpus_policy(mut check: impl FnMut(&str, &ResolvedPolicy, &[Identity])) -> usize {
     let dir = std::path::PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap())
         .join("../../shared/corpus/cnp");

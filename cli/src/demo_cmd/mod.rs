@@ -174,6 +174,8 @@ fn trace_for(
         sni: None,
         // The Star Wars policies carry HTTP rules only.
         unenforced_l7: Default::default(),
+        // The demo's traces are between pods.
+        allow_localhost: Default::default(),
     };
     Ok(trace(policies, &req)?)
 }

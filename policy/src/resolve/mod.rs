@@ -11,12 +11,14 @@
 //! - deny beats allow;
 //! - an L4 allow without L7 rules for a peer and port allows all of that port's HTTP for
 //!   that peer, even if another rule attaches HTTP rules to the same port;
-//! - otherwise, if HTTP rules apply, the request must match one of them.
+//! - otherwise, if HTTP rules apply, the request must match one of them;
+//! - on ingress, the node's own traffic (`reserved:host`) is allowed where no rule naming
+//!   the host covers the port, unless the `allow-localhost` setting is `policy`.
 //!
 //! Rooms: the resolved policy's types (here), the verdicts read off it (`verdict.rs`), the
 //! identities each peer selector selects (`selector_cache.rs`), the policies in force and
-//! which rules select an endpoint (`repository.rs`), and turning those rules into one
-//! direction's entries (`direction.rs`).
+//! which rules select an endpoint (`repository.rs`), turning those rules into one
+//! direction's entries (`direction.rs`), and the `allow-localhost` setting (`localhost.rs`).
 
 use crate::http::{HeaderAction, HttpRequest};
 use crate::identity::{Identity, IdentityInfo};
@@ -31,10 +33,12 @@ use std::fmt;
 use std::sync::Arc;
 
 mod direction;
+mod localhost;
 mod repository;
 mod selector_cache;
 mod verdict;
 
+pub use localhost::AllowLocalhost;
 pub(crate) use repository::index_label;
 pub use repository::{subject_selects, Repository};
 pub use selector_cache::{peer_matches, SelectorCache};
@@ -226,6 +230,10 @@ pub struct DirectionPolicy {
     pub selected_by: Vec<PolicyKey>,
     /// What rules of L7 protocols membrane does not enforce do here.
     pub unenforced_l7: UnenforcedL7Mode,
+    /// The host (`reserved:host`) is allowed on every (protocol, port) no rule naming it
+    /// covers: set on ingress when the `allow-localhost` setting is `auto` or `always`
+    /// (see [`AllowLocalhost`]).
+    pub allow_localhost: bool,
 }
 
 /// An endpoint's resolved policy.

@@ -26,6 +26,8 @@ pub struct Repository {
     with_requires: BTreeSet<(PolicyKey, usize)>,
     /// What rules of L7 protocols membrane does not enforce do.
     unenforced_l7: UnenforcedL7Mode,
+    /// Whether the host reaches endpoints without a rule naming it.
+    allow_localhost: AllowLocalhost,
 }
 
 /// The exact label a subject is indexed by, if any.
@@ -243,6 +245,11 @@ impl Repository {
             resolve_direction(&selecting, Direction::Egress, cache, cluster_named_ports);
         ingress.unenforced_l7 = self.unenforced_l7;
         egress.unenforced_l7 = self.unenforced_l7;
+        // Ingress only, and never for the host endpoint itself (as Cilium: its host
+        // policies are the host's own business).
+        ingress.allow_localhost = ingress.enforced
+            && self.allow_localhost.allows_host()
+            && !ep.labels.has_key(SOURCE_RESERVED, "host");
         ResolvedPolicy {
             ingress,
             egress,
@@ -259,6 +266,17 @@ impl Repository {
     /// The current unenforced-L7 setting.
     pub fn unenforced_l7(&self) -> UnenforcedL7Mode {
         self.unenforced_l7
+    }
+
+    /// Whether the host reaches endpoints without a rule naming it, in resolutions from
+    /// now on (default: [`AllowLocalhost::Auto`], which allows it).
+    pub fn set_allow_localhost(&mut self, setting: AllowLocalhost) {
+        self.allow_localhost = setting;
+    }
+
+    /// The current allow-localhost setting.
+    pub fn allow_localhost(&self) -> AllowLocalhost {
+        self.allow_localhost
     }
 }
 

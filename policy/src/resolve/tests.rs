@@ -149,3 +149,59 @@ spec:
         .tls_for(world, Proto::Tcp, 8443, Some("b.example.com"))
         .is_none());
 }
+
+#[test]
+fn the_allow_localhost_setting_reresolves_and_marks_ingress_only() {
+    use crate::Engine;
+    let text = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: p}\nspec:\n  endpointSelector: {}\n  ingress: [{}]\n  egress: [{}]\n";
+    let p = parse_file("t.yaml", text)
+        .unwrap()
+        .remove(0)
+        .result
+        .unwrap();
+    let mut engine = Engine::default();
+    engine.apply_policy(p);
+    let labels = crate::trace::pod_labels(LabelSet::parse("k8s:app=x").unwrap());
+    engine
+        .upsert_endpoint(
+            "default/x",
+            Endpoint {
+                labels,
+                named_ports: NamedPorts::new(),
+            },
+        )
+        .unwrap();
+    let host_on = |engine: &Engine| {
+        let r = engine.resolved("default/x").unwrap();
+        assert!(!r.egress.allow_localhost, "never on egress");
+        (
+            r.ingress.allow_localhost,
+            r.ingress
+                .connection(Identity::HOST, Proto::Tcp, 80)
+                .l4_verdict(),
+        )
+    };
+    assert_eq!(host_on(&engine), (true, Verdict::Allowed), "auto allows");
+    assert!(
+        engine
+            .set_allow_localhost(AllowLocalhost::Always)
+            .is_empty(),
+        "auto is always here: nothing to re-resolve"
+    );
+    assert_eq!(host_on(&engine), (true, Verdict::Allowed));
+    assert_eq!(
+        engine.set_allow_localhost(AllowLocalhost::Policy),
+        vec!["default/x".to_string()]
+    );
+    assert_eq!(
+        host_on(&engine),
+        (false, Verdict::Denied),
+        "policy requires a rule"
+    );
+    assert!(
+        engine
+            .set_allow_localhost(AllowLocalhost::Policy)
+            .is_empty(),
+        "an unchanged setting re-resolves nothing"
+    );
+}

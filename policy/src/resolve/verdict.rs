@@ -32,6 +32,9 @@ pub enum ConnPolicy<'a> {
     Denied(Option<&'a PeerEntry>),
     /// Allowed with no L7 restriction, by this rule (`None`: default allow).
     Allowed(Option<&'a PeerEntry>),
+    /// Allowed with no L7 restriction by the `allow-localhost` setting: the peer is the
+    /// host and no rule naming the host covers the port ([`AllowLocalhost`]).
+    AllowedLocalhost,
     /// Allowed at L4; each request must match one of these rules' HTTP rules.
     Http(Vec<&'a PeerEntry>),
     /// Denied: this allow rule's L7 rules are of a protocol membrane does not enforce, and
@@ -62,6 +65,7 @@ impl<'a> ConnPolicy<'a> {
             ConnPolicy::Denied(_) | ConnPolicy::UnenforcedL7Denied(_) => Verdict::Denied,
             ConnPolicy::NotEnforced
             | ConnPolicy::Allowed(_)
+            | ConnPolicy::AllowedLocalhost
             | ConnPolicy::Http(_)
             | ConnPolicy::UnenforcedL7AllowedL4(_) => Verdict::Allowed,
         }
@@ -69,9 +73,10 @@ impl<'a> ConnPolicy<'a> {
 
     /// Why the verdict is what it is, beyond the rule that decided, when that matters to
     /// whoever reads a denial or an allow: today, the handling of L7 rules membrane does
-    /// not enforce.
+    /// not enforce, and the host let in by allow-localhost.
     pub fn note(&self) -> Option<String> {
         let (e, mode) = match self {
+            ConnPolicy::AllowedLocalhost => return Some(AllowLocalhost::explain().to_owned()),
             ConnPolicy::UnenforcedL7Denied(e) => (e, UnenforcedL7Mode::FailClosed),
             ConnPolicy::UnenforcedL7AllowedL4(e) => (e, UnenforcedL7Mode::L4Only),
             _ => return None,
@@ -99,6 +104,7 @@ impl<'a> ConnPolicy<'a> {
             ConnPolicy::NotEnforced => simple(Verdict::Allowed, None),
             ConnPolicy::Denied(by) => simple(Verdict::Denied, *by),
             ConnPolicy::Allowed(by) => simple(Verdict::Allowed, *by),
+            ConnPolicy::AllowedLocalhost => simple(Verdict::Allowed, None),
             ConnPolicy::UnenforcedL7Denied(by) => simple(Verdict::Denied, Some(*by)),
             ConnPolicy::UnenforcedL7AllowedL4(by) => simple(Verdict::Allowed, Some(*by)),
             ConnPolicy::Http(entries) => {
@@ -212,6 +218,12 @@ impl DirectionPolicy {
                 UnenforcedL7Mode::FailClosed => ConnPolicy::UnenforcedL7Denied(u),
                 UnenforcedL7Mode::L4Only => ConnPolicy::UnenforcedL7AllowedL4(u),
             };
+        }
+        // Cilium's host entry is L3-only: any rule naming the host on this port is more
+        // specific and has decided above (or, filtered out by serverNames, still keeps
+        // the host from this fallback).
+        if self.localhost_allows(remote, proto, port) {
+            return ConnPolicy::AllowedLocalhost;
         }
         if self.default_deny {
             ConnPolicy::Denied(None)

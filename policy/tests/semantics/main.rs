@@ -5,9 +5,10 @@ use membrane_policy::labels::LabelSet;
 use membrane_policy::load::parse_file;
 use membrane_policy::rule::{CompiledPolicy, Proto};
 use membrane_policy::trace::{trace, TraceHttp, TraceRequest, TraceResult};
-use membrane_policy::UnenforcedL7Mode;
+use membrane_policy::{AllowLocalhost, UnenforcedL7Mode};
 use std::sync::Arc;
 
+mod localhost;
 mod peers;
 mod ports_l7;
 mod starwars;
@@ -41,6 +42,7 @@ struct Flow<'a> {
     named: &'a [(&'a str, u16)],
     sni: Option<&'a str>,
     unenforced_l7: UnenforcedL7Mode,
+    allow_localhost: AllowLocalhost,
 }
 
 fn flow<'a>(src: &'a str, dst: &'a str, port: u16) -> Flow<'a> {
@@ -57,6 +59,7 @@ fn flow<'a>(src: &'a str, dst: &'a str, port: u16) -> Flow<'a> {
         named: &[],
         sni: None,
         unenforced_l7: UnenforcedL7Mode::default(),
+        allow_localhost: AllowLocalhost::default(),
     }
 }
 
@@ -75,6 +78,7 @@ fn run(p: &[Arc<CompiledPolicy>], f: &Flow<'_>) -> TraceResult {
             .collect(),
         sni: f.sni.map(Into::into),
         unenforced_l7: f.unenforced_l7,
+        allow_localhost: f.allow_localhost,
         http: f.http.map(|(m, path)| TraceHttp {
             method: m.into(),
             path: path.into(),

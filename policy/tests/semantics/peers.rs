@@ -149,9 +149,17 @@ spec:
         "denied",
         "",
     );
+    // The selector leaves the host out; allow-localhost (tests in `localhost.rs`) would
+    // let it in by its own default, so it is off here.
     check(
         "host is not a pod",
-        &run(&p, &flow("reserved:host", ds, 80)),
+        &run(
+            &p,
+            &Flow {
+                allow_localhost: AllowLocalhost::Policy,
+                ..flow("reserved:host", ds, 80)
+            },
+        ),
         "denied",
         "",
     );

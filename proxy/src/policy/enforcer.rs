@@ -268,6 +268,7 @@ fn conn_decision(
         ConnPolicy::Denied(None) => default_deny.to_owned(),
         ConnPolicy::NotEnforced => "no policy selects this endpoint".to_owned(),
         ConnPolicy::Allowed(None) | ConnPolicy::Http(_) => "default".to_owned(),
+        ConnPolicy::AllowedLocalhost => named(conn, "allow-localhost".to_owned()),
     };
     verdict(conn.l4_verdict(), by, vec![])
 }

@@ -67,6 +67,7 @@ pub fn load(cfg: &crate::config::Config) -> Result<Enforcer, LoadError> {
 
     let mut engine = Engine::default();
     engine.set_unenforced_l7(cfg.unenforced_l7);
+    engine.set_allow_localhost(cfg.allow_localhost);
     let mut errors = Vec::new();
     let mut policies = Vec::new();
     for path in &cfg.policy {
@@ -133,6 +134,7 @@ pub fn load(cfg: &crate::config::Config) -> Result<Enforcer, LoadError> {
         "port": port,
         "l7": l7,
         "unenforced_l7": cfg.unenforced_l7.as_str(),
+        "allow_localhost": cfg.allow_localhost.as_str(),
         "policies": policies,
         "ipcache": ipcache.entries().map(|(p, id)| serde_json::json!({"prefix": p.to_string(), "identity": id.0})).collect::<Vec<_>>(),
         "peers": peers,

@@ -208,14 +208,25 @@ fn invalid_policy_and_labels_are_refused_with_a_precise_message() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peers_get_identities_from_the_static_ipcache() {
-    // Only k8s:org=empire may land; loopback is that peer via --peer, else it is reserved:host.
+    // Only k8s:org=empire may land; loopback is that peer via --peer, else it is
+    // reserved:host, which allow-localhost lets in (the default) unless it is `policy`.
+    use membrane_policy::AllowLocalhost;
     let backend = start_backend().await;
     let file = empire_policy("empire-only", backend.port(), " {http: [{method: GET}]}");
     let path = file.path().display().to_string();
-    for (peer, want) in [
-        (None, 403),
-        (Some("127.0.0.0/8=k8s:org=empire"), 200),
-        (Some("127.0.0.1=k8s:org=alliance"), 403),
+    for (peer, setting, want) in [
+        (None, AllowLocalhost::Auto, 200),
+        (None, AllowLocalhost::Policy, 403),
+        (
+            Some("127.0.0.0/8=k8s:org=empire"),
+            AllowLocalhost::Policy,
+            200,
+        ),
+        (
+            Some("127.0.0.1=k8s:org=alliance"),
+            AllowLocalhost::Auto,
+            403,
+        ),
     ] {
         let mut extra = vec!["--policy", path.as_str()];
         if let Some(p) = peer {
@@ -224,12 +235,13 @@ async fn peers_get_identities_from_the_static_ipcache() {
         let mut cfg = config(backend, &[]);
         cfg.policy = vec![file.path().to_path_buf()];
         cfg.peer = peer.map(|p| vec![p.to_owned()]).unwrap_or_default();
+        cfg.allow_localhost = setting;
         let running =
             membrane_proxy::start(&cfg, membrane_proxy::policy::load(&cfg).unwrap(), None)
                 .await
                 .unwrap();
         let (code, _, _) = curl(&[&format!("http://{}/v1/x", running.addrs.listen)]).await;
-        assert_eq!(code, want, "peer {peer:?}");
+        assert_eq!(code, want, "peer {peer:?}, allow-localhost {setting}");
         running.drain(Duration::from_millis(100)).await;
     }
 }

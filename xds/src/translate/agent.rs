@@ -1,7 +1,8 @@
 //! The node agents' snapshots (`agent/NODE`, for the node id `membrane-agent~NODE`): what
 //! the agent of one node needs to keep its kernel maps equal to what the cluster says.
 //!
-//! Each holds every type of the shared snapshot (NPHDS, the ipcache, among them) plus the
+//! Each holds every type of the shared snapshot (NPHDS, the ipcache, among them; NPHDS in
+//! the node's own view, where its addresses are the host, see `hosts.rs`) plus the
 //! node agent's own types (`membrane.agent.v1`): the `Endpoint` of every pod whose
 //! `spec.nodeName` is the node, with its identity and its L3/L4 policy as map entries
 //! ([`membrane_api::agent::policy`], from the same engine resolution as the pod's NPDS),
@@ -21,7 +22,9 @@ use membrane_policy::resolve::{NamedPorts, ResolvedPolicy};
 
 use super::{EndpointModel, ServiceModel, TranslateError, Translation, Translator};
 use crate::node::agent_key;
-use crate::resource::{content_hash, Resource, AGENT_ENDPOINT, AGENT_NODE, AGENT_SERVICE};
+use crate::resource::{
+    content_hash, Resource, AGENT_ENDPOINT, AGENT_NODE, AGENT_SERVICE, NETWORK_POLICY_HOSTS,
+};
 use crate::snapshot::{Snapshot, SnapshotBuilder, SnapshotError, TypeResources};
 use crate::source::k8s;
 use crate::source::ClusterState;
@@ -223,10 +226,12 @@ impl AgentCache {
     }
 
     /// The agents' snapshots: for each node in `nodes` (and each node an endpoint runs on),
-    /// `shared`'s types plus its endpoints, `services` and the node registry.
+    /// `shared`'s types plus its endpoints, `services` and the node registry, with the
+    /// node's own NPHDS view (`node_hosts`: its addresses as the host) where it has one.
     pub fn build(
         &mut self,
         shared: &Snapshot,
+        node_hosts: &dyn Fn(&str) -> Option<Arc<TypeResources>>,
         endpoints: &[AgentEndpoint<'_>],
         services: &[ServiceModel],
         nodes: &[k8s::Node],
@@ -249,24 +254,31 @@ impl AgentCache {
 
         let service_set = TypeResources::shared(services.iter().flat_map(service_resources));
         let node_set = TypeResources::shared(nodes.iter().map(node_resource));
-        let build = |own: Vec<Resource>| {
+        let build = |own: Vec<Resource>, hosts: Option<Arc<TypeResources>>| {
             let mut b = SnapshotBuilder::from_snapshot(shared);
+            if let Some(h) = hosts {
+                b.add_set(NETWORK_POLICY_HOSTS, h);
+            }
             b.add_set(AGENT_SERVICE, service_set.clone());
             b.add_set(AGENT_NODE, node_set.clone());
             b.add_set(AGENT_ENDPOINT, TypeResources::shared(own));
             b.build()
         };
         let mut out = AgentSnapshots::default();
-        match build(Vec::new()) {
+        match build(Vec::new(), None) {
             Ok(t) => out.template = Some(t),
             Err(e) => out.errors.push((agent_key("*"), e)),
         }
         for (node, own) in by_node {
             let key = agent_key(node);
             out.keys.insert(key.clone());
+            let hosts = node_hosts(node);
             let mut text = format!(
-                "{}|{}|{}",
-                shared.version, service_set.version, node_set.version
+                "{}|{}|{}|{}",
+                shared.version,
+                service_set.version,
+                node_set.version,
+                hosts.as_ref().map_or("", |h| h.version.as_str())
             );
             for r in &own {
                 text.push_str(&format!("|{}:{:x}", r.name, r.hash));
@@ -275,7 +287,7 @@ impl AgentCache {
             if self.inputs.get(&key) == Some(&input) {
                 continue;
             }
-            match build(own) {
+            match build(own, hosts) {
                 Ok(s) => {
                     self.inputs.insert(key.clone(), input);
                     out.snapshots.insert(key, s);
@@ -299,6 +311,7 @@ impl Translator {
         eps: &[(EndpointModel, &k8s::Pod)],
         services: &[ServiceModel],
         shared: &Snapshot,
+        hosts: &super::hosts::Hosts,
         out: &mut Translation,
     ) {
         let endpoints: Vec<AgentEndpoint<'_>> = eps
@@ -311,6 +324,7 @@ impl Translator {
             .collect();
         let built = self.agents.build(
             shared,
+            &|node| hosts.nodes.get(node).map(|v| v.set.clone()),
             &endpoints,
             services,
             &state.nodes,

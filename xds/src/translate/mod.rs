@@ -8,6 +8,7 @@
 
 pub mod agent;
 pub mod envoy;
+mod hosts;
 
 #[cfg(test)]
 mod l7_tests;
@@ -399,6 +400,11 @@ impl Translator {
         self.npds.clear();
     }
 
+    /// Sets Cilium's allow-localhost for every resolution (re-resolving when it changes).
+    pub fn set_allow_localhost(&mut self, setting: membrane_policy::AllowLocalhost) {
+        self.engine.set_allow_localhost(setting);
+    }
+
     /// Feeds a seeded allocator identities agreed cluster-wide.
     pub fn seed_identities(&mut self, ids: impl IntoIterator<Item = (LabelSet, Identity)>) {
         self.engine.allocator_mut().seed(ids);
@@ -549,50 +555,8 @@ impl Translator {
             .collect();
         self.sync_engine(state, &eps, &mut out.errors);
 
-        // NPHDS: identity → addresses.
-        let mut hosts: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
-        for (m, _) in &eps {
-            if let Some(id) = self.engine.identity_of(&m.id) {
-                hosts
-                    .entry(u64::from(id.0))
-                    .or_default()
-                    .extend(m.ips.iter().cloned());
-            }
-        }
-        for (net, id) in self.engine.cidr_identities() {
-            hosts
-                .entry(u64::from(id.0))
-                .or_default()
-                .insert(net.to_string());
-        }
-        for n in &state.nodes {
-            for a in n.status.addresses.iter().filter(|a| a.kind == "InternalIP") {
-                hosts
-                    .entry(u64::from(Identity::HOST.0))
-                    .or_default()
-                    .insert(a.address.clone());
-            }
-        }
-        let hosts: BTreeMap<u64, Vec<String>> = hosts
-            .into_iter()
-            .map(|(k, v)| (k, v.into_iter().collect()))
-            .collect();
-        let nphds: Vec<Resource> = hosts
-            .iter()
-            .map(|(id, addrs)| match self.nphds.get(id) {
-                Some((built, r)) if built == addrs => r.clone(),
-                _ => {
-                    let h = NetworkPolicyHosts {
-                        policy: *id,
-                        host_addresses: addrs.clone(),
-                    };
-                    let r = Resource::new(NETWORK_POLICY_HOSTS, id.to_string(), &h);
-                    self.nphds.insert(*id, (addrs.clone(), r.clone()));
-                    r
-                }
-            })
-            .collect();
-        self.nphds.retain(|id, _| hosts.contains_key(id));
+        // NPHDS: identity → addresses, cluster-wide and per node (`hosts.rs`).
+        let hosts = self.hosts(state, &eps);
 
         let services = service_models(state, &eps);
         if self.npds_named != *self.engine.cluster_named_ports() {
@@ -600,7 +564,7 @@ impl Translator {
             self.npds_named = self.engine.cluster_named_ports().clone();
         }
         // Sets every snapshot shares, built once (Arc), not per sidecar.
-        let nphds = TypeResources::shared(nphds);
+        let nphds = hosts.shared.set.clone();
         let mut service_resources = Vec::new();
         for s in &services {
             service_resources.extend(envoy::service_clusters(s));
@@ -620,11 +584,15 @@ impl Translator {
             }
         }
 
-        let mut inbound_cache = envoy::InboundCache::new();
-        for (m, _) in &eps {
+        // Per NPHDS view: the RBAC principals come from it (a node's own addresses are the
+        // host there), so sidecars share filters only within one view.
+        let mut inbound_caches: HashMap<String, envoy::InboundCache> = HashMap::new();
+        for (m, pod) in &eps {
             let Some(resolved) = self.engine.resolved(&m.id) else {
                 continue;
             };
+            // The sidecar's NPHDS is its node's view: that node's addresses are the host.
+            let view = hosts.for_pod(pod);
             let (np, npds_res) = self.npds_for(m, resolved);
             shared.add(npds_res.clone());
             let key = pod_key(&m.namespace, &m.pod);
@@ -635,7 +603,7 @@ impl Translator {
                     npds_res.hash,
                     m.ips,
                     m.tcp_ports,
-                    nphds.version,
+                    view.set.version,
                     svc_clusters.version,
                     svc_clas.version
                 )
@@ -646,10 +614,11 @@ impl Translator {
             }
             let mut b = SnapshotBuilder::new();
             b.add(npds_res);
-            b.add_set(NETWORK_POLICY_HOSTS, nphds.clone());
+            b.add_set(NETWORK_POLICY_HOSTS, view.set.clone());
             b.add_set(CLUSTER, svc_clusters.clone());
             b.add_set(ENDPOINT, svc_clas.clone());
-            match envoy::sidecar_inbound(m, &np, &hosts, &mut inbound_cache) {
+            let inbound_cache = inbound_caches.entry(view.set.version.clone()).or_default();
+            match envoy::sidecar_inbound(m, &np, &view.map, inbound_cache) {
                 Ok(rs) => {
                     for r in rs {
                         b.add(r);
@@ -677,7 +646,7 @@ impl Translator {
         out.keys.insert(SHARED_KEY.to_string());
         match shared.build() {
             Ok(s) => {
-                self.translate_agents(state, &eps, &services, &s, &mut out);
+                self.translate_agents(state, &eps, &services, &s, &hosts, &mut out);
                 out.snapshots.insert(SHARED_KEY.to_string(), s);
             }
             Err(error) => out.errors.push(TranslateError::Snapshot {

@@ -108,7 +108,24 @@ fn starwars_l7_policy_becomes_npds_nphds_and_rbac() {
         .decode()
         .unwrap();
     assert_eq!(np.endpoint_ips, vec!["10.0.0.5".to_string()]);
-    let ingress = &np.ingress_per_port_policies;
+    // Beside them, allow-localhost: no rule names the host, so it is let in on every port
+    // of both protocols (the sidecar sees the host allowed).
+    let (localhost, ingress): (Vec<_>, Vec<_>) = np
+        .ingress_per_port_policies
+        .iter()
+        .partition(|p| p.rules.iter().any(|r| r.name == "allow-localhost"));
+    let localhost: Vec<_> = localhost
+        .iter()
+        .map(|p| {
+            (
+                p.port,
+                p.end_port,
+                p.protocol,
+                &p.rules[0].remote_policies[..],
+            )
+        })
+        .collect();
+    assert_eq!(localhost, [(0, 0, 0, &[1][..]), (0, 0, 1, &[1][..])]);
     assert_eq!(ingress.len(), 1, "{ingress:?}");
     assert_eq!((ingress[0].port, ingress[0].protocol), (80, 0));
     let rule = &ingress[0].rules[0];
@@ -332,4 +349,81 @@ fn agent_snapshots_are_rebuilt_only_for_what_changed() {
             .items["default/deathstar-1"]
             .hash
     );
+}
+
+#[test]
+fn node_addresses_are_the_host_on_their_node_and_remote_nodes_elsewhere() {
+    // The deathstar on node-1, the xwing on node-2, the tiefighter not scheduled yet.
+    let nodes = "apiVersion: v1\nkind: Node\nmetadata: {name: node-1}\nstatus: {addresses: [{type: InternalIP, address: 10.10.0.1}, {type: Hostname, address: n1}]}\n---\napiVersion: v1\nkind: Node\nmetadata: {name: node-2}\nstatus: {addresses: [{type: InternalIP, address: 10.10.0.2}]}\n---\n";
+    let text = format!("{nodes}{}", STARWARS)
+        .replace(
+            "status: {podIP: 10.0.0.7}",
+            "spec: {nodeName: node-2}\nstatus: {podIP: 10.0.0.7}",
+        )
+        .replace(
+            "spec: {containers: [{name: app, ports: [{containerPort: 80, name: http}]}]}",
+            "spec: {nodeName: node-1, containers: [{name: app, ports: [{containerPort: 80, name: http}]}]}",
+        );
+    let state = parse("sw.yaml", &text).unwrap().state;
+    let mut t = Translator::new();
+    let out = t.translate(&state);
+    assert!(out.errors.is_empty(), "{:?}", out.errors);
+    let view = |key: &str| -> BTreeMap<u64, Vec<String>> {
+        out.snapshots[key]
+            .resources(NETWORK_POLICY_HOSTS)
+            .unwrap()
+            .items
+            .values()
+            .map(|r| {
+                let h: NetworkPolicyHosts = r.decode().unwrap();
+                (h.policy, h.host_addresses)
+            })
+            .filter(|(id, _)| *id < 256)
+            .collect()
+    };
+    let addrs = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    // Cluster-wide: every node is a remote node.
+    let shared = BTreeMap::from([(6, addrs(&["10.10.0.1", "10.10.0.2"]))]);
+    assert_eq!(view(SHARED_KEY), shared);
+    // A node's view, its agent's and its sidecars': its own addresses are the host.
+    let node_1 = BTreeMap::from([(1, addrs(&["10.10.0.1"])), (6, addrs(&["10.10.0.2"]))]);
+    let node_2 = BTreeMap::from([(1, addrs(&["10.10.0.2"])), (6, addrs(&["10.10.0.1"]))]);
+    assert_eq!(view("sidecar/default/deathstar-1"), node_1);
+    assert_eq!(view("agent/node-1"), node_1);
+    assert_eq!(view("sidecar/default/xwing"), node_2);
+    assert_eq!(view("agent/node-2"), node_2);
+    assert_eq!(view("sidecar/default/tiefighter"), shared, "no node yet");
+    assert_eq!(
+        out.agent_template
+            .as_ref()
+            .unwrap()
+            .resources(NETWORK_POLICY_HOSTS)
+            .unwrap()
+            .version,
+        out.snapshots[SHARED_KEY]
+            .resources(NETWORK_POLICY_HOSTS)
+            .unwrap()
+            .version,
+        "an agent of a node not listed gets the cluster-wide view"
+    );
+    // The RBAC a stock Envoy gets: allow-localhost admits the deathstar's own node only.
+    let side = &out.snapshots["sidecar/default/deathstar-1"];
+    let l: Listener = side.resources(LISTENER).unwrap().items["inbound|80"]
+        .decode()
+        .unwrap();
+    let Some(filter::ConfigType::TypedConfig(any)) = &l.filter_chains[0].filters[0].config_type
+    else {
+        panic!()
+    };
+    let hcm = HttpConnectionManager::decode(any.value.as_slice()).unwrap();
+    let Some(http_filter::ConfigType::TypedConfig(rbac_any)) = &hcm.http_filters[0].config_type
+    else {
+        panic!()
+    };
+    let rbac = format!("{:?}", Rbac::decode(rbac_any.value.as_slice()).unwrap());
+    assert!(
+        rbac.contains("allow-localhost") && rbac.contains("10.10.0.1"),
+        "{rbac}"
+    );
+    assert!(!rbac.contains("10.10.0.2"), "{rbac}");
 }

@@ -3,7 +3,7 @@
 
 use super::*;
 use membrane_policy::resolve::Endpoint;
-use membrane_policy::{Engine, LabelSet};
+use membrane_policy::{AllowLocalhost, Engine, LabelSet};
 
 fn labels(text: &str) -> LabelSet {
     LabelSet::parse(&format!(
@@ -14,8 +14,15 @@ fn labels(text: &str) -> LabelSet {
 
 /// The deathstar's resolved policy under `policy`, and the identities of the tiefighter
 /// (`org=empire`), the xwing (`org=alliance`) and the deathstar itself (`org=empire` too).
+/// The host is a peer like any other here (`--allow-localhost policy`): these tests pin
+/// the rules' own entries; the host's are tested apart.
 fn deathstar(policy: &str) -> (ResolvedPolicy, u32, u32, u32) {
+    deathstar_with(policy, AllowLocalhost::Policy)
+}
+
+fn deathstar_with(policy: &str, setting: AllowLocalhost) -> (ResolvedPolicy, u32, u32, u32) {
     let mut engine = Engine::default();
+    engine.set_allow_localhost(setting);
     for obj in membrane_policy::parse_file("p.yaml", policy).expect("parses") {
         engine.apply_policy(obj.result.expect("valid"));
     }
@@ -138,4 +145,57 @@ fn named_ports_resolve_on_the_side_the_direction_names() {
     // Unresolved, the name covers nothing: everything is denied (no entry).
     let got = direction_entries(&p.egress, Direction::Egress, &NamedPorts::new());
     assert_eq!(got, vec![]);
+}
+
+#[test]
+fn the_host_gets_entries_of_its_own_under_allow_localhost() {
+    let none = NamedPorts::new();
+    let host = Identity::HOST.0;
+    // The L3/L4 Star Wars policy: the host reaches every port of every protocol.
+    let l3l4 = format!(
+        "{HEAD}  ingress:\n  - fromEndpoints: [{{matchLabels: {{org: empire}}}}]\n    toPorts: [{{ports: [{{port: \"80\", protocol: TCP}}]}}]\n"
+    );
+    for setting in [AllowLocalhost::Auto, AllowLocalhost::Always] {
+        let (p, tie, _, own) = deathstar_with(&l3l4, setting);
+        let got = direction_entries(&p.ingress, Direction::Ingress, &none);
+        let mut want = vec![
+            entry(Direction::Ingress, tie, 6, (80, 80), Verdict::Allow),
+            entry(Direction::Ingress, own, 6, (80, 80), Verdict::Allow),
+        ];
+        want.sort_by_key(|e| e.remote_identity);
+        want.extend(
+            [6, 17, 132]
+                .map(|proto| entry(Direction::Ingress, host, proto, (1, 65535), Verdict::Allow)),
+        );
+        assert_eq!(got, want, "{setting}");
+    }
+    // HTTP rules naming the host send it to the sidecar on their port; the other ports
+    // stay open to it.
+    let (p, _, _, _) = deathstar_with(
+        &format!(
+            "{HEAD}  ingress:\n  - fromEntities: [host]\n    toPorts:\n    - ports: [{{port: \"80\", protocol: TCP}}]\n      rules: {{http: [{{method: GET, path: /healthz}}]}}\n"
+        ),
+        AllowLocalhost::Auto,
+    );
+    let got = direction_entries(&p.ingress, Direction::Ingress, &none);
+    let h = |proto, ports, v| entry(Direction::Ingress, host, proto, ports, v);
+    assert_eq!(
+        got,
+        vec![
+            h(6, (1, 79), Verdict::Allow),
+            h(6, (80, 80), Verdict::Redirect),
+            h(6, (81, 65535), Verdict::Allow),
+            h(17, (1, 65535), Verdict::Allow),
+            h(132, (1, 65535), Verdict::Allow),
+        ]
+    );
+    // A deny rule naming the host leaves it no entry: the lookup's default is DENY.
+    let (p, _, _, _) = deathstar_with(
+        &format!("{HEAD}  ingress: [{{}}]\n  ingressDeny:\n  - fromEntities: [host]\n"),
+        AllowLocalhost::Always,
+    );
+    assert_eq!(
+        direction_entries(&p.ingress, Direction::Ingress, &none),
+        Vec::<PolicyEntry>::new()
+    );
 }
