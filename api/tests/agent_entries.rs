@@ -236,7 +236,7 @@ fn entries_decide_as_the_engine_and_the_sidecar_for_every_corpus_policy() {
 fn an_unenforced_direction_allows_every_port_of_every_protocol_to_anyone() {
     let p = ResolvedPolicy::default();
     let entries = policy_entries(&p, &NamedPorts::new(), &NamedPorts::new());
-    assert_eq!(entries.len(), 6, "{entries:?}");
+    assert_eq!(entries.len(), 2 * PROTOCOLS.len(), "{entries:?}");
     for e in &entries {
         assert_eq!(
             (e.remote_identity, e.port, e.end_port, e.verdict),

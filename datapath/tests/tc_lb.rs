@@ -343,7 +343,11 @@ fn a_direct_flow_on_a_port_a_service_flow_used_keeps_the_backend_as_its_replies_
     let (_, out) = run(&to, &frame(UDP, backend, client), 0);
     assert_eq!(addrs(&out), (sa(VIP), client), "the service flow's reply");
 
-    assert_eq!(send(&from, UDP, client, backend), backend, "direct: untouched");
+    assert_eq!(
+        send(&from, UDP, client, backend),
+        backend,
+        "direct: untouched"
+    );
     let (rc, out) = run(&to, &frame(UDP, backend, client), 0);
     assert_eq!(rc, PASS);
     assert_eq!(
@@ -356,5 +360,9 @@ fn a_direct_flow_on_a_port_a_service_flow_used_keeps_the_backend_as_its_replies_
     let again = send(&from, UDP, client, sa(VIP));
     assert!([sa(B2), sa(B3)].contains(&again), "went to {again}");
     let (_, out) = run(&to, &frame(UDP, again, client), 0);
-    assert_eq!(addrs(&out), (sa(VIP), client), "the new service flow's reply");
+    assert_eq!(
+        addrs(&out),
+        (sa(VIP), client),
+        "the new service flow's reply"
+    );
 }

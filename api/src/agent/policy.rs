@@ -23,8 +23,17 @@ use membrane_policy::{Identity, PolicyKey, Proto};
 
 use super::proto::{Direction, EndpointPolicy, PolicyEntry, Verdict};
 
-/// The protocols the policy map holds, with their IANA numbers.
-pub const PROTOCOLS: [(Proto, u32); 3] = [(Proto::Tcp, 6), (Proto::Udp, 17), (Proto::Sctp, 132)];
+/// The protocols the policy map holds, with their IANA numbers. ICMP and ICMPv6 are
+/// decided by the packet path only (the socket hooks see no ICMP), with the message type
+/// in the port's place, as Cilium's `icmps` rules: an L3-only rule (`Proto::All`) covers
+/// them, a `toPorts` rule does not.
+pub const PROTOCOLS: [(Proto, u32); 5] = [
+    (Proto::Tcp, 6),
+    (Proto::Udp, 17),
+    (Proto::Sctp, 132),
+    (Proto::Icmp, 1),
+    (Proto::Icmpv6, 58),
+];
 
 /// The lowest port a connection uses; port 0 is never looked up.
 const FIRST_PORT: u32 = 1;

@@ -81,7 +81,7 @@ fn star_wars_l4_and_l7_policies_as_entries() {
     let egress = direction_entries(&p.egress, Direction::Egress, &none);
     assert_eq!(
         egress,
-        [6, 17, 132]
+        [6, 17, 132, 1, 58]
             .map(|proto| entry(Direction::Egress, 0, proto, (1, 65535), Verdict::Allow))
             .to_vec()
     );
@@ -91,7 +91,11 @@ fn star_wars_l4_and_l7_policies_as_entries() {
         ep.ingress_selected_by,
         vec!["CiliumNetworkPolicy/default/p"]
     );
-    assert_eq!(ep.entries.len(), 5, "two ingress entries, three egress");
+    assert_eq!(
+        ep.entries.len(),
+        7,
+        "two ingress entries, five egress (ICMP and ICMPv6 too)"
+    );
 
     // L7: the same peers, redirected to the sidecar.
     let (p, tie, _, own) = deathstar(&format!(
@@ -164,7 +168,7 @@ fn the_host_gets_entries_of_its_own_under_allow_localhost() {
         ];
         want.sort_by_key(|e| e.remote_identity);
         want.extend(
-            [6, 17, 132]
+            [6, 17, 132, 1, 58]
                 .map(|proto| entry(Direction::Ingress, host, proto, (1, 65535), Verdict::Allow)),
         );
         assert_eq!(got, want, "{setting}");
@@ -187,6 +191,8 @@ fn the_host_gets_entries_of_its_own_under_allow_localhost() {
             h(6, (81, 65535), Verdict::Allow),
             h(17, (1, 65535), Verdict::Allow),
             h(132, (1, 65535), Verdict::Allow),
+            h(1, (1, 65535), Verdict::Allow),
+            h(58, (1, 65535), Verdict::Allow),
         ]
     );
     // A deny rule naming the host leaves it no entry: the lookup's default is DENY.
