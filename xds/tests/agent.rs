@@ -324,7 +324,12 @@ async fn agents_get_their_nodes_endpoints_follow_edits_and_moves_and_keep_the_la
         Verdict::Allow
     );
     let tie_pol = tie.policy.clone().unwrap();
-    assert!(!tie_pol.ingress_enforced && tie_pol.entries.len() == 6);
+    // Neither direction enforced: an allow-all entry per direction and protocol.
+    assert!(!tie_pol.ingress_enforced);
+    assert_eq!(
+        tie_pol.entries.len(),
+        2 * membrane_api::agent::policy::PROTOCOLS.len()
+    );
 
     // Services and nodes.
     let svc: Service = one.get(AGENT_SERVICE, "default/deathstar:80/TCP").unwrap();

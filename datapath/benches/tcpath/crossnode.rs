@@ -9,19 +9,22 @@
 //! - `native`, `vxlan`, `geneve`: the tc programs on the pods' veths (and the overlay
 //!   and underlay devices), the node ipcache naming the remote pod's node as its tunnel
 //!   endpoint; native routing keeps the plain routes, the overlays need none. Pods get
-//!   the MTU the mode leaves them (underlay − 50 with an overlay). These need the
-//!   overlay (branch i15-overlay, not merged here: merged with i15-lb its
-//!   `mb_from_container` does not load); they are commit fdae960 on i15-bench-overlay,
-//!   which measured `bench/results/tc-crossnode-2026-12-07.md`, and join this file
-//!   once both are integrated.
+//!   the MTU the mode leaves them (underlay − 50 with an overlay).
 
 use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
 use std::process::Stdio;
 
+use std::net::IpAddr;
+
 use anyhow::{bail, Context, Result};
+use membrane_datapath::node::{device, ensure_vxlan_device, pod_mtu};
+use membrane_datapath::policy_map::{Direction, MapVerdict, PolicyRule};
+use membrane_datapath::{IpNet, IpcacheEntry, NodeSettings, Overlay};
 use membrane_test_support::sandbox::{unique_name, Netns};
 use membrane_test_support::ChildGuard;
+
+use crate::mbnode::{in_netns, MbNode};
 
 use crate::report::{median, num, ratio, reps, Report};
 use crate::{argv, topo, worker_json, worker_server, Common};
@@ -31,6 +34,9 @@ use crate::{argv, topo, worker_json, worker_server, Common};
 pub struct Args {
     #[command(flatten)]
     common: Common,
+    /// Overlay modes.
+    #[arg(long, value_delimiter = ',', default_value = "native,vxlan,geneve")]
+    modes: Vec<Overlay>,
     /// Request/response round trips per measurement.
     #[arg(long, default_value_t = 20_000)]
     iters: usize,
@@ -45,6 +51,8 @@ const RR_PORT: u16 = 7000;
 /// Two nodes, a pod on each, servers in pod 2.
 pub struct Bed {
     _servers: Vec<ChildGuard>,
+    // membrane's node datapaths, if any: their pins go before the namespaces.
+    _mb: Vec<MbNode>,
     pub pod1: topo::Pod,
     // Kept for their lifetime: dropped after the servers, pods before their nodes.
     _pod2: topo::Pod,
@@ -102,6 +110,7 @@ pub fn with_servers(node1: Netns, node2: Netns, pod1: topo::Pod, pod2: topo::Pod
     // iperf3 keeps writing its per-test reports: keep draining them.
     std::thread::spawn(move || for _ in lines {});
     Ok(Bed {
+        _mb: Vec::new(),
         _servers: vec![echo, iperf],
         pod1,
         _pod2: pod2,
@@ -115,6 +124,95 @@ pub fn plain() -> Result<Bed> {
     let (n1, n2, p1, p2) = nodes("pl");
     native_routes(&n1, &n2);
     with_servers(n1, n2, p1, p2)
+}
+
+/// Identities of the two pods.
+const POD1_ID: u32 = 801;
+const POD2_ID: u32 = 802;
+
+/// membrane in `overlay` mode on both nodes, as the agent sets it up: the underlay
+/// device's program, the VXLAN device (vxlan), the pods' tc programs with policy enforced
+/// (pod 1 may reach pod 2 over TCP, pod 2 accepts pod 1), each node's ipcache naming the
+/// other node as the remote pod's tunnel endpoint, the pods' MTU what the mode leaves.
+pub fn membrane(overlay: Overlay) -> Result<Bed> {
+    let tag = match overlay {
+        Overlay::Native => "na",
+        Overlay::Vxlan => "vx",
+        Overlay::Geneve => "ge",
+    };
+    let (n1, n2, p1, p2) = nodes(tag);
+    if overlay == Overlay::Native {
+        native_routes(&n1, &n2);
+    }
+    let mut mbs = Vec::new();
+    for (ns, ip, pod, id, peer) in [
+        (&n1, NODE1_IP, &p1, POD1_ID, (POD2_IP, POD2_ID, NODE2_IP)),
+        (&n2, NODE2_IP, &p2, POD2_ID, (POD1_IP, POD1_ID, NODE1_IP)),
+    ] {
+        let settings = in_netns(&ns.path(), || {
+            let dev = device("ul0")?;
+            let overlay_ifindex = match overlay {
+                Overlay::Vxlan => ensure_vxlan_device(dev.mtu)?,
+                _ => 0,
+            };
+            Ok(NodeSettings {
+                node_ip4: ip,
+                underlay_ifindex: dev.ifindex,
+                overlay_ifindex,
+                underlay_mtu: dev.mtu,
+                underlay_mac: dev.mac,
+                overlay,
+                policy: true,
+                ..NodeSettings::default()
+            })
+        })?;
+        pod.ns.ip(&[
+            "link",
+            "set",
+            "eth0",
+            "mtu",
+            &pod_mtu(overlay, settings.underlay_mtu).to_string(),
+        ]);
+        let mut mb = MbNode::load(ns, &settings)?;
+        mb.in_node(|n| {
+            n.attach_underlay("ul0")?;
+            n.setup_overlay()?;
+            Ok(())
+        })
+        .context("underlay and overlay devices")?;
+        let e = mb.attach(pod, 1, id)?;
+        let (peer_ip, peer_id, peer_node) = peer;
+        let host = |ip: Ipv4Addr, identity, tunnel| IpcacheEntry {
+            prefix: IpNet::from(IpAddr::V4(ip)),
+            identity,
+            tunnel,
+        };
+        mb.node
+            .sync_ipcache(&[
+                host(pod.ip, id, None),
+                host(peer_ip, peer_id, Some(peer_node)),
+            ])
+            .context("sync the node ipcache")?;
+        let direction = if id == POD1_ID {
+            Direction::Egress
+        } else {
+            Direction::Ingress
+        };
+        mb.eps[e]
+            .dp
+            .sync_policy(&[PolicyRule {
+                direction,
+                remote_identity: peer_id,
+                proto: 6,
+                ports: (1, 65535),
+                verdict: MapVerdict::Allow,
+            }])
+            .context("sync the pod's policy")?;
+        mbs.push(mb);
+    }
+    let mut bed = with_servers(n1, n2, p1, p2)?;
+    bed._mb = mbs;
+    Ok(bed)
 }
 
 /// Throughput pod 1 → pod 2 in Gbit/s (iperf3, one stream, the receiver's count).
@@ -162,7 +260,10 @@ fn latency(bed: &Bed, iters: usize) -> Result<f64> {
 pub fn run(a: &Args) -> Result<()> {
     let mut r =
         Report::new("Cross-node TCP: throughput and latency per overlay mode vs a plain route");
-    let beds: Vec<(String, Bed)> = vec![("plain veth route, no BPF".into(), plain()?)];
+    let mut beds: Vec<(String, Bed)> = vec![("plain veth route, no BPF".into(), plain()?)];
+    for o in a.modes.iter().copied() {
+        beds.push((format!("membrane, {o}"), membrane(o)?));
+    }
     let mut tput = vec![Vec::new(); beds.len()];
     let mut lat = vec![Vec::new(); beds.len()];
     for rep in 0..a.common.reps {

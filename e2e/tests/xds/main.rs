@@ -65,7 +65,12 @@ fn start_xds_args(dir: &Path, args: &[&str]) -> Xds {
     let dir = dir.to_str().unwrap();
     let mut argv = vec!["membrane-xds"];
     argv.extend_from_slice(args);
+    // The test bed's pods live on loopback addresses, which the sidecar's ipcache calls
+    // the host when NPHDS does not name them; allow-localhost (the default) would admit
+    // exactly the unknown peers these tests expect to be refused.
     argv.extend([
+        "--allow-localhost",
+        "policy",
         "--debug-addr",
         "127.0.0.1:0",
         "--poll-ms",
