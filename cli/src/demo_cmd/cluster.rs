@@ -13,19 +13,23 @@ pub(super) struct Pod {
     pub(super) node: usize,
 }
 
-/// Step 6: a mini-cluster on this machine, run as a cluster runs it. The
-/// "node" is a network namespace holding a bridge, the control plane
-/// (membrane-xds, fed by a source directory of Kubernetes YAML) and the node
-/// agent (fed by the control plane); every pod is a network namespace on that
-/// bridge and a cgroup, registered with the agent by `membrane-cni ADD`. The
-/// agent attaches the eBPF datapath to each pod and programs its maps from
-/// the control plane's resources: the ships' connects to the deathstar
-/// service go to a replica chosen per connection, the deathstars' ingress is
-/// decided at sk_lookup and their allowed inbound connections handed to
-/// their membrane-proxy sidecar, which enforces the L7 rules it gets over
-/// xDS. The demo writes no map entry. Everything it starts is DEL'd,
-/// stopped and removed when it is dropped (failures included) or when
-/// SIGINT/SIGTERM arrives first.
+/// Step 6: a two-node mini-cluster on this machine, run as a cluster runs
+/// it. Each "node" is a network namespace with an underlay device (`ul0`,
+/// the two ends of one veth pair) and its own node agent (fed by the control
+/// plane, with `--overlay` and `--underlay-device`); node-1 also runs the
+/// control plane (membrane-xds, fed by a source directory of Kubernetes
+/// YAML). Every pod is a network namespace on a routed veth into its node and
+/// a cgroup, registered with its node's agent by `membrane-cni ADD`. The
+/// agents attach the eBPF datapath to each pod (tc on the host veth, the
+/// socket programs on the cgroup) and program its maps from the control
+/// plane's resources: the ships' connects to the deathstar service go to a
+/// replica chosen per connection, on either node; what crosses the nodes is
+/// encapsulated with the sender's identity (or routed natively); the
+/// deathstars' inbound connections are decided by tc on the receiving node
+/// and at sk_lookup, and the allowed ones handed to their membrane-proxy
+/// sidecar, which enforces the L7 rules it gets over xDS. The demo writes no
+/// map entry. Everything it starts is DEL'd, stopped and removed when it is
+/// dropped (failures included) or when SIGINT/SIGTERM arrives first.
 pub(super) struct Cluster {
     pub(super) tag: String,
     pub(super) cgroups: PathBuf,

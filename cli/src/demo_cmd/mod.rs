@@ -2,18 +2,22 @@
 //!
 //! Steps 1-5 ask the policy engine about every request of the scenario (the
 //! policies are compiled into this binary, so the verb works from anywhere).
-//! Step 6 plays the L7 policy live on a mini-cluster run as a cluster runs
-//! it (see [`Cluster`]): membrane-xds on the node reading a directory of
-//! Kubernetes YAML (the pods, the deathstar service, the node, the policy),
-//! the node agent (`membrane-agent run --xds-address`) fed by it, the pods
-//! brought up through `membrane-cni ADD`, which registers them with the
-//! agent, two deathstar replicas behind a service address, and the
-//! deathstars' membrane-proxy sidecars fed over xDS under Istio node ids. The
-//! agent programs every map from the control plane's resources; the demo
-//! writes none. The deathstars' datapath refuses the xwing's connection, the
-//! sidecars land the tiefighter and answer its PUT with 403. Step 7 edits the
-//! policy file live and times its arrival at each sidecar; step 8 kills and
-//! restarts the agent while the tiefighter keeps landing. The binaries are
+//! Step 6 plays the L7 policy live on a two-node mini-cluster run as a
+//! cluster runs it (see [`Cluster`]; `--overlay vxlan|geneve|native` picks
+//! how the nodes' pods reach each other): membrane-xds on node-1 reading a
+//! directory of Kubernetes YAML (the pods, the deathstar service, the nodes,
+//! the policy), an agent per node (`membrane-agent run --xds-address`) fed by
+//! it, the pods brought up through `membrane-cni ADD`, which registers them
+//! with their node's agent, two deathstar replicas (one per node) behind a
+//! service address, and the deathstars' membrane-proxy sidecars fed over xDS
+//! under Istio node ids. The agents program every map from the control
+//! plane's resources; the demo writes none. The tiefighter on node-1 lands on
+//! node-2's deathstar through the service; the xwing is dropped by the
+//! receiving node's tc program (its monitor line and the underlay's tunnel
+//! header shown); the sidecars land the tiefighter and answer its PUT with
+//! 403. Step 7 edits the policy file live and times its arrival at each
+//! sidecar; step 8 kills and restarts node-1's agent while the tiefighter
+//! keeps landing. The binaries are
 //! found next to this one. It needs root, `ip`, `nsenter` and `curl`, and
 //! says so and skips itself without them.
 
