@@ -104,8 +104,44 @@ fn enforced_after(step: &str, pod: &str) -> u64 {
 }
 
 #[test]
-fn the_live_step_runs_a_mini_cluster_and_cleans_up() {
-    let out = demo(&[]);
+fn the_live_step_runs_two_nodes_over_vxlan_and_cleans_up() {
+    live("vxlan");
+}
+
+#[test]
+fn the_live_step_runs_two_nodes_over_geneve_and_cleans_up() {
+    live("geneve");
+}
+
+#[test]
+fn the_live_step_runs_two_nodes_with_native_routing_and_cleans_up() {
+    live("native");
+}
+
+/// The number after `key` in `line` (e.g. `"src_identity":258`).
+fn number_after(line: &str, key: &str) -> u64 {
+    line.split_once(key)
+        .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+        .1
+        .split(|c: char| !c.is_ascii_digit())
+        .find(|w| !w.is_empty())
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// The identity column of endpoint `pod`'s row in `membrane endpoint list`.
+fn identity_of(live: &str, pod: &str) -> u64 {
+    line(live, &format!("default/{pod} "))
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+fn live(overlay: &str) {
+    let out = demo(&["--overlay", overlay]);
     let live = out.split("== 6. Live").nth(1).unwrap_or_else(|| {
         panic!(
             "the live step did not run (root, ip, curl, nsenter, membrane-proxy, membrane-xds, \
@@ -123,17 +159,32 @@ fn the_live_step_runs_a_mini_cluster_and_cleans_up() {
     // policy on each.
     assert!(line(
         live,
-        "membrane-xds on node-1 serving xDS at http://10.200.0.1:15010"
+        "membrane-xds on node-1 serving xDS at http://192.168.79.1:15010"
     )
     .contains("watching"));
-    assert!(line(
-        live,
-        "membrane-agent run --node node-1 --xds-address http://10.200.0.1:15010"
-    )
-    .contains("pins under"));
-    for pod in ["deathstar-1", "deathstar-2", "tiefighter", "xwing"] {
-        assert!(line(live, &format!("pod {pod} "))
-            .ends_with("membrane-cni ADD registered it with the agent"));
+    for node in ["node-1", "node-2"] {
+        let agent = line(
+            live,
+            &format!("membrane-agent run --node {node} --xds-address http://192.168.79.1:15010"),
+        );
+        assert!(
+            agent.contains(&format!("--overlay {overlay} --underlay-device ul0"))
+                && agent.contains("pins under"),
+            "{agent}"
+        );
+    }
+    for (pod, node) in [
+        ("deathstar-1", "node-1"),
+        ("deathstar-2", "node-2"),
+        ("tiefighter", "node-1"),
+        ("xwing", "node-1"),
+    ] {
+        let l = line(live, &format!("pod {pod} "));
+        assert!(
+            l.contains(&format!(" on {node} "))
+                && l.ends_with("membrane-cni ADD registered it with the agent"),
+            "{l}"
+        );
         let row = line(live, &format!("default/{pod} "));
         assert!(row.ends_with("enforcing"), "{row}");
         let sidecar = pod.starts_with("deathstar");
@@ -142,14 +193,21 @@ fn the_live_step_runs_a_mini_cluster_and_cleans_up() {
     // L7: the sidecar lands the tiefighter and refuses its PUT.
     assert!(line(live, "tiefighter POST /v1/request-landing").ends_with("200 Ship landed"));
     assert!(line(live, "tiefighter PUT /v1/exhaust-port").ends_with("403 Access denied"));
-    // L3/L4: the xwing's connection is refused at the deathstar's ingress
-    // (sk_lookup), never handed to a sidecar; nothing refuses the tiefighter.
+    // L3/L4: the xwing's connection is dropped by the packet path at the
+    // deathstar's host veth (tc to-container), before sk_lookup sees it; it is
+    // never handed to a sidecar; nothing refuses the tiefighter.
     assert!(line(live, "xwing POST /v1/request-landing").contains("no response"));
     assert_eq!(counters(live, "xwing"), (0, 0, 0));
     assert_eq!(counters(live, "tiefighter"), (0, 0, 0));
     // The service: every landing reached a replica's sidecar (which one is
-    // chosen per connection), and so did the refused PUT.
-    let landings = line(live, "8 tiefighter landings through the service:");
+    // chosen per connection; at least 8, more until each node's deathstar had
+    // one), and so did the refused PUT.
+    let landings = live
+        .lines()
+        .find(|l| l.contains("tiefighter landings through the service:"))
+        .unwrap_or_else(|| panic!("no landing count in:\n{live}"));
+    let made = number_after(landings, "");
+    assert!((8..=64).contains(&made), "{landings}");
     let landed: u64 = landings
         .rsplit(':')
         .next()
@@ -163,10 +221,60 @@ fn the_live_step_runs_a_mini_cluster_and_cleans_up() {
                 .unwrap()
         })
         .sum();
-    assert_eq!(landed, 8, "{landings}");
+    assert_eq!(landed, made, "{landings}");
+    // Across the nodes through the service: the tiefighter on node-1 landed on
+    // node-2's deathstar.
+    let across = line(
+        live,
+        "tiefighter (node-1) landed on deathstar-2 (node-2) through the service 10.96.0.10:80:",
+    );
+    assert!(number_after(across, "10.96.0.10:80:") >= 1, "{across}");
     let (c1, r1, h1) = counters(live, "deathstar-1");
     let (c2, r2, h2) = counters(live, "deathstar-2");
-    assert_eq!((c1, c2, r1 + r2, h1 + h2), (0, 0, 1, 9), "{live}");
+    assert_eq!((c1, c2, r1 + r2, h1 + h2), (0, 0, 0, made + 1), "{live}");
+
+    // The xwing straight at node-2's deathstar: dropped by node-2's
+    // to-container, the monitor line read from node-2's agent carrying both
+    // identities; on the underlay, the tunnel's VNI is the xwing's identity.
+    let (xwing, deathstar) = (identity_of(live, "xwing"), identity_of(live, "deathstar-2"));
+    let drop = live
+        .lines()
+        .skip_while(|l| !l.contains("$ membrane monitor --type drop"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no monitor line in:\n{live}"));
+    assert!(
+        drop.contains(r#""node":"node-2""#)
+            && drop.contains(r#""program":"to-container""#)
+            && drop.contains(r#""verdict":"denied""#),
+        "{drop}"
+    );
+    assert_eq!(number_after(drop, r#""src_identity":"#), xwing, "{drop}");
+    assert_eq!(
+        number_after(drop, r#""dst_identity":"#),
+        deathstar,
+        "{drop}"
+    );
+    match overlay {
+        "native" => assert!(live.contains("native routing: no tunnel header")),
+        // The decode needs tshark (scripts/install-deps.sh installs it).
+        _ if live.contains("(no tshark here") => {}
+        _ => {
+            let tunnel = if overlay == "vxlan" {
+                "VXLAN"
+            } else {
+                "Geneve"
+            };
+            let decode = line(live, &format!("{tunnel} VNI ")).trim_start();
+            assert!(
+                decode.starts_with(&format!("{tunnel} VNI {xwing} = the xwing's identity;"))
+                    && decode.ends_with(
+                        "outer/inner sources 192.168.79.1 / 10.200.0.3; \
+                         outer/inner destinations 192.168.79.2 / 10.201.0.11"
+                    ),
+                "{decode}"
+            );
+        }
+    }
     assert!(live.contains(r#""type":"Denied""#) && live.contains(r#""status":403"#));
 
     // Step 7: each edited policy reached both deathstars through the control
@@ -197,7 +305,8 @@ fn the_live_step_runs_a_mini_cluster_and_cleans_up() {
     // Step 8: the agent was killed and a new one adopted the endpoints while
     // the tiefighter kept landing: not one landing failed.
     assert!(line(restart, "membrane-agent pid").contains("killed (SIGKILL)"));
-    assert!(line(restart, "the new agent adopted 4 endpoints").contains("pins"));
+    // node-1's: the tiefighter, the xwing, deathstar-1.
+    assert!(line(restart, "the new agent adopted 3 endpoints").contains("pins"));
     let across = restart
         .lines()
         .find(|l| l.contains("tiefighter landings across the restart"))

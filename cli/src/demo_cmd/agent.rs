@@ -14,54 +14,60 @@ const MAX_LANDINGS: usize = 3000;
 const LANDINGS_AROUND: usize = 15;
 
 impl Cluster {
-    /// The node's bpffs directory: the agent pins each endpoint under
-    /// `endpoints/` in it.
+    /// The mini-cluster's bpffs directory, holding one per node.
     pub(super) fn bpffs(&self) -> PathBuf {
         PathBuf::from("/sys/fs/bpf").join(&self.tag)
     }
 
-    /// The node agent's API socket.
-    pub(super) fn agent_socket(&self) -> PathBuf {
-        self.dir.join("agent.sock")
+    /// Node `n`'s bpffs directory: its agent pins the node's programs under
+    /// `node/` and each endpoint under `endpoints/` in it.
+    pub(super) fn bpffs_of(&self, n: usize) -> PathBuf {
+        self.bpffs().join(source::NODES[n].name)
     }
 
-    /// The node agent, `membrane-agent run --node NODE --xds-address URL`, in
-    /// the node's network namespace (where the control plane is reachable)
+    /// Node `n`'s agent's API socket.
+    pub(super) fn agent_socket(&self, n: usize) -> PathBuf {
+        self.dir
+            .join(format!("agent-{}.sock", source::NODES[n].name))
+    }
+
+    /// Node `n`'s agent, `membrane-agent run --node NODE --xds-address URL
+    /// --overlay MODE --underlay-device ul0`, in the node's network namespace (where the control plane is reachable)
     /// and the host's mount namespace: `nsenter --net` only, since `ip netns
     /// exec` mounts a sysfs of its own over bpffs and the cgroup tree. Its
     /// pid, once its socket answers.
-    pub(super) fn start_agent(&self, bins: &Bins, xds: &str) -> Result<u32> {
-        let log = self.dir.join("membrane-agent.log");
+    pub(super) fn start_agent(&self, bins: &Bins, xds: &str, n: usize) -> Result<u32> {
+        let node = source::NODES[n].name;
+        let log = self.dir.join(format!("membrane-agent-{node}.log"));
         let f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)
             .with_context(|| format!("open {}", log.display()))?;
         let child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", self.ns("node")))
+            .arg(format!("--net=/run/netns/{}", self.node_ns(n)))
             .arg(&bins.agent)
             .arg("--bpffs")
-            .arg(self.bpffs())
+            .arg(self.bpffs_of(n))
             .arg("--socket")
-            .arg(self.agent_socket())
-            .args(["--node", source::NODE])
+            .arg(self.agent_socket(n))
+            .args(["--node", node])
             .arg("run")
             .args(["--xds-address", xds])
-            // One node, its pods on a bridge: no underlay to encapsulate over, and no
-            // host veth per pod for the packet path's tc programs.
-            .args(["--overlay", "native"])
+            .args(["--overlay", &self.overlay.to_string()])
+            .args(["--underlay-device", source::UNDERLAY])
             .arg("--state-dir")
-            .arg(self.dir.join("agent"))
+            .arg(self.dir.join(format!("agent-{node}")))
             .stdin(Stdio::null())
             .stdout(Stdio::from(f.try_clone()?))
             .stderr(Stdio::from(f))
             .spawn()
             .with_context(|| format!("start {}", bins.agent.display()))?;
         let pid = child.id();
-        self.undo().agent = Some(child);
+        self.undo().agents[n] = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
-        while self.agent(&Request::Status).is_err() {
-            if let Some(c) = self.undo().agent.as_mut() {
+        while self.agent(n, &Request::Status).is_err() {
+            if let Some(c) = self.undo().agents[n].as_mut() {
                 if let Some(status) = c.try_wait()? {
                     bail!("membrane-agent exited early ({status}){}", self.log_tails());
                 }
@@ -77,9 +83,9 @@ impl Cluster {
         Ok(pid)
     }
 
-    /// One request to the agent's socket: its reply, or its error as one.
-    pub(super) fn agent(&self, req: &Request) -> Result<Value> {
-        let socket = self.agent_socket();
+    /// One request to node `n`'s agent: its reply, or its error as one.
+    pub(super) fn agent(&self, n: usize, req: &Request) -> Result<Value> {
+        let socket = self.agent_socket(n);
         let v = api::request(&socket, req, Duration::from_secs(10))
             .with_context(|| format!("ask the agent at {}", socket.display()))?;
         if let Some(e) = v.get("error") {
@@ -88,12 +94,13 @@ impl Cluster {
         Ok(v)
     }
 
-    /// Waits (at most 20 s) until the agent enforces the control plane's
-    /// policy on `n` endpoints: each has its identity and an applied revision.
-    pub(super) fn wait_programmed(&self, n: usize) -> Result<()> {
+    /// Waits (at most 20 s) until node `node`'s agent enforces the control
+    /// plane's policy on `n` endpoints: each has its identity and an applied
+    /// revision.
+    pub(super) fn wait_programmed(&self, node: usize, n: usize) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let list = self.agent(&Request::EndpointList)?;
+            let list = self.agent(node, &Request::EndpointList)?;
             let done = list
                 .as_array()
                 .into_iter()
@@ -117,13 +124,13 @@ impl Cluster {
         }
     }
 
-    /// `membrane ARGS --socket AGENT_SOCKET`, as an operator would run it,
-    /// its output indented.
-    pub(super) fn show(&self, args: &[&str]) -> Result<()> {
+    /// `membrane ARGS --socket AGENT_SOCKET` of node `n`, as an operator would
+    /// run it, its output indented.
+    pub(super) fn show(&self, n: usize, args: &[&str]) -> Result<()> {
         let out = Command::new(std::env::current_exe()?)
             .args(args)
             .arg("--socket")
-            .arg(self.agent_socket())
+            .arg(self.agent_socket(n))
             .output()
             .context("run membrane")?;
         if !out.status.success() {
@@ -141,20 +148,30 @@ impl Cluster {
 
     /// The pin directory of pod `p`'s endpoint, as the agent reports it.
     pub(super) fn pins_of(&self, p: &Pod) -> Result<PathBuf> {
-        let e = self.agent(&Request::EndpointGet {
-            endpoint: format!("default/{}", p.name),
-        })?;
+        let e = self.agent(
+            p.node,
+            &Request::EndpointGet {
+                endpoint: format!("default/{}", p.name),
+            },
+        )?;
         e["pins"]
             .as_str()
             .map(PathBuf::from)
             .with_context(|| format!("the agent names no pins for {}: {e}", p.name))
     }
 
-    /// Step 8: the agent killed and started again while the tiefighter lands
-    /// through the service in a loop, one connection per landing. The new
-    /// agent adopts the pinned programs and maps; no landing fails.
-    pub(super) fn restart_agent(&self, bins: &Bins, xds: &str, tiefighter: &Pod) -> Result<()> {
-        step("8. The agent restarted while the tiefighter keeps landing");
+    /// Step 8: node-1's agent killed and started again while the tiefighter
+    /// lands through the service in a loop, one connection per landing (on
+    /// both nodes' deathstars). The new agent adopts the pinned programs and
+    /// maps of the node's `endpoints`; no landing fails.
+    pub(super) fn restart_agent(
+        &self,
+        bins: &Bins,
+        xds: &str,
+        tiefighter: &Pod,
+        endpoints: usize,
+    ) -> Result<()> {
+        step("8. node-1's agent restarted while the tiefighter keeps landing");
         let results = self.dir.join("landings.txt");
         let stop = self.dir.join("landings.stop");
         let url = format!("http://{SERVICE}/v1/request-landing");
@@ -199,15 +216,15 @@ impl Cluster {
             wait_for(LANDINGS_AROUND, "before the restart")?;
             let old = {
                 let mut t = self.undo();
-                let agent = t.agent.as_mut().context("no agent is running")?;
+                let agent = t.agents[0].as_mut().context("no agent is running")?;
                 let pid = agent.id();
                 agent.kill()?;
                 agent.wait()?;
-                t.agent = None;
+                t.agents[0] = None;
                 pid
             };
             let killed_at = landings().len();
-            let new = self.start_agent(bins, xds)?;
+            let new = self.start_agent(bins, xds, 0)?;
             let up_at = landings().len();
             wait_for(up_at + LANDINGS_AROUND, "after the restart")?;
             Ok((killed_at, up_at, old, new))
@@ -228,12 +245,12 @@ impl Cluster {
             "  membrane-agent pid {old} killed (SIGKILL) after landing {killed_at}; \
              pid {new} answering after landing {up_at}"
         );
-        let status = self.agent(&Request::Status)?;
+        let status = self.agent(0, &Request::Status)?;
         println!(
             "  the new agent adopted {} endpoints from its state directory and the pins",
             status["endpoints"]
         );
-        self.wait_programmed(4)?;
+        self.wait_programmed(0, endpoints)?;
         let all = landings();
         let landed = all.iter().filter(|c| *c == "200").count();
         println!(

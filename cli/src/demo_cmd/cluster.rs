@@ -4,31 +4,39 @@ use super::control::CniCall;
 use super::pods::is_root;
 use super::*;
 
-/// A pod of the mini-cluster: its labels and address.
+/// A pod of the mini-cluster: its labels, address and node (an index into
+/// [`source::NODES`]).
 pub(super) struct Pod {
     pub(super) name: &'static str,
     pub(super) labels: &'static str,
     pub(super) ip: &'static str,
+    pub(super) node: usize,
 }
 
-/// Step 6: a mini-cluster on this machine, run as a cluster runs it. The
-/// "node" is a network namespace holding a bridge, the control plane
-/// (membrane-xds, fed by a source directory of Kubernetes YAML) and the node
-/// agent (fed by the control plane); every pod is a network namespace on that
-/// bridge and a cgroup, registered with the agent by `membrane-cni ADD`. The
-/// agent attaches the eBPF datapath to each pod and programs its maps from
-/// the control plane's resources: the ships' connects to the deathstar
-/// service go to a replica chosen per connection, the deathstars' ingress is
-/// decided at sk_lookup and their allowed inbound connections handed to
-/// their membrane-proxy sidecar, which enforces the L7 rules it gets over
-/// xDS. The demo writes no map entry. Everything it starts is DEL'd,
-/// stopped and removed when it is dropped (failures included) or when
-/// SIGINT/SIGTERM arrives first.
+/// Step 6: a two-node mini-cluster on this machine, run as a cluster runs
+/// it. Each "node" is a network namespace with an underlay device (`ul0`,
+/// the two ends of one veth pair) and its own node agent (fed by the control
+/// plane, with `--overlay` and `--underlay-device`); node-1 also runs the
+/// control plane (membrane-xds, fed by a source directory of Kubernetes
+/// YAML). Every pod is a network namespace on a routed veth into its node and
+/// a cgroup, registered with its node's agent by `membrane-cni ADD`. The
+/// agents attach the eBPF datapath to each pod (tc on the host veth, the
+/// socket programs on the cgroup) and program its maps from the control
+/// plane's resources: the ships' connects to the deathstar service go to a
+/// replica chosen per connection, on either node; what crosses the nodes is
+/// encapsulated with the sender's identity (or routed natively); the
+/// deathstars' inbound connections are decided by tc on the receiving node
+/// and at sk_lookup, and the allowed ones handed to their membrane-proxy
+/// sidecar, which enforces the L7 rules it gets over xDS. The demo writes no
+/// map entry. Everything it starts is DEL'd, stopped and removed when it is
+/// dropped (failures included) or when SIGINT/SIGTERM arrives first.
 pub(super) struct Cluster {
     pub(super) tag: String,
     pub(super) cgroups: PathBuf,
     pub(super) dir: PathBuf,
     pub(super) state: Arc<Mutex<Teardown>>,
+    /// How pod traffic crosses between the nodes (`--overlay`).
+    pub(super) overlay: Overlay,
 }
 
 /// What the mini-cluster made, in the order it was made, to be undone once.
@@ -37,8 +45,8 @@ pub(super) struct Teardown {
     /// Pods registered by `membrane-cni ADD`, to DEL while the agent still
     /// runs (it detaches and unpins them).
     pub(super) cni: Vec<CniCall>,
-    /// The node agent (step 8 replaces it).
-    pub(super) agent: Option<Child>,
+    /// The node agents, one per node (step 8 replaces node-1's).
+    pub(super) agents: [Option<Child>; 2],
     pub(super) children: Vec<Child>,
     pub(super) netns: Vec<String>,
     pub(super) dirs: Vec<PathBuf>,
@@ -49,11 +57,11 @@ impl Teardown {
         for call in self.cni.drain(..).rev() {
             let _ = call.run("DEL");
         }
-        for c in self.agent.iter_mut().chain(&mut self.children) {
+        for c in self.agents.iter_mut().flatten().chain(&mut self.children) {
             let _ = c.kill();
             let _ = c.wait();
         }
-        self.agent = None;
+        self.agents = [None, None];
         self.children.clear();
         for ns in self.netns.drain(..).rev() {
             let _ = Command::new("ip")
@@ -95,8 +103,6 @@ fn teardown_on_signal(state: Arc<Mutex<Teardown>>) -> Result<()> {
     });
     Ok(())
 }
-
-pub(super) const NODE_BRIDGE: &str = "10.200.0.1/24";
 
 /// The binaries the live step runs, found beside this one (where `cargo build`
 /// and a release install leave them all).
@@ -148,13 +154,14 @@ impl Cluster {
         Ok(bins)
     }
 
-    pub(super) fn run(bins: &Bins) -> Result<()> {
+    pub(super) fn run(bins: &Bins, overlay: Overlay) -> Result<()> {
         let tag = format!("membrane-demo-{}", std::process::id());
         step(&format!(
-            "6. Live: a mini-cluster ({tag}: membrane-xds fed by a directory of Kubernetes \
-             YAML, the node agent fed by membrane-xds programming the eBPF datapath, a network \
-             namespace and a cgroup per pod registered by membrane-cni, two deathstar replicas \
-             with sidecars fed over xDS behind a service)"
+            "6. Live: a mini-cluster ({tag}: two nodes joined by an underlay, {overlay} between \
+             them, membrane-xds on node-1 fed by a directory of Kubernetes YAML, an agent per \
+             node fed by membrane-xds programming the eBPF datapath, a network namespace and a \
+             cgroup per pod registered by membrane-cni, two deathstar replicas with sidecars fed \
+             over xDS behind a service, one per node)"
         ));
         let cg2 = membrane_datapath::cgroup2_mount().context("no cgroup v2 mount")?;
         let state = Arc::new(Mutex::new(Teardown::default()));
@@ -164,6 +171,7 @@ impl Cluster {
             dir: std::env::temp_dir().join(&tag),
             tag,
             state,
+            overlay,
         };
         membrane_datapath::ensure_bpffs(&c.bpffs())?;
         let source = c.dir.join("source");
@@ -171,21 +179,31 @@ impl Cluster {
             std::fs::create_dir(d).with_context(|| format!("create {}", d.display()))?;
             c.undo().dirs.push(d.clone());
         }
+        for n in 0..source::NODES.len() {
+            let d = c.bpffs_of(n);
+            std::fs::create_dir(&d).with_context(|| format!("create {}", d.display()))?;
+            c.undo().dirs.push(d);
+        }
 
-        let pod = |name, labels, ip| Pod { name, labels, ip };
+        let pod = |name, labels, ip, node| Pod {
+            name,
+            labels,
+            ip,
+            node,
+        };
         let deathstars = [
-            pod("deathstar-1", DEATHSTAR, "10.200.0.10"),
-            pod("deathstar-2", DEATHSTAR, "10.200.0.11"),
+            pod("deathstar-1", DEATHSTAR, "10.200.0.10", 0),
+            pod("deathstar-2", DEATHSTAR, "10.201.0.11", 1),
         ];
         let ships = [
-            pod("tiefighter", TIEFIGHTER, "10.200.0.2"),
-            pod("xwing", XWING, "10.200.0.3"),
+            pod("tiefighter", TIEFIGHTER, "10.200.0.2", 0),
+            pod("xwing", XWING, "10.200.0.3", 0),
         ];
         let service: SocketAddr = SERVICE.parse()?;
 
-        // The control plane on the node, fed as a cluster's is: the objects
+        // The control plane on node-1, fed as a cluster's is: the objects
         // `kubectl get -o yaml` would show, in a watched directory.
-        c.node()?;
+        c.nodes()?;
         source::write_source(
             &source,
             &source::cluster_yaml(&deathstars, &ships, service)?,
@@ -198,27 +216,31 @@ impl Cluster {
             source.display()
         );
         println!(
-            "    {}: Pods {}, Service deathstar {service}, its EndpointSlice, Node {}",
+            "    {}: Pods {}, Service deathstar {service}, its EndpointSlice, Nodes {}",
             source::CLUSTER_FILE,
             deathstars
                 .iter()
                 .chain(&ships)
-                .map(|p| p.name)
+                .map(|p| format!("{} ({})", p.name, source::NODES[p.node].name))
                 .collect::<Vec<_>>()
                 .join(", "),
-            source::NODE
+            source::NODES.map(|n| n.name).join(", ")
         );
         println!("    {}: {}", source::POLICY_FILE, L7.0);
-        let pid = c.start_agent(bins, &xds)?;
-        println!(
-            "  membrane-agent run --node {} --xds-address {xds} (pid {pid}), pins under {}",
-            source::NODE,
-            c.bpffs().display()
-        );
+        for n in 0..source::NODES.len() {
+            let pid = c.start_agent(bins, &xds, n)?;
+            println!(
+                "  membrane-agent run --node {} --xds-address {xds} --overlay {overlay} \
+                 --underlay-device {} (pid {pid}), pins under {}",
+                source::NODES[n].name,
+                source::UNDERLAY,
+                c.bpffs_of(n).display()
+            );
+        }
 
         // Every pod as the container runtime brings it up: its network (the
         // interface plugin's part), then the chained membrane-cni ADD, which
-        // registers it with the agent; the agent attaches the datapath and
+        // registers it with its node's agent; the agent attaches the datapath and
         // programs it before answering.
         for p in deathstars.iter().chain(&ships) {
             c.pod_network(p)?;
@@ -227,15 +249,23 @@ impl Cluster {
             c.undo().dirs.push(cg);
             c.cni_add(bins, p)?;
             println!(
-                "  pod {:<11} {:<12} ({}): membrane-cni ADD registered it with the agent",
-                p.name, p.ip, p.labels
+                "  pod {:<11} {:<12} on {} ({}): membrane-cni ADD registered it with the agent",
+                p.name,
+                p.ip,
+                source::NODES[p.node].name,
+                p.labels
             );
         }
-        c.wait_programmed(deathstars.len() + ships.len())?;
-        println!("\n  $ membrane endpoint list");
-        c.show(&["endpoint", "list"])?;
+        for n in 0..source::NODES.len() {
+            let on = deathstars.iter().chain(&ships).filter(|p| p.node == n);
+            c.wait_programmed(n, on.count())?;
+        }
+        for n in 0..source::NODES.len() {
+            println!("\n  $ membrane endpoint list   # {}", source::NODES[n].name);
+            c.show(n, &["endpoint", "list"])?;
+        }
         println!("  $ membrane service list");
-        c.show(&["service", "list"])?;
+        c.show(0, &["service", "list"])?;
 
         let me = std::env::current_exe()?;
         let me = me.to_str().context("this binary's path is not UTF-8")?;
@@ -245,6 +275,7 @@ impl Cluster {
                 &[me, "demo", "--serve-deathstar", "0.0.0.0:80"],
                 None,
             )?;
+            let xds = c.xds_for_pods(&xds, d.node)?;
             c.start_sidecar(bins, d, &xds)?;
         }
         // Ready means the sidecar has its first policy from the control plane.
@@ -261,7 +292,9 @@ impl Cluster {
         );
 
         c.play(&deathstars, &ships, service)?;
+        c.across_nodes(&deathstars[1], &ships[1])?;
         c.edit_policy(&deathstars, &ships, &source)?;
-        c.restart_agent(bins, &xds, &ships[0])
+        let on_node_1 = deathstars.iter().chain(&ships).filter(|p| p.node == 0);
+        c.restart_agent(bins, &xds, &ships[0], on_node_1.count())
     }
 }

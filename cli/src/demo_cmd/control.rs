@@ -4,13 +4,14 @@
 //! (the node agent is `agent.rs`).
 
 use super::cluster::{Bins, Cluster, Pod};
+use super::pods::GATEWAY;
 use super::source::NODE_IP;
 use super::*;
 use serde_json::{json, Value};
 use std::sync::mpsc;
 
-/// Where membrane-xds serves plaintext xDS: the node's bridge address, which
-/// every pod reaches (a pod's own loopback is its own).
+/// Where membrane-xds serves plaintext xDS: on node-1's underlay address
+/// ([`NODE_IP`]), which node-2's agent and every pod reach.
 pub(super) const XDS_PORT: u16 = 15010;
 
 /// A `membrane-cni` call the teardown repeats as DEL.
@@ -61,7 +62,7 @@ impl Cluster {
         let err =
             std::fs::File::create(&log).with_context(|| format!("create {}", log.display()))?;
         let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.ns("node")])
+            .args(["netns", "exec", &self.node_ns(0)])
             .arg(&bins.xds)
             .arg("--source-dir")
             .arg(source)
@@ -94,26 +95,81 @@ impl Cluster {
         Ok(format!("http://{grpc}"))
     }
 
+    /// The control plane's URL for the pods of node `n`: node-1's pods reach it
+    /// on node-1's address; node-2's through a relay on their gateway address
+    /// in node-2 (see `relay` in the module root), started here.
+    pub(super) fn xds_for_pods(&self, xds: &str, n: usize) -> Result<String> {
+        if n == 0 {
+            return Ok(xds.to_owned());
+        }
+        let from = format!("{GATEWAY}:{XDS_PORT}");
+        let to = format!("{NODE_IP}:{XDS_PORT}");
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.node_ns(n)])
+            .arg(std::env::current_exe()?)
+            .args(["demo", "--relay-from", &from, "--relay-to", &to])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start the control plane relay")?;
+        let stdout = child.stdout.take().context("relay stdout")?;
+        self.undo().children.push(child);
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(line) if line.starts_with("relaying") => Ok(format!("http://{from}")),
+            Ok(line) => bail!("the relay on {} did not start: {line:?}", self.node_ns(n)),
+            Err(_) => bail!("the relay on {} did not start in 10 s", self.node_ns(n)),
+        }
+    }
+
     /// Pod `p` wired in as a container runtime does it: its network exists (the
     /// interface plugin's part, [`Cluster::pod_network`]), then the chained
-    /// `membrane-cni ADD` registers it with the node agent (namespace, name,
-    /// network namespace, addresses, and the cgroup the runtime passes through
-    /// the `cgroupPath` capability). Undone by DEL in the teardown.
+    /// `membrane-cni ADD` registers it with its node's agent (namespace, name,
+    /// network namespace, addresses, the host veth the interface plugin made,
+    /// where the agent attaches its tc programs, and the cgroup the runtime
+    /// passes through the `cgroupPath` capability). Undone by DEL in the
+    /// teardown.
     pub(super) fn cni_add(&self, bins: &Bins, p: &Pod) -> Result<()> {
         let netns = PathBuf::from("/run/netns").join(self.ns(p.name));
         let netns = netns.to_str().context("netns path is not UTF-8")?;
+        // The pod interface's MAC: the agent addresses the frames its tc programs
+        // redirect into the pod (those decapsulated from another node) to it.
+        let mac = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.ns(p.name),
+                "cat",
+                "/sys/class/net/eth0/address",
+            ])
+            .output()
+            .context("read the pod's MAC")?;
+        let mac = String::from_utf8_lossy(&mac.stdout).trim().to_owned();
+        if mac.is_empty() {
+            bail!("{} has no eth0 MAC address", p.name);
+        }
         let config = json!({
             "cniVersion": "1.0.0",
             "name": "membrane-demo",
             "type": "membrane-cni",
-            "agentSocket": self.agent_socket(),
+            "agentSocket": self.agent_socket(p.node),
             "capabilities": {"cgroupPath": true},
             "runtimeConfig": {"cgroupPath": self.cgroups.join(p.name)},
-            "stateDir": self.dir.join("cni"),
+            "stateDir": self.dir.join(format!("cni-{}", source::NODES[p.node].name)),
+            // As a veth plugin reports it: the host end without a sandbox, the pod's with.
             "prevResult": {
                 "cniVersion": "1.0.0",
-                "interfaces": [{"name": "eth0", "sandbox": netns}],
-                "ips": [{"address": format!("{}/24", p.ip), "gateway": NODE_IP, "interface": 0}],
+                "interfaces": [
+                    {"name": self.host_veth(p)},
+                    {"name": "eth0", "mac": mac, "sandbox": netns},
+                ],
+                "ips": [{"address": format!("{}/32", p.ip), "gateway": GATEWAY, "interface": 1}],
             },
         });
         let call = CniCall {

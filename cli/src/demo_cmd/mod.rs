@@ -2,23 +2,28 @@
 //!
 //! Steps 1-5 ask the policy engine about every request of the scenario (the
 //! policies are compiled into this binary, so the verb works from anywhere).
-//! Step 6 plays the L7 policy live on a mini-cluster run as a cluster runs
-//! it (see [`Cluster`]): membrane-xds on the node reading a directory of
-//! Kubernetes YAML (the pods, the deathstar service, the node, the policy),
-//! the node agent (`membrane-agent run --xds-address`) fed by it, the pods
-//! brought up through `membrane-cni ADD`, which registers them with the
-//! agent, two deathstar replicas behind a service address, and the
-//! deathstars' membrane-proxy sidecars fed over xDS under Istio node ids. The
-//! agent programs every map from the control plane's resources; the demo
-//! writes none. The deathstars' datapath refuses the xwing's connection, the
-//! sidecars land the tiefighter and answer its PUT with 403. Step 7 edits the
-//! policy file live and times its arrival at each sidecar; step 8 kills and
-//! restarts the agent while the tiefighter keeps landing. The binaries are
+//! Step 6 plays the L7 policy live on a two-node mini-cluster run as a
+//! cluster runs it (see [`Cluster`]; `--overlay vxlan|geneve|native` picks
+//! how the nodes' pods reach each other): membrane-xds on node-1 reading a
+//! directory of Kubernetes YAML (the pods, the deathstar service, the nodes,
+//! the policy), an agent per node (`membrane-agent run --xds-address`) fed by
+//! it, the pods brought up through `membrane-cni ADD`, which registers them
+//! with their node's agent, two deathstar replicas (one per node) behind a
+//! service address, and the deathstars' membrane-proxy sidecars fed over xDS
+//! under Istio node ids. The agents program every map from the control
+//! plane's resources; the demo writes none. The tiefighter on node-1 lands on
+//! node-2's deathstar through the service; the xwing is dropped by the
+//! receiving node's tc program (its monitor line and the underlay's tunnel
+//! header shown); the sidecars land the tiefighter and answer its PUT with
+//! 403. Step 7 edits the policy file live and times its arrival at each
+//! sidecar; step 8 kills and restarts node-1's agent while the tiefighter
+//! keeps landing. The binaries are
 //! found next to this one. It needs root, `ip`, `nsenter` and `curl`, and
 //! says so and skips itself without them.
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use membrane_datapath::node::Overlay;
 use membrane_datapath::Datapath;
 use membrane_policy::labels::LabelSet;
 use membrane_policy::load::parse_file;
@@ -35,6 +40,7 @@ use std::time::{Duration, Instant};
 mod agent;
 mod cluster;
 mod control;
+mod crossing;
 mod pods;
 mod scenario;
 mod source;
@@ -55,23 +61,40 @@ const TIEFIGHTER: &str = "k8s:org=empire,k8s:class=tiefighter";
 const XWING: &str = "k8s:org=alliance,k8s:class=xwing";
 /// The deathstar service's address (a ClusterIP), balanced over its replicas.
 const SERVICE: &str = "10.96.0.10:80";
-/// Landing requests the tiefighter makes through the service in step 6.
+/// Landing requests the tiefighter makes through the service in step 6 (at
+/// least; more until each node's deathstar has had one).
 const LANDINGS: usize = 8;
+/// The most landings step 6 makes looking for one on each node.
+const MAX_SERVICE_LANDINGS: usize = 64;
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
     /// Only ask the policy engine (steps 1-5); no network namespace, no sidecar.
     #[arg(long)]
     no_live: bool,
+    /// How pod traffic crosses between the live step's two nodes: vxlan, geneve
+    /// or native (routes, no tunnel).
+    #[arg(long, default_value = "vxlan")]
+    overlay: Overlay,
     /// Serve the deathstar's API on this address and nothing else (what step 6
     /// runs inside its namespace).
     #[arg(long, hide = true)]
     serve_deathstar: Option<SocketAddr>,
+    /// Relay TCP connections accepted on this address to `--relay-to` and
+    /// nothing else (what step 6 runs on node-2 for its pods' sidecars).
+    #[arg(long, hide = true, requires = "relay_to")]
+    relay_from: Option<SocketAddr>,
+    #[arg(long, hide = true)]
+    relay_to: Option<SocketAddr>,
 }
 
 pub fn run(a: DemoArgs) -> Result<ExitCode> {
     if let Some(addr) = a.serve_deathstar {
         serve_deathstar(addr)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let (Some(from), Some(to)) = (a.relay_from, a.relay_to) {
+        relay(from, to)?;
         return Ok(ExitCode::SUCCESS);
     }
     step("1. The policies validate");
@@ -120,7 +143,7 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
     }
     match Cluster::prerequisites() {
         Err(why) => step(&format!("6. (skipped: {why})")),
-        Ok(bins) => Cluster::run(&bins)?,
+        Ok(bins) => Cluster::run(&bins, a.overlay)?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -211,6 +234,39 @@ fn serve_deathstar(addr: SocketAddr) -> Result<()> {
     Ok(())
 }
 
+/// A node-local relay: every connection accepted on `from` is copied both ways
+/// to `to`, one pair of threads per connection. Node-2's pods reach the control
+/// plane on node-1 through it: they connect to their gateway on node-2, and the
+/// relay connects from node-2's own address over the underlay, as node-2's
+/// agent does (a pod's own connection to another node's address would need that
+/// node to route its reply back through the tunnel, which host-originated
+/// traffic does not take). Prints one line once it listens.
+fn relay(from: SocketAddr, to: SocketAddr) -> Result<()> {
+    let listener = TcpListener::bind(from).with_context(|| format!("bind {from}"))?;
+    println!("relaying {from} to {to}");
+    std::io::stdout().flush()?;
+    for conn in listener.incoming() {
+        let Ok(conn) = conn else { continue };
+        std::thread::spawn(move || {
+            let Ok(up) = TcpStream::connect_timeout(&to, Duration::from_secs(5)) else {
+                return;
+            };
+            let (Ok(mut conn2), Ok(mut up2)) = (conn.try_clone(), up.try_clone()) else {
+                return;
+            };
+            let t = std::thread::spawn(move || {
+                let _ = std::io::copy(&mut conn2, &mut up2);
+                let _ = up2.shutdown(std::net::Shutdown::Write);
+            });
+            let (mut conn, mut up) = (conn, up);
+            let _ = std::io::copy(&mut up, &mut conn);
+            let _ = conn.shutdown(std::net::Shutdown::Write);
+            let _ = t.join();
+        });
+    }
+    Ok(())
+}
+
 fn deathstar_conn(conn: TcpStream) -> std::io::Result<()> {
     let mut w = conn.try_clone()?;
     let mut r = BufReader::new(conn);
@@ -276,6 +332,7 @@ mod tests {
             ("agent.rs", include_str!("agent.rs")),
             ("cluster.rs", include_str!("cluster.rs")),
             ("control.rs", include_str!("control.rs")),
+            ("crossing.rs", include_str!("crossing.rs")),
             ("pods.rs", include_str!("pods.rs")),
             ("scenario.rs", include_str!("scenario.rs")),
             ("source.rs", include_str!("source.rs")),

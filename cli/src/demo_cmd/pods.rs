@@ -2,8 +2,13 @@
 //! processes inside a pod, readiness and requests, and teardown on
 //! drop.
 
-use super::cluster::{Cluster, Pod, Teardown, NODE_BRIDGE};
+use super::cluster::{Cluster, Pod, Teardown};
 use super::*;
+
+/// The pods' gateway, on every host veth (link-local: no pod network holds it).
+pub(super) const GATEWAY: &str = "169.254.1.1";
+/// The underlay veth's MTU (the kernel's default for a veth).
+const UNDERLAY_MTU: u16 = 1500;
 
 impl Cluster {
     /// What to undo; a poisoned lock (a panic elsewhere) still gives it.
@@ -33,28 +38,88 @@ impl Cluster {
         self.ip(&["-n", &name, "link", "set", "lo", "up"])
     }
 
-    /// The node: a namespace holding the bridge every pod is plugged into.
-    pub(super) fn node(&self) -> Result<()> {
-        let node = self.ns("node");
-        self.add_netns(node.clone())?;
-        self.ip(&["-n", &node, "link", "add", "br0", "type", "bridge"])?;
-        self.ip(&["-n", &node, "addr", "add", NODE_BRIDGE, "dev", "br0"])?;
-        self.ip(&["-n", &node, "link", "set", "br0", "up"])
+    /// Node `n`'s network namespace.
+    pub(super) fn node_ns(&self, n: usize) -> String {
+        self.ns(source::NODES[n].name)
     }
 
-    /// A pod's namespace, with `eth0` on the node's bridge.
-    pub(super) fn pod_network(&self, p: &Pod) -> Result<()> {
-        let (ns, node) = (self.ns(p.name), self.ns("node"));
-        self.add_netns(ns.clone())?;
-        let port = format!("v-{}", p.name);
+    /// The nodes: a namespace each, IPv4 forwarding on, joined by the underlay
+    /// (one veth pair, `ul0` at both ends, each holding its node's address).
+    pub(super) fn nodes(&self) -> Result<()> {
+        for n in 0..source::NODES.len() {
+            let ns = self.node_ns(n);
+            self.add_netns(ns.clone())?;
+            let out = Command::new("ip")
+                .args(["netns", "exec", &ns, "sysctl", "-q", "-w"])
+                .arg("net.ipv4.ip_forward=1")
+                .output()
+                .context("run sysctl")?;
+            if !out.status.success() {
+                bail!(
+                    "enable forwarding in {ns}: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+        }
+        let (a, b) = (self.node_ns(0), self.node_ns(1));
+        let ul = source::UNDERLAY;
         self.ip(&[
-            "link", "add", "eth0", "netns", &ns, "type", "veth", "peer", "name", &port, "netns",
+            "link", "add", ul, "netns", &a, "type", "veth", "peer", "name", ul, "netns", &b,
+        ])?;
+        for n in 0..source::NODES.len() {
+            let ns = self.node_ns(n);
+            let addr = format!("{}/24", source::NODES[n].ip);
+            self.ip(&["-n", &ns, "addr", "add", &addr, "dev", ul])?;
+            self.ip(&["-n", &ns, "link", "set", ul, "up"])?;
+        }
+        Ok(())
+    }
+
+    /// A pod's namespace on a routed veth, as a routed CNI interface plugin
+    /// leaves it: `eth0` with the pod's /32 and the overlay's pod MTU, its
+    /// default route via [`GATEWAY`] on-link; the host veth `lxc-NAME` in its
+    /// node holding that gateway, and the node's route to the pod on it. The
+    /// agent's tc programs sit on the host veth.
+    pub(super) fn pod_network(&self, p: &Pod) -> Result<()> {
+        let (ns, node) = (self.ns(p.name), self.node_ns(p.node));
+        self.add_netns(ns.clone())?;
+        let host = self.host_veth(p);
+        self.ip(&[
+            "link", "add", "eth0", "netns", &ns, "type", "veth", "peer", "name", &host, "netns",
             &node,
         ])?;
-        self.ip(&["-n", &node, "link", "set", &port, "master", "br0", "up"])?;
-        let addr = format!("{}/24", p.ip);
+        let mtu = membrane_datapath::node::pod_mtu(self.overlay, UNDERLAY_MTU).to_string();
+        self.ip(&[
+            "-n",
+            &node,
+            "addr",
+            "add",
+            &format!("{GATEWAY}/32"),
+            "dev",
+            &host,
+        ])?;
+        self.ip(&["-n", &node, "link", "set", &host, "up"])?;
+        self.ip(&[
+            "-n",
+            &node,
+            "route",
+            "add",
+            &format!("{}/32", p.ip),
+            "dev",
+            &host,
+        ])?;
+        let addr = format!("{}/32", p.ip);
         self.ip(&["-n", &ns, "addr", "add", &addr, "dev", "eth0"])?;
-        self.ip(&["-n", &ns, "link", "set", "eth0", "up"])
+        self.ip(&["-n", &ns, "link", "set", "eth0", "mtu", &mtu, "up"])?;
+        self.ip(&[
+            "-n", &ns, "route", "add", "default", "via", GATEWAY, "dev", "eth0", "onlink",
+        ])
+    }
+
+    /// Pod `p`'s host veth, in its node (at most 15 characters: the pods'
+    /// names are short).
+    pub(super) fn host_veth(&self, p: &Pod) -> String {
+        format!("lxc-{}", p.name)
     }
 
     /// `cmd` started in pod `pod` (its cgroup and namespace); `sh` and `ip
@@ -92,7 +157,13 @@ impl Cluster {
     }
 
     pub(super) fn curl(&self, pod: &str, args: &[&str]) -> Result<std::process::Output> {
-        let mut cmd = vec!["curl", "-sS", "--max-time", "5"];
+        self.curl_within(pod, 5, args)
+    }
+
+    /// `curl ARGS` in `pod`, giving up after `secs` seconds.
+    fn curl_within(&self, pod: &str, secs: u32, args: &[&str]) -> Result<std::process::Output> {
+        let secs = secs.to_string();
+        let mut cmd = vec!["curl", "-sS", "--max-time", &secs];
         cmd.extend_from_slice(args);
         self.in_pod(pod, &cmd).output().context("run curl")
     }
@@ -152,7 +223,18 @@ impl Cluster {
     /// One request from `pod`: the status code and the first line of the
     /// body, or, when no response came, curl's account of why.
     pub(super) fn request(&self, pod: &str, method: &str, url: &str) -> Result<String> {
-        let out = self.curl(pod, &["-X", method, "-w", "\n%{http_code}", url])?;
+        self.request_within(pod, method, url, 5)
+    }
+
+    /// [`Cluster::request`], giving up after `secs` seconds.
+    pub(super) fn request_within(
+        &self,
+        pod: &str,
+        method: &str,
+        url: &str,
+        secs: u32,
+    ) -> Result<String> {
+        let out = self.curl_within(pod, secs, &["-X", method, "-w", "\n%{http_code}", url])?;
         let text = String::from_utf8_lossy(&out.stdout).replace('\r', "");
         let (body, code) = text.rsplit_once('\n').unwrap_or(("", text.as_str()));
         if code.trim() == "000" || !out.status.success() {

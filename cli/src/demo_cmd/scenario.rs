@@ -26,9 +26,6 @@ impl Cluster {
                 self.request(ship.name, method, &url(path))?
             );
         }
-        for _ in 1..LANDINGS {
-            self.request(ships[0].name, "POST", &url("/v1/request-landing"))?;
-        }
         // Which replica served each landing, from the sidecars' access logs
         // (a response's log line may come a moment after the response).
         let landed = |d: &Pod| {
@@ -38,18 +35,43 @@ impl Cluster {
                 .filter(|l| l.contains(r#""type":"Response""#) && l.contains(r#""status":200"#))
                 .count()
         };
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while deathstars.iter().map(landed).sum::<usize>() < LANDINGS && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
+        let settled = |n: usize| {
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while deathstars.iter().map(landed).sum::<usize>() < n && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        };
+        // At least LANDINGS, and on until every replica (one per node) has had
+        // one: the service picks per connection, so the tiefighter on node-1
+        // lands on node-2's deathstar too (bounded: MAX_SERVICE_LANDINGS).
+        let mut made = 1;
+        while made < LANDINGS
+            || (made < MAX_SERVICE_LANDINGS && {
+                settled(made);
+                deathstars.iter().any(|d| landed(d) == 0)
+            })
+        {
+            self.request(ships[0].name, "POST", &url("/v1/request-landing"))?;
+            made += 1;
         }
+        settled(made);
         let per: Vec<String> = deathstars
             .iter()
             .map(|d| format!("{} {}", d.name, landed(d)))
             .collect();
         println!(
-            "  {LANDINGS} tiefighter landings through the service: {}",
+            "  {made} tiefighter landings through the service: {}",
             per.join(", ")
         );
+        for d in deathstars.iter().filter(|d| d.node != ships[0].node) {
+            println!(
+                "  tiefighter ({}) landed on {} ({}) through the service {service}: {} landings",
+                source::NODES[ships[0].node].name,
+                d.name,
+                source::NODES[d.node].name,
+                landed(d)
+            );
+        }
         println!();
         // The counters of each pod's datapath, read from the pins the agent
         // made: the xwing's connect is not refused at its own egress (no

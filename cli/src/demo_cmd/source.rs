@@ -9,14 +9,36 @@ use super::*;
 use membrane_xds::inject;
 use serde_json::{json, Value};
 
-/// The node every pod of the mini-cluster runs on (`spec.nodeName`, and the
-/// agent's `--node`).
-pub(super) const NODE: &str = "node-1";
-/// The node's address: the bridge in the node namespace, where the control
-/// plane listens and the pods' gateway.
-pub(super) const NODE_IP: &str = "10.200.0.1";
-/// The pods' network, as the Node's `spec.podCIDRs` says.
-const POD_CIDR: &str = "10.200.0.0/24";
+/// A node of the mini-cluster: its name (`spec.nodeName`, the agent's `--node`),
+/// its address on the underlay (the Node's InternalIP, the tunnel endpoint) and
+/// its pods' network (the Node's `spec.podCIDRs`).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct NodeSpec {
+    pub(super) name: &'static str,
+    pub(super) ip: &'static str,
+    pub(super) pod_cidr: &'static str,
+}
+
+/// The two nodes, joined by an underlay /24.
+pub(super) const NODES: [NodeSpec; 2] = [
+    NodeSpec {
+        name: "node-1",
+        ip: "192.168.79.1",
+        pod_cidr: "10.200.0.0/24",
+    },
+    NodeSpec {
+        name: "node-2",
+        ip: "192.168.79.2",
+        pod_cidr: "10.201.0.0/24",
+    },
+];
+/// The node the control plane runs on.
+pub(super) const NODE: &str = NODES[0].name;
+/// Where the control plane listens: node-1's underlay address, which the other
+/// node's agent and every pod reach (a pod's own loopback is its own).
+pub(super) const NODE_IP: &str = NODES[0].ip;
+/// Each node's underlay device (one end of the veth pair between the nodes).
+pub(super) const UNDERLAY: &str = "ul0";
 /// The file in the source directory holding the CiliumNetworkPolicy.
 pub(super) const POLICY_FILE: &str = "policy.yaml";
 /// The file holding the Pods, the Service, its EndpointSlice and the Node.
@@ -63,7 +85,7 @@ fn pod_object(p: &Pod, injected: bool) -> Value {
             "annotations": annotations,
         },
         "spec": {
-            "nodeName": NODE,
+            "nodeName": NODES[p.node].name,
             "serviceAccountName": "default",
             "containers": containers,
         },
@@ -101,20 +123,22 @@ pub(super) fn cluster_yaml(
         "endpoints": deathstars.iter().map(|d| json!({
             "addresses": [d.ip],
             "conditions": {"ready": true},
-            "nodeName": NODE,
+            "nodeName": NODES[d.node].name,
             "targetRef": {"kind": "Pod", "namespace": "default", "name": d.name},
         })).collect::<Vec<_>>(),
         "ports": [{"name": "http", "port": 80, "protocol": "TCP"}],
     }));
-    objects.push(json!({
-        "apiVersion": "v1",
-        "kind": "Node",
-        "metadata": {"name": NODE},
-        "spec": {"podCIDR": POD_CIDR, "podCIDRs": [POD_CIDR]},
-        "status": {"addresses": [
-            {"type": "InternalIP", "address": NODE_IP},
-            {"type": "Hostname", "address": NODE},
-        ]},
+    objects.extend(NODES.iter().map(|n| {
+        json!({
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": n.name},
+            "spec": {"podCIDR": n.pod_cidr, "podCIDRs": [n.pod_cidr]},
+            "status": {"addresses": [
+                {"type": "InternalIP", "address": n.ip},
+                {"type": "Hostname", "address": n.name},
+            ]},
+        })
     }));
     let mut out = String::new();
     for o in &objects {
@@ -215,10 +239,15 @@ mod tests {
 
     #[test]
     fn the_cluster_is_kubernetes_yaml_the_labels_without_their_source() {
-        let pod = |name, labels, ip| Pod { name, labels, ip };
+        let pod = |name, labels, ip, node| Pod {
+            name,
+            labels,
+            ip,
+            node,
+        };
         let y = cluster_yaml(
-            &[pod("deathstar-1", DEATHSTAR, "10.200.0.10")],
-            &[pod("xwing", XWING, "10.200.0.3")],
+            &[pod("deathstar-1", DEATHSTAR, "10.201.0.11", 1)],
+            &[pod("xwing", XWING, "10.200.0.3", 0)],
             SERVICE.parse().unwrap(),
         )
         .unwrap();
@@ -228,16 +257,22 @@ mod tests {
             .map(|d| serde_yaml_ng::from_str(d).unwrap())
             .collect();
         let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
-        assert_eq!(kinds, ["Pod", "Pod", "Service", "EndpointSlice", "Node"]);
+        assert_eq!(
+            kinds,
+            ["Pod", "Pod", "Service", "EndpointSlice", "Node", "Node"]
+        );
         assert_eq!(docs[0]["metadata"]["labels"]["class"], "deathstar");
         assert_eq!(docs[1]["metadata"]["labels"]["org"], "alliance");
-        assert_eq!(docs[1]["spec"]["nodeName"], NODE);
+        assert_eq!(docs[0]["spec"]["nodeName"], "node-2");
+        assert_eq!(docs[1]["spec"]["nodeName"], "node-1");
+        assert_eq!(docs[3]["endpoints"][0]["nodeName"], "node-2");
+        assert_eq!(docs[5]["status"]["addresses"][0]["address"], "192.168.79.2");
         // Only the deathstars look injected.
         assert!(docs[0]["metadata"]["annotations"][inject::STATUS_ANNOTATION].is_string());
         assert!(docs[1]["metadata"]["annotations"]
             .get(inject::STATUS_ANNOTATION)
             .is_none());
         assert_eq!(docs[2]["spec"]["clusterIP"], "10.96.0.10");
-        assert_eq!(docs[3]["endpoints"][0]["addresses"][0], "10.200.0.10");
+        assert_eq!(docs[3]["endpoints"][0]["addresses"][0], "10.201.0.11");
     }
 }
