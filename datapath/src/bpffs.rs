@@ -3,28 +3,42 @@
 
 use super::*;
 
+/// The layout every pin directory shares, an endpoint's ([`Datapath`]) and the node's
+/// ([`crate::NodeDatapath`]): `maps/`, `progs/`, `links/` under its root.
+pub(crate) trait PinLayout {
+    /// The pin directory itself.
+    fn pin_root(&self) -> &Path;
+
+    fn maps_dir(&self) -> PathBuf {
+        self.pin_root().join("maps")
+    }
+    fn progs_dir(&self) -> PathBuf {
+        self.pin_root().join("progs")
+    }
+    fn links_dir(&self) -> PathBuf {
+        self.pin_root().join("links")
+    }
+
+    /// A pinned map of this directory; not pinned (yet, or any more) is `NotAttached`.
+    fn map(&self, name: &'static str) -> Result<MapData> {
+        let path = self.maps_dir().join(name);
+        if !path.exists() {
+            return Err(Error::NotAttached(self.pin_root().to_path_buf()));
+        }
+        MapData::from_pin(&path).map_err(|source| Error::Map { name, source })
+    }
+}
+
+impl PinLayout for Datapath {
+    fn pin_root(&self) -> &Path {
+        &self.dir
+    }
+}
+
 impl Datapath {
     /// The pin directory.
     pub fn dir(&self) -> &Path {
         &self.dir
-    }
-
-    pub(crate) fn maps_dir(&self) -> PathBuf {
-        self.dir.join("maps")
-    }
-    pub(crate) fn progs_dir(&self) -> PathBuf {
-        self.dir.join("progs")
-    }
-    pub(crate) fn links_dir(&self) -> PathBuf {
-        self.dir.join("links")
-    }
-
-    pub(crate) fn map(&self, name: &'static str) -> Result<MapData> {
-        let path = self.maps_dir().join(name);
-        if !path.exists() {
-            return Err(Error::NotAttached(self.dir.clone()));
-        }
-        MapData::from_pin(&path).map_err(|source| Error::Map { name, source })
     }
 
     /// What is attached under this directory: one entry per link directory

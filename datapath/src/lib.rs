@@ -37,6 +37,7 @@ mod settings;
 mod stats;
 mod sys;
 
+use bpffs::PinLayout;
 pub use bpffs::{cgroup2_mount, ensure_bpffs};
 /// The prefix type of [`Datapath::sync_ipcache`], re-exported for callers without `ipnet`.
 pub use ipnet::IpNet;

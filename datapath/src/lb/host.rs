@@ -5,6 +5,7 @@
 //! pinned under the node's `links/svc-<ifindex>`, so an agent restart keeps
 //! it.
 
+use crate::bpffs::PinLayout;
 use std::fs;
 
 use aya::programs::TcAttachType;

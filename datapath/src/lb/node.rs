@@ -2,6 +2,7 @@
 //! [`NodeDatapath::lb_services`] on the node's pinned service maps.
 
 use super::{sync, LbService};
+use crate::bpffs::PinLayout;
 use crate::{node::LbAlgorithm, policy_map::SyncReport, NodeDatapath, Result};
 
 impl NodeDatapath {

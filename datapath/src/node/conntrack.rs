@@ -1,6 +1,7 @@
 //! The packet path's conntrack (`mb_ct`, `bpf/lib/conntrack.h`) read back and
 //! garbage-collected, and its counters (`mb_tc_stats`, `bpf/lib/node.h`).
 
+use crate::bpffs::PinLayout;
 use std::net::{IpAddr, SocketAddr};
 
 use aya::maps::{HashMap, Map, MapData, PerCpuArray};

@@ -2,6 +2,7 @@
 //! node's maps, attaching it to the host veth with pinned tcx links, and the node's
 //! `mb_endpoints` map (every local pod by each of its addresses).
 
+use crate::bpffs::PinLayout;
 use std::{collections::BTreeMap, fs, io, path::Path};
 
 use aya::{

@@ -3,6 +3,7 @@
 //! keeps every lookup on an address's old entry or its new one (see
 //! [`policy_map`](crate::policy_map)).
 
+use crate::bpffs::PinLayout;
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use aya::maps::{lpm_trie::LpmTrie, Map, MapData};

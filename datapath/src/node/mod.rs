@@ -43,7 +43,7 @@ use aya::{
 
 use crate::{
     abi::{self, MbNodeConfig},
-    bpffs::check_bpffs,
+    bpffs::{check_bpffs, PinLayout},
     feature_error, io_err, Error, Result,
 };
 
@@ -312,24 +312,6 @@ impl NodeDatapath {
         &self.dir
     }
 
-    pub(crate) fn maps_dir(&self) -> PathBuf {
-        self.dir.join("maps")
-    }
-    pub(crate) fn progs_dir(&self) -> PathBuf {
-        self.dir.join("progs")
-    }
-    pub(crate) fn links_dir(&self) -> PathBuf {
-        self.dir.join("links")
-    }
-
-    pub(crate) fn map(&self, name: &'static str) -> Result<MapData> {
-        let path = self.maps_dir().join(name);
-        if !path.exists() {
-            return Err(Error::NotAttached(self.dir.clone()));
-        }
-        MapData::from_pin(&path).map_err(|source| Error::Map { name, source })
-    }
-
     fn config_map(&self) -> Result<Array<MapData, MbNodeConfig>> {
         Array::try_from(aya::maps::Map::Array(self.map(NODE_CONFIG)?)).map_err(|source| {
             Error::Map {
@@ -386,6 +368,12 @@ impl NodeDatapath {
             .collect();
         out.sort();
         Ok(out)
+    }
+}
+
+impl PinLayout for NodeDatapath {
+    fn pin_root(&self) -> &Path {
+        &self.dir
     }
 }
 

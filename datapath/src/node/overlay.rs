@@ -12,6 +12,7 @@
 //! Devices are read and created over rtnetlink (`netlink`). Everything here must run in
 //! the node's network namespace (names and ifindexes are resolved there).
 
+use crate::bpffs::PinLayout;
 use std::{
     fs, io,
     path::{Path, PathBuf},
