@@ -14,28 +14,14 @@ use membrane_datapath::{
     policy_map::{Direction::*, MapVerdict::*},
     CtEntry, CtState,
 };
-use tc_common::{packet::*, rule, stat, TcNode, DROP, PASS};
+use tc_common::{one_pod, packet::*, rule, stat, TcNode, DROP, PASS};
 
-const POD: &str = "10.1.0.10";
-const POD6: &str = "fd00:1::10";
+const POD: &str = tc_common::ONE_POD;
+const POD6: &str = tc_common::ONE_POD6;
 const PEER: &str = "10.2.0.20";
 const PEER6: &str = "fd00:2::20";
-const POD_ID: u32 = 1000;
-const PEER_ID: u32 = 2000;
-
-/// One endpoint whose policy allows exactly `rules`; nothing else in either direction.
-fn one_pod(rules: &[membrane_datapath::policy_map::PolicyRule]) -> TcNode {
-    let mut n = TcNode::new(true);
-    n.add(1, POD_ID, &[POD, POD6], true);
-    n.ipcache(&[
-        ("10.1.0.10/32", POD_ID),
-        ("fd00:1::10/128", POD_ID),
-        ("10.2.0.0/24", PEER_ID),
-        ("fd00:2::/64", PEER_ID),
-    ]);
-    n.eps[0].dp.sync_policy(rules).expect("sync policy");
-    n
-}
+const POD_ID: u32 = tc_common::ONE_POD_ID;
+const PEER_ID: u32 = tc_common::ONE_PEER_ID;
 
 fn entry<'a>(ct: &'a [CtEntry], src: &str) -> &'a CtEntry {
     ct.iter()

@@ -269,3 +269,31 @@ fn run(p: &SchedClassifier, frame: &[u8], mark: u32) -> u32 {
         .expect("BPF_PROG_TEST_RUN");
     r.return_value
 }
+
+/// The one-endpoint fixture of the test-run suites: the pod (`ONE_POD`, `ONE_POD6`,
+/// identity `ONE_POD_ID`) enforcing `rules`, nothing else allowed in either direction;
+/// peers in 10.2/24 and fd00:2::/64 are `ONE_PEER_ID`, 10.3/24 is `ONE_OTHER_ID`, the rest
+/// of the world is 2.
+pub fn one_pod(rules: &[PolicyRule]) -> TcNode {
+    let mut n = TcNode::new(true);
+    n.add(1, ONE_POD_ID, &[ONE_POD, ONE_POD6], true);
+    n.ipcache(&[
+        ("10.1.0.10/32", ONE_POD_ID),
+        ("fd00:1::10/128", ONE_POD_ID),
+        ("10.2.0.0/24", ONE_PEER_ID),
+        ("fd00:2::/64", ONE_PEER_ID),
+        ("10.3.0.0/24", ONE_OTHER_ID),
+    ]);
+    n.eps[0].dp.sync_policy(rules).expect("sync policy");
+    n
+}
+/// The fixture pod's addresses and identity.
+pub const ONE_POD: &str = "10.1.0.10";
+/// See [`ONE_POD`].
+pub const ONE_POD6: &str = "fd00:1::10";
+/// See [`ONE_POD`].
+pub const ONE_POD_ID: u32 = 1000;
+/// The identity of the fixture's peers (10.2/24, fd00:2::/64).
+pub const ONE_PEER_ID: u32 = 2000;
+/// The identity of 10.3/24 in the fixture.
+pub const ONE_OTHER_ID: u32 = 3000;
