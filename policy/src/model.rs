@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 
 /// A CiliumNetworkPolicy or CiliumClusterwideNetworkPolicy object.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PolicyDocument {
     /// `cilium.io/v2`.
@@ -38,6 +39,7 @@ pub struct PolicyDocument {
 /// The subset of Kubernetes `ObjectMeta` that policy semantics use; other metadata fields
 /// (annotations, uid, resourceVersion, ...) are accepted as the API server would.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ObjectMeta {
     /// Object name.
@@ -56,6 +58,7 @@ pub struct ObjectMeta {
 
 /// One policy rule (`spec` or an element of `specs`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Rule {
     /// Endpoints this rule applies to.
@@ -89,6 +92,7 @@ pub struct Rule {
 
 /// `enableDefaultDeny`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct DefaultDeny {
     /// Ingress default deny; absent means "yes if the rule has ingress rules".
@@ -101,6 +105,7 @@ pub struct DefaultDeny {
 
 /// A label attached to a rule (`spec.labels[]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RuleLabel {
     /// Label key.
@@ -115,6 +120,7 @@ pub struct RuleLabel {
 
 /// A Kubernetes label selector, with Cilium's `source:key` label keys.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct LabelSelector {
     /// Exact key/value matches.
@@ -127,12 +133,14 @@ pub struct LabelSelector {
 
 /// One `matchExpressions` element.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct LabelSelectorRequirement {
     /// The label key (`source:key` or `key`).
     pub key: String,
     /// `In`, `NotIn`, `Exists` or `DoesNotExist` (checked by validation, so the message can
     /// name the operator that was found).
+    #[cfg_attr(feature = "schema", schemars(extend("enum" = ["In", "NotIn", "Exists", "DoesNotExist"])))]
     pub operator: String,
     /// Values for `In`/`NotIn`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -141,6 +149,7 @@ pub struct LabelSelectorRequirement {
 
 /// `fromCIDRSet[]` / `toCIDRSet[]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct CidrRule {
     /// The allowed prefix.
@@ -156,14 +165,17 @@ pub struct CidrRule {
 
 /// `authentication`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Authentication {
     /// `disabled`, `required` or `test-always-fail`.
+    #[cfg_attr(feature = "schema", schemars(extend("enum" = ["disabled", "required", "test-always-fail"])))]
     pub mode: String,
 }
 
 /// `icmps[]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct IcmpRule {
     /// ICMP type matches.
@@ -173,10 +185,12 @@ pub struct IcmpRule {
 
 /// `icmps[].fields[]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct IcmpField {
     /// `IPv4` (default) or `IPv6`.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(extend("enum" = ["IPv4", "IPv6"])))]
     pub family: Option<String>,
     /// A type number or a type name such as `EchoRequest`.
     #[serde(rename = "type")]
@@ -185,6 +199,7 @@ pub struct IcmpField {
 
 /// A value Kubernetes types as int-or-string.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(untagged)]
 pub enum IntOrString {
     /// A number.
@@ -195,6 +210,7 @@ pub enum IntOrString {
 
 /// AWS security-group peers (`fromGroups`/`toGroups`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Groups {
     /// AWS selector.
@@ -204,6 +220,7 @@ pub struct Groups {
 
 /// `groups[].aws`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AwsGroup {
     /// Instance labels.
@@ -227,6 +244,7 @@ pub struct AwsGroup {
 /// `deny_unknown_fields`, and strict unknown-field errors matter more here than brevity.
 /// `rule::Element` gives compilation one view of all four.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct IngressRule {
     /// Peer endpoints by label.
@@ -243,6 +261,7 @@ pub struct IngressRule {
     pub from_cidr_set: Option<Vec<CidrRule>>,
     /// Peer entities (`world`, `cluster`, `host`, ...).
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(extend("items" = {"type": "string", "enum": ["all", "world", "cluster", "host", "remote-node", "kube-apiserver", "ingress", "init", "health", "unmanaged", "none"]})))]
     pub from_entities: Option<Vec<String>>,
     /// Peer nodes by label.
     #[serde(default)]
@@ -263,6 +282,7 @@ pub struct IngressRule {
 
 /// `ingressDeny[]`: as `ingress[]` without L7 rules or authentication.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct IngressDenyRule {
     /// Peer endpoints by label.
@@ -279,6 +299,7 @@ pub struct IngressDenyRule {
     pub from_cidr_set: Option<Vec<CidrRule>>,
     /// Peer entities.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(extend("items" = {"type": "string", "enum": ["all", "world", "cluster", "host", "remote-node", "kube-apiserver", "ingress", "init", "health", "unmanaged", "none"]})))]
     pub from_entities: Option<Vec<String>>,
     /// Peer nodes by label.
     #[serde(default)]
@@ -296,6 +317,7 @@ pub struct IngressDenyRule {
 
 /// `egress[]`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct EgressRule {
     /// Peer endpoints by label.
@@ -312,6 +334,7 @@ pub struct EgressRule {
     pub to_cidr_set: Option<Vec<CidrRule>>,
     /// Peer entities.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(extend("items" = {"type": "string", "enum": ["all", "world", "cluster", "host", "remote-node", "kube-apiserver", "ingress", "init", "health", "unmanaged", "none"]})))]
     pub to_entities: Option<Vec<String>>,
     /// Peer Kubernetes services.
     #[serde(default)]
@@ -338,6 +361,7 @@ pub struct EgressRule {
 
 /// `egressDeny[]`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct EgressDenyRule {
     /// Peer endpoints by label.
@@ -354,6 +378,7 @@ pub struct EgressDenyRule {
     pub to_cidr_set: Option<Vec<CidrRule>>,
     /// Peer entities.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(extend("items" = {"type": "string", "enum": ["all", "world", "cluster", "host", "remote-node", "kube-apiserver", "ingress", "init", "health", "unmanaged", "none"]})))]
     pub to_entities: Option<Vec<String>>,
     /// Peer Kubernetes services.
     #[serde(default)]
@@ -374,6 +399,7 @@ pub struct EgressDenyRule {
 
 /// `toServices[]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Service {
     /// A service by name.
@@ -386,6 +412,7 @@ pub struct Service {
 
 /// `toServices[].k8sService`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct K8sServiceRef {
     /// Service name.
@@ -398,6 +425,7 @@ pub struct K8sServiceRef {
 
 /// `toServices[].k8sServiceSelector`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct K8sServiceSelector {
     /// Service label selector.
@@ -409,6 +437,7 @@ pub struct K8sServiceSelector {
 
 /// `toFQDNs[]` and `rules.dns[]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct FqdnSelector {
     /// An exact DNS name.
@@ -421,6 +450,7 @@ pub struct FqdnSelector {
 
 /// `toPorts[]` in allow rules.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PortRule {
     /// Ports and protocols.
@@ -445,6 +475,7 @@ pub struct PortRule {
 
 /// `toPorts[]` in deny rules: ports only.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PortDenyRule {
     /// Ports and protocols.
@@ -454,6 +485,7 @@ pub struct PortDenyRule {
 
 /// `toPorts[].ports[]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PortProtocol {
     /// A port number (`"0"` is every port) or an IANA service name (a named port).
@@ -463,11 +495,13 @@ pub struct PortProtocol {
     pub end_port: Option<i64>,
     /// `TCP`, `UDP`, `SCTP` or `ANY` (the default).
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(extend("enum" = ["TCP", "UDP", "SCTP", "ANY"])))]
     pub protocol: Option<String>,
 }
 
 /// `toPorts[].terminatingTLS` / `originatingTLS`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct TlsContext {
     /// The Kubernetes secret holding the material.
@@ -485,6 +519,7 @@ pub struct TlsContext {
 
 /// A reference to a Kubernetes secret.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SecretRef {
     /// Secret name.
@@ -496,6 +531,7 @@ pub struct SecretRef {
 
 /// `toPorts[].listener`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Listener {
     /// The CiliumEnvoyConfig that defines the listener.
@@ -509,10 +545,12 @@ pub struct Listener {
 
 /// `listener.envoyConfig`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct EnvoyConfigRef {
     /// `CiliumEnvoyConfig` or `CiliumClusterwideEnvoyConfig`.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(extend("enum" = ["CiliumEnvoyConfig", "CiliumClusterwideEnvoyConfig"])))]
     pub kind: Option<String>,
     /// Object name.
     pub name: String,
@@ -520,6 +558,7 @@ pub struct EnvoyConfigRef {
 
 /// `toPorts[].rules`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct L7Rules {
     /// HTTP rules.
@@ -541,6 +580,7 @@ pub struct L7Rules {
 
 /// `rules.http[]`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HttpRule {
     /// RE2 regex the whole method must match.
@@ -562,6 +602,7 @@ pub struct HttpRule {
 
 /// `rules.http[].headerMatches[]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct HeaderMatch {
     /// Header name.
@@ -574,15 +615,18 @@ pub struct HeaderMatch {
     pub secret: Option<SecretRef>,
     /// What to do on mismatch: `LOG`, `ADD`, `DELETE`, `REPLACE`; absent means deny.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(extend("enum" = ["LOG", "ADD", "DELETE", "REPLACE"])))]
     pub mismatch: Option<String>,
 }
 
 /// `rules.kafka[]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct KafkaRule {
     /// `produce` or `consume`.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(extend("enum" = ["produce", "consume"])))]
     pub role: Option<String>,
     /// Kafka API key name or number.
     #[serde(default)]
