@@ -343,3 +343,21 @@ fn invalid_objects_are_refused_naming_the_field() {
         );
     }
 }
+
+#[test]
+fn the_example_policies_are_valid_for_our_crds() {
+    // manifests/README.md applies them.
+    let mut files = Vec::new();
+    for dir in std::fs::read_dir(root().join("manifests/examples")).unwrap() {
+        for f in std::fs::read_dir(dir.unwrap().path()).unwrap() {
+            files.push(f.unwrap().path());
+        }
+    }
+    files.sort();
+    let dir = our_crd_dir();
+    let v = verdicts(dir.path(), &files);
+    assert!(v.len() >= 4, "{v:?}");
+    for (k, errs) in &v {
+        assert!(errs.is_empty(), "{k}: {errs:?}");
+    }
+}
