@@ -30,6 +30,7 @@
 set -euo pipefail
 
 usage() { sed -n '6,8p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+help() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0; }
 die() { echo "cluster-certs: $*" >&2; exit 1; }
 
 OUT="" CA_DIR="" NS=membrane-system DOMAIN=cluster.local DAYS=365 WORKLOADS=()
@@ -41,7 +42,7 @@ while [ $# -gt 0 ]; do
     --trust-domain) DOMAIN=${2:?}; shift 2 ;;
     --days) DAYS=${2:?}; shift 2 ;;
     --workload) WORKLOADS+=("${2:?}"); shift 2 ;;
-    -h|--help) usage ;;
+    -h|--help) help ;;
     *) die "unknown argument $1 (see --help)" ;;
   esac
 done
