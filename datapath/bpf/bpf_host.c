@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
 /*
- * The node's underlay device, tc ingress: what arrives at the node from
- * other nodes and the outside.
+ * The node's underlay device. mb_from_netdev (tc ingress): what arrives at
+ * the node from other nodes and the outside; mb_to_netdev (tc egress, at the
+ * end): the node's own packets to other nodes' pods, into the tunnel.
  *
  * Geneve (geneve mode): a UDP datagram to this node's address (node_ip4)
  * and port 6081 is validated (version 0, lengths, options inside the
