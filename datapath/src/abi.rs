@@ -392,11 +392,11 @@ pub struct MbBackendKey {
 }
 const _: () = assert!(size_of::<MbBackendKey>() == 8);
 
-/// `struct mb_policy_key`: an LPM-trie key of an endpoint's policy map.
+/// `struct mb_policy_key`: a key of an endpoint's policy map (a hash).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct MbPolicyKey {
-    /// `POLICY_PREFIX_STATIC` + the port's prefix bits (0..=16).
+    /// `POLICY_PREFIX_STATIC` + the port block's prefix bits (0..=16).
     pub prefixlen: u32,
     /// The remote's identity; 0 = any.
     pub identity: u32,
@@ -404,38 +404,43 @@ pub struct MbPolicyKey {
     pub direction: u8,
     /// IP protocol number.
     pub proto: u8,
-    /// The accepting side's port, network order.
+    /// The block's first port (bits past the prefix zero), network order.
     pub dport: u16,
 }
 const _: () = assert!(size_of::<MbPolicyKey>() == 12);
-
-/// The matched part of [`MbPolicyKey`] (everything after `prefixlen`), as
-/// aya's `lpm_trie::Key<K>` wants it.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct MbPolicyData {
-    /// The remote's identity; 0 = any.
-    pub identity: u32,
-    /// `DIR_INGRESS` or `DIR_EGRESS`.
-    pub direction: u8,
-    /// IP protocol number.
-    pub proto: u8,
-    /// The accepting side's port, network order.
-    pub dport: u16,
-}
-const _: () =
-    assert!(size_of::<aya::maps::lpm_trie::Key<MbPolicyData>>() == size_of::<MbPolicyKey>());
 
 /// `struct mb_policy_value`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MbPolicyValue {
+    /// `struct bpf_spin_lock`: zero; the kernel owns it (it lets the agent change a
+    /// verdict in place with `BPF_F_LOCK`).
+    pub lock: u32,
     /// `VERDICT_ALLOW`, `VERDICT_DENY` or `VERDICT_REDIRECT`.
     pub verdict: u8,
     /// Explicit padding, zero.
     pub pad: [u8; 3],
 }
-const _: () = assert!(size_of::<MbPolicyValue>() == 4);
+const _: () = assert!(size_of::<MbPolicyValue>() == 8);
+
+/// `struct mb_policy_lens`: row 0 of `mb_policy_lens`, the port block lengths the
+/// policy's keys use per class ([`policy_lens_idx`]); bit n = some key has n port bits.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MbPolicyLens {
+    /// Indexed by [`policy_lens_idx`].
+    pub bits: [u32; 4],
+}
+const _: () = assert!(size_of::<MbPolicyLens>() == 16);
+
+/// `MB_POLICY_LENS_IDX`: the row index of (direction, any identity) in
+/// [`MbPolicyLens::bits`].
+pub const fn policy_lens_idx(direction: u8, any: bool) -> usize {
+    (((direction & 1) as usize) << 1) | any as usize
+}
+
+/// `BPF_F_LOCK`: a map update that changes an existing element's value in place.
+pub const BPF_F_LOCK: u64 = 4;
 
 /// `struct mb_ip_key`.
 #[repr(C)]
@@ -527,7 +532,7 @@ unsafe impl aya::Pod for MbPolicyKey {}
 // SAFETY: as above.
 unsafe impl aya::Pod for MbPolicyValue {}
 // SAFETY: as above.
-unsafe impl aya::Pod for MbPolicyData {}
+unsafe impl aya::Pod for MbPolicyLens {}
 // SAFETY: as above.
 unsafe impl aya::Pod for MbIpKey {}
 // SAFETY: as above.

@@ -1,14 +1,19 @@
 //! An endpoint's L3/L4 policy as its kernel policy map holds it, and the ipcache.
 //!
 //! One datapath pin directory is one endpoint. Its `mb_policy` (see `bpf/lib/policy.h`) is
-//! an LPM trie keyed by (remote identity, direction, protocol, port prefix) → ALLOW, DENY
-//! or REDIRECT (allowed here, the sidecar decides L7). The control plane sends the policy
-//! as [`PolicyRule`]s (`membrane.agent.v1.PolicyEntry`): a port range each, never two
+//! a hash keyed by (remote identity, direction, protocol, port block) → ALLOW, DENY or
+//! REDIRECT (allowed here, the sidecar decides L7). The control plane sends the policy as
+//! [`PolicyRule`]s (`membrane.agent.v1.PolicyEntry`): a port range each, never two
 //! overlapping ranges for one (direction, protocol, identity); a range is stored as the
 //! few aligned port blocks that cover it ([`ports`]). The kernel looks a flow (remote
-//! identity R, port P) up as the longest prefix for (R, P); if none, for (0 = any
-//! identity, P); if none, the flow is denied. `mb_identity`, the ipcache, maps address
-//! prefixes to identities (longest prefix; a miss is `reserved:world`, 2).
+//! identity R, port P) up as the longest block for (R, P); if none, for (0 = any
+//! identity, P); if none, the flow is denied. "Longest" is found by probing, longest
+//! first, the block lengths `mb_policy_lens` lists for that direction and identity class
+//! ([`diff::PortLens`]): a bounded number of exact-match probes (usually two, one port
+//! and every port) whatever the number of rules, where an LPM trie's walk grows with its
+//! size, and the same answer a longest-prefix match over the same keys gives.
+//! `mb_identity`, the ipcache, maps address prefixes to identities (longest prefix; a
+//! miss is `reserved:world`, 2).
 //!
 //! ## Changing a policy without a wrong verdict
 //!
@@ -55,6 +60,19 @@
 //! then deletes shortest prefix first, so an address resolves to its old identity or its
 //! new one, never to a prefix in between.
 //!
+//! The lengths row changes around the phases: before phase 1, when either policy uses a
+//! length the row lacks, it is widened to every length of both and the agent waits for
+//! running programs (so none probes with the old row while keys of a new length appear);
+//! after phase 4 it is narrowed to the new policy's lengths. A row that lists a length no
+//! key uses costs a probe, never a verdict; so every lookup from the widening on probes
+//! every length a present key has, and answers as the longest-prefix match the argument
+//! above is about. The probes are not one atomic step, and need not be: a hit is on some
+//! present block covering P, which is old(R) or new(R) (or old(0) / new(0)); a miss of
+//! them all is a miss at each probe's moment, which the phases make mean what a miss
+//! means above. A verdict that changes is written in place (`BPF_F_LOCK`; the value
+//! carries a `bpf_spin_lock` only for that): a plain hash update links a new element and
+//! unlinks the old one, and a lookup walking the bucket meanwhile can miss the key.
+//!
 //! Nothing here touches a map; `maps/policy.rs` does.
 
 pub mod diff;
@@ -99,6 +117,18 @@ pub enum PolicyMapError {
         entries: usize,
         /// The map's size.
         capacity: usize,
+    },
+    /// The map filled up during a sync: the old and the new policy side by side need more
+    /// entries than it holds. What was written leaves every flow with its old verdict or
+    /// its new one; the entries of the old policy are still there.
+    #[error("policy map full ({capacity} entries) while changing from a policy of {held} entries to one of {wanted}: the sync writes the new entries before it deletes the old ones, so both must fit side by side (a larger map, or the change in smaller steps); every flow keeps its old or its new verdict")]
+    Full {
+        /// The map's size.
+        capacity: usize,
+        /// Entries of the policy the map held.
+        held: usize,
+        /// Entries of the policy being written.
+        wanted: usize,
     },
     /// Two rules of one (direction, protocol, identity) cover the same port.
     #[error("policy rules {first} ({first_rule}) and {second} ({second_rule}) overlap: one (direction, protocol, identity) has one verdict per port")]

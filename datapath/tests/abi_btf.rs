@@ -60,7 +60,11 @@ fn rust_layouts() -> BTreeMap<&'static str, Layout> {
             "mb_policy_key",
             layout!(MbPolicyKey, prefixlen, identity, direction, proto, dport),
         ),
-        ("mb_policy_value", layout!(MbPolicyValue, verdict, pad)),
+        (
+            "mb_policy_value",
+            layout!(MbPolicyValue, lock, verdict, pad),
+        ),
+        ("mb_policy_lens", layout!(MbPolicyLens, bits)),
         ("mb_ip_key", layout!(MbIpKey, ip, family, pad)),
         (
             "mb_flow_state",

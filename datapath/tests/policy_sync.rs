@@ -85,6 +85,29 @@ fn policy_syncs_as_diffs_and_reads_back() {
     let report = dp.sync_policy(&[]).unwrap();
     assert_eq!(report.removed, 18);
     assert_eq!(dp.policy_rules().unwrap(), vec![]);
+
+    // Two policies that each fit, but not side by side (a sync writes the new entries
+    // before it deletes the old): the sync stops at the first entry with no room, with
+    // an error naming the sizes, and every entry of the policy in force is still there.
+    let on_port = |port| -> Vec<PolicyRule> {
+        (1000..17000)
+            .map(|id| tcp(Egress, id, port, port, Allow))
+            .collect()
+    };
+    dp.sync_policy(&on_port(80)).unwrap();
+    let err = dp.sync_policy(&on_port(90)).unwrap_err();
+    assert!(matches!(err, Error::Policy(_)), "{err}");
+    assert!(
+        err.to_string().starts_with(
+            "policy map full (16384 entries) while changing from a policy of 16000 entries to one of 16000"
+        ),
+        "{err}"
+    );
+    let held = dp.policy_rules().unwrap();
+    let old: Vec<&PolicyRule> = held.iter().filter(|r| r.ports == (80, 80)).collect();
+    assert_eq!(old.len(), 16000, "the old policy's entries are all there");
+    dp.sync_policy(&[]).unwrap();
+    assert_eq!(dp.policy_rules().unwrap(), vec![]);
 }
 
 #[test]

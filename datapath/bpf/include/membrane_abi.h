@@ -16,6 +16,7 @@
 #define MEMBRANE_ABI_H
 
 #include <linux/types.h>
+#include <linux/bpf.h> /* struct bpf_spin_lock */
 
 #define MB_AF_INET 2
 #define MB_AF_INET6 10
@@ -107,18 +108,19 @@ struct mb_addr_port {
 };
 
 /*
- * Key of an endpoint's policy map (mb_policy, an LPM trie): everything but
- * the port is always matched in full, the port by its first (prefixlen -
- * MB_POLICY_PREFIX_STATIC) bits, so a port range is a handful of keys (at
- * most 30). dport is in network order so that its high bits come first, as
- * the trie compares bytes.
+ * Key of an endpoint's policy map (mb_policy, a hash): identity, direction
+ * and protocol exact, the port as an aligned block of ports: its first
+ * (prefixlen - MB_POLICY_PREFIX_STATIC) bits, the others zero, so a port
+ * range is a handful of keys (at most 30). A lookup probes the block lengths
+ * the policy uses (mb_policy_lens), longest first, which is the answer a
+ * longest-prefix match over the same keys gives. dport is in network order.
  */
 struct mb_policy_key {
 	__u32 prefixlen; /* MB_POLICY_PREFIX_STATIC + port prefix bits (0..16) */
 	__u32 identity;  /* the remote's security identity; 0 = any identity */
 	__u8 direction;  /* MB_DIR_INGRESS or MB_DIR_EGRESS (of the endpoint) */
 	__u8 proto;      /* IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP */
-	__u16 dport;     /* the accepting side's port, network order */
+	__u16 dport;     /* the block's first port, network order */
 };
 
 /* identity, direction and proto: the bits every key matches in full. */
@@ -133,9 +135,24 @@ struct mb_policy_key {
 #define MB_VERDICT_REDIRECT 3 /* allowed at L3/L4; the sidecar decides L7 */
 
 struct mb_policy_value {
+	/* Never taken by a program: its presence lets the agent change a
+	 * verdict in place (BPF_F_LOCK), where a plain hash update relinks the
+	 * entry and a concurrent lookup can miss the key altogether. */
+	struct bpf_spin_lock lock;
 	__u8 verdict; /* MB_VERDICT_* */
 	__u8 pad[3];
 };
+
+/*
+ * Row 0 of mb_policy_lens: which port block lengths the endpoint's policy
+ * uses, per class of key, so a lookup probes only those. Index
+ * MB_POLICY_LENS_IDX(direction, any): any = 1 for identity-0 keys. Bit n set
+ * = some key of that class has n port bits (0..16).
+ */
+struct mb_policy_lens {
+	__u32 bits[4];
+};
+#define MB_POLICY_LENS_IDX(direction, any) ((((direction) & 1) << 1) | ((any) ? 1 : 0))
 
 /* Security identities with a fixed meaning (as Cilium numbers them). */
 #define MB_ID_UNKNOWN 0

@@ -1,22 +1,25 @@
 //! The endpoint's L3/L4 policy maps: `mb_identity` (the ipcache, address prefix →
-//! identity) and `mb_policy` (the endpoint's policy, LPM on the port); see
-//! `bpf/lib/policy.h`. Both change only by diffs, in the order
-//! [`policy_map`](crate::policy_map) explains.
+//! identity), `mb_policy` (the endpoint's policy, a hash keyed by port blocks) and
+//! `mb_policy_lens` (the block lengths its lookup probes); see `bpf/lib/policy.h`. They
+//! change only by diffs, in the order [`policy_map`](crate::policy_map) explains.
 
 use std::collections::BTreeMap;
 
 use ipnet::IpNet;
 
 use super::*;
-use crate::abi::{MbPolicyData, MbPolicyValue};
+use aya::maps::{Array, HashMap as BpfHashMap};
+
+use crate::abi::{MbPolicyKey, MbPolicyLens, MbPolicyValue};
 use crate::policy_map::{
     self,
-    diff::{self, MapOp},
+    diff::{self, MapOp, PortLens},
     ports::PortPrefix,
     Direction, MapKey, MapVerdict, PolicyMapError, PolicyRule, SyncReport,
 };
 
 const POLICY: &str = "mb_policy";
+const POLICY_LENS: &str = "mb_policy_lens";
 const IPCACHE: &str = "mb_identity";
 
 fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> Error {
@@ -24,8 +27,9 @@ fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> Error {
 }
 
 /// The kernel key of a policy-map entry.
-fn policy_key(k: &MapKey) -> Key<MbPolicyData> {
-    let data = MbPolicyData {
+fn policy_key(k: &MapKey) -> MbPolicyKey {
+    MbPolicyKey {
+        prefixlen: abi::POLICY_PREFIX_STATIC + u32::from(k.ports.bits),
         identity: k.identity,
         direction: match k.direction {
             Direction::Ingress => abi::DIR_INGRESS,
@@ -33,12 +37,12 @@ fn policy_key(k: &MapKey) -> Key<MbPolicyData> {
         },
         proto: k.proto,
         dport: k.ports.port.to_be(),
-    };
-    Key::new(abi::POLICY_PREFIX_STATIC + u32::from(k.ports.bits), data)
+    }
 }
 
 fn verdict_value(v: MapVerdict) -> MbPolicyValue {
     MbPolicyValue {
+        lock: 0,
         verdict: match v {
             MapVerdict::Allow => abi::VERDICT_ALLOW,
             MapVerdict::Deny => abi::VERDICT_DENY,
@@ -48,11 +52,12 @@ fn verdict_value(v: MapVerdict) -> MbPolicyValue {
     }
 }
 
-/// A kernel entry read back; `None` for one no writer of this version makes.
-fn map_entry(k: &Key<MbPolicyData>, v: &MbPolicyValue) -> Option<(MapKey, MapVerdict)> {
-    let d = k.data();
-    let bits = u8::try_from(k.prefix_len().checked_sub(abi::POLICY_PREFIX_STATIC)?).ok()?;
-    let direction = match d.direction {
+/// A kernel entry read back; `None` for one no writer of this version makes (a verdict,
+/// direction or length it does not know, or port bits past the block's length, which no
+/// lookup would ever probe).
+fn map_entry(k: &MbPolicyKey, v: &MbPolicyValue) -> Option<(MapKey, MapVerdict)> {
+    let bits = u8::try_from(k.prefixlen.checked_sub(abi::POLICY_PREFIX_STATIC)?).ok()?;
+    let direction = match k.direction {
         abi::DIR_INGRESS => Direction::Ingress,
         abi::DIR_EGRESS => Direction::Egress,
         _ => return None,
@@ -63,15 +68,14 @@ fn map_entry(k: &Key<MbPolicyData>, v: &MbPolicyValue) -> Option<(MapKey, MapVer
         abi::VERDICT_REDIRECT => MapVerdict::Redirect,
         _ => return None,
     };
-    (bits <= 16).then_some((
+    let port = u16::from_be(k.dport);
+    let aligned = bits <= 16 && u32::from(port) & ((1u32 << (16 - u32::from(bits))) - 1) == 0;
+    aligned.then_some((
         MapKey {
             direction,
-            proto: d.proto,
-            identity: d.identity,
-            ports: PortPrefix {
-                port: u16::from_be(d.dport),
-                bits,
-            },
+            proto: k.proto,
+            identity: k.identity,
+            ports: PortPrefix { port, bits },
         },
         verdict,
     ))
@@ -102,6 +106,22 @@ pub(crate) fn ipcache_key(net: IpNet) -> Key<MbCidrData> {
     Key::new(32 + u32::from(net.prefix_len()), data)
 }
 
+/// An insert's error: [`PolicyMapError::Full`] when the map had no room (E2BIG), else
+/// the map error.
+fn full_or(e: aya::maps::MapError, capacity: usize, held: usize, wanted: usize) -> Error {
+    match &e {
+        aya::maps::MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(7) => {
+            PolicyMapError::Full {
+                capacity,
+                held,
+                wanted,
+            }
+            .into()
+        }
+        _ => map_err(POLICY)(e),
+    }
+}
+
 /// The map's size. While a sync runs the map holds the old entries beside the new ones;
 /// when both do not fit, an insert fails part way, which leaves a state where every flow
 /// has its old verdict or its new one (each step of the plan does), and the error.
@@ -118,16 +138,26 @@ fn wait_for_running_programs() {
 }
 
 impl Datapath {
-    fn policy_trie(&self) -> Result<LpmTrie<MapData, MbPolicyData, MbPolicyValue>> {
-        LpmTrie::try_from(Map::LpmTrie(self.map(POLICY)?)).map_err(map_err(POLICY))
+    fn policy_hash(&self) -> Result<BpfHashMap<MapData, MbPolicyKey, MbPolicyValue>> {
+        BpfHashMap::try_from(Map::HashMap(self.map(POLICY)?)).map_err(map_err(POLICY))
     }
 
     fn ipcache_trie(&self) -> Result<LpmTrie<MapData, MbCidrData, u32>> {
         LpmTrie::try_from(Map::LpmTrie(self.map(IPCACHE)?)).map_err(map_err(IPCACHE))
     }
 
+    fn policy_lens(&self) -> Result<Array<MapData, MbPolicyLens>> {
+        Array::try_from(Map::Array(self.map(POLICY_LENS)?)).map_err(map_err(POLICY_LENS))
+    }
+
+    /// The lengths row, and a writer of it.
+    fn write_lens(m: &mut Array<MapData, MbPolicyLens>, l: PortLens) -> Result<()> {
+        m.set(0, MbPolicyLens { bits: l.0 }, 0)
+            .map_err(map_err(POLICY_LENS))
+    }
+
     fn policy_entries(&self) -> Result<BTreeMap<MapKey, MapVerdict>> {
-        let m = self.policy_trie()?;
+        let m = self.policy_hash()?;
         let mut out = BTreeMap::new();
         for kv in m.iter() {
             let (k, v) = kv.map_err(map_err(POLICY))?;
@@ -142,7 +172,10 @@ impl Datapath {
     /// [`policy_map`](crate::policy_map)). The whole input is validated first; on an
     /// error nothing is written. Then only the difference to what the map holds is
     /// written, in an order where no connection is decided by anything but the old
-    /// policy or the new one. Reports the entries (port blocks) changed.
+    /// policy or the new one. Reports the entries (port blocks) changed. When the old
+    /// and the new policy side by side do not fit in the map, the sync stops at the
+    /// first entry that does not fit with [`PolicyMapError::Full`], every flow keeping
+    /// its old verdict or its new one.
     pub fn sync_policy(&self, rules: &[PolicyRule]) -> Result<SyncReport> {
         policy_map::validate(rules)?;
         let desired = policy_map::entries(rules);
@@ -156,8 +189,10 @@ impl Datapath {
             }
             .into());
         }
-        let mut m: LpmTrie<MapData, MbPolicyData, MbPolicyValue> =
-            LpmTrie::try_from(Map::LpmTrie(data)).map_err(map_err(POLICY))?;
+        let mut m: BpfHashMap<MapData, MbPolicyKey, MbPolicyValue> =
+            BpfHashMap::try_from(Map::HashMap(data)).map_err(map_err(POLICY))?;
+        let mut lens = self.policy_lens()?;
+        let row = PortLens(lens.get(&0, 0).map_err(map_err(POLICY_LENS))?.bits);
         let mut current = BTreeMap::new();
         let mut strays = Vec::new();
         for kv in m.iter() {
@@ -174,10 +209,18 @@ impl Datapath {
         for k in strays {
             m.remove(&k).map_err(map_err(POLICY))?;
         }
-        let plan = diff::plan(&current, &desired);
+        let plan = diff::plan(&current, &desired, row);
+        // Every length either policy uses is probed before any key of a new length is
+        // written, and by every program from then on: the wait makes sure none still
+        // probes with the old row.
+        if let Some(wide) = plan.widen {
+            Self::write_lens(&mut lens, wide)?;
+            wait_for_running_programs();
+        }
         // Writes since the last wait, per phase: a program must never see phase 1's and
         // phase 2's (or 3's and 4's) maps in its two lookups.
         let mut since_wait = [false; 4];
+        let held = current.len();
         for (i, ops) in plan.phases.iter().enumerate() {
             if ops.is_empty() {
                 continue;
@@ -188,13 +231,19 @@ impl Datapath {
             }
             for op in ops {
                 match op {
+                    // BPF_F_LOCK: a verdict change is written in place. A plain update
+                    // links a new element and unlinks the old, and a lookup walking the
+                    // bucket meanwhile can miss the key altogether.
                     MapOp::Upsert(k, v) => m
-                        .insert(&policy_key(k), verdict_value(*v), 0)
-                        .map_err(map_err(POLICY))?,
+                        .insert(policy_key(k), verdict_value(*v), abi::BPF_F_LOCK)
+                        .map_err(|e| full_or(e, capacity, held, desired.len()))?,
                     MapOp::Delete(k) => m.remove(&policy_key(k)).map_err(map_err(POLICY))?,
                 }
             }
             since_wait[i] = true;
+        }
+        if let Some(narrow) = plan.narrow {
+            Self::write_lens(&mut lens, narrow)?;
         }
         Ok(plan.report)
     }

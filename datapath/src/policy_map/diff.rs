@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use ipnet::IpNet;
 
-use super::{MapKey, MapVerdict, SyncReport};
+use super::{Direction, MapKey, MapVerdict, SyncReport};
 
 /// One write to a map.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,23 +17,76 @@ pub enum MapOp<K, V> {
     Delete(K),
 }
 
-/// A policy-map change in its four phases, applied in order, with every running BPF
-/// program waited for between phases 1 and 2 and between 3 and 4.
+/// The port block lengths a policy's keys use, per (direction, identity class): the
+/// kernel's `mb_policy_lens` row, which tells the lookup which lengths to probe. Index
+/// [`abi::policy_lens_idx`](crate::abi::policy_lens_idx); bit n = a key has n port bits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PortLens(pub [u32; 4]);
+
+impl PortLens {
+    /// The lengths `entries` use.
+    pub fn of<'a>(entries: impl IntoIterator<Item = &'a MapKey>) -> PortLens {
+        let mut l = PortLens::default();
+        for k in entries {
+            l.0[lens_idx(k.direction, k.identity == 0)] |= 1 << k.ports.bits;
+        }
+        l
+    }
+
+    /// The lengths either uses.
+    pub fn union(self, other: PortLens) -> PortLens {
+        PortLens(std::array::from_fn(|i| self.0[i] | other.0[i]))
+    }
+
+    /// Whether a lookup for `direction` and the identity class `any` probes `bits`.
+    pub fn has(self, direction: Direction, any: bool, bits: u8) -> bool {
+        self.0[lens_idx(direction, any)] & (1 << bits) != 0
+    }
+}
+
+fn lens_idx(direction: Direction, any: bool) -> usize {
+    let d = match direction {
+        Direction::Ingress => crate::abi::DIR_INGRESS,
+        Direction::Egress => crate::abi::DIR_EGRESS,
+    };
+    crate::abi::policy_lens_idx(d, any)
+}
+
+/// A policy-map change: the lengths row widened (then every running BPF program waited
+/// for), the four phases applied in order, with every running BPF program waited for
+/// between phases 1 and 2 and between 3 and 4, and the lengths row narrowed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PolicyPlan {
+    /// Written first when the row lacks a length the old or the new keys use: the row
+    /// as it was, plus every length of both policies, so no key is ever hidden.
+    pub widen: Option<PortLens>,
     /// Identity-specific upserts, any-identity upserts, any-identity deletes,
     /// identity-specific deletes.
     pub phases: [Vec<MapOp<MapKey, MapVerdict>>; 4],
+    /// Written last when the row lists lengths the new keys do not use (probes saved).
+    pub narrow: Option<PortLens>,
     /// What the plan changes, in entries.
     pub report: SyncReport,
 }
 
-/// The ordered difference from `current` to `desired` (both as the map holds them).
+/// The ordered difference from `current` to `desired` (both as the map holds them), the
+/// lengths row holding `row`.
 pub fn plan(
     current: &BTreeMap<MapKey, MapVerdict>,
     desired: &BTreeMap<MapKey, MapVerdict>,
+    row: PortLens,
 ) -> PolicyPlan {
     let mut p = PolicyPlan::default();
+    let wide = row
+        .union(PortLens::of(current.keys()))
+        .union(PortLens::of(desired.keys()));
+    if wide != row {
+        p.widen = Some(wide);
+    }
+    let want = PortLens::of(desired.keys());
+    if want != wide {
+        p.narrow = Some(want);
+    }
     for (k, v) in desired {
         let phase = if k.identity != 0 { 0 } else { 1 };
         match current.get(k) {
@@ -92,9 +145,42 @@ mod tests {
     use super::super::{entries, Direction, PolicyRule};
     use super::*;
 
-    /// The kernel's lookup (`mb_policy_lookup` + `mb_verdict_allows`) over a model map:
-    /// longest block for (R, P), else for (0, P), else denied.
-    fn allows(map: &BTreeMap<MapKey, MapVerdict>, remote: u32, port: u16) -> bool {
+    /// The kernel's lookup (`mb_policy_lookup` + `mb_verdict_allows`) over a model map
+    /// and lengths row: the lengths the row lists for (R), longest first, probed as exact
+    /// keys; else those for (0); else denied.
+    fn allows(map: &BTreeMap<MapKey, MapVerdict>, row: PortLens, remote: u32, port: u16) -> bool {
+        let probe = |id: u32| {
+            (0..=16u8).rev().find_map(|bits| {
+                if !row.has(Direction::Egress, id == 0, bits) {
+                    return None;
+                }
+                let mask = if bits == 0 {
+                    0
+                } else {
+                    u16::MAX << (16 - bits)
+                };
+                let key = MapKey {
+                    direction: Direction::Egress,
+                    proto: 6,
+                    identity: id,
+                    ports: super::super::ports::PortPrefix {
+                        port: port & mask,
+                        bits,
+                    },
+                };
+                map.get(&key).copied()
+            })
+        };
+        let v = (remote != 0)
+            .then(|| probe(remote))
+            .flatten()
+            .or_else(|| probe(0));
+        matches!(v, Some(MapVerdict::Allow | MapVerdict::Redirect))
+    }
+
+    /// The kernel's longest-prefix answer (the LPM trie this map replaced): the longest
+    /// block for (R, P), else for (0, P), else denied. The hash lookup must agree.
+    fn allows_lpm(map: &BTreeMap<MapKey, MapVerdict>, remote: u32, port: u16) -> bool {
         let lookup = |id: u32| {
             map.iter()
                 .filter(|(k, _)| {
@@ -121,49 +207,98 @@ mod tests {
         }
     }
 
-    /// Applies the plan from `old` to `new` one write at a time, its phases in `order`, and
-    /// checks every flow after each write: its verdict must be the old policy's or the new
-    /// one's. Returns the first flow that saw anything else.
+    /// How the lengths row changes around the phases.
+    #[derive(Clone, Copy)]
+    enum Lens {
+        /// As the plan says: widened first, narrowed last.
+        Planned,
+        /// The new policy's row written first (no widening).
+        NewFirst,
+        /// The old row kept until the end.
+        OldUntilEnd,
+    }
+
+    /// Applies the plan from `old` to `new` one write at a time, its phases in `order`,
+    /// the lengths row as `lens` says, and checks every flow after each write: its verdict
+    /// must be the old policy's or the new one's. Returns the first flow that saw
+    /// anything else.
     fn first_wrong_verdict(
         old: &[PolicyRule],
         new: &[PolicyRule],
         order: [usize; 4],
+        lens: Lens,
     ) -> Option<String> {
         let (cur, want) = (entries(old), entries(new));
         let flows: Vec<(u32, u16)> = [7, 8, 9]
             .into_iter()
             .flat_map(|id| (75..=100).map(move |p| (id, p)))
             .collect();
-        let verdicts = |m: &BTreeMap<_, _>| {
+        let old_row = PortLens::of(cur.keys());
+        let verdicts = |m: &BTreeMap<_, _>, row| {
             flows
                 .iter()
-                .map(|&(r, p)| allows(m, r, p))
+                .map(|&(r, p)| allows(m, row, r, p))
                 .collect::<Vec<_>>()
         };
-        let (before, after) = (verdicts(&cur), verdicts(&want));
-        let plan = plan(&cur, &want);
+        let (before, after) = (
+            verdicts(&cur, old_row),
+            verdicts(&want, PortLens::of(want.keys())),
+        );
+        // The hash lookup gives the LPM's answer for every flow of both policies.
+        for (m, v) in [(&cur, &before), (&want, &after)] {
+            for (i, &(r, p)) in flows.iter().enumerate() {
+                assert_eq!(v[i], allows_lpm(m, r, p), "identity {r} port {p}");
+            }
+        }
+        let plan = plan(&cur, &want, old_row);
         let mut map = cur.clone();
+        let mut row = match lens {
+            Lens::Planned => plan.widen.unwrap_or(old_row),
+            Lens::NewFirst => PortLens::of(want.keys()),
+            Lens::OldUntilEnd => old_row,
+        };
+        let wrong = |map: &BTreeMap<_, _>, row, after_what: &dyn std::fmt::Debug| {
+            flows.iter().enumerate().find_map(|(i, &(r, p))| {
+                let now = allows(map, row, r, p);
+                (now != before[i] && now != after[i]).then(|| {
+                    format!(
+                        "flow identity {r} port {p}: {now} after {after_what:?}, policies say {} then {}",
+                        before[i], after[i]
+                    )
+                })
+            })
+        };
+        if let Some(w) = wrong(&map, row, &row) {
+            return Some(w);
+        }
         for op in order.iter().flat_map(|&i| &plan.phases[i]) {
             match *op {
                 MapOp::Upsert(k, v) => map.insert(k, v),
                 MapOp::Delete(k) => map.remove(&k),
             };
-            for (i, &(r, p)) in flows.iter().enumerate() {
-                let now = allows(&map, r, p);
-                if now != before[i] && now != after[i] {
-                    return Some(format!(
-                        "flow identity {r} port {p}: {now} after {op:?}, policies say {} then {}",
-                        before[i], after[i]
-                    ));
-                }
+            if let Some(w) = wrong(&map, row, op) {
+                return Some(w);
             }
         }
         assert_eq!(map, want, "the plan does not end at the new policy");
+        if let Some(narrow) = plan.narrow {
+            row = narrow;
+            if let Some(w) = wrong(&map, row, &row) {
+                return Some(w);
+            }
+        }
+        if !matches!(lens, Lens::OldUntilEnd) {
+            assert_eq!(
+                row,
+                PortLens::of(want.keys()),
+                "the row ends at the new lengths"
+            );
+        }
         None
     }
 
     fn check_every_state(old: &[PolicyRule], new: &[PolicyRule]) {
-        if let Some(wrong) = first_wrong_verdict(old, new, [0, 1, 2, 3]) {
+        if let Some(wrong) = first_wrong_verdict(old, new, [0, 1, 2, 3], Lens::Planned) {
             panic!("{wrong}");
         }
     }
@@ -175,10 +310,46 @@ mod tests {
         // any-identity ALLOW.
         let old = [rule(0, 80, 80, Allow), rule(7, 80, 80, Deny)];
         let new = [rule(0, 80, 80, Deny)];
-        assert!(first_wrong_verdict(&old, &new, [3, 2, 1, 0]).is_some());
-        assert!(first_wrong_verdict(&new, &old, [1, 0, 2, 3]).is_some());
-        assert!(first_wrong_verdict(&old, &new, [0, 1, 2, 3]).is_none());
-        assert!(first_wrong_verdict(&new, &old, [0, 1, 2, 3]).is_none());
+        let planned = |a, b, order| first_wrong_verdict(a, b, order, Lens::Planned);
+        assert!(planned(&old, &new, [3, 2, 1, 0]).is_some());
+        assert!(planned(&new, &old, [1, 0, 2, 3]).is_some());
+        assert!(planned(&old, &new, [0, 1, 2, 3]).is_none());
+        assert!(planned(&new, &old, [0, 1, 2, 3]).is_none());
+    }
+
+    #[test]
+    fn the_lengths_row_widens_first_and_narrows_last() {
+        use MapVerdict::*;
+        // Both deny identity 7 port 80: the old policy by a one-port block (16 bits), the
+        // new one by the block 64-127 (10 bits), over an any-identity ALLOW.
+        let old = [rule(7, 80, 80, Deny), rule(0, 1, 65535, Allow)];
+        let new = [rule(7, 64, 127, Deny), rule(0, 1, 65535, Allow)];
+        // Writing the new row first hides the old blocks while they decide.
+        assert!(first_wrong_verdict(&old, &new, [0, 1, 2, 3], Lens::NewFirst).is_some());
+        // Keeping the old row hides the new blocks once the old ones are gone.
+        assert!(first_wrong_verdict(&old, &new, [0, 1, 2, 3], Lens::OldUntilEnd).is_some());
+        assert!(first_wrong_verdict(&old, &new, [0, 1, 2, 3], Lens::Planned).is_none());
+        assert!(first_wrong_verdict(&new, &old, [0, 1, 2, 3], Lens::Planned).is_none());
+        let (o, n) = (entries(&old), entries(&new));
+        let p = plan(&o, &n, PortLens::of(o.keys()));
+        let wide = PortLens::of(o.keys()).union(PortLens::of(n.keys()));
+        assert_eq!(p.widen, Some(wide));
+        assert_eq!(p.narrow, Some(PortLens::of(n.keys())));
+        // A row that already lists more (an interrupted sync) is widened only if it
+        // lacks something, and narrowed to what the keys use.
+        let p = plan(&n, &n, wide);
+        assert_eq!((p.widen, p.narrow), (None, Some(PortLens::of(n.keys()))));
+        // A row that lacks the lengths of keys already there (never written) is fixed
+        // before anything else.
+        let p = plan(&n, &n, PortLens::default());
+        assert_eq!((p.widen, p.narrow), (Some(PortLens::of(n.keys())), None));
+        // Only the lengths of one class: exact ports and every port.
+        let l = PortLens::of(entries(&[rule(7, 80, 80, Allow), rule(0, 1, 65535, Deny)]).keys());
+        assert!(l.has(Direction::Egress, false, 16) && !l.has(Direction::Egress, false, 0));
+        // 1-65535 is blocks of 16 down to 1 bits; only 0-65535 would be one of 0 bits.
+        assert!(l.has(Direction::Egress, true, 16) && l.has(Direction::Egress, true, 1));
+        assert!(!l.has(Direction::Egress, true, 0));
+        assert!(!l.has(Direction::Ingress, true, 16));
     }
 
     #[test]
@@ -226,7 +397,7 @@ mod tests {
             rule(7, 81, 81, Allow),
             rule(9, 83, 83, Allow),
         ]);
-        let p = plan(&old, &new);
+        let p = plan(&old, &new, PortLens::of(old.keys()));
         assert_eq!(
             p.report,
             SyncReport {
@@ -246,7 +417,10 @@ mod tests {
         assert_eq!(ids(&p.phases[1]), vec![0]);
         assert!(p.phases[2].is_empty());
         assert_eq!(ids(&p.phases[3]), vec![8]);
-        assert_eq!(plan(&new, &new), PolicyPlan::default());
+        assert_eq!(
+            plan(&new, &new, PortLens::of(new.keys())),
+            PolicyPlan::default()
+        );
     }
 
     /// Longest-prefix identity of an address over a model ipcache (world = 2 on a miss).

@@ -1,4 +1,4 @@
-//! Port ranges as the policy map's LPM trie holds them: a range is the smallest set of
+//! Port ranges as the policy map holds them: a range is the smallest set of
 //! aligned power-of-two blocks ("port prefixes") that covers it exactly, at most 30 for a
 //! 16-bit range; reading the map back merges adjacent blocks into ranges again.
 
