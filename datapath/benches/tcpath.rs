@@ -25,6 +25,8 @@ mod iptables;
 mod load;
 #[path = "tcpath/mbnode.rs"]
 mod mbnode;
+#[path = "tcpath/pktcost.rs"]
+mod pktcost;
 #[path = "tcpath/policy.rs"]
 mod policy;
 #[path = "tcpath/report.rs"]

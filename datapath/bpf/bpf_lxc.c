@@ -45,14 +45,13 @@ static __always_inline int mb_lxc_pass(const struct mb_pkt *p)
  * sent (lib/encap.h); else the kernel routes it: native routing.
  */
 static __always_inline int mb_lxc_to_network(struct __sk_buff *skb, const struct mb_pkt *p,
-					     __u32 src_id, __u32 dst_id, __u32 tunnel_ip4)
+					     const struct mb_node_config *cfg, __u32 src_id,
+					     __u32 dst_id, __u32 tunnel_ip4)
 {
-	const struct mb_node_config *cfg;
 	struct mb_l3 l3 = {};
 
 	if (!tunnel_ip4)
 		return mb_lxc_pass(p);
-	cfg = mb_node_config_get();
 	if (!cfg || cfg->overlay == MB_OVERLAY_NATIVE)
 		return mb_lxc_pass(p);
 	mb_ip_copy(l3.src, p->t.src_ip);
@@ -66,19 +65,26 @@ static __always_inline int mb_lxc_to_network(struct __sk_buff *skb, const struct
 	return mb_encap_to_remote(skb, cfg, tunnel_ip4, &l3, MB_PROG_FROM_CONTAINER);
 }
 
+/* What conntrack knows of a packet (mb_lxc_track). */
+struct mb_lxc_ct {
+	struct mb_ct_value *v; /* the flow's entry (forward or reply hit), else 0 */
+	int hit;               /* MB_CT_HIT_FWD, MB_CT_HIT_REPLY, or MB_CT_MISS */
+};
+
+/* mb_lxc_track's answers besides drop reasons (> 0). */
+#define MB_LXC_KNOWN 0 /* a tracked flow's packet (or a related ICMP error): pass */
+#define MB_LXC_NEW (-1) /* a new flow (or an ICMP message that opens none): policy */
+
 /*
- * Conntrack and policy for one parsed IP packet at endpoint `lxc`, seen on
- * `side` (MB_DIR_EGRESS: the pod sent it; MB_DIR_INGRESS: it goes to the
- * pod). Returns 0 to forward, or the reason to drop.
+ * Conntrack for one parsed IP packet at endpoint `lxc`, seen on `side`
+ * (MB_DIR_EGRESS: the pod sent it; MB_DIR_INGRESS: it goes to the pod). A
+ * packet of a known flow updates its entry and needs nothing else: no
+ * identity, no policy, no event (the established path).
  */
-static __always_inline int mb_lxc_decide(const struct mb_pkt *p, const struct mb_lxc_config *lxc,
-					 __u8 side, __u8 prog, __u32 src_id, __u32 dst_id,
-					 int enforce)
+static __always_inline int mb_lxc_track(const struct mb_pkt *p, const struct mb_lxc_config *lxc,
+					__u8 side, int enforce, __u64 now, struct mb_lxc_ct *ct)
 {
-	__u32 remote_id = side == MB_DIR_EGRESS ? dst_id : src_id;
-	__u64 now = bpf_ktime_get_ns();
 	struct mb_ct_value *v = 0;
-	__u8 verdict = 0;
 	int hit;
 
 	switch (p->kind) {
@@ -86,31 +92,52 @@ static __always_inline int mb_lxc_decide(const struct mb_pkt *p, const struct mb
 		/* Related: the quoted packet went the other way through this
 		 * same endpoint (the pod sent what an error to it quotes). */
 		hit = mb_ct_lookup(&p->inner, lxc->endpoint_id,
-				   side == MB_DIR_EGRESS ? MB_DIR_INGRESS : MB_DIR_EGRESS, &v, now);
-		return hit || !enforce ? 0 : MB_RSN_CT_NO_FLOW;
+				   side == MB_DIR_EGRESS ? MB_DIR_INGRESS : MB_DIR_EGRESS, 0, &v, now);
+		return hit || !enforce ? MB_LXC_KNOWN : MB_RSN_CT_NO_FLOW;
 	case MB_PKT_ECHO_REPLY:
-		hit = mb_ct_lookup(&p->t, lxc->endpoint_id, side, &v, now);
+		hit = mb_ct_lookup(&p->t, lxc->endpoint_id, side, 1, &v, now);
 		if (hit == MB_CT_HIT_REPLY && v) {
 			mb_ct_update(v, p->t.proto, 0, 1, p->len, now);
-			return 0;
+			ct->v = v;
+			ct->hit = hit;
+			return MB_LXC_KNOWN;
 		}
-		return enforce ? MB_RSN_CT_NO_FLOW : 0;
+		return enforce ? MB_RSN_CT_NO_FLOW : MB_LXC_KNOWN;
 	case MB_PKT_FLOW:
 	case MB_PKT_ECHO_REQ:
-		hit = mb_ct_lookup(&p->t, lxc->endpoint_id, side, &v, now);
+		/* A SYN-ACK answers a SYN: look for the flow it replies to first. */
+		hit = mb_ct_lookup(&p->t, lxc->endpoint_id, side,
+				   p->t.proto == IPPROTO_TCP &&
+					   (p->tcp_flags & (MB_TCP_SYN | MB_TCP_ACK)) ==
+						   (MB_TCP_SYN | MB_TCP_ACK),
+				   &v, now);
 		if (hit && v) {
 			mb_ct_update(v, p->t.proto, p->tcp_flags, hit == MB_CT_HIT_REPLY, p->len,
 				     now);
-			return 0;
+			ct->v = v;
+			ct->hit = hit;
+			return MB_LXC_KNOWN;
 		}
-		break;
+		return MB_LXC_NEW;
 	case MB_PKT_ICMP_OTHER:
-		break;
+		return MB_LXC_NEW;
 	default:
-		return 0;
+		return MB_LXC_KNOWN;
 	}
+}
 
-	/* A new flow (or an ICMP message that opens none). */
+/*
+ * Policy for a new flow (or an ICMP message that opens none) at endpoint
+ * `lxc`, and its conntrack entry (`rev_nat_id`: see mb_ct_value). Returns
+ * 0 to forward, or the reason to drop.
+ */
+static __always_inline int mb_lxc_admit(const struct mb_pkt *p, const struct mb_lxc_config *lxc,
+					__u8 side, __u8 prog, __u32 src_id, __u32 dst_id,
+					int enforce, __u32 rev_nat_id, __u64 now)
+{
+	__u32 remote_id = side == MB_DIR_EGRESS ? dst_id : src_id;
+	__u8 verdict = 0;
+
 	if (enforce) {
 		verdict = mb_policy_lookup(side, p->t.proto, remote_id, mb_pkt_policy_port(p));
 		mb_tc_verdict_event(p, prog, src_id, dst_id, verdict);
@@ -120,12 +147,34 @@ static __always_inline int mb_lxc_decide(const struct mb_pkt *p, const struct mb
 	}
 	if (p->kind == MB_PKT_ICMP_OTHER)
 		return 0;
-	if (mb_ct_create(&p->t, lxc->endpoint_id, side, p->tcp_flags, remote_id, verdict, p->len,
-			 now) &&
+	if (mb_ct_create(&p->t, lxc->endpoint_id, side, p->tcp_flags, remote_id, verdict,
+			 rev_nat_id, p->len, now) &&
 	    enforce)
 		/* Its replies would be decided as new flows of the other side. */
 		return MB_RSN_CT_CREATE;
 	return 0;
+}
+
+/*
+ * Whether a packet the pod sent may be a reply that the load balancer
+ * translates in from-container (hairpin, NodePort to this pod): asked of
+ * mb_lb_rev once per flow (the first reply), the answer kept in the entry.
+ * A forward packet never is one; an untracked packet is asked every time.
+ */
+static __always_inline int mb_lxc_lb_reply_wanted(const struct mb_lxc_ct *ct)
+{
+	if (ct->hit == MB_CT_HIT_FWD)
+		return 0;
+	if (ct->hit == MB_CT_HIT_REPLY && ct->v && (ct->v->flags & MB_CT_F_LB_CHECKED))
+		return ct->v->flags & MB_CT_F_LB_REPLY;
+	return 1;
+}
+
+static __always_inline void mb_lxc_lb_reply_seen(const struct mb_lxc_ct *ct, int translated)
+{
+	if (ct->hit != MB_CT_HIT_REPLY || !ct->v || (ct->v->flags & MB_CT_F_LB_CHECKED))
+		return;
+	ct->v->flags |= MB_CT_F_LB_CHECKED | (translated ? MB_CT_F_LB_REPLY : 0);
 }
 
 /* Reasons that drop only while policy is enforced (they mean "cannot be
@@ -146,15 +195,15 @@ static __always_inline int mb_lxc_undecidable(const struct mb_pkt *p)
 SEC("classifier")
 int mb_from_container(struct __sk_buff *skb)
 {
+	const struct mb_ipcache_value *dst = 0;
 	const struct mb_node_config *cfg;
-	const struct mb_ipcache_value *dst;
-	__u32 tunnel_ip4;
 	const struct mb_endpoint_value *ep;
 	const struct mb_lxc_config *lxc;
+	struct mb_lxc_ct ct = {};
 	struct mb_pkt p = {};
-	__u32 zero = 0, dst_id;
-	int enforce, rc, lb;
-	__u32 flags;
+	__u32 zero = 0, src_id, dst_id = MB_ID_WORLD, rev_nat_id = 0, tunnel_ip4 = 0;
+	int enforce, rc, lb, known_dst = 0;
+	__u64 now;
 
 	lxc = bpf_map_lookup_elem(&mb_lxc, &zero);
 	rc = mb_parse(skb, &p);
@@ -170,46 +219,69 @@ int mb_from_container(struct __sk_buff *skb)
 		return enforce ? mb_tc_drop(&p, MB_PROG_FROM_CONTAINER, rc, lxc->identity, 0)
 			       : mb_lxc_pass(&p);
 
-	/* Anti-spoofing: only the endpoint's own addresses may be a source. */
-	ep = mb_endpoint_lookup(p.t.src_ip, p.t.family);
-	if (!ep || ep->endpoint_id != lxc->endpoint_id)
-		return mb_tc_drop(&p, MB_PROG_FROM_CONTAINER, MB_RSN_SPOOFED, lxc->identity, 0);
-
-	/* Service translation (lib/lb.h), before the destination's identity is
-	 * looked up: policy and conntrack see the backend. */
-	lb = mb_lb_from_container(skb);
-	if (lb < 0)
-		return mb_tc_drop(&p, MB_PROG_FROM_CONTAINER, -lb, ep->identity, 0);
-	if (lb == MB_LB_TRANSLATED) {
-		lb = mb_parse(skb, &p);
-		if (lb)
-			return mb_tc_drop(&p, MB_PROG_FROM_CONTAINER, lb, ep->identity, 0);
+	/* Anti-spoofing: only the endpoint's own addresses may be a source
+	 * (its IPv4 address is in its mb_lxc row: no lookup). */
+	if (p.t.family == MB_AF_INET && lxc->ip4 && p.t.src_ip[0] == lxc->ip4) {
+		src_id = lxc->identity;
+	} else {
+		ep = mb_endpoint_lookup(p.t.src_ip, p.t.family);
+		if (!ep || ep->endpoint_id != lxc->endpoint_id)
+			return mb_tc_drop(&p, MB_PROG_FROM_CONTAINER, MB_RSN_SPOOFED,
+					  lxc->identity, 0);
+		src_id = ep->identity;
 	}
 
-	dst = mb_ipcache_lookup(p.t.dst_ip, p.t.family);
-	dst_id = dst ? dst->identity : MB_ID_WORLD;
-	tunnel_ip4 = dst ? dst->tunnel_ip4 : 0;
-	flags = mb_node_flags();
-	if (flags & MB_NODE_F_TRACE)
-		mb_tc_trace(&p, MB_PROG_FROM_CONTAINER, ep->identity, dst_id);
+	/* Service translation (lib/lb.h), before the destination's identity is
+	 * looked up: policy and conntrack see the backend. The tuple follows
+	 * the rewrite (no second parse). */
+	lb = mb_lb_from_container(skb, &p.t, &rev_nat_id);
+	if (lb < 0)
+		return mb_tc_drop(&p, MB_PROG_FROM_CONTAINER, -lb, src_id, 0);
+
+	cfg = mb_node_config_get();
+	/* The destination's identity only where something needs it: a new
+	 * flow's policy, a trace, an undecidable packet's event, or the tunnel
+	 * toward another node's pod. Conntrack's entry has it for the rest. */
+	if (rc || (cfg && ((cfg->flags & MB_NODE_F_TRACE) || cfg->overlay != MB_OVERLAY_NATIVE))) {
+		dst = mb_ipcache_lookup(p.t.dst_ip, p.t.family);
+		dst_id = dst ? dst->identity : MB_ID_WORLD;
+		tunnel_ip4 = dst ? dst->tunnel_ip4 : 0;
+		known_dst = 1;
+		if (cfg && (cfg->flags & MB_NODE_F_TRACE))
+			mb_tc_trace(&p, MB_PROG_FROM_CONTAINER, src_id, dst_id);
+	}
 	if (rc)
-		return enforce ? mb_tc_drop(&p, MB_PROG_FROM_CONTAINER, rc, ep->identity, dst_id)
-			       : mb_lxc_to_network(skb, &p, ep->identity, dst_id, tunnel_ip4);
-	rc = mb_lxc_decide(&p, lxc, MB_DIR_EGRESS, MB_PROG_FROM_CONTAINER, ep->identity, dst_id,
-			   enforce);
+		return enforce ? mb_tc_drop(&p, MB_PROG_FROM_CONTAINER, rc, src_id, dst_id)
+			       : mb_lxc_to_network(skb, &p, cfg, src_id, dst_id, tunnel_ip4);
+	now = bpf_ktime_get_ns();
+	rc = mb_lxc_track(&p, lxc, MB_DIR_EGRESS, enforce, now, &ct);
+	if (rc == MB_LXC_NEW) {
+		if (!known_dst) {
+			dst_id = mb_ipcache_identity(p.t.dst_ip, p.t.family);
+			known_dst = 1;
+		}
+		rc = mb_lxc_admit(&p, lxc, MB_DIR_EGRESS, MB_PROG_FROM_CONTAINER, src_id,
+				  dst_id, enforce, rev_nat_id, now);
+	} else if (ct.hit == MB_CT_HIT_FWD) {
+		mb_ct_set_rev_nat(ct.v, rev_nat_id);
+	}
+	if (!known_dst && ct.v)
+		dst_id = ct.v->identity;
 	if (rc)
-		return mb_tc_drop(&p, MB_PROG_FROM_CONTAINER, rc, ep->identity, dst_id);
+		return mb_tc_drop(&p, MB_PROG_FROM_CONTAINER, rc, src_id, dst_id);
 
 	/* A reply of a hairpin or NodePort flow, translated back now that
 	 * conntrack matched it as it was sent (lib/nodeport.h). */
-	cfg = mb_node_config_get();
+	if (!mb_lxc_lb_reply_wanted(&ct))
+		return mb_lxc_to_network(skb, &p, cfg, src_id, dst_id, tunnel_ip4);
 	lb = mb_lb_reply_from_container(skb, cfg ? cfg->node_ip4 : 0);
+	mb_lxc_lb_reply_seen(&ct, lb != MB_LB_CONTINUE);
 	if (lb < 0)
-		return mb_tc_drop(&p, MB_PROG_FROM_CONTAINER, -lb, ep->identity, dst_id);
+		return mb_tc_drop(&p, MB_PROG_FROM_CONTAINER, -lb, src_id, dst_id);
 	if (lb == MB_LB_TRANSLATED) {
 		lb = mb_parse(skb, &p);
 		if (lb)
-			return mb_tc_drop(&p, MB_PROG_FROM_CONTAINER, lb, ep->identity, dst_id);
+			return mb_tc_drop(&p, MB_PROG_FROM_CONTAINER, lb, src_id, dst_id);
 		dst = mb_ipcache_lookup(p.t.dst_ip, p.t.family);
 		tunnel_ip4 = dst ? dst->tunnel_ip4 : 0;
 	} else if (lb != MB_LB_CONTINUE) {
@@ -217,7 +289,7 @@ int mb_from_container(struct __sk_buff *skb)
 		mb_tc_count(MB_RSN_NONE, p.len);
 		return lb;
 	}
-	return mb_lxc_to_network(skb, &p, ep->identity, dst_id, tunnel_ip4);
+	return mb_lxc_to_network(skb, &p, cfg, src_id, dst_id, tunnel_ip4);
 }
 
 /* The source identity an earlier program on this node carried in the mark
@@ -233,9 +305,11 @@ SEC("classifier")
 int mb_to_container(struct __sk_buff *skb)
 {
 	const struct mb_lxc_config *lxc;
+	struct mb_lxc_ct ct = {};
 	struct mb_pkt p = {};
 	__u32 zero = 0, src_id;
 	int enforce, rc;
+	__u64 now;
 
 	lxc = bpf_map_lookup_elem(&mb_lxc, &zero);
 	src_id = mb_mark_identity(skb->mark);
@@ -254,23 +328,36 @@ int mb_to_container(struct __sk_buff *skb)
 	if (rc && p.kind == MB_PKT_UNKNOWN_L3)
 		return enforce ? mb_tc_drop(&p, MB_PROG_TO_CONTAINER, rc, src_id, lxc->identity)
 			       : mb_lxc_pass(&p);
-	if (!src_id)
+	/* The source's identity only where something needs it (a new flow's
+	 * policy, a trace, an event); conntrack's entry has it for the rest. */
+	if (!src_id && (rc || (mb_node_flags() & MB_NODE_F_TRACE)))
 		src_id = mb_ipcache_identity(p.t.src_ip, p.t.family);
 	if (mb_node_flags() & MB_NODE_F_TRACE)
 		mb_tc_trace(&p, MB_PROG_TO_CONTAINER, src_id, lxc->identity);
 	if (rc)
 		return enforce ? mb_tc_drop(&p, MB_PROG_TO_CONTAINER, rc, src_id, lxc->identity)
 			       : mb_lxc_pass(&p);
-	rc = mb_lxc_decide(&p, lxc, MB_DIR_INGRESS, MB_PROG_TO_CONTAINER, src_id, lxc->identity,
-			   enforce);
+	now = bpf_ktime_get_ns();
+	rc = mb_lxc_track(&p, lxc, MB_DIR_INGRESS, enforce, now, &ct);
+	if (rc == MB_LXC_NEW) {
+		if (!src_id)
+			src_id = mb_ipcache_identity(p.t.src_ip, p.t.family);
+		rc = mb_lxc_admit(&p, lxc, MB_DIR_INGRESS, MB_PROG_TO_CONTAINER, src_id,
+				  lxc->identity, enforce, 0, now);
+	}
+	if (!src_id && ct.v)
+		src_id = ct.v->identity;
 	if (rc)
 		return mb_tc_drop(&p, MB_PROG_TO_CONTAINER, rc, src_id, lxc->identity);
 
-	/* Reverse service translation toward a client pod (lib/lb.h): after
-	 * conntrack, which keyed the flow by the backend as from-container saw
-	 * it after translation. */
-	rc = mb_lb_to_container(skb, 0);
-	if (rc < 0)
-		return mb_tc_drop(&p, MB_PROG_TO_CONTAINER, -rc, src_id, lxc->identity);
+	/* Reverse service translation toward a client pod (lib/lb.h): a reply
+	 * of a flow its from-container translated, the frontend from the
+	 * flow's entry (keyed by the backend, as from-container saw it after
+	 * translation). */
+	if (ct.hit == MB_CT_HIT_REPLY && ct.v && ct.v->rev_nat_id) {
+		rc = mb_lb_rev_nat(skb, ct.v->rev_nat_id);
+		if (rc < 0)
+			return mb_tc_drop(&p, MB_PROG_TO_CONTAINER, -rc, src_id, lxc->identity);
+	}
 	return mb_lxc_pass(&p);
 }

@@ -141,7 +141,7 @@ fn rust_layouts() -> BTreeMap<&'static str, Layout> {
         ("mb_tc_stat", layout!(MbTcStat, packets, bytes)),
         (
             "mb_lxc_config",
-            layout!(MbLxcConfig, ifindex, identity, endpoint_id, pad),
+            layout!(MbLxcConfig, ifindex, identity, endpoint_id, pad, ip4),
         ),
         (
             "mb_ct_key",
@@ -160,7 +160,10 @@ fn rust_layouts() -> BTreeMap<&'static str, Layout> {
         ),
         (
             "mb_ct_value",
-            layout!(MbCtValue, expires_ns, packets, bytes, identity, state, flags, verdict, pad),
+            layout!(
+                MbCtValue, expires_ns, packets, bytes, identity, state, flags, verdict, pad,
+                rev_nat_id, pad2
+            ),
         ),
         (
             "mb_lb_svc_key",

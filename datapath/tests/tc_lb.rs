@@ -342,6 +342,12 @@ fn a_direct_flow_on_a_port_a_service_flow_used_keeps_the_backend_as_its_replies_
     let backend = send(&from, UDP, client, sa(VIP));
     let (_, out) = run(&to, &frame(UDP, backend, client), 0);
     assert_eq!(addrs(&out), (sa(VIP), client), "the service flow's reply");
+    // The reverse NAT lives in the flow's conntrack entry (keyed by the backend).
+    let rnat = rev_nat_of(&n, client, backend);
+    assert_ne!(
+        rnat, 0,
+        "the service flow's entry has the frontend's reverse NAT id"
+    );
 
     assert_eq!(
         send(&from, UDP, client, backend),
@@ -355,6 +361,11 @@ fn a_direct_flow_on_a_port_a_service_flow_used_keeps_the_backend_as_its_replies_
         (backend, client),
         "a direct flow's reply must come from the address the client dialled"
     );
+    assert_eq!(
+        rev_nat_of(&n, client, backend),
+        0,
+        "the direct flow's entry"
+    );
 
     // The port goes back to the service: translated again, replies from the frontend.
     let again = send(&from, UDP, client, sa(VIP));
@@ -365,4 +376,51 @@ fn a_direct_flow_on_a_port_a_service_flow_used_keeps_the_backend_as_its_replies_
         (sa(VIP), client),
         "the new service flow's reply"
     );
+    assert_eq!(rev_nat_of(&n, client, again), rnat);
+}
+
+/// The reverse NAT id of the client pod's (endpoint 1) conntrack entry of `client` →
+/// `backend`.
+fn rev_nat_of(n: &TcNode, client: SocketAddr, backend: SocketAddr) -> u32 {
+    let ct = n.node.conntrack().expect("conntrack");
+    ct.iter()
+        .find(|e| e.endpoint_id == 1 && e.src == client && e.dst == backend)
+        .unwrap_or_else(|| panic!("no entry {client} -> {backend}: {ct:?}"))
+        .rev_nat_id
+}
+
+#[test]
+fn a_pods_replies_are_translated_back_exactly_when_their_flow_needs_it_every_time() {
+    // from-container asks the reverse translation map about a pod's replies once per
+    // flow (the first reply) and keeps the answer in the flow's entry: a hairpin flow's
+    // replies are translated every time, a plain flow's never.
+    let n = node();
+    n.node
+        .sync_services(&[service(VIP, UDP, &[B2])])
+        .expect("sync");
+    let (from2, to2) = progs(&n, 1);
+    let me = sa("10.0.0.2:46100");
+    let as_frontend = sa("10.96.0.10:46100");
+    // Hairpin: out through the pod's from-container, back in through its to-container
+    // (which tracks the flow as one to the pod).
+    let (rc, out) = run(&from2, &frame(UDP, me, sa(VIP)), 0);
+    assert_eq!(rc, PASS);
+    assert_eq!(addrs(&out), (as_frontend, sa(B2)));
+    let (rc, _) = run(&to2, &out, 0);
+    assert_eq!(rc, PASS, "the hairpin packet into the pod");
+    for i in 0..3 {
+        let (rc, out) = run(&from2, &frame(UDP, sa(B2), as_frontend), 0);
+        assert_eq!(rc, PASS, "hairpin reply {i}");
+        assert!(checksums_ok(&out), "hairpin reply {i}: checksums");
+        assert_eq!(addrs(&out), (sa(VIP), me), "hairpin reply {i}");
+    }
+    // A flow from another pod straight to this one: its replies stay as they are.
+    let c = sa("10.0.0.1:47100");
+    let (rc, _) = run(&to2, &frame(UDP, c, sa(B2)), 0);
+    assert_eq!(rc, PASS);
+    for i in 0..3 {
+        let (rc, out) = run(&from2, &frame(UDP, sa(B2), c), 0);
+        assert_eq!(rc, PASS, "plain reply {i}");
+        assert_eq!(addrs(&out), (sa(B2), c), "plain reply {i}");
+    }
 }

@@ -26,6 +26,7 @@ use membrane_datapath::{IpNet, IpcacheEntry, LbService, NodeSettings};
 use membrane_test_support::sandbox::{unique_name, Netns};
 
 use crate::mbnode::MbNode;
+use crate::pktcost;
 
 use crate::report::{median, num, ratio, reps, Report};
 use crate::{argv, iptables, topo, worker_json, worker_server, Common};
@@ -41,6 +42,10 @@ pub struct Args {
     /// Client threads (each one connection at a time).
     #[arg(long, default_value_t = 4)]
     threads: usize,
+    /// Connections whose packets are test-run through the membrane variants' programs
+    /// per repetition (0: none), for the per-packet table.
+    #[arg(long, default_value_t = 200)]
+    packet_conns: u16,
 }
 
 const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 2, 0, 2);
@@ -122,6 +127,11 @@ trait Variant {
     fn set_services(&mut self, n: usize) -> Result<()>;
     fn bed(&self) -> &Bed;
     fn target(&self, n: usize) -> SocketAddrV4;
+    /// The per-packet costs of `conns` connections from client ports `port..` through
+    /// its tc programs ([`pktcost`]), when it has any.
+    fn packet_costs(&self, _n: usize, _port: u16, _conns: u16) -> Result<Option<Vec<f64>>> {
+        Ok(None)
+    }
 }
 
 fn vip(n: usize) -> SocketAddrV4 {
@@ -273,6 +283,18 @@ impl Variant for Mb {
             backends()[0]
         }
     }
+    fn packet_costs(&self, n: usize, port: u16, conns: u16) -> Result<Option<Vec<f64>>> {
+        let eps = &self.lb.mb.eps;
+        pktcost::measure(
+            [&eps[0], &eps[1]],
+            CLIENT_IP,
+            self.target(n),
+            &backends(),
+            port,
+            conns,
+        )
+        .map(Some)
+    }
 }
 
 /// Per-rep rates and failures of one variant at one service count.
@@ -296,10 +318,8 @@ impl Cell {
 /// Runs the benchmark and writes its page.
 pub fn run(a: &Args) -> Result<()> {
     let mut r = Report::new("ClusterIP connection rate: tc load balancer vs direct vs iptables");
-    // The two membrane variants get a node each: a connection to the backend's address
-    // from a client port an earlier ClusterIP connection used is answered with the
-    // service's address (its reverse-NAT state outlives the aborted connection), so the
-    // two must not share conntrack and LB state (reported with issue 15).
+    // The two membrane variants get a node each, as every variant does: neither pays for
+    // the other's conntrack and LB state.
     let mut variants: Vec<Box<dyn Variant>> = vec![
         Box::new(Direct(bed("dir")?)),
         Box::new(Mb {
@@ -318,11 +338,15 @@ pub fn run(a: &Args) -> Result<()> {
     }
     // rows[service count] = cells per variant
     let mut rows: Vec<(usize, Vec<Cell>)> = Vec::new();
+    // packets[service count] = per variant, per repetition, ns per step
+    let mut packets: Vec<(usize, Vec<Vec<Vec<f64>>>)> = Vec::new();
+    let mut next_port = 0usize;
     for &n in &a.services {
         for v in variants.iter_mut() {
             v.set_services(n)?;
         }
         let mut cells: Vec<Cell> = variants.iter().map(|_| Cell::default()).collect();
+        let mut pkt: Vec<Vec<Vec<f64>>> = variants.iter().map(|_| Vec::new()).collect();
         for rep in 0..a.common.reps {
             // The order turns round every repetition, so a drift in the machine's load
             // does not always favour the same variant.
@@ -333,6 +357,14 @@ pub fn run(a: &Args) -> Result<()> {
             for i in order {
                 let v = &variants[i];
                 cells[i].add(rate(v.bed(), v.target(n), a)?);
+                if a.packet_conns > 0 {
+                    // Client ports below the ephemeral range, a fresh run each time.
+                    let port = 1024 + (next_port * a.packet_conns as usize % 30000) as u16;
+                    next_port += 1;
+                    if let Some(ns) = v.packet_costs(n, port, a.packet_conns)? {
+                        pkt[i].push(ns);
+                    }
+                }
             }
         }
         for (i, c) in cells.iter().enumerate() {
@@ -343,6 +375,7 @@ pub fn run(a: &Args) -> Result<()> {
             );
         }
         rows.push((n, cells));
+        packets.push((n, pkt));
     }
     r.line(format!(
         "{} repetitions per cell, {} s each, {} client threads, median reported; {}.",
@@ -380,6 +413,7 @@ pub fn run(a: &Args) -> Result<()> {
         ],
         &table,
     );
+    packet_table(&mut r, &variants, &packets, a.packet_conns);
     for (n, cells) in &rows {
         for (i, c) in cells.iter().enumerate() {
             if c.failed > 0 {
@@ -393,4 +427,50 @@ pub fn run(a: &Args) -> Result<()> {
         }
     }
     r.finish(&a.common.out)
+}
+
+/// The per-packet table: for every service count and packet of a connection, the median
+/// over the repetitions of each membrane variant's mean ns per program run.
+fn packet_table(
+    r: &mut Report,
+    variants: &[Box<dyn Variant>],
+    packets: &[(usize, Vec<Vec<Vec<f64>>>)],
+    conns: u16,
+) {
+    let with: Vec<usize> = (0..variants.len())
+        .filter(|&i| packets.iter().any(|(_, p)| !p[i].is_empty()))
+        .collect();
+    if with.is_empty() {
+        return;
+    }
+    r.line("");
+    r.line(format!(
+        "Per packet (BPF_PROG_TEST_RUN, ns per program run, mean over {conns} connections \
+         per repetition, median over the repetitions; each program's output is the next \
+         one's input, so the backend sees the translated packet; `repeat` 1, so every \
+         figure includes the test timer's own overhead):"
+    ));
+    r.line("");
+    let mut head = vec!["services".to_owned(), "packet".to_owned()];
+    head.extend(with.iter().map(|&i| format!("{} (ns)", variants[i].name())));
+    let mut table = Vec::new();
+    for (n, pkt) in packets {
+        let steps: Vec<&str> = pktcost::rows().collect();
+        let mut total = vec![0f64; with.len()];
+        for (s, step) in steps.iter().enumerate() {
+            let mut row = vec![num(*n as f64, 0), (*step).to_owned()];
+            for (j, &i) in with.iter().enumerate() {
+                let xs: Vec<f64> = pkt[i].iter().map(|v| v[s]).collect();
+                let m = median(&xs);
+                total[j] += m;
+                row.push(num(m, 0));
+            }
+            table.push(row);
+        }
+        let mut row = vec![num(*n as f64, 0), "sum of one of each".to_owned()];
+        row.extend(total.iter().map(|t| num(*t, 0)));
+        table.push(row);
+    }
+    let head: Vec<&str> = head.iter().map(String::as_str).collect();
+    r.table(&head, &table);
 }

@@ -409,6 +409,8 @@ struct mb_lxc_config {
 	__u32 identity;    /* the pod's security identity */
 	__u16 endpoint_id; /* mb_endpoint_value.endpoint_id of the pod's addresses */
 	__u16 pad;
+	__u32 ip4;         /* one of its IPv4 addresses (network order), 0 = none: a
+			    * packet from it needs no mb_endpoints lookup */
 };
 
 /* Conntrack key: a flow as its first packet went (initiator -> responder),
@@ -437,6 +439,11 @@ struct mb_ct_key {
 #define MB_CT_F_FIN_FWD 2U
 #define MB_CT_F_FIN_REV 4U
 #define MB_CT_F_RST 8U
+/* A reply through from-container asked mb_lb_rev once whether this flow's
+ * replies are translated there (hairpin, NodePort to a local backend)... */
+#define MB_CT_F_LB_CHECKED 16U
+/* ... and they are: every reply asks it again. */
+#define MB_CT_F_LB_REPLY 32U
 
 /* Lifetimes, seconds (Cilium's defaults). */
 #define MB_CT_LIFETIME_TCP_SYN 60
@@ -453,6 +460,12 @@ struct mb_ct_value {
 	__u8 flags;       /* MB_CT_F_* */
 	__u8 verdict;     /* MB_VERDICT_* that allowed it; 0 = policy not enforced then */
 	__u8 pad;
+	/* A pod's egress entry of a flow the tc load balancer translated to a
+	 * backend: the frontend's reverse NAT id (mb_lb_rnat), the source its
+	 * replies get back in to-container; 0 = not translated. Set by every
+	 * forward packet, so a tuple reused straight to the backend clears it. */
+	__u32 rev_nat_id;
+	__u32 pad2;
 };
 
 #endif /* MEMBRANE_ABI_H */

@@ -15,7 +15,12 @@
  *           the endpoint that decided it and that endpoint's direction
  *           (a pod-to-pod flow on one node has two entries: the client's
  *           egress one and the server's ingress one)
- *   value:  struct mb_ct_value: state, expiry, counters, the verdict
+ *   value:  struct mb_ct_value: state, expiry, counters, the verdict, and
+ *           for a service flow the reverse NAT id its replies are
+ *           translated back with (Cilium's rev_nat_index): to-container
+ *           finds it with the conntrack lookup it does anyway, so replies
+ *           and packets of flows no service translated take no extra
+ *           lookup for reverse NAT
  *   writer: bpf_lxc.c (create on an allowed first packet, update on every
  *           packet); the agent deletes expired entries (NodeDatapath::ct_gc)
  *           and the kernel evicts the least recently used when it is full.
@@ -112,42 +117,61 @@ static __always_inline void mb_ct_update(struct mb_ct_value *v, __u8 proto, __u8
 	__sync_fetch_and_add(&v->bytes, len);
 }
 
+/* The entry of `t` at `ep` as a packet of its own direction (`reply` 0:
+ * the key is t on `side`) or as a reply (the reverse of t on the other
+ * side); expired entries are misses. `k` is scratch. */
+static __always_inline struct mb_ct_value *mb_ct_find(struct mb_ct_key *k,
+						      const struct mb_ct_key *t, __u16 ep,
+						      __u8 side, int reply, __u64 now)
+{
+	struct mb_ct_value *v;
+
+	if (reply) {
+		mb_ct_reverse(k, t);
+		k->dir = side == MB_DIR_EGRESS ? MB_DIR_INGRESS : MB_DIR_EGRESS;
+	} else {
+		__builtin_memcpy(k, t, sizeof(*k));
+		k->dir = side;
+	}
+	k->endpoint_id = ep;
+	k->pad[0] = k->pad[1] = k->pad[2] = 0;
+	v = bpf_map_lookup_elem(&mb_ct, k);
+	return v && v->expires_ns > now ? v : 0;
+}
+
 /*
  * Find the flow a packet belongs to, seen at endpoint `ep` on its `side`
  * (MB_DIR_EGRESS: the pod sent it; MB_DIR_INGRESS: it goes to the pod).
  * `t` is the packet's own tuple (scope fields ignored). A later packet of a
  * flow the same side opened matches (t, side); a reply matches the reverse
  * of t in the other direction's scope. Expired entries are misses.
+ * `reply_first`: the packet is almost surely a reply (a TCP SYN-ACK, an
+ * echo reply), so that lookup goes first and a hit costs one, not two.
  */
 static __always_inline int mb_ct_lookup(const struct mb_ct_key *t, __u16 ep, __u8 side,
-					struct mb_ct_value **out, __u64 now)
+					int reply_first, struct mb_ct_value **out, __u64 now)
 {
 	struct mb_ct_key k = {};
 	struct mb_ct_value *v;
 
-	__builtin_memcpy(&k, t, sizeof(k));
-	k.endpoint_id = ep;
-	k.dir = side;
-	k.pad[0] = k.pad[1] = k.pad[2] = 0;
-	v = bpf_map_lookup_elem(&mb_ct, &k);
-	if (v && v->expires_ns > now) {
+	v = mb_ct_find(&k, t, ep, side, reply_first, now);
+	if (v) {
 		*out = v;
-		return MB_CT_HIT_FWD;
+		return reply_first ? MB_CT_HIT_REPLY : MB_CT_HIT_FWD;
 	}
-	mb_ct_reverse(&k, t);
-	k.dir = side == MB_DIR_EGRESS ? MB_DIR_INGRESS : MB_DIR_EGRESS;
-	v = bpf_map_lookup_elem(&mb_ct, &k);
-	if (v && v->expires_ns > now) {
+	v = mb_ct_find(&k, t, ep, side, !reply_first, now);
+	if (v) {
 		*out = v;
-		return MB_CT_HIT_REPLY;
+		return reply_first ? MB_CT_HIT_FWD : MB_CT_HIT_REPLY;
 	}
 	return MB_CT_MISS;
 }
 
-/* Record a new flow allowed at `ep` on `side`; 0 or a negative error. */
+/* Record a new flow allowed at `ep` on `side` (`rev_nat_id`: see
+ * mb_ct_value); 0 or a negative error. */
 static __always_inline int mb_ct_create(const struct mb_ct_key *t, __u16 ep, __u8 side,
-					__u8 tcp_flags, __u32 identity, __u8 verdict, __u32 len,
-					__u64 now)
+					__u8 tcp_flags, __u32 identity, __u8 verdict,
+					__u32 rev_nat_id, __u32 len, __u64 now)
 {
 	struct mb_ct_key k = {};
 	struct mb_ct_value v = {};
@@ -158,6 +182,7 @@ static __always_inline int mb_ct_create(const struct mb_ct_key *t, __u16 ep, __u
 	k.pad[0] = k.pad[1] = k.pad[2] = 0;
 	v.identity = identity;
 	v.verdict = verdict;
+	v.rev_nat_id = rev_nat_id;
 	v.state = MB_CT_NEW;
 	v.packets = 1;
 	v.bytes = len;
@@ -167,6 +192,19 @@ static __always_inline int mb_ct_create(const struct mb_ct_key *t, __u16 ep, __u
 	}
 	v.expires_ns = now + mb_ct_lifetime(&v, t->proto) * MB_NS_PER_SEC;
 	return bpf_map_update_elem(&mb_ct, &k, &v, BPF_ANY);
+}
+
+/*
+ * A forward packet of a flow says whether the load balancer translated it
+ * (`rev_nat_id`, 0 = not): the entry follows, so that a client port reused
+ * for a connection straight to the backend a service flow went to gets its
+ * replies untranslated, and the port's next service flow translated again.
+ * Written only when it changes (the entry is shared between CPUs).
+ */
+static __always_inline void mb_ct_set_rev_nat(struct mb_ct_value *v, __u32 rev_nat_id)
+{
+	if (v->rev_nat_id != rev_nat_id)
+		v->rev_nat_id = rev_nat_id;
 }
 
 #endif /* MB_CONNTRACK_H */

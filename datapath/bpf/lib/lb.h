@@ -7,7 +7,9 @@
  * the 5-tuple into the service's lookup table, so every node with the same
  * backends picks the same one); the flow remembers it (backend address
  * included, so removing the backend from the service never moves or breaks
- * the flow), and its replies get the frontend back as their source.
+ * the flow), and its replies get the frontend back as their source: a pod
+ * client's from the reverse NAT id its conntrack entry keeps (Cilium's
+ * shape), every other client's from mb_lb_rev.
  *
  * IPv4 TCP and UDP are translated; fragments, other protocols and IPv6 pass
  * untouched (the maps take IPv6 frontends for the socket LB's sake, tc does
@@ -19,7 +21,8 @@
  * the packet was redirected):
  *   mb_lb_from_container: pod → frontend, before conntrack and policy
  *                         (they see the backend).
- *   mb_lb_to_container:   replies toward a client pod, after conntrack.
+ *   mb_lb_rev_nat:        replies toward a client pod, after conntrack
+ *                         found the flow and its reverse NAT id.
  *   mb_lb_reply_from_container (lib/nodeport.h): a pod's replies to a
  *                         hairpin or NodePort flow, after conntrack.
  *   mb_lb_nodeport (lib/nodeport.h): the underlay's ingress.
@@ -145,7 +148,8 @@ struct {
  *           frontend)
  *   value:  struct mb_lb_flow: backend address and port, its id, the
  *           frontend's reverse NAT id, the source translation if any
- *   writer: from-container and from-netdev on a flow's first packet.
+ *   writer: from-container, from-netdev and to-service on a flow's first
+ *           packet.
  *   readers: the same, on every later packet. Entries of ended flows age
  *           out (LRU); a flow idle long enough to be evicted picks again.
  */
@@ -158,16 +162,22 @@ struct {
 } mb_lb_flows SEC(".maps");
 
 /*
- * mb_lb_rev: reverse translation of replies (LRU).
+ * mb_lb_rev: reverse translation of replies that no client pod's conntrack
+ * entry translates (LRU).
  *   key:    struct mb_lb_tuple, a reply as the backend sends it (backend →
  *           client, or backend → node address and SNAT port)
  *   value:  struct mb_lb_rev: reverse NAT id (the new source), the client
  *           (the new destination when the source was translated too)
- *   writer: with mb_lb_flows. With MB_LB_FLOW_SNAT the key doubles as the
- *           source-port reservation (inserted only when free).
- *   readers: to-container (plain replies to a pod), from-container
- *           (hairpin and local NodePort backends' replies), from-netdev
- *           (remote NodePort backends' replies).
+ *   writer: with mb_lb_flows, for hairpin flows (MB_LB_FLOW_SNAT) and
+ *           clients that are no local pod (MB_LB_FLOW_EXTERNAL: NodePort,
+ *           the host, the underlay); a pod's plain ClusterIP flow has none
+ *           (its conntrack entry keeps the reverse NAT id). With
+ *           MB_LB_FLOW_SNAT the key doubles as the source-port reservation
+ *           (inserted only when free).
+ *   readers: from-container (hairpin and local NodePort backends' replies:
+ *           once per flow, then only when it found one, see
+ *           MB_CT_F_LB_CHECKED), from-netdev (remote NodePort backends'
+ *           replies).
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -446,54 +456,19 @@ MB_LB_SUBPROG int mb_lb_rev_apply(struct __sk_buff *skb, struct mb_lb_pkt *p,
 }
 
 /*
- * A pod's packet straight to an address (no frontend, no remembered flow).
- * If an earlier flow from the same client port went to a frontend and was
- * translated to exactly this address, its memory is stale: the client now
- * talks to the backend itself, and the replies of this flow must keep the
- * backend as their source. Without this, a port reused after a service flow
- * ended (RST, or LRU memory outliving the connection) saw its direct replies
- * rewritten to the frontend and the connection hung. Both the reverse entry
- * and the forward memory go, so a later flow to the frontend from that port
- * chooses afresh and writes its reverse entry again.
+ * A pod's packet to a ClusterIP frontend: DNAT to the flow's backend; `out`
+ * (the packet's conntrack tuple) gets the addresses and ports it leaves
+ * with, *rev_nat_id = the frontend's reverse
+ * NAT id for the flow's conntrack entry (replies are translated back from
+ * it in to-container, mb_lb_rev_nat), 0 when the replies come back some
+ * other way. Hairpin (the backend is the sender itself): the source becomes
+ * the frontend address too, or the pod would drop a packet from itself; the
+ * pod's reply comes back through its from-container and is translated both
+ * ways there (mb_lb_reply_from_container, lib/nodeport.h), the only kind of
+ * pod flow with an mb_lb_rev entry.
  */
-MB_LB_SUBPROG void mb_lb_forget_stale(const struct mb_lb_tuple *t)
-{
-	struct mb_lb_tuple r = {};
-	struct mb_addr_port *front;
-	struct mb_lb_rev *rv;
-	__u32 rid;
-
-	r.saddr[0] = t->daddr[0];
-	r.sport = t->dport;
-	r.daddr[0] = t->saddr[0];
-	r.dport = t->sport;
-	r.proto = t->proto;
-	r.family = t->family;
-	rv = bpf_map_lookup_elem(&mb_lb_rev, &r);
-	/* SNAT entries are port reservations of other clients' flows: not ours. */
-	if (!rv || (rv->flags & (MB_LB_FLOW_SNAT | MB_LB_FLOW_EXTERNAL)) ||
-	    rv->client_ip != t->saddr[0] || rv->client_port != t->sport)
-		return;
-	rid = rv->rev_nat_id;
-	front = bpf_map_lookup_elem(&mb_lb_rnat, &rid);
-	if (front && front->ip[0]) {
-		struct mb_lb_tuple fwd = *t;
-
-		fwd.daddr[0] = front->ip[0];
-		fwd.dport = front->port;
-		bpf_map_delete_elem(&mb_lb_flows, &fwd);
-	}
-	bpf_map_delete_elem(&mb_lb_rev, &r);
-}
-
-/*
- * A pod's packet to a ClusterIP frontend: DNAT to the flow's backend.
- * Hairpin (the backend is the sender itself): the source becomes the
- * frontend address too, or the pod would drop a packet from itself; the
- * pod's reply comes back through its from-container and is translated
- * both ways there (mb_lb_reply_from_container, lib/nodeport.h).
- */
-MB_LB_SUBPROG int mb_lb_from_container(struct __sk_buff *skb)
+MB_LB_SUBPROG int mb_lb_from_container(struct __sk_buff *skb, struct mb_ct_key *out,
+				       __u32 *rev_nat_id)
 {
 	struct mb_lb_pkt p = {};
 	struct mb_lb_flow f;
@@ -502,43 +477,47 @@ MB_LB_SUBPROG int mb_lb_from_container(struct __sk_buff *skb)
 	if (mb_lb_parse4(skb, &p) < 0)
 		return MB_LB_CONTINUE;
 	ret = mb_lb_flow_get(&p.t, p.t.daddr[0], MB_LB_SCOPE_CLUSTER, &f);
-	if (ret == MB_LB_FLOW_NONE) {
-		mb_lb_forget_stale(&p.t);
-		return MB_LB_CONTINUE;
-	}
-	if (ret < 0)
-		return ret;
+	if (ret == MB_LB_FLOW_NONE || ret < 0)
+		return ret < 0 ? ret : MB_LB_CONTINUE;
 	if (ret == MB_LB_FLOW_NEW) {
 		if (f.backend_ip[0] == p.t.saddr[0]) {
 			f.flags |= MB_LB_FLOW_SNAT;
 			f.snat_ip = p.t.daddr[0];
 			f.snat_port = p.t.sport;
+			ret = mb_lb_flow_commit(&p.t, &f, BPF_ANY);
+			if (ret < 0)
+				return ret;
+		} else {
+			bpf_map_update_elem(&mb_lb_flows, &p.t, &f, BPF_ANY);
 		}
-		ret = mb_lb_flow_commit(&p.t, &f, BPF_ANY);
-		if (ret < 0)
-			return ret;
 	}
 	ret = mb_lb_rewrite(skb, &p, 1, f.backend_ip[0], f.backend_port);
 	if (ret == MB_LB_CONTINUE && (f.flags & MB_LB_FLOW_SNAT))
 		ret = mb_lb_rewrite(skb, &p, 0, f.snat_ip, f.snat_port);
-	return ret < 0 ? ret : MB_LB_TRANSLATED;
+	if (ret < 0)
+		return ret;
+	out->src_ip[0] = p.t.saddr[0];
+	out->dst_ip[0] = p.t.daddr[0];
+	out->src_port = p.t.sport;
+	out->dst_port = p.t.dport;
+	*rev_nat_id = (f.flags & MB_LB_FLOW_SNAT) ? 0 : f.rev_nat_id;
+	return MB_LB_TRANSLATED;
 }
 
 /*
- * A packet about to reach a pod: a reply from a backend of a flow this
- * node translated gets the frontend back as its source.
+ * A reply toward a client pod of a flow translated to a backend: the
+ * frontend (reverse NAT id `rev_nat_id`, from the flow's conntrack entry)
+ * becomes its source. A frontend deleted since leaves it untouched.
  */
-MB_LB_SUBPROG int mb_lb_to_container(struct __sk_buff *skb, __u32 node_ip4)
+MB_LB_SUBPROG int mb_lb_rev_nat(struct __sk_buff *skb, __u32 rev_nat_id)
 {
 	struct mb_lb_pkt p = {};
-	struct mb_lb_rev *rv;
+	struct mb_lb_rev rv = {};
 
 	if (mb_lb_parse4(skb, &p) < 0)
 		return MB_LB_CONTINUE;
-	rv = bpf_map_lookup_elem(&mb_lb_rev, &p.t);
-	if (!rv || (rv->flags & (MB_LB_FLOW_SNAT | MB_LB_FLOW_EXTERNAL)))
-		return MB_LB_CONTINUE;
-	return mb_lb_rev_apply(skb, &p, rv, node_ip4);
+	rv.rev_nat_id = rev_nat_id;
+	return mb_lb_rev_apply(skb, &p, &rv, 0);
 }
 
 #endif /* MB_LB_H */

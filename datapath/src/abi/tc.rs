@@ -47,6 +47,10 @@ pub const CT_F_FIN_FWD: u8 = 2;
 pub const CT_F_FIN_REV: u8 = 4;
 /// `MB_CT_F_RST`.
 pub const CT_F_RST: u8 = 8;
+/// `MB_CT_F_LB_CHECKED`: from-container asked `mb_lb_rev` about the flow's replies.
+pub const CT_F_LB_CHECKED: u8 = 16;
+/// `MB_CT_F_LB_REPLY`: ... and they are translated there.
+pub const CT_F_LB_REPLY: u8 = 32;
 
 /// `struct mb_tc_stat`: one row of `mb_tc_stats` on one CPU.
 #[repr(C)]
@@ -71,8 +75,11 @@ pub struct MbLxcConfig {
     pub endpoint_id: u16,
     /// Explicit padding, zero.
     pub pad: u16,
+    /// One of its IPv4 addresses (as [`crate::abi::encode_ip`] stores it), 0 = none:
+    /// from-container's anti-spoofing check needs no `mb_endpoints` lookup for it.
+    pub ip4: u32,
 }
-const _: () = assert!(size_of::<MbLxcConfig>() == 12);
+const _: () = assert!(size_of::<MbLxcConfig>() == 16);
 
 /// `struct mb_ct_key`: a flow as its first packet went, scoped to an endpoint and direction.
 #[repr(C)]
@@ -119,8 +126,13 @@ pub struct MbCtValue {
     pub verdict: u8,
     /// Explicit padding, zero.
     pub pad: u8,
+    /// A pod's egress entry of a service flow: the frontend's reverse NAT id its replies
+    /// are translated back with; 0 = not translated.
+    pub rev_nat_id: u32,
+    /// Explicit padding, zero.
+    pub pad2: u32,
 }
-const _: () = assert!(size_of::<MbCtValue>() == 32);
+const _: () = assert!(size_of::<MbCtValue>() == 40);
 
 // SAFETY: each type is #[repr(C)], made only of integers and integer arrays,
 // with every padding byte an explicit field (sizes asserted above), so any

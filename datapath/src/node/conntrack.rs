@@ -60,6 +60,9 @@ pub struct CtEntry {
     pub remote_identity: u32,
     /// The verdict value that allowed it (`abi::VERDICT_*`); 0 = policy was not enforced.
     pub verdict: u8,
+    /// A pod's flow the tc load balancer translated to a backend: the frontend's reverse
+    /// NAT id (its replies get the frontend back as their source); 0 = not translated.
+    pub rev_nat_id: u32,
 }
 
 /// One row of the packet counters, summed over CPUs.
@@ -100,6 +103,7 @@ impl CtEntry {
             bytes: v.bytes,
             remote_identity: v.identity,
             verdict: v.verdict,
+            rev_nat_id: v.rev_nat_id,
         }
     }
 }

@@ -103,6 +103,11 @@ impl NodeDatapath {
                 identity: ep.identity,
                 endpoint_id: ep.id,
                 pad: 0,
+                ip4: ep
+                    .ips
+                    .iter()
+                    .find(|ip| ip.is_ipv4())
+                    .map_or(0, |ip| abi::encode_ip(*ip).0[0]),
             },
             0,
         )
