@@ -20,6 +20,8 @@ pub struct Cli {
 pub enum Command {
     /// The sidecar without a mesh: enforce a policy file on one listener in front of one upstream.
     Standalone(Box<Config>),
+    /// The mesh sidecar, configured from Istio's injected environment (see `sidecar --help`).
+    Sidecar(Box<crate::sidecar::SidecarArgs>),
 }
 
 /// How the proxy talks HTTP to the upstream.
@@ -146,6 +148,19 @@ pub struct Config {
     /// Readiness listener (`/healthz/ready`).
     #[arg(long, env = "MEMBRANE_HEALTH", default_value = "127.0.0.1:15021")]
     pub health: SocketAddr,
+    /// A second Prometheus listener (`/stats/prometheus` only), as Envoy's 15090 in an
+    /// Istio sidecar; none by default.
+    #[arg(long, env = "MEMBRANE_STATS")]
+    pub stats: Option<SocketAddr>,
+    /// App probes answered on the `--metrics` listener, Istio's `ISTIO_KUBE_APP_PROBERS`
+    /// JSON: `/app-health/CONTAINER/livez|readyz|startupz` to the app's original
+    /// httpGet/tcpSocket/grpc probe, which the proxy performs against
+    /// `--app-probe-address` and answers with the app's status.
+    #[arg(long, env = "MEMBRANE_APP_PROBERS", value_parser = parse_app_probers)]
+    pub app_probers: Option<crate::sidecar::probe::AppProbers>,
+    /// Where app probes go (the pod's address, as Istio's agent probes).
+    #[arg(long, env = "MEMBRANE_APP_PROBE_ADDRESS", default_value = "127.0.0.1")]
+    pub app_probe_address: std::net::IpAddr,
     /// Upstream HTTP protocol selection.
     #[arg(long, env = "MEMBRANE_UPSTREAM_PROTOCOL", value_enum, default_value_t = UpstreamProtocol::Match)]
     pub upstream_protocol: UpstreamProtocol,
@@ -427,6 +442,10 @@ impl Config {
     }
 }
 
+fn parse_app_probers(s: &str) -> Result<crate::sidecar::probe::AppProbers, String> {
+    crate::sidecar::probe::AppProbers::parse(s).map_err(|e| e.to_string())
+}
+
 /// Parses `50us`, `250ms`, `10s`, `5m` or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -486,7 +505,9 @@ mod tests {
             "2",
         ])
         .unwrap();
-        let Command::Standalone(c) = cli.command;
+        let Command::Standalone(c) = cli.command else {
+            panic!("standalone")
+        };
         assert_eq!(c.policy.len(), 2);
         assert_eq!(c.peer, vec!["10.0.0.0/8=k8s:org=empire".to_string()]);
         assert_eq!(c.concurrency, 2);
@@ -506,7 +527,9 @@ mod tests {
         let node = "sidecar~10.0.0.1~a.default~default.svc.cluster.local";
         let with = |extra: &[&str]| {
             Cli::try_parse_from(base.iter().chain(extra.iter()).copied()).map(|c| {
-                let Command::Standalone(c) = c.command;
+                let Command::Standalone(c) = c.command else {
+                    panic!("standalone")
+                };
                 c
             })
         };
