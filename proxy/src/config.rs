@@ -22,6 +22,8 @@ pub enum Command {
     Standalone(Box<Config>),
     /// The mesh sidecar, configured from Istio's injected environment (see `sidecar --help`).
     Sidecar(Box<crate::sidecar::SidecarArgs>),
+    /// Wait until the sidecar is ready (`holdApplicationUntilProxyStarts`' postStart hook).
+    Wait(crate::sidecar::wait::WaitArgs),
 }
 
 /// How the proxy talks HTTP to the upstream.
@@ -85,6 +87,10 @@ pub struct Config {
     /// the policy enforced is the one for POD_IP.
     #[arg(long, env = "MEMBRANE_NODE_ID", requires = "xds_address")]
     pub node_id: Option<String>,
+    /// Node metadata sent with the node id, `KEY=VALUE` (repeatable), as Istio's agent sends
+    /// its `ISTIO_META_*` variables (`CLUSTER_ID`, `WORKLOAD_NAME`, ...).
+    #[arg(long = "node-meta", value_name = "KEY=VALUE", requires = "xds_address", value_parser = parse_node_meta)]
+    pub node_meta: Vec<(String, String)>,
     /// First reconnect delay to the control plane (doubles per failed attempt, with jitter).
     #[arg(long, env = "MEMBRANE_XDS_BACKOFF_INITIAL", value_parser = parse_duration, default_value = "100ms")]
     pub xds_backoff_initial: Duration,
@@ -439,6 +445,13 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+fn parse_node_meta(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
     }
 }
 

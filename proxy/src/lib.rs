@@ -321,6 +321,7 @@ pub async fn start_on(
                         identity: cfg.xds_cert.clone().zip(cfg.xds_key.clone()),
                         poll: cfg.xds_cert_poll,
                     }),
+                    metadata: cfg.node_meta.clone(),
                 },
                 policy.clone(),
                 metrics.clone(),

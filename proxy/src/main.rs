@@ -28,6 +28,7 @@ fn real_main() -> anyhow::Result<()> {
         // The environment is checked before anything else happens: a pod with a bad one
         // fails at once, its log naming the variable.
         Command::Sidecar(args) => (args.into_config()?, true),
+        Command::Wait(w) => return Ok(w.run()?),
     };
 
     // Access log: JSON lines on stdout. Diagnostics: JSON lines on stderr, filter reloadable

@@ -50,6 +50,21 @@ fn sidecar_cmd(wrapper: &[&str], env: &[(&str, &str)]) -> Command {
     c
 }
 
+/// `membrane-proxy wait` in the pod's namespace, as the postStart hook runs it.
+fn wait_in(ns: &str, timeout: &str) -> std::process::Output {
+    Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns,
+            env!("CARGO_BIN_EXE_membrane-proxy"),
+            "wait",
+        ])
+        .args(["--timeout", timeout, "--period", "100ms"])
+        .output()
+        .expect("run membrane-proxy wait")
+}
+
 #[test]
 fn a_bad_environment_stops_the_sidecar_naming_the_variable() {
     let pod = [
@@ -239,6 +254,13 @@ fn the_sidecar_configured_by_istios_environment_enforces_its_pods_policy() {
     );
     let (code, _) = curl_in(&client.name, &[&pod(8080, "/v1/x")]);
     assert_eq!(code, "403", "everything denied before the first policy");
+    // holdApplicationUntilProxyStarts' hook: not ready yet, so it gives up (exit 1).
+    let out = wait_in(&server.name, "300ms");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not ready after"),
+        "{out:?}"
+    );
 
     // The control plane comes up where PROXY_CONFIG says.
     source(&xds_dir, client_ip, server_ip);
@@ -251,12 +273,11 @@ fn the_sidecar_configured_by_istios_environment_enforces_its_pods_policy() {
         .args(["--poll-ms", "50"]);
     let xds = launcher::spawn(xds, &xds_dir);
 
-    code_is(
-        &client.name,
-        &[&pod(15021, "/healthz/ready")],
-        "200",
-        "ready once the policy is in force",
-    );
+    // The hook returns once the first policy is in force.
+    let out = wait_in(&server.name, "20s");
+    assert!(out.status.success(), "{out:?}");
+    let (code, _) = curl_in(&client.name, &[&pod(15021, "/healthz/ready")]);
+    assert_eq!(code, "200", "ready once the policy is in force");
     let (code, _) = curl_in(&client.name, &[&pod(15020, "/healthz/ready")]);
     assert_eq!(code, "200", "readiness on the status port too");
     // The policy of the pod the node id names, on the capture path.

@@ -14,6 +14,7 @@ pub mod grpc_health;
 mod insecure_tls;
 pub mod probe;
 pub mod proxy_config;
+pub mod wait;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -99,6 +100,24 @@ pub struct SidecarArgs {
         default_value = "REDIRECT"
     )]
     pub interception_mode: String,
+    /// The cluster's name in a multi-cluster mesh (node metadata `CLUSTER_ID`).
+    #[arg(long, env = "ISTIO_META_CLUSTER_ID", value_name = "NAME")]
+    pub cluster_id: Option<String>,
+    /// The workload (Deployment, ...) the pod belongs to (node metadata `WORKLOAD_NAME`).
+    #[arg(long, env = "ISTIO_META_WORKLOAD_NAME", value_name = "NAME")]
+    pub workload_name: Option<String>,
+    /// The pod's owner reference, `kubernetes://apis/...` (node metadata `OWNER`).
+    #[arg(long, env = "ISTIO_META_OWNER", value_name = "URI")]
+    pub owner: Option<String>,
+    /// The mesh's id (node metadata `MESH_ID`).
+    #[arg(long, env = "ISTIO_META_MESH_ID", value_name = "ID")]
+    pub mesh_id: Option<String>,
+    /// The pod's app containers, comma-separated (node metadata `APP_CONTAINERS`).
+    #[arg(long, env = "ISTIO_META_APP_CONTAINERS", value_name = "NAMES")]
+    pub app_containers: Option<String>,
+    /// The mesh's trust domain, `spiffe://TRUST_DOMAIN/ns/NS/sa/SA` (node metadata).
+    #[arg(long, env = "TRUST_DOMAIN", value_name = "DOMAIN")]
+    pub trust_domain: Option<String>,
     /// The cluster's DNS domain in the node id: `NAMESPACE.svc.DOMAIN`.
     #[arg(long, env = "MEMBRANE_CLUSTER_DOMAIN", default_value = "cluster.local")]
     pub cluster_domain: String,
@@ -300,7 +319,7 @@ impl SidecarArgs {
         let cli = Cli::try_parse_from(&argv).map_err(|e| SidecarError::Flags(e.to_string()))?;
         match cli.command {
             Command::Standalone(c) => Ok(*c),
-            Command::Sidecar(_) => Err(SidecarError::Flags("not a standalone command line".into())),
+            _ => Err(SidecarError::Flags("not a standalone command line".into())),
         }
     }
 
@@ -449,6 +468,28 @@ impl SidecarArgs {
         }
         if let Some(d) = pc.termination_drain_duration {
             flag("--drain-timeout", format!("{}ms", d.as_millis()));
+        }
+        // Node metadata under Istio's keys (ISTIO_META_X is X).
+        let meta = [
+            ("NAME", Some(pod.as_str())),
+            ("NAMESPACE", Some(ns.as_str())),
+            ("INSTANCE_IPS", Some(&*instance.to_string())),
+            ("SERVICE_ACCOUNT", self.service_account.as_deref()),
+            ("CLUSTER_ID", self.cluster_id.as_deref()),
+            ("WORKLOAD_NAME", self.workload_name.as_deref()),
+            ("OWNER", self.owner.as_deref()),
+            ("MESH_ID", self.mesh_id.as_deref()),
+            ("APP_CONTAINERS", self.app_containers.as_deref()),
+            ("INTERCEPTION_MODE", Some(self.interception_mode.as_str())),
+            ("POD_PORTS", self.pod_ports.as_deref()),
+            ("TRUST_DOMAIN", self.trust_domain.as_deref()),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.filter(|v| !v.is_empty()).map(|v| format!("{k}={v}")))
+        .collect::<Vec<_>>();
+        for m in meta {
+            a.push("--node-meta".into());
+            a.push(m);
         }
         a.extend(self.standalone_flags.iter().cloned());
         Ok(a)

@@ -84,6 +84,17 @@ fn the_environment_becomes_the_mesh_config_standalone_runs() {
     assert_eq!(c.concurrency, 2);
     assert_eq!(c.drain_timeout, std::time::Duration::from_secs(7));
     assert!(c.policy.is_empty());
+    let meta = |k: &str| {
+        c.node_meta
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+    };
+    assert_eq!(meta("NAMESPACE"), Some("empire"));
+    assert_eq!(meta("INSTANCE_IPS"), Some("10.244.1.7"));
+    assert_eq!(meta("INTERCEPTION_MODE"), Some("REDIRECT"));
+    assert!(meta("POD_PORTS").is_some_and(|p| p.contains("8080")));
+    assert_eq!(meta("CLUSTER_ID"), None, "unset variables are not sent");
 }
 
 #[test]
