@@ -20,9 +20,11 @@ pub struct Cli {
 pub enum Command {
     /// The sidecar without a mesh: enforce a policy file on one listener in front of one upstream.
     Standalone(Box<Config>),
-    /// The mesh sidecar, configured from Istio's injected environment (see `sidecar --help`).
+    /// The mesh sidecar, configured from Istio's injected environment.
+    #[command(long_about = crate::sidecar::HELP)]
     Sidecar(Box<crate::sidecar::SidecarArgs>),
-    /// Wait until the sidecar is ready (`holdApplicationUntilProxyStarts`' postStart hook).
+    /// Wait until the sidecar is ready (the postStart hook of holdApplicationUntilProxyStarts).
+    #[command(long_about = crate::sidecar::wait::HELP)]
     Wait(crate::sidecar::wait::WaitArgs),
 }
 

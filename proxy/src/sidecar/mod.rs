@@ -30,12 +30,9 @@ pub const DEFAULT_DISCOVERY_ADDRESS: &str = "istiod.istio-system.svc:15012";
 /// The loopback listener in front of the app, as the injector has always configured it.
 pub const LOCAL_LISTEN: &str = "127.0.0.1:15007";
 
-/// Everything `membrane-proxy sidecar` reads. Each value comes from the environment
-/// Istio's template sets; the flag beside it wins.
-#[derive(Debug, Clone, Args)]
-#[command(
-    about = "The mesh sidecar, configured from Istio's injected environment",
-    long_about = "The mesh sidecar, configured as Istio's pilot-agent is: from the environment \
+/// `membrane-proxy sidecar --help`: what it captures, which environment it reads, the ports.
+pub const HELP: &str =
+    "The mesh sidecar, configured as Istio's pilot-agent is: from the environment \
 Istio's injection template sets (POD_NAME, POD_NAMESPACE, INSTANCE_IP, SERVICE_ACCOUNT, \
 PROXY_CONFIG, ISTIO_META_*, ISTIO_KUBE_APP_PROBERS), each overridable by the flag beside it.
 
@@ -60,8 +57,11 @@ Ports (Istio's):
   15007  loopback listener in front of the app's first port (ISTIO_META_POD_PORTS)
 
 Flags of `membrane-proxy standalone` that tune the proxy (timeouts, limits, logging) go \
-after `--`; their MEMBRANE_* variables apply as in standalone mode."
-)]
+after `--`; their MEMBRANE_* variables apply as in standalone mode.";
+
+/// Everything `membrane-proxy sidecar` reads. Each value comes from the environment
+/// Istio's template sets; the flag beside it wins.
+#[derive(Debug, Clone, Args)]
 pub struct SidecarArgs {
     /// The pod's name (downward API `metadata.name`).
     #[arg(long, env = "POD_NAME", value_name = "NAME")]

@@ -13,15 +13,15 @@ use clap::Args;
 
 use crate::config::parse_duration;
 
-/// `membrane-proxy wait` flags (Istio's `pilot-agent wait`'s, by meaning).
-#[derive(Debug, Clone, Args)]
-#[command(
-    about = "Wait until the sidecar is ready (the postStart hook of holdApplicationUntilProxyStarts)",
-    long_about = "Polls the sidecar's readiness (GET /healthz/ready on 15021 by default) until it \
+/// `membrane-proxy wait --help`.
+pub const HELP: &str =
+    "Polls the sidecar's readiness (GET /healthz/ready on 15021 by default) until it \
 answers 200, which it does once the control plane's first policy is in force; exits 0 then, \
 1 when --timeout passes first. Made the sidecar container's postStart hook, it holds the \
-app's containers until the sidecar enforces its policy."
-)]
+app's containers until the sidecar enforces its policy.";
+
+/// `membrane-proxy wait` flags (Istio's `pilot-agent wait`'s, by meaning).
+#[derive(Debug, Clone, Args)]
 pub struct WaitArgs {
     /// The readiness endpoint's address.
     #[arg(long, default_value = "127.0.0.1:15021")]
