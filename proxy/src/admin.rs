@@ -1,5 +1,6 @@
-//! Operator endpoints: the Envoy-compatible admin subset (15000), Prometheus (15020) and
-//! readiness (15021). Shapes follow Envoy's admin API so `istioctl` and scripts written for
+//! Operator endpoints: the Envoy-compatible admin subset (15000), Prometheus and the status
+//! port (15020: also readiness and, in a sidecar, the app probes), readiness (15021) and
+//! Prometheus alone (15090, a sidecar's). Shapes follow Envoy's admin API so `istioctl` and scripts written for
 //! Envoy read them; only what membrane has is reported.
 
 use std::convert::Infallible;
@@ -20,6 +21,7 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::metrics::Metrics;
 use crate::policy::PolicyHandle;
+use crate::sidecar::probe::Prober;
 
 /// Changes the diagnostic log filter at run time (`POST /logging?level=debug`).
 pub type LogControl = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
@@ -33,6 +35,8 @@ pub enum Role {
     Metrics,
     /// `/healthz/ready`.
     Health,
+    /// `/stats/prometheus` only (Istio's 15090).
+    Stats,
 }
 
 /// What the admin endpoints report on.
@@ -68,6 +72,8 @@ pub struct AdminState {
     /// Hot restart: this process's restart epoch (0, or its predecessor's plus one), and
     /// whether it serves a handover socket.
     pub restart: (u64, bool),
+    /// App probes answered on the metrics (status) listener, when configured.
+    pub app_probes: Option<Arc<crate::sidecar::probe::Prober>>,
 }
 
 /// Bounds on each operator listener: these ports answer the kubelet and scrapers, so a
@@ -113,7 +119,20 @@ pub async fn serve(
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(route(role, &state, req)) }
+                async move {
+                    // App probes wait on the app; everything else is answered from memory.
+                    if role == Role::Metrics && Prober::handles(req.uri().path()) {
+                        return Ok::<_, Infallible>(match &state.app_probes {
+                            Some(p) => p.answer(&req).await,
+                            None => reply(
+                                StatusCode::NOT_FOUND,
+                                "text/plain",
+                                "no app probes configured\n",
+                            ),
+                        });
+                    }
+                    Ok::<_, Infallible>(route(role, &state, req))
+                }
             });
             let mut b = hyper::server::conn::http1::Builder::new();
             b.timer(TokioTimer::new())
@@ -162,14 +181,14 @@ fn route(role: Role, st: &AdminState, req: Request<Incoming>) -> Response<Full<B
     let path = req.uri().path();
     let ready = st.ready.load(Ordering::Relaxed);
     match (role, path) {
-        (Role::Health, "/healthz/ready") | (Role::Admin, "/healthz/ready") => {
+        (Role::Health | Role::Admin | Role::Metrics, "/healthz/ready") => {
             if ready {
                 reply(StatusCode::OK, "text/plain", "ready\n")
             } else {
                 reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n")
             }
         }
-        (Role::Metrics, "/stats/prometheus") | (Role::Admin, "/stats/prometheus") => reply(
+        (Role::Metrics | Role::Admin | Role::Stats, "/stats/prometheus") => reply(
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             st.metrics.encode_prometheus(),

@@ -20,6 +20,12 @@ pub struct Cli {
 pub enum Command {
     /// The sidecar without a mesh: enforce a policy file on one listener in front of one upstream.
     Standalone(Box<Config>),
+    /// The mesh sidecar, configured from Istio's injected environment.
+    #[command(long_about = crate::sidecar::HELP)]
+    Sidecar(Box<crate::sidecar::SidecarArgs>),
+    /// Wait until the sidecar is ready (the postStart hook of holdApplicationUntilProxyStarts).
+    #[command(long_about = crate::sidecar::wait::HELP)]
+    Wait(crate::sidecar::wait::WaitArgs),
 }
 
 /// How the proxy talks HTTP to the upstream.
@@ -83,6 +89,10 @@ pub struct Config {
     /// the policy enforced is the one for POD_IP.
     #[arg(long, env = "MEMBRANE_NODE_ID", requires = "xds_address")]
     pub node_id: Option<String>,
+    /// Node metadata sent with the node id, `KEY=VALUE` (repeatable), as Istio's agent sends
+    /// its `ISTIO_META_*` variables (`CLUSTER_ID`, `WORKLOAD_NAME`, ...).
+    #[arg(long = "node-meta", value_name = "KEY=VALUE", requires = "xds_address", value_parser = parse_node_meta)]
+    pub node_meta: Vec<(String, String)>,
     /// First reconnect delay to the control plane (doubles per failed attempt, with jitter).
     #[arg(long, env = "MEMBRANE_XDS_BACKOFF_INITIAL", value_parser = parse_duration, default_value = "100ms")]
     pub xds_backoff_initial: Duration,
@@ -146,6 +156,19 @@ pub struct Config {
     /// Readiness listener (`/healthz/ready`).
     #[arg(long, env = "MEMBRANE_HEALTH", default_value = "127.0.0.1:15021")]
     pub health: SocketAddr,
+    /// A second Prometheus listener (`/stats/prometheus` only), as Envoy's 15090 in an
+    /// Istio sidecar; none by default.
+    #[arg(long, env = "MEMBRANE_STATS")]
+    pub stats: Option<SocketAddr>,
+    /// App probes answered on the `--metrics` listener, Istio's `ISTIO_KUBE_APP_PROBERS`
+    /// JSON: `/app-health/CONTAINER/livez|readyz|startupz` to the app's original
+    /// httpGet/tcpSocket/grpc probe, which the proxy performs against
+    /// `--app-probe-address` and answers with the app's status.
+    #[arg(long, env = "MEMBRANE_APP_PROBERS", value_parser = parse_app_probers)]
+    pub app_probers: Option<crate::sidecar::probe::AppProbers>,
+    /// Where app probes go (the pod's address, as Istio's agent probes).
+    #[arg(long, env = "MEMBRANE_APP_PROBE_ADDRESS", default_value = "127.0.0.1")]
+    pub app_probe_address: std::net::IpAddr,
     /// Upstream HTTP protocol selection.
     #[arg(long, env = "MEMBRANE_UPSTREAM_PROTOCOL", value_enum, default_value_t = UpstreamProtocol::Match)]
     pub upstream_protocol: UpstreamProtocol,
@@ -427,6 +450,17 @@ impl Config {
     }
 }
 
+fn parse_node_meta(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
+}
+
+fn parse_app_probers(s: &str) -> Result<crate::sidecar::probe::AppProbers, String> {
+    crate::sidecar::probe::AppProbers::parse(s).map_err(|e| e.to_string())
+}
+
 /// Parses `50us`, `250ms`, `10s`, `5m` or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -486,7 +520,9 @@ mod tests {
             "2",
         ])
         .unwrap();
-        let Command::Standalone(c) = cli.command;
+        let Command::Standalone(c) = cli.command else {
+            panic!("standalone")
+        };
         assert_eq!(c.policy.len(), 2);
         assert_eq!(c.peer, vec!["10.0.0.0/8=k8s:org=empire".to_string()]);
         assert_eq!(c.concurrency, 2);
@@ -506,7 +542,9 @@ mod tests {
         let node = "sidecar~10.0.0.1~a.default~default.svc.cluster.local";
         let with = |extra: &[&str]| {
             Cli::try_parse_from(base.iter().chain(extra.iter()).copied()).map(|c| {
-                let Command::Standalone(c) = c.command;
+                let Command::Standalone(c) = c.command else {
+                    panic!("standalone")
+                };
                 c
             })
         };

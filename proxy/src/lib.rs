@@ -24,6 +24,7 @@ pub mod orig_dst;
 pub mod policy;
 pub mod secrets;
 pub mod server;
+pub mod sidecar;
 pub mod tls;
 pub mod upstream;
 pub mod xds;
@@ -53,6 +54,8 @@ pub struct Addrs {
     pub metrics: SocketAddr,
     /// Readiness.
     pub health: SocketAddr,
+    /// The second Prometheus listener, when enabled.
+    pub stats: Option<SocketAddr>,
     /// Transparent inbound capture, when enabled.
     pub capture_inbound: Option<SocketAddr>,
     /// Transparent outbound capture, when enabled (the first of its listeners).
@@ -117,6 +120,7 @@ pub async fn start_on(
         admin: admin_l,
         metrics: metrics_l,
         health: health_l,
+        stats: stats_l,
         capture_inbound: capture_l,
         capture_outbound: capture_out_l,
     } = sockets;
@@ -127,6 +131,7 @@ pub async fn start_on(
         admin: admin_l.local_addr()?,
         metrics: metrics_l.local_addr()?,
         health: health_l.local_addr()?,
+        stats: stats_l.as_ref().map(|l| l.local_addr()).transpose()?,
     };
     // Capture never forwards to the sidecar itself: the configured ports and every port
     // bound here.
@@ -138,6 +143,7 @@ pub async fn start_on(
         addrs.health.port(),
     ]);
     proxy_ports.extend(addrs.capture_inbound.map(|a| a.port()));
+    proxy_ports.extend(addrs.stats.map(|a| a.port()));
     for l in &capture_out_l {
         proxy_ports.push(l.local_addr()?.port());
     }
@@ -217,6 +223,10 @@ pub async fn start_on(
         started: Instant::now(),
         started_wall: SystemTime::now(),
         restart: (epoch, cfg.handover_socket.is_some()),
+        app_probes: cfg
+            .app_probers
+            .clone()
+            .map(|p| Arc::new(sidecar::probe::Prober::new(p, cfg.app_probe_address))),
     });
     let (tx, rx) = watch::channel(false);
     let (accepting, open) = watch::channel(false);
@@ -285,6 +295,15 @@ pub async fn start_on(
             rx.clone(),
         )))),
     ]);
+    if let Some(l) = stats_l {
+        tasks.push(tokio::spawn(gated(Box::pin(admin::serve(
+            l,
+            Role::Stats,
+            admin.clone(),
+            limits,
+            rx.clone(),
+        )))));
+    }
     let (policy_ready_tx, policy_ready) = watch::channel(false);
     match (&cfg.xds_address, &cfg.node_id) {
         (Some(address), Some(node_id)) => {
@@ -302,6 +321,7 @@ pub async fn start_on(
                         identity: cfg.xds_cert.clone().zip(cfg.xds_key.clone()),
                         poll: cfg.xds_cert_poll,
                     }),
+                    metadata: cfg.node_meta.clone(),
                 },
                 policy.clone(),
                 metrics.clone(),

@@ -23,6 +23,8 @@ pub enum Role {
     Metrics,
     /// `--health`.
     Health,
+    /// `--stats` (Istio's 15090).
+    Stats,
     /// `--capture-inbound` (Istio's 15006).
     CaptureInbound,
     /// `--capture-outbound` (Istio's 15001; one socket per address).
@@ -37,6 +39,7 @@ impl Role {
             Role::Admin => "--admin",
             Role::Metrics => "--metrics",
             Role::Health => "--health",
+            Role::Stats => "--stats",
             Role::CaptureInbound => "--capture-inbound",
             Role::CaptureOutbound => "--capture-outbound",
         }
@@ -90,6 +93,8 @@ pub struct Sockets {
     pub metrics: TcpListener,
     /// `--health`.
     pub health: TcpListener,
+    /// `--stats`.
+    pub stats: Option<TcpListener>,
     /// `--capture-inbound`.
     pub capture_inbound: Option<TcpListener>,
     /// `--capture-outbound`, the addresses this network namespace has.
@@ -182,6 +187,10 @@ impl Sockets {
             admin: need(src.get(Role::Admin, cfg.admin, false).await?),
             metrics: need(src.get(Role::Metrics, cfg.metrics, false).await?),
             health: need(src.get(Role::Health, cfg.health, false).await?),
+            stats: match cfg.stats {
+                Some(a) => src.get(Role::Stats, a, false).await?,
+                None => None,
+            },
             capture_inbound: match cfg.capture_inbound {
                 Some(a) => src.get(Role::CaptureInbound, a, false).await?,
                 None => None,
@@ -208,6 +217,7 @@ impl Sockets {
             (Role::Metrics, &self.metrics),
             (Role::Health, &self.health),
         ];
+        v.extend(self.stats.iter().map(|l| (Role::Stats, l)));
         v.extend(
             self.capture_inbound
                 .iter()

@@ -23,7 +23,13 @@ fn main() -> std::process::ExitCode {
 
 fn real_main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let Command::Standalone(cfg) = cli.command;
+    let (cfg, sidecar) = match cli.command {
+        Command::Standalone(cfg) => (*cfg, false),
+        // The environment is checked before anything else happens: a pod with a bad one
+        // fails at once, its log naming the variable.
+        Command::Sidecar(args) => (args.into_config()?, true),
+        Command::Wait(w) => return Ok(w.run()?),
+    };
 
     // Access log: JSON lines on stdout. Diagnostics: JSON lines on stderr, filter reloadable
     // from the admin `/logging` endpoint.
@@ -64,6 +70,21 @@ fn real_main() -> anyhow::Result<()> {
         .with(access)
         .with(diag)
         .init();
+    if sidecar {
+        let xds = cfg.xds_address.as_deref().unwrap_or_default();
+        tracing::info!(
+            node_id = cfg.node_id.as_deref().unwrap_or_default(),
+            control_plane = xds,
+            mtls = cfg.xds_cert.is_some(),
+            "sidecar configured from the pod's environment"
+        );
+        if xds.starts_with("http://") {
+            tracing::warn!(
+                control_plane = xds,
+                "no workload certificate: the control plane is dialled in plaintext"
+            );
+        }
+    }
     let log_control: membrane_proxy::admin::LogControl = Arc::new(move |level: &str| {
         let f = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
         reload_handle.reload(f).map_err(|e| e.to_string())
@@ -82,7 +103,7 @@ fn real_main() -> anyhow::Result<()> {
     } else {
         build_busy_polling(builder, cfg.busy_poll)?
     };
-    rt.block_on(run(*cfg, log_control))
+    rt.block_on(run(cfg, log_control))
 }
 
 /// A runtime whose event loop polls for up to `budget` before it sleeps (see `busypoll`).

@@ -63,6 +63,30 @@ pub struct XdsConfig {
     pub backoff_max: Duration,
     /// mTLS settings, required for (and only for) an `https://` address.
     pub tls: Option<XdsTls>,
+    /// Node metadata (string values), as Istio's agent sends its `ISTIO_META_*`.
+    pub metadata: Vec<(String, String)>,
+}
+
+/// The node this proxy names itself as: its id and metadata.
+fn node(cfg: &XdsConfig) -> Node {
+    use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
+    let metadata = (!cfg.metadata.is_empty()).then(|| Struct {
+        fields: cfg
+            .metadata
+            .iter()
+            .map(|(k, v)| {
+                let v = Value {
+                    kind: Some(Kind::StringValue(v.clone())),
+                };
+                (k.clone(), v)
+            })
+            .collect(),
+    });
+    Node {
+        id: cfg.node_id.clone(),
+        metadata,
+        ..Default::default()
+    }
 }
 
 /// The pod IP inside an Istio node id.
@@ -174,10 +198,7 @@ async fn session(
     let open = |kind: Kind| {
         let (tx, rx) = mpsc::channel(4);
         let first = DiscoveryRequest {
-            node: Some(Node {
-                id: s.cfg.node_id.clone(),
-                ..Default::default()
-            }),
+            node: Some(node(&s.cfg)),
             version_info: accepted.version(kind).unwrap_or_default().to_owned(),
             type_url: kind.type_url().into(),
             ..Default::default()
@@ -251,6 +272,27 @@ mod tests {
         assert!(pod_ip("sidecar~not-an-ip~a.b~b.svc.cluster.local").is_err());
     }
 
+    #[test]
+    fn the_node_carries_its_metadata_as_strings() {
+        use envoy_types::pb::google::protobuf::value::Kind;
+        let mut cfg = XdsConfig {
+            address: "http://xds:15010".into(),
+            node_id: "sidecar~10.0.0.1~a.default~default.svc.cluster.local".into(),
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(1),
+            tls: None,
+            metadata: Vec::new(),
+        };
+        assert_eq!(node(&cfg).metadata, None);
+        cfg.metadata = vec![("CLUSTER_ID".into(), "Kubernetes".into())];
+        let n = node(&cfg);
+        assert_eq!(n.id, cfg.node_id);
+        assert_eq!(
+            n.metadata.unwrap().fields["CLUSTER_ID"].kind,
+            Some(Kind::StringValue("Kubernetes".into()))
+        );
+    }
+
     #[tokio::test]
     async fn an_address_and_tls_settings_that_do_not_fit_are_refused_at_start() {
         let cfg = |address: &str, tls: bool| XdsConfig {
@@ -263,6 +305,7 @@ mod tests {
                 identity: None,
                 poll: Duration::from_secs(1),
             }),
+            metadata: Vec::new(),
         };
         for (address, tls, says) in [
             ("https://xds:15012", false, "needs --xds-ca"),

@@ -45,7 +45,9 @@ fn config(
         "--handover-socket",
         sock.to_str().unwrap(),
     ];
-    let ProxyCommand::Standalone(cfg) = Cli::try_parse_from(args).unwrap().command;
+    let ProxyCommand::Standalone(cfg) = Cli::try_parse_from(args).unwrap().command else {
+        unreachable!("a standalone command line")
+    };
     *cfg
 }
 

@@ -247,7 +247,9 @@ async fn start_proxy_with(
         "false",
     ];
     args.extend_from_slice(extra);
-    let ProxyCommand::Standalone(cfg) = Cli::try_parse_from(args).unwrap().command;
+    let ProxyCommand::Standalone(cfg) = Cli::try_parse_from(args).unwrap().command else {
+        unreachable!("a standalone command line")
+    };
     let deny = membrane_proxy::policy::deny_all("no policy from the control plane yet");
     membrane_proxy::start(&cfg, deny, None).await.unwrap()
 }

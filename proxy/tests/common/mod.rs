@@ -287,7 +287,9 @@ pub fn config_for(
         "false",
     ]);
     args.extend_from_slice(extra);
-    let Command::Standalone(c) = Cli::try_parse_from(args).unwrap().command;
+    let Command::Standalone(c) = Cli::try_parse_from(args).unwrap().command else {
+        unreachable!("a standalone command line")
+    };
     *c
 }
 
