@@ -129,6 +129,14 @@ pub enum MeshTlsError {
     /// rustls refused the configuration.
     #[error("mesh tls: {0}")]
     Rustls(#[from] rustls::Error),
+    /// A setting the mesh cannot run with.
+    #[error("{flag}: {message}")]
+    Setting {
+        /// The flag.
+        flag: &'static str,
+        /// What is wrong.
+        message: &'static str,
+    },
 }
 
 /// One consistent set of the workload's certificate and the mesh roots.
@@ -228,6 +236,12 @@ impl MeshTls {
     /// missing ones are an error under STRICT or with meshed outbound destinations, and
     /// otherwise leave mesh mTLS off (plaintext only) until they appear.
     pub fn new(args: MeshTlsArgs) -> Result<Arc<Self>, MeshTlsError> {
+        if args.mesh_cert_poll.is_zero() {
+            return Err(MeshTlsError::Setting {
+                flag: "--mesh-cert-poll",
+                message: "must be more than 0s",
+            });
+        }
         let verify = Arc::new(verify::Dynamic::default());
         let provider = provider();
         let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
@@ -423,6 +437,111 @@ mod tests {
             server_name("[::1]", 80).unwrap(),
             rustls::pki_types::ServerName::IpAddress(_)
         ));
+    }
+
+    fn args(dir: &Path, mode: MeshMode) -> MeshTlsArgs {
+        MeshTlsArgs {
+            mesh_tls_mode: mode,
+            mesh_cert: dir.join("cert-chain.pem"),
+            mesh_key: dir.join("key.pem"),
+            mesh_root: dir.join("root-cert.pem"),
+            mesh_cert_poll: Duration::from_secs(1),
+            mesh_outbound_cidrs: Vec::new(),
+            trust_domain: "cluster.local".into(),
+        }
+    }
+
+    fn workload(root: &membrane_test_support::pki::Ca, dir: &Path, sa: &str) {
+        use membrane_test_support::pki::Leaf;
+        let id = format!("URI:spiffe://cluster.local/ns/default/sa/{sa}");
+        root.issue(
+            &Leaf::new(sa).san(&id),
+            &dir.join("cert-chain.pem"),
+            &dir.join("key.pem"),
+        );
+        std::fs::copy(root.cert(), dir.join("root-cert.pem")).unwrap();
+    }
+
+    #[test]
+    fn rotation_swaps_valid_files_and_keeps_the_last_good_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = membrane_test_support::pki::Ca::in_dir(dir.path(), "root", "root");
+        workload(&root, dir.path(), "a");
+        let mesh = MeshTls::new(args(dir.path(), MeshMode::Strict)).unwrap();
+        assert_eq!(
+            mesh.own_id().as_deref(),
+            Some("spiffe://cluster.local/ns/default/sa/a")
+        );
+        assert!(!mesh.reload().unwrap(), "unchanged files: nothing new");
+        workload(&root, dir.path(), "b");
+        assert!(mesh.reload().unwrap());
+        assert_eq!(
+            mesh.own_id().as_deref(),
+            Some("spiffe://cluster.local/ns/default/sa/b")
+        );
+        // A key that is not the certificate's: refused, naming the file; b stays.
+        let other = dir.path().join("other");
+        std::fs::create_dir(&other).unwrap();
+        workload(&root, &other, "c");
+        std::fs::copy(other.join("key.pem"), dir.path().join("key.pem")).unwrap();
+        let err = mesh.reload().unwrap_err().to_string();
+        assert!(
+            err.contains("key.pem") && err.contains("does not match"),
+            "{err}"
+        );
+        assert_eq!(
+            mesh.own_id().as_deref(),
+            Some("spiffe://cluster.local/ns/default/sa/b")
+        );
+    }
+
+    #[test]
+    fn missing_files_fail_strict_and_leave_permissive_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = MeshTls::new(args(dir.path(), MeshMode::Strict)).unwrap_err();
+        assert!(err.to_string().contains("cert-chain.pem"), "{err}");
+        let mesh = MeshTls::new(args(dir.path(), MeshMode::Permissive)).unwrap();
+        assert!(mesh.server_config().is_none());
+        let mut zero = args(dir.path(), MeshMode::Permissive);
+        zero.mesh_cert_poll = Duration::ZERO;
+        let err = MeshTls::new(zero).unwrap_err().to_string();
+        assert!(err.contains("--mesh-cert-poll"), "{err}");
+    }
+
+    #[test]
+    fn xfcc_is_istios_element() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = membrane_test_support::pki::Ca::in_dir(dir.path(), "root", "root");
+        workload(&root, dir.path(), "a");
+        let pem = std::fs::read(dir.path().join("cert-chain.pem")).unwrap();
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let peer =
+            Peer::from_chain(&chain, Some("spiffe://cluster.local/ns/default/sa/b")).unwrap();
+        assert_eq!(peer.spiffe_id, "spiffe://cluster.local/ns/default/sa/a");
+        let x = &peer.xfcc;
+        assert!(
+            x.starts_with("By=spiffe://cluster.local/ns/default/sa/b;Hash="),
+            "{x}"
+        );
+        assert!(
+            x.contains(";Subject=\"CN=a\";URI=spiffe://cluster.local/ns/default/sa/a"),
+            "{x}"
+        );
+        // A certificate without a SPIFFE id is no mesh peer.
+        let plain = dir.path().join("plain");
+        std::fs::create_dir(&plain).unwrap();
+        root.issue(
+            &membrane_test_support::pki::Leaf::new("p").dns(&["p.test"]),
+            &plain.join("c.pem"),
+            &plain.join("k.pem"),
+        );
+        let pem = std::fs::read(plain.join("c.pem")).unwrap();
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(Peer::from_chain(&chain, None).is_none());
     }
 
     #[test]
