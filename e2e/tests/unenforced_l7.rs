@@ -99,6 +99,7 @@ spec:
                 host: None,
                 headers: &headers,
                 sni: None,
+                peer_id: None,
                 secrets: &NoSecrets,
             };
             matches!(

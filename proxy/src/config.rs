@@ -209,6 +209,9 @@ pub struct Config {
         default_value = "websocket"
     )]
     pub upgrade_types: Vec<String>,
+    /// Istio mutual TLS on the capture listeners (`mesh_tls`).
+    #[command(flatten)]
+    pub mesh_tls: crate::mesh_tls::MeshTlsArgs,
     /// Maximum concurrent connections on each operator listener (admin, metrics, health);
     /// more are accepted and closed at once.
     #[arg(long, env = "MEMBRANE_ADMIN_MAX_CONNECTIONS", default_value_t = 64)]

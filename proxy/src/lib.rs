@@ -18,6 +18,7 @@ pub mod h1guard;
 pub mod handover;
 pub mod listeners;
 pub mod memory;
+pub mod mesh_tls;
 pub mod metrics;
 pub mod normalize;
 pub mod orig_dst;
@@ -74,6 +75,8 @@ pub struct Running {
     pub tls: Option<Arc<tls::CertStore>>,
     /// Secrets for policy-driven TLS; `reload` re-scans `--secrets-dir`.
     pub secrets: Arc<secrets::SecretStore>,
+    /// Mesh mTLS of the capture listeners (when there are any); `reload` re-reads its files.
+    pub mesh_tls: Option<Arc<mesh_tls::MeshTls>>,
     admin: Arc<AdminState>,
     shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
@@ -198,15 +201,23 @@ pub async fn start_on(
         tracing::error!(error = %e, "secret rejected");
     }
     let secrets = Arc::new(secrets);
-    let shared = Arc::new(Shared::new(
-        settings,
-        policy.clone(),
-        metrics.clone(),
-        cfg.connect_timeout,
-        acceptor,
-        upstream_tls.as_ref(),
-        secrets.clone(),
-    )?);
+    // Mesh mTLS serves the capture listeners only: without them there is nothing to load.
+    let mesh = match capture_l.is_some() || !capture_out_l.is_empty() {
+        true => Some(mesh_tls::MeshTls::new(cfg.mesh_tls.clone())?),
+        false => None,
+    };
+    let shared = Arc::new(
+        Shared::new(
+            settings,
+            policy.clone(),
+            metrics.clone(),
+            cfg.connect_timeout,
+            acceptor,
+            upstream_tls.as_ref(),
+            secrets.clone(),
+        )?
+        .with_mesh(mesh.clone()),
+    );
     let admin = Arc::new(AdminState {
         listen: addrs.listen,
         upstream: cfg.upstream,
@@ -235,6 +246,7 @@ pub async fn start_on(
     let gated = |f| gate(open.clone(), rx.clone(), f);
     let mut tasks = Vec::new();
     tasks.extend(secrets.spawn_watch(cfg.secrets_poll_interval, rx.clone()));
+    tasks.extend(mesh.as_ref().map(|m| m.spawn_watch(rx.clone())));
     if !cfg.memory_trim_interval.is_zero() {
         let (idle, trimmed) = (metrics.clone(), metrics.clone());
         tasks.push(tokio::spawn(memory::trim_loop(
@@ -355,6 +367,7 @@ pub async fn start_on(
         metrics,
         tls: cert_store,
         secrets,
+        mesh_tls: mesh,
         admin,
         shared,
         shutdown: tx,

@@ -50,6 +50,30 @@ pub enum TlsRefusal {
     no_origination,
 }
 
+/// Why the inbound capture listener refused a connection for mesh mTLS
+/// (`membrane_mesh_tls_refused_total`).
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum MeshRefusal {
+    /// Plaintext (or TLS without a handshake) under STRICT.
+    plaintext,
+    /// The mTLS handshake failed: no client certificate, another root, no SPIFFE id.
+    handshake_failed,
+    /// No workload certificate in force yet.
+    no_certificate,
+    /// Nothing readable arrived within the header read timeout.
+    no_client_hello,
+    /// Outbound: the meshed destination's handshake failed.
+    upstream_handshake_failed,
+}
+
+/// Labels of `membrane_mesh_tls_refused_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MeshRefusalLabels {
+    /// Why.
+    pub reason: MeshRefusal,
+}
+
 /// Labels of `membrane_tls_refused_total`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TlsRefusalLabels {
@@ -114,6 +138,7 @@ pub struct Metrics {
     policy_reload_failures: Counter,
     tls_refused: Family<TlsRefusalLabels, Counter>,
     capture_refused: Family<CaptureRefusalLabels, Counter>,
+    mesh_tls_refused: Family<MeshRefusalLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -202,6 +227,12 @@ impl Metrics {
             "Connections the capture listeners closed unforwarded, by listener and reason",
             capture_refused.clone(),
         );
+        let mesh_tls_refused = Family::<MeshRefusalLabels, Counter>::default();
+        registry.register(
+            "mesh_tls_refused",
+            "Connections refused for Istio mutual TLS, by reason",
+            mesh_tls_refused.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -222,7 +253,15 @@ impl Metrics {
             policy_reload_failures,
             tls_refused,
             capture_refused,
+            mesh_tls_refused,
         }
+    }
+
+    /// A connection was refused for mesh mTLS.
+    pub fn mesh_tls_refused(&self, reason: MeshRefusal) {
+        self.mesh_tls_refused
+            .get_or_create(&MeshRefusalLabels { reason })
+            .inc();
     }
 
     /// A capture listener closed a connection without forwarding it.

@@ -119,6 +119,8 @@ pub struct Peeked {
     pub tls: bool,
     /// The server name the ClientHello indicated.
     pub sni: Option<String>,
+    /// The ALPN protocols the ClientHello offered (mesh mTLS is recognized by Istio's).
+    pub alpn: Vec<Vec<u8>>,
 }
 
 /// Largest ClientHello read before giving up (a post-quantum key share is ~1.2 KiB; 64
@@ -141,6 +143,7 @@ pub async fn peek_client_hello<S: tokio::io::AsyncRead + Unpin>(
             prefix: buf.freeze(),
             tls: false,
             sni: None,
+            alpn: Vec::new(),
         });
     }
     let mut acceptor = rustls::server::Acceptor::default();
@@ -152,11 +155,17 @@ pub async fn peek_client_hello<S: tokio::io::AsyncRead + Unpin>(
         }
         match acceptor.accept() {
             Ok(Some(accepted)) => {
-                let sni = accepted.client_hello().server_name().map(str::to_owned);
+                let hello = accepted.client_hello();
+                let sni = hello.server_name().map(str::to_owned);
+                let alpn = hello
+                    .alpn()
+                    .map(|a| a.map(<[u8]>::to_vec).collect())
+                    .unwrap_or_default();
                 return Ok(Peeked {
                     prefix: buf.freeze(),
                     tls: true,
                     sni,
+                    alpn,
                 });
             }
             Ok(None) => {}

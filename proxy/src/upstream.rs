@@ -595,6 +595,66 @@ impl Upstreams {
         })
     }
 
+    /// Clients for a meshed destination `addr`: Istio mutual TLS with the workload
+    /// certificate, Istio's ALPN (`istio-http/1.1` / `istio-h2` first) and SNI
+    /// (`outbound_.PORT_._.HOST`, HOST being the request's authority). HTTP/2 goes with
+    /// prior knowledge: Istio's ALPN is not what selects the protocol.
+    pub fn new_mesh(
+        addr: SocketAddr,
+        connect_timeout: Duration,
+        mesh: &Arc<crate::mesh_tls::MeshTls>,
+        pool: &PoolSettings,
+        limit: &Arc<H2Limit>,
+    ) -> Result<Self, rustls::Error> {
+        use crate::mesh_tls::{server_name, Proto};
+        let connector = FixedConnector::new(addr, connect_timeout);
+        let (http2_id, negotiated_id) = (
+            limit.next_client.fetch_add(1, Ordering::Relaxed),
+            limit.next_client.fetch_add(1, Ordering::Relaxed),
+        );
+        let port = addr.port();
+        let sni: Arc<dyn hyper_rustls::ResolveServerName + Send + Sync> =
+            Arc::new(move |uri: &Uri| server_name(uri.host().unwrap_or_default(), port));
+        // The builder refuses a configuration with ALPN set; Istio's list is the point here.
+        let h1 = HttpsConnector::new(
+            connector.clone(),
+            mesh.client_config(Proto::Http1),
+            true,
+            sni.clone(),
+        );
+        let h2 = |client| {
+            HttpsConnector::new(
+                LimitedConnector {
+                    inner: connector.clone(),
+                    limit: limit.clone(),
+                    client,
+                },
+                mesh.client_config(Proto::Http2),
+                true,
+                sni.clone(),
+            )
+        };
+        let built = |b: &mut hyper_util::client::legacy::Builder| {
+            b.pool_timer(TokioTimer::new())
+                .timer(TokioTimer::new())
+                .pool_idle_timeout(pool.idle_timeout)
+                .pool_max_idle_per_host(pool.max_idle_per_key);
+        };
+        let mut b1 = Client::builder(TokioExecutor::new());
+        built(&mut b1);
+        let mut b2 = Client::builder(TokioExecutor::new());
+        built(&mut b2);
+        b2.http2_only(true);
+        Ok(Upstreams {
+            http1: b1.build(h1),
+            http2: b2.build(h2(http2_id)),
+            negotiated: b2.build(h2(negotiated_id)),
+            limit: limit.clone(),
+            http2_id,
+            negotiated_id,
+        })
+    }
+
     /// Marks a request to `uri` on the HTTP/2 client (`negotiated`: the ALPN one) in
     /// flight until the guard drops; keep it with the response body.
     pub fn h2_busy(&self, negotiated: bool, uri: &Uri) -> H2Busy {

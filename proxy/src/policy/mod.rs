@@ -32,6 +32,10 @@ pub struct RequestView<'a> {
     /// The server name the connection's TLS ClientHello indicated (`None`: plaintext, or
     /// no SNI); rules with serverNames apply only when it is one of theirs.
     pub sni: Option<&'a str>,
+    /// The verified SPIFFE id of the mesh peer (inbound mTLS), `None` otherwise. Cilium's
+    /// rules have no principal to match it against; what they can match is the
+    /// `x-forwarded-client-cert` header the proxy sets from it before the check.
+    pub peer_id: Option<&'a str>,
     /// Where secrets named by `headerMatches` are read (the secret store as it is now).
     pub secrets: &'a dyn SecretResolver,
 }

@@ -35,6 +35,7 @@ pub(super) async fn serve_http<I>(
     peer: SocketAddr,
     route: Route,
     sni: Option<Arc<str>>,
+    mesh_peer: Option<Arc<crate::mesh_tls::Peer>>,
     shared: &Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) where
@@ -56,6 +57,7 @@ pub(super) async fn serve_http<I>(
         peer,
         route,
         sni,
+        mesh_peer,
         in_flight: AtomicUsize::new(0),
         started: AtomicU64::new(0),
         watch: watch.clone(),

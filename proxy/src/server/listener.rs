@@ -12,8 +12,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use super::http::serve_http;
-use super::{Delivery, Route, Shared};
-use crate::metrics::CaptureListener;
+use super::{Delivery, MeshSide, Route, Shared};
+use crate::mesh_tls::{MeshMode, Peer, Proto};
+use crate::metrics::{CaptureListener, MeshRefusal};
 use crate::policy::Decision;
 
 /// Accepts until `shutdown` turns true; each connection gets its own task.
@@ -68,13 +69,16 @@ pub async fn accept_loop(
 
 /// An L4-only port: one verdict per connection, then bytes are copied both ways unparsed.
 async fn splice<S: AsyncRead + AsyncWrite + Unpin>(
-    mut stream: S,
+    stream: S,
     peer: SocketAddr,
-    target: SocketAddr,
+    route: &Route,
+    mesh_peer: Option<&crate::mesh_tls::Peer>,
     shared: &Shared,
     checked: crate::policy::Checked,
     prefix: Bytes,
 ) {
+    let target = route.target;
+    let peer_id = mesh_peer.map_or("", |p| p.spiffe_id.as_str());
     let started = Instant::now();
     if let Decision::Deny { decided_by } = &checked.decision {
         tracing::debug!(%peer, decided_by, "L4 connection denied");
@@ -84,13 +88,14 @@ async fn splice<S: AsyncRead + AsyncWrite + Unpin>(
                 r#type = "Denied",
                 src = %peer,
                 src_identity = checked.remote_identity,
+                downstream_peer_uri_san = peer_id,
                 decided_by = decided_by.as_str(),
                 "L4"
             );
         }
         return;
     }
-    let mut upstream = match TcpStream::connect(target).await {
+    let upstream = match TcpStream::connect(target).await {
         Ok(u) => u,
         Err(e) => {
             shared.metrics.upstream_error();
@@ -99,6 +104,49 @@ async fn splice<S: AsyncRead + AsyncWrite + Unpin>(
         }
     };
     let _ = upstream.set_nodelay(true);
+    let log = L4Log {
+        peer,
+        peer_id,
+        checked: &checked,
+        started,
+    };
+    if route.mesh == Some(MeshSide::Outbound) {
+        // A meshed destination: the bytes go inside Istio mTLS (ALPN `istio`).
+        let Some(mesh) = shared.mesh.as_ref() else {
+            return;
+        };
+        let connector = tokio_rustls::TlsConnector::from(mesh.client_config(Proto::Tcp));
+        let name = rustls::pki_types::ServerName::IpAddress(target.ip().into());
+        match connector.connect(name, upstream).await {
+            Ok(tls) => return copy(stream, tls, prefix, shared, &log).await,
+            Err(e) => {
+                shared
+                    .metrics
+                    .mesh_tls_refused(MeshRefusal::upstream_handshake_failed);
+                return tracing::debug!(%peer, error = %e, "mesh mTLS to the destination failed");
+            }
+        }
+    }
+    copy(stream, upstream, prefix, shared, &log).await
+}
+
+/// What an L4 access-log record names.
+struct L4Log<'a> {
+    peer: SocketAddr,
+    /// The mesh peer's SPIFFE id, or empty.
+    peer_id: &'a str,
+    checked: &'a crate::policy::Checked,
+    started: Instant,
+}
+
+/// Copies bytes both ways (`prefix` first upstream) and logs the L4 record.
+async fn copy<S: AsyncRead + AsyncWrite + Unpin, U: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    mut upstream: U,
+    prefix: Bytes,
+    shared: &Shared,
+    log: &L4Log<'_>,
+) {
     if !prefix.is_empty() {
         // Bytes read while looking for a ClientHello go first.
         use tokio::io::AsyncWriteExt;
@@ -112,11 +160,12 @@ async fn splice<S: AsyncRead + AsyncWrite + Unpin>(
         tracing::info!(
             target: "access",
             r#type = "Response",
-            src = %peer,
-            src_identity = checked.remote_identity,
+            src = %log.peer,
+            src_identity = log.checked.remote_identity,
+            downstream_peer_uri_san = log.peer_id,
             bytes_up = up,
             bytes_down = down,
-            duration_us = started.elapsed().as_micros() as u64,
+            duration_us = log.started.elapsed().as_micros() as u64,
             "L4"
         );
     }
@@ -130,26 +179,118 @@ async fn serve_connection(
     shutdown: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
+    match (&shared.mesh, route.mesh) {
+        (Some(mesh), Some(MeshSide::Inbound)) if mesh.mode() != MeshMode::Disable => {
+            let mesh = mesh.clone();
+            serve_mesh_inbound(stream, peer, route, &mesh, shared, shutdown).await
+        }
+        _ => serve_stream(stream, peer, route, None, shared, shutdown).await,
+    }
+}
+
+/// Inbound capture under STRICT or PERMISSIVE: the first bytes decide, as Envoy's TLS
+/// inspector and Istio's filter chain match. A ClientHello (under PERMISSIVE: one offering
+/// Istio's ALPN) is mesh mTLS: a client certificate from the mesh root with a SPIFFE id is
+/// required, and the decrypted stream goes on as any connection with that peer. Anything
+/// else is plaintext, served under PERMISSIVE and refused under STRICT.
+async fn serve_mesh_inbound(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    route: Route,
+    mesh: &crate::mesh_tls::MeshTls,
+    shared: &Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let timeout = shared.settings.header_read_timeout;
+    let refuse = |reason| shared.metrics.mesh_tls_refused(reason);
+    let hello =
+        match tokio::time::timeout(timeout, crate::tls::peek_client_hello(&mut stream)).await {
+            Ok(Ok(h)) => h,
+            Ok(Err(e)) => {
+                refuse(MeshRefusal::no_client_hello);
+                return tracing::debug!(%peer, error = %e, "unreadable first bytes");
+            }
+            Err(_) => {
+                refuse(MeshRefusal::no_client_hello);
+                return tracing::debug!(%peer, "nothing within header read timeout");
+            }
+        };
+    let istio = hello
+        .alpn
+        .iter()
+        .any(|a| crate::mesh_tls::ISTIO_ALPNS.contains(&a.as_ref()));
+    let mtls = hello.tls && (istio || mesh.mode() == MeshMode::Strict);
+    let stream = crate::tls::Prefixed::new(stream, hello.prefix);
+    if !mtls {
+        if mesh.mode() == MeshMode::Strict {
+            refuse(MeshRefusal::plaintext);
+            return tracing::debug!(%peer, "plaintext under STRICT mesh mTLS; refused");
+        }
+        return serve_stream(stream, peer, route, None, shared, shutdown).await;
+    }
+    let Some(config) = mesh.server_config() else {
+        refuse(MeshRefusal::no_certificate);
+        return tracing::debug!(%peer, "mesh mTLS before a workload certificate; refused");
+    };
+    match tokio::time::timeout(timeout, crate::tls::accept_with(stream, config)).await {
+        Ok(Ok(tls)) => {
+            let own = mesh.own_id();
+            let verified = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| Peer::from_chain(chain, own.as_deref()));
+            // The verifier required a SPIFFE id, so a verified chain always yields a peer.
+            let Some(verified) = verified else {
+                refuse(MeshRefusal::handshake_failed);
+                return;
+            };
+            serve_stream(tls, peer, route, Some(Arc::new(verified)), shared, shutdown).await
+        }
+        Ok(Err(e)) => {
+            refuse(MeshRefusal::handshake_failed);
+            tracing::info!(%peer, error = %e, "mesh mTLS handshake failed")
+        }
+        Err(_) => {
+            refuse(MeshRefusal::handshake_failed);
+            tracing::debug!(%peer, "mesh mTLS handshake timed out")
+        }
+    }
+}
+
+/// A connection (plain, or inside mesh mTLS from `mesh_peer`): the L4 verdict and splice,
+/// policy-driven TLS, or HTTP.
+async fn serve_stream<S>(
+    stream: S,
+    peer: SocketAddr,
+    route: Route,
+    mesh_peer: Option<Arc<Peer>>,
+    shared: &Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let policy = shared.policy.load();
     let (remote, port) = (route.remote(peer), route.target.port());
     // A port whose rules carry serverNames or TLS contexts: the ClientHello decides.
     if policy.tls_plan(remote, route.dir, port, None).is_some() {
         drop(policy);
-        return serve_policy_tls(stream, peer, route, shared, shutdown).await;
+        return serve_policy_tls(stream, peer, route, mesh_peer, shared, shutdown).await;
     }
     let l4 = policy.check_l4(remote, route.dir, port);
     drop(policy);
     if let Some(checked) = l4 {
-        return splice(stream, peer, route.target, shared, checked, Bytes::new()).await;
+        let p = mesh_peer.as_deref();
+        return splice(stream, peer, &route, p, shared, checked, Bytes::new()).await;
     }
     match &shared.tls {
-        None => serve_http(stream, peer, route, None, shared, shutdown).await,
+        None => serve_http(stream, peer, route, None, mesh_peer, shared, shutdown).await,
         Some(acceptor) => {
             let timeout = shared.settings.header_read_timeout;
             match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => {
                     let sni = tls.get_ref().1.server_name().map(Arc::from);
-                    serve_http(tls, peer, route, sni, shared, shutdown).await
+                    serve_http(tls, peer, route, sni, mesh_peer, shared, shutdown).await
                 }
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -163,13 +304,16 @@ async fn serve_connection(
 /// terminate (with the rule's certificate) or serve plaintext HTTP, originating TLS
 /// upstream when the rule says so. TLS the policy needs but cannot get (no ClientHello,
 /// no usable certificate) refuses the connection; nothing falls back to plaintext.
-async fn serve_policy_tls(
-    mut stream: TcpStream,
+async fn serve_policy_tls<S>(
+    mut stream: S,
     peer: SocketAddr,
     route: Route,
+    mesh_peer: Option<Arc<Peer>>,
     shared: &Arc<Shared>,
     shutdown: watch::Receiver<bool>,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let timeout = shared.settings.header_read_timeout;
     use crate::metrics::TlsRefusal;
     let refuse = |reason| shared.metrics.tls_refused(reason);
@@ -206,10 +350,12 @@ async fn serve_policy_tls(
             },
         ) => {
             refuse(TlsRefusal::denied);
+            let p = mesh_peer.as_deref();
             return splice(
                 stream,
                 peer,
-                route.target,
+                &route,
+                p,
                 shared,
                 denied.clone(),
                 Bytes::new(),
@@ -219,7 +365,8 @@ async fn serve_policy_tls(
         Some(allowed) if terminating.is_none() && originating.is_none() => {
             // Admitted at L4 (serverNames only): bytes pass untouched.
             let (prefix, stream) = stream.into_parts();
-            return splice(stream, peer, route.target, shared, allowed.clone(), prefix).await;
+            let p = mesh_peer.as_deref();
+            return splice(stream, peer, &route, p, shared, allowed.clone(), prefix).await;
         }
         _ => {}
     }
@@ -245,7 +392,7 @@ async fn serve_policy_tls(
                 }
             };
             match tokio::time::timeout(timeout, crate::tls::accept_with(stream, cfg)).await {
-                Ok(Ok(tls)) => serve_http(tls, peer, route, sni, shared, shutdown).await,
+                Ok(Ok(tls)) => serve_http(tls, peer, route, sni, mesh_peer, shared, shutdown).await,
                 Ok(Err(e)) => {
                     refuse(TlsRefusal::handshake_failed);
                     tracing::debug!(%peer, error = %e, "TLS handshake failed")
@@ -264,6 +411,6 @@ async fn serve_policy_tls(
             refuse(TlsRefusal::not_terminated);
             tracing::debug!(%peer, "TLS the policy must inspect or re-originate but does not terminate; refused")
         }
-        (None, false) => serve_http(stream, peer, route, None, shared, shutdown).await,
+        (None, false) => serve_http(stream, peer, route, None, mesh_peer, shared, shutdown).await,
     }
 }

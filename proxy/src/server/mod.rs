@@ -23,7 +23,7 @@ mod route;
 mod upgrade;
 
 pub use listener::accept_loop;
-pub use route::{Delivery, Route};
+pub use route::{Delivery, MeshSide, Route};
 
 /// Listener settings, resolved from the `Config`.
 #[derive(Debug, Clone)]
@@ -86,6 +86,8 @@ pub struct Shared {
     capture_upstreams: std::sync::Mutex<std::collections::HashMap<SocketAddr, Upstreams>>,
     /// TLS material for policy-driven termination and origination.
     secrets: Arc<crate::secrets::SecretStore>,
+    /// Istio mutual TLS of the capture listeners (`None`: no capture listener).
+    mesh: Option<Arc<crate::mesh_tls::MeshTls>>,
     /// Pooled clients per (destination, originating TLS material).
     origin_upstreams: std::sync::Mutex<std::collections::HashMap<(SocketAddr, u64), Upstreams>>,
     /// Draining after a handover: HTTP/1.1 connections close after their next response
@@ -129,9 +131,16 @@ impl Shared {
             upstream_tls: upstream_tls.cloned(),
             capture_upstreams: Default::default(),
             secrets,
+            mesh: None,
             origin_upstreams: Default::default(),
             lazy_close: AtomicBool::new(false),
         })
+    }
+
+    /// Serves Istio mutual TLS on the capture listeners with `mesh`.
+    pub fn with_mesh(mut self, mesh: Option<Arc<crate::mesh_tls::MeshTls>>) -> Self {
+        self.mesh = mesh;
+        self
     }
 
     /// From now on a drain closes each HTTP/1.1 connection after its next response
@@ -151,6 +160,8 @@ pub(crate) struct ConnState {
     route: Route,
     /// SNI of the connection's TLS ClientHello, when it had one.
     sni: Option<Arc<str>>,
+    /// The verified mesh peer of an inbound mTLS connection.
+    mesh_peer: Option<Arc<crate::mesh_tls::Peer>>,
     in_flight: AtomicUsize,
     started: AtomicU64,
     /// Shared with the connection's I/O guard.

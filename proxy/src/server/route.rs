@@ -38,6 +38,17 @@ pub struct Route {
     /// Name the upstream certificate is verified against (and sent as SNI), instead of
     /// the request's authority.
     pub(super) server_name: Option<Arc<str>>,
+    /// Which side of Istio mutual TLS this connection is on, if any.
+    pub(super) mesh: Option<MeshSide>,
+}
+
+/// A capture connection's place in the mesh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MeshSide {
+    /// Inbound capture with mesh mTLS configured (any mode): XFCC is Istio's.
+    Inbound,
+    /// Outbound capture to a meshed destination: Istio mTLS is originated.
+    Outbound,
 }
 
 impl Route {
@@ -66,6 +77,7 @@ impl Shared {
                     dir: Direction::Ingress,
                     https: self.settings.upstream_tls,
                     server_name: self.settings.upstream_server_name.as_deref().map(Arc::from),
+                    mesh: None,
                 })
             }
             Delivery::CapturedInbound => {
@@ -111,6 +123,12 @@ impl Shared {
                 (orig, Direction::Egress)
             }
         };
+        // A meshed destination of outbound capture gets Istio mTLS; inbound capture serves
+        // the mesh's side when mesh TLS is configured.
+        let mesh = match (&self.mesh, dir) {
+            (Some(m), Direction::Egress) if m.meshed(target.ip()) => Some(m.clone()),
+            _ => None,
+        };
         let upstreams = {
             let mut cache = self
                 .capture_upstreams
@@ -119,25 +137,40 @@ impl Shared {
             match cache.get(&target) {
                 Some(u) => u.clone(),
                 None => {
-                    let u = Upstreams::new(
-                        target,
-                        self.connect_timeout,
-                        self.upstream_tls.as_ref(),
-                        &self.settings.pool,
-                        &self.h2_limit,
-                    )
+                    let u = match &mesh {
+                        Some(m) => Upstreams::new_mesh(
+                            target,
+                            self.connect_timeout,
+                            m,
+                            &self.settings.pool,
+                            &self.h2_limit,
+                        ),
+                        None => Upstreams::new(
+                            target,
+                            self.connect_timeout,
+                            self.upstream_tls.as_ref(),
+                            &self.settings.pool,
+                            &self.h2_limit,
+                        ),
+                    }
                     .map_err(|_| CaptureRefusal::no_original_destination)?;
                     cache.insert(target, u.clone());
                     u
                 }
             }
         };
+        let side = match (mesh.is_some(), dir) {
+            (true, _) => Some(MeshSide::Outbound),
+            (false, Direction::Ingress) if self.mesh.is_some() => Some(MeshSide::Inbound),
+            _ => None,
+        };
         Ok(Route {
             target,
             upstreams,
             dir,
-            https: self.settings.upstream_tls,
+            https: self.settings.upstream_tls || side == Some(MeshSide::Outbound),
             server_name: self.settings.upstream_server_name.as_deref().map(Arc::from),
+            mesh: side,
         })
     }
 

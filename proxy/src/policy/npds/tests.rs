@@ -98,6 +98,7 @@ fn allowed(e: &Enforcer, from: &str, port: u16, method: &str, path: &str) -> boo
         host: None,
         headers: &headers,
         sni: None,
+        peer_id: None,
         secrets: &NoSecrets,
     };
     let ip = from.parse().unwrap();
@@ -281,6 +282,7 @@ fn npds_header_match_with_a_secret() {
             host: None,
             headers: &headers,
             sni: None,
+            peer_id: None,
             secrets,
         };
         e.check("10.0.0.3".parse().unwrap(), Direction::Ingress, 80, &req)

@@ -138,6 +138,7 @@ pub(crate) fn write(rec: &Record, kind: Kind, status: u16, decided_by: &str) {
         src = %conn.peer,
         dst = %conn.route.target,
         src_identity = rec.identities.0,
+        downstream_peer_uri_san = conn.mesh_peer.as_deref().map_or("", |p| p.spiffe_id.as_str()),
         dst_identity = rec.identities.1,
         method = rec.method.as_str(),
         path = rec.path.as_str(),

@@ -56,7 +56,8 @@ impl Service<Exchange> for Forward {
         let use_h2 = rec.h2 && s.h2_upstream;
         // HTTP/2 over TLS: ALPN decides between h2 and HTTP/1.1 (the request goes out as
         // HTTP/1.1 unless the connection negotiated h2; the client adds Host on HTTP/1.1).
-        let negotiate = use_h2 && conn.route.https;
+        // Mesh mTLS: Istio's ALPN says "in mesh", not the protocol; HTTP/2 goes as HTTP/2.
+        let negotiate = use_h2 && conn.route.https && conn.route.mesh.is_none();
         let downstream_upgrade = tunnel.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         parts.version = if use_h2 && !negotiate {

@@ -33,7 +33,7 @@ use hyper::body::Incoming;
 use tower::util::Oneshot;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 
-use super::{ConnState, InFlight, ListenerSettings};
+use super::{ConnState, InFlight, ListenerSettings, MeshSide};
 use crate::body::ResponseBody;
 use crate::connwatch::UpgradeVerdict;
 use crate::policy::HeaderAction;
@@ -129,6 +129,8 @@ impl Exchange {
                     || req.headers().contains_key(header::UPGRADE)))
             .then(|| conn.watch.clone()),
         );
+        let mut req = req;
+        mesh_xfcc(&mut req, conn);
         Exchange {
             rec: Record {
                 conn: conn.clone(),
@@ -158,6 +160,44 @@ impl Exchange {
             rec.path = self.req.uri().path().to_owned();
         }
         Rejected { error, rec }
+    }
+}
+
+/// `x-forwarded-client-cert` as Istio's sidecars set it, before anything reads the
+/// request (the policy sees what the app will): inbound, appended with the verified mesh
+/// peer's element on mTLS and removed on plaintext (no client can forge it); outbound to a
+/// meshed destination, removed (Envoy's default, SANITIZE).
+fn mesh_xfcc(req: &mut Request<Incoming>, conn: &ConnState) {
+    const XFCC: &str = "x-forwarded-client-cert";
+    match (conn.route.mesh, conn.mesh_peer.as_deref()) {
+        (Some(MeshSide::Inbound), Some(peer)) => {
+            let mut value = req
+                .headers()
+                .get_all(XFCC)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect::<Vec<_>>()
+                .join(",");
+            if !value.is_empty() {
+                value.push(',');
+            }
+            value.push_str(&peer.xfcc);
+            match header::HeaderValue::from_str(&value) {
+                Ok(v) => {
+                    req.headers_mut().insert(XFCC, v);
+                }
+                // Not a header value (a forwarded element with control bytes): ours alone.
+                Err(_) => {
+                    if let Ok(v) = header::HeaderValue::from_str(&peer.xfcc) {
+                        req.headers_mut().insert(XFCC, v);
+                    }
+                }
+            }
+        }
+        (Some(_), _) => {
+            req.headers_mut().remove(XFCC);
+        }
+        (None, _) => {}
     }
 }
 

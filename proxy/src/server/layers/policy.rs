@@ -22,6 +22,7 @@ impl Step for PolicyCheck {
                 host: ex.rec.host.as_deref(),
                 headers: ex.req.headers(),
                 sni: conn.sni.as_deref(),
+                peer_id: conn.mesh_peer.as_deref().map(|p| p.spiffe_id.as_str()),
                 secrets: &*conn.shared.secrets,
             },
         );
