@@ -12,19 +12,19 @@ use std::sync::mpsc;
 
 /// Where membrane-xds serves plaintext xDS: on node-1's underlay address
 /// ([`NODE_IP`]), which node-2's agent and every pod reach.
-pub(super) const XDS_PORT: u16 = 15010;
+pub const XDS_PORT: u16 = 15010;
 
 /// A `membrane-cni` call the teardown repeats as DEL.
 #[derive(Debug, Clone)]
-pub(super) struct CniCall {
-    pub(super) bin: PathBuf,
-    pub(super) env: Vec<(&'static str, String)>,
-    pub(super) config: String,
+pub struct CniCall {
+    pub bin: PathBuf,
+    pub env: Vec<(&'static str, String)>,
+    pub config: String,
 }
 
 impl CniCall {
     /// Runs the plugin with `command`: its stdout, or its error result as an error.
-    pub(super) fn run(&self, command: &str) -> Result<String> {
+    pub fn run(&self, command: &str) -> Result<String> {
         let mut child = Command::new(&self.bin)
             .env_clear()
             .env("CNI_COMMAND", command)
@@ -56,7 +56,7 @@ impl CniCall {
 impl Cluster {
     /// The control plane, in the node's namespace, reading `source`; its URL
     /// for the sidecars and the agent.
-    pub(super) fn start_xds(&self, bins: &Bins, source: &Path) -> Result<String> {
+    pub fn start_xds(&self, bins: &Bins, source: &Path) -> Result<String> {
         let grpc = format!("{NODE_IP}:{XDS_PORT}");
         let log = self.dir.join("membrane-xds.log");
         let err =
@@ -98,7 +98,7 @@ impl Cluster {
     /// The control plane's URL for the pods of node `n`: node-1's pods reach it
     /// on node-1's address; node-2's through a relay on their gateway address
     /// in node-2 (see `relay` in the module root), started here.
-    pub(super) fn xds_for_pods(&self, xds: &str, n: usize) -> Result<String> {
+    pub fn xds_for_pods(&self, xds: &str, n: usize) -> Result<String> {
         if n == 0 {
             return Ok(xds.to_owned());
         }
@@ -135,7 +135,7 @@ impl Cluster {
     /// where the agent attaches its tc programs, and the cgroup the runtime
     /// passes through the `cgroupPath` capability). Undone by DEL in the
     /// teardown.
-    pub(super) fn cni_add(&self, bins: &Bins, p: &Pod) -> Result<()> {
+    pub fn cni_add(&self, bins: &Bins, p: &Pod) -> Result<()> {
         let netns = PathBuf::from("/run/netns").join(self.ns(p.name));
         let netns = netns.to_str().context("netns path is not UTF-8")?;
         // The pod interface's MAC: the agent addresses the frames its tc programs
@@ -207,7 +207,7 @@ impl Cluster {
     /// Deathstar `d`'s membrane-proxy sidecar, in its pod as uid 1337, taking its policy
     /// and the peers' identities from the control plane at `xds` under
     /// Istio's node id for the pod.
-    pub(super) fn start_sidecar(&self, bins: &Bins, d: &Pod, xds: &str) -> Result<()> {
+    pub fn start_sidecar(&self, bins: &Bins, d: &Pod, xds: &str) -> Result<()> {
         let node_id = format!(
             "sidecar~{}~{}.default~default.svc.cluster.local",
             d.ip, d.name

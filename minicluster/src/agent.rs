@@ -15,18 +15,18 @@ const LANDINGS_AROUND: usize = 15;
 
 impl Cluster {
     /// The mini-cluster's bpffs directory, holding one per node.
-    pub(super) fn bpffs(&self) -> PathBuf {
+    pub fn bpffs(&self) -> PathBuf {
         PathBuf::from("/sys/fs/bpf").join(&self.tag)
     }
 
     /// Node `n`'s bpffs directory: its agent pins the node's programs under
     /// `node/` and each endpoint under `endpoints/` in it.
-    pub(super) fn bpffs_of(&self, n: usize) -> PathBuf {
+    pub fn bpffs_of(&self, n: usize) -> PathBuf {
         self.bpffs().join(source::NODES[n].name)
     }
 
     /// Node `n`'s agent's API socket.
-    pub(super) fn agent_socket(&self, n: usize) -> PathBuf {
+    pub fn agent_socket(&self, n: usize) -> PathBuf {
         self.dir
             .join(format!("agent-{}.sock", source::NODES[n].name))
     }
@@ -36,7 +36,7 @@ impl Cluster {
     /// and the host's mount namespace: `nsenter --net` only, since `ip netns
     /// exec` mounts a sysfs of its own over bpffs and the cgroup tree. Its
     /// pid, once its socket answers.
-    pub(super) fn start_agent(&self, bins: &Bins, xds: &str, n: usize) -> Result<u32> {
+    pub fn start_agent(&self, bins: &Bins, xds: &str, n: usize) -> Result<u32> {
         let node = source::NODES[n].name;
         let log = self.dir.join(format!("membrane-agent-{node}.log"));
         let f = std::fs::OpenOptions::new()
@@ -84,7 +84,7 @@ impl Cluster {
     }
 
     /// One request to node `n`'s agent: its reply, or its error as one.
-    pub(super) fn agent(&self, n: usize, req: &Request) -> Result<Value> {
+    pub fn agent(&self, n: usize, req: &Request) -> Result<Value> {
         let socket = self.agent_socket(n);
         let v = api::request(&socket, req, Duration::from_secs(10))
             .with_context(|| format!("ask the agent at {}", socket.display()))?;
@@ -97,7 +97,7 @@ impl Cluster {
     /// Waits (at most 20 s) until node `node`'s agent enforces the control
     /// plane's policy on `n` endpoints: each has its identity and an applied
     /// revision.
-    pub(super) fn wait_programmed(&self, node: usize, n: usize) -> Result<()> {
+    pub fn wait_programmed(&self, node: usize, n: usize) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let list = self.agent(node, &Request::EndpointList)?;
@@ -126,7 +126,7 @@ impl Cluster {
 
     /// `membrane ARGS --socket AGENT_SOCKET` of node `n`, as an operator would
     /// run it, its output indented.
-    pub(super) fn show(&self, n: usize, args: &[&str]) -> Result<()> {
+    pub fn show(&self, n: usize, args: &[&str]) -> Result<()> {
         let out = Command::new(std::env::current_exe()?)
             .args(args)
             .arg("--socket")
@@ -147,7 +147,7 @@ impl Cluster {
     }
 
     /// The pin directory of pod `p`'s endpoint, as the agent reports it.
-    pub(super) fn pins_of(&self, p: &Pod) -> Result<PathBuf> {
+    pub fn pins_of(&self, p: &Pod) -> Result<PathBuf> {
         let e = self.agent(
             p.node,
             &Request::EndpointGet {
@@ -164,7 +164,7 @@ impl Cluster {
     /// lands through the service in a loop, one connection per landing (on
     /// both nodes' deathstars). The new agent adopts the pinned programs and
     /// maps of the node's `endpoints`; no landing fails.
-    pub(super) fn restart_agent(
+    pub fn restart_agent(
         &self,
         bins: &Bins,
         xds: &str,

@@ -6,11 +6,11 @@ use super::*;
 
 /// A pod of the mini-cluster: its labels, address and node (an index into
 /// [`source::NODES`]).
-pub(super) struct Pod {
-    pub(super) name: &'static str,
-    pub(super) labels: &'static str,
-    pub(super) ip: &'static str,
-    pub(super) node: usize,
+pub struct Pod {
+    pub name: &'static str,
+    pub labels: &'static str,
+    pub ip: &'static str,
+    pub node: usize,
 }
 
 /// Step 6: a two-node mini-cluster on this machine, run as a cluster runs
@@ -30,30 +30,30 @@ pub(super) struct Pod {
 /// sidecar, which enforces the L7 rules it gets over xDS. The demo writes no
 /// map entry. Everything it starts is DEL'd, stopped and removed when it is
 /// dropped (failures included) or when SIGINT/SIGTERM arrives first.
-pub(super) struct Cluster {
-    pub(super) tag: String,
-    pub(super) cgroups: PathBuf,
-    pub(super) dir: PathBuf,
-    pub(super) state: Arc<Mutex<Teardown>>,
+pub struct Cluster {
+    pub tag: String,
+    pub cgroups: PathBuf,
+    pub dir: PathBuf,
+    pub state: Arc<Mutex<Teardown>>,
     /// How pod traffic crosses between the nodes (`--overlay`).
-    pub(super) overlay: Overlay,
+    pub overlay: Overlay,
 }
 
 /// What the mini-cluster made, in the order it was made, to be undone once.
 #[derive(Default)]
-pub(super) struct Teardown {
+pub struct Teardown {
     /// Pods registered by `membrane-cni ADD`, to DEL while the agent still
     /// runs (it detaches and unpins them).
-    pub(super) cni: Vec<CniCall>,
+    pub cni: Vec<CniCall>,
     /// The node agents, one per node (step 8 replaces node-1's).
-    pub(super) agents: [Option<Child>; 2],
-    pub(super) children: Vec<Child>,
-    pub(super) netns: Vec<String>,
-    pub(super) dirs: Vec<PathBuf>,
+    pub agents: [Option<Child>; 2],
+    pub children: Vec<Child>,
+    pub netns: Vec<String>,
+    pub dirs: Vec<PathBuf>,
 }
 
 impl Teardown {
-    pub(super) fn run(&mut self) {
+    pub fn run(&mut self) {
         for call in self.cni.drain(..).rev() {
             let _ = call.run("DEL");
         }
@@ -106,16 +106,16 @@ fn teardown_on_signal(state: Arc<Mutex<Teardown>>) -> Result<()> {
 
 /// The binaries the live step runs, found beside this one (where `cargo build`
 /// and a release install leave them all).
-pub(super) struct Bins {
-    pub(super) proxy: PathBuf,
-    pub(super) xds: PathBuf,
-    pub(super) cni: PathBuf,
-    pub(super) agent: PathBuf,
+pub struct Bins {
+    pub proxy: PathBuf,
+    pub xds: PathBuf,
+    pub cni: PathBuf,
+    pub agent: PathBuf,
 }
 
 impl Cluster {
     /// The binaries the live step runs, or why it cannot run here.
-    pub(super) fn prerequisites() -> std::result::Result<Bins, String> {
+    pub fn prerequisites() -> std::result::Result<Bins, String> {
         let me = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
         let beside = |name: &str| {
             let p = me.with_file_name(name);
@@ -154,7 +154,7 @@ impl Cluster {
         Ok(bins)
     }
 
-    pub(super) fn run(bins: &Bins, overlay: Overlay) -> Result<()> {
+    pub fn run(bins: &Bins, overlay: Overlay) -> Result<()> {
         let tag = format!("membrane-demo-{}", std::process::id());
         step(&format!(
             "6. Live: a mini-cluster ({tag}: two nodes joined by an underlay, {overlay} between \

@@ -17,7 +17,7 @@ const WAIT: Duration = Duration::from_secs(20);
 impl Cluster {
     /// The xwing's connection to `deathstar` (on the other node) dropped by
     /// that node's tc program: the monitor line and the underlay's decode.
-    pub(super) fn across_nodes(&self, deathstar: &Pod, xwing: &Pod) -> Result<()> {
+    pub fn across_nodes(&self, deathstar: &Pod, xwing: &Pod) -> Result<()> {
         let (from, to) = (source::NODES[xwing.node], source::NODES[deathstar.node]);
         println!(
             "\n  across the nodes ({}): {} ({}) -> {} ({}) directly, dropped by {}'s tc program",
