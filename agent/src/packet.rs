@@ -17,6 +17,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::IpNet;
 
+use membrane_datapath::node::{pod_mtu, Overlay};
 use membrane_datapath::LbService;
 
 use crate::resources::{NodeSpec, ServiceSpec};
@@ -139,6 +140,28 @@ pub fn native_routes(nodes: &BTreeMap<String, NodeSpec>, me: &str) -> Vec<(IpNet
     out.sort();
     out.dedup_by_key(|(c, _)| *c);
     out
+}
+
+/// The routes node `me` keeps to the other nodes' pod CIDRs, and their MTU. Native: every
+/// CIDR via its node ([`native_routes`]), the device's MTU. Overlay: the IPv4 CIDRs via
+/// their node's tunnel endpoint ([`tunnel_endpoint`]) with the pods' MTU (underlay minus the tunnel's headers),
+/// for the node's own packets, which the underlay's tc egress (`mb_to_netdev`) puts into
+/// the tunnel; without them a node cannot answer a remote pod (no route back), and the
+/// MTU keeps its packets small enough to encapsulate. (IPv6 CIDRs: none, the underlay is
+/// IPv4.)
+pub fn node_routes(
+    nodes: &BTreeMap<String, NodeSpec>,
+    me: &str,
+    overlay: Overlay,
+    underlay_mtu: u16,
+) -> (Vec<(IpNet, IpAddr)>, Option<u16>) {
+    let mut routes = native_routes(nodes, me);
+    if overlay == Overlay::Native {
+        return (routes, None);
+    }
+    // An IPv4 CIDR's gateway is its node's first IPv4 address: the tunnel endpoint.
+    routes.retain(|(c, _)| matches!(c, IpNet::V4(_)));
+    (routes, Some(pod_mtu(overlay, underlay_mtu)))
 }
 
 /// The tc load balancer's services from the Service resources: TCP and UDP frontends (the
@@ -295,6 +318,56 @@ mod tests {
                 .find(|e| e.prefix == "10.0.2.5/32".parse().unwrap()),
             Some(&entry("10.0.2.5/32", 301, None))
         );
+    }
+
+    #[test]
+    fn every_other_nodes_tunnel_endpoint_is_remote_node_whatever_nphds_says() {
+        // The receiving node believes a tunnel packet's VNI only when its outer source
+        // (the sender's tunnel endpoint) is remote-node in its ipcache.
+        let nodes = cluster();
+        let identities = vec![
+            ("192.168.0.2/32".parse().unwrap(), WORLD),
+            ("192.168.0.0/16".parse().unwrap(), 777),
+        ];
+        for me in ["node-1", "node-2", "node-3"] {
+            let got = node_ipcache(&identities, &nodes, me, &[], true);
+            for (name, n) in nodes.iter().filter(|(n, _)| n.as_str() != me) {
+                let Some(t) = tunnel_endpoint(n) else {
+                    continue;
+                };
+                let e = got
+                    .iter()
+                    .find(|e| e.prefix == IpNet::from(IpAddr::V4(t)))
+                    .unwrap_or_else(|| panic!("{me}: no entry for {name}'s {t}"));
+                assert_eq!(e.identity, REMOTE_NODE, "{me}: {name}'s {t}");
+                assert_eq!(e.tunnel, None, "{me}: {name}'s {t}");
+            }
+        }
+    }
+
+    #[test]
+    fn overlay_routes_send_other_nodes_ipv4_pod_cidrs_to_their_tunnel_endpoint() {
+        let nodes = cluster();
+        let (routes, mtu) = node_routes(&nodes, "node-1", Overlay::Geneve, 1500);
+        let got: Vec<String> = routes.iter().map(|(c, v)| format!("{c} via {v}")).collect();
+        assert_eq!(
+            got,
+            [
+                "10.0.2.0/24 via 192.168.0.2",
+                "10.0.2.128/25 via 192.168.0.3"
+            ],
+            "IPv4 CIDRs only, via the tunnel endpoint"
+        );
+        assert_eq!(
+            mtu,
+            Some(1450),
+            "the pods' MTU: room for the tunnel's headers"
+        );
+        let (_, mtu) = node_routes(&nodes, "node-1", Overlay::Vxlan, 9000);
+        assert_eq!(mtu, Some(8950));
+        let (routes, mtu) = node_routes(&nodes, "node-1", Overlay::Native, 1500);
+        assert_eq!(routes, native_routes(&nodes, "node-1"));
+        assert_eq!(mtu, None);
     }
 
     #[test]

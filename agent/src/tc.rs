@@ -351,12 +351,22 @@ pub fn local_endpoint(
     }
 }
 
-/// Native routes installed by the agent carry this routing protocol number, so the agent
-/// finds its own routes again (after a restart too) and never touches anyone else's.
+/// Routes installed by the agent carry this routing protocol number, so the agent finds
+/// its own routes again (after a restart too) and never touches anyone else's.
 pub const ROUTE_PROTO: u8 = 0x4d;
 
-/// The routes this agent installed (protocol [`ROUTE_PROTO`]): prefix → gateway.
-pub fn installed_routes() -> Result<BTreeMap<ipnet::IpNet, IpAddr>> {
+/// A route the agent keeps: a prefix via a gateway, with an MTU when the path has less
+/// room than the device (the tunnel's headers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Route {
+    /// The gateway (another node's address).
+    pub via: IpAddr,
+    /// The route's MTU, None for the device's.
+    pub mtu: Option<u16>,
+}
+
+/// The routes this agent installed (protocol [`ROUTE_PROTO`]): prefix → gateway and MTU.
+pub fn installed_routes() -> Result<BTreeMap<ipnet::IpNet, Route>> {
     let mut out = BTreeMap::new();
     for family in ["-4", "-6"] {
         let o = std::process::Command::new("ip")
@@ -381,19 +391,29 @@ pub fn installed_routes() -> Result<BTreeMap<ipnet::IpNet, IpAddr>> {
             let (Some(dst), Some(gw)) = (r["dst"].as_str(), r["gateway"].as_str()) else {
                 continue;
             };
-            if let (Ok(dst), Ok(gw)) = (dst.parse::<ipnet::IpNet>(), gw.parse::<IpAddr>()) {
-                out.insert(dst, gw);
+            let mtu = r["metrics"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find_map(|m| m["mtu"].as_u64())
+                .and_then(|m| u16::try_from(m).ok());
+            if let (Ok(dst), Ok(via)) = (dst.parse::<ipnet::IpNet>(), gw.parse::<IpAddr>()) {
+                out.insert(dst, Route { via, mtu });
             }
         }
     }
     Ok(out)
 }
 
-/// Makes the agent's routes equal `want` (add or replace what differs, delete what it
-/// installed and no longer wants). Returns the number of changes.
-pub fn sync_routes(want: &[(ipnet::IpNet, IpAddr)]) -> Result<usize> {
+/// Makes the agent's routes equal `want` (prefix via gateway, each with `mtu` when
+/// given): add or replace what differs, delete what it installed and no longer wants.
+/// Returns the number of changes.
+pub fn sync_routes(want: &[(ipnet::IpNet, IpAddr)], mtu: Option<u16>) -> Result<usize> {
     let have = installed_routes()?;
-    let want: BTreeMap<ipnet::IpNet, IpAddr> = want.iter().copied().collect();
+    let want: BTreeMap<ipnet::IpNet, Route> = want
+        .iter()
+        .map(|(dst, via)| (*dst, Route { via: *via, mtu }))
+        .collect();
     let ip = |args: &[String]| -> Result<()> {
         let o = std::process::Command::new("ip")
             .args(args)
@@ -410,17 +430,17 @@ pub fn sync_routes(want: &[(ipnet::IpNet, IpAddr)]) -> Result<usize> {
         }
     };
     let mut n = 0;
-    for (dst, via) in &want {
-        if have.get(dst) != Some(via) {
-            ip(&[
-                "route".into(),
-                "replace".into(),
-                dst.to_string(),
-                "via".into(),
-                via.to_string(),
-                "proto".into(),
-                ROUTE_PROTO.to_string(),
-            ])?;
+    for (dst, route) in &want {
+        if have.get(dst) != Some(route) {
+            let mut args: Vec<String> = ["route", "replace", &dst.to_string(), "via"]
+                .map(str::to_owned)
+                .to_vec();
+            args.push(route.via.to_string());
+            if let Some(mtu) = route.mtu {
+                args.extend(["mtu".to_owned(), mtu.to_string()]);
+            }
+            args.extend(["proto".to_owned(), ROUTE_PROTO.to_string()]);
+            ip(&args)?;
             n += 1;
         }
     }

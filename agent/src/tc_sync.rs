@@ -1,8 +1,8 @@
 //! The node's packet path fed from the resources in force: each endpoint's tc programs
 //! (attached with its registration's host veth, detached when it goes), the node ipcache
-//! (NPHDS joined with the node registry, [`crate::packet::node_ipcache`]), and in native
-//! mode the routes to the other nodes' pod CIDRs. Every write is a diff, as for the
-//! socket hooks' maps.
+//! (NPHDS joined with the node registry, [`crate::packet::node_ipcache`]), and the routes
+//! to the other nodes' pod CIDRs ([`crate::packet::node_routes`]). Every write is a diff,
+//! as for the socket hooks' maps.
 
 use std::collections::BTreeMap;
 
@@ -24,7 +24,7 @@ type Result<T> = std::result::Result<T, NodeError>;
 pub struct NodeChanges {
     /// Node ipcache entries added, changed, removed.
     pub ipcache: (usize, usize, usize),
-    /// Native routes added, replaced or removed.
+    /// Routes to other nodes' pod CIDRs added, replaced or removed.
     pub routes: usize,
     /// Service frontends written or removed in the tc load balancer.
     pub services: usize,
@@ -152,7 +152,8 @@ impl Node {
     }
 
     /// The node-wide part of the packet path equal to the resources held: the node
-    /// ipcache, native routes. A type never received leaves its part alone.
+    /// ipcache, the routes to other nodes' pods. A type never received leaves its part
+    /// alone.
     pub fn sync_packet_path(&mut self) -> std::result::Result<NodeChanges, String> {
         let Some(p) = &self.packet else {
             return Ok(NodeChanges::default());
@@ -177,9 +178,14 @@ impl Node {
                     .map_err(|e| format!("tc load balancer: {e}"))?;
             c.services = r.added + r.changed + r.removed;
         }
-        if p.settings.overlay == Overlay::Native && self.held.contains_key(&Kind::Node) {
-            let routes = packet::native_routes(&self.nodes(), &self.name);
-            c.routes = tc::sync_routes(&routes).map_err(|e| e.to_string())?;
+        if self.held.contains_key(&Kind::Node) {
+            let (routes, mtu) = packet::node_routes(
+                &self.nodes(),
+                &self.name,
+                p.settings.overlay,
+                p.settings.underlay_mtu,
+            );
+            c.routes = tc::sync_routes(&routes, mtu).map_err(|e| e.to_string())?;
         }
         self.node_changes = c;
         Ok(c)

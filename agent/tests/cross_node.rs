@@ -4,6 +4,8 @@
 //!
 //! - a pod on node-1 reaches a pod on node-2 over VXLAN or Geneve (the ipcache's tunnel
 //!   endpoint, the identity in the VNI) or natively (the agents' routes);
+//! - a pod on node-2 gets node-1's own answers (node-1's packets to node-2's pods go
+//!   through the tunnel, natively by the agent's route);
 //! - a datagram the receiving pod's ingress policy does not admit is dropped by node-2's
 //!   to-container, and node-2's monitor shows it with both identities; tshark on the
 //!   underlay decodes VXLAN / Geneve with the VNI = the sending pod's identity;
@@ -55,6 +57,41 @@ kind: Pod
 metadata: {name: server, namespace: default, labels: {app: server}}
 spec: {nodeName: node-2}
 status: {podIP: 10.203.0.2}
+"#;
+
+/// A server on argv[1]:argv[2] in the node's namespace: each connection gets 200,000
+/// bytes and is closed.
+const BULK_PY: &str = r#"
+import socket, sys, threading
+l = socket.socket()
+l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind((sys.argv[1], int(sys.argv[2])))
+l.listen(16)
+print("READY", flush=True)
+def serve(c):
+    c.sendall(b"x" * 200000)
+    c.close()
+while True:
+    c, _ = l.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+
+/// Connect to argv[1]:argv[2] (3 s), read to the end, print how many bytes came.
+const FETCH_PY: &str = r#"
+import socket, sys
+s = socket.socket()
+s.settimeout(3)
+n = 0
+try:
+    s.connect((sys.argv[1], int(sys.argv[2])))
+    while True:
+        d = s.recv(65536)
+        if not d:
+            break
+        n += len(d)
+    print("got %d" % n)
+except Exception as e:
+    print("failed after %d: %s" % (n, e))
 "#;
 
 fn applied(n: &TcNode, endpoints: &[&str]) -> bool {
@@ -112,6 +149,39 @@ fn two_nodes(overlay: &str) {
         || (client.connect("10.203.0.2:8080") == "ok").then_some(()),
     );
     assert_eq!(client.connect("10.203.0.2:9090"), "eperm");
+
+    // A pod on node-2 reaches node-1's own address and gets its answer: node-1's packets
+    // to node-2's pod CIDR leave through the tunnel (the agent's route, with the pods'
+    // MTU, and the underlay's tc egress), natively by the agent's route. 200 kB from
+    // node-1, so full-size segments cross too.
+    let mut bulk = ChildGuard(
+        n1.ns
+            .exec("python3")
+            .args(["-c", BULK_PY, "192.168.78.1", "7070"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut ready = String::new();
+    BufReader::new(bulk.0.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert!(ready.starts_with("READY"), "node-1's server: {ready:?}");
+    let server = n2.node.pods.iter().find(|p| p.name == "server").unwrap();
+    wait_until(
+        LIMIT,
+        EVERY,
+        "the server pod on node-2 gets node-1's answer",
+        || {
+            let out = server
+                .ns
+                .exec("python3")
+                .args(["-c", FETCH_PY, "192.168.78.1", "7070"])
+                .output()
+                .unwrap();
+            (String::from_utf8_lossy(&out.stdout).trim() == "got 200000").then_some(())
+        },
+    );
 
     // The xwing's datagram (no socket hook decides it, no egress policy selects the
     // xwing) crosses the underlay and is dropped by node-2's to-container, on the source

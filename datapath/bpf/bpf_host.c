@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
 /*
- * The node's underlay device, tc ingress: what arrives at the node from
- * other nodes and the outside.
+ * The node's underlay device. mb_from_netdev (tc ingress): what arrives at
+ * the node from other nodes and the outside; mb_to_netdev (tc egress, at the
+ * end): the node's own packets to other nodes' pods, into the tunnel.
  *
  * Geneve (geneve mode): a UDP datagram to this node's address (node_ip4)
  * and port 6081 is validated (version 0, lengths, options inside the
@@ -11,7 +12,9 @@
  * destination, with the VNI (the source pod's identity) in skb->mark for
  * the pod's to-container (lib/encap.h). A bad one is dropped with its
  * reason (lib/geneve.h), counted and reported: nothing else on this node
- * listens on 6081 (this kernel has no geneve module).
+ * listens on 6081 (this kernel has no geneve module). So is one whose outer
+ * source is no other node's address (the VNI is believed only from a node)
+ * or whose inner source that node cannot speak for (lib/encap.h).
  *
  * Services (lib/nodeport.h), first: a packet to a NodePort on node_ip4 or
  * to a ClusterIP routed here is translated to a backend (a local one's
@@ -43,10 +46,16 @@ static __always_inline int mb_from_geneve(struct __sk_buff *skb, const struct mb
 	if (ret)
 		return mb_overlay_drop(skb, ret, MB_PROG_FROM_NETDEV, outer);
 	outer->src_identity = vni;
+	ret = mb_overlay_known_node(outer->src[0]);
+	if (ret)
+		return mb_overlay_drop(skb, ret, MB_PROG_FROM_NETDEV, outer);
 	if (bpf_skb_load_bytes(skb, inner + 12, &proto, sizeof(proto)) < 0 ||
 	    mb_l3_parse(skb, inner + ETH_HLEN, proto, &l3) < 0)
 		return mb_overlay_drop(skb, MB_RSN_INNER_MALFORMED, MB_PROG_FROM_NETDEV, outer);
 	l3.src_identity = vni;
+	ret = mb_overlay_inner_trusted(outer->src[0], &l3);
+	if (ret)
+		return mb_overlay_drop(skb, ret, MB_PROG_FROM_NETDEV, &l3);
 	ep = mb_local_endpoint(&l3);
 	if (!ep)
 		return mb_overlay_drop(skb, MB_RSN_NO_LOCAL_ENDPOINT, MB_PROG_FROM_NETDEV, &l3);
@@ -107,4 +116,43 @@ int mb_from_netdev(struct __sk_buff *skb)
 	    outer.dport != MB_GENEVE_PORT)
 		return TC_ACT_OK;
 	return mb_from_geneve(skb, cfg, l4, &outer);
+}
+
+/*
+ * The underlay device's tc egress: what the node itself sends to a pod
+ * behind another node (its replies to a remote pod's connection too; in the
+ * overlay modes the agent routes the other nodes' pod CIDRs out of the
+ * underlay, with the pods' MTU) goes through the tunnel as the pods' own
+ * traffic does, since the underlay does not route pod CIDRs. Its VNI is
+ * the source's identity, host presented as remote-node, which is what the
+ * receiving node calls this node (as Cilium does). Everything else passes
+ * untouched: tunnel packets (to node addresses), the node's traffic to
+ * nodes and the outside, every packet in native mode.
+ */
+SEC("classifier")
+int mb_to_netdev(struct __sk_buff *skb)
+{
+	const struct mb_ipcache_value *v;
+	const struct mb_node_config *cfg;
+	struct mb_l3 l3 = {};
+
+	cfg = mb_node_config_get();
+	if (!cfg || cfg->overlay == MB_OVERLAY_NATIVE)
+		return TC_ACT_OK;
+	if (skb->protocol != bpf_htons(ETH_P_IP) && skb->protocol != bpf_htons(ETH_P_IPV6))
+		return TC_ACT_OK;
+	if (mb_l3_parse(skb, ETH_HLEN, skb->protocol, &l3) < 0)
+		return TC_ACT_OK;
+	v = mb_ipcache_lookup(l3.dst, l3.family);
+	if (!v || !v->tunnel_ip4)
+		return TC_ACT_OK;
+	l3.dst_identity = v->identity;
+	l3.src_identity = mb_ipcache_identity(l3.src, l3.family);
+	if (l3.src_identity == MB_ID_HOST)
+		l3.src_identity = MB_ID_REMOTE_NODE;
+	/* The route's MTU (the pods') keeps the node's packets small enough;
+	 * one that is not is the node's own, with no pod to tell. */
+	if (mb_too_big(skb, mb_inner_mtu(cfg->underlay_mtu)))
+		return mb_overlay_drop(skb, MB_RSN_TOO_BIG, MB_PROG_TO_NETDEV, &l3);
+	return mb_encap_to_remote(skb, cfg, v->tunnel_ip4, &l3, MB_PROG_TO_NETDEV);
 }

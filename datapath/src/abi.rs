@@ -73,7 +73,7 @@ pub const EVT_CAPTURE: u8 = 2;
 pub const EVT_TRACE: u8 = 3;
 
 /// `MB_RSN_*`: why an event happened, by value.
-pub const REASONS: [(u8, &str); 43] = [
+pub const REASONS: [(u8, &str); 45] = [
     (0, "none"),
     (1, "policy-allowed"),
     (2, "policy-denied"),
@@ -117,6 +117,8 @@ pub const REASONS: [(u8, &str); 43] = [
     (71, "too-big"),
     (72, "encap-failed"),
     (73, "no-overlay-device"),
+    (74, "overlay-unknown-node"),
+    (75, "overlay-spoofed-inner"),
 ];
 
 /// `struct mb_event`: one monitor record from the `mb_events` ring buffer.

@@ -158,6 +158,14 @@ fn geneve_encapsulation_is_byte_exact_and_the_peer_decapsulates_it() {
         .set_settings(&node_settings(Overlay::Geneve, PEER_IP))
         .expect("peer settings");
     peer.node.load_overlay_programs().expect("overlay programs");
+    // The peer believes the VNI only from a node it knows (this one: remote-node).
+    peer.node
+        .sync_ipcache(&[IpcacheEntry {
+            prefix: format!("{NODE_IP}/32").parse().unwrap(),
+            identity: 6,
+            tunnel: None,
+        }])
+        .expect("peer ipcache");
     let mut wire = d.clone();
     wire[0..6].copy_from_slice(&UNDERLAY_MAC);
     let from_netdev = peer.node.dir().join("progs/mb_from_netdev");

@@ -275,7 +275,8 @@ impl Cluster {
                 &[me, "demo", "--serve-deathstar", "0.0.0.0:80"],
                 None,
             )?;
-            let xds = c.xds_for_pods(&xds, d.node)?;
+            // Every sidecar dials the control plane on node-1's address, node-2's
+            // through the tunnel both ways (node-1 answers a remote pod through it).
             c.start_sidecar(bins, d, &xds)?;
         }
         // Ready means the sidecar has its first policy from the control plane.

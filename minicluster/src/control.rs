@@ -95,39 +95,6 @@ impl Cluster {
         Ok(format!("http://{grpc}"))
     }
 
-    /// The control plane's URL for the pods of node `n`: node-1's pods reach it
-    /// on node-1's address; node-2's through a relay on their gateway address
-    /// in node-2 (see `relay` in the module root), started here.
-    pub fn xds_for_pods(&self, xds: &str, n: usize) -> Result<String> {
-        if n == 0 {
-            return Ok(xds.to_owned());
-        }
-        let from = format!("{GATEWAY}:{XDS_PORT}");
-        let to = format!("{NODE_IP}:{XDS_PORT}");
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.node_ns(n)])
-            .arg(std::env::current_exe()?)
-            .args(["demo", "--relay-from", &from, "--relay-to", &to])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("start the control plane relay")?;
-        let stdout = child.stdout.take().context("relay stdout")?;
-        self.undo().children.push(child);
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        match rx.recv_timeout(Duration::from_secs(10)) {
-            Ok(line) if line.starts_with("relaying") => Ok(format!("http://{from}")),
-            Ok(line) => bail!("the relay on {} did not start: {line:?}", self.node_ns(n)),
-            Err(_) => bail!("the relay on {} did not start in 10 s", self.node_ns(n)),
-        }
-    }
-
     /// Pod `p` wired in as a container runtime does it: its network exists (the
     /// interface plugin's part, [`Cluster::pod_network`]), then the chained
     /// `membrane-cni ADD` registers it with its node's agent (namespace, name,

@@ -47,21 +47,11 @@ pub struct DemoArgs {
     /// runs inside its namespace).
     #[arg(long, hide = true)]
     serve_deathstar: Option<SocketAddr>,
-    /// Relay TCP connections accepted on this address to `--relay-to` and
-    /// nothing else (what step 6 runs on node-2 for its pods' sidecars).
-    #[arg(long, hide = true, requires = "relay_to")]
-    relay_from: Option<SocketAddr>,
-    #[arg(long, hide = true)]
-    relay_to: Option<SocketAddr>,
 }
 
 pub fn run(a: DemoArgs) -> Result<ExitCode> {
     if let Some(addr) = a.serve_deathstar {
         serve_deathstar(addr)?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    if let (Some(from), Some(to)) = (a.relay_from, a.relay_to) {
-        relay(from, to)?;
         return Ok(ExitCode::SUCCESS);
     }
     step("1. The policies validate");
@@ -151,39 +141,6 @@ fn serve_deathstar(addr: SocketAddr) -> Result<()> {
         let Ok(conn) = conn else { continue };
         std::thread::spawn(move || {
             let _ = deathstar_conn(conn);
-        });
-    }
-    Ok(())
-}
-
-/// A node-local relay: every connection accepted on `from` is copied both ways
-/// to `to`, one pair of threads per connection. Node-2's pods reach the control
-/// plane on node-1 through it: they connect to their gateway on node-2, and the
-/// relay connects from node-2's own address over the underlay, as node-2's
-/// agent does (a pod's own connection to another node's address would need that
-/// node to route its reply back through the tunnel, which host-originated
-/// traffic does not take). Prints one line once it listens.
-fn relay(from: SocketAddr, to: SocketAddr) -> Result<()> {
-    let listener = TcpListener::bind(from).with_context(|| format!("bind {from}"))?;
-    println!("relaying {from} to {to}");
-    std::io::stdout().flush()?;
-    for conn in listener.incoming() {
-        let Ok(conn) = conn else { continue };
-        std::thread::spawn(move || {
-            let Ok(up) = TcpStream::connect_timeout(&to, Duration::from_secs(5)) else {
-                return;
-            };
-            let (Ok(mut conn2), Ok(mut up2)) = (conn.try_clone(), up.try_clone()) else {
-                return;
-            };
-            let t = std::thread::spawn(move || {
-                let _ = std::io::copy(&mut conn2, &mut up2);
-                let _ = up2.shutdown(std::net::Shutdown::Write);
-            });
-            let (mut conn, mut up) = (conn, up);
-            let _ = std::io::copy(&mut up, &mut conn);
-            let _ = conn.shutdown(std::net::Shutdown::Write);
-            let _ = t.join();
         });
     }
     Ok(())

@@ -141,6 +141,7 @@ struct mb_policy_value {
 #define MB_ID_UNKNOWN 0
 #define MB_ID_HOST 1
 #define MB_ID_WORLD 2 /* an address the ipcache does not know */
+#define MB_ID_REMOTE_NODE 6 /* another node of the cluster (its addresses in the node ipcache) */
 
 /*
  * A service frontend (mb_service: key struct mb_addr_port, the service's
@@ -289,6 +290,13 @@ struct mb_event {
  * Each is defined next to the code that drops for it, and named in
  * datapath/src/abi.rs REASONS.
  */
+
+/*
+ * Reasons of the overlay's trust in a tunnel packet (lib/encap.h), before
+ * the identity it carries is believed:
+ */
+#define MB_RSN_OVERLAY_UNKNOWN_NODE 74  /* drop: the outer source is no other node's address (node ipcache: not remote-node) */
+#define MB_RSN_OVERLAY_SPOOFED_INNER 75 /* drop: from a node, but the inner source is this node's (a pod or the host) or a third node's pod, or the VNI claims host */
 
 /* skb->mark carrying a source security identity from one program to the
  * next on this node (the overlay's decapsulation to the pod's to-container):

@@ -33,7 +33,8 @@
 #include "geneve.h"
 #include "mtu.h"
 
-/* Drop reasons of the overlay (60-64 in lib/geneve.h, 70-71 in lib/mtu.h). */
+/* Drop reasons of the overlay (60-64 in lib/geneve.h, 70-71 in lib/mtu.h, 74-75, the
+ * trust in a tunnel packet's sender, in membrane_abi.h). */
 #define MB_RSN_NO_LOCAL_ENDPOINT 65 /* decapsulated for an address no local pod has */
 #define MB_RSN_INNER_MALFORMED 66   /* the decapsulated frame is not a whole IPv4/IPv6 packet */
 #define MB_RSN_DECAP_FAILED 67      /* the outer headers could not be removed */
@@ -186,6 +187,47 @@ static __always_inline const struct mb_endpoint_value *mb_local_endpoint(const s
 	mb_ip_copy(k.ip, l3->dst);
 	k.family = l3->family;
 	return bpf_map_lookup_elem(&mb_endpoints, &k);
+}
+
+/*
+ * Whether a tunnel packet comes from another node (checked before anything
+ * else believes its VNI): its outer source `outer_src` (IPv4, network
+ * order) must be an address the node ipcache gives remote-node (6), i.e.
+ * one of the other nodes' addresses from the node registry, as Cilium
+ * trusts the VNI only from a tunnel peer. A host on the underlay that is
+ * no node gets nothing delivered, whatever identity it writes. 0, or
+ * MB_RSN_OVERLAY_UNKNOWN_NODE.
+ */
+static __always_inline int mb_overlay_known_node(__u32 outer_src)
+{
+	__u32 ip[4] = { outer_src, 0, 0, 0 };
+	const struct mb_ipcache_value *v = mb_ipcache_lookup(ip, MB_AF_INET);
+
+	return v && v->identity == MB_ID_REMOTE_NODE ? 0 : MB_RSN_OVERLAY_UNKNOWN_NODE;
+}
+
+/*
+ * Whether the node at `outer_src` (known, mb_overlay_known_node) may speak
+ * for the inner packet `l3` (its source and, in src_identity, the VNI): not
+ * when the inner source is this node's own (a local pod, or an address the
+ * ipcache gives host), nor a pod behind a third node (an ipcache entry
+ * whose tunnel endpoint is not the sender), nor when the VNI claims host:
+ * a node sends its own traffic as remote-node (mb_to_netdev), so host over
+ * a tunnel is a lie (Cilium drops it too). Its own pods, its own addresses
+ * and world pass. 0, or MB_RSN_OVERLAY_SPOOFED_INNER.
+ */
+MB_SUBPROG int mb_overlay_inner_trusted(__u32 outer_src, const struct mb_l3 *l3)
+{
+	const struct mb_ipcache_value *v;
+
+	if (!l3)
+		return MB_RSN_OVERLAY_SPOOFED_INNER;
+	if (l3->src_identity == MB_ID_HOST || mb_endpoint_lookup(l3->src, l3->family))
+		return MB_RSN_OVERLAY_SPOOFED_INNER;
+	v = mb_ipcache_lookup(l3->src, l3->family);
+	if (v && (v->identity == MB_ID_HOST || (v->tunnel_ip4 && v->tunnel_ip4 != outer_src)))
+		return MB_RSN_OVERLAY_SPOOFED_INNER;
+	return 0;
 }
 
 /*

@@ -1,6 +1,6 @@
 //! Mirrors of the packet path's policy and conntrack ABI (the "policy and
 //! conntrack on the pod's host veth" section of `membrane_abi.h`): reasons
-//! 20-39, conntrack states, `mb_tc_stats` rows, the endpoint's `mb_lxc` row
+//! 20-39 (and the overlay's trust reasons 74-75), conntrack states, `mb_tc_stats` rows, the endpoint's `mb_lxc` row
 //! and the `mb_ct` key and value. A room of [`abi`](super), whose `unsafe`
 //! allowance (the `Pod` impls) it shares.
 
@@ -24,6 +24,12 @@ pub const RSN_FRAGMENT: u8 = 27;
 pub const RSN_CT_NO_FLOW: u8 = 28;
 /// `MB_RSN_CT_CREATE`: the conntrack entry of an allowed flow could not be written.
 pub const RSN_CT_CREATE: u8 = 29;
+/// `MB_RSN_OVERLAY_UNKNOWN_NODE`: a tunnel packet whose outer source is no other node's
+/// address (the node ipcache does not say remote-node), whatever identity it carried.
+pub const RSN_OVERLAY_UNKNOWN_NODE: u8 = 74;
+/// `MB_RSN_OVERLAY_SPOOFED_INNER`: a tunnel packet from a node, but its inner source is
+/// this node's (a local pod or the host) or a third node's pod, or its VNI claims host.
+pub const RSN_OVERLAY_SPOOFED_INNER: u8 = 75;
 /// `MB_RSN_TC_MAX`: rows of `mb_tc_stats`.
 pub const RSN_TC_MAX: u32 = 256;
 

@@ -1,5 +1,6 @@
-//! The overlay between nodes, user-space side: the underlay device's tc program
-//! (`bpf/bpf_host.c`, Geneve decapsulation), the VXLAN collect_md device `mb_vxlan` and its
+//! The overlay between nodes, user-space side: the underlay device's tc programs
+//! (`bpf/bpf_host.c`: Geneve decapsulation on ingress, the node's own traffic to other
+//! nodes' pods encapsulated on egress), the VXLAN collect_md device `mb_vxlan` and its
 //! tc program (`bpf/bpf_overlay.c`), and the facts about devices the node settings need
 //! (ifindex, MTU, MAC; the pods' MTU under an overlay).
 //!
@@ -42,6 +43,9 @@ pub const ENCAP_OVERHEAD: u16 = 50;
 pub(crate) const PROG_FROM_OVERLAY: &str = "mb_from_overlay";
 /// tc ingress of the underlay device: Geneve decapsulation, everything else passes.
 pub(crate) const PROG_FROM_NETDEV: &str = "mb_from_netdev";
+/// tc egress of the underlay device: the node's own packets to other nodes' pods into the
+/// tunnel, everything else passes.
+pub(crate) const PROG_TO_NETDEV: &str = "mb_to_netdev";
 /// The event maps of the node-wide programs, pinned under `events/`.
 const EVENT_MAPS: [&str; 3] = ["mb_events", "mb_events_lost", "mb_event_rl"];
 
@@ -155,6 +159,7 @@ impl NodeDatapath {
     /// `BPF_PROG_TEST_RUN`).
     pub fn load_overlay_programs(&self) -> Result<()> {
         self.load_node_prog(crate::loader::objects::HOST, PROG_FROM_NETDEV)?;
+        self.load_node_prog(crate::loader::objects::HOST, PROG_TO_NETDEV)?;
         self.load_node_prog(crate::loader::objects::OVERLAY, PROG_FROM_OVERLAY)?;
         Ok(())
     }
@@ -174,7 +179,7 @@ impl NodeDatapath {
         Ok(crate::events::EventReader::new(rb))
     }
 
-    /// Attach `prog` to the ingress of `ifname` under `links/<kind>-<ifindex>/`, replacing
+    /// Attach `prog` to `ifname`'s tc `hook` under `links/<kind>-<ifindex>/`, replacing
     /// the links of an earlier device of that kind (one underlay, one VXLAN device).
     fn attach_node_prog(
         &self,
@@ -182,6 +187,7 @@ impl NodeDatapath {
         name: &'static str,
         kind: &str,
         dev: &str,
+        hook: TcAttachType,
     ) -> Result<()> {
         let ifindex = device(dev)?.ifindex;
         let dir = self.links_dir().join(format!("{kind}-{ifindex}"));
@@ -191,7 +197,7 @@ impl NodeDatapath {
             return Ok(());
         }
         fs::create_dir_all(&dir).map_err(io_err(&dir, "create link directory"))?;
-        attach_tcx(prog, name, dev, TcAttachType::Ingress, &pin)
+        attach_tcx(prog, name, dev, hook, &pin)
     }
 
     /// Unpin (detach) the links of `kind`, but for `keep`.
@@ -212,9 +218,11 @@ impl NodeDatapath {
     }
 
     /// Attach `mb_from_netdev` to the underlay device `ifname`'s tc ingress (Geneve
-    /// decapsulation; everything else passes untouched) and write the device's ifindex,
-    /// MTU and MAC into the node settings. Idempotent; a different underlay replaces the
-    /// earlier one.
+    /// decapsulation; everything else passes untouched) and `mb_to_netdev` to its tc
+    /// egress (the node's own packets to other nodes' pods into the tunnel), and write the
+    /// device's ifindex, MTU and MAC into the node settings. Idempotent (an underlay an
+    /// older agent attached gets the egress program added); a different underlay
+    /// replaces the earlier one.
     pub fn attach_underlay(&self, ifname: &str) -> Result<()> {
         let dev = device(ifname)?;
         let mut s = self.settings()?;
@@ -223,7 +231,21 @@ impl NodeDatapath {
         s.underlay_mac = dev.mac;
         self.set_settings(&s)?;
         let prog = self.load_node_prog(crate::loader::objects::HOST, PROG_FROM_NETDEV)?;
-        self.attach_node_prog(&prog, PROG_FROM_NETDEV, "underlay", ifname)
+        self.attach_node_prog(
+            &prog,
+            PROG_FROM_NETDEV,
+            "underlay",
+            ifname,
+            TcAttachType::Ingress,
+        )?;
+        let prog = self.load_node_prog(crate::loader::objects::HOST, PROG_TO_NETDEV)?;
+        self.attach_node_prog(
+            &prog,
+            PROG_TO_NETDEV,
+            "underlay",
+            ifname,
+            TcAttachType::Egress,
+        )
     }
 
     /// Detach the underlay device's program (the settings keep naming the device).
@@ -246,7 +268,13 @@ impl NodeDatapath {
             self.set_settings(&s)?;
         }
         let prog = self.load_node_prog(crate::loader::objects::OVERLAY, PROG_FROM_OVERLAY)?;
-        self.attach_node_prog(&prog, PROG_FROM_OVERLAY, "overlay", VXLAN_DEVICE)
+        self.attach_node_prog(
+            &prog,
+            PROG_FROM_OVERLAY,
+            "overlay",
+            VXLAN_DEVICE,
+            TcAttachType::Ingress,
+        )
     }
 
     /// Detach `mb_from_overlay` and delete the VXLAN device, if there is one (a device of

@@ -281,7 +281,7 @@ impl Cluster {
     }
 
     /// Every node's ipcache: every pod, with its node's address as tunnel endpoint when it
-    /// is another node's; `overrides` replace a pod's identity on one node's ipcache
+    /// is another node's, and every node's address (host or remote-node); `overrides` replace a pod's identity on one node's ipcache
     /// (node index, pod index, identity). Native mode: pod CIDRs routed via their nodes.
     pub fn finish(&self, overrides: &[(usize, usize, u32)]) {
         for (i, n) in self.nodes.iter().enumerate() {
@@ -302,6 +302,16 @@ impl Cluster {
                     });
                 }
             }
+            // The nodes' addresses, as the agent writes them from the Node resources:
+            // this node's host (1), the others' remote-node (6), the only outer sources
+            // whose tunnel packets the node believes.
+            for (j, other) in self.nodes.iter().enumerate() {
+                entries.push(IpcacheEntry {
+                    prefix: format!("{}/32", other.ip).parse().unwrap(),
+                    identity: if j == i { 1 } else { 6 },
+                    tunnel: None,
+                });
+            }
             n.node.sync_ipcache(&entries).expect("sync ipcache");
             if self.overlay == Overlay::Native {
                 for (j, other) in self.nodes.iter().enumerate() {
@@ -312,6 +322,32 @@ impl Cluster {
                 }
             }
         }
+    }
+
+    /// A host on the underlay that is no node: a namespace with `ip`/24 on a port of the
+    /// underlay's bridge. Dropped by the caller (before the cluster).
+    pub fn underlay_host(&self, ip: Ipv4Addr) -> Netns {
+        let ns = Netns::add(&unique_name());
+        let port = format!("s{}", ip.octets()[3]);
+        run(Command::new("ip").args([
+            "link",
+            "add",
+            "eth0",
+            "netns",
+            &ns.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &port,
+            "netns",
+            &self.underlay.name,
+        ]));
+        self.underlay
+            .ip(&["link", "set", &port, "master", "br0", "up"]);
+        ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+        ns.ip(&["link", "set", "eth0", "up"]);
+        ns
     }
 
     /// Set pod `p`'s policy rules.
