@@ -39,8 +39,7 @@ impl Cluster {
 
         // `membrane monitor` on the receiving node's agent, started before the
         // connection is tried so that the drop cannot be missed.
-        let me = std::env::current_exe()?;
-        let mut monitor = Command::new(&me)
+        let mut monitor = Command::new(&self.bins.membrane)
             .args(["monitor", "--type", "drop", "-o", "json", "--socket"])
             .arg(self.agent_socket(deathstar.node))
             .stdin(Stdio::null())

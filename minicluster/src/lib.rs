@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 mod agent;
+mod bed;
 mod cluster;
 mod control;
 mod crossing;
@@ -27,19 +28,26 @@ mod pods;
 mod scenario;
 mod source;
 
-pub use cluster::{Bins, Cluster};
+pub use agent::AgentRestart;
+pub use bed::{admitting_the_alliance, l7_allowing_exhaust_port};
+pub use cluster::{Bins, Cluster, Pod};
 
+/// The Star Wars L3/L4 policy: (file name, text).
 pub const L3_L4: (&str, &str) = (
     "sw_l3_l4_policy.yaml",
     include_str!("../../manifests/examples/starwars/sw_l3_l4_policy.yaml"),
 );
+/// The Star Wars L3/L4/L7 policy (the mini-cluster starts with it): (file name, text).
 pub const L7: (&str, &str) = (
     "sw_l3_l4_l7_policy.yaml",
     include_str!("../../manifests/examples/starwars/sw_l3_l4_l7_policy.yaml"),
 );
 
+/// The deathstars' labels.
 pub const DEATHSTAR: &str = "k8s:org=empire,k8s:class=deathstar";
+/// The tiefighter's labels.
 pub const TIEFIGHTER: &str = "k8s:org=empire,k8s:class=tiefighter";
+/// The xwing's labels.
 pub const XWING: &str = "k8s:org=alliance,k8s:class=xwing";
 /// The deathstar service's address (a ClusterIP), balanced over its replicas.
 pub const SERVICE: &str = "10.96.0.10:80";
@@ -54,6 +62,7 @@ pub fn step(title: &str) {
     println!("\n== {title}");
 }
 
+/// Every object of a policy file (name, text), compiled; an invalid one is an error.
 pub fn compile_quietly((file, text): (&str, &str)) -> Result<Vec<Arc<CompiledPolicy>>> {
     let mut out = Vec::new();
     for o in parse_file(file, text)? {
@@ -106,6 +115,7 @@ mod tests {
         let files = [
             ("lib.rs", include_str!("lib.rs")),
             ("agent.rs", include_str!("agent.rs")),
+            ("bed.rs", include_str!("bed.rs")),
             ("cluster.rs", include_str!("cluster.rs")),
             ("control.rs", include_str!("control.rs")),
             ("crossing.rs", include_str!("crossing.rs")),

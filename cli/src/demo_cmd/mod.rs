@@ -25,14 +25,14 @@ use anyhow::{Context, Result};
 use clap::Args;
 use membrane_datapath::node::Overlay;
 use membrane_minicluster::{
-    compile_quietly, step, trace_for, Cluster, DEATHSTAR, L3_L4, L7, TIEFIGHTER, XWING,
+    compile_quietly, step, trace_for, Cluster, L3_L4, L7, TIEFIGHTER, XWING,
 };
 use membrane_policy::rule::CompiledPolicy;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -98,7 +98,9 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
     if a.no_live {
         return Ok(ExitCode::SUCCESS);
     }
-    match Cluster::prerequisites() {
+    let me = std::env::current_exe().context("find this binary")?;
+    // The mini-cluster's binaries are beside this one.
+    match Cluster::prerequisites(me.parent().unwrap_or(Path::new("/"))) {
         Err(why) => step(&format!("6. (skipped: {why})")),
         Ok(bins) => Cluster::run(&bins, a.overlay)?,
     }
