@@ -73,12 +73,12 @@ impl Probe {
     }
 }
 
-/// Every answer each probe got while [`watch`] ran, in order, with whether it came
-/// after the change.
+/// Every answer each probe got while [`watch`] ran, in order, with whether it was
+/// asked once the change had begun.
 pub struct Seen {
     /// The probe.
     pub probe: Probe,
-    /// (answer kind, asked after the change started).
+    /// (answer kind, asked once the change had begun).
     pub answers: Vec<(String, bool)>,
 }
 
@@ -90,36 +90,43 @@ impl Seen {
 }
 
 /// The probes asked in a loop each on a thread of its own while `change` runs: each
-/// first answers at least twice, then `change` runs, then each goes on until `done`
-/// says the answers seen after the change are enough (or 60 s pass: bounded).
+/// first answers at least twice, then `change` runs, then each goes on until the change
+/// has returned, one more answer came after that, and `done` says the answers are
+/// enough (or 60 s pass after the change: bounded).
 pub fn watch(
     c: &Cluster,
     probes: &[Probe],
     change: impl FnOnce(),
     done: impl Fn(&Probe, &[(String, bool)]) -> bool + Sync,
 ) -> Vec<Seen> {
-    let changed = AtomicBool::new(false);
+    let (changed, finished) = (AtomicBool::new(false), AtomicBool::new(false));
     let seen: Vec<Mutex<Vec<(String, bool)>>> = probes.iter().map(|_| Mutex::default()).collect();
-    let limit = Instant::now() + Duration::from_secs(60);
+    let limit = Mutex::new(Instant::now() + Duration::from_secs(60));
     std::thread::scope(|s| {
         for (p, out) in probes.iter().zip(&seen) {
-            let (changed, done) = (&changed, &done);
+            let (changed, finished, done, limit) = (&changed, &finished, &done, &limit);
             s.spawn(move || loop {
                 let after = changed.load(Ordering::SeqCst);
+                let over = finished.load(Ordering::SeqCst);
                 let k = p.ask(c);
                 let mut v = out.lock().unwrap();
                 v.push((k, after));
-                if (after && done(p, &v)) || Instant::now() > limit {
+                if (over && done(p, &v)) || Instant::now() > *limit.lock().unwrap() {
                     return;
                 }
             });
         }
         // Every probe has its answer from before the change.
-        while seen.iter().any(|v| v.lock().unwrap().len() < 2) && Instant::now() < limit {
+        while seen.iter().any(|v| v.lock().unwrap().len() < 2)
+            && Instant::now() < *limit.lock().unwrap()
+        {
             std::thread::sleep(Duration::from_millis(20));
         }
-        change();
+        // A request started from here on may get the old answer or the new one.
         changed.store(true, Ordering::SeqCst);
+        change();
+        *limit.lock().unwrap() = Instant::now() + Duration::from_secs(60);
+        finished.store(true, Ordering::SeqCst);
     });
     probes
         .iter()
