@@ -21,51 +21,18 @@
 //! found next to this one. It needs root, `ip`, `nsenter` and `curl`, and
 //! says so and skips itself without them.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
 use membrane_datapath::node::Overlay;
-use membrane_datapath::Datapath;
-use membrane_policy::labels::LabelSet;
-use membrane_policy::load::parse_file;
-use membrane_policy::resolve::NamedPorts;
-use membrane_policy::rule::{CompiledPolicy, Proto};
-use membrane_policy::trace::{trace, TraceHttp, TraceRequest, TraceResult};
+use membrane_minicluster::{
+    compile_quietly, step, trace_for, Cluster, L3_L4, L7, TIEFIGHTER, XWING,
+};
+use membrane_policy::rule::CompiledPolicy;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-
-mod agent;
-mod cluster;
-mod control;
-mod crossing;
-mod pods;
-mod scenario;
-mod source;
-
-use cluster::Cluster;
-
-const L3_L4: (&str, &str) = (
-    "sw_l3_l4_policy.yaml",
-    include_str!("../../../manifests/examples/starwars/sw_l3_l4_policy.yaml"),
-);
-const L7: (&str, &str) = (
-    "sw_l3_l4_l7_policy.yaml",
-    include_str!("../../../manifests/examples/starwars/sw_l3_l4_l7_policy.yaml"),
-);
-
-const DEATHSTAR: &str = "k8s:org=empire,k8s:class=deathstar";
-const TIEFIGHTER: &str = "k8s:org=empire,k8s:class=tiefighter";
-const XWING: &str = "k8s:org=alliance,k8s:class=xwing";
-/// The deathstar service's address (a ClusterIP), balanced over its replicas.
-const SERVICE: &str = "10.96.0.10:80";
-/// Landing requests the tiefighter makes through the service in step 6 (at
-/// least; more until each node's deathstar has had one).
-const LANDINGS: usize = 8;
-/// The most landings step 6 makes looking for one on each node.
-const MAX_SERVICE_LANDINGS: usize = 64;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -131,15 +98,13 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
     if a.no_live {
         return Ok(ExitCode::SUCCESS);
     }
-    match Cluster::prerequisites() {
+    let me = std::env::current_exe().context("find this binary")?;
+    // The mini-cluster's binaries are beside this one.
+    match Cluster::prerequisites(me.parent().unwrap_or(Path::new("/"))) {
         Err(why) => step(&format!("6. (skipped: {why})")),
         Ok(bins) => Cluster::run(&bins, a.overlay)?,
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn step(title: &str) {
-    println!("\n== {title}");
 }
 
 /// Every object of an embedded policy file, compiled, each said valid; an
@@ -150,47 +115,6 @@ fn compile(file: (&str, &str)) -> Result<Vec<Arc<CompiledPolicy>>> {
         println!("  {}: {} {} valid", file.0, p.key.kind.as_str(), p.key);
     }
     Ok(out)
-}
-
-fn compile_quietly((file, text): (&str, &str)) -> Result<Vec<Arc<CompiledPolicy>>> {
-    let mut out = Vec::new();
-    for o in parse_file(file, text)? {
-        match &o.result {
-            Ok(p) => out.push(p.clone()),
-            Err(_) => bail!("{}", o.error_lines().join("\n")),
-        }
-    }
-    Ok(out)
-}
-
-/// What the policy engine says about one request of a ship to the deathstar,
-/// with its explanation.
-fn trace_for(
-    policies: &[Arc<CompiledPolicy>],
-    src: &str,
-    http: Option<(&str, &str)>,
-) -> Result<TraceResult> {
-    let req = TraceRequest {
-        src: LabelSet::parse(src)?,
-        dst: LabelSet::parse(DEATHSTAR)?,
-        src_ip: None,
-        dst_ip: None,
-        dport: 80,
-        proto: Proto::Tcp,
-        named_ports: NamedPorts::new(),
-        http: http.map(|(method, path)| TraceHttp {
-            method: method.into(),
-            path: path.into(),
-            host: None,
-            headers: Vec::new(),
-        }),
-        sni: None,
-        // The Star Wars policies carry HTTP rules only.
-        unenforced_l7: Default::default(),
-        // The demo's traces are between pods.
-        allow_localhost: Default::default(),
-    };
-    Ok(trace(policies, &req)?)
 }
 
 /// One request of the scenario: one line with the verdict and what decided it.
@@ -272,51 +196,6 @@ fn deathstar_conn(conn: TcpStream) -> std::io::Result<()> {
         w.flush()?;
         if close {
             return Ok(());
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    /// Issue 14's "done": no map entry is written from anything but the
-    /// control plane's resources. The demo only reads the datapath (its
-    /// counters, through the pins the agent made); the agent attaches and
-    /// programs every pod.
-    #[test]
-    fn the_demo_writes_no_map_and_attaches_nothing() {
-        let files = [
-            ("mod.rs", include_str!("mod.rs")),
-            ("agent.rs", include_str!("agent.rs")),
-            ("cluster.rs", include_str!("cluster.rs")),
-            ("control.rs", include_str!("control.rs")),
-            ("crossing.rs", include_str!("crossing.rs")),
-            ("pods.rs", include_str!("pods.rs")),
-            ("scenario.rs", include_str!("scenario.rs")),
-            ("source.rs", include_str!("source.rs")),
-        ];
-        let writes = [
-            "sync_policy",
-            "sync_ipcache",
-            "set_service",
-            "delete_service",
-            "set_settings",
-            "clear_plain_hint",
-            "attach(",
-            "attach_netns",
-            "detach",
-            "teardown(",
-            "policy_map",
-        ];
-        // This test's own list would match itself: only code above it counts.
-        let code = |text: &'static str| text.split("#[cfg(test)]").next().unwrap_or(text);
-        for (file, text) in files {
-            for w in writes {
-                assert!(
-                    !code(text).contains(&format!(".{w}"))
-                        && !code(text).contains(&format!("::{w}")),
-                    "demo_cmd/{file} calls {w}: the demo must leave the maps to the agent"
-                );
-            }
         }
     }
 }

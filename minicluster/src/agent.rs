@@ -4,6 +4,30 @@
 
 use super::cluster::{Bins, Cluster, Pod};
 use super::*;
+
+/// What an agent restart under load saw ([`Cluster::restart_agent`]).
+#[derive(Debug)]
+pub struct AgentRestart {
+    /// The killed agent's pid.
+    pub old_pid: u32,
+    /// The new agent's pid.
+    pub new_pid: u32,
+    /// Landings made when the old agent was killed.
+    pub killed_at: usize,
+    /// Landings made when the new one answered on its socket.
+    pub up_at: usize,
+    /// The endpoints the new agent adopted (its `status`).
+    pub adopted: Value,
+    /// Every landing's HTTP status code, in order ("000": no response).
+    pub codes: Vec<String>,
+}
+
+impl AgentRestart {
+    /// The landings that landed (200).
+    pub fn landed(&self) -> usize {
+        self.codes.iter().filter(|c| *c == "200").count()
+    }
+}
 use membrane_datapath::api::{self, Request};
 use serde_json::Value;
 
@@ -15,18 +39,18 @@ const LANDINGS_AROUND: usize = 15;
 
 impl Cluster {
     /// The mini-cluster's bpffs directory, holding one per node.
-    pub(super) fn bpffs(&self) -> PathBuf {
+    pub(crate) fn bpffs(&self) -> PathBuf {
         PathBuf::from("/sys/fs/bpf").join(&self.tag)
     }
 
     /// Node `n`'s bpffs directory: its agent pins the node's programs under
     /// `node/` and each endpoint under `endpoints/` in it.
-    pub(super) fn bpffs_of(&self, n: usize) -> PathBuf {
+    pub(crate) fn bpffs_of(&self, n: usize) -> PathBuf {
         self.bpffs().join(source::NODES[n].name)
     }
 
     /// Node `n`'s agent's API socket.
-    pub(super) fn agent_socket(&self, n: usize) -> PathBuf {
+    pub(crate) fn agent_socket(&self, n: usize) -> PathBuf {
         self.dir
             .join(format!("agent-{}.sock", source::NODES[n].name))
     }
@@ -36,7 +60,7 @@ impl Cluster {
     /// and the host's mount namespace: `nsenter --net` only, since `ip netns
     /// exec` mounts a sysfs of its own over bpffs and the cgroup tree. Its
     /// pid, once its socket answers.
-    pub(super) fn start_agent(&self, bins: &Bins, xds: &str, n: usize) -> Result<u32> {
+    pub(crate) fn start_agent(&self, bins: &Bins, xds: &str, n: usize) -> Result<u32> {
         let node = source::NODES[n].name;
         let log = self.dir.join(format!("membrane-agent-{node}.log"));
         let f = std::fs::OpenOptions::new()
@@ -84,7 +108,7 @@ impl Cluster {
     }
 
     /// One request to node `n`'s agent: its reply, or its error as one.
-    pub(super) fn agent(&self, n: usize, req: &Request) -> Result<Value> {
+    pub fn agent(&self, n: usize, req: &Request) -> Result<Value> {
         let socket = self.agent_socket(n);
         let v = api::request(&socket, req, Duration::from_secs(10))
             .with_context(|| format!("ask the agent at {}", socket.display()))?;
@@ -97,7 +121,7 @@ impl Cluster {
     /// Waits (at most 20 s) until node `node`'s agent enforces the control
     /// plane's policy on `n` endpoints: each has its identity and an applied
     /// revision.
-    pub(super) fn wait_programmed(&self, node: usize, n: usize) -> Result<()> {
+    pub fn wait_programmed(&self, node: usize, n: usize) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let list = self.agent(node, &Request::EndpointList)?;
@@ -126,8 +150,8 @@ impl Cluster {
 
     /// `membrane ARGS --socket AGENT_SOCKET` of node `n`, as an operator would
     /// run it, its output indented.
-    pub(super) fn show(&self, n: usize, args: &[&str]) -> Result<()> {
-        let out = Command::new(std::env::current_exe()?)
+    pub(crate) fn show(&self, n: usize, args: &[&str]) -> Result<()> {
+        let out = Command::new(&self.bins.membrane)
             .args(args)
             .arg("--socket")
             .arg(self.agent_socket(n))
@@ -147,7 +171,7 @@ impl Cluster {
     }
 
     /// The pin directory of pod `p`'s endpoint, as the agent reports it.
-    pub(super) fn pins_of(&self, p: &Pod) -> Result<PathBuf> {
+    pub(crate) fn pins_of(&self, p: &Pod) -> Result<PathBuf> {
         let e = self.agent(
             p.node,
             &Request::EndpointGet {
@@ -163,14 +187,11 @@ impl Cluster {
     /// Step 8: node-1's agent killed and started again while the tiefighter
     /// lands through the service in a loop, one connection per landing (on
     /// both nodes' deathstars). The new agent adopts the pinned programs and
-    /// maps of the node's `endpoints`; no landing fails.
-    pub(super) fn restart_agent(
-        &self,
-        bins: &Bins,
-        xds: &str,
-        tiefighter: &Pod,
-        endpoints: usize,
-    ) -> Result<()> {
+    /// maps of the node's endpoints, and enforces the control plane's policy on
+    /// all of them before this returns.
+    pub fn restart_agent(&self, tiefighter: &Pod) -> Result<AgentRestart> {
+        let (bins, xds) = (&self.bins, self.xds.as_str());
+        let endpoints = self.pods().filter(|p| p.node == 0).count();
         step("8. node-1's agent restarted while the tiefighter keeps landing");
         let results = self.dir.join("landings.txt");
         let stop = self.dir.join("landings.stop");
@@ -240,24 +261,16 @@ impl Cluster {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let (killed_at, up_at, old, new) = outcome?;
-        println!(
-            "  membrane-agent pid {old} killed (SIGKILL) after landing {killed_at}; \
-             pid {new} answering after landing {up_at}"
-        );
-        let status = self.agent(0, &Request::Status)?;
-        println!(
-            "  the new agent adopted {} endpoints from its state directory and the pins",
-            status["endpoints"]
-        );
+        let (killed_at, up_at, old_pid, new_pid) = outcome?;
+        let adopted = self.agent(0, &Request::Status)?["endpoints"].clone();
         self.wait_programmed(0, endpoints)?;
-        let all = landings();
-        let landed = all.iter().filter(|c| *c == "200").count();
-        println!(
-            "  {} tiefighter landings across the restart: {landed} landed, {} failed",
-            all.len(),
-            all.len() - landed
-        );
-        Ok(())
+        Ok(AgentRestart {
+            old_pid,
+            new_pid,
+            killed_at,
+            up_at,
+            adopted,
+            codes: landings(),
+        })
     }
 }

@@ -13,14 +13,14 @@ use serde_json::{json, Value};
 /// its address on the underlay (the Node's InternalIP, the tunnel endpoint) and
 /// its pods' network (the Node's `spec.podCIDRs`).
 #[derive(Debug, Clone, Copy)]
-pub(super) struct NodeSpec {
-    pub(super) name: &'static str,
-    pub(super) ip: &'static str,
-    pub(super) pod_cidr: &'static str,
+pub(crate) struct NodeSpec {
+    pub(crate) name: &'static str,
+    pub(crate) ip: &'static str,
+    pub(crate) pod_cidr: &'static str,
 }
 
 /// The two nodes, joined by an underlay /24.
-pub(super) const NODES: [NodeSpec; 2] = [
+pub(crate) const NODES: [NodeSpec; 2] = [
     NodeSpec {
         name: "node-1",
         ip: "192.168.79.1",
@@ -33,16 +33,16 @@ pub(super) const NODES: [NodeSpec; 2] = [
     },
 ];
 /// The node the control plane runs on.
-pub(super) const NODE: &str = NODES[0].name;
+pub(crate) const NODE: &str = NODES[0].name;
 /// Where the control plane listens: node-1's underlay address, which the other
 /// node's agent and every pod reach (a pod's own loopback is its own).
-pub(super) const NODE_IP: &str = NODES[0].ip;
+pub(crate) const NODE_IP: &str = NODES[0].ip;
 /// Each node's underlay device (one end of the veth pair between the nodes).
-pub(super) const UNDERLAY: &str = "ul0";
+pub(crate) const UNDERLAY: &str = "ul0";
 /// The file in the source directory holding the CiliumNetworkPolicy.
-pub(super) const POLICY_FILE: &str = "policy.yaml";
+pub(crate) const POLICY_FILE: &str = "policy.yaml";
 /// The file holding the Pods, the Service, its EndpointSlice and the Node.
-pub(super) const CLUSTER_FILE: &str = "cluster.yaml";
+pub(crate) const CLUSTER_FILE: &str = "cluster.yaml";
 
 /// `k8s:org=empire,k8s:class=deathstar` as Kubernetes metadata labels.
 fn k8s_labels(labels: &str) -> Value {
@@ -94,7 +94,7 @@ fn pod_object(p: &Pod, injected: bool) -> Value {
 }
 
 /// Every object of the mini-cluster but the policy, one YAML document each.
-pub(super) fn cluster_yaml(
+pub(crate) fn cluster_yaml(
     deathstars: &[Pod],
     ships: &[Pod],
     service: SocketAddr,
@@ -150,7 +150,7 @@ pub(super) fn cluster_yaml(
 
 /// Writes the source directory `dir` (created by the caller): the cluster and
 /// the policy `policy`.
-pub(super) fn write_source(dir: &Path, cluster: &str, policy: &str) -> Result<()> {
+pub(crate) fn write_source(dir: &Path, cluster: &str, policy: &str) -> Result<()> {
     replace_file(dir, CLUSTER_FILE, cluster)?;
     replace_file(dir, POLICY_FILE, policy)
 }
@@ -160,7 +160,7 @@ pub(super) fn write_source(dir: &Path, cluster: &str, policy: &str) -> Result<()
 /// it, keeping the last good version, and the demo's timing would include
 /// that detour). The temporary file sits beside the directory, not in it, so
 /// the watcher never sees it.
-pub(super) fn replace_file(dir: &Path, name: &str, text: &str) -> Result<()> {
+pub(crate) fn replace_file(dir: &Path, name: &str, text: &str) -> Result<()> {
     let parent = dir.parent().context("the source directory has no parent")?;
     let tmp = parent.join(format!(".{name}.tmp"));
     std::fs::write(&tmp, text).with_context(|| format!("write {}", tmp.display()))?;
@@ -171,7 +171,7 @@ pub(super) fn replace_file(dir: &Path, name: &str, text: &str) -> Result<()> {
 
 /// The L7 policy with a second HTTP rule allowing `PUT /v1/exhaust-port`: the
 /// live edit of step 7.
-pub(super) fn l7_allowing_exhaust_port() -> Result<String> {
+pub(crate) fn l7_allowing_exhaust_port() -> Result<String> {
     let landing = "          path: \"/v1/request-landing\"\n";
     if !L7.1.contains(landing) {
         bail!(
@@ -188,7 +188,7 @@ pub(super) fn l7_allowing_exhaust_port() -> Result<String> {
 /// `policy` with the Alliance admitted beside the Empire (a second
 /// `fromEndpoints` selector): the live edit of step 7 that changes who may
 /// connect, so the agent's kernel maps change with the sidecars' rules.
-pub(super) fn admitting_the_alliance(policy: &str) -> Result<String> {
+pub(crate) fn admitting_the_alliance(policy: &str) -> Result<String> {
     let empire = "    - matchLabels:\n        org: empire\n";
     if !policy.contains(empire) {
         bail!(

@@ -6,21 +6,26 @@ use super::cluster::{Cluster, Pod, Teardown};
 use super::*;
 
 /// The pods' gateway, on every host veth (link-local: no pod network holds it).
-pub(super) const GATEWAY: &str = "169.254.1.1";
+pub(crate) const GATEWAY: &str = "169.254.1.1";
 /// The underlay veth's MTU (the kernel's default for a veth).
 const UNDERLAY_MTU: u16 = 1500;
 
 impl Cluster {
+    /// Every pod: the deathstars, then the ships.
+    pub fn pods(&self) -> impl Iterator<Item = &Pod> {
+        self.deathstars.iter().chain(&self.ships)
+    }
+
     /// What to undo; a poisoned lock (a panic elsewhere) still gives it.
-    pub(super) fn undo(&self) -> std::sync::MutexGuard<'_, Teardown> {
+    pub(crate) fn undo(&self) -> std::sync::MutexGuard<'_, Teardown> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(super) fn ns(&self, pod: &str) -> String {
+    pub(crate) fn ns(&self, pod: &str) -> String {
         format!("{}-{pod}", self.tag)
     }
 
-    pub(super) fn ip(&self, args: &[&str]) -> Result<()> {
+    pub(crate) fn ip(&self, args: &[&str]) -> Result<()> {
         let out = Command::new("ip").args(args).output().context("run ip")?;
         if !out.status.success() {
             bail!(
@@ -32,20 +37,20 @@ impl Cluster {
         Ok(())
     }
 
-    pub(super) fn add_netns(&self, name: String) -> Result<()> {
+    pub(crate) fn add_netns(&self, name: String) -> Result<()> {
         self.ip(&["netns", "add", &name])?;
         self.undo().netns.push(name.clone());
         self.ip(&["-n", &name, "link", "set", "lo", "up"])
     }
 
     /// Node `n`'s network namespace.
-    pub(super) fn node_ns(&self, n: usize) -> String {
+    pub(crate) fn node_ns(&self, n: usize) -> String {
         self.ns(source::NODES[n].name)
     }
 
     /// The nodes: a namespace each, IPv4 forwarding on, joined by the underlay
     /// (one veth pair, `ul0` at both ends, each holding its node's address).
-    pub(super) fn nodes(&self) -> Result<()> {
+    pub(crate) fn nodes(&self) -> Result<()> {
         for n in 0..source::NODES.len() {
             let ns = self.node_ns(n);
             self.add_netns(ns.clone())?;
@@ -80,7 +85,7 @@ impl Cluster {
     /// default route via [`GATEWAY`] on-link; the host veth `lxc-NAME` in its
     /// node holding that gateway, and the node's route to the pod on it. The
     /// agent's tc programs sit on the host veth.
-    pub(super) fn pod_network(&self, p: &Pod) -> Result<()> {
+    pub(crate) fn pod_network(&self, p: &Pod) -> Result<()> {
         let (ns, node) = (self.ns(p.name), self.node_ns(p.node));
         self.add_netns(ns.clone())?;
         let host = self.host_veth(p);
@@ -118,13 +123,13 @@ impl Cluster {
 
     /// Pod `p`'s host veth, in its node (at most 15 characters: the pods'
     /// names are short).
-    pub(super) fn host_veth(&self, p: &Pod) -> String {
+    pub(crate) fn host_veth(&self, p: &Pod) -> String {
         format!("lxc-{}", p.name)
     }
 
     /// `cmd` started in pod `pod` (its cgroup and namespace); `sh` and `ip
     /// netns exec` exec it, so the child is the process itself.
-    pub(super) fn in_pod(&self, pod: &str, cmd: &[&str]) -> Command {
+    pub(crate) fn in_pod(&self, pod: &str, cmd: &[&str]) -> Command {
         let mut c = Command::new("sh");
         c.arg("-c")
             .arg(r#"echo $$ > "$1/cgroup.procs" && ns="$2" && shift 2 && exec ip netns exec "$ns" "$@""#)
@@ -136,7 +141,7 @@ impl Cluster {
     }
 
     /// Start `cmd` in `pod`; its output goes to `log` or nowhere.
-    pub(super) fn spawn(&self, pod: &str, cmd: &[&str], log: Option<&Path>) -> Result<()> {
+    pub(crate) fn spawn(&self, pod: &str, cmd: &[&str], log: Option<&Path>) -> Result<()> {
         let (out, err) = match log {
             Some(p) => {
                 let f =
@@ -156,7 +161,7 @@ impl Cluster {
         Ok(())
     }
 
-    pub(super) fn curl(&self, pod: &str, args: &[&str]) -> Result<std::process::Output> {
+    pub(crate) fn curl(&self, pod: &str, args: &[&str]) -> Result<std::process::Output> {
         self.curl_within(pod, 5, args)
     }
 
@@ -169,7 +174,7 @@ impl Cluster {
     }
 
     /// The deathstar and its sidecar answer, or an error after 10 s.
-    pub(super) fn wait_ready(&self, pod: &str) -> Result<()> {
+    pub(crate) fn wait_ready(&self, pod: &str) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let ready = [
@@ -204,7 +209,7 @@ impl Cluster {
 
     /// The last lines of every sidecar log, for an error (the logs go with
     /// the teardown).
-    pub(super) fn log_tails(&self) -> String {
+    pub fn log_tails(&self) -> String {
         let mut out = String::new();
         for e in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
             let path = e.path();
@@ -222,18 +227,12 @@ impl Cluster {
 
     /// One request from `pod`: the status code and the first line of the
     /// body, or, when no response came, curl's account of why.
-    pub(super) fn request(&self, pod: &str, method: &str, url: &str) -> Result<String> {
+    pub fn request(&self, pod: &str, method: &str, url: &str) -> Result<String> {
         self.request_within(pod, method, url, 5)
     }
 
     /// [`Cluster::request`], giving up after `secs` seconds.
-    pub(super) fn request_within(
-        &self,
-        pod: &str,
-        method: &str,
-        url: &str,
-        secs: u32,
-    ) -> Result<String> {
+    pub fn request_within(&self, pod: &str, method: &str, url: &str, secs: u32) -> Result<String> {
         let out = self.curl_within(pod, secs, &["-X", method, "-w", "\n%{http_code}", url])?;
         let text = String::from_utf8_lossy(&out.stdout).replace('\r', "");
         let (body, code) = text.rsplit_once('\n').unwrap_or(("", text.as_str()));
@@ -255,7 +254,7 @@ impl Drop for Cluster {
     }
 }
 
-pub(super) fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     // The effective uid, from the kernel's own account of this process.
     std::fs::read_to_string("/proc/self/status")
         .ok()

@@ -7,12 +7,7 @@ use super::*;
 impl Cluster {
     /// Step 6's requests: each request and what it got, where the landings
     /// landed, the datapaths' counters and the sidecars' verdicts.
-    pub(super) fn play(
-        &self,
-        deathstars: &[Pod],
-        ships: &[Pod],
-        service: SocketAddr,
-    ) -> Result<()> {
+    pub fn play(&self, deathstars: &[Pod], ships: &[Pod], service: SocketAddr) -> Result<()> {
         println!();
         let url = |path| format!("http://{service}{path}");
         for (ship, method, path) in [
@@ -109,12 +104,7 @@ impl Cluster {
     /// twice: first the sidecars' L7 rules (the tiefighter's PUT is allowed),
     /// then who may connect at all (the Alliance too: the agent's kernel maps
     /// and the sidecars). Each edit is timed until every deathstar enforces it.
-    pub(super) fn edit_policy(
-        &self,
-        deathstars: &[Pod],
-        ships: &[Pod],
-        source: &Path,
-    ) -> Result<()> {
+    pub fn edit_policy(&self, deathstars: &[Pod], ships: &[Pod], source: &Path) -> Result<()> {
         step(&format!(
             "7. Live policy edits: {} in membrane-xds's source rewritten, timed until enforced",
             source::POLICY_FILE

@@ -1,16 +1,21 @@
-//! Step 6's mini-cluster: its pods, what it made (to undo once), and how it is set up.
+//! The mini-cluster: its pods, what it made (to undo once), and how it is set up.
 
 use super::control::CniCall;
 use super::pods::is_root;
 use super::*;
 
 /// A pod of the mini-cluster: its labels, address and node (an index into
-/// [`source::NODES`]).
-pub(super) struct Pod {
-    pub(super) name: &'static str,
-    pub(super) labels: &'static str,
-    pub(super) ip: &'static str,
-    pub(super) node: usize,
+/// the nodes, node-1 first).
+#[derive(Debug, Clone, Copy)]
+pub struct Pod {
+    /// Its name, in namespace `default`.
+    pub name: &'static str,
+    /// Its labels, `k8s:KEY=VALUE,...`.
+    pub labels: &'static str,
+    /// Its address.
+    pub ip: &'static str,
+    /// Its node: 0 for node-1, 1 for node-2.
+    pub node: usize,
 }
 
 /// Step 6: a two-node mini-cluster on this machine, run as a cluster runs
@@ -30,30 +35,40 @@ pub(super) struct Pod {
 /// sidecar, which enforces the L7 rules it gets over xDS. The demo writes no
 /// map entry. Everything it starts is DEL'd, stopped and removed when it is
 /// dropped (failures included) or when SIGINT/SIGTERM arrives first.
-pub(super) struct Cluster {
-    pub(super) tag: String,
-    pub(super) cgroups: PathBuf,
-    pub(super) dir: PathBuf,
-    pub(super) state: Arc<Mutex<Teardown>>,
+pub struct Cluster {
+    /// What names everything it makes (namespaces, cgroups, pins, its temp directory).
+    pub tag: String,
+    pub(crate) cgroups: PathBuf,
+    /// Its temp directory: the control plane's source, the logs, the agents' sockets.
+    pub dir: PathBuf,
+    pub(crate) state: Arc<Mutex<Teardown>>,
     /// How pod traffic crosses between the nodes (`--overlay`).
-    pub(super) overlay: Overlay,
+    pub overlay: Overlay,
+    pub(crate) bins: Bins,
+    /// The control plane's xDS URL (on node-1's underlay address).
+    pub(crate) xds: String,
+    /// The deathstar replicas (deathstar-1 on node-1, deathstar-2 on node-2), each with
+    /// its sidecar.
+    pub deathstars: [Pod; 2],
+    /// The tiefighter and the xwing, both on node-1.
+    pub ships: [Pod; 2],
 }
 
 /// What the mini-cluster made, in the order it was made, to be undone once.
 #[derive(Default)]
-pub(super) struct Teardown {
+pub(crate) struct Teardown {
     /// Pods registered by `membrane-cni ADD`, to DEL while the agent still
     /// runs (it detaches and unpins them).
-    pub(super) cni: Vec<CniCall>,
+    pub cni: Vec<CniCall>,
     /// The node agents, one per node (step 8 replaces node-1's).
-    pub(super) agents: [Option<Child>; 2],
-    pub(super) children: Vec<Child>,
-    pub(super) netns: Vec<String>,
-    pub(super) dirs: Vec<PathBuf>,
+    pub agents: [Option<Child>; 2],
+    pub children: Vec<Child>,
+    pub netns: Vec<String>,
+    pub dirs: Vec<PathBuf>,
 }
 
 impl Teardown {
-    pub(super) fn run(&mut self) {
+    pub(crate) fn run(&mut self) {
         for call in self.cni.drain(..).rev() {
             let _ = call.run("DEL");
         }
@@ -104,36 +119,49 @@ fn teardown_on_signal(state: Arc<Mutex<Teardown>>) -> Result<()> {
     Ok(())
 }
 
-/// The binaries the live step runs, found beside this one (where `cargo build`
-/// and a release install leave them all).
-pub(super) struct Bins {
-    pub(super) proxy: PathBuf,
-    pub(super) xds: PathBuf,
-    pub(super) cni: PathBuf,
-    pub(super) agent: PathBuf,
+/// The binaries the mini-cluster runs, all in one directory (where `cargo build`
+/// and a release install leave them).
+#[derive(Debug, Clone)]
+pub struct Bins {
+    /// `membrane`: the deathstar's server (`membrane demo --serve-deathstar`), and the
+    /// operator's views of an agent (`endpoint list`, `monitor`).
+    pub membrane: PathBuf,
+    /// `membrane-proxy`, the deathstars' sidecar.
+    pub proxy: PathBuf,
+    /// `membrane-xds`, the control plane.
+    pub xds: PathBuf,
+    /// `membrane-cni`, what registers a pod with its node's agent.
+    pub cni: PathBuf,
+    /// `membrane-agent`, each node's daemon.
+    pub agent: PathBuf,
 }
 
-impl Cluster {
-    /// The binaries the live step runs, or why it cannot run here.
-    pub(super) fn prerequisites() -> std::result::Result<Bins, String> {
-        let me = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
+impl Bins {
+    /// The binaries in `dir`, or which one is missing.
+    pub fn in_dir(dir: &Path) -> std::result::Result<Bins, String> {
         let beside = |name: &str| {
-            let p = me.with_file_name(name);
+            let p = dir.join(name);
             if p.is_file() {
                 Ok(p)
             } else {
-                Err(format!(
-                    "the live step needs {name} beside this binary ({})",
-                    p.display()
-                ))
+                Err(format!("the mini-cluster needs {}", p.display()))
             }
         };
-        let bins = Bins {
+        Ok(Bins {
+            membrane: beside("membrane")?,
             proxy: beside("membrane-proxy")?,
             xds: beside("membrane-xds")?,
             cni: beside("membrane-cni")?,
             agent: beside("membrane-agent")?,
-        };
+        })
+    }
+}
+
+impl Cluster {
+    /// The binaries in `dir`, or why the mini-cluster cannot run here (a binary,
+    /// root, a tool or cgroup v2 missing).
+    pub fn prerequisites(dir: &Path) -> std::result::Result<Bins, String> {
+        let bins = Bins::in_dir(dir)?;
         if !is_root() {
             return Err("the live step needs root (network namespaces, cgroups, eBPF)".into());
         }
@@ -154,8 +182,54 @@ impl Cluster {
         Ok(bins)
     }
 
-    pub(super) fn run(bins: &Bins, overlay: Overlay) -> Result<()> {
-        let tag = format!("membrane-demo-{}", std::process::id());
+    /// The demo's step 6 to 8 on a new mini-cluster: set up, the Star Wars
+    /// scenario, live edits, an agent restart. Undone when it returns.
+    pub fn run(bins: &Bins, overlay: Overlay) -> Result<()> {
+        let c = Cluster::start(bins, overlay)?;
+        c.play(&c.deathstars, &c.ships, c.service())?;
+        c.across_nodes(&c.deathstars[1], &c.ships[1])?;
+        c.edit_policy(&c.deathstars, &c.ships, &c.source())?;
+        let r = c.restart_agent(&c.ships[0])?;
+        println!(
+            "  membrane-agent pid {} killed (SIGKILL) after landing {}; \
+             pid {} answering after landing {}",
+            r.old_pid, r.killed_at, r.new_pid, r.up_at
+        );
+        println!(
+            "  the new agent adopted {} endpoints from its state directory and the pins",
+            r.adopted
+        );
+        println!(
+            "  {} tiefighter landings across the restart: {} landed, {} failed",
+            r.codes.len(),
+            r.landed(),
+            r.codes.len() - r.landed()
+        );
+        Ok(())
+    }
+
+    /// The deathstar service's address.
+    pub fn service(&self) -> SocketAddr {
+        SERVICE.parse().expect("SERVICE is an address")
+    }
+
+    /// The control plane's source directory (`cluster.yaml`, `policy.yaml`).
+    pub fn source(&self) -> PathBuf {
+        self.dir.join("source")
+    }
+
+    /// A new mini-cluster, up (step 6's set-up, printed as it goes): the nodes, the
+    /// control plane with the L7 policy, the agents, the pods registered through
+    /// membrane-cni and programmed, the deathstars serving behind their ready sidecars.
+    /// Everything it makes is undone when it is dropped, also when setting up fails.
+    pub fn start(bins: &Bins, overlay: Overlay) -> Result<Cluster> {
+        static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // The pid names it; a second one in the same process gets a suffix.
+        let tag = match n {
+            0 => format!("membrane-demo-{}", std::process::id()),
+            n => format!("membrane-demo-{}-{n}", std::process::id()),
+        };
         step(&format!(
             "6. Live: a mini-cluster ({tag}: two nodes joined by an underlay, {overlay} between \
              them, membrane-xds on node-1 fed by a directory of Kubernetes YAML, an agent per \
@@ -166,12 +240,28 @@ impl Cluster {
         let cg2 = membrane_datapath::cgroup2_mount().context("no cgroup v2 mount")?;
         let state = Arc::new(Mutex::new(Teardown::default()));
         teardown_on_signal(state.clone())?;
-        let c = Cluster {
+        let pod = |name, labels, ip, node| Pod {
+            name,
+            labels,
+            ip,
+            node,
+        };
+        let mut c = Cluster {
             cgroups: cg2.join(&tag),
             dir: std::env::temp_dir().join(&tag),
             tag,
             state,
             overlay,
+            bins: bins.clone(),
+            xds: String::new(),
+            deathstars: [
+                pod("deathstar-1", DEATHSTAR, "10.200.0.10", 0),
+                pod("deathstar-2", DEATHSTAR, "10.201.0.11", 1),
+            ],
+            ships: [
+                pod("tiefighter", TIEFIGHTER, "10.200.0.2", 0),
+                pod("xwing", XWING, "10.200.0.3", 0),
+            ],
         };
         membrane_datapath::ensure_bpffs(&c.bpffs())?;
         let source = c.dir.join("source");
@@ -185,21 +275,8 @@ impl Cluster {
             c.undo().dirs.push(d);
         }
 
-        let pod = |name, labels, ip, node| Pod {
-            name,
-            labels,
-            ip,
-            node,
-        };
-        let deathstars = [
-            pod("deathstar-1", DEATHSTAR, "10.200.0.10", 0),
-            pod("deathstar-2", DEATHSTAR, "10.201.0.11", 1),
-        ];
-        let ships = [
-            pod("tiefighter", TIEFIGHTER, "10.200.0.2", 0),
-            pod("xwing", XWING, "10.200.0.3", 0),
-        ];
-        let service: SocketAddr = SERVICE.parse()?;
+        let (deathstars, ships) = (c.deathstars, c.ships);
+        let service = c.service();
 
         // The control plane on node-1, fed as a cluster's is: the objects
         // `kubectl get -o yaml` would show, in a watched directory.
@@ -209,7 +286,8 @@ impl Cluster {
             &source::cluster_yaml(&deathstars, &ships, service)?,
             L7.1,
         )?;
-        let xds = c.start_xds(bins, &source)?;
+        c.xds = c.start_xds(bins, &source)?;
+        let xds = c.xds.clone();
         println!(
             "  membrane-xds on {} serving xDS at {xds}, watching {}:",
             source::NODE,
@@ -267,8 +345,10 @@ impl Cluster {
         println!("  $ membrane service list");
         c.show(0, &["service", "list"])?;
 
-        let me = std::env::current_exe()?;
-        let me = me.to_str().context("this binary's path is not UTF-8")?;
+        let me = bins
+            .membrane
+            .to_str()
+            .context("membrane's path is not UTF-8")?;
         for d in &deathstars {
             c.spawn(
                 d.name,
@@ -292,10 +372,6 @@ impl Cluster {
                 .join(", ")
         );
 
-        c.play(&deathstars, &ships, service)?;
-        c.across_nodes(&deathstars[1], &ships[1])?;
-        c.edit_policy(&deathstars, &ships, &source)?;
-        let on_node_1 = deathstars.iter().chain(&ships).filter(|p| p.node == 0);
-        c.restart_agent(bins, &xds, &ships[0], on_node_1.count())
+        Ok(c)
     }
 }

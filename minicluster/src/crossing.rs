@@ -17,7 +17,7 @@ const WAIT: Duration = Duration::from_secs(20);
 impl Cluster {
     /// The xwing's connection to `deathstar` (on the other node) dropped by
     /// that node's tc program: the monitor line and the underlay's decode.
-    pub(super) fn across_nodes(&self, deathstar: &Pod, xwing: &Pod) -> Result<()> {
+    pub fn across_nodes(&self, deathstar: &Pod, xwing: &Pod) -> Result<()> {
         let (from, to) = (source::NODES[xwing.node], source::NODES[deathstar.node]);
         println!(
             "\n  across the nodes ({}): {} ({}) -> {} ({}) directly, dropped by {}'s tc program",
@@ -39,8 +39,7 @@ impl Cluster {
 
         // `membrane monitor` on the receiving node's agent, started before the
         // connection is tried so that the drop cannot be missed.
-        let me = std::env::current_exe()?;
-        let mut monitor = Command::new(&me)
+        let mut monitor = Command::new(&self.bins.membrane)
             .args(["monitor", "--type", "drop", "-o", "json", "--socket"])
             .arg(self.agent_socket(deathstar.node))
             .stdin(Stdio::null())

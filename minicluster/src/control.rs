@@ -12,19 +12,19 @@ use std::sync::mpsc;
 
 /// Where membrane-xds serves plaintext xDS: on node-1's underlay address
 /// ([`NODE_IP`]), which node-2's agent and every pod reach.
-pub(super) const XDS_PORT: u16 = 15010;
+pub(crate) const XDS_PORT: u16 = 15010;
 
 /// A `membrane-cni` call the teardown repeats as DEL.
 #[derive(Debug, Clone)]
-pub(super) struct CniCall {
-    pub(super) bin: PathBuf,
-    pub(super) env: Vec<(&'static str, String)>,
-    pub(super) config: String,
+pub(crate) struct CniCall {
+    pub bin: PathBuf,
+    pub env: Vec<(&'static str, String)>,
+    pub config: String,
 }
 
 impl CniCall {
     /// Runs the plugin with `command`: its stdout, or its error result as an error.
-    pub(super) fn run(&self, command: &str) -> Result<String> {
+    pub(crate) fn run(&self, command: &str) -> Result<String> {
         let mut child = Command::new(&self.bin)
             .env_clear()
             .env("CNI_COMMAND", command)
@@ -56,7 +56,7 @@ impl CniCall {
 impl Cluster {
     /// The control plane, in the node's namespace, reading `source`; its URL
     /// for the sidecars and the agent.
-    pub(super) fn start_xds(&self, bins: &Bins, source: &Path) -> Result<String> {
+    pub(crate) fn start_xds(&self, bins: &Bins, source: &Path) -> Result<String> {
         let grpc = format!("{NODE_IP}:{XDS_PORT}");
         let log = self.dir.join("membrane-xds.log");
         let err =
@@ -102,7 +102,7 @@ impl Cluster {
     /// where the agent attaches its tc programs, and the cgroup the runtime
     /// passes through the `cgroupPath` capability). Undone by DEL in the
     /// teardown.
-    pub(super) fn cni_add(&self, bins: &Bins, p: &Pod) -> Result<()> {
+    pub(crate) fn cni_add(&self, bins: &Bins, p: &Pod) -> Result<()> {
         let netns = PathBuf::from("/run/netns").join(self.ns(p.name));
         let netns = netns.to_str().context("netns path is not UTF-8")?;
         // The pod interface's MAC: the agent addresses the frames its tc programs
@@ -173,14 +173,33 @@ impl Cluster {
 
     /// Deathstar `d`'s membrane-proxy sidecar, in its pod as uid 1337, taking its policy
     /// and the peers' identities from the control plane at `xds` under
-    /// Istio's node id for the pod.
-    pub(super) fn start_sidecar(&self, bins: &Bins, d: &Pod, xds: &str) -> Result<()> {
+    /// Istio's node id for the pod. It serves a handover socket in a run directory
+    /// of the pod's own (owned by uid 1337), so that a successor can take its
+    /// listeners over ([`Cluster::upgrade_sidecar`]).
+    pub(crate) fn start_sidecar(&self, bins: &Bins, d: &Pod, xds: &str) -> Result<()> {
+        let run = self.sidecar_run_dir(d);
+        if !run.exists() {
+            std::fs::create_dir(&run).with_context(|| format!("create {}", run.display()))?;
+            std::os::unix::fs::chown(&run, Some(1337), Some(1337))
+                .with_context(|| format!("chown {} to 1337", run.display()))?;
+        }
+        self.spawn_sidecar(bins, d, xds, &self.dir.join(format!("{}.log", d.name)))
+    }
+
+    /// Pod `d`'s sidecar's run directory (its handover socket).
+    pub(crate) fn sidecar_run_dir(&self, d: &Pod) -> PathBuf {
+        self.dir.join(format!("{}-run", d.name))
+    }
+
+    /// A membrane-proxy for deathstar `d` (the first or a successor), logging to `log`.
+    pub(crate) fn spawn_sidecar(&self, bins: &Bins, d: &Pod, xds: &str, log: &Path) -> Result<()> {
         let node_id = format!(
             "sidecar~{}~{}.default~default.svc.cluster.local",
             d.ip, d.name
         );
-        let log = self.dir.join(format!("{}.log", d.name));
         let proxy = bins.proxy.to_str().context("proxy path is not UTF-8")?;
+        let handover = self.sidecar_run_dir(d).join("handover.sock");
+        let handover = handover.to_str().context("temp path is not UTF-8")?;
         // As Istio runs it: uid 1337, which the datapath's outbound capture
         // leaves alone (the sidecar's own connects, to the control plane and
         // upstream, are never steered back to it).
@@ -203,8 +222,10 @@ impl Cluster {
                 xds,
                 "--node-id",
                 &node_id,
+                "--handover-socket",
+                handover,
             ],
-            Some(&log),
+            Some(log),
         )
     }
 }
