@@ -209,9 +209,8 @@ pub fn inject(
         .collect();
 
     let pc = proxy_config(sidecar, annotations)?;
-    let native = ann(NATIVE_SIDECAR_ANNOTATION)
-        .and_then(go_bool)
-        .unwrap_or(sidecar.native_sidecars);
+    // As Istio's template: any value but "false" asks for a native sidecar.
+    let native = ann(NATIVE_SIDECAR_ANNOTATION).map_or(sidecar.native_sidecars, |v| v != "false");
     let hold = pc.get("holdApplicationUntilProxyStarts") == Some(&Value::Bool(true));
     let (workload, api, kind) = workload(&meta);
     let workload_ns = if namespace.is_empty() {
@@ -319,7 +318,7 @@ pub fn inject(
     };
     let mut c = json!({
         "name": CONTAINER,
-        "image": ann(PROXY_IMAGE_ANNOTATION).filter(|i| !i.is_empty()).unwrap_or(&sidecar.image),
+        "image": ann(PROXY_IMAGE_ANNOTATION).unwrap_or(&sidecar.image),
         "command": ["membrane-proxy"],
         "args": ["sidecar"],
         "ports": [{"containerPort": 15090, "protocol": "TCP", "name": "http-envoy-prom"}],
