@@ -33,6 +33,36 @@ use crate::source::kube::{self, KubeSource};
 use crate::source::Source;
 use crate::webhook::{self, Webhook};
 
+/// `--native-sidecars`, resolved: `auto` asks the API server's version
+/// when `--kube` is on (an unanswered question keeps native sidecars, the
+/// default of every supported Kubernetes).
+async fn native_sidecars(cfg: &Config) -> bool {
+    #[cfg(feature = "kube")]
+    if cfg.kube && cfg.native_sidecars == crate::config::NativeSidecars::Auto {
+        let version = match kube::client(cfg.kubeconfig.as_deref()).await {
+            Ok(c) => c.apiserver_version().await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let parsed = version.as_ref().ok().and_then(|v| {
+            let num = |s: &str| s.trim_end_matches('+').parse::<u32>().ok();
+            Some((num(&v.major)?, num(&v.minor)?))
+        });
+        if parsed.is_none() {
+            tracing::warn!(
+                ?version,
+                "API server version unknown: injecting native sidecars"
+            );
+        }
+        let native = cfg.native_sidecars.resolve(parsed);
+        info!(
+            ?parsed,
+            native, "injection: native sidecars decided from the API server version"
+        );
+        return native;
+    }
+    cfg.native_sidecars.resolve(None)
+}
+
 /// Why the control plane could not start; each names the flag at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -284,9 +314,16 @@ pub async fn start(cfg: &Config) -> Result<Running, AppError> {
                 max_body_bytes: cfg.webhook_max_body_bytes,
                 limits: cfg.conn_limits(true),
                 sidecar: Sidecar {
-                    image: cfg.sidecar_image.clone(),
-                    xds_address: cfg.sidecar_xds_address.clone(),
-                    revision: cfg.injection_revision.clone(),
+                    native_sidecars: native_sidecars(cfg).await,
+                    hold_application: cfg.hold_application_until_proxy_starts,
+                    rewrite_probes: cfg.rewrite_app_probers,
+                    cluster_id: cfg.sidecar_cluster_id.clone(),
+                    trust_domain: cfg.trust_domain.clone(),
+                    ..Sidecar::new(
+                        &cfg.sidecar_image,
+                        &cfg.sidecar_xds_address,
+                        &cfg.injection_revision,
+                    )
                 },
             };
             let wh = Webhook::new(settings, recorder.clone()).map_err(AppError::Webhook)?;

@@ -131,9 +131,35 @@ pub struct Config {
         default_value = "https://membrane-xds.membrane-system.svc:15012"
     )]
     pub sidecar_xds_address: String,
-    /// Istio revision written into injected pods' `sidecar.istio.io/status`.
+    /// Istio revision written into injected pods' `sidecar.istio.io/status`;
+    /// a pod labelled `istio.io/rev` with another revision is not injected.
     #[arg(long, env = "MEMBRANE_INJECTION_REVISION", default_value = "default")]
     pub injection_revision: String,
+    /// The proxy as a native sidecar (an init container with `restartPolicy:
+    /// Always`, Kubernetes 1.29+) or a plain container (`false`, for older
+    /// clusters); `auto`: native unless `--kube` finds an API server older
+    /// than 1.29. A pod's `sidecar.istio.io/nativeSidecar` annotation wins.
+    #[arg(long, env = "MEMBRANE_NATIVE_SIDECARS", default_value = "auto")]
+    pub native_sidecars: NativeSidecars,
+    /// Istio's `holdApplicationUntilProxyStarts` for every pod (a pod's
+    /// `proxy.istio.io/config` can ask for it too): with plain containers
+    /// the proxy goes first and the application starts once it is ready.
+    #[arg(long, env = "MEMBRANE_HOLD_APPLICATION_UNTIL_PROXY_STARTS")]
+    pub hold_application_until_proxy_starts: bool,
+    /// Rewrite the application's httpGet/tcpSocket/grpc probes to go
+    /// through the sidecar's 15020 (Istio's default; a pod's
+    /// `sidecar.istio.io/rewriteAppHTTPProbers` wins).
+    #[arg(long, env = "MEMBRANE_REWRITE_APP_PROBERS", default_value_t = true,
+          action = clap::ArgAction::Set)]
+    pub rewrite_app_probers: bool,
+    /// `ISTIO_META_CLUSTER_ID` of injected sidecars (Istio's default; the
+    /// `/inject/cluster/NAME` path overrides it).
+    #[arg(
+        long,
+        env = "MEMBRANE_SIDECAR_CLUSTER_ID",
+        default_value = "Kubernetes"
+    )]
+    pub sidecar_cluster_id: String,
     /// Debug and metrics HTTP listen address. Bound elsewhere than
     /// loopback, only `/metrics` and `/ready` answer remote clients: the
     /// per-proxy views (config dumps, syncz, adsz, flightz, ...) answer 403.
@@ -244,6 +270,28 @@ impl Config {
     }
 }
 
+/// `--native-sidecars`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum NativeSidecars {
+    /// Native unless the API server (with `--kube`) is older than 1.29.
+    Auto,
+    /// Always an init container with `restartPolicy: Always`.
+    True,
+    /// Always a plain container.
+    False,
+}
+
+impl NativeSidecars {
+    /// The choice, given the API server's `major.minor` when known.
+    pub fn resolve(self, server: Option<(u32, u32)>) -> bool {
+        match self {
+            NativeSidecars::True => true,
+            NativeSidecars::False => false,
+            NativeSidecars::Auto => server.is_none_or(|v| v >= (1, 29)),
+        }
+    }
+}
+
 /// `NAMESPACE/NAME` of a service account.
 fn parse_account(s: &str) -> Result<(String, String), String> {
     match s.split_once('/') {
@@ -296,5 +344,29 @@ mod tests {
         ])
         .unwrap();
         assert!(c.plaintext_xds);
+    }
+
+    #[test]
+    fn native_sidecars_unless_the_cluster_is_too_old_or_told_otherwise() {
+        let c = Config::try_parse_from(["membrane-xds"]).unwrap();
+        assert_eq!(c.native_sidecars, NativeSidecars::Auto);
+        assert!(c.rewrite_app_probers && !c.hold_application_until_proxy_starts);
+        assert!(NativeSidecars::Auto.resolve(None));
+        assert!(NativeSidecars::Auto.resolve(Some((1, 29))));
+        assert!(!NativeSidecars::Auto.resolve(Some((1, 28))));
+        assert!(!NativeSidecars::False.resolve(Some((1, 34))));
+        assert!(NativeSidecars::True.resolve(Some((1, 20))));
+        let c = Config::try_parse_from([
+            "membrane-xds",
+            "--native-sidecars",
+            "false",
+            "--rewrite-app-probers",
+            "false",
+        ])
+        .unwrap();
+        assert_eq!(c.native_sidecars, NativeSidecars::False);
+        assert!(!c.rewrite_app_probers);
+        let e = Config::try_parse_from(["membrane-xds", "--native-sidecars", "maybe"]).unwrap_err();
+        assert!(e.to_string().contains("auto, true, false"), "{e}");
     }
 }

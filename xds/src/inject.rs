@@ -1,29 +1,42 @@
 //! Sidecar injection: an `admission.k8s.io/v1` AdmissionReview for a Pod in,
 //! the AdmissionReview to answer with out (the same `uid`, `allowed: true`
-//! and, when the pod gets a sidecar, a JSONPatch adding the `membrane-proxy`
-//! container and Istio's `sidecar.istio.io/status` annotation).
+//! and, when the pod gets a sidecar, a JSONPatch from the pod as sent to the
+//! pod as current Istio would inject it, `membrane-proxy` in place of
+//! istio-proxy: `sidecar.rs` builds that pod, `probes.rs` rewrites the
+//! application's probes).
 //!
-//! No I/O here: `webhook.rs` serves this over HTTPS. It never denies a pod:
-//! a pod the rules skip, or one that cannot take the sidecar, is allowed
-//! unchanged (the latter with a warning the API server shows the client);
-//! only input that is not an AdmissionReview for a Pod is an error.
+//! No I/O here: `webhook.rs` serves this over HTTPS. A pod the rules skip,
+//! or one that cannot take the sidecar, is allowed unchanged (the latter
+//! with a warning the API server shows the client); a pod whose
+//! `proxy.istio.io/config` does not parse is refused with the reason, as
+//! Istio refuses it; input that is not an AdmissionReview for a Pod is an
+//! error.
 //!
-//! Capture is done by the node's eBPF programs (membrane-agent honours the
-//! `traffic.sidecar.istio.io/*` annotations), so unlike Istio there is no
-//! init container and the sidecar needs no capability.
+//! Capture is done by the node's eBPF programs (the CNI plugin and
+//! membrane-agent, which read the pod's `traffic.sidecar.istio.io/*`
+//! annotations), so unlike Istio there is no `istio-init` container and the
+//! sidecar needs no capability.
 
 use base64::Engine;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
-/// The injected container's name.
-pub const CONTAINER: &str = "membrane-proxy";
+mod probes;
+pub mod sidecar;
+
+/// The injected container's name: Istio's, which istioctl, `kubectl logs`
+/// habits and Istio's tooling look for.
+pub const CONTAINER: &str = "istio-proxy";
+/// The name this webhook gave the sidecar before it used Istio's: a pod
+/// with it is injected already.
+pub const LEGACY_CONTAINER: &str = "membrane-proxy";
 /// Istio's annotation listing what was injected; its presence marks a pod as
 /// injected for istioctl and for this webhook.
 pub const STATUS_ANNOTATION: &str = "sidecar.istio.io/status";
 /// Istio's per-pod opt-out (label or annotation).
 pub const INJECT_KEY: &str = "sidecar.istio.io/inject";
-/// Tells kubectl which container `logs`/`exec` mean by default.
-pub const DEFAULT_CONTAINER_ANNOTATION: &str = "kubectl.kubernetes.io/default-container";
+/// Istio's revision label: a pod naming another revision belongs to
+/// another control plane.
+pub const REVISION_LABEL: &str = "istio.io/rev";
 /// The uid the sidecar runs as (Istio's `istio-proxy` uid; the datapath
 /// exempts its connections from capture).
 pub const PROXY_UID: i64 = 1337;
@@ -34,21 +47,10 @@ pub const IGNORED_NAMESPACES: [&str; 4] = [
     "kube-node-lease",
     "local-path-storage",
 ];
-/// The sidecar's own listener: `membrane-proxy standalone` requires one
-/// (`--listen`/`--upstream`); bound to loopback so only the pod reaches it.
-pub const PROXY_LISTEN_PORT: u16 = 15007;
-/// The sidecar's capture listeners, as the sidecar's tests use them too.
-pub use membrane_api::sidecar::{CAPTURE_INBOUND, CAPTURE_OUTBOUND};
-/// Ports the sidecar binds in the pod's network namespace, with the names
-/// its container declares: outbound and inbound capture (Istio's 15001 and
-/// 15006), merged metrics and readiness (named as Istio's own templates
-/// name 15020 and 15021).
-pub const PROXY_PORTS: [(u16, &str); 4] = [
-    (15001, "outbound"),
-    (15006, "inbound"),
-    (15020, "metrics"),
-    (15021, "health"),
-];
+/// Ports the sidecar binds in the pod's network namespace (the sidecar
+/// contract): admin, outbound and inbound capture, status (merged metrics
+/// and app probes), readiness, Prometheus.
+pub const PROXY_PORTS: [u16; 6] = [15000, 15001, 15006, 15020, 15021, 15090];
 
 /// Where the sidecar's workload certificate is mounted, in Istio's legacy
 /// layout: `cert-chain.pem`, `key.pem`, `root-cert.pem`.
@@ -72,10 +74,59 @@ pub struct Sidecar {
     /// The control plane the sidecar dials: `https://HOST:15012` (mTLS with
     /// the pod's workload certificate, mounted from Secret
     /// `membrane.SERVICE_ACCOUNT`) or a plaintext `http://` address (no
-    /// certificate mounted).
+    /// certificate mounted). It becomes ProxyConfig's `discoveryAddress`.
     pub xds_address: String,
     /// Istio revision recorded in the status annotation.
     pub revision: String,
+    /// The proxy as a native sidecar (an init container with `restartPolicy:
+    /// Always`, Kubernetes 1.29+) rather than a plain container.
+    pub native_sidecars: bool,
+    /// Mesh-wide `holdApplicationUntilProxyStarts`.
+    pub hold_application: bool,
+    /// Istio's `sidecarInjectorWebhook.rewriteAppHTTPProbe`.
+    pub rewrite_probes: bool,
+    /// `ISTIO_META_CLUSTER_ID` (Istio's default: `Kubernetes`).
+    pub cluster_id: String,
+    /// The mesh's trust domain (`TRUST_DOMAIN`, and the mesh id).
+    pub trust_domain: String,
+}
+
+impl Sidecar {
+    /// Istio's defaults around the three things that differ per install.
+    pub fn new(image: &str, xds_address: &str, revision: &str) -> Self {
+        Sidecar {
+            image: image.into(),
+            xds_address: xds_address.into(),
+            revision: revision.into(),
+            native_sidecars: true,
+            hold_application: false,
+            rewrite_probes: true,
+            cluster_id: "Kubernetes".into(),
+            trust_domain: "cluster.local".into(),
+        }
+    }
+
+    /// `ISTIO_META_MESH_ID`: the trust domain, as Istio without a meshID.
+    pub fn mesh_id(&self) -> &str {
+        &self.trust_domain
+    }
+
+    /// The mesh's default ProxyConfig (JSON, Istio's field names): where
+    /// the control plane is and how to reach it.
+    pub fn default_proxy_config(&self) -> Value {
+        let (plain, addr) = match self.xds_address.split_once("://") {
+            Some((scheme, rest)) => (scheme == "http", rest),
+            None => (false, self.xds_address.as_str()),
+        };
+        let mut pc = json!({"discoveryAddress": addr.trim_end_matches('/')});
+        if plain {
+            pc["controlPlaneAuthPolicy"] = json!("NONE");
+        }
+        if self.hold_application {
+            pc["holdApplicationUntilProxyStarts"] = json!(true);
+        }
+        pc
+    }
 }
 
 /// Why a request is not an AdmissionReview for a Pod (answered with 400).
@@ -135,6 +186,8 @@ pub enum Outcome {
     /// Allowed unchanged because the pod cannot take the sidecar: the
     /// warning returned to the client.
     NotPatchable(String),
+    /// Refused (as Istio refuses it): the reason returned to the client.
+    Denied(String),
 }
 
 /// The answer: the AdmissionReview to send back and what was decided.
@@ -298,6 +351,10 @@ pub fn review(body: &[u8], path: &str, sidecar: &Sidecar) -> Result<Reviewed, Re
     };
     let (outcome, patch) = outcome_patch;
     let mut response = json!({ "uid": uid, "allowed": true });
+    if let Outcome::Denied(why) = &outcome {
+        response["allowed"] = json!(false);
+        response["status"] = json!({"code": 400, "reason": "BadRequest", "message": why});
+    }
     if let Some(p) = patch {
         let bytes = serde_json::to_vec(&p).expect("a JSON value serializes");
         response["patchType"] = json!("JSONPatch");
@@ -359,9 +416,9 @@ fn decide(
     }
     let annotations = meta.and_then(|m| field(m, "annotations"));
     let labels = meta.and_then(|m| field(m, "labels"));
-    if let Some(a) = annotations {
-        if !a.is_object() {
-            return unpatchable(format!("metadata.annotations is {}, not a map", short(a)));
+    for (what, v) in [("annotations", annotations), ("labels", labels)] {
+        if let Some(v) = v.filter(|v| !v.is_object()) {
+            return unpatchable(format!("metadata.{what} is {}, not a map", short(v)));
         }
     }
     let spec = field(pod, "spec");
@@ -370,15 +427,24 @@ fn decide(
         Some(c) => return unpatchable(format!("spec.containers is {}, not a list", short(c))),
         None => return unpatchable("the pod has no spec.containers".into()),
     };
-    let names: Vec<&str> = containers
+    let inits = match spec.and_then(|s| field(s, "initContainers")) {
+        None => &[][..],
+        Some(Value::Array(c)) => &c[..],
+        Some(c) => return unpatchable(format!("spec.initContainers is {}, not a list", short(c))),
+    };
+    let names: Vec<&str> = inits
         .iter()
+        .chain(containers)
         .filter_map(|c| c.get("name").and_then(Value::as_str))
         .collect();
 
     // Idempotence first: a pod that has the sidecar, or says it was
     // injected (by this webhook or by istiod), is left alone.
-    if names.contains(&CONTAINER) {
-        return skip(format!("already has a {CONTAINER} container"));
+    if let Some(n) = names
+        .iter()
+        .find(|n| **n == CONTAINER || **n == LEGACY_CONTAINER)
+    {
+        return skip(format!("already has a {n} container"));
     }
     if annotations.is_some_and(|a| a.get(STATUS_ANNOTATION).is_some()) {
         return skip(format!("already injected ({STATUS_ANNOTATION} is set)"));
@@ -398,198 +464,72 @@ fn decide(
             break;
         }
     }
+    // The webhook configuration sends a revision's pods to its webhook; a
+    // pod that names another revision is that control plane's.
+    if let Some(rev) = labels
+        .and_then(|l| l.get(REVISION_LABEL))
+        .and_then(Value::as_str)
+    {
+        let ours = if sidecar.revision.is_empty() {
+            "default"
+        } else {
+            &sidecar.revision
+        };
+        if rev != ours {
+            return skip(format!(
+                "label {REVISION_LABEL}: {rev:?} is another revision than {ours:?}"
+            ));
+        }
+    }
 
     // The sidecar shares the pod's network namespace: an application port
     // it needs would make one of the two fail to bind.
-    let mut taken = PROXY_PORTS.iter().map(|p| p.0).collect::<Vec<_>>();
-    taken.push(PROXY_LISTEN_PORT);
-    for (i, c) in containers.iter().enumerate() {
-        let cname = c.get("name").and_then(Value::as_str).unwrap_or("?");
-        for p in c
-            .get("ports")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            let port = p.get("containerPort").and_then(Value::as_u64);
-            if let Some(port) = port.filter(|n| taken.iter().any(|t| u64::from(*t) == *n)) {
-                return unpatchable(format!(
-                    "spec.containers[{i}] ({cname}) declares port {port}, which {CONTAINER} needs"
-                ));
-            }
-        }
-    }
-
-    // mTLS to the control plane: the pod's service account's certificate.
-    let mtls = sidecar.xds_address.starts_with("https://");
-    let volumes = spec.and_then(|s| field(s, "volumes"));
-    if mtls {
-        match volumes {
-            None | Some(Value::Null) => {}
-            Some(Value::Array(v)) => {
-                if v.iter()
-                    .any(|x| x.get("name").and_then(Value::as_str) == Some(CERTS_VOLUME))
-                {
-                    return unpatchable(format!(
-                        "spec.volumes already has a volume named {CERTS_VOLUME}"
-                    ));
-                }
-            }
-            Some(v) => return unpatchable(format!("spec.volumes is {}, not a list", short(v))),
-        }
-    }
-    let service_account = spec
-        .and_then(|s| field(s, "serviceAccountName"))
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-        .unwrap_or("default");
-
-    let upstream_port = containers
-        .iter()
-        .flat_map(|c| {
-            c.get("ports")
+    for (list, cs) in [("initContainers", inits), ("containers", &containers[..])] {
+        for (i, c) in cs.iter().enumerate() {
+            let cname = c.get("name").and_then(Value::as_str).unwrap_or("?");
+            for p in c
+                .get("ports")
                 .and_then(Value::as_array)
                 .into_iter()
                 .flatten()
-        })
-        .find_map(|p| p.get("containerPort").and_then(Value::as_u64))
-        .unwrap_or(80);
-    let status = json!({
-        "initContainers": null,
-        "containers": [CONTAINER],
-        "volumes": if mtls { json!([CERTS_VOLUME]) } else { Value::Null },
-        "imagePullSecrets": null,
-        "revision": sidecar.revision,
-    })
-    .to_string();
-    let mut add_annotations = vec![(STATUS_ANNOTATION.to_string(), Value::String(status))];
-    let has_default = annotations.is_some_and(|a| a.get(DEFAULT_CONTAINER_ANNOTATION).is_some());
-    if let (false, Some(first)) = (has_default, names.first()) {
-        add_annotations.push((
-            DEFAULT_CONTAINER_ANNOTATION.to_string(),
-            Value::String(first.to_string()),
-        ));
-    }
-
-    let mut ops = Vec::new();
-    match (meta, annotations) {
-        (None, _) => {
-            let map: Map<String, Value> = add_annotations.into_iter().collect();
-            ops.push(json!({"op": "add", "path": "/metadata", "value": {"annotations": map}}));
-        }
-        (Some(_), None) => {
-            let map: Map<String, Value> = add_annotations.into_iter().collect();
-            ops.push(json!({"op": "add", "path": "/metadata/annotations", "value": map}));
-        }
-        (Some(_), Some(_)) => {
-            for (k, v) in add_annotations {
-                ops.push(json!({
-                    "op": "add",
-                    "path": format!("/metadata/annotations/{}", pointer_escape(&k)),
-                    "value": v,
-                }));
+            {
+                let port = p.get("containerPort").and_then(Value::as_u64);
+                if let Some(port) = port.filter(|n| PROXY_PORTS.iter().any(|t| u64::from(*t) == *n))
+                {
+                    return unpatchable(format!(
+                        "spec.{list}[{i}] ({cname}) declares port {port}, which {CONTAINER} needs"
+                    ));
+                }
             }
         }
     }
-    ops.push(json!({
-        "op": "add",
-        "path": "/spec/containers/-",
-        "value": container(sidecar, env, upstream_port, mtls),
-    }));
-    if mtls {
-        // Fails closed: without the Secret the pod does not start (rather
-        // than run a sidecar that cannot authenticate).
-        let volume = json!({
-            "name": CERTS_VOLUME,
-            "secret": {"secretName": cert_secret_name(service_account)},
-        });
-        ops.push(match volumes {
-            Some(Value::Array(_)) => {
-                json!({"op": "add", "path": "/spec/volumes/-", "value": volume})
-            }
-            _ => json!({"op": "add", "path": "/spec/volumes", "value": [volume]}),
-        });
-    }
-    (Outcome::Injected, Some(Value::Array(ops)))
-}
-
-/// RFC 6901: `~` → `~0`, `/` → `~1`.
-fn pointer_escape(s: &str) -> String {
-    s.replace('~', "~0").replace('/', "~1")
-}
-
-/// The `membrane-proxy` container: mesh mode (policy from the control plane
-/// under Istio's node id), capture listeners, metrics and readiness on the
-/// pod's address, unprivileged as uid 1337.
-fn container(sidecar: &Sidecar, env: &[(String, String)], upstream_port: u64, mtls: bool) -> Value {
-    let field_env = |name: &str, path: &str| json!({"name": name, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": path}}});
-    let mut vars = vec![
-        field_env("POD_NAME", "metadata.name"),
-        field_env("POD_NAMESPACE", "metadata.namespace"),
-        field_env("POD_IP", "status.podIP"),
-    ];
-    vars.extend(env.iter().map(|(k, v)| json!({"name": k, "value": v})));
-    let ports: Vec<Value> = PROXY_PORTS
-        .iter()
-        .map(|(port, name)| json!({"containerPort": port, "name": name, "protocol": "TCP"}))
-        .collect();
-    let mut c = json!({
-        "name": CONTAINER,
-        "image": sidecar.image,
-        "imagePullPolicy": "IfNotPresent",
-        "command": ["membrane-proxy"],
-        "args": [
-            "standalone",
-            "--xds-address", sidecar.xds_address,
-            // Kubernetes expands $(VAR) from the container's env.
-            "--node-id", "sidecar~$(POD_IP)~$(POD_NAME).$(POD_NAMESPACE)~$(POD_NAMESPACE).svc.cluster.local",
-            "--capture-outbound", CAPTURE_OUTBOUND,
-            "--capture-inbound", CAPTURE_INBOUND,
-            "--metrics", "0.0.0.0:15020",
-            "--health", "0.0.0.0:15021",
-            "--listen", format!("127.0.0.1:{PROXY_LISTEN_PORT}"),
-            "--upstream", format!("127.0.0.1:{upstream_port}"),
-        ],
-        "env": vars,
-        "ports": ports,
-        "readinessProbe": {
-            "httpGet": {"path": "/healthz/ready", "port": 15021},
-            "initialDelaySeconds": 1,
-            "periodSeconds": 2,
-            "timeoutSeconds": 3,
-            "failureThreshold": 30,
-        },
-        "resources": {
-            "requests": {"cpu": "100m", "memory": "128Mi"},
-            "limits": {"cpu": "2", "memory": "1Gi"},
-        },
-        "securityContext": {
-            "runAsUser": PROXY_UID,
-            "runAsGroup": PROXY_UID,
-            "runAsNonRoot": true,
-            "privileged": false,
-            "allowPrivilegeEscalation": false,
-            "readOnlyRootFilesystem": true,
-            "capabilities": {"drop": ["ALL"]},
-        },
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-    });
-    if mtls {
-        // Istio's legacy layout; the proxy re-reads rotated files.
-        if let Some(args) = c["args"].as_array_mut() {
-            for (flag, file) in [
-                ("--xds-ca", "root-cert.pem"),
-                ("--xds-cert", "cert-chain.pem"),
-                ("--xds-key", "key.pem"),
-            ] {
-                args.push(json!(flag));
-                args.push(json!(format!("{CERTS_DIR}/{file}")));
+    match spec.and_then(|s| field(s, "volumes")) {
+        None => {}
+        Some(Value::Array(v)) => {
+            let ours = sidecar::VOLUMES.iter().chain([&CERTS_VOLUME]);
+            for name in ours {
+                if v.iter()
+                    .any(|x| x.get("name").and_then(Value::as_str) == Some(name))
+                {
+                    return unpatchable(format!("spec.volumes already has a volume named {name}"));
+                }
             }
         }
-        c["volumeMounts"] =
-            json!([{"name": CERTS_VOLUME, "mountPath": CERTS_DIR, "readOnly": true}]);
+        Some(v) => return unpatchable(format!("spec.volumes is {}, not a list", short(v))),
     }
-    c
+
+    match sidecar::inject(pod, namespace, sidecar, env) {
+        Ok(injected) => {
+            // The patch is the difference, as Istio computes it.
+            let patch = json_patch::diff(pod, &injected);
+            let ops = serde_json::to_value(patch).expect("a patch serializes");
+            (Outcome::Injected, Some(ops))
+        }
+        Err(e) => (
+            Outcome::Denied(format!("{CONTAINER} not injected: {e}")),
+            None,
+        ),
+    }
 }
 
 #[cfg(test)]

@@ -313,6 +313,10 @@ impl Webhook {
                         self.count("not_patchable");
                         warn!(pod = %r.pod, why = %why, "pod allowed without the sidecar");
                     }
+                    Outcome::Denied(why) => {
+                        self.count("denied");
+                        warn!(pod = %r.pod, why = %why, "pod refused");
+                    }
                 }
                 let mut resp = Response::new(Full::new(Bytes::from(r.review.to_string())));
                 resp.headers_mut().insert(

@@ -146,31 +146,23 @@ fn validate(pod: &Value, dir: &Path) {
     assert!(text.contains("1 objects checked, 0 invalid"), "{text}");
 }
 
+/// The injected native sidecar: the first init container.
 fn sidecar(pod: &Value) -> &Value {
-    pod["spec"]["containers"]
+    let c = &pod["spec"]["initContainers"][0];
+    assert_eq!(c["name"], "istio-proxy", "{pod:#}");
+    c
+}
+
+fn env_value(c: &Value, name: &str) -> String {
+    c["env"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|c| c["name"] == "membrane-proxy")
-        .expect("a membrane-proxy container")
-}
-
-fn args(c: &Value) -> Vec<String> {
-    c["args"]
-        .as_array()
+        .find(|e| e["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} in {c:#}"))["value"]
+        .as_str()
         .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap().to_string())
-        .collect()
-}
-
-fn arg_after(c: &Value, flag: &str) -> String {
-    let a = args(c);
-    let i = a
-        .iter()
-        .position(|x| x == flag)
-        .unwrap_or_else(|| panic!("no {flag} in {a:?}"));
-    a[i + 1].clone()
+        .to_string()
 }
 
 fn review_of(pod: Value) -> Value {
@@ -197,26 +189,25 @@ fn recorded_pods_get_a_valid_sidecar_and_istio_status() {
         let pod = patched(&review, &answer).expect("a patch");
         validate(&pod, hook.dir.path());
 
-        // The application's containers are untouched, the sidecar is last.
+        // The application's containers (no probes here) are untouched; the
+        // sidecar is a native one, among the init containers.
         let before = review["request"]["object"]["spec"]["containers"]
             .as_array()
             .unwrap();
         let after = pod["spec"]["containers"].as_array().unwrap();
-        assert_eq!(&after[..before.len()], &before[..], "{name}");
-        assert_eq!(after.len(), before.len() + 1);
+        assert_eq!(after, before, "{name}");
         let c = sidecar(&pod);
         assert_eq!(c["image"], IMAGE);
         assert_eq!(c["command"], json!(["membrane-proxy"]));
-        assert_eq!(args(c)[0], "standalone");
-        assert_eq!(arg_after(c, "--xds-address"), XDS);
+        assert_eq!(c["args"], json!(["sidecar"]));
+        assert_eq!(c["restartPolicy"], "Always");
+        // ProxyConfig's discoveryAddress is the control plane.
+        let pc: Value = serde_json::from_str(&env_value(c, "PROXY_CONFIG")).unwrap();
+        assert_eq!(pc["discoveryAddress"], "membrane-xds.test:15012");
         // mTLS with the service account's certificate, Istio's legacy layout.
-        assert_eq!(arg_after(c, "--xds-ca"), "/etc/certs/root-cert.pem");
-        assert_eq!(arg_after(c, "--xds-cert"), "/etc/certs/cert-chain.pem");
-        assert_eq!(arg_after(c, "--xds-key"), "/etc/certs/key.pem");
-        assert_eq!(
-            c["volumeMounts"],
-            json!([{"name": "membrane-certs", "mountPath": "/etc/certs", "readOnly": true}])
-        );
+        assert!(c["volumeMounts"].as_array().unwrap().contains(
+            &json!({"name": "membrane-certs", "mountPath": "/etc/certs", "readOnly": true})
+        ));
         let sa = review["request"]["object"]["spec"]["serviceAccountName"]
             .as_str()
             .unwrap_or("default");
@@ -226,23 +217,11 @@ fn recorded_pods_get_a_valid_sidecar_and_istio_status() {
             .find(|v| v["name"] == "membrane-certs")
             .expect("the certificate volume");
         assert_eq!(certs["secret"]["secretName"], format!("membrane.{sa}"));
-        // The pod's own volumes stay.
+        // The pod's own volumes stay, Istio's three and the certificate's join.
         let own = review["request"]["object"]["spec"]["volumes"]
             .as_array()
             .map_or(0, Vec::len);
-        assert_eq!(vols.len(), own + 1, "{name}");
-        assert_eq!(
-            arg_after(c, "--node-id"),
-            "sidecar~$(POD_IP)~$(POD_NAME).$(POD_NAMESPACE)~$(POD_NAMESPACE).svc.cluster.local"
-        );
-        // Outbound capture on loopback only: a peer cannot dial it (issue 12).
-        assert_eq!(
-            arg_after(c, "--capture-outbound"),
-            "127.0.0.1:15001,[::1]:15001"
-        );
-        assert_eq!(arg_after(c, "--capture-inbound"), "0.0.0.0:15006");
-        assert_eq!(arg_after(c, "--health"), "0.0.0.0:15021");
-        assert_eq!(arg_after(c, "--metrics"), "0.0.0.0:15020");
+        assert_eq!(vols.len(), own + 4, "{name}");
         let env: Vec<(String, String)> = c["env"]
             .as_array()
             .unwrap()
@@ -258,31 +237,17 @@ fn recorded_pods_get_a_valid_sidecar_and_istio_status() {
             })
             .collect();
         for (var, path) in [
-            ("POD_IP", "status.podIP"),
+            ("INSTANCE_IP", "status.podIP"),
             ("POD_NAME", "metadata.name"),
             ("POD_NAMESPACE", "metadata.namespace"),
+            ("SERVICE_ACCOUNT", "spec.serviceAccountName"),
+            ("HOST_IP", "status.hostIP"),
         ] {
             assert!(env.contains(&(var.into(), path.into())), "{env:?}");
         }
-        let ports: Vec<(u64, &str)> = c["ports"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| {
-                (
-                    p["containerPort"].as_u64().unwrap(),
-                    p["name"].as_str().unwrap(),
-                )
-            })
-            .collect();
         assert_eq!(
-            ports,
-            [
-                (15001, "outbound"),
-                (15006, "inbound"),
-                (15020, "metrics"),
-                (15021, "health")
-            ]
+            c["ports"],
+            json!([{"containerPort": 15090, "name": "http-envoy-prom", "protocol": "TCP"}])
         );
         assert_eq!(
             c["readinessProbe"]["httpGet"],
@@ -292,8 +257,8 @@ fn recorded_pods_get_a_valid_sidecar_and_istio_status() {
         assert_eq!(c["securityContext"]["capabilities"]["drop"], json!(["ALL"]));
         assert!(c["securityContext"]["capabilities"].get("add").is_none());
         assert_eq!(c["resources"]["requests"]["cpu"], "100m");
-        // eBPF capture: no init container.
-        assert!(pod["spec"].get("initContainers").is_none());
+        // eBPF capture: the proxy is the only init container.
+        assert_eq!(pod["spec"]["initContainers"].as_array().unwrap().len(), 1);
 
         // What istioctl reads.
         let ann = &pod["metadata"]["annotations"];
@@ -301,7 +266,8 @@ fn recorded_pods_get_a_valid_sidecar_and_istio_status() {
             serde_json::from_str(ann["sidecar.istio.io/status"].as_str().unwrap()).unwrap();
         assert_eq!(
             status,
-            json!({"initContainers": null, "containers": ["membrane-proxy"], "volumes": ["membrane-certs"],
+            json!({"initContainers": ["istio-proxy"], "containers": null,
+                   "volumes": ["istio-envoy", "istio-data", "istio-podinfo", "membrane-certs"],
                    "imagePullSecrets": null, "revision": "default"})
         );
         assert_eq!(
@@ -317,11 +283,19 @@ fn recorded_pods_get_a_valid_sidecar_and_istio_status() {
             assert_eq!(&ann[k], v, "{name}: {k}");
         }
     }
-    // The Deployment's pod declares port 80: the sidecar's own listener
-    // forwards there.
+    // The Deployment's pod: its workload and ports, as Istio names them.
     let review = data("deployment-pod.json");
     let pod = patched(&review, &hook.post("/inject", &review)).unwrap();
-    assert_eq!(arg_after(sidecar(&pod), "--upstream"), "127.0.0.1:80");
+    let c = sidecar(&pod);
+    assert_eq!(env_value(c, "ISTIO_META_WORKLOAD_NAME"), "deathstar");
+    assert_eq!(
+        env_value(c, "ISTIO_META_OWNER"),
+        "kubernetes://apis/apps/v1/namespaces/starwars/deployments/deathstar"
+    );
+    assert_eq!(
+        env_value(c, "ISTIO_META_POD_PORTS"),
+        r#"[{"containerPort":80,"protocol":"TCP"}]"#
+    );
 }
 
 #[test]

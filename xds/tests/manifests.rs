@@ -299,6 +299,7 @@ fn injection_webhook_reaches_the_webhook_port_of_membrane_xds() {
         selected,
         BTreeSet::from([
             "istio-injection=enabled".to_string(),
+            "istio.io/rev=default".to_string(),
             "membrane-injection=enabled".to_string()
         ])
     );

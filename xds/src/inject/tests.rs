@@ -1,11 +1,11 @@
 use super::*;
 
 fn sidecar() -> Sidecar {
-    Sidecar {
-        image: "membrane/membrane-proxy:test".into(),
-        xds_address: "https://xds:15012".into(),
-        revision: "default".into(),
-    }
+    Sidecar::new(
+        "membrane/membrane-proxy:test",
+        "https://xds:15012",
+        "default",
+    )
 }
 
 fn review_of(pod: Value) -> Value {
@@ -60,62 +60,159 @@ fn path_parameters_become_sidecar_environment() {
     ));
 }
 
+/// The pod of a review with the answer's patch applied.
+fn applied(doc: &Value, r: &Reviewed) -> Value {
+    let patch: json_patch::Patch = serde_json::from_value(Value::Array(patch_of(r))).unwrap();
+    let mut pod = doc["request"]["object"].clone();
+    json_patch::patch(&mut pod, &patch).unwrap();
+    pod
+}
+
 #[test]
-fn a_plain_pod_gets_the_sidecar_and_the_status_annotation() {
-    let r = run(&review_of(pod(json!({"name": "web"}), app())), "/inject").unwrap();
+fn a_plain_pod_gets_a_native_sidecar_and_the_status_annotation() {
+    let doc = review_of(pod(json!({"name": "web"}), app()));
+    let r = run(&doc, "/inject").unwrap();
     assert_eq!(r.outcome, Outcome::Injected);
     assert_eq!(r.pod, "default/web");
     assert_eq!(r.review["response"]["uid"], "u-1");
     assert_eq!(r.review["response"]["allowed"], true);
     assert_eq!(r.review["response"]["patchType"], "JSONPatch");
-    let ops = patch_of(&r);
-    assert_eq!(ops[0]["path"], "/metadata/annotations");
-    let status: Value =
-        serde_json::from_str(ops[0]["value"][STATUS_ANNOTATION].as_str().unwrap()).unwrap();
-    assert_eq!(status["containers"], json!([CONTAINER]));
-    assert_eq!(ops[0]["value"][DEFAULT_CONTAINER_ANNOTATION], "app");
-    let c = &ops[1]["value"];
-    assert_eq!(ops[1]["path"], "/spec/containers/-");
-    assert_eq!(c["securityContext"]["runAsUser"], 1337);
-    let args: Vec<&str> = c["args"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap())
-        .collect();
-    assert!(args
-        .windows(2)
-        .any(|w| w == ["--upstream", "127.0.0.1:8080"]));
-    assert!(args
-        .windows(2)
-        .any(|w| w == ["--xds-cert", "/etc/certs/cert-chain.pem"]));
-    assert_eq!(c["volumeMounts"][0]["mountPath"], CERTS_DIR);
-    // No serviceAccountName: the `default` account's Secret.
+    let p = applied(&doc, &r);
     assert_eq!(
-        ops[2],
-        json!({"op": "add", "path": "/spec/volumes", "value": [
-                {"name": CERTS_VOLUME, "secret": {"secretName": "membrane.default"}}]})
+        p["metadata"]["annotations"][STATUS_ANNOTATION],
+        r#"{"initContainers":["istio-proxy"],"containers":null,"volumes":["istio-envoy","istio-data","istio-podinfo","membrane-certs"],"imagePullSecrets":null,"revision":"default"}"#
+    );
+    assert_eq!(
+        p["metadata"]["annotations"]["kubectl.kubernetes.io/default-container"],
+        "app"
+    );
+    assert_eq!(
+        p["metadata"]["labels"]["security.istio.io/tlsMode"],
+        "istio"
+    );
+    assert_eq!(
+        p["spec"]["containers"],
+        app()["containers"],
+        "app untouched"
+    );
+    let c = &p["spec"]["initContainers"][0];
+    assert_eq!(c["name"], CONTAINER);
+    assert_eq!(c["restartPolicy"], "Always");
+    assert_eq!(c["args"], json!(["sidecar"]));
+    assert_eq!(c["securityContext"]["runAsUser"], 1337);
+    let env = |name: &str| {
+        c["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .unwrap_or_else(|| panic!("no {name}"))
+            .clone()
+    };
+    assert_eq!(
+        env("PROXY_CONFIG")["value"],
+        "{\"discoveryAddress\":\"xds:15012\"}\n"
+    );
+    assert_eq!(
+        env("ISTIO_META_POD_PORTS")["value"],
+        r#"[{"containerPort":8080}]"#
+    );
+    assert_eq!(
+        env("ISTIO_META_OWNER")["value"],
+        "kubernetes://apis/v1/namespaces/default/pods/web"
+    );
+    assert_eq!(
+        env("INSTANCE_IP")["valueFrom"]["fieldRef"]["fieldPath"],
+        "status.podIP"
+    );
+    // No serviceAccountName: the `default` account's Secret.
+    let vols = p["spec"]["volumes"].as_array().unwrap();
+    assert_eq!(
+        vols.last().unwrap(),
+        &json!({"name": CERTS_VOLUME, "secret": {"secretName": "membrane.default"}})
     );
 }
 
 #[test]
-fn existing_annotations_get_escaped_keys() {
-    let r = run(
-        &review_of(pod(
-            json!({"name": "web", "annotations": {"a": "b"}}),
-            app(),
-        )),
-        "/inject",
-    )
-    .unwrap();
-    let ops = patch_of(&r);
+fn plain_containers_hold_the_application_and_plaintext_needs_no_certificate() {
+    let mut s = sidecar();
+    s.native_sidecars = false;
+    s.xds_address = "http://xds:15010".into();
+    let ann = json!({"proxy.istio.io/config": "holdApplicationUntilProxyStarts: true\nproxyMetadata:\n  FOO: bar\n"});
+    let doc = review_of(pod(json!({"name": "web", "annotations": ann}), app()));
+    let r = review(&serde_json::to_vec(&doc).unwrap(), "/inject", &s).unwrap();
+    let p = applied(&doc, &r);
+    assert!(p["spec"].get("initContainers").is_none());
+    let c = &p["spec"]["containers"][0];
+    assert_eq!(c["name"], CONTAINER, "held: the proxy first");
+    assert!(c.get("restartPolicy").is_none());
     assert_eq!(
-        ops[0]["path"],
-        "/metadata/annotations/sidecar.istio.io~1status"
+        c["lifecycle"]["postStart"]["exec"]["command"],
+        json!(["membrane-proxy", "wait"])
     );
+    let env = c["env"].as_array().unwrap();
+    assert!(env.contains(&json!({"name": "FOO", "value": "bar"})));
+    assert!(env.contains(&json!({"name": "PROXY_CONFIG", "value":
+        "{\"controlPlaneAuthPolicy\":\"NONE\",\"discoveryAddress\":\"xds:15010\",\"holdApplicationUntilProxyStarts\":true,\"proxyMetadata\":{\"FOO\":\"bar\"}}\n"})));
+    assert!(c
+        .get("volumeMounts")
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|m| m["name"] != CERTS_VOLUME));
     assert_eq!(
-        ops[1]["path"],
-        "/metadata/annotations/kubectl.kubernetes.io~1default-container"
+        p["metadata"]["annotations"][STATUS_ANNOTATION],
+        r#"{"initContainers":null,"containers":["istio-proxy"],"volumes":["istio-envoy","istio-data","istio-podinfo"],"imagePullSecrets":null,"revision":"default"}"#
+    );
+}
+
+#[test]
+fn a_bad_proxy_config_annotation_refuses_the_pod_with_the_reason() {
+    for (v, want) in [
+        ("[1, 2]", "is not a map of ProxyConfig fields"),
+        ("a: [", "not YAML"),
+    ] {
+        let ann = json!({"proxy.istio.io/config": v});
+        let doc = review_of(pod(json!({"name": "web", "annotations": ann}), app()));
+        let r = run(&doc, "/inject").unwrap();
+        let Outcome::Denied(why) = &r.outcome else {
+            panic!("{:?}", r.outcome)
+        };
+        assert!(
+            why.contains("proxy.istio.io/config") && why.contains(want),
+            "{why}"
+        );
+        assert_eq!(r.review["response"]["allowed"], false);
+        assert_eq!(r.review["response"]["status"]["message"], json!(why));
+        assert!(r.review["response"].get("patch").is_none());
+    }
+}
+
+#[test]
+fn workload_names_follow_istio() {
+    let rs = json!({"generateName": "web-5d9f8-", "labels": {"pod-template-hash": "5d9f8"},
+        "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-5d9f8", "controller": true}]});
+    assert_eq!(
+        sidecar::workload(&rs),
+        ("web".into(), "apps/v1".into(), "Deployment".into())
+    );
+    let job = json!({"generateName": "backup-29012345-",
+        "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": "backup-29012345", "controller": true}]});
+    assert_eq!(
+        sidecar::workload(&job),
+        ("backup".into(), "batch/v1".into(), "CronJob".into())
+    );
+    let plain_job = json!({"generateName": "once-",
+        "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": "once", "controller": true}]});
+    assert_eq!(
+        sidecar::workload(&plain_job),
+        ("once".into(), "batch/v1".into(), "Job".into())
+    );
+    let bare = json!({"name": "p"});
+    assert_eq!(
+        sidecar::workload(&bare),
+        ("p".into(), "v1".into(), "Pod".into())
     );
 }
 
@@ -140,6 +237,19 @@ fn skip_rules() {
             json!({"containers": [{"name": "app", "image": "x"}, {"name": CONTAINER, "image": "y"}]}),
         ),
         (json!({"name": "a", "namespace": "kube-system"}), app()),
+        (
+            json!({"name": "a", "labels": {REVISION_LABEL: "canary"}}),
+            app(),
+        ),
+        (
+            json!({"name": "a"}),
+            json!({"initContainers": [{"name": CONTAINER, "image": "y", "restartPolicy": "Always"}],
+                   "containers": [{"name": "app", "image": "x"}]}),
+        ),
+        (
+            json!({"name": "a"}),
+            json!({"containers": [{"name": "app", "image": "x"}, {"name": LEGACY_CONTAINER, "image": "y"}]}),
+        ),
     ];
     for (meta, spec) in cases {
         let r = run(&review_of(pod(meta.clone(), spec)), "/inject").unwrap();

@@ -41,7 +41,7 @@ pub struct ListenerLabel {
 /// Label set: what the injection webhook did with one request.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct InjectLabel {
-    /// `injected`, `skipped`, `not_patchable` (allowed with a warning) or
+    /// `injected`, `skipped`, `not_patchable` (allowed with a warning), `denied` or
     /// `rejected` (HTTP 4xx: malformed input).
     pub result: String,
 }

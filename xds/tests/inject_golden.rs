@@ -1,0 +1,198 @@
+//! Golden injection: each `tests/inject_golden/NAME.in.json` is a Pod as the
+//! API server sends it to the webhook; `NAME.out.json` is that pod with the
+//! webhook's JSON patch applied (identical to the input when the pod is not
+//! injected). The patched pods validate against Kubernetes 1.34's schemas,
+//! and every injected pod sent again is left alone (Istio's idempotence).
+//!
+//! After an intended change, regenerate and review the diff:
+//! `MEMBRANE_UPDATE_GOLDEN=1 cargo nextest run -p membrane-xds --test inject_golden`
+//! then `git diff xds/tests/inject_golden`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use base64::Engine;
+use membrane_xds::inject::{self, Outcome, Sidecar};
+use serde_json::{json, Value};
+
+const IMAGE: &str = "registry.example/membrane:1.0";
+const XDS: &str = "https://membrane-xds.membrane-system.svc:15012";
+
+fn dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/inject_golden")
+}
+
+/// The webhook's settings for a case: the defaults (native sidecars,
+/// revision `default`) but where the case is about another one.
+fn settings(case: &str) -> Sidecar {
+    let mut s = Sidecar::new(IMAGE, XDS, "default");
+    match case {
+        "revision" => s.revision = "canary".into(),
+        "fallback-hold" => s.native_sidecars = false,
+        _ => {}
+    }
+    s
+}
+
+fn review_of(pod: &Value) -> Value {
+    json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "3f0c1d2e-golden",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": "shop",
+            "operation": "CREATE",
+            "object": pod,
+        }
+    })
+}
+
+/// The webhook's answer for `pod`: the outcome and the patched pod.
+fn inject(pod: &Value, s: &Sidecar) -> (Outcome, Value) {
+    let body = serde_json::to_vec(&review_of(pod)).unwrap();
+    let r = inject::review(&body, "/inject", s).unwrap();
+    let resp = &r.review["response"];
+    assert_eq!(resp["uid"], "3f0c1d2e-golden");
+    let mut out = pod.clone();
+    if let Some(b64) = resp.get("patch").and_then(Value::as_str) {
+        assert_eq!(resp["patchType"], "JSONPatch");
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap();
+        let patch: json_patch::Patch = serde_json::from_slice(&bytes).unwrap();
+        json_patch::patch(&mut out, &patch).unwrap();
+    }
+    (r.outcome, out)
+}
+
+fn pretty(v: &Value) -> String {
+    serde_json::to_string_pretty(v).unwrap() + "\n"
+}
+
+fn cases() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir())
+        .unwrap()
+        .filter_map(|e| {
+            let n = e.unwrap().file_name().into_string().unwrap();
+            n.strip_suffix(".in.json").map(str::to_owned)
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+fn validate(files: &[PathBuf]) {
+    let out = Command::new("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/k8s-validate.py"))
+        .args(["-k", "1.34.0"])
+        .args(files)
+        .output()
+        .expect("python3");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    let want = format!("{} objects checked, 0 invalid", files.len());
+    assert!(text.contains(&want), "{text}");
+}
+
+/// What each case must come to, besides its golden file: a wrong golden
+/// file cannot make these pass.
+fn expect(case: &str, outcome: &Outcome, out: &Value) {
+    let injected = matches!(outcome, Outcome::Injected);
+    let skipped = ["opt-out", "opt-out-label-wins", "other-revision"];
+    assert_eq!(injected, !skipped.contains(&case), "{case}: {outcome:?}");
+    if !injected {
+        return;
+    }
+    let (native, list) = match out["spec"].get("initContainers") {
+        Some(i) if i[0]["name"] == "istio-proxy" => (true, i),
+        _ => (false, &out["spec"]["containers"]),
+    };
+    assert_eq!(
+        native,
+        case != "fallback-hold" && case != "annotations",
+        "{case}"
+    );
+    let proxy = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "istio-proxy")
+        .unwrap_or_else(|| panic!("{case}: no istio-proxy"));
+    let env = |n: &str| {
+        proxy["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == n)
+            .map(|e| e["value"].as_str().unwrap_or("").to_string())
+    };
+    let probers = env("ISTIO_KUBE_APP_PROBERS");
+    match case {
+        "probes" | "named-ports" | "fallback-hold" | "annotations" => {
+            let p: Value = serde_json::from_str(&probers.expect("probers")).unwrap();
+            assert!(p
+                .as_object()
+                .unwrap()
+                .keys()
+                .all(|k| k.starts_with("/app-health/")));
+        }
+        _ => assert_eq!(probers, None, "{case}"),
+    }
+    if case == "cronjob" {
+        assert_eq!(env("ISTIO_META_WORKLOAD_NAME").unwrap(), "report");
+        assert_eq!(
+            env("ISTIO_META_OWNER").unwrap(),
+            "kubernetes://apis/batch/v1/namespaces/shop/cronjobs/report"
+        );
+    }
+    if case == "fallback-hold" {
+        assert_eq!(out["spec"]["containers"][0]["name"], "istio-proxy");
+        assert!(proxy["lifecycle"]["postStart"].is_object());
+    }
+}
+
+#[test]
+fn pods_in_give_the_golden_patched_pods_out() {
+    let update = std::env::var_os("MEMBRANE_UPDATE_GOLDEN").is_some();
+    let cases = cases();
+    assert!(cases.len() >= 12, "{cases:?}");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut to_validate = Vec::new();
+    let mut stale = Vec::new();
+    for case in &cases {
+        let input: Value =
+            serde_json::from_slice(&std::fs::read(dir().join(format!("{case}.in.json"))).unwrap())
+                .unwrap();
+        let s = settings(case);
+        let (outcome, out) = inject(&input, &s);
+        expect(case, &outcome, &out);
+        let golden = dir().join(format!("{case}.out.json"));
+        if update {
+            std::fs::write(&golden, pretty(&out)).unwrap();
+        } else {
+            let want = std::fs::read_to_string(&golden)
+                .unwrap_or_else(|e| panic!("{}: {e}", golden.display()));
+            if want != pretty(&out) {
+                stale.push(case.clone());
+            }
+        }
+        let f = tmp.path().join(format!("{case}.json"));
+        std::fs::write(&f, pretty(&out)).unwrap();
+        to_validate.push(f);
+
+        // Sent again, an injected pod is left alone.
+        if matches!(outcome, Outcome::Injected) {
+            let (again, same) = inject(&out, &s);
+            assert!(matches!(again, Outcome::Skipped(_)), "{case}: {again:?}");
+            assert_eq!(same, out);
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "golden files differ for {stale:?}: regenerate with MEMBRANE_UPDATE_GOLDEN=1 and review `git diff`"
+    );
+    validate(&to_validate);
+}
