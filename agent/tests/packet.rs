@@ -316,8 +316,16 @@ fn vxlan_mode_tunnels_to_the_pods_node_and_balances_services_in_tc() {
         row(&c, "10.202.0.2/32")["tunnel"].is_null(),
         "local pods are not tunnelled"
     );
-    // No native routes in overlay mode.
-    assert!(n.ip(&["route", "show", "proto", "77"]).trim().is_empty());
+    // Overlay mode: node-2's pod CIDR routed via its tunnel endpoint with the pods' MTU,
+    // for the node's own packets (the underlay's tc egress encapsulates them).
+    let routes = n.ip(&["route", "show", "proto", "77"]);
+    let mtu = pp["underlay_mtu"].as_u64().unwrap() - 50;
+    assert!(
+        routes.contains("10.203.0.0/24 via 192.168.77.2")
+            && routes.contains(&format!("mtu {mtu}"))
+            && routes.lines().count() == 1,
+        "{routes}"
+    );
     // The service, with its node port, in the tc load balancer.
     let lb = pp["lb_services"].as_array().unwrap();
     let svc = lb
