@@ -297,6 +297,10 @@ impl Variant for Mb {
     }
 }
 
+/// Per variant, per repetition, ns per step of [`pktcost::rows`] (empty: the variant has no
+/// tc programs).
+type PacketCosts = Vec<Vec<Vec<f64>>>;
+
 /// Per-rep rates and failures of one variant at one service count.
 #[derive(Default)]
 struct Cell {
@@ -338,15 +342,14 @@ pub fn run(a: &Args) -> Result<()> {
     }
     // rows[service count] = cells per variant
     let mut rows: Vec<(usize, Vec<Cell>)> = Vec::new();
-    // packets[service count] = per variant, per repetition, ns per step
-    let mut packets: Vec<(usize, Vec<Vec<Vec<f64>>>)> = Vec::new();
+    let mut packets: Vec<(usize, PacketCosts)> = Vec::new();
     let mut next_port = 0usize;
     for &n in &a.services {
         for v in variants.iter_mut() {
             v.set_services(n)?;
         }
         let mut cells: Vec<Cell> = variants.iter().map(|_| Cell::default()).collect();
-        let mut pkt: Vec<Vec<Vec<f64>>> = variants.iter().map(|_| Vec::new()).collect();
+        let mut pkt: PacketCosts = variants.iter().map(|_| Vec::new()).collect();
         for rep in 0..a.common.reps {
             // The order turns round every repetition, so a drift in the machine's load
             // does not always favour the same variant.
@@ -434,7 +437,7 @@ pub fn run(a: &Args) -> Result<()> {
 fn packet_table(
     r: &mut Report,
     variants: &[Box<dyn Variant>],
-    packets: &[(usize, Vec<Vec<Vec<f64>>>)],
+    packets: &[(usize, PacketCosts)],
     conns: u16,
 ) {
     let with: Vec<usize> = (0..variants.len())
