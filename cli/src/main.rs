@@ -4,7 +4,9 @@
 //! `policy import|get|delete` and `etcd apply|delete|identities` (the
 //! cluster-wide store, etcd), `bpf sockmap list` (the node's pinned
 //! datapath), `monitor` (the agents' event streams), and `status`, `endpoint`,
-//! `identity`, `service` and `bpf policy get` (the node agent, over its socket). It owns argument
+//! `identity`, `service` and `bpf policy get` (the node agent, over its socket),
+//! `proxy-status` and `proxy-config` (istioctl's views, over membrane-xds's
+//! debug endpoint, a proxy's admin port or a config dump file). It owns argument
 //! parsing, file reading and output formatting; all policy semantics live in
 //! `membrane-policy`.
 
@@ -15,6 +17,7 @@ mod demo_cmd;
 mod etcd_cmd;
 mod monitor_cmd;
 mod policy_cmd;
+mod views;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -56,6 +59,15 @@ enum Command {
     /// Services the node agent balances at connect.
     #[command(subcommand)]
     Service(agent_cmd::ServiceCommand),
+    /// The sync state of every proxy connected to membrane-xds, as
+    /// `istioctl proxy-status` prints it.
+    #[command(name = "proxy-status", visible_alias = "ps")]
+    ProxyStatus(views::status::ProxyStatusArgs),
+    /// A proxy's clusters, listeners, routes, endpoints, secrets and
+    /// bootstrap, as `istioctl proxy-config` prints them (a pod's via
+    /// membrane-xds or its admin port, or any Envoy config dump file).
+    #[command(name = "proxy-config", visible_alias = "pc", subcommand)]
+    ProxyConfig(views::ProxyConfigCommand),
     /// The embedded default: Cilium's Star Wars scenario, step by step, with
     /// the L7 step enforced live by membrane-proxy (as root).
     Demo(demo_cmd::DemoArgs),
@@ -74,6 +86,8 @@ fn main() -> ExitCode {
         Command::Endpoint(c) => agent_cmd::endpoint(c),
         Command::Identity(c) => agent_cmd::identity(c),
         Command::Service(c) => agent_cmd::service(c),
+        Command::ProxyStatus(a) => views::status::run(a),
+        Command::ProxyConfig(c) => views::run(c),
     };
     match result {
         Ok(code) => code,

@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 
 use crate::configdump;
 use crate::listener::{self, ConnLimits, Gate};
-use crate::node::cache_key;
+use crate::node::{cache_key, istio_proxy_id};
 use crate::recorder::Recorder;
 use crate::snapshot::SnapshotCache;
 
@@ -75,8 +75,37 @@ async fn loopback_only(req: Request, next: Next) -> Response {
     }
 }
 
-async fn syncz(State(s): State<Arc<DebugState>>) -> Json<Vec<Value>> {
-    Json(s.recorder.syncz())
+/// This control plane's name where istioctl shows the istiod serving a
+/// proxy: the host name (the pod name in a cluster), as istiod uses its own.
+pub fn control_plane_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    match host.trim() {
+        "" => "membrane-xds".to_string(),
+        h => h.to_string(),
+    }
+}
+
+/// The `ControlPlane.identifier` of debug responses, in istiod's shape
+/// (`IstioControlPlaneInstance`: component, id, build info).
+pub fn control_plane_identifier() -> String {
+    json!({
+        "Component": "membrane-xds",
+        "ID": control_plane_id(),
+        "Info": { "version": crate::recorder::ISTIO_VERSION },
+    })
+    .to_string()
+}
+
+/// The header naming the control plane on `/debug/syncz` (the JSON list has
+/// no room for it in Istio's shape; istioctl knows which istiod it asked).
+pub const CONTROL_PLANE_HEADER: &str = "x-membrane-control-plane";
+
+async fn syncz(State(s): State<Arc<DebugState>>) -> Response {
+    (
+        [(CONTROL_PLANE_HEADER, control_plane_id())],
+        Json(s.recorder.syncz()),
+    )
+        .into_response()
 }
 
 async fn adsz(State(s): State<Arc<DebugState>>) -> Json<Value> {
@@ -141,9 +170,14 @@ async fn config_dump(
     State(s): State<Arc<DebugState>>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let Some(id) = q.get("proxyID") else {
+    let Some(asked) = q.get("proxyID") else {
         return (StatusCode::BAD_REQUEST, "proxyID is required\n").into_response();
     };
+    // Istio's proxy id (`POD.NAMESPACE`, what istioctl passes) names the
+    // connected proxy whose node id it abbreviates; a full node id is taken
+    // as it is.
+    let resolved = resolve_proxy(&s.recorder, asked);
+    let id = &resolved;
     let key = cache_key(id);
     let Some(snap) = s.cache.get(&key) else {
         return (
@@ -196,6 +230,24 @@ async fn config_dump(
             format!("format {other:?}: expected envoy or membrane\n"),
         )
             .into_response(),
+    }
+}
+
+/// The node id `asked` stands for: itself if it is one, else the one
+/// recorded proxy whose Istio id (`POD.NAMESPACE`) it is.
+fn resolve_proxy(recorder: &Recorder, asked: &str) -> String {
+    if asked.contains('~') {
+        return asked.to_string();
+    }
+    let matches: Vec<String> = recorder
+        .proxies()
+        .into_iter()
+        .map(|p| p.node_id)
+        .filter(|n| n != asked && istio_proxy_id(n) == asked)
+        .collect();
+    match matches.as_slice() {
+        [one] => one.clone(),
+        _ => asked.to_string(),
     }
 }
 

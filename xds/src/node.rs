@@ -92,6 +92,17 @@ impl IstioNode {
     }
 }
 
+/// The proxy's id as Istio names it (`Proxy.ID`, what `istioctl
+/// proxy-status` lists and `/debug/config_dump?proxyID=` takes):
+/// `POD.NAMESPACE` for a sidecar or router id, the node id itself otherwise
+/// (node agents, proxyless clients, tools).
+pub fn istio_proxy_id(node_id: &str) -> String {
+    match IstioNode::parse(node_id) {
+        Ok(n) => format!("{}.{}", n.pod, n.namespace),
+        Err(_) => node_id.to_string(),
+    }
+}
+
 /// The snapshot-cache key for a node: sidecars get their own snapshot
 /// (`sidecar/NAMESPACE/POD`), node agents their node's (`agent/NODE`, see
 /// [`agent_node`]); every other client (proxyless gRPC, tools) shares the

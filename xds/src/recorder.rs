@@ -26,7 +26,7 @@ pub use metrics::{
     AuthLabel, InjectLabel, ListenerLabel, Metrics, ReasonLabel, SourceLabel, TypeLabel,
 };
 pub use records::{millis, ConnRecord, Event, NackRecord, ProxyRecord, Staleness, TypeRecord};
-pub use views::DEBUG_SYNCZ;
+pub use views::{go_time, CLUSTER_ID, DEBUG_SYNCZ, ISTIO_VERSION};
 
 /// What the recorder keeps at most. Worst case, with every record held by
 /// a connected proxy that NACKs with the longest text: `max_nodes` ×

@@ -102,6 +102,10 @@ impl Machine for SotwStream {
             resources,
             type_url: DEBUG_SYNCZ.to_string(),
             nonce: format!("debug-{n}"),
+            // Where istioctl reads the ISTIOD column from.
+            control_plane: Some(envoy_types::pb::envoy::config::core::v3::ControlPlane {
+                identifier: crate::debug::control_plane_identifier(),
+            }),
             ..Default::default()
         }))
     }

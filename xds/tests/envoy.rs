@@ -160,7 +160,12 @@ async fn envoy_enforces_starwars_l7_and_nacks_show_in_the_flight_recorder() {
     // The control plane saw every type ACKed and nothing is stale.
     let syncz = eventually(Duration::from_secs(10), "syncz to show ACKs", || async {
         let v = debug_json(xds.debug(), "/debug/syncz").await;
-        let p = v.as_array()?.iter().find(|p| p["proxy"] == NODE)?.clone();
+        // syncz names the sidecar as istiod does: its Istio id POD.NAMESPACE.
+        let p = v
+            .as_array()?
+            .iter()
+            .find(|p| p["proxy"] == "deathstar-1.default")?
+            .clone();
         (p.get("listener_acked").is_some()
             && p["listener_acked"] == p["listener_sent"]
             && p["cluster_acked"] == p["cluster_sent"])

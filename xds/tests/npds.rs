@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::config::core::v3::Node;
@@ -384,4 +385,113 @@ spec:
             }
         }
     }
+}
+
+/// `/debug/syncz` has the shape of istiod's Go `SyncStatus` list, field by
+/// field (the JSON names of `pilot/pkg/xds/debug.go`: `cluster_id`,
+/// `proxy`, `proxy_type`, `proxy_version`, `istio_version`, the
+/// `{cluster,listener,route,endpoint,extensionconfig}_{sent,acked}` nonces,
+/// and `resources` by type URL with `sent`, `acked`, `sentTime`,
+/// `lastError`), for real NPDS clients that ACK and NACK.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_syncz_is_istiods_sync_status_field_by_field() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("cluster.yaml"), starwars::pods(8080)).unwrap();
+    let xds = start_xds(tmp.path());
+    let url = format!("http://{}", xds.grpc());
+    let sidecar = "sidecar~127.0.0.2~deathstar-1.default~default.svc.cluster.local";
+    let mut streams = Vec::new();
+    for (node, nack) in [(sidecar, false), ("membrane-agent~node-1", true)] {
+        let mut first = req("", "", None, true);
+        first.node.as_mut().unwrap().id = node.into();
+        let (_client, tx, mut s) = npds_stream(url.clone(), first).await;
+        let r = next(&mut s).await;
+        let error = nack.then_some("rejected by the test");
+        tx.send(req(&r.version_info, &r.nonce, error, false))
+            .await
+            .unwrap();
+        streams.push((tx, s));
+    }
+    let npds = "type.googleapis.com/cilium.NetworkPolicy";
+    let list = eventually(Duration::from_secs(10), "both proxies in syncz", || async {
+        let v = debug_json(xds.debug(), "/debug/syncz").await;
+        let list = v.as_array()?.clone();
+        let done = |p: &serde_json::Value| {
+            let r = &p["resources"][npds];
+            r["acked"].is_string() || r["lastError"].is_string()
+        };
+        (list.len() == 2 && list.iter().all(done)).then_some(list)
+    })
+    .await;
+    // Go's field names; membrane adds only the agent fields Go ignores.
+    let go: BTreeSet<&str> = [
+        "cluster_id",
+        "proxy",
+        "proxy_type",
+        "proxy_version",
+        "istio_version",
+        "cluster_sent",
+        "cluster_acked",
+        "listener_sent",
+        "listener_acked",
+        "route_sent",
+        "route_acked",
+        "endpoint_sent",
+        "endpoint_acked",
+        "extensionconfig_sent",
+        "extensionconfig_acked",
+        "resources",
+    ]
+    .into();
+    let go_resource: BTreeSet<&str> = ["sent", "acked", "sentTime", "lastError"].into();
+    for p in &list {
+        for key in p.as_object().unwrap().keys() {
+            let extra = key == "node_name" || key.ends_with("_acked_version");
+            assert!(
+                go.contains(key.as_str()) || extra,
+                "{key} is not a SyncStatus field: {p}"
+            );
+        }
+        for (t, r) in p["resources"].as_object().unwrap() {
+            for key in r.as_object().unwrap().keys() {
+                assert!(go_resource.contains(key.as_str()), "{t}: {key}: {p}");
+            }
+            // Go's time.Time JSON: RFC 3339 (with fractional seconds).
+            let at = r["sentTime"].as_str().unwrap();
+            humantime::parse_rfc3339_weak(at.trim_end_matches('Z'))
+                .unwrap_or_else(|e| panic!("sentTime {at}: {e}"));
+        }
+        assert_eq!(p["cluster_id"], "Kubernetes");
+        assert!(p["istio_version"]
+            .as_str()
+            .unwrap()
+            .starts_with("membrane-"));
+    }
+    // The sidecar under Istio's proxy id (POD.NAMESPACE), synced: the nonce
+    // sent is the nonce ACKed.
+    let side = list
+        .iter()
+        .find(|p| p["proxy"] == "deathstar-1.default")
+        .unwrap();
+    assert_eq!(side["proxy_type"], "sidecar");
+    let r = &side["resources"][npds];
+    assert_eq!(r["sent"], r["acked"], "{side}");
+    assert!(r.get("lastError").is_none(), "{side}");
+    // The agent NACKed: its error, and no ACK of the nonce sent.
+    let agent = list
+        .iter()
+        .find(|p| p["proxy"] == "membrane-agent~node-1")
+        .unwrap();
+    assert_eq!(agent["proxy_type"], "agent");
+    let r = &agent["resources"][npds];
+    assert_eq!(r["lastError"], "rejected by the test", "{agent}");
+    assert_ne!(r["acked"], r["sent"], "{agent}");
+    // The config dump takes the Istio id as istioctl passes it.
+    let dump = debug_json(
+        xds.debug(),
+        "/debug/config_dump?proxyID=deathstar-1.default",
+    )
+    .await;
+    assert!(dump["configs"].is_array(), "{dump}");
+    drop(streams);
 }

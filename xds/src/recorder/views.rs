@@ -3,7 +3,7 @@
 //! client configs).
 
 use super::{ProxyRecord, Recorder, Staleness};
-use crate::node::agent_node;
+use crate::node::{agent_node, istio_proxy_id};
 use crate::resource::{
     AGENT_ENDPOINT, AGENT_NODE, AGENT_SERVICE, CLUSTER, ENDPOINT, LISTENER, NETWORK_POLICY_HOSTS,
     ROUTE,
@@ -67,16 +67,24 @@ impl Recorder {
         out
     }
 
-    /// Istio's `SyncStatus` list (`/debug/syncz`): nonces sent and ACKed per type.
+    /// Istio's `SyncStatus` list (`/debug/syncz`), field for field as
+    /// istiod's Go struct marshals it: the proxy's Istio id (`POD.NAMESPACE`),
+    /// the nonces sent and ACKed of the four Envoy types (and ECDS, never
+    /// sent here, so absent as Go's `omitempty` leaves it), and `resources`
+    /// with every watched type's `sent`, `acked`, `sentTime` and `lastError`.
+    /// Node agents also carry membrane's own fields (`node_name`, the
+    /// versions each agent type was last ACKed at), which Go's decoder
+    /// ignores.
     pub fn syncz(&self) -> Vec<serde_json::Value> {
         let p = self.lock();
-        p.by_node
+        let mut out: Vec<(String, serde_json::Value)> = p
+            .by_node
             .values()
             .filter(|r| r.connected)
             .map(|r| {
                 let mut o = serde_json::Map::new();
-                o.insert("cluster_id".into(), "Kubernetes".into());
-                o.insert("proxy".into(), r.node_id.clone().into());
+                o.insert("cluster_id".into(), CLUSTER_ID.into());
+                o.insert("proxy".into(), istio_proxy_id(&r.node_id).into());
                 let kind = r.node_id.split('~').next().unwrap_or_default();
                 if kind == "sidecar" || kind == "router" {
                     o.insert("proxy_type".into(), kind.into());
@@ -100,10 +108,7 @@ impl Recorder {
                         }
                     }
                 }
-                o.insert(
-                    "istio_version".into(),
-                    concat!("membrane-", env!("CARGO_PKG_VERSION")).into(),
-                );
+                o.insert("istio_version".into(), ISTIO_VERSION.into());
                 for (t, prefix) in [
                     (CLUSTER, "cluster"),
                     (LISTENER, "listener"),
@@ -120,21 +125,60 @@ impl Recorder {
                     }
                 }
                 let mut resources = serde_json::Map::new();
-                for (t, tr) in &r.types {
-                    resources.insert(
-                        t.clone(),
-                        serde_json::json!({
-                            "sent": tr.sent_nonce,
-                            "acked": tr.acked_nonce,
-                            "sentTime": tr.sent_at_ms,
-                            "ackedTime": tr.acked_at_ms,
-                        }),
-                    );
+                for t in r.watches.keys() {
+                    let tr = r.types.get(t).cloned().unwrap_or_default();
+                    let mut s = serde_json::Map::new();
+                    if let Some(n) = tr.sent_nonce {
+                        s.insert("sent".into(), n.into());
+                    }
+                    if let Some(n) = tr.acked_nonce {
+                        s.insert("acked".into(), n.into());
+                    }
+                    // Go's time.Time has no empty value: never sent is the zero time.
+                    s.insert("sentTime".into(), go_time(tr.sent_at).into());
+                    if let Some(n) = tr.last_nack {
+                        s.insert("lastError".into(), n.error.into());
+                    }
+                    resources.insert(t.clone(), s.into());
                 }
-                o.insert("resources".into(), resources.into());
-                serde_json::Value::Object(o)
+                if !resources.is_empty() {
+                    o.insert("resources".into(), resources.into());
+                }
+                (r.node_id.clone(), serde_json::Value::Object(o))
             })
-            .collect()
+            .collect();
+        // istiod lists its clients sorted by connection; by node id here.
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out.into_iter().map(|(_, v)| v).collect()
+    }
+}
+
+/// The cluster id membrane reports for every proxy: Istio's default for a
+/// single cluster (`Kubernetes`).
+pub const CLUSTER_ID: &str = "Kubernetes";
+
+/// The version membrane reports where Istio reports the proxy's Istio
+/// version (node metadata `ISTIO_VERSION`): membrane's own release.
+pub const ISTIO_VERSION: &str = concat!("membrane-", env!("CARGO_PKG_VERSION"));
+
+/// Go's `time.Time` JSON (RFC 3339 with nanoseconds, trailing zeros cut),
+/// in UTC; `None` is Go's zero time.
+pub fn go_time(t: Option<std::time::SystemTime>) -> String {
+    let Some(t) = t else {
+        return "0001-01-01T00:00:00Z".to_string();
+    };
+    let s = humantime::format_rfc3339_nanos(t).to_string();
+    // "2026-12-07T11:01:31.123000000Z" -> "2026-12-07T11:01:31.123Z"
+    match s.strip_suffix('Z').and_then(|b| b.split_once('.')) {
+        Some((secs, frac)) => {
+            let frac = frac.trim_end_matches('0');
+            if frac.is_empty() {
+                format!("{secs}Z")
+            } else {
+                format!("{secs}.{frac}Z")
+            }
+        }
+        None => s,
     }
 }
 
@@ -143,13 +187,20 @@ impl Recorder {
 pub const DEBUG_SYNCZ: &str = "istio.io/debug/syncz";
 
 impl Recorder {
-    /// Every connected proxy as a `ClientConfig`, with one generic xDS config
-    /// per subscribed type: SYNCED (latest version ACKed), NOT_SENT, ERROR
-    /// (the proxy NACKed it) or STALE (sent, not ACKed yet).
+    /// Every connected proxy as a `ClientConfig`, as istiod's status
+    /// generator builds them: the node with its Istio id and the metadata
+    /// istioctl reads (`CLUSTER_ID`, `ISTIO_VERSION`), and one generic xDS
+    /// config per subscribed type: SYNCED (the last response sent was
+    /// ACKed), NOT_SENT, ERROR (the proxy NACKed it) or STALE (sent, not
+    /// ACKed yet), with when it was last sent.
     pub fn client_configs(&self) -> Vec<envoy_types::pb::envoy::service::status::v3::ClientConfig> {
         use envoy_types::pb::envoy::config::core::v3::Node;
         use envoy_types::pb::envoy::service::status::v3::{
             client_config::GenericXdsConfig, ClientConfig, ConfigStatus,
+        };
+        use envoy_types::pb::google::protobuf::{value::Kind, Struct, Timestamp, Value};
+        let text = |s: &str| Value {
+            kind: Some(Kind::StringValue(s.to_string())),
         };
         let p = self.lock();
         p.by_node
@@ -159,10 +210,18 @@ impl Recorder {
                 // A node agent says so where istioctl shows the client's
                 // build (the node id names it too: membrane-agent~NODE).
                 node: Some(Node {
-                    id: r.node_id.clone(),
+                    id: istio_proxy_id(&r.node_id),
                     user_agent_name: agent_node(&r.node_id)
                         .map(|_| "membrane-agent".to_string())
                         .unwrap_or_default(),
+                    metadata: Some(Struct {
+                        fields: [
+                            ("CLUSTER_ID".to_string(), text(CLUSTER_ID)),
+                            ("ISTIO_VERSION".to_string(), text(ISTIO_VERSION)),
+                        ]
+                        .into_iter()
+                        .collect(),
+                    }),
                     ..Default::default()
                 }),
                 generic_xds_configs: r
@@ -170,21 +229,27 @@ impl Recorder {
                     .keys()
                     .map(|t| {
                         let tr = r.types.get(t).cloned().unwrap_or_default();
-                        let status = if tr.sent_version.is_none() {
+                        let status = if tr.sent_nonce.is_none() {
                             ConfigStatus::NotSent
                         } else if tr.last_nack.is_some() {
                             ConfigStatus::Error
-                        } else if tr.acked_version.is_some()
-                            && tr.acked_version == tr.latest_version
-                        {
+                        } else if tr.acked_nonce == tr.sent_nonce {
                             ConfigStatus::Synced
                         } else {
                             ConfigStatus::Stale
                         };
+                        let last_updated = tr.sent_at.map(|t| {
+                            let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                            Timestamp {
+                                seconds: d.as_secs() as i64,
+                                nanos: d.subsec_nanos() as i32,
+                            }
+                        });
                         GenericXdsConfig {
                             type_url: t.clone(),
                             version_info: tr.acked_version.or(tr.sent_version).unwrap_or_default(),
                             config_status: status as i32,
+                            last_updated,
                             ..Default::default()
                         }
                     })
