@@ -193,7 +193,9 @@ fn report_and_check(
         let wrong: Vec<&(String, bool)> = s
             .answers
             .iter()
-            .filter(|(k, after)| k != old && !(*after && k == new))
+            // A request asked just before the edit may be answered after it: either
+            // verdict is right for any request; a third one never is.
+            .filter(|(k, _)| k != old && k != new)
             .collect();
         assert!(
             wrong.is_empty(),
