@@ -13,19 +13,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use base64::Engine;
-use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use membrane_xds::kvstore;
-use membrane_xds::proto::network_policy_discovery_service_client::NetworkPolicyDiscoveryServiceClient;
 use serde::Deserialize;
 use serde_json::Value;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 use common::*;
 
-const NPDS: &str = "type.googleapis.com/cilium.NetworkPolicy";
 const LIMIT: Duration = Duration::from_secs(20);
 
 fn root() -> PathBuf {
@@ -96,34 +90,7 @@ async fn first_npds(
         .connect()
         .await
         .map_err(|e| format!("connect: {e:?}"))?;
-    let (tx, rx) = mpsc::channel(1);
-    tx.send(DiscoveryRequest {
-        node: Some(Node {
-            id: node.into(),
-            ..Default::default()
-        }),
-        type_url: NPDS.into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let answer = async {
-        let mut s = NetworkPolicyDiscoveryServiceClient::new(ch)
-            .stream_network_policies(ReceiverStream::new(rx))
-            .await
-            .map_err(|e| format!("{:?}: {}", e.code(), e.message()))?
-            .into_inner();
-        match s.message().await {
-            Ok(Some(_)) => Ok(()),
-            Ok(None) => Err("stream ended".to_string()),
-            Err(e) => Err(format!("{:?}: {}", e.code(), e.message())),
-        }
-    };
-    let r = tokio::time::timeout(Duration::from_secs(10), answer)
-        .await
-        .map_err(|_| "no answer in 10s".to_string())?;
-    drop(tx);
-    r
+    first_npds_on(ch, node).await.map(|_| ())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

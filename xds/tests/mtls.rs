@@ -15,7 +15,6 @@ use std::time::Duration;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
-use membrane_xds::proto::network_policy_discovery_service_client::NetworkPolicyDiscoveryServiceClient;
 use membrane_xds::proto::NetworkPolicy;
 use prost::Message;
 use tokio::sync::mpsc;
@@ -23,8 +22,6 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 use common::*;
-
-const NPDS: &str = "type.googleapis.com/cilium.NetworkPolicy";
 
 /// The Star Wars pods with service accounts: deathstar-1 runs as
 /// `deathstar`, xwing as `xwing`, tiefighter as `default` (none given).
@@ -88,34 +85,7 @@ async fn first_npds(
     addr: std::net::SocketAddr,
     node: &str,
 ) -> Result<DiscoveryResponse, String> {
-    let ch = channel(ca, identity, addr).await?;
-    let (tx, rx) = mpsc::channel(1);
-    tx.send(DiscoveryRequest {
-        node: Some(Node {
-            id: node.into(),
-            ..Default::default()
-        }),
-        type_url: NPDS.into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let fut = async {
-        let mut s = NetworkPolicyDiscoveryServiceClient::new(ch)
-            .stream_network_policies(ReceiverStream::new(rx))
-            .await
-            .map_err(|e| format!("{:?}: {}", e.code(), e.message()))?
-            .into_inner();
-        match s.message().await {
-            Ok(Some(r)) => Ok(r),
-            Ok(None) => Err("stream ended".to_string()),
-            Err(e) => Err(format!("{:?}: {}", e.code(), e.message())),
-        }
-    };
-    let r = tokio::time::timeout(Duration::from_secs(10), fut)
-        .await
-        .map_err(|_| "no answer in 10s".to_string())?;
-    drop(tx);
+    let r = first_npds_on(channel(ca, identity, addr).await?, node).await;
     if let Err(e) = &r {
         eprintln!("{node}: refused: {e}");
     }

@@ -250,3 +250,46 @@ impl Pki {
         )
     }
 }
+
+/// Cilium's NPDS type URL.
+pub const NPDS: &str = "type.googleapis.com/cilium.NetworkPolicy";
+
+/// Opens an NPDS stream on `ch` as `node` and returns the first response, or why there
+/// is none (the gRPC status, the stream's end, or 10 s without an answer).
+pub async fn first_npds_on(
+    ch: tonic::transport::Channel,
+    node: &str,
+) -> Result<envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse, String> {
+    use envoy_types::pb::envoy::config::core::v3::Node;
+    use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+    use membrane_xds::proto::network_policy_discovery_service_client::NetworkPolicyDiscoveryServiceClient;
+
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(DiscoveryRequest {
+        node: Some(Node {
+            id: node.into(),
+            ..Default::default()
+        }),
+        type_url: NPDS.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let answer = async {
+        let mut s = NetworkPolicyDiscoveryServiceClient::new(ch)
+            .stream_network_policies(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .map_err(|e| format!("{:?}: {}", e.code(), e.message()))?
+            .into_inner();
+        match s.message().await {
+            Ok(Some(r)) => Ok(r),
+            Ok(None) => Err("stream ended".to_string()),
+            Err(e) => Err(format!("{:?}: {}", e.code(), e.message())),
+        }
+    };
+    let r = tokio::time::timeout(Duration::from_secs(10), answer)
+        .await
+        .map_err(|_| "no answer in 10s".to_string())?;
+    drop(tx);
+    r
+}
