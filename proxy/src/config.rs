@@ -172,9 +172,21 @@ pub struct Config {
     /// Upstream HTTP protocol selection.
     #[arg(long, env = "MEMBRANE_UPSTREAM_PROTOCOL", value_enum, default_value_t = UpstreamProtocol::Match)]
     pub upstream_protocol: UpstreamProtocol,
-    /// Write a JSON-lines access log entry per request to stdout.
+    /// Write a JSON-lines access log entry per request (to stdout, or `--access-log-path`).
     #[arg(long, env = "MEMBRANE_ACCESS_LOG", default_value_t = true, action = clap::ArgAction::Set)]
     pub access_log: bool,
+    /// Append the access log to this file instead of stdout (created when missing; reopened
+    /// on SIGHUP and when the path is rotated away). `/dev/stdout` is stdout.
+    #[arg(long, env = "MEMBRANE_ACCESS_LOG_PATH")]
+    pub access_log_path: Option<PathBuf>,
+    /// Access-log lines are written in blocks; a line waits at most this long.
+    #[arg(long, env = "MEMBRANE_ACCESS_LOG_FLUSH_INTERVAL", value_parser = parse_duration, default_value = "250ms")]
+    pub access_log_flush_interval: Duration,
+    /// Access-log bytes recorded but not yet written (a slow stdout reader, a slow disk)
+    /// beyond which new lines are dropped and counted
+    /// (`membrane_access_log_dropped_total{reason="overflow"}`); requests never wait.
+    #[arg(long, env = "MEMBRANE_ACCESS_LOG_MAX_BUFFERED", default_value_t = 8 << 20)]
+    pub access_log_max_buffered: usize,
     /// Merge repeated slashes in paths (`//a///b` → `/a/b`) before matching and forwarding.
     #[arg(long, env = "MEMBRANE_MERGE_SLASHES", default_value_t = false, action = clap::ArgAction::Set)]
     pub merge_slashes: bool,
@@ -338,7 +350,7 @@ impl Config {
                 expected,
             })
         };
-        let durations: [(&'static str, Duration, bool); 12] = [
+        let durations: [(&'static str, Duration, bool); 13] = [
             // (flag, value, zero allowed)
             ("--header-read-timeout", self.header_read_timeout, false),
             ("--idle-timeout", self.idle_timeout, false),
@@ -360,6 +372,11 @@ impl Config {
                 false,
             ),
             ("--drain-timeout", self.drain_timeout, true),
+            (
+                "--access-log-flush-interval",
+                self.access_log_flush_interval,
+                false,
+            ),
         ];
         for (flag, d, zero_ok) in durations {
             if d.is_zero() && !zero_ok {
@@ -421,6 +438,13 @@ impl Config {
                 "must be between 1024 and 16777216",
             );
         }
+        if self.access_log_max_buffered < 64 << 10 {
+            return invalid(
+                "--access-log-max-buffered",
+                self.access_log_max_buffered.to_string(),
+                "must be at least 65536 (one block of lines)",
+            );
+        }
         if self.concurrency > 1024 {
             return invalid(
                 "--concurrency",
@@ -450,6 +474,22 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// The access log's settings (whether it is on is `access_log`).
+    pub fn access_log_settings(&self) -> crate::access_log::Settings {
+        use crate::access_log::Destination;
+        let destination = match &self.access_log_path {
+            Some(p) if p != std::path::Path::new("/dev/stdout") => Destination::File(p.clone()),
+            _ => Destination::Stdout,
+        };
+        crate::access_log::Settings {
+            destination,
+            flush_interval: self.access_log_flush_interval,
+            max_buffered: self.access_log_max_buffered,
+        }
     }
 }
 

@@ -9,6 +9,7 @@
 //! unambiguously, and never leak why a request was denied to the client (that goes to the
 //! access log).
 
+pub mod access_log;
 pub mod admin;
 pub mod body;
 pub mod busypoll;
@@ -77,6 +78,8 @@ pub struct Running {
     pub secrets: Arc<secrets::SecretStore>,
     /// Mesh mTLS of the capture listeners (when there are any); `reload` re-reads its files.
     pub mesh_tls: Option<Arc<mesh_tls::MeshTls>>,
+    /// The access log, when on; `reopen` after its file was rotated.
+    pub access_log: Option<access_log::AccessLog>,
     admin: Arc<AdminState>,
     shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
@@ -159,7 +162,6 @@ pub async fn start_on(
         h2_upstream: cfg.upstream_protocol == UpstreamProtocol::Match,
         upstream_tls: cfg.upstream_tls,
         upstream_server_name: cfg.upstream_server_name.clone(),
-        access_log: cfg.access_log,
         merge_slashes: cfg.merge_slashes,
         deny_detail_header: cfg.deny_detail_header,
         header_read_timeout: cfg.header_read_timeout,
@@ -206,6 +208,13 @@ pub async fn start_on(
         true => Some(mesh_tls::MeshTls::new(cfg.mesh_tls.clone())?),
         false => None,
     };
+    let access_log = match cfg.access_log {
+        true => Some(access_log::AccessLog::open(
+            &cfg.access_log_settings(),
+            metrics.access_log_drops(),
+        )?),
+        false => None,
+    };
     let shared = Arc::new(
         Shared::new(
             settings,
@@ -216,7 +225,8 @@ pub async fn start_on(
             upstream_tls.as_ref(),
             secrets.clone(),
         )?
-        .with_mesh(mesh.clone()),
+        .with_mesh(mesh.clone())
+        .with_access_log(access_log.clone()),
     );
     let admin = Arc::new(AdminState {
         listen: addrs.listen,
@@ -368,6 +378,7 @@ pub async fn start_on(
         tls: cert_store,
         secrets,
         mesh_tls: mesh,
+        access_log,
         admin,
         shared,
         shutdown: tx,
@@ -447,6 +458,14 @@ impl Running {
         }
         for t in self.tasks {
             t.abort();
+        }
+        // Every request has ended: its lines are written before the process goes.
+        if let Some(log) = self.access_log {
+            let flushed =
+                tokio::task::spawn_blocking(move || log.flush(Duration::from_secs(5))).await;
+            if !matches!(flushed, Ok(true)) {
+                tracing::warn!("access log: not every line could be written before exit");
+            }
         }
     }
 }

@@ -9,7 +9,7 @@ use clap::Parser;
 use membrane_proxy::config::{Cli, Command, Config};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{filter, reload, EnvFilter, Layer};
+use tracing_subscriber::{reload, EnvFilter, Layer};
 
 fn main() -> std::process::ExitCode {
     match real_main() {
@@ -31,45 +31,17 @@ fn real_main() -> anyhow::Result<()> {
         Command::Wait(w) => return Ok(w.run()?),
     };
 
-    // Access log: JSON lines on stdout. Diagnostics: JSON lines on stderr, filter reloadable
-    // from the admin `/logging` endpoint.
-    // The access log is written by a background thread so a slow stdout consumer never
-    // blocks the event loop; if it falls 16k lines behind, lines are dropped, not requests.
-    // The thread and its buffer (resident from the start) exist only when the log is on.
-    let (access_writer, _access_guard) = if cfg.access_log {
-        let (w, g) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-            .buffered_lines_limit(16 * 1024)
-            .lossy(true)
-            .finish(std::io::stdout());
-        (Some(w), Some(g))
-    } else {
-        (None, None)
-    };
+    // Diagnostics: JSON lines on stderr, filter reloadable from the admin `/logging`
+    // endpoint. (The access log has its own sink, see `membrane_proxy::access_log`.)
     let diag_filter =
         EnvFilter::try_new(&cfg.log).with_context(|| format!("--log {:?}", cfg.log))?;
     let (diag_filter, reload_handle) = reload::Layer::new(diag_filter);
-    let access = tracing_subscriber::fmt::layer()
-        .json()
-        .flatten_event(true)
-        .with_current_span(false)
-        .with_span_list(false)
-        .with_writer(move || -> Box<dyn std::io::Write> {
-            match &access_writer {
-                Some(w) => Box::new(w.clone()),
-                None => Box::new(std::io::sink()),
-            }
-        })
-        .with_filter(filter::Targets::new().with_target("access", tracing::Level::INFO));
     let diag = tracing_subscriber::fmt::layer()
         .json()
         .flatten_event(true)
         .with_writer(std::io::stderr)
-        .with_filter(filter::filter_fn(|m| m.target() != "access"))
         .with_filter(diag_filter);
-    tracing_subscriber::registry()
-        .with(access)
-        .with(diag)
-        .init();
+    tracing_subscriber::registry().with(diag).init();
     if sidecar {
         let xds = cfg.xds_address.as_deref().unwrap_or_default();
         tracing::info!(
@@ -170,6 +142,10 @@ async fn run(cfg: Config, log_control: membrane_proxy::admin::LogControl) -> any
             pid = successor => break Some(pid),
             _ = hup.recv() => {
                 // Reload: the last good policy and certificate stay in force when new ones are rejected.
+                // A rotated access-log file is reopened.
+                if let Some(log) = &running.access_log {
+                    log.reopen();
+                }
                 if let Some(store) = &running.tls {
                     match store.reload() {
                         Ok(()) => tracing::info!("TLS certificate reloaded"),

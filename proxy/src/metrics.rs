@@ -114,6 +114,23 @@ pub struct CaptureRefusalLabels {
     pub reason: CaptureRefusal,
 }
 
+/// Why access-log lines were lost (`membrane_access_log_dropped_total`).
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum AccessLogDrop {
+    /// More than `--access-log-max-buffered` bytes were waiting to be written.
+    overflow,
+    /// The write failed (a full disk, a closed stdout).
+    write_failed,
+}
+
+/// Labels of `membrane_access_log_dropped_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AccessLogDropLabels {
+    /// Why.
+    pub reason: AccessLogDrop,
+}
+
 /// All metrics of one proxy process.
 pub struct Metrics {
     registry: Registry,
@@ -139,6 +156,7 @@ pub struct Metrics {
     tls_refused: Family<TlsRefusalLabels, Counter>,
     capture_refused: Family<CaptureRefusalLabels, Counter>,
     mesh_tls_refused: Family<MeshRefusalLabels, Counter>,
+    access_log_dropped: Family<AccessLogDropLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -233,6 +251,12 @@ impl Metrics {
             "Connections refused for Istio mutual TLS, by reason",
             mesh_tls_refused.clone(),
         );
+        let access_log_dropped = Family::<AccessLogDropLabels, Counter>::default();
+        registry.register(
+            "access_log_dropped",
+            "Access-log lines lost, by reason (the request path never waits for the writer)",
+            access_log_dropped.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -254,6 +278,20 @@ impl Metrics {
             tls_refused,
             capture_refused,
             mesh_tls_refused,
+            access_log_dropped,
+        }
+    }
+
+    /// The counters the access log's sink increments when it loses lines.
+    pub fn access_log_drops(&self) -> crate::access_log::Drops {
+        let get = |reason| {
+            self.access_log_dropped
+                .get_or_create(&AccessLogDropLabels { reason })
+                .clone()
+        };
+        crate::access_log::Drops {
+            overflow: get(AccessLogDrop::overflow),
+            write_failed: get(AccessLogDrop::write_failed),
         }
     }
 

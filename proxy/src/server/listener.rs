@@ -82,16 +82,15 @@ async fn splice<S: AsyncRead + AsyncWrite + Unpin>(
     let started = Instant::now();
     if let Decision::Deny { decided_by } = &checked.decision {
         tracing::debug!(%peer, decided_by, "L4 connection denied");
-        if shared.settings.access_log {
-            tracing::info!(
-                target: "access",
-                r#type = "Denied",
-                src = %peer,
-                src_identity = checked.remote_identity,
-                downstream_peer_uri_san = peer_id,
-                decided_by = decided_by.as_str(),
-                "L4"
-            );
+        if let Some(log) = &shared.access_log {
+            log.record(|l| {
+                l.str("message", "L4")
+                    .str("type", "Denied")
+                    .display("src", peer)
+                    .u64("src_identity", checked.remote_identity.into())
+                    .str("downstream_peer_uri_san", peer_id)
+                    .str("decided_by", decided_by);
+            });
         }
         return;
     }
@@ -155,19 +154,18 @@ async fn copy<S: AsyncRead + AsyncWrite + Unpin, U: AsyncRead + AsyncWrite + Unp
         }
     }
     let copied = tokio::io::copy_bidirectional(&mut stream, &mut upstream).await;
-    if shared.settings.access_log {
+    if let Some(sink) = &shared.access_log {
         let (up, down) = copied.unwrap_or_default();
-        tracing::info!(
-            target: "access",
-            r#type = "Response",
-            src = %log.peer,
-            src_identity = log.checked.remote_identity,
-            downstream_peer_uri_san = log.peer_id,
-            bytes_up = up,
-            bytes_down = down,
-            duration_us = log.started.elapsed().as_micros() as u64,
-            "L4"
-        );
+        sink.record(|l| {
+            l.str("message", "L4")
+                .str("type", "Response")
+                .display("src", log.peer)
+                .u64("src_identity", log.checked.remote_identity.into())
+                .str("downstream_peer_uri_san", log.peer_id)
+                .u64("bytes_up", up)
+                .u64("bytes_down", down)
+                .u64("duration_us", log.started.elapsed().as_micros() as u64);
+        });
     }
 }
 

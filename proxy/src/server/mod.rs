@@ -36,8 +36,6 @@ pub struct ListenerSettings {
     pub upstream_tls: bool,
     /// Name the upstream's certificate is verified against (SNI), instead of the request's authority.
     pub upstream_server_name: Option<String>,
-    /// Emit access-log entries.
-    pub access_log: bool,
     /// Merge `//` in paths.
     pub merge_slashes: bool,
     /// Add a header naming the deciding policy to denials.
@@ -88,6 +86,8 @@ pub struct Shared {
     secrets: Arc<crate::secrets::SecretStore>,
     /// Istio mutual TLS of the capture listeners (`None`: no capture listener).
     mesh: Option<Arc<crate::mesh_tls::MeshTls>>,
+    /// Where access-log records go (`None`: the access log is off).
+    access_log: Option<crate::access_log::AccessLog>,
     /// Pooled clients per (destination, originating TLS material).
     origin_upstreams: std::sync::Mutex<std::collections::HashMap<(SocketAddr, u64), Upstreams>>,
     /// Draining after a handover: HTTP/1.1 connections close after their next response
@@ -132,6 +132,7 @@ impl Shared {
             capture_upstreams: Default::default(),
             secrets,
             mesh: None,
+            access_log: None,
             origin_upstreams: Default::default(),
             lazy_close: AtomicBool::new(false),
         })
@@ -140,6 +141,12 @@ impl Shared {
     /// Serves Istio mutual TLS on the capture listeners with `mesh`.
     pub fn with_mesh(mut self, mesh: Option<Arc<crate::mesh_tls::MeshTls>>) -> Self {
         self.mesh = mesh;
+        self
+    }
+
+    /// Writes access-log records to `log` (`None`: none are made).
+    pub fn with_access_log(mut self, log: Option<crate::access_log::AccessLog>) -> Self {
+        self.access_log = log;
         self
     }
 

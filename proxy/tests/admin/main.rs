@@ -4,6 +4,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod access_log;
 mod binary;
 mod endpoints;
 

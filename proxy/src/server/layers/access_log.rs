@@ -11,37 +11,25 @@ use std::task::{ready, Context, Poll};
 use tower::{Layer, Service};
 
 use super::{Error, Exchange, Outcome, Record, Rejected};
+use crate::access_log::AccessLog as Sink;
 use crate::metrics::Verdict;
 
 /// Makes [`AccessLog`] services.
 #[derive(Clone)]
-pub(crate) struct AccessLogLayer {
-    enabled: bool,
-}
-
-impl AccessLogLayer {
-    /// `enabled`: write access-log records (the metrics are always counted).
-    pub(crate) fn new(enabled: bool) -> Self {
-        AccessLogLayer { enabled }
-    }
-}
+pub(crate) struct AccessLogLayer;
 
 impl<S> Layer<S> for AccessLogLayer {
     type Service = AccessLog<S>;
 
     fn layer(&self, inner: S) -> AccessLog<S> {
-        AccessLog {
-            inner,
-            enabled: self.enabled,
-        }
+        AccessLog { inner }
     }
 }
 
-/// Records each outcome of the stack below.
+/// Records each outcome of the stack below (in the listener's access log, when it has one).
 #[derive(Clone)]
 pub(crate) struct AccessLog<S> {
     inner: S,
-    enabled: bool,
 }
 
 impl<S> Service<Exchange> for AccessLog<S>
@@ -59,7 +47,6 @@ where
     fn call(&mut self, ex: Exchange) -> Self::Future {
         AccessLogFuture {
             inner: self.inner.call(ex),
-            enabled: self.enabled,
         }
     }
 }
@@ -69,7 +56,6 @@ pin_project_lite::pin_project! {
     pub(crate) struct AccessLogFuture<F> {
         #[pin]
         inner: F,
-        enabled: bool,
     }
 }
 
@@ -87,7 +73,7 @@ impl<F: Future<Output = Outcome>> Future for AccessLogFuture<F> {
             .shared
             .metrics
             .request(verdict, status, rec.started.elapsed());
-        if *this.enabled {
+        if let Some(log) = &rec.conn.shared.access_log {
             let (kind, decided_by) = match &outcome {
                 Ok(a) => (Kind::Response, Cow::Borrowed(a.rec.decided_by.as_str())),
                 // Allowed and sent, then failed: the response the client got.
@@ -101,7 +87,7 @@ impl<F: Future<Output = Outcome>> Future for AccessLogFuture<F> {
                 // Rejected for its form: the reason is what decided.
                 Err(Rejected { error, .. }) => (Kind::Denied, Cow::Owned(error.to_string())),
             };
-            write(rec, kind, status, &decided_by);
+            write(log, rec, kind, status, &decided_by);
         }
         Poll::Ready(outcome)
     }
@@ -128,23 +114,27 @@ impl Kind {
     }
 }
 
-/// Writes one access-log record for `rec` (`status` 0 and `decided_by` empty for a
-/// [`Kind::Request`]).
-pub(crate) fn write(rec: &Record, kind: Kind, status: u16, decided_by: &str) {
+/// Writes one access-log record for `rec` to `log` (`status` 0 and `decided_by` empty for
+/// a [`Kind::Request`]). The fields and their order are the line's format: keep them.
+pub(crate) fn write(log: &Sink, rec: &Record, kind: Kind, status: u16, decided_by: &str) {
     let conn = &*rec.conn;
-    tracing::info!(
-        target: "access",
-        r#type = kind.as_str(),
-        src = %conn.peer,
-        dst = %conn.route.target,
-        src_identity = rec.identities.0,
-        downstream_peer_uri_san = conn.mesh_peer.as_deref().map_or("", |p| p.spiffe_id.as_str()),
-        dst_identity = rec.identities.1,
-        method = rec.method.as_str(),
-        path = rec.path.as_str(),
-        host = rec.host.as_deref().unwrap_or(""),
-        status = status,
-        decided_by = decided_by,
-        duration_us = rec.started.elapsed().as_micros() as u64,
-    );
+    log.record(|l| {
+        l.str("type", kind.as_str())
+            .display("src", conn.peer)
+            .display("dst", conn.route.target)
+            .u64("src_identity", rec.identities.0.into())
+            .str(
+                "downstream_peer_uri_san",
+                conn.mesh_peer
+                    .as_deref()
+                    .map_or("", |p| p.spiffe_id.as_str()),
+            )
+            .u64("dst_identity", rec.identities.1.into())
+            .str("method", rec.method.as_str())
+            .str("path", rec.path.as_str())
+            .str("host", rec.host.as_deref().unwrap_or(""))
+            .u64("status", status.into())
+            .str("decided_by", decided_by)
+            .u64("duration_us", rec.started.elapsed().as_micros() as u64);
+    });
 }

@@ -102,8 +102,8 @@ impl Service<Exchange> for Forward {
         let upstreams = &conn.route.upstreams;
         let h2_busy =
             (negotiate || use_h2).then(|| upstreams.h2_busy(negotiate, upstream_req.uri()));
-        if s.access_log {
-            access_log::write(&rec, Kind::Request, 0, "");
+        if let Some(log) = &conn.shared.access_log {
+            access_log::write(log, &rec, Kind::Request, 0, "");
         }
         let sent = if negotiate {
             upstreams.negotiated.request(upstream_req)

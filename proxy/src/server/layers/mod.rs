@@ -275,7 +275,7 @@ pub(crate) type Stack = Recover<
 pub(crate) fn stack(s: &ListenerSettings) -> Stack {
     ServiceBuilder::new()
         .layer(RecoverLayer::new(s.deny_detail_header))
-        .layer(AccessLogLayer::new(s.access_log))
+        .layer(AccessLogLayer)
         .layer(StepLayer(HostCheck))
         .layer(StepLayer(Normalize::new(s.merge_slashes)))
         .layer(StepLayer(PolicyCheck))
