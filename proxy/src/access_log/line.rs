@@ -80,17 +80,11 @@ fn escape(buf: &mut Vec<u8>, s: &str) {
     let bytes = s.as_bytes();
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
-        let short = match b {
-            b'"' => b'"',
-            b'\\' => b'\\',
-            0x08 => b'b',
-            0x0c => b'f',
-            b'\n' => b'n',
-            b'\r' => b'r',
-            b'\t' => b't',
-            0..=0x1f => b'u',
-            _ => continue,
-        };
+        // One table load per byte: almost every byte of a record needs nothing.
+        let short = ESCAPE[b as usize];
+        if short == 0 {
+            continue;
+        }
         buf.extend_from_slice(&bytes[start..i]);
         buf.extend_from_slice(&[b'\\', short]);
         if short == b'u' {
@@ -101,6 +95,24 @@ fn escape(buf: &mut Vec<u8>, s: &str) {
     }
     buf.extend_from_slice(&bytes[start..]);
 }
+
+/// For each byte, the letter after the backslash that escapes it (`u`: `\u00xx`), or 0.
+static ESCAPE: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        t[b] = b'u';
+        b += 1;
+    }
+    t[0x08] = b'b';
+    t[0x0c] = b'f';
+    t[b'\n' as usize] = b'n';
+    t[b'\r' as usize] = b'r';
+    t[b'\t' as usize] = b't';
+    t[b'"' as usize] = b'"';
+    t[b'\\' as usize] = b'\\';
+    t
+};
 
 /// A `fmt::Write` that escapes what it is given into the buffer.
 struct Escaping<'a>(&'a mut Vec<u8>);
