@@ -1,0 +1,295 @@
+#!/usr/bin/env python3
+"""The two-sidecar mesh benchmark (issue 17; bench/mesh.sh runs it, bench/README.md says
+what it measures). Rows, each its own pair of pods on one node, measured in turn within
+every repetition (the order turning round each repetition):
+
+  direct        client app -> server app, no mesh
+  relay         a TCP relay that does nothing in each pod, in the sidecars' places
+  envoy         Envoy sidecars in both pods, Istio's iptables capture, RBAC for the rule
+  membrane      membrane-proxy sidecars, eBPF capture, splice off
+  membrane-all  membrane-proxy sidecars, eBPF capture and splice
+
+Loads: oha in the client pod at a fixed rate (default 1,000 rps over 16 connections,
+latency corrected for coordinated omission), 1 KiB request and response bodies; then the
+most each row answers with 16 connections and no rate limit. Writes the Markdown result
+and a PNG plot beside it."""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import mesh_configs as cfg  # noqa: E402
+import mesh_pods  # noqa: E402
+import mesh_report  # noqa: E402
+
+ROWS = ["direct", "relay", "envoy", "membrane", "membrane-all"]
+SIDECAR_ROWS = ["envoy", "membrane", "membrane-all"]
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid):
+    """utime + stime of every thread of `pid` so far, in seconds."""
+    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / TICK
+
+
+def rss_kib(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def loadavg():
+    return " ".join(open("/proc/loadavg").read().split()[:3])
+
+
+class Row:
+    """A row's pods, processes and the URL its load generator asks."""
+
+    def __init__(self, name, client, server, url, sidecars=()):
+        self.name, self.client, self.server, self.url = name, client, server, url
+        self.sidecars = list(sidecars)  # (role, Popen)
+
+
+def wait_for(what, check, secs=30):
+    deadline = time.monotonic() + secs
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"{what}: not ready after {secs} s")
+
+
+def curl(pod, args, timeout=10):
+    """curl in the pod (its cgroup, so connects are captured as the app's are): status code."""
+    rc, out, _ = pod.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "5"] + args,
+                         timeout=timeout)
+    return out.strip() if rc == 0 else f"error {rc}"
+
+
+def setup(bed, tmp, bins, idx, name):
+    """The row's two pods with their processes, checked to answer as the rule says."""
+    net = f"10.210.{idx}"
+    client = bed.add_pod(f"{name}-c", f"{net}.2")
+    server = bed.add_pod(f"{name}-s", f"{net}.3")
+    app_conf = os.path.join(tmp, f"{name}-app.conf")
+    open(app_conf, "w").write(cfg.nginx_app(tmp, f"{name}-app"))
+    server.spawn(["nginx", "-c", app_conf], os.path.join(tmp, f"{name}-app.log"))
+    url = f"http://{server.ip}:{cfg.APP_PORT}/v1/request-landing"
+    row = Row(name, client, server, url)
+    if name == "relay":
+        for pod, listen, upstream in (
+                (client, f"127.0.0.1:{cfg.OUTBOUND}", f"{server.ip}:{cfg.INBOUND}"),
+                (server, f"0.0.0.0:{cfg.INBOUND}", f"{server.ip}:{cfg.APP_PORT}")):
+            conf = os.path.join(tmp, f"{pod.name}-relay.conf")
+            open(conf, "w").write(cfg.nginx_relay(tmp, f"{pod.name}-relay", listen, upstream))
+            # nginx's master only supervises; the worker relays. Measured: the worker.
+            master = pod.spawn(["nginx", "-c", conf], os.path.join(tmp, f"{pod.name}-relay.log"))
+            row.sidecars.append((pod, master))
+        row.url = f"http://127.0.0.1:{cfg.OUTBOUND}/v1/request-landing"
+    elif name == "envoy":
+        conf = os.path.join(tmp, "envoy-sidecar.yaml")
+        open(conf, "w").write(cfg.envoy_sidecar())
+        os.chmod(conf, 0o644)
+        for base_id, pod in enumerate((client, server)):
+            for rule in cfg.ISTIO_IPTABLES:
+                mesh_pods.sh("iptables", "-t", "nat", *rule.split(), ns=pod.ns)
+            p = pod.spawn([bins["envoy"], "-c", conf, "--concurrency", "1", "--base-id",
+                           str(40000 + os.getpid() % 10000 * 4 + base_id), "--disable-hot-restart",
+                           "--log-level", "error"],
+                          os.path.join(tmp, f"{pod.name}-envoy.log"), uid=cfg.PROXY_UID)
+            row.sidecars.append((pod, p))
+            wait_for(f"{pod.name} envoy", lambda pod=pod: curl(pod, ["http://127.0.0.1:15000/ready"]) == "200")
+    elif name.startswith("membrane"):
+        policy = os.path.join(tmp, "cnp.yaml")
+        open(policy, "w").write(cfg.CNP)
+        os.chmod(policy, 0o644)
+        for pod, labels in ((client, "k8s:app=client"), (server, "k8s:app=backend")):
+            bed.attach(pod, splice=name == "membrane-all")
+            p = pod.spawn([bins["membrane"], "standalone",
+                           "--capture-outbound", f"127.0.0.1:{cfg.OUTBOUND}",
+                           "--capture-inbound", f"0.0.0.0:{cfg.INBOUND}",
+                           "--listen", "127.0.0.1:15007", "--upstream", f"127.0.0.1:{cfg.APP_PORT}",
+                           "--admin", "127.0.0.1:15000", "--metrics", "0.0.0.0:15020",
+                           "--health", "0.0.0.0:15021",
+                           "--endpoint-labels", labels,
+                           "--peer", f"{client.ip}/32=k8s:app=client",
+                           "--peer", f"{server.ip}/32=k8s:app=backend",
+                           "--policy", policy, "--concurrency", "1", "--access-log", "false",
+                           "--log", "warn"],
+                          os.path.join(tmp, f"{pod.name}-membrane.log"), uid=cfg.PROXY_UID)
+            row.sidecars.append((pod, p))
+            wait_for(f"{pod.name} membrane-proxy",
+                     lambda pod=pod: curl(pod, ["http://127.0.0.1:15021/healthz/ready"]) == "200")
+    wait_for(f"{name} app", lambda: curl(client, ["-X", "POST", "-d", cfg.BODY, row.url]) == "200")
+    deny = curl(client, ["-X", "PUT", "-d", cfg.BODY, row.url.replace("request-landing", "exhaust-port")])
+    want = "403" if name in SIDECAR_ROWS else "200"
+    if deny != want:
+        raise RuntimeError(f"{name}: PUT /v1/exhaust-port answered {deny}, want {want} "
+                           "(the rule must be enforced by the server's sidecar, and only there)")
+    if name == "envoy":
+        # Both sidecars on the path: the client's outbound HTTP listener took the requests.
+        rc, out, _ = client.run(["curl", "-s", "-m", "5", "http://127.0.0.1:15000/stats?filter="
+                                 f"http.outbound_0.0.0.0_{cfg.APP_PORT}.downstream_rq_total"], timeout=10)
+        n = int(out.split(":")[-1]) if rc == 0 and ":" in out else 0
+        if n < 2:
+            raise RuntimeError(f"envoy: the client sidecar counted {n} outbound requests, want 2: "
+                               "the client pod's capture does not work")
+    return row
+
+
+def measured_pids(row):
+    """(role, pid) of each sidecar: for the relay the nginx worker, which does the work."""
+    out = []
+    for (pod, p), role in zip(row.sidecars, ("client", "server")):
+        pid = p.pid
+        if row.name == "relay":
+            kids = open(f"/proc/{pid}/task/{pid}/children").read().split()
+            pid = int(kids[0]) if kids else pid
+        out.append((role, pid))
+    return out
+
+
+def oha(bins, row, secs, rate, conns):
+    """One oha run in the client pod: its JSON, plus the sidecars' CPU seconds over the run
+    and their largest RSS seen (sampled every 200 ms)."""
+    args = [bins["oha"], "--no-tui", "--output-format", "json", "-z", f"{secs}s", "-c", str(conns),
+            "-m", "POST", "-d", cfg.BODY, "-H", "content-type: application/octet-stream"]
+    if rate:
+        args += ["-q", str(rate), "--latency-correction"]
+    args.append(row.url)
+    pids = measured_pids(row)
+    cpu0 = {role: cpu_seconds(pid) for role, pid in pids}
+    rss = {role: 0 for role, _ in pids}
+    stop = threading.Event()
+
+    def sample():
+        while not stop.wait(0.2):
+            for role, pid in pids:
+                rss[role] = max(rss[role], rss_kib(pid))
+
+    t = threading.Thread(target=sample)
+    t.start()
+    try:
+        rc, out, err = row.client.run(args, timeout=secs + 60)
+    finally:
+        stop.set()
+        t.join()
+    if rc != 0:
+        raise RuntimeError(f"{row.name}: oha failed ({rc}): {err.strip()[-500:]}")
+    cpu = {role: cpu_seconds(pid) - cpu0[role] for role, pid in pids}
+    return json.loads(out), cpu, rss
+
+
+def summarise(name, js, cpu, rss, secs):
+    """The numbers a run gives: latencies in ms, rps, failures, CPU and RSS per sidecar."""
+    pct = js["latencyPercentiles"]
+    codes = js.get("statusCodeDistribution", {})
+    ok = sum(v for k, v in codes.items() if str(k) == "200")
+    bad = sum(v for k, v in codes.items() if str(k) != "200") + sum(js.get("errorDistribution", {}).values())
+    rps = js["summary"]["requestsPerSec"]
+    r = {"row": name, "rps": rps, "ok": ok, "failed": bad,
+         "p50": pct["p50"] * 1e3, "p90": pct["p90"] * 1e3, "p99": pct["p99"] * 1e3,
+         "p99.9": pct["p99.9"] * 1e3}
+    for role in cpu:
+        # vCPU (cores busy) per 1,000 rps of this sidecar over the run.
+        r[f"cpu_{role}"] = cpu[role] / secs / (rps / 1000) if rps else None
+        r[f"rss_{role}"] = rss[role] / 1024
+    return r
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--secs", type=int, default=15, help="seconds per fixed-rate run")
+    ap.add_argument("--max-secs", type=int, default=5, help="seconds per maximum-rate run")
+    ap.add_argument("--rate", type=int, default=1000)
+    ap.add_argument("--conns", type=int, default=16)
+    ap.add_argument("--rows", default=",".join(ROWS))
+    ap.add_argument("--membrane", required=True, help="membrane-proxy binary")
+    ap.add_argument("--agent", required=True, help="membrane-agent binary")
+    ap.add_argument("--envoy", required=True)
+    ap.add_argument("--oha", required=True)
+    ap.add_argument("--out", required=True, help="the Markdown result; the plot goes beside it")
+    ap.add_argument("--commit", default="unknown")
+    a = ap.parse_args()
+    rows = [r for r in a.rows.split(",") if r]
+    for r in rows:
+        if r not in ROWS:
+            sys.exit(f"mesh.py: unknown row {r!r} (rows: {', '.join(ROWS)})")
+    if "direct" not in rows:
+        sys.exit("mesh.py: the direct row is needed (every latency is reported as added over it)")
+
+    def stop(sig, _frame):
+        raise KeyboardInterrupt(f"signal {sig}")
+
+    signal.signal(signal.SIGTERM, stop)
+    tmp = tempfile.mkdtemp(prefix=f"membrane-test-{os.getpid()}-mesh-")
+    os.chmod(tmp, 0o755)
+    # The sidecars run as uid 1337, which cannot reach into /root: their binaries go beside
+    # their configurations.
+    bins = {"oha": a.oha}
+    for key, src in (("membrane", a.membrane), ("envoy", a.envoy)):
+        if not any(r.startswith(key) for r in rows):
+            continue
+        dst = os.path.join(tmp, os.path.basename(src))
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+        os.chmod(dst, 0o755)
+        bins[key] = dst
+    bed = mesh_pods.Bed(a.agent)
+    runs = []
+    loads = [("start", loadavg())]
+    try:
+        live = {name: setup(bed, tmp, bins, i, name) for i, name in enumerate(rows)}
+        print(f"mesh.py: {len(rows)} rows up, every rule answered as it should", flush=True)
+        for rep in range(a.reps):
+            order = rows[rep % len(rows):] + rows[:rep % len(rows)]
+            for name in order:
+                row = live[name]
+                oha(bins, row, 1, a.rate, a.conns)  # warm-up: pools, caches
+                js, cpu, rss = oha(bins, row, a.secs, a.rate, a.conns)
+                r = summarise(name, js, cpu, rss, a.secs)
+                r.update(rep=rep, load="fixed")
+                runs.append(r)
+                print(f"rep {rep} {name:13} fixed: {r['rps']:.0f} rps p50 {r['p50']:.3f} ms "
+                      f"p99 {r['p99']:.3f} ms failed {r['failed']}", flush=True)
+            for name in order:
+                js, cpu, rss = oha(bins, live[name], a.max_secs, None, a.conns)
+                r = summarise(name, js, cpu, rss, a.max_secs)
+                r.update(rep=rep, load="max")
+                runs.append(r)
+                print(f"rep {rep} {name:13} max:   {r['rps']:.0f} rps p50 {r['p50']:.3f} ms "
+                      f"failed {r['failed']}", flush=True)
+            loads.append((f"after repetition {rep + 1}", loadavg()))
+        counters = {name: bed.counters(live[name].client) for name in rows if name.startswith("membrane")}
+    finally:
+        # A second signal must not cut the cleanup short.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        bed.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    oha_version = subprocess.run([a.oha, "--version"], capture_output=True, text=True).stdout.strip()
+    envoy_version = subprocess.run([a.envoy, "--version"], capture_output=True, text=True).stdout
+    envoy_version = next((w for w in envoy_version.split() if w.count("/") >= 3), "1.40")
+    raw = os.path.splitext(a.out)[0] + ".json"
+    json.dump({"runs": runs, "loads": loads, "counters": counters}, open(raw, "w"), indent=1)
+    mesh_report.write(a, rows, runs, loads, counters, oha_version, envoy_version)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt as e:
+        sys.exit(f"mesh.py: interrupted ({e}); everything it made is removed")
