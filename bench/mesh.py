@@ -53,11 +53,13 @@ def loadavg():
 
 
 class Row:
-    """A row's pods, processes and the URL its load generator asks."""
+    """A row's pods, processes and the URL its load generator asks per protocol."""
 
-    def __init__(self, name, client, server, url, sidecars=()):
-        self.name, self.client, self.server, self.url = name, client, server, url
-        self.sidecars = list(sidecars)  # (role, Popen)
+    def __init__(self, name, client, server):
+        self.name, self.client, self.server = name, client, server
+        self.urls = {proto: f"http://{server.ip}:{port}{path}"
+                     for proto, (port, _, _, path, _) in cfg.PROTOS.items()}
+        self.sidecars = []  # (pod, Popen)
 
 
 def wait_for(what, check, secs=30):
@@ -84,18 +86,20 @@ def setup(bed, tmp, bins, idx, name):
     app_conf = os.path.join(tmp, f"{name}-app.conf")
     open(app_conf, "w").write(cfg.nginx_app(tmp, f"{name}-app"))
     server.spawn(["nginx", "-c", app_conf], os.path.join(tmp, f"{name}-app.log"))
-    url = f"http://{server.ip}:{cfg.APP_PORT}/v1/request-landing"
-    row = Row(name, client, server, url)
+    row = Row(name, client, server)
     if name == "relay":
-        for pod, listen, upstream in (
-                (client, f"127.0.0.1:{cfg.OUTBOUND}", f"{server.ip}:{cfg.INBOUND}"),
-                (server, f"0.0.0.0:{cfg.INBOUND}", f"{server.ip}:{cfg.APP_PORT}")):
+        for pod, pairs in (
+                (client, [(f"127.0.0.1:{cfg.OUTBOUND}", f"{server.ip}:{cfg.INBOUND}"),
+                          (f"127.0.0.1:{cfg.RELAY_H2C_OUT}", f"{server.ip}:{cfg.RELAY_H2C_IN}")]),
+                (server, [(f"0.0.0.0:{cfg.INBOUND}", f"{server.ip}:{cfg.APP_PORT}"),
+                          (f"0.0.0.0:{cfg.RELAY_H2C_IN}", f"{server.ip}:{cfg.H2C_PORT}")])):
             conf = os.path.join(tmp, f"{pod.name}-relay.conf")
-            open(conf, "w").write(cfg.nginx_relay(tmp, f"{pod.name}-relay", listen, upstream))
+            open(conf, "w").write(cfg.nginx_relay(tmp, f"{pod.name}-relay", pairs))
             # nginx's master only supervises; the worker relays. Measured: the worker.
             master = pod.spawn(["nginx", "-c", conf], os.path.join(tmp, f"{pod.name}-relay.log"))
             row.sidecars.append((pod, master))
-        row.url = f"http://127.0.0.1:{cfg.OUTBOUND}/v1/request-landing"
+        row.urls = {proto: f"http://127.0.0.1:{port}{cfg.PROTOS[proto][3]}"
+                    for proto, port in (("h1", cfg.OUTBOUND), ("h2c", cfg.RELAY_H2C_OUT))}
     elif name == "envoy":
         conf = os.path.join(tmp, "envoy-sidecar.yaml")
         open(conf, "w").write(cfg.envoy_sidecar())
@@ -130,20 +134,34 @@ def setup(bed, tmp, bins, idx, name):
             row.sidecars.append((pod, p))
             wait_for(f"{pod.name} membrane-proxy",
                      lambda pod=pod: curl(pod, ["http://127.0.0.1:15021/healthz/ready"]) == "200")
-    wait_for(f"{name} app", lambda: curl(client, ["-X", "POST", "-d", cfg.BODY, row.url]) == "200")
-    deny = curl(client, ["-X", "PUT", "-d", cfg.BODY, row.url.replace("request-landing", "exhaust-port")])
-    want = "403" if name in SIDECAR_ROWS else "200"
-    if deny != want:
-        raise RuntimeError(f"{name}: PUT /v1/exhaust-port answered {deny}, want {want} "
-                           "(the rule must be enforced by the server's sidecar, and only there)")
+    for proto, url in row.urls.items():
+        _, _, method, path, body = cfg.PROTOS[proto]
+        flags = (["--http2-prior-knowledge"] if proto == "h2c" else []) + (["-d", cfg.BODY] if body else [])
+        wait_for(f"{name} app ({proto})",
+                 lambda: curl(client, flags + ["-X", method, url]) == "200")
+        deny = curl(client, flags + ["-X", "PUT", url.replace(path, "/v1/exhaust-port")])
+        want = "403" if name in SIDECAR_ROWS else "200"
+        if deny != want:
+            raise RuntimeError(f"{name}: PUT /v1/exhaust-port ({proto}) answered {deny}, want {want} "
+                               "(the rule must be enforced by the server's sidecar, and only there)")
+    if name.startswith("membrane"):
+        # Both sidecars on the path: the client's outbound capture took the requests.
+        rc, out, _ = client.run(["curl", "-s", "-m", "5", "http://127.0.0.1:15020/stats/prometheus"],
+                                timeout=10)
+        n = sum(float(ln.rsplit(" ", 1)[1]) for ln in out.splitlines()
+                if ln.startswith("membrane_requests_total{"))
+        if n < 2 * len(cfg.PROTOS):
+            raise RuntimeError(f"{name}: the client sidecar counted {n:.0f} requests, want "
+                               f"{2 * len(cfg.PROTOS)}: the client pod's capture does not work")
     if name == "envoy":
-        # Both sidecars on the path: the client's outbound HTTP listener took the requests.
-        rc, out, _ = client.run(["curl", "-s", "-m", "5", "http://127.0.0.1:15000/stats?filter="
-                                 f"http.outbound_0.0.0.0_{cfg.APP_PORT}.downstream_rq_total"], timeout=10)
-        n = int(out.split(":")[-1]) if rc == 0 and ":" in out else 0
-        if n < 2:
-            raise RuntimeError(f"envoy: the client sidecar counted {n} outbound requests, want 2: "
-                               "the client pod's capture does not work")
+        # Both sidecars on the path: the client's outbound HTTP listeners took the requests.
+        for port, *_ in cfg.PROTOS.values():
+            rc, out, _ = client.run(["curl", "-s", "-m", "5", "http://127.0.0.1:15000/stats?filter="
+                                     f"http.outbound_0.0.0.0_{port}.downstream_rq_total"], timeout=10)
+            n = int(out.split(":")[-1]) if rc == 0 and ":" in out else 0
+            if n < 2:
+                raise RuntimeError(f"envoy: the client sidecar counted {n} requests to port {port}, "
+                                   "want 2: the client pod's capture does not work")
     return row
 
 
@@ -159,14 +177,17 @@ def measured_pids(row):
     return out
 
 
-def oha(bins, row, secs, rate, conns):
+def oha(bins, row, proto, secs, rate, conns):
     """One oha run in the client pod: its JSON, plus the sidecars' CPU seconds over the run
     and their largest RSS seen (sampled every 200 ms)."""
+    _, flags, method, _, body = cfg.PROTOS[proto]
     args = [bins["oha"], "--no-tui", "--output-format", "json", "-z", f"{secs}s", "-c", str(conns),
-            "-m", "POST", "-d", cfg.BODY, "-H", "content-type: application/octet-stream"]
+            "-m", method] + flags
+    if body:
+        args += ["-d", cfg.BODY, "-H", "content-type: application/octet-stream"]
     if rate:
         args += ["-q", str(rate), "--latency-correction"]
-    args.append(row.url)
+    args.append(row.urls[proto])
     pids = measured_pids(row)
     cpu0 = {role: cpu_seconds(pid) for role, pid in pids}
     rss = {role: 0 for role, _ in pids}
@@ -215,6 +236,7 @@ def main():
     ap.add_argument("--rate", type=int, default=1000)
     ap.add_argument("--conns", type=int, default=16)
     ap.add_argument("--rows", default=",".join(ROWS))
+    ap.add_argument("--protos", default=",".join(cfg.PROTOS), help="h1 (HTTP/1.1), h2c")
     ap.add_argument("--membrane", required=True, help="membrane-proxy binary")
     ap.add_argument("--agent", required=True, help="membrane-agent binary")
     ap.add_argument("--envoy", required=True)
@@ -226,6 +248,10 @@ def main():
     for r in rows:
         if r not in ROWS:
             sys.exit(f"mesh.py: unknown row {r!r} (rows: {', '.join(ROWS)})")
+    protos = [p for p in a.protos.split(",") if p]
+    for p in protos:
+        if p not in cfg.PROTOS:
+            sys.exit(f"mesh.py: unknown protocol {p!r} (protocols: {', '.join(cfg.PROTOS)})")
     if "direct" not in rows:
         sys.exit("mesh.py: the direct row is needed (every latency is reported as added over it)")
 
@@ -256,22 +282,20 @@ def main():
         print(f"mesh.py: {len(rows)} rows up, every rule answered as it should", flush=True)
         for rep in range(a.reps):
             order = rows[rep % len(rows):] + rows[:rep % len(rows)]
-            for name in order:
-                row = live[name]
-                oha(bins, row, 1, a.rate, a.conns)  # warm-up: pools, caches
-                js, cpu, rss = oha(bins, row, a.secs, a.rate, a.conns)
-                r = summarise(name, js, cpu, rss, a.secs)
-                r.update(rep=rep, load="fixed")
-                runs.append(r)
-                print(f"rep {rep} {name:13} fixed: {r['rps']:.0f} rps p50 {r['p50']:.3f} ms "
-                      f"p99 {r['p99']:.3f} ms failed {r['failed']}", flush=True)
-            for name in order:
-                js, cpu, rss = oha(bins, live[name], a.max_secs, None, a.conns)
-                r = summarise(name, js, cpu, rss, a.max_secs)
-                r.update(rep=rep, load="max")
-                runs.append(r)
-                print(f"rep {rep} {name:13} max:   {r['rps']:.0f} rps p50 {r['p50']:.3f} ms "
-                      f"failed {r['failed']}", flush=True)
+            for proto in protos:
+                for load in ("fixed", "max"):
+                    for name in order:
+                        row = live[name]
+                        rate = a.rate if load == "fixed" else None
+                        secs = a.secs if load == "fixed" else a.max_secs
+                        if load == "fixed":
+                            oha(bins, row, proto, 1, rate, a.conns)  # warm-up: pools, caches
+                        js, cpu, rss = oha(bins, row, proto, secs, rate, a.conns)
+                        r = summarise(name, js, cpu, rss, secs)
+                        r.update(rep=rep, load=load, proto=proto)
+                        runs.append(r)
+                        print(f"rep {rep} {proto:3} {load:5} {name:13} {r['rps']:7.0f} rps  p50 "
+                              f"{r['p50']:.3f} ms  p99 {r['p99']:.3f} ms  failed {r['failed']}", flush=True)
             loads.append((f"after repetition {rep + 1}", loadavg()))
         counters = {name: bed.counters(live[name].client) for name in rows if name.startswith("membrane")}
     finally:
@@ -285,7 +309,7 @@ def main():
     envoy_version = next((w for w in envoy_version.split() if w.count("/") >= 3), "1.40")
     raw = os.path.splitext(a.out)[0] + ".json"
     json.dump({"runs": runs, "loads": loads, "counters": counters}, open(raw, "w"), indent=1)
-    mesh_report.write(a, rows, runs, loads, counters, oha_version, envoy_version)
+    mesh_report.write(a, rows, protos, runs, loads, counters, oha_version, envoy_version)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,18 @@
 as a CiliumNetworkPolicy for membrane and as an Envoy RBAC filter, the Envoy sidecar as
 Istio configures one, the capture rules istio-iptables writes, and the do-nothing TCP relay
 (nginx's stream module). The rule: POST /v1/request-landing and GET /v1/.* to the server's
-port 18080 are allowed, everything else gets 403."""
+ports 18080 (HTTP/1.1) and 18082 (h2c) are allowed, everything else gets 403."""
 
 APP_PORT = 18080
+# The app's h2c port (prior knowledge), and the relay's pair of ports in front of it.
+H2C_PORT = 18082
+RELAY_H2C_OUT, RELAY_H2C_IN = 15011, 15016
+# Per protocol: the port its requests dial (before capture), oha's flags, the request
+# (method, path, 1 KiB body or none). h2c asks GET without a body: with a request body on
+# h2c, nginx's `return` answered and then reset the stream (curl: error 92), which would
+# count as failures that are nginx's, not the mesh's.
+PROTOS = {"h1": (APP_PORT, [], "POST", "/v1/request-landing", True),
+          "h2c": (H2C_PORT, ["--http2"], "GET", "/v1/x", False)}
 OUTBOUND = 15001
 INBOUND = 15006
 PROXY_UID = 1337
@@ -20,7 +29,7 @@ spec:
   ingress:
   - fromEntities: [all]
     toPorts:
-    - ports: [{{port: "{APP_PORT}", protocol: TCP}}]
+    - ports: [{{port: "{APP_PORT}", protocol: TCP}}, {{port: "{H2C_PORT}", protocol: TCP}}]
       rules:
         http:
         - {{method: POST, path: /v1/request-landing}}
@@ -44,15 +53,22 @@ http {{
   client_body_buffer_size 16k;
   server {{
     listen 0.0.0.0:{APP_PORT} reuseport;
+    listen 0.0.0.0:{H2C_PORT} http2;
     location / {{ return 200 "{BODY}"; }}
   }}
 }}
 """
 
 
-def nginx_relay(tmp, name, listen, upstream):
-    """A TCP relay that does nothing but copy bytes (nginx stream, one worker): the floor a
-    sidecar costs when it parses nothing."""
+def nginx_relay(tmp, name, pairs):
+    """A TCP relay that does nothing but copy bytes (nginx stream, one worker), one server
+    per (listen, upstream) pair: the floor a sidecar costs when it parses nothing."""
+    servers = "".join(f"""  server {{
+    listen {listen};
+    proxy_pass {upstream};
+    proxy_timeout 300s;
+  }}
+""" for listen, upstream in pairs)
     return f"""load_module /usr/lib/nginx/modules/ngx_stream_module.so;
 worker_processes 1;
 daemon off;
@@ -60,12 +76,7 @@ pid {tmp}/{name}.pid;
 error_log {tmp}/{name}.err;
 events {{ worker_connections 4096; }}
 stream {{
-  server {{
-    listen {listen};
-    proxy_pass {upstream};
-    proxy_timeout 300s;
-  }}
-}}
+{servers}}}
 """
 
 
@@ -98,17 +109,83 @@ ISTIO_IPTABLES = [
 _HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 _ROUTER = """- name: envoy.filters.http.router
             typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}"""
+_RBAC = """- name: envoy.filters.http.rbac
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC
+              rules:
+                action: ALLOW
+                policies:
+                  ns[default]-policy[mesh-bench]-rule[0]:
+                    permissions:
+                    - and_rules:
+                        rules:
+                        - header: { name: ":method", string_match: { exact: "POST" } }
+                        - url_path: { path: { exact: "/v1/request-landing" } }
+                    - and_rules:
+                        rules:
+                        - header: { name: ":method", string_match: { exact: "GET" } }
+                        - url_path: { path: { safe_regex: { regex: "/v1/.*" } } }
+                    principals: [{ any: true }]"""
+# Istio gives a port whose protocol is HTTP/2 an upstream speaking HTTP/2.
+_H2_UPSTREAM = """
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: { http2_protocol_options: {} }"""
+
+
+def _hcm(stat, cluster, filters):
+    return f"""- name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": {_HCM}
+          stat_prefix: {stat}
+          codec_type: AUTO
+          route_config:
+            name: "{cluster}"
+            virtual_hosts:
+            - name: "{cluster}"
+              domains: ["*"]
+              routes:
+              - match: {{ prefix: "/" }}
+                route: {{ cluster: "{cluster}", timeout: 0s }}
+          http_filters:
+          {filters}"""
+
+
+def _cluster(name, h2, inbound):
+    bind = "\n    upstream_bind_config: { source_address: { address: 127.0.0.6, port_value: 0 } }" if inbound else ""
+    return f"""  - name: "{name}"
+    type: ORIGINAL_DST
+    lb_policy: CLUSTER_PROVIDED
+    connect_timeout: 10s{bind}{_H2_UPSTREAM if h2 else ""}
+"""
 
 
 def envoy_sidecar(admin_port=15000):
     """An Envoy sidecar as istiod configures one for these two pods (static here): the
     virtualOutbound listener on 15001 handing connections by their original destination to
-    the `0.0.0.0_18080` HTTP listener (not bound) whose route goes to an original-dst
-    cluster; virtualInbound on 15006 with the original_dst listener filter, a filter chain
-    for port 18080 with the L7 rule as an RBAC filter, delivering to the pod's address from
-    127.0.0.6 (Istio's inbound passthrough source); TCP passthrough for every other port.
-    No access log and no telemetry filter (Istio's stats filter is not in Envoy 1.40's
-    upstream build), so this Envoy does less than an Istio sidecar."""
+    the `0.0.0.0_PORT` HTTP listeners (not bound) whose routes go to original-dst clusters;
+    virtualInbound on 15006 with the original_dst listener filter, a filter chain per port
+    with the L7 rule as an RBAC filter, delivering to the pod's address from 127.0.0.6
+    (Istio's inbound passthrough source); TCP passthrough for every other port. The h2c
+    port's clusters speak HTTP/2 upstream, as Istio's do for an HTTP/2 port. No access log
+    and no telemetry filter (Istio's stats filter is not in upstream Envoy), so this Envoy
+    does less than an Istio sidecar."""
+    ports = [(APP_PORT, False), (H2C_PORT, True)]
+    outbound = "".join(f"""  - name: 0.0.0.0_{port}
+    address: {{ socket_address: {{ address: 0.0.0.0, port_value: {port} }} }}
+    bind_to_port: false
+    filter_chains:
+    - filters:
+      {_hcm(f"outbound_0.0.0.0_{port}", f"outbound|{port}||backend.default.svc.cluster.local", _ROUTER)}
+""" for port, _ in ports)
+    inbound = "".join(f"""    - name: 0.0.0.0_{port}
+      filter_chain_match: {{ destination_port: {port} }}
+      filters:
+      {_hcm(f"inbound_0.0.0.0_{port}", f"inbound|{port}||", _RBAC + chr(10) + "          " + _ROUTER)}
+""" for port, _ in ports)
+    clusters = "".join(_cluster(f"outbound|{port}||backend.default.svc.cluster.local", h2, False)
+                       + _cluster(f"inbound|{port}||", h2, True) for port, h2 in ports)
     return f"""admin:
   address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin_port} }} }}
 static_resources:
@@ -124,66 +201,13 @@ static_resources:
           "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
           stat_prefix: PassthroughCluster
           cluster: PassthroughCluster
-  - name: 0.0.0.0_{APP_PORT}
-    address: {{ socket_address: {{ address: 0.0.0.0, port_value: {APP_PORT} }} }}
-    bind_to_port: false
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": {_HCM}
-          stat_prefix: outbound_0.0.0.0_{APP_PORT}
-          route_config:
-            name: "{APP_PORT}"
-            virtual_hosts:
-            - name: allow_any
-              domains: ["*"]
-              routes:
-              - match: {{ prefix: "/" }}
-                route: {{ cluster: "outbound|{APP_PORT}||backend.default.svc.cluster.local", timeout: 0s }}
-          http_filters:
-          {_ROUTER}
-  - name: virtualInbound
+{outbound}  - name: virtualInbound
     address: {{ socket_address: {{ address: 0.0.0.0, port_value: {INBOUND} }} }}
     listener_filters:
     - name: envoy.filters.listener.original_dst
       typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst }}
     filter_chains:
-    - name: 0.0.0.0_{APP_PORT}
-      filter_chain_match: {{ destination_port: {APP_PORT} }}
-      filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": {_HCM}
-          stat_prefix: inbound_0.0.0.0_{APP_PORT}
-          route_config:
-            name: "inbound|{APP_PORT}||"
-            virtual_hosts:
-            - name: inbound|http|{APP_PORT}
-              domains: ["*"]
-              routes:
-              - match: {{ prefix: "/" }}
-                route: {{ cluster: "inbound|{APP_PORT}||", timeout: 0s }}
-          http_filters:
-          - name: envoy.filters.http.rbac
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC
-              rules:
-                action: ALLOW
-                policies:
-                  ns[default]-policy[mesh-bench]-rule[0]:
-                    permissions:
-                    - and_rules:
-                        rules:
-                        - header: {{ name: ":method", string_match: {{ exact: "POST" }} }}
-                        - url_path: {{ path: {{ exact: "/v1/request-landing" }} }}
-                    - and_rules:
-                        rules:
-                        - header: {{ name: ":method", string_match: {{ exact: "GET" }} }}
-                        - url_path: {{ path: {{ safe_regex: {{ regex: "/v1/.*" }} }} }}
-                    principals: [{{ any: true }}]
-          {_ROUTER}
-    - name: InboundPassthroughFilterChain
+{inbound}    - name: InboundPassthroughFilterChain
       filters:
       - name: envoy.filters.network.tcp_proxy
         typed_config:
@@ -191,22 +215,4 @@ static_resources:
           stat_prefix: InboundPassthroughCluster
           cluster: InboundPassthroughCluster
   clusters:
-  - name: PassthroughCluster
-    type: ORIGINAL_DST
-    lb_policy: CLUSTER_PROVIDED
-    connect_timeout: 10s
-  - name: "outbound|{APP_PORT}||backend.default.svc.cluster.local"
-    type: ORIGINAL_DST
-    lb_policy: CLUSTER_PROVIDED
-    connect_timeout: 10s
-  - name: "inbound|{APP_PORT}||"
-    type: ORIGINAL_DST
-    lb_policy: CLUSTER_PROVIDED
-    connect_timeout: 10s
-    upstream_bind_config: {{ source_address: {{ address: 127.0.0.6, port_value: 0 }} }}
-  - name: InboundPassthroughCluster
-    type: ORIGINAL_DST
-    lb_policy: CLUSTER_PROVIDED
-    connect_timeout: 10s
-    upstream_bind_config: {{ source_address: {{ address: 127.0.0.6, port_value: 0 }} }}
-"""
+{_cluster("PassthroughCluster", False, False)}{_cluster("InboundPassthroughCluster", False, True)}{clusters}"""

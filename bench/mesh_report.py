@@ -26,11 +26,11 @@ def fmt(v, d=2):
     return "–" if v is None else f"{v:.{d}f}"
 
 
-def added(runs, rows, load):
+def added(runs, rows, proto, load):
     """added[row][pct] = median over repetitions of (row − direct in that repetition)."""
     by = {}
     for r in runs:
-        if r["load"] == load:
+        if r["load"] == load and r["proto"] == proto:
             by[(r["row"], r["rep"])] = r
     reps = sorted({rep for (_, rep) in by})
     out = {}
@@ -42,10 +42,10 @@ def added(runs, rows, load):
     return out
 
 
-def medians(runs, rows, load):
+def medians(runs, rows, proto, load):
     out = {}
     for row in rows:
-        rs = [r for r in runs if r["row"] == row and r["load"] == load]
+        rs = [r for r in runs if r["row"] == row and r["load"] == load and r["proto"] == proto]
         keys = {k for r in rs for k in r if isinstance(r[k], (int, float)) and k != "rep"}
         out[row] = {k: med([r.get(k) for r in rs]) for k in keys}
         out[row]["failed_total"] = sum(r["failed"] for r in rs)
@@ -58,9 +58,10 @@ def verdict(ratio, limit):
     return "met" if ratio <= limit else "**missed**"
 
 
-def write(a, rows, runs, loads, counters, oha_version, envoy_version):
-    fixed, mx = medians(runs, rows, "fixed"), medians(runs, rows, "max")
-    add = added(runs, rows, "fixed")
+PROTO = {"h1": "HTTP/1.1", "h2c": "h2c (HTTP/2 prior knowledge)"}
+
+
+def write(a, rows, protos, runs, loads, counters, oha_version, envoy_version):
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     model = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo")
                   if ln.startswith("model name")), "?")
@@ -71,8 +72,11 @@ def write(a, rows, runs, loads, counters, oha_version, envoy_version):
          f"Load generator: {oha_version}, in the client pod: {a.rate} rps over {a.conns} connections "
          "with latency correction (coordinated omission: a request's latency counts from when it "
          f"was due), {a.secs} s per run after a 1 s warm-up; then no rate limit, {a.conns} connections, "
-         f"{a.max_secs} s (the maximum each row answers). POST /v1/request-landing with a 1 KiB body, "
-         "answered 200 with 1 KiB by nginx (one worker) in the server pod; HTTP/1.1 plaintext.",
+         f"{a.max_secs} s (the maximum each row answers). Plaintext, "
+         + " and ".join(PROTO[p] for p in protos) + ". HTTP/1.1: POST /v1/request-landing with a 1 KiB "
+         "body; h2c: GET /v1/x (oha's --http2, prior knowledge; no request body: nginx reset h2c "
+         "streams whose body its `return` left unread), both sidecars speaking HTTP/2 upstream; "
+         "answered 200 with 1 KiB by nginx (one worker) in the server pod.",
          f"{a.reps} repetitions, the rows measured in turn within each (the order turning round "
          "every repetition); every number is the median over the repetitions, an added latency "
          "the median of (row − direct) per repetition.",
@@ -83,25 +87,47 @@ def write(a, rows, runs, loads, counters, oha_version, envoy_version):
          "namespace as the mini-cluster's pods are; each row has its own pair of pods.",
          "Before measuring, each row answered the allowed request 200 and `PUT /v1/exhaust-port` "
          "403 (sidecar rows: the rule is enforced by the server's sidecar) or 200 (direct, relay).",
-         "", f"![latency per row]({os.path.basename(png)})", "",
-         f"## {a.rate} rps over {a.conns} connections", "",
-         "| row | rps | p50 ms | p90 ms | p99 ms | p99.9 ms | added p50 | added p90 | added p99 | "
-         "added p99.9 | vCPU/1k rps client sidecar | server sidecar | RSS MiB client | server | failed |",
-         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+         "", f"![latency per row]({os.path.basename(png)})", ""]
+    tables = {}
+    for proto in protos:
+        tables[proto] = section(a, rows, proto, runs, L)
+    L += ["vCPU per 1,000 rps: the sidecar process's CPU time (utime + stime of all its threads, "
+          "/proc/PID/stat) over the run, divided by the run's seconds and by the rps achieved / 1,000. "
+          "For the relay row the nginx stream worker. RSS: the largest VmRSS sampled every 200 ms "
+          "during the run. 'failed': non-200 answers and connection errors, summed over all runs.",
+          "",
+          "Not measured yet: gRPC unary and mTLS between the sidecars; two nodes.",
+          ""]
+    for row, text in counters.items():
+        L += [f"Datapath counters of {row}'s client pod at the end:", "", "```", text.strip(), "```", ""]
+    open(a.out, "w").write("\n".join(L))
+    plot(rows, protos, tables, png, a)
+    print("\n".join(L))
+    print(f"mesh.py: wrote {a.out} and {png}")
+
+
+def section(a, rows, proto, runs, L):
+    """The tables of one protocol, appended to L; returns (fixed, added) for the plot."""
+    fixed, mx = medians(runs, rows, proto, "fixed"), medians(runs, rows, proto, "max")
+    add = added(runs, rows, proto, "fixed")
+    L += [f"## {PROTO[proto]}: {a.rate} rps over {a.conns} connections", "",
+          "| row | rps | p50 ms | p90 ms | p99 ms | p99.9 ms | added p50 | added p90 | added p99 | "
+          "added p99.9 | vCPU/1k rps client sidecar | server sidecar | RSS MiB client | server | failed |",
+          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
         f, d = fixed[row], add[row]
         L.append(f"| {LABEL[row]} | {fmt(f.get('rps'), 0)} | " + " | ".join(fmt(f.get(p), 3) for p in PCTS)
                  + " | " + " | ".join(fmt(d[p], 3) if row != "direct" else "" for p in PCTS)
                  + f" | {fmt(f.get('cpu_client'), 3)} | {fmt(f.get('cpu_server'), 3)}"
                  + f" | {fmt(f.get('rss_client'), 1)} | {fmt(f.get('rss_server'), 1)} | {f['failed_total']} |")
-    L += ["", f"## Maximum rate, {a.conns} connections, no rate limit", "",
+    L += ["", f"## {PROTO[proto]}: maximum rate, {a.conns} connections, no rate limit", "",
           "| row | max rps | p50 ms | p99 ms | vCPU client sidecar per 1k rps | server | failed |",
           "|---|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
         m = mx[row]
         L.append(f"| {LABEL[row]} | {fmt(m.get('rps'), 0)} | {fmt(m.get('p50'), 3)} | {fmt(m.get('p99'), 3)} "
                  f"| {fmt(m.get('cpu_client'), 3)} | {fmt(m.get('cpu_server'), 3)} | {m['failed_total']} |")
-    L += ["", "## Against Envoy and the targets", ""]
+    L += ["", f"## {PROTO[proto]}: against Envoy and the targets", ""]
     if "envoy" in rows:
         L += ["| row | added p90 / Envoy's (≤ 0.25) | added p99 / Envoy's (≤ 0.25) | "
               "vCPU per 1k rps, both sidecars / Envoy's (≤ 0.25) | RSS, larger sidecar / Envoy's (≤ 0.2) | "
@@ -131,41 +157,34 @@ def write(a, rows, runs, loads, counters, oha_version, envoy_version):
         L += ["", f"Everything on, added p50 against the relay floor's (target ≤ 2×): "
               f"{fmt(ma, 3)} ms / {fmt(fl, 3)} ms = {fmt(r)}× — "
               + ("met" if r is not None and r <= 2 else "**missed**") + "."]
-    L += ["", "vCPU per 1,000 rps: the sidecar process's CPU time (utime + stime of all its threads, "
-          "/proc/PID/stat) over the run, divided by the run's seconds and by the rps achieved / 1,000. "
-          "For the relay row the nginx stream worker. RSS: the largest VmRSS sampled every 200 ms "
-          "during the run. 'failed': non-200 answers and connection errors, summed over all runs.",
-          "",
-          "Not measured yet: h2c, gRPC unary and mTLS between the sidecars; two nodes.",
-          ""]
-    for row, text in counters.items():
-        L += [f"Datapath counters of {row}'s client pod at the end:", "", "```", text.strip(), "```", ""]
-    open(a.out, "w").write("\n".join(L))
-    plot(rows, fixed, add, png, a)
-    print("\n".join(L))
-    print(f"mesh.py: wrote {a.out} and {png}")
+    L.append("")
+    return fixed, add
 
 
-def plot(rows, fixed, add, png, a):
+def plot(rows, protos, tables, png, a):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+    fig, axes = plt.subplots(len(protos), 2, figsize=(13, 4.6 * len(protos)), squeeze=False)
     width = 0.8 / len(rows)
-    for ax, data, title in ((axes[0], fixed, "latency (ms)"),
-                            (axes[1], add, "added over direct (ms)")):
-        for i, row in enumerate(rows):
-            if data is add and row == "direct":
-                continue
-            ys = [data[row].get(p) or 0 for p in PCTS]
-            ax.bar([x + i * width for x in range(len(PCTS))], ys, width, label=LABEL[row])
-        ax.set_xticks([x + width * (len(rows) - 1) / 2 for x in range(len(PCTS))])
-        ax.set_xticklabels(PCTS)
-        if data is fixed:
-            ax.set_yscale("log")
-        ax.set_title(f"{title}, {a.rate} rps, {a.conns} conns, 1 KiB")
-        ax.grid(axis="y", alpha=0.3)
-    axes[0].legend(fontsize=8)
+    for line, proto in zip(axes, protos):
+        fixed, add = tables[proto]
+        for ax, data, title in ((line[0], fixed, "latency (ms, log)"),
+                                (line[1], add, "added over direct (ms)")):
+            for i, row in enumerate(rows):
+                if data is add and row == "direct":
+                    continue
+                ys = [data[row].get(p) or 0 for p in PCTS]
+                # One colour per row in both panels (the added panel has no direct bar).
+                ax.bar([x + i * width for x in range(len(PCTS))], ys, width, label=LABEL[row],
+                       color=f"C{i}")
+            ax.set_xticks([x + width * (len(rows) - 1) / 2 for x in range(len(PCTS))])
+            ax.set_xticklabels(PCTS)
+            if data is fixed:
+                ax.set_yscale("log")
+            ax.set_title(f"{PROTO[proto]}: {title}, {a.rate} rps, {a.conns} conns, 1 KiB", fontsize=9)
+            ax.grid(axis="y", alpha=0.3)
+        line[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(png, dpi=110)
