@@ -30,8 +30,10 @@ import mesh_configs as cfg  # noqa: E402
 import mesh_pods  # noqa: E402
 import mesh_report  # noqa: E402
 
-ROWS = ["direct", "relay", "envoy", "membrane", "membrane-all"]
-SIDECAR_ROWS = ["envoy", "membrane", "membrane-all"]
+ROWS = ["direct", "relay", "envoy", "membrane", "membrane-all", "envoy-mtls", "membrane-mtls"]
+SIDECAR_ROWS = ["envoy", "membrane", "membrane-all", "envoy-mtls", "membrane-mtls"]
+# Default: the rows in plaintext, and both meshes with Istio mTLS between the sidecars.
+SPLICE_ROWS = ["membrane-all", "membrane-mtls"]
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -100,15 +102,16 @@ def setup(bed, tmp, bins, idx, name):
             row.sidecars.append((pod, master))
         row.urls = {proto: f"http://127.0.0.1:{port}{cfg.PROTOS[proto][3]}"
                     for proto, port in (("h1", cfg.OUTBOUND), ("h2c", cfg.RELAY_H2C_OUT))}
-    elif name == "envoy":
-        conf = os.path.join(tmp, "envoy-sidecar.yaml")
-        open(conf, "w").write(cfg.envoy_sidecar())
-        os.chmod(conf, 0o644)
-        for base_id, pod in enumerate((client, server)):
+    elif name.startswith("envoy"):
+        for base_id, (pod, role) in enumerate(((client, "client"), (server, "server"))):
+            certs = os.path.join(tmp, f"certs-{role}") if name.endswith("-mtls") else None
+            conf = os.path.join(tmp, f"{pod.name}-envoy.yaml")
+            open(conf, "w").write(cfg.envoy_sidecar(certs=certs))
+            os.chmod(conf, 0o644)
             for rule in cfg.ISTIO_IPTABLES:
                 mesh_pods.sh("iptables", "-t", "nat", *rule.split(), ns=pod.ns)
             p = pod.spawn([bins["envoy"], "-c", conf, "--concurrency", "1", "--base-id",
-                           str(40000 + os.getpid() % 10000 * 4 + base_id), "--disable-hot-restart",
+                           str(40000 + os.getpid() % 10000 * 16 + idx * 2 + base_id), "--disable-hot-restart",
                            "--log-level", "error"],
                           os.path.join(tmp, f"{pod.name}-envoy.log"), uid=cfg.PROXY_UID)
             row.sidecars.append((pod, p))
@@ -117,9 +120,16 @@ def setup(bed, tmp, bins, idx, name):
         policy = os.path.join(tmp, "cnp.yaml")
         open(policy, "w").write(cfg.CNP)
         os.chmod(policy, 0o644)
-        for pod, labels in ((client, "k8s:app=client"), (server, "k8s:app=backend")):
-            bed.attach(pod, splice=name == "membrane-all")
-            p = pod.spawn([bins["membrane"], "standalone",
+        for pod, labels, role in ((client, "k8s:app=client", "client"),
+                                  (server, "k8s:app=backend", "server")):
+            bed.attach(pod, splice=name in SPLICE_ROWS)
+            tls = []
+            if name.endswith("-mtls"):
+                certs = os.path.join(tmp, f"certs-{role}")
+                tls = ["--mesh-tls-mode", "STRICT", "--mesh-cert", f"{certs}/cert-chain.pem",
+                       "--mesh-key", f"{certs}/key.pem", "--mesh-root", f"{certs}/root-cert.pem",
+                       "--mesh-outbound-cidrs", "10.210.0.0/16", "--trust-domain", cfg.TRUST_DOMAIN]
+            p = pod.spawn([bins["membrane"], "standalone"] + tls + [
                            "--capture-outbound", f"127.0.0.1:{cfg.OUTBOUND}",
                            "--capture-inbound", f"0.0.0.0:{cfg.INBOUND}",
                            "--listen", "127.0.0.1:15007", "--upstream", f"127.0.0.1:{cfg.APP_PORT}",
@@ -144,6 +154,15 @@ def setup(bed, tmp, bins, idx, name):
         if deny != want:
             raise RuntimeError(f"{name}: PUT /v1/exhaust-port ({proto}) answered {deny}, want {want} "
                                "(the rule must be enforced by the server's sidecar, and only there)")
+    if name.endswith("-mtls"):
+        # STRICT: plaintext from outside any sidecar (the node) must not reach the app.
+        for port, *_ in cfg.PROTOS.values():
+            r = subprocess.run(["ip", "netns", "exec", bed.node, "curl", "-s", "-o", "/dev/null",
+                                "-w", "%{http_code}", "-m", "5", f"http://{server.ip}:{port}/v1/x"],
+                               capture_output=True, text=True)
+            if r.stdout.strip() not in ("000", ""):
+                raise RuntimeError(f"{name}: plaintext from the node to port {port} answered "
+                                   f"{r.stdout.strip()}: the server sidecar does not require mTLS")
     if name.startswith("membrane"):
         # Both sidecars on the path: the client's outbound capture took the requests.
         rc, out, _ = client.run(["curl", "-s", "-m", "5", "http://127.0.0.1:15020/stats/prometheus"],
@@ -153,7 +172,7 @@ def setup(bed, tmp, bins, idx, name):
         if n < 2 * len(cfg.PROTOS):
             raise RuntimeError(f"{name}: the client sidecar counted {n:.0f} requests, want "
                                f"{2 * len(cfg.PROTOS)}: the client pod's capture does not work")
-    if name == "envoy":
+    if name.startswith("envoy"):
         # Both sidecars on the path: the client's outbound HTTP listeners took the requests.
         for port, *_ in cfg.PROTOS.values():
             rc, out, _ = client.run(["curl", "-s", "-m", "5", "http://127.0.0.1:15000/stats?filter="
@@ -278,6 +297,8 @@ def main():
     runs = []
     loads = [("start", loadavg())]
     try:
+        if any(r.endswith("-mtls") for r in rows):
+            cfg.make_certs(tmp)
         live = {name: setup(bed, tmp, bins, i, name) for i, name in enumerate(rows)}
         print(f"mesh.py: {len(rows)} rows up, every rule answered as it should", flush=True)
         for rep in range(a.reps):

@@ -4,6 +4,8 @@ Istio configures one, the capture rules istio-iptables writes, and the do-nothin
 (nginx's stream module). The rule: POST /v1/request-landing and GET /v1/.* to the server's
 ports 18080 (HTTP/1.1) and 18082 (h2c) are allowed, everything else gets 403."""
 
+import os
+
 APP_PORT = 18080
 # The app's h2c port (prior knowledge), and the relay's pair of ports in front of it.
 H2C_PORT = 18082
@@ -35,6 +37,41 @@ spec:
         - {{method: POST, path: /v1/request-landing}}
         - {{method: GET, path: /v1/.*}}
 """
+
+
+TRUST_DOMAIN = "cluster.local"
+SPIFFE = {"client": f"spiffe://{TRUST_DOMAIN}/ns/default/sa/client",
+          "server": f"spiffe://{TRUST_DOMAIN}/ns/default/sa/backend"}
+
+
+def make_certs(tmp):
+    """Istio's file-mounted workload certificates for both pods (P-256, the SPIFFE id as URI
+    SAN, chained to one mesh root), in TMP/certs-ROLE/{cert-chain,key,root-cert}.pem,
+    readable by the sidecars' uid."""
+    import subprocess
+
+    def ossl(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+    root = os.path.join(tmp, "mesh-root")
+    ossl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+         "-keyout", f"{root}.key", "-out", f"{root}.pem", "-days", "2", "-subj", "/O=cluster.local")
+    for role, spiffe in SPIFFE.items():
+        d = os.path.join(tmp, f"certs-{role}")
+        os.makedirs(d)
+        ext = os.path.join(d, "ext.cnf")
+        with open(ext, "w") as f:
+            f.write(f"subjectAltName=URI:{spiffe}\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
+                    "extendedKeyUsage=serverAuth,clientAuth\nbasicConstraints=critical,CA:FALSE\n")
+        ossl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+             "-keyout", f"{d}/key.pem", "-out", f"{d}/req.csr", "-subj", "/O=cluster.local")
+        ossl("x509", "-req", "-in", f"{d}/req.csr", "-CA", f"{root}.pem", "-CAkey", f"{root}.key",
+             "-CAcreateserial", "-out", f"{d}/cert-chain.pem", "-days", "2", "-extfile", ext)
+        with open(f"{root}.pem") as src, open(f"{d}/root-cert.pem", "w") as dst:
+            dst.write(src.read())
+        os.chmod(d, 0o755)
+        for f in ("cert-chain.pem", "key.pem", "root-cert.pem"):
+            os.chmod(os.path.join(d, f), 0o644)
 
 
 def nginx_app(tmp, name):
@@ -152,23 +189,51 @@ def _hcm(stat, cluster, filters):
           {filters}"""
 
 
-def _cluster(name, h2, inbound):
+def _tls_context(certs, alpn, san, indent):
+    """`common_tls_context` at `indent` spaces: the workload certificate, ALPN, and the
+    mesh root with the peer's SPIFFE id to match."""
+    text = f"""common_tls_context:
+  alpn_protocols: [{", ".join(f'"{a}"' for a in alpn)}]
+  tls_certificates:
+  - certificate_chain: {{ filename: {certs}/cert-chain.pem }}
+    private_key: {{ filename: {certs}/key.pem }}
+  validation_context:
+    trusted_ca: {{ filename: {certs}/root-cert.pem }}
+    match_typed_subject_alt_names: [{{ san_type: URI, matcher: {san} }}]"""
+    return text.replace("\n", "\n" + " " * indent)
+
+
+def _cluster(name, h2, inbound, port=None, certs=None):
+    """An original-dst cluster; with `certs`, Istio's mTLS to the server sidecar (its SNI,
+    its ALPN override, the backend's SPIFFE id required)."""
     bind = "\n    upstream_bind_config: { source_address: { address: 127.0.0.6, port_value: 0 } }" if inbound else ""
+    tls = ""
+    if certs:
+        alpn = ["istio-h2", "istio", "h2"] if h2 else ["istio-http/1.1", "istio", "http/1.1"]
+        tls = f"""
+    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        sni: outbound_.{port}_._.backend.default.svc.cluster.local
+        {_tls_context(certs, alpn, '{ exact: "' + SPIFFE["server"] + '" }', 8)}"""
     return f"""  - name: "{name}"
     type: ORIGINAL_DST
     lb_policy: CLUSTER_PROVIDED
-    connect_timeout: 10s{bind}{_H2_UPSTREAM if h2 else ""}
+    connect_timeout: 10s{bind}{_H2_UPSTREAM if h2 else ""}{tls}
 """
 
 
-def envoy_sidecar(admin_port=15000):
+def envoy_sidecar(admin_port=15000, certs=None):
     """An Envoy sidecar as istiod configures one for these two pods (static here): the
     virtualOutbound listener on 15001 handing connections by their original destination to
     the `0.0.0.0_PORT` HTTP listeners (not bound) whose routes go to original-dst clusters;
     virtualInbound on 15006 with the original_dst listener filter, a filter chain per port
     with the L7 rule as an RBAC filter, delivering to the pod's address from 127.0.0.6
     (Istio's inbound passthrough source); TCP passthrough for every other port. The h2c
-    port's clusters speak HTTP/2 upstream, as Istio's do for an HTTP/2 port. No access log
+    port's clusters speak HTTP/2 upstream, as Istio's do for an HTTP/2 port. With `certs`
+    (a directory in Istio's layout) the sidecars speak Istio's mTLS, STRICT: the inbound
+    port chains take only TLS with a client certificate from the mesh root. No access log
     and no telemetry filter (Istio's stats filter is not in upstream Envoy), so this Envoy
     does less than an Istio sidecar."""
     ports = [(APP_PORT, False), (H2C_PORT, True)]
@@ -179,13 +244,34 @@ def envoy_sidecar(admin_port=15000):
     - filters:
       {_hcm(f"outbound_0.0.0.0_{port}", f"outbound|{port}||backend.default.svc.cluster.local", _ROUTER)}
 """ for port, _ in ports)
+    match = ', transport_protocol: "tls"' if certs else ""
+    downstream_tls = "" if not certs else f"""
+      transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          require_client_certificate: true
+          {_tls_context(certs, ["h2", "http/1.1"], '{ prefix: "spiffe://' + TRUST_DOMAIN + '/" }', 10)}"""
     inbound = "".join(f"""    - name: 0.0.0.0_{port}
-      filter_chain_match: {{ destination_port: {port} }}
+      filter_chain_match: {{ destination_port: {port}{match} }}{downstream_tls}
       filters:
       {_hcm(f"inbound_0.0.0.0_{port}", f"inbound|{port}||", _RBAC + chr(10) + "          " + _ROUTER)}
 """ for port, _ in ports)
-    clusters = "".join(_cluster(f"outbound|{port}||backend.default.svc.cluster.local", h2, False)
+    clusters = "".join(_cluster(f"outbound|{port}||backend.default.svc.cluster.local", h2, False, port, certs)
                        + _cluster(f"inbound|{port}||", h2, True) for port, h2 in ports)
+    # STRICT: no plaintext way into the pod's ports (Istio's passthrough chain is for ports
+    # without a sidecar listener, and under STRICT it takes TLS only too).
+    passthrough = "" if certs else """    - name: InboundPassthroughFilterChain
+      filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: InboundPassthroughCluster
+          cluster: InboundPassthroughCluster
+"""
+    tls_inspector = "" if not certs else """
+    - name: envoy.filters.listener.tls_inspector
+      typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector }"""
     return f"""admin:
   address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin_port} }} }}
 static_resources:
@@ -205,14 +291,7 @@ static_resources:
     address: {{ socket_address: {{ address: 0.0.0.0, port_value: {INBOUND} }} }}
     listener_filters:
     - name: envoy.filters.listener.original_dst
-      typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst }}
+      typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst }}{tls_inspector}
     filter_chains:
-{inbound}    - name: InboundPassthroughFilterChain
-      filters:
-      - name: envoy.filters.network.tcp_proxy
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
-          stat_prefix: InboundPassthroughCluster
-          cluster: InboundPassthroughCluster
-  clusters:
+{inbound}{passthrough}  clusters:
 {_cluster("PassthroughCluster", False, False)}{_cluster("InboundPassthroughCluster", False, True)}{clusters}"""

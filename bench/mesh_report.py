@@ -14,7 +14,11 @@ LABEL = {
     "envoy": "Envoy 1.40 + istio-iptables",
     "membrane": "membrane, eBPF capture, splice off",
     "membrane-all": "membrane, everything on (capture + splice)",
+    "envoy-mtls": "Envoy 1.40 + istio-iptables, Istio mTLS",
+    "membrane-mtls": "membrane, everything on, Istio mTLS",
 }
+# Each membrane row against the Envoy row with the same security between the sidecars.
+AGAINST = {"membrane": "envoy", "membrane-all": "envoy", "membrane-mtls": "envoy-mtls"}
 
 
 def med(xs):
@@ -85,6 +89,8 @@ def write(a, rows, protos, runs, loads, counters, oha_version, envoy_version):
          "`membrane-agent attach --capture --inbound-netns` (no netfilter in its pods). Nothing pinned "
          "to a core. Every pod its own network namespace and cgroup, routed through one node "
          "namespace as the mini-cluster's pods are; each row has its own pair of pods.",
+         "The -mtls rows speak Istio's mutual TLS between the sidecars (workload certificates "
+         "made per run, SPIFFE ids as URI SANs; the server side STRICT, checked to refuse plaintext).",
          "Before measuring, each row answered the allowed request 200 and `PUT /v1/exhaust-port` "
          "403 (sidecar rows: the rule is enforced by the server's sidecar) or 200 (direct, relay).",
          "", f"![latency per row]({os.path.basename(png)})", ""]
@@ -96,7 +102,7 @@ def write(a, rows, protos, runs, loads, counters, oha_version, envoy_version):
           "For the relay row the nginx stream worker. RSS: the largest VmRSS sampled every 200 ms "
           "during the run. 'failed': non-200 answers and connection errors, summed over all runs.",
           "",
-          "Not measured yet: gRPC unary and mTLS between the sidecars; two nodes.",
+          "Not measured yet: gRPC unary; two nodes.",
           ""]
     for row, text in counters.items():
         L += [f"Datapath counters of {row}'s client pod at the end:", "", "```", text.strip(), "```", ""]
@@ -128,18 +134,19 @@ def section(a, rows, proto, runs, L):
         L.append(f"| {LABEL[row]} | {fmt(m.get('rps'), 0)} | {fmt(m.get('p50'), 3)} | {fmt(m.get('p99'), 3)} "
                  f"| {fmt(m.get('cpu_client'), 3)} | {fmt(m.get('cpu_server'), 3)} | {m['failed_total']} |")
     L += ["", f"## {PROTO[proto]}: against Envoy and the targets", ""]
-    if "envoy" in rows:
-        L += ["| row | added p90 / Envoy's (≤ 0.25) | added p99 / Envoy's (≤ 0.25) | "
+    pairs = [(m, e) for m, e in AGAINST.items() if m in rows and e in rows]
+    if pairs:
+        L += ["| row | against | added p90 / Envoy's (≤ 0.25) | added p99 / Envoy's (≤ 0.25) | "
               "vCPU per 1k rps, both sidecars / Envoy's (≤ 0.25) | RSS, larger sidecar / Envoy's (≤ 0.2) | "
-              "max rps / Envoy's |", "|---|---|---|---|---|---|"]
-        e = fixed["envoy"]
-        ecpu = (e.get("cpu_client") or 0) + (e.get("cpu_server") or 0)
-        erss = max(e.get("rss_client") or 0, e.get("rss_server") or 0)
-        for row in [r for r in rows if r.startswith("membrane")]:
+              "max rps / Envoy's |", "|---|---|---|---|---|---|---|"]
+        for row, env in pairs:
+            e = fixed[env]
+            ecpu = (e.get("cpu_client") or 0) + (e.get("cpu_server") or 0)
+            erss = max(e.get("rss_client") or 0, e.get("rss_server") or 0)
             f = fixed[row]
             cells = []
             for p in ("p90", "p99"):
-                ea, ma = add["envoy"][p], add[row][p]
+                ea, ma = add[env][p], add[row][p]
                 r = ma / ea if ea and ea > 0 and ma is not None else None
                 cells.append(f"{fmt(r)} {verdict(r, 0.25)}")
             mcpu = (f.get("cpu_client") or 0) + (f.get("cpu_server") or 0)
@@ -148,9 +155,9 @@ def section(a, rows, proto, runs, L):
             mrss = max(f.get("rss_client") or 0, f.get("rss_server") or 0)
             r = mrss / erss if erss else None
             cells.append(f"{fmt(r)} {verdict(r, 0.2)}")
-            rm = mx[row].get("rps") / mx["envoy"]["rps"] if mx["envoy"].get("rps") else None
+            rm = mx[row].get("rps") / mx[env]["rps"] if mx[env].get("rps") else None
             cells.append(fmt(rm))
-            L.append(f"| {LABEL[row]} | " + " | ".join(cells) + " |")
+            L.append(f"| {LABEL[row]} | {env} | " + " | ".join(cells) + " |")
     if "relay" in rows and "membrane-all" in rows:
         fl, ma = add["relay"]["p50"], add["membrane-all"]["p50"]
         r = ma / fl if fl and fl > 0 and ma is not None else None
