@@ -51,8 +51,13 @@ def medians(runs, rows, proto, load):
     for row in rows:
         rs = [r for r in runs if r["row"] == row and r["load"] == load and r["proto"] == proto]
         keys = {k for r in rs for k in r if isinstance(r[k], (int, float)) and k != "rep"}
+        errors = {}
+        for r in rs:
+            for kind, n in r.get("errors", {}).items():
+                errors[kind] = errors.get(kind, 0) + n
         out[row] = {k: med([r.get(k) for r in rs]) for k in keys}
         out[row]["failed_total"] = sum(r["failed"] for r in rs)
+        out[row]["errors"] = errors
     return out
 
 
@@ -100,7 +105,9 @@ def write(a, rows, protos, runs, loads, counters, oha_version, envoy_version):
     L += ["vCPU per 1,000 rps: the sidecar process's CPU time (utime + stime of all its threads, "
           "/proc/PID/stat) over the run, divided by the run's seconds and by the rps achieved / 1,000. "
           "For the relay row the nginx stream worker. RSS: the largest VmRSS sampled every 200 ms "
-          "during the run. 'failed': non-200 answers and connection errors, summed over all runs.",
+          "during the run. 'failed': non-200 answers and connection errors, summed over all runs "
+          "(requests oha cut off at the end of a run, 'aborted due to deadline', are listed but "
+          "not counted).",
           "",
           "Not measured yet: gRPC unary; two nodes.",
           ""]
@@ -126,6 +133,12 @@ def section(a, rows, proto, runs, L):
                  + " | " + " | ".join(fmt(d[p], 3) if row != "direct" else "" for p in PCTS)
                  + f" | {fmt(f.get('cpu_client'), 3)} | {fmt(f.get('cpu_server'), 3)}"
                  + f" | {fmt(f.get('rss_client'), 1)} | {fmt(f.get('rss_server'), 1)} | {f['failed_total']} |")
+    errs = [(row, load, fixed[row]["errors"] if load == "fixed" else mx[row]["errors"])
+            for row in rows for load in ("fixed", "max")]
+    errs = [(row, load, e) for row, load, e in errs if e]
+    if errs:
+        L += ["", "Connection errors (oha's error distribution, all repetitions): " + "; ".join(
+            f"{row} ({load} load): " + ", ".join(f"{n}× {k}" for k, n in e.items()) for row, load, e in errs) + "."]
     L += ["", f"## {PROTO[proto]}: maximum rate, {a.conns} connections, no rate limit", "",
           "| row | max rps | p50 ms | p99 ms | vCPU client sidecar per 1k rps | server | failed |",
           "|---|---:|---:|---:|---:|---:|---:|"]
