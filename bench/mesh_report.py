@@ -94,6 +94,10 @@ def write(a, rows, protos, runs, loads, counters, oha_version, envoy_version):
          "`membrane-agent attach --capture --inbound-netns` (no netfilter in its pods). Nothing pinned "
          "to a core. Every pod its own network namespace and cgroup, routed through one node "
          "namespace as the mini-cluster's pods are; each row has its own pair of pods.",
+         "The rule is the server's ingress; the client's egress has no L7 rule, so membrane's client "
+         "sidecar relays its connections without parsing HTTP (as Cilium's proxy leaves a port "
+         "without L7 rules), while Envoy's client sidecar runs its HTTP connection manager, as an "
+         "Istio sidecar does for every HTTP port.",
          "The -mtls rows speak Istio's mutual TLS between the sidecars (workload certificates "
          "made per run, SPIFFE ids as URI SANs; the server side STRICT, checked to refuse plaintext).",
          "Before measuring, each row answered the allowed request 200 and `PUT /v1/exhaust-port` "
