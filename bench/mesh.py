@@ -140,7 +140,7 @@ def setup(bed, tmp, bins, idx, name):
                            "--peer", f"{client.ip}/32=k8s:app=client",
                            "--peer", f"{server.ip}/32=k8s:app=backend",
                            "--policy", policy, "--concurrency", "1", "--access-log", "false",
-                           "--log", "warn"],
+                           "--log", "warn"] + bins["membrane_args"],
                           os.path.join(tmp, f"{pod.name}-membrane.log"), uid=cfg.PROXY_UID)
             row.sidecars.append((pod, p))
             wait_for(f"{pod.name} membrane-proxy",
@@ -268,6 +268,8 @@ def main():
     ap.add_argument("--agent", required=True, help="membrane-agent binary")
     ap.add_argument("--envoy", required=True)
     ap.add_argument("--oha", required=True)
+    ap.add_argument("--membrane-args", default="",
+                    help="extra membrane-proxy flags for every membrane row (space-separated)")
     ap.add_argument("--out", required=True, help="the Markdown result; the plot goes beside it")
     ap.add_argument("--commit", default="unknown")
     a = ap.parse_args()
@@ -290,7 +292,7 @@ def main():
     os.chmod(tmp, 0o755)
     # The sidecars run as uid 1337, which cannot reach into /root: their binaries go beside
     # their configurations.
-    bins = {"oha": a.oha}
+    bins = {"oha": a.oha, "membrane_args": a.membrane_args.split()}
     for key, src in (("membrane", a.membrane), ("envoy", a.envoy)):
         if not any(r.startswith(key) for r in rows):
             continue

@@ -207,6 +207,9 @@ def plot(rows, protos, tables, png, a):
             ax.set_xticklabels(PCTS)
             if data is fixed:
                 ax.set_yscale("log")
+            else:
+                # Linear near zero (an added latency can be slightly negative), log above 0.1 ms.
+                ax.set_yscale("symlog", linthresh=0.1)
             ax.set_title(f"{PROTO[proto]}: {title}, {a.rate} rps, {a.conns} conns, 1 KiB", fontsize=9)
             ax.grid(axis="y", alpha=0.3)
         line[0].legend(fontsize=7)
