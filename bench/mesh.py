@@ -51,6 +51,20 @@ def rss_kib(pid):
     return 0
 
 
+def ctx_switches(pid):
+    """Context switches of every thread of `pid` so far (a sleep and wake-up is one
+    voluntary switch)."""
+    n = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            for line in open(f"/proc/{pid}/task/{task}/status"):
+                if "ctxt_switches" in line:
+                    n += int(line.split()[1])
+        except FileNotFoundError:
+            pass
+    return n
+
+
 def loadavg():
     return " ".join(open("/proc/loadavg").read().split()[:3])
 
@@ -213,6 +227,7 @@ def oha(bins, row, proto, secs, rate, conns):
     args.append(row.urls[proto])
     pids = measured_pids(row)
     cpu0 = {role: cpu_seconds(pid) for role, pid in pids}
+    ctx0 = {role: ctx_switches(pid) for role, pid in pids}
     rss = {role: 0 for role, _ in pids}
     stop = threading.Event()
 
@@ -231,12 +246,17 @@ def oha(bins, row, proto, secs, rate, conns):
     if rc != 0:
         raise RuntimeError(f"{row.name}: oha failed ({rc}): {err.strip()[-500:]}")
     cpu = {role: cpu_seconds(pid) - cpu0[role] for role, pid in pids}
-    return json.loads(out), cpu, rss
+    ctx = {role: ctx_switches(pid) - ctx0[role] for role, pid in pids}
+    return json.loads(out), cpu, rss, ctx
 
 
-def summarise(name, js, cpu, rss, secs):
-    """The numbers a run gives: latencies in ms, rps, failures, CPU and RSS per sidecar."""
+def summarise(name, js, cpu, rss, ctx, secs):
+    """The numbers a run gives: latencies in ms, rps, failures, CPU, RSS and context
+    switches per sidecar."""
     pct = js["latencyPercentiles"]
+    if pct.get("p50") is None:
+        raise RuntimeError(f"{name}: no request succeeded in the run "
+                           f"(errors: {js.get('errorDistribution')})")
     codes = js.get("statusCodeDistribution", {})
     ok = sum(v for k, v in codes.items() if str(k) == "200")
     # A request still in flight when the run's time is up is cut off by oha (with h2c even
@@ -252,6 +272,7 @@ def summarise(name, js, cpu, rss, secs):
         # vCPU (cores busy) per 1,000 rps of this sidecar over the run.
         r[f"cpu_{role}"] = cpu[role] / secs / (rps / 1000) if rps else None
         r[f"rss_{role}"] = rss[role] / 1024
+        r[f"ctx_{role}"] = ctx[role] / (rps * secs) if rps else None
     return r
 
 
@@ -321,8 +342,8 @@ def main():
                         secs = a.secs if load == "fixed" else a.max_secs
                         if load == "fixed":
                             oha(bins, row, proto, 1, rate, a.conns)  # warm-up: pools, caches
-                        js, cpu, rss = oha(bins, row, proto, secs, rate, a.conns)
-                        r = summarise(name, js, cpu, rss, secs)
+                        js, cpu, rss, ctx = oha(bins, row, proto, secs, rate, a.conns)
+                        r = summarise(name, js, cpu, rss, ctx, secs)
                         r.update(rep=rep, load=load, proto=proto)
                         runs.append(r)
                         print(f"rep {rep} {proto:3} {load:5} {name:13} {r['rps']:7.0f} rps  p50 "

@@ -109,7 +109,8 @@ def write(a, rows, protos, runs, loads, counters, oha_version, envoy_version):
     L += ["vCPU per 1,000 rps: the sidecar process's CPU time (utime + stime of all its threads, "
           "/proc/PID/stat) over the run, divided by the run's seconds and by the rps achieved / 1,000. "
           "For the relay row the nginx stream worker. RSS: the largest VmRSS sampled every 200 ms "
-          "during the run. 'failed': non-200 answers and connection errors, summed over all runs "
+          "during the run. Context switches: voluntary and involuntary, every thread of the sidecar, "
+          "over the run, per request answered. 'failed': non-200 answers and connection errors, summed over all runs "
           "(requests oha cut off at the end of a run, 'aborted due to deadline', are listed but "
           "not counted).",
           "",
@@ -129,14 +130,16 @@ def section(a, rows, proto, runs, L):
     add = added(runs, rows, proto, "fixed")
     L += [f"## {PROTO[proto]}: {a.rate} rps over {a.conns} connections", "",
           "| row | rps | p50 ms | p90 ms | p99 ms | p99.9 ms | added p50 | added p90 | added p99 | "
-          "added p99.9 | vCPU/1k rps client sidecar | server sidecar | RSS MiB client | server | failed |",
-          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+          "added p99.9 | vCPU/1k rps client sidecar | server sidecar | RSS MiB client | server | "
+          "context switches/request client | server | failed |",
+          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
         f, d = fixed[row], add[row]
         L.append(f"| {LABEL[row]} | {fmt(f.get('rps'), 0)} | " + " | ".join(fmt(f.get(p), 3) for p in PCTS)
                  + " | " + " | ".join(fmt(d[p], 3) if row != "direct" else "" for p in PCTS)
                  + f" | {fmt(f.get('cpu_client'), 3)} | {fmt(f.get('cpu_server'), 3)}"
-                 + f" | {fmt(f.get('rss_client'), 1)} | {fmt(f.get('rss_server'), 1)} | {f['failed_total']} |")
+                 + f" | {fmt(f.get('rss_client'), 1)} | {fmt(f.get('rss_server'), 1)}"
+                 + f" | {fmt(f.get('ctx_client'), 1)} | {fmt(f.get('ctx_server'), 1)} | {f['failed_total']} |")
     errs = [(row, load, fixed[row]["errors"] if load == "fixed" else mx[row]["errors"])
             for row in rows for load in ("fixed", "max")]
     errs = [(row, load, e) for row, load, e in errs if e]
