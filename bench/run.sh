@@ -10,3 +10,4 @@ cd "$(dirname "$0")"
 ./tcpath.sh policy
 ./tcpath.sh clusterip
 ./tcpath.sh crossnode
+./mesh.sh
