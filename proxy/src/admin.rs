@@ -23,6 +23,8 @@ use crate::metrics::Metrics;
 use crate::policy::PolicyHandle;
 use crate::sidecar::probe::Prober;
 
+mod xds_dump;
+
 /// Changes the diagnostic log filter at run time (`POST /logging?level=debug`).
 pub type LogControl = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 
@@ -387,7 +389,7 @@ fn config_dump(st: &AdminState) -> serde_json::Value {
     let updated = humantime::format_rfc3339_seconds(st.started_wall).to_string();
     let policy = st.policy.load();
     let cluster = cluster_name(st);
-    json!({"configs": [
+    let mut dump = json!({"configs": [
         {
             "@type": "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump",
             "bootstrap": {
@@ -434,5 +436,10 @@ fn config_dump(st: &AdminState) -> serde_json::Value {
                 "last_updated": updated
             }]
         }
-    ]})
+    ]});
+    // What the control plane sent, when the policy in force came from it.
+    if let (Some(r), Some(configs)) = (&policy.received, dump["configs"].as_array_mut()) {
+        configs.push(xds_dump::section(r));
+    }
+    dump
 }

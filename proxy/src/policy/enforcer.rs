@@ -43,6 +43,9 @@ pub struct Enforcer {
     pub source: Source,
     /// What `/config_dump` shows about the loaded policy.
     pub summary: serde_json::Value,
+    /// The NPDS and NPHDS resources this snapshot was built from, as received (`None`
+    /// unless the rules came from the control plane): `/config_dump` shows them.
+    pub received: Option<std::sync::Arc<super::npds::Received>>,
 }
 
 impl Enforcer {

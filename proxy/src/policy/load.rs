@@ -146,6 +146,7 @@ pub fn load(cfg: &crate::config::Config) -> Result<Enforcer, LoadError> {
         local: identity.0,
         source: Source::Files,
         summary,
+        received: None,
     })
 }
 
@@ -160,5 +161,6 @@ pub fn deny_all(why: &str) -> Enforcer {
         local: 0,
         source: Source::Unready(why.to_owned()),
         summary,
+        received: None,
     }
 }

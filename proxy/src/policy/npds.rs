@@ -4,6 +4,8 @@
 //! whose verdicts come from the engine's one implementation (`DirectionPolicy::connection`).
 
 use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
 
 use membrane_api::npds::decode;
 use membrane_api::proto::{NetworkPolicy, NetworkPolicyHosts};
@@ -51,7 +53,31 @@ pub fn build(
         local,
         source: Source::Npds,
         summary,
+        received: None,
     })
+}
+
+/// One xDS type's resources as the proxy accepted them: the version, when it went in
+/// force, and the resources (shared with the client's own record, not copied).
+#[derive(Debug, Clone)]
+pub struct Subscription<T> {
+    /// The response's `version_info`.
+    pub version: String,
+    /// When this version was put in force.
+    pub updated: SystemTime,
+    /// The resources, as decoded from the response.
+    pub resources: Arc<Vec<T>>,
+}
+
+/// The NPDS and NPHDS resources an enforcer was built from, for `/config_dump`.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// The node id the proxy subscribed as.
+    pub node_id: String,
+    /// `cilium.NetworkPolicy` resources.
+    pub npds: Subscription<NetworkPolicy>,
+    /// `cilium.NetworkPolicyHosts` resources.
+    pub nphds: Subscription<NetworkPolicyHosts>,
 }
 
 fn describe(dp: &DirectionPolicy) -> serde_json::Value {

@@ -15,6 +15,8 @@
 //! numbers are one process's and stay put, and updates go in force one at a time.
 
 use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
 
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use envoy_types::pb::google::rpc::Status;
@@ -22,7 +24,8 @@ use membrane_api::proto::{NetworkPolicy, NetworkPolicyHosts};
 use prost::Message;
 
 use super::Kind;
-use crate::policy::{npds, Enforcer};
+use crate::policy::npds::{self, Received, Subscription};
+use crate::policy::Enforcer;
 
 /// gRPC status code INVALID_ARGUMENT, carried in a NACK's `error_detail`.
 const INVALID_ARGUMENT: i32 = 3;
@@ -30,16 +33,16 @@ const INVALID_ARGUMENT: i32 = 3;
 /// The resources in force, with their versions (from any session).
 #[derive(Default)]
 pub(super) struct Accepted {
-    npds: Option<(String, Vec<NetworkPolicy>)>,
-    nphds: Option<(String, Vec<NetworkPolicyHosts>)>,
+    npds: Option<Subscription<NetworkPolicy>>,
+    nphds: Option<Subscription<NetworkPolicyHosts>>,
 }
 
 impl Accepted {
     /// The version in force of `kind`, if any.
     pub(super) fn version(&self, kind: Kind) -> Option<&str> {
         match kind {
-            Kind::Npds => self.npds.as_ref().map(|x| x.0.as_str()),
-            Kind::Nphds => self.nphds.as_ref().map(|x| x.0.as_str()),
+            Kind::Npds => self.npds.as_ref().map(|x| x.version.as_str()),
+            Kind::Nphds => self.nphds.as_ref().map(|x| x.version.as_str()),
         }
     }
 
@@ -62,7 +65,18 @@ pub(super) struct Target {
 struct Held<T> {
     version: String,
     nonce: String,
-    resources: Vec<T>,
+    resources: Arc<Vec<T>>,
+}
+
+impl<T> Held<T> {
+    /// What goes in force when this response is accepted now.
+    fn accept(&self) -> Subscription<T> {
+        Subscription {
+            version: self.version.clone(),
+            updated: SystemTime::now(),
+            resources: self.resources.clone(),
+        }
+    }
 }
 
 /// What one response leads to.
@@ -145,7 +159,7 @@ impl Session {
                     self.held_npds = Some(Held {
                         version,
                         nonce,
-                        resources,
+                        resources: Arc::new(resources),
                     })
                 }
                 Err(e) => {
@@ -161,7 +175,7 @@ impl Session {
                         self.held_nphds = Some(Held {
                             version,
                             nonce,
-                            resources,
+                            resources: Arc::new(resources),
                         })
                     }
                     Err(e) => {
@@ -172,17 +186,15 @@ impl Session {
             }
         }
         // What to build from: what this session holds, and (once synced) what is in force.
-        let held_npds = self.held_npds.as_ref().map(|h| (&h.version, &h.resources));
-        let held_nphds = self.held_nphds.as_ref().map(|h| (&h.version, &h.resources));
-        let in_force_npds = accepted.npds.as_ref().map(|x| (&x.0, &x.1));
-        let in_force_nphds = accepted.nphds.as_ref().map(|x| (&x.0, &x.1));
+        let held_npds = self.held_npds.as_ref().map(Held::accept);
+        let held_nphds = self.held_nphds.as_ref().map(Held::accept);
         let pair = match self.synced {
             false => held_npds.zip(held_nphds),
             true => held_npds
-                .or(in_force_npds)
-                .zip(held_nphds.or(in_force_nphds)),
+                .or_else(|| accepted.npds.clone())
+                .zip(held_nphds.or_else(|| accepted.nphds.clone())),
         };
-        let Some(((npds_v, policies), (nphds_v, hosts))) = pair else {
+        let Some((npds_in, nphds_in)) = pair else {
             tracing::info!(
                 type_url = kind.type_url(),
                 version = %resp.version_info,
@@ -195,22 +207,33 @@ impl Session {
             "source": "xds",
             "xds_address": target.address,
             "node_id": target.node_id,
-            "npds_version": npds_v,
-            "nphds_version": nphds_v,
+            "npds_version": npds_in.version,
+            "nphds_version": nphds_in.version,
         });
-        match npds::build(target.pod_ip, policies, hosts, summary) {
-            Ok(e) => {
+        let built = npds::build(
+            target.pod_ip,
+            &npds_in.resources,
+            &nphds_in.resources,
+            summary,
+        );
+        match built {
+            Ok(mut e) => {
+                e.received = Some(Arc::new(Received {
+                    node_id: target.node_id.clone(),
+                    npds: npds_in.clone(),
+                    nphds: nphds_in.clone(),
+                }));
                 step.enforce = Some(e);
                 self.synced = true;
                 if let Some(h) = self.held_npds.take() {
-                    accepted.npds = Some((h.version, h.resources));
+                    accepted.npds = Some(npds_in);
                     step.replies.push((
                         Kind::Npds,
                         reply(Kind::Npds, accepted.version(Kind::Npds), &h.nonce, None),
                     ));
                 }
                 if let Some(h) = self.held_nphds.take() {
-                    accepted.nphds = Some((h.version, h.resources));
+                    accepted.nphds = Some(nphds_in);
                     step.replies.push((
                         Kind::Nphds,
                         reply(Kind::Nphds, accepted.version(Kind::Nphds), &h.nonce, None),
