@@ -18,6 +18,7 @@ declare -A APT=(
   [etcd]=etcd-server
   [openssl]=openssl
   [tshark]=tshark
+  [ethtool]=ethtool
 )
 # Header-only packages, probed by a file they install.
 declare -A APT_FILES=(

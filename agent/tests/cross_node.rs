@@ -18,7 +18,7 @@ use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::tc::TcNode;
+use common::tc::{two_nodes_yaml, TcNode};
 use common::LOAD_PY;
 use membrane_datapath::api::Request;
 use membrane_test_support::{wait_until, ChildGuard};
@@ -27,37 +27,18 @@ use serde_json::Value;
 const LIMIT: Duration = Duration::from_secs(30);
 const EVERY: Duration = Duration::from_millis(50);
 
-const CLUSTER: &str = r#"
-apiVersion: v1
-kind: Node
-metadata: {name: node-1}
-spec: {podCIDRs: [10.202.0.0/24]}
-status: {addresses: [{type: InternalIP, address: 192.168.78.1}]}
----
-apiVersion: v1
-kind: Node
-metadata: {name: node-2}
-spec: {podCIDRs: [10.203.0.0/24]}
-status: {addresses: [{type: InternalIP, address: 192.168.78.2}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: client, namespace: default, labels: {app: client}}
-spec: {nodeName: node-1}
-status: {podIP: 10.202.0.1}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: xwing, namespace: default, labels: {app: xwing}}
-spec: {nodeName: node-1}
-status: {podIP: 10.202.0.3}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: server, namespace: default, labels: {app: server}}
-spec: {nodeName: node-2}
-status: {podIP: 10.203.0.2}
-"#;
+/// node-1 (192.168.78.1) with the client and the xwing, node-2 (192.168.78.2) with the
+/// server.
+fn cluster() -> String {
+    two_nodes_yaml(
+        "192.168.78",
+        &[
+            ("client", "node-1", "10.202.0.1"),
+            ("xwing", "node-1", "10.202.0.3"),
+            ("server", "node-2", "10.203.0.2"),
+        ],
+    )
+}
 
 /// A server on argv[1]:argv[2] in the node's namespace: each connection gets 200,000
 /// bytes and is closed.
@@ -118,7 +99,7 @@ fn native_routing_between_two_nodes_enforced_by_the_receiving_node_across_restar
 fn two_nodes(overlay: &str) {
     let flags = ["--overlay", overlay, "--underlay-device", "ul0"];
     let (mut n1, mut n2) = TcNode::pair("192.168.78.1", "192.168.78.2");
-    std::fs::write(n1.node.source().join("cluster.yaml"), CLUSTER).unwrap();
+    std::fs::write(n1.node.source().join("cluster.yaml"), cluster()).unwrap();
     std::fs::write(
         n1.node.source().join("policy.yaml"),
         common::policy(&[8080]),

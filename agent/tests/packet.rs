@@ -17,7 +17,7 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::time::Duration;
 
-use common::tc::TcNode;
+use common::tc::{two_nodes_yaml, TcNode};
 use membrane_datapath::api::Request;
 use membrane_test_support::wait_until;
 use serde_json::Value;
@@ -26,40 +26,21 @@ const LIMIT: Duration = Duration::from_secs(30);
 const EVERY: Duration = Duration::from_millis(50);
 
 /// Two nodes: node-1 (this one, pods 10.202.0.0/24) with the client and the server,
-/// node-2 (10.203.0.0/24) with `remote`. The client may reach the server on TCP 8080 only;
-/// nothing allows ICMP.
-const CLUSTER: &str = r#"
-apiVersion: v1
-kind: Node
-metadata: {name: node-1}
-spec: {podCIDRs: [10.202.0.0/24]}
-status: {addresses: [{type: InternalIP, address: 192.168.77.1}]}
----
-apiVersion: v1
-kind: Node
-metadata: {name: node-2}
-spec: {podCIDRs: [10.203.0.0/24]}
-status: {addresses: [{type: InternalIP, address: 192.168.77.2}]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: client, namespace: default, labels: {app: client}}
-spec: {nodeName: node-1}
-status: {podIP: 10.202.0.1}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: server, namespace: default, labels: {app: server}}
-spec: {nodeName: node-1}
-status: {podIP: 10.202.0.2}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: remote, namespace: default, labels: {app: remote}}
-spec: {nodeName: node-2}
-status: {podIP: 10.203.0.5}
----
-apiVersion: v1
+/// node-2 (10.203.0.0/24) with `remote`, and the NodePort service `server`. The client may
+/// reach the server on TCP 8080 only; nothing allows ICMP.
+fn cluster() -> String {
+    let nodes = two_nodes_yaml(
+        "192.168.77",
+        &[
+            ("client", "node-1", "10.202.0.1"),
+            ("server", "node-1", "10.202.0.2"),
+            ("remote", "node-2", "10.203.0.5"),
+        ],
+    );
+    format!("{nodes}---\n{SERVICE}")
+}
+
+const SERVICE: &str = r#"apiVersion: v1
 kind: Service
 metadata: {name: server, namespace: default}
 spec:
@@ -71,7 +52,7 @@ spec:
 
 fn setup(overlay: &str) -> (TcNode, common::Xds) {
     let mut n = TcNode::new("192.168.77.1");
-    std::fs::write(n.node.source().join("cluster.yaml"), CLUSTER).unwrap();
+    std::fs::write(n.node.source().join("cluster.yaml"), cluster()).unwrap();
     std::fs::write(n.node.source().join("policy.yaml"), common::policy(&[8080])).unwrap();
     let xds = n.xds();
     n.pod("client", "10.202.0.1");

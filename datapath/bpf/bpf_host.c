@@ -18,8 +18,9 @@
  *
  * Services (lib/nodeport.h), first: a packet to a NodePort on node_ip4 or
  * to a ClusterIP routed here is translated to a backend (a local one's
- * veth, or out by the FIB with the node's address as source), a remote
- * backend's reply to such a flow translated back.
+ * veth; a remote one with the node's address as source, through the tunnel
+ * with world as the VNI in the overlay modes, else out by the FIB), a
+ * remote backend's reply to such a flow translated back.
  *
  * Everything else passes untouched (TC_ACT_OK): the node's own traffic,
  * VXLAN (the kernel's VXLAN device decapsulates it), natively routed pod
@@ -74,6 +75,37 @@ static __always_inline int mb_from_geneve(struct __sk_buff *skb, const struct mb
 	return ret;
 }
 
+/*
+ * An underlay client's service packet for a backend behind another node
+ * (lib/nodeport.h): translated (MB_LB_TUNNEL), into the tunnel with world
+ * as the VNI, as Cilium sends service traffic from outside the cluster in
+ * tunnel mode (the node's address as source does not make it the node's
+ * own); still the client's and too big for the tunnel (MB_LB_TOO_BIG),
+ * refused with ICMP "fragmentation needed" from node_ip4 back out of the
+ * underlay, as a router on the path would. Not inlined: its frames stack
+ * on mb_from_netdev's only.
+ */
+MB_SUBPROG int mb_lb_through_tunnel(struct __sk_buff *skb, const struct mb_node_config *cfg,
+				    int lb)
+{
+	const struct mb_ipcache_value *v;
+	struct mb_l3 l3 = {};
+
+	if (!skb || !cfg)
+		return TC_ACT_SHOT;
+	if (mb_l3_parse(skb, ETH_HLEN, skb->protocol, &l3) < 0)
+		return mb_overlay_drop(skb, MB_RSN_ENCAP_FAILED, MB_PROG_FROM_NETDEV, &l3);
+	l3.src_identity = MB_ID_WORLD;
+	if (lb == MB_LB_TOO_BIG)
+		return mb_refuse_too_big(skb, cfg, mb_inner_mtu(cfg->underlay_mtu), &l3,
+					 MB_PROG_FROM_NETDEV);
+	v = mb_ipcache_lookup(l3.dst, l3.family);
+	if (!v || !v->tunnel_ip4)
+		return mb_overlay_drop(skb, MB_RSN_ENCAP_FAILED, MB_PROG_FROM_NETDEV, &l3);
+	l3.dst_identity = v->identity;
+	return mb_encap_to_remote(skb, cfg, v->tunnel_ip4, &l3, MB_PROG_FROM_NETDEV);
+}
+
 SEC("classifier")
 int mb_from_netdev(struct __sk_buff *skb)
 {
@@ -99,6 +131,8 @@ int mb_from_netdev(struct __sk_buff *skb)
 		mb_l3_parse(skb, ETH_HLEN, skb->protocol, &outer);
 		return mb_overlay_drop(skb, -lb, MB_PROG_FROM_NETDEV, &outer);
 	}
+	if (lb == MB_LB_TUNNEL || lb == MB_LB_TOO_BIG)
+		return mb_lb_through_tunnel(skb, cfg, lb);
 	if (lb == MB_LB_TRANSLATED)
 		/* A reply to the node itself, its source the frontend again. */
 		return TC_ACT_OK;

@@ -17,6 +17,35 @@ use super::{Node, Pod, Xds, AGENT};
 /// The pods' gateway, on every host veth.
 pub const GATEWAY: &str = "169.254.1.1";
 
+/// The two nodes of the packet-path tests as the control plane reads them, then `pods`
+/// (name, node, address; each labelled `app: NAME` in namespace `default`): `node-1` at
+/// `UNDERLAY.1` with the pod CIDR 10.202.0.0/24, `node-2` at `UNDERLAY.2` with
+/// 10.203.0.0/24 (`underlay` is the /24's first three octets, as [`TcNode::pair`] and
+/// [`TcNode::new`] are given its addresses).
+pub fn two_nodes_yaml(underlay: &str, pods: &[(&str, &str, &str)]) -> String {
+    let mut docs: Vec<String> = [
+        ("node-1", "10.202.0.0/24", 1),
+        ("node-2", "10.203.0.0/24", 2),
+    ]
+    .iter()
+    .map(|(name, cidr, host)| {
+        format!(
+            "apiVersion: v1\nkind: Node\nmetadata: {{name: {name}}}\n\
+                 spec: {{podCIDRs: [{cidr}]}}\n\
+                 status: {{addresses: [{{type: InternalIP, address: {underlay}.{host}}}]}}\n"
+        )
+    })
+    .collect();
+    docs.extend(pods.iter().map(|(name, node, ip)| {
+        format!(
+            "apiVersion: v1\nkind: Pod\n\
+             metadata: {{name: {name}, namespace: default, labels: {{app: {name}}}}}\n\
+             spec: {{nodeName: {node}}}\nstatus: {{podIP: {ip}}}\n"
+        )
+    }));
+    docs.join("---\n")
+}
+
 /// A node namespace with the agent's files (its [`Node`]) and pods on routed veths.
 pub struct TcNode {
     /// The agent's files and pods (its own `pods` hold the namespaces and cgroups).

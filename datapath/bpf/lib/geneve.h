@@ -104,8 +104,12 @@ MB_SUBPROG long mb_geneve_encap(struct __sk_buff *skb, const struct mb_node_conf
 	if (bpf_skb_load_bytes(skb, 0, &o.inner, ETH_HLEN) < 0)
 		return -1;
 
+	/* FIXED_GSO: a GSO packet keeps its segment size, which the caller
+	 * checked leaves room for these headers (lib/mtu.h, mb_too_big);
+	 * without it the kernel would cut every segment 50 bytes short. */
 	flags = BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP |
-		BPF_F_ADJ_ROOM_ENCAP_L2_ETH | BPF_F_ADJ_ROOM_ENCAP_L2(ETH_HLEN);
+		BPF_F_ADJ_ROOM_ENCAP_L2_ETH | BPF_F_ADJ_ROOM_ENCAP_L2(ETH_HLEN) |
+		BPF_F_ADJ_ROOM_FIXED_GSO;
 	if (bpf_skb_adjust_room(skb, MB_GENEVE_OVERHEAD, BPF_ADJ_ROOM_MAC, flags) < 0)
 		return -1;
 

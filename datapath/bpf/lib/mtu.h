@@ -17,12 +17,15 @@
  *   - IPv6: ICMPv6 "packet too big" (type 2) with the same MTU.
  * Not answered (RFC 1122 / 4443): ICMP errors themselves and non-first
  * fragments; those are dropped with their own reason and event.
- * GSO packets (TCP from the pod's stack) are cut to the pod's MSS after
- * the tunnel's headers are counted, so only single packets are checked.
+ * GSO packets (TCP or UDP from the pod's stack, many segments in one) are
+ * checked by the size of their segments, and refused the same way: the
+ * error is built in place (bpf_skb_change_tail makes the packet a plain
+ * one, no longer GSO).
  */
 #ifndef MB_MTU_H
 #define MB_MTU_H
 
+#include <stddef.h>
 #include <linux/if_ether.h>
 #include <linux/ip.h>
 #include <linux/ipv6.h>
@@ -44,11 +47,52 @@ static __always_inline __u32 mb_inner_mtu(__u16 underlay_mtu)
 	return (underlay_mtu ? underlay_mtu : MB_DEFAULT_MTU) - MB_ENCAP_OVERHEAD;
 }
 
-/* 1 when the frame's IP packet exceeds `inner_mtu` (GSO packets: never). */
+/*
+ * A GSO packet's segment: gso_size bytes of payload behind its IP and TCP
+ * (or UDP) headers, the IP packet each segment becomes on the wire. GSO of
+ * another protocol counts its IP header only (no pod stack makes one).
+ * Not inlined: only GSO packets pay for the header reads.
+ */
+MB_SUBPROG __u32 mb_gso_segment_len(struct __sk_buff *skb)
+{
+	__u32 l3 = sizeof(struct ipv6hdr), l4 = 0;
+	__u8 proto = 0, doff = 0;
+
+	if (!skb)
+		return 0;
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		struct iphdr ip;
+
+		if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) < 0)
+			return 0;
+		l3 = ip.ihl * 4;
+		proto = ip.protocol;
+	} else if (bpf_skb_load_bytes(skb, ETH_HLEN + offsetof(struct ipv6hdr, nexthdr), &proto,
+				      1) < 0) {
+		return 0;
+	}
+	if (proto == IPPROTO_TCP &&
+	    bpf_skb_load_bytes(skb, ETH_HLEN + l3 + 12, &doff, 1) == 0)
+		l4 = (doff >> 4) * 4;
+	else if (proto == IPPROTO_UDP)
+		l4 = 8;
+	return l3 + l4 + skb->gso_size;
+}
+
+/*
+ * 1 when the frame's IP packet exceeds `inner_mtu`; for a GSO packet, when
+ * its segments would (the stack cut them for the pod's MTU, which may not
+ * leave room for the tunnel: a pod that keeps the underlay's MTU). Such a
+ * packet is refused like a single one (the ICMP quotes its first bytes, the
+ * sender's TCP lowers its MSS and sends again): before, VXLAN took it as it
+ * was and the underlay's IP output dropped the oversized segments, telling
+ * no pod, and Geneve's adjust_room cut smaller segments than the sender
+ * knew of.
+ */
 static __always_inline int mb_too_big(struct __sk_buff *skb, __u32 inner_mtu)
 {
 	if (skb->gso_size)
-		return 0;
+		return mb_gso_segment_len(skb) > inner_mtu;
 	return skb->len - ETH_HLEN > inner_mtu;
 }
 

@@ -12,10 +12,19 @@
  *     a reply to the host itself is delivered locally).
  *   - A remote backend of an underlay client: DNAT and SNAT to node_ip4 (the
  *     client's port when free toward that backend, else a random one), so
- *     the reply comes back here and is translated both ways. A remote
- *     backend of the host: DNAT only (the source already is node_ip4).
- *     Forwarded by FIB lookup (native routing; an overlay would
- *     encapsulate here).
+ *     the reply comes back here and is translated both ways. Natively
+ *     routed by FIB lookup (the backend's node calls it remote-node, by its
+ *     ipcache). In the overlay modes, a backend behind a tunnel endpoint
+ *     gets it through the tunnel with world as the VNI (Cilium: service
+ *     traffic from outside the cluster is world in tunnel mode; node_ip4
+ *     as source does not make it the node's own), and a packet too big for
+ *     the tunnel is refused with ICMP before anything is translated, so the
+ *     error quotes the client's own packet. The backend's replies go to
+ *     node_ip4, a node address the underlay routes: natively.
+ *   - A remote backend of the host: DNAT only (the source already is
+ *     node_ip4), out by the FIB: in the overlay modes the agent's route to
+ *     the backend's pod CIDR leads to the underlay, whose mb_to_netdev
+ *     tunnels it as remote-node (the host's own traffic).
  *   - external_traffic_local: the agent writes only local backends into the
  *     NodePort's slots; none → drop (no backend).
  * Needs mb_endpoints (lib/node.h) from the including program.
@@ -26,6 +35,15 @@
 #include <linux/if_ether.h>
 
 #include "lb.h"
+#include "encap.h"
+
+/* Overlay modes, an underlay client's packet for a backend behind a tunnel
+ * endpoint: translated, the caller (bpf_host.c) encapsulates it with world
+ * as the VNI; or untouched and too big for the tunnel, the caller refuses it
+ * with ICMP. The tunnel's and the ICMP's stack frames stack on the caller's,
+ * not on the LB's (the verifier's 512 bytes for the deepest chain). */
+#define MB_LB_TUNNEL 257
+#define MB_LB_TOO_BIG 258
 
 /* Source ports tried for a remote backend after the client's own. */
 #define MB_LB_SNAT_TRIES 8
@@ -103,22 +121,50 @@ static __always_inline int mb_lb_snat_commit(const struct mb_lb_tuple *t, struct
 }
 
 /*
+ * Whether a backend that is no local pod is reached through the tunnel
+ * (overlay modes, an ipcache entry with a tunnel endpoint), and then the
+ * tunnel's MTU in `mtu`.
+ */
+static __always_inline int mb_lb_tunneled(__u32 backend_ip4, __u32 *mtu)
+{
+	const struct mb_node_config *cfg = mb_node_config_get();
+	const struct mb_ipcache_value *v;
+	__u32 ip[4] = { backend_ip4, 0, 0, 0 };
+
+	if (!cfg || cfg->overlay == MB_OVERLAY_NATIVE)
+		return 0;
+	v = mb_ipcache_lookup(ip, MB_AF_INET);
+	if (!v || !v->tunnel_ip4)
+		return 0;
+	*mtu = mb_inner_mtu(cfg->underlay_mtu);
+	return 1;
+}
+
+/*
  * A client that is no local pod to a frontend (key_ip, the packet's port
  * and protocol, scope): DNAT (plus SNAT for an underlay client and a
- * remote backend, `snat`), then delivered to the local backend's veth or
- * sent out by the FIB. MB_LB_CONTINUE when it is no frontend's.
+ * remote backend, `snat`), then delivered to the local backend's veth,
+ * sent through the tunnel (an underlay client's, overlay modes) or out by
+ * the FIB. MB_LB_CONTINUE when it is no frontend's.
  */
 MB_LB_SUBPROG int mb_lb_external(struct __sk_buff *skb, struct mb_lb_pkt *p, __u32 key_ip,
 				 __u32 scope, __u32 node_ip4, int snat)
 {
 	struct mb_endpoint_value *ep;
 	struct mb_lb_flow f;
-	int ret;
+	int ret, tunnel = 0;
+	__u32 mtu = 0;
 
 	ret = mb_lb_flow_get(&p->t, key_ip, scope, &f);
 	if (ret < 0 || ret == MB_LB_FLOW_NONE)
 		return ret < 0 ? ret : MB_LB_CONTINUE;
 	ep = mb_lb_local_endpoint(f.backend_ip[0]);
+	if (!ep && snat)
+		tunnel = mb_lb_tunneled(f.backend_ip[0], &mtu);
+	/* Before the flow is remembered or the packet rewritten: the ICMP error
+	 * quotes the client's own packet. */
+	if (tunnel && mb_too_big(skb, mtu))
+		return MB_LB_TOO_BIG;
 	if (ret == MB_LB_FLOW_NEW) {
 		f.flags |= MB_LB_FLOW_EXTERNAL;
 		if (ep || !snat)
@@ -138,6 +184,8 @@ MB_LB_SUBPROG int mb_lb_external(struct __sk_buff *skb, struct mb_lb_pkt *p, __u
 	}
 	if (ep)
 		return mb_lb_deliver_local(skb, ep);
+	if (tunnel)
+		return MB_LB_TUNNEL;
 	return mb_lb_fib_redirect(skb, p);
 }
 

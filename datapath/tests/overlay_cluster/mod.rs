@@ -8,6 +8,8 @@
 //! the underlay. Nothing touches a host interface.
 #![allow(dead_code)]
 
+pub mod scripts;
+
 use std::{
     io::{BufRead, BufReader, Read},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
@@ -319,6 +321,26 @@ impl Cluster {
                         let cidr = format!("10.{}.0.0/24", j + 1);
                         n.ns.ip(&["route", "replace", &cidr, "via", &other.ip.to_string()]);
                     }
+                }
+            }
+        }
+    }
+
+    /// In the overlay modes, what the agent adds on every node (`packet::node_routes`):
+    /// each other node's pod CIDR routed via its address on the underlay, with the pods'
+    /// MTU, so the node's own packets to remote pods leave by the underlay (where
+    /// `mb_to_netdev` tunnels them). Native mode: `finish` routes them already.
+    pub fn route_pod_cidrs(&self) {
+        if self.overlay == Overlay::Native {
+            return;
+        }
+        let mtu = pod_mtu(self.overlay, UNDERLAY_MTU).to_string();
+        for (i, n) in self.nodes.iter().enumerate() {
+            for (j, other) in self.nodes.iter().enumerate() {
+                if j != i {
+                    let cidr = format!("10.{}.0.0/24", j + 1);
+                    let via = other.ip.to_string();
+                    n.ns.ip(&["route", "replace", &cidr, "via", &via, "mtu", &mtu]);
                 }
             }
         }
