@@ -45,7 +45,7 @@ impl Cluster {
     pub fn upgrade_sidecar(&self, d: &Pod) -> Result<u64> {
         let before = self.sidecar_epoch(d)?;
         let log = self.dir.join(format!("{}-epoch{}.log", d.name, before + 1));
-        self.spawn_sidecar(&self.bins, d, &self.xds, &log)?;
+        self.run_proxy_container(&self.bins, d, &log)?;
         let deadline = Instant::now() + UPGRADE_WAIT;
         loop {
             if self.sidecar_epoch(d).is_ok_and(|e| e == before + 1) {

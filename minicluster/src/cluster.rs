@@ -1,6 +1,7 @@
 //! The mini-cluster: its pods, what it made (to undo once), and how it is set up.
 
 use super::control::CniCall;
+use super::kubelet;
 use super::pods::is_root;
 use super::*;
 
@@ -280,17 +281,26 @@ impl Cluster {
 
         // The control plane on node-1, fed as a cluster's is: the objects
         // `kubectl get -o yaml` would show, in a watched directory.
+        // The deathstars as admission leaves them: patched by the sidecar injector.
         c.nodes()?;
+        let mut pods = Vec::new();
+        for d in &deathstars {
+            pods.push(c.injected_pod(d)?);
+        }
+        pods.extend(ships.iter().map(source::ship_object));
         source::write_source(
             &source,
-            &source::cluster_yaml(&deathstars, &ships, service)?,
+            &source::cluster_yaml(&pods, &deathstars, service)?,
             L7.1,
         )?;
+        c.issue_certs(bins)?;
         c.xds = c.start_xds(bins, &source)?;
         let xds = c.xds.clone();
         println!(
-            "  membrane-xds on {} serving xDS at {xds}, watching {}:",
+            "  membrane-xds on {} serving xDS at {xds} (node agents) and mTLS at {} \
+             (sidecars), watching {}:",
             source::NODE,
+            kubelet::injector().xds_address,
             source.display()
         );
         println!(
@@ -349,22 +359,18 @@ impl Cluster {
             .membrane
             .to_str()
             .context("membrane's path is not UTF-8")?;
+        // Each deathstar as a kubelet runs the injected pod: `membrane-proxy sidecar`
+        // from the istio-proxy container (its environment, its certificate), the app
+        // once the sidecar's startup probe passed, then the readiness probes, the
+        // app's through the sidecar's status port. Every sidecar dials the control
+        // plane on node-1's address, node-2's through the tunnel both ways (node-1
+        // answers a remote pod through it). Ready means it has its first policy.
         for d in &deathstars {
-            c.spawn(
-                d.name,
-                &[me, "demo", "--serve-deathstar", "0.0.0.0:80"],
-                None,
-            )?;
-            // Every sidecar dials the control plane on node-1's address, node-2's
-            // through the tunnel both ways (node-1 answers a remote pod through it).
-            c.start_sidecar(bins, d, &xds)?;
-        }
-        // Ready means the sidecar has its first policy from the control plane.
-        for d in &deathstars {
-            c.wait_ready(d.name)?;
+            c.start_injected_pod(bins, d, &[me, "demo", "--serve-deathstar", "0.0.0.0:80"])?;
         }
         println!(
-            "  sidecars of {} ready: policy and peer identities from membrane-xds",
+            "  sidecars of {} injected (istio-proxy: membrane-proxy sidecar) and ready: \
+             policy and peer identities from membrane-xds over mTLS",
             deathstars
                 .iter()
                 .map(|d| d.name)

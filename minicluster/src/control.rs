@@ -1,7 +1,7 @@
 //! The parts of the mini-cluster a cluster runs for it: the control plane
 //! (membrane-xds on the node, reading the source directory), the CNI plugin
-//! the container runtime calls for each pod, and the sidecars fed over xDS
-//! (the node agent is `agent.rs`).
+//! the container runtime calls for each pod (the node agent is `agent.rs`, the
+//! sidecars `kubelet.rs`).
 
 use super::cluster::{Bins, Cluster, Pod};
 use super::pods::GATEWAY;
@@ -10,8 +10,8 @@ use super::*;
 use serde_json::{json, Value};
 use std::sync::mpsc;
 
-/// Where membrane-xds serves plaintext xDS: on node-1's underlay address
-/// ([`NODE_IP`]), which node-2's agent and every pod reach.
+/// Where membrane-xds serves plaintext xDS to the node agents: on node-1's underlay
+/// address ([`NODE_IP`]), which node-2's agent reaches too.
 pub(crate) const XDS_PORT: u16 = 15010;
 
 /// A `membrane-cni` call the teardown repeats as DEL.
@@ -58,6 +58,8 @@ impl Cluster {
     /// for the sidecars and the agent.
     pub(crate) fn start_xds(&self, bins: &Bins, source: &Path) -> Result<String> {
         let grpc = format!("{NODE_IP}:{XDS_PORT}");
+        let tls = format!("{NODE_IP}:{}", super::kubelet::XDS_TLS_PORT);
+        let pki = self.pki();
         let log = self.dir.join("membrane-xds.log");
         let err =
             std::fs::File::create(&log).with_context(|| format!("create {}", log.display()))?;
@@ -67,6 +69,14 @@ impl Cluster {
             .arg("--source-dir")
             .arg(source)
             .args(["--plaintext-xds", "--grpc-addr", &grpc])
+            // The sidecars' port: mTLS with the workload certificates (`kubelet.rs`).
+            .args(["--tls-addr", &tls])
+            .arg("--tls-cert")
+            .arg(pki.join("xds/cert-chain.pem"))
+            .arg("--tls-key")
+            .arg(pki.join("xds/key.pem"))
+            .arg("--ca-cert")
+            .arg(pki.join("ca/ca-cert.pem"))
             .args(["--debug-addr", "127.0.0.1:15014"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -84,7 +94,9 @@ impl Cluster {
             let _ = tx.send(line);
         });
         match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(line) if line.contains(&format!("grpc={grpc}")) => {}
+            Ok(line)
+                if line.contains(&format!("grpc={grpc}"))
+                    && line.contains(&format!("tls={tls}")) => {}
             Ok(line) => bail!(
                 "membrane-xds did not start (it printed {:?}){}",
                 line.trim(),
@@ -171,61 +183,8 @@ impl Cluster {
         Ok(())
     }
 
-    /// Deathstar `d`'s membrane-proxy sidecar, in its pod as uid 1337, taking its policy
-    /// and the peers' identities from the control plane at `xds` under
-    /// Istio's node id for the pod. It serves a handover socket in a run directory
-    /// of the pod's own (owned by uid 1337), so that a successor can take its
-    /// listeners over ([`Cluster::upgrade_sidecar`]).
-    pub(crate) fn start_sidecar(&self, bins: &Bins, d: &Pod, xds: &str) -> Result<()> {
-        let run = self.sidecar_run_dir(d);
-        if !run.exists() {
-            std::fs::create_dir(&run).with_context(|| format!("create {}", run.display()))?;
-            std::os::unix::fs::chown(&run, Some(1337), Some(1337))
-                .with_context(|| format!("chown {} to 1337", run.display()))?;
-        }
-        self.spawn_sidecar(bins, d, xds, &self.dir.join(format!("{}.log", d.name)))
-    }
-
     /// Pod `d`'s sidecar's run directory (its handover socket).
     pub(crate) fn sidecar_run_dir(&self, d: &Pod) -> PathBuf {
         self.dir.join(format!("{}-run", d.name))
-    }
-
-    /// A membrane-proxy for deathstar `d` (the first or a successor), logging to `log`.
-    pub(crate) fn spawn_sidecar(&self, bins: &Bins, d: &Pod, xds: &str, log: &Path) -> Result<()> {
-        let node_id = format!(
-            "sidecar~{}~{}.default~default.svc.cluster.local",
-            d.ip, d.name
-        );
-        let proxy = bins.proxy.to_str().context("proxy path is not UTF-8")?;
-        let handover = self.sidecar_run_dir(d).join("handover.sock");
-        let handover = handover.to_str().context("temp path is not UTF-8")?;
-        // As Istio runs it: uid 1337, which the datapath's outbound capture
-        // leaves alone (the sidecar's own connects, to the control plane and
-        // upstream, are never steered back to it).
-        self.spawn(
-            d.name,
-            &[
-                "setpriv",
-                "--reuid=1337",
-                "--regid=1337",
-                "--clear-groups",
-                proxy,
-                "standalone",
-                "--listen",
-                "127.0.0.1:8080",
-                "--upstream",
-                "127.0.0.1:80",
-                "--capture-inbound",
-                "0.0.0.0:15006",
-                "--xds-address",
-                xds,
-                "--node-id",
-                &node_id,
-                "--handover-socket",
-                handover,
-            ],
-            Some(log),
-        )
     }
 }

@@ -24,6 +24,7 @@ mod bed;
 mod cluster;
 mod control;
 mod crossing;
+mod kubelet;
 mod pods;
 mod scenario;
 mod source;
@@ -119,6 +120,7 @@ mod tests {
             ("cluster.rs", include_str!("cluster.rs")),
             ("control.rs", include_str!("control.rs")),
             ("crossing.rs", include_str!("crossing.rs")),
+            ("kubelet.rs", include_str!("kubelet.rs")),
             ("pods.rs", include_str!("pods.rs")),
             ("scenario.rs", include_str!("scenario.rs")),
             ("source.rs", include_str!("source.rs")),

@@ -142,6 +142,24 @@ impl Cluster {
 
     /// Start `cmd` in `pod`; its output goes to `log` or nowhere.
     pub(crate) fn spawn(&self, pod: &str, cmd: &[&str], log: Option<&Path>) -> Result<()> {
+        self.spawn_command(self.in_pod(pod, cmd), cmd, log)
+    }
+
+    /// Start `cmd` in `pod` with exactly the environment `env`, as a container
+    /// runtime starts a container; its output goes to `log` or nowhere.
+    pub(crate) fn spawn_with_env(
+        &self,
+        pod: &str,
+        cmd: &[&str],
+        env: &[(String, String)],
+        log: Option<&Path>,
+    ) -> Result<()> {
+        let mut c = self.in_pod(pod, cmd);
+        c.env_clear().envs(env.iter().map(|(k, v)| (k, v)));
+        self.spawn_command(c, cmd, log)
+    }
+
+    fn spawn_command(&self, mut command: Command, cmd: &[&str], log: Option<&Path>) -> Result<()> {
         let (out, err) = match log {
             Some(p) => {
                 let f =
@@ -150,8 +168,7 @@ impl Cluster {
             }
             None => (Stdio::null(), Stdio::null()),
         };
-        let child = self
-            .in_pod(pod, cmd)
+        let child = command
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -171,40 +188,6 @@ impl Cluster {
         let mut cmd = vec!["curl", "-sS", "--max-time", &secs];
         cmd.extend_from_slice(args);
         self.in_pod(pod, &cmd).output().context("run curl")
-    }
-
-    /// The deathstar and its sidecar answer, or an error after 10 s.
-    pub(crate) fn wait_ready(&self, pod: &str) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let ready = [
-                "http://127.0.0.1:15021/healthz/ready",
-                "http://127.0.0.1:80/",
-            ]
-            .iter()
-            .all(|u| {
-                self.curl(pod, &["-f", "-o", "/dev/null", u])
-                    .is_ok_and(|o| o.status.success())
-            });
-            if ready {
-                return Ok(());
-            }
-            for c in &mut self.undo().children {
-                if let Some(status) = c.try_wait()? {
-                    bail!(
-                        "a process of the live step exited early ({status}){}",
-                        self.log_tails()
-                    );
-                }
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "{pod} or its sidecar did not become ready in 10 s{}",
-                    self.log_tails()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
     }
 
     /// The last lines of every sidecar log, for an error (the logs go with

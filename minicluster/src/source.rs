@@ -56,24 +56,36 @@ fn k8s_labels(labels: &str) -> Value {
     Value::Object(map)
 }
 
-/// A pod as the API server holds it. The deathstars (`injected`) serve HTTP on
-/// a port named `http` and carry what sidecar injection leaves on a pod (the
-/// sidecar container and Istio's status annotation), which is how the control
-/// plane knows their inbound connections go to a sidecar.
-fn pod_object(p: &Pod, injected: bool) -> Value {
-    let mut containers = vec![json!({"name": "app", "ports": []})];
+/// A pod as the mini-cluster creates it, before admission. The deathstars serve HTTP
+/// on a port named `http`, with a readiness probe on it (the injector hands it to the
+/// sidecar's status port), and ask through Istio's `proxy.istio.io/config` for a
+/// handover socket in `run_dir` (`proxyMetadata`, which the injector puts in the
+/// sidecar's environment), so that a successor can take the listeners over. The one
+/// on node-1 gets a native sidecar (the default), the one on node-2 a plain container
+/// with `holdApplicationUntilProxyStarts`. The ships opt out of injection.
+pub(crate) fn pod_object(p: &Pod, run_dir: &Path) -> Value {
+    let mut containers = vec![json!({"name": "app", "image": "membrane-demo", "ports": []})];
     let mut annotations = json!({});
-    if injected {
+    let deathstar = p.labels == DEATHSTAR;
+    if deathstar {
         containers[0]["ports"] = json!([{"name": "http", "containerPort": 80, "protocol": "TCP"}]);
-        containers.push(json!({"name": inject::CONTAINER, "image": "membrane-proxy"}));
-        let status = json!({
-            "initContainers": null,
-            "containers": [inject::CONTAINER],
-            "volumes": null,
-            "imagePullSecrets": null,
-            "revision": "default",
+        containers[0]["readinessProbe"] = json!({
+            "httpGet": {"path": "/", "port": 80},
+            "periodSeconds": 1,
         });
-        annotations[inject::STATUS_ANNOTATION] = Value::String(status.to_string());
+        let mut pc = json!({"proxyMetadata": {
+            "MEMBRANE_HANDOVER_SOCKET": run_dir.join("handover.sock"),
+        }});
+        // node-2's replica takes the other shape a sidecar is injected in: a plain
+        // container holding the app until it is ready (its postStart hook).
+        if p.node == 1 {
+            annotations[inject::sidecar::NATIVE_SIDECAR_ANNOTATION] = json!("false");
+            pc["holdApplicationUntilProxyStarts"] = json!(true);
+        }
+        annotations[inject::sidecar::PROXY_CONFIG_ANNOTATION] = Value::String(pc.to_string());
+    } else {
+        // The ships are not in the mesh.
+        annotations[inject::INJECT_KEY] = json!("false");
     }
     json!({
         "apiVersion": "v1",
@@ -89,18 +101,25 @@ fn pod_object(p: &Pod, injected: bool) -> Value {
             "serviceAccountName": "default",
             "containers": containers,
         },
-        "status": {"podIP": p.ip, "podIPs": [{"ip": p.ip}]},
     })
 }
 
+/// A ship's pod as the API server holds it (not injected), with its status.
+pub(crate) fn ship_object(p: &Pod) -> Value {
+    let mut pod = pod_object(p, Path::new("/"));
+    pod["status"] = json!({"hostIP": NODES[p.node].ip, "podIP": p.ip, "podIPs": [{"ip": p.ip}]});
+    pod
+}
+
 /// Every object of the mini-cluster but the policy, one YAML document each.
+/// `pods` are the Pod objects as the API server holds them (the deathstars as the
+/// injector patched them).
 pub(crate) fn cluster_yaml(
+    pods: &[Value],
     deathstars: &[Pod],
-    ships: &[Pod],
     service: SocketAddr,
 ) -> Result<String> {
-    let mut objects: Vec<Value> = deathstars.iter().map(|d| pod_object(d, true)).collect();
-    objects.extend(ships.iter().map(|s| pod_object(s, false)));
+    let mut objects: Vec<Value> = pods.to_vec();
     objects.push(json!({
         "apiVersion": "v1",
         "kind": "Service",
@@ -245,12 +264,16 @@ mod tests {
             ip,
             node,
         };
-        let y = cluster_yaml(
-            &[pod("deathstar-1", DEATHSTAR, "10.201.0.11", 1)],
-            &[pod("xwing", XWING, "10.200.0.3", 0)],
-            SERVICE.parse().unwrap(),
-        )
-        .unwrap();
+        let (d, x) = (
+            pod("deathstar-1", DEATHSTAR, "10.201.0.11", 1),
+            pod("xwing", XWING, "10.200.0.3", 0),
+        );
+        let run = Path::new("/run/deathstar-1");
+        let pods = [
+            super::super::kubelet::admitted(&d, run).unwrap(),
+            ship_object(&x),
+        ];
+        let y = cluster_yaml(&pods, &[d], SERVICE.parse().unwrap()).unwrap();
         let docs: Vec<Value> = y
             .split("---\n")
             .filter(|d| !d.trim().is_empty())
@@ -267,8 +290,15 @@ mod tests {
         assert_eq!(docs[1]["spec"]["nodeName"], "node-1");
         assert_eq!(docs[3]["endpoints"][0]["nodeName"], "node-2");
         assert_eq!(docs[5]["status"]["addresses"][0]["address"], "192.168.79.2");
-        // Only the deathstars look injected.
+        // Only the deathstars are injected, by the injector itself.
         assert!(docs[0]["metadata"]["annotations"][inject::STATUS_ANNOTATION].is_string());
+        // node-2's replica: a plain container holding the app (see pod_object).
+        assert_eq!(docs[0]["spec"]["containers"][0]["name"], inject::CONTAINER);
+        assert_eq!(docs[0]["status"]["podIP"], "10.201.0.11");
+        assert_eq!(
+            docs[1]["metadata"]["annotations"][inject::INJECT_KEY],
+            "false"
+        );
         assert!(docs[1]["metadata"]["annotations"]
             .get(inject::STATUS_ANNOTATION)
             .is_none());

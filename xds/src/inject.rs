@@ -8,9 +8,10 @@
 //! No I/O here: `webhook.rs` serves this over HTTPS. A pod the rules skip,
 //! or one that cannot take the sidecar, is allowed unchanged (the latter
 //! with a warning the API server shows the client); a pod whose
-//! `proxy.istio.io/config` does not parse is refused with the reason, as
-//! Istio refuses it; input that is not an AdmissionReview for a Pod is an
-//! error.
+//! `proxy.istio.io/config` does not parse, or with an annotation value
+//! Istio's injector refuses (`validate.rs`: the capture lists, the
+//! interception mode, ...), is refused with the reason, as Istio refuses
+//! it; input that is not an AdmissionReview for a Pod is an error.
 //!
 //! Capture is done by the node's eBPF programs (the CNI plugin and
 //! membrane-agent, which read the pod's `traffic.sidecar.istio.io/*`
@@ -22,6 +23,7 @@ use serde_json::{json, Value};
 
 mod probes;
 pub mod sidecar;
+pub mod validate;
 
 /// The injected container's name: Istio's, which istioctl, `kubectl logs`
 /// habits and Istio's tooling look for.
@@ -480,6 +482,21 @@ fn decide(
                 "label {REVISION_LABEL}: {rev:?} is another revision than {ours:?}"
             ));
         }
+    }
+
+    // Istio checks the annotations it acts on once it has decided to
+    // inject, and refuses the pod over a bad value: admission is where the
+    // author sees it, not the node agent attaching the pod later.
+    let bad = annotations
+        .and_then(Value::as_object)
+        .map(validate::annotations)
+        .unwrap_or_default();
+    if !bad.is_empty() {
+        let why: Vec<String> = bad.iter().map(ToString::to_string).collect();
+        return (
+            Outcome::Denied(format!("{CONTAINER} not injected: {}", why.join("; "))),
+            None,
+        );
     }
 
     // The sidecar shares the pod's network namespace: an application port

@@ -582,3 +582,43 @@ fn the_webhook_is_off_without_a_certificate_and_bad_files_stop_startup() {
         "{err}"
     );
 }
+
+#[test]
+fn a_bad_capture_annotation_is_refused_over_https_and_counted() {
+    let hook = Hook::start(&[]);
+    let mut pod = data("deployment-pod.json")["request"]["object"].clone();
+    pod["metadata"]["annotations"] = json!({
+        "traffic.sidecar.istio.io/includeOutboundIPRanges": "10.0.0.0/8,10.300.0.0/16",
+    });
+    let review = review_of(pod.clone());
+    let answer = hook.post("/inject", &review);
+    let resp = &answer["response"];
+    assert_eq!(resp["allowed"], false, "{answer}");
+    assert_eq!(resp["uid"], review["request"]["uid"]);
+    assert!(resp.get("patch").is_none(), "{answer}");
+    let msg = resp["status"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains(
+            "invalid value '10.0.0.0/8,10.300.0.0/16' for annotation \
+             'traffic.sidecar.istio.io/includeOutboundIPRanges'"
+        ),
+        "{msg}"
+    );
+    // Fixed, the same pod is injected.
+    pod["metadata"]["annotations"]["traffic.sidecar.istio.io/includeOutboundIPRanges"] =
+        json!("10.0.0.0/8");
+    let review = review_of(pod);
+    assert!(patched(&review, &hook.post("/inject", &review)).is_some());
+
+    let metrics = Command::new("curl")
+        .args(["-sS", &format!("http://{}/metrics", hook.xds.debug())])
+        .output()
+        .unwrap();
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    for line in [
+        r#"membrane_xds_injections_total{result="denied"} 1"#,
+        r#"membrane_xds_injections_total{result="injected"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "{line} not in\n{metrics}");
+    }
+}

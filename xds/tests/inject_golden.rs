@@ -3,6 +3,9 @@
 //! webhook's JSON patch applied (identical to the input when the pod is not
 //! injected). The patched pods validate against Kubernetes 1.34's schemas,
 //! and every injected pod sent again is left alone (Istio's idempotence).
+//! A `bad-NAME` case is a valid Pod whose annotation values Istio's injector
+//! refuses: its `bad-NAME.out.json` is the AdmissionReview the webhook
+//! answers (not allowed, the message naming each annotation and value).
 //!
 //! After an intended change, regenerate and review the diff:
 //! `MEMBRANE_UPDATE_GOLDEN=1 cargo nextest run -p membrane-xds --test inject_golden`
@@ -51,6 +54,13 @@ fn review_of(pod: &Value) -> Value {
 
 /// The webhook's answer for `pod`: the outcome and the patched pod.
 fn inject(pod: &Value, s: &Sidecar) -> (Outcome, Value) {
+    let (outcome, out, _) = answer(pod, s);
+    (outcome, out)
+}
+
+/// The webhook's answer for `pod`: the outcome, the patched pod and the
+/// AdmissionReview sent back.
+fn answer(pod: &Value, s: &Sidecar) -> (Outcome, Value, Value) {
     let body = serde_json::to_vec(&review_of(pod)).unwrap();
     let r = inject::review(&body, "/inject", s).unwrap();
     let resp = &r.review["response"];
@@ -64,7 +74,7 @@ fn inject(pod: &Value, s: &Sidecar) -> (Outcome, Value) {
         let patch: json_patch::Patch = serde_json::from_slice(&bytes).unwrap();
         json_patch::patch(&mut out, &patch).unwrap();
     }
-    (r.outcome, out)
+    (r.outcome, out, r.review)
 }
 
 fn pretty(v: &Value) -> String {
@@ -95,6 +105,57 @@ fn validate(files: &[PathBuf]) {
     assert!(out.status.success(), "{text}");
     let want = format!("{} objects checked, 0 invalid", files.len());
     assert!(text.contains(&want), "{text}");
+}
+
+/// The annotations (and values) each `bad-` case's refusal must name.
+fn refused_for(case: &str) -> &'static [(&'static str, &'static str)] {
+    match case {
+        "bad-capture-ranges" => &[
+            (
+                "traffic.sidecar.istio.io/excludeOutboundIPRanges",
+                "169.254.169.254",
+            ),
+            (
+                "traffic.sidecar.istio.io/includeOutboundIPRanges",
+                "10.0.0.0/8,10.300.0.0/16",
+            ),
+        ],
+        "bad-capture-ports" => &[
+            ("traffic.sidecar.istio.io/excludeOutboundPorts", "5432,8o"),
+            ("traffic.sidecar.istio.io/includeInboundPorts", "*,8080"),
+            (
+                "traffic.sidecar.istio.io/excludeInterfaces",
+                "eth0,eth0.with.a.long.name",
+            ),
+        ],
+        "bad-proxy-settings" => &[
+            ("sidecar.istio.io/interceptionMode", "redirect"),
+            ("status.sidecar.istio.io/port", "15o20"),
+            ("readiness.status.sidecar.istio.io/periodSeconds", "-1"),
+            ("prometheus.istio.io/merge-metrics", "yes"),
+        ],
+        other => panic!("{other}: a bad- case needs its refusal listed in refused_for"),
+    }
+}
+
+/// A `bad-` case: refused, nothing patched, every bad value named.
+fn expect_refused(case: &str, outcome: &Outcome, review: &Value) {
+    let Outcome::Denied(why) = outcome else {
+        panic!("{case}: {outcome:?}, expected a refusal");
+    };
+    let resp = &review["response"];
+    assert_eq!(resp["allowed"], false, "{case}");
+    assert!(resp.get("patch").is_none(), "{case}");
+    assert_eq!(resp["status"]["message"].as_str(), Some(why.as_str()));
+    for (annotation, value) in refused_for(case) {
+        let named = format!("invalid value '{value}' for annotation '{annotation}': ");
+        assert!(why.contains(&named), "{case}: {why:?} lacks {named:?}");
+    }
+    assert_eq!(
+        why.matches("invalid value '").count(),
+        refused_for(case).len(),
+        "{why}"
+    );
 }
 
 /// What each case must come to, besides its golden file: a wrong golden
@@ -167,8 +228,20 @@ fn pods_in_give_the_golden_patched_pods_out() {
             serde_json::from_slice(&std::fs::read(dir().join(format!("{case}.in.json"))).unwrap())
                 .unwrap();
         let s = settings(case);
-        let (outcome, out) = inject(&input, &s);
-        expect(case, &outcome, &out);
+        let (outcome, out, review) = answer(&input, &s);
+        let refused = case.starts_with("bad-");
+        if refused {
+            expect_refused(case, &outcome, &review);
+        } else {
+            expect(case, &outcome, &out);
+        }
+        // A refusal's golden file is the answer; the pod it refuses must
+        // be a valid one, refused for its annotations' values alone.
+        let (out, to_check) = if refused {
+            (review, input.clone())
+        } else {
+            (out.clone(), out)
+        };
         let golden = dir().join(format!("{case}.out.json"));
         if update {
             std::fs::write(&golden, pretty(&out)).unwrap();
@@ -180,7 +253,7 @@ fn pods_in_give_the_golden_patched_pods_out() {
             }
         }
         let f = tmp.path().join(format!("{case}.json"));
-        std::fs::write(&f, pretty(&out)).unwrap();
+        std::fs::write(&f, pretty(&to_check)).unwrap();
         to_validate.push(f);
 
         // Sent again, an injected pod is left alone.

@@ -190,6 +190,44 @@ fn a_bad_proxy_config_annotation_refuses_the_pod_with_the_reason() {
 }
 
 #[test]
+fn bad_capture_annotations_refuse_the_pod_only_when_it_would_be_injected() {
+    let ann = json!({
+        "traffic.sidecar.istio.io/excludeOutboundPorts": "80,8o",
+        "traffic.sidecar.istio.io/includeOutboundIPRanges": "*",
+    });
+    let doc = review_of(pod(json!({"name": "web", "annotations": ann}), app()));
+    let r = run(&doc, "/inject").unwrap();
+    let Outcome::Denied(why) = &r.outcome else {
+        panic!("{:?}", r.outcome)
+    };
+    assert_eq!(
+        why,
+        "istio-proxy not injected: invalid value '80,8o' for annotation \
+         'traffic.sidecar.istio.io/excludeOutboundPorts': excludeOutboundPorts invalid: \
+         failed parsing port '8o': not a port number (1-65535)"
+    );
+    let resp = &r.review["response"];
+    assert_eq!(resp["allowed"], false);
+    assert_eq!(resp["uid"], "u-1");
+    assert_eq!(resp["status"]["code"], 400);
+    assert_eq!(resp["status"]["message"], json!(why));
+    assert!(resp.get("patch").is_none());
+
+    // Istio validates only pods it injects: an opted-out pod is left alone.
+    let mut opted_out = ann.clone();
+    opted_out["sidecar.istio.io/inject"] = json!("false");
+    let doc = review_of(pod(json!({"name": "web", "annotations": opted_out}), app()));
+    assert!(matches!(
+        run(&doc, "/inject").unwrap().outcome,
+        Outcome::Skipped(_)
+    ));
+    // Good values inject.
+    let good = json!({"traffic.sidecar.istio.io/excludeOutboundPorts": "80, 8080"});
+    let doc = review_of(pod(json!({"name": "web", "annotations": good}), app()));
+    assert_eq!(run(&doc, "/inject").unwrap().outcome, Outcome::Injected);
+}
+
+#[test]
 fn workload_names_follow_istio() {
     let rs = json!({"generateName": "web-5d9f8-", "labels": {"pod-template-hash": "5d9f8"},
         "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-5d9f8", "controller": true}]});
