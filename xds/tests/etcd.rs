@@ -57,12 +57,20 @@ fn xds_on(etcd: &Etcd, dir: &std::path::Path, extra: &[&str]) -> Xds {
 }
 
 /// The shared snapshot's resources of `type_url`: name → JSON text.
+/// The agent's resources of one type as the control plane holds them; none while it has
+/// published no snapshot yet (404), which is how a control plane that has not listed its
+/// sources answers, so a poll that races the first listing retries instead of failing.
 async fn resources(debug: SocketAddr, type_url: &str) -> BTreeMap<String, String> {
-    let v = debug_json(
-        debug,
-        &format!("/debug/config_dump?proxyID={AGENT}&format=membrane"),
-    )
-    .await;
+    let path = format!("/debug/config_dump?proxyID={AGENT}&format=membrane");
+    let (status, body) = common::request("127.0.0.1".parse().unwrap(), debug, "GET", &path)
+        .await
+        .expect("debug request");
+    if status == 404 && body.starts_with("no snapshot for proxy") {
+        return BTreeMap::new();
+    }
+    assert_eq!(status, 200, "{path}: {body}");
+    let v: serde_json::Value =
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"));
     v["types"][type_url]["resources"]
         .as_array()
         .into_iter()
