@@ -2,7 +2,7 @@
 # The packet path's benchmarks (issue 15), each side by side with its reference in one run
 # (datapath/benches/tcpath.rs; bench/README.md says what each measures):
 #   bench/tcpath.sh policy    [--reps N --secs S --rules 1,1000,16000 --repeat R]
-#   bench/tcpath.sh clusterip [--reps N --secs S --services 1,1000,10000 --threads T]
+#   bench/tcpath.sh clusterip [--reps N --secs S --services 1,1000,10000 --threads T --pin BOOL]
 #   bench/tcpath.sh crossnode [--reps N --secs S --iters I]
 # Writes bench/results/tc-<name>-<date>.md (OUT=... to choose). Root; everything runs in
 # network namespaces, cgroups and bpffs directories the benchmark creates, named

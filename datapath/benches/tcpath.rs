@@ -17,6 +17,8 @@
 
 #[path = "tcpath/clusterip.rs"]
 mod clusterip;
+#[path = "tcpath/clusterip_report.rs"]
+mod clusterip_report;
 #[path = "tcpath/crossnode.rs"]
 mod crossnode;
 #[path = "tcpath/iptables.rs"]
@@ -29,6 +31,8 @@ mod mbnode;
 mod pktcost;
 #[path = "tcpath/policy.rs"]
 mod policy;
+#[path = "tcpath/progstats.rs"]
+mod progstats;
 #[path = "tcpath/report.rs"]
 mod report;
 #[path = "tcpath/topo.rs"]
@@ -118,11 +122,11 @@ fn worker_json(ns: &Netns, core: Option<usize>, args: &[String]) -> Result<serde
     serde_json::from_str(text.trim()).with_context(|| format!("worker output {text:?}"))
 }
 
-/// Starts a worker server in `ns` and waits for its READY line (the server exits when
-/// the guard drops: killed by pid).
-fn worker_server(ns: &Netns, args: &[String]) -> Result<ChildGuard> {
+/// Starts a worker server in `ns` (pinned to `core` when given) and waits for its READY
+/// line (the server exits when the guard drops: killed by pid).
+fn worker_server(ns: &Netns, core: Option<usize>, args: &[String]) -> Result<ChildGuard> {
     let mut child = ChildGuard(
-        worker(ns, None, args)?
+        worker(ns, core, args)?
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()

@@ -71,6 +71,24 @@ struct mb_lxc_ct {
 	int hit;               /* MB_CT_HIT_FWD, MB_CT_HIT_REPLY, or MB_CT_MISS */
 };
 
+/*
+ * Whether a packet is more likely a reply than a packet of a flow its
+ * sender opened, so that conntrack looks for the flow it replies to first
+ * and a hit costs one lookup, not a cold miss and then the hit. A SYN-ACK
+ * answers a SYN; a SYN opens a flow; otherwise a packet from the lower
+ * port to the higher is taken for a server's answer to a client's
+ * ephemeral port. Only the order of the two lookups follows: a wrong guess
+ * costs the second lookup, never a verdict.
+ */
+static __always_inline int mb_lxc_likely_reply(const struct mb_pkt *p)
+{
+	if (p->kind != MB_PKT_FLOW)
+		return 0;
+	if (p->t.proto == IPPROTO_TCP && (p->tcp_flags & MB_TCP_SYN))
+		return !!(p->tcp_flags & MB_TCP_ACK);
+	return p->t.src_port < p->t.dst_port;
+}
+
 /* mb_lxc_track's answers besides drop reasons (> 0). */
 #define MB_LXC_KNOWN 0 /* a tracked flow's packet (or a related ICMP error): pass */
 #define MB_LXC_NEW (-1) /* a new flow (or an ICMP message that opens none): policy */
@@ -105,12 +123,7 @@ static __always_inline int mb_lxc_track(const struct mb_pkt *p, const struct mb_
 		return enforce ? MB_RSN_CT_NO_FLOW : MB_LXC_KNOWN;
 	case MB_PKT_FLOW:
 	case MB_PKT_ECHO_REQ:
-		/* A SYN-ACK answers a SYN: look for the flow it replies to first. */
-		hit = mb_ct_lookup(&p->t, lxc->endpoint_id, side,
-				   p->t.proto == IPPROTO_TCP &&
-					   (p->tcp_flags & (MB_TCP_SYN | MB_TCP_ACK)) ==
-						   (MB_TCP_SYN | MB_TCP_ACK),
-				   &v, now);
+		hit = mb_ct_lookup(&p->t, lxc->endpoint_id, side, mb_lxc_likely_reply(p), &v, now);
 		if (hit && v) {
 			mb_ct_update(v, p->t.proto, p->tcp_flags, hit == MB_CT_HIT_REPLY, p->len,
 				     now);
@@ -253,7 +266,7 @@ int mb_from_container(struct __sk_buff *skb)
 	if (rc)
 		return enforce ? mb_tc_drop(&p, MB_PROG_FROM_CONTAINER, rc, src_id, dst_id)
 			       : mb_lxc_to_network(skb, &p, cfg, src_id, dst_id, tunnel_ip4);
-	now = bpf_ktime_get_ns();
+	now = mb_ct_now();
 	rc = mb_lxc_track(&p, lxc, MB_DIR_EGRESS, enforce, now, &ct);
 	if (rc == MB_LXC_NEW) {
 		if (!known_dst) {
@@ -337,7 +350,7 @@ int mb_to_container(struct __sk_buff *skb)
 	if (rc)
 		return enforce ? mb_tc_drop(&p, MB_PROG_TO_CONTAINER, rc, src_id, lxc->identity)
 			       : mb_lxc_pass(&p);
-	now = bpf_ktime_get_ns();
+	now = mb_ct_now();
 	rc = mb_lxc_track(&p, lxc, MB_DIR_INGRESS, enforce, now, &ct);
 	if (rc == MB_LXC_NEW) {
 		if (!src_id)

@@ -161,6 +161,76 @@ fn netns_path(name: &str) -> PathBuf {
     Path::new("/run/netns").join(name)
 }
 
+/// A node with the two backend pods every test here balances over (10.0.0.2 and
+/// 10.0.0.3); their namespaces.
+fn node_with_backends() -> (Node, [PathBuf; 2]) {
+    let mut node = Node::new();
+    let b2 = netns_path(&node.add_pod(2).env.netns);
+    let b3 = netns_path(&node.add_pod(3).env.netns);
+    (node, [b2, b3])
+}
+
+impl Node {
+    /// Gives the node its underlay address (NodePort's and the node's own source).
+    fn set_node_ip(&self, ip: &str) {
+        let settings = self.dp.settings().expect("settings");
+        self.dp
+            .set_settings(&NodeSettings {
+                node_ip4: ip.parse().unwrap(),
+                ..settings
+            })
+            .expect("node address");
+    }
+}
+
+/// How the backends answer.
+#[derive(Clone, Copy)]
+enum Answerer {
+    /// Every datagram with the backend's name ([`udp_answerer`]).
+    Udp,
+    /// Every connection with the backend's name, then close ([`tcp_answerer`]).
+    Tcp,
+}
+
+/// Runs `client` while both backends answer on `port` (each with its name, "b2" and
+/// "b3"), then checks that every answer it collected came from `from` (the frontend, as
+/// the client addressed it) and that both backends answered.
+fn both_backends_answer(
+    kind: Answerer,
+    backends: [PathBuf; 2],
+    port: u16,
+    from: SocketAddr,
+    client: impl FnOnce() -> Vec<(SocketAddr, String)>,
+) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let [b2, b3] = backends;
+    let servers = match kind {
+        Answerer::Udp => [
+            udp_answerer(b2, port, "b2", stop.clone()),
+            udp_answerer(b3, port, "b3", stop.clone()),
+        ],
+        Answerer::Tcp => [
+            tcp_answerer(b2, port, "b2", stop.clone()),
+            tcp_answerer(b3, port, "b3", stop.clone()),
+        ],
+    };
+    let answers = client();
+    stop.store(true, Ordering::Relaxed);
+    for s in servers {
+        s.join().expect("answerer");
+    }
+    for (src, _) in &answers {
+        assert_eq!(*src, from, "an answer came from {src}, not {from}");
+    }
+    let names: BTreeSet<&str> = answers.iter().map(|(_, n)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        BTreeSet::from(["b2", "b3"]),
+        "{} flows reached {names:?}",
+        answers.len()
+    );
+}
+
 /// A UDP server in namespace `ns` on `port` answering every datagram with `name`, until
 /// `stop`; returns once it is bound.
 fn udp_answerer(
@@ -212,10 +282,8 @@ fn ask(ns: PathBuf, dst: SocketAddr, flows: usize) -> Vec<(SocketAddr, String)> 
 
 #[test]
 fn udp_clusterip_without_connect_is_answered_by_both_backends_as_the_frontend() {
-    let mut node = Node::new();
+    let (mut node, backends) = node_with_backends();
     let client_ns = netns_path(&node.add_pod(1).env.netns);
-    let b2_ns = netns_path(&node.add_pod(2).env.netns);
-    let b3_ns = netns_path(&node.add_pod(3).env.netns);
     let vip = sa("10.96.0.10:53");
     node.dp
         .sync_services(&[LbService {
@@ -226,27 +294,9 @@ fn udp_clusterip_without_connect_is_answered_by_both_backends_as_the_frontend() 
             backends: vec![sa("10.0.0.2:5353"), sa("10.0.0.3:5353")],
         }])
         .expect("sync services");
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let servers = [
-        udp_answerer(b2_ns, 5353, "b2", stop.clone()),
-        udp_answerer(b3_ns, 5353, "b3", stop.clone()),
-    ];
-    let answers = ask(client_ns, vip, 24);
-    stop.store(true, Ordering::Relaxed);
-    for s in servers {
-        s.join().expect("answerer");
-    }
-
-    for (from, _) in &answers {
-        assert_eq!(*from, vip, "an answer came from {from}, not the frontend");
-    }
-    let names: BTreeSet<&str> = answers.iter().map(|(_, n)| n.as_str()).collect();
-    assert_eq!(
-        names,
-        BTreeSet::from(["b2", "b3"]),
-        "24 flows reached {names:?}"
-    );
+    both_backends_answer(Answerer::Udp, backends, 5353, vip, || {
+        ask(client_ns, vip, 24)
+    });
 }
 
 /// A TCP server in namespace `ns` on `port` that answers each connection with `name` and
@@ -281,9 +331,7 @@ fn tcp_answerer(
 #[test]
 fn the_nodes_own_tcp_connections_to_a_clusterip_reach_both_backends() {
     use std::io::Read;
-    let mut node = Node::new();
-    let b2_ns = netns_path(&node.add_pod(2).env.netns);
-    let b3_ns = netns_path(&node.add_pod(3).env.netns);
+    let (node, backends) = node_with_backends();
     // The node's address and the service device: the service range routed to a device
     // without ARP (this kernel has no dummy module: one end of a veth pair, ARP off), with
     // the node's address as the source.
@@ -303,13 +351,7 @@ fn the_nodes_own_tcp_connections_to_a_clusterip_reach_both_backends() {
         "src",
         "192.168.50.1",
     ]);
-    let settings = node.dp.settings().expect("settings");
-    node.dp
-        .set_settings(&NodeSettings {
-            node_ip4: "192.168.50.1".parse().unwrap(),
-            ..settings
-        })
-        .expect("node address");
+    node.set_node_ip("192.168.50.1");
     let dev = in_netns(&node.ns.path(), || nix::net::if_::if_nametoindex("mbsvc")).expect("mbsvc");
     let dp = node.dp.clone();
     in_netns(&node.ns.path(), || dp.attach_service_device(dev)).expect("attach service device");
@@ -324,45 +366,27 @@ fn the_nodes_own_tcp_connections_to_a_clusterip_reach_both_backends() {
         }])
         .expect("sync services");
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let servers = [
-        tcp_answerer(b2_ns, 8080, "b2", stop.clone()),
-        tcp_answerer(b3_ns, 8080, "b3", stop.clone()),
-    ];
-    let answers: Vec<(SocketAddr, String)> = in_netns(&node.ns.path(), || {
-        (0..24)
-            .map(|i| {
-                let mut s = std::net::TcpStream::connect_timeout(&vip, Duration::from_secs(3))
-                    .unwrap_or_else(|e| panic!("connection {i} to {vip}: {e}"));
-                s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-                let mut text = String::new();
-                s.read_to_string(&mut text)
-                    .unwrap_or_else(|e| panic!("connection {i}: {e}"));
-                (s.peer_addr().unwrap(), text)
-            })
-            .collect()
+    both_backends_answer(Answerer::Tcp, backends, 8080, vip, || {
+        in_netns(&node.ns.path(), || {
+            (0..24)
+                .map(|i| {
+                    let mut s = std::net::TcpStream::connect_timeout(&vip, Duration::from_secs(3))
+                        .unwrap_or_else(|e| panic!("connection {i} to {vip}: {e}"));
+                    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+                    let mut text = String::new();
+                    s.read_to_string(&mut text)
+                        .unwrap_or_else(|e| panic!("connection {i}: {e}"));
+                    (s.peer_addr().unwrap(), text)
+                })
+                .collect()
+        })
     });
-    stop.store(true, Ordering::Relaxed);
-    for s in servers {
-        s.join().expect("answerer");
-    }
-    for (peer, _) in &answers {
-        assert_eq!(*peer, vip);
-    }
-    let names: BTreeSet<&str> = answers.iter().map(|(_, n)| n.as_str()).collect();
-    assert_eq!(
-        names,
-        BTreeSet::from(["b2", "b3"]),
-        "24 connections reached {names:?}"
-    );
     in_netns(&node.ns.path(), || node.dp.detach_service_device(dev)).expect("detach");
 }
 
 #[test]
 fn nodeport_from_a_client_outside_the_node_is_answered_by_both_backends() {
-    let mut node = Node::new();
-    let b2_ns = netns_path(&node.add_pod(2).env.netns);
-    let b3_ns = netns_path(&node.add_pod(3).env.netns);
+    let (node, backends) = node_with_backends();
     let client = Netns::add(&format!("{}-client", unique_name()));
     membrane_test_support::sandbox::veth(
         &node.ns,
@@ -372,13 +396,7 @@ fn nodeport_from_a_client_outside_the_node_is_answered_by_both_backends() {
         "eth0",
         "192.168.50.2/24",
     );
-    let settings = node.dp.settings().expect("settings");
-    node.dp
-        .set_settings(&NodeSettings {
-            node_ip4: "192.168.50.1".parse().unwrap(),
-            ..settings
-        })
-        .expect("node address");
+    node.set_node_ip("192.168.50.1");
     let dp = node.dp.clone();
     in_netns(&node.ns.path(), || dp.attach_underlay("under0")).expect("attach underlay");
     node.dp
@@ -391,26 +409,10 @@ fn nodeport_from_a_client_outside_the_node_is_answered_by_both_backends() {
         }])
         .expect("sync services");
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let servers = [
-        udp_answerer(b2_ns, 5353, "b2", stop.clone()),
-        udp_answerer(b3_ns, 5353, "b3", stop.clone()),
-    ];
     let np = sa("192.168.50.1:30053");
-    let answers = ask(client.path(), np, 24);
-    stop.store(true, Ordering::Relaxed);
-    for s in servers {
-        s.join().expect("answerer");
-    }
-    for (from, _) in &answers {
-        assert_eq!(*from, np, "an answer came from {from}, not the NodePort");
-    }
-    let names: BTreeSet<&str> = answers.iter().map(|(_, n)| n.as_str()).collect();
-    assert_eq!(
-        names,
-        BTreeSet::from(["b2", "b3"]),
-        "24 flows reached {names:?}"
-    );
+    both_backends_answer(Answerer::Udp, backends, 5353, np, || {
+        ask(client.path(), np, 24)
+    });
     let dp = node.dp.clone();
     in_netns(&node.ns.path(), || dp.detach_underlay()).expect("detach underlay");
 }

@@ -19,6 +19,7 @@
 //! failed connection is counted and reported (the target is zero).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use membrane_datapath::policy_map::{Direction, MapVerdict, PolicyRule};
@@ -28,24 +29,50 @@ use membrane_test_support::sandbox::{unique_name, Netns};
 use crate::mbnode::MbNode;
 use crate::pktcost;
 
-use crate::report::{median, num, ratio, reps, Report};
-use crate::{argv, iptables, topo, worker_json, worker_server, Common};
+use crate::clusterip_report::{Cell, Row};
+use crate::progstats;
+use crate::report::Report;
+use crate::{argv, clusterip_report, iptables, topo, worker_json, worker_server};
 
-/// The ClusterIP benchmark's options.
+/// The ClusterIP benchmark's options. Its own repetition defaults: more, shorter
+/// repetitions than the other benchmarks', as a connection storm's rate scatters more.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    #[command(flatten)]
-    common: Common,
+    /// The Markdown page to write.
+    #[arg(long)]
+    out: PathBuf,
+    /// Repetitions of every cell (the median is reported, and the spread).
+    #[arg(long, default_value_t = 9)]
+    reps: usize,
+    /// Seconds per load run.
+    #[arg(long, default_value_t = 1.0)]
+    secs: f64,
     /// Service counts.
     #[arg(long, value_delimiter = ',', default_value = "1,1000,10000")]
     services: Vec<usize>,
     /// Client threads (each one connection at a time).
     #[arg(long, default_value_t = 4)]
     threads: usize,
+    /// Pin the client to CPU 0 and the server to CPU 1 (with two CPUs or more), so the
+    /// scheduler moving them about does not scatter the repetitions.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pin: bool,
     /// Connections whose packets are test-run through the membrane variants' programs
     /// per repetition (0: none), for the per-packet table.
     #[arg(long, default_value_t = 200)]
     packet_conns: u16,
+}
+
+impl Args {
+    /// The CPUs the client and the server are pinned to, if they are.
+    fn cores(&self) -> (Option<usize>, Option<usize>) {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if self.pin && cpus >= 2 {
+            (Some(0), Some(1))
+        } else {
+            (None, None)
+        }
+    }
 }
 
 const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 2, 0, 2);
@@ -68,7 +95,7 @@ pub struct Bed {
     pub node: Netns,
 }
 
-pub fn bed(tag: &str) -> Result<Bed> {
+pub fn bed(tag: &str, server_core: Option<usize>) -> Result<Bed> {
     let base = unique_name();
     let node = topo::node(&format!("{base}-{tag}"));
     let client = topo::routed_pod(&node, &format!("{base}-{tag}-c"), "lxcc", CLIENT_IP);
@@ -76,6 +103,7 @@ pub fn bed(tag: &str) -> Result<Bed> {
     let [b0, b1] = backends();
     let server = worker_server(
         &backend.ns,
+        server_core,
         &argv(&[
             "tcp-serve",
             "--listen",
@@ -92,33 +120,62 @@ pub fn bed(tag: &str) -> Result<Bed> {
     })
 }
 
-/// One measurement: (connections/s, failed connections, first error).
+/// One measurement.
 pub struct Rate {
+    /// Connections that worked.
+    pub ok: u64,
     pub per_sec: f64,
+    /// CPU time of the client and the server per connection that worked, µs.
+    pub cpu_us: f64,
     pub failed: u64,
     pub first_error: String,
 }
 
 pub fn rate(bed: &Bed, to: SocketAddrV4, a: &Args) -> Result<Rate> {
+    let server_before = cpu_ns(bed._server.id())?;
     let v = worker_json(
         &bed.client.ns,
-        None,
+        a.cores().0,
         &argv(&[
             "conn-rate",
             "--to",
             &to.to_string(),
             "--secs",
-            &a.common.secs.to_string(),
+            &a.secs.to_string(),
             "--threads",
             &a.threads.to_string(),
         ]),
     )?;
+    let server_ns = cpu_ns(bed._server.id())?.saturating_sub(server_before);
     let ok = v["ok"].as_u64().context("conn-rate ok")?;
+    let client_secs = v["cpu_secs"].as_f64().context("conn-rate cpu_secs")?;
     Ok(Rate {
+        ok,
         per_sec: ok as f64 / v["secs"].as_f64().context("conn-rate secs")?,
+        cpu_us: (client_secs * 1e6 + server_ns as f64 / 1e3) / ok.max(1) as f64,
         failed: v["failed"].as_u64().context("conn-rate failed")?,
         first_error: v["first_error"].as_str().unwrap_or_default().to_owned(),
     })
+}
+
+/// The CPU time of process `pid`'s threads so far, ns (the scheduler's own account,
+/// /proc/PID/task/*/schedstat; it includes the softirq work done in their context).
+fn cpu_ns(pid: u32) -> Result<u64> {
+    let dir = format!("/proc/{pid}/task");
+    let mut sum = 0;
+    for t in std::fs::read_dir(&dir).with_context(|| format!("read {dir}"))? {
+        let path = t?.path().join("schedstat");
+        // A thread may end between the listing and the read.
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        sum += text
+            .split_whitespace()
+            .next()
+            .and_then(|f| f.parse::<u64>().ok())
+            .with_context(|| format!("{}: {text:?}", path.display()))?;
+    }
+    Ok(sum)
 }
 
 /// A way to reach the service: its node, how it takes N services, where it connects.
@@ -130,6 +187,10 @@ trait Variant {
     /// The per-packet costs of `conns` connections from client ports `port..` through
     /// its tc programs ([`pktcost`]), when it has any.
     fn packet_costs(&self, _n: usize, _port: u16, _conns: u16) -> Result<Option<Vec<f64>>> {
+        Ok(None)
+    }
+    /// The kernel's counters of its tc programs ([`progstats::PROGS`]), when it has any.
+    fn prog_counts(&self) -> Result<Option<Vec<progstats::Counts>>> {
         Ok(None)
     }
 }
@@ -192,8 +253,8 @@ struct MbLb {
 }
 
 impl MbLb {
-    fn new() -> Result<MbLb> {
-        let bed = bed("mb")?;
+    fn new(server_core: Option<usize>) -> Result<MbLb> {
+        let bed = bed("mb", server_core)?;
         let mut mb = MbNode::load(
             &bed.node,
             &NodeSettings {
@@ -295,62 +356,48 @@ impl Variant for Mb {
         )
         .map(Some)
     }
-}
-
-/// Per variant, per repetition, ns per step of [`pktcost::rows`] (empty: the variant has no
-/// tc programs).
-type PacketCosts = Vec<Vec<Vec<f64>>>;
-
-/// Per-rep rates and failures of one variant at one service count.
-#[derive(Default)]
-struct Cell {
-    rates: Vec<f64>,
-    failed: u64,
-    first_error: String,
-}
-
-impl Cell {
-    fn add(&mut self, r: Rate) {
-        self.rates.push(r.per_sec);
-        self.failed += r.failed;
-        if self.first_error.is_empty() {
-            self.first_error = r.first_error;
-        }
+    fn prog_counts(&self) -> Result<Option<Vec<progstats::Counts>>> {
+        let eps = &self.lb.mb.eps;
+        progstats::read([&eps[0], &eps[1]]).map(Some)
     }
 }
 
 /// Runs the benchmark and writes its page.
 pub fn run(a: &Args) -> Result<()> {
     let mut r = Report::new("ClusterIP connection rate: tc load balancer vs direct vs iptables");
+    let server_core = a.cores().1;
     // The two membrane variants get a node each, as every variant does: neither pays for
-    // the other's conntrack and LB state.
+    // the other's conntrack and LB state. The order is the page's: direct first, the
+    // tc backend address third (the report divides by both).
     let mut variants: Vec<Box<dyn Variant>> = vec![
-        Box::new(Direct(bed("dir")?)),
+        Box::new(Direct(bed("dir", server_core)?)),
         Box::new(Mb {
-            lb: MbLb::new()?,
+            lb: MbLb::new(server_core)?,
             via_service: true,
         }),
         Box::new(Mb {
-            lb: MbLb::new()?,
+            lb: MbLb::new(server_core)?,
             via_service: false,
         }),
     ];
     let mut versions = Vec::new();
     for b in iptables::Backend::ALL {
         versions.push(b.version()?);
-        variants.push(Box::new(Ipt(b, bed(b.tag())?)));
+        variants.push(Box::new(Ipt(b, bed(b.tag(), server_core)?)));
     }
-    // rows[service count] = cells per variant
-    let mut rows: Vec<(usize, Vec<Cell>)> = Vec::new();
-    let mut packets: Vec<(usize, PacketCosts)> = Vec::new();
+    let mut rows = Vec::new();
     let mut next_port = 0usize;
     for &n in &a.services {
         for v in variants.iter_mut() {
             v.set_services(n)?;
         }
-        let mut cells: Vec<Cell> = variants.iter().map(|_| Cell::default()).collect();
-        let mut pkt: PacketCosts = variants.iter().map(|_| Vec::new()).collect();
-        for rep in 0..a.common.reps {
+        let mut row = Row {
+            n,
+            cells: variants.iter().map(|_| Cell::default()).collect(),
+            packets: variants.iter().map(|_| Vec::new()).collect(),
+            progs: variants.iter().map(|_| None).collect(),
+        };
+        for rep in 0..a.reps {
             // The order turns round every repetition, so a drift in the machine's load
             // does not always favour the same variant.
             let mut order: Vec<usize> = (0..variants.len()).collect();
@@ -359,121 +406,51 @@ pub fn run(a: &Args) -> Result<()> {
             }
             for i in order {
                 let v = &variants[i];
-                cells[i].add(rate(v.bed(), v.target(n), a)?);
+                row.cells[i].add(rate(v.bed(), v.target(n), a)?);
                 if a.packet_conns > 0 {
                     // Client ports below the ephemeral range, a fresh run each time.
                     let port = 1024 + (next_port * a.packet_conns as usize % 30000) as u16;
                     next_port += 1;
                     if let Some(ns) = v.packet_costs(n, port, a.packet_conns)? {
-                        pkt[i].push(ns);
+                        row.packets[i].push(ns);
                     }
                 }
             }
         }
-        for (i, c) in cells.iter().enumerate() {
+        // One more run per membrane variant with the kernel's statistics on: what each
+        // program costs per run and how often a connection runs it.
+        for (i, v) in variants.iter().enumerate() {
+            let Some(before) = v.prog_counts()? else {
+                continue;
+            };
+            let window = progstats::on()?;
+            let before_again = v.prog_counts()?.unwrap_or(before);
+            let rt = rate(v.bed(), v.target(n), a)?;
+            let after = v.prog_counts()?.context("program counters went away")?;
+            drop(window);
+            row.progs[i] = Some(progstats::per_connection(&before_again, &after, rt.ok));
+        }
+        for (i, c) in row.cells.iter().enumerate() {
             eprintln!(
                 "clusterip: {n} services: {}: {:?}",
                 variants[i].name(),
                 c.rates
             );
         }
-        rows.push((n, cells));
-        packets.push((n, pkt));
+        rows.push(row);
     }
+    let names: Vec<String> = variants.iter().map(|v| v.name()).collect();
     r.line(format!(
-        "{} repetitions per cell, {} s each, {} client threads, median reported; {}.",
-        a.common.reps,
-        a.common.secs,
+        "{} repetitions per cell, {} s each, {} client threads{}, median reported; {}.",
+        a.reps,
+        a.secs,
         a.threads,
+        match a.cores() {
+            (Some(c), Some(s)) => format!(" (client pinned to CPU {c}, server to CPU {s})"),
+            _ => String::new(),
+        },
         versions.join(", ")
     ));
-    r.line("The ClusterIP connected to is the last service of the set; 'vs direct' divides by the");
-    r.line("direct cell of the same service count (measured in the same repetitions).");
-    r.line("");
-    let mut table = Vec::new();
-    for (n, cells) in &rows {
-        let dm = median(&cells[0].rates);
-        for (i, c) in cells.iter().enumerate() {
-            let m = median(&c.rates);
-            table.push(vec![
-                num(*n as f64, 0),
-                variants[i].name(),
-                num(m, 0),
-                ratio(m, dm),
-                c.failed.to_string(),
-                reps(&c.rates, 0),
-            ]);
-        }
-    }
-    r.table(
-        &[
-            "services",
-            "variant",
-            "connections/s",
-            "vs direct",
-            "failed",
-            "per-rep connections/s",
-        ],
-        &table,
-    );
-    packet_table(&mut r, &variants, &packets, a.packet_conns);
-    for (n, cells) in &rows {
-        for (i, c) in cells.iter().enumerate() {
-            if c.failed > 0 {
-                r.line(format!(
-                    "- {n} services, {}: {} failed; the first: {}",
-                    variants[i].name(),
-                    c.failed,
-                    c.first_error
-                ));
-            }
-        }
-    }
-    r.finish(&a.common.out)
-}
-
-/// The per-packet table: for every service count and packet of a connection, the median
-/// over the repetitions of each membrane variant's mean ns per program run.
-fn packet_table(
-    r: &mut Report,
-    variants: &[Box<dyn Variant>],
-    packets: &[(usize, PacketCosts)],
-    conns: u16,
-) {
-    let with: Vec<usize> = (0..variants.len())
-        .filter(|&i| packets.iter().any(|(_, p)| !p[i].is_empty()))
-        .collect();
-    if with.is_empty() {
-        return;
-    }
-    r.line("");
-    r.line(format!(
-        "Per packet (BPF_PROG_TEST_RUN, ns per program run, mean over {conns} connections \
-         per repetition, median over the repetitions; each program's output is the next \
-         one's input, so the backend sees the translated packet; `repeat` 1, so every \
-         figure includes the test timer's own overhead):"
-    ));
-    r.line("");
-    let mut head = vec!["services".to_owned(), "packet".to_owned()];
-    head.extend(with.iter().map(|&i| format!("{} (ns)", variants[i].name())));
-    let mut table = Vec::new();
-    for (n, pkt) in packets {
-        let steps: Vec<&str> = pktcost::rows().collect();
-        let mut total = vec![0f64; with.len()];
-        for (s, step) in steps.iter().enumerate() {
-            let mut row = vec![num(*n as f64, 0), (*step).to_owned()];
-            for (j, &i) in with.iter().enumerate() {
-                let xs: Vec<f64> = pkt[i].iter().map(|v| v[s]).collect();
-                let m = median(&xs);
-                total[j] += m;
-                row.push(num(m, 0));
-            }
-            table.push(row);
-        }
-        let mut row = vec![num(*n as f64, 0), "sum of one of each".to_owned()];
-        row.extend(total.iter().map(|t| num(*t, 0)));
-        table.push(row);
-    }
-    let head: Vec<&str> = head.iter().map(String::as_str).collect();
-    r.table(&head, &table);
+    clusterip_report::write(&mut r, &names, &rows, a.packet_conns);
+    r.finish(&a.out)
 }

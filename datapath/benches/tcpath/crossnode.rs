@@ -81,6 +81,7 @@ pub fn native_routes(node1: &Netns, node2: &Netns) {
 pub fn with_servers(node1: Netns, node2: Netns, pod1: topo::Pod, pod2: topo::Pod) -> Result<Bed> {
     let echo = worker_server(
         &pod2.ns,
+        None,
         &argv(&[
             "tcp-serve",
             "--echo",

@@ -452,7 +452,7 @@ struct mb_ct_key {
 #define MB_CT_LIFETIME_NONTCP 60
 
 struct mb_ct_value {
-	__u64 expires_ns; /* CLOCK_MONOTONIC (bpf_ktime_get_ns); later lookups treat the entry as gone */
+	__u64 expires_ns; /* CLOCK_MONOTONIC (bpf_ktime_get_coarse_ns); later lookups treat the entry as gone */
 	__u64 packets;    /* both directions */
 	__u64 bytes;
 	__u32 identity;   /* the remote's identity when the flow was decided */

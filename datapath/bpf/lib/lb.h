@@ -150,8 +150,9 @@ struct {
  *           frontend's reverse NAT id, the source translation if any
  *   writer: from-container, from-netdev and to-service on a flow's first
  *           packet.
- *   readers: the same, on every later packet. Entries of ended flows age
- *           out (LRU); a flow idle long enough to be evicted picks again.
+ *   readers: the same, on every later packet, once mb_lb_svc says its
+ *           frontend still exists. Entries of ended flows age out (LRU); a
+ *           flow idle long enough to be evicted picks again.
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -357,24 +358,27 @@ MB_LB_SUBPROG int mb_lb_select(const struct mb_lb_svc_value *svc, const struct m
 #define MB_LB_FLOW_NEW 2   /* a new flow to a frontend: a backend chosen */
 
 /*
- * The flow's remembered backend, or a new one chosen for it if it goes to
- * the frontend (key_ip, the tuple's port and protocol, scope). A new flow
- * is not remembered yet: the caller commits it with its reverse entry.
+ * The backend of a flow to the frontend (key_ip, the tuple's port and
+ * protocol, scope): the one the flow remembers, or a new one chosen for
+ * it. The frontend is looked up first, as Cilium does: mb_lb_svc is small
+ * and its hot entries stay in cache, while mb_lb_flows is an LRU as large
+ * as conntrack, so a packet to no frontend (most of them: pods whose
+ * connects the socket LB translated already) costs one cheap miss instead
+ * of a cold walk of that table. A frontend deleted takes its flows with
+ * it (their packets pass untranslated); one whose backends change keeps
+ * them. A new flow is not remembered yet: the caller commits it with its
+ * reverse entry.
  */
 MB_LB_SUBPROG int mb_lb_flow_get(const struct mb_lb_tuple *t, __u32 key_ip, __u32 scope,
 				 struct mb_lb_flow *out)
 {
-	struct mb_lb_flow *f = bpf_map_lookup_elem(&mb_lb_flows, t);
 	struct mb_lb_svc_value *svc;
 	struct mb_lb_svc_key key = {};
 	struct mb_lb_backend *be;
+	struct mb_lb_flow *f;
 	__u32 id = 0;
 	int ret;
 
-	if (f) {
-		*out = *f;
-		return MB_LB_FLOW_KNOWN;
-	}
 	key.ip[0] = key_ip;
 	key.port = t->dport;
 	key.proto = t->proto;
@@ -383,6 +387,11 @@ MB_LB_SUBPROG int mb_lb_flow_get(const struct mb_lb_tuple *t, __u32 key_ip, __u3
 	svc = bpf_map_lookup_elem(&mb_lb_svc, &key);
 	if (!svc)
 		return MB_LB_FLOW_NONE;
+	f = bpf_map_lookup_elem(&mb_lb_flows, t);
+	if (f) {
+		*out = *f;
+		return MB_LB_FLOW_KNOWN;
+	}
 	ret = mb_lb_select(svc, t, &id);
 	if (ret < 0)
 		return ret;
