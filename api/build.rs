@@ -82,6 +82,7 @@ fn main() -> Result<()> {
         "proto/cilium/api/npds.proto",
         "proto/cilium/api/nphds.proto",
         "proto/membrane/agent/v1/agent.proto",
+        "proto/membrane/mesh/v1/mesh.proto",
     ]
     .iter()
     .map(PathBuf::from)

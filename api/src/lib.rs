@@ -6,7 +6,8 @@
 //! ([`proto`]), their type URLs ([`type_url`]), both directions of the conversion between
 //! the policy engine's resolved policy and NPDS ([`npds::encode`], [`npds::decode`]), the
 //! node agent's resources and the policy map entries they carry, from the same resolution
-//! ([`agent`], [`agent::policy`]), and the constants the control plane's sidecar injection and the sidecar must agree on
+//! ([`agent`], [`agent::policy`]), the sidecar's effective PeerAuthentication mode
+//! ([`mesh`]), the one SPIFFE id parser both ends check certificates with ([`spiffe`]), and the constants the control plane's sidecar injection and the sidecar must agree on
 //! ([`sidecar`]).
 //!
 //! It depends on `membrane-policy` (whose values it converts), prost and tonic (and
@@ -15,8 +16,10 @@
 //! each other. No I/O here.
 
 pub mod agent;
+pub mod mesh;
 pub mod npds;
 pub mod sidecar;
+pub mod spiffe;
 pub mod type_url;
 
 /// Generated Cilium NPDS/NPHDS types and services (package `cilium`).

@@ -12,3 +12,7 @@ pub const AGENT_ENDPOINT: &str = "type.googleapis.com/membrane.agent.v1.Endpoint
 pub const AGENT_SERVICE: &str = "type.googleapis.com/membrane.agent.v1.Service";
 /// membrane's node registry `Node`, one per node, named by the node's name.
 pub const AGENT_NODE: &str = "type.googleapis.com/membrane.agent.v1.Node";
+
+/// membrane's sidecar `MeshTls` (the effective PeerAuthentication mTLS mode), one per
+/// sidecar, named `NAMESPACE/POD`.
+pub const MESH_TLS: &str = "type.googleapis.com/membrane.mesh.v1.MeshTls";

@@ -347,6 +347,7 @@ pub async fn start_on(
                 },
                 policy.clone(),
                 metrics.clone(),
+                mesh.clone(),
                 Box::new(move || {
                     policy_ready_tx.send_replace(true);
                     // A draining proxy stays unready.

@@ -24,6 +24,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
 
+mod modes;
 mod verify;
 
 pub use verify::{spiffe_id, Peer};
@@ -158,12 +159,14 @@ pub struct MeshTls {
     client_h1: Arc<rustls::ClientConfig>,
     client_h2: Arc<rustls::ClientConfig>,
     client_tcp: Arc<rustls::ClientConfig>,
+    /// The inbound mode per port: the setting, then the control plane's PeerAuthentication.
+    modes: modes::Modes,
 }
 
 impl std::fmt::Debug for MeshTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MeshTls")
-            .field("mode", &self.args.mesh_tls_mode)
+            .field("mode", &self.modes.workload())
             .field("loaded", &self.current.load().is_some())
             .finish()
     }
@@ -279,6 +282,7 @@ impl MeshTls {
             server: Arc::new(server),
             current: ArcSwapOption::empty(),
             seen: Mutex::new(None),
+            modes: modes::Modes::new(args.mesh_tls_mode),
             args,
         });
         verify.attach(&mesh);
@@ -294,9 +298,30 @@ impl MeshTls {
         Ok(mesh)
     }
 
-    /// The inbound mode.
+    /// The inbound mode of the workload (no port-level override): the control plane's
+    /// PeerAuthentication result once it sent one, else `--mesh-tls-mode`.
     pub fn mode(&self) -> MeshMode {
-        self.args.mesh_tls_mode
+        self.modes.workload()
+    }
+
+    /// The inbound mode for a connection to the workload's `port` (the original
+    /// destination port): PeerAuthentication's port-level mode, else the workload's.
+    pub fn mode_for(&self, port: u16) -> MeshMode {
+        self.modes.for_port(port)
+    }
+
+    /// Puts the control plane's PeerAuthentication result in force for connections
+    /// accepted from now on (established ones keep theirs). Logged when it changes.
+    pub fn set_peer_authentication(&self, e: membrane_api::mesh::Effective) {
+        let shown = format!("{e:?}");
+        if self.modes.set(e) {
+            tracing::info!(modes = %shown, "mesh mTLS modes from PeerAuthentication in force");
+        }
+    }
+
+    /// The control plane's PeerAuthentication result in force (default: none yet).
+    pub fn peer_authentication(&self) -> Arc<membrane_api::mesh::Effective> {
+        self.modes.current()
     }
 
     /// Re-reads the files; true if new material went in force. On error the material in
@@ -542,6 +567,20 @@ mod tests {
             .collect::<Result<_, _>>()
             .unwrap();
         assert!(Peer::from_chain(&chain, None).is_none());
+        // Nor one whose SPIFFE id breaks the specification (the shared parser's rules).
+        root.issue(
+            &membrane_test_support::pki::Leaf::new("u")
+                .san("URI:spiffe://Cluster.Local/ns/default/sa/u"),
+            &plain.join("u.pem"),
+            &plain.join("uk.pem"),
+        );
+        let pem = std::fs::read(plain.join("u.pem")).unwrap();
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(Peer::from_chain(&chain, None).is_none());
+        let err = spiffe_id(&chain[0]).unwrap_err();
+        assert!(err.contains("may hold only lowercase"), "{err}");
     }
 
     #[test]

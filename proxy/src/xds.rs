@@ -13,9 +13,11 @@
 //! them changes (a rotated Secret), the stream ends and reconnects with the new pair, so a
 //! certificate is replaced before it expires without a restart.
 //! Connecting, the TLS files and the backoff are `membrane_xds_client`'s, shared with the
-//! node agent's client.
+//! node agent's client. With inbound capture, a third stream (ADS, `mesh.rs`) carries the
+//! workload's PeerAuthentication modes (`membrane.mesh.v1.MeshTls`).
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,6 +31,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::metrics::Metrics;
 use crate::policy::PolicyHandle;
 
+mod mesh;
 mod resync;
 
 use resync::{Accepted, Session, Target};
@@ -131,17 +134,62 @@ impl Kind {
     }
 }
 
+/// Runs a callback once, when both the policy and the PeerAuthentication modes are in
+/// force (each part may report more than once).
+struct Latch {
+    policy: AtomicBool,
+    mesh: AtomicBool,
+    fired: AtomicBool,
+    then: Box<dyn Fn() + Send + Sync>,
+}
+
+impl Latch {
+    fn hit(&self, part: &AtomicBool) {
+        part.store(true, Ordering::SeqCst);
+        if self.policy.load(Ordering::SeqCst)
+            && self.mesh.load(Ordering::SeqCst)
+            && !self.fired.swap(true, Ordering::SeqCst)
+        {
+            (self.then)();
+        }
+    }
+}
+
 /// Starts the subscription on the current runtime; it runs until `shutdown` turns true.
-/// `on_ready` runs after the first NPDS and NPHDS updates are in force.
+/// `on_ready` runs after the first NPDS and NPHDS updates are in force and, with `mesh`
+/// (inbound capture serves the mesh), the first PeerAuthentication result too: a sidecar
+/// is not ready while it might still serve plaintext that its PeerAuthentication refuses.
 pub fn spawn(
     cfg: XdsConfig,
     policy: PolicyHandle,
     metrics: Arc<Metrics>,
+    mesh: Option<Arc<crate::mesh_tls::MeshTls>>,
     on_ready: Box<dyn Fn() + Send + Sync>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>, XdsError> {
     let pod_ip = pod_ip(&cfg.node_id)?;
     membrane_xds_client::check(&cfg.address, cfg.tls.as_ref())?;
+    let latch = Arc::new(Latch {
+        policy: AtomicBool::new(false),
+        // Without inbound capture there are no modes to wait for.
+        mesh: AtomicBool::new(mesh.is_none()),
+        fired: AtomicBool::new(false),
+        then: on_ready,
+    });
+    let mut tasks = Vec::new();
+    if let Some(mesh) = mesh {
+        let latch = latch.clone();
+        let first: Box<dyn Fn() + Send + Sync> = Box::new(move || latch.hit(&latch.mesh));
+        let mut stop = shutdown.clone();
+        let cfg = cfg.clone();
+        tasks.push(tokio::spawn(async move {
+            tokio::select! {
+                _ = mesh::subscribe(cfg, mesh, first) => {}
+                _ = stop.wait_for(|v| *v) => {}
+            }
+        }));
+    }
+    let on_ready: Box<dyn Fn() + Send + Sync> = Box::new(move || latch.hit(&latch.policy));
     let target = Target {
         pod_ip,
         address: cfg.address.clone(),
@@ -155,12 +203,13 @@ pub fn spawn(
         on_ready,
     };
     let mut stop = shutdown;
-    Ok(vec![tokio::spawn(async move {
+    tasks.push(tokio::spawn(async move {
         tokio::select! {
             _ = subscribe(shared) => {}
             _ = stop.wait_for(|v| *v) => {}
         }
-    })])
+    }));
+    Ok(tasks)
 }
 
 async fn subscribe(s: Shared) {
@@ -293,6 +342,32 @@ mod tests {
         );
     }
 
+    #[test]
+    fn ready_waits_for_the_policy_and_the_modes_and_fires_once() {
+        use std::sync::atomic::AtomicUsize;
+        let fired = Arc::new(AtomicUsize::new(0));
+        let f = fired.clone();
+        let latch = Latch {
+            policy: AtomicBool::new(false),
+            mesh: AtomicBool::new(false),
+            fired: AtomicBool::new(false),
+            then: Box::new(move || {
+                f.fetch_add(1, Ordering::SeqCst);
+            }),
+        };
+        latch.hit(&latch.policy);
+        latch.hit(&latch.policy);
+        assert_eq!(
+            fired.load(Ordering::SeqCst),
+            0,
+            "the modes are not in force yet"
+        );
+        latch.hit(&latch.mesh);
+        latch.hit(&latch.mesh);
+        latch.hit(&latch.policy);
+        assert_eq!(fired.load(Ordering::SeqCst), 1);
+    }
+
     #[tokio::test]
     async fn an_address_and_tls_settings_that_do_not_fit_are_refused_at_start() {
         let cfg = |address: &str, tls: bool| XdsConfig {
@@ -316,6 +391,7 @@ mod tests {
                 cfg(address, tls),
                 PolicyHandle::new(crate::policy::deny_all("test")),
                 Arc::new(Metrics::new()),
+                None,
                 Box::new(|| {}),
                 rx,
             )

@@ -248,6 +248,7 @@ pub async fn start(cfg: &Config) -> Result<Running, AppError> {
     let mut controller = Controller::new(sources, cache.clone(), recorder.clone(), status.clone())
         .with_unenforced_l7(cfg.unenforced_l7)
         .with_allow_localhost(cfg.allow_localhost)
+        .with_root_namespace(&cfg.root_namespace)
         .with_workloads(workloads.clone());
     if let Some(ids) = identities {
         controller = controller.with_cluster_identities(ids);

@@ -151,21 +151,22 @@ pub struct SpiffeId {
 }
 
 impl SpiffeId {
-    /// Parses Istio's Kubernetes form of a SPIFFE id.
+    /// Parses Istio's Kubernetes form of a SPIFFE id: a SPIFFE id by the specification
+    /// (`membrane_api::spiffe`, the parser the sidecar uses too) whose path is
+    /// `/ns/NAMESPACE/sa/SERVICE_ACCOUNT`.
     pub fn parse(uri: &str) -> Result<Self, AuthError> {
-        let bad = || AuthError::NoSpiffeId(format!("URI SAN {uri:?} is not a workload SPIFFE id"));
-        let rest = uri.strip_prefix("spiffe://").ok_or_else(bad)?;
-        let parts: Vec<&str> = rest.split('/').collect();
-        match parts.as_slice() {
-            [td, "ns", ns, "sa", sa] if [td, ns, sa].iter().all(|p| !p.is_empty()) => {
-                Ok(SpiffeId {
-                    trust_domain: td.to_string(),
-                    namespace: ns.to_string(),
-                    service_account: sa.to_string(),
-                })
-            }
-            _ => Err(bad()),
-        }
+        let id = membrane_api::spiffe::SpiffeId::parse(uri)
+            .map_err(|e| AuthError::NoSpiffeId(format!("URI SAN {e}")))?;
+        let (ns, sa) = id.workload().ok_or_else(|| {
+            AuthError::NoSpiffeId(format!(
+                "URI SAN {uri:?} is not a workload SPIFFE id (spiffe://TD/ns/NAMESPACE/sa/ACCOUNT)"
+            ))
+        })?;
+        Ok(SpiffeId {
+            trust_domain: id.trust_domain().to_string(),
+            namespace: ns.to_string(),
+            service_account: sa.to_string(),
+        })
     }
 
     /// The URI form.
@@ -400,6 +401,11 @@ mod tests {
             "spiffe://cluster.local/ns//sa/x",
             "spiffe://cluster.local/sa/x/ns/default",
             "spiffe://cluster.local/ns/default/sa/x/extra",
+            // The specification's rules, from the shared parser.
+            "spiffe://Cluster.Local/ns/default/sa/x",
+            "spiffe://cluster.local:443/ns/default/sa/x",
+            "spiffe://cluster.local/ns/default/sa/x?y",
+            "spiffe://cluster.local/ns/../sa/x",
         ] {
             assert!(SpiffeId::parse(bad).is_err(), "{bad}");
         }

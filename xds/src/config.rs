@@ -184,6 +184,10 @@ pub struct Config {
     /// the agents' policy entries.
     #[arg(long, env = "MEMBRANE_ALLOW_LOCALHOST", default_value = "auto")]
     pub allow_localhost: membrane_policy::AllowLocalhost,
+    /// Istio's root namespace (mesh config `rootNamespace`): a PeerAuthentication there
+    /// without a selector is mesh-wide.
+    #[arg(long, env = "MEMBRANE_ROOT_NAMESPACE", default_value = crate::peerauth::DEFAULT_ROOT_NAMESPACE)]
+    pub root_namespace: String,
     /// Log filter (tracing `EnvFilter` syntax).
     #[arg(long, env = "MEMBRANE_LOG", default_value = "info")]
     pub log: String,

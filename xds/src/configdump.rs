@@ -68,7 +68,7 @@ fn timestamp(t: SystemTime) -> String {
 
 /// Envoy's `ConfigDump` for `snap`: one entry per xDS type the snapshot
 /// holds, in Envoy's order (clusters, listeners, routes, endpoints), then
-/// Cilium's NPDS dump. `version_of(type_url)` is the version to report for a
+/// Cilium's NPDS dump, then the sidecar's `membrane.mesh.v1.MeshTls`. `version_of(type_url)` is the version to report for a
 /// type: what was last sent to the proxy, or the snapshot's own.
 pub fn config_dump(snap: &Snapshot, version_of: impl Fn(&str) -> String) -> Value {
     let updated = timestamp(snap.created);
@@ -144,6 +144,11 @@ pub fn config_dump(snap: &Snapshot, version_of: impl Fn(&str) -> String) -> Valu
             "@type": "type.googleapis.com/cilium.NetworkPoliciesConfigDump",
             "networkpolicies": policies.into_iter().map(strip).collect::<Vec<_>>(),
         }));
+    }
+    // The sidecar's PeerAuthentication mode, as the message itself (membrane's own type;
+    // a client without its descriptor skips it as any unknown `Any`).
+    for r in items(resource::MESH_TLS) {
+        configs.push(resource_json(r));
     }
     json!({ "configs": configs })
 }

@@ -61,6 +61,8 @@ pub struct Controller {
     unenforced_l7: membrane_policy::UnenforcedL7Mode,
     /// Likewise.
     allow_localhost: membrane_policy::AllowLocalhost,
+    /// Likewise.
+    root_namespace: String,
     /// The pods mTLS clients are checked against, replaced every pass.
     workloads: Option<Arc<Workloads>>,
 }
@@ -86,6 +88,7 @@ impl Controller {
             retry: false,
             unenforced_l7: Default::default(),
             allow_localhost: Default::default(),
+            root_namespace: crate::peerauth::DEFAULT_ROOT_NAMESPACE.into(),
             workloads: None,
         }
     }
@@ -103,6 +106,7 @@ impl Controller {
         self.translator = Translator::with_allocator(ClusterAllocator::seeded());
         self.translator.set_unenforced_l7(self.unenforced_l7);
         self.translator.set_allow_localhost(self.allow_localhost);
+        self.translator.set_root_namespace(&self.root_namespace);
         self.identities = Some(ids);
         self
     }
@@ -119,6 +123,14 @@ impl Controller {
     pub fn with_allow_localhost(mut self, setting: membrane_policy::AllowLocalhost) -> Self {
         self.allow_localhost = setting;
         self.translator.set_allow_localhost(setting);
+        self
+    }
+
+    /// Sets Istio's root namespace (`--root-namespace`): where a PeerAuthentication
+    /// without a selector is mesh-wide.
+    pub fn with_root_namespace(mut self, ns: &str) -> Self {
+        self.root_namespace = ns.to_string();
+        self.translator.set_root_namespace(ns);
         self
     }
 

@@ -60,6 +60,7 @@ pub const KINDS: &[(&str, bool)] = &[
     ("EndpointSlice", true),
     ("Namespace", false),
     ("Node", false),
+    ("PeerAuthentication", true),
 ];
 
 /// Largest identity number handed out (Cilium's cluster-scope range).

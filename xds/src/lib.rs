@@ -23,6 +23,7 @@ pub mod inject;
 pub mod kvstore;
 pub mod listener;
 pub mod node;
+pub mod peerauth;
 pub mod recorder;
 pub mod resource;
 pub mod server;

@@ -19,9 +19,12 @@ pub use membrane_api::type_url::{NETWORK_POLICY, NETWORK_POLICY_HOSTS};
 /// The node agent's `Endpoint`, `Service` and `Node` (membrane.agent.v1).
 pub use membrane_api::type_url::{AGENT_ENDPOINT, AGENT_NODE, AGENT_SERVICE};
 
+/// The sidecar's effective PeerAuthentication mode (membrane.mesh.v1).
+pub use membrane_api::type_url::MESH_TLS;
+
 /// Every type this server knows, in the order Envoy wants them applied
 /// (clusters before endpoints, listeners before routes).
-pub const ALL_TYPES: [&str; 9] = [
+pub const ALL_TYPES: [&str; 10] = [
     CLUSTER,
     ENDPOINT,
     LISTENER,
@@ -31,6 +34,7 @@ pub const ALL_TYPES: [&str; 9] = [
     AGENT_ENDPOINT,
     AGENT_SERVICE,
     AGENT_NODE,
+    MESH_TLS,
 ];
 
 /// A short, stable name for a type URL (`cds`, `eds`, …) for metrics and debug output.
@@ -45,6 +49,7 @@ pub fn short_name(type_url: &str) -> &'static str {
         AGENT_ENDPOINT => "agent_endpoint",
         AGENT_SERVICE => "agent_service",
         AGENT_NODE => "agent_node",
+        MESH_TLS => "mesh_tls",
         _ => "other",
     }
 }

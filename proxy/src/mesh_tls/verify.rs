@@ -16,13 +16,24 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, DistinguishedName, Error, SignatureScheme};
 
+use membrane_api::spiffe::SpiffeId;
+
 use super::{provider, MeshTls};
 
-/// The first `spiffe://` URI SAN of a DER certificate (`None`: it has none).
+/// The SPIFFE id of a DER certificate: its first `spiffe://` URI SAN, which must be a
+/// SPIFFE id by the specification (`membrane_api::spiffe`, the control plane's parser
+/// too); `None`: it has none.
 pub fn spiffe_id(der: &CertificateDer<'_>) -> Result<Option<String>, String> {
-    Ok(uri_sans(der)?
-        .into_iter()
-        .find(|u| u.starts_with("spiffe://")))
+    parsed_spiffe_id(der).map(|id| id.map(|id| id.to_string()))
+}
+
+fn parsed_spiffe_id(der: &[u8]) -> Result<Option<SpiffeId>, String> {
+    match uri_sans(der)?.iter().find(|u| u.starts_with("spiffe://")) {
+        Some(u) => SpiffeId::parse(u)
+            .map(Some)
+            .map_err(|e| format!("URI SAN {e}")),
+        None => Ok(None),
+    }
 }
 
 fn parsed(der: &[u8]) -> Result<x509_parser::certificate::X509Certificate<'_>, String> {
@@ -67,7 +78,7 @@ impl Peer {
     pub fn from_chain(chain: &[CertificateDer<'_>], own_id: Option<&str>) -> Option<Peer> {
         let leaf = chain.first()?;
         let (uris, dns) = sans(leaf).ok()?;
-        let spiffe_id = uris.iter().find(|u| u.starts_with("spiffe://"))?.clone();
+        let spiffe_id = parsed_spiffe_id(leaf).ok()??.to_string();
         let subject = parsed(leaf).ok()?.subject().to_string();
         let digest = ring::digest::digest(&ring::digest::SHA256, leaf);
         let hash: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
@@ -222,9 +233,8 @@ impl ServerCertVerifier for Dynamic {
             now,
             provider().signature_verification_algorithms.all,
         )?;
-        let prefix = format!("spiffe://{}/", mesh.trust_domain());
-        match uri_sans(end_entity) {
-            Ok(uris) if uris.iter().any(|u| u.starts_with(&prefix)) => {
+        match parsed_spiffe_id(end_entity) {
+            Ok(Some(id)) if id.trust_domain() == mesh.trust_domain() => {
                 Ok(ServerCertVerified::assertion())
             }
             Ok(_) => Err(bad(format!(

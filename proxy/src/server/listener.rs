@@ -178,9 +178,17 @@ async fn serve_connection(
 ) {
     let _ = stream.set_nodelay(true);
     match (&shared.mesh, route.mesh) {
-        (Some(mesh), Some(MeshSide::Inbound)) if mesh.mode() != MeshMode::Disable => {
-            let mesh = mesh.clone();
-            serve_mesh_inbound(stream, peer, route, &mesh, shared, shutdown).await
+        (Some(mesh), Some(MeshSide::Inbound)) => {
+            // Read once per connection: a new PeerAuthentication applies to the next one.
+            match mesh.mode_for(route.target.port()) {
+                MeshMode::Disable => {
+                    serve_stream(stream, peer, route, None, shared, shutdown).await
+                }
+                mode => {
+                    let mesh = mesh.clone();
+                    serve_mesh_inbound(stream, peer, route, &mesh, mode, shared, shutdown).await
+                }
+            }
         }
         _ => serve_stream(stream, peer, route, None, shared, shutdown).await,
     }
@@ -196,6 +204,7 @@ async fn serve_mesh_inbound(
     peer: SocketAddr,
     route: Route,
     mesh: &crate::mesh_tls::MeshTls,
+    mode: MeshMode,
     shared: &Arc<Shared>,
     shutdown: watch::Receiver<bool>,
 ) {
@@ -217,10 +226,10 @@ async fn serve_mesh_inbound(
         .alpn
         .iter()
         .any(|a| crate::mesh_tls::ISTIO_ALPNS.contains(&a.as_ref()));
-    let mtls = hello.tls && (istio || mesh.mode() == MeshMode::Strict);
+    let mtls = hello.tls && (istio || mode == MeshMode::Strict);
     let stream = crate::tls::Prefixed::new(stream, hello.prefix);
     if !mtls {
-        if mesh.mode() == MeshMode::Strict {
+        if mode == MeshMode::Strict {
             refuse(MeshRefusal::plaintext);
             return tracing::debug!(%peer, "plaintext under STRICT mesh mTLS; refused");
         }

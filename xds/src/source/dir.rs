@@ -118,6 +118,10 @@ fn collect(file: &str, v: &Value, out: &mut FileContents, errors: &mut Vec<Strin
             .slices
             .extend(object::<k8s::EndpointSlice>(file, kind, v, errors)),
         "Node" => s.nodes.extend(object::<k8s::Node>(file, kind, v, errors)),
+        "PeerAuthentication" => match crate::peerauth::PeerAuthentication::parse(file, v) {
+            Ok(p) => s.peer_authentications.push(Arc::new(p)),
+            Err(e) => errors.extend(e.0),
+        },
         _ => return, // policies are parsed by the policy crate; others are not ours
     }
     let name = v
@@ -284,6 +288,8 @@ impl Source for DirSource {
                 s.services.extend(g.services.iter().cloned());
                 s.slices.extend(g.slices.iter().cloned());
                 s.nodes.extend(g.nodes.iter().cloned());
+                s.peer_authentications
+                    .extend(g.peer_authentications.iter().cloned());
             }
         }
         s

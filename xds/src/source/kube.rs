@@ -1,7 +1,10 @@
-//! The Kubernetes source: list+watch of the seven kinds the directory source
+//! The Kubernetes source: list+watch of the eight kinds the directory source
 //! reads (CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy, Pod,
-//! Namespace, Service, EndpointSlice, Node), with the `Valid` condition
-//! written back to each policy's `status`.
+//! Namespace, Service, EndpointSlice, Node, Istio's PeerAuthentication), with the `Valid` condition
+//! written back to each policy's `status`. A kind whose resource the API
+//! server does not have (404: Istio's CRDs not installed) counts as listed
+//! and empty, so start-up does not wait for it; the watcher keeps retrying
+//! and takes the objects once the CRD appears.
 //!
 //! One kube-runtime watcher per kind feeds a [`Store`]. Every object goes
 //! through the directory source's parser ([`super::dir::parse`]), so both
@@ -79,6 +82,8 @@ pub struct Kind {
     pub plural: &'static str,
     /// A policy: its status is written back.
     pub policy: bool,
+    /// Optional: the API may not serve it (a CRD of another project).
+    pub optional: bool,
 }
 
 impl Kind {
@@ -100,13 +105,14 @@ impl Kind {
 }
 
 /// The kinds the source watches: the same the directory source reads.
-pub const KINDS: [Kind; 7] = [
+pub const KINDS: [Kind; 8] = [
     Kind {
         kind: "CiliumNetworkPolicy",
         group: "cilium.io",
         version: "v2",
         plural: "ciliumnetworkpolicies",
         policy: true,
+        optional: false,
     },
     Kind {
         kind: "CiliumClusterwideNetworkPolicy",
@@ -114,6 +120,7 @@ pub const KINDS: [Kind; 7] = [
         version: "v2",
         plural: "ciliumclusterwidenetworkpolicies",
         policy: true,
+        optional: false,
     },
     Kind {
         kind: "Pod",
@@ -121,6 +128,7 @@ pub const KINDS: [Kind; 7] = [
         version: "v1",
         plural: "pods",
         policy: false,
+        optional: false,
     },
     Kind {
         kind: "Namespace",
@@ -128,6 +136,7 @@ pub const KINDS: [Kind; 7] = [
         version: "v1",
         plural: "namespaces",
         policy: false,
+        optional: false,
     },
     Kind {
         kind: "Service",
@@ -135,6 +144,7 @@ pub const KINDS: [Kind; 7] = [
         version: "v1",
         plural: "services",
         policy: false,
+        optional: false,
     },
     Kind {
         kind: "EndpointSlice",
@@ -142,6 +152,7 @@ pub const KINDS: [Kind; 7] = [
         version: "v1",
         plural: "endpointslices",
         policy: false,
+        optional: false,
     },
     Kind {
         kind: "Node",
@@ -149,6 +160,15 @@ pub const KINDS: [Kind; 7] = [
         version: "v1",
         plural: "nodes",
         policy: false,
+        optional: false,
+    },
+    Kind {
+        kind: "PeerAuthentication",
+        group: "security.istio.io",
+        version: "v1",
+        plural: "peerauthentications",
+        policy: false,
+        optional: true,
     },
 ];
 
@@ -281,6 +301,25 @@ async fn watch_kind(
             // lists again on its own.
             Err(watcher::Error::WatchError(st)) if st.code == 410 => {
                 info!(kind = k.kind, "watch expired (410 Gone); relisting");
+                continue;
+            }
+            Err(watcher::Error::InitialListFailed(kube::Error::Api(st)))
+                if st.code == 404 && k.optional =>
+            {
+                let mut s = lock(&store);
+                if !s.is_synced(kind) {
+                    info!(
+                        kind = k.kind,
+                        "not served by the API server (CRD not installed); empty until it is"
+                    );
+                    let out = s.relisted(kind, Vec::new());
+                    debug_assert!(out.is_empty());
+                    if s.synced() {
+                        synced.send_replace(true);
+                    }
+                    drop(s);
+                    wake.notify_one();
+                }
                 continue;
             }
             Err(e) => {

@@ -61,6 +61,8 @@ pub struct ClusterState {
     pub slices: Vec<k8s::EndpointSlice>,
     /// Nodes.
     pub nodes: Vec<k8s::Node>,
+    /// Istio PeerAuthentication objects, checked (`crate::peerauth`).
+    pub peer_authentications: Vec<Arc<crate::peerauth::PeerAuthentication>>,
 }
 
 impl ClusterState {
@@ -72,5 +74,6 @@ impl ClusterState {
         self.services.extend(other.services);
         self.slices.extend(other.slices);
         self.nodes.extend(other.nodes);
+        self.peer_authentications.extend(other.peer_authentications);
     }
 }

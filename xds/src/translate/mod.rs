@@ -29,7 +29,7 @@ use crate::identity::ClusterAllocator;
 use crate::node::{pod_key, SHARED_KEY};
 use crate::proto::{NetworkPolicy, NetworkPolicyHosts};
 use crate::resource::{
-    content_hash, Resource, CLUSTER, ENDPOINT, NETWORK_POLICY, NETWORK_POLICY_HOSTS,
+    content_hash, Resource, CLUSTER, ENDPOINT, MESH_TLS, NETWORK_POLICY, NETWORK_POLICY_HOSTS,
 };
 use crate::snapshot::{Snapshot, SnapshotBuilder, SnapshotError, TypeResources};
 use crate::source::{k8s, ClusterState};
@@ -343,6 +343,8 @@ pub struct Translator {
     nphds: HashMap<u64, (Vec<String>, Resource)>,
     /// What the node agents' snapshots were built from.
     agents: agent::AgentCache,
+    /// Istio's root namespace: its PeerAuthentication without a selector is mesh-wide.
+    root_namespace: String,
 }
 
 impl Default for Translator {
@@ -387,7 +389,16 @@ impl Translator {
             npds_named: NamedPorts::new(),
             nphds: HashMap::new(),
             agents: agent::AgentCache::default(),
+            root_namespace: crate::peerauth::DEFAULT_ROOT_NAMESPACE.into(),
         }
+    }
+
+    /// Sets Istio's root namespace (`--root-namespace`), where a PeerAuthentication
+    /// without a selector is mesh-wide.
+    pub fn set_root_namespace(&mut self, ns: &str) {
+        self.root_namespace = ns.to_string();
+        // Every sidecar's mode may change: rebuild them all.
+        self.inputs.clear();
     }
 
     /// Sets what Kafka, DNS and generic L7 rules (which no membrane proxy enforces) do:
@@ -597,10 +608,23 @@ impl Translator {
             shared.add(npds_res.clone());
             let key = pod_key(&m.namespace, &m.pod);
             out.keys.insert(key.clone());
+            // The workload's PeerAuthentication mode, one resource per sidecar.
+            let mesh_tls = Resource::new(
+                MESH_TLS,
+                m.id.clone(),
+                &crate::peerauth::resolve(
+                    &self.root_namespace,
+                    &m.namespace,
+                    &pod.metadata.labels,
+                    &state.peer_authentications,
+                )
+                .to_proto(),
+            );
             let input = content_hash(
                 format!(
-                    "{:x}|{:?}|{:?}|{}|{}|{}",
+                    "{:x}|{:x}|{:?}|{:?}|{}|{}|{}",
                     npds_res.hash,
+                    mesh_tls.hash,
                     m.ips,
                     m.tcp_ports,
                     view.set.version,
@@ -614,6 +638,7 @@ impl Translator {
             }
             let mut b = SnapshotBuilder::new();
             b.add(npds_res);
+            b.add(mesh_tls);
             b.add_set(NETWORK_POLICY_HOSTS, view.set.clone());
             b.add_set(CLUSTER, svc_clusters.clone());
             b.add_set(ENDPOINT, svc_clas.clone());

@@ -252,6 +252,11 @@ impl Store {
             .collect()
     }
 
+    /// Whether `kind` has been listed once.
+    pub fn is_synced(&self, kind: usize) -> bool {
+        self.synced.contains(&kind)
+    }
+
     /// Whether every kind has been listed once.
     pub fn synced(&self) -> bool {
         self.synced.len() == KINDS.len()
