@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Proxy benchmark: nginx backend, Envoy (envoy-l7-rbac.yaml) and membrane-proxy (the same
 # rules as a CNP), each proxy with one worker pinned to core 0, load (wrk, h2load) and the
-# backend on core 1. Loopback only, bounded runs. Writes bench/results/proxy-<date>.md.
+# backend on core 1. Loopback only, bounded runs. Writes bench/results/proxy-<date>.md
+# (OUT=... to choose).
 # Both proxies also run with an access log to a file (Envoy: bench/envoy-l7-rbac-accesslog.yaml,
 # a JSON file access log; membrane: its default access log, --access-log-path), measured in
 # the same loops as the unlogged ones.
@@ -257,7 +258,7 @@ sample envoy.rss_idle "$ENVOY_RSS_IDLE"
 sample membrane.rss_idle "$MEMBRANE_RSS_IDLE"
 
 DATE=$(date -u +%Y-%m-%d)
-OUT="$ROOT/bench/results/proxy-$DATE.md"
+OUT=${OUT:-$ROOT/bench/results/proxy-$DATE.md}
 ENVOY_VERSION=$("$ENVOY" --version 2>/dev/null | grep -o 'version: [^ ]*' | head -1 || true)
 {
   echo "# Proxy benchmark, $DATE"
