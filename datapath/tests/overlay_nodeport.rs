@@ -128,7 +128,10 @@ fn nodeport_to_a_backend_on_another_node(overlay: Overlay) {
     };
     assert!(
         !lines.is_empty() && lines.iter().all(|l| *l == want),
-        "{overlay}: every request packet as {want:?} on node 1's underlay, got {lines:?}"
+        "{overlay}: every request packet as {want:?} on node 1's underlay, got {lines:?}; \
+         node 1 counted {:?}, node 2 {:?}",
+        c.nodes[0].node.tc_stats(),
+        c.nodes[1].node.tc_stats()
     );
 
     if overlay != Overlay::Native {

@@ -498,12 +498,17 @@ fn envoy_to_membrane_inbound_mtls_strict_and_permissive() {
             "{path}: XFCC names a: {body}"
         );
     }
-    // The peer's SPIFFE id is in the access log.
-    let log = env.log("membrane-1.log");
-    assert!(
-        log.contains(&format!("\"downstream_peer_uri_san\":\"{}\"", spiffe("a")))
-            && log.contains("\"type\":\"Response\""),
-        "access log names the peer: {log}"
+    // The peer's SPIFFE id is in the access log, which is written in batches (within
+    // --access-log-flush-interval), so the line may land after the response did.
+    let peer = format!("\"downstream_peer_uri_san\":\"{}\"", spiffe("a"));
+    wait_until(
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        "the access log names the peer",
+        || {
+            let log = env.log("membrane-1.log");
+            (log.contains(&peer) && log.contains("\"type\":\"Response\"")).then_some(())
+        },
     );
 
     // Plaintext: accepted under PERMISSIVE (a forged XFCC removed), refused under STRICT.
