@@ -455,6 +455,11 @@ pub struct Capture {
 }
 
 impl Capture {
+    /// Whether tshark has stopped (its packet count reached, or its time up).
+    pub fn done(&mut self) -> bool {
+        matches!(self.child.0.try_wait(), Ok(Some(_)))
+    }
+
     /// Wait for tshark to stop (its count reached, or 30 s) and return its lines.
     pub fn lines(mut self) -> Vec<String> {
         let mut out = String::new();
