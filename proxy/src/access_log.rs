@@ -149,6 +149,7 @@ impl AccessLog {
             output,
             interval: settings.flush_interval,
             failing: false,
+            backlog: Default::default(),
         };
         std::thread::Builder::new()
             .name("access-log".into())
@@ -207,10 +208,13 @@ impl AccessLog {
                 state.queued.fetch_add(block.len(), Ordering::Relaxed);
                 msg = Some(Msg::Block(block));
             }
-        }
-        if let Some(m) = msg {
-            // The writer only ends after every handle is gone.
-            let _ = self.0.to_writer.send(m);
+            // Sent under the lock, so blocks reach the writer in the order they were taken
+            // and the writer, taking the partial block under the same lock, finds every
+            // earlier block in the channel (lines stay in order). The writer only ends
+            // after every handle is gone.
+            if let Some(m) = msg {
+                let _ = self.0.to_writer.send(m);
+            }
         }
     }
 

@@ -1,6 +1,7 @@
 //! The access log's writer thread and its output: one `write` per block, partial blocks
 //! on a timer, a file reopened when told to or when its path names another file.
 
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
@@ -25,6 +26,9 @@ pub(super) struct Writer {
     pub(super) interval: Duration,
     /// The last write failed (the next failure is not logged again).
     pub(super) failing: bool,
+    /// Messages taken off the channel early (while writing the partial block), handled
+    /// next, in their order.
+    pub(super) backlog: VecDeque<Msg>,
 }
 
 impl Writer {
@@ -33,9 +37,10 @@ impl Writer {
         // When the partial block is due; none when the pending buffer was empty.
         let mut due: Option<Instant> = None;
         loop {
-            let msg = match due {
-                None => self.rx.recv().ok(),
-                Some(at) => {
+            let msg = match (self.backlog.pop_front(), due) {
+                (Some(m), _) => Some(m),
+                (None, None) => self.rx.recv().ok(),
+                (None, Some(at)) => {
                     match self
                         .rx
                         .recv_timeout(at.saturating_duration_since(Instant::now()))
@@ -68,19 +73,34 @@ impl Writer {
         }
     }
 
-    /// Writes the partial block.
+    /// Writes the partial block, after every full block handed over before it: blocks are
+    /// sent under the pending lock, so those still in the channel are taken here under the
+    /// same lock and written first, and lines stay in the order they were recorded.
     fn write_pending(&mut self) {
+        let mut earlier = Vec::new();
         let block = {
             let mut p = self.state.lock();
             p.armed = false;
-            if p.buf.is_empty() {
-                return;
+            while let Ok(m) = self.rx.try_recv() {
+                match m {
+                    Msg::Block(b) => earlier.push(b),
+                    other => self.backlog.push_back(other),
+                }
             }
-            let next = p.spare.pop().unwrap_or_default();
-            std::mem::replace(&mut p.buf, next)
+            if p.buf.is_empty() {
+                None
+            } else {
+                let next = p.spare.pop().unwrap_or_default();
+                Some(std::mem::replace(&mut p.buf, next))
+            }
         };
-        self.state.queued.fetch_add(block.len(), Ordering::Relaxed);
-        self.write_block(block);
+        for b in earlier {
+            self.write_block(b);
+        }
+        if let Some(block) = block {
+            self.state.queued.fetch_add(block.len(), Ordering::Relaxed);
+            self.write_block(block);
+        }
     }
 
     fn write_block(&mut self, mut block: Vec<u8>) {
