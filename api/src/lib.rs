@@ -7,16 +7,18 @@
 //! the policy engine's resolved policy and NPDS ([`npds::encode`], [`npds::decode`]), the
 //! node agent's resources and the policy map entries they carry, from the same resolution
 //! ([`agent`], [`agent::policy`]), the sidecar's effective PeerAuthentication mode
-//! ([`mesh`]), the one SPIFFE id parser both ends check certificates with ([`spiffe`]), and the constants the control plane's sidecar injection and the sidecar must agree on
+//! ([`mesh`]), the one SPIFFE id parser both ends check certificates with ([`spiffe`]), the monitor
+//! event every producer writes and every consumer reads ([`monitor`]), and the constants the control plane's sidecar injection and the sidecar must agree on
 //! ([`sidecar`]).
 //!
-//! It depends on `membrane-policy` (whose values it converts), prost and tonic (and
+//! It depends on `membrane-policy` (whose values it converts), prost, tonic and serde (and
 //! `envoy-types`, whose messages Cilium's embed), and never on a binary's crate: the
 //! control plane (`membrane-xds`) and the sidecar (`membrane-proxy`) depend on it, never on
 //! each other. No I/O here.
 
 pub mod agent;
 pub mod mesh;
+pub mod monitor;
 pub mod npds;
 pub mod sidecar;
 pub mod spiffe;
