@@ -108,6 +108,15 @@ pub struct MeshTlsArgs {
     pub trust_domain: String,
 }
 
+/// What the certificate watcher logs about one poll.
+#[derive(Debug, PartialEq, Eq)]
+enum PollReport {
+    /// Nothing in force yet and the files not there: mesh mTLS stays off.
+    Waiting(String),
+    /// New files that do not work: the material in force stays.
+    Rejected(String),
+}
+
 /// Why mesh mTLS material could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum MeshTlsError {
@@ -356,24 +365,58 @@ impl MeshTls {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(mesh.args.mesh_cert_poll);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut last_error = String::new();
+            // `new` has just read the files and said what it found: the first poll is one
+            // period away, and an error it already reported is not news.
+            tick.tick().await;
+            let mut last_error = mesh
+                .reload()
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
             loop {
                 tokio::select! {
                     _ = tick.tick() => {}
                     _ = shutdown.wait_for(|s| *s) => return,
                 }
-                match mesh.reload() {
-                    Ok(_) => last_error.clear(),
-                    Err(e) => {
-                        let e = e.to_string();
-                        if e != last_error {
-                            tracing::error!(error = %e, "new mesh mTLS material rejected; the last good one stays");
-                            last_error = e;
-                        }
+                match mesh.poll_report(mesh.reload(), &mut last_error) {
+                    Some(PollReport::Waiting(e)) => {
+                        tracing::warn!(error = %e, "mesh mTLS off until the workload certificate appears");
                     }
+                    Some(PollReport::Rejected(e)) => {
+                        tracing::error!(error = %e, "new mesh mTLS material rejected; the last good one stays");
+                    }
+                    None => {}
                 }
             }
         })
+    }
+
+    /// What one poll of the files is worth saying: a failure the first time it is seen
+    /// (not again while it repeats), nothing after success. With no material in force and
+    /// a file unreadable (not issued yet), it is a wait, not a rejection: there is no
+    /// last good material to keep.
+    fn poll_report(
+        &self,
+        result: Result<bool, MeshTlsError>,
+        last_error: &mut String,
+    ) -> Option<PollReport> {
+        let e = match result {
+            Ok(_) => {
+                last_error.clear();
+                return None;
+            }
+            Err(e) => e,
+        };
+        let text = e.to_string();
+        if text == *last_error {
+            return None;
+        }
+        last_error.clone_from(&text);
+        if self.material().is_none() && matches!(e, MeshTlsError::Read { .. }) {
+            Some(PollReport::Waiting(text))
+        } else {
+            Some(PollReport::Rejected(text))
+        }
     }
 
     pub(crate) fn material(&self) -> Option<Arc<Material>> {
@@ -531,6 +574,37 @@ mod tests {
         zero.mesh_cert_poll = Duration::ZERO;
         let err = MeshTls::new(zero).unwrap_err().to_string();
         assert!(err.contains("--mesh-cert-poll"), "{err}");
+    }
+
+    #[test]
+    fn the_watcher_waits_for_absent_files_and_rejects_bad_ones_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mesh = MeshTls::new(args(dir.path(), MeshMode::Permissive)).unwrap();
+        let mut last = String::new();
+        // No files yet, nothing in force: a wait, said once.
+        let wait = mesh.poll_report(mesh.reload(), &mut last);
+        assert!(
+            matches!(&wait, Some(PollReport::Waiting(e)) if e.contains("cert-chain.pem")),
+            "{wait:?}"
+        );
+        assert_eq!(mesh.poll_report(mesh.reload(), &mut last), None);
+        // The files appear: in force, nothing to say.
+        let root = membrane_test_support::pki::Ca::in_dir(dir.path(), "root", "root");
+        workload(&root, dir.path(), "a");
+        assert_eq!(mesh.poll_report(mesh.reload(), &mut last), None);
+        assert!(mesh.server_config().is_some());
+        // A file vanishing under material in force is a rejection: a stays.
+        std::fs::remove_file(dir.path().join("key.pem")).unwrap();
+        let gone = mesh.poll_report(mesh.reload(), &mut last);
+        assert!(
+            matches!(&gone, Some(PollReport::Rejected(e)) if e.contains("key.pem")),
+            "{gone:?}"
+        );
+        assert_eq!(mesh.poll_report(mesh.reload(), &mut last), None);
+        assert_eq!(
+            mesh.own_id().as_deref(),
+            Some("spiffe://cluster.local/ns/default/sa/a")
+        );
     }
 
     #[test]
