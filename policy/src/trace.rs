@@ -323,10 +323,13 @@ fn side(
             mk(Verdict::Allowed, None, None, lines)
         }
         ConnPolicy::Denied(Some(e)) => {
-            lines.push(format!(
-                "{d}: denied by {} (deny rules win over allow rules)",
-                e.origin
-            ));
+            lines.push(match conn.note() {
+                Some(note) => format!("{d}: denied by {}: {note}", e.origin),
+                None => format!(
+                    "{d}: denied by {} (deny rules win over allow rules)",
+                    e.origin
+                ),
+            });
             mk(Verdict::Denied, Some(e), None, lines)
         }
         ConnPolicy::Denied(None) => {
@@ -340,7 +343,6 @@ fn side(
                 "{d}: allowed by {} (L3/L4, no L7 restriction)",
                 e.origin
             ));
-            auth_caveat(e, caveats);
             mk(Verdict::Allowed, Some(e), None, lines)
         }
         ConnPolicy::Allowed(None) => {
@@ -373,7 +375,6 @@ fn side(
             let note = conn.note().unwrap_or_default();
             lines.push(format!("{d}: allowed at L4 by {}; {note}", e.origin));
             unenforced_caveat(e, UnenforcedL7Mode::L4Only, caveats);
-            auth_caveat(e, caveats);
             mk(Verdict::Allowed, Some(e), None, lines)
         }
         ConnPolicy::Http(entries) => {
@@ -419,7 +420,6 @@ fn side(
                     for a in &dec.header_actions {
                         lines.push(format!("{d}: header action on mismatch: {a:?}"));
                     }
-                    auth_caveat(e, caveats);
                     mk(Verdict::Allowed, Some(e), Some(idx), lines)
                 }
                 _ => {
@@ -479,15 +479,6 @@ fn unenforced_caveat(e: &PeerEntry, mode: UnenforcedL7Mode, caveats: &mut Vec<St
         };
         caveats.push(format!(
             "{kind} rules of {} are not enforced by membrane; the setting {mode} {outcome}",
-            e.origin
-        ));
-    }
-}
-
-fn auth_caveat(e: &PeerEntry, caveats: &mut Vec<String>) {
-    if let Some(mode) = &e.auth {
-        caveats.push(format!(
-            "{} requires authentication mode {mode}, which trace does not perform",
             e.origin
         ));
     }

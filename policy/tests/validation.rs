@@ -221,6 +221,23 @@ fn regex_size_is_limited_and_the_limit_is_named() {
     assert!(errors(ok, "CiliumNetworkPolicy").is_empty());
 }
 
+/// A rule that requires mutual authentication is accepted with a warning: membrane denies
+/// what it covers instead of authenticating.
+#[test]
+fn mutual_authentication_is_accepted_with_a_warning() {
+    let spec = "spec: {endpointSelector: {}, ingress: [{fromEndpoints: [{}], authentication: {mode: required}}]}";
+    let w = warnings(spec);
+    assert!(
+        w.iter().any(
+            |w| w.contains("spec.ingress[0].authentication.mode: mutual authentication")
+                && w.contains("denied (fail closed)")
+        ),
+        "{w:?}"
+    );
+    let none = "spec: {endpointSelector: {}, ingress: [{fromEndpoints: [{}], authentication: {mode: disabled}}]}";
+    assert!(warnings(none).is_empty(), "{:?}", warnings(none));
+}
+
 /// Kafka, DNS and generic L7 rules are accepted (Cilium accepts them) but each says that
 /// membrane does not enforce it and what happens instead.
 #[test]

@@ -42,15 +42,25 @@ pub(super) fn resolve_direction(
                 policy: (*key).clone(),
                 rule: d.path.clone(),
             };
+            // An allow that requires mutual authentication denies what it covers: Cilium
+            // drops that traffic until the peers are authenticated, which membrane never
+            // does, and the requirement sticks to the (peer, port) whatever other rules
+            // allow (as Cilium's policy map entry keeps its auth type). A deny needs no L7
+            // or TLS, so it covers every request and server name.
+            let unauthenticated = d.auth.is_some() && !d.deny;
             let mk = |l7: &L7, notes: &[String], tls: &Option<Arc<PortTls>>| PeerEntry {
-                deny: d.deny,
+                deny: d.deny || unauthenticated,
                 remotes: remotes.clone(),
-                l7: l7.clone(),
+                l7: if unauthenticated {
+                    L7::None
+                } else {
+                    l7.clone()
+                },
                 origin: origin.clone(),
                 auth: d.auth.clone(),
                 unresolved: unresolved.clone(),
                 notes: notes.to_vec(),
-                tls: tls.clone(),
+                tls: if unauthenticated { None } else { tls.clone() },
             };
             if d.l4.is_empty() {
                 entries

@@ -116,7 +116,8 @@ pub struct PeerEntry {
     pub l7: L7,
     /// Where it came from.
     pub origin: RuleOrigin,
-    /// `authentication.mode` it requires, if any.
+    /// `authentication.mode` the rule requires, if any. Such an allow rule is resolved as
+    /// a deny (`deny` is set): membrane performs no mutual authentication.
     pub auth: Option<String>,
     /// Peers of the rule the engine could not resolve (toFQDNs, toServices, ...).
     pub unresolved: Vec<String>,

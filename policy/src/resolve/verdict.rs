@@ -77,6 +77,13 @@ impl<'a> ConnPolicy<'a> {
     pub fn note(&self) -> Option<String> {
         let (e, mode) = match self {
             ConnPolicy::AllowedLocalhost => return Some(AllowLocalhost::explain().to_owned()),
+            ConnPolicy::Denied(Some(e)) => {
+                return e.auth.as_ref().map(|mode| {
+                    format!(
+                        "the rule allows only mutually authenticated peers (authentication.mode {mode:?}), which membrane does not authenticate: denied (fail closed), as Cilium drops the traffic until the peers are authenticated"
+                    )
+                });
+            }
             ConnPolicy::UnenforcedL7Denied(e) => (e, UnenforcedL7Mode::FailClosed),
             ConnPolicy::UnenforcedL7AllowedL4(e) => (e, UnenforcedL7Mode::L4Only),
             _ => return None,

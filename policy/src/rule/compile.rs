@@ -261,7 +261,19 @@ impl Cx {
         let a = a?;
         match a.mode.as_str() {
             "disabled" => None,
-            "required" | "test-always-fail" => Some(a.mode.clone()),
+            "required" | "test-always-fail" => {
+                // Cilium drops such traffic until the two identities' agents have
+                // authenticated each other (SPIRE); membrane has no such handshake, so the
+                // rule would otherwise silently become a plain allow.
+                self.warnings.push(FieldError {
+                    path: format!("{path}.authentication.mode"),
+                    message: format!(
+                        "mutual authentication ({:?}) is not performed by membrane: the peers and ports this rule allows are denied (fail closed), as Cilium drops them while they are not authenticated",
+                        a.mode
+                    ),
+                });
+                Some(a.mode.clone())
+            }
             other => {
                 self.err(
                     &format!("{path}.authentication.mode"),

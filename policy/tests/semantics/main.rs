@@ -8,6 +8,7 @@ use membrane_policy::trace::{trace, TraceHttp, TraceRequest, TraceResult};
 use membrane_policy::{AllowLocalhost, UnenforcedL7Mode};
 use std::sync::Arc;
 
+mod auth;
 mod localhost;
 mod peers;
 mod ports_l7;
