@@ -155,29 +155,27 @@ fn text(section: Result<Value, String>, type_name: &str) -> Result<String> {
     }
 }
 
-/// Go's `time.RFC1123` in UTC (istioctl prints the local zone; a UTC host prints this).
-pub fn rfc1123(t: SystemTime) -> String {
-    let secs = t
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let t = time::OffsetDateTime::from_unix_timestamp(i64::try_from(secs).unwrap_or(0))
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    let weekday = &t.weekday().to_string()[..3];
-    let month = &t.month().to_string()[..3];
-    format!(
-        "{weekday}, {:02} {month} {} {:02}:{:02}:{:02} UTC",
-        t.day(),
-        t.year(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    )
+/// Go's `time.RFC1123` (`Mon, 02 Jan 2006 15:04:05 MST`) in `tz`.
+pub fn rfc1123_in(t: SystemTime, tz: &jiff::tz::TimeZone) -> String {
+    let ts = jiff::Timestamp::try_from(t).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+    ts.to_zoned(tz.clone())
+        .strftime("%a, %d %b %Y %H:%M:%S %Z")
+        .to_string()
 }
 
 /// istioctl's `Comparator.Diff()` text for the control plane's dump `istiod` and the
-/// proxy's dump `envoy` (each `(where it came from, text)`).
+/// proxy's dump `envoy` (each `(where it came from, text)`), with when RDS was last loaded
+/// in the local zone (the `TZ` variable, else `/etc/localtime`), as istioctl prints it.
 pub fn diff(istiod: (&str, &str), envoy: (&str, &str)) -> Result<String> {
+    diff_in(istiod, envoy, &jiff::tz::TimeZone::system())
+}
+
+/// [`diff`] with times printed in `tz`.
+pub fn diff_in(
+    istiod: (&str, &str),
+    envoy: (&str, &str),
+    tz: &jiff::tz::TimeZone,
+) -> Result<String> {
     let i = Dump::parse(istiod.0, istiod.1)?;
     let e = Dump::parse(envoy.0, envoy.1)?;
     let mut out = String::new();
@@ -206,7 +204,7 @@ pub fn diff(istiod: (&str, &str), envoy: (&str, &str)) -> Result<String> {
         );
         let when = if kind == "Routes" {
             e.routes_last_updated()?
-                .map(|t| format!(" (RDS last loaded at {})", rfc1123(t)))
+                .map(|t| format!(" (RDS last loaded at {})", rfc1123_in(t, tz)))
                 .unwrap_or_default()
         } else {
             String::new()
@@ -240,6 +238,22 @@ mod tests {
             ]}
         ]})
         .to_string()
+    }
+
+    fn diff(istiod: (&str, &str), envoy: (&str, &str)) -> Result<String> {
+        diff_in(istiod, envoy, &jiff::tz::TimeZone::UTC)
+    }
+
+    #[test]
+    fn rds_time_is_in_the_zone_given_with_its_abbreviation() {
+        let cet = jiff::tz::TimeZone::posix("CET-1CEST,M3.5.0,M10.5.0/3").unwrap();
+        let out = diff_in(("istiod", &dump("1s")), ("envoy", &dump("1s")), &cet).unwrap();
+        assert!(
+            out.ends_with("(RDS last loaded at Wed, 04 Mar 2026 06:06:07 CET)\n"),
+            "{out}"
+        );
+        let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_783_000_000);
+        assert_eq!(rfc1123_in(t, &cet), "Thu, 02 Jul 2026 15:46:40 CEST");
     }
 
     #[test]
