@@ -11,7 +11,12 @@
 # median and the ratio of medians; the load average is recorded at every phase.
 # Writes bench/results/sockmap-<date>.md (OUT=...).
 # Usage: bench/sockmap.sh [SECONDS_PER_STREAM] (root; builds release bins).
+# Third-party workloads beside membrane-sockbench, pinned, in the same repetitions:
+# sockperf ping-pong (one-way latency p50 at SOCKPERF_SIZES) and iperf3 streams
+# (receiver Gbit/s at IPERF_WRITES write sizes); THIRD_PARTY picks them (Debian
+# sockperf, iperf3; installed when missing).
 # Knobs: REPS RR_ITERS RR_SIZES STREAM_WRITES FIRST_WRITES GREET_WRITES CPUS E2E_SECS E2E_CONNS
+# THIRD_PARTY SOCKPERF_SIZES IPERF_WRITES
 # (a single space skips a list); NOISY_REPS (repetitions of the unpinned and split
 # phases, whose per-rep ratios scatter far more than pinned ones). The defaults
 # (7 and 15) are what the committed results use: about 35 minutes;
@@ -29,6 +34,12 @@ GREET_WRITES=${GREET_WRITES:-1024 4096 16384}
 CPUS=${CPUS:-pinned unpinned split}
 E2E_SECS=${E2E_SECS:-5}
 E2E_CONNS=${E2E_CONNS:-1 32}
+THIRD_PARTY=${THIRD_PARTY:-sockperf iperf3}
+SOCKPERF_SIZES=${SOCKPERF_SIZES:-64 16384}
+IPERF_WRITES=${IPERF_WRITES:-1024 65536}
+for tool in $THIRD_PARTY; do
+  command -v "$tool" >/dev/null || { apt-get update -qq && apt-get install -y -qq "$tool" >/dev/null; }
+done
 # MEMBRANE_BIN_DIR: use already-built binaries instead of building them here.
 if [ -z "${MEMBRANE_BIN_DIR:-}" ]; then
   export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/membrane-target}
@@ -92,7 +103,35 @@ start_servers() {
   for w in $STREAM_WRITES; do
     in_pod "$(server_cpu "$pin")" "$BIN" sink --listen "127.0.0.1:$(sink_port "$w")" >/dev/null & PIDS+=($!)
   done
+  case " $THIRD_PARTY " in *" sockperf "*)
+    in_pod "$(server_cpu "$pin")" sockperf server --tcp -i 127.0.0.1 -p 9100 >/dev/null 2>&1 & PIDS+=($!) ;;
+  esac
+  case " $THIRD_PARTY " in *" iperf3 "*)
+    in_pod "$(server_cpu "$pin")" iperf3 -s -B 127.0.0.1 -p 9200 >/dev/null 2>&1 & PIDS+=($!) ;;
+  esac
   sleep 0.3
+}
+
+# third_party PIN MODE REP: the sockperf and iperf3 cells of one repetition, each a
+# new connection (so it takes the mode in force), as raw lines.
+third_party() {
+  local pin=$1 mode=$2 rep=$3 m w out
+  case " $THIRD_PARTY " in *" sockperf "*)
+    for m in $SOCKPERF_SIZES; do
+      out=$(in_pod "$pin" sockperf ping-pong --tcp -i 127.0.0.1 -p 9100 -m "$m" -t "$SECS" 2>&1)
+      p50=$(echo "$out" | awk '/percentile 50.000 =/ { print $NF }')
+      [ -n "$p50" ] || { echo "sockperf gave no p50: $out" >&2; exit 1; }
+      echo "$pin $mode sockperf $m $rep {\"p50_us\":$p50}" >>"$RAW"
+    done ;;
+  esac
+  case " $THIRD_PARTY " in *" iperf3 "*)
+    for w in $IPERF_WRITES; do
+      out=$(in_pod "$pin" iperf3 -c 127.0.0.1 -p 9200 -l "$w" -t "$SECS" -J 2>&1)
+      gbit=$(echo "$out" | python3 -c 'import json,sys; print(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"] / 1e9)' 2>/dev/null) \
+        || { echo "iperf3 gave no result: $out" >&2; exit 1; }
+      echo "$pin $mode iperf3 $w $rep {\"gbit_s\":$gbit}" >>"$RAW"
+    done ;;
+  esac
 }
 
 # "off" keeps the programs attached with splicing switched off (new
@@ -151,6 +190,9 @@ for pin in $CPUS; do
         [ "$mode" = aa ] && [ "$pin" = pinned ] && continue
         echo "$pin $mode stream $w $rep $(in_pod "$cli" "$BIN" stream --connect "127.0.0.1:$(sink_port "$w")" --write "$w" --secs "$SECS")" >>"$RAW"
       done
+      if [ "$pin" = pinned ] && [ "$mode" != aa ]; then
+        third_party "$pin" "$mode" "$rep"
+      fi
       if [ "$pin" != split ]; then
         for w in $FIRST_WRITES; do
           first_conn "$pin" "$mode" "$rep" "$w"
@@ -247,7 +289,7 @@ for line in open(raw):
         for sub, key in (("e2e_rps", "rps"), ("e2e_p50", "p50_us"), ("e2e_mean", "mean_us")):
             cells.setdefault((sub, pin, int(size)), {}).setdefault(mode, {})[rep] = d[key]
         continue
-    v = d["p50_us"] if kind == "rr" else d["gbit_s"]
+    v = d["p50_us"] if kind in ("rr", "sockperf") else d["gbit_s"]
     cells.setdefault((kind, pin, int(size)), {}).setdefault(mode, {})[rep] = v
 kernel = platform.release()
 cpus = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
@@ -265,6 +307,8 @@ lines = [f"# sockmap acceleration: on vs off ({kernel}, {cpus} CPUs)", "",
          "run): it is spliced at first and must switch itself to plain TCP; 'after a server",
          "greeting' the sink first sends 6 bytes, so the client has received a spliced message",
          "and its socket stays in the sockhash after the switch ('kept').",
+         "'sockperf' and 'iperf3' are those programs (third-party workloads, pinned like the",
+         "sockbench cells): sockperf ping-pong's one-way latency p50, iperf3's receiver rate.",
          "'split' runs the client on core 0 and the server on core 1 (the cross-core case);",
          "unpinned and split streams and all first connections also run 'off' a second time:",
          "the A/A control row is the",
@@ -275,6 +319,8 @@ lines = [f"# sockmap acceleration: on vs off ({kernel}, {cpus} CPUs)", "",
 names = {"rr": ("req/resp latency", "us p50", False), "stream": ("stream throughput", "Gbit/s", True),
          "first": ("first connection, stream", "Gbit/s", True),
          "greet": ("first connection after a server greeting, stream", "Gbit/s", True),
+         "sockperf": ("sockperf ping-pong latency", "us p50", False),
+         "iperf3": ("iperf3 stream throughput", "Gbit/s", True),
          "e2e_rps": ("e2e sidecar RPS (conns)", "req/s", True),
          "e2e_p50": ("e2e sidecar latency (conns)", "us p50", False),
          "e2e_mean": ("e2e sidecar mean latency (conns)", "us mean", False)}
