@@ -18,7 +18,9 @@
  * Services (lib/lb.h, lib/nodeport.h): from-container translates a packet
  * to a ClusterIP frontend to its backend before conntrack and policy, and a
  * pod's replies to hairpin and NodePort flows back after them;
- * to-container gives replies to a client pod the frontend as their source.
+ * to-container gives replies to a client pod the frontend as their source,
+ * and decides a pod's hairpin flow (to itself through its service) with the
+ * pod's own identity as the source.
  *
  * One instance per endpoint: loaded with the endpoint's mb_policy,
  * mb_config, mb_events and mb_lxc (its pin directory) and the node's maps
@@ -190,6 +192,35 @@ static __always_inline void mb_lxc_lb_reply_seen(const struct mb_lxc_ct *ct, int
 	ct->v->flags |= MB_CT_F_LB_CHECKED | (translated ? MB_CT_F_LB_REPLY : 0);
 }
 
+/*
+ * to-container, a new flow whose source the ipcache calls world: the pod's
+ * own hairpin flow (lib/lb.h, mb_lb_hairpin)? Its request is decided by the
+ * pod's ingress policy with the pod's own identity as the source (*src_id),
+ * not the frontend address's; its reply, translated back in from-container,
+ * belongs to the flow the pod's from-container tracked, whose entry it
+ * updates as a reply (MB_LXC_KNOWN). Anything else: MB_LXC_NEW, unchanged.
+ */
+static __always_inline int mb_lxc_hairpin(const struct mb_pkt *p, const struct mb_lxc_config *lxc,
+					  __u64 now, __u32 *src_id)
+{
+	struct mb_ct_key sent = {}, k = {};
+	struct mb_ct_value *v;
+
+	switch (mb_lb_hairpin(&p->t, &sent)) {
+	case MB_LB_HAIRPIN_REQUEST:
+		*src_id = lxc->identity;
+		return MB_LXC_NEW;
+	case MB_LB_HAIRPIN_REPLY:
+		v = mb_ct_find(&k, &sent, lxc->endpoint_id, MB_DIR_EGRESS, 0, now);
+		if (!v)
+			return MB_LXC_NEW;
+		mb_ct_update(v, p->t.proto, p->tcp_flags, 1, p->len, now);
+		*src_id = lxc->identity;
+		return MB_LXC_KNOWN;
+	}
+	return MB_LXC_NEW;
+}
+
 /* Reasons that drop only while policy is enforced (they mean "cannot be
  * decided"); the others drop always. */
 static __always_inline int mb_lxc_undecidable(const struct mb_pkt *p)
@@ -247,7 +278,9 @@ int mb_from_container(struct __sk_buff *skb)
 	/* Service translation (lib/lb.h), before the destination's identity is
 	 * looked up: policy and conntrack see the backend. The tuple follows
 	 * the rewrite (no second parse). */
-	lb = mb_lb_from_container(skb, &p.t, &rev_nat_id);
+	lb = p.kind == MB_PKT_FLOW ? mb_lb_from_container(skb, &p.t, p.l4_off,
+							 p.flags & MB_PKT_F_FIRST_FRAG, &rev_nat_id)
+				   : MB_LB_CONTINUE;
 	if (lb < 0)
 		return mb_tc_drop(&p, MB_PROG_FROM_CONTAINER, -lb, src_id, 0);
 
@@ -287,7 +320,11 @@ int mb_from_container(struct __sk_buff *skb)
 	 * conntrack matched it as it was sent (lib/nodeport.h). */
 	if (!mb_lxc_lb_reply_wanted(&ct))
 		return mb_lxc_to_network(skb, &p, cfg, src_id, dst_id, tunnel_ip4);
-	lb = mb_lb_reply_from_container(skb, cfg ? cfg->node_ip4 : 0);
+	lb = p.kind == MB_PKT_FLOW
+		     ? mb_lb_reply_from_container(skb, &p.t, p.l4_off,
+						  p.flags & MB_PKT_F_FIRST_FRAG,
+						  cfg ? cfg->node_ip4 : 0)
+		     : MB_LB_CONTINUE;
 	mb_lxc_lb_reply_seen(&ct, lb != MB_LB_CONTINUE);
 	if (lb < 0)
 		return mb_tc_drop(&p, MB_PROG_FROM_CONTAINER, -lb, src_id, dst_id);
@@ -355,8 +392,11 @@ int mb_to_container(struct __sk_buff *skb)
 	if (rc == MB_LXC_NEW) {
 		if (!src_id)
 			src_id = mb_ipcache_identity(p.t.src_ip, p.t.family);
-		rc = mb_lxc_admit(&p, lxc, MB_DIR_INGRESS, MB_PROG_TO_CONTAINER, src_id,
-				  lxc->identity, enforce, 0, now);
+		if (src_id == MB_ID_WORLD && p.kind == MB_PKT_FLOW)
+			rc = mb_lxc_hairpin(&p, lxc, now, &src_id);
+		if (rc == MB_LXC_NEW)
+			rc = mb_lxc_admit(&p, lxc, MB_DIR_INGRESS, MB_PROG_TO_CONTAINER, src_id,
+					  lxc->identity, enforce, 0, now);
 	}
 	if (!src_id && ct.v)
 		src_id = ct.v->identity;
@@ -368,7 +408,8 @@ int mb_to_container(struct __sk_buff *skb)
 	 * flow's entry (keyed by the backend, as from-container saw it after
 	 * translation). */
 	if (ct.hit == MB_CT_HIT_REPLY && ct.v && ct.v->rev_nat_id) {
-		rc = mb_lb_rev_nat(skb, ct.v->rev_nat_id);
+		rc = mb_lb_rev_nat(skb, &p.t, p.l4_off, p.flags & MB_PKT_F_FIRST_FRAG,
+				   ct.v->rev_nat_id);
 		if (rc < 0)
 			return mb_tc_drop(&p, MB_PROG_TO_CONTAINER, -rc, src_id, lxc->identity);
 	}

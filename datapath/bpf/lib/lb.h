@@ -23,6 +23,8 @@
  *                         (they see the backend).
  *   mb_lb_rev_nat:        replies toward a client pod, after conntrack
  *                         found the flow and its reverse NAT id.
+ *   mb_lb_hairpin:        to-container, a world-sourced packet of no
+ *                         tracked flow: a hairpin flow of the pod itself?
  *   mb_lb_reply_from_container (lib/nodeport.h): a pod's replies to a
  *                         hairpin or NodePort flow, after conntrack.
  *   mb_lb_nodeport (lib/nodeport.h): the underlay's ingress.
@@ -151,8 +153,9 @@ struct {
  *   writer: from-container, from-netdev and to-service on a flow's first
  *           packet.
  *   readers: the same, on every later packet, once mb_lb_svc says its
- *           frontend still exists. Entries of ended flows age out (LRU); a
- *           flow idle long enough to be evicted picks again.
+ *           frontend still exists; to-container, a hairpin flow's replies
+ *           (mb_lb_hairpin). Entries of ended flows age out (LRU); a flow
+ *           idle long enough to be evicted picks again.
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -178,7 +181,8 @@ struct {
  *   readers: from-container (hairpin and local NodePort backends' replies:
  *           once per flow, then only when it found one, see
  *           MB_CT_F_LB_CHECKED), from-netdev (remote NodePort backends'
- *           replies).
+ *           replies), to-container (a world-sourced new flow: hairpin?
+ *           mb_lb_hairpin).
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -274,6 +278,29 @@ static __always_inline int mb_lb_parse4(struct __sk_buff *skb, struct mb_lb_pkt 
 	p->t.sport = bpf_ntohs(ports[0]);
 	p->t.dport = bpf_ntohs(ports[1]);
 	p->t.proto = ip.protocol;
+	p->t.family = MB_AF_INET;
+	return 0;
+}
+
+/*
+ * The same from a tuple the caller parsed already (bpf_lxc.c's mb_parse:
+ * `l4_off` where its L4 header starts, `first_frag` the first fragment of
+ * several), so a pod's packets are read once: -1 when it is no IPv4 TCP or
+ * UDP packet the LB translates.
+ */
+static __always_inline int mb_lb_pkt_of(const struct mb_ct_key *t, __u32 l4_off, int first_frag,
+					struct mb_lb_pkt *p)
+{
+	if (t->family != MB_AF_INET || first_frag ||
+	    (t->proto != IPPROTO_TCP && t->proto != IPPROTO_UDP))
+		return -1;
+	p->l4_off = l4_off;
+	p->csum_off = l4_off + (t->proto == IPPROTO_TCP ? 16 : 6);
+	p->t.saddr[0] = t->src_ip[0];
+	p->t.daddr[0] = t->dst_ip[0];
+	p->t.sport = t->src_port;
+	p->t.dport = t->dst_port;
+	p->t.proto = t->proto;
 	p->t.family = MB_AF_INET;
 	return 0;
 }
@@ -466,8 +493,9 @@ MB_LB_SUBPROG int mb_lb_rev_apply(struct __sk_buff *skb, struct mb_lb_pkt *p,
 
 /*
  * A pod's packet to a ClusterIP frontend: DNAT to the flow's backend; `out`
- * (the packet's conntrack tuple) gets the addresses and ports it leaves
- * with, *rev_nat_id = the frontend's reverse
+ * (the packet's conntrack tuple as parsed, `l4_off` and `first_frag` as
+ * mb_lb_pkt_of takes them) gets the addresses and ports it leaves with,
+ * *rev_nat_id = the frontend's reverse
  * NAT id for the flow's conntrack entry (replies are translated back from
  * it in to-container, mb_lb_rev_nat), 0 when the replies come back some
  * other way. Hairpin (the backend is the sender itself): the source becomes
@@ -477,13 +505,13 @@ MB_LB_SUBPROG int mb_lb_rev_apply(struct __sk_buff *skb, struct mb_lb_pkt *p,
  * pod flow with an mb_lb_rev entry.
  */
 MB_LB_SUBPROG int mb_lb_from_container(struct __sk_buff *skb, struct mb_ct_key *out,
-				       __u32 *rev_nat_id)
+				       __u32 l4_off, int first_frag, __u32 *rev_nat_id)
 {
 	struct mb_lb_pkt p = {};
 	struct mb_lb_flow f;
 	int ret;
 
-	if (mb_lb_parse4(skb, &p) < 0)
+	if (mb_lb_pkt_of(out, l4_off, first_frag, &p) < 0)
 		return MB_LB_CONTINUE;
 	ret = mb_lb_flow_get(&p.t, p.t.daddr[0], MB_LB_SCOPE_CLUSTER, &f);
 	if (ret == MB_LB_FLOW_NONE || ret < 0)
@@ -513,17 +541,70 @@ MB_LB_SUBPROG int mb_lb_from_container(struct __sk_buff *skb, struct mb_ct_key *
 	return MB_LB_TRANSLATED;
 }
 
+/* mb_lb_hairpin's answers. */
+#define MB_LB_HAIRPIN_NONE 0
+#define MB_LB_HAIRPIN_REQUEST 1 /* the pod's own packet, to itself as the backend */
+#define MB_LB_HAIRPIN_REPLY 2   /* its answer, to itself as the client */
+
+/*
+ * to-container, a packet of no tracked flow whose source the ipcache calls
+ * world: whether it is a hairpin flow of the pod it goes to (the pod reached
+ * itself through its service, and mb_lb_from_container gave it the frontend
+ * address as its source), so that the pod's ingress policy decides it with
+ * the pod's own identity, as Cilium does, not the frontend's (world). Both
+ * directions have the same reversed tuple (pod → frontend address): a
+ * request's is the flow's mb_lb_rev entry (source translated, no external
+ * client, the client being the pod), a reply's (frontend port → the client's
+ * port, translated back in from-container) is the flow as the pod sent it,
+ * its mb_lb_flows entry. For a reply, `sent` gets the tuple the pod's
+ * from-container tracked the flow as (frontend address and client port →
+ * the pod as backend), for the caller to find its conntrack entry. A new
+ * flow pays these lookups only when its source is world; nothing else does.
+ */
+MB_LB_SUBPROG int mb_lb_hairpin(const struct mb_ct_key *t, struct mb_ct_key *sent)
+{
+	struct mb_lb_tuple k = {};
+	struct mb_lb_flow *f;
+	struct mb_lb_rev *rv;
+
+	if (t->family != MB_AF_INET || (t->proto != IPPROTO_TCP && t->proto != IPPROTO_UDP))
+		return MB_LB_HAIRPIN_NONE;
+	k.saddr[0] = t->dst_ip[0];
+	k.daddr[0] = t->src_ip[0];
+	k.sport = t->dst_port;
+	k.dport = t->src_port;
+	k.proto = t->proto;
+	k.family = MB_AF_INET;
+	rv = bpf_map_lookup_elem(&mb_lb_rev, &k);
+	if (rv && (rv->flags & (MB_LB_FLOW_SNAT | MB_LB_FLOW_EXTERNAL)) == MB_LB_FLOW_SNAT &&
+	    rv->client_ip == t->dst_ip[0])
+		return MB_LB_HAIRPIN_REQUEST;
+	f = bpf_map_lookup_elem(&mb_lb_flows, &k);
+	if (!f || (f->flags & (MB_LB_FLOW_SNAT | MB_LB_FLOW_EXTERNAL)) != MB_LB_FLOW_SNAT ||
+	    f->backend_ip[0] != t->dst_ip[0] || f->snat_ip != t->src_ip[0])
+		return MB_LB_HAIRPIN_NONE;
+	__builtin_memset(sent, 0, sizeof(*sent));
+	sent->src_ip[0] = f->snat_ip;
+	sent->src_port = f->snat_port;
+	sent->dst_ip[0] = f->backend_ip[0];
+	sent->dst_port = f->backend_port;
+	sent->proto = t->proto;
+	sent->family = MB_AF_INET;
+	return MB_LB_HAIRPIN_REPLY;
+}
+
 /*
  * A reply toward a client pod of a flow translated to a backend: the
  * frontend (reverse NAT id `rev_nat_id`, from the flow's conntrack entry)
- * becomes its source. A frontend deleted since leaves it untouched.
+ * becomes its source (`t`, `l4_off`, `first_frag`: the packet as parsed). A frontend deleted since leaves it untouched.
  */
-MB_LB_SUBPROG int mb_lb_rev_nat(struct __sk_buff *skb, __u32 rev_nat_id)
+MB_LB_SUBPROG int mb_lb_rev_nat(struct __sk_buff *skb, const struct mb_ct_key *t, __u32 l4_off,
+				int first_frag, __u32 rev_nat_id)
 {
 	struct mb_lb_pkt p = {};
 	struct mb_lb_rev rv = {};
 
-	if (mb_lb_parse4(skb, &p) < 0)
+	if (mb_lb_pkt_of(t, l4_off, first_frag, &p) < 0)
 		return MB_LB_CONTINUE;
 	rv.rev_nat_id = rev_nat_id;
 	return mb_lb_rev_apply(skb, &p, &rv, 0);

@@ -238,15 +238,17 @@ MB_LB_SUBPROG int mb_lb_from_host(struct __sk_buff *skb, __u32 node_ip4)
  * backend's reply to a client that is no local pod: the frontend as its
  * source, sent out by the FIB (routed normally, a packet from the node's
  * own address would be a martian; one to the host goes up the stack).
- * Plain ClusterIP replies are left to the client's to-container.
+ * Plain ClusterIP replies are left to the client's to-container. `t`,
+ * `l4_off`, `first_frag`: the packet as parsed (mb_lb_pkt_of).
  */
-MB_LB_SUBPROG int mb_lb_reply_from_container(struct __sk_buff *skb, __u32 node_ip4)
+MB_LB_SUBPROG int mb_lb_reply_from_container(struct __sk_buff *skb, const struct mb_ct_key *t,
+					     __u32 l4_off, int first_frag, __u32 node_ip4)
 {
 	struct mb_lb_pkt p = {};
 	struct mb_lb_rev *rv;
 	int ret;
 
-	if (mb_lb_parse4(skb, &p) < 0)
+	if (mb_lb_pkt_of(t, l4_off, first_frag, &p) < 0)
 		return MB_LB_CONTINUE;
 	rv = bpf_map_lookup_elem(&mb_lb_rev, &p.t);
 	if (!rv)

@@ -61,14 +61,18 @@ enum mb_pkt_kind {
 	MB_PKT_UNKNOWN_L3,  /* neither IPv4, IPv6 nor ARP */
 };
 
+/* mb_pkt.flags */
+#define MB_PKT_F_FIRST_FRAG 1 /* IPv4: the first fragment of several (more follow) */
+
 struct mb_pkt {
 	struct mb_ct_key t;     /* the packet's tuple (scope fields zero) */
 	struct mb_ct_key inner; /* MB_PKT_ICMP_ERROR: the tuple of the packet it quotes */
 	__u32 len;
+	__u32 l4_off;           /* where the L4 header starts (MB_PKT_FLOW): the LB rewrites there */
 	__u8 kind;              /* enum mb_pkt_kind */
 	__u8 tcp_flags;
 	__u8 icmp_type;
-	__u8 pad;
+	__u8 flags;             /* MB_PKT_F_* */
 };
 
 #define MB_IPV6_EXT_MAX 4 /* extension headers walked before giving up */
@@ -133,7 +137,7 @@ static __always_inline int mb_parse_l4(struct __sk_buff *skb, __u32 off, struct 
 }
 
 /* The IPv4 header at `off` into `t`; *l4 = where its payload starts, *frag
- * = 1 for a non-first fragment. */
+ * = 1 for a non-first fragment, 2 for the first of several. */
 static __always_inline int mb_parse_ip4(struct __sk_buff *skb, __u32 off, struct mb_ct_key *t,
 					__u32 *l4, int *frag)
 {
@@ -148,7 +152,7 @@ static __always_inline int mb_parse_ip4(struct __sk_buff *skb, __u32 off, struct
 	t->dst_ip[0] = ip.daddr;
 	t->proto = ip.protocol;
 	*l4 = off + ip.ihl * 4;
-	*frag = (bpf_ntohs(ip.frag_off) & 0x1fff) != 0;
+	*frag = (bpf_ntohs(ip.frag_off) & 0x1fff) ? 1 : (bpf_ntohs(ip.frag_off) & 0x2000) ? 2 : 0;
 	return 0;
 }
 
@@ -266,10 +270,13 @@ static __always_inline int mb_parse(struct __sk_buff *skb, struct mb_pkt *p)
 	}
 	if (rc)
 		return rc;
-	if (frag) {
+	if (frag == 1) {
 		p->kind = MB_PKT_FRAGMENT;
 		return 0;
 	}
+	if (frag == 2)
+		p->flags |= MB_PKT_F_FIRST_FRAG;
+	p->l4_off = l4;
 	rc = mb_parse_l4(skb, l4, &p->t, &p->tcp_flags, &p->icmp_type, &p->kind, 0);
 	if (rc)
 		return rc;

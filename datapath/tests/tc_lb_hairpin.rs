@@ -1,0 +1,334 @@
+//! Hairpin through the tc load balancer: a pod reaching itself through its own service.
+//! from-container gives the packet the frontend as its source (the pod would drop one from
+//! its own address), and the pod's to-container must decide the flow with the pod's own
+//! identity as the source, not the frontend address's (world), and take the translated
+//! replies as the replies they are. With crafted packets through the real programs
+//! (`BPF_PROG_TEST_RUN`), and with real UDP and TCP in routed pod namespaces, policy
+//! enforced: a pod whose ingress policy admits only its own identity gets through its
+//! service, one that admits only world does not, and world stays world for everyone else.
+//! Privileged; every namespace, cgroup and pin directory is the test's own.
+
+mod common;
+mod lb_common;
+mod tc_common;
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use aya::programs::SchedClassifier;
+use lb_common::{addrs, checksums_ok, frame, run, sa, DROP, PASS, TCP, UDP};
+use membrane_datapath::{
+    lb::LbService,
+    policy_map::{Direction::*, MapVerdict::*},
+};
+use tc_common::{in_netns, rule, TcNode};
+
+/// Pod 2 admits only its own identity; pod 3 only world. Each is the backend of its own
+/// service.
+const POD2: &str = "10.0.0.2";
+const POD3: &str = "10.0.0.3";
+const ID2: u32 = 1002;
+const ID3: u32 = 1003;
+const WORLD: u32 = 2;
+const VIP2: &str = "10.96.0.10:53";
+const VIP3: &str = "10.96.0.11:53";
+const TVIP2: &str = "10.96.0.10:80";
+const TVIP3: &str = "10.96.0.11:80";
+
+fn service(frontend: &str, proto: u8, backend: &str) -> LbService {
+    LbService {
+        frontend: sa(frontend),
+        proto,
+        node_port: 0,
+        external_local: false,
+        backends: vec![sa(backend)],
+    }
+}
+
+/// Pods 2 and 3 enforcing, each its own service's backend (UDP 53 → 5353, TCP 80 →
+/// 8080), each allowed to send to itself; ingress: pod 2 from its own identity, pod 3
+/// from world.
+fn node(routed: bool) -> TcNode {
+    let mut n = if routed {
+        TcNode::routed(true)
+    } else {
+        TcNode::new(true)
+    };
+    n.add(2, ID2, &[POD2], true);
+    n.add(3, ID3, &[POD3], true);
+    n.ipcache(&[("10.0.0.2/32", ID2), ("10.0.0.3/32", ID3)]);
+    for (i, own, from) in [(0, ID2, ID2), (1, ID3, WORLD)] {
+        n.eps[i]
+            .dp
+            .sync_policy(&[
+                rule(Egress, own, UDP, 5353, 5353, Allow),
+                rule(Egress, own, TCP, 8080, 8080, Allow),
+                rule(Ingress, from, UDP, 5353, 5353, Allow),
+                rule(Ingress, from, TCP, 8080, 8080, Allow),
+            ])
+            .expect("sync policy");
+    }
+    n.node
+        .sync_services(&[
+            service(VIP2, UDP, "10.0.0.2:5353"),
+            service(VIP3, UDP, "10.0.0.3:5353"),
+            service(TVIP2, TCP, "10.0.0.2:8080"),
+            service(TVIP3, TCP, "10.0.0.3:8080"),
+        ])
+        .expect("sync services");
+    n
+}
+
+/// An endpoint's two programs, opened from their pins.
+fn progs(n: &TcNode, i: usize) -> (SchedClassifier, SchedClassifier) {
+    let dir = n.eps[i].dp.dir().join("progs");
+    (
+        SchedClassifier::from_pin(dir.join("mb_from_container")).expect("from-container"),
+        SchedClassifier::from_pin(dir.join("mb_to_container")).expect("to-container"),
+    )
+}
+
+#[test]
+fn a_hairpin_flow_is_decided_as_the_pods_own_and_its_replies_pass() {
+    let n = node(false);
+    let (from2, to2) = progs(&n, 0);
+    let me = sa("10.0.0.2:46000");
+    let as_frontend = sa("10.96.0.10:46000");
+    let (rc, out) = run(&from2, &frame(UDP, me, sa(VIP2)), 0);
+    assert_eq!(rc, PASS, "egress to itself is allowed");
+    assert_eq!(addrs(&out), (as_frontend, sa("10.0.0.2:5353")));
+    // Into the pod: the frontend address is world, but the flow is the pod's own.
+    let (rc, _) = run(&to2, &out, 0);
+    assert_eq!(rc, PASS, "ingress from its own identity is allowed");
+    let ct = n.node.conntrack().expect("conntrack");
+    let entry = ct
+        .iter()
+        .find(|e| e.endpoint_id == 2 && e.direction == Ingress && e.src == as_frontend)
+        .unwrap_or_else(|| panic!("no ingress entry of the hairpin flow: {ct:?}"));
+    assert_eq!(
+        entry.remote_identity, ID2,
+        "decided with the pod's identity"
+    );
+    let verdicts: Vec<_> = n.eps[0]
+        .events()
+        .into_iter()
+        .filter(|e| e.kind == "policy-verdict" && e.program == "to-container")
+        .collect();
+    assert_eq!(verdicts.len(), 1, "{verdicts:?}");
+    assert_eq!(verdicts[0].src_identity, ID2);
+    // Its answers, translated back in from-container, reach it as replies (no ingress
+    // rule admits the client's port) every time.
+    for i in 0..3 {
+        let (rc, out) = run(&from2, &frame(UDP, sa("10.0.0.2:5353"), as_frontend), 0);
+        assert_eq!(rc, PASS, "reply {i} out");
+        assert!(checksums_ok(&out), "reply {i}: checksums");
+        assert_eq!(addrs(&out), (sa(VIP2), me), "reply {i}");
+        let (rc, _) = run(&to2, &out, 0);
+        assert_eq!(rc, PASS, "reply {i} into the pod");
+    }
+    let ct = n.node.conntrack().expect("conntrack");
+    let sent = ct
+        .iter()
+        .find(|e| e.endpoint_id == 2 && e.direction == Egress && e.src == as_frontend)
+        .unwrap_or_else(|| panic!("no egress entry of the hairpin flow: {ct:?}"));
+    assert!(
+        sent.seen_reply,
+        "the replies were tracked as the flow's: {sent:?}"
+    );
+    assert!(
+        !ct.iter().any(|e| e.endpoint_id == 2 && e.src == sa(VIP2)),
+        "a reply was tracked as a new flow: {ct:?}"
+    );
+
+    // A packet from the same frontend address that is no hairpin flow's stays world:
+    // pod 2 does not admit world.
+    let (rc, _) = run(
+        &to2,
+        &frame(UDP, sa("10.96.0.10:46001"), sa("10.0.0.2:5353")),
+        0,
+    );
+    assert_eq!(rc, DROP, "world is not the pod's own identity");
+    let (rc, _) = run(&to2, &frame(UDP, sa(VIP2), sa("10.0.0.2:46002")), 0);
+    assert_eq!(rc, DROP, "no flow of the pod's: no reply");
+}
+
+#[test]
+fn a_pod_whose_policy_does_not_admit_itself_is_refused_its_hairpin_flow() {
+    let n = node(false);
+    let (from3, to3) = progs(&n, 1);
+    let me = sa("10.0.0.3:46000");
+    let (rc, out) = run(&from3, &frame(UDP, me, sa(VIP3)), 0);
+    assert_eq!(rc, PASS);
+    assert_eq!(addrs(&out), (sa("10.96.0.11:46000"), sa("10.0.0.3:5353")));
+    let (rc, _) = run(&to3, &out, 0);
+    assert_eq!(rc, DROP, "its ingress admits world, not its own identity");
+    let drops: Vec<_> = n.eps[1]
+        .events()
+        .into_iter()
+        .filter(|e| e.kind == "drop" && e.program == "to-container")
+        .collect();
+    assert_eq!(drops.len(), 1, "{drops:?}");
+    assert_eq!((drops[0].src_identity, drops[0].dst_identity), (ID3, ID3));
+    // World itself still gets in.
+    let (rc, _) = run(
+        &to3,
+        &frame(UDP, sa("192.0.2.1:40000"), sa("10.0.0.3:5353")),
+        0,
+    );
+    assert_eq!(rc, PASS, "world is admitted");
+}
+
+/// UDP and TCP echo servers in namespace `ns` (ports 5353 and 8080) until dropped; bounded
+/// by a 120 s deadline besides the stop flag.
+struct Echo {
+    stop: Arc<AtomicBool>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl Echo {
+    fn start(ns: PathBuf) -> Echo {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let threads = [false, true]
+            .into_iter()
+            .map(|udp| {
+                let (ns, stop, ready) = (ns.clone(), stop.clone(), ready_tx.clone());
+                thread::spawn(move || {
+                    let f = std::fs::File::open(&ns).unwrap();
+                    nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+                    let deadline = Instant::now() + Duration::from_secs(120);
+                    let live = || !stop.load(Ordering::Relaxed) && Instant::now() < deadline;
+                    let mut buf = [0u8; 64];
+                    if udp {
+                        let s = UdpSocket::bind("0.0.0.0:5353").unwrap();
+                        s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+                        ready.send(()).unwrap();
+                        while live() {
+                            if let Ok((n, from)) = s.recv_from(&mut buf) {
+                                let _ = s.send_to(&buf[..n], from);
+                            }
+                        }
+                    } else {
+                        let l = TcpListener::bind("0.0.0.0:8080").unwrap();
+                        l.set_nonblocking(true).unwrap();
+                        ready.send(()).unwrap();
+                        while live() {
+                            match l.accept() {
+                                Ok((mut c, _)) => {
+                                    c.set_nonblocking(false).unwrap();
+                                    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                                    if let Ok(n) = c.read(&mut buf) {
+                                        let _ = c.write_all(&buf[..n]);
+                                    }
+                                }
+                                Err(_) => thread::sleep(Duration::from_millis(5)),
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        for _ in 0..2 {
+            ready_rx
+                .recv_timeout(Duration::from_secs(10))
+                .expect("echo server ready");
+        }
+        Echo { stop, threads }
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A UDP round trip from inside `ns` to `to` without connect (so no socket hook could
+/// translate it), 3 tries: where the answer came from.
+fn udp_echo(ns: &Path, to: &str) -> Option<SocketAddr> {
+    let to = sa(to);
+    in_netns(ns, || {
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let mut buf = [0u8; 16];
+        (0..3).find_map(|_| {
+            s.send_to(b"ping", to).unwrap();
+            match s.recv_from(&mut buf) {
+                Ok((4, from)) => Some(from),
+                _ => None,
+            }
+        })
+    })
+}
+
+/// A TCP echo round trip from inside `ns` (a thread that is in no pod's cgroup: only the
+/// packet path translates): true when it came back.
+fn tcp_echo(ns: &Path, to: &str) -> bool {
+    let to = sa(to);
+    in_netns(ns, || {
+        let Ok(mut s) = TcpStream::connect_timeout(&to, Duration::from_secs(2)) else {
+            return false;
+        };
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut buf = [0u8; 5];
+        s.write_all(b"hello").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"hello"
+    })
+}
+
+#[test]
+fn real_hairpin_flows_pass_by_the_pods_own_identity_and_only_by_it() {
+    let n = node(true);
+    let ns: Vec<PathBuf> = n
+        .eps
+        .iter()
+        .map(|e| Path::new("/run/netns").join(&e.env.netns))
+        .collect();
+    let _echo: Vec<Echo> = ns.iter().map(|p| Echo::start(p.clone())).collect();
+
+    // Pod 2 admits only itself: it reaches itself through its service, UDP and TCP,
+    // every answer from the frontend it asked.
+    for i in 0..8 {
+        assert_eq!(udp_echo(&ns[0], VIP2), Some(sa(VIP2)), "udp flow {i}");
+        assert!(tcp_echo(&ns[0], TVIP2), "tcp connection {i}");
+    }
+    // Pod 3 admits only world: its own hairpin flows are refused, at its ingress, as its
+    // own identity.
+    assert_eq!(
+        udp_echo(&ns[1], VIP3),
+        None,
+        "pod 3's udp hairpin got through"
+    );
+    assert!(!tcp_echo(&ns[1], TVIP3), "pod 3's tcp hairpin got through");
+    let drops: Vec<_> = n.eps[1]
+        .events()
+        .into_iter()
+        .filter(|e| e.kind == "drop")
+        .collect();
+    assert!(!drops.is_empty(), "no drop event");
+    for d in &drops {
+        assert_eq!(
+            (d.program.as_str(), d.src_identity, d.dst_identity),
+            ("to-container", ID3, ID3),
+            "{d:?}"
+        );
+    }
+    // Pod 3's refused flows left pod 2's alone.
+    assert_eq!(
+        udp_echo(&ns[0], VIP2),
+        Some(sa(VIP2)),
+        "pod 2 after pod 3's drops"
+    );
+}
