@@ -7,6 +7,7 @@
 //!   counter says how many were dropped and `membrane monitor` shows the drop (`xdp`,
 //!   `prefilter-denied`, the peer's address);
 //! - a request with one bad CIDR is refused naming it, and nothing of it is applied;
+//! - a restarted agent keeps the entries and the attached program;
 //! - a deleted entry lets the peer through again; deleting what was never added is an
 //!   error.
 
@@ -233,6 +234,28 @@ fn a_denied_peer_on_the_underlay_gets_nothing_through_and_the_cli_round_trips() 
     assert_eq!(ev["src"], format!("{DENIED}:0"), "{ev}");
     assert_eq!(ev["dst"], format!("{NODE_IP}:0"), "{ev}");
     assert_eq!(got.count(DENIED), 3);
+
+    // A restarted agent keeps the CLI's entries (recorded) and the attached program
+    // (pinned link): the peer stays denied throughout.
+    n.node.kill_agent();
+    n.start_agent(
+        &xds.url(),
+        &["--overlay", "native", "--underlay-device", "ul0"],
+    );
+    let l = list(&socket);
+    assert_eq!(cidrs(&l), [DENIED_CIDR], "{l}");
+    assert_eq!(l["mode"], "native", "{l}");
+    assert_eq!(l["entries"][0]["source"], "cli", "{l}");
+    send(&peer, DENIED, 5);
+    send(&peer, ALLOWED, 2);
+    wait_until(LIMIT, EVERY, "the allowed peer after the restart", || {
+        (got.count(ALLOWED) == 5).then_some(())
+    });
+    assert_eq!(
+        got.count(DENIED),
+        3,
+        "a denied datagram got through the restart"
+    );
 
     // Deleting what was never added is refused; deleting the entry lets the peer in.
     let bad = membrane(&socket, &["prefilter", "delete", "10.0.0.0/8"]);
