@@ -10,4 +10,5 @@ cd "$(dirname "$0")"
 ./tcpath.sh policy
 ./tcpath.sh clusterip
 ./tcpath.sh crossnode
+./prefilter.sh
 ./mesh.sh

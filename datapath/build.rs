@@ -49,6 +49,7 @@ fn main() -> Result<()> {
         "overlay",
         "host",
         "svc",
+        "xdp",
     ] {
         let src = bpf_dir.join(format!("bpf_{hook}.c"));
         println!("cargo:rerun-if-changed=bpf/bpf_{hook}.c");

@@ -87,6 +87,11 @@ pub fn handle(node: &Mutex<Node>, req: Request) -> serde_json::Value {
         Request::PolicyGet { endpoint } => n.policy(&endpoint).unwrap_or_else(|e| error(&e)),
         Request::CtList => n.conntrack(),
         Request::TcStats => n.tc_stats(),
+        Request::PrefilterList => n.prefilter_list().unwrap_or_else(|e| error(&e)),
+        Request::PrefilterAdd { cidrs } => n.prefilter_add(&cidrs).unwrap_or_else(|e| error(&e)),
+        Request::PrefilterDelete { cidrs } => {
+            n.prefilter_delete(&cidrs).unwrap_or_else(|e| error(&e))
+        }
     }
 }
 
@@ -152,6 +157,16 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     match lock(&node).sync_packet_path() {
         Ok(c) => tracing::info!(changes = ?c, "node-wide packet path adopted"),
         Err(e) => tracing::warn!("node-wide packet path: {e}"),
+    }
+    if lock(&node)
+        .packet
+        .as_ref()
+        .is_some_and(|p| p.prefilter.is_some())
+    {
+        match lock(&node).sync_prefilter() {
+            Ok(c) => tracing::info!(changes = ?c, "prefilter deny set adopted"),
+            Err(e) => tracing::warn!("prefilter: {e}"),
+        }
     }
     let listener =
         api::bind(&cfg.socket).with_context(|| format!("--socket {}", cfg.socket.display()))?;

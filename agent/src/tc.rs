@@ -12,7 +12,9 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
-use membrane_datapath::node::{LbAlgorithm, LocalEndpoint, NodeDatapath, NodeSettings, Overlay};
+use membrane_datapath::node::{
+    LbAlgorithm, LocalEndpoint, NodeDatapath, NodeSettings, Overlay, XdpAttachMode,
+};
 use serde::Serialize;
 
 /// Cilium's reserved identity `init`: an endpoint the control plane has not described
@@ -83,6 +85,11 @@ pub struct PacketArgs {
     #[arg(long, env = "MEMBRANE_TC_POLICY", default_value_t = true,
           action = clap::ArgAction::Set)]
     pub tc_policy: bool,
+    /// Where the XDP prefilter on the underlay device runs: `auto` (in the driver where
+    /// it supports XDP, as veth and most NICs do, else in the stack), `native` (refuse to
+    /// start on a driver without XDP) or `generic`.
+    #[arg(long, env = "MEMBRANE_XDP_MODE", default_value = "auto")]
+    pub xdp_mode: XdpAttachMode,
 }
 
 impl PacketArgs {
@@ -186,6 +193,8 @@ pub struct PacketPath {
     pub settings: NodeSettings,
     /// The underlay device, when there is one.
     pub underlay: Option<Device>,
+    /// The mode the XDP prefilter runs in on the underlay device (none without one).
+    pub prefilter: Option<XdpAttachMode>,
 }
 
 impl PacketPath {
@@ -246,12 +255,20 @@ impl PacketPath {
         }
         dp.setup_overlay()
             .map_err(dp_err(format!("set up the {} overlay", args.overlay)))?;
+        // The prefilter, idempotently as well (its deny maps are synced by the node).
+        let prefilter = match &underlay {
+            Some(d) => Some(dp.attach_prefilter(&d.name, args.xdp_mode).map_err(dp_err(
+                format!("attach the XDP prefilter to {} ({})", d.name, args.xdp_mode),
+            ))?),
+            None => None,
+        };
         let settings = dp.settings().map_err(dp_err("read the node settings"))?;
         Ok(PacketPath {
             dp,
             args: args.clone(),
             settings,
             underlay,
+            prefilter,
         })
     }
 

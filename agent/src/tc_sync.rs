@@ -239,6 +239,7 @@ impl Node {
             "underlay_mtu": s.underlay_mtu,
             "lb_algorithm": s.lb_algorithm.to_string(),
             "tc_policy": s.policy,
+            "prefilter": p.prefilter,
             "tc_endpoints": endpoints.map_err(|e| e.to_string()).unwrap_or_default(),
             "lb_services": p.dp.lb_services().map(|svcs| {
                 svcs.iter()

@@ -79,6 +79,20 @@ pub enum TcCommand {
     Stats(AgentArgs),
 }
 
+/// `req` to the agent `args` names; its error as an error.
+pub(crate) fn ask_agent(args: &AgentArgs, req: &Request) -> Result<Value> {
+    ask(&args.socket, req)
+}
+
+/// The reply as `args` asks: JSON, or `table`.
+pub(crate) fn print_reply(
+    args: &AgentArgs,
+    v: &Value,
+    table: impl FnOnce(&Value),
+) -> Result<ExitCode> {
+    print(args.output, v, table)
+}
+
 fn ask(socket: &Path, req: &Request) -> Result<Value> {
     let reply = api::request(socket, req, Duration::from_secs(10)).with_context(|| {
         format!(
@@ -93,7 +107,7 @@ fn ask(socket: &Path, req: &Request) -> Result<Value> {
 }
 
 /// A JSON value as a table cell: strings bare, lists comma-separated, null as `-`.
-fn cell(v: &Value) -> String {
+pub(crate) fn cell(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
         Value::String(s) => s.clone(),

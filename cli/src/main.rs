@@ -17,6 +17,7 @@ mod demo_cmd;
 mod etcd_cmd;
 mod monitor_cmd;
 mod policy_cmd;
+mod prefilter_cmd;
 mod views;
 
 use clap::{Parser, Subcommand};
@@ -59,6 +60,9 @@ enum Command {
     /// Services the node agent balances at connect.
     #[command(subcommand)]
     Service(agent_cmd::ServiceCommand),
+    /// The XDP prefilter: source CIDRs dropped on the node's underlay device.
+    #[command(subcommand)]
+    Prefilter(prefilter_cmd::PrefilterCommand),
     /// The sync state of every proxy connected to membrane-xds, as
     /// `istioctl proxy-status` prints it.
     #[command(name = "proxy-status", visible_alias = "ps")]
@@ -86,6 +90,7 @@ fn main() -> ExitCode {
         Command::Endpoint(c) => agent_cmd::endpoint(c),
         Command::Identity(c) => agent_cmd::identity(c),
         Command::Service(c) => agent_cmd::service(c),
+        Command::Prefilter(c) => prefilter_cmd::run(c),
         Command::ProxyStatus(a) => views::status::run(a),
         Command::ProxyConfig(c) => views::run(c),
     };

@@ -9,3 +9,4 @@
 #include "lib/node.h"
 #include "lib/conntrack.h"
 #include "lib/lb.h"
+#include "lib/prefilter.h"

@@ -9,8 +9,10 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 mod lb;
+mod prefilter;
 mod tc;
 pub use lb::*;
+pub use prefilter::*;
 pub use tc::*;
 
 /// `MB_AF_INET`: the address is IPv4, in `ip[0]`.
@@ -73,7 +75,7 @@ pub const EVT_CAPTURE: u8 = 2;
 pub const EVT_TRACE: u8 = 3;
 
 /// `MB_RSN_*`: why an event happened, by value.
-pub const REASONS: [(u8, &str); 45] = [
+pub const REASONS: [(u8, &str); 47] = [
     (0, "none"),
     (1, "policy-allowed"),
     (2, "policy-denied"),
@@ -119,6 +121,8 @@ pub const REASONS: [(u8, &str); 45] = [
     (73, "no-overlay-device"),
     (74, "overlay-unknown-node"),
     (75, "overlay-spoofed-inner"),
+    (80, "prefilter-denied"),
+    (81, "prefilter-malformed"),
 ];
 
 /// `struct mb_event`: one monitor record from the `mb_events` ring buffer.

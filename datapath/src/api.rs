@@ -132,6 +132,18 @@ pub enum Request {
     CtList,
     /// The packet path's counters: forwards and drops by reason.
     TcStats,
+    /// The XDP prefilter: denied prefixes with their source, device, mode, counters.
+    PrefilterList,
+    /// Deny these CIDRs at the prefilter (all or none: one bad CIDR refuses the request).
+    PrefilterAdd {
+        /// CIDRs or addresses.
+        cidrs: Vec<String>,
+    },
+    /// Stop denying these CIDRs (only ones `prefilter-add` added; all or none).
+    PrefilterDelete {
+        /// CIDRs or addresses.
+        cidrs: Vec<String>,
+    },
 }
 
 /// A pod registered with the node daemon by membrane-cni ADD.

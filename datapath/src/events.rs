@@ -42,6 +42,7 @@ pub fn from_abi(e: &MbEvent, node: &str, wall: impl Fn(u64) -> SystemTime) -> Ev
             abi::PROG_FROM_NETDEV => "from-netdev",
             abi::PROG_TO_NETDEV => "to-netdev",
             abi::PROG_TO_SERVICE => "to-service",
+            abi::PROG_XDP => "xdp",
             _ => "unknown",
         },
     };

@@ -146,6 +146,9 @@ pub enum Error {
     /// Services the service maps cannot take, or a service map failed.
     #[error(transparent)]
     Lb(#[from] lb::LbError),
+    /// A prefilter deny set the maps cannot take; nothing was written.
+    #[error(transparent)]
+    Prefilter(#[from] node::PrefilterError),
     /// A network device could not be read, created or changed.
     #[error("network device {0}")]
     Device(String),

@@ -29,10 +29,12 @@ pub(crate) mod objects {
         aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/host.o"));
     /// The service device's tc program (the node's own traffic to ClusterIPs).
     pub(crate) static SVC: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/svc.o"));
+    /// The underlay device's XDP prefilter (and its tc twin, the benchmark's reference).
+    pub(crate) static XDP: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdp.o"));
 }
 
 /// The embedded objects by name, for tooling and the BTF test.
-pub fn embedded_objects() -> [(&'static str, &'static [u8]); 11] {
+pub fn embedded_objects() -> [(&'static str, &'static [u8]); 12] {
     [
         ("sockops", objects::SOCKOPS),
         ("sk_msg", objects::SK_MSG),
@@ -45,6 +47,7 @@ pub fn embedded_objects() -> [(&'static str, &'static [u8]); 11] {
         ("overlay", objects::OVERLAY),
         ("host", objects::HOST),
         ("svc", objects::SVC),
+        ("xdp", objects::XDP),
     ]
 }
 

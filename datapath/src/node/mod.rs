@@ -15,18 +15,22 @@
 //!
 //! Rooms: this file (types, the node directory, settings), `endpoint` (attach, detach,
 //! the endpoints map), `ipcache` (the node ipcache), `conntrack` (read-back, GC and the
-//! packet counters).
+//! packet counters), `prefilter` (the XDP prefilter on the underlay device).
 
 mod conntrack;
 pub(crate) mod endpoint;
 mod ipcache;
 mod netlink;
 mod overlay;
+mod prefilter;
 
 pub use conntrack::{CtEntry, CtState, TcStat};
 pub use overlay::{
     device, ensure_vxlan_device, pod_mtu, Device, ENCAP_OVERHEAD, GENEVE_PORT, VXLAN_DEVICE,
     VXLAN_PORT,
+};
+pub use prefilter::{
+    parse_prefixes, PrefilterChanges, PrefilterError, PrefilterStats, XdpAttachMode, PREFILTER_MAX,
 };
 
 use std::{

@@ -47,7 +47,7 @@ pub(crate) const PROG_FROM_NETDEV: &str = "mb_from_netdev";
 /// tunnel, everything else passes.
 pub(crate) const PROG_TO_NETDEV: &str = "mb_to_netdev";
 /// The event maps of the node-wide programs, pinned under `events/`.
-const EVENT_MAPS: [&str; 3] = ["mb_events", "mb_events_lost", "mb_event_rl"];
+pub(crate) const EVENT_MAPS: [&str; 3] = ["mb_events", "mb_events_lost", "mb_event_rl"];
 
 /// A network device of the node, as the node settings need it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -201,7 +201,7 @@ impl NodeDatapath {
     }
 
     /// Unpin (detach) the links of `kind`, but for `keep`.
-    fn remove_links(&self, kind: &str, keep: Option<&Path>) -> Result<()> {
+    pub(crate) fn remove_links(&self, kind: &str, keep: Option<&Path>) -> Result<()> {
         let links = self.links_dir();
         let Ok(entries) = fs::read_dir(&links) else {
             return Ok(());
