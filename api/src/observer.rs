@@ -7,6 +7,8 @@
 
 use regex::Regex;
 
+pub mod peer;
+
 use crate::monitor::{Event, L7};
 
 /// Generated observer types and service (package `membrane.observer.v1`).
