@@ -95,9 +95,12 @@ pub fn handle(node: &Mutex<Node>, req: Request) -> serde_json::Value {
 }
 
 /// Reads every endpoint's monitor ring buffer and publishes its events; the set of
-/// endpoints is looked up again on every round, so new pods' events appear.
+/// endpoints is looked up again on every round, so new pods' events appear. An
+/// endpoint's own hooks name it: its connects (connect4/6) come from it, the connections
+/// its sk_lookup hands over or drops go to it.
 fn fan_in_events(node: Arc<Mutex<Node>>, hub: Arc<Hub>) {
-    let mut readers: BTreeMap<PathBuf, membrane_datapath::events::EventReader> = BTreeMap::new();
+    type Reader = membrane_datapath::events::EventReader;
+    let mut readers: BTreeMap<PathBuf, (String, Reader)> = BTreeMap::new();
     let name = lock(&node).name().to_owned();
     // The node-wide programs' ring (overlay and underlay devices), beside the endpoints'.
     let mut node_events = lock(&node).packet.as_ref().and_then(|p| p.dp.events().ok());
@@ -109,18 +112,31 @@ fn fan_in_events(node: Arc<Mutex<Node>>, hub: Arc<Hub>) {
                 }
             }
         }
-        let dirs = lock(&node).endpoint_dirs();
-        readers.retain(|d, _| dirs.contains(d));
-        for d in dirs {
+        let eps: BTreeMap<PathBuf, String> = {
+            let n = lock(&node);
+            n.regs
+                .keys()
+                .map(|k| (n.endpoint_dir(k), k.clone()))
+                .collect()
+        };
+        readers.retain(|d, _| eps.contains_key(d));
+        for (d, key) in eps {
             if let std::collections::btree_map::Entry::Vacant(slot) = readers.entry(d) {
                 if let Ok(r) = Datapath::open(slot.key()).and_then(|dp| dp.events()) {
-                    slot.insert(r);
+                    slot.insert((key, r));
                 }
             }
         }
-        for r in readers.values_mut() {
+        for (key, r) in readers.values_mut() {
             if let Ok(evs) = r.drain(&name, 4096) {
-                for ev in evs {
+                for mut ev in evs {
+                    match ev.program.as_str() {
+                        "connect4" | "connect6" if ev.src_pod.is_none() => {
+                            ev.src_pod = Some(key.clone())
+                        }
+                        "sk_lookup" if ev.dst_pod.is_none() => ev.dst_pod = Some(key.clone()),
+                        _ => {}
+                    }
                     hub.publish(&ev);
                 }
             }

@@ -323,6 +323,14 @@ fn the_relay_merges_both_nodes_reports_a_gone_one_and_filters() {
         |s| verdicts(&s[before..], "node-2", "denied").next().is_some(),
     ));
 
+    // node-2's new agent holds only what it saw since its start: two more rounds on
+    // node-1, so that the nodes' rings hold more denials than asked for.
+    bed.traffic(0);
+    bed.traffic(0);
+    rt.block_on(until(&mut rx, &mut seen, "node-1's later verdicts", |s| {
+        verdicts(s, "node-1", "denied").count() >= 3
+    }));
+
     // The relay's service: last N across both nodes, with filters applied at the source.
     let relay_tls = bed.client_tls(
         "relay-server",
