@@ -53,7 +53,7 @@ pub fn handle(node: &Mutex<Node>, req: Request) -> serde_json::Value {
     let mut n = lock(node);
     match req {
         Request::Status => n.status(),
-        Request::Monitor => error(&"monitor is a stream"),
+        Request::Monitor { .. } => error(&"monitor is a stream"),
         Request::Register(reg) => {
             let who = format!("{}/{}", reg.namespace, reg.pod);
             let done = n.register(reg);
@@ -175,7 +175,12 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     }
     let listener =
         api::bind(&cfg.socket).with_context(|| format!("--socket {}", cfg.socket.display()))?;
-    let hub = Arc::new(Hub::new(&cfg.xds.node, api::SUBSCRIBER_QUEUE));
+    // The socket's `monitor` replays the latest events as the observer's `last` does.
+    let hub = Arc::new(Hub::with_ring(
+        &cfg.xds.node,
+        api::SUBSCRIBER_QUEUE,
+        cfg.observer.ring,
+    ));
     {
         let (node, hub) = (node.clone(), hub.clone());
         let stats = Arc::new(api::ServeStats::default());

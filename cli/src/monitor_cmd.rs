@@ -80,11 +80,11 @@ pub struct MonitorArgs {
     /// Only events of this node (repeatable).
     #[arg(long)]
     node: Vec<String>,
-    /// With --all-nodes: the latest N matching events of every node (then exit, unless
-    /// --follow).
+    /// The latest N matching events of every node first (with --all-nodes: then exit,
+    /// unless --follow; on agent sockets: then follow).
     #[arg(long)]
     last: Option<u64>,
-    /// With --all-nodes: keep streaming (the default without --last).
+    /// With --all-nodes: keep streaming after --last (the default without it).
     #[arg(long)]
     follow: bool,
     /// Output format: readable lines, or one JSON object per line.
@@ -148,14 +148,18 @@ fn parse_agent(s: &str) -> Result<(String, PathBuf), String> {
 }
 
 /// Follow one agent's stream forever, forwarding its events.
-fn follow(path: PathBuf, node: Option<String>, tx: mpsc::Sender<Event>) {
+fn follow(path: PathBuf, node: Option<String>, last: usize, tx: mpsc::Sender<Event>) {
     let label = node.clone().unwrap_or_else(|| path.display().to_string());
     let mut backoff = Duration::from_millis(100);
     let mut was_down = false;
     loop {
         match UnixStream::connect(&path) {
             Ok(mut s) => {
-                let req = serde_json::to_string(&Request::Monitor).unwrap_or_default();
+                // The replay once: a reconnect asks only for new events.
+                let req = serde_json::to_string(&Request::Monitor {
+                    last: if was_down { 0 } else { last },
+                })
+                .unwrap_or_default();
                 if writeln!(s, "{req}").is_ok() {
                     if was_down {
                         eprintln!("membrane monitor: {label}: connected");
@@ -398,9 +402,7 @@ pub fn run(a: MonitorArgs) -> Result<ExitCode> {
     if a.all_nodes {
         return all_nodes(&a);
     }
-    if a.last.is_some() {
-        bail!("--last needs --all-nodes: the agents keep their latest events for the relay");
-    }
+    let last = usize::try_from(a.last.unwrap_or(0)).unwrap_or(usize::MAX);
     // The same filter the relay would apply, here on the local sockets' events.
     let filter = Filter::new(&a.filter())?;
     let mut sources: Vec<(PathBuf, Option<String>)> =
@@ -412,7 +414,7 @@ pub fn run(a: MonitorArgs) -> Result<ExitCode> {
     let (tx, rx) = mpsc::channel();
     for (path, node) in sources {
         let tx = tx.clone();
-        thread::spawn(move || follow(path, node, tx));
+        thread::spawn(move || follow(path, node, last, tx));
     }
     drop(tx);
     let mut seen = 0u64;
