@@ -88,11 +88,15 @@ impl Cluster {
         let want: SocketAddr = format!("{}:{}", source::NODE_IP, RELAY_PORT)
             .parse()
             .context("the relay's address")?;
-        let (relay, addr) = runtime.block_on(async {
-            let relay = Relay::start(cfg);
-            let addr = membrane_relay::server::serve(relay.clone(), want, None, vec![]).await?;
-            anyhow::Ok((relay, addr))
-        })?;
+        // On a worker thread: `block_on` runs its future on this thread, which is not in
+        // node-1's namespace, and the listener is made where the future runs.
+        let (relay, addr) = runtime
+            .block_on(runtime.spawn(async move {
+                let relay = Relay::start(cfg);
+                let addr = membrane_relay::server::serve(relay.clone(), want, None, vec![]).await?;
+                anyhow::Ok((relay, addr))
+            }))
+            .context("the relay's start")??;
         Ok(ClusterRelay {
             relay,
             addr,
