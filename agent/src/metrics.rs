@@ -216,6 +216,7 @@ mod tests {
             kind: TYPE_L7.into(),
             program: "sidecar".into(),
             verdict: Some("denied".into()),
+            reason: "policy-denied".into(),
             l7: Some(membrane_api::monitor::L7 {
                 rule: Some("default/rule1".into()),
                 ..Default::default()
