@@ -14,7 +14,9 @@ use membrane_datapath::api::{self, Hub, Request};
 use membrane_datapath::{ensure_bpffs, Datapath};
 use tokio::sync::watch;
 
+use crate::metrics::{self, Metrics};
 use crate::node::Node;
+use crate::observer::{self, Feed, ObserverConfig};
 use crate::store::Store;
 use crate::tc::{PacketArgs, PacketPath};
 use crate::xds::{self, XdsConfig};
@@ -37,6 +39,8 @@ pub struct DaemonConfig {
     pub xds: XdsConfig,
     /// The packet path (tc): overlay, underlay, load balancing, tc policy.
     pub packet: PacketArgs,
+    /// The event stream on gRPC and the metrics.
+    pub observer: ObserverConfig,
 }
 
 fn lock(node: &Mutex<Node>) -> std::sync::MutexGuard<'_, Node> {
@@ -49,7 +53,7 @@ pub fn handle(node: &Mutex<Node>, req: Request) -> serde_json::Value {
     let mut n = lock(node);
     match req {
         Request::Status => n.status(),
-        Request::Monitor => error(&"monitor is a stream"),
+        Request::Monitor { .. } => error(&"monitor is a stream"),
         Request::Register(reg) => {
             let who = format!("{}/{}", reg.namespace, reg.pod);
             let done = n.register(reg);
@@ -96,9 +100,12 @@ pub fn handle(node: &Mutex<Node>, req: Request) -> serde_json::Value {
 }
 
 /// Reads every endpoint's monitor ring buffer and publishes its events; the set of
-/// endpoints is looked up again on every round, so new pods' events appear.
+/// endpoints is looked up again on every round, so new pods' events appear. An
+/// endpoint's own hooks name it: its connects (connect4/6) come from it, the connections
+/// its sk_lookup hands over or drops go to it.
 fn fan_in_events(node: Arc<Mutex<Node>>, hub: Arc<Hub>) {
-    let mut readers: BTreeMap<PathBuf, membrane_datapath::events::EventReader> = BTreeMap::new();
+    type Reader = membrane_datapath::events::EventReader;
+    let mut readers: BTreeMap<PathBuf, (String, Reader)> = BTreeMap::new();
     let name = lock(&node).name().to_owned();
     // The node-wide programs' ring (overlay and underlay devices), beside the endpoints'.
     let mut node_events = lock(&node).packet.as_ref().and_then(|p| p.dp.events().ok());
@@ -110,18 +117,31 @@ fn fan_in_events(node: Arc<Mutex<Node>>, hub: Arc<Hub>) {
                 }
             }
         }
-        let dirs = lock(&node).endpoint_dirs();
-        readers.retain(|d, _| dirs.contains(d));
-        for d in dirs {
+        let eps: BTreeMap<PathBuf, String> = {
+            let n = lock(&node);
+            n.regs
+                .keys()
+                .map(|k| (n.endpoint_dir(k), k.clone()))
+                .collect()
+        };
+        readers.retain(|d, _| eps.contains_key(d));
+        for (d, key) in eps {
             if let std::collections::btree_map::Entry::Vacant(slot) = readers.entry(d) {
                 if let Ok(r) = Datapath::open(slot.key()).and_then(|dp| dp.events()) {
-                    slot.insert(r);
+                    slot.insert((key, r));
                 }
             }
         }
-        for r in readers.values_mut() {
+        for (key, r) in readers.values_mut() {
             if let Ok(evs) = r.drain(&name, 4096) {
-                for ev in evs {
+                for mut ev in evs {
+                    match ev.program.as_str() {
+                        "connect4" | "connect6" if ev.src_pod.is_none() => {
+                            ev.src_pod = Some(key.clone())
+                        }
+                        "sk_lookup" if ev.dst_pod.is_none() => ev.dst_pod = Some(key.clone()),
+                        _ => {}
+                    }
                     hub.publish(&ev);
                 }
             }
@@ -170,7 +190,12 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     }
     let listener =
         api::bind(&cfg.socket).with_context(|| format!("--socket {}", cfg.socket.display()))?;
-    let hub = Arc::new(Hub::new(&cfg.xds.node, api::SUBSCRIBER_QUEUE));
+    // The socket's `monitor` replays the latest events as the observer's `last` does.
+    let hub = Arc::new(Hub::with_ring(
+        &cfg.xds.node,
+        api::SUBSCRIBER_QUEUE,
+        cfg.observer.ring,
+    ));
     {
         let (node, hub) = (node.clone(), hub.clone());
         let stats = Arc::new(api::ServeStats::default());
@@ -182,6 +207,35 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     {
         let (node, hub) = (node.clone(), hub.clone());
         thread::spawn(move || fan_in_events(node, hub));
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("start the tokio runtime")?;
+    // The tap subscribes even without a listener: the metrics count from it.
+    let feed = Arc::new(Feed::new(cfg.observer.ring));
+    let counters = Arc::new(Metrics::new(&cfg.xds.node));
+    observer::tap(&hub, node.clone(), feed.clone(), counters.clone());
+    if let Some(addr) = cfg.observer.addr {
+        let bound = rt.block_on(observer::serve(
+            addr,
+            cfg.observer.tls.as_ref(),
+            &cfg.xds.node,
+            feed,
+        ))?;
+        let how = if cfg.observer.tls.is_some() {
+            "mTLS"
+        } else {
+            "plaintext"
+        };
+        println!("observer (gRPC, {how}) on {bound}");
+    }
+    if let Some(addr) = cfg.observer.metrics {
+        let l = rt.block_on(metrics::bind(addr))?;
+        let _guard = rt.enter();
+        metrics::serve(l, counters);
+        println!("metrics on http://{addr}/metrics");
     }
     {
         let node = node.clone();
@@ -198,11 +252,6 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         cfg.xds.node,
         cfg.xds.address
     );
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("start the tokio runtime")?;
     let (_stop, stop_rx) = watch::channel(false);
     rt.block_on(xds::run(cfg.xds, node, stop_rx));
     Ok(())

@@ -1,7 +1,7 @@
 //! The agent's unix-socket API (`/var/run/membrane/agent.sock`).
 //!
 //! Protocol: the client sends one JSON line, `{"request":"status"}`,
-//! `{"request":"monitor"}` or one of the node daemon's requests ([`Request`]:
+//! `{"request":"monitor"}` (`"last":N` replays the latest N first) or one of the node daemon's requests ([`Request`]:
 //! membrane-cni's `register`/`unregister`, the CLI's endpoint, identity,
 //! service and policy queries). Every request but `monitor` gets one JSON
 //! object back and the connection is closed. `monitor` gets newline-delimited
@@ -101,8 +101,12 @@ impl ServeStats {
 pub enum Request {
     /// One status object.
     Status,
-    /// The event stream.
-    Monitor,
+    /// The event stream, after the latest `last` events the agent still holds.
+    Monitor {
+        /// Events to replay first (0: only new ones).
+        #[serde(default)]
+        last: usize,
+    },
     /// membrane-cni ADD: a pod on this node to enforce (node daemon only).
     Register(Registration),
     /// membrane-cni DEL: forget the pod that container's interface belongs to.
@@ -258,8 +262,11 @@ struct Subscriber {
 /// The subscribers of one agent's event stream.
 pub struct Hub {
     node: String,
-    subs: Mutex<Vec<Subscriber>>,
+    // The latest `keep` lines, updated under `subs`'s lock so a new subscriber's replay
+    // and its live lines neither overlap nor leave a gap.
+    subs: Mutex<(Vec<Subscriber>, std::collections::VecDeque<String>)>,
     queue: usize,
+    keep: usize,
 }
 
 impl std::fmt::Debug for Hub {
@@ -271,10 +278,16 @@ impl std::fmt::Debug for Hub {
 impl Hub {
     /// A hub for `node` with `queue` events of room per subscriber.
     pub fn new(node: &str, queue: usize) -> Self {
+        Self::with_ring(node, queue, 0)
+    }
+
+    /// A hub that also keeps its latest `keep` events for `monitor` with `last`.
+    pub fn with_ring(node: &str, queue: usize, keep: usize) -> Self {
         Self {
             node: node.to_owned(),
-            subs: Mutex::new(Vec::new()),
+            subs: Mutex::new(Default::default()),
             queue: queue.max(1),
+            keep,
         }
     }
 
@@ -285,16 +298,24 @@ impl Hub {
 
     /// Current subscribers.
     pub fn subscribers(&self) -> usize {
-        self.subs.lock().map(|s| s.len()).unwrap_or(0)
+        self.subs.lock().map(|s| s.0.len()).unwrap_or(0)
     }
 
     /// Add a subscriber; its lines come out of the receiver.
     pub fn subscribe(&self) -> Receiver<String> {
+        self.subscribe_last(0).1
+    }
+
+    /// The latest `last` lines held (oldest first) and a subscriber of later ones.
+    pub fn subscribe_last(&self, last: usize) -> (Vec<String>, Receiver<String>) {
         let (tx, rx) = sync_channel(self.queue);
+        let mut replay = Vec::new();
         if let Ok(mut s) = self.subs.lock() {
-            s.push(Subscriber { tx, lost: 0 });
+            let skip = s.1.len().saturating_sub(last);
+            replay = s.1.iter().skip(skip).cloned().collect();
+            s.0.push(Subscriber { tx, lost: 0 });
         }
-        rx
+        (replay, rx)
     }
 
     /// Hand one event to every subscriber without waiting for any.
@@ -303,9 +324,16 @@ impl Hub {
             return;
         };
         line.push('\n');
-        let Ok(mut subs) = self.subs.lock() else {
+        let Ok(mut guard) = self.subs.lock() else {
             return;
         };
+        let (subs, ring) = &mut *guard;
+        if self.keep > 0 {
+            if ring.len() >= self.keep {
+                ring.pop_front();
+            }
+            ring.push_back(line.clone());
+        }
         subs.retain_mut(|s| {
             if s.lost > 0 {
                 let mut lost =
@@ -497,8 +525,11 @@ fn handle(
         }
     };
     match req {
-        Request::Monitor => {
-            let rx = hub.subscribe();
+        Request::Monitor { last } => {
+            let (replay, rx) = hub.subscribe_last(last);
+            for line in replay {
+                out.write_all(line.as_bytes())?;
+            }
             // A quiet node sends no event that would fail on a gone client,
             // so its hang-up is looked for between events: a gone client
             // must not hold one of the `max_clients` places.
@@ -563,6 +594,26 @@ mod tests {
         drop(rx);
         hub.publish(&ev(6));
         assert_eq!(hub.subscribers(), 0, "a gone subscriber is dropped");
+    }
+
+    #[test]
+    fn a_ring_replays_the_latest_before_the_live_ones() {
+        let hub = Hub::with_ring("n1", 8, 2);
+        let ev = |i: u64| Event {
+            cookie: i,
+            ..Event::default()
+        };
+        (0..3).for_each(|i| hub.publish(&ev(i)));
+        let (replay, rx) = hub.subscribe_last(5);
+        hub.publish(&ev(3));
+        let got: Vec<u64> = replay
+            .into_iter()
+            .chain(rx.try_iter())
+            .map(|l| serde_json::from_str::<Event>(&l).unwrap().cookie)
+            .collect();
+        assert_eq!(got, [1, 2, 3]);
+        let old: Request = serde_json::from_str(r#"{"request":"monitor"}"#).unwrap();
+        assert_eq!(old, Request::Monitor { last: 0 });
     }
 
     #[test]

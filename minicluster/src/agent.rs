@@ -80,6 +80,7 @@ impl Cluster {
             .args(["--xds-address", xds])
             .args(["--overlay", &self.overlay.to_string()])
             .args(["--underlay-device", source::UNDERLAY])
+            .args(super::relay::agent_args(n))
             .arg("--state-dir")
             .arg(self.dir.join(format!("agent-{node}")))
             .stdin(Stdio::null())

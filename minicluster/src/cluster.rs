@@ -53,6 +53,8 @@ pub struct Cluster {
     pub deathstars: [Pod; 2],
     /// The tiefighter and the xwing, both on node-1.
     pub ships: [Pod; 2],
+    /// membrane-relay, in-process, once the agents run.
+    pub(crate) relay: Option<crate::relay::ClusterRelay>,
 }
 
 /// What the mini-cluster made, in the order it was made, to be undone once.
@@ -189,6 +191,7 @@ impl Cluster {
         let c = Cluster::start(bins, overlay)?;
         c.play(&c.deathstars, &c.ships, c.service())?;
         c.across_nodes(&c.deathstars[1], &c.ships[1])?;
+        c.show_merged()?;
         c.edit_policy(&c.deathstars, &c.ships, &c.source())?;
         let r = c.restart_agent(&c.ships[0])?;
         println!(
@@ -207,6 +210,11 @@ impl Cluster {
             r.codes.len() - r.landed()
         );
         Ok(())
+    }
+
+    /// The in-process relay (its merged stream, its address, its runtime), once started.
+    pub fn relay(&self) -> Option<&crate::relay::ClusterRelay> {
+        self.relay.as_ref()
     }
 
     /// The deathstar service's address.
@@ -263,6 +271,7 @@ impl Cluster {
                 pod("tiefighter", TIEFIGHTER, "10.200.0.2", 0),
                 pod("xwing", XWING, "10.200.0.3", 0),
             ],
+            relay: None,
         };
         membrane_datapath::ensure_bpffs(&c.bpffs())?;
         let source = c.dir.join("source");
@@ -325,6 +334,13 @@ impl Cluster {
                 c.bpffs_of(n).display()
             );
         }
+        let relay = c.start_relay()?;
+        println!(
+            "  membrane-relay in this process (node-1's namespace): nodes from membrane-xds's \
+             registry, each agent's observer at NODE_IP:4244, the merged stream on {}",
+            relay.addr
+        );
+        c.relay = Some(relay);
 
         // Every pod as the container runtime brings it up: its network (the
         // interface plugin's part), then the chained membrane-cni ADD, which

@@ -26,12 +26,14 @@ mod control;
 mod crossing;
 mod kubelet;
 mod pods;
+mod relay;
 mod scenario;
 mod source;
 
 pub use agent::AgentRestart;
 pub use bed::{admitting_the_alliance, l7_allowing_exhaust_port};
 pub use cluster::{Bins, Cluster, Pod};
+pub use relay::ClusterRelay;
 
 /// The Star Wars L3/L4 policy: (file name, text).
 pub const L3_L4: (&str, &str) = (
