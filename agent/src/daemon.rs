@@ -37,6 +37,8 @@ pub struct DaemonConfig {
     pub xds: XdsConfig,
     /// The packet path (tc): overlay, underlay, load balancing, tc policy.
     pub packet: PacketArgs,
+    /// The sidecars' records socket and its bounds.
+    pub records: crate::records::RecordArgs,
 }
 
 fn lock(node: &Mutex<Node>) -> std::sync::MutexGuard<'_, Node> {
@@ -167,6 +169,12 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     {
         let (node, hub) = (node.clone(), hub.clone());
         thread::spawn(move || fan_in_events(node, hub));
+    }
+    if let Some(path) = &cfg.records.records_socket {
+        let listener = crate::records::bind(path)?;
+        let (node, hub, args) = (node.clone(), hub.clone(), cfg.records.clone());
+        let stats = lock(&node).records.clone();
+        thread::spawn(move || crate::records::serve(listener, node, hub, args, stats));
     }
     {
         let node = node.clone();

@@ -7,7 +7,7 @@
 //! packet path is fed: the node ipcache with tunnel endpoints, native routes), [`tc`] and `tc_sync` (the node's packet path:
 //! flags, the node pin directory, tc per endpoint, node ipcache and routes), [`node`] (registrations,
 //! resources in force, programming each endpoint's datapath as a diff), `views` (what the
-//! socket answers about them), [`xds`] (the delta ADS client, fail-static) and [`daemon`] (the socket, the event fan-in, the wiring).
+//! socket answers about them), [`xds`] (the delta ADS client, fail-static), [`records`] (the sidecars' request records, attributed by network namespace) and [`daemon`] (the socket, the event fan-in, the wiring).
 //! The single-cgroup commands of the binary (`attach`, `run --cgroup`, ...) stay in the
 //! binary.
 //!
@@ -18,6 +18,7 @@
 pub mod daemon;
 pub mod node;
 pub mod packet;
+pub mod records;
 pub mod resources;
 pub mod store;
 pub mod tc;

@@ -170,6 +170,9 @@ struct DaemonArgs {
     /// The packet path (tc).
     #[command(flatten)]
     packet: membrane_agent::tc::PacketArgs,
+    /// The sidecars' request records.
+    #[command(flatten)]
+    records: membrane_agent::records::RecordArgs,
     /// The daemon's state directory: registrations and the resources in force, adopted
     /// by the next agent.
     #[arg(
@@ -190,7 +193,7 @@ enum Cmd {
         #[command(flatten)]
         attach: AttachArgs,
         #[command(flatten)]
-        daemon: DaemonArgs,
+        daemon: Box<DaemonArgs>,
         /// Seconds between counter prints.
         #[arg(long, env = "MEMBRANE_INTERVAL", default_value_t = 5)]
         interval: u64,
@@ -488,6 +491,7 @@ fn main() -> Result<()> {
                 limits: limits(&cfg),
                 xds,
                 packet: d.packet.clone(),
+                records: d.records.clone(),
             })?;
         }
         Cmd::Run {
