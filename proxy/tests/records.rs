@@ -101,7 +101,8 @@ async fn requests_reach_the_agent_as_l7_events_and_survive_its_restart() {
         l7.rule.as_deref().is_some_and(|r| r.contains("proxy-test")),
         "the rule whose HTTP rules refused it: {denied:?}"
     );
-    assert_eq!(denied.dst.as_deref(), Some(p.addr().to_string().as_str()));
+    // Standalone: the destination is the upstream the listener delivers to.
+    assert_eq!(denied.dst.as_deref(), Some(p.backend.to_string().as_str()));
     assert_eq!(denied.src_pod, None, "the reporter claims no pods");
 
     let (code, _, _) = curl(&["--http2-prior-knowledge", &p.url("/v1/allowed")]).await;
