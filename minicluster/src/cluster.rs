@@ -189,6 +189,7 @@ impl Cluster {
         let c = Cluster::start(bins, overlay)?;
         c.play(&c.deathstars, &c.ships, c.service())?;
         c.across_nodes(&c.deathstars[1], &c.ships[1])?;
+        c.l7_beside(&c.deathstars[1], &c.ships[0])?;
         c.edit_policy(&c.deathstars, &c.ships, &c.source())?;
         let r = c.restart_agent(&c.ships[0])?;
         println!(
