@@ -41,6 +41,8 @@ pub struct DaemonConfig {
     pub packet: PacketArgs,
     /// The event stream on gRPC and the metrics.
     pub observer: ObserverConfig,
+    /// The sidecars' records socket and its bounds.
+    pub records: crate::records::RecordArgs,
 }
 
 fn lock(node: &Mutex<Node>) -> std::sync::MutexGuard<'_, Node> {
@@ -207,6 +209,12 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     {
         let (node, hub) = (node.clone(), hub.clone());
         thread::spawn(move || fan_in_events(node, hub));
+    }
+    if let Some(path) = &cfg.records.records_socket {
+        let listener = crate::records::bind(path)?;
+        let (node, hub, args) = (node.clone(), hub.clone(), cfg.records.clone());
+        let stats = lock(&node).records.clone();
+        thread::spawn(move || crate::records::serve(listener, node, hub, args, stats));
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -8,8 +8,9 @@
 //! flags, the node pin directory, tc per endpoint, node ipcache and routes), [`node`] (registrations,
 //! resources in force, programming each endpoint's datapath as a diff), `views` (what the
 //! socket answers about them), [`xds`] (the delta ADS client, fail-static), [`prefilter`] (the
-//! XDP prefilter's deny set), [`observer`] (the event stream on gRPC, 4244, for the relay),
-//! [`metrics`] (Prometheus, 9962) and [`daemon`] (the socket, the event fan-in, the wiring).
+//! XDP prefilter's deny set), [`records`] (the sidecars' request records, attributed by network
+//! namespace), [`observer`] (the event stream on gRPC, 4244, for the relay), [`metrics`]
+//! (Prometheus, 9962) and [`daemon`] (the socket, the event fan-in, the wiring).
 //! The single-cgroup commands of the binary (`attach`, `run --cgroup`, ...) stay in the
 //! binary.
 //!
@@ -23,6 +24,7 @@ pub mod node;
 pub mod observer;
 pub mod packet;
 pub mod prefilter;
+pub mod records;
 pub mod resources;
 pub mod store;
 pub mod tc;

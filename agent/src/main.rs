@@ -173,6 +173,9 @@ struct DaemonArgs {
     /// The event stream on gRPC (4244) and the metrics (9962).
     #[command(flatten)]
     observer: membrane_agent::observer::ObserverArgs,
+    /// The sidecars' request records.
+    #[command(flatten)]
+    records: membrane_agent::records::RecordArgs,
     /// The daemon's state directory: registrations and the resources in force, adopted
     /// by the next agent.
     #[arg(
@@ -195,7 +198,7 @@ enum Cmd {
         #[command(flatten)]
         attach: AttachArgs,
         #[command(flatten)]
-        daemon: DaemonArgs,
+        daemon: Box<DaemonArgs>,
         /// Seconds between counter prints.
         #[arg(long, env = "MEMBRANE_INTERVAL", default_value_t = 5)]
         interval: u64,
@@ -502,6 +505,7 @@ fn main() -> Result<()> {
                 },
                 xds,
                 packet: d.packet.clone(),
+                records: d.records.clone(),
             })?;
         }
         Cmd::Run {

@@ -145,6 +145,8 @@ pub struct Node {
     pub(crate) node_changes: crate::tc_sync::NodeChanges,
     /// The control-plane connection.
     pub xds: XdsState,
+    /// The sidecars' records socket's counters (`status`).
+    pub records: std::sync::Arc<crate::records::RecordStats>,
 }
 
 pub(crate) fn dp_err<'a>(
@@ -197,6 +199,7 @@ impl Node {
                 packet: None,
                 node_changes: Default::default(),
                 xds: XdsState::default(),
+                records: Default::default(),
             },
             warnings,
         ))

@@ -23,6 +23,7 @@ impl Node {
             "endpoints": self.regs.len(),
             "resources": Kind::ALL.iter().map(|k| (k.name(), self.held.get(k).map(|h| h.len()))).collect::<BTreeMap<_, _>>(),
             "packet_path": self.packet_status(),
+            "sidecar_records": self.records.json(),
         })
     }
 

@@ -99,6 +99,17 @@ fn the_star_wars_scenario_and_live_policy_edits_on_two_nodes() {
     // The xwing straight at node-2's deathstar: node-2's monitor shows the drop with
     // both identities (the demo's check, an error when missing).
     c.across_nodes(&d2, &xwing).unwrap();
+    // The tiefighter's PUT denied by node-2's deathstar sidecar, in node-2's stream beside
+    // the drops: attributed to that pod by its agent, with the rule that decided.
+    let l7 = c.l7_beside(&d2, &tiefighter).unwrap();
+    assert_eq!(l7["node"], "node-2", "{l7:#}");
+    assert_eq!(
+        l7["src_pod"],
+        serde_json::Value::Null,
+        "the tiefighter is on node-1: {l7:#}"
+    );
+    assert_eq!(l7["l7"]["status"], 403, "{l7:#}");
+    assert!(l7["l7"]["rule"].is_string(), "{l7:#}");
 
     // Live edits, each under load: every answer is the old policy's or the new one's.
     let probes: Vec<Probe> = [d1, d2]

@@ -49,6 +49,15 @@ impl Cluster {
         self.bpffs().join(source::NODES[n].name)
     }
 
+    /// Node `n`'s agent's records socket, in the directory a cluster mounts into the
+    /// node's injected pods (`/var/run/membrane/sidecar` there; a directory per node here,
+    /// the nodes sharing the host's file system).
+    pub(crate) fn records_socket(&self, n: usize) -> PathBuf {
+        self.dir
+            .join(format!("sidecar-{}", source::NODES[n].name))
+            .join(membrane_xds::inject::RECORDS_SOCKET_FILE)
+    }
+
     /// Node `n`'s agent's API socket.
     pub(crate) fn agent_socket(&self, n: usize) -> PathBuf {
         self.dir
@@ -83,6 +92,8 @@ impl Cluster {
             .args(super::relay::agent_args(n))
             .arg("--state-dir")
             .arg(self.dir.join(format!("agent-{node}")))
+            .arg("--records-socket")
+            .arg(self.records_socket(n))
             .stdin(Stdio::null())
             .stdout(Stdio::from(f.try_clone()?))
             .stderr(Stdio::from(f))

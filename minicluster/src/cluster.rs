@@ -192,6 +192,7 @@ impl Cluster {
         c.play(&c.deathstars, &c.ships, c.service())?;
         c.across_nodes(&c.deathstars[1], &c.ships[1])?;
         c.show_merged()?;
+        c.l7_beside(&c.deathstars[1], &c.ships[0])?;
         c.edit_policy(&c.deathstars, &c.ships, &c.source())?;
         let r = c.restart_agent(&c.ships[0])?;
         println!(

@@ -301,6 +301,15 @@ impl Cluster {
                 self.mount_certs(d, &pod, c.user)?,
             ));
         }
+        // The records volume: the hostPath directory of the pod's node, which here is
+        // that node's directory in the mini-cluster's own.
+        if let Some(v) = env.iter_mut().find(|(k, _)| k == "MEMBRANE_RECORDS_SOCKET") {
+            v.1 = self
+                .records_socket(d.node)
+                .to_str()
+                .context("records socket path is not UTF-8")?
+                .to_owned();
+        }
         // The image's PATH: the tools the pod's wrapper runs (sh, ip, setpriv).
         env.push(("PATH".into(), std::env::var("PATH").unwrap_or_default()));
         let mut argv = c.argv.clone();

@@ -25,6 +25,7 @@ mod cluster;
 mod control;
 mod crossing;
 mod kubelet;
+mod l7;
 mod pods;
 mod relay;
 mod scenario;

@@ -187,6 +187,17 @@ pub struct Config {
     /// (`membrane_access_log_dropped_total{reason="overflow"}`); requests never wait.
     #[arg(long, env = "MEMBRANE_ACCESS_LOG_MAX_BUFFERED", default_value_t = 8 << 20)]
     pub access_log_max_buffered: usize,
+    /// Send one record per HTTP request to the node agent's records socket (monitor events
+    /// of type `l7`); skipped while the socket is absent, reconnected with backoff.
+    #[arg(long, env = "MEMBRANE_RECORDS_SOCKET")]
+    pub records_socket: Option<PathBuf>,
+    /// Records are sent in batches; a record waits at most this long.
+    #[arg(long, env = "MEMBRANE_RECORDS_FLUSH_INTERVAL", value_parser = parse_duration, default_value = "100ms")]
+    pub records_flush_interval: Duration,
+    /// Record bytes not yet sent beyond which new records are dropped and counted
+    /// (`membrane_l7_records_dropped_total{reason="overflow"}`); requests never wait.
+    #[arg(long, env = "MEMBRANE_RECORDS_MAX_BUFFERED", default_value_t = 1 << 20)]
+    pub records_max_buffered: usize,
     /// Merge repeated slashes in paths (`//a///b` → `/a/b`) before matching and forwarding.
     #[arg(long, env = "MEMBRANE_MERGE_SLASHES", default_value_t = false, action = clap::ArgAction::Set)]
     pub merge_slashes: bool,
@@ -350,7 +361,7 @@ impl Config {
                 expected,
             })
         };
-        let durations: [(&'static str, Duration, bool); 13] = [
+        let durations: [(&'static str, Duration, bool); 14] = [
             // (flag, value, zero allowed)
             ("--header-read-timeout", self.header_read_timeout, false),
             ("--idle-timeout", self.idle_timeout, false),
@@ -375,6 +386,11 @@ impl Config {
             (
                 "--access-log-flush-interval",
                 self.access_log_flush_interval,
+                false,
+            ),
+            (
+                "--records-flush-interval",
+                self.records_flush_interval,
                 false,
             ),
         ];
@@ -445,6 +461,13 @@ impl Config {
                 "must be at least 65536 (one block of lines)",
             );
         }
+        if self.records_max_buffered < 64 << 10 {
+            return invalid(
+                "--records-max-buffered",
+                self.records_max_buffered.to_string(),
+                "must be at least 65536",
+            );
+        }
         if self.concurrency > 1024 {
             return invalid(
                 "--concurrency",
@@ -478,6 +501,17 @@ impl Config {
 }
 
 impl Config {
+    /// The reporter's settings, when `--records-socket` is set.
+    pub fn records_settings(&self) -> Option<crate::records::Settings> {
+        self.records_socket
+            .as_ref()
+            .map(|socket| crate::records::Settings {
+                socket: socket.clone(),
+                flush_interval: self.records_flush_interval,
+                max_buffered: self.records_max_buffered,
+            })
+    }
+
     /// The access log's settings (whether it is on is `access_log`).
     pub fn access_log_settings(&self) -> crate::access_log::Settings {
         use crate::access_log::Destination;

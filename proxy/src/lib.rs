@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod normalize;
 pub mod orig_dst;
 pub mod policy;
+pub mod records;
 pub mod secrets;
 pub mod server;
 pub mod sidecar;
@@ -215,6 +216,10 @@ pub async fn start_on(
         )?),
         false => None,
     };
+    let records = cfg
+        .records_settings()
+        .map(|s| records::Reporter::start(s, metrics.record_counters()))
+        .transpose()?;
     let shared = Arc::new(
         Shared::new(
             settings,
@@ -226,7 +231,8 @@ pub async fn start_on(
             secrets.clone(),
         )?
         .with_mesh(mesh.clone())
-        .with_access_log(access_log.clone()),
+        .with_access_log(access_log.clone())
+        .with_records(records),
     );
     let admin = Arc::new(AdminState {
         listen: addrs.listen,

@@ -131,6 +131,25 @@ pub struct AccessLogDropLabels {
     pub reason: AccessLogDrop,
 }
 
+/// Why L7 records were not sent to the agent (`membrane_l7_records_dropped_total`).
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum RecordDrop {
+    /// No agent was connected.
+    disconnected,
+    /// More than `--records-max-buffered` bytes were waiting.
+    overflow,
+    /// The agent connection failed with the batch.
+    write_failed,
+}
+
+/// Labels of `membrane_l7_records_dropped_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RecordDropLabels {
+    /// Why.
+    pub reason: RecordDrop,
+}
+
 /// All metrics of one proxy process.
 pub struct Metrics {
     registry: Registry,
@@ -157,6 +176,8 @@ pub struct Metrics {
     capture_refused: Family<CaptureRefusalLabels, Counter>,
     mesh_tls_refused: Family<MeshRefusalLabels, Counter>,
     access_log_dropped: Family<AccessLogDropLabels, Counter>,
+    records_dropped: Family<RecordDropLabels, Counter>,
+    records_sent: Counter,
 }
 
 impl Default for Metrics {
@@ -257,6 +278,18 @@ impl Metrics {
             "Access-log lines lost, by reason (the request path never waits for the writer)",
             access_log_dropped.clone(),
         );
+        let records_dropped = Family::<RecordDropLabels, Counter>::default();
+        registry.register(
+            "l7_records_dropped",
+            "L7 records not sent to the node agent, by reason (the request path never waits)",
+            records_dropped.clone(),
+        );
+        let records_sent = Counter::default();
+        registry.register(
+            "l7_records_sent",
+            "L7 records sent to the node agent",
+            records_sent.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -279,6 +312,23 @@ impl Metrics {
             capture_refused,
             mesh_tls_refused,
             access_log_dropped,
+            records_dropped,
+            records_sent,
+        }
+    }
+
+    /// The counters the reporter to the node agent increments.
+    pub fn record_counters(&self) -> crate::records::Counters {
+        let get = |reason| {
+            self.records_dropped
+                .get_or_create(&RecordDropLabels { reason })
+                .clone()
+        };
+        crate::records::Counters {
+            disconnected: get(RecordDrop::disconnected),
+            overflow: get(RecordDrop::overflow),
+            write_failed: get(RecordDrop::write_failed),
+            sent: self.records_sent.clone(),
         }
     }
 

@@ -67,6 +67,13 @@ pub fn cert_secret_name(service_account: &str) -> String {
 
 /// The injected volume holding the workload certificate Secret.
 pub const CERTS_VOLUME: &str = "membrane-certs";
+/// The injected volume holding the node agent's records socket (a hostPath directory,
+/// mounted into the sidecar only).
+pub const RECORDS_VOLUME: &str = "membrane-records";
+/// The records socket's directory on the node and in the sidecar, by default.
+pub const RECORDS_DIR: &str = "/var/run/membrane/sidecar";
+/// The records socket's file name in that directory (the agent's `--records-socket`).
+pub const RECORDS_SOCKET_FILE: &str = "records.sock";
 
 /// What the injected container is made of (from `membrane-xds` flags).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +98,9 @@ pub struct Sidecar {
     pub cluster_id: String,
     /// The mesh's trust domain (`TRUST_DOMAIN`, and the mesh id).
     pub trust_domain: String,
+    /// The node directory holding the agent's records socket, mounted into the sidecar
+    /// at the same path and named by `MEMBRANE_RECORDS_SOCKET` (`None`: no records).
+    pub records_dir: Option<String>,
 }
 
 impl Sidecar {
@@ -105,6 +115,7 @@ impl Sidecar {
             rewrite_probes: true,
             cluster_id: "Kubernetes".into(),
             trust_domain: "cluster.local".into(),
+            records_dir: Some(RECORDS_DIR.into()),
         }
     }
 
@@ -523,7 +534,9 @@ fn decide(
     match spec.and_then(|s| field(s, "volumes")) {
         None => {}
         Some(Value::Array(v)) => {
-            let ours = sidecar::VOLUMES.iter().chain([&CERTS_VOLUME]);
+            let ours = sidecar::VOLUMES
+                .iter()
+                .chain([&CERTS_VOLUME, &RECORDS_VOLUME]);
             for name in ours {
                 if v.iter()
                     .any(|x| x.get("name").and_then(Value::as_str) == Some(name))

@@ -217,11 +217,28 @@ fn recorded_pods_get_a_valid_sidecar_and_istio_status() {
             .find(|v| v["name"] == "membrane-certs")
             .expect("the certificate volume");
         assert_eq!(certs["secret"]["secretName"], format!("membrane.{sa}"));
-        // The pod's own volumes stay, Istio's three and the certificate's join.
+        // The node agent's records socket: its host directory, in the sidecar alone.
+        let records = vols
+            .iter()
+            .find(|v| v["name"] == "membrane-records")
+            .expect("the records volume");
+        assert_eq!(
+            records["hostPath"],
+            json!({"path": "/var/run/membrane/sidecar", "type": "DirectoryOrCreate"})
+        );
+        assert!(c["volumeMounts"].as_array().unwrap().contains(
+            &json!({"name": "membrane-records", "mountPath": "/var/run/membrane/sidecar"})
+        ));
+        assert_eq!(
+            env_value(c, "MEMBRANE_RECORDS_SOCKET"),
+            "/var/run/membrane/sidecar/records.sock"
+        );
+        // The pod's own volumes stay; Istio's three, the certificate's and the records'
+        // join.
         let own = review["request"]["object"]["spec"]["volumes"]
             .as_array()
             .map_or(0, Vec::len);
-        assert_eq!(vols.len(), own + 4, "{name}");
+        assert_eq!(vols.len(), own + 5, "{name}");
         let env: Vec<(String, String)> = c["env"]
             .as_array()
             .unwrap()
@@ -267,7 +284,7 @@ fn recorded_pods_get_a_valid_sidecar_and_istio_status() {
         assert_eq!(
             status,
             json!({"initContainers": ["istio-proxy"], "containers": null,
-                   "volumes": ["istio-envoy", "istio-data", "istio-podinfo", "membrane-certs"],
+                   "volumes": ["istio-envoy", "istio-data", "istio-podinfo", "membrane-records", "membrane-certs"],
                    "imagePullSecrets": null, "revision": "default"})
         );
         assert_eq!(

@@ -70,7 +70,7 @@ impl Enforcer {
             return None;
         }
         let remote = self.ipcache.lookup(remote);
-        let decision = match self.source {
+        let (decision, by_rule) = match self.source {
             Source::Npds => self.decide_npds(policy, remote, port, None),
             _ => conn_decision(
                 &policy.connection(remote, Proto::Tcp, port),
@@ -82,6 +82,7 @@ impl Enforcer {
             remote_identity: remote.0,
             local_identity: self.local,
             decision,
+            by_rule,
         })
     }
 
@@ -124,16 +125,18 @@ impl Enforcer {
                     decision: Decision::Deny {
                         decided_by: why.clone(),
                     },
+                    by_rule: false,
                 }
             }
             _ => self.ipcache.lookup(remote),
         };
         let policy = self.direction(dir);
-        let decision = match self.source {
+        let (decision, by_rule) = match self.source {
             Source::Npds => self.decide_npds(policy, remote, port, Some(req)),
             _ => {
                 let conn = policy.connection_sni(remote, Proto::Tcp, port, req.sni);
                 let dec = conn.check_http(&http_request(req));
+                let by_rule = dec.decided_by.is_some();
                 let by = match (dec.decided_by, dec.http_rule) {
                     (Some(e), Some(i)) => format!("{} http[{i}]", e.origin),
                     (Some(e), None) => named(&conn, e.origin.to_string()),
@@ -142,13 +145,14 @@ impl Enforcer {
                     }
                     (None, _) => "not enforced".to_owned(),
                 };
-                verdict(dec.verdict, by, dec.header_actions)
+                (verdict(dec.verdict, by, dec.header_actions), by_rule)
             }
         };
         Checked {
             remote_identity: remote.0,
             local_identity: self.local,
             decision,
+            by_rule,
         }
     }
 
@@ -175,16 +179,15 @@ impl Enforcer {
         remote: Identity,
         port: u16,
         req: Option<&RequestView<'_>>,
-    ) -> Decision {
+    ) -> (Decision, bool) {
         let conn = policy.connection_sni(remote, Proto::Tcp, port, req.and_then(|r| r.sni));
         let denied_l4 = matches!(conn, ConnPolicy::Denied(None));
         let dec = match req {
             Some(req) => conn.check_http(&http_request(req)),
             None if conn.needs_http() => {
                 // An L4 check on a port with HTTP rules for this peer: requests decide.
-                return Decision::Deny {
-                    decided_by: "HTTP rules apply on this port".to_owned(),
-                };
+                let decided_by = "HTTP rules apply on this port".to_owned();
+                return (Decision::Deny { decided_by }, false);
             }
             None => conn.check_http(&HttpRequest {
                 method: "",
@@ -194,6 +197,7 @@ impl Enforcer {
                 secrets: &membrane_policy::http::NoSecrets,
             }),
         };
+        let by_rule = dec.decided_by.is_some();
         let by = match (dec.decided_by, dec.http_rule) {
             (Some(e), Some(i)) => format!("{} http[{i}]", e.origin.rule),
             (Some(e), None) => named(&conn, e.origin.rule.clone()),
@@ -202,7 +206,7 @@ impl Enforcer {
             }
             (None, _) => "no rule allows this request (default deny)".to_owned(),
         };
-        verdict(dec.verdict, by, dec.header_actions)
+        (verdict(dec.verdict, by, dec.header_actions), by_rule)
     }
 }
 
@@ -240,14 +244,18 @@ fn plan_tls(
         return None;
     }
     let conn = dp.connection_sni(remote, Proto::Tcp, port, sni);
-    let l4 = (!conn.needs_http()).then(|| Checked {
-        remote_identity: remote.0,
-        local_identity: local,
-        decision: conn_decision(
+    let l4 = (!conn.needs_http()).then(|| {
+        let (decision, by_rule) = conn_decision(
             &conn,
             &origin,
             "no rule allows this peer on this port with this server name (default deny)",
-        ),
+        );
+        Checked {
+            remote_identity: remote.0,
+            local_identity: local,
+            decision,
+            by_rule,
+        }
     });
     Some(TlsPlan {
         l4,
@@ -262,7 +270,14 @@ fn conn_decision(
     conn: &ConnPolicy<'_>,
     origin: &dyn Fn(&PeerEntry) -> String,
     default_deny: &str,
-) -> Decision {
+) -> (Decision, bool) {
+    let by_rule = matches!(
+        conn,
+        ConnPolicy::Denied(Some(_))
+            | ConnPolicy::Allowed(Some(_))
+            | ConnPolicy::UnenforcedL7Denied(_)
+            | ConnPolicy::UnenforcedL7AllowedL4(_)
+    );
     let by = match conn {
         ConnPolicy::Denied(Some(e))
         | ConnPolicy::Allowed(Some(e))
@@ -273,7 +288,7 @@ fn conn_decision(
         ConnPolicy::Allowed(None) | ConnPolicy::Http(_) => "default".to_owned(),
         ConnPolicy::AllowedLocalhost => named(conn, "allow-localhost".to_owned()),
     };
-    verdict(conn.l4_verdict(), by, vec![])
+    (verdict(conn.l4_verdict(), by, vec![]), by_rule)
 }
 
 /// `rule`, followed by the engine's note on the verdict when it has one.

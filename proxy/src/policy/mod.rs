@@ -85,6 +85,9 @@ pub struct Checked {
     pub local_identity: u32,
     /// The verdict.
     pub decision: Decision,
+    /// The decision's `decided_by` names the rule that decided (false: it says why no
+    /// rule did, e.g. a default denial); the sidecar's L7 records carry it as the rule.
+    pub by_rule: bool,
 }
 
 pub use membrane_policy::Direction;

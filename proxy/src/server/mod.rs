@@ -88,6 +88,8 @@ pub struct Shared {
     mesh: Option<Arc<crate::mesh_tls::MeshTls>>,
     /// Where access-log records go (`None`: the access log is off).
     access_log: Option<crate::access_log::AccessLog>,
+    /// Where L7 records for the node agent go (`None`: no `--records-socket`).
+    records: Option<crate::records::Reporter>,
     /// Pooled clients per (destination, originating TLS material).
     origin_upstreams: std::sync::Mutex<std::collections::HashMap<(SocketAddr, u64), Upstreams>>,
     /// Draining after a handover: HTTP/1.1 connections close after their next response
@@ -133,6 +135,7 @@ impl Shared {
             secrets,
             mesh: None,
             access_log: None,
+            records: None,
             origin_upstreams: Default::default(),
             lazy_close: AtomicBool::new(false),
         })
@@ -147,6 +150,12 @@ impl Shared {
     /// Writes access-log records to `log` (`None`: none are made).
     pub fn with_access_log(mut self, log: Option<crate::access_log::AccessLog>) -> Self {
         self.access_log = log;
+        self
+    }
+
+    /// Sends each request's record to the node agent through `records` (`None`: none).
+    pub fn with_records(mut self, records: Option<crate::records::Reporter>) -> Self {
+        self.records = records;
         self
     }
 

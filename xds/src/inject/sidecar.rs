@@ -11,7 +11,10 @@ use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use super::probes::{self, Captured};
-use super::{Sidecar, CERTS_DIR, CERTS_VOLUME, CONTAINER, PROXY_UID, STATUS_ANNOTATION};
+use super::{
+    Sidecar, CERTS_DIR, CERTS_VOLUME, CONTAINER, PROXY_UID, RECORDS_SOCKET_FILE, RECORDS_VOLUME,
+    STATUS_ANNOTATION,
+};
 
 /// Istio's annotation overriding the proxy image.
 pub const PROXY_IMAGE_ANNOTATION: &str = "sidecar.istio.io/proxyImage";
@@ -243,6 +246,10 @@ pub fn inject(
     }
     env.push(json!({"name": "ISTIO_META_MESH_ID", "value": sidecar.mesh_id()}));
     env.push(json!({"name": "TRUST_DOMAIN", "value": sidecar.trust_domain}));
+    if let Some(dir) = &sidecar.records_dir {
+        let socket = format!("{}/{RECORDS_SOCKET_FILE}", dir.trim_end_matches('/'));
+        env.push(json!({"name": "MEMBRANE_RECORDS_SOCKET", "value": socket}));
+    }
     if let Some(md) = pc.get("proxyMetadata").and_then(Value::as_object) {
         for (k, v) in md {
             let v = v.as_str().map_or_else(|| v.to_string(), str::to_owned);
@@ -269,6 +276,14 @@ pub fn inject(
             {"path": "annotations", "fieldRef": {"fieldPath": "metadata.annotations"}},
         ]}}),
     ];
+    if let Some(dir) = &sidecar.records_dir {
+        // The node agent's socket: the sidecar alone mounts it (read-write, to connect);
+        // the agent tells the pods apart by their network namespace.
+        mounts.push(json!({"name": RECORDS_VOLUME, "mountPath": dir}));
+        volumes.push(
+            json!({"name": RECORDS_VOLUME, "hostPath": {"path": dir, "type": "DirectoryOrCreate"}}),
+        );
+    }
     if mtls {
         let sa = spec
             .get("serviceAccountName")

@@ -80,7 +80,7 @@ fn a_plain_pod_gets_a_native_sidecar_and_the_status_annotation() {
     let p = applied(&doc, &r);
     assert_eq!(
         p["metadata"]["annotations"][STATUS_ANNOTATION],
-        r#"{"initContainers":["istio-proxy"],"containers":null,"volumes":["istio-envoy","istio-data","istio-podinfo","membrane-certs"],"imagePullSecrets":null,"revision":"default"}"#
+        r#"{"initContainers":["istio-proxy"],"containers":null,"volumes":["istio-envoy","istio-data","istio-podinfo","membrane-records","membrane-certs"],"imagePullSecrets":null,"revision":"default"}"#
     );
     assert_eq!(
         p["metadata"]["annotations"]["kubectl.kubernetes.io/default-container"],
@@ -163,7 +163,7 @@ fn plain_containers_hold_the_application_and_plaintext_needs_no_certificate() {
         .all(|m| m["name"] != CERTS_VOLUME));
     assert_eq!(
         p["metadata"]["annotations"][STATUS_ANNOTATION],
-        r#"{"initContainers":null,"containers":["istio-proxy"],"volumes":["istio-envoy","istio-data","istio-podinfo"],"imagePullSecrets":null,"revision":"default"}"#
+        r#"{"initContainers":null,"containers":["istio-proxy"],"volumes":["istio-envoy","istio-data","istio-podinfo","membrane-records"],"imagePullSecrets":null,"revision":"default"}"#
     );
 }
 

@@ -73,21 +73,32 @@ impl<F: Future<Output = Outcome>> Future for AccessLogFuture<F> {
             .shared
             .metrics
             .request(verdict, status, rec.started.elapsed());
-        if let Some(log) = &rec.conn.shared.access_log {
-            let (kind, decided_by) = match &outcome {
-                Ok(a) => (Kind::Response, Cow::Borrowed(a.rec.decided_by.as_str())),
+        let shared = &rec.conn.shared;
+        if shared.access_log.is_some() || shared.records.is_some() {
+            // `policy`: the policy's verdict decided (else the request's form did).
+            let (kind, decided_by, policy) = match &outcome {
+                Ok(a) => (
+                    Kind::Response,
+                    Cow::Borrowed(a.rec.decided_by.as_str()),
+                    true,
+                ),
                 // Allowed and sent, then failed: the response the client got.
                 Err(Rejected { error, rec }) if error.forwarded() => {
-                    (Kind::Response, Cow::Borrowed(rec.decided_by.as_str()))
+                    (Kind::Response, Cow::Borrowed(rec.decided_by.as_str()), true)
                 }
                 Err(Rejected {
                     error: Error::Denied(d),
                     ..
-                }) => (Kind::Denied, Cow::Borrowed(d.decided_by.as_str())),
+                }) => (Kind::Denied, Cow::Borrowed(d.decided_by.as_str()), true),
                 // Rejected for its form: the reason is what decided.
-                Err(Rejected { error, .. }) => (Kind::Denied, Cow::Owned(error.to_string())),
+                Err(Rejected { error, .. }) => (Kind::Denied, Cow::Owned(error.to_string()), false),
             };
-            write(log, rec, kind, status, &decided_by);
+            if let Some(log) = &shared.access_log {
+                write(log, rec, kind, status, &decided_by);
+            }
+            if let Some(r) = &shared.records {
+                report(r, rec, kind, status, &decided_by, policy && rec.by_rule);
+            }
         }
         Poll::Ready(outcome)
     }
@@ -112,6 +123,38 @@ impl Kind {
             Kind::Denied => "Denied",
         }
     }
+}
+
+/// Hands the same record to the reporter for the node agent (an `l7` monitor event).
+fn report(
+    r: &crate::records::Reporter,
+    rec: &Record,
+    kind: Kind,
+    status: u16,
+    decided_by: &str,
+    by_rule: bool,
+) {
+    let conn = &*rec.conn;
+    r.record(&crate::records::Entry {
+        ingress: conn.route.dir == crate::policy::Direction::Ingress,
+        http: match rec.version {
+            http::Version::HTTP_10 | http::Version::HTTP_09 => 0,
+            http::Version::HTTP_2 => 2,
+            _ => 1,
+        },
+        // A response after the upstream failed was still allowed by the policy.
+        allowed: kind == Kind::Response,
+        by_rule,
+        status,
+        src: conn.peer,
+        dst: conn.route.target,
+        identities: rec.identities,
+        method: rec.method.as_str(),
+        path: rec.path.as_str(),
+        host: rec.host.as_deref(),
+        decided_by,
+        peer_spiffe_id: conn.mesh_peer.as_deref().map(|p| p.spiffe_id.as_str()),
+    });
 }
 
 /// Writes one access-log record for `rec` to `log` (`status` 0 and `decided_by` empty for

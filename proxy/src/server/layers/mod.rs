@@ -87,6 +87,8 @@ pub(crate) struct Record {
     grpc: bool,
     /// HTTP/2 downstream.
     h2: bool,
+    /// The request's HTTP version (the L7 record's protocol).
+    version: Version,
     method: Method,
     /// `:authority` or Host (set by [`HostCheck`]).
     host: Option<String>,
@@ -97,6 +99,9 @@ pub(crate) struct Record {
     identities: (u32, u32),
     /// The rule that allowed the request (set by [`PolicyCheck`]).
     decided_by: String,
+    /// The policy's `decided_by` (here or in the denial) names a rule (set by
+    /// [`PolicyCheck`]).
+    by_rule: bool,
 }
 
 /// A response from below, with the request's record.
@@ -137,11 +142,13 @@ impl Exchange {
                 started,
                 grpc: is_grpc(req.headers()),
                 h2: req.version() == Version::HTTP_2,
+                version: req.version(),
                 method: req.method().clone(),
                 host: None,
                 path: String::new(),
                 identities: (0, 0),
                 decided_by: String::new(),
+                by_rule: false,
             },
             req,
             in_flight: Some(in_flight),

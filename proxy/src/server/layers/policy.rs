@@ -30,6 +30,7 @@ impl Step for PolicyCheck {
             Direction::Ingress => (checked.remote_identity, checked.local_identity),
             Direction::Egress => (checked.local_identity, checked.remote_identity),
         };
+        ex.rec.by_rule = checked.by_rule;
         match checked.decision {
             Decision::Deny { decided_by } => Err(Denied { decided_by }.into()),
             Decision::Allow {
