@@ -52,10 +52,36 @@ function layout(map) {
     nodes.forEach((n, j) => {
       const y = ((j + 1) * height) / (nodes.length + 1);
       const w = Math.max(120, n.label.length * 9 + 36);
-      pos.set(n.id, { x, y, w, h: 46 });
+      const ends = map.edges.filter((e) => e.src.id === n.id || e.dst.id === n.id).length;
+      pos.set(n.id, { x, y, w, h: Math.max(46, ends * 12 + 16) });
     });
   });
-  return { pos, width, height };
+  // Where each edge leaves its source and reaches its destination: spread along the
+  // node's side, ordered by the other end's height, so edges do not pile up on one point.
+  const ends = new Map();
+  for (const [side, mine, other] of [["out", "src", "dst"], ["in", "dst", "src"]]) {
+    const by = new Map();
+    for (const e of map.edges) {
+      if (e.src.id === e.dst.id) continue;
+      const k = e[mine].id;
+      (by.get(k) || by.set(k, []).get(k)).push(e);
+    }
+    for (const [k, list] of by) {
+      const p = pos.get(k);
+      list.sort((a, b) => pos.get(a[other].id).y - pos.get(b[other].id).y);
+      const step = Math.min(12, (p.h - 12) / list.length);
+      list.forEach((e, i) => {
+        ends.set(`${side}:${e.src.id}>${e.dst.id}`, p.y + (i - (list.length - 1) / 2) * step);
+      });
+    }
+  }
+  return { pos, ends, width, height };
+}
+
+// A point of the cubic Bezier curve p0..p3 at t.
+function bezier(t, p0, p1, p2, p3) {
+  const u = 1 - t;
+  return u * u * u * p0 + 3 * u * u * t * p1 + 3 * u * t * t * p2 + t * t * t * p3;
 }
 
 function verdictOf(e) {
@@ -66,7 +92,10 @@ function verdictOf(e) {
 function tipText(e) {
   const lines = [`${e.src.label} → ${e.dst.label}`];
   lines.push(`allowed ${e.allowed}, denied ${e.denied}` +
-    (e.denied_l7 ? ` (${e.denied_l7} requests refused by a sidecar)` : ""));
+    (e.denied_l7 ? ` (${e.denied_l7} requests refused by a sidecar)` : "") + " (verdicts)");
+  if (e.allowed_in + e.allowed_out > e.allowed) {
+    lines.push(`allowed on the way out ${e.allowed_out}, on the way in ${e.allowed_in}`);
+  }
   if (e.ports.length) lines.push(`ports ${e.ports.join(", ")}`);
   const reasons = Object.entries(e.reasons).sort((a, b) => b[1] - a[1]);
   if (reasons.length) {
@@ -86,7 +115,7 @@ function showTip(evt, text) {
   tip.style.top = `${evt.clientY - box.top + 14}px`;
 }
 
-function drawEdge(svg, e, a, b) {
+function drawEdge(svg, e, a, b, ends) {
   const verdict = verdictOf(e);
   const g = el("g", {
     class: "edge",
@@ -100,14 +129,16 @@ function drawEdge(svg, e, a, b) {
     "data-denied-l7": e.denied_l7,
   });
   g.appendChild(el("title", {}, tipText(e)));
+  const key = `${e.src.id}>${e.dst.id}`;
+  const y1 = ends.get(`out:${key}`) ?? a.y, y2 = ends.get(`in:${key}`) ?? b.y;
   const x1 = a.x + a.w / 2, x2 = b.x - b.w / 2 - 6;
+  const dx = Math.max(40, Math.abs(x2 - x1) / 2);
   const curve = (dy) => {
     if (e.src.id === e.dst.id) {
       const y = a.y - a.h / 2;
       return `M ${a.x - 20} ${y} C ${a.x - 40} ${y - 50 + dy}, ${a.x + 40} ${y - 50 + dy}, ${a.x + 20} ${y}`;
     }
-    const dx = Math.max(40, Math.abs(x2 - x1) / 2);
-    return `M ${x1} ${a.y + dy} C ${x1 + dx} ${a.y + dy}, ${x2 - dx} ${b.y + dy}, ${x2} ${b.y + dy}`;
+    return `M ${x1} ${y1 + dy} C ${x1 + dx} ${y1 + dy}, ${x2 - dx} ${y2 + dy}, ${x2} ${y2 + dy}`;
   };
   const kinds = verdict === "mixed" ? [["allowed", -3], ["denied", 3]] : [[verdict, 0]];
   for (const [kind, dy] of kinds) {
@@ -116,9 +147,11 @@ function drawEdge(svg, e, a, b) {
     }));
   }
   g.appendChild(el("path", { d: curve(0), class: "hit" }));
-  const mx = (x1 + x2) / 2, my = (a.y + b.y) / 2 - 8;
-  let tx = e.src.id === e.dst.id ? a.x - 20 : mx - 30;
-  const ty = e.src.id === e.dst.id ? a.y - a.h / 2 - 44 : my;
+  // The counts sit on the first third of the curve, near the source, apart from the
+  // other edges' counts where edges converge on a destination.
+  const selfEdge = e.src.id === e.dst.id;
+  let tx = selfEdge ? a.x - 20 : bezier(0.3, x1, x1 + dx, x2 - dx, x2) - 20;
+  const ty = selfEdge ? a.y - a.h / 2 - 44 : bezier(0.3, y1, y1, y2, y2) - 8;
   if (e.allowed) {
     g.appendChild(el("text", { x: tx, y: ty, class: "allowed" }, `✓ ${e.allowed}`));
     tx += 16 + String(e.allowed).length * 8;
@@ -142,7 +175,7 @@ function drawNode(svg, n, p) {
 
 function drawMap(map) {
   const svg = $("#map");
-  const { pos, width, height } = layout(map);
+  const { pos, ends, width, height } = layout(map);
   svg.replaceChildren();
   svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
   svg.style.height = `${Math.min(height, 520)}px`;
@@ -156,15 +189,15 @@ function drawMap(map) {
     defs.appendChild(m);
   }
   svg.appendChild(defs);
-  for (const e of map.edges) drawEdge(svg, e, pos.get(e.src.id), pos.get(e.dst.id));
+  for (const e of map.edges) drawEdge(svg, e, pos.get(e.src.id), pos.get(e.dst.id), ends);
   for (const n of map.nodes) drawNode(svg, n, pos.get(n.id));
   $("#map-empty").hidden = map.edges.length > 0;
   document.body.dataset.edges = String(map.edges.length);
 }
 
-function who(pod, addr) {
+function who(pod, addr, identity) {
   if (pod) return addr ? `${pod} (${addr})` : pod;
-  return addr || "";
+  return addr || `identity ${identity}`;
 }
 
 function detail(f) {
@@ -185,7 +218,8 @@ function drawFlows(reply) {
     const verdict = f.type === "drop" ? "denied" : f.verdict || "";
     const cells = [
       f.time.replace("T", " ").replace(/\.(\d{3})\d*Z$/, ".$1"),
-      f.node, f.type, verdict, who(f.src_pod, f.src), who(f.dst_pod, f.dst),
+      f.node, f.type, verdict, who(f.src_pod, f.src, f.src_identity),
+      who(f.dst_pod, f.dst, f.dst_identity),
       `${f.src_identity} → ${f.dst_identity}`, detail(f),
     ];
     cells.forEach((text, i) => {

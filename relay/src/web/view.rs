@@ -10,6 +10,8 @@ use serde::Serialize;
 /// Distinct reasons an edge keeps (the most frequent stay; the rest are counted as
 /// `other`).
 const REASONS_PER_EDGE: usize = 6;
+/// Identities whose workload the view remembers.
+const MAX_IDENTITIES: usize = 4096;
 /// Distinct pods a map node lists.
 const PODS_PER_NODE: usize = 16;
 
@@ -45,18 +47,31 @@ pub struct Peer {
 }
 
 /// Counts of one (source, destination) pair of the map.
+///
+/// A connection is decided at several points: on its way out (the source's connect and
+/// tc programs, by the source's egress policy) and on its way in (the destination's tc
+/// and sk_lookup programs and its sidecar, by the destination's ingress policy). An
+/// allowed verdict on the way out is not the flow's fate when the way in denies it, so
+/// `allowed` counts the destination's allowed verdicts, and the source's only for a
+/// destination that decides nothing (outside the mesh, or no ingress enforcement).
 #[derive(Clone, Debug, Serialize)]
 pub struct Edge {
     /// Where the flows came from.
     pub src: Peer,
     /// Where they went.
     pub dst: Peer,
-    /// Allowed verdicts (connections and requests).
+    /// Allowed verdicts that stand (see above): the edge's green.
     pub allowed: u64,
-    /// Denied verdicts and dropped packets.
+    /// Allowed verdicts on the way in (the destination's).
+    pub allowed_in: u64,
+    /// Allowed verdicts on the way out (the source's).
+    pub allowed_out: u64,
+    /// Denied verdicts and dropped packets, wherever decided: the edge's red.
     pub denied: u64,
     /// Of `denied`, the requests a sidecar refused (L7): the connection itself was allowed.
     pub denied_l7: u64,
+    #[serde(skip)]
+    denied_in: u64,
     /// Why flows were denied (the deciding rule or the drop reason) and how often.
     pub reasons: BTreeMap<String, u64>,
     /// Destination ports seen.
@@ -96,6 +111,9 @@ pub struct View {
     limits: Limits,
     edges: HashMap<(Peer, Peer), Edge>,
     pods: HashMap<Peer, Vec<String>>,
+    /// The workload last seen with each identity: a record that names neither pod nor
+    /// address (a connect, before the socket has one) is drawn on it.
+    identities: HashMap<u32, Peer>,
     flows: VecDeque<Event>,
     seen: u64,
     lost: u64,
@@ -111,6 +129,7 @@ impl View {
             },
             edges: HashMap::new(),
             pods: HashMap::new(),
+            identities: HashMap::new(),
             flows: VecDeque::new(),
             seen: 0,
             lost: 0,
@@ -140,6 +159,12 @@ impl View {
     fn count(&mut self, e: &Event, denied: bool) {
         let src = peer(e.src_pod.as_deref(), e.src.as_deref(), e.src_identity);
         let dst = peer(e.dst_pod.as_deref(), e.dst.as_deref(), e.dst_identity);
+        for (p, id) in [(&src, e.src_identity), (&dst, e.dst_identity)] {
+            let room = self.identities.len() < MAX_IDENTITIES || self.identities.contains_key(&id);
+            if p.namespace.is_some() && id != 0 && reserved(id).is_none() && room {
+                self.identities.insert(id, p.clone());
+            }
+        }
         for (p, pod) in [(&src, &e.src_pod), (&dst, &e.dst_pod)] {
             if let Some(pod) = pod {
                 let pods = self.pods.entry(p.clone()).or_default();
@@ -158,7 +183,10 @@ impl View {
             src: key.0.clone(),
             dst: key.1.clone(),
             allowed: 0,
+            allowed_in: 0,
+            allowed_out: 0,
             denied: 0,
+            denied_in: 0,
             denied_l7: 0,
             reasons: BTreeMap::new(),
             ports: Vec::new(),
@@ -174,10 +202,16 @@ impl View {
             }
         }
         if !denied {
-            edge.allowed += e.count.max(1);
+            match inbound(e) {
+                true => edge.allowed_in += e.count.max(1),
+                false => edge.allowed_out += e.count.max(1),
+            }
             return;
         }
         edge.denied += e.count.max(1);
+        if inbound(e) {
+            edge.denied_in += 1;
+        }
         if e.kind == TYPE_L7 {
             edge.denied_l7 += e.count.max(1);
         }
@@ -207,23 +241,52 @@ impl View {
         }
     }
 
-    /// The map: its nodes and edges.
+    /// The map: its nodes and edges. An end known only by its identity is drawn on the
+    /// workload that identity was seen with, and their counts add up.
     pub fn map(&self) -> Map {
-        let mut edges: Vec<Edge> = self.edges.values().cloned().collect();
+        let resolve = |p: &Peer| -> Peer {
+            p.id.strip_prefix("identity:")
+                .and_then(|n| n.parse().ok())
+                .and_then(|n: u32| self.identities.get(&n))
+                .unwrap_or(p)
+                .clone()
+        };
+        let mut merged: BTreeMap<(Peer, Peer), Edge> = BTreeMap::new();
+        for e in self.edges.values() {
+            let key = (resolve(&e.src), resolve(&e.dst));
+            match merged.get_mut(&key) {
+                Some(m) => m.absorb(e),
+                None => {
+                    let mut e = e.clone();
+                    (e.src, e.dst) = key.clone();
+                    merged.insert(key, e);
+                }
+            }
+        }
+        let mut edges: Vec<Edge> = merged.into_values().collect();
+        for e in &mut edges {
+            let decided_in = e.allowed_in + e.denied_in > 0;
+            e.allowed = if decided_in {
+                e.allowed_in
+            } else {
+                e.allowed_out
+            };
+        }
         edges.sort_by(|a, b| {
             (b.allowed + b.denied)
                 .cmp(&(a.allowed + a.denied))
                 .then_with(|| (&a.src, &a.dst).cmp(&(&b.src, &b.dst)))
         });
         let mut nodes: BTreeMap<&Peer, Node> = BTreeMap::new();
-        for p in self.edges.keys().flat_map(|(s, d)| [s, d]) {
+        for p in edges.iter().flat_map(|e| [&e.src, &e.dst]) {
             nodes.entry(p).or_insert_with(|| Node {
                 peer: p.clone(),
                 pods: self.pods.get(p).cloned().unwrap_or_default(),
             });
         }
+        let nodes = nodes.into_values().collect();
         Map {
-            nodes: nodes.into_values().collect(),
+            nodes,
             edges,
             events: self.seen,
             lost: self.lost,
@@ -242,6 +305,42 @@ impl View {
             }
         }
         (out, matched)
+    }
+}
+
+impl Edge {
+    /// Add `o`'s counts (an edge of the same two ends, drawn as one).
+    fn absorb(&mut self, o: &Edge) {
+        self.allowed_in += o.allowed_in;
+        self.allowed_out += o.allowed_out;
+        self.denied += o.denied;
+        self.denied_in += o.denied_in;
+        self.denied_l7 += o.denied_l7;
+        for (why, n) in &o.reasons {
+            *self.reasons.entry(why.clone()).or_default() += n;
+        }
+        for p in &o.ports {
+            if !self.ports.contains(p) {
+                self.ports.push(*p);
+            }
+        }
+        self.ports.sort_unstable();
+        if o.last > self.last {
+            self.last.clone_from(&o.last);
+        }
+    }
+}
+
+/// Whether `e` was decided on the destination's side (its ingress policy): the
+/// destination's tc and sk_lookup programs, the packet path into the node, and a
+/// sidecar's inbound listener.
+fn inbound(e: &Event) -> bool {
+    match &e.l7 {
+        Some(l7) => l7.direction != "egress",
+        None => matches!(
+            e.program.as_str(),
+            "to-container" | "sk_lookup" | "from-overlay" | "from-netdev"
+        ),
     }
 }
 

@@ -125,3 +125,34 @@ fn both_tables_stay_bounded() {
     assert_eq!((flows.len(), matched), (3, 3));
     assert_eq!(flows[0].kind, TYPE_LOST);
 }
+
+#[test]
+fn the_destination_decides_the_colour_and_identities_find_their_workload() {
+    let mut v = View::new(Limits::default());
+    // The xwing's own egress allows its connect; the deathstar's node drops it.
+    let mut connect = ev("policy-verdict", Some("allowed"), "xwing", "deathstar-2");
+    connect.program = "connect4".to_owned();
+    // A connect has no source address yet: only the identity names the xwing.
+    connect.src_pod = None;
+    connect.src_identity = 259;
+    let mut out = ev("policy-verdict", Some("allowed"), "xwing", "deathstar-2");
+    out.program = "from-container".to_owned();
+    out.src_identity = 259;
+    v.add(connect);
+    v.add(out);
+    v.add(ev("drop", Some("denied"), "xwing", "deathstar-2"));
+    // Towards the world nothing decides on the way in: the way out stands.
+    let mut world = ev("policy-verdict", Some("allowed"), "xwing", "x");
+    world.program = "connect4".to_owned();
+    world.dst_pod = None;
+    world.dst_identity = 2;
+    v.add(world);
+    let m = v.map();
+    let x = m.edges.iter().find(|e| e.dst.label == "deathstar").unwrap();
+    assert_eq!(x.src.id, "default/xwing", "{m:?}");
+    assert_eq!((x.allowed, x.allowed_out, x.denied), (0, 2, 1));
+    let w = m.edges.iter().find(|e| e.dst.label == "world").unwrap();
+    assert_eq!((w.allowed, w.denied), (1, 0));
+    assert_eq!(m.edges.len(), 2, "{m:?}");
+    assert!(!m.nodes.iter().any(|n| n.peer.id.starts_with("identity:")));
+}
