@@ -83,6 +83,7 @@ fn main() -> Result<()> {
         "proto/cilium/api/nphds.proto",
         "proto/membrane/agent/v1/agent.proto",
         "proto/membrane/mesh/v1/mesh.proto",
+        "proto/membrane/observer/v1/observer.proto",
     ]
     .iter()
     .map(PathBuf::from)

@@ -14,7 +14,9 @@ use membrane_datapath::api::{self, Hub, Request};
 use membrane_datapath::{ensure_bpffs, Datapath};
 use tokio::sync::watch;
 
+use crate::metrics::{self, Metrics};
 use crate::node::Node;
+use crate::observer::{self, Feed, ObserverConfig};
 use crate::store::Store;
 use crate::tc::{PacketArgs, PacketPath};
 use crate::xds::{self, XdsConfig};
@@ -37,6 +39,8 @@ pub struct DaemonConfig {
     pub xds: XdsConfig,
     /// The packet path (tc): overlay, underlay, load balancing, tc policy.
     pub packet: PacketArgs,
+    /// The event stream on gRPC and the metrics.
+    pub observer: ObserverConfig,
 }
 
 fn lock(node: &Mutex<Node>) -> std::sync::MutexGuard<'_, Node> {
@@ -168,6 +172,35 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         let (node, hub) = (node.clone(), hub.clone());
         thread::spawn(move || fan_in_events(node, hub));
     }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("start the tokio runtime")?;
+    // The tap subscribes even without a listener: the metrics count from it.
+    let feed = Arc::new(Feed::new(cfg.observer.ring));
+    let counters = Arc::new(Metrics::new(&cfg.xds.node));
+    observer::tap(&hub, node.clone(), feed.clone(), counters.clone());
+    if let Some(addr) = cfg.observer.addr {
+        let bound = rt.block_on(observer::serve(
+            addr,
+            cfg.observer.tls.as_ref(),
+            &cfg.xds.node,
+            feed,
+        ))?;
+        let how = if cfg.observer.tls.is_some() {
+            "mTLS"
+        } else {
+            "plaintext"
+        };
+        println!("observer (gRPC, {how}) on {bound}");
+    }
+    if let Some(addr) = cfg.observer.metrics {
+        let l = rt.block_on(metrics::bind(addr))?;
+        let _guard = rt.enter();
+        metrics::serve(l, counters);
+        println!("metrics on http://{addr}/metrics");
+    }
     {
         let node = node.clone();
         thread::spawn(move || loop {
@@ -183,11 +216,6 @@ pub fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         cfg.xds.node,
         cfg.xds.address
     );
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("start the tokio runtime")?;
     let (_stop, stop_rx) = watch::channel(false);
     rt.block_on(xds::run(cfg.xds, node, stop_rx));
     Ok(())

@@ -7,7 +7,7 @@
 //! packet path is fed: the node ipcache with tunnel endpoints, native routes), [`tc`] and `tc_sync` (the node's packet path:
 //! flags, the node pin directory, tc per endpoint, node ipcache and routes), [`node`] (registrations,
 //! resources in force, programming each endpoint's datapath as a diff), `views` (what the
-//! socket answers about them), [`xds`] (the delta ADS client, fail-static) and [`daemon`] (the socket, the event fan-in, the wiring).
+//! socket answers about them), [`xds`] (the delta ADS client, fail-static) [`observer`] (the event stream on gRPC, 4244, for the relay), [`metrics`] (Prometheus, 9962) and [`daemon`] (the socket, the event fan-in, the wiring).
 //! The single-cgroup commands of the binary (`attach`, `run --cgroup`, ...) stay in the
 //! binary.
 //!
@@ -16,7 +16,9 @@
 //! is already attached, or apply part of a response it NACKs.
 
 pub mod daemon;
+pub mod metrics;
 pub mod node;
+pub mod observer;
 pub mod packet;
 pub mod resources;
 pub mod store;

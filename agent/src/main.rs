@@ -170,6 +170,9 @@ struct DaemonArgs {
     /// The packet path (tc).
     #[command(flatten)]
     packet: membrane_agent::tc::PacketArgs,
+    /// The event stream on gRPC (4244) and the metrics (9962).
+    #[command(flatten)]
+    observer: membrane_agent::observer::ObserverArgs,
     /// The daemon's state directory: registrations and the resources in force, adopted
     /// by the next agent.
     #[arg(
@@ -180,6 +183,8 @@ struct DaemonArgs {
     state_dir: PathBuf,
 }
 
+// Parsed once at start: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Load (if needed), attach to the cgroup, pin, and exit.
@@ -486,6 +491,15 @@ fn main() -> Result<()> {
                 state_dir: d.state_dir.clone(),
                 socket: cfg.socket.clone(),
                 limits: limits(&cfg),
+                observer: membrane_agent::observer::ObserverConfig {
+                    addr: d.observer.observer_addr,
+                    tls: d.observer.tls(
+                        d.xds_ca.as_ref(),
+                        d.xds_cert.as_ref().zip(d.xds_key.as_ref()),
+                    )?,
+                    ring: d.observer.observer_ring,
+                    metrics: d.observer.metrics_addr,
+                },
                 xds,
                 packet: d.packet.clone(),
             })?;

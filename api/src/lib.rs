@@ -8,7 +8,7 @@
 //! node agent's resources and the policy map entries they carry, from the same resolution
 //! ([`agent`], [`agent::policy`]), the sidecar's effective PeerAuthentication mode
 //! ([`mesh`]), the one SPIFFE id parser both ends check certificates with ([`spiffe`]), the monitor
-//! event every producer writes and every consumer reads ([`monitor`]), and the constants the control plane's sidecar injection and the sidecar must agree on
+//! event every producer writes and every consumer reads ([`monitor`]) and its network form with the stream's filters ([`observer`]), and the constants the control plane's sidecar injection and the sidecar must agree on
 //! ([`sidecar`]).
 //!
 //! It depends on `membrane-policy` (whose values it converts), prost, tonic and serde (and
@@ -20,6 +20,7 @@ pub mod agent;
 pub mod mesh;
 pub mod monitor;
 pub mod npds;
+pub mod observer;
 pub mod sidecar;
 pub mod spiffe;
 pub mod type_url;

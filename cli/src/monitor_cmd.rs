@@ -3,6 +3,10 @@
 //! One reader thread per agent socket; each asks for the `monitor` stream,
 //! forwards the events, and on a refused connection or a closed stream says
 //! so on stderr and reconnects with backoff (0.1 s doubling to 5 s).
+//!
+//! `--all-nodes` reads every node's stream through membrane-relay instead (gRPC, 4245,
+//! mTLS): the filters travel with the request and are applied by the relay and the
+//! agents, `--last N` comes from the agents' rings, `--follow` streams on.
 
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
@@ -18,6 +22,8 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
+use membrane_api::observer::{proto, Filter};
+
 use crate::policy_cmd::Output;
 
 #[derive(Debug, Args)]
@@ -32,6 +38,55 @@ pub struct MonitorArgs {
     /// Only events of this type.
     #[arg(long = "type", value_enum)]
     kind: Option<Kind>,
+    /// Every node's events, through membrane-relay (--relay).
+    #[arg(long)]
+    all_nodes: bool,
+    /// membrane-relay's address (`HOST:PORT`); mTLS with --relay-ca/--relay-cert/--relay-key.
+    #[arg(long, env = "MEMBRANE_RELAY", default_value = "127.0.0.1:4245")]
+    relay: String,
+    /// PEM CA bundle the relay's certificate must chain to (with --relay-cert/--relay-key).
+    #[arg(long, env = "MEMBRANE_RELAY_CA", requires_all = ["relay_cert", "relay_key"])]
+    relay_ca: Option<PathBuf>,
+    /// PEM certificate presented to the relay.
+    #[arg(long, env = "MEMBRANE_RELAY_CERT", requires = "relay_ca")]
+    relay_cert: Option<PathBuf>,
+    /// PEM key of --relay-cert.
+    #[arg(long, env = "MEMBRANE_RELAY_KEY", requires = "relay_ca")]
+    relay_key: Option<PathBuf>,
+    /// The name the relay's certificate carries (default: the host of --relay).
+    #[arg(long, env = "MEMBRANE_RELAY_SERVER_NAME")]
+    relay_server_name: Option<String>,
+    /// Only flows from or to this pod (`NAMESPACE/NAME` or `NAME`; repeatable).
+    #[arg(long)]
+    pod: Vec<String>,
+    /// Only flows from or to pods of this namespace (repeatable).
+    #[arg(long)]
+    namespace: Vec<String>,
+    /// Only flows from or to this security identity (repeatable).
+    #[arg(long)]
+    identity: Vec<u32>,
+    /// Only this verdict: `allowed` or `denied` (repeatable).
+    #[arg(long)]
+    verdict: Vec<String>,
+    /// Only flows to this destination port (repeatable).
+    #[arg(long)]
+    port: Vec<u16>,
+    /// Only L7 requests with this method (repeatable).
+    #[arg(long)]
+    http_method: Vec<String>,
+    /// Only L7 requests whose path matches this regular expression (repeatable).
+    #[arg(long)]
+    http_path: Vec<String>,
+    /// Only events of this node (repeatable).
+    #[arg(long)]
+    node: Vec<String>,
+    /// With --all-nodes: the latest N matching events of every node (then exit, unless
+    /// --follow).
+    #[arg(long)]
+    last: Option<u64>,
+    /// With --all-nodes: keep streaming (the default without --last).
+    #[arg(long)]
+    follow: bool,
     /// Output format: readable lines, or one JSON object per line.
     #[arg(short = 'o', long = "output", value_enum, default_value = "text")]
     output: Output,
@@ -50,6 +105,10 @@ enum Kind {
     Capture,
     /// Splice decisions and sk_msg fallbacks.
     Trace,
+    /// HTTP requests the sidecars decided.
+    L7,
+    /// The relay's records about nodes coming, going, unreachable.
+    NodeStatus,
 }
 
 impl Kind {
@@ -59,7 +118,23 @@ impl Kind {
             Kind::Drop => e.is_drop(),
             Kind::Capture => e.kind == "capture",
             Kind::Trace => e.kind == "trace",
+            Kind::L7 => e.kind == membrane_api::monitor::TYPE_L7,
+            Kind::NodeStatus => e.kind == membrane_api::observer::TYPE_NODE_STATUS,
         }
+    }
+
+    /// The filter the relay applies for it.
+    fn filter(self, f: &mut proto::Filter) {
+        let t = match self {
+            // `drop` is every refusal: denied verdicts (L3/L4 and L7) and dropped packets.
+            Kind::Drop => return f.verdict.push("denied".into()),
+            Kind::PolicyVerdict => "policy-verdict",
+            Kind::Capture => "capture",
+            Kind::Trace => "trace",
+            Kind::L7 => "l7",
+            Kind::NodeStatus => "node-status",
+        };
+        f.r#type.push(t.into());
     }
 }
 
@@ -124,6 +199,15 @@ fn addr(a: &Option<String>) -> &str {
     a.as_deref().unwrap_or("?")
 }
 
+/// A flow's side: its pod when known, its address, its identity.
+fn who(pod: &Option<String>, addr: &Option<String>, identity: u32) -> String {
+    match (pod, addr) {
+        (Some(p), Some(a)) => format!("{p} ({a}, identity {identity})"),
+        (Some(p), None) => format!("{p} (identity {identity})"),
+        (None, a) => format!("{} (identity {identity})", a.as_deref().unwrap_or("?")),
+    }
+}
+
 /// One readable line, in the spirit of `cilium monitor`.
 fn text(e: &Event) -> String {
     let head = format!("{} [{}]", e.time, e.node);
@@ -164,19 +248,166 @@ fn text(e: &Event) -> String {
             )
         }
         TYPE_LOST => format!("{head} Lost {} events ({})", e.count, e.reason),
+        "l7" => {
+            let l = e.l7.clone().unwrap_or_default();
+            format!(
+                "{head} L7 {} {} {} -> {} {} {} {} => {}{}",
+                e.verdict.as_deref().unwrap_or("?").to_uppercase(),
+                l.direction,
+                who(&e.src_pod, &e.src, e.src_identity),
+                who(&e.dst_pod, &e.dst, e.dst_identity),
+                l.protocol,
+                l.method,
+                l.path,
+                l.status,
+                l.rule.map(|r| format!(" rule {r}")).unwrap_or_default()
+            )
+        }
+        "node-status" => format!("{head} Node {}", e.reason),
+        "drop" => format!(
+            "{head} Drop ({}) {}: {} -> {}",
+            e.reason,
+            e.program,
+            who(&e.src_pod, &e.src, e.src_identity),
+            who(&e.dst_pod, &e.dst, e.dst_identity),
+        ),
         other => format!("{head} {other} {}", e.reason),
     }
 }
 
-pub fn run(a: MonitorArgs) -> Result<ExitCode> {
-    let mut sources: Vec<(PathBuf, Option<String>)> =
-        a.sockets.into_iter().map(|p| (p, None)).collect();
-    sources.extend(a.agents.into_iter().map(|(n, p)| (p, Some(n))));
-    if sources.is_empty() {
-        sources.push((PathBuf::from(DEFAULT_SOCKET), None));
+impl MonitorArgs {
+    /// The filter the flags ask for (what the relay and the agents apply).
+    fn filter(&self) -> proto::Filter {
+        let mut f = proto::Filter {
+            pod: self.pod.clone(),
+            namespace: self.namespace.clone(),
+            identity: self.identity.clone(),
+            verdict: self.verdict.clone(),
+            port: self.port.iter().map(|p| u32::from(*p)).collect(),
+            http_method: self.http_method.clone(),
+            http_path: self.http_path.clone(),
+            node: self.node.clone(),
+            ..Default::default()
+        };
+        if let Some(k) = self.kind {
+            k.filter(&mut f);
+        }
+        f
     }
+}
+
+/// Prints `ev` as `a` asks; false when --count is reached.
+fn print(a: &MonitorArgs, ev: &Event, seen: &mut u64) -> Result<bool> {
+    let line = match a.output {
+        Output::Json => serde_json::to_string(ev)?,
+        Output::Text => text(ev),
+    };
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    writeln!(out, "{line}")?;
+    out.flush()?;
+    if ev.kind == TYPE_LOST || ev.kind == membrane_api::observer::TYPE_NODE_STATUS {
+        return Ok(true);
+    }
+    *seen += 1;
+    Ok(a.count.is_none_or(|n| *seen < n))
+}
+
+/// `--all-nodes`: the relay's merged stream.
+fn all_nodes(a: &MonitorArgs) -> Result<ExitCode> {
+    use membrane_api::observer::proto::observer_client::ObserverClient;
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    let filter = a.filter();
+    // Checked here too, so a bad regex is named before connecting.
+    Filter::new(&filter)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let tls = a.relay_ca.is_some();
+        let scheme = if tls { "https" } else { "http" };
+        let mut ep = Endpoint::from_shared(format!("{scheme}://{}", a.relay))
+            .map_err(|e| anyhow::anyhow!("--relay {:?}: {e}", a.relay))?
+            .connect_timeout(Duration::from_secs(5));
+        if let (Some(ca), Some(cert), Some(key)) = (&a.relay_ca, &a.relay_cert, &a.relay_key) {
+            let read = |flag: &str, p: &PathBuf| {
+                std::fs::read(p).map_err(|e| anyhow::anyhow!("{flag} {}: {e}", p.display()))
+            };
+            let host = a
+                .relay
+                .rsplit_once(':')
+                .map_or(a.relay.as_str(), |(h, _)| h);
+            let name = a
+                .relay_server_name
+                .clone()
+                .unwrap_or_else(|| host.trim_matches(['[', ']']).to_owned());
+            ep = ep.tls_config(
+                ClientTlsConfig::new()
+                    .ca_certificate(Certificate::from_pem(read("--relay-ca", ca)?))
+                    .identity(Identity::from_pem(
+                        read("--relay-cert", cert)?,
+                        read("--relay-key", key)?,
+                    ))
+                    .domain_name(name),
+            )?;
+        }
+        let ch = ep
+            .connect()
+            .await
+            .map_err(|e| anyhow::anyhow!("--relay {}: {}", a.relay, membrane_relay_error(&e)))?;
+        let follow = a.follow || a.last.is_none();
+        let mut s = ObserverClient::new(ch)
+            .get_events(proto::GetEventsRequest {
+                follow,
+                last: a.last.unwrap_or(0),
+                filter: Some(filter),
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("--relay {}: {:?}: {}", a.relay, e.code(), e.message()))?
+            .into_inner();
+        let mut seen = 0u64;
+        while let Some(m) = s
+            .message()
+            .await
+            .map_err(|e| anyhow::anyhow!("--relay {}: {:?}: {}", a.relay, e.code(), e.message()))?
+        {
+            if !print(a, &membrane_api::observer::decode(m), &mut seen)? {
+                break;
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// The whole cause of a transport error (its top level says only "transport error").
+fn membrane_relay_error(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+pub fn run(a: MonitorArgs) -> Result<ExitCode> {
     if a.count == Some(0) {
         bail!("--count 0: nothing to wait for");
+    }
+    if a.all_nodes {
+        return all_nodes(&a);
+    }
+    if a.last.is_some() {
+        bail!("--last needs --all-nodes: the agents keep their latest events for the relay");
+    }
+    // The same filter the relay would apply, here on the local sockets' events.
+    let filter = Filter::new(&a.filter())?;
+    let mut sources: Vec<(PathBuf, Option<String>)> =
+        a.sockets.iter().map(|p| (p.clone(), None)).collect();
+    sources.extend(a.agents.iter().map(|(n, p)| (p.clone(), Some(n.clone()))));
+    if sources.is_empty() {
+        sources.push((PathBuf::from(DEFAULT_SOCKET), None));
     }
     let (tx, rx) = mpsc::channel();
     for (path, node) in sources {
@@ -185,24 +416,12 @@ pub fn run(a: MonitorArgs) -> Result<ExitCode> {
     }
     drop(tx);
     let mut seen = 0u64;
-    let stdout = std::io::stdout();
     for ev in rx {
         let lost = ev.kind == TYPE_LOST;
-        if !lost && !a.kind.is_none_or(|k| k.matches(&ev)) {
+        if !lost && (!a.kind.is_none_or(|k| k.matches(&ev)) || !filter.matches(&ev)) {
             continue;
         }
-        let line = match a.output {
-            Output::Json => serde_json::to_string(&ev)?,
-            Output::Text => text(&ev),
-        };
-        let mut out = stdout.lock();
-        writeln!(out, "{line}")?;
-        out.flush()?;
-        if lost {
-            continue;
-        }
-        seen += 1;
-        if a.count.is_some_and(|n| seen >= n) {
+        if !print(&a, &ev, &mut seen)? {
             break;
         }
     }

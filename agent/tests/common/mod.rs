@@ -284,6 +284,11 @@ impl Node {
 
     /// Adds two pods joined by a veth pair, `a` at 10.201.0.1 and `b` at 10.201.0.2.
     pub fn two_pods(&mut self, a: &str, b: &str) {
+        self.two_pods_at((a, "10.201.0.1"), (b, "10.201.0.2"));
+    }
+
+    /// Adds two pods joined by a veth pair (on one /24), each `(name, address)`.
+    pub fn two_pods_at(&mut self, a: (&str, &str), b: (&str, &str)) {
         let mk = |pod: &str, ip: &str| {
             let n = format!("{}-{pod}", self.name);
             Pod {
@@ -294,15 +299,15 @@ impl Node {
                 children: Vec::new(),
             }
         };
-        let pa = mk(a, "10.201.0.1");
-        let pb = mk(b, "10.201.0.2");
+        let pa = mk(a.0, a.1);
+        let pb = mk(b.0, b.1);
         membrane_test_support::sandbox::veth(
             &pa.ns,
             "eth0",
-            "10.201.0.1/24",
+            &format!("{}/24", a.1),
             &pb.ns,
             "eth0",
-            "10.201.0.2/24",
+            &format!("{}/24", b.1),
         );
         self.pods.push(pa);
         self.pods.push(pb);
@@ -320,6 +325,11 @@ impl Node {
 
     /// [`Node::start_agent`] with more flags.
     pub fn start_agent_with(&mut self, xds_url: &str, extra: &[&str]) {
+        self.start_agent_as("node-1", xds_url, extra);
+    }
+
+    /// [`Node::start_agent_with`] as node `node`.
+    pub fn start_agent_as(&mut self, node: &str, xds_url: &str, extra: &[&str]) {
         let log = std::fs::File::options()
             .create(true)
             .append(true)
@@ -330,7 +340,7 @@ impl Node {
             .arg(self.bpffs())
             .arg("--socket")
             .arg(self.socket())
-            .args(["--node", "node-1", "run", "--xds-address", xds_url])
+            .args(["--node", node, "run", "--xds-address", xds_url])
             .args(["--xds-backoff-ms", "50", "--xds-backoff-max-ms", "500"])
             .arg("--state-dir")
             .arg(self.state_dir())

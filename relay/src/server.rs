@@ -1,0 +1,180 @@
+//! The merged stream on the network: the `Observer` service on 4245 (Hubble Relay's
+//! port), over mTLS. `last N` asks every node's agent for its latest N matching events
+//! (their rings) and keeps the latest N of all; `follow` then streams the merged events
+//! that pass the filter, which the relay applies before sending.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::time::SystemTime;
+
+use membrane_api::monitor::Event;
+use membrane_api::observer::proto::observer_server::{Observer, ObserverServer};
+use membrane_api::observer::proto::{self, GetEventsRequest};
+use membrane_api::observer::{encode, peer, Filter, TYPE_NODE_STATUS};
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::transport::Server;
+use tonic::{Request, Response, Status};
+
+use crate::merge::time_of;
+use crate::nodes::status;
+use crate::tls::{TlsError, TlsFiles};
+use crate::Relay;
+
+/// The server's failures at start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A TLS file could not be read.
+    #[error(transparent)]
+    File(#[from] TlsError),
+    /// The TLS settings do not make a server.
+    #[error("--listen {0}: tls: {1}")]
+    Tls(SocketAddr, tonic::transport::Error),
+    /// The address could not be bound.
+    #[error("--listen {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+}
+
+type EventStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<proto::Event, Status>> + Send>>;
+
+/// The relay's gRPC service.
+#[derive(Debug, Clone)]
+struct Service {
+    relay: Relay,
+    admitted: Option<Vec<String>>,
+}
+
+#[tonic::async_trait]
+impl Observer for Service {
+    type GetEventsStream = EventStream;
+
+    async fn get_events(
+        &self,
+        req: Request<GetEventsRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        if let Some(admitted) = &self.admitted {
+            let certs = req.peer_certs();
+            if let Err(e) = peer::admit(certs.as_ref().map(|c| c.as_slice()), admitted) {
+                tracing::warn!(peer = ?req.remote_addr(), "relay client refused: {e}");
+                return Err(Status::permission_denied(e.to_string()));
+            }
+        }
+        let r = req.into_inner();
+        let wire_filter = r.filter.unwrap_or_default();
+        let filter =
+            Filter::new(&wire_filter).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // Subscribed before the nodes are asked, so nothing falls between the two.
+        let live = r.follow.then(|| self.relay.subscribe());
+        let last = if r.last > 0 {
+            self.relay.last(r.last, &wire_filter).await
+        } else {
+            Vec::new()
+        };
+        Ok(Response::new(stream(last, live, filter)))
+    }
+}
+
+/// `last`, then every live event passing `filter` that is newer than the newest of
+/// `last` (the nodes' rings and the live stream overlap by the reorder window).
+fn stream(
+    last: Vec<Event>,
+    live: Option<broadcast::Receiver<Event>>,
+    filter: Filter,
+) -> EventStream {
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        let cut = last
+            .iter()
+            .filter(|e| e.kind != TYPE_NODE_STATUS)
+            .map(|e| time_of(e, SystemTime::UNIX_EPOCH))
+            .max();
+        for e in last {
+            if tx.send(Ok(encode(&e))).await.is_err() {
+                return;
+            }
+        }
+        let Some(mut live) = live else { return };
+        loop {
+            let e = tokio::select! {
+                r = live.recv() => match r {
+                    Ok(e) if !filter.matches(&e) => continue,
+                    Ok(e) if e.kind != TYPE_NODE_STATUS
+                        && cut.is_some_and(|c| time_of(&e, SystemTime::now()) <= c) => continue,
+                    Ok(e) => e,
+                    Err(broadcast::error::RecvError::Lagged(n)) => Event::lost("relay", n, "slow-subscriber"),
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                _ = tx.closed() => return,
+            };
+            if tx.send(Ok(encode(&e))).await.is_err() {
+                return;
+            }
+        }
+    });
+    Box::pin(ReceiverStream::new(rx))
+}
+
+impl Relay {
+    /// The latest `n` events passing `filter` across every node the registry lists, from
+    /// the agents' rings, oldest first; a node that cannot answer is a `node-status`
+    /// record among them.
+    pub async fn last(&self, n: u64, filter: &proto::Filter) -> Vec<Event> {
+        let nodes = self.nodes.borrow().clone();
+        let mut asks = tokio::task::JoinSet::new();
+        for (name, ip) in nodes {
+            let (access, filter) = (self.access.clone(), filter.clone());
+            asks.spawn(async move { (name, access.last(ip, n, filter).await) });
+        }
+        let mut all = Vec::new();
+        while let Some(done) = asks.join_next().await {
+            match done {
+                Ok((_, Ok(evs))) => all.extend(evs),
+                Ok((name, Err(why))) => all.push(status(&name, format!("unreachable: {why}"))),
+                Err(_) => {}
+            }
+        }
+        let now = SystemTime::now();
+        all.sort_by_key(|e| time_of(e, now));
+        let skip = all
+            .len()
+            .saturating_sub(usize::try_from(n).unwrap_or(usize::MAX));
+        all.split_off(skip)
+    }
+}
+
+/// Binds `addr` and serves `relay`'s merged stream on it (on the current runtime), over
+/// mTLS with `tls` (clients must chain to its CA and, when `admitted` is not empty, carry
+/// one of those SPIFFE ids), or in plaintext without.
+pub async fn serve(
+    relay: Relay,
+    addr: SocketAddr,
+    tls: Option<&TlsFiles>,
+    admitted: Vec<String>,
+) -> Result<SocketAddr, ServeError> {
+    let mut builder = Server::builder();
+    if let Some(t) = tls {
+        builder = builder
+            .tls_config(t.server()?)
+            .map_err(|e| ServeError::Tls(addr, e))?;
+    }
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| ServeError::Bind(addr, e))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| ServeError::Bind(addr, e))?;
+    let svc = Service {
+        relay,
+        admitted: (tls.is_some() && !admitted.is_empty()).then_some(admitted),
+    };
+    let router = builder.add_service(ObserverServer::new(svc));
+    tokio::spawn(async move {
+        if let Err(e) = router
+            .serve_with_incoming(TcpListenerStream::new(listener))
+            .await
+        {
+            tracing::error!(%bound, "relay server: {e}");
+        }
+    });
+    Ok(bound)
+}
