@@ -184,9 +184,10 @@ async fn a_bad_query_is_a_400_that_names_it() {
             "limit=\"5000\": a number of flows from 1 to 1000",
         ),
         (
-            "/api/flows?type=drop&type=l7",
-            "\"type\" given more than once",
+            "/api/flows?limit=1&limit=2",
+            "\"limit\" given more than once",
         ),
+        ("/api/flows?path=%28", "http path filter \"(\""),
         (
             "/api/flows?pod=%ZZ",
             "pod=\"%ZZ\": a pod name, or namespace/name",

@@ -4,8 +4,8 @@
 //!
 //! - `GET /api/map`: the service map, workloads as nodes and flows as edges with their
 //!   allowed and denied counts and the denying rules or reasons;
-//! - `GET /api/flows?pod=&namespace=&identity=&verdict=&type=&port=&method=&path=&limit=`:
-//!   the latest flows, newest first, with `membrane monitor`'s filters.
+//! - `GET /api/flows?pod=&namespace=&identity=&verdict=&type=&port=&method=&path=&node=&limit=`:
+//!   the latest flows, newest first, with `membrane monitor --all-nodes`'s filters.
 //!
 //! Both are aggregated here, from the merged event stream, in a bounded [`View`]: the page
 //! never sees the raw stream. A bad query parameter gets a 400 naming it.
@@ -28,7 +28,7 @@ use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 
-pub use filter::{Filter, FilterError, Kind, DEFAULT_LIMIT, MAX_LIMIT};
+pub use filter::{parse as parse_query, FilterError, DEFAULT_LIMIT, MAX_LIMIT};
 pub use view::{peer, workload, Edge, Limits, Map, Node, Peer, View};
 
 /// Where the page is served when no address is configured: loopback only, since the
@@ -206,7 +206,7 @@ async fn map(State(view): State<Shared>, q: Params) -> Response {
 }
 
 async fn flows(State(view): State<Shared>, q: Params) -> Response {
-    let parsed = params(q).and_then(|pairs| Filter::parse(&pairs).map_err(|e| e.to_string()));
+    let parsed = params(q).and_then(|pairs| filter::parse(&pairs).map_err(|e| e.to_string()));
     let (filter, limit) = match parsed {
         Ok(f) => f,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
