@@ -19,6 +19,8 @@ declare -A APT=(
   [openssl]=openssl
   [tshark]=tshark
   [ethtool]=ethtool
+  # The web page's browser test (relay/tests/browser.rs): headless Chromium.
+  [chromium]=chromium
 )
 # Header-only packages, probed by a file they install.
 declare -A APT_FILES=(

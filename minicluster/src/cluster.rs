@@ -188,11 +188,14 @@ impl Cluster {
     /// The demo's step 6 to 8 on a new mini-cluster: set up, the Star Wars
     /// scenario, live edits, an agent restart. Undone when it returns.
     pub fn run(bins: &Bins, overlay: Overlay) -> Result<()> {
-        let c = Cluster::start(bins, overlay)?;
-        c.play(&c.deathstars, &c.ships, c.service())?;
-        c.across_nodes(&c.deathstars[1], &c.ships[1])?;
-        c.show_merged()?;
-        c.l7_beside(&c.deathstars[1], &c.ships[0])?;
+        Cluster::start(bins, overlay)?.scenario()
+    }
+
+    /// Steps 6 to 8 on this mini-cluster, once it is up: the Star Wars scenario, the live
+    /// policy edits, the agent restart under load.
+    pub fn scenario(&self) -> Result<()> {
+        self.star_wars()?;
+        let c = self;
         c.edit_policy(&c.deathstars, &c.ships, &c.source())?;
         let r = c.restart_agent(&c.ships[0])?;
         println!(
@@ -216,6 +219,16 @@ impl Cluster {
     /// The in-process relay (its merged stream, its address, its runtime), once started.
     pub fn relay(&self) -> Option<&crate::relay::ClusterRelay> {
         self.relay.as_ref()
+    }
+
+    /// Step 6's scenario on this mini-cluster, once it is up: the ships through the
+    /// deathstar service, then the xwing across the nodes. The policy stays the Star Wars
+    /// one (`membrane demo --stay` shows the mesh as it leaves it).
+    pub fn star_wars(&self) -> Result<()> {
+        self.play(&self.deathstars, &self.ships, self.service())?;
+        self.across_nodes(&self.deathstars[1], &self.ships[1])?;
+        self.show_merged()?;
+        self.l7_beside(&self.deathstars[1], &self.ships[0])
     }
 
     /// The deathstar service's address.

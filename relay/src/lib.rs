@@ -4,7 +4,8 @@
 //! `node-status` record for every node that comes, goes or cannot be reached), merges the
 //! streams in time order through a bounded reorder window ([`merge`]) and fans the result
 //! out ([`hub`]) to the gRPC service on 4245 ([`server`]: `membrane monitor --all-nodes`)
-//! and to in-process consumers (the web page, `membrane demo`).
+//! and to in-process consumers: [`web`], the page of the service map and the latest flows,
+//! and `membrane demo`.
 //!
 //! In-process consumers hold a [`Relay`] and call [`Relay::subscribe`] for the live merged
 //! stream and [`Relay::recent`] for its latest events. It never writes to an agent and
@@ -16,6 +17,7 @@ pub mod merge;
 pub mod nodes;
 pub mod server;
 pub mod tls;
+pub mod web;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -83,6 +83,18 @@ struct Config {
     /// Serve the merged stream without TLS (loopback and tests only).
     #[arg(long, env = "MEMBRANE_RELAY_PLAINTEXT")]
     plaintext: bool,
+    /// Serve the web page (service map, latest flows; plain HTTP) here: loopback unless
+    /// told otherwise, as it shows every flow of the mesh.
+    #[arg(long, env = "MEMBRANE_RELAY_WEB_ADDRESS", default_value = membrane_relay::web::DEFAULT_ADDRESS)]
+    web_address: SocketAddr,
+    /// The latest flows the web page keeps for its table.
+    #[arg(long, env = "MEMBRANE_RELAY_WEB_FLOWS", default_value_t = 2000,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    web_flows: u64,
+    /// The service map's edges the web page keeps (the least recently seen goes first).
+    #[arg(long, env = "MEMBRANE_RELAY_WEB_EDGES", default_value_t = 1024,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    web_edges: u64,
     /// How long events wait to be put in time order, in milliseconds.
     #[arg(long, env = "MEMBRANE_RELAY_REORDER_MS", default_value_t = 1000)]
     reorder_ms: u64,
@@ -187,6 +199,18 @@ fn main() -> Result<()> {
             cfg.client_ids.clone(),
         )
         .await?;
+        let limits = membrane_relay::web::Limits {
+            flows: usize::try_from(cfg.web_flows).unwrap_or(usize::MAX),
+            edges: usize::try_from(cfg.web_edges).unwrap_or(usize::MAX),
+        };
+        let web = membrane_relay::web::Web::bind(cfg.web_address, limits).await?;
+        println!("membrane-relay web page on http://{}/", web.local_addr());
+        let feed = relay.subscribe();
+        tokio::spawn(async move {
+            if let Err(e) = web.run(feed).await {
+                tracing::error!("{e}");
+            }
+        });
         let how = if listen_tls.is_some() {
             "mTLS"
         } else {

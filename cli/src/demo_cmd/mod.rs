@@ -25,7 +25,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use membrane_datapath::node::Overlay;
 use membrane_minicluster::{
-    compile_quietly, step, trace_for, Cluster, L3_L4, L7, TIEFIGHTER, XWING,
+    compile_quietly, step, trace_for, Bins, Cluster, L3_L4, L7, TIEFIGHTER, XWING,
 };
 use membrane_policy::rule::CompiledPolicy;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -33,6 +33,8 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
+
+mod web;
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -43,6 +45,13 @@ pub struct DemoArgs {
     /// or native (routes, no tunnel).
     #[arg(long, default_value = "vxlan")]
     overlay: Overlay,
+    /// After the live Star Wars scenario (step 6), keep the mini-cluster up and its web
+    /// page (the relay's service map and live flows) served until Ctrl-C.
+    #[arg(long, conflicts_with = "no_live")]
+    stay: bool,
+    /// Where `--stay` serves the web page (port 0: any free port; the address is printed).
+    #[arg(long, default_value = membrane_relay::web::DEFAULT_ADDRESS, requires = "stay")]
+    web_address: SocketAddr,
     /// Serve the deathstar's API on this address and nothing else (what step 6
     /// runs inside its namespace).
     #[arg(long, hide = true)]
@@ -101,10 +110,38 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
     let me = std::env::current_exe().context("find this binary")?;
     // The mini-cluster's binaries are beside this one.
     match Cluster::prerequisites(me.parent().unwrap_or(Path::new("/"))) {
+        Err(why) if a.stay => anyhow::bail!("--stay needs the live step, which cannot run: {why}"),
         Err(why) => step(&format!("6. (skipped: {why})")),
+        Ok(bins) if a.stay => stay(&bins, a.overlay, a.web_address)?,
         Ok(bins) => Cluster::run(&bins, a.overlay)?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Step 6 with the web page up from the start (it sees the scenario's traffic), then the
+/// page's address, then nothing until SIGINT or SIGTERM, which the mini-cluster
+/// answers by removing everything it made and exiting.
+fn stay(bins: &Bins, overlay: Overlay, web_address: SocketAddr) -> Result<()> {
+    let page = web::start(web_address)?;
+    let c = Cluster::start(bins, overlay)?;
+    web::follow_agents(&c, &page.feed);
+    println!(
+        "  the mesh's web page (service map, live flows): http://{}/",
+        page.addr
+    );
+    c.star_wars()?;
+    step("7. The mesh, live (membrane demo --stay)");
+    println!(
+        "  the policy stays the Star Wars one (the live edits and the agent restart of a \
+         run without --stay are left out)"
+    );
+    println!("  service map and latest flows: http://{}/", page.addr);
+    println!("  the mini-cluster stays up; Ctrl-C stops it and removes everything it made");
+    std::io::stdout().flush()?;
+    loop {
+        // The signal handler the mini-cluster installed ends the process.
+        std::thread::park();
+    }
 }
 
 /// Every object of an embedded policy file, compiled, each said valid; an
