@@ -293,7 +293,7 @@ async fn load(report: &mut String) {
             "sidecar~{}~pod-{i}.default~default.svc.cluster.local",
             pod_ip(i)
         );
-        let proto = if i % 2 == 0 {
+        let proto = if i.is_multiple_of(2) {
             Proto::Sotw
         } else {
             Proto::Delta
@@ -504,7 +504,8 @@ async fn load(report: &mut String) {
     let _ = writeln!(
         report,
         "\nAdditions a probe never saw (the pod was gone before its next push): {unseen}. \
-         All {n} clients on one NPHDS version {} after the last churn write ({} behind). \
+         All {n} clients on one NPHDS version {} after the last churn write ({} behind; this \
+         includes waiting, up to 60 s, for every probe to see every removal). \
          membrane-xds CPU during the churn: {:.2} cores. Streams ended: {ended}.\n",
         ms(settled.1),
         settled.0,
