@@ -58,14 +58,6 @@ impl Cluster {
             .join(membrane_xds::inject::RECORDS_SOCKET_FILE)
     }
 
-    /// Every node's name and its agent's API socket (their monitor streams: what a
-    /// view of the whole mini-cluster follows), node-1 first.
-    pub fn agent_sockets(&self) -> Vec<(&'static str, PathBuf)> {
-        (0..source::NODES.len())
-            .map(|n| (source::NODES[n].name, self.agent_socket(n)))
-            .collect()
-    }
-
     /// Node `n`'s agent's API socket.
     pub(crate) fn agent_socket(&self, n: usize) -> PathBuf {
         self.dir

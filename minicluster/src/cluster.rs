@@ -228,7 +228,8 @@ impl Cluster {
         self.play(&self.deathstars, &self.ships, self.service())?;
         self.across_nodes(&self.deathstars[1], &self.ships[1])?;
         self.show_merged()?;
-        self.l7_beside(&self.deathstars[1], &self.ships[0])
+        self.l7_beside(&self.deathstars[1], &self.ships[0])?;
+        Ok(())
     }
 
     /// The deathstar service's address.

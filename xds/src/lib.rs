@@ -32,6 +32,7 @@ pub mod source;
 pub mod stream;
 pub mod translate;
 pub mod webhook;
+pub mod wire;
 
 /// Generated Cilium NPDS/NPHDS types and services (package `cilium`), from the one copy
 /// in `membrane-api`.

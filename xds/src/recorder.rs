@@ -265,8 +265,8 @@ impl Recorder {
                 Event::Sent {
                     version: s.version.clone(),
                     nonce: s.nonce.clone(),
-                    resources: s.names.len(),
-                    removed: s.removed.len(),
+                    resources: s.resources,
+                    removed: s.removed,
                     at_ms: millis(now),
                 },
             );

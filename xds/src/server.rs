@@ -19,6 +19,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     },
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
+use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -39,11 +40,20 @@ use crate::stream::{
     check_node_id, DeltaStream, Outcome, Sent, SotwStream, Step, StreamError, StreamLimits,
     Subscription,
 };
+use crate::wire::{DeltaResponse, SotwResponse};
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 
+mod wire;
+pub use wire::Wire;
+
 /// Responses buffered per stream before the sender waits for the client.
 const STREAM_BUFFER: usize = 16;
+
+/// A stream's responses, from its driver to its response body. Boxed: the
+/// channel's first block (32 slots) is allocated with it, per stream.
+type Tx<R> = mpsc::Sender<Result<Box<R>, Status>>;
+type Rx<R> = mpsc::Receiver<Result<Box<R>, Status>>;
 
 /// A protocol (SotW or delta) the generic stream driver can run.
 trait Machine: Send + 'static {
@@ -63,17 +73,14 @@ trait Machine: Send + 'static {
 
 impl Machine for SotwStream {
     type Req = DiscoveryRequest;
-    type Resp = DiscoveryResponse;
+    type Resp = SotwResponse;
     fn node_id(req: &DiscoveryRequest) -> Option<String> {
         req.node.as_ref().map(|n| n.id.clone())
     }
-    fn on_request(
-        &mut self,
-        req: &DiscoveryRequest,
-    ) -> Result<Step<DiscoveryResponse>, StreamError> {
+    fn on_request(&mut self, req: &DiscoveryRequest) -> Result<Step<SotwResponse>, StreamError> {
         SotwStream::on_request(self, req)
     }
-    fn on_snapshot(&mut self, snap: Arc<Snapshot>) -> Step<DiscoveryResponse> {
+    fn on_snapshot(&mut self, snap: Arc<Snapshot>) -> Step<SotwResponse> {
         SotwStream::on_snapshot(self, snap)
     }
     fn watches(&self) -> BTreeMap<String, Subscription> {
@@ -82,7 +89,7 @@ impl Machine for SotwStream {
             .map(|(t, s)| (t, s.subscription))
             .collect()
     }
-    fn debug(req: &DiscoveryRequest, rec: &Recorder, n: u64) -> Option<Option<DiscoveryResponse>> {
+    fn debug(req: &DiscoveryRequest, rec: &Recorder, n: u64) -> Option<Option<SotwResponse>> {
         if req.type_url != DEBUG_SYNCZ {
             return None;
         }
@@ -92,12 +99,14 @@ impl Machine for SotwStream {
         let resources = rec
             .client_configs()
             .iter()
-            .map(|c| Any {
-                type_url: CLIENT_CONFIG.to_string(),
-                value: c.encode_to_vec(),
+            .map(|c| {
+                Arc::new(Any {
+                    type_url: CLIENT_CONFIG.to_string(),
+                    value: c.encode_to_vec(),
+                })
             })
             .collect();
-        Some(Some(DiscoveryResponse {
+        Some(Some(SotwResponse {
             version_info: n.to_string(),
             resources,
             type_url: DEBUG_SYNCZ.to_string(),
@@ -115,17 +124,17 @@ const CLIENT_CONFIG: &str = "type.googleapis.com/envoy.service.status.v3.ClientC
 
 impl Machine for DeltaStream {
     type Req = DeltaDiscoveryRequest;
-    type Resp = DeltaDiscoveryResponse;
+    type Resp = DeltaResponse;
     fn node_id(req: &DeltaDiscoveryRequest) -> Option<String> {
         req.node.as_ref().map(|n| n.id.clone())
     }
     fn on_request(
         &mut self,
         req: &DeltaDiscoveryRequest,
-    ) -> Result<Step<DeltaDiscoveryResponse>, StreamError> {
+    ) -> Result<Step<DeltaResponse>, StreamError> {
         DeltaStream::on_request(self, req)
     }
-    fn on_snapshot(&mut self, snap: Arc<Snapshot>) -> Step<DeltaDiscoveryResponse> {
+    fn on_snapshot(&mut self, snap: Arc<Snapshot>) -> Step<DeltaResponse> {
         DeltaStream::on_snapshot(self, snap)
     }
     fn watches(&self) -> BTreeMap<String, Subscription> {
@@ -144,7 +153,37 @@ pub struct XdsServer {
     auth: Option<Arc<Authorizer>>,
 }
 
-type RespStream<T> = ReceiverStream<Result<T, Status>>;
+/// A generated service's response stream: the stream's responses as Envoy
+/// messages (each resource copied; the [`Wire`] path shares them instead).
+type RespStream<T> = std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<T, Status>> + Send>>;
+
+fn proto<R: Send + 'static, T: 'static>(rx: Rx<R>, into: fn(R) -> T) -> RespStream<T> {
+    Box::pin(ReceiverStream::new(rx).map(move |r| r.map(|b| into(*b))))
+}
+
+/// A response type and its Envoy message.
+trait IntoProto: Send + Sized + 'static {
+    type Proto: 'static;
+    fn stream(rx: Rx<Self>) -> RespStream<Self::Proto>;
+}
+
+impl IntoProto for SotwResponse {
+    type Proto = DiscoveryResponse;
+    fn stream(rx: Rx<Self>) -> RespStream<DiscoveryResponse> {
+        proto(rx, SotwResponse::into_proto)
+    }
+}
+
+impl IntoProto for DeltaResponse {
+    type Proto = DeltaDiscoveryResponse;
+    fn stream(rx: Rx<Self>) -> RespStream<DeltaDiscoveryResponse> {
+        proto(rx, DeltaResponse::into_proto)
+    }
+}
+
+fn to_proto<R: IntoProto>(rx: Rx<R>) -> RespStream<R::Proto> {
+    R::stream(rx)
+}
 
 impl XdsServer {
     /// Services over `cache`, recording into `recorder`.
@@ -173,7 +212,7 @@ impl XdsServer {
     }
 
     /// Counts a refused request and closes the stream with its reason.
-    async fn refuse<R>(&self, e: &StreamError, tx: &mpsc::Sender<Result<R, Status>>) {
+    async fn refuse<R>(&self, e: &StreamError, tx: &Tx<R>) {
         self.recorder
             .metrics
             .refused_requests
@@ -239,7 +278,7 @@ impl XdsServer {
         Status::permission_denied(e.to_string())
     }
 
-    /// A tonic router serving ADS, NPDS and NPHDS.
+    /// A tonic router serving ADS, NPDS and NPHDS (their streams on the [`Wire`] path).
     pub fn router(&self) -> tonic::transport::server::Router {
         self.router_on(tonic::transport::Server::builder())
     }
@@ -249,10 +288,17 @@ impl XdsServer {
         &self,
         mut builder: tonic::transport::Server,
     ) -> tonic::transport::server::Router {
+        let wire = |s| Wire::new(s, self.clone());
         builder
-            .add_service(AggregatedDiscoveryServiceServer::new(self.clone()))
-            .add_service(NetworkPolicyDiscoveryServiceServer::new(self.clone()))
-            .add_service(NetworkPolicyHostsDiscoveryServiceServer::new(self.clone()))
+            .add_service(wire(AggregatedDiscoveryServiceServer::new(self.clone())))
+            .add_service(Wire::new(
+                NetworkPolicyDiscoveryServiceServer::new(self.clone()),
+                self.clone(),
+            ))
+            .add_service(Wire::new(
+                NetworkPolicyHostsDiscoveryServiceServer::new(self.clone()),
+                self.clone(),
+            ))
     }
 
     fn spawn<M: Machine>(
@@ -261,7 +307,7 @@ impl XdsServer {
         inbound: Streaming<M::Req>,
         peer: Option<SocketAddr>,
         who: Option<SpiffeId>,
-    ) -> RespStream<M::Resp>
+    ) -> Rx<M::Resp>
     where
         M::Req: prost::Message + Default,
     {
@@ -270,14 +316,14 @@ impl XdsServer {
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let peer = peer.map(|p| p.to_string()).unwrap_or_default();
         tokio::spawn(async move { this.drive(machine, inbound, tx, id, peer, who).await });
-        ReceiverStream::new(rx)
+        rx
     }
 
     async fn drive<M: Machine>(
         self,
         mut sm: M,
         mut inbound: Streaming<M::Req>,
-        tx: mpsc::Sender<Result<M::Resp, Status>>,
+        tx: Tx<M::Resp>,
         id: u64,
         peer: String,
         who: Option<SpiffeId>,
@@ -328,7 +374,7 @@ impl XdsServer {
                 };
                 if let Some(resp) = debug {
                     if let Some(resp) = resp {
-                        if tx.send(Ok(resp)).await.is_err() {
+                        if tx.send(Ok(Box::new(resp))).await.is_err() {
                             break;
                         }
                     }
@@ -390,12 +436,7 @@ impl XdsServer {
         self.recorder.disconnected(&node, &conn);
     }
 
-    async fn emit<R>(
-        &self,
-        node: &str,
-        step: Step<R>,
-        tx: &mpsc::Sender<Result<R, Status>>,
-    ) -> bool {
+    async fn emit<R>(&self, node: &str, step: Step<R>, tx: &Tx<R>) -> bool {
         for o in &step.outcomes {
             match o {
                 Outcome::Nack {
@@ -413,7 +454,7 @@ impl XdsServer {
         }
         for (sent, resp) in step.responses {
             self.record_sent(node, &sent);
-            if tx.send(Ok(resp)).await.is_err() {
+            if tx.send(Ok(Box::new(resp))).await.is_err() {
                 return false;
             }
         }
@@ -474,12 +515,12 @@ impl AggregatedDiscoveryService for XdsServer {
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
         let who = self.authenticate(&request)?;
         let peer = request.remote_addr();
-        Ok(Response::new(self.spawn(
+        Ok(Response::new(to_proto(self.spawn(
             self.sotw(None),
             request.into_inner(),
             peer,
             who,
-        )))
+        ))))
     }
 
     async fn delta_aggregated_resources(
@@ -488,12 +529,12 @@ impl AggregatedDiscoveryService for XdsServer {
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
         let who = self.authenticate(&request)?;
         let peer = request.remote_addr();
-        Ok(Response::new(self.spawn(
+        Ok(Response::new(to_proto(self.spawn(
             self.delta(None),
             request.into_inner(),
             peer,
             who,
-        )))
+        ))))
     }
 }
 
@@ -509,12 +550,12 @@ impl NetworkPolicyDiscoveryService for XdsServer {
         let who = self.authenticate(&request)?;
         let peer = request.remote_addr();
         let sm = self.delta(Some(NETWORK_POLICY));
-        Ok(Response::new(self.spawn(
+        Ok(Response::new(to_proto(self.spawn(
             sm,
             request.into_inner(),
             peer,
             who,
-        )))
+        ))))
     }
 
     async fn stream_network_policies(
@@ -524,12 +565,12 @@ impl NetworkPolicyDiscoveryService for XdsServer {
         let who = self.authenticate(&request)?;
         let peer = request.remote_addr();
         let sm = self.sotw(Some(NETWORK_POLICY));
-        Ok(Response::new(self.spawn(
+        Ok(Response::new(to_proto(self.spawn(
             sm,
             request.into_inner(),
             peer,
             who,
-        )))
+        ))))
     }
 
     async fn fetch_network_policies(
@@ -552,12 +593,12 @@ impl NetworkPolicyHostsDiscoveryService for XdsServer {
         let who = self.authenticate(&request)?;
         let peer = request.remote_addr();
         let sm = self.sotw(Some(NETWORK_POLICY_HOSTS));
-        Ok(Response::new(self.spawn(
+        Ok(Response::new(to_proto(self.spawn(
             sm,
             request.into_inner(),
             peer,
             who,
-        )))
+        ))))
     }
 
     async fn fetch_network_policy_hosts(
@@ -574,11 +615,11 @@ impl NetworkPolicyHostsDiscoveryService for XdsServer {
         let who = self.authenticate(&request)?;
         let peer = request.remote_addr();
         let sm = self.delta(Some(NETWORK_POLICY_HOSTS));
-        Ok(Response::new(self.spawn(
+        Ok(Response::new(to_proto(self.spawn(
             sm,
             request.into_inner(),
             peer,
             who,
-        )))
+        ))))
     }
 }

@@ -9,7 +9,9 @@
 //! republishing an identical snapshot wakes no stream.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use bytes::Bytes;
 use std::time::SystemTime;
 
 use envoy_types::pb::envoy::config::cluster::v3::{cluster::ClusterDiscoveryType, Cluster};
@@ -64,12 +66,21 @@ pub enum SnapshotError {
 }
 
 /// The resources of one type in a snapshot, with their version.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default)]
 pub struct TypeResources {
     /// Content hash of the whole set, as a hex string; the SotW `version_info`.
     pub version: String,
     /// Resources by name.
     pub items: BTreeMap<String, Resource>,
+    /// The set's SotW encoding, made by the first stream that sends it whole
+    /// and shared by every other ([`crate::wire`]).
+    wire: OnceLock<(String, Bytes)>,
+}
+
+impl PartialEq for TypeResources {
+    fn eq(&self, other: &Self) -> bool {
+        self.version == other.version && self.items == other.items
+    }
 }
 
 /// An immutable set of resources for one node (or node group).
@@ -86,6 +97,11 @@ impl Snapshot {
     /// The resources of `type_url` (empty set if none).
     pub fn resources(&self, type_url: &str) -> Option<&TypeResources> {
         self.types.get(type_url).map(|t| &**t)
+    }
+
+    /// The resources of `type_url` as the shared set (its encoding is shared too).
+    pub fn resources_shared(&self, type_url: &str) -> Option<Arc<TypeResources>> {
+        self.types.get(type_url).cloned()
     }
 
     /// The version of `type_url` in this snapshot (the empty set has a version too).
@@ -253,6 +269,22 @@ fn empty_version() -> &'static str {
 }
 
 impl TypeResources {
+    /// The fields of a SotW response carrying this whole set (of type
+    /// `type_url`), encoded once.
+    pub fn wire(&self, type_url: &str) -> Bytes {
+        let (t, bytes) = self.wire.get_or_init(|| {
+            (
+                type_url.to_string(),
+                crate::wire::encode_set(type_url, self),
+            )
+        });
+        if t == type_url {
+            return bytes.clone();
+        }
+        // A set shared under two types (none is today) is encoded per use.
+        crate::wire::encode_set(type_url, self)
+    }
+
     /// A set with its content version, to share between snapshots (every
     /// sidecar's snapshot holds the same NPHDS set, for example).
     pub fn shared(items: impl IntoIterator<Item = Resource>) -> Arc<TypeResources> {
@@ -261,6 +293,7 @@ impl TypeResources {
         Arc::new(TypeResources {
             version: set_version(&items),
             items,
+            wire: OnceLock::new(),
         })
     }
 }
@@ -346,7 +379,14 @@ impl SnapshotBuilder {
         }
         for (t, items) in self.types {
             let version = set_version(&items);
-            types.insert(t, Arc::new(TypeResources { version, items }));
+            types.insert(
+                t,
+                Arc::new(TypeResources {
+                    version,
+                    items,
+                    wire: OnceLock::new(),
+                }),
+            );
         }
         let mut all = Vec::new();
         for (t, set) in &types {

@@ -203,10 +203,11 @@ pub struct Sent {
     pub version: String,
     /// Nonce of the response.
     pub nonce: String,
-    /// Names of the resources sent.
-    pub names: Vec<String>,
-    /// Names removed (delta only).
-    pub removed: Vec<String>,
+    /// How many resources it carries (counted, not named: at fleet size
+    /// the names of every push to every stream would be an allocation each).
+    pub resources: usize,
+    /// How many names it removes (delta only).
+    pub removed: usize,
 }
 
 /// The result of one input to the state machine.

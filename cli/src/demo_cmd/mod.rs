@@ -124,7 +124,7 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
 fn stay(bins: &Bins, overlay: Overlay, web_address: SocketAddr) -> Result<()> {
     let page = web::start(web_address)?;
     let c = Cluster::start(bins, overlay)?;
-    web::follow_agents(&c, &page.feed);
+    web::follow_relay(&c, &page.feed)?;
     println!(
         "  the mesh's web page (service map, live flows): http://{}/",
         page.addr

@@ -20,8 +20,8 @@ fn stale_report_names_the_nack_and_clears_on_ack() {
         type_url: NETWORK_POLICY.into(),
         version: v.into(),
         nonce: n.into(),
-        names: vec!["10.0.0.5".into()],
-        removed: vec![],
+        resources: 1,
+        removed: 0,
     };
     r.sent(node, &sent("v1", "1"));
     let s = r.stale();

@@ -4,23 +4,70 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource as DeltaResource,
-};
+use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 
 use super::{clip, resolve_type, Outcome, Sent, Step, StreamError, StreamLimits, Subscription};
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Snapshot, TypeResources};
+use crate::wire::{DeltaItem, DeltaResponse};
 
 #[derive(Debug, Clone)]
 struct DeltaType {
     wildcard: bool,
     names: BTreeSet<String>,
-    /// What the client holds (name → version), as of its last ACK.
-    client: BTreeMap<String, String>,
+    /// What the client holds, as of its last ACK.
+    client: Held,
     /// Nonce and the client state the in-flight response would produce.
-    in_flight: Option<(String, String, BTreeMap<String, String>)>,
+    in_flight: Option<(String, String, Held)>,
     nacked: Option<String>,
     dirty: bool,
+}
+
+/// What a delta client holds. A wildcard client that ACKed a response holds
+/// exactly the set it was sent: it is kept as that (shared) set rather than
+/// as a copy of every name and version per stream.
+#[derive(Debug, Clone)]
+enum Held {
+    /// Exactly these resources, at their content versions.
+    Set(Arc<TypeResources>),
+    /// Name → version (initial versions, named subscriptions).
+    Map(BTreeMap<String, String>),
+}
+
+fn version_of(hash: u64) -> String {
+    format!("{hash:016x}")
+}
+
+impl Held {
+    /// Whether the client holds `name` at content hash `hash`.
+    fn holds(&self, name: &str, hash: u64) -> bool {
+        match self {
+            Held::Set(set) => set.items.get(name).is_some_and(|r| r.hash == hash),
+            Held::Map(m) => m.get(name).is_some_and(|v| *v == version_of(hash)),
+        }
+    }
+
+    fn names(&self) -> Box<dyn Iterator<Item = &String> + '_> {
+        match self {
+            Held::Set(set) => Box::new(set.items.keys()),
+            Held::Map(m) => Box::new(m.keys()),
+        }
+    }
+
+    /// The map form, to change one name.
+    fn map(&mut self) -> &mut BTreeMap<String, String> {
+        if let Held::Set(set) = self {
+            let m = set
+                .items
+                .iter()
+                .map(|(n, r)| (n.clone(), version_of(r.hash)))
+                .collect();
+            *self = Held::Map(m);
+        }
+        match self {
+            Held::Map(m) => m,
+            Held::Set(_) => unreachable!("converted above"),
+        }
+    }
 }
 
 /// State of one delta (incremental) stream.
@@ -70,7 +117,7 @@ impl DeltaStream {
     pub fn on_request(
         &mut self,
         req: &DeltaDiscoveryRequest,
-    ) -> Result<Step<DeltaDiscoveryResponse>, StreamError> {
+    ) -> Result<Step<DeltaResponse>, StreamError> {
         let t = resolve_type(&self.only_type, &req.type_url)?;
         let max = self.limits.max_names_per_type;
         let text = self.limits.max_text_bytes;
@@ -87,17 +134,18 @@ impl DeltaStream {
         let st = self.types.entry(t.clone()).or_insert_with(|| DeltaType {
             wildcard: false,
             names: BTreeSet::new(),
-            client: BTreeMap::new(),
+            client: Held::Map(BTreeMap::new()),
             in_flight: None,
             nacked: None,
             dirty: true,
         });
         if first {
-            st.client = req
-                .initial_resource_versions
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
+            st.client = Held::Map(
+                req.initial_resource_versions
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            );
             st.wildcard = req.resource_names_subscribe.is_empty();
         }
         if !req.response_nonce.is_empty() {
@@ -147,7 +195,7 @@ impl DeltaStream {
             } else {
                 st.names.remove(n);
                 // The client forgets it; no removal needs to be sent.
-                st.client.remove(n);
+                st.client.map().remove(n);
             }
             st.dirty = true;
         }
@@ -158,7 +206,7 @@ impl DeltaStream {
     }
 
     /// Handles a new snapshot.
-    pub fn on_snapshot(&mut self, snap: Arc<Snapshot>) -> Step<DeltaDiscoveryResponse> {
+    pub fn on_snapshot(&mut self, snap: Arc<Snapshot>) -> Step<DeltaResponse> {
         self.snapshot = Some(snap);
         let mut step = Step::default();
         let types: Vec<String> = self.types.keys().cloned().collect();
@@ -170,7 +218,7 @@ impl DeltaStream {
         step
     }
 
-    fn respond(&mut self, t: &str) -> Option<(Sent, DeltaDiscoveryResponse)> {
+    fn respond(&mut self, t: &str) -> Option<(Sent, DeltaResponse)> {
         let snap = self.snapshot.clone()?;
         let st = self.types.get_mut(t)?;
         if st.in_flight.is_some() {
@@ -180,60 +228,65 @@ impl DeltaStream {
         if !st.dirty && st.nacked.as_deref() == Some(version.as_str()) {
             return None;
         }
-        let mut after = st.client.clone();
-        let mut resources = Vec::new();
-        let mut names = Vec::new();
         let empty = Default::default();
-        let items = snap.resources(t).map(|r| &r.items).unwrap_or(&empty);
+        let set = snap.resources_shared(t);
+        let items = set.as_ref().map(|r| &r.items).unwrap_or(&empty);
+        let mut resources = Vec::new();
         for (name, r) in items {
             if !(st.wildcard || st.names.contains(name)) {
                 continue;
             }
-            let v = format!("{:016x}", r.hash);
-            if st.client.get(name) != Some(&v) {
-                resources.push(DeltaResource {
+            if !st.client.holds(name, r.hash) {
+                resources.push(DeltaItem {
                     name: name.clone(),
-                    version: v.clone(),
-                    resource: Some((*r.body).clone()),
-                    ..Default::default()
+                    version: version_of(r.hash),
+                    resource: r.body.clone(),
                 });
-                names.push(name.clone());
-                after.insert(name.clone(), v);
             }
         }
         let removed: Vec<String> = st
             .client
-            .keys()
+            .names()
             .filter(|n| !items.contains_key(*n))
             .cloned()
             .collect();
-        for n in &removed {
-            after.remove(n);
-        }
         st.dirty = false;
         if resources.is_empty() && removed.is_empty() {
             return None;
         }
+        // A wildcard client ends up holding exactly the set; anyone else, the
+        // names it holds with what changed applied.
+        let after = match set.filter(|_| st.wildcard) {
+            Some(set) => Held::Set(set),
+            None => {
+                let mut after = st.client.clone();
+                let m = after.map();
+                for r in &resources {
+                    m.insert(r.name.clone(), r.version.clone());
+                }
+                for n in &removed {
+                    m.remove(n);
+                }
+                after
+            }
+        };
         self.nonce += 1;
         let nonce = self.nonce.to_string();
         st.in_flight = Some((nonce.clone(), version.clone(), after));
-        let resp = DeltaDiscoveryResponse {
-            system_version_info: version.clone(),
+        let sent = Sent {
+            type_url: t.to_string(),
+            version: version.clone(),
+            nonce: nonce.clone(),
+            resources: resources.len(),
+            removed: removed.len(),
+        };
+        let resp = DeltaResponse {
+            system_version_info: version,
             resources,
             type_url: t.to_string(),
-            removed_resources: removed.clone(),
-            nonce: nonce.clone(),
-            ..Default::default()
+            removed_resources: removed,
+            nonce,
         };
-        Some((
-            Sent {
-                type_url: t.to_string(),
-                version,
-                nonce,
-                names,
-                removed,
-            },
-            resp,
-        ))
+        Some((sent, resp))
     }
 }

@@ -4,16 +4,17 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 
 use super::{clip, resolve_type, Outcome, Sent, Step, StreamError, StreamLimits, Subscription};
 use crate::snapshot::Snapshot;
+use crate::wire::SotwResponse;
 
 #[derive(Debug, Clone)]
 struct SotwType {
     subscription: Subscription,
-    /// Version, nonce and names of the last response sent.
-    sent: Option<(String, String, BTreeSet<String>)>,
+    /// Version and nonce of the last response sent.
+    sent: Option<(String, String)>,
     in_flight: bool,
     acked: Option<String>,
     nacked: Option<String>,
@@ -88,7 +89,7 @@ impl SotwStream {
     pub fn on_request(
         &mut self,
         req: &DiscoveryRequest,
-    ) -> Result<Step<DiscoveryResponse>, StreamError> {
+    ) -> Result<Step<SotwResponse>, StreamError> {
         let t = resolve_type(&self.only_type, &req.type_url)?;
         let max = self.limits.max_names_per_type;
         if req.resource_names.len() > max {
@@ -107,7 +108,7 @@ impl SotwStream {
         });
         if !req.response_nonce.is_empty() {
             match &st.sent {
-                Some((version, nonce, _)) if *nonce == req.response_nonce => {
+                Some((version, nonce)) if *nonce == req.response_nonce => {
                     st.in_flight = false;
                     match &req.error_detail {
                         Some(status) => {
@@ -158,7 +159,7 @@ impl SotwStream {
     }
 
     /// Handles a new snapshot for this stream's node.
-    pub fn on_snapshot(&mut self, snap: Arc<Snapshot>) -> Step<DiscoveryResponse> {
+    pub fn on_snapshot(&mut self, snap: Arc<Snapshot>) -> Step<SotwResponse> {
         self.snapshot = Some(snap);
         let mut step = Step::default();
         let types: Vec<String> = self.types.keys().cloned().collect();
@@ -170,7 +171,7 @@ impl SotwStream {
         step
     }
 
-    fn respond(&mut self, t: &str) -> Option<(Sent, DiscoveryResponse)> {
+    fn respond(&mut self, t: &str) -> Option<(Sent, SotwResponse)> {
         let snap = self.snapshot.clone()?;
         let st = self.types.get_mut(t)?;
         if st.in_flight {
@@ -184,37 +185,37 @@ impl SotwStream {
         if !st.dirty && st.nacked.as_deref() == Some(version.as_str()) {
             return None;
         }
-        let mut names = BTreeSet::new();
         let mut resources = Vec::new();
-        if let Some(set) = snap.resources(t) {
+        let set = snap.resources_shared(t);
+        if let Some(set) = &set {
             for (name, r) in &set.items {
                 if st.subscription.wants(name) {
-                    names.insert(name.clone());
-                    resources.push((*r.body).clone());
+                    resources.push(r.body.clone());
                 }
             }
         }
+        // A wildcard gets the whole set: its shared encoding goes out.
+        let whole = set.filter(|_| st.subscription == Subscription::Wildcard);
         self.nonce += 1;
         let nonce = self.nonce.to_string();
-        st.sent = Some((version.clone(), nonce.clone(), names.clone()));
+        st.sent = Some((version.clone(), nonce.clone()));
         st.in_flight = true;
         st.dirty = false;
-        let resp = DiscoveryResponse {
-            version_info: version.clone(),
+        let sent = Sent {
+            type_url: t.to_string(),
+            version: version.clone(),
+            nonce: nonce.clone(),
+            resources: resources.len(),
+            removed: 0,
+        };
+        let resp = SotwResponse {
+            version_info: version,
             resources,
             type_url: t.to_string(),
-            nonce: nonce.clone(),
-            ..Default::default()
+            nonce,
+            whole,
+            control_plane: None,
         };
-        Some((
-            Sent {
-                type_url: t.to_string(),
-                version,
-                nonce,
-                names: names.into_iter().collect(),
-                removed: Vec::new(),
-            },
-            resp,
-        ))
+        Some((sent, resp))
     }
 }

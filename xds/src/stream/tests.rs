@@ -20,6 +20,19 @@ fn snap(hosts: &[(u64, &str)]) -> Arc<Snapshot> {
     Arc::new(b.build().unwrap())
 }
 
+/// The identities a SotW NPHDS response carries.
+fn ids(resp: &crate::wire::SotwResponse) -> Vec<u64> {
+    use prost::Message;
+    resp.resources
+        .iter()
+        .map(|a| {
+            NetworkPolicyHosts::decode(a.value.as_slice())
+                .unwrap()
+                .policy
+        })
+        .collect()
+}
+
 fn req(names: &[&str], version: &str, nonce: &str, error: Option<&str>) -> DiscoveryRequest {
     DiscoveryRequest {
         type_url: NETWORK_POLICY_HOSTS.into(),
@@ -109,19 +122,13 @@ fn sotw_named_subscriptions_and_type_checks() {
     r.type_url.clear(); // single-type services may omit it
     let step = s.on_request(&r).unwrap();
     let (sent, resp) = &step.responses[0];
-    assert_eq!(
-        sent.names,
-        vec!["257".to_string()],
-        "only existing named resources"
-    );
+    assert_eq!(ids(resp), vec![257], "only existing named resources");
+    assert_eq!(sent.resources, 1);
     assert_eq!(resp.resources.len(), 1);
     // Adding a name re-sends at the same version once ACKed.
     let ack = req(&["256", "257"], &sent.version, &sent.nonce, None);
     let step = s.on_request(&ack).unwrap();
-    assert_eq!(
-        step.responses[0].0.names,
-        vec!["256".to_string(), "257".to_string()]
-    );
+    assert_eq!(ids(&step.responses[0].1), vec![256, 257]);
 
     let mut wrong = req(&[], "", "", None);
     wrong.type_url = CLUSTER.into();
@@ -236,7 +243,9 @@ fn delta_sends_changes_and_removals_and_honours_nack() {
     // 256 changes, 257 goes away: only the difference is sent.
     let step = d.on_snapshot(snap(&[(256, "c")]));
     let (sent, resp) = &step.responses[0];
-    assert_eq!(sent.names, vec!["256".to_string()]);
+    assert_eq!(sent.resources, 1);
+    let names: Vec<&str> = resp.resources.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["256"]);
     assert_eq!(resp.removed_resources, vec!["257".to_string()]);
     // NACK: the client keeps its old state, and the same content is not resent.
     let nack = DeltaDiscoveryRequest {
@@ -257,4 +266,80 @@ fn delta_sends_changes_and_removals_and_honours_nack() {
         .on_snapshot(snap(&[(256, "a"), (257, "b")]))
         .responses
         .is_empty());
+}
+
+#[test]
+fn a_slow_client_gets_the_latest_version_never_a_stale_one() {
+    // SotW: three snapshots while the first response is unACKed.
+    let mut s = SotwStream::new(None);
+    s.on_request(&req(&[], "", "", None)).unwrap();
+    let s1 = snap(&[(256, "10.0.0.1")]);
+    let step = s.on_snapshot(s1.clone());
+    let (sent1, _) = &step.responses[0];
+    let (v1, n1) = (sent1.version.clone(), sent1.nonce.clone());
+    let s2 = snap(&[(256, "10.0.0.2")]);
+    let s3 = snap(&[(256, "10.0.0.3")]);
+    assert!(s.on_snapshot(s2.clone()).responses.is_empty());
+    assert!(s.on_snapshot(s3.clone()).responses.is_empty());
+    // The ACK of the first brings the newest, skipping the one in between.
+    let step = s.on_request(&req(&[], &v1, &n1, None)).unwrap();
+    assert_eq!(step.responses.len(), 1);
+    let (sent3, resp3) = &step.responses[0];
+    assert_eq!(resp3.version_info, s3.type_version(NETWORK_POLICY_HOSTS));
+    assert_ne!(resp3.version_info, s2.type_version(NETWORK_POLICY_HOSTS));
+    // Its ACK settles the stream; a late duplicate of the old ACK is stale and
+    // brings nothing (in particular not s2).
+    let step = s
+        .on_request(&req(&[], &sent3.version, &sent3.nonce, None))
+        .unwrap();
+    assert!(step.responses.is_empty());
+    let step = s.on_request(&req(&[], &v1, &n1, None)).unwrap();
+    assert!(matches!(step.outcomes[..], [Outcome::Stale { .. }]));
+    assert!(step.responses.is_empty());
+    assert_eq!(
+        s.status()[NETWORK_POLICY_HOSTS].acked_version.as_deref(),
+        Some(sent3.version.as_str())
+    );
+
+    // Delta: the same, and the coalesced response is the difference from what
+    // the client ACKed (s1) to the newest (s3), with s2's removal folded in.
+    let mut d = DeltaStream::new(None);
+    d.on_snapshot(snap(&[(256, "10.0.0.1"), (257, "10.0.0.7")]));
+    let first = DeltaDiscoveryRequest {
+        type_url: NETWORK_POLICY_HOSTS.into(),
+        ..Default::default()
+    };
+    let step = d.on_request(&first).unwrap();
+    let nonce1 = step.responses[0].0.nonce.clone();
+    assert!(d
+        .on_snapshot(snap(&[(256, "10.0.0.2")]))
+        .responses
+        .is_empty());
+    assert!(d
+        .on_snapshot(snap(&[(256, "10.0.0.3"), (258, "10.0.0.8")]))
+        .responses
+        .is_empty());
+    let ack = |nonce: &str| DeltaDiscoveryRequest {
+        type_url: NETWORK_POLICY_HOSTS.into(),
+        response_nonce: nonce.into(),
+        ..Default::default()
+    };
+    let step = d.on_request(&ack(&nonce1)).unwrap();
+    let (sent, resp) = &step.responses[0];
+    let mut names: Vec<&str> = resp.resources.iter().map(|r| r.name.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["256", "258"]);
+    assert_eq!(resp.removed_resources, ["257"]);
+    let hosts = hosts_of(&resp.resources[0].resource);
+    assert_eq!(hosts.host_addresses, ["10.0.0.3"], "the newest content");
+    let step = d.on_request(&ack(&sent.nonce)).unwrap();
+    assert!(step.responses.is_empty());
+    let step = d.on_request(&ack(&nonce1)).unwrap();
+    assert!(matches!(step.outcomes[..], [Outcome::Stale { .. }]));
+    assert!(step.responses.is_empty());
+}
+
+fn hosts_of(a: &envoy_types::pb::google::protobuf::Any) -> NetworkPolicyHosts {
+    use prost::Message;
+    NetworkPolicyHosts::decode(a.value.as_slice()).unwrap()
 }
