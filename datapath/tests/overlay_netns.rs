@@ -14,6 +14,7 @@ use membrane_datapath::{
     Overlay,
 };
 use overlay_cluster::{
+    decimal_vni,
     scripts::{PMTU_PROBE, TCP_PROBE, UDP_CLIENT, UDP_ECHO},
     Cluster,
 };
@@ -83,17 +84,7 @@ fn pods_on_two_nodes_talk(overlay: Overlay) {
     let out = c.exec(a, &["python3", "-c", UDP_CLIENT, &server, "5353", "20"]);
     assert!(out.contains("udp ok=20"), "{overlay}: UDP echo: {out}");
 
-    // tshark prints Geneve's VNI in hex and VXLAN's in decimal: both as decimal here.
-    let lines: Vec<String> = capture
-        .lines()
-        .into_iter()
-        .map(|l| match l.split_once('\t') {
-            Some((v, rest)) if v.starts_with("0x") => {
-                format!("{}\t{rest}", u32::from_str_radix(&v[2..], 16).unwrap_or(0))
-            }
-            _ => l,
-        })
-        .collect();
+    let lines: Vec<String> = capture.lines().into_iter().map(decimal_vni).collect();
     let (pa, pb) = (c.pods[a].ip, c.pods[b].ip);
     let (na, nb) = (c.nodes[0].ip, c.nodes[1].ip);
     if overlay == Overlay::Native {

@@ -15,7 +15,6 @@ mod tc_common;
 
 use std::{
     net::Ipv4Addr,
-    process::Command,
     time::{Duration, Instant},
 };
 
@@ -24,8 +23,8 @@ use membrane_datapath::{
     policy_map::{Direction::*, MapVerdict, PolicyRule},
     Overlay,
 };
-use membrane_test_support::Netns;
 use overlay_cluster::{
+    decimal_vni, exec_in,
     scripts::{PMTU_PROBE, UDP_CLIENT, UDP_ECHO},
     Cluster,
 };
@@ -44,26 +43,6 @@ fn allow(id: u32, proto: u8, port: u16) -> PolicyRule {
         proto,
         ports: (port, port),
         verdict: MapVerdict::Allow,
-    }
-}
-
-/// Run `argv` in `ns`, bounded; its stdout and stderr.
-fn exec(ns: &Netns, argv: &[&str]) -> String {
-    let out = Command::new("timeout")
-        .args(["30", "ip", "netns", "exec", &ns.name])
-        .args(argv)
-        .output()
-        .expect("run in the client's namespace");
-    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
-}
-
-/// tshark prints Geneve's VNI in hex and VXLAN's in decimal: decimal for both.
-fn decimal_vni(line: String) -> String {
-    match line.split_once('\t') {
-        Some((v, rest)) if v.starts_with("0x") => {
-            format!("{}\t{rest}", u32::from_str_radix(&v[2..], 16).unwrap_or(0))
-        }
-        _ => line,
     }
 }
 
@@ -119,8 +98,8 @@ fn nodeport_to_a_backend_on_another_node(overlay: Overlay) {
     // of times, until tshark has its packets. Every echo must succeed, and every packet
     // captured must be tunnelled as asserted below.
     for _ in 0..20 {
-        let out = exec(
-            &client,
+        let out = exec_in(
+            &client.name,
             &[SOCKBENCH, "client", "--connect", &format!("{na}:30080")],
         );
         assert!(
@@ -155,8 +134,8 @@ fn nodeport_to_a_backend_on_another_node(overlay: Overlay) {
         // 1460 bytes of UDP payload fit the client's link, not the tunnel: node 1 says so
         // (from the NodePort's address, quoting the client's own packet), the client's
         // kernel takes the MTU, and what fits still gets its echo from the NodePort.
-        let out = exec(
-            &client,
+        let out = exec_in(
+            &client.name,
             &[
                 "python3",
                 "-c",
@@ -175,8 +154,8 @@ fn nodeport_to_a_backend_on_another_node(overlay: Overlay) {
             "{overlay}: counted, got {stats:?}"
         );
     }
-    let out = exec(
-        &client,
+    let out = exec_in(
+        &client.name,
         &["python3", "-c", UDP_CLIENT, &na.to_string(), "30053", "5"],
     );
     assert!(

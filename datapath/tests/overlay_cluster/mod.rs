@@ -91,23 +91,7 @@ impl Cluster {
     fn add_node(&mut self, i: u8) {
         let ns = Netns::add(&unique_name());
         let ul = format!("ul{i}");
-        let port = format!("p{i}");
-        run(Command::new("ip").args([
-            "link",
-            "add",
-            &ul,
-            "netns",
-            &ns.name,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &port,
-            "netns",
-            &self.underlay.name,
-        ]));
-        self.underlay
-            .ip(&["link", "set", &port, "master", "br0", "up"]);
+        self.plug_into_underlay(&ns, &ul, &format!("p{i}"));
         let ip = Ipv4Addr::new(192, 168, 100, i);
         ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", &ul]);
         ns.ip(&["link", "set", &ul, "up"]);
@@ -146,6 +130,26 @@ impl Cluster {
             _pins: pins,
             ns,
         });
+    }
+
+    /// A veth pair from `dev` in `ns` to `port` on the underlay's bridge (up).
+    fn plug_into_underlay(&self, ns: &Netns, dev: &str, port: &str) {
+        run(Command::new("ip").args([
+            "link",
+            "add",
+            dev,
+            "netns",
+            &ns.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            port,
+            "netns",
+            &self.underlay.name,
+        ]));
+        self.underlay
+            .ip(&["link", "set", port, "master", "br0", "up"]);
     }
 
     /// A pod on node `node` (0-based) with `identity`; its interface's MTU is the one the
@@ -350,23 +354,7 @@ impl Cluster {
     /// underlay's bridge. Dropped by the caller (before the cluster).
     pub fn underlay_host(&self, ip: Ipv4Addr) -> Netns {
         let ns = Netns::add(&unique_name());
-        let port = format!("s{}", ip.octets()[3]);
-        run(Command::new("ip").args([
-            "link",
-            "add",
-            "eth0",
-            "netns",
-            &ns.name,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &port,
-            "netns",
-            &self.underlay.name,
-        ]));
-        self.underlay
-            .ip(&["link", "set", &port, "master", "br0", "up"]);
+        self.plug_into_underlay(&ns, "eth0", &format!("s{}", ip.octets()[3]));
         ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
         ns.ip(&["link", "set", "eth0", "up"]);
         ns
@@ -380,11 +368,7 @@ impl Cluster {
     /// Run `argv` in pod `p`'s namespace (outside its cgroup: the socket hooks stay out of
     /// it, only the packet path decides), bounded; its stdout.
     pub fn exec(&self, p: usize, argv: &[&str]) -> String {
-        let mut c = Command::new("timeout");
-        c.args(["30", "ip", "netns", "exec", &self.pods[p].env.netns])
-            .args(argv);
-        let out = c.output().expect("run in pod");
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+        exec_in(&self.pods[p].env.netns, argv)
     }
 
     /// Start `argv` in pod `p`'s namespace; returns once it printed a line starting with
@@ -468,6 +452,27 @@ impl Capture {
         }
         out.lines().map(str::to_owned).collect()
     }
+}
+
+/// tshark prints Geneve's VNI in hex and VXLAN's in decimal: a capture line whose first
+/// field is the VNI, with that field in decimal either way.
+pub fn decimal_vni(line: String) -> String {
+    match line.split_once('\t') {
+        Some((v, rest)) if v.starts_with("0x") => {
+            format!("{}\t{rest}", u32::from_str_radix(&v[2..], 16).unwrap_or(0))
+        }
+        _ => line,
+    }
+}
+
+/// Run `argv` in namespace `ns`, bounded (30 s); its stdout and stderr.
+pub fn exec_in(ns: &str, argv: &[&str]) -> String {
+    let out = Command::new("timeout")
+        .args(["30", "ip", "netns", "exec", ns])
+        .args(argv)
+        .output()
+        .unwrap_or_else(|e| panic!("run {argv:?} in {ns}: {e}"));
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
 }
 
 fn env_path(env: &Env) -> std::path::PathBuf {
