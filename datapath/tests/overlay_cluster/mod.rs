@@ -11,11 +11,11 @@
 pub mod scripts;
 
 use std::{
-    io::{BufRead, BufReader, Read},
+    io::{BufRead, BufReader},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     process::{Command, Stdio},
-    sync::mpsc,
-    time::Duration,
+    sync::{mpsc, Arc, Mutex},
+    time::{Duration, Instant},
 };
 
 use membrane_datapath::{
@@ -27,6 +27,7 @@ use membrane_datapath::{
 use membrane_test_support::{run, unique_name, ChildGuard, Netns, PinDir};
 
 use crate::{common::Env, tc_common::in_netns};
+use scripts::CAPTURE_MARKER;
 
 /// The underlay's MTU (veth default).
 pub const UNDERLAY_MTU: u16 = 1500;
@@ -392,21 +393,18 @@ impl Cluster {
 
     /// Start tshark on node `n`'s underlay device with capture filter `filter`, printing
     /// `fields` of the first `count` packets; returns once it is capturing.
+    ///
+    /// tshark says "Capturing on" a little before it captures (a CI run under load lost
+    /// the first packets sent after it), so the capture counts as started only once it
+    /// has shown a marker frame sent out of that device (`CAPTURE_MARKER`, until one is
+    /// seen, 20 s at most). Marker frames are never among the lines.
     pub fn tshark(&self, n: usize, filter: &str, fields: &[&str], count: usize) -> Capture {
         let node = &self.nodes[n];
-        let mut c = Command::new("ip");
-        c.args([
-            "netns",
-            "exec",
-            &node.ns.name,
-            "tshark",
-            "-n",
-            "-l",
-            "-i",
-            &node.ul,
-        ])
-        .args(["-f", filter, "-c", &count.to_string(), "-a", "duration:30"])
-        .args(["-T", "fields"]);
+        let mut c = node.ns.exec("tshark");
+        c.args(["-n", "-l", "-i", &node.ul])
+            .arg("-f")
+            .arg(format!("({filter}) or ether proto {MARKER_ETHERTYPE:#x}"))
+            .args(["-a", "duration:30", "-T", "fields", "-e", "eth.type"]);
         for f in fields {
             c.args(["-e", f]);
         }
@@ -415,42 +413,96 @@ impl Cluster {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn tshark (apt-get install tshark)");
-        // Drained for as long as tshark runs (a closed pipe would kill it); the first
-        // "Capturing on" line says the capture has started.
+        // Both pipes drained for as long as tshark runs (a closed pipe would kill it).
         let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
+        let said = Arc::new(Mutex::new(String::new()));
+        let to = said.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("Capturing on") {
-                    let _ = tx.send(());
+                let mut to = to.lock().unwrap();
+                to.push_str(&line);
+                to.push('\n');
+            }
+        });
+        // A line a packet, its ethertype first: None for a marker, else the fields asked.
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let (eth_type, rest) = line.split_once('\t').unwrap_or((&line, ""));
+                let marker = u32::from_str_radix(eth_type.trim_start_matches("0x"), 16)
+                    == Ok(MARKER_ETHERTYPE);
+                if tx.send((!marker).then(|| rest.to_owned())).is_err() {
+                    break;
                 }
             }
         });
-        let guard = ChildGuard(child);
-        rx.recv_timeout(Duration::from_secs(20))
-            .expect("tshark did not start capturing within 20 s");
-        Capture { child: guard }
+        let mut capture = Capture {
+            child: ChildGuard(child),
+            packets: rx,
+            count,
+            lines: Vec::new(),
+        };
+        let mut sender = node.ns.exec("python3");
+        sender
+            .args(["-c", CAPTURE_MARKER, &node.ul])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let _sender = ChildGuard(sender.spawn().expect("spawn the marker sender"));
+        let until = Instant::now() + Duration::from_secs(20);
+        loop {
+            match capture
+                .packets
+                .recv_timeout(until.saturating_duration_since(Instant::now()))
+            {
+                Ok(None) => return capture,
+                Ok(Some(line)) => capture.lines.push(line),
+                Err(e) => panic!(
+                    "tshark on node {n} showed no marker frame within 20 s ({e}): {}",
+                    said.lock().unwrap()
+                ),
+            }
+        }
     }
 }
 
-/// A running tshark.
+/// The marker frames' ethertype (see `scripts::CAPTURE_MARKER`).
+const MARKER_ETHERTYPE: u32 = 0x88b5;
+
+/// A running tshark; stopped when dropped.
 pub struct Capture {
     child: ChildGuard,
+    /// What tshark printed, a packet a message: `None` for a marker frame.
+    packets: mpsc::Receiver<Option<String>>,
+    count: usize,
+    lines: Vec<String>,
 }
 
 impl Capture {
-    /// Whether tshark has stopped (its packet count reached, or its time up).
-    pub fn done(&mut self) -> bool {
-        matches!(self.child.0.try_wait(), Ok(Some(_)))
-    }
-
-    /// Wait for tshark to stop (its count reached, or 30 s) and return its lines.
+    /// The fields of the first `count` packets captured (fewer when tshark stopped at its
+    /// 30 s first), tab-separated, a line a packet.
     pub fn lines(mut self) -> Vec<String> {
-        let mut out = String::new();
-        if let Some(mut stdout) = self.child.0.stdout.take() {
-            let _ = stdout.read_to_string(&mut out);
+        while self.lines.len() < self.count {
+            match self.packets.recv() {
+                Ok(Some(line)) => self.lines.push(line),
+                Ok(None) => {}
+                Err(_) => break,
+            }
         }
-        out.lines().map(str::to_owned).collect()
+        self.lines.truncate(self.count);
+        std::mem::take(&mut self.lines)
+    }
+}
+
+impl Drop for Capture {
+    /// SIGTERM, so that tshark stops its dumpcap too (a SIGKILL would leave dumpcap
+    /// capturing until its own 30 s were up), and the wait for it to exit (bounded by the
+    /// same 30 s); the guard then has nothing left to kill.
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-s", "TERM", &self.child.0.id().to_string()])
+            .status();
+        let _ = self.child.0.wait();
     }
 }
 
