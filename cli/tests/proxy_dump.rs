@@ -11,28 +11,16 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{control_plane, curl, python_decoder};
+use membrane_test_support::process::sibling_bin;
 use membrane_test_support::{wait_until, ChildGuard};
 
 const LIMIT: Duration = Duration::from_secs(30);
 const EVERY: Duration = Duration::from_millis(100);
 const NODE: &str = "sidecar~127.0.0.2~deathstar-1.default~default.svc.cluster.local";
-
-/// `membrane-proxy`, a binary of another package: a workspace build puts it beside this
-/// package's (`make test` builds every binary first).
-fn proxy_bin() -> PathBuf {
-    let bin = Path::new(env!("CARGO_BIN_EXE_membrane")).with_file_name("membrane-proxy");
-    assert!(
-        bin.exists(),
-        "{} missing: build the workspace's binaries first (cargo build --workspace --bins)",
-        bin.display()
-    );
-    bin
-}
 
 /// Decodes the proxy's dump and membrane-xds's dump for it with xds-protos and the
 /// Cilium descriptor set, and prints (JSON) what each holds: the proxy's NPDS entries
@@ -82,7 +70,8 @@ fn membrane_proxy_dumps_the_policies_membrane_xds_sent() {
     let (debug, grpc) = (cp.debug.clone(), cp.grpc);
 
     // The deathstar's sidecar: every port its own (0), policy from membrane-xds.
-    let mut child = Command::new(proxy_bin())
+    let proxy = sibling_bin(env!("CARGO_BIN_EXE_membrane"), "membrane-proxy");
+    let mut child = Command::new(proxy)
         .arg("standalone")
         .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
         .args(["--metrics", "127.0.0.1:0", "--health", "127.0.0.1:0"])

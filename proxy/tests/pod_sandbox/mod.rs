@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use membrane_test_support::process::sibling_bin;
 use membrane_test_support::sandbox::{self, curl_in};
 use membrane_test_support::xds::{self as launcher, Xds};
 use membrane_test_support::{wait_until, ChildGuard, Netns};
@@ -17,20 +18,6 @@ use membrane_test_support::{wait_until, ChildGuard, Netns};
 /// Where the pod's control plane listens for xDS, as `PROXY_CONFIG`'s
 /// `discoveryAddress` names it (`127.0.0.1:XDS_PORT` inside the pod).
 pub const XDS_PORT: u16 = 15010;
-
-/// `membrane-xds`, a binary of another package: a workspace build puts it beside this
-/// package's binary (`make test` builds every binary first). Building it from inside the
-/// test would race the build that runs the test, so a missing binary is an error saying
-/// how to get it.
-fn xds_bin() -> PathBuf {
-    let bin = Path::new(env!("CARGO_BIN_EXE_membrane-proxy")).with_file_name("membrane-xds");
-    assert!(
-        bin.exists(),
-        "{} missing: build the workspace's binaries first (cargo build --workspace --bins)",
-        bin.display()
-    );
-    bin
-}
 
 /// `membrane-proxy sidecar` (run by `wrapper` when given, e.g. `ip netns exec NS`) with
 /// exactly `env` (and PATH) as its environment: no flag, as Istio's injection runs it.
@@ -197,13 +184,16 @@ impl PodSandbox {
         std::fs::write(self.xds_dir().join("cnp.yaml"), cnp.join("\n")).unwrap();
     }
 
-    /// The real `membrane-xds` in the pod, on `xds_dir()`, plaintext xDS on
+    /// The real `membrane-xds` (the workspace's binary) in the pod, on `xds_dir()`, plaintext xDS on
     /// 127.0.0.1:[`XDS_PORT`], polling every 50 ms. Declare it after the sandbox, so that
     /// it stops before the namespaces go.
     pub fn xds(&self) -> Xds {
         let mut xds = Command::new("ip");
         xds.args(["netns", "exec", &self.server.name])
-            .arg(xds_bin())
+            .arg(sibling_bin(
+                env!("CARGO_BIN_EXE_membrane-proxy"),
+                "membrane-xds",
+            ))
             .args(["--debug-addr", "127.0.0.1:0", "--tls-addr", "127.0.0.1:0"])
             .args(["--plaintext-xds", "--grpc-addr"])
             .arg(format!("127.0.0.1:{XDS_PORT}"))
