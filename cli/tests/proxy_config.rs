@@ -12,12 +12,14 @@
 //! `envoy.admin.v3.ConfigDump` with Envoy's own Python definitions
 //! (xds-protos), Cilium's NPDS section included.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use clap::Parser;
-use membrane_test_support::{envoy, starwars, wait_until, ChildGuard};
+use common::{control_plane, curl, python_decoder};
+use membrane_test_support::{envoy, wait_until, ChildGuard};
 
 const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/proxy_config");
 const LIMIT: Duration = Duration::from_secs(30);
@@ -31,17 +33,6 @@ fn start_envoy(dir: &Path, bootstrap: &Path) -> (ChildGuard, String) {
         (!a.trim().is_empty()).then(|| a.trim().to_string())
     });
     (guard, admin)
-}
-
-/// GET with curl (Envoy's admin answers chunked).
-fn curl(url: &str) -> Option<String> {
-    let out = Command::new("curl")
-        .args(["-sS", "--fail", "--max-time", "10", url])
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8(out.stdout).unwrap())
 }
 
 fn membrane(args: &[&str]) -> Output {
@@ -291,31 +282,16 @@ fn envoy_config_dumps_print_istioctls_tables() {
 /// message definitions, Cilium's NPDS ones loaded from the descriptor set
 /// membrane ships (`cilium.pb`), and prints the `@type`s it held.
 fn python_decode(dump: &Path, cilium: &Path) -> String {
-    let script = r#"
-import importlib, pkgutil, sys
-import envoy
-from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
-# Every Envoy message xds-protos ships, so that any Any in the dump resolves.
-for m in pkgutil.walk_packages(envoy.__path__, 'envoy.'):
-    if m.name.endswith('_pb2'):
-        try:
-            importlib.import_module(m.name)
-        except Exception:
-            pass
-# Cilium's NPDS protos are not in xds-protos: add membrane's compiled copy.
-fds = descriptor_pb2.FileDescriptorSet.FromString(open(sys.argv[2], 'rb').read())
-pool = descriptor_pool.Default()
-for f in fds.file:
-    try:
-        pool.FindFileByName(f.name)
-    except KeyError:
-        pool.Add(f)
+    let script = python_decoder(
+        2,
+        r#"
 message_factory.GetMessageClass(pool.FindMessageTypeByName('cilium.NetworkPoliciesConfigDump'))
 from envoy.admin.v3 import config_dump_pb2
 cd = json_format.Parse(open(sys.argv[1]).read(), config_dump_pb2.ConfigDump())
 for c in cd.configs:
     print(c.TypeName())
-"#;
+"#,
+    );
     let out = Command::new("python3")
         .arg("-c")
         .arg(script)
@@ -363,52 +339,12 @@ fn rds_loaded(dump: &str) -> String {
     )
 }
 
-struct ControlPlane {
-    rt: tokio::runtime::Runtime,
-    running: Option<membrane_xds::app::Running>,
-}
-
-impl Drop for ControlPlane {
-    fn drop(&mut self) {
-        if let Some(r) = self.running.take() {
-            self.rt.block_on(r.shutdown());
-        }
-    }
-}
-
 #[test]
 fn proxy_status_and_config_of_a_sidecar_of_membrane_xds() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let src = dir.join("src");
-    std::fs::create_dir(&src).unwrap();
-    starwars::write_source(&src, 8080);
-    let cfg = membrane_xds::config::Config::parse_from([
-        "membrane-xds",
-        "--source-dir",
-        src.to_str().unwrap(),
-        "--debug-addr",
-        "127.0.0.1:0",
-        "--plaintext-xds",
-        "--grpc-addr",
-        "127.0.0.1:0",
-        "--poll-ms",
-        "100",
-    ]);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let running = rt
-        .block_on(membrane_xds::app::start(&cfg))
-        .expect("membrane-xds");
-    let debug = running.addrs.debug.to_string();
-    let grpc = running.addrs.grpc.unwrap();
-    let _cp = ControlPlane {
-        rt,
-        running: Some(running),
-    };
+    let cp = control_plane(dir);
+    let (debug, grpc) = (cp.debug.clone(), cp.grpc);
 
     let node = "sidecar~127.0.0.2~deathstar-1.default~default.svc.cluster.local";
     let bootstrap = envoy::ads_bootstrap(node, "deathstar.default", grpc, "GRPC");

@@ -7,75 +7,26 @@
 //! recorded as ACKed;
 //! `membrane proxy-config` reads the dump without choking on the section.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use clap::Parser;
-use membrane_test_support::{starwars, wait_until, ChildGuard};
+use common::{control_plane, curl, python_decoder};
+use membrane_test_support::process::sibling_bin;
+use membrane_test_support::{wait_until, ChildGuard};
 
 const LIMIT: Duration = Duration::from_secs(30);
 const EVERY: Duration = Duration::from_millis(100);
 const NODE: &str = "sidecar~127.0.0.2~deathstar-1.default~default.svc.cluster.local";
-
-/// `membrane-proxy`, a binary of another package: a workspace build puts it beside this
-/// package's (`make test` builds every binary first).
-fn proxy_bin() -> PathBuf {
-    let bin = Path::new(env!("CARGO_BIN_EXE_membrane")).with_file_name("membrane-proxy");
-    assert!(
-        bin.exists(),
-        "{} missing: build the workspace's binaries first (cargo build --workspace --bins)",
-        bin.display()
-    );
-    bin
-}
-
-fn curl(url: &str) -> Option<String> {
-    let out = Command::new("curl")
-        .args(["-sS", "--fail", "--max-time", "10", url])
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8(out.stdout).unwrap())
-}
-
-struct ControlPlane {
-    rt: tokio::runtime::Runtime,
-    running: Option<membrane_xds::app::Running>,
-}
-
-impl Drop for ControlPlane {
-    fn drop(&mut self) {
-        if let Some(r) = self.running.take() {
-            self.rt.block_on(r.shutdown());
-        }
-    }
-}
 
 /// Decodes the proxy's dump and membrane-xds's dump for it with xds-protos and the
 /// Cilium descriptor set, and prints (JSON) what each holds: the proxy's NPDS entries
 /// (version, status, the policy serialized deterministically, in hex) and NPHDS count,
 /// and membrane-xds's policies (hex).
 const DECODE: &str = r#"
-import importlib, json, pkgutil, sys
-import envoy
-from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
-for m in pkgutil.walk_packages(envoy.__path__, 'envoy.'):
-    if m.name.endswith('_pb2'):
-        try:
-            importlib.import_module(m.name)
-        except Exception:
-            pass
-fds = descriptor_pb2.FileDescriptorSet.FromString(open(sys.argv[3], 'rb').read())
-pool = descriptor_pool.Default()
-for f in fds.file:
-    try:
-        pool.FindFileByName(f.name)
-    except KeyError:
-        pool.Add(f)
 cls = lambda n: message_factory.GetMessageClass(pool.FindMessageTypeByName(n))
 NP, NPH, NPCD = cls('cilium.NetworkPolicy'), cls('cilium.NetworkPolicyHosts'), cls('cilium.NetworkPoliciesConfigDump')
 from envoy.admin.v3 import config_dump_pb2
@@ -115,38 +66,12 @@ print(json.dumps(out))
 fn membrane_proxy_dumps_the_policies_membrane_xds_sent() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let src = dir.join("src");
-    std::fs::create_dir(&src).unwrap();
-    starwars::write_source(&src, 8080);
-    let cfg = membrane_xds::config::Config::parse_from([
-        "membrane-xds",
-        "--source-dir",
-        src.to_str().unwrap(),
-        "--debug-addr",
-        "127.0.0.1:0",
-        "--plaintext-xds",
-        "--grpc-addr",
-        "127.0.0.1:0",
-        "--poll-ms",
-        "100",
-    ]);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let running = rt
-        .block_on(membrane_xds::app::start(&cfg))
-        .expect("membrane-xds");
-    let debug = running.addrs.debug.to_string();
-    let grpc = running.addrs.grpc.unwrap();
-    let _cp = ControlPlane {
-        rt,
-        running: Some(running),
-    };
+    let cp = control_plane(dir);
+    let (debug, grpc) = (cp.debug.clone(), cp.grpc);
 
     // The deathstar's sidecar: every port its own (0), policy from membrane-xds.
-    let mut child = Command::new(proxy_bin())
+    let proxy = sibling_bin(env!("CARGO_BIN_EXE_membrane"), "membrane-proxy");
+    let mut child = Command::new(proxy)
         .arg("standalone")
         .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
         .args(["--metrics", "127.0.0.1:0", "--health", "127.0.0.1:0"])
@@ -202,7 +127,7 @@ fn membrane_proxy_dumps_the_policies_membrane_xds_sent() {
     std::fs::write(&cilium, membrane_api::descriptors::CILIUM).unwrap();
 
     let out = Command::new("python3")
-        .args(["-c", DECODE])
+        .args(["-c", &python_decoder(3, DECODE)])
         .args([&proxy_file, &mesh_file, &cilium])
         .output()
         .unwrap();

@@ -14,6 +14,7 @@ use membrane_datapath::{
     Overlay,
 };
 use overlay_cluster::{
+    decimal_vni,
     scripts::{PMTU_PROBE, TCP_PROBE, UDP_CLIENT, UDP_ECHO},
     Cluster,
 };
@@ -67,11 +68,9 @@ fn pods_on_two_nodes_talk(overlay: Overlay) {
     c.serve(b, &["python3", "-c", UDP_ECHO, "5353"]);
 
     let (filter, vni) = tunnel(overlay);
-    // Enough packets that both directions are in the window even when tshark's capture
-    // starts a little after it says so and the first packets seen are one burst of the
-    // client's (6 once held only requests, in a CI run under load). In the tunnel modes
-    // the UDP echo alone puts 40 packets on the wire; natively the TCP echo is well over 30.
-    let capture = c.tshark(0, filter, &[vni, "ip.src", "ip.dst"], 30);
+    // The first packets on the wire, once the capture is live: the TCP echo's handshake
+    // and first segments, both directions.
+    let capture = c.tshark(0, filter, &[vni, "ip.src", "ip.dst"], 6);
     let out = c.exec(
         a,
         &[SOCKBENCH, "client", "--connect", &format!("{server}:8080")],
@@ -83,17 +82,7 @@ fn pods_on_two_nodes_talk(overlay: Overlay) {
     let out = c.exec(a, &["python3", "-c", UDP_CLIENT, &server, "5353", "20"]);
     assert!(out.contains("udp ok=20"), "{overlay}: UDP echo: {out}");
 
-    // tshark prints Geneve's VNI in hex and VXLAN's in decimal: both as decimal here.
-    let lines: Vec<String> = capture
-        .lines()
-        .into_iter()
-        .map(|l| match l.split_once('\t') {
-            Some((v, rest)) if v.starts_with("0x") => {
-                format!("{}\t{rest}", u32::from_str_radix(&v[2..], 16).unwrap_or(0))
-            }
-            _ => l,
-        })
-        .collect();
+    let lines: Vec<String> = capture.lines().into_iter().map(decimal_vni).collect();
     let (pa, pb) = (c.pods[a].ip, c.pods[b].ip);
     let (na, nb) = (c.nodes[0].ip, c.nodes[1].ip);
     if overlay == Overlay::Native {

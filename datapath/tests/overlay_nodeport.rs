@@ -13,19 +13,15 @@ mod common;
 mod overlay_cluster;
 mod tc_common;
 
-use std::{
-    net::Ipv4Addr,
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::net::Ipv4Addr;
 
 use membrane_datapath::{
     lb::LbService,
     policy_map::{Direction::*, MapVerdict, PolicyRule},
     Overlay,
 };
-use membrane_test_support::Netns;
 use overlay_cluster::{
+    decimal_vni, exec_in,
     scripts::{PMTU_PROBE, UDP_CLIENT, UDP_ECHO},
     Cluster,
 };
@@ -44,26 +40,6 @@ fn allow(id: u32, proto: u8, port: u16) -> PolicyRule {
         proto,
         ports: (port, port),
         verdict: MapVerdict::Allow,
-    }
-}
-
-/// Run `argv` in `ns`, bounded; its stdout and stderr.
-fn exec(ns: &Netns, argv: &[&str]) -> String {
-    let out = Command::new("timeout")
-        .args(["30", "ip", "netns", "exec", &ns.name])
-        .args(argv)
-        .output()
-        .expect("run in the client's namespace");
-    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
-}
-
-/// tshark prints Geneve's VNI in hex and VXLAN's in decimal: decimal for both.
-fn decimal_vni(line: String) -> String {
-    match line.split_once('\t') {
-        Some((v, rest)) if v.starts_with("0x") => {
-            format!("{}\t{rest}", u32::from_str_radix(&v[2..], 16).unwrap_or(0))
-        }
-        _ => line,
     }
 }
 
@@ -113,30 +89,17 @@ fn nodeport_to_a_backend_on_another_node(overlay: Overlay) {
         Overlay::Geneve => ("udp dst port 6081", ["geneve.vni", "ip.src", "ip.dst"]),
         Overlay::Native => ("tcp dst port 8080", ["ip.proto", "ip.src", "ip.dst"]),
     };
-    let mut capture = c.tshark(0, filter, &fields, 4);
-    // tshark can say it is capturing a little before it is, and one echo is over in
-    // milliseconds (a CI run under load captured none of it): echo again, a bounded number
-    // of times, until tshark has its packets. Every echo must succeed, and every packet
-    // captured must be tunnelled as asserted below.
-    for _ in 0..20 {
-        let out = exec(
-            &client,
-            &[SOCKBENCH, "client", "--connect", &format!("{na}:30080")],
-        );
-        assert!(
-            out.contains("OK round=0 bytes=1048576"),
-            "{overlay}: 1 MiB echoed through the NodePort: {out}; node 1 counted {:?}, node 2 {:?}",
-            c.nodes[0].node.tc_stats(),
-            c.nodes[1].node.tc_stats()
-        );
-        let until = Instant::now() + Duration::from_millis(500);
-        while !capture.done() && Instant::now() < until {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        if capture.done() {
-            break;
-        }
-    }
+    let capture = c.tshark(0, filter, &fields, 4);
+    let out = exec_in(
+        &client.name,
+        &[SOCKBENCH, "client", "--connect", &format!("{na}:30080")],
+    );
+    assert!(
+        out.contains("OK round=0 bytes=1048576"),
+        "{overlay}: 1 MiB echoed through the NodePort: {out}; node 1 counted {:?}, node 2 {:?}",
+        c.nodes[0].node.tc_stats(),
+        c.nodes[1].node.tc_stats()
+    );
     let lines: Vec<String> = capture.lines().into_iter().map(decimal_vni).collect();
     let want = match overlay {
         // The translated request itself on the wire: from node 1's address.
@@ -155,8 +118,8 @@ fn nodeport_to_a_backend_on_another_node(overlay: Overlay) {
         // 1460 bytes of UDP payload fit the client's link, not the tunnel: node 1 says so
         // (from the NodePort's address, quoting the client's own packet), the client's
         // kernel takes the MTU, and what fits still gets its echo from the NodePort.
-        let out = exec(
-            &client,
+        let out = exec_in(
+            &client.name,
             &[
                 "python3",
                 "-c",
@@ -175,8 +138,8 @@ fn nodeport_to_a_backend_on_another_node(overlay: Overlay) {
             "{overlay}: counted, got {stats:?}"
         );
     }
-    let out = exec(
-        &client,
+    let out = exec_in(
+        &client.name,
         &["python3", "-c", UDP_CLIENT, &na.to_string(), "30053", "5"],
     );
     assert!(

@@ -1,6 +1,8 @@
-//! Child processes: a guard that kills and reaps what a test started, and running a
-//! command to completion with its failure in the panic message.
+//! Child processes: a guard that kills and reaps what a test started, running a
+//! command to completion with its failure in the panic message, and finding another
+//! package's binary of the workspace.
 
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 
 /// Kills (by pid) and reaps the child on drop, so a failing test leaves nothing running.
@@ -48,4 +50,19 @@ pub fn run(cmd: &mut Command) -> String {
 /// [`run`] for a command line given as words (`["ip", "netns", "add", "x"]`).
 pub fn run_args(args: &[&str]) -> String {
     run(Command::new(args[0]).args(&args[1..]))
+}
+
+/// The workspace's binary `name`, beside `bin` (one of the test's own package's binaries,
+/// its `CARGO_BIN_EXE_*`). Cargo gives a test no `CARGO_BIN_EXE_` for another package's
+/// binary, but a workspace build (`make test` builds every binary first) puts them side by
+/// side. Building it from inside the test would race the build that runs the test, so a
+/// missing binary panics saying how to get it.
+pub fn sibling_bin(bin: &str, name: &str) -> PathBuf {
+    let path = Path::new(bin).with_file_name(name);
+    assert!(
+        path.exists(),
+        "{} missing: build the workspace's binaries first (cargo build --workspace --bins)",
+        path.display()
+    );
+    path
 }

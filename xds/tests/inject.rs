@@ -5,13 +5,13 @@
 //! idempotence; malformed input named in a 400; certificate rotation.
 
 mod common;
+mod golden_pods;
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use base64::Engine;
 use serde_json::{json, Value};
 
 use common::*;
@@ -104,6 +104,23 @@ impl Hook {
         (code.parse().unwrap(), body.to_string())
     }
 
+    /// membrane-xds's Prometheus metrics, from its debug port.
+    fn metrics(&self) -> String {
+        let out = Command::new("curl")
+            .args(["-sS", &format!("http://{}/metrics", self.xds.debug())])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Each of `lines` is in the metrics.
+    fn assert_metrics(&self, lines: &[&str]) {
+        let metrics = self.metrics();
+        for line in lines {
+            assert!(metrics.contains(line), "{line} not in\n{metrics}");
+        }
+    }
+
     fn post(&self, path: &str, review: &Value) -> Value {
         let (code, body) = self.post_with(
             &self.ca("v1"),
@@ -118,16 +135,7 @@ impl Hook {
 
 /// The patch in an answer, applied to the review's pod (None: no patch).
 fn patched(review: &Value, answer: &Value) -> Option<Value> {
-    let resp = &answer["response"];
-    let b64 = resp.get("patch")?.as_str().unwrap();
-    assert_eq!(resp["patchType"], "JSONPatch");
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(b64)
-        .unwrap();
-    let patch: json_patch::Patch = serde_json::from_slice(&bytes).unwrap();
-    let mut pod = review["request"]["object"].clone();
-    json_patch::patch(&mut pod, &patch).unwrap();
-    Some(pod)
+    golden_pods::patched(&review["request"]["object"], &answer["response"])
 }
 
 /// Kubernetes 1.34's schemas (strict: unknown fields are errors).
@@ -401,18 +409,11 @@ fn skip_rules_and_idempotence_answer_allowed_without_a_patch() {
     let w = answer["response"]["warnings"][0].as_str().unwrap();
     assert!(w.contains("declares port 15021"), "{w}");
 
-    let metrics = Command::new("curl")
-        .args(["-sS", &format!("http://{}/metrics", hook.xds.debug())])
-        .output()
-        .unwrap();
-    let metrics = String::from_utf8_lossy(&metrics.stdout);
-    for line in [
+    hook.assert_metrics(&[
         r#"membrane_xds_injections_total{result="skipped"} 6"#,
         r#"membrane_xds_injections_total{result="injected"} 1"#,
         r#"membrane_xds_injections_total{result="not_patchable"} 1"#,
-    ] {
-        assert!(metrics.contains(line), "{line} not in\n{metrics}");
-    }
+    ]);
 }
 
 #[test]
@@ -503,11 +504,7 @@ fn wait_until(what: &str, f: impl Fn() -> bool) {
 }
 
 fn cert_errors(hook: &Hook) -> u64 {
-    let out = Command::new("curl")
-        .args(["-sS", &format!("http://{}/metrics", hook.xds.debug())])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
+    hook.metrics()
         .lines()
         .find_map(|l| l.strip_prefix("membrane_xds_webhook_cert_errors_total "))
         .map(|v| v.trim().parse().unwrap())
@@ -627,15 +624,8 @@ fn a_bad_capture_annotation_is_refused_over_https_and_counted() {
     let review = review_of(pod);
     assert!(patched(&review, &hook.post("/inject", &review)).is_some());
 
-    let metrics = Command::new("curl")
-        .args(["-sS", &format!("http://{}/metrics", hook.xds.debug())])
-        .output()
-        .unwrap();
-    let metrics = String::from_utf8_lossy(&metrics.stdout);
-    for line in [
+    hook.assert_metrics(&[
         r#"membrane_xds_injections_total{result="denied"} 1"#,
         r#"membrane_xds_injections_total{result="injected"} 1"#,
-    ] {
-        assert!(metrics.contains(line), "{line} not in\n{metrics}");
-    }
+    ]);
 }

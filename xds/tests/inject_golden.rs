@@ -11,19 +11,14 @@
 //! `MEMBRANE_UPDATE_GOLDEN=1 cargo nextest run -p membrane-xds --test inject_golden`
 //! then `git diff xds/tests/inject_golden`.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod golden_pods;
 
-use base64::Engine;
+use golden_pods::{dir, patched, validate};
 use membrane_xds::inject::{self, Outcome, Sidecar};
 use serde_json::{json, Value};
 
 const IMAGE: &str = "registry.example/membrane:1.0";
 const XDS: &str = "https://membrane-xds.membrane-system.svc:15012";
-
-fn dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/inject_golden")
-}
 
 /// The webhook's settings for a case: the defaults (native sidecars,
 /// revision `default`) but where the case is about another one.
@@ -65,15 +60,7 @@ fn answer(pod: &Value, s: &Sidecar) -> (Outcome, Value, Value) {
     let r = inject::review(&body, "/inject", s).unwrap();
     let resp = &r.review["response"];
     assert_eq!(resp["uid"], "3f0c1d2e-golden");
-    let mut out = pod.clone();
-    if let Some(b64) = resp.get("patch").and_then(Value::as_str) {
-        assert_eq!(resp["patchType"], "JSONPatch");
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(b64)
-            .unwrap();
-        let patch: json_patch::Patch = serde_json::from_slice(&bytes).unwrap();
-        json_patch::patch(&mut out, &patch).unwrap();
-    }
+    let out = patched(pod, resp).unwrap_or_else(|| pod.clone());
     (r.outcome, out, r.review)
 }
 
@@ -91,20 +78,6 @@ fn cases() -> Vec<String> {
         .collect();
     names.sort();
     names
-}
-
-fn validate(files: &[PathBuf]) {
-    let out = Command::new("python3")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/k8s-validate.py"))
-        .args(["-k", "1.34.0"])
-        .args(files)
-        .output()
-        .expect("python3");
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{text}");
-    let want = format!("{} objects checked, 0 invalid", files.len());
-    assert!(text.contains(&want), "{text}");
 }
 
 /// The annotations (and values) each `bad-` case's refusal must name.
@@ -224,9 +197,7 @@ fn pods_in_give_the_golden_patched_pods_out() {
     let mut to_validate = Vec::new();
     let mut stale = Vec::new();
     for case in &cases {
-        let input: Value =
-            serde_json::from_slice(&std::fs::read(dir().join(format!("{case}.in.json"))).unwrap())
-                .unwrap();
+        let input = golden_pods::pod(case);
         let s = settings(case);
         let (outcome, out, review) = answer(&input, &s);
         let refused = case.starts_with("bad-");

@@ -17,9 +17,10 @@
 //! ranges over maps in hash order, so the cases keep `proxyMetadata` to one
 //! key.
 
+mod golden_pods;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use gtmpl::{Context, Func, FuncError, Template, Value as G};
 use membrane_xds::inject::{self, sidecar::workload, Sidecar};
@@ -377,15 +378,7 @@ fn webhook(pod: &Value, native: bool) -> Value {
     let review = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
         "request": {"uid": "t", "namespace": "shop", "operation": "CREATE", "object": pod}});
     let r = inject::review(review.to_string().as_bytes(), "/inject", &s).unwrap();
-    use base64::Engine;
-    let b64 = r.review["response"]["patch"].as_str().expect("injected");
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(b64)
-        .unwrap();
-    let patch: json_patch::Patch = serde_json::from_slice(&bytes).unwrap();
-    let mut out = pod.clone();
-    json_patch::patch(&mut out, &patch).unwrap();
-    out
+    golden_pods::patched(pod, &r.review["response"]).expect("injected")
 }
 
 fn proxy_of(pod: &Value) -> (&'static str, Value) {
@@ -444,9 +437,7 @@ fn the_template_injects_what_the_webhook_injects() {
     let tmp = tempfile::tempdir().unwrap();
     let mut files = Vec::new();
     for (case, native) in CASES {
-        let pod: Value =
-            serde_json::from_str(&read(&format!("xds/tests/inject_golden/{case}.in.json")))
-                .unwrap();
+        let pod = golden_pods::pod(case);
         let rendered = render(&text, &pod, native).unwrap_or_else(|e| panic!("{case}: {e}"));
         let ours = webhook(&pod, native);
 
@@ -487,29 +478,13 @@ fn the_template_injects_what_the_webhook_injects() {
         std::fs::write(&f, merged(&pod, &rendered).to_string()).unwrap();
         files.push(f);
     }
-    validate(&files);
-}
-
-fn validate(files: &[PathBuf]) {
-    let out = Command::new("python3")
-        .arg(root().join("scripts/k8s-validate.py"))
-        .args(["-k", "1.34.0"])
-        .args(files)
-        .output()
-        .expect("python3");
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{text}");
-    assert!(
-        text.contains(&format!("{} objects checked, 0 invalid", files.len())),
-        "{text}"
-    );
+    golden_pods::validate(&files);
 }
 
 #[test]
 fn a_broken_template_fails() {
     let text = read("istio-patches/membrane-template.yaml");
-    let pod: Value = serde_json::from_str(&read("xds/tests/inject_golden/plain.in.json")).unwrap();
+    let pod = golden_pods::pod("plain");
     // An unclosed action, a function Istio does not have, a field the data
     // has not, YAML that does not parse.
     let broken = [

@@ -23,15 +23,9 @@ pub const AGENT: &str = env!("CARGO_BIN_EXE_membrane-agent");
 /// A binary of another package (membrane-datapath's `membrane-cni`), which Cargo gives
 /// these tests no `CARGO_BIN_EXE_` for: a workspace build (`make test`, `cargo build
 /// --workspace --bins`, or `cargo build -p membrane-datapath --bins`) puts it next to
-/// `membrane-agent`. Building it from inside the test would race the build running it.
+/// `membrane-agent`.
 pub fn sibling(name: &str) -> PathBuf {
-    let bin = Path::new(AGENT).with_file_name(name);
-    assert!(
-        bin.exists(),
-        "{} missing: build it first (cargo build -p membrane-datapath --bins)",
-        bin.display()
-    );
-    bin
+    membrane_test_support::process::sibling_bin(AGENT, name)
 }
 
 /// membrane-xds with a directory source, in this process on a runtime of its own.

@@ -11,11 +11,11 @@
 pub mod scripts;
 
 use std::{
-    io::{BufRead, BufReader, Read},
+    io::{BufRead, BufReader},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     process::{Command, Stdio},
-    sync::mpsc,
-    time::Duration,
+    sync::{mpsc, Arc, Mutex},
+    time::{Duration, Instant},
 };
 
 use membrane_datapath::{
@@ -27,6 +27,7 @@ use membrane_datapath::{
 use membrane_test_support::{run, unique_name, ChildGuard, Netns, PinDir};
 
 use crate::{common::Env, tc_common::in_netns};
+use scripts::CAPTURE_MARKER;
 
 /// The underlay's MTU (veth default).
 pub const UNDERLAY_MTU: u16 = 1500;
@@ -91,23 +92,7 @@ impl Cluster {
     fn add_node(&mut self, i: u8) {
         let ns = Netns::add(&unique_name());
         let ul = format!("ul{i}");
-        let port = format!("p{i}");
-        run(Command::new("ip").args([
-            "link",
-            "add",
-            &ul,
-            "netns",
-            &ns.name,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &port,
-            "netns",
-            &self.underlay.name,
-        ]));
-        self.underlay
-            .ip(&["link", "set", &port, "master", "br0", "up"]);
+        self.plug_into_underlay(&ns, &ul, &format!("p{i}"));
         let ip = Ipv4Addr::new(192, 168, 100, i);
         ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", &ul]);
         ns.ip(&["link", "set", &ul, "up"]);
@@ -146,6 +131,26 @@ impl Cluster {
             _pins: pins,
             ns,
         });
+    }
+
+    /// A veth pair from `dev` in `ns` to `port` on the underlay's bridge (up).
+    fn plug_into_underlay(&self, ns: &Netns, dev: &str, port: &str) {
+        run(Command::new("ip").args([
+            "link",
+            "add",
+            dev,
+            "netns",
+            &ns.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            port,
+            "netns",
+            &self.underlay.name,
+        ]));
+        self.underlay
+            .ip(&["link", "set", port, "master", "br0", "up"]);
     }
 
     /// A pod on node `node` (0-based) with `identity`; its interface's MTU is the one the
@@ -350,23 +355,7 @@ impl Cluster {
     /// underlay's bridge. Dropped by the caller (before the cluster).
     pub fn underlay_host(&self, ip: Ipv4Addr) -> Netns {
         let ns = Netns::add(&unique_name());
-        let port = format!("s{}", ip.octets()[3]);
-        run(Command::new("ip").args([
-            "link",
-            "add",
-            "eth0",
-            "netns",
-            &ns.name,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &port,
-            "netns",
-            &self.underlay.name,
-        ]));
-        self.underlay
-            .ip(&["link", "set", &port, "master", "br0", "up"]);
+        self.plug_into_underlay(&ns, "eth0", &format!("s{}", ip.octets()[3]));
         ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
         ns.ip(&["link", "set", "eth0", "up"]);
         ns
@@ -380,11 +369,7 @@ impl Cluster {
     /// Run `argv` in pod `p`'s namespace (outside its cgroup: the socket hooks stay out of
     /// it, only the packet path decides), bounded; its stdout.
     pub fn exec(&self, p: usize, argv: &[&str]) -> String {
-        let mut c = Command::new("timeout");
-        c.args(["30", "ip", "netns", "exec", &self.pods[p].env.netns])
-            .args(argv);
-        let out = c.output().expect("run in pod");
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+        exec_in(&self.pods[p].env.netns, argv)
     }
 
     /// Start `argv` in pod `p`'s namespace; returns once it printed a line starting with
@@ -408,21 +393,18 @@ impl Cluster {
 
     /// Start tshark on node `n`'s underlay device with capture filter `filter`, printing
     /// `fields` of the first `count` packets; returns once it is capturing.
+    ///
+    /// tshark says "Capturing on" a little before it captures (a CI run under load lost
+    /// the first packets sent after it), so the capture counts as started only once it
+    /// has shown a marker frame sent out of that device (`CAPTURE_MARKER`, until one is
+    /// seen, 20 s at most). Marker frames are never among the lines.
     pub fn tshark(&self, n: usize, filter: &str, fields: &[&str], count: usize) -> Capture {
         let node = &self.nodes[n];
-        let mut c = Command::new("ip");
-        c.args([
-            "netns",
-            "exec",
-            &node.ns.name,
-            "tshark",
-            "-n",
-            "-l",
-            "-i",
-            &node.ul,
-        ])
-        .args(["-f", filter, "-c", &count.to_string(), "-a", "duration:30"])
-        .args(["-T", "fields"]);
+        let mut c = node.ns.exec("tshark");
+        c.args(["-n", "-l", "-i", &node.ul])
+            .arg("-f")
+            .arg(format!("({filter}) or ether proto {MARKER_ETHERTYPE:#x}"))
+            .args(["-a", "duration:30", "-T", "fields", "-e", "eth.type"]);
         for f in fields {
             c.args(["-e", f]);
         }
@@ -431,43 +413,118 @@ impl Cluster {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn tshark (apt-get install tshark)");
-        // Drained for as long as tshark runs (a closed pipe would kill it); the first
-        // "Capturing on" line says the capture has started.
+        // Both pipes drained for as long as tshark runs (a closed pipe would kill it).
         let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
+        let said = Arc::new(Mutex::new(String::new()));
+        let to = said.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("Capturing on") {
-                    let _ = tx.send(());
+                let mut to = to.lock().unwrap();
+                to.push_str(&line);
+                to.push('\n');
+            }
+        });
+        // A line a packet, its ethertype first: None for a marker, else the fields asked.
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let (eth_type, rest) = line.split_once('\t').unwrap_or((&line, ""));
+                let marker = u32::from_str_radix(eth_type.trim_start_matches("0x"), 16)
+                    == Ok(MARKER_ETHERTYPE);
+                if tx.send((!marker).then(|| rest.to_owned())).is_err() {
+                    break;
                 }
             }
         });
-        let guard = ChildGuard(child);
-        rx.recv_timeout(Duration::from_secs(20))
-            .expect("tshark did not start capturing within 20 s");
-        Capture { child: guard }
+        let mut capture = Capture {
+            child: ChildGuard(child),
+            packets: rx,
+            count,
+            lines: Vec::new(),
+        };
+        let mut sender = node.ns.exec("python3");
+        sender
+            .args(["-c", CAPTURE_MARKER, &node.ul])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let _sender = ChildGuard(sender.spawn().expect("spawn the marker sender"));
+        let until = Instant::now() + Duration::from_secs(20);
+        loop {
+            match capture
+                .packets
+                .recv_timeout(until.saturating_duration_since(Instant::now()))
+            {
+                Ok(None) => return capture,
+                Ok(Some(line)) => capture.lines.push(line),
+                Err(e) => panic!(
+                    "tshark on node {n} showed no marker frame within 20 s ({e}): {}",
+                    said.lock().unwrap()
+                ),
+            }
+        }
     }
 }
 
-/// A running tshark.
+/// The marker frames' ethertype (see `scripts::CAPTURE_MARKER`).
+const MARKER_ETHERTYPE: u32 = 0x88b5;
+
+/// A running tshark; stopped when dropped.
 pub struct Capture {
     child: ChildGuard,
+    /// What tshark printed, a packet a message: `None` for a marker frame.
+    packets: mpsc::Receiver<Option<String>>,
+    count: usize,
+    lines: Vec<String>,
 }
 
 impl Capture {
-    /// Whether tshark has stopped (its packet count reached, or its time up).
-    pub fn done(&mut self) -> bool {
-        matches!(self.child.0.try_wait(), Ok(Some(_)))
-    }
-
-    /// Wait for tshark to stop (its count reached, or 30 s) and return its lines.
+    /// The fields of the first `count` packets captured (fewer when tshark stopped at its
+    /// 30 s first), tab-separated, a line a packet.
     pub fn lines(mut self) -> Vec<String> {
-        let mut out = String::new();
-        if let Some(mut stdout) = self.child.0.stdout.take() {
-            let _ = stdout.read_to_string(&mut out);
+        while self.lines.len() < self.count {
+            match self.packets.recv() {
+                Ok(Some(line)) => self.lines.push(line),
+                Ok(None) => {}
+                Err(_) => break,
+            }
         }
-        out.lines().map(str::to_owned).collect()
+        self.lines.truncate(self.count);
+        std::mem::take(&mut self.lines)
     }
+}
+
+impl Drop for Capture {
+    /// SIGTERM, so that tshark stops its dumpcap too (a SIGKILL would leave dumpcap
+    /// capturing until its own 30 s were up), and the wait for it to exit (bounded by the
+    /// same 30 s); the guard then has nothing left to kill.
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-s", "TERM", &self.child.0.id().to_string()])
+            .status();
+        let _ = self.child.0.wait();
+    }
+}
+
+/// tshark prints Geneve's VNI in hex and VXLAN's in decimal: a capture line whose first
+/// field is the VNI, with that field in decimal either way.
+pub fn decimal_vni(line: String) -> String {
+    match line.split_once('\t') {
+        Some((v, rest)) if v.starts_with("0x") => {
+            format!("{}\t{rest}", u32::from_str_radix(&v[2..], 16).unwrap_or(0))
+        }
+        _ => line,
+    }
+}
+
+/// Run `argv` in namespace `ns`, bounded (30 s); its stdout and stderr.
+pub fn exec_in(ns: &str, argv: &[&str]) -> String {
+    let out = Command::new("timeout")
+        .args(["30", "ip", "netns", "exec", ns])
+        .args(argv)
+        .output()
+        .unwrap_or_else(|e| panic!("run {argv:?} in {ns}: {e}"));
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
 }
 
 fn env_path(env: &Env) -> std::path::PathBuf {

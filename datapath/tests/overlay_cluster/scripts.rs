@@ -1,6 +1,6 @@
 //! Small Python programs the overlay tests run inside pods and underlay hosts (python3
 //! is on every test machine): echo servers, clients that check what came back, and a
-//! probe of the path MTU a sender learned.
+//! probe of the path MTU a sender learned; and the marker frames a capture waits for.
 
 /// A UDP echo server on the port in argv[1] (IPv6 socket: IPv4 and IPv6 alike).
 pub const UDP_ECHO: &str = r#"
@@ -63,4 +63,18 @@ while time.time() < end:
             sys.exit(0)
     time.sleep(0.05)
 print("never refused")
+"#;
+
+/// Broadcast an Ethernet frame of ethertype 0x88b5 (IEEE 802's local experimental one,
+/// which nothing else on the underlay sends) out of the device in argv[1] every 50 ms,
+/// for 20 s at most: the marker a capture waits to see before it counts as started.
+pub const CAPTURE_MARKER: &str = r#"
+import socket, sys, time
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind((sys.argv[1], 0))
+frame = b"\xff" * 6 + s.getsockname()[4] + b"\x88\xb5" + b"membrane capture marker".ljust(46, b"\0")
+end = time.time() + 20
+while time.time() < end:
+    s.send(frame)
+    time.sleep(0.05)
 "#;

@@ -38,38 +38,28 @@ fn records(path: &std::path::Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
-async fn terminate(mut b: Binary) {
-    signal(&b.child, "TERM");
-    let status =
-        tokio::task::spawn_blocking(move || wait_exit(&mut b.child, Duration::from_secs(10)))
-            .await
-            .unwrap();
-    assert!(status.expect("exited after drain").success());
+/// The binary in front of a backend of its own, its access log going to `path`, with
+/// `extra` flags.
+async fn logging_to(path: &std::path::Path, extra: &[&str]) -> Binary {
+    let backend = start_backend().await;
+    let mut args = vec!["--access-log-path", path.to_str().unwrap()];
+    args.extend(extra);
+    spawn_binary(&policy_file(backend.port()), backend, &args)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_access_log_line_is_in_the_file_when_the_process_exits_on_sigterm() {
-    let backend = start_backend().await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("access.log");
     // A timer that never fires: what is not a full block yet is written at exit only.
-    let b = spawn_binary(
-        &policy_file(backend.port()),
-        backend,
-        &[
-            "--access-log-path",
-            file.to_str().unwrap(),
-            "--access-log-flush-interval",
-            "60m",
-        ],
-    );
+    let b = logging_to(&file, &["--access-log-flush-interval", "60m"]).await;
     let codes = requests(&b.listen, 300).await;
     assert_eq!(
         codes.iter().filter(|c| *c == "200").count(),
         300,
         "{codes:?}"
     );
-    terminate(b).await;
+    terminate(b, Duration::from_secs(10)).await;
     let r = records(&file);
     assert_eq!(r.len(), 600, "a Request and a Response record per request");
     let responses = r.iter().filter(|r| r["type"] == "Response").count();
@@ -81,7 +71,6 @@ async fn every_access_log_line_is_in_the_file_when_the_process_exits_on_sigterm(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_access_log_reader_holds_no_request_up_and_lost_lines_are_counted() {
-    let backend = start_backend().await;
     let dir = tempfile::tempdir().unwrap();
     let fifo = dir.path().join("access.fifo");
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
@@ -91,16 +80,7 @@ async fn a_stalled_access_log_reader_holds_no_request_up_and_lost_lines_are_coun
         .custom_flags(libc::O_NONBLOCK)
         .open(&fifo)
         .unwrap();
-    let b = spawn_binary(
-        &policy_file(backend.port()),
-        backend,
-        &[
-            "--access-log-path",
-            fifo.to_str().unwrap(),
-            "--access-log-max-buffered",
-            "65536",
-        ],
-    );
+    let b = logging_to(&fifo, &["--access-log-max-buffered", "65536"]).await;
     // About 650 KB of lines against 64 KiB of pipe and 64 KiB of buffer.
     let codes = requests(&b.listen, 1000).await;
     assert_eq!(codes.iter().filter(|c| *c == "200").count(), 1000);
@@ -115,25 +95,15 @@ async fn a_stalled_access_log_reader_holds_no_request_up_and_lost_lines_are_coun
     assert!(dropped > 0, "nothing counted as dropped");
     assert!(dropped < 2000, "every line dropped: {dropped}");
     // Nothing waits on the reader at exit either (bounded).
-    terminate(b).await;
+    terminate(b, Duration::from_secs(10)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotated_access_log_file_is_reopened_on_sighup() {
-    let backend = start_backend().await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("access.log");
     let rotated = dir.path().join("access.log.1");
-    let b = spawn_binary(
-        &policy_file(backend.port()),
-        backend,
-        &[
-            "--access-log-path",
-            file.to_str().unwrap(),
-            "--access-log-flush-interval",
-            "20ms",
-        ],
-    );
+    let b = logging_to(&file, &["--access-log-flush-interval", "20ms"]).await;
     assert_eq!(requests(&b.listen, 1).await, ["200"]);
     let file2 = file.clone();
     membrane_test_support::eventually(Duration::from_secs(10), "the first lines", || {
@@ -159,7 +129,7 @@ async fn a_rotated_access_log_file_is_reopened_on_sighup() {
         }
     })
     .await;
-    terminate(b).await;
+    terminate(b, Duration::from_secs(10)).await;
     // Every line is in one file or the other.
     let (old, new) = (records(&rotated), records(&file));
     assert!(
@@ -174,20 +144,12 @@ async fn a_rotated_access_log_file_is_reopened_on_sighup() {
 
 #[test]
 fn an_access_log_path_that_cannot_be_opened_stops_startup_naming_it() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_membrane-proxy"))
-        .arg("standalone")
-        .args(LOOPBACK_LISTENERS)
-        .args([
-            "--upstream",
-            "127.0.0.1:1",
-            "--endpoint-labels",
-            "k8s:app=backend",
-        ])
-        .arg("--policy")
-        .arg(policy_file(1))
-        .args(["--access-log-path", "/nonexistent-dir/access.log"])
-        .output()
-        .unwrap();
+    let out = standalone(
+        &policy_file(1),
+        &["--access-log-path", "/nonexistent-dir/access.log"],
+    )
+    .output()
+    .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

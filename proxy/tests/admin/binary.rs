@@ -6,7 +6,7 @@ use super::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_logs_json_access_entries_and_drains_on_sigterm() {
     let backend = start_backend().await;
-    let mut b = spawn_binary(&policy_file(backend.port()), backend, &[]);
+    let b = spawn_binary(&policy_file(backend.port()), backend, &[]);
     assert_eq!(curl(&[&format!("http://{}/v1/x", b.listen)]).await.0, 200);
     assert_eq!(
         curl(&["-X", "PUT", &format!("http://{}/v1/exhaust-port", b.listen)])
@@ -72,10 +72,7 @@ async fn binary_logs_json_access_entries_and_drains_on_sigterm() {
     }
     assert!(closed, "admin closes while draining");
     assert_eq!(slow.await.unwrap().0, 200, "in-flight request completed");
-    let status =
-        tokio::task::spawn_blocking(move || wait_exit(&mut b.child, Duration::from_secs(5)))
-            .await
-            .unwrap();
+    let status = exited(b, Duration::from_secs(5)).await;
     assert!(status.expect("exited after drain").success());
 }
 
@@ -84,7 +81,7 @@ async fn binary_reloads_policy_on_sighup_and_keeps_the_last_good_one() {
     let backend = start_backend().await;
     let file = policy_file(backend.port());
     let good = std::fs::read_to_string(&file).unwrap();
-    let mut b = spawn_binary(&file, backend, &["--access-log", "false"]);
+    let b = spawn_binary(&file, backend, &["--access-log", "false"]);
     let url = format!("http://{}/v1/x", b.listen);
     assert_eq!(curl(&[&url]).await.0, 200);
 
@@ -122,12 +119,7 @@ async fn binary_reloads_policy_on_sighup_and_keeps_the_last_good_one() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(denied, "the new policy never took effect");
-    signal(&b.child, "TERM");
-    let status =
-        tokio::task::spawn_blocking(move || wait_exit(&mut b.child, Duration::from_secs(5)))
-            .await
-            .unwrap();
-    assert!(status.expect("exited").success());
+    terminate(b, Duration::from_secs(5)).await;
 }
 
 #[test]
@@ -143,19 +135,7 @@ fn binary_refuses_an_invalid_policy_at_startup() {
             .replace("PORT", "99999"),
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_membrane-proxy"))
-        .arg("standalone")
-        .args(LOOPBACK_LISTENERS)
-        .args([
-            "--upstream",
-            "127.0.0.1:1",
-            "--endpoint-labels",
-            "k8s:app=backend",
-        ])
-        .arg("--policy")
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let out = standalone(&bad, &[]).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -167,7 +147,7 @@ fn binary_refuses_an_invalid_policy_at_startup() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_with_several_workers_serves_concurrent_clients() {
     let backend = start_backend().await;
-    let mut b = spawn_binary(
+    let b = spawn_binary(
         &policy_file(backend.port()),
         backend,
         &["--concurrency", "2", "--access-log", "false"],
@@ -190,12 +170,7 @@ async fn binary_with_several_workers_serves_concurrent_clients() {
     let (_, info) = get(&format!("http://{}/server_info", b.admin)).await;
     let info: serde_json::Value = serde_json::from_str(&info).unwrap();
     assert_eq!(info["command_line_options"]["concurrency"], 2);
-    signal(&b.child, "TERM");
-    let status =
-        tokio::task::spawn_blocking(move || wait_exit(&mut b.child, Duration::from_secs(5)))
-            .await
-            .unwrap();
-    assert!(status.expect("exited").success());
+    terminate(b, Duration::from_secs(5)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -248,23 +223,7 @@ async fn binary_busy_polls_while_traffic_is_dense_and_sleeps_when_idle() {
 #[test]
 fn binary_refuses_a_zero_idle_timeout_naming_the_flag() {
     use std::io::Read;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_membrane-proxy"))
-        .args([
-            "standalone",
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            "127.0.0.1:1",
-        ])
-        .args([
-            "--endpoint-labels",
-            "k8s:app=backend",
-            "--admin",
-            "127.0.0.1:0",
-        ])
-        .args(["--metrics", "127.0.0.1:0", "--health", "127.0.0.1:0"])
-        .args(["--idle-timeout", "0s", "--policy"])
-        .arg(test_policy())
+    let mut child = standalone(&test_policy(), &["--idle-timeout", "0s"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -9,7 +9,8 @@ mod binary;
 mod endpoints;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Stdio};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -101,6 +102,39 @@ fn wait_exit(child: &mut Child, within: Duration) -> Option<std::process::ExitSt
     }
     let _ = child.kill();
     None
+}
+
+/// Waits, off the async runtime, up to `within` for the binary to exit: its exit status,
+/// or `None` when it had to be killed.
+async fn exited(mut b: Binary, within: Duration) -> Option<ExitStatus> {
+    tokio::task::spawn_blocking(move || wait_exit(&mut b.child, within))
+        .await
+        .unwrap()
+}
+
+/// SIGTERM, then a clean exit (status 0) within `within`.
+async fn terminate(b: Binary, within: Duration) {
+    signal(&b.child, "TERM");
+    let status = exited(b, within).await;
+    assert!(status.expect("exited after SIGTERM").success());
+}
+
+/// `membrane-proxy standalone` on loopback ports, an upstream nothing listens on and
+/// `policy`, then `extra`: for the startup errors, which come before any traffic.
+fn standalone(policy: &Path, extra: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_membrane-proxy"));
+    c.arg("standalone")
+        .args(LOOPBACK_LISTENERS)
+        .args([
+            "--upstream",
+            "127.0.0.1:1",
+            "--endpoint-labels",
+            "k8s:app=backend",
+        ])
+        .arg("--policy")
+        .arg(policy)
+        .args(extra);
+    c
 }
 
 /// Voluntary context switches (sleeps) and CPU ticks of every thread of a process.
