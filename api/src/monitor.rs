@@ -23,14 +23,16 @@ pub struct Event {
     pub node: String,
     /// When, RFC 3339 UTC with nanoseconds.
     pub time: String,
-    /// `policy-verdict`, `capture`, `trace`, `drop` (a packet the packet path
-    /// dropped), `l7` (a request a sidecar decided), or `lost` (a subscriber fell
-    /// behind; `count` events were skipped).
+    /// `policy-verdict`, `capture`, `trace`, `drop` (a packet the packet path or the
+    /// XDP prefilter dropped), `l7` (a request a sidecar decided), `node-status` (the
+    /// relay: a node's stream came, went or cannot be reached; `reason` says which), or
+    /// `lost` (a subscriber fell behind; `count` events were skipped).
     #[serde(rename = "type")]
     pub kind: String,
     /// Emitting program: `connect4`, `connect6`, `sockops`, `sk_msg`, `sk_lookup`,
     /// a packet-path observation point: `from-container`, `to-container`,
-    /// `from-overlay`, `from-netdev`, `to-netdev`, or `sidecar` for `l7` records.
+    /// `from-overlay`, `from-netdev`, `to-netdev`, `xdp` (the prefilter), or `sidecar`
+    /// for `l7` records.
     pub program: String,
     /// IP protocol number of the flow; 0 when the emitter did not know.
     #[serde(skip_serializing_if = "is_zero")]
