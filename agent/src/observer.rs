@@ -203,13 +203,9 @@ impl Observer for Service {
         &self,
         req: Request<GetEventsRequest>,
     ) -> Result<Response<EventStream>, Status> {
-        if let Some(admitted) = &self.admitted {
-            let certs = req.peer_certs();
-            if let Err(e) = peer::admit(certs.as_ref().map(|c| c.as_slice()), admitted) {
-                tracing::warn!(peer = ?req.remote_addr(), "observer client refused: {e}");
-                return Err(Status::permission_denied(e.to_string()));
-            }
-        }
+        peer::admit_request(&req, self.admitted.as_deref()).inspect_err(|e| {
+            tracing::warn!(peer = ?req.remote_addr(), "observer client refused: {}", e.message());
+        })?;
         let r = req.into_inner();
         let filter = Filter::new(&r.filter.unwrap_or_default())
             .map_err(|e| Status::invalid_argument(e.to_string()))?;

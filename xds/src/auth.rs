@@ -25,7 +25,6 @@ use std::net::IpAddr;
 use std::sync::RwLock;
 
 use thiserror::Error;
-use x509_parser::extensions::GeneralName;
 
 use crate::node::{agent_key, agent_node, pod_key, IstioNode};
 use crate::source::ClusterState;
@@ -179,19 +178,7 @@ impl SpiffeId {
 
     /// The SPIFFE id of a leaf certificate (DER): its single URI SAN.
     pub fn from_leaf(der: &[u8]) -> Result<Self, AuthError> {
-        let (_, cert) = x509_parser::parse_x509_certificate(der)
-            .map_err(|e| AuthError::BadCertificate(e.to_string()))?;
-        let san = cert
-            .subject_alternative_name()
-            .map_err(|e| AuthError::BadCertificate(format!("subjectAltName: {e}")))?;
-        let uris: Vec<&str> = san
-            .iter()
-            .flat_map(|s| s.value.general_names.iter())
-            .filter_map(|n| match n {
-                GeneralName::URI(u) => Some(*u),
-                _ => None,
-            })
-            .collect();
+        let uris = membrane_api::spiffe::uri_sans(der).map_err(AuthError::BadCertificate)?;
         match uris.as_slice() {
             [one] => SpiffeId::parse(one),
             [] => Err(AuthError::NoSpiffeId("no URI SAN".into())),

@@ -2,8 +2,6 @@
 //! the CA by TLS) must carry exactly one URI SAN, a SPIFFE id, and that id must be one the
 //! server was told to admit (the relay's on an agent, the operators' on the relay).
 
-use x509_parser::extensions::GeneralName;
-
 use crate::spiffe::SpiffeId;
 
 /// A client the observer refuses.
@@ -22,19 +20,7 @@ pub enum PeerError {
 
 /// The single SPIFFE id of a leaf certificate (DER).
 pub fn spiffe_id(der: &[u8]) -> Result<String, PeerError> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der)
-        .map_err(|e| PeerError::BadCertificate(e.to_string()))?;
-    let san = cert
-        .subject_alternative_name()
-        .map_err(|e| PeerError::BadCertificate(format!("subjectAltName: {e}")))?;
-    let uris: Vec<&str> = san
-        .iter()
-        .flat_map(|s| s.value.general_names.iter())
-        .filter_map(|n| match n {
-            GeneralName::URI(u) => Some(*u),
-            _ => None,
-        })
-        .collect();
+    let uris = crate::spiffe::uri_sans(der).map_err(PeerError::BadCertificate)?;
     match uris.as_slice() {
         [one] => SpiffeId::parse(one)
             .map(|_| (*one).to_owned())
@@ -58,4 +44,19 @@ pub fn admit(chain: Option<&[impl AsRef<[u8]>]>, admitted: &[String]) -> Result<
     } else {
         Err(PeerError::NotAdmitted(id, list()))
     }
+}
+
+/// [`admit`] for a gRPC request over TLS: `Ok` when `admitted` is `None` (everyone is) or
+/// the client's certificate names one of them, else PERMISSION_DENIED naming why.
+pub fn admit_request<T>(
+    req: &tonic::Request<T>,
+    admitted: Option<&[String]>,
+) -> Result<(), tonic::Status> {
+    let Some(admitted) = admitted else {
+        return Ok(());
+    };
+    let certs = req.peer_certs();
+    admit(certs.as_ref().map(|c| c.as_slice()), admitted)
+        .map(|_| ())
+        .map_err(|e| tonic::Status::permission_denied(e.to_string()))
 }
