@@ -149,6 +149,24 @@ impl fmt::Display for SpiffeId {
     }
 }
 
+/// The URI SANs of a leaf certificate (DER), in order: where a SPIFFE id sits in an X.509
+/// SVID. The error says what could not be read.
+pub fn uri_sans(der: &[u8]) -> Result<Vec<String>, String> {
+    use x509_parser::extensions::GeneralName;
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| e.to_string())?;
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|e| format!("subjectAltName: {e}"))?;
+    Ok(san
+        .iter()
+        .flat_map(|s| s.value.general_names.iter())
+        .filter_map(|n| match n {
+            GeneralName::URI(u) => Some((*u).to_owned()),
+            _ => None,
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,22 +226,4 @@ mod tests {
             .to_string()
             .contains("longer than 255"));
     }
-}
-
-/// The URI SANs of a leaf certificate (DER), in order: where a SPIFFE id sits in an X.509
-/// SVID. The error says what could not be read.
-pub fn uri_sans(der: &[u8]) -> Result<Vec<String>, String> {
-    use x509_parser::extensions::GeneralName;
-    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| e.to_string())?;
-    let san = cert
-        .subject_alternative_name()
-        .map_err(|e| format!("subjectAltName: {e}"))?;
-    Ok(san
-        .iter()
-        .flat_map(|s| s.value.general_names.iter())
-        .filter_map(|n| match n {
-            GeneralName::URI(u) => Some((*u).to_owned()),
-            _ => None,
-        })
-        .collect())
 }
