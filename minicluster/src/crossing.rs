@@ -15,6 +15,29 @@ use std::sync::mpsc;
 const WAIT: Duration = Duration::from_secs(20);
 
 impl Cluster {
+    /// `membrane monitor --type drop -o json` on node `n`'s agent, its lines sent to the
+    /// receiver as they come (a thread reads them); the caller kills the child.
+    pub(crate) fn follow_drops(&self, n: usize) -> Result<(Child, mpsc::Receiver<String>)> {
+        let mut monitor = Command::new(&self.bins.membrane)
+            .args(["monitor", "--type", "drop", "-o", "json", "--socket"])
+            .arg(self.agent_socket(n))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start membrane monitor")?;
+        let stdout = monitor.stdout.take().context("membrane monitor stdout")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(|l| l.ok()) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok((monitor, rx))
+    }
+
     /// The xwing's connection to `deathstar` (on the other node) dropped by
     /// that node's tc program: the monitor line and the underlay's decode.
     pub fn across_nodes(&self, deathstar: &Pod, xwing: &Pod) -> Result<()> {
@@ -39,23 +62,7 @@ impl Cluster {
 
         // `membrane monitor` on the receiving node's agent, started before the
         // connection is tried so that the drop cannot be missed.
-        let mut monitor = Command::new(&self.bins.membrane)
-            .args(["monitor", "--type", "drop", "-o", "json", "--socket"])
-            .arg(self.agent_socket(deathstar.node))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("start membrane monitor")?;
-        let stdout = monitor.stdout.take().context("membrane monitor stdout")?;
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(|l| l.ok()) {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
+        let (mut monitor, rx) = self.follow_drops(deathstar.node)?;
         let wanted = |line: &str| {
             serde_json::from_str::<serde_json::Value>(line).is_ok_and(|ev| {
                 ev["program"] == "to-container"

@@ -6,7 +6,6 @@
 
 use super::cluster::{Cluster, Pod};
 use super::*;
-use std::sync::mpsc;
 
 /// How long the demo waits for the sidecar's record.
 const WAIT: Duration = Duration::from_secs(20);
@@ -17,23 +16,7 @@ impl Cluster {
     pub fn l7_beside(&self, deathstar: &Pod, tiefighter: &Pod) -> Result<serde_json::Value> {
         let to = source::NODES[deathstar.node];
         let url = format!("http://{}/v1/exhaust-port", deathstar.ip);
-        let mut monitor = Command::new(&self.bins.membrane)
-            .args(["monitor", "--type", "drop", "-o", "json", "--socket"])
-            .arg(self.agent_socket(deathstar.node))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("start membrane monitor")?;
-        let stdout = monitor.stdout.take().context("membrane monitor stdout")?;
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(|l| l.ok()) {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
+        let (mut monitor, rx) = self.follow_drops(deathstar.node)?;
         let wanted = |line: &str| {
             serde_json::from_str::<serde_json::Value>(line)
                 .ok()
