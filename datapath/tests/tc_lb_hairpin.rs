@@ -14,14 +14,9 @@ mod tc_common;
 
 use std::{
     io::{Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{SocketAddr, TcpStream, UdpSocket},
     path::{Path, PathBuf},
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
-    thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use aya::programs::SchedClassifier;
@@ -30,7 +25,7 @@ use membrane_datapath::{
     lb::LbService,
     policy_map::{Direction::*, MapVerdict::*},
 };
-use tc_common::{in_netns, rule, TcNode};
+use tc_common::{echo::Servers, in_netns, rule, TcNode};
 
 /// Pod 2 admits only its own identity; pod 3 only world. Each is the backend of its own
 /// service.
@@ -187,74 +182,6 @@ fn a_pod_whose_policy_does_not_admit_itself_is_refused_its_hairpin_flow() {
     assert_eq!(rc, PASS, "world is admitted");
 }
 
-/// UDP and TCP echo servers in namespace `ns` (ports 5353 and 8080) until dropped; bounded
-/// by a 120 s deadline besides the stop flag.
-struct Echo {
-    stop: Arc<AtomicBool>,
-    threads: Vec<thread::JoinHandle<()>>,
-}
-
-impl Echo {
-    fn start(ns: PathBuf) -> Echo {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let threads = [false, true]
-            .into_iter()
-            .map(|udp| {
-                let (ns, stop, ready) = (ns.clone(), stop.clone(), ready_tx.clone());
-                thread::spawn(move || {
-                    let f = std::fs::File::open(&ns).unwrap();
-                    nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-                    let deadline = Instant::now() + Duration::from_secs(120);
-                    let live = || !stop.load(Ordering::Relaxed) && Instant::now() < deadline;
-                    let mut buf = [0u8; 64];
-                    if udp {
-                        let s = UdpSocket::bind("0.0.0.0:5353").unwrap();
-                        s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
-                        ready.send(()).unwrap();
-                        while live() {
-                            if let Ok((n, from)) = s.recv_from(&mut buf) {
-                                let _ = s.send_to(&buf[..n], from);
-                            }
-                        }
-                    } else {
-                        let l = TcpListener::bind("0.0.0.0:8080").unwrap();
-                        l.set_nonblocking(true).unwrap();
-                        ready.send(()).unwrap();
-                        while live() {
-                            match l.accept() {
-                                Ok((mut c, _)) => {
-                                    c.set_nonblocking(false).unwrap();
-                                    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-                                    if let Ok(n) = c.read(&mut buf) {
-                                        let _ = c.write_all(&buf[..n]);
-                                    }
-                                }
-                                Err(_) => thread::sleep(Duration::from_millis(5)),
-                            }
-                        }
-                    }
-                })
-            })
-            .collect();
-        for _ in 0..2 {
-            ready_rx
-                .recv_timeout(Duration::from_secs(10))
-                .expect("echo server ready");
-        }
-        Echo { stop, threads }
-    }
-}
-
-impl Drop for Echo {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
-}
-
 /// A UDP round trip from inside `ns` to `to` without connect (so no socket hook could
 /// translate it), 3 tries: where the answer came from.
 fn udp_echo(ns: &Path, to: &str) -> Option<SocketAddr> {
@@ -296,7 +223,10 @@ fn real_hairpin_flows_pass_by_the_pods_own_identity_and_only_by_it() {
         .iter()
         .map(|e| Path::new("/run/netns").join(&e.env.netns))
         .collect();
-    let _echo: Vec<Echo> = ns.iter().map(|p| Echo::start(p.clone())).collect();
+    let _echo: Vec<Servers> = ns
+        .iter()
+        .map(|p| Servers::start(p.clone(), &[8080], &[5353]))
+        .collect();
 
     // Pod 2 admits only itself: it reaches itself through its service, UDP and TCP,
     // every answer from the frontend it asked.

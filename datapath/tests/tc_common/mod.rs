@@ -5,6 +5,7 @@
 //! veths that exist only in the test namespace, from a thread that entered it.
 #![allow(dead_code)]
 
+pub mod echo;
 pub mod packet;
 
 use std::{fs::File, net::IpAddr, path::Path};
