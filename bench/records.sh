@@ -26,13 +26,13 @@ DURATION=${DURATION:-5}
 REPS=${REPS:-3}
 PROXY_CORE=${PROXY_CORE:-0}
 LOAD_CORE=${LOAD_CORE:-1}
-TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+. "$ROOT/bench/lib.sh"
 for cmd in nginx wrk taskset curl python3; do
   command -v "$cmd" >/dev/null || { echo "records.sh: $cmd missing (run scripts/install-deps.sh)" >&2; exit 1; }
 done
 
-(cd "$ROOT" && cargo build --release -q -p membrane-proxy)
-MEMBRANE="$TARGET_DIR/release/membrane-proxy"
+build_release_bins
+MEMBRANE="$BIN_DIR/membrane-proxy"
 
 NGINX_PORT=18080
 declare -A PORT=([plain]=18091 [absent]=18092 [records]=18093)

@@ -42,11 +42,10 @@ for tool in $THIRD_PARTY; do
 done
 # MEMBRANE_BIN_DIR: use already-built binaries instead of building them here.
 if [ -z "${MEMBRANE_BIN_DIR:-}" ]; then
-  export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/membrane-target}
-  cargo build --release -q -p membrane-datapath --bins
-  # The end-to-end cell needs the sidecar; skipped (and said so) without it.
-  cargo build --release -q -p membrane-proxy 2>/dev/null || true
-  MEMBRANE_BIN_DIR=$CARGO_TARGET_DIR/release
+  ROOT=$PWD
+  . bench/lib.sh
+  build_release_bins
+  MEMBRANE_BIN_DIR=$BIN_DIR
 fi
 BIN=$MEMBRANE_BIN_DIR/membrane-sockbench
 AGENT=$MEMBRANE_BIN_DIR/membrane-agent

@@ -18,6 +18,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+. "$ROOT/bench/lib.sh"
 DATE=$(date -u +%Y-%m-%d)
 OUT="$ROOT/bench/results/xds-$DATE.md"
 # 1,000 clients hold 2,000 sockets in the benchmark process and the server.
@@ -65,8 +66,8 @@ if [ "${XDS_ONLY:-}" = load ]; then
 fi
 
 (cd "$ROOT" && cargo bench -p membrane-xds --bench fanout --no-run -q)
-(cd "$ROOT" && cargo build -q --release -p membrane-xds -p membrane-proxy)
-BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
+build_release_bins
+BIN=$BIN_DIR
 REPORT=$(mktemp)
 trap 'rm -f "$REPORT"' EXIT
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
