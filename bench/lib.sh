@@ -16,3 +16,59 @@ BIN_DIR=$CARGO_TARGET_DIR/release
 build_release_bins() {
   (cd "$ROOT" && cargo build --release -q --workspace --bins)
 }
+
+# The shared bench configurations (../shared/bench beside the repository, else
+# /work/shared/bench) into BENCH_DIR, unless it is set.
+find_bench_dir() {
+  if [ -z "${BENCH_DIR:-}" ]; then
+    for d in "$ROOT/../shared/bench" /work/shared/bench; do
+      [ -f "$d/cnp-l7-bench.yaml" ] && BENCH_DIR=$(cd "$d" && pwd) && break
+    done
+  fi
+  [ -n "${BENCH_DIR:-}" ] || { echo "${0##*/}: cannot find the shared bench configs (set BENCH_DIR)" >&2; exit 1; }
+}
+
+# Fails when one of the given loopback ports already has a listener.
+require_free_ports() {
+  local port
+  for port in "$@"; do
+    if ss -Hltn "sport = :$port" | grep -q .; then
+      echo "${0##*/}: port $port is busy; is another benchmark running?" >&2
+      exit 1
+    fi
+  done
+}
+
+# A temporary directory in TMP and the processes in PIDS, both gone when the script exits.
+bench_tmp() {
+  TMP=$(mktemp -d "/tmp/$1.XXXXXX")
+  PIDS=()
+  trap bench_cleanup EXIT
+}
+bench_cleanup() {
+  local p
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$TMP"
+}
+
+# Waits (10 s at most) until an HTTP server answers on a loopback port.
+wait_port() {
+  for _ in $(seq 100); do
+    curl -s -o /dev/null "http://127.0.0.1:$1/" && return 0
+    sleep 0.1
+  done
+  echo "${0##*/}: nothing answers on port $1" >&2
+  return 1
+}
+
+# The nginx backend of the shared configuration (port 18080, h2c on 18082) on LOAD_CORE,
+# its pid and error log in TMP.
+start_nginx_backend() {
+  sed -e "s#/tmp/membrane-bench-nginx.pid#$TMP/nginx.pid#" -e "s#/tmp/membrane-bench-nginx.err#$TMP/nginx.err#" \
+    "$BENCH_DIR/nginx-backend.conf" >"$TMP/nginx.conf"
+  mkdir -p "$TMP/nginx"
+  taskset -c "$LOAD_CORE" nginx -p "$TMP/nginx" -e "$TMP/nginx.err" -c "$TMP/nginx.conf" &
+  PIDS+=($!)
+  wait_port 18080
+}

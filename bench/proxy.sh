@@ -12,18 +12,12 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-BENCH_DIR=${BENCH_DIR:-}
-if [ -z "$BENCH_DIR" ]; then
-  for d in "$ROOT/../shared/bench" /work/shared/bench; do
-    [ -f "$d/cnp-l7-bench.yaml" ] && BENCH_DIR=$(cd "$d" && pwd) && break
-  done
-fi
-[ -n "$BENCH_DIR" ] || { echo "proxy.sh: cannot find the shared bench configs (set BENCH_DIR)" >&2; exit 1; }
+. "$ROOT/bench/lib.sh"
+find_bench_dir
 DURATION=${DURATION:-5}
 REPS=${REPS:-3}
 PROXY_CORE=${PROXY_CORE:-0}
 LOAD_CORE=${LOAD_CORE:-1}
-. "$ROOT/bench/lib.sh"
 
 for cmd in nginx wrk h2load taskset curl python3; do
   command -v "$cmd" >/dev/null || { echo "proxy.sh: $cmd missing (run scripts/install-deps.sh)" >&2; exit 1; }
@@ -36,39 +30,12 @@ MEMBRANE="$BIN_DIR/membrane-proxy"
 
 NGINX_PORT=18080 ENVOY_PORT=18081 MEMBRANE_PORT=18083
 ENVOYLOG_PORT=18085 MEMBRANELOG_PORT=18086
-for port in $NGINX_PORT 18082 $ENVOY_PORT 19901 $MEMBRANE_PORT 19902 19903 19904 18084 19905 19906 19907 \
-  $ENVOYLOG_PORT 19908 $MEMBRANELOG_PORT 19909 19910 19911; do
-  if ss -Hltn "sport = :$port" | grep -q .; then
-    echo "proxy.sh: port $port is busy; is another benchmark running?" >&2
-    exit 1
-  fi
-done
+require_free_ports $NGINX_PORT 18082 $ENVOY_PORT 19901 $MEMBRANE_PORT 19902 19903 19904 18084 19905 19906 19907 \
+  $ENVOYLOG_PORT 19908 $MEMBRANELOG_PORT 19909 19910 19911
 
-TMP=$(mktemp -d /tmp/membrane-bench.XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$TMP"
-}
-trap cleanup EXIT
+bench_tmp membrane-bench
 
-wait_port() {
-  for _ in $(seq 100); do
-    curl -s -o /dev/null "http://127.0.0.1:$1/" && return 0
-    sleep 0.1
-  done
-  echo "proxy.sh: nothing answers on port $1" >&2
-  return 1
-}
-
-# nginx: the shared config with its pid/log paths moved into our temp dir.
-sed -e "s#/tmp/membrane-bench-nginx.pid#$TMP/nginx.pid#" -e "s#/tmp/membrane-bench-nginx.err#$TMP/nginx.err#" \
-  "$BENCH_DIR/nginx-backend.conf" > "$TMP/nginx.conf"
-mkdir -p "$TMP/nginx"
-taskset -c "$LOAD_CORE" nginx -p "$TMP/nginx" -e "$TMP/nginx.err" -c "$TMP/nginx.conf" &
-PIDS+=($!)
-wait_port $NGINX_PORT
+start_nginx_backend
 
 taskset -c "$PROXY_CORE" "$ENVOY" -c "$BENCH_DIR/envoy-l7-rbac.yaml" --concurrency 1 --base-id 4711 \
   --log-level error >"$TMP/envoy.log" 2>&1 &

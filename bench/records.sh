@@ -15,18 +15,12 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-BENCH_DIR=${BENCH_DIR:-}
-if [ -z "$BENCH_DIR" ]; then
-  for d in "$ROOT/../shared/bench" /work/shared/bench; do
-    [ -f "$d/cnp-l7-bench.yaml" ] && BENCH_DIR=$(cd "$d" && pwd) && break
-  done
-fi
-[ -n "$BENCH_DIR" ] || { echo "records.sh: cannot find the shared bench configs (set BENCH_DIR)" >&2; exit 1; }
+. "$ROOT/bench/lib.sh"
+find_bench_dir
 DURATION=${DURATION:-5}
 REPS=${REPS:-3}
 PROXY_CORE=${PROXY_CORE:-0}
 LOAD_CORE=${LOAD_CORE:-1}
-. "$ROOT/bench/lib.sh"
 for cmd in nginx wrk taskset curl python3; do
   command -v "$cmd" >/dev/null || { echo "records.sh: $cmd missing (run scripts/install-deps.sh)" >&2; exit 1; }
 done
@@ -37,37 +31,11 @@ MEMBRANE="$BIN_DIR/membrane-proxy"
 NGINX_PORT=18080
 declare -A PORT=([plain]=18091 [absent]=18092 [records]=18093)
 declare -A ADMIN=([plain]=19921 [absent]=19924 [records]=19927)
-for port in $NGINX_PORT 18082 "${PORT[@]}" 19921 19922 19923 19924 19925 19926 19927 19928 19929; do
-  if ss -Hltn "sport = :$port" | grep -q .; then
-    echo "records.sh: port $port is busy; is another benchmark running?" >&2
-    exit 1
-  fi
-done
+require_free_ports $NGINX_PORT 18082 "${PORT[@]}" 19921 19922 19923 19924 19925 19926 19927 19928 19929
 
-TMP=$(mktemp -d /tmp/membrane-bench-records.XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$TMP"
-}
-trap cleanup EXIT
+bench_tmp membrane-bench-records
 
-wait_port() {
-  for _ in $(seq 100); do
-    curl -s -o /dev/null "http://127.0.0.1:$1/" && return 0
-    sleep 0.1
-  done
-  echo "records.sh: nothing answers on port $1" >&2
-  return 1
-}
-
-sed -e "s#/tmp/membrane-bench-nginx.pid#$TMP/nginx.pid#" -e "s#/tmp/membrane-bench-nginx.err#$TMP/nginx.err#" \
-  "$BENCH_DIR/nginx-backend.conf" >"$TMP/nginx.conf"
-mkdir -p "$TMP/nginx"
-taskset -c "$LOAD_CORE" nginx -p "$TMP/nginx" -e "$TMP/nginx.err" -c "$TMP/nginx.conf" &
-PIDS+=($!)
-wait_port $NGINX_PORT
+start_nginx_backend
 
 # The reader: accepts connections and counts the lines it takes.
 cat >"$TMP/sink.py" <<'EOF'
