@@ -80,8 +80,9 @@ pub struct MonitorArgs {
     /// Only events of this node (repeatable).
     #[arg(long)]
     node: Vec<String>,
-    /// The latest N matching events of every node first (with --all-nodes: then exit,
-    /// unless --follow; on agent sockets: then follow).
+    /// The latest N matching events first: with --all-nodes the N newest across every
+    /// node (as the relay merges them), then exit unless --follow; on agent sockets the
+    /// N newest of each agent, then follow.
     #[arg(long)]
     last: Option<u64>,
     /// With --all-nodes: keep streaming after --last (the default without it).

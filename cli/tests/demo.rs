@@ -278,6 +278,26 @@ fn live(overlay: &str) {
     }
     assert!(live.contains(r#""type":"Denied""#) && live.contains(r#""status":403"#));
 
+    // One `membrane monitor --all-nodes` through the relay shows both nodes'
+    // sidecars denying the tiefighter's PUT, each with its deathstar and rule.
+    let l7: Vec<&str> = live
+        .lines()
+        .skip_while(|l| !l.contains("membrane monitor --all-nodes") || !l.contains("--type l7"))
+        .skip(1)
+        .take(2)
+        .collect();
+    for (node, pod) in [("node-1", "deathstar-1"), ("node-2", "deathstar-2")] {
+        assert!(
+            l7.iter()
+                .any(|l| l.contains(&format!("[{node}] L7 DENIED ingress"))
+                    && l.contains(&format!("-> default/{pod} "))
+                    && l.contains(
+                        "PUT /v1/exhaust-port => 403 rule CiliumNetworkPolicy default/rule1"
+                    )),
+            "no {node} sidecar record in the relay's view: {l7:?}\n{live}"
+        );
+    }
+
     // Step 7: each edited policy reached both deathstars through the control
     // plane: first the sidecars' L7 rules (the PUT now reaches the
     // deathstar), then the agent's kernel maps and the sidecars (the xwing's

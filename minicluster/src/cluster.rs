@@ -227,8 +227,8 @@ impl Cluster {
     pub fn star_wars(&self) -> Result<()> {
         self.play(&self.deathstars, &self.ships, self.service())?;
         self.across_nodes(&self.deathstars[1], &self.ships[1])?;
-        self.show_merged()?;
         self.l7_beside(&self.deathstars[1], &self.ships[0])?;
+        self.show_merged(&self.ships[0])?;
         Ok(())
     }
 

@@ -8,15 +8,18 @@
 
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use membrane_api::observer::{AGENT_PORT, RELAY_PORT};
 use membrane_relay::discovery::XdsSource;
 use membrane_relay::nodes::AgentAccess;
 use membrane_relay::{Discovery, Relay, RelayConfig};
 
-use super::cluster::Cluster;
+use super::cluster::{Cluster, Pod};
 use super::*;
+
+/// How long the demo waits for a sidecar's record to reach the relay.
+const RELAY_WAIT: Duration = Duration::from_secs(20);
 
 /// The relay of a mini-cluster and the runtime it runs on.
 pub struct ClusterRelay {
@@ -114,12 +117,17 @@ impl Cluster {
 }
 
 impl Cluster {
-    /// Every node's events in one stream: what the relay merged so far, per node, and
-    /// `membrane monitor --all-nodes` run against it (the latest denials of both nodes).
-    pub(crate) fn show_merged(&self) -> Result<()> {
+    /// Every node's events in one stream: what the relay merged so far, per node, then
+    /// `membrane monitor --all-nodes` run against it twice: the two latest sidecar records
+    /// (the tiefighter's denied `PUT /v1/exhaust-port` to each deathstar, one per node,
+    /// each sent until the relay has a new record of it) and the latest drops.
+    pub(crate) fn show_merged(&self, tiefighter: &Pod) -> Result<()> {
         let Some(r) = &self.relay else {
             return Ok(());
         };
+        for deathstar in &self.deathstars {
+            self.l7_reaches_relay(r, deathstar, tiefighter)?;
+        }
         let seen = r.relay.recent(4096);
         let mut per: std::collections::BTreeMap<&str, usize> = Default::default();
         for e in &seen {
@@ -132,23 +140,70 @@ impl Cluster {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        let extra = " --type drop --last 6";
-        println!("  $ {}", self.monitor_line(r.addr, extra));
-        let out = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", self.node_ns(0)))
-            .arg(&self.bins.membrane)
-            .args(["monitor", "--all-nodes", "--relay", &r.addr.to_string()])
-            .args(["--type", "drop", "--last", "6"])
-            .output()
-            .context("run membrane monitor --all-nodes")?;
-        if !out.status.success() {
-            bail!(
-                "membrane monitor --all-nodes failed: {}",
-                String::from_utf8_lossy(&out.stderr)
+        for filter in [
+            ["--type", "l7", "--last", "2"],
+            ["--type", "drop", "--last", "3"],
+        ] {
+            println!(
+                "  $ {}",
+                self.monitor_line(r.addr, &format!(" {}", filter.join(" ")))
             );
+            let out = Command::new("nsenter")
+                .arg(format!("--net=/run/netns/{}", self.node_ns(0)))
+                .arg(&self.bins.membrane)
+                .args(["monitor", "--all-nodes", "--relay", &r.addr.to_string()])
+                .args(filter)
+                .output()
+                .context("run membrane monitor --all-nodes")?;
+            if !out.status.success() {
+                bail!(
+                    "membrane monitor --all-nodes failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            for l in String::from_utf8_lossy(&out.stdout).lines() {
+                println!("    {l}");
+            }
         }
-        for l in String::from_utf8_lossy(&out.stdout).lines() {
-            println!("    {l}");
+        Ok(())
+    }
+
+    /// Sends the tiefighter's `PUT /v1/exhaust-port` to `deathstar` until the relay's
+    /// stream holds a new record of that deathstar's sidecar denying it (its node's agent
+    /// forwards it), or fails after [`RELAY_WAIT`].
+    fn l7_reaches_relay(&self, r: &ClusterRelay, deathstar: &Pod, tiefighter: &Pod) -> Result<()> {
+        let pod = format!("default/{}", deathstar.name);
+        let records = || {
+            r.relay
+                .recent(4096)
+                .iter()
+                .filter(|e| {
+                    e.kind == membrane_api::monitor::TYPE_L7
+                        && e.verdict.as_deref() == Some("denied")
+                        && e.dst_pod.as_deref() == Some(pod.as_str())
+                })
+                .count()
+        };
+        let before = records();
+        let url = format!("http://{}/v1/exhaust-port", deathstar.ip);
+        let deadline = Instant::now() + RELAY_WAIT;
+        while records() == before {
+            if Instant::now() > deadline {
+                bail!(
+                    "the relay's stream has no new sidecar record of {} PUT {url} after {} s{}",
+                    tiefighter.name,
+                    RELAY_WAIT.as_secs(),
+                    self.log_tails()
+                );
+            }
+            self.request_within(tiefighter.name, "PUT", &url, 2)?;
+            // Longer than the relay's reorder window, so one request is usually enough.
+            for _ in 0..30 {
+                if records() > before {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
         }
         Ok(())
     }
