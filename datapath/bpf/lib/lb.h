@@ -88,8 +88,8 @@ struct {
  * protocol, address and scope). Most packets a pod or the underlay sends
  * are to no frontend (every reply, every connect the socket LB translated
  * already); their port's bit is clear, so they skip the mb_lb_svc lookup,
- * whose miss walks a bucket occupied with the probability frontends /
- * buckets (a cold cache line each under load): the cost that grew with the
+ * whose miss reads a random bucket and walks frontends / buckets entries
+ * on average (cold cache lines under load): the cost that grew with the
  * number of services is then paid only by packets to a frontend's port.
  *   key:    __u32 word, port / 32 (0 .. 2047)
  *   value:  __u32, bit port % 32 set while some frontend has that port
