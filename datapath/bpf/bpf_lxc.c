@@ -279,7 +279,7 @@ int mb_from_container(struct __sk_buff *skb)
 	 * looked up: policy and conntrack see the backend. The tuple follows
 	 * the rewrite (no second parse). */
 	lb = p.kind == MB_PKT_FLOW ? mb_lb_from_container(skb, &p.t, p.l4_off,
-							 p.flags & MB_PKT_F_FIRST_FRAG, &rev_nat_id)
+							 p.flags & MB_PKT_F_LB_SKIP, &rev_nat_id)
 				   : MB_LB_CONTINUE;
 	if (lb < 0)
 		return mb_tc_drop(&p, MB_PROG_FROM_CONTAINER, -lb, src_id, 0);
@@ -322,7 +322,7 @@ int mb_from_container(struct __sk_buff *skb)
 		return mb_lxc_to_network(skb, &p, cfg, src_id, dst_id, tunnel_ip4);
 	lb = p.kind == MB_PKT_FLOW
 		     ? mb_lb_reply_from_container(skb, &p.t, p.l4_off,
-						  p.flags & MB_PKT_F_FIRST_FRAG,
+						  p.flags & MB_PKT_F_LB_SKIP,
 						  cfg ? cfg->node_ip4 : 0)
 		     : MB_LB_CONTINUE;
 	mb_lxc_lb_reply_seen(&ct, lb != MB_LB_CONTINUE);
@@ -408,7 +408,7 @@ int mb_to_container(struct __sk_buff *skb)
 	 * flow's entry (keyed by the backend, as from-container saw it after
 	 * translation). */
 	if (ct.hit == MB_CT_HIT_REPLY && ct.v && ct.v->rev_nat_id) {
-		rc = mb_lb_rev_nat(skb, &p.t, p.l4_off, p.flags & MB_PKT_F_FIRST_FRAG,
+		rc = mb_lb_rev_nat(skb, &p.t, p.l4_off, p.flags & MB_PKT_F_LB_SKIP,
 				   ct.v->rev_nat_id);
 		if (rc < 0)
 			return mb_tc_drop(&p, MB_PROG_TO_CONTAINER, -rc, src_id, lxc->identity);

@@ -424,3 +424,44 @@ fn a_pods_replies_are_translated_back_exactly_when_their_flow_needs_it_every_tim
         assert_eq!(addrs(&out), (sa(B2), c), "plain reply {i}");
     }
 }
+
+/// Bit `port` of the node's `mb_lb_ports` (the ports some frontend has).
+fn port_marked(n: &TcNode, port: u16) -> bool {
+    use aya::maps::{Array, Map, MapData};
+    let data = MapData::from_pin(n.node.dir().join("maps/mb_lb_ports")).expect("mb_lb_ports");
+    let ports: Array<MapData, u32> = Array::try_from(Map::Array(data)).expect("an array");
+    ports.get(&u32::from(port >> 5), 0).expect("word") & (1 << (port & 31)) != 0
+}
+
+#[test]
+fn the_frontend_ports_are_marked_while_a_frontend_has_them_and_only_then() {
+    // Packets to a port whose bit is clear skip the frontend lookup: a frontend's port
+    // must be marked as long as it exists, and a port no frontend has any more unmarked.
+    let n = node();
+    let (from, _) = progs(&n, 0);
+    let mut np = service("10.96.0.20:80", TCP, &[B2]);
+    np.node_port = 30080;
+    n.node
+        .sync_services(&[service(VIP, UDP, &[B2]), np])
+        .expect("sync");
+    for port in [53, 80, 30080] {
+        assert!(port_marked(&n, port), "port {port}");
+    }
+    assert!(!port_marked(&n, 54), "port 54");
+    assert_eq!(send(&from, UDP, sa("10.0.0.1:41000"), sa(VIP)), sa(B2));
+
+    // The frontend moves from port 53 to 54: 53 unmarked, its packets untouched; 54 at
+    // once translated.
+    n.node
+        .sync_services(&[service("10.96.0.10:54", UDP, &[B3])])
+        .expect("sync");
+    assert!(!port_marked(&n, 53) && !port_marked(&n, 80) && !port_marked(&n, 30080));
+    assert!(port_marked(&n, 54));
+    assert_eq!(send(&from, UDP, sa("10.0.0.1:41001"), sa(VIP)), sa(VIP));
+    assert_eq!(
+        send(&from, UDP, sa("10.0.0.1:41002"), sa("10.96.0.10:54")),
+        sa(B3)
+    );
+    n.node.sync_services(&[]).expect("empty");
+    assert!(!port_marked(&n, 54));
+}

@@ -12,12 +12,7 @@ mod common;
 mod lb_common;
 mod tc_common;
 
-use std::{
-    io::{Read, Write},
-    net::{SocketAddr, TcpStream, UdpSocket},
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::path::{Path, PathBuf};
 
 use aya::programs::SchedClassifier;
 use lb_common::{addrs, checksums_ok, frame, run, sa, DROP, PASS, TCP, UDP};
@@ -25,7 +20,10 @@ use membrane_datapath::{
     lb::LbService,
     policy_map::{Direction::*, MapVerdict::*},
 };
-use tc_common::{echo::Servers, in_netns, rule, TcNode};
+use tc_common::{
+    echo::{tcp_echo, udp_echo, Servers},
+    rule, TcNode,
+};
 
 /// Pod 2 admits only its own identity; pod 3 only world. Each is the backend of its own
 /// service.
@@ -180,39 +178,6 @@ fn a_pod_whose_policy_does_not_admit_itself_is_refused_its_hairpin_flow() {
         0,
     );
     assert_eq!(rc, PASS, "world is admitted");
-}
-
-/// A UDP round trip from inside `ns` to `to` without connect (so no socket hook could
-/// translate it), 3 tries: where the answer came from.
-fn udp_echo(ns: &Path, to: &str) -> Option<SocketAddr> {
-    let to = sa(to);
-    in_netns(ns, || {
-        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(500)))
-            .unwrap();
-        let mut buf = [0u8; 16];
-        (0..3).find_map(|_| {
-            s.send_to(b"ping", to).unwrap();
-            match s.recv_from(&mut buf) {
-                Ok((4, from)) => Some(from),
-                _ => None,
-            }
-        })
-    })
-}
-
-/// A TCP echo round trip from inside `ns` (a thread that is in no pod's cgroup: only the
-/// packet path translates): true when it came back.
-fn tcp_echo(ns: &Path, to: &str) -> bool {
-    let to = sa(to);
-    in_netns(ns, || {
-        let Ok(mut s) = TcpStream::connect_timeout(&to, Duration::from_secs(2)) else {
-            return false;
-        };
-        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        let mut buf = [0u8; 5];
-        s.write_all(b"hello").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"hello"
-    })
 }
 
 #[test]

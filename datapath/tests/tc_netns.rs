@@ -10,8 +10,7 @@ mod common;
 mod tc_common;
 
 use std::{
-    io::{Read, Write},
-    net::{SocketAddr, TcpStream, UdpSocket},
+    net::UdpSocket,
     path::Path,
     time::{Duration, Instant},
 };
@@ -21,38 +20,17 @@ use membrane_datapath::{
     abi,
     policy_map::{Direction::*, MapVerdict::*},
 };
-use tc_common::{echo::Servers, in_netns, packet::*, rule, stat, TcNode};
+use tc_common::{
+    echo::{tcp_echo, udp_echo, Servers},
+    in_netns,
+    packet::*,
+    rule, stat, TcNode,
+};
 
 const A: &str = "10.1.0.10";
 const B: &str = "10.1.0.11";
 const A_ID: u32 = 1000;
 const B_ID: u32 = 2000;
-
-/// A TCP echo round trip from inside `ns`: true when it came back.
-fn tcp_echo(ns: &Path, to: &str) -> bool {
-    let to: SocketAddr = to.parse().unwrap();
-    in_netns(ns, || {
-        let Ok(mut s) = TcpStream::connect_timeout(&to, Duration::from_secs(2)) else {
-            return false;
-        };
-        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        let mut buf = [0u8; 5];
-        s.write_all(b"hello").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"hello"
-    })
-}
-
-/// A UDP echo round trip from inside `ns`.
-fn udp_echo(ns: &Path, to: &str) -> bool {
-    let to: SocketAddr = to.parse().unwrap();
-    in_netns(ns, || {
-        let any = if to.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" };
-        let s = UdpSocket::bind(any).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
-        s.send_to(b"ping", to).unwrap();
-        let mut buf = [0u8; 16];
-        matches!(s.recv_from(&mut buf), Ok((4, _)))
-    })
-}
 
 /// One ICMP echo request from inside `ns` over a raw socket (no `ping` binary needed):
 /// true when the matching reply arrives within 2 s.
@@ -158,11 +136,11 @@ fn real_flows_are_allowed_and_dropped_as_both_ends_say() {
     let _servers = Servers::start(b_ns.clone(), &[80, 81, 8080], &[53, 54]);
     // Allowed at both ends; the replies pass both to-container/from-container by conntrack.
     assert!(tcp_echo(&a_ns, "10.1.0.11:80"), "tcp 80");
-    assert!(udp_echo(&a_ns, "10.1.0.11:53"), "udp 53");
+    assert!(udp_echo(&a_ns, "10.1.0.11:53").is_some(), "udp 53");
     assert!(ping(&a_ns, B), "ping A -> B");
     // A's egress has no rule for 81 / 54: dropped as A sends them.
     assert!(!tcp_echo(&a_ns, "10.1.0.11:81"), "tcp 81");
-    assert!(!udp_echo(&a_ns, "10.1.0.11:54"), "udp 54");
+    assert!(udp_echo(&a_ns, "10.1.0.11:54").is_none(), "udp 54");
     // B's ingress has no rule for 8080: dropped on the way into B.
     assert!(!tcp_echo(&a_ns, "10.1.0.11:8080"), "tcp 8080");
     // B may not start anything toward A (its egress is empty), not even a ping.
@@ -225,7 +203,7 @@ fn a_pod_that_spoofs_its_source_gets_nowhere_and_detach_restores_the_plain_path(
         Path::new("/run/netns").join(&n.eps[1].env.netns),
     );
     let _servers = Servers::start(b_ns, &[], &[53]);
-    assert!(udp_echo(&a_ns, "10.1.0.11:53"));
+    assert!(udp_echo(&a_ns, "10.1.0.11:53").is_some());
     // A takes a second address it was not given and sends from it.
     n.eps[0]
         .env
@@ -251,7 +229,7 @@ fn a_pod_that_spoofs_its_source_gets_nowhere_and_detach_restores_the_plain_path(
         || tcx_progs(&node_ns, "h1").is_empty().then_some(()),
     );
     assert_eq!(tcx_progs(&node_ns, "h2"), ON_VETH);
-    assert!(udp_echo(&a_ns, "10.1.0.11:53"));
+    assert!(udp_echo(&a_ns, "10.1.0.11:53").is_some());
     // Tearing an endpoint's pin directory down detaches its tc programs too.
     n.eps[1].dp.teardown().unwrap();
     membrane_test_support::wait_until(
@@ -293,7 +271,7 @@ fn ipv6_flows_pass_and_drop_and_neighbour_discovery_gets_through() {
     );
     let _servers = Servers::start(b_ns, &[80, 81], &[53]);
     assert!(tcp_echo(&a_ns, "[fd00:1::11]:80"), "tcp6 80");
-    assert!(udp_echo(&a_ns, "[fd00:1::11]:53"), "udp6 53");
+    assert!(udp_echo(&a_ns, "[fd00:1::11]:53").is_some(), "udp6 53");
     assert!(!tcp_echo(&a_ns, "[fd00:1::11]:81"), "tcp6 81: B's ingress");
     // The same over IPv4 through the same sockets.
     assert!(tcp_echo(&a_ns, "10.1.0.11:80"), "tcp 80");

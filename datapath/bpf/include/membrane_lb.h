@@ -39,7 +39,7 @@ struct mb_lb_svc_key {
 	__u16 port;   /* frontend port, host order */
 	__u8 proto;   /* IPPROTO_TCP or IPPROTO_UDP */
 	__u8 scope;   /* MB_LB_SCOPE_* */
-	__u8 family;  /* MB_AF_INET or MB_AF_INET6; NodePort: MB_AF_INET */
+	__u8 family;  /* MB_AF_INET or MB_AF_INET6 (tc translates both); NodePort: MB_AF_INET */
 	__u8 pad[3];
 };
 
@@ -94,7 +94,7 @@ struct mb_lb_flow {
 	__u8 flags;          /* MB_LB_FLOW_* */
 	__u32 backend_id;
 	__u32 rev_nat_id;
-	__u32 snat_ip;       /* MB_LB_FLOW_SNAT: the new source address (IPv4) */
+	__u32 snat_ip[4];    /* MB_LB_FLOW_SNAT: the new source address */
 	__u16 snat_port;     /* ... and port, host order */
 	__u16 pad;
 };
@@ -102,7 +102,7 @@ struct mb_lb_flow {
 /* Value of mb_lb_rev: how a reply (keyed by its own tuple) is translated back. */
 struct mb_lb_rev {
 	__u32 rev_nat_id;   /* the reply's new source: the frontend in mb_lb_rnat */
-	__u32 client_ip;    /* MB_LB_FLOW_SNAT: the reply's new destination (IPv4) */
+	__u32 client_ip[4]; /* MB_LB_FLOW_SNAT: the reply's new destination */
 	__u16 client_port;  /* ... and port, host order */
 	__u8 flags;         /* MB_LB_FLOW_* */
 	__u8 pad;

@@ -58,6 +58,14 @@ static __always_inline int mb_addr_eq(const __u32 a[4], const __u32 b[4])
 	return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3];
 }
 
+static __always_inline void mb_ip_copy(__u32 dst[4], const __u32 src[4])
+{
+	dst[0] = src[0];
+	dst[1] = src[1];
+	dst[2] = src[2];
+	dst[3] = src[3];
+}
+
 char _license[] SEC("license") = "Dual BSD/GPL";
 
 #endif /* MB_COMMON_H */

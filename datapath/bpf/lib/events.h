@@ -60,14 +60,6 @@ struct {
 /* At most one sk_msg miss record per CPU per this many ns. */
 #define MB_EVENT_RL_NS 10000000ULL
 
-static __always_inline void mb_ip_copy(__u32 dst[4], const __u32 src[4])
-{
-	dst[0] = src[0];
-	dst[1] = src[1];
-	dst[2] = src[2];
-	dst[3] = src[3];
-}
-
 /*
  * Stamp and queue a record; a full buffer loses it (never blocks). Not
  * inlined: one copy per object, and its prototype puts struct mb_event in

@@ -11,9 +11,14 @@
  * client's from the reverse NAT id its conntrack entry keeps (Cilium's
  * shape), every other client's from mb_lb_rev.
  *
- * IPv4 TCP and UDP are translated; fragments, other protocols and IPv6 pass
- * untouched (the maps take IPv6 frontends for the socket LB's sake, tc does
- * not translate them yet). Checksums are fixed incrementally.
+ * TCP and UDP are translated, IPv4 and IPv6 alike on a pod's veth
+ * (ClusterIP, reverse NAT, hairpin); the node's own and the underlay's
+ * clients (lib/nodeport.h) are IPv4 only, NodePort being served on
+ * node_ip4. Fragments, other protocols, and IPv6 packets with a Routing
+ * header or AH (the L4 pseudo-header's destination is the routing header's
+ * last address; AH would no longer verify) pass untouched. Checksums are
+ * fixed incrementally: IPv4's header checksum and the L4 checksum's
+ * pseudo-header; IPv6 has only the latter.
  *
  * Entry points (return: MB_LB_CONTINUE = go on, untouched;
  * MB_LB_TRANSLATED = go on, the packet was rewritten (parse it again);
@@ -35,6 +40,7 @@
 #include <stddef.h>
 #include <linux/if_ether.h>
 #include <linux/ip.h>
+#include <linux/ipv6.h>
 #include <linux/pkt_cls.h>
 
 #include "common.h"
@@ -76,6 +82,30 @@ struct {
 	__type(value, struct mb_lb_svc_value);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } mb_lb_svc SEC(".maps");
+
+/*
+ * mb_lb_ports: the ports some frontend has, one bit per port (any
+ * protocol, address and scope). Most packets a pod or the underlay sends
+ * are to no frontend (every reply, every connect the socket LB translated
+ * already); their port's bit is clear, so they skip the mb_lb_svc lookup,
+ * whose miss reads a random bucket and walks frontends / buckets entries
+ * on average (cold cache lines under load): the cost that grew with the
+ * number of services is then paid only by packets to a frontend's port.
+ *   key:    __u32 word, port / 32 (0 .. 2047)
+ *   value:  __u32, bit port % 32 set while some frontend has that port
+ *   writer: the agent (sync_services): a bit is set before the first
+ *           frontend with its port is written and cleared after the last
+ *           one is deleted, so no frontend is ever hidden; a stale set bit
+ *           only costs the lookup every packet made before.
+ *   readers: mb_lb_flow_get (an array: the verifier inlines the lookup).
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2048);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mb_lb_ports SEC(".maps");
 
 /*
  * mb_lb_slots: the backends of a slot set, slot by slot.
@@ -284,24 +314,25 @@ static __always_inline int mb_lb_parse4(struct __sk_buff *skb, struct mb_lb_pkt 
 
 /*
  * The same from a tuple the caller parsed already (bpf_lxc.c's mb_parse:
- * `l4_off` where its L4 header starts, `first_frag` the first fragment of
- * several), so a pod's packets are read once: -1 when it is no IPv4 TCP or
- * UDP packet the LB translates.
+ * `l4_off` where its L4 header starts, after any IPv6 extension headers;
+ * `untranslatable` set for the first fragment of several and an IPv6
+ * packet with a Routing header or AH), so a pod's packets are read once:
+ * -1 when it is no IPv4 or IPv6 TCP or UDP packet the LB translates.
  */
-static __always_inline int mb_lb_pkt_of(const struct mb_ct_key *t, __u32 l4_off, int first_frag,
-					struct mb_lb_pkt *p)
+static __always_inline int mb_lb_pkt_of(const struct mb_ct_key *t, __u32 l4_off,
+					int untranslatable, struct mb_lb_pkt *p)
 {
-	if (t->family != MB_AF_INET || first_frag ||
+	if ((t->family != MB_AF_INET && t->family != MB_AF_INET6) || untranslatable ||
 	    (t->proto != IPPROTO_TCP && t->proto != IPPROTO_UDP))
 		return -1;
 	p->l4_off = l4_off;
 	p->csum_off = l4_off + (t->proto == IPPROTO_TCP ? 16 : 6);
-	p->t.saddr[0] = t->src_ip[0];
-	p->t.daddr[0] = t->dst_ip[0];
+	mb_ip_copy(p->t.saddr, t->src_ip);
+	mb_ip_copy(p->t.daddr, t->dst_ip);
 	p->t.sport = t->src_port;
 	p->t.dport = t->dst_port;
 	p->t.proto = t->proto;
-	p->t.family = MB_AF_INET;
+	p->t.family = t->family;
 	return 0;
 }
 
@@ -311,23 +342,59 @@ static __always_inline __u64 mb_lb_l4_flags(const struct mb_lb_pkt *p)
 	return p->t.proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
 }
 
-/* Rewrite the source (dst = 0) or destination (dst = 1) address and port. */
-MB_LB_SUBPROG int mb_lb_rewrite(struct __sk_buff *skb, struct mb_lb_pkt *p, int dst,
-					 __u32 ip, __u16 port)
+/* A new address into an IPv4 header: both checksums (the L4 one through its pseudo-header). */
+static __always_inline int mb_lb_rewrite_ip4(struct __sk_buff *skb, const struct mb_lb_pkt *p,
+					     int dst, __u32 old_ip, __u32 ip)
 {
-	__u32 ip_off = ETH_HLEN + (dst ? offsetof(struct iphdr, daddr) : offsetof(struct iphdr, saddr));
-	__u32 old_ip = dst ? p->t.daddr[0] : p->t.saddr[0];
+	__u32 off = ETH_HLEN + (dst ? offsetof(struct iphdr, daddr) : offsetof(struct iphdr, saddr));
+
+	if (bpf_l4_csum_replace(skb, p->csum_off, old_ip, ip,
+				mb_lb_l4_flags(p) | BPF_F_PSEUDO_HDR | sizeof(ip)) < 0 ||
+	    bpf_l3_csum_replace(skb, ETH_HLEN + offsetof(struct iphdr, check), old_ip, ip,
+				sizeof(ip)) < 0 ||
+	    bpf_skb_store_bytes(skb, off, &ip, sizeof(ip), 0) < 0)
+		return -MB_DROP_LB_REWRITE;
+	return MB_LB_CONTINUE;
+}
+
+/* A new address into an IPv6 header: no header checksum; the L4 checksum's
+ * pseudo-header takes the difference of the 16 bytes. */
+static __always_inline int mb_lb_rewrite_ip6(struct __sk_buff *skb, const struct mb_lb_pkt *p,
+					     int dst, const __u32 *old_ip, const __u32 *ip)
+{
+	__u32 off = ETH_HLEN + (dst ? offsetof(struct ipv6hdr, daddr)
+				    : offsetof(struct ipv6hdr, saddr));
+	__s64 diff;
+
+	diff = bpf_csum_diff((__be32 *)old_ip, 16, (__be32 *)ip, 16, 0);
+	if (diff < 0 ||
+	    bpf_l4_csum_replace(skb, p->csum_off, 0, (__u32)diff,
+				mb_lb_l4_flags(p) | BPF_F_PSEUDO_HDR) < 0 ||
+	    bpf_skb_store_bytes(skb, off, ip, 16, 0) < 0)
+		return -MB_DROP_LB_REWRITE;
+	return MB_LB_CONTINUE;
+}
+
+/*
+ * Rewrite the source (dst = 0) or destination (dst = 1) address (`ip`, of
+ * the packet's family: IPv4 in ip[0]) and port.
+ */
+MB_LB_SUBPROG int mb_lb_rewrite(struct __sk_buff *skb, struct mb_lb_pkt *p, int dst,
+				const __u32 *ip, __u16 port)
+{
+	__u32 *old_ip = dst ? p->t.daddr : p->t.saddr;
 	__u16 old_port = bpf_htons(dst ? p->t.dport : p->t.sport);
 	__u16 new_port = bpf_htons(port);
+	int ret = MB_LB_CONTINUE;
 
-	if (old_ip != ip) {
-		if (bpf_l4_csum_replace(skb, p->csum_off, old_ip, ip,
-					mb_lb_l4_flags(p) | BPF_F_PSEUDO_HDR | sizeof(ip)) < 0 ||
-		    bpf_l3_csum_replace(skb, ETH_HLEN + offsetof(struct iphdr, check), old_ip, ip,
-					sizeof(ip)) < 0 ||
-		    bpf_skb_store_bytes(skb, ip_off, &ip, sizeof(ip), 0) < 0)
-			return -MB_DROP_LB_REWRITE;
+	if (p->t.family == MB_AF_INET6) {
+		if (!mb_addr_eq(old_ip, ip))
+			ret = mb_lb_rewrite_ip6(skb, p, dst, old_ip, ip);
+	} else if (old_ip[0] != ip[0]) {
+		ret = mb_lb_rewrite_ip4(skb, p, dst, old_ip[0], ip[0]);
 	}
+	if (ret < 0)
+		return ret;
 	if (old_port != new_port) {
 		if (bpf_l4_csum_replace(skb, p->csum_off, old_port, new_port,
 					mb_lb_l4_flags(p) | sizeof(new_port)) < 0 ||
@@ -335,13 +402,11 @@ MB_LB_SUBPROG int mb_lb_rewrite(struct __sk_buff *skb, struct mb_lb_pkt *p, int 
 					0) < 0)
 			return -MB_DROP_LB_REWRITE;
 	}
-	if (dst) {
-		p->t.daddr[0] = ip;
+	mb_ip_copy(old_ip, ip);
+	if (dst)
 		p->t.dport = port;
-	} else {
-		p->t.saddr[0] = ip;
+	else
 		p->t.sport = port;
-	}
 	return MB_LB_CONTINUE;
 }
 
@@ -385,8 +450,8 @@ MB_LB_SUBPROG int mb_lb_select(const struct mb_lb_svc_value *svc, const struct m
 #define MB_LB_FLOW_NEW 2   /* a new flow to a frontend: a backend chosen */
 
 /*
- * The backend of a flow to the frontend (key_ip, the tuple's port and
- * protocol, scope): the one the flow remembers, or a new one chosen for
+ * The backend of a flow to the frontend (key_ip, of the tuple's family;
+ * the tuple's port and protocol; scope): the one the flow remembers, or a new one chosen for
  * it. The frontend is looked up first, as Cilium does: mb_lb_svc is small
  * and its hot entries stay in cache, while mb_lb_flows is an LRU as large
  * as conntrack, so a packet to no frontend (most of them: pods whose
@@ -394,23 +459,28 @@ MB_LB_SUBPROG int mb_lb_select(const struct mb_lb_svc_value *svc, const struct m
  * of a cold walk of that table. A frontend deleted takes its flows with
  * it (their packets pass untranslated); one whose backends change keeps
  * them. A new flow is not remembered yet: the caller commits it with its
- * reverse entry.
+ * reverse entry. A packet to a port no frontend has (mb_lb_ports) is no
+ * service's without that lookup either.
  */
-MB_LB_SUBPROG int mb_lb_flow_get(const struct mb_lb_tuple *t, __u32 key_ip, __u32 scope,
+MB_LB_SUBPROG int mb_lb_flow_get(const struct mb_lb_tuple *t, const __u32 *key_ip, __u32 scope,
 				 struct mb_lb_flow *out)
 {
 	struct mb_lb_svc_value *svc;
 	struct mb_lb_svc_key key = {};
 	struct mb_lb_backend *be;
 	struct mb_lb_flow *f;
-	__u32 id = 0;
+	__u32 id = 0, word = t->dport >> 5;
+	__u32 *bits;
 	int ret;
 
-	key.ip[0] = key_ip;
+	bits = bpf_map_lookup_elem(&mb_lb_ports, &word);
+	if (!bits || !(*bits & (1U << (t->dport & 31))))
+		return MB_LB_FLOW_NONE;
+	mb_ip_copy(key.ip, key_ip);
 	key.port = t->dport;
 	key.proto = t->proto;
 	key.scope = scope;
-	key.family = MB_AF_INET;
+	key.family = t->family;
 	svc = bpf_map_lookup_elem(&mb_lb_svc, &key);
 	if (!svc)
 		return MB_LB_FLOW_NONE;
@@ -423,12 +493,12 @@ MB_LB_SUBPROG int mb_lb_flow_get(const struct mb_lb_tuple *t, __u32 key_ip, __u3
 	if (ret < 0)
 		return ret;
 	be = bpf_map_lookup_elem(&mb_lb_backends, &id);
-	if (!be || be->family != MB_AF_INET)
+	if (!be || be->family != t->family)
 		return -MB_DROP_LB_BACKEND_GONE;
 	__builtin_memset(out, 0, sizeof(*out));
-	out->backend_ip[0] = be->ip[0];
+	mb_ip_copy(out->backend_ip, be->ip);
 	out->backend_port = be->port;
-	out->family = MB_AF_INET;
+	out->family = t->family;
 	out->backend_id = id;
 	out->rev_nat_id = svc->rev_nat_id;
 	return MB_LB_FLOW_NEW;
@@ -439,17 +509,17 @@ static __always_inline void mb_lb_reply_tuple(const struct mb_lb_tuple *t,
 					      const struct mb_lb_flow *f, struct mb_lb_tuple *r)
 {
 	__builtin_memset(r, 0, sizeof(*r));
-	r->saddr[0] = f->backend_ip[0];
+	mb_ip_copy(r->saddr, f->backend_ip);
 	r->sport = f->backend_port;
 	if (f->flags & MB_LB_FLOW_SNAT) {
-		r->daddr[0] = f->snat_ip;
+		mb_ip_copy(r->daddr, f->snat_ip);
 		r->dport = f->snat_port;
 	} else {
-		r->daddr[0] = t->saddr[0];
+		mb_ip_copy(r->daddr, t->saddr);
 		r->dport = t->sport;
 	}
 	r->proto = t->proto;
-	r->family = MB_AF_INET;
+	r->family = t->family;
 }
 
 /* Remember a new flow and how its replies translate back. */
@@ -461,7 +531,7 @@ MB_LB_SUBPROG int mb_lb_flow_commit(const struct mb_lb_tuple *t,
 
 	mb_lb_reply_tuple(t, f, &r);
 	rv.rev_nat_id = f->rev_nat_id;
-	rv.client_ip = t->saddr[0];
+	mb_ip_copy(rv.client_ip, t->saddr);
 	rv.client_port = t->sport;
 	rv.flags = f->flags;
 	/* SNAT: the reverse entry is the port reservation, taken only if free. */
@@ -478,13 +548,17 @@ MB_LB_SUBPROG int mb_lb_rev_apply(struct __sk_buff *skb, struct mb_lb_pkt *p,
 {
 	struct mb_addr_port *front;
 	__u32 rid = rv->rev_nat_id;
-	__u32 ip;
+	__u32 ip[4] = {};
 	int ret;
 
 	front = bpf_map_lookup_elem(&mb_lb_rnat, &rid);
-	if (!front)
-		return MB_LB_CONTINUE; /* the service is gone: nothing to answer as */
-	ip = front->ip[0] ? front->ip[0] : node_ip4;
+	/* The service is gone (nothing to answer as), or the id was reused
+	 * for a frontend of the other family since. */
+	if (!front || front->family != p->t.family)
+		return MB_LB_CONTINUE;
+	mb_ip_copy(ip, front->ip);
+	if (front->family == MB_AF_INET && !ip[0])
+		ip[0] = node_ip4;
 	ret = mb_lb_rewrite(skb, p, 0, ip, front->port);
 	if (ret == MB_LB_CONTINUE && (rv->flags & MB_LB_FLOW_SNAT))
 		ret = mb_lb_rewrite(skb, p, 1, rv->client_ip, rv->client_port);
@@ -493,8 +567,8 @@ MB_LB_SUBPROG int mb_lb_rev_apply(struct __sk_buff *skb, struct mb_lb_pkt *p,
 
 /*
  * A pod's packet to a ClusterIP frontend: DNAT to the flow's backend; `out`
- * (the packet's conntrack tuple as parsed, `l4_off` and `first_frag` as
- * mb_lb_pkt_of takes them) gets the addresses and ports it leaves with,
+ * (the packet's conntrack tuple as parsed, `l4_off` and `untranslatable`
+ * as mb_lb_pkt_of takes them) gets the addresses and ports it leaves with,
  * *rev_nat_id = the frontend's reverse
  * NAT id for the flow's conntrack entry (replies are translated back from
  * it in to-container, mb_lb_rev_nat), 0 when the replies come back some
@@ -505,21 +579,21 @@ MB_LB_SUBPROG int mb_lb_rev_apply(struct __sk_buff *skb, struct mb_lb_pkt *p,
  * pod flow with an mb_lb_rev entry.
  */
 MB_LB_SUBPROG int mb_lb_from_container(struct __sk_buff *skb, struct mb_ct_key *out,
-				       __u32 l4_off, int first_frag, __u32 *rev_nat_id)
+				       __u32 l4_off, int untranslatable, __u32 *rev_nat_id)
 {
 	struct mb_lb_pkt p = {};
 	struct mb_lb_flow f;
 	int ret;
 
-	if (mb_lb_pkt_of(out, l4_off, first_frag, &p) < 0)
+	if (mb_lb_pkt_of(out, l4_off, untranslatable, &p) < 0)
 		return MB_LB_CONTINUE;
-	ret = mb_lb_flow_get(&p.t, p.t.daddr[0], MB_LB_SCOPE_CLUSTER, &f);
+	ret = mb_lb_flow_get(&p.t, p.t.daddr, MB_LB_SCOPE_CLUSTER, &f);
 	if (ret == MB_LB_FLOW_NONE || ret < 0)
 		return ret < 0 ? ret : MB_LB_CONTINUE;
 	if (ret == MB_LB_FLOW_NEW) {
-		if (f.backend_ip[0] == p.t.saddr[0]) {
+		if (mb_addr_eq(f.backend_ip, p.t.saddr)) {
 			f.flags |= MB_LB_FLOW_SNAT;
-			f.snat_ip = p.t.daddr[0];
+			mb_ip_copy(f.snat_ip, p.t.daddr);
 			f.snat_port = p.t.sport;
 			ret = mb_lb_flow_commit(&p.t, &f, BPF_ANY);
 			if (ret < 0)
@@ -528,13 +602,13 @@ MB_LB_SUBPROG int mb_lb_from_container(struct __sk_buff *skb, struct mb_ct_key *
 			bpf_map_update_elem(&mb_lb_flows, &p.t, &f, BPF_ANY);
 		}
 	}
-	ret = mb_lb_rewrite(skb, &p, 1, f.backend_ip[0], f.backend_port);
+	ret = mb_lb_rewrite(skb, &p, 1, f.backend_ip, f.backend_port);
 	if (ret == MB_LB_CONTINUE && (f.flags & MB_LB_FLOW_SNAT))
 		ret = mb_lb_rewrite(skb, &p, 0, f.snat_ip, f.snat_port);
 	if (ret < 0)
 		return ret;
-	out->src_ip[0] = p.t.saddr[0];
-	out->dst_ip[0] = p.t.daddr[0];
+	mb_ip_copy(out->src_ip, p.t.saddr);
+	mb_ip_copy(out->dst_ip, p.t.daddr);
 	out->src_port = p.t.sport;
 	out->dst_port = p.t.dport;
 	*rev_nat_id = (f.flags & MB_LB_FLOW_SNAT) ? 0 : f.rev_nat_id;
@@ -567,44 +641,46 @@ MB_LB_SUBPROG int mb_lb_hairpin(const struct mb_ct_key *t, struct mb_ct_key *sen
 	struct mb_lb_flow *f;
 	struct mb_lb_rev *rv;
 
-	if (t->family != MB_AF_INET || (t->proto != IPPROTO_TCP && t->proto != IPPROTO_UDP))
+	if ((t->family != MB_AF_INET && t->family != MB_AF_INET6) ||
+	    (t->proto != IPPROTO_TCP && t->proto != IPPROTO_UDP))
 		return MB_LB_HAIRPIN_NONE;
-	k.saddr[0] = t->dst_ip[0];
-	k.daddr[0] = t->src_ip[0];
+	mb_ip_copy(k.saddr, t->dst_ip);
+	mb_ip_copy(k.daddr, t->src_ip);
 	k.sport = t->dst_port;
 	k.dport = t->src_port;
 	k.proto = t->proto;
-	k.family = MB_AF_INET;
+	k.family = t->family;
 	rv = bpf_map_lookup_elem(&mb_lb_rev, &k);
 	if (rv && (rv->flags & (MB_LB_FLOW_SNAT | MB_LB_FLOW_EXTERNAL)) == MB_LB_FLOW_SNAT &&
-	    rv->client_ip == t->dst_ip[0])
+	    mb_addr_eq(rv->client_ip, t->dst_ip))
 		return MB_LB_HAIRPIN_REQUEST;
 	f = bpf_map_lookup_elem(&mb_lb_flows, &k);
 	if (!f || (f->flags & (MB_LB_FLOW_SNAT | MB_LB_FLOW_EXTERNAL)) != MB_LB_FLOW_SNAT ||
-	    f->backend_ip[0] != t->dst_ip[0] || f->snat_ip != t->src_ip[0])
+	    !mb_addr_eq(f->backend_ip, t->dst_ip) || !mb_addr_eq(f->snat_ip, t->src_ip))
 		return MB_LB_HAIRPIN_NONE;
 	__builtin_memset(sent, 0, sizeof(*sent));
-	sent->src_ip[0] = f->snat_ip;
+	mb_ip_copy(sent->src_ip, f->snat_ip);
 	sent->src_port = f->snat_port;
-	sent->dst_ip[0] = f->backend_ip[0];
+	mb_ip_copy(sent->dst_ip, f->backend_ip);
 	sent->dst_port = f->backend_port;
 	sent->proto = t->proto;
-	sent->family = MB_AF_INET;
+	sent->family = t->family;
 	return MB_LB_HAIRPIN_REPLY;
 }
 
 /*
  * A reply toward a client pod of a flow translated to a backend: the
  * frontend (reverse NAT id `rev_nat_id`, from the flow's conntrack entry)
- * becomes its source (`t`, `l4_off`, `first_frag`: the packet as parsed). A frontend deleted since leaves it untouched.
+ * becomes its source (`t`, `l4_off`, `untranslatable`: the packet as
+ * parsed, mb_lb_pkt_of). A frontend deleted since leaves it untouched.
  */
 MB_LB_SUBPROG int mb_lb_rev_nat(struct __sk_buff *skb, const struct mb_ct_key *t, __u32 l4_off,
-				int first_frag, __u32 rev_nat_id)
+				int untranslatable, __u32 rev_nat_id)
 {
 	struct mb_lb_pkt p = {};
 	struct mb_lb_rev rv = {};
 
-	if (mb_lb_pkt_of(t, l4_off, first_frag, &p) < 0)
+	if (mb_lb_pkt_of(t, l4_off, untranslatable, &p) < 0)
 		return MB_LB_CONTINUE;
 	rv.rev_nat_id = rev_nat_id;
 	return mb_lb_rev_apply(skb, &p, &rv, 0);

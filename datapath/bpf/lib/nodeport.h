@@ -110,7 +110,7 @@ static __always_inline int mb_lb_snat_commit(const struct mb_lb_tuple *t, struct
 	int i;
 
 	f->flags |= MB_LB_FLOW_SNAT;
-	f->snat_ip = node_ip4;
+	f->snat_ip[0] = node_ip4;
 	f->snat_port = t->sport;
 	for (i = 0; i < MB_LB_SNAT_TRIES; i++) {
 		if (mb_lb_flow_commit(t, f, BPF_NOEXIST) == MB_LB_CONTINUE)
@@ -147,8 +147,8 @@ static __always_inline int mb_lb_tunneled(__u32 backend_ip4, __u32 *mtu)
  * sent through the tunnel (an underlay client's, overlay modes) or out by
  * the FIB. MB_LB_CONTINUE when it is no frontend's.
  */
-MB_LB_SUBPROG int mb_lb_external(struct __sk_buff *skb, struct mb_lb_pkt *p, __u32 key_ip,
-				 __u32 scope, __u32 node_ip4, int snat)
+MB_LB_SUBPROG int mb_lb_external(struct __sk_buff *skb, struct mb_lb_pkt *p,
+				 const __u32 *key_ip, __u32 scope, __u32 node_ip4, int snat)
 {
 	struct mb_endpoint_value *ep;
 	struct mb_lb_flow f;
@@ -174,7 +174,7 @@ MB_LB_SUBPROG int mb_lb_external(struct __sk_buff *skb, struct mb_lb_pkt *p, __u
 		if (ret < 0)
 			return ret;
 	}
-	ret = mb_lb_rewrite(skb, p, 1, f.backend_ip[0], f.backend_port);
+	ret = mb_lb_rewrite(skb, p, 1, f.backend_ip, f.backend_port);
 	if (ret < 0)
 		return ret;
 	if (f.flags & MB_LB_FLOW_SNAT) {
@@ -198,6 +198,7 @@ MB_LB_SUBPROG int mb_lb_external(struct __sk_buff *skb, struct mb_lb_pkt *p, __u
 MB_LB_SUBPROG int mb_lb_from_netdev(struct __sk_buff *skb, __u32 node_ip4)
 {
 	struct mb_lb_pkt p = {};
+	__u32 any[4] = {};
 	struct mb_lb_rev *rv;
 	int ret;
 
@@ -211,9 +212,9 @@ MB_LB_SUBPROG int mb_lb_from_netdev(struct __sk_buff *skb, __u32 node_ip4)
 				return ret;
 			return mb_lb_fib_redirect(skb, &p);
 		}
-		return mb_lb_external(skb, &p, 0, MB_LB_SCOPE_NODEPORT, node_ip4, 1);
+		return mb_lb_external(skb, &p, any, MB_LB_SCOPE_NODEPORT, node_ip4, 1);
 	}
-	return mb_lb_external(skb, &p, p.t.daddr[0], MB_LB_SCOPE_CLUSTER, node_ip4, 1);
+	return mb_lb_external(skb, &p, p.t.daddr, MB_LB_SCOPE_CLUSTER, node_ip4, 1);
 }
 
 /*
@@ -228,7 +229,7 @@ MB_LB_SUBPROG int mb_lb_from_host(struct __sk_buff *skb, __u32 node_ip4)
 
 	if (mb_lb_parse4(skb, &p) < 0)
 		return MB_LB_CONTINUE;
-	return mb_lb_external(skb, &p, p.t.daddr[0], MB_LB_SCOPE_CLUSTER, node_ip4, 0);
+	return mb_lb_external(skb, &p, p.t.daddr, MB_LB_SCOPE_CLUSTER, node_ip4, 0);
 }
 
 /*
@@ -239,16 +240,18 @@ MB_LB_SUBPROG int mb_lb_from_host(struct __sk_buff *skb, __u32 node_ip4)
  * source, sent out by the FIB (routed normally, a packet from the node's
  * own address would be a martian; one to the host goes up the stack).
  * Plain ClusterIP replies are left to the client's to-container. `t`,
- * `l4_off`, `first_frag`: the packet as parsed (mb_lb_pkt_of).
+ * `l4_off`, `untranslatable`: the packet as parsed (mb_lb_pkt_of). IPv6:
+ * hairpin only (no client outside the node's pods reaches an IPv6
+ * frontend through this node's tc).
  */
 MB_LB_SUBPROG int mb_lb_reply_from_container(struct __sk_buff *skb, const struct mb_ct_key *t,
-					     __u32 l4_off, int first_frag, __u32 node_ip4)
+					     __u32 l4_off, int untranslatable, __u32 node_ip4)
 {
 	struct mb_lb_pkt p = {};
 	struct mb_lb_rev *rv;
 	int ret;
 
-	if (mb_lb_pkt_of(t, l4_off, first_frag, &p) < 0)
+	if (mb_lb_pkt_of(t, l4_off, untranslatable, &p) < 0)
 		return MB_LB_CONTINUE;
 	rv = bpf_map_lookup_elem(&mb_lb_rev, &p.t);
 	if (!rv)
@@ -258,8 +261,9 @@ MB_LB_SUBPROG int mb_lb_reply_from_container(struct __sk_buff *skb, const struct
 			return MB_LB_CONTINUE;
 		return mb_lb_rev_apply(skb, &p, rv, node_ip4);
 	}
-	/* A remote backend's replies arrive on the underlay, never here. */
-	if (rv->flags & MB_LB_FLOW_SNAT)
+	/* A remote backend's replies arrive on the underlay, never here; the
+	 * FIB redirect below is IPv4's. */
+	if ((rv->flags & MB_LB_FLOW_SNAT) || p.t.family != MB_AF_INET)
 		return MB_LB_CONTINUE;
 	ret = mb_lb_rev_apply(skb, &p, rv, node_ip4);
 	return ret < 0 ? ret : mb_lb_fib_redirect(skb, &p);

@@ -62,7 +62,11 @@ enum mb_pkt_kind {
 };
 
 /* mb_pkt.flags */
-#define MB_PKT_F_FIRST_FRAG 1 /* IPv4: the first fragment of several (more follow) */
+#define MB_PKT_F_FIRST_FRAG 1 /* the first fragment of several (more follow) */
+#define MB_PKT_F_IP6_ROUTED 2 /* IPv6 with a Routing header or AH: the LB leaves its addresses */
+/* What the service LB (lib/lb.h) does not translate: a first fragment (the
+ * others carry no ports), a routed or authenticated IPv6 packet. */
+#define MB_PKT_F_LB_SKIP (MB_PKT_F_FIRST_FRAG | MB_PKT_F_IP6_ROUTED)
 
 struct mb_pkt {
 	struct mb_ct_key t;     /* the packet's tuple (scope fields zero) */
@@ -157,9 +161,11 @@ static __always_inline int mb_parse_ip4(struct __sk_buff *skb, __u32 off, struct
 }
 
 /* The IPv6 header at `off` and its extension headers. `walk`: 0 for the
- * header an ICMPv6 error quotes (its extension headers are not walked). */
+ * header an ICMPv6 error quotes (its extension headers are not walked).
+ * *frag as mb_parse_ip4's; *flags gets MB_PKT_F_IP6_ROUTED for a Routing
+ * header or AH. */
 static __always_inline int mb_parse_ip6(struct __sk_buff *skb, __u32 off, struct mb_ct_key *t,
-					__u32 *l4, int *frag, int walk)
+					__u32 *l4, int *frag, __u8 *flags, int walk)
 {
 	struct ipv6hdr ip;
 	__u8 nh;
@@ -186,8 +192,10 @@ static __always_inline int mb_parse_ip6(struct __sk_buff *skb, __u32 off, struct
 		__u16 fo;
 
 		switch (nh) {
-		case IPPROTO_HOPOPTS:
 		case IPPROTO_ROUTING:
+			*flags |= MB_PKT_F_IP6_ROUTED;
+			/* fallthrough */
+		case IPPROTO_HOPOPTS:
 		case IPPROTO_DSTOPTS:
 			if (MB_LOAD(skb, off, h, 2))
 				return MB_RSN_MALFORMED;
@@ -195,6 +203,7 @@ static __always_inline int mb_parse_ip6(struct __sk_buff *skb, __u32 off, struct
 			off += (h[1] + 1) * 8;
 			break;
 		case IPPROTO_AH:
+			*flags |= MB_PKT_F_IP6_ROUTED;
 			if (MB_LOAD(skb, off, h, 2))
 				return MB_RSN_MALFORMED;
 			nh = h[0];
@@ -207,6 +216,8 @@ static __always_inline int mb_parse_ip6(struct __sk_buff *skb, __u32 off, struct
 			off += 8;
 			if (bpf_ntohs(fo) & 0xfff8)
 				*frag = 1;
+			else if (bpf_ntohs(fo) & 1)
+				*frag = 2;
 			break;
 		default:
 			t->proto = nh;
@@ -225,7 +236,7 @@ static __always_inline int mb_parse_ip6(struct __sk_buff *skb, __u32 off, struct
 static __always_inline int mb_parse_quoted(struct __sk_buff *skb, __u32 off, __u8 icmp_proto,
 					   struct mb_ct_key *in)
 {
-	__u8 type = 0, kind = 0, flags = 0;
+	__u8 type = 0, kind = 0, flags = 0, pflags = 0;
 	__u32 l4 = 0;
 	int frag = 0, rc;
 
@@ -233,7 +244,7 @@ static __always_inline int mb_parse_quoted(struct __sk_buff *skb, __u32 off, __u
 	if (icmp_proto == IPPROTO_ICMP)
 		rc = mb_parse_ip4(skb, off, in, &l4, &frag);
 	else
-		rc = mb_parse_ip6(skb, off, in, &l4, &frag, 0);
+		rc = mb_parse_ip6(skb, off, in, &l4, &frag, &pflags, 0);
 	if (rc)
 		return rc;
 	rc = mb_parse_l4(skb, l4, in, &flags, &type, &kind, 1);
@@ -262,7 +273,7 @@ static __always_inline int mb_parse(struct __sk_buff *skb, struct mb_pkt *p)
 		rc = mb_parse_ip4(skb, ETH_HLEN, &p->t, &l4, &frag);
 		break;
 	case ETH_P_IPV6:
-		rc = mb_parse_ip6(skb, ETH_HLEN, &p->t, &l4, &frag, 1);
+		rc = mb_parse_ip6(skb, ETH_HLEN, &p->t, &l4, &frag, &p->flags, 1);
 		break;
 	default:
 		p->kind = MB_PKT_UNKNOWN_L3;

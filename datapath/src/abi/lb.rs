@@ -139,14 +139,14 @@ pub struct MbLbFlow {
     pub backend_id: u32,
     /// The frontend's reverse NAT id.
     pub rev_nat_id: u32,
-    /// `LB_FLOW_SNAT`: the new source address (IPv4, network order).
-    pub snat_ip: u32,
+    /// `LB_FLOW_SNAT`: the new source address words (of `family`).
+    pub snat_ip: [u32; 4],
     /// ... and port, host order.
     pub snat_port: u16,
     /// Explicit padding, zero.
     pub pad: u16,
 }
-const _: () = assert!(size_of::<MbLbFlow>() == 36);
+const _: () = assert!(size_of::<MbLbFlow>() == 48);
 
 /// `struct mb_lb_rev`: how a reply is translated back.
 #[repr(C)]
@@ -154,8 +154,8 @@ const _: () = assert!(size_of::<MbLbFlow>() == 36);
 pub struct MbLbRev {
     /// The frontend (new source) in `mb_lb_rnat`.
     pub rev_nat_id: u32,
-    /// `LB_FLOW_SNAT`: the new destination (IPv4, network order).
-    pub client_ip: u32,
+    /// `LB_FLOW_SNAT`: the new destination's address words.
+    pub client_ip: [u32; 4],
     /// ... and port, host order.
     pub client_port: u16,
     /// `LB_FLOW_*`.
@@ -163,7 +163,7 @@ pub struct MbLbRev {
     /// Explicit padding, zero.
     pub pad: u8,
 }
-const _: () = assert!(size_of::<MbLbRev>() == 12);
+const _: () = assert!(size_of::<MbLbRev>() == 24);
 
 // SAFETY: each type is #[repr(C)], made only of integers and integer arrays,
 // with every padding byte an explicit field (sizes asserted above), so any

@@ -1,8 +1,9 @@
 //! The service maps as a whole desired state: validate everything, then
 //! write in an order where every packet sees a complete frontend (new
-//! backends first, then each changed frontend's new slot set and Maglev
-//! row, then the frontend switched to it, then what nothing names any more
-//! deleted), and read them back.
+//! backends first, the frontends' ports marked, then each changed
+//! frontend's new slot set and Maglev row, then the frontend switched to
+//! it, then what nothing names any more deleted and the ports no frontend
+//! has unmarked), and read them back.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashSet},
@@ -10,7 +11,7 @@ use std::{
     path::Path,
 };
 
-use aya::maps::{HashMap, Map, MapData};
+use aya::maps::{Array, HashMap, Map, MapData};
 
 use super::{maglev, service_name, LbError, LbService};
 use crate::{
@@ -27,7 +28,11 @@ const MAP_SLOTS: &str = "mb_lb_slots";
 const MAP_BACKENDS: &str = "mb_lb_backends";
 const MAP_RNAT: &str = "mb_lb_rnat";
 const MAP_MAGLEV: &str = "mb_lb_maglev";
+const MAP_PORTS: &str = "mb_lb_ports";
 const MAP_ENDPOINTS: &str = "mb_endpoints";
+
+/// Words of `mb_lb_ports`: a bit per port.
+const PORT_WORDS: usize = 2048;
 
 /// Frontends the maps hold (`mb_lb_svc`), with room for nothing else: a
 /// sync never needs two entries for one frontend.
@@ -47,6 +52,7 @@ struct Maps {
     backends: HashMap<MapData, u32, MbLbBackend>,
     rnat: HashMap<MapData, u32, MbAddrPort>,
     maglev: HashMap<MapData, u32, MbLbMaglevRow>,
+    ports: Array<MapData, u32>,
 }
 
 fn open<K: aya::Pod, V: aya::Pod>(
@@ -61,6 +67,24 @@ fn open<K: aya::Pod, V: aya::Pod>(
     HashMap::try_from(Map::HashMap(data)).map_err(map_err(name))
 }
 
+fn open_array(dir: &Path, name: &'static str) -> Result<Array<MapData, u32>> {
+    let path = dir.join(name);
+    if !path.exists() {
+        return Err(LbError::NotLoaded(dir.to_path_buf()));
+    }
+    let data = MapData::from_pin(&path).map_err(map_err(name))?;
+    Array::try_from(Map::Array(data)).map_err(map_err(name))
+}
+
+/// `mb_lb_ports`' words with the bit of every frontend port of `keys` set.
+fn port_words<'a>(keys: impl Iterator<Item = &'a MbLbSvcKey>) -> Vec<u32> {
+    let mut words = vec![0u32; PORT_WORDS];
+    for k in keys {
+        words[usize::from(k.port >> 5)] |= 1 << (k.port & 31);
+    }
+    words
+}
+
 fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> LbError {
     move |source| LbError::Map { name, source }
 }
@@ -73,7 +97,18 @@ impl Maps {
             backends: open(dir, MAP_BACKENDS)?,
             rnat: open(dir, MAP_RNAT)?,
             maglev: open(dir, MAP_MAGLEV)?,
+            ports: open_array(dir, MAP_PORTS)?,
         })
+    }
+
+    /// Make `mb_lb_ports` hold `words`, writing only the words that differ.
+    fn set_ports(&mut self, words: &[u32]) -> Result<()> {
+        for (i, w) in (0u32..).zip(words) {
+            if self.ports.get(&i, 0).map_err(map_err(MAP_PORTS))? != *w {
+                self.ports.set(i, *w, 0).map_err(map_err(MAP_PORTS))?;
+            }
+        }
+        Ok(())
     }
 
     /// The backend ids of a slot set, slot by slot (a missing slot: 0).
@@ -294,6 +329,11 @@ pub fn sync_services(dir: &Path, services: &[LbService], maglev_mode: bool) -> R
         ids.insert(*addr, id);
     }
 
+    // The ports of every frontend wanted or still there, before any new
+    // frontend is written: the programs skip the frontend lookup of a
+    // packet whose port has no bit.
+    m.set_ports(&port_words(want.keys().chain(current.keys())))?;
+
     // 2. Each new or changed frontend: its slot set (and Maglev row) in
     // full, its reverse NAT entry, then the frontend itself.
     let mut written: BTreeMap<(Vec<u32>, u16), u32> = BTreeMap::new();
@@ -360,6 +400,8 @@ pub fn sync_services(dir: &Path, services: &[LbService], maglev_mode: bool) -> R
         let _ = m.rnat.remove(&v.rev_nat_id);
         report.removed += 1;
     }
+    // Only the wanted frontends are left: their ports.
+    m.set_ports(&port_words(want.keys()))?;
 
     // 4. Slot sets and Maglev rows nothing names any more; then backends
     // no slot names (established flows keep their backend's address).

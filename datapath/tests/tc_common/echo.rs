@@ -1,9 +1,10 @@
-//! Echo servers inside a test's network namespace, shared by the packet-path tests.
+//! Echo servers inside a test's network namespace, and their clients, shared by the
+//! packet-path tests.
 
 use std::{
     io::{Read, Write},
-    net::{SocketAddr, TcpListener, UdpSocket},
-    path::PathBuf,
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -82,4 +83,38 @@ impl Drop for Servers {
             let _ = t.join();
         }
     }
+}
+
+/// A TCP echo round trip from inside `ns` (a thread that is in no pod's cgroup: only the
+/// packet path translates or decides): true when it came back.
+pub fn tcp_echo(ns: &Path, to: &str) -> bool {
+    let to: SocketAddr = to.parse().unwrap();
+    super::in_netns(ns, || {
+        let Ok(mut s) = TcpStream::connect_timeout(&to, Duration::from_secs(2)) else {
+            return false;
+        };
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut buf = [0u8; 5];
+        s.write_all(b"hello").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"hello"
+    })
+}
+
+/// A UDP round trip from inside `ns` to `to` without connect (so no socket hook could
+/// translate it), 3 tries: where the answer came from.
+pub fn udp_echo(ns: &Path, to: &str) -> Option<SocketAddr> {
+    let to: SocketAddr = to.parse().unwrap();
+    super::in_netns(ns, || {
+        let any = if to.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" };
+        let s = UdpSocket::bind(any).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let mut buf = [0u8; 16];
+        (0..3).find_map(|_| {
+            s.send_to(b"ping", to).unwrap();
+            match s.recv_from(&mut buf) {
+                Ok((4, from)) => Some(from),
+                _ => None,
+            }
+        })
+    })
 }
