@@ -11,7 +11,8 @@
 //! verify the CA-issued certificate; renewal serves a new certificate to new handshakes
 //! while Envoy's open HTTP/2 connection keeps serving; a sidecar asking for another
 //! identity and one with a forged token are refused, say why, stay unready and serve no
-//! plaintext.
+//! plaintext; a sidecar whose policy comes over membrane-xds's mTLS port presents its
+//! CA-issued certificate there (from memory) and becomes ready.
 
 use super::*;
 
@@ -181,6 +182,13 @@ fn a_certificate_from_the_ca_serves_envoy_both_ways_and_renews() {
     .unwrap();
     let source = env.dir.join("source");
     std::fs::create_dir_all(&source).unwrap();
+    // Pod b-1 runs as b at b's address: the sidecar whose xDS connection presents the
+    // CA-issued certificate (sidecar 3) is that pod.
+    std::fs::write(
+        source.join("pods.yaml"),
+        format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: b-1, namespace: default, labels: {{app: b}}}}\nspec: {{serviceAccountName: b}}\nstatus: {{podIP: {b_addr}}}\n"),
+    )
+    .unwrap();
     let mut xds = Command::new("ip");
     xds.args(["netns", "exec", &b])
         .arg(membrane_test_support::process::sibling_bin(
@@ -244,6 +252,27 @@ fn a_certificate_from_the_ca_serves_envoy_both_ways_and_renews() {
     for (n, flags) in [(0, &extra), (1, &other_id), (2, &forged)] {
         membrane(&mut env, &b, &binary, true, n, "k8s:app=b", &policy, flags);
     }
+
+    // Sidecar 3: policy over xDS from membrane-xds's mTLS port, presenting the
+    // certificate the CA issued it (held in memory only).
+    let mut xds_client = ca_flags(&env.dir, ca, "b-istio-token", &id_b, 3);
+    xds_client.extend(["--capture-inbound".into(), "0.0.0.0:15036".into()]);
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &b]).args(sandbox::AS_SIDECAR);
+    cmd.arg(&binary).arg("standalone");
+    cmd.args(["--listen", "127.0.0.1:15103", "--upstream", "127.0.0.1:9"])
+        .args(["--admin", "127.0.0.1:15203", "--metrics", "127.0.0.1:15303"])
+        .args(["--health", "127.0.0.1:15403", "--xds-address", ca])
+        .arg("--node-id")
+        .arg(format!(
+            "sidecar~{b_addr}~b-1.default~default.svc.cluster.local"
+        ))
+        .arg("--xds-ca")
+        .arg(root_dir.join("ca.pem"))
+        .arg("--xds-cert-from-mesh")
+        .args(&xds_client);
+    membrane_test_support::process::run_args(&["chmod", "-R", "a+rX", env.dir.to_str().unwrap()]);
+    env.spawn(cmd, "membrane-3.log");
 
     // Ready once the certificate is in force; it is the CA's, for b.
     wait_until(
@@ -359,6 +388,16 @@ fn a_certificate_from_the_ca_serves_envoy_both_ways_and_renews() {
         code, "000",
         "sidecar 1 has no certificate to serve mTLS with"
     );
+    // Sidecar 3 got its policy over mTLS with the in-memory certificate: ready (policy
+    // and PeerAuthentication modes in force), and membrane-xds knows it as pod b-1.
+    wait_until(
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        "sidecar 3 ready with policy over mTLS xDS",
+        || (health(&b, 3) == "200").then_some(()),
+    );
+    let syncz = curl(&b, &[&format!("http://{}/debug/syncz", xds.debug())]).1;
+    assert!(syncz.contains("b-1.default"), "{syncz}");
     drop(xds);
     drop(env);
 }
