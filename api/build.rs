@@ -84,6 +84,7 @@ fn main() -> Result<()> {
         "proto/membrane/agent/v1/agent.proto",
         "proto/membrane/mesh/v1/mesh.proto",
         "proto/membrane/observer/v1/observer.proto",
+        "proto/istio/v1/auth/ca.proto",
     ]
     .iter()
     .map(PathBuf::from)
@@ -95,6 +96,9 @@ fn main() -> Result<()> {
         .build_client(true)
         .build_server(true)
         .extern_path(".envoy", "::envoy_types::pb::envoy")
+        // Google's well-known types too (Istio's CA request carries a Struct): the very
+        // types `envoy-types` generated, not `prost-types`, which nothing here links.
+        .compile_well_known_types(true)
         .extern_path(".google", "::envoy_types::pb::google")
         .extern_path(".xds", "::envoy_types::pb::xds")
         .extern_path(".udpa", "::envoy_types::pb::udpa")

@@ -487,6 +487,7 @@ fn main() -> Result<()> {
                     ca,
                     identity: d.xds_cert.clone().zip(d.xds_key.clone()),
                     poll: Duration::from_millis(d.xds_cert_poll_ms),
+                    memory: None,
                 }),
             };
             daemon::run(DaemonConfig {

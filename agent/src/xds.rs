@@ -242,6 +242,7 @@ mod tests {
                 ca: "ca.pem".into(),
                 identity: None,
                 poll: Duration::from_secs(1),
+                memory: None,
             }),
         }
     }

@@ -9,7 +9,8 @@
 //! ([`agent`], [`agent::policy`]), the sidecar's effective PeerAuthentication mode
 //! ([`mesh`]), the one SPIFFE id parser both ends check certificates with ([`spiffe`]), the monitor
 //! event every producer writes and every consumer reads ([`monitor`]) and its network form with the stream's filters ([`observer`]), and the constants the control plane's sidecar injection and the sidecar must agree on
-//! ([`sidecar`]).
+//! ([`sidecar`]), and Istio's certificate service, which the control plane serves and the
+//! sidecar calls ([`istioca`]).
 //!
 //! It depends on `membrane-policy` (whose values it converts), prost, tonic and serde (and
 //! `envoy-types`, whose messages Cilium's embed), and never on a binary's crate: the
@@ -29,6 +30,13 @@ pub mod type_url;
 #[allow(missing_docs, clippy::all)]
 pub mod proto {
     tonic::include_proto!("cilium");
+}
+
+/// Istio's certificate service (`istio.v1.auth.IstioCertificateService`): what a sidecar
+/// calls to get its workload certificate (istiod's CA, or membrane-xds's on 15012).
+#[allow(missing_docs, clippy::all)]
+pub mod istioca {
+    tonic::include_proto!("istio.v1.auth");
 }
 
 /// Protobuf file descriptor sets of the wire formats, for rendering them as proto3 JSON

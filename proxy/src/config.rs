@@ -82,6 +82,16 @@ pub struct Config {
     /// PEM private key for --xds-cert (/etc/certs/key.pem).
     #[arg(long, env = "MEMBRANE_XDS_KEY", requires = "xds_cert")]
     pub xds_key: Option<PathBuf>,
+    /// Present the mesh workload certificate issued by the CA (`--mesh-ca-address`,
+    /// held in memory) to the control plane instead of --xds-cert/--xds-key files; the
+    /// streams reconnect with each renewed certificate.
+    #[arg(
+        long,
+        env = "MEMBRANE_XDS_CERT_FROM_MESH",
+        requires = "xds_ca",
+        conflicts_with = "xds_cert"
+    )]
+    pub xds_cert_from_mesh: bool,
     /// How often --xds-ca/--xds-cert/--xds-key are checked for new content.
     #[arg(long, env = "MEMBRANE_XDS_CERT_POLL", value_parser = parse_duration, default_value = "5s")]
     pub xds_cert_poll: Duration,

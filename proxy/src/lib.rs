@@ -262,7 +262,7 @@ pub async fn start_on(
     let gated = |f| gate(open.clone(), rx.clone(), f);
     let mut tasks = Vec::new();
     tasks.extend(secrets.spawn_watch(cfg.secrets_poll_interval, rx.clone()));
-    tasks.extend(mesh.as_ref().map(|m| m.spawn_watch(rx.clone())));
+    tasks.extend(mesh.iter().flat_map(|m| m.spawn_watch(rx.clone())));
     if !cfg.memory_trim_interval.is_zero() {
         let (idle, trimmed) = (metrics.clone(), metrics.clone());
         tasks.push(tokio::spawn(memory::trim_loop(
@@ -335,8 +335,23 @@ pub async fn start_on(
     let (policy_ready_tx, policy_ready) = watch::channel(false);
     match (&cfg.xds_address, &cfg.node_id) {
         (Some(address), Some(node_id)) => {
-            // Readiness waits for the first policy from the control plane.
+            // Readiness waits for the first policy from the control plane (and, with a
+            // CA, for the first workload certificate).
             let ready = admin.clone();
+            let cert_wait = mesh.clone().filter(|m| m.uses_ca());
+            let issued = match (cfg.xds_cert_from_mesh, &cert_wait) {
+                (false, _) => None,
+                (true, Some(m)) => {
+                    let m = m.clone();
+                    Some(membrane_xds_client::MemoryIdentity(Arc::new(move || {
+                        m.issued_pem()
+                    })))
+                }
+                (true, None) => anyhow::bail!(
+                    "--xds-cert-from-mesh needs the mesh certificate from a CA \
+                     (--mesh-ca-address, with a capture listener)"
+                ),
+            };
             let stop = rx.clone();
             tasks.extend(xds::spawn(
                 xds::XdsConfig {
@@ -348,6 +363,7 @@ pub async fn start_on(
                         ca: ca.clone(),
                         identity: cfg.xds_cert.clone().zip(cfg.xds_key.clone()),
                         poll: cfg.xds_cert_poll,
+                        memory: issued.clone(),
                     }),
                     metadata: cfg.node_meta.clone(),
                 },
@@ -356,17 +372,14 @@ pub async fn start_on(
                 mesh.clone(),
                 Box::new(move || {
                     policy_ready_tx.send_replace(true);
-                    // A draining proxy stays unready.
-                    if !*stop.borrow() {
-                        ready.ready.store(true, Ordering::Relaxed);
-                    }
+                    mark_ready(&ready, &stop, cert_wait.clone());
                 }),
                 rx.clone(),
             )?);
         }
         _ => {
             policy_ready_tx.send_replace(true);
-            admin.ready.store(true, Ordering::Relaxed)
+            mark_ready(&admin, &rx, mesh.clone().filter(|m| m.uses_ca()));
         }
     }
     tracing::info!(
@@ -473,6 +486,31 @@ impl Running {
             if !matches!(flushed, Ok(true)) {
                 tracing::warn!("access log: not every line could be written before exit");
             }
+        }
+    }
+}
+
+/// Marks the proxy ready, at once or, with a CA-provided workload certificate, once the
+/// first one is in force (a sidecar without its certificate cannot serve its mesh). A
+/// draining proxy stays unready.
+fn mark_ready(
+    admin: &Arc<AdminState>,
+    stop: &watch::Receiver<bool>,
+    cert: Option<Arc<mesh_tls::MeshTls>>,
+) {
+    let (admin, stop) = (admin.clone(), stop.clone());
+    let set = move || {
+        if !*stop.borrow() {
+            admin.ready.store(true, Ordering::Relaxed);
+        }
+    };
+    match cert {
+        None => set(),
+        Some(mesh) => {
+            tokio::spawn(async move {
+                mesh.certificate_loaded().await;
+                set();
+            });
         }
     }
 }

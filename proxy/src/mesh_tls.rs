@@ -24,6 +24,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
 
+pub mod ca_client;
 mod modes;
 mod verify;
 
@@ -106,6 +107,9 @@ pub struct MeshTlsArgs {
     /// The mesh's trust domain: a meshed destination's certificate must name a SPIFFE id in it.
     #[arg(long, env = "TRUST_DOMAIN", default_value = "cluster.local")]
     pub trust_domain: String,
+    /// The workload certificate from Istio's CA instead of the files (`--mesh-ca-*`).
+    #[command(flatten)]
+    pub ca: ca_client::CaClientArgs,
 }
 
 /// What the certificate watcher logs about one poll.
@@ -139,6 +143,9 @@ pub enum MeshTlsError {
     /// rustls refused the configuration.
     #[error("mesh tls: {0}")]
     Rustls(#[from] rustls::Error),
+    /// A CA client setting the mesh cannot run with.
+    #[error("mesh tls: {0}")]
+    Ca(#[from] ca_client::CaClientError),
     /// A setting the mesh cannot run with.
     #[error("{flag}: {message}")]
     Setting {
@@ -156,6 +163,9 @@ pub(crate) struct Material {
     pub(crate) client_verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
     /// The workload's own SPIFFE id (XFCC `By=`).
     pub(crate) own_id: Option<String>,
+    /// The chain and its key, PEM (for a CA-issued one, in memory only, never written to
+    /// a file): what the control-plane connection presents (`--xds-cert-from-mesh`).
+    pub(crate) pem: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 /// The mesh identity of this sidecar and the TLS configurations built on it.
@@ -170,6 +180,10 @@ pub struct MeshTls {
     client_tcp: Arc<rustls::ClientConfig>,
     /// The inbound mode per port: the setting, then the control plane's PeerAuthentication.
     modes: modes::Modes,
+    /// Istio's CA, when the certificate may come from it (files absent).
+    ca: Option<ca_client::CaClient>,
+    /// True once any material is in force (readiness waits for it when mTLS is required).
+    loaded: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for MeshTls {
@@ -201,45 +215,59 @@ pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 /// Builds the material from the three files' contents.
 fn build(args: &MeshTlsArgs, files: &[Vec<u8>; 3]) -> Result<Material, MeshTlsError> {
+    build_from(
+        [&args.mesh_cert, &args.mesh_key, &args.mesh_root].map(|p| p.display().to_string()),
+        files,
+        Some((files[0].clone(), files[1].clone())),
+    )
+}
+
+/// Builds the material from a certificate chain, its key (PEM) and the roots (PEM);
+/// `names` say where each came from in errors. `pem` keeps the chain and key for a
+/// client that needs them as PEM (the control-plane connection, with a CA-issued
+/// certificate).
+fn build_from(
+    names: [String; 3],
+    files: &[Vec<u8>; 3],
+    pem: Option<(Vec<u8>, Vec<u8>)>,
+) -> Result<Material, MeshTlsError> {
+    let [cert_name, key_name, root_name] = names.map(PathBuf::from);
     let [cert, key, root] = files;
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert)
         .collect::<Result<_, _>>()
-        .map_err(|e| invalid(&args.mesh_cert, e))?;
+        .map_err(|e| invalid(&cert_name, e))?;
     let Some(leaf) = chain.first() else {
-        return Err(invalid(&args.mesh_cert, "no CERTIFICATE block"));
+        return Err(invalid(&cert_name, "no CERTIFICATE block"));
     };
-    let own_id = spiffe_id(leaf).map_err(|e| invalid(&args.mesh_cert, e))?;
-    let der = PrivateKeyDer::from_pem_slice(key).map_err(|e| invalid(&args.mesh_key, e))?;
+    let own_id = spiffe_id(leaf).map_err(|e| invalid(&cert_name, e))?;
+    let der = PrivateKeyDer::from_pem_slice(key).map_err(|e| invalid(&key_name, e))?;
     let signing = provider()
         .key_provider
         .load_private_key(der)
-        .map_err(|e| invalid(&args.mesh_key, e))?;
+        .map_err(|e| invalid(&key_name, e))?;
     let key = CertifiedKey::new(chain, signing);
     // A certificate paired with another key would fail every handshake: refuse it here.
-    key.keys_match().map_err(|e| {
-        invalid(
-            &args.mesh_key,
-            format!("does not match the certificate: {e}"),
-        )
-    })?;
+    key.keys_match()
+        .map_err(|e| invalid(&key_name, format!("does not match the certificate: {e}")))?;
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(root) {
-        let c = c.map_err(|e| invalid(&args.mesh_root, e))?;
-        roots.add(c).map_err(|e| invalid(&args.mesh_root, e))?;
+        let c = c.map_err(|e| invalid(&root_name, e))?;
+        roots.add(c).map_err(|e| invalid(&root_name, e))?;
     }
     if roots.is_empty() {
-        return Err(invalid(&args.mesh_root, "no CERTIFICATE block"));
+        return Err(invalid(&root_name, "no CERTIFICATE block"));
     }
     let roots = Arc::new(roots);
     let client_verifier =
         rustls::server::WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
             .build()
-            .map_err(|e| invalid(&args.mesh_root, e))?;
+            .map_err(|e| invalid(&root_name, e))?;
     Ok(Material {
         key: Arc::new(key),
         roots,
         client_verifier,
         own_id,
+        pem,
     })
 }
 
@@ -284,7 +312,10 @@ impl MeshTls {
             c.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
             Ok(Arc::new(c))
         };
+        let ca = ca_client::CaClient::from_args(&args.ca)?;
         let mesh = Arc::new(MeshTls {
+            ca,
+            loaded: tokio::sync::watch::channel(false).0,
             client_h1: client(&ALPN_HTTP11)?,
             client_h2: client(&ALPN_H2)?,
             client_tcp: client(&ALPN_TCP)?,
@@ -299,6 +330,14 @@ impl MeshTls {
             || !mesh.args.mesh_outbound_cidrs.is_empty();
         match mesh.reload() {
             Ok(_) => {}
+            // No files: the CA provides the certificate (readiness waits for it when
+            // mTLS is required; nothing is served as plaintext meanwhile).
+            Err(MeshTlsError::Read { .. }) if mesh.ca.is_some() => {
+                tracing::info!(
+                    ca = mesh.ca.as_ref().map(|c| c.address()).unwrap_or_default(),
+                    "no mounted workload certificate: requesting one from the CA"
+                );
+            }
             Err(e @ MeshTlsError::Read { .. }) if !required => {
                 tracing::warn!(error = %e, "mesh mTLS off until the workload certificate appears");
             }
@@ -351,18 +390,73 @@ impl MeshTls {
             "mesh mTLS certificate in force"
         );
         self.current.store(Some(Arc::new(material)));
+        self.loaded.send_replace(true);
         *seen = Some(files);
         Ok(true)
     }
 
+    /// Whether the three files of the mounted certificate exist (they win over the CA).
+    pub(crate) fn files_present(&self) -> bool {
+        [
+            &self.args.mesh_cert,
+            &self.args.mesh_key,
+            &self.args.mesh_root,
+        ]
+        .iter()
+        .all(|p| p.exists())
+    }
+
+    pub(crate) fn poll_interval(&self) -> Duration {
+        self.args.mesh_cert_poll
+    }
+
+    /// Puts a CA-issued certificate in force for new handshakes, unless the mounted
+    /// files appeared meanwhile (they win). True if it went in force.
+    pub(crate) fn install_issued(&self, material: Material) -> bool {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if self.files_present() {
+            return false;
+        }
+        // Forget the files' contents: if they come back, they go in force again.
+        *seen = None;
+        self.current.store(Some(Arc::new(material)));
+        self.loaded.send_replace(true);
+        true
+    }
+
+    /// Whether the certificate comes from a CA when the files are absent.
+    pub fn uses_ca(&self) -> bool {
+        self.ca.is_some()
+    }
+
+    /// Resolves once a workload certificate is in force (at once if one is).
+    pub async fn certificate_loaded(&self) {
+        let mut rx = self.loaded.subscribe();
+        let _ = rx.wait_for(|l| *l).await;
+    }
+
+    /// The workload chain and key in force, PEM (a CA-issued one lives only in memory).
+    pub fn issued_pem(&self) -> Option<(Vec<u8>, Vec<u8>)> {
+        self.material().and_then(|m| m.pem.clone())
+    }
+
     /// Polls the files every `--mesh-cert-poll` until `shutdown`; each new version that
-    /// fails is logged once.
+    /// fails is logged once. With a CA, also requests and renews the certificate from
+    /// it while the files are absent.
     pub fn spawn_watch(
         self: &Arc<Self>,
         mut shutdown: tokio::sync::watch::Receiver<bool>,
-    ) -> tokio::task::JoinHandle<()> {
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut tasks = Vec::new();
+        if let Some(ca) = self.ca.clone() {
+            tasks.push(tokio::spawn(ca_client::run(
+                self.clone(),
+                ca,
+                shutdown.clone(),
+            )));
+        }
         let mesh = self.clone();
-        tokio::spawn(async move {
+        tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(mesh.args.mesh_cert_poll);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             // `new` has just read the files and said what it found: the first poll is one
@@ -388,7 +482,8 @@ impl MeshTls {
                     None => {}
                 }
             }
-        })
+        }));
+        tasks
     }
 
     /// What one poll of the files is worth saying: a failure the first time it is seen
@@ -407,6 +502,11 @@ impl MeshTls {
             }
             Err(e) => e,
         };
+        // Absent files are the normal case with a CA: it provides the certificate.
+        if self.ca.is_some() && matches!(e, MeshTlsError::Read { .. }) {
+            last_error.clear();
+            return None;
+        }
         let text = e.to_string();
         if text == *last_error {
             return None;
@@ -516,6 +616,7 @@ mod tests {
             mesh_cert_poll: Duration::from_secs(1),
             mesh_outbound_cidrs: Vec::new(),
             trust_domain: "cluster.local".into(),
+            ca: Default::default(),
         }
     }
 

@@ -638,3 +638,6 @@ fn membrane_to_envoy_outbound_mtls() {
     );
     drop(env);
 }
+
+#[path = "mesh_mtls/ca.rs"]
+mod ca;

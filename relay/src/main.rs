@@ -141,6 +141,7 @@ fn main() -> Result<()> {
         ca,
         identity: cfg.xds_cert.clone().zip(cfg.xds_key.clone()),
         poll: Duration::from_secs(10),
+        memory: None,
     });
     membrane_xds_client::check(&cfg.xds_address, xds_tls.as_ref())?;
     let xds_pair = cfg.xds_cert.as_ref().zip(cfg.xds_key.as_ref());

@@ -35,6 +35,9 @@ pub enum ClientError {
         /// What reading it said.
         error: std::io::Error,
     },
+    /// The in-memory certificate is not there yet (the CA has not issued it).
+    #[error("no workload certificate yet to present to the control plane (waiting for the CA)")]
+    NoIdentity,
     /// The connection could not be made.
     #[error("connecting to {0}: {1}")]
     Connect(String, tonic::transport::Error),
@@ -50,6 +53,23 @@ pub struct XdsTls {
     pub identity: Option<(PathBuf, PathBuf)>,
     /// How often the files are checked for new content.
     pub poll: Duration,
+    /// A certificate held in memory instead of `identity`'s files (the sidecar's
+    /// CA-issued workload certificate, whose key is never written anywhere).
+    pub memory: Option<MemoryIdentity>,
+}
+
+/// A certificate chain and key held in memory, PEM, read for every connection and
+/// compared as the files are (a new one ends the streams so they reconnect with it).
+#[derive(Clone)]
+pub struct MemoryIdentity(pub std::sync::Arc<dyn Fn() -> Option<PemPair> + Send + Sync>);
+
+/// A certificate chain and its private key, PEM.
+pub type PemPair = (Vec<u8>, Vec<u8>);
+
+impl std::fmt::Debug for MemoryIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MemoryIdentity")
+    }
 }
 
 /// The bytes of the TLS files one connection was made with.
@@ -70,9 +90,10 @@ impl XdsTls {
         };
         Ok(TlsFiles {
             ca: read("--xds-ca", &self.ca)?,
-            identity: match &self.identity {
-                Some((c, k)) => Some((read("--xds-cert", c)?, read("--xds-key", k)?)),
-                None => None,
+            identity: match (&self.identity, &self.memory) {
+                (Some((c, k)), _) => Some((read("--xds-cert", c)?, read("--xds-key", k)?)),
+                (None, Some(m)) => Some((m.0)().ok_or(ClientError::NoIdentity)?),
+                (None, None) => None,
             },
         })
     }

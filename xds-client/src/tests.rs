@@ -5,6 +5,7 @@ fn tls(dir: &std::path::Path) -> XdsTls {
         ca: dir.join("ca.pem"),
         identity: Some((dir.join("cert.pem"), dir.join("key.pem"))),
         poll: Duration::from_millis(10),
+        memory: None,
     }
 }
 
@@ -66,4 +67,27 @@ async fn a_rewritten_file_ends_the_connection_and_an_unchanged_one_does_not() {
     tokio::time::timeout(Duration::from_secs(1), conn.rotated())
         .await
         .expect("rotated() did not see the new key");
+}
+
+#[test]
+fn an_in_memory_identity_is_read_per_connection_and_absent_until_issued() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), "ca").unwrap();
+    let current = std::sync::Arc::new(std::sync::Mutex::new(None::<PemPair>));
+    let held = current.clone();
+    let t = XdsTls {
+        identity: None,
+        memory: Some(MemoryIdentity(std::sync::Arc::new(move || {
+            held.lock().unwrap().clone()
+        }))),
+        ..tls(dir.path())
+    };
+    // Nothing issued yet: no connection is attempted without a certificate.
+    assert!(matches!(t.read(), Err(ClientError::NoIdentity)));
+    *current.lock().unwrap() = Some((b"chain".to_vec(), b"key".to_vec()));
+    let first = t.read().unwrap();
+    assert_eq!(first.identity, Some((b"chain".to_vec(), b"key".to_vec())));
+    // A renewed certificate reads differently, as a rotated file does.
+    *current.lock().unwrap() = Some((b"chain2".to_vec(), b"key2".to_vec()));
+    assert_ne!(t.read().unwrap(), first);
 }

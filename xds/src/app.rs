@@ -16,6 +16,7 @@ use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tracing::info;
 
 use crate::auth::{Authorizer, Workloads};
+use crate::ca;
 use crate::config::Config;
 use crate::controller::Controller;
 use crate::debug::{self, DebugState};
@@ -111,6 +112,9 @@ pub enum AppError {
     /// The xDS server's mTLS configuration was refused.
     #[error("mTLS configuration (--tls-cert/--tls-key/--ca-cert)")]
     Tls(#[source] tonic::transport::Error),
+    /// The workload CA's certificate or key is unusable.
+    #[error(transparent)]
+    Ca(ca::CaSetupError),
     /// The webhook's certificate could not be loaded.
     #[error("--webhook-cert/--webhook-key")]
     Webhook(#[source] webhook::CertError),
@@ -197,10 +201,18 @@ pub async fn start(cfg: &Config) -> Result<Running, AppError> {
         return Err(AppError::NoKube);
     }
     #[cfg(feature = "kube")]
+    let mut token_reviewer: Option<Arc<dyn ca::TokenReviewer>> = None;
+    #[cfg(not(feature = "kube"))]
+    let token_reviewer: Option<Arc<dyn ca::TokenReviewer>> = None;
+    #[cfg(feature = "kube")]
     if cfg.kube {
         let client = kube::client(cfg.kubeconfig.as_deref())
             .await
             .map_err(AppError::Kube)?;
+        token_reviewer = Some(Arc::new(ca::tokenreview::KubeTokenReviewer::new(
+            client.clone(),
+            cfg.ca_token_audiences.clone(),
+        )));
         let k = KubeSource::start(client, wake.clone());
         // Serving before the first list would hand sidecars a partial view.
         if !k.wait_synced(Duration::from_secs(cfg.kube_sync_secs)).await {
@@ -287,22 +299,40 @@ pub async fn start(cfg: &Config) -> Result<Running, AppError> {
         (Some(cert), Some(key), Some(ca)) => {
             let cert = read("--tls-cert", cert)?;
             let key = read("--tls-key", key)?;
+            let ca_path = ca;
             let ca = read("--ca-cert", ca)?;
-            // A client certificate is required and must chain to `ca`
-            // (webpki also checks its validity period); who it names is
-            // checked per request (auth.rs).
+            // The workload CA (Istio's certificate service) signs with the first
+            // certificate of `ca` and --ca-key.
+            let signer = match &cfg.ca_key {
+                Some(k) => {
+                    let key = read("--ca-key", k)?;
+                    let signer = ca::Signer::from_pem(
+                        &String::from_utf8_lossy(&ca),
+                        &String::from_utf8_lossy(&key),
+                        (&ca_path.display().to_string(), &k.display().to_string()),
+                    )
+                    .map_err(AppError::Ca)?;
+                    Some(Arc::new(signer))
+                }
+                None => None,
+            };
+            // A client certificate must chain to `ca` (webpki also checks its
+            // validity period); who it names is checked per request (auth.rs). It
+            // is required in the handshake unless the CA serves: a pod asking for
+            // its first certificate has only its token, and xDS refuses such a
+            // connection per request.
             let builder = tonic::transport::Server::builder()
                 .tls_config(
                     ServerTlsConfig::new()
                         .identity(Identity::from_pem(cert, key))
                         .client_ca_root(Certificate::from_pem(ca))
-                        .client_auth_optional(false),
+                        .client_auth_optional(signer.is_some()),
                 )
                 .map_err(AppError::Tls)?;
             let l = TcpListener::bind(cfg.tls_addr)
                 .await
                 .map_err(|e| AppError::bind("--tls-addr", cfg.tls_addr, e))?;
-            Some((builder, l))
+            Some((builder, l, signer))
         }
         _ => None,
     };
@@ -319,6 +349,7 @@ pub async fn start(cfg: &Config) -> Result<Running, AppError> {
                     hold_application: cfg.hold_application_until_proxy_starts,
                     rewrite_probes: cfg.rewrite_app_probers,
                     cluster_id: cfg.sidecar_cluster_id.clone(),
+                    ca_address: cfg.sidecar_ca_address.clone(),
                     trust_domain: cfg.trust_domain.clone(),
                     ..Sidecar::new(
                         &cfg.sidecar_image,
@@ -341,7 +372,7 @@ pub async fn start(cfg: &Config) -> Result<Running, AppError> {
     let addrs = Addrs {
         debug: debug_addr,
         grpc: grpc.as_ref().map(TcpListener::local_addr).transpose()?,
-        tls: tls.as_ref().map(|(_, l)| l.local_addr()).transpose()?,
+        tls: tls.as_ref().map(|(_, l, _)| l.local_addr()).transpose()?,
         webhook: hook.as_ref().map(|(_, l)| l.local_addr()).transpose()?,
     };
 
@@ -360,11 +391,26 @@ pub async fn start(cfg: &Config) -> Result<Running, AppError> {
     let authorizer = Arc::new(
         Authorizer::new(cfg.trust_domain.clone(), workloads).with_agent_account(agent_ns, agent_sa),
     );
-    let tls_task = tls.map(|(builder, l)| {
-        let serve = server
-            .with_auth(authorizer)
-            .router_on(builder)
-            .serve_with_incoming_shutdown(listener::nodelay(l), stopped(stop_rx.clone()));
+    let tls_task = tls.map(|(builder, l, signer)| {
+        let mut router = server.with_auth(authorizer.clone()).router_on(builder);
+        if let Some(signer) = signer {
+            info!("workload CA on the mTLS port (istio.v1.auth.IstioCertificateService)");
+            let service = ca::CaService::new(
+                signer,
+                authorizer,
+                token_reviewer,
+                ca::CaSettings {
+                    default_ttl: cfg.ca_workload_cert_ttl,
+                    max_ttl: cfg.ca_max_workload_cert_ttl,
+                    max_csr_bytes: cfg.ca_max_csr_bytes,
+                    per_minute: cfg.ca_requests_per_minute,
+                },
+                recorder.metrics.ca_requests.clone(),
+            );
+            router = router.add_service(service.into_server());
+        }
+        let serve =
+            router.serve_with_incoming_shutdown(listener::nodelay(l), stopped(stop_rx.clone()));
         tokio::spawn(async move { drop(serve.await) })
     });
     let hook_tasks = hook.map(|(wh, l)| {

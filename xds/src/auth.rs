@@ -290,6 +290,11 @@ impl Authorizer {
         Ok(agent_key(node))
     }
 
+    /// The trust domain of the identities accepted (and issued).
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
+    }
+
     /// The peer's identity from its verified certificate chain (leaf first).
     pub fn peer(&self, chain: Option<&[impl AsRef<[u8]>]>) -> Result<SpiffeId, AuthError> {
         let leaf = chain

@@ -100,6 +100,37 @@ pub struct Config {
         value_parser = parse_account
     )]
     pub agent_service_account: (String, String),
+    /// PEM private key of the first certificate in --ca-cert: turns on Istio's
+    /// certificate service (`istio.v1.auth.IstioCertificateService`) on the mTLS port, so
+    /// sidecars get their workload certificates as from istiod. Callers prove who they
+    /// are with a workload client certificate (renewal) or a service-account token
+    /// (TokenReview, with --kube); the port then also accepts connections without a
+    /// client certificate, and xDS still refuses them per request.
+    #[arg(long, env = "MEMBRANE_CA_KEY", requires = "ca_cert")]
+    pub ca_key: Option<PathBuf>,
+    /// Lifetime of a workload certificate when the request asks for none (Istio's
+    /// DEFAULT_WORKLOAD_CERT_TTL).
+    #[arg(long, env = "MEMBRANE_CA_WORKLOAD_CERT_TTL", value_parser = humantime::parse_duration, default_value = "24h")]
+    pub ca_workload_cert_ttl: Duration,
+    /// Longest lifetime a request may ask for (Istio's MAX_WORKLOAD_CERT_TTL); longer
+    /// requests are refused.
+    #[arg(long, env = "MEMBRANE_CA_MAX_WORKLOAD_CERT_TTL", value_parser = humantime::parse_duration, default_value = "90d")]
+    pub ca_max_workload_cert_ttl: Duration,
+    /// Largest CSR accepted, in bytes of PEM.
+    #[arg(long, env = "MEMBRANE_CA_MAX_CSR_BYTES", default_value_t = 16 << 10)]
+    pub ca_max_csr_bytes: usize,
+    /// Certificate requests one identity may make per minute.
+    #[arg(long, env = "MEMBRANE_CA_REQUESTS_PER_MINUTE", default_value_t = 20)]
+    pub ca_requests_per_minute: u32,
+    /// Audiences a service-account token must be meant for (Istio's TOKEN_AUDIENCES;
+    /// the projected `istio-token` is issued for `istio-ca`).
+    #[arg(
+        long,
+        env = "MEMBRANE_CA_TOKEN_AUDIENCES",
+        value_delimiter = ',',
+        default_value = "istio-ca"
+    )]
+    pub ca_token_audiences: Vec<String>,
     /// Sidecar-injection webhook (HTTPS, `POST /inject`) listen address;
     /// served only with --webhook-cert and --webhook-key.
     #[arg(long, env = "MEMBRANE_WEBHOOK_ADDR", default_value = "0.0.0.0:15017")]
@@ -160,6 +191,11 @@ pub struct Config {
         default_value = "Kubernetes"
     )]
     pub sidecar_cluster_id: String,
+    /// Istio's CA injected sidecars request their certificates from (`CA_ADDR`, e.g.
+    /// `istiod.istio-system.svc:15012`); unset: the sidecar's control plane address,
+    /// this membrane-xds, which signs them with `--ca-key`.
+    #[arg(long, env = "MEMBRANE_SIDECAR_CA_ADDRESS")]
+    pub sidecar_ca_address: Option<String>,
     /// Debug and metrics HTTP listen address. Bound elsewhere than
     /// loopback, only `/metrics` and `/ready` answer remote clients: the
     /// per-proxy views (config dumps, syncz, adsz, flightz, ...) answer 403.

@@ -65,8 +65,24 @@ pub fn cert_secret_name(service_account: &str) -> String {
     format!("membrane.{service_account}")
 }
 
-/// The injected volume holding the workload certificate Secret.
+/// The injected volume holding the workload certificate Secret (optional: without it
+/// the sidecar requests its certificate from the CA with the pod's token).
 pub const CERTS_VOLUME: &str = "membrane-certs";
+/// The projected service-account token the sidecar proves its identity to the CA with,
+/// as Istio's template mounts it: volume `istio-token`, audience `istio-ca`, at
+/// `/var/run/secrets/tokens/istio-token`.
+pub const TOKEN_VOLUME: &str = "istio-token";
+/// Where it is mounted.
+pub const TOKEN_DIR: &str = "/var/run/secrets/tokens";
+/// The token's audience (Istio's `global.sds.token.aud` default).
+pub const TOKEN_AUDIENCE: &str = "istio-ca";
+/// The volume of the mesh root, Istio's `istio-ca-root-cert` ConfigMap (istiod writes it
+/// into every namespace), mounted at `/var/run/secrets/istio` (`root-cert.pem`).
+pub const ROOT_VOLUME: &str = "istiod-ca-cert";
+/// Where it is mounted.
+pub const ROOT_DIR: &str = "/var/run/secrets/istio";
+/// The ConfigMap.
+pub const ROOT_CONFIGMAP: &str = "istio-ca-root-cert";
 /// The injected volume holding the node agent's records socket (a hostPath directory,
 /// mounted into the sidecar only).
 pub const RECORDS_VOLUME: &str = "membrane-records";
@@ -98,6 +114,10 @@ pub struct Sidecar {
     pub cluster_id: String,
     /// The mesh's trust domain (`TRUST_DOMAIN`, and the mesh id).
     pub trust_domain: String,
+    /// Istio's CA the sidecar requests its certificate from (`CA_ADDR`, e.g. istiod's
+    /// `istiod.istio-system.svc:15012`); `None`: the discovery address (membrane-xds
+    /// with `--ca-key`).
+    pub ca_address: Option<String>,
     /// The node directory holding the agent's records socket, mounted into the sidecar
     /// at the same path and named by `MEMBRANE_RECORDS_SOCKET` (`None`: no records).
     pub records_dir: Option<String>,
@@ -115,6 +135,7 @@ impl Sidecar {
             rewrite_probes: true,
             cluster_id: "Kubernetes".into(),
             trust_domain: "cluster.local".into(),
+            ca_address: None,
             records_dir: Some(RECORDS_DIR.into()),
         }
     }

@@ -4,8 +4,8 @@
 //! YAML, etcd) through identities (process-local, or agreed cluster-wide in
 //! etcd) and resolved policy (the `membrane-policy` crate)
 //! to xDS resources, and serves them: Envoy ADS (SotW and delta) and Cilium's
-//! NPDS/NPHDS services over gRPC, plus the debug/metrics HTTP endpoint and
-//! the sidecar-injection webhook.
+//! NPDS/NPHDS services over gRPC, Istio's certificate service (the workload CA),
+//! plus the debug/metrics HTTP endpoint and the sidecar-injection webhook.
 //!
 //! It must never decide policy itself (verdict semantics belong to
 //! `membrane-policy`), never push configuration outside a published,
@@ -14,6 +14,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod ca;
 pub mod config;
 pub mod configdump;
 pub mod controller;

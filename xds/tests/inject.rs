@@ -241,12 +241,26 @@ fn recorded_pods_get_a_valid_sidecar_and_istio_status() {
             env_value(c, "MEMBRANE_RECORDS_SOCKET"),
             "/var/run/membrane/sidecar/records.sock"
         );
-        // The pod's own volumes stay; Istio's three, the certificate's and the records'
-        // join.
+        // The certificate Secret is optional: the projected token and the mesh root let
+        // the sidecar ask the CA instead.
+        assert_eq!(certs["secret"]["optional"], true);
+        let token = vols
+            .iter()
+            .find(|v| v["name"] == "istio-token")
+            .expect("the token volume");
+        assert_eq!(
+            token["projected"]["sources"][0]["serviceAccountToken"]["audience"],
+            "istio-ca"
+        );
+        assert!(vols
+            .iter()
+            .any(|v| v["configMap"]["name"] == "istio-ca-root-cert"));
+        // The pod's own volumes stay; Istio's three, the certificate's, the token's, the
+        // root's and the records' join.
         let own = review["request"]["object"]["spec"]["volumes"]
             .as_array()
             .map_or(0, Vec::len);
-        assert_eq!(vols.len(), own + 5, "{name}");
+        assert_eq!(vols.len(), own + 7, "{name}");
         let env: Vec<(String, String)> = c["env"]
             .as_array()
             .unwrap()
@@ -292,7 +306,7 @@ fn recorded_pods_get_a_valid_sidecar_and_istio_status() {
         assert_eq!(
             status,
             json!({"initContainers": ["istio-proxy"], "containers": null,
-                   "volumes": ["istio-envoy", "istio-data", "istio-podinfo", "membrane-records", "membrane-certs"],
+                   "volumes": ["istio-envoy", "istio-data", "istio-podinfo", "membrane-records", "membrane-certs", "istio-token", "istiod-ca-cert"],
                    "imagePullSecrets": null, "revision": "default"})
         );
         assert_eq!(

@@ -316,8 +316,9 @@ fn data(pod: &Value, native: bool) -> G {
 
     let (name, api, kind) = workload(meta);
     // The istiod chart's defaults for what the template reads.
-    let values = json!({"global": {
+    let values = json!({"revision": "", "global": {
         "meshID": "", "trustDomain": "cluster.local",
+        "caAddress": "", "istioNamespace": "istio-system",
         "multiCluster": {"clusterName": ""},
         "proxy": {
             "holdApplicationUntilProxyStarts": false,
@@ -375,6 +376,8 @@ fn webhook(pod: &Value, native: bool) -> Value {
             .unwrap_or("default"),
     );
     s.native_sidecars = native;
+    // With istiod, its CA: what Istio's template sets by default.
+    s.ca_address = Some("istiod.istio-system.svc:15012".into());
     let review = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
         "request": {"uid": "t", "namespace": "shop", "operation": "CREATE", "object": pod}});
     let r = inject::review(review.to_string().as_bytes(), "/inject", &s).unwrap();

@@ -7,7 +7,7 @@
 //! mesh (it builds the standalone command line and parses it with the same parser, so both
 //! modes share every default, check and code path): Istio's node id, the control plane
 //! from `PROXY_CONFIG`'s `discoveryAddress` (mTLS with the file-mounted workload
-//! certificate), capture on 15001/15006 and the operator ports. Serving is the standalone
+//! certificate, or one from Istio's CA, `CA_ADDR`, with the projected token), capture on 15001/15006 and the operator ports. Serving is the standalone
 //! proxy's; the app probes answered on the status port are [`probe`]'s.
 
 pub mod grpc_health;
@@ -40,10 +40,15 @@ It names itself to the control plane with Istio's node id, \
 sidecar~INSTANCE_IP~POD_NAME.POD_NAMESPACE~POD_NAMESPACE.svc.cluster.local, and enforces the \
 Cilium policy membrane-xds sends for that pod (NPDS), denying everything until the first \
 policy is in force. The control plane is PROXY_CONFIG's discoveryAddress \
-(istiod.istio-system.svc:15012 when unset): mTLS with the workload certificate Istio mounts \
+(istiod.istio-system.svc:15012 when unset): mTLS with the workload certificate mounted \
 at /etc/certs/{cert-chain.pem,key.pem,root-cert.pem} when those files exist (or when \
 controlPlaneAuthPolicy is MUTUAL_TLS), plaintext otherwise; an address with http:// or \
-https:// says so itself.
+https:// says so itself. Without mounted files, when CA_ADDR is set or the projected token \
+/var/run/secrets/tokens/istio-token exists, the certificate comes from Istio's CA (CA_ADDR, \
+default the discovery address) as pilot-agent gets it: a key made in memory, a CSR for \
+spiffe://TRUST_DOMAIN/ns/POD_NAMESPACE/sa/SERVICE_ACCOUNT sent with the token, verified \
+against /var/run/secrets/istio/root-cert.pem, renewed at SECRET_GRACE_PERIOD_RATIO of \
+SECRET_TTL; the control plane is then reached with mTLS presenting it.
 
 Ports (Istio's):
   15001  outbound capture, on loopback (the pod's connections, redirected)
@@ -132,6 +137,40 @@ pub struct SidecarArgs {
     /// (Istio's file-mounted layout). Re-read when the files change.
     #[arg(long, env = "MEMBRANE_CERTS_DIR", default_value = "/etc/certs")]
     pub certs_dir: PathBuf,
+    /// Istio's CA (`CA_ADDR`; default: the discovery address): without a mounted
+    /// certificate in CERTS_DIR, the workload certificate is requested from it with the
+    /// pod's `istio-token`, as pilot-agent does. Setting it turns that on even before the
+    /// token is mounted.
+    #[arg(long, env = "CA_ADDR", value_name = "ADDRESS")]
+    pub ca_addr: Option<String>,
+    /// The projected service-account token for the CA (audience `istio-ca`); when it
+    /// exists and CERTS_DIR holds no certificate, the certificate comes from the CA.
+    #[arg(
+        long,
+        env = "MEMBRANE_ISTIO_TOKEN",
+        default_value = "/var/run/secrets/tokens/istio-token"
+    )]
+    pub istio_token: PathBuf,
+    /// The mesh root from Istio's `istio-ca-root-cert` ConfigMap: the CA, the control
+    /// plane and peers are verified against it when the certificate comes from the CA.
+    #[arg(
+        long,
+        env = "MEMBRANE_ISTIO_ROOT_CERT",
+        default_value = "/var/run/secrets/istio/root-cert.pem"
+    )]
+    pub istio_root_cert: PathBuf,
+    /// Lifetime of the requested certificate, e.g. `24h` or Go's `24h0m0s` (SECRET_TTL).
+    #[arg(long, env = "SECRET_TTL", value_name = "DURATION")]
+    pub secret_ttl: Option<String>,
+    /// Renew when this fraction of the lifetime is left (SECRET_GRACE_PERIOD_RATIO, 0.5).
+    #[arg(long, env = "SECRET_GRACE_PERIOD_RATIO", value_name = "RATIO")]
+    pub secret_grace_period_ratio: Option<String>,
+    /// The key's algorithm: ECDSA (the only one offered; Istio's default is RSA).
+    #[arg(long, env = "ECC_SIGNATURE_ALGORITHM", value_name = "ALG")]
+    pub ecc_signature_algorithm: Option<String>,
+    /// The ECDSA curve: P256 (default) or P384 (ECC_CURVE).
+    #[arg(long, env = "ECC_CURVE", value_name = "CURVE")]
+    pub ecc_curve: Option<String>,
     /// CA bundle the control plane's certificate must chain to (default CERTS_DIR/root-cert.pem).
     #[arg(long, env = "MEMBRANE_XDS_CA", value_name = "PEM")]
     pub xds_ca: Option<PathBuf>,
@@ -264,16 +303,145 @@ fn first_tcp_port(json: &str) -> Result<Option<u16>, SidecarError> {
         .map(|p| p.container_port))
 }
 
-/// Where the control plane is and how to reach it: (`http(s)://HOST:PORT`, mTLS files).
+/// How the sidecar reaches the control plane over TLS.
+enum XdsTlsFlags {
+    /// With the mounted files: CA bundle, certificate, key.
+    Files([PathBuf; 3]),
+    /// With the CA-issued certificate held in memory, verifying against this root.
+    FromMesh(PathBuf),
+}
+
+/// The workload certificate from Istio's CA: when CERTS_DIR holds no certificate and
+/// either CA_ADDR is set or the pod's `istio-token` is mounted (Istio's template mounts
+/// it for exactly this). Returns the standalone flags that configure it.
+fn ca_flags(
+    args: &SidecarArgs,
+    discovery: &str,
+    namespace: &str,
+) -> Result<Option<Vec<(String, String)>>, SidecarError> {
+    let mounted = ["cert-chain.pem", "key.pem", "root-cert.pem"]
+        .iter()
+        .all(|f| args.certs_dir.join(f).exists());
+    let ca_addr = args
+        .ca_addr
+        .as_deref()
+        .map(str::trim)
+        .filter(|a| !a.is_empty());
+    if mounted || (ca_addr.is_none() && !args.istio_token.exists()) {
+        return Ok(None);
+    }
+    let sa = required(
+        &args.service_account,
+        "SERVICE_ACCOUNT",
+        "spec.serviceAccountName",
+        "--service-account",
+    )?;
+    let td = args
+        .trust_domain
+        .as_deref()
+        .filter(|t| !t.is_empty())
+        .unwrap_or("cluster.local");
+    let address = ca_addr.unwrap_or(discovery);
+    let address = match address.split_once("://") {
+        Some(("http", rest)) | Some(("https", rest)) => rest,
+        _ => address,
+    };
+    let mut f = vec![
+        ("--mesh-ca-address", address.to_owned()),
+        (
+            "--mesh-ca-identity",
+            format!("spiffe://{td}/ns/{namespace}/sa/{sa}"),
+        ),
+        ("--mesh-ca-token", args.istio_token.display().to_string()),
+        ("--mesh-ca-root", args.istio_root_cert.display().to_string()),
+        (
+            "--mesh-ca-cluster-id",
+            args.cluster_id
+                .clone()
+                .filter(|c| !c.is_empty())
+                .unwrap_or_else(|| "Kubernetes".into()),
+        ),
+        // The mounted layout still wins when it appears.
+        (
+            "--mesh-cert",
+            args.certs_dir.join("cert-chain.pem").display().to_string(),
+        ),
+        (
+            "--mesh-key",
+            args.certs_dir.join("key.pem").display().to_string(),
+        ),
+        (
+            "--mesh-root",
+            args.certs_dir.join("root-cert.pem").display().to_string(),
+        ),
+    ];
+    if let Some(ttl) = args.secret_ttl.as_deref().filter(|t| !t.is_empty()) {
+        let d = humantime::parse_duration(ttl).map_err(|e| SidecarError::Invalid {
+            var: "SECRET_TTL",
+            value: ttl.to_owned(),
+            what: format!("is not a duration: {e}"),
+        })?;
+        f.push(("--mesh-ca-ttl", format!("{}s", d.as_secs())));
+    }
+    if let Some(r) = args
+        .secret_grace_period_ratio
+        .as_deref()
+        .filter(|r| !r.is_empty())
+    {
+        let ok = r.parse::<f64>().ok().filter(|v| *v > 0.0 && *v < 1.0);
+        let Some(v) = ok else {
+            return Err(SidecarError::Invalid {
+                var: "SECRET_GRACE_PERIOD_RATIO",
+                value: r.to_owned(),
+                what: "is not a number between 0 and 1".into(),
+            });
+        };
+        f.push(("--mesh-ca-grace-ratio", v.to_string()));
+    }
+    if let Some(a) = args
+        .ecc_signature_algorithm
+        .as_deref()
+        .filter(|a| !a.is_empty())
+    {
+        if a != "ECDSA" {
+            return Err(SidecarError::Invalid {
+                var: "ECC_SIGNATURE_ALGORITHM",
+                value: a.to_owned(),
+                what: "only ECDSA keys are made (RSA is not offered)".into(),
+            });
+        }
+    }
+    if let Some(c) = args.ecc_curve.as_deref().filter(|c| !c.is_empty()) {
+        if c != "P256" && c != "P384" {
+            return Err(SidecarError::Invalid {
+                var: "ECC_CURVE",
+                value: c.to_owned(),
+                what: "must be P256 or P384".into(),
+            });
+        }
+        f.push(("--mesh-ca-key-curve", c.to_owned()));
+    }
+    Ok(Some(
+        f.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+    ))
+}
+
+/// The discovery address: the flag, else PROXY_CONFIG's, else Istio's default.
+fn discovery_address(args: &SidecarArgs, pc: &ProxyConfig) -> String {
+    args.xds_address
+        .clone()
+        .or_else(|| pc.discovery_address.clone())
+        .unwrap_or_else(|| DEFAULT_DISCOVERY_ADDRESS.to_owned())
+}
+
+/// Where the control plane is and how to reach it: (`http(s)://HOST:PORT`, TLS). With
+/// the certificate from the CA (`from_ca`) and no files, TLS presents that certificate.
 fn xds_target(
     args: &SidecarArgs,
     pc: &ProxyConfig,
-) -> Result<(String, Option<[PathBuf; 3]>), SidecarError> {
-    let address = args
-        .xds_address
-        .clone()
-        .or_else(|| pc.discovery_address.clone())
-        .unwrap_or_else(|| DEFAULT_DISCOVERY_ADDRESS.to_owned());
+    from_ca: bool,
+) -> Result<(String, Option<XdsTlsFlags>), SidecarError> {
+    let address = discovery_address(args, pc);
     let files = [
         args.xds_ca
             .clone()
@@ -301,14 +469,23 @@ fn xds_target(
         match pc.control_plane_auth_policy {
             Some(AuthPolicy::MutualTls) => true,
             Some(AuthPolicy::None) => false,
-            None => files.iter().all(|f| Path::new(f).exists()),
+            None => from_ca || files.iter().all(|f| Path::new(f).exists()),
         }
     };
     let bare = address
         .split_once("://")
         .map_or(address.as_str(), |(_, rest)| rest);
     let url = format!("{}://{bare}", if https { "https" } else { "http" });
-    Ok((url, https.then_some(files)))
+    let tls = match (https, from_ca && args.xds_cert.is_none()) {
+        (false, _) => None,
+        (true, false) => Some(XdsTlsFlags::Files(files)),
+        (true, true) => Some(XdsTlsFlags::FromMesh(
+            args.xds_ca
+                .clone()
+                .unwrap_or_else(|| args.istio_root_cert.clone()),
+        )),
+    };
+    Ok((url, tls))
 }
 
 impl SidecarArgs {
@@ -393,7 +570,8 @@ impl SidecarArgs {
             .node_id
             .clone()
             .unwrap_or_else(|| node_id(instance, &pod, &ns, &self.cluster_domain));
-        let (xds, certs) = xds_target(self, &pc)?;
+        let ca = ca_flags(self, &discovery_address(self, &pc), &ns)?;
+        let (xds, certs) = xds_target(self, &pc, ca.is_some())?;
         let app_port = first_tcp_port(self.pod_ports.as_deref().unwrap_or_default())?.unwrap_or(80);
         // All of the pod's addresses of its family, as Istio's agent binds its status port.
         let any: IpAddr = if instance.is_ipv6() {
@@ -425,10 +603,21 @@ impl SidecarArgs {
         flag("--upstream", upstream.to_string());
         flag("--xds-address", xds);
         flag("--node-id", node);
-        if let Some([ca, cert, key]) = certs {
-            flag("--xds-ca", ca.display().to_string());
-            flag("--xds-cert", cert.display().to_string());
-            flag("--xds-key", key.display().to_string());
+        let mut from_mesh = false;
+        match certs {
+            Some(XdsTlsFlags::Files([ca, cert, key])) => {
+                flag("--xds-ca", ca.display().to_string());
+                flag("--xds-cert", cert.display().to_string());
+                flag("--xds-key", key.display().to_string());
+            }
+            Some(XdsTlsFlags::FromMesh(ca)) => {
+                flag("--xds-ca", ca.display().to_string());
+                from_mesh = true;
+            }
+            None => {}
+        }
+        for (k, v) in ca.into_iter().flatten() {
+            flag(&k, v);
         }
         flag("--admin", admin.to_string());
         flag("--metrics", metrics.to_string());
@@ -490,6 +679,9 @@ impl SidecarArgs {
         for m in meta {
             a.push("--node-meta".into());
             a.push(m);
+        }
+        if from_mesh {
+            a.push("--xds-cert-from-mesh".into());
         }
         a.extend(self.standalone_flags.iter().cloned());
         Ok(a)

@@ -162,6 +162,96 @@ fn the_scheme_follows_the_certificates_when_the_address_has_none() {
 }
 
 #[test]
+fn without_mounted_files_the_certificate_comes_from_istios_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("istio-token");
+    std::fs::write(&token, "jwt").unwrap();
+    let certs = dir.path().join("certs");
+    let (t, c) = (token.to_str().unwrap(), certs.to_str().unwrap());
+    let mut a = POD.to_vec();
+    a.extend([
+        "--certs-dir",
+        c,
+        "--istio-token",
+        t,
+        "--service-account",
+        "cart",
+    ]);
+    a.extend([
+        "--istio-root-cert",
+        "/roots/root-cert.pem",
+        "--trust-domain",
+        "corp.example",
+    ]);
+    let cfg = args(&a).unwrap().into_config().unwrap();
+    let m = &cfg.mesh_tls;
+    // The discovery address is the CA by default, as Istio's CA_ADDR.
+    assert_eq!(
+        m.ca.mesh_ca_address.as_deref(),
+        Some("istiod.istio-system.svc:15012")
+    );
+    assert_eq!(
+        m.ca.mesh_ca_identity.as_deref(),
+        Some("spiffe://corp.example/ns/empire/sa/cart")
+    );
+    assert_eq!(m.ca.mesh_ca_token, token);
+    assert_eq!(m.ca.mesh_ca_cluster_id, "Kubernetes");
+    // Mounted files would still win: the mesh reads them where the sidecar mounts them.
+    assert_eq!(m.mesh_cert, certs.join("cert-chain.pem"));
+    // The control plane: mTLS with that certificate, verified against the mesh root.
+    assert_eq!(
+        cfg.xds_address.as_deref(),
+        Some("https://istiod.istio-system.svc:15012")
+    );
+    assert_eq!(
+        cfg.xds_ca.as_deref(),
+        Some(Path::new("/roots/root-cert.pem"))
+    );
+    assert!(cfg.xds_cert_from_mesh && cfg.xds_cert.is_none());
+
+    // Istio's knobs.
+    let mut b = a.clone();
+    b.extend(["--ca-addr", "ca.test:15012", "--secret-ttl", "1h30m0s"]);
+    b.extend(["--secret-grace-period-ratio", "0.25", "--ecc-curve", "P384"]);
+    let m = args(&b).unwrap().into_config().unwrap().mesh_tls;
+    assert_eq!(m.ca.mesh_ca_address.as_deref(), Some("ca.test:15012"));
+    assert_eq!(m.ca.mesh_ca_ttl, Some(std::time::Duration::from_secs(5400)));
+    assert_eq!(m.ca.mesh_ca_grace_ratio, Some(0.25));
+    for (flag, value, var) in [
+        ("--secret-ttl", "soon", "SECRET_TTL"),
+        (
+            "--secret-grace-period-ratio",
+            "1.5",
+            "SECRET_GRACE_PERIOD_RATIO",
+        ),
+        (
+            "--ecc-signature-algorithm",
+            "RSA",
+            "ECC_SIGNATURE_ALGORITHM",
+        ),
+        ("--ecc-curve", "P521", "ECC_CURVE"),
+    ] {
+        let mut bad = a.clone();
+        bad.extend([flag, value]);
+        let e = args(&bad).unwrap().into_config().unwrap_err().to_string();
+        assert!(e.starts_with(&format!("{var} \"{value}\"")), "{e}");
+    }
+
+    // Mounted files: no CA, as before.
+    std::fs::create_dir(&certs).unwrap();
+    for f in ["root-cert.pem", "cert-chain.pem", "key.pem"] {
+        std::fs::write(certs.join(f), "pem").unwrap();
+    }
+    let cfg = args(&a).unwrap().into_config().unwrap();
+    assert!(cfg.mesh_tls.ca.mesh_ca_address.is_none());
+    assert_eq!(cfg.xds_cert, Some(certs.join("cert-chain.pem")));
+    // Neither files nor a token nor CA_ADDR: no CA either (the default token path is
+    // not mounted in the test's environment).
+    let cfg = config(&[]).unwrap();
+    assert!(cfg.mesh_tls.ca.mesh_ca_address.is_none() && !cfg.xds_cert_from_mesh);
+}
+
+#[test]
 fn an_ipv6_pod_listens_on_ipv6() {
     let a = [
         "--pod-name",

@@ -13,7 +13,8 @@ use serde_json::{json, Map, Value};
 use super::probes::{self, Captured};
 use super::{
     Sidecar, CERTS_DIR, CERTS_VOLUME, CONTAINER, PROXY_UID, RECORDS_SOCKET_FILE, RECORDS_VOLUME,
-    STATUS_ANNOTATION,
+    ROOT_CONFIGMAP, ROOT_DIR, ROOT_VOLUME, STATUS_ANNOTATION, TOKEN_AUDIENCE, TOKEN_DIR,
+    TOKEN_VOLUME,
 };
 
 /// Istio's annotation overriding the proxy image.
@@ -246,6 +247,9 @@ pub fn inject(
     }
     env.push(json!({"name": "ISTIO_META_MESH_ID", "value": sidecar.mesh_id()}));
     env.push(json!({"name": "TRUST_DOMAIN", "value": sidecar.trust_domain}));
+    if let Some(ca) = &sidecar.ca_address {
+        env.push(json!({"name": "CA_ADDR", "value": ca}));
+    }
     if let Some(dir) = &sidecar.records_dir {
         let socket = format!("{}/{RECORDS_SOCKET_FILE}", dir.trim_end_matches('/'));
         env.push(json!({"name": "MEMBRANE_RECORDS_SOCKET", "value": socket}));
@@ -291,11 +295,19 @@ pub fn inject(
             .filter(|s| !s.is_empty())
             .unwrap_or("default");
         mounts.push(json!({"name": CERTS_VOLUME, "mountPath": CERTS_DIR, "readOnly": true}));
-        // Not optional: without the Secret the pod does not start, rather
-        // than run a sidecar that cannot authenticate.
-        volumes.push(
-            json!({"name": CERTS_VOLUME, "secret": {"secretName": super::cert_secret_name(sa)}}),
-        );
+        mounts.push(json!({"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR}));
+        mounts.push(json!({"name": ROOT_VOLUME, "mountPath": ROOT_DIR}));
+        // The Secret (`membrane cert issue`) is optional: without it the sidecar asks
+        // the CA with the projected token and verifies against the mesh root ConfigMap
+        // (optional too, for a cluster that only uses Secrets); a sidecar with neither
+        // is never ready and says why.
+        volumes.push(json!({"name": CERTS_VOLUME, "secret": {
+            "secretName": super::cert_secret_name(sa), "optional": true}}));
+        volumes.push(json!({"name": TOKEN_VOLUME, "projected": {"sources": [
+            {"serviceAccountToken": {"audience": TOKEN_AUDIENCE, "expirationSeconds": 43200, "path": "istio-token"}}
+        ]}}));
+        volumes.push(json!({"name": ROOT_VOLUME, "configMap": {
+            "name": ROOT_CONFIGMAP, "optional": true}}));
     }
 
     let probe = |period: u32, threshold: u32, delay: u32| {

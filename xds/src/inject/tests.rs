@@ -80,7 +80,7 @@ fn a_plain_pod_gets_a_native_sidecar_and_the_status_annotation() {
     let p = applied(&doc, &r);
     assert_eq!(
         p["metadata"]["annotations"][STATUS_ANNOTATION],
-        r#"{"initContainers":["istio-proxy"],"containers":null,"volumes":["istio-envoy","istio-data","istio-podinfo","membrane-records","membrane-certs"],"imagePullSecrets":null,"revision":"default"}"#
+        r#"{"initContainers":["istio-proxy"],"containers":null,"volumes":["istio-envoy","istio-data","istio-podinfo","membrane-records","membrane-certs","istio-token","istiod-ca-cert"],"imagePullSecrets":null,"revision":"default"}"#
     );
     assert_eq!(
         p["metadata"]["annotations"]["kubectl.kubernetes.io/default-container"],
@@ -125,12 +125,28 @@ fn a_plain_pod_gets_a_native_sidecar_and_the_status_annotation() {
         env("INSTANCE_IP")["valueFrom"]["fieldRef"]["fieldPath"],
         "status.podIP"
     );
-    // No serviceAccountName: the `default` account's Secret.
+    // No serviceAccountName: the `default` account's Secret, optional beside the token
+    // and the mesh root that let the sidecar ask the CA instead.
     let vols = p["spec"]["volumes"].as_array().unwrap();
+    let n = vols.len();
     assert_eq!(
-        vols.last().unwrap(),
-        &json!({"name": CERTS_VOLUME, "secret": {"secretName": "membrane.default"}})
+        vols[n - 3],
+        json!({"name": CERTS_VOLUME, "secret": {"secretName": "membrane.default", "optional": true}})
     );
+    assert_eq!(
+        vols[n - 2]["projected"]["sources"][0]["serviceAccountToken"],
+        json!({"audience": "istio-ca", "expirationSeconds": 43200, "path": "istio-token"})
+    );
+    assert_eq!(
+        vols[n - 1],
+        json!({"name": "istiod-ca-cert", "configMap": {"name": "istio-ca-root-cert", "optional": true}})
+    );
+    // No CA_ADDR unless configured: the sidecar's CA is then its control plane.
+    assert!(c["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["name"] != "CA_ADDR"));
 }
 
 #[test]

@@ -92,6 +92,9 @@ pub struct Metrics {
     pub connections_timed_out: Family<ListenerLabel, Counter>,
     /// mTLS xDS requests refused (PERMISSION_DENIED), by reason.
     pub auth_denied: Family<AuthLabel, Counter>,
+    /// Certificate requests on Istio's CA service (15012), by result (`issued`, or why
+    /// refused: `unauthenticated`, `identity`, `bad_request`, `rate_limited`, ...).
+    pub ca_requests: Family<ReasonLabel, Counter>,
     /// The registry they are registered in.
     pub registry: Registry,
 }
@@ -123,6 +126,7 @@ impl Metrics {
             connections_refused: Family::default(),
             connections_timed_out: Family::default(),
             auth_denied: Family::default(),
+            ca_requests: Family::default(),
             registry: Registry::default(),
         };
         registry.register("pushes", "xDS responses sent", m.pushes.clone());
@@ -193,6 +197,11 @@ impl Metrics {
             "auth_denied",
             "mTLS xDS requests refused: certificate or node id not acceptable, by reason",
             m.auth_denied.clone(),
+        );
+        registry.register(
+            "ca_requests",
+            "Workload certificate requests (Istio's CreateCertificate), by result",
+            m.ca_requests.clone(),
         );
         Metrics { registry, ..m }
     }

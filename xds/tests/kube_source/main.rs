@@ -15,6 +15,7 @@
 mod common;
 
 mod cases;
+mod workload_ca;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -326,6 +327,30 @@ async fn handle(
             .header("content-type", "application/json")
             .body(Body::from_stream(stream))
             .unwrap();
+    }
+    if method == Method::POST && path == "/apis/authentication.k8s.io/v1/tokenreviews" {
+        // The recorded answer for the token, the request's spec echoed as the API
+        // server does; an unknown token is not authenticated.
+        let Ok(asked) = serde_json::from_slice::<Value>(&body) else {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                &json!({"kind": "Status", "code": 400}),
+            );
+        };
+        let token = asked
+            .pointer("/spec/token")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let recorded = data_dir().join("../tokenreviews.json");
+        let recorded: Value =
+            serde_json::from_str(&std::fs::read_to_string(recorded).unwrap()).unwrap();
+        let mut answer = recorded
+            .get(token)
+            .cloned()
+            .unwrap_or_else(|| json!({"kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1",
+                "metadata": {}, "status": {"user": {}, "error": "[invalid bearer token, token lookup failed]"}}));
+        answer["spec"] = asked["spec"].clone();
+        return json_response(StatusCode::CREATED, &answer);
     }
     if method == Method::PATCH && path.ends_with("/status") {
         // /apis/cilium.io/v2[/namespaces/NS]/PLURAL/NAME/status
