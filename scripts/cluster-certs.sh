@@ -13,6 +13,9 @@
 #   membrane.membrane-agent  the agents' client certificate (SPIFFE id
 #                            spiffe://DOMAIN/ns/NS/sa/membrane-agent), in
 #                            Istio's layout (cert-chain.pem, key.pem, root-cert.pem)
+#   membrane.membrane-relay  the relay's certificate (SPIFFE id
+#                            spiffe://DOMAIN/ns/NS/sa/membrane-relay, and
+#                            membrane-relay.NS.svc for its 4245), Istio's layout
 #   membrane-etcd-tls        the etcd members' serving and peer certificate
 #                            (*.membrane-etcd.NS.svc, localhost, 127.0.0.1)
 #   membrane-etcd-client     membrane-xds's client certificate for etcd
@@ -118,6 +121,9 @@ issue membrane-xds membrane-xds \
   "DNS:membrane-xds.$NS.svc,DNS:membrane-xds.$NS.svc.cluster.local,$(spiffe "$NS" membrane-xds)" \
   serverAuth,clientAuth
 issue membrane-agent membrane-agent "$(spiffe "$NS" membrane-agent)" clientAuth
+issue membrane-relay membrane-relay \
+  "DNS:membrane-relay.$NS.svc,DNS:membrane-relay.$NS.svc.cluster.local,$(spiffe "$NS" membrane-relay)" \
+  serverAuth,clientAuth
 issue membrane-etcd membrane-etcd \
   "DNS:*.membrane-etcd.$NS.svc,DNS:*.membrane-etcd.$NS.svc.cluster.local,DNS:membrane-etcd.$NS.svc,DNS:localhost,IP:127.0.0.1" \
   serverAuth,clientAuth
@@ -129,6 +135,8 @@ issue membrane-etcd-client membrane-xds "$(spiffe "$NS" membrane-xds)" clientAut
     tls.crt="$OUT/membrane-xds/chain.pem" tls.key="$OUT/membrane-xds/key.pem" ca.crt="$ROOT"
   secret membrane.membrane-agent "$NS" Opaque \
     cert-chain.pem="$OUT/membrane-agent/chain.pem" key.pem="$OUT/membrane-agent/key.pem" root-cert.pem="$ROOT"
+  secret membrane.membrane-relay "$NS" Opaque \
+    cert-chain.pem="$OUT/membrane-relay/chain.pem" key.pem="$OUT/membrane-relay/key.pem" root-cert.pem="$ROOT"
   secret membrane-etcd-tls "$NS" kubernetes.io/tls \
     tls.crt="$OUT/membrane-etcd/chain.pem" tls.key="$OUT/membrane-etcd/key.pem" ca.crt="$ROOT"
   secret membrane-etcd-client "$NS" kubernetes.io/tls \

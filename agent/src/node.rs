@@ -367,6 +367,10 @@ impl Node {
         if kind == Kind::Hosts {
             ipcache_of(&next)?;
         }
+        if kind == Kind::Prefilter {
+            // Written before it is held: a union the maps cannot take keeps the last good.
+            self.apply_prefilter_lists(&next)?;
+        }
         self.held.insert(kind, next);
         let endpoints: Vec<String> = match kind {
             Kind::Endpoint => touched
@@ -375,6 +379,8 @@ impl Node {
                 .collect(),
             // Node: the joined ipcache (node addresses, tunnel endpoints) changes too.
             Kind::Hosts | Kind::Service | Kind::Node => self.regs.keys().cloned().collect(),
+            // The node-wide deny maps only, written above.
+            Kind::Prefilter => Vec::new(),
         };
         let mut out = BTreeMap::new();
         let mut first_error = None;
@@ -388,7 +394,7 @@ impl Node {
                 }
             }
         }
-        if kind != Kind::Endpoint {
+        if !matches!(kind, Kind::Endpoint | Kind::Prefilter) {
             if let Err(e) = self.sync_packet_path() {
                 first_error.get_or_insert(e);
             }

@@ -1,12 +1,16 @@
-//! The XDP prefilter as the daemon keeps it: the deny maps equal to the entries
-//! `membrane prefilter add` made on this node, recorded in `<state dir>/prefilter.json`
-//! (a restarted agent keeps them). Not yet: a cluster-wide deny list from the control
-//! plane joined with them.
+//! The XDP prefilter as the daemon keeps it: the deny maps equal to the union of the
+//! entries `membrane prefilter add` made on this node, recorded in `<state
+//! dir>/prefilter.json`, and the cluster-wide deny lists the control plane serves
+//! (`membrane.agent.v1.PrefilterDenyList`, held and recorded as every served type is). A
+//! restarted agent keeps both: the maps stay pinned, and at start they are synced with the
+//! recorded entries and lists before the control plane is reached (fail-static).
 //!
 //! Every request is checked whole before anything is written: one bad CIDR refuses it and
-//! the maps and the recorded entries stay as they were.
+//! the maps and the recorded entries stay as they were. A control-plane update whose union
+//! the maps cannot take is refused (NACK) and the last good lists stay in force. The CLI
+//! deletes only its own entries: a prefix a deny list holds is deleted where it comes from.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io;
 use std::path::PathBuf;
@@ -16,6 +20,7 @@ use membrane_datapath::node::{parse_prefixes, PrefilterChanges};
 use serde_json::{json, Value};
 
 use crate::node::Node;
+use crate::resources::{Held, Kind, Spec};
 use crate::store;
 
 /// A prefilter request or sync that failed; nothing was changed.
@@ -27,6 +32,17 @@ pub enum PrefilterError {
     /// A delete named an entry the CLI did not add.
     #[error("{0}")]
     NotAdded(String),
+    /// A delete named an entry of a control-plane deny list.
+    #[error(
+        "prefilter entry {cidr} comes from the control plane (PrefilterDenyList {lists}); \
+         delete it there (kubectl edit prefilterdenylist NAME); nothing was deleted"
+    )]
+    ControlPlane {
+        /// The entry.
+        cidr: IpNet,
+        /// The lists holding it, comma-separated.
+        lists: String,
+    },
     /// The recorded CLI entries could not be read or written.
     #[error("{path}: {what}: {why}")]
     State {
@@ -81,19 +97,50 @@ impl Node {
         })
     }
 
-    /// Make the deny maps hold `cli`.
-    fn sync_prefilter_with(&self, cli: &BTreeSet<IpNet>) -> Result<PrefilterChanges> {
+    /// Make the deny maps hold `cli` and the control plane's `lists` (the union).
+    fn sync_prefilter_sets(
+        &self,
+        cli: &BTreeSet<IpNet>,
+        lists: Option<&Held>,
+    ) -> Result<PrefilterChanges> {
         let p = self.packet.as_ref().ok_or(PrefilterError::NotRunning)?;
         if p.prefilter.is_none() {
             return Err(PrefilterError::NotRunning);
         }
-        p.dp.sync_prefilter(cli)
-            .map_err(|e| PrefilterError::Datapath(e.to_string()))
+        let mut set = cli.clone();
+        set.extend(control_plane(lists).into_keys());
+        p.dp.sync_prefilter(&set).map_err(|e| match e {
+            membrane_datapath::Error::Prefilter(e) => PrefilterError::Invalid(e),
+            e => PrefilterError::Datapath(e.to_string()),
+        })
     }
 
-    /// Re-sync the deny maps with the recorded CLI entries (at start).
+    /// Make the deny maps hold `cli` and the held control-plane lists.
+    fn sync_prefilter_with(&self, cli: &BTreeSet<IpNet>) -> Result<PrefilterChanges> {
+        self.sync_prefilter_sets(cli, self.held.get(&Kind::Prefilter))
+    }
+
+    /// Re-sync the deny maps with the recorded CLI entries and control-plane lists (at
+    /// start).
     pub fn sync_prefilter(&self) -> Result<PrefilterChanges> {
         self.sync_prefilter_with(&self.prefilter_cli()?)
+    }
+
+    /// Puts the control plane's deny lists `next` in force before they are held: a union
+    /// the maps cannot take is refused with nothing written. A node without a prefilter
+    /// (no underlay device) just holds them.
+    pub(crate) fn apply_prefilter_lists(&self, next: &Held) -> std::result::Result<(), String> {
+        let cli = self.prefilter_cli().map_err(|e| e.to_string())?;
+        match self.sync_prefilter_sets(&cli, Some(next)) {
+            Ok(c) => {
+                if c.added + c.deleted > 0 {
+                    tracing::info!(changes = ?c, "prefilter deny lists from the control plane in force");
+                }
+                Ok(())
+            }
+            Err(PrefilterError::NotRunning) => Ok(()),
+            Err(e) => Err(format!("PrefilterDenyList: {e}")),
+        }
     }
 
     /// `membrane prefilter add CIDR...`.
@@ -109,7 +156,14 @@ impl Node {
     pub fn prefilter_delete(&self, cidrs: &[String]) -> Result<Value> {
         let del = parse_prefixes(cidrs)?;
         let old = self.prefilter_cli()?;
+        let lists = control_plane(self.held.get(&Kind::Prefilter));
         if let Some(net) = del.iter().find(|n| !old.contains(n)) {
+            if let Some(names) = lists.get(net) {
+                return Err(PrefilterError::ControlPlane {
+                    cidr: *net,
+                    lists: names.join(", "),
+                });
+            }
             return Err(PrefilterError::NotAdded(format!(
                 "prefilter entry {net} was not added with membrane prefilter add; nothing \
                  was deleted"
@@ -139,13 +193,24 @@ impl Node {
             p.dp.prefilter()
                 .map_err(|e| PrefilterError::Datapath(e.to_string()))?;
         let cli = self.prefilter_cli()?;
+        let lists = control_plane(self.held.get(&Kind::Prefilter));
         let entries: Vec<Value> = held
             .iter()
             .map(|net| {
-                // What the maps hold that the CLI did not add was written by someone else
-                // (another agent version, bpftool): shown, never hidden.
-                let source = if cli.contains(net) { "cli" } else { "unknown" };
-                json!({ "cidr": net.to_string(), "source": source })
+                // What the maps hold that neither the CLI nor the control plane put there
+                // was written by someone else (another agent version, bpftool): shown,
+                // never hidden.
+                let source = match (cli.contains(net), lists.get(net)) {
+                    (true, None) => "cli",
+                    (false, Some(_)) => "control-plane",
+                    (true, Some(_)) => "cli+control-plane",
+                    (false, None) => "unknown",
+                };
+                let mut e = json!({ "cidr": net.to_string(), "source": source });
+                if let Some(names) = lists.get(net) {
+                    e["lists"] = json!(names);
+                }
+                e
             })
             .collect();
         let stats =
@@ -158,4 +223,17 @@ impl Node {
             "stats": stats,
         }))
     }
+}
+
+/// The control plane's deny entries: each prefix with the lists (object names) holding it.
+fn control_plane(lists: Option<&Held>) -> BTreeMap<IpNet, Vec<String>> {
+    let mut out: BTreeMap<IpNet, Vec<String>> = BTreeMap::new();
+    for (name, (_, _, spec)) in lists.into_iter().flatten() {
+        if let Spec::Prefilter(nets) = spec {
+            for net in nets {
+                out.entry(*net).or_default().push(name.clone());
+            }
+        }
+    }
+    out
 }

@@ -26,7 +26,7 @@ pub struct ResourceError {
     pub what: String,
 }
 
-/// The four resource types the agent subscribes to, in the order it subscribes.
+/// The five resource types the agent subscribes to, in the order it subscribes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
@@ -38,11 +38,19 @@ pub enum Kind {
     Service,
     /// `membrane.agent.v1.Node`.
     Node,
+    /// `membrane.agent.v1.PrefilterDenyList`: the cluster-wide prefilter deny lists.
+    Prefilter,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 4] = [Kind::Endpoint, Kind::Hosts, Kind::Service, Kind::Node];
+    pub const ALL: [Kind; 5] = [
+        Kind::Endpoint,
+        Kind::Hosts,
+        Kind::Service,
+        Kind::Node,
+        Kind::Prefilter,
+    ];
 
     /// The type URL.
     pub fn type_url(self) -> &'static str {
@@ -51,6 +59,7 @@ impl Kind {
             Kind::Hosts => type_url::NETWORK_POLICY_HOSTS,
             Kind::Service => type_url::AGENT_SERVICE,
             Kind::Node => type_url::AGENT_NODE,
+            Kind::Prefilter => type_url::AGENT_PREFILTER,
         }
     }
 
@@ -66,6 +75,7 @@ impl Kind {
             Kind::Hosts => "NetworkPolicyHosts",
             Kind::Service => "Service",
             Kind::Node => "Node",
+            Kind::Prefilter => "PrefilterDenyList",
         }
     }
 }
@@ -128,6 +138,8 @@ pub enum Spec {
     Service(ServiceSpec),
     /// A node.
     Node(NodeSpec),
+    /// A cluster-wide prefilter deny list's prefixes.
+    Prefilter(Vec<IpNet>),
 }
 
 /// Decodes and checks one resource of `kind` named `name`.
@@ -164,6 +176,25 @@ pub fn decode(kind: Kind, name: &str, body: &[u8]) -> Result<Spec, ResourceError
                 )));
             }
             node(&n).map(Spec::Node).map_err(fail)
+        }
+        Kind::Prefilter => {
+            let d = proto::PrefilterDenyList::decode(body)
+                .map_err(|e| fail(format!("not decodable: {e}")))?;
+            if d.name != name {
+                return Err(fail(format!(
+                    "name: {:?} is not the resource's name",
+                    d.name
+                )));
+            }
+            d.cidrs
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    membrane_api::agent::prefilter::parse_entry(c)
+                        .map_err(|why| fail(format!("cidrs[{i}]: {c:?}: {why}")))
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Spec::Prefilter)
         }
     }
 }
@@ -390,6 +421,19 @@ mod tests {
         };
         let e = decode(Kind::Node, "n1", &n.encode_to_vec()).unwrap_err();
         assert!(e.to_string().contains("addresses[0]"), "{e}");
+
+        let d = proto::PrefilterDenyList {
+            name: "bad-actors".into(),
+            cidrs: vec!["10.0.0.0/8".into(), "10.1.2.3/8".into()],
+        };
+        let e = decode(Kind::Prefilter, "bad-actors", &d.encode_to_vec()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "PrefilterDenyList \"bad-actors\": cidrs[1]: \"10.1.2.3/8\": host bits set (the \
+             prefix is 10.0.0.0/8)"
+        );
+        let e = decode(Kind::Prefilter, "other", &d.encode_to_vec()).unwrap_err();
+        assert!(e.to_string().contains("resource's name"), "{e}");
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! the real membrane-cni, and each agent serves its events on its observer (mTLS, its own
 //! address, port 4244). An in-process membrane-relay finds both through membrane-xds and
 //! merges their streams: connects on both nodes appear in one stream in time order with
-//! their pods named; a stopped agent is reported gone and followed again when it returns;
+//! their pods named, a pod of the other node too (named by the relay from membrane-xds's
+//! workload directory, which the agent that wrote the event does not have); a stopped agent is reported gone and followed again when it returns;
 //! `last` and the filters are applied by the agents and the relay; a client with a
 //! certificate of another identity, or none, is refused; each node's metrics count its
 //! verdicts.
@@ -179,7 +180,7 @@ impl Bed {
         let mut cfg = RelayConfig::new(
             Discovery::Xds(XdsSource {
                 address: self.xds.url(),
-                node_id: "membrane-agent~membrane-relay".into(),
+                node_id: "membrane-relay~membrane-relay".into(),
                 tls: None,
                 backoff: Duration::from_millis(50),
                 backoff_max: Duration::from_millis(500),
@@ -301,6 +302,29 @@ fn the_relay_merges_both_nodes_reports_a_gone_one_and_filters() {
         "{denied:?}"
     );
     assert_eq!(denied.dst.as_deref(), Some("10.202.0.2:9090"), "{denied:?}");
+
+    // A pod of the other node: node-1's client to node-2's server2 on a port its egress
+    // policy denies. node-1's agent knows only its own pods; the relay names server2.
+    const CROSS: &str = "10.202.0.2:9090";
+    assert_eq!(bed.nodes[0].pod("client").connect(CROSS), "eperm");
+    let is_cross = |e: &Event| e.node == "node-1" && e.dst.as_deref() == Some(CROSS);
+    rt.block_on(until(
+        &mut rx,
+        &mut seen,
+        "node-1's verdict on node-2's pod",
+        |s| s.iter().any(is_cross),
+    ));
+    let cross = seen.iter().find(|e| is_cross(e)).unwrap();
+    assert_eq!(
+        cross.src_pod.as_deref(),
+        Some("default/client"),
+        "{cross:?}"
+    );
+    assert_eq!(
+        cross.dst_pod.as_deref(),
+        Some("default/server2"),
+        "{cross:?}"
+    );
 
     // node-2's agent stops: reported; it returns: followed again, its events flow.
     bed.nodes[1].kill_agent();
@@ -428,6 +452,24 @@ fn the_relay_merges_both_nodes_reports_a_gone_one_and_filters() {
         ))
         .unwrap();
     assert!(ok.iter().all(|e| e.node == "node-1"), "{ok:#?}");
+    // The agent's own record of the cross-node connect does not name node-2's pod: the
+    // name above is the relay's.
+    let own = rt
+        .block_on(ask(
+            agent,
+            Some((&relay_client, &bed.ips[0].to_string())),
+            GetEventsRequest {
+                follow: false,
+                last: 1000,
+                filter: None,
+            },
+        ))
+        .unwrap();
+    let mine = own
+        .iter()
+        .find(|e| e.dst.as_deref() == Some(CROSS))
+        .unwrap_or_else(|| panic!("node-1's ring lost the cross-node connect: {own:#?}"));
+    assert_eq!(mine.dst_pod, None, "{mine:?}");
     assert!(rt.block_on(ask(agent, None, denied_only)).is_err());
 
     // Each node's metrics count its own verdicts.

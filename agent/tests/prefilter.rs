@@ -10,6 +10,12 @@
 //! - a restarted agent keeps the entries and the attached program;
 //! - a deleted entry lets the peer through again; deleting what was never added is an
 //!   error.
+//!
+//! And fed from the control plane: a `PrefilterDenyList` in membrane-xds's source directory
+//! reaches the agent over its ADS stream and is denied beside the CLI's entries (the
+//! union, each shown with its source); the CLI cannot delete it; an edit with a bad CIDR
+//! is refused by membrane-xds and the old list stays; an agent restarted while the
+//! control plane is down keeps denying it; removing the object lets the peer through.
 
 mod common;
 
@@ -134,11 +140,11 @@ fn send(peer: &Netns, src: &str, n: u32) {
     assert!(st.success(), "send from {src}");
 }
 
-#[test]
-fn a_denied_peer_on_the_underlay_gets_nothing_through_and_the_cli_round_trips() {
-    let mut n = TcNode::new(NODE_IP);
-    // The underlay's far end goes to a peer namespace with an address outside the denied
-    // CIDR and one inside it.
+/// A node namespace with the underlay's far end in a peer namespace that has an address
+/// outside the denied CIDR and one inside it; the node's source directory holds the two
+/// nodes.
+fn node_and_peer() -> (TcNode, Netns) {
+    let n = TcNode::new(NODE_IP);
     let peer = Netns::add(&format!("{}-peer", n.node.name));
     n.ip(&["link", "set", "ul0p", "netns", &peer.name]);
     for a in [ALLOWED, DENIED] {
@@ -150,16 +156,63 @@ fn a_denied_peer_on_the_underlay_gets_nothing_through_and_the_cli_round_trips() 
         two_nodes_yaml("192.168.79", &[]),
     )
     .unwrap();
-    let xds = n.xds();
-    n.start_agent(
-        &xds.url(),
-        &["--overlay", "native", "--underlay-device", "ul0"],
-    );
+    (n, peer)
+}
+
+const AGENT_FLAGS: [&str; 4] = ["--overlay", "native", "--underlay-device", "ul0"];
+
+/// Starts the agent and checks the prefilter runs in the driver.
+fn start(n: &mut TcNode, xds_url: &str) {
+    n.start_agent(xds_url, &AGENT_FLAGS);
     let st = n.node.ask(&Request::Status);
     assert_eq!(
         st["packet_path"]["prefilter"], "native",
         "veth runs XDP in the driver: {st}"
     );
+}
+
+/// `membrane monitor` shows a prefilter drop of the denied peer. A monitor that subscribed
+/// after the first drops may have missed the rate-limited record, so more denied datagrams
+/// follow until one is shown.
+fn monitor_shows_a_drop(socket: &Path, peer: &Netns) {
+    let mut monitor = ChildGuard(
+        Command::new(common::sibling("membrane"))
+            .args(["monitor", "-o", "json", "--type", "drop", "--count", "1"])
+            .arg("--socket")
+            .arg(socket)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn membrane monitor"),
+    );
+    let stdout = monitor.0.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let line = wait_until(
+        LIMIT,
+        Duration::from_millis(20),
+        "a prefilter drop in monitor",
+        || {
+            send(peer, DENIED, 1);
+            rx.recv_timeout(Duration::from_millis(100)).ok()
+        },
+    );
+    let ev: Value = serde_json::from_str(&line).expect("monitor JSON");
+    assert_eq!(ev["type"], "drop", "{ev}");
+    assert_eq!(ev["program"], "xdp", "{ev}");
+    assert_eq!(ev["reason"], "prefilter-denied", "{ev}");
+    assert_eq!(ev["src"], format!("{DENIED}:0"), "{ev}");
+    assert_eq!(ev["dst"], format!("{NODE_IP}:0"), "{ev}");
+}
+
+#[test]
+fn a_denied_peer_on_the_underlay_gets_nothing_through_and_the_cli_round_trips() {
+    let (mut n, peer) = node_and_peer();
+    let xds = n.xds();
+    start(&mut n, &xds.url());
     let socket = n.node.socket();
     let got = serve(&n);
 
@@ -183,15 +236,6 @@ fn a_denied_peer_on_the_underlay_gets_nothing_through_and_the_cli_round_trips() 
     );
     assert_eq!(cidrs(&list(&socket)), [DENIED_CIDR]);
 
-    let mut monitor = ChildGuard(
-        Command::new(common::sibling("membrane"))
-            .args(["monitor", "-o", "json", "--type", "drop", "--count", "1"])
-            .arg("--socket")
-            .arg(&socket)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn membrane monitor"),
-    );
     let before = list(&socket)["stats"]["denied_v4"].as_u64().unwrap();
     assert_eq!(before, 0);
     send(&peer, DENIED, 20);
@@ -209,39 +253,13 @@ fn a_denied_peer_on_the_underlay_gets_nothing_through_and_the_cli_round_trips() 
     assert_eq!(l["stats"]["denied_v4"], 20, "{l}");
     assert_eq!(l["entries"][0]["source"], "cli", "{l}");
 
-    // The drop record: a monitor that subscribed after the first drops may have missed
-    // the rate-limited record, so more denied datagrams follow until one is shown.
-    let stdout = monitor.0.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(l);
-        }
-    });
-    let line = wait_until(
-        LIMIT,
-        Duration::from_millis(20),
-        "a prefilter drop in monitor",
-        || {
-            send(&peer, DENIED, 1);
-            rx.recv_timeout(Duration::from_millis(100)).ok()
-        },
-    );
-    let ev: Value = serde_json::from_str(&line).expect("monitor JSON");
-    assert_eq!(ev["type"], "drop", "{ev}");
-    assert_eq!(ev["program"], "xdp", "{ev}");
-    assert_eq!(ev["reason"], "prefilter-denied", "{ev}");
-    assert_eq!(ev["src"], format!("{DENIED}:0"), "{ev}");
-    assert_eq!(ev["dst"], format!("{NODE_IP}:0"), "{ev}");
+    monitor_shows_a_drop(&socket, &peer);
     assert_eq!(got.count(DENIED), 3);
 
     // A restarted agent keeps the CLI's entries (recorded) and the attached program
     // (pinned link): the peer stays denied throughout.
     n.node.kill_agent();
-    n.start_agent(
-        &xds.url(),
-        &["--overlay", "native", "--underlay-device", "ul0"],
-    );
+    start(&mut n, &xds.url());
     let l = list(&socket);
     assert_eq!(cidrs(&l), [DENIED_CIDR], "{l}");
     assert_eq!(l["mode"], "native", "{l}");
@@ -268,4 +286,138 @@ fn a_denied_peer_on_the_underlay_gets_nothing_through_and_the_cli_round_trips() 
     wait_until(LIMIT, EVERY, "datagrams after the delete", || {
         (got.count(DENIED) == 5).then_some(())
     });
+}
+
+/// A `PrefilterDenyList` named `name` holding `cidrs`, as YAML.
+fn deny_list(name: &str, cidrs: &[&str]) -> String {
+    let mut y = format!(
+        "apiVersion: membrane.io/v1alpha1\nkind: PrefilterDenyList\nmetadata:\n  name: {name}\n\
+         spec:\n  cidrs:\n"
+    );
+    for c in cidrs {
+        y.push_str(&format!("  - {c:?}\n"));
+    }
+    y
+}
+
+/// The list's entry for `cidr`.
+fn entry(l: &Value, cidr: &str) -> Value {
+    l["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["cidr"] == cidr)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+#[test]
+fn the_control_planes_deny_list_is_joined_with_the_cli_and_kept_fail_static() {
+    const CLI_ONLY: &str = "198.51.100.0/24";
+    const CANARY: &str = "203.0.113.0/24";
+    let (mut n, peer) = node_and_peer();
+    let source = n.node.source();
+    let mut xds = n.xds();
+    start(&mut n, &xds.url());
+    let socket = n.node.socket();
+    let got = serve(&n);
+    send(&peer, DENIED, 2);
+    wait_until(LIMIT, EVERY, "datagrams before the deny list", || {
+        (got.count(DENIED) == 2).then_some(())
+    });
+
+    // The deny list in the cluster's source: membrane-xds serves it, the agent denies it.
+    ok(&membrane(&socket, &["prefilter", "add", CLI_ONLY]));
+    std::fs::write(source.join("deny.yaml"), deny_list("edge", &[DENIED_CIDR])).unwrap();
+    let l = wait_until(LIMIT, EVERY, "the deny list at the agent", || {
+        let l = list(&socket);
+        (entry(&l, DENIED_CIDR) != Value::Null).then_some(l)
+    });
+    assert_eq!(
+        entry(&l, DENIED_CIDR),
+        serde_json::json!({"cidr": DENIED_CIDR, "source": "control-plane", "lists": ["edge"]}),
+        "{l}"
+    );
+    assert_eq!(entry(&l, CLI_ONLY)["source"], "cli", "{l}");
+    let table = ok(&membrane(&socket, &["prefilter", "list"]));
+    assert!(
+        table.contains(&format!("{DENIED_CIDR:<44} control-plane (edge)")),
+        "{table}"
+    );
+    send(&peer, DENIED, 10);
+    send(&peer, ALLOWED, 3);
+    wait_until(LIMIT, EVERY, "the allowed peer's datagrams", || {
+        (got.count(ALLOWED) == 3).then_some(())
+    });
+    assert_eq!(got.count(DENIED), 2, "a denied datagram got through");
+    assert_eq!(list(&socket)["stats"]["denied_v4"], 10);
+    monitor_shows_a_drop(&socket, &peer);
+
+    // The CLI cannot delete what the control plane denies.
+    let bad = membrane(&socket, &["prefilter", "delete", DENIED_CIDR]);
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains(&format!(
+            "prefilter entry {DENIED_CIDR} comes from the control plane (PrefilterDenyList \
+             edge); delete it there"
+        )),
+        "{err}"
+    );
+    assert_ne!(entry(&list(&socket), DENIED_CIDR), Value::Null);
+
+    // An edit with a bad CIDR is refused by membrane-xds; the old list stays. The canary
+    // list, written after it, shows the edit has been read.
+    std::fs::write(
+        source.join("deny.yaml"),
+        deny_list("edge", &["10.1.2.3/8", "192.168.79.0/28"]),
+    )
+    .unwrap();
+    std::fs::write(source.join("canary.yaml"), deny_list("canary", &[CANARY])).unwrap();
+    let l = wait_until(LIMIT, EVERY, "the canary list at the agent", || {
+        let l = list(&socket);
+        (entry(&l, CANARY) != Value::Null).then_some(l)
+    });
+    assert_eq!(
+        cidrs(&l),
+        [DENIED_CIDR, CLI_ONLY, CANARY],
+        "the bad edit changed the deny set: {l}"
+    );
+    send(&peer, DENIED, 2);
+    send(&peer, ALLOWED, 1);
+    wait_until(LIMIT, EVERY, "the allowed peer after the bad edit", || {
+        (got.count(ALLOWED) == 4).then_some(())
+    });
+    assert_eq!(got.count(DENIED), 2, "a denied datagram got through");
+
+    // Fail-static: the control plane goes away, the agent restarts without it, and the
+    // recorded list stays in force.
+    xds.kill();
+    n.node.kill_agent();
+    start(&mut n, &xds.url());
+    let l = list(&socket);
+    assert_eq!(entry(&l, DENIED_CIDR)["source"], "control-plane", "{l}");
+    assert_eq!(cidrs(&l), [DENIED_CIDR, CLI_ONLY, CANARY], "{l}");
+    send(&peer, DENIED, 3);
+    send(&peer, ALLOWED, 1);
+    wait_until(LIMIT, EVERY, "the allowed peer after the restart", || {
+        (got.count(ALLOWED) == 5).then_some(())
+    });
+    assert_eq!(got.count(DENIED), 2, "a denied datagram got through");
+
+    // The control plane back, the list removed from the source: the peer passes again,
+    // the CLI's entry stays.
+    std::fs::remove_file(source.join("deny.yaml")).unwrap();
+    let xds = n.xds_on(&xds.addr.to_string());
+    let l = wait_until(LIMIT, EVERY, "the deny list gone at the agent", || {
+        let l = list(&socket);
+        (entry(&l, DENIED_CIDR) == Value::Null).then_some(l)
+    });
+    assert_eq!(cidrs(&l), [CLI_ONLY, CANARY], "{l}");
+    assert_eq!(entry(&l, CLI_ONLY)["source"], "cli", "{l}");
+    send(&peer, DENIED, 2);
+    wait_until(LIMIT, EVERY, "datagrams after the removal", || {
+        (got.count(DENIED) == 4).then_some(())
+    });
+    drop(xds);
 }

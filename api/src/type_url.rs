@@ -12,6 +12,12 @@ pub const AGENT_ENDPOINT: &str = "type.googleapis.com/membrane.agent.v1.Endpoint
 pub const AGENT_SERVICE: &str = "type.googleapis.com/membrane.agent.v1.Service";
 /// membrane's node registry `Node`, one per node, named by the node's name.
 pub const AGENT_NODE: &str = "type.googleapis.com/membrane.agent.v1.Node";
+/// membrane's cluster-wide prefilter deny list, one per `PrefilterDenyList` object (served
+/// to every agent), named by the object's name.
+pub const AGENT_PREFILTER: &str = "type.googleapis.com/membrane.agent.v1.PrefilterDenyList";
+/// membrane's workload directory `Workload` (the relay's only), one per pod with an
+/// address, named `NAMESPACE/POD`.
+pub const AGENT_WORKLOAD: &str = "type.googleapis.com/membrane.agent.v1.Workload";
 
 /// membrane's sidecar `MeshTls` (the effective PeerAuthentication mTLS mode), one per
 /// sidecar, named `NAMESPACE/POD`.

@@ -1,6 +1,9 @@
 //! `membrane prefilter add|delete|list`: the node's XDP prefilter (source prefixes dropped
 //! on the underlay device before the stack), asked of and changed through the node agent's
 //! socket. A request with one bad CIDR is refused whole by the agent; the deny set stays.
+//! The node denies the union of these entries and the control plane's cluster-wide
+//! `PrefilterDenyList` objects; `list` shows each prefix's source (`cli`, `control-plane`
+//! with the lists, or both), and `delete` refuses a prefix only a deny list holds.
 
 use std::process::ExitCode;
 
@@ -16,7 +19,7 @@ use crate::agent_cmd::{ask_agent, cell, print_reply, AgentArgs};
 pub enum PrefilterCommand {
     /// Deny packets from these CIDRs (or addresses) on the node's underlay device.
     Add(Cidrs),
-    /// Stop denying CIDRs added with `add`.
+    /// Stop denying CIDRs added with `add` (a control-plane deny list's are deleted there).
     Delete(Cidrs),
     /// The denied prefixes, where each comes from, the device, the XDP mode and the
     /// counters.
@@ -47,7 +50,22 @@ fn table(v: &Value) {
     println!("device {}  mode {}", cell(&v["device"]), cell(&v["mode"]));
     println!("{:<44} SOURCE", "CIDR");
     for e in v["entries"].as_array().into_iter().flatten() {
-        println!("{:<44} {}", cell(&e["cidr"]), cell(&e["source"]));
+        let lists: Vec<&str> = e["lists"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        if lists.is_empty() {
+            println!("{:<44} {}", cell(&e["cidr"]), cell(&e["source"]));
+        } else {
+            println!(
+                "{:<44} {} ({})",
+                cell(&e["cidr"]),
+                cell(&e["source"]),
+                lists.join(", ")
+            );
+        }
     }
     let s = &v["stats"];
     println!(

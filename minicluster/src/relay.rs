@@ -74,7 +74,7 @@ impl Cluster {
         let mut cfg = RelayConfig::new(
             Discovery::Xds(XdsSource {
                 address: self.xds.clone(),
-                node_id: "membrane-agent~membrane-relay".into(),
+                node_id: "membrane-relay~membrane-relay".into(),
                 tls: None,
                 backoff,
                 backoff_max: Duration::from_secs(2),

@@ -1,7 +1,11 @@
-//! Finding the agents: the relay is a client of membrane-xds for the node registry
-//! (`membrane.agent.v1.Node`, a wildcard delta subscription of that one type), and keeps
-//! the map of node name → address current. A response with a node that has no usable
-//! address is NACKed with the node named, and the last good map stays in force.
+//! Finding the agents and naming the pods: the relay is a client of membrane-xds as
+//! `membrane-relay~NAME` (with the relay's own certificate on mTLS, which membrane-xds
+//! admits for the relay's snapshot only), with wildcard delta subscriptions to the node
+//! registry (`membrane.agent.v1.Node`) and the workload directory
+//! (`membrane.agent.v1.Workload`: every pod with its addresses). It keeps the map of node
+//! name → address and the map of address → pod current. A response with a node that has
+//! no usable address, or a workload with an address that does not parse, is NACKed naming
+//! it, and the last good map stays in force.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -13,8 +17,9 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse,
 };
 use envoy_types::pb::google::rpc::Status;
-use membrane_api::agent::proto::Node;
-use membrane_api::type_url::AGENT_NODE;
+use membrane_api::agent::proto::{Node, Workload};
+use membrane_api::monitor::Event;
+use membrane_api::type_url::{AGENT_NODE, AGENT_WORKLOAD};
 use membrane_xds_client::XdsTls;
 use prost::Message;
 use tokio::sync::{mpsc, watch};
@@ -26,13 +31,66 @@ const INVALID_ARGUMENT: i32 = 3;
 /// Node name → the address its agent is reached at.
 pub type Nodes = BTreeMap<String, IpAddr>;
 
+/// Every pod of the cluster with an address: `NAMESPACE/POD` → its addresses.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Directory {
+    pods: BTreeMap<String, Vec<IpAddr>>,
+    by_ip: BTreeMap<IpAddr, String>,
+}
+
+impl Directory {
+    /// The pod holding `ip`, `NAMESPACE/POD`.
+    pub fn pod_of(&self, ip: IpAddr) -> Option<&str> {
+        self.by_ip.get(&ip).map(String::as_str)
+    }
+
+    /// How many pods it names.
+    pub fn len(&self) -> usize {
+        self.pods.len()
+    }
+
+    /// It names no pod.
+    pub fn is_empty(&self) -> bool {
+        self.pods.is_empty()
+    }
+
+    fn rebuild(&mut self) {
+        self.by_ip = self
+            .pods
+            .iter()
+            .flat_map(|(pod, ips)| ips.iter().map(move |ip| (*ip, pod.clone())))
+            .collect();
+    }
+
+    /// Names the ends of `e` the writer (an agent, which knows its own node's pods only)
+    /// left unnamed: a pod of another node gets its name here. A name the writer gave is
+    /// kept.
+    pub fn name(&self, e: &mut Event) {
+        let of = |addr: &Option<String>| {
+            let a = addr.as_deref()?;
+            let ip = a
+                .parse::<std::net::SocketAddr>()
+                .map(|s| s.ip())
+                .or_else(|_| a.parse::<IpAddr>())
+                .ok()?;
+            self.pod_of(ip).map(str::to_owned)
+        };
+        if e.src_pod.is_none() {
+            e.src_pod = of(&e.src);
+        }
+        if e.dst_pod.is_none() {
+            e.dst_pod = of(&e.dst);
+        }
+    }
+}
+
 /// How the relay reaches the node registry.
 #[derive(Debug, Clone)]
 pub struct XdsSource {
     /// `http://HOST:PORT` or `https://HOST:PORT` of membrane-xds.
     pub address: String,
-    /// The node id presented (`membrane-agent~NAME`: membrane-xds serves every agent the
-    /// whole node registry).
+    /// The node id presented (`membrane-relay~NAME`: membrane-xds serves the relay the node
+    /// registry and the workload directory; on mTLS only to the relay's certificate).
     pub node_id: String,
     /// mTLS to membrane-xds.
     pub tls: Option<XdsTls>,
@@ -48,7 +106,51 @@ fn address(n: &Node) -> Option<IpAddr> {
     ips.iter().find(|ip| ip.is_ipv4()).or(ips.first()).copied()
 }
 
-/// Applies one response to `nodes`: all of it or, on a bad resource, none of it.
+/// Applies one `Workload` response to `dir`: all of it or, on a bad resource, none of it.
+pub fn apply_workloads(
+    dir: &Directory,
+    resp: &DeltaDiscoveryResponse,
+) -> Result<Directory, String> {
+    if resp.type_url != AGENT_WORKLOAD {
+        return Err(format!("type {:?}: not subscribed", resp.type_url));
+    }
+    let mut next = dir.clone();
+    for (i, r) in resp.resources.iter().enumerate() {
+        let body = r
+            .resource
+            .as_ref()
+            .ok_or_else(|| format!("resources[{i}] ({:?}): no resource body", r.name))?;
+        let w = Workload::decode(body.value.as_slice())
+            .map_err(|e| format!("resources[{i}] ({:?}): {e}", r.name))?;
+        let name = format!("{}/{}", w.namespace, w.pod);
+        if name != r.name {
+            return Err(format!(
+                "resources[{i}] Workload {:?}: namespace/pod {name:?} is not the resource's name",
+                r.name
+            ));
+        }
+        let ips = w
+            .ips
+            .iter()
+            .enumerate()
+            .map(|(j, a)| {
+                a.parse::<IpAddr>().map_err(|_| {
+                    format!(
+                        "resources[{i}] Workload {name:?}: ips[{j}]: {a:?} is not an IP address"
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        next.pods.insert(name, ips);
+    }
+    for gone in &resp.removed_resources {
+        next.pods.remove(gone);
+    }
+    next.rebuild();
+    Ok(next)
+}
+
+/// Applies one `Node` response to `nodes`: all of it or, on a bad resource, none of it.
 pub fn apply(nodes: &Nodes, resp: &DeltaDiscoveryResponse) -> Result<Nodes, String> {
     if resp.type_url != AGENT_NODE {
         return Err(format!("type {:?}: not subscribed", resp.type_url));
@@ -75,11 +177,12 @@ pub fn apply(nodes: &Nodes, resp: &DeltaDiscoveryResponse) -> Result<Nodes, Stri
     Ok(next)
 }
 
-/// Follows the node registry into `out` until every receiver is gone.
-pub async fn run(src: XdsSource, out: watch::Sender<Nodes>) {
+/// Follows the node registry into `out` and the workload directory into `dir` until every
+/// receiver of `out` is gone.
+pub async fn run(src: XdsSource, out: watch::Sender<Nodes>, dir: watch::Sender<Directory>) {
     let mut attempt = 0u32;
     loop {
-        match session(&src, &out).await {
+        match session(&src, &out, &dir).await {
             Ok(true) => attempt = 0,
             Ok(false) => {}
             Err(e) => tracing::warn!(address = %src.address, "node registry stream failed: {e}"),
@@ -98,24 +201,31 @@ pub async fn run(src: XdsSource, out: watch::Sender<Nodes>) {
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-async fn session(src: &XdsSource, out: &watch::Sender<Nodes>) -> Result<bool, BoxError> {
+async fn session(
+    src: &XdsSource,
+    out: &watch::Sender<Nodes>,
+    dir: &watch::Sender<Directory>,
+) -> Result<bool, BoxError> {
     let conn = membrane_xds_client::connect(&src.address, src.tls.as_ref()).await?;
     let (tx, rx) = mpsc::channel(4);
-    tx.send(DeltaDiscoveryRequest {
-        node: Some(XdsNode {
-            id: src.node_id.clone(),
+    for type_url in [AGENT_NODE, AGENT_WORKLOAD] {
+        tx.send(DeltaDiscoveryRequest {
+            node: Some(XdsNode {
+                id: src.node_id.clone(),
+                ..Default::default()
+            }),
+            type_url: type_url.into(),
             ..Default::default()
-        }),
-        type_url: AGENT_NODE.into(),
-        ..Default::default()
-    })
-    .await?;
+        })
+        .await?;
+    }
     let mut stream = AggregatedDiscoveryServiceClient::new(conn.channel.clone())
         .delta_aggregated_resources(ReceiverStream::new(rx))
         .await?
         .into_inner();
-    // A new stream starts from nothing: the first response is the whole registry.
+    // A new stream starts from nothing: the first response of each type is all of it.
     let mut held: Option<Nodes> = None;
+    let mut held_dir: Option<Directory> = None;
     let rotated = conn.rotated();
     tokio::pin!(rotated);
     let mut got_one = false;
@@ -126,16 +236,25 @@ async fn session(src: &XdsSource, out: &watch::Sender<Nodes>) -> Result<bool, Bo
             _ = out.closed() => return Ok(got_one),
         };
         got_one = true;
-        let base = held.clone().unwrap_or_default();
-        let error_detail = match apply(&base, &resp) {
-            Ok(next) => {
+        let result = if resp.type_url == AGENT_WORKLOAD {
+            let base = held_dir.clone().unwrap_or_default();
+            apply_workloads(&base, &resp).map(|next| {
+                tracing::debug!(pods = next.len(), "workload directory");
+                dir.send_replace(next.clone());
+                held_dir = Some(next);
+            })
+        } else {
+            let base = held.clone().unwrap_or_default();
+            apply(&base, &resp).map(|next| {
                 tracing::info!(nodes = ?next, "node registry");
                 out.send_replace(next.clone());
                 held = Some(next);
-                None
-            }
+            })
+        };
+        let error_detail = match result {
+            Ok(()) => None,
             Err(message) => {
-                tracing::error!(error = %message, "node registry update rejected (NACK); the last good one stays");
+                tracing::error!(type_url = %resp.type_url, error = %message, "node registry update rejected (NACK); the last good one stays");
                 Some(Status {
                     code: INVALID_ARGUMENT,
                     message,
@@ -205,6 +324,83 @@ mod tests {
         let e = apply(&nodes, &bad).unwrap_err();
         assert!(
             e.contains("Node \"node-4\"") && e.contains("nowhere"),
+            "{e}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod directory_tests {
+    use super::*;
+    use envoy_types::pb::envoy::service::discovery::v3::Resource;
+    use envoy_types::pb::google::protobuf::Any;
+
+    fn workload(ns: &str, pod: &str, ips: &[&str]) -> Resource {
+        let w = Workload {
+            namespace: ns.into(),
+            pod: pod.into(),
+            ips: ips.iter().map(|a| a.to_string()).collect(),
+            node: "node-2".into(),
+            identity: 300,
+        };
+        Resource {
+            name: format!("{ns}/{pod}"),
+            resource: Some(Any {
+                type_url: AGENT_WORKLOAD.into(),
+                value: w.encode_to_vec(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_directory_names_unnamed_ends_and_a_bad_workload_changes_nothing() {
+        let resp = DeltaDiscoveryResponse {
+            type_url: AGENT_WORKLOAD.into(),
+            resources: vec![
+                workload("default", "server2", &["10.202.0.2", "fd00::2"]),
+                workload("default", "client2", &["10.202.0.1"]),
+            ],
+            ..Default::default()
+        };
+        let dir = apply_workloads(&Directory::default(), &resp).unwrap();
+        let mut e = Event {
+            src: Some("10.201.0.1:40000".into()),
+            src_pod: Some("default/client".into()),
+            dst: Some("10.202.0.2:9090".into()),
+            ..Event::default()
+        };
+        dir.name(&mut e);
+        assert_eq!(e.dst_pod.as_deref(), Some("default/server2"));
+        assert_eq!(e.src_pod.as_deref(), Some("default/client"), "kept");
+        let mut v6 = Event {
+            dst: Some("[fd00::2]:80".into()),
+            src: Some("10.9.9.9:1".into()),
+            ..Event::default()
+        };
+        dir.name(&mut v6);
+        assert_eq!(v6.dst_pod.as_deref(), Some("default/server2"));
+        assert_eq!(v6.src_pod, None, "nobody holds 10.9.9.9");
+
+        let gone = DeltaDiscoveryResponse {
+            type_url: AGENT_WORKLOAD.into(),
+            removed_resources: vec!["default/server2".into()],
+            ..Default::default()
+        };
+        let dir = apply_workloads(&dir, &gone).unwrap();
+        assert_eq!(dir.pod_of("10.202.0.2".parse().unwrap()), None);
+        assert_eq!(dir.len(), 1);
+        let bad = DeltaDiscoveryResponse {
+            type_url: AGENT_WORKLOAD.into(),
+            resources: vec![
+                workload("default", "a", &["10.0.0.3"]),
+                workload("default", "b", &["nowhere"]),
+            ],
+            ..Default::default()
+        };
+        let e = apply_workloads(&dir, &bad).unwrap_err();
+        assert!(
+            e.contains("Workload \"default/b\": ips[0]: \"nowhere\""),
             "{e}"
         );
     }

@@ -2,7 +2,9 @@
 //! node registry ([`discovery`]: membrane-xds's `Node` resources), follows each agent's
 //! event stream on its observer port ([`nodes`]: 4244, mTLS, reconnects with backoff, a
 //! `node-status` record for every node that comes, goes or cannot be reached), merges the
-//! streams in time order through a bounded reorder window ([`merge`]) and fans the result
+//! streams in time order through a bounded reorder window ([`merge`]), names the ends the
+//! writing agent could not (a pod of another node, from the control plane's workload
+//! directory, [`discovery::Directory`]) and fans the result
 //! out ([`hub`]) to the gRPC service on 4245 ([`server`]: `membrane monitor --all-nodes`)
 //! and to in-process consumers: [`web`], the page of the service map and the latest flows,
 //! and `membrane demo`.
@@ -26,7 +28,7 @@ use membrane_api::monitor::Event;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::discovery::{Nodes, XdsSource};
+use crate::discovery::{Directory, Nodes, XdsSource};
 use crate::nodes::AgentAccess;
 
 /// Where the relay learns the nodes.
@@ -88,6 +90,7 @@ impl Drop for Tasks {
 pub struct Relay {
     hub: Arc<hub::Hub>,
     nodes: watch::Receiver<Nodes>,
+    directory: watch::Receiver<Directory>,
     access: AgentAccess,
     _tasks: Arc<Tasks>,
     _static: Option<Arc<watch::Sender<Nodes>>>,
@@ -100,10 +103,11 @@ impl Relay {
         let hub = Arc::new(hub::Hub::new(cfg.queue, cfg.ring));
         let (tx, rx) = mpsc::channel(4096);
         let mut tasks = Vec::new();
+        let (dtx, directory) = watch::channel(Directory::default());
         let (nodes, keep) = match cfg.discovery {
             Discovery::Xds(src) => {
                 let (ntx, nrx) = watch::channel(Nodes::new());
-                tasks.push(tokio::spawn(discovery::run(src, ntx)));
+                tasks.push(tokio::spawn(discovery::run(src, ntx, dtx)));
                 (nrx, None)
             }
             Discovery::Static(list) => {
@@ -120,10 +124,12 @@ impl Relay {
             rx,
             hub.clone(),
             merge::Reorder::new(cfg.window, cfg.buffer),
+            directory.clone(),
         )));
         Self {
             hub,
             nodes,
+            directory,
             access: cfg.agents,
             _tasks: Arc::new(Tasks(tasks)),
             _static: keep,
@@ -139,6 +145,12 @@ impl Relay {
     /// The latest `n` merged events this relay has seen, oldest first.
     pub fn recent(&self, n: usize) -> Vec<Event> {
         self.hub.recent(n)
+    }
+
+    /// `e` with the ends its agent left unnamed named from the workload directory.
+    pub fn named(&self, mut e: Event) -> Event {
+        self.directory.borrow().name(&mut e);
+        e
     }
 
     /// The nodes the relay follows now: name → address.

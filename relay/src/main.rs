@@ -33,12 +33,13 @@ struct Config {
     /// PEM key of --xds-cert.
     #[arg(long, env = "MEMBRANE_XDS_KEY", requires = "xds_cert")]
     xds_key: Option<PathBuf>,
-    /// The node id presented to membrane-xds; a node agent's id gets the node registry
-    /// (on mTLS, the certificate must be the agents' service account's).
+    /// The node id presented to membrane-xds (`membrane-relay~NAME`): it gets the node
+    /// registry and the workload directory (on mTLS, the certificate must be the relay's
+    /// service account's, membrane-xds's `--relay-service-account`).
     #[arg(
         long,
         env = "MEMBRANE_RELAY_XDS_NODE_ID",
-        default_value = "membrane-agent~membrane-relay"
+        default_value = "membrane-relay~membrane-relay"
     )]
     xds_node_id: String,
     /// The agents' observer port.

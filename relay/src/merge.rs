@@ -8,8 +8,9 @@ use std::collections::BinaryHeap;
 use std::time::{Duration, SystemTime};
 
 use membrane_api::monitor::Event;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
+use crate::discovery::Directory;
 use crate::hub::Hub;
 
 /// An event's time, or `fallback` when it has none that parses.
@@ -95,13 +96,24 @@ impl Reorder {
 
 /// Runs the merge: events from every node's follower in, the merged stream out to `hub`,
 /// until every sender is gone.
-pub async fn run(mut rx: mpsc::Receiver<Event>, hub: std::sync::Arc<Hub>, mut buf: Reorder) {
+pub async fn run(
+    mut rx: mpsc::Receiver<Event>,
+    hub: std::sync::Arc<Hub>,
+    mut buf: Reorder,
+    directory: watch::Receiver<Directory>,
+) {
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Named as it arrives, with the directory of that moment (a pod gone by the time the
+    // window has passed is still named).
+    let named = |mut e: Event| {
+        directory.borrow().name(&mut e);
+        e
+    };
     loop {
         tokio::select! {
             e = rx.recv() => match e {
-                Some(e) => for out in buf.push(e, SystemTime::now()) { hub.publish(out) },
+                Some(e) => for out in buf.push(named(e), SystemTime::now()) { hub.publish(out) },
                 None => {
                     for out in buf.ready(SystemTime::now() + buf.window) { hub.publish(out) }
                     return;

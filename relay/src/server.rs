@@ -124,7 +124,7 @@ impl Relay {
         let mut all = Vec::new();
         while let Some(done) = asks.join_next().await {
             match done {
-                Ok((_, Ok(evs))) => all.extend(evs),
+                Ok((_, Ok(evs))) => all.extend(evs.into_iter().map(|e| self.named(e))),
                 Ok((name, Err(why))) => all.push(status(&name, format!("unreachable: {why}"))),
                 Err(_) => {}
             }

@@ -388,8 +388,11 @@ pub async fn start(cfg: &Config) -> Result<Running, AppError> {
         tokio::spawn(async move { drop(serve.await) })
     });
     let (agent_ns, agent_sa) = &cfg.agent_service_account;
+    let (relay_ns, relay_sa) = &cfg.relay_service_account;
     let authorizer = Arc::new(
-        Authorizer::new(cfg.trust_domain.clone(), workloads).with_agent_account(agent_ns, agent_sa),
+        Authorizer::new(cfg.trust_domain.clone(), workloads)
+            .with_agent_account(agent_ns, agent_sa)
+            .with_relay_account(relay_ns, relay_sa),
     );
     let tls_task = tls.map(|(builder, l, signer)| {
         let mut router = server.with_auth(authorizer.clone()).router_on(builder);

@@ -17,6 +17,13 @@
 //! certificate is refused for an agent id, and the agents' certificate for a
 //! sidecar id (no pod runs as it).
 //!
+//! The relay presents `membrane-relay~NAME` with its own certificate
+//! (`spiffe://DOMAIN/ns/membrane-system/sa/membrane-relay` by default,
+//! `--relay-service-account`) and gets the relay's snapshot only: the node
+//! registry and the workload directory, none of an agent's or a sidecar's
+//! resources. Its certificate is refused for an agent id, the agents' for a
+//! relay id.
+//!
 //! No I/O here; the gRPC adapter (`server.rs`) calls it, the controller
 //! keeps [`Workloads`] current.
 
@@ -26,7 +33,7 @@ use std::sync::RwLock;
 
 use thiserror::Error;
 
-use crate::node::{agent_key, agent_node, pod_key, IstioNode};
+use crate::node::{agent_key, agent_node, pod_key, relay_name, IstioNode, RELAY_KEY};
 use crate::source::ClusterState;
 
 /// Why a client of the mTLS port is refused.
@@ -73,6 +80,16 @@ pub enum AuthError {
         spiffe: String,
         /// The certificate's namespace.
         cert_ns: String,
+    },
+    /// The relay's id with a certificate that is not the relay's.
+    #[error("node id {id:?} is the relay's, but the client certificate {spiffe} is not the relay's service account {expected}")]
+    RelayAccount {
+        /// The node id.
+        id: String,
+        /// The certificate's SPIFFE id.
+        spiffe: String,
+        /// The relay's SPIFFE id.
+        expected: String,
     },
     /// A node agent's id with a certificate that is not the agents'.
     #[error("node id {id:?} is a node agent's, but the client certificate {spiffe} is not the agents' service account {expected}")]
@@ -131,6 +148,7 @@ impl AuthError {
             AuthError::NodeId { .. } => "node_id",
             AuthError::Namespace { .. } => "namespace",
             AuthError::AgentAccount { .. } => "agent_account",
+            AuthError::RelayAccount { .. } => "relay_account",
             AuthError::UnknownPod { .. } => "unknown_pod",
             AuthError::ServiceAccount { .. } => "service_account",
             AuthError::Ip { .. } => "ip",
@@ -242,6 +260,9 @@ impl Workloads {
 /// The service account node agents run as by default (`NAMESPACE/NAME`).
 pub const DEFAULT_AGENT_ACCOUNT: &str = "kube-system/membrane-agent";
 
+/// The service account the relay runs as by default (`NAMESPACE/NAME`).
+pub const DEFAULT_RELAY_ACCOUNT: &str = "membrane-system/membrane-relay";
+
 /// Decides whether an authenticated peer may be the node it claims to be.
 #[derive(Debug)]
 pub struct Authorizer {
@@ -249,6 +270,8 @@ pub struct Authorizer {
     workloads: std::sync::Arc<Workloads>,
     /// The node agents' service account: (namespace, name).
     agent_account: (String, String),
+    /// The relay's service account: (namespace, name).
+    relay_account: (String, String),
 }
 
 impl Authorizer {
@@ -258,11 +281,21 @@ impl Authorizer {
         let (ns, sa) = DEFAULT_AGENT_ACCOUNT
             .split_once('/')
             .unwrap_or(("kube-system", "membrane-agent"));
+        let (rns, rsa) = DEFAULT_RELAY_ACCOUNT
+            .split_once('/')
+            .unwrap_or(("membrane-system", "membrane-relay"));
         Authorizer {
             trust_domain: trust_domain.into(),
             workloads,
             agent_account: (ns.to_string(), sa.to_string()),
+            relay_account: (rns.to_string(), rsa.to_string()),
         }
+    }
+
+    /// The relay runs as the service account `namespace`/`name` instead.
+    pub fn with_relay_account(mut self, namespace: &str, name: &str) -> Self {
+        self.relay_account = (namespace.to_string(), name.to_string());
+        self
     }
 
     /// Node agents run as the service account `namespace`/`name` instead.
@@ -317,6 +350,17 @@ impl Authorizer {
     pub fn authorize(&self, node_id: &str, peer: &SpiffeId) -> Result<String, AuthError> {
         if let Some(node) = agent_node(node_id) {
             return self.authorize_agent(node_id, node, peer);
+        }
+        if relay_name(node_id).is_some() {
+            let (ns, sa) = &self.relay_account;
+            if &peer.namespace != ns || &peer.service_account != sa {
+                return Err(AuthError::RelayAccount {
+                    id: node_id.to_string(),
+                    spiffe: peer.uri(),
+                    expected: format!("spiffe://{}/ns/{ns}/sa/{sa}", self.trust_domain),
+                });
+            }
+            return Ok(RELAY_KEY.to_string());
         }
         let node = IstioNode::parse(node_id).map_err(|e| AuthError::NodeId {
             id: node_id.to_string(),
@@ -488,6 +532,33 @@ status: {podIP: 10.0.0.4}
             Ok("agent/n".into())
         );
         assert!(custom.authorize("membrane-agent~n", &agent).is_err());
+        // The relay: its own service account, for the relay's snapshot only; its
+        // certificate is no agent's, the agents' no relay's.
+        let relay =
+            SpiffeId::parse("spiffe://cluster.local/ns/membrane-system/sa/membrane-relay").unwrap();
+        assert_eq!(
+            a.authorize("membrane-relay~relay-0", &relay),
+            Ok("relay".into())
+        );
+        assert_eq!(
+            reason("membrane-relay~relay-0".into(), &agent),
+            "relay_account"
+        );
+        assert_eq!(
+            reason("membrane-agent~node-1".into(), &relay),
+            "agent_account"
+        );
+        assert_eq!(
+            reason(id("10.0.0.2", "deathstar-1", "default"), &relay),
+            "namespace"
+        );
+        let custom = authorizer().with_relay_account("obs", "relay");
+        let theirs = SpiffeId::parse("spiffe://cluster.local/ns/obs/sa/relay").unwrap();
+        assert_eq!(
+            custom.authorize("membrane-relay~r", &theirs),
+            Ok("relay".into())
+        );
+        assert!(custom.authorize("membrane-relay~r", &relay).is_err());
         let msg = a
             .authorize(&id("10.0.0.4", "xwing", "default"), &ds)
             .unwrap_err()

@@ -131,6 +131,16 @@ pub struct Config {
         default_value = "istio-ca"
     )]
     pub ca_token_audiences: Vec<String>,
+    /// The relay's service account (`NAMESPACE/NAME`): a client with its
+    /// SPIFFE id presenting `membrane-relay~NAME` gets the node registry and
+    /// the workload directory, nothing else.
+    #[arg(
+        long,
+        env = "MEMBRANE_RELAY_SERVICE_ACCOUNT",
+        default_value = crate::auth::DEFAULT_RELAY_ACCOUNT,
+        value_parser = parse_account
+    )]
+    pub relay_service_account: (String, String),
     /// Sidecar-injection webhook (HTTPS, `POST /inject`) listen address;
     /// served only with --webhook-cert and --webhook-key.
     #[arg(long, env = "MEMBRANE_WEBHOOK_ADDR", default_value = "0.0.0.0:15017")]

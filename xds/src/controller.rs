@@ -397,7 +397,10 @@ status: {podIP: 10.0.0.6}
             status.clone(),
         );
         let r = c.reconcile();
-        assert_eq!(r.published, 3, "two sidecars and the shared snapshot");
+        assert_eq!(
+            r.published, 4,
+            "two sidecars, the shared snapshot and the relay's"
+        );
         let death = cache.get("sidecar/default/deathstar-1").unwrap();
         assert!(death
             .resources(LISTENER)

@@ -61,6 +61,7 @@ pub const KINDS: &[(&str, bool)] = &[
     ("Namespace", false),
     ("Node", false),
     ("PeerAuthentication", true),
+    ("PrefilterDenyList", false),
 ];
 
 /// Largest identity number handed out (Cilium's cluster-scope range).

@@ -25,6 +25,7 @@ pub mod kvstore;
 pub mod listener;
 pub mod node;
 pub mod peerauth;
+pub mod prefilter;
 pub mod recorder;
 pub mod resource;
 pub mod server;

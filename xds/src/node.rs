@@ -1,5 +1,6 @@
 //! Node ids: Istio's `TYPE~IP~POD.NAMESPACE~NAMESPACE.svc.cluster.local` for
-//! sidecars, `membrane-agent~NODE` for node agents, and the snapshot key each gets.
+//! sidecars, `membrane-agent~NODE` for node agents, `membrane-relay~NAME` for the relay,
+//! and the snapshot key each gets.
 
 use std::net::IpAddr;
 
@@ -111,6 +112,9 @@ pub fn cache_key(node_id: &str) -> String {
     if let Some(node) = agent_node(node_id) {
         return agent_key(node);
     }
+    if relay_name(node_id).is_some() {
+        return RELAY_KEY.to_string();
+    }
     match IstioNode::parse(node_id) {
         Ok(n) if n.kind == "sidecar" => pod_key(&n.namespace, &n.pod),
         _ => SHARED_KEY.to_string(),
@@ -128,15 +132,35 @@ pub const AGENT_KEY_PREFIX: &str = "agent/";
 /// `.`, at most 253 bytes). `None` for any other id; a malformed agent id is
 /// no agent's and gets the shared snapshot, as before agents had their own.
 pub fn agent_node(node_id: &str) -> Option<&str> {
-    let name = node_id.strip_prefix(AGENT_ID_PREFIX)?;
-    let valid = !name.is_empty()
+    node_id
+        .strip_prefix(AGENT_ID_PREFIX)
+        .filter(|n| dns_subdomain(n))
+}
+
+fn dns_subdomain(name: &str) -> bool {
+    !name.is_empty()
         && name.len() <= 253
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
         && !name.starts_with(['-', '.'])
-        && !name.ends_with(['-', '.']);
-    valid.then_some(name)
+        && !name.ends_with(['-', '.'])
+}
+
+/// The node id prefix of the relay: `membrane-relay~NAME` (NAME: the replica, e.g. its
+/// pod name; every replica gets the same snapshot).
+pub const RELAY_ID_PREFIX: &str = "membrane-relay~";
+
+/// The relay's cache key: the node registry and the cluster's workload directory, nothing
+/// an agent or a sidecar is served.
+pub const RELAY_KEY: &str = "relay";
+
+/// The name a relay's id carries (`membrane-relay~NAME`, NAME a DNS subdomain); `None`
+/// for any other id.
+pub fn relay_name(node_id: &str) -> Option<&str> {
+    node_id
+        .strip_prefix(RELAY_ID_PREFIX)
+        .filter(|n| dns_subdomain(n))
 }
 
 /// The cache key of a node's agent.
@@ -211,6 +235,16 @@ mod tests {
             "agent~node-1",
         ] {
             assert_eq!(agent_node(bad), None, "{bad}");
+            assert_eq!(cache_key(bad), SHARED_KEY, "{bad}");
+        }
+    }
+
+    #[test]
+    fn relays_get_the_relay_key() {
+        assert_eq!(cache_key("membrane-relay~relay-0"), RELAY_KEY);
+        assert_eq!(relay_name("membrane-relay~relay-0"), Some("relay-0"));
+        for bad in ["membrane-relay~", "membrane-relay~A", "relay~x"] {
+            assert_eq!(relay_name(bad), None, "{bad}");
             assert_eq!(cache_key(bad), SHARED_KEY, "{bad}");
         }
     }

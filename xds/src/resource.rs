@@ -16,15 +16,18 @@ pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.Cluster
 /// Cilium `NetworkPolicy` (NPDS) and `NetworkPolicyHosts` (NPHDS), defined with the protos.
 pub use membrane_api::type_url::{NETWORK_POLICY, NETWORK_POLICY_HOSTS};
 
-/// The node agent's `Endpoint`, `Service` and `Node` (membrane.agent.v1).
-pub use membrane_api::type_url::{AGENT_ENDPOINT, AGENT_NODE, AGENT_SERVICE};
+/// The node agent's `Endpoint`, `Service`, `Node` and `PrefilterDenyList`, and the
+/// relay's `Workload` (membrane.agent.v1).
+pub use membrane_api::type_url::{
+    AGENT_ENDPOINT, AGENT_NODE, AGENT_PREFILTER, AGENT_SERVICE, AGENT_WORKLOAD,
+};
 
 /// The sidecar's effective PeerAuthentication mode (membrane.mesh.v1).
 pub use membrane_api::type_url::MESH_TLS;
 
 /// Every type this server knows, in the order Envoy wants them applied
 /// (clusters before endpoints, listeners before routes).
-pub const ALL_TYPES: [&str; 10] = [
+pub const ALL_TYPES: [&str; 12] = [
     CLUSTER,
     ENDPOINT,
     LISTENER,
@@ -34,6 +37,8 @@ pub const ALL_TYPES: [&str; 10] = [
     AGENT_ENDPOINT,
     AGENT_SERVICE,
     AGENT_NODE,
+    AGENT_PREFILTER,
+    AGENT_WORKLOAD,
     MESH_TLS,
 ];
 
@@ -49,6 +54,8 @@ pub fn short_name(type_url: &str) -> &'static str {
         AGENT_ENDPOINT => "agent_endpoint",
         AGENT_SERVICE => "agent_service",
         AGENT_NODE => "agent_node",
+        AGENT_PREFILTER => "agent_prefilter",
+        AGENT_WORKLOAD => "agent_workload",
         MESH_TLS => "mesh_tls",
         _ => "other",
     }

@@ -107,7 +107,7 @@ async fn the_scripts_secrets_serve_etcd_the_control_plane_agents_and_sidecars() 
         .expect("run python3");
     let text = String::from_utf8_lossy(&v.stdout);
     assert!(
-        v.status.success() && text.contains("5 objects checked, 0 invalid"),
+        v.status.success() && text.contains("6 objects checked, 0 invalid"),
         "{text}"
     );
     let s = mount_secrets(&secrets, &tmp.path().join("mounted"));

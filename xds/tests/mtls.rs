@@ -5,7 +5,10 @@
 //! without a SPIFFE id or of another trust domain, and a valid one presented
 //! with another pod's node id. A node agent's id (`membrane-agent~NODE`) is
 //! served to the agents' service account only, and that certificate is no
-//! sidecar's. Certificates are real, made with openssl.
+//! sidecar's. The relay's id (`membrane-relay~NAME`) is served to the relay's
+//! service account only, and gets the node registry and the workload directory,
+//! none of an agent's or a sidecar's types; its certificate is no agent's.
+//! Certificates are real, made with openssl.
 
 mod common;
 
@@ -325,4 +328,186 @@ async fn clients_without_an_acceptable_certificate_or_node_id_are_refused() {
             "{reason}: {metrics}"
         );
     }
+}
+
+/// The first SotW ADS response of `type_url` for `node` on `ch`: `Ok(None)` when none
+/// comes within 3 s (the type is not in the node's snapshot), `Err` with the gRPC status.
+async fn first_ads(
+    ch: Channel,
+    node: &str,
+    type_url: &str,
+) -> Result<Option<DiscoveryResponse>, String> {
+    let (tx, rx) = mpsc::channel(1);
+    tx.send(DiscoveryRequest {
+        node: Some(Node {
+            id: node.into(),
+            ..Default::default()
+        }),
+        type_url: type_url.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let answer = async {
+        let mut s = AggregatedDiscoveryServiceClient::new(ch)
+            .stream_aggregated_resources(ReceiverStream::new(rx))
+            .await
+            .map_err(|e| format!("{:?}: {}", e.code(), e.message()))?
+            .into_inner();
+        match s.message().await {
+            Ok(Some(r)) => Ok(Some(r)),
+            Ok(None) => Err("stream ended".to_string()),
+            Err(e) => Err(format!("{:?}: {}", e.code(), e.message())),
+        }
+    };
+    let r = tokio::time::timeout(Duration::from_secs(3), answer)
+        .await
+        .unwrap_or(Ok(None));
+    drop(tx);
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_gets_the_node_registry_and_workloads_with_its_own_certificate_only() {
+    use membrane_api::agent::proto;
+    use membrane_xds::resource::{
+        AGENT_ENDPOINT, AGENT_NODE, AGENT_PREFILTER, AGENT_SERVICE, AGENT_WORKLOAD, LISTENER,
+        NETWORK_POLICY_HOSTS,
+    };
+    let (tmp, pki, xds) = setup();
+    std::fs::write(
+        tmp.path().join("src/nodes.yaml"),
+        "apiVersion: v1\nkind: Node\nmetadata: {name: node-1}\n\
+         status: {addresses: [{type: InternalIP, address: 192.168.79.1}]}\n\
+         ---\napiVersion: membrane.io/v1alpha1\nkind: PrefilterDenyList\n\
+         metadata: {name: edge}\nspec: {cidrs: [192.0.2.0/24]}\n",
+    )
+    .unwrap();
+    let addr = xds.tls().unwrap();
+    let (rc, rk) = pki.workload("relay", "membrane-system", "membrane-relay");
+    let relay = Some((rc.as_path(), rk.as_path()));
+    let (ac, ak) = pki.workload("agent", "kube-system", "membrane-agent");
+    let agent = Some((ac.as_path(), ak.as_path()));
+    const RELAY: &str = "membrane-relay~relay-0";
+
+    // The node registry, once the source holds the node.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let nodes = loop {
+        let r = first_ads(
+            channel(&pki.ca, relay, addr).await.unwrap(),
+            RELAY,
+            AGENT_NODE,
+        )
+        .await
+        .expect("the relay is served the node registry")
+        .expect("an answer");
+        if !r.resources.is_empty() || std::time::Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let n = proto::Node::decode(nodes.resources[0].value.as_slice()).unwrap();
+    assert_eq!(
+        (n.name.as_str(), n.addresses.as_slice()),
+        ("node-1", &["192.168.79.1".to_string()][..])
+    );
+    // The workload directory: every pod with its addresses.
+    let w = first_ads(
+        channel(&pki.ca, relay, addr).await.unwrap(),
+        RELAY,
+        AGENT_WORKLOAD,
+    )
+    .await
+    .unwrap()
+    .expect("the workload directory");
+    let mut pods: Vec<(String, Vec<String>)> = w
+        .resources
+        .iter()
+        .map(|a| {
+            let w = proto::Workload::decode(a.value.as_slice()).unwrap();
+            (format!("{}/{}", w.namespace, w.pod), w.ips)
+        })
+        .collect();
+    pods.sort();
+    assert_eq!(
+        pods,
+        [
+            (
+                "default/deathstar-1".to_string(),
+                vec!["127.0.0.2".to_string()]
+            ),
+            (
+                "default/tiefighter".to_string(),
+                vec!["127.0.0.3".to_string()]
+            ),
+            ("default/xwing".to_string(), vec!["127.0.0.4".to_string()]),
+        ]
+    );
+    // Nothing an agent or a sidecar gets: no policy, ipcache, service, deny list or
+    // listener comes to the relay's id.
+    for t in [
+        NPDS,
+        NETWORK_POLICY_HOSTS,
+        AGENT_ENDPOINT,
+        AGENT_SERVICE,
+        AGENT_PREFILTER,
+        LISTENER,
+    ] {
+        let r = first_ads(channel(&pki.ca, relay, addr).await.unwrap(), RELAY, t).await;
+        match r {
+            Ok(None) => {}
+            Ok(Some(r)) => assert!(r.resources.is_empty(), "{t}: {r:?}"),
+            Err(e) => panic!("{t}: {e}"),
+        }
+    }
+    // The agents' deny list does reach an agent (the types are served, to agents).
+    let r = first_ads(
+        channel(&pki.ca, agent, addr).await.unwrap(),
+        "membrane-agent~node-1",
+        AGENT_PREFILTER,
+    )
+    .await
+    .unwrap()
+    .expect("the agent's deny lists");
+    assert_eq!(r.resources.len(), 1, "{r:?}");
+
+    // Refused: the relay's certificate as an agent, the agents' as the relay, and the
+    // relay's account name in another namespace.
+    let err = first_ads(
+        channel(&pki.ca, relay, addr).await.unwrap(),
+        "membrane-agent~node-1",
+        AGENT_NODE,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.starts_with("PermissionDenied") && err.contains("kube-system/sa/membrane-agent"),
+        "{err}"
+    );
+    let err = first_ads(
+        channel(&pki.ca, agent, addr).await.unwrap(),
+        RELAY,
+        AGENT_NODE,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.starts_with("PermissionDenied") && err.contains("membrane-system/sa/membrane-relay"),
+        "{err}"
+    );
+    let (c, k) = pki.workload("impostor", "default", "membrane-relay");
+    let impostor = Some((c.as_path(), k.as_path()));
+    let err = first_ads(
+        channel(&pki.ca, impostor, addr).await.unwrap(),
+        RELAY,
+        AGENT_NODE,
+    )
+    .await
+    .unwrap_err();
+    assert!(err.starts_with("PermissionDenied"), "{err}");
+    let metrics = debug_get(xds.debug(), "/metrics").await;
+    assert!(
+        metrics.contains("reason=\"relay_account\""),
+        "the refusal is counted: {metrics}"
+    );
 }

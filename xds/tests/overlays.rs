@@ -362,6 +362,7 @@ fn with_cert_manager_every_mounted_secret_is_issued_for_its_names() {
         ("Deployment", "membrane-xds"),
         ("DaemonSet", "membrane-agent"),
         ("StatefulSet", "membrane-etcd"),
+        ("Deployment", "membrane-relay"),
     ] {
         let pod = &find(&objs, kind, name)["spec"]["template"]["spec"];
         for v in pod["volumes"].as_array().unwrap() {
@@ -374,7 +375,7 @@ fn with_cert_manager_every_mounted_secret_is_issued_for_its_names() {
             }
         }
     }
-    assert_eq!(mounted.len(), 4, "{mounted:?}");
+    assert_eq!(mounted.len(), 5, "{mounted:?}");
 
     let cfg = xds_config(&objs);
     let uri = |secret: &str| strs(&certs[secret]["spec"]["uris"])[0].to_string();
@@ -389,36 +390,50 @@ fn with_cert_manager_every_mounted_secret_is_issued_for_its_names() {
         uri("membrane.membrane-agent"),
         format!("spiffe://{}/ns/{ns}/sa/{sa}", cfg.trust_domain)
     );
-    // The agent reads Istio's file names from cert-manager's keys.
-    let ds = &find(&objs, "DaemonSet", "membrane-agent")["spec"]["template"]["spec"];
-    let env: BTreeMap<&str, &str> = ds["containers"][0]["env"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|e| Some((e["name"].as_str()?, e["value"].as_str()?)))
-        .collect();
-    let certs_vol = ds["volumes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v["name"] == "certs")
-        .unwrap();
-    let items: BTreeMap<&str, &str> = certs_vol["secret"]["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| (i["key"].as_str().unwrap(), i["path"].as_str().unwrap()))
-        .collect();
-    for (key, var) in [
-        ("tls.crt", "MEMBRANE_XDS_CERT"),
-        ("tls.key", "MEMBRANE_XDS_KEY"),
-        ("ca.crt", "MEMBRANE_XDS_CA"),
+    // The relay's identity is the one membrane-xds serves the relay's snapshot to, and its
+    // certificate names the Service it serves on.
+    let (ns, sa) = &cfg.relay_service_account;
+    assert_eq!(
+        uri("membrane.membrane-relay"),
+        format!("spiffe://{}/ns/{ns}/sa/{sa}", cfg.trust_domain)
+    );
+    assert!(strs(&certs["membrane.membrane-relay"]["spec"]["dnsNames"])
+        .contains(&"membrane-relay.membrane-system.svc"));
+    // The agent and the relay read Istio's file names from cert-manager's keys.
+    for (kind, name) in [
+        ("DaemonSet", "membrane-agent"),
+        ("Deployment", "membrane-relay"),
     ] {
-        assert_eq!(
-            format!("/etc/certs/{}", items[key]),
-            env[var],
-            "{var} is cert-manager's {key}"
-        );
+        let ds = &find(&objs, kind, name)["spec"]["template"]["spec"];
+        let env: BTreeMap<&str, &str> = ds["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| Some((e["name"].as_str()?, e["value"].as_str()?)))
+            .collect();
+        let certs_vol = ds["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "certs")
+            .unwrap();
+        let items: BTreeMap<&str, &str> = certs_vol["secret"]["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| (i["key"].as_str().unwrap(), i["path"].as_str().unwrap()))
+            .collect();
+        for (key, var) in [
+            ("tls.crt", "MEMBRANE_XDS_CERT"),
+            ("tls.key", "MEMBRANE_XDS_KEY"),
+            ("ca.crt", "MEMBRANE_XDS_CA"),
+        ] {
+            assert_eq!(
+                format!("/etc/certs/{}", items[key]),
+                env[var],
+                "{name}: {var} is cert-manager's {key}"
+            );
+        }
     }
     // The webhook's caBundle comes from the Certificate of the webhook's own pair.
     let mwc = find(

@@ -5,8 +5,11 @@
 //!
 //! [`policy`] turns the policy engine's resolution into the per-endpoint map entries, from
 //! the same resolution NPDS is encoded from, so the agent and the sidecar cannot disagree.
+//! [`prefilter`] parses the prefilter's deny entries for the control plane, the agent and
+//! the CLI alike.
 
 pub mod policy;
+pub mod prefilter;
 
 /// Generated node-agent types (package `membrane.agent.v1`).
 #[allow(missing_docs, clippy::all)]

@@ -16,7 +16,7 @@
 use std::{
     collections::BTreeSet,
     fmt, fs, io,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::{Ipv4Addr, Ipv6Addr},
     path::PathBuf,
     str::FromStr,
 };
@@ -136,33 +136,21 @@ pub struct PrefilterChanges {
     pub deleted: usize,
 }
 
-/// Parse CIDRs (`10.0.0.0/8`, `2001:db8::/32`; a bare address is its host prefix). An
-/// entry with host bits set is refused rather than widened or narrowed silently.
+/// Parse CIDRs (`10.0.0.0/8`, `2001:db8::/32`; a bare address is its host prefix), with the
+/// parser the control plane checks `PrefilterDenyList` objects with. An entry with host bits
+/// set is refused rather than widened or narrowed silently.
 pub fn parse_prefixes<S: AsRef<str>>(
     items: &[S],
 ) -> std::result::Result<BTreeSet<IpNet>, PrefilterError> {
     let mut out = BTreeSet::new();
     for item in items {
         let s = item.as_ref().trim();
-        let bad = |why: String| PrefilterError::Entry {
-            entry: s.to_owned(),
-            why,
-        };
-        let net = if s.contains('/') {
-            s.parse::<IpNet>()
-                .map_err(|e| bad(format!("not a CIDR ({e})")))?
-        } else {
-            IpNet::from(
-                s.parse::<IpAddr>()
-                    .map_err(|_| bad("not a CIDR or an address".into()))?,
-            )
-        };
-        if net.trunc() != net {
-            return Err(bad(format!(
-                "host bits set (the prefix is {})",
-                net.trunc()
-            )));
-        }
+        let net = membrane_api::agent::prefilter::parse_entry(s).map_err(|why| {
+            PrefilterError::Entry {
+                entry: s.to_owned(),
+                why,
+            }
+        })?;
         out.insert(net);
     }
     check_size(&out)?;

@@ -5,8 +5,8 @@
 use super::{ProxyRecord, Recorder, Staleness};
 use crate::node::{agent_node, istio_proxy_id};
 use crate::resource::{
-    AGENT_ENDPOINT, AGENT_NODE, AGENT_SERVICE, CLUSTER, ENDPOINT, LISTENER, NETWORK_POLICY_HOSTS,
-    ROUTE,
+    AGENT_ENDPOINT, AGENT_NODE, AGENT_PREFILTER, AGENT_SERVICE, CLUSTER, ENDPOINT, LISTENER,
+    NETWORK_POLICY_HOSTS, ROUTE,
 };
 
 impl Recorder {
@@ -99,6 +99,7 @@ impl Recorder {
                         (AGENT_ENDPOINT, "agent_endpoint"),
                         (AGENT_SERVICE, "agent_service"),
                         (AGENT_NODE, "agent_node"),
+                        (AGENT_PREFILTER, "agent_prefilter"),
                         (NETWORK_POLICY_HOSTS, "ipcache"),
                     ] {
                         if let Some(tr) = r.types.get(t) {

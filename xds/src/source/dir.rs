@@ -122,6 +122,10 @@ fn collect(file: &str, v: &Value, out: &mut FileContents, errors: &mut Vec<Strin
             Ok(p) => s.peer_authentications.push(Arc::new(p)),
             Err(e) => errors.extend(e.0),
         },
+        "PrefilterDenyList" => match crate::prefilter::DenyList::parse(file, v) {
+            Ok(d) => s.prefilter_deny_lists.push(Arc::new(d)),
+            Err(e) => errors.extend(e.0),
+        },
         _ => return, // policies are parsed by the policy crate; others are not ours
     }
     let name = v
@@ -281,15 +285,8 @@ impl Source for DirSource {
         let mut s = ClusterState::default();
         for e in self.files.values() {
             if let Some(g) = &e.good {
-                let g = &g.state;
-                s.policies.extend(g.policies.iter().cloned());
-                s.pods.extend(g.pods.iter().cloned());
-                s.namespaces.extend(g.namespaces.iter().cloned());
-                s.services.extend(g.services.iter().cloned());
-                s.slices.extend(g.slices.iter().cloned());
-                s.nodes.extend(g.nodes.iter().cloned());
-                s.peer_authentications
-                    .extend(g.peer_authentications.iter().cloned());
+                // Every kind, through the one merge (a kind added later cannot be missed).
+                s.extend(g.state.clone());
             }
         }
         s

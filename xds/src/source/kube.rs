@@ -1,6 +1,7 @@
-//! The Kubernetes source: list+watch of the eight kinds the directory source
+//! The Kubernetes source: list+watch of the nine kinds the directory source
 //! reads (CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy, Pod,
-//! Namespace, Service, EndpointSlice, Node, Istio's PeerAuthentication), with the `Valid` condition
+//! Namespace, Service, EndpointSlice, Node, Istio's PeerAuthentication, membrane's
+//! PrefilterDenyList), with the `Valid` condition
 //! written back to each policy's `status`. A kind whose resource the API
 //! server does not have (404: Istio's CRDs not installed) counts as listed
 //! and empty, so start-up does not wait for it; the watcher keeps retrying
@@ -105,7 +106,7 @@ impl Kind {
 }
 
 /// The kinds the source watches: the same the directory source reads.
-pub const KINDS: [Kind; 8] = [
+pub const KINDS: [Kind; 9] = [
     Kind {
         kind: "CiliumNetworkPolicy",
         group: "cilium.io",
@@ -167,6 +168,15 @@ pub const KINDS: [Kind; 8] = [
         group: "security.istio.io",
         version: "v1",
         plural: "peerauthentications",
+        policy: false,
+        optional: true,
+    },
+    // Optional as Istio's: a cluster upgraded before its CRDs are applied still starts.
+    Kind {
+        kind: "PrefilterDenyList",
+        group: "membrane.io",
+        version: "v1alpha1",
+        plural: "prefilterdenylists",
         policy: false,
         optional: true,
     },

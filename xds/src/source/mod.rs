@@ -63,6 +63,8 @@ pub struct ClusterState {
     pub nodes: Vec<k8s::Node>,
     /// Istio PeerAuthentication objects, checked (`crate::peerauth`).
     pub peer_authentications: Vec<Arc<crate::peerauth::PeerAuthentication>>,
+    /// membrane's PrefilterDenyList objects, checked (`crate::prefilter`).
+    pub prefilter_deny_lists: Vec<Arc<crate::prefilter::DenyList>>,
 }
 
 impl ClusterState {
@@ -75,5 +77,6 @@ impl ClusterState {
         self.slices.extend(other.slices);
         self.nodes.extend(other.nodes);
         self.peer_authentications.extend(other.peer_authentications);
+        self.prefilter_deny_lists.extend(other.prefilter_deny_lists);
     }
 }

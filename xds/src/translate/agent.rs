@@ -6,8 +6,14 @@
 //! node agent's own types (`membrane.agent.v1`): the `Endpoint` of every pod whose
 //! `spec.nodeName` is the node, with its identity and its L3/L4 policy as map entries
 //! ([`membrane_api::agent::policy`], from the same engine resolution as the pod's NPDS),
-//! every `Service` frontend with its backends, and every `Node`. A pod without a
+//! every `Service` frontend with its backends, every `Node`, and every cluster-wide
+//! `PrefilterDenyList` (`crate::prefilter`; the same for every node). A pod without a
 //! `nodeName` is served to no agent: no node runs it yet.
+//!
+//! Beside them the relay's snapshot (`relay`, for `membrane-relay~NAME`): the same node
+//! registry and a `Workload` per pod with an address (name, addresses, node, identity), so
+//! that the relay names both ends of any node's flows. Nothing else: a relay is served no
+//! policy, service or ipcache.
 //!
 //! Incremental as NPDS is: an endpoint whose resolution and fields did not change keeps
 //! its encoded resource, and an agent snapshot whose inputs did not change is not rebuilt.
@@ -21,9 +27,10 @@ use membrane_policy::identity::Identity;
 use membrane_policy::resolve::{NamedPorts, ResolvedPolicy};
 
 use super::{EndpointModel, ServiceModel, TranslateError, Translation, Translator};
-use crate::node::agent_key;
+use crate::node::{agent_key, RELAY_KEY};
 use crate::resource::{
-    content_hash, Resource, AGENT_ENDPOINT, AGENT_NODE, AGENT_SERVICE, NETWORK_POLICY_HOSTS,
+    content_hash, Resource, AGENT_ENDPOINT, AGENT_NODE, AGENT_PREFILTER, AGENT_SERVICE,
+    AGENT_WORKLOAD, NETWORK_POLICY_HOSTS,
 };
 use crate::snapshot::{Snapshot, SnapshotBuilder, SnapshotError, TypeResources};
 use crate::source::k8s;
@@ -97,6 +104,8 @@ pub(super) struct AgentCache {
     named: NamedPorts,
     /// Per agent key, a hash of everything its snapshot is built from.
     inputs: BTreeMap<String, u64>,
+    /// The same for the relay's snapshot.
+    relay_input: Option<u64>,
 }
 
 /// The `Endpoint` resource of the pod `model` (ingress named ports resolve against its
@@ -190,6 +199,23 @@ pub fn node_resource(n: &k8s::Node) -> Resource {
     Resource::new(AGENT_NODE, n.metadata.name.clone(), &msg)
 }
 
+/// The `PrefilterDenyList` resource of `d`, named by the object.
+pub fn prefilter_resource(d: &crate::prefilter::DenyList) -> Resource {
+    Resource::new(AGENT_PREFILTER, d.name.clone(), &d.to_proto())
+}
+
+/// The relay's `Workload` of the pod `model` (on `node`, `""` while unscheduled).
+pub fn workload_resource(model: &EndpointModel, node: &str, identity: Identity) -> Resource {
+    let w = proto::Workload {
+        namespace: model.namespace.clone(),
+        pod: model.pod.clone(),
+        ips: model.ips.clone(),
+        node: node.to_owned(),
+        identity: identity.0,
+    };
+    Resource::new(AGENT_WORKLOAD, model.id.clone(), &w)
+}
+
 /// What one translation gives the agents.
 #[derive(Debug, Default)]
 pub(super) struct AgentSnapshots {
@@ -202,6 +228,8 @@ pub(super) struct AgentSnapshots {
     pub template: Option<Snapshot>,
     /// Snapshots that failed their check, by key.
     pub errors: Vec<(String, SnapshotError)>,
+    /// The node registry, for the relay's snapshot.
+    pub node_set: Option<Arc<TypeResources>>,
 }
 
 impl AgentCache {
@@ -225,18 +253,20 @@ impl AgentCache {
         resource
     }
 
-    /// The agents' snapshots: for each node in `nodes` (and each node an endpoint runs on),
-    /// `shared`'s types plus its endpoints, `services` and the node registry, with the
-    /// node's own NPHDS view (`node_hosts`: its addresses as the host) where it has one.
+    /// The agents' snapshots: for each node of `state` (and each node an endpoint runs on),
+    /// `shared`'s types plus its endpoints, `services`, the node registry and the deny
+    /// lists, with the node's own NPHDS view (`node_hosts`: its addresses as the host)
+    /// where it has one.
     pub fn build(
         &mut self,
         shared: &Snapshot,
         node_hosts: &dyn Fn(&str) -> Option<Arc<TypeResources>>,
         endpoints: &[AgentEndpoint<'_>],
         services: &[ServiceModel],
-        nodes: &[k8s::Node],
+        state: &ClusterState,
         egress_named: &NamedPorts,
     ) -> AgentSnapshots {
+        let (nodes, deny_lists) = (&state.nodes, &state.prefilter_deny_lists);
         if self.named != *egress_named {
             self.endpoints.clear();
             self.named = egress_named.clone();
@@ -254,6 +284,8 @@ impl AgentCache {
 
         let service_set = TypeResources::shared(services.iter().flat_map(service_resources));
         let node_set = TypeResources::shared(nodes.iter().map(node_resource));
+        let relay_nodes = node_set.clone();
+        let prefilter_set = TypeResources::shared(deny_lists.iter().map(|d| prefilter_resource(d)));
         let build = |own: Vec<Resource>, hosts: Option<Arc<TypeResources>>| {
             let mut b = SnapshotBuilder::from_snapshot(shared);
             if let Some(h) = hosts {
@@ -261,6 +293,7 @@ impl AgentCache {
             }
             b.add_set(AGENT_SERVICE, service_set.clone());
             b.add_set(AGENT_NODE, node_set.clone());
+            b.add_set(AGENT_PREFILTER, prefilter_set.clone());
             b.add_set(AGENT_ENDPOINT, TypeResources::shared(own));
             b.build()
         };
@@ -274,10 +307,11 @@ impl AgentCache {
             out.keys.insert(key.clone());
             let hosts = node_hosts(node);
             let mut text = format!(
-                "{}|{}|{}|{}",
+                "{}|{}|{}|{}|{}",
                 shared.version,
                 service_set.version,
                 node_set.version,
+                prefilter_set.version,
                 hosts.as_ref().map_or("", |h| h.version.as_str())
             );
             for r in &own {
@@ -299,7 +333,29 @@ impl AgentCache {
             }
         }
         self.inputs.retain(|k, _| out.keys.contains(k));
+        out.node_set = Some(relay_nodes);
         out
+    }
+
+    /// The relay's snapshot (`relay`): the node registry and the workload directory, and
+    /// nothing else (no policy, no service, no ipcache). `None` when its inputs did not
+    /// change since the last one built.
+    pub fn relay(
+        &mut self,
+        nodes: Arc<TypeResources>,
+        workloads: Vec<Resource>,
+    ) -> Option<Result<Snapshot, SnapshotError>> {
+        let workloads = TypeResources::shared(workloads);
+        let input = content_hash(format!("{}|{}", nodes.version, workloads.version).as_bytes());
+        if self.relay_input == Some(input) {
+            return None;
+        }
+        let mut b = SnapshotBuilder::new();
+        b.add_set(AGENT_NODE, nodes);
+        b.add_set(AGENT_WORKLOAD, workloads);
+        let built = b.build();
+        self.relay_input = built.is_ok().then_some(input);
+        Some(built)
     }
 }
 
@@ -327,12 +383,34 @@ impl Translator {
             &|node| hosts.nodes.get(node).map(|v| v.set.clone()),
             &endpoints,
             services,
-            &state.nodes,
+            state,
             self.engine.cluster_named_ports(),
         );
         out.keys.extend(built.keys);
         out.snapshots.extend(built.snapshots);
         out.agent_template = built.template;
+        // The relay's: every pod with an address, scheduled or not.
+        let workloads = eps
+            .iter()
+            .filter_map(|(m, pod)| {
+                let id = self.engine.identity_of(&m.id)?;
+                let node = pod.spec.node_name.as_deref().unwrap_or("");
+                Some(workload_resource(m, node, id))
+            })
+            .collect();
+        if let Some(nodes) = built.node_set {
+            out.keys.insert(RELAY_KEY.to_string());
+            match self.agents.relay(nodes, workloads) {
+                Some(Ok(s)) => {
+                    out.snapshots.insert(RELAY_KEY.to_string(), s);
+                }
+                Some(Err(error)) => out.errors.push(TranslateError::Snapshot {
+                    key: RELAY_KEY.to_string(),
+                    error,
+                }),
+                None => {}
+            }
+        }
         out.errors.extend(
             built
                 .errors

@@ -3,13 +3,15 @@
 //! schema the API server applies and the parser membrane-xds runs cannot drift
 //! apart. The envelope (names, scope, version, status) is Cilium's contract
 //! for these two kinds; the rule schema is the model's, rewritten into a
-//! Kubernetes structural schema.
+//! Kubernetes structural schema. After them, membrane's own
+//! `PrefilterDenyList` (`membrane.io/v1alpha1`), whose schema is written here:
+//! one list of strings, which membrane-xds parses (`membrane_xds::prefilter`).
 
 use membrane_policy::model::Rule;
 use schemars::generate::SchemaSettings;
 use serde_json::{json, Map, Value};
 
-/// The two CRDs, in the order they appear in `manifests/kubernetes/crds.yaml`.
+/// The CRDs, in the order they appear in `manifests/kubernetes/crds.yaml`.
 pub fn crds() -> Vec<Value> {
     let rule = rule_schema();
     vec![
@@ -27,7 +29,80 @@ pub fn crds() -> Vec<Value> {
             "Cluster",
             &rule,
         ),
+        prefilter_crd(),
     ]
+}
+
+/// membrane's `PrefilterDenyList`: the cluster-wide deny list of the agents' XDP
+/// prefilter. The schema checks the shape (a non-empty list of at most
+/// `MAX_CIDRS` address-like strings); membrane-xds checks each prefix (host
+/// bits, lengths) and refuses the object naming the entry, keeping the last
+/// good version. No CEL rule: the prefix check lives in one parser.
+fn prefilter_crd() -> Value {
+    json!({
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": "prefilterdenylists.membrane.io",
+            "labels": {"app.kubernetes.io/part-of": "membrane"},
+        },
+        "spec": {
+            "group": "membrane.io",
+            "names": {
+                "kind": "PrefilterDenyList",
+                "listKind": "PrefilterDenyListList",
+                "plural": "prefilterdenylists",
+                "singular": "prefilterdenylist",
+                "shortNames": ["pfdl"],
+                "categories": ["membrane"],
+            },
+            "scope": "Cluster",
+            "versions": [{
+                "name": "v1alpha1",
+                "served": true,
+                "storage": true,
+                "additionalPrinterColumns": [
+                    {
+                        "name": "Prefixes",
+                        "type": "string",
+                        "description": "The denied source prefixes.",
+                        "jsonPath": ".spec.cidrs",
+                    },
+                    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+                ],
+                "schema": {"openAPIV3Schema": {
+                    "description": "A cluster-wide deny list of membrane's XDP prefilter: every \
+                        node drops packets whose source is in one of these prefixes on its \
+                        underlay device, before the network stack.",
+                    "type": "object",
+                    "required": ["metadata", "spec"],
+                    "properties": {
+                        "apiVersion": {"type": "string"},
+                        "kind": {"type": "string"},
+                        "metadata": {"type": "object"},
+                        "spec": {
+                            "type": "object",
+                            "required": ["cidrs"],
+                            "properties": {
+                                "cidrs": {
+                                    "description": "Source prefixes to drop: ADDRESS/LENGTH \
+                                        (IPv4 or IPv6, no host bits set) or an address.",
+                                    "type": "array",
+                                    "minItems": 1,
+                                    "maxItems": membrane_xds::prefilter::MAX_CIDRS,
+                                    "items": {
+                                        "type": "string",
+                                        "maxLength": 43,
+                                        "pattern": "^[0-9a-fA-F.:]+(/[0-9]{1,3})?$",
+                                    },
+                                },
+                            },
+                        },
+                    },
+                }},
+            }],
+        },
+    })
 }
 
 /// The file's text: a header comment, then the CRDs as YAML documents.
@@ -36,7 +111,9 @@ pub fn crds_yaml() -> String {
         "# The cilium.io/v2 policy CRDs (CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy):\n\
          # the group, version, kinds, names, short names and scope of Cilium's own, with a\n\
          # structural schema generated from membrane's policy model, so either set serves\n\
-         # both Cilium and membrane. Generated: do not edit; regenerate with\n\
+         # both Cilium and membrane. Then membrane's own membrane.io/v1alpha1\n\
+         # PrefilterDenyList (cluster-wide deny list of the XDP prefilter, pfdl).\n\
+         # Generated: do not edit; regenerate with\n\
          # MEMBRANE_BLESS=1 cargo nextest run -p membrane-xds --test crds\n",
     );
     for c in crds() {

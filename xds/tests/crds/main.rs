@@ -55,7 +55,7 @@ impl Verdict {
     }
 }
 
-/// Validates `files` with the CRDs of `crd_dir` (policy kinds only).
+/// Validates `files` with the CRDs of `crd_dir` (the kinds of `crds.yaml` only).
 fn verdicts(crd_dir: &Path, files: &[PathBuf]) -> BTreeMap<String, Vec<String>> {
     let out = std::process::Command::new("python3")
         .arg(root().join("scripts/k8s-validate.py"))
@@ -76,7 +76,7 @@ fn verdicts(crd_dir: &Path, files: &[PathBuf]) -> BTreeMap<String, Vec<String>> 
         let v: Verdict = serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}"));
         if matches!(
             v.kind.as_deref(),
-            Some("CiliumNetworkPolicy" | "CiliumClusterwideNetworkPolicy")
+            Some("CiliumNetworkPolicy" | "CiliumClusterwideNetworkPolicy" | "PrefilterDenyList")
         ) {
             // Several objects of a file may share a name (a CNP and a CCNP
             // both called "default"): their errors are kept together.
@@ -118,9 +118,18 @@ fn crds_name_the_kinds_as_ciliums_do_and_are_structural() {
         .flat_map(|e| yaml_docs(&e.unwrap().path()))
         .collect();
     theirs.sort_by_key(|c| c["metadata"]["name"].as_str().unwrap().to_string());
-    let mut ours_sorted = ours.clone();
+    let mut ours_sorted: Vec<Value> = ours
+        .iter()
+        .filter(|c| c["spec"]["group"] == "cilium.io")
+        .cloned()
+        .collect();
     ours_sorted.sort_by_key(|c| c["metadata"]["name"].as_str().unwrap().to_string());
     assert_eq!(ours_sorted.len(), 2);
+    assert_eq!(ours.len(), 3, "the two of Cilium's and PrefilterDenyList");
+    structural(
+        &ours[2]["spec"]["versions"][0]["schema"]["openAPIV3Schema"],
+        "PrefilterDenyList",
+    );
     assert_eq!(theirs.len(), 2);
     for (o, t) in ours_sorted.iter().zip(&theirs) {
         assert_eq!(o["metadata"]["name"], t["metadata"]["name"]);
@@ -360,4 +369,71 @@ fn the_example_policies_are_valid_for_our_crds() {
     for (k, errs) in &v {
         assert!(errs.is_empty(), "{k}: {errs:?}");
     }
+}
+
+#[test]
+fn prefilter_deny_lists_are_checked_by_the_crd_and_by_membrane_xds() {
+    let obj = |spec: Value| {
+        json!({
+            "apiVersion": "membrane.io/v1alpha1",
+            "kind": "PrefilterDenyList",
+            "metadata": {"name": "l"},
+            "spec": spec,
+        })
+    };
+    let cases = [
+        (
+            "good",
+            obj(json!({"cidrs": ["10.0.0.0/8", "2001:db8::/32", "192.0.2.7"]})),
+            "",
+        ),
+        (
+            "typo",
+            obj(json!({"cidr": ["10.0.0.0/8"]})),
+            "'cidrs' is a required property",
+        ),
+        ("empty", obj(json!({"cidrs": []})), "spec.cidrs"),
+        ("number", obj(json!({"cidrs": [10]})), "spec.cidrs[0]"),
+        (
+            "name",
+            obj(json!({"cidrs": ["evil.example.com/8"]})),
+            "spec.cidrs[0]",
+        ),
+    ];
+    let dir = our_crd_dir();
+    let files = tempfile::tempdir().unwrap();
+    let paths: Vec<PathBuf> = cases
+        .iter()
+        .map(|(name, v, _)| {
+            let p = files.path().join(format!("{name}.yaml"));
+            std::fs::write(&p, serde_yaml_ng::to_string(v).unwrap()).unwrap();
+            p
+        })
+        .collect();
+    let v = verdicts(dir.path(), &paths);
+    for (name, _, says) in &cases {
+        let errs = &v[&format!("{name}.yaml: PrefilterDenyList /l")];
+        if says.is_empty() {
+            assert!(errs.is_empty(), "{name}: {errs:?}");
+        } else {
+            assert!(errs.join("; ").contains(says), "{name}: {errs:?}");
+        }
+    }
+    // What the schema cannot see, membrane-xds refuses naming the object and the field.
+    let host_bits = obj(json!({"cidrs": ["10.0.0.0/8", "10.1.2.3/8"]}));
+    let p = files.path().join("host-bits.yaml");
+    std::fs::write(&p, serde_yaml_ng::to_string(&host_bits).unwrap()).unwrap();
+    assert!(
+        verdicts(dir.path(), std::slice::from_ref(&p))["host-bits.yaml: PrefilterDenyList /l"]
+            .is_empty()
+    );
+    let e =
+        membrane_xds::source::dir::parse("host-bits.yaml", &std::fs::read_to_string(&p).unwrap())
+            .unwrap_err()
+            .to_string();
+    assert_eq!(
+        e,
+        "host-bits.yaml: PrefilterDenyList l: spec.cidrs[1]: \"10.1.2.3/8\": host bits set (the \
+         prefix is 10.0.0.0/8)"
+    );
 }
