@@ -11,8 +11,9 @@ every repetition (the order turning round each repetition):
 
 Loads: oha in the client pod at a fixed rate (default 1,000 rps over 16 connections,
 latency corrected for coordinated omission), 1 KiB request and response bodies; then the
-most each row answers with 16 connections and no rate limit. Writes the Markdown result
-and a PNG plot beside it."""
+most each row answers with 16 connections and no rate limit. Protocols: HTTP/1.1 and h2c
+against nginx, gRPC unary against a grpcio server (bench/mesh_grpc_app.py). Writes the
+Markdown result and a PNG plot beside it."""
 
 import argparse
 import json
@@ -36,6 +37,7 @@ SIDECAR_ROWS = ["envoy", "membrane", "membrane-all", "envoy-mtls", "membrane-mtl
 # Default: the issue's rows in plaintext, and both meshes with Istio mTLS between the sidecars.
 SPLICE_ROWS = ["membrane-all", "membrane-mtls"]
 TICK = os.sysconf("SC_CLK_TCK")
+GRPC_APP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mesh_grpc_app.py")
 
 
 def cpu_seconds(pid):
@@ -77,6 +79,12 @@ class Row:
         self.urls = {proto: f"http://{server.ip}:{port}{path}"
                      for proto, (port, _, _, path, _) in cfg.PROTOS.items()}
         self.sidecars = []  # (pod, Popen)
+        self.grpc_count = None  # the file where the gRPC app writes how many calls it answered
+
+    def grpc_answered(self):
+        """How many calls the gRPC app has answered (written every 50 ms)."""
+        time.sleep(0.2)
+        return int(open(self.grpc_count).read() or 0)
 
 
 def wait_for(what, check, secs=30):
@@ -95,6 +103,25 @@ def curl(pod, args, timeout=10):
     return out.strip() if rc == 0 else f"error {rc}"
 
 
+def grpc_call(pod, target, method):
+    """One gRPC unary call from the pod by grpcio's client: the status code's name."""
+    rc, out, err = pod.run([sys.executable, GRPC_APP, "call", target, method], timeout=20)
+    return out.strip() if rc == 0 else f"error {rc}: {err.strip()[-300:]}"
+
+
+def check_grpc(client, name, url):
+    """The gRPC row's rule as grpcio's client sees it: the allowed method OK, another one
+    PERMISSION_DENIED (sidecar rows: the server's sidecar's denial, grpc-status 7) or OK
+    (direct, relay: the app answers every method)."""
+    target = url.split("//", 1)[1].split("/", 1)[0]
+    wait_for(f"{name} app (grpc)", lambda: grpc_call(client, target, cfg.GRPC_METHOD) == "OK")
+    deny = grpc_call(client, target, cfg.GRPC_DENIED)
+    want = "PERMISSION_DENIED" if name in SIDECAR_ROWS else "OK"
+    if deny != want:
+        raise RuntimeError(f"{name}: gRPC {cfg.GRPC_DENIED} answered {deny}, want {want} "
+                           "(the rule must be enforced by the server's sidecar, and only there)")
+
+
 def setup(bed, tmp, bins, idx, name):
     """The row's two pods with their processes, checked to answer as the rule says."""
     net = f"10.210.{idx}"
@@ -104,19 +131,26 @@ def setup(bed, tmp, bins, idx, name):
     open(app_conf, "w").write(cfg.nginx_app(tmp, f"{name}-app"))
     server.spawn(["nginx", "-c", app_conf], os.path.join(tmp, f"{name}-app.log"))
     row = Row(name, client, server)
+    if "grpc" in bins["protos"]:
+        row.grpc_count = os.path.join(tmp, f"{name}-grpc.count")
+        server.spawn([sys.executable, GRPC_APP, "serve", str(cfg.GRPC_PORT), row.grpc_count],
+                     os.path.join(tmp, f"{name}-grpc.log"))
     if name == "relay":
         for pod, pairs in (
                 (client, [(f"127.0.0.1:{cfg.OUTBOUND}", f"{server.ip}:{cfg.INBOUND}"),
-                          (f"127.0.0.1:{cfg.RELAY_H2C_OUT}", f"{server.ip}:{cfg.RELAY_H2C_IN}")]),
+                          (f"127.0.0.1:{cfg.RELAY_H2C_OUT}", f"{server.ip}:{cfg.RELAY_H2C_IN}"),
+                          (f"127.0.0.1:{cfg.RELAY_GRPC_OUT}", f"{server.ip}:{cfg.RELAY_GRPC_IN}")]),
                 (server, [(f"0.0.0.0:{cfg.INBOUND}", f"{server.ip}:{cfg.APP_PORT}"),
-                          (f"0.0.0.0:{cfg.RELAY_H2C_IN}", f"{server.ip}:{cfg.H2C_PORT}")])):
+                          (f"0.0.0.0:{cfg.RELAY_H2C_IN}", f"{server.ip}:{cfg.H2C_PORT}"),
+                          (f"0.0.0.0:{cfg.RELAY_GRPC_IN}", f"{server.ip}:{cfg.GRPC_PORT}")])):
             conf = os.path.join(tmp, f"{pod.name}-relay.conf")
             open(conf, "w").write(cfg.nginx_relay(tmp, f"{pod.name}-relay", pairs))
             # nginx's master only supervises; the worker relays. Measured: the worker.
             master = pod.spawn(["nginx", "-c", conf], os.path.join(tmp, f"{pod.name}-relay.log"))
             row.sidecars.append((pod, master))
         row.urls = {proto: f"http://127.0.0.1:{port}{cfg.PROTOS[proto][3]}"
-                    for proto, port in (("h1", cfg.OUTBOUND), ("h2c", cfg.RELAY_H2C_OUT))}
+                    for proto, port in (("h1", cfg.OUTBOUND), ("h2c", cfg.RELAY_H2C_OUT),
+                                        ("grpc", cfg.RELAY_GRPC_OUT))}
     elif name.startswith("envoy"):
         for base_id, (pod, role) in enumerate(((client, "client"), (server, "server"))):
             certs = os.path.join(tmp, f"certs-{role}") if name.endswith("-mtls") else None
@@ -160,6 +194,11 @@ def setup(bed, tmp, bins, idx, name):
             wait_for(f"{pod.name} membrane-proxy",
                      lambda pod=pod: curl(pod, ["http://127.0.0.1:15021/healthz/ready"]) == "200")
     for proto, url in row.urls.items():
+        if proto not in bins["protos"]:
+            continue
+        if proto == "grpc":
+            check_grpc(client, name, url)
+            continue
         _, _, method, path, body = cfg.PROTOS[proto]
         flags = (["--http2-prior-knowledge"] if proto == "h2c" else []) + (["-d", cfg.BODY] if body else [])
         wait_for(f"{name} app ({proto})",
@@ -171,7 +210,9 @@ def setup(bed, tmp, bins, idx, name):
                                "(the rule must be enforced by the server's sidecar, and only there)")
     if name.endswith("-mtls"):
         # STRICT: plaintext from outside any sidecar (the node) must not reach the app.
-        for port, *_ in cfg.PROTOS.values():
+        for proto, (port, *_) in cfg.PROTOS.items():
+            if proto not in bins["protos"]:
+                continue
             r = subprocess.run(["ip", "netns", "exec", bed.node, "curl", "-s", "-o", "/dev/null",
                                 "-w", "%{http_code}", "-m", "5", f"http://{server.ip}:{port}/v1/x"],
                                capture_output=True, text=True)
@@ -186,12 +227,14 @@ def setup(bed, tmp, bins, idx, name):
         # parsing HTTP (as Cilium's proxy does): it counts connections, not requests.
         n = sum(float(ln.rsplit(" ", 1)[1]) for ln in out.splitlines()
                 if ln.startswith("membrane_downstream_connections_total"))
-        if n < 2 * len(cfg.PROTOS):
+        if n < 2 * len(bins["protos"]):
             raise RuntimeError(f"{name}: the client sidecar accepted {n:.0f} connections, want "
-                               f"{2 * len(cfg.PROTOS)}: the client pod's capture does not work")
+                               f"{2 * len(bins['protos'])}: the client pod's capture does not work")
     if name.startswith("envoy"):
         # Both sidecars on the path: the client's outbound HTTP listeners took the requests.
-        for port, *_ in cfg.PROTOS.values():
+        for proto, (port, *_) in cfg.PROTOS.items():
+            if proto not in bins["protos"]:
+                continue
             rc, out, _ = client.run(["curl", "-s", "-m", "5", "http://127.0.0.1:15000/stats?filter="
                                      f"http.outbound_0.0.0.0_{port}.downstream_rq_total"], timeout=10)
             n = int(out.split(":")[-1]) if rc == 0 and ":" in out else 0
@@ -220,8 +263,13 @@ def oha(bins, row, proto, secs, rate, conns):
     # -w: requests in flight at the deadline finish (else oha counts them as errors).
     args = [bins["oha"], "--no-tui", "--output-format", "json", "-z", f"{secs}s", "-w",
             "-c", str(conns), "-m", method] + flags
-    if body:
+    if body == "1k":
         args += ["-d", cfg.BODY, "-H", "content-type: application/octet-stream"]
+    elif body == "grpc":
+        # A gRPC unary call as gRPC's HTTP/2 mapping has it; its status is in the trailers,
+        # which oha does not read: the app's count of answered calls is checked instead.
+        args += ["-D", bins["grpc_request"], "-H", "content-type: application/grpc",
+                 "-H", "te: trailers"]
     if rate:
         args += ["-q", str(rate), "--latency-correction"]
     args.append(row.urls[proto])
@@ -237,6 +285,7 @@ def oha(bins, row, proto, secs, rate, conns):
                 rss[role] = max(rss[role], rss_kib(pid))
 
     t = threading.Thread(target=sample)
+    answered0 = row.grpc_answered() if proto == "grpc" else None
     t.start()
     try:
         rc, out, err = row.client.run(args, timeout=secs + 60)
@@ -247,7 +296,10 @@ def oha(bins, row, proto, secs, rate, conns):
         raise RuntimeError(f"{row.name}: oha failed ({rc}): {err.strip()[-500:]}")
     cpu = {role: cpu_seconds(pid) - cpu0[role] for role, pid in pids}
     ctx = {role: ctx_switches(pid) - ctx0[role] for role, pid in pids}
-    return json.loads(out), cpu, rss, ctx
+    js = json.loads(out)
+    if proto == "grpc":
+        js["appAnswered"] = row.grpc_answered() - answered0
+    return js, cpu, rss, ctx
 
 
 def summarise(name, js, cpu, rss, ctx, secs):
@@ -264,6 +316,11 @@ def summarise(name, js, cpu, rss, ctx, secs):
     errors = js.get("errorDistribution", {})
     bad = sum(v for k, v in codes.items() if str(k) != "200") + sum(
         v for k, v in errors.items() if k != "aborted due to deadline")
+    if "appAnswered" in js and js["appAnswered"] < ok:
+        # gRPC: an answer 200 that the app did not give (a denial or error made by a sidecar,
+        # grpc-status other than 0 in HTTP 200) is a failure.
+        errors = dict(errors, **{"HTTP 200 not answered by the gRPC app": ok - js["appAnswered"]})
+        bad += ok - js["appAnswered"]
     rps = js["summary"]["requestsPerSec"]
     r = {"row": name, "rps": rps, "ok": ok, "failed": bad, "errors": errors,
          "p50": pct["p50"] * 1e3, "p90": pct["p90"] * 1e3, "p99": pct["p99"] * 1e3,
@@ -284,7 +341,7 @@ def main():
     ap.add_argument("--rate", type=int, default=1000)
     ap.add_argument("--conns", type=int, default=16)
     ap.add_argument("--rows", default=",".join(ROWS))
-    ap.add_argument("--protos", default=",".join(cfg.PROTOS), help="h1 (HTTP/1.1), h2c")
+    ap.add_argument("--protos", default=",".join(cfg.PROTOS), help="h1 (HTTP/1.1), h2c, grpc (unary)")
     ap.add_argument("--membrane", required=True, help="membrane-proxy binary")
     ap.add_argument("--agent", required=True, help="membrane-agent binary")
     ap.add_argument("--envoy", required=True)
@@ -313,7 +370,10 @@ def main():
     os.chmod(tmp, 0o755)
     # The sidecars run as uid 1337, which cannot reach into /root: their binaries go beside
     # their configurations.
-    bins = {"oha": a.oha, "membrane_args": a.membrane_args.split()}
+    bins = {"oha": a.oha, "membrane_args": a.membrane_args.split(), "protos": protos,
+            "grpc_request": os.path.join(tmp, "grpc-request.bin")}
+    subprocess.run([sys.executable, GRPC_APP, "request", bins["grpc_request"]], check=True)
+    os.chmod(bins["grpc_request"], 0o644)
     for key, src in (("membrane", a.membrane), ("envoy", a.envoy)):
         if not any(r.startswith(key) for r in rows):
             continue

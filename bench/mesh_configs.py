@@ -2,7 +2,8 @@
 as a CiliumNetworkPolicy for membrane and as an Envoy RBAC filter, the Envoy sidecar as
 Istio configures one, the capture rules istio-iptables writes, and the do-nothing TCP relay
 (nginx's stream module). The rule: POST /v1/request-landing and GET /v1/.* to the server's
-ports 18080 (HTTP/1.1) and 18082 (h2c) are allowed, everything else gets 403."""
+ports 18080 (HTTP/1.1) and 18082 (h2c) are allowed, and the gRPC method /bench.Echo/Unary
+(POST) to 18084; everything else is denied (403; gRPC: status 7, PERMISSION_DENIED)."""
 
 import os
 
@@ -10,12 +11,19 @@ APP_PORT = 18080
 # The app's h2c port (prior knowledge), and the relay's pair of ports in front of it.
 H2C_PORT = 18082
 RELAY_H2C_OUT, RELAY_H2C_IN = 15011, 15016
+# The gRPC app's port (bench/mesh_grpc_app.py, h2c), and the relay's pair in front of it.
+GRPC_PORT = 18084
+RELAY_GRPC_OUT, RELAY_GRPC_IN = 15012, 15017
+GRPC_METHOD = "/bench.Echo/Unary"
+GRPC_DENIED = "/bench.Echo/Forbidden"
 # Per protocol: the port its requests dial (before capture), oha's flags, the request
-# (method, path, 1 KiB body or none). h2c asks GET without a body: with a request body on
-# h2c, nginx's `return` answered and then reset the stream (curl: error 92), which would
-# count as failures that are nginx's, not the mesh's.
-PROTOS = {"h1": (APP_PORT, [], "POST", "/v1/request-landing", True),
-          "h2c": (H2C_PORT, ["--http2"], "GET", "/v1/x", False)}
+# (method, path, body: "1k" a 1 KiB body, "grpc" the framed 1 KiB gRPC message, None
+# none). h2c asks GET without a body: with a request body on h2c, nginx's `return`
+# answered and then reset the stream (curl: error 92), which would count as failures that
+# are nginx's, not the mesh's.
+PROTOS = {"h1": (APP_PORT, [], "POST", "/v1/request-landing", "1k"),
+          "h2c": (H2C_PORT, ["--http2"], "GET", "/v1/x", None),
+          "grpc": (GRPC_PORT, ["--http2"], "POST", GRPC_METHOD, "grpc")}
 OUTBOUND = 15001
 INBOUND = 15006
 PROXY_UID = 1337
@@ -36,6 +44,10 @@ spec:
         http:
         - {{method: POST, path: /v1/request-landing}}
         - {{method: GET, path: /v1/.*}}
+    - ports: [{{port: "{GRPC_PORT}", protocol: TCP}}]
+      rules:
+        http:
+        - {{method: POST, path: '{GRPC_METHOD.replace(".", chr(92) + ".")}'}}
 """
 
 
@@ -146,23 +158,29 @@ ISTIO_IPTABLES = [
 _HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 _ROUTER = """- name: envoy.filters.http.router
             typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}"""
-_RBAC = """- name: envoy.filters.http.rbac
+
+def _rbac(permissions):
+    """Envoy's RBAC filter allowing `permissions` (an and_rules per allowed request), as
+    istiod writes an AuthorizationPolicy's rule."""
+    perms = "".join(f"""
+                    - and_rules:
+                        rules:
+                        - header: {{ name: ":method", string_match: {{ exact: "{method}" }} }}
+                        - url_path: {{ path: {{ {match} }} }}""" for method, match in permissions)
+    return f"""- name: envoy.filters.http.rbac
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC
               rules:
                 action: ALLOW
                 policies:
                   ns[default]-policy[mesh-bench]-rule[0]:
-                    permissions:
-                    - and_rules:
-                        rules:
-                        - header: { name: ":method", string_match: { exact: "POST" } }
-                        - url_path: { path: { exact: "/v1/request-landing" } }
-                    - and_rules:
-                        rules:
-                        - header: { name: ":method", string_match: { exact: "GET" } }
-                        - url_path: { path: { safe_regex: { regex: "/v1/.*" } } }
-                    principals: [{ any: true }]"""
+                    permissions:{perms}
+                    principals: [{{ any: true }}]"""
+
+
+# The CNP's rule per port, for Envoy.
+_RBAC_HTTP = _rbac([("POST", 'exact: "/v1/request-landing"'), ("GET", 'safe_regex: { regex: "/v1/.*" }')])
+_RBAC = {APP_PORT: _RBAC_HTTP, H2C_PORT: _RBAC_HTTP, GRPC_PORT: _rbac([("POST", f'exact: "{GRPC_METHOD}"')])}
 # Istio gives a port whose protocol is HTTP/2 an upstream speaking HTTP/2.
 _H2_UPSTREAM = """
     typed_extension_protocol_options:
@@ -236,7 +254,7 @@ def envoy_sidecar(admin_port=15000, certs=None):
     port chains take only TLS with a client certificate from the mesh root. No access log
     and no telemetry filter (Istio's stats filter is not in upstream Envoy), so this Envoy
     does less than an Istio sidecar."""
-    ports = [(APP_PORT, False), (H2C_PORT, True)]
+    ports = [(APP_PORT, False), (H2C_PORT, True), (GRPC_PORT, True)]
     outbound = "".join(f"""  - name: 0.0.0.0_{port}
     address: {{ socket_address: {{ address: 0.0.0.0, port_value: {port} }} }}
     bind_to_port: false
@@ -255,7 +273,7 @@ def envoy_sidecar(admin_port=15000, certs=None):
     inbound = "".join(f"""    - name: 0.0.0.0_{port}
       filter_chain_match: {{ destination_port: {port}{match} }}{downstream_tls}
       filters:
-      {_hcm(f"inbound_0.0.0.0_{port}", f"inbound|{port}||", _RBAC + chr(10) + "          " + _ROUTER)}
+      {_hcm(f"inbound_0.0.0.0_{port}", f"inbound|{port}||", _RBAC[port] + chr(10) + "          " + _ROUTER)}
 """ for port, _ in ports)
     clusters = "".join(_cluster(f"outbound|{port}||backend.default.svc.cluster.local", h2, False, port, certs)
                        + _cluster(f"inbound|{port}||", h2, True) for port, h2 in ports)

@@ -67,7 +67,7 @@ def verdict(ratio, limit):
     return "met" if ratio <= limit else "**missed**"
 
 
-PROTO = {"h1": "HTTP/1.1", "h2c": "h2c (HTTP/2 prior knowledge)"}
+PROTO = {"h1": "HTTP/1.1", "h2c": "h2c (HTTP/2 prior knowledge)", "grpc": "gRPC unary (h2c)"}
 
 
 def write(a, rows, protos, runs, loads, counters, oha_version, envoy_version):
@@ -85,7 +85,14 @@ def write(a, rows, protos, runs, loads, counters, oha_version, envoy_version):
          + " and ".join(PROTO[p] for p in protos) + ". HTTP/1.1: POST /v1/request-landing with a 1 KiB "
          "body; h2c: GET /v1/x (oha's --http2, prior knowledge; no request body: nginx reset h2c "
          "streams whose body its `return` left unread), both sidecars speaking HTTP/2 upstream; "
-         "answered 200 with 1 KiB by nginx (one worker) in the server pod.",
+         "answered 200 with 1 KiB by nginx (one worker) in the server pod."
+         + (" gRPC unary: oha's --http2 POST /bench.Echo/Unary with `content-type: application/grpc`, "
+            "`te: trailers` and one framed 1 KiB message, answered with 1 KiB and grpc-status 0 by a "
+            "grpcio server (gRPC's C core, Python asyncio handlers, one process; bench/mesh_grpc_app.py) "
+            "in the server pod; both sidecars speak HTTP/2 upstream. oha does not read trailers: a run "
+            "counts as failed every 200 beyond the calls the app itself answered (a sidecar's denial "
+            "is 200 with grpc-status 7). The app's own speed caps every row's maximum rate: see the "
+            "direct row." if "grpc" in protos else ""),
          f"{a.reps} repetitions, the rows measured in turn within each (the order turning round "
          "every repetition); every number is the median over the repetitions, an added latency "
          "the median of (row − direct) per repetition.",
@@ -101,7 +108,9 @@ def write(a, rows, protos, runs, loads, counters, oha_version, envoy_version):
          "The -mtls rows speak Istio's mutual TLS between the sidecars (workload certificates "
          "made per run, SPIFFE ids as URI SANs; the server side STRICT, checked to refuse plaintext).",
          "Before measuring, each row answered the allowed request 200 and `PUT /v1/exhaust-port` "
-         "403 (sidecar rows: the rule is enforced by the server's sidecar) or 200 (direct, relay).",
+         "403 (sidecar rows: the rule is enforced by the server's sidecar) or 200 (direct, relay)"
+         + (f"; gRPC, called by grpcio's client: /bench.Echo/Unary OK and /bench.Echo/Forbidden "
+            "PERMISSION_DENIED (sidecar rows) or OK (direct, relay)" if "grpc" in protos else "") + ".",
          "", f"![latency per row]({os.path.basename(png)})", ""]
     tables = {}
     for proto in protos:
@@ -114,7 +123,7 @@ def write(a, rows, protos, runs, loads, counters, oha_version, envoy_version):
           "(requests oha cut off at the end of a run, 'aborted due to deadline', are listed but "
           "not counted).",
           "",
-          "Not measured yet: gRPC unary; two nodes.",
+          "Not measured yet: two nodes." + ("" if "grpc" in protos else " Not in this run: gRPC unary."),
           ""]
     for row, text in counters.items():
         L += [f"Datapath counters of {row}'s client pod at the end:", "", "```", text.strip(), "```", ""]
