@@ -441,14 +441,30 @@ impl<A: IdentityAllocator> Engine<A> {
     }
 
     fn reresolve(&mut self, ids: &[EndpointId]) {
+        // A resolution depends only on the endpoint (labels and named ports), the rules and
+        // the cluster's named ports, none of which change during this call: the replicas
+        // of one workload are resolved once and share the result.
+        let mut done: HashMap<Endpoint, Arc<ResolvedPolicy>> = HashMap::new();
         for id in ids {
-            if let Some(state) = self.endpoints.get(id) {
-                let ep = state.endpoint.clone();
-                let resolved = self.repo.resolve(&ep, &mut self.cache, &self.cluster_named);
-                if let Some(state) = self.endpoints.get_mut(id) {
-                    if *state.resolved != resolved {
-                        state.resolved = Arc::new(resolved);
-                    }
+            let Some(state) = self.endpoints.get(id) else {
+                continue;
+            };
+            let resolved = match done.get(&state.endpoint) {
+                Some(r) => r.clone(),
+                None => {
+                    let ep = state.endpoint.clone();
+                    let r = self.repo.resolve(&ep, &mut self.cache, &self.cluster_named);
+                    let r = match &state.resolved {
+                        old if **old == r => old.clone(),
+                        _ => Arc::new(r),
+                    };
+                    done.insert(ep, r.clone());
+                    r
+                }
+            };
+            if let Some(state) = self.endpoints.get_mut(id) {
+                if !Arc::ptr_eq(&state.resolved, &resolved) && *state.resolved != *resolved {
+                    state.resolved = resolved;
                 }
             }
         }

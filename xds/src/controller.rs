@@ -363,6 +363,9 @@ pub fn watch_dir(
 }
 
 #[cfg(test)]
+mod incremental_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::resource::{LISTENER, NETWORK_POLICY};

@@ -48,7 +48,7 @@ pub use verdict::{ConnPolicy, HttpDecision, Verdict};
 pub type NamedPorts = BTreeMap<String, BTreeSet<u16>>;
 
 /// An endpoint to resolve policy for.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Endpoint {
     /// Its labels (pods carry `k8s:io.kubernetes.pod.namespace` and the cluster label).
     pub labels: LabelSet,

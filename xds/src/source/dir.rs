@@ -11,7 +11,7 @@
 //! good version of that file stays in force. Deleting a file removes what it
 //! held.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -204,7 +204,7 @@ impl Source for DirSource {
     /// Looks at the directory once.
     fn scan(&mut self) -> ScanReport {
         let mut report = ScanReport::default();
-        let mut seen = Vec::new();
+        let mut seen = HashSet::new();
         let listing = match std::fs::read_dir(&self.dir) {
             Ok(l) => l,
             Err(e) => {
@@ -219,7 +219,7 @@ impl Source for DirSource {
             .collect();
         paths.sort();
         for path in paths {
-            seen.push(path.clone());
+            seen.insert(path.clone());
             let name = path
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
