@@ -14,8 +14,8 @@ use anyhow::{Context, Result};
 use base64::Engine;
 use clap::{Args, Subcommand};
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType, PKCS_ECDSA_P256_SHA256,
+    BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    PKCS_ECDSA_P256_SHA256,
 };
 
 /// `membrane cert ...`.
@@ -156,16 +156,7 @@ fn issue(a: IssueArgs) -> Result<ExitCode> {
     }
     p.subject_alt_names
         .extend(a.ip.iter().map(|ip| SanType::IpAddress(*ip)));
-    p.is_ca = IsCa::ExplicitNoCa;
-    p.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
-    p.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
-    p.use_authority_key_identifier_extension = true;
+    membrane_xds::ca::workload_leaf(&mut p);
     validity(&mut p, a.days);
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
     let cert = p.signed_by(&key, &issuer)?;

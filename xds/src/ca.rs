@@ -225,16 +225,7 @@ impl Signer {
                 .try_into()
                 .map_err(|e| CaError::Sign(format!("{e}")))?,
         )];
-        p.is_ca = IsCa::ExplicitNoCa;
-        p.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        p.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        p.use_authority_key_identifier_extension = true;
+        workload_leaf(&mut p);
         let mut serial = [0u8; 16];
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut serial)
             .map_err(|_| CaError::Sign("no randomness for the serial number".into()))?;
@@ -252,6 +243,22 @@ impl Signer {
         .map_err(|e| CaError::Sign(e.to_string()))?;
         Ok(vec![signed.pem(), self.ca_pem.clone()])
     }
+}
+
+/// Makes `p` a workload leaf as Istio's are, usable both ways: not a CA, digital signature
+/// and key encipherment, server and client authentication, the issuer's key identifier.
+/// The CA service and `membrane cert issue` both build their leaves with it.
+pub fn workload_leaf(p: &mut CertificateParams) {
+    p.is_ca = IsCa::ExplicitNoCa;
+    p.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    p.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    p.use_authority_key_identifier_extension = true;
 }
 
 fn pem_of(der: &[u8]) -> String {
