@@ -72,3 +72,46 @@ start_nginx_backend() {
   PIDS+=($!)
   wait_port 18080
 }
+
+# The executable of benchmark target NAME of package PKG, built (cargo bench --no-run) with
+# PROFILE (default bench, i.e. release). Empty when cargo names none.
+bench_executable() {
+  local pkg=$1 name=$2 profile=${3:-bench}
+  (cd "$ROOT" && cargo bench -q -p "$pkg" --bench "$name" --no-run --profile "$profile" \
+    --message-format=json |
+    jq -r --arg n "$name" 'select(.target.name == $n and .executable != null) | .executable' |
+    tail -1)
+}
+
+# Runs a benchmark driver (the arguments: the command) from ROOT and waits for it. When the
+# script exits, also when interrupted, the driver is ended and what it left is removed:
+# network namespaces (and the processes in them), cgroups and bpffs pin directories named
+# membrane-test-<the driver's pid>-*.
+DRIVER_PID=
+run_driver() {
+  trap driver_cleanup EXIT
+  trap 'exit 130' INT TERM
+  (cd "$ROOT" && exec "$@") &
+  DRIVER_PID=$!
+  wait "$DRIVER_PID"
+  DRIVER_PID=
+}
+driver_cleanup() {
+  [ -n "$DRIVER_PID" ] || return 0
+  kill "$DRIVER_PID" 2>/dev/null || true
+  wait "$DRIVER_PID" 2>/dev/null || true
+  local tag="membrane-test-$DRIVER_PID-" ns p d cg2
+  for ns in $(ip netns list | awk '{print $1}' | grep "^$tag" || true); do
+    for p in $(ip netns pids "$ns" 2>/dev/null); do kill "$p" 2>/dev/null || true; done
+    ip netns del "$ns" 2>/dev/null || true
+  done
+  cg2=$(awk '$3 == "cgroup2" { print $2; exit }' /proc/self/mounts)
+  for d in "$cg2/$tag"* /sys/fs/bpf/"$tag"*; do
+    [ -e "$d" ] || continue
+    case $d in
+      /sys/fs/bpf/*) rm -rf "$d" ;;
+      *) rmdir "$d" 2>/dev/null || true ;;
+    esac
+  done
+  return 0
+}

@@ -11,37 +11,14 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+. "$ROOT/bench/lib.sh"
 [ "$(id -u)" = 0 ] || { echo "prefilter.sh: run as root (network namespaces, BPF)" >&2; exit 1; }
 for cmd in nft jq nsenter; do
   command -v "$cmd" >/dev/null 2>&1 || { echo "prefilter.sh: needs $cmd (apt-get install nftables jq util-linux)" >&2; exit 1; }
 done
 
-BIN=$(cd "$ROOT" && cargo bench -q -p membrane-datapath --bench prefilter --no-run \
-  --profile "${PROFILE:-bench}" --message-format=json |
-  jq -r 'select(.target.name == "prefilter" and .executable != null) | .executable' | tail -1)
+BIN=$(bench_executable membrane-datapath prefilter "${PROFILE:-bench}")
 [ -x "$BIN" ] || { echo "prefilter.sh: no prefilter benchmark binary" >&2; exit 1; }
 
 OUT=${OUT:-$ROOT/bench/results/prefilter-$(date -u +%Y-%m-%d).md}
-PID=
-cleanup() {
-  [ -n "$PID" ] || return 0
-  kill "$PID" 2>/dev/null || true
-  wait "$PID" 2>/dev/null || true
-  local tag="membrane-test-$PID-"
-  for ns in $(ip netns list | awk '{print $1}' | grep "^$tag" || true); do
-    for p in $(ip netns pids "$ns" 2>/dev/null); do kill "$p" 2>/dev/null || true; done
-    ip netns del "$ns" 2>/dev/null || true
-  done
-  for d in /sys/fs/bpf/"$tag"*; do
-    [ -e "$d" ] && rm -rf "$d"
-  done
-  return 0
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-cd "$ROOT"
-"$BIN" --out "$OUT" "$@" &
-PID=$!
-wait "$PID"
-PID=
+run_driver "$BIN" --out "$OUT" "$@"

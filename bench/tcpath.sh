@@ -12,6 +12,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+. "$ROOT/bench/lib.sh"
 NAME=${1:-}
 case $NAME in
   policy | clusterip | crossnode) shift ;;
@@ -39,37 +40,8 @@ fi
 
 # Build (release, the bench profile), then run the binary itself: cargo bench would add
 # its own arguments.
-BIN=$(cd "$ROOT" && cargo bench -q -p membrane-datapath --bench tcpath --no-run \
-  --message-format=json | jq -r 'select(.target.name == "tcpath" and .executable != null) | .executable' | tail -1)
+BIN=$(bench_executable membrane-datapath tcpath)
 [ -x "$BIN" ] || { echo "tcpath.sh: no tcpath benchmark binary" >&2; exit 1; }
 
 OUT=${OUT:-$ROOT/bench/results/tc-$NAME-$(date -u +%Y-%m-%d).md}
-PID=
-cleanup() {
-  [ -n "$PID" ] || return 0
-  kill "$PID" 2>/dev/null || true
-  wait "$PID" 2>/dev/null || true
-  # What an interrupted run left: its namespaces (and the processes in them), cgroups
-  # and pin directories, all named after its pid.
-  local tag="membrane-test-$PID-"
-  for ns in $(ip netns list | awk '{print $1}' | grep "^$tag" || true); do
-    for p in $(ip netns pids "$ns" 2>/dev/null); do kill "$p" 2>/dev/null || true; done
-    ip netns del "$ns" 2>/dev/null || true
-  done
-  CG2=$(awk '$3 == "cgroup2" { print $2; exit }' /proc/self/mounts)
-  for d in "$CG2/$tag"* /sys/fs/bpf/"$tag"*; do
-    [ -e "$d" ] || continue
-    case $d in
-      /sys/fs/bpf/*) rm -rf "$d" ;;
-      *) rmdir "$d" 2>/dev/null || true ;;
-    esac
-  done
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-cd "$ROOT"
-"$BIN" "$NAME" --out "$OUT" "$@" &
-PID=$!
-wait "$PID"
-PID=
+run_driver "$BIN" "$NAME" --out "$OUT" "$@"
