@@ -15,15 +15,15 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 #[path = "ads_load/client.rs"]
 mod client;
+#[path = "common/mod.rs"]
+mod common;
 
 use client::{Proto, Shared, Slot};
 
@@ -138,28 +138,6 @@ fn xds_bin() -> PathBuf {
     std::env::var_os("XDS_LOAD_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_membrane-xds")))
-}
-
-fn spawn_xds(dir: &Path) -> (std::process::Child, String) {
-    let mut child = Command::new(xds_bin())
-        .args(["--plaintext-xds", "--grpc-addr", "127.0.0.1:0"])
-        .args(["--debug-addr", "127.0.0.1:0", "--log", "warn"])
-        .args(["--poll-ms", "1000"])
-        .arg("--source-dir")
-        .arg(dir)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn membrane-xds");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("grpc="))
-        .expect("grpc address")
-        .to_string();
-    (child, addr)
 }
 
 /// Waits until `done` holds for every client's slot; panics after `limit`.
@@ -282,7 +260,7 @@ async fn load(report: &mut String) {
     let fleet = dir.path().join("fleet.yaml");
     std::fs::write(&fleet, fleet_policy(0)).unwrap();
 
-    let (mut child, addr) = spawn_xds(dir.path());
+    let (mut child, addr) = common::spawn_xds(&xds_bin(), dir.path(), 1000);
     let pid = child.id();
     let shared = Arc::new(Shared {
         slots: (0..n).map(|_| Mutex::new(Slot::default())).collect(),

@@ -15,8 +15,6 @@
 //! part alone).
 
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -102,35 +100,13 @@ fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
-/// The real `membrane-xds` on `dir` (plaintext xDS, opted in: a loopback-only
-/// benchmark), and its gRPC address.
+/// This build's `membrane-xds` on `dir`, and its gRPC address.
 fn spawn_xds(dir: &std::path::Path, poll: usize) -> (std::process::Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_membrane-xds"))
-        .args([
-            "--plaintext-xds",
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--debug-addr",
-            "127.0.0.1:0",
-            "--log",
-            "warn",
-        ])
-        .args(["--poll-ms", &poll.to_string()])
-        .arg("--source-dir")
-        .arg(dir)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn membrane-xds");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("grpc="))
-        .expect("grpc address")
-        .to_string();
-    (child, addr)
+    common::spawn_xds(
+        std::path::Path::new(env!("CARGO_BIN_EXE_membrane-xds")),
+        dir,
+        poll,
+    )
 }
 
 struct Client {
@@ -388,6 +364,8 @@ fn translation(report: &mut String) {
 }
 
 // Beside this file rather than in benches/, where Cargo would take it for a bench target.
+#[path = "common/mod.rs"]
+mod common;
 #[path = "fanout/nodes.rs"]
 mod nodes;
 
