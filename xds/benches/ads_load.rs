@@ -413,11 +413,12 @@ async fn load(report: &mut String) {
     let _ = writeln!(report, "## {n} ADS clients\n");
     let _ = writeln!(
         report,
-        "{n} simulated sidecars on the real membrane-xds (release build, plaintext xDS on \
+        "{n} simulated sidecars on the real membrane-xds (`{}`, plaintext xDS on \
          loopback, directory source watched with inotify), each its own HTTP/2 connection, \
          Istio node id and pod: {} state-of-the-world and {} delta ADS streams, each \
          subscribed to NPDS and NPHDS (wildcard), ACKing every response at once. The \
          source holds {n} pods ({apps} apps, one pod per client) and {} policies.\n",
+        xds_bin().display(),
         n.div_ceil(2),
         n / 2,
         npol + 1
