@@ -3,16 +3,18 @@
 //!
 //! Each variant has its own node namespace with a client pod and a backend pod (two
 //! listening ports, the service's two backends), so no variant pays for another's hooks:
-//! - `direct`: no BPF, no rules; the client connects to a backend's address (the
-//!   reference the target is measured against);
+//! - `direct`: no BPF, no rules; the client connects to the backends' addresses, each
+//!   connection to one of the two at random as the load balancer picks (the reference the
+//!   target is measured against; one backend alone would leave the other port's accepting
+//!   threads idle and make the server's side of the comparison unequal);
 //! - `iptables`: kube-proxy's shape ([`iptables::kube_proxy_rules`]) in the node's nat
 //!   table, the client connecting to the last service's ClusterIP, so the first packet of
 //!   each connection walks every service's match;
 //! - `membrane`: the tc programs on both pods' host veths, the services in the node's LB
 //!   maps, the client connecting to the same ClusterIP, from a pod without the socket
 //!   hooks, so nothing translated the connect and the tc load balancer does it per
-//!   packet; and `membrane direct`, the same node connecting to the backend's address
-//!   (what the tc programs cost without a translation).
+//!   packet; and `membrane direct`, the same node connecting to the backends' addresses
+//!   in the same way (what the tc programs cost without a translation).
 //!
 //! A connection is: connect, one byte each way, abort (RST, so no port waits in
 //! TIME_WAIT). Four client threads, four accepting threads per port, for `secs`; every
@@ -131,21 +133,17 @@ pub struct Rate {
     pub first_error: String,
 }
 
-pub fn rate(bed: &Bed, to: SocketAddrV4, a: &Args) -> Result<Rate> {
+pub fn rate(bed: &Bed, to: &[SocketAddrV4], a: &Args) -> Result<Rate> {
     let server_before = cpu_ns(bed._server.id())?;
-    let v = worker_json(
-        &bed.client.ns,
-        a.cores().0,
-        &argv(&[
-            "conn-rate",
-            "--to",
-            &to.to_string(),
-            "--secs",
-            &a.secs.to_string(),
-            "--threads",
-            &a.threads.to_string(),
-        ]),
-    )?;
+    let mut args = vec!["conn-rate".to_owned()];
+    args.extend(to.iter().map(|t| format!("--to={t}")));
+    args.extend(argv(&[
+        "--secs",
+        &a.secs.to_string(),
+        "--threads",
+        &a.threads.to_string(),
+    ]));
+    let v = worker_json(&bed.client.ns, a.cores().0, &args)?;
     let server_ns = cpu_ns(bed._server.id())?.saturating_sub(server_before);
     let ok = v["ok"].as_u64().context("conn-rate ok")?;
     let client_secs = v["cpu_secs"].as_f64().context("conn-rate cpu_secs")?;
@@ -183,7 +181,10 @@ trait Variant {
     fn name(&self) -> String;
     fn set_services(&mut self, n: usize) -> Result<()>;
     fn bed(&self) -> &Bed;
-    fn target(&self, n: usize) -> SocketAddrV4;
+    /// Where a connection goes (one of them at random when several: the backends
+    /// themselves for the variants that connect directly, spread as the load balancer
+    /// spreads, so every variant keeps both backend ports equally busy).
+    fn targets(&self, n: usize) -> Vec<SocketAddrV4>;
     /// The per-packet costs of `conns` connections from client ports `port..` through
     /// its tc programs ([`pktcost`]), when it has any.
     fn packet_costs(&self, _n: usize, _port: u16, _conns: u16) -> Result<Option<Vec<f64>>> {
@@ -212,8 +213,8 @@ impl Variant for Direct {
     fn bed(&self) -> &Bed {
         &self.0
     }
-    fn target(&self, _n: usize) -> SocketAddrV4 {
-        backends()[0]
+    fn targets(&self, _n: usize) -> Vec<SocketAddrV4> {
+        backends().to_vec()
     }
 }
 
@@ -234,8 +235,8 @@ impl Variant for Ipt {
     fn bed(&self) -> &Bed {
         &self.1
     }
-    fn target(&self, n: usize) -> SocketAddrV4 {
-        vip(n)
+    fn targets(&self, n: usize) -> Vec<SocketAddrV4> {
+        vec![vip(n)]
     }
 }
 
@@ -337,11 +338,11 @@ impl Variant for Mb {
     fn bed(&self) -> &Bed {
         &self.lb.bed
     }
-    fn target(&self, n: usize) -> SocketAddrV4 {
+    fn targets(&self, n: usize) -> Vec<SocketAddrV4> {
         if self.via_service {
-            vip(n)
+            vec![vip(n)]
         } else {
-            backends()[0]
+            backends().to_vec()
         }
     }
     fn packet_costs(&self, n: usize, port: u16, conns: u16) -> Result<Option<Vec<f64>>> {
@@ -349,7 +350,7 @@ impl Variant for Mb {
         pktcost::measure(
             [&eps[0], &eps[1]],
             CLIENT_IP,
-            self.target(n),
+            self.targets(n)[0],
             &backends(),
             port,
             conns,
@@ -406,7 +407,7 @@ pub fn run(a: &Args) -> Result<()> {
             }
             for i in order {
                 let v = &variants[i];
-                row.cells[i].add(rate(v.bed(), v.target(n), a)?);
+                row.cells[i].add(rate(v.bed(), &v.targets(n), a)?);
                 if a.packet_conns > 0 {
                     // Client ports below the ephemeral range, a fresh run each time.
                     let port = 1024 + (next_port * a.packet_conns as usize % 30000) as u16;
@@ -425,7 +426,7 @@ pub fn run(a: &Args) -> Result<()> {
             };
             let window = progstats::on()?;
             let before_again = v.prog_counts()?.unwrap_or(before);
-            let rt = rate(v.bed(), v.target(n), a)?;
+            let rt = rate(v.bed(), &v.targets(n), a)?;
             let after = v.prog_counts()?.context("program counters went away")?;
             drop(window);
             row.progs[i] = Some(progstats::per_connection(&before_again, &after, rt.ok));

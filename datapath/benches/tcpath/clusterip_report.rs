@@ -57,7 +57,9 @@ fn spread(xs: &[f64]) -> String {
 pub fn write(r: &mut Report, names: &[String], rows: &[Row], packet_conns: u16) {
     r.line("The ClusterIP connected to is the last service of the set; 'vs direct' divides by the");
     r.line("direct cell of the same service count (measured in the same repetitions), 'vs tc");
-    r.line("address' by membrane's tc programs on a backend address (no service). CPU: the");
+    r.line("address' by membrane's tc programs on the backends' addresses (no service). The");
+    r.line("variants without a service connect to the two backends' addresses at random, as the");
+    r.line("load balancer spreads its connections over them. CPU: the");
     r.line("client's and the server's CPU time per connection (their threads, which includes the");
     r.line("packet processing the kernel does in their context), median over the repetitions.");
     r.line("");

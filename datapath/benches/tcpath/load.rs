@@ -39,10 +39,11 @@ pub enum Worker {
     },
     /// Open, use (one byte each way) and abort (RST, no TIME_WAIT) connections to `to`
     /// from `threads` threads for `secs`; count the ones that worked and the failures, and
-    /// report the process's CPU time (`cpu_secs`).
+    /// report the process's CPU time (`cpu_secs`). With several `to`, each connection goes
+    /// to one of them at random (as a load balancer with random selection spreads them).
     ConnRate {
-        #[arg(long)]
-        to: SocketAddr,
+        #[arg(long, required = true)]
+        to: Vec<SocketAddr>,
         #[arg(long)]
         secs: f64,
         #[arg(long, default_value_t = 4)]
@@ -66,7 +67,7 @@ pub fn run(w: Worker) -> Result<()> {
             threads,
             echo,
         } => tcp_serve(&listen, threads, echo),
-        Worker::ConnRate { to, secs, threads } => conn_rate(to, secs, threads),
+        Worker::ConnRate { to, secs, threads } => conn_rate(&to, secs, threads),
         Worker::Rr { to, iters } => rr(to, iters),
     }
 }
@@ -148,7 +149,7 @@ fn one_connection(to: SocketAddr) -> Result<()> {
     Ok(())
 }
 
-fn conn_rate(to: SocketAddr, secs: f64, threads: usize) -> Result<()> {
+fn conn_rate(to: &[SocketAddr], secs: f64, threads: usize) -> Result<()> {
     let ok = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let first_error = Arc::new(Mutex::new(None::<String>));
@@ -156,16 +157,22 @@ fn conn_rate(to: SocketAddr, secs: f64, threads: usize) -> Result<()> {
     let start = Instant::now();
     let limit = Duration::from_secs_f64(secs);
     let handles: Vec<_> = (0..threads)
-        .map(|_| {
+        .map(|t| {
             let (ok, failed, first_error, stop) = (
                 ok.clone(),
                 failed.clone(),
                 first_error.clone(),
                 stop.clone(),
             );
+            let to = to.to_vec();
             std::thread::spawn(move || {
+                // xorshift32: a cheap pick per connection, seeded per thread.
+                let mut x = 0x9e37_79b9u32 ^ (t as u32 + 1).wrapping_mul(0x85eb_ca6b);
                 while !stop.load(Ordering::Relaxed) && start.elapsed() < limit {
-                    match one_connection(to) {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    match one_connection(to[x as usize % to.len()]) {
                         Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
                         Err(e) => {
                             first_error.lock().unwrap().get_or_insert(format!("{e:#}"));
