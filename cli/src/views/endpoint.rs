@@ -7,7 +7,8 @@
 use serde_json::Value;
 
 use super::cluster::sort_by_key;
-use super::dump::{arr, go_sort, s, u, ConfigDump};
+use super::dump::{arr, s, u, ConfigDump};
+use super::gosort::go_sort;
 use super::tabwriter::table;
 
 /// istioctl's `--address`, `--port`, `--cluster`, `--status`.

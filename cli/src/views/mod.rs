@@ -12,6 +12,7 @@ mod difflib;
 mod dump;
 mod endpoint;
 mod fetch;
+mod gosort;
 mod jsonpb;
 mod listener;
 mod output;
