@@ -48,23 +48,38 @@ fn socket(addr: Option<&Value>) -> (String, u64) {
         .unwrap_or_default()
 }
 
+/// The row of host `h` of cluster status `c`.
+fn host_row(c: &Value, h: &Value) -> Row {
+    let (address, port) = socket(h.get("address"));
+    let hs = h.get("health_status").unwrap_or(&Value::Null);
+    Row {
+        address,
+        port,
+        cluster: s(c, "name").to_string(),
+        status: status_name(hs.get("eds_health_status")),
+        outlier_failed: hs.get("failed_outlier_check") == Some(&Value::Bool(true)),
+    }
+}
+
 /// Rows of Envoy's `/clusters?format=json` (`cluster_statuses`).
 fn from_clusters(v: &Value) -> Vec<Row> {
-    let mut rows = Vec::new();
-    for c in arr(v, "cluster_statuses") {
-        for h in arr(c, "host_statuses") {
-            let (address, port) = socket(h.get("address"));
-            let hs = h.get("health_status").unwrap_or(&Value::Null);
-            rows.push(Row {
-                address,
-                port,
-                cluster: s(c, "name").to_string(),
-                status: status_name(hs.get("eds_health_status")),
-                outlier_failed: hs.get("failed_outlier_check") == Some(&Value::Bool(true)),
-            });
-        }
-    }
-    rows
+    arr(v, "cluster_statuses")
+        .iter()
+        .flat_map(|c| arr(c, "host_statuses").iter().map(|h| host_row(c, h)))
+        .collect()
+}
+
+/// The cluster statuses istioctl prints for `-o json|yaml`: those with a host that
+/// passes `filter` (so never a cluster without hosts), in Envoy's order.
+pub fn cluster_statuses<'a>(clusters: &'a Value, filter: &EndpointFilter) -> Vec<&'a Value> {
+    arr(clusters, "cluster_statuses")
+        .iter()
+        .filter(|c| {
+            arr(c, "host_statuses")
+                .iter()
+                .any(|h| filter.verify(&host_row(c, h)))
+        })
+        .collect()
 }
 
 /// `HealthStatus` as its enum name (proto3 JSON omits UNKNOWN).
