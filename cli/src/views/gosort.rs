@@ -330,8 +330,10 @@ impl<T, F: Fn(&T, &T) -> bool> Sorter<'_, T, F> {
             self.paths.partial_shifts += 1;
             self.swap(i, i - 1);
             // The smaller one moves left. Go's loop runs down to index 1
-            // of the whole slice, not to `a + 1`: kept, since it compares
-            // (and may swap) across the range's start.
+            // of the whole slice, not to `a + 1`; kept as Go has it, though
+            // it never moves anything across `a`: the element before a
+            // range is an earlier pivot that nothing in the range is less
+            // than (partitioning keeps that for any comparator).
             if i - a >= 2 {
                 let mut j = i - 1;
                 while j >= 1 && self.less(j, j - 1) {

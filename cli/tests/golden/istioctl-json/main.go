@@ -14,7 +14,8 @@
 //
 //	istioctl-json DESCRIPTORS.bin CONFIG_DUMP.json CLUSTERS.json OUTDIR
 //
-// writes OUTDIR/{cluster,listener,route,endpoint,eds,secret,bootstrap}.json
+// writes OUTDIR/{cluster,listener,route,endpoint,eds,secret,bootstrap}.json and
+// the same as -o yaml prints them (.yaml, through sigs.k8s.io/yaml's JSONToYAML)
 // (eds.json: the dump's load assignments in the MessageSlice shape; istioctl
 // itself reads endpoints from /clusters). Run by regen.sh (GOPATH mode, with
 // Debian's golang-google-protobuf-dev and golang-github-golang-protobuf-1-5-dev).
@@ -39,6 +40,7 @@ import (
 	"google.golang.org/protobuf/reflect/protoregistry"
 	"google.golang.org/protobuf/types/descriptorpb"
 	"google.golang.org/protobuf/types/dynamicpb"
+	"sigs.k8s.io/yaml"
 )
 
 // types resolves message types (and Any type URLs) from the descriptor set
@@ -233,8 +235,17 @@ func subsetKey(name string) (dir, subset, fqdn string, port int) {
 	return
 }
 
+// write stores the JSON text as NAME.json and, as -o yaml prints it
+// (JSONToYAML of the same JSON, then Println), as NAME.yaml.
 func write(dir, name, text string) {
-	if err := os.WriteFile(filepath.Join(dir, name), []byte(text), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, name+".json"), []byte(text), 0o644); err != nil {
+		die("%v", err)
+	}
+	y, err := yaml.JSONToYAML([]byte(strings.TrimSuffix(text, "\n")))
+	if err != nil {
+		die("%s: %v", name, err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, name+".yaml"), append(y, '\n'), 0o644); err != nil {
 		die("%v", err)
 	}
 }
@@ -281,12 +292,12 @@ func main() {
 		}
 		return id < jd
 	})
-	write(out, "cluster.json", t.sliceJSON(clusters))
+	write(out, "cluster", t.sliceJSON(clusters))
 
 	lds := t.section(dump, "envoy.admin.v3.ListenersConfigDump")
 	listeners := append(t.unpackAll(items(lds, "dynamic_listeners", "active_state", "listener"), "envoy.config.listener.v3.Listener"),
 		t.unpackAll(items(lds, "static_listeners", "listener"), "envoy.config.listener.v3.Listener")...)
-	write(out, "listener.json", t.sliceJSON(listeners))
+	write(out, "listener", t.sliceJSON(listeners))
 
 	rds := t.section(dump, "envoy.admin.v3.RoutesConfigDump")
 	routes := append(t.unpackAll(items(rds, "dynamic_route_configs", "route_config"), "envoy.config.route.v3.RouteConfiguration"),
@@ -302,10 +313,10 @@ func main() {
 		}
 		return a < b
 	})
-	write(out, "route.json", t.sliceJSON(routes))
+	write(out, "route", t.sliceJSON(routes))
 
 	eds := t.section(dump, "envoy.admin.v3.EndpointsConfigDump")
-	write(out, "eds.json", t.sliceJSON(append(
+	write(out, "eds", t.sliceJSON(append(
 		t.unpackAll(items(eds, "dynamic_endpoint_configs", "endpoint_config"), "envoy.config.endpoint.v3.ClusterLoadAssignment"),
 		t.unpackAll(items(eds, "static_endpoint_configs", "endpoint_config"), "envoy.config.endpoint.v3.ClusterLoadAssignment")...)))
 
@@ -316,8 +327,8 @@ func main() {
 			withHosts = append(withHosts, c)
 		}
 	}
-	write(out, "endpoint.json", t.sliceJSON(withHosts))
+	write(out, "endpoint", t.sliceJSON(withHosts))
 
-	write(out, "secret.json", t.indentJSON(t.section(dump, "envoy.admin.v3.SecretsConfigDump")))
-	write(out, "bootstrap.json", t.indentJSON(t.section(dump, "envoy.admin.v3.BootstrapConfigDump")))
+	write(out, "secret", t.indentJSON(t.section(dump, "envoy.admin.v3.SecretsConfigDump")))
+	write(out, "bootstrap", t.indentJSON(t.section(dump, "envoy.admin.v3.BootstrapConfigDump")))
 }

@@ -1,7 +1,7 @@
 #!/bin/sh
 # Regenerates want/*.json, what istioctl's -o json prints for envoy/'s dump,
 # with Go's own jsonpb (see main.go). Needs Go and Debian's
-# golang-google-protobuf-dev and golang-github-golang-protobuf-1-5-dev, and
+# golang-google-protobuf-dev and golang-github-golang-protobuf-1-5-dev and golang-k8s-sigs-yaml-dev, and
 # Envoy's descriptor set as membrane uses it (envoy-types' types.bin, or
 # $MEMBRANE_ENVOY_DESCRIPTORS as api/build.rs reads it). `make test` needs
 # none of this: it compares membrane's output with the committed files.
