@@ -12,13 +12,15 @@
 //
 // each followed by Println's newline. Usage:
 //
-//	istioctl-json DESCRIPTORS.bin CONFIG_DUMP.json CLUSTERS.json OUTDIR
+//	istioctl-json DESCRIPTORS.bin CONFIG_DUMP.json CLUSTERS.json|- OUTDIR
 //
-// writes OUTDIR/{cluster,listener,route,endpoint,eds,secret,bootstrap}.json and
+// writes, for each view the dump has a section for (endpoint: when CLUSTERS.json
+// is given), OUTDIR/{cluster,listener,route,endpoint,eds,secret,bootstrap}.json and
 // the same as -o yaml prints them (.yaml, through sigs.k8s.io/yaml's JSONToYAML)
 // (eds.json: the dump's load assignments in the MessageSlice shape; istioctl
 // itself reads endpoints from /clusters). Run by regen.sh (GOPATH mode, with
-// Debian's golang-google-protobuf-dev and golang-github-golang-protobuf-1-5-dev).
+// Debian's golang-google-protobuf-dev, golang-github-golang-protobuf-1-5-dev and
+// golang-k8s-sigs-yaml-dev).
 package main
 
 import (
@@ -142,7 +144,8 @@ func items(m protoreflect.Message, list string, path ...string) []protoreflect.M
 	return out
 }
 
-// section: the config dump's entry of message type `name`, unpacked.
+// section: the config dump's entry of message type `name`, unpacked; nil
+// when the dump has none (its views are then not written).
 func (t types) section(dump protoreflect.Message, name string) protoreflect.Message {
 	l := field(dump, "configs").List()
 	for i := 0; i < l.Len(); i++ {
@@ -151,7 +154,6 @@ func (t types) section(dump protoreflect.Message, name string) protoreflect.Mess
 			return t.unpack(a, name)
 		}
 	}
-	die("no %s in the dump", name)
 	return nil
 }
 
@@ -243,7 +245,9 @@ func write(dir, name, text string) {
 	}
 	y, err := yaml.JSONToYAML([]byte(strings.TrimSuffix(text, "\n")))
 	if err != nil {
-		die("%s: %v", name, err)
+		// istioctl fails the same way (control characters, for one).
+		fmt.Fprintf(os.Stderr, "istioctl-json: %s: no YAML: %v\n", name, err)
+		return
 	}
 	if err := os.WriteFile(filepath.Join(dir, name+".yaml"), append(y, '\n'), 0o644); err != nil {
 		die("%v", err)
@@ -274,7 +278,43 @@ func main() {
 	dump := t.parse("envoy.admin.v3.ConfigDump", read(os.Args[2]))
 	out := os.Args[4]
 
-	cds := t.section(dump, "envoy.admin.v3.ClustersConfigDump")
+	if cds := t.section(dump, "envoy.admin.v3.ClustersConfigDump"); cds != nil {
+		t.clusters(out, cds)
+	}
+	if lds := t.section(dump, "envoy.admin.v3.ListenersConfigDump"); lds != nil {
+		listeners := append(t.unpackAll(items(lds, "dynamic_listeners", "active_state", "listener"), "envoy.config.listener.v3.Listener"),
+			t.unpackAll(items(lds, "static_listeners", "listener"), "envoy.config.listener.v3.Listener")...)
+		write(out, "listener", t.sliceJSON(listeners))
+	}
+	if rds := t.section(dump, "envoy.admin.v3.RoutesConfigDump"); rds != nil {
+		t.routes(out, rds)
+	}
+	if eds := t.section(dump, "envoy.admin.v3.EndpointsConfigDump"); eds != nil {
+		write(out, "eds", t.sliceJSON(append(
+			t.unpackAll(items(eds, "dynamic_endpoint_configs", "endpoint_config"), "envoy.config.endpoint.v3.ClusterLoadAssignment"),
+			t.unpackAll(items(eds, "static_endpoint_configs", "endpoint_config"), "envoy.config.endpoint.v3.ClusterLoadAssignment")...)))
+	}
+	if os.Args[3] != "-" {
+		// istioctl's PrintEndpoints with no filter: the clusters with a host.
+		var withHosts []protoreflect.Message
+		for _, c := range items(t.parse("envoy.admin.v3.Clusters", read(os.Args[3])), "cluster_statuses") {
+			if field(c, "host_statuses").List().Len() > 0 {
+				withHosts = append(withHosts, c)
+			}
+		}
+		write(out, "endpoint", t.sliceJSON(withHosts))
+	}
+	if s := t.section(dump, "envoy.admin.v3.SecretsConfigDump"); s != nil {
+		write(out, "secret", t.indentJSON(s))
+	}
+	if b := t.section(dump, "envoy.admin.v3.BootstrapConfigDump"); b != nil {
+		write(out, "bootstrap", t.indentJSON(b))
+	}
+}
+
+// clusters writes the cluster view: dynamic then static, sorted as istioctl's
+// retrieveSortedClusterSlice sorts them.
+func (t types) clusters(out string, cds protoreflect.Message) {
 	clusters := append(t.unpackAll(items(cds, "dynamic_active_clusters", "cluster"), "envoy.config.cluster.v3.Cluster"),
 		t.unpackAll(items(cds, "static_clusters", "cluster"), "envoy.config.cluster.v3.Cluster")...)
 	name := func(m protoreflect.Message) string { return field(m, "name").String() }
@@ -293,13 +333,13 @@ func main() {
 		return id < jd
 	})
 	write(out, "cluster", t.sliceJSON(clusters))
+}
 
-	lds := t.section(dump, "envoy.admin.v3.ListenersConfigDump")
-	listeners := append(t.unpackAll(items(lds, "dynamic_listeners", "active_state", "listener"), "envoy.config.listener.v3.Listener"),
-		t.unpackAll(items(lds, "static_listeners", "listener"), "envoy.config.listener.v3.Listener")...)
-	write(out, "listener", t.sliceJSON(listeners))
-
-	rds := t.section(dump, "envoy.admin.v3.RoutesConfigDump")
+// routes writes the route view: dynamic then static, sorted as istioctl's
+// retrieveSortedRouteSlice sorts them (numeric names ascending; a
+// non-numeric name is unordered against anything).
+func (t types) routes(out string, rds protoreflect.Message) {
+	name := func(m protoreflect.Message) string { return field(m, "name").String() }
 	routes := append(t.unpackAll(items(rds, "dynamic_route_configs", "route_config"), "envoy.config.route.v3.RouteConfiguration"),
 		t.unpackAll(items(rds, "static_route_configs", "route_config"), "envoy.config.route.v3.RouteConfiguration")...)
 	sort.Slice(routes, func(i, j int) bool {
@@ -314,21 +354,4 @@ func main() {
 		return a < b
 	})
 	write(out, "route", t.sliceJSON(routes))
-
-	eds := t.section(dump, "envoy.admin.v3.EndpointsConfigDump")
-	write(out, "eds", t.sliceJSON(append(
-		t.unpackAll(items(eds, "dynamic_endpoint_configs", "endpoint_config"), "envoy.config.endpoint.v3.ClusterLoadAssignment"),
-		t.unpackAll(items(eds, "static_endpoint_configs", "endpoint_config"), "envoy.config.endpoint.v3.ClusterLoadAssignment")...)))
-
-	// istioctl's PrintEndpoints with no filter: the clusters with a host.
-	var withHosts []protoreflect.Message
-	for _, c := range items(t.parse("envoy.admin.v3.Clusters", read(os.Args[3])), "cluster_statuses") {
-		if field(c, "host_statuses").List().Len() > 0 {
-			withHosts = append(withHosts, c)
-		}
-	}
-	write(out, "endpoint", t.sliceJSON(withHosts))
-
-	write(out, "secret", t.indentJSON(t.section(dump, "envoy.admin.v3.SecretsConfigDump")))
-	write(out, "bootstrap", t.indentJSON(t.section(dump, "envoy.admin.v3.BootstrapConfigDump")))
 }
