@@ -186,3 +186,40 @@ pub fn dump_summary(dump: &ConfigDump, with_type: bool) -> String {
     }
     table(5, &text)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_lists_the_clusters_with_a_host_that_passes() {
+        let host = |ip: &str, status: &str| {
+            serde_json::json!({"address": {"socket_address": {"address": ip, "port_value": 80}},
+                "health_status": {"eds_health_status": status}})
+        };
+        let clusters = serde_json::json!({"cluster_statuses": [
+            {"name": "empty"},
+            {"name": "a", "host_statuses": [host("10.0.0.1", "HEALTHY")]},
+            {"name": "b", "host_statuses": [host("10.0.0.2", "HEALTHY"), host("10.0.0.3", "UNHEALTHY")]},
+        ]});
+        let names = |f: &EndpointFilter| -> Vec<&str> {
+            cluster_statuses(&clusters, f)
+                .iter()
+                .map(|c| s(c, "name"))
+                .collect()
+        };
+        // No filter: every cluster with a host (istioctl never lists one without).
+        assert_eq!(names(&EndpointFilter::default()), ["a", "b"]);
+        let unhealthy = EndpointFilter {
+            status: "unhealthy".into(),
+            ..Default::default()
+        };
+        // A cluster is listed whole once one of its hosts passes.
+        assert_eq!(names(&unhealthy), ["b"]);
+        let elsewhere = EndpointFilter {
+            address: "10.9.9.9".into(),
+            ..Default::default()
+        };
+        assert!(names(&elsewhere).is_empty());
+    }
+}
