@@ -529,20 +529,47 @@ mod tests {
         out
     }
 
-    #[test]
-    fn ties_come_out_in_go_1_19s_order() {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/golden/gosort/go1.19.txt"
-        );
-        let golden = std::fs::read_to_string(path).unwrap();
-        let want: Vec<&str> = golden.lines().filter(|l| !l.starts_with('#')).collect();
-        let mut paths = Paths::default();
-        let got = lines(Generator::Go119, &mut paths);
-        assert_eq!(got.len(), want.len(), "golden has {} cases", want.len());
-        for (g, w) in got.iter().zip(&want) {
-            assert_eq!(g, w, "differs from Go 1.19's sort.Slice");
+    /// The generator of the Go that wrote `goX.Y.txt` (see the module docs).
+    fn generator_of(file: &str) -> Generator {
+        let minor: u32 = file
+            .strip_prefix("go1.")
+            .and_then(|v| v.strip_suffix(".txt"))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{file}: not goX.Y.txt"));
+        if minor >= 24 {
+            Generator::Go124
+        } else {
+            Generator::Go119
         }
+    }
+
+    /// Every golden in `cli/tests/golden/gosort/` (`regen.sh` names it after the Go
+    /// that wrote it: go1.19.txt from Debian's Go here; one from Go 1.24 or later is
+    /// checked against [`Generator::Go124`] the same way once someone commits it).
+    #[test]
+    fn ties_come_out_in_gos_order() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/gosort");
+        let mut files: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|f| f.starts_with("go") && f.ends_with(".txt"))
+            .collect();
+        files.sort();
+        assert!(files.contains(&"go1.19.txt".to_string()), "{files:?}");
+        for file in &files {
+            let golden = std::fs::read_to_string(format!("{dir}/{file}")).unwrap();
+            let want: Vec<&str> = golden.lines().filter(|l| !l.starts_with('#')).collect();
+            let mut paths = Paths::default();
+            let got = lines(generator_of(file), &mut paths);
+            assert_eq!(got.len(), want.len(), "{file} has {} cases", want.len());
+            for (g, w) in got.iter().zip(&want) {
+                assert_eq!(g, w, "differs from the sort.Slice that wrote {file}");
+            }
+            check_coverage(&paths);
+        }
+    }
+
+    fn check_coverage(paths: &Paths) {
         // The inputs reach every path of the algorithm, so the golden
         // checks each of them.
         for (name, count) in [
