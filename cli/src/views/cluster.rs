@@ -4,7 +4,8 @@
 
 use serde_json::Value;
 
-use super::dump::{go_sort, s, ConfigDump};
+use super::dump::{s, ConfigDump};
+use super::gosort::go_sort;
 use super::tabwriter::table;
 
 /// istioctl's `--fqdn`, `--port`, `--subset`, `--direction` (substring

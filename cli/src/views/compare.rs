@@ -14,7 +14,7 @@ use prost_reflect::DynamicMessage;
 use serde_json::{json, Value};
 
 use super::difflib::{split_lines, unified_diff};
-use super::dump::go_sort;
+use super::gosort::go_sort;
 use super::jsonpb;
 
 const CLUSTERS: &str = "type.googleapis.com/envoy.admin.v3.ClustersConfigDump";

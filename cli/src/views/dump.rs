@@ -177,18 +177,3 @@ pub fn arr<'a>(v: &'a Value, key: &str) -> &'a [Value] {
         .map(Vec::as_slice)
         .unwrap_or(&[])
 }
-
-/// Go's `sort.Slice` for the lengths istioctl's tables have: Go sorts
-/// slices of up to 12 elements by insertion sort, which this reproduces
-/// exactly, ties included (istioctl's comparators are not all strict
-/// orders). Longer slices are sorted the same way; Go's pdqsort can order
-/// ties differently there.
-pub fn go_sort<T>(v: &mut [T], less: impl Fn(&T, &T) -> bool) {
-    for i in 1..v.len() {
-        let mut j = i;
-        while j > 0 && less(&v[j], &v[j - 1]) {
-            v.swap(j, j - 1);
-            j -= 1;
-        }
-    }
-}

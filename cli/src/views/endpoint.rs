@@ -7,7 +7,8 @@
 use serde_json::Value;
 
 use super::cluster::sort_by_key;
-use super::dump::{arr, go_sort, s, u, ConfigDump};
+use super::dump::{arr, s, u, ConfigDump};
+use super::gosort::go_sort;
 use super::tabwriter::table;
 
 /// istioctl's `--address`, `--port`, `--cluster`, `--status`.
@@ -47,23 +48,38 @@ fn socket(addr: Option<&Value>) -> (String, u64) {
         .unwrap_or_default()
 }
 
+/// The row of host `h` of cluster status `c`.
+fn host_row(c: &Value, h: &Value) -> Row {
+    let (address, port) = socket(h.get("address"));
+    let hs = h.get("health_status").unwrap_or(&Value::Null);
+    Row {
+        address,
+        port,
+        cluster: s(c, "name").to_string(),
+        status: status_name(hs.get("eds_health_status")),
+        outlier_failed: hs.get("failed_outlier_check") == Some(&Value::Bool(true)),
+    }
+}
+
 /// Rows of Envoy's `/clusters?format=json` (`cluster_statuses`).
 fn from_clusters(v: &Value) -> Vec<Row> {
-    let mut rows = Vec::new();
-    for c in arr(v, "cluster_statuses") {
-        for h in arr(c, "host_statuses") {
-            let (address, port) = socket(h.get("address"));
-            let hs = h.get("health_status").unwrap_or(&Value::Null);
-            rows.push(Row {
-                address,
-                port,
-                cluster: s(c, "name").to_string(),
-                status: status_name(hs.get("eds_health_status")),
-                outlier_failed: hs.get("failed_outlier_check") == Some(&Value::Bool(true)),
-            });
-        }
-    }
-    rows
+    arr(v, "cluster_statuses")
+        .iter()
+        .flat_map(|c| arr(c, "host_statuses").iter().map(|h| host_row(c, h)))
+        .collect()
+}
+
+/// The cluster statuses istioctl prints for `-o json|yaml`: those with a host that
+/// passes `filter` (so never a cluster without hosts), in Envoy's order.
+pub fn cluster_statuses<'a>(clusters: &'a Value, filter: &EndpointFilter) -> Vec<&'a Value> {
+    arr(clusters, "cluster_statuses")
+        .iter()
+        .filter(|c| {
+            arr(c, "host_statuses")
+                .iter()
+                .any(|h| filter.verify(&host_row(c, h)))
+        })
+        .collect()
 }
 
 /// `HealthStatus` as its enum name (proto3 JSON omits UNKNOWN).
@@ -169,4 +185,41 @@ pub fn dump_summary(dump: &ConfigDump, with_type: bool) -> String {
         }
     }
     table(5, &text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_lists_the_clusters_with_a_host_that_passes() {
+        let host = |ip: &str, status: &str| {
+            serde_json::json!({"address": {"socket_address": {"address": ip, "port_value": 80}},
+                "health_status": {"eds_health_status": status}})
+        };
+        let clusters = serde_json::json!({"cluster_statuses": [
+            {"name": "empty"},
+            {"name": "a", "host_statuses": [host("10.0.0.1", "HEALTHY")]},
+            {"name": "b", "host_statuses": [host("10.0.0.2", "HEALTHY"), host("10.0.0.3", "UNHEALTHY")]},
+        ]});
+        let names = |f: &EndpointFilter| -> Vec<&str> {
+            cluster_statuses(&clusters, f)
+                .iter()
+                .map(|c| s(c, "name"))
+                .collect()
+        };
+        // No filter: every cluster with a host (istioctl never lists one without).
+        assert_eq!(names(&EndpointFilter::default()), ["a", "b"]);
+        let unhealthy = EndpointFilter {
+            status: "unhealthy".into(),
+            ..Default::default()
+        };
+        // A cluster is listed whole once one of its hosts passes.
+        assert_eq!(names(&unhealthy), ["b"]);
+        let elsewhere = EndpointFilter {
+            address: "10.9.9.9".into(),
+            ..Default::default()
+        };
+        assert!(names(&elsewhere).is_empty());
+    }
 }

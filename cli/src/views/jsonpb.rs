@@ -1,17 +1,24 @@
-//! Protobuf messages as istioctl prints them for its diffs: Go's legacy `jsonpb.Marshaler`
-//! with an indent (what Istio's `protomarshal.ToJSONWithIndent` calls). Its text is not
-//! serde's pretty JSON: fields in declaration order (a set oneof member where the oneof's
-//! first field is declared), lowerCamelCase names, 64-bit integers quoted, an empty
-//! message as `{` and `}` with an empty line between them, an `Any` with `@type` first,
-//! well-known types in their JSON forms, Go's string escaping and float formatting. A
-//! unified diff of two such texts is only istioctl's when every line is, so the printer
-//! is written out here.
+//! Protobuf messages as istioctl prints them: Go's legacy `jsonpb.Marshaler`
+//! (`github.com/golang/protobuf/jsonpb`, which Istio's `protomarshal` calls for every
+//! `ToJSON*` and `Marshal`). With an indent (`ToJSONWithIndent`: the proxy-status diffs,
+//! `proxy-config bootstrap|secret -o json`) its text is not serde's pretty JSON: fields in
+//! declaration order (a set oneof member where the oneof's first field is declared),
+//! lowerCamelCase names, 64-bit integers quoted, an empty message as `{` and `}` with an
+//! empty line between them, an `Any` with `@type` first, well-known types in their JSON
+//! forms, Go's string escaping and float formatting, and Go's own bookkeeping of
+//! indentation (a `Struct`'s entries sit two levels below the line that opens it). Without
+//! an indent (`protomarshal.Marshal`, under istioctl's `-o json` of clusters, listeners,
+//! routes and endpoints) it is the same text with no whitespace at all. A unified diff of
+//! two such texts is only istioctl's when every line is, so the printer is written out
+//! here, and checked against Go's jsonpb on real Envoy dumps
+//! (`cli/tests/golden/istioctl-json/`).
 
 use prost_reflect::{
     DynamicMessage, FieldDescriptor, Kind, MapKey, MessageDescriptor, ReflectMessage, Value,
 };
 
-/// `msg` as jsonpb prints it with `indent` per level (no trailing newline).
+/// `msg` as jsonpb prints it with `indent` per level (no trailing newline); an empty
+/// `indent` gives jsonpb's compact form.
 pub fn print(msg: &DynamicMessage, indent: &str) -> String {
     let mut w = Writer {
         out: String::new(),
@@ -43,6 +50,31 @@ fn well_known(d: &MessageDescriptor) -> Option<&str> {
 }
 
 impl Writer<'_> {
+    fn pretty(&self) -> bool {
+        !self.indent.is_empty()
+    }
+
+    /// A line break and `levels` indents below `at` (nothing when compact).
+    fn newline(&mut self, at: &str, levels: usize) {
+        if self.pretty() {
+            self.out.push('\n');
+            self.out.push_str(at);
+            for _ in 0..levels {
+                self.out.push_str(self.indent);
+            }
+        }
+    }
+
+    /// `"name":`, with a space when indenting.
+    fn key(&mut self, quoted: &str) {
+        self.out.push_str(quoted);
+        self.out.push(':');
+        if self.pretty() {
+            self.out.push(' ');
+        }
+    }
+
+    /// `{`, the fields, `}`; `at` is the indent of the line the message starts on.
     fn message(&mut self, m: &DynamicMessage, at: &str, type_url: Option<&str>) {
         let d = m.descriptor();
         if type_url.is_none() {
@@ -53,12 +85,17 @@ impl Writer<'_> {
             }
         }
         self.out.push('{');
-        self.out.push('\n');
-        let inner = format!("{at}{}", self.indent);
+        if self.pretty() {
+            self.out.push('\n');
+        }
         let mut first = true;
         if let Some(url) = type_url {
-            self.out
-                .push_str(&format!("{inner}\"@type\": {}", go_string(url)));
+            if self.pretty() {
+                self.out.push_str(at);
+                self.out.push_str(self.indent);
+            }
+            self.key("\"@type\"");
+            self.out.push_str(&go_string(url));
             first = false;
         }
         // Declaration order (the descriptor's own list), not field number order.
@@ -88,15 +125,20 @@ impl Writer<'_> {
                 }
             }
             if !first {
-                self.out.push_str(",\n");
+                self.out.push(',');
+                if self.pretty() {
+                    self.out.push('\n');
+                }
             }
             first = false;
-            self.out
-                .push_str(&format!("{inner}\"{}\": ", fd.json_name()));
-            self.value(&fd, &m.get_field(&fd), &inner);
+            if self.pretty() {
+                self.out.push_str(at);
+                self.out.push_str(self.indent);
+            }
+            self.key(&format!("\"{}\"", fd.json_name()));
+            self.value(&fd, &m.get_field(&fd), at);
         }
-        self.out.push('\n');
-        self.out.push_str(at);
+        self.newline(at, 0);
         self.out.push('}');
     }
 
@@ -120,6 +162,8 @@ impl Writer<'_> {
                 };
                 self.out.push_str(&format!("\"{text}\""));
             }
+            // jsonpb hands the list or map to its field printer at the message's own
+            // level, which indents entries two levels below it.
             "Struct" | "ListValue" => {
                 let fd = d.get_field(1).expect("field 1");
                 self.value(&fd, &m.get_field(&fd), at);
@@ -164,11 +208,12 @@ impl Writer<'_> {
             .and_then(|d| DynamicMessage::decode(d, bytes).ok());
         let Some(inner) = inner else {
             // istioctl resolves a type it does not know to an empty placeholder.
-            self.out.push_str(&format!(
-                "{{\n{at}{}\"@type\": {}\n{at}}}",
-                self.indent,
-                go_string(&url)
-            ));
+            self.out.push('{');
+            self.newline(at, 1);
+            self.key("\"@type\"");
+            self.out.push_str(&go_string(&url));
+            self.newline(at, 0);
+            self.out.push('}');
             return;
         };
         if well_known(&inner.descriptor()).is_none() {
@@ -176,16 +221,20 @@ impl Writer<'_> {
             return;
         }
         let deeper = format!("{at}{}", self.indent);
-        self.out.push_str(&format!(
-            "{{\n{deeper}\"@type\": {},\n{deeper}\"value\": ",
-            go_string(&url)
-        ));
+        self.out.push('{');
+        self.newline(at, 1);
+        self.key("\"@type\"");
+        self.out.push_str(&go_string(&url));
+        self.out.push(',');
+        self.newline(at, 1);
+        self.key("\"value\"");
         self.message(&inner, &deeper, None);
-        self.out.push('\n');
-        self.out.push_str(at);
+        self.newline(at, 0);
         self.out.push('}');
     }
 
+    /// A field's value; `at` is the indent of the message that holds the field (lists and
+    /// maps put their entries two levels below it, their closing bracket one).
     fn value(&mut self, fd: &FieldDescriptor, v: &Value, at: &str) {
         let inner = format!("{at}{}", self.indent);
         match v {
@@ -195,12 +244,10 @@ impl Writer<'_> {
                     if i > 0 {
                         self.out.push(',');
                     }
-                    self.out.push('\n');
-                    self.out.push_str(&inner);
+                    self.newline(at, 2);
                     self.single(fd, item, &inner);
                 }
-                self.out.push('\n');
-                self.out.push_str(at);
+                self.newline(at, 1);
                 self.out.push(']');
             }
             Value::Map(entries) => {
@@ -208,28 +255,32 @@ impl Writer<'_> {
                     Kind::Message(entry) => entry.map_entry_value_field(),
                     _ => fd.clone(),
                 };
+                // Go sorts by the key's value: numbers numerically, false before true.
                 let mut keys: Vec<&MapKey> = entries.keys().collect();
-                keys.sort_by_key(|k| map_key(k));
-                self.out.push_str("{\n");
+                keys.sort();
+                self.out.push('{');
                 for (i, k) in keys.iter().enumerate() {
                     if i > 0 {
-                        self.out.push_str(",\n");
+                        self.out.push(',');
                     }
-                    self.out
-                        .push_str(&format!("{inner}{}: ", go_string(&map_key(k))));
+                    self.newline(at, 2);
+                    self.key(&go_string(&map_key(k)));
                     self.single(&value_fd, &entries[*k], &inner);
                 }
-                self.out.push('\n');
-                self.out.push_str(at);
+                self.newline(at, 1);
                 self.out.push('}');
             }
             v => self.single(fd, v, at),
         }
     }
 
+    /// One value; `at` as for [`Writer::value`] (a message goes one level below it).
     fn single(&mut self, fd: &FieldDescriptor, v: &Value, at: &str) {
         let text = match v {
-            Value::Message(m) => return self.message(m, at, None),
+            Value::Message(m) => {
+                let inner = format!("{at}{}", self.indent);
+                return self.message(m, &inner, None);
+            }
             Value::Bool(b) => b.to_string(),
             Value::I32(n) => n.to_string(),
             Value::U32(n) => n.to_string(),
@@ -387,10 +438,24 @@ mod tests {
             "metadata": {"filter_metadata": {"istio": {"b": 1.0, "a": "x<y"}}}
         }}]}));
         // Declaration order (alt_stat_name is field 28, declared second), an empty
-        // message on two lines, uint32 wrappers as numbers, a Struct's keys sorted.
+        // message on two lines, uint32 wrappers as numbers, a Struct's keys sorted and
+        // indented as Go's jsonpb does (two levels in, its brace one level in).
         assert_eq!(
             print(&m, "  "),
-            "{\n  \"dynamicActiveClusters\": [\n    {\n      \"cluster\": {\n        \"@type\": \"type.googleapis.com/envoy.config.cluster.v3.Cluster\",\n        \"name\": \"outbound|80||a.default\",\n        \"altStatName\": \"a\",\n        \"type\": \"EDS\",\n        \"edsClusterConfig\": {\n          \"edsConfig\": {\n            \"ads\": {\n\n            }\n          }\n        },\n        \"connectTimeout\": \"1.500s\",\n        \"maxRequestsPerConnection\": 7,\n        \"metadata\": {\n          \"filterMetadata\": {\n            \"istio\": {\n              \"a\": \"x\\u003cy\",\n              \"b\": 1\n            }\n          }\n        }\n      }\n    }\n  ]\n}"
+            "{\n  \"dynamicActiveClusters\": [\n    {\n      \"cluster\": {\n        \"@type\": \"type.googleapis.com/envoy.config.cluster.v3.Cluster\",\n        \"name\": \"outbound|80||a.default\",\n        \"altStatName\": \"a\",\n        \"type\": \"EDS\",\n        \"edsClusterConfig\": {\n          \"edsConfig\": {\n            \"ads\": {\n\n            }\n          }\n        },\n        \"connectTimeout\": \"1.500s\",\n        \"maxRequestsPerConnection\": 7,\n        \"metadata\": {\n          \"filterMetadata\": {\n            \"istio\": {\n                \"a\": \"x\\u003cy\",\n                \"b\": 1\n              }\n          }\n        }\n      }\n    }\n  ]\n}"
+        );
+    }
+
+    #[test]
+    fn without_an_indent_jsonpb_is_compact() {
+        let m = cluster(serde_json::json!({"dynamic_active_clusters": [{"cluster": {
+            "@type": "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+            "name": "a", "eds_cluster_config": {"eds_config": {"ads": {}}},
+            "metadata": {"filter_metadata": {"istio": {"k": [1.5, null]}}}
+        }}]}));
+        assert_eq!(
+            print(&m, ""),
+            r#"{"dynamicActiveClusters":[{"cluster":{"@type":"type.googleapis.com/envoy.config.cluster.v3.Cluster","name":"a","edsClusterConfig":{"edsConfig":{"ads":{}}},"metadata":{"filterMetadata":{"istio":{"k":[1.5,null]}}}}}]}"#
         );
     }
 

@@ -4,7 +4,8 @@
 
 use serde_json::Value;
 
-use super::dump::{arr, go_sort, s, u, ConfigDump};
+use super::dump::{arr, s, u, ConfigDump};
+use super::gosort::go_sort;
 use super::tabwriter::table;
 
 const HCM: &str = "envoy.filters.network.http_connection_manager";

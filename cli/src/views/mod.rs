@@ -12,6 +12,7 @@ mod difflib;
 mod dump;
 mod endpoint;
 mod fetch;
+mod gosort;
 mod jsonpb;
 mod listener;
 mod output;
@@ -356,14 +357,14 @@ pub fn render(cmd: ProxyConfigCommand, now: SystemTime) -> Result<String> {
             let s = d
                 .secrets_dump()
                 .context("sidecar doesn't support secrets: secret dump not present")?;
-            output::one(&output::camel(output::SECRETS, s)?, &src.output)
+            output::indented(output::SECRETS, s, &src.output)
         }
         C::Bootstrap { src } => {
             let d = src.dump()?;
             let b = d.bootstrap_dump()?;
             // The bootstrap has no table: short prints JSON, as istioctl.
             let format = if short { "json" } else { src.output.as_str() };
-            output::one(&output::camel(output::BOOTSTRAP, b)?, format)
+            output::indented(output::BOOTSTRAP, b, format)
         }
         C::All {
             src,
@@ -432,7 +433,7 @@ fn endpoints(src: &Source, f: &endpoint::EndpointFilter) -> Result<String> {
         if src.output == "short" {
             return Ok(endpoint::summary(Ok(&c), f));
         }
-        let list: Vec<&Value> = dump::arr(&c, "cluster_statuses").iter().collect();
+        let list = endpoint::cluster_statuses(&c, f);
         return output::print(output::CLUSTER_STATUS, &list, &src.output);
     }
     let d = src.dump()?;

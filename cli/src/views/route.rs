@@ -6,7 +6,8 @@
 use serde_json::Value;
 
 use super::cluster::describe_management;
-use super::dump::{arr, go_sort, s, ConfigDump};
+use super::dump::{arr, s, ConfigDump};
+use super::gosort::go_sort;
 use super::listener::describe_match;
 use super::tabwriter::table;
 
