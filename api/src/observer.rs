@@ -268,15 +268,15 @@ impl Filter {
             return true;
         }
         let pods = [self.end(&e.src_pod, &e.src), self.end(&e.dst_pod, &e.dst)];
-        let pod_is = |want: &str| pods.iter().flatten().any(|p| pod_is(p, want));
-        let in_ns = |want: &str| pods.iter().flatten().any(|p| in_ns(p, want));
+        let either_is = |want: &str| pods.iter().flatten().any(|p| pod_is(p, want));
+        let either_in = |want: &str| pods.iter().flatten().any(|p| in_ns(p, want));
         let verdict_is = |want: &str| match want {
             "denied" => e.is_drop(),
             _ => e.verdict.as_deref() == Some(want),
         };
         let l7 = e.l7.as_ref();
-        any(&self.pods, &pod_is)
-            && any(&self.namespaces, &in_ns)
+        any(&self.pods, &either_is)
+            && any(&self.namespaces, &either_in)
             && (self.identities.is_empty()
                 || self
                     .identities
