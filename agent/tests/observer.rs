@@ -451,7 +451,11 @@ fn the_relay_merges_both_nodes_reports_a_gone_one_and_filters() {
         .unwrap();
     assert_eq!(got.len(), 1, "{got:#?}");
     assert!(is_cross(&got[0]), "{got:#?}");
-    assert_eq!(got[0].dst_pod.as_deref(), Some("default/server2"), "{got:#?}");
+    assert_eq!(
+        got[0].dst_pod.as_deref(),
+        Some("default/server2"),
+        "{got:#?}"
+    );
     // Both nodes: node-1's record and node-2's own denial of client2 since its restart,
     // in time order.
     let got = rt

@@ -317,7 +317,15 @@ impl Bed {
         let out = sh(Command::new("nsenter")
             .arg(format!("--net={}", self.peer_ns.path().display()))
             .arg(&self.me)
-            .args(["flood", "--sender", sender.name(), "--dev", "ul0p", "--src", SOURCES])
+            .args([
+                "flood",
+                "--sender",
+                sender.name(),
+                "--dev",
+                "ul0p",
+                "--src",
+                SOURCES,
+            ])
             .args(["--dst", &NODE_IP.to_string(), "--secs", &secs.to_string()]));
         // The last packets of the window may still be on their way through softirq.
         std::thread::sleep(std::time::Duration::from_millis(50));

@@ -64,9 +64,9 @@ impl Sender {
     pub fn describe(self) -> String {
         match self {
             Sender::Udp => "a UDP socket, one send per datagram, one source address".into(),
-            Sender::Mmsg => format!(
-                "AF_PACKET with PACKET_QDISC_BYPASS, sendmmsg of {BATCH} pre-built frames"
-            ),
+            Sender::Mmsg => {
+                format!("AF_PACKET with PACKET_QDISC_BYPASS, sendmmsg of {BATCH} pre-built frames")
+            }
             Sender::Ring => format!(
                 "AF_PACKET with PACKET_QDISC_BYPASS and a PACKET_TX_RING (TPACKET_V2), \
                  {BATCH} pre-built frames per send"
@@ -116,7 +116,9 @@ impl Outcome {
     pub fn parse(s: &str) -> Result<Outcome> {
         let mut o = Outcome::default();
         for kv in s.split_whitespace() {
-            let (k, v) = kv.split_once('=').with_context(|| format!("flood said {s:?}"))?;
+            let (k, v) = kv
+                .split_once('=')
+                .with_context(|| format!("flood said {s:?}"))?;
             match k {
                 "sent" => o.sent = v.parse()?,
                 "secs" => o.secs = v.parse()?,
@@ -190,7 +192,9 @@ pub fn parse(args: &[String]) -> Result<Flood> {
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
-        let v = it.next().with_context(|| format!("flood: {a} needs a value"))?;
+        let v = it
+            .next()
+            .with_context(|| format!("flood: {a} needs a value"))?;
         match a.as_str() {
             "--sender" => f.sender = v.parse()?,
             "--dev" => f.dev = v.clone(),
@@ -337,7 +341,10 @@ impl Cpu {
             .map(|v| v.parse().unwrap_or(0))
             .collect();
         // user nice system idle iowait irq softirq steal ...
-        let busy = [0, 1, 2, 5, 6].iter().map(|i| cpu.get(*i).unwrap_or(&0)).sum();
+        let busy = [0, 1, 2, 5, 6]
+            .iter()
+            .map(|i| cpu.get(*i).unwrap_or(&0))
+            .sum();
         let mut own = task_ticks("/proc/self/stat").context("/proc/self/stat")?;
         for entry in std::fs::read_dir("/proc")?.flatten() {
             let p = entry.path();
@@ -545,14 +552,26 @@ impl TxRing {
     fn new(ifindex: i32, frames: Vec<Vec<u8>>) -> Result<TxRing> {
         let fd = packet_socket(ifindex, |fd| {
             let v2 = libc::tpacket_versions::TPACKET_V2 as libc::c_int;
-            setsockopt(fd, libc::SOL_PACKET, libc::PACKET_VERSION, &v2, "PACKET_VERSION")?;
+            setsockopt(
+                fd,
+                libc::SOL_PACKET,
+                libc::PACKET_VERSION,
+                &v2,
+                "PACKET_VERSION",
+            )?;
             let req = libc::tpacket_req {
                 tp_block_size: BLOCK as u32,
                 tp_block_nr: BLOCKS as u32,
                 tp_frame_size: SLOT as u32,
                 tp_frame_nr: (BLOCK / SLOT * BLOCKS) as u32,
             };
-            setsockopt(fd, libc::SOL_PACKET, libc::PACKET_TX_RING, &req, "PACKET_TX_RING")
+            setsockopt(
+                fd,
+                libc::SOL_PACKET,
+                libc::PACKET_TX_RING,
+                &req,
+                "PACKET_TX_RING",
+            )
         })?;
         let len = BLOCK * BLOCKS;
         // SAFETY: maps the ring the socket just set up, shared with the kernel.

@@ -76,28 +76,33 @@ pub(crate) fn write(page: &mut Report, r: &Results) {
         .iter()
         .map(|(n, d, a)| vec![n.to_string(), format!("{d:.0}"), format!("{a:.0}")])
         .collect();
-    page.table(&["program", "denied source, ns", "allowed source, ns"], &rows);
+    page.table(
+        &["program", "denied source, ns", "allowed source, ns"],
+        &rows,
+    );
     page.line(
         "nftables has no test-run hook: its cost is in the next tables only. The tc figure \
          includes building the skb's test context, the XDP one the xdp_buff's.\n",
     );
 
     page.line("## The load\n");
-    page.line(
-        format!(
-            "The deny set: {} prefixes. A flood of pre-built Ethernet/IPv4/UDP frames (60 \
+    page.line(format!(
+        "The deny set: {} prefixes. A flood of pre-built Ethernet/IPv4/UDP frames (60 \
              bytes) from 253 sources of a denied /24 to the node, over a veth pair from a \
              peer namespace: 256 frames per sender thread, each with its own source address \
              and port, so it is not one flow. Each sender kind flooded native XDP once:\n",
-            r.cidrs
-        ),
-    );
+        r.cidrs
+    ));
     let rows: Vec<Vec<String>> = r
         .checked
         .iter()
         .map(|(s, x)| {
             vec![
-                format!("{}{}", s.name(), if *s == r.chosen { " (used)" } else { "" }),
+                format!(
+                    "{}{}",
+                    s.name(),
+                    if *s == r.chosen { " (used)" } else { "" }
+                ),
                 s.describe(),
                 num(x.sent_rate(), 0),
                 num(x.rate(), 0),
