@@ -248,7 +248,8 @@ impl Bed {
             _ => ("tc", &self.tc_pin),
         };
         // The previous variant's link goes when its pin is removed, but the kernel
-        // releases it a moment later: until then the device is busy.
+        // releases it a moment later: until then the device is busy (EBUSY, or EEXIST
+        // for an XDP program of the other mode).
         let mut tries = 0;
         loop {
             let r = sh(Command::new("nsenter")
@@ -258,7 +259,12 @@ impl Bed {
                 .arg(prog)
                 .arg(&self.link_pin));
             match r {
-                Err(e) if tries < 40 && format!("{e:#}").contains("busy") => {
+                Err(e)
+                    if tries < 40
+                        && ["busy", "File exists"]
+                            .iter()
+                            .any(|w| format!("{e:#}").contains(w)) =>
+                {
                     tries += 1;
                     std::thread::sleep(std::time::Duration::from_millis(50));
                 }
