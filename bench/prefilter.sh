@@ -2,12 +2,14 @@
 # The XDP prefilter's benchmark (issue 18; datapath/benches/prefilter.rs says what it
 # measures): the same deny set in XDP (native, generic), its tc twin and an nftables set,
 # side by side in one run.
-#   bench/prefilter.sh [--reps N --secs S --cidrs 10000 --repeat R]
+#   bench/prefilter.sh [--reps N --secs S --cidrs 10000 --repeat R --sender auto|udp|mmsg|ring]
 # Writes bench/results/prefilter-<date>.md (OUT=... to choose). Root; everything runs in
 # network namespaces and a bpffs directory the benchmark creates, named
 # membrane-test-<its pid>-*, and removes; nftables rules only inside those namespaces.
+# The flood runs one sender thread per CPU, each pinned: give the machine to it (a busy
+# machine shows in the page's load average and in its busy-CPU figures).
 # Env: CARGO_TARGET_DIR; PROFILE (default bench, i.e. release; dev builds faster and
-# measures the same kernel programs, the flood's sender being slower).
+# measures the same kernel programs, the senders' own code being slower).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use membrane_api::monitor::Event;
 use membrane_api::observer::proto::observer_server::{Observer, ObserverServer};
 use membrane_api::observer::proto::{self, GetEventsRequest};
-use membrane_api::observer::{encode, peer, Filter};
+use membrane_api::observer::{encode, end_ip, peer, Filter};
 use membrane_datapath::api::Hub;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
@@ -141,18 +141,11 @@ fn pods_by_ip(node: &Node) -> HashMap<IpAddr, String> {
     m
 }
 
-fn ip_of(addr: &str) -> Option<IpAddr> {
-    addr.parse::<SocketAddr>()
-        .map(|a| a.ip())
-        .or_else(|_| addr.parse::<IpAddr>())
-        .ok()
-}
-
 /// Names the pods of `e` that its writer left unnamed.
 pub fn enrich(e: &mut Event, pods: &HashMap<IpAddr, String>) {
     let name = |a: &Option<String>| {
         a.as_deref()
-            .and_then(ip_of)
+            .and_then(end_ip)
             .and_then(|ip| pods.get(&ip).cloned())
     };
     if e.src_pod.is_none() {

@@ -5,7 +5,9 @@
 //! merges their streams: connects on both nodes appear in one stream in time order with
 //! their pods named, a pod of the other node too (named by the relay from membrane-xds's
 //! workload directory, which the agent that wrote the event does not have); a stopped agent is reported gone and followed again when it returns;
-//! `last` and the filters are applied by the agents and the relay; a client with a
+//! `last` and the filters are applied by the agents and the relay, a filter on the other
+//! node's pod included (`last 1` finds node-1's record about node-2's server2 under newer
+//! ones, `follow` streams the next); a client with a
 //! certificate of another identity, or none, is refused; each node's metrics count its
 //! verdicts.
 
@@ -232,11 +234,12 @@ fn status_of<'a>(seen: &'a [Event], node: &str) -> Vec<&'a str> {
         .collect()
 }
 
-async fn ask(
+/// The stream `req` asks `addr` for.
+async fn open(
     addr: SocketAddr,
     tls: Option<(&TlsFiles, &str)>,
     req: GetEventsRequest,
-) -> Result<Vec<Event>, String> {
+) -> Result<tonic::Streaming<membrane_api::observer::proto::Event>, String> {
     let scheme = if tls.is_some() { "https" } else { "http" };
     let mut ep = Endpoint::from_shared(format!("{scheme}://{addr}")).unwrap();
     if let Some((t, name)) = tls {
@@ -253,11 +256,20 @@ async fn ask(
             .unwrap();
     }
     let ch = ep.connect().await.map_err(|e| format!("connect: {e:?}"))?;
-    let mut s = ObserverClient::new(ch)
+    Ok(ObserverClient::new(ch)
         .get_events(req)
         .await
         .map_err(|e| format!("{:?}: {}", e.code(), e.message()))?
-        .into_inner();
+        .into_inner())
+}
+
+/// Everything `addr` answers to `req` (which must not follow).
+async fn ask(
+    addr: SocketAddr,
+    tls: Option<(&TlsFiles, &str)>,
+    req: GetEventsRequest,
+) -> Result<Vec<Event>, String> {
+    let mut s = open(addr, tls, req).await?;
     let mut out = Vec::new();
     while let Some(m) = s.message().await.map_err(|e| format!("{e:?}"))? {
         out.push(decode(m));
@@ -414,6 +426,75 @@ fn the_relay_merges_both_nodes_reports_a_gone_one_and_filters() {
             .all(|e| e.node == "node-2" && e.dst.as_deref() == Some("10.202.0.2:8080")),
         "{got:#?}"
     );
+
+    // Another node's pod by name. node-1's agent cannot name server2, and node-1 recorded
+    // more verdicts after its denied connect to server2 (two rounds of traffic): `last 1`
+    // about server2 on node-1 is still that connect (the relay sends node-1 server2's
+    // addresses with the filter), named by the relay.
+    let server2 = |last: u64, follow: bool, node: &[&str]| GetEventsRequest {
+        follow,
+        last,
+        filter: Some(Filter {
+            pod: vec!["server2".into()],
+            r#type: vec!["policy-verdict".into()],
+            verdict: vec!["denied".into()],
+            node: node.iter().map(|n| n.to_string()).collect(),
+            ..Default::default()
+        }),
+    };
+    let got = rt
+        .block_on(ask(
+            bound,
+            Some((&operator, "127.0.0.1")),
+            server2(1, false, &["node-1"]),
+        ))
+        .unwrap();
+    assert_eq!(got.len(), 1, "{got:#?}");
+    assert!(is_cross(&got[0]), "{got:#?}");
+    assert_eq!(
+        got[0].dst_pod.as_deref(),
+        Some("default/server2"),
+        "{got:#?}"
+    );
+    // Both nodes: node-1's record and node-2's own denial of client2 since its restart,
+    // in time order.
+    let got = rt
+        .block_on(ask(
+            bound,
+            Some((&operator, "127.0.0.1")),
+            server2(2, false, &[]),
+        ))
+        .unwrap();
+    assert_eq!(got.len(), 2, "{got:#?}");
+    assert!(is_cross(&got[0]), "{got:#?}");
+    assert_eq!(
+        (got[1].node.as_str(), got[1].dst.as_deref()),
+        ("node-2", Some("10.202.0.2:9090")),
+        "{got:#?}"
+    );
+    // `--last 1 --follow`: the same record, then a new one as it happens.
+    let mut live = rt
+        .block_on(open(
+            bound,
+            Some((&operator, "127.0.0.1")),
+            server2(1, true, &["node-1"]),
+        ))
+        .unwrap();
+    let next = |live: &mut tonic::Streaming<membrane_api::observer::proto::Event>| {
+        let m = rt
+            .block_on(tokio::time::timeout(LIMIT, live.message()))
+            .expect("a followed event in time")
+            .unwrap()
+            .expect("the stream stays open");
+        decode(m)
+    };
+    let first = next(&mut live);
+    assert!(is_cross(&first), "{first:#?}");
+    assert_eq!(bed.nodes[0].pod("client").connect(CROSS), "eperm");
+    let second = next(&mut live);
+    assert!(is_cross(&second) && second.time > first.time, "{second:#?}");
+    assert_eq!(second.dst_pod.as_deref(), Some("default/server2"));
+    drop(live);
 
     // Another identity is refused by the relay and by the agents; no certificate, by TLS.
     let stranger = bed.client_tls(

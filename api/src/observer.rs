@@ -5,6 +5,9 @@
 //! and the stream's filters ([`Filter`]), which the agents and the relay apply so that a
 //! client receives only what it asked for.
 
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+
 use regex::Regex;
 
 pub mod peer;
@@ -35,6 +38,9 @@ pub enum FilterError {
     /// `--verdict` is neither `allowed` nor `denied`.
     #[error("verdict filter {0:?}: expected allowed or denied")]
     Verdict(String),
+    /// A key of `names` is not an address.
+    #[error("names: {0:?} is not an IP address")]
+    Name(String),
 }
 
 /// [`Event`] → its message.
@@ -180,6 +186,7 @@ pub struct Filter {
     methods: Vec<String>,
     paths: Vec<Regex>,
     nodes: Vec<String>,
+    names: HashMap<IpAddr, String>,
 }
 
 impl Filter {
@@ -195,6 +202,7 @@ impl Filter {
             http_method,
             http_path,
             node,
+            names,
         } = f.clone();
         for v in &verdict {
             if v != "allowed" && v != "denied" {
@@ -204,6 +212,13 @@ impl Filter {
         let paths = http_path
             .iter()
             .map(|p| Regex::new(p).map_err(|e| FilterError::Path(p.clone(), e.to_string())))
+            .collect::<Result<_, _>>()?;
+        let names = names
+            .into_iter()
+            .map(|(ip, pod)| match ip.parse::<IpAddr>() {
+                Ok(a) => Ok((a, pod)),
+                Err(_) => Err(FilterError::Name(ip)),
+            })
             .collect::<Result<_, _>>()?;
         Ok(Self {
             pods: pod,
@@ -216,6 +231,27 @@ impl Filter {
             methods: http_method,
             paths,
             nodes: node,
+            names,
+        })
+    }
+
+    /// True when the filter has a `pod` or `namespace` list (which only named ends can
+    /// match).
+    pub fn selects_pods(&self) -> bool {
+        !self.pods.is_empty() || !self.namespaces.is_empty()
+    }
+
+    /// True when an end named `pod` (`namespace/name`) matches the `pod` or the
+    /// `namespace` list: the pods whose addresses the relay puts in `names`.
+    pub fn picks(&self, pod: &str) -> bool {
+        self.pods.iter().any(|w| pod_is(pod, w)) || self.namespaces.iter().any(|w| in_ns(pod, w))
+    }
+
+    /// An end's pod: the name the event carries, else the one `names` gives its address.
+    fn end<'a>(&'a self, pod: &'a Option<String>, addr: &Option<String>) -> Option<&'a str> {
+        pod.as_deref().or_else(|| {
+            let ip = end_ip(addr.as_deref()?)?;
+            self.names.get(&ip).map(String::as_str)
         })
     }
 
@@ -231,25 +267,16 @@ impl Filter {
         if e.kind == TYPE_NODE_STATUS || e.kind == crate::monitor::TYPE_LOST {
             return true;
         }
-        let pods = [e.src_pod.as_deref(), e.dst_pod.as_deref()];
-        let pod_is = |want: &str| {
-            pods.iter().flatten().any(|p| match want.contains('/') {
-                true => *p == want,
-                false => p.rsplit('/').next() == Some(want),
-            })
-        };
-        let in_ns = |want: &str| {
-            pods.iter()
-                .flatten()
-                .any(|p| p.split('/').next() == Some(want))
-        };
+        let pods = [self.end(&e.src_pod, &e.src), self.end(&e.dst_pod, &e.dst)];
+        let either_is = |want: &str| pods.iter().flatten().any(|p| pod_is(p, want));
+        let either_in = |want: &str| pods.iter().flatten().any(|p| in_ns(p, want));
         let verdict_is = |want: &str| match want {
             "denied" => e.is_drop(),
             _ => e.verdict.as_deref() == Some(want),
         };
         let l7 = e.l7.as_ref();
-        any(&self.pods, &pod_is)
-            && any(&self.namespaces, &in_ns)
+        any(&self.pods, &either_is)
+            && any(&self.namespaces, &either_in)
             && (self.identities.is_empty()
                 || self
                     .identities
@@ -265,10 +292,31 @@ impl Filter {
     }
 }
 
+/// `pod` (`namespace/name`) is `want`: `namespace/name`, or a bare name in any namespace.
+fn pod_is(pod: &str, want: &str) -> bool {
+    match want.contains('/') {
+        true => pod == want,
+        false => pod.rsplit('/').next() == Some(want),
+    }
+}
+
+/// `pod` (`namespace/name`) is in namespace `want`.
+fn in_ns(pod: &str, want: &str) -> bool {
+    pod.split('/').next() == Some(want)
+}
+
+/// The address of an event's end (`src`, `dst`): `IP:PORT`, `[IP]:PORT` or a bare `IP`.
+pub fn end_ip(addr: &str) -> Option<IpAddr> {
+    addr.parse::<SocketAddr>()
+        .map(|a| a.ip())
+        .or_else(|_| addr.parse::<IpAddr>())
+        .ok()
+}
+
 /// The destination port of `e`: `dst` as `IP:PORT` or `[IP]:PORT`.
 pub fn dst_port(e: &Event) -> Option<u16> {
     let dst = e.dst.as_deref()?;
-    dst.parse::<std::net::SocketAddr>().ok().map(|a| a.port())
+    dst.parse::<SocketAddr>().ok().map(|a| a.port())
 }
 
 #[cfg(test)]

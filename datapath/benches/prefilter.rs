@@ -5,24 +5,41 @@
 //!
 //! - per packet: `BPF_PROG_TEST_RUN` of the XDP program and the tc twin, `--repeat` times
 //!   on a denied and an allowed frame (the kernel's mean ns per run; nftables has no such
-//!   hook, so it has only the next figure);
+//!   hook, so it has only the next figures);
 //! - real packets (nftables merges overlapping prefixes of the set: `auto-merge`, the
-//!   same addresses denied): a UDP flood from a denied source in a peer namespace to a node
-//!   namespace over a veth pair, for `--secs` per variant and repetition (the order of
-//!   the variants turning round every repetition), counting what the filter dropped
-//!   (the prefilter's counters, the nftables rule's counter) per second.
+//!   same addresses denied): a flood of pre-built UDP frames from 253 sources of a denied
+//!   /24 ([`flood`]: one sender thread per CPU, each pinned) from a peer namespace to a
+//!   node namespace over a veth pair, for `--secs` per variant and repetition (the order
+//!   of the variants turning round every repetition). Per variant: what the filter dropped
+//!   per second (the prefilter's counters, the nftables rule's counter), what was sent,
+//!   and the CPU each dropped packet cost (busy CPU of the machine from `/proc/stat`, and
+//!   the benchmark's own: the senders and ksoftirqd), with the ratios to native XDP. On a
+//!   veth pair the receiver runs on the senders' CPUs, so once the CPUs are the limit
+//!   the CPU per packet, not the rate alone, ranks the filters. A variant without any
+//!   filter (`none`: the stack drops the frames at its first IPv4 check) is the floor of
+//!   the sender and the veth pair.
 //!
-//! Writes a Markdown page with the medians, the ratios to native XDP and the load
-//! average before and after. Root; everything lives in namespaces and a bpffs directory
-//! of its own, removed at the end.
+//! Before that, each sender kind ([`flood::Sender`]) floods native XDP once, and the one
+//! that costs the least CPU per dropped packet is used (unless `--sender` names one).
+//!
+//! Writes a Markdown page with the medians, the ratios, the load average before and
+//! after and, in words, what limited the rates. Root; everything lives in namespaces and a
+//! bpffs directory of its own, removed at the end.
+
+#[path = "prefilter/flood.rs"]
+mod flood;
+#[path = "prefilter/page.rs"]
+mod page;
+#[allow(dead_code)] // Shared with tcpath, which uses all of it.
+#[path = "tcpath/report.rs"]
+mod report;
 
 use std::{
     collections::BTreeSet,
-    fmt::Write as _,
-    net::{Ipv4Addr, UdpSocket},
+    net::Ipv4Addr,
     path::{Path, PathBuf},
     process::Command,
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use anyhow::{bail, Context, Result};
@@ -37,9 +54,14 @@ use membrane_datapath::{
 };
 use membrane_test_support::{unique_name, Netns, PinDir};
 
+use flood::{Outcome, Sender};
+
 const NODE_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 const PEER_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 7);
 const ALLOWED_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 9);
+
+/// The variants, the reference (native XDP) first.
+const VARIANTS: [&str; 5] = ["xdp-native", "xdp-generic", "tc", "nftables", "none"];
 
 struct Opts {
     out: PathBuf,
@@ -47,6 +69,8 @@ struct Opts {
     secs: f64,
     cidrs: usize,
     repeat: u32,
+    /// `None`: the cheapest per dropped packet in the senders' check.
+    sender: Option<Sender>,
 }
 
 fn opts(args: &[String]) -> Result<Opts> {
@@ -56,6 +80,7 @@ fn opts(args: &[String]) -> Result<Opts> {
         secs: 2.0,
         cidrs: 10_000,
         repeat: 200_000,
+        sender: None,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -66,8 +91,13 @@ fn opts(args: &[String]) -> Result<Opts> {
             "--secs" => o.secs = v.parse()?,
             "--cidrs" => o.cidrs = v.parse()?,
             "--repeat" => o.repeat = v.parse()?,
+            "--sender" if v == "auto" => o.sender = None,
+            "--sender" => o.sender = Some(v.parse()?),
             other => bail!("unknown option {other}"),
         }
+    }
+    if o.reps == 0 || o.secs <= 0.0 {
+        bail!("--reps and --secs must be positive");
     }
     Ok(o)
 }
@@ -75,29 +105,14 @@ fn opts(args: &[String]) -> Result<Opts> {
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
-        Some("flood") => flood(&args[1..]),
+        Some("flood") => {
+            let out = flood::run(&flood::parse(&args[1..])?)?;
+            println!("{}", out.line());
+            Ok(())
+        }
         Some("attach") => attach(&args[1..]),
         _ => bench(&opts(&args)?),
     }
-}
-
-/// `flood SRC DST SECS`: UDP datagrams from SRC to DST:9 until SECS passed; prints the
-/// count sent.
-fn flood(args: &[String]) -> Result<()> {
-    let s = UdpSocket::bind((args[0].parse::<Ipv4Addr>()?, 0))?;
-    s.connect((args[1].parse::<Ipv4Addr>()?, 9))?;
-    let end = Instant::now() + Duration::from_secs_f64(args[2].parse()?);
-    let mut sent = 0u64;
-    let buf = [0u8; 18];
-    while Instant::now() < end {
-        for _ in 0..256 {
-            if s.send(&buf).is_ok() {
-                sent += 1;
-            }
-        }
-    }
-    println!("{sent}");
-    Ok(())
 }
 
 /// `attach KIND PROG_PIN LINK_PIN` inside the node namespace (re-executed there with
@@ -149,16 +164,9 @@ fn deny_set(n: usize) -> BTreeSet<IpNet> {
     set
 }
 
-fn frame(src: Ipv4Addr) -> Vec<u8> {
-    let mut f = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 0x08, 0x00];
-    let mut ip = vec![0x45, 0, 0, 46, 0, 0, 0x40, 0, 64, 17, 0, 0];
-    ip.extend_from_slice(&src.octets());
-    ip.extend_from_slice(&NODE_IP.octets());
-    f.extend_from_slice(&ip);
-    f.extend_from_slice(&[0x10, 0x00, 0, 9, 0, 26, 0, 0]);
-    f.extend_from_slice(&[0u8; 18]);
-    f
-}
+/// The flood's sources: the peer's address first (the UDP sender's), then the rest of
+/// the denied /24 but the node's address (.1) and the broadcast address.
+const SOURCES: &str = "198.18.0.7,198.18.0.2-198.18.0.254";
 
 /// Mean ns per run of the program pinned at `pin` on `frame`, `repeat` runs.
 fn test_run_ns(pin: &Path, xdp: bool, frame: &[u8], repeat: u32) -> Result<f64> {
@@ -177,12 +185,6 @@ fn test_run_ns(pin: &Path, xdp: bool, frame: &[u8], repeat: u32) -> Result<f64> 
     Ok(r.duration.as_nanos() as f64)
 }
 
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
-}
-
 fn sh(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("{cmd:?}"))?;
     if !out.status.success() {
@@ -191,15 +193,164 @@ fn sh(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
+/// One flood against one variant.
+#[derive(Clone, Copy, Debug)]
+struct Run {
+    /// What the flood said.
+    flood: Outcome,
+    /// Packets the filter dropped (for `none`, that reached the node's device).
+    dropped: u64,
 }
 
-const VARIANTS: [&str; 4] = ["xdp-native", "xdp-generic", "tc", "nftables"];
+impl Run {
+    /// Dropped per second.
+    fn rate(&self) -> f64 {
+        self.dropped as f64 / self.flood.secs
+    }
+    /// Sent per second.
+    fn sent_rate(&self) -> f64 {
+        self.flood.sent as f64 / self.flood.secs
+    }
+    /// Busy CPU of the machine per dropped packet, ns.
+    fn busy_per_drop(&self) -> f64 {
+        self.flood.busy_ns / self.dropped.max(1) as f64
+    }
+    /// The benchmark's own CPU per dropped packet, ns.
+    fn own_per_drop(&self) -> f64 {
+        self.flood.own_ns / self.dropped.max(1) as f64
+    }
+}
+
+/// The node and peer namespaces joined by `ul0`/`ul0p`, the programs and the nftables
+/// rules: everything a flood needs.
+struct Bed {
+    node: NodeDatapath,
+    node_ns: Netns,
+    peer_ns: Netns,
+    xdp_pin: PathBuf,
+    tc_pin: PathBuf,
+    link_pin: PathBuf,
+    nft_file: PathBuf,
+    me: PathBuf,
+}
+
+impl Bed {
+    /// Attaches `variant`.
+    fn attach(&self, variant: &str) -> Result<()> {
+        let (kind, prog) = match variant {
+            "none" => return Ok(()),
+            "nftables" => {
+                sh(self.node_ns.exec("nft").arg("-f").arg(&self.nft_file))?;
+                return Ok(());
+            }
+            "xdp-native" => ("native", &self.xdp_pin),
+            "xdp-generic" => ("generic", &self.xdp_pin),
+            _ => ("tc", &self.tc_pin),
+        };
+        // The previous variant's link goes when its pin is removed, but the kernel
+        // releases it a moment later: until then the device is busy (EBUSY, or EEXIST
+        // for an XDP program of the other mode).
+        let mut tries = 0;
+        loop {
+            let r = sh(Command::new("nsenter")
+                .arg(format!("--net={}", self.node_ns.path().display()))
+                .arg(&self.me)
+                .args(["attach", kind])
+                .arg(prog)
+                .arg(&self.link_pin));
+            match r {
+                Err(e)
+                    if tries < 40
+                        && ["busy", "File exists"]
+                            .iter()
+                            .any(|w| format!("{e:#}").contains(w)) =>
+                {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                r => return r.map(drop),
+            }
+        }
+    }
+
+    /// Detaches `variant`.
+    fn detach(&self, variant: &str) -> Result<()> {
+        match variant {
+            "none" => {}
+            "nftables" => {
+                sh(self
+                    .node_ns
+                    .exec("nft")
+                    .args(["delete", "table", "netdev", "mbbench"]))?;
+            }
+            _ => std::fs::remove_file(&self.link_pin)?,
+        }
+        Ok(())
+    }
+
+    /// What `variant` has dropped so far.
+    fn count(&self, variant: &str) -> Result<u64> {
+        Ok(match variant {
+            "nftables" => {
+                let out = sh(self
+                    .node_ns
+                    .exec("nft")
+                    .args(["list", "chain", "netdev", "mbbench", "ingress"]))?;
+                out.split("counter packets ")
+                    .nth(1)
+                    .and_then(|r| r.split_whitespace().next())
+                    .context("nft counter")?
+                    .parse()?
+            }
+            "none" => {
+                let out = sh(self
+                    .node_ns
+                    .exec("ip")
+                    .args(["-j", "-s", "link", "show", "dev", "ul0"]))?;
+                let v: serde_json::Value = serde_json::from_str(&out)?;
+                v[0]["stats64"]["rx"]["packets"]
+                    .as_u64()
+                    .context("ul0's rx packets")?
+            }
+            _ => self.node.prefilter_stats()?.denied_v4,
+        })
+    }
+
+    /// Floods `variant` (attached here and detached after) for `secs` with `sender`.
+    fn run(&self, variant: &str, sender: Sender, secs: f64) -> Result<Run> {
+        self.attach(variant)?;
+        let before = self.count(variant)?;
+        let out = sh(Command::new("nsenter")
+            .arg(format!("--net={}", self.peer_ns.path().display()))
+            .arg(&self.me)
+            .args([
+                "flood",
+                "--sender",
+                sender.name(),
+                "--dev",
+                "ul0p",
+                "--src",
+                SOURCES,
+            ])
+            .args(["--dst", &NODE_IP.to_string(), "--secs", &secs.to_string()]));
+        // The last packets of the window may still be on their way through softirq.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let after = self.count(variant);
+        self.detach(variant)?;
+        let out = out?;
+        let flood = Outcome::parse(out.lines().last().unwrap_or_default())?;
+        Ok(Run {
+            flood,
+            dropped: after? - before,
+        })
+    }
+}
 
 fn bench(o: &Opts) -> Result<()> {
-    let load_before = loadavg();
+    let mut page = report::Report::new(&format!(
+        "XDP prefilter vs tc vs nftables: {} CIDRs",
+        o.cidrs
+    ));
     let pins = PinDir::new(&unique_name());
     ensure_bpffs(pins.path())?;
     let node = NodeDatapath::load(pins.path().join("node"), &NodeSettings::default())?;
@@ -208,8 +359,8 @@ fn bench(o: &Opts) -> Result<()> {
     node.sync_prefilter(&set)?;
 
     // Per packet, BPF_PROG_TEST_RUN.
-    let denied = frame(PEER_IP);
-    let allowed = frame(ALLOWED_IP);
+    let denied = flood::frame(PEER_IP, 4096, NODE_IP);
+    let allowed = flood::frame(ALLOWED_IP, 4096, NODE_IP);
     let mut per_packet = Vec::new();
     for (name, pin, xdp) in [("xdp", &xdp_pin, true), ("tc", &tc_pin, false)] {
         let d = test_run_ns(pin, xdp, &denied, o.repeat)?;
@@ -238,7 +389,6 @@ fn bench(o: &Opts) -> Result<()> {
     node_ns.ip(&["link", "set", "ul0", "up"]);
     peer_ns.ip(&["addr", "add", &format!("{PEER_IP}/24"), "dev", "ul0p"]);
     peer_ns.ip(&["link", "set", "ul0p", "up"]);
-    let me = std::env::current_exe()?;
     let nft_rules = {
         let mut s = String::from("table netdev mbbench {\n set deny { type ipv4_addr; flags interval; auto-merge; elements = { ");
         let elems: Vec<String> = set.iter().map(IpNet::to_string).collect();
@@ -248,149 +398,81 @@ fn bench(o: &Opts) -> Result<()> {
     };
     let nft_file = std::env::temp_dir().join(format!("{}.nft", unique_name()));
     std::fs::write(&nft_file, &nft_rules)?;
-    let nft_count = || -> Result<u64> {
-        let out = sh(node_ns
-            .exec("nft")
-            .args(["list", "chain", "netdev", "mbbench", "ingress"]))?;
-        let n = out
-            .split("counter packets ")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .context("nft counter")?;
-        Ok(n.parse()?)
+    let bed = Bed {
+        node,
+        node_ns,
+        peer_ns,
+        xdp_pin,
+        tc_pin,
+        link_pin: pins.path().join("bench-link"),
+        nft_file: nft_file.clone(),
+        me: std::env::current_exe()?,
     };
-    let link_pin = pins.path().join("bench-link");
-    let mut drops: Vec<Vec<f64>> = vec![Vec::new(); VARIANTS.len()];
-    let mut sent: Vec<Vec<f64>> = vec![Vec::new(); VARIANTS.len()];
-    for rep in 0..o.reps {
-        for k in 0..VARIANTS.len() {
-            let i = (k + rep) % VARIANTS.len();
-            let v = VARIANTS[i];
-            let count = || -> Result<u64> {
-                Ok(match v {
-                    "nftables" => nft_count()?,
-                    _ => node.prefilter_stats()?.denied_v4,
-                })
-            };
-            match v {
-                "nftables" => {
-                    sh(node_ns.exec("nft").arg("-f").arg(&nft_file))?;
-                }
-                _ => {
-                    let (kind, prog) = match v {
-                        "xdp-native" => ("native", &xdp_pin),
-                        "xdp-generic" => ("generic", &xdp_pin),
-                        _ => ("tc", &tc_pin),
-                    };
-                    sh(Command::new("nsenter")
-                        .arg(format!("--net={}", node_ns.path().display()))
-                        .arg(&me)
-                        .args(["attach", kind])
-                        .arg(prog)
-                        .arg(&link_pin))?;
-                }
-            }
-            let before = count()?;
-            let t = Instant::now();
-            let out = sh(Command::new("nsenter")
-                .arg(format!("--net={}", peer_ns.path().display()))
-                .arg(&me)
-                .args(["flood", &PEER_IP.to_string(), &NODE_IP.to_string()])
-                .arg(o.secs.to_string()))?;
-            let secs = t.elapsed().as_secs_f64();
-            let dropped = count()? - before;
-            let n: f64 = out.trim().parse()?;
-            drops[i].push(dropped as f64 / secs);
-            sent[i].push(n / secs);
-            match v {
-                "nftables" => {
-                    sh(node_ns
-                        .exec("nft")
-                        .args(["delete", "table", "netdev", "mbbench"]))?;
-                }
-                _ => std::fs::remove_file(&link_pin)?,
-            }
-        }
-    }
+    let result = measure(&bed, o);
     let _ = std::fs::remove_file(&nft_file);
-    let load_after = loadavg();
+    let (checked, chosen, runs) = result?;
 
-    let mut md = String::new();
-    writeln!(
-        md,
-        "# XDP prefilter vs tc vs nftables: {} CIDRs\n",
-        set.len()
-    )?;
-    writeln!(
-        md,
-        "Load average before: {load_before}; after: {load_after} (1, 5, 15 min). {} CPUs. \
-         {} repetitions of {} s per variant, the order turning round every repetition; \
-         medians (min-max).\n",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        o.reps,
-        o.secs
-    )?;
-    if cfg!(debug_assertions) {
-        writeln!(
-            md,
-            "Built with the dev profile (PROFILE=dev): the kernel programs are the same, \
-             the flood's sender is slower than a release build's.\n"
-        )?;
-    }
-    writeln!(
-        md,
-        "## Per packet (BPF_PROG_TEST_RUN, mean of {} runs)\n",
-        o.repeat
-    )?;
-    writeln!(md, "| program | denied source, ns | allowed source, ns |")?;
-    writeln!(md, "|---|---|---|")?;
-    for (name, d, a) in &per_packet {
-        writeln!(md, "| {name} | {d:.0} | {a:.0} |")?;
-    }
-    writeln!(
-        md,
-        "\nnftables has no test-run hook: its cost is in the next table only. The tc \
-         figure includes building the skb's test context, the XDP one the xdp_buff's.\n"
-    )?;
-    writeln!(
-        md,
-        "## Real packets (UDP flood from a denied source over a veth pair)\n"
-    )?;
-    writeln!(md, "| variant | dropped/s | ratio to xdp-native | sent/s |")?;
-    writeln!(md, "|---|---|---|---|")?;
-    let base = median(&mut drops[0].clone());
-    for (i, v) in VARIANTS.iter().enumerate() {
-        let mut d = drops[i].clone();
-        let m = median(&mut d);
-        let (lo, hi) = (d[0], d[d.len() - 1]);
-        let s = median(&mut sent[i].clone());
-        writeln!(
-            md,
-            "| {v} | {m:.0} ({lo:.0}-{hi:.0}) | {:.2} | {s:.0} |",
-            m / base
-        )?;
-    }
-    let saturated = (0..VARIANTS.len())
-        .all(|i| median(&mut drops[i].clone()) >= 0.98 * median(&mut sent[i].clone()));
-    if saturated {
-        writeln!(
-            md,
-            "\nEvery variant dropped all the sender produced: the one sender, not the \
-             filter, set these rates, so they do not rank the filters (a faster load, \
-             pktgen or several senders, is still to be added)."
-        )?;
-    }
-    writeln!(
-        md,
-        "\nOn a veth pair the sender's CPU also runs the receiver's path (one sender \
-         thread, one syscall per datagram), so the rates include the sender's cost and \
-         the differences between the filters are diluted; the per-packet table isolates \
-         the programs."
-    )?;
+    page::write(
+        &mut page,
+        &page::Results {
+            cidrs: set.len(),
+            reps: o.reps,
+            secs: o.secs,
+            repeat: o.repeat,
+            per_packet,
+            checked,
+            chosen,
+            picked: o.sender.is_none(),
+            variants: &VARIANTS,
+            runs,
+        },
+    );
     if let Some(d) = o.out.parent() {
         std::fs::create_dir_all(d)?;
     }
-    std::fs::write(&o.out, &md)?;
-    print!("{md}");
-    Ok(())
+    page.finish(&o.out)
+}
+
+type Measured = (Vec<(Sender, Run)>, Sender, Vec<Vec<Run>>);
+
+/// The senders' check, then every variant `reps` times.
+fn measure(bed: &Bed, o: &Opts) -> Result<Measured> {
+    let mut checked = Vec::new();
+    for s in Sender::ALL {
+        let t = Instant::now();
+        let r = bed.run(VARIANTS[0], s, o.secs)?;
+        eprintln!(
+            "prefilter: sender {}: {:.0} dropped/s, {:.0} ns own CPU per drop ({:.1} s)",
+            s.name(),
+            r.rate(),
+            r.own_per_drop(),
+            t.elapsed().as_secs_f64()
+        );
+        checked.push((s, r));
+    }
+    let chosen = o.sender.unwrap_or_else(|| {
+        checked
+            .iter()
+            .filter(|(_, r)| r.dropped > 0)
+            .min_by(|a, b| a.1.own_per_drop().total_cmp(&b.1.own_per_drop()))
+            .map_or(Sender::Mmsg, |(s, _)| *s)
+    });
+    let mut runs: Vec<Vec<Run>> = vec![Vec::new(); VARIANTS.len()];
+    for rep in 0..o.reps {
+        for k in 0..VARIANTS.len() {
+            let i = (k + rep) % VARIANTS.len();
+            let r = bed.run(VARIANTS[i], chosen, o.secs)?;
+            eprintln!(
+                "prefilter: rep {} {}: {:.0} dropped/s of {:.0} sent/s, {:.0} ns busy / {:.0} ns own CPU per drop",
+                rep + 1,
+                VARIANTS[i],
+                r.rate(),
+                r.sent_rate(),
+                r.busy_per_drop(),
+                r.own_per_drop()
+            );
+            runs[i].push(r);
+        }
+    }
+    Ok((checked, chosen, runs))
 }

@@ -7,7 +7,7 @@
 //! no usable address, or a workload with an address that does not parse, is NACKed naming
 //! it, and the last good map stays in force.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -19,6 +19,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 use envoy_types::pb::google::rpc::Status;
 use membrane_api::agent::proto::{Node, Workload};
 use membrane_api::monitor::Event;
+use membrane_api::observer::{end_ip, Filter};
 use membrane_api::type_url::{AGENT_NODE, AGENT_WORKLOAD};
 use membrane_xds_client::XdsTls;
 use prost::Message;
@@ -67,12 +68,7 @@ impl Directory {
     /// kept.
     pub fn name(&self, e: &mut Event) {
         let of = |addr: &Option<String>| {
-            let a = addr.as_deref()?;
-            let ip = a
-                .parse::<std::net::SocketAddr>()
-                .map(|s| s.ip())
-                .or_else(|_| a.parse::<IpAddr>())
-                .ok()?;
+            let ip = end_ip(addr.as_deref()?)?;
             self.pod_of(ip).map(str::to_owned)
         };
         if e.src_pod.is_none() {
@@ -81,6 +77,21 @@ impl Directory {
         if e.dst_pod.is_none() {
             e.dst_pod = of(&e.dst);
         }
+    }
+
+    /// The addresses of the pods `f`'s `pod` and `namespace` lists pick, each with the
+    /// name [`Directory::name`] gives it: what an agent needs in its filter's `names` to
+    /// match, before the relay names them, the events it holds about other nodes' pods.
+    /// Empty when `f` selects no pod.
+    pub fn names_for(&self, f: &Filter) -> HashMap<String, String> {
+        if !f.selects_pods() {
+            return HashMap::new();
+        }
+        self.by_ip
+            .iter()
+            .filter(|(_, pod)| f.picks(pod))
+            .map(|(ip, pod)| (ip.to_string(), pod.clone()))
+            .collect()
     }
 }
 
@@ -381,6 +392,30 @@ mod directory_tests {
         dir.name(&mut v6);
         assert_eq!(v6.dst_pod.as_deref(), Some("default/server2"));
         assert_eq!(v6.src_pod, None, "nobody holds 10.9.9.9");
+
+        // What an agent is sent to match, before naming, a filter on another node's pod.
+        let by = |pod: &[&str], ns: &[&str]| {
+            let f = membrane_api::observer::proto::Filter {
+                pod: pod.iter().map(|p| p.to_string()).collect(),
+                namespace: ns.iter().map(|p| p.to_string()).collect(),
+                ..Default::default()
+            };
+            let mut v: Vec<(String, String)> = dir
+                .names_for(&Filter::new(&f).unwrap())
+                .into_iter()
+                .collect();
+            v.sort();
+            v
+        };
+        let server2 = vec![
+            ("10.202.0.2".to_owned(), "default/server2".to_owned()),
+            ("fd00::2".to_owned(), "default/server2".to_owned()),
+        ];
+        assert_eq!(by(&["server2"], &[]), server2);
+        assert_eq!(by(&["default/server2"], &[]), server2);
+        assert_eq!(by(&[], &["default"]).len(), 3);
+        assert!(by(&[], &["prod"]).is_empty());
+        assert!(by(&[], &[]).is_empty(), "no pod filter, no names");
 
         let gone = DeltaDiscoveryResponse {
             type_url: AGENT_WORKLOAD.into(),

@@ -2,6 +2,13 @@
 //! port), over mTLS. `last N` asks every node's agent for its latest N matching events
 //! (their rings) and keeps the latest N of all; `follow` then streams the merged events
 //! that pass the filter, which the relay applies before sending.
+//!
+//! A `pod` or `namespace` filter matches an end by its name, and an agent names only its
+//! own node's pods: the relay names the others (from the workload directory) when the
+//! events reach it. So that an agent's `last N` counts its events about another node's
+//! pod, the relay sends it, in the filter's `names`, the addresses of the pods those
+//! lists pick with the names it will give them, and applies the whole filter again to
+//! the answers once named. The live stream is named before it is filtered.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -56,13 +63,18 @@ impl Observer for Service {
             tracing::warn!(peer = ?req.remote_addr(), "relay client refused: {}", e.message());
         })?;
         let r = req.into_inner();
-        let wire_filter = r.filter.unwrap_or_default();
+        // The relay names the ends itself (its workload directory); a client's `names`
+        // have no say.
+        let wire_filter = proto::Filter {
+            names: Default::default(),
+            ..r.filter.unwrap_or_default()
+        };
         let filter =
             Filter::new(&wire_filter).map_err(|e| Status::invalid_argument(e.to_string()))?;
         // Subscribed before the nodes are asked, so nothing falls between the two.
         let live = r.follow.then(|| self.relay.subscribe());
         let last = if r.last > 0 {
-            self.relay.last(r.last, &wire_filter).await
+            self.relay.last(r.last, &wire_filter, &filter).await
         } else {
             Vec::new()
         };
@@ -111,20 +123,29 @@ fn stream(
 }
 
 impl Relay {
-    /// The latest `n` events passing `filter` across every node the registry lists, from
-    /// the agents' rings, oldest first; a node that cannot answer is a `node-status`
-    /// record among them.
-    pub async fn last(&self, n: u64, filter: &proto::Filter) -> Vec<Event> {
+    /// The latest `n` events passing `filter` (`wire` checked) across every node the
+    /// registry lists, from the agents' rings, named, oldest first; a node that cannot
+    /// answer is a `node-status` record among them.
+    pub async fn last(&self, n: u64, wire: &proto::Filter, filter: &Filter) -> Vec<Event> {
         let nodes = self.nodes.borrow().clone();
+        let ask = proto::Filter {
+            names: self.directory.borrow().names_for(filter),
+            ..wire.clone()
+        };
         let mut asks = tokio::task::JoinSet::new();
         for (name, ip) in nodes {
-            let (access, filter) = (self.access.clone(), filter.clone());
-            asks.spawn(async move { (name, access.last(ip, n, filter).await) });
+            let (access, ask) = (self.access.clone(), ask.clone());
+            asks.spawn(async move { (name, access.last(ip, n, ask).await) });
         }
         let mut all = Vec::new();
         while let Some(done) = asks.join_next().await {
             match done {
-                Ok((_, Ok(evs))) => all.extend(evs.into_iter().map(|e| self.named(e))),
+                // Again once named: the directory may have changed since the question.
+                Ok((_, Ok(evs))) => all.extend(
+                    evs.into_iter()
+                        .map(|e| self.named(e))
+                        .filter(|e| filter.matches(e)),
+                ),
                 Ok((name, Err(why))) => all.push(status(&name, format!("unreachable: {why}"))),
                 Err(_) => {}
             }

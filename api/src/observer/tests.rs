@@ -149,3 +149,63 @@ fn a_bad_filter_is_refused_with_its_value() {
     .unwrap_err();
     assert!(e.to_string().contains("maybe"), "{e}");
 }
+
+#[test]
+fn names_let_an_unnamed_end_match_but_never_rename_a_named_one() {
+    // node-1's record of a connect to a pod of node-2: the agent could not name the server.
+    let e = Event {
+        src: Some("10.201.0.1:40000".into()),
+        src_pod: Some("default/client".into()),
+        dst: Some("10.202.0.2:9090".into()),
+        kind: "policy-verdict".into(),
+        ..Event::default()
+    };
+    let by_pod = |pod: &str, names: &[(&str, &str)]| proto::Filter {
+        pod: vec![pod.into()],
+        names: names
+            .iter()
+            .map(|(a, p)| (a.to_string(), p.to_string()))
+            .collect(),
+        ..Default::default()
+    };
+    assert!(!filter(by_pod("server2", &[])).matches(&e));
+    let named = [("10.202.0.2", "default/server2")];
+    assert!(filter(by_pod("server2", &named)).matches(&e));
+    assert!(filter(by_pod("default/server2", &named)).matches(&e));
+    let ns = proto::Filter {
+        namespace: vec!["prod".into()],
+        names: [("10.202.0.2".to_owned(), "prod/db".to_owned())].into(),
+        ..Default::default()
+    };
+    assert!(filter(ns).matches(&e), "the named end's namespace");
+    // The writer's own name wins: an address reused by another pod does not rename it.
+    let stale = [("10.201.0.1", "default/other")];
+    assert!(!filter(by_pod("other", &stale)).matches(&e));
+    // A bare address works as well as IP:PORT, IPv6 included.
+    let v6 = Event {
+        dst: Some("[fd00::2]:80".into()),
+        ..Event::default()
+    };
+    assert!(filter(by_pod("server2", &[("fd00::2", "default/server2")])).matches(&v6));
+    assert_eq!(end_ip("10.0.0.1"), Some("10.0.0.1".parse().unwrap()));
+    assert_eq!(end_ip("nowhere:80"), None);
+
+    let f = filter(by_pod("server2", &[]));
+    assert!(f.selects_pods() && f.picks("default/server2") && !f.picks("default/server"));
+    let f = filter(proto::Filter {
+        namespace: vec!["prod".into()],
+        ..Default::default()
+    });
+    assert!(f.picks("prod/db") && !f.picks("default/db"));
+    assert!(!filter(proto::Filter::default()).selects_pods());
+}
+
+#[test]
+fn a_name_for_a_non_address_is_refused_naming_it() {
+    let e = Filter::new(&proto::Filter {
+        names: [("10.0.0.300".to_owned(), "default/x".to_owned())].into(),
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert!(e.to_string().contains("\"10.0.0.300\""), "{e}");
+}
