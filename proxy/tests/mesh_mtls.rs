@@ -37,14 +37,16 @@ fn envoy_bin() -> PathBuf {
     Path::new(String::from_utf8(out.stdout).unwrap().trim()).join("_bin/envoy")
 }
 
-/// The app: answers every GET on each port with the XFCC and `x-sni` headers it got.
+/// The app: answers every GET on each port with the XFCC, `x-sni` and Istio
+/// metadata-exchange headers it got.
 const APP: &str = r#"
 import http.server, sys, threading
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def do_GET(self):
         xfcc = self.headers.get_all("x-forwarded-client-cert") or ["NONE"]
-        body = ("xfcc=" + ",".join(xfcc) + "\nsni=" + str(self.headers.get("x-sni")) + "\n").encode()
+        peer_md = [self.headers.get(h) for h in ("x-envoy-peer-metadata", "x-envoy-peer-metadata-id")]
+        body = ("xfcc=" + ",".join(xfcc) + "\nsni=" + str(self.headers.get("x-sni")) + "\npeer_md=" + str(peer_md) + "\n").encode()
         self.send_response(200)
         self.send_header("content-length", str(len(body)))
         self.end_headers()
@@ -511,19 +513,25 @@ fn envoy_to_membrane_inbound_mtls_strict_and_permissive() {
         },
     );
 
-    // Plaintext: accepted under PERMISSIVE (a forged XFCC removed), refused under STRICT.
-    let forged = [
-        "-H",
-        "x-forwarded-client-cert: By=spiffe://evil;URI=spiffe://evil",
-    ];
+    // Plaintext: accepted under PERMISSIVE (a forged XFCC and forged Istio peer metadata
+    // removed), refused under STRICT.
     let (code, body) = curl(
         &a,
-        &[&format!("http://{b_addr}:8080/p"), forged[0], forged[1]],
+        &[
+            &format!("http://{b_addr}:8080/p"),
+            "-H",
+            "x-forwarded-client-cert: By=spiffe://evil;URI=spiffe://evil",
+            "-H",
+            "x-envoy-peer-metadata: ZXZpbA==",
+            "-H",
+            "x-envoy-peer-metadata-id: sidecar~10.0.0.66~evil.default~default.svc.cluster.local",
+        ],
     );
     assert_eq!(
         (code.as_str(), body.lines().next()),
         ("200", Some("xfcc=NONE"))
     );
+    assert!(body.contains("peer_md=[None, None]"), "{body}");
     let (code, _) = curl(&a, &[&format!("http://{b_addr}:8081/p")]);
     assert_eq!(code, "000", "plaintext under STRICT");
     let (_, metrics) = curl(&b, &["http://127.0.0.1:15301/stats/prometheus"]);

@@ -136,6 +136,7 @@ impl Exchange {
         );
         let mut req = req;
         mesh_xfcc(&mut req, conn);
+        mesh_peer_metadata(&mut req, conn);
         Exchange {
             rec: Record {
                 conn: conn.clone(),
@@ -205,6 +206,19 @@ fn mesh_xfcc(req: &mut Request<Incoming>, conn: &ConnState) {
             req.headers_mut().remove(XFCC);
         }
         (None, _) => {}
+    }
+}
+
+/// Istio's metadata-exchange headers: istio-proxy reads and removes them before the app
+/// and writes its own workload's on the way out. membrane-proxy neither reads nor writes
+/// them, so on a meshed connection it removes them in both directions, as Istio's
+/// sidecars would: an app never gets a peer's (or a client's forged) metadata, and a peer
+/// never gets metadata an app made up about the workload it runs in.
+fn mesh_peer_metadata(req: &mut Request<Incoming>, conn: &ConnState) {
+    if conn.route.mesh.is_some() {
+        let h = req.headers_mut();
+        h.remove("x-envoy-peer-metadata");
+        h.remove("x-envoy-peer-metadata-id");
     }
 }
 
