@@ -196,12 +196,14 @@ impl Controller {
         // Sidecars' snapshots are published as they are built (their streams push while
         // the rest is translated); a key whose snapshot fails keeps its previous one.
         let mut early = 0;
-        let t = self.translator.translate_publishing(&state, &mut |key, snap| {
-            if self.cache.set(&key, snap) {
-                early += 1;
-                self.recorder.metrics.snapshots.inc();
-            }
-        });
+        let t = self
+            .translator
+            .translate_publishing(&state, &mut |key, snap| {
+                if self.cache.set(&key, snap) {
+                    early += 1;
+                    self.recorder.metrics.snapshots.inc();
+                }
+            });
         out.published += early;
         if let Some(ids) = &mut self.identities {
             ids.publish(registrations(&state, &self.translator));

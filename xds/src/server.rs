@@ -427,8 +427,8 @@ impl XdsServer {
                 watches = now;
                 watches_gen = Some(gen);
             }
-            let snap_changed = latest.as_ref().map(|s| &s.version)
-                != recorded_snap.as_ref().map(|s| &s.version);
+            let snap_changed =
+                latest.as_ref().map(|s| &s.version) != recorded_snap.as_ref().map(|s| &s.version);
             if watches_changed || snap_changed {
                 if let Some(s) = &latest {
                     let versions: Vec<(String, String)> = watches

@@ -133,7 +133,10 @@ impl<V> IntoIterator for SmallMap<V> {
 
 impl<'a, V> IntoIterator for &'a SmallMap<V> {
     type Item = (&'a String, &'a V);
-    type IntoIter = std::iter::Map<std::slice::Iter<'a, (String, V)>, fn(&'a (String, V)) -> (&'a String, &'a V)>;
+    type IntoIter = std::iter::Map<
+        std::slice::Iter<'a, (String, V)>,
+        fn(&'a (String, V)) -> (&'a String, &'a V),
+    >;
     fn into_iter(self) -> Self::IntoIter {
         self.0.iter().map(|(k, v)| (k, v))
     }
@@ -157,7 +160,10 @@ mod tests {
         *m.or_default("c") += 3;
         *m.or_default("a") += 10;
         assert_eq!(m.insert("b".into(), 20), Some(2));
-        assert_eq!(m.keys().map(String::as_str).collect::<Vec<_>>(), ["a", "b", "c"]);
+        assert_eq!(
+            m.keys().map(String::as_str).collect::<Vec<_>>(),
+            ["a", "b", "c"]
+        );
         assert_eq!((m["a"], m.get("b"), m.len()), (11, Some(&20), 3));
         assert_eq!(m.remove("b"), Some(20));
         assert!(!m.contains_key("b") && m.get_mut("zz").is_none());

@@ -332,8 +332,7 @@ impl SnapshotBuilder {
     /// Adds one resource; its type is the type URL of its body.
     pub fn add(&mut self, r: Resource) -> &mut Self {
         if !self.types.contains_key(r.body.type_url.as_str()) {
-            self.types
-                .insert(r.body.type_url.clone(), BTreeMap::new());
+            self.types.insert(r.body.type_url.clone(), BTreeMap::new());
         }
         let t = self
             .types

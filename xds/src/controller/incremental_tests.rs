@@ -65,9 +65,15 @@ fn policy(p: usize, app: usize, from: usize, path: usize) -> String {
 /// every address no identity has, so it reads the whole NPHDS view).
 fn shaped_policy(p: usize, app: usize, from: usize, path: usize, shape: usize) -> String {
     let (peer, port) = match shape {
-        1 => (format!("fromEndpoints: [{{matchLabels: {{app: app-{from}}}}}]"), 9090),
+        1 => (
+            format!("fromEndpoints: [{{matchLabels: {{app: app-{from}}}}}]"),
+            9090,
+        ),
         2 => ("fromEntities: [world]".to_string(), 8080),
-        _ => (format!("fromEndpoints: [{{matchLabels: {{app: app-{from}}}}}]"), 8080),
+        _ => (
+            format!("fromEndpoints: [{{matchLabels: {{app: app-{from}}}}}]"),
+            8080,
+        ),
     };
     format!(
         "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: p{p}, namespace: default}}\nspec:\n  endpointSelector: {{matchLabels: {{app: app-{app}}}}}\n  ingress:\n  - {peer}\n    toPorts:\n    - ports: [{{port: \"{port}\", protocol: TCP}}]\n      rules:\n        http: [{{method: GET, path: \"/v{path}/.*\"}}]\n"

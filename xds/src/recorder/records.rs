@@ -174,4 +174,3 @@ pub struct Staleness {
     /// The proxy's own error when it NACKed.
     pub nack_error: Option<String>,
 }
-

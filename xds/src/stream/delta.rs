@@ -7,8 +7,8 @@ use std::sync::Arc;
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 
 use super::{clip, resolve_type, Outcome, Sent, Step, StreamError, StreamLimits, Subscription};
-use crate::smallmap::SmallMap;
 use crate::resource::Resource;
+use crate::smallmap::SmallMap;
 use crate::snapshot::{Snapshot, TypeResources};
 use crate::wire::{DeltaItem, DeltaResponse};
 

@@ -378,7 +378,8 @@ fn the_generation_moves_with_the_subscriptions_and_not_with_acks() {
     let step = d.on_request(&dreq(&[], "")).unwrap();
     let g1 = d.generation();
     assert_ne!(g0, g1, "a new type");
-    d.on_request(&dreq(&[], &step.responses[0].0.nonce)).unwrap();
+    d.on_request(&dreq(&[], &step.responses[0].0.nonce))
+        .unwrap();
     assert_eq!(d.generation(), g1, "an ACK changes no subscription");
     d.on_request(&dreq(&["257"], "")).unwrap();
     assert_ne!(d.generation(), g1, "a name subscribed");

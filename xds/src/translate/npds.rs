@@ -37,7 +37,11 @@ pub(super) struct NpdsBody {
 impl NpdsBody {
     /// Converts and encodes `resolved` once (ingress named ports against `named`, egress
     /// against the cluster's `egress_named`).
-    pub fn new(resolved: Arc<ResolvedPolicy>, named: &NamedPorts, egress_named: &NamedPorts) -> Self {
+    pub fn new(
+        resolved: Arc<ResolvedPolicy>,
+        named: &NamedPorts,
+        egress_named: &NamedPorts,
+    ) -> Self {
         let np = membrane_api::npds::encode::network_policy(
             Vec::new(),
             0,
@@ -105,7 +109,10 @@ mod tests {
         let egress = t.engine.cluster_named_ports().clone();
         let body = NpdsBody::new(resolved.clone(), &named, &egress);
         assert!(!body.np.ingress_per_port_policies.is_empty());
-        assert_eq!(body.ingress_hashes.len(), body.np.ingress_per_port_policies.len());
+        assert_eq!(
+            body.ingress_hashes.len(),
+            body.np.ingress_per_port_policies.len()
+        );
         let ips = vec!["10.0.0.5".to_string(), "fd00::5".to_string()];
         for id in [0, 7, 65535] {
             let r = body.resource(&ips, id);

@@ -103,7 +103,10 @@ fn listeners_are_kept_across_passes_until_what_their_chains_read_changes() {
     let mut built = Vec::new();
     let mut pass = |np: &NetworkPolicy, map: &BTreeMap<u64, Vec<String>>, built: &mut Vec<_>| {
         let h = hashes(map);
-        let version = format!("{:x}", crate::resource::content_hash(format!("{map:?}").as_bytes()));
+        let version = format!(
+            "{:x}",
+            crate::resource::content_hash(format!("{map:?}").as_bytes())
+        );
         let peers = Peers {
             map,
             hashes: &h,
@@ -158,7 +161,11 @@ fn listeners_are_kept_across_passes_until_what_their_chains_read_changes() {
         assert_eq!(r.body.value, renamed[&r.name].body.value, "{}", r.name);
     }
     // The chains no listener holds any more are dropped at the end of a pass.
-    assert_eq!(cache.chains.len(), 2, "port 80's and port 81's current chains");
+    assert_eq!(
+        cache.chains.len(),
+        2,
+        "port 80's and port 81's current chains"
+    );
 }
 
 #[test]
