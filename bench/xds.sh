@@ -14,7 +14,8 @@
 #      XDS_ONLY=load: the fleet-size load alone. XDS_LOAD_FULL=1: 10,000 clients (the
 #      default is a short 1,000); XDS_LOAD_CLIENTS, XDS_LOAD_CHURN_SECS, XDS_LOAD_CHURN_RATE,
 #      XDS_LOAD_ROUNDS, XDS_LOAD_PROBES override. XDS_LOAD_BASE_BIN=path: also run the same
-#      load against that membrane-xds build first (before/after in one run).
+#      load against that membrane-xds build first (before/after in one run). XDS_LOAD_OUT:
+#      where the load's page goes (default bench/results/xds-load-<date>.md).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -30,7 +31,7 @@ ulimit -n 65536 2>/dev/null || true
 load() {
   (cd "$ROOT" && cargo bench -p membrane-xds --bench ads_load --no-run -q)
   if [ "${XDS_LOAD_FULL:-0}" = 1 ]; then export XDS_LOAD_CLIENTS="${XDS_LOAD_CLIENTS:-10000}"; fi
-  local out="$ROOT/bench/results/xds-load-$DATE.md" rep before after
+  local out="${XDS_LOAD_OUT:-$ROOT/bench/results/xds-load-$DATE.md}" rep before after
   rep=$(mktemp)
   before=$(cut -d' ' -f1-3 /proc/loadavg)
   echo "# membrane-xds at fleet size" >"$rep"

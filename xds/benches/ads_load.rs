@@ -316,6 +316,8 @@ async fn load(report: &mut String) {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_all = rss_kib(pid);
 
+    // Phase marks on stderr (the report goes to stdout), for a profiler to attach to.
+    eprintln!("ads_load: {n} connected; rounds");
     let mut quiet = Vec::new();
     for round in 1..=rounds {
         quiet.push(row(
@@ -324,7 +326,12 @@ async fn load(report: &mut String) {
         ));
     }
 
+    // The flight recorder keeps a bounded history per proxy, which fills as changes go out:
+    // memory per proxy after the rounds too, not only just after connecting.
+    let rss_rounds = rss_kib(pid);
+
     // Churn, with policy changes made while it runs.
+    eprintln!("ads_load: churn");
     shared.host_events.lock().unwrap().clear();
     let log = Arc::new(Mutex::new(ChurnLog::default()));
     let cpu0 = cpu_secs(pid);
@@ -344,6 +351,7 @@ async fn load(report: &mut String) {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     churner.await.unwrap();
+    eprintln!("ads_load: churn done");
     let churn_wall = c0.elapsed();
     let cpu = cpu_secs(pid) - cpu0;
     let last_write = Instant::now();
@@ -410,6 +418,7 @@ async fn load(report: &mut String) {
     let _ = child.wait();
 
     let per = rss_all.saturating_sub(rss_one) as f64 / (n - 1) as f64;
+    let per_rounds = rss_rounds.saturating_sub(rss_one) as f64 / (n - 1) as f64;
     let _ = writeln!(report, "## {n} ADS clients\n");
     let _ = writeln!(
         report,
@@ -456,7 +465,9 @@ async fn load(report: &mut String) {
     let _ = writeln!(
         report,
         "membrane-xds RSS {rss_one} KiB with 1 client, {rss_all} KiB with {n}: \
-         **{per:.1} KiB per connected proxy**. Goal: ≤ 16 KiB.\n"
+         **{per:.1} KiB per connected proxy**. Goal: ≤ 16 KiB. After the {rounds} policy \
+         changes: {rss_rounds} KiB, {per_rounds:.1} KiB per connected proxy (the per-proxy \
+         history of the flight recorder fills as changes go out).\n"
     );
     let _ = writeln!(report, "### Pod churn\n");
     let _ = writeln!(

@@ -3,7 +3,9 @@
 //! Each tick scans the sources; when their good state changed, the whole
 //! state is translated (the policy engine inside re-resolves only what the
 //! change affects) and every snapshot is offered to the cache, which wakes
-//! only the streams whose snapshot content changed. A snapshot that fails
+//! only the streams whose snapshot content changed; sidecars' snapshots are
+//! offered one by one as they are built, so that their streams push while the
+//! rest of the fleet is translated. A snapshot that fails
 //! translation or its consistency check is not published: the node keeps
 //! its previous one, and the failure shows in `/debug/sourcez` and metrics.
 //!
@@ -191,7 +193,18 @@ impl Controller {
             alloc_errors = errs;
         }
         self.retry = !alloc_errors.is_empty();
-        let t = self.translator.translate(&state);
+        // Sidecars' snapshots are published as they are built (their streams push while
+        // the rest is translated); a key whose snapshot fails keeps its previous one.
+        let mut early = 0;
+        let t = self
+            .translator
+            .translate_publishing(&state, &mut |key, snap| {
+                if self.cache.set(&key, snap) {
+                    early += 1;
+                    self.recorder.metrics.snapshots.inc();
+                }
+            });
+        out.published += early;
         if let Some(ids) = &mut self.identities {
             ids.publish(registrations(&state, &self.translator));
         }

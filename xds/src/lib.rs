@@ -29,6 +29,7 @@ pub mod prefilter;
 pub mod recorder;
 pub mod resource;
 pub mod server;
+pub mod smallmap;
 pub mod snapshot;
 pub mod source;
 pub mod stream;

@@ -25,7 +25,9 @@ use metrics::label;
 pub use metrics::{
     AuthLabel, InjectLabel, ListenerLabel, Metrics, ReasonLabel, SourceLabel, TypeLabel,
 };
-pub use records::{millis, ConnRecord, Event, NackRecord, ProxyRecord, Staleness, TypeRecord};
+pub use records::{
+    millis, ConnRecord, Event, NackRecord, ProxyRecord, SmallMap, Staleness, TypeRecord,
+};
 pub use views::{go_time, CLUSTER_ID, DEBUG_SYNCZ, ISTIO_VERSION};
 
 /// What the recorder keeps at most. Worst case, with every record held by
@@ -155,9 +157,9 @@ impl Recorder {
                 ProxyRecord {
                     node_id: node.to_string(),
                     connected: false,
-                    connections: BTreeMap::new(),
-                    watches: BTreeMap::new(),
-                    types: BTreeMap::new(),
+                    connections: SmallMap::new(),
+                    watches: SmallMap::new(),
+                    types: SmallMap::new(),
                     connected_at: None,
                     idle_since: Some(now),
                     events: 0,
@@ -200,7 +202,7 @@ impl Recorder {
                 ConnRecord {
                     peer: peer.to_string(),
                     connected_at_ms: millis(now),
-                    watches: BTreeMap::new(),
+                    watches: SmallMap::new(),
                 },
             );
             r.recompute();
@@ -217,7 +219,12 @@ impl Recorder {
     }
 
     /// The subscriptions of stream `connection_id` of `node` are now `watches`.
-    pub fn watches(&self, node: &str, connection_id: &str, watches: BTreeMap<String, Vec<String>>) {
+    pub fn watches(
+        &self,
+        node: &str,
+        connection_id: &str,
+        watches: impl IntoIterator<Item = (String, Vec<String>)>,
+    ) {
         let watches = watches.into_iter().filter(|(t, _)| known(t)).collect();
         self.with(node, |r| {
             if let Some(c) = r.connections.get_mut(connection_id) {
@@ -234,7 +241,7 @@ impl Recorder {
         self.with(node, |r| {
             let built = r.connected_at.map_or(built, |c| c.max(built));
             for (t, v) in versions.iter().filter(|(t, _)| known(t)) {
-                let tr = r.types.entry(t.clone()).or_default();
+                let tr = r.types.or_default(t);
                 if tr.latest_version.as_deref() != Some(v.as_str()) {
                     tr.latest_version = Some(v.clone());
                     tr.latest_at = Some(built);
@@ -253,7 +260,7 @@ impl Recorder {
         let now = SystemTime::now();
         let cap = self.limits.events_per_node;
         self.with(node, |r| {
-            let tr = r.types.entry(s.type_url.clone()).or_default();
+            let tr = r.types.or_default(&s.type_url);
             tr.sent_version = Some(s.version.clone());
             tr.sent_nonce = Some(s.nonce.clone());
             tr.sent_at = Some(now);
@@ -294,7 +301,7 @@ impl Recorder {
                 let l = label(type_url);
                 self.metrics.acks.get_or_create(&l).inc();
                 self.with(node, |r| {
-                    let tr = r.types.entry(type_url.clone()).or_default();
+                    let tr = r.types.or_default(type_url);
                     let after = tr.sent_at.and_then(|s| now.duration_since(s).ok());
                     if let Some(d) = after {
                         self.metrics
@@ -336,7 +343,7 @@ impl Recorder {
                 let error = &clip(error, text);
                 self.metrics.nacks.get_or_create(&label(type_url)).inc();
                 self.with(node, |r| {
-                    let tr = r.types.entry(type_url.clone()).or_default();
+                    let tr = r.types.or_default(type_url);
                     tr.last_nack = Some(NackRecord {
                         version: version.clone(),
                         nonce: nonce.clone(),

@@ -8,7 +8,6 @@
 //! pod its node id names ([`crate::auth`]); such a client watches only its
 //! own pod's snapshot, never the shared one, and gets no debug types.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -35,6 +34,7 @@ use crate::proto::network_policy_hosts_discovery_service_server::{
 };
 use crate::recorder::{AuthLabel, ReasonLabel, Recorder, DEBUG_SYNCZ};
 use crate::resource::{NETWORK_POLICY, NETWORK_POLICY_HOSTS};
+use crate::smallmap::SmallMap;
 use crate::snapshot::{Snapshot, SnapshotCache};
 use crate::stream::{
     check_node_id, DeltaStream, Outcome, Sent, SotwStream, Step, StreamError, StreamLimits,
@@ -62,7 +62,9 @@ trait Machine: Send + 'static {
     fn node_id(req: &Self::Req) -> Option<String>;
     fn on_request(&mut self, req: &Self::Req) -> Result<Step<Self::Resp>, StreamError>;
     fn on_snapshot(&mut self, snap: Arc<Snapshot>) -> Step<Self::Resp>;
-    fn watches(&self) -> BTreeMap<String, Subscription>;
+    fn watches(&self) -> SmallMap<Subscription>;
+    /// Changes whenever [`Machine::watches`] may have (the driver asks for them only then).
+    fn watches_generation(&self) -> u64;
     /// A response to a debug-type request, answered from the recorder
     /// instead of a snapshot; `Some(None)` swallows the request (an ACK of
     /// an earlier debug response).
@@ -83,11 +85,14 @@ impl Machine for SotwStream {
     fn on_snapshot(&mut self, snap: Arc<Snapshot>) -> Step<SotwResponse> {
         SotwStream::on_snapshot(self, snap)
     }
-    fn watches(&self) -> BTreeMap<String, Subscription> {
+    fn watches(&self) -> SmallMap<Subscription> {
         self.status()
             .into_iter()
             .map(|(t, s)| (t, s.subscription))
             .collect()
+    }
+    fn watches_generation(&self) -> u64 {
+        self.generation()
     }
     fn debug(req: &DiscoveryRequest, rec: &Recorder, n: u64) -> Option<Option<SotwResponse>> {
         if req.type_url != DEBUG_SYNCZ {
@@ -137,8 +142,11 @@ impl Machine for DeltaStream {
     fn on_snapshot(&mut self, snap: Arc<Snapshot>) -> Step<DeltaResponse> {
         DeltaStream::on_snapshot(self, snap)
     }
-    fn watches(&self) -> BTreeMap<String, Subscription> {
-        self.subscriptions()
+    fn watches(&self) -> SmallMap<Subscription> {
+        self.subscriptions().into_iter().collect()
+    }
+    fn watches_generation(&self) -> u64 {
+        self.generation()
     }
 }
 
@@ -362,7 +370,12 @@ impl XdsServer {
         let mut snaps = self.cache.watch(&key);
         let mut latest: Option<Arc<Snapshot>> = None;
         let mut pending = Some(first);
-        let mut recorded: (BTreeMap<String, Subscription>, Option<String>) = Default::default();
+        // What the recorder was last told: the subscriptions (as of a generation of the
+        // state machine's) and the snapshot. At fleet size every push and every ACK passes
+        // here, so they are compared without being rebuilt.
+        let mut watches: SmallMap<Subscription> = SmallMap::new();
+        let mut watches_gen: Option<u64> = None;
+        let mut recorded_snap: Option<Arc<Snapshot>> = None;
         let mut debug_n = 0u64;
         loop {
             let step = if let Some(req) = pending.take() {
@@ -406,9 +419,17 @@ impl XdsServer {
                 }
             };
             // The recorder is shared by every stream: tell it only what changed.
-            let watches = sm.watches();
-            let snap_version = latest.as_ref().map(|s| s.version.clone());
-            if watches != recorded.0 || snap_version != recorded.1 {
+            let gen = sm.watches_generation();
+            let mut watches_changed = false;
+            if watches_gen != Some(gen) {
+                let now = sm.watches();
+                watches_changed = now != watches;
+                watches = now;
+                watches_gen = Some(gen);
+            }
+            let snap_changed =
+                latest.as_ref().map(|s| &s.version) != recorded_snap.as_ref().map(|s| &s.version);
+            if watches_changed || snap_changed {
                 if let Some(s) = &latest {
                     let versions: Vec<(String, String)> = watches
                         .keys()
@@ -416,17 +437,14 @@ impl XdsServer {
                         .collect();
                     self.recorder.latest(&node, &versions, s.created);
                 }
-                if watches != recorded.0 {
+                if watches_changed {
                     self.recorder.watches(
                         &node,
                         &conn,
-                        watches
-                            .iter()
-                            .map(|(t, s)| (t.clone(), s.describe()))
-                            .collect(),
+                        watches.iter().map(|(t, s)| (t.clone(), s.describe())),
                     );
                 }
-                recorded = (watches, snap_version);
+                recorded_snap = latest.clone();
             }
             if !self.emit(&node, step, &tx).await {
                 break;

@@ -121,7 +121,14 @@ impl Snapshot {
     /// route → cluster, EDS cluster → load assignment.
     pub fn check(&self) -> Result<(), SnapshotError> {
         let has = |t: &str, n: &str| self.types.get(t).is_some_and(|r| r.items.contains_key(n));
-        let mut refs: Vec<(&'static str, String, &'static str, String)> = Vec::new();
+        // Every sidecar's snapshot is checked on every rebuild: references are looked up
+        // where they are, and copied only into an error.
+        let dangling = |t: &str, r: &Resource, to: &str, name: &str| SnapshotError::Dangling {
+            kind: kind_word(t),
+            name: r.name.clone(),
+            missing_kind: kind_word(to),
+            missing: name.to_string(),
+        };
         for t in [LISTENER, ROUTE, CLUSTER] {
             let Some(set) = self.types.get(t) else {
                 continue;
@@ -129,28 +136,20 @@ impl Snapshot {
             for r in set.items.values() {
                 // Resources the translator built carry their references;
                 // anything else is decoded.
-                let found = match &r.refs {
-                    Some(explicit) => explicit.to_vec(),
-                    None => decoded_refs(t, r)?,
-                };
-                for (to, name) in found {
-                    refs.push((kind_word(t), r.name.clone(), kind_word(to), name));
+                match &r.refs {
+                    Some(explicit) => {
+                        if let Some((to, name)) = explicit.iter().find(|(to, n)| !has(to, n)) {
+                            return Err(dangling(t, r, to, name));
+                        }
+                    }
+                    None => {
+                        for (to, name) in decoded_refs(t, r)? {
+                            if !has(to, &name) {
+                                return Err(dangling(t, r, to, &name));
+                            }
+                        }
+                    }
                 }
-            }
-        }
-        for (kind, name, missing_kind, missing) in refs {
-            let t = match missing_kind {
-                "route" => ROUTE,
-                "cluster" => CLUSTER,
-                _ => ENDPOINT,
-            };
-            if !has(t, &missing) {
-                return Err(SnapshotError::Dangling {
-                    kind,
-                    name,
-                    missing_kind,
-                    missing,
-                });
             }
         }
         Ok(())
@@ -332,17 +331,18 @@ impl SnapshotBuilder {
 
     /// Adds one resource; its type is the type URL of its body.
     pub fn add(&mut self, r: Resource) -> &mut Self {
-        let t = r.body.type_url.clone();
-        let name = r.name.clone();
-        if self
+        if !self.types.contains_key(r.body.type_url.as_str()) {
+            self.types.insert(r.body.type_url.clone(), BTreeMap::new());
+        }
+        let t = self
             .types
-            .entry(t.clone())
-            .or_default()
-            .insert(name.clone(), r)
-            .is_some()
-            && self.duplicate.is_none()
-        {
-            self.duplicate = Some((t, name));
+            .get_mut(r.body.type_url.as_str())
+            .expect("inserted above");
+        // The one it replaces has the same type and name.
+        if let Some(old) = t.insert(r.name.clone(), r) {
+            if self.duplicate.is_none() {
+                self.duplicate = Some((old.body.type_url.clone(), old.name));
+            }
         }
         self
     }

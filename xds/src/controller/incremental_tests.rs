@@ -57,8 +57,26 @@ fn pod(i: usize, app: usize, node: usize) -> String {
 }
 
 fn policy(p: usize, app: usize, from: usize, path: usize) -> String {
+    shaped_policy(p, app, from, path, 0)
+}
+
+/// Shapes: 0 = app `from` on 8080 with an HTTP rule; 1 = the same on 9090 (a port the
+/// pods do not declare: a listener of its own); 2 = `world` on 8080 (its RBAC principal is
+/// every address no identity has, so it reads the whole NPHDS view).
+fn shaped_policy(p: usize, app: usize, from: usize, path: usize, shape: usize) -> String {
+    let (peer, port) = match shape {
+        1 => (
+            format!("fromEndpoints: [{{matchLabels: {{app: app-{from}}}}}]"),
+            9090,
+        ),
+        2 => ("fromEntities: [world]".to_string(), 8080),
+        _ => (
+            format!("fromEndpoints: [{{matchLabels: {{app: app-{from}}}}}]"),
+            8080,
+        ),
+    };
     format!(
-        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: p{p}, namespace: default}}\nspec:\n  endpointSelector: {{matchLabels: {{app: app-{app}}}}}\n  ingress:\n  - fromEndpoints: [{{matchLabels: {{app: app-{from}}}}}]\n    toPorts:\n    - ports: [{{port: \"8080\", protocol: TCP}}]\n      rules:\n        http: [{{method: GET, path: \"/v{path}/.*\"}}]\n"
+        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: p{p}, namespace: default}}\nspec:\n  endpointSelector: {{matchLabels: {{app: app-{app}}}}}\n  ingress:\n  - {peer}\n    toPorts:\n    - ports: [{{port: \"{port}\", protocol: TCP}}]\n      rules:\n        http: [{{method: GET, path: \"/v{path}/.*\"}}]\n"
     )
 }
 
@@ -125,7 +143,7 @@ fn served(cache: &SnapshotCache, keys: &BTreeSet<String>) -> BTreeMap<String, Ve
 
 #[test]
 fn random_edits_reconcile_incrementally_to_the_from_scratch_state() {
-    for seed in 1..=4u64 {
+    for seed in 1..=6u64 {
         let mut rng = fastrand::Rng::with_seed(seed);
         let live = tempfile::tempdir().unwrap();
         let ids = Agreed::default();
@@ -169,7 +187,9 @@ fn random_edits_reconcile_incrementally_to_the_from_scratch_state() {
                 }
                 // A policy appears or changes.
                 3 | 4 => {
-                    let text = policy(p, rng.usize(0..APPS), rng.usize(0..APPS), step);
+                    let shape = rng.usize(0..3);
+                    let text =
+                        shaped_policy(p, rng.usize(0..APPS), rng.usize(0..APPS), step, shape);
                     put(&mut good, format!("p{p}.yaml"), text);
                     format!("p{p} written")
                 }

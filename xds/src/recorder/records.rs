@@ -1,10 +1,12 @@
 //! What the recorder keeps per proxy: the records the debug endpoints serve as
 //! JSON (per proxy, per connection, per type, with a bounded event history).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
+
+pub use crate::smallmap::SmallMap;
 
 /// Milliseconds since the epoch, for JSON.
 pub fn millis(t: SystemTime) -> u64 {
@@ -113,7 +115,7 @@ pub struct ConnRecord {
     /// When the stream opened, epoch ms.
     pub connected_at_ms: u64,
     /// Subscriptions on this stream by type URL (`*` = wildcard).
-    pub watches: BTreeMap<String, Vec<String>>,
+    pub watches: SmallMap<Vec<String>>,
 }
 
 /// Per proxy.
@@ -124,11 +126,11 @@ pub struct ProxyRecord {
     /// Whether any stream is open.
     pub connected: bool,
     /// Open streams by connection id.
-    pub connections: BTreeMap<String, ConnRecord>,
+    pub connections: SmallMap<ConnRecord>,
     /// Subscriptions over all open streams, by type URL.
-    pub watches: BTreeMap<String, Vec<String>>,
+    pub watches: SmallMap<Vec<String>>,
     /// Per type URL.
-    pub types: BTreeMap<String, TypeRecord>,
+    pub types: SmallMap<TypeRecord>,
     #[serde(skip)]
     pub(super) connected_at: Option<SystemTime>,
     /// Since when no stream is open (the key of the recorder's idle set).
@@ -142,10 +144,10 @@ pub struct ProxyRecord {
 impl ProxyRecord {
     pub(super) fn recompute(&mut self) {
         self.connected = !self.connections.is_empty();
-        self.watches = BTreeMap::new();
+        self.watches = SmallMap::new();
         for c in self.connections.values() {
             for (t, w) in &c.watches {
-                let e = self.watches.entry(t.clone()).or_default();
+                let e = self.watches.or_default(t);
                 e.extend(w.iter().cloned());
                 e.sort();
                 e.dedup();

@@ -120,7 +120,7 @@ fn records_are_bounded_cut_and_expire() {
     }
     r.outcome("d", &nack("type.googleapis.com/evil", "9", "y"));
     let d = r.proxy("d").unwrap();
-    assert_eq!(d.types.len(), 1, "{:?}", d.types.keys());
+    assert_eq!(d.types.len(), 1, "{:?}", d.types.keys().collect::<Vec<_>>());
     let h = &d.types[NETWORK_POLICY].history;
     assert_eq!(h.len(), 4);
     let Event::Nack { nonce, error, .. } = &h[0] else {

@@ -7,6 +7,8 @@ use std::sync::Arc;
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 
 use super::{clip, resolve_type, Outcome, Sent, Step, StreamError, StreamLimits, Subscription};
+use crate::resource::Resource;
+use crate::smallmap::SmallMap;
 use crate::snapshot::{Snapshot, TypeResources};
 use crate::wire::{DeltaItem, DeltaResponse};
 
@@ -70,14 +72,62 @@ impl Held {
     }
 }
 
+fn item(name: &str, r: &Resource) -> DeltaItem {
+    DeltaItem {
+        name: name.to_string(),
+        version: version_of(r.hash),
+        resource: r.body.clone(),
+    }
+}
+
+/// What a client holding exactly `held` lacks of `now` (new or changed, in name order) and
+/// what it holds that `now` does not (removed, in name order): one walk over both.
+fn diff(
+    held: &BTreeMap<String, Resource>,
+    now: &BTreeMap<String, Resource>,
+) -> (Vec<DeltaItem>, Vec<String>) {
+    use std::cmp::Ordering;
+    let (mut resources, mut removed) = (Vec::new(), Vec::new());
+    let mut a = held.iter().peekable();
+    let mut b = now.iter().peekable();
+    loop {
+        let order = match (a.peek(), b.peek()) {
+            (None, None) => break,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some((x, _)), Some((y, _))) => x.cmp(y),
+        };
+        match order {
+            Ordering::Less => {
+                let (name, _) = a.next().expect("peeked");
+                removed.push(name.clone());
+            }
+            Ordering::Greater => {
+                let (name, r) = b.next().expect("peeked");
+                resources.push(item(name, r));
+            }
+            Ordering::Equal => {
+                let (_, old) = a.next().expect("peeked");
+                let (name, r) = b.next().expect("peeked");
+                if old.hash != r.hash {
+                    resources.push(item(name, r));
+                }
+            }
+        }
+    }
+    (resources, removed)
+}
+
 /// State of one delta (incremental) stream.
 #[derive(Debug)]
 pub struct DeltaStream {
     only_type: Option<String>,
     limits: StreamLimits,
     nonce: u64,
-    types: BTreeMap<String, DeltaType>,
+    types: SmallMap<DeltaType>,
     snapshot: Option<Arc<Snapshot>>,
+    /// Bumped whenever a subscription changes ([`DeltaStream::generation`]).
+    generation: u64,
 }
 
 impl DeltaStream {
@@ -87,9 +137,15 @@ impl DeltaStream {
             only_type: only_type.map(str::to_string),
             limits: StreamLimits::default(),
             nonce: 0,
-            types: BTreeMap::new(),
+            types: SmallMap::new(),
             snapshot: None,
+            generation: 0,
         }
+    }
+
+    /// Changes whenever the subscriptions ([`DeltaStream::subscriptions`]) may have.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// The same stream with these limits.
@@ -131,14 +187,22 @@ impl DeltaStream {
         }
         let mut step = Step::default();
         let first = !self.types.contains_key(&t);
-        let st = self.types.entry(t.clone()).or_insert_with(|| DeltaType {
-            wildcard: false,
-            names: BTreeSet::new(),
-            client: Held::Map(BTreeMap::new()),
-            in_flight: None,
-            nacked: None,
-            dirty: true,
-        });
+        if first {
+            // A new type is a new subscription.
+            self.generation += 1;
+            self.types.insert(
+                t.clone(),
+                DeltaType {
+                    wildcard: false,
+                    names: BTreeSet::new(),
+                    client: Held::Map(BTreeMap::new()),
+                    in_flight: None,
+                    nacked: None,
+                    dirty: true,
+                },
+            );
+        }
+        let st = self.types.get_mut(&t).expect("inserted above");
         if first {
             st.client = Held::Map(
                 req.initial_resource_versions
@@ -180,6 +244,9 @@ impl DeltaStream {
                     return Ok(step);
                 }
             }
+        }
+        if !req.resource_names_subscribe.is_empty() || !req.resource_names_unsubscribe.is_empty() {
+            self.generation += 1;
         }
         for n in &req.resource_names_subscribe {
             if n == "*" {
@@ -231,25 +298,38 @@ impl DeltaStream {
         let empty = Default::default();
         let set = snap.resources_shared(t);
         let items = set.as_ref().map(|r| &r.items).unwrap_or(&empty);
-        let mut resources = Vec::new();
-        for (name, r) in items {
-            if !(st.wildcard || st.names.contains(name)) {
-                continue;
+        let (resources, removed) = match (&st.client, st.wildcard) {
+            // A wildcard client holding a whole set (every sidecar's NPHDS): at fleet size
+            // most snapshots leave that set as it was, and when it changes only a few
+            // entries do. Equal content versions mean nothing to send; otherwise one walk
+            // over the two sorted sets finds what changed.
+            (Held::Set(held), true) => {
+                let held_version = &held.version;
+                let now_version = set.as_ref().map(|s| &s.version);
+                if !st.dirty && now_version == Some(held_version) {
+                    return None;
+                }
+                diff(&held.items, items)
             }
-            if !st.client.holds(name, r.hash) {
-                resources.push(DeltaItem {
-                    name: name.clone(),
-                    version: version_of(r.hash),
-                    resource: r.body.clone(),
-                });
+            _ => {
+                let mut resources = Vec::new();
+                for (name, r) in items {
+                    if !(st.wildcard || st.names.contains(name)) {
+                        continue;
+                    }
+                    if !st.client.holds(name, r.hash) {
+                        resources.push(item(name, r));
+                    }
+                }
+                let removed: Vec<String> = st
+                    .client
+                    .names()
+                    .filter(|n| !items.contains_key(*n))
+                    .cloned()
+                    .collect();
+                (resources, removed)
             }
-        }
-        let removed: Vec<String> = st
-            .client
-            .names()
-            .filter(|n| !items.contains_key(*n))
-            .cloned()
-            .collect();
+        };
         st.dirty = false;
         if resources.is_empty() && removed.is_empty() {
             return None;
@@ -288,5 +368,49 @@ impl DeltaStream {
             nonce,
         };
         Some((sent, resp))
+    }
+}
+
+#[cfg(test)]
+mod diff_tests {
+    use super::*;
+    use crate::proto::NetworkPolicyHosts;
+    use crate::resource::NETWORK_POLICY_HOSTS;
+
+    fn set(rng: &mut fastrand::Rng) -> BTreeMap<String, Resource> {
+        (0..rng.usize(0..12))
+            .map(|_| {
+                let id = rng.u64(0..16);
+                let h = NetworkPolicyHosts {
+                    policy: id,
+                    host_addresses: vec![format!("10.0.0.{}", rng.u8(0..3))],
+                };
+                (
+                    id.to_string(),
+                    Resource::new(NETWORK_POLICY_HOSTS, id.to_string(), &h),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_walk_finds_what_lookups_find() {
+        let mut rng = fastrand::Rng::with_seed(17);
+        for _ in 0..500 {
+            let (held, now) = (set(&mut rng), set(&mut rng));
+            let (resources, removed) = diff(&held, &now);
+            let want: Vec<&String> = now
+                .iter()
+                .filter(|(n, r)| held.get(*n).is_none_or(|h| h.hash != r.hash))
+                .map(|(n, _)| n)
+                .collect();
+            let got: Vec<&String> = resources.iter().map(|r| &r.name).collect();
+            assert_eq!(got, want);
+            for r in &resources {
+                assert_eq!(r.version, version_of(now[&r.name].hash));
+            }
+            let gone: Vec<&String> = held.keys().filter(|n| !now.contains_key(*n)).collect();
+            assert_eq!(removed.iter().collect::<Vec<_>>(), gone);
+        }
     }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 
 use super::{clip, resolve_type, Outcome, Sent, Step, StreamError, StreamLimits, Subscription};
+use crate::smallmap::SmallMap;
 use crate::snapshot::Snapshot;
 use crate::wire::SotwResponse;
 
@@ -29,8 +30,10 @@ pub struct SotwStream {
     only_type: Option<String>,
     limits: StreamLimits,
     nonce: u64,
-    types: BTreeMap<String, SotwType>,
+    types: SmallMap<SotwType>,
     snapshot: Option<Arc<Snapshot>>,
+    /// Bumped whenever a subscription changes ([`SotwStream::generation`]).
+    generation: u64,
 }
 
 /// Per-type state exposed for debug output.
@@ -55,9 +58,15 @@ impl SotwStream {
             only_type: only_type.map(str::to_string),
             limits: StreamLimits::default(),
             nonce: 0,
-            types: BTreeMap::new(),
+            types: SmallMap::new(),
             snapshot: None,
+            generation: 0,
         }
+    }
+
+    /// Changes whenever the subscriptions ([`SotwStream::status`]) may have.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// The same stream with these limits.
@@ -98,14 +107,22 @@ impl SotwStream {
         let text = self.limits.max_text_bytes;
         let mut step = Step::default();
         let first = !self.types.contains_key(&t);
-        let st = self.types.entry(t.clone()).or_insert_with(|| SotwType {
-            subscription: Subscription::Names(BTreeSet::new()),
-            sent: None,
-            in_flight: false,
-            acked: None,
-            nacked: None,
-            dirty: true,
-        });
+        if first {
+            // A new type is a new subscription.
+            self.generation += 1;
+            self.types.insert(
+                t.clone(),
+                SotwType {
+                    subscription: Subscription::Names(BTreeSet::new()),
+                    sent: None,
+                    in_flight: false,
+                    acked: None,
+                    nacked: None,
+                    dirty: true,
+                },
+            );
+        }
+        let st = self.types.get_mut(&t).expect("inserted above");
         if !req.response_nonce.is_empty() {
             match &st.sent {
                 Some((version, nonce)) if *nonce == req.response_nonce => {
@@ -151,6 +168,7 @@ impl SotwStream {
         if sub != st.subscription {
             st.subscription = sub;
             st.dirty = true;
+            self.generation += 1;
         }
         if let Some(r) = self.respond(&t) {
             step.responses.push(r);

@@ -343,3 +343,44 @@ fn hosts_of(a: &envoy_types::pb::google::protobuf::Any) -> NetworkPolicyHosts {
     use prost::Message;
     NetworkPolicyHosts::decode(a.value.as_slice()).unwrap()
 }
+
+#[test]
+fn the_generation_moves_with_the_subscriptions_and_not_with_acks() {
+    // SotW: a new type and a changed subscription move it; an ACK does not.
+    let mut s = SotwStream::new(None);
+    let g0 = s.generation();
+    s.on_snapshot(snap(&[(256, "10.0.0.1")]));
+    let step = s.on_request(&req(&[], "", "", None)).unwrap();
+    let g1 = s.generation();
+    assert_ne!(g0, g1, "a new type");
+    let (sent, _) = &step.responses[0];
+    s.on_request(&req(&[], &sent.version, &sent.nonce, None))
+        .unwrap();
+    assert_eq!(s.generation(), g1, "an ACK changes no subscription");
+    s.on_request(&req(&["256"], &sent.version, &sent.nonce, None))
+        .unwrap();
+    assert_ne!(s.generation(), g1, "wildcard → one name");
+    assert_eq!(
+        s.status()[NETWORK_POLICY_HOSTS].subscription,
+        Subscription::Names(["256".to_string()].into())
+    );
+
+    // Delta: likewise.
+    let mut d = DeltaStream::new(None);
+    let dreq = |sub: &[&str], nonce: &str| DeltaDiscoveryRequest {
+        type_url: NETWORK_POLICY_HOSTS.into(),
+        resource_names_subscribe: sub.iter().map(|s| s.to_string()).collect(),
+        response_nonce: nonce.into(),
+        ..Default::default()
+    };
+    d.on_snapshot(snap(&[(256, "10.0.0.1")]));
+    let g0 = d.generation();
+    let step = d.on_request(&dreq(&[], "")).unwrap();
+    let g1 = d.generation();
+    assert_ne!(g0, g1, "a new type");
+    d.on_request(&dreq(&[], &step.responses[0].0.nonce))
+        .unwrap();
+    assert_eq!(d.generation(), g1, "an ACK changes no subscription");
+    d.on_request(&dreq(&["257"], "")).unwrap();
+    assert_ne!(d.generation(), g1, "a name subscribed");
+}

@@ -132,17 +132,31 @@ pub fn inbound_ports(ep: &EndpointModel, np: &NetworkPolicy) -> Vec<u16> {
     ports
 }
 
-/// Inbound pieces already built in this translation, shared by every
-/// sidecar that needs them. Valid for one set of identity addresses only.
+/// Inbound pieces kept from one translation to the next and shared by every sidecar that
+/// needs them.
+///
+/// A listener's filter chains (the connection manager with its RBAC filters, router and
+/// RDS name) depend only on the port, the ingress entries covering it and the addresses of
+/// the identities their rules name: they are keyed by a hash of exactly that
+/// ([`chain_key`]), so endpoints under the same policy (replicas, a fleet-wide rule) share
+/// them, and a change elsewhere (another port's rule, another identity's addresses) keeps
+/// them, and with them every listener built on them ([`BuiltListener`]).
 #[derive(Debug, Default)]
 pub struct InboundCache {
-    /// A listener's encoded `filter_chains` (the connection manager with its
-    /// RBAC filters, router and RDS name), by (ingress policy hash, port):
-    /// endpoints under the same policy (replicas, a fleet-wide rule) differ
-    /// only in the listener's name and address.
-    chains: std::collections::HashMap<(u64, u16), Arc<[u8]>>,
-    /// The route and cluster of a port, the same for every sidecar.
-    port: std::collections::HashMap<u16, [Resource; 2]>,
+    /// Encoded `filter_chains` by chain key.
+    chains: std::collections::HashMap<u64, Chain>,
+    /// The route and cluster of a port, the same for every sidecar, and the last pass
+    /// that used them.
+    port: std::collections::HashMap<u16, ([Resource; 2], u64)>,
+    /// The current translation pass (see [`InboundCache::begin`]).
+    pass: u64,
+}
+
+#[derive(Debug)]
+struct Chain {
+    bytes: Arc<[u8]>,
+    /// The last pass that used it.
+    used: u64,
 }
 
 impl InboundCache {
@@ -150,36 +164,116 @@ impl InboundCache {
     pub fn new() -> Self {
         Self::default()
     }
+
+    /// Starts a translation pass.
+    pub fn begin(&mut self) {
+        self.pass += 1;
+    }
+
+    /// Ends a pass: drops the chains it did not use and no kept listener holds.
+    pub fn end(&mut self) {
+        let pass = self.pass;
+        self.chains
+            .retain(|_, c| c.used == pass || Arc::strong_count(&c.bytes) > 1);
+        self.port.retain(|_, (_, used)| *used == pass);
+    }
+}
+
+/// The identity addresses an inbound listener's RBAC principals come from (one NPHDS view).
+#[derive(Debug, Clone, Copy)]
+pub struct Peers<'a> {
+    /// Identity → its addresses.
+    pub map: &'a BTreeMap<u64, Vec<String>>,
+    /// Identity → a content hash of its addresses.
+    pub hashes: &'a std::collections::HashMap<u64, u64>,
+    /// A content hash of the whole map.
+    pub version: &'a str,
+}
+
+/// A sidecar's inbound listener as built, with what it was built from: while its port's
+/// chains and its address stay the same, the next translation reuses it as it is.
+#[derive(Debug, Clone)]
+pub struct BuiltListener {
+    port: u16,
+    chains: Arc<[u8]>,
+    ip: String,
+    resource: Resource,
+}
+
+/// Everything the filter chains of `port` are built from, as one content hash: the port,
+/// each ingress entry covering it (its index, which names its RBAC policies, and
+/// `entry_hashes`, the hash of its encoding), and the addresses of every identity its rules
+/// name; a rule naming `world` (every address no other identity has) depends on the whole
+/// view.
+pub fn chain_key(np: &NetworkPolicy, entry_hashes: &[u64], port: u16, peers: &Peers<'_>) -> u64 {
+    let mut buf = Vec::with_capacity(64);
+    buf.extend_from_slice(&port.to_le_bytes());
+    let mut world = false;
+    for (pi, pp) in np
+        .ingress_per_port_policies
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| rbac::covers(p, port))
+    {
+        buf.extend_from_slice(&(pi as u64).to_le_bytes());
+        let h = match entry_hashes.get(pi) {
+            Some(h) => *h,
+            None => crate::resource::content_hash(&pp.encode_to_vec()),
+        };
+        buf.extend_from_slice(&h.to_le_bytes());
+        for rule in &pp.rules {
+            for r in &rule.remote_policies {
+                if *r == WORLD {
+                    world = true;
+                    continue;
+                }
+                let id = u64::from(*r);
+                buf.extend_from_slice(&id.to_le_bytes());
+                let addrs = peers.hashes.get(&id).copied().unwrap_or(0);
+                buf.extend_from_slice(&addrs.to_le_bytes());
+            }
+        }
+    }
+    if world {
+        buf.push(0xff);
+        buf.extend_from_slice(peers.version.as_bytes());
+    }
+    crate::resource::content_hash(&buf)
 }
 
 /// Inbound listener, route and cluster per port of a sidecar's endpoint.
 ///
 /// Istio's explicit sidecar-ingress shape: the listener binds the pod IP on
 /// the service port; the application listens on 127.0.0.1 on the same port.
+/// `entry_hashes` are the content hashes of `np`'s ingress entries (computed here when
+/// missing); `built` holds the sidecar's listeners as last built, and what this call
+/// builds once it succeeds.
 pub fn sidecar_inbound(
     ep: &EndpointModel,
     np: &NetworkPolicy,
-    hosts: &BTreeMap<u64, Vec<String>>,
+    entry_hashes: &[u64],
+    peers: &Peers<'_>,
     cache: &mut InboundCache,
+    built: &mut Vec<BuiltListener>,
 ) -> Result<Vec<Resource>, TranslateError> {
     let Some(ip) = ep.ips.first() else {
+        built.clear();
         return Ok(Vec::new());
     };
-    // Endpoints under the same policy (replicas, a fleet-wide rule) share
-    // their RBAC filters and connection manager: build them once per translation.
-    let mut ingress = Vec::new();
-    for p in &np.ingress_per_port_policies {
-        ingress.extend(p.encode_to_vec());
-    }
-    let policy_hash = crate::resource::content_hash(&ingress);
+    let pass = cache.pass;
     let mut out = Vec::new();
+    let mut next = Vec::new();
     for port in inbound_ports(ep, np) {
         let name = format!("inbound|{port}");
         let cluster = format!("inbound|{port}||");
-        let chains = match cache.chains.get(&(policy_hash, port)) {
-            Some(c) => c.clone(),
+        let key = chain_key(np, entry_hashes, port, peers);
+        let chains = match cache.chains.get_mut(&key) {
+            Some(c) => {
+                c.used = pass;
+                c.bytes.clone()
+            }
             None => {
-                let mut http_filters = rbac_filters(np, port, hosts)?;
+                let mut http_filters = rbac_filters(np, port, peers.map)?;
                 http_filters.push(router_filter());
                 let hcm = HttpConnectionManager {
                     stat_prefix: format!("inbound_{port}"),
@@ -200,40 +294,33 @@ pub fn sidecar_inbound(
                     }],
                     ..Default::default()
                 };
-                let c: Arc<[u8]> = chains.encode_to_vec().into();
-                cache.chains.insert((policy_hash, port), c.clone());
-                c
+                let bytes: Arc<[u8]> = chains.encode_to_vec().into();
+                cache.chains.insert(
+                    key,
+                    Chain {
+                        bytes: bytes.clone(),
+                        used: pass,
+                    },
+                );
+                bytes
             }
         };
-        // The shared filter chains hold every allowed peer's address (20 KB
-        // for a fleet-wide rule over 1,000 pods); re-encoding them for each
-        // sidecar was most of a fleet-wide change's translation. Protobuf
-        // fields may be written in any order and prost writes them in field
-        // number order, so `name` (1) and `address` (2) followed by the
-        // encoded `filter_chains` (3) are byte for byte what prost would
-        // write for the whole listener (a test checks this).
-        let head = Listener {
-            name: name.clone(),
-            address: Some(socket(ip, u32::from(port))),
-            ..Default::default()
+        let kept = built
+            .iter()
+            .find(|b| b.port == port && Arc::ptr_eq(&b.chains, &chains) && b.ip == *ip);
+        let listener = match kept {
+            Some(b) => b.resource.clone(),
+            None => inbound_listener(&name, ip, port, &chains),
         };
-        let mut value = Vec::with_capacity(head.encoded_len() + chains.len());
-        head.encode(&mut value)
-            .expect("a Vec grows to fit the encoding");
-        value.extend_from_slice(&chains);
-        out.push(
-            Resource {
-                name: name.clone(),
-                hash: crate::resource::content_hash(&value),
-                body: Arc::new(Any {
-                    type_url: LISTENER.to_string(),
-                    value,
-                }),
-                refs: None,
-            }
-            .with_refs(vec![(ROUTE, name.clone())]),
-        );
-        if let Some(shared) = cache.port.get(&port) {
+        next.push(BuiltListener {
+            port,
+            chains,
+            ip: ip.clone(),
+            resource: listener.clone(),
+        });
+        out.push(listener);
+        if let Some((shared, used)) = cache.port.get_mut(&port) {
+            *used = pass;
             out.extend(shared.iter().cloned());
             continue;
         }
@@ -258,9 +345,40 @@ pub fn sidecar_inbound(
             Resource::new(CLUSTER, &cluster, &c).with_refs(Vec::new()),
         ];
         out.extend(pair.iter().cloned());
-        cache.port.insert(port, pair);
+        cache.port.insert(port, (pair, pass));
     }
+    *built = next;
     Ok(out)
+}
+
+/// The listener `name` on `ip`:`port` with the encoded `chains`.
+///
+/// The shared filter chains hold every allowed peer's address (20 KB for a fleet-wide
+/// rule over 1,000 pods); re-encoding them for each sidecar was most of a fleet-wide
+/// change's translation. Protobuf fields may be written in any order and prost writes them
+/// in field number order, so `name` (1) and `address` (2) followed by the encoded
+/// `filter_chains` (3) are byte for byte what prost would write for the whole listener (a
+/// test checks this).
+fn inbound_listener(name: &str, ip: &str, port: u16, chains: &[u8]) -> Resource {
+    let head = Listener {
+        name: name.to_string(),
+        address: Some(socket(ip, u32::from(port))),
+        ..Default::default()
+    };
+    let mut value = Vec::with_capacity(head.encoded_len() + chains.len());
+    head.encode(&mut value)
+        .expect("a Vec grows to fit the encoding");
+    value.extend_from_slice(chains);
+    Resource {
+        name: name.to_string(),
+        hash: crate::resource::content_hash(&value),
+        body: Arc::new(Any {
+            type_url: LISTENER.to_string(),
+            value,
+        }),
+        refs: None,
+    }
+    .with_refs(vec![(ROUTE, name.to_string())])
 }
 
 #[cfg(test)]

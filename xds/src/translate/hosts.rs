@@ -18,6 +18,28 @@ pub(super) struct HostsView {
     pub map: BTreeMap<u64, Vec<String>>,
     /// The NPHDS resources, one per identity.
     pub set: Arc<TypeResources>,
+    /// Identity → the content hash of its NPHDS resource (of its addresses).
+    pub hashes: HashMap<u64, u64>,
+}
+
+impl HostsView {
+    fn new(map: BTreeMap<u64, Vec<String>>, set: Arc<TypeResources>) -> Self {
+        let hashes = set
+            .items
+            .values()
+            .filter_map(|r| Some((r.name.parse::<u64>().ok()?, r.hash)))
+            .collect();
+        HostsView { map, set, hashes }
+    }
+
+    /// What an inbound listener's principals are built from, in this view.
+    pub fn peers(&self) -> envoy::Peers<'_> {
+        envoy::Peers {
+            map: &self.map,
+            hashes: &self.hashes,
+            version: &self.set.version,
+        }
+    }
 }
 
 /// The cluster-wide view and one view per node that runs a pod.
@@ -82,10 +104,7 @@ fn node_view(shared: &HostsView, own: &BTreeSet<String>) -> HostsView {
             items.push(hosts_resource(id, addrs));
         }
     }
-    HostsView {
-        map,
-        set: TypeResources::shared(items),
-    }
+    HostsView::new(map, TypeResources::shared(items))
 }
 
 impl Translator {
@@ -140,10 +159,7 @@ impl Translator {
             })
             .collect();
         self.nphds.retain(|id, _| map.contains_key(id));
-        let shared = HostsView {
-            map,
-            set: TypeResources::shared(items),
-        };
+        let shared = HostsView::new(map, TypeResources::shared(items));
         // A view per node: its sidecars' and its agent's.
         let nodes = node_addrs
             .iter()

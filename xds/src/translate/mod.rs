@@ -9,6 +9,7 @@
 pub mod agent;
 pub mod envoy;
 mod hosts;
+mod npds;
 
 #[cfg(test)]
 mod l7_tests;
@@ -27,9 +28,9 @@ use thiserror::Error;
 
 use crate::identity::ClusterAllocator;
 use crate::node::{pod_key, SHARED_KEY};
-use crate::proto::{NetworkPolicy, NetworkPolicyHosts};
+use crate::proto::NetworkPolicyHosts;
 use crate::resource::{
-    content_hash, Resource, CLUSTER, ENDPOINT, MESH_TLS, NETWORK_POLICY, NETWORK_POLICY_HOSTS,
+    content_hash, Resource, CLUSTER, ENDPOINT, LISTENER, MESH_TLS, NETWORK_POLICY_HOSTS, ROUTE,
 };
 use crate::snapshot::{Snapshot, SnapshotBuilder, SnapshotError, TypeResources};
 use crate::source::{k8s, ClusterState};
@@ -294,7 +295,8 @@ fn service_models(state: &ClusterState, eps: &[(EndpointModel, &k8s::Pod)]) -> V
 #[derive(Debug, Default)]
 pub struct Translation {
     /// Snapshots rebuilt because their inputs changed, per cache key
-    /// (`sidecar/NS/POD` and `shared`).
+    /// (`sidecar/NS/POD` and `shared`; without the sidecars' when they were handed
+    /// over as built, see [`Translator::translate_publishing`]).
     pub snapshots: BTreeMap<String, Snapshot>,
     /// Every key that should have a snapshot now (rebuilt or not).
     pub keys: BTreeSet<String>,
@@ -311,17 +313,30 @@ pub struct Translation {
 /// nor re-hashed.
 #[derive(Debug)]
 struct NpdsEntry {
-    /// The engine's resolution it was built from. The engine hands out the
-    /// same `Arc` until it re-resolves the endpoint (see
-    /// `membrane_policy::Engine`); holding it keeps the pointer from being
-    /// reused, so pointer equality means "same resolution".
-    resolved: Arc<ResolvedPolicy>,
+    /// What it shares with the other endpoints of its resolution, and that
+    /// resolution. The engine hands out the same `Arc` until it re-resolves the
+    /// endpoint (see `membrane_policy::Engine`); the body holds it, which keeps
+    /// the pointer from being reused, so pointer equality means "same resolution".
+    body: Arc<npds::NpdsBody>,
     ips: Vec<String>,
     endpoint_id: u64,
-    named_ports: NamedPorts,
-    np: Arc<NetworkPolicy>,
     resource: Resource,
 }
+
+/// A sidecar's inbound sets (listeners, routes, clusters with the services') as last
+/// built, with the resources they were built from.
+#[derive(Debug)]
+struct InboundSets {
+    /// The inbound resources' bodies (pointers; the sets hold them, so a pointer is not
+    /// reused while this lives).
+    bodies: Vec<usize>,
+    /// The version of the services' clusters merged into the cluster set.
+    services: String,
+    sets: Vec<(&'static str, Arc<TypeResources>)>,
+}
+
+/// The NPDS bodies of one pass, by resolution (pointer) and then named ports.
+type Bodies = HashMap<usize, Vec<Arc<npds::NpdsBody>>>;
 
 /// Keeps the policy engine, and what was built from it, between updates.
 #[derive(Debug)]
@@ -334,8 +349,19 @@ pub struct Translator {
     inputs: BTreeMap<String, u64>,
     /// Per endpoint id, its NPDS resource. Encoding every endpoint's policy
     /// on every change was most of a one-policy change's cost (about 190 of
-    /// 205 ms for 1,000 endpoints under 10,000 rules).
+    /// 205 ms for 1,000 endpoints under 10,000 rules); a re-resolved endpoint's
+    /// policy is converted and encoded once per resolution, not per replica
+    /// (`npds.rs`).
     npds: HashMap<String, NpdsEntry>,
+    /// The sidecars' inbound filter chains, kept between passes (`envoy::InboundCache`).
+    inbound: envoy::InboundCache,
+    /// Per sidecar key, its inbound listeners as last built (reused while their
+    /// chains and address stay the same).
+    listeners: HashMap<String, Vec<envoy::BuiltListener>>,
+    /// Per sidecar key, its inbound sets: a snapshot rebuilt for another reason (its
+    /// NPHDS view, at every pod churn) shares them instead of re-collecting and re-hashing
+    /// the same resources.
+    inbound_sets: HashMap<String, InboundSets>,
     /// The cluster-wide named ports the NPDS cache was built with (egress
     /// named ports resolve against them); a change empties the cache.
     npds_named: NamedPorts,
@@ -386,6 +412,9 @@ impl Translator {
             endpoints: BTreeMap::new(),
             inputs: BTreeMap::new(),
             npds: HashMap::new(),
+            inbound: envoy::InboundCache::new(),
+            listeners: HashMap::new(),
+            inbound_sets: HashMap::new(),
             npds_named: NamedPorts::new(),
             nphds: HashMap::new(),
             agents: agent::AgentCache::default(),
@@ -457,13 +486,18 @@ impl Translator {
         // resolution each.
         let mut batch = Vec::new();
         for (m, _) in eps {
+            // Compared in place: every pass looks at every endpoint.
+            if self
+                .endpoints
+                .get(&m.id)
+                .is_some_and(|e| e.labels == m.labels && e.named_ports == m.named_ports)
+            {
+                continue;
+            }
             let ep = Endpoint {
                 labels: m.labels.clone(),
                 named_ports: m.named_ports.clone(),
             };
-            if self.endpoints.get(&m.id) == Some(&ep) {
-                continue;
-            }
             batch.push((m.id.clone(), ep));
         }
         if !batch.is_empty() {
@@ -518,45 +552,73 @@ impl Translator {
     }
 
     /// `m`'s NPDS resource: the cached one when neither its resolution nor
-    /// the endpoint fields NPDS carries changed, else encoded anew.
+    /// the endpoint fields NPDS carries changed, else its own fields spliced
+    /// before the body its resolution shares (made once per pass in `bodies`).
     fn npds_for(
         &mut self,
         m: &EndpointModel,
         resolved: Arc<ResolvedPolicy>,
-    ) -> (Arc<NetworkPolicy>, Resource) {
+        bodies: &mut Bodies,
+    ) -> (Arc<npds::NpdsBody>, Resource) {
+        let ptr = Arc::as_ptr(&resolved) as usize;
         if let Some(e) = self.npds.get(&m.id) {
-            if Arc::ptr_eq(&e.resolved, &resolved)
+            if e.body.is_for(&resolved, &m.named_ports)
                 && e.ips == m.ips
                 && e.endpoint_id == m.endpoint_id
-                && e.named_ports == m.named_ports
             {
-                return (e.np.clone(), e.resource.clone());
+                let same = bodies.entry(ptr).or_default();
+                if !same.iter().any(|b| Arc::ptr_eq(b, &e.body)) {
+                    same.push(e.body.clone());
+                }
+                return (e.body.clone(), e.resource.clone());
             }
         }
-        let np = Arc::new(membrane_api::npds::encode::network_policy(
-            m.ips.clone(),
-            m.endpoint_id,
-            &resolved,
-            &m.named_ports,
-            &self.npds_named,
-        ));
-        let resource = Resource::new(NETWORK_POLICY, m.ips[0].clone(), &*np);
+        let same = bodies.entry(ptr).or_default();
+        let body = match same.iter().find(|b| b.is_for(&resolved, &m.named_ports)) {
+            Some(b) => b.clone(),
+            None => {
+                let b = Arc::new(npds::NpdsBody::new(
+                    resolved,
+                    &m.named_ports,
+                    &self.npds_named,
+                ));
+                same.push(b.clone());
+                b
+            }
+        };
+        let resource = body.resource(&m.ips, m.endpoint_id);
         self.npds.insert(
             m.id.clone(),
             NpdsEntry {
-                resolved,
+                body: body.clone(),
                 ips: m.ips.clone(),
                 endpoint_id: m.endpoint_id,
-                named_ports: m.named_ports.clone(),
-                np: np.clone(),
                 resource: resource.clone(),
             },
         );
-        (np, resource)
+        (body, resource)
     }
 
     /// Translates the whole state into snapshots.
     pub fn translate(&mut self, state: &ClusterState) -> Translation {
+        let mut sidecars = BTreeMap::new();
+        let mut out = self.translate_publishing(state, &mut |key, snap| {
+            sidecars.insert(key, snap);
+        });
+        out.snapshots.extend(sidecars);
+        out
+    }
+
+    /// Translates the whole state; each rebuilt sidecar snapshot goes to `publish` as soon
+    /// as it is built and checked (the result's `snapshots` holds the others: the shared
+    /// one, the agents' and the relay's). At fleet size a change rebuilds thousands of
+    /// sidecar snapshots: handing each over at once lets their streams push while the rest
+    /// is still being translated, instead of after the last one.
+    pub fn translate_publishing(
+        &mut self,
+        state: &ClusterState,
+        publish: &mut dyn FnMut(String, Snapshot),
+    ) -> Translation {
         let mut out = Translation::default();
         let eps: Vec<(EndpointModel, &k8s::Pod)> = state
             .pods
@@ -595,16 +657,17 @@ impl Translator {
             }
         }
 
-        // Per NPHDS view: the RBAC principals come from it (a node's own addresses are the
-        // host there), so sidecars share filters only within one view.
-        let mut inbound_caches: HashMap<String, envoy::InboundCache> = HashMap::new();
+        // The RBAC principals come from the sidecar's NPHDS view (a node's own addresses
+        // are the host there); the chain keys name what of it each chain read.
+        let mut bodies = Bodies::new();
+        self.inbound.begin();
         for (m, pod) in &eps {
             let Some(resolved) = self.engine.resolved(&m.id) else {
                 continue;
             };
             // The sidecar's NPHDS is its node's view: that node's addresses are the host.
             let view = hosts.for_pod(pod);
-            let (np, npds_res) = self.npds_for(m, resolved);
+            let (body, npds_res) = self.npds_for(m, resolved, &mut bodies);
             shared.add(npds_res.clone());
             let key = pod_key(&m.namespace, &m.pod);
             out.keys.insert(key.clone());
@@ -642,23 +705,57 @@ impl Translator {
             b.add_set(NETWORK_POLICY_HOSTS, view.set.clone());
             b.add_set(CLUSTER, svc_clusters.clone());
             b.add_set(ENDPOINT, svc_clas.clone());
-            let inbound_cache = inbound_caches.entry(view.set.version.clone()).or_default();
-            match envoy::sidecar_inbound(m, &np, &view.map, inbound_cache) {
+            let built = self.listeners.entry(key.clone()).or_default();
+            let inbound_bodies = match envoy::sidecar_inbound(
+                m,
+                &body.np,
+                &body.ingress_hashes,
+                &view.peers(),
+                &mut self.inbound,
+                built,
+            ) {
                 Ok(rs) => {
-                    for r in rs {
-                        b.add(r);
+                    let bodies: Vec<usize> =
+                        rs.iter().map(|r| Arc::as_ptr(&r.body) as usize).collect();
+                    // The same resources as last time: their sets as they were.
+                    match self.inbound_sets.get(&key) {
+                        Some(prev)
+                            if prev.bodies == bodies && prev.services == svc_clusters.version =>
+                        {
+                            for (t, set) in &prev.sets {
+                                b.add_set(t, set.clone());
+                            }
+                        }
+                        _ => {
+                            for r in rs {
+                                b.add(r);
+                            }
+                        }
                     }
+                    bodies
                 }
                 Err(e) => {
                     self.inputs.remove(&key);
                     out.errors.push(e);
                     continue;
                 }
-            }
+            };
             match b.build() {
                 Ok(s) => {
                     self.inputs.insert(key.clone(), input);
-                    out.snapshots.insert(key, s);
+                    let sets = [LISTENER, ROUTE, CLUSTER]
+                        .into_iter()
+                        .filter_map(|t| Some((t, s.resources_shared(t)?)))
+                        .collect();
+                    self.inbound_sets.insert(
+                        key.clone(),
+                        InboundSets {
+                            bodies: inbound_bodies,
+                            services: svc_clusters.version.clone(),
+                            sets,
+                        },
+                    );
+                    publish(key, s);
                 }
                 Err(error) => {
                     self.inputs.remove(&key);
@@ -667,6 +764,9 @@ impl Translator {
             }
         }
         self.inputs.retain(|k, _| out.keys.contains(k));
+        self.listeners.retain(|k, _| out.keys.contains(k));
+        self.inbound_sets.retain(|k, _| out.keys.contains(k));
+        self.inbound.end();
         self.npds.retain(|id, _| self.endpoints.contains_key(id));
         out.keys.insert(SHARED_KEY.to_string());
         match shared.build() {

@@ -1,5 +1,6 @@
 use super::*;
-use crate::resource::{LISTENER, ROUTE};
+use crate::proto::NetworkPolicy;
+use crate::resource::{LISTENER, NETWORK_POLICY, ROUTE};
 use crate::source::dir::parse;
 use envoy_types::pb::envoy::config::listener::v3::{filter, Listener};
 use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac;

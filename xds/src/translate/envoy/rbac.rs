@@ -188,7 +188,7 @@ pub(super) fn permissions(rule: &crate::proto::PortNetworkPolicyRule) -> Permiss
     }
 }
 
-fn covers(p: &PortNetworkPolicy, port: u16) -> bool {
+pub(super) fn covers(p: &PortNetworkPolicy, port: u16) -> bool {
     let port = u32::from(port);
     p.protocol == TCP
         && (p.port == 0

@@ -40,13 +40,132 @@ fn sidecar_listeners_encode_as_prost_would_and_share_chains_by_policy() {
         zone: None,
     };
     let mut cache = InboundCache::new();
-    let a = sidecar_inbound(&ep("10.0.0.1"), &np, &BTreeMap::new(), &mut cache).unwrap();
-    let b = sidecar_inbound(&ep("10.0.0.2"), &np, &BTreeMap::new(), &mut cache).unwrap();
+    let (map, hashes) = (BTreeMap::new(), std::collections::HashMap::new());
+    let peers = Peers {
+        map: &map,
+        hashes: &hashes,
+        version: "v",
+    };
+    cache.begin();
+    let a = sidecar_inbound(&ep("10.0.0.1"), &np, &[], &peers, &mut cache, &mut vec![]).unwrap();
+    let b = sidecar_inbound(&ep("10.0.0.2"), &np, &[], &peers, &mut cache, &mut vec![]).unwrap();
+    cache.end();
     assert_eq!(cache.chains.len(), 1);
     let (la, lb): (Listener, Listener) = (a[0].decode().unwrap(), b[0].decode().unwrap());
     assert_eq!(la.filter_chains, lb.filter_chains);
     assert_ne!(la.address, lb.address);
     assert_eq!(lb.encode_to_vec(), b[0].body.value);
+}
+
+/// A port whose rule allows identity `from`, and one whose rule allows `world`.
+fn two_ports(from: u32) -> NetworkPolicy {
+    use crate::proto::{PortNetworkPolicy, PortNetworkPolicyRule};
+    let port = |port: u32, remote: u32| PortNetworkPolicy {
+        port,
+        rules: vec![PortNetworkPolicyRule {
+            remote_policies: vec![remote],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    NetworkPolicy {
+        ingress_per_port_policies: vec![port(80, from), port(81, WORLD)],
+        ..Default::default()
+    }
+}
+
+#[test]
+fn listeners_are_kept_across_passes_until_what_their_chains_read_changes() {
+    let ep = EndpointModel {
+        id: "default/a".into(),
+        pod: "a".into(),
+        namespace: "default".into(),
+        endpoint_id: 1,
+        ips: vec!["10.0.0.1".into()],
+        tcp_ports: vec![],
+        named_ports: Default::default(),
+        labels: Default::default(),
+        zone: None,
+    };
+    let hosts = |extra: &str| -> BTreeMap<u64, Vec<String>> {
+        [
+            (1000, vec!["10.0.1.1".to_string()]),
+            (1001, vec!["10.0.2.1".to_string(), extra.to_string()]),
+        ]
+        .into()
+    };
+    let hashes = |m: &BTreeMap<u64, Vec<String>>| -> std::collections::HashMap<u64, u64> {
+        m.iter()
+            .map(|(id, a)| (*id, crate::resource::content_hash(a.join(",").as_bytes())))
+            .collect()
+    };
+    let mut cache = InboundCache::new();
+    let mut built = Vec::new();
+    let mut pass = |np: &NetworkPolicy, map: &BTreeMap<u64, Vec<String>>, built: &mut Vec<_>| {
+        let h = hashes(map);
+        let version = format!(
+            "{:x}",
+            crate::resource::content_hash(format!("{map:?}").as_bytes())
+        );
+        let peers = Peers {
+            map,
+            hashes: &h,
+            version: &version,
+        };
+        cache.begin();
+        let out = sidecar_inbound(&ep, np, &[], &peers, &mut cache, built).unwrap();
+        cache.end();
+        let listeners: BTreeMap<String, Resource> = out
+            .into_iter()
+            .filter(|r| r.body.type_url == LISTENER)
+            .map(|r| (r.name.clone(), r))
+            .collect();
+        listeners
+    };
+    let same = |a: &Resource, b: &Resource| Arc::ptr_eq(&a.body, &b.body);
+    let np = two_ports(1000);
+    let first = pass(&np, &hosts("10.0.2.2"), &mut built);
+    assert_eq!(first.len(), 2);
+    // Nothing changed: both listeners are the very same resources.
+    let again = pass(&np, &hosts("10.0.2.2"), &mut built);
+    assert!(same(&first["inbound|80"], &again["inbound|80"]));
+    assert!(same(&first["inbound|81"], &again["inbound|81"]));
+    // Identity 1001 (not named on port 80) gains an address: port 80 is kept; port 81's
+    // `world` is everything else, so it is rebuilt and no longer admits the address.
+    let moved = pass(&np, &hosts("10.0.2.3"), &mut built);
+    assert!(same(&first["inbound|80"], &moved["inbound|80"]));
+    assert!(!same(&first["inbound|81"], &moved["inbound|81"]));
+    assert_ne!(first["inbound|81"].hash, moved["inbound|81"].hash);
+    // Port 80's rule names identity 1001 instead: rebuilt, with its addresses.
+    let renamed = pass(&two_ports(1001), &hosts("10.0.2.3"), &mut built);
+    assert!(!same(&moved["inbound|80"], &renamed["inbound|80"]));
+    // (The addresses sit in the encoded RBAC config, nested bytes inside the listener.)
+    let has = |r: &Resource, a: &str| r.body.value.windows(a.len()).any(|w| w == a.as_bytes());
+    assert!(has(&renamed["inbound|80"], "10.0.2.3"));
+    assert!(!has(&renamed["inbound|80"], "10.0.1.1"));
+    assert!(has(&moved["inbound|80"], "10.0.1.1"));
+    // Whatever was reused is what a cache that starts empty builds.
+    let fresh = {
+        let mut cache = InboundCache::new();
+        let map = hosts("10.0.2.3");
+        let h = hashes(&map);
+        let peers = Peers {
+            map: &map,
+            hashes: &h,
+            version: "other",
+        };
+        cache.begin();
+        sidecar_inbound(&ep, &two_ports(1001), &[], &peers, &mut cache, &mut vec![]).unwrap()
+    };
+    for r in fresh.iter().filter(|r| r.body.type_url == LISTENER) {
+        assert_eq!(r.body.value, renamed[&r.name].body.value, "{}", r.name);
+    }
+    // The chains no listener holds any more are dropped at the end of a pass.
+    assert_eq!(
+        cache.chains.len(),
+        2,
+        "port 80's and port 81's current chains"
+    );
 }
 
 #[test]
