@@ -1,0 +1,297 @@
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::*;
+
+/// A real socket that counts the writes made on it (each one a system call).
+struct Counting {
+    io: TcpStream,
+    writes: Arc<AtomicUsize>,
+}
+
+impl AsyncRead for Counting {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Counting {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.io).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(_))) {
+            self.writes.fetch_add(1, Ordering::SeqCst);
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(_))) {
+            self.writes.fetch_add(1, Ordering::SeqCst);
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// A connected pair on loopback: (the counted side, its peer, the write count).
+async fn socket_pair() -> (Counting, TcpStream, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (a, b) = tokio::join!(TcpStream::connect(l.local_addr().unwrap()), l.accept());
+    let writes = Arc::new(AtomicUsize::new(0));
+    let counted = Counting {
+        io: a.unwrap(),
+        writes: writes.clone(),
+    };
+    (counted, b.unwrap().0, writes)
+}
+
+#[tokio::test]
+async fn the_writes_and_flushes_of_one_poll_leave_in_one_write_in_order() {
+    let (io, mut peer, writes) = socket_pair().await;
+    let (mut io, flusher) = pair(io);
+    // What h2 does for a gRPC response in one poll: the head, a DATA frame kept aside and
+    // written vectored, a flush to make room, the trailers, the final flush.
+    flusher
+        .after_poll(std::future::poll_fn(|cx| {
+            let mut w = Pin::new(&mut io);
+            assert!(matches!(w.as_mut().poll_write(cx, b"head|"), Poll::Ready(Ok(5))));
+            let slices = [io::IoSlice::new(b"data-"), io::IoSlice::new(b"payload|")];
+            assert!(matches!(
+                w.as_mut().poll_write_vectored(cx, &slices),
+                Poll::Ready(Ok(13))
+            ));
+            assert!(w.as_mut().poll_flush(cx).is_ready());
+            assert!(matches!(w.as_mut().poll_write(cx, b"trailers"), Poll::Ready(Ok(8))));
+            assert!(w.as_mut().poll_flush(cx).is_ready());
+            assert_eq!(writes.load(Ordering::SeqCst), 0, "wrote before the poll ended");
+            Poll::Ready(())
+        }))
+        .await;
+    assert_eq!(writes.load(Ordering::SeqCst), 1);
+    let mut got = vec![0; 26];
+    peer.read_exact(&mut got).await.unwrap();
+    assert_eq!(got, b"head|data-payload|trailers");
+}
+
+#[tokio::test]
+async fn a_peer_that_does_not_read_stops_the_writer_and_then_gets_every_byte() {
+    let (io, mut peer, _) = socket_pair().await;
+    let (mut io, flusher) = pair(io);
+    let data: Vec<u8> = (0..8 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let mut sent = 0;
+    // Nobody reads: the writer must stop (buffer bounded by LIMIT plus the socket's
+    // buffers), not take all 8 MiB into memory.
+    let stalled = tokio::time::timeout(
+        Duration::from_millis(500),
+        flusher.after_poll(io.write_all_counting(&data, &mut sent)),
+    )
+    .await;
+    assert!(stalled.is_err(), "8 MiB taken with nobody reading");
+    assert!(sent < data.len());
+    let buffered = io.0.lock().unwrap().buf.len();
+    assert!(buffered <= LIMIT, "{buffered} bytes buffered");
+    // Once the peer reads, the rest goes and arrives in order.
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        peer.read_to_end(&mut got).await.unwrap();
+        got
+    });
+    flusher
+        .after_poll(async {
+            io.write_all(&data[sent..]).await.unwrap();
+            io.shutdown().await.unwrap();
+        })
+        .await;
+    assert_eq!(reader.await.unwrap(), data);
+}
+
+impl Coalesced<Counting> {
+    /// `write_all`, keeping count of the bytes accepted so far (it may be cancelled).
+    async fn write_all_counting(&mut self, data: &[u8], sent: &mut usize) {
+        while *sent < data.len() {
+            let n = self.write(&data[*sent..]).await.unwrap();
+            *sent += n;
+        }
+    }
+}
+
+#[tokio::test]
+async fn shutdown_writes_out_what_is_buffered_first() {
+    let (io, mut peer, _) = socket_pair().await;
+    let (mut io, _flusher) = pair(io);
+    io.write_all(b"last words").await.unwrap();
+    io.flush().await.unwrap();
+    io.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    peer.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, b"last words");
+}
+
+#[tokio::test]
+async fn a_failed_write_fails_every_later_one() {
+    let (io, peer, _) = socket_pair().await;
+    let (mut io, flusher) = pair(io);
+    flusher
+        .after_poll(async {
+            io.write_all(b"never read").await.unwrap();
+            io.flush().await.unwrap();
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Closed with unread data: the peer's kernel resets the connection.
+    drop(peer);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut failed = None;
+    for _ in 0..100 {
+        let r = flusher
+            .after_poll(async { io.write_all(&[0; 4096]).await.and(io.flush().await) })
+            .await;
+        if let Err(e) = r {
+            failed = Some(e);
+            break;
+        }
+        // The next write learns of a failure in the last drain.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let e = failed.expect("writes to a reset connection kept succeeding");
+    let again = io.write(b"x").await.unwrap_err();
+    assert_eq!(again.kind(), e.kind());
+}
+
+/// A real h2 server over the coalescing writer, answering as a gRPC server does (HEADERS,
+/// a DATA frame above h2's 256-byte vectored threshold, trailers), and a real h2 client.
+#[tokio::test]
+async fn an_h2_response_with_trailers_leaves_in_one_write() {
+    let (io, peer, writes) = socket_pair().await;
+    let before = Arc::new(AtomicUsize::new(usize::MAX));
+    let server = {
+        let (writes, before) = (writes.clone(), before.clone());
+        tokio::spawn(async move {
+            let (io, flusher) = pair(io);
+            let mut conn = flusher.after_poll(h2::server::handshake(io)).await.unwrap();
+            let (_req, mut respond) = flusher.after_poll(conn.accept()).await.unwrap().unwrap();
+            before.store(writes.load(Ordering::SeqCst), Ordering::SeqCst);
+            // All three in one go, as hyper's stream task does when the upstream answered.
+            let resp = http::Response::builder().status(200).body(()).unwrap();
+            let mut send = respond.send_response(resp, false).unwrap();
+            send.send_data(Bytes::from(vec![b'm'; 1029]), false).unwrap();
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+            send.send_trailers(trailers).unwrap();
+            let _ = flusher
+                .after_poll(std::future::poll_fn(|cx| conn.poll_closed(cx)))
+                .await;
+        })
+    };
+    let (mut client, conn) = h2::client::handshake(peer).await.unwrap();
+    let driver = tokio::spawn(conn);
+    let req = http::Request::post("http://test/bench.Echo/Unary")
+        .body(())
+        .unwrap();
+    let (resp, _) = client.send_request(req, true).unwrap();
+    let mut body = resp.await.unwrap().into_body();
+    let mut got = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        body.flow_control().release_capacity(chunk.len()).unwrap();
+        got.extend_from_slice(&chunk);
+    }
+    let trailers = body.trailers().await.unwrap().unwrap();
+    drop(body);
+    assert_eq!(got, vec![b'm'; 1029]);
+    assert_eq!(trailers["grpc-status"], "0");
+    let response_writes = writes.load(Ordering::SeqCst) - before.load(Ordering::SeqCst);
+    assert_eq!(response_writes, 1, "HEADERS, DATA and trailers took {response_writes} writes");
+    drop(client);
+    driver.await.unwrap().unwrap();
+    server.await.unwrap();
+}
+
+/// Flow control is unchanged: a 1 MiB response to a client with a 16 KiB window arrives
+/// whole while the client releases capacity as it reads.
+#[tokio::test]
+async fn h2_flow_control_with_a_small_window_delivers_a_large_body() {
+    let (io, peer, _) = socket_pair().await;
+    let body: Vec<u8> = (0..1024 * 1024u32).map(|i| (i % 253) as u8).collect();
+    let server = {
+        let body = Bytes::from(body.clone());
+        tokio::spawn(async move {
+            let (io, flusher) = pair(io);
+            let mut conn = flusher.after_poll(h2::server::handshake(io)).await.unwrap();
+            let (_req, mut respond) = flusher.after_poll(conn.accept()).await.unwrap().unwrap();
+            let resp = http::Response::builder().status(200).body(()).unwrap();
+            let mut send = respond.send_response(resp, false).unwrap();
+            let sender = tokio::spawn(async move {
+                let mut rest = body;
+                while !rest.is_empty() {
+                    send.reserve_capacity(rest.len());
+                    let n = std::future::poll_fn(|cx| send.poll_capacity(cx))
+                        .await
+                        .unwrap()
+                        .unwrap();
+                    if n == 0 {
+                        continue;
+                    }
+                    let chunk = rest.split_to(n.min(rest.len()));
+                    send.send_data(chunk, rest.is_empty()).unwrap();
+                }
+            });
+            let _ = flusher
+                .after_poll(std::future::poll_fn(|cx| conn.poll_closed(cx)))
+                .await;
+            sender.await.unwrap();
+        })
+    };
+    let (mut client, conn) = h2::client::Builder::new()
+        .initial_window_size(16 * 1024)
+        .initial_connection_window_size(16 * 1024)
+        .handshake::<_, Bytes>(peer)
+        .await
+        .unwrap();
+    let driver = tokio::spawn(conn);
+    let req = http::Request::get("http://test/large").body(()).unwrap();
+    let (resp, _) = client.send_request(req, true).unwrap();
+    let mut recv = resp.await.unwrap().into_body();
+    let mut got = Vec::new();
+    while let Some(chunk) = recv.data().await {
+        let chunk = chunk.unwrap();
+        recv.flow_control().release_capacity(chunk.len()).unwrap();
+        got.extend_from_slice(&chunk);
+        // A slow reader: the server must wait for the window, not run ahead.
+        tokio::task::yield_now().await;
+    }
+    drop(recv);
+    assert_eq!(got.len(), body.len());
+    assert!(got == body, "the body arrived changed");
+    drop(client);
+    driver.await.unwrap().unwrap();
+    server.await.unwrap();
+}
