@@ -1,24 +1,35 @@
 //! Write coalescing for HTTP/2 connections: the frames a connection writes while its task
-//! is polled once leave in one system call, when that poll returns.
+//! is polled leave in one system call, when that poll returns (or one poll later).
 //!
-//! h2 encodes frames into a write buffer, but it writes that buffer to the socket whenever
-//! a DATA frame above 256 bytes is queued (it keeps the payload aside, to write the two
-//! with one `writev`) and again at the end of every poll. A gRPC response (HEADERS, DATA,
-//! trailing HEADERS) therefore took two writes, two TCP segments with `TCP_NODELAY`, and
-//! the peer was woken twice for one answer; each write on a path between pods also runs
-//! the receiver's network stack in the sender's system call. Nothing in h2 or tokio
-//! writes "at the end of the poll" (a `BufWriter` writes on every flush, and h2 flushes
-//! within its poll), hence this module: [`Coalesced`] takes every write into a buffer of
-//! its own and lets h2's flushes return at once, and [`FlushAfterPoll`], around the
-//! connection's future, writes the buffer out when the future's poll returns. Bytes go
-//! out in the order they were written; past [`LIMIT`] buffered bytes a write first
-//! drains the buffer and waits for the socket when it is full (backpressure stays the
-//! peer's); a shutdown writes out what is buffered first.
+//! h2 encodes frames into a write buffer, but writes that buffer to the socket whenever a
+//! DATA frame above 256 bytes is queued (it keeps the payload aside, to write the two with
+//! one `writev`) and again at the end of every poll of its connection. Two costs came of
+//! it on the sidecar's request path (`strace`, gRPC unary at 1,000 requests per second):
+//! a gRPC response (HEADERS, DATA, trailing HEADERS) went downstream in two writes, and a
+//! request with a body went upstream in two: a new client stream gets no flow-control
+//! capacity until the connection's task has sent its HEADERS, so the body's DATA follows
+//! in the task's next poll. Each write is a TCP segment with `TCP_NODELAY`, a wake-up of
+//! the peer, and, between pods or on loopback, the receiver's network stack run inside
+//! the sender's system call. Nothing in h2 or tokio writes "at the end of the poll" (a
+//! `BufWriter` writes on every flush, and h2 flushes within its poll), hence this module.
 //!
-//! Both halves share the connection's I/O behind a mutex: only the connection's own task
-//! ever locks it (the request tasks reach the connection through h2's stream state, never
+//! [`Coalesced`] wraps a connection's socket. Inside a [`scope`] (the downstream
+//! connection's future) or a task spawned by [`Exec`] (the upstream HTTP/2 clients'
+//! connection tasks), its writes go to a buffer of its own and its flushes only register
+//! it with the scope, which writes the buffer out when the poll returns: at once for
+//! [`scope`]; for [`Exec`] one poll later (the task wakes itself), so that the body a
+//! request's pipe sends in between joins the HEADERS. Outside any scope (a connection's
+//! handshakes, run by whichever task dials it) it writes through like the socket itself.
+//! Bytes go out in the order they were written; past [`LIMIT`] buffered bytes a write
+//! first drains the buffer and waits for the socket when it is full (backpressure stays the
+//! peer's); a shutdown writes out what is buffered first; a failed write fails every later
+//! write and flush.
+//!
+//! The buffer sits behind a mutex because the scope holds it too; only the connection's own
+//! task ever locks it (the request tasks reach a connection through h2's stream state, never
 //! its I/O), so the lock is never contended.
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -32,12 +43,29 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// buffers, and the server's `max_send_buf_size` per stream.
 pub const LIMIT: usize = 64 * 1024;
 
+thread_local! {
+    /// While a scope's future is polled: the writers that put their flush off until the
+    /// poll returns.
+    static LISTED: RefCell<Option<Vec<Arc<dyn Drain>>>> = const { RefCell::new(None) };
+}
+
+/// A writer a scope writes out after the poll.
+trait Drain: Send + Sync {
+    /// Writes out what is buffered, as far as the socket takes it (registering the task to
+    /// be woken when it has room); a failure is kept for the writer's next write or flush.
+    fn drain(&self, cx: &mut Context<'_>);
+    /// Listed again from the next poll on.
+    fn unlist(&self);
+}
+
 struct State<T> {
     io: T,
     buf: BytesMut,
     /// A flush was asked for since the buffer was last written out: the inner stream's own
     /// flush runs then (TLS writes its records on flush).
     flush: bool,
+    /// In the current scope's list.
+    listed: bool,
     /// The inner stream failed a write: every later write or flush fails alike.
     failed: Option<(io::ErrorKind, String)>,
 }
@@ -49,7 +77,7 @@ impl<T: AsyncWrite + Unpin> State<T> {
             .map(|(kind, msg)| io::Error::new(*kind, msg.clone()))
     }
 
-    /// Writes out the buffer, then flushes the inner stream.
+    /// Writes out the buffer, then flushes the inner stream when a flush was asked for.
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if let Some(e) = self.error() {
             return Poll::Ready(Err(e));
@@ -88,79 +116,67 @@ impl<T: AsyncWrite + Unpin> State<T> {
     }
 }
 
-type Shared<T> = Arc<Mutex<State<T>>>;
-
-fn lock<T>(s: &Shared<T>) -> io::Result<MutexGuard<'_, State<T>>> {
-    s.lock()
-        .map_err(|_| io::Error::other("coalescing writer poisoned"))
-}
-
-/// The I/O half: give it to the connection (see the module docs).
-pub struct Coalesced<T>(Shared<T>);
-
-/// The flushing half: wrap the connection's future with [`Flusher::after_poll`].
-pub struct Flusher<T>(Shared<T>);
-
-/// Splits `io` into the connection's I/O and the flusher that writes what it buffered.
-pub fn pair<T>(io: T) -> (Coalesced<T>, Flusher<T>) {
-    let s = Arc::new(Mutex::new(State {
-        io,
-        buf: BytesMut::new(),
-        flush: false,
-        failed: None,
-    }));
-    (Coalesced(s.clone()), Flusher(s))
-}
-
-impl<T> Flusher<T> {
-    /// `fut` (the connection using the [`Coalesced`] half, or a step of it such as its
-    /// handshake), writing out after every poll. When `fut` completes, what its last poll
-    /// buffered is written as far as the socket takes it at once: a connection that ends
-    /// shuts its I/O down, which writes out the rest first.
-    pub fn after_poll<F: Future>(&self, fut: F) -> FlushAfterPoll<F, T> {
-        FlushAfterPoll {
-            inner: fut,
-            state: self.0.clone(),
-        }
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// A connection's future that writes out its [`Coalesced`] I/O's buffer whenever a poll
-    /// of the connection returns.
-    pub struct FlushAfterPoll<F, T> {
-        #[pin]
-        inner: F,
-        state: Shared<T>,
-    }
-}
-
-impl<F, T> FlushAfterPoll<F, T> {
-    /// The connection inside (to ask it for a graceful shutdown).
-    pub fn connection(self: Pin<&mut Self>) -> Pin<&mut F> {
-        self.project().inner
-    }
-}
-
-impl<F: Future, T: AsyncWrite + Unpin> Future for FlushAfterPoll<F, T> {
-    type Output = F::Output;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let this = self.project();
-        let out = this.inner.poll(cx);
-        if let Ok(mut s) = this.state.lock() {
-            if (!s.buf.is_empty() || s.flush) && s.failed.is_none() {
-                // Pending: the socket is full and wakes this task when it has room, which
-                // polls the connection and then comes back here.
-                if let Poll::Ready(Err(_)) = s.poll_drain(cx) {
-                    // The connection learns of it on its next write or flush.
-                    if out.is_pending() {
-                        cx.waker().wake_by_ref();
-                    }
-                }
+impl<T: AsyncWrite + Unpin + Send + 'static> Drain for Mutex<State<T>> {
+    fn drain(&self, cx: &mut Context<'_>) {
+        if let Ok(mut s) = self.lock() {
+            if (!s.buf.is_empty() || s.flush) && s.poll_drain(cx).is_ready() && s.failed.is_some() {
+                // The connection learns of it on its next write or flush: poll it again.
+                cx.waker().wake_by_ref();
             }
         }
-        out
+    }
+
+    fn unlist(&self) {
+        if let Ok(mut s) = self.lock() {
+            s.listed = false;
+        }
+    }
+}
+
+/// A connection's socket whose writes are coalesced per poll (see the module docs).
+pub struct Coalesced<T>(Arc<Mutex<State<T>>>);
+
+impl<T> Coalesced<T> {
+    /// Wraps `io`.
+    pub fn new(io: T) -> Self {
+        Coalesced(Arc::new(Mutex::new(State {
+            io,
+            buf: BytesMut::new(),
+            flush: false,
+            listed: false,
+            failed: None,
+        })))
+    }
+
+    /// `f` of the wrapped stream (`None` if a panic poisoned it).
+    pub fn with_inner<R>(&self, f: impl FnOnce(&T) -> R) -> Option<R> {
+        self.0.lock().ok().map(|s| f(&s.io))
+    }
+
+    fn lock(&self) -> io::Result<MutexGuard<'_, State<T>>> {
+        self.0
+            .lock()
+            .map_err(|_| io::Error::other("coalescing writer poisoned"))
+    }
+}
+
+/// Whether a scope is being polled on this thread.
+fn in_scope() -> bool {
+    LISTED.with(|l| l.borrow().is_some())
+}
+
+impl<T: AsyncWrite + Unpin + Send + 'static> Coalesced<T> {
+    /// Puts this writer on the current scope's list (once per poll).
+    fn list(&self, s: &mut State<T>) {
+        if s.listed {
+            return;
+        }
+        LISTED.with(|l| {
+            if let Some(list) = l.borrow_mut().as_mut() {
+                list.push(self.0.clone());
+                s.listed = true;
+            }
+        });
     }
 }
 
@@ -170,21 +186,27 @@ impl<T: AsyncRead + Unpin> AsyncRead for Coalesced<T> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let mut s = lock(&self.0)?;
+        let mut s = self.lock()?;
         Pin::new(&mut s.io).poll_read(cx, buf)
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesced<T> {
+impl<T: AsyncWrite + Unpin + Send + 'static> AsyncWrite for Coalesced<T> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let mut s = lock(&self.0)?;
+        let mut s = self.lock()?;
+        if !in_scope() {
+            // Nobody writes the buffer out later: through, after what is buffered.
+            ready!(s.poll_drain(cx))?;
+            return Pin::new(&mut s.io).poll_write(cx, data);
+        }
         let room = ready!(s.poll_room(cx))?;
         let n = data.len().min(room);
         s.buf.extend_from_slice(&data[..n]);
+        self.list(&mut s);
         Poll::Ready(Ok(n))
     }
 
@@ -193,7 +215,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesced<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let mut s = lock(&self.0)?;
+        let mut s = self.lock()?;
+        if !in_scope() {
+            ready!(s.poll_drain(cx))?;
+            return Pin::new(&mut s.io).poll_write_vectored(cx, bufs);
+        }
         let mut room = ready!(s.poll_room(cx))?;
         let mut n = 0;
         for b in bufs {
@@ -205,6 +231,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesced<T> {
                 break;
             }
         }
+        self.list(&mut s);
         Poll::Ready(Ok(n))
     }
 
@@ -214,21 +241,127 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesced<T> {
         true
     }
 
-    /// Deferred to the end of the poll ([`FlushAfterPoll`]).
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let mut s = lock(&self.0)?;
+    /// Inside a scope: put off until the poll returns.
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut s = self.lock()?;
         if let Some(e) = s.error() {
             return Poll::Ready(Err(e));
         }
         s.flush = true;
-        Poll::Ready(Ok(()))
+        if in_scope() {
+            self.list(&mut s);
+            return Poll::Ready(Ok(()));
+        }
+        s.poll_drain(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let mut s = lock(&self.0)?;
+        let mut s = self.lock()?;
         s.flush = true;
         ready!(s.poll_drain(cx))?;
         Pin::new(&mut s.io).poll_shutdown(cx)
+    }
+}
+
+/// Restores the enclosing scope's list (none, mostly) when a poll ends, even by a panic.
+struct Enter(Option<Option<Vec<Arc<dyn Drain>>>>);
+
+impl Enter {
+    fn new() -> Self {
+        Enter(Some(LISTED.with(|l| l.replace(Some(Vec::new())))))
+    }
+
+    /// Ends the poll: the writers listed during it.
+    fn leave(mut self) -> Vec<Arc<dyn Drain>> {
+        let outer = self.0.take().unwrap_or_default();
+        LISTED.with(|l| l.replace(outer)).unwrap_or_default()
+    }
+}
+
+impl Drop for Enter {
+    fn drop(&mut self) {
+        if let Some(outer) = self.0.take() {
+            LISTED.with(|l| *l.borrow_mut() = outer);
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A future whose [`Coalesced`] writers are written out after each poll (see
+    /// [`scope`] and [`Exec`]).
+    pub struct Scope<F> {
+        #[pin]
+        inner: F,
+        // Write out one poll later (a task of `Exec`).
+        defer: bool,
+        // Writers put off by the last poll.
+        held: Vec<Arc<dyn Drain>>,
+    }
+}
+
+/// `fut` (a connection, or a future that polls one), its [`Coalesced`] writers written out
+/// whenever a poll of it returns.
+pub fn scope<F: Future>(fut: F) -> Scope<F> {
+    Scope {
+        inner: fut,
+        defer: false,
+        held: Vec::new(),
+    }
+}
+
+impl<F> Scope<F> {
+    /// The future inside (to ask a connection for a graceful shutdown).
+    pub fn inner(self: Pin<&mut Self>) -> Pin<&mut F> {
+        self.project().inner
+    }
+}
+
+impl<F: Future> Future for Scope<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let enter = Enter::new();
+        let out = this.inner.poll(cx);
+        let listed = enter.leave();
+        let due = std::mem::take(this.held);
+        let mut wake = false;
+        for w in listed {
+            w.unlist();
+            if *this.defer && out.is_pending() && !due.iter().any(|d| Arc::ptr_eq(d, &w)) {
+                this.held.push(w);
+                wake = true;
+            } else if !due.iter().any(|d| Arc::ptr_eq(d, &w)) {
+                w.drain(cx);
+            }
+        }
+        for w in due {
+            w.drain(cx);
+        }
+        if wake {
+            cx.waker().wake_by_ref();
+        }
+        out
+    }
+}
+
+/// The executor of the upstream HTTP/2 clients: tokio's, each task in a deferring
+/// [`Scope`], so a connection task's frames go out one poll after it wrote them, together
+/// with what the tasks it woke sent meanwhile (see the module docs).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Exec;
+
+impl<F> hyper::rt::Executor<F> for Exec
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        tokio::spawn(Scope {
+            inner: fut,
+            defer: true,
+            held: Vec::new(),
+        });
     }
 }
 

@@ -76,25 +76,34 @@ async fn socket_pair() -> (Counting, TcpStream, Arc<AtomicUsize>) {
 #[tokio::test]
 async fn the_writes_and_flushes_of_one_poll_leave_in_one_write_in_order() {
     let (io, mut peer, writes) = socket_pair().await;
-    let (mut io, flusher) = pair(io);
+    let mut io = Coalesced::new(io);
     // What h2 does for a gRPC response in one poll: the head, a DATA frame kept aside and
     // written vectored, a flush to make room, the trailers, the final flush.
-    flusher
-        .after_poll(std::future::poll_fn(|cx| {
-            let mut w = Pin::new(&mut io);
-            assert!(matches!(w.as_mut().poll_write(cx, b"head|"), Poll::Ready(Ok(5))));
-            let slices = [io::IoSlice::new(b"data-"), io::IoSlice::new(b"payload|")];
-            assert!(matches!(
-                w.as_mut().poll_write_vectored(cx, &slices),
-                Poll::Ready(Ok(13))
-            ));
-            assert!(w.as_mut().poll_flush(cx).is_ready());
-            assert!(matches!(w.as_mut().poll_write(cx, b"trailers"), Poll::Ready(Ok(8))));
-            assert!(w.as_mut().poll_flush(cx).is_ready());
-            assert_eq!(writes.load(Ordering::SeqCst), 0, "wrote before the poll ended");
-            Poll::Ready(())
-        }))
-        .await;
+    scope(std::future::poll_fn(|cx| {
+        let mut w = Pin::new(&mut io);
+        assert!(matches!(
+            w.as_mut().poll_write(cx, b"head|"),
+            Poll::Ready(Ok(5))
+        ));
+        let slices = [io::IoSlice::new(b"data-"), io::IoSlice::new(b"payload|")];
+        assert!(matches!(
+            w.as_mut().poll_write_vectored(cx, &slices),
+            Poll::Ready(Ok(13))
+        ));
+        assert!(w.as_mut().poll_flush(cx).is_ready());
+        assert!(matches!(
+            w.as_mut().poll_write(cx, b"trailers"),
+            Poll::Ready(Ok(8))
+        ));
+        assert!(w.as_mut().poll_flush(cx).is_ready());
+        assert_eq!(
+            writes.load(Ordering::SeqCst),
+            0,
+            "wrote before the poll ended"
+        );
+        Poll::Ready(())
+    }))
+    .await;
     assert_eq!(writes.load(Ordering::SeqCst), 1);
     let mut got = vec![0; 26];
     peer.read_exact(&mut got).await.unwrap();
@@ -104,16 +113,18 @@ async fn the_writes_and_flushes_of_one_poll_leave_in_one_write_in_order() {
 #[tokio::test]
 async fn a_peer_that_does_not_read_stops_the_writer_and_then_gets_every_byte() {
     let (io, mut peer, _) = socket_pair().await;
-    let (mut io, flusher) = pair(io);
+    let mut io = Coalesced::new(io);
     // More than loopback's socket buffers can take (a few MiB each way).
-    let mut data = (0..=250u8).collect::<Vec<_>>().repeat(64 * 1024 * 1024 / 251);
+    let mut data = (0..=250u8)
+        .collect::<Vec<_>>()
+        .repeat(64 * 1024 * 1024 / 251);
     data.truncate(64 * 1024 * 1024);
     let mut sent = 0;
     // Nobody reads: the writer must stop (buffer bounded by LIMIT plus the socket's
     // buffers), not take all 64 MiB into memory.
     let stalled = tokio::time::timeout(
         Duration::from_millis(500),
-        flusher.after_poll(io.write_all_counting(&data, &mut sent)),
+        scope(io.write_all_counting(&data, &mut sent)),
     )
     .await;
     assert!(stalled.is_err(), "64 MiB taken with nobody reading");
@@ -126,12 +137,11 @@ async fn a_peer_that_does_not_read_stops_the_writer_and_then_gets_every_byte() {
         peer.read_to_end(&mut got).await.unwrap();
         got
     });
-    flusher
-        .after_poll(async {
-            io.write_all(&data[sent..]).await.unwrap();
-            io.shutdown().await.unwrap();
-        })
-        .await;
+    scope(async {
+        io.write_all(&data[sent..]).await.unwrap();
+        io.shutdown().await.unwrap();
+    })
+    .await;
     let got = reader.await.unwrap();
     assert_eq!(got.len(), data.len());
     assert!(got == data, "the bytes arrived changed");
@@ -149,35 +159,47 @@ impl Coalesced<Counting> {
 
 #[tokio::test]
 async fn shutdown_writes_out_what_is_buffered_first() {
-    let (io, mut peer, _) = socket_pair().await;
-    let (mut io, _flusher) = pair(io);
-    io.write_all(b"last words").await.unwrap();
-    io.flush().await.unwrap();
-    io.shutdown().await.unwrap();
+    let (io, mut peer, writes) = socket_pair().await;
+    let mut io = Coalesced::new(io);
+    scope(async {
+        io.write_all(b"last words").await.unwrap();
+        io.flush().await.unwrap();
+        assert_eq!(
+            writes.load(Ordering::SeqCst),
+            0,
+            "wrote before the poll ended"
+        );
+        io.shutdown().await.unwrap();
+    })
+    .await;
     let mut got = Vec::new();
     peer.read_to_end(&mut got).await.unwrap();
     assert_eq!(got, b"last words");
 }
 
 #[tokio::test]
+async fn outside_a_scope_writes_go_through() {
+    let (io, mut peer, writes) = socket_pair().await;
+    let mut io = Coalesced::new(io);
+    io.write_all(b"handshake").await.unwrap();
+    assert_eq!(writes.load(Ordering::SeqCst), 1);
+    let mut got = [0; 9];
+    peer.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"handshake");
+}
+
+#[tokio::test]
 async fn a_failed_write_fails_every_later_one() {
     let (io, peer, _) = socket_pair().await;
-    let (mut io, flusher) = pair(io);
-    flusher
-        .after_poll(async {
-            io.write_all(b"never read").await.unwrap();
-            io.flush().await.unwrap();
-        })
-        .await;
+    let mut io = Coalesced::new(io);
+    io.write_all(b"never read").await.unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
     // Closed with unread data: the peer's kernel resets the connection.
     drop(peer);
     tokio::time::sleep(Duration::from_millis(50)).await;
     let mut failed = None;
     for _ in 0..100 {
-        let r = flusher
-            .after_poll(async { io.write_all(&[0; 4096]).await.and(io.flush().await) })
-            .await;
+        let r = scope(async { io.write_all(&[0; 4096]).await.and(io.flush().await) }).await;
         if let Err(e) = r {
             failed = Some(e);
             break;
@@ -199,20 +221,20 @@ async fn an_h2_response_with_trailers_leaves_in_one_write() {
     let server = {
         let (writes, before) = (writes.clone(), before.clone());
         tokio::spawn(async move {
-            let (io, flusher) = pair(io);
-            let mut conn = flusher.after_poll(h2::server::handshake(io)).await.unwrap();
-            let (_req, mut respond) = flusher.after_poll(conn.accept()).await.unwrap().unwrap();
+            let mut conn = scope(h2::server::handshake(Coalesced::new(io)))
+                .await
+                .unwrap();
+            let (_req, mut respond) = scope(conn.accept()).await.unwrap().unwrap();
             before.store(writes.load(Ordering::SeqCst), Ordering::SeqCst);
             // All three in one go, as hyper's stream task does when the upstream answered.
             let resp = http::Response::builder().status(200).body(()).unwrap();
             let mut send = respond.send_response(resp, false).unwrap();
-            send.send_data(Bytes::from(vec![b'm'; 1029]), false).unwrap();
+            send.send_data(Bytes::from(vec![b'm'; 1029]), false)
+                .unwrap();
             let mut trailers = http::HeaderMap::new();
             trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
             send.send_trailers(trailers).unwrap();
-            let _ = flusher
-                .after_poll(std::future::poll_fn(|cx| conn.poll_closed(cx)))
-                .await;
+            let _ = scope(std::future::poll_fn(|cx| conn.poll_closed(cx))).await;
         })
     };
     let (client, conn) = h2::client::handshake(peer).await.unwrap();
@@ -234,7 +256,10 @@ async fn an_h2_response_with_trailers_leaves_in_one_write() {
     assert_eq!(got, vec![b'm'; 1029]);
     assert_eq!(trailers["grpc-status"], "0");
     let response_writes = writes.load(Ordering::SeqCst) - before.load(Ordering::SeqCst);
-    assert_eq!(response_writes, 1, "HEADERS, DATA and trailers took {response_writes} writes");
+    assert_eq!(
+        response_writes, 1,
+        "HEADERS, DATA and trailers took {response_writes} writes"
+    );
     drop(client);
     driver.await.unwrap().unwrap();
     server.await.unwrap();
@@ -249,9 +274,10 @@ async fn h2_flow_control_with_a_small_window_delivers_a_large_body() {
     let server = {
         let body = Bytes::from(body.clone());
         tokio::spawn(async move {
-            let (io, flusher) = pair(io);
-            let mut conn = flusher.after_poll(h2::server::handshake(io)).await.unwrap();
-            let (_req, mut respond) = flusher.after_poll(conn.accept()).await.unwrap().unwrap();
+            let mut conn = scope(h2::server::handshake(Coalesced::new(io)))
+                .await
+                .unwrap();
+            let (_req, mut respond) = scope(conn.accept()).await.unwrap().unwrap();
             let resp = http::Response::builder().status(200).body(()).unwrap();
             let mut send = respond.send_response(resp, false).unwrap();
             let sender = tokio::spawn(async move {
@@ -269,9 +295,7 @@ async fn h2_flow_control_with_a_small_window_delivers_a_large_body() {
                     send.send_data(chunk, rest.is_empty()).unwrap();
                 }
             });
-            let _ = flusher
-                .after_poll(std::future::poll_fn(|cx| conn.poll_closed(cx)))
-                .await;
+            let _ = scope(std::future::poll_fn(|cx| conn.poll_closed(cx))).await;
             sender.await.unwrap();
         })
     };
@@ -300,4 +324,70 @@ async fn h2_flow_control_with_a_small_window_delivers_a_large_body() {
     drop(client);
     driver.await.unwrap().unwrap();
     server.await.unwrap();
+}
+
+/// The upstream case: a real h2 client whose connection task runs on [`Exec`] and a
+/// request whose body goes from another task once the new stream has capacity (as hyper's
+/// body pipe does). The stream gets capacity only after the connection task sent its
+/// HEADERS, so without the one-poll deferral HEADERS and DATA left in two writes.
+#[tokio::test]
+async fn an_h2_request_and_its_body_leave_in_one_write_on_exec() {
+    let (io, peer, writes) = socket_pair().await;
+    // A real h2 server that answers every request with 200 once its body is read.
+    let server = tokio::spawn(async move {
+        let mut conn = h2::server::handshake(peer).await.unwrap();
+        while let Some(r) = conn.accept().await {
+            let (req, mut respond) = r.unwrap();
+            tokio::spawn(async move {
+                let mut body = req.into_body();
+                let mut n = 0;
+                while let Some(chunk) = body.data().await {
+                    let chunk = chunk.unwrap();
+                    body.flow_control().release_capacity(chunk.len()).unwrap();
+                    n += chunk.len();
+                }
+                assert_eq!(n, 1029);
+                let resp = http::Response::builder().status(200).body(()).unwrap();
+                respond.send_response(resp, true).unwrap();
+            });
+        }
+    });
+    // The handshake runs outside any scope (its writes go through), as hyper-util dials.
+    let (client, conn) = h2::client::handshake(Coalesced::new(io)).await.unwrap();
+    hyper::rt::Executor::execute(&Exec, async move {
+        let _ = conn.await;
+    });
+    let mut client = client.ready().await.unwrap();
+    let request = |client: &mut h2::client::SendRequest<Bytes>| {
+        let req = http::Request::post("http://test/bench.Echo/Unary")
+            .body(())
+            .unwrap();
+        let (resp, mut send) = client.send_request(req, false).unwrap();
+        // The body's own task, as hyper's pipe.
+        tokio::spawn(async move {
+            send.reserve_capacity(1029);
+            let n = std::future::poll_fn(|cx| send.poll_capacity(cx))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(n >= 1029, "capacity {n}");
+            send.send_data(Bytes::from(vec![b'r'; 1029]), true).unwrap();
+        });
+        resp
+    };
+    // The first exchange settles the connection (SETTINGS and their ACKs).
+    let resp = request(&mut client).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let before = writes.load(Ordering::SeqCst);
+    let resp = request(&mut client).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let request_writes = writes.load(Ordering::SeqCst) - before;
+    assert_eq!(
+        request_writes, 1,
+        "HEADERS and DATA took {request_writes} writes"
+    );
+    drop(resp);
+    drop(client);
+    server.abort();
 }

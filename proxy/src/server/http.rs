@@ -152,9 +152,9 @@ pub(super) async fn serve_http<I>(
 
     if is_h2 {
         // The frames of one poll leave in one write (see `coalesce`).
-        let (io, flusher) =
-            coalesce::pair(H1Guard::passthrough(stream, prefix).with_watch(watch.clone()));
-        let io = TokioIo::new(io);
+        let io = TokioIo::new(coalesce::Coalesced::new(
+            H1Guard::passthrough(stream, prefix).with_watch(watch.clone()),
+        ));
         let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         b.timer(TokioTimer::new())
             .max_concurrent_streams(s.max_concurrent_streams)
@@ -162,7 +162,7 @@ pub(super) async fn serve_http<I>(
             // connections that dominated RSS under load. Flow control still applies.
             .max_send_buf_size(64 * 1024)
             .max_header_list_size(u32::try_from(s.max_header_bytes).unwrap_or(u32::MAX));
-        drive!(flusher.after_poll(b.serve_connection(io, svc)), c => c.connection().graceful_shutdown());
+        drive!(coalesce::scope(b.serve_connection(io, svc)), c => c.inner().graceful_shutdown());
     } else {
         let io = TokioIo::new(
             H1Guard::new(stream, prefix, s.max_header_bytes).with_watch(watch.clone()),
