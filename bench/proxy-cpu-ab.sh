@@ -8,9 +8,9 @@
 # for h2c and gRPC (the default, `--upstream-protocol match`), under the mesh benchmark's
 # rule. Load: oha at 1,000 rps over 16 connections, latency corrected (the mesh benchmark's
 # requests: HTTP/1.1 POST with 1 KiB, h2c GET, gRPC unary with a framed 1 KiB message).
-# Per run: vCPU per 1,000 rps, context switches, read and write system calls per request
-# (/proc/PID/io syscr, syscw: read/readv and write/writev, which is how the proxy does its
-# socket I/O; epoll and poll are not counted), latency. The proxies are pinned to core 0,
+# Per run: vCPU per 1,000 rps, context switches and write system calls per request
+# (/proc/PID/io syscw: write and writev, how the proxy sends on its sockets; its reads are
+# recvfrom, which /proc does not count), latency. The proxies are pinned to core 0,
 # the apps and oha to core 1; everything inside a network namespace of its own
 # (membrane-test-<pid>-cpuab), removed at the end. No capture, no client sidecar: this
 # isolates the server sidecar's own work, which is what a change to the proxy changes.
@@ -105,7 +105,7 @@ for v in A B; do for proto in "${PROTO_LIST[@]}"; do check "$v" "$proto"; done; 
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 ctx() { cat /proc/"$1"/task/*/status | awk '/ctxt_switches/ {n += $2} END {print n}'; }
-sysc() { awk '/^syscr/ {r = $2} /^syscw/ {w = $2} END {print r, w}' "/proc/$1/io"; }
+sysc() { awk '/^syscw/ {print $2}' "/proc/$1/io"; }
 grpc_count() { sleep 0.2; cat "$TMP/grpc.count" 2>/dev/null || echo 0; }
 TICK=$(getconf CLK_TCK)
 RES=$TMP/results
@@ -124,15 +124,15 @@ for rep in $(seq "$REPS"); do
       # Warm-up: the upstream pool and caches.
       in_ns taskset -c 1 "$OHA" --no-tui --output-format json -z 1s -w -c "$CONNS" -q "$RATE" \
         --latency-correction "${flags[@]}" "$url" >/dev/null
-      c0=$(cpu_ticks "$pid"); x0=$(ctx "$pid"); read -r r0 w0 < <(sysc "$pid"); g0=$(grpc_count)
+      c0=$(cpu_ticks "$pid"); x0=$(ctx "$pid"); w0=$(sysc "$pid"); g0=$(grpc_count)
       in_ns taskset -c 1 "$OHA" --no-tui --output-format json -z "${SECS}s" -w -c "$CONNS" -q "$RATE" \
         --latency-correction "${flags[@]}" "$url" >"$TMP/oha.json"
-      c1=$(cpu_ticks "$pid"); x1=$(ctx "$pid"); read -r r1 w1 < <(sysc "$pid"); g1=$(grpc_count)
-      python3 - "$TMP/oha.json" "$v" "$proto" "$((c1 - c0))" "$((x1 - x0))" "$((r1 - r0))" \
+      c1=$(cpu_ticks "$pid"); x1=$(ctx "$pid"); w1=$(sysc "$pid"); g1=$(grpc_count)
+      python3 - "$TMP/oha.json" "$v" "$proto" "$((c1 - c0))" "$((x1 - x0))" \
         "$((w1 - w0))" "$((g1 - g0))" "$TICK" "$SECS" >>"$RES" <<'EOF'
 import json, sys
 js = json.load(open(sys.argv[1])); v, proto = sys.argv[2:4]
-ticks, ctx, rd, wr, app, tick, secs = map(int, sys.argv[4:])
+ticks, ctx, wr, app, tick, secs = map(int, sys.argv[4:])
 rps = js["summary"]["requestsPerSec"]; p = js["latencyPercentiles"]
 codes = js.get("statusCodeDistribution", {})
 ok = sum(n for c, n in codes.items() if str(c) == "200")
@@ -142,7 +142,7 @@ if proto == "grpc":
     # oha does not read trailers: a 200 the app did not answer is a sidecar's error.
     bad += max(0, ok - app)
 n = rps * secs
-print(v, proto, f"{ticks / tick / secs / (rps / 1000):.4f}", f"{ctx / n:.2f}", f"{rd / n:.2f}",
+print(v, proto, f"{ticks / tick / secs / (rps / 1000):.4f}", f"{ctx / n:.2f}",
       f"{wr / n:.2f}", f"{p['p50'] * 1e3:.3f}", f"{p['p99'] * 1e3:.3f}", f"{rps:.0f}", bad)
 EOF
       tail -1 "$RES" >&2
@@ -161,15 +161,15 @@ protos = list(dict.fromkeys(p for _, p in rows))
 print(f"A: `{a}` {args_a}  \nB: `{b}` {args_b}  \n{reps} repetitions, {secs} s per run at {rate} rps "
       f"over {conns} connections, A and B alternating; medians. Load average (1/5/15 min) at "
       f"start {load0}, at end {load1} (2 cores).\n")
-names = ("vCPU per 1,000 rps", "context switches / request", "read syscalls / request",
-         "write syscalls / request", "p50 ms", "p99 ms", "rps")
+names = ("vCPU per 1,000 rps", "context switches / request", "write syscalls / request",
+         "p50 ms", "p99 ms", "rps")
 for proto in protos:
     print(f"\n### {proto}\n\n| measure | A | B | B / A |\n|---|---:|---:|---:|")
     for i, name in enumerate(names):
         x = statistics.median(float(r[i]) for r in rows[("A", proto)])
         y = statistics.median(float(r[i]) for r in rows[("B", proto)])
         print(f"| {name} | {x:.3f} | {y:.3f} | {y / x if x else float('nan'):.2f} |")
-    fa = sum(int(r[7]) for r in rows[("A", proto)])
-    fb = sum(int(r[7]) for r in rows[("B", proto)])
+    fa = sum(int(r[6]) for r in rows[("A", proto)])
+    fb = sum(int(r[6]) for r in rows[("B", proto)])
     print(f"| failed (all runs) | {fa} | {fb} | |")
 EOF
