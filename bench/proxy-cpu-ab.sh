@@ -8,9 +8,9 @@
 # for h2c and gRPC (the default, `--upstream-protocol match`), under the mesh benchmark's
 # rule. Load: oha at 1,000 rps over 16 connections, latency corrected (the mesh benchmark's
 # requests: HTTP/1.1 POST with 1 KiB, h2c GET, gRPC unary with a framed 1 KiB message).
-# Per run: vCPU per 1,000 rps, context switches and write system calls per request
-# (/proc/PID/io syscw: write and writev, how the proxy sends on its sockets; its reads are
-# recvfrom, which /proc does not count), latency. The proxies are pinned to core 0,
+# Per run: vCPU per 1,000 rps, context switches, and the proxy's socket system calls per
+# request, counted by `perf stat` on the syscall tracepoints of its pid (writes: write,
+# writev, sendto; reads: read, recvfrom; epoll_wait), latency. The proxies are pinned to core 0,
 # the apps and oha to core 1; everything inside a network namespace of its own
 # (membrane-test-<pid>-cpuab), removed at the end. No capture, no client sidecar: this
 # isolates the server sidecar's own work, which is what a change to the proxy changes.
@@ -105,7 +105,6 @@ for v in A B; do for proto in "${PROTO_LIST[@]}"; do check "$v" "$proto"; done; 
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 ctx() { cat /proc/"$1"/task/*/status | awk '/ctxt_switches/ {n += $2} END {print n}'; }
-sysc() { awk '/^syscw/ {print $2}' "/proc/$1/io"; }
 grpc_count() { sleep 0.2; cat "$TMP/grpc.count" 2>/dev/null || echo 0; }
 TICK=$(getconf CLK_TCK)
 RES=$TMP/results
@@ -124,15 +123,31 @@ for rep in $(seq "$REPS"); do
       # Warm-up: the upstream pool and caches.
       in_ns taskset -c 1 "$OHA" --no-tui --output-format json -z 1s -w -c "$CONNS" -q "$RATE" \
         --latency-correction "${flags[@]}" "$url" >/dev/null
-      c0=$(cpu_ticks "$pid"); x0=$(ctx "$pid"); w0=$(sysc "$pid"); g0=$(grpc_count)
+      c0=$(cpu_ticks "$pid"); x0=$(ctx "$pid"); g0=$(grpc_count)
+      # The proxy's socket system calls over the run (tracepoint counts, no tracing of
+      # each call).
+      perf stat -x, -o "$TMP/sys.csv" -p "$pid" -e syscalls:sys_enter_write,syscalls:sys_enter_writev \
+        -e syscalls:sys_enter_sendto,syscalls:sys_enter_read,syscalls:sys_enter_recvfrom \
+        -e syscalls:sys_enter_epoll_wait -- sleep "$SECS" &
+      perf_pid=$!
       in_ns taskset -c 1 "$OHA" --no-tui --output-format json -z "${SECS}s" -w -c "$CONNS" -q "$RATE" \
         --latency-correction "${flags[@]}" "$url" >"$TMP/oha.json"
-      c1=$(cpu_ticks "$pid"); x1=$(ctx "$pid"); w1=$(sysc "$pid"); g1=$(grpc_count)
+      c1=$(cpu_ticks "$pid"); x1=$(ctx "$pid"); g1=$(grpc_count)
+      wait "$perf_pid"
       python3 - "$TMP/oha.json" "$v" "$proto" "$((c1 - c0))" "$((x1 - x0))" \
-        "$((w1 - w0))" "$((g1 - g0))" "$TICK" "$SECS" >>"$RES" <<'EOF'
+        "$TMP/sys.csv" "$((g1 - g0))" "$TICK" "$SECS" >>"$RES" <<'EOF'
 import json, sys
 js = json.load(open(sys.argv[1])); v, proto = sys.argv[2:4]
-ticks, ctx, wr, app, tick, secs = map(int, sys.argv[4:])
+ticks, ctx = map(int, sys.argv[4:6])
+app, tick, secs = map(int, sys.argv[7:])
+sys_n = {}
+for line in open(sys.argv[6]):
+    f = line.strip().split(",")
+    if len(f) > 2 and f[0].isdigit():
+        sys_n[f[2].rsplit("sys_enter_", 1)[-1]] = int(f[0])
+wr = sum(sys_n.get(k, 0) for k in ("write", "writev", "sendto"))
+rd = sum(sys_n.get(k, 0) for k in ("read", "recvfrom"))
+ep = sys_n.get("epoll_wait", 0)
 rps = js["summary"]["requestsPerSec"]; p = js["latencyPercentiles"]
 codes = js.get("statusCodeDistribution", {})
 ok = sum(n for c, n in codes.items() if str(c) == "200")
@@ -142,8 +157,9 @@ if proto == "grpc":
     # oha does not read trailers: a 200 the app did not answer is a sidecar's error.
     bad += max(0, ok - app)
 n = rps * secs
-print(v, proto, f"{ticks / tick / secs / (rps / 1000):.4f}", f"{ctx / n:.2f}",
-      f"{wr / n:.2f}", f"{p['p50'] * 1e3:.3f}", f"{p['p99'] * 1e3:.3f}", f"{rps:.0f}", bad)
+print(v, proto, f"{ticks / tick / secs / (rps / 1000):.4f}", f"{ctx / n:.2f}", f"{wr / n:.2f}",
+      f"{rd / n:.2f}", f"{ep / n:.2f}", f"{p['p50'] * 1e3:.3f}", f"{p['p99'] * 1e3:.3f}",
+      f"{rps:.0f}", bad)
 EOF
       tail -1 "$RES" >&2
     done
@@ -161,15 +177,15 @@ protos = list(dict.fromkeys(p for _, p in rows))
 print(f"A: `{a}` {args_a}  \nB: `{b}` {args_b}  \n{reps} repetitions, {secs} s per run at {rate} rps "
       f"over {conns} connections, A and B alternating; medians. Load average (1/5/15 min) at "
       f"start {load0}, at end {load1} (2 cores).\n")
-names = ("vCPU per 1,000 rps", "context switches / request", "write syscalls / request",
-         "p50 ms", "p99 ms", "rps")
+names = ("vCPU per 1,000 rps", "context switches / request", "socket writes / request",
+         "socket reads / request", "epoll_wait / request", "p50 ms", "p99 ms", "rps")
 for proto in protos:
     print(f"\n### {proto}\n\n| measure | A | B | B / A |\n|---|---:|---:|---:|")
     for i, name in enumerate(names):
         x = statistics.median(float(r[i]) for r in rows[("A", proto)])
         y = statistics.median(float(r[i]) for r in rows[("B", proto)])
         print(f"| {name} | {x:.3f} | {y:.3f} | {y / x if x else float('nan'):.2f} |")
-    fa = sum(int(r[6]) for r in rows[("A", proto)])
-    fb = sum(int(r[6]) for r in rows[("B", proto)])
+    fa = sum(int(r[8]) for r in rows[("A", proto)])
+    fb = sum(int(r[8]) for r in rows[("B", proto)])
     print(f"| failed (all runs) | {fa} | {fb} | |")
 EOF

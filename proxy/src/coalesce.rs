@@ -17,8 +17,9 @@
 //! connection's future) or a task spawned by [`Exec`] (the upstream HTTP/2 clients'
 //! connection tasks), its writes go to a buffer of its own and its flushes only register
 //! it with the scope, which writes the buffer out when the poll returns: at once for
-//! [`scope`]; for [`Exec`] one poll later (the task wakes itself), so that the body a
-//! request's pipe sends in between joins the HEADERS. Outside any scope (a connection's
+//! [`scope`]; for [`Exec`], when what is buffered ends with a request's HEADERS that do not
+//! end its stream, one poll later (the task wakes itself), so that the body the request's
+//! pipe sends in between joins them. Outside any scope (a connection's
 //! handshakes, run by whichever task dials it) it writes through like the socket itself.
 //! Bytes go out in the order they were written; past [`LIMIT`] buffered bytes a write
 //! first drains the buffer and waits for the socket when it is full (backpressure stays the
@@ -54,6 +55,9 @@ trait Drain: Send + Sync {
     /// Writes out what is buffered, as far as the socket takes it (registering the task to
     /// be woken when it has room); a failure is kept for the writer's next write or flush.
     fn drain(&self, cx: &mut Context<'_>);
+    /// What is buffered ends with a request head whose body is to follow: worth one more
+    /// poll of the task.
+    fn awaits_body(&self) -> bool;
     /// Listed again from the next poll on.
     fn unlist(&self);
 }
@@ -66,6 +70,9 @@ struct State<T> {
     flush: bool,
     /// In the current scope's list.
     listed: bool,
+    /// What is buffered ends a HEADERS frame that does not end its stream: a request
+    /// head whose body is about to follow (see [`open_head`]).
+    open_head: bool,
     /// The inner stream failed a write: every later write or flush fails alike.
     failed: Option<(io::ErrorKind, String)>,
 }
@@ -97,6 +104,7 @@ impl<T: AsyncWrite + Unpin> State<T> {
             }
             self.buf.advance(n);
         }
+        self.open_head = false;
         if self.flush {
             ready!(Pin::new(&mut self.io).poll_flush(cx))?;
             self.flush = false;
@@ -131,6 +139,42 @@ impl<T: AsyncWrite + Unpin + Send + 'static> Drain for Mutex<State<T>> {
             s.listed = false;
         }
     }
+
+    fn awaits_body(&self) -> bool {
+        self.lock().is_ok_and(|s| s.open_head && !s.buf.is_empty())
+    }
+}
+
+/// Whether the HTTP/2 frames in `chunks` (one write: h2 writes whole frames, a DATA
+/// payload as a slice of its own after its header) end with a HEADERS frame without
+/// END_STREAM. Anything that does not walk as whole frames (a client's preface, a write
+/// split at [`LIMIT`]) is `None`: no guess is made.
+fn open_head(chunks: &[&[u8]]) -> Option<bool> {
+    const HEADERS: u8 = 0x1;
+    const END_STREAM: u8 = 0x1;
+    let total: usize = chunks.iter().map(|c| c.len()).sum();
+    let byte = |mut i: usize| {
+        for c in chunks {
+            if i < c.len() {
+                return c[i];
+            }
+            i -= c.len();
+        }
+        0
+    };
+    let (mut pos, mut last) = (0, None);
+    while pos + 9 <= total {
+        let len = (usize::from(byte(pos)) << 16)
+            | (usize::from(byte(pos + 1)) << 8)
+            | usize::from(byte(pos + 2));
+        last = Some(byte(pos + 3) == HEADERS && byte(pos + 4) & END_STREAM == 0);
+        pos += 9 + len;
+    }
+    if pos == total {
+        last
+    } else {
+        None
+    }
 }
 
 /// A connection's socket whose writes are coalesced per poll (see the module docs).
@@ -144,6 +188,7 @@ impl<T> Coalesced<T> {
             buf: BytesMut::new(),
             flush: false,
             listed: false,
+            open_head: false,
             failed: None,
         })))
     }
@@ -206,6 +251,7 @@ impl<T: AsyncWrite + Unpin + Send + 'static> AsyncWrite for Coalesced<T> {
         let room = ready!(s.poll_room(cx))?;
         let n = data.len().min(room);
         s.buf.extend_from_slice(&data[..n]);
+        s.open_head = open_head(&[&data[..n]]).unwrap_or(false);
         self.list(&mut s);
         Poll::Ready(Ok(n))
     }
@@ -222,15 +268,21 @@ impl<T: AsyncWrite + Unpin + Send + 'static> AsyncWrite for Coalesced<T> {
         }
         let mut room = ready!(s.poll_room(cx))?;
         let mut n = 0;
-        for b in bufs {
+        let mut taken: [&[u8]; 4] = [&[]; 4];
+        for (i, b) in bufs.iter().enumerate() {
             let take = b.len().min(room);
             s.buf.extend_from_slice(&b[..take]);
+            if let Some(t) = taken.get_mut(i) {
+                *t = &b[..take];
+            }
             n += take;
             room -= take;
             if room == 0 {
                 break;
             }
         }
+        // h2 writes at most two slices (its buffer, a DATA payload); more: no guess.
+        s.open_head = bufs.len() <= taken.len() && open_head(&taken).unwrap_or(false);
         self.list(&mut s);
         Poll::Ready(Ok(n))
     }
@@ -328,7 +380,11 @@ impl<F: Future> Future for Scope<F> {
         let mut wake = false;
         for w in listed {
             w.unlist();
-            if *this.defer && out.is_pending() && !due.iter().any(|d| Arc::ptr_eq(d, &w)) {
+            if *this.defer
+                && out.is_pending()
+                && w.awaits_body()
+                && !due.iter().any(|d| Arc::ptr_eq(d, &w))
+            {
                 this.held.push(w);
                 wake = true;
             } else if !due.iter().any(|d| Arc::ptr_eq(d, &w)) {

@@ -391,3 +391,55 @@ async fn an_h2_request_and_its_body_leave_in_one_write_on_exec() {
     drop(client);
     server.abort();
 }
+
+#[test]
+fn a_request_head_without_end_stream_is_told_from_other_frames() {
+    let frame = |len: usize, kind: u8, flags: u8| {
+        let mut f = vec![
+            (len >> 16) as u8,
+            (len >> 8) as u8,
+            len as u8,
+            kind,
+            flags,
+            0,
+            0,
+            0,
+            1,
+        ];
+        f.resize(9 + len, b'x');
+        f
+    };
+    let headers_open = frame(29, 0x1, 0x4);
+    let headers_closed = frame(29, 0x1, 0x5);
+    let settings_ack = frame(0, 0x4, 0x1);
+    let data = frame(1029, 0x0, 0x1);
+    let (data_head, data_payload) = data.split_at(9);
+    let both = [settings_ack.clone(), headers_open.clone()].concat();
+    let cases: [(&str, Vec<&[u8]>, Option<bool>); 6] = [
+        (
+            "request head, body to follow",
+            vec![&headers_open],
+            Some(true),
+        ),
+        (
+            "request head ending its stream (GET)",
+            vec![&headers_closed],
+            Some(false),
+        ),
+        ("SETTINGS ACK then a request head", vec![&both], Some(true)),
+        (
+            "a DATA frame as h2 writes it, head and payload",
+            vec![data_head, data_payload],
+            Some(false),
+        ),
+        (
+            "the client preface",
+            vec![b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"],
+            None,
+        ),
+        ("a frame cut short", vec![&headers_open[..20]], None),
+    ];
+    for (what, chunks, want) in cases {
+        assert_eq!(open_head(&chunks), want, "{what}");
+    }
+}
