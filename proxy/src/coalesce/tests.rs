@@ -415,7 +415,9 @@ fn a_request_head_without_end_stream_is_told_from_other_frames() {
     let data = frame(1029, 0x0, 0x1);
     let (data_head, data_payload) = data.split_at(9);
     let both = [settings_ack.clone(), headers_open.clone()].concat();
-    let cases: [(&str, Vec<&[u8]>, Option<bool>); 6] = [
+    // (what, the write's slices, what open_head says)
+    type Case<'a> = (&'a str, Vec<&'a [u8]>, Option<bool>);
+    let cases: [Case; 6] = [
         (
             "request head, body to follow",
             vec![&headers_open],
