@@ -54,7 +54,8 @@ thread_local! {
 trait Drain: Send + Sync {
     /// Writes out what is buffered, as far as the socket takes it (registering the task to
     /// be woken when it has room); a failure is kept for the writer's next write or flush.
-    fn drain(&self, cx: &mut Context<'_>);
+    /// True when bytes are left for the socket's room.
+    fn drain(&self, cx: &mut Context<'_>) -> bool;
     /// What is buffered ends with a request head whose body is to follow: worth one more
     /// poll of the task.
     fn awaits_body(&self) -> bool;
@@ -125,13 +126,21 @@ impl<T: AsyncWrite + Unpin> State<T> {
 }
 
 impl<T: AsyncWrite + Unpin + Send + 'static> Drain for Mutex<State<T>> {
-    fn drain(&self, cx: &mut Context<'_>) {
-        if let Ok(mut s) = self.lock() {
-            if (!s.buf.is_empty() || s.flush) && s.poll_drain(cx).is_ready() && s.failed.is_some() {
+    fn drain(&self, cx: &mut Context<'_>) -> bool {
+        let Ok(mut s) = self.lock() else {
+            return false;
+        };
+        if !s.buf.is_empty() || s.flush {
+            match s.poll_drain(cx) {
+                Poll::Ready(Ok(())) => {}
+                // The socket wakes the task when it has room: the scope drains again then,
+                // whether or not the connection writes anything in that poll.
+                Poll::Pending => return true,
                 // The connection learns of it on its next write or flush: poll it again.
-                cx.waker().wake_by_ref();
+                Poll::Ready(Err(_)) => cx.waker().wake_by_ref(),
             }
         }
+        false
     }
 
     fn unlist(&self) {
@@ -346,7 +355,7 @@ pin_project_lite::pin_project! {
         inner: F,
         // Write out one poll later (a task of `Exec`).
         defer: bool,
-        // Writers put off by the last poll.
+        // Writers put off by the last poll, or left with bytes the socket had no room for.
         held: Vec<Arc<dyn Drain>>,
     }
 }
@@ -378,21 +387,23 @@ impl<F: Future> Future for Scope<F> {
         let listed = enter.leave();
         let due = std::mem::take(this.held);
         let mut wake = false;
+        let mut now = Vec::new();
         for w in listed {
             w.unlist();
-            if *this.defer
-                && out.is_pending()
-                && w.awaits_body()
-                && !due.iter().any(|d| Arc::ptr_eq(d, &w))
-            {
+            if due.iter().any(|d| Arc::ptr_eq(d, &w)) {
+                continue;
+            }
+            if *this.defer && out.is_pending() && w.awaits_body() {
                 this.held.push(w);
                 wake = true;
-            } else if !due.iter().any(|d| Arc::ptr_eq(d, &w)) {
-                w.drain(cx);
+            } else {
+                now.push(w);
             }
         }
-        for w in due {
-            w.drain(cx);
+        for w in due.into_iter().chain(now) {
+            if w.drain(cx) && out.is_pending() {
+                this.held.push(w);
+            }
         }
         if wake {
             cx.waker().wake_by_ref();

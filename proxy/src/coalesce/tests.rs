@@ -445,3 +445,47 @@ fn a_request_head_without_end_stream_is_told_from_other_frames() {
         assert_eq!(open_head(&chunks), want, "{what}");
     }
 }
+
+/// Bytes the socket had no room for go once it has, even when the connection writes
+/// nothing more (it waits for an answer that needs them).
+#[tokio::test]
+async fn what_the_socket_had_no_room_for_goes_when_it_has_even_if_nothing_more_is_written() {
+    let (io, mut peer, _) = socket_pair().await;
+    let mut data = (0..=250u8)
+        .collect::<Vec<_>>()
+        .repeat(64 * 1024 * 1024 / 251);
+    data.truncate(64 * 1024 * 1024);
+    let sent = Arc::new(AtomicUsize::new(0));
+    let stuck = Arc::new(tokio::sync::Notify::new());
+    let writer = {
+        let (data, sent, stuck) = (data.clone(), sent.clone(), stuck.clone());
+        tokio::spawn(scope(async move {
+            let mut io = Coalesced::new(io);
+            // Up to LIMIT at a time, until the socket is full and a write waits.
+            while sent.load(Ordering::SeqCst) < data.len() {
+                let from = sent.load(Ordering::SeqCst);
+                let to = (from + LIMIT).min(data.len());
+                let write = io.write(&data[from..to]);
+                match tokio::time::timeout(Duration::from_millis(200), write).await {
+                    Ok(n) => sent.fetch_add(n.unwrap(), Ordering::SeqCst),
+                    Err(_) => break,
+                };
+                io.flush().await.unwrap();
+            }
+            // A write waited (the buffer is at LIMIT): now it only waits, as a connection
+            // waiting for its peer's answer.
+            stuck.notify_one();
+            std::future::pending::<()>().await;
+        }))
+    };
+    stuck.notified().await;
+    let accepted = sent.load(Ordering::SeqCst);
+    assert!(accepted < data.len(), "64 MiB taken with nobody reading");
+    let mut got = vec![0; accepted];
+    tokio::time::timeout(Duration::from_secs(10), peer.read_exact(&mut got))
+        .await
+        .expect("bytes stayed in the buffer once the socket had room")
+        .unwrap();
+    assert!(got == data[..accepted], "the bytes arrived changed");
+    writer.abort();
+}
