@@ -17,7 +17,7 @@
 #   bench/proxy-cpu-ab.sh BIN_A BIN_B [OUT.md]
 # Env: REPS (default 3), SECS (default 5), PROTOS (default h1,h2c,grpc), RATE (1000),
 # CONNS (16), ARGS_A / ARGS_B (extra proxy flags for A / B, e.g. "--busy-poll 0us"),
-# OHA (default: oha on PATH). Root (network namespace).
+# OHA (default: oha on PATH). Root (a network namespace; `perf stat` on syscall tracepoints).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
