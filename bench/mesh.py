@@ -32,8 +32,12 @@ import mesh_configs as cfg  # noqa: E402
 import mesh_pods  # noqa: E402
 import mesh_report  # noqa: E402
 
-ROWS = ["direct", "relay", "envoy", "membrane", "membrane-all", "envoy-mtls", "membrane-mtls"]
-SIDECAR_ROWS = ["envoy", "membrane", "membrane-all", "envoy-mtls", "membrane-mtls"]
+ROWS = ["direct", "relay", "envoy", "membrane", "membrane-all", "envoy-mtls", "membrane-mtls",
+        "membrane-b"]
+# membrane-b: the membrane row with another build (--membrane-b), to compare two builds in
+# one run; not a default row.
+DEFAULT_ROWS = [r for r in ROWS if r != "membrane-b"]
+SIDECAR_ROWS = ["envoy", "membrane", "membrane-all", "envoy-mtls", "membrane-mtls", "membrane-b"]
 # Default: the rows in plaintext, and both meshes with Istio mTLS between the sidecars.
 SPLICE_ROWS = ["membrane-all", "membrane-mtls"]
 TICK = os.sysconf("SC_CLK_TCK")
@@ -178,7 +182,8 @@ def setup(bed, tmp, bins, idx, name):
                 tls = ["--mesh-tls-mode", "STRICT", "--mesh-cert", f"{certs}/cert-chain.pem",
                        "--mesh-key", f"{certs}/key.pem", "--mesh-root", f"{certs}/root-cert.pem",
                        "--mesh-outbound-cidrs", "10.210.0.0/16", "--trust-domain", cfg.TRUST_DOMAIN]
-            p = pod.spawn([bins["membrane"], "standalone"] + tls + [
+            binary = bins["membrane-b"] if name == "membrane-b" else bins["membrane"]
+            p = pod.spawn([binary, "standalone"] + tls + [
                            "--capture-outbound", f"127.0.0.1:{cfg.OUTBOUND}",
                            "--capture-inbound", f"0.0.0.0:{cfg.INBOUND}",
                            "--listen", "127.0.0.1:15007", "--upstream", f"127.0.0.1:{cfg.APP_PORT}",
@@ -340,9 +345,11 @@ def main():
     ap.add_argument("--max-secs", type=int, default=5, help="seconds per maximum-rate run")
     ap.add_argument("--rate", type=int, default=1000)
     ap.add_argument("--conns", type=int, default=16)
-    ap.add_argument("--rows", default=",".join(ROWS))
+    ap.add_argument("--rows", default=",".join(DEFAULT_ROWS))
     ap.add_argument("--protos", default=",".join(cfg.PROTOS), help="h1 (HTTP/1.1), h2c, grpc (unary)")
     ap.add_argument("--membrane", required=True, help="membrane-proxy binary")
+    ap.add_argument("--membrane-b", help="another membrane-proxy build for the membrane-b row "
+                    "(as the membrane row: capture, splice off)")
     ap.add_argument("--agent", required=True, help="membrane-agent binary")
     ap.add_argument("--envoy", required=True)
     ap.add_argument("--oha", required=True)
@@ -359,6 +366,8 @@ def main():
     for p in protos:
         if p not in cfg.PROTOS:
             sys.exit(f"mesh.py: unknown protocol {p!r} (protocols: {', '.join(cfg.PROTOS)})")
+    if "membrane-b" in rows and not a.membrane_b:
+        sys.exit("mesh.py: the membrane-b row needs --membrane-b")
     if "direct" not in rows:
         sys.exit("mesh.py: the direct row is needed (every latency is reported as added over it)")
 
@@ -374,10 +383,10 @@ def main():
             "grpc_request": os.path.join(tmp, "grpc-request.bin")}
     subprocess.run([sys.executable, GRPC_APP, "request", bins["grpc_request"]], check=True)
     os.chmod(bins["grpc_request"], 0o644)
-    for key, src in (("membrane", a.membrane), ("envoy", a.envoy)):
-        if not any(r.startswith(key) for r in rows):
+    for key, src in (("membrane", a.membrane), ("envoy", a.envoy), ("membrane-b", a.membrane_b)):
+        if not src or not any(r.startswith(key) for r in rows):
             continue
-        dst = os.path.join(tmp, os.path.basename(src))
+        dst = os.path.join(tmp, ("b-" if key == "membrane-b" else "") + os.path.basename(src))
         try:
             os.link(src, dst)
         except OSError:

@@ -16,9 +16,11 @@ LABEL = {
     "membrane-all": "membrane, everything on (capture + splice)",
     "envoy-mtls": "Envoy 1.40 + istio-iptables, Istio mTLS",
     "membrane-mtls": "membrane, everything on, Istio mTLS",
+    "membrane-b": "membrane B (--membrane-b), eBPF capture, splice off",
 }
 # Each membrane row against the Envoy row with the same security between the sidecars.
-AGAINST = {"membrane": "envoy", "membrane-all": "envoy", "membrane-mtls": "envoy-mtls"}
+AGAINST = {"membrane": "envoy", "membrane-all": "envoy", "membrane-mtls": "envoy-mtls",
+           "membrane-b": "envoy"}
 
 
 def med(xs):
@@ -76,7 +78,9 @@ def write(a, rows, protos, runs, loads, counters, oha_version, envoy_version):
                   if ln.startswith("model name")), "?")
     png = os.path.splitext(a.out)[0] + ".png"
     L = [f"# Mesh benchmark: two sidecars and capture, {now}", "",
-         f"Commit {a.commit}; {os.cpu_count()} cores ({model}), kernel {platform.release()}.",
+         f"Commit {a.commit}; {os.cpu_count()} cores ({model}), kernel {platform.release()}."
+         + (f" Row membrane-b runs `{a.membrane_b}`, the other membrane rows `{a.membrane}`."
+            if "membrane-b" in rows else ""),
          "Load average (1/5/15 min): " + "; ".join(f"{w} {v}" for w, v in loads) + ".",
          f"Load generator: {oha_version}, in the client pod: {a.rate} rps over {a.conns} connections "
          "with latency correction (coordinated omission: a request's latency counts from when it "

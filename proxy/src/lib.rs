@@ -13,6 +13,7 @@ pub mod access_log;
 pub mod admin;
 pub mod body;
 pub mod busypoll;
+pub mod coalesce;
 pub mod config;
 pub mod connwatch;
 pub mod h1guard;

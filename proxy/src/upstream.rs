@@ -34,6 +34,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::TcpStream;
 
 use crate::body::WatchedBody;
+use crate::coalesce::{self, Coalesced};
 
 /// A connector that ignores the request URI's host and dials the one upstream, so the URI can
 /// carry the request's original authority (`:authority` / `Host`) unchanged.
@@ -341,7 +342,7 @@ pub struct LimitedConnector {
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl tower_service::Service<Uri> for LimitedConnector {
-    type Response = Limited<TokioIo<TcpStream>>;
+    type Response = Limited<TokioIo<Coalesced<TcpStream>>>;
     type Error = BoxError;
     type Future =
         Pin<Box<dyn std::future::Future<Output = Result<Self::Response, BoxError>> + Send>>;
@@ -357,6 +358,9 @@ impl tower_service::Service<Uri> for LimitedConnector {
         Box::pin(async move {
             let slot = limit.acquire(key).await?;
             let io = tower_service::Service::call(&mut inner, dst).await?;
+            // The connection's task runs on `coalesce::Exec`: its frames leave in as few
+            // writes as one poll (and the next) allow.
+            let io = TokioIo::new(Coalesced::new(io.into_inner()));
             Ok(Limited { io, slot })
         })
     }
@@ -377,9 +381,12 @@ pub struct Limited<T> {
     slot: SlotGuard,
 }
 
-impl<T: Connection> Connection for Limited<T> {
+impl<T: Connection> Connection for Limited<TokioIo<Coalesced<T>>> {
     fn connected(&self) -> Connected {
-        self.io.connected()
+        self.io
+            .inner()
+            .with_inner(Connection::connected)
+            .unwrap_or_else(Connected::new)
     }
 }
 
@@ -572,14 +579,15 @@ impl Upstreams {
             .pool_idle_timeout(pool.idle_timeout)
             .pool_max_idle_per_host(pool.max_idle_per_key)
             .build(h1);
-        let http2 = Client::builder(TokioExecutor::new())
+        // The HTTP/2 clients' connection tasks coalesce their writes (`coalesce::Exec`).
+        let http2 = Client::builder(coalesce::Exec)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .pool_idle_timeout(pool.idle_timeout)
             .pool_max_idle_per_host(pool.max_idle_per_key)
             .http2_only(true)
             .build(h2);
-        let negotiated = Client::builder(TokioExecutor::new())
+        let negotiated = Client::builder(coalesce::Exec)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .pool_idle_timeout(pool.idle_timeout)
@@ -642,7 +650,7 @@ impl Upstreams {
         };
         let mut b1 = Client::builder(TokioExecutor::new());
         built(&mut b1);
-        let mut b2 = Client::builder(TokioExecutor::new());
+        let mut b2 = Client::builder(coalesce::Exec);
         built(&mut b2);
         b2.http2_only(true);
         Ok(Upstreams {

@@ -14,6 +14,7 @@ use tokio::sync::watch;
 
 use super::layers::HttpService;
 use super::{ConnState, Route, Shared};
+use crate::coalesce;
 use crate::connwatch::ConnWatch;
 use crate::h1guard::H1Guard;
 
@@ -85,8 +86,10 @@ pub(super) async fn serve_http<I>(
     stream_check.tick().await;
     let mut stream_progress = watch.progress();
 
+    // `$conn`: the connection's future; `$graceful`: with the pinned future as `$c`, asks
+    // the connection to finish gracefully.
     macro_rules! drive {
-        ($conn:expr) => {{
+        ($conn:expr, $c:ident => $graceful:expr) => {{
             let mut conn = std::pin::pin!($conn);
             loop {
                 tokio::select! {
@@ -104,7 +107,8 @@ pub(super) async fn serve_http<I>(
                             // so the next response carries `Connection: close`.
                             state.closing.store(true, Ordering::Relaxed);
                         } else {
-                            conn.as_mut().graceful_shutdown();
+                            let $c = conn.as_mut();
+                            $graceful;
                         }
                     }
                     _ = head_check.tick(), if state.http1 => {
@@ -135,7 +139,8 @@ pub(super) async fn serve_http<I>(
                         } else if now == seen && state.in_flight.load(Ordering::Relaxed) == 0 {
                             tracing::debug!(%peer, "idle timeout");
                             draining = true;
-                            conn.as_mut().graceful_shutdown();
+                            let $c = conn.as_mut();
+                            $graceful;
                         }
                         seen = now;
                         idle_progress = progress;
@@ -146,7 +151,10 @@ pub(super) async fn serve_http<I>(
     }
 
     if is_h2 {
-        let io = TokioIo::new(H1Guard::passthrough(stream, prefix).with_watch(watch.clone()));
+        // The frames of one poll leave in one write (see `coalesce`).
+        let io = TokioIo::new(coalesce::Coalesced::new(
+            H1Guard::passthrough(stream, prefix).with_watch(watch.clone()),
+        ));
         let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         b.timer(TokioTimer::new())
             .max_concurrent_streams(s.max_concurrent_streams)
@@ -154,7 +162,7 @@ pub(super) async fn serve_http<I>(
             // connections that dominated RSS under load. Flow control still applies.
             .max_send_buf_size(64 * 1024)
             .max_header_list_size(u32::try_from(s.max_header_bytes).unwrap_or(u32::MAX));
-        drive!(b.serve_connection(io, svc));
+        drive!(coalesce::scope(b.serve_connection(io, svc)), c => c.inner().graceful_shutdown());
     } else {
         let io = TokioIo::new(
             H1Guard::new(stream, prefix, s.max_header_bytes).with_watch(watch.clone()),
@@ -167,7 +175,7 @@ pub(super) async fn serve_http<I>(
             .max_header_size(s.max_header_bytes)
             .max_headers(s.max_headers)
             .max_buf_size(s.max_header_bytes.max(8192) + 8192);
-        drive!(b.serve_connection(io, svc).with_upgrades());
+        drive!(b.serve_connection(io, svc).with_upgrades(), c => c.graceful_shutdown());
     }
     // An upgraded connection lives on as its tunnel: it keeps its slot until that ends.
     let tunnel = state.tunnel.lock().ok().and_then(|mut t| t.take());
