@@ -16,20 +16,8 @@ REPS=${REPS:-3} SECS=${SECS:-5}
 OHA=${OHA:-$(command -v oha)}
 BENCH_DIR=/work/shared/bench
 [ -f "$ROOT/../shared/bench/cnp-l7-bench.yaml" ] && BENCH_DIR=$ROOT/../shared/bench
-NS=membrane-test-$$-bpab
-TMP=$(mktemp -d /tmp/membrane-test-$$-bpab.XXXXXX)
-chmod 755 "$TMP"
-cleanup() {
-  for p in $(ip netns pids "$NS" 2>/dev/null); do kill "$p" 2>/dev/null || true; done
-  sleep 0.5
-  for p in $(ip netns pids "$NS" 2>/dev/null); do kill -9 "$p" 2>/dev/null || true; done
-  ip netns del "$NS" 2>/dev/null || true
-  rm -rf "$TMP"
-}
-trap cleanup EXIT
-ip netns add "$NS"
-in_ns() { ip netns exec "$NS" "$@"; }
-in_ns ip link set lo up
+. "$ROOT/bench/lib.sh"
+ab_netns bpab
 
 sed -e "s#/tmp/membrane-bench-nginx.pid#$TMP/nginx.pid#" -e "s#/tmp/membrane-bench-nginx.err#$TMP/nginx.err#" \
   "$BENCH_DIR/nginx-backend.conf" >"$TMP/nginx.conf"

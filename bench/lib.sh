@@ -52,6 +52,27 @@ bench_cleanup() {
   rm -rf "$TMP"
 }
 
+# The A/B scripts' sandbox: a network namespace NS (membrane-test-<pid>-TAG, loopback up) and
+# a temporary directory TMP beside it (mode 755: the proxies run as other users), both gone
+# when the script exits, the namespace's processes ended first. `in_ns` runs a command in NS.
+ab_netns() {
+  NS=membrane-test-$$-$1
+  TMP=$(mktemp -d "/tmp/membrane-test-$$-$1.XXXXXX")
+  chmod 755 "$TMP"
+  trap ab_netns_cleanup EXIT
+  ip netns add "$NS"
+  in_ns ip link set lo up
+}
+ab_netns_cleanup() {
+  local p
+  for p in $(ip netns pids "$NS" 2>/dev/null); do kill "$p" 2>/dev/null || true; done
+  sleep 0.5
+  for p in $(ip netns pids "$NS" 2>/dev/null); do kill -9 "$p" 2>/dev/null || true; done
+  ip netns del "$NS" 2>/dev/null || true
+  rm -rf "$TMP"
+}
+in_ns() { ip netns exec "$NS" "$@"; }
+
 # Waits (10 s at most) until an HTTP server answers on a loopback port.
 wait_port() {
   for _ in $(seq 100); do

@@ -25,20 +25,8 @@ A=$(realpath "$1") B=$(realpath "$2") OUT=${3:-/dev/stdout}
 REPS=${REPS:-3} SECS=${SECS:-5} PROTOS=${PROTOS:-h1,h2c,grpc} RATE=${RATE:-1000} CONNS=${CONNS:-16}
 ARGS_A=${ARGS_A:-} ARGS_B=${ARGS_B:-}
 OHA=${OHA:-$(command -v oha)}
-NS=membrane-test-$$-cpuab
-TMP=$(mktemp -d /tmp/membrane-test-$$-cpuab.XXXXXX)
-chmod 755 "$TMP"
-cleanup() {
-  for p in $(ip netns pids "$NS" 2>/dev/null); do kill "$p" 2>/dev/null || true; done
-  sleep 0.5
-  for p in $(ip netns pids "$NS" 2>/dev/null); do kill -9 "$p" 2>/dev/null || true; done
-  ip netns del "$NS" 2>/dev/null || true
-  rm -rf "$TMP"
-}
-trap cleanup EXIT
-ip netns add "$NS"
-in_ns() { ip netns exec "$NS" "$@"; }
-in_ns ip link set lo up
+. "$ROOT/bench/lib.sh"
+ab_netns cpuab
 
 # The mesh benchmark's apps, rule and request bodies.
 python3 - "$ROOT/bench" "$TMP" <<'EOF'
